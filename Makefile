@@ -1,0 +1,49 @@
+# foresync: every target a person or CI needs. `make setup` is idempotent.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd
+# command each Debian package is checked by, so `setup` only calls apt when one is missing
+APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3
+
+.PHONY: setup demo test unit integration lint bench clean
+
+setup: $(VENV)/.synced apt-tools
+
+apt-tools:
+	@missing=0; for c in $(APT_PROBES); do command -v $$c >/dev/null || missing=1; done; \
+	[ -e /usr/lib/python3/dist-packages/nbd.py ] || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  echo "setup: installing Debian tools: $(APT_TOOLS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TOOLS) >/dev/null; \
+	fi
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null || python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	uv venv --quiet --allow-existing $(VENV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) uv sync --quiet --frozen
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/foresync demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy --strict src
+	$(VENV)/bin/lint-imports
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest -q tests/integration
+
+test: lint
+	$(VENV)/bin/pytest -q tests
+
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
