@@ -1,0 +1,115 @@
+"""The ``foresync`` command line. The only place that configures logging handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import click
+
+from foresync import __version__
+from foresync.errors import ConfigError, ForesyncError
+from foresync.units import parse_hostport, parse_size
+
+log = logging.getLogger("foresync")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on uvloop when available; SIGINT/SIGTERM set ``stop``."""
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+    except ImportError:  # the default loop is a correct, slower fallback
+        asyncio.run(wrapper())
+    else:
+        uvloop.run(wrapper())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="foresync")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="How much to log on stderr.")
+def main(log_level: str) -> None:
+    """foresync: look-ahead block-volume mirroring between two sites, served over NBD."""
+    _setup_logging(log_level)
+
+
+@main.command()
+@click.option("--data", "data_path", required=True, metavar="PATH",
+              help="Volume file or block device. A missing file is created sparse with --size.")
+@click.option("--size", required=True, metavar="SIZE",
+              help="Volume size in bytes, or with a unit: 256MiB, 1GiB, 4096. Must match an existing file.")
+@click.option("--listen", default="127.0.0.1:10809", show_default=True, metavar="HOST:PORT",
+              help="Address to serve NBD on (port 0 picks a free port).")
+@click.option("--export", "export_name", default="foresync", show_default=True, metavar="NAME",
+              help="Export name. The default (empty) name reaches it too.")
+@click.option("--read-only", is_flag=True, help="Refuse writes with EPERM.")
+@click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="Most NBD client connections at once.")
+def serve(data_path: str, size: str, listen: str, export_name: str, read_only: bool,
+          max_connections: int) -> None:
+    """Serve a file or block device over NBD, without replication."""
+    from foresync.nbd.handshake import ExportInfo
+    from foresync.nbd.server import NbdServer, ServerLimits
+    from foresync.storage.file_backend import FileBackend
+    from foresync.storage.local_target import LocalTarget
+
+    try:
+        size_bytes = parse_size(size, "--size")
+        if size_bytes <= 0:
+            raise ConfigError("--size: must be greater than zero")
+        host, port = parse_hostport(listen, "--listen")
+        backend = FileBackend(data_path, size_bytes, read_only=read_only)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def serve_until_stopped(stop: asyncio.Event) -> None:
+        target = LocalTarget(backend)
+        export = ExportInfo(name=export_name, size=size_bytes, read_only=read_only,
+                            description=f"foresync volume {data_path}")
+        server = NbdServer(target, export, ServerLimits(max_connections=max_connections))
+        bound_host, bound_port = await server.start(host, port)
+        click.echo(f"serving {data_path} as nbd://{bound_host}:{bound_port}/{export_name}", err=True)
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests")
+        await server.aclose()
+        await target.flusher.wait_idle()
+        backend.flush()
+        backend.close()
+
+    try:
+        run_async(serve_until_stopped)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {listen}: {exc.strerror or exc}") from None
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Leave the server running and print how to reach it.")
+def demo(keep: bool) -> None:
+    """Show foresync working end to end on loopback with real NBD clients."""
+    from foresync.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
+if __name__ == "__main__":
+    main()

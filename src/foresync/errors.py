@@ -1,0 +1,68 @@
+"""One error tree for foresync.
+
+Theory: errors say *whose fault* they are. ``LocalProtocolError`` means our own caller misused an
+API (a bug here); ``RemoteProtocolError`` means the peer (an NBD client or the other site) sent
+something the protocol forbids. Operating errors (disk, journal, fencing, config) each get their
+own class so callers can handle them precisely. ``invariant`` replaces ``assert`` for checks that
+must hold even under ``python -O``.
+"""
+
+from __future__ import annotations
+
+
+class ForesyncError(Exception):
+    """Base of every error foresync raises on purpose."""
+
+
+class Retryable:
+    """Marker mixin: the operation may succeed if tried again later (peer gone, link down)."""
+
+
+class ProtocolError(ForesyncError):
+    """A protocol rule was broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code used a protocol core in a way the state machine forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes or a message sequence the protocol forbids."""
+
+
+class StorageError(ForesyncError):
+    """The local storage failed or refused an operation."""
+
+    def __init__(self, message: str, errno: int = 5) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class JournalCorruption(StorageError):
+    """A journal entry failed its checksum or framing at a known byte position."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(f"{message} (at byte {position})")
+        self.position = position
+
+
+class FencedError(ForesyncError):
+    """The operation belongs to an epoch that has been fenced by a later promotion."""
+
+
+class ConfigError(ForesyncError):
+    """The configuration or a command-line value is invalid."""
+
+
+class LinkDown(ForesyncError, Retryable):
+    """The replication link is not connected."""
+
+
+class InvariantViolation(ForesyncError):
+    """A programmer error: an internal invariant did not hold."""
+
+
+def invariant(condition: bool, message: str) -> None:
+    """Raise ``InvariantViolation`` unless ``condition`` holds. Unlike ``assert``, never elided."""
+    if not condition:
+        raise InvariantViolation(message)

@@ -1,0 +1,1 @@
+"""The NBD front end: a pure protocol core (wire, handshake, connection) and an asyncio server."""

@@ -1,0 +1,318 @@
+"""The asyncio adapter around the pure NBD cores: sockets in, replies out, nothing else.
+
+Each connection feeds bytes into ``ServerHandshake`` and then ``Transmission``, hands valid
+requests to the ``NbdTarget`` and writes the replies the core builds. Memory stays bounded:
+parsed-but-unserved requests wait in a queue that is only refilled while the socket's write buffer
+is under its high-water mark and fewer than ``max_in_flight`` requests are outstanding; beyond
+that we stop reading from the socket, and TCP pushes back on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from foresync.errors import StorageError
+from foresync.nbd import wire
+from foresync.nbd.connection import ConnectionFailed, Disconnect, Event, Request, Transmission
+from foresync.nbd.handshake import (
+    DEFAULT_MAX_OPTION_BYTES,
+    ExportInfo,
+    ExportSelected,
+    HandshakeAborted,
+    HandshakeFailed,
+    ServerHandshake,
+)
+from foresync.nbd.target import NbdTarget
+
+log = logging.getLogger(__name__)
+
+_READ, _STATUS = int(wire.Command.READ), int(wire.Command.BLOCK_STATUS)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_connections: int = 64
+    max_in_flight: int = 256  # requests per connection handed to the target and not yet answered
+    write_buffer_high_bytes: int = 8 * 1024 * 1024
+    handshake_timeout_s: float = 30.0
+    max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    connections: int
+    connections_total: int
+    requests_total: int
+    protocol_errors_total: int
+
+
+class NbdServer:
+    """Serves one export (under its name and the default name) from ``target``."""
+
+    def __init__(self, target: NbdTarget, export: ExportInfo, limits: ServerLimits | None = None) -> None:
+        self.target = target
+        self.export = export
+        self.limits = limits or ServerLimits()
+        self._server: asyncio.Server | None = None
+        self._connections: set[NbdConnection] = set()
+        self._connections_total = 0
+        self.requests_total = 0
+        self.protocol_errors_total = 0
+        self._limit_logged = False
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: NbdConnection(self), host, port, reuse_address=True)
+        sockname = self._server.sockets[0].getsockname()
+        log.info("NBD server listening on %s:%d (export %r, %d bytes)", sockname[0], sockname[1],
+                 self.export.name, self.export.size)
+        return sockname[0], sockname[1]
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(len(self._connections), self._connections_total, self.requests_total,
+                                self.protocol_errors_total)
+
+    def _admit(self, conn: NbdConnection) -> bool:
+        if len(self._connections) >= self.limits.max_connections:
+            if not self._limit_logged:
+                log.warning("refusing NBD connection: limit of %d connections reached",
+                            self.limits.max_connections)
+                self._limit_logged = True
+            return False
+        self._limit_logged = False
+        self._connections.add(conn)
+        self._connections_total += 1
+        return True
+
+    def _forget(self, conn: NbdConnection) -> None:
+        self._connections.discard(conn)
+
+    async def aclose(self) -> None:
+        """Stop listening, let every connection finish its in-flight requests, then close them."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        deadline = asyncio.get_running_loop().time() + 10
+        while self._connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self._connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class NbdConnection(asyncio.Protocol):
+    def __init__(self, server: NbdServer) -> None:
+        self.server = server
+        self.target = server.target
+        self.transport: asyncio.Transport | None = None
+        self.handshake: ServerHandshake | None = None
+        self.tx: Transmission | None = None
+        self.peer = "?"
+        self._queue: deque[Event] = deque()
+        self._write_paused = False
+        self._reading_paused = False
+        self._closing = False
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._serving = 0  # requests handed to the target whose done() has not run yet
+
+    # -- asyncio callbacks ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport; uvloop's does not subclass asyncio.Transport, so no isinstance check.
+        self.transport = stream = cast(asyncio.Transport, transport)
+        peer = stream.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not self.server._admit(self):
+            stream.abort()
+            self._closed = True
+            return
+        stream.set_write_buffer_limits(high=self.server.limits.write_buffer_high_bytes)
+        self.handshake = ServerHandshake(
+            {self.server.export.name: self.server.export},
+            default_export=self.server.export.name,
+            max_option_bytes=self.server.limits.max_option_bytes,
+        )
+        stream.write(self.handshake.data_to_send())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.server.limits.handshake_timeout_s, self._handshake_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._queue.clear()
+        self.server._forget(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._drain_queue()
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self.tx is None:
+            self._handshake_data(data)
+            return
+        events, replies = self.tx.receive_data(data)
+        if replies:
+            self.server.protocol_errors_total += 1
+            self._write(replies)
+        if events:
+            self._queue.extend(events)
+            self._drain_queue()
+        self._update_reading()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what is in flight, then close our side too.
+        self._closing = True
+        self._maybe_close()
+        return True
+
+    # -- handshake -------------------------------------------------------------------------------
+
+    def _handshake_data(self, data: bytes) -> None:
+        assert self.handshake is not None and self.transport is not None
+        self.handshake.receive_data(data)
+        out = self.handshake.data_to_send()
+        if out:
+            self.transport.write(out)
+        event = self.handshake.next_event()
+        if event is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if isinstance(event, ExportSelected):
+            self.tx = Transmission(event.export, event.structured_replies, event.meta_contexts,
+                                   max_payload=event.export.max_block)
+            log.debug("%s: negotiated export %r (structured=%s)", self.peer, event.export.name,
+                      event.structured_replies)
+            if event.trailing:
+                self.data_received(event.trailing)
+        elif isinstance(event, HandshakeAborted):
+            self.transport.close()
+        elif isinstance(event, HandshakeFailed):
+            self.server.protocol_errors_total += 1
+            log.info("%s: handshake failed: %s", self.peer, event.reason)
+            self.transport.close()
+
+    def _handshake_timeout(self) -> None:
+        if self.tx is None and self.transport is not None:
+            log.info("%s: handshake not finished within %.0f s; closing", self.peer,
+                     self.server.limits.handshake_timeout_s)
+            self.transport.close()
+
+    # -- transmission ----------------------------------------------------------------------------
+
+    def _drain_queue(self) -> None:
+        tx = self.tx
+        assert tx is not None
+        limit = self.server.limits.max_in_flight
+        while self._queue and not self._write_paused and not self._closed:
+            if self._serving >= limit and isinstance(self._queue[0], Request):
+                break
+            event = self._queue.popleft()
+            if isinstance(event, Request):
+                self.server.requests_total += 1
+                self._serve(tx, event)
+            elif isinstance(event, Disconnect):
+                self._closing = True
+            elif isinstance(event, ConnectionFailed):
+                self.server.protocol_errors_total += 1
+                log.info("%s: closing connection: %s", self.peer, event.reason)
+                self._queue.clear()
+                self.abort()
+                return
+        self._maybe_close()
+
+    def _serve(self, tx: Transmission, request: Request) -> None:
+        command = request.command
+        if command == _READ:
+            try:
+                data = self.target.read(request.offset, request.length)
+            except StorageError as exc:
+                log.error("%s: %s", self.peer, exc)
+                self._write(tx.reply_error(request, exc.errno))
+                return
+            header = tx.reply_read_header(request)
+            assert self.transport is not None
+            self.transport.writelines((header, data))
+            return
+        if command == _STATUS:
+            try:
+                extents = self.target.extents(request.offset, request.length)
+            except StorageError as exc:
+                self._write(tx.reply_error(request, exc.errno))
+                return
+            self._write(tx.reply_block_status(request, extents))
+            return
+        self._serving += 1
+        self.target.submit(request, self._completion(tx, request))
+
+    def _completion(self, tx: Transmission, request: Request) -> Callable[[int], None]:
+        def done(errno: int) -> None:
+            self._serving -= 1
+            reply = tx.reply_ok(request) if errno == 0 else tx.reply_error(request, errno)
+            if not self._closed:
+                self._write(reply)
+                if self._queue:
+                    self._drain_queue()
+                self._update_reading()
+                self._maybe_close()
+
+        return done
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self._closed:
+            return
+        busy = self._write_paused or bool(self._queue) or self._serving >= self.server.limits.max_in_flight
+        if busy and not self._reading_paused:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        elif not busy and self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    def _maybe_close(self) -> None:
+        if self._closing and not self._closed and not self._queue and (self.tx is None or self.tx.in_flight == 0):
+            assert self.transport is not None
+            self.transport.close()
+            self._closed = True
+
+    def shutdown(self) -> None:
+        """Server shutdown: stop taking requests, answer those in flight, then close."""
+        self._closing = True
+        if self.tx is None:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        while self._queue:
+            event = self._queue.popleft()
+            if isinstance(event, Request):
+                self._write(self.tx.reply_error(event, wire.Errno.ESHUTDOWN))
+        self._maybe_close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._closed = True
+        with contextlib.suppress(KeyError):
+            self.server._forget(self)

@@ -1,0 +1,1 @@
+"""Local block storage: the backend interface and its file and in-memory implementations."""

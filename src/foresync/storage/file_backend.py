@@ -1,0 +1,183 @@
+"""A block store in a regular file or a block device.
+
+Sparse files are the default: a missing file is created with ``ftruncate`` (no data blocks), TRIM
+and WRITE_ZEROES punch holes, and BLOCK_STATUS reads holes back with ``SEEK_DATA``/``SEEK_HOLE``.
+``fallocate`` is not in the ``os`` module, so it is called through libc; where the filesystem
+refuses a mode, we fall back to writing zeroes (and report "not fast" when asked to be fast).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import stat
+
+from foresync.errors import ConfigError, StorageError
+from foresync.nbd.wire import AllocationFlag
+from foresync.storage.backend import Extent
+from foresync.units import format_size
+
+log = logging.getLogger(__name__)
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+_ZERO_CHUNK_BYTES = 1 << 20
+_HOLE = int(AllocationFlag.HOLE | AllocationFlag.ZERO)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def open_or_create(path: str, size: int, read_only: bool = False, create: bool = True) -> int:
+    """Open ``path`` as a volume of exactly ``size`` bytes, creating a sparse file if missing.
+
+    An existing file of another size is refused and left untouched."""
+    flags = os.O_RDONLY if read_only else os.O_RDWR
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create or read_only:
+            raise ConfigError(f"volume file {path} does not exist") from None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, size)
+        log.info("created sparse volume file %s of %s", path, format_size(size))
+        return fd
+    except OSError as exc:
+        raise ConfigError(f"cannot open volume {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    actual = os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(mode) else os.fstat(fd).st_size
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise ConfigError(f"volume {path} is neither a regular file nor a block device")
+    if actual != size:
+        os.close(fd)
+        raise ConfigError(
+            f"volume {path} is {actual} bytes ({format_size(actual)}) but the configured size is "
+            f"{size} bytes ({format_size(size)}); refusing to use it (the file was not changed)"
+        )
+    return fd
+
+
+class FileBackend:
+    def __init__(self, path: str, size: int, read_only: bool = False, create: bool = True) -> None:
+        self.path = path
+        self.size = size
+        self.read_only = read_only
+        self.fd = open_or_create(path, size, read_only, create)
+        self.is_block_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
+        self._can_punch = not self.is_block_device
+        self._can_zero_range = not self.is_block_device
+        self._can_seek_data = not self.is_block_device
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise StorageError(f"read of {length} bytes at {offset} failed: {exc.strerror}") from exc
+        if len(data) < length:  # only past EOF of a file that shrank under us; show zeroes
+            data += bytes(length - len(data))
+        return data
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            code = errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+            raise StorageError(f"write at {offset} failed: {exc.strerror}", code) from exc
+
+    def flush(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise StorageError(f"fdatasync failed: {exc.strerror}") from exc
+
+    def trim(self, offset: int, length: int) -> None:
+        if length and self._can_punch and self._try_fallocate(FALLOC_FL_PUNCH_HOLE, offset, length):
+            return
+        # TRIM is advisory: if punching is impossible, leaving the data is a correct answer.
+
+    def zero(self, offset: int, length: int, may_punch: bool, fast_only: bool) -> bool:
+        if not length:
+            return True
+        if may_punch and self._can_punch and self._try_fallocate(FALLOC_FL_PUNCH_HOLE, offset, length):
+            return True
+        if self._can_zero_range and self._try_fallocate(FALLOC_FL_ZERO_RANGE, offset, length):
+            return True
+        if fast_only:
+            return False
+        self._write_zeroes(offset, length)
+        return True
+
+    def _try_fallocate(self, mode: int, offset: int, length: int) -> bool:
+        try:
+            fallocate(self.fd, mode | FALLOC_FL_KEEP_SIZE, offset, length)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                if mode & FALLOC_FL_PUNCH_HOLE:
+                    self._can_punch = False
+                else:
+                    self._can_zero_range = False
+                log.info("fallocate mode 0x%x unsupported on %s; falling back", mode, self.path)
+                return False
+            raise StorageError(f"fallocate at {offset} failed: {exc.strerror}") from exc
+
+    def _write_zeroes(self, offset: int, length: int) -> None:
+        zeroes = bytes(min(length, _ZERO_CHUNK_BYTES))
+        end = offset + length
+        while offset < end:
+            chunk = min(end - offset, len(zeroes))
+            self.write(offset, zeroes[:chunk] if chunk < len(zeroes) else zeroes)
+            offset += chunk
+
+    def cache(self, offset: int, length: int) -> None:
+        os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        end = min(offset + length, self.size)
+        if not self._can_seek_data:
+            return [(end - offset, 0)]
+        out: list[Extent] = []
+        pos = offset
+        while pos < end and len(out) < 4096:
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only holes from here to EOF
+                    data = end
+                elif exc.errno == errno.EINVAL:
+                    self._can_seek_data = False
+                    return [(end - offset, 0)]
+                else:
+                    raise StorageError(f"SEEK_DATA failed: {exc.strerror}") from exc
+            if data > pos:
+                stop = min(data, end)
+                out.append((stop - pos, _HOLE))
+                pos = stop
+                continue
+            hole = os.lseek(self.fd, pos, os.SEEK_HOLE)
+            stop = min(hole, end)
+            out.append((stop - pos, 0))
+            pos = stop
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
