@@ -102,6 +102,82 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
         raise click.ClickException(f"cannot serve on {listen}: {exc.strerror or exc}") from None
 
 
+CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="SITE.toml",
+                             type=click.Path(dir_okay=False),
+                             help="The site's TOML config (see docs/operations.md).")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--role", required=True, type=click.Choice(["primary", "secondary"]),
+              help="What this site starts as. The primary mints the volume identity; a new "
+                   "secondary adopts it on first connect.")
+@click.option("--force", is_flag=True, help="Overwrite existing site metadata (forgets identity and record).")
+def init(config_path: str, role: str, force: bool) -> None:
+    """Create a site's metadata: identity, role, epoch 1 and an empty record."""
+    from foresync.daemon import init_site
+
+    try:
+        meta = init_site(config_path, role, force)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    identity = meta.volume_id.hex() if meta.volume_id else "adopted from the primary on first connect"
+    click.echo(f"initialised {role} site (epoch {meta.epoch}, volume identity {identity})")
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_path: str) -> None:
+    """Run a site until SIGTERM or SIGINT. The role comes from the site metadata."""
+    from foresync.daemon import run_site
+
+    try:
+        run_async(lambda stop: run_site(config_path, stop))
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /status JSON.")
+def status(config_path: str, as_json: bool) -> None:
+    """Show a running site's replication state (from its admin HTTP /status)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from foresync.config import load
+    from foresync.units import format_size
+
+    try:
+        cfg = load(config_path)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    host, port = cfg.admin_listen
+    url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            doc = json.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"site {cfg.name} is not answering on {url} ({exc}); is `foresync run` running?") from None
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    rec, cnt, lag = doc["record"], doc["counters"], doc["lag"]
+    writes = cnt["writes"] or 1
+    click.echo(f"{cfg.name}  role={doc['role']}  epoch={doc['epoch']}  mode={doc['mode']}  "
+               f"link={doc['link']}  in_sync={'yes' if doc['in_sync'] else 'no'}")
+    click.echo(f"  record {rec['extents']}/{rec['capacity']} extents of {format_size(rec['extent_size_bytes'])}"
+               f"  (worst-case failback {format_size(rec['extents'] * rec['extent_size_bytes'])})")
+    click.echo(f"  writes {cnt['writes']}  hits {cnt['record_hits']}  misses {cnt['record_misses']}"
+               f"  hit ratio {cnt['record_hits'] / writes:.1%}  resync {format_size(cnt['resync_bytes'])}")
+    click.echo(f"  lag {format_size(lag['bytes'])} in {lag['writes']} writes")
+    if doc.get("link_error"):
+        click.echo(f"  last link error: {doc['link_error']}")
+
+
 @main.command()
 @click.option("--keep", is_flag=True, help="Leave the server running and print how to reach it.")
 def demo(keep: bool) -> None:

@@ -1,0 +1,1 @@
+"""The admin HTTP endpoint: status JSON and Prometheus metrics."""

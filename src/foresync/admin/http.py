@@ -1,0 +1,79 @@
+"""A deliberately small HTTP/1.1 server for ``GET /status`` and ``GET /metrics``.
+
+One request per connection, bounded request size, and a timeout, so a stuck or hostile client
+cannot hold resources. Routes map (method, path) to a function returning (status, content type,
+body); the daemon supplies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+Response = tuple[int, str, bytes]
+Route = Callable[[bytes], Response]
+MAX_REQUEST_BYTES = 64 * 1024
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            409: "Conflict", 500: "Internal Server Error"}
+
+
+class AdminServer:
+    def __init__(self, routes: dict[tuple[str, str], Route]) -> None:
+        self.routes = routes
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        name = self._server.sockets[0].getsockname()
+        log.info("admin HTTP on http://%s:%d/status", name[0], name[1])
+        return name[0], name[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, ctype, body = await asyncio.wait_for(self._respond(reader), timeout=10)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            status, ctype, body = 400, "text/plain", b"bad request\n"
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        try:
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> Response:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if len(head) > MAX_REQUEST_BYTES:
+            return 400, "text/plain", b"request too large\n"
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3:
+            return 400, "text/plain", b"bad request line\n"
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if length > MAX_REQUEST_BYTES:
+            return 400, "text/plain", b"body too large\n"
+        body = await reader.readexactly(length) if length else b""
+        route = self.routes.get((method, target))
+        if route is None:
+            known = any(path == target for _, path in self.routes)
+            return (405 if known else 404), "text/plain", b"no such endpoint\n"
+        try:
+            return route(body)
+        except Exception:  # a status bug must not kill the daemon; it is logged with a traceback
+            log.exception("admin endpoint %s %s failed", method, target)
+            return 500, "text/plain", b"internal error\n"
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

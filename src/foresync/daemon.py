@@ -1,0 +1,98 @@
+"""Running one site: load config and metadata, open the volume, start the role and the admin HTTP.
+
+The role comes from the site metadata written by ``foresync init``, never from the command line,
+so a restarted site always comes back as what it last was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any
+
+from foresync import config as config_mod
+from foresync import site
+from foresync.admin.http import AdminServer, Response
+from foresync.errors import ConfigError
+from foresync.journal.journal import RecordJournal
+from foresync.sites.primary import PrimarySite
+from foresync.sites.secondary import SecondarySite
+from foresync.storage.file_backend import FileBackend
+
+log = logging.getLogger(__name__)
+
+
+def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
+    """Create a site's metadata (and its sparse volume file if missing)."""
+    cfg = config_mod.load(config_path)
+    if site.exists(cfg.meta) and not force:
+        raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "
+                          "(the site forgets its identity, record and epoch history)")
+    backend = FileBackend(cfg.data, cfg.size)
+    backend.close()
+    os.makedirs(cfg.meta, exist_ok=True)
+    for stale in (site.JOURNAL_FILE, site.OOS_FILE):
+        path = os.path.join(cfg.meta, stale)
+        if os.path.exists(path):
+            os.unlink(path)
+    volume_id = site.mint_volume_id() if role == "primary" else None
+    meta = site.SiteMeta(role=role, volume_id=volume_id)
+    site.store(cfg.meta, meta)
+    if volume_id is not None:
+        RecordJournal.create(os.path.join(cfg.meta, site.JOURNAL_FILE), volume_id).close()
+    return meta
+
+
+def _metrics(cfg: config_mod.SiteConfig, status: dict[str, Any]) -> bytes:
+    label = f'volume="{cfg.name}"'
+    counters, record, lag = status["counters"], status["record"], status["lag"]
+    lines = [
+        ("foresync_writes_total", "counter", counters["writes"]),
+        ("foresync_record_hits_total", "counter", counters["record_hits"]),
+        ("foresync_record_misses_total", "counter", counters["record_misses"]),
+        ("foresync_resync_bytes_total", "counter", counters["resync_bytes"]),
+        ("foresync_record_extents", "gauge", record["extents"]),
+        ("foresync_record_capacity_extents", "gauge", record["capacity"]),
+        ("foresync_failback_bound_bytes", "gauge", record["extents"] * record["extent_size_bytes"]),
+        ("foresync_replication_lag_bytes", "gauge", lag["bytes"]),
+        ("foresync_link_up", "gauge", 1 if status["link"] == "connected" else 0),
+    ]
+    out = []
+    for name, kind, value in lines:
+        out.append(f"# TYPE {name} {kind}\n{name}{{{label}}} {value}\n")
+    return "".join(out).encode()
+
+
+async def run_site(config_path: str, stop: asyncio.Event) -> None:
+    cfg = config_mod.load(config_path)
+    meta = site.load(cfg.meta)
+    backend = FileBackend(cfg.data, cfg.size)
+    runner: PrimarySite | SecondarySite
+    if meta.role == "primary":
+        runner = PrimarySite(cfg, meta, backend, site.load_oos(cfg.meta))
+    else:
+        journal_path = os.path.join(cfg.meta, site.JOURNAL_FILE)
+        journal = None
+        if os.path.exists(journal_path):
+            journal = RecordJournal.open(journal_path)
+        elif meta.volume_id is not None:
+            journal = RecordJournal.create(journal_path, meta.volume_id)
+        runner = SecondarySite(cfg, meta, backend, journal)
+
+    def status(_: bytes) -> Response:
+        return 200, "application/json", json.dumps(runner.status()).encode()
+
+    def metrics(_: bytes) -> Response:
+        return 200, "text/plain; version=0.0.4", _metrics(cfg, runner.status())
+
+    admin = AdminServer({("GET", "/status"): status, ("GET", "/metrics"): metrics})
+    await admin.start(*cfg.admin_listen)
+    log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, meta.role, meta.epoch, cfg.mode.value)
+    try:
+        await runner.run(stop)
+    finally:
+        await admin.aclose()
+        backend.close()
+    log.info("site %s stopped cleanly", cfg.name)

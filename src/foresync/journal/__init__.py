@@ -1,0 +1,1 @@
+"""The secondary's record journal: append-only, CRC32C per entry, group commit, checkpoints."""

@@ -1,0 +1,112 @@
+"""The record journal file: appends, group commit, checkpoints and torn-tail recovery.
+
+Appends go straight to the file (``O_APPEND``) but are not durable until ``sync``; the daemon
+calls ``sync`` once for every batch of concurrent appends (group commit). ``_fsync`` is the one
+place durability happens, so a test can replace it with one that fails. Opening replays the
+journal; a torn tail is copied aside to ``<journal>.torn-<offset>`` and fsynced before the file
+is truncated back to its last whole entry, so no bytes are ever destroyed silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from foresync.journal import format as fmt
+from foresync.journal.format import RecordState, Replay
+
+log = logging.getLogger(__name__)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RecordJournal:
+    def __init__(self, path: str, fd: int, volume_id: bytes, replayed: Replay) -> None:
+        self.path = path
+        self._fd = fd
+        self.volume_id = volume_id
+        self.replayed = replayed
+        self.entries_since_checkpoint = replayed.entries
+        self.appended = 0  # appends since open; sync(n) makes the first n durable
+        self.synced = 0
+
+    @classmethod
+    def create(cls, path: str, volume_id: bytes, state: RecordState | None = None) -> RecordJournal:
+        """Write a new journal holding ``state`` (empty by default) and open it."""
+        cls._write_image(path, volume_id, state or RecordState())
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str) -> RecordJournal:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        replayed = fmt.replay(data)
+        if replayed.torn_reason is not None:
+            aside = f"{path}.torn-{replayed.valid_end}"
+            with open(aside, "wb") as handle:
+                handle.write(data[replayed.valid_end :])
+                handle.flush()
+                os.fsync(handle.fileno())
+            log.warning("journal %s: %s at byte %d; %d bytes preserved in %s and cut from the journal",
+                        path, replayed.torn_reason, replayed.valid_end, len(data) - replayed.valid_end, aside)
+            with open(path, "r+b") as handle:
+                handle.truncate(replayed.valid_end)
+                handle.flush()
+                os.fsync(handle.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return cls(path, fd, replayed.volume_id, replayed)
+
+    @staticmethod
+    def _write_image(path: str, volume_id: bytes, state: RecordState) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path)
+
+    def append(self, entry: bytes) -> int:
+        """Append one encoded entry; returns its number for ``sync``. Not durable yet."""
+        view = memoryview(entry)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self.appended += 1
+        self.entries_since_checkpoint += 1
+        return self.appended
+
+    def sync(self) -> int:
+        """Make every append so far durable; returns how many appends that covers."""
+        target = self.appended
+        if target > self.synced:
+            self._fsync()
+            self.synced = target
+        return target
+
+    def commit(self, target: int) -> None:
+        """Make the first ``target`` appends durable. Safe to call from a worker thread while the
+        event loop keeps appending: appends after the fdatasync starts are simply not counted."""
+        self._fsync()
+        self.synced = max(self.synced, target)
+
+    def _fsync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def checkpoint(self, state: RecordState) -> None:
+        """Replace the journal with one checkpoint of ``state`` (atomic rename)."""
+        os.close(self._fd)
+        self._write_image(self.path, self.volume_id, state)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.entries_since_checkpoint = 1
+        self.synced = self.appended
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

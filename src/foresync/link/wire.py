@@ -1,0 +1,342 @@
+"""The replication link's frames and messages: byte layouts and pure encode/decode.
+
+Every frame (16-byte header, then the payload):
+    0   u32  FRAME_MAGIC = 0x46534c4b ("FSLK")
+    4   u8   message type (MessageType)
+    5   u8   reserved, 0
+    6   u16  reserved, 0
+    8   u32  payload length
+    12  u32  CRC32C of header bytes 0..11 followed by the payload
+All integers are big-endian. A frame with a bad magic, an unknown type, a length over the limit
+or a wrong CRC is a RemoteProtocolError: the stream is TCP, so a damaged frame means the
+connection can no longer be trusted and is closed; the sites then resynchronise.
+
+Payloads (after the header):
+    HELLO       u16 version, u8 role, u8 flags, 16s volume id, u64 size, u32 extent size,
+                u64 epoch
+    WELCOME     16s volume id, u64 epoch, u64 applied seq, u32 n, n x u32 record extents,
+                then pending ranges as (u64 seq, u64 offset, u64 length) (the rest)
+    REFUSE      UTF-8 reason (the rest)
+    WRITE       u64 seq, u64 offset, u8 flags, u16 budget, u32 n, n x u32 removed extents, data
+    ZERO        u64 seq, u64 offset, u64 length, u8 flags, u16 budget, u32 n, n x u32 removed
+    ADDED       u64 seq, then u32 extents added to the record (the rest)
+    APPLIED     u64 seq: every message through seq has been applied (not necessarily durable)
+    DURABLE     u64 seq: every message through seq is fdatasynced (the durable watermark)
+    SYNC        u64 seq: please make everything through seq durable and report DURABLE
+    REMOVE      u32 n, n x u32 removed extents, then u64 range seqs done (the rest)
+    PING, PONG  u64 sender timestamp in nanoseconds (echoed back)
+    RESYNC_DONE u64 seq: the resync pass that ends at seq is complete
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+import google_crc32c
+
+from foresync.errors import RemoteProtocolError, invariant
+
+PROTOCOL_VERSION = 1
+FRAME_MAGIC = 0x46534C4B
+FRAME_HEADER = struct.Struct(">IBBHII")
+_PREFIX = struct.Struct(">IBBHI")
+DEFAULT_MAX_FRAME_BYTES = 33 * 1024 * 1024  # one 32 MiB write plus its header and removals
+
+HELLO = struct.Struct(">HBB16sQIQ")
+WELCOME = struct.Struct(">16sQQ")
+WRITE = struct.Struct(">QQBHI")
+ZERO = struct.Struct(">QQQBHI")
+SEQ = struct.Struct(">Q")
+RANGE = struct.Struct(">QQQ")
+COUNT = struct.Struct(">I")
+
+invariant(FRAME_HEADER.size == 16 and _PREFIX.size == 12, "link frame header layout")
+invariant(HELLO.size == 40 and WELCOME.size == 32, "link hello layout")
+invariant(WRITE.size == 23 and ZERO.size == 31, "link write layout")
+
+
+class MessageType(IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    REFUSE = 3
+    WRITE = 4
+    ZERO = 5
+    ADDED = 6
+    APPLIED = 7
+    DURABLE = 8
+    SYNC = 9
+    REMOVE = 10
+    PING = 11
+    PONG = 12
+    RESYNC_DONE = 13
+
+
+class WriteFlag(IntFlag):
+    MISS = 1  # add the touched extents (plus predictions, within budget) before applying; reply ADDED
+    DURABLE = 2  # sync mode: reply DURABLE once this write is fdatasynced
+    RESYNC = 4  # resync data, not a host write
+    PUNCH = 8  # ZERO only: the range may be deallocated
+    RANGE = 16  # ZERO only: too large for the record; journal it as a pending range until REMOVE
+
+
+class Role(IntEnum):
+    PRIMARY = 0
+    SECONDARY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    role: int
+    flags: int
+    volume_id: bytes
+    size: int
+    extent_size: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    volume_id: bytes
+    epoch: int
+    applied_seq: int
+    record: tuple[int, ...]
+    ranges: tuple[tuple[int, int, int], ...] = ()  # (seq, offset, length) still pending
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    seq: int
+    offset: int
+    flags: int
+    budget: int
+    removals: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Zero:
+    seq: int
+    offset: int
+    length: int
+    flags: int
+    budget: int
+    removals: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    seq: int
+    extents: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    extents: tuple[int, ...]
+    ranges_done: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncDone:
+    seq: int
+
+
+Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
+           | Ping | Pong | ResyncDone)
+
+
+def _u32s(values: tuple[int, ...]) -> bytes:
+    return struct.pack(f">{len(values)}I", *values)
+
+
+def _read_u32s(payload: bytes, start: int, count: int, what: str) -> tuple[int, ...]:
+    end = start + 4 * count
+    if end > len(payload):
+        raise RemoteProtocolError(f"{what}: list of {count} extents runs past the frame")
+    return struct.unpack_from(f">{count}I", payload, start)
+
+
+def encode_payload(message: Message) -> tuple[int, bytes]:
+    """(message type, payload bytes) for ``message``."""
+    match message:
+        case Write(seq, offset, flags, budget, removals, data):
+            head = WRITE.pack(seq, offset, flags, budget, len(removals)) + _u32s(removals)
+            return MessageType.WRITE, head + data
+        case Zero(seq, offset, length, flags, budget, removals):
+            return MessageType.ZERO, ZERO.pack(seq, offset, length, flags, budget, len(removals)) + _u32s(removals)
+        case Applied(seq):
+            return MessageType.APPLIED, SEQ.pack(seq)
+        case Durable(seq):
+            return MessageType.DURABLE, SEQ.pack(seq)
+        case Added(seq, extents):
+            return MessageType.ADDED, SEQ.pack(seq) + _u32s(extents)
+        case Sync(seq):
+            return MessageType.SYNC, SEQ.pack(seq)
+        case Remove(extents, ranges_done):
+            body = COUNT.pack(len(extents)) + _u32s(extents)
+            return MessageType.REMOVE, body + struct.pack(f">{len(ranges_done)}Q", *ranges_done)
+        case Ping(ts):
+            return MessageType.PING, SEQ.pack(ts)
+        case Pong(ts):
+            return MessageType.PONG, SEQ.pack(ts)
+        case ResyncDone(seq):
+            return MessageType.RESYNC_DONE, SEQ.pack(seq)
+        case Hello(version, role, flags, volume_id, size, extent_size, epoch):
+            return MessageType.HELLO, HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
+        case Welcome(volume_id, epoch, applied_seq, record, ranges):
+            body = WELCOME.pack(volume_id, epoch, applied_seq) + COUNT.pack(len(record)) + _u32s(record)
+            return MessageType.WELCOME, body + b"".join(RANGE.pack(*r) for r in ranges)
+        case Refuse(reason):
+            return MessageType.REFUSE, reason.encode("utf-8")
+    raise AssertionError(f"unknown message {message!r}")
+
+
+def encode_frame(message: Message) -> bytes:
+    kind, payload = encode_payload(message)
+    prefix = _PREFIX.pack(FRAME_MAGIC, kind, 0, 0, len(payload))
+    crc = google_crc32c.extend(google_crc32c.value(prefix), payload)
+    return prefix + COUNT.pack(crc) + payload
+
+
+def _exact(payload: bytes, size: int, what: str) -> None:
+    if len(payload) != size:
+        raise RemoteProtocolError(f"{what} payload is {len(payload)} bytes, expected {size}")
+
+
+def decode_payload(kind: int, payload: bytes) -> Message:
+    """Decode one checked frame payload; malformed content is a RemoteProtocolError."""
+    try:
+        message_type = MessageType(kind)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown link message type {kind}") from None
+    if message_type is MessageType.WRITE:
+        if len(payload) < WRITE.size:
+            raise RemoteProtocolError("WRITE frame shorter than its header")
+        seq, offset, flags, budget, count = WRITE.unpack_from(payload)
+        removals = _read_u32s(payload, WRITE.size, count, "WRITE")
+        return Write(seq, offset, flags, budget, removals, payload[WRITE.size + 4 * count :])
+    if message_type is MessageType.ZERO:
+        if len(payload) < ZERO.size:
+            raise RemoteProtocolError("ZERO frame shorter than its header")
+        seq, offset, length, flags, budget, count = ZERO.unpack_from(payload)
+        _exact(payload, ZERO.size + 4 * count, "ZERO")
+        return Zero(seq, offset, length, flags, budget, _read_u32s(payload, ZERO.size, count, "ZERO"))
+    if message_type in _SEQ_ONLY:
+        _exact(payload, SEQ.size, message_type.name)
+        return _SEQ_ONLY[message_type](SEQ.unpack(payload)[0])
+    if message_type is MessageType.ADDED:
+        if len(payload) < SEQ.size or (len(payload) - SEQ.size) % 4:
+            raise RemoteProtocolError("ADDED payload is not a seq and a list of u32 extents")
+        return Added(SEQ.unpack_from(payload)[0], _read_u32s(payload, 8, (len(payload) - 8) // 4, "ADDED"))
+    if message_type is MessageType.REMOVE:
+        if len(payload) < COUNT.size:
+            raise RemoteProtocolError("REMOVE frame shorter than its count")
+        (count,) = COUNT.unpack_from(payload)
+        extents = _read_u32s(payload, 4, count, "REMOVE")
+        rest = len(payload) - 4 - 4 * count
+        if rest % 8:
+            raise RemoteProtocolError("REMOVE range list is not a whole number of u64")
+        ranges = struct.unpack_from(f">{rest // 8}Q", payload, 4 + 4 * count)
+        return Remove(extents, ranges)
+    if message_type is MessageType.HELLO:
+        _exact(payload, HELLO.size, "HELLO")
+        return Hello(*HELLO.unpack(payload))
+    if message_type is MessageType.WELCOME:
+        if len(payload) < WELCOME.size + 4:
+            raise RemoteProtocolError("WELCOME payload shorter than its header")
+        volume_id, epoch, applied = WELCOME.unpack_from(payload)
+        (count,) = COUNT.unpack_from(payload, WELCOME.size)
+        record = _read_u32s(payload, WELCOME.size + 4, count, "WELCOME")
+        rest = payload[WELCOME.size + 4 + 4 * count :]
+        if len(rest) % RANGE.size:
+            raise RemoteProtocolError("WELCOME range list is not whole (seq, offset, length) triples")
+        ranges = tuple(RANGE.unpack_from(rest, i) for i in range(0, len(rest), RANGE.size))
+        return Welcome(volume_id, epoch, applied, record, ranges)
+    if message_type is MessageType.REFUSE:
+        return Refuse(payload.decode("utf-8", "replace"))
+    raise AssertionError(f"unhandled message type {message_type}")
+
+
+_SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | ResyncDone]] = {
+    MessageType.APPLIED: Applied,
+    MessageType.DURABLE: Durable,
+    MessageType.SYNC: Sync,
+    MessageType.PING: Ping,
+    MessageType.PONG: Pong,
+    MessageType.RESYNC_DONE: ResyncDone,
+}
+
+
+class FrameDecoder:
+    """Splits a byte stream into checked messages. Buffers at most one frame."""
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self.failed: str | None = None
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Messages completed by ``data``. Raises RemoteProtocolError on a damaged frame; after
+        that the decoder stays failed."""
+        if self.failed is not None:
+            raise RemoteProtocolError(f"link stream already failed: {self.failed}")
+        buf = self._buf
+        buf += data
+        out: list[Message] = []
+        pos = 0
+        try:
+            while len(buf) - pos >= FRAME_HEADER.size:
+                magic, kind, _r1, _r2, length, crc = FRAME_HEADER.unpack_from(buf, pos)
+                if magic != FRAME_MAGIC:
+                    raise RemoteProtocolError(f"bad link frame magic 0x{magic:08x}")
+                if length > self.max_frame_bytes:
+                    raise RemoteProtocolError(
+                        f"link frame of {length} bytes is over the {self.max_frame_bytes}-byte limit")
+                end = pos + FRAME_HEADER.size + length
+                if len(buf) < end:
+                    break
+                payload = bytes(buf[pos + FRAME_HEADER.size : end])
+                actual = google_crc32c.extend(google_crc32c.value(bytes(buf[pos : pos + 12])), payload)
+                if actual != crc:
+                    raise RemoteProtocolError(f"link frame CRC32C mismatch (type {kind}, {length} bytes)")
+                out.append(decode_payload(kind, payload))
+                pos = end
+        except RemoteProtocolError as exc:
+            self.failed = str(exc)
+            buf.clear()
+            raise
+        if pos:
+            del buf[:pos]
+        return out

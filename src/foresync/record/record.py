@@ -1,0 +1,150 @@
+"""The primary's copy of the record, and how it chooses what to evict (claims 10-17).
+
+Theory of operation. The secondary owns the durable record; the primary keeps a copy so it can
+decide hit or miss without a round trip (claim 10). Every extent also carries the sequence number
+of the latest write to it. An extent is *clean* when that write is durable on both sites: the
+secondary has reported a durable watermark at or past it (claim 14) and the primary's own
+fdatasync has covered it (otherwise a primary crash could lose the local copy of a write the
+secondary kept, leaving a difference no record covers). Only clean extents may be evicted.
+
+The record is bounded by ``capacity``. Before a miss goes out, the primary reserves room for the
+extents the secondary may add (the touched ones plus the predicted ones), evicting clean extents
+if needed: ``lru`` removes the least-recently-added ones one at a time (claim 15); ``generations``
+groups additions into generations of ``generation_size`` extents in order of adding and removes a
+whole generation once every extent in it is clean (claim 16). When nothing is clean the miss waits
+for the watermark; the record never overflows and never drops a dirty extent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from foresync.errors import LocalProtocolError, invariant
+
+
+class Eviction(Enum):
+    LRU = "lru"
+    GENERATIONS = "generations"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStatistics:
+    extents: int
+    capacity: int
+    reserved: int
+    generations: int
+    evicted_total: int
+
+
+class RecordCopy:
+    def __init__(self, capacity: int, eviction: Eviction, generation_size: int | None = None) -> None:
+        if capacity < 1:
+            raise LocalProtocolError("record capacity must be at least 1")
+        self.capacity = capacity
+        self.eviction = eviction
+        self.generation_size = generation_size or max(1, capacity // 8)
+        self._generation_of: dict[int, int] = {}  # extent -> generation; dict order = order added
+        self._generations: dict[int, set[int]] = {}  # generation -> its extents; oldest first
+        self._current = 0
+        self._last_seq: dict[int, int] = {}  # extent -> seq of the latest write to it
+        self.reserved = 0
+        self.evicted_total = 0
+
+    def __len__(self) -> int:
+        return len(self._generation_of)
+
+    def __contains__(self, extent: int) -> bool:
+        return extent in self._generation_of
+
+    def extents(self) -> list[int]:
+        return sorted(self._generation_of)
+
+    def covers(self, extents: Iterable[int]) -> bool:
+        members = self._generation_of
+        return all(extent in members for extent in extents)
+
+    def free(self) -> int:
+        return self.capacity - len(self._generation_of) - self.reserved
+
+    def note_write(self, extents: Iterable[int], seq: int) -> None:
+        for extent in extents:
+            self._last_seq[extent] = seq
+
+    def last_seq(self, extent: int) -> int:
+        return self._last_seq.get(extent, 0)
+
+    def is_clean(self, extent: int, clean_through: int) -> bool:
+        return self._last_seq.get(extent, 0) <= clean_through
+
+    def add(self, extents: Iterable[int]) -> None:
+        for extent in extents:
+            if extent in self._generation_of:
+                continue
+            group = self._generations.get(self._current)
+            if group is None:
+                group = self._generations[self._current] = set()
+            elif len(group) >= self.generation_size:
+                self._current += 1
+                group = self._generations[self._current] = set()
+            group.add(extent)
+            self._generation_of[extent] = self._current
+        invariant(len(self._generation_of) <= self.capacity,
+                  f"record holds {len(self._generation_of)} extents, capacity {self.capacity}")
+
+    def remove(self, extents: Iterable[int]) -> None:
+        for extent in extents:
+            generation = self._generation_of.pop(extent, None)
+            if generation is None:
+                continue
+            group = self._generations[generation]
+            group.discard(extent)
+            if not group:
+                del self._generations[generation]
+
+    def replace(self, extents: Iterable[int]) -> None:
+        """Adopt the secondary's record wholesale (after a connect), as one old generation."""
+        self._generation_of.clear()
+        self._generations.clear()
+        self.reserved = 0
+        self._current += 1
+        self.add(sorted(extents))
+        self._current += 1
+
+    def forget_clean(self, clean_through: int) -> None:
+        """Drop write sequence numbers that no longer matter, to bound memory."""
+        stale = [e for e, seq in self._last_seq.items() if seq <= clean_through and e not in self._generation_of]
+        for extent in stale:
+            del self._last_seq[extent]
+
+    def choose_evictions(self, needed: int, clean_through: int) -> list[int] | None:
+        """Extents to remove so ``needed`` more slots are free, or None if not possible yet.
+
+        Nothing is removed here: the caller removes them from the copy, then tells the secondary.
+        """
+        shortfall = needed - self.free()
+        if shortfall <= 0:
+            return []
+        chosen: list[int] = []
+        if self.eviction is Eviction.LRU:
+            for extent in self._generation_of:
+                if self._last_seq.get(extent, 0) <= clean_through:
+                    chosen.append(extent)
+                    if len(chosen) >= shortfall:
+                        return chosen
+            return None
+        for group in self._generations.values():
+            if all(self._last_seq.get(e, 0) <= clean_through for e in group):
+                chosen.extend(sorted(group))
+                if len(chosen) >= shortfall:
+                    return chosen
+        return None
+
+    def evict(self, extents: list[int]) -> None:
+        self.remove(extents)
+        self.evicted_total += len(extents)
+
+    def statistics(self) -> RecordStatistics:
+        return RecordStatistics(len(self._generation_of), self.capacity, self.reserved,
+                                len(self._generations), self.evicted_total)

@@ -1,0 +1,628 @@
+"""The primary's replication core: hit or miss, ordering, the window, eviction and resync.
+
+Theory of operation (claims 1-5, 10-17). Every host write becomes an *op* with a sequence
+number; ops go to the secondary on one ordered stream, so the secondary's image is always a
+prefix of the primary's write history.
+
+* Hit (every touched extent is in the record copy): send the data, apply it locally, answer the
+  host. The secondary's record already covers the extent, so it may lag (claims 3, 5).
+* Miss: evict clean extents if the record is full and piggyback their removal (claim 17), send the
+  data with MISS and a budget of extents the secondary may add (claims 2, 11, 12, 18, 19), and
+  only when ADDED comes back add those extents to the copy, apply locally and answer the host
+  (claim 1). Writing locally first could leave a difference no record covers.
+* ``sync`` mode (DRBD protocol C) also waits for the secondary's durable watermark to pass the
+  op; ``async`` (protocol A) never waits and keeps no record.
+
+Local applies keep arrival order per extent: an op waits until every earlier op touching one of
+its extents has been applied (a hit never overtakes a pending miss on a shared extent).
+
+Large zero/trim ranges carry no payload and would flood the record, so they go as a RANGE op:
+the secondary journals the range as pending, applies it and makes it durable before answering;
+the primary applies it, and once its own flush covers it tells the secondary the range is done.
+
+Resync sends whole extents read from the local image at send time, through the same hit/miss
+path, so an extent not in the secondary's record is added before its data lands. A resync read
+waits until no earlier op on that extent is still waiting to be applied locally.
+
+All I/O is done by the adapter through ``Action`` values drained with ``actions()``, except
+resync reads, which go through the injected ``read`` port so that a read and its send are atomic.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from foresync.errors import LocalProtocolError, RemoteProtocolError, invariant
+from foresync.link import wire
+from foresync.link.wire import WriteFlag
+from foresync.nbd.wire import Errno
+from foresync.record.predict import extents_of
+from foresync.record.record import Eviction, RecordCopy
+
+
+class Mode(Enum):
+    LOOKAHEAD = "lookahead"
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+class LinkState(Enum):
+    DISCONNECTED = "disconnected"
+    HANDSHAKE = "handshake"
+    CONNECTED = "connected"
+
+
+# -- actions for the adapter ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message: wire.Message
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyLocal:
+    """Apply an op to the local image, then call ``local_applied(seq, errno)``."""
+
+    seq: int
+    offset: int
+    length: int
+    data: bytes | None  # None: a zero/trim
+    punch: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AckHost:
+    op_id: int
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushLocal:
+    """fdatasync the local image, then call ``local_flushed(through)``."""
+
+    through: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFailed:
+    reason: str
+
+
+Action = Send | ApplyLocal | AckHost | FlushLocal | LinkFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mode: Mode
+    size: int
+    extent_size: int
+    capacity: int
+    lookahead: int
+    eviction: Eviction
+    volume_id: bytes
+    epoch: int = 1
+    window_bytes: int = 64 * 1024 * 1024
+    range_threshold_extents: int = 16  # zero/trim ops touching more extents go as RANGE
+    miss_wait_s: float = 30.0
+
+
+@dataclass(slots=True, eq=False)
+class _Op:
+    op_id: int  # host request id; -1 for resync
+    offset: int
+    length: int
+    data: bytes | None
+    punch: bool
+    fua: bool
+    extents: range
+    seq: int = 0
+    budget: int = 0
+    waiting_since: float = 0.0
+    remote_ok: bool = False  # ADDED received (miss) / durable (sync) / not needed
+    applied: bool = False
+    resync_extent: int = -1
+    is_range: bool = False
+    errno: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryStatistics:
+    writes: int
+    record_hits: int
+    record_misses: int
+    resync_bytes: int
+    lag_bytes: int
+    lag_writes: int
+    record_extents: int
+    record_capacity: int
+    link: str
+    resync_remaining_extents: int
+    durable_seq: int
+    last_seq: int
+    in_sync: bool
+    out_of_sync_extents: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    writes: int = 0
+    hits: int = 0
+    misses: int = 0
+    resync_bytes: int = 0
+
+
+class PrimaryCore:
+    def __init__(self, config: Config, read: Callable[[int, int], bytes]) -> None:
+        self.config = config
+        self._read = read
+        self.extent_count = -(-config.size // config.extent_size)
+        self.record = RecordCopy(config.capacity, config.eviction)
+        self.link = LinkState.DISCONNECTED
+        self.link_error = ""
+        self._actions: list[Action] = []
+        self._next_seq = 1
+        self._queue: deque[_Op] = deque()  # host ops not yet sent, in arrival order
+        self._resync: deque[int] = deque()  # extents still to resync
+        self._resync_set: set[int] = set()
+        self._sent: deque[tuple[int, int]] = deque()  # (seq, bytes) not yet APPLIED remotely
+        self._sent_bytes = 0
+        self._misses: dict[int, _Op] = {}  # seq -> miss op waiting for ADDED
+        self._durable_waits: dict[int, _Op] = {}  # seq -> sync-mode op waiting for DURABLE
+        self._by_seq: dict[int, _Op] = {}  # ops sent and not yet finished locally
+        self._extent_fifo: dict[int, deque[int]] = {}  # extent -> seqs waiting to apply locally
+        self._applied_prefix = 0  # every seq <= this is applied locally (or never needed it)
+        self._applied_beyond: set[int] = set()
+        self._remote_applied = 0
+        self._remote_durable = 0
+        self._local_durable = 0
+        self._sync_requested = 0
+        self._flush_tickets = 0  # FlushLocal actions issued
+        self._ticket_prefix: dict[int, int] = {}  # ticket -> applied prefix when issued
+        self._fua_waits: deque[tuple[int, _Op]] = deque()  # (ticket, op) waiting for a flush
+        self._ranges_to_clear: list[int] = []  # range seqs the local flush still has to cover
+        self._ranges_done: list[int] = []  # range seqs to report done to the secondary
+        self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
+        self._resync_last_seq = 0
+        self.out_of_sync: set[int] = set()  # extents written while the secondary could not get them
+        self.counters = _Counters()
+        self.now = 0.0
+
+    # -- inputs from the adapter -------------------------------------------------------------------
+
+    def actions(self) -> list[Action]:
+        out, self._actions = self._actions, []
+        return out
+
+    def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
+        self._submit(_Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data))))
+
+    def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
+        self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
+
+    def flush(self, op_id: int) -> None:
+        """A host FLUSH: local durability; in sync mode remote durability too (every sync-mode
+        write already waited for it before being answered)."""
+        op = _Op(op_id, 0, 0, None, False, True, range(0))
+        op.applied = op.remote_ok = True
+        self._wait_flush(op)
+
+    def connected(self) -> None:
+        """The transport is up: greet the secondary."""
+        if self.link is not LinkState.DISCONNECTED:
+            raise LocalProtocolError(f"connected() while link is {self.link.value}")
+        self.link = LinkState.HANDSHAKE
+        c = self.config
+        self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, c.volume_id, c.size,
+                                   c.extent_size, c.epoch)))
+
+    def disconnected(self, reason: str) -> None:
+        """The link is gone: finish every op locally and remember what the secondary may lack."""
+        if self.link is LinkState.DISCONNECTED:
+            return
+        self.link = LinkState.DISCONNECTED
+        self.link_error = reason
+        self._sent.clear()
+        self._sent_bytes = 0
+        self._sync_requested = self._remote_applied = 0
+        # Everything not known durable remotely may be missing there.
+        for op in list(self._by_seq.values()):
+            self.out_of_sync.update(op.extents)
+            if not op.remote_ok:
+                op.remote_ok = True
+                if op.budget:
+                    self.record.reserved -= op.budget
+                    op.budget = 0
+                self._misses.pop(op.seq, None)
+                self._durable_waits.pop(op.seq, None)
+                self._ready_local(op)
+                self._maybe_finish(op)
+        for extent in self.record.extents():
+            if not self.record.is_clean(extent, self._clean_through()):
+                self.out_of_sync.add(extent)
+        self.out_of_sync.update(self._resync_set)
+        self._resync.clear()
+        self._resync_set.clear()
+        self._pump()
+
+    def receive(self, message: wire.Message) -> None:
+        match message:
+            case wire.Applied(seq):
+                self._on_applied(seq)
+            case wire.Added(seq, extents):
+                self._on_added(seq, extents)
+            case wire.Durable(seq):
+                self._on_durable(seq)
+            case wire.Pong() | wire.Ping():
+                pass
+            case wire.Welcome():
+                self._on_welcome(message)
+            case wire.Refuse(reason):
+                self._fail_link(f"secondary refused us: {reason}")
+            case _:
+                raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
+        self._pump()
+
+    def local_applied(self, seq: int, errno: int) -> None:
+        op = self._by_seq.get(seq)
+        invariant(op is not None and not op.applied, f"local_applied for unknown seq {seq}")
+        assert op is not None
+        op.applied = True
+        op.errno = errno
+        self._mark_applied(seq)
+        for extent in op.extents:
+            fifo = self._extent_fifo[extent]
+            invariant(fifo[0] == seq, "local apply out of order")
+            fifo.popleft()
+            if fifo:
+                self._try_apply(self._by_seq[fifo[0]])
+            else:
+                del self._extent_fifo[extent]
+        if op.is_range:
+            self._ranges_to_clear.append(seq)
+            self._request_flush()
+        self._maybe_finish(op)
+        self._pump()
+
+    def local_flushed(self, ticket: int) -> None:
+        """The fdatasync asked for by ``FlushLocal(ticket)`` (or a later one) has completed."""
+        for done in [t for t in self._ticket_prefix if t <= ticket]:
+            self._local_durable = max(self._local_durable, self._ticket_prefix.pop(done))
+        while self._fua_waits and self._fua_waits[0][0] <= ticket:
+            _, op = self._fua_waits.popleft()
+            self._emit(AckHost(op.op_id, op.errno))
+        durable = self._local_durable
+        cleared = [s for s in self._ranges_to_clear if s <= durable]
+        if cleared:
+            self._ranges_to_clear = [s for s in self._ranges_to_clear if s > durable]
+            self._ranges_done.extend(cleared)
+        self._pump()
+
+    def tick(self, now: float) -> None:
+        """Time passes: time out misses that waited too long for room in the record."""
+        self.now = now
+        if self._queue and self._queue[0].waiting_since and now - self._queue[0].waiting_since > self.config.miss_wait_s:
+            op = self._queue.popleft()
+            self._emit(AckHost(op.op_id, Errno.EIO))
+        self._pump()
+
+    def request_durable(self) -> None:
+        """Ask both sites to report durability (the adapter's watermark timer)."""
+        self._request_sync()
+        self._request_flush()
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def statistics(self) -> PrimaryStatistics:
+        lag_writes = (self._next_seq - 1 - self._remote_applied if self.link is LinkState.CONNECTED else 0)
+        lag_bytes = self._sent_bytes + sum(op.length for op in self._queue)
+        in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync_set
+                   and not self._misses and not self.out_of_sync
+                   and self._remote_durable >= self._next_seq - 1)
+        return PrimaryStatistics(
+            self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
+            lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
+            self.link.value, len(self._resync_set), self._remote_durable,
+            self._next_seq - 1, in_sync, len(self.out_of_sync))
+
+    def unsynced_extents(self) -> set[int]:
+        """Every extent the secondary may lack that its record might not cover: what a primary
+        persists as out-of-sync when it stops."""
+        pending = set(self.out_of_sync) | self._resync_set
+        for op in self._by_seq.values():
+            pending.update(op.extents)
+        for op in self._queue:
+            pending.update(op.extents)
+        clean = self._clean_through()
+        pending.update(e for e in self.record.extents() if not self.record.is_clean(e, clean))
+        return pending
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _emit(self, action: Action) -> None:
+        self._actions.append(action)
+
+    def _extents(self, offset: int, length: int) -> range:
+        if offset < 0 or length < 0 or offset + length > self.config.size:
+            raise LocalProtocolError(f"op {offset}+{length} outside the volume")
+        return extents_of(offset, length, self.config.extent_size)
+
+    def _clean_through(self) -> int:
+        return min(self._remote_durable, self._local_durable)
+
+    def _submit(self, op: _Op) -> None:
+        self.counters.writes += 1
+        op.waiting_since = 0.0
+        self._queue.append(op)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start queued ops in order while they can start, then feed the resync."""
+        while self._queue:
+            if not self._start(self._queue[0]):
+                break
+            self._queue.popleft()
+        self._pump_resync()
+        if self._ranges_done and self.link is LinkState.CONNECTED:
+            self._emit(Send(wire.Remove((), tuple(self._ranges_done))))
+            self._ranges_done = []
+
+    def _start(self, op: _Op) -> bool:
+        """Send (or, with the link down, just apply) one op. False: it must wait."""
+        mode = self.config.mode
+        if self.link is not LinkState.CONNECTED:
+            self._assign_seq(op)
+            self.out_of_sync.update(op.extents)
+            op.remote_ok = True
+            self._ready_local(op)
+            return True
+        if self._sent and self._sent_bytes + op.length > self.config.window_bytes and op.data is not None:
+            return False  # backpressure: the window is full
+        big_range = op.data is None and len(op.extents) > self.config.range_threshold_extents
+        if mode is Mode.ASYNC or big_range:
+            self._send_plain(op, WriteFlag.RANGE if big_range and mode is not Mode.ASYNC else 0)
+            return True
+        if self.record.covers(op.extents):
+            self.counters.hits += 1
+            self._send_plain(op, WriteFlag.DURABLE if mode is Mode.SYNC else 0)
+            return True
+        return self._send_miss(op)
+
+    def _send_plain(self, op: _Op, flags: int) -> None:
+        self._assign_seq(op)
+        if flags & WriteFlag.RANGE:
+            op.is_range = True
+            self._misses[op.seq] = op  # answered with ADDED once durable on the secondary
+        elif flags & WriteFlag.DURABLE:
+            self._durable_waits[op.seq] = op
+        else:
+            op.remote_ok = True
+        self._transmit(op, flags, 0, ())
+        self._ready_local(op)
+
+    def _send_miss(self, op: _Op) -> bool:
+        new = sum(1 for e in op.extents if e not in self.record)
+        budget = min(new + self.config.lookahead, self.config.capacity)
+        if new > self.config.capacity:
+            raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
+                                     f"{self.config.capacity}")
+        evict = self.record.choose_evictions(budget, self._clean_through())
+        if evict is None:
+            budget = new  # try without predictions before waiting
+            evict = self.record.choose_evictions(budget, self._clean_through())
+        if evict is None:
+            if not op.waiting_since:
+                op.waiting_since = self.now or 1e-9
+            self.request_durable()
+            return False
+        self.record.evict(evict)
+        self.counters.misses += 1
+        self._assign_seq(op)
+        op.budget = budget
+        self.record.reserved += budget
+        self._misses[op.seq] = op
+        flags = WriteFlag.MISS | (WriteFlag.DURABLE if self.config.mode is Mode.SYNC else 0)
+        if self.config.mode is Mode.SYNC:
+            self._durable_waits[op.seq] = op
+        self._transmit(op, flags, budget, tuple(evict))
+        return True
+
+    def _assign_seq(self, op: _Op) -> None:
+        op.seq = self._next_seq
+        self._next_seq += 1
+        self._by_seq[op.seq] = op
+        self.record.note_write(op.extents, op.seq)
+        for extent in op.extents:
+            self._extent_fifo.setdefault(extent, deque()).append(op.seq)
+
+    def _transmit(self, op: _Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
+        message: wire.Message
+        if op.data is not None:
+            message = wire.Write(op.seq, op.offset, flags, budget, removals, op.data)
+        else:
+            zflags = flags | (WriteFlag.PUNCH if op.punch else 0)
+            message = wire.Zero(op.seq, op.offset, op.length, zflags, budget, removals)
+        self._sent.append((op.seq, op.length if op.data is not None else 0))
+        self._sent_bytes += op.length if op.data is not None else 0
+        self._emit(Send(message))
+
+    def _ready_local(self, op: _Op) -> None:
+        """The op may now be applied locally once it is first in line on all its extents."""
+        if op.resync_extent >= 0:
+            return
+        self._try_apply(op)
+
+    def _try_apply(self, op: _Op) -> None:
+        if op.applied or not self._may_apply(op):
+            return
+        if not all(self._extent_fifo[e][0] == op.seq for e in op.extents):
+            return
+        self._emit(ApplyLocal(op.seq, op.offset, op.length, op.data, op.punch))
+
+    def _may_apply(self, op: _Op) -> bool:
+        # A miss (and a RANGE op) applies locally only after the secondary recorded it; a
+        # sync-mode hit applies at once, in parallel with the remote write (protocol C).
+        return op.seq not in self._misses
+
+    def _mark_applied(self, seq: int) -> None:
+        self._applied_beyond.add(seq)
+        while self._applied_prefix + 1 in self._applied_beyond:
+            self._applied_prefix += 1
+            self._applied_beyond.discard(self._applied_prefix)
+
+    def _maybe_finish(self, op: _Op) -> None:
+        if not (op.applied and op.remote_ok):
+            return
+        self._by_seq.pop(op.seq, None)
+        if op.resync_extent >= 0:
+            return
+        if op.fua and op.errno == 0:
+            self._wait_flush(op)
+        else:
+            self._emit(AckHost(op.op_id, op.errno))
+
+    def _wait_flush(self, op: _Op) -> None:
+        self._fua_waits.append((self._issue_flush(), op))
+
+    def _issue_flush(self) -> int:
+        """A new flush ticket. The adapter's fdatasync for it starts after this call, so it covers
+        every op applied so far (the adapter coalesces concurrent tickets into one fdatasync)."""
+        self._flush_tickets += 1
+        self._ticket_prefix[self._flush_tickets] = self._applied_prefix
+        self._emit(FlushLocal(self._flush_tickets))
+        return self._flush_tickets
+
+    def _request_flush(self) -> None:
+        pending = max(self._ticket_prefix.values(), default=self._local_durable)
+        if self._applied_prefix > max(pending, self._local_durable):
+            self._issue_flush()
+
+    def _request_sync(self) -> None:
+        last = self._next_seq - 1
+        if self.link is LinkState.CONNECTED and last > self._remote_durable and last > self._sync_requested:
+            self._sync_requested = last
+            self._emit(Send(wire.Sync(last)))
+
+    def _on_applied(self, seq: int) -> None:
+        self._remote_applied = max(self._remote_applied, seq)
+        while self._sent and self._sent[0][0] <= seq:
+            _, size = self._sent.popleft()
+            self._sent_bytes -= size
+
+    def _on_added(self, seq: int, extents: tuple[int, ...]) -> None:
+        op = self._misses.pop(seq, None)
+        if op is None:
+            raise RemoteProtocolError(f"ADDED for seq {seq}, which is not a pending miss")
+        if len(extents) > op.budget:
+            raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {op.budget}")
+        self.record.reserved -= op.budget
+        op.budget = 0
+        self.record.add(e for e in extents if e < self.extent_count)
+        invariant(op.is_range or self.record.covers(op.extents), "ADDED did not cover the write")
+        if op.seq not in self._durable_waits:
+            op.remote_ok = True
+        if op.resync_extent >= 0:
+            self._maybe_finish(op)
+            return
+        self._try_apply(op)
+        self._maybe_finish(op)
+
+    def _on_durable(self, seq: int) -> None:
+        self._remote_durable = max(self._remote_durable, seq)
+        self._on_applied(seq)
+        done = [s for s in self._durable_waits if s <= seq]
+        for s in sorted(done):
+            op = self._durable_waits.pop(s)
+            if s in self._misses:
+                continue  # still waiting for ADDED
+            op.remote_ok = True
+            self._try_apply(op)
+            self._maybe_finish(op)
+        self.record.forget_clean(self._clean_through())
+
+    def _on_welcome(self, welcome: wire.Welcome) -> None:
+        if self.link is not LinkState.HANDSHAKE:
+            raise RemoteProtocolError("WELCOME outside the handshake")
+        if welcome.volume_id != self.config.volume_id:
+            self._fail_link("secondary has a different volume identity")
+            return
+        self.link = LinkState.CONNECTED
+        self.link_error = ""
+        self._remote_applied = self._remote_durable = self._sync_requested = 0
+        self._next_seq = max(self._next_seq, welcome.applied_seq + 1)
+        if self.config.mode is not Mode.ASYNC:
+            self.record.replace(welcome.record)
+        # Resync what may differ: the secondary's record, our out-of-sync set, dirty extents.
+        todo = set(welcome.record) | self.out_of_sync
+        for seq, offset, length in welcome.ranges:
+            todo.update(extents_of(offset, length, self.config.extent_size))
+            self._welcome_ranges.append(seq)
+        self.out_of_sync = set()
+        self._resync_set = {e for e in todo if e < self.extent_count}
+        self._resync = deque(sorted(self._resync_set))
+
+    def _fail_link(self, reason: str) -> None:
+        self.link_error = reason
+        self._emit(LinkFailed(reason))
+
+    def _pump_resync(self) -> None:
+        if self.link is not LinkState.CONNECTED:
+            return
+        deferred: list[int] = []
+        while self._resync and not self._queue:
+            extent = self._resync.popleft()
+            if extent in self._extent_fifo:
+                deferred.append(extent)  # an earlier op on it still has to land locally
+                continue
+            if not self._start_resync(extent):
+                self._resync.appendleft(extent)
+                break
+        self._resync.extendleft(reversed(deferred))
+        if (self._welcome_ranges and not self._resync and not self._misses
+                and self._remote_durable >= self._resync_last_seq):
+            # Every extent of those ranges now holds our data there, durably: they are done.
+            self._ranges_done.extend(self._welcome_ranges)
+            self._welcome_ranges = []
+
+    def _start_resync(self, extent: int) -> bool:
+        offset = extent * self.config.extent_size
+        length = min(self.config.extent_size, self.config.size - offset)
+        op = _Op(-1, offset, length, b"", False, False, range(extent, extent + 1), resync_extent=extent)
+        if self._sent and self._sent_bytes + length > self.config.window_bytes:
+            return False
+        if extent not in self.record and self.config.mode is not Mode.ASYNC:
+            evict = self.record.choose_evictions(1, self._clean_through())
+            if evict is None:
+                self.request_durable()
+                return False
+            self.record.evict(evict)
+            op.data = self._read(offset, length)
+            self._assign_seq(op)
+            self._extent_fifo[extent].popleft()
+            del self._extent_fifo[extent]
+            op.budget = 1
+            self.record.reserved += 1
+            self._misses[op.seq] = op
+            op.applied = True
+            self._mark_applied(op.seq)
+            self._transmit(op, WriteFlag.MISS | WriteFlag.RESYNC, 1, tuple(evict))
+        else:
+            op.data = self._read(offset, length)
+            self._assign_seq(op)
+            self._extent_fifo[extent].popleft()
+            del self._extent_fifo[extent]
+            op.applied = op.remote_ok = True
+            self._mark_applied(op.seq)
+            self._by_seq.pop(op.seq, None)
+            self._transmit(op, WriteFlag.RESYNC, 0, ())
+        self._resync_set.discard(extent)
+        self._resync_last_seq = op.seq
+        self.counters.resync_bytes += length
+        return True

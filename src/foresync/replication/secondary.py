@@ -1,0 +1,301 @@
+"""The secondary's replication core: the durable record and in-order apply (claims 1, 9, 11-19).
+
+Theory of operation. Messages from the primary are handled strictly in arrival order, which is
+the primary's sequence order, so the image here is always a prefix of the primary's history.
+
+Record changes are appended to the journal at once, in order. A MISS (or a RANGE) must be durable
+in the journal before its data touches the image: otherwise a crash could leave data here that
+the primary never wrote, in an extent the record does not cover. So every effect on the image,
+and every reply, carries the journal append count it depends on, and waits in order until the
+adapter's group commit (``journal_synced``) reaches it. Effects that depend on nothing recent run
+at once, but never overtake an earlier waiting effect.
+
+The durable watermark: the adapter fdatasyncs the image on a timer, when the primary asks
+(SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports DURABLE(seq).
+Removals are journaled without forcing a commit: losing one only leaves the record larger.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from foresync.errors import RemoteProtocolError
+from foresync.journal import format as jfmt
+from foresync.journal.format import RecordState
+from foresync.link import wire
+from foresync.link.wire import WriteFlag
+from foresync.record.predict import extents_of, predict
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message: wire.Message
+
+
+@dataclass(frozen=True, slots=True)
+class JournalAppend:
+    entry: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteData:
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroData:
+    offset: int
+    length: int
+    punch: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SyncData:
+    """fdatasync the image, then call ``data_synced(through)``."""
+
+    through: int
+
+
+Action = Send | JournalAppend | WriteData | ZeroData | SyncData
+
+
+@dataclass(frozen=True, slots=True)
+class SecondaryStatistics:
+    record_extents: int
+    applied_seq: int
+    durable_seq: int
+    pending_ranges: int
+    writes_applied: int
+    bytes_applied: int
+
+
+class SecondaryCore:
+    def __init__(self, size: int, extent_size: int, lookahead: int, volume_id: bytes,
+                 state: RecordState, epoch: int = 1, capacity: int = 1 << 30) -> None:
+        self.size = size
+        self.extent_size = extent_size
+        self.extent_count = -(-size // extent_size)
+        self.lookahead = lookahead
+        self.volume_id = volume_id
+        self.epoch = epoch
+        self.capacity = capacity
+        self.state = state
+        self._actions: list[Action] = []
+        self._appended = 0  # journal appends issued
+        self._synced = 0  # journal appends known durable
+        self._pending: deque[tuple[int, int, Action | None]] = deque()  # (needs, seq, effect)
+        self.applied_seq = 0
+        self.durable_seq = 0
+        self._reported_applied = 0
+        self._sync_inflight = 0  # through-seq of the SyncData in progress, 0 if none
+        self._sync_wanted = 0
+        self._await_durable: deque[tuple[int, wire.Message]] = deque()  # replies needing durable data
+        self.writes_applied = 0
+        self.bytes_applied = 0
+        self.greeted = False
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def actions(self) -> list[Action]:
+        out, self._actions = self._actions, []
+        return out
+
+    def receive(self, message: wire.Message) -> None:
+        match message:
+            case wire.Write():
+                self._on_write(message)
+            case wire.Zero():
+                self._on_zero(message)
+            case wire.Sync(seq):
+                self._want_sync(seq)
+            case wire.Remove(extents, ranges_done):
+                self._remove(extents)
+                for seq in ranges_done:
+                    if self.state.ranges.pop(seq, None) is not None:
+                        self._append(jfmt.encode_range_done(seq))
+            case wire.Ping(ts):
+                self._actions.append(Send(wire.Pong(ts)))
+            case wire.Hello():
+                self._on_hello(message)
+            case _:
+                raise RemoteProtocolError(f"secondary got unexpected {type(message).__name__}")
+
+    def session_reset(self) -> None:
+        """A new primary connection: replies meant for the old one must not reach the new one,
+        but every image effect still happens, in order."""
+        self._pending = deque((needs, seq, None if isinstance(effect, Send) else effect)
+                              for needs, seq, effect in self._pending)
+        self._await_durable.clear()
+        self._reported_applied = 0
+        self.greeted = False
+
+    def end_of_batch(self) -> None:
+        """The adapter has fed everything it read: report how far we applied (the window)."""
+        if self.applied_seq > self._reported_applied:
+            self._reported_applied = self.applied_seq
+            self._actions.append(Send(wire.Applied(self.applied_seq)))
+
+    def journal_target(self) -> int:
+        """How many journal appends a sync started now would cover."""
+        return self._appended
+
+    def needs_journal_sync(self) -> bool:
+        return self._appended > self._synced
+
+    def journal_synced(self, through: int) -> None:
+        self._synced = max(self._synced, through)
+        self._release()
+
+    def data_synced(self, through: int) -> None:
+        self._sync_inflight = 0
+        self.durable_seq = max(self.durable_seq, through)
+        self._actions.append(Send(wire.Durable(self.durable_seq)))
+        while self._await_durable and self._await_durable[0][0] <= self.durable_seq:
+            self._actions.append(Send(self._await_durable.popleft()[1]))
+        if self._sync_wanted > self.durable_seq:
+            self._start_sync()
+
+    def request_durable(self) -> None:
+        """The watermark timer: make what is applied durable, if anything new is."""
+        self._want_sync(self.applied_seq)
+
+    # -- handling --------------------------------------------------------------------------------
+
+    def _on_hello(self, hello: wire.Hello) -> None:
+        problems = []
+        if hello.version != wire.PROTOCOL_VERSION:
+            problems.append(f"protocol version {hello.version}, we speak {wire.PROTOCOL_VERSION}")
+        if hello.volume_id != self.volume_id:
+            problems.append(f"volume identity {hello.volume_id.hex()} is not ours ({self.volume_id.hex()})")
+        if hello.size != self.size:
+            problems.append(f"volume size {hello.size} bytes differs from ours, {self.size} bytes")
+        if hello.extent_size != self.extent_size:
+            problems.append(f"extent size {hello.extent_size} bytes differs from ours, {self.extent_size} bytes")
+        if problems:
+            self._actions.append(Send(wire.Refuse("; ".join(problems))))
+            return
+        self.greeted = True
+        ranges = tuple(sorted((seq, off, length) for seq, (off, length) in self.state.ranges.items()))
+        self._actions.append(Send(wire.Welcome(self.volume_id, self.epoch, self.applied_seq,
+                                               tuple(sorted(self.state.extents)), ranges)))
+
+    def _on_write(self, message: wire.Write) -> None:
+        self._check_range(message.offset, len(message.data))
+        self._remove(message.removals)
+        needs = self._synced_or_pending()
+        reply: wire.Message | None = None
+        if message.flags & WriteFlag.MISS:
+            added = self._add(message.offset, len(message.data), message.budget)
+            needs = self._appended
+            reply = wire.Added(message.seq, added)
+        self._effect(needs, message.seq, WriteData(message.offset, message.data))
+        if reply is not None:
+            self._effect(needs, message.seq, Send(reply))
+        self._applied(message.seq, len(message.data), message.flags)
+
+    def _on_zero(self, message: wire.Zero) -> None:
+        self._check_range(message.offset, message.length)
+        self._remove(message.removals)
+        punch = bool(message.flags & WriteFlag.PUNCH)
+        needs = self._synced_or_pending()
+        if message.flags & WriteFlag.RANGE:
+            self.state.ranges[message.seq] = (message.offset, message.length)
+            self._append(jfmt.encode_range(message.seq, message.offset, message.length))
+            needs = self._appended
+            self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch))
+            # Answer only once the zeroing is durable here: the primary applies it after that.
+            self._await_durable.append((message.seq, wire.Added(message.seq, ())))
+            self._applied(message.seq, 0, message.flags)
+            self._want_sync(message.seq)
+            return
+        reply: wire.Message | None = None
+        if message.flags & WriteFlag.MISS:
+            added = self._add(message.offset, message.length, message.budget)
+            needs = self._appended
+            reply = wire.Added(message.seq, added)
+        self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch))
+        if reply is not None:
+            self._effect(needs, message.seq, Send(reply))
+        self._applied(message.seq, 0, message.flags)
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or offset + length > self.size:
+            raise RemoteProtocolError(f"write {offset}+{length} is outside the {self.size}-byte volume")
+
+    def _add(self, offset: int, length: int, budget: int) -> tuple[int, ...]:
+        """Add the touched extents, then predicted ones, at most ``budget`` new in all."""
+        touched = extents_of(offset, length, self.extent_size)
+        new = [e for e in touched if e not in self.state.extents]
+        if len(new) > budget:
+            raise RemoteProtocolError(f"miss touches {len(new)} new extents but the budget is {budget}")
+        for extent in predict(touched, self.lookahead, self.extent_count):
+            if len(new) >= budget:
+                break
+            if extent not in self.state.extents:
+                new.append(extent)
+        if new:
+            self.state.extents.update(new)
+            self._append(jfmt.encode_add(new))
+        return tuple(new)
+
+    def _remove(self, extents: tuple[int, ...]) -> None:
+        present = [e for e in extents if e in self.state.extents]
+        if present:
+            self.state.extents.difference_update(present)
+            self._append(jfmt.encode_remove(present))
+
+    def _append(self, entry: bytes) -> None:
+        self._appended += 1
+        self._actions.append(JournalAppend(entry))
+
+    def _synced_or_pending(self) -> int:
+        """What a plain effect depends on: nothing new, but it must not overtake waiting ones."""
+        return self._pending[-1][0] if self._pending else 0
+
+    def _effect(self, needs: int, seq: int, effect: Action) -> None:
+        if needs <= self._synced and not self._pending:
+            self._actions.append(effect)
+        else:
+            self._pending.append((needs, seq, effect))
+
+    def _release(self) -> None:
+        while self._pending and self._pending[0][0] <= self._synced:
+            _, _, effect = self._pending.popleft()
+            if effect is not None:
+                self._actions.append(effect)
+        if self._sync_wanted > self.durable_seq and not self._sync_inflight:
+            self._start_sync()
+
+    def _applied(self, seq: int, nbytes: int, flags: int) -> None:
+        # "Applied" counts for the window once the effect is issued or queued in order; the
+        # watermark (durable) is what eviction trusts.
+        self.applied_seq = max(self.applied_seq, seq)
+        self.writes_applied += 1
+        self.bytes_applied += nbytes
+        if flags & WriteFlag.DURABLE:
+            self._want_sync(seq)
+
+    def _want_sync(self, seq: int) -> None:
+        seq = min(seq, self.applied_seq)
+        if seq <= self.durable_seq:
+            if seq:
+                self._actions.append(Send(wire.Durable(self.durable_seq)))
+            return
+        self._sync_wanted = max(self._sync_wanted, seq)
+        if not self._sync_inflight:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        # Everything applied so far must be issued before the fdatasync; effects still waiting
+        # on the journal are not, so the watermark stops short of them.
+        through = self._pending[0][1] - 1 if self._pending else self.applied_seq
+        if through <= self.durable_seq:
+            return
+        self._sync_inflight = through
+        self._actions.append(SyncData(through))
+
+    def statistics(self) -> SecondaryStatistics:
+        return SecondaryStatistics(len(self.state.extents), self.applied_seq, self.durable_seq,
+                                   len(self.state.ranges), self.writes_applied, self.bytes_applied)

@@ -1,0 +1,104 @@
+"""A site's persistent metadata: identity, role and epoch history, in ``<meta>/site.json``.
+
+The file is replaced atomically (write a temporary file, fsync, rename, fsync the directory), so
+a crash leaves either the old or the new version, never a mix. The record journal lives beside
+it in ``<meta>/record.journal``; the out-of-sync extents of a primary in ``<meta>/oos.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from foresync.errors import ConfigError
+
+SITE_FILE = "site.json"
+JOURNAL_FILE = "record.journal"
+OOS_FILE = "oos.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SiteMeta:
+    role: str  # "primary" | "secondary"
+    volume_id: bytes | None  # None until a new secondary adopts the primary's on first connect
+    epoch: int = 1
+    epoch_history: tuple[int, ...] = field(default=(1,))
+
+    def with_volume(self, volume_id: bytes) -> SiteMeta:
+        return replace(self, volume_id=volume_id)
+
+
+def mint_volume_id() -> bytes:
+    return uuid.uuid4().bytes
+
+
+def site_path(meta_dir: str) -> Path:
+    return Path(meta_dir) / SITE_FILE
+
+
+def exists(meta_dir: str) -> bool:
+    return site_path(meta_dir).exists()
+
+
+def load(meta_dir: str) -> SiteMeta:
+    path = site_path(meta_dir)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no site metadata in {meta_dir}: run `foresync init` first") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"site metadata {path} is unreadable: {exc}") from None
+    if doc.get("format") != FORMAT or doc.get("role") not in ("primary", "secondary"):
+        raise ConfigError(f"site metadata {path} has an unknown format or role")
+    volume = doc.get("volume_id")
+    return SiteMeta(
+        role=doc["role"],
+        volume_id=bytes.fromhex(volume) if volume else None,
+        epoch=int(doc.get("epoch", 1)),
+        epoch_history=tuple(int(e) for e in doc.get("epoch_history", [1])),
+    )
+
+
+def store(meta_dir: str, meta: SiteMeta) -> None:
+    os.makedirs(meta_dir, exist_ok=True)
+    path = site_path(meta_dir)
+    doc = {
+        "format": FORMAT,
+        "role": meta.role,
+        "volume_id": meta.volume_id.hex() if meta.volume_id else None,
+        "epoch": meta.epoch,
+        "epoch_history": list(meta.epoch_history),
+    }
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_oos(meta_dir: str) -> set[int]:
+    path = Path(meta_dir) / OOS_FILE
+    if not path.exists():
+        return set()
+    try:
+        return {int(e) for e in json.loads(path.read_text())}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"out-of-sync file {path} is unreadable: {exc}") from None
+
+
+def store_oos(meta_dir: str, extents: set[int]) -> None:
+    write_atomic(Path(meta_dir) / OOS_FILE, json.dumps(sorted(extents)) + "\n")

@@ -1,0 +1,84 @@
+"""The link transport: TCP frames in and out, decoded by the pure ``FrameDecoder``.
+
+A damaged frame (bad magic, CRC mismatch, oversize) aborts the connection: TCP already promises
+order and integrity, so damage means the peer or the path cannot be trusted, and the sites
+resynchronise on the next connection rather than guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+from foresync.errors import ForesyncError
+from foresync.link import wire
+
+log = logging.getLogger(__name__)
+
+
+class LinkProtocol(asyncio.Protocol):
+    def __init__(
+        self,
+        on_message: Callable[[wire.Message], None],
+        on_batch_end: Callable[[], None],
+        max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self._on_message = on_message
+        self._on_batch_end = on_batch_end
+        self._decoder = wire.FrameDecoder(max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.last_rx = time.monotonic()
+        self.peer = "?"
+        self._paused = False
+        self._drained: asyncio.Event = asyncio.Event()
+        self._drained.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.transport.set_write_buffer_limits(high=16 * 1024 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        try:
+            for message in self._decoder.feed(data):
+                self._on_message(message)
+        except ForesyncError as exc:
+            log.warning("link %s: %s; closing the connection", self.peer, exc)
+            self.abort(str(exc))
+            return
+        self._on_batch_end()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(str(exc) if exc else "connection closed")
+        self._drained.set()
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+    def send(self, message: wire.Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(wire.encode_frame(message))
+
+    def abort(self, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.closed.done()
