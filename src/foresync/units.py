@@ -18,7 +18,8 @@ _SUFFIXES = {
     "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3,
     "t": 1 << 40, "tib": 1 << 40, "tb": 1000**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+# ASCII only: int() would also take other scripts' digits, which no config file should contain.
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$", re.ASCII)
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
@@ -43,7 +44,8 @@ def format_size(n_bytes: int) -> str:
     """Render a byte count for a person, e.g. ``1.5 GiB``."""
     value = float(n_bytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+        # Compare what will be printed, so 1048575 reads "1.0 MiB" and not "1024.0 KiB".
+        if round(abs(value), 1) < 1024 or unit == "TiB":
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
@@ -52,10 +54,13 @@ def format_size(n_bytes: int) -> str:
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     """Parse ``HOST:PORT`` (IPv6 as ``[::1]:PORT``) into a tuple, or raise ConfigError."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    # isdigit() alone also accepts digits such as "²" that int() then rejects with ValueError.
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if not host or "[" in host or "]" in host:  # "[]:80", "[::1:80"
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
     port_number = int(port)
     if not 0 <= port_number <= 65535:
         raise ConfigError(f"{what}: port {port_number} out of range 0-65535")

@@ -9,6 +9,7 @@ is truncated back to its last whole entry, so no bytes are ever destroyed silent
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 
@@ -48,11 +49,7 @@ class RecordJournal:
             data = handle.read()
         replayed = fmt.replay(data)
         if replayed.torn_reason is not None:
-            aside = f"{path}.torn-{replayed.valid_end}"
-            with open(aside, "wb") as handle:
-                handle.write(data[replayed.valid_end :])
-                handle.flush()
-                os.fsync(handle.fileno())
+            aside = cls._preserve(path, replayed.valid_end, data[replayed.valid_end :])
             log.warning("journal %s: %s at byte %d; %d bytes preserved in %s and cut from the journal",
                         path, replayed.torn_reason, replayed.valid_end, len(data) - replayed.valid_end, aside)
             with open(path, "r+b") as handle:
@@ -61,6 +58,24 @@ class RecordJournal:
                 os.fsync(handle.fileno())
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         return cls(path, fd, replayed.volume_id, replayed)
+
+    @staticmethod
+    def _preserve(path: str, offset: int, torn: bytes) -> str:
+        """Copy a torn tail aside, durably (bytes and directory entry), under a name no earlier
+        tear at the same offset already holds: a second crash must not overwrite the first."""
+        for suffix in itertools.count():
+            aside = f"{path}.torn-{offset}" + (f".{suffix}" if suffix else "")
+            try:
+                handle = open(aside, "xb")  # noqa: SIM115 (closed by the with below)
+            except FileExistsError:
+                continue
+            with handle:
+                handle.write(torn)
+                handle.flush()
+                os.fsync(handle.fileno())
+            fsync_dir(aside)
+            return aside
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _write_image(path: str, volume_id: bytes, state: RecordState) -> None:
@@ -99,10 +114,11 @@ class RecordJournal:
         os.fdatasync(self._fd)
 
     def checkpoint(self, state: RecordState) -> None:
-        """Replace the journal with one checkpoint of ``state`` (atomic rename)."""
-        os.close(self._fd)
+        """Replace the journal with one checkpoint of ``state`` (atomic rename). If writing the
+        new image fails, the old journal stays in place and open, so appends still land in it."""
         self._write_image(self.path, self.volume_id, state)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        os.close(old)
         self.entries_since_checkpoint = 1
         self.synced = self.appended
 

@@ -269,9 +269,13 @@ class ServerHandshake:
         )
 
     def _opt_export_name(self, option: int, payload: bytes) -> None:
+        # EXPORT_NAME has no error reply (a client reads the next bytes as the export size), so
+        # every refusal, an overlong name included, is the spec's only answer: close.
+        if len(payload) > wire.MAX_STRING_BYTES:
+            self._fail(f"EXPORT_NAME name of {len(payload)} bytes is over {wire.MAX_STRING_BYTES}")
+            return
         export = self._lookup(_decode_string(payload, "export name", strict=False))
         if export is None:
-            # EXPORT_NAME has no error reply: the spec's only answer is to close.
             self._fail("client asked for an unknown export with EXPORT_NAME")
             return
         self._out.append(wire.EXPORT_NAME_REPLY.pack(export.size, export.transmission_flags(self._structured)))

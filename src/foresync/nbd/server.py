@@ -5,12 +5,17 @@ requests to the ``NbdTarget`` and writes the replies the core builds. Memory sta
 parsed-but-unserved requests wait in a queue that is only refilled while the socket's write buffer
 is under its high-water mark and fewer than ``max_in_flight`` requests are outstanding; beyond
 that we stop reading from the socket, and TCP pushes back on the client.
+
+Replies made while the queue drains are held and written together when it ends (or once
+``_HOLD_REPLY_BYTES`` are held), so a read that parsed 32 pipelined requests costs one send
+instead of 32; at 4 KiB QD32 that saves about a quarter of the server's CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +27,7 @@ from foresync.nbd import wire
 from foresync.nbd.connection import ConnectionFailed, Disconnect, Event, Request, Transmission
 from foresync.nbd.handshake import (
     DEFAULT_MAX_OPTION_BYTES,
+    MAX_PAYLOAD_BYTES,
     ExportInfo,
     ExportSelected,
     HandshakeAborted,
@@ -33,6 +39,26 @@ from foresync.nbd.target import NbdTarget
 log = logging.getLogger(__name__)
 
 _READ, _STATUS = int(wire.Command.READ), int(wire.Command.BLOCK_STATUS)
+_HOLD_REPLY_BYTES = 256 * 1024  # held replies are written at once beyond this, so flow control sees them
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (<malloc.h>)
+_FREE_HEAP_KEPT_BYTES = 128 * 1024 * 1024
+
+
+def keep_freed_heap() -> None:
+    """Stop glibc from giving freed heap back to the kernel after every large request.
+
+    A 1 MiB WRITE makes a few payload-sized buffers (the parser's receive buffer, the payload) and
+    frees them once written. By default glibc returns such memory (brk, munmap) and the next request
+    faults it in again, zero-filled: profiled at 1 MiB QD8, page faults and page zeroing were most of
+    the server's CPU, 2.4 ms per MiB written, against 0.6 ms with this. Buffers up to twice the
+    largest payload now come from the heap and up to 128 MiB of free heap is kept. Process-wide;
+    a no-op where there is no glibc mallopt().
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return
+    if not (mallopt(_M_MMAP_THRESHOLD, 2 * MAX_PAYLOAD_BYTES) and mallopt(_M_TRIM_THRESHOLD, _FREE_HEAP_KEPT_BYTES)):
+        log.debug("mallopt refused; freed heap goes back to the kernel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +93,7 @@ class NbdServer:
         self._limit_logged = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        keep_freed_heap()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: NbdConnection(self), host, port, reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
@@ -123,6 +150,12 @@ class NbdConnection(asyncio.Protocol):
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._serving = 0  # requests handed to the target whose done() has not run yet
+        # True while _drain_queue runs. A target may call done() synchronously from submit();
+        # done() must not re-enter the drain then, or a burst of small pipelined writes recurses
+        # once per request and overflows the stack (RecursionError after ~250 queued writes).
+        self._draining = False
+        self._held: list[bytes] = []  # replies made during this drain, not yet written
+        self._held_bytes = 0
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -150,6 +183,7 @@ class NbdConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._queue.clear()
+        self._held.clear()
         self.server._forget(self)
 
     def pause_writing(self) -> None:
@@ -219,6 +253,16 @@ class NbdConnection(asyncio.Protocol):
     # -- transmission ----------------------------------------------------------------------------
 
     def _drain_queue(self) -> None:
+        if self._draining:  # called from a synchronous done(): the running loop carries on
+            return
+        self._draining = True
+        try:
+            self._drain_queue_once()
+        finally:
+            self._draining = False
+            self._send_held()
+
+    def _drain_queue_once(self) -> None:
         tx = self.tx
         assert tx is not None
         limit = self.server.limits.max_in_flight
@@ -248,9 +292,8 @@ class NbdConnection(asyncio.Protocol):
                 log.error("%s: %s", self.peer, exc)
                 self._write(tx.reply_error(request, exc.errno))
                 return
-            header = tx.reply_read_header(request)
-            assert self.transport is not None
-            self.transport.writelines((header, data))
+            self._write(tx.reply_read_header(request))
+            self._write(data)
             return
         if command == _STATUS:
             try:
@@ -277,8 +320,23 @@ class NbdConnection(asyncio.Protocol):
         return done
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed:
+        if self.transport is None or self._closed:
+            return
+        if not self._draining:
             self.transport.write(data)
+            return
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= _HOLD_REPLY_BYTES:
+            self._send_held()  # may call pause_writing(), which stops the drain
+
+    def _send_held(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        self._held_bytes = 0
+        if self.transport is not None and not self._closed:
+            self.transport.writelines(held)  # one writev; READ data is not copied
 
     def _update_reading(self) -> None:
         if self.transport is None or self._closed:
@@ -294,6 +352,7 @@ class NbdConnection(asyncio.Protocol):
     def _maybe_close(self) -> None:
         if self._closing and not self._closed and not self._queue and (self.tx is None or self.tx.in_flight == 0):
             assert self.transport is not None
+            self._send_held()
             self.transport.close()
             self._closed = True
 

@@ -17,7 +17,7 @@ for the watermark; the record never overflows and never drops a dirty extent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -118,8 +118,13 @@ class RecordCopy:
         for extent in stale:
             del self._last_seq[extent]
 
-    def choose_evictions(self, needed: int, clean_through: int) -> list[int] | None:
+    def choose_evictions(self, needed: int, clean_through: int,
+                         keep: Container[int] = ()) -> list[int] | None:
         """Extents to remove so ``needed`` more slots are free, or None if not possible yet.
+
+        ``keep`` are extents that must stay: the ones the miss making room is about to write. If
+        such an extent were evicted, the secondary would drop it and then have to add it back as
+        a touched extent, beyond the budget the primary reserved for the miss.
 
         Nothing is removed here: the caller removes them from the copy, then tells the secondary.
         """
@@ -129,13 +134,13 @@ class RecordCopy:
         chosen: list[int] = []
         if self.eviction is Eviction.LRU:
             for extent in self._generation_of:
-                if self._last_seq.get(extent, 0) <= clean_through:
+                if self._last_seq.get(extent, 0) <= clean_through and extent not in keep:
                     chosen.append(extent)
                     if len(chosen) >= shortfall:
                         return chosen
             return None
         for group in self._generations.values():
-            if all(self._last_seq.get(e, 0) <= clean_through for e in group):
+            if all(self._last_seq.get(e, 0) <= clean_through and e not in keep for e in group):
                 chosen.extend(sorted(group))
                 if len(chosen) >= shortfall:
                     return chosen

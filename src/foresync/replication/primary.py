@@ -36,11 +36,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from foresync.errors import LocalProtocolError, RemoteProtocolError, invariant
+from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction, RecordCopy
+
+_NOT_YET_SENT = 1 << 62  # a write seq above any real one: "dirty until resynced"
 
 
 class Mode(Enum):
@@ -92,7 +95,15 @@ class LinkFailed:
     reason: str
 
 
-Action = Send | ApplyLocal | AckHost | FlushLocal | LinkFailed
+@dataclass(frozen=True, slots=True)
+class PersistOutOfSync:
+    """Durably replace the stored out-of-sync set, then call ``out_of_sync_persisted(token)``."""
+
+    token: int
+    extents: tuple[int, ...]
+
+
+Action = Send | ApplyLocal | AckHost | FlushLocal | LinkFailed | PersistOutOfSync
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +119,7 @@ class Config:
     window_bytes: int = 64 * 1024 * 1024
     range_threshold_extents: int = 16  # zero/trim ops touching more extents go as RANGE
     miss_wait_s: float = 30.0
+    faults: Faults = NO_FAULTS
 
 
 @dataclass(slots=True, eq=False)
@@ -127,6 +139,8 @@ class _Op:
     resync_extent: int = -1
     is_range: bool = False
     errno: int = 0
+    oos_wait: bool = False  # applies locally only once its extents are durably out-of-sync
+    apply_issued: bool = False  # ApplyLocal emitted; the adapter may not have finished it yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +190,7 @@ class PrimaryCore:
         self._extent_fifo: dict[int, deque[int]] = {}  # extent -> seqs waiting to apply locally
         self._applied_prefix = 0  # every seq <= this is applied locally (or never needed it)
         self._applied_beyond: set[int] = set()
+        self._skipped: list[tuple[int, int]] = []  # [start, stop) seq ranges never assigned
         self._remote_applied = 0
         self._remote_durable = 0
         self._local_durable = 0
@@ -187,7 +202,12 @@ class PrimaryCore:
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
         self._resync_last_seq = 0
-        self.out_of_sync: set[int] = set()  # extents written while the secondary could not get them
+        self.out_of_sync: set[int] = set()  # extents the secondary may lack outside its record
+        self._oos_durable: set[int] = set()  # the out-of-sync set as last made durable
+        self._oos_tokens = 0
+        self._oos_snapshots: dict[int, frozenset[int]] = {}
+        self._oos_waiting: list[_Op] = []
+        self._oos_dirty = False  # out_of_sync shrank since the last persist
         self.counters = _Counters()
         self.now = 0.0
 
@@ -228,25 +248,65 @@ class PrimaryCore:
         self._sent.clear()
         self._sent_bytes = 0
         self._sync_requested = self._remote_applied = 0
-        # Everything not known durable remotely may be missing there.
-        for op in list(self._by_seq.values()):
-            self.out_of_sync.update(op.extents)
-            if not op.remote_ok:
-                op.remote_ok = True
-                if op.budget:
-                    self.record.reserved -= op.budget
-                    op.budget = 0
-                self._misses.pop(op.seq, None)
-                self._durable_waits.pop(op.seq, None)
-                self._ready_local(op)
+        # Hits are covered by the secondary's durable record already. A miss (or RANGE) that was
+        # not answered may or may not have reached it: its extents become out-of-sync, durably,
+        # before the op is applied here. Resync extents stay where they were (record or OOS).
+        for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
+            if op.remote_ok:
+                continue
+            unanswered = op.seq in self._misses
+            op.remote_ok = True
+            if op.budget:
+                self.record.reserved -= op.budget
+                op.budget = 0
+            self._misses.pop(op.seq, None)
+            self._durable_waits.pop(op.seq, None)
+            if op.resync_extent >= 0:
                 self._maybe_finish(op)
-        for extent in self.record.extents():
-            if not self.record.is_clean(extent, self._clean_through()):
-                self.out_of_sync.add(extent)
-        self.out_of_sync.update(self._resync_set)
+                continue
+            if unanswered:
+                self._mark_out_of_sync(op)
+            self._ready_local(op)
+            self._maybe_finish(op)
         self._resync.clear()
         self._resync_set.clear()
+        self._welcome_ranges = []
         self._pump()
+
+    def restore_out_of_sync(self, extents: set[int]) -> None:
+        """At start: the out-of-sync set found on disk."""
+        self.out_of_sync = set(extents)
+        self._oos_durable = set(extents)
+
+    def out_of_sync_persisted(self, token: int) -> None:
+        snapshot = self._oos_snapshots.pop(token, None)
+        invariant(snapshot is not None, f"unknown out-of-sync persist token {token}")
+        assert snapshot is not None
+        for older in [t for t in self._oos_snapshots if t < token]:
+            del self._oos_snapshots[older]
+        self._oos_durable = set(snapshot)
+        waiting, self._oos_waiting = self._oos_waiting, []
+        for op in waiting:
+            if all(e in self._oos_durable for e in op.extents):
+                op.oos_wait = False
+                self._ready_local(op)
+            else:
+                self._oos_waiting.append(op)
+        self._pump()
+
+    def _mark_out_of_sync(self, op: _Op) -> None:
+        self.out_of_sync.update(op.extents)
+        if all(e in self._oos_durable for e in op.extents):
+            return
+        op.oos_wait = True
+        self._oos_waiting.append(op)
+        self._persist_out_of_sync()
+
+    def _persist_out_of_sync(self) -> None:
+        self._oos_tokens += 1
+        self._oos_snapshots[self._oos_tokens] = frozenset(self.out_of_sync)
+        self._oos_dirty = False
+        self._emit(PersistOutOfSync(self._oos_tokens, tuple(sorted(self.out_of_sync))))
 
     def receive(self, message: wire.Message) -> None:
         match message:
@@ -310,9 +370,12 @@ class PrimaryCore:
         self._pump()
 
     def request_durable(self) -> None:
-        """Ask both sites to report durability (the adapter's watermark timer)."""
+        """Ask both sites to report durability (the adapter's watermark timer). Also writes
+        back an out-of-sync set that shrank (lazily: a larger stored set is only pessimistic)."""
         self._request_sync()
         self._request_flush()
+        if self._oos_dirty:
+            self._persist_out_of_sync()
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -355,6 +418,8 @@ class PrimaryCore:
         return extents_of(offset, length, self.config.extent_size)
 
     def _clean_through(self) -> int:
+        if self.config.faults.evict_ignores_watermark:
+            return self._next_seq  # deliberately wrong: see faults.py
         return min(self._remote_durable, self._local_durable)
 
     def _submit(self, op: _Op) -> None:
@@ -379,13 +444,14 @@ class PrimaryCore:
         mode = self.config.mode
         if self.link is not LinkState.CONNECTED:
             self._assign_seq(op)
-            self.out_of_sync.update(op.extents)
             op.remote_ok = True
+            self._mark_out_of_sync(op)
             self._ready_local(op)
             return True
         if self._sent and self._sent_bytes + op.length > self.config.window_bytes and op.data is not None:
             return False  # backpressure: the window is full
-        big_range = op.data is None and len(op.extents) > self.config.range_threshold_extents
+        big_range = op.data is None and len(op.extents) > min(self.config.range_threshold_extents,
+                                                              self.config.capacity // 2)
         if mode is Mode.ASYNC or big_range:
             self._send_plain(op, WriteFlag.RANGE if big_range and mode is not Mode.ASYNC else 0)
             return True
@@ -413,10 +479,10 @@ class PrimaryCore:
         if new > self.config.capacity:
             raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
                                      f"{self.config.capacity}")
-        evict = self.record.choose_evictions(budget, self._clean_through())
+        evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
         if evict is None:
             budget = new  # try without predictions before waiting
-            evict = self.record.choose_evictions(budget, self._clean_through())
+            evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
         if evict is None:
             if not op.waiting_since:
                 op.waiting_since = self.now or 1e-9
@@ -460,22 +526,38 @@ class PrimaryCore:
         self._try_apply(op)
 
     def _try_apply(self, op: _Op) -> None:
-        if op.applied or not self._may_apply(op):
+        # apply_issued: ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is
+        # already out (a sync-mode hit applies at once, then DURABLE arrives); issue it once.
+        if op.applied or op.apply_issued or op.oos_wait or not self._may_apply(op):
             return
         if not all(self._extent_fifo[e][0] == op.seq for e in op.extents):
             return
+        op.apply_issued = True
         self._emit(ApplyLocal(op.seq, op.offset, op.length, op.data, op.punch))
 
     def _may_apply(self, op: _Op) -> bool:
         # A miss (and a RANGE op) applies locally only after the secondary recorded it; a
         # sync-mode hit applies at once, in parallel with the remote write (protocol C).
+        if self.config.faults.apply_miss_before_ack:
+            return True  # deliberately wrong: see faults.py
         return op.seq not in self._misses
 
     def _mark_applied(self, seq: int) -> None:
         self._applied_beyond.add(seq)
-        while self._applied_prefix + 1 in self._applied_beyond:
-            self._applied_prefix += 1
-            self._applied_beyond.discard(self._applied_prefix)
+        self._advance_prefix()
+
+    def _advance_prefix(self) -> None:
+        while True:
+            following = self._applied_prefix + 1
+            if following in self._applied_beyond:
+                self._applied_prefix = following
+                self._applied_beyond.discard(following)
+                continue
+            gap = next((g for g in self._skipped if g[0] == following), None)
+            if gap is None:
+                return
+            self._skipped.remove(gap)
+            self._applied_prefix = gap[1] - 1
 
     def _maybe_finish(self, op: _Op) -> None:
         if not (op.applied and op.remote_ok):
@@ -529,6 +611,10 @@ class PrimaryCore:
         if op.seq not in self._durable_waits:
             op.remote_ok = True
         if op.resync_extent >= 0:
+            # Now in the secondary's durable record, so no longer needed in out-of-sync.
+            if op.resync_extent in self.out_of_sync:
+                self.out_of_sync.discard(op.resync_extent)
+                self._oos_dirty = True
             self._maybe_finish(op)
             return
         self._try_apply(op)
@@ -556,7 +642,12 @@ class PrimaryCore:
         self.link = LinkState.CONNECTED
         self.link_error = ""
         self._remote_applied = self._remote_durable = self._sync_requested = 0
-        self._next_seq = max(self._next_seq, welcome.applied_seq + 1)
+        if welcome.applied_seq >= self._next_seq:
+            # Continue numbering past what the secondary has seen; the skipped numbers were never
+            # used here, so count them as applied locally.
+            self._skipped.append((self._next_seq, welcome.applied_seq + 1))
+            self._next_seq = welcome.applied_seq + 1
+            self._advance_prefix()
         if self.config.mode is not Mode.ASYNC:
             self.record.replace(welcome.record)
         # Resync what may differ: the secondary's record, our out-of-sync set, dirty extents.
@@ -564,26 +655,33 @@ class PrimaryCore:
         for seq, offset, length in welcome.ranges:
             todo.update(extents_of(offset, length, self.config.extent_size))
             self._welcome_ranges.append(seq)
-        self.out_of_sync = set()
         self._resync_set = {e for e in todo if e < self.extent_count}
         self._resync = deque(sorted(self._resync_set))
+        # Until its resync data is durable there, an extent to resync must not be evicted.
+        self.record.note_write(self._resync_set, _NOT_YET_SENT)
 
     def _fail_link(self, reason: str) -> None:
         self.link_error = reason
         self._emit(LinkFailed(reason))
 
     def _pump_resync(self) -> None:
+        """Send resync extents while the window allows. An extent still waiting for an earlier
+        op to land locally, or one that needs room in a full record, is retried later; the
+        others go on, so extents already in the record can make room for those that are not."""
         if self.link is not LinkState.CONNECTED:
             return
         deferred: list[int] = []
-        while self._resync and not self._queue:
+        while self._resync:  # also when host ops wait: their room may come from resync
             extent = self._resync.popleft()
             if extent in self._extent_fifo:
                 deferred.append(extent)  # an earlier op on it still has to land locally
                 continue
-            if not self._start_resync(extent):
+            outcome = self._start_resync(extent)
+            if outcome == "window":
                 self._resync.appendleft(extent)
                 break
+            if outcome == "no_room":
+                deferred.append(extent)
         self._resync.extendleft(reversed(deferred))
         if (self._welcome_ranges and not self._resync and not self._misses
                 and self._remote_durable >= self._resync_last_seq):
@@ -591,38 +689,42 @@ class PrimaryCore:
             self._ranges_done.extend(self._welcome_ranges)
             self._welcome_ranges = []
 
-    def _start_resync(self, extent: int) -> bool:
+    def _start_resync(self, extent: int) -> str:
+        """Send one extent's current data: "sent", or why not: "window" or "no_room"."""
         offset = extent * self.config.extent_size
         length = min(self.config.extent_size, self.config.size - offset)
-        op = _Op(-1, offset, length, b"", False, False, range(extent, extent + 1), resync_extent=extent)
         if self._sent and self._sent_bytes + length > self.config.window_bytes:
-            return False
-        if extent not in self.record and self.config.mode is not Mode.ASYNC:
-            evict = self.record.choose_evictions(1, self._clean_through())
-            if evict is None:
+            return "window"
+        as_miss = extent not in self.record and self.config.mode is not Mode.ASYNC
+        evict: list[int] = []
+        if as_miss:
+            chosen = self.record.choose_evictions(1, self._clean_through(), range(extent, extent + 1))
+            if chosen is None:
                 self.request_durable()
-                return False
+                return "no_room"
+            evict = chosen
             self.record.evict(evict)
-            op.data = self._read(offset, length)
-            self._assign_seq(op)
-            self._extent_fifo[extent].popleft()
-            del self._extent_fifo[extent]
+        # Read and send in one step: nothing can land on this extent in between.
+        op = _Op(-1, offset, length, self._read(offset, length), False, False,
+                 range(extent, extent + 1), resync_extent=extent)
+        self._assign_seq(op)
+        self._extent_fifo[extent].popleft()
+        del self._extent_fifo[extent]
+        op.applied = True
+        self._mark_applied(op.seq)
+        if as_miss:
             op.budget = 1
             self.record.reserved += 1
             self._misses[op.seq] = op
-            op.applied = True
-            self._mark_applied(op.seq)
             self._transmit(op, WriteFlag.MISS | WriteFlag.RESYNC, 1, tuple(evict))
         else:
-            op.data = self._read(offset, length)
-            self._assign_seq(op)
-            self._extent_fifo[extent].popleft()
-            del self._extent_fifo[extent]
-            op.applied = op.remote_ok = True
-            self._mark_applied(op.seq)
+            op.remote_ok = True
             self._by_seq.pop(op.seq, None)
             self._transmit(op, WriteFlag.RESYNC, 0, ())
+            if extent in self.out_of_sync:
+                self.out_of_sync.discard(extent)  # the secondary's record covers it (async: none)
+                self._oos_dirty = True
         self._resync_set.discard(extent)
         self._resync_last_seq = op.seq
         self.counters.resync_bytes += length
-        return True
+        return "sent"

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from foresync.errors import RemoteProtocolError
+from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 from foresync.link import wire
@@ -42,6 +43,7 @@ class JournalAppend:
 class WriteData:
     offset: int
     data: bytes
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class ZeroData:
     offset: int
     length: int
     punch: bool
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,9 @@ class SecondaryStatistics:
 
 class SecondaryCore:
     def __init__(self, size: int, extent_size: int, lookahead: int, volume_id: bytes,
-                 state: RecordState, epoch: int = 1, capacity: int = 1 << 30) -> None:
+                 state: RecordState, epoch: int = 1, capacity: int = 1 << 30,
+                 faults: Faults = NO_FAULTS) -> None:
+        self.faults = faults
         self.size = size
         self.extent_size = extent_size
         self.extent_count = -(-size // extent_size)
@@ -190,9 +195,9 @@ class SecondaryCore:
             added = self._add(message.offset, len(message.data), message.budget)
             needs = self._appended
             reply = wire.Added(message.seq, added)
-        self._effect(needs, message.seq, WriteData(message.offset, message.data))
+        self._effect(needs, message.seq, WriteData(message.offset, message.data, message.seq))
         if reply is not None:
-            self._effect(needs, message.seq, Send(reply))
+            self._reply_after(needs, message.seq, reply)
         self._applied(message.seq, len(message.data), message.flags)
 
     def _on_zero(self, message: wire.Zero) -> None:
@@ -204,7 +209,7 @@ class SecondaryCore:
             self.state.ranges[message.seq] = (message.offset, message.length)
             self._append(jfmt.encode_range(message.seq, message.offset, message.length))
             needs = self._appended
-            self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch))
+            self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
             # Answer only once the zeroing is durable here: the primary applies it after that.
             self._await_durable.append((message.seq, wire.Added(message.seq, ())))
             self._applied(message.seq, 0, message.flags)
@@ -215,9 +220,9 @@ class SecondaryCore:
             added = self._add(message.offset, message.length, message.budget)
             needs = self._appended
             reply = wire.Added(message.seq, added)
-        self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch))
+        self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
         if reply is not None:
-            self._effect(needs, message.seq, Send(reply))
+            self._reply_after(needs, message.seq, reply)
         self._applied(message.seq, 0, message.flags)
 
     def _check_range(self, offset: int, length: int) -> None:
@@ -259,6 +264,12 @@ class SecondaryCore:
             self._actions.append(effect)
         else:
             self._pending.append((needs, seq, effect))
+
+    def _reply_after(self, needs: int, seq: int, reply: wire.Message) -> None:
+        if self.faults.ack_miss_before_durable:
+            self._actions.append(Send(reply))  # deliberately wrong: see faults.py
+            return
+        self._effect(needs, seq, Send(reply))
 
     def _release(self) -> None:
         while self._pending and self._pending[0][0] <= self._synced:

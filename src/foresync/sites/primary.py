@@ -50,7 +50,7 @@ class PrimarySite:
             ),
             read=backend.read,
         )
-        self.core.out_of_sync = set(oos)
+        self.core.restore_out_of_sync(oos)
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
         self.read_only = False
@@ -134,6 +134,9 @@ class PrimarySite:
                     done(errno)
             case core_mod.FlushLocal(ticket):
                 self.flusher.request(functools.partial(self._flushed, ticket))
+            case core_mod.PersistOutOfSync(token, extents):
+                store_oos(self.cfg.meta, set(extents))
+                self.core.out_of_sync_persisted(token)
             case core_mod.LinkFailed(reason):
                 log.warning("link: %s", reason)
                 if self.link is not None:
@@ -172,16 +175,23 @@ class PrimarySite:
                 backoff = min(backoff * 2, 2.0)
                 continue
             logged = False
-            backoff = 0.2
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)
             self.core.connected()
             self.pump()
             reason = await proto.closed
+            # A session that never got past HELLO (refused: wrong size, extent size, identity)
+            # fails the same way on every retry; without a pause we would redial in a tight loop.
+            greeted = self.core.link is core_mod.LinkState.CONNECTED
             self.link = None
             log.info("link: disconnected (%s)", reason)
             self.core.disconnected(reason)
             self.pump()
+            if greeted:
+                backoff = 0.2
+            elif not self._stopping:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     async def _timers(self) -> None:
         last_ping = 0.0

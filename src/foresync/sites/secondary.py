@@ -83,7 +83,8 @@ class SecondarySite:
         if self.link is proto:
             self.link = None
             self.disconnected_since = time.time()
-            self.link_error = reason
+            if self.core.greeted or not self.link_error.startswith("refused"):
+                self.link_error = reason  # keep why we refused: the primary just hangs up
             log.info("link: primary disconnected (%s)", reason)
 
     def _adopt_identity(self, hello: wire.Hello) -> bool:
@@ -123,6 +124,9 @@ class SecondarySite:
     def _do(self, action: core_mod.Action) -> None:
         match action:
             case core_mod.Send(message):
+                if isinstance(message, wire.Refuse):
+                    self.link_error = f"refused the primary: {message.reason}"
+                    log.warning("link: %s", self.link_error)
                 if self.link is not None:
                     self.link.send(message)
             case core_mod.JournalAppend(entry):
@@ -201,12 +205,12 @@ class SecondarySite:
 
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
-        connected = self.link is not None
+        connected = self.link is not None and self.core.greeted  # HELLO accepted, not refused
         return {
             "role": "secondary",
             "epoch": self.meta.epoch,
             "mode": self.cfg.mode.value,
-            "link": "connected" if connected else "disconnected",
+            "link": "connected" if connected else "handshake" if self.link else "disconnected",
             "link_error": self.link_error,
             "disconnected_since": self.disconnected_since,
             "in_sync": connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync(),

@@ -26,6 +26,7 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 _ZERO_CHUNK_BYTES = 1 << 20
+_MAX_FILE_BYTES = (1 << 63) - 1  # off_t is a signed 64-bit count on Linux
 _HOLE = int(AllocationFlag.HOLE | AllocationFlag.ZERO)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -50,10 +51,7 @@ def open_or_create(path: str, size: int, read_only: bool = False, create: bool =
     except FileNotFoundError:
         if not create or read_only:
             raise ConfigError(f"volume file {path} does not exist") from None
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.ftruncate(fd, size)
-        log.info("created sparse volume file %s of %s", path, format_size(size))
-        return fd
+        return _create_sparse(path, size)
     except OSError as exc:
         raise ConfigError(f"cannot open volume {path}: {exc.strerror}") from None
     mode = os.fstat(fd).st_mode
@@ -67,6 +65,30 @@ def open_or_create(path: str, size: int, read_only: bool = False, create: bool =
             f"volume {path} is {actual} bytes ({format_size(actual)}) but the configured size is "
             f"{size} bytes ({format_size(size)}); refusing to use it (the file was not changed)"
         )
+    return fd
+
+
+def _create_sparse(path: str, size: int) -> int:
+    """Create ``path`` as a sparse file of ``size`` bytes; on failure leave no file behind.
+
+    The file was made here with O_EXCL, so removing it after a failed ftruncate (EFBIG, ENOSPC)
+    destroys nothing; leaving it would make the next start fail with a misleading size mismatch."""
+    if size > _MAX_FILE_BYTES:  # ftruncate would raise OverflowError, not OSError
+        raise ConfigError(f"cannot create volume {path} of {size} bytes: larger than any file "
+                          f"can be ({_MAX_FILE_BYTES} bytes)")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create volume {path}: {exc.strerror}") from None
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        raise ConfigError(
+            f"cannot create volume {path} of {size} bytes ({format_size(size)}): {exc.strerror}"
+        ) from None
+    log.info("created sparse volume file %s of %s", path, format_size(size))
     return fd
 
 

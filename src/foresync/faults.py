@@ -1,0 +1,20 @@
+"""Deliberate bugs the simulator must catch (issue 5's self-check).
+
+Each switch breaks one rule the design depends on. Production code never sets them; the
+simulator's self-check tests flip one at a time and expect an invariant checker to fire within
+the CI seed count, which shows the checkers can see the failures they exist for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
+    ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
+    apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
+
+
+NO_FAULTS = Faults()

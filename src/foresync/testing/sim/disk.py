@@ -1,0 +1,86 @@
+"""Simulated disks: an image and a journal that lose unsynced writes on a crash."""
+
+from __future__ import annotations
+
+import random
+
+from foresync.journal import format as jfmt
+from foresync.journal.format import RecordState
+
+
+class SimDisk:
+    """An image whose writes are volatile until ``flush``; a crash keeps a random subset of
+    the unflushed writes (the page cache writes back in any order)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.durable = bytearray(size)
+        self.current = bytearray(size)
+        self._unsynced: list[tuple[int, bytes]] = []
+        self.flip_bits = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.current[offset : offset + length])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.current[offset : offset + len(data)] = data
+        self._unsynced.append((offset, bytes(data)))
+
+    def zero(self, offset: int, length: int) -> None:
+        self.write(offset, bytes(length))
+
+    def flush(self) -> None:
+        for offset, data in self._unsynced:
+            self.durable[offset : offset + len(data)] = data
+        self._unsynced.clear()
+
+    def crash(self, rng: random.Random) -> int:
+        kept = 0
+        for offset, data in self._unsynced:
+            if rng.random() < 0.5:
+                self.durable[offset : offset + len(data)] = data
+                kept += 1
+        self._unsynced.clear()
+        self.current = bytearray(self.durable)
+        return kept
+
+
+class SimJournal:
+    """The record journal as bytes: appends are volatile until a commit; a crash keeps the
+    durable prefix plus a random prefix of the rest (a torn append), which replay must cut."""
+
+    def __init__(self, volume_id: bytes) -> None:
+        self.data = bytearray(jfmt.encode_header(volume_id) + jfmt.encode_checkpoint(RecordState()))
+        self.durable_len = len(self.data)
+        self.appends = 0
+        self._append_ends: list[int] = []  # byte length after each append since open
+        self.torn_tails = 0
+
+    def append(self, entry: bytes) -> None:
+        self.data += entry
+        self.appends += 1
+        self._append_ends.append(len(self.data))
+
+    def commit(self, target: int) -> None:
+        """Make the first ``target`` appends (counted since the last open) durable."""
+        if target:
+            self.durable_len = max(self.durable_len, self._append_ends[target - 1])
+
+    def durable_state(self) -> RecordState:
+        return jfmt.replay(bytes(self.data[: self.durable_len])).state
+
+    def crash(self, rng: random.Random, flip_bits: bool = False) -> RecordState:
+        extra = len(self.data) - self.durable_len
+        keep = self.durable_len + (rng.randrange(extra + 1) if extra else 0)
+        image = bytearray(self.data[:keep])
+        if flip_bits and keep > self.durable_len and rng.random() < 0.5:
+            position = rng.randrange(self.durable_len, keep)
+            image[position] ^= 1 << rng.randrange(8)
+        replayed = jfmt.replay(bytes(image))
+        if replayed.torn_reason is not None:
+            self.torn_tails += 1
+        self.data = bytearray(image[: replayed.valid_end])
+        self.durable_len = len(self.data)
+        self.appends = 0
+        self._append_ends = []
+        return replayed.state

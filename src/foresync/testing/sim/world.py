@@ -1,0 +1,567 @@
+"""Two sites, a host and a network, stepped by one seeded RNG; invariants checked every step.
+
+The world runs the real ``PrimaryCore`` and ``SecondaryCore`` and the real link codec and journal
+format. Each step picks one enabled event: a host write, zero or flush; delivery of the next frame
+in either direction; completion of a pending fsync; a timer tick; or, rarely, a fault: link cut or
+heal, a crash or restart of either site. After each step the actions of both cores are carried
+out, then the invariants are checked:
+
+1. the secondary's durable record (plus durable pending ranges and the primary's durable
+   out-of-sync set) covers every extent where the two durable images differ (not in async mode);
+2. while no fault has happened yet, the secondary's image is the primary's sent history replayed
+   in sequence order up to what it applied;
+3. at the end, after healing and quiescence, both images are byte-identical;
+5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
+   secondary (or overwritten there by a later write);
+6. the record never exceeds capacity.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from foresync.errors import ForesyncError
+from foresync.faults import NO_FAULTS, Faults
+from foresync.journal.format import RecordState
+from foresync.link import wire
+from foresync.record.predict import extents_of
+from foresync.record.record import Eviction
+from foresync.replication import primary as pcore
+from foresync.replication import secondary as score
+from foresync.replication.primary import Mode, PrimaryCore
+from foresync.replication.secondary import SecondaryCore
+from foresync.testing.sim.disk import SimDisk, SimJournal
+
+SECTOR = 512
+VOLUME_ID = bytes(range(16))
+
+
+class SimFailure(Exception):
+    """An invariant did not hold. Carries the seed and the event schedule that led there."""
+
+    def __init__(self, message: str, seed: int, schedule: list[str]) -> None:
+        super().__init__(message)
+        self.seed = seed
+        self.schedule = schedule
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    steps: int = 1500
+    mode: Mode | None = None  # None: chosen by the seed (swarm testing)
+    faults: Faults = NO_FAULTS
+    crash_weight: float = 1.0  # scale of the fault events' weights; 0 disables them
+
+
+@dataclass(slots=True)
+class _HostOp:
+    op_id: int
+    kind: str  # "write" | "zero" | "flush"
+    offset: int
+    length: int
+    data: bytes | None
+    fua: bool
+
+
+@dataclass(slots=True)
+class _Primary:
+    core: PrimaryCore
+    flushes: deque[int] = field(default_factory=deque)
+    oos_persists: deque[tuple[int, tuple[int, ...]]] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _Secondary:
+    core: SecondaryCore
+    syncs: deque[int] = field(default_factory=deque)
+    commits: deque[int] = field(default_factory=deque)
+    conn: int = 0  # the connection it answers on (set when HELLO arrives)
+
+
+class World:
+    def __init__(self, seed: int, config: SimConfig | None = None) -> None:
+        self.seed = seed
+        self.cfg = config or SimConfig()
+        self.rng = rng = random.Random(seed)
+        self.mode = self.cfg.mode or rng.choice([Mode.LOOKAHEAD, Mode.LOOKAHEAD, Mode.SYNC, Mode.ASYNC])
+        self.extent_size = rng.choice([1024, 2048, 4096])
+        self.extent_count = rng.randint(8, 40)
+        self.size = self.extent_size * self.extent_count
+        self.capacity = rng.randint(4, max(5, self.extent_count // 2))
+        self.lookahead = rng.randint(0, 4)
+        self.eviction = rng.choice([Eviction.LRU, Eviction.GENERATIONS])
+        self.max_write = (self.capacity - 1) * self.extent_size
+        self.schedule: list[str] = []
+        self.now = 0.0
+        self.pdisk = SimDisk(self.size)
+        self.sdisk = SimDisk(self.size)
+        self.journal = SimJournal(VOLUME_ID)
+        self.oos_store: set[int] = set()
+        self.primary: _Primary | None = None
+        self.secondary: _Secondary | None = None
+        self.cut = False
+        self.conn = 0  # current connection id; 0 = none
+        self.p2s: deque[tuple[int, bytes]] = deque()
+        self.s2p: deque[tuple[int, bytes]] = deque()
+        self._next_op = 1
+        self._version = 1
+        self.host_ops: dict[int, _HostOp] = {}
+        self.faulted = False  # invariant 2 is checked only until the first fault
+        self.sent_history: dict[int, tuple[int, bytes]] = {}  # seq -> (offset, bytes) as sent
+        self.expected = bytearray(self.size)  # secondary image predicted from the sent history
+        self.applied_seq_seen = 0
+        self.acked: dict[int, _HostOp] = {}
+        self.sector_acked: dict[int, int] = {}  # sector -> version of the latest acked write
+        self.sector_versions: dict[int, list[int]] = {}  # sector -> versions written, in order
+        self.primary_crashes = 0
+        self._op_version: dict[int, int] = {}  # host op id -> version of its data
+        self._conn_counter = 0
+        self._start_primary()
+        self._start_secondary(RecordState())
+        # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
+        self._ev_connect()
+        self._settle()
+        while self.p2s or self.s2p:
+            if self.p2s:
+                self._ev_deliver_p2s()
+            if self.s2p:
+                self._ev_deliver_s2p()
+            self._settle()
+
+    # -- construction ----------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return (f"mode={self.mode.value} extents={self.extent_count}x{self.extent_size}B "
+                f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value}")
+
+    def _start_primary(self) -> None:
+        config = pcore.Config(
+            mode=self.mode, size=self.size, extent_size=self.extent_size, capacity=self.capacity,
+            lookahead=self.lookahead, eviction=self.eviction, volume_id=VOLUME_ID,
+            window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
+            faults=self.cfg.faults)
+        core = PrimaryCore(config, read=self.pdisk.read)
+        core.restore_out_of_sync(set(self.oos_store))
+        self.primary = _Primary(core)
+
+    def _start_secondary(self, state: RecordState) -> None:
+        core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
+                             faults=self.cfg.faults)
+        self.secondary = _Secondary(core)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            for step in range(self.cfg.steps):
+                self._step(step)
+                self._settle()
+                self._check(step)
+            self._finish()
+        except SimFailure:
+            raise
+        except (ForesyncError, AssertionError, KeyError, IndexError) as exc:
+            raise SimFailure(f"{type(exc).__name__}: {exc}", self.seed, self.schedule) from exc
+
+    def _log(self, event: str) -> None:
+        self.schedule.append(f"t={self.now:.3f} {event}")
+
+    def _step(self, step: int) -> None:
+        rng = self.rng
+        choices: list[tuple[float, str]] = []
+        p, s = self.primary, self.secondary
+        if p is not None and len(self.host_ops) < 12:
+            choices += [(6.0, "write"), (0.6, "zero"), (0.6, "flush")]
+        if self.p2s:
+            choices.append((4.0, "deliver_p2s"))
+        if self.s2p:
+            choices.append((4.0, "deliver_s2p"))
+        if p is not None and p.flushes:
+            choices.append((1.5, "primary_flush"))
+        if p is not None and p.oos_persists:
+            choices.append((1.5, "oos_persist"))
+        if s is not None and s.commits:
+            choices.append((2.0, "journal_commit"))
+        if s is not None and s.syncs:
+            choices.append((1.5, "data_sync"))
+        choices.append((1.0, "tick"))
+        if self.conn == 0 and p is not None and s is not None and not self.cut:
+            choices.append((2.0, "connect"))
+        w = self.cfg.crash_weight
+        if w:
+            choices.append((0.05 * w, "cut") if not self.cut else (0.3, "heal"))
+            choices.append((0.03 * w, "crash_primary") if p is not None else (0.3, "restart_primary"))
+            choices.append((0.03 * w, "crash_secondary") if s is not None else (0.3, "restart_secondary"))
+        getattr(self, f"_ev_{_weighted_choice(rng, choices)}")()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _ev_write(self) -> None:
+        assert self.primary is not None
+        rng = self.rng
+        length = rng.choice([SECTOR, SECTOR * 2, self.extent_size, rng.randrange(1, 9) * SECTOR])
+        length = min(length, self.max_write, self.size)
+        offset = rng.randrange(0, (self.size - length) // SECTOR + 1) * SECTOR
+        version = self._version
+        self._version += 1
+        data = struct.pack(">Q", version) * (length // 8)
+        op = _HostOp(self._next_op, "write", offset, length, data, rng.random() < 0.1)
+        self._submit(op, version)
+        self.primary.core.write(op.op_id, offset, data, op.fua)
+
+    def _ev_zero(self) -> None:
+        assert self.primary is not None
+        rng = self.rng
+        big = rng.random() < 0.3
+        length = (rng.randrange(1, self.extent_count + 1) * self.extent_size if big
+                  else rng.randrange(1, 5) * SECTOR)
+        length = min(length, self.size)
+        offset = rng.randrange(0, (self.size - length) // SECTOR + 1) * SECTOR
+        version = self._version
+        self._version += 1
+        op = _HostOp(self._next_op, "zero", offset, length, None, rng.random() < 0.1)
+        self._submit(op, version)
+        self.primary.core.zero(op.op_id, offset, length, rng.random() < 0.5, op.fua)
+
+    def _ev_flush(self) -> None:
+        assert self.primary is not None
+        op = _HostOp(self._next_op, "flush", 0, 0, None, True)
+        self._submit(op, 0)
+        self.primary.core.flush(op.op_id)
+
+    def _submit(self, op: _HostOp, version: int) -> None:
+        self._next_op += 1
+        self.host_ops[op.op_id] = op
+        self._log(f"host {op.kind} #{op.op_id} {op.offset}+{op.length} fua={op.fua}")
+        if op.kind != "flush":
+            for sector in range(op.offset // SECTOR, (op.offset + op.length) // SECTOR):
+                self.sector_versions.setdefault(sector, []).append(version)
+            self._op_version[op.op_id] = version
+
+    def _ev_deliver_p2s(self) -> None:
+        conn, frame = self.p2s.popleft()
+        s = self.secondary
+        if s is None or conn != self.conn:
+            return
+        (message,) = wire.FrameDecoder().feed(frame)
+        if isinstance(message, wire.Hello):
+            s.conn = conn
+            s.core.session_reset()
+        self._log(f"p2s {_short(message)}")
+        try:
+            s.core.receive(message)
+        except ForesyncError as exc:
+            raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
+        s.core.end_of_batch()
+
+    def _ev_deliver_s2p(self) -> None:
+        conn, frame = self.s2p.popleft()
+        p = self.primary
+        if p is None or conn != self.conn:
+            return
+        (message,) = wire.FrameDecoder().feed(frame)
+        self._log(f"s2p {_short(message)}")
+        p.core.receive(message)
+
+    def _ev_primary_flush(self) -> None:
+        assert self.primary is not None
+        ticket = self.primary.flushes.popleft()
+        self.pdisk.flush()
+        self.primary.core.local_flushed(ticket)
+
+    def _ev_oos_persist(self) -> None:
+        assert self.primary is not None
+        token, extents = self.primary.oos_persists.popleft()
+        self.oos_store = set(extents)
+        self.primary.core.out_of_sync_persisted(token)
+
+    def _ev_journal_commit(self) -> None:
+        assert self.secondary is not None
+        target = self.secondary.commits.popleft()
+        self.journal.commit(target)
+        self.secondary.core.journal_synced(target)
+
+    def _ev_data_sync(self) -> None:
+        assert self.secondary is not None
+        through = self.secondary.syncs.popleft()
+        self.sdisk.flush()
+        self.secondary.core.data_synced(through)
+
+    def _ev_tick(self) -> None:
+        self.now += self.rng.random() * 0.05
+        if self.primary is not None:
+            self.primary.core.tick(self.now)
+            self.primary.core.request_durable()
+        if self.secondary is not None:
+            self.secondary.core.request_durable()
+
+    def _ev_connect(self) -> None:
+        assert self.primary is not None
+        self.conn = self._next_conn()
+        self._log(f"connect #{self.conn}")
+        self.primary.core.connected()
+
+    def _next_conn(self) -> int:
+        self._conn_counter += 1
+        return self._conn_counter
+
+    def _disconnect(self, reason: str, deliver_p2s_prefix: bool = False) -> None:
+        if self.conn == 0:
+            return
+        if deliver_p2s_prefix and self.p2s and self.secondary is not None:
+            for _ in range(self.rng.randrange(len(self.p2s) + 1)):
+                self._ev_deliver_p2s()
+                self._settle()
+        self.conn = 0
+        self.p2s.clear()
+        self.s2p.clear()
+        self.faulted = True
+        if self.primary is not None:
+            self.primary.core.disconnected(reason)
+
+    def _ev_cut(self) -> None:
+        self._log("link cut")
+        self.cut = True
+        self._disconnect("cut")
+
+    def _ev_heal(self) -> None:
+        self._log("link healed")
+        self.cut = False
+
+    def _ev_crash_primary(self) -> None:
+        assert self.primary is not None
+        self._log("CRASH primary")
+        if self.mode is Mode.SYNC:
+            self._check_sync_durability()
+        self._disconnect("primary crashed", deliver_p2s_prefix=True)
+        self.primary = None
+        self.pdisk.crash(self.rng)
+        self.host_ops.clear()  # the host sees its outstanding requests fail
+        self.faulted = True
+        self.primary_crashes += 1
+
+    def _ev_restart_primary(self) -> None:
+        self._log("restart primary")
+        self._start_primary()
+
+    def _ev_crash_secondary(self) -> None:
+        assert self.secondary is not None
+        self._log("CRASH secondary")
+        self._disconnect("secondary crashed")
+        self.secondary = None
+        self.sdisk.crash(self.rng)
+        self.journal.crash(self.rng, flip_bits=True)
+        self.faulted = True
+
+    def _ev_restart_secondary(self) -> None:
+        self._log("restart secondary")
+        self._start_secondary(self.journal.durable_state())
+
+    # -- carrying out actions ---------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        for _ in range(10000):
+            progressed = False
+            if self.primary is not None:
+                for primary_action in self.primary.core.actions():
+                    progressed = True
+                    self._do_primary(primary_action)
+            if self.secondary is not None:
+                s = self.secondary
+                if s.core.needs_journal_sync() and (not s.commits or s.commits[-1] < s.core.journal_target()):
+                    s.commits.append(s.core.journal_target())
+                for action in s.core.actions():
+                    progressed = True
+                    self._do_secondary(action)
+            if not progressed:
+                return
+        raise SimFailure("actions never settled (livelock)", self.seed, self.schedule)
+
+    def _do_primary(self, action: pcore.Action) -> None:
+        p = self.primary
+        assert p is not None
+        match action:
+            case pcore.Send(message):
+                if self.conn:
+                    if isinstance(message, wire.Write | wire.Zero):
+                        data = message.data if isinstance(message, wire.Write) else bytes(message.length)
+                        if message.flags & wire.WriteFlag.RESYNC:
+                            self.faulted = True  # resync data is not part of the host history
+                        self.sent_history[message.seq] = (message.offset, data)
+                    self.p2s.append((self.conn, wire.encode_frame(message)))
+            case pcore.ApplyLocal(seq, offset, length, data, _punch):
+                if data is not None:
+                    self.pdisk.write(offset, data)
+                else:
+                    self.pdisk.zero(offset, length)
+                p.core.local_applied(seq, 0)
+            case pcore.AckHost(op_id, errno):
+                op = self.host_ops.pop(op_id, None)
+                if op is not None and errno == 0:
+                    self._acked(op)
+            case pcore.FlushLocal(ticket):
+                p.flushes.append(ticket)
+            case pcore.PersistOutOfSync(token, extents):
+                p.oos_persists.append((token, extents))
+            case pcore.LinkFailed(reason):
+                raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
+
+    def _acked(self, op: _HostOp) -> None:
+        if op.kind == "flush":
+            return
+        version = self._op_version.pop(op.op_id)
+        for sector in range(op.offset // SECTOR, (op.offset + op.length) // SECTOR):
+            self.sector_acked[sector] = max(self.sector_acked.get(sector, 0), version)
+
+    def _do_secondary(self, action: score.Action) -> None:
+        s = self.secondary
+        assert s is not None
+        match action:
+            case score.Send(message):
+                if self.conn and s.conn == self.conn:
+                    self.s2p.append((self.conn, wire.encode_frame(message)))
+            case score.JournalAppend(entry):
+                self.journal.append(entry)
+            case score.WriteData(offset, data, seq):
+                self.sdisk.write(offset, data)
+                self._track_apply(seq, offset, data)
+            case score.ZeroData(offset, length, _punch, seq):
+                self.sdisk.zero(offset, length)
+                self._track_apply(seq, offset, bytes(length))
+            case score.SyncData(through):
+                s.syncs.append(through)
+
+    def _track_apply(self, seq: int, offset: int, data: bytes) -> None:
+        if self.faulted:
+            return
+        if seq <= self.applied_seq_seen:
+            raise SimFailure(f"secondary applied seq {seq} after {self.applied_seq_seen}", self.seed,
+                             self.schedule)
+        for missing in range(self.applied_seq_seen + 1, seq):
+            if missing in self.sent_history:
+                raise SimFailure(f"secondary skipped seq {missing}", self.seed, self.schedule)
+        self.applied_seq_seen = seq
+        sent = self.sent_history.get(seq)
+        if sent is None or sent != (offset, data):
+            raise SimFailure(f"secondary applied seq {seq} with data that was not sent", self.seed,
+                             self.schedule)
+        self.expected[offset : offset + len(data)] = data
+
+    # -- invariants -------------------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        raise SimFailure(message, self.seed, self.schedule)
+
+    def _check(self, step: int) -> None:
+        if self.mode is not Mode.ASYNC:
+            self._check_coverage()
+        if self.secondary is not None:
+            n = len(self.secondary.core.state.extents)
+            if n > self.capacity:
+                self._fail(f"secondary record holds {n} extents, capacity {self.capacity}")
+        if self.primary is not None and len(self.primary.core.record) > self.capacity:
+            self._fail(f"primary record copy exceeds capacity {self.capacity}")
+        if not self.faulted and self.sdisk.current != self.expected:
+            self._fail("secondary image is not a prefix of the primary's sent history")
+
+    def _durably_covered(self) -> set[int]:
+        state = self.journal.durable_state()
+        covered = set(state.extents) | set(self.oos_store)
+        for offset, length in state.ranges.values():
+            covered.update(extents_of(offset, length, self.extent_size))
+        return covered
+
+    def _check_coverage(self) -> None:
+        if self.pdisk.durable == self.sdisk.durable:
+            return
+        covered = self._durably_covered()
+        es = self.extent_size
+        for extent in range(self.extent_count):
+            lo, hi = extent * es, (extent + 1) * es
+            if extent not in covered and self.pdisk.durable[lo:hi] != self.sdisk.durable[lo:hi]:
+                self._fail(f"extent {extent} differs durably between the sites but no durable record, "
+                           f"range or out-of-sync entry covers it")
+
+    def _check_sync_durability(self) -> None:
+        for sector, version in self.sector_acked.items():
+            raw = bytes(self.sdisk.durable[sector * SECTOR : sector * SECTOR + 8])
+            have = struct.unpack(">Q", raw)[0]
+            later = [v for v in self.sector_versions.get(sector, []) if v >= version]
+            if have not in later and not (have == 0 and any(v >= version for v in later)):
+                self._fail(f"sync mode: acknowledged write v{version} to sector {sector} is not "
+                           f"durable on the secondary (found v{have})")
+
+    def _finish(self) -> None:
+        """Heal everything, restart what is down, drain, and require identical images."""
+        self._log("FINISH: heal, restart, quiesce")
+        self.cut = False
+        if self.primary is None:
+            self._ev_restart_primary()
+        if self.secondary is None:
+            self._ev_restart_secondary()
+        for round_ in range(20000):
+            if self.conn == 0:
+                self._ev_connect()
+            events = []
+            if self.p2s:
+                events.append(self._ev_deliver_p2s)
+            if self.s2p:
+                events.append(self._ev_deliver_s2p)
+            p, s = self.primary, self.secondary
+            assert p is not None and s is not None
+            if p.flushes:
+                events.append(self._ev_primary_flush)
+            if p.oos_persists:
+                events.append(self._ev_oos_persist)
+            if s.commits:
+                events.append(self._ev_journal_commit)
+            if s.syncs:
+                events.append(self._ev_data_sync)
+            if not events:
+                stats = p.core.statistics()
+                if stats.in_sync and not self.host_ops:
+                    break
+                events.append(self._ev_tick)
+            self.rng.choice(events)()
+            self._settle()
+            self._check(round_)
+        else:
+            p = self.primary
+            detail = p.core.statistics() if p is not None else None
+            queue = [(op.seq, list(op.extents), op.oos_wait) for op in p.core._queue] if p else []
+            self._fail(f"did not reach in_sync after healing: {detail} queue={queue[:5]} "
+                       f"misses={list(p.core._misses)[:5] if p else None} host_ops={len(self.host_ops)}")
+        self.pdisk.flush()
+        self.sdisk.flush()
+        if self.pdisk.durable != self.sdisk.durable:
+            bad = [e for e in range(self.extent_count)
+                   if self.pdisk.durable[e * self.extent_size:(e + 1) * self.extent_size]
+                   != self.sdisk.durable[e * self.extent_size:(e + 1) * self.extent_size]]
+            self._fail(f"after quiescence the images differ in extents {bad}")
+
+
+def _weighted_choice(rng: random.Random, choices: list[tuple[float, str]]) -> str:
+    pick = rng.random() * sum(weight for weight, _ in choices)
+    for weight, name in choices:
+        pick -= weight
+        if pick <= 0:
+            return name
+    return choices[-1][1]
+
+
+def _short(message: wire.Message) -> str:
+    """A one-line description of a link message, without its payload."""
+    if isinstance(message, wire.Write):
+        return (f"Write(seq={message.seq} off={message.offset} len={len(message.data)} "
+                f"flags={message.flags} budget={message.budget} removals={message.removals})")
+    text = repr(message)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def run_seed(seed: int, config: SimConfig | None = None) -> World:
+    world = World(seed, config)
+    world.run()
+    return world

@@ -1,0 +1,417 @@
+"""Unit tests for ``foresync.journal.format`` and ``foresync.journal.journal``.
+
+The journal must survive a crash at any byte of an append: replay stops at the last whole
+entry, the torn bytes are preserved aside (``<journal>.torn-<offset>``), and the file is cut back
+to the last whole entry so later appends replay. Header damage is not a torn tail: nothing in the
+file can be trusted, so opening raises JournalCorruption.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from foresync.errors import JournalCorruption
+from foresync.journal import format as fmt
+from foresync.journal import journal as journal_mod
+from foresync.journal.format import EntryKind, RecordState
+from foresync.journal.journal import RecordJournal
+
+VOLUME = bytes(range(16))
+
+
+def _image(*entries: bytes) -> bytes:
+    return fmt.encode_header(VOLUME) + b"".join(entries)
+
+
+# -- format: layout and round trips -------------------------------------------------------------------
+
+
+def test_header_layout() -> None:
+    header = fmt.encode_header(VOLUME)
+    assert len(header) == 32
+    assert header[:8] == b"FSJOURN1"
+    assert struct.unpack(">I", header[8:12])[0] == 1
+    assert header[12:28] == VOLUME
+    assert struct.unpack(">I", header[28:32])[0] == fmt.crc32c(header[:28])
+    assert fmt.decode_header(header) == VOLUME
+
+
+def test_entry_layout() -> None:
+    entry = fmt.encode_add([7, 0x01020304])
+    length, crc = struct.unpack(">II", entry[:8])
+    body = entry[8:]
+    assert length == len(body) == 1 + 4 + 8
+    assert crc == fmt.crc32c(body)
+    assert body == bytes([EntryKind.ADD]) + struct.pack(">III", 2, 7, 0x01020304)
+
+
+def test_crc32c_is_castagnoli() -> None:
+    assert fmt.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def _replayed(*entries: bytes) -> RecordState:
+    result = fmt.replay(_image(*entries))
+    assert result.torn_reason is None
+    assert result.entries == len(entries)
+    assert result.valid_end == len(_image(*entries))
+    assert result.volume_id == VOLUME
+    return result.state
+
+
+def test_add_round_trip() -> None:
+    assert _replayed(fmt.encode_add([3, 1, 2])) == RecordState({1, 2, 3}, {})
+    assert _replayed(fmt.encode_add([])) == RecordState(set(), {})
+    assert _replayed(fmt.encode_add([0xFFFFFFFF])) == RecordState({0xFFFFFFFF}, {})
+
+
+def test_remove_round_trip() -> None:
+    state = _replayed(fmt.encode_add([1, 2, 3]), fmt.encode_remove([2, 9]))
+    assert state == RecordState({1, 3}, {})
+
+
+def test_range_and_range_done_round_trip() -> None:
+    big = (1 << 64) - 1
+    state = _replayed(fmt.encode_range(5, 4096, 1 << 30), fmt.encode_range(6, big, big))
+    assert state.ranges == {5: (4096, 1 << 30), 6: (big, big)}
+    state = _replayed(fmt.encode_range(5, 4096, 1 << 30), fmt.encode_range_done(5),
+                      fmt.encode_range_done(77))
+    assert state.ranges == {}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        RecordState(),
+        RecordState({1}, {}),
+        RecordState(set(range(0, 2000, 3)), {}),
+        RecordState({4, 5}, {9: (0, 1 << 40), 3: (512, 0)}),
+        RecordState(set(), {1: (1, 2)}),
+    ],
+)
+def test_checkpoint_round_trip(state: RecordState) -> None:
+    assert _replayed(fmt.encode_checkpoint(state)) == state
+
+
+def test_checkpoint_replaces_everything_before_it() -> None:
+    state = _replayed(fmt.encode_add([1, 2]), fmt.encode_range(4, 0, 10),
+                      fmt.encode_checkpoint(RecordState({7}, {8: (1, 1)})), fmt.encode_add([9]))
+    assert state == RecordState({7, 9}, {8: (1, 1)})
+
+
+def test_checkpoint_is_sorted_and_deterministic() -> None:
+    one = fmt.encode_checkpoint(RecordState({3, 1, 2}, {5: (0, 1), 2: (3, 4)}))
+    two = fmt.encode_checkpoint(RecordState({2, 3, 1}, {2: (3, 4), 5: (0, 1)}))
+    assert one == two
+
+
+# -- format: damage --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", [0, 1, 8, 27, 31])
+def test_short_header_is_corruption(cut: int) -> None:
+    with pytest.raises(JournalCorruption):
+        fmt.replay(fmt.encode_header(VOLUME)[:cut])
+
+
+@pytest.mark.parametrize("index", range(32))
+def test_any_header_bit_flip_is_corruption(index: int) -> None:
+    data = bytearray(_image(fmt.encode_add([1])))
+    data[index] ^= 0x10
+    with pytest.raises(JournalCorruption) as info:
+        fmt.replay(bytes(data))
+    assert info.value.position in (0, 8)
+
+
+def test_unsupported_version_is_corruption() -> None:
+    head = struct.pack(">8sI16s", b"FSJOURN1", 2, VOLUME)
+    with pytest.raises(JournalCorruption, match="version 2"):
+        fmt.replay(head + struct.pack(">I", fmt.crc32c(head)))
+
+
+def test_wrong_magic_is_corruption() -> None:
+    head = struct.pack(">8sI16s", b"NOTAJRNL", 1, VOLUME)
+    with pytest.raises(JournalCorruption, match="magic"):
+        fmt.replay(head + struct.pack(">I", fmt.crc32c(head)))
+
+
+def test_zero_and_oversized_lengths_end_replay() -> None:
+    good = fmt.encode_add([1])
+    for bad in (struct.pack(">II", 0, 0), struct.pack(">II", fmt.MAX_ENTRY_BYTES + 1, 0)):
+        result = fmt.replay(_image(good, bad))
+        assert result.state.extents == {1}
+        assert result.entries == 1
+        assert result.valid_end == 32 + len(good)
+        assert result.torn_reason is not None and "impossible" in result.torn_reason
+
+
+def test_malformed_body_with_a_good_crc_ends_replay() -> None:
+    """A body that passes its CRC but does not parse (a writer bug, not a torn write) is still
+    never applied."""
+    lying = bytes([EntryKind.ADD]) + struct.pack(">I", 5) + struct.pack(">I", 1)  # says 5, has 1
+    unknown = bytes([99, 0, 0, 0, 0])
+    for body in (lying, unknown, bytes([EntryKind.RANGE, 1, 2])):
+        entry = struct.pack(">II", len(body), fmt.crc32c(body)) + body
+        result = fmt.replay(_image(fmt.encode_add([4]), entry, fmt.encode_add([5])))
+        assert result.state.extents == {4}
+        assert result.entries == 1
+        assert result.torn_reason is not None and "malformed" in result.torn_reason
+
+
+def test_damage_in_the_middle_stops_replay_there() -> None:
+    first, second, third = fmt.encode_add([1]), fmt.encode_add([2]), fmt.encode_add([3])
+    data = bytearray(_image(first, second, third))
+    data[32 + len(first) + 9] ^= 1  # inside the second entry's body
+    result = fmt.replay(bytes(data))
+    assert result.state.extents == {1}
+    assert result.valid_end == 32 + len(first)
+    assert result.torn_reason == "entry fails its CRC32C"
+
+
+# -- the journal file: crash in the middle of an append ------------------------------------------------
+
+
+HISTORY = [
+    fmt.encode_add([1, 2, 3]),
+    fmt.encode_range(10, 4096, 1 << 20),
+    fmt.encode_remove([2]),
+    fmt.encode_add([40, 41]),
+    fmt.encode_range_done(10),
+    fmt.encode_range(11, 0, 512),
+]
+LAST = fmt.encode_add([7, 8, 9, 1000])
+
+
+def _written(path: Path, entries: list[bytes]) -> bytes:
+    journal = RecordJournal.create(str(path), VOLUME)
+    for entry in entries:
+        journal.append(entry)
+    journal.sync()
+    journal.close()
+    return path.read_bytes()
+
+
+def test_crash_at_every_byte_of_the_last_append(tmp_path: Path) -> None:
+    whole = _written(tmp_path / "full", [*HISTORY, LAST])
+    before_last = _written(tmp_path / "before", HISTORY)
+    expected = fmt.replay(before_last).state
+    start = len(before_last)
+    assert whole[:start] == before_last and len(whole) == start + len(LAST)
+    for cut in range(start, len(whole)):
+        path = tmp_path / f"cut-{cut}"
+        path.write_bytes(whole[:cut])
+        journal = RecordJournal.open(str(path))
+        try:
+            replayed = journal.replayed
+            assert replayed.state == expected, cut
+            assert replayed.entries == len(HISTORY) + 1  # the checkpoint written by create()
+            assert replayed.valid_end == start
+            aside = tmp_path / f"cut-{cut}.torn-{start}"
+            if cut == start:
+                assert replayed.torn_reason is None
+                assert not aside.exists()
+            else:
+                assert replayed.torn_reason is not None
+                assert aside.read_bytes() == whole[start:cut]
+            assert path.stat().st_size == start
+            assert path.read_bytes() == before_last
+        finally:
+            journal.close()
+
+
+def test_appends_after_recovery_replay(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    whole = _written(path, [*HISTORY, LAST])
+    path.write_bytes(whole[: len(whole) - 3])
+    journal = RecordJournal.open(str(path))
+    expected = journal.replayed.state
+    journal.append(fmt.encode_add([55]))
+    journal.append(fmt.encode_range_done(11))
+    journal.sync()
+    journal.close()
+    reopened = RecordJournal.open(str(path))
+    try:
+        assert reopened.replayed.torn_reason is None
+        expected.extents.add(55)
+        expected.ranges.pop(11)
+        assert reopened.replayed.state == expected
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("bit", [0x01, 0x80])
+def test_bit_flip_in_last_entry_is_detected_and_preserved(tmp_path: Path, bit: int) -> None:
+    whole = _written(tmp_path / "full", [*HISTORY, LAST])
+    start = len(whole) - len(LAST)
+    expected = fmt.replay(whole[:start]).state
+    for index in range(start, len(whole)):
+        damaged = bytearray(whole)
+        damaged[index] ^= bit
+        path = tmp_path / f"flip-{index}"
+        path.write_bytes(bytes(damaged))
+        journal = RecordJournal.open(str(path))
+        journal.close()
+        assert journal.replayed.state == expected, index
+        assert journal.replayed.torn_reason is not None
+        assert (tmp_path / f"flip-{index}.torn-{start}").read_bytes() == bytes(damaged[start:])
+        assert path.read_bytes() == whole[:start]
+
+
+@pytest.mark.parametrize("index", [0, 5, 9, 20, 31])
+def test_header_corruption_raises_and_leaves_the_file_alone(tmp_path: Path, index: int) -> None:
+    path = tmp_path / "journal"
+    whole = bytearray(_written(path, HISTORY))
+    whole[index] ^= 0x04
+    path.write_bytes(bytes(whole))
+    with pytest.raises(JournalCorruption):
+        RecordJournal.open(str(path))
+    assert path.read_bytes() == bytes(whole)
+    assert [p.name for p in tmp_path.iterdir()] == ["journal"]
+
+
+def test_second_tear_at_the_same_offset_keeps_the_first(tmp_path: Path) -> None:
+    """Two crashes at the same place must not overwrite the bytes preserved by the first."""
+    path = tmp_path / "journal"
+    whole = _written(path, [*HISTORY, LAST])
+    start = len(whole) - len(LAST)
+    path.write_bytes(whole[:-1])
+    RecordJournal.open(str(path)).close()
+    other = fmt.encode_add([123])
+    path.write_bytes(whole[:start] + other[:-2])
+    RecordJournal.open(str(path)).close()
+    preserved = sorted(p.read_bytes() for p in tmp_path.iterdir() if ".torn-" in p.name)
+    assert preserved == sorted([whole[start:-1], other[:-2]])
+    assert path.read_bytes() == whole[:start]
+
+
+def test_torn_tail_is_made_durable_before_truncating(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy aside (its bytes and its directory entry) is durable before the cut."""
+    path = tmp_path / "journal"
+    whole = _written(path, [*HISTORY, LAST])
+    path.write_bytes(whole[:-1])
+    seen: list[tuple[str, int]] = []
+
+    def record_fsync_dir(target: str) -> None:
+        seen.append((target, path.stat().st_size))
+
+    monkeypatch.setattr(journal_mod, "fsync_dir", record_fsync_dir)
+    RecordJournal.open(str(path)).close()
+    asides = [(t, size) for t, size in seen if ".torn-" in t]
+    assert asides and all(size == len(whole) - 1 for _, size in asides)
+
+
+# -- the journal file: appends, sync and checkpoints ---------------------------------------------------
+
+
+def test_create_writes_an_empty_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = RecordJournal.create(str(path), VOLUME)
+    journal.close()
+    assert path.read_bytes() == fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState())
+    assert journal.volume_id == VOLUME
+    assert journal.entries_since_checkpoint == 1
+
+
+def test_sync_counts_appends(tmp_path: Path) -> None:
+    journal = RecordJournal.create(str(tmp_path / "journal"), VOLUME)
+    calls: list[int] = []
+    journal._fsync = lambda: calls.append(1)  # type: ignore[method-assign]
+    assert journal.append(fmt.encode_add([1])) == 1
+    assert journal.append(fmt.encode_add([2])) == 2
+    assert journal.synced == 0
+    assert journal.sync() == 2
+    assert journal.synced == 2 and len(calls) == 1
+    assert journal.sync() == 2 and len(calls) == 1  # nothing new: no fdatasync
+    journal.append(fmt.encode_add([3]))
+    journal.commit(3)
+    assert journal.synced == 3 and len(calls) == 2
+    journal.close()
+
+
+def test_failing_fsync_does_not_count_as_synced(tmp_path: Path) -> None:
+    journal = RecordJournal.create(str(tmp_path / "journal"), VOLUME)
+
+    def broken() -> None:
+        raise OSError(5, "EIO")
+
+    journal._fsync = broken  # type: ignore[method-assign]
+    journal.append(fmt.encode_add([1]))
+    with pytest.raises(OSError):
+        journal.sync()
+    with pytest.raises(OSError):
+        journal.commit(1)
+    assert journal.synced == 0
+    journal.close()
+
+
+def test_checkpoint_rewrites_to_the_same_state(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    _written(path, HISTORY)
+    journal = RecordJournal.open(str(path))
+    state = journal.replayed.state
+    journal.checkpoint(state)
+    assert journal.entries_since_checkpoint == 1
+    assert path.read_bytes() == fmt.encode_header(VOLUME) + fmt.encode_checkpoint(state)
+    assert not (tmp_path / "journal.tmp").exists()
+    journal.append(fmt.encode_add([77]))  # appends go to the new file
+    journal.sync()
+    journal.close()
+    reopened = RecordJournal.open(str(path))
+    reopened.close()
+    state.extents.add(77)
+    assert reopened.replayed.state == state
+    assert reopened.replayed.entries == 2
+
+
+def test_checkpoint_that_fails_leaves_the_old_journal_usable(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash (or ENOSPC) before the rename leaves the old journal whole, and the open journal
+    still appends to it rather than to a closed (possibly reused) descriptor."""
+    path = tmp_path / "journal"
+    before = _written(path, HISTORY)
+    journal = RecordJournal.open(str(path))
+    state = journal.replayed.state
+
+    def no_rename(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError):
+        journal.checkpoint(RecordState({999}, {}))
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert fmt.replay(before).state == state
+    journal.append(fmt.encode_add([5]))
+    journal.sync()
+    journal.close()
+    reopened = RecordJournal.open(str(path))
+    reopened.close()
+    state.extents.add(5)
+    assert reopened.replayed.state == state
+    assert reopened.replayed.torn_reason is None
+
+
+def test_leftover_tmp_from_a_crashed_checkpoint_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    before = _written(path, HISTORY)
+    (tmp_path / "journal.tmp").write_bytes(b"half a checkpoint")
+    journal = RecordJournal.open(str(path))
+    journal.close()
+    assert journal.replayed.state == fmt.replay(before).state
+    # The next checkpoint overwrites the leftover.
+    journal = RecordJournal.open(str(path))
+    journal.checkpoint(RecordState({1}, {}))
+    journal.close()
+    assert fmt.replay(path.read_bytes()).state == RecordState({1}, {})
+    assert not (tmp_path / "journal.tmp").exists()
+
+
+def test_close_is_idempotent(tmp_path: Path) -> None:
+    journal = RecordJournal.create(str(tmp_path / "journal"), VOLUME)
+    journal.close()
+    journal.close()
+    assert os.path.exists(tmp_path / "journal")

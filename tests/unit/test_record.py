@@ -1,0 +1,320 @@
+"""Unit tests for ``foresync.record.record`` and ``foresync.record.predict``.
+
+The record copy decides what the primary may evict (claims 10-17). The tests pin the two
+eviction policies to their definitions: ``lru`` takes the least-recently-added clean extents one
+at a time, ``generations`` takes whole generations whose every extent is clean, oldest first, and
+neither ever takes a dirty extent (latest write seq above the clean watermark).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from foresync.errors import InvariantViolation, LocalProtocolError
+from foresync.record.predict import extents_of, predict
+from foresync.record.record import Eviction, RecordCopy, RecordStatistics
+
+# -- membership ------------------------------------------------------------------------------------
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(LocalProtocolError):
+        RecordCopy(0, Eviction.LRU)
+
+
+def test_add_remove_covers() -> None:
+    record = RecordCopy(8, Eviction.LRU)
+    record.add([3, 1, 2])
+    assert len(record) == 3
+    assert 1 in record and 4 not in record
+    assert record.extents() == [1, 2, 3]
+    assert record.covers([1, 3])
+    assert record.covers([])
+    assert not record.covers([1, 4])
+    record.add([3, 4])  # 3 is already there: added once
+    assert len(record) == 4
+    record.remove([1, 9])  # 9 was never there: ignored
+    assert record.extents() == [2, 3, 4]
+    assert not record.covers([1])
+
+
+def test_add_past_capacity_is_an_invariant_violation() -> None:
+    record = RecordCopy(2, Eviction.LRU)
+    record.add([0, 1])
+    with pytest.raises(InvariantViolation):
+        record.add([2])
+
+
+def test_default_generation_size_is_an_eighth_of_capacity() -> None:
+    assert RecordCopy(64, Eviction.GENERATIONS).generation_size == 8
+    assert RecordCopy(3, Eviction.GENERATIONS).generation_size == 1
+
+
+def test_generations_group_additions_in_order() -> None:
+    record = RecordCopy(16, Eviction.GENERATIONS, generation_size=3)
+    record.add([10, 11, 12, 13])
+    record.add([14, 15, 16])
+    assert record.statistics().generations == 3
+    # Evicting needs shows the grouping: the oldest generation is 10, 11, 12.
+    record.reserved = 16 - 7  # no free slot left
+    assert record.choose_evictions(1, clean_through=0) == [10, 11, 12]
+    assert record.choose_evictions(4, clean_through=0) == [10, 11, 12, 13, 14, 15]
+
+
+def test_emptied_generation_disappears_and_a_new_one_starts() -> None:
+    record = RecordCopy(16, Eviction.GENERATIONS, generation_size=2)
+    record.add([1, 2])
+    record.remove([1, 2])
+    assert record.statistics().generations == 0
+    record.add([3])
+    record.add([4])
+    record.add([5])
+    assert record.statistics().generations == 2
+    record.reserved = 16 - 3
+    assert record.choose_evictions(1, clean_through=0) == [3, 4]
+
+
+# -- the clean watermark -----------------------------------------------------------------------------
+
+
+def test_note_write_and_is_clean() -> None:
+    record = RecordCopy(4, Eviction.LRU)
+    assert record.last_seq(7) == 0
+    assert record.is_clean(7, 0)
+    record.note_write([7, 8], 5)
+    record.note_write([8], 9)
+    assert record.last_seq(7) == 5 and record.last_seq(8) == 9
+    assert not record.is_clean(7, 4)
+    assert record.is_clean(7, 5)
+    assert not record.is_clean(8, 8)
+    assert record.is_clean(8, 9)
+
+
+def test_forget_clean_keeps_members_and_dirty_extents() -> None:
+    record = RecordCopy(4, Eviction.LRU)
+    record.add([1])
+    record.note_write([1, 2, 3], 5)
+    record.note_write([3], 10)
+    record.forget_clean(6)
+    assert record.last_seq(1) == 5  # a member keeps its seq
+    assert record.last_seq(2) == 0  # clean and not a member: forgotten
+    assert record.last_seq(3) == 10  # dirty: kept
+
+
+# -- choosing evictions ------------------------------------------------------------------------------
+
+
+def _full_lru(order: list[int]) -> RecordCopy:
+    record = RecordCopy(len(order), Eviction.LRU)
+    for extent in order:
+        record.add([extent])
+    return record
+
+
+def test_no_eviction_needed_when_free() -> None:
+    record = RecordCopy(4, Eviction.LRU)
+    record.add([1])
+    assert record.choose_evictions(3, clean_through=0) == []
+    assert record.choose_evictions(0, clean_through=0) == []
+
+
+def test_lru_takes_least_recently_added_first() -> None:
+    record = _full_lru([5, 2, 9, 1])
+    assert record.choose_evictions(1, clean_through=0) == [5]
+    assert record.choose_evictions(3, clean_through=0) == [5, 2, 9]
+
+
+def test_lru_skips_dirty_extents() -> None:
+    record = _full_lru([5, 2, 9, 1])
+    record.note_write([5], 7)
+    record.note_write([9], 3)
+    assert record.choose_evictions(2, clean_through=3) == [2, 9]
+    assert record.choose_evictions(2, clean_through=7) == [5, 2]
+
+
+def test_lru_returns_none_when_not_enough_is_clean() -> None:
+    record = _full_lru([1, 2, 3])
+    record.note_write([1, 2], 4)
+    assert record.choose_evictions(1, clean_through=3) == [3]
+    assert record.choose_evictions(2, clean_through=3) is None
+    record.note_write([3], 4)
+    assert record.choose_evictions(1, clean_through=3) is None
+    assert record.choose_evictions(3, clean_through=4) == [1, 2, 3]
+
+
+def test_lru_order_is_order_of_adding_after_a_remove_and_readd() -> None:
+    record = _full_lru([1, 2, 3])
+    record.remove([1])
+    record.add([1])
+    assert record.choose_evictions(1, clean_through=0) == [2]
+
+
+def test_eviction_shortfall_counts_reserved_slots() -> None:
+    record = RecordCopy(4, Eviction.LRU)
+    record.add([1, 2])
+    record.reserved = 1
+    assert record.free() == 1
+    assert record.choose_evictions(1, clean_through=0) == []
+    assert record.choose_evictions(2, clean_through=0) == [1]
+    assert record.choose_evictions(3, clean_through=0) == [1, 2]
+    assert record.choose_evictions(4, clean_through=0) is None  # reserved slots are not evictable
+
+
+def test_generations_evicts_whole_oldest_clean_generation() -> None:
+    record = RecordCopy(6, Eviction.GENERATIONS, generation_size=2)
+    record.add([1, 2, 3, 4, 5, 6])
+    chosen = record.choose_evictions(1, clean_through=0)
+    assert chosen == [1, 2]
+
+
+def test_generations_skips_a_generation_with_one_dirty_extent() -> None:
+    record = RecordCopy(6, Eviction.GENERATIONS, generation_size=2)
+    record.add([1, 2, 3, 4, 5, 6])
+    record.note_write([2], 5)
+    assert record.choose_evictions(1, clean_through=4) == [3, 4]
+    assert record.choose_evictions(3, clean_through=4) == [3, 4, 5, 6]
+    assert record.choose_evictions(5, clean_through=4) is None
+    assert record.choose_evictions(5, clean_through=5) == [1, 2, 3, 4, 5, 6]
+
+
+def test_generations_none_when_every_generation_is_dirty() -> None:
+    record = RecordCopy(4, Eviction.GENERATIONS, generation_size=2)
+    record.add([1, 2, 3, 4])
+    record.note_write([1, 4], 2)
+    assert record.choose_evictions(1, clean_through=1) is None
+
+
+def test_keep_protects_extents_from_eviction() -> None:
+    """A miss must not evict an extent it writes itself (the secondary would have to re-add it
+    beyond the budget). ``keep`` names the extents that may not be chosen."""
+    record = _full_lru([1, 2, 3])
+    assert record.choose_evictions(1, clean_through=0, keep=range(1, 2)) == [2]
+    assert record.choose_evictions(3, clean_through=0, keep={2}) is None
+    gens = RecordCopy(4, Eviction.GENERATIONS, generation_size=2)
+    gens.add([1, 2, 3, 4])
+    assert gens.choose_evictions(1, clean_through=0, keep={2}) == [3, 4]
+
+
+def test_evict_removes_and_counts() -> None:
+    record = _full_lru([1, 2, 3])
+    chosen = record.choose_evictions(2, clean_through=0)
+    assert chosen is not None
+    record.evict(chosen)
+    assert record.extents() == [3]
+    assert record.statistics() == RecordStatistics(extents=1, capacity=3, reserved=0,
+                                                   generations=1, evicted_total=2)
+
+
+def test_choose_evictions_does_not_remove() -> None:
+    record = _full_lru([1, 2])
+    record.choose_evictions(2, clean_through=0)
+    assert record.extents() == [1, 2]
+
+
+# -- free and reserved -------------------------------------------------------------------------------
+
+
+def test_free_accounts_for_members_and_reservations() -> None:
+    record = RecordCopy(10, Eviction.LRU)
+    assert record.free() == 10
+    record.add([1, 2, 3])
+    record.reserved = 4
+    assert record.free() == 3
+    assert record.statistics().reserved == 4
+    record.remove([1])
+    assert record.free() == 4
+
+
+# -- replace -----------------------------------------------------------------------------------------
+
+
+def test_replace_adopts_the_secondarys_record_and_drops_reservations() -> None:
+    record = RecordCopy(8, Eviction.LRU)
+    record.add([1, 2])
+    record.reserved = 3
+    record.note_write([9], 4)
+    record.replace([9, 5, 7])
+    assert record.extents() == [5, 7, 9]
+    assert record.reserved == 0
+    assert record.last_seq(9) == 4  # write seqs survive: they still say what is dirty
+
+
+def test_replace_starts_a_new_generation_after_the_adopted_ones() -> None:
+    record = RecordCopy(8, Eviction.GENERATIONS, generation_size=4)
+    record.add([1])
+    record.replace([5, 6])
+    record.add([7])
+    record.reserved = 8 - 3
+    # The adopted extents are older than 7 and sit in a generation of their own.
+    assert record.choose_evictions(1, clean_through=0) == [5, 6]
+    assert record.choose_evictions(3, clean_through=0) == [5, 6, 7]
+
+
+def test_replace_with_lru_puts_adopted_extents_first() -> None:
+    record = RecordCopy(4, Eviction.LRU)
+    record.replace([3, 1])
+    record.add([0])
+    record.reserved = 1
+    assert record.choose_evictions(1, clean_through=0) == [1]
+
+
+def test_replace_past_capacity_is_an_invariant_violation() -> None:
+    record = RecordCopy(2, Eviction.LRU)
+    with pytest.raises(InvariantViolation):
+        record.replace([1, 2, 3])
+
+
+# -- predict and extents_of --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "extent_size", "expected"),
+    [
+        (0, 0, 4096, range(0)),
+        (12345, 0, 4096, range(0)),
+        (0, -5, 4096, range(0)),
+        (0, 1, 4096, range(0, 1)),
+        (0, 4096, 4096, range(0, 1)),
+        (0, 4097, 4096, range(0, 2)),
+        (4095, 1, 4096, range(0, 1)),
+        (4095, 2, 4096, range(0, 2)),
+        (4096, 4096, 4096, range(1, 2)),
+        (100, 10000, 4096, range(0, 3)),
+        (8191, 8194, 4096, range(1, 5)),
+        (7, 3, 3, range(2, 4)),
+        (5, 1, 1, range(5, 6)),
+    ],
+)
+def test_extents_of(offset: int, length: int, extent_size: int, expected: range) -> None:
+    assert extents_of(offset, length, extent_size) == expected
+
+
+@given(offset=st.integers(0, 10**6), length=st.integers(1, 10**5), extent_size=st.integers(1, 5000))
+@settings(max_examples=200, deadline=None)
+def test_extents_of_matches_a_byte_by_byte_model(offset: int, length: int, extent_size: int) -> None:
+    touched = extents_of(offset, length, extent_size)
+    first, last = offset // extent_size, (offset + length - 1) // extent_size
+    assert list(touched) == list(range(first, last + 1))
+    # The first byte lies in the first extent and the last byte in the last one.
+    assert touched[0] * extent_size <= offset < (touched[0] + 1) * extent_size
+    end = offset + length - 1
+    assert touched[-1] * extent_size <= end < (touched[-1] + 1) * extent_size
+
+
+@pytest.mark.parametrize(
+    ("touched", "lookahead", "extent_count", "expected"),
+    [
+        (range(0, 1), 3, 100, range(1, 4)),
+        (range(5, 8), 2, 100, range(8, 10)),
+        (range(5, 8), 0, 100, range(8, 8)),
+        (range(97, 98), 5, 100, range(98, 100)),  # clamped at the volume's end
+        (range(99, 100), 5, 100, range(100, 100)),  # the last extent: nothing to predict
+    ],
+)
+def test_predict(touched: range, lookahead: int, extent_count: int, expected: range) -> None:
+    predicted = predict(touched, lookahead, extent_count)
+    assert list(predicted) == list(expected)
+    assert all(e < extent_count for e in predicted)
+    assert not set(predicted) & set(touched)

@@ -1,0 +1,777 @@
+"""Direct tests of ``PrimaryCore`` and ``SecondaryCore`` wired back to back in memory.
+
+The harness below is a tiny adapter for both cores: messages go through the real link codec,
+images are bytearrays, and every fsync (local flush, secondary data sync, journal commit,
+out-of-sync persist) is a queue the test completes when it chooses, so the cores meet every
+ordering an asyncio adapter could produce. Durable images are snapshots taken when the fsync is
+*issued* (an fdatasync covers what was written before it started), and the durable record is
+the replay of the journal entries whose commit completed.
+
+Checked after every step, not only at the end:
+
+* a miss is never applied on the primary before its ADDED arrived (claim 1);
+* the secondary writes nothing outside its committed record (or a committed pending range), so a
+  miss lands there only after its journal ADD is durable;
+* wherever the two images differ, and wherever the two *durable* images differ, the committed
+  record covers the extent (the crash-safety claim);
+* an extent is evicted only when its latest write is durable on both sites;
+* the record copy never exceeds capacity;
+* in sync mode a write is acknowledged only after DURABLE covers it; a FUA write only after a
+  local flush covers it.
+
+After quiescence: both images identical, the copy equals the secondary's record, every write
+answered, and hits + misses (+ RANGE ops) == writes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from foresync.faults import NO_FAULTS, Faults
+from foresync.journal import format as jfmt
+from foresync.journal.format import RecordState
+from foresync.link import wire
+from foresync.link.wire import FrameDecoder, WriteFlag, encode_frame
+from foresync.record.predict import extents_of
+from foresync.record.record import Eviction
+from foresync.replication import primary as pcore
+from foresync.replication import secondary as score
+from foresync.replication.primary import Config, Mode, PrimaryCore
+from foresync.replication.secondary import SecondaryCore
+
+VOLUME = bytes(range(16))
+
+
+@dataclass
+class Harness:
+    mode: Mode = Mode.LOOKAHEAD
+    eviction: Eviction = Eviction.LRU
+    capacity: int = 4
+    lookahead: int = 1
+    extent_size: int = 16
+    extents: int = 12
+    window_bytes: int = 1 << 20
+    auto: bool = False  # complete every fsync and delivery at once
+    faults: Faults = NO_FAULTS
+
+    p_img: bytearray = field(init=False)
+    s_img: bytearray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = self.extent_size * self.extents - 3  # a short last extent
+        self.p_img = bytearray(self.size)
+        self.s_img = bytearray(self.size)
+        self.p_durable = bytes(self.size)
+        self.s_durable = bytes(self.size)
+        config = Config(self.mode, self.size, self.extent_size, self.capacity, self.lookahead,
+                        self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults)
+        self.primary = PrimaryCore(config, self._read)
+        self.secondary = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME,
+                                       RecordState(), faults=self.faults)
+        self.to_s: deque[bytes] = deque()
+        self.to_p: deque[bytes] = deque()
+        self.s_decoder = FrameDecoder()
+        self.p_decoder = FrameDecoder()
+        self.applies: list[pcore.ApplyLocal] = []
+        # (ticket, image snapshot, applied prefix, seqs applied) at the time the flush was issued
+        self.flushes: deque[tuple[int, bytes, int, frozenset[int]]] = deque()
+        self.oos: deque[int] = deque()
+        self.data_syncs: deque[tuple[int, bytes]] = deque()
+        self.journal: list[bytes] = []
+        self.commits: deque[int] = deque()  # journal commit targets started
+        self.committed = 0
+        self.committed_state = RecordState()
+        # bookkeeping for the checks
+        self.next_op = 1
+        self.host_ops: dict[int, tuple[str, int, int, bool]] = {}  # op_id -> (kind, off, len, fua)
+        self.op_queue: deque[int] = deque()  # host op ids not yet sent, in order
+        self.op_seq: dict[int, int] = {}
+        self.acks: dict[int, int] = {}
+        self.miss_seqs: set[int] = set()
+        self.range_seqs: set[int] = set()
+        self.resync_seqs: set[int] = set()
+        self.added_delivered: set[int] = set()
+        self.last_write_seq: dict[int, int] = {}  # extent -> latest seq sent for it
+        self.locally_settled: set[int] = set()  # seqs applied here or needing no local apply
+        self.local_durable_prefix = 0
+        self.locally_durable: set[int] = set()
+        self.durable_delivered = 0
+        self.sent_hits = self.sent_misses = self.sent_ranges = 0
+        self.evicted: list[int] = []
+        self._running_io = False
+
+    # -- the adapters ----------------------------------------------------------------------------
+
+    def _read(self, offset: int, length: int) -> bytes:
+        return bytes(self.p_img[offset : offset + length])
+
+    def pump(self) -> None:
+        for _ in range(10_000):
+            p_actions = self.primary.actions()
+            s_actions = self.secondary.actions()
+            if not p_actions and not s_actions:
+                break
+            for p_action in p_actions:
+                self._primary_action(p_action)
+            for s_action in s_actions:
+                self._secondary_action(s_action)
+        else:
+            raise AssertionError("the cores keep producing actions")
+        self.check()
+        if self.auto and not self._running_io:
+            self._running_io = True
+            try:
+                while self.run_io():
+                    pass
+            finally:
+                self._running_io = False
+
+    def _primary_action(self, action: pcore.Action) -> None:
+        match action:
+            case pcore.Send(message):
+                self._primary_sends(message)
+                self.to_s.append(encode_frame(message))
+            case pcore.ApplyLocal():
+                assert action.seq not in self.miss_seqs or action.seq in self.added_delivered, \
+                    f"miss {action.seq} applied locally before ADDED"
+                assert action.seq not in self.range_seqs or action.seq in self.added_delivered
+                assert all(a.seq != action.seq for a in self.applies), "ApplyLocal issued twice"
+                self.applies.append(action)
+            case pcore.AckHost(op_id, errno):
+                self._acked(op_id, errno)
+            case pcore.FlushLocal(ticket):
+                self.flushes.append((ticket, bytes(self.p_img), self._settled_prefix(),
+                                     frozenset(self.locally_settled)))
+            case pcore.PersistOutOfSync(token):
+                self.oos.append(token)
+            case pcore.LinkFailed(reason):
+                raise AssertionError(f"link failed: {reason}")
+            case _:
+                raise AssertionError(f"unknown primary action {action!r}")
+
+    def _primary_sends(self, message: wire.Message) -> None:
+        if not isinstance(message, wire.Write | wire.Zero):
+            return
+        length = len(message.data) if isinstance(message, wire.Write) else message.length
+        touched = extents_of(message.offset, length, self.extent_size)
+        for extent in message.removals:
+            self._check_eviction(extent)
+        self.evicted.extend(message.removals)
+        for extent in touched:
+            self.last_write_seq[extent] = message.seq
+        if message.flags & WriteFlag.RESYNC:
+            self.resync_seqs.add(message.seq)
+            self.locally_settled.add(message.seq)
+            return
+        op_id = self.op_queue.popleft()
+        _, offset, op_length, _ = self.host_ops[op_id]
+        assert (offset, op_length) == (message.offset, length), "ops sent out of order"
+        self.op_seq[op_id] = message.seq
+        if message.flags & WriteFlag.MISS:
+            self.miss_seqs.add(message.seq)
+            self.sent_misses += 1
+        elif message.flags & WriteFlag.RANGE:
+            self.range_seqs.add(message.seq)
+            self.sent_ranges += 1
+        else:
+            self.sent_hits += 1
+
+    def _check_eviction(self, extent: int) -> None:
+        seq = self.last_write_seq.get(extent, 0)
+        assert seq <= self.durable_delivered, f"evicted {extent}: seq {seq} not durable remotely"
+        assert seq <= self.local_durable_prefix, f"evicted {extent}: seq {seq} not durable locally"
+        span = self._span(extent)
+        assert self.p_durable[span] == self.s_durable[span] == self.p_img[span] == self.s_img[span]
+
+    def _span(self, extent: int) -> slice:
+        return slice(extent * self.extent_size, min((extent + 1) * self.extent_size, self.size))
+
+    def _acked(self, op_id: int, errno: int) -> None:
+        assert op_id not in self.acks, f"op {op_id} answered twice"
+        assert errno == 0, f"op {op_id} failed with errno {errno}"
+        self.acks[op_id] = errno
+        kind, _, _, fua = self.host_ops[op_id]
+        if kind == "flush":
+            return
+        seq = self.op_seq[op_id]
+        if self.mode is Mode.SYNC:
+            assert seq <= self.durable_delivered, f"sync-mode op seq {seq} acked before DURABLE"
+        if fua:
+            assert seq in self.locally_durable, f"FUA op seq {seq} acked before a flush"
+
+    def _settled_prefix(self) -> int:
+        prefix = self.local_durable_prefix
+        while prefix + 1 in self.locally_settled:
+            prefix += 1
+        return prefix
+
+    def _secondary_action(self, action: score.Action) -> None:
+        match action:
+            case score.Send(message):
+                self.to_p.append(encode_frame(message))
+            case score.JournalAppend(entry):
+                self.journal.append(entry)
+            case score.WriteData(offset, data):
+                self._check_covered(offset, len(data))
+                self.s_img[offset : offset + len(data)] = data
+            case score.ZeroData(offset, length):
+                self._check_covered(offset, length)
+                self.s_img[offset : offset + length] = bytes(length)
+            case score.SyncData(through):
+                self.data_syncs.append((through, bytes(self.s_img)))
+            case _:
+                raise AssertionError(f"unknown secondary action {action!r}")
+
+    def _check_covered(self, offset: int, length: int) -> None:
+        """The secondary writes only where its committed record (or a committed range) covers."""
+        if self.mode is Mode.ASYNC:
+            return
+        ranges = self.committed_state.ranges.values()
+        if (offset, length) in ranges:
+            return
+        missing = [e for e in extents_of(offset, length, self.extent_size)
+                   if e not in self.committed_state.extents]
+        assert not missing, f"secondary wrote {offset}+{length}; {missing} not in the durable record"
+
+    # -- completing I/O and delivering frames ------------------------------------------------------
+
+    def deliver_to_secondary(self, count: int = 1 << 30) -> bool:
+        moved = False
+        while self.to_s and count > 0:
+            count -= 1
+            moved = True
+            for message in self.s_decoder.feed(self.to_s.popleft()):
+                self.secondary.receive(message)
+        if moved:
+            self.secondary.end_of_batch()
+        self.pump()
+        return moved
+
+    def deliver_to_primary(self, count: int = 1 << 30) -> bool:
+        moved = False
+        while self.to_p and count > 0:
+            count -= 1
+            moved = True
+            for message in self.p_decoder.feed(self.to_p.popleft()):
+                match message:
+                    case wire.Added(seq):
+                        self.added_delivered.add(seq)
+                    case wire.Durable(seq):
+                        self.durable_delivered = max(self.durable_delivered, seq)
+                self.primary.receive(message)
+                self.pump()
+        return moved
+
+    def apply_local(self, index: int = 0) -> bool:
+        if not self.applies:
+            return False
+        action = self.applies.pop(index % len(self.applies))
+        if action.data is not None:
+            self.p_img[action.offset : action.offset + action.length] = action.data
+        else:
+            self.p_img[action.offset : action.offset + action.length] = bytes(action.length)
+        self.locally_settled.add(action.seq)
+        self.primary.local_applied(action.seq, 0)
+        self.pump()
+        return True
+
+    def flush_done(self) -> bool:
+        if not self.flushes:
+            return False
+        ticket, snapshot, prefix, applied = self.flushes.popleft()
+        self.p_durable = snapshot
+        self.local_durable_prefix = max(self.local_durable_prefix, prefix)
+        self.locally_durable |= applied
+        self.primary.local_flushed(ticket)
+        self.pump()
+        return True
+
+    def oos_done(self) -> bool:
+        if not self.oos:
+            return False
+        self.primary.out_of_sync_persisted(self.oos.popleft())
+        self.pump()
+        return True
+
+    def data_sync_done(self) -> bool:
+        if not self.data_syncs:
+            return False
+        through, snapshot = self.data_syncs.popleft()
+        self.s_durable = snapshot
+        self.secondary.data_synced(through)
+        self.pump()
+        return True
+
+    def commit_start(self) -> bool:
+        if not self.secondary.needs_journal_sync() or (self.commits and self.commits[-1] ==
+                                                        self.secondary.journal_target()):
+            return False
+        assert self.secondary.journal_target() == len(self.journal)
+        self.commits.append(self.secondary.journal_target())
+        return True
+
+    def commit_done(self) -> bool:
+        if not self.commits:
+            return False
+        target = self.commits.popleft()
+        self.committed = max(self.committed, target)
+        image = jfmt.encode_header(VOLUME) + b"".join(self.journal[: self.committed])
+        self.committed_state = jfmt.replay(image).state
+        self.secondary.journal_synced(target)
+        self.pump()
+        return True
+
+    def timer(self) -> None:
+        self.primary.request_durable()
+        self.secondary.request_durable()
+        self.pump()
+
+    def run_io(self) -> bool:
+        """Complete every pending fsync, apply and delivery once."""
+        moved = False
+        while self.applies:
+            moved = self.apply_local() or moved
+        moved = self.commit_start() or moved
+        while self.commits:
+            moved = self.commit_done() or moved
+        while self.data_syncs:
+            moved = self.data_sync_done() or moved
+        while self.flushes:
+            moved = self.flush_done() or moved
+        while self.oos:
+            moved = self.oos_done() or moved
+        moved = self.deliver_to_secondary() or moved
+        moved = self.deliver_to_primary() or moved
+        return moved
+
+    def peek_to_secondary(self) -> list[wire.Message]:
+        decoder = FrameDecoder()
+        return [m for frame in self.to_s for m in decoder.feed(frame)]
+
+    def peek_to_primary(self) -> list[wire.Message]:
+        decoder = FrameDecoder()
+        return [m for frame in self.to_p for m in decoder.feed(frame)]
+
+    # -- host side ---------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        self.primary.connected()
+        self.pump()
+        self.deliver_to_secondary()
+        self.deliver_to_primary()
+        assert self.primary.link is pcore.LinkState.CONNECTED
+
+    def write(self, offset: int, length: int, fua: bool = False) -> int:
+        op_id = self.next_op
+        self.next_op += 1
+        data = bytes((op_id * 37 + i) % 251 + 1 for i in range(length))
+        self.host_ops[op_id] = ("write", offset, length, fua)
+        self.op_queue.append(op_id)
+        self.primary.write(op_id, offset, data, fua)
+        self.pump()
+        return op_id
+
+    def zero(self, offset: int, length: int, punch: bool = False, fua: bool = False) -> int:
+        op_id = self.next_op
+        self.next_op += 1
+        self.host_ops[op_id] = ("zero", offset, length, fua)
+        self.op_queue.append(op_id)
+        self.primary.zero(op_id, offset, length, punch, fua)
+        self.pump()
+        return op_id
+
+    def host_flush(self) -> int:
+        op_id = self.next_op
+        self.next_op += 1
+        self.host_ops[op_id] = ("flush", 0, 0, True)
+        self.primary.flush(op_id)
+        self.pump()
+        return op_id
+
+    def settle(self) -> None:
+        """Run I/O and the watermark timers until a timer round changes nothing. (An idle
+        secondary answers every timer with a DURABLE it already sent, so "no frames" is not the
+        test.)"""
+        previous = None
+        for _ in range(200):
+            while self.run_io():
+                pass
+            self.timer()
+            while self.run_io():
+                pass
+            now = self._fingerprint()
+            if now == previous and not self._pending():
+                return
+            previous = now
+        raise AssertionError("no quiescence after 200 rounds")
+
+    def _fingerprint(self) -> tuple[object, ...]:
+        return (bytes(self.p_img), bytes(self.s_img), self.p_durable, self.s_durable,
+                len(self.acks), len(self.journal), tuple(self.primary.record.extents()),
+                self.primary.statistics(), self.secondary.statistics())
+
+    def _pending(self) -> bool:
+        return bool(self.applies or self.flushes or self.data_syncs or self.commits or self.oos
+                    or self.to_s or self.to_p or self.secondary.needs_journal_sync())
+
+    # -- the checks --------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        record = self.primary.record
+        assert len(record) + record.reserved <= self.capacity
+        assert len(self.secondary.state.extents) <= self.capacity
+        if self.mode is Mode.ASYNC:
+            return
+        for name, one, two in (("images", self.p_img, self.s_img),
+                               ("durable images", self.p_durable, self.s_durable)):
+            for extent in range(self.extents):
+                span = self._span(extent)
+                if one[span] != two[span]:
+                    covered = extent in self.committed_state.extents or any(
+                        extent in extents_of(off, length, self.extent_size)
+                        for off, length in self.committed_state.ranges.values())
+                    assert covered, f"{name} differ in extent {extent}, not in the durable record"
+
+    def check_quiescent(self) -> None:
+        assert not self._pending()
+        assert self.p_img == self.s_img
+        assert self.p_durable == self.s_durable == bytes(self.p_img)
+        answered = {op for op, (kind, *_) in self.host_ops.items()}
+        assert set(self.acks) == answered, f"unanswered ops {answered - set(self.acks)}"
+        assert not self.op_queue
+        stats = self.primary.statistics()
+        assert stats.in_sync
+        writes = sum(1 for kind, *_ in self.host_ops.values() if kind != "flush")
+        assert stats.writes == writes
+        if self.mode is not Mode.ASYNC:
+            assert self.primary.record.extents() == sorted(self.secondary.state.extents)
+            assert self.primary.record.reserved == 0
+            assert self.committed_state == self.secondary.state
+            assert not self.secondary.state.ranges
+            assert stats.record_hits == self.sent_hits
+            assert stats.record_misses == self.sent_misses
+            assert stats.record_hits + stats.record_misses + self.sent_ranges == writes
+
+
+# -- deterministic scenarios -----------------------------------------------------------------------
+
+
+def test_handshake_and_first_miss() -> None:
+    h = Harness(capacity=4, lookahead=2)
+    h.connect()
+    op = h.write(20, 4)  # extent 1
+    assert h.primary.statistics().record_misses == 1
+    assert h.applies == []  # not applied before ADDED
+    h.deliver_to_secondary()
+    assert h.s_img == bytes(h.size)  # journal ADD not committed yet: nothing written there
+    assert not any(isinstance(m, wire.Added) for m in h.peek_to_primary())  # no ADDED either
+    h.commit_start()
+    h.commit_done()
+    assert h.committed_state.extents == {1, 2, 3}  # touched + 2 predicted
+    assert h.s_img[20:24] != bytes(4)
+    h.deliver_to_primary()
+    assert [a.seq for a in h.applies] == [h.op_seq[op]]
+    assert op not in h.acks
+    h.apply_local()
+    assert h.acks == {op: 0}
+    assert h.primary.record.extents() == [1, 2, 3]
+
+
+def test_hit_is_applied_and_acked_without_the_secondary() -> None:
+    h = Harness(capacity=4, lookahead=1)
+    h.connect()
+    h.write(0, 4)
+    h.settle()
+    sent_before = len(h.to_s)
+    op = h.write(16, 16)  # extent 1 was predicted: a hit
+    assert h.primary.statistics().record_hits == 1
+    assert len(h.to_s) == sent_before + 1
+    h.apply_local()
+    assert h.acks[op] == 0  # answered with the frame still undelivered
+    assert h.s_img[16:32] == bytes(16)
+    h.settle()
+    h.check_quiescent()
+
+
+def test_miss_applies_in_order_behind_a_pending_miss_and_hit_waits_behind_it() -> None:
+    h = Harness(capacity=6, lookahead=0)
+    h.connect()
+    first = h.write(0, 16)  # miss on extent 0
+    second = h.write(8, 16)  # touches 0 (pending) and 1: another miss
+    h.deliver_to_secondary()
+    h.commit_start()
+    h.commit_done()
+    h.deliver_to_primary()
+    assert [a.seq for a in h.applies] == [h.op_seq[first]]  # the second waits for the first
+    h.apply_local()
+    assert [a.seq for a in h.applies] == [h.op_seq[second]]
+    h.apply_local()
+    assert set(h.acks) == {first, second}
+    h.settle()
+    h.check_quiescent()
+
+
+def test_sync_mode_acks_only_after_durable() -> None:
+    h = Harness(mode=Mode.SYNC, capacity=4, lookahead=1)
+    h.connect()
+    miss = h.write(0, 8)
+    h.deliver_to_secondary()
+    h.commit_start()
+    h.commit_done()
+    h.deliver_to_primary()
+    h.apply_local()
+    assert miss not in h.acks  # ADDED arrived and it is applied, but not durable there yet
+    assert h.data_syncs
+    h.data_sync_done()
+    h.deliver_to_primary()
+    assert h.acks == {miss: 0}
+    hit = h.write(16, 4)
+    h.apply_local()  # a sync-mode hit applies at once...
+    assert hit not in h.acks  # ...but is answered only once durable there
+    h.deliver_to_secondary()
+    h.data_sync_done()
+    h.deliver_to_primary()
+    assert h.acks[hit] == 0
+    h.settle()
+    h.check_quiescent()
+
+
+def test_sync_mode_hit_durable_before_local_apply_is_applied_once() -> None:
+    h = Harness(mode=Mode.SYNC, capacity=4, lookahead=1)
+    h.connect()
+    h.write(0, 8)
+    h.settle()
+    hit = h.write(16, 4)
+    assert len(h.applies) == 1
+    h.deliver_to_secondary()
+    h.data_sync_done()
+    h.deliver_to_primary()  # DURABLE arrives while the local apply is still in progress
+    assert len(h.applies) == 1
+    h.apply_local()
+    assert h.acks[hit] == 0
+    h.settle()
+    h.check_quiescent()
+
+
+def test_full_record_evicts_only_after_both_sites_are_durable() -> None:
+    h = Harness(capacity=2, lookahead=0)
+    h.connect()
+    h.write(0, 4)  # extent 0
+    h.write(16, 4)  # extent 1: the record is full
+    while h.run_io():
+        pass
+    assert len(h.acks) == 2 and not h.flushes and not h.data_syncs
+    assert h.primary.record.extents() == [0, 1]
+    waiting = h.write(32, 4)  # extent 2 needs an eviction, nothing is durable yet
+    assert waiting not in h.acks
+    assert h.primary.statistics().record_misses == 2
+    # The miss waits and asks both sites for durability.
+    assert any(isinstance(m, wire.Sync) for m in h.peek_to_secondary())
+    assert h.flushes
+    h.flush_done()  # local durability alone is not enough
+    assert h.primary.statistics().record_misses == 2
+    h.deliver_to_secondary()
+    h.data_sync_done()
+    h.deliver_to_primary()
+    assert h.primary.statistics().record_misses == 3
+    assert h.evicted == [0]
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.record.extents() == [1, 2]
+
+
+def test_miss_does_not_evict_an_extent_it_writes() -> None:
+    """A write touching a clean member and a new extent must evict some *other* extent: if it
+    evicted its own member, the secondary would have to add back two extents on a budget of one."""
+    h = Harness(capacity=3, lookahead=0)
+    h.connect()
+    h.write(0, 4)
+    h.write(16, 4)
+    h.write(32, 4)
+    h.settle()
+    assert h.primary.record.extents() == [0, 1, 2]
+    h.write(12, 8)  # a hit on extents 0 and 1: both dirty until durable on both sites
+    h.write(44, 8)  # extents 2 (clean, the only clean member) and 3 (new): a miss
+    h.settle()
+    assert 2 not in h.evicted
+    assert h.evicted == [0]
+    h.check_quiescent()
+
+
+def test_generations_eviction_removes_a_whole_generation() -> None:
+    h = Harness(capacity=4, lookahead=0, eviction=Eviction.GENERATIONS)
+    h.primary.record.generation_size = 2
+    h.connect()
+    for extent in range(4):
+        h.write(extent * 16, 4)
+    h.settle()
+    h.write(4 * 16, 4)
+    h.settle()
+    assert h.evicted == [0, 1]
+    assert h.primary.record.extents() == [2, 3, 4]
+    h.check_quiescent()
+
+
+def test_big_zero_goes_as_a_range_and_is_done_after_flushes() -> None:
+    h = Harness(capacity=4, lookahead=0, extents=40)
+    h.connect()
+    op = h.zero(0, 30 * 16)
+    assert h.sent_ranges == 1
+    assert h.applies == []
+    h.deliver_to_secondary()
+    h.commit_start()
+    h.commit_done()
+    assert h.committed_state.ranges == {h.op_seq[op]: (0, 30 * 16)}
+    h.settle()
+    assert h.acks[op] == 0
+    assert not h.secondary.state.ranges
+    h.check_quiescent()
+
+
+def test_fua_write_is_acked_after_a_local_flush() -> None:
+    h = Harness(capacity=4, lookahead=1)
+    h.connect()
+    h.write(0, 4)
+    h.settle()
+    op = h.write(0, 4, fua=True)
+    h.apply_local()
+    assert op not in h.acks
+    assert h.flushes
+    h.flush_done()
+    assert h.acks[op] == 0
+    h.settle()
+    h.check_quiescent()
+
+
+def test_window_backpressure_holds_writes_until_applied() -> None:
+    h = Harness(capacity=8, lookahead=7, window_bytes=40)
+    h.connect()
+    h.write(0, 4)
+    h.settle()
+    h.write(0, 30)
+    h.write(0, 30)  # over the window: not sent until APPLIED comes back
+    assert len(h.op_queue) == 1
+    h.deliver_to_secondary()
+    h.deliver_to_primary()
+    assert not h.op_queue
+    h.settle()
+    h.check_quiescent()
+
+
+# -- random schedules ------------------------------------------------------------------------------
+
+WRITE = st.tuples(st.just("write"), st.integers(0, 12 * 16), st.integers(0, 40),
+                  st.booleans() | st.just(False))
+STEP = st.one_of(
+    WRITE, WRITE, WRITE, WRITE,
+    st.tuples(st.just("zero"), st.integers(0, 12 * 16), st.integers(0, 40), st.booleans()),
+    st.tuples(st.just("zero"), st.integers(0, 12 * 16), st.integers(0, 12 * 16), st.booleans()),
+    st.tuples(st.just("flush")),
+    st.tuples(st.just("to_secondary"), st.integers(1, 4)),
+    st.tuples(st.just("to_primary"), st.integers(1, 4)),
+    st.tuples(st.just("apply"), st.integers(0, 3)),
+    st.tuples(st.just("flush_done")),
+    st.tuples(st.just("data_sync_done")),
+    st.tuples(st.just("commit_start")),
+    st.tuples(st.just("commit_done")),
+    st.tuples(st.just("timer")),
+    st.tuples(st.just("io")),
+)
+
+
+def _run(h: Harness, steps: list[tuple[object, ...]]) -> None:
+    h.connect()
+    for step in steps:
+        match step:
+            case ("write", int(offset), int(length), bool(fua)):
+                offset = min(offset, h.size - 1)
+                h.write(offset, min(length, h.size - offset), fua)
+            case ("zero", int(offset), int(length), bool(punch)):
+                offset = min(offset, h.size - 1)
+                h.zero(offset, min(length, h.size - offset), punch)
+            case ("flush",):
+                h.host_flush()
+            case ("to_secondary", int(count)):
+                h.deliver_to_secondary(count)
+            case ("to_primary", int(count)):
+                h.deliver_to_primary(count)
+            case ("apply", int(index)):
+                h.apply_local(index)
+            case ("flush_done",):
+                h.flush_done()
+            case ("data_sync_done",):
+                h.data_sync_done()
+            case ("commit_start",):
+                h.commit_start()
+            case ("commit_done",):
+                h.commit_done()
+            case ("timer",):
+                h.timer()
+            case ("io",):
+                h.run_io()
+    h.settle()
+    h.check_quiescent()
+
+
+@given(mode=st.sampled_from([Mode.LOOKAHEAD, Mode.SYNC]),
+       eviction=st.sampled_from(Eviction),
+       capacity=st.integers(4, 7),
+       lookahead=st.integers(0, 3),
+       steps=st.lists(STEP, min_size=20, max_size=80))
+@settings(max_examples=200, deadline=None)
+def test_random_schedules(mode: Mode, eviction: Eviction, capacity: int, lookahead: int,
+                          steps: list[tuple[object, ...]]) -> None:
+    _run(Harness(mode=mode, eviction=eviction, capacity=capacity, lookahead=lookahead), steps)
+
+
+@given(steps=st.lists(STEP, min_size=10, max_size=40))
+@settings(max_examples=40, deadline=None)
+def test_random_schedules_async(steps: list[tuple[object, ...]]) -> None:
+    _run(Harness(mode=Mode.ASYNC, capacity=4, lookahead=1), steps)
+
+
+@pytest.mark.parametrize("mode", [Mode.LOOKAHEAD, Mode.SYNC])
+def test_every_write_everywhere_converges(mode: Mode) -> None:
+    h = Harness(mode=mode, capacity=4, lookahead=1, auto=True)
+    h.connect()
+    for extent in range(h.extents):
+        offset = extent * 16 + 3
+        h.write(offset, min(20, h.size - offset))
+    h.zero(5, 40)
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.statistics().record_misses >= h.extents // 2
+
+
+def _tricky_schedule(h: Harness) -> None:
+    h.connect()
+    h.write(0, 4)  # a miss on extent 0
+    h.run_io()  # ADDED is back; its local apply is still in progress
+    h.write(8, 16)  # a miss on extents 0 and 1, queued behind it on extent 0
+    h.apply_local()
+    h.write(32, 4)  # needs an eviction
+    h.settle()
+
+
+def test_tricky_schedule_passes_without_faults() -> None:
+    h = Harness(capacity=2, lookahead=0)
+    _tricky_schedule(h)
+    h.check_quiescent()
+    assert h.evicted == [0]
+
+
+@pytest.mark.parametrize(("faults", "symptom"), [
+    (Faults(evict_ignores_watermark=True), "evicted"),
+    (Faults(ack_miss_before_durable=True), "not in the durable record"),
+    (Faults(apply_miss_before_ack=True), "applied locally before ADDED"),
+], ids=["evict_ignores_watermark", "ack_miss_before_durable", "apply_miss_before_ack"])
+def test_the_checks_see_each_deliberate_bug(faults: Faults, symptom: str) -> None:
+    """Self-check: with one rule deliberately broken, the same schedule trips the check that
+    guards that rule."""
+    with pytest.raises(AssertionError, match=symptom):
+        _tricky_schedule(Harness(capacity=2, lookahead=0, faults=faults))
