@@ -32,6 +32,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from foresync.errors import LocalProtocolError, RemoteProtocolError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
@@ -775,3 +776,170 @@ def test_the_checks_see_each_deliberate_bug(faults: Faults, symptom: str) -> Non
     guards that rule."""
     with pytest.raises(AssertionError, match=symptom):
         _tricky_schedule(Harness(capacity=2, lookahead=0, faults=faults))
+
+
+# -- each core alone: protocol edges -----------------------------------------------------------------
+
+
+def _secondary(size: int = 160, lookahead: int = 2) -> SecondaryCore:
+    return SecondaryCore(size, 16, lookahead, VOLUME, RecordState({9}, {7: (0, 32)}))
+
+
+def test_secondary_welcomes_a_matching_hello_with_its_record() -> None:
+    core = _secondary()
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    assert core.actions() == [score.Send(wire.Welcome(VOLUME, 1, 0, (9,), ((7, 0, 32),)))]
+    assert core.greeted
+
+
+@pytest.mark.parametrize(("hello", "reason"), [
+    (wire.Hello(99, 0, 0, VOLUME, 160, 16, 1), "protocol version"),
+    (wire.Hello(1, 0, 0, bytes(16), 160, 16, 1), "volume identity"),
+    (wire.Hello(1, 0, 0, VOLUME, 161, 16, 1), "volume size"),
+    (wire.Hello(1, 0, 0, VOLUME, 160, 32, 1), "extent size"),
+])
+def test_secondary_refuses_a_mismatched_hello(hello: wire.Hello, reason: str) -> None:
+    core = _secondary()
+    core.receive(hello)
+    [action] = core.actions()
+    assert isinstance(action, score.Send) and isinstance(action.message, wire.Refuse)
+    assert reason in action.message.reason
+    assert not core.greeted
+
+
+def test_secondary_miss_adds_touched_then_predicted_within_budget() -> None:
+    core = _secondary(lookahead=5)
+    core.receive(wire.Write(1, 136, WriteFlag.MISS, 2, (), b"x" * 8))  # extent 8, then 9 is there
+    entries = [a.entry for a in core.actions() if isinstance(a, score.JournalAppend)]
+    assert entries == [jfmt.encode_add([8])]  # budget 2: 8, and 9 already present; 10 is past the end
+    assert core.state.extents == {8, 9}
+    core.journal_synced(1)
+    assert score.Send(wire.Added(1, (8,))) in core.actions()
+
+
+def test_secondary_refuses_a_miss_over_its_budget() -> None:
+    core = _secondary()
+    with pytest.raises(RemoteProtocolError, match="budget"):
+        core.receive(wire.Write(1, 0, WriteFlag.MISS, 1, (), b"x" * 20))  # extents 0 and 1
+
+
+def test_secondary_refuses_a_write_outside_the_volume() -> None:
+    core = _secondary()
+    with pytest.raises(RemoteProtocolError, match="outside"):
+        core.receive(wire.Write(1, 150, 0, 0, (), b"x" * 11))
+    with pytest.raises(RemoteProtocolError, match="outside"):
+        core.receive(wire.Zero(1, 0, 161, 0, 0, ()))
+
+
+def test_secondary_plain_write_never_overtakes_a_waiting_miss() -> None:
+    core = _secondary()
+    core.receive(wire.Write(1, 0, WriteFlag.MISS, 3, (), b"a"))
+    core.receive(wire.Write(2, 144, 0, 0, (), b"b"))  # extent 9: a hit, depends on nothing new
+    assert not any(isinstance(a, score.WriteData) for a in core.actions())
+    core.request_durable()
+    assert not any(isinstance(a, score.SyncData) for a in core.actions())  # nothing to cover yet
+    core.journal_synced(1)
+    actions = core.actions()
+    writes = [a for a in actions if isinstance(a, score.WriteData)]
+    assert [w.data for w in writes] == [b"a", b"b"]
+    syncs = [a for a in actions if isinstance(a, score.SyncData)]
+    assert syncs == [score.SyncData(2)]
+    assert actions.index(syncs[0]) > actions.index(writes[1])  # the fdatasync comes after them
+
+
+def test_secondary_watermark_stops_short_of_waiting_effects() -> None:
+    core = _secondary()
+    core.receive(wire.Write(1, 144, 0, 0, (), b"a"))
+    core.receive(wire.Write(2, 0, WriteFlag.MISS, 3, (), b"b"))
+    core.receive(wire.Sync(2))
+    syncs = [a for a in core.actions() if isinstance(a, score.SyncData)]
+    assert syncs == [score.SyncData(1)]
+    core.data_synced(1)
+    assert score.Send(wire.Durable(1)) in core.actions()
+    core.journal_synced(1)
+    assert score.SyncData(2) in core.actions()
+    core.data_synced(2)
+    assert score.Send(wire.Durable(2)) in core.actions()
+
+
+def test_secondary_removals_are_journaled_without_a_commit() -> None:
+    core = _secondary()
+    core.receive(wire.Write(1, 0, 0, 0, (9, 4), b"a"))
+    actions = core.actions()
+    assert score.JournalAppend(jfmt.encode_remove([9])) in actions
+    assert score.WriteData(0, b"a", 1) in actions  # not held back by the removal
+    assert core.state.extents == set()
+
+
+def test_secondary_range_is_answered_once_durable_and_done_on_remove() -> None:
+    core = _secondary()
+    core.receive(wire.Zero(3, 32, 64, WriteFlag.RANGE | WriteFlag.PUNCH, 0, ()))
+    assert core.state.ranges == {7: (0, 32), 3: (32, 64)}
+    actions = core.actions()
+    assert score.JournalAppend(jfmt.encode_range(3, 32, 64)) in actions
+    # A sync may start at once, but it stops short of the range: it is not applied yet.
+    assert all(a.through < 3 for a in actions if isinstance(a, score.SyncData))
+    core.journal_synced(1)
+    assert core.actions() == [score.ZeroData(32, 64, True, 3)]
+    core.data_synced(2)
+    actions = core.actions()
+    assert score.SyncData(3) in actions
+    assert not any(isinstance(a, score.Send) and isinstance(a.message, wire.Added) for a in actions)
+    core.data_synced(3)
+    assert score.Send(wire.Added(3, ())) in core.actions()
+    core.receive(wire.Remove((), (3, 7, 99)))
+    assert core.state.ranges == {}
+    entries = [a.entry for a in core.actions() if isinstance(a, score.JournalAppend)]
+    assert entries == [jfmt.encode_range_done(3), jfmt.encode_range_done(7)]
+
+
+@pytest.mark.parametrize("message", [wire.Added(1, ()), wire.Applied(1), wire.Durable(1),
+                                     wire.Welcome(VOLUME, 1, 0, ())])
+def test_secondary_rejects_primary_bound_messages(message: wire.Message) -> None:
+    with pytest.raises(RemoteProtocolError):
+        _secondary().receive(message)
+
+
+def _connected_primary() -> PrimaryCore:
+    config = Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME)
+    core = PrimaryCore(config, lambda offset, length: bytes(length))
+    core.connected()
+    core.receive(wire.Welcome(VOLUME, 1, 0, ()))
+    core.actions()
+    return core
+
+
+@pytest.mark.parametrize("message", [wire.Write(1, 0, 0, 0, (), b""), wire.Sync(1),
+                                     wire.Remove(()), wire.Hello(1, 0, 0, VOLUME, 160, 16, 1)])
+def test_primary_rejects_secondary_bound_messages(message: wire.Message) -> None:
+    with pytest.raises(RemoteProtocolError):
+        _connected_primary().receive(message)
+
+
+def test_primary_rejects_added_for_no_pending_miss_or_over_budget() -> None:
+    core = _connected_primary()
+    with pytest.raises(RemoteProtocolError, match="not a pending miss"):
+        core.receive(wire.Added(1, (0,)))
+    core.write(1, 0, b"x", False)
+    [send] = [a for a in core.actions() if isinstance(a, pcore.Send)]
+    assert isinstance(send.message, wire.Write) and send.message.budget == 2
+    with pytest.raises(RemoteProtocolError, match="budget"):
+        core.receive(wire.Added(send.message.seq, (0, 1, 2)))
+
+
+def test_primary_refused_fails_the_link() -> None:
+    config = Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME)
+    core = PrimaryCore(config, lambda offset, length: bytes(length))
+    core.connected()
+    core.actions()
+    core.receive(wire.Refuse("volume size differs"))
+    assert core.actions() == [pcore.LinkFailed("secondary refused us: volume size differs")]
+    assert core.link is not pcore.LinkState.CONNECTED
+
+
+def test_primary_rejects_ops_outside_the_volume() -> None:
+    core = _connected_primary()
+    with pytest.raises(LocalProtocolError):
+        core.write(1, 150, b"x" * 11, False)
+    with pytest.raises(LocalProtocolError):
+        core.zero(2, -1, 2, False, False)

@@ -310,12 +310,15 @@ class NbdConnection(asyncio.Protocol):
         def done(errno: int) -> None:
             self._serving -= 1
             reply = tx.reply_ok(request) if errno == 0 else tx.reply_error(request, errno)
-            if not self._closed:
-                self._write(reply)
-                if self._queue:
-                    self._drain_queue()
-                self._update_reading()
-                self._maybe_close()
+            if self._closed:
+                return
+            self._write(reply)
+            if self._draining:  # called from submit(): the running drain does the rest
+                return
+            if self._queue:
+                self._drain_queue()
+            self._update_reading()
+            self._maybe_close()
 
         return done
 

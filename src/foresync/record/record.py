@@ -75,6 +75,10 @@ class RecordCopy:
     def last_seq(self, extent: int) -> int:
         return self._last_seq.get(extent, 0)
 
+    def dirty_extents(self, durable_through: int) -> set[int]:
+        """Extents whose latest write is past ``durable_through`` (tracked in every mode)."""
+        return {e for e, seq in self._last_seq.items() if seq > durable_through}
+
     def is_clean(self, extent: int, clean_through: int) -> bool:
         return self._last_seq.get(extent, 0) <= clean_through
 

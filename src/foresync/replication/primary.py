@@ -209,6 +209,7 @@ class PrimaryCore:
         self._oos_waiting: list[_Op] = []
         self._oos_dirty = False  # out_of_sync shrank since the last persist
         self.counters = _Counters()
+        self.full_resync_pending = False  # set by the adapter: resync every extent on connect
         self.now = 0.0
 
     # -- inputs from the adapter -------------------------------------------------------------------
@@ -243,11 +244,19 @@ class PrimaryCore:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
         if self.link is LinkState.DISCONNECTED:
             return
+        was_connected = self.link is LinkState.CONNECTED
         self.link = LinkState.DISCONNECTED
         self.link_error = reason
         self._sent.clear()
         self._sent_bytes = 0
         self._sync_requested = self._remote_applied = 0
+        if self.config.mode is Mode.ASYNC and was_connected:
+            # No record covers anything in async mode: whatever the secondary has not made
+            # durable may be lost there (a crash), so it becomes out-of-sync.
+            dirty = self.record.dirty_extents(self._remote_durable)
+            if dirty - self.out_of_sync:
+                self.out_of_sync.update(dirty)
+                self._persist_out_of_sync()
         # Hits are covered by the secondary's durable record already. A miss (or RANGE) that was
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
@@ -287,16 +296,21 @@ class PrimaryCore:
         self._oos_durable = set(snapshot)
         waiting, self._oos_waiting = self._oos_waiting, []
         for op in waiting:
-            if all(e in self._oos_durable for e in op.extents):
+            if self._oos_settled(op.extents):
                 op.oos_wait = False
                 self._ready_local(op)
             else:
                 self._oos_waiting.append(op)
         self._pump()
 
+    def _oos_settled(self, extents: range) -> bool:
+        """Durably out-of-sync, and no persist still in flight will drop them again."""
+        pending = self._oos_snapshots.values()
+        return all(e in self._oos_durable and all(e in snap for snap in pending) for e in extents)
+
     def _mark_out_of_sync(self, op: _Op) -> None:
         self.out_of_sync.update(op.extents)
-        if all(e in self._oos_durable for e in op.extents):
+        if self._oos_settled(op.extents):
             return
         op.oos_wait = True
         self._oos_waiting.append(op)
@@ -652,6 +666,10 @@ class PrimaryCore:
             self.record.replace(welcome.record)
         # Resync what may differ: the secondary's record, our out-of-sync set, dirty extents.
         todo = set(welcome.record) | self.out_of_sync
+        if self.full_resync_pending:
+            # Async mode after an unclean stop: nothing bounds what may differ.
+            todo.update(range(self.extent_count))
+            self.full_resync_pending = False
         for seq, offset, length in welcome.ranges:
             todo.update(extents_of(offset, length, self.config.extent_size))
             self._welcome_ranges.append(seq)

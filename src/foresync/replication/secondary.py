@@ -183,8 +183,12 @@ class SecondaryCore:
             return
         self.greeted = True
         ranges = tuple(sorted((seq, off, length) for seq, (off, length) in self.state.ranges.items()))
-        self._actions.append(Send(wire.Welcome(self.volume_id, self.epoch, self.applied_seq,
-                                               tuple(sorted(self.state.extents)), ranges)))
+        welcome = wire.Welcome(self.volume_id, self.epoch, self.applied_seq,
+                               tuple(sorted(self.state.extents)), ranges)
+        # Only a durable record may be reported: the primary trusts every extent in it (it may
+        # drop an extent from its out-of-sync set because the record covers it), so wait for the
+        # journal to commit any add still in flight.
+        self._effect(self._appended, self.applied_seq + 1, Send(welcome))
 
     def _on_write(self, message: wire.Write) -> None:
         self._check_range(message.offset, len(message.data))

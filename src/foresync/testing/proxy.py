@@ -10,8 +10,13 @@ side. Many chunks are in flight at once, so the pipe behaves like a link with a 
 for the older ones ahead of it), so byte order is kept. A round trip through the proxy therefore
 takes at least ``2 * delay``.
 
-Time is ``time.monotonic()``, read again when the timer fires: event loop timers (uvloop's have
-millisecond granularity) may fire a little early, and a chunk must never arrive before its delay.
+Time is ``time.monotonic()``, the clock both asyncio's and uvloop's ``loop.time()`` run on. The
+timer is set for the head's release time rounded up to a whole millisecond, with ``call_at``:
+uvloop counts whole milliseconds of a cached clock, and a relative wait (``call_later``) would be
+rounded to the nearest one and could fire early; a chunk found not yet due would then make the
+loop spin, re-arming, burning CPU the endpoints need. An absolute whole-millisecond deadline is
+never early on either loop, so a chunk arrives at most a millisecond late, never early (the
+release still checks the clock, in case a loop runs on another one).
 
 Buffering is bounded (TIGER_STYLE: a bound on every queue). The bytes a pipe holds, its queue plus
 the sink transport's write buffer, stay under ``high_water_bytes``: past it the pipe stops reading
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import socket
 import sys
@@ -101,13 +107,13 @@ class _Pipe:
         if data is not None:
             self._queued_bytes += len(data)
         if self._timer is None:
-            self._arm(now)
+            self._arm()
         self.check_pressure()
 
-    def _arm(self, now: float) -> None:
+    def _arm(self) -> None:
         if self._queue:
-            wait_s = max(0.0, self._queue[0][0] - now)
-            self._timer = asyncio.get_running_loop().call_later(wait_s, self._release)
+            when = math.ceil(self._queue[0][0] * 1000) / 1000
+            self._timer = asyncio.get_running_loop().call_at(when, self._release)
 
     def _release(self) -> None:
         self._timer = None
@@ -138,7 +144,7 @@ class _Pipe:
             self.eof_delivered = True
             self._pair.eof_delivered()
             return
-        self._arm(now)
+        self._arm()
         self.check_pressure()
 
     def held_bytes(self) -> int:

@@ -55,6 +55,9 @@ class SimJournal:
         self.appends = 0
         self._append_ends: list[int] = []  # byte length after each append since open
         self.torn_tails = 0
+        self.generation = 0  # bumped when the bytes are replaced, not just extended
+        self._cached_key: tuple[int, int] = (-1, -1)
+        self._cached = RecordState()
 
     def append(self, entry: bytes) -> None:
         self.data += entry
@@ -67,7 +70,12 @@ class SimJournal:
             self.durable_len = max(self.durable_len, self._append_ends[target - 1])
 
     def durable_state(self) -> RecordState:
-        return jfmt.replay(bytes(self.data[: self.durable_len])).state
+        """The record as a restart would replay it (cached: replay only when it changed)."""
+        key = (self.generation, self.durable_len)
+        if self._cached_key != key:
+            self._cached = jfmt.replay(bytes(self.data[: self.durable_len])).state
+            self._cached_key = key
+        return self._cached
 
     def crash(self, rng: random.Random, flip_bits: bool = False) -> RecordState:
         extra = len(self.data) - self.durable_len
@@ -80,6 +88,7 @@ class SimJournal:
         if replayed.torn_reason is not None:
             self.torn_tails += 1
         self.data = bytearray(image[: replayed.valid_end])
+        self.generation += 1
         self.durable_len = len(self.data)
         self.appends = 0
         self._append_ends = []

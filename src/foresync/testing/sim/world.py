@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import struct
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from foresync.errors import ForesyncError
@@ -64,6 +65,7 @@ class _HostOp:
     length: int
     data: bytes | None
     fua: bool
+    conn: int = 0  # the connection it was submitted on (0: none)
 
 
 @dataclass(slots=True)
@@ -115,6 +117,8 @@ class World:
         self.applied_seq_seen = 0
         self.acked: dict[int, _HostOp] = {}
         self.sector_acked: dict[int, int] = {}  # sector -> version of the latest acked write
+        self.sector_promised: dict[int, int] = {}  # ... acked with FUA or covered by a FLUSH
+        self._flush_snapshots: dict[int, dict[int, int]] = {}  # FLUSH op id -> acked at submit
         self.sector_versions: dict[int, list[int]] = {}  # sector -> versions written, in order
         self.primary_crashes = 0
         self._op_version: dict[int, int] = {}  # host op id -> version of its data
@@ -145,6 +149,7 @@ class World:
             faults=self.cfg.faults)
         core = PrimaryCore(config, read=self.pdisk.read)
         core.restore_out_of_sync(set(self.oos_store))
+        core.full_resync_pending = self.mode is Mode.ASYNC and self.primary_crashes > 0
         self.primary = _Primary(core)
 
     def _start_secondary(self, state: RecordState) -> None:
@@ -229,13 +234,15 @@ class World:
     def _ev_flush(self) -> None:
         assert self.primary is not None
         op = _HostOp(self._next_op, "flush", 0, 0, None, True)
+        self._flush_snapshots[op.op_id] = dict(self.sector_acked)
         self._submit(op, 0)
         self.primary.core.flush(op.op_id)
 
     def _submit(self, op: _HostOp, version: int) -> None:
         self._next_op += 1
+        op.conn = self.conn if self.primary is not None and self.primary.core.link is pcore.LinkState.CONNECTED else 0
         self.host_ops[op.op_id] = op
-        self._log(f"host {op.kind} #{op.op_id} {op.offset}+{op.length} fua={op.fua}")
+        self._log(f"host {op.kind} #{op.op_id} {op.offset}+{op.length} fua={op.fua} v{version}")
         if op.kind != "flush":
             for sector in range(op.offset // SECTOR, (op.offset + op.length) // SECTOR):
                 self.sector_versions.setdefault(sector, []).append(version)
@@ -334,12 +341,16 @@ class World:
     def _ev_crash_primary(self) -> None:
         assert self.primary is not None
         self._log("CRASH primary")
-        if self.mode is Mode.SYNC:
-            self._check_sync_durability()
         self._disconnect("primary crashed", deliver_p2s_prefix=True)
         self.primary = None
         self.pdisk.crash(self.rng)
+        if self.mode is Mode.SYNC:
+            self._check_sync_durability()
         self.host_ops.clear()  # the host sees its outstanding requests fail
+        # Writes acknowledged without FUA or FLUSH may be lost in a crash: a later FLUSH does
+        # not promise them. What was already promised stays promised.
+        self.sector_acked = {}
+        self._flush_snapshots.clear()
         self.faulted = True
         self.primary_crashes += 1
 
@@ -358,7 +369,8 @@ class World:
 
     def _ev_restart_secondary(self) -> None:
         self._log("restart secondary")
-        self._start_secondary(self.journal.durable_state())
+        durable = self.journal.durable_state()  # cached: give the core its own copy to change
+        self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges)))
 
     # -- carrying out actions ---------------------------------------------------------------------
 
@@ -410,11 +422,26 @@ class World:
                 raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
 
     def _acked(self, op: _HostOp) -> None:
+        # Only what ran start to finish on one unbroken connection carries sync mode's promise;
+        # a write that lived through a disconnect was finished locally ("continue").
+        connected = op.conn != 0 and op.conn == self.conn
         if op.kind == "flush":
+            snapshot = self._flush_snapshots.pop(op.op_id, {})
+            if connected:
+                self._promise(snapshot.items())
             return
         version = self._op_version.pop(op.op_id)
-        for sector in range(op.offset // SECTOR, (op.offset + op.length) // SECTOR):
+        if not connected:
+            return  # acked while cut off ("continue"): the secondary need not have it
+        sectors = range(op.offset // SECTOR, (op.offset + op.length) // SECTOR)
+        for sector in sectors:
             self.sector_acked[sector] = max(self.sector_acked.get(sector, 0), version)
+        if op.fua:
+            self._promise((sector, version) for sector in sectors)
+
+    def _promise(self, items: Iterable[tuple[int, int]]) -> None:
+        for sector, version in items:
+            self.sector_promised[sector] = max(self.sector_promised.get(sector, 0), version)
 
     def _do_secondary(self, action: score.Action) -> None:
         s = self.secondary
@@ -486,13 +513,19 @@ class World:
                            f"range or out-of-sync entry covers it")
 
     def _check_sync_durability(self) -> None:
-        for sector, version in self.sector_acked.items():
-            raw = bytes(self.sdisk.durable[sector * SECTOR : sector * SECTOR + 8])
+        """Invariant 5: what sync mode promised (FUA, or a completed FLUSH) is durable on both
+        sites, so either may serve next."""
+        self._check_promised(self.sdisk.durable, "secondary")
+        self._check_promised(self.pdisk.durable, "primary")
+
+    def _check_promised(self, image: bytearray, site: str) -> None:
+        for sector, version in self.sector_promised.items():
+            raw = bytes(image[sector * SECTOR : sector * SECTOR + 8])
             have = struct.unpack(">Q", raw)[0]
             later = [v for v in self.sector_versions.get(sector, []) if v >= version]
             if have not in later and not (have == 0 and any(v >= version for v in later)):
-                self._fail(f"sync mode: acknowledged write v{version} to sector {sector} is not "
-                           f"durable on the secondary (found v{have})")
+                self._fail(f"sync mode: write v{version} to sector {sector}, acknowledged with FUA "
+                           f"or a FLUSH, is not durable on the {site} (found v{have})")
 
     def _finish(self) -> None:
         """Heal everything, restart what is down, drain, and require identical images."""
