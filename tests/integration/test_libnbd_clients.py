@@ -242,10 +242,6 @@ print(json.dumps(answers))
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Transmission.receive_data (nbd/connection.py) queues the error reply for a refused WRITE as "
-    "soon as it parses the header, before the payload has arrived; libnbd has not finished "
-    "sending the command, finds no matching cookie and drops the connection"))
 def test_refused_large_write_is_answered_after_its_payload(start_server: StartServer) -> None:
     server = start_server(read_only=True)
     python = require_python_libnbd()

@@ -88,6 +88,7 @@ class Transmission:
         self.in_flight = 0
         self._buf = bytearray()
         self._discard = 0  # bytes of a rejected WRITE payload still to drop
+        self._discard_reply = b""  # its error reply, held until the payload is consumed
         self._need = _HEADER_SIZE  # bytes needed before the next parse can make progress
         self._size = export.size
 
@@ -97,16 +98,23 @@ class Transmission:
         """Parse what can be parsed. Returns (events, replies the core answered itself)."""
         if self.state is not ConnectionState.OPEN:
             return [], b""  # after DISC or a fatal error nothing more is read
+        replies: list[bytes] = []
         if self._discard:
             taken = min(self._discard, len(data))
             self._discard -= taken
             data = data[taken:]
+            if self._discard:
+                return [], b""
+            # The rejected WRITE is now wholly read: only now may its error reply go out, or
+            # a client still sending the payload would see an answer to a request it has not
+            # finished (libnbd drops the connection on that).
+            replies.append(self._discard_reply)
+            self._discard_reply = b""
         buf = self._buf
         buf += data
         if len(buf) < self._need:
-            return [], b""
+            return [], b"".join(replies)
         events: list[Event] = []
-        replies: list[bytes] = []
         pos = 0
         end = len(buf)
         while end - pos >= _HEADER_SIZE:
@@ -120,13 +128,15 @@ class Transmission:
                 total = _HEADER_SIZE + length
                 errno = self._check_write(flags, offset, length)
                 if errno:
-                    replies.append(self._error_reply(cookie, errno, command))
+                    reply = self._error_reply(cookie, errno, command)
                     pos += _HEADER_SIZE
                     available = min(length, end - pos)
                     pos += available
                     self._discard = length - available
                     if self._discard:
+                        self._discard_reply = reply  # sent once the payload is consumed
                         break
+                    replies.append(reply)
                     continue
                 if end - pos < total:
                     self._need = total
