@@ -178,6 +178,115 @@ def status(config_path: str, as_json: bool) -> None:
         click.echo(f"  last link error: {doc['link_error']}")
 
 
+def _post(config_path: str, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]] | None:
+    """POST to the site's admin endpoint; None when the daemon is not running."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from foresync.config import load
+
+    cfg = load(config_path)
+    host, port = cfg.admin_listen
+    request = urllib.request.Request(f"http://{host}:{port}{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(json.loads(exc.read() or b"{}"))
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--force", is_flag=True,
+              help="Promote even if the primary still seems connected, or this copy is inconsistent.")
+def promote(config_path: str, force: bool) -> None:
+    """Failover: make this secondary the primary of a new epoch and serve NBD.
+
+    Its record becomes the failback set: when the old primary returns it becomes secondary by
+    itself and receives only those extents plus what was written here since."""
+    try:
+        answer = _post(config_path, "/promote", {"force": force})
+        if answer is None:
+            answer = _promote_offline(config_path, force)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    status, doc = answer
+    if status != 200:
+        raise click.ClickException(str(doc.get("error", doc)))
+    click.echo(f"promoted: now primary at epoch {doc['epoch']}; failback set "
+               f"{doc['failback_extents']} extents ({doc['failback_bytes']} bytes)")
+
+
+def _promote_offline(config_path: str, force: bool) -> tuple[int, dict[str, object]]:
+    import os
+
+    from foresync import site
+    from foresync.config import load
+    from foresync.journal.journal import RecordJournal
+    from foresync.sites.roles import promote as promote_site
+
+    cfg = load(config_path)
+    meta = site.load(cfg.meta)
+    if meta.role != "secondary":
+        return 409, {"error": "this site is already the primary"}
+    if (meta.new or not meta.consistent) and not force:
+        return 409, {"error": "this copy is inconsistent (a sync into it has not finished); "
+                              "use --force to promote it anyway"}
+    journal = RecordJournal.open(os.path.join(cfg.meta, site.JOURNAL_FILE))
+    journal.close()
+    promoted, failback = promote_site(cfg, meta, journal.replayed.state)
+    return 200, {"epoch": promoted.epoch, "failback_extents": len(failback),
+                 "failback_bytes": len(failback) * cfg.extent_size}
+
+
+@main.command()
+@CONFIG_OPTION
+def demote(config_path: str) -> None:
+    """Planned switchover: stop serving, wait until the secondary has every write, step down.
+
+    Then `foresync promote` on the other site loses nothing."""
+    try:
+        answer = _post(config_path, "/demote", {})
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    if answer is None:
+        raise click.ClickException("the site is not running; demote needs the running primary")
+    status, doc = answer
+    if status != 200:
+        raise click.ClickException(str(doc.get("error", doc)))
+    click.echo(f"demoted: now secondary at epoch {doc['epoch']}")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--discard-local", is_flag=True, required=True,
+              help="Throw away this site's changes since the histories diverged.")
+def resolve(config_path: str, discard_local: bool) -> None:
+    """After a split brain: make this site the loser. It becomes secondary of the other site,
+    which copies back every extent either side changed."""
+    try:
+        answer = _post(config_path, "/resolve", {"discard-local": discard_local})
+        if answer is None:
+            from foresync import site
+            from foresync.config import load
+            from foresync.sites.roles import discard_local as discard
+
+            cfg = load(config_path)
+            meta = discard(cfg, site.load(cfg.meta))
+            answer = 200, {"stale_extents": len(meta.stale)}
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    status, doc = answer
+    if status != 200:
+        raise click.ClickException(str(doc.get("error", doc)))
+    click.echo(f"local changes discarded: {doc['stale_extents']} extents will be copied from the "
+               "other site when it connects")
+
+
 @main.command()
 @click.option("--keep", is_flag=True, help="Leave the server running and print how to reach it.")
 def demo(keep: bool) -> None:

@@ -39,6 +39,9 @@ class SiteConfig:
     eviction: Eviction
     watermark_interval_s: float
     admin_listen: tuple[str, int]
+    on_disconnect: str = "continue"
+    block_timeout_s: float = 30.0
+    resync_rate_max: int = 0
 
     @property
     def max_write_bytes(self) -> int:
@@ -140,4 +143,8 @@ def load(path: str) -> SiteConfig:
         watermark_interval_s=_float(_get(record, "record", "watermark_interval", 0.05), "record",
                                     "watermark_interval"),
         admin_listen=parse_hostport(_get(admin, "admin", "listen", "127.0.0.1:7900"), "[admin] listen"),
+        on_disconnect=_choice(_get(link, "link", "on_disconnect", "continue"), "link", "on_disconnect",
+                              ["continue", "block"]),
+        block_timeout_s=_float(_get(link, "link", "block_timeout", 30.0), "link", "block_timeout"),
+        resync_rate_max=parse_size(_get(link, "link", "resync_rate_max", 0), "[link] resync_rate_max"),
     )

@@ -17,6 +17,7 @@ from foresync import site
 from foresync.admin.http import AdminServer, Response
 from foresync.errors import ConfigError
 from foresync.journal.journal import RecordJournal
+from foresync.replication.roles import new_epoch_id
 from foresync.sites.primary import PrimarySite
 from foresync.sites.secondary import SecondarySite
 from foresync.storage.file_backend import FileBackend
@@ -38,7 +39,11 @@ def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
         if os.path.exists(path):
             os.unlink(path)
     volume_id = site.mint_volume_id() if role == "primary" else None
-    meta = site.SiteMeta(role=role, volume_id=volume_id)
+    history = (new_epoch_id(),) if role == "primary" else ()
+    # A new secondary holds no copy yet: it adopts identity and history from the primary on
+    # first connect and takes a full sync (chunks whose checksums already match are skipped).
+    meta = site.SiteMeta(role=role, volume_id=volume_id, epoch_history=history,
+                         new=role == "secondary", consistent=role == "primary")
     site.store(cfg.meta, meta)
     if volume_id is not None:
         RecordJournal.create(os.path.join(cfg.meta, site.JOURNAL_FILE), volume_id).close()
@@ -65,33 +70,64 @@ def _metrics(cfg: config_mod.SiteConfig, status: dict[str, Any]) -> bytes:
     return "".join(out).encode()
 
 
-async def run_site(config_path: str, stop: asyncio.Event) -> None:
-    cfg = config_mod.load(config_path)
-    meta = site.load(cfg.meta)
-    backend = FileBackend(cfg.data, cfg.size)
-    runner: PrimarySite | SecondarySite
+def _make_runner(cfg: config_mod.SiteConfig, meta: site.SiteMeta,
+                 backend: FileBackend) -> PrimarySite | SecondarySite:
     if meta.role == "primary":
-        runner = PrimarySite(cfg, meta, backend, site.load_oos(cfg.meta))
-    else:
-        journal_path = os.path.join(cfg.meta, site.JOURNAL_FILE)
-        journal = None
-        if os.path.exists(journal_path):
-            journal = RecordJournal.open(journal_path)
-        elif meta.volume_id is not None:
-            journal = RecordJournal.create(journal_path, meta.volume_id)
-        runner = SecondarySite(cfg, meta, backend, journal)
+        return PrimarySite(cfg, meta, backend, site.load_oos(cfg.meta))
+    journal_path = os.path.join(cfg.meta, site.JOURNAL_FILE)
+    journal = None
+    if os.path.exists(journal_path):
+        journal = RecordJournal.open(journal_path)
+    elif meta.volume_id is not None:
+        journal = RecordJournal.create(journal_path, meta.volume_id)
+    return SecondarySite(cfg, meta, backend, journal)
+
+
+def _json(status: int, doc: dict[str, Any]) -> Response:
+    return status, "application/json", json.dumps(doc).encode()
+
+
+async def run_site(config_path: str, stop: asyncio.Event) -> None:
+    """Run a site until ``stop``, switching role in place on promote, demote or failback."""
+    cfg = config_mod.load(config_path)
+    backend = FileBackend(cfg.data, cfg.size)
+    meta = site.load(cfg.meta)
+    runner = _make_runner(cfg, meta, backend)
 
     def status(_: bytes) -> Response:
-        return 200, "application/json", json.dumps(runner.status()).encode()
+        return _json(200, runner.status())
 
     def metrics(_: bytes) -> Response:
         return 200, "text/plain; version=0.0.4", _metrics(cfg, runner.status())
 
-    admin = AdminServer({("GET", "/status"): status, ("GET", "/metrics"): metrics})
+    async def promote(body: bytes) -> Response:
+        if not isinstance(runner, SecondarySite):
+            return _json(409, {"error": "this site is already the primary"})
+        force = b'"force": true' in body or b'"force":true' in body
+        return _json(*await runner.promote(force))
+
+    async def demote(_: bytes) -> Response:
+        if not isinstance(runner, PrimarySite):
+            return _json(409, {"error": "this site is not the primary"})
+        return _json(*await runner.demote())
+
+    async def resolve(body: bytes) -> Response:
+        if b"discard-local" not in body:
+            return _json(400, {"error": "only --discard-local is supported"})
+        return _json(*await runner.discard_local())
+
+    admin = AdminServer({("GET", "/status"): status, ("GET", "/metrics"): metrics,
+                         ("POST", "/promote"): promote, ("POST", "/demote"): demote,
+                         ("POST", "/resolve"): resolve})
     await admin.start(*cfg.admin_listen)
-    log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, meta.role, meta.epoch, cfg.mode.value)
     try:
-        await runner.run(stop)
+        while True:
+            log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, runner.meta.role,
+                     runner.meta.epoch, cfg.mode.value)
+            outcome = await runner.run(stop)
+            if outcome == "stop" or stop.is_set():
+                break
+            runner = _make_runner(cfg, site.load(cfg.meta), backend)
     finally:
         await admin.aclose()
         backend.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from foresync.errors import ConfigError
@@ -25,11 +25,21 @@ FORMAT = 1
 class SiteMeta:
     role: str  # "primary" | "secondary"
     volume_id: bytes | None  # None until a new secondary adopts the primary's on first connect
-    epoch: int = 1
-    epoch_history: tuple[int, ...] = field(default=(1,))
+    epoch_history: tuple[int, ...] = ()  # one random id per promotion, oldest first
+    consistent: bool = True  # False while a resync into this site has not finished
+    new: bool = False  # holds no image of the volume yet: needs a full sync
+    discard_local: bool = False  # `resolve --discard-local`: adopt the next primary's history
+    stale: tuple[int, ...] = ()  # extents that may differ outside the record (sent in WELCOME)
+
+    @property
+    def epoch(self) -> int:
+        return len(self.epoch_history)
 
     def with_volume(self, volume_id: bytes) -> SiteMeta:
         return replace(self, volume_id=volume_id)
+
+    def update(self, **changes: object) -> SiteMeta:
+        return replace(self, **changes)  # type: ignore[arg-type]
 
 
 def mint_volume_id() -> bytes:
@@ -58,8 +68,11 @@ def load(meta_dir: str) -> SiteMeta:
     return SiteMeta(
         role=doc["role"],
         volume_id=bytes.fromhex(volume) if volume else None,
-        epoch=int(doc.get("epoch", 1)),
-        epoch_history=tuple(int(e) for e in doc.get("epoch_history", [1])),
+        epoch_history=tuple(int(e) for e in doc.get("epoch_history", [])),
+        consistent=bool(doc.get("consistent", True)),
+        new=bool(doc.get("new", False)),
+        discard_local=bool(doc.get("discard_local", False)),
+        stale=tuple(int(e) for e in doc.get("stale", [])),
     )
 
 
@@ -72,6 +85,10 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
         "volume_id": meta.volume_id.hex() if meta.volume_id else None,
         "epoch": meta.epoch,
         "epoch_history": list(meta.epoch_history),
+        "consistent": meta.consistent,
+        "new": meta.new,
+        "discard_local": meta.discard_local,
+        "stale": list(meta.stale),
     }
     write_atomic(path, json.dumps(doc, indent=2) + "\n")
 

@@ -26,6 +26,10 @@ MESSAGES: list[wire.Message] = [
     wire.Hello(2, wire.Role.SECONDARY, 255, b"\xff" * 16, U64, 0xFFFFFFFF, U64),
     wire.Welcome(VOLUME, 3, 99, (), ()),
     wire.Welcome(VOLUME, 3, 99, (1, 5, 0xFFFFFFFF), ((4, 0, 4096), (U64, U64, U64))),
+    wire.Welcome(VOLUME, 3, 99, (1,), (), wire.WelcomeFlag.NEW, (2, 3), (U64, 0, 7)),
+    wire.Hello(1, 0, 0, VOLUME, 4096, 1024, 2, (11, U64), (0, 3, 0xFFFFFFFF)),
+    wire.Demote((1, 2, U64)),
+    wire.Demote(()),
     wire.Refuse(""),
     wire.Refuse("volume size differs: ünïcode ✓"),
     wire.Write(1, 0, 0, 0, (), b""),
@@ -183,7 +187,7 @@ def test_frame_at_the_limit_is_fine() -> None:
     assert FrameDecoder(max_frame_bytes=1024).feed(encode_frame(message)) == [message]
 
 
-@pytest.mark.parametrize("kind", [0, 14, 200, 255])
+@pytest.mark.parametrize("kind", [0, 15, 200, 255])
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):

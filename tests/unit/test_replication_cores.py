@@ -169,9 +169,16 @@ class Harness:
             self.resync_seqs.add(message.seq)
             self.locally_settled.add(message.seq)
             return
-        op_id = self.op_queue.popleft()
-        _, offset, op_length, _ = self.host_ops[op_id]
-        assert (offset, op_length) == (message.offset, length), "ops sent out of order"
+        # Ops may be sent out of arrival order, but never ahead of an earlier op they overlap.
+        position = next((i for i, queued in enumerate(self.op_queue)
+                         if self.host_ops[queued][1:3] == (message.offset, length)), None)
+        assert position is not None, "sent an op the host never submitted"
+        for earlier in list(self.op_queue)[:position]:
+            _, e_offset, e_length, _ = self.host_ops[earlier]
+            earlier_extents = set(extents_of(e_offset, e_length, self.extent_size))
+            assert earlier_extents.isdisjoint(touched), "an op overtook an earlier overlapping op"
+        op_id = self.op_queue[position]
+        del self.op_queue[position]
         self.op_seq[op_id] = message.seq
         if message.flags & WriteFlag.MISS:
             self.miss_seqs.add(message.seq)
@@ -225,6 +232,8 @@ class Harness:
                 self.s_img[offset : offset + length] = bytes(length)
             case score.SyncData(through):
                 self.data_syncs.append((through, bytes(self.s_img)))
+            case score.ResyncStarted() | score.ResyncFinished():
+                pass  # consistency marks: the adapter persists them; nothing to do in memory
             case _:
                 raise AssertionError(f"unknown secondary action {action!r}")
 
@@ -763,7 +772,9 @@ def test_tricky_schedule_passes_without_faults() -> None:
     h = Harness(capacity=2, lookahead=0)
     _tricky_schedule(h)
     h.check_quiescent()
-    assert h.evicted == [0]
+    # Exactly one extent had to go to make room (which one depends on start order; the harness
+    # checked that it was durable on both sites when it went).
+    assert len(h.evicted) == 1
 
 
 @pytest.mark.parametrize(("faults", "symptom"), [
@@ -933,7 +944,7 @@ def test_primary_refused_fails_the_link() -> None:
     core.connected()
     core.actions()
     core.receive(wire.Refuse("volume size differs"))
-    assert core.actions() == [pcore.LinkFailed("secondary refused us: volume size differs")]
+    assert core.actions() == [pcore.LinkFailed("peer refused us: volume size differs")]
     assert core.link is not pcore.LinkState.CONNECTED
 
 

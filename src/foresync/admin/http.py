@@ -8,13 +8,14 @@ body); the daemon supplies them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
 Response = tuple[int, str, bytes]
-Route = Callable[[bytes], Response]
+Route = Callable[[bytes], Response | Awaitable[Response]]
 MAX_REQUEST_BYTES = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 500: "Internal Server Error"}
@@ -33,7 +34,7 @@ class AdminServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            status, ctype, body = await asyncio.wait_for(self._respond(reader), timeout=10)
+            status, ctype, body = await asyncio.wait_for(self._respond(reader), timeout=90)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             status, ctype, body = 400, "text/plain", b"bad request\n"
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
@@ -68,7 +69,10 @@ class AdminServer:
             known = any(path == target for _, path in self.routes)
             return (405 if known else 404), "text/plain", b"no such endpoint\n"
         try:
-            return route(body)
+            result = route(body)
+            if inspect.isawaitable(result):
+                return await result
+            return result
         except Exception:  # a status bug must not kill the daemon; it is logged with a traceback
             log.exception("admin endpoint %s %s failed", method, target)
             return 500, "text/plain", b"internal error\n"

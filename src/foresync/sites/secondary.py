@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from typing import Any
+
+import xxhash
 
 from foresync.config import SiteConfig
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.link import wire
 from foresync.replication import secondary as core_mod
+from foresync.replication.roles import Relation, compare
 from foresync.replication.secondary import SecondaryCore
-from foresync.site import JOURNAL_FILE, SiteMeta
+from foresync.site import SiteMeta
 from foresync.site import store as store_meta
 from foresync.sites.link import LinkProtocol
+from foresync.sites.roles import discard_local as discard_local_changes
+from foresync.sites.roles import failback_set, journal_path
+from foresync.sites.roles import promote as promote_site
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ class SecondarySite:
         self._syncing = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
+        self.role_changed = asyncio.Event()
+        self.split_brain = False
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -61,11 +68,67 @@ class SecondarySite:
             if not isinstance(message, wire.Hello):
                 proto.abort("first message was not HELLO")
                 return
-            self._take_over(proto)
-            if not self._adopt_identity(message):
+            if self.role_changed.is_set():
+                proto.abort("this site is changing role")
                 return
+            self._take_over(proto)
+            self._adopt_identity(message)
+            if not self._check_history(message):
+                return
+            self._prepare_welcome()
         self.core.receive(message)
         self.pump()
+
+    def _refuse(self, reason: str) -> bool:
+        self.link_error = f"refused the primary: {reason}"
+        log.warning("link: %s", self.link_error)
+        if self.link is not None:
+            self.link.send(wire.Refuse(reason))
+            self.link.close_after_flush()
+        return False
+
+    def _check_history(self, hello: wire.Hello) -> bool:
+        """Decide from the two epoch histories whether this primary may replicate to us."""
+        mine, theirs = self.meta.epoch_history, tuple(hello.history)
+        relation = compare(mine, theirs)
+        if self.meta.discard_local and relation is not Relation.SAME:
+            log.warning("discarding local changes: adopting the primary's epoch history (epoch %d)",
+                        len(theirs))
+            self._store(self.meta.update(epoch_history=theirs, discard_local=False))
+            self.split_brain = False
+            return True
+        if relation is Relation.SAME:
+            return True
+        if relation is Relation.PEER_NEWER or not mine:
+            self._store(self.meta.update(epoch_history=theirs))
+            return True
+        if relation is Relation.PEER_OLDER:
+            return self._refuse(
+                f"its epoch history (epoch {len(theirs)}) is older than ours (epoch {len(mine)}): "
+                "it is an outdated primary and must become secondary")
+        self.split_brain = True
+        return self._refuse(
+            f"split brain: epoch histories diverged (ours epoch {len(mine)}, theirs epoch "
+            f"{len(theirs)}); run `foresync resolve --discard-local` on the site whose changes "
+            "should be thrown away")
+
+    def _prepare_welcome(self) -> None:
+        flags = 0
+        if self.meta.new:
+            flags |= wire.WelcomeFlag.NEW
+        if not self.meta.consistent:
+            flags |= wire.WelcomeFlag.INCONSISTENT
+        self.core.welcome_flags = flags
+        self.core.stale = self.meta.stale
+        self.core.epoch = self.meta.epoch
+        self.core.hashes = extent_hashes(self.backend, self.cfg.extent_size) if flags else ()
+        if flags:
+            log.info("reporting checksums of %d extents for a full sync (%s)", len(self.core.hashes),
+                     "new copy" if self.meta.new else "interrupted resync")
+
+    def _store(self, meta: SiteMeta) -> None:
+        self.meta = meta
+        store_meta(self.cfg.meta, meta)
 
     def _take_over(self, proto: LinkProtocol) -> None:
         if self.link is not None:
@@ -87,17 +150,17 @@ class SecondarySite:
                 self.link_error = reason  # keep why we refused: the primary just hangs up
             log.info("link: primary disconnected (%s)", reason)
 
-    def _adopt_identity(self, hello: wire.Hello) -> bool:
+    def _adopt_identity(self, hello: wire.Hello) -> None:
         if self.meta.volume_id is not None:
-            return True
+            return
         if hello.size != self.cfg.size or hello.extent_size != self.cfg.extent_size:
-            return True  # the core refuses it with both values named
-        self.meta = self.meta.with_volume(hello.volume_id)
-        store_meta(self.cfg.meta, self.meta)
-        self.journal = RecordJournal.create(_journal_path(self.cfg), hello.volume_id)
+            return  # the core refuses it with both values named
+        self._store(self.meta.update(volume_id=hello.volume_id, epoch_history=tuple(hello.history),
+                                     new=True, consistent=False))
+        self.journal = RecordJournal.create(journal_path(self.cfg), hello.volume_id)
         self.core.volume_id = hello.volume_id
-        log.info("adopted volume identity %s from the primary", hello.volume_id.hex())
-        return True
+        log.info("adopted volume identity %s from the primary; a full sync follows "
+                 "(extents whose checksums match are skipped)", hello.volume_id.hex())
 
     def _end_of_batch(self) -> None:
         self.core.end_of_batch()
@@ -138,6 +201,16 @@ class SecondarySite:
                 self.backend.zero(offset, length, punch, False)
             case core_mod.SyncData(through):
                 self._spawn(self._sync_data(through))
+            case core_mod.ResyncStarted():
+                if self.meta.consistent:
+                    # Durable before the first resync write lands: from here until RESYNC_DONE
+                    # this image mixes old and new data and must not be promoted unforced.
+                    self._store(self.meta.update(consistent=False))
+                    log.info("resync started: this copy is inconsistent until it finishes")
+            case core_mod.ResyncFinished():
+                self.backend.flush()
+                self._store(self.meta.update(consistent=True, new=False, stale=()))
+                log.info("resync finished: this copy is consistent")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -171,12 +244,13 @@ class SecondarySite:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> str:
+        """Serve until ``stop`` ("stop") or a promotion ("primary")."""
         loop = asyncio.get_running_loop()
         host, port = self.cfg.link_listen
         self._server = await loop.create_server(self._new_link, host, port, reuse_address=True)
         log.info("secondary listening for the primary on %s:%d", host, port)
-        while not stop.is_set():
+        while not stop.is_set() and not self.role_changed.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.cfg.watermark_interval_s)
             self.core.request_durable()
@@ -185,13 +259,42 @@ class SecondarySite:
                 link.abort(f"no frame from the primary for {self.cfg.timeout_s:.0f} s")
             self.pump()
         await self._shutdown()
+        return "primary" if self.role_changed.is_set() else "stop"
 
-    async def _shutdown(self) -> None:
-        log.info("stopping: committing the journal and flushing the image")
-        if self._server is not None:
-            self._server.close()
+    async def promote(self, force: bool) -> tuple[int, dict[str, Any]]:
+        """Failover (claim 7): become the primary of a new epoch."""
+        if self.link is not None and self.core.greeted and not force:
+            return 409, {"error": "the primary is still connected; promoting now would make two "
+                                  "primaries (use --force if it is really gone)"}
+        if (self.meta.new or not self.meta.consistent) and not force:
+            return 409, {"error": "this copy is inconsistent (a full sync or resync into it has not "
+                                  "finished), so it may hold a mix of old and new data; use --force "
+                                  "to promote it anyway"}
+        if self.meta.volume_id is None:
+            return 409, {"error": "this site has never connected to a primary: it has no volume"}
+        self.role_changed.set()
         if self.link is not None:
-            self.link.abort("secondary shutting down")
+            self.link.abort("promoted: this site no longer accepts the old primary's writes")
+        await self._drain()
+        assert self.journal is not None
+        self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
+        return 200, {"promoted": True, "epoch": self.meta.epoch,
+                     "failback_extents": len(failback),
+                     "failback_bytes": len(failback) * self.cfg.extent_size}
+
+    async def discard_local(self) -> tuple[int, dict[str, Any]]:
+        """`resolve --discard-local` on a secondary: accept the next primary's history even if
+        it diverged, and have it copy back everything this site may hold differently."""
+        extra = failback_set(self.cfg, self.meta, self.core.state)
+        self.meta = discard_local_changes(self.cfg, self.meta, extra)
+        self.split_brain = False
+        if self.journal is not None:
+            self.journal.close()
+        self.journal = RecordJournal.open(journal_path(self.cfg))
+        self.core.state = self.journal.replayed.state
+        return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
+
+    async def _drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self.journal is not None:
@@ -199,6 +302,14 @@ class SecondarySite:
             self.core.journal_synced(self.journal.appended)
             self.pump()
         self.backend.flush()
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: committing the journal and flushing the image")
+        if self._server is not None:
+            self._server.close()
+        if self.link is not None:
+            self.link.abort("secondary shutting down")
+        await self._drain()
         if self.journal is not None:
             self.journal.checkpoint(self.core.state)
             self.journal.close()
@@ -222,8 +333,23 @@ class SecondarySite:
             "lag": {"bytes": 0, "writes": 0},
             "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
             "pending_ranges": s.pending_ranges,
+            "consistent": self.meta.consistent and not self.meta.new,
+            "split_brain": self.split_brain,
+            "record_may_be_incomplete": self.link is None,
+            "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 0},
         }
 
 
-def _journal_path(cfg: SiteConfig) -> str:
-    return os.path.join(cfg.meta, JOURNAL_FILE)
+def extent_hashes(backend: FileBackend, extent_size: int) -> tuple[int, ...]:
+    """xxh3 of every extent of the (flushed) image; holes are hashed without reading them."""
+    backend.flush()
+    zero_hash = xxhash.xxh3_64_intdigest(bytes(extent_size))
+    hashes = []
+    for offset in range(0, backend.size, extent_size):
+        length = min(extent_size, backend.size - offset)
+        status = backend.extents(offset, length)
+        if len(status) == 1 and status[0][1] & 1 and status[0][0] >= length:
+            hashes.append(zero_hash if length == extent_size else xxhash.xxh3_64_intdigest(bytes(length)))
+        else:
+            hashes.append(xxhash.xxh3_64_intdigest(backend.read(offset, length)))
+    return tuple(hashes)
