@@ -288,6 +288,53 @@ def resolve(config_path: str, discard_local: bool) -> None:
 
 
 @main.command()
+@CONFIG_OPTION
+@click.option("--repair", is_flag=True, help="Copy mismatched extents from the primary again.")
+@click.option("--no-wait", is_flag=True, help="Start the verify and return at once.")
+def verify(config_path: str, repair: bool, no_wait: bool) -> None:
+    """Online verify: compare every extent's xxh3 checksum across the link (run on the primary).
+
+    Extents being written while they are compared are compared again afterwards. Exit status 1
+    when mismatches were found (and not repaired)."""
+    import json
+    import time
+    import urllib.request
+
+    from foresync.config import load
+
+    try:
+        answer = _post(config_path, "/verify", {"repair": repair})
+        cfg = load(config_path)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    if answer is None:
+        raise click.ClickException("the site is not running")
+    status, doc = answer
+    if status != 202:
+        raise click.ClickException(str(doc.get("error", doc)))
+    if no_wait:
+        click.echo(f"verify started over {doc['total_extents']} extents")
+        return
+    host, port = cfg.admin_listen
+    while True:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=10) as response:
+            progress = json.loads(response.read())["verify"]
+        click.echo(f"\rverify: {progress['done_extents']}/{progress['total_extents']} extents, "
+                   f"{progress['mismatches']} mismatched", nl=False)
+        if not progress["active"]:
+            break
+        time.sleep(0.5)
+    click.echo()
+    if progress["mismatches"]:
+        action = "being repaired" if repair else "not repaired (run with --repair)"
+        click.echo(f"mismatched extents ({action}): {progress['mismatched_extents']}")
+        if not repair:
+            sys.exit(1)
+    else:
+        click.echo("both sites hold identical data")
+
+
+@main.command()
 @click.option("--keep", is_flag=True, help="Leave the server running and print how to reach it.")
 def demo(keep: bool) -> None:
     """Show foresync working end to end on loopback with real NBD clients."""

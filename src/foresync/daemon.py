@@ -111,6 +111,11 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
             return _json(409, {"error": "this site is not the primary"})
         return _json(*await runner.demote())
 
+    def verify(body: bytes) -> Response:
+        if not isinstance(runner, PrimarySite):
+            return _json(409, {"error": "verify runs on the primary"})
+        return _json(*runner.verify(b'"repair": true' in body or b'"repair":true' in body))
+
     async def resolve(body: bytes) -> Response:
         if b"discard-local" not in body:
             return _json(400, {"error": "only --discard-local is supported"})
@@ -118,7 +123,7 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
 
     admin = AdminServer({("GET", "/status"): status, ("GET", "/metrics"): metrics,
                          ("POST", "/promote"): promote, ("POST", "/demote"): demote,
-                         ("POST", "/resolve"): resolve})
+                         ("POST", "/resolve"): resolve, ("POST", "/verify"): verify})
     await admin.start(*cfg.admin_listen)
     try:
         while True:

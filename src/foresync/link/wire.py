@@ -19,6 +19,8 @@ Payloads (after the header):
                 LIST(u32) stale extents (may differ outside the record: rolled back, or
                 discarded after a split brain), LIST(u64) xxh3 of every extent (full sync only)
     DEMOTE      LIST(u64) the epoch history of the newer primary: "you are outdated"
+    VERIFY      u64 request id, u32 first extent, u32 count: hash these extents, in stream order
+    HASHES      u64 request id, u32 first extent, LIST(u64) xxh3 of each extent
 LIST(x) is a u32 count followed by that many x.
     REFUSE      UTF-8 reason (the rest)
     WRITE       u64 seq, u64 offset, u8 flags, u16 budget, u32 n, n x u32 removed extents, data
@@ -54,6 +56,7 @@ WRITE = struct.Struct(">QQBHI")
 ZERO = struct.Struct(">QQQBHI")
 SEQ = struct.Struct(">Q")
 RANGE = struct.Struct(">QQQ")
+VERIFY = struct.Struct(">QII")
 COUNT = struct.Struct(">I")
 
 invariant(FRAME_HEADER.size == 16 and _PREFIX.size == 12, "link frame header layout")
@@ -76,6 +79,8 @@ class MessageType(IntEnum):
     PONG = 12
     RESYNC_DONE = 13
     DEMOTE = 14
+    VERIFY = 15
+    HASHES = 16
 
 
 class WelcomeFlag(IntFlag):
@@ -124,6 +129,20 @@ class Welcome:
 @dataclass(frozen=True, slots=True)
 class Demote:
     history: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    request: int
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hashes:
+    request: int
+    first: int
+    hashes: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +213,7 @@ class ResyncDone:
 
 
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
-           | Ping | Pong | ResyncDone | Demote)
+           | Ping | Pong | ResyncDone | Demote | Verify | Hashes)
 
 
 def _u32s(values: tuple[int, ...]) -> bytes:
@@ -283,6 +302,10 @@ def encode_payload(message: Message) -> tuple[int, bytes]:
             return MessageType.WELCOME, body + _list("I", stale) + _list("Q", hashes)
         case Demote(history):
             return MessageType.DEMOTE, _list("Q", history)
+        case Verify(request, first, count):
+            return MessageType.VERIFY, VERIFY.pack(request, first, count)
+        case Hashes(request, first, hashes):
+            return MessageType.HASHES, VERIFY.pack(request, first, len(hashes)) + _list("Q", hashes)
         case Refuse(reason):
             return MessageType.REFUSE, reason.encode("utf-8")
     raise AssertionError(f"unknown message {message!r}")
@@ -351,6 +374,17 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         hashes = reader.take("Q")
         reader.finish()
         return Welcome(volume_id, epoch, applied, record, ranges, flags, stale, hashes)
+    if message_type is MessageType.VERIFY:
+        _exact(payload, VERIFY.size, "VERIFY")
+        return Verify(*VERIFY.unpack(payload))
+    if message_type is MessageType.HASHES:
+        reader = _Lists(payload, VERIFY.size, "HASHES")
+        request, first, count = VERIFY.unpack_from(payload)
+        hashes = reader.take("Q")
+        reader.finish()
+        if len(hashes) != count:
+            raise RemoteProtocolError(f"HASHES says {count} hashes but carries {len(hashes)}")
+        return Hashes(request, first, hashes)
     if message_type is MessageType.DEMOTE:
         reader = _Lists(payload, 0, "DEMOTE")
         history = reader.take("Q")

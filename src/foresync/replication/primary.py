@@ -47,6 +47,8 @@ from foresync.record.record import Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
 
 _NOT_YET_SENT = 1 << 62  # a write seq above any real one: "dirty until resynced"
+VERIFY_BATCH = 16  # extents hashed per VERIFY request
+VERIFY_IN_FLIGHT = 2
 
 
 class Mode(Enum):
@@ -224,6 +226,14 @@ class PrimaryCore:
         self._resync_tokens = 0.0
         self._resync_tokens_at = 0.0
         self.split_brain = False
+        self._verify_active = False
+        self._verify_repair = False
+        self._verify_requests = 0
+        self._verify_pending: dict[int, tuple[int, tuple[int, ...]]] = {}  # request -> local
+        self._verify_busy: deque[int] = deque()  # extents skipped while a write was in flight
+        self._verify_next = 0
+        self.verify_mismatches: set[int] = set()
+        self.verify_done_extents = 0
         self._resync_last_seq = 0
         self.out_of_sync: set[int] = set()  # extents the secondary may lack outside its record
         self._oos_durable: set[int] = set()  # the out-of-sync set as last made durable
@@ -304,6 +314,9 @@ class PrimaryCore:
         self._resync.clear()
         self._resync_set.clear()
         self._welcome_ranges = []
+        if self._verify_active:
+            self._verify_active = False  # abandoned: the operator can run it again
+            self._verify_pending.clear()
         self._pump()
 
     def restore_out_of_sync(self, extents: set[int]) -> None:
@@ -370,6 +383,8 @@ class PrimaryCore:
                     self._fail_link("split brain: the peer's epoch history does not descend from ours")
             case wire.ResyncDone():
                 raise RemoteProtocolError("primary got RESYNC_DONE")
+            case wire.Hashes(request, first, hashes):
+                self._on_hashes(request, first, hashes)
             case _:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
         self._pump()
@@ -443,6 +458,84 @@ class PrimaryCore:
             self.link.value, len(self._resync_set), self._remote_durable,
             self._next_seq - 1, in_sync, len(self.out_of_sync))
 
+    # -- online verify --------------------------------------------------------------------------
+
+    def start_verify(self, repair: bool) -> bool:
+        """Compare every extent's checksum with the secondary's, in the background. False if
+        the link is down or a verify is already running."""
+        if self.link is not LinkState.CONNECTED or self._verify_active:
+            return False
+        self._verify_active = True
+        self._verify_repair = repair
+        self._verify_next = 0
+        self._verify_busy = deque()
+        self._verify_pending = {}
+        self.verify_mismatches = set()
+        self.verify_done_extents = 0
+        self._pump_verify()
+        return True
+
+    def verify_progress(self) -> dict[str, object]:
+        return {"active": self._verify_active, "done_extents": self.verify_done_extents,
+                "total_extents": self.extent_count,
+                "mismatched_extents": sorted(self.verify_mismatches)[:1000],
+                "mismatches": len(self.verify_mismatches), "repair": self._verify_repair}
+
+    def _pump_verify(self) -> None:
+        while self._verify_active and len(self._verify_pending) < VERIFY_IN_FLIGHT:
+            if self._verify_next < self.extent_count:
+                first = self._verify_next
+                count = min(VERIFY_BATCH, self.extent_count - first)
+                self._verify_next += count
+            elif self._verify_busy and not any(e in self._extent_fifo for e in self._verify_busy):
+                first, count = self._verify_busy.popleft(), 1
+            else:
+                break
+            local: list[int] = []
+            for extent in range(first, first + count):
+                if extent in self._extent_fifo:
+                    self._verify_busy.append(extent)  # a write to it is in flight: check later
+                    local.append(-1)
+                    continue
+                offset = extent * self.config.extent_size
+                length = min(self.config.extent_size, self.config.size - offset)
+                local.append(xxhash.xxh3_64_intdigest(self._read(offset, length)))
+            self._verify_requests += 1
+            self._verify_pending[self._verify_requests] = (first, tuple(local))
+            self._emit(Send(wire.Verify(self._verify_requests, first, count)))
+        if (self._verify_active and not self._verify_pending and not self._verify_busy
+                and self._verify_next >= self.extent_count):
+            self._verify_active = False
+
+    def _on_hashes(self, request: int, first: int, hashes: tuple[int, ...]) -> None:
+        pending = self._verify_pending.pop(request, None)
+        if pending is None or pending[0] != first or len(pending[1]) != len(hashes):
+            raise RemoteProtocolError(f"HASHES for unknown verify request {request}")
+        for index, (mine, theirs) in enumerate(zip(pending[1], hashes, strict=True)):
+            if mine < 0:
+                continue
+            extent = first + index
+            self.verify_done_extents += 1
+            if mine != theirs:
+                self.verify_mismatches.add(extent)
+                if self._verify_repair:
+                    self._queue_resync(extent)
+        self._pump_verify()
+
+    def _queue_resync(self, extent: int) -> None:
+        """Copy one extent again (verify --repair); it stays out-of-sync until it is."""
+        self.out_of_sync.add(extent)
+        self._oos_dirty = True
+        if extent not in self._resync_set:
+            self._resync_set.add(extent)
+            self._resync.append(extent)
+            self.record.note_write((extent,), _NOT_YET_SENT)
+        if not self._resync_pass:
+            self._resync_pass = True
+            self._resync_total_bytes = self._resync_done_bytes = self._resync_sent_bytes = 0
+            self._resync_started = self.now
+        self._resync_total_bytes += self.config.extent_size
+
     def absorb_out_of_sync(self, extents: set[int]) -> None:
         """Failback: extents an old primary wrote that we may lack join our out-of-sync set.
         The adapter persists the set before answering the old primary."""
@@ -507,6 +600,8 @@ class PrimaryCore:
                     blocked.update(op.extents)
             self._queue = waiting
         self._pump_resync()
+        if self._verify_active:
+            self._pump_verify()
         if self._ranges_done and self.link is LinkState.CONNECTED:
             self._emit(Send(wire.Remove((), tuple(self._ranges_done))))
             self._ranges_done = []

@@ -74,7 +74,18 @@ class ResyncFinished:
     seq: int
 
 
-Action = Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
+@dataclass(frozen=True, slots=True)
+class HashExtents:
+    """Online verify: hash these extents of the image as it is now (every earlier write has
+    been carried out) and send HASHES for ``request``."""
+
+    request: int
+    first: int
+    count: int
+
+
+Action = (Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
+          | HashExtents)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +150,11 @@ class SecondaryCore:
                         self._append(jfmt.encode_range_done(seq))
             case wire.Ping(ts):
                 self._actions.append(Send(wire.Pong(ts)))
+            case wire.Verify(request, first, count):
+                if first + count > self.extent_count:
+                    raise RemoteProtocolError(f"VERIFY of extents {first}+{count} is outside the volume")
+                self._effect(self._synced_or_pending(), self.applied_seq + 1,
+                             HashExtents(request, first, count))
             case wire.ResyncDone(seq):
                 # In order behind every effect before it, and reported once a data sync
                 # covers seq (the adapter waits for that before marking the image consistent).

@@ -292,6 +292,13 @@ class PrimarySite:
             self.link.abort("discarding local changes")
         return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
 
+    def verify(self, repair: bool) -> tuple[int, dict[str, Any]]:
+        """Online verify: compare per-extent checksums with the secondary in the background."""
+        if not self.core.start_verify(repair):
+            return 409, {"error": "verify needs a connected secondary and no verify running"}
+        self.pump()
+        return 202, {"started": True, "repair": repair, "total_extents": self.core.extent_count}
+
     async def demote(self) -> tuple[int, dict[str, Any]]:
         """Planned switchover: stop serving, drain until the secondary has everything, step down."""
         if self.core.link is not core_mod.LinkState.CONNECTED:
@@ -389,6 +396,7 @@ class PrimarySite:
             "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes},
             "resync": self.core.resync_progress(),
             "split_brain": self.core.split_brain,
+            "verify": self.core.verify_progress(),
             "failback_bound_bytes": (s.record_extents + s.out_of_sync_extents) * self.cfg.extent_size,
             "out_of_sync_extents": s.out_of_sync_extents,
             "seq": {"last": s.last_seq, "durable": s.durable_seq},

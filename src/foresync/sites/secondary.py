@@ -201,6 +201,13 @@ class SecondarySite:
                 self.backend.zero(offset, length, punch, False)
             case core_mod.SyncData(through):
                 self._spawn(self._sync_data(through))
+            case core_mod.HashExtents(request, first, count):
+                size = self.cfg.extent_size
+                hashes = tuple(
+                    xxhash.xxh3_64_intdigest(self.backend.read(e * size, min(size, self.cfg.size - e * size)))
+                    for e in range(first, first + count))
+                if self.link is not None:
+                    self.link.send(wire.Hashes(request, first, hashes))
             case core_mod.ResyncStarted():
                 if self.meta.consistent:
                     # Durable before the first resync write lands: from here until RESYNC_DONE
