@@ -18,6 +18,7 @@ from foresync.errors import ConfigError
 SITE_FILE = "site.json"
 JOURNAL_FILE = "record.journal"
 OOS_FILE = "oos.json"
+UNDO_FILE = "undo.log"
 FORMAT = 1
 
 

@@ -850,7 +850,7 @@ class PrimaryCore:
         self._resync_done_bytes = 0
         self._resync_sent_bytes = 0
         self._resync_started = self.now
-        self._resync_tokens = float(self.config.resync_rate_max)
+        self._resync_tokens = float(min(self.config.resync_rate_max, self.config.extent_size))
         self._resync_tokens_at = self.now
 
     def _fail_link(self, reason: str) -> None:

@@ -84,8 +84,16 @@ class HashExtents:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class SaveUndo:
+    """Append this extent's current content to the undo log; durable with the next journal
+    commit, which every later write to the extent waits for (see journal/undo.py)."""
+
+    extent: int
+
+
 Action = (Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
-          | HashExtents)
+          | HashExtents | SaveUndo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +136,8 @@ class SecondaryCore:
         self.stale: tuple[int, ...] = ()  # set by the adapter: extents to resync beyond the record
         self.hashes: tuple[int, ...] = ()  # set by the adapter for a full sync: xxh3 per extent
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
+        self.protect_image = False  # set by the adapter: the image is consistent, keep undo
+        self._undo_saved: set[int] = set()
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -160,6 +170,7 @@ class SecondaryCore:
                 # covers seq (the adapter waits for that before marking the image consistent).
                 self._effect(self._synced_or_pending(), seq, ResyncFinished(seq))
                 self.resyncing = False
+                self._undo_saved.clear()
                 self._want_sync(seq)
             case wire.Hello():
                 self._on_hello(message)
@@ -306,7 +317,22 @@ class SecondaryCore:
         """What a plain effect depends on: nothing new, but it must not overtake waiting ones."""
         return self._pending[-1][0] if self._pending else 0
 
+    def _save_undo(self, offset: int, length: int) -> int:
+        """During a resync pass, save each extent's old content before its first change."""
+        if not (self.resyncing and self.protect_image):
+            return 0
+        for extent in extents_of(offset, length, self.extent_size):
+            if extent not in self._undo_saved:
+                self._undo_saved.add(extent)
+                self._appended += 1
+                self._actions.append(SaveUndo(extent))
+        return self._appended
+
     def _effect(self, needs: int, seq: int, effect: Action) -> None:
+        if isinstance(effect, WriteData):
+            needs = max(needs, self._save_undo(effect.offset, len(effect.data)))
+        elif isinstance(effect, ZeroData):
+            needs = max(needs, self._save_undo(effect.offset, effect.length))
         if needs <= self._synced and not self._pending:
             self._actions.append(effect)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -18,11 +19,12 @@ import xxhash
 from foresync.config import SiteConfig
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
+from foresync.journal.undo import UndoLog, roll_back
 from foresync.link import wire
 from foresync.replication import secondary as core_mod
 from foresync.replication.roles import Relation, compare
 from foresync.replication.secondary import SecondaryCore
-from foresync.site import SiteMeta
+from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
 from foresync.sites.link import LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
@@ -54,6 +56,9 @@ class SecondarySite:
         self._syncing = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
+        self.undo = UndoLog(os.path.join(cfg.meta, UNDO_FILE))
+        self.rolled_back = 0
+        self._roll_back_if_needed()
         self.role_changed = asyncio.Event()
         self.split_brain = False
 
@@ -112,6 +117,21 @@ class SecondarySite:
             f"{len(theirs)}); run `foresync resolve --discard-local` on the site whose changes "
             "should be thrown away")
 
+    def _roll_back_if_needed(self) -> None:
+        """A resync into this site did not finish: restore the image from before it (claim 8's
+        failback must start from a consistent copy), and mark what was restored stale."""
+        if not os.path.exists(self.undo.path):
+            return
+        if self.meta.consistent or self.meta.new:
+            self.undo.discard()  # a leftover from a pass that did finish, or nothing to protect
+            return
+        restored = roll_back(self.undo.path, self.backend.write, self.backend.flush, self.cfg.extent_size)
+        self._store(self.meta.update(consistent=True, stale=tuple(sorted(set(self.meta.stale) | restored))))
+        self.undo.discard()
+        self.rolled_back = len(restored)
+        log.warning("an unfinished resync was rolled back: %d extents restored from the undo log; "
+                    "this copy is consistent again (older) and they will be copied again", len(restored))
+
     def _prepare_welcome(self) -> None:
         flags = 0
         if self.meta.new:
@@ -122,6 +142,7 @@ class SecondarySite:
         self.core.stale = self.meta.stale
         self.core.epoch = self.meta.epoch
         self.core.hashes = extent_hashes(self.backend, self.cfg.extent_size) if flags else ()
+        self.core.protect_image = not flags  # consistent: keep undo during the next resync
         if flags:
             log.info("reporting checksums of %d extents for a full sync (%s)", len(self.core.hashes),
                      "new copy" if self.meta.new else "interrupted resync")
@@ -214,9 +235,13 @@ class SecondarySite:
                     # this image mixes old and new data and must not be promoted unforced.
                     self._store(self.meta.update(consistent=False))
                     log.info("resync started: this copy is inconsistent until it finishes")
+            case core_mod.SaveUndo(extent):
+                size = self.cfg.extent_size
+                self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
             case core_mod.ResyncFinished():
                 self.backend.flush()
                 self._store(self.meta.update(consistent=True, new=False, stale=()))
+                self.undo.discard()
                 log.info("resync finished: this copy is consistent")
 
     def _spawn(self, coro: Any) -> None:
@@ -236,13 +261,17 @@ class SecondarySite:
         try:
             while self.core.needs_journal_sync():
                 target = self.core.journal_target()
-                await asyncio.get_running_loop().run_in_executor(None, journal.commit, target)
+                await asyncio.get_running_loop().run_in_executor(None, self._commit_both, journal, target)
                 self.core.journal_synced(target)
                 self.pump()
         finally:
             self._committing = False
         if journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not self.core.needs_journal_sync():
             journal.checkpoint(self.core.state)
+
+    def _commit_both(self, journal: RecordJournal, target: int) -> None:
+        self.undo.sync()  # old contents first: the writes they protect wait for this commit
+        journal.commit(target)
 
     async def _sync_data(self, through: int) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.backend.flush)
@@ -273,6 +302,9 @@ class SecondarySite:
         if self.link is not None and self.core.greeted and not force:
             return 409, {"error": "the primary is still connected; promoting now would make two "
                                   "primaries (use --force if it is really gone)"}
+        if not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path):
+            await self._drain()
+            self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
         if (self.meta.new or not self.meta.consistent) and not force:
             return 409, {"error": "this copy is inconsistent (a full sync or resync into it has not "
                                   "finished), so it may hold a mix of old and new data; use --force "
@@ -341,6 +373,8 @@ class SecondarySite:
             "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
             "pending_ranges": s.pending_ranges,
             "consistent": self.meta.consistent and not self.meta.new,
+            "undo_saved_extents": self.undo.saved,
+            "rolled_back_extents": self.rolled_back,
             "split_brain": self.split_brain,
             "record_may_be_incomplete": self.link is None,
             "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 0},
