@@ -30,6 +30,9 @@ MESSAGES: list[wire.Message] = [
     wire.Hello(1, 0, 0, VOLUME, 4096, 1024, 2, (11, U64), (0, 3, 0xFFFFFFFF)),
     wire.Demote((1, 2, U64)),
     wire.Demote(()),
+    wire.Verify(3, 16, 16),
+    wire.Hashes(3, 16, (U64, 0, 5)),
+    wire.Hashes(4, 0, ()),
     wire.Refuse(""),
     wire.Refuse("volume size differs: ünïcode ✓"),
     wire.Write(1, 0, 0, 0, (), b""),
@@ -187,7 +190,7 @@ def test_frame_at_the_limit_is_fine() -> None:
     assert FrameDecoder(max_frame_bytes=1024).feed(encode_frame(message)) == [message]
 
 
-@pytest.mark.parametrize("kind", [0, 15, 200, 255])
+@pytest.mark.parametrize("kind", [0, 17, 200, 255])
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):
