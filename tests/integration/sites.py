@@ -12,7 +12,14 @@ teardown output only for a failed test, so the logs appear exactly when they are
 failure raised here quotes them too.
 
 Stopping is part of the contract under test: ``stop()`` sends SIGTERM and fails the test unless
-the process exits 0 within ``STOP_TIMEOUT_S``.
+the process exits 0 within ``STOP_TIMEOUT_S``. ``kill9()`` is the crash: SIGKILL, no clean-up.
+
+A site's ``role`` is the role it was initialised with (it names the site and its files); what it
+is now comes from /status (``role_of()``), since promote, demote and failback change it.
+
+With ``via_proxy=True`` each site dials its peer through its own ``LinkProxy`` (a
+``python -m foresync.testing.proxy`` process), so ``cut_link()`` partitions the pair in both
+directions while both sites keep running, and ``restore_link()`` heals it.
 
 A missing client tool fails the test (never skips it): a green run must mean every client ran.
 """
@@ -107,6 +114,9 @@ class Settings:
     extent_size: str = "1MiB"
     capacity: int = 64
     lookahead: int = 4
+    on_disconnect: str = "continue"
+    block_timeout_s: float = 30.0
+    resync_rate_max: str | None = None  # "[link] resync_rate_max"; None leaves it unset (unlimited)
 
 
 @dataclass
@@ -137,6 +147,7 @@ class Site:
 
     def toml(self) -> str:
         s = self.settings
+        rate = f'resync_rate_max = "{s.resync_rate_max}"\n' if s.resync_rate_max is not None else ""
         return (
             "[volume]\n"
             'name = "vol0"\n'
@@ -149,6 +160,9 @@ class Site:
             f'listen = "127.0.0.1:{self.link_port}"\n'
             f'peer = "127.0.0.1:{self.peer_port}"\n'
             f'mode = "{s.mode}"\n'
+            f'on_disconnect = "{s.on_disconnect}"\n'
+            f"block_timeout = {s.block_timeout_s}\n"
+            f"{rate}"
             "[record]\n"
             f'extent_size = "{s.extent_size}"\n'
             f"capacity = {s.capacity}\n"
@@ -159,15 +173,87 @@ class Site:
         )
 
 
+class LinkProxy:
+    """One ``python -m foresync.testing.proxy`` process between a site and its peer's link
+    listener. SIGUSR1 cuts (aborts every connection, refuses new ones), SIGUSR2 restores; each
+    is confirmed by the line the proxy logs, so a test never races its own signal."""
+
+    def __init__(self, name: str, listen_port: int, target_port: int, log_path: Path) -> None:
+        self.name = name
+        self.listen_port = listen_port
+        self.target_port = target_port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log yet)"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "foresync.testing.proxy", "--listen", f"127.0.0.1:{self.listen_port}",
+                 "--target", f"127.0.0.1:{self.target_port}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_logged("delay proxy listening", 1)
+
+    def _wait_logged(self, line: str, count: int) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while self.log().count(line) < count:
+            if self.proc.poll() is not None:
+                pytest.fail(f"proxy {self.name} exited with status {self.proc.returncode}\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"proxy {self.name} did not log {line!r} within {STARTUP_TIMEOUT_S} s\n{self.log()}")
+            time.sleep(0.01)
+
+    def _signal(self, sig: signal.Signals, line: str) -> None:
+        assert self.proc is not None and self.proc.poll() is None, f"proxy {self.name} is not running"
+        seen = self.log().count(line)
+        self.proc.send_signal(sig)
+        self._wait_logged(line, seen + 1)
+
+    def cut(self) -> None:
+        self._signal(signal.SIGUSR1, "cut: connections aborted")
+
+    def restore(self) -> None:
+        self._signal(signal.SIGUSR2, "proxy: restored")
+
+    def close(self) -> list[str]:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return []
+        proc.send_signal(signal.SIGTERM)
+        try:
+            status = proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return [f"proxy {self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s"]
+        return [] if status == 0 else [f"proxy {self.name} exited with status {status} after SIGTERM"]
+
+
 class SitePair:
-    """A primary and a secondary site in ``directory``, configs written, not yet initialised."""
+    """A primary and a secondary site in ``directory``, configs written, not yet initialised.
+    With ``via_proxy`` each site reaches its peer's link listener through a ``LinkProxy``
+    (started here), so the link can be cut while both sites run."""
 
     def __init__(self, directory: Path, settings: Settings = Settings(), *,
-                 primary: Settings | None = None, secondary: Settings | None = None) -> None:
-        nbd_p, nbd_s, link_p, link_s, admin_p, admin_s = free_ports(6)
-        self.primary = self._site(directory, "primary", primary or settings, nbd_p, link_p, link_s, admin_p)
-        self.secondary = self._site(directory, "secondary", secondary or settings, nbd_s, link_s, link_p,
-                                    admin_s)
+                 primary: Settings | None = None, secondary: Settings | None = None,
+                 via_proxy: bool = False) -> None:
+        nbd_p, nbd_s, link_p, link_s, admin_p, admin_s, proxy_p, proxy_s = free_ports(8)
+        self.proxies: list[LinkProxy] = []
+        if via_proxy:
+            self.proxies = [LinkProxy("primary->secondary", proxy_p, link_s, directory / "proxy-p.log"),
+                            LinkProxy("secondary->primary", proxy_s, link_p, directory / "proxy-s.log")]
+            peer_of_primary, peer_of_secondary = proxy_p, proxy_s
+        else:
+            peer_of_primary, peer_of_secondary = link_s, link_p
+        self.primary = self._site(directory, "primary", primary or settings, nbd_p, link_p, peer_of_primary,
+                                  admin_p)
+        self.secondary = self._site(directory, "secondary", secondary or settings, nbd_s, link_s,
+                                    peer_of_secondary, admin_s)
+        for proxy in self.proxies:
+            proxy.start()
 
     @staticmethod
     def _site(directory: Path, role: str, settings: Settings, nbd: int, link: int, peer: int,
@@ -183,10 +269,20 @@ class SitePair:
 
     @property
     def nbd_url(self) -> str:
-        return f"nbd://127.0.0.1:{self.primary.nbd_port}/"
+        return self.nbd_url_of(self.primary)
+
+    @staticmethod
+    def nbd_url_of(site: Site) -> str:
+        """The NBD export a site serves while it is the primary (its [nbd] listen)."""
+        return f"nbd://127.0.0.1:{site.nbd_port}/"
+
+    def other(self, site: Site) -> Site:
+        return self.secondary if site is self.primary else self.primary
 
     def logs(self) -> str:
-        return "\n".join(f"===== {site.role} log ({site.log_path})\n{site.log()}" for site in self.sites)
+        sites = "\n".join(f"===== {site.role} log ({site.log_path})\n{site.log()}" for site in self.sites)
+        proxies = "".join(f"\n===== proxy {proxy.name} log\n{proxy.log()}" for proxy in self.proxies)
+        return sites + proxies
 
     # -- the CLI ----------------------------------------------------------------------------------
 
@@ -199,6 +295,18 @@ class SitePair:
              ok: Sequence[int] | None = (0,)) -> subprocess.CompletedProcess[str]:
         extra = ["--force"] if force else []
         return self.cli("init", "--config", site.config_path, "--role", role or site.role, *extra, ok=ok)
+
+    def promote(self, site: Site, *, force: bool = False,
+                ok: Sequence[int] | None = (0,)) -> subprocess.CompletedProcess[str]:
+        """``foresync promote`` (through the running daemon's admin HTTP, or offline)."""
+        return self.cli("promote", "--config", site.config_path, *(["--force"] if force else []), ok=ok)
+
+    def demote(self, site: Site, ok: Sequence[int] | None = (0,)) -> subprocess.CompletedProcess[str]:
+        return self.cli("demote", "--config", site.config_path, ok=ok)
+
+    def resolve_discard_local(self, site: Site,
+                              ok: Sequence[int] | None = (0,)) -> subprocess.CompletedProcess[str]:
+        return self.cli("resolve", "--discard-local", "--config", site.config_path, ok=ok)
 
     def init_both(self) -> None:
         """``foresync init`` for both sites at once (each one is mostly interpreter start-up)."""
@@ -241,8 +349,8 @@ class SitePair:
 
     def _answers(self, site: Site) -> bool:
         try:
-            fetch_status(site.admin_port)
-            if site.role == "primary":
+            # What the site is now, not what it was initialised as: only a primary serves NBD.
+            if fetch_status(site.admin_port)["role"] == "primary":
                 socket.create_connection(("127.0.0.1", site.nbd_port), timeout=1).close()
         except OSError:
             return False
@@ -272,6 +380,31 @@ class SitePair:
         self.stop(self.primary)
         self.stop(self.secondary)
 
+    def kill9(self, site: Site) -> None:
+        """The crash: SIGKILL, nothing flushed or stored on the way out."""
+        proc = site.proc
+        assert proc is not None and proc.poll() is None, f"{site.role} is not running\n{self.logs()}"
+        proc.kill()
+        assert proc.wait(timeout=STOP_TIMEOUT_S) == -signal.SIGKILL
+
+    def restart(self, site: Site) -> None:
+        """Start ``site`` again with the same ``foresync run --config`` (after a stop or a kill)."""
+        assert not site.running, f"{site.role} is still running"
+        self.start(site)
+
+    # -- the link proxies -------------------------------------------------------------------------
+
+    def cut_link(self) -> None:
+        """Partition the pair: both proxies abort their connections and refuse new ones."""
+        assert self.proxies, "cut_link() needs SitePair(..., via_proxy=True)"
+        for proxy in self.proxies:
+            proxy.cut()
+
+    def restore_link(self) -> None:
+        assert self.proxies, "restore_link() needs SitePair(..., via_proxy=True)"
+        for proxy in self.proxies:
+            proxy.restore()
+
     def close(self) -> list[str]:
         """Stop whatever still runs; return the problems found. Prints both logs (shown by pytest
         only when the test failed)."""
@@ -290,6 +423,8 @@ class SitePair:
                 continue
             if status != 0:
                 problems.append(f"{site.role} exited with status {status} after SIGTERM")
+        for proxy in self.proxies:
+            problems += proxy.close()
         print(self.logs())
         return problems
 
@@ -314,14 +449,24 @@ class SitePair:
         self.wait_for(f"{site.role} link {state}", lambda: self.status(site)["link"] == state, timeout_s)
         return self.status(site)
 
+    def role_of(self, site: Site) -> str:
+        role: str = self.status(site)["role"]
+        return role
+
+    def wait_role(self, site: Site, role: str, timeout_s: float = 15.0) -> Status:
+        self.wait_for(f"{site.role} site acting as {role}", lambda: self.role_of(site) == role, timeout_s)
+        return self.status(site)
+
     def wait_in_sync(self, timeout_s: float = 30.0) -> tuple[Status, Status]:
-        """Wait until both sites report ``in_sync`` over a connected link and the primary has
-        nothing in flight; return both statuses."""
+        """Wait until both sites report ``in_sync`` over a connected link, exactly one of them
+        as the primary (whichever it is now), with nothing in flight; return both statuses in
+        ``(self.primary, self.secondary)`` order."""
 
         def synced() -> bool:
             p, s = self.status(self.primary), self.status(self.secondary)
             return bool(p["in_sync"] and s["in_sync"] and p["link"] == s["link"] == "connected"
-                        and p["lag"] == {"bytes": 0, "writes": 0})
+                        and sorted((p["role"], s["role"])) == ["primary", "secondary"]
+                        and p["lag"] == s["lag"] == {"bytes": 0, "writes": 0})
 
         self.wait_for("in sync", synced, timeout_s)
         return self.status(self.primary), self.status(self.secondary)

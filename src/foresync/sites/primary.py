@@ -68,6 +68,7 @@ class PrimarySite:
             self.core.full_resync_pending = True
         self.role_changed = asyncio.Event()
         self.next_role = "stop"
+        self._resync_bytes_at_pass = 0
         self._listener: asyncio.Server | None = None
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
@@ -135,6 +136,13 @@ class PrimarySite:
             case core_mod.Send(message):
                 if self.link is not None:
                     self.link.send(message)
+                if isinstance(message, wire.ResyncDone):
+                    progress = self.core.resync_progress()
+                    log.info("resync finished: %d bytes sent; %d bytes compared in all "
+                             "(volume %d bytes); the secondary is consistent",
+                             self.core.counters.resync_bytes - self._resync_bytes_at_pass,
+                             progress["total_bytes"], self.cfg.size)
+                    self._resync_bytes_at_pass = self.core.counters.resync_bytes
             case core_mod.ApplyLocal(seq, offset, length, data, punch):
                 errno = 0
                 try:

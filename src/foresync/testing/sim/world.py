@@ -98,10 +98,16 @@ class World:
         self.max_write = (self.capacity - 1) * self.extent_size
         self.schedule: list[str] = []
         self.now = 0.0
-        self.pdisk = SimDisk(self.size)
-        self.sdisk = SimDisk(self.size)
-        self.journal = SimJournal(VOLUME_ID)
-        self.oos_store: set[int] = set()
+        # Two sites, "A" (first primary) and "B"; promotion swaps which one plays which role.
+        self.disks = {"A": SimDisk(self.size), "B": SimDisk(self.size)}
+        self.journals = {"A": SimJournal(VOLUME_ID), "B": SimJournal(VOLUME_ID)}
+        self.oos_stores: dict[str, set[int]] = {"A": set(), "B": set()}
+        self.histories: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}
+        self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
+        self.roles = {"primary": "A", "secondary": "B"}  # who plays which role in the world
+        self.epoch_writers: dict[tuple[int, ...], set[str]] = {}  # invariant 4
+        self.promotions = 0
+        self.failback: dict[str, object] | None = None  # what a failback may move (invariant 6)
         self.primary: _Primary | None = None
         self.secondary: _Secondary | None = None
         self.cut = False
@@ -135,6 +141,28 @@ class World:
                 self._ev_deliver_s2p()
             self._settle()
 
+    # -- the two sites as roles -------------------------------------------------------------------
+
+    @property
+    def pdisk(self) -> SimDisk:
+        return self.disks[self.roles["primary"]]
+
+    @property
+    def sdisk(self) -> SimDisk:
+        return self.disks[self.roles["secondary"]]
+
+    @property
+    def journal(self) -> SimJournal:
+        return self.journals[self.roles["secondary"]]
+
+    @property
+    def oos_store(self) -> set[int]:
+        return self.oos_stores[self.roles["primary"]]
+
+    @oos_store.setter
+    def oos_store(self, extents: set[int]) -> None:
+        self.oos_stores[self.roles["primary"]] = extents
+
     # -- construction ----------------------------------------------------------------------------
 
     def describe(self) -> str:
@@ -146,7 +174,7 @@ class World:
             mode=self.mode, size=self.size, extent_size=self.extent_size, capacity=self.capacity,
             lookahead=self.lookahead, eviction=self.eviction, volume_id=VOLUME_ID,
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
-            faults=self.cfg.faults)
+            faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
         core = PrimaryCore(config, read=self.pdisk.read)
         core.restore_out_of_sync(set(self.oos_store))
         core.full_resync_pending = self.mode is Mode.ASYNC and self.primary_crashes > 0
@@ -199,7 +227,12 @@ class World:
         if w:
             choices.append((0.05 * w, "cut") if not self.cut else (0.3, "heal"))
             choices.append((0.03 * w, "crash_primary") if p is not None else (0.3, "restart_primary"))
-            choices.append((0.03 * w, "crash_secondary") if s is not None else (0.3, "restart_secondary"))
+            if s is not None:
+                choices.append((0.03 * w, "crash_secondary"))
+            elif self._may_restart_secondary():
+                choices.append((0.3, "restart_secondary"))
+            if p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0:
+                choices.append((0.1 * w, "promote"))
         getattr(self, f"_ev_{_weighted_choice(rng, choices)}")()
 
     # -- events ---------------------------------------------------------------------------------
@@ -243,6 +276,13 @@ class World:
         op.conn = self.conn if self.primary is not None and self.primary.core.link is pcore.LinkState.CONNECTED else 0
         self.host_ops[op.op_id] = op
         self._log(f"host {op.kind} #{op.op_id} {op.offset}+{op.length} fua={op.fua} v{version}")
+        epoch = self.histories[self.roles["primary"]]
+        writers = self.epoch_writers.setdefault(epoch, set())
+        writers.add(self.roles["primary"])
+        if len(writers) > 1:
+            self._fail(f"invariant 4: sites {sorted(writers)} both took host writes in epoch {len(epoch)}")
+        if self.failback is not None and op.kind != "flush":
+            self.failback["written"].update(extents_of(op.offset, op.length, self.extent_size))  # type: ignore[attr-defined]
         if op.kind != "flush":
             for sector in range(op.offset // SECTOR, (op.offset + op.length) // SECTOR):
                 self.sector_versions.setdefault(sector, []).append(version)
@@ -367,10 +407,71 @@ class World:
         self.journal.crash(self.rng, flip_bits=True)
         self.faulted = True
 
+    def _may_restart_secondary(self) -> bool:
+        # An old primary coming back steps down only once it reaches the new primary (it would
+        # otherwise serve its own, older epoch: the operator's fencing is not modelled here).
+        site = self.roles["secondary"]
+        return self.meta_roles[site] == "secondary" or (self.primary is not None and not self.cut)
+
     def _ev_restart_secondary(self) -> None:
+        site = self.roles["secondary"]
+        if self.meta_roles[site] == "primary":
+            self._step_down_old_primary(site)
+            return
         self._log("restart secondary")
         durable = self.journal.durable_state()  # cached: give the core its own copy to change
         self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges)))
+
+    def _ev_promote(self) -> None:
+        """Failover (claim 7): the secondary becomes primary of a new epoch; its durable record
+        is the failback set and becomes its out-of-sync set."""
+        s = self.secondary
+        assert s is not None and self.primary is None
+        while s.commits or s.syncs:  # what promote's drain does: commit, then flush
+            if s.commits:
+                self._ev_journal_commit()
+            if s.syncs:
+                self._ev_data_sync()
+            self._settle()
+        self.sdisk.flush()
+        site, old = self.roles["secondary"], self.roles["primary"]
+        state = self.journal.durable_state()
+        failback = set(state.extents)
+        for offset, length in state.ranges.values():
+            failback.update(extents_of(offset, length, self.extent_size))
+        self.promotions += 1
+        self.histories[site] = (*self.histories[site], 1000 + self.promotions)
+        self.meta_roles[site] = "primary"
+        self.oos_stores[site] = set(failback)
+        self.roles = {"primary": site, "secondary": old}
+        self.secondary = None
+        self.faulted = True
+        self._log(f"PROMOTE {site} to epoch {len(self.histories[site])}, failback set {sorted(failback)}")
+        if self.mode is Mode.SYNC:
+            self._check_promised(self.pdisk.durable, f"promoted site {site}")
+        self._start_primary()
+        self.failback = {"site": old, "set": set(failback), "written": set(), "old_oos": set(),
+                         "sent": set()}
+
+    def _step_down_old_primary(self, site: str) -> None:
+        """The old primary restarts, dials the new one, hands over its out-of-sync set and
+        steps down (DEMOTE); its record starts empty."""
+        assert self.primary is not None
+        new = self.roles["primary"]
+        old_oos = set(self.oos_stores[site])
+        while self.primary.oos_persists:  # the real site persists synchronously: no persist in flight
+            self._ev_oos_persist()
+            self._settle()
+        self.primary.core.absorb_out_of_sync(old_oos)
+        self.oos_stores[new] = set(self.primary.core.out_of_sync)
+        self.journals[site] = SimJournal(VOLUME_ID)
+        self.oos_stores[site] = set()
+        self.meta_roles[site] = "secondary"
+        self.histories[site] = self.histories[new]
+        if self.failback is not None and self.failback["site"] == site:
+            self.failback["old_oos"] = old_oos
+        self._log(f"old primary {site} steps down (its out-of-sync set: {sorted(old_oos)})")
+        self._start_secondary(RecordState())
 
     # -- carrying out actions ---------------------------------------------------------------------
 
@@ -402,8 +503,12 @@ class World:
                         data = message.data if isinstance(message, wire.Write) else bytes(message.length)
                         if message.flags & wire.WriteFlag.RESYNC:
                             self.faulted = True  # resync data is not part of the host history
+                            if self.failback is not None:
+                                self.failback["sent"].add(message.offset // self.extent_size)  # type: ignore[attr-defined]
                         self.sent_history[message.seq] = (message.offset, data)
                     self.p2s.append((self.conn, wire.encode_frame(message)))
+                if isinstance(message, wire.ResyncDone) and self.failback is not None:
+                    self._check_failback_bound()
             case pcore.ApplyLocal(seq, offset, length, data, _punch):
                 if data is not None:
                     self.pdisk.write(offset, data)
@@ -496,7 +601,9 @@ class World:
 
     def _durably_covered(self) -> set[int]:
         state = self.journal.durable_state()
-        covered = set(state.extents) | set(self.oos_store)
+        # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
+        # when it steps down.
+        covered = set(state.extents) | self.oos_stores["A"] | self.oos_stores["B"]
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
         return covered
@@ -511,6 +618,20 @@ class World:
             if extent not in covered and self.pdisk.durable[lo:hi] != self.sdisk.durable[lo:hi]:
                 self._fail(f"extent {extent} differs durably between the sites but no durable record, "
                            f"range or out-of-sync entry covers it")
+
+    def _check_failback_bound(self) -> None:
+        """Invariant 6: a failback copies at most the failback set, what was written since the
+        promotion, and what the old primary reported as out-of-sync."""
+        fb = self.failback
+        assert fb is not None
+        if self.meta_roles[str(fb["site"])] != "secondary":
+            return  # the old primary has not come back yet: this pass was something else
+        allowed = set(fb["set"]) | set(fb["written"]) | set(fb["old_oos"])  # type: ignore[call-overload]
+        sent = set(fb["sent"])  # type: ignore[call-overload]
+        if not sent <= allowed:
+            self._fail(f"invariant 6: failback copied extents {sorted(sent - allowed)} outside "
+                       f"failback set + written since promotion + old out-of-sync")
+        self.failback = None
 
     def _check_sync_durability(self) -> None:
         """Invariant 5: what sync mode promised (FUA, or a completed FLUSH) is durable on both
