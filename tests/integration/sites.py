@@ -203,6 +203,8 @@ class LinkProxy:
             if self.proc.poll() is not None:
                 pytest.fail(f"proxy {self.name} exited with status {self.proc.returncode}\n{self.log()}")
             if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
                 pytest.fail(f"proxy {self.name} did not log {line!r} within {STARTUP_TIMEOUT_S} s\n{self.log()}")
             time.sleep(0.01)
 
@@ -494,12 +496,12 @@ def open_site_pairs(directory: Path) -> Iterator[Callable[..., SitePair]]:
     SIGTERM and must exit 0, and the logs are printed."""
     pairs: list[SitePair] = []
 
-    def make(settings: Settings = Settings(), **overrides: Settings | None) -> SitePair:
+    def make(settings: Settings = Settings(), *, via_proxy: bool = False,
+             **overrides: Settings | None) -> SitePair:
         sub = directory / f"pair{len(pairs)}"
         sub.mkdir()
-        pair = SitePair(sub, settings, **overrides)
-        pairs.append(pair)
-        return pair
+        pairs.append(SitePair(sub, settings, via_proxy=via_proxy, **overrides))
+        return pairs[-1]
 
     try:
         yield make

@@ -40,14 +40,16 @@ def test_seeds_keep_every_invariant() -> None:
 
 def test_seeds_exercise_faults() -> None:
     """The runs above must really crash sites and tear journals, or they prove little."""
-    crashes = torn = 0
+    crashes = torn = promotions = 0
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
         world.run()
         crashes += world.primary_crashes
-        torn += world.journal.torn_tails
+        torn += sum(journal.torn_tails for journal in world.journals.values())
+        promotions += world.promotions
     assert crashes > 10
     assert torn > 0
+    assert promotions > 0, "no seed promoted a secondary: failover and failback went untested"
 
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))
