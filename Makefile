@@ -7,7 +7,7 @@ APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd
 # command each Debian package is checked by, so `setup` only calls apt when one is missing
 APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3
 
-.PHONY: setup demo test unit integration lint bench sim clean
+.PHONY: setup demo test unit integration lint bench sim chaos clean
 
 setup: $(VENV)/.synced apt-tools
 
@@ -46,6 +46,11 @@ SEEDS ?= 1000
 SEED ?= 0
 sim: setup
 	$(PY) -m foresync.testing.sim --seeds $(SEEDS) --seed $(SEED)
+
+CYCLES ?= 5
+MODE ?= lookahead
+chaos: setup
+	$(PY) -m foresync.testing.chaos --cycles $(CYCLES) --mode $(MODE)
 
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -490,6 +490,15 @@ def read_bytes(path: Path, offset: int, length: int) -> bytes:
         return image.read(length)
 
 
+def assert_pattern(path: Path, offset: int, length: int, byte: int) -> None:
+    """The file holds ``length`` bytes of ``byte`` at ``offset`` (a qemu-io ``-P`` write)."""
+    data = read_bytes(path, offset, length)
+    if data != bytes([byte]) * length:
+        first = next(i for i, b in enumerate(data) if b != byte) if len(data) == length else len(data)
+        pytest.fail(f"{path.name}: expected 0x{byte:02x} at {offset}+{length}, first difference at "
+                    f"{offset + first}")
+
+
 @contextmanager
 def open_site_pairs(directory: Path) -> Iterator[Callable[..., SitePair]]:
     """A factory of ``SitePair``s in ``directory``; on exit every process still running gets

@@ -20,8 +20,8 @@ from .sites import (
     Settings,
     SitePair,
     StatusPoller,
+    assert_pattern,
     open_site_pairs,
-    read_bytes,
     run_tool,
 )
 
@@ -64,14 +64,6 @@ def fio(pair: SitePair, name: str, *args: str) -> dict[str, int]:
     job = json.loads(result.stdout[result.stdout.index("{"):])["jobs"][0]
     assert job["error"] == 0, f"fio {name} failed: {job}\n{pair.logs()}"
     return {"ios": job["write"]["total_ios"], "bytes": job["write"]["io_bytes"]}
-
-
-def assert_pattern(path: Path, offset: int, length: int, byte: int) -> None:
-    data = read_bytes(path, offset, length)
-    if data != bytes([byte]) * length:
-        first = next(i for i, b in enumerate(data) if b != byte) if len(data) == length else len(data)
-        pytest.fail(f"{path.name}: expected 0x{byte:02x} at {offset}+{length}, first difference at "
-                    f"{offset + first}")
 
 
 def counters(status: dict[str, object]) -> dict[str, int]:
