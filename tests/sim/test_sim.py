@@ -40,16 +40,18 @@ def test_seeds_keep_every_invariant() -> None:
 
 def test_seeds_exercise_faults() -> None:
     """The runs above must really crash sites and tear journals, or they prove little."""
-    crashes = torn = promotions = 0
+    crashes = torn = promotions = switchovers = 0
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
         world.run()
         crashes += world.primary_crashes
         torn += sum(journal.torn_tails for journal in world.journals.values())
         promotions += world.promotions
+        switchovers += sum("SWITCHOVER" in event for event in world.schedule)
     assert crashes > 10
     assert torn > 0
     assert promotions > 0, "no seed promoted a secondary: failover and failback went untested"
+    assert switchovers > 0, "no seed demoted a primary: planned switchover went untested"
 
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))

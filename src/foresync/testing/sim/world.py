@@ -233,6 +233,9 @@ class World:
                 choices.append((0.3, "restart_secondary"))
             if p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0:
                 choices.append((0.1 * w, "promote"))
+            if (p is not None and s is not None and self.conn and not self.cut
+                    and p.core.link is pcore.LinkState.CONNECTED):
+                choices.append((0.02 * w, "switchover"))
         getattr(self, f"_ev_{_weighted_choice(rng, choices)}")()
 
     # -- events ---------------------------------------------------------------------------------
@@ -452,6 +455,45 @@ class World:
         self._start_primary()
         self.failback = {"site": old, "set": set(failback), "written": set(), "old_oos": set(),
                          "sent": set()}
+
+    def _ev_switchover(self) -> None:
+        """Planned switchover: the primary stops taking writes, drains until the secondary is in
+        sync, steps down (same epoch); then the other site is promoted. Nothing may be lost."""
+        p = self.primary
+        assert p is not None
+        self._log("SWITCHOVER: demote the primary")
+        for _ in range(20000):
+            stats = p.core.statistics()
+            if stats.in_sync and not self.host_ops and not p.flushes:
+                break
+            events = [e for e, ready in ((self._ev_deliver_p2s, self.p2s), (self._ev_deliver_s2p, self.s2p),
+                                         (self._ev_primary_flush, p.flushes),
+                                         (self._ev_oos_persist, p.oos_persists)) if ready]
+            s = self.secondary
+            if s is not None and s.commits:
+                events.append(self._ev_journal_commit)
+            if s is not None and s.syncs:
+                events.append(self._ev_data_sync)
+            if self.conn == 0 or s is None:
+                return  # the link or the secondary failed meanwhile: demote refuses
+            (self.rng.choice(events) if events else self._ev_tick)()
+            self._settle()
+            self._check(0)
+        else:
+            self._fail("switchover: the secondary never caught up")
+        self.pdisk.flush()
+        old = self.roles["primary"]
+        self._disconnect("demoted")
+        self.primary = None
+        self.journals[old] = SimJournal(VOLUME_ID)
+        self.oos_stores[old] = set()
+        self.meta_roles[old] = "secondary"
+        self.sector_acked = {}
+        self._ev_promote()
+        self.failback = None  # nothing to fail back: the old primary is already a secondary
+        self._ev_restart_secondary()
+        if self.pdisk.durable != self.sdisk.durable:
+            self._fail("switchover lost data: the promoted site differs from the demoted one")
 
     def _step_down_old_primary(self, site: str) -> None:
         """The old primary restarts, dials the new one, hands over its out-of-sync set and
