@@ -375,6 +375,11 @@ class PrimarySite:
             self.core.request_durable()
             self.pump()
             await asyncio.sleep(0.02)
+        # One last local flush through the core, so it knows what is durable here: a raw
+        # backend.flush() alone leaves the latest writes "dirty" to the core, and a clean stop
+        # would store their extents as out-of-sync and resync them on restart for nothing.
+        self.core.request_durable()
+        self.pump()
         await self.flusher.wait_idle()
         self.backend.flush()
         pending = self.core.unsynced_extents()

@@ -33,7 +33,10 @@ delay, and once both directions have delivered theirs both transports close. A s
 other way (a reset, an error) aborts its partner at once.
 
 CLI: ``python -m foresync.testing.proxy --listen 127.0.0.1:P --target 127.0.0.1:Q --delay-ms 5``.
-SIGUSR1 cuts, SIGUSR2 restores, SIGINT and SIGTERM stop it.
+SIGUSR1 cuts, SIGUSR2 restores, SIGINT and SIGTERM stop it. Scripts wait for its stderr lines,
+so they are an interface: ``delay proxy listening on HOST:PORT -> ...`` once it accepts (with
+``--listen HOST:0`` that is how to learn the port), then ``proxy: cut: connections aborted`` and
+``proxy: restored`` after each signal has taken effect.
 """
 
 from __future__ import annotations
