@@ -236,7 +236,11 @@ def _promote_offline(config_path: str, force: bool) -> tuple[int, dict[str, obje
     if (meta.new or not meta.consistent) and not force:
         return 409, {"error": "this copy is inconsistent (a sync into it has not finished); "
                               "use --force to promote it anyway"}
-    journal = RecordJournal.open(os.path.join(cfg.meta, site.JOURNAL_FILE))
+    path = os.path.join(cfg.meta, site.JOURNAL_FILE)
+    if meta.volume_id is None or not os.path.exists(path):
+        return 409, {"error": "this site has never connected to a primary: it holds no copy of "
+                              "the volume to promote"}
+    journal = RecordJournal.open(path)
     journal.close()
     promoted, failback = promote_site(cfg, meta, journal.replayed.state)
     return 200, {"epoch": promoted.epoch, "failback_extents": len(failback),

@@ -5,6 +5,7 @@ Every error names the key and the value, so an operator can fix the file without
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,31 @@ def _float(value: Any, section: str, key: str) -> float:
     return float(value)
 
 
+KNOWN_KEYS: dict[str, set[str]] = {
+    "volume": {"name", "data", "size", "meta"},
+    "nbd": {"listen", "export"},
+    "link": {"listen", "peer", "mode", "window", "heartbeat", "timeout", "on_disconnect",
+             "block_timeout", "resync_rate_max"},
+    "record": {"extent_size", "capacity", "lookahead", "eviction", "watermark_interval"},
+    "admin": {"listen"},
+}
+
+
+def _check_keys(doc: dict[str, Any], path: str) -> None:
+    """A misspelt key would otherwise be ignored silently and its default used."""
+    for section, table in doc.items():
+        known = KNOWN_KEYS.get(section)
+        if known is None:
+            raise ConfigError(f"{path}: unknown section [{section}] (known: "
+                              f"{', '.join(sorted(KNOWN_KEYS))})")
+        if isinstance(table, dict):
+            for key in table:
+                if key not in known:
+                    close = difflib.get_close_matches(key, known, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
+
+
 def load(path: str) -> SiteConfig:
     try:
         text = Path(path).read_text()
@@ -92,6 +118,7 @@ def load(path: str) -> SiteConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    _check_keys(doc, path)
     base = Path(path).resolve().parent
     volume, nbd, link = _section(doc, "volume"), _section(doc, "nbd"), _section(doc, "link")
     record, admin = _section(doc, "record"), _section(doc, "admin")

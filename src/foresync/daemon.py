@@ -60,7 +60,8 @@ def _metrics(cfg: config_mod.SiteConfig, status: dict[str, Any]) -> bytes:
         ("foresync_resync_bytes_total", "counter", counters["resync_bytes"]),
         ("foresync_record_extents", "gauge", record["extents"]),
         ("foresync_record_capacity_extents", "gauge", record["capacity"]),
-        ("foresync_failback_bound_bytes", "gauge", record["extents"] * record["extent_size_bytes"]),
+        ("foresync_failback_bound_bytes", "gauge",
+         status.get("failback_bound_bytes", record["extents"] * record["extent_size_bytes"])),
         ("foresync_replication_lag_bytes", "gauge", lag["bytes"]),
         ("foresync_link_up", "gauge", 1 if status["link"] == "connected" else 0),
     ]

@@ -42,7 +42,7 @@ from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
-from foresync.record.predict import extents_of
+from foresync.record.predict import extents_of, predict
 from foresync.record.record import Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
 
@@ -156,6 +156,7 @@ class _Op:
     is_range: bool = False
     errno: int = 0
     oos_wait: bool = False  # applies locally only once its extents are durably out-of-sync
+    expected_adds: tuple[int, ...] = ()  # a miss: what the secondary is expected to add
     apply_issued: bool = False  # ApplyLocal emitted; the adapter may not have finished it yet
 
 
@@ -226,6 +227,7 @@ class PrimaryCore:
         self._resync_tokens = 0.0
         self._resync_tokens_at = 0.0
         self.split_brain = False
+        self._pending_adds: dict[int, int] = {}  # extent -> in-flight misses expected to add it
         self._verify_active = False
         self._verify_repair = False
         self._verify_requests = 0
@@ -298,6 +300,7 @@ class PrimaryCore:
             if op.remote_ok:
                 continue
             unanswered = op.seq in self._misses
+            self._release_expected(op)
             op.remote_ok = True
             if op.budget:
                 self.record.reserved -= op.budget
@@ -422,6 +425,15 @@ class PrimaryCore:
         if cleared:
             self._ranges_to_clear = [s for s in self._ranges_to_clear if s > durable]
             self._ranges_done.extend(cleared)
+        self._pump()
+
+    def local_flush_failed(self, ticket: int) -> None:
+        """The fdatasync for ``ticket`` failed: every FLUSH/FUA waiting on it gets EIO (the
+        data may not be on disk), and nothing it covered counts as locally durable."""
+        self._ticket_prefix.pop(ticket, None)
+        while self._fua_waits and self._fua_waits[0][0] <= ticket:
+            _, op = self._fua_waits.popleft()
+            self._emit(AckHost(op.op_id, Errno.EIO))
         self._pump()
 
     def tick(self, now: float) -> None:
@@ -631,6 +643,11 @@ class PrimaryCore:
         if mode is Mode.ASYNC or big_range:
             self._send_plain(op, WriteFlag.RANGE if big_range and mode is not Mode.ASYNC else 0)
             return True
+        if (self._pending_adds and not self.record.covers(op.extents)
+                and all(e in self.record or e in self._pending_adds for e in op.extents)):
+            # A miss in flight will add these extents (touched or predicted): wait for its ADDED
+            # and go as a hit, instead of sending a second miss that reserves room again.
+            return False
         if self.record.covers(op.extents):
             self.counters.hits += 1
             self._send_plain(op, WriteFlag.DURABLE if mode is Mode.SYNC else 0)
@@ -648,6 +665,25 @@ class PrimaryCore:
             op.remote_ok = True
         self._transmit(op, flags, 0, ())
         self._ready_local(op)
+
+    def _expected_adds(self, touched: range, budget: int) -> tuple[int, ...]:
+        """What the secondary will add for a miss (it follows the same rule, claims 18-19)."""
+        new = [e for e in touched if e not in self.record]
+        for extent in predict(touched, self.config.lookahead, self.extent_count):
+            if len(new) >= budget:
+                break
+            if extent not in self.record:
+                new.append(extent)
+        return tuple(new)
+
+    def _release_expected(self, op: _Op) -> None:
+        for extent in op.expected_adds:
+            left = self._pending_adds.get(extent, 0) - 1
+            if left > 0:
+                self._pending_adds[extent] = left
+            else:
+                self._pending_adds.pop(extent, None)
+        op.expected_adds = ()
 
     def _send_miss(self, op: _Op) -> bool:
         new = sum(1 for e in op.extents if e not in self.record)
@@ -670,6 +706,9 @@ class PrimaryCore:
         op.budget = budget
         self.record.reserved += budget
         self._misses[op.seq] = op
+        op.expected_adds = self._expected_adds(op.extents, budget)
+        for extent in op.expected_adds:
+            self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
         flags = WriteFlag.MISS | (WriteFlag.DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
@@ -779,6 +818,7 @@ class PrimaryCore:
         op = self._misses.pop(seq, None)
         if op is None:
             raise RemoteProtocolError(f"ADDED for seq {seq}, which is not a pending miss")
+        self._release_expected(op)
         if len(extents) > op.budget:
             raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {op.budget}")
         self.record.reserved -= op.budget
@@ -818,6 +858,7 @@ class PrimaryCore:
             return
         self.link = LinkState.CONNECTED
         self.link_error = ""
+        self.split_brain = False
         self._remote_applied = self._remote_durable = self._sync_requested = 0
         if welcome.applied_seq >= self._next_seq:
             # Continue numbering past what the secondary has seen; the skipped numbers were never

@@ -64,7 +64,8 @@ class PrimarySite:
             os.unlink(clean_marker)
         elif cfg.mode is Mode.ASYNC:
             # Async mode keeps no record: after an unclean stop nothing bounds what may differ.
-            log.warning("async mode after an unclean stop: the next connect compares every extent")
+            log.warning("async mode after an unclean stop (or a promotion): the next connect "
+                        "copies every extent, since nothing bounds what may differ")
             self.core.full_resync_pending = True
         self.role_changed = asyncio.Event()
         self.next_role = "stop"
@@ -185,7 +186,9 @@ class PrimarySite:
 
     def _flushed(self, ticket: int, errno: int) -> None:
         if errno:
-            log.error("local flush failed (errno %d); the host will see EIO on FLUSH/FUA", errno)
+            log.error("local flush failed (errno %d); the host sees EIO on FLUSH/FUA", errno)
+            self.core.local_flush_failed(ticket)
+            self.pump()
             return
         self.core.local_flushed(ticket)
         self.pump()

@@ -61,6 +61,7 @@ class SecondarySite:
         self._roll_back_if_needed()
         self.role_changed = asyncio.Event()
         self.split_brain = False
+        self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -80,8 +81,36 @@ class SecondarySite:
             self._adopt_identity(message)
             if not self._check_history(message):
                 return
-            self._prepare_welcome()
+            if self._welcome_flags():
+                # Checksums of the whole image for a full sync: read in a worker thread so the
+                # link stays alive (pings answered) however big the volume is.
+                self._held = [message]
+                self._spawn(self._hash_then_welcome(proto))
+                return
+            self._prepare_welcome(())
+        if self._held is not None:
+            self._held.append(message)
+            return
         self.core.receive(message)
+        self.pump()
+
+    async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
+        # Every write from an earlier session lands first, so the checksums describe the image
+        # the primary will compare against.
+        if self.journal is not None:
+            self.journal.commit(self.journal.appended)
+            self.core.journal_synced(self.journal.appended)
+            self.pump()
+        loop = asyncio.get_running_loop()
+        hashes = await loop.run_in_executor(None, extent_hashes, self.backend, self.cfg.extent_size)
+        if proto is not self.link:
+            return  # that connection is gone; a newer one computes its own
+        held, self._held = self._held or [], None
+        self._prepare_welcome(hashes)
+        log.info("reporting checksums of %d extents for a full sync (%s)", len(hashes),
+                 "new copy" if self.meta.new else "interrupted resync")
+        for message in held:
+            self.core.receive(message)
         self.pump()
 
     def _refuse(self, reason: str) -> bool:
@@ -132,20 +161,26 @@ class SecondarySite:
         log.warning("an unfinished resync was rolled back: %d extents restored from the undo log; "
                     "this copy is consistent again (older) and they will be copied again", len(restored))
 
-    def _prepare_welcome(self) -> None:
+    def _welcome_flags(self) -> int:
         flags = 0
         if self.meta.new:
             flags |= wire.WelcomeFlag.NEW
         if not self.meta.consistent:
             flags |= wire.WelcomeFlag.INCONSISTENT
+        return flags
+
+    def _prepare_welcome(self, hashes: tuple[int, ...]) -> None:
+        flags = self._welcome_flags()
         self.core.welcome_flags = flags
         self.core.stale = self.meta.stale
         self.core.epoch = self.meta.epoch
-        self.core.hashes = extent_hashes(self.backend, self.cfg.extent_size) if flags else ()
-        self.core.protect_image = not flags  # consistent: keep undo during the next resync
-        if flags:
-            log.info("reporting checksums of %d extents for a full sync (%s)", len(self.core.hashes),
-                     "new copy" if self.meta.new else "interrupted resync")
+        self.core.hashes = hashes
+        # Keep undo during the next resync while the image is consistent, and also while an
+        # unfinished pass's undo log is still open here (the link dropped mid-pass, this process
+        # lived on): the new pass continues it, so a rollback still returns to the image from
+        # before the first pass rather than leaving the extents the new pass changed.
+        resuming = not self.meta.new and os.path.exists(self.undo.path)
+        self.core.protect_image = not flags or resuming
 
     def _store(self, meta: SiteMeta) -> None:
         self.meta = meta
@@ -155,6 +190,7 @@ class SecondarySite:
         if self.link is not None:
             self.link.abort("replaced by a new connection from the primary")
         self.link = proto
+        self._held = None
         self.core.session_reset()
         self.disconnected_since = None
         log.info("link: primary connected from %s", proto.peer)
