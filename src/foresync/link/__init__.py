@@ -1,0 +1,1 @@
+"""The replication link between the two sites: frames and messages (pure)."""

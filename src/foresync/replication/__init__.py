@@ -1,0 +1,1 @@
+"""Replication roles as pure cores: the primary, the secondary, and epoch histories."""
