@@ -875,8 +875,7 @@ class PrimaryCore:
         if full or self.full_resync_pending:
             # A new or half-synced secondary, or async mode after an unclean stop: nothing bounds
             # what may differ, so every extent is compared (by checksum when we have them).
-            todo.update(range(self.extent_count))
-            self.full_resync_pending = False
+            todo.update(range(self.extent_count))  # full_resync_pending stays until RESYNC_DONE
             if len(welcome.hashes) == self.extent_count:
                 self._remote_hashes = dict(enumerate(welcome.hashes))
         for seq, offset, length in welcome.ranges:
@@ -925,6 +924,7 @@ class PrimaryCore:
             self._welcome_ranges = []
             self._resync_pass = False
             self._remote_hashes = {}
+            self.full_resync_pending = False  # a cut before this point starts the pass again
             self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
 
     def _resync_misses(self) -> bool:

@@ -233,7 +233,12 @@ class SecondaryCore:
             return
         self.greeted = True
         ranges = tuple(sorted((seq, off, length) for seq, (off, length) in self.state.ranges.items()))
-        welcome = wire.Welcome(self.volume_id, self.epoch, self.applied_seq,
+        # Pending ranges are named by the seq that created them, possibly in an earlier session
+        # (both sites restarted since). The primary numbers on from what we report, so report at
+        # least those seqs: a new op must never reuse one, or finishing the old range would
+        # clear the new one.
+        applied = max(self.applied_seq, max(self.state.ranges, default=0))
+        welcome = wire.Welcome(self.volume_id, self.epoch, applied,
                                tuple(sorted(self.state.extents)), ranges, self.welcome_flags,
                                self.stale, self.hashes)
         # Only a durable record may be reported: the primary trusts every extent in it (it may
