@@ -369,6 +369,10 @@ class World:
         self.p2s.clear()
         self.s2p.clear()
         self.faulted = True
+        if self.failback is not None and self.meta_roles[str(self.failback["site"])] == "secondary":
+            # The failback pass was interrupted: the next pass also resends what the record
+            # gained meanwhile (predictions included), so invariant 6 measures one whole pass.
+            self.failback = None
         if self.primary is not None:
             self.primary.core.disconnected(reason)
 
