@@ -7,9 +7,14 @@ byte for byte the same (``cmp``) *and* to hold the data the host should see: ide
 alone could also mean both sides lost the same write.
 
 A crash is ``kill -9``; a partition is ``SitePair(via_proxy=True)``, whose proxies abort every
-link connection and refuse new ones while both sites keep running. Volumes are 64 MiB with
-1 MiB extents and a record of 16, so syncs are quick and the failback bound (record plus what
-was written since) is far below the volume size.
+link connection and refuse new ones while both sites keep running. Volumes are small (64 MiB,
+256 MiB where the failback bound is compared with the volume size) with 1 MiB extents and a
+record of 16, so every sync is quick; a low ``resync_rate_max`` stretches the syncs a test must
+observe or interrupt.
+
+Known gap, kept as a strict xfail: a primary cut off from its secondary keeps its epoch history
+while it takes writes, so a classic split brain (the secondary promoted with --force during the
+partition) is resolved on reconnect by demoting the old primary, silently overwriting its writes.
 """
 
 from __future__ import annotations
@@ -173,6 +178,36 @@ def test_initial_sync_copies_only_the_extents_that_differ(make_pair: MakePair) -
     assert_pattern(image, 4 * MiB, 16 * MiB, 0)
 
 
+def test_secondary_kill9_during_initial_sync_is_inconsistent_until_it_finishes(make_pair: MakePair) -> None:
+    """A new secondary dies half-way through its first sync: it must not be promotable without
+    --force (offline, from its metadata), and on restart the sync resumes, skipping the
+    extents that already arrived (their checksums match now)."""
+    pair = make_pair(Settings(size="64MiB", capacity=CAPACITY, resync_rate_max="4MiB"))
+    pair.init_both()
+    pair.start(pair.primary)
+    qemu_io(pair, pair.primary, "write -P 0x15 0 8M")
+    written = 8 * MiB
+    pair.start(pair.secondary)
+    pair.wait_for("half the data synced",
+                  lambda: 2 * MiB <= counters(pair.status(pair.primary))["resync_bytes"] < 6 * MiB)
+    pair.kill9(pair.secondary)
+    assert pair.secondary.site_json()["consistent"] is False
+
+    refused = pair.promote(pair.secondary, ok=None)  # the daemon is down: decided offline
+    assert refused.returncode != 0, refused
+    assert "inconsistent" in refused.stderr and "--force" in refused.stderr, refused.stderr
+    assert pair.secondary.site_json()["role"] == "secondary"
+
+    pair.restart(pair.secondary)
+    primary, secondary = pair.wait_in_sync()
+    assert secondary["consistent"] is True, secondary
+    moved = counters(primary)["resync_bytes"]
+    assert written <= moved <= written + 3 * MiB, f"moved {moved} bytes for {written} written"
+    pair.stop_both()
+    pair.assert_identical()
+    assert_pattern(pair.secondary.data_path, 0, written, 0x15)
+
+
 # -- 2. a cut link ------------------------------------------------------------------------------
 
 
@@ -211,7 +246,10 @@ def test_cut_link_continue_mode_keeps_serving_and_resyncs(make_pair: MakePair) -
 
 
 def test_cut_link_block_mode_fails_misses_after_the_timeout(make_pair: MakePair) -> None:
-    block_timeout_s = 2.0
+    """``on_disconnect = "block"``: with the link cut a hit goes on, a miss waits for the link
+    and fails with EIO after ``block_timeout``, and a miss still waiting when the link comes
+    back goes through."""
+    block_timeout_s = 4.0  # longer than the dialler's 2 s backoff plus a handshake
     pair = started_pair(make_pair, Settings(size="64MiB", capacity=CAPACITY, lookahead=2,
                                             on_disconnect="block", block_timeout_s=block_timeout_s),
                         via_proxy=True)
@@ -222,25 +260,38 @@ def test_cut_link_block_mode_fails_misses_after_the_timeout(make_pair: MakePair)
 
     began = time.monotonic()
     qemu_io(pair, pair.primary, "write -P 0x32 0 64k", "read -P 0x32 0 64k")  # a hit: not blocked
-    assert time.monotonic() - began < block_timeout_s, "a hit waited for the link"
+    assert time.monotonic() - began < block_timeout_s / 2, "a hit waited for the link"
 
     began = time.monotonic()
     miss = qemu_io(pair, pair.primary, "write -P 0x33 40M 64k", ok=None)
     waited_s = time.monotonic() - began
     output = miss.stdout + miss.stderr
     assert miss.returncode != 0 and "Input/output error" in output, output
-    assert block_timeout_s <= waited_s < block_timeout_s + 10, f"EIO after {waited_s:.2f} s"
+    # The core stamps a waiting op with the last timer tick, up to one watermark interval old.
+    assert block_timeout_s - 0.2 <= waited_s < block_timeout_s + 10, f"EIO after {waited_s:.2f} s"
     assert pair.status(pair.primary)["out_of_sync_extents"] == 0, "a refused write was recorded"
 
+    # A miss that is still waiting when the link returns is sent then, not failed.
+    argv = ["qemu-io", "-f", "raw", "-c", "write -P 0x34 50M 64k", pair.nbd_url]
+    waiting = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    began = time.monotonic()
+    time.sleep(0.3)
+    assert waiting.poll() is None, "a miss did not wait for the link"
     pair.restore_link()
+    output, _ = waiting.communicate(timeout=TOOL_TIMEOUT_S)
+    assert waiting.returncode == 0, f"{output}\n{pair.logs()}"
+    assert time.monotonic() - began < block_timeout_s, "the waiting miss was answered too late"
+
     pair.wait_in_sync()
-    qemu_io(pair, pair.primary, "read -P 0 40M 64k", "read -P 0x32 0 64k")
+    qemu_io(pair, pair.primary, "read -P 0 40M 64k", "read -P 0x32 0 64k", "read -P 0x34 50M 64k")
     pair.stop_both()
     pair.assert_identical()
     image = pair.secondary.data_path
     assert_pattern(image, 0, 64 * 1024, 0x32)
     assert_pattern(image, 64 * 1024, MiB - 64 * 1024, 0x31)
     assert_pattern(image, 40 * MiB, MiB, 0)  # the failed write never landed anywhere
+    assert_pattern(image, 50 * MiB, 64 * 1024, 0x34)
 
 
 # -- 3, 4. crashes without failover -------------------------------------------------------------
@@ -252,6 +303,7 @@ def test_primary_kill9_and_restart(make_pair: MakePair) -> None:
     time.sleep(0.7)
     # Acknowledged just before the crash, not necessarily on the secondary yet.
     qemu_io(pair, pair.primary, "write -P 0x41 0 2M", "write -P 0x42 50M 64k")
+    assert fio.poll() is None, "fio finished before the crash"
     pair.kill9(pair.primary)
     wait_fio(fio, pair)  # it fails: its server died under it
     pair.wait_link(pair.secondary, "disconnected")
@@ -279,6 +331,7 @@ def test_secondary_kill9_and_restart(make_pair: MakePair) -> None:
     fio = start_fio(pair, pair.primary, "verify", *FIO_VERIFY, "--iodepth=4", "--rate=,8m",
                     "--do_verify=1")
     time.sleep(0.5)
+    assert fio.poll() is None, "fio finished before the crash"
     pair.kill9(pair.secondary)
     pair.wait_link(pair.primary, "disconnected")
     qemu_io(pair, pair.primary, "write -P 0x51 0 1M", "write -P 0x52 60M 1M")
@@ -300,12 +353,14 @@ def test_secondary_kill9_and_restart(make_pair: MakePair) -> None:
 
 
 def test_failover_then_failback_copies_only_the_failback_set(make_pair: MakePair) -> None:
-    pair = started_pair(make_pair)
+    volume_bytes = 256 * MiB  # the failback bound (record + written since) must be far below it
+    pair = started_pair(make_pair, Settings(size="256MiB", capacity=CAPACITY, lookahead=2))
     old, new = pair.primary, pair.secondary
     qemu_io(pair, old, "write -P 0x61 0 2M")
     pair.wait_in_sync()
     fio = churn(pair, old, "churn")
     time.sleep(1.0)
+    assert fio.poll() is None, "fio finished before the crash"
     pair.kill9(old)
     wait_fio(fio, pair)
     pair.wait_link(new, "disconnected")
@@ -334,7 +389,7 @@ def test_failover_then_failback_copies_only_the_failback_set(make_pair: MakePair
     bound = len(failback | written_since | old_oos) * MiB
     assert 0 < moved <= bound, (f"moved {moved} bytes; failback {sorted(failback)}, written since "
                                 f"{sorted(written_since)}, old primary's out-of-sync {sorted(old_oos)}")
-    assert moved <= VOLUME_BYTES // 4, f"failback copied {moved} bytes of a {VOLUME_BYTES}-byte volume"
+    assert moved <= volume_bytes // 8, f"failback copied {moved} bytes of a {volume_bytes}-byte volume"
 
     qemu_io(pair, new, "write -P 0x64 60M 1M")
     pair.wait_in_sync()
@@ -347,7 +402,78 @@ def test_failover_then_failback_copies_only_the_failback_set(make_pair: MakePair
     assert_pattern(image, 60 * MiB, MiB, 0x64)
 
 
-# -- 7. planned switchover ----------------------------------------------------------------------
+def test_old_primary_kill9_during_failback_resumes_it(make_pair: MakePair) -> None:
+    """The old primary dies again half-way through receiving the failback (the copy is a mix
+    of old and new data then); restarted, it is made consistent and both images end equal."""
+    pair = started_pair(make_pair, Settings(size="64MiB", capacity=CAPACITY, lookahead=2,
+                                            resync_rate_max="4MiB"))
+    old, new = pair.primary, pair.secondary
+    qemu_io(pair, old, "write -P 0x65 0 12M")
+    pair.wait_in_sync()
+    pair.kill9(old)
+    pair.wait_link(new, "disconnected")
+    pair.promote(new)
+    pair.wait_role(new, "primary")
+    failback = oos_file(new)
+    assert len(failback) >= 8, f"too small a failback set to interrupt: {sorted(failback)}"
+    qemu_io(pair, new, "write -P 0x66 0 12M")  # the 12 data extents change again: all to copy
+
+    pair.restart(old)
+    pair.wait_for("the failback to be under way",
+                  lambda: 2 * MiB <= counters(pair.status(new))["resync_bytes"] < 8 * MiB)
+    pair.kill9(old)
+    pair.restart(old)
+    old_status, _ = pair.wait_in_sync(timeout_s=45)
+    assert old_status["role"] == "secondary" and old_status["epoch"] == 2, old_status
+    # The half-applied pass was undone from the undo log first, then copied again.
+    assert old_status["rolled_back_extents"] > 0, old_status
+    assert old.site_json()["consistent"] is True
+
+    pair.stop_both()
+    pair.assert_identical()
+    assert_pattern(old.data_path, 0, 12 * MiB, 0x66)
+
+
+def test_promote_after_an_interrupted_resync_rolls_back_to_a_consistent_copy(make_pair: MakePair) -> None:
+    """A resync into the secondary is cut off, resumes over a new connection, and the primary
+    dies during the second pass. The promoted copy must be the image from before the first
+    pass in every extent (the undo log covers both passes), never a mix of old and new."""
+    pair = started_pair(make_pair, Settings(size="64MiB", capacity=CAPACITY, lookahead=2,
+                                            resync_rate_max="2MiB"), via_proxy=True)
+    old, new = pair.primary, pair.secondary
+    qemu_io(pair, old, "write -P 0x67 0 12M")
+    pair.wait_in_sync()
+    pair.cut_link()
+    pair.wait_link(new, "disconnected")
+    qemu_io(pair, old, "write -P 0x68 0 12M")  # the secondary now lacks 12 extents
+
+    pair.restore_link()
+    pair.wait_for("the first pass to be under way",
+                  lambda: counters(pair.status(old))["resync_bytes"] >= 3 * MiB)
+    pair.cut_link()
+    pair.wait_link(new, "disconnected")
+    first_pass = counters(pair.status(old))["resync_bytes"]
+    pair.restore_link()
+    pair.wait_for("the second pass to be under way",
+                  lambda: counters(pair.status(old))["resync_bytes"] >= first_pass + 3 * MiB)
+    pair.kill9(old)
+    pair.wait_link(new, "disconnected")
+    assert pair.status(new)["consistent"] is False
+
+    pair.promote(new)  # rolls the unfinished passes back, so no --force is needed
+    status = pair.wait_role(new, "primary")
+    assert status["epoch"] == 2, status
+    qemu_io(pair, new, "read -P 0x67 0 12M")
+    assert_pattern(new.data_path, 0, 12 * MiB, 0x67)
+
+    pair.restart(old)  # steps down; the failback brings it back to the promoted image
+    pair.wait_in_sync(timeout_s=45)
+    pair.stop_both()
+    pair.assert_identical()
+    assert_pattern(old.data_path, 0, 12 * MiB, 0x67)
+
+
+# -- 7. promote guards, offline promote, planned switchover -------------------------------------
 
 
 def test_promote_refuses_while_the_primary_is_connected(make_pair: MakePair) -> None:
@@ -364,6 +490,33 @@ def test_promote_refuses_while_the_primary_is_connected(make_pair: MakePair) -> 
     pair.stop_both()
     pair.assert_identical()
     assert_pattern(pair.secondary.data_path, 0, MiB, 0x71)
+
+
+def test_offline_promote_then_the_old_primary_steps_down(make_pair: MakePair) -> None:
+    """``promote`` with the daemon stopped works from the metadata alone; the promoted site
+    then runs as primary, and the old primary steps down when it comes back."""
+    pair = started_pair(make_pair)
+    old, new = pair.primary, pair.secondary
+    qemu_io(pair, old, "write -P 0x76 0 2M")
+    pair.wait_in_sync()
+    pair.stop_both()
+
+    promoted = pair.promote(new)
+    assert "epoch 2" in promoted.stdout, promoted.stdout
+    assert new.site_json()["role"] == "primary" and new.site_json()["epoch"] == 2
+    failback = oos_file(new)
+    pair.start(new)
+    assert pair.status(new)["role"] == "primary"
+    qemu_io(pair, new, "read -P 0x76 0 2M", "write -P 0x77 30M 1M")
+    pair.start(old)
+    old_status, new_status = pair.wait_in_sync()
+    assert old_status["role"] == "secondary" and old_status["epoch"] == 2, old_status
+    assert counters(new_status)["resync_bytes"] <= len(failback | extents(30, 1)) * MiB, new_status
+
+    pair.stop_both()
+    pair.assert_identical()
+    assert_pattern(old.data_path, 0, 2 * MiB, 0x76)
+    assert_pattern(old.data_path, 30 * MiB, MiB, 0x77)
 
 
 def test_planned_switchover_with_demote_then_promote_loses_nothing(make_pair: MakePair) -> None:
@@ -402,37 +555,34 @@ def split_brain_seen(status: Status) -> bool:
     return bool(status["split_brain"]) or "split brain" in status["link_error"]
 
 
-def test_split_brain_is_refused_until_one_side_discards_its_changes(make_pair: MakePair) -> None:
-    pair = started_pair(make_pair, via_proxy=True)
-    winner, loser = pair.primary, pair.secondary
-    qemu_io(pair, winner, "write -P 0x81 0 4M")
-    pair.wait_in_sync()
-
-    pair.cut_link()
-    pair.wait_link(winner, "disconnected")
-    pair.wait_link(loser, "disconnected")
-    pair.promote(loser, force=True)
-    pair.wait_role(loser, "primary")
-    # Both take writes: one extent each side alone, and extent 0 on both.
+def write_on_both_sides(pair: SitePair, winner: Site, loser: Site) -> None:
+    """Each side changes an extent the other does not, and both change extent 0."""
     qemu_io(pair, winner, "write -P 0x82 0 1M", "write -P 0x83 20M 1M")
     qemu_io(pair, loser, "write -P 0x84 1M 1M", "write -P 0x85 40M 1M", "write -P 0x86 0 64k")
 
-    pair.restore_link()
+
+def resolve_split_brain(pair: SitePair, winner: Site, loser: Site) -> None:
+    """Both sites refuse each other; ``resolve --discard-local`` on the loser makes it the
+    winner's secondary, and the winner copies back every extent either side changed, so both
+    end with the winner's data (the base 0x81 everywhere neither side wrote)."""
     for site in pair.sites:
-        pair.wait_for(f"{site.role} site to report split brain", lambda s=site: split_brain_seen(pair.status(s)))
+        status = pair.status(site)
+        assert split_brain_seen(status), status
+        assert status["role"] == "primary" and status["link"] != "connected", status
     time.sleep(1.0)  # they keep redialling; nothing may be replicated meanwhile
     for site in pair.sites:
         status = pair.status(site)
-        assert status["role"] == "primary" and status["link"] != "connected", status
-        assert not status["in_sync"], status
+        assert status["role"] == "primary" and not status["in_sync"], status
     assert_pattern(loser.data_path, 40 * MiB, MiB, 0x85)
     assert_pattern(winner.data_path, 20 * MiB, MiB, 0x83)
 
     resolved = pair.resolve_discard_local(loser)
     assert "discarded" in resolved.stdout, resolved.stdout
-    winner_status, loser_status = pair.wait_in_sync(timeout_s=45)
+    statuses = pair.wait_in_sync(timeout_s=45)
+    winner_status, loser_status = statuses if winner is pair.primary else statuses[::-1]
     assert loser_status["role"] == "secondary" and winner_status["role"] == "primary"
-    assert loser_status["epoch"] == winner_status["epoch"] == 1, (loser_status, winner_status)
+    assert loser_status["epoch"] == winner_status["epoch"], (loser_status, winner_status)
+    assert loser.site_json()["epoch_history"] == winner.site_json()["epoch_history"]
     for status in (winner_status, loser_status):
         assert not status["split_brain"], f"split brain still reported after it was resolved: {status}"
     moved = counters(winner_status)["resync_bytes"]
@@ -446,3 +596,49 @@ def test_split_brain_is_refused_until_one_side_discards_its_changes(make_pair: M
     assert_pattern(image, MiB, 3 * MiB, 0x81)  # the loser's 0x84 is gone
     assert_pattern(image, 20 * MiB, MiB, 0x83)
     assert_pattern(image, 40 * MiB, MiB, 0)  # and so is its 0x85
+
+
+def test_split_brain_both_promoted_while_cut_off(make_pair: MakePair) -> None:
+    """Both sites are promoted during a partition (after a planned demote left two
+    secondaries): their epoch histories diverge, so on reconnect both refuse."""
+    pair = started_pair(make_pair, via_proxy=True)
+    winner, loser = pair.primary, pair.secondary
+    qemu_io(pair, winner, "write -P 0x81 0 4M")
+    pair.demote(winner)
+    pair.wait_role(winner, "secondary")
+    pair.cut_link()
+
+    pair.promote(winner)
+    pair.promote(loser, force=True)
+    for site in pair.sites:
+        assert pair.wait_role(site, "primary")["epoch"] == 2
+    write_on_both_sides(pair, winner, loser)
+    pair.restore_link()
+    for site in pair.sites:
+        pair.wait_for(f"{site.role} site to report split brain", lambda s=site: split_brain_seen(pair.status(s)))
+    resolve_split_brain(pair, winner, loser)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a primary that takes writes while cut off keeps its epoch history, so the promoted peer's "
+    "history looks newer: on reconnect it is told to step down and its writes are overwritten "
+    "instead of the split brain being refused"))
+def test_split_brain_cut_off_primary_keeps_writing(make_pair: MakePair) -> None:
+    """The classic split brain: the link is cut, the secondary is promoted with --force while
+    the primary is alive and keeps serving, and both take writes."""
+    pair = started_pair(make_pair, via_proxy=True)
+    winner, loser = pair.primary, pair.secondary
+    qemu_io(pair, winner, "write -P 0x81 0 4M")
+    pair.wait_in_sync()
+    pair.cut_link()
+    pair.wait_link(winner, "disconnected")
+    pair.wait_link(loser, "disconnected")
+
+    pair.promote(loser, force=True)
+    pair.wait_role(loser, "primary")
+    write_on_both_sides(pair, winner, loser)
+    pair.restore_link()
+    pair.wait_for("split brain (or the primary giving up its writes)", lambda: all(
+        split_brain_seen(pair.status(site)) for site in pair.sites) or "stepping down" in winner.log())
+    assert "stepping down" not in winner.log(), "the cut-off primary's writes were silently discarded"
+    resolve_split_brain(pair, winner, loser)

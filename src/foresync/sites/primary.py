@@ -218,6 +218,12 @@ class PrimarySite:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            if self._stopping:
+                # Python 3.11's wait_for returns the result instead of raising when it is
+                # cancelled just as the connection completes: run() stopped us meanwhile, and
+                # this connection must not start a session that run() would then wait out.
+                proto.abort("stopping")
+                break
             logged = False
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)

@@ -60,6 +60,7 @@ class SecondarySite:
         self.rolled_back = 0
         self._roll_back_if_needed()
         self.role_changed = asyncio.Event()
+        self._promoting = False
         self.split_brain = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
 
@@ -74,7 +75,7 @@ class SecondarySite:
             if not isinstance(message, wire.Hello):
                 proto.abort("first message was not HELLO")
                 return
-            if self.role_changed.is_set():
+            if self._promoting or self.role_changed.is_set():
                 proto.abort("this site is changing role")
                 return
             self._take_over(proto)
@@ -347,12 +348,14 @@ class SecondarySite:
                                   "to promote it anyway"}
         if self.meta.volume_id is None:
             return 409, {"error": "this site has never connected to a primary: it has no volume"}
-        self.role_changed.set()
+        self._promoting = True  # refuse the old primary from here on (fencing its epoch)
         if self.link is not None:
             self.link.abort("promoted: this site no longer accepts the old primary's writes")
         await self._drain()
         assert self.journal is not None
         self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
+        # Only now, with the new role on disk, may run() return and the daemon reload it.
+        self.role_changed.set()
         return 200, {"promoted": True, "epoch": self.meta.epoch,
                      "failback_extents": len(failback),
                      "failback_bytes": len(failback) * self.cfg.extent_size}
