@@ -233,6 +233,22 @@ def _promote_offline(config_path: str, force: bool) -> tuple[int, dict[str, obje
     meta = site.load(cfg.meta)
     if meta.role != "secondary":
         return 409, {"error": "this site is already the primary"}
+    undo_path = os.path.join(cfg.meta, site.UNDO_FILE)
+    if not meta.consistent and not meta.new and os.path.exists(undo_path):
+        # Same as the running daemon does: promote the consistent copy from before the
+        # unfinished resync, not a mix; what was restored is copied again at failback.
+        from foresync.journal.undo import UndoLog, roll_back
+        from foresync.storage.file_backend import FileBackend
+
+        backend = FileBackend(cfg.data, cfg.size)
+        try:
+            restored = roll_back(undo_path, backend.write, backend.flush, cfg.extent_size)
+        finally:
+            backend.close()
+        meta = meta.update(consistent=True, stale=tuple(sorted(set(meta.stale) | restored)))
+        site.store(cfg.meta, meta)
+        UndoLog(undo_path).discard()
+        click.echo(f"rolled back an unfinished resync: {len(restored)} extents restored", err=True)
     if (meta.new or not meta.consistent) and not force:
         return 409, {"error": "this copy is inconsistent (a sync into it has not finished); "
                               "use --force to promote it anyway"}
