@@ -15,12 +15,9 @@ A missing client tool fails the test (never skips it): a green run must mean eve
 from __future__ import annotations
 
 import re
-import shlex
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,24 +26,17 @@ from typing import NamedTuple, Protocol
 
 import pytest
 
-FORESYNC = Path(sys.executable).with_name("foresync")
+from .sites import FORESYNC, TOOL_TIMEOUT_S, describe, require_tool, run_tool
+
+__all__ = ["FORESYNC", "TOOL_TIMEOUT_S", "describe", "require_tool", "run_tool"]
 EXPORT = "vol0"
 SIZE_BYTES = 64 * 1024 * 1024
 STARTUP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
-TOOL_TIMEOUT_S = 60.0
 # cli.serve prints this once it is listening: "serving PATH as nbd://HOST:PORT/EXPORT"
 _ANNOUNCE_RE = re.compile(r"^serving .+ as nbd://(?P<host>[^\s/]+):(?P<port>\d+)/", re.MULTILINE)
 # Python with libnbd's bindings (python3-libnbd) is Debian's, not the venv's.
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def require_tool(name: str) -> str:
-    """Return the path of the command ``name``, or fail the test saying how to install it."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"needs {name}: run make setup", pytrace=False)
-    return path
 
 
 def require_python_libnbd() -> str:
@@ -55,28 +45,6 @@ def require_python_libnbd() -> str:
     if probe.returncode != 0:
         pytest.fail("needs python3-libnbd: run make setup", pytrace=False)
     return SYSTEM_PYTHON
-
-
-def describe(result: subprocess.CompletedProcess[str]) -> str:
-    return (f"$ {shlex.join(str(arg) for arg in result.args)}\nexit status {result.returncode}\n"
-            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
-
-
-def run_tool(argv: Sequence[str | Path], *, ok: Sequence[int] | None = (0,),
-             timeout_s: float = TOOL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run a client tool; fail the test if it is missing, hangs, or exits outside ``ok``.
-
-    ``ok=None`` accepts any exit status, for tests that assert a failure themselves."""
-    args = [str(arg) for arg in argv]
-    require_tool(args[0])
-    try:
-        result = subprocess.run(args, capture_output=True, text=True, errors="replace",
-                                timeout=timeout_s, check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"$ {shlex.join(args)}\ndid not finish within {timeout_s} s\n{exc.stderr!r}")
-    if ok is not None and result.returncode not in ok:
-        pytest.fail(describe(result))
-    return result
 
 
 class ServedVolume(NamedTuple):

@@ -11,13 +11,35 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from foresync.errors import ForesyncError
 from foresync.link import wire
 
 log = logging.getLogger(__name__)
+
+
+class ActionPump:
+    """Carries out a pure core's actions until it has none left. A call made while one is
+    running (an action's effect fed the core again) returns at once: the running loop picks
+    up whatever that produced, so actions stay in order and the stack stays flat."""
+
+    def __init__(self, actions: Callable[[], Sequence[Any]], do: Callable[[Any], None]) -> None:
+        self._actions = actions
+        self._do = do
+        self._running = False
+
+    def __call__(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        try:
+            while actions := self._actions():
+                for action in actions:
+                    self._do(action)
+        finally:
+            self._running = False
 
 
 class LinkProtocol(asyncio.Protocol):

@@ -27,7 +27,7 @@ from foresync.replication import primary as core_mod
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.roles import Relation, compare
 from foresync.site import SiteMeta, store_oos
-from foresync.sites.link import LinkProtocol
+from foresync.sites.link import ActionPump, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import step_down
 from foresync.storage.backend import Extent
@@ -78,7 +78,7 @@ class PrimarySite:
         self.link_rtt_s = 0.0
         self._dones: dict[int, Done] = {}
         self._next_op = 1
-        self._pumping = False
+        self._pump = ActionPump(self.core.actions, self._do)
         self._stopping = False
         self.nbd: NbdServer | None = None
 
@@ -119,18 +119,7 @@ class PrimarySite:
     # -- carrying out core actions -------------------------------------------------------------
 
     def pump(self) -> None:
-        if self._pumping:
-            return  # the outer pump will pick up what this call's caller produced
-        self._pumping = True
-        try:
-            while True:
-                actions = self.core.actions()
-                if not actions:
-                    break
-                for action in actions:
-                    self._do(action)
-        finally:
-            self._pumping = False
+        self._pump()
 
     def _do(self, action: core_mod.Action) -> None:
         match action:

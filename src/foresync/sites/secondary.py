@@ -26,7 +26,7 @@ from foresync.replication.roles import Relation, compare
 from foresync.replication.secondary import SecondaryCore
 from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
-from foresync.sites.link import LinkProtocol
+from foresync.sites.link import ActionPump, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import failback_set, journal_path
 from foresync.sites.roles import promote as promote_site
@@ -51,7 +51,7 @@ class SecondarySite:
         self.link: LinkProtocol | None = None
         self.link_error = ""
         self.disconnected_since: float | None = time.time()
-        self._pumping = False
+        self._pump = ActionPump(lambda: self.core.actions(), self._do)
         self._committing = False
         self._syncing = False
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -228,18 +228,7 @@ class SecondarySite:
     # -- actions ----------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while True:
-                actions = self.core.actions()
-                if not actions:
-                    break
-                for action in actions:
-                    self._do(action)
-        finally:
-            self._pumping = False
+        self._pump()
         self._maybe_commit()
 
     def _do(self, action: core_mod.Action) -> None:
