@@ -355,12 +355,20 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Leave the server running and print how to reach it.")
-def demo(keep: bool) -> None:
-    """Show foresync working end to end on loopback with real NBD clients."""
+@click.option("--keep", is_flag=True, help="Leave the sites running and print how to explore them.")
+@click.option("--delay-ms", default=5, show_default=True, type=click.IntRange(0, 1000),
+              help="One-way delay the emulated WAN link adds, in milliseconds.")
+@click.option("--standalone", is_flag=True,
+              help="Instead: the standalone NBD server (foresync serve) with real clients.")
+def demo(keep: bool, delay_ms: int, standalone: bool) -> None:
+    """Two sites on loopback: writes, a primary crash, failover, failback, identical copies."""
+    if standalone:
+        from foresync.demo_standalone import run_standalone_demo
+
+        sys.exit(run_standalone_demo(keep=keep))
     from foresync.demo import run_demo
 
-    sys.exit(run_demo(keep=keep))
+    sys.exit(run_demo(keep=keep, delay_ms=delay_ms))
 
 
 if __name__ == "__main__":

@@ -1,99 +1,154 @@
-"""``foresync demo``: the standalone NBD server exercised by real clients on loopback.
+"""``foresync demo``: the two-site story on loopback, in about a minute.
 
-It starts ``foresync serve`` on a temporary sparse file, writes and reads back a pattern with
-qemu-io, inspects the export with nbdinfo, copies it out with nbdcopy and compares the bytes.
-Everything it starts is stopped and removed on exit, Ctrl-C included.
+Two ``foresync run`` sites with file-backed volumes; the primary reaches the secondary through a
+user-space proxy that adds a WAN-like delay (5 ms each way by default). The demo:
+
+1. writes through NBD with fio and shows lookahead's write latency and hit ratio next to what
+   sync mirroring costs on the same link (a second, sync-mode pair, measured live);
+2. kills the primary (kill -9) and shows the secondary's worst-case divergence: its record;
+3. promotes the secondary and writes to it;
+4. restarts the old primary, which fails back by itself, and shows the bytes copied against the
+   volume size;
+5. stops both sites and checks the two volume files are identical.
+
+Everything it starts is stopped and removed on exit, Ctrl-C included, unless ``--keep``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-SIZE = "64MiB"
+from foresync.testing.chaos import Proxy, Site, _free_port
+from foresync.units import format_size
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+VOLUME = "256MiB"
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _wait(what: str, check: Any, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"foresync serve exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"foresync serve did not listen on port {port} within {timeout_s} s")
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
 
 
-def _step(title: str, argv: list[str]) -> str:
-    print(f"\n== {title}\n$ {' '.join(argv)}", flush=True)
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    output = (result.stdout + result.stderr).strip()
-    if output:
-        print(output)
-    if result.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed with status {result.returncode}")
-    return output
+def _pair(root: Path, mode: str, delay_ms: int) -> tuple[Site, Site, list[Proxy]]:
+    root.mkdir(parents=True)
+    ports = {s: {k: _free_port() for k in ("nbd", "admin", "link")} for s in ("a", "b")}
+    via = {s: _free_port() for s in ("a", "b")}
+    proxies = [Proxy(via[s], ports[s]["link"], delay_ms) for s in ("a", "b")]
+    a = Site(root, "a", ports["a"], via["b"], mode, size=VOLUME, extent_size="1MiB")
+    b = Site(root, "b", ports["b"], via["a"], mode, size=VOLUME, extent_size="1MiB")
+    a.cli("init", "--role", "primary")
+    b.cli("init", "--role", "secondary")
+    a.start()
+    b.start()
+    _wait("the pair to connect and sync", lambda: (a.status() or {}).get("in_sync") is True)
+    return a, b, proxies
 
 
-def run_demo(keep: bool = False) -> int:
-    missing = [tool for tool in ("qemu-io", "nbdinfo", "nbdcopy") if shutil.which(tool) is None]
+def _fio(port: int, seconds: int, offset: str) -> dict[str, float]:
+    """4 KiB sequential writes at queue depth 1: the latency a host feels per write."""
+    result = subprocess.run(
+        ["fio", "--name=demo", "--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/", "--rw=write",
+         "--bs=4k", "--iodepth=1", f"--offset={offset}", "--size=64M", "--time_based",
+         f"--runtime={seconds}", "--output-format=json"],
+        capture_output=True, text=True, check=True, timeout=seconds + 60)
+    # fio may print notes before its JSON document.
+    job = json.loads(result.stdout[result.stdout.index("{"):])["jobs"][0]["write"]
+    return {"iops": job["iops"], "p50_us": job["clat_ns"]["percentile"]["50.000000"] / 1000}
+
+
+def run_demo(keep: bool = False, delay_ms: int = 5) -> int:
+    missing = [t for t in ("fio", "qemu-io") if shutil.which(t) is None]
     if missing:
         print(f"demo needs {', '.join(missing)}: run `make setup` first", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="foresync-demo-"))
-    port = _free_port()
-    data = workdir / "vol0.img"
-    url = f"nbd://127.0.0.1:{port}/vol0"
-    argv = [sys.executable, "-m", "foresync.cli", "serve", "--data", str(data), "--size", SIZE,
-            "--listen", f"127.0.0.1:{port}", "--export", "vol0"]
-    print(f"$ foresync serve --data {data} --size {SIZE} --listen 127.0.0.1:{port} --export vol0")
-    proc = subprocess.Popen(argv)
+    root = Path(tempfile.mkdtemp(prefix="foresync-demo-"))
+    started: list[Site] = []
+    proxies: list[Proxy] = []
     try:
-        _wait_port(port, proc)
-        _step("a host writes 1 MiB of pattern 0xa5 at 4 MiB", ["qemu-io", "-f", "raw", "-c",
-              "write -P 0xa5 4M 1M", url])
-        _step("and reads it back, checking every byte", ["qemu-io", "-f", "raw", "-c",
-              "read -P 0xa5 4M 1M", url])
-        _step("zeroes and discards go through too", ["qemu-io", "-f", "raw", "-c",
-              "write -z 8M 1M", "-c", "discard 12M 1M", "-c", "flush", url])
-        _step("what the export offers", ["nbdinfo", url])
-        _step("allocation map: only written ranges hold data", ["nbdinfo", "--map", url])
-        copy = workdir / "copy.img"
-        _step("copy the whole export out with nbdcopy", ["nbdcopy", url, str(copy)])
-        same = copy.read_bytes() == data.read_bytes()
-        print(f"\n== copy and volume file identical: {same}")
-        if not same:
-            return 1
+        _say(f"== two sites on loopback, {VOLUME} volumes, link RTT {2 * delay_ms} ms (user-space proxy)")
+        a, b, pair_proxies = _pair(root / "lookahead", "lookahead", delay_ms)
+        started += [a, b]
+        proxies += pair_proxies
+        _say("\n== 1. a host writes 4 KiB blocks through NBD, one at a time (fio, 4 s)")
+        look = _fio(a.nbd_port, 4, "0")
+        status = a.status() or {}
+        counters = status["counters"]
+        hits = counters["record_hits"] / max(1, counters["writes"])
+        s_a, s_b, sync_proxies = _pair(root / "sync", "sync", delay_ms)
+        started += [s_a, s_b]
+        proxies += sync_proxies
+        sync = _fio(s_a.nbd_port, 4, "0")
+        for site in (s_a, s_b):
+            site.stop()
+        _say(f"   lookahead: p50 {look['p50_us']:8.0f} us per write, {look['iops']:7.0f} writes/s, "
+             f"record hit ratio {hits:.1%}")
+        _say(f"   sync     : p50 {sync['p50_us']:8.0f} us per write, {sync['iops']:7.0f} writes/s "
+             f"(every write waits for the secondary's disk)")
+        _say(f"   -> lookahead answers {sync['p50_us'] / max(look['p50_us'], 1):.0f}x faster, yet the "
+             "secondary always knows where it may be stale")
+
+        _say("\n== 2. the primary dies (kill -9)")
+        a.kill9()
+        _wait("the secondary to notice", lambda: (b.status() or {}).get("link") != "connected")
+        sec = b.status() or {}
+        divergence = sec["worst_case_divergence_bytes"]
+        _say(f"   secondary: worst-case divergence = its record = {sec['record']['extents']} extents = "
+             f"{format_size(divergence)} of {VOLUME}")
+
+        _say("\n== 3. promote the secondary and write to it")
+        promoted = b.cli("promote")
+        _say("   $ foresync promote   ->  " + promoted.stdout.strip())
+        _wait("the promoted site to serve", lambda: (b.status() or {}).get("role") == "primary")
+        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 200M 2M",
+                        f"nbd://127.0.0.1:{b.nbd_port}/"], check=True, capture_output=True, timeout=60)
+        _say("   wrote 2 MiB at 200 MiB on the new primary")
+
+        _say("\n== 4. the old primary comes back and fails back by itself")
+        a.start()
+        _wait("the old primary to step down", lambda: (a.status() or {}).get("role") == "secondary")
+        _wait("the failback", lambda: (b.status() or {}).get("in_sync") is True)
+        moved = (b.status() or {})["counters"]["resync_bytes"]
+        size = a.data.stat().st_size
+        _say(f"   failback copied {format_size(moved)} of a {format_size(size)} volume "
+             f"({moved / size:.1%}); no full resync")
+
+        _say("\n== 5. both copies identical?")
         if keep:
-            print(f"\nserver left running (pid {proc.pid}):\n  nbdinfo {url}\n  kill {proc.pid}  # to stop it"
-                  f"\n  rm -r {workdir}")
+            _say(f"\nsites left running (data in {root}):\n"
+                 f"  foresync status --config {a.config}\n  foresync status --config {b.config}\n"
+                 f"  curl http://127.0.0.1:{b.admin_port}/metrics\n"
+                 f"  nbdinfo nbd://127.0.0.1:{b.nbd_port}/")
             return 0
-        print("\ndemo finished: a real NBD client wrote, read, zeroed, discarded and copied the volume")
-        return 0
-    except (RuntimeError, KeyboardInterrupt) as exc:
-        print(f"demo stopped: {exc or 'interrupted'}", file=sys.stderr)
+        for site in (a, b):
+            site.stop()
+        same = a.data.read_bytes() == b.data.read_bytes()
+        _say(f"   {'yes' if same else 'NO'}: the two {VOLUME} volume files are byte-identical")
+        return 0 if same else 1
+    except (RuntimeError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demo interrupted; cleaning up", file=sys.stderr)
+        return 130
     finally:
         if not keep:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            shutil.rmtree(workdir, ignore_errors=True)
+            for site in started:
+                site.kill9()
+            for proxy in proxies:
+                proxy.close()
+            shutil.rmtree(root, ignore_errors=True)

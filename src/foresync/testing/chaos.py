@@ -69,7 +69,8 @@ def _version_of(data: bytes, block: int) -> int | None:
 
 
 class Site:
-    def __init__(self, root: Path, name: str, ports: dict[str, int], peer_proxy: int, mode: str) -> None:
+    def __init__(self, root: Path, name: str, ports: dict[str, int], peer_proxy: int, mode: str,
+                 size: str = str(VOLUME_BYTES), extent_size: str = "256KiB") -> None:
         self.name = name
         self.root = root
         self.config = root / f"{name}.toml"
@@ -82,7 +83,7 @@ class Site:
         self.config.write_text(f"""[volume]
 name = "chaos"
 data = "{self.data}"
-size = "{VOLUME_BYTES}"
+size = "{size}"
 meta = "{root / (name + '.meta')}"
 [nbd]
 listen = "127.0.0.1:{self.nbd_port}"
@@ -92,7 +93,7 @@ peer = "127.0.0.1:{peer_proxy}"
 mode = "{mode}"
 timeout = 3
 [record]
-extent_size = "256KiB"
+extent_size = "{extent_size}"
 capacity = 64
 lookahead = 4
 [admin]
@@ -139,10 +140,10 @@ listen = "127.0.0.1:{self.admin_port}"
 
 
 class Proxy:
-    def __init__(self, listen: int, target: int) -> None:
+    def __init__(self, listen: int, target: int, delay_ms: int = 1) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "foresync.testing.proxy", "--listen", f"127.0.0.1:{listen}",
-             "--target", f"127.0.0.1:{target}", "--delay-ms", "1"],
+             "--target", f"127.0.0.1:{target}", "--delay-ms", str(delay_ms)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def cut(self) -> None:
