@@ -15,6 +15,7 @@ from typing import Any
 from foresync import config as config_mod
 from foresync import site
 from foresync.admin.http import AdminServer, Response
+from foresync.admin.metrics import SiteMetrics
 from foresync.errors import ConfigError
 from foresync.journal.journal import RecordJournal
 from foresync.replication.roles import new_epoch_id
@@ -50,27 +51,6 @@ def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
     return meta
 
 
-def _metrics(cfg: config_mod.SiteConfig, status: dict[str, Any]) -> bytes:
-    label = f'volume="{cfg.name}"'
-    counters, record, lag = status["counters"], status["record"], status["lag"]
-    lines = [
-        ("foresync_writes_total", "counter", counters["writes"]),
-        ("foresync_record_hits_total", "counter", counters["record_hits"]),
-        ("foresync_record_misses_total", "counter", counters["record_misses"]),
-        ("foresync_resync_bytes_total", "counter", counters["resync_bytes"]),
-        ("foresync_record_extents", "gauge", record["extents"]),
-        ("foresync_record_capacity_extents", "gauge", record["capacity"]),
-        ("foresync_failback_bound_bytes", "gauge",
-         status.get("failback_bound_bytes", record["extents"] * record["extent_size_bytes"])),
-        ("foresync_replication_lag_bytes", "gauge", lag["bytes"]),
-        ("foresync_link_up", "gauge", 1 if status["link"] == "connected" else 0),
-    ]
-    out = []
-    for name, kind, value in lines:
-        out.append(f"# TYPE {name} {kind}\n{name}{{{label}}} {value}\n")
-    return "".join(out).encode()
-
-
 def _make_runner(cfg: config_mod.SiteConfig, meta: site.SiteMeta,
                  backend: FileBackend) -> PrimarySite | SecondarySite:
     if meta.role == "primary":
@@ -98,8 +78,10 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
     def status(_: bytes) -> Response:
         return _json(200, runner.status())
 
+    site_metrics = SiteMetrics(cfg.name, lambda: runner.status())
+
     def metrics(_: bytes) -> Response:
-        return 200, "text/plain; version=0.0.4", _metrics(cfg, runner.status())
+        return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()
 
     async def promote(body: bytes) -> Response:
         if not isinstance(runner, SecondarySite):
@@ -130,6 +112,8 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
         while True:
             log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, runner.meta.role,
                      runner.meta.epoch, cfg.mode.value)
+            if isinstance(runner, PrimarySite):
+                runner.write_latency = site_metrics.write_latency
             outcome = await runner.run(stop)
             if outcome == "stop" or stop.is_set():
                 break

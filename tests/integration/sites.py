@@ -468,7 +468,7 @@ class SitePair:
             p, s = self.status(self.primary), self.status(self.secondary)
             return bool(p["in_sync"] and s["in_sync"] and p["link"] == s["link"] == "connected"
                         and sorted((p["role"], s["role"])) == ["primary", "secondary"]
-                        and p["lag"] == s["lag"] == {"bytes": 0, "writes": 0})
+                        and all(doc["lag"]["bytes"] == doc["lag"]["writes"] == 0 for doc in (p, s)))
 
         self.wait_for("in sync", synced, timeout_s)
         return self.status(self.primary), self.status(self.secondary)

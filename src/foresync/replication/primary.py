@@ -227,7 +227,8 @@ class PrimaryCore:
         self._resync_tokens = 0.0
         self._resync_tokens_at = 0.0
         self.split_brain = False
-        self._pending_adds: dict[int, int] = {}  # extent -> in-flight misses expected to add it
+        self._pending_adds: dict[int, int] = {}
+        self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         self._verify_active = False
         self._verify_repair = False
         self._verify_requests = 0
@@ -548,6 +549,13 @@ class PrimaryCore:
             self._resync_started = self.now
         self._resync_total_bytes += self.config.extent_size
 
+    def lag_seconds(self) -> float:
+        """How long the oldest write the secondary has not applied has waited (timer-tick
+        resolution), 0 when nothing is outstanding."""
+        if not self._sent or self.link is not LinkState.CONNECTED:
+            return 0.0
+        return max(0.0, self.now - self._oldest_unapplied_at)
+
     def absorb_out_of_sync(self, extents: set[int]) -> None:
         """Failback: extents an old primary wrote that we may lack join our out-of-sync set.
         The adapter persists the set before answering the old primary."""
@@ -732,6 +740,8 @@ class PrimaryCore:
             zflags = flags | (WriteFlag.PUNCH if op.punch else 0)
             message = wire.Zero(op.seq, op.offset, op.length, zflags, budget, removals)
         self._sent.append((op.seq, op.length if op.data is not None else 0))
+        if len(self._sent) == 1:
+            self._oldest_unapplied_at = self.now
         self._sent_bytes += op.length if op.data is not None else 0
         self._emit(Send(message))
 
@@ -812,6 +822,7 @@ class PrimaryCore:
         self._remote_applied = max(self._remote_applied, seq)
         while self._sent and self._sent[0][0] <= seq:
             _, size = self._sent.popleft()
+            self._oldest_unapplied_at = self.now
             self._sent_bytes -= size
 
     def _on_added(self, seq: int, extents: tuple[int, ...]) -> None:

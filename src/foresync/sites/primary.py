@@ -77,6 +77,8 @@ class PrimarySite:
         self.link: LinkProtocol | None = None
         self.link_rtt_s = 0.0
         self._dones: dict[int, Done] = {}
+        self._started: dict[int, float] = {}  # op id -> monotonic start, for the histogram
+        self.write_latency: Any = None  # a prometheus histogram child, set by the daemon
         self._next_op = 1
         self._pump = ActionPump(self.core.actions, self._do)
         self._stopping = False
@@ -99,6 +101,7 @@ class PrimarySite:
         op_id = self._next_op
         self._next_op += 1
         self._dones[op_id] = done
+        self._started[op_id] = time.monotonic()
         fua = bool(request.flags & CommandFlag.FUA)
         if command == _WRITE:
             self.core.write(op_id, request.offset, request.data, fua)
@@ -146,6 +149,9 @@ class PrimarySite:
                 self.core.local_applied(seq, errno)
             case core_mod.AckHost(op_id, errno):
                 done = self._dones.pop(op_id, None)
+                started = self._started.pop(op_id, None)
+                if started is not None and self.write_latency is not None:
+                    self.write_latency.observe(time.monotonic() - started)
                 if done is not None:
                     done(errno)
             case core_mod.FlushLocal(ticket):
@@ -404,7 +410,8 @@ class PrimarySite:
                        "extent_size_bytes": self.cfg.extent_size},
             "counters": {"writes": s.writes, "record_hits": s.record_hits,
                          "record_misses": s.record_misses, "resync_bytes": s.resync_bytes},
-            "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes},
+            "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes,
+                    "seconds": round(self.core.lag_seconds(), 3)},
             "resync": self.core.resync_progress(),
             "split_brain": self.core.split_brain,
             "verify": self.core.verify_progress(),

@@ -397,7 +397,7 @@ class SecondarySite:
             "worst_case_divergence_bytes": (s.record_extents * self.cfg.extent_size),
             "counters": {"writes": s.writes_applied, "record_hits": 0, "record_misses": 0,
                          "resync_bytes": 0},
-            "lag": {"bytes": 0, "writes": 0},
+            "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},  # the primary measures lag
             "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
             "pending_ranges": s.pending_ranges,
             "consistent": self.meta.consistent and not self.meta.new,

@@ -1,0 +1,83 @@
+"""Prometheus metrics for `GET /metrics` (prometheus-client, text format 0.0.4).
+
+Everything but the write-latency histogram is read from the site's ``/status`` document when
+Prometheus scrapes, so the write path pays nothing for it. The histogram is observed once per
+host write; its ``volume`` label is resolved once, at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+StatusFn = Callable[[], dict[str, Any]]
+
+LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                     0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _StatusCollector(Collector):
+    def __init__(self, volume: str, status: StatusFn) -> None:
+        self._volume = volume
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        doc = self._status()
+        counters, record, lag = doc["counters"], doc["record"], doc.get("lag", {})
+        resync = doc.get("resync", {})
+        extent = record["extent_size_bytes"]
+        labels = [self._volume]
+
+        def counter(name: str, text: str, value: float) -> Metric:
+            family = CounterMetricFamily(name, text, labels=["volume"])
+            family.add_metric(labels, value)
+            return family
+
+        def gauge(name: str, text: str, value: float) -> Metric:
+            family = GaugeMetricFamily(name, text, labels=["volume"])
+            family.add_metric(labels, value)
+            return family
+
+        yield counter("foresync_writes", "Host writes (and zero/trim) received.", counters["writes"])
+        yield counter("foresync_record_hits", "Writes inside the record (answered locally).",
+                      counters["record_hits"])
+        yield counter("foresync_record_misses", "Writes outside the record (one round trip).",
+                      counters["record_misses"])
+        yield counter("foresync_resync_bytes", "Bytes this site sent as resync source.",
+                      counters["resync_bytes"])
+        yield gauge("foresync_record_extents", "Extents in the record.", record["extents"])
+        yield gauge("foresync_record_capacity_extents", "Most extents the record may hold.",
+                    record["capacity"])
+        bound = doc.get("failback_bound_bytes", record["extents"] * extent)
+        yield gauge("foresync_failback_bound_bytes",
+                    "Most bytes a failback would copy now (record plus out-of-sync extents).", bound)
+        yield gauge("foresync_replication_lag_bytes", "Bytes written here the secondary has not "
+                    "applied yet.", lag.get("bytes", 0))
+        yield gauge("foresync_replication_lag_seconds", "Age of the oldest write the secondary "
+                    "has not applied yet.", lag.get("seconds", 0.0))
+        yield gauge("foresync_link_up", "1 when the replication link is connected.",
+                    1 if doc["link"] == "connected" else 0)
+        yield gauge("foresync_link_rtt_seconds", "Round trip of the last link heartbeat.",
+                    doc.get("link_rtt_s", 0.0))
+        yield gauge("foresync_resync_remaining_bytes", "Bytes the running resync still has to "
+                    "compare or copy.", resync.get("remaining_bytes", 0))
+        yield gauge("foresync_in_sync", "1 when nothing is queued, unacknowledged or pending resync.",
+                    1 if doc.get("in_sync") else 0)
+
+
+class SiteMetrics:
+    def __init__(self, volume: str, status: StatusFn) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatusCollector(volume, status))
+        latency = Histogram("foresync_write_latency_seconds",
+                            "Latency of host writes, zeroes, trims and flushes, from request to answer.", ["volume"],
+                            registry=self.registry, buckets=LATENCY_BUCKETS_S)
+        self.write_latency = latency.labels(volume=volume)  # resolved once: cheap per write
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
