@@ -415,3 +415,38 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     journal.close()
     journal.close()
     assert os.path.exists(tmp_path / "journal")
+
+
+def test_replay_reports_each_entry_to_an_observer() -> None:
+    """`foresync inspect` lists entries through replay's observer: positions and kinds in order."""
+    data = (fmt.encode_header(bytes(16)) + fmt.encode_checkpoint(fmt.RecordState())
+            + fmt.encode_add([3, 4]) + fmt.encode_remove([3]))
+    seen: list[tuple[int, str, int]] = []
+    fmt.replay(data, lambda pos, body, state: seen.append((pos, fmt.EntryKind(body[0]).name,
+                                                            len(state.extents))))
+    assert [kind for _, kind, _ in seen] == ["CHECKPOINT", "ADD", "REMOVE"]
+    assert [count for _, _, count in seen] == [0, 2, 1]
+    assert seen[0][0] == fmt.HEADER.size and seen[1][0] > seen[0][0]
+
+
+def test_inspect_shows_a_torn_tail_without_touching_the_journal(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from foresync.cli import main
+
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "site.json").write_text(json.dumps({"format": 1, "role": "secondary",
+                                                "volume_id": "00" * 16, "epoch_history": [7]}))
+    journal = meta / "record.journal"
+    whole = fmt.encode_header(bytes(16)) + fmt.encode_checkpoint(fmt.RecordState()) + fmt.encode_add([5, 9])
+    journal.write_bytes(whole + fmt.encode_add([11])[:-3])  # a torn append
+    before = journal.read_bytes()
+    result = CliRunner().invoke(main, ["inspect", "--meta", str(meta)])
+    assert result.exit_code == 0, result.output
+    assert "TORN TAIL" in result.output
+    assert "record: [5, 9]" in result.output
+    assert "ADD" in result.output and "CHECKPOINT" in result.output
+    assert journal.read_bytes() == before, "inspect must not change the journal"

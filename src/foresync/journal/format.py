@@ -26,6 +26,7 @@ caller preserves those bytes aside before truncating, so nothing is destroyed si
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -161,9 +162,10 @@ class Replay:
     torn_reason: str | None  # why replay stopped before the end of the data, if it did
 
 
-def replay(data: bytes) -> Replay:
+def replay(data: bytes, on_entry: Callable[[int, bytes, RecordState], None] | None = None) -> Replay:
     """Replay a whole journal image. Header damage is JournalCorruption (nothing is usable);
-    damage after the header ends replay there and is reported as a torn tail."""
+    damage after the header ends replay there and is reported as a torn tail. ``on_entry``
+    sees each applied entry (its byte position, body, and the state after it): `inspect`."""
     volume_id = decode_header(data)
     state = RecordState()
     pos = HEADER.size
@@ -190,6 +192,8 @@ def replay(data: bytes) -> Replay:
         except (ValueError, struct.error, IndexError) as exc:
             torn = f"entry body malformed: {exc}"
             break
+        if on_entry is not None:
+            on_entry(pos, body, state)
         entries += 1
         pos = end
     return Replay(volume_id, state, entries, pos, torn)
