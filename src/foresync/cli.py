@@ -141,41 +141,38 @@ def run(config_path: str) -> None:
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw /status JSON.")
-def status(config_path: str, as_json: bool) -> None:
-    """Show a running site's replication state (from its admin HTTP /status)."""
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /status JSON (the machine view).")
+@click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS", is_flag=False,
+              flag_value=1.0, help="Refresh every SECONDS (1 if no value) until Ctrl-C.")
+def status(config_path: str, as_json: bool, watch_s: float | None) -> None:
+    """Show a running site's replication state at a glance (from its admin HTTP /status)."""
     import json
-    import urllib.error
-    import urllib.request
+    import time
 
     from foresync.config import load
-    from foresync.units import format_size
+    from foresync.status_view import fetch_status, render
 
     try:
         cfg = load(config_path)
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
-    host, port = cfg.admin_listen
-    url = f"http://{host}:{port}/status"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            doc = json.loads(response.read())
-    except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(f"site {cfg.name} is not answering on {url} ({exc}); is `foresync run` running?") from None
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
-        return
-    rec, cnt, lag = doc["record"], doc["counters"], doc["lag"]
-    writes = cnt["writes"] or 1
-    click.echo(f"{cfg.name}  role={doc['role']}  epoch={doc['epoch']}  mode={doc['mode']}  "
-               f"link={doc['link']}  in_sync={'yes' if doc['in_sync'] else 'no'}")
-    click.echo(f"  record {rec['extents']}/{rec['capacity']} extents of {format_size(rec['extent_size_bytes'])}"
-               f"  (worst-case failback {format_size(rec['extents'] * rec['extent_size_bytes'])})")
-    click.echo(f"  writes {cnt['writes']}  hits {cnt['record_hits']}  misses {cnt['record_misses']}"
-               f"  hit ratio {cnt['record_hits'] / writes:.1%}  resync {format_size(cnt['resync_bytes'])}")
-    click.echo(f"  lag {format_size(lag['bytes'])} in {lag['writes']} writes")
-    if doc.get("link_error"):
-        click.echo(f"  last link error: {doc['link_error']}")
+    while True:
+        try:
+            doc = fetch_status(cfg)
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+        else:
+            if watch_s:
+                click.clear()
+            click.echo(render(cfg.name, doc))
+        if not watch_s:
+            return
+        try:
+            time.sleep(watch_s)
+        except KeyboardInterrupt:
+            return
 
 
 def _post(config_path: str, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]] | None:

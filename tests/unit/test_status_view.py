@@ -1,0 +1,53 @@
+"""`foresync status` for a person: the fixed first line, progress bars with rate and ETA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foresync.status_view import render
+
+
+def _primary(**extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "role": "primary", "epoch": 2, "mode": "lookahead", "link": "connected", "in_sync": False,
+        "link_rtt_s": 0.0105, "record": {"extents": 10, "capacity": 40, "extent_size_bytes": 1 << 20},
+        "counters": {"writes": 200, "record_hits": 150, "record_misses": 50, "resync_bytes": 3 << 20},
+        "lag": {"bytes": 8192, "writes": 2, "seconds": 0.25}, "failback_bound_bytes": 12 << 20,
+        "resync": {"done_bytes": 25 << 20, "total_bytes": 100 << 20, "rate_bytes_per_s": 5 << 20,
+                   "remaining_bytes": 75 << 20},
+        "verify": {"active": True, "done_extents": 5, "total_extents": 10, "mismatches": 1},
+    }
+    doc.update(extra)
+    return doc
+
+
+def test_first_line_is_the_fixed_key_value_summary() -> None:
+    first = render("vol0", _primary()).splitlines()[0]
+    assert first == "vol0  role=primary  epoch=2  mode=lookahead  link=connected  in_sync=no"
+
+
+def test_primary_view_shows_rtt_fill_bound_lag_ratio_and_progress() -> None:
+    text = render("vol0", _primary())
+    assert "rtt 10.50 ms" in text
+    assert "10/40 extents of 1.0 MiB (25% full); worst-case failback 12.0 MiB" in text
+    assert "hit ratio 75.0%" in text
+    assert "8.0 KiB in 2 writes, 0.25 s" in text
+    assert "25.0%" in text and "at 5.0 MiB/s, ETA 0:00:15" in text  # 75 MiB left at 5 MiB/s
+    assert "verify" in text and "50.0%" in text and "1 mismatched" in text
+
+
+def test_split_brain_and_an_unknown_rate_are_said_plainly() -> None:
+    doc = _primary(split_brain=True)
+    doc["resync"]["rate_bytes_per_s"] = 0
+    text = render("vol0", doc)
+    assert "SPLIT BRAIN" in text and "resolve --discard-local" in text
+    assert "ETA unknown" in text
+
+
+def test_secondary_view_says_when_its_record_may_be_incomplete() -> None:
+    doc = _primary(role="secondary", link="disconnected", consistent=False,
+                   disconnected_since=1.0, seq={"applied": 9})
+    text = render("vol0", doc)
+    assert "INCONSISTENT" in text and "applied through seq 9" in text
+    assert "record may be incomplete" in text
+    assert "hit ratio" not in text
