@@ -12,17 +12,17 @@ import click
 
 from foresync import __version__
 from foresync.errors import ConfigError, ForesyncError
+from foresync.logctx import VolumeContext
 from foresync.units import parse_hostport, parse_size
 
 log = logging.getLogger("foresync")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(VolumeContext())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s vol=%(volume)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

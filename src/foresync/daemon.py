@@ -18,6 +18,7 @@ from foresync.admin.http import AdminServer, Response
 from foresync.admin.metrics import SiteMetrics
 from foresync.errors import ConfigError
 from foresync.journal.journal import RecordJournal
+from foresync.logctx import VolumeContext
 from foresync.replication.roles import new_epoch_id
 from foresync.sites.primary import PrimarySite
 from foresync.sites.secondary import SecondarySite
@@ -71,6 +72,7 @@ def _json(status: int, doc: dict[str, Any]) -> Response:
 async def run_site(config_path: str, stop: asyncio.Event) -> None:
     """Run a site until ``stop``, switching role in place on promote, demote or failback."""
     cfg = config_mod.load(config_path)
+    VolumeContext.volume = cfg.name  # the CLI owns logging; we only name the volume
     backend = FileBackend(cfg.data, cfg.size)
     meta = site.load(cfg.meta)
     runner = _make_runner(cfg, meta, backend)
