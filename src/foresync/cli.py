@@ -196,6 +196,27 @@ def _post(config_path: str, path: str, body: dict[str, object]) -> tuple[int, di
         return None
 
 
+Answer = tuple[int, dict[str, object]]
+
+
+def _call(config_path: str, path: str, body: dict[str, object], expect: int = 200,
+          offline: Callable[[], Answer] | None = None, what: str = "") -> dict[str, object]:
+    """POST to the running site (or do ``offline`` when it is not running); any refusal or
+    error becomes a clear message and a non-zero exit."""
+    try:
+        answer = _post(config_path, path, body)
+        if answer is None:
+            if offline is None:
+                raise click.ClickException(f"the site is not running; {what or path} needs it")
+            answer = offline()
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    status, doc = answer
+    if status != expect:
+        raise click.ClickException(str(doc.get("error", doc)))
+    return doc
+
+
 @main.command()
 @CONFIG_OPTION
 @click.option("--force", is_flag=True,
@@ -205,20 +226,13 @@ def promote(config_path: str, force: bool) -> None:
 
     Its record becomes the failback set: when the old primary returns it becomes secondary by
     itself and receives only those extents plus what was written here since."""
-    try:
-        answer = _post(config_path, "/promote", {"force": force})
-        if answer is None:
-            answer = _promote_offline(config_path, force)
-    except ForesyncError as exc:
-        raise click.ClickException(str(exc)) from None
-    status, doc = answer
-    if status != 200:
-        raise click.ClickException(str(doc.get("error", doc)))
+    doc = _call(config_path, "/promote", {"force": force},
+                offline=lambda: _promote_offline(config_path, force))
     click.echo(f"promoted: now primary at epoch {doc['epoch']}; failback set "
                f"{doc['failback_extents']} extents ({doc['failback_bytes']} bytes)")
 
 
-def _promote_offline(config_path: str, force: bool) -> tuple[int, dict[str, object]]:
+def _promote_offline(config_path: str, force: bool) -> Answer:
     import os
 
     from foresync import site
@@ -266,15 +280,7 @@ def demote(config_path: str) -> None:
     """Planned switchover: stop serving, wait until the secondary has every write, step down.
 
     Then `foresync promote` on the other site loses nothing."""
-    try:
-        answer = _post(config_path, "/demote", {})
-    except ForesyncError as exc:
-        raise click.ClickException(str(exc)) from None
-    if answer is None:
-        raise click.ClickException("the site is not running; demote needs the running primary")
-    status, doc = answer
-    if status != 200:
-        raise click.ClickException(str(doc.get("error", doc)))
+    doc = _call(config_path, "/demote", {}, what="demote (of the running primary)")
     click.echo(f"demoted: now secondary at epoch {doc['epoch']}")
 
 
@@ -285,21 +291,16 @@ def demote(config_path: str) -> None:
 def resolve(config_path: str, discard_local: bool) -> None:
     """After a split brain: make this site the loser. It becomes secondary of the other site,
     which copies back every extent either side changed."""
-    try:
-        answer = _post(config_path, "/resolve", {"discard-local": discard_local})
-        if answer is None:
-            from foresync import site
-            from foresync.config import load
-            from foresync.sites.roles import discard_local as discard
+    def offline() -> Answer:
+        from foresync import site
+        from foresync.config import load
+        from foresync.sites.roles import discard_local as discard
 
-            cfg = load(config_path)
-            meta = discard(cfg, site.load(cfg.meta))
-            answer = 200, {"stale_extents": len(meta.stale)}
-    except ForesyncError as exc:
-        raise click.ClickException(str(exc)) from None
-    status, doc = answer
-    if status != 200:
-        raise click.ClickException(str(doc.get("error", doc)))
+        cfg = load(config_path)
+        meta = discard(cfg, site.load(cfg.meta))
+        return 200, {"stale_extents": len(meta.stale)}
+
+    doc = _call(config_path, "/resolve", {"discard-local": discard_local}, offline=offline)
     click.echo(f"local changes discarded: {doc['stale_extents']} extents will be copied from the "
                "other site when it connects")
 
@@ -319,16 +320,8 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
 
     from foresync.config import load
 
-    try:
-        answer = _post(config_path, "/verify", {"repair": repair})
-        cfg = load(config_path)
-    except ForesyncError as exc:
-        raise click.ClickException(str(exc)) from None
-    if answer is None:
-        raise click.ClickException("the site is not running")
-    status, doc = answer
-    if status != 202:
-        raise click.ClickException(str(doc.get("error", doc)))
+    doc = _call(config_path, "/verify", {"repair": repair}, expect=202, what="verify")
+    cfg = load(config_path)
     if no_wait:
         click.echo(f"verify started over {doc['total_extents']} extents")
         return
