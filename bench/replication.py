@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from foresync.testing.fio import run_fio_json
+
 PROXY_ANNOUNCE = re.compile(r"^delay proxy listening on 127\.0\.0\.1:(\d+) ", re.MULTILINE)
 STOP_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
@@ -329,15 +331,7 @@ def run_fio(port: int, workload: Workload, size: int, duration_s: int,
     argv = ["fio", "--name=bench", "--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}",
             *workload.fio_args, f"--size={size}", "--time_based", f"--runtime={duration_s}",
             f"--ramp_time={ramp_s}", "--output-format=json"]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False,
-                            timeout=duration_s + ramp_s + 120)
-    if result.returncode != 0:
-        raise RuntimeError(f"fio failed ({result.returncode}): {result.stderr.strip()}")
-    # The nbd engine prints "fio: connected to NBD server" on stdout ahead of the JSON.
-    report: dict[str, Any] = json.loads(result.stdout[result.stdout.index("{"):])
-    job: dict[str, Any] = report["jobs"][0]
-    if job["error"]:
-        raise RuntimeError(f"fio job error {job['error']}")
+    job = run_fio_json(argv, duration_s + ramp_s + 120)
     stats: dict[str, Any] = job["write"]
     return stats, (job["usr_cpu"] + job["sys_cpu"]) / 100 * duration_s
 

@@ -38,6 +38,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from foresync.testing.fio import run_fio_json
+
 FILL_PATTERN_BYTES = 1 << 20
 IOPS_TARGET = 0.9  # foresync IOPS and MB/s as a fraction of qemu-nbd's, at least
 QD1_P50_TARGET = 1.2  # foresync QD1 p50 latency as a multiple of qemu-nbd's, at most
@@ -139,15 +141,7 @@ def run_fio(uri: str, workload: Workload, size: int, duration_s: int, ramp_s: in
         "--time_based", f"--runtime={duration_s}", f"--ramp_time={ramp_s}", "--norandommap",
         "--output-format=json",
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False,
-                            timeout=duration_s + ramp_s + 60)
-    if result.returncode != 0:
-        raise RuntimeError(f"fio failed ({result.returncode}) against {uri}: {result.stderr.strip()}")
-    # The nbd engine prints "fio: connected to NBD server" on stdout ahead of the JSON.
-    report: dict[str, Any] = json.loads(result.stdout[result.stdout.index("{"):])
-    job: dict[str, Any] = report["jobs"][0]
-    if job["error"]:
-        raise RuntimeError(f"fio job error {job['error']} against {uri}")
+    job = run_fio_json(argv, duration_s + ramp_s + 60, what=uri)
     stats: dict[str, Any] = job[workload.direction]
     return stats
 

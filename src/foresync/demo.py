@@ -16,7 +16,6 @@ Everything it starts is stopped and removed on exit, Ctrl-C included, unless ``-
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from foresync.testing.chaos import Proxy, Site, _free_port
+from foresync.testing.fio import run_fio_json
 from foresync.units import format_size
 
 VOLUME = "256MiB"
@@ -61,13 +61,10 @@ def _pair(root: Path, mode: str, delay_ms: int) -> tuple[Site, Site, list[Proxy]
 
 def _fio(port: int, seconds: int, offset: str) -> dict[str, float]:
     """4 KiB sequential writes at queue depth 1: the latency a host feels per write."""
-    result = subprocess.run(
+    job = run_fio_json(
         ["fio", "--name=demo", "--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/", "--rw=write",
          "--bs=4k", "--iodepth=1", f"--offset={offset}", "--size=64M", "--time_based",
-         f"--runtime={seconds}", "--output-format=json"],
-        capture_output=True, text=True, check=True, timeout=seconds + 60)
-    # fio may print notes before its JSON document.
-    job = json.loads(result.stdout[result.stdout.index("{"):])["jobs"][0]["write"]
+         f"--runtime={seconds}", "--output-format=json"], seconds + 60)["write"]
     return {"iops": job["iops"], "p50_us": job["clat_ns"]["percentile"]["50.000000"] / 1000}
 
 
