@@ -84,6 +84,20 @@ def describe(result: subprocess.CompletedProcess[str]) -> str:
             f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
 
 
+def terminate(proc: subprocess.Popen[Any] | None, name: str) -> list[str]:
+    """SIGTERM a process still running; the problems found (it must exit 0, within the limit)."""
+    if proc is None or proc.poll() is not None:
+        return []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        status = proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return [f"{name} ignored SIGTERM for {STOP_TIMEOUT_S} s"]
+    return [] if status == 0 else [f"{name} exited with status {status} after SIGTERM"]
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports the kernel considers free right now (all held open together, so
     none repeats)."""
@@ -221,17 +235,7 @@ class LinkProxy:
         self._signal(signal.SIGUSR2, "proxy: restored")
 
     def close(self) -> list[str]:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return []
-        proc.send_signal(signal.SIGTERM)
-        try:
-            status = proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return [f"proxy {self.name} ignored SIGTERM for {STOP_TIMEOUT_S} s"]
-        return [] if status == 0 else [f"proxy {self.name} exited with status {status} after SIGTERM"]
+        return terminate(self.proc, f"proxy {self.name}")
 
 
 class SitePair:
@@ -412,19 +416,7 @@ class SitePair:
         only when the test failed)."""
         problems = []
         for site in self.sites:
-            proc = site.proc
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                status = proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                problems.append(f"{site.role} ignored SIGTERM for {STOP_TIMEOUT_S} s")
-                continue
-            if status != 0:
-                problems.append(f"{site.role} exited with status {status} after SIGTERM")
+            problems += terminate(site.proc, site.role)
         for proxy in self.proxies:
             problems += proxy.close()
         print(self.logs())

@@ -108,8 +108,7 @@ class SecondaryStatistics:
 
 class SecondaryCore:
     def __init__(self, size: int, extent_size: int, lookahead: int, volume_id: bytes,
-                 state: RecordState, epoch: int = 1, capacity: int = 1 << 30,
-                 faults: Faults = NO_FAULTS) -> None:
+                 state: RecordState, epoch: int = 1, faults: Faults = NO_FAULTS) -> None:
         self.faults = faults
         self.size = size
         self.extent_size = extent_size
@@ -117,7 +116,6 @@ class SecondaryCore:
         self.lookahead = lookahead
         self.volume_id = volume_id
         self.epoch = epoch
-        self.capacity = capacity
         self.state = state
         self._actions: list[Action] = []
         self._appended = 0  # journal appends issued

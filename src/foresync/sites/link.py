@@ -56,11 +56,8 @@ class LinkProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.last_rx = time.monotonic()
         self.peer = "?"
-        self._paused = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._drained: asyncio.Event = asyncio.Event()
-        self._drained.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -85,13 +82,6 @@ class LinkProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(str(exc) if exc else "connection closed")
-        self._drained.set()
-
-    def pause_writing(self) -> None:
-        self._drained.clear()
-
-    def resume_writing(self) -> None:
-        self._drained.set()
 
     def send(self, message: wire.Message) -> None:
         """Queue a frame; every frame queued in one pass of the event loop goes out in one

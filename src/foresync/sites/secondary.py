@@ -53,7 +53,6 @@ class SecondarySite:
         self.disconnected_since: float | None = time.time()
         self._pump = ActionPump(lambda: self.core.actions(), self._do)
         self._committing = False
-        self._syncing = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
         self.undo = UndoLog(os.path.join(cfg.meta, UNDO_FILE))
