@@ -64,10 +64,26 @@ def main(log_level: str) -> None:
               help="Export name. The default (empty) name reaches it too.")
 @click.option("--read-only", is_flag=True, help="Refuse writes with EPERM.")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1, 4096),
-              help="Most NBD client connections at once.")
+              help="Most NBD client connections at once; more are closed at once (logged once).")
+@click.option("--max-in-flight", default=256, show_default=True, type=click.IntRange(1, 65536),
+              help="Most requests per connection being served at once; beyond it the server stops "
+                   "reading from that client (TCP backpressure).")
+@click.option("--max-in-flight-size", default="64MiB", show_default=True, metavar="SIZE",
+              help="Most WRITE payload bytes per connection being served at once.")
+@click.option("--max-option-size", default="64KiB", show_default=True, metavar="SIZE",
+              help="Largest handshake option payload; larger ones are skipped unread and refused.")
+@click.option("--handshake-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              metavar="SECONDS", help="Close a client that has not finished negotiating (TLS included).")
+@click.option("--tls-dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Require TLS (FORCEDTLS): DIR holds ca-cert.pem, server-cert.pem, server-key.pem "
+                   "(the layout qemu and libnbd use). Plain nbd:// clients are refused.")
+@click.option("--tls-verify-client", is_flag=True,
+              help="With --tls-dir: also demand a client certificate signed by ca-cert.pem.")
 def serve(data_path: str, size: str, listen: str, export_name: str, read_only: bool,
-          max_connections: int) -> None:
+          max_connections: int, max_in_flight: int, max_in_flight_size: str, max_option_size: str,
+          handshake_timeout: float, tls_dir: str | None, tls_verify_client: bool) -> None:
     """Serve a file or block device over NBD, without replication."""
+    from foresync import tls
     from foresync.nbd.handshake import ExportInfo
     from foresync.nbd.server import NbdServer, ServerLimits
     from foresync.storage.file_backend import FileBackend
@@ -78,6 +94,14 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
         if size_bytes <= 0:
             raise ConfigError("--size: must be greater than zero")
         host, port = parse_hostport(listen, "--listen")
+        if tls_verify_client and not tls_dir:
+            raise ConfigError("--tls-verify-client needs --tls-dir")
+        tls_ctx = tls.server_context(tls_dir, tls_verify_client) if tls_dir else None
+        limits = ServerLimits(
+            max_connections=max_connections, max_in_flight=max_in_flight,
+            max_in_flight_bytes=parse_size(max_in_flight_size, "--max-in-flight-size"),
+            max_option_bytes=parse_size(max_option_size, "--max-option-size"),
+            handshake_timeout_s=handshake_timeout)
         backend = FileBackend(data_path, size_bytes, read_only=read_only)
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
@@ -86,9 +110,10 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
         target = LocalTarget(backend)
         export = ExportInfo(name=export_name, size=size_bytes, read_only=read_only,
                             description=f"foresync volume {data_path}")
-        server = NbdServer(target, export, ServerLimits(max_connections=max_connections))
+        server = NbdServer(target, export, limits, tls=tls_ctx)
         bound_host, bound_port = await server.start(host, port)
-        click.echo(f"serving {data_path} as nbd://{bound_host}:{bound_port}/{export_name}", err=True)
+        scheme = "nbds" if tls_ctx else "nbd"
+        click.echo(f"serving {data_path} as {scheme}://{bound_host}:{bound_port}/{export_name}", err=True)
         await stop.wait()
         log.info("stopping: finishing in-flight requests")
         await server.aclose()
@@ -185,8 +210,14 @@ def _post(config_path: str, path: str, body: dict[str, object]) -> tuple[int, di
 
     cfg = load(config_path)
     host, port = cfg.admin_listen
+    headers = {"Content-Type": "application/json"}
+    if cfg.admin_token_file:
+        from foresync.sites.security import read_secret
+
+        headers["Authorization"] = "Bearer " + read_secret(cfg.admin_token_file,
+                                                           "[admin] token_file").decode("latin-1")
     request = urllib.request.Request(f"http://{host}:{port}{path}", data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+                                     method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, dict(json.loads(response.read()))

@@ -6,6 +6,7 @@ Every error names the key and the value, so an operator can fix the file without
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,21 @@ class SiteConfig:
     on_disconnect: str = "continue"
     block_timeout_s: float = 30.0
     resync_rate_max: int = 0
+    nbd_tls_dir: str | None = None
+    nbd_tls_verify_client: bool = False
+    nbd_max_connections: int = 64
+    nbd_max_in_flight: int = 256
+    nbd_max_in_flight_bytes: int = 64 * 1024 * 1024
+    nbd_max_option_bytes: int = 64 * 1024
+    nbd_handshake_timeout_s: float = 30.0
+    link_secret_file: str | None = None
+    link_tls_dir: str | None = None
+    link_max_frame_bytes: int = 33 * 1024 * 1024
+    admin_token_file: str | None = None
+
+    @property
+    def admin_is_loopback(self) -> bool:
+        return is_loopback(self.admin_listen[0])
 
     @property
     def max_write_bytes(self) -> int:
@@ -84,13 +100,27 @@ def _float(value: Any, section: str, key: str) -> float:
     return float(value)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _bool(value: Any, section: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"[{section}] {key} = {value!r}: expected true or false")
+    return value
+
+
 KNOWN_KEYS: dict[str, set[str]] = {
     "volume": {"name", "data", "size", "meta"},
-    "nbd": {"listen", "export"},
+    "nbd": {"listen", "export", "tls_dir", "tls_verify_client", "max_connections", "max_in_flight",
+            "max_in_flight_size", "max_option_size", "handshake_timeout"},
     "link": {"listen", "peer", "mode", "window", "heartbeat", "timeout", "on_disconnect",
-             "block_timeout", "resync_rate_max"},
+             "block_timeout", "resync_rate_max", "secret_file", "tls_dir", "max_frame_size"},
     "record": {"extent_size", "capacity", "lookahead", "eviction", "watermark_interval"},
-    "admin": {"listen"},
+    "admin": {"listen", "token_file"},
 }
 
 
@@ -123,10 +153,14 @@ def load(path: str) -> SiteConfig:
     volume, nbd, link = _section(doc, "volume"), _section(doc, "nbd"), _section(doc, "link")
     record, admin = _section(doc, "record"), _section(doc, "admin")
 
-    def resolve(p: Any, key: str) -> str:
+    def resolve(p: Any, key: str, section: str = "volume") -> str:
         if not isinstance(p, str) or not p:
-            raise ConfigError(f"[volume] {key} must be a path")
+            raise ConfigError(f"[{section}] {key} must be a path")
         return str((base / p).resolve()) if not Path(p).is_absolute() else p
+
+    def optional_path(table: dict[str, Any], section: str, key: str) -> str | None:
+        value = _get(table, section, key)
+        return None if value is None else resolve(value, key, section)
 
     size = parse_size(_get(volume, "volume", "size", required=True), "[volume] size")
     extent_size = parse_size(_get(record, "record", "extent_size", "1MiB"), "[record] extent_size")
@@ -146,6 +180,19 @@ def load(path: str) -> SiteConfig:
     window = parse_size(_get(link, "link", "window", "64MiB"), "[link] window")
     if window < MAX_WRITE_BYTES:
         raise ConfigError(f"[link] window = {window}: must be at least 32 MiB (the largest write)")
+    max_frame = parse_size(_get(link, "link", "max_frame_size", "33MiB"), "[link] max_frame_size")
+    if max_frame < MAX_WRITE_BYTES + 64 * 1024:
+        raise ConfigError(f"[link] max_frame_size = {max_frame}: must be at least 32 MiB + 64 KiB "
+                          "(the largest write with its header)")
+    admin_listen = parse_hostport(_get(admin, "admin", "listen", "127.0.0.1:7900"), "[admin] listen")
+    admin_token_file = optional_path(admin, "admin", "token_file")
+    if admin_token_file is None and not is_loopback(admin_listen[0]):
+        raise ConfigError(f"[admin] listen = {admin_listen[0]}:{admin_listen[1]} is not loopback: "
+                          "set [admin] token_file so that promote, demote and verify need a token")
+    nbd_tls_dir = optional_path(nbd, "nbd", "tls_dir")
+    nbd_verify = _bool(_get(nbd, "nbd", "tls_verify_client", False), "nbd", "tls_verify_client")
+    if nbd_verify and nbd_tls_dir is None:
+        raise ConfigError("[nbd] tls_verify_client = true needs [nbd] tls_dir")
     name = _get(volume, "volume", "name", "vol0")
     if not isinstance(name, str) or not name:
         raise ConfigError("[volume] name must be a non-empty string")
@@ -169,9 +216,23 @@ def load(path: str) -> SiteConfig:
         eviction=eviction,
         watermark_interval_s=_float(_get(record, "record", "watermark_interval", 0.05), "record",
                                     "watermark_interval"),
-        admin_listen=parse_hostport(_get(admin, "admin", "listen", "127.0.0.1:7900"), "[admin] listen"),
+        admin_listen=admin_listen,
         on_disconnect=_choice(_get(link, "link", "on_disconnect", "continue"), "link", "on_disconnect",
                               ["continue", "block"]),
         block_timeout_s=_float(_get(link, "link", "block_timeout", 30.0), "link", "block_timeout"),
         resync_rate_max=parse_size(_get(link, "link", "resync_rate_max", 0), "[link] resync_rate_max"),
+        nbd_tls_dir=nbd_tls_dir,
+        nbd_tls_verify_client=nbd_verify,
+        nbd_max_connections=_int(_get(nbd, "nbd", "max_connections", 64), "nbd", "max_connections", 1),
+        nbd_max_in_flight=_int(_get(nbd, "nbd", "max_in_flight", 256), "nbd", "max_in_flight", 1),
+        nbd_max_in_flight_bytes=parse_size(_get(nbd, "nbd", "max_in_flight_size", "64MiB"),
+                                           "[nbd] max_in_flight_size"),
+        nbd_max_option_bytes=parse_size(_get(nbd, "nbd", "max_option_size", "64KiB"),
+                                        "[nbd] max_option_size"),
+        nbd_handshake_timeout_s=_float(_get(nbd, "nbd", "handshake_timeout", 30.0), "nbd",
+                                       "handshake_timeout"),
+        link_secret_file=optional_path(link, "link", "secret_file"),
+        link_tls_dir=optional_path(link, "link", "tls_dir"),
+        link_max_frame_bytes=max_frame,
+        admin_token_file=admin_token_file,
     )

@@ -22,6 +22,7 @@ from foresync.logctx import VolumeContext
 from foresync.replication.roles import new_epoch_id
 from foresync.sites.primary import PrimarySite
 from foresync.sites.secondary import SecondarySite
+from foresync.sites.security import SiteSecurity, load_security
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,17 @@ def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
     return meta
 
 
-def _make_runner(cfg: config_mod.SiteConfig, meta: site.SiteMeta,
-                 backend: FileBackend) -> PrimarySite | SecondarySite:
+def _make_runner(cfg: config_mod.SiteConfig, meta: site.SiteMeta, backend: FileBackend,
+                 security: SiteSecurity) -> PrimarySite | SecondarySite:
     if meta.role == "primary":
-        return PrimarySite(cfg, meta, backend, site.load_oos(cfg.meta))
+        return PrimarySite(cfg, meta, backend, site.load_oos(cfg.meta), security)
     journal_path = os.path.join(cfg.meta, site.JOURNAL_FILE)
     journal = None
     if os.path.exists(journal_path):
         journal = RecordJournal.open(journal_path)
     elif meta.volume_id is not None:
         journal = RecordJournal.create(journal_path, meta.volume_id)
-    return SecondarySite(cfg, meta, backend, journal)
+    return SecondarySite(cfg, meta, backend, journal, security)
 
 
 def _json(status: int, doc: dict[str, Any]) -> Response:
@@ -73,9 +74,10 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
     """Run a site until ``stop``, switching role in place on promote, demote or failback."""
     cfg = config_mod.load(config_path)
     VolumeContext.volume = cfg.name  # the CLI owns logging; we only name the volume
+    security = load_security(cfg)  # certificates, secrets: a bad file stops us here, clearly
     backend = FileBackend(cfg.data, cfg.size)
     meta = site.load(cfg.meta)
-    runner = _make_runner(cfg, meta, backend)
+    runner = _make_runner(cfg, meta, backend, security)
 
     def status(_: bytes) -> Response:
         return _json(200, runner.status())
@@ -108,7 +110,8 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
 
     admin = AdminServer({("GET", "/status"): status, ("GET", "/metrics"): metrics,
                          ("POST", "/promote"): promote, ("POST", "/demote"): demote,
-                         ("POST", "/resolve"): resolve, ("POST", "/verify"): verify})
+                         ("POST", "/resolve"): resolve, ("POST", "/verify"): verify},
+                        token=security.admin_token)
     await admin.start(*cfg.admin_listen)
     try:
         while True:
@@ -119,7 +122,7 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
             outcome = await runner.run(stop)
             if outcome == "stop" or stop.is_set():
                 break
-            runner = _make_runner(cfg, site.load(cfg.meta), backend)
+            runner = _make_runner(cfg, site.load(cfg.meta), backend, security)
     finally:
         await admin.aclose()
         backend.close()

@@ -34,7 +34,7 @@ SIZE_BYTES = 64 * 1024 * 1024
 STARTUP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
 # cli.serve prints this once it is listening: "serving PATH as nbd://HOST:PORT/EXPORT"
-_ANNOUNCE_RE = re.compile(r"^serving .+ as nbd://(?P<host>[^\s/]+):(?P<port>\d+)/", re.MULTILINE)
+_ANNOUNCE_RE = re.compile(r"^serving .+ as nbds?://(?P<host>[^\s/]+):(?P<port>\d+)/", re.MULTILINE)
 # Python with libnbd's bindings (python3-libnbd) is Debian's, not the venv's.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -93,7 +93,7 @@ class ServerProcess:
 class StartServer(Protocol):
     def __call__(self, size_bytes: int = ..., *, size_arg: str | None = ...,
                  data_path: Path | None = ..., export: str = ...,
-                 read_only: bool = ...) -> ServerProcess: ...
+                 read_only: bool = ..., extra_args: Sequence[str] = ...) -> ServerProcess: ...
 
 
 def serve_argv(data_path: Path, size_arg: str, *, listen: str = "127.0.0.1:0",
@@ -131,14 +131,15 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 
     def start(size_bytes: int = SIZE_BYTES, *, size_arg: str | None = None,
               data_path: Path | None = None, export: str = EXPORT,
-              read_only: bool = False) -> ServerProcess:
+              read_only: bool = False, extra_args: Sequence[str] = ()) -> ServerProcess:
         number = len(servers)
         path = data_path if data_path is not None else tmp_path / f"vol{number}.img"
         if read_only and data_path is None:  # a read-only server will not create its file
             with path.open("wb") as empty:
                 empty.truncate(size_bytes)
         log_path = tmp_path / f"serve{number}.log"
-        argv = serve_argv(path, size_arg or str(size_bytes), export=export, read_only=read_only)
+        argv = [*serve_argv(path, size_arg or str(size_bytes), export=export, read_only=read_only),
+                *extra_args]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT)

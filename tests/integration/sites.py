@@ -131,6 +131,11 @@ class Settings:
     on_disconnect: str = "continue"
     block_timeout_s: float = 30.0
     resync_rate_max: str | None = None  # "[link] resync_rate_max"; None leaves it unset (unlimited)
+    # Extra TOML lines appended to a section (security tests: tls_dir, secret_file, token_file)
+    nbd_extra: str = ""
+    link_extra: str = ""
+    admin_extra: str = ""
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -170,6 +175,7 @@ class Site:
             f'meta = "{self.meta_path.name}"\n'
             "[nbd]\n"
             f'listen = "127.0.0.1:{self.nbd_port}"\n'
+            f"{s.nbd_extra}"
             "[link]\n"
             f'listen = "127.0.0.1:{self.link_port}"\n'
             f'peer = "127.0.0.1:{self.peer_port}"\n'
@@ -177,13 +183,15 @@ class Site:
             f'on_disconnect = "{s.on_disconnect}"\n'
             f"block_timeout = {s.block_timeout_s}\n"
             f"{rate}"
+            f"{s.link_extra}"
             "[record]\n"
             f'extent_size = "{s.extent_size}"\n'
             f"capacity = {s.capacity}\n"
             f"lookahead = {s.lookahead}\n"
             f'eviction = "{s.eviction}"\n'
             "[admin]\n"
-            f'listen = "127.0.0.1:{self.admin_port}"\n'
+            f'listen = "{s.admin_host}:{self.admin_port}"\n'
+            f"{s.admin_extra}"
         )
 
 

@@ -54,6 +54,9 @@ MESSAGES: list[wire.Message] = [
     wire.Ping(123456789),
     wire.Pong(U64),
     wire.ResyncDone(44),
+    wire.AuthChallenge(bytes(range(32))),
+    wire.AuthResponse(b"\x01" * 32, b"\xff" * 32),
+    wire.AuthProof(bytes(32)),
 ]
 IDS = [f"{i}-{type(m).__name__}" for i, m in enumerate(MESSAGES)]
 
@@ -190,7 +193,31 @@ def test_frame_at_the_limit_is_fine() -> None:
     assert FrameDecoder(max_frame_bytes=1024).feed(encode_frame(message)) == [message]
 
 
-@pytest.mark.parametrize("kind", [0, 17, 200, 255])
+@pytest.mark.parametrize(
+    ("kind", "payload"), [(wire.MessageType.AUTH_CHALLENGE, b"x" * 31), (wire.MessageType.AUTH_RESPONSE, b"x" * 65),
+                          (wire.MessageType.AUTH_PROOF, b"")])
+def test_auth_frames_have_exact_sizes(kind: int, payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match="expected"):
+        FrameDecoder().feed(_frame(kind, payload))
+
+
+def test_frame_limit_can_change_between_messages() -> None:
+    """The link keeps the limit small until the peer authenticates, then raises it: a frame
+    buffered behind the proof is checked against the limit in force when it is decoded."""
+    big = wire.Write(1, 0, 0, 0, (), b"x" * 8192)
+    decoder = FrameDecoder(max_frame_bytes=4096)
+    decoder.push(encode_frame(wire.AuthProof(bytes(32))) + encode_frame(big))
+    assert decoder.next_message() == wire.AuthProof(bytes(32))
+    decoder.max_frame_bytes = 1 << 20
+    assert decoder.next_message() == big
+    assert decoder.next_message() is None
+    strict = FrameDecoder(max_frame_bytes=4096)
+    strict.push(encode_frame(big))
+    with pytest.raises(RemoteProtocolError, match="limit"):
+        strict.next_message()
+
+
+@pytest.mark.parametrize("kind", [0, 20, 200, 255])
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):

@@ -3,11 +3,17 @@
 One request per connection, bounded request size, and a timeout, so a stuck or hostile client
 cannot hold resources. Routes map (method, path) to a function returning (status, content type,
 body); the daemon supplies them.
+
+With a token (``[admin] token_file``; required when the admin address is not loopback), every
+POST, i.e. every endpoint that changes anything (promote, demote, resolve, verify), needs
+``Authorization: Bearer TOKEN``; the comparison is constant-time and a refusal is 401 without
+saying more. GET /status and /metrics stay open: they reveal state, never a secret.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,14 +23,16 @@ log = logging.getLogger(__name__)
 Response = tuple[int, str, bytes]
 Route = Callable[[bytes], Response | Awaitable[Response]]
 MAX_REQUEST_BYTES = 64 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 500: "Internal Server Error"}
 
 
 class AdminServer:
-    def __init__(self, routes: dict[tuple[str, str], Route]) -> None:
+    def __init__(self, routes: dict[tuple[str, str], Route], token: bytes | None = None) -> None:
         self.routes = routes
+        self._token = token
         self._server: asyncio.Server | None = None
+        self.unauthorized_total = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -57,13 +65,22 @@ class AdminServer:
             return 400, "text/plain", b"bad request line\n"
         method, target = parts[0], parts[1].split("?", 1)[0]
         length = 0
+        authorization = ""
         for line in lines[1:]:
             name, _, value = line.partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value.strip())
+            elif name.strip().lower() == "authorization":
+                authorization = value.strip()
         if length > MAX_REQUEST_BYTES:
             return 400, "text/plain", b"body too large\n"
+        if length < 0:
+            return 400, "text/plain", b"bad content length\n"
         body = await reader.readexactly(length) if length else b""
+        if method != "GET" and self._token is not None and not self._authorized(authorization):
+            self.unauthorized_total += 1
+            log.warning("admin: refused %s %s without a valid token", method, target)
+            return 401, "application/json", b'{"error": "this endpoint needs the admin token"}'
         route = self.routes.get((method, target))
         if route is None:
             known = any(path == target for _, path in self.routes)
@@ -76,6 +93,13 @@ class AdminServer:
         except Exception:  # a status bug must not kill the daemon; it is logged with a traceback
             log.exception("admin endpoint %s %s failed", method, target)
             return 500, "text/plain", b"internal error\n"
+
+    def _authorized(self, header: str) -> bool:
+        assert self._token is not None
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self._token)
 
     async def aclose(self) -> None:
         if self._server is not None:

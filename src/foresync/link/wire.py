@@ -32,6 +32,9 @@ LIST(x) is a u32 count followed by that many x.
     REMOVE      u32 n, n x u32 removed extents, then u64 range seqs done (the rest)
     PING, PONG  u64 sender timestamp in nanoseconds (echoed back)
     RESYNC_DONE u64 seq: the resync pass that ends at seq is complete
+    AUTH_CHALLENGE  32s nonce (the dialler's), before anything else when a secret is configured
+    AUTH_RESPONSE   32s nonce (the listener's), 32s HMAC-SHA256 proving the listener knows it
+    AUTH_PROOF      32s HMAC-SHA256 proving the dialler knows it (see link/auth.py)
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ SEQ = struct.Struct(">Q")
 RANGE = struct.Struct(">QQQ")
 VERIFY = struct.Struct(">QII")
 COUNT = struct.Struct(">I")
+NONCE_BYTES = MAC_BYTES = 32
+AUTH_CHALLENGE = struct.Struct(">32s")
+AUTH_RESPONSE = struct.Struct(">32s32s")
 
 invariant(FRAME_HEADER.size == 16 and _PREFIX.size == 12, "link frame header layout")
 invariant(HELLO.size == 40 and WELCOME.size == 33, "link hello layout")
@@ -81,6 +87,9 @@ class MessageType(IntEnum):
     DEMOTE = 14
     VERIFY = 15
     HASHES = 16
+    AUTH_CHALLENGE = 17
+    AUTH_RESPONSE = 18
+    AUTH_PROOF = 19
 
 
 class WelcomeFlag(IntFlag):
@@ -212,8 +221,25 @@ class ResyncDone:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    nonce: bytes
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProof:
+    mac: bytes
+
+
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
-           | Ping | Pong | ResyncDone | Demote | Verify | Hashes)
+           | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
+           | AuthProof)
 
 
 def _u32s(values: tuple[int, ...]) -> bytes:
@@ -308,6 +334,12 @@ def encode_payload(message: Message) -> tuple[int, bytes]:
             return MessageType.HASHES, VERIFY.pack(request, first, len(hashes)) + _list("Q", hashes)
         case Refuse(reason):
             return MessageType.REFUSE, reason.encode("utf-8")
+        case AuthChallenge(nonce):
+            return MessageType.AUTH_CHALLENGE, AUTH_CHALLENGE.pack(nonce)
+        case AuthResponse(nonce, mac):
+            return MessageType.AUTH_RESPONSE, AUTH_RESPONSE.pack(nonce, mac)
+        case AuthProof(mac):
+            return MessageType.AUTH_PROOF, AUTH_CHALLENGE.pack(mac)
     raise AssertionError(f"unknown message {message!r}")
 
 
@@ -392,6 +424,15 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         return Demote(history)
     if message_type is MessageType.REFUSE:
         return Refuse(payload.decode("utf-8", "replace"))
+    if message_type is MessageType.AUTH_CHALLENGE:
+        _exact(payload, AUTH_CHALLENGE.size, "AUTH_CHALLENGE")
+        return AuthChallenge(payload)
+    if message_type is MessageType.AUTH_RESPONSE:
+        _exact(payload, AUTH_RESPONSE.size, "AUTH_RESPONSE")
+        return AuthResponse(*AUTH_RESPONSE.unpack(payload))
+    if message_type is MessageType.AUTH_PROOF:
+        _exact(payload, AUTH_CHALLENGE.size, "AUTH_PROOF")
+        return AuthProof(payload)
     raise AssertionError(f"unhandled message type {message_type}")
 
 
@@ -406,24 +447,29 @@ _SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | Resyn
 
 
 class FrameDecoder:
-    """Splits a byte stream into checked messages. Buffers at most one frame."""
+    """Splits a byte stream into checked messages. Buffers at most one frame beyond what it
+    was given. ``max_frame_bytes`` may change between messages: the link keeps it small until
+    the peer has authenticated."""
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
+        self._pos = 0  # start of the first undecoded frame in _buf
         self.failed: str | None = None
 
-    def feed(self, data: bytes) -> list[Message]:
-        """Messages completed by ``data``. Raises RemoteProtocolError on a damaged frame; after
-        that the decoder stays failed."""
+    def push(self, data: bytes) -> None:
         if self.failed is not None:
             raise RemoteProtocolError(f"link stream already failed: {self.failed}")
-        buf = self._buf
-        buf += data
-        out: list[Message] = []
-        pos = 0
+        self._buf += data
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None until more bytes arrive. Raises
+        RemoteProtocolError on a damaged frame; after that the decoder stays failed."""
+        if self.failed is not None:
+            raise RemoteProtocolError(f"link stream already failed: {self.failed}")
+        buf, pos = self._buf, self._pos
         try:
-            while len(buf) - pos >= FRAME_HEADER.size:
+            if len(buf) - pos >= FRAME_HEADER.size:
                 magic, kind, _r1, _r2, length, crc = FRAME_HEADER.unpack_from(buf, pos)
                 if magic != FRAME_MAGIC:
                     raise RemoteProtocolError(f"bad link frame magic 0x{magic:08x}")
@@ -431,18 +477,28 @@ class FrameDecoder:
                     raise RemoteProtocolError(
                         f"link frame of {length} bytes is over the {self.max_frame_bytes}-byte limit")
                 end = pos + FRAME_HEADER.size + length
-                if len(buf) < end:
-                    break
-                payload = bytes(buf[pos + FRAME_HEADER.size : end])
-                actual = google_crc32c.extend(google_crc32c.value(bytes(buf[pos : pos + 12])), payload)
-                if actual != crc:
-                    raise RemoteProtocolError(f"link frame CRC32C mismatch (type {kind}, {length} bytes)")
-                out.append(decode_payload(kind, payload))
-                pos = end
+                if len(buf) >= end:
+                    payload = bytes(buf[pos + FRAME_HEADER.size : end])
+                    actual = google_crc32c.extend(google_crc32c.value(bytes(buf[pos : pos + 12])), payload)
+                    if actual != crc:
+                        raise RemoteProtocolError(f"link frame CRC32C mismatch (type {kind}, {length} bytes)")
+                    message = decode_payload(kind, payload)
+                    self._pos = end
+                    return message
         except RemoteProtocolError as exc:
             self.failed = str(exc)
             buf.clear()
+            self._pos = 0
             raise
-        if pos:
+        if pos:  # compact once per batch, not once per frame
             del buf[:pos]
+            self._pos = 0
+        return None
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Every message completed by ``data``."""
+        self.push(data)
+        out: list[Message] = []
+        while (message := self.next_message()) is not None:
+            out.append(message)
         return out

@@ -7,6 +7,14 @@ every option's full length is always consumed, even one we reject; an option lar
 ``max_option_bytes`` is discarded as it streams in, without buffering, then answered with
 ``ERR_TOO_BIG``. Negotiation ends in exactly one event: ``ExportSelected`` (enter transmission with
 any bytes the client pipelined after the final option), ``HandshakeAborted`` or ``HandshakeFailed``.
+
+TLS (proto.md "TLS support"): a server made with ``tls=True`` runs in FORCEDTLS mode. Before TLS
+every option but STARTTLS and ABORT is answered ``ERR_TLS_REQD``, and EXPORT_NAME (which has no
+error reply) ends the session. STARTTLS is acknowledged and then yields ``StartTls``: the adapter
+upgrades the socket and calls ``tls_established()``, which discards all negotiation state from
+before TLS (structured replies, metadata contexts), since a man in the middle could have chosen it.
+A client must not pipeline anything after STARTTLS: plaintext bytes already buffered behind it are
+a violation, not the start of the TLS handshake.
 """
 
 from __future__ import annotations
@@ -79,16 +87,22 @@ class HandshakeAborted:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTls:
+    """STARTTLS was acknowledged: upgrade the socket, then call ``tls_established()``."""
+
+
+@dataclass(frozen=True, slots=True)
 class HandshakeFailed:
     reason: str
 
 
-HandshakeEvent = ExportSelected | HandshakeAborted | HandshakeFailed
+HandshakeEvent = ExportSelected | HandshakeAborted | HandshakeFailed | StartTls
 
 
 class HandshakeState(Enum):
     AWAIT_CLIENT_FLAGS = "await_client_flags"
     NEGOTIATING = "negotiating"
+    TLS_STARTING = "tls_starting"
     TRANSMISSION = "transmission"
     CLOSED = "closed"
     ERROR = "error"
@@ -100,6 +114,8 @@ class _Input(Enum):
     EXPORT_SELECTED = "export_selected"
     ABORT = "abort"
     VIOLATION = "violation"
+    STARTTLS = "starttls"
+    TLS_UP = "tls_up"
 
 
 _S, _I = HandshakeState, _Input
@@ -110,6 +126,9 @@ TRANSITIONS: Mapping[tuple[HandshakeState, _Input], HandshakeState] = {
     (_S.NEGOTIATING, _I.EXPORT_SELECTED): _S.TRANSMISSION,
     (_S.NEGOTIATING, _I.ABORT): _S.CLOSED,
     (_S.NEGOTIATING, _I.VIOLATION): _S.ERROR,
+    (_S.NEGOTIATING, _I.STARTTLS): _S.TLS_STARTING,
+    (_S.TLS_STARTING, _I.TLS_UP): _S.NEGOTIATING,
+    (_S.TLS_STARTING, _I.VIOLATION): _S.ERROR,
 }
 
 
@@ -126,8 +145,11 @@ class ServerHandshake:
         exports: Mapping[str, ExportInfo],
         default_export: str | None = None,
         max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES,
+        tls: bool = False,
     ) -> None:
         self._exports = dict(exports)
+        self._tls_required = tls
+        self.tls_active = False
         self._default = default_export
         self._max_option_bytes = max_option_bytes
         self.state = HandshakeState.AWAIT_CLIENT_FLAGS
@@ -166,6 +188,14 @@ class ServerHandshake:
 
     def next_event(self) -> HandshakeEvent | None:
         return self._events.popleft() if self._events else None
+
+    def tls_established(self) -> None:
+        """The adapter finished the TLS handshake: negotiate again, from scratch, over TLS."""
+        self._transition(_Input.TLS_UP)
+        self.tls_active = True
+        self._structured = False
+        self._meta_export = None
+        self._meta_ids = ()
 
     # -- state machine ---------------------------------------------------------------------------
 
@@ -232,6 +262,13 @@ class ServerHandshake:
     # -- options ---------------------------------------------------------------------------------
 
     def _handle_option(self, option: int, payload: bytes) -> None:
+        if self._tls_required and not self.tls_active and option not in (Option.STARTTLS, Option.ABORT):
+            if option == Option.EXPORT_NAME:
+                self._fail("client sent EXPORT_NAME before STARTTLS; this server requires TLS")
+                return
+            self._reply(option, Reply.ERR_TLS_REQD, b"this server requires TLS: use STARTTLS first")
+            self._transition(_Input.OPTION_ANSWERED)
+            return
         handler = _HANDLERS.get(option)
         if handler is None:
             self._reply(option, Reply.ERR_UNSUP, f"option {option} is not supported".encode())
@@ -287,6 +324,22 @@ class ServerHandshake:
         self._reply(option, Reply.ACK)
         self._transition(_Input.ABORT)
         self._events.append(HandshakeAborted())
+
+    def _opt_starttls(self, option: int, payload: bytes) -> None:
+        if not self._tls_required:
+            self._reply(option, Reply.ERR_UNSUP, b"TLS is not configured on this server")
+            self._transition(_Input.OPTION_ANSWERED)
+            return
+        if payload:
+            raise _BadOption("STARTTLS takes no data")
+        if self.tls_active:
+            raise _BadOption("TLS is already active on this connection")
+        if self._buf:
+            self._fail("client sent data after STARTTLS before the TLS handshake")
+            return
+        self._reply(option, Reply.ACK)
+        self._transition(_Input.STARTTLS)
+        self._events.append(StartTls())
 
     def _opt_list(self, option: int, payload: bytes) -> None:
         if payload:
@@ -361,6 +414,7 @@ class ServerHandshake:
 _HANDLERS: dict[int, Callable[[ServerHandshake, int, bytes], None]] = {
     Option.EXPORT_NAME: ServerHandshake._opt_export_name,
     Option.ABORT: ServerHandshake._opt_abort,
+    Option.STARTTLS: ServerHandshake._opt_starttls,
     Option.LIST: ServerHandshake._opt_list,
     Option.INFO: ServerHandshake._opt_info_go,
     Option.GO: ServerHandshake._opt_info_go,

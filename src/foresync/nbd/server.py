@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from foresync.nbd.handshake import (
     HandshakeAborted,
     HandshakeFailed,
     ServerHandshake,
+    StartTls,
 )
 from foresync.nbd.target import NbdTarget
 
@@ -66,6 +68,7 @@ def keep_freed_heap() -> None:
 class ServerLimits:
     max_connections: int = 64
     max_in_flight: int = 256  # requests per connection handed to the target and not yet answered
+    max_in_flight_bytes: int = 64 * 1024 * 1024  # their payload bytes (one larger request still runs alone)
     write_buffer_high_bytes: int = 8 * 1024 * 1024
     handshake_timeout_s: float = 30.0
     max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES
@@ -82,10 +85,12 @@ class ServerStatistics:
 class NbdServer:
     """Serves one export (under its name and the default name) from ``target``."""
 
-    def __init__(self, target: NbdTarget, export: ExportInfo, limits: ServerLimits | None = None) -> None:
+    def __init__(self, target: NbdTarget, export: ExportInfo, limits: ServerLimits | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.target = target
         self.export = export
         self.limits = limits or ServerLimits()
+        self.tls = tls  # FORCEDTLS when set
         self._server: asyncio.Server | None = None
         self._connections: set[NbdConnection] = set()
         self._connections_total = 0
@@ -98,8 +103,8 @@ class NbdServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: NbdConnection(self), host, port, reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
-        log.info("NBD server listening on %s:%d (export %r, %d bytes)", sockname[0], sockname[1],
-                 self.export.name, self.export.size)
+        log.info("NBD server listening on %s:%d (export %r, %d bytes%s)", sockname[0], sockname[1],
+                 self.export.name, self.export.size, ", TLS required" if self.tls else "")
         return sockname[0], sockname[1]
 
     def statistics(self) -> ServerStatistics:
@@ -151,6 +156,8 @@ class NbdConnection(asyncio.Protocol):
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._serving = 0  # requests handed to the target whose done() has not run yet
+        self._serving_bytes = 0  # and their payload bytes
+        self._tls_task: asyncio.Task[None] | None = None
         # True while _drain_queue runs. A target may call done() synchronously from submit();
         # done() must not re-enter the drain then, or a burst of small pipelined writes recurses
         # once per request and overflows the stack (RecursionError after ~250 queued writes).
@@ -174,6 +181,7 @@ class NbdConnection(asyncio.Protocol):
             {self.server.export.name: self.server.export},
             default_export=self.server.export.name,
             max_option_bytes=self.server.limits.max_option_bytes,
+            tls=self.server.tls is not None,
         )
         stream.write(self.handshake.data_to_send())
         loop = asyncio.get_running_loop()
@@ -215,7 +223,8 @@ class NbdConnection(asyncio.Protocol):
         # The client half-closed: answer what is in flight, then close our side too.
         self._closing = True
         self._maybe_close()
-        return True
+        # Over TLS a half-close cannot be kept open (asyncio warns and closes anyway).
+        return None if self.handshake is not None and self.handshake.tls_active else True
 
     # -- handshake -------------------------------------------------------------------------------
 
@@ -238,12 +247,35 @@ class NbdConnection(asyncio.Protocol):
                       event.structured_replies)
             if event.trailing:
                 self.data_received(event.trailing)
+        elif isinstance(event, StartTls):
+            # Nothing more may be read as plaintext: the next bytes are the TLS ClientHello.
+            self.transport.pause_reading()
+            self._tls_task = asyncio.get_running_loop().create_task(self._start_tls())
         elif isinstance(event, HandshakeAborted):
             self.transport.close()
         elif isinstance(event, HandshakeFailed):
             self.server.protocol_errors_total += 1
             log.info("%s: handshake failed: %s", self.peer, event.reason)
             self.transport.close()
+
+    async def _start_tls(self) -> None:
+        assert self.transport is not None and self.handshake is not None and self.server.tls is not None
+        loop = asyncio.get_running_loop()
+        try:
+            tls_transport = await loop.start_tls(
+                self.transport, self, self.server.tls, server_side=True,
+                ssl_handshake_timeout=self.server.limits.handshake_timeout_s)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.server.protocol_errors_total += 1
+            log.info("%s: TLS handshake failed: %s", self.peer, getattr(exc, "reason", None) or exc)
+            self.abort()
+            return
+        if tls_transport is None or self._closed:
+            return
+        self.transport = tls_transport
+        self.transport.set_write_buffer_limits(high=self.server.limits.write_buffer_high_bytes)
+        self.handshake.tls_established()
+        log.debug("%s: TLS established (%s)", self.peer, tls_transport.get_extra_info("cipher"))
 
     def _handshake_timeout(self) -> None:
         if self.tx is None and self.transport is not None:
@@ -267,8 +299,13 @@ class NbdConnection(asyncio.Protocol):
         tx = self.tx
         assert tx is not None
         limit = self.server.limits.max_in_flight
+        byte_limit = self.server.limits.max_in_flight_bytes
         while self._queue and not self._write_paused and not self._closed:
-            if self._serving >= limit and isinstance(self._queue[0], Request):
+            head = self._queue[0]
+            if isinstance(head, Request) and (
+                self._serving >= limit
+                or (self._serving and self._serving_bytes + len(head.data) > byte_limit)
+            ):
                 break
             event = self._queue.popleft()
             if isinstance(event, Request):
@@ -305,11 +342,13 @@ class NbdConnection(asyncio.Protocol):
             self._write(tx.reply_block_status(request, extents))
             return
         self._serving += 1
+        self._serving_bytes += len(request.data)
         self.target.submit(request, self._completion(tx, request))
 
     def _completion(self, tx: Transmission, request: Request) -> Callable[[int], None]:
         def done(errno: int) -> None:
             self._serving -= 1
+            self._serving_bytes -= len(request.data)
             reply = tx.reply_ok(request) if errno == 0 else tx.reply_error(request, errno)
             if self._closed:
                 return
@@ -345,7 +384,9 @@ class NbdConnection(asyncio.Protocol):
     def _update_reading(self) -> None:
         if self.transport is None or self._closed:
             return
-        busy = self._write_paused or bool(self._queue) or self._serving >= self.server.limits.max_in_flight
+        limits = self.server.limits
+        busy = (self._write_paused or bool(self._queue) or self._serving >= limits.max_in_flight
+                or self._serving_bytes >= limits.max_in_flight_bytes)
         if busy and not self._reading_paused:
             self.transport.pause_reading()
             self._reading_paused = True

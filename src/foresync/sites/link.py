@@ -3,19 +3,31 @@
 A damaged frame (bad magic, CRC mismatch, oversize) aborts the connection: TCP already promises
 order and integrity, so damage means the peer or the path cannot be trusted, and the sites
 resynchronise on the next connection rather than guess.
+
+Before the site sees any message, a connection is secured: the listening side upgrades it to TLS
+when ``[link] tls_dir`` is set (the dialling side connects with TLS directly), then ``LinkAuth``
+runs the shared-secret challenge-response when ``[link] secret_file`` is set. Until both have
+succeeded the frame limit is 4 KiB, only authentication frames are accepted, and the connection
+is closed if it takes longer than the link timeout; every failure reaches ``on_error`` (the
+site's ``link_error``) and the peer gets a REFUSE saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
+from foresync import tls
 from foresync.errors import ForesyncError
 from foresync.link import wire
+from foresync.link.auth import AUTH_MAX_FRAME_BYTES, LinkAuth
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +54,52 @@ class ActionPump:
             self._running = False
 
 
+@dataclass(frozen=True, slots=True)
+class LinkSecurity:
+    """How a site secures its link connections (all optional; see docs/security.md)."""
+
+    secret: bytes | None = None
+    server_tls: ssl.SSLContext | None = None  # the listening side, with client certificates required
+    client_tls: ssl.SSLContext | None = None  # the dialling side
+    max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
+    setup_timeout_s: float = 10.0  # TLS and authentication must finish within this
+
+    def __repr__(self) -> str:
+        return (f"LinkSecurity(secret={'set' if self.secret else 'none'}, "
+                f"tls={self.server_tls is not None})")
+
+
+def _ignore_error(reason: str) -> None:
+    pass
+
+
 class LinkProtocol(asyncio.Protocol):
     def __init__(
         self,
         on_message: Callable[[wire.Message], None],
         on_batch_end: Callable[[], None],
-        max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
+        security: LinkSecurity | None = None,
+        dialler: bool = False,
+        on_error: Callable[[str], None] = _ignore_error,
     ) -> None:
         self._on_message = on_message
         self._on_batch_end = on_batch_end
-        self._decoder = wire.FrameDecoder(max_frame_bytes)
+        self._security = security or LinkSecurity()
+        self._dialler = dialler
+        self._on_error = on_error
+        self._decoder = wire.FrameDecoder(AUTH_MAX_FRAME_BYTES)
+        self._auth: LinkAuth | None = None  # set once TLS (if any) is up; None again once trusted
         self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self.ready: asyncio.Future[None] = loop.create_future()  # TLS and authentication done
         self.last_rx = time.monotonic()
         self.peer = "?"
+        self.error = ""
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._setup_timer: asyncio.TimerHandle | None = None
+        self._tls_task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -67,19 +109,99 @@ class LinkProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.transport.set_write_buffer_limits(high=16 * 1024 * 1024)
+        loop = asyncio.get_running_loop()
+        self._setup_timer = loop.call_later(self._security.setup_timeout_s, self._setup_timed_out)
+        if self._security.server_tls is not None and not self._dialler:
+            self.transport.pause_reading()  # the next bytes are the TLS ClientHello
+            self._tls_task = loop.create_task(self._start_tls(self._security.server_tls))
+        else:
+            self._start_auth()
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        try:
+            upgraded = await asyncio.get_running_loop().start_tls(
+                self.transport, self, context, server_side=True,
+                ssl_handshake_timeout=self._security.setup_timeout_s)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self._refused_locally(f"TLS handshake with {self.peer} failed: {tls.describe_error(exc)}",
+                                  tell_peer=False)
+            return
+        if upgraded is None or self.closed.done():
+            return
+        self.transport = upgraded
+        self._start_auth()
+
+    def _start_auth(self) -> None:
+        self._auth = LinkAuth(self._security.secret, self._dialler, os.urandom)
+        for message in self._auth.start():
+            self.send(message)
+        if self._auth.authenticated:
+            self._trusted()
+
+    def _trusted(self) -> None:
+        self._decoder.max_frame_bytes = self._security.max_frame_bytes
+        if self._setup_timer is not None:
+            self._setup_timer.cancel()
+            self._setup_timer = None
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _setup_timed_out(self) -> None:
+        if not self.ready.done():
+            self._refused_locally(f"{self.peer} did not finish TLS and authentication within "
+                                  f"{self._security.setup_timeout_s:.0f} s", tell_peer=False)
+
+    def _refused_locally(self, reason: str, tell_peer: bool) -> None:
+        self.error = reason
+        log.warning("link %s: %s; closing the connection", self.peer, reason)
+        self._on_error(reason)
+        if tell_peer:
+            self.send(wire.Refuse(reason))
+            self.close_after_flush()
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        if not tell_peer and self.transport is not None:
+            self.transport.abort()
+
+    def _gate(self, auth: LinkAuth, message: wire.Message) -> bool:
+        """Pass ``message`` through authentication; True when the site should see it."""
+        result = auth.receive(message)
+        for reply in result.send:
+            self.send(reply)
+        if result.failure is not None:
+            self._refused_locally(result.failure, tell_peer=not result.peer_refused)
+            return False
+        if auth.authenticated:
+            self._trusted()
+            if result.deliver:
+                self._auth = None  # a real message came through: no more checks on the hot path
+        return result.deliver
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        decoder = self._decoder
         try:
-            for message in self._decoder.feed(data):
+            decoder.push(data)
+            while (message := decoder.next_message()) is not None:
+                auth = self._auth
+                if auth is not None and not self._gate(auth, message):
+                    if self.closed.done():
+                        return
+                    continue
+                if auth is None and not self.ready.done():
+                    return  # TLS still starting: cannot happen, reading is paused
                 self._on_message(message)
         except ForesyncError as exc:
             log.warning("link %s: %s; closing the connection", self.peer, exc)
             self.abort(str(exc))
             return
-        self._on_batch_end()
+        if self.ready.done():
+            self._on_batch_end()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._setup_timer is not None:
+            self._setup_timer.cancel()
         if not self.closed.done():
             self.closed.set_result(str(exc) if exc else "connection closed")
 

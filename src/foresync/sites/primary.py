@@ -12,9 +12,11 @@ import asyncio
 import functools
 import logging
 import os
+import ssl
 import time
 from typing import Any
 
+from foresync import tls
 from foresync.config import SiteConfig
 from foresync.errors import StorageError
 from foresync.link import wire
@@ -30,6 +32,7 @@ from foresync.site import SiteMeta, store_oos
 from foresync.sites.link import ActionPump, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import step_down
+from foresync.sites.security import SiteSecurity
 from foresync.storage.backend import Extent
 from foresync.storage.file_backend import FileBackend
 from foresync.storage.flusher import GroupFlusher
@@ -43,9 +46,11 @@ _ZEROES, _CACHE = int(Command.WRITE_ZEROES), int(Command.CACHE)
 
 
 class PrimarySite:
-    def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend, oos: set[int]) -> None:
+    def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend, oos: set[int],
+                 security: SiteSecurity | None = None) -> None:
         assert meta.volume_id is not None
         self.cfg = cfg
+        self.security = security or SiteSecurity.plain()
         self.meta = meta
         self.backend = backend
         self.core = PrimaryCore(
@@ -201,15 +206,36 @@ class PrimarySite:
         host, port = self.cfg.link_peer
         backoff = 0.2
         logged = False
+        security = self.security.link
+        tls_args: dict[str, Any] = {}
+        if security.client_tls is not None:
+            tls_args = {"ssl": security.client_tls, "server_hostname": host,
+                        "ssl_handshake_timeout": self.cfg.timeout_s}
         while not self._stopping:
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: LinkProtocol(self._on_message, self.pump), host, port),
+                    loop.create_connection(
+                        lambda: LinkProtocol(self._on_message, self.pump, security, dialler=True,
+                                             on_error=self._link_refused),
+                        host, port, **tls_args),
                     timeout=self.cfg.timeout_s)
+                waits: list[asyncio.Future[Any]] = [proto.ready, proto.closed]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            except ssl.SSLError as exc:
+                self.core.link_error = f"TLS handshake with {host}:{port} failed: {tls.describe_error(exc)}"
+                log.warning("link: %s", self.core.link_error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             except (OSError, TimeoutError) as exc:
                 if not logged:
                     log.info("link: cannot reach secondary at %s:%d (%s); retrying", host, port, exc)
                     logged = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not proto.ready.done():  # refused before authenticating: link_error says why
+                proto.abort("not authenticated")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -258,8 +284,12 @@ class PrimarySite:
 
     # -- the link listener: other primaries ---------------------------------------------------------
 
+    def _link_refused(self, reason: str) -> None:
+        self.core.link_error = reason
+
     def _new_peer(self) -> LinkProtocol:
-        proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None)
+        proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None,
+                             self.security.link, dialler=False, on_error=self._link_refused)
         return proto
 
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
@@ -346,7 +376,7 @@ class PrimarySite:
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
-        self.nbd = NbdServer(self, export)
+        self.nbd = NbdServer(self, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
         await self.nbd.start(host, port)
         async with asyncio.TaskGroup() as group:

@@ -30,6 +30,7 @@ from foresync.sites.link import ActionPump, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import failback_set, journal_path
 from foresync.sites.roles import promote as promote_site
+from foresync.sites.security import SiteSecurity
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ CHECKPOINT_EVERY_ENTRIES = 20000
 
 class SecondarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
-                 journal: RecordJournal | None) -> None:
+                 journal: RecordJournal | None, security: SiteSecurity | None = None) -> None:
         self.cfg = cfg
+        self.security = security or SiteSecurity.plain()
         self.meta = meta
         self.backend = backend
         self.journal = journal
@@ -66,8 +68,12 @@ class SecondarySite:
     # -- link -----------------------------------------------------------------------------------
 
     def _new_link(self) -> LinkProtocol:
-        proto = LinkProtocol(lambda m: self._on_message(proto, m), self._end_of_batch)
+        proto = LinkProtocol(lambda m: self._on_message(proto, m), self._end_of_batch,
+                             self.security.link, dialler=False, on_error=self._link_refused)
         return proto
+
+    def _link_refused(self, reason: str) -> None:
+        self.link_error = f"refused the primary: {reason}"
 
     def _on_message(self, proto: LinkProtocol, message: wire.Message) -> None:
         if proto is not self.link:

@@ -1,0 +1,78 @@
+"""What a site needs to guard its three doors, loaded once at start so a bad file fails fast.
+
+NBD: an optional TLS context (FORCEDTLS) and the server limits. Link: an optional shared secret
+for HMAC challenge-response (link/auth.py) and optional mutual TLS. Admin: an optional token that
+mutating endpoints demand. Secrets are read here and handed on as bytes; no error message, log
+line or /status field ever includes them, only the file's path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import stat
+from dataclasses import dataclass
+
+from foresync import tls
+from foresync.config import SiteConfig
+from foresync.errors import ConfigError
+from foresync.nbd.server import ServerLimits
+from foresync.sites.link import LinkSecurity
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES = 16
+
+
+def read_secret(path: str, what: str) -> bytes:
+    """The file's bytes without trailing whitespace; at least 16 of them."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            secret = f.read(64 * 1024).rstrip()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it: {exc.strerror}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{what} {path}: holds {len(secret)} bytes; use at least {MIN_SECRET_BYTES} "
+                          "(for example: head -c 32 /dev/urandom | base64 > FILE)")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s %s can be read by other users (mode %03o); chmod 600 it", what, path,
+                    stat.S_IMODE(mode))
+    return secret
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSecurity:
+    nbd_tls: ssl.SSLContext | None
+    nbd_limits: ServerLimits
+    link: LinkSecurity
+    admin_token: bytes | None
+
+    @classmethod
+    def plain(cls) -> SiteSecurity:
+        """No TLS, no secrets, default limits (tests and the simulator)."""
+        return cls(nbd_tls=None, nbd_limits=ServerLimits(), link=LinkSecurity(), admin_token=None)
+
+    def __repr__(self) -> str:  # never print a secret, even by accident in a debug line
+        return (f"SiteSecurity(nbd_tls={self.nbd_tls is not None}, link={self.link!r}, "
+                f"admin_token={'set' if self.admin_token else 'none'})")
+
+
+def load_security(cfg: SiteConfig) -> SiteSecurity:
+    link_tls_dir = cfg.link_tls_dir
+    return SiteSecurity(
+        nbd_tls=tls.server_context(cfg.nbd_tls_dir, cfg.nbd_tls_verify_client) if cfg.nbd_tls_dir else None,
+        nbd_limits=ServerLimits(
+            max_connections=cfg.nbd_max_connections, max_in_flight=cfg.nbd_max_in_flight,
+            max_in_flight_bytes=cfg.nbd_max_in_flight_bytes, max_option_bytes=cfg.nbd_max_option_bytes,
+            handshake_timeout_s=cfg.nbd_handshake_timeout_s),
+        link=LinkSecurity(
+            secret=read_secret(cfg.link_secret_file, "[link] secret_file") if cfg.link_secret_file else None,
+            server_tls=tls.server_context(link_tls_dir, verify_client=True) if link_tls_dir else None,
+            client_tls=tls.client_context(link_tls_dir) if link_tls_dir else None,
+            max_frame_bytes=cfg.link_max_frame_bytes,
+            setup_timeout_s=cfg.timeout_s,
+        ),
+        admin_token=read_secret(cfg.admin_token_file, "[admin] token_file") if cfg.admin_token_file else None,
+    )

@@ -1,0 +1,237 @@
+"""Security with real clients and real processes: NBD over TLS (qemu-img, qemu-io, nbdinfo), the
+link's shared-secret authentication and mutual TLS, and the admin token."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .certs import ca_only, make_tls_dir
+from .conftest import StartServer
+from .sites import FORESYNC, Settings, Site, SitePair, open_site_pairs, run_tool
+
+pytestmark = pytest.mark.integration
+SECRET = "s3cret-link-key-that-is-long-enough"
+OTHER_SECRET = "a-different-link-key-of-enough-bytes"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("certs")
+    good = make_tls_dir(base / "good", "foresync test CA")
+    return {"good": good, "other_ca": make_tls_dir(base / "other", "some other CA"),
+            "ca_only": ca_only(good, base / "ca-only")}
+
+
+@pytest.fixture
+def site_pairs(tmp_path: Path) -> Iterator[Callable[..., SitePair]]:
+    with open_site_pairs(tmp_path) as make:
+        yield make
+
+
+def tls_opts(port: int, cert_dir: Path) -> list[str]:
+    return ["--object", f"tls-creds-x509,id=tls0,endpoint=client,dir={cert_dir}", "--image-opts",
+            f"driver=nbd,host=127.0.0.1,port={port},tls-creds=tls0"]
+
+
+def nbds(port: int, cert_dir: Path) -> str:
+    return f"nbds://127.0.0.1:{port}/?tls-certificates={cert_dir}"
+
+
+# -- NBD over TLS ----------------------------------------------------------------------------------
+
+
+def test_serve_with_tls_works_for_qemu_and_libnbd_and_refuses_plain(start_server: StartServer,
+                                                                     certs: dict[str, Path]) -> None:
+    server = start_server(extra_args=["--tls-dir", str(certs["good"])])
+    port = server.volume.port
+    info = run_tool(["qemu-img", "info", *tls_opts(port, certs["good"])])
+    assert "virtual size: 64 MiB" in info.stdout
+    run_tool(["qemu-io", *tls_opts(port, certs["good"]), "-c", "write -P 0x5a 1M 64k",
+              "-c", "read -P 0x5a 1M 64k"])
+    listing = run_tool(["nbdinfo", "--json", nbds(port, certs["good"])])
+    doc = json.loads(listing.stdout)
+    assert doc["TLS"] is True and doc["exports"][0]["export-size"] == 64 << 20
+    with server.volume.data_path.open("rb") as f:
+        f.seek(1 << 20)
+        assert f.read(64 << 10) == b"\x5a" * (64 << 10)
+
+    plain = run_tool(["nbdinfo", f"nbd://127.0.0.1:{port}/"], ok=None)
+    assert plain.returncode != 0
+    qemu_plain = run_tool(["qemu-img", "info", "--image-opts", f"driver=nbd,host=127.0.0.1,port={port}"],
+                          ok=None)
+    assert qemu_plain.returncode != 0
+    assert "this server requires TLS: use STARTTLS first" in qemu_plain.stderr
+
+    wrong_ca = run_tool(["nbdinfo", nbds(port, certs["other_ca"])], ok=None)
+    assert wrong_ca.returncode != 0 and "certificate" in wrong_ca.stderr.lower()
+    wrong_ca_qemu = run_tool(["qemu-img", "info", *tls_opts(port, certs["other_ca"])], ok=None)
+    assert wrong_ca_qemu.returncode != 0
+
+    # Still serving after every refusal, and the refusals were logged as such.
+    assert "virtual size: 64 MiB" in run_tool(["qemu-img", "info", *tls_opts(port, certs["good"])]).stdout
+    assert "TLS handshake failed" in server.log()
+
+
+def test_serve_can_demand_client_certificates(start_server: StartServer, certs: dict[str, Path]) -> None:
+    server = start_server(extra_args=["--tls-dir", str(certs["good"]), "--tls-verify-client"])
+    port = server.volume.port
+    assert json.loads(run_tool(["nbdinfo", "--json", nbds(port, certs["good"])]).stdout)["TLS"] is True
+    anonymous = run_tool(["nbdinfo", nbds(port, certs["ca_only"])], ok=None)
+    assert anonymous.returncode != 0
+    assert "virtual size" in run_tool(["qemu-img", "info", *tls_opts(port, certs["good"])]).stdout
+
+
+def test_serve_refuses_a_tls_dir_without_its_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_tool([FORESYNC, "serve", "--data", tmp_path / "v.img", "--size", "1MiB",
+                       "--listen", "127.0.0.1:0", "--tls-dir", empty], ok=None)
+    assert result.returncode != 0
+    assert f"TLS directory {empty}: server-cert.pem is missing" in result.stderr
+
+
+# -- the link ---------------------------------------------------------------------------------------
+
+
+def secured(settings: Settings, directory: Path, *, secret: str | None = None, link_tls: Path | None = None,
+            nbd_tls: Path | None = None, name: str = "secret") -> Settings:
+    link = ""
+    if secret is not None:
+        path = directory / name
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+        link += f'secret_file = "{path}"\n'
+    if link_tls is not None:
+        link += f'tls_dir = "{link_tls}"\n'
+    nbd = f'tls_dir = "{nbd_tls}"\n' if nbd_tls is not None else ""
+    return dataclasses.replace(settings, link_extra=link, nbd_extra=nbd)
+
+
+def image_digest(site: Site) -> str:
+    return hashlib.sha256(site.data_path.read_bytes()).hexdigest()
+
+
+def assert_no_secret_leaked(pair: SitePair, *secrets: str) -> None:
+    text = pair.logs() + json.dumps([pair.status(site) for site in pair.sites if site.running])
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_fully_secured_pair_replicates(site_pairs: Callable[..., SitePair], tmp_path: Path,
+                                       certs: dict[str, Path]) -> None:
+    """NBD over TLS, link over mutual TLS, and the shared secret: data flows as usual."""
+    base = Settings(size="64MiB", capacity=32)
+    settings = secured(base, tmp_path, secret=SECRET, link_tls=certs["good"], nbd_tls=certs["good"])
+    pair = site_pairs(settings)
+    pair.init_both()
+    pair.start_both()
+    pair.wait_link(pair.primary, "connected")
+    run_tool(["qemu-io", *tls_opts(pair.primary.nbd_port, certs["good"]),
+              "-c", "write -P 0x11 0 3M", "-c", "write -P 0x22 20M 1M"], context=pair.logs())
+    primary, secondary = pair.wait_in_sync()
+    assert primary["link_error"] == "" and secondary["link_error"] == ""
+    assert_no_secret_leaked(pair, SECRET)
+    pair.stop_both()
+    pair.assert_identical()
+
+
+def test_wrong_secret_is_refused_before_any_data(site_pairs: Callable[..., SitePair], tmp_path: Path) -> None:
+    base = Settings(size="64MiB", capacity=32)
+    pair = site_pairs(base, primary=secured(base, tmp_path, secret=SECRET, name="p-secret"),
+                      secondary=secured(base, tmp_path, secret=OTHER_SECRET, name="s-secret"))
+    pair.init_both()
+    pair.start_both()
+    before = image_digest(pair.secondary)
+    pair.wait_for("both sides to report the failed authentication", lambda: (
+        "authentication failed" in pair.status(pair.primary)["link_error"]
+        and "authentication failed" in pair.status(pair.secondary)["link_error"]))
+    # The host keeps writing to the primary; nothing reaches the secondary.
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x33 0 2M", pair.nbd_url], context=pair.logs())
+    primary = pair.status(pair.primary)
+    assert primary["link"] != "connected" and primary["counters"]["writes"] >= 1
+    assert pair.status(pair.secondary)["link"] != "connected"
+    assert image_digest(pair.secondary) == before
+    assert pair.secondary.site_json()["volume_id"] is None  # it never even adopted the identity
+    assert_no_secret_leaked(pair, SECRET, OTHER_SECRET)
+
+
+def test_secret_on_one_side_only_names_the_missing_setting(site_pairs: Callable[..., SitePair],
+                                                            tmp_path: Path) -> None:
+    base = Settings(size="64MiB", capacity=32)
+    pair = site_pairs(base, secondary=secured(base, tmp_path, secret=SECRET))
+    pair.init_both()
+    pair.start_both()
+    pair.wait_for("the refusal in both /status", lambda: (
+        "secret_file" in pair.status(pair.secondary)["link_error"]
+        and "secret_file" in pair.status(pair.primary)["link_error"]))
+    assert pair.status(pair.primary)["link"] != "connected"
+
+
+def test_link_tls_with_a_certificate_from_another_ca_is_refused(site_pairs: Callable[..., SitePair],
+                                                                tmp_path: Path,
+                                                                certs: dict[str, Path]) -> None:
+    base = Settings(size="64MiB", capacity=32)
+    pair = site_pairs(base, primary=secured(base, tmp_path, link_tls=certs["other_ca"]),
+                      secondary=secured(base, tmp_path, link_tls=certs["good"]))
+    pair.init_both()
+    pair.start_both()
+    before = image_digest(pair.secondary)
+    pair.wait_for("TLS failures in /status", lambda: (
+        "TLS handshake" in pair.status(pair.primary)["link_error"]
+        and "TLS handshake" in pair.status(pair.secondary)["link_error"]))
+    assert "certificate" in pair.status(pair.primary)["link_error"]
+    assert pair.status(pair.secondary)["link"] != "connected"
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x44 0 1M", pair.nbd_url], context=pair.logs())
+    assert image_digest(pair.secondary) == before
+
+
+# -- the admin token --------------------------------------------------------------------------------
+
+
+def post(port: int, path: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}", method="POST",
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_admin_off_loopback_needs_a_token_file(site_pairs: Callable[..., SitePair], tmp_path: Path) -> None:
+    base = Settings(size="64MiB", capacity=32)
+    pair = site_pairs(base, primary=dataclasses.replace(base, admin_host="0.0.0.0"))
+    result = pair.cli("init", "--config", pair.primary.config_path, "--role", "primary", ok=None)
+    assert result.returncode != 0
+    assert "is not loopback: set [admin] token_file" in result.stderr
+
+
+def test_mutating_endpoints_need_the_token(site_pairs: Callable[..., SitePair], tmp_path: Path) -> None:
+    token_path = tmp_path / "admin-token"
+    token_path.write_text("admin-token-0123456789abcdef\n")
+    token_path.chmod(0o600)
+    base = Settings(size="64MiB", capacity=32)
+    guarded = dataclasses.replace(base, admin_host="0.0.0.0", admin_extra=f'token_file = "{token_path}"\n')
+    pair = site_pairs(base, primary=guarded)
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    port = pair.primary.admin_port
+    for path in ("/verify", "/demote", "/promote", "/resolve"):
+        assert post(port, path) == 401
+        assert post(port, path, token="wrong-token-0123456789") == 401
+    assert pair.status(pair.primary)["role"] == "primary"  # nothing happened
+    # The CLI reads the token from the config and gets through.
+    out = pair.cli("verify", "--config", pair.primary.config_path)
+    assert "both sites hold identical data" in out.stdout
+    assert post(port, "/verify", token="admin-token-0123456789abcdef") == 202  # accepted, runs on
+    assert "admin-token-0123456789abcdef" not in pair.logs()
