@@ -235,3 +235,27 @@ def test_mutating_endpoints_need_the_token(site_pairs: Callable[..., SitePair], 
     assert "both sites hold identical data" in out.stdout
     assert post(port, "/verify", token="admin-token-0123456789abcdef") == 202  # accepted, runs on
     assert "admin-token-0123456789abcdef" not in pair.logs()
+
+
+def test_an_unknown_volume_identity_is_refused_with_the_reason(site_pairs: Callable[..., SitePair],
+                                                              tmp_path: Path) -> None:
+    """A secondary paired with one volume refuses a primary of another (re-initialised with
+    --force), with both identities in /status, and takes none of its data."""
+    base = secured(Settings(size="64MiB", capacity=32), tmp_path, secret=SECRET)
+    pair = site_pairs(base)
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    pair.stop(pair.primary)
+    pair.init(pair.primary, force=True)  # a new volume identity on the same address
+    new_identity = pair.primary.site_json()["volume_id"]
+    before = image_digest(pair.secondary)
+    pair.start(pair.primary)
+    pair.wait_for("the identity refusal in the secondary's /status",
+                  lambda: "is not ours" in pair.status(pair.secondary)["link_error"])
+    assert new_identity in pair.status(pair.secondary)["link_error"]
+    pair.wait_for("the refusal in the primary's /status",
+                  lambda: "is not ours" in pair.status(pair.primary)["link_error"])
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x55 0 1M", pair.nbd_url], context=pair.logs())
+    assert pair.status(pair.primary)["link"] != "connected"
+    assert image_digest(pair.secondary) == before

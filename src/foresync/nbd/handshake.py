@@ -169,6 +169,7 @@ class ServerHandshake:
         self._skip_bytes = 0  # bytes of an oversized option still to discard
         self._skipped_option = 0
         self.options_seen = 0
+        self.oversized_options = 0  # options refused with ERR_TOO_BIG (for the adapter's log)
 
     # -- the three calls an adapter makes -------------------------------------------------------
 
@@ -246,6 +247,7 @@ class ServerHandshake:
             del self._buf[: wire.OPTION_HEADER.size]
             self._skip_bytes = length
             self._skipped_option = option
+            self.oversized_options += 1
             rest = bytes(self._buf)
             self._buf.clear()
             self._buf += self._discard_oversized(rest)

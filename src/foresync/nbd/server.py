@@ -97,6 +97,14 @@ class NbdServer:
         self.requests_total = 0
         self.protocol_errors_total = 0
         self._limit_logged = False
+        self._limits_hit: set[str] = set()
+
+    def limit_hit(self, name: str, message: str, *args: object) -> None:
+        """Log the first time a limit is reached (per server), then stay quiet: a client that
+        leans on a limit must not also flood the log."""
+        if name not in self._limits_hit:
+            self._limits_hit.add(name)
+            log.warning("NBD limit %s reached: " + message + " (logged once)", name, *args)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         keep_freed_heap()
@@ -231,6 +239,10 @@ class NbdConnection(asyncio.Protocol):
     def _handshake_data(self, data: bytes) -> None:
         assert self.handshake is not None and self.transport is not None
         self.handshake.receive_data(data)
+        if self.handshake.oversized_options:
+            self.server.limit_hit("max_option_size", "%s sent an option over %d bytes; answered "
+                                  "ERR_TOO_BIG without buffering it", self.peer,
+                                  self.server.limits.max_option_bytes)
         out = self.handshake.data_to_send()
         if out:
             self.transport.write(out)
@@ -279,9 +291,9 @@ class NbdConnection(asyncio.Protocol):
 
     def _handshake_timeout(self) -> None:
         if self.tx is None and self.transport is not None:
-            log.info("%s: handshake not finished within %.0f s; closing", self.peer,
-                     self.server.limits.handshake_timeout_s)
-            self.transport.close()
+            self.server.limit_hit("handshake_timeout", "%s did not finish negotiating within %.0f s; "
+                                  "closed", self.peer, self.server.limits.handshake_timeout_s)
+            self.transport.abort()
 
     # -- transmission ----------------------------------------------------------------------------
 
@@ -306,6 +318,9 @@ class NbdConnection(asyncio.Protocol):
                 self._serving >= limit
                 or (self._serving and self._serving_bytes + len(head.data) > byte_limit)
             ):
+                self.server.limit_hit("max_in_flight", "%s has %d requests (%d payload bytes) being "
+                                      "served; reading from it pauses until they finish", self.peer,
+                                      self._serving, self._serving_bytes)
                 break
             event = self._queue.popleft()
             if isinstance(event, Request):

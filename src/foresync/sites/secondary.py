@@ -129,6 +129,13 @@ class SecondarySite:
 
     def _check_history(self, hello: wire.Hello) -> bool:
         """Decide from the two epoch histories whether this primary may replicate to us."""
+        if self.meta.volume_id is not None and hello.volume_id != self.meta.volume_id:
+            # Another volume altogether (a primary re-initialised, a wrong peer address): its
+            # history is unrelated to ours, and calling that a split brain would mislead.
+            return self._refuse(
+                f"volume identity {hello.volume_id.hex()} is not ours ({self.meta.volume_id.hex()}); "
+                "to pair this site with that volume instead, re-initialise it with "
+                "`foresync init --force`")
         mine, theirs = self.meta.epoch_history, tuple(hello.history)
         relation = compare(mine, theirs)
         if self.meta.discard_local and relation is not Relation.SAME:

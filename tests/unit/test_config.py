@@ -1,0 +1,81 @@
+"""Config keys of the security issue: TLS directories, secrets, limits, the admin token rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foresync import config
+from foresync.errors import ConfigError
+
+BASE = """
+[volume]
+data = "v.img"
+size = "64MiB"
+meta = "v.meta"
+[link]
+listen = "127.0.0.1:7800"
+peer = "127.0.0.1:7801"
+"""
+
+
+def load(tmp_path: Path, extra: str) -> config.SiteConfig:
+    path = tmp_path / "site.toml"
+    path.write_text(BASE + extra)
+    return config.load(str(path))
+
+
+def test_defaults_are_plain_loopback_and_bounded(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "")
+    assert cfg.nbd_tls_dir is None and cfg.link_secret_file is None and cfg.link_tls_dir is None
+    assert cfg.admin_token_file is None and cfg.admin_is_loopback
+    assert (cfg.nbd_max_connections, cfg.nbd_max_in_flight) == (64, 256)
+    assert cfg.nbd_max_in_flight_bytes == 64 << 20 and cfg.nbd_max_option_bytes == 64 << 10
+    assert cfg.nbd_handshake_timeout_s == 30.0 and cfg.link_max_frame_bytes == 33 << 20
+
+
+def test_security_keys_resolve_relative_to_the_config(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '''secret_file = "secret"
+tls_dir = "link-tls"
+max_frame_size = "40MiB"
+[nbd]
+tls_dir = "nbd-tls"
+tls_verify_client = true
+max_connections = 8
+max_in_flight = 16
+max_in_flight_size = "8MiB"
+max_option_size = "4KiB"
+handshake_timeout = 5
+[admin]
+listen = "0.0.0.0:7900"
+token_file = "/etc/foresync/token"
+''')
+    assert cfg.link_secret_file == str(tmp_path / "secret")
+    assert cfg.link_tls_dir == str(tmp_path / "link-tls") and cfg.nbd_tls_dir == str(tmp_path / "nbd-tls")
+    assert cfg.nbd_tls_verify_client and cfg.nbd_max_connections == 8 and cfg.nbd_max_in_flight == 16
+    assert cfg.nbd_max_in_flight_bytes == 8 << 20 and cfg.nbd_max_option_bytes == 4096
+    assert cfg.nbd_handshake_timeout_s == 5.0 and cfg.link_max_frame_bytes == 40 << 20
+    assert cfg.admin_token_file == "/etc/foresync/token" and not cfg.admin_is_loopback
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('[admin]\nlisten = "0.0.0.0:7900"\n', "is not loopback: set [admin] token_file"),
+    ('[admin]\nlisten = "192.0.2.1:7900"\n', "is not loopback"),
+    ('[nbd]\ntls_verify_client = true\n', "tls_verify_client = true needs [nbd] tls_dir"),
+    ('[nbd]\ntls_verify_client = "yes"\n', "expected true or false"),
+    ('max_frame_size = "1MiB"\n', "must be at least 32 MiB"),
+    ('[nbd]\nmax_connections = 0\n', "max_connections = 0"),
+    ('[link2]\n', "unknown section"),
+    ('secret = "x"\n', "did you mean 'secret_file'"),
+])
+def test_bad_security_settings_are_refused_clearly(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, extra)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_admin_needs_no_token(tmp_path: Path, host: str) -> None:
+    listen = f"[{host}]:7900" if ":" in host else f"{host}:7900"
+    assert load(tmp_path, f'[admin]\nlisten = "{listen}"\n').admin_is_loopback
