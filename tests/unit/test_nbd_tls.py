@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_nbd_handshake import (
     C_FIXED_NEWSTYLE,
     C_NO_ZEROES,
@@ -143,3 +145,33 @@ def test_greeting_is_unchanged_in_forcedtls_mode() -> None:
     plain = ServerHandshake(EXPORTS).data_to_send()
     tls = ServerHandshake(EXPORTS, tls=True).data_to_send()
     assert plain == tls and struct.unpack(">QQH", tls)[2] & 1
+
+
+_OPTIONS = st.tuples(
+    st.sampled_from([o for o in range(0, 13) if o not in (Option.EXPORT_NAME, Option.ABORT, Option.STARTTLS)]
+                    + [0xFFFF, 0xFFFFFFFF]),
+    st.binary(max_size=64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(options=st.lists(_OPTIONS, max_size=8), cut=st.integers(0, 64), bytewise=st.booleans())
+def test_no_plaintext_option_gets_through_before_tls(options: list[tuple[int, bytes]], cut: int,
+                                                     bytewise: bool) -> None:
+    """Whatever options a client sends before STARTTLS, each complete one is answered
+    ERR_TLS_REQD (exactly one reply, in order) and no export is ever selected."""
+    hs = forced()
+    stream = b"".join(option(opt, payload) for opt, payload in options)
+    stream = stream[: len(stream) - cut] if cut < len(stream) else stream
+    chunks = [stream[i : i + 1] for i in range(len(stream))] if bytewise else [stream]
+    for chunk in chunks:
+        hs.receive_data(chunk)
+    replies = decode_replies(hs.data_to_send())
+    complete, pos = [], 0
+    for opt, payload in options:
+        end = pos + 16 + len(payload)
+        if end > len(stream):
+            break
+        complete.append(opt)
+        pos = end
+    assert types(replies) == [(opt, Reply.ERR_TLS_REQD) for opt in complete]
+    assert hs.next_event() is None and hs.state is HandshakeState.NEGOTIATING and not hs.tls_active

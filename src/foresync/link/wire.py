@@ -7,8 +7,8 @@ Every frame (16-byte header, then the payload):
     6   u16  reserved, 0
     8   u32  payload length
     12  u32  CRC32C of header bytes 0..11 followed by the payload
-All integers are big-endian. A frame with a bad magic, an unknown type, a length over the limit
-or a wrong CRC is a RemoteProtocolError: the stream is TCP, so a damaged frame means the
+All integers are big-endian. A frame with a bad magic, nonzero reserved bytes, an unknown type, a
+length over the limit or a wrong CRC is a RemoteProtocolError: the stream is TCP, so a damaged frame means the
 connection can no longer be trusted and is closed; the sites then resynchronise.
 
 Payloads (after the header):
@@ -473,6 +473,8 @@ class FrameDecoder:
                 magic, kind, _r1, _r2, length, crc = FRAME_HEADER.unpack_from(buf, pos)
                 if magic != FRAME_MAGIC:
                     raise RemoteProtocolError(f"bad link frame magic 0x{magic:08x}")
+                if _r1 or _r2:
+                    raise RemoteProtocolError("link frame reserved header bytes are not zero")
                 if length > self.max_frame_bytes:
                     raise RemoteProtocolError(
                         f"link frame of {length} bytes is over the {self.max_frame_bytes}-byte limit")

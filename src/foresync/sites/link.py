@@ -7,9 +7,11 @@ resynchronise on the next connection rather than guess.
 Before the site sees any message, a connection is secured: the listening side upgrades it to TLS
 when ``[link] tls_dir`` is set (the dialling side connects with TLS directly), then ``LinkAuth``
 runs the shared-secret challenge-response when ``[link] secret_file`` is set. Until both have
-succeeded the frame limit is 4 KiB, only authentication frames are accepted, and the connection
-is closed if it takes longer than the link timeout; every failure reaches ``on_error`` (the
-site's ``link_error``) and the peer gets a REFUSE saying why.
+succeeded the frame limit is 4 KiB and only authentication frames are accepted; until the first
+real message (HELLO, WELCOME) has passed, frames are held to what that message can need; and a
+connection still in this setup after the link timeout is closed. A listener keeps at most
+``max_pending_setups`` connections in setup at once, so strangers cannot pin memory. Every failure
+reaches ``on_error`` and the peer gets a REFUSE saying why.
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ class LinkSecurity:
     server_tls: ssl.SSLContext | None = None  # the listening side, with client certificates required
     client_tls: ssl.SSLContext | None = None  # the dialling side
     max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
-    setup_timeout_s: float = 10.0  # TLS and authentication must finish within this
+    # Until the first message has passed (HELLO or WELCOME, which carry per-extent lists), frames
+    # are held to this; the site sets it from the volume's extent count.
+    setup_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
+    setup_timeout_s: float = 10.0  # TLS, authentication and the first message within this
+    max_pending_setups: int = 16  # unfinished incoming connections; more are closed at once
 
     def __repr__(self) -> str:
         return (f"LinkSecurity(secret={'set' if self.secret else 'none'}, "
@@ -74,6 +80,8 @@ def _ignore_error(reason: str) -> None:
 
 
 class LinkProtocol(asyncio.Protocol):
+    _pending_setups = 0  # incoming connections of this process not yet past their first message
+
     def __init__(
         self,
         on_message: Callable[[wire.Message], None],
@@ -100,6 +108,7 @@ class LinkProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._setup_timer: asyncio.TimerHandle | None = None
         self._tls_task: asyncio.Task[None] | None = None
+        self._in_setup = False  # counted in _pending_setups
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -110,6 +119,15 @@ class LinkProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.transport.set_write_buffer_limits(high=16 * 1024 * 1024)
         loop = asyncio.get_running_loop()
+        if not self._dialler:
+            if LinkProtocol._pending_setups >= self._security.max_pending_setups:
+                log.warning("link: closing %s at once: %d connections are already authenticating",
+                            self.peer, LinkProtocol._pending_setups)
+                self.closed.set_result("too many connections in setup")
+                self.transport.abort()
+                return
+            LinkProtocol._pending_setups += 1
+            self._in_setup = True
         self._setup_timer = loop.call_later(self._security.setup_timeout_s, self._setup_timed_out)
         if self._security.server_tls is not None and not self._dialler:
             self.transport.pause_reading()  # the next bytes are the TLS ClientHello
@@ -140,17 +158,28 @@ class LinkProtocol(asyncio.Protocol):
             self._trusted()
 
     def _trusted(self) -> None:
+        """Authenticated (or no secret): the first real message may now come, within limits."""
+        self._decoder.max_frame_bytes = min(self._security.setup_frame_bytes,
+                                            self._security.max_frame_bytes)
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _set_up(self) -> None:
+        """The first real message passed: full frame limit, no more setup deadline."""
         self._decoder.max_frame_bytes = self._security.max_frame_bytes
         if self._setup_timer is not None:
             self._setup_timer.cancel()
             self._setup_timer = None
-        if not self.ready.done():
-            self.ready.set_result(None)
+        self._leave_setup()
+
+    def _leave_setup(self) -> None:
+        if self._in_setup:
+            self._in_setup = False
+            LinkProtocol._pending_setups -= 1
 
     def _setup_timed_out(self) -> None:
-        if not self.ready.done():
-            self._refused_locally(f"{self.peer} did not finish TLS and authentication within "
-                                  f"{self._security.setup_timeout_s:.0f} s", tell_peer=False)
+        self._refused_locally(f"{self.peer} did not finish TLS, authentication and its first "
+                              f"message within {self._security.setup_timeout_s:.0f} s", tell_peer=False)
 
     def _refused_locally(self, reason: str, tell_peer: bool) -> None:
         self.error = reason
@@ -176,6 +205,7 @@ class LinkProtocol(asyncio.Protocol):
             self._trusted()
             if result.deliver:
                 self._auth = None  # a real message came through: no more checks on the hot path
+                self._set_up()
         return result.deliver
 
     def data_received(self, data: bytes) -> None:
@@ -202,6 +232,7 @@ class LinkProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._setup_timer is not None:
             self._setup_timer.cancel()
+        self._leave_setup()
         if not self.closed.done():
             self.closed.set_result(str(exc) if exc else "connection closed")
 

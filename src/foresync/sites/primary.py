@@ -287,9 +287,15 @@ class PrimarySite:
     def _link_refused(self, reason: str) -> None:
         self.core.link_error = reason
 
+    def _peer_refused(self, reason: str) -> None:
+        """A connection to our listener failed to authenticate: worth showing only while our own
+        link is down (it is logged either way)."""
+        if self.core.link is not core_mod.LinkState.CONNECTED:
+            self.core.link_error = f"refused a peer: {reason}"
+
     def _new_peer(self) -> LinkProtocol:
         proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None,
-                             self.security.link, dialler=False, on_error=self._link_refused)
+                             self.security.link, dialler=False, on_error=self._peer_refused)
         return proto
 
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:

@@ -73,6 +73,8 @@ class SecondarySite:
         return proto
 
     def _link_refused(self, reason: str) -> None:
+        if self.link is not None and self.link.is_open:
+            return  # a stranger's failed attempt must not hide the healthy link's state (logged)
         self.link_error = f"refused the primary: {reason}"
 
     def _on_message(self, proto: LinkProtocol, message: wire.Message) -> None:

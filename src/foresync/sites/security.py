@@ -59,6 +59,14 @@ class SiteSecurity:
                 f"admin_token={'set' if self.admin_token else 'none'})")
 
 
+def setup_frame_bytes(cfg: SiteConfig) -> int:
+    """The largest first message: a HELLO or WELCOME lists up to every extent (out-of-sync and
+    stale extents at 4 bytes, checksums at 8), the record (4 bytes an extent), pending ranges and
+    the epoch history; 1 MiB covers the last two with room to spare."""
+    extents = -(-cfg.size // cfg.extent_size)
+    return 1024 * 1024 + 16 * extents + 4 * cfg.capacity
+
+
 def load_security(cfg: SiteConfig) -> SiteSecurity:
     link_tls_dir = cfg.link_tls_dir
     return SiteSecurity(
@@ -72,6 +80,7 @@ def load_security(cfg: SiteConfig) -> SiteSecurity:
             server_tls=tls.server_context(link_tls_dir, verify_client=True) if link_tls_dir else None,
             client_tls=tls.client_context(link_tls_dir) if link_tls_dir else None,
             max_frame_bytes=cfg.link_max_frame_bytes,
+            setup_frame_bytes=setup_frame_bytes(cfg),
             setup_timeout_s=cfg.timeout_s,
         ),
         admin_token=read_secret(cfg.admin_token_file, "[admin] token_file") if cfg.admin_token_file else None,
