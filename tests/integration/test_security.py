@@ -102,7 +102,7 @@ def test_serve_refuses_a_tls_dir_without_its_files(tmp_path: Path) -> None:
 
 
 def secured(settings: Settings, directory: Path, *, secret: str | None = None, link_tls: Path | None = None,
-            nbd_tls: Path | None = None, name: str = "secret") -> Settings:
+            nbd_tls: Path | None = None, verify_client: bool = False, name: str = "secret") -> Settings:
     link = ""
     if secret is not None:
         path = directory / name
@@ -112,6 +112,8 @@ def secured(settings: Settings, directory: Path, *, secret: str | None = None, l
     if link_tls is not None:
         link += f'tls_dir = "{link_tls}"\n'
     nbd = f'tls_dir = "{nbd_tls}"\n' if nbd_tls is not None else ""
+    if verify_client:
+        nbd += "tls_verify_client = true\n"
     return dataclasses.replace(settings, link_extra=link, nbd_extra=nbd)
 
 
@@ -127,17 +129,22 @@ def assert_no_secret_leaked(pair: SitePair, *secrets: str) -> None:
 
 def test_fully_secured_pair_replicates(site_pairs: Callable[..., SitePair], tmp_path: Path,
                                        certs: dict[str, Path]) -> None:
-    """NBD over TLS, link over mutual TLS, and the shared secret: data flows as usual."""
+    """NBD over TLS with client certificates, link over mutual TLS, and the shared secret: data
+    flows as usual, and a host without a client certificate is turned away."""
     base = Settings(size="64MiB", capacity=32)
-    settings = secured(base, tmp_path, secret=SECRET, link_tls=certs["good"], nbd_tls=certs["good"])
+    settings = secured(base, tmp_path, secret=SECRET, link_tls=certs["good"], nbd_tls=certs["good"],
+                       verify_client=True)
     pair = site_pairs(settings)
     pair.init_both()
     pair.start_both()
     pair.wait_link(pair.primary, "connected")
     run_tool(["qemu-io", *tls_opts(pair.primary.nbd_port, certs["good"]),
               "-c", "write -P 0x11 0 3M", "-c", "write -P 0x22 20M 1M"], context=pair.logs())
+    anonymous = run_tool(["nbdinfo", nbds(pair.primary.nbd_port, certs["ca_only"])], ok=None)
+    assert anonymous.returncode != 0
     primary, secondary = pair.wait_in_sync()
     assert primary["link_error"] == "" and secondary["link_error"] == ""
+    assert primary["counters"]["writes"] == 2
     assert_no_secret_leaked(pair, SECRET)
     pair.stop_both()
     pair.assert_identical()
