@@ -87,6 +87,14 @@ def render(name: str, doc: dict[str, Any]) -> str:
     elif verify.get("mismatches"):
         lines.append(f"  verify   last run found {verify['mismatches']} mismatched extents")
     lines.append(f"  resync sent {format_size(cnt['resync_bytes'])} since start")
+    security = doc.get("security")
+    if security is not None:
+        nbd = ("TLS + client certificates" if security.get("nbd_tls_verify_client")
+               else "TLS" if security.get("nbd_tls") else "plaintext")
+        link = " + ".join(name for name, on in (("TLS", security.get("link_tls")),
+                                                ("shared secret", security.get("link_secret"))) if on)
+        lines.append(f"  security NBD {nbd}; link {link or 'plaintext, unauthenticated'}; admin "
+                     f"{'token required for changes' if security.get('admin_token') else 'no token'}")
     if doc.get("link_error"):
         lines.append(f"  last link error: {doc['link_error']}")
     return "\n".join(lines)

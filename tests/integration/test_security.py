@@ -145,6 +145,9 @@ def test_fully_secured_pair_replicates(site_pairs: Callable[..., SitePair], tmp_
     primary, secondary = pair.wait_in_sync()
     assert primary["link_error"] == "" and secondary["link_error"] == ""
     assert primary["counters"]["writes"] == 2
+    expected = {"nbd_tls": True, "nbd_tls_verify_client": True, "link_tls": True, "link_secret": True,
+                "admin_token": False}
+    assert primary["security"] == secondary["security"] == expected
     assert_no_secret_leaked(pair, SECRET)
     pair.stop_both()
     pair.assert_identical()

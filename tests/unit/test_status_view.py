@@ -51,3 +51,15 @@ def test_secondary_view_says_when_its_record_may_be_incomplete() -> None:
     assert "INCONSISTENT" in text and "applied through seq 9" in text
     assert "record may be incomplete" in text
     assert "hit ratio" not in text
+
+
+def test_security_line_says_what_is_on_and_what_is_not() -> None:
+    plain = {"nbd_tls": False, "nbd_tls_verify_client": False, "link_tls": False,
+             "link_secret": False, "admin_token": False}
+    text = render("vol0", _primary(security=plain))
+    assert "security NBD plaintext; link plaintext, unauthenticated; admin no token" in text
+    full = {"nbd_tls": True, "nbd_tls_verify_client": True, "link_tls": True, "link_secret": True,
+            "admin_token": True}
+    text = render("vol0", _primary(security=full))
+    assert ("security NBD TLS + client certificates; link TLS + shared secret; admin token required "
+            "for changes") in text

@@ -228,6 +228,10 @@ class PrimarySite:
                 backoff = min(backoff * 2, 2.0)
                 continue
             except (OSError, TimeoutError) as exc:
+                if security.client_tls is not None and isinstance(exc, ConnectionResetError):
+                    # The listener dropped us mid-handshake: it refused our certificate.
+                    self.core.link_error = (f"TLS handshake with {host}:{port} failed: the peer "
+                                            f"closed the connection ({exc})")
                 if not logged:
                     log.info("link: cannot reach secondary at %s:%d (%s); retrying", host, port, exc)
                     logged = True
@@ -449,6 +453,7 @@ class PrimarySite:
             "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes,
                     "seconds": round(self.core.lag_seconds(), 3)},
             "resync": self.core.resync_progress(),
+            "security": self.security.describe(),
             "split_brain": self.core.split_brain,
             "verify": self.core.verify_progress(),
             "failback_bound_bytes": (s.record_extents + s.out_of_sync_extents) * self.cfg.extent_size,

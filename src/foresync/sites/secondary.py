@@ -417,6 +417,7 @@ class SecondarySite:
             "consistent": self.meta.consistent and not self.meta.new,
             "undo_saved_extents": self.undo.saved,
             "rolled_back_extents": self.rolled_back,
+            "security": self.security.describe(),
             "split_brain": self.split_brain,
             "record_may_be_incomplete": self.link is None,
             "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 0},

@@ -54,6 +54,14 @@ class SiteSecurity:
         """No TLS, no secrets, default limits (tests and the simulator)."""
         return cls(nbd_tls=None, nbd_limits=ServerLimits(), link=LinkSecurity(), admin_token=None)
 
+    def describe(self) -> dict[str, bool]:
+        """What is switched on, for /status (never the secrets themselves)."""
+        return {"nbd_tls": self.nbd_tls is not None,
+                "nbd_tls_verify_client": self.nbd_tls is not None
+                and self.nbd_tls.verify_mode == ssl.CERT_REQUIRED,
+                "link_tls": self.link.server_tls is not None, "link_secret": self.link.secret is not None,
+                "admin_token": self.admin_token is not None}
+
     def __repr__(self) -> str:  # never print a secret, even by accident in a debug line
         return (f"SiteSecurity(nbd_tls={self.nbd_tls is not None}, link={self.link!r}, "
                 f"admin_token={'set' if self.admin_token else 'none'})")
