@@ -432,3 +432,20 @@ def test_extents_cover_the_range_and_match_what_was_written(
         for byte in (pos, pos + n - 1):
             assert (byte // BLOCK in written) == (flags == DATA)
         pos += n
+
+
+def test_read_unless_hole_skips_holes_and_reads_data(backend: FileBackend) -> None:
+    backend.write(BLOCK, pattern(BLOCK))
+    reads: list[tuple[int, int]] = []
+    real_read = backend.read
+
+    def counting_read(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return real_read(offset, length)
+
+    backend.read = counting_read  # type: ignore[method-assign]
+    assert backend.read_unless_hole(4 * BLOCK, 2 * BLOCK) == bytes(2 * BLOCK)
+    assert reads == []  # a hole is not read, so it does not land in the page cache
+    assert backend.read_unless_hole(0, 2 * BLOCK) == bytes(BLOCK) + pattern(BLOCK)
+    assert backend.read_unless_hole(BLOCK, BLOCK) == pattern(BLOCK)
+    assert reads == [(0, 2 * BLOCK), (BLOCK, BLOCK)]

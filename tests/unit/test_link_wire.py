@@ -116,6 +116,28 @@ def test_round_trip_with_trailing_partial_frame(message: wire.Message) -> None:
     assert decoder.feed(follow[-1:]) == [wire.Ping(5)]
 
 
+@pytest.mark.parametrize("message", MESSAGES, ids=IDS)
+def test_frame_parts_are_the_frame(message: wire.Message) -> None:
+    parts = wire.encode_frame_parts(message)
+    assert b"".join(parts) == encode_frame(message)
+    if isinstance(message, wire.Write) and message.data:
+        assert parts[-1] is message.data  # the data goes to the socket uncopied
+
+
+def test_only_what_nobody_awaits_may_wait() -> None:
+    flags = wire.WriteFlag
+    assert wire.may_wait(wire.Write(1, 0, 0, 0, (), b"x"))
+    assert wire.may_wait(wire.Write(1, 0, flags.RESYNC, 0, (), b"x"))
+    assert wire.may_wait(wire.Zero(1, 0, 4096, flags.PUNCH, 0, ()))
+    assert wire.may_wait(wire.Applied(3))
+    for flag in (flags.MISS, flags.DURABLE, flags.MISS | flags.RESYNC):
+        assert not wire.may_wait(wire.Write(1, 0, flag, 1, (), b"x"))
+    assert not wire.may_wait(wire.Zero(1, 0, 1 << 30, flags.RANGE, 0, ()))
+    for message in (wire.Added(1, ()), wire.Durable(1), wire.Sync(1), wire.Ping(1), wire.Pong(1),
+                    wire.Remove((1,), ()), wire.ResyncDone(1), wire.Hashes(1, 0, ())):
+        assert not wire.may_wait(message)
+
+
 def test_many_frames_in_one_feed_keep_their_order() -> None:
     stream = b"".join(encode_frame(m) for m in MESSAGES)
     assert FrameDecoder().feed(stream) == MESSAGES

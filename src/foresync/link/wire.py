@@ -92,6 +92,9 @@ class MessageType(IntEnum):
     AUTH_PROOF = 19
 
 
+_WRITE_KIND = int(MessageType.WRITE)
+
+
 class WelcomeFlag(IntFlag):
     NEW = 1  # the secondary has no image of this volume yet (or lost its metadata): full sync
     INCONSISTENT = 2  # a resync into it did not finish: it is not a usable copy until one does
@@ -296,10 +299,22 @@ def _read_u32s(payload: bytes, start: int, count: int, what: str) -> tuple[int, 
 
 def encode_payload(message: Message) -> tuple[int, bytes]:
     """(message type, payload bytes) for ``message``."""
+    kind, head, data = _encode_parts(message)
+    return kind, head + data if data else head
+
+
+def _encode_parts(message: Message) -> tuple[int, bytes, bytes]:
+    """(message type, payload head, data): a WRITE's data is kept apart, so that it is not
+    copied on its way to the socket; every other payload is all head."""
+    if type(message) is Write:  # the hot path: one per host write
+        removals = message.removals
+        head = WRITE.pack(message.seq, message.offset, message.flags, message.budget, len(removals))
+        return MessageType.WRITE, head + _u32s(removals) if removals else head, message.data
+    return (*_encode_other(message), b"")
+
+
+def _encode_other(message: Message) -> tuple[int, bytes]:
     match message:
-        case Write(seq, offset, flags, budget, removals, data):
-            head = WRITE.pack(seq, offset, flags, budget, len(removals)) + _u32s(removals)
-            return MessageType.WRITE, head + data
         case Zero(seq, offset, length, flags, budget, removals):
             return MessageType.ZERO, ZERO.pack(seq, offset, length, flags, budget, len(removals)) + _u32s(removals)
         case Applied(seq):
@@ -343,11 +358,35 @@ def encode_payload(message: Message) -> tuple[int, bytes]:
     raise AssertionError(f"unknown message {message!r}")
 
 
+def may_wait(message: Message) -> bool:
+    """Whether ``message`` may sit in the sender's queue for a moment (see ``sites/link.py``).
+
+    Nothing waits for these: a WRITE or ZERO that the secondary's record already covers (no
+    MISS, DURABLE or RANGE flag; the primary answered the host already) and APPLIED (it only
+    frees window, which is at least 32 MiB). Every other message is awaited by someone (an
+    ADDED, a sync-mode DURABLE, a SYNC, a PING) and goes out in the same pass of the event
+    loop; it takes everything queued before it along, so the stream stays in order."""
+    if type(message) is Write or type(message) is Zero:
+        return not message.flags & _AWAITED
+    return type(message) is Applied
+
+
+_AWAITED = int(WriteFlag.MISS | WriteFlag.DURABLE | WriteFlag.RANGE)  # an int: no enum.py per call
+
+
 def encode_frame(message: Message) -> bytes:
-    kind, payload = encode_payload(message)
-    prefix = _PREFIX.pack(FRAME_MAGIC, kind, 0, 0, len(payload))
-    crc = google_crc32c.extend(google_crc32c.value(prefix), payload)
-    return prefix + COUNT.pack(crc) + payload
+    return b"".join(encode_frame_parts(message))
+
+
+def encode_frame_parts(message: Message) -> list[bytes]:
+    """The frame as buffers to write in order (header, payload head, then a WRITE's data
+    without copying it)."""
+    kind, head, data = _encode_parts(message)
+    prefix = _PREFIX.pack(FRAME_MAGIC, kind, 0, 0, len(head) + len(data))
+    crc = google_crc32c.extend(google_crc32c.value(prefix), head)
+    if not data:
+        return [prefix + COUNT.pack(crc) + head]
+    return [prefix + COUNT.pack(google_crc32c.extend(crc, data)) + head, data]
 
 
 def _exact(payload: bytes, size: int, what: str) -> None:
@@ -357,6 +396,10 @@ def _exact(payload: bytes, size: int, what: str) -> None:
 
 def decode_payload(kind: int, payload: bytes) -> Message:
     """Decode one checked frame payload; malformed content is a RemoteProtocolError."""
+    if kind == _WRITE_KIND and len(payload) >= WRITE.size:  # the hot path, without enum lookups
+        seq, offset, flags, budget, count = WRITE.unpack_from(payload)
+        removals = _read_u32s(payload, WRITE.size, count, "WRITE") if count else ()
+        return Write(seq, offset, flags, budget, removals, payload[WRITE.size + 4 * count :])
     try:
         message_type = MessageType(kind)
     except ValueError:
@@ -436,6 +479,12 @@ def decode_payload(kind: int, payload: bytes) -> Message:
     raise AssertionError(f"unhandled message type {message_type}")
 
 
+def _write_with(head: bytes, data: bytes) -> Write:
+    """A WRITE from its checked head (fixed part and removals, complete) and its data."""
+    seq, offset, flags, budget, count = WRITE.unpack_from(head)
+    return Write(seq, offset, flags, budget, _read_u32s(head, WRITE.size, count, "WRITE"), data)
+
+
 _SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | ResyncDone]] = {
     MessageType.APPLIED: Applied,
     MessageType.DURABLE: Durable,
@@ -480,11 +529,21 @@ class FrameDecoder:
                         f"link frame of {length} bytes is over the {self.max_frame_bytes}-byte limit")
                 end = pos + FRAME_HEADER.size + length
                 if len(buf) >= end:
-                    payload = bytes(buf[pos + FRAME_HEADER.size : end])
-                    actual = google_crc32c.extend(google_crc32c.value(bytes(buf[pos : pos + 12])), payload)
+                    start = pos + FRAME_HEADER.size
+                    split = end  # a WRITE's data (from split) is copied out on its own, once
+                    if kind == _WRITE_KIND and length >= WRITE.size:
+                        (count,) = COUNT.unpack_from(buf, start + WRITE.size - COUNT.size)
+                        split = min(end, start + WRITE.size + 4 * count)
+                    with memoryview(buf) as view:  # copies of the frame only, not of the buffer
+                        prefix = bytes(view[pos : pos + _PREFIX.size])
+                        head = bytes(view[start:split])
+                        data = bytes(view[split:end])
+                    actual = google_crc32c.extend(google_crc32c.value(prefix), head)
+                    if data:
+                        actual = google_crc32c.extend(actual, data)
                     if actual != crc:
                         raise RemoteProtocolError(f"link frame CRC32C mismatch (type {kind}, {length} bytes)")
-                    message = decode_payload(kind, payload)
+                    message = _write_with(head, data) if data else decode_payload(kind, head)
                     self._pos = end
                     return message
         except RemoteProtocolError as exc:

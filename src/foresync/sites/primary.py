@@ -43,6 +43,7 @@ CLEAN_STOP_FILE = "clean-stop"  # written on a clean stop, removed at start
 
 _WRITE, _FLUSH, _TRIM = int(Command.WRITE), int(Command.FLUSH), int(Command.TRIM)
 _ZEROES, _CACHE = int(Command.WRITE_ZEROES), int(Command.CACHE)
+_FUA, _NO_HOLE = int(CommandFlag.FUA), int(CommandFlag.NO_HOLE)  # ints: no enum.py per request
 
 
 class PrimarySite:
@@ -61,7 +62,7 @@ class PrimarySite:
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max,
             ),
-            read=backend.read,
+            read=backend.read_unless_hole,
         )
         self.core.restore_out_of_sync(oos)
         clean_marker = os.path.join(cfg.meta, CLEAN_STOP_FILE)
@@ -107,7 +108,7 @@ class PrimarySite:
         self._next_op += 1
         self._dones[op_id] = done
         self._started[op_id] = time.monotonic()
-        fua = bool(request.flags & CommandFlag.FUA)
+        fua = bool(request.flags & _FUA)
         if command == _WRITE:
             self.core.write(op_id, request.offset, request.data, fua)
         elif command == _FLUSH:
@@ -117,7 +118,7 @@ class PrimarySite:
             self.core.zero(op_id, request.offset, request.length, True, fua)
         elif command == _ZEROES:
             self.core.zero(op_id, request.offset, request.length,
-                           not request.flags & CommandFlag.NO_HOLE, fua)
+                           not request.flags & _NO_HOLE, fua)
         else:
             del self._dones[op_id]
             done(Errno.EINVAL)

@@ -21,6 +21,7 @@ from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.link import wire
+from foresync.nbd.server import keep_freed_heap
 from foresync.replication import secondary as core_mod
 from foresync.replication.roles import Relation, compare
 from foresync.replication.secondary import SecondaryCore
@@ -46,6 +47,10 @@ class SecondarySite:
         self.meta = meta
         self.backend = backend
         self.journal = journal
+        # The link decoder makes payload-sized buffers per frame, as the NBD parser does on the
+        # primary: without this, 1 MiB writes spent over 40% of the secondary's CPU faulting
+        # freshly returned heap back in (profiled with perf).
+        keep_freed_heap()
         state = journal.replayed.state if journal is not None else None
         self.core = SecondaryCore(cfg.size, cfg.extent_size, cfg.lookahead,
                                   meta.volume_id or bytes(16),
@@ -99,8 +104,9 @@ class SecondarySite:
         if self._held is not None:
             self._held.append(message)
             return
+        # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
+        # every other message read in the same pass: one pump per read, not per 4 KiB write.
         self.core.receive(message)
-        self.pump()
 
     async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
         # Every write from an earlier session lands first, so the checksums describe the image
@@ -202,6 +208,9 @@ class SecondarySite:
         store_meta(self.cfg.meta, meta)
 
     def _take_over(self, proto: LinkProtocol) -> None:
+        # Whatever the core already released belongs to the old connection: carry it out (its
+        # replies go to the old link, if anywhere) before the session is reset for the new one.
+        self.pump()
         if self.link is not None:
             self.link.abort("replaced by a new connection from the primary")
         self.link = proto

@@ -112,6 +112,18 @@ class FileBackend:
             data += bytes(length - len(data))
         return data
 
+    def read_unless_hole(self, offset: int, length: int) -> bytes:
+        """``read``, except that a range that is one hole comes back as zeroes without reading.
+
+        Resync and verify read whole extents of what is often a mostly sparse volume. Reading a
+        hole fills the page cache with zeroed large folios, and every later 4 KiB write into one
+        of those walks all of the folio's buffer heads (``ext4_block_write_begin``): profiled at
+        zero RTT after a full sync, that was a quarter of the primary's CPU on 4 KiB writes."""
+        status = self.extents(offset, length)
+        if len(status) == 1 and status[0][1] & AllocationFlag.HOLE and status[0][0] >= length:
+            return bytes(length)
+        return self.read(offset, length)
+
     def write(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
         try:
