@@ -269,3 +269,21 @@ def test_an_unknown_volume_identity_is_refused_with_the_reason(site_pairs: Calla
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x55 0 1M", pair.nbd_url], context=pair.logs())
     assert pair.status(pair.primary)["link"] != "connected"
     assert image_digest(pair.secondary) == before
+
+
+def test_a_plaintext_primary_is_refused_by_a_tls_secondary(site_pairs: Callable[..., SitePair],
+                                                           tmp_path: Path, certs: dict[str, Path]) -> None:
+    """The listener speaks TLS from the first byte: a plaintext HELLO is a failed TLS handshake,
+    never a frame the secondary decodes."""
+    base = Settings(size="64MiB", capacity=32)
+    pair = site_pairs(base, secondary=secured(base, tmp_path, link_tls=certs["good"]))
+    pair.init_both()
+    pair.start_both()
+    before = image_digest(pair.secondary)
+    pair.wait_for("the TLS failure in the secondary's /status",
+                  lambda: "TLS handshake" in pair.status(pair.secondary)["link_error"])
+    assert pair.status(pair.secondary)["link"] != "connected"
+    assert pair.secondary.site_json()["volume_id"] is None
+    assert "bad link frame magic" not in pair.secondary.log()
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x66 0 1M", pair.nbd_url], context=pair.logs())
+    assert image_digest(pair.secondary) == before

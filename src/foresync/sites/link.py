@@ -4,8 +4,9 @@ A damaged frame (bad magic, CRC mismatch, oversize) aborts the connection: TCP a
 order and integrity, so damage means the peer or the path cannot be trusted, and the sites
 resynchronise on the next connection rather than guess.
 
-Before the site sees any message, a connection is secured: the listening side upgrades it to TLS
-when ``[link] tls_dir`` is set (the dialling side connects with TLS directly), then ``LinkAuth``
+Before the site sees any message, a connection is secured: with ``[link] tls_dir`` both sides speak
+TLS from the first byte (``LinkListener`` hands each accepted socket to the loop's TLS machinery;
+the dialler connects with TLS), then ``LinkAuth``
 runs the shared-secret challenge-response when ``[link] secret_file`` is set. Until both have
 succeeded the frame limit is 4 KiB and only authentication frames are accepted; until the first
 real message (HELLO, WELCOME) has passed, frames are held to what that message can need; and a
@@ -116,7 +117,6 @@ class LinkProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._deferred: asyncio.TimerHandle | None = None
         self._setup_timer: asyncio.TimerHandle | None = None
-        self._tls_task: asyncio.Task[None] | None = None
         self._in_setup = False  # counted in _pending_setups
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,26 +138,7 @@ class LinkProtocol(asyncio.Protocol):
             LinkProtocol._pending_setups += 1
             self._in_setup = True
         self._setup_timer = loop.call_later(self._security.setup_timeout_s, self._setup_timed_out)
-        if self._security.server_tls is not None and not self._dialler:
-            self.transport.pause_reading()  # the next bytes are the TLS ClientHello
-            self._tls_task = loop.create_task(self._start_tls(self._security.server_tls))
-        else:
-            self._start_auth()
-
-    async def _start_tls(self, context: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        try:
-            upgraded = await asyncio.get_running_loop().start_tls(
-                self.transport, self, context, server_side=True,
-                ssl_handshake_timeout=self._security.setup_timeout_s)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self._refused_locally(f"TLS handshake with {self.peer} failed: {tls.describe_error(exc)}",
-                                  tell_peer=False)
-            return
-        if upgraded is None or self.closed.done():
-            return
-        self.transport = upgraded
-        self._start_auth()
+        self._start_auth()  # over TLS already, when configured: LinkListener and the dialler see to it
 
     def _start_auth(self) -> None:
         self._auth = LinkAuth(self._security.secret, self._dialler, os.urandom)
@@ -289,3 +270,77 @@ class LinkProtocol(asyncio.Protocol):
     @property
     def is_open(self) -> bool:
         return self.transport is not None and not self.closed.done()
+
+
+class LinkListener:
+    """Accepts link connections for ``factory``. Without TLS it is a plain asyncio server. With
+    TLS every accepted socket goes to the loop's TLS machinery before a byte is read
+    (``connect_accepted_socket``), so a ClientHello can never reach the frame decoder, and a failed
+    handshake (a certificate from another CA, no certificate, plaintext) is reported through
+    ``on_error`` for the site's ``link_error``. At most ``max_pending_setups`` handshakes run at
+    once; more connections are closed at once."""
+
+    def __init__(self, factory: Callable[[], LinkProtocol], security: LinkSecurity,
+                 on_error: Callable[[str], None]) -> None:
+        self._factory = factory
+        self._security = security
+        self._on_error = on_error
+        self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self._security.server_tls is None:
+            self._server = await loop.create_server(self._factory, host, port, reuse_address=True)
+            return
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._accepting = loop.create_task(self._accept_forever(sock))
+
+    async def _accept_forever(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, address = await loop.sock_accept(sock)
+            if len(self._handshakes) >= self._security.max_pending_setups:
+                log.warning("link: closing %s at once: %d TLS handshakes already running",
+                            address, len(self._handshakes))
+                conn.close()
+                continue
+            task = loop.create_task(self._handshake(conn, address))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, address: Any) -> None:
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._factory, conn, ssl=self._security.server_tls,
+                ssl_handshake_timeout=self._security.setup_timeout_s)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            conn.close()
+            reason = f"TLS handshake with {peer} failed: {tls.describe_error(exc)}"
+            log.warning("link: %s", reason)
+            self._on_error(reason)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -29,7 +29,7 @@ from foresync.replication import primary as core_mod
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.roles import Relation, compare
 from foresync.site import SiteMeta, store_oos
-from foresync.sites.link import ActionPump, LinkProtocol
+from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import step_down
 from foresync.sites.security import SiteSecurity
@@ -76,7 +76,7 @@ class PrimarySite:
         self.role_changed = asyncio.Event()
         self.next_role = "stop"
         self._resync_bytes_at_pass = 0
-        self._listener: asyncio.Server | None = None
+        self._listener: LinkListener | None = None
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
         self.read_only = False
@@ -380,10 +380,9 @@ class PrimarySite:
 
     async def run(self, stop: asyncio.Event) -> str:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
-        loop = asyncio.get_running_loop()
         listen_host, listen_port = self.cfg.link_listen
-        self._listener = await loop.create_server(self._new_peer, listen_host, listen_port,
-                                                  reuse_address=True)
+        listener = self._listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
+        await listener.start(listen_host, listen_port)
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
@@ -405,7 +404,7 @@ class PrimarySite:
                 task.cancel()
         if self.link is not None:
             self.link.abort("shutting down")
-        self._listener.close()
+        listener.close()
         return self.next_role
 
     async def _shutdown(self) -> None:

@@ -27,7 +27,7 @@ from foresync.replication.roles import Relation, compare
 from foresync.replication.secondary import SecondaryCore
 from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
-from foresync.sites.link import ActionPump, LinkProtocol
+from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import failback_set, journal_path
 from foresync.sites.roles import promote as promote_site
@@ -61,7 +61,7 @@ class SecondarySite:
         self._pump = ActionPump(lambda: self.core.actions(), self._do)
         self._committing = False
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._server: asyncio.Server | None = None
+        self._server: LinkListener | None = None
         self.undo = UndoLog(os.path.join(cfg.meta, UNDO_FILE))
         self.rolled_back = 0
         self._roll_back_if_needed()
@@ -331,9 +331,9 @@ class SecondarySite:
 
     async def run(self, stop: asyncio.Event) -> str:
         """Serve until ``stop`` ("stop") or a promotion ("primary")."""
-        loop = asyncio.get_running_loop()
         host, port = self.cfg.link_listen
-        self._server = await loop.create_server(self._new_link, host, port, reuse_address=True)
+        self._server = LinkListener(self._new_link, self.security.link, self._link_refused)
+        await self._server.start(host, port)
         log.info("secondary listening for the primary on %s:%d", host, port)
         while not stop.is_set() and not self.role_changed.is_set():
             with contextlib.suppress(TimeoutError):
