@@ -94,6 +94,7 @@ class Harness:
         self.op_seq: dict[int, int] = {}
         self.acks: dict[int, int] = {}
         self.miss_seqs: set[int] = set()
+        self.read_ahead_seqs: set[int] = set()
         self.range_seqs: set[int] = set()
         self.resync_seqs: set[int] = set()
         self.added_delivered: set[int] = set()
@@ -180,7 +181,12 @@ class Harness:
         op_id = self.op_queue[position]
         del self.op_queue[position]
         self.op_seq[op_id] = message.seq
-        if message.flags & WriteFlag.MISS:
+        if message.flags & WriteFlag.MISS and self.primary.record.covers(touched):
+            # A read-ahead: a hit (its extents are in the copy) asking for the next extents. It
+            # may apply before its ADDED, and it counts as a hit.
+            self.read_ahead_seqs.add(message.seq)
+            self.sent_hits += 1
+        elif message.flags & WriteFlag.MISS:
             self.miss_seqs.add(message.seq)
             self.sent_misses += 1
         elif message.flags & WriteFlag.RANGE:
@@ -469,6 +475,59 @@ class Harness:
 
 
 # -- deterministic scenarios -----------------------------------------------------------------------
+
+
+def test_a_sequential_stream_extends_the_record_ahead_instead_of_missing() -> None:
+    """Lookahead 2: the first write misses (extents 0-2); as the stream nears the record's edge
+    a hit goes with MISS and asks for the next extents, answered at once without its ADDED;
+    a stream across the whole volume then misses only once."""
+    h = Harness(capacity=12, lookahead=2, extents=12, auto=True)
+    h.connect()
+    ops = [h.write(offset, 8) for offset in range(0, h.extent_size * 11, 8)]
+    h.settle()
+    stats = h.primary.statistics()
+    assert stats.record_misses == 1 and stats.record_hits == len(ops) - 1
+    assert stats.record_read_aheads >= 3 and len(h.read_ahead_seqs) == stats.record_read_aheads
+    assert set(h.acks) >= set(ops)
+    h.check_quiescent()
+
+
+def test_a_read_ahead_hit_is_answered_before_its_added() -> None:
+    h = Harness(capacity=8, lookahead=2)
+    h.connect()
+    h.write(0, 16)  # miss: extents 0, 1, 2
+    h.settle()
+    first = h.write(16, 8)  # extent 1, where the miss ended: a sequential hit, 1 extent from the edge
+    h.apply_local()
+    assert h.acks[first] == 0
+    assert h.primary.statistics().record_read_aheads == 1
+    assert h.read_ahead_seqs == {h.op_seq[first]}  # sent with MISS while its extents were covered
+    assert not any(isinstance(m, wire.Added) for m in h.peek_to_primary())  # ADDED still to come
+    h.settle()
+    assert h.primary.record.extents() == [0, 1, 2, 3]  # the next 2 after extent 1, 2 already in
+    h.check_quiescent()
+
+
+def test_random_writes_never_read_ahead() -> None:
+    h = Harness(capacity=12, lookahead=2, auto=True)
+    h.connect()
+    for offset in (64, 0, 128, 32, 96, 16, 160, 48):
+        h.write(offset, 8)
+    h.settle()
+    assert h.primary.statistics().record_read_aheads == 0
+    h.check_quiescent()
+
+
+def test_a_disconnect_releases_what_a_read_ahead_reserved() -> None:
+    h = Harness(capacity=8, lookahead=2)
+    h.connect()
+    h.write(0, 16)
+    h.settle()
+    h.write(16, 8)  # read-ahead for extent 3 in flight
+    assert h.primary.record.reserved == 1 and h.primary._pending_adds == {3: 1}
+    h.primary.disconnected("cut")
+    h.pump()
+    assert h.primary.record.reserved == 0 and not h.primary._pending_adds
 
 
 def test_handshake_and_first_miss() -> None:

@@ -10,6 +10,11 @@ prefix of the primary's write history.
   data with MISS and a budget of extents the secondary may add (claims 2, 11, 12, 18, 19), and
   only when ADDED comes back add those extents to the copy, apply locally and answer the host
   (claim 1). Writing locally first could leave a difference no record covers.
+* Read-ahead (lookahead mode): a hit that continues a sequential stream (it starts where a recent
+  write ended) and comes within ``lookahead // 2 + 1`` extents of the record's edge goes with MISS
+  and a budget, like a miss, but the host does not wait for its ADDED: its own extents are
+  covered already, and the secondary adds the next extents durably before answering (claims
+  18-19), so the stream finds them recorded instead of missing every ``lookahead + 1`` extents.
 * ``sync`` mode (DRBD protocol C) also waits for the secondary's durable watermark to pass the
   op; ``async`` (protocol A) never waits and keeps no record.
 
@@ -30,7 +35,7 @@ resync reads, which go through the injected ``read`` port so that a read and its
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -52,6 +57,7 @@ _NOT_YET_SENT = 1 << 62  # a write seq above any real one: "dirty until resynced
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 VERIFY_BATCH = 16  # extents hashed per VERIFY request
+STREAMS_TRACKED = 16  # sequential streams recognised at once (their next expected offsets)
 VERIFY_IN_FLIGHT = 2
 
 
@@ -162,6 +168,7 @@ class _Op:
     oos_wait: bool = False  # applies locally only once its extents are durably out-of-sync
     expected_adds: tuple[int, ...] = ()  # a miss: what the secondary is expected to add
     apply_issued: bool = False  # ApplyLocal emitted; the adapter may not have finished it yet
+    sequential: bool = False  # a host write that starts where a recent one ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,7 @@ class PrimaryStatistics:
     last_seq: int
     in_sync: bool
     out_of_sync_extents: int
+    record_read_aheads: int = 0
 
 
 @dataclass(slots=True)
@@ -188,6 +196,7 @@ class _Counters:
     hits: int = 0
     misses: int = 0
     resync_bytes: int = 0
+    read_aheads: int = 0  # hits sent with MISS to extend the record ahead of a stream
 
 
 class PrimaryCore:
@@ -206,6 +215,8 @@ class PrimaryCore:
         self._sent: deque[tuple[int, int]] = deque()  # (seq, bytes) not yet APPLIED remotely
         self._sent_bytes = 0
         self._misses: dict[int, _Op] = {}  # seq -> miss op waiting for ADDED
+        self._read_aheads: dict[int, _Op] = {}  # seq -> read-ahead hit whose ADDED is due
+        self._stream_ends: OrderedDict[int, None] = OrderedDict()  # where recent writes ended
         self._durable_waits: dict[int, _Op] = {}  # seq -> sync-mode op waiting for DURABLE
         self._by_seq: dict[int, _Op] = {}  # ops sent and not yet finished locally
         self._extent_fifo: dict[int, deque[int]] = {}  # extent -> seqs waiting to apply locally
@@ -259,7 +270,9 @@ class PrimaryCore:
         return out
 
     def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
-        self._submit(_Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data))))
+        op = _Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
+        op.sequential = self._continues_stream(offset, len(data))
+        self._submit(op)
 
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
         self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
@@ -301,6 +314,9 @@ class PrimaryCore:
         # Hits are covered by the secondary's durable record already. A miss (or RANGE) that was
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
+        for ahead in self._read_aheads.values():
+            self._settle_read_ahead(ahead)  # the extents it asked for may or may not be added
+        self._read_aheads.clear()
         for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
             if op.remote_ok:
                 continue
@@ -467,13 +483,13 @@ class PrimaryCore:
         lag_writes = (self._next_seq - 1 - self._remote_applied if self.link is LinkState.CONNECTED else 0)
         lag_bytes = self._sent_bytes + sum(op.length for op in self._queue)
         in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync_set
-                   and not self._misses and not self.out_of_sync
+                   and not self._misses and not self._read_aheads and not self.out_of_sync
                    and self._remote_durable >= self._next_seq - 1)
         return PrimaryStatistics(
             self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, len(self._resync_set), self._remote_durable,
-            self._next_seq - 1, in_sync, len(self.out_of_sync))
+            self._next_seq - 1, in_sync, len(self.out_of_sync), self.counters.read_aheads)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -657,13 +673,57 @@ class PrimaryCore:
             return True
         if self.record.covers(op.extents):
             self.counters.hits += 1
-            self._send_plain(op, _DURABLE if mode is Mode.SYNC else 0)
+            if not (op.sequential and mode is Mode.LOOKAHEAD and self._send_read_ahead(op)):
+                self._send_plain(op, _DURABLE if mode is Mode.SYNC else 0)
             return True
         if self._pending_adds and all(e in self.record or e in self._pending_adds for e in op.extents):
             # A miss in flight will add these extents (touched or predicted): wait for its ADDED
             # and go as a hit, instead of sending a second miss that reserves room again.
             return False
         return self._send_miss(op)
+
+    def _continues_stream(self, offset: int, length: int) -> bool:
+        """Whether a host write starts where one of the last STREAMS_TRACKED writes ended."""
+        ends = self._stream_ends
+        sequential = ends.pop(offset, 0) is None
+        ends[offset + length] = None
+        if len(ends) > STREAMS_TRACKED:
+            ends.popitem(last=False)
+        return sequential
+
+    def _send_read_ahead(self, op: _Op) -> bool:
+        """Send a sequential hit as a MISS whose budget extends the record ahead of the stream,
+        when the record ends within ``lookahead // 2 + 1`` extents of it. False: nothing to do
+        now (the record reaches far enough, or no room without waiting), send a plain hit."""
+        lookahead = self.config.lookahead
+        ahead = predict(op.extents, lookahead, self.extent_count)
+        near = ahead[: lookahead // 2 + 1]
+        if not lookahead or all(e in self.record or e in self._pending_adds for e in near):
+            return False
+        wanted = tuple(e for e in ahead if e not in self.record and e not in self._pending_adds)
+        budget = len(wanted)
+        evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
+        if evict is None:
+            return False  # never wait for room: the stream may still miss later, as before
+        self.record.evict(evict)
+        self.counters.read_aheads += 1
+        self._assign_seq(op)
+        op.budget = budget
+        self.record.reserved += budget
+        op.expected_adds = wanted
+        for extent in wanted:
+            self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
+        self._read_aheads[op.seq] = op
+        op.remote_ok = True  # covered already: the host does not wait for the ADDED
+        self._transmit(op, _MISS, budget, tuple(evict))
+        self._ready_local(op)
+        return True
+
+    def _settle_read_ahead(self, op: _Op) -> None:
+        """Its ADDED came, or never will (disconnect): release what it reserved."""
+        self._release_expected(op)
+        self.record.reserved -= op.budget
+        op.budget = 0
 
     def _send_plain(self, op: _Op, flags: int) -> None:
         self._assign_seq(op)
@@ -831,6 +891,14 @@ class PrimaryCore:
             self._sent_bytes -= size
 
     def _on_added(self, seq: int, extents: tuple[int, ...]) -> None:
+        ahead = self._read_aheads.pop(seq, None)
+        if ahead is not None:
+            if len(extents) > ahead.budget:
+                raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was "
+                                          f"{ahead.budget}")
+            self._settle_read_ahead(ahead)
+            self.record.add(e for e in extents if e < self.extent_count)
+            return  # receive() pumps: writes waiting for these extents now go as hits
         op = self._misses.pop(seq, None)
         if op is None:
             raise RemoteProtocolError(f"ADDED for seq {seq}, which is not a pending miss")

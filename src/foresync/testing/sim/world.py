@@ -116,6 +116,7 @@ class World:
         self.s2p: deque[tuple[int, bytes]] = deque()
         self._next_op = 1
         self._version = 1
+        self._stream_end: int | None = None  # where the last host write ended
         self.host_ops: dict[int, _HostOp] = {}
         self.faulted = False  # invariant 2 is checked only until the first fault
         self.sent_history: dict[int, tuple[int, bytes]] = {}  # seq -> (offset, bytes) as sent
@@ -246,6 +247,9 @@ class World:
         length = rng.choice([SECTOR, SECTOR * 2, self.extent_size, rng.randrange(1, 9) * SECTOR])
         length = min(length, self.max_write, self.size)
         offset = rng.randrange(0, (self.size - length) // SECTOR + 1) * SECTOR
+        if self._stream_end is not None and self._stream_end + length <= self.size and rng.random() < 0.5:
+            offset = self._stream_end  # continue a sequential stream: exercises the read-ahead
+        self._stream_end = offset + length
         version = self._version
         self._version += 1
         data = struct.pack(">Q", version) * (length // 8)
