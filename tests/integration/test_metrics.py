@@ -17,6 +17,7 @@ REQUIRED = {
     "foresync_replication_lag_bytes": "gauge", "foresync_replication_lag_seconds": "gauge",
     "foresync_link_up": "gauge", "foresync_link_rtt_seconds": "gauge",
     "foresync_resync_remaining_bytes": "gauge", "foresync_resync_bytes": "counter",
+    "foresync_record_read_aheads": "counter",
     "foresync_write_latency_seconds": "histogram",
 }
 
@@ -54,4 +55,13 @@ def test_metrics_have_the_documented_names_types_and_values(tmp_path: Path) -> N
         assert metrics["foresync_link_up"][1]["foresync_link_up"] == 1
         assert metrics["foresync_write_latency_seconds"][1]["foresync_write_latency_seconds_count"] >= 2
         assert scrape(pair.secondary.admin_port)["foresync_link_up"][1]["foresync_link_up"] == 1
+        # A sequential stream from where the first write ended: read-aheads keep the record ahead
+        # of it, so 8 MiB of 64 KiB writes (8 extents) add no miss.
+        stream = [f"write -P 0x44 {4 * 1024 + 64 * i}k 64k" for i in range(128)]
+        run_tool(["qemu-io", "-f", "raw", *[arg for c in stream for arg in ("-c", c)], url])
+        pair.wait_in_sync()
+        after = scrape(pair.primary.admin_port)
+        assert after["foresync_record_misses"][1]["foresync_record_misses_total"] == 1
+        assert after["foresync_record_hits"][1]["foresync_record_hits_total"] == 1 + 128
+        assert after["foresync_record_read_aheads"][1]["foresync_record_read_aheads_total"] >= 2
         pair.stop_both()

@@ -47,6 +47,8 @@ class _StatusCollector(Collector):
                       counters["record_hits"])
         yield counter("foresync_record_misses", "Writes outside the record (one round trip).",
                       counters["record_misses"])
+        yield counter("foresync_record_read_aheads", "Sequential hits that also asked the secondary "
+                      "to record the next extents.", counters.get("record_read_aheads", 0))
         yield counter("foresync_resync_bytes", "Bytes this site sent as resync source.",
                       counters["resync_bytes"])
         yield gauge("foresync_record_extents", "Extents in the record.", record["extents"])
