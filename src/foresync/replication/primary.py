@@ -708,16 +708,21 @@ class PrimaryCore:
         self.record.evict(evict)
         self.counters.read_aheads += 1
         self._assign_seq(op)
-        op.budget = budget
-        self.record.reserved += budget
-        op.expected_adds = wanted
-        for extent in wanted:
-            self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
+        self._reserve(op, budget, wanted)
         self._read_aheads[op.seq] = op
         op.remote_ok = True  # covered already: the host does not wait for the ADDED
         self._transmit(op, _MISS, budget, tuple(evict))
         self._ready_local(op)
         return True
+
+    def _reserve(self, op: _Op, budget: int, expected: tuple[int, ...]) -> None:
+        """Hold ``budget`` record slots for what the secondary will add for ``op``, and note the
+        extents expected, so that writes to them wait for this ADDED instead of missing again."""
+        op.budget = budget
+        self.record.reserved += budget
+        op.expected_adds = expected
+        for extent in expected:
+            self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
 
     def _settle_read_ahead(self, op: _Op) -> None:
         """Its ADDED came, or never will (disconnect): release what it reserved."""
@@ -774,12 +779,8 @@ class PrimaryCore:
         self.record.evict(evict)
         self.counters.misses += 1
         self._assign_seq(op)
-        op.budget = budget
-        self.record.reserved += budget
         self._misses[op.seq] = op
-        op.expected_adds = self._expected_adds(op.extents, budget)
-        for extent in op.expected_adds:
-            self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
+        self._reserve(op, budget, self._expected_adds(op.extents, budget))
         flags = _MISS | (_DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
