@@ -121,6 +121,11 @@ def image_digest(site: Site) -> str:
     return hashlib.sha256(site.data_path.read_bytes()).hexdigest()
 
 
+def wait_for_link_error_on_both(pair: SitePair, text: str) -> None:
+    pair.wait_for(f"{text!r} in both sites' link_error", lambda: all(
+        text in pair.status(site)["link_error"] for site in pair.sites))
+
+
 def assert_no_secret_leaked(pair: SitePair, *secrets: str) -> None:
     text = pair.logs() + json.dumps([pair.status(site) for site in pair.sites if site.running])
     for secret in secrets:
@@ -160,9 +165,7 @@ def test_wrong_secret_is_refused_before_any_data(site_pairs: Callable[..., SiteP
     pair.init_both()
     pair.start_both()
     before = image_digest(pair.secondary)
-    pair.wait_for("both sides to report the failed authentication", lambda: (
-        "authentication failed" in pair.status(pair.primary)["link_error"]
-        and "authentication failed" in pair.status(pair.secondary)["link_error"]))
+    wait_for_link_error_on_both(pair, "authentication failed")
     # The host keeps writing to the primary; nothing reaches the secondary.
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x33 0 2M", pair.nbd_url], context=pair.logs())
     primary = pair.status(pair.primary)
@@ -179,9 +182,7 @@ def test_secret_on_one_side_only_names_the_missing_setting(site_pairs: Callable[
     pair = site_pairs(base, secondary=secured(base, tmp_path, secret=SECRET))
     pair.init_both()
     pair.start_both()
-    pair.wait_for("the refusal in both /status", lambda: (
-        "secret_file" in pair.status(pair.secondary)["link_error"]
-        and "secret_file" in pair.status(pair.primary)["link_error"]))
+    wait_for_link_error_on_both(pair, "secret_file")
     assert pair.status(pair.primary)["link"] != "connected"
 
 
@@ -194,9 +195,7 @@ def test_link_tls_with_a_certificate_from_another_ca_is_refused(site_pairs: Call
     pair.init_both()
     pair.start_both()
     before = image_digest(pair.secondary)
-    pair.wait_for("TLS failures in /status", lambda: (
-        "TLS handshake" in pair.status(pair.primary)["link_error"]
-        and "TLS handshake" in pair.status(pair.secondary)["link_error"]))
+    wait_for_link_error_on_both(pair, "TLS handshake")
     assert "certificate" in pair.status(pair.primary)["link_error"]
     assert pair.status(pair.secondary)["link"] != "connected"
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x44 0 1M", pair.nbd_url], context=pair.logs())
