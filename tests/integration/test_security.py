@@ -286,3 +286,48 @@ def test_a_plaintext_primary_is_refused_by_a_tls_secondary(site_pairs: Callable[
     assert "bad link frame magic" not in pair.secondary.log()
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x66 0 1M", pair.nbd_url], context=pair.logs())
     assert image_digest(pair.secondary) == before
+
+
+def test_an_idle_client_after_starttls_is_still_timed_out(start_server: StartServer,
+                                                          certs: dict[str, Path]) -> None:
+    """The handshake deadline covers TLS and what follows it: a client that completes STARTTLS
+    and then says nothing does not hold a connection slot for ever."""
+    import socket
+    import ssl
+    import struct
+    import time
+
+    server = start_server(extra_args=["--tls-dir", str(certs["good"]), "--handshake-timeout", "1"])
+    with socket.create_connection(("127.0.0.1", server.volume.port), timeout=10) as raw:
+        assert len(raw.recv(18)) == 18  # greeting
+        raw.sendall(struct.pack(">I", 3) + struct.pack(">QII", 0x49484156454F5054, 5, 0))  # STARTTLS
+        reply = raw.recv(20)
+        assert struct.unpack(">QIII", reply)[2] == 1  # ACK
+        context = ssl.create_default_context(cafile=str(certs["good"] / "ca-cert.pem"))
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            started = time.monotonic()
+            assert tls.recv(100) == b""  # closed by the server, not by our timeout of 10 s
+            assert time.monotonic() - started < 5
+    assert "handshake_timeout" in server.log()
+
+
+def test_strangers_holding_setup_slots_cannot_lock_the_primary_out(
+        site_pairs: Callable[..., SitePair], tmp_path: Path) -> None:
+    """20 idle connections on the secondary's link port (more than the 16 setup slots) before the
+    primary starts: the oldest give way, and the primary still connects."""
+    import socket
+
+    base = secured(Settings(size="64MiB", capacity=32), tmp_path, secret=SECRET)
+    pair = site_pairs(base)
+    pair.init_both()
+    pair.start(pair.secondary)
+    strangers = [socket.create_connection(("127.0.0.1", pair.secondary.link_port), timeout=5)
+                 for _ in range(20)]
+    try:
+        pair.start(pair.primary)
+        pair.wait_link(pair.primary, "connected", timeout_s=6)  # the strangers' own timeout is 10 s
+        pair.wait_in_sync()
+    finally:
+        for sock in strangers:
+            sock.close()
+    assert "dropping the oldest" in pair.secondary.log()

@@ -176,3 +176,4 @@ def test_an_oversized_option_is_refused_without_buffering(caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING):
         run(body)
     assert caplog.text.count("NBD limit max_option_size reached") == 1
+

@@ -38,6 +38,7 @@ from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 from foresync.link import wire
 from foresync.link.wire import FrameDecoder, WriteFlag, encode_frame
+from foresync.nbd.wire import Errno
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
@@ -58,6 +59,7 @@ class Harness:
     extents: int = 12
     window_bytes: int = 1 << 20
     auto: bool = False  # complete every fsync and delivery at once
+    allow_failures: bool = False  # a test that expects an op to fail (EIO after a bounded wait)
     faults: Faults = NO_FAULTS
 
     p_img: bytearray = field(init=False)
@@ -207,6 +209,9 @@ class Harness:
 
     def _acked(self, op_id: int, errno: int) -> None:
         assert op_id not in self.acks, f"op {op_id} answered twice"
+        if errno and self.allow_failures and op_id not in self.op_seq:
+            self.acks[op_id] = errno  # failed while still queued: never sent, never applied
+            return
         assert errno == 0, f"op {op_id} failed with errno {errno}"
         self.acks[op_id] = errno
         kind, _, _, fua = self.host_ops[op_id]
@@ -1015,3 +1020,31 @@ def test_primary_rejects_ops_outside_the_volume() -> None:
         core.write(1, 150, b"x" * 11, False)
     with pytest.raises(LocalProtocolError):
         core.zero(2, -1, 2, False, False)
+
+
+def test_a_bad_added_for_a_read_ahead_leaks_nothing() -> None:
+    """An ADDED over a read-ahead's budget fails the link, but the reservation and the expected
+    extents are released first: after reconnecting, a write to those extents goes through."""
+    h = Harness(capacity=8, lookahead=2)
+    h.connect()
+    h.write(0, 16)
+    h.settle()
+    h.write(16, 8)  # read-ahead for extent 3 in flight
+    seq = max(h.read_ahead_seqs)
+    with pytest.raises(RemoteProtocolError, match="budget"):
+        h.primary.receive(wire.Added(seq, (3, 4, 5)))
+    h.primary.disconnected("bad ADDED")
+    assert h.primary.record.reserved == 0 and not h.primary._pending_adds
+
+
+def test_a_write_waiting_for_an_add_that_never_comes_fails_in_time() -> None:
+    h = Harness(capacity=8, lookahead=2, allow_failures=True)
+    h.connect()
+    h.primary.tick(1.0)
+    h.write(0, 16)  # a miss expected to add extents 0-2; its ADDED is never delivered
+    waiting = h.write(40, 4)  # extent 2: waits for that ADDED instead of missing again
+    h.pump()
+    assert waiting not in h.acks
+    h.primary.tick(1.0 + h.primary.config.miss_wait_s + 1)
+    h.pump()
+    assert h.acks[waiting] == Errno.EIO

@@ -10,7 +10,9 @@ share a secret K from ``[link] secret_file``; each draws a fresh 32-byte nonce p
 - Both sides prove knowledge of K, each over the other's fresh nonce, so a recorded exchange
   cannot be replayed (it would need the new nonce's MAC).
 - The role label differs per direction, so a listener's own response cannot be reflected back
-  to it as a proof, and a dialler's challenge reflected from a second connection yields nothing.
+  to it as a proof. A primary both dials and listens with the same secret, so a challenge relayed
+  from its dialler to its own listener would be answered for it: the adapter keeps this
+  process's outstanding dialler nonces and refuses such a challenge (sites/link.py).
 - Nothing but these frames (and REFUSE) is accepted before authentication succeeds: the site
   never sees a HELLO, record or data message from an unauthenticated peer, and the adapter keeps
   the frame size limit small until then. MACs are compared in constant time.
@@ -71,6 +73,11 @@ class LinkAuth:
             self.state = AuthState.AUTHENTICATED
         else:
             self.state = AuthState.AWAIT_RESPONSE if dialler else AuthState.AWAIT_CHALLENGE
+
+    @property
+    def nonce(self) -> bytes:
+        """This side's nonce (not secret: it goes out in the clear)."""
+        return self._nonce
 
     @property
     def authenticated(self) -> bool:

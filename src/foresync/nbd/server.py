@@ -249,7 +249,8 @@ class NbdConnection(asyncio.Protocol):
         event = self.handshake.next_event()
         if event is None:
             return
-        if self._timer is not None:
+        if self._timer is not None and not isinstance(event, StartTls):
+            # STARTTLS is not the end of negotiation: the deadline covers TLS and what follows.
             self._timer.cancel()
             self._timer = None
         if isinstance(event, ExportSelected):

@@ -335,6 +335,7 @@ class PrimaryCore:
                 self._mark_out_of_sync(op)
             self._ready_local(op)
             self._maybe_finish(op)
+        self._pending_adds.clear()  # every op that expected adds was released above
         self._resync.clear()
         self._resync_set.clear()
         self._welcome_ranges = []
@@ -678,7 +679,10 @@ class PrimaryCore:
             return True
         if self._pending_adds and all(e in self.record or e in self._pending_adds for e in op.extents):
             # A miss in flight will add these extents (touched or predicted): wait for its ADDED
-            # and go as a hit, instead of sending a second miss that reserves room again.
+            # and go as a hit, instead of sending a second miss that reserves room again. The
+            # wait is bounded like a miss's wait for room (tick), should that ADDED never come.
+            if not op.waiting_since:
+                op.waiting_since = self.now or 1e-9
             return False
         return self._send_miss(op)
 
@@ -894,10 +898,10 @@ class PrimaryCore:
     def _on_added(self, seq: int, extents: tuple[int, ...]) -> None:
         ahead = self._read_aheads.pop(seq, None)
         if ahead is not None:
-            if len(extents) > ahead.budget:
-                raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was "
-                                          f"{ahead.budget}")
-            self._settle_read_ahead(ahead)
+            budget = ahead.budget
+            self._settle_read_ahead(ahead)  # before any check: a bad ADDED must not leak it
+            if len(extents) > budget:
+                raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {budget}")
             self.record.add(e for e in extents if e < self.extent_count)
             return  # receive() pumps: writes waiting for these extents now go as hits
         op = self._misses.pop(seq, None)

@@ -11,7 +11,8 @@ runs the shared-secret challenge-response when ``[link] secret_file`` is set. Un
 succeeded the frame limit is 4 KiB and only authentication frames are accepted; until the first
 real message (HELLO, WELCOME) has passed, frames are held to what that message can need; and a
 connection still in this setup after the link timeout is closed. A listener keeps at most
-``max_pending_setups`` connections in setup at once, so strangers cannot pin memory. Every failure
+``max_pending_setups`` connections in setup at once (the oldest gives way to a newcomer), so
+strangers can neither pin memory nor lock the real peer out. Every failure
 reaches ``on_error`` and the peer gets a REFUSE saying why.
 """
 
@@ -25,7 +26,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from foresync import tls
 from foresync.errors import ForesyncError
@@ -76,7 +77,7 @@ class LinkSecurity:
     # are held to this; the site sets it from the volume's extent count.
     setup_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
     setup_timeout_s: float = 10.0  # TLS, authentication and the first message within this
-    max_pending_setups: int = 16  # unfinished incoming connections; more are closed at once
+    max_pending_setups: int = 16  # unfinished incoming connections; beyond it the oldest is dropped
 
     def __repr__(self) -> str:
         return (f"LinkSecurity(secret={'set' if self.secret else 'none'}, "
@@ -88,7 +89,11 @@ def _ignore_error(reason: str) -> None:
 
 
 class LinkProtocol(asyncio.Protocol):
-    _pending_setups = 0  # incoming connections of this process not yet past their first message
+    # Incoming connections of this process not yet past their first message, oldest first. When
+    # full, the oldest is dropped for the newcomer: a stranger holding every slot cannot lock the
+    # real peer out, it only keeps losing its own oldest connection.
+    _in_setup_order: ClassVar[dict[LinkProtocol, None]] = {}
+    _dialler_nonces: ClassVar[set[bytes]] = set()  # this process's outstanding challenges (reflection check)
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class LinkProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._deferred: asyncio.TimerHandle | None = None
         self._setup_timer: asyncio.TimerHandle | None = None
-        self._in_setup = False  # counted in _pending_setups
+        self._in_setup = False  # listed in _in_setup_order
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -129,13 +134,14 @@ class LinkProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=16 * 1024 * 1024)
         loop = asyncio.get_running_loop()
         if not self._dialler:
-            if LinkProtocol._pending_setups >= self._security.max_pending_setups:
-                log.warning("link: closing %s at once: %d connections are already authenticating",
-                            self.peer, LinkProtocol._pending_setups)
-                self.closed.set_result("too many connections in setup")
-                self.transport.abort()
-                return
-            LinkProtocol._pending_setups += 1
+            pending = LinkProtocol._in_setup_order
+            if len(pending) >= self._security.max_pending_setups:
+                oldest = next(iter(pending))
+                log.warning("link: %d connections are still authenticating; dropping the oldest, "
+                            "from %s", len(pending), oldest.peer)
+                oldest.abort("displaced by a newer connection while authenticating")
+                oldest._leave_setup()
+            pending[self] = None
             self._in_setup = True
         self._setup_timer = loop.call_later(self._security.setup_timeout_s, self._setup_timed_out)
         self._start_auth()  # over TLS already, when configured: LinkListener and the dialler see to it
@@ -143,6 +149,8 @@ class LinkProtocol(asyncio.Protocol):
     def _start_auth(self) -> None:
         self._auth = LinkAuth(self._security.secret, self._dialler, os.urandom)
         for message in self._auth.start():
+            if isinstance(message, wire.AuthChallenge):
+                LinkProtocol._dialler_nonces.add(message.nonce)
             self.send(message)
         if self._auth.authenticated:
             self._trusted()
@@ -165,7 +173,9 @@ class LinkProtocol(asyncio.Protocol):
     def _leave_setup(self) -> None:
         if self._in_setup:
             self._in_setup = False
-            LinkProtocol._pending_setups -= 1
+            LinkProtocol._in_setup_order.pop(self, None)
+        if self._auth is not None:
+            LinkProtocol._dialler_nonces.discard(self._auth.nonce)
 
     def _setup_timed_out(self) -> None:
         self._refused_locally(f"{self.peer} did not finish TLS, authentication and its first "
@@ -185,6 +195,11 @@ class LinkProtocol(asyncio.Protocol):
 
     def _gate(self, auth: LinkAuth, message: wire.Message) -> bool:
         """Pass ``message`` through authentication; True when the site should see it."""
+        if isinstance(message, wire.AuthChallenge) and message.nonce in LinkProtocol._dialler_nonces:
+            # Our own dialler's challenge, relayed to our listener to get it answered for us.
+            self._refused_locally("authentication failed: the peer relayed our own challenge",
+                                  tell_peer=False)
+            return False
         result = auth.receive(message)
         for reply in result.send:
             self.send(reply)
@@ -278,7 +293,7 @@ class LinkListener:
     (``connect_accepted_socket``), so a ClientHello can never reach the frame decoder, and a failed
     handshake (a certificate from another CA, no certificate, plaintext) is reported through
     ``on_error`` for the site's ``link_error``. At most ``max_pending_setups`` handshakes run at
-    once; more connections are closed at once."""
+    once; beyond that the oldest is dropped for the newcomer."""
 
     def __init__(self, factory: Callable[[], LinkProtocol], security: LinkSecurity,
                  on_error: Callable[[str], None]) -> None:
@@ -288,7 +303,7 @@ class LinkListener:
         self._server: asyncio.Server | None = None
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._handshakes: dict[asyncio.Task[None], None] = {}  # oldest first
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -312,15 +327,21 @@ class LinkListener:
     async def _accept_forever(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, address = await loop.sock_accept(sock)
-            if len(self._handshakes) >= self._security.max_pending_setups:
-                log.warning("link: closing %s at once: %d TLS handshakes already running",
-                            address, len(self._handshakes))
-                conn.close()
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE, ECONNABORTED...: keep listening, as create_server does
+                log.warning("link: accepting a connection failed (%s); retrying", exc)
+                await asyncio.sleep(0.1)
                 continue
+            if len(self._handshakes) >= self._security.max_pending_setups:
+                oldest = next(iter(self._handshakes))  # the oldest gives way, as in LinkProtocol
+                log.warning("link: %d TLS handshakes running; dropping the oldest",
+                            len(self._handshakes))
+                oldest.cancel()
+                self._handshakes.pop(oldest, None)
             task = loop.create_task(self._handshake(conn, address))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            self._handshakes[task] = None
+            task.add_done_callback(lambda done: self._handshakes.pop(done, None))
 
     async def _handshake(self, conn: socket.socket, address: Any) -> None:
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
@@ -328,6 +349,9 @@ class LinkListener:
             await asyncio.get_running_loop().connect_accepted_socket(
                 self._factory, conn, ssl=self._security.server_tls,
                 ssl_handshake_timeout=self._security.setup_timeout_s)
+        except asyncio.CancelledError:
+            conn.close()  # displaced by a newer connection, or the listener closed
+            raise
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             conn.close()
             reason = f"TLS handshake with {peer} failed: {tls.describe_error(exc)}"

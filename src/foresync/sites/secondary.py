@@ -102,6 +102,10 @@ class SecondarySite:
                 return
             self._prepare_welcome(())
         if self._held is not None:
+            if isinstance(message, wire.Ping):
+                # Checksumming a big volume takes a while: keep the link alive meanwhile.
+                proto.send(wire.Pong(message.timestamp_ns))
+                return
             self._held.append(message)
             return
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
