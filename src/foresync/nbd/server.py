@@ -96,7 +96,6 @@ class NbdServer:
         self._connections_total = 0
         self.requests_total = 0
         self.protocol_errors_total = 0
-        self._limit_logged = False
         self._limits_hit: set[str] = set()
 
     def limit_hit(self, name: str, message: str, *args: object) -> None:
@@ -121,12 +120,9 @@ class NbdServer:
 
     def _admit(self, conn: NbdConnection) -> bool:
         if len(self._connections) >= self.limits.max_connections:
-            if not self._limit_logged:
-                log.warning("refusing NBD connection: limit of %d connections reached",
-                            self.limits.max_connections)
-                self._limit_logged = True
+            self.limit_hit("max_connections", "refusing NBD connections: limit of %d connections "
+                           "reached", self.limits.max_connections)
             return False
-        self._limit_logged = False
         self._connections.add(conn)
         self._connections_total += 1
         return True

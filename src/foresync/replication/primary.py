@@ -271,7 +271,7 @@ class PrimaryCore:
 
     def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
         op = _Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
-        op.sequential = self._continues_stream(offset, len(data))
+        op.sequential = self.config.mode is Mode.LOOKAHEAD and self._continues_stream(offset, len(data))
         self._submit(op)
 
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
@@ -315,17 +315,14 @@ class PrimaryCore:
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
         for ahead in self._read_aheads.values():
-            self._settle_read_ahead(ahead)  # the extents it asked for may or may not be added
+            self._release_reservation(ahead)  # the extents it asked for may or may not be added
         self._read_aheads.clear()
         for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
             if op.remote_ok:
                 continue
             unanswered = op.seq in self._misses
-            self._release_expected(op)
+            self._release_reservation(op)
             op.remote_ok = True
-            if op.budget:
-                self.record.reserved -= op.budget
-                op.budget = 0
             self._misses.pop(op.seq, None)
             self._durable_waits.pop(op.seq, None)
             if op.resync_extent >= 0:
@@ -674,7 +671,7 @@ class PrimaryCore:
             return True
         if self.record.covers(op.extents):
             self.counters.hits += 1
-            if not (op.sequential and mode is Mode.LOOKAHEAD and self._send_read_ahead(op)):
+            if not (op.sequential and self._send_read_ahead(op)):  # sequential: lookahead only
                 self._send_plain(op, _DURABLE if mode is Mode.SYNC else 0)
             return True
         if self._pending_adds and all(e in self.record or e in self._pending_adds for e in op.extents):
@@ -728,8 +725,9 @@ class PrimaryCore:
         for extent in expected:
             self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
 
-    def _settle_read_ahead(self, op: _Op) -> None:
-        """Its ADDED came, or never will (disconnect): release what it reserved."""
+    def _release_reservation(self, op: _Op) -> None:
+        """A miss's or read-ahead's ADDED came, or never will (disconnect): release what
+        ``_reserve`` held for it."""
         self._release_expected(op)
         self.record.reserved -= op.budget
         op.budget = 0
@@ -897,22 +895,16 @@ class PrimaryCore:
 
     def _on_added(self, seq: int, extents: tuple[int, ...]) -> None:
         ahead = self._read_aheads.pop(seq, None)
-        if ahead is not None:
-            budget = ahead.budget
-            self._settle_read_ahead(ahead)  # before any check: a bad ADDED must not leak it
-            if len(extents) > budget:
-                raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {budget}")
-            self.record.add(e for e in extents if e < self.extent_count)
-            return  # receive() pumps: writes waiting for these extents now go as hits
-        op = self._misses.pop(seq, None)
+        op = ahead if ahead is not None else self._misses.pop(seq, None)
         if op is None:
             raise RemoteProtocolError(f"ADDED for seq {seq}, which is not a pending miss")
-        self._release_expected(op)
-        if len(extents) > op.budget:
-            raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {op.budget}")
-        self.record.reserved -= op.budget
-        op.budget = 0
+        budget = op.budget
+        self._release_reservation(op)  # before any check: a bad ADDED must not leak it
+        if len(extents) > budget:
+            raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {budget}")
         self.record.add(e for e in extents if e < self.extent_count)
+        if ahead is not None:
+            return  # receive() pumps: writes waiting for these extents now go as hits
         invariant(op.is_range or self.record.covers(op.extents), "ADDED did not cover the write")
         if op.seq not in self._durable_waits:
             op.remote_ok = True

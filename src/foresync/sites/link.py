@@ -12,8 +12,8 @@ succeeded the frame limit is 4 KiB and only authentication frames are accepted; 
 real message (HELLO, WELCOME) has passed, frames are held to what that message can need; and a
 connection still in this setup after the link timeout is closed. A listener keeps at most
 ``max_pending_setups`` connections in setup at once (the oldest gives way to a newcomer), so
-strangers can neither pin memory nor lock the real peer out. Every failure
-reaches ``on_error`` and the peer gets a REFUSE saying why.
+strangers can neither pin memory nor lock the real peer out. Every failure reaches ``on_error``;
+a peer that failed authentication also gets a REFUSE saying why.
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ def _ignore_error(reason: str) -> None:
     pass
 
 
+def peer_name(address: Any) -> str:
+    """``HOST:PORT`` of a socket address, for logs and link_error."""
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+
+
 class LinkProtocol(asyncio.Protocol):
     # Incoming connections of this process not yet past their first message, oldest first. When
     # full, the oldest is dropped for the newcomer: a stranger holding every slot cannot lock the
@@ -109,14 +114,13 @@ class LinkProtocol(asyncio.Protocol):
         self._dialler = dialler
         self._on_error = on_error
         self._decoder = wire.FrameDecoder(AUTH_MAX_FRAME_BYTES)
-        self._auth: LinkAuth | None = None  # set once TLS (if any) is up; None again once trusted
+        self._auth: LinkAuth | None = None  # set at connection_made; None once a message passed
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = loop.create_future()
-        self.ready: asyncio.Future[None] = loop.create_future()  # TLS and authentication done
+        self.ready: asyncio.Future[None] = loop.create_future()  # authenticated (TLS is up before)
         self.last_rx = time.monotonic()
         self.peer = "?"
-        self.error = ""
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
@@ -129,8 +133,7 @@ class LinkProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = peer_name(transport.get_extra_info("peername"))
         self.transport.set_write_buffer_limits(high=16 * 1024 * 1024)
         loop = asyncio.get_running_loop()
         if not self._dialler:
@@ -182,7 +185,6 @@ class LinkProtocol(asyncio.Protocol):
                               f"message within {self._security.setup_timeout_s:.0f} s", tell_peer=False)
 
     def _refused_locally(self, reason: str, tell_peer: bool) -> None:
-        self.error = reason
         log.warning("link %s: %s; closing the connection", self.peer, reason)
         self._on_error(reason)
         if tell_peer:
@@ -224,8 +226,6 @@ class LinkProtocol(asyncio.Protocol):
                     if self.closed.done():
                         return
                     continue
-                if auth is None and not self.ready.done():
-                    return  # TLS still starting: cannot happen, reading is paused
                 self._on_message(message)
         except ForesyncError as exc:
             log.warning("link %s: %s; closing the connection", self.peer, exc)
@@ -344,7 +344,6 @@ class LinkListener:
             task.add_done_callback(lambda done: self._handshakes.pop(done, None))
 
     async def _handshake(self, conn: socket.socket, address: Any) -> None:
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 self._factory, conn, ssl=self._security.server_tls,
@@ -354,7 +353,7 @@ class LinkListener:
             raise
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             conn.close()
-            reason = f"TLS handshake with {peer} failed: {tls.describe_error(exc)}"
+            reason = f"TLS handshake with {peer_name(address)} failed: {tls.describe_error(exc)}"
             log.warning("link: %s", reason)
             self._on_error(reason)
 

@@ -207,6 +207,12 @@ class PrimarySite:
         host, port = self.cfg.link_peer
         backoff = 0.2
         logged = False
+
+        async def wait_before_redialling() -> None:
+            nonlocal backoff
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
         security = self.security.link
         tls_args: dict[str, Any] = {}
         if security.client_tls is not None:
@@ -225,8 +231,7 @@ class PrimarySite:
             except ssl.SSLError as exc:
                 self.core.link_error = f"TLS handshake with {host}:{port} failed: {tls.describe_error(exc)}"
                 log.warning("link: %s", self.core.link_error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await wait_before_redialling()
                 continue
             except (OSError, TimeoutError) as exc:
                 if security.client_tls is not None and isinstance(exc, ConnectionResetError):
@@ -236,13 +241,11 @@ class PrimarySite:
                 if not logged:
                     log.info("link: cannot reach secondary at %s:%d (%s); retrying", host, port, exc)
                     logged = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await wait_before_redialling()
                 continue
             if not proto.ready.done():  # refused before authenticating: link_error says why
                 proto.abort("not authenticated")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await wait_before_redialling()
                 continue
             if self._stopping:
                 # Python 3.11's wait_for returns the result instead of raising when it is
@@ -266,8 +269,7 @@ class PrimarySite:
             if greeted:
                 backoff = 0.2
             elif not self._stopping:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await wait_before_redialling()
 
     async def _timers(self) -> None:
         last_ping = 0.0
