@@ -38,7 +38,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from foresync.testing.fio import run_fio_json
+from foresync.testing.processes import free_port, listening, stop_process
 
 PROXY_ANNOUNCE = re.compile(r"^delay proxy listening on 127\.0\.0\.1:(\d+) ", re.MULTILINE)
 STOP_TIMEOUT_S = 30.0
@@ -122,29 +122,9 @@ class Cell:
 # -- processes -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """SIGTERM and wait; True if it exited on its own with status 0."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return False
-    return proc.returncode == 0
 
 
 def wait_for(what: str, ready: Any, procs: Sequence[subprocess.Popen[bytes]],
@@ -158,14 +138,6 @@ def wait_for(what: str, ready: Any, procs: Sequence[subprocess.Popen[bytes]],
             return
         time.sleep(0.05)
     raise RuntimeError(f"{what}: not ready within {timeout_s} s")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def cpu_s(pid: int) -> float:
@@ -232,7 +204,7 @@ def measure_proxy_rtt_ms(python: str, delay_ms: float, workdir: Path, pings: int
                         raise RuntimeError("the proxy RTT probe lost its echo")
                     rtts.append((time.perf_counter() - started) * 1e3)
         finally:
-            stop(proc)
+            stop_process(proc, STOP_TIMEOUT_S)
         thread.join(timeout=5)
     return sorted(rtts)
 
@@ -315,7 +287,7 @@ class Sites:
         clean = True
         for name in ("primary", "secondary", "proxy"):
             proc = self.procs.get(name)
-            if proc is not None and not stop(proc):
+            if proc is not None and not stop_process(proc, STOP_TIMEOUT_S):
                 print(f"  {name} did not stop cleanly (status {proc.returncode}); see "
                       f"{self.workdir / (name + '.log')}", flush=True)
                 clean = False
@@ -392,7 +364,7 @@ def measure(args: argparse.Namespace, scenario: Scenario, workload: Workload, wo
         stopping = time.monotonic()
         clean = sites.stop() if sites is not None else True
         if server is not None:
-            clean = stop(server) and clean
+            clean = stop_process(server, STOP_TIMEOUT_S) and clean
         stop_s = time.monotonic() - stopping
     cell = to_cell(scenario, workload, stats, before, after, clean)
     # Our processes were measured over ramp + run: divide by every write of that span (exact from

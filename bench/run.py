@@ -26,8 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from statistics import mean
 from typing import Any
 
 from foresync.testing.fio import run_fio_json
+from foresync.testing.processes import free_port, stop_process, wait_listening
 
 FILL_PATTERN_BYTES = 1 << 20
 IOPS_TARGET = 0.9  # foresync IOPS and MB/s as a fraction of qemu-nbd's, at least
@@ -82,42 +81,12 @@ class Run:
 # -- servers -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], name: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{name} did not listen on port {port} within {timeout_s} s")
-
-
 def start_server(name: str, argv: list[str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     wait_listening(port, proc, name)
     print(f"{name}: pid {proc.pid}, nbd://127.0.0.1:{port}, log {log_path}", flush=True)
     return proc
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def fill(path: Path, size: int, block_bytes: int) -> None:
@@ -310,7 +279,7 @@ def measure(args: argparse.Namespace, workloads: Sequence[Workload], workdir: Pa
                           flush=True)
     finally:
         for proc in procs.values():
-            stop_server(proc)
+            stop_process(proc)
         for path in files.values():
             path.unlink(missing_ok=True)
     return runs

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from foresync.testing.chaos import Proxy, Site, _free_port
+from foresync.testing.chaos import Proxy, Site
 from foresync.testing.fio import run_fio_json
+from foresync.testing.processes import free_port
 from foresync.units import format_size
 
 VOLUME = "256MiB"
@@ -46,8 +47,8 @@ def _wait(what: str, check: Any, timeout_s: float = 60.0) -> None:
 
 def _pair(root: Path, mode: str, delay_ms: int) -> tuple[Site, Site, list[Proxy]]:
     root.mkdir(parents=True)
-    ports = {s: {k: _free_port() for k in ("nbd", "admin", "link")} for s in ("a", "b")}
-    via = {s: _free_port() for s in ("a", "b")}
+    ports = {s: {k: free_port() for k in ("nbd", "admin", "link")} for s in ("a", "b")}
+    via = {s: free_port() for s in ("a", "b")}
     proxies = [Proxy(via[s], ports[s]["link"], delay_ms) for s in ("a", "b")]
     a = Site(root, "a", ports["a"], via["b"], mode, size=VOLUME, extent_size="1MiB")
     b = Site(root, "b", ports["b"], via["a"], mode, size=VOLUME, extent_size="1MiB")

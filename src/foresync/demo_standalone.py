@@ -8,35 +8,14 @@ Everything it starts is stopped and removed on exit, Ctrl-C included.
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from foresync.testing.processes import free_port, stop_process, wait_listening
+
 SIZE = "64MiB"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"foresync serve exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"foresync serve did not listen on port {port} within {timeout_s} s")
 
 
 def _step(title: str, argv: list[str]) -> str:
@@ -56,7 +35,7 @@ def run_standalone_demo(keep: bool = False) -> int:
         print(f"demo needs {', '.join(missing)}: run `make setup` first", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="foresync-demo-"))
-    port = _free_port()
+    port = free_port()
     data = workdir / "vol0.img"
     url = f"nbd://127.0.0.1:{port}/vol0"
     argv = [sys.executable, "-m", "foresync.cli", "serve", "--data", str(data), "--size", SIZE,
@@ -64,7 +43,7 @@ def run_standalone_demo(keep: bool = False) -> int:
     print(f"$ foresync serve --data {data} --size {SIZE} --listen 127.0.0.1:{port} --export vol0")
     proc = subprocess.Popen(argv)
     try:
-        _wait_port(port, proc)
+        wait_listening(port, proc, "foresync serve", timeout_s=10.0)
         _step("a host writes 1 MiB of pattern 0xa5 at 4 MiB", ["qemu-io", "-f", "raw", "-c",
               "write -P 0xa5 4M 1M", url])
         _step("and reads it back, checking every byte", ["qemu-io", "-f", "raw", "-c",
@@ -90,10 +69,5 @@ def run_standalone_demo(keep: bool = False) -> int:
         return 1
     finally:
         if not keep:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc, timeout_s=10.0)
             shutil.rmtree(workdir, ignore_errors=True)

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,17 +35,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from foresync.testing.processes import free_port
+
 BLOCK = 4096
 VOLUME_BYTES = 64 << 20
 BLOCKS = VOLUME_BYTES // BLOCK
 SETTLE_TIMEOUT_S = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _content(block: int, version: int) -> bytes:
@@ -211,8 +205,8 @@ class Chaos:
         self.rng = random.Random(seed)
         self.root = root
         self.mode = mode
-        ports = {s: {k: _free_port() for k in ("nbd", "admin", "link")} for s in ("a", "b")}
-        proxy_to = {s: _free_port() for s in ("a", "b")}
+        ports = {s: {k: free_port() for k in ("nbd", "admin", "link")} for s in ("a", "b")}
+        proxy_to = {s: free_port() for s in ("a", "b")}
         self.proxies = {s: Proxy(proxy_to[s], ports[s]["link"]) for s in ("a", "b")}
         self.sites = {"a": Site(root, "a", ports["a"], proxy_to["b"], mode),
                       "b": Site(root, "b", ports["b"], proxy_to["a"], mode)}
