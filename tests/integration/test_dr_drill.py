@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from foresync.testing.chaos import Proxy, Site, _free_port
+from foresync.testing.chaos import Proxy, Site
+from foresync.testing.processes import free_port
 
 BATCH_FILES = 20
 FILE_BYTES = 24 * 1024
@@ -101,8 +102,8 @@ def _check_files(mount: Path, must_have: int, written: int) -> None:
 @pytest.mark.parametrize("mode", ["sync", "lookahead"])
 def test_ext4_survives_failover_and_fails_back(tmp_path: Path, mode: str) -> None:
     _require("nbdfuse", "mkfs.ext4", "fsck.ext4", "fusermount3")
-    ports = {s: {k: _free_port() for k in ("nbd", "admin", "link")} for s in ("a", "b")}
-    proxy_ports = {s: _free_port() for s in ("a", "b")}
+    ports = {s: {k: free_port() for k in ("nbd", "admin", "link")} for s in ("a", "b")}
+    proxy_ports = {s: free_port() for s in ("a", "b")}
     proxies = {s: Proxy(proxy_ports[s], ports[s]["link"]) for s in ("a", "b")}
     a = Site(tmp_path, "a", ports["a"], proxy_ports["b"], mode)
     b = Site(tmp_path, "b", ports["b"], proxy_ports["a"], mode)
