@@ -61,6 +61,7 @@ class Harness:
     auto: bool = False  # complete every fsync and delivery at once
     allow_failures: bool = False  # a test that expects an op to fail (EIO after a bounded wait)
     faults: Faults = NO_FAULTS
+    fast: bool = True  # host writes try PrimaryCore.write_hit first, as the site does
 
     p_img: bytearray = field(init=False)
     s_img: bytearray = field(init=False)
@@ -107,6 +108,8 @@ class Harness:
         self.durable_delivered = 0
         self.sent_hits = self.sent_misses = self.sent_ranges = 0
         self.evicted: list[int] = []
+        self.fast_hits = 0  # writes that went through write_hit
+        self.fast_applies = 0  # WRITEs the secondary took through write_now
         self._running_io = False
 
     # -- the adapters ----------------------------------------------------------------------------
@@ -267,6 +270,11 @@ class Harness:
             count -= 1
             moved = True
             for message in self.s_decoder.feed(self.to_s.popleft()):
+                if self.fast and type(message) is wire.Write and self.secondary.write_now(message):
+                    # What SecondarySite._on_message does: write it now.
+                    self._secondary_action(score.WriteData(message.offset, message.data, message.seq))
+                    self.fast_applies += 1
+                    continue
                 self.secondary.receive(message)
         if moved:
             self.secondary.end_of_batch()
@@ -393,7 +401,17 @@ class Harness:
         data = bytes((op_id * 37 + i) % 251 + 1 for i in range(length))
         self.host_ops[op_id] = ("write", offset, length, fua)
         self.op_queue.append(op_id)
-        self.primary.write(op_id, offset, data, fua)
+        message = None if fua or not self.fast else self.primary.write_hit(offset, data)
+        if message is None:
+            self.primary.write(op_id, offset, data, fua)
+        else:
+            # What PrimarySite._write_hit does: send, apply at once, answer.
+            self._primary_action(pcore.Send(message))
+            self.p_img[offset : offset + length] = data
+            self.locally_settled.add(message.seq)
+            self.primary.hit_applied(message.seq)
+            self._primary_action(pcore.AckHost(op_id, 0))
+            self.fast_hits += 1
         self.pump()
         return op_id
 

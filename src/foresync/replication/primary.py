@@ -274,6 +274,55 @@ class PrimaryCore:
         op.sequential = self.config.mode is Mode.LOOKAHEAD and self._continues_stream(offset, len(data))
         self._submit(op)
 
+    def write_hit(self, offset: int, data: bytes) -> wire.Write | None:
+        """The common write in one call, without an op, actions or the queue (the hot path at
+        tens of thousands of writes a second): a hit while connected, in lookahead or async mode,
+        with nothing queued, room in the window, no earlier write still to land on its extents
+        and no read-ahead due. Returns the WRITE to send. The adapter sends it, applies the data
+        locally at once (nothing precedes it on its extents), calls ``hit_applied(seq)`` and then
+        answers the host. None: nothing was changed, go through ``write()``.
+
+        It does exactly what ``write()`` followed by ``local_applied()`` does for such a write
+        (the core harness and the simulator run both paths), so a FUA write, a sync-mode write
+        (which waits for DURABLE) and anything that must wait never come here."""
+        mode = self.config.mode
+        length = len(data)
+        if (self.link is not LinkState.CONNECTED or self._queue or mode is Mode.SYNC
+                or (self._sent and self._sent_bytes + length > self.config.window_bytes)):
+            return None
+        extents = self._extents(offset, length)
+        fifo = self._extent_fifo
+        members = self.record
+        for extent in extents:
+            if extent in fifo:
+                return None
+        lookahead = mode is Mode.LOOKAHEAD
+        if lookahead:
+            if not members.covers(extents):
+                return None
+            if offset in self._stream_ends and self._read_ahead_due(extents):
+                return None
+            self._continues_stream(offset, length)
+            self.counters.hits += 1
+        self.counters.writes += 1
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        members.note_write(extents, seq)
+        sent = self._sent
+        sent.append((seq, length))
+        if len(sent) == 1:
+            self._oldest_unapplied_at = self.now
+        self._sent_bytes += length
+        return wire.Write(seq, offset, 0, 0, (), data)
+
+    def hit_applied(self, seq: int) -> None:
+        """The local write of ``write_hit``'s WRITE ``seq`` has finished (failed or not: the
+        adapter answers the host with its errno)."""
+        if seq == self._applied_prefix + 1 and not self._applied_beyond:
+            self._applied_prefix = seq
+        else:
+            self._mark_applied(seq)
+
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
         self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
 
@@ -692,15 +741,23 @@ class PrimaryCore:
             ends.popitem(last=False)
         return sequential
 
+    def _read_ahead_due(self, extents: range) -> bool:
+        """Whether the record (with the adds in flight) ends within ``lookahead // 2 + 1``
+        extents of a sequential write to ``extents``."""
+        lookahead = self.config.lookahead
+        if not lookahead:
+            return False
+        near = predict(extents, lookahead, self.extent_count)[: lookahead // 2 + 1]
+        return not all(e in self.record or e in self._pending_adds for e in near)
+
     def _send_read_ahead(self, op: _Op) -> bool:
         """Send a sequential hit as a MISS whose budget extends the record ahead of the stream,
         when the record ends within ``lookahead // 2 + 1`` extents of it. False: nothing to do
         now (the record reaches far enough, or no room without waiting), send a plain hit."""
+        if not self._read_ahead_due(op.extents):
+            return False
         lookahead = self.config.lookahead
         ahead = predict(op.extents, lookahead, self.extent_count)
-        near = ahead[: lookahead // 2 + 1]
-        if not lookahead or all(e in self.record or e in self._pending_adds for e in near):
-            return False
         wanted = tuple(e for e in ahead if e not in self.record and e not in self._pending_adds)
         budget = len(wanted)
         evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)

@@ -100,6 +100,11 @@ class PrimarySite:
 
     def submit(self, request: Request, done: Done) -> None:
         command = request.command
+        if command == _WRITE and not request.flags & _FUA:
+            message = self.core.write_hit(request.offset, request.data)
+            if message is not None:
+                self._write_hit(message, done)
+                return
         if command == _CACHE:
             self.backend.cache(request.offset, request.length)
             done(0)
@@ -124,6 +129,23 @@ class PrimarySite:
             done(Errno.EINVAL)
             return
         self.pump()
+
+    def _write_hit(self, message: wire.Write, done: Done) -> None:
+        """The core's hot path (``PrimaryCore.write_hit``): send, apply, answer, in the order
+        the actions of ``write()`` would have been carried out."""
+        started = time.monotonic()
+        if self.link is not None:
+            self.link.send(message)
+        errno = 0
+        try:
+            self.backend.write(message.offset, message.data)
+        except StorageError as exc:
+            log.error("local apply failed: %s", exc)
+            errno = exc.errno
+        self.core.hit_applied(message.seq)
+        if self.write_latency is not None:
+            self.write_latency.observe(time.monotonic() - started)
+        done(errno)
 
     # -- carrying out core actions -------------------------------------------------------------
 

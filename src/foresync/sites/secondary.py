@@ -108,6 +108,9 @@ class SecondarySite:
                 return
             self._held.append(message)
             return
+        if type(message) is wire.Write and self.core.write_now(message):
+            self.backend.write(message.offset, message.data)  # nothing is queued before it
+            return
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
         # every other message read in the same pass: one pump per read, not per 4 KiB write.
         self.core.receive(message)

@@ -255,7 +255,16 @@ class World:
         data = struct.pack(">Q", version) * (length // 8)
         op = _HostOp(self._next_op, "write", offset, length, data, rng.random() < 0.1)
         self._submit(op, version)
-        self.primary.core.write(op.op_id, offset, data, op.fua)
+        core = self.primary.core
+        message = None if op.fua or rng.random() < 0.2 else core.write_hit(offset, data)
+        if message is None:
+            core.write(op.op_id, offset, data, op.fua)
+            return
+        # The site's hot path (PrimarySite._write_hit): send, apply at once, answer.
+        self._do_primary(pcore.Send(message))
+        self.pdisk.write(offset, data)
+        core.hit_applied(message.seq)
+        self._do_primary(pcore.AckHost(op.op_id, 0))
 
     def _ev_zero(self) -> None:
         assert self.primary is not None
@@ -306,7 +315,11 @@ class World:
             s.core.session_reset()
         self._log(f"p2s {_short(message)}")
         try:
-            s.core.receive(message)
+            if type(message) is wire.Write and self.rng.random() < 0.8 and s.core.write_now(message):
+                # The site's hot path (SecondarySite._on_message): written at once.
+                self._do_secondary(score.WriteData(message.offset, message.data, message.seq))
+            else:
+                s.core.receive(message)
         except ForesyncError as exc:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
         s.core.end_of_batch()
