@@ -2,16 +2,18 @@
 
 Everything but the write-latency histogram is read from the site's ``/status`` document when
 Prometheus scrapes, so the write path pays nothing for it. The histogram is observed once per
-host write; its ``volume`` label is resolved once, at start.
+host write, so it is our own: a bisect and two additions, where prometheus-client's Histogram
+takes a lock per bucket and sum (about 2 us, a tenth of a replicated write's CPU at zero RTT).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 StatusFn = Callable[[], dict[str, Any]]
@@ -71,14 +73,42 @@ class _StatusCollector(Collector):
                     1 if doc.get("in_sync") else 0)
 
 
+class LatencyHistogram(Collector):
+    """``foresync_write_latency_seconds``: observed from the event loop only, exported as a
+    Prometheus histogram (cumulative ``le`` buckets, ``_sum``, ``_count``) when scraped."""
+
+    NAME = "foresync_write_latency_seconds"
+    HELP = "Latency of host writes, zeroes, trims and flushes, from request to answer."
+
+    def __init__(self, volume: str, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self._volume = volume
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf only)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(self._bounds, seconds)] += 1  # le: a value equal to a bound is in it
+        self._sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        counts, total = list(self._counts), self._sum
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self._bounds, counts, strict=False):
+            running += count
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", running + counts[-1]))
+        family = HistogramMetricFamily(self.NAME, self.HELP, labels=["volume"])
+        family.add_metric([self._volume], buckets, total)
+        yield family
+
+
 class SiteMetrics:
     def __init__(self, volume: str, status: StatusFn) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StatusCollector(volume, status))
-        latency = Histogram("foresync_write_latency_seconds",
-                            "Latency of host writes, zeroes, trims and flushes, from request to answer.", ["volume"],
-                            registry=self.registry, buckets=LATENCY_BUCKETS_S)
-        self.write_latency = latency.labels(volume=volume)  # resolved once: cheap per write
+        self.write_latency = LatencyHistogram(volume)
+        self.registry.register(self.write_latency)
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

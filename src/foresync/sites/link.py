@@ -116,7 +116,8 @@ class LinkProtocol(asyncio.Protocol):
         self._decoder = wire.FrameDecoder(AUTH_MAX_FRAME_BYTES)
         self._auth: LinkAuth | None = None  # set at connection_made; None once a message passed
         self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() costs a getpid() syscall, and send() runs per write.
+        self._loop = loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = loop.create_future()
         self.ready: asyncio.Future[None] = loop.create_future()  # authenticated (TLS is up before)
         self.last_rx = time.monotonic()
@@ -252,7 +253,7 @@ class LinkProtocol(asyncio.Protocol):
             self._out_bytes += len(part)
         if self._flush_scheduled:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if self._out_bytes < DEFERRED_FLUSH_BYTES and wire.may_wait(message):
             if self._deferred is None:
                 self._deferred = loop.call_later(DEFERRED_FLUSH_S, self._flush)
