@@ -134,6 +134,7 @@ class Settings:
     # Extra TOML lines appended to a section (security tests: tls_dir, secret_file, token_file)
     nbd_extra: str = ""
     link_extra: str = ""
+    record_extra: str = ""
     admin_extra: str = ""
     admin_host: str = "127.0.0.1"
 
@@ -189,6 +190,7 @@ class Site:
             f"capacity = {s.capacity}\n"
             f"lookahead = {s.lookahead}\n"
             f'eviction = "{s.eviction}"\n'
+            f"{s.record_extra}"
             "[admin]\n"
             f'listen = "{s.admin_host}:{self.admin_port}"\n'
             f"{s.admin_extra}"

@@ -143,6 +143,23 @@ def test_fio_and_qemu_io_writes_replicate_identically(make_pair: MakePair, mode:
     assert_pattern(image, 128 * MiB, 64 * MiB, 0)  # replicated TRIM zeroes on both sites
 
 
+def test_writes_waiting_before_the_first_timer_tick_do_not_fail(make_pair: MakePair) -> None:
+    """Regression: the primary's core read 0 as the time until its first timer tick, so a write
+    made to wait then (for a pending ADDED, or for room in the record) looked, at that tick, as
+    if it had waited since boot, and the host got EIO. Sequential 1 MiB writes at QD8 wait for
+    pending adds all the time; with a 4 s watermark interval the first tick falls inside the
+    run (found by ``bench/replication.py --watermark-interval 1``)."""
+    pair = make_pair(Settings(capacity=32, record_extra="watermark_interval = 4\n"))
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    seq = fio(pair, "seq", "--rw=write", "--bs=1M", "--iodepth=8", "--time_based", "--runtime=6")
+    assert seq["ios"] > 64, seq  # fio() fails the test on any I/O error
+    primary, _ = pair.wait_in_sync()
+    c = counters(primary)
+    assert c["record_misses"] > 0 and c["writes"] == seq["ios"], c
+
+
 # -- init ---------------------------------------------------------------------------------------
 
 

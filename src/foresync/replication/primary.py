@@ -285,29 +285,31 @@ class PrimaryCore:
         It does exactly what ``write()`` followed by ``local_applied()`` does for such a write
         (the core harness and the simulator run both paths), so a FUA write, a sync-mode write
         (which waits for DURABLE) and anything that must wait never come here."""
-        mode = self.config.mode
+        config = self.config
+        mode = config.mode
         length = len(data)
         if (self.link is not LinkState.CONNECTED or self._queue or mode is Mode.SYNC
-                or (self._sent and self._sent_bytes + length > self.config.window_bytes)):
+                or (self._sent and self._sent_bytes + length > config.window_bytes)):
             return None
         extents = self._extents(offset, length)
         fifo = self._extent_fifo
-        members = self.record
-        for extent in extents:
-            if extent in fifo:
+        record = self.record
+        if len(extents) == 1:  # most writes: one extent, no generator
+            extent = extents.start
+            if extent in fifo or (mode is Mode.LOOKAHEAD and extent not in record):
                 return None
-        lookahead = mode is Mode.LOOKAHEAD
-        if lookahead:
-            if not members.covers(extents):
-                return None
+        elif any(e in fifo for e in extents) or (mode is Mode.LOOKAHEAD and not record.covers(extents)):
+            return None
+        counters = self.counters
+        if mode is Mode.LOOKAHEAD:
             if offset in self._stream_ends and self._read_ahead_due(extents):
                 return None
             self._continues_stream(offset, length)
-            self.counters.hits += 1
-        self.counters.writes += 1
+            counters.hits += 1
+        counters.writes += 1
         seq = self._next_seq
         self._next_seq = seq + 1
-        members.note_write(extents, seq)
+        record.note_write(extents, seq)
         sent = self._sent
         sent.append((seq, length))
         if len(sent) == 1:

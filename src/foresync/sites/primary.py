@@ -64,6 +64,9 @@ class PrimarySite:
             ),
             read=backend.read_unless_hole,
         )
+        # The core's clock starts with ours: until the first timer tick it would read 0, and an
+        # op made to wait then would look (at that tick) as if it had waited since boot: EIO.
+        self.core.tick(time.monotonic())
         self.core.restore_out_of_sync(oos)
         clean_marker = os.path.join(cfg.meta, CLEAN_STOP_FILE)
         if os.path.exists(clean_marker):
