@@ -814,11 +814,135 @@ def _run(h: Harness, steps: list[tuple[object, ...]]) -> None:
        eviction=st.sampled_from(Eviction),
        capacity=st.integers(4, 7),
        lookahead=st.integers(0, 3),
+       fast=st.booleans(),
        steps=st.lists(STEP, min_size=20, max_size=80))
 @settings(max_examples=200, deadline=None)
-def test_random_schedules(mode: Mode, eviction: Eviction, capacity: int, lookahead: int,
+def test_random_schedules(mode: Mode, eviction: Eviction, capacity: int, lookahead: int, fast: bool,
                           steps: list[tuple[object, ...]]) -> None:
-    _run(Harness(mode=mode, eviction=eviction, capacity=capacity, lookahead=lookahead), steps)
+    _run(Harness(mode=mode, eviction=eviction, capacity=capacity, lookahead=lookahead, fast=fast), steps)
+
+
+class _Recording(Harness):
+    """A harness that also keeps every frame the primary sent, decoded."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sent: list[wire.Message] = []
+
+    def _primary_action(self, action: pcore.Action) -> None:
+        if isinstance(action, pcore.Send):
+            self.sent.append(action.message)
+        super()._primary_action(action)
+
+
+HOST_OP = st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 12 * 16), st.integers(1, 40), st.booleans()),
+    st.tuples(st.just("write"), st.integers(0, 12 * 16), st.integers(1, 40), st.just(False)),
+    st.tuples(st.just("zero"), st.integers(0, 12 * 16), st.integers(1, 40), st.booleans()),
+    st.tuples(st.just("flush")),
+)
+
+
+@given(mode=st.sampled_from(Mode), lookahead=st.integers(0, 3), ops=st.lists(HOST_OP, min_size=1, max_size=40))
+@settings(max_examples=150, deadline=None)
+def test_the_hot_paths_change_nothing_but_the_cost(mode: Mode, lookahead: int,
+                                                    ops: list[tuple[object, ...]]) -> None:
+    """``PrimaryCore.write_hit`` and ``SecondaryCore.write_now`` against ``write()`` and
+    ``receive()``: with every I/O completed at once, the same host ops give the same frames, in
+    the same order, the same images and the same statistics on both sites."""
+    runs = []
+    for fast in (False, True):
+        h = _Recording(mode=mode, capacity=5, lookahead=lookahead, auto=True, fast=fast)
+        h.connect()
+        for op in ops:
+            match op:
+                case ("write", int(offset), int(length), bool(fua)):
+                    offset = min(offset, h.size - 1)
+                    h.write(offset, min(length, h.size - offset), fua)
+                case ("zero", int(offset), int(length), bool(punch)):
+                    offset = min(offset, h.size - 1)
+                    h.zero(offset, min(length, h.size - offset), punch)
+                case ("flush",):
+                    h.host_flush()
+        h.settle()
+        h.check_quiescent()
+        runs.append(h)
+    slow, fast_run = runs
+    assert fast_run.sent == slow.sent
+    assert fast_run.p_img == slow.p_img and fast_run.s_img == slow.s_img
+    assert fast_run.primary.statistics() == slow.primary.statistics()
+    assert fast_run.secondary.statistics() == slow.secondary.statistics()
+    assert slow.fast_hits == slow.fast_applies == 0
+
+
+def test_the_hot_paths_are_taken_for_plain_hits() -> None:
+    h = Harness(capacity=4, lookahead=2, auto=True)
+    h.connect()
+    h.write(0, 4)  # a miss: extents 0..2 recorded
+    h.settle()
+    assert h.fast_hits == 0
+    h.write(20, 8)
+    h.write(40, 8)
+    h.settle()
+    assert h.fast_hits == 2 and h.fast_applies == 2
+    h.check_quiescent()
+
+
+def test_write_hit_declines_what_it_cannot_finish_at_once() -> None:
+    h = Harness(capacity=4, lookahead=1)
+    core = h.primary
+    assert core.write_hit(0, b"x") is None  # not connected yet
+    h.connect()
+    assert core.write_hit(0, b"x") is None  # a miss: extent 0 is not in the record
+    h.write(0, 4)
+    h.settle()  # extents 0 and 1 are recorded
+    h.write(4, 4, fua=True)  # FUA never takes the hot path; its ApplyLocal waits in the harness
+    assert core.write_hit(8, b"y") is None  # an earlier write to extent 0 has not landed yet
+    h.settle()
+    h.write(40, 4)  # a miss on extent 2, waiting for its ADDED
+    assert core.write_hit(17, b"z") is not None  # extent 1 is free of it: a hit goes ahead
+    small = Harness(capacity=4, lookahead=1, window_bytes=8)
+    small.connect()
+    small.write(0, 4)
+    small.settle()
+    assert small.primary.write_hit(4, b"12345") is not None  # the window was empty
+    assert small.primary.write_hit(20, b"1234") is None  # 5 + 4 bytes: over the 8-byte window
+    sync = Harness(mode=Mode.SYNC, capacity=4, lookahead=1)
+    sync.connect()
+    sync.write(0, 4)
+    sync.settle()
+    assert sync.primary.write_hit(4, b"x") is None  # sync mode waits for DURABLE
+
+
+def test_write_hit_leaves_a_due_read_ahead_to_write() -> None:
+    h = Harness(capacity=8, lookahead=4, extents=12)
+    h.connect()
+    h.write(0, 16)  # a miss: extents 0..4
+    h.settle()
+    h.write(16, 16)  # sequential, extent 1: the record covers the 3 extents after it
+    assert h.fast_hits == 1
+    h.settle()
+    before = h.primary.statistics().record_read_aheads
+    assert h.primary.write_hit(32, b"s" * 16) is None  # extent 2: extent 5 is not recorded
+    assert h.primary.statistics().record_read_aheads == before
+    h.write(32, 16)  # so write() sends it as a read-ahead
+    assert h.primary.statistics().record_read_aheads == before + 1
+    assert h.fast_hits == 1
+    h.settle()
+    h.check_quiescent()
+
+
+def test_write_now_declines_what_must_wait_or_journal() -> None:
+    core = SecondaryCore(160, 16, 1, VOLUME, RecordState())
+    plain = wire.Write(1, 0, 0, 0, (), b"a")
+    assert core.write_now(plain)
+    assert core.statistics().applied_seq == 1 and not core.actions()
+    assert not core.write_now(wire.Write(2, 16, int(WriteFlag.MISS), 2, (), b"b"))  # journals an add
+    assert not core.write_now(wire.Write(2, 16, 0, 0, (0,), b"b"))  # a removal to journal
+    core.receive(wire.Write(2, 16, int(WriteFlag.MISS), 2, (), b"b"))
+    assert not core.write_now(wire.Write(3, 0, 0, 0, (), b"c"))  # must not overtake the miss
+    with pytest.raises(RemoteProtocolError, match="outside"):
+        SecondaryCore(160, 16, 1, VOLUME, RecordState()).write_now(wire.Write(1, 159, 0, 0, (), b"ab"))
 
 
 @given(steps=st.lists(STEP, min_size=10, max_size=40))
