@@ -335,3 +335,62 @@ def test_any_split_of_a_stream_decodes_the_same(messages: list[wire.Message],
         out.extend(decoder.feed(chunk))
     assert out == messages
     assert decoder.failed is None
+
+
+# -- large WRITEs: gathered from the chunks as they arrive, joined once ---------------------------
+
+BIG = bytes((i * 13 + 5) % 256 for i in range(wire.GATHER_MIN_BYTES + 777))
+LARGE_STREAM = [
+    wire.Write(1, 0, 0, 0, (), BIG),
+    wire.Applied(1),
+    wire.Write(2, 1 << 20, int(wire.WriteFlag.MISS), 4, (3, 9, 11), BIG[: wire.GATHER_MIN_BYTES]),
+    wire.Write(3, 4096, 0, 0, (), b"small"),
+    wire.Write(4, 8192, 0, 0, (), BIG),
+]
+
+
+@given(data=st.data())
+@settings(max_examples=100, deadline=None)
+def test_large_writes_decode_the_same_split_anywhere(data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(m) for m in LARGE_STREAM)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    reuse = data.draw(st.booleans())  # chunks in a buffer the caller may change afterwards
+    decoder = FrameDecoder()
+    out: list[wire.Message] = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        out.extend(decoder.feed(bytearray(stream[a:b]) if reuse else stream[a:b]))
+    assert out == LARGE_STREAM
+    assert decoder.failed is None
+
+
+@pytest.mark.parametrize("piece", [1, 24, 1000, 65536, 1 << 30])
+def test_large_writes_decode_the_same_in_pieces(piece: int) -> None:
+    stream = b"".join(encode_frame(m) for m in LARGE_STREAM)
+    decoder = FrameDecoder()
+    out: list[wire.Message] = []
+    for start in range(0, len(stream), piece):
+        out.extend(decoder.feed(stream[start : start + piece]))
+    assert out == LARGE_STREAM
+
+
+@pytest.mark.parametrize("where", [30, 60, 5000, len(BIG) - 1])
+def test_a_flipped_byte_in_a_gathered_write_is_a_crc_error(where: int) -> None:
+    frame = bytearray(encode_frame(wire.Write(1, 0, 0, 0, (), BIG)))
+    frame[where] ^= 0x40
+    decoder = FrameDecoder()
+    with pytest.raises(RemoteProtocolError):
+        for start in range(0, len(frame), 4096):
+            decoder.feed(bytes(frame[start : start + 4096]))
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        decoder.feed(encode_frame(wire.Applied(1)))
+
+
+def test_a_large_write_whose_removals_overrun_it_is_refused() -> None:
+    head = wire.WRITE.pack(1, 0, 0, 0, 1 << 20)  # claims a million removals
+    payload = head + bytes(wire.GATHER_MIN_BYTES)
+    prefix = struct.pack(">IBBHI", wire.FRAME_MAGIC, int(MessageType.WRITE), 0, 0, len(payload))
+    crc = google_crc32c.extend(google_crc32c.value(prefix), payload)
+    frame = prefix + struct.pack(">I", crc) + payload
+    decoder = FrameDecoder()
+    with pytest.raises(RemoteProtocolError, match="shorter than its removals"):
+        decoder.feed(frame[:4096])

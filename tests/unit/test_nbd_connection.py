@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from foresync.errors import LocalProtocolError
 from foresync.nbd.connection import (
+    GATHER_MIN_BYTES,
     MAX_EXTENTS_PER_REPLY,
     ConnectionFailed,
     ConnectionState,
@@ -234,6 +235,78 @@ def test_pipelined_requests_split_at_every_byte_parse_identically() -> None:
         events_b, replies_b = tx.receive_data(stream[cut:])
         assert events_a + events_b == expected_events, f"split at byte {cut}"
         assert decode(replies_a + replies_b) == expected_replies, f"split at byte {cut}"
+
+
+def large_stream() -> tuple[bytes, list[Event], list[Simple | Chunk]]:
+    """Large WRITEs (gathered as they arrive, not buffered) between small requests, a refused
+    large WRITE whose payload is discarded, and a large WRITE at the very end."""
+    big = bytes((i * 7 + 3) % 256 for i in range(GATHER_MIN_BYTES + 4099))
+    exact = bytes(reversed(big[:GATHER_MIN_BYTES]))
+    stream = b"".join([
+        request(WRITE, 0, data=big, cookie=1),
+        request(READ, 8, 8, cookie=2),
+        request(WRITE, SIZE - 100, data=exact, cookie=3),  # out of range: ENOSPC, discarded
+        request(WRITE, 4096, data=exact, cookie=4, flags=CommandFlag.FUA),
+        request(FLUSH, cookie=5),
+        request(WRITE, SIZE - len(big), data=big, cookie=6),
+    ])
+    events: list[Event] = [
+        Request(WRITE, 0, 1, 0, len(big), big),
+        Request(READ, 0, 2, 8, 8),
+        Request(WRITE, CommandFlag.FUA, 4, 4096, len(exact), exact),
+        Request(FLUSH, 0, 5, 0, 0),
+        Request(WRITE, 0, 6, SIZE - len(big), len(big), big),
+    ]
+    return stream, events, [Simple(Errno.ENOSPC, 3)]
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096, 65536, 100_000, 1 << 30])
+def test_large_writes_parse_identically_in_any_pieces(piece: int) -> None:
+    stream, expected_events, expected_replies = large_stream()
+    tx = make()
+    events: list[Event] = []
+    replies = b""
+    for start in range(0, len(stream), piece):
+        more, out = tx.receive_data(stream[start : start + piece])
+        events += more
+        replies += out
+    assert events == expected_events
+    assert decode(replies) == expected_replies
+    assert tx.in_flight == len(expected_events)
+
+
+@given(cuts=st.lists(st.integers(0, 3 * GATHER_MIN_BYTES), max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_large_writes_split_anywhere_parse_identically(cuts: list[int]) -> None:
+    stream, expected_events, expected_replies = large_stream()
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    tx = make()
+    events: list[Event] = []
+    replies = b""
+    for start, stop in itertools.pairwise(points):
+        more, out = tx.receive_data(bytearray(stream[start:stop]))  # a buffer the caller reuses
+        events += more
+        replies += out
+    assert events == expected_events
+    assert decode(replies) == expected_replies
+
+
+def test_a_gathered_write_is_not_copied_into_the_parse_buffer() -> None:
+    """Peak memory while a 4 MiB WRITE streams in 64 KiB pieces stays near one copy of it."""
+    payload = bytes(4 * MiB)
+    stream = request(WRITE, 0, data=payload)
+    pieces = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
+    tx = make(export=ExportInfo("disk", 64 * MiB, read_only=False), max_payload=8 * MiB)
+    tracemalloc.start()
+    try:
+        events: list[Event] = []
+        for piece in pieces:
+            events += tx.receive_data(piece)[0]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert events == [Request(WRITE, 0, COOKIE, 0, len(payload), payload)]
+    assert peak < 4 * MiB + 512 * 1024, peak  # the joined payload, and no second copy
 
 
 # -- requests the core refuses and answers itself ---------------------------------------------------

@@ -379,6 +379,9 @@ _AWAITED = int(WriteFlag.MISS | WriteFlag.DURABLE | WriteFlag.RANGE)  # an int: 
 
 
 _value, _extend = google_crc32c.value, google_crc32c.extend
+# A WRITE frame this big or bigger is gathered from the received chunks and joined once (one
+# copy) instead of being appended to the decoder's buffer and sliced out of it (two copies).
+GATHER_MIN_BYTES = 64 * 1024
 
 
 def encode_frame(message: Message) -> bytes:
@@ -518,17 +521,53 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0  # start of the first undecoded frame in _buf
         self.failed: str | None = None
+        # A large WRITE whose data is gathered from the pushed chunks and joined once, instead
+        # of being appended to _buf and sliced out of it: (crc, prefix, head), the parts, and
+        # how many bytes of it are still to come.
+        self._gather: tuple[int, bytes, bytes] | None = None
+        self._parts: list[bytes] = []
+        self._gather_need = 0
 
     def push(self, data: bytes) -> None:
         if self.failed is not None:
             raise RemoteProtocolError(f"link stream already failed: {self.failed}")
+        need = self._gather_need
+        if need:
+            take = min(need, len(data))
+            # A whole chunk is kept as it is (no copy) when it cannot change under us.
+            self._parts.append(data if take == len(data) and type(data) is bytes else bytes(data[:take]))
+            self._gather_need = need - take
+            if take == len(data):
+                return
+            data = data[take:]
         self._buf += data
+
+    def _gathered(self) -> Message:
+        assert self._gather is not None
+        crc, prefix, head = self._gather
+        data = b"".join(self._parts)
+        self._gather, self._parts = None, []
+        actual = _extend(_extend(_value(prefix), head), data)
+        if actual != crc:
+            raise RemoteProtocolError(f"link frame CRC32C mismatch (type {_WRITE_KIND}, "
+                                      f"{len(head) + len(data)} bytes)")
+        return _write_with(head, data)
 
     def next_message(self) -> Message | None:
         """The next complete message, or None until more bytes arrive. Raises
         RemoteProtocolError on a damaged frame; after that the decoder stays failed."""
         if self.failed is not None:
             raise RemoteProtocolError(f"link stream already failed: {self.failed}")
+        if self._gather is not None:
+            if self._gather_need:
+                return None
+            try:
+                return self._gathered()
+            except RemoteProtocolError as exc:
+                self.failed = str(exc)
+                self._buf.clear()
+                self._pos = 0
+                raise
         buf, pos = self._buf, self._pos
         try:
             if len(buf) - pos >= FRAME_HEADER.size:
@@ -572,6 +611,9 @@ class FrameDecoder:
                     message = _write_with(head, data) if data else decode_payload(kind, head)
                     self._pos = end
                     return message
+                if kind == _WRITE_KIND and length >= GATHER_MIN_BYTES and self._start_gather(
+                        buf, pos, length, crc):
+                    return None
         except RemoteProtocolError as exc:
             self.failed = str(exc)
             buf.clear()
@@ -581,6 +623,28 @@ class FrameDecoder:
             del buf[:pos]
             self._pos = 0
         return None
+
+    def _start_gather(self, buf: bytearray, pos: int, length: int, crc: int) -> bool:
+        """Begin gathering the incomplete large WRITE at ``pos``, once its head (fixed part and
+        removals) is all in ``buf``. False: not yet."""
+        start = pos + FRAME_HEADER.size
+        if len(buf) < start + WRITE.size:
+            return False
+        (count,) = COUNT.unpack_from(buf, start + WRITE.size - COUNT.size)
+        split = start + WRITE.size + 4 * count
+        if split > start + length:
+            raise RemoteProtocolError("WRITE frame shorter than its removals")
+        if len(buf) < split:
+            return False
+        with memoryview(buf) as view:
+            prefix = bytes(view[pos : pos + _PREFIX.size])
+            head = bytes(view[start:split])
+            self._parts = [bytes(view[split:])]
+        self._gather = (crc, prefix, head)
+        self._gather_need = start + length - len(buf)
+        buf.clear()
+        self._pos = 0
+        return True
 
     def feed(self, data: bytes) -> list[Message]:
         """Every message completed by ``data``."""

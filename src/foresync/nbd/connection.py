@@ -27,6 +27,10 @@ from foresync.nbd.handshake import MAX_PAYLOAD_BYTES, ExportInfo
 from foresync.nbd.wire import ChunkType, Command, CommandFlag, Errno
 
 MAX_EXTENTS_PER_REPLY = 2048  # bounds a BLOCK_STATUS reply; clients re-query the rest
+# A WRITE payload this big or bigger is gathered from the chunks as they arrive and joined once
+# (one copy), instead of being appended to the parse buffer and sliced out of it (three copies,
+# a third of the CPU of a 1 MiB write at zero RTT).
+GATHER_MIN_BYTES = 64 * 1024
 
 _HEADER = wire.REQUEST_HEADER
 _HEADER_SIZE = _HEADER.size
@@ -91,6 +95,9 @@ class Transmission:
         self._discard_reply = b""  # its error reply, held until the payload is consumed
         self._need = _HEADER_SIZE  # bytes needed before the next parse can make progress
         self._size = export.size
+        self._parts: list[bytes] = []  # a large WRITE payload being gathered
+        self._parts_need = 0  # its bytes still to come
+        self._parts_request = (0, 0, 0, 0)  # its flags, cookie, offset, length
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -99,12 +106,28 @@ class Transmission:
         if self.state is not ConnectionState.OPEN:
             return [], b""  # after DISC or a fatal error nothing more is read
         replies: list[bytes] = []
+        events: list[Event] = []
+        if self._parts_need:
+            take = min(self._parts_need, len(data))
+            # A whole chunk is kept as it is (no copy) when it cannot change under us.
+            self._parts.append(data if take == len(data) and type(data) is bytes else bytes(data[:take]))
+            self._parts_need -= take
+            if self._parts_need:
+                return [], b""
+            flags, cookie, offset, length = self._parts_request
+            payload = b"".join(self._parts)
+            self._parts = []
+            self.in_flight += 1
+            events.append(Request(_WRITE, flags, cookie, offset, length, payload))
+            data = data[take:]
+            if not data:
+                return events, b""
         if self._discard:
             taken = min(self._discard, len(data))
             self._discard -= taken
             data = data[taken:]
             if self._discard:
-                return [], b""
+                return events, b""
             # The rejected WRITE is now wholly read: only now may its error reply go out, or
             # a client still sending the payload would see an answer to a request it has not
             # finished (libnbd drops the connection on that).
@@ -113,8 +136,7 @@ class Transmission:
         buf = self._buf
         buf += data
         if len(buf) < self._need:
-            return [], b"".join(replies)
-        events: list[Event] = []
+            return events, b"".join(replies)
         pos = 0
         end = len(buf)
         while end - pos >= _HEADER_SIZE:
@@ -139,9 +161,21 @@ class Transmission:
                     replies.append(reply)
                     continue
                 if end - pos < total:
+                    if length >= GATHER_MIN_BYTES:
+                        with memoryview(buf) as view:
+                            part = bytes(view[pos + _HEADER_SIZE : end])
+                        self._parts = [part]
+                        self._parts_need = length - len(part)
+                        self._parts_request = (flags, cookie, offset, length)
+                        pos = end
+                        break
                     self._need = total
                     break
-                payload = bytes(buf[pos + _HEADER_SIZE : pos + total])
+                if length < GATHER_MIN_BYTES:
+                    payload = bytes(buf[pos + _HEADER_SIZE : pos + total])
+                else:
+                    with memoryview(buf) as view:  # one copy, not a bytearray slice and bytes()
+                        payload = bytes(view[pos + _HEADER_SIZE : pos + total])
                 pos += total
                 self.in_flight += 1
                 events.append(Request(command, flags, cookie, offset, length, payload))
