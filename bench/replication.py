@@ -53,6 +53,7 @@ from typing import Any
 from foresync.testing.fio import run_fio_json
 from foresync.testing.processes import free_port, listening, stop_process
 
+PY_SPY_EXTRA = tuple(os.environ.get("FORESYNC_PY_SPY_ARGS", "").split())  # e.g. "--gil"
 PROXY_ANNOUNCE = re.compile(r"^delay proxy listening on 127\.0\.0\.1:(\d+) ", re.MULTILINE)
 STOP_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
@@ -355,7 +356,7 @@ def start_profilers(pids: dict[str, int], out_dir: Path | None, cell: str,
         out = out_dir / f"{cell}-{site}.txt"
         procs.append(subprocess.Popen(
             [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
-             "--format", "raw", "--output", str(out), "--nonblocking"],
+             "--format", "raw", "--output", str(out), "--nonblocking", *PY_SPY_EXTRA],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
 

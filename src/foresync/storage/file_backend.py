@@ -125,7 +125,16 @@ class FileBackend:
         return self.read(offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
+        try:
+            written = os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            code = errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+            raise StorageError(f"write at {offset} failed: {exc.strerror}", code) from exc
+        if written != len(data):  # the usual case is done: no memoryview, no loop (per host write)
+            self._write_rest(offset + written, memoryview(data)[written:])
+
+    def _write_rest(self, offset: int, view: memoryview) -> None:
+        """After a short write: the rest."""
         try:
             while view:
                 written = os.pwrite(self.fd, view, offset)
