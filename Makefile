@@ -55,6 +55,7 @@ chaos: setup
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/replication.py $(BENCH_ARGS_REPL)
+	$(PY) bench/floor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
