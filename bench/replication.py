@@ -1,8 +1,11 @@
 """Benchmark the replication modes over an emulated 10 ms RTT link with fio (``make bench``).
 
 Method. Every (scenario, workload) cell starts from nothing: two fresh sites (``foresync init``
-then ``foresync run``) over new sparse volume files on loopback, so each cell's record starts
-empty and no cell inherits another's record, lag or dirty page cache. The primary dials the
+then ``foresync run``) over new volume files on loopback, so each cell's record starts empty and
+no cell inherits another's record, lag or dirty page cache. The files are prefilled (every byte
+written once, in the workload's block size, and made durable) so that every cell runs in the
+steady state of a volume in service; ``prefill()`` says why, ``--no-prefill`` starts on sparse
+files instead. The primary dials the
 secondary through ``foresync.testing.proxy``, which adds ``--delay-ms`` (5 ms) in each direction:
 a 10 ms round trip (the proxy's timers tick in whole milliseconds and never fire early, so the
 RTT the sites see is a little more; the bench measures and prints it first). Once the primary
