@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from foresync.errors import InvariantViolation, LocalProtocolError
 from foresync.record.predict import extents_of, predict
-from foresync.record.record import Eviction, RecordCopy, RecordStatistics
+from foresync.record.record import UNSENT, Eviction, RecordCopy, RecordStatistics
 
 # -- membership ------------------------------------------------------------------------------------
 
@@ -90,6 +90,25 @@ def test_note_write_and_is_clean() -> None:
     assert record.is_clean(7, 5)
     assert not record.is_clean(8, 8)
     assert record.is_clean(8, 9)
+
+
+def test_a_host_write_does_not_clear_a_pending_resync() -> None:
+    """Regression (simulator seed 130307): a host write to an extent still waiting for its
+    resync overwrote the UNSENT mark with its own seq, so once that write was durable the extent
+    looked clean and was evicted, though the secondary still lacked the rest of it."""
+    record = RecordCopy(4, Eviction.LRU)
+    record.add([3, 4])
+    record.note_write([3, 4], UNSENT)
+    record.note_write([3], 7)  # a host write while the resync of 3 is still queued
+    assert not record.is_clean(3, 100)
+    assert record.choose_evictions(4, 100) is None  # neither may go
+    record.resynced(3, 9)  # its resync went out as seq 9
+    assert not record.is_clean(3, 8) and record.is_clean(3, 9)
+    record.note_write([3], 12)  # later writes count as before
+    assert record.last_seq(3) == 12
+    assert record.dirty_extents(11) == {3, 4}
+    record.clear_marks(20)  # a new session: marks become "dirty until 20"
+    assert record.last_seq(4) == 20 and record.last_seq(3) == 12
 
 
 def test_forget_clean_keeps_members_and_dirty_extents() -> None:

@@ -24,6 +24,12 @@ from enum import Enum
 from foresync.errors import LocalProtocolError, invariant
 
 
+# A latest-write seq above any real one: "dirty until resynced". An extent marked so stays dirty
+# whatever host writes it gets meanwhile, until its resync data is sent (``resynced``): a host
+# write covers only its own bytes, not the rest of an extent the secondary may lack.
+UNSENT = 1 << 62
+
+
 class Eviction(Enum):
     LRU = "lru"
     GENERATIONS = "generations"
@@ -69,8 +75,24 @@ class RecordCopy:
         return self.capacity - len(self._generation_of) - self.reserved
 
     def note_write(self, extents: Iterable[int], seq: int) -> None:
+        """``seq`` wrote ``extents`` (or, with ``UNSENT``, they await a resync). An ``UNSENT``
+        mark stays until ``resynced``."""
+        last = self._last_seq
         for extent in extents:
-            self._last_seq[extent] = seq
+            if last.get(extent) != UNSENT:
+                last[extent] = seq
+
+    def resynced(self, extent: int, seq: int) -> None:
+        """The extent's resync data went out as ``seq`` (or, with a seq already durable, it was
+        found identical there): it is dirty until ``seq`` is durable on both sites."""
+        self._last_seq[extent] = seq
+
+    def clear_marks(self, seq: int) -> None:
+        """Every ``UNSENT`` mark becomes ``seq``: a new session decides afresh what to resync
+        (and marks it again), so a mark left by a broken session never pins an extent."""
+        last = self._last_seq
+        for extent in [e for e, s in last.items() if s == UNSENT]:
+            last[extent] = seq
 
     def last_seq(self, extent: int) -> int:
         return self._last_seq.get(extent, 0)

@@ -48,10 +48,10 @@ from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
 from foresync.record.predict import extents_of, predict
-from foresync.record.record import Eviction, RecordCopy
+from foresync.record.record import UNSENT, Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
 
-_NOT_YET_SENT = 1 << 62  # a write seq above any real one: "dirty until resynced"
+_NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
@@ -1024,6 +1024,7 @@ class PrimaryCore:
         self._resync_set = {e for e in todo if e < self.extent_count}
         self._resync = deque(sorted(self._resync_set))
         # Until its resync data is durable there, an extent to resync must not be evicted.
+        self.record.clear_marks(self._next_seq - 1)
         self.record.note_write(self._resync_set, _NOT_YET_SENT)
         self._resync_pass = True
         self._resync_total_bytes = len(self._resync_set) * self.config.extent_size
@@ -1092,7 +1093,10 @@ class PrimaryCore:
                 self._resync_set.discard(extent)
                 self.out_of_sync.discard(extent)
                 if self.record.last_seq(extent) == _NOT_YET_SENT:
-                    self.record.note_write((extent,), 0)  # identical there: clean
+                    # Identical there as of now. A host write to it since the WELCOME went
+                    # out with a seq of its own, which the mark hid: count up to the last seq
+                    # so far, so the extent is clean once that is durable on both sites.
+                    self.record.resynced(extent, self._next_seq - 1)
                 self._resync_done_bytes += length
                 return "same"
             self._remote_hashes[extent] = remote_hash
@@ -1113,6 +1117,7 @@ class PrimaryCore:
         op = _Op(-1, offset, length, self._read(offset, length), False, False,
                  range(extent, extent + 1), resync_extent=extent)
         self._assign_seq(op)
+        self.record.resynced(extent, op.seq)  # dirty until this data is durable there
         self._extent_fifo[extent].popleft()
         del self._extent_fifo[extent]
         op.applied = True
