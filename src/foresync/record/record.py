@@ -23,7 +23,6 @@ from enum import Enum
 
 from foresync.errors import LocalProtocolError, invariant
 
-
 # A latest-write seq above any real one: "dirty until resynced". An extent marked so stays dirty
 # whatever host writes it gets meanwhile, until its resync data is sent (``resynced``): a host
 # write covers only its own bytes, not the rest of an extent the secondary may lack.
