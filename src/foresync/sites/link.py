@@ -246,11 +246,12 @@ class LinkProtocol(asyncio.Protocol):
         """Queue a frame. Frames go out in order, many in one write (one syscall instead of
         one per 4 KiB write): at the end of this pass of the event loop when the message is
         awaited, or within ``DEFERRED_FLUSH_S`` when nobody waits for it (``wire.may_wait``)."""
-        if self.transport is None or self.transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        for part in wire.encode_frame_parts(message):
-            self._out.append(part)
-            self._out_bytes += len(part)
+        parts = wire.encode_frame_parts(message)
+        self._out += parts
+        self._out_bytes += len(parts[0]) if len(parts) == 1 else len(parts[0]) + len(parts[1])
         if self._flush_scheduled:
             return
         loop = self._loop
