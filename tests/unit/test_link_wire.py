@@ -8,6 +8,7 @@ decoder stays failed afterwards: a TCP stream that delivered one bad frame canno
 from __future__ import annotations
 
 import struct
+import tracemalloc
 
 import google_crc32c
 import pytest
@@ -394,3 +395,21 @@ def test_a_large_write_whose_removals_overrun_it_is_refused() -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="shorter than its removals"):
         decoder.feed(frame[:4096])
+
+
+@pytest.mark.parametrize("piece", [3, 16, 1000])
+def test_a_large_write_in_tiny_pieces_costs_bytes_not_an_object_per_piece(piece: int) -> None:
+    payload = bytes(range(256)) * 512  # 128 KiB
+    frame = encode_frame(wire.Write(1, 0, 0, 0, (), payload))
+    pieces = [frame[i : i + piece] for i in range(0, len(frame), piece)]
+    decoder = FrameDecoder()
+    tracemalloc.start()
+    try:
+        out: list[wire.Message] = []
+        for chunk in pieces:
+            out.extend(decoder.feed(chunk))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out == [wire.Write(1, 0, 0, 0, (), payload)]
+    assert peak < 2.3 * len(payload), peak

@@ -46,6 +46,7 @@ from enum import IntEnum, IntFlag
 import google_crc32c
 
 from foresync.errors import RemoteProtocolError, invariant
+from foresync.gather import Parts, add_part, join
 
 PROTOCOL_VERSION = 1
 FRAME_MAGIC = 0x46534C4B
@@ -525,7 +526,7 @@ class FrameDecoder:
         # of being appended to _buf and sliced out of it: (crc, prefix, head), the parts, and
         # how many bytes of it are still to come.
         self._gather: tuple[int, bytes, bytes] | None = None
-        self._parts: list[bytes] = []
+        self._parts: Parts = []
         self._gather_need = 0
 
     def push(self, data: bytes) -> None:
@@ -534,8 +535,7 @@ class FrameDecoder:
         need = self._gather_need
         if need:
             take = min(need, len(data))
-            # A whole chunk is kept as it is (no copy) when it cannot change under us.
-            self._parts.append(data if take == len(data) and type(data) is bytes else bytes(data[:take]))
+            add_part(self._parts, data, take)
             self._gather_need = need - take
             if take == len(data):
                 return
@@ -545,7 +545,7 @@ class FrameDecoder:
     def _gathered(self) -> Message:
         assert self._gather is not None
         crc, prefix, head = self._gather
-        data = b"".join(self._parts)
+        data = join(self._parts)
         self._gather, self._parts = None, []
         actual = _extend(_extend(_value(prefix), head), data)
         if actual != crc:
@@ -639,7 +639,7 @@ class FrameDecoder:
         with memoryview(buf) as view:
             prefix = bytes(view[pos : pos + _PREFIX.size])
             head = bytes(view[start:split])
-            self._parts = [bytes(view[split:])]
+            self._parts = [bytearray(view[split:])]
         self._gather = (crc, prefix, head)
         self._gather_need = start + length - len(buf)
         buf.clear()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from foresync.errors import LocalProtocolError
+from foresync.gather import Parts, add_part, join
 from foresync.nbd import wire
 from foresync.nbd.handshake import MAX_PAYLOAD_BYTES, ExportInfo
 from foresync.nbd.wire import ChunkType, Command, CommandFlag, Errno
@@ -95,7 +96,7 @@ class Transmission:
         self._discard_reply = b""  # its error reply, held until the payload is consumed
         self._need = _HEADER_SIZE  # bytes needed before the next parse can make progress
         self._size = export.size
-        self._parts: list[bytes] = []  # a large WRITE payload being gathered
+        self._parts: Parts = []  # a large WRITE payload being gathered
         self._parts_need = 0  # its bytes still to come
         self._parts_request = (0, 0, 0, 0)  # its flags, cookie, offset, length
 
@@ -109,13 +110,12 @@ class Transmission:
         events: list[Event] = []
         if self._parts_need:
             take = min(self._parts_need, len(data))
-            # A whole chunk is kept as it is (no copy) when it cannot change under us.
-            self._parts.append(data if take == len(data) and type(data) is bytes else bytes(data[:take]))
+            add_part(self._parts, data, take)
             self._parts_need -= take
             if self._parts_need:
                 return [], b""
             flags, cookie, offset, length = self._parts_request
-            payload = b"".join(self._parts)
+            payload = join(self._parts)
             self._parts = []
             self.in_flight += 1
             events.append(Request(_WRITE, flags, cookie, offset, length, payload))
@@ -163,7 +163,7 @@ class Transmission:
                 if end - pos < total:
                     if length >= GATHER_MIN_BYTES:
                         with memoryview(buf) as view:
-                            part = bytes(view[pos + _HEADER_SIZE : end])
+                            part = bytearray(view[pos + _HEADER_SIZE : end])
                         self._parts = [part]
                         self._parts_need = length - len(part)
                         self._parts_request = (flags, cookie, offset, length)

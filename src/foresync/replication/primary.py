@@ -284,11 +284,13 @@ class PrimaryCore:
 
         It does exactly what ``write()`` followed by ``local_applied()`` does for such a write
         (the core harness and the simulator run both paths), so a FUA write, a sync-mode write
-        (which waits for DURABLE) and anything that must wait never come here."""
+        (which waits for DURABLE) and anything that must wait never come here. Nor does a write
+        while actions are outstanding: its frame would overtake theirs. The adapter must not call
+        it while it is still carrying out actions it already took (``PrimarySite.submit``)."""
         config = self.config
         mode = config.mode
         length = len(data)
-        if (self.link is not LinkState.CONNECTED or self._queue or mode is Mode.SYNC
+        if (self.link is not LinkState.CONNECTED or self._queue or self._actions or mode is Mode.SYNC
                 or (self._sent and self._sent_bytes + length > config.window_bytes)):
             return None
         extents = self._extents(offset, length)

@@ -53,6 +53,12 @@ class ActionPump:
         self._do = do
         self._running = False
 
+    @property
+    def running(self) -> bool:
+        """Actions taken from the core are being carried out: anything sent now would overtake
+        those of them still to come."""
+        return self._running
+
     def __call__(self) -> None:
         if self._running:
             return

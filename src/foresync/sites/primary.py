@@ -103,7 +103,10 @@ class PrimarySite:
 
     def submit(self, request: Request, done: Done) -> None:
         command = request.command
-        if command == _WRITE and not request.flags & _FUA:
+        # Not while the pump is carrying out actions: this submit may come from one of them (an
+        # answered write lets the NBD connection start the next one), and the rest of that batch
+        # (a resync WRITE, say, with a lower seq) must reach the link first.
+        if command == _WRITE and not request.flags & _FUA and not self._pump.running:
             message = self.core.write_hit(request.offset, request.data)
             if message is not None:
                 self._write_hit(message, done)

@@ -108,7 +108,7 @@ class SecondarySite:
                 return
             self._held.append(message)
             return
-        if type(message) is wire.Write and self.core.write_now(message):
+        if type(message) is wire.Write and not self._pump.running and self.core.write_now(message):
             self.backend.write(message.offset, message.data)  # nothing is queued before it
             return
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
