@@ -314,7 +314,7 @@ def _encode_parts(message: Message) -> tuple[int, bytes, bytes]:
     if type(message) is Write:  # the hot path: one per host write
         removals = message.removals
         head = WRITE.pack(message.seq, message.offset, message.flags, message.budget, len(removals))
-        return MessageType.WRITE, head + _u32s(removals) if removals else head, message.data
+        return _WRITE_KIND, head + _u32s(removals) if removals else head, message.data  # an int: packs faster
     return (*_encode_other(message), b"")
 
 
@@ -392,18 +392,12 @@ def encode_frame(message: Message) -> bytes:
 def encode_frame_parts(message: Message) -> list[bytes]:
     """The frame as buffers to write in order (header, payload head, then a WRITE's data
     without copying it)."""
-    if type(message) is Write and not message.removals:  # the hot path: one per host write
-        data = message.data
-        head = WRITE.pack(message.seq, message.offset, message.flags, message.budget, 0)
-        prefix = _PREFIX.pack(FRAME_MAGIC, _WRITE_KIND, 0, 0, WRITE.size + len(data))
-        crc = _extend(_extend(_value(prefix), head), data)
-        return [prefix + COUNT.pack(crc) + head, data] if data else [prefix + COUNT.pack(crc) + head]
     kind, head, data = _encode_parts(message)
     prefix = _PREFIX.pack(FRAME_MAGIC, kind, 0, 0, len(head) + len(data))
-    crc = google_crc32c.extend(google_crc32c.value(prefix), head)
+    crc = _extend(_value(prefix), head)
     if not data:
         return [prefix + COUNT.pack(crc) + head]
-    return [prefix + COUNT.pack(google_crc32c.extend(crc, data)) + head, data]
+    return [prefix + COUNT.pack(_extend(crc, data)) + head, data]
 
 
 def _exact(payload: bytes, size: int, what: str) -> None:
@@ -499,7 +493,8 @@ def decode_payload(kind: int, payload: bytes) -> Message:
 def _write_with(head: bytes, data: bytes) -> Write:
     """A WRITE from its checked head (fixed part and removals, complete) and its data."""
     seq, offset, flags, budget, count = WRITE.unpack_from(head)
-    return Write(seq, offset, flags, budget, _read_u32s(head, WRITE.size, count, "WRITE"), data)
+    removals = _read_u32s(head, WRITE.size, count, "WRITE") if count else ()  # most have none
+    return Write(seq, offset, flags, budget, removals, data)
 
 
 _SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | ResyncDone]] = {
@@ -582,33 +577,26 @@ class FrameDecoder:
                 end = pos + FRAME_HEADER.size + length
                 if len(buf) >= end:
                     start = pos + FRAME_HEADER.size
-                    if kind == _WRITE_KIND and length >= WRITE.size:
-                        seq, offset, flags, budget, count = WRITE.unpack_from(buf, start)
-                        if not count:  # the hot path: a WRITE without removals
-                            split = start + WRITE.size
-                            with memoryview(buf) as view:
-                                prefix = bytes(view[pos : pos + _PREFIX.size])
-                                head = bytes(view[start:split])
-                                data = bytes(view[split:end])
-                            if _extend(_extend(_value(prefix), head), data) != crc:
-                                raise RemoteProtocolError(
-                                    f"link frame CRC32C mismatch (type {kind}, {length} bytes)")
-                            self._pos = end
-                            return Write(seq, offset, flags, budget, (), data)
                     split = end  # a WRITE's data (from split) is copied out on its own, once
+                    write = None
                     if kind == _WRITE_KIND and length >= WRITE.size:
-                        (count,) = COUNT.unpack_from(buf, start + WRITE.size - COUNT.size)
-                        split = min(end, start + WRITE.size + 4 * count)
+                        write = WRITE.unpack_from(buf, start)  # seq, offset, flags, budget, count
+                        split = min(end, start + WRITE.size + 4 * write[4])
                     with memoryview(buf) as view:  # copies of the frame only, not of the buffer
                         prefix = bytes(view[pos : pos + _PREFIX.size])
                         head = bytes(view[start:split])
                         data = bytes(view[split:end])
-                    actual = google_crc32c.extend(google_crc32c.value(prefix), head)
+                    actual = _extend(_value(prefix), head)
                     if data:
-                        actual = google_crc32c.extend(actual, data)
+                        actual = _extend(actual, data)
                     if actual != crc:
                         raise RemoteProtocolError(f"link frame CRC32C mismatch (type {kind}, {length} bytes)")
-                    message = _write_with(head, data) if data else decode_payload(kind, head)
+                    if write is not None and data:
+                        seq, offset, flags, budget, count = write
+                        removals = _read_u32s(head, WRITE.size, count, "WRITE") if count else ()
+                        message: Message = Write(seq, offset, flags, budget, removals, data)
+                    else:
+                        message = decode_payload(kind, head)
                     self._pos = end
                     return message
                 if kind == _WRITE_KIND and length >= GATHER_MIN_BYTES and self._start_gather(
