@@ -853,19 +853,7 @@ def test_the_hot_paths_change_nothing_but_the_cost(mode: Mode, lookahead: int,
     runs = []
     for fast in (False, True):
         h = _Recording(mode=mode, capacity=5, lookahead=lookahead, auto=True, fast=fast)
-        h.connect()
-        for op in ops:
-            match op:
-                case ("write", int(offset), int(length), bool(fua)):
-                    offset = min(offset, h.size - 1)
-                    h.write(offset, min(length, h.size - offset), fua)
-                case ("zero", int(offset), int(length), bool(punch)):
-                    offset = min(offset, h.size - 1)
-                    h.zero(offset, min(length, h.size - offset), punch)
-                case ("flush",):
-                    h.host_flush()
-        h.settle()
-        h.check_quiescent()
+        _run(h, ops)
         runs.append(h)
     slow, fast_run = runs
     assert fast_run.sent == slow.sent

@@ -189,10 +189,8 @@ class SecondaryCore:
         if (message.flags or message.removals or self._actions or self._pending
                 or (self.resyncing and self.protect_image)):
             return False
-        offset = message.offset
         length = len(message.data)
-        if offset < 0 or offset + length > self.size:
-            raise RemoteProtocolError(f"write {offset}+{length} is outside the {self.size}-byte volume")
+        self._check_range(message.offset, length)
         if message.seq > self.applied_seq:
             self.applied_seq = message.seq
         self.writes_applied += 1

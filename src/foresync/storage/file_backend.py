@@ -127,19 +127,12 @@ class FileBackend:
     def write(self, offset: int, data: bytes) -> None:
         try:
             written = os.pwrite(self.fd, data, offset)
-        except OSError as exc:
-            code = errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
-            raise StorageError(f"write at {offset} failed: {exc.strerror}", code) from exc
-        if written != len(data):  # the usual case is done: no memoryview, no loop (per host write)
-            self._write_rest(offset + written, memoryview(data)[written:])
-
-    def _write_rest(self, offset: int, view: memoryview) -> None:
-        """After a short write: the rest."""
-        try:
-            while view:
-                written = os.pwrite(self.fd, view, offset)
-                view = view[written:]
-                offset += written
+            if written != len(data):  # the usual case is done: no memoryview, no loop (per host write)
+                view = memoryview(data)[written:]
+                while view:  # after a short write, the rest
+                    offset += written
+                    written = os.pwrite(self.fd, view, offset)
+                    view = view[written:]
         except OSError as exc:
             code = errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
             raise StorageError(f"write at {offset} failed: {exc.strerror}", code) from exc
