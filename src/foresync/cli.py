@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from foresync import __version__
 from foresync.errors import ConfigError, ForesyncError
 from foresync.logctx import VolumeContext
 from foresync.units import parse_hostport, parse_size
+
+if TYPE_CHECKING:
+    from foresync.config import SiteConfig
 
 log = logging.getLogger("foresync")
 
@@ -140,10 +144,21 @@ CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="
 @click.option("--force", is_flag=True, help="Overwrite existing site metadata (forgets identity and record).")
 def init(config_path: str, role: str, force: bool) -> None:
     """Create a site's metadata: identity, role, epoch 1 and an empty record."""
-    from foresync.daemon import init_site
+    import os
 
+    from foresync.daemon import init_site
+    from foresync.errors import SiteInUse
+    from foresync.site_lock import SiteLock
+
+    cfg = _load(config_path)
     try:
-        meta = init_site(config_path, role, force)
+        if os.path.isdir(cfg.meta):  # a daemon may be running on it: never pull it from under one
+            with SiteLock.acquire(cfg.meta, "foresync init"):
+                meta = init_site(config_path, role, force)
+        else:
+            meta = init_site(config_path, role, force)
+    except SiteInUse as exc:
+        raise click.ClickException(f"{exc}: stop it before `foresync init`; nothing changed") from None
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
     identity = meta.volume_id.hex() if meta.volume_id else "adopted from the primary on first connect"
@@ -155,9 +170,13 @@ def init(config_path: str, role: str, force: bool) -> None:
 def run(config_path: str) -> None:
     """Run a site until SIGTERM or SIGINT. The role comes from the site metadata."""
     from foresync.daemon import run_site
+    from foresync.errors import SiteInUse
 
     try:
         run_async(lambda stop: run_site(config_path, stop))
+    except SiteInUse as exc:
+        raise click.ClickException(f"cannot run: {exc}; stop it first, or give this site its own "
+                                   "[volume] meta") from None
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -200,48 +219,106 @@ def status(config_path: str, as_json: bool, watch_s: float | None) -> None:
             return
 
 
-def _post(config_path: str, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]] | None:
-    """POST to the site's admin endpoint; None when the daemon is not running."""
+ANSWER_TIMEOUT_S = 120.0  # the admin server answers 504 after 100 s; demote may take 60 s
+Answer = tuple[int, dict[str, object]]
+
+
+def _load(config_path: str) -> SiteConfig:
+    from foresync.config import load
+
+    try:
+        return load(config_path)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _decode(status: int, reason: str, raw: bytes) -> Answer:
+    """The site's answer as (status, JSON object); any other body is a one-line error."""
+    import json
+
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        text = " ".join(raw.decode("utf-8", "replace").split())[:200] or "(empty)"
+        raise click.ClickException(f"the site answered HTTP {status} {reason} with a body that is "
+                                   f"not a JSON object: {text}")
+    return status, doc
+
+
+def _post(cfg: SiteConfig, path: str, body: dict[str, object]) -> Answer | None:
+    """POST to the site's admin API; None when nothing listens on its address (the daemon is
+    not running, or runs with another [admin] listen: the offline path's lock tells which)."""
+    import http.client
     import json
     import urllib.error
     import urllib.request
 
-    from foresync.config import load
-
-    cfg = load(config_path)
     host, port = cfg.admin_listen
+    url = f"http://{host}:{port}{path}"
     headers = {"Content-Type": "application/json"}
     if cfg.admin_token_file:
         from foresync.sites.security import read_secret
 
-        headers["Authorization"] = "Bearer " + read_secret(cfg.admin_token_file,
-                                                           "[admin] token_file").decode("latin-1")
-    request = urllib.request.Request(f"http://{host}:{port}{path}", data=json.dumps(body).encode(),
-                                     method="POST", headers=headers)
+        try:
+            token = read_secret(cfg.admin_token_file, "[admin] token_file")
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
+        headers["Authorization"] = "Bearer " + token.decode("latin-1")
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, dict(json.loads(response.read()))
+        with urllib.request.urlopen(request, timeout=ANSWER_TIMEOUT_S) as response:
+            return _decode(response.status, response.reason, response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(json.loads(exc.read() or b"{}"))
-    except (urllib.error.URLError, ConnectionError):
-        return None
+        with exc:
+            return _decode(exc.code, exc.reason, exc.read())
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return None
+        raise click.ClickException(f"cannot reach the site's admin API at {url}: {exc.reason}") from None
+    except TimeoutError:
+        raise click.ClickException(f"no answer from the site's admin API at {url} within "
+                                   f"{ANSWER_TIMEOUT_S:g} s; it may still be working on it: check "
+                                   f"`foresync status --config {cfg.path}`") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise click.ClickException(f"the site's admin API at {url} failed to answer: "
+                                   f"{exc or type(exc).__name__}") from None
 
 
-Answer = tuple[int, dict[str, object]]
+def _offline(cfg: SiteConfig, command: str, change: Callable[[], Answer]) -> Answer:
+    """Change the metadata without the daemon, holding the metadata lock: a daemon that holds
+    it is running, though its admin API did not answer at the address in this config."""
+    import os
+
+    from foresync.errors import SiteInUse
+    from foresync.site_lock import SiteLock
+
+    host, port = cfg.admin_listen
+    try:
+        with SiteLock.acquire(cfg.meta, f"foresync {command} (offline)"):
+            return change()
+    except SiteInUse as exc:
+        raise click.ClickException(
+            f"{exc}; nothing answered at {host}:{port}, the admin API address of "
+            f"{os.path.basename(cfg.path)}: check [admin] listen; nothing changed") from None
 
 
 def _call(config_path: str, path: str, body: dict[str, object], expect: int = 200,
-          offline: Callable[[], Answer] | None = None, what: str = "") -> dict[str, object]:
-    """POST to the running site (or do ``offline`` when it is not running); any refusal or
-    error becomes a clear message and a non-zero exit."""
-    try:
-        answer = _post(config_path, path, body)
-        if answer is None:
-            if offline is None:
-                raise click.ClickException(f"the site is not running; {what or path} needs it")
-            answer = offline()
-    except ForesyncError as exc:
-        raise click.ClickException(str(exc)) from None
+          offline: Callable[[SiteConfig], Answer] | None = None, what: str = "") -> dict[str, object]:
+    """POST to the running site (or do ``offline`` under the metadata lock when nothing
+    answers); any refusal or error becomes a clear message and a non-zero exit."""
+    cfg = _load(config_path)
+    answer = _post(cfg, path, body)
+    if answer is None:
+        host, port = cfg.admin_listen
+        if offline is None:
+            raise click.ClickException(f"the site is not running (nothing answers on its admin API "
+                                       f"at {host}:{port}); {what or path} needs it")
+        try:
+            answer = _offline(cfg, path.strip("/"), lambda: offline(cfg))
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
     status, doc = answer
     if status != expect:
         raise click.ClickException(str(doc.get("error", doc)))
@@ -258,20 +335,18 @@ def promote(config_path: str, force: bool) -> None:
     Its record becomes the failback set: when the old primary returns it becomes secondary by
     itself and receives only those extents plus what was written here since."""
     doc = _call(config_path, "/promote", {"force": force},
-                offline=lambda: _promote_offline(config_path, force))
-    click.echo(f"promoted: now primary at epoch {doc['epoch']}; failback set "
-               f"{doc['failback_extents']} extents ({doc['failback_bytes']} bytes)")
+                offline=lambda cfg: _promote_offline(cfg, force))
+    click.echo(f"promoted: now primary at epoch {doc.get('epoch')}; failback set "
+               f"{doc.get('failback_extents')} extents ({doc.get('failback_bytes')} bytes)")
 
 
-def _promote_offline(config_path: str, force: bool) -> Answer:
+def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
     import os
 
     from foresync import site
-    from foresync.config import load
     from foresync.journal.journal import RecordJournal
     from foresync.sites.roles import promote as promote_site
 
-    cfg = load(config_path)
     meta = site.load(cfg.meta)
     if meta.role != "secondary":
         return 409, {"error": "this site is already the primary"}
@@ -312,7 +387,7 @@ def demote(config_path: str) -> None:
 
     Then `foresync promote` on the other site loses nothing."""
     doc = _call(config_path, "/demote", {}, what="demote (of the running primary)")
-    click.echo(f"demoted: now secondary at epoch {doc['epoch']}")
+    click.echo(f"demoted: now secondary at epoch {doc.get('epoch')}")
 
 
 @main.command()
@@ -322,17 +397,15 @@ def demote(config_path: str) -> None:
 def resolve(config_path: str, discard_local: bool) -> None:
     """After a split brain: make this site the loser. It becomes secondary of the other site,
     which copies back every extent either side changed."""
-    def offline() -> Answer:
+    def offline(cfg: SiteConfig) -> Answer:
         from foresync import site
-        from foresync.config import load
         from foresync.sites.roles import discard_local as discard
 
-        cfg = load(config_path)
         meta = discard(cfg, site.load(cfg.meta))
         return 200, {"stale_extents": len(meta.stale)}
 
     doc = _call(config_path, "/resolve", {"discard-local": discard_local}, offline=offline)
-    click.echo(f"local changes discarded: {doc['stale_extents']} extents will be copied from the "
+    click.echo(f"local changes discarded: {doc.get('stale_extents')} extents will be copied from the "
                "other site when it connects")
 
 
@@ -345,21 +418,20 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
 
     Extents being written while they are compared are compared again afterwards. Exit status 1
     when mismatches were found (and not repaired)."""
-    import json
     import time
-    import urllib.request
 
-    from foresync.config import load
+    from foresync.status_view import fetch_status
 
     doc = _call(config_path, "/verify", {"repair": repair}, expect=202, what="verify")
-    cfg = load(config_path)
+    cfg = _load(config_path)
     if no_wait:
-        click.echo(f"verify started over {doc['total_extents']} extents")
+        click.echo(f"verify started over {doc.get('total_extents')} extents")
         return
-    host, port = cfg.admin_listen
     while True:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=10) as response:
-            progress = json.loads(response.read())["verify"]
+        try:
+            progress = fetch_status(cfg)["verify"]
+        except (ForesyncError, KeyError, TypeError) as exc:
+            raise click.ClickException(f"lost track of the verify: {exc}") from None
         click.echo(f"\rverify: {progress['done_extents']}/{progress['total_extents']} extents, "
                    f"{progress['mismatches']} mismatched", nl=False)
         if not progress["active"]:

@@ -14,18 +14,21 @@ from typing import Any
 
 from foresync import config as config_mod
 from foresync import site
-from foresync.admin.http import AdminServer, Response
+from foresync.admin.http import AdminServer, Endpoint, Response
 from foresync.admin.metrics import SiteMetrics
 from foresync.errors import ConfigError
 from foresync.journal.journal import RecordJournal
 from foresync.logctx import VolumeContext
 from foresync.replication.roles import new_epoch_id
+from foresync.site_lock import SiteLock
 from foresync.sites.primary import PrimarySite
 from foresync.sites.secondary import SecondarySite
 from foresync.sites.security import SiteSecurity, load_security
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)
+
+ROLE_START_TIMEOUT_S = 30.0  # how long a role change's answer waits for the new role to serve
 
 
 def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
@@ -71,46 +74,98 @@ def _json(status: int, doc: dict[str, Any]) -> Response:
 
 
 async def run_site(config_path: str, stop: asyncio.Event) -> None:
-    """Run a site until ``stop``, switching role in place on promote, demote or failback."""
+    """Run a site until ``stop``, switching role in place on promote, demote or failback.
+
+    The site's metadata lock (``site_lock``) is held from here until the process exits, across
+    every role switch: an offline command cannot change the metadata under a running daemon."""
     cfg = config_mod.load(config_path)
     VolumeContext.volume = cfg.name  # the CLI owns logging; we only name the volume
+    host, port = cfg.admin_listen
+    lock = SiteLock.acquire(cfg.meta, f"foresync run --config {cfg.path}", f"{host}:{port}")
+    try:
+        await _run_locked(cfg, stop)
+    finally:
+        lock.release()
+
+
+async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event) -> None:
     security = load_security(cfg)  # certificates, secrets: a bad file stops us here, clearly
     backend = FileBackend(cfg.data, cfg.size)
     meta = site.load(cfg.meta)
     runner = _make_runner(cfg, meta, backend, security)
+    # Answers to a role change wait here until the new role serves (or fails to start).
+    switch_waiters: list[asyncio.Future[None]] = []
 
-    def status(_: bytes) -> Response:
+    def serving() -> None:
+        for waiter in switch_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        switch_waiters.clear()
+
+    def failed(exc: BaseException) -> None:
+        for waiter in switch_waiters:
+            if not waiter.done():
+                waiter.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+        switch_waiters.clear()
+
+    async def after_switch(old: PrimarySite | SecondarySite, answer: tuple[int, dict[str, Any]]) -> Response:
+        """A successful role change is answered only once the new role is serving: a promote
+        must not report success for a site that then cannot serve (it exits instead)."""
+        status, doc = answer
+        if status != 200 or not old.role_changed.is_set():
+            return _json(status, doc)
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        switch_waiters.append(started)
+        role = site.load(cfg.meta).role
+        try:
+            await asyncio.wait_for(asyncio.shield(started), ROLE_START_TIMEOUT_S)
+        except TimeoutError:
+            return _json(500, {"error": f"the switch to {role} is on disk, but the site did not "
+                                        f"start serving as {role} within {ROLE_START_TIMEOUT_S:g} s: "
+                                        "see the site log"})
+        except Exception as exc:
+            return _json(500, {"error": f"the switch to {role} is on disk, but the site could not "
+                                        f"start as {role}: {_describe(exc)}; the daemon exits: fix "
+                                        f"that and start it again (it starts as the {role})"})
+        return _json(status, doc)
+
+    def status(_: dict[str, Any]) -> Response:
         return _json(200, runner.status())
 
     site_metrics = SiteMetrics(cfg.name, lambda: runner.status())
 
-    def metrics(_: bytes) -> Response:
+    def metrics(_: dict[str, Any]) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()
 
-    async def promote(body: bytes) -> Response:
-        if not isinstance(runner, SecondarySite):
+    async def promote(body: dict[str, Any]) -> Response:
+        old = runner
+        if not isinstance(old, SecondarySite):
             return _json(409, {"error": "this site is already the primary"})
-        force = b'"force": true' in body or b'"force":true' in body
-        return _json(*await runner.promote(force))
+        return await after_switch(old, await old.promote(body.get("force", False)))
 
-    async def demote(_: bytes) -> Response:
-        if not isinstance(runner, PrimarySite):
+    async def demote(_: dict[str, Any]) -> Response:
+        old = runner
+        if not isinstance(old, PrimarySite):
             return _json(409, {"error": "this site is not the primary"})
-        return _json(*await runner.demote())
+        return await after_switch(old, await old.demote())
 
-    def verify(body: bytes) -> Response:
+    def verify(body: dict[str, Any]) -> Response:
         if not isinstance(runner, PrimarySite):
             return _json(409, {"error": "verify runs on the primary"})
-        return _json(*runner.verify(b'"repair": true' in body or b'"repair":true' in body))
+        return _json(*runner.verify(body.get("repair", False)))
 
-    async def resolve(body: bytes) -> Response:
-        if b"discard-local" not in body:
-            return _json(400, {"error": "only --discard-local is supported"})
-        return _json(*await runner.discard_local())
+    async def resolve(body: dict[str, Any]) -> Response:
+        if body.get("discard-local") is not True:
+            return _json(400, {"error": 'resolve needs {"discard-local": true} (the only '
+                                        "resolution there is)"})
+        old = runner
+        return await after_switch(old, await old.discard_local())
 
-    admin = AdminServer({("GET", "/status"): status, ("GET", "/metrics"): metrics,
-                         ("POST", "/promote"): promote, ("POST", "/demote"): demote,
-                         ("POST", "/resolve"): resolve, ("POST", "/verify"): verify},
+    admin = AdminServer({("GET", "/status"): Endpoint(status), ("GET", "/metrics"): Endpoint(metrics),
+                         ("POST", "/promote"): Endpoint(promote, {"force": bool}),
+                         ("POST", "/demote"): Endpoint(demote),
+                         ("POST", "/resolve"): Endpoint(resolve, {"discard-local": bool}),
+                         ("POST", "/verify"): Endpoint(verify, {"repair": bool})},
                         token=security.admin_token)
     await admin.start(*cfg.admin_listen)
     try:
@@ -119,11 +174,27 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
                      runner.meta.epoch, cfg.mode.value)
             if isinstance(runner, PrimarySite):
                 runner.write_latency = site_metrics.write_latency
+            runner.on_serving = serving
             outcome = await runner.run(stop)
             if outcome == "stop" or stop.is_set():
                 break
+            nbd_socket = runner.nbd_socket if isinstance(runner, SecondarySite) else None
             runner = _make_runner(cfg, site.load(cfg.meta), backend, security)
+            if isinstance(runner, PrimarySite):
+                runner.nbd_socket = nbd_socket  # bound by the promote, before it changed anything
+            elif nbd_socket is not None:
+                nbd_socket.close()
+    except BaseException as exc:
+        failed(exc)
+        raise
     finally:
+        failed(RuntimeError("the site stopped"))
         await admin.aclose()
         backend.close()
     log.info("site %s stopped cleanly", cfg.name)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

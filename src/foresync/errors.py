@@ -66,3 +66,13 @@ def invariant(condition: bool, message: str) -> None:
     """Raise ``InvariantViolation`` unless ``condition`` holds. Unlike ``assert``, never elided."""
     if not condition:
         raise InvariantViolation(message)
+
+
+class SiteInUse(ForesyncError):
+    """Another process (a running daemon, as a rule) holds the site metadata's lock."""
+
+    def __init__(self, meta_dir: str, holder: str) -> None:
+        super().__init__(f"site metadata in {meta_dir} is in use by another foresync process "
+                         f"({holder})")
+        self.meta_dir = meta_dir
+        self.holder = holder

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -64,6 +65,26 @@ def keep_freed_heap() -> None:
         log.debug("mallopt refused; freed heap goes back to the kernel")
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (the first address it resolves to), bound as
+    ``create_server`` binds: so a caller can find out that the port is taken before it commits
+    to serving there, and then hand the socket to ``NbdServer.start``. Raises ``OSError``."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(100)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     max_connections: int = 64
@@ -105,10 +126,16 @@ class NbdServer:
             self._limits_hit.add(name)
             log.warning("NBD limit %s reached: " + message + " (logged once)", name, *args)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen on ``host:port``, or on ``sock`` when given (bound already, by
+        ``bind_listener``), which the server then owns."""
         keep_freed_heap()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: NbdConnection(self), host, port, reuse_address=True)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: NbdConnection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: NbdConnection(self), host, port,
+                                                    reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
         log.info("NBD server listening on %s:%d (export %r, %d bytes%s)", sockname[0], sockname[1],
                  self.export.name, self.export.size, ", TLS required" if self.tls else "")

@@ -12,8 +12,10 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from foresync import tls
@@ -92,6 +94,8 @@ class PrimarySite:
         self._pump = ActionPump(self.core.actions, self._do)
         self._stopping = False
         self.nbd: NbdServer | None = None
+        self.nbd_socket: socket.socket | None = None  # [nbd] listen, bound by the promote that made us
+        self.on_serving: Callable[[], None] = lambda: None  # called once NBD and the link listen
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -418,7 +422,9 @@ class PrimarySite:
                             max_block=self.cfg.max_write_bytes)
         self.nbd = NbdServer(self, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
-        await self.nbd.start(host, port)
+        sock, self.nbd_socket = self.nbd_socket, None
+        await self.nbd.start(host, port, sock=sock)
+        self.on_serving()
         async with asyncio.TaskGroup() as group:
             dialer = group.create_task(self._dial_forever())
             timers = group.create_task(self._timers())

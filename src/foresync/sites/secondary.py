@@ -11,17 +11,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import xxhash
 
 from foresync.config import SiteConfig
+from foresync.errors import ForesyncError
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.link import wire
-from foresync.nbd.server import keep_freed_heap
+from foresync.nbd.server import bind_listener, keep_freed_heap
 from foresync.replication import secondary as core_mod
 from foresync.replication.roles import Relation, compare
 from foresync.replication.secondary import SecondaryCore
@@ -37,6 +40,7 @@ from foresync.storage.file_backend import FileBackend
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_ENTRIES = 20000
+PROMOTE_DRAIN_S = 30.0  # a promote waits this long for the work in flight once the link is cut
 
 
 class SecondarySite:
@@ -69,6 +73,8 @@ class SecondarySite:
         self._promoting = False
         self.split_brain = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
+        self.nbd_socket: socket.socket | None = None  # [nbd] listen, bound by a promote for the primary
+        self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -123,8 +129,11 @@ class SecondarySite:
             self.core.journal_synced(self.journal.appended)
             self.pump()
         loop = asyncio.get_running_loop()
-        hashes = await loop.run_in_executor(None, extent_hashes, self.backend, self.cfg.extent_size)
-        if proto is not self.link:
+        # The worker stops early once this connection closes (a promote aborts it): on a big
+        # volume the checksums take minutes, and a promote must not wait for them.
+        hashes = await loop.run_in_executor(None, extent_hashes, self.backend, self.cfg.extent_size,
+                                            proto.closed.done)
+        if hashes is None or proto is not self.link or proto.closed.done():
             return  # that connection is gone; a newer one computes its own
         held, self._held = self._held or [], None
         self._prepare_welcome(hashes)
@@ -342,6 +351,7 @@ class SecondarySite:
         self._server = LinkListener(self._new_link, self.security.link, self._link_refused)
         await self._server.start(host, port)
         log.info("secondary listening for the primary on %s:%d", host, port)
+        self.on_serving()
         while not stop.is_set() and not self.role_changed.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.cfg.watermark_interval_s)
@@ -353,28 +363,69 @@ class SecondarySite:
         await self._shutdown()
         return "primary" if self.role_changed.is_set() else "stop"
 
+    @property
+    def primary_connected(self) -> bool:
+        """A primary's HELLO was accepted on a link that is still open."""
+        return self.link is not None and self.link.is_open and self.core.greeted
+
     async def promote(self, force: bool) -> tuple[int, dict[str, Any]]:
-        """Failover (claim 7): become the primary of a new epoch."""
-        if self.link is not None and self.core.greeted and not force:
+        """Failover (claim 7): become the primary of a new epoch.
+
+        Every refusal comes first and changes nothing, a taken NBD port included (bound now and
+        handed to the primary, so the new primary cannot then fail to serve). Then: the link is
+        cut, so nothing new arrives; the work in flight is waited for (bounded: a resync that
+        keeps feeding a commit loop, or the checksums of a full sync, made this wait for 90 s
+        and more); an unfinished resync is rolled back to the copy from before it; and only then
+        is the new role written."""
+        if self._promoting or self.role_changed.is_set():
+            return 409, {"error": "a promote is already under way"}
+        if self.primary_connected and not force:
             return 409, {"error": "the primary is still connected; promoting now would make two "
                                   "primaries (use --force if it is really gone)"}
-        if not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path):
-            await self._drain()
-            self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
-        if (self.meta.new or not self.meta.consistent) and not force:
+        if self.meta.volume_id is None:
+            return 409, {"error": "this site has never connected to a primary: it has no volume"}
+        can_roll_back = not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path)
+        if (self.meta.new or not self.meta.consistent) and not can_roll_back and not force:
             return 409, {"error": "this copy is inconsistent (a full sync or resync into it has not "
                                   "finished), so it may hold a mix of old and new data; use --force "
                                   "to promote it anyway"}
-        if self.meta.volume_id is None:
-            return 409, {"error": "this site has never connected to a primary: it has no volume"}
+        host, port = self.cfg.nbd_listen
+        try:
+            nbd_socket = bind_listener(host, port)
+        except OSError as exc:
+            return 409, {"error": f"cannot serve NBD on {host}:{port} ([nbd] listen): "
+                                  f"{exc.strerror or exc}; still secondary, nothing changed"}
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
-        if self.link is not None:
-            self.link.abort("promoted: this site no longer accepts the old primary's writes")
-        await self._drain()
-        assert self.journal is not None
-        self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
+        try:
+            answer = await self._promote_now(can_roll_back)
+        except BaseException:
+            nbd_socket.close()
+            self._promoting = False
+            raise
+        if answer[0] != 200:
+            nbd_socket.close()
+            self._promoting = False
+            return answer
+        self.nbd_socket = nbd_socket
         # Only now, with the new role on disk, may run() return and the daemon reload it.
         self.role_changed.set()
+        return answer
+
+    async def _promote_now(self, can_roll_back: bool) -> tuple[int, dict[str, Any]]:
+        if self.link is not None:
+            self.link.abort("promoted: this site no longer accepts the old primary's writes")
+        if not await self._drain(PROMOTE_DRAIN_S):
+            return 503, {"error": f"work in flight (journal commits, image syncs) did not finish "
+                                  f"within {PROMOTE_DRAIN_S:g} s of cutting the link; still secondary: "
+                                  "try again"}
+        if can_roll_back:
+            try:
+                self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
+            except ForesyncError as exc:
+                return 409, {"error": f"cannot roll back the unfinished resync: {exc}; still "
+                                      "secondary"}
+        assert self.journal is not None
+        self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
         return 200, {"promoted": True, "epoch": self.meta.epoch,
                      "failback_extents": len(failback),
                      "failback_bytes": len(failback) * self.cfg.extent_size}
@@ -391,14 +442,26 @@ class SecondarySite:
         self.core.state = self.journal.replayed.state
         return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
 
-    async def _drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def _drain(self, timeout_s: float | None = None) -> bool:
+        """Wait for every task in flight (commits, syncs, checksums, link watchers), then commit
+        the journal and flush the image; False, with nothing committed, if tasks still ran
+        after ``timeout_s``. ``asyncio.wait``, not ``gather``: a cancelled caller must never
+        cancel these tasks (a cancelled link watcher left the site counting a primary long
+        gone as connected, so a normal promote was refused)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while pending := [task for task in self._tasks if not task.done()]:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                log.warning("%d tasks still running after %.0f s: %s", len(pending), timeout_s, pending)
+                return False
+            await asyncio.wait(pending, timeout=remaining)
         if self.journal is not None:
             self.journal.commit(self.journal.appended)
             self.core.journal_synced(self.journal.appended)
             self.pump()
         self.backend.flush()
+        return True
 
     async def _shutdown(self) -> None:
         log.info("stopping: committing the journal and flushing the image")
@@ -413,12 +476,13 @@ class SecondarySite:
 
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
-        connected = self.link is not None and self.core.greeted  # HELLO accepted, not refused
+        connected = self.primary_connected  # HELLO accepted, not refused, link still open
         return {
             "role": "secondary",
             "epoch": self.meta.epoch,
             "mode": self.cfg.mode.value,
-            "link": "connected" if connected else "handshake" if self.link else "disconnected",
+            "link": ("connected" if connected else "handshake" if self.link is not None and self.link.is_open
+                     else "disconnected"),
             "link_error": self.link_error,
             "disconnected_since": self.disconnected_since,
             "in_sync": connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync(),
@@ -440,12 +504,16 @@ class SecondarySite:
         }
 
 
-def extent_hashes(backend: FileBackend, extent_size: int) -> tuple[int, ...]:
-    """xxh3 of every extent of the (flushed) image; holes are hashed without reading them."""
+def extent_hashes(backend: FileBackend, extent_size: int,
+                  cancelled: Callable[[], bool] = lambda: False) -> tuple[int, ...] | None:
+    """xxh3 of every extent of the (flushed) image; holes are hashed without reading them.
+    None if ``cancelled()`` turned true first (checked before each extent; runs in a worker)."""
     backend.flush()
     zero_hash = xxhash.xxh3_64_intdigest(bytes(extent_size))
     hashes = []
     for offset in range(0, backend.size, extent_size):
+        if cancelled():
+            return None
         length = min(extent_size, backend.size - offset)
         status = backend.extents(offset, length)
         if len(status) == 1 and status[0][1] & 1 and status[0][0] >= length:
