@@ -20,6 +20,7 @@ from foresync import tls
 from foresync.config import SiteConfig
 from foresync.errors import StorageError
 from foresync.link import wire
+from foresync.logctx import LogBudget
 from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
@@ -92,6 +93,7 @@ class PrimarySite:
         self._pump = ActionPump(self.core.actions, self._do)
         self._stopping = False
         self.nbd: NbdServer | None = None
+        self._peer_refusals = LogBudget(log, logging.WARNING, "refused link peers")
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -336,6 +338,11 @@ class PrimarySite:
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
         """A site dialled us. Only a primary does that: decide from the epoch histories."""
         if not isinstance(message, wire.Hello) or message.volume_id != self.meta.volume_id:
+            # Said to the peer without our identity (it may be a stranger); logged in full here.
+            assert self.meta.volume_id is not None
+            got = (f"a HELLO for volume {message.volume_id.hex()}, ours is {self.meta.volume_id.hex()}"
+                   if isinstance(message, wire.Hello) else f"{type(message).__name__} first, not HELLO")
+            self._peer_refusals("link: refused a peer at %s: %s", proto.peer, got)
             proto.send(wire.Refuse("this site is a primary of another volume or epoch"))
             proto.close_after_flush()
             return
@@ -358,6 +365,8 @@ class PrimarySite:
             proto.send(wire.Refuse("split brain: epoch histories diverged; run `foresync resolve "
                                    "--discard-local` on the site whose changes should be thrown away"))
         else:
+            self._peer_refusals("link: refused a peer at %s: another primary with our epoch "
+                                "history", proto.peer)
             proto.send(wire.Refuse("two primaries share one epoch history"))
         proto.close_after_flush()
 

@@ -21,9 +21,10 @@ from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.link import wire
+from foresync.logctx import LogBudget
 from foresync.nbd.server import keep_freed_heap
 from foresync.replication import secondary as core_mod
-from foresync.replication.roles import Relation, compare
+from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.secondary import SecondaryCore
 from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
@@ -69,6 +70,7 @@ class SecondarySite:
         self._promoting = False
         self.split_brain = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
+        self._refusals = LogBudget(log, logging.WARNING, "refused link HELLOs")
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -90,10 +92,14 @@ class SecondarySite:
             if self._promoting or self.role_changed.is_set():
                 proto.abort("this site is changing role")
                 return
-            self._take_over(proto)
-            self._adopt_identity(message)
-            if not self._check_history(message):
+            # Screened on its own connection first: a HELLO we refuse (a stranger, another
+            # volume, an outdated primary) must not drop the current primary's link.
+            verdict = screen_hello(message, self._identity())
+            if isinstance(verdict, Refused):
+                self._refuse_hello(proto, verdict)
                 return
+            self._take_over(proto)
+            self._accept_hello(message, verdict)
             if self._welcome_flags():
                 # Checksums of the whole image for a full sync: read in a worker thread so the
                 # link stays alive (pings answered) however big the volume is.
@@ -134,45 +140,36 @@ class SecondarySite:
             self.core.receive(message)
         self.pump()
 
-    def _refuse(self, reason: str) -> bool:
-        self.link_error = f"refused the primary: {reason}"
-        log.warning("link: %s", self.link_error)
-        if self.link is not None:
-            self.link.send(wire.Refuse(reason))
-            self.link.close_after_flush()
-        return False
+    def _identity(self) -> Identity:
+        return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
+                        self.meta.epoch_history, self.meta.discard_local)
 
-    def _check_history(self, hello: wire.Hello) -> bool:
-        """Decide from the two epoch histories whether this primary may replicate to us."""
-        if self.meta.volume_id is not None and hello.volume_id != self.meta.volume_id:
-            # Another volume altogether (a primary re-initialised, a wrong peer address): its
-            # history is unrelated to ours, and calling that a split brain would mislead.
-            return self._refuse(
-                f"volume identity {hello.volume_id.hex()} is not ours ({self.meta.volume_id.hex()}); "
-                "to pair this site with that volume instead, re-initialise it with "
-                "`foresync init --force`")
-        mine, theirs = self.meta.epoch_history, tuple(hello.history)
-        relation = compare(mine, theirs)
-        if self.meta.discard_local and relation is not Relation.SAME:
-            log.warning("discarding local changes: adopting the primary's epoch history (epoch %d)",
-                        len(theirs))
-            self._store(self.meta.update(epoch_history=theirs, discard_local=False))
-            self.split_brain = False
-            return True
-        if relation is Relation.SAME:
-            return True
-        if relation is Relation.PEER_NEWER or not mine:
-            self._store(self.meta.update(epoch_history=theirs))
-            return True
-        if relation is Relation.PEER_OLDER:
-            return self._refuse(
-                f"its epoch history (epoch {len(theirs)}) is older than ours (epoch {len(mine)}): "
-                "it is an outdated primary and must become secondary")
-        self.split_brain = True
-        return self._refuse(
-            f"split brain: epoch histories diverged (ours epoch {len(mine)}, theirs epoch "
-            f"{len(theirs)}); run `foresync resolve --discard-local` on the site whose changes "
-            "should be thrown away")
+    def _has_healthy_link(self) -> bool:
+        return self.link is not None and self.link.is_open and self.core.greeted
+
+    def _refuse_hello(self, proto: LinkProtocol, verdict: Refused) -> None:
+        """Answer a refused HELLO on its own connection; the current session is untouched."""
+        healthy = self._has_healthy_link()
+        if not healthy:
+            # Only while no primary is connected is this the news /status should show; a
+            # stranger's refusal must not hide the healthy link's state (it is logged).
+            self.link_error = f"refused the primary: {verdict.reason}"
+            self.split_brain = self.split_brain or verdict.split_brain
+        self._refusals("link: refused %s %s: %s", "a HELLO from" if healthy else "the primary at",
+                       proto.peer, verdict.detail)
+        proto.send(wire.Refuse(verdict.reason))
+        proto.close_after_flush()
+
+    def _accept_hello(self, hello: wire.Hello, verdict: Admitted) -> None:
+        """The new primary passed ``screen_hello``: take its identity or history as needed."""
+        if verdict.adopt_identity:
+            self._adopt_identity(hello)
+        elif verdict.adopt_history:
+            if self.meta.discard_local:
+                log.warning("discarding local changes: adopting the primary's epoch history "
+                            "(epoch %d)", len(hello.history))
+                self.split_brain = False
+            self._store(self.meta.update(epoch_history=tuple(hello.history), discard_local=False))
 
     def _roll_back_if_needed(self) -> None:
         """A resync into this site did not finish: restore the image from before it (claim 8's
@@ -239,10 +236,6 @@ class SecondarySite:
             log.info("link: primary disconnected (%s)", reason)
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
-        if self.meta.volume_id is not None:
-            return
-        if hello.size != self.cfg.size or hello.extent_size != self.cfg.extent_size:
-            return  # the core refuses it with both values named
         self._store(self.meta.update(volume_id=hello.volume_id, epoch_history=tuple(hello.history),
                                      new=True, consistent=False))
         self.journal = RecordJournal.create(journal_path(self.cfg), hello.volume_id)
