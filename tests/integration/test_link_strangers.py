@@ -107,3 +107,43 @@ def test_the_primary_refuses_a_stranger_without_naming_its_volume(make_pair: Mak
     assert ours in line and bytes(range(16)).hex() in line, line
     assert pair.status(pair.primary)["link"] == "connected"
     pair.stop_both()
+
+
+# -- item 10: what a setup timeout says ------------------------------------------------------------
+
+SHORT_TIMEOUT = Settings(size=SIZE, capacity=16, link_extra="timeout = 3\n")
+
+
+def test_a_planned_switchover_leaves_no_stalled_peer_warning(make_pair: MakePair) -> None:
+    """After demote and promote nothing may run into the link setup deadline: connections the
+    demoted primary was dialling, or that reached a listener as it closed, are closed at once."""
+    pair = make_pair(SHORT_TIMEOUT)
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    old, new = pair.primary, pair.secondary
+    pair.demote(old)
+    pair.wait_role(old, "secondary")
+    pair.promote(new)
+    pair.wait_role(new, "primary")
+    pair.wait_in_sync()
+    time.sleep(3 * 2)  # twice the setup deadline
+    for site in pair.sites:
+        assert "within 3 s" not in site.log() and "did not finish" not in site.log(), pair.logs()
+    assert pair.status(old)["link"] == "connected"
+    pair.stop_both()
+
+
+def test_a_silent_peer_is_reported_for_what_it_did_not_do(make_pair: MakePair) -> None:
+    """No TLS, no secret: a peer that connects and says nothing 'sent no HELLO'."""
+    pair = make_pair(SHORT_TIMEOUT)
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    with socket.create_connection(("127.0.0.1", pair.secondary.link_port), timeout=IO_TIMEOUT_S) as sock:
+        assert sock.recv(100) == b""  # closed at the deadline
+    pair.wait_for("the timeout logged", lambda: "sent no HELLO within 3 s" in pair.secondary.log())
+    line = next(line for line in pair.secondary.log().splitlines() if "sent no HELLO" in line)
+    assert "TLS" not in line and "authentication" not in line, line
+    assert pair.status(pair.secondary)["link"] == "connected"
+    pair.stop_both()

@@ -24,6 +24,7 @@ import os
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -92,6 +93,18 @@ class LinkSecurity:
 
 def _ignore_error(reason: str) -> None:
     pass
+
+
+def setup_timeout_reason(peer: str, timeout_s: float, *, dialler: bool, secret: bool,
+                         authenticated: bool) -> str:
+    """Why a connection still in setup after ``timeout_s`` is closed, naming only the step that
+    is configured and did not happen. TLS is never it: the setup deadline starts once a TLS
+    handshake is done (a failed or slow one is reported by ``LinkListener`` or the dialler)."""
+    if secret and not authenticated:
+        return f"{peer} did not complete link authentication within {timeout_s:g} s"
+    if dialler:
+        return f"{peer} accepted the connection but did not answer our HELLO within {timeout_s:g} s"
+    return f"{peer} connected but sent no HELLO within {timeout_s:g} s"
 
 
 def peer_name(address: Any) -> str:
@@ -188,8 +201,10 @@ class LinkProtocol(asyncio.Protocol):
             LinkProtocol._dialler_nonces.discard(self._auth.nonce)
 
     def _setup_timed_out(self) -> None:
-        self._refused_locally(f"{self.peer} did not finish TLS, authentication and its first "
-                              f"message within {self._security.setup_timeout_s:.0f} s", tell_peer=False)
+        self._refused_locally(setup_timeout_reason(
+            self.peer, self._security.setup_timeout_s, dialler=self._dialler,
+            secret=self._security.secret is not None, authenticated=self.ready.done()),
+            tell_peer=False)
 
     def _refused_locally(self, reason: str, tell_peer: bool) -> None:
         log.warning("link %s: %s; closing the connection", self.peer, reason)
@@ -285,10 +300,17 @@ class LinkProtocol(asyncio.Protocol):
             self.transport.close()
 
     def abort(self, reason: str) -> None:
+        if self._setup_timer is not None:  # closed on purpose: no "stalled peer" warning later
+            self._setup_timer.cancel()
         if not self.closed.done():
             self.closed.set_result(reason)
         if self.transport is not None:
             self.transport.abort()
+
+    @property
+    def in_setup(self) -> bool:
+        """Connected, and no real message (HELLO, WELCOME) has passed yet."""
+        return self._setup_timer is not None and not self.closed.done()
 
     @property
     def is_open(self) -> bool:
@@ -312,11 +334,18 @@ class LinkListener:
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._handshakes: dict[asyncio.Task[None], None] = {}  # oldest first
+        self._accepted: weakref.WeakSet[LinkProtocol] = weakref.WeakSet()
+
+    def _make_protocol(self) -> LinkProtocol:
+        proto = self._factory()
+        self._accepted.add(proto)
+        return proto
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         if self._security.server_tls is None:
-            self._server = await loop.create_server(self._factory, host, port, reuse_address=True)
+            self._server = await loop.create_server(self._make_protocol, host, port,
+                                                    reuse_address=True)
             return
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
@@ -354,7 +383,7 @@ class LinkListener:
     async def _handshake(self, conn: socket.socket, address: Any) -> None:
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                self._factory, conn, ssl=self._security.server_tls,
+                self._make_protocol, conn, ssl=self._security.server_tls,
                 ssl_handshake_timeout=self._security.setup_timeout_s)
         except asyncio.CancelledError:
             conn.close()  # displaced by a newer connection, or the listener closed
@@ -366,6 +395,13 @@ class LinkListener:
             self._on_error(reason)
 
     def close(self) -> None:
+        """Stop listening, and close the connections still in setup: nobody will take their
+        first message now (the site is stopping or changing role), so they would only run into
+        the setup deadline and be reported as a stalled peer. Connections past setup belong to
+        the site, which closes its own."""
+        for proto in list(self._accepted):
+            if proto.in_setup:
+                proto.abort("the listener closed")
         if self._server is not None:
             self._server.close()
         if self._accepting is not None:

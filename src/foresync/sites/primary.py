@@ -233,6 +233,18 @@ class PrimarySite:
         self.pump()
 
     async def _dial_forever(self) -> None:
+        attempts: list[LinkProtocol] = []  # connections made by the current attempt
+        try:
+            await self._dial_loop(attempts)
+        finally:
+            # Cancelled (stopping, or a role change) while a connection was being made or
+            # greeted: close it now. Left open, it would sit in setup until the deadline and be
+            # reported as a peer that never answered (after every planned switchover).
+            for proto in attempts:
+                if proto is not self.link:
+                    proto.abort("stopping")
+
+    async def _dial_loop(self, attempts: list[LinkProtocol]) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.cfg.link_peer
         backoff = 0.2
@@ -248,13 +260,17 @@ class PrimarySite:
         if security.client_tls is not None:
             tls_args = {"ssl": security.client_tls, "server_hostname": host,
                         "ssl_handshake_timeout": self.cfg.timeout_s}
+        def dial() -> LinkProtocol:
+            proto = LinkProtocol(self._on_message, self.pump, security, dialler=True,
+                                 on_error=self._link_refused)
+            attempts.append(proto)
+            return proto
+
         while not self._stopping:
+            attempts.clear()  # every earlier one is closed by now
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: LinkProtocol(self._on_message, self.pump, security, dialler=True,
-                                             on_error=self._link_refused),
-                        host, port, **tls_args),
+                    loop.create_connection(dial, host, port, **tls_args),
                     timeout=self.cfg.timeout_s)
                 waits: list[asyncio.Future[Any]] = [proto.ready, proto.closed]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
