@@ -64,7 +64,9 @@ def main(log_level: str) -> None:
               help="Export name. The default (empty) name reaches it too.")
 @click.option("--read-only", is_flag=True, help="Refuse writes with EPERM.")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1, 4096),
-              help="Most NBD client connections at once; more are closed at once (logged once).")
+              help="Most NBD client connections at once. A new client beyond it takes the place "
+                   "of the oldest one that has sent no request (or has been idle for "
+                   "--idle-timeout); if every one is busy it is closed at once (logged once).")
 @click.option("--max-in-flight", default=256, show_default=True, type=click.IntRange(1, 65536),
               help="Most requests per connection being served at once; beyond it the server stops "
                    "reading from that client (TCP backpressure).")
@@ -74,6 +76,9 @@ def main(log_level: str) -> None:
               help="Largest handshake option payload; larger ones are skipped unread and refused.")
 @click.option("--handshake-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
               metavar="SECONDS", help="Close a client that has not finished negotiating (TLS included).")
+@click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),
+              metavar="SECONDS", help="Close a client that negotiated but sent no request within "
+                                      "this; clients idle after requests are kept.")
 @click.option("--tls-dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Require TLS (FORCEDTLS): DIR holds ca-cert.pem, server-cert.pem, server-key.pem "
                    "(the layout qemu and libnbd use). Plain nbd:// clients are refused.")
@@ -81,7 +86,8 @@ def main(log_level: str) -> None:
               help="With --tls-dir: also demand a client certificate signed by ca-cert.pem.")
 def serve(data_path: str, size: str, listen: str, export_name: str, read_only: bool,
           max_connections: int, max_in_flight: int, max_in_flight_size: str, max_option_size: str,
-          handshake_timeout: float, tls_dir: str | None, tls_verify_client: bool) -> None:
+          handshake_timeout: float, idle_timeout: float, tls_dir: str | None,
+          tls_verify_client: bool) -> None:
     """Serve a file or block device over NBD, without replication."""
     from foresync import tls
     from foresync.nbd.handshake import ExportInfo
@@ -101,7 +107,7 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
             max_connections=max_connections, max_in_flight=max_in_flight,
             max_in_flight_bytes=parse_size(max_in_flight_size, "--max-in-flight-size"),
             max_option_bytes=parse_size(max_option_size, "--max-option-size"),
-            handshake_timeout_s=handshake_timeout)
+            handshake_timeout_s=handshake_timeout, idle_timeout_s=idle_timeout)
         backend = FileBackend(data_path, size_bytes, read_only=read_only)
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None

@@ -51,6 +51,7 @@ class SiteConfig:
     nbd_max_in_flight_bytes: int = 64 * 1024 * 1024
     nbd_max_option_bytes: int = 64 * 1024
     nbd_handshake_timeout_s: float = 30.0
+    nbd_idle_timeout_s: float = 60.0
     link_secret_file: str | None = None
     link_tls_dir: str | None = None
     link_max_frame_bytes: int = 33 * 1024 * 1024
@@ -116,7 +117,7 @@ def _bool(value: Any, section: str, key: str) -> bool:
 KNOWN_KEYS: dict[str, set[str]] = {
     "volume": {"name", "data", "size", "meta"},
     "nbd": {"listen", "export", "tls_dir", "tls_verify_client", "max_connections", "max_in_flight",
-            "max_in_flight_size", "max_option_size", "handshake_timeout"},
+            "max_in_flight_size", "max_option_size", "handshake_timeout", "idle_timeout"},
     "link": {"listen", "peer", "mode", "window", "heartbeat", "timeout", "on_disconnect",
              "block_timeout", "resync_rate_max", "secret_file", "tls_dir", "max_frame_size"},
     "record": {"extent_size", "capacity", "lookahead", "eviction", "watermark_interval"},
@@ -231,6 +232,7 @@ def load(path: str) -> SiteConfig:
                                         "[nbd] max_option_size"),
         nbd_handshake_timeout_s=_float(_get(nbd, "nbd", "handshake_timeout", 30.0), "nbd",
                                        "handshake_timeout"),
+        nbd_idle_timeout_s=_float(_get(nbd, "nbd", "idle_timeout", 60.0), "nbd", "idle_timeout"),
         link_secret_file=optional_path(link, "link", "secret_file"),
         link_tls_dir=optional_path(link, "link", "tls_dir"),
         link_max_frame_bytes=max_frame,

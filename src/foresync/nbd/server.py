@@ -18,12 +18,14 @@ import contextlib
 import ctypes
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from foresync.errors import StorageError
+from foresync.logctx import LogBudget
 from foresync.nbd import wire
 from foresync.nbd.connection import ConnectionFailed, Disconnect, Event, Request, Transmission
 from foresync.nbd.handshake import (
@@ -72,6 +74,10 @@ class ServerLimits:
     write_buffer_high_bytes: int = 8 * 1024 * 1024
     handshake_timeout_s: float = 30.0
     max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES
+    # A negotiated connection that sends no request within this is closed; one that went idle
+    # after requests is never closed for it (an idle mounted disk is normal), but at the
+    # connection limit it gives way to a new client once it has been idle this long.
+    idle_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ class NbdServer:
         self.requests_total = 0
         self.protocol_errors_total = 0
         self._limits_hit: set[str] = set()
+        self._evictions = LogBudget(log, logging.WARNING, "NBD connections closed for new clients")
 
     def limit_hit(self, name: str, message: str, *args: object) -> None:
         """Log the first time a limit is reached (per server), then stay quiet: a client that
@@ -120,12 +127,32 @@ class NbdServer:
 
     def _admit(self, conn: NbdConnection) -> bool:
         if len(self._connections) >= self.limits.max_connections:
-            self.limit_hit("max_connections", "refusing NBD connections: limit of %d connections "
-                           "reached", self.limits.max_connections)
-            return False
+            victim = self._idle_victim(conn.connected_at)
+            if victim is None:
+                self.limit_hit("max_connections", "refusing NBD connections: limit of %d "
+                               "connections reached, every one of them busy or recently active",
+                               self.limits.max_connections)
+                return False
+            self._evictions("NBD: %d connections (the limit): closed the one from %s (%s) for a "
+                            "new client from %s", len(self._connections), victim.peer,
+                            victim.idleness(conn.connected_at), conn.peer)
+            victim.abort()
         self._connections.add(conn)
         self._connections_total += 1
         return True
+
+    def _idle_victim(self, now: float) -> NbdConnection | None:
+        """Who gives way to a new client at the connection limit: the oldest connection that
+        has sent no request yet (a stalled handshake, or a client that negotiated and waits);
+        failing that, the one idle longest, if it has been idle for ``idle_timeout_s``. A
+        connection with a request in flight is never chosen."""
+        quiet = [c for c in self._connections if c.is_quiet]
+        never = [c for c in quiet if c.last_request_at is None]
+        if never:
+            return min(never, key=lambda c: c.connected_at)
+        idle = [c for c in quiet if c.last_request_at is not None
+                and now - c.last_request_at >= self.limits.idle_timeout_s]
+        return min(idle, key=lambda c: c.last_request_at or 0.0) if idle else None
 
     def _forget(self, conn: NbdConnection) -> None:
         self._connections.discard(conn)
@@ -168,6 +195,8 @@ class NbdConnection(asyncio.Protocol):
         self._draining = False
         self._held: list[bytes] = []  # replies made during this drain, not yet written
         self._held_bytes = 0
+        self.connected_at = time.monotonic()
+        self.last_request_at: float | None = None  # None until the first request arrives
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -215,6 +244,8 @@ class NbdConnection(asyncio.Protocol):
             self._handshake_data(data)
             return
         events, replies = self.tx.receive_data(data)
+        if events or replies:
+            self._active()
         if replies:
             self.server.protocol_errors_total += 1
             self._write(replies)
@@ -252,6 +283,8 @@ class NbdConnection(asyncio.Protocol):
         if isinstance(event, ExportSelected):
             self.tx = Transmission(event.export, event.structured_replies, event.meta_contexts,
                                    max_payload=event.export.max_block)
+            self._timer = asyncio.get_running_loop().call_later(
+                self.server.limits.idle_timeout_s, self._idle_timeout)
             log.debug("%s: negotiated export %r (structured=%s)", self.peer, event.export.name,
                       event.structured_replies)
             if event.trailing:
@@ -291,6 +324,32 @@ class NbdConnection(asyncio.Protocol):
             self.server.limit_hit("handshake_timeout", "%s did not finish negotiating within %.0f s; "
                                   "closed", self.peer, self.server.limits.handshake_timeout_s)
             self.transport.abort()
+
+    def _idle_timeout(self) -> None:
+        self._timer = None
+        if self.last_request_at is None and self.transport is not None and not self._closed:
+            self.server.limit_hit("idle_timeout", "%s negotiated but sent no request within %g s; "
+                                  "closed", self.peer, self.server.limits.idle_timeout_s)
+            self.abort()
+
+    def _active(self) -> None:
+        """A request (or a bad one) arrived: the connection is in use."""
+        self.last_request_at = time.monotonic()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @property
+    def is_quiet(self) -> bool:
+        """Nothing of the client's is being served or waiting: closing it loses no request."""
+        return (not self._closed and self._serving == 0 and not self._queue
+                and (self.tx is None or self.tx.in_flight == 0))
+
+    def idleness(self, now: float) -> str:
+        if self.last_request_at is None:
+            stage = "negotiated" if self.tx is not None else "still negotiating"
+            return f"{stage}, no request in {now - self.connected_at:.0f} s"
+        return f"idle for {now - self.last_request_at:.0f} s"
 
     # -- transmission ----------------------------------------------------------------------------
 

@@ -97,7 +97,7 @@ def load_security(cfg: SiteConfig) -> SiteSecurity:
         nbd_limits=ServerLimits(
             max_connections=cfg.nbd_max_connections, max_in_flight=cfg.nbd_max_in_flight,
             max_in_flight_bytes=cfg.nbd_max_in_flight_bytes, max_option_bytes=cfg.nbd_max_option_bytes,
-            handshake_timeout_s=cfg.nbd_handshake_timeout_s),
+            handshake_timeout_s=cfg.nbd_handshake_timeout_s, idle_timeout_s=cfg.nbd_idle_timeout_s),
         link=LinkSecurity(
             secret=read_secret(cfg.link_secret_file, "[link] secret_file") if cfg.link_secret_file else None,
             server_tls=tls.server_context(link_tls_dir, verify_client=True) if link_tls_dir else None,
