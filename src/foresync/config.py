@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +98,24 @@ def _int(value: Any, section: str, key: str, minimum: int) -> int:
 
 
 def _float(value: Any, section: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or value <= 0):
         raise ConfigError(f"[{section}] {key} = {value!r}: expected a positive number of seconds")
     return float(value)
+
+
+def _string(value: Any, section: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"[{section}] {key} = {value!r}: expected a string")
+    return value
+
+
+def listen_error(key: str, address: tuple[str, int], exc: OSError) -> ConfigError:
+    """A listener could not bind: name the config key, the address and why (a port already in
+    use, an address this machine does not have)."""
+    # Not exc.strerror: asyncio's create_server puts its own sentence there.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(f"{key} = {address[0]}:{address[1]}: cannot listen there: {reason}")
 
 
 def is_loopback(host: str) -> bool:
@@ -204,7 +221,7 @@ def load(path: str) -> SiteConfig:
         size=size,
         meta=resolve(_get(volume, "volume", "meta", required=True), "meta"),
         nbd_listen=parse_hostport(_get(nbd, "nbd", "listen", "127.0.0.1:10809"), "[nbd] listen"),
-        export=str(_get(nbd, "nbd", "export", name)),
+        export=_string(_get(nbd, "nbd", "export", name), "nbd", "export"),
         link_listen=parse_hostport(_get(link, "link", "listen", required=True), "[link] listen"),
         link_peer=parse_hostport(_get(link, "link", "peer", required=True), "[link] peer"),
         mode=mode,

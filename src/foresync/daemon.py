@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
     """Create a site's metadata (and its sparse volume file if missing)."""
     cfg = config_mod.load(config_path)
+    site.check_meta_dir(cfg.meta, create=True)  # before the volume file: nothing made in vain
     if site.exists(cfg.meta) and not force:
         raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "
                           "(the site forgets its identity, record and epoch history)")
@@ -75,6 +76,7 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
     cfg = config_mod.load(config_path)
     VolumeContext.volume = cfg.name  # the CLI owns logging; we only name the volume
     security = load_security(cfg)  # certificates, secrets: a bad file stops us here, clearly
+    site.check_meta_dir(cfg.meta)  # before the volume file may be created
     backend = FileBackend(cfg.data, cfg.size)
     meta = site.load(cfg.meta)
     runner = _make_runner(cfg, meta, backend, security)
@@ -112,7 +114,11 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
                          ("POST", "/promote"): promote, ("POST", "/demote"): demote,
                          ("POST", "/resolve"): resolve, ("POST", "/verify"): verify},
                         token=security.admin_token)
-    await admin.start(*cfg.admin_listen)
+    try:
+        await admin.start(*cfg.admin_listen)
+    except OSError as exc:
+        backend.close()
+        raise config_mod.listen_error("[admin] listen", cfg.admin_listen, exc) from None
     try:
         while True:
             log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, runner.meta.role,

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -46,6 +47,8 @@ _READ, _STATUS = int(wire.Command.READ), int(wire.Command.BLOCK_STATUS)
 _HOLD_REPLY_BYTES = 256 * 1024  # held replies are written at once beyond this, so flow control sees them
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (<malloc.h>)
 _FREE_HEAP_KEPT_BYTES = 128 * 1024 * 1024
+LISTEN_BACKLOG = 100  # as loop.create_server's default
+ACCEPT_RETRY_S = 0.1  # after accept() failed: the error is not cleared by retrying at once
 
 
 def keep_freed_heap() -> None:
@@ -64,6 +67,35 @@ def keep_freed_heap() -> None:
     heap_up_to = mallopt(_M_MMAP_THRESHOLD, 2 * MAX_PAYLOAD_BYTES)
     if not (heap_up_to and mallopt(_M_TRIM_THRESHOLD, _FREE_HEAP_KEPT_BYTES)):
         log.debug("mallopt refused; freed heap goes back to the kernel")
+
+
+def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address of ``host`` (as
+    ``loop.create_server`` makes them: SO_REUSEADDR, IPv6 sockets IPv6-only). Port 0 binds the
+    first address to a free port and the others to that same one. Raises OSError."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +129,9 @@ class NbdServer:
         self.export = export
         self.limits = limits or ServerLimits()
         self.tls = tls  # FORCEDTLS when set
-        self._server: asyncio.Server | None = None
+        self._sockets: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._accept_errors = LogBudget(log, logging.ERROR, "NBD accept errors")
         self._connections: set[NbdConnection] = set()
         self._connections_total = 0
         self.requests_total = 0
@@ -113,13 +147,37 @@ class NbdServer:
             log.warning("NBD limit %s reached: " + message + " (logged once)", name, *args)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on every address ``host`` resolves to. Accepting is ours rather than the
+        loop's: when accept() fails (no file descriptors left) the loop would log a traceback
+        every time (asyncio) or close the new connections without a word (uvloop)."""
         keep_freed_heap()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: NbdConnection(self), host, port, reuse_address=True)
-        sockname = self._server.sockets[0].getsockname()
+        self._sockets = _listening_sockets(host, port)
+        for sock in self._sockets:
+            task = loop.create_task(self._accept_forever(sock))
+            self._accepting.append(task)
+        sockname = self._sockets[0].getsockname()
         log.info("NBD server listening on %s:%d (export %r, %d bytes%s)", sockname[0], sockname[1],
                  self.export.name, self.export.size, ", TLS required" if self.tls else "")
         return sockname[0], sockname[1]
+
+    async def _accept_forever(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: clients wait in the backlog
+                self._accept_errors("NBD: cannot accept client connections: %s; they wait until "
+                                    "this clears (with EMFILE raise the open-files limit: ulimit "
+                                    "-n, or LimitNOFILE= in the service)", exc.strerror or exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            try:
+                await loop.connect_accepted_socket(lambda: NbdConnection(self), conn)
+            except OSError as exc:
+                conn.close()
+                self._accept_errors("NBD: cannot set up a client connection: %s",
+                                    exc.strerror or exc)
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(len(self._connections), self._connections_total, self.requests_total,
@@ -159,8 +217,12 @@ class NbdServer:
 
     async def aclose(self) -> None:
         """Stop listening, let every connection finish its in-flight requests, then close them."""
-        if self._server is not None:
-            self._server.close()
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        self._accepting.clear()
+        for sock in self._sockets:
+            sock.close()
         for conn in list(self._connections):
             conn.shutdown()
         deadline = asyncio.get_running_loop().time() + 10
@@ -168,8 +230,6 @@ class NbdServer:
             await asyncio.sleep(0.01)
         for conn in list(self._connections):
             conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
 
 
 class NbdConnection(asyncio.Protocol):

@@ -14,10 +14,11 @@ import logging
 import os
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 from foresync import tls
-from foresync.config import SiteConfig
+from foresync.config import SiteConfig, listen_error
 from foresync.errors import StorageError
 from foresync.link import wire
 from foresync.logctx import LogBudget
@@ -29,7 +30,7 @@ from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.roles import Relation, compare
-from foresync.site import SiteMeta, store_oos
+from foresync.site import SiteMeta, store_oos, write_atomic
 from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import step_down
@@ -94,6 +95,8 @@ class PrimarySite:
         self._stopping = False
         self.nbd: NbdServer | None = None
         self._peer_refusals = LogBudget(log, logging.WARNING, "refused link peers")
+        self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
+        self._oos_retry: tuple[int, tuple[int, ...]] | None = None  # a persist that failed
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -193,14 +196,28 @@ class PrimarySite:
             case core_mod.FlushLocal(ticket):
                 self.flusher.request(functools.partial(self._flushed, ticket))
             case core_mod.PersistOutOfSync(token, extents):
-                store_oos(self.cfg.meta, set(extents))
-                self.core.out_of_sync_persisted(token)
+                self._persist_out_of_sync(token, extents)
             case core_mod.LinkFailed(reason):
                 log.warning("link: %s", reason)
                 if self.link is not None:
                     self.link.abort(reason)
             case core_mod.BecomeSecondary(history):
                 self._step_down_for(history)
+
+    def _persist_out_of_sync(self, token: int, extents: tuple[int, ...]) -> None:
+        try:
+            store_oos(self.cfg.meta, set(extents))
+        except StorageError as exc:
+            # A full or failing metadata disk: the writes that need these extents stored stay
+            # waiting (never acknowledged unrecorded), and the timer retries the latest set.
+            self._oos_retry = (token, extents)
+            self._meta_errors("%s: writes to extents the secondary may lack wait until it is "
+                              "stored (retrying)", exc)
+            return
+        if self._oos_retry is not None:
+            log.info("out-of-sync set stored again; waiting writes go on")
+            self._oos_retry = None
+        self.core.out_of_sync_persisted(token)
 
     def _step_down_for(self, history: tuple[int, ...]) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
@@ -324,6 +341,8 @@ class PrimarySite:
             now = time.monotonic()
             self.core.tick(now)
             self.core.request_durable()
+            if self._oos_retry is not None:
+                self._persist_out_of_sync(*self._oos_retry)
             link = self.link
             if link is not None and link.is_open:
                 if now - last_ping >= self.cfg.heartbeat_s:
@@ -437,13 +456,21 @@ class PrimarySite:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
         listen_host, listen_port = self.cfg.link_listen
         listener = self._listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
-        await listener.start(listen_host, listen_port)
+        try:
+            await listener.start(listen_host, listen_port)
+        except OSError as exc:
+            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
         self.nbd = NbdServer(self, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
-        await self.nbd.start(host, port)
+        try:
+            await self.nbd.start(host, port)
+        except OSError as exc:
+            listener.close()
+            raise listen_error("[nbd] listen", self.cfg.nbd_listen, exc) from None
+        stop_error: StorageError | None = None
         async with asyncio.TaskGroup() as group:
             dialer = group.create_task(self._dial_forever())
             timers = group.create_task(self._timers())
@@ -451,7 +478,12 @@ class PrimarySite:
             changed = group.create_task(self.role_changed.wait())
             await asyncio.wait([stopped, changed], return_when=asyncio.FIRST_COMPLETED)
             if not self.role_changed.is_set():
-                await self._shutdown()
+                try:
+                    await self._shutdown()
+                except StorageError as exc:  # raised below, outside the task group
+                    log.error("clean stop failed: %s; the next start treats this stop as "
+                              "unclean", exc)
+                    stop_error = exc
             else:
                 await self.nbd.aclose()
             self._stopping = True
@@ -460,6 +492,8 @@ class PrimarySite:
         if self.link is not None:
             self.link.abort("shutting down")
         listener.close()
+        if stop_error is not None:
+            raise stop_error
         return self.next_role
 
     async def _shutdown(self) -> None:
@@ -483,9 +517,9 @@ class PrimarySite:
         self.backend.flush()
         pending = self.core.unsynced_extents()
         store_oos(self.cfg.meta, pending)
-        with open(os.path.join(self.cfg.meta, CLEAN_STOP_FILE), "w") as marker:
-            marker.write("stopped cleanly\n")
-            os.fsync(marker.fileno())
+        # Only once oos.json is complete, and atomically (a marker cut short by a full disk must
+        # not exist): without it the next start treats this stop as unclean.
+        write_atomic(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
         if pending:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -16,7 +17,8 @@ from typing import Any
 
 import xxhash
 
-from foresync.config import SiteConfig
+from foresync.config import SiteConfig, listen_error
+from foresync.errors import StorageError
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
@@ -333,7 +335,10 @@ class SecondarySite:
         """Serve until ``stop`` ("stop") or a promotion ("primary")."""
         host, port = self.cfg.link_listen
         self._server = LinkListener(self._new_link, self.security.link, self._link_refused)
-        await self._server.start(host, port)
+        try:
+            await self._server.start(host, port)
+        except OSError as exc:
+            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         log.info("secondary listening for the primary on %s:%d", host, port)
         while not stop.is_set() and not self.role_changed.is_set():
             with contextlib.suppress(TimeoutError):
@@ -343,7 +348,14 @@ class SecondarySite:
             if link is not None and time.monotonic() - link.last_rx > self.cfg.timeout_s:
                 link.abort(f"no frame from the primary for {self.cfg.timeout_s:.0f} s")
             self.pump()
-        await self._shutdown()
+        try:
+            await self._shutdown()
+        except (OSError, StorageError) as exc:
+            error = exc if isinstance(exc, StorageError) else StorageError(
+                f"cannot commit the record journal in {self.cfg.meta}: {exc.strerror or exc}",
+                exc.errno or errno.EIO)
+            log.error("clean stop failed: %s", error)
+            raise error from None
         return "primary" if self.role_changed.is_set() else "stop"
 
     async def promote(self, force: bool) -> tuple[int, dict[str, Any]]:
@@ -401,8 +413,16 @@ class SecondarySite:
             self.link.abort("secondary shutting down")
         await self._drain()
         if self.journal is not None:
-            self.journal.checkpoint(self.core.state)
-            self.journal.close()
+            try:
+                self.journal.checkpoint(self.core.state)
+            except OSError as exc:
+                # Everything it would compact is committed already, and a failed checkpoint
+                # leaves the journal as it was: nothing is lost, but the operator must know.
+                raise StorageError(f"cannot write the record checkpoint for {self.journal.path} "
+                                   f"(the journal itself is intact): {exc.strerror or exc}",
+                                   exc.errno or errno.EIO) from None
+            finally:
+                self.journal.close()
 
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
