@@ -319,3 +319,13 @@ def test_fd_exhaustion_is_logged_and_clients_get_in_once_it_clears(tmp_path: Pat
     errors = [line for line in text.splitlines() if " ERROR " in line]
     assert errors and "NBD: cannot accept client connections: Too many open files" in errors[0], text
     assert len(errors) <= 11, errors
+
+
+def test_any_os_error_a_command_meets_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """The CLI's last line of defence: an OSError no command explained itself (here inspect
+    meets a journal that is a directory) is one Error line naming the file, not a traceback."""
+    meta = tmp_path / "m"
+    (meta / "record.journal").mkdir(parents=True)
+    (meta / "site.json").write_text('{"format": 1, "role": "secondary", "volume_id": null}\n')
+    result = foresync("inspect", "--meta", meta)
+    assert_clear_error(result, f"{meta / 'record.journal'}: Is a directory")
