@@ -111,8 +111,7 @@ async def _listen(security: LinkSecurity, errors: list[str]) -> tuple[LinkListen
                                                  dialler=False, on_error=errors.append),
                             security, errors.append)
     await listener.start("127.0.0.1", 0)
-    assert listener._server is not None
-    return listener, listener._server.sockets[0].getsockname()[1]
+    return listener, listener._socks[0].getsockname()[1]
 
 
 def test_a_silent_peer_is_reported_as_sending_no_hello(caplog: pytest.LogCaptureFixture) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from foresync.errors import StorageError
+from foresync.listening import listening_sockets
 from foresync.logctx import LogBudget
 from foresync.nbd import wire
 from foresync.nbd.connection import ConnectionFailed, Disconnect, Event, Request, Transmission
@@ -47,7 +48,6 @@ _READ, _STATUS = int(wire.Command.READ), int(wire.Command.BLOCK_STATUS)
 _HOLD_REPLY_BYTES = 256 * 1024  # held replies are written at once beyond this, so flow control sees them
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (<malloc.h>)
 _FREE_HEAP_KEPT_BYTES = 128 * 1024 * 1024
-LISTEN_BACKLOG = 100  # as loop.create_server's default
 ACCEPT_RETRY_S = 0.1  # after accept() failed: the error is not cleared by retrying at once
 
 
@@ -67,35 +67,6 @@ def keep_freed_heap() -> None:
     heap_up_to = mallopt(_M_MMAP_THRESHOLD, 2 * MAX_PAYLOAD_BYTES)
     if not (heap_up_to and mallopt(_M_TRIM_THRESHOLD, _FREE_HEAP_KEPT_BYTES)):
         log.debug("mallopt refused; freed heap goes back to the kernel")
-
-
-def _listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Bound, listening, non-blocking sockets for every address of ``host`` (as
-    ``loop.create_server`` makes them: SO_REUSEADDR, IPv6 sockets IPv6-only). Port 0 binds the
-    first address to a free port and the others to that same one. Raises OSError."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    seen = set()
-    try:
-        for family, kind, proto, _, address in infos:
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(sockets) > 1:
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +123,7 @@ class NbdServer:
         every time (asyncio) or close the new connections without a word (uvloop)."""
         keep_freed_heap()
         loop = asyncio.get_running_loop()
-        self._sockets = _listening_sockets(host, port)
+        self._sockets = listening_sockets(host, port)
         for sock in self._sockets:
             task = loop.create_task(self._accept_forever(sock))
             self._accepting.append(task)

@@ -33,6 +33,8 @@ from foresync import tls
 from foresync.errors import ForesyncError
 from foresync.link import wire
 from foresync.link.auth import AUTH_MAX_FRAME_BYTES, LinkAuth
+from foresync.listening import listening_sockets
+from foresync.logctx import LogBudget
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +320,10 @@ class LinkProtocol(asyncio.Protocol):
 
 
 class LinkListener:
-    """Accepts link connections for ``factory``. Without TLS it is a plain asyncio server. With
-    TLS every accepted socket goes to the loop's TLS machinery before a byte is read
-    (``connect_accepted_socket``), so a ClientHello can never reach the frame decoder, and a failed
+    """Accepts link connections for ``factory``, itself (foresync/listening.py says why: a
+    failing accept() is logged, ten a minute). With TLS every accepted socket goes to the loop's
+    TLS machinery before a byte is read (``connect_accepted_socket``), so a ClientHello can never
+    reach the frame decoder, and a failed
     handshake (a certificate from another CA, no certificate, plaintext) is reported through
     ``on_error`` for the site's ``link_error``. At most ``max_pending_setups`` handshakes run at
     once; beyond that the oldest is dropped for the newcomer."""
@@ -330,9 +333,9 @@ class LinkListener:
         self._factory = factory
         self._security = security
         self._on_error = on_error
-        self._server: asyncio.Server | None = None
-        self._sock: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
+        self._socks: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._accept_errors = LogBudget(log, logging.ERROR, "link accept errors")
         self._handshakes: dict[asyncio.Task[None], None] = {}  # oldest first
         self._accepted: weakref.WeakSet[LinkProtocol] = weakref.WeakSet()
 
@@ -343,31 +346,17 @@ class LinkListener:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        if self._security.server_tls is None:
-            self._server = await loop.create_server(self._make_protocol, host, port,
-                                                    reuse_address=True)
-            return
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(64)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._sock = sock
-        self._accepting = loop.create_task(self._accept_forever(sock))
+        self._socks = listening_sockets(host, port)
+        self._accepting = [loop.create_task(self._accept_forever(sock)) for sock in self._socks]
 
     async def _accept_forever(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
                 conn, address = await loop.sock_accept(sock)
-            except OSError as exc:  # EMFILE, ECONNABORTED...: keep listening, as create_server does
-                log.warning("link: accepting a connection failed (%s); retrying", exc)
+            except OSError as exc:  # EMFILE, ENFILE...: the peer waits in the backlog meanwhile
+                self._accept_errors("link: cannot accept connections: %s; retrying (with EMFILE "
+                                    "raise the open-files limit)", exc.strerror or exc)
                 await asyncio.sleep(0.1)
                 continue
             if len(self._handshakes) >= self._security.max_pending_setups:
@@ -381,15 +370,23 @@ class LinkListener:
             task.add_done_callback(lambda done: self._handshakes.pop(done, None))
 
     async def _handshake(self, conn: socket.socket, address: Any) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                self._make_protocol, conn, ssl=self._security.server_tls,
-                ssl_handshake_timeout=self._security.setup_timeout_s)
+            if self._security.server_tls is None:
+                await loop.connect_accepted_socket(self._make_protocol, conn)
+            else:
+                await loop.connect_accepted_socket(
+                    self._make_protocol, conn, ssl=self._security.server_tls,
+                    ssl_handshake_timeout=self._security.setup_timeout_s)
         except asyncio.CancelledError:
             conn.close()  # displaced by a newer connection, or the listener closed
             raise
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             conn.close()
+            if self._security.server_tls is None:
+                self._accept_errors("link: cannot set up the connection from %s: %s",
+                                    peer_name(address), exc)
+                return
             reason = f"TLS handshake with {peer_name(address)} failed: {tls.describe_error(exc)}"
             log.warning("link: %s", reason)
             self._on_error(reason)
@@ -402,12 +399,11 @@ class LinkListener:
         for proto in list(self._accepted):
             if proto.in_setup:
                 proto.abort("the listener closed")
-        if self._server is not None:
-            self._server.close()
-        if self._accepting is not None:
-            self._accepting.cancel()
+        for accepting in self._accepting:
+            accepting.cancel()
+        self._accepting = []
         for task in list(self._handshakes):
             task.cancel()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in self._socks:
+            sock.close()
+        self._socks = []

@@ -147,7 +147,9 @@ class SecondarySite:
                         self.meta.epoch_history, self.meta.discard_local)
 
     def _has_healthy_link(self) -> bool:
-        return self.link is not None and self.link.is_open and self.core.greeted
+        """A primary that passed screening is connected (greeted, or its WELCOME is still being
+        prepared)."""
+        return self.link is not None and self.link.is_open
 
     def _refuse_hello(self, proto: LinkProtocol, verdict: Refused) -> None:
         """Answer a refused HELLO on its own connection; the current session is untouched."""
