@@ -47,7 +47,27 @@ def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         uvloop.run(wrapper())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the file it concerns, if known, and why."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+class ForesyncGroup(click.Group):
+    """The last line of defence for "no tracebacks to the user": a ForesyncError or OSError
+    that a command did not turn into a clearer message itself becomes one ``Error:`` line and
+    exit status 1. Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(describe_os_error(exc)) from None
+
+
+@click.group(cls=ForesyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="foresync")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -68,7 +88,9 @@ def main(log_level: str) -> None:
               help="Export name. The default (empty) name reaches it too.")
 @click.option("--read-only", is_flag=True, help="Refuse writes with EPERM.")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1, 4096),
-              help="Most NBD client connections at once; more are closed at once (logged once).")
+              help="Most NBD client connections at once. A new client beyond it takes the place "
+                   "of the oldest one that has sent no request (or has been idle for "
+                   "--idle-timeout); if every one is busy it is closed at once (logged once).")
 @click.option("--max-in-flight", default=256, show_default=True, type=click.IntRange(1, 65536),
               help="Most requests per connection being served at once; beyond it the server stops "
                    "reading from that client (TCP backpressure).")
@@ -78,6 +100,9 @@ def main(log_level: str) -> None:
               help="Largest handshake option payload; larger ones are skipped unread and refused.")
 @click.option("--handshake-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
               metavar="SECONDS", help="Close a client that has not finished negotiating (TLS included).")
+@click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),
+              metavar="SECONDS", help="Close a client that negotiated but sent no request within "
+                                      "this; clients idle after requests are kept.")
 @click.option("--tls-dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Require TLS (FORCEDTLS): DIR holds ca-cert.pem, server-cert.pem, server-key.pem "
                    "(the layout qemu and libnbd use). Plain nbd:// clients are refused.")
@@ -85,7 +110,8 @@ def main(log_level: str) -> None:
               help="With --tls-dir: also demand a client certificate signed by ca-cert.pem.")
 def serve(data_path: str, size: str, listen: str, export_name: str, read_only: bool,
           max_connections: int, max_in_flight: int, max_in_flight_size: str, max_option_size: str,
-          handshake_timeout: float, tls_dir: str | None, tls_verify_client: bool) -> None:
+          handshake_timeout: float, idle_timeout: float, tls_dir: str | None,
+          tls_verify_client: bool) -> None:
     """Serve a file or block device over NBD, without replication."""
     from foresync import tls
     from foresync.nbd.handshake import ExportInfo
@@ -105,7 +131,7 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
             max_connections=max_connections, max_in_flight=max_in_flight,
             max_in_flight_bytes=parse_size(max_in_flight_size, "--max-in-flight-size"),
             max_option_bytes=parse_size(max_option_size, "--max-option-size"),
-            handshake_timeout_s=handshake_timeout)
+            handshake_timeout_s=handshake_timeout, idle_timeout_s=idle_timeout)
         backend = FileBackend(data_path, size_bytes, read_only=read_only)
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None

@@ -34,6 +34,7 @@ ROLE_START_TIMEOUT_S = 30.0  # how long a role change's answer waits for the new
 def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
     """Create a site's metadata (and its sparse volume file if missing)."""
     cfg = config_mod.load(config_path)
+    site.check_meta_dir(cfg.meta, create=True)  # before the volume file: nothing made in vain
     if site.exists(cfg.meta) and not force:
         raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "
                           "(the site forgets its identity, record and epoch history)")
@@ -90,6 +91,7 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
 
 async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event) -> None:
     security = load_security(cfg)  # certificates, secrets: a bad file stops us here, clearly
+    site.check_meta_dir(cfg.meta)  # before the volume file may be created
     backend = FileBackend(cfg.data, cfg.size)
     meta = site.load(cfg.meta)
     runner = _make_runner(cfg, meta, backend, security)
@@ -167,7 +169,11 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event) -> None:
                          ("POST", "/resolve"): Endpoint(resolve, {"discard-local": bool}),
                          ("POST", "/verify"): Endpoint(verify, {"repair": bool})},
                         token=security.admin_token)
-    await admin.start(*cfg.admin_listen)
+    try:
+        await admin.start(*cfg.admin_listen)
+    except OSError as exc:
+        backend.close()
+        raise config_mod.listen_error("[admin] listen", cfg.admin_listen, exc) from None
     try:
         while True:
             log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, runner.meta.role,
@@ -178,12 +184,13 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event) -> None:
             outcome = await runner.run(stop)
             if outcome == "stop" or stop.is_set():
                 break
-            nbd_socket = runner.nbd_socket if isinstance(runner, SecondarySite) else None
+            nbd_sockets = runner.nbd_sockets if isinstance(runner, SecondarySite) else None
             runner = _make_runner(cfg, site.load(cfg.meta), backend, security)
             if isinstance(runner, PrimarySite):
-                runner.nbd_socket = nbd_socket  # bound by the promote, before it changed anything
-            elif nbd_socket is not None:
-                nbd_socket.close()
+                runner.nbd_sockets = nbd_sockets  # bound by the promote, before it changed anything
+            else:
+                for sock in nbd_sockets or ():
+                    sock.close()
     except BaseException as exc:
         failed(exc)
         raise

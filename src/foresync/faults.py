@@ -15,6 +15,7 @@ class Faults:
     evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
+    admit_strangers: bool = False  # secondary: a HELLO of another volume may take the session over
 
 
 NO_FAULTS = Faults()

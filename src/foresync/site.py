@@ -7,13 +7,15 @@ it in ``<meta>/record.journal``; the out-of-sync extents of a primary in ``<meta
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from foresync.errors import ConfigError
+from foresync.errors import ConfigError, StorageError
 
 SITE_FILE = "site.json"
 JOURNAL_FILE = "record.journal"
@@ -95,17 +97,26 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, durably. A failure (a full or read-only disk, no file
+    descriptors left) leaves the old file as it was, removes the partial temporary file (it
+    would only hold space the disk lacks) and raises a StorageError that names ``path``."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}",
+                           exc.errno or errno.EIO) from None
 
 
 def load_oos(meta_dir: str) -> set[int]:
@@ -120,3 +131,25 @@ def load_oos(meta_dir: str) -> set[int]:
 
 def store_oos(meta_dir: str, extents: set[int]) -> None:
     write_atomic(Path(meta_dir) / OOS_FILE, json.dumps(sorted(extents)) + "\n")
+
+
+def check_meta_dir(meta_dir: str, create: bool = False) -> None:
+    """Fail before anything is created or started if ``[volume] meta`` cannot hold the site's
+    metadata: it is not a directory, cannot be created, or cannot be written to (a read-only
+    file system). ``create``: make it if it does not exist (``foresync init``)."""
+    where = f"[volume] meta = {meta_dir}"
+    if os.path.lexists(meta_dir) and not os.path.isdir(meta_dir):
+        raise ConfigError(f"{where}: is not a directory")
+    if not os.path.isdir(meta_dir):
+        if not create:
+            raise ConfigError(f"no site metadata in {meta_dir}: run `foresync init` first")
+        try:
+            os.makedirs(meta_dir)
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot create it: {exc.strerror or exc}") from None
+    probe = os.path.join(meta_dir, f".foresync-probe-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot write there: {exc.strerror or exc}") from None

@@ -57,10 +57,11 @@ def test_seeds_keep_every_invariant() -> None:
 
 def test_seeds_exercise_faults() -> None:
     """The runs above must really crash sites and tear journals, or they prove little."""
-    crashes = torn = promotions = switchovers = 0
+    crashes = torn = promotions = switchovers = strangers = 0
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
         world.run()
+        strangers += world.strangers
         crashes += world.primary_crashes
         torn += sum(journal.torn_tails for journal in world.journals.values())
         promotions += world.promotions
@@ -69,6 +70,7 @@ def test_seeds_exercise_faults() -> None:
     assert torn > 0
     assert promotions > 0, "no seed promoted a secondary: failover and failback went untested"
     assert switchovers > 0, "no seed demoted a primary: planned switchover went untested"
+    assert strangers > 40, "strangers rarely knocked: invariant 7 went untested"
 
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))

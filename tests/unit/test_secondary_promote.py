@@ -88,8 +88,9 @@ def test_a_cancelled_drain_leaves_the_link_watcher_running(tmp_path: Path) -> No
         status, doc = await site.promote(False)  # no primary connected: no --force needed
         assert status == 200, doc
         assert site.role_changed.is_set() and site.meta.role == "primary" and site.meta.epoch == 2
-        assert site.nbd_socket is not None
-        site.nbd_socket.close()
+        assert site.nbd_sockets
+        for sock in site.nbd_sockets:
+            sock.close()
         backend.close()
 
     asyncio.run(scenario())
@@ -117,8 +118,9 @@ def test_forced_promote_with_the_primary_connected_cuts_the_link_first(tmp_path:
         assert status == 200, doc
         assert proto.closed.done() and site.link is None
         assert site.meta.role == "primary"
-        assert site.nbd_socket is not None
-        site.nbd_socket.close()
+        assert site.nbd_sockets
+        for sock in site.nbd_sockets:
+            sock.close()
         backend.close()
 
     asyncio.run(scenario())

@@ -9,6 +9,7 @@ is truncated back to its last whole entry, so no bytes are ever destroyed silent
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -80,11 +81,16 @@ class RecordJournal:
     @staticmethod
     def _write_image(path: str, volume_id: bytes, state: RecordState) -> None:
         tmp = f"{path}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):  # a partial image only holds space a full disk lacks
+                os.unlink(tmp)
+            raise
         fsync_dir(path)
 
     def append(self, entry: bytes) -> int:

@@ -243,7 +243,8 @@ class SecondaryCore:
         if hello.version != wire.PROTOCOL_VERSION:
             problems.append(f"protocol version {hello.version}, we speak {wire.PROTOCOL_VERSION}")
         if hello.volume_id != self.volume_id:
-            problems.append(f"volume identity {hello.volume_id.hex()} is not ours ({self.volume_id.hex()})")
+            # Never our own identity: the peer may be a stranger (admission.py screens first).
+            problems.append(f"volume identity {hello.volume_id.hex()} is not ours")
         if hello.size != self.size:
             problems.append(f"volume size {hello.size} bytes differs from ours, {self.size} bytes")
         if hello.extent_size != self.extent_size:

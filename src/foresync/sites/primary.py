@@ -16,12 +16,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from foresync import tls
-from foresync.config import SiteConfig
+from foresync.config import SiteConfig, listen_error
 from foresync.errors import StorageError
 from foresync.link import wire
+from foresync.logctx import LogBudget
 from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
@@ -30,7 +32,7 @@ from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.roles import Relation, compare
-from foresync.site import SiteMeta, store_oos
+from foresync.site import SiteMeta, store_oos, write_atomic
 from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import step_down
@@ -94,8 +96,12 @@ class PrimarySite:
         self._pump = ActionPump(self.core.actions, self._do)
         self._stopping = False
         self.nbd: NbdServer | None = None
-        self.nbd_socket: socket.socket | None = None  # [nbd] listen, bound by the promote that made us
+        # [nbd] listen, bound by the promote that made us
+        self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once NBD and the link listen
+        self._peer_refusals = LogBudget(log, logging.WARNING, "refused link peers")
+        self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
+        self._oos_retry: tuple[int, tuple[int, ...]] | None = None  # a persist that failed
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -195,14 +201,28 @@ class PrimarySite:
             case core_mod.FlushLocal(ticket):
                 self.flusher.request(functools.partial(self._flushed, ticket))
             case core_mod.PersistOutOfSync(token, extents):
-                store_oos(self.cfg.meta, set(extents))
-                self.core.out_of_sync_persisted(token)
+                self._persist_out_of_sync(token, extents)
             case core_mod.LinkFailed(reason):
                 log.warning("link: %s", reason)
                 if self.link is not None:
                     self.link.abort(reason)
             case core_mod.BecomeSecondary(history):
                 self._step_down_for(history)
+
+    def _persist_out_of_sync(self, token: int, extents: tuple[int, ...]) -> None:
+        try:
+            store_oos(self.cfg.meta, set(extents))
+        except StorageError as exc:
+            # A full or failing metadata disk: the writes that need these extents stored stay
+            # waiting (never acknowledged unrecorded), and the timer retries the latest set.
+            self._oos_retry = (token, extents)
+            self._meta_errors("%s: writes to extents the secondary may lack wait until it is "
+                              "stored (retrying)", exc)
+            return
+        if self._oos_retry is not None:
+            log.info("out-of-sync set stored again; waiting writes go on")
+            self._oos_retry = None
+        self.core.out_of_sync_persisted(token)
 
     def _step_down_for(self, history: tuple[int, ...]) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
@@ -235,6 +255,18 @@ class PrimarySite:
         self.pump()
 
     async def _dial_forever(self) -> None:
+        attempts: list[LinkProtocol] = []  # connections made by the current attempt
+        try:
+            await self._dial_loop(attempts)
+        finally:
+            # Cancelled (stopping, or a role change) while a connection was being made or
+            # greeted: close it now. Left open, it would sit in setup until the deadline and be
+            # reported as a peer that never answered (after every planned switchover).
+            for proto in attempts:
+                if proto is not self.link:
+                    proto.abort("stopping")
+
+    async def _dial_loop(self, attempts: list[LinkProtocol]) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.cfg.link_peer
         backoff = 0.2
@@ -250,13 +282,17 @@ class PrimarySite:
         if security.client_tls is not None:
             tls_args = {"ssl": security.client_tls, "server_hostname": host,
                         "ssl_handshake_timeout": self.cfg.timeout_s}
+        def dial() -> LinkProtocol:
+            proto = LinkProtocol(self._on_message, self.pump, security, dialler=True,
+                                 on_error=self._link_refused)
+            attempts.append(proto)
+            return proto
+
         while not self._stopping:
+            attempts.clear()  # every earlier one is closed by now
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: LinkProtocol(self._on_message, self.pump, security, dialler=True,
-                                             on_error=self._link_refused),
-                        host, port, **tls_args),
+                    loop.create_connection(dial, host, port, **tls_args),
                     timeout=self.cfg.timeout_s)
                 waits: list[asyncio.Future[Any]] = [proto.ready, proto.closed]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -310,6 +346,8 @@ class PrimarySite:
             now = time.monotonic()
             self.core.tick(now)
             self.core.request_durable()
+            if self._oos_retry is not None:
+                self._persist_out_of_sync(*self._oos_retry)
             link = self.link
             if link is not None and link.is_open:
                 if now - last_ping >= self.cfg.heartbeat_s:
@@ -340,6 +378,11 @@ class PrimarySite:
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
         """A site dialled us. Only a primary does that: decide from the epoch histories."""
         if not isinstance(message, wire.Hello) or message.volume_id != self.meta.volume_id:
+            # Said to the peer without our identity (it may be a stranger); logged in full here.
+            assert self.meta.volume_id is not None
+            got = (f"a HELLO for volume {message.volume_id.hex()}, ours is {self.meta.volume_id.hex()}"
+                   if isinstance(message, wire.Hello) else f"{type(message).__name__} first, not HELLO")
+            self._peer_refusals("link: refused a peer at %s: %s", proto.peer, got)
             proto.send(wire.Refuse("this site is a primary of another volume or epoch"))
             proto.close_after_flush()
             return
@@ -362,6 +405,8 @@ class PrimarySite:
             proto.send(wire.Refuse("split brain: epoch histories diverged; run `foresync resolve "
                                    "--discard-local` on the site whose changes should be thrown away"))
         else:
+            self._peer_refusals("link: refused a peer at %s: another primary with our epoch "
+                                "history", proto.peer)
             proto.send(wire.Refuse("two primaries share one epoch history"))
         proto.close_after_flush()
 
@@ -416,15 +461,23 @@ class PrimarySite:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
         listen_host, listen_port = self.cfg.link_listen
         listener = self._listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
-        await listener.start(listen_host, listen_port)
+        try:
+            await listener.start(listen_host, listen_port)
+        except OSError as exc:
+            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
         self.nbd = NbdServer(self, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
-        sock, self.nbd_socket = self.nbd_socket, None
-        await self.nbd.start(host, port, sock=sock)
+        sockets, self.nbd_sockets = self.nbd_sockets, None
+        try:
+            await self.nbd.start(host, port, sockets)
+        except OSError as exc:
+            listener.close()
+            raise listen_error("[nbd] listen", self.cfg.nbd_listen, exc) from None
         self.on_serving()
+        stop_error: StorageError | None = None
         async with asyncio.TaskGroup() as group:
             dialer = group.create_task(self._dial_forever())
             timers = group.create_task(self._timers())
@@ -432,7 +485,12 @@ class PrimarySite:
             changed = group.create_task(self.role_changed.wait())
             await asyncio.wait([stopped, changed], return_when=asyncio.FIRST_COMPLETED)
             if not self.role_changed.is_set():
-                await self._shutdown()
+                try:
+                    await self._shutdown()
+                except StorageError as exc:  # raised below, outside the task group
+                    log.error("clean stop failed: %s; the next start treats this stop as "
+                              "unclean", exc)
+                    stop_error = exc
             else:
                 await self.nbd.aclose()
             self._stopping = True
@@ -441,6 +499,8 @@ class PrimarySite:
         if self.link is not None:
             self.link.abort("shutting down")
         listener.close()
+        if stop_error is not None:
+            raise stop_error
         return self.next_role
 
     async def _shutdown(self) -> None:
@@ -464,9 +524,9 @@ class PrimarySite:
         self.backend.flush()
         pending = self.core.unsynced_extents()
         store_oos(self.cfg.meta, pending)
-        with open(os.path.join(self.cfg.meta, CLEAN_STOP_FILE), "w") as marker:
-            marker.write("stopped cleanly\n")
-            os.fsync(marker.fileno())
+        # Only once oos.json is complete, and atomically (a marker cut short by a full disk must
+        # not exist): without it the next start treats this stop as unclean.
+        write_atomic(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
         if pending:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -18,15 +19,16 @@ from typing import Any
 
 import xxhash
 
-from foresync.config import SiteConfig
-from foresync.errors import ForesyncError
+from foresync.config import SiteConfig, listen_error
+from foresync.errors import ForesyncError, StorageError
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.link import wire
+from foresync.logctx import LogBudget
 from foresync.nbd.server import bind_listener, keep_freed_heap
 from foresync.replication import secondary as core_mod
-from foresync.replication.roles import Relation, compare
+from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.secondary import SecondaryCore
 from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
@@ -73,8 +75,10 @@ class SecondarySite:
         self._promoting = False
         self.split_brain = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
-        self.nbd_socket: socket.socket | None = None  # [nbd] listen, bound by a promote for the primary
+        # [nbd] listen, bound by a promote for the primary
+        self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
+        self._refusals = LogBudget(log, logging.WARNING, "refused link HELLOs")
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -96,10 +100,14 @@ class SecondarySite:
             if self._promoting or self.role_changed.is_set():
                 proto.abort("this site is changing role")
                 return
-            self._take_over(proto)
-            self._adopt_identity(message)
-            if not self._check_history(message):
+            # Screened on its own connection first: a HELLO we refuse (a stranger, another
+            # volume, an outdated primary) must not drop the current primary's link.
+            verdict = screen_hello(message, self._identity())
+            if isinstance(verdict, Refused):
+                self._refuse_hello(proto, verdict)
                 return
+            self._take_over(proto)
+            self._accept_hello(message, verdict)
             if self._welcome_flags():
                 # Checksums of the whole image for a full sync: read in a worker thread so the
                 # link stays alive (pings answered) however big the volume is.
@@ -143,45 +151,38 @@ class SecondarySite:
             self.core.receive(message)
         self.pump()
 
-    def _refuse(self, reason: str) -> bool:
-        self.link_error = f"refused the primary: {reason}"
-        log.warning("link: %s", self.link_error)
-        if self.link is not None:
-            self.link.send(wire.Refuse(reason))
-            self.link.close_after_flush()
-        return False
+    def _identity(self) -> Identity:
+        return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
+                        self.meta.epoch_history, self.meta.discard_local)
 
-    def _check_history(self, hello: wire.Hello) -> bool:
-        """Decide from the two epoch histories whether this primary may replicate to us."""
-        if self.meta.volume_id is not None and hello.volume_id != self.meta.volume_id:
-            # Another volume altogether (a primary re-initialised, a wrong peer address): its
-            # history is unrelated to ours, and calling that a split brain would mislead.
-            return self._refuse(
-                f"volume identity {hello.volume_id.hex()} is not ours ({self.meta.volume_id.hex()}); "
-                "to pair this site with that volume instead, re-initialise it with "
-                "`foresync init --force`")
-        mine, theirs = self.meta.epoch_history, tuple(hello.history)
-        relation = compare(mine, theirs)
-        if self.meta.discard_local and relation is not Relation.SAME:
-            log.warning("discarding local changes: adopting the primary's epoch history (epoch %d)",
-                        len(theirs))
-            self._store(self.meta.update(epoch_history=theirs, discard_local=False))
-            self.split_brain = False
-            return True
-        if relation is Relation.SAME:
-            return True
-        if relation is Relation.PEER_NEWER or not mine:
-            self._store(self.meta.update(epoch_history=theirs))
-            return True
-        if relation is Relation.PEER_OLDER:
-            return self._refuse(
-                f"its epoch history (epoch {len(theirs)}) is older than ours (epoch {len(mine)}): "
-                "it is an outdated primary and must become secondary")
-        self.split_brain = True
-        return self._refuse(
-            f"split brain: epoch histories diverged (ours epoch {len(mine)}, theirs epoch "
-            f"{len(theirs)}); run `foresync resolve --discard-local` on the site whose changes "
-            "should be thrown away")
+    def _has_healthy_link(self) -> bool:
+        """A primary that passed screening is connected (greeted, or its WELCOME is still being
+        prepared)."""
+        return self.link is not None and self.link.is_open
+
+    def _refuse_hello(self, proto: LinkProtocol, verdict: Refused) -> None:
+        """Answer a refused HELLO on its own connection; the current session is untouched."""
+        healthy = self._has_healthy_link()
+        if not healthy:
+            # Only while no primary is connected is this the news /status should show; a
+            # stranger's refusal must not hide the healthy link's state (it is logged).
+            self.link_error = f"refused the primary: {verdict.reason}"
+            self.split_brain = self.split_brain or verdict.split_brain
+        self._refusals("link: refused %s %s: %s", "a HELLO from" if healthy else "the primary at",
+                       proto.peer, verdict.detail)
+        proto.send(wire.Refuse(verdict.reason))
+        proto.close_after_flush()
+
+    def _accept_hello(self, hello: wire.Hello, verdict: Admitted) -> None:
+        """The new primary passed ``screen_hello``: take its identity or history as needed."""
+        if verdict.adopt_identity:
+            self._adopt_identity(hello)
+        elif verdict.adopt_history:
+            if self.meta.discard_local:
+                log.warning("discarding local changes: adopting the primary's epoch history "
+                            "(epoch %d)", len(hello.history))
+                self.split_brain = False
+            self._store(self.meta.update(epoch_history=tuple(hello.history), discard_local=False))
 
     def _roll_back_if_needed(self) -> None:
         """A resync into this site did not finish: restore the image from before it (claim 8's
@@ -248,10 +249,6 @@ class SecondarySite:
             log.info("link: primary disconnected (%s)", reason)
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
-        if self.meta.volume_id is not None:
-            return
-        if hello.size != self.cfg.size or hello.extent_size != self.cfg.extent_size:
-            return  # the core refuses it with both values named
         self._store(self.meta.update(volume_id=hello.volume_id, epoch_history=tuple(hello.history),
                                      new=True, consistent=False))
         self.journal = RecordJournal.create(journal_path(self.cfg), hello.volume_id)
@@ -349,7 +346,10 @@ class SecondarySite:
         """Serve until ``stop`` ("stop") or a promotion ("primary")."""
         host, port = self.cfg.link_listen
         self._server = LinkListener(self._new_link, self.security.link, self._link_refused)
-        await self._server.start(host, port)
+        try:
+            await self._server.start(host, port)
+        except OSError as exc:
+            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         log.info("secondary listening for the primary on %s:%d", host, port)
         self.on_serving()
         while not stop.is_set() and not self.role_changed.is_set():
@@ -360,7 +360,14 @@ class SecondarySite:
             if link is not None and time.monotonic() - link.last_rx > self.cfg.timeout_s:
                 link.abort(f"no frame from the primary for {self.cfg.timeout_s:.0f} s")
             self.pump()
-        await self._shutdown()
+        try:
+            await self._shutdown()
+        except (OSError, StorageError) as exc:
+            error = exc if isinstance(exc, StorageError) else StorageError(
+                f"cannot commit the record journal in {self.cfg.meta}: {exc.strerror or exc}",
+                exc.errno or errno.EIO)
+            log.error("clean stop failed: %s", error)
+            raise error from None
         return "primary" if self.role_changed.is_set() else "stop"
 
     @property
@@ -391,7 +398,7 @@ class SecondarySite:
                                   "to promote it anyway"}
         host, port = self.cfg.nbd_listen
         try:
-            nbd_socket = bind_listener(host, port)
+            nbd_sockets = bind_listener(host, port)
         except OSError as exc:
             return 409, {"error": f"cannot serve NBD on {host}:{port} ([nbd] listen): "
                                   f"{exc.strerror or exc}; still secondary, nothing changed"}
@@ -399,14 +406,14 @@ class SecondarySite:
         try:
             answer = await self._promote_now(can_roll_back)
         except BaseException:
-            nbd_socket.close()
+            _close_all(nbd_sockets)
             self._promoting = False
             raise
         if answer[0] != 200:
-            nbd_socket.close()
+            _close_all(nbd_sockets)
             self._promoting = False
             return answer
-        self.nbd_socket = nbd_socket
+        self.nbd_sockets = nbd_sockets
         # Only now, with the new role on disk, may run() return and the daemon reload it.
         self.role_changed.set()
         return answer
@@ -471,8 +478,16 @@ class SecondarySite:
             self.link.abort("secondary shutting down")
         await self._drain()
         if self.journal is not None:
-            self.journal.checkpoint(self.core.state)
-            self.journal.close()
+            try:
+                self.journal.checkpoint(self.core.state)
+            except OSError as exc:
+                # Everything it would compact is committed already, and a failed checkpoint
+                # leaves the journal as it was: nothing is lost, but the operator must know.
+                raise StorageError(f"cannot write the record checkpoint for {self.journal.path} "
+                                   f"(the journal itself is intact): {exc.strerror or exc}",
+                                   exc.errno or errno.EIO) from None
+            finally:
+                self.journal.close()
 
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
@@ -521,3 +536,8 @@ def extent_hashes(backend: FileBackend, extent_size: int,
         else:
             hashes.append(xxhash.xxh3_64_intdigest(backend.read(offset, length)))
     return tuple(hashes)
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()

@@ -13,7 +13,10 @@ out, then the invariants are checked:
 3. at the end, after healing and quiescence, both images are byte-identical;
 5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
    secondary (or overwritten there by a later write);
-6. the record never exceeds capacity.
+6. the record never exceeds capacity;
+7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
+   session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
+   schedule of every other event as it was.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
+from foresync.replication.admission import Admitted, Identity, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 from foresync.testing.sim.disk import SimDisk, SimJournal
@@ -130,6 +134,9 @@ class World:
         self.primary_crashes = 0
         self._op_version: dict[int, int] = {}  # host op id -> version of its data
         self._conn_counter = 0
+        self._strangers_rng = random.Random(seed * 7919 + 1)  # not self.rng: see invariant 7
+        self.strangers = 0  # stranger HELLOs sent
+        self.displaced_by_stranger = 0  # sessions a stranger ended (invariant 7)
         self._start_primary()
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
@@ -364,6 +371,32 @@ class World:
             self.primary.core.request_durable()
         if self.secondary is not None:
             self.secondary.core.request_durable()
+            if self.conn and self._strangers_rng.random() < 0.1:
+                self._stranger_knocks()
+
+    def _stranger_knocks(self) -> None:
+        """What SecondarySite does with a HELLO on a new connection: screen it, and only if it
+        is admitted take the session over from the current connection."""
+        s = self.secondary
+        assert s is not None
+        rng = self._strangers_rng
+        stranger = bytes(rng.randrange(256) for _ in range(16))
+        if stranger == VOLUME_ID:
+            return
+        hello = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, stranger, self.size,
+                           self.extent_size, 1, (rng.randrange(1, 1 << 64),))
+        ours = Identity(VOLUME_ID, self.size, self.extent_size,
+                        self.histories[self.roles["secondary"]])
+        self.strangers += 1
+        verdict = screen_hello(hello, ours, self.cfg.faults)
+        self._log(f"stranger HELLO: {'admitted' if isinstance(verdict, Admitted) else 'refused'}")
+        if isinstance(verdict, Admitted):
+            had_session = self.conn != 0
+            self._disconnect("replaced by a new connection")
+            s.conn = self._next_conn()  # the stranger's: what the core says now goes nowhere
+            s.core.session_reset()
+            s.core.receive(hello)  # the core's own check refuses it (another volume)
+            self.displaced_by_stranger += had_session
 
     def _ev_connect(self) -> None:
         assert self.primary is not None
@@ -659,6 +692,8 @@ class World:
                 self._fail(f"secondary record holds {n} extents, capacity {self.capacity}")
         if self.primary is not None and len(self.primary.core.record) > self.capacity:
             self._fail(f"primary record copy exceeds capacity {self.capacity}")
+        if self.displaced_by_stranger:
+            self._fail("invariant 7: a HELLO of another volume ended the primary's session")
         if not self.faulted and self.sdisk.current != self.expected:
             self._fail("secondary image is not a prefix of the primary's sent history")
 
