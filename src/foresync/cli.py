@@ -176,8 +176,11 @@ def init(config_path: str, role: str, force: bool) -> None:
     from foresync.errors import SiteInUse
     from foresync.site_lock import SiteLock
 
+    from foresync.site import check_meta_dir
+
     cfg = _load(config_path)
     try:
+        check_meta_dir(cfg.meta, create=True)  # before the lock file: nothing made in vain
         if os.path.isdir(cfg.meta):  # a daemon may be running on it: never pull it from under one
             with SiteLock.acquire(cfg.meta, "foresync init"):
                 meta = init_site(config_path, role, force)

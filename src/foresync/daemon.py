@@ -81,6 +81,7 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
     every role switch: an offline command cannot change the metadata under a running daemon."""
     cfg = config_mod.load(config_path)
     VolumeContext.volume = cfg.name  # the CLI owns logging; we only name the volume
+    site.check_meta_dir(cfg.meta)  # before the lock or the volume file: nothing made in vain
     host, port = cfg.admin_listen
     lock = SiteLock.acquire(cfg.meta, f"foresync run --config {cfg.path}", f"{host}:{port}")
     try:
@@ -91,7 +92,6 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
 
 async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event) -> None:
     security = load_security(cfg)  # certificates, secrets: a bad file stops us here, clearly
-    site.check_meta_dir(cfg.meta)  # before the volume file may be created
     backend = FileBackend(cfg.data, cfg.size)
     meta = site.load(cfg.meta)
     runner = _make_runner(cfg, meta, backend, security)
