@@ -254,7 +254,7 @@ def test_bit_flip_in_last_entry_is_damage_and_leaves_the_file_alone(tmp_path: Pa
         damaged[index] ^= bit
         path = tmp_path / f"flip-{index}"
         path.write_bytes(bytes(damaged))
-        with pytest.raises(JournalCorruption, match="flipped byte|length field"):
+        with pytest.raises(JournalCorruption, match=r"flipped byte|length field"):
             RecordJournal.open(str(path))
         assert path.read_bytes() == bytes(damaged), index
     assert not [p for p in tmp_path.iterdir() if ".torn-" in p.name]

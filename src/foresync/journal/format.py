@@ -238,14 +238,14 @@ def _structural_length(data: bytes, start: int) -> int | None:
     kind = data[start]
     try:
         if kind in (EntryKind.ADD, EntryKind.REMOVE):
-            return 5 + 4 * U32.unpack_from(data, start + 1)[0]
+            return 5 + 4 * int(U32.unpack_from(data, start + 1)[0])
         if kind == EntryKind.RANGE:
             return 1 + RANGE.size
         if kind == EntryKind.RANGE_DONE:
             return 1 + U64.size
         if kind == EntryKind.CHECKPOINT:
-            (count,) = U32.unpack_from(data, start + 1)
-            (ranges,) = U32.unpack_from(data, start + 5 + 4 * count)
+            count = int(U32.unpack_from(data, start + 1)[0])
+            ranges = int(U32.unpack_from(data, start + 5 + 4 * count)[0])
             return 9 + 4 * count + RANGE.size * ranges
     except struct.error:
         return None
@@ -262,7 +262,7 @@ def valid_entry_at(data: bytes, pos: int) -> bool:
         return False
     if _structural_length(data, pos + ENTRY_HEADER.size) != length:
         return False
-    return crc32c(bytes(data[pos + ENTRY_HEADER.size : pos + ENTRY_HEADER.size + length])) == crc
+    return crc32c(bytes(data[pos + ENTRY_HEADER.size : pos + ENTRY_HEADER.size + length])) == int(crc)
 
 
 def classify_stop(data: bytes, pos: int, first: bool, crc_ok: bool) -> str | None:

@@ -19,7 +19,7 @@ import xxhash
 from foresync.config import SiteConfig
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
-from foresync.journal.undo import UndoLog, roll_back
+from foresync.journal.undo import UndoLog
 from foresync.link import wire
 from foresync.nbd.server import keep_freed_heap
 from foresync.replication import secondary as core_mod
@@ -28,8 +28,13 @@ from foresync.replication.secondary import SecondaryCore
 from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
 from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
+from foresync.sites.roles import (
+    damaged_promote_error,
+    failback_set,
+    journal_path,
+    roll_back_unfinished_resync,
+)
 from foresync.sites.roles import discard_local as discard_local_changes
-from foresync.sites.roles import failback_set, journal_path
 from foresync.sites.roles import promote as promote_site
 from foresync.sites.security import SiteSecurity
 from foresync.storage.file_backend import FileBackend
@@ -182,12 +187,9 @@ class SecondarySite:
         if self.meta.consistent or self.meta.new:
             self.undo.discard()  # a leftover from a pass that did finish, or nothing to protect
             return
-        restored = roll_back(self.undo.path, self.backend.write, self.backend.flush, self.cfg.extent_size)
-        self._store(self.meta.update(consistent=True, stale=tuple(sorted(set(self.meta.stale) | restored))))
-        self.undo.discard()
-        self.rolled_back = len(restored)
-        log.warning("an unfinished resync was rolled back: %d extents restored from the undo log; "
-                    "this copy is consistent again (older) and they will be copied again", len(restored))
+        # A damaged undo log leaves the site inconsistent with every extent in doubt (issue 12).
+        self.meta, self.rolled_back = roll_back_unfinished_resync(self.cfg, self.meta, self.backend,
+                                                                  self.undo)
 
     def _welcome_flags(self) -> int:
         flags = 0
@@ -296,7 +298,10 @@ class SecondarySite:
                 self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
             case core_mod.ResyncFinished():
                 self.backend.flush()
-                self._store(self.meta.update(consistent=True, new=False, stale=()))
+                if self.meta.metadata_damage:
+                    log.warning("a full compare finished: this copy is consistent again and the "
+                                "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
+                self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
                 self.undo.discard()
                 log.info("resync finished: this copy is consistent")
 
@@ -361,6 +366,8 @@ class SecondarySite:
         if not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path):
             await self._drain()
             self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
+        if self.meta.metadata_damage and not force:
+            return 409, {"error": damaged_promote_error(self.meta)}
         if (self.meta.new or not self.meta.consistent) and not force:
             return 409, {"error": "this copy is inconsistent (a full sync or resync into it has not "
                                   "finished), so it may hold a mix of old and new data; use --force "
@@ -376,8 +383,8 @@ class SecondarySite:
         # Only now, with the new role on disk, may run() return and the daemon reload it.
         self.role_changed.set()
         return 200, {"promoted": True, "epoch": self.meta.epoch,
-                     "failback_extents": len(failback),
-                     "failback_bytes": len(failback) * self.cfg.extent_size}
+                     "failback_extents": failback,
+                     "failback_bytes": failback * self.cfg.extent_size}
 
     async def discard_local(self) -> tuple[int, dict[str, Any]]:
         """`resolve --discard-local` on a secondary: accept the next primary's history even if
@@ -431,6 +438,7 @@ class SecondarySite:
             "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
             "pending_ranges": s.pending_ranges,
             "consistent": self.meta.consistent and not self.meta.new,
+            "metadata_damage": self.meta.metadata_damage,
             "undo_saved_extents": self.undo.saved,
             "rolled_back_extents": self.rolled_back,
             "security": self.security.describe(),
