@@ -314,3 +314,31 @@ def test_full_resync_pending_is_persisted_and_handed_over() -> None:
     other = _core()
     other.absorb_out_of_sync({1}, everything=True)
     assert other.full_resync_pending and other.out_of_sync == {1}
+
+
+def test_inspect_shows_damage_and_preserved_files(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from foresync.cli import main
+
+    cfg = _config(tmp_path)
+    _secondary(cfg)
+    path = roles.journal_path(cfg)
+    RecordJournal.create(path, VOLUME, RecordState({1, 2}, {})).close()
+    data = bytearray(Path(path).read_bytes())
+    data[-2] ^= 0x01
+    Path(path).write_bytes(bytes(data))
+    Path(path + ".damaged-1").write_bytes(b"old")
+    site.store_oos(cfg.meta, {4, 5}, everything=True)
+    damaged_undo = bytearray(_log(1, 2, 3))
+    damaged_undo[16 + 12 + EXTENT + 12 + 7] ^= 0x40
+    Path(cfg.meta, site.UNDO_FILE).write_bytes(bytes(damaged_undo))
+    result = CliRunner().invoke(main, ["inspect", "--meta", cfg.meta])
+    assert result.exit_code == 0, result.output
+    assert "DAMAGED at byte 32" in result.output
+    assert "EVERY extent" in result.output and "2 extents [4, 5]" in result.output
+    assert "undo.log: 1 saved extents [1]" in result.output
+    assert "preserved damaged file: record.journal.damaged-1" in result.output
+    Path(cfg.meta, site.OOS_FILE).write_text("[-1]")
+    result = CliRunner().invoke(main, ["inspect", "--meta", cfg.meta])
+    assert result.exit_code == 0 and "oos.json: DAMAGED" in result.output, result.output
