@@ -83,7 +83,7 @@ def load(meta_dir: str) -> SiteMeta:
         new=bool(doc.get("new", False)),
         discard_local=bool(doc.get("discard_local", False)),
         stale=tuple(int(e) for e in doc.get("stale", [])),
-        metadata_damage=str(doc.get("metadata_damage", "")),
+        metadata_damage=str(doc.get("metadata_damage") or ""),
     )
 
 

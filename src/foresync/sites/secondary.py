@@ -428,7 +428,9 @@ class SecondarySite:
             "link": "connected" if connected else "handshake" if self.link else "disconnected",
             "link_error": self.link_error,
             "disconnected_since": self.disconnected_since,
-            "in_sync": connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync(),
+            # Never while this copy is being fully compared or resynced (issue 12).
+            "in_sync": (connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
+                        and self.meta.consistent and not self.meta.new and not self.meta.metadata_damage),
             "record": {"extents": s.record_extents, "capacity": self.cfg.capacity,
                        "extent_size_bytes": self.cfg.extent_size},
             "worst_case_divergence_bytes": (s.record_extents * self.cfg.extent_size),
