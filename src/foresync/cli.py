@@ -174,9 +174,8 @@ def init(config_path: str, role: str, force: bool) -> None:
 
     from foresync.daemon import init_site
     from foresync.errors import SiteInUse
-    from foresync.site_lock import SiteLock
-
     from foresync.site import check_meta_dir
+    from foresync.site_lock import SiteLock
 
     cfg = _load(config_path)
     try:
@@ -196,13 +195,17 @@ def init(config_path: str, role: str, force: bool) -> None:
 
 @main.command()
 @CONFIG_OPTION
-def run(config_path: str) -> None:
+@click.option("--assume-all-out-of-sync", "assume_all", is_flag=True,
+              help="Treat every extent as possibly different (damaged metadata, or any doubt): a "
+                   "primary copies the whole volume on the next connect, a secondary is marked "
+                   "inconsistent and compares every extent. Damaged files are kept aside. Use once.")
+def run(config_path: str, assume_all: bool) -> None:
     """Run a site until SIGTERM or SIGINT. The role comes from the site metadata."""
     from foresync.daemon import run_site
     from foresync.errors import SiteInUse
 
     try:
-        run_async(lambda stop: run_site(config_path, stop))
+        run_async(lambda stop: run_site(config_path, stop, assume_all_out_of_sync=assume_all))
     except SiteInUse as exc:
         raise click.ClickException(f"cannot run: {exc}; stop it first, or give this site its own "
                                    "[volume] meta") from None
@@ -373,40 +376,39 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
     import os
 
     from foresync import site
-    from foresync.journal.journal import RecordJournal
+    from foresync.journal.undo import UndoLog
+    from foresync.sites.roles import damaged_promote_error, open_record, roll_back_unfinished_resync
     from foresync.sites.roles import promote as promote_site
+    from foresync.storage.file_backend import FileBackend
 
     meta = site.load(cfg.meta)
     if meta.role != "secondary":
         return 409, {"error": "this site is already the primary"}
+    if meta.volume_id is None:
+        return 409, {"error": "this site has never connected to a primary: it holds no copy of "
+                              "the volume to promote"}
+    # Same as the running daemon at start: a missing or damaged journal widens first (issue 12).
+    meta, journal = open_record(cfg, meta)
+    assert journal is not None
+    journal.close()
     undo_path = os.path.join(cfg.meta, site.UNDO_FILE)
     if not meta.consistent and not meta.new and os.path.exists(undo_path):
         # Same as the running daemon does: promote the consistent copy from before the
         # unfinished resync, not a mix; what was restored is copied again at failback.
-        from foresync.journal.undo import UndoLog, roll_back
-        from foresync.storage.file_backend import FileBackend
-
         backend = FileBackend(cfg.data, cfg.size)
         try:
-            restored = roll_back(undo_path, backend.write, backend.flush, cfg.extent_size)
+            meta, restored = roll_back_unfinished_resync(cfg, meta, backend, UndoLog(undo_path))
         finally:
             backend.close()
-        meta = meta.update(consistent=True, stale=tuple(sorted(set(meta.stale) | restored)))
-        site.store(cfg.meta, meta)
-        UndoLog(undo_path).discard()
-        click.echo(f"rolled back an unfinished resync: {len(restored)} extents restored", err=True)
+        click.echo(f"rolled back an unfinished resync: {restored} extents restored", err=True)
+    if meta.metadata_damage and not force:
+        return 409, {"error": damaged_promote_error(meta)}
     if (meta.new or not meta.consistent) and not force:
         return 409, {"error": "this copy is inconsistent (a sync into it has not finished); "
                               "use --force to promote it anyway"}
-    path = os.path.join(cfg.meta, site.JOURNAL_FILE)
-    if meta.volume_id is None or not os.path.exists(path):
-        return 409, {"error": "this site has never connected to a primary: it holds no copy of "
-                              "the volume to promote"}
-    journal = RecordJournal.open(path)
-    journal.close()
     promoted, failback = promote_site(cfg, meta, journal.replayed.state)
-    return 200, {"epoch": promoted.epoch, "failback_extents": len(failback),
-                 "failback_bytes": len(failback) * cfg.extent_size}
+    return 200, {"epoch": promoted.epoch, "failback_extents": failback,
+                 "failback_bytes": failback * cfg.extent_size}
 
 
 @main.command()
@@ -509,31 +511,49 @@ def inspect(meta_dir: str, entries: bool) -> None:
                 click.echo(f"  @{pos:<10} {kind:<11} {len(body):>7} bytes  record now "
                            f"{len(state.extents)} extents, {len(state.ranges)} ranges")
 
+        click.echo(f"{site.JOURNAL_FILE}: {len(data)} bytes")
         try:
-            click.echo(f"{site.JOURNAL_FILE}: {len(data)} bytes")
             replayed = jfmt.replay(data, show)
         except JournalCorruption as exc:
-            raise click.ClickException(f"{journal_path}: {exc}") from None
-        click.echo(f"  volume identity {replayed.volume_id.hex()}, {replayed.entries} whole entries, "
-                   f"valid to byte {replayed.valid_end}")
-        if replayed.torn_reason:
-            click.echo(f"  TORN TAIL at byte {replayed.valid_end}: {replayed.torn_reason} "
-                       f"({len(data) - replayed.valid_end} bytes; the next start preserves them aside)")
-        click.echo(f"  record: {sorted(replayed.state.extents)}")
-        if replayed.state.ranges:
-            click.echo(f"  pending ranges (seq: offset+length): {replayed.state.ranges}")
+            click.echo(f"  DAMAGED: {exc}; the next start treats every extent as possibly different")
+        else:
+            click.echo(f"  volume identity {replayed.volume_id.hex()}, {replayed.entries} whole entries, "
+                       f"valid to byte {replayed.valid_end}")
+            if replayed.torn_reason:
+                click.echo(f"  TORN TAIL at byte {replayed.valid_end}: {replayed.torn_reason} "
+                           f"({len(data) - replayed.valid_end} bytes; the next start preserves them aside)")
+            if replayed.damage:
+                click.echo(f"  DAMAGED at byte {replayed.valid_end}: {replayed.damage}; the next start "
+                           "treats every extent as possibly different and keeps the file aside")
+            click.echo(f"  record: {sorted(replayed.state.extents)}")
+            if replayed.state.ranges:
+                click.echo(f"  pending ranges (seq: offset+length): {replayed.state.ranges}")
     else:
         click.echo(f"{site.JOURNAL_FILE}: none")
-    oos = site.load_oos(meta_dir)
-    click.echo(f"{site.OOS_FILE}: {len(oos)} extents {sorted(oos)}")
+    try:
+        oos = site.load_oos(meta_dir, None)
+    except ForesyncError as exc:
+        click.echo(f"{site.OOS_FILE}: DAMAGED: {exc}")
+    else:
+        if oos is None:
+            click.echo(f"{site.OOS_FILE}: none (a primary takes a missing one as every extent out of sync)")
+        else:
+            every = "EVERY extent (a full copy is pending), besides " if oos.everything else ""
+            click.echo(f"{site.OOS_FILE}: {every}{len(oos.extents)} extents {sorted(oos.extents)}")
     undo_path = os.path.join(meta_dir, site.UNDO_FILE)
     if os.path.exists(undo_path):
-        saved = undo.read_entries(undo_path)
-        click.echo(f"{site.UNDO_FILE}: {len(saved)} saved extents {[e for e, _ in saved]} "
+        with open(undo_path, "rb") as handle:
+            saved = undo.parse_for_inspect(handle.read())
+        click.echo(f"{site.UNDO_FILE}: {len(saved.entries)} saved extents {[e for e, _ in saved.entries]} "
                    "(an unfinished resync: rolled back on the next start or promote)")
+        if saved.damage:
+            click.echo(f"  DAMAGED: {saved.damage}; the rollback cannot be trusted: the next start "
+                       "keeps the copy inconsistent with every extent in doubt")
     for name in sorted(os.listdir(meta_dir)):
         if ".torn-" in name:
             click.echo(f"preserved torn tail: {name}")
+        elif ".damaged-" in name:
+            click.echo(f"preserved damaged file: {name}")
 
 
 @main.command()

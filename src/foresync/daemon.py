@@ -17,11 +17,14 @@ from foresync import site
 from foresync.admin.http import AdminServer, Endpoint, Response
 from foresync.admin.metrics import SiteMetrics
 from foresync.errors import ConfigError
-from foresync.journal.journal import RecordJournal
+from foresync.journal import oos_format
+from foresync.journal.journal import RecordJournal, move_aside
+from foresync.journal.oos_format import OutOfSync
 from foresync.logctx import VolumeContext
 from foresync.replication.roles import new_epoch_id
 from foresync.site_lock import SiteLock
 from foresync.sites.primary import PrimarySite
+from foresync.sites.roles import extent_count, open_record, widen
 from foresync.sites.secondary import SecondarySite
 from foresync.sites.security import SiteSecurity, load_security
 from foresync.storage.file_backend import FileBackend
@@ -51,22 +54,61 @@ def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
     # first connect and takes a full sync (chunks whose checksums already match are skipped).
     meta = site.SiteMeta(role=role, volume_id=volume_id, epoch_history=history,
                          new=role == "secondary", consistent=role == "primary")
+    if role == "primary":
+        site.store_oos(cfg.meta, set())  # a primary always has one: a missing one means "lost"
     site.store(cfg.meta, meta)
     if volume_id is not None:
         RecordJournal.create(os.path.join(cfg.meta, site.JOURNAL_FILE), volume_id).close()
     return meta
 
 
+def _load_out_of_sync(cfg: config_mod.SiteConfig) -> tuple[OutOfSync, str]:
+    """A primary's out-of-sync set, and why every extent is in doubt ("" if not). A missing
+    store widens to every extent (stored at once); a damaged one is a ConfigError."""
+    loaded = site.load_oos(cfg.meta, extent_count(cfg))
+    oos = oos_format.restore(loaded)
+    if loaded is not None:
+        return oos, ("" if not oos.everything else "a full compare is still pending")
+    doubt = f"out-of-sync file {site.oos_path(cfg.meta)} is missing"
+    log.error("%s: this primary cannot tell which extents the secondary lacks. Every extent is "
+              "treated as out of sync: the next connect copies the whole volume, and the pair "
+              "reports in sync only after that", doubt)
+    site.store_oos(cfg.meta, oos.extents, everything=oos.everything)
+    return oos, doubt
+
+
+def widen_everything(cfg: config_mod.SiteConfig, meta: site.SiteMeta) -> site.SiteMeta:
+    """``foresync run --assume-all-out-of-sync``: the operator's way out of damaged metadata (or
+    any doubt). A primary copies every extent on the next connect; a secondary is marked
+    inconsistent with every extent in doubt (a full compare). Damaged files are kept aside."""
+    reason = "the operator started it with --assume-all-out-of-sync"
+    if meta.role == "secondary":
+        if meta.volume_id is None:
+            log.warning("--assume-all-out-of-sync: this secondary holds no copy yet (a full sync "
+                        "follows its first connect anyway)")
+            return meta
+        return widen(cfg, meta, reason)
+    kept: frozenset[int] = frozenset()
+    try:
+        loaded = site.load_oos(cfg.meta, extent_count(cfg))
+        kept = loaded.extents if loaded is not None else frozenset()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        log.error("the damaged out-of-sync file is kept as %s",
+                  move_aside(str(site.oos_path(cfg.meta)), "damaged"))
+    site.store_oos(cfg.meta, kept, everything=True)
+    log.warning("%s: every extent is out of sync; the next connect copies the whole volume", reason)
+    return meta
+
+
 def _make_runner(cfg: config_mod.SiteConfig, meta: site.SiteMeta, backend: FileBackend,
                  security: SiteSecurity) -> PrimarySite | SecondarySite:
     if meta.role == "primary":
-        return PrimarySite(cfg, meta, backend, site.load_oos(cfg.meta), security)
-    journal_path = os.path.join(cfg.meta, site.JOURNAL_FILE)
-    journal = None
-    if os.path.exists(journal_path):
-        journal = RecordJournal.open(journal_path)
-    elif meta.volume_id is not None:
-        journal = RecordJournal.create(journal_path, meta.volume_id)
+        oos, doubt = _load_out_of_sync(cfg)
+        return PrimarySite(cfg, meta, backend, set(oos.extents), security,
+                           everything=oos.everything, metadata_damage=doubt)
+    # A missing or damaged record journal widens the site before it starts (issue 12).
+    meta, journal = open_record(cfg, meta)
     return SecondarySite(cfg, meta, backend, journal, security)
 
 
@@ -74,7 +116,7 @@ def _json(status: int, doc: dict[str, Any]) -> Response:
     return status, "application/json", json.dumps(doc).encode()
 
 
-async def run_site(config_path: str, stop: asyncio.Event) -> None:
+async def run_site(config_path: str, stop: asyncio.Event, assume_all_out_of_sync: bool = False) -> None:
     """Run a site until ``stop``, switching role in place on promote, demote or failback.
 
     The site's metadata lock (``site_lock``) is held from here until the process exits, across
@@ -85,16 +127,23 @@ async def run_site(config_path: str, stop: asyncio.Event) -> None:
     host, port = cfg.admin_listen
     lock = SiteLock.acquire(cfg.meta, f"foresync run --config {cfg.path}", f"{host}:{port}")
     try:
-        await _run_locked(cfg, stop)
+        await _run_locked(cfg, stop, assume_all_out_of_sync)
     finally:
         lock.release()
 
 
-async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event) -> None:
+async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
+                      assume_all_out_of_sync: bool) -> None:
     security = load_security(cfg)  # certificates, secrets: a bad file stops us here, clearly
     backend = FileBackend(cfg.data, cfg.size)
-    meta = site.load(cfg.meta)
-    runner = _make_runner(cfg, meta, backend, security)
+    try:
+        meta = site.load(cfg.meta)
+        if assume_all_out_of_sync:
+            meta = widen_everything(cfg, meta)
+        runner = _make_runner(cfg, meta, backend, security)
+    except BaseException:
+        backend.close()
+        raise
     # Answers to a role change wait here until the new role serves (or fails to start).
     switch_waiters: list[asyncio.Future[None]] = []
 

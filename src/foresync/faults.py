@@ -16,6 +16,8 @@ class Faults:
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
     admit_strangers: bool = False  # secondary: a HELLO of another volume may take the session over
+    damage_taken_for_torn_tail: bool = False  # journal replay: cut damage off like a torn append
+    missing_metadata_taken_as_empty: bool = False  # a missing journal or out-of-sync store: empty
 
 
 NO_FAULTS = Faults()

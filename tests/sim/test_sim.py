@@ -56,8 +56,9 @@ def test_seeds_keep_every_invariant() -> None:
 
 
 def test_seeds_exercise_faults() -> None:
-    """The runs above must really crash sites and tear journals, or they prove little."""
-    crashes = torn = promotions = switchovers = strangers = 0
+    """The runs above must really crash sites, tear journals, damage metadata and meet
+    strangers, or they prove little."""
+    crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
         world.run()
@@ -66,8 +67,13 @@ def test_seeds_exercise_faults() -> None:
         torn += sum(journal.torn_tails for journal in world.journals.values())
         promotions += world.promotions
         switchovers += sum("SWITCHOVER" in event for event in world.schedule)
+        damages += world.metadata_damages
+        widened += sum(": widened" in event or "everything=True" in event for event in world.schedule)
+        cleared += sum("no longer widened" in event for event in world.schedule)
     assert crashes > 10
     assert torn > 0
+    assert damages > 5, "metadata damage (issue 12) went untested"
+    assert widened > 0 and cleared > 0, "no site widened after damage, or none finished its full compare"
     assert promotions > 0, "no seed promoted a secondary: failover and failback went untested"
     assert switchovers > 0, "no seed demoted a primary: planned switchover went untested"
     assert strangers > 40, "strangers rarely knocked: invariant 7 went untested"

@@ -4,7 +4,9 @@ Appends go straight to the file (``O_APPEND``) but are not durable until ``sync`
 calls ``sync`` once for every batch of concurrent appends (group commit). ``_fsync`` is the one
 place durability happens, so a test can replace it with one that fails. Opening replays the
 journal; a torn tail is copied aside to ``<journal>.torn-<offset>`` and fsynced before the file
-is truncated back to its last whole entry, so no bytes are ever destroyed silently.
+is truncated back to its last whole entry, so no bytes are ever destroyed silently. Damage (see
+``format``) is not a torn tail: opening raises JournalCorruption and leaves the file untouched,
+and the caller decides (the secondary widens, then moves the file aside with ``move_aside``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import itertools
 import logging
 import os
 
+from foresync.errors import JournalCorruption
 from foresync.journal import format as fmt
 from foresync.journal.format import RecordState, Replay
 
@@ -26,6 +29,19 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_aside(path: str, label: str) -> str:
+    """Rename a metadata file that cannot be trusted to ``<path>.<label>-<n>`` (the first
+    free n), durably: its bytes are kept for a post-mortem, never destroyed."""
+    for suffix in itertools.count(1):
+        aside = f"{path}.{label}-{suffix}"
+        if os.path.exists(aside):
+            continue
+        os.rename(path, aside)
+        fsync_dir(aside)
+        return aside
+    raise AssertionError("unreachable")
 
 
 class RecordJournal:
@@ -49,6 +65,8 @@ class RecordJournal:
         with open(path, "rb") as handle:
             data = handle.read()
         replayed = fmt.replay(data)
+        if replayed.damage is not None:
+            raise JournalCorruption(f"journal {path}: {replayed.damage}", replayed.valid_end)
         if replayed.torn_reason is not None:
             aside = cls._preserve(path, replayed.valid_end, data[replayed.valid_end :])
             log.warning("journal %s: %s at byte %d; %d bytes preserved in %s and cut from the journal",

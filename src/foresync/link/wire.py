@@ -12,7 +12,7 @@ length over the limit or a wrong CRC is a RemoteProtocolError: the stream is TCP
 connection can no longer be trusted and is closed; the sites then resynchronise.
 
 Payloads (after the header):
-    HELLO       u16 version, u8 role, u8 flags, 16s volume id, u64 size, u32 extent size,
+    HELLO       u16 version, u8 role, u8 flags (HelloFlag), 16s volume id, u64 size, u32 extent size,
                 u64 epoch, then LIST(u64) epoch history, LIST(u32) the sender's out-of-sync extents
     WELCOME     16s volume id, u64 epoch, u64 applied seq, u8 flags (WelcomeFlag), then
                 LIST(u32) record extents, LIST(u64 seq, u64 offset, u64 length) pending ranges,
@@ -94,6 +94,10 @@ class MessageType(IntEnum):
 
 
 _WRITE_KIND = int(MessageType.WRITE)
+
+
+class HelloFlag(IntFlag):
+    EVERYTHING_OUT_OF_SYNC = 1  # the sender's out-of-sync set is every extent (its store was lost)
 
 
 class WelcomeFlag(IntFlag):

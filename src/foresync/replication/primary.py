@@ -123,6 +123,7 @@ class PersistOutOfSync:
 
     token: int
     extents: tuple[int, ...]
+    everything: bool = False  # full_resync_pending: every extent may differ besides these
 
 
 Action = Send | ApplyLocal | AckHost | FlushLocal | LinkFailed | PersistOutOfSync | BecomeSecondary
@@ -343,7 +344,9 @@ class PrimaryCore:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
         c = self.config
-        self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, c.volume_id, c.size,
+        # An old primary whose out-of-sync store was lost hands over "everything" (failback).
+        flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
+        self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, len(c.history), c.history,
                                    tuple(sorted(self._oos_durable)))))
 
@@ -432,7 +435,8 @@ class PrimaryCore:
         self._oos_tokens += 1
         self._oos_snapshots[self._oos_tokens] = frozenset(self.out_of_sync)
         self._oos_dirty = False
-        self._emit(PersistOutOfSync(self._oos_tokens, tuple(sorted(self.out_of_sync))))
+        self._emit(PersistOutOfSync(self._oos_tokens, tuple(sorted(self.out_of_sync)),
+                                    self.full_resync_pending))
 
     def receive(self, message: wire.Message) -> None:
         match message:
@@ -627,10 +631,13 @@ class PrimaryCore:
             return 0.0
         return max(0.0, self.now - self._oldest_unapplied_at)
 
-    def absorb_out_of_sync(self, extents: set[int]) -> None:
-        """Failback: extents an old primary wrote that we may lack join our out-of-sync set.
-        The adapter persists the set before answering the old primary."""
+    def absorb_out_of_sync(self, extents: set[int], everything: bool = False) -> None:
+        """Failback: extents an old primary wrote that we may lack join our out-of-sync set
+        (all of them, if it lost its own store). The adapter persists the set before answering
+        the old primary."""
         self.out_of_sync.update(e for e in extents if e < self.extent_count)
+        if everything:
+            self.full_resync_pending = True
         self._oos_durable = set(self.out_of_sync)
 
     def resync_progress(self) -> dict[str, int]:
@@ -1067,7 +1074,9 @@ class PrimaryCore:
             self._welcome_ranges = []
             self._resync_pass = False
             self._remote_hashes = {}
-            self.full_resync_pending = False  # a cut before this point starts the pass again
+            if self.full_resync_pending:
+                self.full_resync_pending = False  # a cut before this point starts the pass again
+                self._oos_dirty = True  # the stored "everything" may go now (lazily)
             self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
 
     def _resync_misses(self) -> bool:

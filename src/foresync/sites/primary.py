@@ -52,7 +52,8 @@ _FUA, _NO_HOLE = int(CommandFlag.FUA), int(CommandFlag.NO_HOLE)  # ints: no enum
 
 class PrimarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend, oos: set[int],
-                 security: SiteSecurity | None = None) -> None:
+                 security: SiteSecurity | None = None, everything: bool = False,
+                 metadata_damage: str = "") -> None:
         assert meta.volume_id is not None
         self.cfg = cfg
         self.security = security or SiteSecurity.plain()
@@ -72,6 +73,10 @@ class PrimarySite:
         # op made to wait then would look (at that tick) as if it had waited since boot: EIO.
         self.core.tick(time.monotonic())
         self.core.restore_out_of_sync(oos)
+        # The stored set says "every extent" (it was lost, or we were promoted from a damaged
+        # copy): the next connect copies the whole volume; in sync only after that (issue 12).
+        self.core.full_resync_pending = everything
+        self.metadata_damage = metadata_damage
         clean_marker = os.path.join(cfg.meta, CLEAN_STOP_FILE)
         if os.path.exists(clean_marker):
             os.unlink(clean_marker)
@@ -101,7 +106,7 @@ class PrimarySite:
         self.on_serving: Callable[[], None] = lambda: None  # called once NBD and the link listen
         self._peer_refusals = LogBudget(log, logging.WARNING, "refused link peers")
         self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
-        self._oos_retry: tuple[int, tuple[int, ...]] | None = None  # a persist that failed
+        self._oos_retry: tuple[int, tuple[int, ...], bool] | None = None  # a persist that failed
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -200,8 +205,8 @@ class PrimarySite:
                     done(errno)
             case core_mod.FlushLocal(ticket):
                 self.flusher.request(functools.partial(self._flushed, ticket))
-            case core_mod.PersistOutOfSync(token, extents):
-                self._persist_out_of_sync(token, extents)
+            case core_mod.PersistOutOfSync(token, extents, everything):
+                self._persist_out_of_sync(token, extents, everything)
             case core_mod.LinkFailed(reason):
                 log.warning("link: %s", reason)
                 if self.link is not None:
@@ -209,13 +214,13 @@ class PrimarySite:
             case core_mod.BecomeSecondary(history):
                 self._step_down_for(history)
 
-    def _persist_out_of_sync(self, token: int, extents: tuple[int, ...]) -> None:
+    def _persist_out_of_sync(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
         try:
-            store_oos(self.cfg.meta, set(extents))
+            store_oos(self.cfg.meta, set(extents), everything)
         except StorageError as exc:
             # A full or failing metadata disk: the writes that need these extents stored stay
             # waiting (never acknowledged unrecorded), and the timer retries the latest set.
-            self._oos_retry = (token, extents)
+            self._oos_retry = (token, extents, everything)
             self._meta_errors("%s: writes to extents the secondary may lack wait until it is "
                               "stored (retrying)", exc)
             return
@@ -390,8 +395,12 @@ class PrimarySite:
         if relation is Relation.PEER_OLDER:
             # The old primary is back (failback): what it wrote that we may lack joins our
             # out-of-sync set, durably, before we tell it to step down.
-            self.core.absorb_out_of_sync(set(message.out_of_sync))
-            store_oos(self.cfg.meta, self.core.out_of_sync)
+            everything = bool(message.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC)
+            self.core.absorb_out_of_sync(set(message.out_of_sync), everything)
+            self._store_oos(self.core.out_of_sync)
+            if everything:
+                log.error("the old primary lost its out-of-sync set: the failback copies the "
+                          "whole volume")
             log.warning("old primary (epoch %d) connected: told it to step down; %d of its "
                         "extents join the failback", len(message.history), len(message.out_of_sync))
             proto.send(wire.Demote(self.meta.epoch_history))
@@ -416,7 +425,7 @@ class PrimarySite:
         if self.nbd is not None:
             await self.nbd.aclose()
         await self.flusher.wait_idle()
-        store_oos(self.cfg.meta, self.core.unsynced_extents() | self.core.out_of_sync)
+        self._store_oos(self.core.unsynced_extents() | self.core.out_of_sync)
         self.meta = discard_local_changes(self.cfg, self.meta)
         self.next_role = "secondary"
         self.role_changed.set()
@@ -523,7 +532,7 @@ class PrimarySite:
         await self.flusher.wait_idle()
         self.backend.flush()
         pending = self.core.unsynced_extents()
-        store_oos(self.cfg.meta, pending)
+        self._store_oos(pending)
         # Only once oos.json is complete, and atomically (a marker cut short by a full disk must
         # not exist): without it the next start treats this stop as unclean.
         write_atomic(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
@@ -531,9 +540,15 @@ class PrimarySite:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))
 
+    def _store_oos(self, extents: set[int]) -> None:
+        """Replace the stored out-of-sync set, keeping "every extent" while a full pass is due."""
+        store_oos(self.cfg.meta, extents, self.core.full_resync_pending)
+
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
         nbd = self.nbd.statistics() if self.nbd else None
+        if self.metadata_damage and not self.core.full_resync_pending:
+            self.metadata_damage = ""  # the full pass it asked for has finished
         return {
             "role": "primary",
             "epoch": self.meta.epoch,
@@ -555,6 +570,8 @@ class PrimarySite:
             "verify": self.core.verify_progress(),
             "failback_bound_bytes": (s.record_extents + s.out_of_sync_extents) * self.cfg.extent_size,
             "out_of_sync_extents": s.out_of_sync_extents,
+            "full_resync_pending": self.core.full_resync_pending,
+            "metadata_damage": self.metadata_damage,
             "seq": {"last": s.last_seq, "durable": s.durable_seq},
             "nbd": {"connections": nbd.connections if nbd else 0},
         }

@@ -23,7 +23,7 @@ from foresync.config import SiteConfig, listen_error
 from foresync.errors import ForesyncError, StorageError
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
-from foresync.journal.undo import UndoLog, roll_back
+from foresync.journal.undo import UndoLog
 from foresync.link import wire
 from foresync.logctx import LogBudget
 from foresync.nbd.server import bind_listener, keep_freed_heap
@@ -33,8 +33,13 @@ from foresync.replication.secondary import SecondaryCore
 from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
 from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
+from foresync.sites.roles import (
+    damaged_promote_error,
+    failback_set,
+    journal_path,
+    roll_back_unfinished_resync,
+)
 from foresync.sites.roles import discard_local as discard_local_changes
-from foresync.sites.roles import failback_set, journal_path
 from foresync.sites.roles import promote as promote_site
 from foresync.sites.security import SiteSecurity
 from foresync.storage.file_backend import FileBackend
@@ -44,6 +49,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_ENTRIES = 20000
 PROMOTE_DRAIN_S = 30.0  # a promote waits this long for the work in flight once the link is cut
 
+
+_INCONSISTENT = ("this copy is inconsistent (a full sync or resync into it has not finished), so it "
+                 "may hold a mix of old and new data; use --force to promote it anyway")
 
 class SecondarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
@@ -192,12 +200,9 @@ class SecondarySite:
         if self.meta.consistent or self.meta.new:
             self.undo.discard()  # a leftover from a pass that did finish, or nothing to protect
             return
-        restored = roll_back(self.undo.path, self.backend.write, self.backend.flush, self.cfg.extent_size)
-        self._store(self.meta.update(consistent=True, stale=tuple(sorted(set(self.meta.stale) | restored))))
-        self.undo.discard()
-        self.rolled_back = len(restored)
-        log.warning("an unfinished resync was rolled back: %d extents restored from the undo log; "
-                    "this copy is consistent again (older) and they will be copied again", len(restored))
+        # A damaged undo log leaves the site inconsistent with every extent in doubt (issue 12).
+        self.meta, self.rolled_back = roll_back_unfinished_resync(self.cfg, self.meta, self.backend,
+                                                                  self.undo)
 
     def _welcome_flags(self) -> int:
         flags = 0
@@ -302,7 +307,10 @@ class SecondarySite:
                 self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
             case core_mod.ResyncFinished():
                 self.backend.flush()
-                self._store(self.meta.update(consistent=True, new=False, stale=()))
+                if self.meta.metadata_damage:
+                    log.warning("a full compare finished: this copy is consistent again and the "
+                                "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
+                self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
                 self.undo.discard()
                 log.info("resync finished: this copy is consistent")
 
@@ -391,11 +399,11 @@ class SecondarySite:
                                   "primaries (use --force if it is really gone)"}
         if self.meta.volume_id is None:
             return 409, {"error": "this site has never connected to a primary: it has no volume"}
+        if self.meta.metadata_damage and not force:
+            return 409, {"error": damaged_promote_error(self.meta)}
         can_roll_back = not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path)
         if (self.meta.new or not self.meta.consistent) and not can_roll_back and not force:
-            return 409, {"error": "this copy is inconsistent (a full sync or resync into it has not "
-                                  "finished), so it may hold a mix of old and new data; use --force "
-                                  "to promote it anyway"}
+            return 409, {"error": _INCONSISTENT}
         host, port = self.cfg.nbd_listen
         try:
             nbd_sockets = bind_listener(host, port)
@@ -404,7 +412,7 @@ class SecondarySite:
                                   f"{exc.strerror or exc}; still secondary, nothing changed"}
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
         try:
-            answer = await self._promote_now(can_roll_back)
+            answer = await self._promote_now(can_roll_back, force)
         except BaseException:
             _close_all(nbd_sockets)
             self._promoting = False
@@ -418,7 +426,7 @@ class SecondarySite:
         self.role_changed.set()
         return answer
 
-    async def _promote_now(self, can_roll_back: bool) -> tuple[int, dict[str, Any]]:
+    async def _promote_now(self, can_roll_back: bool, force: bool) -> tuple[int, dict[str, Any]]:
         if self.link is not None:
             self.link.abort("promoted: this site no longer accepts the old primary's writes")
         if not await self._drain(PROMOTE_DRAIN_S):
@@ -431,11 +439,16 @@ class SecondarySite:
             except ForesyncError as exc:
                 return 409, {"error": f"cannot roll back the unfinished resync: {exc}; still "
                                       "secondary"}
+            # A damaged undo log leaves the copy inconsistent, with every extent in doubt.
+            if self.meta.metadata_damage and not force:
+                return 409, {"error": damaged_promote_error(self.meta)}
+            if (self.meta.new or not self.meta.consistent) and not force:
+                return 409, {"error": _INCONSISTENT}
         assert self.journal is not None
         self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
         return 200, {"promoted": True, "epoch": self.meta.epoch,
-                     "failback_extents": len(failback),
-                     "failback_bytes": len(failback) * self.cfg.extent_size}
+                     "failback_extents": failback,
+                     "failback_bytes": failback * self.cfg.extent_size}
 
     async def discard_local(self) -> tuple[int, dict[str, Any]]:
         """`resolve --discard-local` on a secondary: accept the next primary's history even if
@@ -500,7 +513,9 @@ class SecondarySite:
                      else "disconnected"),
             "link_error": self.link_error,
             "disconnected_since": self.disconnected_since,
-            "in_sync": connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync(),
+            # Never while this copy is being fully compared or resynced (issue 12).
+            "in_sync": (connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
+                        and self.meta.consistent and not self.meta.new and not self.meta.metadata_damage),
             "record": {"extents": s.record_extents, "capacity": self.cfg.capacity,
                        "extent_size_bytes": self.cfg.extent_size},
             "worst_case_divergence_bytes": (s.record_extents * self.cfg.extent_size),
@@ -510,6 +525,7 @@ class SecondarySite:
             "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
             "pending_ranges": s.pending_ranges,
             "consistent": self.meta.consistent and not self.meta.new,
+            "metadata_damage": self.meta.metadata_damage,
             "undo_saved_extents": self.undo.saved,
             "rolled_back_extents": self.rolled_back,
             "security": self.security.describe(),

@@ -7,7 +7,11 @@ heal, a crash or restart of either site. After each step the actions of both cor
 out, then the invariants are checked:
 
 1. the secondary's durable record (plus durable pending ranges and the primary's durable
-   out-of-sync set) covers every extent where the two durable images differ (not in async mode);
+   out-of-sync set) covers every extent where the two durable images differ (not in async mode).
+   "Durable" means what a restart would believe from the bytes on disk, through the real
+   ``journal.format.assess`` and ``oos_format.restore``: metadata damage (a flipped byte anywhere
+   in the journal, a deleted journal or out-of-sync store) must widen (every extent), never
+   shrink, so the invariant holds under it too (issue 12);
 2. while no fault has happened yet, the secondary's image is the primary's sent history replayed
    in sequence order up to what it applied;
 3. at the end, after healing and quiescence, both images are byte-identical;
@@ -29,7 +33,9 @@ from dataclasses import dataclass, field
 
 from foresync.errors import ForesyncError
 from foresync.faults import NO_FAULTS, Faults
+from foresync.journal import oos_format
 from foresync.journal.format import RecordState
+from foresync.journal.oos_format import OutOfSync
 from foresync.link import wire
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
@@ -76,7 +82,7 @@ class _HostOp:
 class _Primary:
     core: PrimaryCore
     flushes: deque[int] = field(default_factory=deque)
-    oos_persists: deque[tuple[int, tuple[int, ...]]] = field(default_factory=deque)
+    oos_persists: deque[tuple[int, tuple[int, ...], bool]] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -105,7 +111,12 @@ class World:
         # Two sites, "A" (first primary) and "B"; promotion swaps which one plays which role.
         self.disks = {"A": SimDisk(self.size), "B": SimDisk(self.size)}
         self.journals = {"A": SimJournal(VOLUME_ID), "B": SimJournal(VOLUME_ID)}
-        self.oos_stores: dict[str, set[int]] = {"A": set(), "B": set()}
+        # A site's stored out-of-sync set (None: the file was deleted) and its "everything" flag.
+        self.oos_stores: dict[str, set[int] | None] = {"A": set(), "B": set()}
+        self.oos_all = {"A": False, "B": False}
+        # A secondary's site.json says metadata_damage (inconsistent, every extent in doubt).
+        self.widened = {"A": False, "B": False}
+        self.metadata_damages = 0  # damage faults injected (flipped byte, lost file)
         self.histories: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
         self.roles = {"primary": "A", "secondary": "B"}  # who plays which role in the world
@@ -163,13 +174,11 @@ class World:
     def journal(self) -> SimJournal:
         return self.journals[self.roles["secondary"]]
 
-    @property
-    def oos_store(self) -> set[int]:
-        return self.oos_stores[self.roles["primary"]]
-
-    @oos_store.setter
-    def oos_store(self, extents: set[int]) -> None:
-        self.oos_stores[self.roles["primary"]] = extents
+    def _restored_oos(self, site: str) -> OutOfSync:
+        """What site's out-of-sync store gives a primary starting now (the real policy)."""
+        stored = self.oos_stores[site]
+        found = None if stored is None else OutOfSync(frozenset(stored), self.oos_all[site])
+        return oos_format.restore(found, self.cfg.faults)
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -184,13 +193,22 @@ class World:
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
         core = PrimaryCore(config, read=self.pdisk.read)
-        core.restore_out_of_sync(set(self.oos_store))
-        core.full_resync_pending = self.mode is Mode.ASYNC and self.primary_crashes > 0
+        site = self.roles["primary"]
+        restored = self._restored_oos(site)
+        if self.oos_stores[site] is None:
+            # The daemon stores the widened set at once (daemon._load_out_of_sync).
+            self._log(f"primary {site}: out-of-sync store missing, everything={restored.everything}")
+            self.oos_stores[site] = set(restored.extents)
+            self.oos_all[site] = restored.everything
+        core.restore_out_of_sync(set(restored.extents))
+        core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
         self.primary = _Primary(core)
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
                              faults=self.cfg.faults)
+        if self.widened[self.roles["secondary"]]:
+            core.welcome_flags = wire.WelcomeFlag.INCONSISTENT  # the primary compares everything
         self.secondary = _Secondary(core)
 
     # -- running ----------------------------------------------------------------------------------
@@ -348,8 +366,9 @@ class World:
 
     def _ev_oos_persist(self) -> None:
         assert self.primary is not None
-        token, extents = self.primary.oos_persists.popleft()
-        self.oos_store = set(extents)
+        token, extents, everything = self.primary.oos_persists.popleft()
+        self.oos_stores[self.roles["primary"]] = set(extents)
+        self.oos_all[self.roles["primary"]] = everything
         self.primary.core.out_of_sync_persisted(token)
 
     def _ev_journal_commit(self) -> None:
@@ -441,6 +460,10 @@ class World:
         self._disconnect("primary crashed", deliver_p2s_prefix=True)
         self.primary = None
         self.pdisk.crash(self.rng)
+        if self.rng.random() < 0.15:
+            self.metadata_damages += 1
+            self.oos_stores[self.roles["primary"]] = None
+            self._log(f"DAMAGE: primary {self.roles['primary']}'s out-of-sync store deleted")
         if self.mode is Mode.SYNC:
             self._check_sync_durability()
         self.host_ops.clear()  # the host sees its outstanding requests fail
@@ -461,7 +484,16 @@ class World:
         self._disconnect("secondary crashed")
         self.secondary = None
         self.sdisk.crash(self.rng)
-        self.journal.crash(self.rng, flip_bits=True)
+        self.journal.crash(self.rng)
+        damage = self.rng.random()
+        if damage < 0.2:
+            self.metadata_damages += 1
+            position = self.journal.damage(self.rng)
+            self._log(f"DAMAGE: byte {position} of {len(self.journal.data)} of the journal flipped")
+        elif damage < 0.3:
+            self.metadata_damages += 1
+            self.journal.lost = True
+            self._log("DAMAGE: the journal deleted")
         self.faulted = True
 
     def _may_restart_secondary(self) -> bool:
@@ -476,7 +508,18 @@ class World:
             self._step_down_old_primary(site)
             return
         self._log("restart secondary")
-        durable = self.journal.durable_state()  # cached: give the core its own copy to change
+        journal = self.journal
+        lost = journal.lost
+        assessed = journal.reopen(self.cfg.faults)
+        if assessed.doubt is not None:
+            # roles.open_record: widen durably, then move the journal aside and start a new one.
+            self._log(f"secondary {site}: record journal {assessed.doubt}: widened")
+            self.widened[site] = True
+        if assessed.doubt is not None or lost:
+            self.journals[site] = SimJournal(VOLUME_ID)
+            self._start_secondary(RecordState())
+            return
+        durable = assessed.state  # cached: give the core its own copy to change
         self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges)))
 
     def _ev_promote(self) -> None:
@@ -492,14 +535,19 @@ class World:
             self._settle()
         self.sdisk.flush()
         site, old = self.roles["secondary"], self.roles["primary"]
-        state = self.journal.durable_state()
-        failback = set(state.extents)
-        for offset, length in state.ranges.values():
-            failback.update(extents_of(offset, length, self.extent_size))
+        state = self.journal.durable_state(self.cfg.faults)
+        everything = self.widened[site] or state is None
+        failback = set(range(self.extent_count)) if everything else set()
+        if state is not None:
+            failback.update(state.extents)
+            for offset, length in state.ranges.values():
+                failback.update(extents_of(offset, length, self.extent_size))
         self.promotions += 1
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
+        self.widened[site] = False
         self.oos_stores[site] = set(failback)
+        self.oos_all[site] = everything
         self.roles = {"primary": site, "secondary": old}
         self.secondary = None
         self.faulted = True
@@ -541,6 +589,7 @@ class World:
         self.primary = None
         self.journals[old] = SimJournal(VOLUME_ID)
         self.oos_stores[old] = set()
+        self.oos_all[old] = False
         self.meta_roles[old] = "secondary"
         self.sector_acked = {}
         self._ev_promote()
@@ -554,14 +603,20 @@ class World:
         steps down (DEMOTE); its record starts empty."""
         assert self.primary is not None
         new = self.roles["primary"]
-        old_oos = set(self.oos_stores[site])
+        # It starts as a primary first (a lost store widens, HELLO says "everything").
+        restored = self._restored_oos(site)
+        old_oos = set(restored.extents)
         while self.primary.oos_persists:  # the real site persists synchronously: no persist in flight
             self._ev_oos_persist()
             self._settle()
-        self.primary.core.absorb_out_of_sync(old_oos)
+        self.primary.core.absorb_out_of_sync(old_oos, restored.everything)
         self.oos_stores[new] = set(self.primary.core.out_of_sync)
+        self.oos_all[new] = self.primary.core.full_resync_pending
+        if restored.everything:
+            old_oos = set(range(self.extent_count))
         self.journals[site] = SimJournal(VOLUME_ID)
         self.oos_stores[site] = set()
+        self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
         self.histories[site] = self.histories[new]
         if self.failback is not None and self.failback["site"] == site:
@@ -617,8 +672,8 @@ class World:
                     self._acked(op)
             case pcore.FlushLocal(ticket):
                 p.flushes.append(ticket)
-            case pcore.PersistOutOfSync(token, extents):
-                p.oos_persists.append((token, extents))
+            case pcore.PersistOutOfSync(token, extents, everything):
+                p.oos_persists.append((token, extents, everything))
             case pcore.LinkFailed(reason):
                 raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
 
@@ -661,6 +716,14 @@ class World:
                 self._track_apply(seq, offset, bytes(length))
             case score.SyncData(through):
                 s.syncs.append(through)
+            case score.ResyncFinished():
+                # SecondarySite: flush, then consistent again and no longer in doubt.
+                self.sdisk.flush()
+                site = self.roles["secondary"]
+                if self.widened[site]:
+                    self._log(f"secondary {site}: full compare finished, no longer widened")
+                self.widened[site] = False
+                s.core.welcome_flags = 0
 
     def _track_apply(self, seq: int, offset: int, data: bytes) -> None:
         if self.faulted:
@@ -698,12 +761,23 @@ class World:
             self._fail("secondary image is not a prefix of the primary's sent history")
 
     def _durably_covered(self) -> set[int]:
-        state = self.journal.durable_state()
-        # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
-        # when it steps down.
-        covered = set(state.extents) | self.oos_stores["A"] | self.oos_stores["B"]
+        everything = set(range(self.extent_count))
+        state = self.journal.durable_state(self.cfg.faults)
+        if state is None or self.widened[self.roles["secondary"]]:
+            return everything  # a restart would trust no record: every extent is compared
+        covered = set(state.extents)
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
+        # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
+        # when it steps down. A site that is a primary on disk trusts no lost store.
+        for site in ("A", "B"):
+            if self.meta_roles[site] == "primary":
+                restored = self._restored_oos(site)
+                if restored.everything:
+                    return everything
+                covered |= restored.extents
+            else:
+                covered |= self.oos_stores[site] or set()
         return covered
 
     def _check_coverage(self) -> None:
