@@ -15,6 +15,8 @@ class Faults:
     evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
+    local_write_error_ignored: bool = False  # primary: a failed local write counts as done
+    secondary_write_error_ignored: bool = False  # secondary: carry on after a failed write
 
 
 NO_FAULTS = Faults()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from foresync.errors import JournalCorruption
+from foresync.errors import JournalCorruption, StorageError
 from foresync.journal import format as fmt
 from foresync.journal import journal as journal_mod
 from foresync.journal.format import EntryKind, RecordState
@@ -340,9 +340,9 @@ def test_failing_fsync_does_not_count_as_synced(tmp_path: Path) -> None:
 
     journal._fsync = broken  # type: ignore[method-assign]
     journal.append(fmt.encode_add([1]))
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="fdatasync failed"):
         journal.sync()
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="fdatasync failed"):
         journal.commit(1)
     assert journal.synced == 0
     journal.close()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import random
 
+from foresync.errors import StorageError
 from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 
 
 class SimDisk:
     """An image whose writes are volatile until ``flush``; a crash keeps a random subset of
-    the unflushed writes (the page cache writes back in any order)."""
+    the unflushed writes (the page cache writes back in any order). While ``full`` holds an
+    RNG, every write lands only in part (a random prefix, maybe nothing) and then fails with
+    ENOSPC, as a write to a sparse file on a full filesystem does."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -18,11 +22,19 @@ class SimDisk:
         self.current = bytearray(size)
         self._unsynced: list[tuple[int, bytes]] = []
         self.flip_bits = False
+        self.full: random.Random | None = None
+        self.failed_writes = 0
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.current[offset : offset + length])
 
     def write(self, offset: int, data: bytes) -> None:
+        if self.full is not None:
+            self.failed_writes += 1
+            landed = data[: self.full.randrange(len(data))] if data else b""
+            self.current[offset : offset + len(landed)] = landed
+            self._unsynced.append((offset, bytes(landed)))
+            raise StorageError(f"write at {offset} failed: No space left on device", errno.ENOSPC)
         self.current[offset : offset + len(data)] = data
         self._unsynced.append((offset, bytes(data)))
 
@@ -47,9 +59,12 @@ class SimDisk:
 
 class SimJournal:
     """The record journal as bytes: appends are volatile until a commit; a crash keeps the
-    durable prefix plus a random prefix of the rest (a torn append), which replay must cut."""
+    durable prefix plus a random prefix of the rest (a torn append), which replay must cut.
+    While ``full`` (the meta disk), a commit fails and the appends stay volatile, as
+    ``RecordJournal`` keeps them in memory until a commit can write them."""
 
     def __init__(self, volume_id: bytes) -> None:
+        self.full = False
         self.data = bytearray(jfmt.encode_header(volume_id) + jfmt.encode_checkpoint(RecordState()))
         self.durable_len = len(self.data)
         self.appends = 0
@@ -66,6 +81,8 @@ class SimJournal:
 
     def commit(self, target: int) -> None:
         """Make the first ``target`` appends (counted since the last open) durable."""
+        if self.full:
+            raise StorageError("journal: append failed: No space left on device", errno.ENOSPC)
         if target:
             self.durable_len = max(self.durable_len, self._append_ends[target - 1])
 
