@@ -341,6 +341,7 @@ class PrimaryCore:
             self._mark_applied(seq)
         if errno:
             self._local_write_failed(self._extents(offset, length))
+            self._pump()
 
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
         self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
