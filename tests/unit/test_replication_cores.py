@@ -1008,6 +1008,33 @@ def test_secondary_storage_failure_keeps_its_journal_appends() -> None:
     assert core.actions()[0] == append
 
 
+def test_secondary_storage_failure_saves_again_only_undo_not_yet_durable() -> None:
+    """During a protected resync each extent's old content is saved once. After a failure the
+    saves a commit covered stay (or every retry would save the pass again and fill the meta
+    disk); one no commit covered may be lost, so its extent is saved again."""
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState({0, 1}))
+    core.protect_image = True
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    resync = int(WriteFlag.RESYNC)
+    core.receive(wire.Write(1, 0, resync, 0, (), b"a" * 16))
+    assert score.SaveUndo(0) in core.actions()
+    core.journal_synced(core.journal_target())  # extent 0's old content is durable
+    core.actions()
+    core.receive(wire.Write(2, 16, resync, 0, (), b"b" * 16))
+    assert score.SaveUndo(1) in core.actions()  # not committed yet
+    core.storage_failed(wire.StorageArea.UNDO, 28, "undo log full")
+    core.actions()
+    core.session_reset()
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.journal_synced(core.journal_target())
+    core.actions()
+    core.receive(wire.Write(3, 0, resync, 0, (), b"c" * 16))
+    core.receive(wire.Write(4, 16, resync, 0, (), b"d" * 16))
+    saves = [a for a in core.actions() if isinstance(a, score.SaveUndo)]
+    assert saves == [score.SaveUndo(1)]
+
+
 def test_secondary_sync_failure_does_not_wedge_the_watermark() -> None:
     core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
     core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))

@@ -157,7 +157,7 @@ class SecondaryCore:
         self.hashes: tuple[int, ...] = ()  # set by the adapter for a full sync: xxh3 per extent
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
         self.protect_image = False  # set by the adapter: the image is consistent, keep undo
-        self._undo_saved: set[int] = set()
+        self._undo_saved: dict[int, int] = {}  # extent -> the append count of its SaveUndo
         self.failed = False  # a write failed in this session: act on nothing until the next one
         self.storage_errors = 0
         self.failed_extents: set[int] = set()  # dropped or failed writes: stale until resynced
@@ -257,11 +257,13 @@ class SecondaryCore:
         self._pending.clear()
         self._actions = journal
         self._await_durable.clear()
-        # A resync write may have lost its undo entry: save every extent again before its next
-        # write (the first saved content is the one rolled back to), and persist "inconsistent"
-        # again before the next resync write (it is a no-op if that is on disk already).
+        # An undo entry no commit has covered may be lost (the undo log cuts back to its last
+        # good sync): save those extents again before their next write; their writes waited
+        # for that commit, so none landed. Keep the durable ones, or every retry would save the
+        # whole pass again. Persist "inconsistent" again before the next resync write (a no-op
+        # if that is on disk already).
         self.resyncing = False
-        self._undo_saved.clear()
+        self._undo_saved = {e: n for e, n in self._undo_saved.items() if n <= self._synced}
         reason = f"could not write its {area.label}: {detail}"
         if self.greeted and not self.failed:
             self._actions.append(Send(wire.StorageFailed(area, errno, detail)))
@@ -416,8 +418,8 @@ class SecondaryCore:
             return 0
         for extent in extents_of(offset, length, self.extent_size):
             if extent not in self._undo_saved:
-                self._undo_saved.add(extent)
                 self._appended += 1
+                self._undo_saved[extent] = self._appended
                 self._actions.append(SaveUndo(extent))
         return self._appended
 
