@@ -152,12 +152,20 @@ class SecondarySite:
     async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
         # Every write from an earlier session lands first, so the checksums describe the image
         # the primary will compare against.
-        if self.journal is not None:
-            self.journal.commit(self.journal.appended)
-            self.core.journal_synced(self.journal.appended)
-            self.pump()
-        loop = asyncio.get_running_loop()
-        hashes = await loop.run_in_executor(None, extent_hashes, self.backend, self.cfg.extent_size)
+        area = wire.StorageArea.JOURNAL
+        try:
+            if self.journal is not None:
+                self.journal.commit(self.journal.appended)
+                self.core.journal_synced(self.journal.appended)
+                self.pump()
+            area = wire.StorageArea.IMAGE
+            loop = asyncio.get_running_loop()
+            hashes = await loop.run_in_executor(None, extent_hashes, self.backend, self.cfg.extent_size)
+        except StorageError as exc:  # a full disk: this connection ends; the primary redials
+            if proto is self.link:
+                self._held = None
+                self._storage_failed(area, exc, ())
+            return
         if proto is not self.link:
             return  # that connection is gone; a newer one computes its own
         held, self._held = self._held or [], None
