@@ -102,6 +102,7 @@ class UndoLog:
     def _write(self, record: bytes) -> None:
         if self._cut:  # never a partial or lost entry before whole ones
             os.ftruncate(self._fd, self._end)
+            os.lseek(self._fd, self._end, os.SEEK_SET)  # not O_APPEND: write where it now ends
             self._cut = False
         view = memoryview(record)
         try:
