@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from foresync.errors import JournalCorruption
+from foresync.errors import JournalCorruption, StorageError
 from foresync.journal import format as fmt
 from foresync.journal import journal as journal_mod
+from foresync.journal import undo as undo_mod
 from foresync.journal.format import EntryKind, RecordState
 from foresync.journal.journal import RecordJournal
+from foresync.journal.undo import UndoLog, read_entries
 
 VOLUME = bytes(range(16))
 
@@ -340,9 +343,9 @@ def test_failing_fsync_does_not_count_as_synced(tmp_path: Path) -> None:
 
     journal._fsync = broken  # type: ignore[method-assign]
     journal.append(fmt.encode_add([1]))
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="fdatasync failed"):
         journal.sync()
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="fdatasync failed"):
         journal.commit(1)
     assert journal.synced == 0
     journal.close()
@@ -555,3 +558,114 @@ def test_one_byte_explains_finds_every_single_byte_change() -> None:
     assert fmt.one_byte_explains(body, crc ^ 0x00FF0000)  # a byte of the stored CRC
     torn = body[:100] + bytes(len(body) - 100)
     assert not fmt.one_byte_explains(torn, crc)
+
+
+# -- a full disk under the journal and the undo log ------------------------------------------------
+
+
+class _FullDisk:
+    """``os.write`` for one descriptor: while ``room`` is not None, at most that many more bytes
+    land (a short write), then ENOSPC; every other descriptor writes as usual."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.room: int | None = None
+        self._write = os.write
+
+    def __call__(self, fd: int, data: Any) -> int:
+        if fd != self.fd or self.room is None:
+            return self._write(fd, data)
+        if self.room == 0:
+            raise OSError(28, "No space left on device")
+        written = self._write(fd, bytes(data)[: self.room])
+        self.room -= written
+        return written
+
+
+def test_an_append_the_disk_refuses_waits_for_the_commit(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, the append raised into the secondary's action pump, left half an entry in the
+    file, and later appends landed after it, where replay never reads."""
+    path = tmp_path / "journal"
+    journal = RecordJournal.create(str(path), VOLUME)
+    disk = _FullDisk(journal._fd)
+    monkeypatch.setattr(journal_mod.os, "write", disk)
+    disk.room = 5  # part of the first entry fits
+    assert journal.append(fmt.encode_add([1])) == 1
+    assert journal.append(fmt.encode_add([2])) == 2
+    with pytest.raises(StorageError, match="append failed: No space left") as failure:
+        journal.commit(2)
+    assert failure.value.errno == 28 and journal.synced == 0
+    disk.room = None  # room again
+    journal.append(fmt.encode_remove([1]))
+    journal.commit(3)
+    assert journal.synced == 3
+    journal.close()
+    replayed = fmt.replay(path.read_bytes())
+    assert replayed.torn_reason is None and replayed.entries == 4  # the checkpoint and all three
+    assert replayed.state.extents == {2}
+
+
+def test_after_a_failed_fdatasync_the_entries_it_covered_are_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = RecordJournal.create(str(path), VOLUME)
+    journal.append(fmt.encode_add([1]))
+    journal.commit(1)
+    synced_bytes = path.read_bytes()
+    real_fsync = journal._fsync
+
+    def broken() -> None:
+        raise OSError(5, "EIO")
+
+    journal._fsync = broken  # type: ignore[method-assign]
+    journal.append(fmt.encode_add([2]))
+    with pytest.raises(StorageError, match="fdatasync failed"):
+        journal.commit(2)
+    journal._fsync = real_fsync  # type: ignore[method-assign]
+    journal.append(fmt.encode_add([3]))
+    # Nothing is written after what the kernel may have dropped: the next entry waits too.
+    assert path.read_bytes()[: len(synced_bytes)] == synced_bytes
+    journal.commit(3)
+    journal.close()
+    replayed = fmt.replay(path.read_bytes())
+    assert replayed.torn_reason is None and replayed.entries == 4  # each entry exactly once
+    assert replayed.state.extents == {1, 2, 3}
+
+
+def test_an_undo_entry_the_disk_refuses_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A half-written undo entry before whole ones would end the rollback there: the old
+    contents saved after it would never be restored."""
+    log = UndoLog(str(tmp_path / "undo.log"))
+    log.append(1, b"a" * 100)
+    disk = _FullDisk(log._fd)
+    monkeypatch.setattr(undo_mod.os, "write", disk)
+    disk.room = 50
+    with pytest.raises(StorageError, match=r"undo log .*append failed") as failure:
+        log.append(2, b"b" * 100)
+    assert failure.value.errno == 28
+    disk.room = None
+    log.append(3, b"c" * 100)
+    log.sync()
+    log.close()
+    assert read_entries(str(tmp_path / "undo.log")) == [(1, b"a" * 100), (3, b"c" * 100)]
+
+
+def test_a_failed_undo_sync_cuts_back_to_the_last_good_one(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    log = UndoLog(str(tmp_path / "undo.log"))
+    log.append(1, b"a" * 10)
+    log.sync()
+    log.append(2, b"b" * 10)
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "EIO")
+
+    monkeypatch.setattr(undo_mod.os, "fdatasync", broken)
+    with pytest.raises(StorageError, match="fdatasync failed"):
+        log.sync()
+    monkeypatch.undo()
+    assert log.saved == 1
+    log.append(3, b"c" * 10)
+    log.sync()
+    log.close()
+    assert read_entries(str(tmp_path / "undo.log")) == [(1, b"a" * 10), (3, b"c" * 10)]

@@ -63,3 +63,14 @@ def test_security_line_says_what_is_on_and_what_is_not() -> None:
     text = render("vol0", _primary(security=full))
     assert ("security NBD TLS + client certificates; link TLS + shared secret; admin token required "
             "for changes") in text
+
+
+def test_a_site_that_cannot_write_is_said_plainly() -> None:
+    doc = _primary(secondary_error="the secondary could not write its image: no space (errno 28)")
+    doc["counters"]["storage_errors"] = 3
+    text = render("vol0", doc)
+    assert "SECONDARY CANNOT WRITE: the secondary could not write its image" in text
+    assert "storage errors 3 since start" in text
+    secondary = render("vol0", _primary(role="secondary", storage_error="could not write its record journal"))
+    assert "CANNOT WRITE: this site could not write its record journal" in secondary
+    assert "CANNOT WRITE" not in render("vol0", _primary())

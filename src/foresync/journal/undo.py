@@ -22,6 +22,11 @@ and the rollback cannot be trusted: a header that is neither a header nor a cras
 volume or the wrong length, one changed byte that explains a CRC failure, or a whole, valid
 entry after the bad one. The caller then keeps the image marked inconsistent and treats every
 extent as possibly different.
+
+So the file must never hold a partial entry with whole ones after it: an append the disk refuses
+(full) is cut off again, and a failed fdatasync cuts the file back to what the last good one
+covered (the writes waiting on those entries are dropped, and their extents saved again before a
+later write: SecondaryCore).
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import google_crc32c
 
-from foresync.errors import invariant
+from foresync.errors import StorageError, invariant
 from foresync.journal.format import one_byte_explains
 from foresync.journal.journal import fsync_dir
 
@@ -164,22 +170,64 @@ class UndoLog:
         self._fd = -1
         self.unsynced = False
         self.saved = 0
+        # sync() runs in a worker thread while the event loop appends (see journal.py).
+        self._lock = threading.Lock()
+        self._end = self._synced_end = 0  # file length: whole entries; what the last sync covered
+        self._synced_saved = 0
+        self._cut = False  # the file may hold bytes past _end: cut them off before the next entry
 
     def append(self, extent: int, old: bytes) -> None:
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            os.write(self._fd, HEADER)
+        with self._lock:
+            try:
+                if self._fd < 0:
+                    self._open()
+                record = encode_entry(extent, old)
+                self._write(record)
+            except OSError as exc:
+                raise StorageError.from_os(f"undo log {self.path}: append failed", exc) from exc
+            self.unsynced = True
+            self.saved += 1
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, HEADER)
             fsync_dir(self.path)
-        view = memoryview(encode_entry(extent, old))
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self.unsynced = True
-        self.saved += 1
+        except OSError:
+            os.close(fd)
+            os.unlink(self.path)  # empty or a partial header: nothing to keep
+            raise
+        self._fd = fd
+        self._end = self._synced_end = len(HEADER)
+
+    def _write(self, record: bytes) -> None:
+        if self._cut:  # never a partial or lost entry before whole ones
+            os.ftruncate(self._fd, self._end)
+            os.lseek(self._fd, self._end, os.SEEK_SET)  # not O_APPEND: write where it now ends
+            self._cut = False
+        view = memoryview(record)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            self._cut = len(view) < len(record)
+            raise
+        self._end += len(record)
 
     def sync(self) -> None:
-        if self._fd >= 0 and self.unsynced:
+        with self._lock:
+            if self._fd < 0 or not self.unsynced:
+                return
             self.unsynced = False
+            end, saved = self._end, self.saved
+        try:
             os.fdatasync(self._fd)
+        except OSError as exc:
+            with self._lock:  # those entries may be gone: cut back to what is known durable
+                self._end, self.saved, self._cut = self._synced_end, self._synced_saved, True
+            raise StorageError.from_os(f"undo log {self.path}: fdatasync failed", exc) from exc
+        with self._lock:
+            self._synced_end, self._synced_saved = end, saved
 
     def discard(self) -> None:
         """The pass finished: the image is consistent again; forget the old contents."""
@@ -195,6 +243,7 @@ class UndoLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
 
 
 @dataclass(frozen=True, slots=True)

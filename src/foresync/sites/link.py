@@ -49,11 +49,19 @@ DEFERRED_FLUSH_BYTES = 256 * 1024
 class ActionPump:
     """Carries out a pure core's actions until it has none left. A call made while one is
     running (an action's effect fed the core again) returns at once: the running loop picks
-    up whatever that produced, so actions stay in order and the stack stays flat."""
+    up whatever that produced, so actions stay in order and the stack stays flat.
 
-    def __init__(self, actions: Callable[[], Sequence[Any]], do: Callable[[Any], None]) -> None:
+    With ``on_failure``, an action that raises one of ``failures`` (a full disk) stops the
+    batch: none of the actions after it is carried out, and ``on_failure(exc, unfinished)``
+    hears of them, the failed one first, so that the core can drop them for good."""
+
+    def __init__(self, actions: Callable[[], Sequence[Any]], do: Callable[[Any], None],
+                 on_failure: Callable[[Exception, Sequence[Any]], None] | None = None,
+                 failures: tuple[type[Exception], ...] = ()) -> None:
         self._actions = actions
         self._do = do
+        self._on_failure = on_failure
+        self._failures = failures if on_failure is not None else ()
         self._running = False
 
     @property
@@ -68,8 +76,13 @@ class ActionPump:
         self._running = True
         try:
             while actions := self._actions():
-                for action in actions:
-                    self._do(action)
+                for index, action in enumerate(actions):
+                    try:
+                        self._do(action)
+                    except self._failures as exc:
+                        assert self._on_failure is not None
+                        self._on_failure(exc, actions[index:])
+                        break
         finally:
             self._running = False
 
@@ -295,11 +308,14 @@ class LinkProtocol(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
 
-    def close_after_flush(self) -> None:
-        """Close once what was sent has gone out (a REFUSE or DEMOTE must reach the peer)."""
+    def close_after_flush(self, reason: str | None = None) -> None:
+        """Close once what was sent has gone out (a REFUSE or DEMOTE must reach the peer);
+        ``reason`` is what ``closed`` then reports, rather than "connection closed"."""
         if self.transport is not None:
             self._flush()
             self.transport.close()
+        if reason is not None and not self.closed.done():
+            self.closed.set_result(reason)
 
     def abort(self, reason: str) -> None:
         if self._setup_timer is not None:  # closed on purpose: no "stalled peer" warning later

@@ -99,6 +99,7 @@ class PrimarySite:
         self.write_latency: Any = None  # a prometheus histogram child, set by the daemon
         self._next_op = 1
         self._pump = ActionPump(self.core.actions, self._do)
+        self._secondary_error_logged = ("", 0.0)  # (text, monotonic time) last logged
         self._stopping = False
         self.nbd: NbdServer | None = None
         # [nbd] listen, bound by the promote that made us
@@ -157,16 +158,23 @@ class PrimarySite:
         started = time.monotonic()
         if self.link is not None:
             self.link.send(message)
-        errno = 0
         try:
             self.backend.write(message.offset, message.data)
         except StorageError as exc:
-            log.error("local apply failed: %s", exc)
-            errno = exc.errno
+            self._local_write_failed(exc)
+            self.core.hit_applied(message.seq, exc.errno, message.offset, len(message.data))
+            self.pump()  # the core marks the extents out of sync and resyncs them
+            done(exc.errno)
+            return
         self.core.hit_applied(message.seq)
         if self.write_latency is not None:
             self.write_latency.observe(time.monotonic() - started)
-        done(errno)
+        done(0)
+
+    @staticmethod
+    def _local_write_failed(exc: StorageError) -> None:
+        log.error("local write failed: %s; the host gets errno %d, and the extents it touched are "
+                  "out of sync until they are copied to the secondary again", exc, exc.errno)
 
     # -- carrying out core actions -------------------------------------------------------------
 
@@ -193,7 +201,7 @@ class PrimarySite:
                     else:
                         self.backend.zero(offset, length, punch, False)
                 except StorageError as exc:
-                    log.error("local apply failed: %s", exc)
+                    self._local_write_failed(exc)
                     errno = exc.errno
                 self.core.local_applied(seq, errno)
             case core_mod.AckHost(op_id, errno):
@@ -208,7 +216,8 @@ class PrimarySite:
             case core_mod.PersistOutOfSync(token, extents, everything):
                 self._persist_out_of_sync(token, extents, everything)
             case core_mod.LinkFailed(reason):
-                log.warning("link: %s", reason)
+                if reason != self.core.secondary_error:  # that one was logged at ERROR already
+                    log.warning("link: %s", reason)
                 if self.link is not None:
                     self.link.abort(reason)
             case core_mod.BecomeSecondary(history):
@@ -257,7 +266,21 @@ class PrimarySite:
         if isinstance(message, wire.Pong):
             self.link_rtt_s = max(0.0, (time.monotonic_ns() - message.timestamp_ns) / 1e9)
         self.core.receive(message)
+        if isinstance(message, wire.StorageFailed):
+            self._log_secondary_error()
         self.pump()
+
+    def _log_secondary_error(self) -> None:
+        """At ERROR, but the same failure only once a minute: the dialer retries every 2 s."""
+        text, at = self._secondary_error_logged
+        now = time.monotonic()
+        error = self.core.secondary_error
+        if error == text and now - at < 60:
+            log.debug("link: %s", error)
+            return
+        self._secondary_error_logged = (error, now)
+        log.error("link: %s; replication continues as after a link loss (on_disconnect = %s) and "
+                  "resumes by itself once the secondary can write again", error, self.cfg.on_disconnect)
 
     async def _dial_forever(self) -> None:
         attempts: list[LinkProtocol] = []  # connections made by the current attempt
@@ -329,12 +352,15 @@ class PrimarySite:
             logged = False
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)
+            failures = self.core.counters.secondary_storage_errors
             self.core.connected()
             self.pump()
             reason = await proto.closed
             # A session that never got past HELLO (refused: wrong size, extent size, identity)
             # fails the same way on every retry; without a pause we would redial in a tight loop.
-            greeted = self.core.link is core_mod.LinkState.CONNECTED
+            # So does one the secondary ended because it cannot write (a full disk).
+            greeted = (self.core.link is core_mod.LinkState.CONNECTED
+                       and self.core.counters.secondary_storage_errors == failures)
             self.link = None
             log.info("link: disconnected (%s)", reason)
             self.core.disconnected(reason)
@@ -350,9 +376,9 @@ class PrimarySite:
             await asyncio.sleep(self.cfg.watermark_interval_s)
             now = time.monotonic()
             self.core.tick(now)
-            self.core.request_durable()
             if self._oos_retry is not None:
                 self._persist_out_of_sync(*self._oos_retry)
+            self.core.request_durable()
             link = self.link
             if link is not None and link.is_open:
                 if now - last_ping >= self.cfg.heartbeat_s:
@@ -555,13 +581,16 @@ class PrimarySite:
             "mode": self.cfg.mode.value,
             "link": s.link,
             "link_error": self.core.link_error,
+            "secondary_error": self.core.secondary_error,
             "link_rtt_s": round(self.link_rtt_s, 6),
             "in_sync": s.in_sync,
             "record": {"extents": s.record_extents, "capacity": s.record_capacity,
                        "extent_size_bytes": self.cfg.extent_size},
             "counters": {"writes": s.writes, "record_hits": s.record_hits,
                          "record_misses": s.record_misses, "resync_bytes": s.resync_bytes,
-                         "record_read_aheads": s.record_read_aheads},
+                         "record_read_aheads": s.record_read_aheads,
+                         "storage_errors": s.local_write_errors,
+                         "secondary_storage_errors": s.secondary_storage_errors},
             "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes,
                     "seconds": round(self.core.lag_seconds(), 3)},
             "resync": self.core.resync_progress(),

@@ -3,6 +3,11 @@
 Group commit: after each batch of frames the site starts at most one journal fdatasync, covering
 every append made so far; appends made while it runs wait for the next one. Image fdatasyncs for
 the durable watermark run the same way, one at a time, in a worker thread.
+
+A write that fails (the image, the journal, the undo log or site.json: a full disk) is handed to
+the core (``SecondaryCore.storage_failed``), which drops what was not carried out, tells the
+primary (STORAGE_FAILED) and closes the link. The primary redials; a journal commit that failed
+is retried at most every ``COMMIT_RETRY_S``, so the next session starts once there is room.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import xxhash
@@ -48,6 +53,25 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_ENTRIES = 20000
 PROMOTE_DRAIN_S = 30.0  # a promote waits this long for the work in flight once the link is cut
+COMMIT_RETRY_S = 1.0  # after a failed journal commit (a full meta disk), wait before the next
+STORAGE_ERROR_LOG_S = 60.0  # the same storage failure is logged at ERROR at most this often
+
+# What a failing action was writing, for STORAGE_FAILED and the log.
+_AREA_OF: dict[type, wire.StorageArea] = {
+    core_mod.JournalAppend: wire.StorageArea.JOURNAL,
+    core_mod.SaveUndo: wire.StorageArea.UNDO,
+    core_mod.ResyncStarted: wire.StorageArea.METADATA,
+    core_mod.ResyncFinished: wire.StorageArea.METADATA,
+}
+
+
+class _CommitFailed(Exception):
+    """A group commit failed: which file, and the error."""
+
+    def __init__(self, area: wire.StorageArea, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.area = area
+        self.error = error
 
 
 _INCONSISTENT = ("this copy is inconsistent (a full sync or resync into it has not finished), so it "
@@ -72,8 +96,12 @@ class SecondarySite:
         self.link: LinkProtocol | None = None
         self.link_error = ""
         self.disconnected_since: float | None = time.time()
-        self._pump = ActionPump(lambda: self.core.actions(), self._do)
+        self._pump = ActionPump(lambda: self.core.actions(), self._do, self._action_failed,
+                                (StorageError, OSError))
         self._committing = False
+        self._commit_retry_at = 0.0  # monotonic: no journal commit before (after a failed one)
+        self.storage_error = ""  # the last failure to write, until a resync pass completes
+        self._storage_error_logged = ("", 0.0)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: LinkListener | None = None
         self.undo = UndoLog(os.path.join(cfg.meta, UNDO_FILE))
@@ -131,7 +159,11 @@ class SecondarySite:
             self._held.append(message)
             return
         if type(message) is wire.Write and not self._pump.running and self.core.write_now(message):
-            self.backend.write(message.offset, message.data)  # nothing is queued before it
+            try:
+                self.backend.write(message.offset, message.data)  # nothing is queued before it
+            except StorageError as exc:
+                write = core_mod.WriteData(message.offset, message.data, message.seq)
+                self._storage_failed(wire.StorageArea.IMAGE, exc, (write,))
             return
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
         # every other message read in the same pass: one pump per read, not per 4 KiB write.
@@ -140,15 +172,23 @@ class SecondarySite:
     async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
         # Every write from an earlier session lands first, so the checksums describe the image
         # the primary will compare against.
-        if self.journal is not None:
-            self.journal.commit(self.journal.appended)
-            self.core.journal_synced(self.journal.appended)
-            self.pump()
-        loop = asyncio.get_running_loop()
-        # The worker stops early once this connection closes (a promote aborts it): on a big
-        # volume the checksums take minutes, and a promote must not wait for them.
-        hashes = await loop.run_in_executor(None, extent_hashes, self.backend, self.cfg.extent_size,
-                                            proto.closed.done)
+        area = wire.StorageArea.JOURNAL
+        try:
+            if self.journal is not None:
+                self.journal.commit(self.journal.appended)
+                self.core.journal_synced(self.journal.appended)
+                self.pump()
+            area = wire.StorageArea.IMAGE
+            loop = asyncio.get_running_loop()
+            # The worker stops early once this connection closes (a promote aborts it): on a big
+            # volume the checksums take minutes, and a promote must not wait for them.
+            hashes = await loop.run_in_executor(None, extent_hashes, self.backend,
+                                                self.cfg.extent_size, proto.closed.done)
+        except StorageError as exc:  # a full disk: this connection ends; the primary redials
+            if proto is self.link:
+                self._held = None
+                self._storage_failed(area, exc, ())
+            return
         if hashes is None or proto is not self.link or proto.closed.done():
             return  # that connection is gone; a newer one computes its own
         held, self._held = self._held or [], None
@@ -312,7 +352,38 @@ class SecondarySite:
                                 "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
                 self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
                 self.undo.discard()
+                self.storage_error = ""
                 log.info("resync finished: this copy is consistent")
+            case core_mod.CloseLink(reason):
+                if self.link is not None:
+                    self.link_error = reason
+                    self.link.close_after_flush(reason)
+
+    def _action_failed(self, exc: Exception, unfinished: Sequence[core_mod.Action]) -> None:
+        """The pump caught a StorageError or OSError (site.json) carrying out unfinished[0]."""
+        area = _AREA_OF.get(type(unfinished[0]), wire.StorageArea.IMAGE)
+        if isinstance(exc, StorageError):
+            self._storage_failed(area, exc, unfinished)
+        else:
+            assert isinstance(exc, OSError)
+            self._storage_failed(area, StorageError.from_os(f"writing the {area.label} failed", exc),
+                                 unfinished)
+
+    def _storage_failed(self, area: wire.StorageArea, exc: StorageError,
+                        unfinished: Sequence[core_mod.Action]) -> None:
+        """Writing ``area`` failed: the core drops what is not done and ends the session."""
+        self.storage_error = f"could not write its {area.label}: {exc}"
+        text, at = self._storage_error_logged
+        now = time.monotonic()
+        if self.storage_error != text or now - at >= STORAGE_ERROR_LOG_S:
+            self._storage_error_logged = (self.storage_error, now)
+            log.error("this site %s; the primary is told and the link closed: the primary keeps "
+                      "what may differ out of sync and resyncs it once writes succeed here again",
+                      self.storage_error)
+        else:
+            log.debug("this site %s", self.storage_error)
+        self.core.storage_failed(area, exc.errno, str(exc), unfinished)
+        self.pump()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -320,7 +391,8 @@ class SecondarySite:
         task.add_done_callback(self._tasks.discard)
 
     def _maybe_commit(self) -> None:
-        if self._committing or not self.core.needs_journal_sync() or self.journal is None:
+        if (self._committing or not self.core.needs_journal_sync() or self.journal is None
+                or time.monotonic() < self._commit_retry_at):
             return
         self._committing = True
         self._spawn(self._commit())
@@ -331,20 +403,39 @@ class SecondarySite:
         try:
             while self.core.needs_journal_sync():
                 target = self.core.journal_target()
-                await asyncio.get_running_loop().run_in_executor(None, self._commit_both, journal, target)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self._commit_both, journal,
+                                                                     target)
+                except _CommitFailed as failed:
+                    self._commit_retry_at = time.monotonic() + COMMIT_RETRY_S
+                    self._storage_failed(failed.area, failed.error, ())
+                    return
                 self.core.journal_synced(target)
                 self.pump()
         finally:
             self._committing = False
         if journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not self.core.needs_journal_sync():
-            journal.checkpoint(self.core.state)
+            try:
+                journal.checkpoint(self.core.state)
+            except OSError as exc:  # the journal stays as it was, only longer
+                log.warning("journal checkpoint failed (%s); trying again later", exc)
 
     def _commit_both(self, journal: RecordJournal, target: int) -> None:
-        self.undo.sync()  # old contents first: the writes they protect wait for this commit
-        journal.commit(target)
+        try:
+            self.undo.sync()  # old contents first: the writes they protect wait for this commit
+        except StorageError as exc:
+            raise _CommitFailed(wire.StorageArea.UNDO, exc) from exc
+        try:
+            journal.commit(target)
+        except StorageError as exc:
+            raise _CommitFailed(wire.StorageArea.JOURNAL, exc) from exc
 
     async def _sync_data(self, through: int) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.backend.flush)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.backend.flush)
+        except StorageError as exc:
+            self._storage_failed(wire.StorageArea.IMAGE, exc, (core_mod.SyncData(through),))
+            return
         self.core.data_synced(through)
         self.pump()
 
@@ -512,6 +603,7 @@ class SecondarySite:
             "link": ("connected" if connected else "handshake" if self.link is not None and self.link.is_open
                      else "disconnected"),
             "link_error": self.link_error,
+            "storage_error": self.storage_error,
             "disconnected_since": self.disconnected_since,
             # Never while this copy is being fully compared or resynced (issue 12).
             "in_sync": (connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
@@ -520,7 +612,7 @@ class SecondarySite:
                        "extent_size_bytes": self.cfg.extent_size},
             "worst_case_divergence_bytes": (s.record_extents * self.cfg.extent_size),
             "counters": {"writes": s.writes_applied, "record_hits": 0, "record_misses": 0,
-                         "resync_bytes": 0},
+                         "resync_bytes": 0, "storage_errors": s.storage_errors},
             "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},  # the primary measures lag
             "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
             "pending_ranges": s.pending_ranges,

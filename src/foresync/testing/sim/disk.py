@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import random
 
+from foresync.errors import StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
@@ -11,7 +13,9 @@ from foresync.journal.format import RecordState
 
 class SimDisk:
     """An image whose writes are volatile until ``flush``; a crash keeps a random subset of
-    the unflushed writes (the page cache writes back in any order)."""
+    the unflushed writes (the page cache writes back in any order). While ``full`` holds an
+    RNG, every write lands only in part (a random prefix, maybe nothing) and then fails with
+    ENOSPC, as a write to a sparse file on a full filesystem does."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -19,11 +23,19 @@ class SimDisk:
         self.current = bytearray(size)
         self._unsynced: list[tuple[int, bytes]] = []
         self.flip_bits = False
+        self.full: random.Random | None = None
+        self.failed_writes = 0
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.current[offset : offset + length])
 
     def write(self, offset: int, data: bytes) -> None:
+        if self.full is not None:
+            self.failed_writes += 1
+            landed = data[: self.full.randrange(len(data))] if data else b""
+            self.current[offset : offset + len(landed)] = landed
+            self._unsynced.append((offset, bytes(landed)))
+            raise StorageError(f"write at {offset} failed: No space left on device", errno.ENOSPC)
         self.current[offset : offset + len(data)] = data
         self._unsynced.append((offset, bytes(data)))
 
@@ -50,10 +62,13 @@ class SimJournal:
     """The record journal as bytes: appends are volatile until a commit; a crash keeps the
     durable prefix plus a random prefix of the rest (a torn append), possibly with its last bytes
     never written back (zeros). Damage (a flipped byte anywhere) and loss (the file deleted) are
-    separate faults. What a restart believes comes from the real ``journal.format.assess``."""
+    separate faults. What a restart believes comes from the real ``journal.format.assess``.
+    While ``full`` (the meta disk), a commit fails and the appends stay volatile, as
+    ``RecordJournal`` keeps them in memory until a commit can write them."""
 
     def __init__(self, volume_id: bytes) -> None:
         self.volume_id = volume_id
+        self.full = False
         self.data = bytearray(jfmt.encode_header(volume_id) + jfmt.encode_checkpoint(RecordState()))
         self.durable_len = len(self.data)
         self.appends = 0
@@ -71,6 +86,8 @@ class SimJournal:
 
     def commit(self, target: int) -> None:
         """Make the first ``target`` appends (counted since the last open) durable."""
+        if self.full:
+            raise StorageError("journal: append failed: No space left on device", errno.ENOSPC)
         if target:
             self.durable_len = max(self.durable_len, self._append_ends[target - 1])
 

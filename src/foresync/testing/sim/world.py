@@ -3,8 +3,9 @@
 The world runs the real ``PrimaryCore`` and ``SecondaryCore`` and the real link codec and journal
 format. Each step picks one enabled event: a host write, zero or flush; delivery of the next frame
 in either direction; completion of a pending fsync; a timer tick; or, rarely, a fault: link cut or
-heal, a crash or restart of either site. After each step the actions of both cores are carried
-out, then the invariants are checked:
+heal, a crash or restart of either site, or a full disk (either site's image, or the secondary's
+journal) until it is freed again. After each step the actions of both cores are carried out,
+then the invariants are checked:
 
 1. the secondary's durable record (plus durable pending ranges and the primary's durable
    out-of-sync set) covers every extent where the two durable images differ (not in async mode).
@@ -21,6 +22,8 @@ out, then the invariants are checked:
 7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
    session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
    schedule of every other event as it was.
+8. whenever the primary reports ``in_sync`` and no host write is outstanding, the two images are
+   identical: a site may say in sync only when it is.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from foresync.errors import ForesyncError
+from foresync.errors import ForesyncError, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import oos_format
 from foresync.journal.format import RecordState
@@ -148,6 +151,9 @@ class World:
         self._strangers_rng = random.Random(seed * 7919 + 1)  # not self.rng: see invariant 7
         self.strangers = 0  # stranger HELLOs sent
         self.displaced_by_stranger = 0  # sessions a stranger ended (invariant 7)
+        self._closing = 0  # a connection the secondary asked to close (CloseLink)
+        self.storage_failures = 0  # STORAGE_FAILED reports the primary received
+        self.write_failures = {"primary": 0, "secondary": 0, "journal": 0}  # ENOSPC faults hit
         self._start_primary()
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
@@ -257,11 +263,15 @@ class World:
                 choices.append((0.03 * w, "crash_secondary"))
             elif self._may_restart_secondary():
                 choices.append((0.3, "restart_secondary"))
-            if p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0:
+            if (p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0
+                    and not self.journal.full):  # promote's drain needs a journal commit
                 choices.append((0.1 * w, "promote"))
             if (p is not None and s is not None and self.conn and not self.cut
-                    and p.core.link is pcore.LinkState.CONNECTED):
+                    and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
                 choices.append((0.02 * w, "switchover"))
+            choices.append((0.04 * w, "disk_full"))
+            if self._any_full():
+                choices.append((0.3, "disk_freed"))
         getattr(self, f"_ev_{_weighted_choice(rng, choices)}")()
 
     # -- events ---------------------------------------------------------------------------------
@@ -287,7 +297,14 @@ class World:
             return
         # The site's hot path (PrimarySite._write_hit): send, apply at once, answer.
         self._do_primary(pcore.Send(message))
-        self.pdisk.write(offset, data)
+        try:
+            self.pdisk.write(offset, data)
+        except StorageError as exc:
+            self._log(f"primary write failed: {exc}")
+            self.write_failures["primary"] += 1
+            core.hit_applied(message.seq, exc.errno, offset, length)
+            self._do_primary(pcore.AckHost(op.op_id, exc.errno))
+            return
         core.hit_applied(message.seq)
         self._do_primary(pcore.AckHost(op.op_id, 0))
 
@@ -342,7 +359,7 @@ class World:
         try:
             if type(message) is wire.Write and self.rng.random() < 0.8 and s.core.write_now(message):
                 # The site's hot path (SecondarySite._on_message): written at once.
-                self._do_secondary(score.WriteData(message.offset, message.data, message.seq))
+                self._carry_out_secondary([score.WriteData(message.offset, message.data, message.seq)])
             else:
                 s.core.receive(message)
         except ForesyncError as exc:
@@ -356,6 +373,8 @@ class World:
             return
         (message,) = wire.FrameDecoder().feed(frame)
         self._log(f"s2p {_short(message)}")
+        if isinstance(message, wire.StorageFailed):
+            self.storage_failures += 1
         p.core.receive(message)
 
     def _ev_primary_flush(self) -> None:
@@ -363,6 +382,34 @@ class World:
         ticket = self.primary.flushes.popleft()
         self.pdisk.flush()
         self.primary.core.local_flushed(ticket)
+
+    def _ev_disk_full(self) -> None:
+        """A full disk: either site's image, or the secondary's meta disk (its journal)."""
+        choices = [disk for disk in self.disks.values() if disk.full is None]
+        journal = self.journals[self.roles["secondary"]]
+        what = self.rng.randrange(len(choices) + 1) if choices else 0
+        self.faulted = True  # the secondary's image is no longer a prefix of the history
+        if what < len(choices):
+            site = next(name for name, disk in self.disks.items() if disk is choices[what])
+            self._log(f"DISK FULL: the image of site {site} ({'primary' if self.roles['primary'] == site else 'secondary'})")
+            choices[what].full = random.Random(self.rng.random())
+        elif not journal.full:
+            self._log("DISK FULL: the secondary's meta disk (journal commits fail)")
+            journal.full = True
+
+    def _ev_disk_freed(self) -> None:
+        self._log("disk space freed")
+        self._free_disks()
+
+    def _any_full(self) -> bool:
+        return (any(disk.full is not None for disk in self.disks.values())
+                or any(journal.full for journal in self.journals.values()))
+
+    def _free_disks(self) -> None:
+        for disk in self.disks.values():
+            disk.full = None
+        for journal in self.journals.values():
+            journal.full = False
 
     def _ev_oos_persist(self) -> None:
         assert self.primary is not None
@@ -374,7 +421,13 @@ class World:
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
         target = self.secondary.commits.popleft()
-        self.journal.commit(target)
+        try:
+            self.journal.commit(target)
+        except StorageError as exc:
+            self._log(f"secondary journal commit failed: {exc}")
+            self.write_failures["journal"] += 1
+            self.secondary.core.storage_failed(wire.StorageArea.JOURNAL, exc.errno, str(exc))
+            return
         self.secondary.core.journal_synced(target)
 
     def _ev_data_sync(self) -> None:
@@ -430,10 +483,15 @@ class World:
     def _disconnect(self, reason: str, deliver_p2s_prefix: bool = False) -> None:
         if self.conn == 0:
             return
+        conn = self.conn
         if deliver_p2s_prefix and self.p2s and self.secondary is not None:
             for _ in range(self.rng.randrange(len(self.p2s) + 1)):
+                if conn != self.conn or not self.p2s:
+                    return  # the secondary closed it meanwhile (a storage failure)
                 self._ev_deliver_p2s()
                 self._settle()
+        if conn != self.conn:
+            return
         self.conn = 0
         self.p2s.clear()
         self.s2p.clear()
@@ -637,12 +695,43 @@ class World:
                 s = self.secondary
                 if s.core.needs_journal_sync() and (not s.commits or s.commits[-1] < s.core.journal_target()):
                     s.commits.append(s.core.journal_target())
-                for action in s.core.actions():
+                actions = s.core.actions()
+                if actions:
                     progressed = True
-                    self._do_secondary(action)
+                    self._carry_out_secondary(actions)
+            if not progressed and self._closing:
+                self._close_secondary_link()
+                progressed = True
             if not progressed:
                 return
         raise SimFailure("actions never settled (livelock)", self.seed, self.schedule)
+
+    def _carry_out_secondary(self, actions: list[score.Action]) -> None:
+        """What the secondary site's ActionPump does: stop at a failed write and hand the core
+        the actions not carried out."""
+        s = self.secondary
+        assert s is not None
+        for index, action in enumerate(actions):
+            try:
+                self._do_secondary(action)
+            except StorageError as exc:
+                self._log(f"secondary write failed: {exc}")
+                self.write_failures["secondary"] += 1
+                s.core.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc), actions[index:])
+                return
+
+    def _close_secondary_link(self) -> None:
+        """The secondary closed its connection after a storage failure. What it sent before
+        may or may not reach the primary first (a TCP close after the flush; or the path dies)."""
+        conn, self._closing = self._closing, 0
+        if conn != self.conn:
+            return
+        for _ in range(self.rng.randrange(len(self.s2p) + 1)):
+            if conn != self.conn:
+                return  # the primary dropped it already (STORAGE_FAILED)
+            self._ev_deliver_s2p()
+            self._settle()
+        self._disconnect("the secondary closed the link")
 
     def _do_primary(self, action: pcore.Action) -> None:
         p = self.primary
@@ -661,11 +750,17 @@ class World:
                 if isinstance(message, wire.ResyncDone) and self.failback is not None:
                     self._check_failback_bound()
             case pcore.ApplyLocal(seq, offset, length, data, _punch):
-                if data is not None:
-                    self.pdisk.write(offset, data)
-                else:
-                    self.pdisk.zero(offset, length)
-                p.core.local_applied(seq, 0)
+                errno = 0
+                try:
+                    if data is not None:
+                        self.pdisk.write(offset, data)
+                    else:
+                        self.pdisk.zero(offset, length)
+                except StorageError as exc:
+                    self._log(f"primary apply of seq {seq} failed: {exc}")
+                    self.write_failures["primary"] += 1
+                    errno = exc.errno
+                p.core.local_applied(seq, errno)
             case pcore.AckHost(op_id, errno):
                 op = self.host_ops.pop(op_id, None)
                 if op is not None and errno == 0:
@@ -675,7 +770,9 @@ class World:
             case pcore.PersistOutOfSync(token, extents, everything):
                 p.oos_persists.append((token, extents, everything))
             case pcore.LinkFailed(reason):
-                raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
+                if not reason or reason != p.core.secondary_error:
+                    raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
+                self._disconnect(reason)  # the secondary reported a storage failure
 
     def _acked(self, op: _HostOp) -> None:
         # Only what ran start to finish on one unbroken connection carries sync mode's promise;
@@ -724,6 +821,10 @@ class World:
                     self._log(f"secondary {site}: full compare finished, no longer widened")
                 self.widened[site] = False
                 s.core.welcome_flags = 0
+            case score.CloseLink(reason):
+                if self.conn and s.conn == self.conn:
+                    self._log(f"secondary closes the link: {reason}")
+                    self._closing = self.conn
 
     def _track_apply(self, seq: int, offset: int, data: bytes) -> None:
         if self.faulted:
@@ -759,6 +860,19 @@ class World:
             self._fail("invariant 7: a HELLO of another volume ended the primary's session")
         if not self.faulted and self.sdisk.current != self.expected:
             self._fail("secondary image is not a prefix of the primary's sent history")
+        self._check_in_sync()
+
+    def _check_in_sync(self) -> None:
+        """Invariant 7. With no host write outstanding every write is applied here, and in_sync
+        means the secondary has made every seq durable, so the images must be equal."""
+        p = self.primary
+        if (p is None or self.secondary is None or any(op.kind != "flush" for op in self.host_ops.values())
+                or not p.core.statistics().in_sync or self.pdisk.current == self.sdisk.current):
+            return
+        bad = [e for e in range(self.extent_count)
+               if self.pdisk.current[e * self.extent_size:(e + 1) * self.extent_size]
+               != self.sdisk.current[e * self.extent_size:(e + 1) * self.extent_size]]
+        self._fail(f"invariant 8: the primary reports in_sync but the images differ in extents {bad}")
 
     def _durably_covered(self) -> set[int]:
         everything = set(range(self.extent_count))
@@ -822,8 +936,9 @@ class World:
 
     def _finish(self) -> None:
         """Heal everything, restart what is down, drain, and require identical images."""
-        self._log("FINISH: heal, restart, quiesce")
+        self._log("FINISH: heal, free the disks, restart, quiesce")
         self.cut = False
+        self._free_disks()
         if self.primary is None:
             self._ev_restart_primary()
         if self.secondary is None:
