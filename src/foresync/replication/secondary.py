@@ -36,6 +36,7 @@ from foresync.journal.format import RecordState
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.record.predict import extents_of, predict
+from foresync.replication.admission import geometry_problems
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -307,16 +308,10 @@ class SecondaryCore:
     # -- handling --------------------------------------------------------------------------------
 
     def _on_hello(self, hello: wire.Hello) -> None:
-        problems = []
-        if hello.version != wire.PROTOCOL_VERSION:
-            problems.append(f"protocol version {hello.version}, we speak {wire.PROTOCOL_VERSION}")
+        problems = geometry_problems(hello, self.size, self.extent_size)
         if hello.volume_id != self.volume_id:
             # Never our own identity: the peer may be a stranger (admission.py screens first).
             problems.append(f"volume identity {hello.volume_id.hex()} is not ours")
-        if hello.size != self.size:
-            problems.append(f"volume size {hello.size} bytes differs from ours, {self.size} bytes")
-        if hello.extent_size != self.extent_size:
-            problems.append(f"extent size {hello.extent_size} bytes differs from ours, {self.extent_size} bytes")
         if problems:
             self._actions.append(Send(wire.Refuse("; ".join(problems))))
             return
