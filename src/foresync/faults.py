@@ -15,6 +15,9 @@ class Faults:
     evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
+    # primary: count a resync set as durable on the secondary as soon as it is sent, and drop its
+    # extents from the out-of-sync set then, instead of at RESYNC_SET_DURABLE (issue 19)
+    resync_before_set_durable: bool = False
 
 
 NO_FAULTS = Faults()

@@ -39,6 +39,7 @@ from foresync.journal.format import RecordState
 from foresync.link import wire
 from foresync.link.wire import FrameDecoder, WriteFlag, encode_frame
 from foresync.nbd.wire import Errno
+from foresync.record import runs
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
@@ -85,6 +86,8 @@ class Harness:
         # (ticket, image snapshot, applied prefix, seqs applied) at the time the flush was issued
         self.flushes: deque[tuple[int, bytes, int, frozenset[int]]] = deque()
         self.oos: deque[int] = deque()
+        self.oos_sets: dict[int, set[int]] = {}  # persist token -> the set it stores
+        self.stored_oos: set[int] = set()  # the primary's durable out-of-sync set
         self.data_syncs: deque[tuple[int, bytes]] = deque()
         self.journal: list[bytes] = []
         self.commits: deque[int] = deque()  # journal commit targets started
@@ -154,8 +157,9 @@ class Harness:
             case pcore.FlushLocal(ticket):
                 self.flushes.append((ticket, bytes(self.p_img), self._settled_prefix(),
                                      frozenset(self.locally_settled)))
-            case pcore.PersistOutOfSync(token):
+            case pcore.PersistOutOfSync(token, extents):
                 self.oos.append(token)
+                self.oos_sets[token] = set(extents)
             case pcore.LinkFailed(reason):
                 raise AssertionError(f"link failed: {reason}")
             case _:
@@ -258,8 +262,9 @@ class Harness:
         ranges = self.committed_state.ranges.values()
         if (offset, length) in ranges:
             return
+        resync = self.committed_state.resync  # a resync pass's set covers its writes (issue 19)
         missing = [e for e in extents_of(offset, length, self.extent_size)
-                   if e not in self.committed_state.extents]
+                   if e not in self.committed_state.extents and not runs.contains(resync, e)]
         assert not missing, f"secondary wrote {offset}+{length}; {missing} not in the durable record"
 
     # -- completing I/O and delivering frames ------------------------------------------------------
@@ -323,7 +328,9 @@ class Harness:
     def oos_done(self) -> bool:
         if not self.oos:
             return False
-        self.primary.out_of_sync_persisted(self.oos.popleft())
+        token = self.oos.popleft()
+        self.stored_oos = self.oos_sets.pop(token)
+        self.primary.out_of_sync_persisted(token)
         self.pump()
         return True
 
@@ -473,7 +480,8 @@ class Harness:
                 if one[span] != two[span]:
                     covered = extent in self.committed_state.extents or any(
                         extent in extents_of(off, length, self.extent_size)
-                        for off, length in self.committed_state.ranges.values())
+                        for off, length in self.committed_state.ranges.values()
+                    ) or runs.contains(self.committed_state.resync, extent) or extent in self.stored_oos
                     assert covered, f"{name} differ in extent {extent}, not in the durable record"
 
     def check_quiescent(self) -> None:
@@ -498,6 +506,92 @@ class Harness:
 
 
 # -- deterministic scenarios -----------------------------------------------------------------------
+
+
+def _primary_restarted_with_out_of_sync(h: Harness, extents: range) -> None:
+    """The primary wrote ``extents`` while cut off (they differ there) and restarted: they are
+    its stored out-of-sync set, to resync on the next connect."""
+    for extent in extents:
+        span = h._span(extent)
+        h.p_img[span] = bytes([extent + 1]) * (span.stop - span.start)
+    h.p_durable = bytes(h.p_img)
+    h.primary.restore_out_of_sync(set(extents))
+    h.stored_oos = set(extents)
+
+
+def test_a_resync_larger_than_the_record_streams_without_waiting_for_room() -> None:
+    """Issue 19: capacity 2, eight extents to resync. The pass starts with RESYNC_SET (all
+    eight), and every extent goes at once as a plain RESYNC write, with no MISS and no wait
+    for room in the record (which used to take one watermark round trip per extent)."""
+    h = Harness(capacity=2, lookahead=0, extents=12)
+    _primary_restarted_with_out_of_sync(h, range(2, 10))
+    h.connect()
+    sent = h.peek_to_secondary()
+    assert isinstance(sent[0], wire.ResyncSet) and sent[0].runs == ((2, 8),)
+    writes = [m for m in sent if isinstance(m, wire.Write)]
+    assert [m.offset // h.extent_size for m in writes] == list(range(2, 10))
+    assert all(m.flags == WriteFlag.RESYNC and m.budget == 0 for m in writes)
+    assert h.primary.out_of_sync == set(range(2, 10))  # until the set is durable there
+    h.deliver_to_secondary()
+    assert h.s_img == bytes(h.size), "resync data landed before its set was durable"
+    h.commit_start()
+    h.commit_done()
+    assert h.committed_state.resync == ((2, 8),) and not h.committed_state.extents
+    assert h.s_img == h.p_img
+    h.deliver_to_primary()
+    assert not h.primary.out_of_sync  # the secondary's journal covers them now
+    assert h.primary.failback_bound_extents() >= 8
+    h.settle()
+    h.check_quiescent()
+    assert h.committed_state.resync == ()  # cleared at RESYNC_DONE
+    assert h.primary.failback_bound_extents() == len(h.primary.record)
+
+
+def test_resync_done_waits_for_the_primarys_own_flush() -> None:
+    """The resync data was read from the primary's page cache: RESYNC_DONE (which clears the
+    set there) goes only once a local flush covers it too, or a primary crash could leave a
+    difference nothing covers."""
+    h = Harness(capacity=2, lookahead=0, extents=6)
+    _primary_restarted_with_out_of_sync(h, range(0, 4))
+    h.connect()
+    for _ in range(5):
+        while h.deliver_to_secondary() or h.commit_start() or h.commit_done() or h.data_sync_done() \
+                or h.deliver_to_primary():
+            pass
+        h.timer()
+    assert h.durable_delivered >= max(h.resync_seqs)
+    assert not any(isinstance(m, wire.ResyncDone) for m in h.peek_to_secondary())
+    assert h.committed_state.resync == ((0, 4),)
+    h.settle()
+    h.check_quiescent()
+    assert h.committed_state.resync == ()
+
+
+def test_a_disconnect_before_the_set_is_durable_keeps_the_out_of_sync_set() -> None:
+    h = Harness(capacity=2, lookahead=0, extents=6)
+    _primary_restarted_with_out_of_sync(h, range(0, 4))
+    h.connect()
+    h.primary.disconnected("cut")
+    h.pump()
+    assert h.primary.out_of_sync == set(range(4))
+    assert h.primary.unsynced_extents() >= set(range(4))
+
+
+def test_the_secondary_reports_an_unfinished_resync_set_and_journals_it_in_checkpoints() -> None:
+    state = RecordState(resync=((3, 2),))
+    secondary = SecondaryCore(12 * 16, 16, 0, VOLUME, state)
+    secondary.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 12 * 16, 16, 1))
+    (welcome,) = [a.message for a in secondary.actions() if isinstance(a, score.Send)]
+    assert isinstance(welcome, wire.Welcome) and welcome.stale == (3, 4)
+    image = jfmt.encode_header(VOLUME) + jfmt.encode_checkpoint(state)
+    assert jfmt.replay(image).state.resync == ((3, 2),)
+
+
+def test_a_resync_set_outside_the_volume_is_refused() -> None:
+    secondary = SecondaryCore(12 * 16, 16, 0, VOLUME, RecordState())
+    with pytest.raises(RemoteProtocolError, match="outside the volume"):
+        secondary.receive(wire.ResyncSet(1, ((10, 3),)))
+
 
 
 def test_a_sequential_stream_extends_the_record_ahead_instead_of_missing() -> None:

@@ -25,9 +25,15 @@ Large zero/trim ranges carry no payload and would flood the record, so they go a
 the secondary journals the range as pending, applies it and makes it durable before answering;
 the primary applies it, and once its own flush covers it tells the secondary the range is done.
 
-Resync sends whole extents read from the local image at send time, through the same hit/miss
-path, so an extent not in the secondary's record is added before its data lands. A resync read
-waits until no earlier op on that extent is still waiting to be applied locally.
+Resync sends whole extents read from the local image at send time. A resync read waits until no
+earlier op on that extent is still waiting to be applied locally. The record's capacity bounds
+what host writes can make differ; a resync pass needs no room in it (issue 19): the pass starts
+with RESYNC_SET, every extent it may change, which the secondary journals as one entry before
+any later effect and answers with RESYNC_SET_DURABLE. Only then may those extents leave our
+out-of-sync set (the secondary now knows durably that it may differ there). Resync data goes as
+plain RESYNC writes, as fast as the window and ``resync_rate_max`` allow; RESYNC_DONE, once the
+whole pass is durable on both sites, clears the set there. In async mode the secondary keeps no
+record and no set: nothing bounds what may differ after an unclean stop there anyway.
 
 All I/O is done by the adapter through ``Action`` values drained with ``actions()``, except
 resync reads, which go through the injected ``read`` port so that a read and its send are atomic.
@@ -47,6 +53,7 @@ from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
+from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of, predict
 from foresync.record.record import UNSENT, Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
@@ -253,6 +260,11 @@ class PrimaryCore:
         self.verify_mismatches: set[int] = set()
         self.verify_done_extents = 0
         self._resync_last_seq = 0
+        self._resync_local_need = 0  # our own flush must cover this before RESYNC_DONE
+        self._set_ids = 0  # RESYNC_SET ids sent (this process)
+        self._sets_unconfirmed: dict[int, extent_runs.Runs] = {}  # id -> runs: not durable there yet
+        self._pass_runs: extent_runs.Runs = ()  # every set sent this pass: the secondary's set
+        self._pass_confirmed: extent_runs.Runs = ()  # ... and those durable there
         self.out_of_sync: set[int] = set()  # extents the secondary may lack outside its record
         self._oos_durable: set[int] = set()  # the out-of-sync set as last made durable
         self._oos_tokens = 0
@@ -357,6 +369,9 @@ class PrimaryCore:
         self._sent.clear()
         self._sent_bytes = 0
         self._sync_requested = self._remote_applied = 0
+        # Writes from now on wait to be durably out-of-sync here, as any write while cut off
+        # does; the set the secondary holds still counts in the bound (``_pass_runs``).
+        self._pass_confirmed = ()
         if self.config.mode is Mode.ASYNC and was_connected:
             # No record covers anything in async mode: whatever the secondary has not made
             # durable may be lost there (a crash), so it becomes out-of-sync.
@@ -378,9 +393,6 @@ class PrimaryCore:
             op.remote_ok = True
             self._misses.pop(op.seq, None)
             self._durable_waits.pop(op.seq, None)
-            if op.resync_extent >= 0:
-                self._maybe_finish(op)
-                continue
             if unanswered:
                 self._mark_out_of_sync(op)
             self._ready_local(op)
@@ -388,6 +400,7 @@ class PrimaryCore:
         self._pending_adds.clear()  # every op that expected adds was released above
         self._resync.clear()
         self._resync_set.clear()
+        self._sets_unconfirmed.clear()  # their extents never left our out-of-sync set
         self._welcome_ranges = []
         if self._verify_active:
             self._verify_active = False  # abandoned: the operator can run it again
@@ -406,6 +419,10 @@ class PrimaryCore:
         for older in [t for t in self._oos_snapshots if t < token]:
             del self._oos_snapshots[older]
         self._oos_durable = set(snapshot)
+        self._release_oos_waiting()
+        self._pump()
+
+    def _release_oos_waiting(self) -> None:
         waiting, self._oos_waiting = self._oos_waiting, []
         for op in waiting:
             if self._oos_settled(op.extents):
@@ -413,12 +430,14 @@ class PrimaryCore:
                 self._ready_local(op)
             else:
                 self._oos_waiting.append(op)
-        self._pump()
 
     def _oos_settled(self, extents: range) -> bool:
-        """Durably out-of-sync, and no persist still in flight will drop them again."""
+        """Durably out-of-sync, and no persist still in flight will drop them again; or in a
+        resync set the secondary holds durably (this session), which covers them as well."""
         pending = self._oos_snapshots.values()
-        return all(e in self._oos_durable and all(e in snap for snap in pending) for e in extents)
+        confirmed = self._pass_confirmed
+        return all((e in self._oos_durable and all(e in snap for snap in pending))
+                   or extent_runs.contains(confirmed, e) for e in extents)
 
     def _mark_out_of_sync(self, op: _Op) -> None:
         self.out_of_sync.update(op.extents)
@@ -458,6 +477,8 @@ class PrimaryCore:
                     self._fail_link("split brain: the peer's epoch history does not descend from ours")
             case wire.ResyncDone():
                 raise RemoteProtocolError("primary got RESYNC_DONE")
+            case wire.ResyncSetDurable(set_id):
+                self._on_resync_set_durable(set_id)
             case wire.Hashes(request, first, hashes):
                 self._on_hashes(request, first, hashes)
             case _:
@@ -534,7 +555,7 @@ class PrimaryCore:
         lag_writes = (self._next_seq - 1 - self._remote_applied if self.link is LinkState.CONNECTED else 0)
         lag_bytes = self._sent_bytes + sum(op.length for op in self._queue)
         in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync_set
-                   and not self._misses and not self._read_aheads and not self.out_of_sync
+                   and not self._resync_pass and not self._misses and not self._read_aheads and not self.out_of_sync
                    and self._remote_durable >= self._next_seq - 1)
         return PrimaryStatistics(
             self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
@@ -614,6 +635,7 @@ class PrimaryCore:
             self._resync_set.add(extent)
             self._resync.append(extent)
             self.record.note_write((extent,), _NOT_YET_SENT)
+            self._send_resync_set(((extent, 1),))
         if not self._resync_pass:
             self._resync_pass = True
             self._resync_total_bytes = self._resync_done_bytes = self._resync_sent_bytes = 0
@@ -634,12 +656,21 @@ class PrimaryCore:
         self._oos_durable = set(self.out_of_sync)
 
     def resync_progress(self) -> dict[str, int]:
-        """The current (or last) resync pass, for /status."""
+        """The current (or last) resync pass, for /status. ``set_extents``: the extents the
+        secondary holds in its journaled resync set while the pass runs (it may differ there
+        until RESYNC_DONE, beyond its record)."""
         elapsed = max(self.now - self._resync_started, 1e-9)
         rate = int(self._resync_sent_bytes / elapsed) if self._resync_pass else 0
         return {"done_bytes": self._resync_done_bytes, "total_bytes": self._resync_total_bytes,
                 "rate_bytes_per_s": rate,
-                "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes)}
+                "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes),
+                "set_extents": extent_runs.count(self._pass_runs)}
+
+    def failback_bound_extents(self) -> int:
+        """At most how many extents a failback would copy back if the secondary were promoted
+        now: the record, our out-of-sync set and a running pass's resync set (counted apart:
+        they may overlap, so this errs large, never small)."""
+        return len(self.record) + len(self.out_of_sync) + extent_runs.count(self._pass_runs)
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
@@ -969,13 +1000,6 @@ class PrimaryCore:
         invariant(op.is_range or self.record.covers(op.extents), "ADDED did not cover the write")
         if op.seq not in self._durable_waits:
             op.remote_ok = True
-        if op.resync_extent >= 0:
-            # Now in the secondary's durable record, so no longer needed in out-of-sync.
-            if op.resync_extent in self.out_of_sync:
-                self.out_of_sync.discard(op.resync_extent)
-                self._oos_dirty = True
-            self._maybe_finish(op)
-            return
         self._try_apply(op)
         self._maybe_finish(op)
 
@@ -1025,6 +1049,10 @@ class PrimaryCore:
             self._welcome_ranges.append(seq)
         self._resync_set = {e for e in todo if e < self.extent_count}
         self._resync = deque(sorted(self._resync_set))
+        self._sets_unconfirmed = {}
+        self._pass_runs = self._pass_confirmed = ()
+        if self._resync_set:
+            self._send_resync_set(extent_runs.runs_of(self._resync_set))
         # Until its resync data is durable there, an extent to resync must not be evicted.
         self.record.clear_marks(self._next_seq - 1)
         self.record.note_write(self._resync_set, _NOT_YET_SENT)
@@ -1036,14 +1064,40 @@ class PrimaryCore:
         self._resync_tokens = float(min(self.config.resync_rate_max, self.config.extent_size))
         self._resync_tokens_at = self.now
 
+    def _send_resync_set(self, runs: extent_runs.Runs) -> None:
+        """Tell the secondary which extents the pass may change (it journals them before any
+        effect after this message). Not in async mode: the secondary keeps nothing there."""
+        if self.config.mode is Mode.ASYNC or self.link is not LinkState.CONNECTED:
+            return
+        self._set_ids += 1
+        self._pass_runs = extent_runs.union(self._pass_runs, runs)
+        self._emit(Send(wire.ResyncSet(self._set_ids, runs)))
+        if self.config.faults.resync_before_set_durable:
+            self._on_resync_set_durable(self._set_ids, runs)  # deliberately wrong: see faults.py
+            return
+        self._sets_unconfirmed[self._set_ids] = runs
+
+    def _on_resync_set_durable(self, set_id: int, runs: extent_runs.Runs | None = None) -> None:
+        """The secondary's journal now holds this set durably: it knows it may differ there,
+        so our out-of-sync set need not (written back lazily: a larger stored set is safe)."""
+        if runs is None:
+            runs = self._sets_unconfirmed.pop(set_id, None)
+            if runs is None:
+                raise RemoteProtocolError(f"RESYNC_SET_DURABLE for unknown set {set_id}")
+        self._pass_confirmed = extent_runs.union(self._pass_confirmed, runs)
+        covered = [e for e in self.out_of_sync if extent_runs.contains(runs, e)]
+        if covered:
+            self.out_of_sync.difference_update(covered)
+            self._oos_dirty = True
+            self._release_oos_waiting()  # writes waiting for these to be durably out-of-sync
+
     def _fail_link(self, reason: str) -> None:
         self.link_error = reason
         self._emit(LinkFailed(reason))
 
     def _pump_resync(self) -> None:
-        """Send resync extents while the window allows. An extent still waiting for an earlier
-        op to land locally, or one that needs room in a full record, is retried later; the
-        others go on, so extents already in the record can make room for those that are not."""
+        """Send resync extents while the window and the rate allow. An extent still waiting for
+        an earlier op to land locally is retried later; the others go on."""
         if self.link is not LinkState.CONNECTED or not (self._resync or self._resync_pass):
             return
         deferred: list[int] = []
@@ -1052,26 +1106,28 @@ class PrimaryCore:
             if extent in self._extent_fifo:
                 deferred.append(extent)  # an earlier op on it still has to land locally
                 continue
-            outcome = self._start_resync(extent)
-            if outcome in ("window", "rate"):
+            if self._start_resync(extent) in ("window", "rate"):
                 self._resync.appendleft(extent)
                 break
-            if outcome == "no_room":
-                deferred.append(extent)
         self._resync.extendleft(reversed(deferred))
-        if (self._resync_pass and not self._resync and not self._resync_misses()
-                and self._remote_durable >= self._resync_last_seq):
-            # Every extent of the pass now holds our data there, durably: the secondary is a
-            # consistent copy again, and the ranges it had pending are done.
-            self._ranges_done.extend(self._welcome_ranges)
-            self._welcome_ranges = []
-            self._resync_pass = False
-            self._remote_hashes = {}
-            self.full_resync_pending = False  # a cut before this point starts the pass again
-            self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
-
-    def _resync_misses(self) -> bool:
-        return any(op.resync_extent >= 0 for op in self._misses.values())
+        if not self._resync_pass or self._resync or self._sets_unconfirmed:
+            return
+        if self._remote_durable < self._resync_last_seq:
+            return
+        if self._local_durable < self._resync_local_need:
+            # What we sent (or found identical) was read from our page cache: a crash here
+            # must not lose it once the secondary forgets the set.
+            self._request_flush()
+            return
+        # Every extent of the pass now holds our data there, durably on both sites: the
+        # secondary is a consistent copy again, and the ranges it had pending are done.
+        self._ranges_done.extend(self._welcome_ranges)
+        self._welcome_ranges = []
+        self._resync_pass = False
+        self._remote_hashes = {}
+        self._pass_runs = self._pass_confirmed = ()
+        self.full_resync_pending = False  # a cut before this point starts the pass again
+        self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
 
     def _refill_rate(self) -> bool:
         """Whether the resync rate budget allows another extent now (link.resync_rate_max)."""
@@ -1085,7 +1141,7 @@ class PrimaryCore:
 
     def _start_resync(self, extent: int) -> str:
         """Send one extent's current data: "sent", "same" (checksums match, nothing to send),
-        or why not now: "window", "rate" or "no_room"."""
+        or why not now: "window" or "rate"."""
         offset = extent * self.config.extent_size
         length = min(self.config.extent_size, self.config.size - offset)
         remote_hash = self._remote_hashes.pop(extent, None)
@@ -1093,7 +1149,8 @@ class PrimaryCore:
             data = self._read(offset, length)
             if xxhash.xxh3_64_intdigest(data) == remote_hash:
                 self._resync_set.discard(extent)
-                self.out_of_sync.discard(extent)
+                self._resync_local_need = self._next_seq - 1
+                self._resynced_out_of_sync(extent)
                 if self.record.last_seq(extent) == _NOT_YET_SENT:
                     # Identical there as of now. A host write to it since the WELCOME went
                     # out with a seq of its own, which the mark hid: count up to the last seq
@@ -1106,42 +1163,31 @@ class PrimaryCore:
             return "window"
         if not self._refill_rate():
             return "rate"
-        as_miss = extent not in self.record and self.config.mode is not Mode.ASYNC
-        evict: list[int] = []
-        if as_miss:
-            chosen = self.record.choose_evictions(1, self._clean_through(), range(extent, extent + 1))
-            if chosen is None:
-                self.request_durable()
-                return "no_room"
-            evict = chosen
-            self.record.evict(evict)
-        # Read and send in one step: nothing can land on this extent in between.
+        # Read and send in one step: nothing can land on this extent in between. No record
+        # room is needed: the resync set journaled there covers the extent until RESYNC_DONE.
         op = _Op(-1, offset, length, self._read(offset, length), False, False,
                  range(extent, extent + 1), resync_extent=extent)
-        self._assign_seq(op)
+        op.seq = self._next_seq
+        self._next_seq += 1
         self.record.resynced(extent, op.seq)  # dirty until this data is durable there
-        self._extent_fifo[extent].popleft()
-        del self._extent_fifo[extent]
-        op.applied = True
         self._mark_applied(op.seq)
-        if as_miss:
-            op.budget = 1
-            self.record.reserved += 1
-            self._misses[op.seq] = op
-            self._transmit(op, _MISS | _RESYNC, 1, tuple(evict))
-        else:
-            op.remote_ok = True
-            self._by_seq.pop(op.seq, None)
-            self._transmit(op, _RESYNC, 0, ())
-            if extent in self.out_of_sync:
-                self.out_of_sync.discard(extent)  # the secondary's record covers it (async: none)
-                self._oos_dirty = True
+        self._transmit(op, _RESYNC, 0, ())
+        self._resynced_out_of_sync(extent)
         self._resync_set.discard(extent)
-        self._remote_hashes.pop(extent, None)
-        self._resync_last_seq = op.seq
+        self._resync_last_seq = self._resync_local_need = op.seq
         self.counters.resync_bytes += length
         self._resync_done_bytes += length
         self._resync_sent_bytes += length
         if self.config.resync_rate_max:
             self._resync_tokens -= length
         return "sent"
+
+    def _resynced_out_of_sync(self, extent: int) -> None:
+        """The extent's resync data went (or it was found identical): it leaves our out-of-sync
+        set if something else now covers it there: the record, or a resync set that is durable
+        there (in async mode nothing does, nor needs to)."""
+        if extent in self.out_of_sync and (
+                self.config.mode is Mode.ASYNC or extent in self.record
+                or extent_runs.contains(self._pass_confirmed, extent)):
+            self.out_of_sync.discard(extent)
+            self._oos_dirty = True

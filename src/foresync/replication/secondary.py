@@ -13,6 +13,13 @@ at once, but never overtake an earlier waiting effect.
 The durable watermark: the adapter fdatasyncs the image on a timer, when the primary asks
 (SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports DURABLE(seq).
 Removals are journaled without forcing a commit: losing one only leaves the record larger.
+
+Resync (issue 19): a pass starts with RESYNC_SET, the extents it may change here outside the
+record. They are journaled as one entry (runs, not one record slot each), and RESYNC_SET_DURABLE
+goes back only once that entry is durable: only then may the primary stop counting them in its
+own out-of-sync set. Every effect after it waits for the same commit, so no resync data lands
+before the set that covers it is durable. The set is cleared at RESYNC_DONE, which the primary
+sends once every extent of the pass is durable on both sites.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
+from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of, predict
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
@@ -168,9 +176,16 @@ class SecondaryCore:
                     raise RemoteProtocolError(f"VERIFY of extents {first}+{count} is outside the volume")
                 self._effect(self._synced_or_pending(), self.applied_seq + 1,
                              HashExtents(request, first, count))
+            case wire.ResyncSet(set_id, runs):
+                self._on_resync_set(set_id, runs)
             case wire.ResyncDone(seq):
                 # In order behind every effect before it, and reported once a data sync
                 # covers seq (the adapter waits for that before marking the image consistent).
+                # The primary sends it once the whole pass is durable on both sites, so the
+                # resync set may go (a lost clear only leaves it larger).
+                if self.state.resync:
+                    self.state.resync = ()
+                    self._append(jfmt.encode_resync_clear())
                 self._effect(self._synced_or_pending(), seq, ResyncFinished(seq))
                 self.resyncing = False
                 self._undo_saved.clear()
@@ -260,11 +275,28 @@ class SecondaryCore:
         applied = max(self.applied_seq, max(self.state.ranges, default=0))
         welcome = wire.Welcome(self.volume_id, self.epoch, applied,
                                tuple(sorted(self.state.extents)), ranges, self.welcome_flags,
-                               self.stale, self.hashes)
+                               self.stale_extents(), self.hashes)
         # Only a durable record may be reported: the primary trusts every extent in it (it may
         # drop an extent from its out-of-sync set because the record covers it), so wait for the
         # journal to commit any add still in flight.
         self._effect(self._appended, self.applied_seq + 1, Send(welcome))
+
+    def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
+        for first, count in runs:
+            if count < 1 or first + count > self.extent_count:
+                raise RemoteProtocolError(f"RESYNC_SET run of extents {first}+{count} is outside the volume")
+        added = extent_runs.normalise(runs)
+        self.state.resync = extent_runs.union(self.state.resync, added)
+        self._append(jfmt.encode_resync_set(added))
+        self._reply_after(self._appended, self.applied_seq + 1, wire.ResyncSetDurable(set_id))
+
+    def stale_extents(self) -> tuple[int, ...]:
+        """What WELCOME reports beyond the record: the adapter's stale extents and the resync
+        set of a pass that did not finish. Not listed for a new or inconsistent copy: the primary
+        compares every extent of those anyway."""
+        if self.welcome_flags or not self.state.resync:
+            return self.stale
+        return tuple(sorted(set(self.stale).union(extent_runs.expand(self.state.resync))))
 
     def _on_write(self, message: wire.Write) -> None:
         self._check_range(message.offset, len(message.data))

@@ -487,7 +487,7 @@ class PrimarySite:
             "security": self.security.describe(),
             "split_brain": self.core.split_brain,
             "verify": self.core.verify_progress(),
-            "failback_bound_bytes": (s.record_extents + s.out_of_sync_extents) * self.cfg.extent_size,
+            "failback_bound_bytes": self.core.failback_bound_extents() * self.cfg.extent_size,
             "out_of_sync_extents": s.out_of_sync_extents,
             "seq": {"last": s.last_seq, "durable": s.durable_seq},
             "nbd": {"connections": nbd.connections if nbd else 0},

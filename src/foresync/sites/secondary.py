@@ -22,6 +22,7 @@ from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.link import wire
 from foresync.nbd.server import keep_freed_heap
+from foresync.record import runs as extent_runs
 from foresync.replication import secondary as core_mod
 from foresync.replication.roles import Relation, compare
 from foresync.replication.secondary import SecondaryCore
@@ -424,7 +425,8 @@ class SecondarySite:
             "in_sync": connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync(),
             "record": {"extents": s.record_extents, "capacity": self.cfg.capacity,
                        "extent_size_bytes": self.cfg.extent_size},
-            "worst_case_divergence_bytes": (s.record_extents * self.cfg.extent_size),
+            "worst_case_divergence_bytes": ((s.record_extents + extent_runs.count(self.core.state.resync))
+                                            * self.cfg.extent_size),
             "counters": {"writes": s.writes_applied, "record_hits": 0, "record_misses": 0,
                          "resync_bytes": 0},
             "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},  # the primary measures lag

@@ -6,8 +6,9 @@ in either direction; completion of a pending fsync; a timer tick; or, rarely, a 
 heal, a crash or restart of either site. After each step the actions of both cores are carried
 out, then the invariants are checked:
 
-1. the secondary's durable record (plus durable pending ranges and the primary's durable
-   out-of-sync set) covers every extent where the two durable images differ (not in async mode);
+1. the secondary's durable record (plus durable pending ranges, the durable resync set of a
+   running pass and the primary's durable out-of-sync set) covers every extent where the two
+   durable images differ (not in async mode);
 2. while no fault has happened yet, the secondary's image is the primary's sent history replayed
    in sequence order up to what it applied;
 3. at the end, after healing and quiescence, both images are byte-identical;
@@ -28,6 +29,7 @@ from foresync.errors import ForesyncError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal.format import RecordState
 from foresync.link import wire
+from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
@@ -444,7 +446,7 @@ class World:
             return
         self._log("restart secondary")
         durable = self.journal.durable_state()  # cached: give the core its own copy to change
-        self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges)))
+        self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
 
     def _ev_promote(self) -> None:
         """Failover (claim 7): the secondary becomes primary of a new epoch; its durable record
@@ -460,7 +462,7 @@ class World:
         self.sdisk.flush()
         site, old = self.roles["secondary"], self.roles["primary"]
         state = self.journal.durable_state()
-        failback = set(state.extents)
+        failback = set(state.extents) | set(extent_runs.expand(state.resync))
         for offset, length in state.ranges.values():
             failback.update(extents_of(offset, length, self.extent_size))
         self.promotions += 1
@@ -667,6 +669,7 @@ class World:
         # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
         # when it steps down.
         covered = set(state.extents) | self.oos_stores["A"] | self.oos_stores["B"]
+        covered.update(extent_runs.expand(state.resync))  # a resync pass's set (issue 19)
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
         return covered
