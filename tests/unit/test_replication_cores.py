@@ -160,6 +160,8 @@ class Harness:
             case pcore.PersistOutOfSync(token, extents):
                 self.oos.append(token)
                 self.oos_sets[token] = set(extents)
+            case pcore.ResumeLater():
+                self.primary.resume()
             case pcore.LinkFailed(reason):
                 raise AssertionError(f"link failed: {reason}")
             case _:

@@ -62,7 +62,7 @@ class PrimarySite:
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max,
             ),
-            read=backend.read_unless_hole,
+            read=backend.read_unless_hole, is_hole=backend.is_hole,
         )
         # The core's clock starts with ours: until the first timer tick it would read 0, and an
         # op made to wait then would look (at that tick) as if it had waited since boot: EIO.
@@ -199,6 +199,14 @@ class PrimarySite:
                     self.link.abort(reason)
             case core_mod.BecomeSecondary(history):
                 self._step_down_for(history)
+            case core_mod.ResumeLater():
+                # After the callbacks already ready (link frames, NBD requests, the admin
+                # endpoint): a long resync never holds the event loop for more than a slice.
+                asyncio.get_running_loop().call_soon(self._resume_resync)
+
+    def _resume_resync(self) -> None:
+        self.core.resume()
+        self.pump()
 
     def _step_down_for(self, history: tuple[int, ...]) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went

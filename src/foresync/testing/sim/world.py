@@ -75,6 +75,7 @@ class _Primary:
     core: PrimaryCore
     flushes: deque[int] = field(default_factory=deque)
     oos_persists: deque[tuple[int, tuple[int, ...]]] = field(default_factory=deque)
+    resume_due: bool = False  # the core asked to be resumed (ResumeLater)
 
 
 @dataclass(slots=True)
@@ -97,6 +98,9 @@ class World:
         self.capacity = rng.randint(4, max(5, self.extent_count // 2))
         self.lookahead = rng.randint(0, 4)
         self.eviction = rng.choice([Eviction.LRU, Eviction.GENERATIONS])
+        # A resync yields to the loop after this much work (ResumeLater): sometimes after every
+        # few extents, so passes are interleaved with host writes and faults mid-slice.
+        self.resync_slice_bytes = rng.choice([self.extent_size, 3 * self.extent_size, 1 << 26])
         self.max_write = (self.capacity - 1) * self.extent_size
         self.schedule: list[str] = []
         self.now = 0.0
@@ -177,6 +181,7 @@ class World:
             mode=self.mode, size=self.size, extent_size=self.extent_size, capacity=self.capacity,
             lookahead=self.lookahead, eviction=self.eviction, volume_id=VOLUME_ID,
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
+            resync_slice_bytes=self.resync_slice_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
         core = PrimaryCore(config, read=self.pdisk.read)
         core.restore_out_of_sync(set(self.oos_store))
@@ -219,6 +224,8 @@ class World:
             choices.append((1.5, "primary_flush"))
         if p is not None and p.oos_persists:
             choices.append((1.5, "oos_persist"))
+        if p is not None and p.resume_due:
+            choices.append((3.0, "resume"))
         if s is not None and s.commits:
             choices.append((2.0, "journal_commit"))
         if s is not None and s.syncs:
@@ -346,6 +353,11 @@ class World:
         token, extents = self.primary.oos_persists.popleft()
         self.oos_store = set(extents)
         self.primary.core.out_of_sync_persisted(token)
+
+    def _ev_resume(self) -> None:
+        assert self.primary is not None
+        self.primary.resume_due = False
+        self.primary.core.resume()
 
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
@@ -491,7 +503,8 @@ class World:
                 break
             events = [e for e, ready in ((self._ev_deliver_p2s, self.p2s), (self._ev_deliver_s2p, self.s2p),
                                          (self._ev_primary_flush, p.flushes),
-                                         (self._ev_oos_persist, p.oos_persists)) if ready]
+                                         (self._ev_oos_persist, p.oos_persists),
+                                         (self._ev_resume, p.resume_due)) if ready]
             s = self.secondary
             if s is not None and s.commits:
                 events.append(self._ev_journal_commit)
@@ -590,6 +603,8 @@ class World:
                 p.oos_persists.append((token, extents))
             case pcore.LinkFailed(reason):
                 raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
+            case pcore.ResumeLater():
+                p.resume_due = True
 
     def _acked(self, op: _HostOp) -> None:
         # Only what ran start to finish on one unbroken connection carries sync mode's promise;
@@ -736,6 +751,8 @@ class World:
                 events.append(self._ev_primary_flush)
             if p.oos_persists:
                 events.append(self._ev_oos_persist)
+            if p.resume_due:
+                events.append(self._ev_resume)
             if s.commits:
                 events.append(self._ev_journal_commit)
             if s.syncs:
