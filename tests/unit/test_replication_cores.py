@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,6 +64,7 @@ class Harness:
     allow_failures: bool = False  # a test that expects an op to fail (EIO after a bounded wait)
     faults: Faults = NO_FAULTS
     fast: bool = True  # host writes try PrimaryCore.write_hit first, as the site does
+    slice_bytes: int = pcore.RESYNC_SLICE_BYTES  # resync work per pump (ResumeLater)
 
     p_img: bytearray = field(init=False)
     s_img: bytearray = field(init=False)
@@ -74,7 +76,8 @@ class Harness:
         self.p_durable = bytes(self.size)
         self.s_durable = bytes(self.size)
         config = Config(self.mode, self.size, self.extent_size, self.capacity, self.lookahead,
-                        self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults)
+                        self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults,
+                        resync_slice_bytes=self.slice_bytes)
         self.primary = PrimaryCore(config, self._read)
         self.secondary = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME,
                                        RecordState(), faults=self.faults)
@@ -88,6 +91,7 @@ class Harness:
         self.oos: deque[int] = deque()
         self.oos_sets: dict[int, set[int]] = {}  # persist token -> the set it stores
         self.stored_oos: set[int] = set()  # the primary's durable out-of-sync set
+        self.new_copy = False  # the secondary is a new copy (its metadata says so) until RESYNC_DONE
         self.data_syncs: deque[tuple[int, bytes]] = deque()
         self.journal: list[bytes] = []
         self.commits: deque[int] = deque()  # journal commit targets started
@@ -252,8 +256,10 @@ class Harness:
                 self.s_img[offset : offset + length] = bytes(length)
             case score.SyncData(through):
                 self.data_syncs.append((through, bytes(self.s_img)))
-            case score.ResyncStarted() | score.ResyncFinished():
-                pass  # consistency marks: the adapter persists them; nothing to do in memory
+            case score.ResyncFinished():
+                self.new_copy = False
+            case score.ResyncStarted():
+                pass  # a consistency mark: the adapter persists it; nothing to do in memory
             case _:
                 raise AssertionError(f"unknown secondary action {action!r}")
 
@@ -483,7 +489,8 @@ class Harness:
                     covered = extent in self.committed_state.extents or any(
                         extent in extents_of(off, length, self.extent_size)
                         for off, length in self.committed_state.ranges.values()
-                    ) or runs.contains(self.committed_state.resync, extent) or extent in self.stored_oos
+                    ) or runs.contains(self.committed_state.resync, extent) or extent in self.stored_oos \
+                        or self.new_copy
                     assert covered, f"{name} differ in extent {extent}, not in the durable record"
 
     def check_quiescent(self) -> None:
@@ -547,6 +554,35 @@ def test_a_resync_larger_than_the_record_streams_without_waiting_for_room() -> N
     h.check_quiescent()
     assert h.committed_state.resync == ()  # cleared at RESYNC_DONE
     assert h.primary.failback_bound_extents() == len(h.primary.record)
+
+
+def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() -> None:
+    """A new secondary reports a checksum per extent; the primary sweeps them all (one run in
+    RESYNC_SET, no per-extent list), a slice of one extent's work at a time (ResumeLater),
+    and sends only the three extents that differ."""
+    h = Harness(capacity=2, lookahead=0, extents=12, slice_bytes=16)
+    for extent in (1, 5, 11):
+        span = h._span(extent)
+        h.p_img[span] = bytes([9]) * (span.stop - span.start)
+    h.p_durable = bytes(h.p_img)
+    h.secondary.welcome_flags = wire.WelcomeFlag.NEW
+    h.new_copy = True
+    h.secondary.hashes = tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))
+    resumes = 0
+    original = h.primary.resume
+
+    def counted() -> None:
+        nonlocal resumes
+        resumes += 1
+        original()
+
+    h.primary.resume = counted  # type: ignore[method-assign]
+    h.connect()
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.counters.resync_bytes == 3 * h.extent_size - 3  # the last extent is short
+    assert resumes >= h.extents - 1, resumes
+    assert h.committed_state.resync == ()
 
 
 def test_resync_done_waits_for_the_primarys_own_flush() -> None:

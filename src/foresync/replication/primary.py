@@ -1209,7 +1209,8 @@ class PrimaryCore:
         or why not now: "window" or "rate"."""
         offset = extent * self.config.extent_size
         length = min(self.config.extent_size, self.config.size - offset)
-        if self._same_there(extent, offset, length):
+        compared = self._same_there(extent, offset, length)
+        if compared is True:
             self._resync_set.discard(extent)
             self._resync_local_need = self._next_seq - 1
             self._resynced_out_of_sync(extent)
@@ -1224,12 +1225,14 @@ class PrimaryCore:
             return "window"
         if not self._refill_rate():
             return "rate"
-        # Read and send in one step: nothing can land on this extent in between. No record
-        # room is needed: the resync set journaled there covers the extent until RESYNC_DONE.
-        self._slice_work += length
+        # Read and send in one step (the data just compared, if any, is that read): nothing can
+        # land on this extent in between. No record room is needed: the resync set journaled
+        # there covers the extent until RESYNC_DONE.
+        if not isinstance(compared, bytes):
+            self._slice_work += length
+            compared = self._read(offset, length)
         self._differs = -1
-        op = _Op(-1, offset, length, self._read(offset, length), False, False,
-                 range(extent, extent + 1), resync_extent=extent)
+        op = _Op(-1, offset, length, compared, False, False, range(extent, extent + 1), resync_extent=extent)
         op.seq = self._next_seq
         self._next_seq += 1
         self.record.resynced(extent, op.seq)  # dirty until this data is durable there
@@ -1245,9 +1248,10 @@ class PrimaryCore:
             self._resync_tokens -= length
         return "sent"
 
-    def _same_there(self, extent: int, offset: int, length: int) -> bool:
-        """Whether the secondary's checksum (full sync) shows the extent identical there. A
-        hole here against the checksum of zeroes there needs no hashing at all."""
+    def _same_there(self, extent: int, offset: int, length: int) -> bool | bytes:
+        """Whether the secondary's checksum (full sync) shows the extent identical there: True,
+        False (nothing to compare), or our data, read and found different (sent as it is, not
+        read twice). A hole here against the checksum of zeroes there needs no hashing."""
         hashes = self._remote_hashes
         if extent >= len(hashes) or extent == self._differs or extent in self._hashes_void:
             return False
@@ -1260,10 +1264,11 @@ class PrimaryCore:
             if self._is_hole(offset, length):
                 return True
         self._slice_work += length
-        if xxhash.xxh3_64_intdigest(self._read(offset, length)) == remote:
+        data = self._read(offset, length)
+        if xxhash.xxh3_64_intdigest(data) == remote:
             return True
         self._differs = extent  # the window may be full: the retry sends without hashing again
-        return False
+        return data
 
     def resume(self) -> None:
         """The adapter's answer to ResumeLater: carry on with the resync."""
