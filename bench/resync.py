@@ -16,7 +16,10 @@ Every case runs two real ``foresync run`` processes on loopback, each dialling i
   copies the failback set back: time from the old primary's restart (its process start and
   step-down included) until in sync.
 
-Each case prints seconds, bytes moved and MB/s, and the ratio to ``async stream``. ``--foresync``
+Each case prints seconds, bytes moved and MB/s, and the ratio to ``async stream``. Then, for each
+``--large`` size (100 GiB, 1 TiB, 4 TiB: sparse files, no disk space needed), a full sync of a
+new pair: seconds to in sync, the slowest /status answer meanwhile, each site's peak RSS and any
+heartbeat timeout. ``--foresync``
 runs the sites from another checkout (before/after comparisons); the proxy always comes from
 this one. The machine may be shared: figures are noisy, compare cases of one run.
 
@@ -194,6 +197,44 @@ def case_failback(args: argparse.Namespace, workdir: Path) -> tuple[float, int]:
 CASES = {"async stream": case_async_stream, "initial sync": case_initial_sync, "failback": case_failback}
 
 
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def case_large(args: argparse.Namespace, workdir: Path, size: int) -> str:
+    """A sparse volume of ``size``, both sites new: seconds from the secondary's start until in
+    sync, the slowest /status answer of either site meanwhile, and each site's peak RSS."""
+    pair = Pair(args, workdir, "lookahead", size)
+    try:
+        pair.start("A")
+        began = time.monotonic()
+        pair.start("B")
+        slowest = 0.0
+        while True:
+            for site in "AB":
+                asked = time.monotonic()
+                doc = pair.status(site)
+                slowest = max(slowest, time.monotonic() - asked)
+                if site == "A" and doc["link"] == "connected" and doc["in_sync"]:
+                    break
+            else:
+                if time.monotonic() - began > TIMEOUT_S:
+                    raise RuntimeError(f"{size} bytes: not in sync within {TIMEOUT_S} s")
+                time.sleep(0.05)
+                continue
+            break
+        elapsed = time.monotonic() - began
+        rss = {site: peak_rss_mb(pair.procs[site].pid) for site in "AB"}
+        timeouts = sum(pair.workdir.joinpath(f"{s}.log").read_text().count("no frame from") for s in "AB")
+        return (f"in sync {elapsed:6.1f} s, slowest /status {slowest:.2f} s, peak RSS primary "
+                f"{rss['A']:.0f} MB secondary {rss['B']:.0f} MB, heartbeat timeouts {timeouts}")
+    finally:
+        pair.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay-ms", type=float, default=3.25, help="one-way proxy delay (default 3.25)")
@@ -203,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--foresync", default=str(Path(sys.executable).with_name("foresync")),
                         help="the foresync executable the sites run (another checkout's, for 'before')")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
+    parser.add_argument("--large", default="100GiB,1TiB,4TiB",
+                        help="sparse volume sizes to fully sync (empty: none); needs no disk space")
     args = parser.parse_args(argv)
     args.data = parse_size(args.data, "--data")
     args.rate = parse_size(args.rate, "--rate")
@@ -211,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
           f"data {args.data // MiB} MiB, sites {args.foresync}", flush=True)
     results: dict[str, float] = {}
     failed = False
-    for name in args.cases.split(","):
+    for name in filter(None, args.cases.split(",")):
         workdir = Path(tempfile.mkdtemp(prefix=f"resync-bench-{name.replace(' ', '-')}-"))
         try:
             seconds, moved = CASES[name](args, workdir)
@@ -224,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
                  if "async stream" in results and name != "async stream" else "")
         print(f"  {name:13s} {seconds:7.2f} s  {moved / MiB:7.0f} MiB  {results[name]:7.1f} MB/s{ratio}",
               flush=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    for text in filter(None, args.large.split(",")):
+        workdir = Path(tempfile.mkdtemp(prefix="resync-bench-large-"))
+        try:
+            print(f"  sparse {text:>6s}  {case_large(args, workdir, parse_size(text, '--large'))}", flush=True)
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            print(f"  sparse {text:>6s}  FAILED: {exc} (logs in {workdir})", flush=True)
+            failed = True
+            continue
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
