@@ -65,6 +65,7 @@ class Harness:
     faults: Faults = NO_FAULTS
     fast: bool = True  # host writes try PrimaryCore.write_hit first, as the site does
     slice_bytes: int = pcore.RESYNC_SLICE_BYTES  # resync work per pump (ResumeLater)
+    resync_window: int = pcore.RESYNC_WINDOW_BYTES  # resync bytes in flight
 
     p_img: bytearray = field(init=False)
     s_img: bytearray = field(init=False)
@@ -77,7 +78,7 @@ class Harness:
         self.s_durable = bytes(self.size)
         config = Config(self.mode, self.size, self.extent_size, self.capacity, self.lookahead,
                         self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults,
-                        resync_slice_bytes=self.slice_bytes)
+                        resync_slice_bytes=self.slice_bytes, resync_window_bytes=self.resync_window)
         self.primary = PrimaryCore(config, self._read)
         self.secondary = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME,
                                        RecordState(), faults=self.faults)
@@ -583,6 +584,21 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
     assert h.primary.counters.resync_bytes == 3 * h.extent_size - 3  # the last extent is short
     assert resumes >= h.extents - 1, resumes
     assert h.committed_state.resync == ()
+
+
+def test_a_resync_keeps_only_its_own_window_in_flight_so_host_writes_go_first() -> None:
+    """The resync may have ``resync_window_bytes`` in flight (two extents here), not the whole
+    link window: a host write made meanwhile goes out at once, behind two extents, not eight."""
+    h = Harness(capacity=2, lookahead=0, extents=12, resync_window=2 * 16)
+    _primary_restarted_with_out_of_sync(h, range(2, 10))
+    h.connect()
+    assert len([m for m in h.peek_to_secondary() if isinstance(m, wire.Write)]) == 2
+    h.write(0, 4)
+    last = h.peek_to_secondary()[-1]
+    assert isinstance(last, wire.Write) and not last.flags & WriteFlag.RESYNC and last.offset == 0
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.counters.resync_bytes == 8 * h.extent_size
 
 
 def test_resync_done_waits_for_the_primarys_own_flush() -> None:

@@ -71,6 +71,10 @@ VERIFY_IN_FLIGHT = 2
 # of xxh3 and reads from the page cache: the loop keeps answering the admin endpoint and the
 # link's heartbeats however large the volume (a 1 TiB full sync once held it for 50 s).
 RESYNC_SLICE_BYTES = 16 * 1024 * 1024
+# Resync bytes sent and not yet APPLIED there, at most: enough to fill 1 Gb/s at 130 ms RTT, yet
+# a host write queued behind them waits at most 0.13 s at that rate (the whole 64 MiB window
+# would be half a second): host writes keep priority over a resync.
+RESYNC_WINDOW_BYTES = 16 * 1024 * 1024
 HOLE_CHECK_COST = 16 * 1024  # SEEK_DATA on a sparse file: about 2 us, as 16 KiB of hashing
 
 
@@ -167,6 +171,7 @@ class Config:
     block_timeout_s: float = 30.0
     resync_rate_max: int = 0  # bytes/s, 0 = unlimited
     resync_slice_bytes: int = RESYNC_SLICE_BYTES  # resync work per pump before ResumeLater
+    resync_window_bytes: int = RESYNC_WINDOW_BYTES  # resync bytes in flight, within window_bytes
 
 
 @dataclass(slots=True, eq=False)
@@ -265,6 +270,8 @@ class PrimaryCore:
         self._zero_hashes: dict[int, int] = {}  # length -> xxh3 of that many zero bytes
         self._resume_asked = False
         self._slice_work = 0  # work done by the running _pump_resync (RESYNC_SLICE_BYTES)
+        self._resync_unapplied: deque[tuple[int, int]] = deque()  # (seq, bytes) resync in flight
+        self._resync_unapplied_bytes = 0
         self._resync_pass = False  # a pass started at WELCOME and RESYNC_DONE not yet sent
         self._resync_total_bytes = 0
         self._resync_done_bytes = 0
@@ -425,6 +432,8 @@ class PrimaryCore:
         self._resync.clear()
         self._resync_set.clear()
         self._sweep_next = self._sweep_end = 0
+        self._resync_unapplied.clear()
+        self._resync_unapplied_bytes = 0
         self._sets_unconfirmed.clear()  # their extents never left our out-of-sync set
         self._welcome_ranges = []
         if self._verify_active:
@@ -1010,6 +1019,9 @@ class PrimaryCore:
             _, size = self._sent.popleft()
             self._oldest_unapplied_at = self.now
             self._sent_bytes -= size
+        resync = self._resync_unapplied
+        while resync and resync[0][0] <= seq:
+            self._resync_unapplied_bytes -= resync.popleft()[1]
 
     def _on_added(self, seq: int, extents: tuple[int, ...]) -> None:
         ahead = self._read_aheads.pop(seq, None)
@@ -1223,6 +1235,8 @@ class PrimaryCore:
             return "same"
         if self._sent and self._sent_bytes + length > self.config.window_bytes:
             return "window"
+        if self._resync_unapplied and self._resync_unapplied_bytes + length > self.config.resync_window_bytes:
+            return "window"
         if not self._refill_rate():
             return "rate"
         # Read and send in one step (the data just compared, if any, is that read): nothing can
@@ -1238,6 +1252,8 @@ class PrimaryCore:
         self.record.resynced(extent, op.seq)  # dirty until this data is durable there
         self._mark_applied(op.seq)
         self._transmit(op, _RESYNC, 0, ())
+        self._resync_unapplied.append((op.seq, length))
+        self._resync_unapplied_bytes += length
         self._resynced_out_of_sync(extent)
         self._resync_set.discard(extent)
         self._resync_last_seq = self._resync_local_need = op.seq

@@ -101,6 +101,7 @@ class World:
         # A resync yields to the loop after this much work (ResumeLater): sometimes after every
         # few extents, so passes are interleaved with host writes and faults mid-slice.
         self.resync_slice_bytes = rng.choice([self.extent_size, 3 * self.extent_size, 1 << 26])
+        self.resync_window_bytes = rng.choice([self.extent_size, 2 * self.extent_size, 1 << 24])
         self.max_write = (self.capacity - 1) * self.extent_size
         self.schedule: list[str] = []
         self.now = 0.0
@@ -182,6 +183,7 @@ class World:
             lookahead=self.lookahead, eviction=self.eviction, volume_id=VOLUME_ID,
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
             resync_slice_bytes=self.resync_slice_bytes,
+            resync_window_bytes=self.resync_window_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
         core = PrimaryCore(config, read=self.pdisk.read)
         core.restore_out_of_sync(set(self.oos_store))
