@@ -16,7 +16,8 @@ Every case runs two real ``foresync run`` processes on loopback, each dialling i
   copies the failback set back: time from the old primary's restart (its process start and
   step-down included) until in sync.
 
-Each case prints seconds, bytes moved and MB/s, and the ratio to ``async stream``. Then, for each
+Each case prints seconds, bytes moved and MB/s, and the ratio to ``async stream``. Then the host's
+4 KiB QD1 random write p99 (fio, 3 s) during an initial sync and once in sync. Then, for each
 ``--large`` size (100 GiB, 1 TiB, 4 TiB: sparse files, no disk space needed), a full sync of a
 new pair: seconds to in sync, the slowest /status answer meanwhile, each site's peak RSS and any
 heartbeat timeout. ``--foresync``
@@ -194,6 +195,32 @@ def case_failback(args: argparse.Namespace, workdir: Path) -> tuple[float, int]:
         pair.close()
 
 
+def host_p99_ms(pair: Pair, seconds: int) -> float:
+    """fio 4 KiB random writes at QD1 on A's export for ``seconds``: the p99 completion latency."""
+    job = run_fio_json(["fio", "--name=p99", "--ioengine=nbd", f"--uri=nbd://127.0.0.1:{pair.ports['A']['nbd']}/",
+                        "--rw=randwrite", "--bs=4k", "--iodepth=1", "--size=64M", "--time_based",
+                        f"--runtime={seconds}", "--randrepeat=0", "--output-format=json"], TIMEOUT_S, "site A")
+    return float(job["write"]["clat_ns"]["percentile"]["99.000000"]) / 1e6
+
+
+def case_host_latency(args: argparse.Namespace, workdir: Path) -> str:
+    """Host 4 KiB QD1 write p99 during an initial sync of ``--data``, then once in sync."""
+    pair = Pair(args, workdir, "lookahead", args.data)
+    try:
+        pair.start("A")
+        pair.write("A", 0, args.data)
+        pair.start("B")
+        wait_for("sync started", lambda: pair.status("A")["counters"]["resync_bytes"] > 0)
+        during = host_p99_ms(pair, 3)
+        still = not pair.in_sync("A")
+        wait_for("initial sync", lambda: pair.in_sync("A"))
+        idle = host_p99_ms(pair, 3)
+        note = "" if still else " (the sync ended during the sample)"
+        return f"host 4K QD1 write p99 {during:.2f} ms during the sync, {idle:.2f} ms after: {during / idle:.2f}x{note}"
+    finally:
+        pair.close()
+
+
 CASES = {"async stream": case_async_stream, "initial sync": case_initial_sync, "failback": case_failback}
 
 
@@ -244,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--foresync", default=str(Path(sys.executable).with_name("foresync")),
                         help="the foresync executable the sites run (another checkout's, for 'before')")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
+    parser.add_argument("--no-latency", dest="latency", action="store_false",
+                        help="skip the host write p99 during an initial sync")
     parser.add_argument("--large", default="100GiB,1TiB,4TiB",
                         help="sparse volume sizes to fully sync (empty: none); needs no disk space")
     args = parser.parse_args(argv)
@@ -268,6 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:13s} {seconds:7.2f} s  {moved / MiB:7.0f} MiB  {results[name]:7.1f} MB/s{ratio}",
               flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.latency:
+        workdir = Path(tempfile.mkdtemp(prefix="resync-bench-latency-"))
+        try:
+            print(f"  {case_host_latency(args, workdir)}", flush=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            print(f"  host latency FAILED: {exc} (logs in {workdir})", flush=True)
+            failed = True
     for text in filter(None, args.large.split(",")):
         workdir = Path(tempfile.mkdtemp(prefix="resync-bench-large-"))
         try:

@@ -235,6 +235,7 @@ class PrimarySite:
     def _on_message(self, message: wire.Message) -> None:
         if isinstance(message, wire.Pong):
             self.link_rtt_s = max(0.0, (time.monotonic_ns() - message.timestamp_ns) / 1e9)
+            self.core.observe_rtt(self.link_rtt_s)
         self.core.receive(message)
         self.pump()
 
@@ -294,6 +295,9 @@ class PrimarySite:
             log.info("link: connected to secondary at %s", proto.peer)
             self.core.connected()
             self.pump()
+            # A round trip measured now, before any resync data queues on the link, is the link's
+            # own delay: the resync window is tuned from it (PrimaryCore.observe_rtt).
+            proto.send(wire.Ping(time.monotonic_ns()))
             reason = await proto.closed
             # A session that never got past HELLO (refused: wrong size, extent size, identity)
             # fails the same way on every retry; without a pause we would redial in a tight loop.
