@@ -51,7 +51,7 @@ import google_crc32c
 from foresync.errors import RemoteProtocolError, invariant
 from foresync.gather import Parts, add_part, join
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); a version-1 peer is refused by name
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
