@@ -15,6 +15,7 @@ class Faults:
     evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
+    s3fifo_evicts_dirty: bool = False  # record: the s3fifo policy chooses extents still dirty
 
 
 NO_FAULTS = Faults()

@@ -204,7 +204,8 @@ class PrimaryCore:
         self.config = config
         self._read = read
         self.extent_count = -(-config.size // config.extent_size)
-        self.record = RecordCopy(config.capacity, config.eviction)
+        self.record = RecordCopy(config.capacity, config.eviction,
+                                 evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.link = LinkState.DISCONNECTED
         self.link_error = ""
         self._actions: list[Action] = []

@@ -55,6 +55,7 @@ class SimConfig:
     mode: Mode | None = None  # None: chosen by the seed (swarm testing)
     faults: Faults = NO_FAULTS
     crash_weight: float = 1.0  # scale of the fault events' weights; 0 disables them
+    eviction: Eviction | None = None  # None: chosen by the seed
 
 
 @dataclass(slots=True)
@@ -94,7 +95,7 @@ class World:
         self.size = self.extent_size * self.extent_count
         self.capacity = rng.randint(4, max(5, self.extent_count // 2))
         self.lookahead = rng.randint(0, 4)
-        self.eviction = rng.choice([Eviction.LRU, Eviction.GENERATIONS])
+        self.eviction = self.cfg.eviction or rng.choice(list(Eviction))
         self.max_write = (self.capacity - 1) * self.extent_size
         self.schedule: list[str] = []
         self.now = 0.0
