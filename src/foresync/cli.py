@@ -79,13 +79,19 @@ def main(log_level: str) -> None:
                    "(the layout qemu and libnbd use). Plain nbd:// clients are refused.")
 @click.option("--tls-verify-client", is_flag=True,
               help="With --tls-dir: also demand a client certificate signed by ca-cert.pem.")
+@click.option("--trace", "trace_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Record every request (time, op, offset, length, flags; no data) to FILE, "
+                   "for foresync tune. Format: foresync/nbd/trace.py.")
 def serve(data_path: str, size: str, listen: str, export_name: str, read_only: bool,
           max_connections: int, max_in_flight: int, max_in_flight_size: str, max_option_size: str,
-          handshake_timeout: float, tls_dir: str | None, tls_verify_client: bool) -> None:
+          handshake_timeout: float, tls_dir: str | None, tls_verify_client: bool,
+          trace_path: str | None) -> None:
     """Serve a file or block device over NBD, without replication."""
     from foresync import tls
     from foresync.nbd.handshake import ExportInfo
     from foresync.nbd.server import NbdServer, ServerLimits
+    from foresync.nbd.target import NbdTarget
+    from foresync.nbd.tracing import TraceWriter, TracingTarget
     from foresync.storage.file_backend import FileBackend
     from foresync.storage.local_target import LocalTarget
 
@@ -103,6 +109,7 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
             max_option_bytes=parse_size(max_option_size, "--max-option-size"),
             handshake_timeout_s=handshake_timeout)
         backend = FileBackend(data_path, size_bytes, read_only=read_only)
+        writer = TraceWriter(trace_path, size_bytes) if trace_path else None
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -110,7 +117,10 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
         target = LocalTarget(backend)
         export = ExportInfo(name=export_name, size=size_bytes, read_only=read_only,
                             description=f"foresync volume {data_path}")
-        server = NbdServer(target, export, limits, tls=tls_ctx)
+        served: NbdTarget = target
+        if writer is not None:
+            served = TracingTarget(target, writer)
+        server = NbdServer(served, export, limits, tls=tls_ctx)
         bound_host, bound_port = await server.start(host, port)
         scheme = "nbds" if tls_ctx else "nbd"
         click.echo(f"serving {data_path} as {scheme}://{bound_host}:{bound_port}/{export_name}", err=True)
@@ -125,6 +135,9 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
         run_async(serve_until_stopped)
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {listen}: {exc.strerror or exc}") from None
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="SITE.toml",

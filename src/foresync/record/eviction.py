@@ -19,7 +19,7 @@ record is a cache of "extents about to be written", so the right signal is the w
 This is S3-FIFO (Yang et al., SOSP 2023) with one change the record needs: an extent may be
 chosen only while it is *clean* (its latest write durable on both sites, record.py) and not one
 of the extents the miss making room is about to write. A dirty or kept extent at a tail is
-passed over and stays where it is, so the policy can never drop an extent whose data the
+passed over (it keeps its counter), so the policy can never drop an extent whose data the
 secondary may still lack. If the preferred queue has too few clean extents, the other queue is
 tried; if there are not enough clean extents in all, nothing is chosen and the miss waits for
 the watermark, exactly as with the claimed policies.
@@ -130,21 +130,21 @@ class S3Fifo:
 
     def _from_main(self, shortfall: int, usable: Callable[[int], bool], chosen: list[int],
                    taken: set[int]) -> None:
-        """The CLOCK: at most FREQ_MAX + 1 laps, each extent at the tail once per lap."""
+        """The CLOCK hand: the extent at the tail goes round to the head, its counter lowered by
+        one, or is chosen at zero. Dirty and kept extents go round untouched. It stops once a
+        whole lap chose nothing and lowered nothing (too few clean extents), so a lap costs
+        at most one pass and FREQ_MAX + 1 laps choose every clean extent there is."""
         freq, main = self._freq, self._main
-        for _ in range(FREQ_MAX + 1):
-            progress = False
-            for extent in list(main):
-                if len(chosen) >= shortfall:
-                    return
-                if extent in taken or not usable(extent):
-                    continue  # dirty or kept: passed over, keeps its place and its counter
-                progress = True
-                if freq[extent] > 0:
-                    freq[extent] -= 1
-                    main.move_to_end(extent)
-                else:
-                    chosen.append(extent)
-                    taken.add(extent)
-            if not progress:
-                return
+        idle = 0  # extents passed over since the last one chosen or lowered
+        while len(chosen) < shortfall and idle < len(main):
+            extent = next(iter(main))
+            main.move_to_end(extent)
+            if not usable(extent):
+                idle += 1  # dirty, kept or already chosen
+            elif freq[extent] > 0:
+                freq[extent] -= 1
+                idle = 0
+            else:
+                chosen.append(extent)
+                taken.add(extent)
+                idle = 0

@@ -203,6 +203,20 @@ class RecordCopy:
                     return chosen
         return None
 
+    def room_for_miss(self, touched: range, lookahead: int,
+                      clean_through: int) -> tuple[int, list[int]] | None:
+        """(budget, extents to evict) for a miss on ``touched``: room for its new extents plus
+        ``lookahead`` predictions if clean extents allow, else for its new extents alone; None:
+        not even that yet, the miss waits for the watermark. The primary and ``foresync tune``
+        (replay.py) both decide a miss here."""
+        new = sum(1 for e in touched if e not in self._generation_of)
+        budget = min(new + lookahead, self.capacity)
+        evict = self.choose_evictions(budget, clean_through, touched)
+        if evict is None:
+            budget = new  # try without predictions before waiting
+            evict = self.choose_evictions(budget, clean_through, touched)
+        return None if evict is None else (budget, evict)
+
     def evict(self, extents: list[int]) -> None:
         if self._s3 is not None:
             for extent in extents:

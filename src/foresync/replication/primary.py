@@ -47,7 +47,7 @@ from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
-from foresync.record.predict import extents_of, predict
+from foresync.record.predict import PREDICTORS, additions, extents_of, predict
 from foresync.record.record import UNSENT, Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
 
@@ -143,6 +143,7 @@ class Config:
     miss_wait_s: float = 30.0
     faults: Faults = NO_FAULTS
     history: tuple[int, ...] = (1,)  # this site's epoch history (see roles.py)
+    predictor: str = "next"  # record/predict.py PREDICTORS; the secondary must use the same
     block_on_disconnect: bool = False  # link.on_disconnect = "block": misses wait for the link
     block_timeout_s: float = 30.0
     resync_rate_max: int = 0  # bytes/s, 0 = unlimited
@@ -206,6 +207,7 @@ class PrimaryCore:
         self.extent_count = -(-config.size // config.extent_size)
         self.record = RecordCopy(config.capacity, config.eviction,
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
+        self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
         self.link = LinkState.DISCONNECTED
         self.link_error = ""
         self._actions: list[Action] = []
@@ -762,8 +764,8 @@ class PrimaryCore:
         if not self._read_ahead_due(op.extents):
             return False
         lookahead = self.config.lookahead
-        ahead = predict(op.extents, lookahead, self.extent_count)
-        wanted = tuple(e for e in ahead if e not in self.record and e not in self._pending_adds)
+        ahead = self.predictor.candidates(op.extents, lookahead, self.extent_count)
+        wanted = tuple(e for e in ahead if e not in self.record and e not in self._pending_adds)[:lookahead]
         budget = len(wanted)
         evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
         if evict is None:
@@ -808,13 +810,8 @@ class PrimaryCore:
 
     def _expected_adds(self, touched: range, budget: int) -> tuple[int, ...]:
         """What the secondary will add for a miss (it follows the same rule, claims 18-19)."""
-        new = [e for e in touched if e not in self.record]
-        for extent in predict(touched, self.config.lookahead, self.extent_count):
-            if len(new) >= budget:
-                break
-            if extent not in self.record:
-                new.append(extent)
-        return tuple(new)
+        return tuple(additions(self.predictor, touched, budget, self.config.lookahead,
+                               self.extent_count, self.record))
 
     def _release_expected(self, op: _Op) -> None:
         for extent in op.expected_adds:
@@ -827,19 +824,16 @@ class PrimaryCore:
 
     def _send_miss(self, op: _Op) -> bool:
         new = sum(1 for e in op.extents if e not in self.record)
-        budget = min(new + self.config.lookahead, self.config.capacity)
         if new > self.config.capacity:
             raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
                                      f"{self.config.capacity}")
-        evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
-        if evict is None:
-            budget = new  # try without predictions before waiting
-            evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
-        if evict is None:
+        room = self.record.room_for_miss(op.extents, self.config.lookahead, self._clean_through())
+        if room is None:
             if not op.waiting_since:
                 op.waiting_since = self.now or 1e-9
             self.request_durable()
             return False
+        budget, evict = room
         self.record.evict(evict)
         self.counters.misses += 1
         self._assign_seq(op)
@@ -861,6 +855,8 @@ class PrimaryCore:
             self._extent_fifo.setdefault(extent, deque()).append(op.seq)
 
     def _transmit(self, op: _Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
+        if flags & _MISS:
+            self.predictor.observe(op.extents)  # as the secondary will, adding for this MISS
         message: wire.Message
         if op.data is not None:
             message = wire.Write(op.seq, op.offset, flags, budget, removals, op.data)

@@ -23,7 +23,8 @@ from foresync.link import wire
 from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
-from foresync.nbd.target import Done
+from foresync.nbd.target import Done, NbdTarget
+from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.primary import Mode, PrimaryCore
@@ -60,7 +61,7 @@ class PrimarySite:
                 lookahead=cfg.lookahead, eviction=cfg.eviction, volume_id=meta.volume_id,
                 epoch=meta.epoch, window_bytes=cfg.window_bytes, history=meta.epoch_history,
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
-                resync_rate_max=cfg.resync_rate_max,
+                resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
             ),
             read=backend.read_unless_hole,
         )
@@ -83,6 +84,7 @@ class PrimarySite:
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
         self.read_only = False
+        self._trace: TraceWriter | None = None
         self.link: LinkProtocol | None = None
         self.link_rtt_s = 0.0
         self._dones: dict[int, Done] = {}
@@ -416,7 +418,11 @@ class PrimarySite:
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
-        self.nbd = NbdServer(self, export, self.security.nbd_limits, tls=self.security.nbd_tls)
+        served: NbdTarget = self
+        if self.cfg.nbd_trace:
+            self._trace = TraceWriter(self.cfg.nbd_trace, self.cfg.size)
+            served = TracingTarget(self, self._trace)
+        self.nbd = NbdServer(served, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
         await self.nbd.start(host, port)
         async with asyncio.TaskGroup() as group:
@@ -435,6 +441,8 @@ class PrimarySite:
         if self.link is not None:
             self.link.abort("shutting down")
         listener.close()
+        if self._trace is not None:
+            self._trace.close()
         return self.next_role
 
     async def _shutdown(self) -> None:

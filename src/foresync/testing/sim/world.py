@@ -28,7 +28,7 @@ from foresync.errors import ForesyncError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal.format import RecordState
 from foresync.link import wire
-from foresync.record.predict import extents_of
+from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
@@ -96,6 +96,7 @@ class World:
         self.capacity = rng.randint(4, max(5, self.extent_count // 2))
         self.lookahead = rng.randint(0, 4)
         self.eviction = self.cfg.eviction or rng.choice(list(Eviction))
+        self.predictor = rng.choice(sorted(PREDICTORS))
         self.max_write = (self.capacity - 1) * self.extent_size
         self.schedule: list[str] = []
         self.now = 0.0
@@ -169,14 +170,16 @@ class World:
 
     def describe(self) -> str:
         return (f"mode={self.mode.value} extents={self.extent_count}x{self.extent_size}B "
-                f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value}")
+                f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value} "
+                f"predictor={self.predictor}")
 
     def _start_primary(self) -> None:
         config = pcore.Config(
             mode=self.mode, size=self.size, extent_size=self.extent_size, capacity=self.capacity,
             lookahead=self.lookahead, eviction=self.eviction, volume_id=VOLUME_ID,
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
-            faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
+            faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
+            predictor=self.predictor)
         core = PrimaryCore(config, read=self.pdisk.read)
         core.restore_out_of_sync(set(self.oos_store))
         core.full_resync_pending = self.mode is Mode.ASYNC and self.primary_crashes > 0
@@ -184,7 +187,7 @@ class World:
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
-                             faults=self.cfg.faults)
+                             faults=self.cfg.faults, predictor=self.predictor)
         self.secondary = _Secondary(core)
 
     # -- running ----------------------------------------------------------------------------------
