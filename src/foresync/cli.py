@@ -13,7 +13,7 @@ import click
 from foresync import __version__
 from foresync.errors import ConfigError, ForesyncError
 from foresync.logctx import VolumeContext
-from foresync.units import parse_hostport, parse_size
+from foresync.units import format_size, parse_hostport, parse_size
 
 log = logging.getLogger("foresync")
 
@@ -463,6 +463,69 @@ def demo(keep: bool, delay_ms: int, standalone: bool) -> None:
     from foresync.demo import run_demo
 
     sys.exit(run_demo(keep=keep, delay_ms=delay_ms))
+
+
+def _duration_s(text: str, what: str) -> float:
+    """``10ms``, ``0.5s`` or a bare number of milliseconds."""
+    try:
+        if text.endswith("ms"):
+            value = float(text[:-2]) / 1e3
+        elif text.endswith("us"):
+            value = float(text[:-2]) / 1e6
+        elif text.endswith("s"):
+            value = float(text[:-1])
+        else:
+            value = float(text) / 1e3
+    except ValueError:
+        raise click.BadParameter(f"expected a duration such as 10ms, got {text!r}", param_hint=what) from None
+    if value <= 0:
+        raise click.BadParameter(f"must be positive, got {text!r}", param_hint=what)
+    return value
+
+
+@main.command()
+@click.option("--trace", "trace_path", required=True, metavar="FILE",
+              help="A trace from foresync serve --trace or [nbd] trace (raw, .xz or .gz).")
+@click.option("--bound", default=None, metavar="SIZE",
+              help="Failback bound to fit: capacity x extent size (default: 1/16 of the volume).")
+@click.option("--rtt", default="10ms", show_default=True, metavar="DURATION",
+              help="Round trip to the secondary: what a miss costs.")
+@click.option("--qd", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Writes the host keeps in flight, for the IOPS ceiling.")
+@click.option("--png", "png_path", metavar="FILE", help="Draw the miss-ratio curve here (needs matplotlib).")
+@click.option("--all", "show_all", is_flag=True, help="List every configuration tried, not the best 12.")
+def tune(trace_path: str, bound: str | None, rtt: str, qd: int, png_path: str | None, show_all: bool) -> None:
+    """Replay a trace through the record code and recommend a [record] configuration."""
+    from foresync import tune as tuning
+
+    rtt_s = _duration_s(rtt, "--rtt")
+    try:
+        volume_size, writes = tuning.load_trace(trace_path)
+        bound_bytes = parse_size(bound, "--bound") if bound else volume_size // 16
+        report = tuning.sweep(volume_size, writes, bound_bytes, clean_lag_s=rtt_s + 0.05,
+                              progress=lambda line: log.debug("replayed: %s", line))
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{trace_path}: {len(writes)} writes on a {format_size(volume_size)} volume; "
+               f"bound {format_size(bound_bytes)} ({bound_bytes / volume_size:.1%} of the volume), "
+               f"RTT {rtt_s * 1e3:g} ms, QD {qd}")
+    for line in tuning.render_table(report, rtt_s, qd, limit=len(report.results) if show_all else 12):
+        click.echo(line)
+    click.echo("")
+    for line in tuning.render_claims(report):
+        click.echo(line)
+    click.echo("")
+    for line in tuning.render_curve(report):
+        click.echo(line)
+    if png_path:
+        try:
+            tuning.draw_png(report, trace_path.rsplit("/", 1)[-1], png_path)
+        except ImportError:
+            raise click.ClickException("--png needs matplotlib: pip install 'foresync[tune]'") from None
+        click.echo(f"curve drawn in {png_path}")
+    click.echo("\nrecommended (both sites):")
+    for line in tuning.recommend(report):
+        click.echo("  " + line)
 
 
 if __name__ == "__main__":
