@@ -57,10 +57,12 @@ def load_trace(path: str) -> tuple[int, list[tuple[float, int, int, bool]]]:
     return volume_size, writes_of(records)
 
 
-def _score(result: ReplayResult) -> tuple[float, int, int]:
-    # Fewest misses and stalls; then the larger extent (less to track), then less lookahead.
-    return (round(result.miss_ratio + result.stall_ratio, 5), -result.config.extent_size,
-            result.config.lookahead)
+def _score(result: ReplayResult) -> tuple[float, int, int, bool, bool]:
+    # Fewest misses and stalls; then the larger extent (less to track), less lookahead, the
+    # default policy and the simpler predictor.
+    c = result.config
+    return (round(result.miss_ratio + result.stall_ratio, 5), -c.extent_size, c.lookahead,
+            c.eviction is not Eviction.S3FIFO, c.predictor != "next")
 
 
 def sweep(volume_size: int, writes: list[tuple[float, int, int, bool]], bound_bytes: int,
