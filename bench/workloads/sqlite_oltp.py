@@ -11,7 +11,7 @@ import random
 import sqlite3
 import time
 
-W, D, C, I = 10, 10, 3000, 100_000
+W, D, C, ITEMS = 10, 10, 3000, 100_000
 
 
 def nurand(rng: random.Random, a: int, x: int, y: int) -> int:
@@ -31,10 +31,10 @@ def load(db: sqlite3.Connection) -> None:
         CREATE TABLE history(w INT, d INT, c INT, amount REAL, at REAL);
     """)
     rng = random.Random(1)
-    db.executemany("INSERT INTO item VALUES (?,?,?)", ((i, rng.uniform(1, 100), "x" * 24) for i in range(I)))
+    db.executemany("INSERT INTO item VALUES (?,?,?)", ((i, rng.uniform(1, 100), "x" * 24) for i in range(ITEMS)))
     for w in range(W):
         db.execute("INSERT INTO warehouse VALUES (?,0,?)", (w, "w" * 80))
-        db.executemany("INSERT INTO stock VALUES (?,?,?,?)", ((w, i, 50, "s" * 50) for i in range(0, I, 4)))
+        db.executemany("INSERT INTO stock VALUES (?,?,?,?)", ((w, i, 50, "s" * 50) for i in range(0, ITEMS, 4)))
         for d in range(D):
             db.execute("INSERT INTO district VALUES (?,?,0,1,?)", (w, d, "d" * 80))
             db.executemany("INSERT INTO customer VALUES (?,?,?,0,?)", ((w, d, c, "c" * 300) for c in range(C)))
@@ -53,7 +53,7 @@ def run(db: sqlite3.Connection, seconds: float) -> int:
             db.execute("INSERT INTO orders VALUES (?,?,?,?,NULL)", (w, d, o, c))
             db.execute("INSERT INTO new_order VALUES (?,?,?)", (w, d, o))
             for n in range(rng.randint(5, 15)):
-                i = nurand(rng, 8191, 0, I - 1) & ~3
+                i = nurand(rng, 8191, 0, ITEMS - 1) & ~3
                 db.execute("UPDATE stock SET qty=qty-1 WHERE w=? AND i=?", (w, i))
                 db.execute("INSERT INTO order_line VALUES (?,?,?,?,?,?)", (w, d, o, n, i, rng.randint(1, 10)))
         elif kind < 0.88:

@@ -69,7 +69,7 @@ class RecordCopy:
     def __len__(self) -> int:
         return len(self._generation_of)
 
-    def __contains__(self, extent: int) -> bool:
+    def __contains__(self, extent: object) -> bool:
         return extent in self._generation_of
 
     def extents(self) -> list[int]:

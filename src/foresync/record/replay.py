@@ -25,12 +25,12 @@ as RANGE operations in the primary and never through the record; they are skippe
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from foresync.nbd.trace import TraceRecord
-from foresync.record.predict import PREDICTORS, Predictor, additions, extents_of
+from foresync.record.predict import PREDICTORS, additions, extents_of
 from foresync.record.record import Eviction, RecordCopy
 
 STREAMS_TRACKED = 16  # as the primary (replication/primary.py)
@@ -81,70 +81,93 @@ def writes_of(records: Iterable[TraceRecord]) -> list[tuple[float, int, int, boo
             if r.writes and r.length > 0]
 
 
-def replay(writes: list[tuple[float, int, int, bool]], volume_size: int, config: ReplayConfig) -> ReplayResult:
-    es, capacity = config.extent_size, config.capacity
-    extent_count = -(-volume_size // es)
-    record = RecordCopy(capacity, config.eviction)
-    predictor = PREDICTORS[config.predictor]()
-    lookahead = config.lookahead
-    big = min(RANGE_THRESHOLD_EXTENTS, capacity // 2)
-    issued: list[float] = []  # time of each seq (seq = index + 1)
-    clean_through = 0
-    stream_ends: OrderedDict[int, None] = OrderedDict()
-    count = misses = stalls = read_aheads = 0
-    for at, offset, length, is_data in writes:
-        touched = extents_of(offset, length, es)
-        if not is_data and len(touched) > big:
-            continue  # a RANGE op: never through the record
-        if len(touched) >= capacity:
-            continue  # larger than the record: the server never lets such a write in
-        count += 1
-        horizon = at - config.clean_lag_s
-        while clean_through < len(issued) and issued[clean_through] <= horizon:
-            clean_through += 1
+class ReplayEngine:
+    """The record of one configuration, fed one write at a time (``replay`` feeds a whole trace;
+    the primary's live estimator, estimate.py, feeds sampled host writes as they come)."""
+
+    def __init__(self, volume_size: int, config: ReplayConfig) -> None:
+        self.config = config
+        self.extent_count = -(-volume_size // config.extent_size)
+        self.record = RecordCopy(config.capacity, config.eviction)
+        self.predictor = PREDICTORS[config.predictor]()
+        self._big = min(RANGE_THRESHOLD_EXTENTS, config.capacity // 2)
+        self._issued: deque[float] = deque()  # issue times of the writes not yet clean
+        self._seq = 0
+        self._clean_through = 0
+        self._stream_ends: OrderedDict[int, None] = OrderedDict()
+        self.writes = self.misses = self.stalls = self.read_aheads = 0
+
+    def result(self) -> ReplayResult:
+        return ReplayResult(self.config, self.writes, self.misses, self.stalls, self.read_aheads,
+                            self.record.evicted_total)
+
+    def write(self, at: float, offset: int, length: int, is_data: bool) -> bool | None:
+        """One write issued at ``at`` seconds: True if it missed, None if it bypasses the record."""
+        config, record = self.config, self.record
+        touched = extents_of(offset, length, config.extent_size)
+        if (not is_data and len(touched) > self._big) or len(touched) >= config.capacity:
+            return None  # a RANGE op, or larger than the server lets in: never through the record
+        self.writes += 1
+        issued, horizon = self._issued, at - config.clean_lag_s
+        while issued and issued[0] <= horizon:
+            issued.popleft()
+            self._clean_through += 1
         issued.append(at)
-        seq = len(issued)
-        sequential = stream_ends.pop(offset, 0) is None
-        stream_ends[offset + length] = None
-        if len(stream_ends) > STREAMS_TRACKED:
-            stream_ends.popitem(last=False)
+        self._seq = seq = self._seq + 1
+        ends = self._stream_ends
+        sequential = ends.pop(offset, 0) is None
+        ends[offset + length] = None
+        if len(ends) > STREAMS_TRACKED:
+            ends.popitem(last=False)
         record.note_write(touched, seq)
+        lookahead = config.lookahead
         if record.covers(touched):
-            if sequential and lookahead and _read_ahead(record, predictor, touched, lookahead,
-                                                         extent_count, clean_through):
-                read_aheads += 1
-            continue
-        misses += 1
-        room = record.room_for_miss(touched, lookahead, clean_through)
+            if sequential and lookahead and self._read_ahead(touched):
+                self.read_aheads += 1
+            return False
+        self.misses += 1
+        room = record.room_for_miss(touched, lookahead, self._clean_through)
         if room is None:
-            stalls += 1
-            clean_through = seq - 1  # the watermark the primary asked for (all but this write)
-            room = record.room_for_miss(touched, lookahead, clean_through)
-            if room is None:  # only this write's own extents are dirty and they are all it needs
-                clean_through = seq
-                room = record.room_for_miss(touched, lookahead, clean_through)
+            # No clean extent: the primary asks for the watermark and waits for it.
+            self.stalls += 1
+            self._settle(seq - 1)
+            room = record.room_for_miss(touched, lookahead, self._clean_through)
+            if room is None:  # only this write's own extents are dirty, and they are all it needs
+                self._settle(seq)
+                room = record.room_for_miss(touched, lookahead, self._clean_through)
             assert room is not None
         budget, evict = room
         record.evict(evict)
-        added = additions(predictor, touched, budget, lookahead, extent_count, record)
-        predictor.observe(touched)
+        added = additions(self.predictor, touched, budget, lookahead, self.extent_count, record)
+        self.predictor.observe(touched)
         record.add(added)
-    return ReplayResult(config, count, misses, stalls, read_aheads, record.evicted_total)
+        return True
+
+    def _settle(self, through: int) -> None:
+        while self._clean_through < through and self._issued:
+            self._issued.popleft()
+            self._clean_through += 1
+
+    def _read_ahead(self, touched: range) -> bool:
+        """The primary's read-ahead for a sequential hit (``_read_ahead_due``, ``_send_read_ahead``)."""
+        record, lookahead, count = self.record, self.config.lookahead, self.extent_count
+        near = range(touched.stop, min(touched.stop + lookahead // 2 + 1, count))
+        if all(e in record for e in near):
+            return False
+        ahead = self.predictor.candidates(touched, lookahead, count)
+        wanted = tuple(e for e in ahead if e not in record)[:lookahead]
+        evict = record.choose_evictions(len(wanted), self._clean_through, touched)
+        if evict is None:
+            return False
+        record.evict(evict)
+        added = additions(self.predictor, touched, len(wanted), lookahead, count, record)
+        self.predictor.observe(touched)
+        record.add(added)
+        return True
 
 
-def _read_ahead(record: RecordCopy, predictor: Predictor, touched: range, lookahead: int,
-                extent_count: int, clean_through: int) -> bool:
-    """The primary's read-ahead for a sequential hit (``_read_ahead_due``, ``_send_read_ahead``)."""
-    near = range(touched.stop, min(touched.stop + lookahead // 2 + 1, extent_count))
-    if all(e in record for e in near):
-        return False
-    ahead = predictor.candidates(touched, lookahead, extent_count)
-    wanted = tuple(e for e in ahead if e not in record)[:lookahead]
-    evict = record.choose_evictions(len(wanted), clean_through, touched)
-    if evict is None:
-        return False
-    record.evict(evict)
-    added = additions(predictor, touched, len(wanted), lookahead, extent_count, record)
-    predictor.observe(touched)
-    record.add(added)
-    return True
+def replay(writes: list[tuple[float, int, int, bool]], volume_size: int, config: ReplayConfig) -> ReplayResult:
+    engine = ReplayEngine(volume_size, config)
+    for at, offset, length, is_data in writes:
+        engine.write(at, offset, length, is_data)
+    return engine.result()

@@ -47,6 +47,7 @@ from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
+from foresync.record.estimate import MissRatioEstimator
 from foresync.record.predict import PREDICTORS, additions, extents_of, predict
 from foresync.record.record import UNSENT, Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
@@ -208,6 +209,10 @@ class PrimaryCore:
         self.record = RecordCopy(config.capacity, config.eviction,
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
+        # The live miss-ratio curve (estimate.py); async mode keeps no record to size.
+        self.estimator = None if config.mode is Mode.ASYNC else MissRatioEstimator(
+            config.size, config.extent_size, config.capacity, config.eviction, config.lookahead,
+            config.predictor)
         self.link = LinkState.DISCONNECTED
         self.link_error = ""
         self._actions: list[Action] = []
@@ -275,6 +280,8 @@ class PrimaryCore:
     def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
         op = _Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
         op.sequential = self.config.mode is Mode.LOOKAHEAD and self._continues_stream(offset, len(data))
+        if self.estimator is not None:
+            self.estimator.observe(self.now, offset, len(data), True)
         self._submit(op)
 
     def write_hit(self, offset: int, data: bytes) -> wire.Write | None:
@@ -311,6 +318,8 @@ class PrimaryCore:
                 return None
             self._continues_stream(offset, length)
             counters.hits += 1
+            if self.estimator is not None:
+                self.estimator.observe(self.now, offset, length, True)
         counters.writes += 1
         seq = self._next_seq
         self._next_seq = seq + 1
@@ -331,6 +340,8 @@ class PrimaryCore:
             self._mark_applied(seq)
 
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
+        if self.estimator is not None:
+            self.estimator.observe(self.now, offset, length, False)
         self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
 
     def flush(self, op_id: int) -> None:

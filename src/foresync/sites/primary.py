@@ -473,6 +473,14 @@ class PrimarySite:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))
 
+    def _miss_ratio_estimate(self, writes: int, misses: int) -> dict[str, float]:
+        """Capacity (extents, as text: a JSON key) -> estimated miss ratio."""
+        estimator = self.core.estimator
+        if estimator is None:
+            return {}
+        estimates = estimator.estimates(misses / writes if writes else None)
+        return {str(c): round(m, 5) for c, m in sorted(estimates.items())}
+
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
         nbd = self.nbd.statistics() if self.nbd else None
@@ -485,7 +493,10 @@ class PrimarySite:
             "link_rtt_s": round(self.link_rtt_s, 6),
             "in_sync": s.in_sync,
             "record": {"extents": s.record_extents, "capacity": s.record_capacity,
-                       "extent_size_bytes": self.cfg.extent_size},
+                       "extent_size_bytes": self.cfg.extent_size,
+                       "eviction": self.cfg.eviction.value, "predictor": self.cfg.predictor,
+                       # capacity in extents -> estimated miss ratio (record/estimate.py)
+                       "miss_ratio_estimate": self._miss_ratio_estimate(s.writes, s.record_misses)},
             "counters": {"writes": s.writes, "record_hits": s.record_hits,
                          "record_misses": s.record_misses, "resync_bytes": s.resync_bytes,
                          "record_read_aheads": s.record_read_aheads},
