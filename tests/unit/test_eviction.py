@@ -22,13 +22,22 @@ def _filled(capacity: int, extents: range, seq: int = 1) -> RecordCopy:
 def test_an_extent_written_again_outlives_older_and_newer_unwritten_ones() -> None:
     # Extent 0 is the oldest addition, as lru's first victim would be, but the host wrote it again.
     record = _filled(10, range(10))
-    record.note_write([0], 2)
-    chosen = record.choose_evictions(5, clean_through=2)
+    record.note_write([0], 9)  # 8 writes later: a reuse (the gap is capacity // 2)
+    chosen = record.choose_evictions(5, clean_through=9)
     assert chosen is not None and len(chosen) == 5
     assert 0 not in chosen
     lru = RecordCopy(10, Eviction.LRU)
     lru.add(range(10))
-    assert lru.choose_evictions(5, clean_through=2) == [0, 1, 2, 3, 4]  # claim 15 drops it first
+    assert lru.choose_evictions(5, clean_through=9) == [0, 1, 2, 3, 4]  # claim 15 drops it first
+
+
+def test_a_burst_of_writes_filling_an_extent_is_one_use() -> None:
+    """A WAL or a log fills an extent with many small writes in a row: that is not a hot extent."""
+    record = _filled(10, range(10))
+    for seq in range(2, 6):
+        record.note_write([0], seq)  # within the reuse gap of its adding
+    chosen = record.choose_evictions(1, clean_through=5)
+    assert chosen == [0]
 
 
 def test_a_hot_extent_survives_a_sequential_scan() -> None:

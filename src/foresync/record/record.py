@@ -88,7 +88,7 @@ class RecordCopy:
         last = self._last_seq
         if self._s3 is not None and seq != UNSENT:
             extents = tuple(extents)
-            self._s3.written(extents)
+            self._s3.written(extents, seq)
         for extent in extents:
             if last.get(extent) != UNSENT:
                 last[extent] = seq
