@@ -62,6 +62,7 @@ class Harness:
     allow_failures: bool = False  # a test that expects an op to fail (EIO after a bounded wait)
     faults: Faults = NO_FAULTS
     fast: bool = True  # host writes try PrimaryCore.write_hit first, as the site does
+    predictor: str = "next"  # both sites' (record/predict.py)
 
     p_img: bytearray = field(init=False)
     s_img: bytearray = field(init=False)
@@ -73,10 +74,11 @@ class Harness:
         self.p_durable = bytes(self.size)
         self.s_durable = bytes(self.size)
         config = Config(self.mode, self.size, self.extent_size, self.capacity, self.lookahead,
-                        self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults)
+                        self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults,
+                        predictor=self.predictor)
         self.primary = PrimaryCore(config, self._read)
         self.secondary = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME,
-                                       RecordState(), faults=self.faults)
+                                       RecordState(), faults=self.faults, predictor=self.predictor)
         self.to_s: deque[bytes] = deque()
         self.to_p: deque[bytes] = deque()
         self.s_decoder = FrameDecoder()
@@ -815,11 +817,13 @@ def _run(h: Harness, steps: list[tuple[object, ...]]) -> None:
        capacity=st.integers(4, 7),
        lookahead=st.integers(0, 3),
        fast=st.booleans(),
+       predictor=st.sampled_from(["next", "history"]),
        steps=st.lists(STEP, min_size=20, max_size=80))
 @settings(max_examples=200, deadline=None)
 def test_random_schedules(mode: Mode, eviction: Eviction, capacity: int, lookahead: int, fast: bool,
-                          steps: list[tuple[object, ...]]) -> None:
-    _run(Harness(mode=mode, eviction=eviction, capacity=capacity, lookahead=lookahead, fast=fast), steps)
+                          predictor: str, steps: list[tuple[object, ...]]) -> None:
+    _run(Harness(mode=mode, eviction=eviction, capacity=capacity, lookahead=lookahead, fast=fast,
+                 predictor=predictor), steps)
 
 
 class _Recording(Harness):
