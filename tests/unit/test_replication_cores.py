@@ -1182,3 +1182,20 @@ def test_a_write_waiting_for_an_add_that_never_comes_fails_in_time() -> None:
     h.primary.tick(1.0 + h.primary.config.miss_wait_s + 1)
     h.pump()
     assert h.acks[waiting] == Errno.EIO
+
+
+def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_once() -> None:
+    """Issue 14, item 4: evictions wait for clean extents, and extents turn clean only when the
+    watermark passes them; asking for it when free slots run short, not at the next timer tick,
+    shortens the wait of the misses that follow."""
+    h = _Recording(capacity=8, lookahead=0)
+    h.connect()
+    for extent in range(7):
+        h.write(extent * h.extent_size, 4)
+        h.deliver_to_secondary()
+        h.run_io()
+        h.deliver_to_primary()
+    assert h.primary.record.free() == 1
+    h.sent.clear()
+    h.write(7 * h.extent_size, 4)  # the miss taking the last free slot (the low mark is 8 // 8)
+    assert any(isinstance(m, wire.Sync) for m in h.sent), h.sent

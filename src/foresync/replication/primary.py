@@ -209,6 +209,7 @@ class PrimaryCore:
         self.record = RecordCopy(config.capacity, config.eviction,
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
+        self._low_free = config.capacity // 8  # below it, a miss asks for the watermark (none under 8)
         # The live miss-ratio curve (estimate.py); async mode keeps no record to size.
         self.estimator = None if config.mode is Mode.ASYNC else MissRatioEstimator(
             config.size, config.extent_size, config.capacity, config.eviction, config.lookahead,
@@ -850,6 +851,11 @@ class PrimaryCore:
         self._assign_seq(op)
         self._misses[op.seq] = op
         self._reserve(op, budget, self._expected_adds(op.extents, budget))
+        if self.record.free() < self._low_free:
+            # Clean slots run short: ask for the watermark now rather than at the next tick, so
+            # the extents written so far turn clean before the next miss needs room (issue 14).
+            self._request_sync()
+            self._request_flush()
         flags = _MISS | (_DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
