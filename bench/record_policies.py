@@ -5,7 +5,7 @@
 Each trace is replayed (record/replay.py: the primary's own record, eviction and predictor code)
 with the record bounded to 1/16 and 1/4 of the trace's volume, at 1 MiB and 64 KiB extents and
 lookahead 4, under each eviction policy; then the default policy under each predictor. The clean
-lag is 60 ms (10 ms RTT plus the 50 ms watermark interval), as ``foresync tune --rtt 10ms``.
+lag is 15 ms (10 ms RTT plus 5 ms of fdatasync, record/replay.py), as ``foresync tune --rtt 10ms``.
 """
 
 from __future__ import annotations

@@ -465,6 +465,9 @@ def demo(keep: bool, delay_ms: int, standalone: bool) -> None:
     sys.exit(run_demo(keep=keep, delay_ms=delay_ms))
 
 
+FDATASYNC_S = 0.005  # what tune adds to the round trip before a write is clean (record/replay.py)
+
+
 def _duration_s(text: str, what: str) -> float:
     """``10ms``, ``0.5s`` or a bare number of milliseconds."""
     try:
@@ -502,7 +505,7 @@ def tune(trace_path: str, bound: str | None, rtt: str, qd: int, png_path: str | 
     try:
         volume_size, writes = tuning.load_trace(trace_path)
         bound_bytes = parse_size(bound, "--bound") if bound else volume_size // 16
-        report = tuning.sweep(volume_size, writes, bound_bytes, clean_lag_s=rtt_s + 0.05,
+        report = tuning.sweep(volume_size, writes, bound_bytes, clean_lag_s=rtt_s + FDATASYNC_S,
                               progress=lambda line: log.debug("replayed: %s", line))
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None

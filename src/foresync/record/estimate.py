@@ -37,7 +37,7 @@ _GOLDEN = 0x9E3779B1  # Knuth's multiplicative hash
 
 class MissRatioEstimator:
     def __init__(self, volume_size: int, extent_size: int, capacity: int, eviction: Eviction,
-                 lookahead: int, predictor: str, clean_lag_s: float = 0.06) -> None:
+                 lookahead: int, predictor: str, clean_lag_s: float = 0.015) -> None:
         self.capacity = capacity
         self.extent_size = extent_size
         shift = SHIFT_MIN
