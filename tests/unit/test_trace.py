@@ -97,3 +97,11 @@ def test_tune_names_a_bad_trace(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["tune", "--trace", str(path)])
     assert result.exit_code != 0 and "not a foresync trace" in result.output
     assert "Traceback" not in result.output
+
+
+def test_serve_names_a_trace_it_cannot_write(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--data", str(tmp_path / "v.img"), "--size", "1MiB",
+                                       "--listen", "127.0.0.1:0", "--trace", str(tmp_path / "no" / "t")])
+    assert result.exit_code != 0
+    assert f"cannot write the trace {tmp_path / 'no' / 't'}" in result.output
+    assert "Traceback" not in result.output
