@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from foresync.nbd import trace
+from foresync.record import estimate
 from foresync.record.estimate import FACTORS, MissRatioEstimator, advice
 from foresync.record.record import Eviction
 from foresync.record.replay import ReplayConfig, replay, writes_of
@@ -54,3 +55,15 @@ def test_advice_says_in_one_line_whether_the_record_is_too_small(
         ratio: float | None, estimates: dict[int, float], expected: str) -> None:
     line = advice(1024, ES, ratio, estimates)
     assert expected in line and "\n" not in line
+
+
+def test_a_hot_region_in_the_sample_halves_it_so_the_write_path_cost_stays_bounded() -> None:
+    estimator = MissRatioEstimator(1 << 30, ES, 4096, Eviction.S3FIFO, 4, "next")
+    shift = estimator.shift
+    region_bytes = 64 * ES
+    hot = next(r for r in range(1024)
+               if (((r + estimate._SALT) * estimate._GOLDEN) & 0xFFFFFFFF) < (1 << 32) >> shift)
+    for i in range(estimate.CHECK_EVERY + 1):
+        estimator.observe(i * 1e-4, hot * region_bytes + (i % 64) * ES, 4096, True)
+    assert estimator.shift == shift + 1  # every write was fed: more than 1 in FED_MAX_RATIO
+    assert estimator.sampled <= 1  # fresh shadows at the new rate
