@@ -71,6 +71,8 @@ def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_c
         live_writes, live_misses = status["counters"]["writes"], status["counters"]["record_misses"]
         trace_path = pair.primary.config_path.parent / "primary.fstrace"
         pair.stop_both()
+        # s3fifo evicted (240 writes, 124 extents, capacity 16) and the copies still match.
+        assert pair.primary.data_path.read_bytes() == pair.secondary.data_path.read_bytes()
     size, records = trace.decode(trace_path.read_bytes(), str(trace_path))
     writes = writes_of(records)
     assert len(writes) == live_writes == 240
@@ -79,5 +81,6 @@ def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_c
     # The replay runs the same record code on the same writes; only when extents turn clean
     # differs (the live watermark against the replay's fixed lag).
     assert replayed.misses == pytest.approx(live_misses, rel=0.2), (replayed, live_misses)
+    assert replayed.evicted > 50
     tuned = run_tool([FORESYNC, "tune", "--trace", trace_path, "--bound", "16MiB"])
     assert "recommended (both sites):" in tuned.stdout and 'bound = "16MiB"' in tuned.stdout
