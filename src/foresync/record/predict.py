@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Container, Iterable
+from typing import Protocol
 
 
 def extents_of(offset: int, length: int, extent_size: int) -> range:
@@ -106,6 +107,26 @@ class HistoryPredictor(Predictor):
 
 
 PREDICTORS: dict[str, type[Predictor]] = {"next": Predictor, "history": HistoryPredictor}
+
+
+class Present(Protocol):
+    def __contains__(self, extent: int, /) -> bool: ...
+
+
+def read_ahead_due(touched: range, lookahead: int, extent_count: int, present: Present) -> bool:
+    """Whether the record (``present``: members and adds in flight) ends within
+    ``lookahead // 2 + 1`` extents of a sequential write to ``touched``: time to extend it."""
+    if not lookahead:
+        return False
+    near = predict(touched, lookahead, extent_count)[: lookahead // 2 + 1]
+    return not all(e in present for e in near)
+
+
+def read_ahead_wanted(predictor: Predictor, touched: range, lookahead: int, extent_count: int,
+                      present: Present) -> tuple[int, ...]:
+    """The extents a read-ahead asks for: the predictor's first ``lookahead`` not ``present``."""
+    ahead = predictor.candidates(touched, lookahead, extent_count)
+    return tuple(e for e in ahead if e not in present)[:lookahead]
 
 
 def additions(predictor: Predictor, touched: range, budget: int, lookahead: int, extent_count: int,

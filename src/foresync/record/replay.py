@@ -33,7 +33,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from foresync.nbd.trace import TraceRecord
-from foresync.record.predict import PREDICTORS, additions, extents_of
+from foresync.record.predict import (
+    PREDICTORS,
+    additions,
+    extents_of,
+    read_ahead_due,
+    read_ahead_wanted,
+)
 from foresync.record.record import Eviction, RecordCopy
 
 STREAMS_TRACKED = 16  # as the primary (replication/primary.py)
@@ -152,13 +158,11 @@ class ReplayEngine:
             self._clean_through += 1
 
     def _read_ahead(self, touched: range) -> bool:
-        """The primary's read-ahead for a sequential hit (``_read_ahead_due``, ``_send_read_ahead``)."""
+        """The primary's read-ahead for a sequential hit (``_send_read_ahead``), same helpers."""
         record, lookahead, count = self.record, self.config.lookahead, self.extent_count
-        near = range(touched.stop, min(touched.stop + lookahead // 2 + 1, count))
-        if all(e in record for e in near):
+        if not read_ahead_due(touched, lookahead, count, record):
             return False
-        ahead = self.predictor.candidates(touched, lookahead, count)
-        wanted = tuple(e for e in ahead if e not in record)[:lookahead]
+        wanted = read_ahead_wanted(self.predictor, touched, lookahead, count, record)
         evict = record.choose_evictions(len(wanted), self._clean_through, touched)
         if evict is None:
             return False

@@ -48,7 +48,13 @@ from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
 from foresync.record.estimate import MissRatioEstimator
-from foresync.record.predict import PREDICTORS, additions, extents_of, predict
+from foresync.record.predict import (
+    PREDICTORS,
+    additions,
+    extents_of,
+    read_ahead_due,
+    read_ahead_wanted,
+)
 from foresync.record.record import UNSENT, Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
 
@@ -201,6 +207,18 @@ class _Counters:
     read_aheads: int = 0  # hits sent with MISS to extend the record ahead of a stream
 
 
+class _Planned:
+    """An extent the record holds or an ADDED in flight will add (read-ahead's view)."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: PrimaryCore) -> None:
+        self._core = core
+
+    def __contains__(self, extent: int, /) -> bool:
+        return extent in self._core.record or extent in self._core._pending_adds
+
+
 class PrimaryCore:
     def __init__(self, config: Config, read: Callable[[int, int], bytes]) -> None:
         self.config = config
@@ -210,6 +228,7 @@ class PrimaryCore:
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
         self._low_free = config.capacity // 8  # below it, a miss asks for the watermark (none under 8)
+        self._planned = _Planned(self)  # record members and adds in flight, as one container
         # The live miss-ratio curve (estimate.py); async mode keeps no record to size.
         self.estimator = None if config.mode is Mode.ASYNC else MissRatioEstimator(
             config.size, config.extent_size, config.capacity, config.eviction, config.lookahead,
@@ -763,11 +782,7 @@ class PrimaryCore:
     def _read_ahead_due(self, extents: range) -> bool:
         """Whether the record (with the adds in flight) ends within ``lookahead // 2 + 1``
         extents of a sequential write to ``extents``."""
-        lookahead = self.config.lookahead
-        if not lookahead:
-            return False
-        near = predict(extents, lookahead, self.extent_count)[: lookahead // 2 + 1]
-        return not all(e in self.record or e in self._pending_adds for e in near)
+        return read_ahead_due(extents, self.config.lookahead, self.extent_count, self._planned)
 
     def _send_read_ahead(self, op: _Op) -> bool:
         """Send a sequential hit as a MISS whose budget extends the record ahead of the stream,
@@ -775,9 +790,8 @@ class PrimaryCore:
         now (the record reaches far enough, or no room without waiting), send a plain hit."""
         if not self._read_ahead_due(op.extents):
             return False
-        lookahead = self.config.lookahead
-        ahead = self.predictor.candidates(op.extents, lookahead, self.extent_count)
-        wanted = tuple(e for e in ahead if e not in self.record and e not in self._pending_adds)[:lookahead]
+        wanted = read_ahead_wanted(self.predictor, op.extents, self.config.lookahead,
+                                   self.extent_count, self._planned)
         budget = len(wanted)
         evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
         if evict is None:
