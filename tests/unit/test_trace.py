@@ -105,3 +105,17 @@ def test_serve_names_a_trace_it_cannot_write(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert f"cannot write the trace {tmp_path / 'no' / 't'}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_miss_generations_can_never_make_room_for_is_counted_blocked() -> None:
+    """Simulator seed 3966 found it (through the live estimator's shadows): generations evicts
+    whole generations only (claim 16) and never the write's own extents, so a large write whose
+    extents sit in every generation finds no room however clean the record is."""
+    es = 4096
+    members = [*range(0, 8), *range(9, 17)]  # 16 extents, generations of 2 in order of adding
+    writes = [(float(i), e * es, es, True) for i, e in enumerate(members)]
+    writes.append((100.0, 1 * es, 15 * es, True))  # extents 1..15: 8 is new, every generation kept
+    result = replay(writes, 64 * es, ReplayConfig(es, 16, Eviction.GENERATIONS, 0))
+    assert (result.misses, result.blocked) == (17, 1)
+    lru = replay(writes, 64 * es, ReplayConfig(es, 16, Eviction.LRU, 0))
+    assert (lru.misses, lru.blocked) == (17, 0)  # one clean untouched extent (0) is enough

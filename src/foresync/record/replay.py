@@ -69,6 +69,7 @@ class ReplayResult:
     stalls: int  # misses that found no clean extent to evict and waited for the watermark
     read_aheads: int
     evicted: int
+    blocked: int = 0  # misses that could never find room (generations only; see ReplayEngine)
 
     @property
     def miss_ratio(self) -> float:
@@ -104,11 +105,11 @@ class ReplayEngine:
         self._seq = 0
         self._clean_through = 0
         self._stream_ends: OrderedDict[int, None] = OrderedDict()
-        self.writes = self.misses = self.stalls = self.read_aheads = 0
+        self.writes = self.misses = self.stalls = self.read_aheads = self.blocked = 0
 
     def result(self) -> ReplayResult:
         return ReplayResult(self.config, self.writes, self.misses, self.stalls, self.read_aheads,
-                            self.record.evicted_total)
+                            self.record.evicted_total, self.blocked)
 
     def write(self, at: float, offset: int, length: int, is_data: bool) -> bool | None:
         """One write issued at ``at`` seconds: True if it missed, None if it bypasses the record."""
@@ -144,7 +145,12 @@ class ReplayEngine:
             if room is None:  # only this write's own extents are dirty, and they are all it needs
                 self._settle(seq)
                 room = record.room_for_miss(touched, lookahead, self._clean_through)
-            assert room is not None
+            if room is None:
+                # Clean as everything is, no room: ``generations`` evicts whole generations only,
+                # and this write's own extents (kept) sit in every clean one. The primary's miss
+                # would wait until it fails; here it is counted as blocked and not recorded.
+                self.blocked += 1
+                return True
         budget, evict = room
         record.evict(evict)
         added = additions(self.predictor, touched, budget, lookahead, self.extent_count, record)
