@@ -57,12 +57,13 @@ def load_trace(path: str) -> tuple[int, list[tuple[float, int, int, bool]]]:
     return volume_size, writes_of(records)
 
 
-def _score(result: ReplayResult) -> tuple[float, int, int, bool, bool]:
-    # Fewest misses and stalls; then the larger extent (less to track), less lookahead, the
-    # default policy and the simpler predictor.
+def _score(result: ReplayResult) -> tuple[bool, float, int, int, bool, bool]:
+    # Never a configuration that would fail writes (blocked); then fewest misses and stalls;
+    # then the larger extent (less to track), less lookahead, the default policy and the
+    # simpler predictor.
     c = result.config
-    return (round(result.miss_ratio + result.stall_ratio, 5), -c.extent_size, c.lookahead,
-            c.eviction is not Eviction.S3FIFO, c.predictor != "next")
+    return (result.blocked > 0, round(result.miss_ratio + result.stall_ratio, 5), -c.extent_size,
+            c.lookahead, c.eviction is not Eviction.S3FIFO, c.predictor != "next")
 
 
 def sweep(volume_size: int, writes: list[tuple[float, int, int, bool]], bound_bytes: int,
@@ -112,7 +113,8 @@ def render_table(report: Report, rtt_s: float, qd: int, limit: int = 12) -> list
         ceiling = qd / (result.miss_ratio * rtt_s) if result.miss_ratio else float("inf")
         lines.append(f"{c.eviction.value:12} {format_size(c.extent_size):>8} {c.capacity:8} "
                      f"{c.lookahead:9} {c.predictor:9} {result.miss_ratio:7.2%} {result.stall_ratio:7.2%} "
-                     f"{result.added_latency_s(rtt_s) * 1e3:7.2f}ms {ceiling:12,.0f}")
+                     f"{result.added_latency_s(rtt_s) * 1e3:7.2f}ms {ceiling:12,.0f}"
+                     + (f"  {result.blocked} writes would fail: no room ever" if result.blocked else ""))
     return lines
 
 
