@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from foresync import __version__
 from foresync.errors import ConfigError, ForesyncError
 from foresync.logctx import VolumeContext
 from foresync.units import format_size, parse_hostport, parse_size
+
+if TYPE_CHECKING:
+    from foresync.config import SiteConfig
 
 log = logging.getLogger("foresync")
 
@@ -43,7 +47,27 @@ def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         uvloop.run(wrapper())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the file it concerns, if known, and why."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+class ForesyncGroup(click.Group):
+    """The last line of defence for "no tracebacks to the user": a ForesyncError or OSError
+    that a command did not turn into a clearer message itself becomes one ``Error:`` line and
+    exit status 1. Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(describe_os_error(exc)) from None
+
+
+@click.group(cls=ForesyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="foresync")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -64,7 +88,9 @@ def main(log_level: str) -> None:
               help="Export name. The default (empty) name reaches it too.")
 @click.option("--read-only", is_flag=True, help="Refuse writes with EPERM.")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(1, 4096),
-              help="Most NBD client connections at once; more are closed at once (logged once).")
+              help="Most NBD client connections at once. A new client beyond it takes the place "
+                   "of the oldest one that has sent no request (or has been idle for "
+                   "--idle-timeout); if every one is busy it is closed at once (logged once).")
 @click.option("--max-in-flight", default=256, show_default=True, type=click.IntRange(1, 65536),
               help="Most requests per connection being served at once; beyond it the server stops "
                    "reading from that client (TCP backpressure).")
@@ -74,6 +100,9 @@ def main(log_level: str) -> None:
               help="Largest handshake option payload; larger ones are skipped unread and refused.")
 @click.option("--handshake-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
               metavar="SECONDS", help="Close a client that has not finished negotiating (TLS included).")
+@click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(0.1),
+              metavar="SECONDS", help="Close a client that negotiated but sent no request within "
+                                      "this; clients idle after requests are kept.")
 @click.option("--tls-dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Require TLS (FORCEDTLS): DIR holds ca-cert.pem, server-cert.pem, server-key.pem "
                    "(the layout qemu and libnbd use). Plain nbd:// clients are refused.")
@@ -84,8 +113,8 @@ def main(log_level: str) -> None:
                    "for foresync tune. Format: foresync/nbd/trace.py.")
 def serve(data_path: str, size: str, listen: str, export_name: str, read_only: bool,
           max_connections: int, max_in_flight: int, max_in_flight_size: str, max_option_size: str,
-          handshake_timeout: float, tls_dir: str | None, tls_verify_client: bool,
-          trace_path: str | None) -> None:
+          handshake_timeout: float, idle_timeout: float, tls_dir: str | None,
+          tls_verify_client: bool, trace_path: str | None) -> None:
     """Serve a file or block device over NBD, without replication."""
     from foresync import tls
     from foresync.nbd.handshake import ExportInfo
@@ -107,7 +136,7 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
             max_connections=max_connections, max_in_flight=max_in_flight,
             max_in_flight_bytes=parse_size(max_in_flight_size, "--max-in-flight-size"),
             max_option_bytes=parse_size(max_option_size, "--max-option-size"),
-            handshake_timeout_s=handshake_timeout)
+            handshake_timeout_s=handshake_timeout, idle_timeout_s=idle_timeout)
         backend = FileBackend(data_path, size_bytes, read_only=read_only)
         writer = TraceWriter(trace_path, size_bytes) if trace_path else None
     except ForesyncError as exc:
@@ -153,10 +182,23 @@ CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="
 @click.option("--force", is_flag=True, help="Overwrite existing site metadata (forgets identity and record).")
 def init(config_path: str, role: str, force: bool) -> None:
     """Create a site's metadata: identity, role, epoch 1 and an empty record."""
-    from foresync.daemon import init_site
+    import os
 
+    from foresync.daemon import init_site
+    from foresync.errors import SiteInUse
+    from foresync.site import check_meta_dir
+    from foresync.site_lock import SiteLock
+
+    cfg = _load(config_path)
     try:
-        meta = init_site(config_path, role, force)
+        check_meta_dir(cfg.meta, create=True)  # before the lock file: nothing made in vain
+        if os.path.isdir(cfg.meta):  # a daemon may be running on it: never pull it from under one
+            with SiteLock.acquire(cfg.meta, "foresync init"):
+                meta = init_site(config_path, role, force)
+        else:
+            meta = init_site(config_path, role, force)
+    except SiteInUse as exc:
+        raise click.ClickException(f"{exc}: stop it before `foresync init`; nothing changed") from None
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
     identity = meta.volume_id.hex() if meta.volume_id else "adopted from the primary on first connect"
@@ -165,12 +207,20 @@ def init(config_path: str, role: str, force: bool) -> None:
 
 @main.command()
 @CONFIG_OPTION
-def run(config_path: str) -> None:
+@click.option("--assume-all-out-of-sync", "assume_all", is_flag=True,
+              help="Treat every extent as possibly different (damaged metadata, or any doubt): a "
+                   "primary copies the whole volume on the next connect, a secondary is marked "
+                   "inconsistent and compares every extent. Damaged files are kept aside. Use once.")
+def run(config_path: str, assume_all: bool) -> None:
     """Run a site until SIGTERM or SIGINT. The role comes from the site metadata."""
     from foresync.daemon import run_site
+    from foresync.errors import SiteInUse
 
     try:
-        run_async(lambda stop: run_site(config_path, stop))
+        run_async(lambda stop: run_site(config_path, stop, assume_all_out_of_sync=assume_all))
+    except SiteInUse as exc:
+        raise click.ClickException(f"cannot run: {exc}; stop it first, or give this site its own "
+                                   "[volume] meta") from None
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -213,48 +263,106 @@ def status(config_path: str, as_json: bool, watch_s: float | None) -> None:
             return
 
 
-def _post(config_path: str, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]] | None:
-    """POST to the site's admin endpoint; None when the daemon is not running."""
+ANSWER_TIMEOUT_S = 120.0  # the admin server answers 504 after 100 s; demote may take 60 s
+Answer = tuple[int, dict[str, object]]
+
+
+def _load(config_path: str) -> SiteConfig:
+    from foresync.config import load
+
+    try:
+        return load(config_path)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _decode(status: int, reason: str, raw: bytes) -> Answer:
+    """The site's answer as (status, JSON object); any other body is a one-line error."""
+    import json
+
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        text = " ".join(raw.decode("utf-8", "replace").split())[:200] or "(empty)"
+        raise click.ClickException(f"the site answered HTTP {status} {reason} with a body that is "
+                                   f"not a JSON object: {text}")
+    return status, doc
+
+
+def _post(cfg: SiteConfig, path: str, body: dict[str, object]) -> Answer | None:
+    """POST to the site's admin API; None when nothing listens on its address (the daemon is
+    not running, or runs with another [admin] listen: the offline path's lock tells which)."""
+    import http.client
     import json
     import urllib.error
     import urllib.request
 
-    from foresync.config import load
-
-    cfg = load(config_path)
     host, port = cfg.admin_listen
+    url = f"http://{host}:{port}{path}"
     headers = {"Content-Type": "application/json"}
     if cfg.admin_token_file:
         from foresync.sites.security import read_secret
 
-        headers["Authorization"] = "Bearer " + read_secret(cfg.admin_token_file,
-                                                           "[admin] token_file").decode("latin-1")
-    request = urllib.request.Request(f"http://{host}:{port}{path}", data=json.dumps(body).encode(),
-                                     method="POST", headers=headers)
+        try:
+            token = read_secret(cfg.admin_token_file, "[admin] token_file")
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
+        headers["Authorization"] = "Bearer " + token.decode("latin-1")
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, dict(json.loads(response.read()))
+        with urllib.request.urlopen(request, timeout=ANSWER_TIMEOUT_S) as response:
+            return _decode(response.status, response.reason, response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(json.loads(exc.read() or b"{}"))
-    except (urllib.error.URLError, ConnectionError):
-        return None
+        with exc:
+            return _decode(exc.code, exc.reason, exc.read())
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return None
+        raise click.ClickException(f"cannot reach the site's admin API at {url}: {exc.reason}") from None
+    except TimeoutError:
+        raise click.ClickException(f"no answer from the site's admin API at {url} within "
+                                   f"{ANSWER_TIMEOUT_S:g} s; it may still be working on it: check "
+                                   f"`foresync status --config {cfg.path}`") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise click.ClickException(f"the site's admin API at {url} failed to answer: "
+                                   f"{exc or type(exc).__name__}") from None
 
 
-Answer = tuple[int, dict[str, object]]
+def _offline(cfg: SiteConfig, command: str, change: Callable[[], Answer]) -> Answer:
+    """Change the metadata without the daemon, holding the metadata lock: a daemon that holds
+    it is running, though its admin API did not answer at the address in this config."""
+    import os
+
+    from foresync.errors import SiteInUse
+    from foresync.site_lock import SiteLock
+
+    host, port = cfg.admin_listen
+    try:
+        with SiteLock.acquire(cfg.meta, f"foresync {command} (offline)"):
+            return change()
+    except SiteInUse as exc:
+        raise click.ClickException(
+            f"{exc}; nothing answered at {host}:{port}, the admin API address of "
+            f"{os.path.basename(cfg.path)}: check [admin] listen; nothing changed") from None
 
 
 def _call(config_path: str, path: str, body: dict[str, object], expect: int = 200,
-          offline: Callable[[], Answer] | None = None, what: str = "") -> dict[str, object]:
-    """POST to the running site (or do ``offline`` when it is not running); any refusal or
-    error becomes a clear message and a non-zero exit."""
-    try:
-        answer = _post(config_path, path, body)
-        if answer is None:
-            if offline is None:
-                raise click.ClickException(f"the site is not running; {what or path} needs it")
-            answer = offline()
-    except ForesyncError as exc:
-        raise click.ClickException(str(exc)) from None
+          offline: Callable[[SiteConfig], Answer] | None = None, what: str = "") -> dict[str, object]:
+    """POST to the running site (or do ``offline`` under the metadata lock when nothing
+    answers); any refusal or error becomes a clear message and a non-zero exit."""
+    cfg = _load(config_path)
+    answer = _post(cfg, path, body)
+    if answer is None:
+        host, port = cfg.admin_listen
+        if offline is None:
+            raise click.ClickException(f"the site is not running (nothing answers on its admin API "
+                                       f"at {host}:{port}); {what or path} needs it")
+        try:
+            answer = _offline(cfg, path.strip("/"), lambda: offline(cfg))
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
     status, doc = answer
     if status != expect:
         raise click.ClickException(str(doc.get("error", doc)))
@@ -271,51 +379,48 @@ def promote(config_path: str, force: bool) -> None:
     Its record becomes the failback set: when the old primary returns it becomes secondary by
     itself and receives only those extents plus what was written here since."""
     doc = _call(config_path, "/promote", {"force": force},
-                offline=lambda: _promote_offline(config_path, force))
-    click.echo(f"promoted: now primary at epoch {doc['epoch']}; failback set "
-               f"{doc['failback_extents']} extents ({doc['failback_bytes']} bytes)")
+                offline=lambda cfg: _promote_offline(cfg, force))
+    click.echo(f"promoted: now primary at epoch {doc.get('epoch')}; failback set "
+               f"{doc.get('failback_extents')} extents ({doc.get('failback_bytes')} bytes)")
 
 
-def _promote_offline(config_path: str, force: bool) -> Answer:
+def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
     import os
 
     from foresync import site
-    from foresync.config import load
-    from foresync.journal.journal import RecordJournal
+    from foresync.journal.undo import UndoLog
+    from foresync.sites.roles import damaged_promote_error, open_record, roll_back_unfinished_resync
     from foresync.sites.roles import promote as promote_site
+    from foresync.storage.file_backend import FileBackend
 
-    cfg = load(config_path)
     meta = site.load(cfg.meta)
     if meta.role != "secondary":
         return 409, {"error": "this site is already the primary"}
+    if meta.volume_id is None:
+        return 409, {"error": "this site has never connected to a primary: it holds no copy of "
+                              "the volume to promote"}
+    # Same as the running daemon at start: a missing or damaged journal widens first (issue 12).
+    meta, journal = open_record(cfg, meta)
+    assert journal is not None
+    journal.close()
     undo_path = os.path.join(cfg.meta, site.UNDO_FILE)
     if not meta.consistent and not meta.new and os.path.exists(undo_path):
         # Same as the running daemon does: promote the consistent copy from before the
         # unfinished resync, not a mix; what was restored is copied again at failback.
-        from foresync.journal.undo import UndoLog, roll_back
-        from foresync.storage.file_backend import FileBackend
-
         backend = FileBackend(cfg.data, cfg.size)
         try:
-            restored = roll_back(undo_path, backend.write, backend.flush, cfg.extent_size)
+            meta, restored = roll_back_unfinished_resync(cfg, meta, backend, UndoLog(undo_path))
         finally:
             backend.close()
-        meta = meta.update(consistent=True, stale=tuple(sorted(set(meta.stale) | restored)))
-        site.store(cfg.meta, meta)
-        UndoLog(undo_path).discard()
-        click.echo(f"rolled back an unfinished resync: {len(restored)} extents restored", err=True)
+        click.echo(f"rolled back an unfinished resync: {restored} extents restored", err=True)
+    if meta.metadata_damage and not force:
+        return 409, {"error": damaged_promote_error(meta)}
     if (meta.new or not meta.consistent) and not force:
         return 409, {"error": "this copy is inconsistent (a sync into it has not finished); "
                               "use --force to promote it anyway"}
-    path = os.path.join(cfg.meta, site.JOURNAL_FILE)
-    if meta.volume_id is None or not os.path.exists(path):
-        return 409, {"error": "this site has never connected to a primary: it holds no copy of "
-                              "the volume to promote"}
-    journal = RecordJournal.open(path)
-    journal.close()
     promoted, failback = promote_site(cfg, meta, journal.replayed.state)
-    return 200, {"epoch": promoted.epoch, "failback_extents": len(failback),
-                 "failback_bytes": len(failback) * cfg.extent_size}
+    return 200, {"epoch": promoted.epoch, "failback_extents": failback,
+                 "failback_bytes": failback * cfg.extent_size}
 
 
 @main.command()
@@ -325,7 +430,7 @@ def demote(config_path: str) -> None:
 
     Then `foresync promote` on the other site loses nothing."""
     doc = _call(config_path, "/demote", {}, what="demote (of the running primary)")
-    click.echo(f"demoted: now secondary at epoch {doc['epoch']}")
+    click.echo(f"demoted: now secondary at epoch {doc.get('epoch')}")
 
 
 @main.command()
@@ -335,17 +440,15 @@ def demote(config_path: str) -> None:
 def resolve(config_path: str, discard_local: bool) -> None:
     """After a split brain: make this site the loser. It becomes secondary of the other site,
     which copies back every extent either side changed."""
-    def offline() -> Answer:
+    def offline(cfg: SiteConfig) -> Answer:
         from foresync import site
-        from foresync.config import load
         from foresync.sites.roles import discard_local as discard
 
-        cfg = load(config_path)
         meta = discard(cfg, site.load(cfg.meta))
         return 200, {"stale_extents": len(meta.stale)}
 
     doc = _call(config_path, "/resolve", {"discard-local": discard_local}, offline=offline)
-    click.echo(f"local changes discarded: {doc['stale_extents']} extents will be copied from the "
+    click.echo(f"local changes discarded: {doc.get('stale_extents')} extents will be copied from the "
                "other site when it connects")
 
 
@@ -358,21 +461,20 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
 
     Extents being written while they are compared are compared again afterwards. Exit status 1
     when mismatches were found (and not repaired)."""
-    import json
     import time
-    import urllib.request
 
-    from foresync.config import load
+    from foresync.status_view import fetch_status
 
     doc = _call(config_path, "/verify", {"repair": repair}, expect=202, what="verify")
-    cfg = load(config_path)
+    cfg = _load(config_path)
     if no_wait:
-        click.echo(f"verify started over {doc['total_extents']} extents")
+        click.echo(f"verify started over {doc.get('total_extents')} extents")
         return
-    host, port = cfg.admin_listen
     while True:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=10) as response:
-            progress = json.loads(response.read())["verify"]
+        try:
+            progress = fetch_status(cfg)["verify"]
+        except (ForesyncError, KeyError, TypeError) as exc:
+            raise click.ClickException(f"lost track of the verify: {exc}") from None
         click.echo(f"\rverify: {progress['done_extents']}/{progress['total_extents']} extents, "
                    f"{progress['mismatches']} mismatched", nl=False)
         if not progress["active"]:
@@ -421,31 +523,49 @@ def inspect(meta_dir: str, entries: bool) -> None:
                 click.echo(f"  @{pos:<10} {kind:<11} {len(body):>7} bytes  record now "
                            f"{len(state.extents)} extents, {len(state.ranges)} ranges")
 
+        click.echo(f"{site.JOURNAL_FILE}: {len(data)} bytes")
         try:
-            click.echo(f"{site.JOURNAL_FILE}: {len(data)} bytes")
             replayed = jfmt.replay(data, show)
         except JournalCorruption as exc:
-            raise click.ClickException(f"{journal_path}: {exc}") from None
-        click.echo(f"  volume identity {replayed.volume_id.hex()}, {replayed.entries} whole entries, "
-                   f"valid to byte {replayed.valid_end}")
-        if replayed.torn_reason:
-            click.echo(f"  TORN TAIL at byte {replayed.valid_end}: {replayed.torn_reason} "
-                       f"({len(data) - replayed.valid_end} bytes; the next start preserves them aside)")
-        click.echo(f"  record: {sorted(replayed.state.extents)}")
-        if replayed.state.ranges:
-            click.echo(f"  pending ranges (seq: offset+length): {replayed.state.ranges}")
+            click.echo(f"  DAMAGED: {exc}; the next start treats every extent as possibly different")
+        else:
+            click.echo(f"  volume identity {replayed.volume_id.hex()}, {replayed.entries} whole entries, "
+                       f"valid to byte {replayed.valid_end}")
+            if replayed.torn_reason:
+                click.echo(f"  TORN TAIL at byte {replayed.valid_end}: {replayed.torn_reason} "
+                           f"({len(data) - replayed.valid_end} bytes; the next start preserves them aside)")
+            if replayed.damage:
+                click.echo(f"  DAMAGED at byte {replayed.valid_end}: {replayed.damage}; the next start "
+                           "treats every extent as possibly different and keeps the file aside")
+            click.echo(f"  record: {sorted(replayed.state.extents)}")
+            if replayed.state.ranges:
+                click.echo(f"  pending ranges (seq: offset+length): {replayed.state.ranges}")
     else:
         click.echo(f"{site.JOURNAL_FILE}: none")
-    oos = site.load_oos(meta_dir)
-    click.echo(f"{site.OOS_FILE}: {len(oos)} extents {sorted(oos)}")
+    try:
+        oos = site.load_oos(meta_dir, None)
+    except ForesyncError as exc:
+        click.echo(f"{site.OOS_FILE}: DAMAGED: {exc}")
+    else:
+        if oos is None:
+            click.echo(f"{site.OOS_FILE}: none (a primary takes a missing one as every extent out of sync)")
+        else:
+            every = "EVERY extent (a full copy is pending), besides " if oos.everything else ""
+            click.echo(f"{site.OOS_FILE}: {every}{len(oos.extents)} extents {sorted(oos.extents)}")
     undo_path = os.path.join(meta_dir, site.UNDO_FILE)
     if os.path.exists(undo_path):
-        saved = undo.read_entries(undo_path)
-        click.echo(f"{site.UNDO_FILE}: {len(saved)} saved extents {[e for e, _ in saved]} "
+        with open(undo_path, "rb") as handle:
+            saved = undo.parse_for_inspect(handle.read())
+        click.echo(f"{site.UNDO_FILE}: {len(saved.entries)} saved extents {[e for e, _ in saved.entries]} "
                    "(an unfinished resync: rolled back on the next start or promote)")
+        if saved.damage:
+            click.echo(f"  DAMAGED: {saved.damage}; the rollback cannot be trusted: the next start "
+                       "keeps the copy inconsistent with every extent in doubt")
     for name in sorted(os.listdir(meta_dir)):
         if ".torn-" in name:
             click.echo(f"preserved torn tail: {name}")
+        elif ".damaged-" in name:
+            click.echo(f"preserved damaged file: {name}")
 
 
 @main.command()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ class SiteConfig:
     nbd_max_in_flight_bytes: int = 64 * 1024 * 1024
     nbd_max_option_bytes: int = 64 * 1024
     nbd_handshake_timeout_s: float = 30.0
+    nbd_idle_timeout_s: float = 60.0
     link_secret_file: str | None = None
     link_tls_dir: str | None = None
     link_max_frame_bytes: int = 33 * 1024 * 1024
@@ -98,9 +101,24 @@ def _int(value: Any, section: str, key: str, minimum: int) -> int:
 
 
 def _float(value: Any, section: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or value <= 0):
         raise ConfigError(f"[{section}] {key} = {value!r}: expected a positive number of seconds")
     return float(value)
+
+
+def _string(value: Any, section: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"[{section}] {key} = {value!r}: expected a string")
+    return value
+
+
+def listen_error(key: str, address: tuple[str, int], exc: OSError) -> ConfigError:
+    """A listener could not bind: name the config key, the address and why (a port already in
+    use, an address this machine does not have)."""
+    # Not exc.strerror: asyncio's create_server puts its own sentence there.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(f"{key} = {address[0]}:{address[1]}: cannot listen there: {reason}")
 
 
 def is_loopback(host: str) -> bool:
@@ -119,7 +137,7 @@ def _bool(value: Any, section: str, key: str) -> bool:
 KNOWN_KEYS: dict[str, set[str]] = {
     "volume": {"name", "data", "size", "meta"},
     "nbd": {"listen", "export", "tls_dir", "tls_verify_client", "max_connections", "max_in_flight",
-            "max_in_flight_size", "max_option_size", "handshake_timeout", "trace"},
+            "max_in_flight_size", "max_option_size", "handshake_timeout", "idle_timeout", "trace"},
     "link": {"listen", "peer", "mode", "window", "heartbeat", "timeout", "on_disconnect",
              "block_timeout", "resync_rate_max", "secret_file", "tls_dir", "max_frame_size"},
     "record": {"extent_size", "capacity", "bound", "lookahead", "eviction", "predictor",
@@ -225,7 +243,7 @@ def load(path: str) -> SiteConfig:
         size=size,
         meta=resolve(_get(volume, "volume", "meta", required=True), "meta"),
         nbd_listen=parse_hostport(_get(nbd, "nbd", "listen", "127.0.0.1:10809"), "[nbd] listen"),
-        export=str(_get(nbd, "nbd", "export", name)),
+        export=_string(_get(nbd, "nbd", "export", name), "nbd", "export"),
         link_listen=parse_hostport(_get(link, "link", "listen", required=True), "[link] listen"),
         link_peer=parse_hostport(_get(link, "link", "peer", required=True), "[link] peer"),
         mode=mode,
@@ -255,6 +273,7 @@ def load(path: str) -> SiteConfig:
                                         "[nbd] max_option_size"),
         nbd_handshake_timeout_s=_float(_get(nbd, "nbd", "handshake_timeout", 30.0), "nbd",
                                        "handshake_timeout"),
+        nbd_idle_timeout_s=_float(_get(nbd, "nbd", "idle_timeout", 60.0), "nbd", "idle_timeout"),
         link_secret_file=optional_path(link, "link", "secret_file"),
         link_tls_dir=optional_path(link, "link", "tls_dir"),
         link_max_frame_bytes=max_frame,

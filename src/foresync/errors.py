@@ -9,6 +9,8 @@ must hold even under ``python -O``.
 
 from __future__ import annotations
 
+import errno as _errno
+
 
 class ForesyncError(Exception):
     """Base of every error foresync raises on purpose."""
@@ -36,6 +38,13 @@ class StorageError(ForesyncError):
     def __init__(self, message: str, errno: int = 5) -> None:
         super().__init__(message)
         self.errno = errno
+
+    @classmethod
+    def from_os(cls, message: str, exc: OSError) -> StorageError:
+        """``message: strerror``, with the errno a host or peer is told: ENOSPC for a full disk
+        or quota (EDQUOT), EIO for anything else."""
+        full = exc.errno in (_errno.ENOSPC, _errno.EDQUOT)
+        return cls(f"{message}: {exc.strerror}", _errno.ENOSPC if full else _errno.EIO)
 
 
 class JournalCorruption(StorageError):
@@ -66,3 +75,13 @@ def invariant(condition: bool, message: str) -> None:
     """Raise ``InvariantViolation`` unless ``condition`` holds. Unlike ``assert``, never elided."""
     if not condition:
         raise InvariantViolation(message)
+
+
+class SiteInUse(ForesyncError):
+    """Another process (a running daemon, as a rule) holds the site metadata's lock."""
+
+    def __init__(self, meta_dir: str, holder: str) -> None:
+        super().__init__(f"site metadata in {meta_dir} is in use by another foresync process "
+                         f"({holder})")
+        self.meta_dir = meta_dir
+        self.holder = holder

@@ -7,6 +7,8 @@ loaded. Nothing else configures logging.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 
 class VolumeContext(logging.Filter):
@@ -14,4 +16,42 @@ class VolumeContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.volume = VolumeContext.volume
+        return True
+
+
+class LogBudget:
+    """At most ``per_window`` lines of one kind per ``window_s``: a peer that provokes the same
+    line over and over (strangers on the link port, a full metadata disk under every write)
+    must not flood the log. Lines over the budget are counted, and the first line of the next
+    window says how many were left out."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[logging.Logger], level: int,
+                 what: str, per_window: int = 10, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._level = level
+        self._what = what
+        self._per_window = per_window
+        self._window_s = window_s
+        self._clock = clock
+        self._window_start = -window_s  # the first line opens a window
+        self._logged = 0
+        self.suppressed = 0  # left out in the current window
+
+    def __call__(self, message: str, *args: object) -> bool:
+        """Log ``message % args`` if the budget allows; True when it was logged."""
+        now = self._clock()
+        if now - self._window_start >= self._window_s:
+            if self.suppressed:
+                self._logger.log(self._level, "%s: %d more were not logged in the last %.0f s",
+                                 self._what, self.suppressed, self._window_s)
+            self._window_start, self._logged, self.suppressed = now, 0, 0
+        if self._logged >= self._per_window:
+            if not self.suppressed:
+                self._logger.log(self._level, "%s: over %d in %.0f s; the rest are counted, not "
+                                 "logged", self._what, self._per_window, self._window_s)
+            self.suppressed += 1
+            return False
+        self._logged += 1
+        self._logger.log(self._level, message, *args)
         return True

@@ -2,18 +2,28 @@
 
 The file is replaced atomically (write a temporary file, fsync, rename, fsync the directory), so
 a crash leaves either the old or the new version, never a mix. The record journal lives beside
-it in ``<meta>/record.journal``; the out-of-sync extents of a primary in ``<meta>/oos.json``.
+it in ``<meta>/record.journal``; the out-of-sync extents of a primary in ``<meta>/oos.json``
+(format: ``journal.oos_format``), which a primary always has once initialised.
+
+``metadata_damage`` (issue 12): why this site can no longer bound where its copy differs from
+the primary's (its record journal or undo log was damaged or missing). Until a full resync
+finishes, such a secondary is inconsistent, compares every extent on connect, refuses to be
+promoted without ``--force``, and with it hands over the whole volume as its failback set.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from foresync.errors import ConfigError
+from foresync.errors import ConfigError, StorageError
+from foresync.journal import oos_format
+from foresync.journal.oos_format import OutOfSync
 
 SITE_FILE = "site.json"
 JOURNAL_FILE = "record.journal"
@@ -31,6 +41,7 @@ class SiteMeta:
     new: bool = False  # holds no image of the volume yet: needs a full sync
     discard_local: bool = False  # `resolve --discard-local`: adopt the next primary's history
     stale: tuple[int, ...] = ()  # extents that may differ outside the record (sent in WELCOME)
+    metadata_damage: str = ""  # why every extent may differ (damaged or lost metadata), or ""
 
     @property
     def epoch(self) -> int:
@@ -74,6 +85,7 @@ def load(meta_dir: str) -> SiteMeta:
         new=bool(doc.get("new", False)),
         discard_local=bool(doc.get("discard_local", False)),
         stale=tuple(int(e) for e in doc.get("stale", [])),
+        metadata_damage=str(doc.get("metadata_damage") or ""),
     )
 
 
@@ -90,33 +102,79 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
         "new": meta.new,
         "discard_local": meta.discard_local,
         "stale": list(meta.stale),
+        "metadata_damage": meta.metadata_damage,
     }
     write_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, durably. A failure (a full or read-only disk, no file
+    descriptors left) leaves the old file as it was, removes the partial temporary file (it
+    would only hold space the disk lacks) and raises a StorageError that names ``path``."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}",
+                           exc.errno or errno.EIO) from None
 
 
-def load_oos(meta_dir: str) -> set[int]:
-    path = Path(meta_dir) / OOS_FILE
-    if not path.exists():
-        return set()
+def oos_path(meta_dir: str) -> Path:
+    return Path(meta_dir) / OOS_FILE
+
+
+def load_oos(meta_dir: str, extent_count: int | None) -> OutOfSync | None:
+    """The stored out-of-sync set, None if the file is missing (see ``oos_format.restore``). A
+    damaged file is a ConfigError that names it and says what to do."""
+    path = oos_path(meta_dir)
     try:
-        return {int(e) for e in json.loads(path.read_text())}
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"out-of-sync file {path} is unreadable: {exc}") from None
+    try:
+        return oos_format.decode(text, extent_count)
+    except ValueError as exc:
+        raise ConfigError(
+            f"out-of-sync file {path} is damaged ({exc}): this primary cannot tell which extents "
+            "the secondary lacks; to start anyway with every extent out of sync (the next connect "
+            "copies the whole volume), run `foresync run --assume-all-out-of-sync` once "
+            "(the damaged file is kept aside)") from None
 
 
-def store_oos(meta_dir: str, extents: set[int]) -> None:
-    write_atomic(Path(meta_dir) / OOS_FILE, json.dumps(sorted(extents)) + "\n")
+def store_oos(meta_dir: str, extents: set[int] | frozenset[int], everything: bool = False) -> None:
+    write_atomic(oos_path(meta_dir), oos_format.encode(extents, everything))
+
+
+def check_meta_dir(meta_dir: str, create: bool = False) -> None:
+    """Fail before anything is created or started if ``[volume] meta`` cannot hold the site's
+    metadata: it is not a directory, cannot be created, or cannot be written to (a read-only
+    file system). ``create``: make it if it does not exist (``foresync init``)."""
+    where = f"[volume] meta = {meta_dir}"
+    if os.path.lexists(meta_dir) and not os.path.isdir(meta_dir):
+        raise ConfigError(f"{where}: is not a directory")
+    if not os.path.isdir(meta_dir):
+        if not create:
+            raise ConfigError(f"no site metadata in {meta_dir}: run `foresync init` first")
+        try:
+            os.makedirs(meta_dir)
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot create it: {exc.strerror or exc}") from None
+    probe = os.path.join(meta_dir, f".foresync-probe-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot write there: {exc.strerror or exc}") from None

@@ -102,4 +102,11 @@ def render(name: str, doc: dict[str, Any]) -> str:
                      f"{'token required for changes' if security.get('admin_token') else 'no token'}")
     if doc.get("link_error"):
         lines.append(f"  last link error: {doc['link_error']}")
+    if doc.get("secondary_error"):
+        lines.append(f"  SECONDARY CANNOT WRITE: {doc['secondary_error']}; free room there, it "
+                     "resumes by itself")
+    if doc.get("storage_error"):
+        lines.append(f"  CANNOT WRITE: this site {doc['storage_error']}; free room, it resumes by itself")
+    if cnt.get("storage_errors"):
+        lines.append(f"  storage errors {cnt['storage_errors']} since start (writes that failed here)")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ _SUFFIXES = {
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$", re.ASCII)
 
 
-def parse_size(text: str | int, what: str = "size") -> int:
+def parse_size(text: object, what: str = "size") -> int:
     """Parse ``text`` into a byte count, or raise ConfigError naming ``what``."""
     if isinstance(text, bool):
         raise ConfigError(f"{what}: expected a size such as 256MiB, got {text!r}")
@@ -30,6 +30,9 @@ def parse_size(text: str | int, what: str = "size") -> int:
         if text < 0:
             raise ConfigError(f"{what}: must not be negative, got {text}")
         return text
+    if not isinstance(text, str):  # a float, list or table from TOML: no rounding, no guessing
+        raise ConfigError(f"{what}: expected a size such as 256MiB, 1GiB or a whole number of "
+                          f"bytes, got {text!r}")
     match = _SIZE_RE.match(text)
     if not match:
         raise ConfigError(f"{what}: expected a size such as 256MiB, 1GiB or 4096, got {text!r}")
@@ -51,8 +54,10 @@ def format_size(n_bytes: int) -> str:
     raise AssertionError("unreachable")
 
 
-def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
+def parse_hostport(text: object, what: str = "address") -> tuple[str, int]:
     """Parse ``HOST:PORT`` (IPv6 as ``[::1]:PORT``) into a tuple, or raise ConfigError."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
     host, sep, port = text.rpartition(":")
     # isdigit() alone also accepts digits such as "²" that int() then rejects with ValueError.
     if not sep or not (port.isascii() and port.isdigit()) or not host:

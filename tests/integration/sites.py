@@ -336,19 +336,19 @@ class SitePair:
 
     # -- processes --------------------------------------------------------------------------------
 
-    def start(self, site: Site) -> None:
-        """Start ``foresync run`` for ``site`` and wait until it answers /status (and, for the
-        primary, accepts NBD connections)."""
-        self._launch(site)
+    def start(self, site: Site, *run_args: str) -> None:
+        """Start ``foresync run`` for ``site`` (with ``run_args``, e.g. a flag) and wait until it
+        answers /status (and, for the primary, accepts NBD connections)."""
+        self._launch(site, *run_args)
         self._wait_up(site)
 
-    def _launch(self, site: Site) -> None:
+    def _launch(self, site: Site, *run_args: str) -> None:
         assert not site.running, f"{site.role} is already running"
         site.starts += 1
         with site.log_path.open("ab") as log:
             log.write(f"===== foresync run, start #{site.starts}\n".encode())
             log.flush()
-            site.proc = subprocess.Popen([str(FORESYNC), "run", "--config", str(site.config_path)],
+            site.proc = subprocess.Popen([str(FORESYNC), "run", "--config", str(site.config_path), *run_args],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_up(self, site: Site) -> None:

@@ -19,7 +19,6 @@ partition) is resolved on reconnect by demoting the old primary, silently overwr
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import time
@@ -27,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from foresync.journal import oos_format
 
 from .sites import (
     TOOL_TIMEOUT_S,
@@ -112,7 +113,7 @@ def extents(offset_mib: int, length_mib: int) -> set[int]:
 
 def oos_file(site: Site) -> set[int]:
     path = site.meta_path / "oos.json"
-    return set(json.loads(path.read_text())) if path.exists() else set()
+    return set(oos_format.decode(path.read_text(), None).extents) if path.exists() else set()
 
 
 def nbd_refused(site: Site) -> bool:

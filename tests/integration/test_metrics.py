@@ -18,6 +18,8 @@ REQUIRED = {
     "foresync_link_up": "gauge", "foresync_link_rtt_seconds": "gauge",
     "foresync_resync_remaining_bytes": "gauge", "foresync_resync_bytes": "counter",
     "foresync_record_read_aheads": "counter",
+    "foresync_storage_errors": "counter", "foresync_secondary_storage_errors": "counter",
+    "foresync_secondary_storage_failed": "gauge",
     "foresync_write_latency_seconds": "histogram",
 }
 

@@ -60,19 +60,34 @@ def test_seeds_keep_every_invariant() -> None:
 
 
 def test_seeds_exercise_faults() -> None:
-    """The runs above must really crash sites and tear journals, or they prove little."""
-    crashes = torn = promotions = switchovers = 0
+    """The runs above must really crash sites, tear journals, damage metadata, fill disks and
+    meet strangers, or they prove little."""
+    crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
+    reports = 0
+    failures = {"primary": 0, "secondary": 0, "journal": 0}
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
         world.run()
+        strangers += world.strangers
         crashes += world.primary_crashes
         torn += sum(journal.torn_tails for journal in world.journals.values())
         promotions += world.promotions
         switchovers += sum("SWITCHOVER" in event for event in world.schedule)
+        damages += world.metadata_damages
+        widened += sum(": widened" in event or "everything=True" in event for event in world.schedule)
+        cleared += sum("no longer widened" in event for event in world.schedule)
+        reports += world.storage_failures
+        for where, count in world.write_failures.items():
+            failures[where] += count
     assert crashes > 10
     assert torn > 0
+    assert damages > 5, "metadata damage (issue 12) went untested"
+    assert widened > 0 and cleared > 0, "no site widened after damage, or none finished its full compare"
     assert promotions > 0, "no seed promoted a secondary: failover and failback went untested"
     assert switchovers > 0, "no seed demoted a primary: planned switchover went untested"
+    assert strangers > 40, "strangers rarely knocked: invariant 7 went untested"
+    assert all(count > 10 for count in failures.values()), f"too few full-disk failures: {failures}"
+    assert reports > 10, "the primary hardly ever heard of a secondary's storage failure"
 
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))

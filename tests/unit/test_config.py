@@ -79,3 +79,56 @@ def test_bad_security_settings_are_refused_clearly(tmp_path: Path, extra: str, m
 def test_loopback_admin_needs_no_token(tmp_path: Path, host: str) -> None:
     listen = f"[{host}]:7900" if ":" in host else f"{host}:7900"
     assert load(tmp_path, f'[admin]\nlisten = "{listen}"\n').admin_is_loopback
+
+
+FULL = {  # every key, each with a valid TOML value
+    "volume": {"name": '"v"', "data": '"v.img"', "size": '"64MiB"', "meta": '"v.meta"'},
+    "nbd": {"listen": '"127.0.0.1:10809"', "export": '"v"', "tls_dir": '"t"',
+            "tls_verify_client": "true", "max_connections": "8", "max_in_flight": "16",
+            "max_in_flight_size": '"8MiB"', "max_option_size": '"4KiB"', "handshake_timeout": "5",
+            "idle_timeout": "60"},
+    "link": {"listen": '"127.0.0.1:7800"', "peer": '"127.0.0.1:7801"', "mode": '"sync"',
+             "window": '"64MiB"', "heartbeat": "1", "timeout": "10", "on_disconnect": '"block"',
+             "block_timeout": "30", "resync_rate_max": '"10MiB"', "secret_file": '"s"',
+             "tls_dir": '"t"', "max_frame_size": '"33MiB"'},
+    "record": {"extent_size": '"1MiB"', "capacity": "64", "lookahead": "4",
+               "eviction": '"lru"', "watermark_interval": "0.05"},
+    "admin": {"listen": '"127.0.0.1:7900"', "token_file": '"a"'},
+}
+BAD_VALUES = ["[1, 2]", "1.5", "-1", "true", "{ a = 1 }", '"x"', '""', "0", "inf", "nan",
+              "1979-05-27"]
+
+
+def toml_with(section: str, key: str, value: str) -> str:
+    lines = []
+    for name, table in FULL.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {value if (name, k) == (section, key) else v}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_full_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(toml_with("", "", ""))
+    assert config.load(str(path)).nbd_idle_timeout_s == 60.0
+
+
+@pytest.mark.parametrize(("section", "key"), [(s, k) for s, table in FULL.items() for k in table])
+def test_a_value_of_the_wrong_type_is_a_config_error_naming_the_key(tmp_path: Path, section: str,
+                                                                    key: str) -> None:
+    """Any value in any key: it loads, or a ConfigError names the key (never a traceback)."""
+    path = tmp_path / "site.toml"
+    for value in BAD_VALUES:
+        path.write_text(toml_with(section, key, value))
+        try:
+            config.load(str(path))
+        except ConfigError as exc:
+            assert f"[{section}] {key}" in str(exc), (value, str(exc))
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "1.5", "{ a = 1 }", "true"])
+def test_a_size_that_is_not_a_size_says_so(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(toml_with("volume", "size", value))
+    with pytest.raises(ConfigError, match=r"^\[volume\] size: expected a size such as 256MiB"):
+        config.load(str(path))

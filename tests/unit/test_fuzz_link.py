@@ -76,6 +76,7 @@ FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[obje
     MessageType.AUTH_CHALLENGE: (wire.AuthChallenge, (NONCES,)),
     MessageType.AUTH_RESPONSE: (wire.AuthResponse, (NONCES, NONCES)),
     MessageType.AUTH_PROOF: (wire.AuthProof, (NONCES,)),
+    MessageType.STORAGE_FAILED: (wire.StorageFailed, (u8, u32, st.text(max_size=40))),
 }
 STRATEGIES: dict[MessageType, st.SearchStrategy[wire.Message]] = {
     kind: st.builds(cls, *args) for kind, (cls, args) in FIELDS.items()

@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from foresync.errors import JournalCorruption
+from foresync.errors import JournalCorruption, StorageError
 from foresync.journal import format as fmt
 from foresync.journal import journal as journal_mod
+from foresync.journal import undo as undo_mod
 from foresync.journal.format import EntryKind, RecordState
 from foresync.journal.journal import RecordJournal
+from foresync.journal.undo import UndoLog, read_entries
 
 VOLUME = bytes(range(16))
 
@@ -148,9 +151,9 @@ def test_zero_and_oversized_lengths_end_replay() -> None:
         assert result.torn_reason is not None and "impossible" in result.torn_reason
 
 
-def test_malformed_body_with_a_good_crc_ends_replay() -> None:
-    """A body that passes its CRC but does not parse (a writer bug, not a torn write) is still
-    never applied."""
+def test_malformed_body_with_a_good_crc_is_damage() -> None:
+    """A body that passes its CRC but does not parse (a writer bug, not a torn write) is never
+    applied, and it is damage: a crash cannot write a whole entry with a valid CRC."""
     lying = bytes([EntryKind.ADD]) + struct.pack(">I", 5) + struct.pack(">I", 1)  # says 5, has 1
     unknown = bytes([99, 0, 0, 0, 0])
     for body in (lying, unknown, bytes([EntryKind.RANGE, 1, 2])):
@@ -158,17 +161,18 @@ def test_malformed_body_with_a_good_crc_ends_replay() -> None:
         result = fmt.replay(_image(fmt.encode_add([4]), entry, fmt.encode_add([5])))
         assert result.state.extents == {4}
         assert result.entries == 1
-        assert result.torn_reason is not None and "malformed" in result.torn_reason
+        assert result.torn_reason is None
+        assert result.damage is not None and "malformed" in result.damage
 
 
-def test_damage_in_the_middle_stops_replay_there() -> None:
+def test_damage_in_the_middle_is_not_a_torn_tail() -> None:
     first, second, third = fmt.encode_add([1]), fmt.encode_add([2]), fmt.encode_add([3])
     data = bytearray(_image(first, second, third))
     data[32 + len(first) + 9] ^= 1  # inside the second entry's body
     result = fmt.replay(bytes(data))
-    assert result.state.extents == {1}
     assert result.valid_end == 32 + len(first)
-    assert result.torn_reason == "entry fails its CRC32C"
+    assert result.torn_reason is None
+    assert result.damage is not None and result.damage.startswith("entry fails its CRC32C")
 
 
 # -- the journal file: crash in the middle of an append ------------------------------------------------
@@ -243,21 +247,20 @@ def test_appends_after_recovery_replay(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bit", [0x01, 0x80])
-def test_bit_flip_in_last_entry_is_detected_and_preserved(tmp_path: Path, bit: int) -> None:
+def test_bit_flip_in_last_entry_is_damage_and_leaves_the_file_alone(tmp_path: Path, bit: int) -> None:
+    """A flipped bit in the last (whole, committed) entry is bit rot, not a torn append: cutting
+    it off would drop extents the image already depends on (issue 12)."""
     whole = _written(tmp_path / "full", [*HISTORY, LAST])
     start = len(whole) - len(LAST)
-    expected = fmt.replay(whole[:start]).state
     for index in range(start, len(whole)):
         damaged = bytearray(whole)
         damaged[index] ^= bit
         path = tmp_path / f"flip-{index}"
         path.write_bytes(bytes(damaged))
-        journal = RecordJournal.open(str(path))
-        journal.close()
-        assert journal.replayed.state == expected, index
-        assert journal.replayed.torn_reason is not None
-        assert (tmp_path / f"flip-{index}.torn-{start}").read_bytes() == bytes(damaged[start:])
-        assert path.read_bytes() == whole[:start]
+        with pytest.raises(JournalCorruption, match=r"flipped byte|length field"):
+            RecordJournal.open(str(path))
+        assert path.read_bytes() == bytes(damaged), index
+    assert not [p for p in tmp_path.iterdir() if ".torn-" in p.name]
 
 
 @pytest.mark.parametrize("index", [0, 5, 9, 20, 31])
@@ -340,9 +343,9 @@ def test_failing_fsync_does_not_count_as_synced(tmp_path: Path) -> None:
 
     journal._fsync = broken  # type: ignore[method-assign]
     journal.append(fmt.encode_add([1]))
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="fdatasync failed"):
         journal.sync()
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="fdatasync failed"):
         journal.commit(1)
     assert journal.synced == 0
     journal.close()
@@ -450,3 +453,219 @@ def test_inspect_shows_a_torn_tail_without_touching_the_journal(tmp_path: Path) 
     assert "record: [5, 9]" in result.output
     assert "ADD" in result.output and "CHECKPOINT" in result.output
     assert journal.read_bytes() == before, "inspect must not change the journal"
+
+
+# -- torn tail or damage (issue 12): damage never shrinks what the site believes ---------------------
+
+
+CHECKPOINTED = (fmt.encode_header(VOLUME)
+                + fmt.encode_checkpoint(RecordState({1, 5, 9, 300}, {12: (4096, 1 << 20)})))
+
+
+@pytest.mark.parametrize("pattern", [0x01, 0x10, 0x80, 0xFF])
+def test_every_flipped_byte_of_a_checkpointed_journal_is_damage(pattern: int) -> None:
+    """What a clean stop leaves (header + one checkpoint): no byte of it can be a torn append,
+    so any changed byte must be doubt, never a smaller record."""
+    for index in range(len(CHECKPOINTED)):
+        data = bytearray(CHECKPOINTED)
+        data[index] ^= pattern
+        assessed = fmt.assess(bytes(data), VOLUME)
+        assert assessed.doubt is not None, index
+
+
+def test_every_flipped_byte_of_a_journal_with_appends_is_damage() -> None:
+    whole = fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState({3}, {})) + b"".join(HISTORY) + LAST
+    assert fmt.assess(whole, VOLUME).doubt is None
+    for index in range(len(whole)):
+        for pattern in (0x01, 0x80, 0x5A):
+            data = bytearray(whole)
+            data[index] ^= pattern
+            assessed = fmt.assess(bytes(data), VOLUME)
+            assert assessed.doubt is not None, (index, pattern)
+
+
+def test_a_torn_append_is_still_a_torn_tail_not_damage() -> None:
+    """The shapes a crash mid-append leaves: the file cut anywhere in the un-synced appends, or
+    the tail's last page not written back (zeros) though the file size covers it."""
+    base = fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState({3}, {})) + HISTORY[0]
+    unsynced = b"".join(HISTORY[1:]) + LAST
+    for cut in range(len(unsynced)):
+        for zero_from in (cut, max(0, cut - 7), max(0, cut - 40)):
+            tail = unsynced[:zero_from] + bytes(cut - zero_from)
+            replayed = fmt.replay(base + tail)
+            if replayed.damage is not None:
+                # Zeros over a whole entry's bytes that change just one of them (the others were
+                # zero already) look like one flipped byte: the safe side, and rare.
+                pos = replayed.valid_end
+                entry_end = pos + 8 + struct.unpack_from(">I", base + unsynced, pos)[0]
+                zeroed = (base + unsynced)[max(pos, len(base) + zero_from) : min(entry_end, len(base) + cut)]
+                assert sum(1 for byte in zeroed if byte) == 1, (cut, zero_from, replayed.damage)
+                continue
+            assert replayed.valid_end >= len(base)
+            assert (replayed.torn_reason is None) == (replayed.valid_end == len(base + tail))
+
+
+def test_a_valid_entry_after_a_bad_one_is_damage() -> None:
+    first, second, third = fmt.encode_add([1]), fmt.encode_add([2]), fmt.encode_add([3])
+    head = fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState())
+    zeroed = head + first + bytes(len(second)) + third  # a sector of zeros in the middle
+    replayed = fmt.replay(zeroed)
+    assert replayed.damage is not None and "valid entry follows" in replayed.damage
+    assert replayed.torn_reason is None
+
+
+def test_a_length_field_flip_in_the_last_entry_is_damage() -> None:
+    head = fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState())
+    entry = bytearray(fmt.encode_add([7, 8]))
+    entry[3] ^= 0x40  # longer than the file: it looks cut short, but the entry is whole
+    replayed = fmt.replay(head + bytes(entry))
+    assert replayed.damage is not None and "length field" in replayed.damage
+
+
+def test_a_header_without_a_checkpoint_is_damage() -> None:
+    replayed = fmt.replay(fmt.encode_header(VOLUME))
+    assert replayed.damage is not None and "no checkpoint" in replayed.damage
+
+
+def test_assess_missing_and_foreign_journals_are_doubt() -> None:
+    assert fmt.assess(None, VOLUME).doubt == "is missing"
+    assert fmt.assess(None, VOLUME).state == RecordState()
+    foreign = fmt.encode_header(bytes(16)) + fmt.encode_checkpoint(RecordState({1}, {}))
+    assert "belongs to volume" in str(fmt.assess(foreign, VOLUME).doubt)
+    good = fmt.assess(CHECKPOINTED, VOLUME)
+    assert good.doubt is None and good.state.extents == {1, 5, 9, 300}
+
+
+def test_the_deliberate_bugs_switch_the_guards_off() -> None:
+    """The simulator's self-check flips these; here: that they really disable the guards."""
+    from foresync.faults import Faults
+
+    data = bytearray(CHECKPOINTED)
+    data[40] ^= 1
+    sloppy = fmt.assess(bytes(data), VOLUME, Faults(damage_taken_for_torn_tail=True))
+    assert sloppy.doubt is None and sloppy.state == RecordState()
+    assert fmt.assess(None, VOLUME, Faults(missing_metadata_taken_as_empty=True)).doubt is None
+
+
+def test_one_byte_explains_finds_every_single_byte_change() -> None:
+    body = bytes(range(7, 200))
+    crc = fmt.crc32c(body)
+    assert not fmt.one_byte_explains(body, crc)
+    for index in range(len(body)):
+        changed = bytearray(body)
+        changed[index] ^= 0xA5
+        assert fmt.one_byte_explains(bytes(changed), crc), index
+    assert fmt.one_byte_explains(body, crc ^ 0x00FF0000)  # a byte of the stored CRC
+    torn = body[:100] + bytes(len(body) - 100)
+    assert not fmt.one_byte_explains(torn, crc)
+
+
+# -- a full disk under the journal and the undo log ------------------------------------------------
+
+
+class _FullDisk:
+    """``os.write`` for one descriptor: while ``room`` is not None, at most that many more bytes
+    land (a short write), then ENOSPC; every other descriptor writes as usual."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.room: int | None = None
+        self._write = os.write
+
+    def __call__(self, fd: int, data: Any) -> int:
+        if fd != self.fd or self.room is None:
+            return self._write(fd, data)
+        if self.room == 0:
+            raise OSError(28, "No space left on device")
+        written = self._write(fd, bytes(data)[: self.room])
+        self.room -= written
+        return written
+
+
+def test_an_append_the_disk_refuses_waits_for_the_commit(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, the append raised into the secondary's action pump, left half an entry in the
+    file, and later appends landed after it, where replay never reads."""
+    path = tmp_path / "journal"
+    journal = RecordJournal.create(str(path), VOLUME)
+    disk = _FullDisk(journal._fd)
+    monkeypatch.setattr(journal_mod.os, "write", disk)
+    disk.room = 5  # part of the first entry fits
+    assert journal.append(fmt.encode_add([1])) == 1
+    assert journal.append(fmt.encode_add([2])) == 2
+    with pytest.raises(StorageError, match="append failed: No space left") as failure:
+        journal.commit(2)
+    assert failure.value.errno == 28 and journal.synced == 0
+    disk.room = None  # room again
+    journal.append(fmt.encode_remove([1]))
+    journal.commit(3)
+    assert journal.synced == 3
+    journal.close()
+    replayed = fmt.replay(path.read_bytes())
+    assert replayed.torn_reason is None and replayed.entries == 4  # the checkpoint and all three
+    assert replayed.state.extents == {2}
+
+
+def test_after_a_failed_fdatasync_the_entries_it_covered_are_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    journal = RecordJournal.create(str(path), VOLUME)
+    journal.append(fmt.encode_add([1]))
+    journal.commit(1)
+    synced_bytes = path.read_bytes()
+    real_fsync = journal._fsync
+
+    def broken() -> None:
+        raise OSError(5, "EIO")
+
+    journal._fsync = broken  # type: ignore[method-assign]
+    journal.append(fmt.encode_add([2]))
+    with pytest.raises(StorageError, match="fdatasync failed"):
+        journal.commit(2)
+    journal._fsync = real_fsync  # type: ignore[method-assign]
+    journal.append(fmt.encode_add([3]))
+    # Nothing is written after what the kernel may have dropped: the next entry waits too.
+    assert path.read_bytes()[: len(synced_bytes)] == synced_bytes
+    journal.commit(3)
+    journal.close()
+    replayed = fmt.replay(path.read_bytes())
+    assert replayed.torn_reason is None and replayed.entries == 4  # each entry exactly once
+    assert replayed.state.extents == {1, 2, 3}
+
+
+def test_an_undo_entry_the_disk_refuses_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A half-written undo entry before whole ones would end the rollback there: the old
+    contents saved after it would never be restored."""
+    log = UndoLog(str(tmp_path / "undo.log"))
+    log.append(1, b"a" * 100)
+    disk = _FullDisk(log._fd)
+    monkeypatch.setattr(undo_mod.os, "write", disk)
+    disk.room = 50
+    with pytest.raises(StorageError, match=r"undo log .*append failed") as failure:
+        log.append(2, b"b" * 100)
+    assert failure.value.errno == 28
+    disk.room = None
+    log.append(3, b"c" * 100)
+    log.sync()
+    log.close()
+    assert read_entries(str(tmp_path / "undo.log"), 100, 100 * 8).entries == [(1, b"a" * 100), (3, b"c" * 100)]
+
+
+def test_a_failed_undo_sync_cuts_back_to_the_last_good_one(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    log = UndoLog(str(tmp_path / "undo.log"))
+    log.append(1, b"a" * 10)
+    log.sync()
+    log.append(2, b"b" * 10)
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "EIO")
+
+    monkeypatch.setattr(undo_mod.os, "fdatasync", broken)
+    with pytest.raises(StorageError, match="fdatasync failed"):
+        log.sync()
+    monkeypatch.undo()
+    assert log.saved == 1
+    log.append(3, b"c" * 10)
+    log.sync()
+    log.close()
+    assert read_entries(str(tmp_path / "undo.log"), 10, 10 * 8).entries == [(1, b"a" * 10), (3, b"c" * 10)]

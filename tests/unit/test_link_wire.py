@@ -58,6 +58,8 @@ MESSAGES: list[wire.Message] = [
     wire.AuthChallenge(bytes(range(32))),
     wire.AuthResponse(b"\x01" * 32, b"\xff" * 32),
     wire.AuthProof(bytes(32)),
+    wire.StorageFailed(wire.StorageArea.IMAGE, 28, "write at 4096 failed: No space left on device"),
+    wire.StorageFailed(255, 0xFFFFFFFF, ""),
 ]
 IDS = [f"{i}-{type(m).__name__}" for i, m in enumerate(MESSAGES)]
 
@@ -240,7 +242,7 @@ def test_frame_limit_can_change_between_messages() -> None:
         strict.next_message()
 
 
-@pytest.mark.parametrize("kind", [0, 20, 200, 255])
+@pytest.mark.parametrize("kind", [0, 21, 200, 255])
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):
@@ -271,6 +273,8 @@ TRUNCATED = [
     (MessageType.REMOVE, struct.pack(">I", 2) + bytes(4)),
     (MessageType.REMOVE, struct.pack(">I", 0) + bytes(7)),
     (MessageType.REMOVE, struct.pack(">I", 0xFFFFFFFF)),
+    (MessageType.STORAGE_FAILED, bytes(4)),
+    (MessageType.STORAGE_FAILED, bytes(5) + b"\xff"),  # the detail is not UTF-8
 ]
 
 

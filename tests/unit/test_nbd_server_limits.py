@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -127,9 +128,13 @@ def test_in_flight_requests_bound_what_the_target_is_given() -> None:
 
 
 def test_connections_over_the_limit_are_closed_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Every connection is busy (a request in flight): a newcomer is closed at once."""
     async def body() -> None:
-        async with serving(ServerLimits(max_connections=2)) as (_, port, server):
+        async with serving(ServerLimits(max_connections=2)) as (target, port, server):
             kept = [await negotiate(port) for _ in range(2)]
+            for cookie, (_, writer) in enumerate(kept):
+                writer.write(write_request(cookie, 0, b"x" * 512))
+            await eventually(lambda: len(target.held) == 2)
             for _ in range(3):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 assert await reader.read(100) == b""  # closed without a greeting
@@ -141,6 +146,96 @@ def test_connections_over_the_limit_are_closed_and_logged_once(caplog: pytest.Lo
     with caplog.at_level(logging.WARNING):
         run(body)
     assert caplog.text.count("limit of 2 connections reached") == 1
+    assert "closed the one from" not in caplog.text  # nobody was evicted
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bool:
+    """True when the server has closed (EOF or reset) the connection within ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(reader.read(100), timeout=timeout_s) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_real_client_gets_in_when_idle_sockets_fill_the_limit(caplog: pytest.LogCaptureFixture) -> None:
+    """64 sockets that never send a request must not lock nbdinfo out: the oldest gives way."""
+    nbdinfo = shutil.which("nbdinfo")
+    if nbdinfo is None:
+        pytest.fail("needs nbdinfo (libnbd-bin): run make setup", pytrace=False)
+
+    async def body() -> None:
+        async with serving(ServerLimits()) as (_, port, server):
+            idle = []
+            for n in range(64):  # half only read the greeting, half negotiated an export
+                if n % 2:
+                    idle.append(await negotiate(port))
+                else:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    await reader.readexactly(18)
+                    idle.append((reader, writer))
+            assert server.statistics().connections == 64
+            for _ in range(3):
+                proc = await asyncio.create_subprocess_exec(
+                    nbdinfo, f"nbd://127.0.0.1:{port}/disk", stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE)
+                out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+                assert proc.returncode == 0, err.decode()
+                assert b"67108864" in out, out.decode()  # the export's size: it really got in
+            assert await closed_by_server(idle[0][0])  # the oldest gave way
+            assert not await closed_by_server(idle[-1][0], timeout_s=0.2)  # the newest did not
+            for _, writer in idle:
+                writer.close()
+
+    with caplog.at_level(logging.WARNING):
+        run(body)
+    assert "NBD: 64 connections (the limit): closed the one from" in caplog.text
+    assert "still negotiating, no request in" in caplog.text
+
+
+def test_at_the_limit_busy_and_recent_connections_stay_and_long_idle_ones_give_way() -> None:
+    async def body() -> None:
+        async with serving(ServerLimits(max_connections=2, idle_timeout_s=0.5)) as (target, port, _):
+            target.holding = False
+            idle_reader, idle_writer = await negotiate(port)
+            idle_writer.write(write_request(1, 0, b"i" * 512))  # answered: then idle
+            await idle_reader.readexactly(16)
+            target.holding = True
+            _, busy_writer = await negotiate(port)
+            busy_writer.write(write_request(2, 0, b"b" * 512))  # held: in flight for ever
+            await eventually(lambda: len(target.held) == 1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await closed_by_server(reader)  # nobody has been idle for 0.5 s yet
+            writer.close()
+            await asyncio.sleep(0.6)
+            newcomer_reader, newcomer_writer = await asyncio.open_connection("127.0.0.1", port)
+            assert len(await newcomer_reader.readexactly(18)) == 18  # greeted: it got in
+            assert await closed_by_server(idle_reader)  # in place of the long-idle one
+            assert len(target.held) == 1  # the busy one is still being served
+            for w in (idle_writer, busy_writer, newcomer_writer):
+                w.close()
+
+    run(body)
+
+
+def test_a_connection_that_sends_no_request_is_closed_after_the_idle_timeout(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        async with serving(ServerLimits(idle_timeout_s=0.3)) as (target, port, _):
+            target.holding = False
+            silent_reader, silent_writer = await negotiate(port)
+            used_reader, used_writer = await negotiate(port)
+            used_writer.write(write_request(1, 0, b"u" * 512))
+            await used_reader.readexactly(16)
+            assert await closed_by_server(silent_reader)
+            assert not await closed_by_server(used_reader, timeout_s=1.0)  # idle after use: kept
+            for w in (silent_writer, used_writer):
+                w.close()
+
+    with caplog.at_level(logging.WARNING):
+        run(body)
+    assert "negotiated but sent no request within 0.3 s; closed" in caplog.text
 
 
 def test_a_slow_handshake_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:

@@ -19,6 +19,10 @@ Checked after every step, not only at the end:
 * in sync mode a write is acknowledged only after DURABLE covers it; a FUA write only after a
   local flush covers it.
 
+A full disk on either side: ``p_full`` makes every local apply on the primary land in part and
+fail with ENOSPC; ``s_full`` makes the secondary's image writes fail, and the harness then does
+what the secondary site's action pump does (``SecondaryCore.storage_failed``).
+
 After quiescence: both images identical, the copy equals the secondary's record, every write
 answered, and hits + misses (+ RANGE ops) == writes.
 """
@@ -32,7 +36,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foresync.errors import LocalProtocolError, RemoteProtocolError
+from foresync.errors import LocalProtocolError, RemoteProtocolError, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
@@ -63,6 +67,8 @@ class Harness:
     faults: Faults = NO_FAULTS
     fast: bool = True  # host writes try PrimaryCore.write_hit first, as the site does
     predictor: str = "next"  # both sites' (record/predict.py)
+    p_full: int | None = None  # the primary's disk is full: local writes land this many bytes
+    s_full: bool = False  # the secondary's image refuses every write (ENOSPC)
 
     p_img: bytearray = field(init=False)
     s_img: bytearray = field(init=False)
@@ -87,6 +93,9 @@ class Harness:
         # (ticket, image snapshot, applied prefix, seqs applied) at the time the flush was issued
         self.flushes: deque[tuple[int, bytes, int, frozenset[int]]] = deque()
         self.oos: deque[int] = deque()
+        self.persisted_oos: list[set[int]] = []  # every out-of-sync set the primary persisted
+        self._oos_by_token: dict[int, set[int]] = {}
+        self.durable_oos: set[int] = set()  # the out-of-sync set as last made durable
         self.data_syncs: deque[tuple[int, bytes]] = deque()
         self.journal: list[bytes] = []
         self.commits: deque[int] = deque()  # journal commit targets started
@@ -112,6 +121,10 @@ class Harness:
         self.evicted: list[int] = []
         self.fast_hits = 0  # writes that went through write_hit
         self.fast_applies = 0  # WRITEs the secondary took through write_now
+        self.local_failures: set[int] = set()  # seqs whose local apply failed (ENOSPC)
+        self.answered_without_secondary: set[int] = set()  # seqs in flight at a disconnect
+        self.link_failures: list[str] = []  # LinkFailed reasons (a secondary's storage failure)
+        self.closed_by_secondary: list[str] = []  # CloseLink reasons
         self._running_io = False
 
     # -- the adapters ----------------------------------------------------------------------------
@@ -127,8 +140,7 @@ class Harness:
                 break
             for p_action in p_actions:
                 self._primary_action(p_action)
-            for s_action in s_actions:
-                self._secondary_action(s_action)
+            self._carry_out_secondary(s_actions)
         else:
             raise AssertionError("the cores keep producing actions")
         self.check()
@@ -139,6 +151,16 @@ class Harness:
                     pass
             finally:
                 self._running_io = False
+
+    def _carry_out_secondary(self, actions: list[score.Action]) -> None:
+        """What SecondarySite's action pump does: stop at a failed write, tell the core."""
+        for index, action in enumerate(actions):
+            try:
+                self._secondary_action(action)
+            except StorageError as exc:
+                self.secondary.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc),
+                                              actions[index:])
+                return
 
     def _primary_action(self, action: pcore.Action) -> None:
         match action:
@@ -156,10 +178,13 @@ class Harness:
             case pcore.FlushLocal(ticket):
                 self.flushes.append((ticket, bytes(self.p_img), self._settled_prefix(),
                                      frozenset(self.locally_settled)))
-            case pcore.PersistOutOfSync(token):
+            case pcore.PersistOutOfSync(token, extents):
                 self.oos.append(token)
+                self.persisted_oos.append(set(extents))
+                self._oos_by_token[token] = set(extents)
             case pcore.LinkFailed(reason):
-                raise AssertionError(f"link failed: {reason}")
+                assert reason and reason == self.primary.secondary_error, f"link failed: {reason}"
+                self.link_failures.append(reason)
             case _:
                 raise AssertionError(f"unknown primary action {action!r}")
 
@@ -217,13 +242,17 @@ class Harness:
         if errno and self.allow_failures and op_id not in self.op_seq:
             self.acks[op_id] = errno  # failed while still queued: never sent, never applied
             return
+        if errno == Errno.ENOSPC and self.local_failures and self.op_seq.get(op_id, -1) in (
+                self.local_failures | {-1}):  # -1: never sent (link down)
+            self.acks[op_id] = errno  # the local write failed: the host hears why
+            return
         assert errno == 0, f"op {op_id} failed with errno {errno}"
         self.acks[op_id] = errno
         kind, _, _, fua = self.host_ops[op_id]
         if kind == "flush":
             return
         seq = self.op_seq[op_id]
-        if self.mode is Mode.SYNC:
+        if self.mode is Mode.SYNC and seq not in self.answered_without_secondary:
             assert seq <= self.durable_delivered, f"sync-mode op seq {seq} acked before DURABLE"
         if fua:
             assert seq in self.locally_durable, f"FUA op seq {seq} acked before a flush"
@@ -242,10 +271,16 @@ class Harness:
                 self.journal.append(entry)
             case score.WriteData(offset, data):
                 self._check_covered(offset, len(data))
+                if self.s_full:
+                    raise StorageError(f"write at {offset} failed: no space", Errno.ENOSPC)
                 self.s_img[offset : offset + len(data)] = data
             case score.ZeroData(offset, length):
                 self._check_covered(offset, length)
+                if self.s_full:
+                    raise StorageError(f"zero at {offset} failed: no space", Errno.ENOSPC)
                 self.s_img[offset : offset + length] = bytes(length)
+            case score.CloseLink(reason):
+                self.closed_by_secondary.append(reason)
             case score.SyncData(through):
                 self.data_syncs.append((through, bytes(self.s_img)))
             case score.ResyncStarted() | score.ResyncFinished():
@@ -274,7 +309,7 @@ class Harness:
             for message in self.s_decoder.feed(self.to_s.popleft()):
                 if self.fast and type(message) is wire.Write and self.secondary.write_now(message):
                     # What SecondarySite._on_message does: write it now.
-                    self._secondary_action(score.WriteData(message.offset, message.data, message.seq))
+                    self._carry_out_secondary([score.WriteData(message.offset, message.data, message.seq)])
                     self.fast_applies += 1
                     continue
                 self.secondary.receive(message)
@@ -302,14 +337,22 @@ class Harness:
         if not self.applies:
             return False
         action = self.applies.pop(index % len(self.applies))
-        if action.data is not None:
-            self.p_img[action.offset : action.offset + action.length] = action.data
-        else:
-            self.p_img[action.offset : action.offset + action.length] = bytes(action.length)
+        data = action.data if action.data is not None else bytes(action.length)
+        errno = self._local_write(action.seq, action.offset, data)
         self.locally_settled.add(action.seq)
-        self.primary.local_applied(action.seq, 0)
+        self.primary.local_applied(action.seq, errno)
         self.pump()
         return True
+
+    def _local_write(self, seq: int, offset: int, data: bytes) -> int:
+        """Write to the primary's image; with ``p_full`` only a prefix lands: ENOSPC."""
+        if self.p_full is None:
+            self.p_img[offset : offset + len(data)] = data
+            return 0
+        landed = data[: self.p_full]
+        self.p_img[offset : offset + len(landed)] = landed
+        self.local_failures.add(seq)
+        return int(Errno.ENOSPC)
 
     def flush_done(self) -> bool:
         if not self.flushes:
@@ -325,7 +368,9 @@ class Harness:
     def oos_done(self) -> bool:
         if not self.oos:
             return False
-        self.primary.out_of_sync_persisted(self.oos.popleft())
+        token = self.oos.popleft()
+        self.durable_oos = self._oos_by_token.pop(token)
+        self.primary.out_of_sync_persisted(token)
         self.pump()
         return True
 
@@ -409,10 +454,13 @@ class Harness:
         else:
             # What PrimarySite._write_hit does: send, apply at once, answer.
             self._primary_action(pcore.Send(message))
-            self.p_img[offset : offset + length] = data
+            errno = self._local_write(message.seq, offset, data)
             self.locally_settled.add(message.seq)
-            self.primary.hit_applied(message.seq)
-            self._primary_action(pcore.AckHost(op_id, 0))
+            if errno:
+                self.primary.hit_applied(message.seq, errno, offset, length)
+            else:
+                self.primary.hit_applied(message.seq)
+            self._primary_action(pcore.AckHost(op_id, errno))
             self.fast_hits += 1
         self.pump()
         return op_id
@@ -433,6 +481,16 @@ class Harness:
         self.primary.flush(op_id)
         self.pump()
         return op_id
+
+    def settle_until_link_fails(self) -> None:
+        """Run I/O and timers until the primary has dropped the link (LinkFailed)."""
+        for _ in range(50):
+            if self.link_failures:
+                return
+            while self.run_io() and not self.link_failures:
+                pass
+            self.timer()
+        raise AssertionError("the link never failed")
 
     def settle(self) -> None:
         """Run I/O and the watermark timers until a timer round changes nothing. (An idle
@@ -473,7 +531,8 @@ class Harness:
             for extent in range(self.extents):
                 span = self._span(extent)
                 if one[span] != two[span]:
-                    covered = extent in self.committed_state.extents or any(
+                    # The primary's durable out-of-sync set counts once the link has dropped.
+                    covered = extent in self.committed_state.extents or extent in self.durable_oos or any(
                         extent in extents_of(off, length, self.extent_size)
                         for off, length in self.committed_state.ranges.values())
                     assert covered, f"{name} differ in extent {extent}, not in the durable record"
@@ -757,6 +816,245 @@ def test_window_backpressure_holds_writes_until_applied() -> None:
     h.check_quiescent()
 
 
+# -- a full disk ---------------------------------------------------------------------------------------
+
+
+def _reconnect(h: Harness, reason: str) -> None:
+    """The link drops (what the sites do after STORAGE_FAILED) and a new session starts."""
+    # A disconnect settles every unanswered miss: out of sync (durably), then applied here;
+    # and a sync-mode write still waiting for DURABLE is answered without it ("continue").
+    h.added_delivered.update(h.miss_seqs | h.range_seqs)
+    h.answered_without_secondary.update(range(1, h.primary.last_seq + 1))
+    h.primary.disconnected(reason)
+    h.to_s.clear()
+    h.to_p.clear()
+    h.s_decoder, h.p_decoder = FrameDecoder(), FrameDecoder()
+    h.pump()
+    h.secondary.session_reset()  # SecondarySite._take_over, for the new connection
+    h.primary.connected()  # the WELCOME may wait for a journal commit: settle() completes it
+    h.pump()
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["write", "write_hit"])
+def test_a_local_write_that_fails_is_out_of_sync_until_resynced(fast: bool) -> None:
+    """The WRITE went to the secondary before the local write failed (5 bytes landed): the
+    extent is out of sync, persisted, and not in sync until it is copied from here again."""
+    h = _Recording(capacity=4, lookahead=1, fast=fast)
+    h.connect()
+    h.write(0, 4)
+    h.settle()  # extents 0 and 1 are recorded
+    h.p_full = 5
+    op = h.write(16, 16)  # a hit on extent 1
+    h.deliver_to_secondary()  # the secondary has all 16 bytes
+    h.apply_local()
+    assert h.acks[op] == Errno.ENOSPC
+    assert h.fast_hits == (1 if fast else 0)
+    assert h.persisted_oos and 1 in h.persisted_oos[-1], "out of sync, persisted at once"
+    resync = [m for m in h.sent if isinstance(m, wire.Write) and m.offset == 16
+              and m.flags & WriteFlag.RESYNC]
+    assert resync and resync[0].data[:5] == bytes(h.p_img[16:21]), "copied from here again"
+    assert not h.primary.statistics().in_sync
+    assert h.primary.statistics().local_write_errors == 1
+    h.p_full = None
+    h.settle()
+    h.check_quiescent()  # identical again: the half-written extent was copied from here
+    assert h.primary.statistics().in_sync and not h.primary.out_of_sync
+    assert h.resync_seqs
+
+
+def test_a_local_write_that_fails_with_the_link_down_resyncs_on_connect() -> None:
+    h = Harness(capacity=4, lookahead=1, fast=False)
+    h.connect()
+    h.write(0, 4)
+    h.settle()
+    h.primary.disconnected("cut")
+    h.to_s.clear()
+    h.p_full = 0
+    op = h.write(16, 16)  # covered by the record: no out-of-sync needed, until it fails
+    h.apply_local()
+    assert h.acks[op] == Errno.ENOSPC and h.primary.out_of_sync == {1}
+    assert h.persisted_oos[-1] == {1}
+    h.op_queue.remove(op)  # never sent: the link was down
+    h.p_full = None
+    h.s_decoder = FrameDecoder()
+    h.secondary.session_reset()
+    h.connect()
+    h.settle()
+    # (not check_quiescent: a write made with the link down is neither a hit nor a miss)
+    assert h.p_img == h.s_img and h.p_durable == h.s_durable == bytes(h.p_img)
+    assert h.primary.statistics().in_sync and not h.primary.out_of_sync
+
+
+def test_a_failed_local_range_stays_pending_there_until_resynced() -> None:
+    h = Harness(capacity=4, lookahead=0, extents=40)
+    h.connect()
+    h.p_full = 0
+    op = h.zero(0, 30 * 16)  # a RANGE: zeroed on the secondary, fails here
+    h.deliver_to_secondary()
+    h.commit_start()
+    h.commit_done()
+    h.data_sync_done()
+    h.deliver_to_primary()
+    h.apply_local()
+    assert h.acks[op] == Errno.ENOSPC
+    assert h.primary.out_of_sync == set(range(30))
+    h.p_full = None
+    h.settle()
+    assert not h.secondary.state.ranges  # reported done only once the resync was durable
+    h.check_quiescent()
+
+
+def test_a_deliberately_ignored_local_failure_leaves_the_copies_apart() -> None:
+    """Self-check of the test above: with the guard off, the harness sees the difference."""
+    h = Harness(capacity=4, lookahead=1, faults=Faults(local_write_error_ignored=True))
+    h.connect()
+    h.write(0, 4)
+    h.settle()
+    h.p_full = 5
+    h.write(16, 16)
+    h.p_full = None
+    h.settle()
+    assert h.primary.statistics().in_sync
+    with pytest.raises(AssertionError):
+        h.check_quiescent()
+
+
+@pytest.mark.parametrize("mode", [Mode.LOOKAHEAD, Mode.SYNC, Mode.ASYNC])
+@pytest.mark.parametrize("fast", [False, True], ids=["receive", "write_now"])
+def test_a_secondary_that_cannot_write_drops_the_link_and_recovers(mode: Mode, fast: bool) -> None:
+    """The secondary's image is full: it tells the primary, which marks what is not durable
+    there out of sync and treats the link as lost; once there is room a new session resyncs."""
+    h = Harness(mode=mode, capacity=4, lookahead=1, fast=fast)
+    h.connect()
+    h.write(0, 4)
+    h.settle()
+    h.s_full = True
+    h.write(16, 16)  # a hit in lookahead mode
+    h.write(40, 4)  # a miss (extent 2), or another write
+    h.settle_until_link_fails()
+    assert h.closed_by_secondary and "could not write its image" in h.closed_by_secondary[0]
+    assert h.link_failures == [h.primary.secondary_error]
+    assert "No space" in h.primary.secondary_error or "no space" in h.primary.secondary_error
+    assert h.primary.statistics().secondary_storage_errors == 1
+    assert {1} <= h.primary.out_of_sync
+    assert h.secondary.statistics().storage_errors >= 1
+    _reconnect(h, h.link_failures[0])
+    assert not h.primary.statistics().in_sync
+    h.s_full = False
+    h.settle()
+    assert h.primary.link is pcore.LinkState.CONNECTED
+    h.check_quiescent()
+    assert h.primary.secondary_error == ""
+
+
+def test_a_deliberately_ignored_secondary_failure_is_seen() -> None:
+    h = Harness(capacity=4, lookahead=1, faults=Faults(secondary_write_error_ignored=True))
+    h.connect()
+    h.write(0, 4)
+    h.settle()
+    h.s_full = True
+    h.write(16, 16)
+    h.deliver_to_secondary()
+    h.s_full = False
+    h.settle()
+    assert h.primary.statistics().in_sync  # the lie the guard prevents
+    with pytest.raises(AssertionError):
+        h.check_quiescent()
+
+
+def test_secondary_storage_failure_acknowledges_nothing_more() -> None:
+    core = SecondaryCore(160, 16, 1, VOLUME, RecordState())
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    core.receive(wire.Write(1, 16, int(WriteFlag.MISS), 2, (), b"a" * 16))  # adds 1 and 2
+    core.receive(wire.Write(2, 0, 0, 0, (0,), b"b"))  # removes extent 0 (not there): no append
+    core.receive(wire.Write(3, 40, int(WriteFlag.MISS), 1, (), b"c"))  # extent 2; adds 3
+    first = core.actions()
+    assert [type(a) for a in first] == [score.JournalAppend, score.JournalAppend]
+    core.journal_synced(1)  # only the first add is durable: the first write and its ADDED go out
+    released = core.actions()
+    assert [type(a) for a in released] == [score.WriteData, score.Send, score.WriteData]
+    # The first write fails: its ADDED and the next write are not carried out.
+    core.storage_failed(wire.StorageArea.IMAGE, 28, "write at 16 failed", released)
+    assert core.actions() == [
+        score.Send(wire.StorageFailed(wire.StorageArea.IMAGE, 28, "write at 16 failed")),
+        score.CloseLink("could not write its image: write at 16 failed")]
+    core.journal_synced(2)  # the second add commits later: nothing waits for it any more
+    assert core.actions() == []
+    core.receive(wire.Write(4, 0, 0, 0, (), b"d"))  # ignored until the next session
+    core.receive(wire.Sync(4))
+    assert not core.write_now(wire.Write(5, 0, 0, 0, (), b"e"))
+    core.end_of_batch()
+    core.request_durable()
+    for action in core.actions():
+        assert not isinstance(action, score.Send), f"{action} sent after the failure"
+    core.session_reset()
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    (welcome,) = [a.message for a in core.actions() if isinstance(a, score.Send)]
+    assert isinstance(welcome, wire.Welcome)
+    assert welcome.record == (1, 2, 3)  # the adds stay: the record only widens
+    assert welcome.stale == (0, 1, 2)  # the failed write (1) and the two dropped ones (0, 2)
+    core.receive(wire.ResyncDone(9))
+    assert not core.failed_extents
+
+
+def test_secondary_storage_failure_keeps_its_journal_appends() -> None:
+    """Record changes already made in memory must still reach the journal: a commit that
+    covers their count would otherwise claim them durable."""
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    core.receive(wire.Write(1, 0, int(WriteFlag.MISS), 1, (), b"a"))
+    (append,) = core.actions()
+    core.storage_failed(wire.StorageArea.METADATA, 28, "site.json", [append])
+    assert core.actions()[0] == append
+
+
+def test_secondary_storage_failure_saves_again_only_undo_not_yet_durable() -> None:
+    """During a protected resync each extent's old content is saved once. After a failure the
+    saves a commit covered stay (or every retry would save the pass again and fill the meta
+    disk); one no commit covered may be lost, so its extent is saved again."""
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState({0, 1}))
+    core.protect_image = True
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    resync = int(WriteFlag.RESYNC)
+    core.receive(wire.Write(1, 0, resync, 0, (), b"a" * 16))
+    assert score.SaveUndo(0) in core.actions()
+    core.journal_synced(core.journal_target())  # extent 0's old content is durable
+    core.actions()
+    core.receive(wire.Write(2, 16, resync, 0, (), b"b" * 16))
+    assert score.SaveUndo(1) in core.actions()  # not committed yet
+    core.storage_failed(wire.StorageArea.UNDO, 28, "undo log full")
+    core.actions()
+    core.session_reset()
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.journal_synced(core.journal_target())
+    core.actions()
+    core.receive(wire.Write(3, 0, resync, 0, (), b"c" * 16))
+    core.receive(wire.Write(4, 16, resync, 0, (), b"d" * 16))
+    saves = [a for a in core.actions() if isinstance(a, score.SaveUndo)]
+    assert saves == [score.SaveUndo(1)]
+
+
+def test_secondary_sync_failure_does_not_wedge_the_watermark() -> None:
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    assert core.write_now(wire.Write(1, 0, 0, 0, (), b"a"))
+    core.request_durable()
+    (sync,) = core.actions()
+    assert sync == score.SyncData(1)
+    core.storage_failed(wire.StorageArea.IMAGE, 5, "fdatasync failed", [sync])
+    core.actions()
+    core.session_reset()
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    assert core.write_now(wire.Write(2, 0, 0, 0, (), b"b"))
+    core.request_durable()
+    assert score.SyncData(2) in core.actions()  # a new sync starts: nothing still "in flight"
+
+
 # -- random schedules ------------------------------------------------------------------------------
 
 WRITE = st.tuples(st.just("write"), st.integers(0, 12 * 16), st.integers(0, 40),
@@ -832,6 +1130,16 @@ class _Recording(Harness):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.sent: list[wire.Message] = []
+
+    def _carry_out_secondary(self, actions: list[score.Action]) -> None:
+        """What SecondarySite's action pump does: stop at a failed write, tell the core."""
+        for index, action in enumerate(actions):
+            try:
+                self._secondary_action(action)
+            except StorageError as exc:
+                self.secondary.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc),
+                                              actions[index:])
+                return
 
     def _primary_action(self, action: pcore.Action) -> None:
         if isinstance(action, pcore.Send):

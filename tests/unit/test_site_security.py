@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from foresync import tls
+from foresync import config, tls
+from foresync.config import SiteConfig
 from foresync.errors import ConfigError
-from foresync.sites.security import read_secret
+from foresync.sites.security import read_secret, warn_if_link_is_open
 
 
 def test_a_secret_is_read_without_its_newline(tmp_path: Path) -> None:
@@ -51,3 +52,30 @@ def test_tls_dir_problems_name_the_file(tmp_path: Path) -> None:
         tls.server_context(str(tmp_path))
     with pytest.raises(ConfigError, match=r"ca-cert\.pem is missing"):
         tls.client_context(str(tmp_path))
+
+
+def _site_config(tmp_path: Path, link_listen: str, extra: str = "") -> SiteConfig:
+    path = tmp_path / "site.toml"
+    path.write_text(f'[volume]\ndata = "d.img"\nsize = "1MiB"\nmeta = "m"\n'
+                    f'[link]\nlisten = "{link_listen}"\npeer = "127.0.0.1:1"\n{extra}')
+    return config.load(str(path))
+
+
+@pytest.mark.parametrize(("listen", "extra", "warned"), [
+    ("0.0.0.0:7800", "", True),
+    ("192.0.2.10:7800", "", True),
+    ("127.0.0.1:7800", "", False),
+    ("[::1]:7800", "", False),
+    ("0.0.0.0:7800", 'secret_file = "/etc/foresync/link.secret"\n', False),
+    ("0.0.0.0:7800", 'tls_dir = "/etc/foresync/tls"\n', False),
+])
+def test_an_open_link_listener_is_warned_about_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, listen: str, extra: str, warned: bool) -> None:
+    cfg = _site_config(tmp_path, listen, extra)
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_link_is_open(cfg) is warned
+    if warned:
+        assert f"[link] listen = {listen.replace('[', '').replace(']', '')}" in caplog.text
+        assert "neither [link] secret_file nor [link] tls_dir is set" in caplog.text
+    else:
+        assert caplog.text == ""

@@ -80,3 +80,14 @@ def test_metrics_export_the_estimates_by_capacity() -> None:
     doc["record"]["miss_ratio_estimate"] = {"20": 0.4, "80": 0.09}
     text = SiteMetrics("vol0", lambda: doc).render().decode()
     assert 'foresync_record_miss_ratio_estimate{capacity="80",volume="vol0"} 0.09' in text
+
+
+def test_a_site_that_cannot_write_is_said_plainly() -> None:
+    doc = _primary(secondary_error="the secondary could not write its image: no space (errno 28)")
+    doc["counters"]["storage_errors"] = 3
+    text = render("vol0", doc)
+    assert "SECONDARY CANNOT WRITE: the secondary could not write its image" in text
+    assert "storage errors 3 since start" in text
+    secondary = render("vol0", _primary(role="secondary", storage_error="could not write its record journal"))
+    assert "CANNOT WRITE: this site could not write its record journal" in secondary
+    assert "CANNOT WRITE" not in render("vol0", _primary())

@@ -58,6 +58,14 @@ class _StatusCollector(Collector):
                       "to record the next extents.", counters.get("record_read_aheads", 0))
         yield counter("foresync_resync_bytes", "Bytes this site sent as resync source.",
                       counters["resync_bytes"])
+        yield counter("foresync_storage_errors", "Writes to this site's own image or metadata that "
+                      "failed (a full disk, an I/O error).", counters.get("storage_errors", 0))
+        yield counter("foresync_secondary_storage_errors", "Times the secondary reported it could "
+                      "not write (STORAGE_FAILED) and dropped the link.",
+                      counters.get("secondary_storage_errors", 0))
+        yield gauge("foresync_secondary_storage_failed", "1 from a STORAGE_FAILED report until a "
+                    "resync pass completes on the secondary again.",
+                    1 if doc.get("secondary_error") else 0)
         yield gauge("foresync_record_extents", "Extents in the record.", record["extents"])
         yield gauge("foresync_record_capacity_extents", "Most extents the record may hold.",
                     record["capacity"])

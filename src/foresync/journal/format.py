@@ -18,9 +18,30 @@ Entries follow, back to back:
         CHECKPOINT (5) u32 n, n x u32 extents, u32 m, m x (u64 seq, u64 offset, u64 length)
 A checkpoint is the whole record; a journal is rewritten as header + one checkpoint when it grows.
 
-Replay applies entries in order and stops at the first entry that is incomplete or fails its
-CRC: that is a torn tail (a crash in the middle of an append). Nothing after it is used; the
-caller preserves those bytes aside before truncating, so nothing is destroyed silently.
+Replay applies entries in order and stops at the first entry that is incomplete, fails its CRC
+or does not parse. Then it decides what the bad bytes are (``classify_stop``):
+
+- A torn tail: the last appends, cut short by a crash before their fdatasync. Appends are
+  sequential and only whole, committed entries are ever relied on, so a tear can only be the
+  end of the file: an entry cut short, or a whole final entry whose bytes were not all written
+  (a page the crash did not write back reads as zeros), with nothing valid after it. Nothing
+  after the stop is used; the caller preserves those bytes aside before truncating, so nothing is
+  destroyed silently.
+- Damage: anything a crash mid-append cannot produce. The first entry is bad (it is the
+  checkpoint, written whole with the header before an atomic rename); a whole, valid entry
+  follows the bad one; the bad entry is whole and its length field alone, or one byte of its
+  body or CRC, explains the mismatch (bit rot, not a tear); or the body passes its CRC but does
+  not parse. A damaged journal cannot say which extents may differ: the caller must widen
+  (every extent may differ), never use the prefix as if it were the record.
+
+``assess`` is the policy both the daemon and the simulator apply to a journal file, including a
+missing one (a site with a volume identity always has a journal): the record it may trust, or
+why it may trust none.
+
+Known limits, by construction: damage confined to the final entry that changes more than one
+byte, without any valid entry after it, looks exactly like a torn append and is treated as one;
+and a crash that writes back pages of un-synced appends out of order can look like damage (the
+site then widens: safe, it only costs a full compare).
 """
 
 from __future__ import annotations
@@ -33,6 +54,7 @@ from enum import IntEnum
 import google_crc32c
 
 from foresync.errors import JournalCorruption, invariant
+from foresync.faults import NO_FAULTS, Faults
 
 MAGIC = b"FSJOURN1"
 VERSION = 1
@@ -159,41 +181,189 @@ class Replay:
     state: RecordState
     entries: int
     valid_end: int  # byte offset just past the last whole, valid entry
-    torn_reason: str | None  # why replay stopped before the end of the data, if it did
+    torn_reason: str | None  # why replay stopped before the end of the data, if it was a torn tail
+    damage: str | None = None  # why the journal cannot be trusted, if it stopped on damage there
 
 
-def replay(data: bytes, on_entry: Callable[[int, bytes, RecordState], None] | None = None) -> Replay:
+# -- one changed byte: bit rot, not a torn write ---------------------------------------------------
+#
+# CRC32C is linear over GF(2): for two messages of one length, crc(a) ^ crc(b) depends only on
+# a ^ b. So the syndrome crc(body) ^ stored names the error pattern. One changed byte v at
+# position i of an n-byte body gives the syndrome Z^(n-1-i)(T[v]): T[v] is the register after
+# the byte v from a zero register, Z shifts one zero byte through. Walking Z backwards from the
+# syndrome n times and looking for a T value tests every position in O(n). The high bytes of T
+# are all different, which is what makes Z invertible byte by byte (checked at import).
+
+_T = tuple(crc32c(bytes([v])) ^ crc32c(b"\0") for v in range(256))
+_T_NONZERO = frozenset(_T[1:])
+_T_BY_TOP = {t >> 24: v for v, t in enumerate(_T)}
+invariant(len(_T_BY_TOP) == 256, "CRC32C table high bytes are distinct")
+ONE_BYTE_CHECK_MAX_BYTES = 16 * 1024 * 1024  # larger bodies are not searched (about 5 s in CPython)
+
+
+def _unshift(reg: int) -> int:
+    """Undo one zero byte of Z: reg = (prev >> 8) ^ T[prev & 0xFF]."""
+    low = _T_BY_TOP[reg >> 24]
+    return (((reg ^ _T[low]) << 8) | low) & 0xFFFFFFFF
+
+
+def one_byte_explains(body: bytes, stored_crc: int, crc: int | None = None) -> bool:
+    """Whether changing one byte of ``body``, or one byte of the stored CRC, explains why the
+    body fails its CRC. A torn write replaces a run of bytes (a page not written back), almost
+    never exactly one byte; a flipped bit or byte on the medium changes exactly one. ``crc`` is
+    the body's CRC if the caller already has it."""
+    syndrome = (crc32c(body) if crc is None else crc) ^ stored_crc
+    if syndrome == 0:
+        return False
+    if any(syndrome & ~(0xFF << shift) & 0xFFFFFFFF == 0 for shift in (0, 8, 16, 24)):
+        return True  # one byte of the stored CRC itself
+    if len(body) > ONE_BYTE_CHECK_MAX_BYTES:
+        return False
+    reg = syndrome
+    for _ in range(len(body)):
+        if reg in _T_NONZERO:
+            return True
+        reg = _unshift(reg)
+    return False
+
+
+# -- where a bad entry came from -------------------------------------------------------------------
+
+
+def _structural_length(data: bytes, start: int) -> int | None:
+    """The body length an entry body starting at ``start`` must have, from its kind and counts
+    (None if the bytes there cannot start a body): a second opinion beside the length field."""
+    if start >= len(data):
+        return None
+    kind = data[start]
+    try:
+        if kind in (EntryKind.ADD, EntryKind.REMOVE):
+            return 5 + 4 * int(U32.unpack_from(data, start + 1)[0])
+        if kind == EntryKind.RANGE:
+            return 1 + RANGE.size
+        if kind == EntryKind.RANGE_DONE:
+            return 1 + U64.size
+        if kind == EntryKind.CHECKPOINT:
+            count = int(U32.unpack_from(data, start + 1)[0])
+            ranges = int(U32.unpack_from(data, start + 5 + 4 * count)[0])
+            return 9 + 4 * count + RANGE.size * ranges
+    except struct.error:
+        return None
+    return None
+
+
+def valid_entry_at(data: bytes, pos: int) -> bool:
+    """Whether a whole entry that passes its CRC, with a length its body agrees with, starts at
+    ``pos``. Random bytes pass this about once in 2**32 tries."""
+    if pos + ENTRY_HEADER.size >= len(data):
+        return False
+    length, crc = ENTRY_HEADER.unpack_from(data, pos)
+    if not 0 < length <= MAX_ENTRY_BYTES or pos + ENTRY_HEADER.size + length > len(data):
+        return False
+    if _structural_length(data, pos + ENTRY_HEADER.size) != length:
+        return False
+    return crc32c(bytes(data[pos + ENTRY_HEADER.size : pos + ENTRY_HEADER.size + length])) == int(crc)
+
+
+def classify_stop(data: bytes, pos: int, first: bool, crc_ok: bool) -> str | None:
+    """Replay stopped at ``pos``: None if the bytes from there are a torn tail, else why they
+    are damage. ``first``: the bad entry is the first after the header; ``crc_ok``: it is whole
+    and passes its CRC but does not parse."""
+    if first:
+        return "the first entry (the checkpoint, written whole with the header) is bad"
+    if crc_ok:
+        return "an entry passes its CRC32C but does not parse"
+    rest = len(data) - pos
+    if rest >= ENTRY_HEADER.size:
+        length, crc = ENTRY_HEADER.unpack_from(data, pos)
+        start = pos + ENTRY_HEADER.size
+        shape = _structural_length(data, start)
+        if shape is not None and shape != length and 0 < shape <= rest - ENTRY_HEADER.size \
+                and crc32c(bytes(data[start : start + shape])) == crc:
+            return f"its length field says {length} bytes, but a whole, valid {shape}-byte entry is there"
+        if 0 < length <= rest - ENTRY_HEADER.size and one_byte_explains(bytes(data[start : start + length]), crc):
+            return "one changed byte explains its CRC32C failure (a flipped byte, not a torn write)"
+    for later in range(pos + 1, len(data) - ENTRY_HEADER.size):
+        if valid_entry_at(data, later):
+            return f"a whole, valid entry follows it at byte {later}"
+    return None
+
+
+def replay(data: bytes, on_entry: Callable[[int, bytes, RecordState], None] | None = None,
+           faults: Faults = NO_FAULTS) -> Replay:
     """Replay a whole journal image. Header damage is JournalCorruption (nothing is usable);
-    damage after the header ends replay there and is reported as a torn tail. ``on_entry``
-    sees each applied entry (its byte position, body, and the state after it): `inspect`."""
+    after the header, replay stops at the first bad entry and reports it as a torn tail or as
+    damage (see the module docstring). ``on_entry`` sees each applied entry (its byte position,
+    body, and the state after it): `inspect`."""
     volume_id = decode_header(data)
     state = RecordState()
     pos = HEADER.size
     entries = 0
-    torn: str | None = None
+    bad: str | None = None
+    crc_ok = False
     while pos < len(data):
         if len(data) - pos < ENTRY_HEADER.size:
-            torn = "entry header cut short"
+            bad = "entry header cut short"
             break
         length, crc = ENTRY_HEADER.unpack_from(data, pos)
         if length == 0 or length > MAX_ENTRY_BYTES:
-            torn = f"entry length {length} is impossible"
+            bad = f"entry length {length} is impossible"
             break
         end = pos + ENTRY_HEADER.size + length
         if end > len(data):
-            torn = f"entry of {length} bytes cut short"
+            bad = f"entry of {length} bytes cut short"
             break
         body = bytes(data[pos + ENTRY_HEADER.size : end])
         if crc32c(body) != crc:
-            torn = "entry fails its CRC32C"
+            bad = "entry fails its CRC32C"
             break
         try:
             apply_entry(state, body)
         except (ValueError, struct.error, IndexError) as exc:
-            torn = f"entry body malformed: {exc}"
+            bad, crc_ok = f"entry body malformed: {exc}", True
             break
         if on_entry is not None:
             on_entry(pos, body, state)
         entries += 1
         pos = end
-    return Replay(volume_id, state, entries, pos, torn)
+    if bad is None:
+        if entries == 0:
+            return Replay(volume_id, state, 0, pos, None, "no checkpoint after the header")
+        return Replay(volume_id, state, entries, pos, None)
+    why = classify_stop(data, pos, entries == 0, crc_ok)
+    if why is None or faults.damage_taken_for_torn_tail:
+        return Replay(volume_id, state, entries, pos, bad)
+    return Replay(volume_id, state, entries, pos, None, f"{bad}: {why}")
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What a site may believe from its journal file. ``doubt`` None: ``replay`` is the record
+    (a torn tail, if any, is to be cut at ``replay.valid_end``). Otherwise every extent may
+    differ, and ``doubt`` says why (for the log, /status and the refusal to promote)."""
+
+    replay: Replay | None
+    doubt: str | None
+
+    @property
+    def state(self) -> RecordState:
+        return self.replay.state if self.replay is not None and self.doubt is None else RecordState()
+
+
+def assess(data: bytes | None, volume_id: bytes, faults: Faults = NO_FAULTS) -> Assessment:
+    """The policy for a secondary's journal, shared by the daemon and the simulator. ``data``
+    None: the file is missing, though the site has a volume identity and so always has one."""
+    if data is None:
+        if faults.missing_metadata_taken_as_empty:
+            return Assessment(Replay(volume_id, RecordState(), 1, 0, None), None)
+        return Assessment(None, "is missing")
+    try:
+        replayed = replay(data, faults=faults)
+    except JournalCorruption as exc:
+        return Assessment(None, f"is damaged: {exc}")
+    if replayed.damage is not None:
+        return Assessment(replayed, f"is damaged at byte {replayed.valid_end}: {replayed.damage}")
+    if replayed.volume_id != volume_id:
+        return Assessment(replayed, f"belongs to volume {replayed.volume_id.hex()}, not to ours "
+                                    f"({volume_id.hex()})")
+    return Assessment(replayed, None)

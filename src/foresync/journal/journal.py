@@ -2,17 +2,27 @@
 
 Appends go straight to the file (``O_APPEND``) but are not durable until ``sync``; the daemon
 calls ``sync`` once for every batch of concurrent appends (group commit). ``_fsync`` is the one
-place durability happens, so a test can replace it with one that fails. Opening replays the
+place durability happens, so a test can replace it with one that fails. An append the file
+refuses (a full disk) is cut back to the last whole entry and kept in memory with every later
+one; ``commit`` writes them before it syncs, and fails while it cannot. Every entry since the
+last successful sync is kept too: after a failed fdatasync the kernel may have dropped those
+pages, so the file is cut back to what that sync covered and they are written again. So the
+file only ever holds whole entries, in order, and a commit covers every append before it. Opening replays the
 journal; a torn tail is copied aside to ``<journal>.torn-<offset>`` and fsynced before the file
-is truncated back to its last whole entry, so no bytes are ever destroyed silently.
+is truncated back to its last whole entry, so no bytes are ever destroyed silently. Damage (see
+``format``) is not a torn tail: opening raises JournalCorruption and leaves the file untouched,
+and the caller decides (the secondary widens, then moves the file aside with ``move_aside``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import threading
 
+from foresync.errors import JournalCorruption, StorageError
 from foresync.journal import format as fmt
 from foresync.journal.format import RecordState, Replay
 
@@ -27,6 +37,19 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def move_aside(path: str, label: str) -> str:
+    """Rename a metadata file that cannot be trusted to ``<path>.<label>-<n>`` (the first
+    free n), durably: its bytes are kept for a post-mortem, never destroyed."""
+    for suffix in itertools.count(1):
+        aside = f"{path}.{label}-{suffix}"
+        if os.path.exists(aside):
+            continue
+        os.rename(path, aside)
+        fsync_dir(aside)
+        return aside
+    raise AssertionError("unreachable")
+
+
 class RecordJournal:
     def __init__(self, path: str, fd: int, volume_id: bytes, replayed: Replay) -> None:
         self.path = path
@@ -36,6 +59,14 @@ class RecordJournal:
         self.entries_since_checkpoint = replayed.entries
         self.appended = 0  # appends since open; sync(n) makes the first n durable
         self.synced = 0
+        # commit() runs in a worker thread while the event loop appends: the lock guards the
+        # file's end and the entries below (never held across commit's fdatasync).
+        self._lock = threading.Lock()
+        self._end = os.fstat(fd).st_size  # the file's length: whole entries only
+        self._synced_end = self._end
+        self._since_sync: list[bytes] = []  # entries appended since the last successful sync
+        self._unwritten = 0  # how many of the last of those are not in the file yet
+        self._cut = False  # the file may hold bytes past _end (a failed write, a failed sync)
 
     @classmethod
     def create(cls, path: str, volume_id: bytes, state: RecordState | None = None) -> RecordJournal:
@@ -48,6 +79,8 @@ class RecordJournal:
         with open(path, "rb") as handle:
             data = handle.read()
         replayed = fmt.replay(data)
+        if replayed.damage is not None:
+            raise JournalCorruption(f"journal {path}: {replayed.damage}", replayed.valid_end)
         if replayed.torn_reason is not None:
             aside = cls._preserve(path, replayed.valid_end, data[replayed.valid_end :])
             log.warning("journal %s: %s at byte %d; %d bytes preserved in %s and cut from the journal",
@@ -80,34 +113,77 @@ class RecordJournal:
     @staticmethod
     def _write_image(path: str, volume_id: bytes, state: RecordState) -> None:
         tmp = f"{path}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):  # a partial image only holds space a full disk lacks
+                os.unlink(tmp)
+            raise
         fsync_dir(path)
 
     def append(self, entry: bytes) -> int:
-        """Append one encoded entry; returns its number for ``sync``. Not durable yet."""
+        """Append one encoded entry; returns its number for ``sync``. Not durable yet. Never
+        fails for want of room: the entry then waits in memory for ``commit``."""
+        with self._lock:
+            self._since_sync.append(entry)
+            self.appended += 1
+            self.entries_since_checkpoint += 1
+            if not self._unwritten:
+                try:
+                    self._write(entry)
+                except OSError:
+                    self._unwritten = 1  # commit reports it, if there is still no room then
+            else:
+                self._unwritten += 1
+            return self.appended
+
+    def _write(self, entry: bytes) -> None:
+        """Write one whole entry at the end (under the lock), or leave the file as it was."""
+        if self._cut:
+            os.ftruncate(self._fd, self._end)
+            self._cut = False
         view = memoryview(entry)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self.appended += 1
-        self.entries_since_checkpoint += 1
-        return self.appended
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            self._cut = len(view) < len(entry)  # part of it landed: cut it off first next time
+            raise
+        self._end += len(entry)
 
     def sync(self) -> int:
         """Make every append so far durable; returns how many appends that covers."""
         target = self.appended
         if target > self.synced:
-            self._fsync()
-            self.synced = target
+            self.commit(target)
         return target
 
     def commit(self, target: int) -> None:
-        """Make the first ``target`` appends durable. Safe to call from a worker thread while the
-        event loop keeps appending: appends after the fdatasync starts are simply not counted."""
-        self._fsync()
+        """Make the first ``target`` appends durable, or raise StorageError. Safe to call from a
+        worker thread while the event loop keeps appending: appends after the fdatasync starts
+        are simply not counted."""
+        with self._lock:
+            try:
+                while self._unwritten:
+                    self._write(self._since_sync[-self._unwritten])
+                    self._unwritten -= 1
+            except OSError as exc:
+                raise StorageError.from_os(f"journal {self.path}: append failed", exc) from exc
+            covered, end = len(self._since_sync), self._end
+        try:
+            self._fsync()
+        except OSError as exc:
+            with self._lock:  # write them all again: the kernel may have dropped those pages
+                self._end, self._cut = self._synced_end, True
+                self._unwritten = len(self._since_sync)
+            raise StorageError.from_os(f"journal {self.path}: fdatasync failed", exc) from exc
+        with self._lock:
+            del self._since_sync[:covered]
+            self._synced_end = end
         self.synced = max(self.synced, target)
 
     def _fsync(self) -> None:
@@ -116,11 +192,14 @@ class RecordJournal:
     def checkpoint(self, state: RecordState) -> None:
         """Replace the journal with one checkpoint of ``state`` (atomic rename). If writing the
         new image fails, the old journal stays in place and open, so appends still land in it."""
-        self._write_image(self.path, self.volume_id, state)
-        old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        os.close(old)
-        self.entries_since_checkpoint = 1
-        self.synced = self.appended
+        with self._lock:
+            self._write_image(self.path, self.volume_id, state)
+            old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            os.close(old)
+            self.entries_since_checkpoint = 1
+            self.synced = self.appended
+            self._end = self._synced_end = os.fstat(self._fd).st_size
+            self._since_sync, self._unwritten, self._cut = [], 0, False
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -12,7 +12,7 @@ length over the limit or a wrong CRC is a RemoteProtocolError: the stream is TCP
 connection can no longer be trusted and is closed; the sites then resynchronise.
 
 Payloads (after the header):
-    HELLO       u16 version, u8 role, u8 flags, 16s volume id, u64 size, u32 extent size,
+    HELLO       u16 version, u8 role, u8 flags (HelloFlag), 16s volume id, u64 size, u32 extent size,
                 u64 epoch, then LIST(u64) epoch history, LIST(u32) the sender's out-of-sync extents
     WELCOME     16s volume id, u64 epoch, u64 applied seq, u8 flags (WelcomeFlag), then
                 LIST(u32) record extents, LIST(u64 seq, u64 offset, u64 length) pending ranges,
@@ -35,6 +35,9 @@ LIST(x) is a u32 count followed by that many x.
     AUTH_CHALLENGE  32s nonce (the dialler's), before anything else when a secret is configured
     AUTH_RESPONSE   32s nonce (the listener's), 32s HMAC-SHA256 proving the listener knows it
     AUTH_PROOF      32s HMAC-SHA256 proving the dialler knows it (see link/auth.py)
+    STORAGE_FAILED  u8 area (StorageArea), u32 errno (Linux numbering), UTF-8 detail (the rest):
+                the secondary could not write its image or metadata; it acknowledges nothing
+                more on this connection and closes it (the primary treats the link as lost)
 """
 
 from __future__ import annotations
@@ -65,10 +68,12 @@ COUNT = struct.Struct(">I")
 NONCE_BYTES = MAC_BYTES = 32
 AUTH_CHALLENGE = struct.Struct(">32s")
 AUTH_RESPONSE = struct.Struct(">32s32s")
+STORAGE_FAILED = struct.Struct(">BI")
 
 invariant(FRAME_HEADER.size == 16 and _PREFIX.size == 12, "link frame header layout")
 invariant(HELLO.size == 40 and WELCOME.size == 33, "link hello layout")
 invariant(WRITE.size == 23 and ZERO.size == 31, "link write layout")
+invariant(STORAGE_FAILED.size == 5, "link storage failure layout")
 
 
 class MessageType(IntEnum):
@@ -91,9 +96,14 @@ class MessageType(IntEnum):
     AUTH_CHALLENGE = 17
     AUTH_RESPONSE = 18
     AUTH_PROOF = 19
+    STORAGE_FAILED = 20
 
 
 _WRITE_KIND = int(MessageType.WRITE)
+
+
+class HelloFlag(IntFlag):
+    EVERYTHING_OUT_OF_SYNC = 1  # the sender's out-of-sync set is every extent (its store was lost)
 
 
 class WelcomeFlag(IntFlag):
@@ -107,6 +117,23 @@ class WriteFlag(IntFlag):
     RESYNC = 4  # resync data, not a host write
     PUNCH = 8  # ZERO only: the range may be deallocated
     RANGE = 16  # ZERO only: too large for the record; journal it as a pending range until REMOVE
+
+
+class StorageArea(IntEnum):
+    """What a site failed to write (STORAGE_FAILED)."""
+
+    IMAGE = 1  # the volume's data file
+    JOURNAL = 2  # the record journal
+    UNDO = 3  # the undo log kept during a resync
+    METADATA = 4  # site.json
+
+    @property
+    def label(self) -> str:
+        return _AREA_LABELS[self]
+
+
+_AREA_LABELS = {StorageArea.IMAGE: "image", StorageArea.JOURNAL: "record journal",
+                StorageArea.UNDO: "undo log", StorageArea.METADATA: "site metadata"}
 
 
 class Role(IntEnum):
@@ -230,6 +257,13 @@ class ResyncDone:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageFailed:
+    area: int  # a StorageArea; kept an int so that a newer peer's area still decodes
+    errno: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuthChallenge:
     nonce: bytes
 
@@ -247,7 +281,7 @@ class AuthProof:
 
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
            | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
-           | AuthProof)
+           | AuthProof | StorageFailed)
 
 
 def _u32s(values: tuple[int, ...]) -> bytes:
@@ -354,6 +388,8 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
             return MessageType.HASHES, VERIFY.pack(request, first, len(hashes)) + _list("Q", hashes)
         case Refuse(reason):
             return MessageType.REFUSE, reason.encode("utf-8")
+        case StorageFailed(area, errno, detail):
+            return MessageType.STORAGE_FAILED, STORAGE_FAILED.pack(area, errno) + detail.encode("utf-8")
         case AuthChallenge(nonce):
             return MessageType.AUTH_CHALLENGE, AUTH_CHALLENGE.pack(nonce)
         case AuthResponse(nonce, mac):
@@ -478,6 +514,15 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         return Demote(history)
     if message_type is MessageType.REFUSE:
         return Refuse(payload.decode("utf-8", "replace"))
+    if message_type is MessageType.STORAGE_FAILED:
+        if len(payload) < STORAGE_FAILED.size:
+            raise RemoteProtocolError("STORAGE_FAILED payload shorter than its fixed part")
+        area, errno = STORAGE_FAILED.unpack_from(payload)
+        try:
+            detail = payload[STORAGE_FAILED.size :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("STORAGE_FAILED detail is not UTF-8") from None
+        return StorageFailed(area, errno, detail)
     if message_type is MessageType.AUTH_CHALLENGE:
         _exact(payload, AUTH_CHALLENGE.size, "AUTH_CHALLENGE")
         return AuthChallenge(payload)

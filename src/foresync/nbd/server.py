@@ -17,13 +17,17 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from foresync.errors import StorageError
+from foresync.listening import listening_sockets
+from foresync.logctx import LogBudget
 from foresync.nbd import wire
 from foresync.nbd.connection import ConnectionFailed, Disconnect, Event, Request, Transmission
 from foresync.nbd.handshake import (
@@ -44,6 +48,7 @@ _READ, _STATUS = int(wire.Command.READ), int(wire.Command.BLOCK_STATUS)
 _HOLD_REPLY_BYTES = 256 * 1024  # held replies are written at once beyond this, so flow control sees them
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (<malloc.h>)
 _FREE_HEAP_KEPT_BYTES = 128 * 1024 * 1024
+ACCEPT_RETRY_S = 0.1  # after accept() failed: the error is not cleared by retrying at once
 
 
 def keep_freed_heap() -> None:
@@ -64,6 +69,13 @@ def keep_freed_heap() -> None:
         log.debug("mallopt refused; freed heap goes back to the kernel")
 
 
+def bind_listener(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host:port``, bound as ``NbdServer.start`` binds
+    them: so a caller can find out that the port is taken before it commits to serving there,
+    and then hand the sockets to ``NbdServer.start``. Raises ``OSError``."""
+    return listening_sockets(host, port)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     max_connections: int = 64
@@ -72,6 +84,10 @@ class ServerLimits:
     write_buffer_high_bytes: int = 8 * 1024 * 1024
     handshake_timeout_s: float = 30.0
     max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES
+    # A negotiated connection that sends no request within this is closed; one that went idle
+    # after requests is never closed for it (an idle mounted disk is normal), but at the
+    # connection limit it gives way to a new client once it has been idle this long.
+    idle_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +107,15 @@ class NbdServer:
         self.export = export
         self.limits = limits or ServerLimits()
         self.tls = tls  # FORCEDTLS when set
-        self._server: asyncio.Server | None = None
+        self._sockets: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._accept_errors = LogBudget(log, logging.ERROR, "NBD accept errors")
         self._connections: set[NbdConnection] = set()
         self._connections_total = 0
         self.requests_total = 0
         self.protocol_errors_total = 0
         self._limits_hit: set[str] = set()
+        self._evictions = LogBudget(log, logging.WARNING, "NBD connections closed for new clients")
 
     def limit_hit(self, name: str, message: str, *args: object) -> None:
         """Log the first time a limit is reached (per server), then stay quiet: a client that
@@ -105,14 +124,40 @@ class NbdServer:
             self._limits_hit.add(name)
             log.warning("NBD limit %s reached: " + message + " (logged once)", name, *args)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int,
+                    sockets: list[socket.socket] | None = None) -> tuple[str, int]:
+        """Listen on every address ``host`` resolves to, or on ``sockets`` when given (bound
+        already, by ``bind_listener``), which the server then owns. Accepting is ours rather
+        than the loop's: when accept() fails (no file descriptors left) the loop would log a
+        traceback every time (asyncio) or close the new connections without a word (uvloop)."""
         keep_freed_heap()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: NbdConnection(self), host, port, reuse_address=True)
-        sockname = self._server.sockets[0].getsockname()
+        self._sockets = sockets if sockets else listening_sockets(host, port)
+        for sock in self._sockets:
+            task = loop.create_task(self._accept_forever(sock))
+            self._accepting.append(task)
+        sockname = self._sockets[0].getsockname()
         log.info("NBD server listening on %s:%d (export %r, %d bytes%s)", sockname[0], sockname[1],
                  self.export.name, self.export.size, ", TLS required" if self.tls else "")
         return sockname[0], sockname[1]
+
+    async def _accept_forever(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: clients wait in the backlog
+                self._accept_errors("NBD: cannot accept client connections: %s; they wait until "
+                                    "this clears (with EMFILE raise the open-files limit: ulimit "
+                                    "-n, or LimitNOFILE= in the service)", exc.strerror or exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            try:
+                await loop.connect_accepted_socket(lambda: NbdConnection(self), conn)
+            except OSError as exc:
+                conn.close()
+                self._accept_errors("NBD: cannot set up a client connection: %s",
+                                    exc.strerror or exc)
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(len(self._connections), self._connections_total, self.requests_total,
@@ -120,20 +165,44 @@ class NbdServer:
 
     def _admit(self, conn: NbdConnection) -> bool:
         if len(self._connections) >= self.limits.max_connections:
-            self.limit_hit("max_connections", "refusing NBD connections: limit of %d connections "
-                           "reached", self.limits.max_connections)
-            return False
+            victim = self._idle_victim(conn.connected_at)
+            if victim is None:
+                self.limit_hit("max_connections", "refusing NBD connections: limit of %d "
+                               "connections reached, every one of them busy or recently active",
+                               self.limits.max_connections)
+                return False
+            self._evictions("NBD: %d connections (the limit): closed the one from %s (%s) for a "
+                            "new client from %s", len(self._connections), victim.peer,
+                            victim.idleness(conn.connected_at), conn.peer)
+            victim.abort()
         self._connections.add(conn)
         self._connections_total += 1
         return True
+
+    def _idle_victim(self, now: float) -> NbdConnection | None:
+        """Who gives way to a new client at the connection limit: the oldest connection that
+        has sent no request yet (a stalled handshake, or a client that negotiated and waits);
+        failing that, the one idle longest, if it has been idle for ``idle_timeout_s``. A
+        connection with a request in flight is never chosen."""
+        quiet = [c for c in self._connections if c.is_quiet]
+        never = [c for c in quiet if c.last_request_at is None]
+        if never:
+            return min(never, key=lambda c: c.connected_at)
+        idle = [c for c in quiet if c.last_request_at is not None
+                and now - c.last_request_at >= self.limits.idle_timeout_s]
+        return min(idle, key=lambda c: c.last_request_at or 0.0) if idle else None
 
     def _forget(self, conn: NbdConnection) -> None:
         self._connections.discard(conn)
 
     async def aclose(self) -> None:
         """Stop listening, let every connection finish its in-flight requests, then close them."""
-        if self._server is not None:
-            self._server.close()
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        self._accepting.clear()
+        for sock in self._sockets:
+            sock.close()
         for conn in list(self._connections):
             conn.shutdown()
         deadline = asyncio.get_running_loop().time() + 10
@@ -141,8 +210,6 @@ class NbdServer:
             await asyncio.sleep(0.01)
         for conn in list(self._connections):
             conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
 
 
 class NbdConnection(asyncio.Protocol):
@@ -168,6 +235,8 @@ class NbdConnection(asyncio.Protocol):
         self._draining = False
         self._held: list[bytes] = []  # replies made during this drain, not yet written
         self._held_bytes = 0
+        self.connected_at = time.monotonic()
+        self.last_request_at: float | None = None  # None until the first request arrives
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -215,6 +284,8 @@ class NbdConnection(asyncio.Protocol):
             self._handshake_data(data)
             return
         events, replies = self.tx.receive_data(data)
+        if events or replies:
+            self._active()
         if replies:
             self.server.protocol_errors_total += 1
             self._write(replies)
@@ -252,6 +323,8 @@ class NbdConnection(asyncio.Protocol):
         if isinstance(event, ExportSelected):
             self.tx = Transmission(event.export, event.structured_replies, event.meta_contexts,
                                    max_payload=event.export.max_block)
+            self._timer = asyncio.get_running_loop().call_later(
+                self.server.limits.idle_timeout_s, self._idle_timeout)
             log.debug("%s: negotiated export %r (structured=%s)", self.peer, event.export.name,
                       event.structured_replies)
             if event.trailing:
@@ -291,6 +364,32 @@ class NbdConnection(asyncio.Protocol):
             self.server.limit_hit("handshake_timeout", "%s did not finish negotiating within %.0f s; "
                                   "closed", self.peer, self.server.limits.handshake_timeout_s)
             self.transport.abort()
+
+    def _idle_timeout(self) -> None:
+        self._timer = None
+        if self.last_request_at is None and self.transport is not None and not self._closed:
+            self.server.limit_hit("idle_timeout", "%s negotiated but sent no request within %g s; "
+                                  "closed", self.peer, self.server.limits.idle_timeout_s)
+            self.abort()
+
+    def _active(self) -> None:
+        """A request (or a bad one) arrived: the connection is in use."""
+        self.last_request_at = time.monotonic()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @property
+    def is_quiet(self) -> bool:
+        """Nothing of the client's is being served or waiting: closing it loses no request."""
+        return (not self._closed and self._serving == 0 and not self._queue
+                and (self.tx is None or self.tx.in_flight == 0))
+
+    def idleness(self, now: float) -> str:
+        if self.last_request_at is None:
+            stage = "negotiated" if self.tx is not None else "still negotiating"
+            return f"{stage}, no request in {now - self.connected_at:.0f} s"
+        return f"idle for {now - self.last_request_at:.0f} s"
 
     # -- transmission ----------------------------------------------------------------------------
 

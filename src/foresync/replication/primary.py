@@ -29,6 +29,13 @@ Resync sends whole extents read from the local image at send time, through the s
 path, so an extent not in the secondary's record is added before its data lands. A resync read
 waits until no earlier op on that extent is still waiting to be applied locally.
 
+A local write that fails (a full disk, an I/O error) has usually gone to the secondary already,
+and may have landed here in part: its extents join the out-of-sync set (persisted at once) and,
+with the link up, are resynced from what this image now holds, so the copies agree again; the
+host gets the errno. A secondary that fails to write reports STORAGE_FAILED and drops the link:
+whatever it has not reported durable joins the out-of-sync set, and the link-loss rules apply
+until a later connection resyncs it (``secondary_error`` says why meanwhile).
+
 All I/O is done by the adapter through ``Action`` values drained with ``actions()``, except
 resync reads, which go through the injected ``read`` port so that a read and its send are atomic.
 """
@@ -130,6 +137,7 @@ class PersistOutOfSync:
 
     token: int
     extents: tuple[int, ...]
+    everything: bool = False  # full_resync_pending: every extent may differ besides these
 
 
 Action = Send | ApplyLocal | AckHost | FlushLocal | LinkFailed | PersistOutOfSync | BecomeSecondary
@@ -196,6 +204,8 @@ class PrimaryStatistics:
     in_sync: bool
     out_of_sync_extents: int
     record_read_aheads: int = 0
+    local_write_errors: int = 0
+    secondary_storage_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -205,6 +215,8 @@ class _Counters:
     misses: int = 0
     resync_bytes: int = 0
     read_aheads: int = 0  # hits sent with MISS to extend the record ahead of a stream
+    local_write_errors: int = 0  # local applies that failed (the host got the errno)
+    secondary_storage_errors: int = 0  # STORAGE_FAILED reports from the secondary
 
 
 class _Planned:
@@ -235,6 +247,7 @@ class PrimaryCore:
             config.predictor)
         self.link = LinkState.DISCONNECTED
         self.link_error = ""
+        self.secondary_error = ""  # the secondary's last storage failure, until a resync completes
         self._actions: list[Action] = []
         self._next_seq = 1
         self._queue: deque[_Op] = deque()  # host ops not yet sent, in arrival order
@@ -351,13 +364,17 @@ class PrimaryCore:
         self._sent_bytes += length
         return wire.Write(seq, offset, 0, 0, (), data)
 
-    def hit_applied(self, seq: int) -> None:
+    def hit_applied(self, seq: int, errno: int = 0, offset: int = 0, length: int = 0) -> None:
         """The local write of ``write_hit``'s WRITE ``seq`` has finished (failed or not: the
-        adapter answers the host with its errno)."""
+        adapter answers the host with its errno). A failure names the write's ``offset`` and
+        ``length``, and the adapter then carries out the actions it leaves (``actions()``)."""
         if seq == self._applied_prefix + 1 and not self._applied_beyond:
             self._applied_prefix = seq
         else:
             self._mark_applied(seq)
+        if errno:
+            self._local_write_failed(self._extents(offset, length))
+            self._pump()
 
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
         if self.estimator is not None:
@@ -377,7 +394,9 @@ class PrimaryCore:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
         c = self.config
-        self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, c.volume_id, c.size,
+        # An old primary whose out-of-sync store was lost hands over "everything" (failback).
+        flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
+        self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, len(c.history), c.history,
                                    tuple(sorted(self._oos_durable)))))
 
@@ -466,7 +485,8 @@ class PrimaryCore:
         self._oos_tokens += 1
         self._oos_snapshots[self._oos_tokens] = frozenset(self.out_of_sync)
         self._oos_dirty = False
-        self._emit(PersistOutOfSync(self._oos_tokens, tuple(sorted(self.out_of_sync))))
+        self._emit(PersistOutOfSync(self._oos_tokens, tuple(sorted(self.out_of_sync)),
+                                    self.full_resync_pending))
 
     def receive(self, message: wire.Message) -> None:
         match message:
@@ -494,6 +514,8 @@ class PrimaryCore:
                 raise RemoteProtocolError("primary got RESYNC_DONE")
             case wire.Hashes(request, first, hashes):
                 self._on_hashes(request, first, hashes)
+            case wire.StorageFailed():
+                self._on_storage_failed(message)
             case _:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
         self._pump()
@@ -513,11 +535,31 @@ class PrimaryCore:
                 self._try_apply(self._by_seq[fifo[0]])
             else:
                 del self._extent_fifo[extent]
-        if op.is_range:
+        if errno:
+            self._local_write_failed(op.extents)
+            if op.is_range:
+                # Done on the secondary only once the resync of its extents is durable there
+                # (the end of the pass reports it), or at the next WELCOME if the link drops.
+                self._welcome_ranges.append(seq)
+        elif op.is_range:
             self._ranges_to_clear.append(seq)
             self._request_flush()
         self._maybe_finish(op)
         self._pump()
+
+    def _local_write_failed(self, extents: range) -> None:
+        """A local write failed, possibly half done, after its data went to the secondary (or
+        while the link was down, when the record may cover it there): the copies may differ in
+        ``extents``. They join the out-of-sync set, durably, and with the link up are resynced
+        at once from what this image holds now, whether the disk has room again or not."""
+        self.counters.local_write_errors += 1
+        if self.config.faults.local_write_error_ignored:
+            return  # deliberately wrong: see faults.py
+        self.out_of_sync.update(extents)
+        self._persist_out_of_sync()
+        if self.link is LinkState.CONNECTED:
+            for extent in extents:
+                self._queue_resync(extent)
 
     def local_flushed(self, ticket: int) -> None:
         """The fdatasync asked for by ``FlushLocal(ticket)`` (or a later one) has completed."""
@@ -574,7 +616,8 @@ class PrimaryCore:
             self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, len(self._resync_set), self._remote_durable,
-            self._next_seq - 1, in_sync, len(self.out_of_sync), self.counters.read_aheads)
+            self._next_seq - 1, in_sync, len(self.out_of_sync), self.counters.read_aheads,
+            self.counters.local_write_errors, self.counters.secondary_storage_errors)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -661,10 +704,13 @@ class PrimaryCore:
             return 0.0
         return max(0.0, self.now - self._oldest_unapplied_at)
 
-    def absorb_out_of_sync(self, extents: set[int]) -> None:
-        """Failback: extents an old primary wrote that we may lack join our out-of-sync set.
-        The adapter persists the set before answering the old primary."""
+    def absorb_out_of_sync(self, extents: set[int], everything: bool = False) -> None:
+        """Failback: extents an old primary wrote that we may lack join our out-of-sync set
+        (all of them, if it lost its own store). The adapter persists the set before answering
+        the old primary."""
         self.out_of_sync.update(e for e in extents if e < self.extent_count)
+        if everything:
+            self.full_resync_pending = True
         self._oos_durable = set(self.out_of_sync)
 
     def resync_progress(self) -> dict[str, int]:
@@ -1064,6 +1110,24 @@ class PrimaryCore:
         self._resync_tokens = float(min(self.config.resync_rate_max, self.config.extent_size))
         self._resync_tokens_at = self.now
 
+    def _on_storage_failed(self, message: wire.StorageFailed) -> None:
+        """The secondary could not write its image or metadata and drops the link. Whatever it
+        has not reported durable may be missing there: that joins the out-of-sync set (its
+        record covers most of it, but a failed journal commit leaves that claim in doubt), and
+        the link is treated as lost. A later connection resyncs it all."""
+        try:
+            what = wire.StorageArea(message.area).label
+        except ValueError:
+            what = f"storage (area {message.area})"
+        self.secondary_error = (f"the secondary could not write its {what}: {message.detail} "
+                                f"(errno {message.errno})")
+        self.counters.secondary_storage_errors += 1
+        dirty = {e for e in self.record.dirty_extents(self._remote_durable) if e < self.extent_count}
+        if not dirty <= self.out_of_sync:
+            self.out_of_sync.update(dirty)
+            self._persist_out_of_sync()
+        self._fail_link(self.secondary_error)
+
     def _fail_link(self, reason: str) -> None:
         self.link_error = reason
         self._emit(LinkFailed(reason))
@@ -1095,7 +1159,10 @@ class PrimaryCore:
             self._welcome_ranges = []
             self._resync_pass = False
             self._remote_hashes = {}
-            self.full_resync_pending = False  # a cut before this point starts the pass again
+            if self.full_resync_pending:
+                self.full_resync_pending = False  # a cut before this point starts the pass again
+                self._oos_dirty = True  # the stored "everything" may go now (lazily)
+            self.secondary_error = ""  # it wrote and synced the whole pass: recovered
             self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
 
     def _resync_misses(self) -> bool:

@@ -13,11 +13,20 @@ at once, but never overtake an earlier waiting effect.
 The durable watermark: the adapter fdatasyncs the image on a timer, when the primary asks
 (SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports DURABLE(seq).
 Removals are journaled without forcing a commit: losing one only leaves the record larger.
+
+A failed write (a full disk, an I/O error: ``storage_failed``) ends the session. The effects not
+carried out are dropped, never half-acknowledged: no reply, APPLIED or DURABLE goes out after the
+failure, the primary is told with STORAGE_FAILED and the link is closed, and what the dropped or
+failed writes touched is reported as stale at the next WELCOME. Every such extent is also covered
+without that: in the durable record (a hit, or a miss whose ADD was committed before its data),
+or in the primary's out-of-sync set (a miss or range never answered, or anything not yet durable
+here in async mode). Until the next connection nothing the primary sends is acted on.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from foresync.errors import RemoteProtocolError
@@ -97,8 +106,15 @@ class SaveUndo:
     extent: int
 
 
+@dataclass(frozen=True, slots=True)
+class CloseLink:
+    """End the connection to the primary once what was sent on it has gone out."""
+
+    reason: str
+
+
 Action = (Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
-          | HashExtents | SaveUndo)
+          | HashExtents | SaveUndo | CloseLink)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +125,7 @@ class SecondaryStatistics:
     pending_ranges: int
     writes_applied: int
     bytes_applied: int
+    storage_errors: int = 0
 
 
 class SecondaryCore:
@@ -142,7 +159,10 @@ class SecondaryCore:
         self.hashes: tuple[int, ...] = ()  # set by the adapter for a full sync: xxh3 per extent
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
         self.protect_image = False  # set by the adapter: the image is consistent, keep undo
-        self._undo_saved: set[int] = set()
+        self._undo_saved: dict[int, int] = {}  # extent -> the append count of its SaveUndo
+        self.failed = False  # a write failed in this session: act on nothing until the next one
+        self.storage_errors = 0
+        self.failed_extents: set[int] = set()  # dropped or failed writes: stale until resynced
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -151,6 +171,8 @@ class SecondaryCore:
         return out
 
     def receive(self, message: wire.Message) -> None:
+        if self.failed:
+            return  # the session failed: nothing more is applied or answered (see storage_failed)
         match message:
             case wire.Write():
                 self._on_write(message)
@@ -176,6 +198,7 @@ class SecondaryCore:
                 self._effect(self._synced_or_pending(), seq, ResyncFinished(seq))
                 self.resyncing = False
                 self._undo_saved.clear()
+                self.failed_extents.clear()  # the pass rewrote them, and a failure ends it early
                 self._want_sync(seq)
             case wire.Hello():
                 self._on_hello(message)
@@ -188,7 +211,7 @@ class SecondaryCore:
         carried out, no effect waiting for the journal) and no undo to save. True: it counts
         as applied, and the adapter writes its data now, before anything else. False: nothing
         changed, use ``receive()``. The effect is the same as ``receive()``'s."""
-        if (message.flags or message.removals or self._actions or self._pending
+        if (message.flags or message.removals or self._actions or self._pending or self.failed
                 or (self.resyncing and self.protect_image)):
             return False
         length = len(message.data)
@@ -207,9 +230,53 @@ class SecondaryCore:
         self._await_durable.clear()
         self._reported_applied = 0
         self.greeted = False
+        self.failed = False
+
+    def storage_failed(self, area: wire.StorageArea, errno: int, detail: str,
+                       unfinished: Sequence[Action] = ()) -> None:
+        """Carrying out an action failed, or a journal commit or data sync did: a full disk, an
+        I/O error. ``unfinished`` are the actions taken from ``actions()`` and not carried out,
+        the failed one first; the adapter carries out none of them. Everything else not yet
+        carried out is dropped too, and the session ends (see the module notes)."""
+        self.storage_errors += 1
+        if self.faults.secondary_write_error_ignored:
+            return  # deliberately wrong: see faults.py
+        dropped = [*unfinished, *(effect for _, _, effect in self._pending if effect is not None),
+                   *self._actions]
+        journal: list[Action] = []
+        for action in dropped:
+            match action:
+                case WriteData(offset, data):
+                    self.failed_extents.update(extents_of(offset, len(data), self.extent_size))
+                case ZeroData(offset, length):
+                    self.failed_extents.update(extents_of(offset, length, self.extent_size))
+                case SyncData():
+                    self._sync_inflight = 0  # never started: a later sync covers its writes
+                case JournalAppend():
+                    # Kept: the record here already changed, and a commit the count covers must
+                    # make it durable (an ADD only widens what may differ; a REMOVE was earned).
+                    journal.append(action)
+        self._pending.clear()
+        self._actions = journal
+        self._await_durable.clear()
+        # An undo entry no commit has covered may be lost (the undo log cuts back to its last
+        # good sync): save those extents again before their next write; their writes waited
+        # for that commit, so none landed. Keep the durable ones, or every retry would save the
+        # whole pass again. Persist "inconsistent" again before the next resync write (a no-op
+        # if that is on disk already).
+        self.resyncing = False
+        self._undo_saved = {e: n for e, n in self._undo_saved.items() if n <= self._synced}
+        reason = f"could not write its {area.label}: {detail}"
+        if self.greeted and not self.failed:
+            self._actions.append(Send(wire.StorageFailed(area, errno, detail)))
+        self.failed = True
+        self.greeted = False
+        self._actions.append(CloseLink(reason))
 
     def end_of_batch(self) -> None:
         """The adapter has fed everything it read: report how far we applied (the window)."""
+        if self.failed:
+            return
         if self.applied_seq > self._reported_applied:
             self._reported_applied = self.applied_seq
             self._actions.append(Send(wire.Applied(self.applied_seq)))
@@ -228,7 +295,8 @@ class SecondaryCore:
     def data_synced(self, through: int) -> None:
         self._sync_inflight = 0
         self.durable_seq = max(self.durable_seq, through)
-        self._actions.append(Send(wire.Durable(self.durable_seq)))
+        if not self.failed:
+            self._actions.append(Send(wire.Durable(self.durable_seq)))
         while self._await_durable and self._await_durable[0][0] <= self.durable_seq:
             self._actions.append(Send(self._await_durable.popleft()[1]))
         if self._sync_wanted > self.durable_seq:
@@ -245,7 +313,8 @@ class SecondaryCore:
         if hello.version != wire.PROTOCOL_VERSION:
             problems.append(f"protocol version {hello.version}, we speak {wire.PROTOCOL_VERSION}")
         if hello.volume_id != self.volume_id:
-            problems.append(f"volume identity {hello.volume_id.hex()} is not ours ({self.volume_id.hex()})")
+            # Never our own identity: the peer may be a stranger (admission.py screens first).
+            problems.append(f"volume identity {hello.volume_id.hex()} is not ours")
         if hello.size != self.size:
             problems.append(f"volume size {hello.size} bytes differs from ours, {self.size} bytes")
         if hello.extent_size != self.extent_size:
@@ -260,9 +329,11 @@ class SecondaryCore:
         # least those seqs: a new op must never reuse one, or finishing the old range would
         # clear the new one.
         applied = max(self.applied_seq, max(self.state.ranges, default=0))
+        # Extents whose writes failed or were dropped here (storage_failed) may differ too.
+        stale = tuple(sorted(self.failed_extents.union(self.stale))) if self.failed_extents else self.stale
         welcome = wire.Welcome(self.volume_id, self.epoch, applied,
                                tuple(sorted(self.state.extents)), ranges, self.welcome_flags,
-                               self.stale, self.hashes)
+                               stale, self.hashes)
         # Only a durable record may be reported: the primary trusts every extent in it (it may
         # drop an extent from its out-of-sync set because the record covers it), so wait for the
         # journal to commit any add still in flight.
@@ -348,8 +419,8 @@ class SecondaryCore:
             return 0
         for extent in extents_of(offset, length, self.extent_size):
             if extent not in self._undo_saved:
-                self._undo_saved.add(extent)
                 self._appended += 1
+                self._undo_saved[extent] = self._appended
                 self._actions.append(SaveUndo(extent))
         return self._appended
 
@@ -389,7 +460,7 @@ class SecondaryCore:
     def _want_sync(self, seq: int) -> None:
         seq = min(seq, self.applied_seq)
         if seq <= self.durable_seq:
-            if seq:
+            if seq and not self.failed:
                 self._actions.append(Send(wire.Durable(self.durable_seq)))
             return
         self._sync_wanted = max(self._sync_wanted, seq)
@@ -407,4 +478,5 @@ class SecondaryCore:
 
     def statistics(self) -> SecondaryStatistics:
         return SecondaryStatistics(len(self.state.extents), self.applied_seq, self.durable_seq,
-                                   len(self.state.ranges), self.writes_applied, self.bytes_applied)
+                                   len(self.state.ranges), self.writes_applied, self.bytes_applied,
+                                   self.storage_errors)

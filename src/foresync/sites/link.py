@@ -24,6 +24,7 @@ import os
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -32,6 +33,8 @@ from foresync import tls
 from foresync.errors import ForesyncError
 from foresync.link import wire
 from foresync.link.auth import AUTH_MAX_FRAME_BYTES, LinkAuth
+from foresync.listening import listening_sockets
+from foresync.logctx import LogBudget
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,19 @@ DEFERRED_FLUSH_BYTES = 256 * 1024
 class ActionPump:
     """Carries out a pure core's actions until it has none left. A call made while one is
     running (an action's effect fed the core again) returns at once: the running loop picks
-    up whatever that produced, so actions stay in order and the stack stays flat."""
+    up whatever that produced, so actions stay in order and the stack stays flat.
 
-    def __init__(self, actions: Callable[[], Sequence[Any]], do: Callable[[Any], None]) -> None:
+    With ``on_failure``, an action that raises one of ``failures`` (a full disk) stops the
+    batch: none of the actions after it is carried out, and ``on_failure(exc, unfinished)``
+    hears of them, the failed one first, so that the core can drop them for good."""
+
+    def __init__(self, actions: Callable[[], Sequence[Any]], do: Callable[[Any], None],
+                 on_failure: Callable[[Exception, Sequence[Any]], None] | None = None,
+                 failures: tuple[type[Exception], ...] = ()) -> None:
         self._actions = actions
         self._do = do
+        self._on_failure = on_failure
+        self._failures = failures if on_failure is not None else ()
         self._running = False
 
     @property
@@ -65,8 +76,13 @@ class ActionPump:
         self._running = True
         try:
             while actions := self._actions():
-                for action in actions:
-                    self._do(action)
+                for index, action in enumerate(actions):
+                    try:
+                        self._do(action)
+                    except self._failures as exc:
+                        assert self._on_failure is not None
+                        self._on_failure(exc, actions[index:])
+                        break
         finally:
             self._running = False
 
@@ -92,6 +108,18 @@ class LinkSecurity:
 
 def _ignore_error(reason: str) -> None:
     pass
+
+
+def setup_timeout_reason(peer: str, timeout_s: float, *, dialler: bool, secret: bool,
+                         authenticated: bool) -> str:
+    """Why a connection still in setup after ``timeout_s`` is closed, naming only the step that
+    is configured and did not happen. TLS is never it: the setup deadline starts once a TLS
+    handshake is done (a failed or slow one is reported by ``LinkListener`` or the dialler)."""
+    if secret and not authenticated:
+        return f"{peer} did not complete link authentication within {timeout_s:g} s"
+    if dialler:
+        return f"{peer} accepted the connection but did not answer our HELLO within {timeout_s:g} s"
+    return f"{peer} connected but sent no HELLO within {timeout_s:g} s"
 
 
 def peer_name(address: Any) -> str:
@@ -188,8 +216,10 @@ class LinkProtocol(asyncio.Protocol):
             LinkProtocol._dialler_nonces.discard(self._auth.nonce)
 
     def _setup_timed_out(self) -> None:
-        self._refused_locally(f"{self.peer} did not finish TLS, authentication and its first "
-                              f"message within {self._security.setup_timeout_s:.0f} s", tell_peer=False)
+        self._refused_locally(setup_timeout_reason(
+            self.peer, self._security.setup_timeout_s, dialler=self._dialler,
+            secret=self._security.secret is not None, authenticated=self.ready.done()),
+            tell_peer=False)
 
     def _refused_locally(self, reason: str, tell_peer: bool) -> None:
         log.warning("link %s: %s; closing the connection", self.peer, reason)
@@ -278,17 +308,27 @@ class LinkProtocol(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
 
-    def close_after_flush(self) -> None:
-        """Close once what was sent has gone out (a REFUSE or DEMOTE must reach the peer)."""
+    def close_after_flush(self, reason: str | None = None) -> None:
+        """Close once what was sent has gone out (a REFUSE or DEMOTE must reach the peer);
+        ``reason`` is what ``closed`` then reports, rather than "connection closed"."""
         if self.transport is not None:
             self._flush()
             self.transport.close()
+        if reason is not None and not self.closed.done():
+            self.closed.set_result(reason)
 
     def abort(self, reason: str) -> None:
+        if self._setup_timer is not None:  # closed on purpose: no "stalled peer" warning later
+            self._setup_timer.cancel()
         if not self.closed.done():
             self.closed.set_result(reason)
         if self.transport is not None:
             self.transport.abort()
+
+    @property
+    def in_setup(self) -> bool:
+        """Connected, and no real message (HELLO, WELCOME) has passed yet."""
+        return self._setup_timer is not None and not self.closed.done()
 
     @property
     def is_open(self) -> bool:
@@ -296,9 +336,10 @@ class LinkProtocol(asyncio.Protocol):
 
 
 class LinkListener:
-    """Accepts link connections for ``factory``. Without TLS it is a plain asyncio server. With
-    TLS every accepted socket goes to the loop's TLS machinery before a byte is read
-    (``connect_accepted_socket``), so a ClientHello can never reach the frame decoder, and a failed
+    """Accepts link connections for ``factory``, itself (foresync/listening.py says why: a
+    failing accept() is logged, ten a minute). With TLS every accepted socket goes to the loop's
+    TLS machinery before a byte is read (``connect_accepted_socket``), so a ClientHello can never
+    reach the frame decoder, and a failed
     handshake (a certificate from another CA, no certificate, plaintext) is reported through
     ``on_error`` for the site's ``link_error``. At most ``max_pending_setups`` handshakes run at
     once; beyond that the oldest is dropped for the newcomer."""
@@ -308,37 +349,30 @@ class LinkListener:
         self._factory = factory
         self._security = security
         self._on_error = on_error
-        self._server: asyncio.Server | None = None
-        self._sock: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
+        self._socks: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._accept_errors = LogBudget(log, logging.ERROR, "link accept errors")
         self._handshakes: dict[asyncio.Task[None], None] = {}  # oldest first
+        self._accepted: weakref.WeakSet[LinkProtocol] = weakref.WeakSet()
+
+    def _make_protocol(self) -> LinkProtocol:
+        proto = self._factory()
+        self._accepted.add(proto)
+        return proto
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        if self._security.server_tls is None:
-            self._server = await loop.create_server(self._factory, host, port, reuse_address=True)
-            return
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(64)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._sock = sock
-        self._accepting = loop.create_task(self._accept_forever(sock))
+        self._socks = listening_sockets(host, port)
+        self._accepting = [loop.create_task(self._accept_forever(sock)) for sock in self._socks]
 
     async def _accept_forever(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
                 conn, address = await loop.sock_accept(sock)
-            except OSError as exc:  # EMFILE, ECONNABORTED...: keep listening, as create_server does
-                log.warning("link: accepting a connection failed (%s); retrying", exc)
+            except OSError as exc:  # EMFILE, ENFILE...: the peer waits in the backlog meanwhile
+                self._accept_errors("link: cannot accept connections: %s; retrying (with EMFILE "
+                                    "raise the open-files limit)", exc.strerror or exc)
                 await asyncio.sleep(0.1)
                 continue
             if len(self._handshakes) >= self._security.max_pending_setups:
@@ -352,26 +386,40 @@ class LinkListener:
             task.add_done_callback(lambda done: self._handshakes.pop(done, None))
 
     async def _handshake(self, conn: socket.socket, address: Any) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                self._factory, conn, ssl=self._security.server_tls,
-                ssl_handshake_timeout=self._security.setup_timeout_s)
+            if self._security.server_tls is None:
+                await loop.connect_accepted_socket(self._make_protocol, conn)
+            else:
+                await loop.connect_accepted_socket(
+                    self._make_protocol, conn, ssl=self._security.server_tls,
+                    ssl_handshake_timeout=self._security.setup_timeout_s)
         except asyncio.CancelledError:
             conn.close()  # displaced by a newer connection, or the listener closed
             raise
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             conn.close()
+            if self._security.server_tls is None:
+                self._accept_errors("link: cannot set up the connection from %s: %s",
+                                    peer_name(address), exc)
+                return
             reason = f"TLS handshake with {peer_name(address)} failed: {tls.describe_error(exc)}"
             log.warning("link: %s", reason)
             self._on_error(reason)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        if self._accepting is not None:
-            self._accepting.cancel()
+        """Stop listening, and close the connections still in setup: nobody will take their
+        first message now (the site is stopping or changing role), so they would only run into
+        the setup deadline and be reported as a stalled peer. Connections past setup belong to
+        the site, which closes its own."""
+        for proto in list(self._accepted):
+            if proto.in_setup:
+                proto.abort("the listener closed")
+        for accepting in self._accepting:
+            accepting.cancel()
+        self._accepting = []
         for task in list(self._handshakes):
             task.cancel()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in self._socks:
+            sock.close()
+        self._socks = []

@@ -12,14 +12,18 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import ssl
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from foresync import tls
-from foresync.config import SiteConfig
+from foresync.config import SiteConfig, listen_error
 from foresync.errors import StorageError
 from foresync.link import wire
+from foresync.logctx import LogBudget
 from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
@@ -29,7 +33,7 @@ from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.roles import Relation, compare
-from foresync.site import SiteMeta, store_oos
+from foresync.site import SiteMeta, store_oos, write_atomic
 from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
 from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import step_down
@@ -49,7 +53,8 @@ _FUA, _NO_HOLE = int(CommandFlag.FUA), int(CommandFlag.NO_HOLE)  # ints: no enum
 
 class PrimarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend, oos: set[int],
-                 security: SiteSecurity | None = None) -> None:
+                 security: SiteSecurity | None = None, everything: bool = False,
+                 metadata_damage: str = "") -> None:
         assert meta.volume_id is not None
         self.cfg = cfg
         self.security = security or SiteSecurity.plain()
@@ -69,6 +74,10 @@ class PrimarySite:
         # op made to wait then would look (at that tick) as if it had waited since boot: EIO.
         self.core.tick(time.monotonic())
         self.core.restore_out_of_sync(oos)
+        # The stored set says "every extent" (it was lost, or we were promoted from a damaged
+        # copy): the next connect copies the whole volume; in sync only after that (issue 12).
+        self.core.full_resync_pending = everything
+        self.metadata_damage = metadata_damage
         clean_marker = os.path.join(cfg.meta, CLEAN_STOP_FILE)
         if os.path.exists(clean_marker):
             os.unlink(clean_marker)
@@ -92,8 +101,15 @@ class PrimarySite:
         self.write_latency: Any = None  # a prometheus histogram child, set by the daemon
         self._next_op = 1
         self._pump = ActionPump(self.core.actions, self._do)
+        self._secondary_error_logged = ("", 0.0)  # (text, monotonic time) last logged
         self._stopping = False
         self.nbd: NbdServer | None = None
+        # [nbd] listen, bound by the promote that made us
+        self.nbd_sockets: list[socket.socket] | None = None
+        self.on_serving: Callable[[], None] = lambda: None  # called once NBD and the link listen
+        self._peer_refusals = LogBudget(log, logging.WARNING, "refused link peers")
+        self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
+        self._oos_retry: tuple[int, tuple[int, ...], bool] | None = None  # a persist that failed
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -144,16 +160,23 @@ class PrimarySite:
         started = time.monotonic()
         if self.link is not None:
             self.link.send(message)
-        errno = 0
         try:
             self.backend.write(message.offset, message.data)
         except StorageError as exc:
-            log.error("local apply failed: %s", exc)
-            errno = exc.errno
+            self._local_write_failed(exc)
+            self.core.hit_applied(message.seq, exc.errno, message.offset, len(message.data))
+            self.pump()  # the core marks the extents out of sync and resyncs them
+            done(exc.errno)
+            return
         self.core.hit_applied(message.seq)
         if self.write_latency is not None:
             self.write_latency.observe(time.monotonic() - started)
-        done(errno)
+        done(0)
+
+    @staticmethod
+    def _local_write_failed(exc: StorageError) -> None:
+        log.error("local write failed: %s; the host gets errno %d, and the extents it touched are "
+                  "out of sync until they are copied to the secondary again", exc, exc.errno)
 
     # -- carrying out core actions -------------------------------------------------------------
 
@@ -180,7 +203,7 @@ class PrimarySite:
                     else:
                         self.backend.zero(offset, length, punch, False)
                 except StorageError as exc:
-                    log.error("local apply failed: %s", exc)
+                    self._local_write_failed(exc)
                     errno = exc.errno
                 self.core.local_applied(seq, errno)
             case core_mod.AckHost(op_id, errno):
@@ -192,15 +215,30 @@ class PrimarySite:
                     done(errno)
             case core_mod.FlushLocal(ticket):
                 self.flusher.request(functools.partial(self._flushed, ticket))
-            case core_mod.PersistOutOfSync(token, extents):
-                store_oos(self.cfg.meta, set(extents))
-                self.core.out_of_sync_persisted(token)
+            case core_mod.PersistOutOfSync(token, extents, everything):
+                self._persist_out_of_sync(token, extents, everything)
             case core_mod.LinkFailed(reason):
-                log.warning("link: %s", reason)
+                if reason != self.core.secondary_error:  # that one was logged at ERROR already
+                    log.warning("link: %s", reason)
                 if self.link is not None:
                     self.link.abort(reason)
             case core_mod.BecomeSecondary(history):
                 self._step_down_for(history)
+
+    def _persist_out_of_sync(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
+        try:
+            store_oos(self.cfg.meta, set(extents), everything)
+        except StorageError as exc:
+            # A full or failing metadata disk: the writes that need these extents stored stay
+            # waiting (never acknowledged unrecorded), and the timer retries the latest set.
+            self._oos_retry = (token, extents, everything)
+            self._meta_errors("%s: writes to extents the secondary may lack wait until it is "
+                              "stored (retrying)", exc)
+            return
+        if self._oos_retry is not None:
+            log.info("out-of-sync set stored again; waiting writes go on")
+            self._oos_retry = None
+        self.core.out_of_sync_persisted(token)
 
     def _step_down_for(self, history: tuple[int, ...]) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
@@ -230,9 +268,35 @@ class PrimarySite:
         if isinstance(message, wire.Pong):
             self.link_rtt_s = max(0.0, (time.monotonic_ns() - message.timestamp_ns) / 1e9)
         self.core.receive(message)
+        if isinstance(message, wire.StorageFailed):
+            self._log_secondary_error()
         self.pump()
 
+    def _log_secondary_error(self) -> None:
+        """At ERROR, but the same failure only once a minute: the dialer retries every 2 s."""
+        text, at = self._secondary_error_logged
+        now = time.monotonic()
+        error = self.core.secondary_error
+        if error == text and now - at < 60:
+            log.debug("link: %s", error)
+            return
+        self._secondary_error_logged = (error, now)
+        log.error("link: %s; replication continues as after a link loss (on_disconnect = %s) and "
+                  "resumes by itself once the secondary can write again", error, self.cfg.on_disconnect)
+
     async def _dial_forever(self) -> None:
+        attempts: list[LinkProtocol] = []  # connections made by the current attempt
+        try:
+            await self._dial_loop(attempts)
+        finally:
+            # Cancelled (stopping, or a role change) while a connection was being made or
+            # greeted: close it now. Left open, it would sit in setup until the deadline and be
+            # reported as a peer that never answered (after every planned switchover).
+            for proto in attempts:
+                if proto is not self.link:
+                    proto.abort("stopping")
+
+    async def _dial_loop(self, attempts: list[LinkProtocol]) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.cfg.link_peer
         backoff = 0.2
@@ -248,13 +312,17 @@ class PrimarySite:
         if security.client_tls is not None:
             tls_args = {"ssl": security.client_tls, "server_hostname": host,
                         "ssl_handshake_timeout": self.cfg.timeout_s}
+        def dial() -> LinkProtocol:
+            proto = LinkProtocol(self._on_message, self.pump, security, dialler=True,
+                                 on_error=self._link_refused)
+            attempts.append(proto)
+            return proto
+
         while not self._stopping:
+            attempts.clear()  # every earlier one is closed by now
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: LinkProtocol(self._on_message, self.pump, security, dialler=True,
-                                             on_error=self._link_refused),
-                        host, port, **tls_args),
+                    loop.create_connection(dial, host, port, **tls_args),
                     timeout=self.cfg.timeout_s)
                 waits: list[asyncio.Future[Any]] = [proto.ready, proto.closed]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -286,12 +354,15 @@ class PrimarySite:
             logged = False
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)
+            failures = self.core.counters.secondary_storage_errors
             self.core.connected()
             self.pump()
             reason = await proto.closed
             # A session that never got past HELLO (refused: wrong size, extent size, identity)
             # fails the same way on every retry; without a pause we would redial in a tight loop.
-            greeted = self.core.link is core_mod.LinkState.CONNECTED
+            # So does one the secondary ended because it cannot write (a full disk).
+            greeted = (self.core.link is core_mod.LinkState.CONNECTED
+                       and self.core.counters.secondary_storage_errors == failures)
             self.link = None
             log.info("link: disconnected (%s)", reason)
             self.core.disconnected(reason)
@@ -307,6 +378,8 @@ class PrimarySite:
             await asyncio.sleep(self.cfg.watermark_interval_s)
             now = time.monotonic()
             self.core.tick(now)
+            if self._oos_retry is not None:
+                self._persist_out_of_sync(*self._oos_retry)
             self.core.request_durable()
             link = self.link
             if link is not None and link.is_open:
@@ -338,6 +411,11 @@ class PrimarySite:
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
         """A site dialled us. Only a primary does that: decide from the epoch histories."""
         if not isinstance(message, wire.Hello) or message.volume_id != self.meta.volume_id:
+            # Said to the peer without our identity (it may be a stranger); logged in full here.
+            assert self.meta.volume_id is not None
+            got = (f"a HELLO for volume {message.volume_id.hex()}, ours is {self.meta.volume_id.hex()}"
+                   if isinstance(message, wire.Hello) else f"{type(message).__name__} first, not HELLO")
+            self._peer_refusals("link: refused a peer at %s: %s", proto.peer, got)
             proto.send(wire.Refuse("this site is a primary of another volume or epoch"))
             proto.close_after_flush()
             return
@@ -345,8 +423,12 @@ class PrimarySite:
         if relation is Relation.PEER_OLDER:
             # The old primary is back (failback): what it wrote that we may lack joins our
             # out-of-sync set, durably, before we tell it to step down.
-            self.core.absorb_out_of_sync(set(message.out_of_sync))
-            store_oos(self.cfg.meta, self.core.out_of_sync)
+            everything = bool(message.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC)
+            self.core.absorb_out_of_sync(set(message.out_of_sync), everything)
+            self._store_oos(self.core.out_of_sync)
+            if everything:
+                log.error("the old primary lost its out-of-sync set: the failback copies the "
+                          "whole volume")
             log.warning("old primary (epoch %d) connected: told it to step down; %d of its "
                         "extents join the failback", len(message.history), len(message.out_of_sync))
             proto.send(wire.Demote(self.meta.epoch_history))
@@ -360,6 +442,8 @@ class PrimarySite:
             proto.send(wire.Refuse("split brain: epoch histories diverged; run `foresync resolve "
                                    "--discard-local` on the site whose changes should be thrown away"))
         else:
+            self._peer_refusals("link: refused a peer at %s: another primary with our epoch "
+                                "history", proto.peer)
             proto.send(wire.Refuse("two primaries share one epoch history"))
         proto.close_after_flush()
 
@@ -369,7 +453,7 @@ class PrimarySite:
         if self.nbd is not None:
             await self.nbd.aclose()
         await self.flusher.wait_idle()
-        store_oos(self.cfg.meta, self.core.unsynced_extents() | self.core.out_of_sync)
+        self._store_oos(self.core.unsynced_extents() | self.core.out_of_sync)
         self.meta = discard_local_changes(self.cfg, self.meta)
         self.next_role = "secondary"
         self.role_changed.set()
@@ -414,7 +498,10 @@ class PrimarySite:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
         listen_host, listen_port = self.cfg.link_listen
         listener = self._listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
-        await listener.start(listen_host, listen_port)
+        try:
+            await listener.start(listen_host, listen_port)
+        except OSError as exc:
+            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
@@ -424,7 +511,14 @@ class PrimarySite:
             served = TracingTarget(self, self._trace)
         self.nbd = NbdServer(served, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
-        await self.nbd.start(host, port)
+        sockets, self.nbd_sockets = self.nbd_sockets, None
+        try:
+            await self.nbd.start(host, port, sockets)
+        except OSError as exc:
+            listener.close()
+            raise listen_error("[nbd] listen", self.cfg.nbd_listen, exc) from None
+        self.on_serving()
+        stop_error: StorageError | None = None
         async with asyncio.TaskGroup() as group:
             dialer = group.create_task(self._dial_forever())
             timers = group.create_task(self._timers())
@@ -432,7 +526,12 @@ class PrimarySite:
             changed = group.create_task(self.role_changed.wait())
             await asyncio.wait([stopped, changed], return_when=asyncio.FIRST_COMPLETED)
             if not self.role_changed.is_set():
-                await self._shutdown()
+                try:
+                    await self._shutdown()
+                except StorageError as exc:  # raised below, outside the task group
+                    log.error("clean stop failed: %s; the next start treats this stop as "
+                              "unclean", exc)
+                    stop_error = exc
             else:
                 await self.nbd.aclose()
             self._stopping = True
@@ -443,6 +542,8 @@ class PrimarySite:
         listener.close()
         if self._trace is not None:
             self._trace.close()
+        if stop_error is not None:
+            raise stop_error
         return self.next_role
 
     async def _shutdown(self) -> None:
@@ -465,10 +566,10 @@ class PrimarySite:
         await self.flusher.wait_idle()
         self.backend.flush()
         pending = self.core.unsynced_extents()
-        store_oos(self.cfg.meta, pending)
-        with open(os.path.join(self.cfg.meta, CLEAN_STOP_FILE), "w") as marker:
-            marker.write("stopped cleanly\n")
-            os.fsync(marker.fileno())
+        self._store_oos(pending)
+        # Only once oos.json is complete, and atomically (a marker cut short by a full disk must
+        # not exist): without it the next start treats this stop as unclean.
+        write_atomic(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
         if pending:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))
@@ -481,15 +582,22 @@ class PrimarySite:
         estimates = estimator.estimates(misses / writes if writes else None)
         return {str(c): round(m, 5) for c, m in sorted(estimates.items())}
 
+    def _store_oos(self, extents: set[int]) -> None:
+        """Replace the stored out-of-sync set, keeping "every extent" while a full pass is due."""
+        store_oos(self.cfg.meta, extents, self.core.full_resync_pending)
+
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
         nbd = self.nbd.statistics() if self.nbd else None
+        if self.metadata_damage and not self.core.full_resync_pending:
+            self.metadata_damage = ""  # the full pass it asked for has finished
         return {
             "role": "primary",
             "epoch": self.meta.epoch,
             "mode": self.cfg.mode.value,
             "link": s.link,
             "link_error": self.core.link_error,
+            "secondary_error": self.core.secondary_error,
             "link_rtt_s": round(self.link_rtt_s, 6),
             "in_sync": s.in_sync,
             "record": {"extents": s.record_extents, "capacity": s.record_capacity,
@@ -499,7 +607,9 @@ class PrimarySite:
                        "miss_ratio_estimate": self._miss_ratio_estimate(s.writes, s.record_misses)},
             "counters": {"writes": s.writes, "record_hits": s.record_hits,
                          "record_misses": s.record_misses, "resync_bytes": s.resync_bytes,
-                         "record_read_aheads": s.record_read_aheads},
+                         "record_read_aheads": s.record_read_aheads,
+                         "storage_errors": s.local_write_errors,
+                         "secondary_storage_errors": s.secondary_storage_errors},
             "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes,
                     "seconds": round(self.core.lag_seconds(), 3)},
             "resync": self.core.resync_progress(),
@@ -508,6 +618,8 @@ class PrimarySite:
             "verify": self.core.verify_progress(),
             "failback_bound_bytes": (s.record_extents + s.out_of_sync_extents) * self.cfg.extent_size,
             "out_of_sync_extents": s.out_of_sync_extents,
+            "full_resync_pending": self.core.full_resync_pending,
+            "metadata_damage": self.metadata_damage,
             "seq": {"last": s.last_seq, "durable": s.durable_seq},
             "nbd": {"connections": nbd.connections if nbd else 0},
         }

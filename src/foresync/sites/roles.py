@@ -1,8 +1,14 @@
-"""Role changes a site makes on disk: promote, step down, discard local changes.
+"""Role changes a site makes on disk: promote, step down, discard local changes; and what a
+secondary does when its own metadata cannot be trusted.
 
-Each writes the site metadata atomically (and the out-of-sync set or a fresh record journal
-first, where one is needed), so a crash in the middle leaves the site either as it was or as it
-becomes, never in between: the metadata file is the last thing replaced.
+Each role change writes the site metadata atomically (and the out-of-sync set or a fresh record
+journal first, where one is needed), so a crash in the middle leaves the site either as it was
+or as it becomes, never in between: the metadata file is the last thing replaced.
+
+Damaged or missing metadata (issue 12) widens, never shrinks, what may differ: ``widen`` marks
+the secondary inconsistent with a ``metadata_damage`` reason, durably, before the damaged file is
+moved aside (``<file>.damaged-<n>``, kept for a post-mortem) and replaced. So a crash in between
+finds the damage again, or the widened metadata: never a clean-looking empty record.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ import logging
 import os
 
 from foresync.config import SiteConfig
+from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
-from foresync.journal.journal import RecordJournal
+from foresync.journal.journal import RecordJournal, move_aside
+from foresync.journal.undo import UndoLog, roll_back
 from foresync.record.predict import extents_of
 from foresync.replication.roles import new_epoch_id
 from foresync.site import JOURNAL_FILE, SiteMeta, load_oos, store, store_oos
+from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +33,39 @@ def journal_path(cfg: SiteConfig) -> str:
     return os.path.join(cfg.meta, JOURNAL_FILE)
 
 
+def extent_count(cfg: SiteConfig) -> int:
+    return -(-cfg.size // cfg.extent_size)
+
+
 def failback_set(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> set[int]:
     """Every extent where this secondary may differ from the primary it follows (claim 8):
-    the durable record, pending large ranges, and extents already known stale."""
+    the durable record, pending large ranges, and extents already known stale. With
+    ``meta.metadata_damage`` that is every extent (``promote`` stores it as "everything")."""
     extents = set(state.extents) | set(meta.stale)
     for offset, length in state.ranges.values():
         extents.update(extents_of(offset, length, cfg.extent_size))
     return extents
 
 
-def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMeta, set[int]]:
+def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMeta, int]:
     """Make this secondary the primary of a new epoch. Its record becomes the failback set,
-    stored as its out-of-sync set, which its own new writes then join (claims 7-8)."""
+    stored as its out-of-sync set, which its own new writes then join (claims 7-8). Returns the
+    new metadata and the failback set's size in extents (the whole volume if it was damaged)."""
     failback = failback_set(cfg, meta, state)
-    store_oos(cfg.meta, failback)
+    everything = bool(meta.metadata_damage)
+    store_oos(cfg.meta, failback, everything=everything)
     promoted = meta.update(role="primary", epoch_history=(*meta.epoch_history, new_epoch_id()),
-                           consistent=True, new=False, discard_local=False, stale=())
+                           consistent=True, new=False, discard_local=False, stale=(),
+                           metadata_damage="")
     store(cfg.meta, promoted)
-    log.warning("promoted to primary, epoch %d; failback set %d extents", promoted.epoch, len(failback))
-    return promoted, failback
+    count = extent_count(cfg) if everything else len(failback)
+    if everything:
+        log.error("promoted to primary, epoch %d, from a copy whose metadata was damaged (%s): "
+                  "the failback set is the whole volume (%d extents)", promoted.epoch,
+                  meta.metadata_damage, count)
+    else:
+        log.warning("promoted to primary, epoch %d; failback set %d extents", promoted.epoch, count)
+    return promoted, count
 
 
 def step_down(cfg: SiteConfig, meta: SiteMeta, history: tuple[int, ...] | None = None,
@@ -65,5 +88,81 @@ def discard_local(cfg: SiteConfig, meta: SiteMeta, extra: set[int] | None = None
     extent it changed since the histories diverged (its out-of-sync set, which holds its failback
     set and its writes since) becomes stale, to be copied from the winner, whose history it
     adopts on the next connect."""
-    changed = load_oos(cfg.meta) | set(meta.stale) | (extra or set())
-    return step_down(cfg, meta, stale=changed, discard_local=True)
+    stored = load_oos(cfg.meta, extent_count(cfg))
+    changed = set(stored.extents if stored is not None else ()) | set(meta.stale) | (extra or set())
+    demoted = step_down(cfg, meta, stale=changed, discard_local=True)
+    if stored is not None and stored.everything:
+        demoted = widen(cfg, demoted, "its local changes were discarded while every extent was out "
+                                      "of sync")
+    return demoted
+
+
+# -- damaged or missing metadata (issue 12) -----------------------------------------------------------
+
+
+def damaged_promote_error(meta: SiteMeta) -> str:
+    return (f"{meta.metadata_damage}: this copy cannot tell where it differs from the old "
+            "primary's, so its failback set would be the whole volume; use --force to promote "
+            "it anyway")
+
+
+def widen(cfg: SiteConfig, meta: SiteMeta, reason: str) -> SiteMeta:
+    """This secondary can no longer bound where its copy differs from the primary's: every
+    extent may. Durably inconsistent (the next connect compares every extent, promote needs
+    ``--force``) with the reason kept for /status and the refusal, until a full resync ends."""
+    log.error("%s: every extent of this copy may now differ from the primary's. It is marked "
+              "inconsistent until a full compare finishes: the next connect compares every extent, "
+              "and promote refuses without --force (with it, the failback set is the whole volume)",
+              reason)
+    widened = meta.update(consistent=False, metadata_damage=meta.metadata_damage or reason)
+    store(cfg.meta, widened)
+    return widened
+
+
+def open_record(cfg: SiteConfig, meta: SiteMeta) -> tuple[SiteMeta, RecordJournal | None]:
+    """Open a secondary's record journal (a torn tail is cut and kept aside). A site with a
+    volume identity always has one: if it is missing, damaged or another volume's, widen first,
+    then move the bad file aside and start an empty one."""
+    path = journal_path(cfg)
+    if meta.volume_id is None:
+        return meta, None  # no copy yet: the journal is created when it adopts an identity
+    try:
+        with open(path, "rb") as handle:
+            data: bytes | None = handle.read()
+    except FileNotFoundError:
+        data = None
+    assessed = jfmt.assess(data, meta.volume_id)
+    if assessed.doubt is None:
+        return meta, RecordJournal.open(path)
+    volume_id = meta.volume_id
+    meta = widen(cfg, meta, f"record journal {path} {assessed.doubt}")
+    if data is not None:
+        log.error("the damaged record journal is kept as %s", move_aside(path, "damaged"))
+    return meta, RecordJournal.create(path, volume_id)
+
+
+def roll_back_unfinished_resync(cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
+                                undo: UndoLog) -> tuple[SiteMeta, int]:
+    """A resync into this secondary did not finish: restore the image from before it from the
+    undo log, and mark what was restored stale (claim 8's failback must start from a consistent
+    copy). A damaged undo log cannot be trusted to restore all of it: the site stays
+    inconsistent, every extent in doubt, and the log is moved aside. Returns the new metadata and
+    how many extents were restored."""
+    path = undo.path
+    result = roll_back(path, backend.write, backend.flush, cfg.extent_size, cfg.size)
+    if result.damage is not None:
+        undo.close()
+        meta = widen(cfg, meta, f"undo log {path} is damaged ({result.damage}), so the unfinished "
+                                "resync's rollback cannot be trusted")
+        log.error("undo log: %d extents before the damage were restored; the log is kept as %s",
+                  len(result.restored), move_aside(path, "damaged"))
+        undo.saved = 0
+        return meta, len(result.restored)
+    meta = meta.update(consistent=not meta.metadata_damage,
+                       stale=tuple(sorted(set(meta.stale) | result.restored)))
+    store(cfg.meta, meta)
+    undo.discard()
+    log.warning("an unfinished resync was rolled back: %d extents restored from the undo log; "
+                "this copy is consistent again (older) and they will be copied again",
+                len(result.restored))
+    return meta, len(result.restored)

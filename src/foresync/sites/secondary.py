@@ -3,33 +3,48 @@
 Group commit: after each batch of frames the site starts at most one journal fdatasync, covering
 every append made so far; appends made while it runs wait for the next one. Image fdatasyncs for
 the durable watermark run the same way, one at a time, in a worker thread.
+
+A write that fails (the image, the journal, the undo log or site.json: a full disk) is handed to
+the core (``SecondaryCore.storage_failed``), which drops what was not carried out, tells the
+primary (STORAGE_FAILED) and closes the link. The primary redials; a journal commit that failed
+is retried at most every ``COMMIT_RETRY_S``, so the next session starts once there is room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import xxhash
 
-from foresync.config import SiteConfig
+from foresync.config import SiteConfig, listen_error
+from foresync.errors import ForesyncError, StorageError
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
-from foresync.journal.undo import UndoLog, roll_back
+from foresync.journal.undo import UndoLog
 from foresync.link import wire
-from foresync.nbd.server import keep_freed_heap
+from foresync.logctx import LogBudget
+from foresync.nbd.server import bind_listener, keep_freed_heap
 from foresync.replication import secondary as core_mod
-from foresync.replication.roles import Relation, compare
+from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.secondary import SecondaryCore
 from foresync.site import UNDO_FILE, SiteMeta
 from foresync.site import store as store_meta
 from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
+from foresync.sites.roles import (
+    damaged_promote_error,
+    failback_set,
+    journal_path,
+    roll_back_unfinished_resync,
+)
 from foresync.sites.roles import discard_local as discard_local_changes
-from foresync.sites.roles import failback_set, journal_path
 from foresync.sites.roles import promote as promote_site
 from foresync.sites.security import SiteSecurity
 from foresync.storage.file_backend import FileBackend
@@ -37,7 +52,30 @@ from foresync.storage.file_backend import FileBackend
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_ENTRIES = 20000
+PROMOTE_DRAIN_S = 30.0  # a promote waits this long for the work in flight once the link is cut
+COMMIT_RETRY_S = 1.0  # after a failed journal commit (a full meta disk), wait before the next
+STORAGE_ERROR_LOG_S = 60.0  # the same storage failure is logged at ERROR at most this often
 
+# What a failing action was writing, for STORAGE_FAILED and the log.
+_AREA_OF: dict[type, wire.StorageArea] = {
+    core_mod.JournalAppend: wire.StorageArea.JOURNAL,
+    core_mod.SaveUndo: wire.StorageArea.UNDO,
+    core_mod.ResyncStarted: wire.StorageArea.METADATA,
+    core_mod.ResyncFinished: wire.StorageArea.METADATA,
+}
+
+
+class _CommitFailed(Exception):
+    """A group commit failed: which file, and the error."""
+
+    def __init__(self, area: wire.StorageArea, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.area = area
+        self.error = error
+
+
+_INCONSISTENT = ("this copy is inconsistent (a full sync or resync into it has not finished), so it "
+                 "may hold a mix of old and new data; use --force to promote it anyway")
 
 class SecondarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
@@ -59,8 +97,12 @@ class SecondarySite:
         self.link: LinkProtocol | None = None
         self.link_error = ""
         self.disconnected_since: float | None = time.time()
-        self._pump = ActionPump(lambda: self.core.actions(), self._do)
+        self._pump = ActionPump(lambda: self.core.actions(), self._do, self._action_failed,
+                                (StorageError, OSError))
         self._committing = False
+        self._commit_retry_at = 0.0  # monotonic: no journal commit before (after a failed one)
+        self.storage_error = ""  # the last failure to write, until a resync pass completes
+        self._storage_error_logged = ("", 0.0)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._server: LinkListener | None = None
         self.undo = UndoLog(os.path.join(cfg.meta, UNDO_FILE))
@@ -70,6 +112,10 @@ class SecondarySite:
         self._promoting = False
         self.split_brain = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
+        # [nbd] listen, bound by a promote for the primary
+        self.nbd_sockets: list[socket.socket] | None = None
+        self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
+        self._refusals = LogBudget(log, logging.WARNING, "refused link HELLOs")
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -91,10 +137,14 @@ class SecondarySite:
             if self._promoting or self.role_changed.is_set():
                 proto.abort("this site is changing role")
                 return
-            self._take_over(proto)
-            self._adopt_identity(message)
-            if not self._check_history(message):
+            # Screened on its own connection first: a HELLO we refuse (a stranger, another
+            # volume, an outdated primary) must not drop the current primary's link.
+            verdict = screen_hello(message, self._identity())
+            if isinstance(verdict, Refused):
+                self._refuse_hello(proto, verdict)
                 return
+            self._take_over(proto)
+            self._accept_hello(message, verdict)
             if self._welcome_flags():
                 # Checksums of the whole image for a full sync: read in a worker thread so the
                 # link stays alive (pings answered) however big the volume is.
@@ -110,7 +160,11 @@ class SecondarySite:
             self._held.append(message)
             return
         if type(message) is wire.Write and not self._pump.running and self.core.write_now(message):
-            self.backend.write(message.offset, message.data)  # nothing is queued before it
+            try:
+                self.backend.write(message.offset, message.data)  # nothing is queued before it
+            except StorageError as exc:
+                write = core_mod.WriteData(message.offset, message.data, message.seq)
+                self._storage_failed(wire.StorageArea.IMAGE, exc, (write,))
             return
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
         # every other message read in the same pass: one pump per read, not per 4 KiB write.
@@ -119,13 +173,24 @@ class SecondarySite:
     async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
         # Every write from an earlier session lands first, so the checksums describe the image
         # the primary will compare against.
-        if self.journal is not None:
-            self.journal.commit(self.journal.appended)
-            self.core.journal_synced(self.journal.appended)
-            self.pump()
-        loop = asyncio.get_running_loop()
-        hashes = await loop.run_in_executor(None, extent_hashes, self.backend, self.cfg.extent_size)
-        if proto is not self.link:
+        area = wire.StorageArea.JOURNAL
+        try:
+            if self.journal is not None:
+                self.journal.commit(self.journal.appended)
+                self.core.journal_synced(self.journal.appended)
+                self.pump()
+            area = wire.StorageArea.IMAGE
+            loop = asyncio.get_running_loop()
+            # The worker stops early once this connection closes (a promote aborts it): on a big
+            # volume the checksums take minutes, and a promote must not wait for them.
+            hashes = await loop.run_in_executor(None, extent_hashes, self.backend,
+                                                self.cfg.extent_size, proto.closed.done)
+        except StorageError as exc:  # a full disk: this connection ends; the primary redials
+            if proto is self.link:
+                self._held = None
+                self._storage_failed(area, exc, ())
+            return
+        if hashes is None or proto is not self.link or proto.closed.done():
             return  # that connection is gone; a newer one computes its own
         held, self._held = self._held or [], None
         self._prepare_welcome(hashes)
@@ -135,45 +200,38 @@ class SecondarySite:
             self.core.receive(message)
         self.pump()
 
-    def _refuse(self, reason: str) -> bool:
-        self.link_error = f"refused the primary: {reason}"
-        log.warning("link: %s", self.link_error)
-        if self.link is not None:
-            self.link.send(wire.Refuse(reason))
-            self.link.close_after_flush()
-        return False
+    def _identity(self) -> Identity:
+        return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
+                        self.meta.epoch_history, self.meta.discard_local)
 
-    def _check_history(self, hello: wire.Hello) -> bool:
-        """Decide from the two epoch histories whether this primary may replicate to us."""
-        if self.meta.volume_id is not None and hello.volume_id != self.meta.volume_id:
-            # Another volume altogether (a primary re-initialised, a wrong peer address): its
-            # history is unrelated to ours, and calling that a split brain would mislead.
-            return self._refuse(
-                f"volume identity {hello.volume_id.hex()} is not ours ({self.meta.volume_id.hex()}); "
-                "to pair this site with that volume instead, re-initialise it with "
-                "`foresync init --force`")
-        mine, theirs = self.meta.epoch_history, tuple(hello.history)
-        relation = compare(mine, theirs)
-        if self.meta.discard_local and relation is not Relation.SAME:
-            log.warning("discarding local changes: adopting the primary's epoch history (epoch %d)",
-                        len(theirs))
-            self._store(self.meta.update(epoch_history=theirs, discard_local=False))
-            self.split_brain = False
-            return True
-        if relation is Relation.SAME:
-            return True
-        if relation is Relation.PEER_NEWER or not mine:
-            self._store(self.meta.update(epoch_history=theirs))
-            return True
-        if relation is Relation.PEER_OLDER:
-            return self._refuse(
-                f"its epoch history (epoch {len(theirs)}) is older than ours (epoch {len(mine)}): "
-                "it is an outdated primary and must become secondary")
-        self.split_brain = True
-        return self._refuse(
-            f"split brain: epoch histories diverged (ours epoch {len(mine)}, theirs epoch "
-            f"{len(theirs)}); run `foresync resolve --discard-local` on the site whose changes "
-            "should be thrown away")
+    def _has_healthy_link(self) -> bool:
+        """A primary that passed screening is connected (greeted, or its WELCOME is still being
+        prepared)."""
+        return self.link is not None and self.link.is_open
+
+    def _refuse_hello(self, proto: LinkProtocol, verdict: Refused) -> None:
+        """Answer a refused HELLO on its own connection; the current session is untouched."""
+        healthy = self._has_healthy_link()
+        if not healthy:
+            # Only while no primary is connected is this the news /status should show; a
+            # stranger's refusal must not hide the healthy link's state (it is logged).
+            self.link_error = f"refused the primary: {verdict.reason}"
+            self.split_brain = self.split_brain or verdict.split_brain
+        self._refusals("link: refused %s %s: %s", "a HELLO from" if healthy else "the primary at",
+                       proto.peer, verdict.detail)
+        proto.send(wire.Refuse(verdict.reason))
+        proto.close_after_flush()
+
+    def _accept_hello(self, hello: wire.Hello, verdict: Admitted) -> None:
+        """The new primary passed ``screen_hello``: take its identity or history as needed."""
+        if verdict.adopt_identity:
+            self._adopt_identity(hello)
+        elif verdict.adopt_history:
+            if self.meta.discard_local:
+                log.warning("discarding local changes: adopting the primary's epoch history "
+                            "(epoch %d)", len(hello.history))
+                self.split_brain = False
+            self._store(self.meta.update(epoch_history=tuple(hello.history), discard_local=False))
 
     def _roll_back_if_needed(self) -> None:
         """A resync into this site did not finish: restore the image from before it (claim 8's
@@ -183,12 +241,9 @@ class SecondarySite:
         if self.meta.consistent or self.meta.new:
             self.undo.discard()  # a leftover from a pass that did finish, or nothing to protect
             return
-        restored = roll_back(self.undo.path, self.backend.write, self.backend.flush, self.cfg.extent_size)
-        self._store(self.meta.update(consistent=True, stale=tuple(sorted(set(self.meta.stale) | restored))))
-        self.undo.discard()
-        self.rolled_back = len(restored)
-        log.warning("an unfinished resync was rolled back: %d extents restored from the undo log; "
-                    "this copy is consistent again (older) and they will be copied again", len(restored))
+        # A damaged undo log leaves the site inconsistent with every extent in doubt (issue 12).
+        self.meta, self.rolled_back = roll_back_unfinished_resync(self.cfg, self.meta, self.backend,
+                                                                  self.undo)
 
     def _welcome_flags(self) -> int:
         flags = 0
@@ -240,10 +295,6 @@ class SecondarySite:
             log.info("link: primary disconnected (%s)", reason)
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
-        if self.meta.volume_id is not None:
-            return
-        if hello.size != self.cfg.size or hello.extent_size != self.cfg.extent_size:
-            return  # the core refuses it with both values named
         self._store(self.meta.update(volume_id=hello.volume_id, epoch_history=tuple(hello.history),
                                      new=True, consistent=False))
         self.journal = RecordJournal.create(journal_path(self.cfg), hello.volume_id)
@@ -297,9 +348,43 @@ class SecondarySite:
                 self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
             case core_mod.ResyncFinished():
                 self.backend.flush()
-                self._store(self.meta.update(consistent=True, new=False, stale=()))
+                if self.meta.metadata_damage:
+                    log.warning("a full compare finished: this copy is consistent again and the "
+                                "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
+                self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
                 self.undo.discard()
+                self.storage_error = ""
                 log.info("resync finished: this copy is consistent")
+            case core_mod.CloseLink(reason):
+                if self.link is not None:
+                    self.link_error = reason
+                    self.link.close_after_flush(reason)
+
+    def _action_failed(self, exc: Exception, unfinished: Sequence[core_mod.Action]) -> None:
+        """The pump caught a StorageError or OSError (site.json) carrying out unfinished[0]."""
+        area = _AREA_OF.get(type(unfinished[0]), wire.StorageArea.IMAGE)
+        if isinstance(exc, StorageError):
+            self._storage_failed(area, exc, unfinished)
+        else:
+            assert isinstance(exc, OSError)
+            self._storage_failed(area, StorageError.from_os(f"writing the {area.label} failed", exc),
+                                 unfinished)
+
+    def _storage_failed(self, area: wire.StorageArea, exc: StorageError,
+                        unfinished: Sequence[core_mod.Action]) -> None:
+        """Writing ``area`` failed: the core drops what is not done and ends the session."""
+        self.storage_error = f"could not write its {area.label}: {exc}"
+        text, at = self._storage_error_logged
+        now = time.monotonic()
+        if self.storage_error != text or now - at >= STORAGE_ERROR_LOG_S:
+            self._storage_error_logged = (self.storage_error, now)
+            log.error("this site %s; the primary is told and the link closed: the primary keeps "
+                      "what may differ out of sync and resyncs it once writes succeed here again",
+                      self.storage_error)
+        else:
+            log.debug("this site %s", self.storage_error)
+        self.core.storage_failed(area, exc.errno, str(exc), unfinished)
+        self.pump()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -307,7 +392,8 @@ class SecondarySite:
         task.add_done_callback(self._tasks.discard)
 
     def _maybe_commit(self) -> None:
-        if self._committing or not self.core.needs_journal_sync() or self.journal is None:
+        if (self._committing or not self.core.needs_journal_sync() or self.journal is None
+                or time.monotonic() < self._commit_retry_at):
             return
         self._committing = True
         self._spawn(self._commit())
@@ -318,20 +404,39 @@ class SecondarySite:
         try:
             while self.core.needs_journal_sync():
                 target = self.core.journal_target()
-                await asyncio.get_running_loop().run_in_executor(None, self._commit_both, journal, target)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self._commit_both, journal,
+                                                                     target)
+                except _CommitFailed as failed:
+                    self._commit_retry_at = time.monotonic() + COMMIT_RETRY_S
+                    self._storage_failed(failed.area, failed.error, ())
+                    return
                 self.core.journal_synced(target)
                 self.pump()
         finally:
             self._committing = False
         if journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not self.core.needs_journal_sync():
-            journal.checkpoint(self.core.state)
+            try:
+                journal.checkpoint(self.core.state)
+            except OSError as exc:  # the journal stays as it was, only longer
+                log.warning("journal checkpoint failed (%s); trying again later", exc)
 
     def _commit_both(self, journal: RecordJournal, target: int) -> None:
-        self.undo.sync()  # old contents first: the writes they protect wait for this commit
-        journal.commit(target)
+        try:
+            self.undo.sync()  # old contents first: the writes they protect wait for this commit
+        except StorageError as exc:
+            raise _CommitFailed(wire.StorageArea.UNDO, exc) from exc
+        try:
+            journal.commit(target)
+        except StorageError as exc:
+            raise _CommitFailed(wire.StorageArea.JOURNAL, exc) from exc
 
     async def _sync_data(self, through: int) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.backend.flush)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.backend.flush)
+        except StorageError as exc:
+            self._storage_failed(wire.StorageArea.IMAGE, exc, (core_mod.SyncData(through),))
+            return
         self.core.data_synced(through)
         self.pump()
 
@@ -341,8 +446,12 @@ class SecondarySite:
         """Serve until ``stop`` ("stop") or a promotion ("primary")."""
         host, port = self.cfg.link_listen
         self._server = LinkListener(self._new_link, self.security.link, self._link_refused)
-        await self._server.start(host, port)
+        try:
+            await self._server.start(host, port)
+        except OSError as exc:
+            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         log.info("secondary listening for the primary on %s:%d", host, port)
+        self.on_serving()
         while not stop.is_set() and not self.role_changed.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.cfg.watermark_interval_s)
@@ -351,34 +460,87 @@ class SecondarySite:
             if link is not None and time.monotonic() - link.last_rx > self.cfg.timeout_s:
                 link.abort(f"no frame from the primary for {self.cfg.timeout_s:.0f} s")
             self.pump()
-        await self._shutdown()
+        try:
+            await self._shutdown()
+        except (OSError, StorageError) as exc:
+            error = exc if isinstance(exc, StorageError) else StorageError(
+                f"cannot commit the record journal in {self.cfg.meta}: {exc.strerror or exc}",
+                exc.errno or errno.EIO)
+            log.error("clean stop failed: %s", error)
+            raise error from None
         return "primary" if self.role_changed.is_set() else "stop"
 
+    @property
+    def primary_connected(self) -> bool:
+        """A primary's HELLO was accepted on a link that is still open."""
+        return self.link is not None and self.link.is_open and self.core.greeted
+
     async def promote(self, force: bool) -> tuple[int, dict[str, Any]]:
-        """Failover (claim 7): become the primary of a new epoch."""
-        if self.link is not None and self.core.greeted and not force:
+        """Failover (claim 7): become the primary of a new epoch.
+
+        Every refusal comes first and changes nothing, a taken NBD port included (bound now and
+        handed to the primary, so the new primary cannot then fail to serve). Then: the link is
+        cut, so nothing new arrives; the work in flight is waited for (bounded: a resync that
+        keeps feeding a commit loop, or the checksums of a full sync, made this wait for 90 s
+        and more); an unfinished resync is rolled back to the copy from before it; and only then
+        is the new role written."""
+        if self._promoting or self.role_changed.is_set():
+            return 409, {"error": "a promote is already under way"}
+        if self.primary_connected and not force:
             return 409, {"error": "the primary is still connected; promoting now would make two "
                                   "primaries (use --force if it is really gone)"}
-        if not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path):
-            await self._drain()
-            self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
-        if (self.meta.new or not self.meta.consistent) and not force:
-            return 409, {"error": "this copy is inconsistent (a full sync or resync into it has not "
-                                  "finished), so it may hold a mix of old and new data; use --force "
-                                  "to promote it anyway"}
         if self.meta.volume_id is None:
             return 409, {"error": "this site has never connected to a primary: it has no volume"}
+        if self.meta.metadata_damage and not force:
+            return 409, {"error": damaged_promote_error(self.meta)}
+        can_roll_back = not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path)
+        if (self.meta.new or not self.meta.consistent) and not can_roll_back and not force:
+            return 409, {"error": _INCONSISTENT}
+        host, port = self.cfg.nbd_listen
+        try:
+            nbd_sockets = bind_listener(host, port)
+        except OSError as exc:
+            return 409, {"error": f"cannot serve NBD on {host}:{port} ([nbd] listen): "
+                                  f"{exc.strerror or exc}; still secondary, nothing changed"}
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
-        if self.link is not None:
-            self.link.abort("promoted: this site no longer accepts the old primary's writes")
-        await self._drain()
-        assert self.journal is not None
-        self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
+        try:
+            answer = await self._promote_now(can_roll_back, force)
+        except BaseException:
+            _close_all(nbd_sockets)
+            self._promoting = False
+            raise
+        if answer[0] != 200:
+            _close_all(nbd_sockets)
+            self._promoting = False
+            return answer
+        self.nbd_sockets = nbd_sockets
         # Only now, with the new role on disk, may run() return and the daemon reload it.
         self.role_changed.set()
+        return answer
+
+    async def _promote_now(self, can_roll_back: bool, force: bool) -> tuple[int, dict[str, Any]]:
+        if self.link is not None:
+            self.link.abort("promoted: this site no longer accepts the old primary's writes")
+        if not await self._drain(PROMOTE_DRAIN_S):
+            return 503, {"error": f"work in flight (journal commits, image syncs) did not finish "
+                                  f"within {PROMOTE_DRAIN_S:g} s of cutting the link; still secondary: "
+                                  "try again"}
+        if can_roll_back:
+            try:
+                self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
+            except ForesyncError as exc:
+                return 409, {"error": f"cannot roll back the unfinished resync: {exc}; still "
+                                      "secondary"}
+            # A damaged undo log leaves the copy inconsistent, with every extent in doubt.
+            if self.meta.metadata_damage and not force:
+                return 409, {"error": damaged_promote_error(self.meta)}
+            if (self.meta.new or not self.meta.consistent) and not force:
+                return 409, {"error": _INCONSISTENT}
+        assert self.journal is not None
+        self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
         return 200, {"promoted": True, "epoch": self.meta.epoch,
-                     "failback_extents": len(failback),
-                     "failback_bytes": len(failback) * self.cfg.extent_size}
+                     "failback_extents": failback,
+                     "failback_bytes": failback * self.cfg.extent_size}
 
     async def discard_local(self) -> tuple[int, dict[str, Any]]:
         """`resolve --discard-local` on a secondary: accept the next primary's history even if
@@ -392,14 +554,26 @@ class SecondarySite:
         self.core.state = self.journal.replayed.state
         return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
 
-    async def _drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def _drain(self, timeout_s: float | None = None) -> bool:
+        """Wait for every task in flight (commits, syncs, checksums, link watchers), then commit
+        the journal and flush the image; False, with nothing committed, if tasks still ran
+        after ``timeout_s``. ``asyncio.wait``, not ``gather``: a cancelled caller must never
+        cancel these tasks (a cancelled link watcher left the site counting a primary long
+        gone as connected, so a normal promote was refused)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while pending := [task for task in self._tasks if not task.done()]:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                log.warning("%d tasks still running after %.0f s: %s", len(pending), timeout_s, pending)
+                return False
+            await asyncio.wait(pending, timeout=remaining)
         if self.journal is not None:
             self.journal.commit(self.journal.appended)
             self.core.journal_synced(self.journal.appended)
             self.pump()
         self.backend.flush()
+        return True
 
     async def _shutdown(self) -> None:
         log.info("stopping: committing the journal and flushing the image")
@@ -409,29 +583,42 @@ class SecondarySite:
             self.link.abort("secondary shutting down")
         await self._drain()
         if self.journal is not None:
-            self.journal.checkpoint(self.core.state)
-            self.journal.close()
+            try:
+                self.journal.checkpoint(self.core.state)
+            except OSError as exc:
+                # Everything it would compact is committed already, and a failed checkpoint
+                # leaves the journal as it was: nothing is lost, but the operator must know.
+                raise StorageError(f"cannot write the record checkpoint for {self.journal.path} "
+                                   f"(the journal itself is intact): {exc.strerror or exc}",
+                                   exc.errno or errno.EIO) from None
+            finally:
+                self.journal.close()
 
     def status(self) -> dict[str, Any]:
         s = self.core.statistics()
-        connected = self.link is not None and self.core.greeted  # HELLO accepted, not refused
+        connected = self.primary_connected  # HELLO accepted, not refused, link still open
         return {
             "role": "secondary",
             "epoch": self.meta.epoch,
             "mode": self.cfg.mode.value,
-            "link": "connected" if connected else "handshake" if self.link else "disconnected",
+            "link": ("connected" if connected else "handshake" if self.link is not None and self.link.is_open
+                     else "disconnected"),
             "link_error": self.link_error,
+            "storage_error": self.storage_error,
             "disconnected_since": self.disconnected_since,
-            "in_sync": connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync(),
+            # Never while this copy is being fully compared or resynced (issue 12).
+            "in_sync": (connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
+                        and self.meta.consistent and not self.meta.new and not self.meta.metadata_damage),
             "record": {"extents": s.record_extents, "capacity": self.cfg.capacity,
                        "extent_size_bytes": self.cfg.extent_size},
             "worst_case_divergence_bytes": (s.record_extents * self.cfg.extent_size),
             "counters": {"writes": s.writes_applied, "record_hits": 0, "record_misses": 0,
-                         "resync_bytes": 0},
+                         "resync_bytes": 0, "storage_errors": s.storage_errors},
             "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},  # the primary measures lag
             "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
             "pending_ranges": s.pending_ranges,
             "consistent": self.meta.consistent and not self.meta.new,
+            "metadata_damage": self.meta.metadata_damage,
             "undo_saved_extents": self.undo.saved,
             "rolled_back_extents": self.rolled_back,
             "security": self.security.describe(),
@@ -441,12 +628,16 @@ class SecondarySite:
         }
 
 
-def extent_hashes(backend: FileBackend, extent_size: int) -> tuple[int, ...]:
-    """xxh3 of every extent of the (flushed) image; holes are hashed without reading them."""
+def extent_hashes(backend: FileBackend, extent_size: int,
+                  cancelled: Callable[[], bool] = lambda: False) -> tuple[int, ...] | None:
+    """xxh3 of every extent of the (flushed) image; holes are hashed without reading them.
+    None if ``cancelled()`` turned true first (checked before each extent; runs in a worker)."""
     backend.flush()
     zero_hash = xxhash.xxh3_64_intdigest(bytes(extent_size))
     hashes = []
     for offset in range(0, backend.size, extent_size):
+        if cancelled():
+            return None
         length = min(extent_size, backend.size - offset)
         status = backend.extents(offset, length)
         if len(status) == 1 and status[0][1] & 1 and status[0][0] >= length:
@@ -454,3 +645,8 @@ def extent_hashes(backend: FileBackend, extent_size: int) -> tuple[int, ...]:
         else:
             hashes.append(xxhash.xxh3_64_intdigest(backend.read(offset, length)))
     return tuple(hashes)
+
+
+def _close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from foresync import tls
-from foresync.config import SiteConfig
+from foresync.config import SiteConfig, is_loopback
 from foresync.errors import ConfigError
 from foresync.nbd.server import ServerLimits
 from foresync.sites.link import LinkSecurity
@@ -75,14 +75,29 @@ def setup_frame_bytes(cfg: SiteConfig) -> int:
     return 1024 * 1024 + 16 * extents + 4 * cfg.capacity
 
 
+def warn_if_link_is_open(cfg: SiteConfig) -> bool:
+    """Without a secret or TLS, anyone who reaches the link port can speak to the site: it
+    checks identity before it lets a connection replace its primary, but a peer that knows the
+    volume identity (or a new secondary's first caller) is believed. Fine on loopback or a
+    private link; say so loudly anywhere else. True when the warning was logged."""
+    host = cfg.link_listen[0]
+    if is_loopback(host) or cfg.link_secret_file or cfg.link_tls_dir:
+        return False
+    log.warning("[link] listen = %s:%d is not a loopback address and neither [link] secret_file "
+                "nor [link] tls_dir is set: anyone who can reach that port can talk to this site "
+                "(see docs/security.md)", host, cfg.link_listen[1])
+    return True
+
+
 def load_security(cfg: SiteConfig) -> SiteSecurity:
+    warn_if_link_is_open(cfg)
     link_tls_dir = cfg.link_tls_dir
     return SiteSecurity(
         nbd_tls=tls.server_context(cfg.nbd_tls_dir, cfg.nbd_tls_verify_client) if cfg.nbd_tls_dir else None,
         nbd_limits=ServerLimits(
             max_connections=cfg.nbd_max_connections, max_in_flight=cfg.nbd_max_in_flight,
             max_in_flight_bytes=cfg.nbd_max_in_flight_bytes, max_option_bytes=cfg.nbd_max_option_bytes,
-            handshake_timeout_s=cfg.nbd_handshake_timeout_s),
+            handshake_timeout_s=cfg.nbd_handshake_timeout_s, idle_timeout_s=cfg.nbd_idle_timeout_s),
         link=LinkSecurity(
             secret=read_secret(cfg.link_secret_file, "[link] secret_file") if cfg.link_secret_file else None,
             server_tls=tls.server_context(link_tls_dir, verify_client=True) if link_tls_dir else None,

@@ -134,8 +134,7 @@ class FileBackend:
                     written = os.pwrite(self.fd, view, offset)
                     view = view[written:]
         except OSError as exc:
-            code = errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
-            raise StorageError(f"write at {offset} failed: {exc.strerror}", code) from exc
+            raise StorageError.from_os(f"write at {offset} failed", exc) from exc
 
     def flush(self) -> None:
         try:
@@ -172,7 +171,7 @@ class FileBackend:
                     self._can_zero_range = False
                 log.info("fallocate mode 0x%x unsupported on %s; falling back", mode, self.path)
                 return False
-            raise StorageError(f"fallocate at {offset} failed: {exc.strerror}") from exc
+            raise StorageError.from_os(f"fallocate at {offset} failed", exc) from exc
 
     def _write_zeroes(self, offset: int, length: int) -> None:
         zeroes = bytes(min(length, _ZERO_CHUNK_BYTES))

@@ -3,17 +3,27 @@
 The world runs the real ``PrimaryCore`` and ``SecondaryCore`` and the real link codec and journal
 format. Each step picks one enabled event: a host write, zero or flush; delivery of the next frame
 in either direction; completion of a pending fsync; a timer tick; or, rarely, a fault: link cut or
-heal, a crash or restart of either site. After each step the actions of both cores are carried
-out, then the invariants are checked:
+heal, a crash or restart of either site, or a full disk (either site's image, or the secondary's
+journal) until it is freed again. After each step the actions of both cores are carried out,
+then the invariants are checked:
 
 1. the secondary's durable record (plus durable pending ranges and the primary's durable
-   out-of-sync set) covers every extent where the two durable images differ (not in async mode);
+   out-of-sync set) covers every extent where the two durable images differ (not in async mode).
+   "Durable" means what a restart would believe from the bytes on disk, through the real
+   ``journal.format.assess`` and ``oos_format.restore``: metadata damage (a flipped byte anywhere
+   in the journal, a deleted journal or out-of-sync store) must widen (every extent), never
+   shrink, so the invariant holds under it too (issue 12);
 2. while no fault has happened yet, the secondary's image is the primary's sent history replayed
    in sequence order up to what it applied;
 3. at the end, after healing and quiescence, both images are byte-identical;
 5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
    secondary (or overwritten there by a later write);
-6. the record never exceeds capacity.
+6. the record never exceeds capacity;
+7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
+   session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
+   schedule of every other event as it was.
+8. whenever the primary reports ``in_sync`` and no host write is outstanding, the two images are
+   identical: a site may say in sync only when it is.
 """
 
 from __future__ import annotations
@@ -24,14 +34,17 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from foresync.errors import ForesyncError
+from foresync.errors import ForesyncError, StorageError
 from foresync.faults import NO_FAULTS, Faults
+from foresync.journal import oos_format
 from foresync.journal.format import RecordState
+from foresync.journal.oos_format import OutOfSync
 from foresync.link import wire
 from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
+from foresync.replication.admission import Admitted, Identity, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 from foresync.testing.sim.disk import SimDisk, SimJournal
@@ -73,7 +86,7 @@ class _HostOp:
 class _Primary:
     core: PrimaryCore
     flushes: deque[int] = field(default_factory=deque)
-    oos_persists: deque[tuple[int, tuple[int, ...]]] = field(default_factory=deque)
+    oos_persists: deque[tuple[int, tuple[int, ...], bool]] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -103,7 +116,12 @@ class World:
         # Two sites, "A" (first primary) and "B"; promotion swaps which one plays which role.
         self.disks = {"A": SimDisk(self.size), "B": SimDisk(self.size)}
         self.journals = {"A": SimJournal(VOLUME_ID), "B": SimJournal(VOLUME_ID)}
-        self.oos_stores: dict[str, set[int]] = {"A": set(), "B": set()}
+        # A site's stored out-of-sync set (None: the file was deleted) and its "everything" flag.
+        self.oos_stores: dict[str, set[int] | None] = {"A": set(), "B": set()}
+        self.oos_all = {"A": False, "B": False}
+        # A secondary's site.json says metadata_damage (inconsistent, every extent in doubt).
+        self.widened = {"A": False, "B": False}
+        self.metadata_damages = 0  # damage faults injected (flipped byte, lost file)
         self.histories: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
         self.roles = {"primary": "A", "secondary": "B"}  # who plays which role in the world
@@ -132,6 +150,12 @@ class World:
         self.primary_crashes = 0
         self._op_version: dict[int, int] = {}  # host op id -> version of its data
         self._conn_counter = 0
+        self._strangers_rng = random.Random(seed * 7919 + 1)  # not self.rng: see invariant 7
+        self.strangers = 0  # stranger HELLOs sent
+        self.displaced_by_stranger = 0  # sessions a stranger ended (invariant 7)
+        self._closing = 0  # a connection the secondary asked to close (CloseLink)
+        self.storage_failures = 0  # STORAGE_FAILED reports the primary received
+        self.write_failures = {"primary": 0, "secondary": 0, "journal": 0}  # ENOSPC faults hit
         self._start_primary()
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
@@ -158,13 +182,11 @@ class World:
     def journal(self) -> SimJournal:
         return self.journals[self.roles["secondary"]]
 
-    @property
-    def oos_store(self) -> set[int]:
-        return self.oos_stores[self.roles["primary"]]
-
-    @oos_store.setter
-    def oos_store(self, extents: set[int]) -> None:
-        self.oos_stores[self.roles["primary"]] = extents
+    def _restored_oos(self, site: str) -> OutOfSync:
+        """What site's out-of-sync store gives a primary starting now (the real policy)."""
+        stored = self.oos_stores[site]
+        found = None if stored is None else OutOfSync(frozenset(stored), self.oos_all[site])
+        return oos_format.restore(found, self.cfg.faults)
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -181,13 +203,22 @@ class World:
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
             predictor=self.predictor)
         core = PrimaryCore(config, read=self.pdisk.read)
-        core.restore_out_of_sync(set(self.oos_store))
-        core.full_resync_pending = self.mode is Mode.ASYNC and self.primary_crashes > 0
+        site = self.roles["primary"]
+        restored = self._restored_oos(site)
+        if self.oos_stores[site] is None:
+            # The daemon stores the widened set at once (daemon._load_out_of_sync).
+            self._log(f"primary {site}: out-of-sync store missing, everything={restored.everything}")
+            self.oos_stores[site] = set(restored.extents)
+            self.oos_all[site] = restored.everything
+        core.restore_out_of_sync(set(restored.extents))
+        core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
         self.primary = _Primary(core)
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
                              faults=self.cfg.faults, predictor=self.predictor)
+        if self.widened[self.roles["secondary"]]:
+            core.welcome_flags = wire.WelcomeFlag.INCONSISTENT  # the primary compares everything
         self.secondary = _Secondary(core)
 
     # -- running ----------------------------------------------------------------------------------
@@ -236,11 +267,15 @@ class World:
                 choices.append((0.03 * w, "crash_secondary"))
             elif self._may_restart_secondary():
                 choices.append((0.3, "restart_secondary"))
-            if p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0:
+            if (p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0
+                    and not self.journal.full):  # promote's drain needs a journal commit
                 choices.append((0.1 * w, "promote"))
             if (p is not None and s is not None and self.conn and not self.cut
-                    and p.core.link is pcore.LinkState.CONNECTED):
+                    and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
                 choices.append((0.02 * w, "switchover"))
+            choices.append((0.04 * w, "disk_full"))
+            if self._any_full():
+                choices.append((0.3, "disk_freed"))
         getattr(self, f"_ev_{_weighted_choice(rng, choices)}")()
 
     # -- events ---------------------------------------------------------------------------------
@@ -266,7 +301,14 @@ class World:
             return
         # The site's hot path (PrimarySite._write_hit): send, apply at once, answer.
         self._do_primary(pcore.Send(message))
-        self.pdisk.write(offset, data)
+        try:
+            self.pdisk.write(offset, data)
+        except StorageError as exc:
+            self._log(f"primary write failed: {exc}")
+            self.write_failures["primary"] += 1
+            core.hit_applied(message.seq, exc.errno, offset, length)
+            self._do_primary(pcore.AckHost(op.op_id, exc.errno))
+            return
         core.hit_applied(message.seq)
         self._do_primary(pcore.AckHost(op.op_id, 0))
 
@@ -321,7 +363,7 @@ class World:
         try:
             if type(message) is wire.Write and self.rng.random() < 0.8 and s.core.write_now(message):
                 # The site's hot path (SecondarySite._on_message): written at once.
-                self._do_secondary(score.WriteData(message.offset, message.data, message.seq))
+                self._carry_out_secondary([score.WriteData(message.offset, message.data, message.seq)])
             else:
                 s.core.receive(message)
         except ForesyncError as exc:
@@ -335,6 +377,8 @@ class World:
             return
         (message,) = wire.FrameDecoder().feed(frame)
         self._log(f"s2p {_short(message)}")
+        if isinstance(message, wire.StorageFailed):
+            self.storage_failures += 1
         p.core.receive(message)
 
     def _ev_primary_flush(self) -> None:
@@ -343,16 +387,51 @@ class World:
         self.pdisk.flush()
         self.primary.core.local_flushed(ticket)
 
+    def _ev_disk_full(self) -> None:
+        """A full disk: either site's image, or the secondary's meta disk (its journal)."""
+        choices = [disk for disk in self.disks.values() if disk.full is None]
+        journal = self.journals[self.roles["secondary"]]
+        what = self.rng.randrange(len(choices) + 1) if choices else 0
+        self.faulted = True  # the secondary's image is no longer a prefix of the history
+        if what < len(choices):
+            site = next(name for name, disk in self.disks.items() if disk is choices[what])
+            self._log(f"DISK FULL: the image of site {site} ({'primary' if self.roles['primary'] == site else 'secondary'})")
+            choices[what].full = random.Random(self.rng.random())
+        elif not journal.full:
+            self._log("DISK FULL: the secondary's meta disk (journal commits fail)")
+            journal.full = True
+
+    def _ev_disk_freed(self) -> None:
+        self._log("disk space freed")
+        self._free_disks()
+
+    def _any_full(self) -> bool:
+        return (any(disk.full is not None for disk in self.disks.values())
+                or any(journal.full for journal in self.journals.values()))
+
+    def _free_disks(self) -> None:
+        for disk in self.disks.values():
+            disk.full = None
+        for journal in self.journals.values():
+            journal.full = False
+
     def _ev_oos_persist(self) -> None:
         assert self.primary is not None
-        token, extents = self.primary.oos_persists.popleft()
-        self.oos_store = set(extents)
+        token, extents, everything = self.primary.oos_persists.popleft()
+        self.oos_stores[self.roles["primary"]] = set(extents)
+        self.oos_all[self.roles["primary"]] = everything
         self.primary.core.out_of_sync_persisted(token)
 
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
         target = self.secondary.commits.popleft()
-        self.journal.commit(target)
+        try:
+            self.journal.commit(target)
+        except StorageError as exc:
+            self._log(f"secondary journal commit failed: {exc}")
+            self.write_failures["journal"] += 1
+            self.secondary.core.storage_failed(wire.StorageArea.JOURNAL, exc.errno, str(exc))
+            return
         self.secondary.core.journal_synced(target)
 
     def _ev_data_sync(self) -> None:
@@ -368,6 +447,32 @@ class World:
             self.primary.core.request_durable()
         if self.secondary is not None:
             self.secondary.core.request_durable()
+            if self.conn and self._strangers_rng.random() < 0.1:
+                self._stranger_knocks()
+
+    def _stranger_knocks(self) -> None:
+        """What SecondarySite does with a HELLO on a new connection: screen it, and only if it
+        is admitted take the session over from the current connection."""
+        s = self.secondary
+        assert s is not None
+        rng = self._strangers_rng
+        stranger = bytes(rng.randrange(256) for _ in range(16))
+        if stranger == VOLUME_ID:
+            return
+        hello = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, stranger, self.size,
+                           self.extent_size, 1, (rng.randrange(1, 1 << 64),))
+        ours = Identity(VOLUME_ID, self.size, self.extent_size,
+                        self.histories[self.roles["secondary"]])
+        self.strangers += 1
+        verdict = screen_hello(hello, ours, self.cfg.faults)
+        self._log(f"stranger HELLO: {'admitted' if isinstance(verdict, Admitted) else 'refused'}")
+        if isinstance(verdict, Admitted):
+            had_session = self.conn != 0
+            self._disconnect("replaced by a new connection")
+            s.conn = self._next_conn()  # the stranger's: what the core says now goes nowhere
+            s.core.session_reset()
+            s.core.receive(hello)  # the core's own check refuses it (another volume)
+            self.displaced_by_stranger += had_session
 
     def _ev_connect(self) -> None:
         assert self.primary is not None
@@ -382,10 +487,15 @@ class World:
     def _disconnect(self, reason: str, deliver_p2s_prefix: bool = False) -> None:
         if self.conn == 0:
             return
+        conn = self.conn
         if deliver_p2s_prefix and self.p2s and self.secondary is not None:
             for _ in range(self.rng.randrange(len(self.p2s) + 1)):
+                if conn != self.conn or not self.p2s:
+                    return  # the secondary closed it meanwhile (a storage failure)
                 self._ev_deliver_p2s()
                 self._settle()
+        if conn != self.conn:
+            return
         self.conn = 0
         self.p2s.clear()
         self.s2p.clear()
@@ -412,6 +522,10 @@ class World:
         self._disconnect("primary crashed", deliver_p2s_prefix=True)
         self.primary = None
         self.pdisk.crash(self.rng)
+        if self.rng.random() < 0.15:
+            self.metadata_damages += 1
+            self.oos_stores[self.roles["primary"]] = None
+            self._log(f"DAMAGE: primary {self.roles['primary']}'s out-of-sync store deleted")
         if self.mode is Mode.SYNC:
             self._check_sync_durability()
         self.host_ops.clear()  # the host sees its outstanding requests fail
@@ -432,7 +546,16 @@ class World:
         self._disconnect("secondary crashed")
         self.secondary = None
         self.sdisk.crash(self.rng)
-        self.journal.crash(self.rng, flip_bits=True)
+        self.journal.crash(self.rng)
+        damage = self.rng.random()
+        if damage < 0.2:
+            self.metadata_damages += 1
+            position = self.journal.damage(self.rng)
+            self._log(f"DAMAGE: byte {position} of {len(self.journal.data)} of the journal flipped")
+        elif damage < 0.3:
+            self.metadata_damages += 1
+            self.journal.lost = True
+            self._log("DAMAGE: the journal deleted")
         self.faulted = True
 
     def _may_restart_secondary(self) -> bool:
@@ -447,7 +570,18 @@ class World:
             self._step_down_old_primary(site)
             return
         self._log("restart secondary")
-        durable = self.journal.durable_state()  # cached: give the core its own copy to change
+        journal = self.journal
+        lost = journal.lost
+        assessed = journal.reopen(self.cfg.faults)
+        if assessed.doubt is not None:
+            # roles.open_record: widen durably, then move the journal aside and start a new one.
+            self._log(f"secondary {site}: record journal {assessed.doubt}: widened")
+            self.widened[site] = True
+        if assessed.doubt is not None or lost:
+            self.journals[site] = SimJournal(VOLUME_ID)
+            self._start_secondary(RecordState())
+            return
+        durable = assessed.state  # cached: give the core its own copy to change
         self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges)))
 
     def _ev_promote(self) -> None:
@@ -463,14 +597,19 @@ class World:
             self._settle()
         self.sdisk.flush()
         site, old = self.roles["secondary"], self.roles["primary"]
-        state = self.journal.durable_state()
-        failback = set(state.extents)
-        for offset, length in state.ranges.values():
-            failback.update(extents_of(offset, length, self.extent_size))
+        state = self.journal.durable_state(self.cfg.faults)
+        everything = self.widened[site] or state is None
+        failback = set(range(self.extent_count)) if everything else set()
+        if state is not None:
+            failback.update(state.extents)
+            for offset, length in state.ranges.values():
+                failback.update(extents_of(offset, length, self.extent_size))
         self.promotions += 1
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
+        self.widened[site] = False
         self.oos_stores[site] = set(failback)
+        self.oos_all[site] = everything
         self.roles = {"primary": site, "secondary": old}
         self.secondary = None
         self.faulted = True
@@ -512,6 +651,7 @@ class World:
         self.primary = None
         self.journals[old] = SimJournal(VOLUME_ID)
         self.oos_stores[old] = set()
+        self.oos_all[old] = False
         self.meta_roles[old] = "secondary"
         self.sector_acked = {}
         self._ev_promote()
@@ -525,14 +665,20 @@ class World:
         steps down (DEMOTE); its record starts empty."""
         assert self.primary is not None
         new = self.roles["primary"]
-        old_oos = set(self.oos_stores[site])
+        # It starts as a primary first (a lost store widens, HELLO says "everything").
+        restored = self._restored_oos(site)
+        old_oos = set(restored.extents)
         while self.primary.oos_persists:  # the real site persists synchronously: no persist in flight
             self._ev_oos_persist()
             self._settle()
-        self.primary.core.absorb_out_of_sync(old_oos)
+        self.primary.core.absorb_out_of_sync(old_oos, restored.everything)
         self.oos_stores[new] = set(self.primary.core.out_of_sync)
+        self.oos_all[new] = self.primary.core.full_resync_pending
+        if restored.everything:
+            old_oos = set(range(self.extent_count))
         self.journals[site] = SimJournal(VOLUME_ID)
         self.oos_stores[site] = set()
+        self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
         self.histories[site] = self.histories[new]
         if self.failback is not None and self.failback["site"] == site:
@@ -553,12 +699,43 @@ class World:
                 s = self.secondary
                 if s.core.needs_journal_sync() and (not s.commits or s.commits[-1] < s.core.journal_target()):
                     s.commits.append(s.core.journal_target())
-                for action in s.core.actions():
+                actions = s.core.actions()
+                if actions:
                     progressed = True
-                    self._do_secondary(action)
+                    self._carry_out_secondary(actions)
+            if not progressed and self._closing:
+                self._close_secondary_link()
+                progressed = True
             if not progressed:
                 return
         raise SimFailure("actions never settled (livelock)", self.seed, self.schedule)
+
+    def _carry_out_secondary(self, actions: list[score.Action]) -> None:
+        """What the secondary site's ActionPump does: stop at a failed write and hand the core
+        the actions not carried out."""
+        s = self.secondary
+        assert s is not None
+        for index, action in enumerate(actions):
+            try:
+                self._do_secondary(action)
+            except StorageError as exc:
+                self._log(f"secondary write failed: {exc}")
+                self.write_failures["secondary"] += 1
+                s.core.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc), actions[index:])
+                return
+
+    def _close_secondary_link(self) -> None:
+        """The secondary closed its connection after a storage failure. What it sent before
+        may or may not reach the primary first (a TCP close after the flush; or the path dies)."""
+        conn, self._closing = self._closing, 0
+        if conn != self.conn:
+            return
+        for _ in range(self.rng.randrange(len(self.s2p) + 1)):
+            if conn != self.conn:
+                return  # the primary dropped it already (STORAGE_FAILED)
+            self._ev_deliver_s2p()
+            self._settle()
+        self._disconnect("the secondary closed the link")
 
     def _do_primary(self, action: pcore.Action) -> None:
         p = self.primary
@@ -577,21 +754,29 @@ class World:
                 if isinstance(message, wire.ResyncDone) and self.failback is not None:
                     self._check_failback_bound()
             case pcore.ApplyLocal(seq, offset, length, data, _punch):
-                if data is not None:
-                    self.pdisk.write(offset, data)
-                else:
-                    self.pdisk.zero(offset, length)
-                p.core.local_applied(seq, 0)
+                errno = 0
+                try:
+                    if data is not None:
+                        self.pdisk.write(offset, data)
+                    else:
+                        self.pdisk.zero(offset, length)
+                except StorageError as exc:
+                    self._log(f"primary apply of seq {seq} failed: {exc}")
+                    self.write_failures["primary"] += 1
+                    errno = exc.errno
+                p.core.local_applied(seq, errno)
             case pcore.AckHost(op_id, errno):
                 op = self.host_ops.pop(op_id, None)
                 if op is not None and errno == 0:
                     self._acked(op)
             case pcore.FlushLocal(ticket):
                 p.flushes.append(ticket)
-            case pcore.PersistOutOfSync(token, extents):
-                p.oos_persists.append((token, extents))
+            case pcore.PersistOutOfSync(token, extents, everything):
+                p.oos_persists.append((token, extents, everything))
             case pcore.LinkFailed(reason):
-                raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
+                if not reason or reason != p.core.secondary_error:
+                    raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
+                self._disconnect(reason)  # the secondary reported a storage failure
 
     def _acked(self, op: _HostOp) -> None:
         # Only what ran start to finish on one unbroken connection carries sync mode's promise;
@@ -632,6 +817,18 @@ class World:
                 self._track_apply(seq, offset, bytes(length))
             case score.SyncData(through):
                 s.syncs.append(through)
+            case score.ResyncFinished():
+                # SecondarySite: flush, then consistent again and no longer in doubt.
+                self.sdisk.flush()
+                site = self.roles["secondary"]
+                if self.widened[site]:
+                    self._log(f"secondary {site}: full compare finished, no longer widened")
+                self.widened[site] = False
+                s.core.welcome_flags = 0
+            case score.CloseLink(reason):
+                if self.conn and s.conn == self.conn:
+                    self._log(f"secondary closes the link: {reason}")
+                    self._closing = self.conn
 
     def _track_apply(self, seq: int, offset: int, data: bytes) -> None:
         if self.faulted:
@@ -663,16 +860,42 @@ class World:
                 self._fail(f"secondary record holds {n} extents, capacity {self.capacity}")
         if self.primary is not None and len(self.primary.core.record) > self.capacity:
             self._fail(f"primary record copy exceeds capacity {self.capacity}")
+        if self.displaced_by_stranger:
+            self._fail("invariant 7: a HELLO of another volume ended the primary's session")
         if not self.faulted and self.sdisk.current != self.expected:
             self._fail("secondary image is not a prefix of the primary's sent history")
+        self._check_in_sync()
+
+    def _check_in_sync(self) -> None:
+        """Invariant 7. With no host write outstanding every write is applied here, and in_sync
+        means the secondary has made every seq durable, so the images must be equal."""
+        p = self.primary
+        if (p is None or self.secondary is None or any(op.kind != "flush" for op in self.host_ops.values())
+                or not p.core.statistics().in_sync or self.pdisk.current == self.sdisk.current):
+            return
+        bad = [e for e in range(self.extent_count)
+               if self.pdisk.current[e * self.extent_size:(e + 1) * self.extent_size]
+               != self.sdisk.current[e * self.extent_size:(e + 1) * self.extent_size]]
+        self._fail(f"invariant 8: the primary reports in_sync but the images differ in extents {bad}")
 
     def _durably_covered(self) -> set[int]:
-        state = self.journal.durable_state()
-        # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
-        # when it steps down.
-        covered = set(state.extents) | self.oos_stores["A"] | self.oos_stores["B"]
+        everything = set(range(self.extent_count))
+        state = self.journal.durable_state(self.cfg.faults)
+        if state is None or self.widened[self.roles["secondary"]]:
+            return everything  # a restart would trust no record: every extent is compared
+        covered = set(state.extents)
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
+        # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
+        # when it steps down. A site that is a primary on disk trusts no lost store.
+        for site in ("A", "B"):
+            if self.meta_roles[site] == "primary":
+                restored = self._restored_oos(site)
+                if restored.everything:
+                    return everything
+                covered |= restored.extents
+            else:
+                covered |= self.oos_stores[site] or set()
         return covered
 
     def _check_coverage(self) -> None:
@@ -717,8 +940,9 @@ class World:
 
     def _finish(self) -> None:
         """Heal everything, restart what is down, drain, and require identical images."""
-        self._log("FINISH: heal, restart, quiesce")
+        self._log("FINISH: heal, free the disks, restart, quiesce")
         self.cut = False
+        self._free_disks()
         if self.primary is None:
             self._ev_restart_primary()
         if self.secondary is None:

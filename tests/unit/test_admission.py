@@ -1,0 +1,76 @@
+"""``screen_hello``: which HELLOs may replace the secondary's session, and what a refusal says."""
+
+from __future__ import annotations
+
+import pytest
+
+from foresync.faults import Faults
+from foresync.link import wire
+from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
+from foresync.replication.roles import Relation
+
+OURS = bytes(range(16))
+THEIRS = bytes(range(100, 116))
+SIZE, EXTENT = 64 << 20, 1 << 20
+
+
+def hello(volume_id: bytes = OURS, history: tuple[int, ...] = (7,), size: int = SIZE,
+          extent_size: int = EXTENT, version: int = wire.PROTOCOL_VERSION) -> wire.Hello:
+    return wire.Hello(version, wire.Role.PRIMARY, 0, volume_id, size, extent_size, len(history),
+                      history)
+
+
+def identity(volume_id: bytes | None = OURS, history: tuple[int, ...] = (7,),
+             discard_local: bool = False) -> Identity:
+    return Identity(volume_id, SIZE, EXTENT, history, discard_local)
+
+
+def test_another_volume_is_refused_without_naming_ours() -> None:
+    verdict = screen_hello(hello(THEIRS), identity())
+    assert isinstance(verdict, Refused) and not verdict.split_brain
+    assert THEIRS.hex() in verdict.reason and OURS.hex() not in verdict.reason
+    assert OURS.hex() in verdict.detail and THEIRS.hex() in verdict.detail  # our log says both
+
+
+def test_the_deliberate_bug_admits_another_volume() -> None:
+    assert isinstance(screen_hello(hello(THEIRS), identity(), Faults(admit_strangers=True)),
+                      Admitted)
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"size": SIZE // 2}, (str(SIZE // 2), str(SIZE))),
+    ({"extent_size": 2 * EXTENT}, (str(2 * EXTENT), str(EXTENT))),
+    ({"version": 9}, ("protocol version 9",)),
+])
+def test_geometry_and_version_are_refused_naming_both_values(changes: dict[str, int],
+                                                             named: tuple[str, ...]) -> None:
+    for ours in (identity(), identity(volume_id=None, history=())):  # a new secondary too
+        verdict = screen_hello(hello(**changes), ours)  # type: ignore[arg-type]
+        assert isinstance(verdict, Refused)
+        assert all(value in verdict.reason for value in named), verdict.reason
+
+
+def test_a_new_secondary_adopts_the_first_matching_primary() -> None:
+    assert screen_hello(hello(THEIRS, (1, 2)), identity(volume_id=None, history=())) == Admitted(
+        Relation.PEER_NEWER, adopt_identity=True, adopt_history=True)
+
+
+@pytest.mark.parametrize(("ours", "theirs", "expected"), [
+    ((7,), (7,), Admitted(Relation.SAME, adopt_identity=False, adopt_history=False)),
+    ((7,), (7, 8), Admitted(Relation.PEER_NEWER, adopt_identity=False, adopt_history=True)),
+])
+def test_the_same_or_a_newer_history_is_admitted(ours: tuple[int, ...], theirs: tuple[int, ...],
+                                                 expected: Admitted) -> None:
+    assert screen_hello(hello(history=theirs), identity(history=ours)) == expected
+
+
+def test_an_older_primary_is_refused() -> None:
+    verdict = screen_hello(hello(history=(7,)), identity(history=(7, 8)))
+    assert isinstance(verdict, Refused) and "older than ours (epoch 2)" in verdict.reason
+
+
+def test_diverged_histories_are_a_split_brain_unless_local_changes_are_discarded() -> None:
+    verdict = screen_hello(hello(history=(7, 9)), identity(history=(7, 8)))
+    assert isinstance(verdict, Refused) and verdict.split_brain
+    assert screen_hello(hello(history=(7, 9)), identity(history=(7, 8), discard_local=True)) == Admitted(
+        Relation.DIVERGED, adopt_identity=False, adopt_history=True)

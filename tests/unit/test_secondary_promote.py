@@ -1,0 +1,154 @@
+"""The secondary site's promote and its wait for work in flight (sites/secondary.py).
+
+Regression (issue 12, item 7): ``_drain`` waited with ``asyncio.gather``. Cancelling the caller
+(the admin server gave up on a promote after 90 s) cancelled every task it waited for, the link
+watcher among them, so when the primary's link later closed nobody noticed: the site counted
+that primary as connected for good and refused every unforced promote.
+
+Real ``SecondarySite`` on files in ``tmp_path``; the link is a ``LinkProtocol`` on a transport
+that records nothing, closed by ``abort`` as a real one is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+from foresync.config import SiteConfig
+from foresync.journal.journal import RecordJournal
+from foresync.record.record import Eviction
+from foresync.replication.primary import Mode
+from foresync.site import SiteMeta
+from foresync.sites.link import LinkProtocol
+from foresync.sites.secondary import SecondarySite, extent_hashes
+from foresync.storage.file_backend import FileBackend
+
+EXTENT = 4096
+SIZE = 16 * EXTENT
+VOLUME = b"V" * 16
+
+
+class SilentTransport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def config(tmp_path: Path, nbd_port: int = 0) -> SiteConfig:
+    (tmp_path / "meta").mkdir(exist_ok=True)
+    return SiteConfig(path=str(tmp_path / "c.toml"), name="s", data=str(tmp_path / "img"), size=SIZE,
+                      meta=str(tmp_path / "meta"), nbd_listen=("127.0.0.1", nbd_port), export="x",
+                      link_listen=("127.0.0.1", 0), link_peer=("127.0.0.1", 1), mode=Mode.LOOKAHEAD,
+                      window_bytes=6144, heartbeat_s=1, timeout_s=10, extent_size=EXTENT, capacity=8,
+                      lookahead=1, eviction=Eviction.LRU, watermark_interval_s=1,
+                      admin_listen=("127.0.0.1", 0))
+
+
+def secondary(cfg: SiteConfig) -> tuple[SecondarySite, FileBackend]:
+    backend = FileBackend(cfg.data, SIZE)
+    journal = RecordJournal.create(os.path.join(cfg.meta, "record.journal"), VOLUME)
+    return SecondarySite(cfg, SiteMeta("secondary", VOLUME, (1,)), backend, journal), backend
+
+
+def connect(site: SecondarySite) -> LinkProtocol:
+    proto = LinkProtocol(lambda message: None, lambda: None, dialler=False)
+    proto.transport = SilentTransport()  # type: ignore[assignment]
+    site._take_over(proto)
+    site.core.greeted = True  # its HELLO was accepted
+    return proto
+
+
+def test_a_cancelled_drain_leaves_the_link_watcher_running(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        site, backend = secondary(config(tmp_path))
+        proto = connect(site)
+        assert site.status()["link"] == "connected"
+        drain = asyncio.ensure_future(site._drain())
+        await asyncio.sleep(0.05)
+        assert not drain.done()  # it waits for the watcher, which waits for the link to close
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        proto.abort("the primary went away")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert site.link is None, "the link watcher was cancelled with the drain"
+        assert site.status()["link"] == "disconnected"
+        status, doc = await site.promote(False)  # no primary connected: no --force needed
+        assert status == 200, doc
+        assert site.role_changed.is_set() and site.meta.role == "primary" and site.meta.epoch == 2
+        assert site.nbd_sockets
+        for sock in site.nbd_sockets:
+            sock.close()
+        backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_drain_with_a_bound_gives_up_instead_of_waiting_for_the_link(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        site, backend = secondary(config(tmp_path))
+        connect(site)
+        assert await site._drain(0.1) is False
+        assert site.status()["link"] == "connected"  # nothing was cut by giving up
+        backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_forced_promote_with_the_primary_connected_cuts_the_link_first(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        site, backend = secondary(config(tmp_path))
+        proto = connect(site)
+        refused, doc = await site.promote(False)
+        assert refused == 409 and "--force" in str(doc["error"]), doc
+        assert proto.is_open and not site.role_changed.is_set()
+        status, doc = await asyncio.wait_for(site.promote(True), 5)
+        assert status == 200, doc
+        assert proto.closed.done() and site.link is None
+        assert site.meta.role == "primary"
+        assert site.nbd_sockets
+        for sock in site.nbd_sockets:
+            sock.close()
+        backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_promote_refuses_a_taken_nbd_port_and_changes_nothing(tmp_path: Path) -> None:
+    async def scenario(port: int) -> None:
+        site, backend = secondary(config(tmp_path, port))
+        status, doc = await site.promote(False)
+        assert status == 409, doc
+        assert f"cannot serve NBD on 127.0.0.1:{port} ([nbd] listen)" in str(doc["error"]), doc
+        assert "nothing changed" in str(doc["error"])
+        assert not site.role_changed.is_set() and not site._promoting
+        assert site.meta.role == "secondary" and site.meta.epoch == 1
+        backend.close()
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        asyncio.run(scenario(squatter.getsockname()[1]))
+    assert not (tmp_path / "meta" / "site.json").exists()  # never written
+
+
+def test_extent_hashes_stop_when_cancelled(tmp_path: Path) -> None:
+    backend = FileBackend(str(tmp_path / "img"), SIZE)
+    try:
+        assert extent_hashes(backend, EXTENT, lambda: True) is None
+        hashes = extent_hashes(backend, EXTENT)
+        assert hashes is not None and len(hashes) == SIZE // EXTENT
+    finally:
+        backend.close()
