@@ -12,6 +12,7 @@ import os
 import pytest
 
 from foresync.faults import Faults
+from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
 from foresync.testing.sim import SimConfig, SimFailure, World
 
@@ -43,16 +44,19 @@ def test_regression_seeds(seed: int) -> None:
 def test_seeds_keep_every_invariant() -> None:
     failures = []
     modes: dict[str, int] = {}
+    policies: dict[str, int] = {}
     for seed in range(FIRST, FIRST + SEEDS):
         world = World(seed)
         modes[world.mode.value] = modes.get(world.mode.value, 0) + 1
+        policies[world.eviction.value] = policies.get(world.eviction.value, 0) + 1
         try:
             world.run()
         except SimFailure as failure:
             failures.append(f"seed {seed} ({world.describe()}): {failure}\n  replay: {_replay(seed)}")
     assert not failures, f"{len(failures)} of {SEEDS} seeds failed:\n" + "\n".join(failures[:10])
-    # Swarm testing only means something if every mode was actually drawn.
+    # Swarm testing only means something if every mode and every policy was actually drawn.
     assert set(modes) == {m.value for m in Mode}, modes
+    assert set(policies) == {e.value for e in Eviction}, policies
 
 
 def test_seeds_exercise_faults() -> None:
@@ -88,7 +92,9 @@ def test_seeds_exercise_faults() -> None:
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))
 def test_simulator_catches_a_deliberate_bug(fault: str) -> None:
-    config = SimConfig(mode=Mode.LOOKAHEAD, faults=Faults(**{fault: True}))
+    # A policy's own bug shows only under that policy.
+    eviction = Eviction.S3FIFO if fault == "s3fifo_evicts_dirty" else None
+    config = SimConfig(mode=Mode.LOOKAHEAD, faults=Faults(**{fault: True}), eviction=eviction)
     for seed in range(FIRST, FIRST + SEEDS):
         try:
             World(seed, config).run()

@@ -42,7 +42,7 @@ from foresync.journal.format import RecordState
 from foresync.journal.oos_format import OutOfSync
 from foresync.link import wire
 from foresync.record import runs as extent_runs
-from foresync.record.predict import extents_of
+from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
@@ -70,6 +70,7 @@ class SimConfig:
     mode: Mode | None = None  # None: chosen by the seed (swarm testing)
     faults: Faults = NO_FAULTS
     crash_weight: float = 1.0  # scale of the fault events' weights; 0 disables them
+    eviction: Eviction | None = None  # None: chosen by the seed
 
 
 @dataclass(slots=True)
@@ -110,7 +111,8 @@ class World:
         self.size = self.extent_size * self.extent_count
         self.capacity = rng.randint(4, max(5, self.extent_count // 2))
         self.lookahead = rng.randint(0, 4)
-        self.eviction = rng.choice([Eviction.LRU, Eviction.GENERATIONS])
+        self.eviction = self.cfg.eviction or rng.choice(list(Eviction))
+        self.predictor = rng.choice(sorted(PREDICTORS))
         # A resync yields to the loop after this much work (ResumeLater): sometimes after every
         # few extents, so passes are interleaved with host writes and faults mid-slice.
         self.resync_slice_bytes = rng.choice([self.extent_size, 3 * self.extent_size, 1 << 26])
@@ -197,7 +199,8 @@ class World:
 
     def describe(self) -> str:
         return (f"mode={self.mode.value} extents={self.extent_count}x{self.extent_size}B "
-                f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value}")
+                f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value} "
+                f"predictor={self.predictor}")
 
     def _start_primary(self) -> None:
         config = pcore.Config(
@@ -206,7 +209,8 @@ class World:
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
             resync_slice_bytes=self.resync_slice_bytes,
             resync_window_bytes=self.resync_window_bytes,
-            faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
+            faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
+            predictor=self.predictor)
         core = PrimaryCore(config, read=self.pdisk.read)
         site = self.roles["primary"]
         restored = self._restored_oos(site)
@@ -221,7 +225,7 @@ class World:
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
-                             faults=self.cfg.faults)
+                             faults=self.cfg.faults, predictor=self.predictor)
         if self.widened[self.roles["secondary"]]:
             core.welcome_flags = wire.WelcomeFlag.INCONSISTENT  # the primary compares everything
         self.secondary = _Secondary(core)
