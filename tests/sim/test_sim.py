@@ -29,6 +29,9 @@ def _replay(seed: int, extra: str = "") -> str:
 # the unit test named with each is the lasting guard).
 REGRESSION_SEEDS = {
     130307: "a host write hid a pending resync (test_a_host_write_does_not_clear_a_pending_resync)",
+    373: "a flipped length byte of the journal's last RESYNC_SET read as a torn tail: the resync set "
+         "was lost (test_journal.py::test_every_flipped_byte_around_resync_entries_is_damage)",
+    435: "the same, in the RESYNC_SET that follows a rewritten journal's checkpoint",
 }
 
 
