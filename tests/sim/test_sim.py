@@ -8,12 +8,15 @@ requires the invariant checkers to catch it within the same seed budget.
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 
+from foresync.errors import StorageError
 from foresync.faults import Faults
 from foresync.replication.primary import Mode
 from foresync.testing.sim import SimConfig, SimFailure, World
+from foresync.testing.sim.disk import SECTOR, SimDisk
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "300"))
 FIRST = int(os.environ.get("SIM_SEED", "0"))
@@ -29,6 +32,8 @@ def _replay(seed: int, extra: str = "") -> str:
 REGRESSION_SEEDS = {
     1625: "invariant 6 kept the failback set after the promoted site lost its out-of-sync store "
           "(test_a_failback_after_the_promoted_site_lost_its_out_of_sync_store_copies_everything)",
+    2840: "a full disk left half a version stamp in a sector, which invariant 5 took for a lost "
+          "promise (test_a_write_to_a_full_disk_lands_whole_sectors)",
     130307: "a host write hid a pending resync (test_a_host_write_does_not_clear_a_pending_resync)",
 }
 
@@ -91,6 +96,26 @@ def test_a_secondary_adopts_its_primarys_epoch_history() -> None:
         _connect_and_drain(world)
     assert world.histories["B"] == (1, 1001, 1002, 1003)
     assert world.histories["A"] == world.histories["B"]
+
+
+def test_a_write_to_a_full_disk_lands_whole_sectors() -> None:
+    """Seed 2840: a short write on a full filesystem stops at a block boundary, so each sector
+    holds all of one write's version or none of it (invariant 5 reads versions per sector)."""
+    old, new = b"\x11" * SECTOR * 8, b"\x22" * SECTOR * 6
+    landed = set()
+    for draw in range(200):
+        disk = SimDisk(len(old))
+        disk.write(0, old)
+        disk.full = random.Random(draw)
+        with pytest.raises(StorageError):
+            disk.write(SECTOR, new)
+        image = bytes(disk.current)
+        sectors = [image[i:i + SECTOR] for i in range(0, len(image), SECTOR)]
+        assert all(sector in (old[:SECTOR], new[:SECTOR]) for sector in sectors), draw
+        count = sum(sector == new[:SECTOR] for sector in sectors)
+        assert image == old[:SECTOR] + new[:count * SECTOR] + old[(count + 1) * SECTOR:], draw
+        landed.add(count)
+    assert landed == set(range(6)), "a full disk should land every prefix of whole sectors"
 
 
 def test_seeds_keep_every_invariant() -> None:

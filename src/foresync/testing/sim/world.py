@@ -47,9 +47,8 @@ from foresync.replication import secondary as score
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
-from foresync.testing.sim.disk import SimDisk, SimJournal
+from foresync.testing.sim.disk import SECTOR, SimDisk, SimJournal
 
-SECTOR = 512
 VOLUME_ID = bytes(range(16))
 
 
