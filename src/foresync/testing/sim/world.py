@@ -16,9 +16,12 @@ then the invariants are checked:
 2. while no fault has happened yet, the secondary's image is the primary's sent history replayed
    in sequence order up to what it applied;
 3. at the end, after healing and quiescence, both images are byte-identical;
+4. no two sites take host writes in the same epoch (epoch history);
 5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
    secondary (or overwritten there by a later write);
-6. the record never exceeds capacity;
+6. a failback copies nothing outside the failback set (every extent if the promoted site lost
+   its out-of-sync store), the writes since the promotion and the old primary's out-of-sync set;
+   and, checked with the rest, the record never exceeds capacity;
 7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
    session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
    schedule of every other event as it was.
