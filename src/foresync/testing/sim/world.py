@@ -17,9 +17,12 @@ then the invariants are checked:
 2. while no fault has happened yet, the secondary's image is the primary's sent history replayed
    in sequence order up to what it applied;
 3. at the end, after healing and quiescence, both images are byte-identical;
+4. no two sites take host writes in the same epoch (epoch history);
 5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
    secondary (or overwritten there by a later write);
-6. the record never exceeds capacity;
+6. a failback copies nothing outside the failback set (every extent if the promoted site lost
+   its out-of-sync store), the writes since the promotion and the old primary's out-of-sync set;
+   and, checked with the rest, the record never exceeds capacity;
 7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
    session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
    schedule of every other event as it was.
@@ -46,12 +49,11 @@ from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
-from foresync.replication.admission import Admitted, Identity, screen_hello
+from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
-from foresync.testing.sim.disk import SimDisk, SimJournal
+from foresync.testing.sim.disk import SECTOR, SimDisk, SimJournal
 
-SECTOR = 512
 VOLUME_ID = bytes(range(16))
 
 
@@ -219,6 +221,10 @@ class World:
             self._log(f"primary {site}: out-of-sync store missing, everything={restored.everything}")
             self.oos_stores[site] = set(restored.extents)
             self.oos_all[site] = restored.everything
+        if restored.everything and self.failback is not None:
+            # The promoted site lost its out-of-sync store (or stored "everything"): its failback
+            # set is gone with it, so the safe pass copies every extent (issue 12: doubt widens).
+            self.failback["set"] = set(range(self.extent_count))
         core.restore_out_of_sync(set(restored.extents))
         core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
         self.primary = _Primary(core)
@@ -371,6 +377,8 @@ class World:
             s.conn = conn
             s.core.session_reset()
         self._log(f"p2s {_short(message)}")
+        if isinstance(message, wire.Hello):
+            self._admit_primary(message)
         try:
             if type(message) is wire.Write and self.rng.random() < 0.8 and s.core.write_now(message):
                 # The site's hot path (SecondarySite._on_message): written at once.
@@ -380,6 +388,21 @@ class World:
         except ForesyncError as exc:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
         s.core.end_of_batch()
+
+    def _admit_primary(self, hello: wire.Hello) -> None:
+        """What SecondarySite does with its primary's HELLO (screen_hello, then _accept_hello):
+        a newer epoch history is adopted at once, so a later promotion of this site extends it.
+        No schedule here should make the real policy refuse the real primary."""
+        s = self.secondary
+        assert s is not None
+        site = self.roles["secondary"]
+        ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site])
+        verdict = screen_hello(hello, ours, self.cfg.faults)
+        if isinstance(verdict, Refused):
+            self._fail(f"secondary {site} refused its primary's HELLO: {verdict.detail}")
+        elif verdict.adopt_history:
+            self.histories[site] = tuple(hello.history)
+        s.core.epoch = len(self.histories[site])  # the WELCOME's epoch (site.json's)
 
     def _ev_deliver_s2p(self) -> None:
         conn, frame = self.s2p.popleft()
