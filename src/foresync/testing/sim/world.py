@@ -810,8 +810,6 @@ class World:
                 op = self.host_ops.pop(op_id, None)
                 if op is not None and errno == 0:
                     self._acked(op)
-                elif op is not None and op.kind != "flush":
-                    self._failed(op)
             case pcore.FlushLocal(ticket):
                 p.flushes.append(ticket)
             case pcore.PersistOutOfSync(token, extents, everything):
@@ -840,17 +838,6 @@ class World:
             self.sector_acked[sector] = max(self.sector_acked.get(sector, 0), version)
         if op.fua:
             self._promise((sector, version) for sector in sectors)
-
-    def _failed(self, op: _HostOp) -> None:
-        """A write the host was told failed (ENOSPC, EIO) may have landed in part, as on any
-        disk: its sectors hold no promised version any more, on either site, until a later
-        write to them succeeds."""
-        self._op_version.pop(op.op_id, None)
-        for sector in range(op.offset // SECTOR, (op.offset + op.length) // SECTOR):
-            self.sector_promised.pop(sector, None)
-            self.sector_acked.pop(sector, None)
-            for snapshot in self._flush_snapshots.values():
-                snapshot.pop(sector, None)
 
     def _promise(self, items: Iterable[tuple[int, int]]) -> None:
         for sector, version in items:
