@@ -14,7 +14,7 @@ import click
 from foresync import __version__
 from foresync.errors import ConfigError, ForesyncError
 from foresync.logctx import VolumeContext
-from foresync.units import parse_hostport, parse_size
+from foresync.units import format_size, parse_hostport, parse_size
 
 if TYPE_CHECKING:
     from foresync.config import SiteConfig
@@ -368,8 +368,10 @@ def promote(config_path: str, force: bool) -> None:
     itself and receives only those extents plus what was written here since."""
     doc = _call(config_path, "/promote", {"force": force},
                 offline=lambda cfg: _promote_offline(cfg, force))
+    failback = doc.get("failback_bytes")
     click.echo(f"promoted: now primary at epoch {doc.get('epoch')}; failback set "
-               f"{doc.get('failback_extents')} extents ({doc.get('failback_bytes')} bytes)")
+               f"{doc.get('failback_extents')} extents "
+               f"({format_size(failback) if isinstance(failback, int) else '? bytes'})")
 
 
 def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
@@ -451,7 +453,7 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
     when mismatches were found (and not repaired)."""
     import time
 
-    from foresync.status_view import fetch_status
+    from foresync.status_view import fetch_status, mismatch_list, verify_line
 
     doc = _call(config_path, "/verify", {"repair": repair}, expect=202, what="verify")
     cfg = _load(config_path)
@@ -463,15 +465,14 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
             progress = fetch_status(cfg)["verify"]
         except (ForesyncError, KeyError, TypeError) as exc:
             raise click.ClickException(f"lost track of the verify: {exc}") from None
-        click.echo(f"\rverify: {progress['done_extents']}/{progress['total_extents']} extents, "
-                   f"{progress['mismatches']} mismatched", nl=False)
+        click.echo(f"\r{verify_line(progress)}", nl=False)
         if not progress["active"]:
             break
         time.sleep(0.5)
     click.echo()
     if progress["mismatches"]:
         action = "being repaired" if repair else "not repaired (run with --repair)"
-        click.echo(f"mismatched extents ({action}): {progress['mismatched_extents']}")
+        click.echo(f"mismatched extents ({action}): {mismatch_list(progress)}")
         if not repair:
             sys.exit(1)
     else:

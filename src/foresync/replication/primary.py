@@ -251,6 +251,12 @@ class PrimaryCore:
         self._resync_total_bytes = 0
         self._resync_done_bytes = 0
         self._resync_sent_bytes = 0
+        # Comparing (checksums, nothing sent when they match) and sending progress at different
+        # rates: a single ETA from the send rate counted skipped extents as still to send.
+        self._resync_compare_total_bytes = 0
+        self._resync_compared_bytes = 0
+        self._resync_send_total_bytes = 0  # known so far: grows as comparisons find differences
+        self._resync_compared_differ: set[int] = set()  # compared, differed, not yet sent
         self._resync_started = 0.0
         self._resync_tokens = 0.0
         self._resync_tokens_at = 0.0
@@ -265,6 +271,8 @@ class PrimaryCore:
         self._verify_next = 0
         self.verify_mismatches: set[int] = set()
         self.verify_done_extents = 0
+        self._verify_started = 0.0
+        self._verify_ended = 0.0  # 0 while one runs (or none ran)
         self._resync_last_seq = 0
         self.out_of_sync: set[int] = set()  # extents the secondary may lack outside its record
         self._oos_durable: set[int] = set()  # the out-of-sync set as last made durable
@@ -410,6 +418,7 @@ class PrimaryCore:
         self._welcome_ranges = []
         if self._verify_active:
             self._verify_active = False  # abandoned: the operator can run it again
+            self._verify_ended = self.now
             self._verify_pending.clear()
         self._pump()
 
@@ -599,13 +608,26 @@ class PrimaryCore:
         self._verify_pending = {}
         self.verify_mismatches = set()
         self.verify_done_extents = 0
+        self._verify_started = self.now
+        self._verify_ended = 0.0
         self._pump_verify()
         return True
 
     def verify_progress(self) -> dict[str, object]:
+        """The current (or last) verify, for /status: extents and bytes, a rate while it runs
+        (issue 17: ``672/1024 extents`` alone gave no idea of the time left), and each
+        mismatched extent's byte offset beside its number."""
+        size = self.config.extent_size
+        done_bytes = min(self.verify_done_extents * size, self.config.size)
+        elapsed = (self._verify_ended or self.now) - self._verify_started
+        rate = int(done_bytes / elapsed) if elapsed > 0 else 0  # a finished one: its average
+        shown = sorted(self.verify_mismatches)[:1000]
         return {"active": self._verify_active, "done_extents": self.verify_done_extents,
                 "total_extents": self.extent_count,
-                "mismatched_extents": sorted(self.verify_mismatches)[:1000],
+                "done_bytes": done_bytes, "total_bytes": self.config.size,
+                "rate_bytes_per_s": rate,
+                "mismatched_extents": shown,
+                "mismatched_offsets": [extent * size for extent in shown],
                 "mismatches": len(self.verify_mismatches), "repair": self._verify_repair}
 
     def _pump_verify(self) -> None:
@@ -633,6 +655,7 @@ class PrimaryCore:
         if (self._verify_active and not self._verify_pending and not self._verify_busy
                 and self._verify_next >= self.extent_count):
             self._verify_active = False
+            self._verify_ended = self.now
 
     def _on_hashes(self, request: int, first: int, hashes: tuple[int, ...]) -> None:
         pending = self._verify_pending.pop(request, None)
@@ -660,8 +683,11 @@ class PrimaryCore:
         if not self._resync_pass:
             self._resync_pass = True
             self._resync_total_bytes = self._resync_done_bytes = self._resync_sent_bytes = 0
+            self._resync_compare_total_bytes = self._resync_compared_bytes = 0
+            self._resync_send_total_bytes = 0
             self._resync_started = self.now
         self._resync_total_bytes += self.config.extent_size
+        self._resync_send_total_bytes += self.config.extent_size
 
     def lag_seconds(self) -> float:
         """How long the oldest write the secondary has not applied has waited (timer-tick
@@ -680,12 +706,23 @@ class PrimaryCore:
         self._oos_durable = set(self.out_of_sync)
 
     def resync_progress(self) -> dict[str, int]:
-        """The current (or last) resync pass, for /status."""
+        """The current (or last) resync pass, for /status. Besides the whole pass, its two
+        phases apart: comparing (extents the secondary sent checksums for; a match costs no
+        send) and sending (extents without a checksum plus those found to differ so far, so
+        its total grows while comparing goes on). Each has its own rate, hence its own ETA."""
         elapsed = max(self.now - self._resync_started, 1e-9)
         rate = int(self._resync_sent_bytes / elapsed) if self._resync_pass else 0
+        compare_rate = int(self._resync_compared_bytes / elapsed) if self._resync_pass else 0
         return {"done_bytes": self._resync_done_bytes, "total_bytes": self._resync_total_bytes,
                 "rate_bytes_per_s": rate,
-                "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes)}
+                "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes),
+                "active": int(self._resync_pass),
+                "compare_total_bytes": self._resync_compare_total_bytes,
+                "compare_done_bytes": self._resync_compared_bytes,
+                "compare_rate_bytes_per_s": compare_rate,
+                "send_total_bytes": self._resync_send_total_bytes,
+                "send_done_bytes": self._resync_sent_bytes,
+                "send_rate_bytes_per_s": rate}
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
@@ -1078,6 +1115,11 @@ class PrimaryCore:
         self._resync_total_bytes = len(self._resync_set) * self.config.extent_size
         self._resync_done_bytes = 0
         self._resync_sent_bytes = 0
+        with_hash = sum(1 for e in self._resync_set if e in self._remote_hashes)
+        self._resync_compare_total_bytes = with_hash * self.config.extent_size
+        self._resync_compared_bytes = 0
+        self._resync_send_total_bytes = (len(self._resync_set) - with_hash) * self.config.extent_size
+        self._resync_compared_differ = set()
         self._resync_started = self.now
         self._resync_tokens = float(min(self.config.resync_rate_max, self.config.extent_size))
         self._resync_tokens_at = self.now
@@ -1159,6 +1201,11 @@ class PrimaryCore:
         if remote_hash is not None:
             data = self._read(offset, length)
             if xxhash.xxh3_64_intdigest(data) == remote_hash:
+                if extent in self._resync_compared_differ:  # differed before, the same now
+                    self._resync_compared_differ.discard(extent)
+                    self._resync_send_total_bytes -= self.config.extent_size
+                else:
+                    self._resync_compared_bytes += self.config.extent_size
                 self._resync_set.discard(extent)
                 self.out_of_sync.discard(extent)
                 if self.record.last_seq(extent) == _NOT_YET_SENT:
@@ -1169,6 +1216,10 @@ class PrimaryCore:
                 self._resync_done_bytes += length
                 return "same"
             self._remote_hashes[extent] = remote_hash
+            if extent not in self._resync_compared_differ:  # retried later: count it once
+                self._resync_compared_differ.add(extent)
+                self._resync_compared_bytes += self.config.extent_size
+                self._resync_send_total_bytes += self.config.extent_size
         if self._sent and self._sent_bytes + length > self.config.window_bytes:
             return "window"
         if not self._refill_rate():
@@ -1205,6 +1256,7 @@ class PrimaryCore:
                 self._oos_dirty = True
         self._resync_set.discard(extent)
         self._remote_hashes.pop(extent, None)
+        self._resync_compared_differ.discard(extent)
         self._resync_last_seq = op.seq
         self.counters.resync_bytes += length
         self._resync_done_bytes += length
