@@ -58,6 +58,7 @@ class SiteConfig:
     link_tls_dir: str | None = None
     link_max_frame_bytes: int = 33 * 1024 * 1024
     admin_token_file: str | None = None
+    log_format: str = "text"  # [log] format: text | json; only the CLI acts on it
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -139,6 +140,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
              "block_timeout", "resync_rate_max", "secret_file", "tls_dir", "max_frame_size"},
     "record": {"extent_size", "capacity", "lookahead", "eviction", "watermark_interval"},
     "admin": {"listen", "token_file"},
+    "log": {"format"},
 }
 
 
@@ -170,6 +172,7 @@ def load(path: str) -> SiteConfig:
     base = Path(path).resolve().parent
     volume, nbd, link = _section(doc, "volume"), _section(doc, "nbd"), _section(doc, "link")
     record, admin = _section(doc, "record"), _section(doc, "admin")
+    log_table = _section(doc, "log")
 
     def resolve(p: Any, key: str, section: str = "volume") -> str:
         if not isinstance(p, str) or not p:
@@ -254,4 +257,5 @@ def load(path: str) -> SiteConfig:
         link_tls_dir=optional_path(link, "link", "tls_dir"),
         link_max_frame_bytes=max_frame,
         admin_token_file=admin_token_file,
+        log_format=_choice(_get(log_table, "log", "format", "text"), "log", "format", ["text", "json"]),
     )
