@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -214,10 +215,8 @@ def run(config_path: str, assume_all: bool) -> None:
     from foresync.daemon import run_site
     from foresync.errors import SiteInUse
 
-    try:
+    with contextlib.suppress(ForesyncError):  # run_site loads it again and reports the error
         _use_log_format(load(config_path).log_format)
-    except ForesyncError:
-        pass  # run_site loads it again and reports the error in one line
 
     try:
         run_async(lambda stop: run_site(config_path, stop, assume_all_out_of_sync=assume_all))
