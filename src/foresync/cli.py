@@ -523,6 +523,41 @@ def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_jso
     click.echo(json.dumps(doc, indent=2) if as_json else inspect_view.render(doc))
 
 
+@main.group("config")
+def config_group() -> None:
+    """Site config files."""
+
+
+@config_group.command("example")
+@click.option("--role", required=True, type=click.Choice(["primary", "secondary"]),
+              help="The role the site starts as; sets its file names and example ports.")
+@click.option("--peer", metavar="HOST:PORT",
+              help="The other site's [link] listen (default: the other role's example address, "
+                   "for two sites on one machine).")
+@click.option("--listen", "link_listen", metavar="HOST:PORT",
+              help="This site's [link] listen (default: the role's example address).")
+@click.option("--name", default="vol0", show_default=True, help="[volume] name.")
+@click.option("--size", default="256MiB", show_default=True, metavar="SIZE", help="[volume] size.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the config to this file (never overwritten) instead of stdout.")
+def config_example(role: str, peer: str | None, link_listen: str | None, name: str, size: str,
+                   output: str | None) -> None:
+    """Print a commented site config that `init` and `run` accept as it is."""
+    from foresync.config_example import example
+
+    parse_size(size, "--size")
+    text = example(role, peer, name=name, size=size, link_listen=link_listen)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "x") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise click.ClickException(f"{output} exists; not overwritten") from None
+    click.echo(f"wrote {output}: edit it, then `foresync init --config {output} --role {role}`")
+
+
 @main.command()
 @click.option("--keep", is_flag=True, help="Leave the sites running and print how to explore them.")
 @click.option("--delay-ms", default=5, show_default=True, type=click.IntRange(0, 1000),

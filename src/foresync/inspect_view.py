@@ -136,8 +136,11 @@ def render(doc: dict[str, Any]) -> str:
     else:
         every = "EVERY extent (a full copy is pending), besides " if oos["everything"] else ""
         count = len(oos["extents"])
-        lines.append(f"{site.OOS_FILE}: {every}{count} extents{_size(count, es)}: "
-                     f"{ranges_text(oos['extents'])}")
+        if not count and not every:
+            lines.append(f"{site.OOS_FILE}: no extent out of sync")
+        else:
+            lines.append(f"{site.OOS_FILE}: {every}{count} extents{_size(count, es)}: "
+                         f"{ranges_text(oos['extents'])}")
     saved = doc["undo"]
     if saved["present"]:
         lines.append(f"{site.UNDO_FILE}: {len(saved['extents'])} saved extents: "

@@ -141,7 +141,8 @@ def render(name: str, doc: dict[str, Any]) -> str:
         lines.append(f"{line}; {verify['mismatches']} mismatched so far")
     elif verify.get("mismatches"):
         lines.append(f"  verify   last run found {verify['mismatches']} mismatched extents")
-    lines.append(f"  resync sent {format_size(cnt['resync_bytes'])} since start")
+    if doc["role"] == "primary":  # a secondary sends no resync data
+        lines.append(f"  resync sent {format_size(cnt['resync_bytes'])} since start")
     security = doc.get("security")
     if security is not None:
         nbd = ("TLS + client certificates" if security.get("nbd_tls_verify_client")
