@@ -183,7 +183,7 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
     def status(_: dict[str, Any]) -> Response:
         return _json(200, runner.status())
 
-    site_metrics = SiteMetrics(cfg.name, lambda: runner.status())
+    site_metrics = SiteMetrics(cfg.name, lambda: runner.status(), site=os.path.splitext(os.path.basename(cfg.path))[0])
 
     def metrics(_: dict[str, Any]) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()

@@ -15,6 +15,16 @@ from .sites import MiB, Settings, SitePair, StatusPoller, open_site_pairs, run_t
 pytestmark = pytest.mark.integration
 
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+
+
+def exported_names(port: int) -> set[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
 def scrape_in_sync(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -70,4 +80,8 @@ def test_a_secondary_in_its_initial_sync_says_so_and_shows_its_progress(tmp_path
         assert any(r["send_rate_bytes_per_s"] > 0 for r in during)
         secondary = pair.status(pair.secondary)
         assert secondary["resync"]["active"] == 0 and secondary["in_sync"] is True
+        # Every series the Grafana dashboard queries is one a real /metrics exports.
+        exported = exported_names(pair.primary.admin_port) | exported_names(pair.secondary.admin_port)
+        used = set(re.findall(r"\b((?:foresync|process)_[a-z_]+)\b", DASHBOARD.read_text()))
+        assert used and not used - exported, sorted(used - exported)
         assert re.search(r"resync finished: 12\.0 MiB sent", pair.primary.log()), pair.primary.log()
