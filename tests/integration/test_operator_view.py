@@ -85,3 +85,22 @@ def test_a_secondary_in_its_initial_sync_says_so_and_shows_its_progress(tmp_path
         used = set(re.findall(r"\b((?:foresync|process)_[a-z_]+)\b", DASHBOARD.read_text()))
         assert used and not used - exported, sorted(used - exported)
         assert re.search(r"resync finished: 12\.0 MiB sent", pair.primary.log()), pair.primary.log()
+
+
+def test_log_format_json_gives_one_json_object_a_line(tmp_path: Path) -> None:
+    import json
+
+    json_logs = Settings(size="32MiB", admin_extra='[log]\nformat = "json"\n')
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="32MiB"), primary=json_logs)
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        pair.stop_both()
+        lines = [line for line in pair.primary.log().splitlines()
+                 if line.strip() and not line.startswith("=====")]
+        docs = [json.loads(line) for line in lines]  # every line: not one plain-text line left
+        assert any(d["level"] == "INFO" and "link: connected to secondary" in d["message"]
+                   for d in docs), lines
+        assert all({"ts", "level", "volume", "logger", "message"} <= d.keys() for d in docs)
+        assert not pair.secondary.log().lstrip().startswith("{")  # the default stays text
