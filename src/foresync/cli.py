@@ -523,6 +523,39 @@ def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_jso
     click.echo(json.dumps(doc, indent=2) if as_json else inspect_view.render(doc))
 
 
+@main.command()
+@CONFIG_OPTION
+@click.option("--since-start", is_flag=True,
+              help="First replay the current state (role, link, consistency, any resync or verify).")
+def events(config_path: str, since_start: bool) -> None:
+    """Follow a running site's state changes: one JSON object a line, with a timestamp (role and
+    epoch, link up and down with the reason, resync, consistency, split brain, verify, admin
+    actions), until the site stops or Ctrl-C."""
+    import http.client
+
+    cfg = _load(config_path)
+    host, port = cfg.admin_listen
+    path = "/events?since-start=1" if since_start else "/events"
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        if response.status != 200:
+            raise click.ClickException(f"GET {path} answered {response.status} {response.reason}")
+        if connection.sock is not None:
+            connection.sock.settimeout(None)  # a quiet site sends nothing for hours
+        for line in response:
+            click.echo(line.decode().rstrip("\n"))
+    except KeyboardInterrupt:
+        return
+    except (OSError, http.client.HTTPException) as exc:
+        raise click.ClickException(f"site {cfg.name} is not answering on http://{host}:{port}"
+                                   f"{path} ({describe_os_error(exc) if isinstance(exc, OSError) else exc}); "
+                                   f"is `foresync run --config {cfg.path}` running?") from None
+    finally:
+        connection.close()
+
+
 @main.group("config")
 def config_group() -> None:
     """Site config files."""

@@ -104,3 +104,50 @@ def test_log_format_json_gives_one_json_object_a_line(tmp_path: Path) -> None:
                    for d in docs), lines
         assert all({"ts", "level", "volume", "logger", "message"} <= d.keys() for d in docs)
         assert not pair.secondary.log().lstrip().startswith("{")  # the default stays text
+
+
+def test_events_follows_state_changes_of_a_real_site(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from .sites import FORESYNC
+
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="32MiB"))
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        out = tmp_path / "events.jsonl"
+        with out.open("wb") as sink:
+            follower = subprocess.Popen([FORESYNC, "events", "--config", pair.primary.config_path,
+                                         "--since-start"], stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            def events() -> list[dict[str, object]]:
+                return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+
+            pair.wait_for("the replayed state", lambda: len(events()) >= 5)
+            pair.cli("verify", "--config", pair.primary.config_path)
+            pair.stop(pair.secondary)
+            pair.wait_for("a link-down event with the dial's reason", lambda: any(
+                e["type"] == "link" and e["state"] == "down" and "Connection refused" in str(e["reason"])
+                for e in events()))
+            pair.start(pair.secondary)
+            pair.wait_in_sync()
+            pair.wait_for("a link-up event", lambda: any(
+                e["type"] == "link" and e["state"] == "up" and not e.get("replay") for e in events()))
+            pair.stop(pair.primary)  # the stream ends with the site
+            follower.wait(timeout=30)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
+        seen = events()
+        replay = [e for e in seen if e.get("replay")]
+        assert replay[0]["type"] == "role" and replay[0]["role"] == "primary" and replay[0]["epoch"] == 1
+        assert {"type": "link", "state": "up"}.items() <= replay[1].items()
+        kinds = [(e["type"], e.get("phase") or e.get("state") or e.get("action")) for e in seen
+                 if not e.get("replay")]
+        assert ("admin", "verify") in kinds and ("verify", "finished") in kinds, kinds
+        assert kinds.index(("link", "down")) < kinds.index(("link", "up")), kinds
+        assert all(isinstance(e["ts"], str) and e["ts"].endswith("+00:00") for e in seen)
+        assert follower.returncode == 0

@@ -273,6 +273,8 @@ class PrimaryCore:
         self.verify_done_extents = 0
         self._verify_started = 0.0
         self._verify_ended = 0.0  # 0 while one runs (or none ran)
+        self._verify_runs = 0  # started so far: a watcher that samples sees even a short one
+        self._resync_passes = 0  # likewise for resync passes
         self._resync_last_seq = 0
         self.out_of_sync: set[int] = set()  # extents the secondary may lack outside its record
         self._oos_durable: set[int] = set()  # the out-of-sync set as last made durable
@@ -610,6 +612,7 @@ class PrimaryCore:
         self.verify_done_extents = 0
         self._verify_started = self.now
         self._verify_ended = 0.0
+        self._verify_runs += 1
         self._pump_verify()
         return True
 
@@ -628,7 +631,8 @@ class PrimaryCore:
                 "rate_bytes_per_s": rate,
                 "mismatched_extents": shown,
                 "mismatched_offsets": [extent * size for extent in shown],
-                "mismatches": len(self.verify_mismatches), "repair": self._verify_repair}
+                "mismatches": len(self.verify_mismatches), "repair": self._verify_repair,
+                "runs": self._verify_runs}
 
     def _pump_verify(self) -> None:
         while self._verify_active and len(self._verify_pending) < VERIFY_IN_FLIGHT:
@@ -685,6 +689,7 @@ class PrimaryCore:
             self._resync_total_bytes = self._resync_done_bytes = self._resync_sent_bytes = 0
             self._resync_compare_total_bytes = self._resync_compared_bytes = 0
             self._resync_send_total_bytes = 0
+            self._resync_passes += 1
             self._resync_started = self.now
         self._resync_total_bytes += self.config.extent_size
         self._resync_send_total_bytes += self.config.extent_size
@@ -722,7 +727,7 @@ class PrimaryCore:
                 "compare_rate_bytes_per_s": compare_rate,
                 "send_total_bytes": self._resync_send_total_bytes,
                 "send_done_bytes": self._resync_sent_bytes,
-                "send_rate_bytes_per_s": rate}
+                "send_rate_bytes_per_s": rate, "passes": self._resync_passes}
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
@@ -1120,6 +1125,7 @@ class PrimaryCore:
         self._resync_compared_bytes = 0
         self._resync_send_total_bytes = (len(self._resync_set) - with_hash) * self.config.extent_size
         self._resync_compared_differ = set()
+        self._resync_passes += 1
         self._resync_started = self.now
         self._resync_tokens = float(min(self.config.resync_rate_max, self.config.extent_size))
         self._resync_tokens_at = self.now
