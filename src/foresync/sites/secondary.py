@@ -302,7 +302,9 @@ class SecondarySite:
             self.disconnected_since = time.time()
             if self.core.greeted or not self.link_error.startswith("refused"):
                 self.link_error = reason  # keep why we refused: the primary just hangs up
-            log.info("link: primary disconnected (%s)", reason)
+            # Link loss is a WARNING (issue 17), except when this site ends it to change role.
+            log.log(logging.INFO if self._promoting else logging.WARNING,
+                    "link: primary disconnected (%s)", reason)
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
         self._store(self.meta.update(volume_id=hello.volume_id, epoch_history=tuple(hello.history),
