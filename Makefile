@@ -56,6 +56,7 @@ bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/replication.py $(BENCH_ARGS_REPL)
 	$(PY) bench/floor.py
+	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,9 @@ class Faults:
     missing_metadata_taken_as_empty: bool = False  # a missing journal or out-of-sync store: empty
     local_write_error_ignored: bool = False  # primary: a failed local write counts as done
     secondary_write_error_ignored: bool = False  # secondary: carry on after a failed write
+    # primary: count a resync set as durable on the secondary as soon as it is sent, and drop its
+    # extents from the out-of-sync set then, instead of at RESYNC_SET_DURABLE (issue 19)
+    resync_before_set_durable: bool = False
 
 
 NO_FAULTS = Faults()

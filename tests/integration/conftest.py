@@ -26,7 +26,15 @@ from typing import NamedTuple, Protocol
 
 import pytest
 
-from .sites import FORESYNC, TOOL_TIMEOUT_S, describe, require_tool, run_tool
+from .sites import (
+    FORESYNC,
+    TOOL_TIMEOUT_S,
+    MakePair,
+    describe,
+    open_site_pairs,
+    require_tool,
+    run_tool,
+)
 
 __all__ = ["FORESYNC", "TOOL_TIMEOUT_S", "describe", "require_tool", "run_tool"]
 EXPORT = "vol0"
@@ -189,3 +197,10 @@ def file_bytes(path: Path, offset: int, length: int) -> bytes:
     with path.open("rb") as volume:
         volume.seek(offset)
         return volume.read(length)
+
+
+@pytest.fixture
+def make_pair(tmp_path: Path) -> Iterator[MakePair]:
+    """Pairs of real sites on loopback, stopped (and their processes reaped) after the test."""
+    with open_site_pairs(tmp_path) as make:
+        yield make

@@ -553,3 +553,16 @@ class StatusPoller:
 
     def of(self, role: str) -> list[Status]:
         return [status for r, status in self.samples if r == role]
+
+
+MakePair = Callable[..., SitePair]
+SMALL = Settings(size="64MiB", capacity=16, lookahead=2)
+
+
+def started_pair(make_pair: MakePair, settings: Settings = SMALL, *, via_proxy: bool = False) -> SitePair:
+    """A pair initialised, started and in sync."""
+    pair = make_pair(settings, via_proxy=via_proxy)
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    return pair

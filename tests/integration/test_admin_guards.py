@@ -21,13 +21,22 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from .sites import FORESYNC, MiB, Settings, Site, SitePair, free_ports, open_site_pairs, run_tool
+from .sites import (
+    FORESYNC,
+    MiB,
+    Settings,
+    Site,
+    SitePair,
+    free_ports,
+    run_tool,
+    started_pair,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,18 +45,6 @@ SMALL = Settings(size="64MiB", capacity=CAPACITY, lookahead=2)
 MakePair = Callable[..., SitePair]
 
 
-@pytest.fixture
-def make_pair(tmp_path: Path) -> Iterator[MakePair]:
-    with open_site_pairs(tmp_path) as make:
-        yield make
-
-
-def started_pair(make_pair: MakePair, settings: Settings = SMALL, *, via_proxy: bool = False) -> SitePair:
-    pair = make_pair(settings, via_proxy=via_proxy)
-    pair.init_both()
-    pair.start_both()
-    pair.wait_in_sync()
-    return pair
 
 
 def qemu_io(pair: SitePair, site: Site, *commands: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .sites import FORESYNC, TOOL_TIMEOUT_S, MiB, Settings, SitePair, open_site_pairs, run_tool
+from .sites import FORESYNC, TOOL_TIMEOUT_S, MiB, Settings, SitePair, run_tool
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +64,6 @@ def fill(where: Path) -> None:
                            capture_output=True)
     assert probe.returncode != 0, "the file system still takes writes"
 
-
-@pytest.fixture
-def make_pair(tmp_path: Path) -> Iterator[MakePair]:
-    with open_site_pairs(tmp_path) as make:
-        yield make
 
 
 def foresync(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -37,9 +36,9 @@ from .sites import (
     SitePair,
     Status,
     assert_pattern,
-    open_site_pairs,
     require_tool,
     run_tool,
+    started_pair,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,18 +50,6 @@ SMALL = Settings(size="64MiB", capacity=CAPACITY, lookahead=2)
 MakePair = Callable[..., SitePair]
 
 
-@pytest.fixture
-def make_pair(tmp_path: Path) -> Iterator[MakePair]:
-    with open_site_pairs(tmp_path) as make:
-        yield make
-
-
-def started_pair(make_pair: MakePair, settings: Settings = SMALL, *, via_proxy: bool = False) -> SitePair:
-    pair = make_pair(settings, via_proxy=via_proxy)
-    pair.init_both()
-    pair.start_both()
-    pair.wait_in_sync()
-    return pair
 
 
 def qemu_io(pair: SitePair, site: Site, *commands: str,

@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ import pytest
 from foresync.link import wire as link_wire
 
 from .conftest import ServerProcess, StartServer, run_tool
-from .sites import MiB, Settings, SitePair, assert_pattern, open_site_pairs
+from .sites import MiB, Settings, SitePair, assert_pattern
 
 pytestmark = pytest.mark.integration
 
@@ -489,11 +489,6 @@ def link_attack(port: int, rng: random.Random, tally: Tally) -> None:
             refused = any(isinstance(m, link_wire.Refuse) for m in replies)
             tally.outcomes[f"{kind}:{outcome}{'+refuse' if refused else ''}"] += 1
 
-
-@pytest.fixture
-def make_pair(tmp_path: Path) -> Iterator[Callable[..., SitePair]]:
-    with open_site_pairs(tmp_path) as make:
-        yield make
 
 
 def started_pair(make_pair: Callable[..., SitePair], tmp_path: Path, secret: bool) -> SitePair:

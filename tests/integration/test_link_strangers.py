@@ -12,14 +12,13 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from foresync.link import wire
 
-from .sites import MiB, Settings, SitePair, open_site_pairs, run_tool
+from .sites import MiB, Settings, SitePair, run_tool
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +27,6 @@ SIZE = "64MiB"
 STRANGERS = 40
 IO_TIMEOUT_S = 10.0
 
-
-@pytest.fixture
-def make_pair(tmp_path: Path) -> Iterator[MakePair]:
-    with open_site_pairs(tmp_path) as make:
-        yield make
 
 
 def stranger_hello(volume_id: bytes, history: tuple[int, ...] = (12345,)) -> bytes:

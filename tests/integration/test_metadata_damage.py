@@ -11,7 +11,7 @@ a damaged record then gave "failback set 0 extents" and the copies stayed differ
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,6 @@ from .sites import (
     Site,
     SitePair,
     assert_pattern,
-    open_site_pairs,
     run_tool,
 )
 
@@ -37,11 +36,6 @@ EXTENTS = 64
 
 MakePair = Callable[..., SitePair]
 
-
-@pytest.fixture
-def make_pair(tmp_path: Path) -> Iterator[MakePair]:
-    with open_site_pairs(tmp_path) as make:
-        yield make
 
 
 def qemu_io(pair: SitePair, site: Site, *commands: str) -> None:

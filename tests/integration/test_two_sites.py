@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -23,7 +22,6 @@ from .sites import (
     SitePair,
     StatusPoller,
     assert_pattern,
-    open_site_pairs,
     run_tool,
 )
 
@@ -35,11 +33,6 @@ SEQ_BYTES = 2 * CAPACITY * MiB
 
 MakePair = Callable[..., SitePair]
 
-
-@pytest.fixture
-def make_pair(tmp_path: Path) -> Iterator[MakePair]:
-    with open_site_pairs(tmp_path) as make:
-        yield make
 
 
 def started_pair(make_pair: MakePair, settings: Settings | None = None) -> SitePair:

@@ -77,6 +77,8 @@ FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[obje
     MessageType.AUTH_RESPONSE: (wire.AuthResponse, (NONCES, NONCES)),
     MessageType.AUTH_PROOF: (wire.AuthProof, (NONCES,)),
     MessageType.STORAGE_FAILED: (wire.StorageFailed, (u8, u32, st.text(max_size=40))),
+    MessageType.RESYNC_SET: (wire.ResyncSet, (u64, st.lists(st.tuples(u32, u32), max_size=4).map(tuple))),
+    MessageType.RESYNC_SET_DURABLE: (wire.ResyncSetDurable, (u64,)),
 }
 STRATEGIES: dict[MessageType, st.SearchStrategy[wire.Message]] = {
     kind: st.builds(cls, *args) for kind, (cls, args) in FIELDS.items()

@@ -55,6 +55,9 @@ MESSAGES: list[wire.Message] = [
     wire.Ping(123456789),
     wire.Pong(U64),
     wire.ResyncDone(44),
+    wire.ResyncSet(1, ()),
+    wire.ResyncSet(U64, ((0, 1), (3, 0xFFFFFFFF))),
+    wire.ResyncSetDurable(7),
     wire.AuthChallenge(bytes(range(32))),
     wire.AuthResponse(b"\x01" * 32, b"\xff" * 32),
     wire.AuthProof(bytes(32)),
@@ -242,7 +245,7 @@ def test_frame_limit_can_change_between_messages() -> None:
         strict.next_message()
 
 
-@pytest.mark.parametrize("kind", [0, 21, 200, 255])
+@pytest.mark.parametrize("kind", [0, 23, 200, 255])
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):
@@ -262,6 +265,10 @@ TRUNCATED = [
     (MessageType.ZERO, struct.pack(">QQQBHI", 1, 0, 1, 0, 0, 1)),
     (MessageType.ZERO, struct.pack(">QQQBHI", 1, 0, 1, 0, 0, 0) + b"x"),
     (MessageType.ADDED, bytes(7)),
+    (MessageType.RESYNC_SET, bytes(11)),
+    (MessageType.RESYNC_SET, struct.pack(">QI", 1, 2) + bytes(8)),  # 2 runs, 1 there
+    (MessageType.RESYNC_SET, struct.pack(">QI", 1, 0) + bytes(1)),
+    (MessageType.RESYNC_SET_DURABLE, bytes(7)),
     (MessageType.ADDED, bytes(10)),
     (MessageType.APPLIED, bytes(7)),
     (MessageType.DURABLE, bytes(9)),

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from foresync.errors import LocalProtocolError
 from foresync.testing.proxy import DelayProxy
 
 DELAY_S = 0.020
@@ -133,6 +134,38 @@ def test_chunks_are_pipelined_not_delayed_one_after_another() -> None:
             assert 2 * DELAY_S - CLOCK_SLACK_S <= elapsed_s < 1.0
 
     run(body)
+
+
+def test_rate_limits_the_bandwidth_of_each_direction() -> None:
+    """4 MB at 10 MB/s takes at least 0.4 s to leave, in each direction (the echo's answer is
+    limited again on its way back, but overlaps); the bytes arrive intact. Without a rate the
+    same transfer is far faster (loopback), which shows the limit is what slows it."""
+    payload = os.urandom(4 * 1000 * 1000)
+
+    async def transfer(rate: float) -> float:
+        async with echo_server() as target, DelayProxy(target, delay_s=0.001,
+                                                       rate_bytes_per_s=rate) as proxy:
+            reader, writer = await asyncio.open_connection(*proxy.listen)
+            started = time.monotonic()
+            writer.write(payload)
+            received = await reader.readexactly(len(payload))
+            elapsed_s = time.monotonic() - started
+            writer.close()
+            assert received == payload
+            assert proxy.statistics().rate_bytes_per_s == rate
+            return elapsed_s
+
+    async def body() -> None:
+        limited_s = await transfer(10e6)
+        assert limited_s >= len(payload) / 10e6 - CLOCK_SLACK_S
+        assert await transfer(0) < limited_s
+
+    run(body)
+
+
+def test_a_negative_rate_is_refused() -> None:
+    with pytest.raises(LocalProtocolError, match="rate_bytes_per_s"):
+        DelayProxy(("127.0.0.1", 1), rate_bytes_per_s=-1)
 
 
 def test_cut_closes_connections_and_refuses_new_ones_until_restore() -> None:

@@ -33,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,7 @@ from foresync.journal.format import RecordState
 from foresync.link import wire
 from foresync.link.wire import FrameDecoder, WriteFlag, encode_frame
 from foresync.nbd.wire import Errno
+from foresync.record import runs
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
@@ -68,6 +70,8 @@ class Harness:
     fast: bool = True  # host writes try PrimaryCore.write_hit first, as the site does
     p_full: int | None = None  # the primary's disk is full: local writes land this many bytes
     s_full: bool = False  # the secondary's image refuses every write (ENOSPC)
+    slice_bytes: int = pcore.RESYNC_SLICE_BYTES  # resync work per pump (ResumeLater)
+    resync_window: int = pcore.RESYNC_WINDOW_BYTES  # resync bytes in flight
 
     p_img: bytearray = field(init=False)
     s_img: bytearray = field(init=False)
@@ -79,7 +83,8 @@ class Harness:
         self.p_durable = bytes(self.size)
         self.s_durable = bytes(self.size)
         config = Config(self.mode, self.size, self.extent_size, self.capacity, self.lookahead,
-                        self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults)
+                        self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults,
+                        resync_slice_bytes=self.slice_bytes, resync_window_bytes=self.resync_window)
         self.primary = PrimaryCore(config, self._read)
         self.secondary = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME,
                                        RecordState(), faults=self.faults)
@@ -94,6 +99,7 @@ class Harness:
         self.persisted_oos: list[set[int]] = []  # every out-of-sync set the primary persisted
         self._oos_by_token: dict[int, set[int]] = {}
         self.durable_oos: set[int] = set()  # the out-of-sync set as last made durable
+        self.new_copy = False  # the secondary is a new copy (its metadata says so) until RESYNC_DONE
         self.data_syncs: deque[tuple[int, bytes]] = deque()
         self.journal: list[bytes] = []
         self.commits: deque[int] = deque()  # journal commit targets started
@@ -180,6 +186,8 @@ class Harness:
                 self.oos.append(token)
                 self.persisted_oos.append(set(extents))
                 self._oos_by_token[token] = set(extents)
+            case pcore.ResumeLater():
+                self.primary.resume()
             case pcore.LinkFailed(reason):
                 assert reason and reason == self.primary.secondary_error, f"link failed: {reason}"
                 self.link_failures.append(reason)
@@ -281,8 +289,10 @@ class Harness:
                 self.closed_by_secondary.append(reason)
             case score.SyncData(through):
                 self.data_syncs.append((through, bytes(self.s_img)))
-            case score.ResyncStarted() | score.ResyncFinished():
-                pass  # consistency marks: the adapter persists them; nothing to do in memory
+            case score.ResyncFinished():
+                self.new_copy = False
+            case score.ResyncStarted():
+                pass  # a consistency mark: the adapter persists it; nothing to do in memory
             case _:
                 raise AssertionError(f"unknown secondary action {action!r}")
 
@@ -293,8 +303,9 @@ class Harness:
         ranges = self.committed_state.ranges.values()
         if (offset, length) in ranges:
             return
+        resync = self.committed_state.resync  # a resync pass's set covers its writes (issue 19)
         missing = [e for e in extents_of(offset, length, self.extent_size)
-                   if e not in self.committed_state.extents]
+                   if e not in self.committed_state.extents and not runs.contains(resync, e)]
         assert not missing, f"secondary wrote {offset}+{length}; {missing} not in the durable record"
 
     # -- completing I/O and delivering frames ------------------------------------------------------
@@ -532,7 +543,9 @@ class Harness:
                     # The primary's durable out-of-sync set counts once the link has dropped.
                     covered = extent in self.committed_state.extents or extent in self.durable_oos or any(
                         extent in extents_of(off, length, self.extent_size)
-                        for off, length in self.committed_state.ranges.values())
+                        for off, length in self.committed_state.ranges.values()
+                    ) or runs.contains(self.committed_state.resync, extent) \
+                        or self.new_copy
                     assert covered, f"{name} differ in extent {extent}, not in the durable record"
 
     def check_quiescent(self) -> None:
@@ -557,6 +570,155 @@ class Harness:
 
 
 # -- deterministic scenarios -----------------------------------------------------------------------
+
+
+def _primary_restarted_with_out_of_sync(h: Harness, extents: range) -> None:
+    """The primary wrote ``extents`` while cut off (they differ there) and restarted: they are
+    its stored out-of-sync set, to resync on the next connect."""
+    for extent in extents:
+        span = h._span(extent)
+        h.p_img[span] = bytes([extent + 1]) * (span.stop - span.start)
+    h.p_durable = bytes(h.p_img)
+    h.primary.restore_out_of_sync(set(extents))
+    h.durable_oos = set(extents)
+
+
+def test_a_resync_larger_than_the_record_streams_without_waiting_for_room() -> None:
+    """Issue 19: capacity 2, eight extents to resync. The pass starts with RESYNC_SET (all
+    eight), and every extent goes at once as a plain RESYNC write, with no MISS and no wait
+    for room in the record (which used to take one watermark round trip per extent)."""
+    h = Harness(capacity=2, lookahead=0, extents=12)
+    _primary_restarted_with_out_of_sync(h, range(2, 10))
+    h.connect()
+    sent = h.peek_to_secondary()
+    assert isinstance(sent[0], wire.ResyncSet) and sent[0].runs == ((2, 8),)
+    writes = [m for m in sent if isinstance(m, wire.Write)]
+    assert [m.offset // h.extent_size for m in writes] == list(range(2, 10))
+    assert all(m.flags == WriteFlag.RESYNC and m.budget == 0 for m in writes)
+    assert h.primary.out_of_sync == set(range(2, 10))  # until the set is durable there
+    h.deliver_to_secondary()
+    assert h.s_img == bytes(h.size), "resync data landed before its set was durable"
+    h.commit_start()
+    h.commit_done()
+    assert h.committed_state.resync == ((2, 8),) and not h.committed_state.extents
+    assert h.s_img == h.p_img
+    h.deliver_to_primary()
+    assert not h.primary.out_of_sync  # the secondary's journal covers them now
+    assert h.primary.failback_bound_extents() >= 8
+    h.settle()
+    h.check_quiescent()
+    assert h.committed_state.resync == ()  # cleared at RESYNC_DONE
+    assert h.primary.failback_bound_extents() == len(h.primary.record)
+
+
+def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() -> None:
+    """A new secondary reports a checksum per extent; the primary sweeps them all (one run in
+    RESYNC_SET, no per-extent list), a slice of one extent's work at a time (ResumeLater),
+    and sends only the three extents that differ."""
+    h = Harness(capacity=2, lookahead=0, extents=12, slice_bytes=16)
+    for extent in (1, 5, 11):
+        span = h._span(extent)
+        h.p_img[span] = bytes([9]) * (span.stop - span.start)
+    h.p_durable = bytes(h.p_img)
+    h.secondary.welcome_flags = wire.WelcomeFlag.NEW
+    h.new_copy = True
+    h.secondary.hashes = tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))
+    resumes = 0
+    original = h.primary.resume
+
+    def counted() -> None:
+        nonlocal resumes
+        resumes += 1
+        original()
+
+    h.primary.resume = counted  # type: ignore[method-assign]
+    h.connect()
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.counters.resync_bytes == 3 * h.extent_size - 3  # the last extent is short
+    assert resumes >= h.extents - 1, resumes
+    assert h.committed_state.resync == ()
+
+
+def test_a_resync_keeps_only_its_own_window_in_flight_so_host_writes_go_first() -> None:
+    """The resync may have ``resync_window_bytes`` in flight (two extents here), not the whole
+    link window: a host write made meanwhile goes out at once, behind two extents, not eight."""
+    h = Harness(capacity=2, lookahead=0, extents=12, resync_window=2 * 16)
+    _primary_restarted_with_out_of_sync(h, range(2, 10))
+    h.connect()
+    assert len([m for m in h.peek_to_secondary() if isinstance(m, wire.Write)]) == 2
+    h.write(0, 4)
+    last = h.peek_to_secondary()[-1]
+    assert isinstance(last, wire.Write) and not last.flags & WriteFlag.RESYNC and last.offset == 0
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.counters.resync_bytes == 8 * h.extent_size
+
+
+def test_the_resync_window_follows_twice_throughput_times_the_least_rtt() -> None:
+    config = Config(Mode.LOOKAHEAD, 1 << 30, 1 << 20, 16, 0, Eviction.LRU, VOLUME)
+    core = PrimaryCore(config, lambda offset, length: bytes(length))
+    assert core._resync_window == pcore.RESYNC_WINDOW_START_BYTES
+    core.observe_rtt(0.05)
+    core.observe_rtt(0.2)  # queued behind resync data: not the link's own delay
+    core._resync_unapplied.append((1, 1 << 20))  # the window is in use
+    core.tick(10.0)
+    core._on_applied(0)
+    core._resync_applied_bytes += 50_000_000  # 100 MB/s over the next half second
+    core.tick(10.5)
+    assert core._resync_window == 10_000_000  # 2 x 100 MB/s x 50 ms
+    core._resync_applied_bytes += 1_000_000_000
+    core.tick(11.0)
+    assert core._resync_window == pcore.RESYNC_WINDOW_BYTES  # capped
+    core.connected()  # a new session measures afresh
+    assert core._rtt_min_s == 0.0
+
+
+def test_resync_done_waits_for_the_primarys_own_flush() -> None:
+    """The resync data was read from the primary's page cache: RESYNC_DONE (which clears the
+    set there) goes only once a local flush covers it too, or a primary crash could leave a
+    difference nothing covers."""
+    h = Harness(capacity=2, lookahead=0, extents=6)
+    _primary_restarted_with_out_of_sync(h, range(0, 4))
+    h.connect()
+    for _ in range(5):
+        while h.deliver_to_secondary() or h.commit_start() or h.commit_done() or h.data_sync_done() \
+                or h.deliver_to_primary():
+            pass
+        h.timer()
+    assert h.durable_delivered >= max(h.resync_seqs)
+    assert not any(isinstance(m, wire.ResyncDone) for m in h.peek_to_secondary())
+    assert h.committed_state.resync == ((0, 4),)
+    h.settle()
+    h.check_quiescent()
+    assert h.committed_state.resync == ()
+
+
+def test_a_disconnect_before_the_set_is_durable_keeps_the_out_of_sync_set() -> None:
+    h = Harness(capacity=2, lookahead=0, extents=6)
+    _primary_restarted_with_out_of_sync(h, range(0, 4))
+    h.connect()
+    h.primary.disconnected("cut")
+    h.pump()
+    assert h.primary.out_of_sync == set(range(4))
+    assert h.primary.unsynced_extents() >= set(range(4))
+
+
+def test_the_secondary_reports_an_unfinished_resync_set_and_journals_it_in_checkpoints() -> None:
+    state = RecordState(resync=((3, 2),))
+    secondary = SecondaryCore(12 * 16, 16, 0, VOLUME, state)
+    secondary.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 12 * 16, 16, 1))
+    (welcome,) = [a.message for a in secondary.actions() if isinstance(a, score.Send)]
+    assert isinstance(welcome, wire.Welcome) and welcome.stale == (3, 4)
+    image = jfmt.encode_header(VOLUME) + jfmt.encode_checkpoint(state)
+    assert jfmt.replay(image).state.resync == ((3, 2),)
+
+
+def test_a_resync_set_outside_the_volume_is_refused() -> None:
+    secondary = SecondaryCore(12 * 16, 16, 0, VOLUME, RecordState())
+    with pytest.raises(RemoteProtocolError, match="outside the volume"):
+        secondary.receive(wire.ResyncSet(1, ((10, 3),)))
+
 
 
 def test_a_sequential_stream_extends_the_record_ahead_instead_of_missing() -> None:

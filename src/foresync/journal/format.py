@@ -16,7 +16,11 @@ Entries follow, back to back:
         RANGE (3)      u64 seq, u64 offset, u64 length: a large zero/trim that may differ until done
         RANGE_DONE (4) u64 seq
         CHECKPOINT (5) u32 n, n x u32 extents, u32 m, m x (u64 seq, u64 offset, u64 length)
-A checkpoint is the whole record; a journal is rewritten as header + one checkpoint when it grows.
+        RESYNC_SET (6) u32 n, n x (u32 first, u32 count): runs of extents joining the resync set,
+                       extents a resync pass may change here, outside the record (issue 19)
+        RESYNC_CLEAR (7) (no body) the resync pass is complete and durable: the set is empty
+A checkpoint is the whole record; a journal is rewritten as header + one checkpoint (followed by
+one RESYNC_SET when a pass is running) when it grows.
 
 Replay applies entries in order and stops at the first entry that is incomplete, fails its CRC
 or does not parse. Then it decides what the bad bytes are (``classify_stop``):
@@ -55,6 +59,7 @@ import google_crc32c
 
 from foresync.errors import JournalCorruption, invariant
 from foresync.faults import NO_FAULTS, Faults
+from foresync.record.runs import Runs, normalise, union
 
 MAGIC = b"FSJOURN1"
 VERSION = 1
@@ -74,6 +79,8 @@ class EntryKind(IntEnum):
     RANGE = 3
     RANGE_DONE = 4
     CHECKPOINT = 5
+    RESYNC_SET = 6
+    RESYNC_CLEAR = 7
 
 
 @dataclass
@@ -82,6 +89,7 @@ class RecordState:
 
     extents: set[int] = field(default_factory=set)
     ranges: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (offset, length)
+    resync: Runs = ()  # the running resync pass's set, as runs (record/runs.py)
 
 
 def crc32c(data: bytes) -> int:
@@ -133,11 +141,21 @@ def encode_range_done(seq: int) -> bytes:
     return _entry(bytes([EntryKind.RANGE_DONE]) + U64.pack(seq))
 
 
+def encode_resync_set(runs: Runs) -> bytes:
+    flat = [value for run in runs for value in run]
+    return _entry(bytes([EntryKind.RESYNC_SET]) + U32.pack(len(runs)) + struct.pack(f">{len(flat)}I", *flat))
+
+
+def encode_resync_clear() -> bytes:
+    return _entry(bytes([EntryKind.RESYNC_CLEAR]))
+
+
 def encode_checkpoint(state: RecordState) -> bytes:
+    """The whole state: one CHECKPOINT entry, then the resync set (if any) as a RESYNC_SET."""
     ranges = sorted(state.ranges.items())
     body = bytes([EntryKind.CHECKPOINT]) + _u32_list(sorted(state.extents)) + U32.pack(len(ranges))
     body += b"".join(RANGE.pack(seq, off, length) for seq, (off, length) in ranges)
-    return _entry(body)
+    return _entry(body) + (encode_resync_set(state.resync) if state.resync else b"")
 
 
 def _read_list(body: bytes, pos: int) -> tuple[list[int], int]:
@@ -146,6 +164,15 @@ def _read_list(body: bytes, pos: int) -> tuple[list[int], int]:
     if end > len(body):
         raise ValueError("extent list runs past the entry")
     return list(struct.unpack_from(f">{count}I", body, pos + 4)), end
+
+
+def _read_list2(body: bytes, pos: int) -> tuple[list[int], int]:
+    """A u32 count of pairs, then the pairs' u32 values, flattened."""
+    (count,) = U32.unpack_from(body, pos)
+    end = pos + 4 + 8 * count
+    if end > len(body):
+        raise ValueError("run list runs past the entry")
+    return list(struct.unpack_from(f">{2 * count}I", body, pos + 4)), end
 
 
 def apply_entry(state: RecordState, body: bytes) -> None:
@@ -171,6 +198,12 @@ def apply_entry(state: RecordState, body: bytes) -> None:
             ranges[seq] = (offset, length)
         state.extents = set(extents)
         state.ranges = ranges
+        state.resync = ()  # a RESYNC_SET follows the checkpoint when a pass was running
+    elif kind == EntryKind.RESYNC_SET:
+        flat, _ = _read_list2(body, 1)
+        state.resync = union(state.resync, normalise(zip(flat[::2], flat[1::2], strict=True)))
+    elif kind == EntryKind.RESYNC_CLEAR:
+        state.resync = ()
     else:
         raise ValueError(f"unknown journal entry kind {kind}")
 

@@ -38,6 +38,9 @@ LIST(x) is a u32 count followed by that many x.
     STORAGE_FAILED  u8 area (StorageArea), u32 errno (Linux numbering), UTF-8 detail (the rest):
                 the secondary could not write its image or metadata; it acknowledges nothing
                 more on this connection and closes it (the primary treats the link as lost)
+    RESYNC_SET      u64 set id, u32 n, n x (u32 first extent, u32 count): extents a resync pass may
+                    change outside the record; journal them, then answer RESYNC_SET_DURABLE
+    RESYNC_SET_DURABLE  u64 set id: that resync set is durable in the secondary's journal
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import google_crc32c
 from foresync.errors import RemoteProtocolError, invariant
 from foresync.gather import Parts, add_part, join
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); a version-1 peer is refused by name
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
@@ -64,6 +67,7 @@ ZERO = struct.Struct(">QQQBHI")
 SEQ = struct.Struct(">Q")
 RANGE = struct.Struct(">QQQ")
 VERIFY = struct.Struct(">QII")
+RUN = struct.Struct(">II")
 COUNT = struct.Struct(">I")
 NONCE_BYTES = MAC_BYTES = 32
 AUTH_CHALLENGE = struct.Struct(">32s")
@@ -97,6 +101,8 @@ class MessageType(IntEnum):
     AUTH_RESPONSE = 18
     AUTH_PROOF = 19
     STORAGE_FAILED = 20
+    RESYNC_SET = 21
+    RESYNC_SET_DURABLE = 22
 
 
 _WRITE_KIND = int(MessageType.WRITE)
@@ -264,6 +270,17 @@ class StorageFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncSet:
+    set_id: int
+    runs: tuple[tuple[int, int], ...]  # (first extent, count), normalised (record/runs.py)
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncSetDurable:
+    set_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuthChallenge:
     nonce: bytes
 
@@ -281,7 +298,7 @@ class AuthProof:
 
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
            | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
-           | AuthProof | StorageFailed)
+           | AuthProof | StorageFailed | ResyncSet | ResyncSetDurable)
 
 
 def _u32s(values: tuple[int, ...]) -> bytes:
@@ -373,6 +390,11 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
             return MessageType.PONG, SEQ.pack(ts)
         case ResyncDone(seq):
             return MessageType.RESYNC_DONE, SEQ.pack(seq)
+        case ResyncSetDurable(set_id):
+            return MessageType.RESYNC_SET_DURABLE, SEQ.pack(set_id)
+        case ResyncSet(set_id, runs):
+            flat = [value for run in runs for value in run]
+            return MessageType.RESYNC_SET, SEQ.pack(set_id) + COUNT.pack(len(runs)) + _u32s(tuple(flat))
         case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos):
             head = HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
             return MessageType.HELLO, head + _list("Q", history) + _list("I", oos)
@@ -496,6 +518,13 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         hashes = reader.take("Q")
         reader.finish()
         return Welcome(volume_id, epoch, applied, record, ranges, flags, stale, hashes)
+    if message_type is MessageType.RESYNC_SET:
+        if len(payload) < SEQ.size + COUNT.size:
+            raise RemoteProtocolError("RESYNC_SET payload shorter than its fixed part")
+        (set_id,), (count,) = SEQ.unpack_from(payload), COUNT.unpack_from(payload, SEQ.size)
+        _exact(payload, SEQ.size + COUNT.size + RUN.size * count, "RESYNC_SET")
+        flat = struct.unpack_from(f">{2 * count}I", payload, SEQ.size + COUNT.size)
+        return ResyncSet(set_id, tuple(zip(flat[::2], flat[1::2], strict=True)))
     if message_type is MessageType.VERIFY:
         _exact(payload, VERIFY.size, "VERIFY")
         return Verify(*VERIFY.unpack(payload))
@@ -542,13 +571,14 @@ def _write_with(head: bytes, data: bytes) -> Write:
     return Write(seq, offset, flags, budget, removals, data)
 
 
-_SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | ResyncDone]] = {
+_SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | ResyncDone | ResyncSetDurable]] = {
     MessageType.APPLIED: Applied,
     MessageType.DURABLE: Durable,
     MessageType.SYNC: Sync,
     MessageType.PING: Ping,
     MessageType.PONG: Pong,
     MessageType.RESYNC_DONE: ResyncDone,
+    MessageType.RESYNC_SET_DURABLE: ResyncSetDurable,
 }
 
 

@@ -47,16 +47,22 @@ class Refused:
     split_brain: bool = False
 
 
-def screen_hello(hello: wire.Hello, ours: Identity, faults: Faults = NO_FAULTS) -> Admitted | Refused:
-    """Decide on a HELLO without changing anything."""
+def geometry_problems(hello: wire.Hello, size: int, extent_size: int) -> list[str]:
+    """Why a HELLO cannot be for our volume whatever its identity: protocol, size, extent size."""
     problems = []
     if hello.version != wire.PROTOCOL_VERSION:
         problems.append(f"protocol version {hello.version}, we speak {wire.PROTOCOL_VERSION}")
-    if hello.size != ours.size:
-        problems.append(f"volume size {hello.size} bytes differs from ours, {ours.size} bytes")
-    if hello.extent_size != ours.extent_size:
+    if hello.size != size:
+        problems.append(f"volume size {hello.size} bytes differs from ours, {size} bytes")
+    if hello.extent_size != extent_size:
         problems.append(f"extent size {hello.extent_size} bytes differs from ours, "
-                        f"{ours.extent_size} bytes")
+                        f"{extent_size} bytes")
+    return problems
+
+
+def screen_hello(hello: wire.Hello, ours: Identity, faults: Faults = NO_FAULTS) -> Admitted | Refused:
+    """Decide on a HELLO without changing anything."""
+    problems = geometry_problems(hello, ours.size, ours.extent_size)
     if problems:
         text = "; ".join(problems)
         return Refused(text, text)

@@ -21,6 +21,13 @@ failed writes touched is reported as stale at the next WELCOME. Every such exten
 without that: in the durable record (a hit, or a miss whose ADD was committed before its data),
 or in the primary's out-of-sync set (a miss or range never answered, or anything not yet durable
 here in async mode). Until the next connection nothing the primary sends is acted on.
+
+Resync (issue 19): a pass starts with RESYNC_SET, the extents it may change here outside the
+record. They are journaled as one entry (runs, not one record slot each), and RESYNC_SET_DURABLE
+goes back only once that entry is durable: only then may the primary stop counting them in its
+own out-of-sync set. Every effect after it waits for the same commit, so no resync data lands
+before the set that covers it is durable. The set is cleared at RESYNC_DONE, which the primary
+sends once every extent of the pass is durable on both sites.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
+from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of, predict
+from foresync.replication.admission import geometry_problems
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -190,9 +199,16 @@ class SecondaryCore:
                     raise RemoteProtocolError(f"VERIFY of extents {first}+{count} is outside the volume")
                 self._effect(self._synced_or_pending(), self.applied_seq + 1,
                              HashExtents(request, first, count))
+            case wire.ResyncSet(set_id, runs):
+                self._on_resync_set(set_id, runs)
             case wire.ResyncDone(seq):
                 # In order behind every effect before it, and reported once a data sync
                 # covers seq (the adapter waits for that before marking the image consistent).
+                # The primary sends it once the whole pass is durable on both sites, so the
+                # resync set may go (a lost clear only leaves it larger).
+                if self.state.resync:
+                    self.state.resync = ()
+                    self._append(jfmt.encode_resync_clear())
                 self._effect(self._synced_or_pending(), seq, ResyncFinished(seq))
                 self.resyncing = False
                 self._undo_saved.clear()
@@ -307,16 +323,10 @@ class SecondaryCore:
     # -- handling --------------------------------------------------------------------------------
 
     def _on_hello(self, hello: wire.Hello) -> None:
-        problems = []
-        if hello.version != wire.PROTOCOL_VERSION:
-            problems.append(f"protocol version {hello.version}, we speak {wire.PROTOCOL_VERSION}")
+        problems = geometry_problems(hello, self.size, self.extent_size)
         if hello.volume_id != self.volume_id:
             # Never our own identity: the peer may be a stranger (admission.py screens first).
             problems.append(f"volume identity {hello.volume_id.hex()} is not ours")
-        if hello.size != self.size:
-            problems.append(f"volume size {hello.size} bytes differs from ours, {self.size} bytes")
-        if hello.extent_size != self.extent_size:
-            problems.append(f"extent size {hello.extent_size} bytes differs from ours, {self.extent_size} bytes")
         if problems:
             self._actions.append(Send(wire.Refuse("; ".join(problems))))
             return
@@ -327,15 +337,34 @@ class SecondaryCore:
         # least those seqs: a new op must never reuse one, or finishing the old range would
         # clear the new one.
         applied = max(self.applied_seq, max(self.state.ranges, default=0))
-        # Extents whose writes failed or were dropped here (storage_failed) may differ too.
-        stale = tuple(sorted(self.failed_extents.union(self.stale))) if self.failed_extents else self.stale
         welcome = wire.Welcome(self.volume_id, self.epoch, applied,
                                tuple(sorted(self.state.extents)), ranges, self.welcome_flags,
-                               stale, self.hashes)
+                               self.stale_extents(), self.hashes)
         # Only a durable record may be reported: the primary trusts every extent in it (it may
         # drop an extent from its out-of-sync set because the record covers it), so wait for the
         # journal to commit any add still in flight.
         self._effect(self._appended, self.applied_seq + 1, Send(welcome))
+
+    def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
+        for first, count in runs:
+            if count < 1 or first + count > self.extent_count:
+                raise RemoteProtocolError(f"RESYNC_SET run of extents {first}+{count} is outside the volume")
+        added = extent_runs.normalise(runs)
+        self.state.resync = extent_runs.union(self.state.resync, added)
+        self._append(jfmt.encode_resync_set(added))
+        self._reply_after(self._appended, self.applied_seq + 1, wire.ResyncSetDurable(set_id))
+
+    def stale_extents(self) -> tuple[int, ...]:
+        """What WELCOME reports beyond the record: the adapter's stale extents, extents whose
+        writes failed or were dropped here (``storage_failed``), and the resync set of a pass
+        that did not finish (not listed for a new or inconsistent copy: the primary compares
+        every extent of those anyway)."""
+        extra = set(self.failed_extents)
+        if not self.welcome_flags and self.state.resync:
+            extra.update(extent_runs.expand(self.state.resync))
+        if not extra:
+            return self.stale
+        return tuple(sorted(extra.union(self.stale)))
 
     def _on_write(self, message: wire.Write) -> None:
         self._check_range(message.offset, len(message.data))

@@ -68,7 +68,7 @@ class PrimarySite:
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max,
             ),
-            read=backend.read_unless_hole,
+            read=backend.read_unless_hole, is_hole=backend.is_hole,
         )
         # The core's clock starts with ours: until the first timer tick it would read 0, and an
         # op made to wait then would look (at that tick) as if it had waited since boot: EIO.
@@ -225,6 +225,14 @@ class PrimarySite:
                     self.link.abort(reason)
             case core_mod.BecomeSecondary(history):
                 self._step_down_for(history)
+            case core_mod.ResumeLater():
+                # After the callbacks already ready (link frames, NBD requests, the admin
+                # endpoint): a long resync never holds the event loop for more than a slice.
+                asyncio.get_running_loop().call_soon(self._resume_resync)
+
+    def _resume_resync(self) -> None:
+        self.core.resume()
+        self.pump()
 
     def _persist_out_of_sync(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
         try:
@@ -268,6 +276,7 @@ class PrimarySite:
     def _on_message(self, message: wire.Message) -> None:
         if isinstance(message, wire.Pong):
             self.link_rtt_s = max(0.0, (time.monotonic_ns() - message.timestamp_ns) / 1e9)
+            self.core.observe_rtt(self.link_rtt_s)
         self.core.receive(message)
         if isinstance(message, wire.StorageFailed):
             self._log_secondary_error()
@@ -358,6 +367,9 @@ class PrimarySite:
             failures = self.core.counters.secondary_storage_errors
             self.core.connected()
             self.pump()
+            # A round trip measured now, before any resync data queues on the link, is the link's
+            # own delay: the resync window is tuned from it (PrimaryCore.observe_rtt).
+            proto.send(wire.Ping(time.monotonic_ns()))
             reason = await proto.closed
             # A session that never got past HELLO (refused: wrong size, extent size, identity)
             # fails the same way on every retry; without a pause we would redial in a tight loop.
@@ -601,7 +613,7 @@ class PrimarySite:
             "security": self.security.describe(),
             "split_brain": self.core.split_brain,
             "verify": self.core.verify_progress(),
-            "failback_bound_bytes": (s.record_extents + s.out_of_sync_extents) * self.cfg.extent_size,
+            "failback_bound_bytes": self.core.failback_bound_extents() * self.cfg.extent_size,
             "out_of_sync_extents": s.out_of_sync_extents,
             "full_resync_pending": self.core.full_resync_pending,
             "metadata_damage": self.metadata_damage,

@@ -21,6 +21,7 @@ from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal, move_aside
 from foresync.journal.undo import UndoLog, roll_back
+from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of
 from foresync.replication.roles import new_epoch_id
 from foresync.site import JOURNAL_FILE, SiteMeta, load_oos, store, store_oos
@@ -39,9 +40,10 @@ def extent_count(cfg: SiteConfig) -> int:
 
 def failback_set(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> set[int]:
     """Every extent where this secondary may differ from the primary it follows (claim 8):
-    the durable record, pending large ranges, and extents already known stale. With
-    ``meta.metadata_damage`` that is every extent (``promote`` stores it as "everything")."""
-    extents = set(state.extents) | set(meta.stale)
+    the durable record, pending large ranges, extents already known stale, and the set of a
+    resync pass that did not finish (issue 19). With ``meta.metadata_damage`` that is every
+    extent (``promote`` stores it as "everything")."""
+    extents = set(state.extents) | set(meta.stale) | set(extent_runs.expand(state.resync))
     for offset, length in state.ranges.values():
         extents.update(extents_of(offset, length, cfg.extent_size))
     return extents

@@ -32,6 +32,7 @@ from foresync.journal.undo import UndoLog
 from foresync.link import wire
 from foresync.logctx import LogBudget
 from foresync.nbd.server import bind_listener, keep_freed_heap
+from foresync.record import runs as extent_runs
 from foresync.replication import secondary as core_mod
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.secondary import SecondaryCore
@@ -626,7 +627,8 @@ class SecondarySite:
                         and self.meta.consistent and not self.meta.new and not self.meta.metadata_damage),
             "record": {"extents": s.record_extents, "capacity": self.cfg.capacity,
                        "extent_size_bytes": self.cfg.extent_size},
-            "worst_case_divergence_bytes": (s.record_extents * self.cfg.extent_size),
+            "worst_case_divergence_bytes": ((s.record_extents + extent_runs.count(self.core.state.resync))
+                                            * self.cfg.extent_size),
             "counters": {"writes": s.writes_applied, "record_hits": 0, "record_misses": 0,
                          "resync_bytes": 0, "storage_errors": s.storage_errors},
             "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},  # the primary measures lag

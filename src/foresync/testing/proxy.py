@@ -18,6 +18,11 @@ loop spin, re-arming, burning CPU the endpoints need. An absolute whole-millisec
 never early on either loop, so a chunk arrives at most a millisecond late, never early (the
 release still checks the clock, in case a loop runs on another one).
 
+A bandwidth limit (``rate_bytes_per_s``, 0 for none) models the link's bottleneck: each
+direction sends one chunk after another at that rate, so a chunk's last byte leaves at
+``max(receipt, previous chunk's departure) + len / rate`` and arrives ``delay`` later. A WAN of
+1 Gb/s and 6.5 ms RTT is ``rate_bytes_per_s=125e6, delay_s=0.00325``.
+
 Buffering is bounded (TIGER_STYLE: a bound on every queue). The bytes a pipe holds, its queue plus
 the sink transport's write buffer, stay under ``high_water_bytes``: past it the pipe stops reading
 its source, so TCP flow control pushes back on the sender; it reads again once the total is down
@@ -32,7 +37,8 @@ Half-close is forwarded: an EOF is queued like data and delivered as ``write_eof
 delay, and once both directions have delivered theirs both transports close. A side lost any
 other way (a reset, an error) aborts its partner at once.
 
-CLI: ``python -m foresync.testing.proxy --listen 127.0.0.1:P --target 127.0.0.1:Q --delay-ms 5``.
+CLI: ``python -m foresync.testing.proxy --listen 127.0.0.1:P --target 127.0.0.1:Q --delay-ms 5
+[--rate 125MB]``.
 SIGUSR1 cuts, SIGUSR2 restores, SIGINT and SIGTERM stop it. Scripts wait for its stderr lines,
 so they are an interface: ``delay proxy listening on HOST:PORT -> ...`` once it accepts (with
 ``--listen HOST:0`` that is how to learn the port), then ``proxy: cut: connections aborted`` and
@@ -73,6 +79,7 @@ class ProxyStatistics:
     bytes_to_client: int
     held_bytes_max: int  # the most one pipe held at once (queue + sink write buffer)
     read_pauses_total: int  # times a pipe stopped reading because it held too much
+    rate_bytes_per_s: float = 0.0  # the bandwidth limit per direction, 0 for none
 
 
 @dataclass(slots=True)
@@ -97,6 +104,7 @@ class _Pipe:
         self._queue: deque[tuple[float, bytes | None]] = deque()  # (release_at, data); None = EOF
         self._queued_bytes = 0
         self._last_release_s = 0.0
+        self._departed_s = 0.0  # when the last chunk finished leaving at the rate limit
         self._timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self.eof_delivered = False
@@ -104,7 +112,11 @@ class _Pipe:
     def push(self, data: bytes | None) -> None:
         """Queue a chunk (or, with None, the EOF) read from the source just now."""
         now = time.monotonic()
-        release_at = max(now + self._proxy.delay_s, self._last_release_s)
+        proxy = self._proxy
+        departs = now
+        if proxy.rate_bytes_per_s and data:
+            departs = self._departed_s = max(now, self._departed_s) + len(data) / proxy.rate_bytes_per_s
+        release_at = max(departs + proxy.delay_s, self._last_release_s)
         self._last_release_s = release_at
         self._queue.append((release_at, data))
         if data is not None:
@@ -304,7 +316,10 @@ class DelayProxy:
 
     def __init__(self, target: tuple[str, int], delay_s: float = 0.0,
                  listen: tuple[str, int] = ("127.0.0.1", 0),
-                 high_water_bytes: int = DEFAULT_HIGH_WATER_BYTES) -> None:
+                 high_water_bytes: int = DEFAULT_HIGH_WATER_BYTES, rate_bytes_per_s: float = 0.0) -> None:
+        if not rate_bytes_per_s >= 0:
+            raise LocalProtocolError(f"rate_bytes_per_s = {rate_bytes_per_s}: must be >= 0 (0: no limit)")
+        self.rate_bytes_per_s = float(rate_bytes_per_s)
         if high_water_bytes < 2:
             raise LocalProtocolError(f"high_water_bytes = {high_water_bytes}: must be at least 2")
         self.target = target
@@ -375,7 +390,7 @@ class DelayProxy:
         c = self._counters
         return ProxyStatistics(self.delay_s, self.is_cut, len(self._pairs), c.connections_total,
                                c.connections_refused, c.bytes_to_target, c.bytes_to_client,
-                               c.held_bytes_max, c.read_pauses_total)
+                               c.held_bytes_max, c.read_pauses_total, self.rate_bytes_per_s)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # Tracked, and cancelled and awaited by aclose: no task outlives the proxy.
@@ -398,6 +413,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", required=True, metavar="HOST:PORT", help="address to forward to")
     parser.add_argument("--delay-ms", type=float, default=0.0, metavar="MS",
                         help="one-way delay added in each direction (RTT grows by twice this)")
+    parser.add_argument("--rate", default="0", metavar="SIZE",
+                        help="bandwidth limit per direction in bytes/s, e.g. 125MB (default 0: none)")
     parser.add_argument("--high-water", default="16MiB", metavar="SIZE",
                         help="bytes held per direction before reading pauses (default 16MiB)")
     args = parser.parse_args(argv)
@@ -405,6 +422,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.listen = parse_hostport(args.listen, "--listen")
         args.target = parse_hostport(args.target, "--target")
         args.high_water = parse_size(args.high_water, "--high-water")
+        args.rate = parse_size(args.rate, "--rate")
     except ConfigError as exc:
         parser.error(str(exc))
     if args.delay_ms < 0:
@@ -415,14 +433,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    async with DelayProxy(args.target, args.delay_ms / 1000, args.listen, args.high_water) as proxy:
+    async with DelayProxy(args.target, args.delay_ms / 1000, args.listen, args.high_water, args.rate) as proxy:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _logged(proxy.cut_nowait, "cut: connections aborted"))
         loop.add_signal_handler(signal.SIGUSR2, _logged(proxy.restore_nowait, "restored"))
         host, port = proxy.listen
         print(f"delay proxy listening on {host}:{port} -> {args.target[0]}:{args.target[1]}, "
-              f"one-way delay {args.delay_ms:g} ms", file=sys.stderr, flush=True)
+              f"one-way delay {args.delay_ms:g} ms" + (f", rate {args.rate} bytes/s" if args.rate else ""),
+              file=sys.stderr, flush=True)
         await stop.wait()
         log.info("proxy: stopping (%s)", proxy.statistics())
 

@@ -7,8 +7,9 @@ heal, a crash or restart of either site, or a full disk (either site's image, or
 journal) until it is freed again. After each step the actions of both cores are carried out,
 then the invariants are checked:
 
-1. the secondary's durable record (plus durable pending ranges and the primary's durable
-   out-of-sync set) covers every extent where the two durable images differ (not in async mode).
+1. the secondary's durable record (plus durable pending ranges, the durable resync set of a
+   running pass and the primary's durable out-of-sync set) covers every extent where the two
+   durable images differ (not in async mode).
    "Durable" means what a restart would believe from the bytes on disk, through the real
    ``journal.format.assess`` and ``oos_format.restore``: metadata damage (a flipped byte anywhere
    in the journal, a deleted journal or out-of-sync store) must widen (every extent), never
@@ -40,6 +41,7 @@ from foresync.journal import oos_format
 from foresync.journal.format import RecordState
 from foresync.journal.oos_format import OutOfSync
 from foresync.link import wire
+from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
@@ -86,6 +88,7 @@ class _Primary:
     core: PrimaryCore
     flushes: deque[int] = field(default_factory=deque)
     oos_persists: deque[tuple[int, tuple[int, ...], bool]] = field(default_factory=deque)
+    resume_due: bool = False  # the core asked to be resumed (ResumeLater)
 
 
 @dataclass(slots=True)
@@ -108,6 +111,10 @@ class World:
         self.capacity = rng.randint(4, max(5, self.extent_count // 2))
         self.lookahead = rng.randint(0, 4)
         self.eviction = rng.choice([Eviction.LRU, Eviction.GENERATIONS])
+        # A resync yields to the loop after this much work (ResumeLater): sometimes after every
+        # few extents, so passes are interleaved with host writes and faults mid-slice.
+        self.resync_slice_bytes = rng.choice([self.extent_size, 3 * self.extent_size, 1 << 26])
+        self.resync_window_bytes = rng.choice([self.extent_size, 2 * self.extent_size, 1 << 24])
         self.max_write = (self.capacity - 1) * self.extent_size
         self.schedule: list[str] = []
         self.now = 0.0
@@ -197,6 +204,8 @@ class World:
             mode=self.mode, size=self.size, extent_size=self.extent_size, capacity=self.capacity,
             lookahead=self.lookahead, eviction=self.eviction, volume_id=VOLUME_ID,
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
+            resync_slice_bytes=self.resync_slice_bytes,
+            resync_window_bytes=self.resync_window_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
         core = PrimaryCore(config, read=self.pdisk.read)
         site = self.roles["primary"]
@@ -248,6 +257,8 @@ class World:
             choices.append((1.5, "primary_flush"))
         if p is not None and p.oos_persists:
             choices.append((1.5, "oos_persist"))
+        if p is not None and p.resume_due:
+            choices.append((3.0, "resume"))
         if s is not None and s.commits:
             choices.append((2.0, "journal_commit"))
         if s is not None and s.syncs:
@@ -418,6 +429,11 @@ class World:
         self.oos_all[self.roles["primary"]] = everything
         self.primary.core.out_of_sync_persisted(token)
 
+    def _ev_resume(self) -> None:
+        assert self.primary is not None
+        self.primary.resume_due = False
+        self.primary.core.resume()
+
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
         target = self.secondary.commits.popleft()
@@ -578,7 +594,7 @@ class World:
             self._start_secondary(RecordState())
             return
         durable = assessed.state  # cached: give the core its own copy to change
-        self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges)))
+        self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
 
     def _ev_promote(self) -> None:
         """Failover (claim 7): the secondary becomes primary of a new epoch; its durable record
@@ -598,6 +614,7 @@ class World:
         failback = set(range(self.extent_count)) if everything else set()
         if state is not None:
             failback.update(state.extents)
+            failback.update(extent_runs.expand(state.resync))
             for offset, length in state.ranges.values():
                 failback.update(extents_of(offset, length, self.extent_size))
         self.promotions += 1
@@ -628,7 +645,8 @@ class World:
                 break
             events = [e for e, ready in ((self._ev_deliver_p2s, self.p2s), (self._ev_deliver_s2p, self.s2p),
                                          (self._ev_primary_flush, p.flushes),
-                                         (self._ev_oos_persist, p.oos_persists)) if ready]
+                                         (self._ev_oos_persist, p.oos_persists),
+                                         (self._ev_resume, p.resume_due)) if ready]
             s = self.secondary
             if s is not None and s.commits:
                 events.append(self._ev_journal_commit)
@@ -765,6 +783,8 @@ class World:
                 op = self.host_ops.pop(op_id, None)
                 if op is not None and errno == 0:
                     self._acked(op)
+                elif op is not None and op.kind != "flush":
+                    self._failed(op)
             case pcore.FlushLocal(ticket):
                 p.flushes.append(ticket)
             case pcore.PersistOutOfSync(token, extents, everything):
@@ -773,6 +793,8 @@ class World:
                 if not reason or reason != p.core.secondary_error:
                     raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
                 self._disconnect(reason)  # the secondary reported a storage failure
+            case pcore.ResumeLater():
+                p.resume_due = True
 
     def _acked(self, op: _HostOp) -> None:
         # Only what ran start to finish on one unbroken connection carries sync mode's promise;
@@ -791,6 +813,17 @@ class World:
             self.sector_acked[sector] = max(self.sector_acked.get(sector, 0), version)
         if op.fua:
             self._promise((sector, version) for sector in sectors)
+
+    def _failed(self, op: _HostOp) -> None:
+        """A write the host was told failed (ENOSPC, EIO) may have landed in part, as on any
+        disk: its sectors hold no promised version any more, on either site, until a later
+        write to them succeeds."""
+        self._op_version.pop(op.op_id, None)
+        for sector in range(op.offset // SECTOR, (op.offset + op.length) // SECTOR):
+            self.sector_promised.pop(sector, None)
+            self.sector_acked.pop(sector, None)
+            for snapshot in self._flush_snapshots.values():
+                snapshot.pop(sector, None)
 
     def _promise(self, items: Iterable[tuple[int, int]]) -> None:
         for sector, version in items:
@@ -880,6 +913,7 @@ class World:
         if state is None or self.widened[self.roles["secondary"]]:
             return everything  # a restart would trust no record: every extent is compared
         covered = set(state.extents)
+        covered.update(extent_runs.expand(state.resync))  # a resync pass's set (issue 19)
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
         # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
@@ -957,6 +991,8 @@ class World:
                 events.append(self._ev_primary_flush)
             if p.oos_persists:
                 events.append(self._ev_oos_persist)
+            if p.resume_due:
+                events.append(self._ev_resume)
             if s.commits:
                 events.append(self._ev_journal_commit)
             if s.syncs:
