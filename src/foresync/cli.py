@@ -118,14 +118,19 @@ def main(log_level: str) -> None:
                    "(the layout qemu and libnbd use). Plain nbd:// clients are refused.")
 @click.option("--tls-verify-client", is_flag=True,
               help="With --tls-dir: also demand a client certificate signed by ca-cert.pem.")
+@click.option("--trace", "trace_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Record every request (time, op, offset, length, flags; no data) to FILE, "
+                   "for foresync tune. Format: foresync/nbd/trace.py.")
 def serve(data_path: str, size: str, listen: str, export_name: str, read_only: bool,
           max_connections: int, max_in_flight: int, max_in_flight_size: str, max_option_size: str,
           handshake_timeout: float, idle_timeout: float, tls_dir: str | None,
-          tls_verify_client: bool) -> None:
+          tls_verify_client: bool, trace_path: str | None) -> None:
     """Serve a file or block device over NBD, without replication."""
     from foresync import tls
     from foresync.nbd.handshake import ExportInfo
     from foresync.nbd.server import NbdServer, ServerLimits
+    from foresync.nbd.target import NbdTarget
+    from foresync.nbd.tracing import TraceWriter, TracingTarget
     from foresync.storage.file_backend import FileBackend
     from foresync.storage.local_target import LocalTarget
 
@@ -143,6 +148,7 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
             max_option_bytes=parse_size(max_option_size, "--max-option-size"),
             handshake_timeout_s=handshake_timeout, idle_timeout_s=idle_timeout)
         backend = FileBackend(data_path, size_bytes, read_only=read_only)
+        writer = TraceWriter(trace_path, size_bytes) if trace_path else None
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -150,7 +156,10 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
         target = LocalTarget(backend)
         export = ExportInfo(name=export_name, size=size_bytes, read_only=read_only,
                             description=f"foresync volume {data_path}")
-        server = NbdServer(target, export, limits, tls=tls_ctx)
+        served: NbdTarget = target
+        if writer is not None:
+            served = TracingTarget(target, writer)
+        server = NbdServer(served, export, limits, tls=tls_ctx)
         bound_host, bound_port = await server.start(host, port)
         scheme = "nbds" if tls_ctx else "nbd"
         click.echo(f"serving {data_path} as {scheme}://{bound_host}:{bound_port}/{export_name}", err=True)
@@ -165,6 +174,9 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
         run_async(serve_until_stopped)
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {listen}: {exc.strerror or exc}") from None
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="SITE.toml",
@@ -606,6 +618,72 @@ def demo(keep: bool, delay_ms: int, standalone: bool) -> None:
     from foresync.demo import run_demo
 
     sys.exit(run_demo(keep=keep, delay_ms=delay_ms))
+
+
+FDATASYNC_S = 0.005  # what tune adds to the round trip before a write is clean (record/replay.py)
+
+
+def _duration_s(text: str, what: str) -> float:
+    """``10ms``, ``0.5s`` or a bare number of milliseconds."""
+    try:
+        if text.endswith("ms"):
+            value = float(text[:-2]) / 1e3
+        elif text.endswith("us"):
+            value = float(text[:-2]) / 1e6
+        elif text.endswith("s"):
+            value = float(text[:-1])
+        else:
+            value = float(text) / 1e3
+    except ValueError:
+        raise click.BadParameter(f"expected a duration such as 10ms, got {text!r}", param_hint=what) from None
+    if value <= 0:
+        raise click.BadParameter(f"must be positive, got {text!r}", param_hint=what)
+    return value
+
+
+@main.command()
+@click.option("--trace", "trace_path", required=True, metavar="FILE",
+              help="A trace from foresync serve --trace or [nbd] trace (raw, .xz or .gz).")
+@click.option("--bound", default=None, metavar="SIZE",
+              help="Failback bound to fit: capacity x extent size (default: 1/16 of the volume).")
+@click.option("--rtt", default="10ms", show_default=True, metavar="DURATION",
+              help="Round trip to the secondary: what a miss costs.")
+@click.option("--qd", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Writes the host keeps in flight, for the IOPS ceiling.")
+@click.option("--png", "png_path", metavar="FILE", help="Draw the miss-ratio curve here (needs matplotlib).")
+@click.option("--all", "show_all", is_flag=True, help="List every configuration tried, not the best 12.")
+def tune(trace_path: str, bound: str | None, rtt: str, qd: int, png_path: str | None, show_all: bool) -> None:
+    """Replay a trace through the record code and recommend a [record] configuration."""
+    from foresync import tune as tuning
+
+    rtt_s = _duration_s(rtt, "--rtt")
+    try:
+        volume_size, writes = tuning.load_trace(trace_path)
+        bound_bytes = parse_size(bound, "--bound") if bound else volume_size // 16
+        report = tuning.sweep(volume_size, writes, bound_bytes, clean_lag_s=rtt_s + FDATASYNC_S,
+                              progress=lambda line: log.debug("replayed: %s", line))
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{trace_path}: {len(writes)} writes on a {format_size(volume_size)} volume; "
+               f"bound {format_size(bound_bytes)} ({bound_bytes / volume_size:.1%} of the volume), "
+               f"RTT {rtt_s * 1e3:g} ms, QD {qd}")
+    for line in tuning.render_table(report, rtt_s, qd, limit=len(report.results) if show_all else 12):
+        click.echo(line)
+    click.echo("")
+    for line in tuning.render_claims(report):
+        click.echo(line)
+    click.echo("")
+    for line in tuning.render_curve(report):
+        click.echo(line)
+    if png_path:
+        try:
+            tuning.draw_png(report, trace_path.rsplit("/", 1)[-1], png_path)
+        except ImportError:
+            raise click.ClickException("--png needs matplotlib: pip install 'foresync[tune]'") from None
+        click.echo(f"curve drawn in {png_path}")
+    click.echo("\nrecommended (both sites):")
+    for line in tuning.recommend(report):
+        click.echo("  " + line)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from foresync.errors import ConfigError
+from foresync.record.predict import PREDICTORS
 from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
 from foresync.units import parse_hostport, parse_size
@@ -59,6 +60,8 @@ class SiteConfig:
     link_max_frame_bytes: int = 33 * 1024 * 1024
     admin_token_file: str | None = None
     log_format: str = "text"  # [log] format: text | json; only the CLI acts on it
+    nbd_trace: str | None = None  # record every NBD request here (nbd/trace.py)
+    predictor: str = "next"  # record/predict.py PREDICTORS
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -135,10 +138,11 @@ def _bool(value: Any, section: str, key: str) -> bool:
 KNOWN_KEYS: dict[str, set[str]] = {
     "volume": {"name", "data", "size", "meta"},
     "nbd": {"listen", "export", "tls_dir", "tls_verify_client", "max_connections", "max_in_flight",
-            "max_in_flight_size", "max_option_size", "handshake_timeout", "idle_timeout"},
+            "max_in_flight_size", "max_option_size", "handshake_timeout", "idle_timeout", "trace"},
     "link": {"listen", "peer", "mode", "window", "heartbeat", "timeout", "on_disconnect",
              "block_timeout", "resync_rate_max", "secret_file", "tls_dir", "max_frame_size"},
-    "record": {"extent_size", "capacity", "lookahead", "eviction", "watermark_interval"},
+    "record": {"extent_size", "capacity", "bound", "lookahead", "eviction", "predictor",
+               "watermark_interval"},
     "admin": {"listen", "token_file"},
     "log": {"format"},
 }
@@ -157,6 +161,24 @@ def _check_keys(doc: dict[str, Any], path: str) -> None:
                     close = difflib.get_close_matches(key, known, n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
+
+
+def _capacity(record: dict[str, Any], extent_size: int) -> int:
+    """``capacity`` in extents, or derived from ``bound``: the most a failback may copy, in bytes
+    (capacity x extent_size). Both may be given only if they agree."""
+    bound = _get(record, "record", "bound")
+    capacity = _get(record, "record", "capacity")
+    if bound is None:
+        return _int(1024 if capacity is None else capacity, "record", "capacity", 1)
+    bound_bytes = parse_size(bound, "[record] bound")
+    derived = bound_bytes // extent_size
+    if derived * extent_size != bound_bytes:
+        raise ConfigError(f"[record] bound = {bound!r}: not a multiple of [record] extent_size "
+                          f"({extent_size} bytes)")
+    if capacity is not None and _int(capacity, "record", "capacity", 1) != derived:
+        raise ConfigError(f"[record] bound = {bound!r} and capacity = {capacity} disagree: the bound "
+                          f"at this extent_size is {derived} extents; give only one of them")
+    return derived
 
 
 def load(path: str) -> SiteConfig:
@@ -189,14 +211,14 @@ def load(path: str) -> SiteConfig:
         raise ConfigError("[volume] size must be greater than zero")
     if extent_size < 4096 or extent_size & (extent_size - 1):
         raise ConfigError(f"[record] extent_size = {extent_size}: must be a power of two, at least 4096")
-    capacity = _int(_get(record, "record", "capacity", 1024), "record", "capacity", 1)
+    capacity = _capacity(record, extent_size)
     lookahead = _int(_get(record, "record", "lookahead", 4), "record", "lookahead", 0)
     if capacity < 2:
         raise ConfigError(f"[record] capacity = {capacity}: must be at least 2 extents")
     if capacity > 65535:
         raise ConfigError(f"[record] capacity = {capacity}: at most 65535 extents")
     mode = Mode(_choice(_get(link, "link", "mode", "lookahead"), "link", "mode", [m.value for m in Mode]))
-    eviction = Eviction(_choice(_get(record, "record", "eviction", "generations"), "record", "eviction",
+    eviction = Eviction(_choice(_get(record, "record", "eviction", "s3fifo"), "record", "eviction",
                                 [e.value for e in Eviction]))
     window = parse_size(_get(link, "link", "window", "64MiB"), "[link] window")
     if window < MAX_WRITE_BYTES:
@@ -235,6 +257,8 @@ def load(path: str) -> SiteConfig:
         capacity=capacity,
         lookahead=lookahead,
         eviction=eviction,
+        predictor=_choice(_get(record, "record", "predictor", "next"), "record", "predictor",
+                          sorted(PREDICTORS)),
         watermark_interval_s=_float(_get(record, "record", "watermark_interval", 0.05), "record",
                                     "watermark_interval"),
         admin_listen=admin_listen,
@@ -258,4 +282,5 @@ def load(path: str) -> SiteConfig:
         link_max_frame_bytes=max_frame,
         admin_token_file=admin_token_file,
         log_format=_choice(_get(log_table, "log", "format", "text"), "log", "format", ["text", "json"]),
+        nbd_trace=optional_path(nbd, "nbd", "trace"),
     )

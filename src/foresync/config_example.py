@@ -49,6 +49,7 @@ listen = "{nbd}"        # served only while this site is the primary
 # max_option_size = "64KiB"
 # handshake_timeout = 30.0       # seconds
 # idle_timeout = 60.0            # seconds
+# trace = "nbd.trace"            # record every NBD request here, for `foresync tune`
 
 [link]
 listen = "{link}"         # where the other site dials this one
@@ -67,8 +68,10 @@ mode = "lookahead"               # lookahead | sync | async: the same on both si
 [record]
 extent_size = "1MiB"             # the same on both sites; a power of two >= 4096
 capacity = 1024                  # extents: the failback copies at most capacity x extent_size
+# bound = "1GiB"                 # or the same limit in bytes (capacity = bound / extent_size)
 lookahead = 4                    # extents predicted beyond each miss
-# eviction = "generations"       # generations | lru
+# predictor = "next"             # next | history: the same on both sites
+# eviction = "s3fifo"            # s3fifo | generations | lru
 # watermark_interval = 0.05      # seconds
 
 [admin]

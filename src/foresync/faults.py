@@ -15,6 +15,7 @@ class Faults:
     evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
+    s3fifo_evicts_dirty: bool = False  # record: the s3fifo policy chooses extents still dirty
     admit_strangers: bool = False  # secondary: a HELLO of another volume may take the session over
     damage_taken_for_torn_tail: bool = False  # journal replay: cut damage off like a torn append
     missing_metadata_taken_as_empty: bool = False  # a missing journal or out-of-sync store: empty

@@ -14,6 +14,7 @@ from typing import Any
 
 from foresync.config import SiteConfig
 from foresync.errors import ConfigError
+from foresync.record.estimate import advice
 from foresync.units import format_size
 
 BAR_WIDTH = 30
@@ -116,6 +117,10 @@ def render(name: str, doc: dict[str, Any]) -> str:
         ratio = f"{cnt['record_hits'] / classified:.1%}" if classified else "n/a"
         lines.append(f"  writes   {writes}  hits {cnt['record_hits']}  misses {cnt['record_misses']}  "
                      f"hit ratio {ratio}")
+        if doc["mode"] != "async":
+            estimates = {int(c): m for c, m in rec.get("miss_ratio_estimate", {}).items()}
+            missed = cnt["record_misses"] / writes if writes else None
+            lines.append("  " + advice(rec["capacity"], extent, missed, estimates))
         lines.append(f"  lag      {format_size(lag.get('bytes', 0))} in {lag.get('writes', 0)} writes, "
                      f"{lag.get('seconds', 0.0):.2f} s")
         if doc.get("out_of_sync_extents"):

@@ -52,6 +52,8 @@ def test_a_stranger_hello_is_refused_without_touching_the_healthy_link(make_pair
     pair = make_pair(Settings(size=SIZE, capacity=16, lookahead=2))
     pair.init_both()
     pair.start_both()
+    # After the initial sync: writes during it are covered by its resync set, not the record.
+    pair.wait_in_sync()
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 4M", pair.nbd_url], context=pair.logs())
     primary_before, _ = pair.wait_in_sync()
     ours = pair.primary.site_json()["volume_id"]

@@ -8,12 +8,16 @@ requires the invariant checkers to catch it within the same seed budget.
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 
+from foresync.errors import StorageError
 from foresync.faults import Faults
+from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
 from foresync.testing.sim import SimConfig, SimFailure, World
+from foresync.testing.sim.disk import SECTOR, SimDisk
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "300"))
 FIRST = int(os.environ.get("SIM_SEED", "0"))
@@ -27,7 +31,14 @@ def _replay(seed: int, extra: str = "") -> str:
 # when the simulator's event mix does, so these guard the fix only as long as it stays the same;
 # the unit test named with each is the lasting guard).
 REGRESSION_SEEDS = {
+    1625: "invariant 6 kept the failback set after the promoted site lost its out-of-sync store "
+          "(test_a_failback_after_the_promoted_site_lost_its_out_of_sync_store_copies_everything)",
+    2840: "a full disk left half a version stamp in a sector, which invariant 5 took for a lost "
+          "promise (test_a_write_to_a_full_disk_lands_whole_sectors)",
     130307: "a host write hid a pending resync (test_a_host_write_does_not_clear_a_pending_resync)",
+    373: "a flipped length byte of the journal's last RESYNC_SET read as a torn tail: the resync set "
+         "was lost (test_journal.py::test_every_flipped_byte_around_resync_entries_is_damage)",
+    435: "the same, in the RESYNC_SET that follows a rewritten journal's checkpoint",
 }
 
 
@@ -40,19 +51,93 @@ def test_regression_seeds(seed: int) -> None:
         pytest.fail(f"seed {seed} ({REGRESSION_SEEDS[seed]}): {failure}\n  replay: {_replay(seed)}")
 
 
+def _scripted(seed: int = 1) -> World:
+    """A world whose faults come only from the test: it starts connected and idle."""
+    return World(seed, SimConfig(mode=Mode.LOOKAHEAD, crash_weight=0))
+
+
+def _connect_and_drain(world: World) -> None:
+    world._ev_connect()
+    world._settle()
+    while world.p2s or world.s2p:
+        if world.p2s:
+            world._ev_deliver_p2s()
+        if world.s2p:
+            world._ev_deliver_s2p()
+        world._settle()
+
+
+def test_a_failback_after_the_promoted_site_lost_its_out_of_sync_store_copies_everything() -> None:
+    """Seed 1625: B is promoted (failback set: its record), A steps down, then B crashes and its
+    out-of-sync store is lost. B restarts widened ("everything", issue 12), so the failback pass
+    rightly copies every extent; invariant 6 must measure it against that widened set, not the
+    failback set the lost store held."""
+    world = _scripted()
+    world._ev_crash_primary()
+    world.oos_stores["A"], world.oos_all["A"] = set(), False  # A's own store stays intact
+    world._ev_promote()
+    assert world.roles["primary"] == "B"
+    world._ev_restart_secondary()  # A meets B and steps down, handing over nothing
+    assert world.failback is not None and world.meta_roles["A"] == "secondary"
+    assert not world.failback["set"] and not world.failback["old_oos"]
+    world._ev_crash_primary()
+    world.oos_stores["B"] = None
+    world._ev_restart_primary()
+    assert world.primary is not None and world.primary.core.full_resync_pending
+    world._finish()  # the failback pass: every extent, then RESYNC_DONE checks invariant 6
+    assert world.failback is None, "invariant 6 was never checked"
+    assert any("flags=1" in event and "Hello" in event for event in world.schedule)
+
+
+def test_a_secondary_adopts_its_primarys_epoch_history() -> None:
+    """Like SecondarySite._accept_hello: after two switchovers the site promoted last extends
+    the history it adopted as a secondary, rather than branching from its own older one (which
+    the real admission policy would refuse as a split brain)."""
+    world = _scripted()
+    for promoted in ("B", "A", "B"):
+        world._ev_switchover()
+        assert world.roles["primary"] == promoted
+        _connect_and_drain(world)
+    assert world.histories["B"] == (1, 1001, 1002, 1003)
+    assert world.histories["A"] == world.histories["B"]
+
+
+def test_a_write_to_a_full_disk_lands_whole_sectors() -> None:
+    """Seed 2840: a short write on a full filesystem stops at a block boundary, so each sector
+    holds all of one write's version or none of it (invariant 5 reads versions per sector)."""
+    old, new = b"\x11" * SECTOR * 8, b"\x22" * SECTOR * 6
+    landed = set()
+    for draw in range(200):
+        disk = SimDisk(len(old))
+        disk.write(0, old)
+        disk.full = random.Random(draw)
+        with pytest.raises(StorageError):
+            disk.write(SECTOR, new)
+        image = bytes(disk.current)
+        sectors = [image[i:i + SECTOR] for i in range(0, len(image), SECTOR)]
+        assert all(sector in (old[:SECTOR], new[:SECTOR]) for sector in sectors), draw
+        count = sum(sector == new[:SECTOR] for sector in sectors)
+        assert image == old[:SECTOR] + new[:count * SECTOR] + old[(count + 1) * SECTOR:], draw
+        landed.add(count)
+    assert landed == set(range(6)), "a full disk should land every prefix of whole sectors"
+
+
 def test_seeds_keep_every_invariant() -> None:
     failures = []
     modes: dict[str, int] = {}
+    policies: dict[str, int] = {}
     for seed in range(FIRST, FIRST + SEEDS):
         world = World(seed)
         modes[world.mode.value] = modes.get(world.mode.value, 0) + 1
+        policies[world.eviction.value] = policies.get(world.eviction.value, 0) + 1
         try:
             world.run()
         except SimFailure as failure:
             failures.append(f"seed {seed} ({world.describe()}): {failure}\n  replay: {_replay(seed)}")
     assert not failures, f"{len(failures)} of {SEEDS} seeds failed:\n" + "\n".join(failures[:10])
-    # Swarm testing only means something if every mode was actually drawn.
+    # Swarm testing only means something if every mode and every policy was actually drawn.
     assert set(modes) == {m.value for m in Mode}, modes
+    assert set(policies) == {e.value for e in Eviction}, policies
 
 
 def test_seeds_exercise_faults() -> None:
@@ -88,7 +173,9 @@ def test_seeds_exercise_faults() -> None:
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))
 def test_simulator_catches_a_deliberate_bug(fault: str) -> None:
-    config = SimConfig(mode=Mode.LOOKAHEAD, faults=Faults(**{fault: True}))
+    # A policy's own bug shows only under that policy.
+    eviction = Eviction.S3FIFO if fault == "s3fifo_evicts_dirty" else None
+    config = SimConfig(mode=Mode.LOOKAHEAD, faults=Faults(**{fault: True}), eviction=eviction)
     for seed in range(FIRST, FIRST + SEEDS):
         try:
             World(seed, config).run()

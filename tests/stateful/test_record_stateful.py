@@ -2,7 +2,9 @@
 
 The model is a list of (extent, generation) in order of adding, the number of the generation new
 extents join, and a dict of each extent's latest write seq. Eviction is recomputed from the
-model's definitions (claims 15-16) and compared with what the record chooses.
+model's definitions (claims 15-16) and compared with what the record chooses. For ``s3fifo``,
+whose order depends on its queues, the model checks what any policy must do: exactly the
+shortfall, every one a clean member outside ``keep``, and None only when there are too few.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ class RecordMachine(RuleBasedStateMachine):
     def _model_free(self) -> int:
         return self.capacity - len(self.order) - self.reserved
 
-    def _model_choice(self, needed: int) -> list[int] | None:
+    def _model_choice(self, needed: int, keep: frozenset[int]) -> list[int] | None:
         shortfall = needed - self._model_free()
         if shortfall <= 0:
             return []
+        if self.eviction is Eviction.S3FIFO:
+            usable = [e for e, _ in self.order if self._clean(e) and e not in keep]
+            return None if len(usable) < shortfall else usable  # the candidates, in any order
         if self.eviction is Eviction.LRU:
             clean = [e for e, _ in self.order if self._clean(e)]
             return clean[:shortfall] if len(clean) >= shortfall else None
@@ -120,14 +125,21 @@ class RecordMachine(RuleBasedStateMachine):
         self.record.remove(extents)
         self.order = [(e, g) for e, g in self.order if e not in extents]
 
-    @rule(needed=st.integers(0, 12))
-    def evict(self, needed: int) -> None:
-        chosen = self.record.choose_evictions(needed, self.clean_through)
-        expected = self._model_choice(needed)
-        assert chosen == expected
+    @rule(needed=st.integers(0, 12), keep=st.frozensets(UNIVERSE, max_size=3))
+    def evict(self, needed: int, keep: frozenset[int]) -> None:
+        if self.eviction is not Eviction.S3FIFO:
+            keep = frozenset()  # the claimed policies' models ignore keep
+        chosen = self.record.choose_evictions(needed, self.clean_through, keep)
+        expected = self._model_choice(needed, keep)
+        if self.eviction is Eviction.S3FIFO and chosen is not None and expected is not None:
+            assert len(chosen) == needed - self._model_free() or (chosen == [] == expected)
+            assert set(chosen) <= set(expected), "chose a dirty, kept or absent extent"
+        else:
+            assert chosen == expected
         if chosen is None:
             return
         assert all(self._clean(e) for e in chosen), "a dirty extent was chosen"
+        assert not keep & set(chosen), "a kept extent was chosen"
         assert len(set(chosen)) == len(chosen)
         if self.eviction is Eviction.GENERATIONS:
             # Whole generations only: every member of a touched generation goes.

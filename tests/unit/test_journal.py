@@ -522,6 +522,38 @@ def test_a_length_field_flip_in_the_last_entry_is_damage() -> None:
     assert replayed.damage is not None and "length field" in replayed.damage
 
 
+@pytest.mark.parametrize("tail", [
+    fmt.encode_resync_set(((7, 8),)),
+    fmt.encode_resync_set(((0, 3), (9, 2))) + fmt.encode_add([4]),
+    fmt.encode_add([4]) + fmt.encode_resync_clear(),
+    fmt.encode_resync_clear() + fmt.encode_resync_set(((5, 1),)),
+], ids=["resync-set-last", "resync-set-then-add", "resync-clear-last", "resync-clear-then-set"])
+def test_every_flipped_byte_around_resync_entries_is_damage(tail: bytes) -> None:
+    """Issue 19's entries are whole, committed entries like any other: a flipped byte in one
+    (its length field too) is damage, never a torn tail that drops the resync set while the
+    primary has already let those extents go from its out-of-sync set (simulator seeds 373, 435:
+    a length byte of the last RESYNC_SET flipped read as "cut short", and the pass was lost)."""
+    whole = fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState({3}, {}, ((20, 4),))) + tail
+    assert fmt.assess(whole, VOLUME).doubt is None
+    for index in range(fmt.HEADER.size, len(whole)):
+        for pattern in (0x01, 0x80, 0x5A, 0xFF):
+            data = bytearray(whole)
+            data[index] ^= pattern
+            assessed = fmt.assess(bytes(data), VOLUME)
+            assert assessed.doubt is not None, (index, pattern)
+
+
+def test_a_torn_resync_set_append_is_still_a_torn_tail() -> None:
+    """The structural length of RESYNC_SET and RESYNC_CLEAR must not turn a real tear of them
+    into damage: the file cut anywhere inside the last entry keeps the prefix, no doubt."""
+    head = fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState({3}, {}))
+    for last in (fmt.encode_resync_set(((1, 2), (6, 3))), fmt.encode_resync_clear()):
+        for cut in range(1, len(last)):
+            assessed = fmt.assess(head + last[:cut], VOLUME)
+            assert assessed.doubt is None, (last, cut)
+            assert assessed.replay is not None and assessed.replay.valid_end == len(head)
+
+
 def test_a_header_without_a_checkpoint_is_damage() -> None:
     replayed = fmt.replay(fmt.encode_header(VOLUME))
     assert replayed.damage is not None and "no checkpoint" in replayed.damage

@@ -68,6 +68,7 @@ class Harness:
     allow_failures: bool = False  # a test that expects an op to fail (EIO after a bounded wait)
     faults: Faults = NO_FAULTS
     fast: bool = True  # host writes try PrimaryCore.write_hit first, as the site does
+    predictor: str = "next"  # both sites' (record/predict.py)
     p_full: int | None = None  # the primary's disk is full: local writes land this many bytes
     s_full: bool = False  # the secondary's image refuses every write (ENOSPC)
     slice_bytes: int = pcore.RESYNC_SLICE_BYTES  # resync work per pump (ResumeLater)
@@ -84,10 +85,11 @@ class Harness:
         self.s_durable = bytes(self.size)
         config = Config(self.mode, self.size, self.extent_size, self.capacity, self.lookahead,
                         self.eviction, VOLUME, window_bytes=self.window_bytes, faults=self.faults,
-                        resync_slice_bytes=self.slice_bytes, resync_window_bytes=self.resync_window)
+                        resync_slice_bytes=self.slice_bytes, resync_window_bytes=self.resync_window,
+                        predictor=self.predictor)
         self.primary = PrimaryCore(config, self._read)
         self.secondary = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME,
-                                       RecordState(), faults=self.faults)
+                                       RecordState(), faults=self.faults, predictor=self.predictor)
         self.to_s: deque[bytes] = deque()
         self.to_p: deque[bytes] = deque()
         self.s_decoder = FrameDecoder()
@@ -1275,11 +1277,13 @@ def _run(h: Harness, steps: list[tuple[object, ...]]) -> None:
        capacity=st.integers(4, 7),
        lookahead=st.integers(0, 3),
        fast=st.booleans(),
+       predictor=st.sampled_from(["next", "history"]),
        steps=st.lists(STEP, min_size=20, max_size=80))
 @settings(max_examples=200, deadline=None)
 def test_random_schedules(mode: Mode, eviction: Eviction, capacity: int, lookahead: int, fast: bool,
-                          steps: list[tuple[object, ...]]) -> None:
-    _run(Harness(mode=mode, eviction=eviction, capacity=capacity, lookahead=lookahead, fast=fast), steps)
+                          predictor: str, steps: list[tuple[object, ...]]) -> None:
+    _run(Harness(mode=mode, eviction=eviction, capacity=capacity, lookahead=lookahead, fast=fast,
+                 predictor=predictor), steps)
 
 
 class _Recording(Harness):
@@ -1703,3 +1707,20 @@ def test_verify_progress_reports_bytes_a_rate_and_offsets() -> None:
     done = core.verify_progress()
     assert done["done_bytes"] == 160 and done["mismatched_extents"] == [2]
     assert done["mismatched_offsets"] == [32]
+
+
+def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_once() -> None:
+    """Issue 14, item 4: evictions wait for clean extents, and extents turn clean only when the
+    watermark passes them; asking for it when free slots run short, not at the next timer tick,
+    shortens the wait of the misses that follow."""
+    h = _Recording(capacity=8, lookahead=0)
+    h.connect()
+    for extent in range(7):
+        h.write(extent * h.extent_size, 4)
+        h.deliver_to_secondary()
+        h.run_io()
+        h.deliver_to_primary()
+    assert h.primary.record.free() == 1
+    h.sent.clear()
+    h.write(7 * h.extent_size, 4)  # the miss taking the last free slot (the low mark is 8 // 8)
+    assert any(isinstance(m, wire.Sync) for m in h.sent), h.sent

@@ -65,6 +65,23 @@ def test_security_line_says_what_is_on_and_what_is_not() -> None:
             "for changes") in text
 
 
+def test_status_says_in_one_line_which_capacity_brings_misses_under_5_percent() -> None:
+    doc = _primary()  # 50 misses in 200 writes: 25%
+    doc["record"]["miss_ratio_estimate"] = {"20": 0.4, "80": 0.09, "160": 0.04, "320": 0.01}
+    lines = [line for line in render("vol0", doc).splitlines() if "record:" in line]
+    assert lines == ["  record: 25.0% of writes miss at capacity 40: too small; capacity 160 "
+                     "(160 MiB failback bound) would bring misses to 4.0%"]
+
+
+def test_metrics_export_the_estimates_by_capacity() -> None:
+    from foresync.admin.metrics import SiteMetrics
+
+    doc = _primary()
+    doc["record"]["miss_ratio_estimate"] = {"20": 0.4, "80": 0.09}
+    text = SiteMetrics("vol0", lambda: doc).render().decode()
+    assert 'foresync_record_miss_ratio_estimate{capacity="80",volume="vol0"} 0.09' in text
+
+
 def test_a_site_that_cannot_write_is_said_plainly() -> None:
     doc = _primary(secondary_error="the secondary could not write its image: no space (errno 28)")
     doc["counters"]["storage_errors"] = 3

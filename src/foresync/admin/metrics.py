@@ -73,6 +73,12 @@ class _StatusCollector(Collector):
         yield gauge("foresync_record_extents", "Extents in the record.", record["extents"])
         yield gauge("foresync_record_capacity_extents", "Most extents the record may hold.",
                     record["capacity"])
+        estimate = GaugeMetricFamily("foresync_record_miss_ratio_estimate",
+                                     "Miss ratio the record would have at this capacity (extents), "
+                                     "estimated live from sampled writes.", labels=["volume", "capacity"])
+        for capacity, ratio in record.get("miss_ratio_estimate", {}).items():
+            estimate.add_metric([self._volume, str(capacity)], ratio)
+        yield estimate
         bound = doc.get("failback_bound_bytes", record["extents"] * extent)
         yield gauge("foresync_failback_bound_bytes",
                     "Most bytes a failback would copy now (record plus out-of-sync extents).", bound)

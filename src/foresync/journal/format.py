@@ -280,6 +280,10 @@ def _structural_length(data: bytes, start: int) -> int | None:
             count = int(U32.unpack_from(data, start + 1)[0])
             ranges = int(U32.unpack_from(data, start + 5 + 4 * count)[0])
             return 9 + 4 * count + RANGE.size * ranges
+        if kind == EntryKind.RESYNC_SET:
+            return 5 + 8 * int(U32.unpack_from(data, start + 1)[0])
+        if kind == EntryKind.RESYNC_CLEAR:
+            return 1
     except struct.error:
         return None
     return None

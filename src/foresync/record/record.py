@@ -11,8 +11,9 @@ The record is bounded by ``capacity``. Before a miss goes out, the primary reser
 extents the secondary may add (the touched ones plus the predicted ones), evicting clean extents
 if needed: ``lru`` removes the least-recently-added ones one at a time (claim 15); ``generations``
 groups additions into generations of ``generation_size`` extents in order of adding and removes a
-whole generation once every extent in it is clean (claim 16). When nothing is clean the miss waits
-for the watermark; the record never overflows and never drops a dirty extent.
+whole generation once every extent in it is clean (claim 16); ``s3fifo`` (the default, not a
+claimed policy) follows recency and frequency of writes (eviction.py). When nothing is clean the
+miss waits for the watermark; the record never overflows and never drops a dirty extent.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from foresync.errors import LocalProtocolError, invariant
+from foresync.record.eviction import S3Fifo
 
 # A latest-write seq above any real one: "dirty until resynced". An extent marked so stays dirty
 # whatever host writes it gets meanwhile, until its resync data is sent (``resynced``): a host
@@ -30,8 +32,9 @@ UNSENT = 1 << 62
 
 
 class Eviction(Enum):
-    LRU = "lru"
-    GENERATIONS = "generations"
+    LRU = "lru"  # least-recently-added (claim 15)
+    GENERATIONS = "generations"  # whole generations in order of adding (claim 16)
+    S3FIFO = "s3fifo"  # recency and frequency of writes (eviction.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +44,20 @@ class RecordStatistics:
     reserved: int
     generations: int
     evicted_total: int
+    ghosts: int = 0  # s3fifo: extents recently evicted and remembered
+    ghost_hits: int = 0  # s3fifo: additions of an extent evicted too early
 
 
 class RecordCopy:
-    def __init__(self, capacity: int, eviction: Eviction, generation_size: int | None = None) -> None:
+    def __init__(self, capacity: int, eviction: Eviction, generation_size: int | None = None,
+                 evict_dirty: bool = False) -> None:
         if capacity < 1:
             raise LocalProtocolError("record capacity must be at least 1")
         self.capacity = capacity
         self.eviction = eviction
+        # The policy's queues; None for the claimed policies, which need only the order of adding.
+        self._s3 = S3Fifo(capacity) if eviction is Eviction.S3FIFO else None
+        self._evict_dirty = evict_dirty  # faults.s3fifo_evicts_dirty: deliberately wrong
         self.generation_size = generation_size or max(1, capacity // 8)
         self._generation_of: dict[int, int] = {}  # extent -> generation; dict order = order added
         self._generations: dict[int, set[int]] = {}  # generation -> its extents; oldest first
@@ -60,7 +69,7 @@ class RecordCopy:
     def __len__(self) -> int:
         return len(self._generation_of)
 
-    def __contains__(self, extent: int) -> bool:
+    def __contains__(self, extent: object) -> bool:
         return extent in self._generation_of
 
     def extents(self) -> list[int]:
@@ -77,6 +86,9 @@ class RecordCopy:
         """``seq`` wrote ``extents`` (or, with ``UNSENT``, they await a resync). An ``UNSENT``
         mark stays until ``resynced``."""
         last = self._last_seq
+        if self._s3 is not None and seq != UNSENT:
+            extents = tuple(extents)
+            self._s3.written(extents, seq)
         for extent in extents:
             if last.get(extent) != UNSENT:
                 last[extent] = seq
@@ -115,6 +127,8 @@ class RecordCopy:
                 group = self._generations[self._current] = set()
             group.add(extent)
             self._generation_of[extent] = self._current
+            if self._s3 is not None:
+                self._s3.added(extent)
         invariant(len(self._generation_of) <= self.capacity,
                   f"record holds {len(self._generation_of)} extents, capacity {self.capacity}")
 
@@ -123,6 +137,8 @@ class RecordCopy:
             generation = self._generation_of.pop(extent, None)
             if generation is None:
                 continue
+            if self._s3 is not None:
+                self._s3.removed(extent)
             group = self._generations[generation]
             group.discard(extent)
             if not group:
@@ -130,11 +146,22 @@ class RecordCopy:
 
     def replace(self, extents: Iterable[int]) -> None:
         """Adopt the secondary's record wholesale (after a connect), as one old generation."""
+        s3 = self._s3
+        if s3 is not None:
+            for extent in self._generation_of:
+                s3.removed(extent)
         self._generation_of.clear()
         self._generations.clear()
         self.reserved = 0
         self._current += 1
-        self.add(sorted(extents))
+        adopted = sorted(extents)
+        self._s3 = None  # not new additions: queued below as old ones, no ghost consulted
+        try:
+            self.add(adopted)
+        finally:
+            self._s3 = s3
+        if s3 is not None:
+            s3.adopted(adopted)
         self._current += 1
 
     def forget_clean(self, clean_through: int) -> None:
@@ -157,6 +184,11 @@ class RecordCopy:
         if shortfall <= 0:
             return []
         chosen: list[int] = []
+        if self._s3 is not None:
+            last, members = self._last_seq, self._generation_of
+            if self._evict_dirty:
+                return self._s3.choose(shortfall, members.__contains__, keep)  # see faults.py
+            return self._s3.choose(shortfall, lambda e: last.get(e, 0) <= clean_through, keep)
         if self.eviction is Eviction.LRU:
             for extent in self._generation_of:
                 if self._last_seq.get(extent, 0) <= clean_through and extent not in keep:
@@ -171,10 +203,30 @@ class RecordCopy:
                     return chosen
         return None
 
+    def room_for_miss(self, touched: range, lookahead: int,
+                      clean_through: int) -> tuple[int, list[int]] | None:
+        """(budget, extents to evict) for a miss on ``touched``: room for its new extents plus
+        ``lookahead`` predictions if clean extents allow, else for its new extents alone; None:
+        not even that yet, the miss waits for the watermark. The primary and ``foresync tune``
+        (replay.py) both decide a miss here."""
+        new = sum(1 for e in touched if e not in self._generation_of)
+        budget = min(new + lookahead, self.capacity)
+        evict = self.choose_evictions(budget, clean_through, touched)
+        if evict is None:
+            budget = new  # try without predictions before waiting
+            evict = self.choose_evictions(budget, clean_through, touched)
+        return None if evict is None else (budget, evict)
+
     def evict(self, extents: list[int]) -> None:
+        if self._s3 is not None:
+            for extent in extents:
+                if extent in self._generation_of:
+                    self._s3.evicted(extent)
         self.remove(extents)
         self.evicted_total += len(extents)
 
     def statistics(self) -> RecordStatistics:
+        s3 = self._s3
         return RecordStatistics(len(self._generation_of), self.capacity, self.reserved,
-                                len(self._generations), self.evicted_total)
+                                len(self._generations), self.evicted_total,
+                                s3.ghosts() if s3 else 0, s3.ghost_hits if s3 else 0)

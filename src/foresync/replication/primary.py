@@ -61,7 +61,14 @@ from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.nbd.wire import Errno
 from foresync.record import runs as extent_runs
-from foresync.record.predict import extents_of, predict
+from foresync.record.estimate import MissRatioEstimator
+from foresync.record.predict import (
+    PREDICTORS,
+    additions,
+    extents_of,
+    read_ahead_due,
+    read_ahead_wanted,
+)
 from foresync.record.record import UNSENT, Eviction, RecordCopy
 from foresync.replication.roles import Relation, compare
 
@@ -182,6 +189,7 @@ class Config:
     miss_wait_s: float = 30.0
     faults: Faults = NO_FAULTS
     history: tuple[int, ...] = (1,)  # this site's epoch history (see roles.py)
+    predictor: str = "next"  # record/predict.py PREDICTORS; the secondary must use the same
     block_on_disconnect: bool = False  # link.on_disconnect = "block": misses wait for the link
     block_timeout_s: float = 30.0
     resync_rate_max: int = 0  # bytes/s, 0 = unlimited
@@ -244,6 +252,18 @@ class _Counters:
     secondary_storage_errors: int = 0  # STORAGE_FAILED reports from the secondary
 
 
+class _Planned:
+    """An extent the record holds or an ADDED in flight will add (read-ahead's view)."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: PrimaryCore) -> None:
+        self._core = core
+
+    def __contains__(self, extent: int, /) -> bool:
+        return extent in self._core.record or extent in self._core._pending_adds
+
+
 class PrimaryCore:
     def __init__(self, config: Config, read: Callable[[int, int], bytes],
                  is_hole: Callable[[int, int], bool] | None = None) -> None:
@@ -251,7 +271,15 @@ class PrimaryCore:
         self._read = read
         self._is_hole = is_hole  # a cheap "this range reads as zeroes" (SEEK_DATA), if any
         self.extent_count = -(-config.size // config.extent_size)
-        self.record = RecordCopy(config.capacity, config.eviction)
+        self.record = RecordCopy(config.capacity, config.eviction,
+                                 evict_dirty=config.faults.s3fifo_evicts_dirty)
+        self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
+        self._low_free = config.capacity // 8  # below it, a miss asks for the watermark (none under 8)
+        self._planned = _Planned(self)  # record members and adds in flight, as one container
+        # The live miss-ratio curve (estimate.py); async mode keeps no record to size.
+        self.estimator = None if config.mode is Mode.ASYNC else MissRatioEstimator(
+            config.size, config.extent_size, config.capacity, config.eviction, config.lookahead,
+            config.predictor)
         self.link = LinkState.DISCONNECTED
         self.link_error = ""
         self.secondary_error = ""  # the secondary's last storage failure, until a resync completes
@@ -349,6 +377,8 @@ class PrimaryCore:
     def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
         op = _Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
         op.sequential = self.config.mode is Mode.LOOKAHEAD and self._continues_stream(offset, len(data))
+        if self.estimator is not None:
+            self.estimator.observe(self.now, offset, len(data), True)
         self._submit(op)
 
     def write_hit(self, offset: int, data: bytes) -> wire.Write | None:
@@ -385,6 +415,8 @@ class PrimaryCore:
                 return None
             self._continues_stream(offset, length)
             counters.hits += 1
+            if self.estimator is not None:
+                self.estimator.observe(self.now, offset, length, True)
         counters.writes += 1
         seq = self._next_seq
         self._next_seq = seq + 1
@@ -409,6 +441,8 @@ class PrimaryCore:
             self._pump()
 
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
+        if self.estimator is not None:
+            self.estimator.observe(self.now, offset, length, False)
         self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
 
     def flush(self, op_id: int) -> None:
@@ -939,11 +973,7 @@ class PrimaryCore:
     def _read_ahead_due(self, extents: range) -> bool:
         """Whether the record (with the adds in flight) ends within ``lookahead // 2 + 1``
         extents of a sequential write to ``extents``."""
-        lookahead = self.config.lookahead
-        if not lookahead:
-            return False
-        near = predict(extents, lookahead, self.extent_count)[: lookahead // 2 + 1]
-        return not all(e in self.record or e in self._pending_adds for e in near)
+        return read_ahead_due(extents, self.config.lookahead, self.extent_count, self._planned)
 
     def _send_read_ahead(self, op: _Op) -> bool:
         """Send a sequential hit as a MISS whose budget extends the record ahead of the stream,
@@ -951,9 +981,8 @@ class PrimaryCore:
         now (the record reaches far enough, or no room without waiting), send a plain hit."""
         if not self._read_ahead_due(op.extents):
             return False
-        lookahead = self.config.lookahead
-        ahead = predict(op.extents, lookahead, self.extent_count)
-        wanted = tuple(e for e in ahead if e not in self.record and e not in self._pending_adds)
+        wanted = read_ahead_wanted(self.predictor, op.extents, self.config.lookahead,
+                                   self.extent_count, self._planned)
         budget = len(wanted)
         evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
         if evict is None:
@@ -998,13 +1027,8 @@ class PrimaryCore:
 
     def _expected_adds(self, touched: range, budget: int) -> tuple[int, ...]:
         """What the secondary will add for a miss (it follows the same rule, claims 18-19)."""
-        new = [e for e in touched if e not in self.record]
-        for extent in predict(touched, self.config.lookahead, self.extent_count):
-            if len(new) >= budget:
-                break
-            if extent not in self.record:
-                new.append(extent)
-        return tuple(new)
+        return tuple(additions(self.predictor, touched, budget, self.config.lookahead,
+                               self.extent_count, self.record))
 
     def _release_expected(self, op: _Op) -> None:
         for extent in op.expected_adds:
@@ -1017,24 +1041,26 @@ class PrimaryCore:
 
     def _send_miss(self, op: _Op) -> bool:
         new = sum(1 for e in op.extents if e not in self.record)
-        budget = min(new + self.config.lookahead, self.config.capacity)
         if new > self.config.capacity:
             raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
                                      f"{self.config.capacity}")
-        evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
-        if evict is None:
-            budget = new  # try without predictions before waiting
-            evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
-        if evict is None:
+        room = self.record.room_for_miss(op.extents, self.config.lookahead, self._clean_through())
+        if room is None:
             if not op.waiting_since:
                 op.waiting_since = self.now or 1e-9
             self.request_durable()
             return False
+        budget, evict = room
         self.record.evict(evict)
         self.counters.misses += 1
         self._assign_seq(op)
         self._misses[op.seq] = op
         self._reserve(op, budget, self._expected_adds(op.extents, budget))
+        if self.record.free() < self._low_free:
+            # Clean slots run short: ask for the watermark now rather than at the next tick, so
+            # the extents written so far turn clean before the next miss needs room (issue 14).
+            self._request_sync()
+            self._request_flush()
         flags = _MISS | (_DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
@@ -1051,6 +1077,8 @@ class PrimaryCore:
             self._extent_fifo.setdefault(extent, deque()).append(op.seq)
 
     def _transmit(self, op: _Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
+        if flags & _MISS:
+            self.predictor.observe(op.extents)  # as the secondary will, adding for this MISS
         message: wire.Message
         if op.data is not None:
             message = wire.Write(op.seq, op.offset, flags, budget, removals, op.data)

@@ -43,7 +43,7 @@ from foresync.journal.format import RecordState
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.record import runs as extent_runs
-from foresync.record.predict import extents_of, predict
+from foresync.record.predict import PREDICTORS, additions, extents_of
 from foresync.replication.admission import geometry_problems
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
@@ -139,8 +139,10 @@ class SecondaryStatistics:
 
 class SecondaryCore:
     def __init__(self, size: int, extent_size: int, lookahead: int, volume_id: bytes,
-                 state: RecordState, epoch: int = 1, faults: Faults = NO_FAULTS) -> None:
+                 state: RecordState, epoch: int = 1, faults: Faults = NO_FAULTS,
+                 predictor: str = "next") -> None:
         self.faults = faults
+        self.predictor = PREDICTORS[predictor]()  # the primary mirrors it ([record] predictor)
         self.size = size
         self.extent_size = extent_size
         self.extent_count = -(-size // extent_size)
@@ -415,14 +417,12 @@ class SecondaryCore:
     def _add(self, offset: int, length: int, budget: int) -> tuple[int, ...]:
         """Add the touched extents, then predicted ones, at most ``budget`` new in all."""
         touched = extents_of(offset, length, self.extent_size)
-        new = [e for e in touched if e not in self.state.extents]
-        if len(new) > budget:
-            raise RemoteProtocolError(f"miss touches {len(new)} new extents but the budget is {budget}")
-        for extent in predict(touched, self.lookahead, self.extent_count):
-            if len(new) >= budget:
-                break
-            if extent not in self.state.extents:
-                new.append(extent)
+        present = self.state.extents
+        needed = sum(1 for e in touched if e not in present)
+        if needed > budget:
+            raise RemoteProtocolError(f"miss touches {needed} new extents but the budget is {budget}")
+        new = additions(self.predictor, touched, budget, self.lookahead, self.extent_count, present)
+        self.predictor.observe(touched)
         if new:
             self.state.extents.update(new)
             self._append(jfmt.encode_add(new))

@@ -27,7 +27,8 @@ from foresync.logctx import LogBudget
 from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
-from foresync.nbd.target import Done
+from foresync.nbd.target import Done, NbdTarget
+from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.primary import Mode, PrimaryCore
@@ -66,7 +67,7 @@ class PrimarySite:
                 lookahead=cfg.lookahead, eviction=cfg.eviction, volume_id=meta.volume_id,
                 epoch=meta.epoch, window_bytes=cfg.window_bytes, history=meta.epoch_history,
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
-                resync_rate_max=cfg.resync_rate_max,
+                resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
             ),
             read=backend.read_unless_hole, is_hole=backend.is_hole,
         )
@@ -93,6 +94,7 @@ class PrimarySite:
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
         self.read_only = False
+        self._trace: TraceWriter | None = None
         self.link: LinkProtocol | None = None
         self.link_rtt_s = 0.0
         self._dones: dict[int, Done] = {}
@@ -519,7 +521,11 @@ class PrimarySite:
         export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
                             description=f"foresync volume {self.cfg.name} (primary)",
                             max_block=self.cfg.max_write_bytes)
-        self.nbd = NbdServer(self, export, self.security.nbd_limits, tls=self.security.nbd_tls)
+        served: NbdTarget = self
+        if self.cfg.nbd_trace:
+            self._trace = TraceWriter(self.cfg.nbd_trace, self.cfg.size)
+            served = TracingTarget(self, self._trace)
+        self.nbd = NbdServer(served, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
         sockets, self.nbd_sockets = self.nbd_sockets, None
         try:
@@ -550,6 +556,8 @@ class PrimarySite:
         if self.link is not None:
             self.link.abort("shutting down")
         listener.close()
+        if self._trace is not None:
+            self._trace.close()
         if stop_error is not None:
             raise stop_error
         return self.next_role
@@ -582,6 +590,14 @@ class PrimarySite:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))
 
+    def _miss_ratio_estimate(self, writes: int, misses: int) -> dict[str, float]:
+        """Capacity (extents, as text: a JSON key) -> estimated miss ratio."""
+        estimator = self.core.estimator
+        if estimator is None:
+            return {}
+        estimates = estimator.estimates(misses / writes if writes else None)
+        return {str(c): round(m, 5) for c, m in sorted(estimates.items())}
+
     def _store_oos(self, extents: set[int]) -> None:
         """Replace the stored out-of-sync set, keeping "every extent" while a full pass is due."""
         store_oos(self.cfg.meta, extents, self.core.full_resync_pending)
@@ -601,7 +617,10 @@ class PrimarySite:
             "link_rtt_s": round(self.link_rtt_s, 6),
             "in_sync": s.in_sync,
             "record": {"extents": s.record_extents, "capacity": s.record_capacity,
-                       "extent_size_bytes": self.cfg.extent_size},
+                       "extent_size_bytes": self.cfg.extent_size,
+                       "eviction": self.cfg.eviction.value, "predictor": self.cfg.predictor,
+                       # capacity in extents -> estimated miss ratio (record/estimate.py)
+                       "miss_ratio_estimate": self._miss_ratio_estimate(s.writes, s.record_misses)},
             "counters": {"writes": s.writes, "record_hits": s.record_hits,
                          "record_misses": s.record_misses, "resync_bytes": s.resync_bytes,
                          "record_read_aheads": s.record_read_aheads,

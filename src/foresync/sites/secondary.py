@@ -94,7 +94,8 @@ class SecondarySite:
         state = journal.replayed.state if journal is not None else None
         self.core = SecondaryCore(cfg.size, cfg.extent_size, cfg.lookahead,
                                   meta.volume_id or bytes(16),
-                                  state if state is not None else RecordState(), epoch=meta.epoch)
+                                  state if state is not None else RecordState(), epoch=meta.epoch,
+                                  predictor=cfg.predictor)
         self.link: LinkProtocol | None = None
         self.link_error = ""
         self.disconnected_since: float | None = time.time()

@@ -10,12 +10,17 @@ from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 
+SECTOR = 512  # the finest block a short write can end on, and the unit of a version stamp
+
 
 class SimDisk:
     """An image whose writes are volatile until ``flush``; a crash keeps a random subset of
     the unflushed writes (the page cache writes back in any order). While ``full`` holds an
     RNG, every write lands only in part (a random prefix, maybe nothing) and then fails with
-    ENOSPC, as a write to a sparse file on a full filesystem does."""
+    ENOSPC, as a write to a sparse file on a full filesystem does. That prefix ends on a sector
+    boundary of the image: the kernel copies a write block by block and stops at the first block
+    it cannot allocate (4 KiB or at least 1 KiB on ext4), so no sector is left half old, half
+    new; the sector is the simulator's unit of a write's version (invariant 5)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -32,7 +37,8 @@ class SimDisk:
     def write(self, offset: int, data: bytes) -> None:
         if self.full is not None:
             self.failed_writes += 1
-            landed = data[: self.full.randrange(len(data))] if data else b""
+            cut = self.full.randrange(len(data)) if data else 0
+            landed = data[: max(0, cut - (offset + cut) % SECTOR)]
             self.current[offset : offset + len(landed)] = landed
             self._unsynced.append((offset, bytes(landed)))
             raise StorageError(f"write at {offset} failed: No space left on device", errno.ENOSPC)

@@ -17,9 +17,12 @@ then the invariants are checked:
 2. while no fault has happened yet, the secondary's image is the primary's sent history replayed
    in sequence order up to what it applied;
 3. at the end, after healing and quiescence, both images are byte-identical;
+4. no two sites take host writes in the same epoch (epoch history);
 5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
    secondary (or overwritten there by a later write);
-6. the record never exceeds capacity;
+6. a failback copies nothing outside the failback set (every extent if the promoted site lost
+   its out-of-sync store), the writes since the promotion and the old primary's out-of-sync set;
+   and, checked with the rest, the record never exceeds capacity;
 7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
    session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
    schedule of every other event as it was.
@@ -42,16 +45,15 @@ from foresync.journal.format import RecordState
 from foresync.journal.oos_format import OutOfSync
 from foresync.link import wire
 from foresync.record import runs as extent_runs
-from foresync.record.predict import extents_of
+from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
-from foresync.replication.admission import Admitted, Identity, screen_hello
+from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
-from foresync.testing.sim.disk import SimDisk, SimJournal
+from foresync.testing.sim.disk import SECTOR, SimDisk, SimJournal
 
-SECTOR = 512
 VOLUME_ID = bytes(range(16))
 
 
@@ -70,6 +72,7 @@ class SimConfig:
     mode: Mode | None = None  # None: chosen by the seed (swarm testing)
     faults: Faults = NO_FAULTS
     crash_weight: float = 1.0  # scale of the fault events' weights; 0 disables them
+    eviction: Eviction | None = None  # None: chosen by the seed
 
 
 @dataclass(slots=True)
@@ -110,7 +113,8 @@ class World:
         self.size = self.extent_size * self.extent_count
         self.capacity = rng.randint(4, max(5, self.extent_count // 2))
         self.lookahead = rng.randint(0, 4)
-        self.eviction = rng.choice([Eviction.LRU, Eviction.GENERATIONS])
+        self.eviction = self.cfg.eviction or rng.choice(list(Eviction))
+        self.predictor = rng.choice(sorted(PREDICTORS))
         # A resync yields to the loop after this much work (ResumeLater): sometimes after every
         # few extents, so passes are interleaved with host writes and faults mid-slice.
         self.resync_slice_bytes = rng.choice([self.extent_size, 3 * self.extent_size, 1 << 26])
@@ -197,7 +201,8 @@ class World:
 
     def describe(self) -> str:
         return (f"mode={self.mode.value} extents={self.extent_count}x{self.extent_size}B "
-                f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value}")
+                f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value} "
+                f"predictor={self.predictor}")
 
     def _start_primary(self) -> None:
         config = pcore.Config(
@@ -206,7 +211,8 @@ class World:
             window_bytes=max(self.max_write, 4 * self.extent_size), miss_wait_s=1e9,
             resync_slice_bytes=self.resync_slice_bytes,
             resync_window_bytes=self.resync_window_bytes,
-            faults=self.cfg.faults, history=self.histories[self.roles["primary"]])
+            faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
+            predictor=self.predictor)
         core = PrimaryCore(config, read=self.pdisk.read)
         site = self.roles["primary"]
         restored = self._restored_oos(site)
@@ -215,13 +221,17 @@ class World:
             self._log(f"primary {site}: out-of-sync store missing, everything={restored.everything}")
             self.oos_stores[site] = set(restored.extents)
             self.oos_all[site] = restored.everything
+        if restored.everything and self.failback is not None:
+            # The promoted site lost its out-of-sync store (or stored "everything"): its failback
+            # set is gone with it, so the safe pass copies every extent (issue 12: doubt widens).
+            self.failback["set"] = set(range(self.extent_count))
         core.restore_out_of_sync(set(restored.extents))
         core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
         self.primary = _Primary(core)
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
-                             faults=self.cfg.faults)
+                             faults=self.cfg.faults, predictor=self.predictor)
         if self.widened[self.roles["secondary"]]:
             core.welcome_flags = wire.WelcomeFlag.INCONSISTENT  # the primary compares everything
         self.secondary = _Secondary(core)
@@ -367,6 +377,8 @@ class World:
             s.conn = conn
             s.core.session_reset()
         self._log(f"p2s {_short(message)}")
+        if isinstance(message, wire.Hello):
+            self._admit_primary(message)
         try:
             if type(message) is wire.Write and self.rng.random() < 0.8 and s.core.write_now(message):
                 # The site's hot path (SecondarySite._on_message): written at once.
@@ -376,6 +388,21 @@ class World:
         except ForesyncError as exc:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
         s.core.end_of_batch()
+
+    def _admit_primary(self, hello: wire.Hello) -> None:
+        """What SecondarySite does with its primary's HELLO (screen_hello, then _accept_hello):
+        a newer epoch history is adopted at once, so a later promotion of this site extends it.
+        No schedule here should make the real policy refuse the real primary."""
+        s = self.secondary
+        assert s is not None
+        site = self.roles["secondary"]
+        ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site])
+        verdict = screen_hello(hello, ours, self.cfg.faults)
+        if isinstance(verdict, Refused):
+            self._fail(f"secondary {site} refused its primary's HELLO: {verdict.detail}")
+        elif verdict.adopt_history:
+            self.histories[site] = tuple(hello.history)
+        s.core.epoch = len(self.histories[site])  # the WELCOME's epoch (site.json's)
 
     def _ev_deliver_s2p(self) -> None:
         conn, frame = self.s2p.popleft()

@@ -1,0 +1,86 @@
+"""Issue 14 on real processes: traces from `foresync serve --trace` and `[nbd] trace`, `foresync
+tune` on what a real pair recorded, and the live miss-ratio estimate in /status, /metrics and
+`foresync status`."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from foresync.nbd import trace
+from foresync.record.record import Eviction
+from foresync.record.replay import ReplayConfig, replay, writes_of
+
+from .conftest import StartServer
+from .sites import FORESYNC, Settings, SitePair, open_site_pairs, run_tool
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def test_serve_trace_records_every_request_in_order(start_server: StartServer, tmp_path: Path) -> None:
+    path = tmp_path / "w.fstrace"
+    server = start_server(extra_args=["--trace", str(path)])
+    run_tool(["qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x41 0 64k", "-c", "write -z 1M 64k",
+              "-c", "discard 2M 64k", "-c", "write -f -P 0x42 3M 4k", "-c", "flush",
+              "-c", "read 0 4k", server.url])
+    assert server.stop() == 0
+    size, records = trace.decode(path.read_bytes(), str(path))
+    got = [(r.command, r.offset, r.length, r.flags) for r in records]
+    expected = [(trace.WRITE, 0, 65536, 0), (trace.WRITE_ZEROES, MiB, 65536, None),
+                (trace.TRIM, 2 * MiB, 65536, 0), (trace.WRITE, 3 * MiB, 4096, trace.FUA),
+                (trace.FLUSH, 0, 0, 0), (trace.READ, 0, 4096, 0)]
+    assert size == server.volume.size
+    # In this order; qemu may add requests of its own (a block-status probe) in between.
+    position = 0
+    for command, offset, length, flags in got:
+        want = expected[position]
+        if (command, offset, length) == want[:3] and want[3] in (None, flags):
+            position += 1
+            if position == len(expected):
+                break
+    assert position == len(expected), got
+
+
+def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_curve(tmp_path: Path) -> None:
+    settings = Settings(eviction="s3fifo", capacity=16, lookahead=2, nbd_extra='trace = "primary.fstrace"\n',
+                        record_extra='predictor = "history"\n')
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(settings)
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        # A hot set of 4 extents written over and over while a stream passes 120 others.
+        commands = []
+        for i in range(120):
+            commands += ["-c", f"write -P 0x11 {(i % 4) * MiB + 4096 * (i % 7)} 4k",
+                         "-c", f"write -P 0x22 {(20 + i) * MiB} 4k"]
+        run_tool(["qemu-io", "-f", "raw", *commands, pair.nbd_url_of(pair.primary)])
+        status, _ = pair.wait_in_sync()
+        record = status["record"]
+        assert record["eviction"] == "s3fifo" and record["predictor"] == "history"
+        assert sorted(int(c) for c in record["miss_ratio_estimate"]) == [8, 32, 64, 128]
+        with urllib.request.urlopen(f"http://127.0.0.1:{pair.primary.admin_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'foresync_record_miss_ratio_estimate{capacity="32",volume="vol0"}' in metrics
+        shown = pair.cli("status", "--config", pair.primary.config_path).stdout
+        assert "  record: " in shown and "of writes miss at capacity 16" in shown, shown
+        live_writes, live_misses = status["counters"]["writes"], status["counters"]["record_misses"]
+        trace_path = pair.primary.config_path.parent / "primary.fstrace"
+        pair.stop_both()
+        # s3fifo evicted (240 writes, 124 extents, capacity 16) and the copies still match.
+        assert pair.primary.data_path.read_bytes() == pair.secondary.data_path.read_bytes()
+    size, records = trace.decode(trace_path.read_bytes(), str(trace_path))
+    writes = writes_of(records)
+    assert len(writes) == live_writes == 240
+    # Loopback: a round trip is well under a millisecond, an fdatasync a few.
+    replayed = replay(writes, size, ReplayConfig(MiB, 16, Eviction.S3FIFO, 2, "history", 0.005))
+    # The replay runs the same record code on the same writes; only when extents turn clean
+    # differs (the live watermark against the replay's fixed lag).
+    assert replayed.misses == pytest.approx(live_misses, rel=0.2), (replayed, live_misses)
+    assert replayed.evicted > 50
+    tuned = run_tool([FORESYNC, "tune", "--trace", trace_path, "--bound", "16MiB"])
+    assert "recommended (both sites):" in tuned.stdout and 'bound = "16MiB"' in tuned.stdout
