@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -27,6 +28,15 @@ def _setup_logging(level: str) -> None:
     handler.addFilter(VolumeContext())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s vol=%(volume)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+def _use_log_format(log_format: str) -> None:
+    """``[log] format``: switch the one handler to JSON lines (the default stays text)."""
+    if log_format == "json":
+        from foresync.logctx import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -213,8 +223,12 @@ def init(config_path: str, role: str, force: bool) -> None:
                    "inconsistent and compares every extent. Damaged files are kept aside. Use once.")
 def run(config_path: str, assume_all: bool) -> None:
     """Run a site until SIGTERM or SIGINT. The role comes from the site metadata."""
+    from foresync.config import load
     from foresync.daemon import run_site
     from foresync.errors import SiteInUse
+
+    with contextlib.suppress(ForesyncError):  # run_site loads it again and reports the error
+        _use_log_format(load(config_path).log_format)
 
     try:
         run_async(lambda stop: run_site(config_path, stop, assume_all_out_of_sync=assume_all))
@@ -380,8 +394,10 @@ def promote(config_path: str, force: bool) -> None:
     itself and receives only those extents plus what was written here since."""
     doc = _call(config_path, "/promote", {"force": force},
                 offline=lambda cfg: _promote_offline(cfg, force))
+    failback = doc.get("failback_bytes")
     click.echo(f"promoted: now primary at epoch {doc.get('epoch')}; failback set "
-               f"{doc.get('failback_extents')} extents ({doc.get('failback_bytes')} bytes)")
+               f"{doc.get('failback_extents')} extents "
+               f"({format_size(failback) if isinstance(failback, int) else '? bytes'})")
 
 
 def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
@@ -463,7 +479,7 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
     when mismatches were found (and not repaired)."""
     import time
 
-    from foresync.status_view import fetch_status
+    from foresync.status_view import fetch_status, mismatch_list, verify_line
 
     doc = _call(config_path, "/verify", {"repair": repair}, expect=202, what="verify")
     cfg = _load(config_path)
@@ -475,15 +491,14 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
             progress = fetch_status(cfg)["verify"]
         except (ForesyncError, KeyError, TypeError) as exc:
             raise click.ClickException(f"lost track of the verify: {exc}") from None
-        click.echo(f"\rverify: {progress['done_extents']}/{progress['total_extents']} extents, "
-                   f"{progress['mismatches']} mismatched", nl=False)
+        click.echo(f"\r{verify_line(progress)}", nl=False)
         if not progress["active"]:
             break
         time.sleep(0.5)
     click.echo()
     if progress["mismatches"]:
         action = "being repaired" if repair else "not repaired (run with --repair)"
-        click.echo(f"mismatched extents ({action}): {progress['mismatched_extents']}")
+        click.echo(f"mismatched extents ({action}): {mismatch_list(progress)}")
         if not repair:
             sys.exit(1)
     else:
@@ -491,81 +506,101 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
 
 
 @main.command()
-@click.option("--meta", "meta_dir", required=True, metavar="DIR", type=click.Path(file_okay=False),
-              help="The site's metadata directory ([volume] meta in its config).")
-@click.option("--entries/--no-entries", default=True, show_default=True,
-              help="List every journal entry, not only the summary.")
-def inspect(meta_dir: str, entries: bool) -> None:
-    """Dump a site's metadata offline: site.json, the record journal (entries, checkpoints,
-    torn tail), the record's extents, the out-of-sync set and any undo log. Read-only: safe
-    while the site runs, and on a journal a crash left torn (nothing is truncated)."""
+@click.option("--config", "config_path", metavar="SITE.toml", type=click.Path(dir_okay=False),
+              help="The site's TOML config: inspect its [volume] meta (sizes in bytes too).")
+@click.option("--meta", "meta_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="The site's metadata directory ([volume] meta in its config), without a config.")
+@click.option("--entries/--no-entries", default=False, show_default=True,
+              help="Also list every journal entry.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
+def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_json: bool) -> None:
+    """Show a site's metadata offline: role, epoch, the record (extents as ranges), the journal,
+    the out-of-sync set and any undo log. Read-only: safe while the site runs, and on a journal a
+    crash left torn (nothing is truncated)."""
     import json
-    import os
 
-    from foresync import site
-    from foresync.errors import JournalCorruption
-    from foresync.journal import format as jfmt
-    from foresync.journal import undo
+    from foresync import inspect_view
 
-    doc_path = os.path.join(meta_dir, site.SITE_FILE)
-    if not os.path.exists(doc_path):
-        raise click.ClickException(f"no {site.SITE_FILE} in {meta_dir}: not a foresync metadata directory")
-    with open(doc_path) as text:
-        click.echo(f"{site.SITE_FILE}: {json.dumps(json.load(text))}")
-    journal_path = os.path.join(meta_dir, site.JOURNAL_FILE)
-    if os.path.exists(journal_path):
-        with open(journal_path, "rb") as handle:
-            data = handle.read()
-
-        def show(pos: int, body: bytes, state: jfmt.RecordState) -> None:
-            if entries:
-                kind = jfmt.EntryKind(body[0]).name
-                click.echo(f"  @{pos:<10} {kind:<11} {len(body):>7} bytes  record now "
-                           f"{len(state.extents)} extents, {len(state.ranges)} ranges")
-
-        click.echo(f"{site.JOURNAL_FILE}: {len(data)} bytes")
-        try:
-            replayed = jfmt.replay(data, show)
-        except JournalCorruption as exc:
-            click.echo(f"  DAMAGED: {exc}; the next start treats every extent as possibly different")
-        else:
-            click.echo(f"  volume identity {replayed.volume_id.hex()}, {replayed.entries} whole entries, "
-                       f"valid to byte {replayed.valid_end}")
-            if replayed.torn_reason:
-                click.echo(f"  TORN TAIL at byte {replayed.valid_end}: {replayed.torn_reason} "
-                           f"({len(data) - replayed.valid_end} bytes; the next start preserves them aside)")
-            if replayed.damage:
-                click.echo(f"  DAMAGED at byte {replayed.valid_end}: {replayed.damage}; the next start "
-                           "treats every extent as possibly different and keeps the file aside")
-            click.echo(f"  record: {sorted(replayed.state.extents)}")
-            if replayed.state.ranges:
-                click.echo(f"  pending ranges (seq: offset+length): {replayed.state.ranges}")
-    else:
-        click.echo(f"{site.JOURNAL_FILE}: none")
+    if (config_path is None) == (meta_dir is None):
+        raise click.UsageError("give --config SITE.toml or --meta DIR")
+    extent_size = None
+    if config_path is not None:
+        cfg = _load(config_path)
+        meta_dir, extent_size = cfg.meta, cfg.extent_size
+    assert meta_dir is not None
     try:
-        oos = site.load_oos(meta_dir, None)
+        doc = inspect_view.gather(meta_dir, extent_size, entries)
     except ForesyncError as exc:
-        click.echo(f"{site.OOS_FILE}: DAMAGED: {exc}")
-    else:
-        if oos is None:
-            click.echo(f"{site.OOS_FILE}: none (a primary takes a missing one as every extent out of sync)")
-        else:
-            every = "EVERY extent (a full copy is pending), besides " if oos.everything else ""
-            click.echo(f"{site.OOS_FILE}: {every}{len(oos.extents)} extents {sorted(oos.extents)}")
-    undo_path = os.path.join(meta_dir, site.UNDO_FILE)
-    if os.path.exists(undo_path):
-        with open(undo_path, "rb") as handle:
-            saved = undo.parse_for_inspect(handle.read())
-        click.echo(f"{site.UNDO_FILE}: {len(saved.entries)} saved extents {[e for e, _ in saved.entries]} "
-                   "(an unfinished resync: rolled back on the next start or promote)")
-        if saved.damage:
-            click.echo(f"  DAMAGED: {saved.damage}; the rollback cannot be trusted: the next start "
-                       "keeps the copy inconsistent with every extent in doubt")
-    for name in sorted(os.listdir(meta_dir)):
-        if ".torn-" in name:
-            click.echo(f"preserved torn tail: {name}")
-        elif ".damaged-" in name:
-            click.echo(f"preserved damaged file: {name}")
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(doc, indent=2) if as_json else inspect_view.render(doc))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--since-start", is_flag=True,
+              help="First replay the current state (role, link, consistency, any resync or verify).")
+def events(config_path: str, since_start: bool) -> None:
+    """Follow a running site's state changes: one JSON object a line, with a timestamp (role and
+    epoch, link up and down with the reason, resync, consistency, split brain, verify, admin
+    actions), until the site stops or Ctrl-C."""
+    import http.client
+
+    cfg = _load(config_path)
+    host, port = cfg.admin_listen
+    path = "/events?since-start=1" if since_start else "/events"
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        if response.status != 200:
+            raise click.ClickException(f"GET {path} answered {response.status} {response.reason}")
+        if connection.sock is not None:
+            connection.sock.settimeout(None)  # a quiet site sends nothing for hours
+        for line in response:
+            click.echo(line.decode().rstrip("\n"))
+    except KeyboardInterrupt:
+        return
+    except (OSError, http.client.HTTPException) as exc:
+        raise click.ClickException(f"site {cfg.name} is not answering on http://{host}:{port}"
+                                   f"{path} ({describe_os_error(exc) if isinstance(exc, OSError) else exc}); "
+                                   f"is `foresync run --config {cfg.path}` running?") from None
+    finally:
+        connection.close()
+
+
+@main.group("config")
+def config_group() -> None:
+    """Site config files."""
+
+
+@config_group.command("example")
+@click.option("--role", required=True, type=click.Choice(["primary", "secondary"]),
+              help="The role the site starts as; sets its file names and example ports.")
+@click.option("--peer", metavar="HOST:PORT",
+              help="The other site's [link] listen (default: the other role's example address, "
+                   "for two sites on one machine).")
+@click.option("--listen", "link_listen", metavar="HOST:PORT",
+              help="This site's [link] listen (default: the role's example address).")
+@click.option("--name", default="vol0", show_default=True, help="[volume] name.")
+@click.option("--size", default="256MiB", show_default=True, metavar="SIZE", help="[volume] size.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the config to this file (never overwritten) instead of stdout.")
+def config_example(role: str, peer: str | None, link_listen: str | None, name: str, size: str,
+                   output: str | None) -> None:
+    """Print a commented site config that `init` and `run` accept as it is."""
+    from foresync.config_example import example
+
+    parse_size(size, "--size")
+    text = example(role, peer, name=name, size=size, link_listen=link_listen)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "x") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise click.ClickException(f"{output} exists; not overwritten") from None
+    click.echo(f"wrote {output}: edit it, then `foresync init --config {output} --role {role}`")
 
 
 @main.command()

@@ -59,6 +59,7 @@ class SiteConfig:
     link_tls_dir: str | None = None
     link_max_frame_bytes: int = 33 * 1024 * 1024
     admin_token_file: str | None = None
+    log_format: str = "text"  # [log] format: text | json; only the CLI acts on it
     nbd_trace: str | None = None  # record every NBD request here (nbd/trace.py)
     predictor: str = "next"  # record/predict.py PREDICTORS
 
@@ -143,6 +144,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "record": {"extent_size", "capacity", "bound", "lookahead", "eviction", "predictor",
                "watermark_interval"},
     "admin": {"listen", "token_file"},
+    "log": {"format"},
 }
 
 
@@ -192,6 +194,7 @@ def load(path: str) -> SiteConfig:
     base = Path(path).resolve().parent
     volume, nbd, link = _section(doc, "volume"), _section(doc, "nbd"), _section(doc, "link")
     record, admin = _section(doc, "record"), _section(doc, "admin")
+    log_table = _section(doc, "log")
 
     def resolve(p: Any, key: str, section: str = "volume") -> str:
         if not isinstance(p, str) or not p:
@@ -278,5 +281,6 @@ def load(path: str) -> SiteConfig:
         link_tls_dir=optional_path(link, "link", "tls_dir"),
         link_max_frame_bytes=max_frame,
         admin_token_file=admin_token_file,
+        log_format=_choice(_get(log_table, "log", "format", "text"), "log", "format", ["text", "json"]),
         nbd_trace=optional_path(nbd, "nbd", "trace"),
     )

@@ -7,14 +7,17 @@ so a restarted site always comes back as what it last was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from foresync import config as config_mod
 from foresync import site
-from foresync.admin.http import AdminServer, Endpoint, Response
+from foresync.admin.events import EventFeed
+from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
 from foresync.errors import ConfigError
 from foresync.journal import oos_format
@@ -183,7 +186,7 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
     def status(_: dict[str, Any]) -> Response:
         return _json(200, runner.status())
 
-    site_metrics = SiteMetrics(cfg.name, lambda: runner.status())
+    site_metrics = SiteMetrics(cfg.name, lambda: runner.status(), site=os.path.splitext(os.path.basename(cfg.path))[0])
 
     def metrics(_: dict[str, Any]) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()
@@ -212,17 +215,28 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         old = runner
         return await after_switch(old, await old.discard_local())
 
+    feed = EventFeed(lambda: runner.status())
+
+    def events(query: dict[str, str]) -> AsyncGenerator[bytes, None]:
+        return feed.stream(since_start=query.get("since-start", "0") not in ("", "0", "false"))
+
+    def audited(method: str, path: str, body: dict[str, Any] | None, answer: int) -> None:
+        feed.publish({"type": "admin", "action": path.strip("/"), "method": method,
+                      "body": body, "status": answer})
+
     admin = AdminServer({("GET", "/status"): Endpoint(status), ("GET", "/metrics"): Endpoint(metrics),
                          ("POST", "/promote"): Endpoint(promote, {"force": bool}),
                          ("POST", "/demote"): Endpoint(demote),
                          ("POST", "/resolve"): Endpoint(resolve, {"discard-local": bool}),
                          ("POST", "/verify"): Endpoint(verify, {"repair": bool})},
-                        token=security.admin_token)
+                        token=security.admin_token,
+                        streams={"/events": StreamEndpoint(events)}, on_audit=audited)
     try:
         await admin.start(*cfg.admin_listen)
     except OSError as exc:
         backend.close()
         raise config_mod.listen_error("[admin] listen", cfg.admin_listen, exc) from None
+    watcher = asyncio.ensure_future(feed.watch())  # cancelled and awaited in the finally below
     try:
         while True:
             log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, runner.meta.role,
@@ -245,6 +259,10 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         raise
     finally:
         failed(RuntimeError("the site stopped"))
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        feed.close()  # ends every /events stream, so closing the admin server need not wait
         await admin.aclose()
         backend.close()
     log.info("site %s stopped cleanly", cfg.name)

@@ -46,6 +46,55 @@ def _eta(remaining: float, rate: float) -> str:
     return f"ETA {seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _phase(label: str, done: int, total: int, rate: int) -> str:
+    return (f"  {label:<8} {_bar(done, total)} {format_size(done)}/{format_size(total)} "
+            f"at {format_size(rate)}/s, {_eta(max(0, total - done), rate)}")
+
+
+def _resync_lines(resync: dict[str, Any]) -> list[str]:
+    """A running resync: comparing and sending apart when the site reports them (a match
+    sends nothing, so one send rate over every byte left overstated the ETA), else one bar."""
+    if not (resync.get("total_bytes") and resync.get("remaining_bytes")):
+        if resync.get("active") and "received_bytes" in resync:  # a secondary's own view
+            return [f"  resync   receiving: {format_size(resync['received_bytes'])} so far at "
+                    f"{format_size(resync.get('rate_bytes_per_s', 0))}/s"]
+        return []
+    if "compare_total_bytes" not in resync:
+        return [_phase("resync", resync["done_bytes"], resync["total_bytes"],
+                       resync["rate_bytes_per_s"])]
+    lines = []
+    if resync["compare_total_bytes"]:
+        lines.append(_phase("compare", resync["compare_done_bytes"], resync["compare_total_bytes"],
+                            resync["compare_rate_bytes_per_s"]))
+    if resync["send_total_bytes"] or not resync["compare_total_bytes"]:
+        send = _phase("send", resync["send_done_bytes"], resync["send_total_bytes"],
+                      resync["send_rate_bytes_per_s"])
+        still = resync["compare_total_bytes"] - resync["compare_done_bytes"]
+        lines.append(send + (" (grows while comparing finds differences)" if still > 0 else ""))
+    return lines
+
+
+def verify_line(verify: dict[str, Any]) -> str:
+    """``verify: 672/1024 extents, 672.0 MiB/1.0 GiB at 80.0 MiB/s, ETA 0:00:04, 0 mismatched``"""
+    line = f"verify: {verify['done_extents']}/{verify['total_extents']} extents"
+    if "total_bytes" in verify:
+        done, total, rate = verify["done_bytes"], verify["total_bytes"], verify["rate_bytes_per_s"]
+        line += f", {format_size(done)}/{format_size(total)} at {format_size(rate)}/s"
+        if verify.get("active"):
+            line += f", {_eta(total - done, rate)}"
+    return f"{line}, {verify['mismatches']} mismatched"
+
+
+def mismatch_list(verify: dict[str, Any]) -> str:
+    """Mismatched extents with their byte offsets: ``3 (offset 3145728 = 3.0 MiB), ...``"""
+    offsets = verify.get("mismatched_offsets") or [None] * len(verify["mismatched_extents"])
+    shown = ", ".join(str(extent) if offset is None else
+                      f"{extent} (offset {offset} = {format_size(offset)})"
+                      for extent, offset in zip(verify["mismatched_extents"], offsets, strict=True))
+    more = verify["mismatches"] - len(verify["mismatched_extents"])
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 def render(name: str, doc: dict[str, Any]) -> str:
     rec, cnt, lag = doc["record"], doc["counters"], doc.get("lag", {})
     extent = rec["extent_size_bytes"]
@@ -64,7 +113,8 @@ def render(name: str, doc: dict[str, Any]) -> str:
                  f"({fill:.0%} full); worst-case failback {format_size(bound)}")
     if doc["role"] == "primary":
         writes = cnt["writes"]
-        ratio = f"{cnt['record_hits'] / writes:.1%}" if writes else "n/a"
+        classified = cnt["record_hits"] + cnt["record_misses"]  # async mode: neither
+        ratio = f"{cnt['record_hits'] / classified:.1%}" if classified else "n/a"
         lines.append(f"  writes   {writes}  hits {cnt['record_hits']}  misses {cnt['record_misses']}  "
                      f"hit ratio {ratio}")
         if doc["mode"] != "async":
@@ -74,24 +124,30 @@ def render(name: str, doc: dict[str, Any]) -> str:
         lines.append(f"  lag      {format_size(lag.get('bytes', 0))} in {lag.get('writes', 0)} writes, "
                      f"{lag.get('seconds', 0.0):.2f} s")
         if doc.get("out_of_sync_extents"):
-            lines.append(f"  out-of-sync {doc['out_of_sync_extents']} extents (copied when the link returns)")
+            oos = doc["out_of_sync_extents"]
+            when = ("being copied" if doc["link"] == "connected"
+                    else "copied when the link returns")
+            lines.append(f"  out-of-sync {oos} extents, {format_size(oos * extent)} ({when})")
     else:
         consistent = "consistent" if doc.get("consistent", True) else "INCONSISTENT (sync not finished)"
         lines.append(f"  copy     {consistent}; applied through seq {doc.get('seq', {}).get('applied', 0)}")
         if doc["link"] != "connected" and doc.get("disconnected_since"):
             lines.append("  record may be incomplete: the primary can write outside it while cut off")
-    resync = doc.get("resync") or {}
-    if resync.get("total_bytes") and resync.get("remaining_bytes"):
-        done, total, rate = resync["done_bytes"], resync["total_bytes"], resync["rate_bytes_per_s"]
-        lines.append(f"  resync   {_bar(done, total)} {format_size(done)}/{format_size(total)} "
-                     f"at {format_size(rate)}/s, {_eta(total - done, rate)}")
+    lines.extend(_resync_lines(doc.get("resync") or {}))
     verify = doc.get("verify") or {}
     if verify.get("active"):
-        lines.append(f"  verify   {_bar(verify['done_extents'], verify['total_extents'])} "
-                     f"{verify['mismatches']} mismatched so far")
+        line = (f"  verify   {_bar(verify['done_extents'], verify['total_extents'])} "
+                f"{verify['done_extents']}/{verify['total_extents']} extents")
+        if "total_bytes" in verify:
+            done, total = verify["done_bytes"], verify["total_bytes"]
+            rate = verify.get("rate_bytes_per_s", 0)
+            line += (f", {format_size(done)}/{format_size(total)} at {format_size(rate)}/s, "
+                     f"{_eta(total - done, rate)}")
+        lines.append(f"{line}; {verify['mismatches']} mismatched so far")
     elif verify.get("mismatches"):
         lines.append(f"  verify   last run found {verify['mismatches']} mismatched extents")
-    lines.append(f"  resync sent {format_size(cnt['resync_bytes'])} since start")
+    if doc["role"] == "primary":  # a secondary sends no resync data
+        lines.append(f"  resync sent {format_size(cnt['resync_bytes'])} since start")
     security = doc.get("security")
     if security is not None:
         nbd = ("TLS + client certificates" if security.get("nbd_tls_verify_client")

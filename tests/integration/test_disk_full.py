@@ -12,6 +12,7 @@ images holding what the host wrote.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -182,7 +183,9 @@ def test_a_full_disk_under_the_secondary_is_reported_and_heals_itself(
     assert " ERROR " in pair.primary.log() and "could not write its image" in pair.primary.log()
     with urllib.request.urlopen(f"http://127.0.0.1:{pair.primary.admin_port}/metrics", timeout=5) as reply:
         metrics = reply.read().decode()
-    assert "foresync_secondary_storage_failed{volume=\"vol0\"} 1.0" in metrics, metrics
+    # Labels volume and site (issue 17): match the sample, not one label set's spelling.
+    assert re.search(r'^foresync_secondary_storage_failed\{[^}]*volume="vol0"[^}]*\} 1\.0$', metrics,
+                     re.M), metrics
     qemu_io(pair, writes(16, 2, 0x50))  # writes go on while the secondary cannot take them
     time.sleep(3)  # the primary redials meanwhile; every attempt fails the same way
     assert not pair.status(pair.primary)["in_sync"]

@@ -651,7 +651,8 @@ def test_online_verify_finds_and_repairs_a_damaged_extent(make_pair: MakePair) -
         image.seek(5 * MiB + 1234)
         image.write(b"\x00")
     found = pair.cli("verify", "--config", primary.config_path, ok=(1,))
-    assert "[5]" in found.stdout, found.stdout
+    # The extent and its byte offset (issue 17), not only "[5]".
+    assert "(run with --repair)): 5 (offset 5242880 = 5.0 MiB)" in found.stdout, found.stdout
 
     repaired = pair.cli("verify", "--config", primary.config_path, "--repair")
     assert "being repaired" in repaired.stdout, repaired.stdout

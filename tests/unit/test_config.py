@@ -132,3 +132,26 @@ def test_a_size_that_is_not_a_size_says_so(tmp_path: Path, value: str) -> None:
     path.write_text(toml_with("volume", "size", value))
     with pytest.raises(ConfigError, match=r"^\[volume\] size: expected a size such as 256MiB"):
         config.load(str(path))
+
+
+def test_log_format_is_text_by_default_json_on_request_and_checked(tmp_path: Path) -> None:
+    assert load(tmp_path, "").log_format == "text"
+    assert load(tmp_path, '[log]\nformat = "json"\n').log_format == "json"
+    with pytest.raises(ConfigError, match=r"\[log\] format = 'xml': expected one of text, json"):
+        load(tmp_path, '[log]\nformat = "xml"\n')
+
+
+def test_json_log_lines_carry_the_same_facts_as_text() -> None:
+    import json
+    import logging
+
+    from foresync.logctx import JsonFormatter, VolumeContext
+
+    record = logging.LogRecord("foresync.sites.primary", logging.WARNING, __file__, 1,
+                               "link: lost the secondary at %s (%s)", ("10.0.0.2:7802", "timeout"),
+                               None)
+    VolumeContext().filter(record)
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["level"] == "WARNING" and doc["logger"] == "foresync.sites.primary"
+    assert doc["message"] == "link: lost the secondary at 10.0.0.2:7802 (timeout)"
+    assert doc["ts"].endswith("+00:00") and "volume" in doc

@@ -336,8 +336,8 @@ def test_inspect_shows_damage_and_preserved_files(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["inspect", "--meta", cfg.meta])
     assert result.exit_code == 0, result.output
     assert "DAMAGED at byte 32" in result.output
-    assert "EVERY extent" in result.output and "2 extents [4, 5]" in result.output
-    assert "undo.log: 1 saved extents [1]" in result.output
+    assert "EVERY extent" in result.output and "2 extents: 4-5" in result.output
+    assert "undo.log: 1 saved extents: 1" in result.output
     assert "preserved damaged file: record.journal.damaged-1" in result.output
     Path(cfg.meta, site.OOS_FILE).write_text("[-1]")
     result = CliRunner().invoke(main, ["inspect", "--meta", cfg.meta])

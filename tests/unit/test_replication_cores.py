@@ -1654,6 +1654,61 @@ def test_a_write_waiting_for_an_add_that_never_comes_fails_in_time() -> None:
     assert h.acks[waiting] == Errno.EIO
 
 
+def test_full_sync_progress_counts_comparing_and_sending_apart() -> None:
+    """Issue 17: a full sync compares checksums (a match sends nothing) and sends what differs.
+    One rate from the sends, applied to every byte left, gave an ETA minutes long for a pass that
+    ended in seconds; each phase now has its own totals and rate."""
+    import xxhash
+
+    extent = 16
+    image = bytearray(160)
+    image[0:16] = b"x" * 16  # extents 0 and 1 differ from the secondary's zeros
+    image[16:32] = b"y" * 16
+    config = Config(Mode.LOOKAHEAD, 160, extent, 4, 1, Eviction.LRU, VOLUME,
+                    window_bytes=32)  # two extents in flight at most
+    core = PrimaryCore(config, lambda offset, length: bytes(image[offset:offset + length]))
+    core.connected()
+    zero = xxhash.xxh3_64_intdigest(bytes(extent))
+    core.receive(wire.Welcome(VOLUME, 1, 0, (), flags=wire.WelcomeFlag.NEW,
+                              hashes=(zero,) * 10))
+    core.tick(2.0)
+    core.actions()
+    progress = core.resync_progress()
+    assert progress["compare_total_bytes"] == 160
+    assert progress["compare_done_bytes"] == 160  # the window held sends, not comparing
+    assert progress["send_total_bytes"] == 32  # only the two that differ
+    assert progress["send_done_bytes"] == 32
+    assert progress["compare_rate_bytes_per_s"] == 80 and progress["send_rate_bytes_per_s"] == 16
+    assert progress["total_bytes"] == 160 and progress["active"] == 1
+
+
+def test_verify_progress_reports_bytes_a_rate_and_offsets() -> None:
+    """Issue 17: verify said only ``672/1024 extents``; it now reports bytes, a rate (so an ETA)
+    and each mismatched extent's byte offset."""
+    import xxhash
+
+    core = _connected_primary()  # 10 extents of 16 bytes, all zero here
+    core.tick(1.0)
+    assert core.start_verify(repair=False)
+    zero = xxhash.xxh3_64_intdigest(bytes(16))
+    requests = [a.message for a in core.actions()
+                if isinstance(a, pcore.Send) and isinstance(a.message, wire.Verify)]
+    assert requests
+    core.tick(3.0)
+    first = requests[0]
+    hashes = tuple(zero if e != 2 else zero + 1 for e in range(first.first, first.first + first.count))
+    core.receive(wire.Hashes(first.request, first.first, hashes))
+    mid = core.verify_progress()
+    assert mid["total_bytes"] == 160 and mid["done_bytes"] == first.count * 16
+    assert mid["rate_bytes_per_s"] == first.count * 16 // 2
+    for request in requests[1:]:
+        core.receive(wire.Hashes(request.request, request.first, (zero,) * request.count))
+    core.actions()
+    done = core.verify_progress()
+    assert done["done_bytes"] == 160 and done["mismatched_extents"] == [2]
+    assert done["mismatched_offsets"] == [32]
+
+
 def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_once() -> None:
     """Issue 14, item 4: evictions wait for clean extents, and extents turn clean only when the
     watermark passes them; asking for it when free slots run short, not at the next timer tick,

@@ -91,3 +91,56 @@ def test_a_site_that_cannot_write_is_said_plainly() -> None:
     secondary = render("vol0", _primary(role="secondary", storage_error="could not write its record journal"))
     assert "CANNOT WRITE: this site could not write its record journal" in secondary
     assert "CANNOT WRITE" not in render("vol0", _primary())
+
+
+def test_a_full_sync_shows_comparing_and_sending_each_with_its_rate_and_eta() -> None:
+    """Issue 17: one ETA from the send rate over every byte left said 0:03:12 for a pass that
+    ended in 34 s; comparing and sending now each have a bar, a rate and an ETA."""
+    resync = {"done_bytes": 600 << 20, "total_bytes": 1024 << 20, "rate_bytes_per_s": 1 << 20,
+              "remaining_bytes": 424 << 20, "active": 1,
+              "compare_total_bytes": 1024 << 20, "compare_done_bytes": 512 << 20,
+              "compare_rate_bytes_per_s": 256 << 20,
+              "send_total_bytes": 20 << 20, "send_done_bytes": 10 << 20,
+              "send_rate_bytes_per_s": 1 << 20}
+    text = render("vol0", _primary(resync=resync))
+    assert "compare  [" in text and "512.0 MiB/1.0 GiB at 256.0 MiB/s, ETA 0:00:02" in text
+    assert "send     [" in text and "10.0 MiB/20.0 MiB at 1.0 MiB/s, ETA 0:00:10" in text
+    assert "grows while comparing" in text
+    assert "ETA 0:07:04" not in text  # the old single estimate: 424 MiB at 1 MiB/s
+
+
+def test_hit_ratio_is_not_a_number_when_no_write_was_a_hit_or_a_miss() -> None:
+    doc = _primary(mode="async")
+    doc["counters"].update(writes=50, record_hits=0, record_misses=0)
+    assert "hit ratio n/a" in render("vol0", doc)
+    assert "0.0%" not in render("vol0", doc).split("hit ratio")[1].splitlines()[0]
+
+
+def test_out_of_sync_extents_are_being_copied_while_the_link_is_up() -> None:
+    connected = render("vol0", _primary(out_of_sync_extents=60))
+    assert "out-of-sync 60 extents, 60.0 MiB (being copied)" in connected
+    assert "when the link returns" not in connected
+    down = render("vol0", _primary(out_of_sync_extents=60, link="disconnected"))
+    assert "out-of-sync 60 extents, 60.0 MiB (copied when the link returns)" in down
+
+
+def test_verify_shows_bytes_rate_eta_and_offsets() -> None:
+    from foresync.status_view import mismatch_list, verify_line
+
+    verify = {"active": True, "done_extents": 672, "total_extents": 1024, "done_bytes": 672 << 20,
+              "total_bytes": 1 << 30, "rate_bytes_per_s": 32 << 20, "mismatches": 2,
+              "mismatched_extents": [3, 700], "mismatched_offsets": [3 << 20, 700 << 20]}
+    assert verify_line(verify) == ("verify: 672/1024 extents, 672.0 MiB/1.0 GiB at 32.0 MiB/s, "
+                                   "ETA 0:00:11, 2 mismatched")
+    assert mismatch_list(verify) == ("3 (offset 3145728 = 3.0 MiB), "
+                                     "700 (offset 734003200 = 700.0 MiB)")
+    assert "672.0 MiB/1.0 GiB at 32.0 MiB/s, ETA 0:00:11" in render("vol0", _primary(verify=verify))
+
+
+def test_a_secondary_in_a_resync_shows_what_it_received() -> None:
+    doc = _primary(role="secondary", consistent=False, seq={"applied": 9}, in_sync=False,
+                   resync={"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 2 << 20,
+                           "active": 1, "received_bytes": 24 << 20, "full_compare": 1})
+    text = render("vol0", doc)
+    assert "in_sync=no" in text.splitlines()[0]
+    assert "resync   receiving: 24.0 MiB so far at 2.0 MiB/s" in text

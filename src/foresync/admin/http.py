@@ -39,7 +39,8 @@ import hmac
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import urllib.parse
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -72,11 +73,21 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamEndpoint:
+    """A GET answered with a stream of chunks until the client or the server goes (``/events``).
+    The handler gets the query string's names and values."""
+
+    handler: Callable[[dict[str, str]], AsyncGenerator[bytes, None]]
+    content_type: str = "application/x-ndjson"
+
+
+@dataclass(frozen=True, slots=True)
 class _Request:
     method: str
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    query: str = ""
 
 
 class _Refused(Exception):
@@ -105,8 +116,12 @@ def peer_name(address: Any) -> str:
 class AdminServer:
     def __init__(self, routes: Mapping[tuple[str, str], Endpoint], token: bytes | None = None, *,
                  request_timeout_s: float = REQUEST_TIMEOUT_S,
-                 answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
+                 answer_timeout_s: float = ANSWER_TIMEOUT_S,
+                 streams: Mapping[str, StreamEndpoint] | None = None,
+                 on_audit: Callable[[str, str, dict[str, Any] | None, int], None] | None = None) -> None:
         self.routes = dict(routes)
+        self.streams = dict(streams or {})  # GET path -> stream
+        self.on_audit = on_audit  # each audited request once answered: method, path, body, status
         self._token = token
         self.request_timeout_s = request_timeout_s
         self.answer_timeout_s = answer_timeout_s
@@ -149,6 +164,10 @@ class AdminServer:
                                                  else str(exc)))
             await _linger(reader, writer)
             return
+        stream = self.streams.get(request.path)
+        if stream is not None and request.method == "GET" and "origin" not in request.headers:
+            await self._stream(conn, reader, writer, stream, request)
+            return
         head_only = request.method == "HEAD"
         if head_only:  # answered as GET, without the body
             request = dataclasses.replace(request, method="GET")
@@ -183,14 +202,16 @@ class AdminServer:
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
                 headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-                return _Request(head.method.decode("ascii", "replace"),
-                                head.target.decode("latin-1").split("?", 1)[0], headers, bytes(body))
+                target, _, query = head.target.decode("latin-1").partition("?")
+                return _Request(head.method.decode("ascii", "replace"), target, headers, bytes(body),
+                                query)
             else:  # ConnectionClosed (or PAUSED, which one request per connection never reaches)
                 raise _Gone
 
     async def _answer(self, request: _Request, peer: str) -> Response:
         audited = request.method != "GET"
         shown = "-"
+        parsed: dict[str, Any] | None = None
         try:
             if "origin" in request.headers:
                 answer = error(403, "requests from web browsers (with an Origin header) are refused")
@@ -205,6 +226,7 @@ class AdminServer:
                     answer = error(405 if known else 404, f"no endpoint {request.method} {request.path}")
                 else:
                     body = {} if request.method == "GET" else parse_body(request.body, endpoint.fields)
+                    parsed = body
                     shown = json.dumps(body, sort_keys=True)
                     answer = await self._run(endpoint, body, request)
         except BodyError as exc:
@@ -218,7 +240,43 @@ class AdminServer:
                     detail = f": {json.loads(content)['error']}"
             log.warning("admin: %s %s from %s, body %s: answered %d %s%s", request.method,
                         request.path, peer, shown, status, HTTPStatus(status).phrase, detail)
+            if self.on_audit is not None:
+                self.on_audit(request.method, request.path, parsed, status)
         return answer
+
+    async def _stream(self, conn: h11.Connection, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, stream: StreamEndpoint, request: _Request) -> None:
+        """Chunked (HTTP/1.1) or close-delimited (1.0) until the stream ends, the client hangs
+        up (a read sees EOF) or the server closes."""
+        query = dict(urllib.parse.parse_qsl(request.query, keep_blank_values=True))
+        chunks = stream.handler(query)
+        gone = asyncio.ensure_future(reader.read(1))  # nothing more is expected: EOF = gone
+        try:
+            writer.write(conn.send(h11.Response(
+                status_code=200, reason=b"OK",
+                headers=[("Content-Type", stream.content_type), ("Cache-Control", "no-store"),
+                         ("Connection", "close")])) or b"")
+            while True:
+                step = asyncio.ensure_future(anext(chunks))
+                await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    return
+                try:
+                    chunk = step.result()
+                except StopAsyncIteration:
+                    break
+                writer.write(conn.send(h11.Data(data=chunk)) or b"")
+                await writer.drain()
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+        except (ConnectionError, OSError, h11.LocalProtocolError):
+            return
+        finally:
+            gone.cancel()
+            await chunks.aclose()
 
     async def _run(self, endpoint: Endpoint, body: dict[str, Any], request: _Request) -> Response:
         async def call() -> Response:

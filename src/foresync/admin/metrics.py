@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -27,9 +27,13 @@ LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0
                      0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+LABELS = ["volume", "site"]  # site: the config file's name without .toml (a@.service's instance)
+
+
 class _StatusCollector(Collector):
-    def __init__(self, volume: str, status: StatusFn) -> None:
+    def __init__(self, volume: str, status: StatusFn, site: str = "") -> None:
         self._volume = volume
+        self._site = site
         self._status = status
 
     def collect(self) -> Iterator[Metric]:
@@ -37,15 +41,15 @@ class _StatusCollector(Collector):
         counters, record, lag = doc["counters"], doc["record"], doc.get("lag", {})
         resync = doc.get("resync", {})
         extent = record["extent_size_bytes"]
-        labels = [self._volume]
+        labels = [self._volume, self._site]
 
         def counter(name: str, text: str, value: float) -> Metric:
-            family = CounterMetricFamily(name, text, labels=["volume"])
+            family = CounterMetricFamily(name, text, labels=LABELS)
             family.add_metric(labels, value)
             return family
 
         def gauge(name: str, text: str, value: float) -> Metric:
-            family = GaugeMetricFamily(name, text, labels=["volume"])
+            family = GaugeMetricFamily(name, text, labels=LABELS)
             family.add_metric(labels, value)
             return family
 
@@ -90,6 +94,49 @@ class _StatusCollector(Collector):
                     "compare or copy.", resync.get("remaining_bytes", 0))
         yield gauge("foresync_in_sync", "1 when nothing is queued, unacknowledged or pending resync.",
                     1 if doc.get("in_sync") else 0)
+        yield from self._state(doc, labels, gauge)
+
+    @staticmethod
+    def _state(doc: dict[str, Any], labels: list[str],
+               gauge: Callable[[str, str, float], Metric]) -> Iterator[Metric]:
+        """Issue 17: role, epoch, consistency, split brain, out-of-sync, NBD, verify and the
+        resync phases, so that a dashboard or an alert needs no /status scrape."""
+        role = GaugeMetricFamily("foresync_role", "1 for the role this site has now (label role).",
+                                 labels=[*LABELS, "role"])
+        for name in ("primary", "secondary"):
+            role.add_metric([*labels, name], 1 if doc["role"] == name else 0)
+        yield role
+        extent = doc["record"]["extent_size_bytes"]
+        oos = doc.get("out_of_sync_extents", 0)
+        verify, resync = doc.get("verify") or {}, doc.get("resync") or {}
+        yield gauge("foresync_epoch", "Epoch (promotions so far) of this site.", doc["epoch"])
+        yield gauge("foresync_consistent", "1 when this site's copy is a usable image (a secondary "
+                    "is not during a full sync or resync into it).", 1 if doc.get("consistent", True) else 0)
+        yield gauge("foresync_split_brain", "1 when both sites were primary with diverged histories.",
+                    1 if doc.get("split_brain") else 0)
+        yield gauge("foresync_out_of_sync_extents", "Extents the secondary may lack outside its "
+                    "record (copied when the link returns).", oos)
+        yield gauge("foresync_out_of_sync_bytes", "Bytes of those extents.", oos * extent)
+        yield gauge("foresync_nbd_connections", "NBD client connections now.",
+                    (doc.get("nbd") or {}).get("connections", 0))
+        yield gauge("foresync_verify_active", "1 while an online verify runs.",
+                    1 if verify.get("active") else 0)
+        yield gauge("foresync_verify_mismatches", "Extents the running or last verify found "
+                    "different.", verify.get("mismatches", 0))
+        yield gauge("foresync_resync_active", "1 while a resync pass runs (or this secondary "
+                    "waits for one to finish).", 1 if resync.get("active") else 0)
+        total = GaugeMetricFamily("foresync_resync_total_bytes", "Bytes of the current (or last) "
+                                  "resync pass, by phase: compare (checksums), send (known so far).",
+                                  labels=[*LABELS, "phase"])
+        done = GaugeMetricFamily("foresync_resync_done_bytes", "Bytes of the current (or last) "
+                                 "resync pass done, by phase.", labels=[*LABELS, "phase"])
+        for phase in ("compare", "send"):
+            total.add_metric([*labels, phase], resync.get(f"{phase}_total_bytes", 0))
+            done.add_metric([*labels, phase], resync.get(f"{phase}_done_bytes", 0))
+        yield total
+        yield done
+        yield gauge("foresync_resync_received_bytes", "Resync bytes this secondary received in the "
+                    "current (or last) pass.", resync.get("received_bytes", 0))
 
 
 class LatencyHistogram(Collector):
@@ -99,8 +146,10 @@ class LatencyHistogram(Collector):
     NAME = "foresync_write_latency_seconds"
     HELP = "Latency of host writes, zeroes, trims and flushes, from request to answer."
 
-    def __init__(self, volume: str, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+    def __init__(self, volume: str, bounds: tuple[float, ...] = LATENCY_BUCKETS_S,
+                 site: str = "") -> None:
         self._volume = volume
+        self._site = site
         self._bounds = bounds
         self._counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf only)
         self._sum = 0.0
@@ -117,17 +166,19 @@ class LatencyHistogram(Collector):
             running += count
             buckets.append((repr(bound), running))
         buckets.append(("+Inf", running + counts[-1]))
-        family = HistogramMetricFamily(self.NAME, self.HELP, labels=["volume"])
-        family.add_metric([self._volume], buckets, total)
+        family = HistogramMetricFamily(self.NAME, self.HELP, labels=LABELS)
+        family.add_metric([self._volume, self._site], buckets, total)
         yield family
 
 
 class SiteMetrics:
-    def __init__(self, volume: str, status: StatusFn) -> None:
+    def __init__(self, volume: str, status: StatusFn, site: str = "") -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StatusCollector(volume, status))
-        self.write_latency = LatencyHistogram(volume)
+        self.registry.register(_StatusCollector(volume, status, site))
+        self.write_latency = LatencyHistogram(volume, site=site)
         self.registry.register(self.write_latency)
+        # The standard process_* series (CPU, memory, open fds, start time) from /proc.
+        ProcessCollector(registry=self.registry)
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

@@ -329,6 +329,11 @@ class PrimaryCore:
         self._resync_total_bytes = 0
         self._resync_done_bytes = 0
         self._resync_sent_bytes = 0
+        # Comparing (checksums, nothing sent when they match) and sending progress at different
+        # rates: a single ETA from the send rate counted skipped extents as still to send.
+        self._resync_compare_total_bytes = 0
+        self._resync_compared_bytes = 0
+        self._resync_send_total_bytes = 0  # known so far: grows as comparisons find differences
         self._resync_started = 0.0
         self._resync_tokens = 0.0
         self._resync_tokens_at = 0.0
@@ -343,6 +348,10 @@ class PrimaryCore:
         self._verify_next = 0
         self.verify_mismatches: set[int] = set()
         self.verify_done_extents = 0
+        self._verify_started = 0.0
+        self._verify_ended = 0.0  # 0 while one runs (or none ran)
+        self._verify_runs = 0  # started so far: a watcher that samples sees even a short one
+        self._resync_passes = 0  # likewise for resync passes
         self._resync_last_seq = 0
         self._resync_local_need = 0  # our own flush must cover this before RESYNC_DONE
         self._set_ids = 0  # RESYNC_SET ids sent (this process)
@@ -506,6 +515,7 @@ class PrimaryCore:
         self._welcome_ranges = []
         if self._verify_active:
             self._verify_active = False  # abandoned: the operator can run it again
+            self._verify_ended = self.now
             self._verify_pending.clear()
         self._pump()
 
@@ -726,14 +736,29 @@ class PrimaryCore:
         self._verify_pending = {}
         self.verify_mismatches = set()
         self.verify_done_extents = 0
+        self._verify_started = self.now
+        self._verify_ended = 0.0
+        self._verify_runs += 1
         self._pump_verify()
         return True
 
     def verify_progress(self) -> dict[str, object]:
+        """The current (or last) verify, for /status: extents and bytes, a rate while it runs
+        (issue 17: ``672/1024 extents`` alone gave no idea of the time left), and each
+        mismatched extent's byte offset beside its number."""
+        size = self.config.extent_size
+        done_bytes = min(self.verify_done_extents * size, self.config.size)
+        elapsed = (self._verify_ended or self.now) - self._verify_started
+        rate = int(done_bytes / elapsed) if elapsed > 0 else 0  # a finished one: its average
+        shown = sorted(self.verify_mismatches)[:1000]
         return {"active": self._verify_active, "done_extents": self.verify_done_extents,
                 "total_extents": self.extent_count,
-                "mismatched_extents": sorted(self.verify_mismatches)[:1000],
-                "mismatches": len(self.verify_mismatches), "repair": self._verify_repair}
+                "done_bytes": done_bytes, "total_bytes": self.config.size,
+                "rate_bytes_per_s": rate,
+                "mismatched_extents": shown,
+                "mismatched_offsets": [extent * size for extent in shown],
+                "mismatches": len(self.verify_mismatches), "repair": self._verify_repair,
+                "runs": self._verify_runs}
 
     def _pump_verify(self) -> None:
         while self._verify_active and len(self._verify_pending) < VERIFY_IN_FLIGHT:
@@ -760,6 +785,7 @@ class PrimaryCore:
         if (self._verify_active and not self._verify_pending and not self._verify_busy
                 and self._verify_next >= self.extent_count):
             self._verify_active = False
+            self._verify_ended = self.now
 
     def _on_hashes(self, request: int, first: int, hashes: tuple[int, ...]) -> None:
         pending = self._verify_pending.pop(request, None)
@@ -789,8 +815,12 @@ class PrimaryCore:
         if not self._resync_pass:
             self._resync_pass = True
             self._resync_total_bytes = self._resync_done_bytes = self._resync_sent_bytes = 0
+            self._resync_compare_total_bytes = self._resync_compared_bytes = 0
+            self._resync_send_total_bytes = 0
+            self._resync_passes += 1
             self._resync_started = self.now
         self._resync_total_bytes += self.config.extent_size
+        self._resync_send_total_bytes += self.config.extent_size
 
     def lag_seconds(self) -> float:
         """How long the oldest write the secondary has not applied has waited (timer-tick
@@ -811,12 +841,23 @@ class PrimaryCore:
     def resync_progress(self) -> dict[str, int]:
         """The current (or last) resync pass, for /status. ``set_extents``: the extents the
         secondary holds in its journaled resync set while the pass runs (it may differ there
-        until RESYNC_DONE, beyond its record)."""
+        until RESYNC_DONE, beyond its record). Besides the whole pass, its two phases apart:
+        comparing (extents the secondary sent checksums for; a match costs no send) and sending
+        (extents without a checksum plus those found to differ so far, so its total grows while
+        comparing goes on). Each has its own rate, hence its own ETA."""
         elapsed = max(self.now - self._resync_started, 1e-9)
         rate = int(self._resync_sent_bytes / elapsed) if self._resync_pass else 0
+        compare_rate = int(self._resync_compared_bytes / elapsed) if self._resync_pass else 0
         return {"done_bytes": self._resync_done_bytes, "total_bytes": self._resync_total_bytes,
                 "rate_bytes_per_s": rate,
                 "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes),
+                "active": int(self._resync_pass),
+                "compare_total_bytes": self._resync_compare_total_bytes,
+                "compare_done_bytes": self._resync_compared_bytes,
+                "compare_rate_bytes_per_s": compare_rate,
+                "send_total_bytes": self._resync_send_total_bytes,
+                "send_done_bytes": self._resync_sent_bytes,
+                "send_rate_bytes_per_s": rate, "passes": self._resync_passes,
                 "set_extents": extent_runs.count(self._pass_runs)}
 
     def failback_bound_extents(self) -> int:
@@ -1230,6 +1271,12 @@ class PrimaryCore:
         self._resync_total_bytes = self._resync_remaining() * self.config.extent_size
         self._resync_done_bytes = 0
         self._resync_sent_bytes = 0
+        # A full sync with the secondary's checksums compares every extent before sending.
+        with_hash = self.extent_count if len(self._remote_hashes) == self.extent_count else 0
+        self._resync_compare_total_bytes = with_hash * self.config.extent_size
+        self._resync_compared_bytes = 0
+        self._resync_send_total_bytes = max(0, self._resync_remaining() - with_hash) * self.config.extent_size
+        self._resync_passes += 1
         self._resync_started = self.now
         self._resync_tokens = float(min(self.config.resync_rate_max, self.config.extent_size))
         self._resync_tokens_at = self.now
@@ -1395,6 +1442,8 @@ class PrimaryCore:
         self.counters.resync_bytes += length
         self._resync_done_bytes += length
         self._resync_sent_bytes += length
+        # An extent whose checksum was void (written since) is sent without comparing.
+        self._resync_send_total_bytes = max(self._resync_send_total_bytes, self._resync_sent_bytes)
         if self.config.resync_rate_max:
             self._resync_tokens -= length
         return "sent"
@@ -1410,6 +1459,7 @@ class PrimaryCore:
         zero = self._zero_hashes.get(length)
         if zero is None:
             zero = self._zero_hashes[length] = xxhash.xxh3_64_intdigest(bytes(length))
+        self._resync_compared_bytes += self.config.extent_size  # once: a retry is not hashed
         if remote == zero and self._is_hole is not None:
             self._slice_work += HOLE_CHECK_COST
             if self._is_hole(offset, length):
@@ -1418,6 +1468,7 @@ class PrimaryCore:
         data = self._read(offset, length)
         if xxhash.xxh3_64_intdigest(data) == remote:
             return True
+        self._resync_send_total_bytes += self.config.extent_size
         self._differs = extent  # the window may be full: the retry sends without hashing again
         return data
 

@@ -41,6 +41,7 @@ from foresync.sites.security import SiteSecurity
 from foresync.storage.backend import Extent
 from foresync.storage.file_backend import FileBackend
 from foresync.storage.flusher import GroupFlusher
+from foresync.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class PrimarySite:
         self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once NBD and the link listen
         self._peer_refusals = LogBudget(log, logging.WARNING, "refused link peers")
+        # The dialer retries every 2 s at most: each failure is a WARNING, ten a minute.
+        self._dial_failures = LogBudget(log, logging.WARNING, "failed dials to the secondary")
         self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
         self._oos_retry: tuple[int, tuple[int, ...], bool] | None = None  # a persist that failed
 
@@ -190,10 +193,10 @@ class PrimarySite:
                     self.link.send(message)
                 if isinstance(message, wire.ResyncDone):
                     progress = self.core.resync_progress()
-                    log.info("resync finished: %d bytes sent; %d bytes compared in all "
-                             "(volume %d bytes); the secondary is consistent",
-                             self.core.counters.resync_bytes - self._resync_bytes_at_pass,
-                             progress["total_bytes"], self.cfg.size)
+                    log.info("resync finished: %s sent; %s compared in all (volume %s); the "
+                             "secondary is consistent",
+                             format_size(self.core.counters.resync_bytes - self._resync_bytes_at_pass),
+                             format_size(progress["total_bytes"]), format_size(self.cfg.size))
                     self._resync_bytes_at_pass = self.core.counters.resync_bytes
             case core_mod.ApplyLocal(seq, offset, length, data, punch):
                 errno = 0
@@ -309,7 +312,6 @@ class PrimarySite:
         loop = asyncio.get_running_loop()
         host, port = self.cfg.link_peer
         backoff = 0.2
-        logged = False
 
         async def wait_before_redialling() -> None:
             nonlocal backoff
@@ -345,9 +347,11 @@ class PrimarySite:
                     # The listener dropped us mid-handshake: it refused our certificate.
                     self.core.link_error = (f"TLS handshake with {host}:{port} failed: the peer "
                                             f"closed the connection ({exc})")
-                if not logged:
-                    log.info("link: cannot reach secondary at %s:%d (%s); retrying", host, port, exc)
-                    logged = True
+                else:
+                    # Every failed dial is the link's state now (issue 17): /status says why.
+                    self.core.link_error = (f"cannot reach the secondary at {host}:{port}: "
+                                            f"{_dial_reason(exc)}")
+                self._dial_failures("link: %s; retrying", self.core.link_error)
                 await wait_before_redialling()
                 continue
             if not proto.ready.done():  # refused before authenticating: link_error says why
@@ -360,7 +364,6 @@ class PrimarySite:
                 # this connection must not start a session that run() would then wait out.
                 proto.abort("stopping")
                 break
-            logged = False
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)
             failures = self.core.counters.secondary_storage_errors
@@ -376,7 +379,8 @@ class PrimarySite:
             greeted = (self.core.link is core_mod.LinkState.CONNECTED
                        and self.core.counters.secondary_storage_errors == failures)
             self.link = None
-            log.info("link: disconnected (%s)", reason)
+            log.log(logging.INFO if self._stopping else logging.WARNING,
+                    "link: lost the secondary at %s (%s)", proto.peer, reason)
             self.core.disconnected(reason)
             self.pump()
             if greeted:
@@ -635,3 +639,12 @@ class PrimarySite:
             "seq": {"last": s.last_seq, "durable": s.durable_seq},
             "nbd": {"connections": nbd.connections if nbd else 0},
         }
+
+
+def _dial_reason(exc: BaseException) -> str:
+    """Why a dial failed, in a few words: the OS's text (``Connection refused``) or a timeout."""
+    if isinstance(exc, TimeoutError) and not getattr(exc, "strerror", None):
+        return "no answer before [link] timeout"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -49,6 +49,7 @@ from foresync.sites.roles import discard_local as discard_local_changes
 from foresync.sites.roles import promote as promote_site
 from foresync.sites.security import SiteSecurity
 from foresync.storage.file_backend import FileBackend
+from foresync.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,11 @@ class SecondarySite:
         self._promoting = False
         self.split_brain = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
+        # This side's view of a resync pass (issue 17): bytes received and since when; the
+        # primary decides what to send, so the total is known there, not here.
+        self._resync_rx_bytes = 0
+        self._resync_rx_started = 0.0  # monotonic; 0 until the pass's first resync write
+        self._resync_full = False  # the pass compares every extent (checksums were sent)
         # [nbd] listen, bound by a promote for the primary
         self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
@@ -160,6 +166,10 @@ class SecondarySite:
                 return
             self._held.append(message)
             return
+        if type(message) is wire.Write and message.flags & wire.WriteFlag.RESYNC:
+            if not self._resync_rx_started:
+                self._resync_rx_started = time.monotonic()
+            self._resync_rx_bytes += len(message.data)
         if type(message) is wire.Write and not self._pump.running and self.core.write_now(message):
             try:
                 self.backend.write(message.offset, message.data)  # nothing is queued before it
@@ -195,6 +205,7 @@ class SecondarySite:
             return  # that connection is gone; a newer one computes its own
         held, self._held = self._held or [], None
         self._prepare_welcome(hashes)
+        self._resync_full = True
         log.info("reporting checksums of %d extents for a full sync (%s)", len(hashes),
                  "new copy" if self.meta.new else "interrupted resync")
         for message in held:
@@ -293,7 +304,9 @@ class SecondarySite:
             self.disconnected_since = time.time()
             if self.core.greeted or not self.link_error.startswith("refused"):
                 self.link_error = reason  # keep why we refused: the primary just hangs up
-            log.info("link: primary disconnected (%s)", reason)
+            # Link loss is a WARNING (issue 17), except when this site ends it to change role.
+            log.log(logging.INFO if self._promoting else logging.WARNING,
+                    "link: primary disconnected (%s)", reason)
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
         self._store(self.meta.update(volume_id=hello.volume_id, epoch_history=tuple(hello.history),
@@ -355,7 +368,10 @@ class SecondarySite:
                 self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
                 self.undo.discard()
                 self.storage_error = ""
-                log.info("resync finished: this copy is consistent")
+                log.info("resync finished: this copy is consistent; %s received",
+                         format_size(self._resync_rx_bytes))
+                self._resync_rx_bytes, self._resync_rx_started = 0, 0.0
+                self._resync_full = False
             case core_mod.CloseLink(reason):
                 if self.link is not None:
                     self.link_error = reason
@@ -626,8 +642,19 @@ class SecondarySite:
             "security": self.security.describe(),
             "split_brain": self.split_brain,
             "record_may_be_incomplete": self.link is None,
-            "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 0},
+            "resync": self._resync_view(),
         }
+
+    def _resync_view(self) -> dict[str, Any]:
+        """The resync pass from this side: what arrived and how fast. ``done_bytes`` and
+        ``total_bytes`` stay 0 as before (the primary, which chooses what to send, reports them);
+        ``active`` is 1 while this copy waits for a pass to finish."""
+        active = not (self.meta.consistent and not self.meta.new) or self.core.resyncing
+        elapsed = time.monotonic() - self._resync_rx_started if self._resync_rx_started else 0.0
+        rate = int(self._resync_rx_bytes / elapsed) if elapsed > 0 else 0
+        return {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": rate if active else 0,
+                "active": int(active), "received_bytes": self._resync_rx_bytes,
+                "full_compare": int(self._resync_full and active)}
 
 
 def extent_hashes(backend: FileBackend, extent_size: int,

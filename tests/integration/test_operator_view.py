@@ -1,0 +1,153 @@
+"""What an operator watches during an incident tells the truth (issue 17): a primary whose
+dials fail says why in /status and logs it at WARNING; a secondary in its initial sync says it is
+not in sync and shows what it received; the primary shows comparing and sending apart."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .sites import MiB, Settings, SitePair, StatusPoller, open_site_pairs, run_tool
+
+pytestmark = pytest.mark.integration
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+
+
+def exported_names(port: int) -> set[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def scrape_in_sync(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(r'^foresync_in_sync\{[^}]*\} (\S+)$', text, re.M)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_failed_dials_are_warnings_with_the_reason_in_status(tmp_path: Path) -> None:
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="32MiB"))
+        pair.init_both()
+        pair.start(pair.primary)  # nothing listens on the secondary's link port
+        pair.wait_for("a dial failure in link_error", lambda: "Connection refused"
+                      in pair.status(pair.primary)["link_error"])
+        status = pair.status(pair.primary)
+        assert status["link"] == "disconnected"
+        assert "cannot reach the secondary at 127.0.0.1:" in status["link_error"]
+        pair.wait_for("a WARNING for the failed dial", lambda: re.search(
+            r"WARNING .*link: cannot reach the secondary .*Connection refused", pair.primary.log())
+            is not None)
+        pair.start(pair.secondary)
+        pair.wait_in_sync()
+        assert pair.status(pair.primary)["link_error"] == ""
+        pair.stop(pair.secondary)
+        pair.wait_for("a WARNING for the lost link", lambda: re.search(
+            r"WARNING .*link: lost the secondary", pair.primary.log()) is not None)
+
+
+def test_a_secondary_in_its_initial_sync_says_so_and_shows_its_progress(tmp_path: Path) -> None:
+    settings = Settings(size="32MiB", resync_rate_max="4MiB")
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(settings)
+        pair.init_both()
+        pair.start(pair.primary)
+        run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 12M", pair.nbd_url])
+        with StatusPoller(pair, interval_s=0.2) as poller:
+            pair.start(pair.secondary)
+            pair.wait_for("the secondary receiving resync data", lambda: pair.status(
+                pair.secondary)["resync"].get("received_bytes", 0) >= 2 * MiB, timeout_s=30)
+            secondary = pair.status(pair.secondary)
+            assert secondary["in_sync"] is False and secondary["consistent"] is False
+            assert secondary["resync"]["active"] == 1 and secondary["resync"]["rate_bytes_per_s"] > 0
+            assert scrape_in_sync(pair.secondary.admin_port) == 0
+            text = pair.cli("status", "--config", pair.secondary.config_path).stdout
+            assert "in_sync=no" in text and "resync   receiving:" in text, text
+            pair.wait_in_sync(timeout_s=60)
+        during = [doc["resync"] for doc in poller.of("primary") if doc["resync"].get("active")]
+        assert during, "the primary never reported the pass"
+        # Every extent is compared by checksum; only the 12 MiB written differ and are sent.
+        assert all(r["compare_total_bytes"] == 32 * MiB for r in during), during[-1]
+        assert max(r["send_total_bytes"] for r in during) == 12 * MiB, during[-1]
+        assert any(r["send_rate_bytes_per_s"] > 0 for r in during)
+        secondary = pair.status(pair.secondary)
+        assert secondary["resync"]["active"] == 0 and secondary["in_sync"] is True
+        # Every series the Grafana dashboard queries is one a real /metrics exports.
+        exported = exported_names(pair.primary.admin_port) | exported_names(pair.secondary.admin_port)
+        used = set(re.findall(r"\b((?:foresync|process)_[a-z_]+)\b", DASHBOARD.read_text()))
+        assert used and not used - exported, sorted(used - exported)
+        assert re.search(r"resync finished: 12\.0 MiB sent", pair.primary.log()), pair.primary.log()
+
+
+def test_log_format_json_gives_one_json_object_a_line(tmp_path: Path) -> None:
+    import json
+
+    json_logs = Settings(size="32MiB", admin_extra='[log]\nformat = "json"\n')
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="32MiB"), primary=json_logs)
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        pair.stop_both()
+        lines = [line for line in pair.primary.log().splitlines()
+                 if line.strip() and not line.startswith("=====")]
+        docs = [json.loads(line) for line in lines]  # every line: not one plain-text line left
+        assert any(d["level"] == "INFO" and "link: connected to secondary" in d["message"]
+                   for d in docs), lines
+        assert all({"ts", "level", "volume", "logger", "message"} <= d.keys() for d in docs)
+        assert not pair.secondary.log().lstrip().startswith("{")  # the default stays text
+
+
+def test_events_follows_state_changes_of_a_real_site(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from .sites import FORESYNC
+
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="32MiB"))
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        out = tmp_path / "events.jsonl"
+        with out.open("wb") as sink:
+            follower = subprocess.Popen([FORESYNC, "events", "--config", pair.primary.config_path,
+                                         "--since-start"], stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            def events() -> list[dict[str, object]]:
+                return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+
+            pair.wait_for("the replayed state", lambda: len(events()) >= 5)
+            pair.cli("verify", "--config", pair.primary.config_path)
+            pair.stop(pair.secondary)
+            pair.wait_for("a link-down event with the dial's reason", lambda: any(
+                e["type"] == "link" and e["state"] == "down" and "Connection refused" in str(e["reason"])
+                for e in events()))
+            pair.start(pair.secondary)
+            pair.wait_in_sync()
+            pair.wait_for("a link-up event", lambda: any(
+                e["type"] == "link" and e["state"] == "up" and not e.get("replay") for e in events()))
+            pair.stop(pair.primary)  # the stream ends with the site
+            follower.wait(timeout=30)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
+        seen = events()
+        replay = [e for e in seen if e.get("replay")]
+        assert replay[0]["type"] == "role" and replay[0]["role"] == "primary" and replay[0]["epoch"] == 1
+        assert {"type": "link", "state": "up"}.items() <= replay[1].items()
+        kinds = [(e["type"], e.get("phase") or e.get("state") or e.get("action")) for e in seen
+                 if not e.get("replay")]
+        assert ("admin", "verify") in kinds and ("verify", "finished") in kinds, kinds
+        assert kinds.index(("link", "down")) < kinds.index(("link", "up")), kinds
+        assert all(isinstance(e["ts"], str) and e["ts"].endswith("+00:00") for e in seen)
+        assert follower.returncode == 0
