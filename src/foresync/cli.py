@@ -192,7 +192,6 @@ CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="
 @click.option("--force", is_flag=True, help="Overwrite existing site metadata (forgets identity and record).")
 def init(config_path: str, role: str, force: bool) -> None:
     """Create a site's metadata: identity, role, epoch 1 and an empty record."""
-    import os
 
     from foresync.daemon import init_site
     from foresync.errors import SiteInUse
@@ -202,10 +201,8 @@ def init(config_path: str, role: str, force: bool) -> None:
     cfg = _load(config_path)
     try:
         check_meta_dir(cfg.meta, create=True)  # before the lock file: nothing made in vain
-        if os.path.isdir(cfg.meta):  # a daemon may be running on it: never pull it from under one
-            with SiteLock.acquire(cfg.meta, "foresync init"):
-                meta = init_site(config_path, role, force)
-        else:
+        # A daemon may be running on it: never pull the metadata from under one.
+        with SiteLock.acquire(cfg.meta, "foresync init"):
             meta = init_site(config_path, role, force)
     except SiteInUse as exc:
         raise click.ClickException(f"{exc}: stop it before `foresync init`; nothing changed") from None

@@ -56,17 +56,6 @@ def _scripted(seed: int = 1) -> World:
     return World(seed, SimConfig(mode=Mode.LOOKAHEAD, crash_weight=0))
 
 
-def _connect_and_drain(world: World) -> None:
-    world._ev_connect()
-    world._settle()
-    while world.p2s or world.s2p:
-        if world.p2s:
-            world._ev_deliver_p2s()
-        if world.s2p:
-            world._ev_deliver_s2p()
-        world._settle()
-
-
 def test_a_failback_after_the_promoted_site_lost_its_out_of_sync_store_copies_everything() -> None:
     """Seed 1625: B is promoted (failback set: its record), A steps down, then B crashes and its
     out-of-sync store is lost. B restarts widened ("everything", issue 12), so the failback pass
@@ -97,7 +86,7 @@ def test_a_secondary_adopts_its_primarys_epoch_history() -> None:
     for promoted in ("B", "A", "B"):
         world._ev_switchover()
         assert world.roles["primary"] == promoted
-        _connect_and_drain(world)
+        world.connect_and_drain()
     assert world.histories["B"] == (1, 1001, 1002, 1003)
     assert world.histories["A"] == world.histories["B"]
 

@@ -1293,16 +1293,6 @@ class _Recording(Harness):
         super().__post_init__()
         self.sent: list[wire.Message] = []
 
-    def _carry_out_secondary(self, actions: list[score.Action]) -> None:
-        """What SecondarySite's action pump does: stop at a failed write, tell the core."""
-        for index, action in enumerate(actions):
-            try:
-                self._secondary_action(action)
-            except StorageError as exc:
-                self.secondary.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc),
-                                              actions[index:])
-                return
-
     def _primary_action(self, action: pcore.Action) -> None:
         if isinstance(action, pcore.Send):
             self.sent.append(action.message)

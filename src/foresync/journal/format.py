@@ -158,21 +158,14 @@ def encode_checkpoint(state: RecordState) -> bytes:
     return _entry(body) + (encode_resync_set(state.resync) if state.resync else b"")
 
 
-def _read_list(body: bytes, pos: int) -> tuple[list[int], int]:
+def _read_list(body: bytes, pos: int, per_item: int = 1) -> tuple[list[int], int]:
+    """A u32 count of items, then each item's ``per_item`` u32 values, flattened."""
     (count,) = U32.unpack_from(body, pos)
-    end = pos + 4 + 4 * count
+    values = per_item * count
+    end = pos + 4 + 4 * values
     if end > len(body):
-        raise ValueError("extent list runs past the entry")
-    return list(struct.unpack_from(f">{count}I", body, pos + 4)), end
-
-
-def _read_list2(body: bytes, pos: int) -> tuple[list[int], int]:
-    """A u32 count of pairs, then the pairs' u32 values, flattened."""
-    (count,) = U32.unpack_from(body, pos)
-    end = pos + 4 + 8 * count
-    if end > len(body):
-        raise ValueError("run list runs past the entry")
-    return list(struct.unpack_from(f">{2 * count}I", body, pos + 4)), end
+        raise ValueError(("extent" if per_item == 1 else "run") + " list runs past the entry")
+    return list(struct.unpack_from(f">{values}I", body, pos + 4)), end
 
 
 def apply_entry(state: RecordState, body: bytes) -> None:
@@ -200,7 +193,7 @@ def apply_entry(state: RecordState, body: bytes) -> None:
         state.ranges = ranges
         state.resync = ()  # a RESYNC_SET follows the checkpoint when a pass was running
     elif kind == EntryKind.RESYNC_SET:
-        flat, _ = _read_list2(body, 1)
+        flat, _ = _read_list(body, 1, 2)
         state.resync = union(state.resync, normalise(zip(flat[::2], flat[1::2], strict=True)))
     elif kind == EntryKind.RESYNC_CLEAR:
         state.resync = ()

@@ -168,6 +168,10 @@ class World:
         self._start_primary()
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
+        self.connect_and_drain()
+
+    def connect_and_drain(self) -> None:
+        """Connect the sites and deliver every frame until both directions are empty."""
         self._ev_connect()
         self._settle()
         while self.p2s or self.s2p:
