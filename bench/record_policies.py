@@ -16,7 +16,8 @@ from pathlib import Path
 
 from foresync.nbd import trace
 from foresync.record.record import Eviction
-from foresync.record.replay import ReplayConfig, replay, writes_of
+from foresync.record.replay import ReplayConfig, replay
+from foresync.tune import writes_of
 
 HERE = Path(__file__).parent
 CONFIGS = [(16, 1 << 20), (16, 65536), (4, 1 << 20), (4, 65536)]

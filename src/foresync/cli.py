@@ -127,12 +127,12 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
           tls_verify_client: bool, trace_path: str | None) -> None:
     """Serve a file or block device over NBD, without replication."""
     from foresync import tls
+    from foresync.daemon.local_target import LocalTarget
     from foresync.nbd.handshake import ExportInfo
     from foresync.nbd.server import NbdServer, ServerLimits
     from foresync.nbd.target import NbdTarget
     from foresync.nbd.tracing import TraceWriter, TracingTarget
     from foresync.storage.file_backend import FileBackend
-    from foresync.storage.local_target import LocalTarget
 
     try:
         size_bytes = parse_size(size, "--size")
@@ -193,10 +193,10 @@ CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="
 def init(config_path: str, role: str, force: bool) -> None:
     """Create a site's metadata: identity, role, epoch 1 and an empty record."""
 
-    from foresync.daemon import init_site
+    from foresync.daemon.metadata import check_meta_dir
+    from foresync.daemon.run import init_site
+    from foresync.daemon.site_lock import SiteLock
     from foresync.errors import SiteInUse
-    from foresync.site import check_meta_dir
-    from foresync.site_lock import SiteLock
 
     cfg = _load(config_path)
     try:
@@ -221,7 +221,7 @@ def init(config_path: str, role: str, force: bool) -> None:
 def run(config_path: str, assume_all: bool) -> None:
     """Run a site until SIGTERM or SIGINT. The role comes from the site metadata."""
     from foresync.config import load
-    from foresync.daemon import run_site
+    from foresync.daemon.run import run_site
     from foresync.errors import SiteInUse
 
     with contextlib.suppress(ForesyncError):  # run_site loads it again and reports the error
@@ -314,7 +314,7 @@ def _post(cfg: SiteConfig, path: str, body: dict[str, object]) -> Answer | None:
     url = f"http://{host}:{port}{path}"
     headers = {"Content-Type": "application/json"}
     if cfg.admin_token_file:
-        from foresync.sites.security import read_secret
+        from foresync.daemon.security import read_secret
 
         try:
             token = read_secret(cfg.admin_token_file, "[admin] token_file")
@@ -346,8 +346,8 @@ def _offline(cfg: SiteConfig, command: str, change: Callable[[], Answer]) -> Ans
     it is running, though its admin API did not answer at the address in this config."""
     import os
 
+    from foresync.daemon.site_lock import SiteLock
     from foresync.errors import SiteInUse
-    from foresync.site_lock import SiteLock
 
     host, port = cfg.admin_listen
     try:
@@ -400,10 +400,14 @@ def promote(config_path: str, force: bool) -> None:
 def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
     import os
 
-    from foresync import site
+    from foresync.daemon import metadata as site
+    from foresync.daemon.transitions import (
+        damaged_promote_error,
+        open_record,
+        roll_back_unfinished_resync,
+    )
+    from foresync.daemon.transitions import promote as promote_site
     from foresync.journal.undo import UndoLog
-    from foresync.sites.roles import damaged_promote_error, open_record, roll_back_unfinished_resync
-    from foresync.sites.roles import promote as promote_site
     from foresync.storage.file_backend import FileBackend
 
     meta = site.load(cfg.meta)
@@ -454,8 +458,8 @@ def resolve(config_path: str, discard_local: bool) -> None:
     """After a split brain: make this site the loser. It becomes secondary of the other site,
     which copies back every extent either side changed."""
     def offline(cfg: SiteConfig) -> Answer:
-        from foresync import site
-        from foresync.sites.roles import discard_local as discard
+        from foresync.daemon import metadata as site
+        from foresync.daemon.transitions import discard_local as discard
 
         meta = discard(cfg, site.load(cfg.meta))
         return 200, {"stale_extents": len(meta.stale)}

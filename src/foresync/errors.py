@@ -10,6 +10,7 @@ must hold even under ``python -O``.
 from __future__ import annotations
 
 import errno as _errno
+from enum import IntEnum
 
 
 class ForesyncError(Exception):
@@ -85,3 +86,18 @@ class SiteInUse(ForesyncError):
                          f"({holder})")
         self.meta_dir = meta_dir
         self.holder = holder
+
+class Errno(IntEnum):
+    """The error a host is answered with: NBD's errno values ("Error values"), which match Linux
+    for the ones defined. Defined here, not in ``nbd.wire``, so the replication cores and storage
+    answer with it without importing the NBD front end."""
+
+    OK = 0
+    EPERM = 1
+    EIO = 5
+    ENOMEM = 12
+    EINVAL = 22
+    ENOSPC = 28
+    EOVERFLOW = 75
+    ENOTSUP = 95
+    ESHUTDOWN = 108

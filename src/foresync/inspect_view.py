@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from foresync import site
+from foresync.daemon import metadata as site
 from foresync.errors import ForesyncError, JournalCorruption
 from foresync.journal import format as jfmt
 from foresync.journal import undo

@@ -3,7 +3,7 @@
 Why not ``loop.create_server``: when accept() fails (no file descriptors left) asyncio logs a
 traceback every time and uvloop closes the new connections without a word; a server that
 accepts with ``loop.sock_accept`` can log a clear, rate-limited line and let clients wait in the
-backlog instead (nbd/server.py, sites/link.py).
+backlog instead (nbd/server.py, link/transport.py).
 """
 
 from __future__ import annotations

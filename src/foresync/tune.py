@@ -15,21 +15,28 @@ from __future__ import annotations
 
 import gzip
 import lzma
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from foresync.errors import ConfigError
 from foresync.nbd import trace
+from foresync.nbd.trace import TraceRecord
 from foresync.record.predict import PREDICTORS
 from foresync.record.record import Eviction
-from foresync.record.replay import ReplayConfig, ReplayResult, replay, writes_of
+from foresync.record.replay import ReplayConfig, ReplayResult, replay
 from foresync.units import format_size
 
 EXTENT_SIZES = (4096, 16384, 65536, 262144, 1 << 20)
 LOOKAHEADS = (0, 2, 4, 8, 16)
 CAPACITY_MAX = 65535  # as config.py
 CURVE_FACTORS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4)  # the bound's multiples on the curve
+
+
+def writes_of(records: Iterable[TraceRecord]) -> list[tuple[float, int, int, bool]]:
+    """(time s, offset, length, is data write) of each request that changes the volume."""
+    return [(r.time_ns / 1e9, r.offset, r.length, r.command == 1) for r in records
+            if r.writes and r.length > 0]
 
 
 @dataclass(frozen=True, slots=True)

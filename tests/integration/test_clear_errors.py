@@ -190,7 +190,7 @@ def test_a_primary_stopped_with_its_meta_disk_full(mount: Mount, make_pair: Make
 
     log = stop_expecting_failure(pair, "primary")
     oos = meta / "oos.json"
-    assert f"ERROR vol=vol0 foresync.sites.primary: clean stop failed: cannot write {oos}: No space " \
+    assert f"ERROR vol=vol0 foresync.daemon.primary: clean stop failed: cannot write {oos}: No space " \
            "left on device; the next start treats this stop as unclean" in log, log
     assert f"Error: cannot write {oos}: No space left on device" in log, log
     assert not (meta / "clean-stop").exists() and not (meta / "oos.json.tmp").exists()

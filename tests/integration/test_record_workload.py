@@ -11,7 +11,8 @@ import pytest
 
 from foresync.nbd import trace
 from foresync.record.record import Eviction
-from foresync.record.replay import ReplayConfig, replay, writes_of
+from foresync.record.replay import ReplayConfig, replay
+from foresync.tune import writes_of
 
 from .conftest import StartServer
 from .sites import FORESYNC, Settings, SitePair, open_site_pairs, run_tool

@@ -7,7 +7,7 @@ import pytest
 from foresync.faults import Faults
 from foresync.link import wire
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
-from foresync.replication.roles import Relation
+from foresync.replication.epochs import Relation
 
 OURS = bytes(range(16))
 THEIRS = bytes(range(100, 116))

@@ -148,12 +148,12 @@ def test_json_log_lines_carry_the_same_facts_as_text() -> None:
 
     from foresync.logctx import JsonFormatter, VolumeContext
 
-    record = logging.LogRecord("foresync.sites.primary", logging.WARNING, __file__, 1,
+    record = logging.LogRecord("foresync.daemon.primary", logging.WARNING, __file__, 1,
                                "link: lost the secondary at %s (%s)", ("10.0.0.2:7802", "timeout"),
                                None)
     VolumeContext().filter(record)
     doc = json.loads(JsonFormatter().format(record))
-    assert doc["level"] == "WARNING" and doc["logger"] == "foresync.sites.primary"
+    assert doc["level"] == "WARNING" and doc["logger"] == "foresync.daemon.primary"
     assert doc["message"] == "link: lost the secondary at 10.0.0.2:7802 (timeout)"
     assert doc["ts"].endswith("+00:00") and "volume" in doc
 

@@ -1,4 +1,4 @@
-"""A role change through the admin API is answered only once the new role serves (daemon.py).
+"""A role change through the admin API is answered only once the new role serves (daemon/run.py).
 
 ``run_site`` runs in this process on a secondary's files; ``POST /promote`` goes over real HTTP.
 When the new primary cannot start (here its ``run`` fails as a taken port would make it fail),
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from foresync import site
-from foresync.daemon import init_site, run_site
-from foresync.sites.primary import PrimarySite
+from foresync.daemon import metadata as site
+from foresync.daemon.primary import PrimarySite
+from foresync.daemon.run import init_site, run_site
 
 
 def free_port() -> int:

@@ -11,7 +11,8 @@ from foresync.nbd import trace
 from foresync.record import estimate
 from foresync.record.estimate import FACTORS, MissRatioEstimator, advice
 from foresync.record.record import Eviction
-from foresync.record.replay import ReplayConfig, replay, writes_of
+from foresync.record.replay import ReplayConfig, replay
+from foresync.tune import writes_of
 
 PGBENCH = Path(__file__).parents[2] / "bench" / "workloads" / "pgbench.fstrace.xz"
 ES = 65536

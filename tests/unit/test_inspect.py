@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from foresync import site
 from foresync.cli import main
+from foresync.daemon import metadata as site
 from foresync.journal import format as fmt
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from foresync.link import wire
-from foresync.sites.link import LinkListener, LinkProtocol, LinkSecurity, setup_timeout_reason
+from foresync.link.transport import LinkListener, LinkProtocol, LinkSecurity, setup_timeout_reason
 
 SECRET = b"0123456789abcdef-link-secret"
 

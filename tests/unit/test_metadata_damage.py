@@ -3,7 +3,7 @@
 The undo log (``journal.undo``): a torn tail is ignored, damage leaves the rollback untrusted.
 The out-of-sync store (``journal.oos_format``, ``site.load_oos``): every bad input is a one-line
 error naming the file; a missing one is "every extent". And the adapters that apply the policy
-(``sites.roles``, ``daemon``): widen durably first, keep the damaged file aside, refuse promote
+(``daemon.transitions``, ``daemon.run``): widen durably first, keep the damaged file aside, refuse promote
 without --force, and hand over the whole volume as the failback set with it.
 """
 
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from foresync import config as config_mod
-from foresync import daemon, site
+from foresync.daemon import metadata as site
+from foresync.daemon import run as daemon
+from foresync.daemon import transitions as roles
 from foresync.errors import ConfigError
 from foresync.journal import format as jfmt
 from foresync.journal import oos_format, undo
@@ -26,7 +28,6 @@ from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog
 from foresync.link import wire
 from foresync.replication import primary as pcore
-from foresync.sites import roles
 from foresync.storage.file_backend import FileBackend
 
 EXTENT = 4096

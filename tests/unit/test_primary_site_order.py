@@ -18,6 +18,8 @@ import struct
 from pathlib import Path
 
 from foresync.config import SiteConfig
+from foresync.daemon.metadata import SiteMeta
+from foresync.daemon.primary import PrimarySite
 from foresync.link import wire
 from foresync.nbd import wire as nwire
 from foresync.nbd.connection import Transmission
@@ -25,8 +27,6 @@ from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdConnection, NbdServer, ServerLimits
 from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
-from foresync.site import SiteMeta
-from foresync.sites.primary import PrimarySite
 from foresync.storage.file_backend import FileBackend
 
 EXTENT = 4096

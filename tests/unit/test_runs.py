@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foresync.config import SiteConfig
+from foresync.daemon.metadata import SiteMeta
+from foresync.daemon.transitions import failback_set
 from foresync.journal.format import RecordState
 from foresync.record import runs
 from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
-from foresync.site import SiteMeta
-from foresync.sites.roles import failback_set
 
 EXTENTS = st.sets(st.integers(0, 200), max_size=60)
 

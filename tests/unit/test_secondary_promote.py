@@ -1,4 +1,4 @@
-"""The secondary site's promote and its wait for work in flight (sites/secondary.py).
+"""The secondary site's promote and its wait for work in flight (daemon/secondary.py).
 
 Regression (issue 12, item 7): ``_drain`` waited with ``asyncio.gather``. Cancelling the caller
 (the admin server gave up on a promote after 90 s) cancelled every task it waited for, the link
@@ -18,12 +18,12 @@ import socket
 from pathlib import Path
 
 from foresync.config import SiteConfig
+from foresync.daemon.metadata import SiteMeta
+from foresync.daemon.secondary import SecondarySite, extent_hashes
 from foresync.journal.journal import RecordJournal
+from foresync.link.transport import LinkProtocol
 from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
-from foresync.site import SiteMeta
-from foresync.sites.link import LinkProtocol
-from foresync.sites.secondary import SecondarySite, extent_hashes
 from foresync.storage.file_backend import FileBackend
 
 EXTENT = 4096

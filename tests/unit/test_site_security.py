@@ -9,8 +9,8 @@ import pytest
 
 from foresync import config, tls
 from foresync.config import SiteConfig
+from foresync.daemon.security import read_secret, warn_if_link_is_open
 from foresync.errors import ConfigError
-from foresync.sites.security import read_secret, warn_if_link_is_open
 
 
 def test_a_secret_is_read_without_its_newline(tmp_path: Path) -> None:

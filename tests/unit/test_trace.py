@@ -14,7 +14,8 @@ from foresync.cli import main
 from foresync.nbd import trace
 from foresync.nbd.trace import TraceError, TraceRecord
 from foresync.record.record import Eviction
-from foresync.record.replay import ReplayConfig, replay, writes_of
+from foresync.record.replay import ReplayConfig, replay
+from foresync.tune import writes_of
 
 MiB = 1 << 20
 

@@ -12,7 +12,7 @@ share a secret K from ``[link] secret_file``; each draws a fresh 32-byte nonce p
 - The role label differs per direction, so a listener's own response cannot be reflected back
   to it as a proof. A primary both dials and listens with the same secret, so a challenge relayed
   from its dialler to its own listener would be answered for it: the adapter keeps this
-  process's outstanding dialler nonces and refuses such a challenge (sites/link.py).
+  process's outstanding dialler nonces and refuses such a challenge (link/transport.py).
 - Nothing but these frames (and REFUSE) is accepted before authentication succeeds: the site
   never sees a HELLO, record or data message from an unauthenticated peer, and the adapter keeps
   the frame size limit small until then. MACs are compared in constant time.

@@ -422,7 +422,7 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
 
 
 def may_wait(message: Message) -> bool:
-    """Whether ``message`` may sit in the sender's queue for a moment (see ``sites/link.py``).
+    """Whether ``message`` may sit in the sender's queue for a moment (see ``link/transport.py``).
 
     Nothing waits for these: a WRITE or ZERO that the secondary's record already covers (no
     MISS, DURABLE or RANGE flag; the primary answered the host already) and APPLIED (it only

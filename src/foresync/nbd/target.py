@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from foresync.geometry import Extent
 from foresync.nbd.connection import Request
-from foresync.storage.backend import Extent
 
 Done = Callable[[int], None]  # called once with 0 or an NBD errno
 

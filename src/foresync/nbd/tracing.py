@@ -13,10 +13,10 @@ import time
 from typing import BinaryIO
 
 from foresync.errors import ConfigError
+from foresync.geometry import Extent
 from foresync.nbd import trace
 from foresync.nbd.connection import Request
 from foresync.nbd.target import Done, NbdTarget
-from foresync.storage.backend import Extent
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,9 @@ from __future__ import annotations
 import struct
 from enum import IntEnum, IntFlag
 
+from foresync.errors import Errno as Errno  # re-exported: NBD answers carry it
 from foresync.errors import invariant
+from foresync.geometry import AllocationFlag as AllocationFlag  # re-exported
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -177,25 +179,8 @@ class ChunkType(IntEnum):
 CHUNK_FLAG_DONE = 1
 
 
-class Errno(IntEnum):
-    """NBD's own errno values ("Error values"); they match Linux for the ones defined."""
-
-    OK = 0
-    EPERM = 1
-    EIO = 5
-    ENOMEM = 12
-    EINVAL = 22
-    ENOSPC = 28
-    EOVERFLOW = 75
-    ENOTSUP = 95
-    ESHUTDOWN = 108
 
 
-class AllocationFlag(IntFlag):
-    """Status bits of the ``base:allocation`` metadata context."""
-
-    HOLE = 1 << 0
-    ZERO = 1 << 1
 
 
 BASE_ALLOCATION = "base:allocation"

@@ -29,10 +29,8 @@ as RANGE operations in the primary and never through the record; they are skippe
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from foresync.nbd.trace import TraceRecord
 from foresync.record.predict import (
     PREDICTORS,
     additions,
@@ -85,10 +83,6 @@ class ReplayResult:
         return (self.miss_ratio + self.stall_ratio) * rtt_s
 
 
-def writes_of(records: Iterable[TraceRecord]) -> list[tuple[float, int, int, bool]]:
-    """(time s, offset, length, is data write) of each request that changes the volume."""
-    return [(r.time_ns / 1e9, r.offset, r.length, r.command == 1) for r in records
-            if r.writes and r.length > 0]
 
 
 class ReplayEngine:

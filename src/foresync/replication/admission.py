@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
-from foresync.replication.roles import Relation, compare
+from foresync.replication.epochs import Relation, compare
 
 
 @dataclass(frozen=True, slots=True)

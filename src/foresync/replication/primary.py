@@ -55,11 +55,10 @@ from enum import Enum
 
 import xxhash
 
-from foresync.errors import LocalProtocolError, RemoteProtocolError, invariant
+from foresync.errors import Errno, LocalProtocolError, RemoteProtocolError, invariant
 from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
 from foresync.link.wire import WriteFlag
-from foresync.nbd.wire import Errno
 from foresync.record import runs as extent_runs
 from foresync.record.estimate import MissRatioEstimator
 from foresync.record.predict import (
@@ -70,7 +69,7 @@ from foresync.record.predict import (
     read_ahead_wanted,
 )
 from foresync.record.record import UNSENT, Eviction, RecordCopy
-from foresync.replication.roles import Relation, compare
+from foresync.replication.epochs import Relation, compare
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
@@ -188,7 +187,7 @@ class Config:
     range_threshold_extents: int = 16  # zero/trim ops touching more extents go as RANGE
     miss_wait_s: float = 30.0
     faults: Faults = NO_FAULTS
-    history: tuple[int, ...] = (1,)  # this site's epoch history (see roles.py)
+    history: tuple[int, ...] = (1,)  # this site's epoch history (see epochs.py)
     predictor: str = "next"  # record/predict.py PREDICTORS; the secondary must use the same
     block_on_disconnect: bool = False  # link.on_disconnect = "block": misses wait for the link
     block_timeout_s: float = 30.0

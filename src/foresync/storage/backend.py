@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-Extent = tuple[int, int]  # (length in bytes, NBD base:allocation flags)
+from foresync.geometry import Extent
 
 
 class BlockBackend(Protocol):

@@ -16,8 +16,7 @@ import os
 import stat
 
 from foresync.errors import ConfigError, StorageError
-from foresync.nbd.wire import AllocationFlag
-from foresync.storage.backend import Extent
+from foresync.geometry import AllocationFlag, Extent
 from foresync.units import format_size
 
 log = logging.getLogger(__name__)

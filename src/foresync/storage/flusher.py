@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from foresync.nbd.wire import Errno
+from foresync.errors import Errno
 
 log = logging.getLogger(__name__)
 

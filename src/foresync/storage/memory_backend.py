@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from foresync.errors import invariant
-from foresync.nbd.wire import AllocationFlag
-from foresync.storage.backend import Extent
+from foresync.geometry import AllocationFlag, Extent
 
 
 class MemoryBackend:

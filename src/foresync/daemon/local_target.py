@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 
 from foresync.errors import StorageError
+from foresync.geometry import Extent
 from foresync.nbd.connection import Request
 from foresync.nbd.target import Done
 from foresync.nbd.wire import Command, CommandFlag, Errno
-from foresync.storage.backend import BlockBackend, Extent
+from foresync.storage.backend import BlockBackend
 from foresync.storage.flusher import GroupFlusher
 
 log = logging.getLogger(__name__)

@@ -15,21 +15,21 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from foresync import config as config_mod
-from foresync import site
 from foresync.admin.events import EventFeed
 from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
+from foresync.daemon import metadata as site
+from foresync.daemon.primary import PrimarySite
+from foresync.daemon.secondary import SecondarySite
+from foresync.daemon.security import SiteSecurity, load_security
+from foresync.daemon.site_lock import SiteLock
+from foresync.daemon.transitions import extent_count, open_record, widen
 from foresync.errors import ConfigError
 from foresync.journal import oos_format
 from foresync.journal.journal import RecordJournal, move_aside
 from foresync.journal.oos_format import OutOfSync
 from foresync.logctx import VolumeContext
-from foresync.replication.roles import new_epoch_id
-from foresync.site_lock import SiteLock
-from foresync.sites.primary import PrimarySite
-from foresync.sites.roles import extent_count, open_record, widen
-from foresync.sites.secondary import SecondarySite
-from foresync.sites.security import SiteSecurity, load_security
+from foresync.replication.epochs import new_epoch_id
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from foresync import tls
 from foresync.config import SiteConfig, is_loopback
 from foresync.errors import ConfigError
+from foresync.link.transport import LinkSecurity
 from foresync.nbd.server import ServerLimits
-from foresync.sites.link import LinkSecurity
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ import logging
 import os
 
 from foresync.config import SiteConfig
+from foresync.daemon.metadata import JOURNAL_FILE, SiteMeta, load_oos, store, store_oos
 from foresync.journal import format as jfmt
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal, move_aside
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of
-from foresync.replication.roles import new_epoch_id
-from foresync.site import JOURNAL_FILE, SiteMeta, load_oos, store, store_oos
+from foresync.replication.epochs import new_epoch_id
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)

@@ -25,29 +25,29 @@ from typing import Any
 import xxhash
 
 from foresync.config import SiteConfig, listen_error
+from foresync.daemon.metadata import UNDO_FILE, SiteMeta
+from foresync.daemon.metadata import store as store_meta
+from foresync.daemon.security import SiteSecurity
+from foresync.daemon.transitions import (
+    damaged_promote_error,
+    failback_set,
+    journal_path,
+    roll_back_unfinished_resync,
+)
+from foresync.daemon.transitions import discard_local as discard_local_changes
+from foresync.daemon.transitions import promote as promote_site
 from foresync.errors import ForesyncError, StorageError
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog
 from foresync.link import wire
+from foresync.link.transport import ActionPump, LinkListener, LinkProtocol
 from foresync.logctx import LogBudget
 from foresync.nbd.server import bind_listener, keep_freed_heap
 from foresync.record import runs as extent_runs
 from foresync.replication import secondary as core_mod
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.secondary import SecondaryCore
-from foresync.site import UNDO_FILE, SiteMeta
-from foresync.site import store as store_meta
-from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
-from foresync.sites.roles import (
-    damaged_promote_error,
-    failback_set,
-    journal_path,
-    roll_back_unfinished_resync,
-)
-from foresync.sites.roles import discard_local as discard_local_changes
-from foresync.sites.roles import promote as promote_site
-from foresync.sites.security import SiteSecurity
 from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
 

@@ -21,8 +21,14 @@ from typing import Any
 
 from foresync import tls
 from foresync.config import SiteConfig, listen_error
+from foresync.daemon.metadata import SiteMeta, store_oos, write_atomic
+from foresync.daemon.security import SiteSecurity
+from foresync.daemon.transitions import discard_local as discard_local_changes
+from foresync.daemon.transitions import step_down
 from foresync.errors import StorageError
+from foresync.geometry import Extent
 from foresync.link import wire
+from foresync.link.transport import ActionPump, LinkListener, LinkProtocol
 from foresync.logctx import LogBudget
 from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
@@ -31,14 +37,8 @@ from foresync.nbd.target import Done, NbdTarget
 from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
+from foresync.replication.epochs import Relation, compare
 from foresync.replication.primary import Mode, PrimaryCore
-from foresync.replication.roles import Relation, compare
-from foresync.site import SiteMeta, store_oos, write_atomic
-from foresync.sites.link import ActionPump, LinkListener, LinkProtocol
-from foresync.sites.roles import discard_local as discard_local_changes
-from foresync.sites.roles import step_down
-from foresync.sites.security import SiteSecurity
-from foresync.storage.backend import Extent
 from foresync.storage.file_backend import FileBackend
 from foresync.storage.flusher import GroupFlusher
 from foresync.units import format_size

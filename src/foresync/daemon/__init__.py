@@ -1,0 +1,1 @@
+"""The asyncio process that runs a site: metadata, roles, the primary and secondary adapters."""
