@@ -37,6 +37,7 @@ from foresync.nbd.target import Done, NbdTarget
 from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
+from foresync.replication.actions import PrimaryAction
 from foresync.replication.epochs import Relation, compare
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.storage.file_backend import FileBackend
@@ -186,7 +187,7 @@ class PrimarySite:
     def pump(self) -> None:
         self._pump()
 
-    def _do(self, action: core_mod.Action) -> None:
+    def _do(self, action: PrimaryAction) -> None:
         match action:
             case core_mod.Send(message):
                 if self.link is not None:

@@ -46,6 +46,7 @@ from foresync.logctx import LogBudget
 from foresync.nbd.server import bind_listener, keep_freed_heap
 from foresync.record import runs as extent_runs
 from foresync.replication import secondary as core_mod
+from foresync.replication.actions import SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.secondary import SecondaryCore
 from foresync.storage.file_backend import FileBackend
@@ -327,7 +328,7 @@ class SecondarySite:
         self._pump()
         self._maybe_commit()
 
-    def _do(self, action: core_mod.Action) -> None:
+    def _do(self, action: SecondaryAction) -> None:
         match action:
             case core_mod.Send(message):
                 if isinstance(message, wire.Refuse):
@@ -377,7 +378,7 @@ class SecondarySite:
                     self.link_error = reason
                     self.link.close_after_flush(reason)
 
-    def _action_failed(self, exc: Exception, unfinished: Sequence[core_mod.Action]) -> None:
+    def _action_failed(self, exc: Exception, unfinished: Sequence[SecondaryAction]) -> None:
         """The pump caught a StorageError or OSError (site.json) carrying out unfinished[0]."""
         area = _AREA_OF.get(type(unfinished[0]), wire.StorageArea.IMAGE)
         if isinstance(exc, StorageError):
@@ -388,7 +389,7 @@ class SecondarySite:
                                  unfinished)
 
     def _storage_failed(self, area: wire.StorageArea, exc: StorageError,
-                        unfinished: Sequence[core_mod.Action]) -> None:
+                        unfinished: Sequence[SecondaryAction]) -> None:
         """Writing ``area`` failed: the core drops what is not done and ends the session."""
         self.storage_error = f"could not write its {area.label}: {exc}"
         text, at = self._storage_error_logged

@@ -69,6 +69,31 @@ from foresync.record.predict import (
     read_ahead_wanted,
 )
 from foresync.record.record import UNSENT, Eviction, RecordCopy
+from foresync.replication.actions import (
+    AckHost as AckHost,
+)
+from foresync.replication.actions import (
+    ApplyLocal as ApplyLocal,
+)
+from foresync.replication.actions import (
+    BecomeSecondary as BecomeSecondary,
+)
+from foresync.replication.actions import (
+    FlushLocal as FlushLocal,
+)
+from foresync.replication.actions import (
+    LinkFailed as LinkFailed,
+)
+from foresync.replication.actions import (
+    PersistOutOfSync as PersistOutOfSync,
+)
+from foresync.replication.actions import PrimaryAction as Action
+from foresync.replication.actions import (
+    ResumeLater as ResumeLater,
+)
+from foresync.replication.actions import (  # re-exported: adapters name them from here
+    Send as Send,
+)
 from foresync.replication.epochs import Relation, compare
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
@@ -110,67 +135,6 @@ class LinkState(Enum):
     CONNECTED = "connected"
 
 
-# -- actions for the adapter ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    message: wire.Message
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyLocal:
-    """Apply an op to the local image, then call ``local_applied(seq, errno)``."""
-
-    seq: int
-    offset: int
-    length: int
-    data: bytes | None  # None: a zero/trim
-    punch: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AckHost:
-    op_id: int
-    errno: int
-
-
-@dataclass(frozen=True, slots=True)
-class FlushLocal:
-    """fdatasync the local image, then call ``local_flushed(through)``."""
-
-    through: int
-
-
-@dataclass(frozen=True, slots=True)
-class LinkFailed:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeLater:
-    """The resync did its share of work for this pump: call ``resume()`` from the event loop
-    soon (after other ready callbacks), not from inside this pump."""
-
-
-@dataclass(frozen=True, slots=True)
-class BecomeSecondary:
-    """A newer primary exists (claim 8's failback): step down, adopting its epoch history."""
-
-    history: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PersistOutOfSync:
-    """Durably replace the stored out-of-sync set, then call ``out_of_sync_persisted(token)``."""
-
-    token: int
-    extents: tuple[int, ...]
-    everything: bool = False  # full_resync_pending: every extent may differ besides these
-
-
-Action = (Send | ApplyLocal | AckHost | FlushLocal | LinkFailed | PersistOutOfSync | BecomeSecondary
-          | ResumeLater)
 
 
 @dataclass(frozen=True, slots=True)

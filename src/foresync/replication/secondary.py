@@ -44,6 +44,37 @@ from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.record import runs as extent_runs
 from foresync.record.predict import PREDICTORS, additions, extents_of
+from foresync.replication.actions import (
+    CloseLink as CloseLink,
+)
+from foresync.replication.actions import (
+    HashExtents as HashExtents,
+)
+from foresync.replication.actions import (
+    JournalAppend as JournalAppend,
+)
+from foresync.replication.actions import (
+    ResyncFinished as ResyncFinished,
+)
+from foresync.replication.actions import (
+    ResyncStarted as ResyncStarted,
+)
+from foresync.replication.actions import (
+    SaveUndo as SaveUndo,
+)
+from foresync.replication.actions import SecondaryAction as Action
+from foresync.replication.actions import (  # re-exported: adapters name them from here
+    Send as Send,
+)
+from foresync.replication.actions import (
+    SyncData as SyncData,
+)
+from foresync.replication.actions import (
+    WriteData as WriteData,
+)
+from foresync.replication.actions import (
+    ZeroData as ZeroData,
+)
 from foresync.replication.admission import geometry_problems
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
@@ -52,78 +83,6 @@ _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(Writ
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    message: wire.Message
-
-
-@dataclass(frozen=True, slots=True)
-class JournalAppend:
-    entry: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class WriteData:
-    offset: int
-    data: bytes
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ZeroData:
-    offset: int
-    length: int
-    punch: bool
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SyncData:
-    """fdatasync the image, then call ``data_synced(through)``."""
-
-    through: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncStarted:
-    """The first resync write of a pass is about to land: until RESYNC_DONE this image is not
-    a consistent copy. Persist that (durably) before carrying out the actions after this one."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncFinished:
-    """The primary's resync pass is complete and durable here: the image is consistent again."""
-
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class HashExtents:
-    """Online verify: hash these extents of the image as it is now (every earlier write has
-    been carried out) and send HASHES for ``request``."""
-
-    request: int
-    first: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class SaveUndo:
-    """Append this extent's current content to the undo log; durable with the next journal
-    commit, which every later write to the extent waits for (see journal/undo.py)."""
-
-    extent: int
-
-
-@dataclass(frozen=True, slots=True)
-class CloseLink:
-    """End the connection to the primary once what was sent on it has gone out."""
-
-    reason: str
-
-
-Action = (Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
-          | HashExtents | SaveUndo | CloseLink)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
+from foresync.replication.actions import PrimaryAction, SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
@@ -755,7 +756,7 @@ class World:
                 return
         raise SimFailure("actions never settled (livelock)", self.seed, self.schedule)
 
-    def _carry_out_secondary(self, actions: list[score.Action]) -> None:
+    def _carry_out_secondary(self, actions: list[SecondaryAction]) -> None:
         """What the secondary site's ActionPump does: stop at a failed write and hand the core
         the actions not carried out."""
         s = self.secondary
@@ -782,7 +783,7 @@ class World:
             self._settle()
         self._disconnect("the secondary closed the link")
 
-    def _do_primary(self, action: pcore.Action) -> None:
+    def _do_primary(self, action: PrimaryAction) -> None:
         p = self.primary
         assert p is not None
         match action:
@@ -847,7 +848,7 @@ class World:
         for sector, version in items:
             self.sector_promised[sector] = max(self.sector_promised.get(sector, 0), version)
 
-    def _do_secondary(self, action: score.Action) -> None:
+    def _do_secondary(self, action: SecondaryAction) -> None:
         s = self.secondary
         assert s is not None
         match action:
