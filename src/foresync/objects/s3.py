@@ -80,6 +80,8 @@ class S3Frontend:
                        for name in set(request.headers.keys())}
             verified = sigv4.verify(request.method, raw_path, raw_query, headers,
                                     self.credentials, self.clock())
+            log.debug("S3 %s %s?%s payload %s", request.method, resource, raw_query,
+                      verified.payload_hash[:20])
             response = await self._route(request, verified, resource, raw_query)
         except S3Error as exc:
             if exc.status >= 500:
@@ -158,6 +160,9 @@ class S3Frontend:
             return await self._delete_many(request, verified, bucket)
         if method != "GET":
             raise S3Error("NotImplemented", f"{method} on a bucket with {sorted(query)} is not implemented")
+        if "versioning" in query:  # never versioned: an empty configuration says so
+            self.store.sorted_keys(bucket)  # NoSuchBucket
+            return _xml(xmldoc.versioning())
         if "location" in query:
             self.store.sorted_keys(bucket)  # NoSuchBucket
             return _xml(xmldoc.location())

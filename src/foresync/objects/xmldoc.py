@@ -76,6 +76,10 @@ def location() -> bytes:
     return _doc(ET.Element("LocationConstraint", xmlns=NS))
 
 
+def versioning() -> bytes:
+    return _doc(ET.Element("VersioningConfiguration", xmlns=NS))
+
+
 @dataclass(frozen=True, slots=True)
 class ListingDoc:
     bucket: str
