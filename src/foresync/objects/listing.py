@@ -44,8 +44,9 @@ def list_page(sorted_keys: Sequence[str], prefix: str = "", delimiter: str = "",
     last = ""
     if max_keys <= 0:
         return Page((), (), False, None)
-    i = bisect.bisect_right(sorted_keys, marker) if marker > prefix else bisect.bisect_left(
-        sorted_keys, prefix)
+    i = bisect.bisect_left(sorted_keys, prefix)
+    if marker:
+        i = max(i, bisect.bisect_right(sorted_keys, marker))
     while i < len(sorted_keys):
         key = sorted_keys[i]
         if not key.startswith(prefix):

@@ -129,7 +129,8 @@ class OpenObject:
         self.info = info
 
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
+        """Object bytes only: a read is clamped at the object's end, before the trailer."""
+        return os.pread(self.fd, max(0, min(length, self.info.size - offset)), offset)
 
     def close(self) -> None:
         os.close(self.fd)
