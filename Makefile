@@ -57,6 +57,7 @@ bench: setup
 	$(PY) bench/replication.py $(BENCH_ARGS_REPL)
 	$(PY) bench/floor.py
 	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
+	$(PY) bench/objects_predict.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
