@@ -351,3 +351,21 @@ def test_run_refuses_a_site_config_with_s3(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "[s3] needs the object replication, not built yet" in result.stderr
     assert not (tmp_path / "vol.img").exists()
+
+
+def test_a_client_that_hangs_up_mid_body_leaves_no_object(s3: ObjectServer) -> None:
+    c = boto3_client(s3.url)
+    c.create_bucket(Bucket="cut")
+    c.put_object(Bucket="cut", Key="obj", Body=b"old")
+    conn, _ = _signed_put(s3.port, "cut", "obj", 8 * MiB)
+    conn.send(b"x" * MiB)
+    conn.close()
+    conn, _ = _signed_put(s3.port, "cut", "new", 8 * MiB)
+    conn.send(b"y" * MiB)
+    conn.close()
+    deadline = time.monotonic() + 10
+    while any((s3.store_dir / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server notices the hang-up and drops the temporary files
+    assert not any((s3.store_dir / "tmp").iterdir())
+    assert c.get_object(Bucket="cut", Key="obj")["Body"].read() == b"old"
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="cut")["Contents"]] == ["obj"]

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from foresync.errors import ConfigError, StorageError
 from foresync.objects import listing, sigv4, xmldoc
+from foresync.objects.checksums import BodyChecksums
 from foresync.objects.chunked import ChunkDecoder
 from foresync.objects.names import check_bucket, check_key
 from foresync.objects.ranges import content_range, parse_range
@@ -312,28 +313,44 @@ class S3Frontend:
 
 async def _body(request: web.Request, verified: sigv4.Verified) -> AsyncIterator[bytes]:
     """The request body, decoded from aws-chunked when it is, and checked against its declared
-    SHA-256 or chunk signatures (an error at the end means nothing is committed)."""
+    length, SHA-256, chunk signatures and x-amz-checksum-* values; an error at the end (a body cut
+    short included) comes before anything is committed."""
     payload = verified.payload_hash
+    headers = {name.lower(): value for name, value in request.headers.items()}
     decoder = None
     if payload in sigv4.STREAMING:
         decoder = ChunkDecoder(payload, verified.amz_date, verified.scope, verified.signing_key,
                                verified.signature)
     digest = hashlib.sha256() if payload not in sigv4.STREAMING and payload != sigv4.UNSIGNED_PAYLOAD \
         else None
+    checksums = BodyChecksums(headers)
+    raw = decoded = 0
     while True:
         data = await request.content.read(READ_CHUNK_BYTES)
         if not data:
             break
+        raw += len(data)
         if decoder is not None:
             data = decoder.feed(data)
         if digest is not None:
             digest.update(data)
+        checksums.update(data)
+        decoded += len(data)
         if data:
             yield data
+    _check_length(headers, "content-length", raw)
     if decoder is not None:
         decoder.close()
+        _check_length(headers, "x-amz-decoded-content-length", decoded)
     if digest is not None and digest.hexdigest() != payload:
         raise S3Error("XAmzContentSHA256Mismatch", "the body does not match x-amz-content-sha256")
+    checksums.check(headers, decoder.trailers if decoder is not None else {})
+
+
+def _check_length(headers: dict[str, str], name: str, received: int) -> None:
+    declared = headers.get(name)
+    if declared is not None and declared.strip().isdigit() and int(declared) != received:
+        raise S3Error("IncompleteBody", f"{name} is {declared} but {received} bytes came")
 
 
 def _check_content_md5(request: web.Request, md5: bytes) -> None:
