@@ -15,11 +15,15 @@ from foresync.objects.predict import (
 )
 
 
-def test_sequence_keeps_padding_and_suffix() -> None:
+def test_sequence_keeps_padding_and_suffix_once_a_run_is_seen() -> None:
     s = SequencePredictor()
+    assert s.candidates("b/cam1/frame-000123.jpg", 3) == []  # a lone number is no run
+    for name in ("b/cam1/frame-000122.jpg", "b/log-98", "b/obj-3"):
+        s.observe(name)
     assert s.candidates("b/cam1/frame-000123.jpg", 3) == [
         "b/cam1/frame-000124.jpg", "b/cam1/frame-000125.jpg", "b/cam1/frame-000126.jpg"]
     assert s.candidates("b/log-99", 2) == ["b/log-100", "b/log-101"]
+    assert s.candidates("b/obj-9", 2) == []  # a jump is no run
     assert s.candidates("b/no-number", 4) == []
 
 
@@ -58,12 +62,13 @@ def test_history_memory_is_bounded() -> None:
     assert len(h.candidates("b/hub", 100)) <= predict.SUCCESSORS_MAX * 2
 
 
-def test_links_interleave_all_four_and_respect_the_budget() -> None:
+def test_links_take_the_surest_first_leave_history_room_and_respect_the_budget() -> None:
     links = LinksPredictor()
     for name in ("b/d/frame-001", "b/d/manifest", "b/d/frame-001"):
         links.observe(name)
     got = links.candidates("b/d/frame-001", 3)
-    assert got[0] == "b/d/frame-002" and "b/d/manifest" in got and len(got) == 3
+    assert got == ["b/d/frame-002", "b/d/manifest"] + got[2:] and len(got) == 3
+    assert links.candidates("b/d/frame-001", 8)[:2] == ["b/d/frame-002", "b/d/frame-003"]
     assert len(set(got)) == len(got)
 
 

@@ -166,11 +166,13 @@ class PrefixPredictor(ObjectPredictor):
 
 class LinksPredictor(ObjectPredictor):
     """All four links, the surest first: the next parts of an upload and a running sequence
-    (both exact when they apply), then history, then at most ``PREFIX_SHARE`` siblings (siblings
-    are the weakest guess and the quickest to crowd hot names out of the record)."""
+    (both exact when they apply) but leaving ``HISTORY_SHARE`` slots, then history, then the
+    rest of the sure ones, then at most ``PREFIX_SHARE`` siblings in what is left (the weakest
+    guess, and the quickest to crowd hot names out of the record)."""
 
     name = "links"
     PREFIX_SHARE = 2
+    HISTORY_SHARE = 2
 
     def __init__(self) -> None:
         self._sure: list[ObjectPredictor] = [MultipartPredictor(), SequencePredictor()]
@@ -178,9 +180,10 @@ class LinksPredictor(ObjectPredictor):
         self._prefix = PrefixPredictor()
 
     def candidates(self, written: str, budget: int) -> list[str]:
-        lists = [p.candidates(written, budget) for p in self._sure]
-        lists.append(self._history.candidates(written, budget))
-        lists.append(self._prefix.candidates(written, min(budget, self.PREFIX_SHARE)))
+        sure = [n for p in self._sure for n in p.candidates(written, budget)]
+        head = max(budget - self.HISTORY_SHARE, 1)  # history always gets a look in
+        lists = [sure[:head], self._history.candidates(written, budget), sure[head:],
+                 self._prefix.candidates(written, min(budget, self.PREFIX_SHARE))]
         found: list[str] = []
         for name in (n for items in lists for n in items):
             if len(found) >= budget:
