@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -200,7 +201,7 @@ def test_sigv4_refuses_a_wrong_secret_and_an_unknown_key(s3: ObjectServer) -> No
 
 def test_aws_cli_s3cmd_and_rclone(s3: ObjectServer, tmp_path: Path) -> None:
     env = client_env(tmp_path)
-    aws = [str(Path(__import__("sys").executable).with_name("aws")), "--endpoint-url", s3.url]
+    aws = [str(Path(sys.executable).with_name("aws")), "--endpoint-url", s3.url]
     payload = tmp_path / "payload.bin"
     payload.write_bytes(hashlib.sha256(b"seed").digest() * (24 * MiB // 32))  # 24 MiB: multipart
     run([*aws, "s3", "mb", "s3://clis"], env)
@@ -257,7 +258,7 @@ def test_boto3_and_aws_cli_over_tls(tmp_path: Path) -> None:
         c.put_object(Bucket="secure", Key="k", Body=body)  # https: unsigned or chunked trailer
         assert c.get_object(Bucket="secure", Key="k")["Body"].read() == body
         env = client_env(tmp_path)
-        aws = [str(Path(__import__("sys").executable).with_name("aws")), "--endpoint-url", server.url,
+        aws = [str(Path(sys.executable).with_name("aws")), "--endpoint-url", server.url,
                "--ca-bundle", str(tls_dir / "ca-cert.pem")]
         src = tmp_path / "f.bin"
         src.write_bytes(b"z" * (9 * MiB))
