@@ -93,6 +93,12 @@ class S3Frontend:
             log.error("S3 %s %s failed: %s", request.method, resource, exc)
             response = self._error(request, 500, "InternalError", "the server could not store or "
                                    "read the object", resource, request_id)
+        except (ConnectionError, asyncio.CancelledError):
+            raise  # the client went away: nothing to answer
+        except Exception:  # a bug: logged with its traceback, answered as S3 does
+            log.exception("S3 %s %s: unexpected error", request.method, resource)
+            response = self._error(request, 500, "InternalError", "internal error", resource,
+                                   request_id)
         response.headers["x-amz-request-id"] = request_id
         response.headers["Server"] = "foresync"
         return response
@@ -269,10 +275,7 @@ class S3Frontend:
                            key: str, query: dict[str, str]) -> web.Response:
         if "x-amz-copy-source" in request.headers:
             raise S3Error("NotImplemented", "UploadPartCopy is not implemented")
-        try:
-            number = int(query.get("partNumber", ""))
-        except ValueError:
-            raise S3Error("InvalidArgument", "partNumber must be an integer") from None
+        number = _int_param(query, "partNumber", 0)
         upload_id = query["uploadId"]
         self.store.upload(upload_id, bucket, key)  # NoSuchUpload before reading the body
         pending = self.store.begin()
@@ -290,8 +293,8 @@ class S3Frontend:
 
     def _list_parts(self, bucket: str, key: str, query: dict[str, str]) -> web.Response:
         parts = self.store.parts(query["uploadId"], bucket, key)
-        marker = int(query.get("part-number-marker", "0") or 0)
-        max_parts = min(int(query.get("max-parts", "1000") or 1000), 1000)
+        marker = _int_param(query, "part-number-marker", 0)
+        max_parts = min(_int_param(query, "max-parts", 1000), 1000)
         after = [(n, p.mtime, f'"{p.etag}"', p.size) for n, p in parts if n > marker]
         return _xml(xmldoc.list_parts(bucket, key, query["uploadId"], after[:max_parts], marker,
                                       max_parts, len(after) > max_parts))
@@ -351,6 +354,13 @@ def _check_length(headers: dict[str, str], name: str, received: int) -> None:
     declared = headers.get(name)
     if declared is not None and declared.strip().isdigit() and int(declared) != received:
         raise S3Error("IncompleteBody", f"{name} is {declared} but {received} bytes came")
+
+
+def _int_param(query: dict[str, str], name: str, default: int) -> int:
+    text = query.get(name) or str(default)
+    if not text.isdigit():
+        raise S3Error("InvalidArgument", f"{name} = {text!r}: expected a whole number")
+    return int(text)
 
 
 def _check_content_md5(request: web.Request, md5: bytes) -> None:
