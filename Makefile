@@ -3,9 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
-APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd openssl systemd
+APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd openssl systemd s3cmd rclone
 # command each Debian package is checked by, so `setup` only calls apt when one is missing
-APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3 openssl systemd-analyze
+APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3 openssl systemd-analyze s3cmd rclone
 
 .PHONY: setup demo test unit integration lint bench sim chaos clean
 
@@ -57,6 +57,7 @@ bench: setup
 	$(PY) bench/replication.py $(BENCH_ARGS_REPL)
 	$(PY) bench/floor.py
 	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
+	$(PY) bench/objects_predict.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

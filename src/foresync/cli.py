@@ -179,6 +179,51 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
             writer.close()
 
 
+@main.group("objects")
+def objects_group() -> None:
+    """An S3-compatible object store (issue 18; served standalone for now, not replicated)."""
+
+
+@objects_group.command("serve")
+@click.option("--dir", "directory", required=True, metavar="DIR", type=click.Path(file_okay=False),
+              help="The object store's directory (created if missing; layout in docs/design.md).")
+@click.option("--listen", default="127.0.0.1:9000", show_default=True, metavar="HOST:PORT",
+              help="Address to serve S3 on (port 0 picks a free port).")
+@click.option("--credentials-file", required=True, metavar="FILE", type=click.Path(dir_okay=False),
+              help="Lines 'ACCESS_KEY_ID SECRET'; every request must be signed (SigV4) by one.")
+@click.option("--tls-dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Serve HTTPS: DIR holds server-cert.pem and server-key.pem (as for NBD).")
+def objects_serve(directory: str, listen: str, credentials_file: str, tls_dir: str | None) -> None:
+    """Serve a directory of buckets over S3 (SigV4), without replication."""
+    from foresync import tls
+    from foresync.objects.s3 import S3Frontend, load_credentials, start_server
+    from foresync.objects.store import Store
+
+    try:
+        host, port = parse_hostport(listen, "--listen")
+        credentials = load_credentials(credentials_file)
+        tls_ctx = tls.server_context(tls_dir) if tls_dir else None
+        store = Store(directory)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def serve_until_stopped(stop: asyncio.Event) -> None:
+        runner, (bound_host, bound_port) = await start_server(
+            S3Frontend(store, credentials), host, port, tls_ctx)
+        scheme = "https" if tls_ctx else "http"
+        click.echo(f"serving objects in {directory} as {scheme}://{bound_host}:{bound_port}", err=True)
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests")
+        await runner.cleanup()
+
+    try:
+        run_async(serve_until_stopped)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {listen}: {exc.strerror or exc}") from None
+    finally:
+        store.close()
+
+
 CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="SITE.toml",
                              type=click.Path(dir_okay=False),
                              help="The site's TOML config (see docs/operations.md).")
@@ -225,7 +270,14 @@ def run(config_path: str, assume_all: bool) -> None:
     from foresync.errors import SiteInUse
 
     with contextlib.suppress(ForesyncError):  # run_site loads it again and reports the error
-        _use_log_format(load(config_path).log_format)
+        cfg = load(config_path)
+        _use_log_format(cfg.log_format)
+        if cfg.s3_listen is not None:
+            # Issue 18, phase 2: objects written on a primary must reach the secondary's record
+            # before they are acknowledged; serving them unmirrored would break that promise.
+            raise click.ClickException(
+                f"{config_path}: [s3] needs the object replication, not built yet; remove [s3] "
+                "from the site config (serve objects standalone with `foresync objects serve`)")
 
     try:
         run_async(lambda stop: run_site(config_path, stop, assume_all_out_of_sync=assume_all))

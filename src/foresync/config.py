@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ class SiteConfig:
     log_format: str = "text"  # [log] format: text | json; only the CLI acts on it
     nbd_trace: str | None = None  # record every NBD request here (nbd/trace.py)
     predictor: str = "next"  # record/predict.py PREDICTORS
+    # [s3] (issue 18): parsed and checked now; `run` refuses it until objects are replicated
+    s3_listen: tuple[str, int] | None = None
+    s3_credentials_file: str | None = None
+    s3_tls_dir: str | None = None
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -145,6 +150,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
                "watermark_interval"},
     "admin": {"listen", "token_file"},
     "log": {"format"},
+    "s3": {"listen", "credentials_file", "tls_dir"},
 }
 
 
@@ -195,6 +201,7 @@ def load(path: str) -> SiteConfig:
     volume, nbd, link = _section(doc, "volume"), _section(doc, "nbd"), _section(doc, "link")
     record, admin = _section(doc, "record"), _section(doc, "admin")
     log_table = _section(doc, "log")
+    s3 = _section(doc, "s3")
 
     def resolve(p: Any, key: str, section: str = "volume") -> str:
         if not isinstance(p, str) or not p:
@@ -283,4 +290,18 @@ def load(path: str) -> SiteConfig:
         admin_token_file=admin_token_file,
         log_format=_choice(_get(log_table, "log", "format", "text"), "log", "format", ["text", "json"]),
         nbd_trace=optional_path(nbd, "nbd", "trace"),
+        **_s3_keys(doc, s3, optional_path),
     )
+
+
+def _s3_keys(doc: dict[str, Any], s3: dict[str, Any],
+             optional_path: Callable[[dict[str, Any], str, str], str | None]) -> dict[str, Any]:
+    """``[s3]``: listen and credentials_file are both required once the section is there."""
+    if "s3" not in doc:
+        return {}
+    return {
+        "s3_listen": parse_hostport(_get(s3, "s3", "listen", "127.0.0.1:9000"), "[s3] listen"),
+        "s3_credentials_file": optional_path(s3, "s3", "credentials_file")
+        or _get(s3, "s3", "credentials_file", required=True),
+        "s3_tls_dir": optional_path(s3, "s3", "tls_dir"),
+    }

@@ -80,4 +80,9 @@ listen = "{admin}"        # /status, /metrics, /events and the admin actions
 
 # [log]
 # format = "text"                # text | json (one JSON object a line, for collectors)
+
+# [s3]                           # S3 objects (issue 18): `run` refuses it until they are mirrored
+# listen = "127.0.0.1:9000"
+# credentials_file = "s3.keys"   # lines: ACCESS_KEY_ID SECRET
+# tls_dir = "s3-tls"             # server-cert.pem, server-key.pem: serve HTTPS
 """

@@ -196,3 +196,17 @@ def test_bad_record_keys_are_named(tmp_path: Path, record: str, message: str) ->
 def test_nbd_trace_resolves_relative_to_the_config(tmp_path: Path) -> None:
     cfg = load_1g(tmp_path, '[nbd]\ntrace = "w.fstrace"\n[record]\npredictor = "history"\n')
     assert cfg.nbd_trace == str(tmp_path / "w.fstrace") and cfg.predictor == "history"
+
+
+def test_s3_section_is_parsed_and_checked(tmp_path: Path) -> None:
+    assert load(tmp_path, "").s3_listen is None
+    cfg = load(tmp_path, '[s3]\nlisten = "127.0.0.1:9100"\ncredentials_file = "s3.keys"\n'
+                         'tls_dir = "s3-tls"\n')
+    assert cfg.s3_listen == ("127.0.0.1", 9100)
+    assert cfg.s3_credentials_file == str(tmp_path / "s3.keys")
+    assert cfg.s3_tls_dir == str(tmp_path / "s3-tls")
+    assert load(tmp_path, '[s3]\ncredentials_file = "k"\n').s3_listen == ("127.0.0.1", 9000)
+    with pytest.raises(ConfigError, match=r"\[s3\] credentials_file is required"):
+        load(tmp_path, '[s3]\nlisten = "127.0.0.1:9000"\n')
+    with pytest.raises(ConfigError, match="unknown key"):
+        load(tmp_path, '[s3]\ncredentials_file = "k"\nsecret = "x"\n')

@@ -84,7 +84,7 @@ def config_tables() -> dict[str, set[str]]:
     found = {}
     parts = re.split(r"^(#{2,3} .*)$", DOC, flags=re.M)
     for heading, body in zip(parts[1::2], parts[2::2], strict=True):
-        match = re.match(r"### `\[([a-z]+)\]`", heading)
+        match = re.match(r"### `\[([a-z0-9]+)\]`", heading)
         if match:
             found[match.group(1)] = set(re.findall(r"^\| `([a-z_]+)` \|", body, flags=re.M))
     return found
