@@ -95,15 +95,14 @@ from foresync.replication.actions import (  # re-exported: adapters name them fr
     Send as Send,
 )
 from foresync.replication.epochs import Relation, compare
+from foresync.replication.verify import Verify
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
-VERIFY_BATCH = 16  # extents hashed per VERIFY request
 STREAMS_TRACKED = 16  # sequential streams recognised at once (their next expected offsets)
-VERIFY_IN_FLIGHT = 2
 # Work one pump may do for a resync before it yields to the event loop (ResumeLater), counted in
 # bytes read or hashed; a hole found by ``is_hole`` counts HOLE_CHECK_COST. 16 MiB is about 6 ms
 # of xxh3 and reads from the page cache: the loop keeps answering the admin endpoint and the
@@ -303,17 +302,6 @@ class PrimaryCore:
         self.split_brain = False
         self._pending_adds: dict[int, int] = {}
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
-        self._verify_active = False
-        self._verify_repair = False
-        self._verify_requests = 0
-        self._verify_pending: dict[int, tuple[int, tuple[int, ...]]] = {}  # request -> local
-        self._verify_busy: deque[int] = deque()  # extents skipped while a write was in flight
-        self._verify_next = 0
-        self.verify_mismatches: set[int] = set()
-        self.verify_done_extents = 0
-        self._verify_started = 0.0
-        self._verify_ended = 0.0  # 0 while one runs (or none ran)
-        self._verify_runs = 0  # started so far: a watcher that samples sees even a short one
         self._resync_passes = 0  # likewise for resync passes
         self._resync_last_seq = 0
         self._resync_local_need = 0  # our own flush must cover this before RESYNC_DONE
@@ -328,6 +316,8 @@ class PrimaryCore:
         self._oos_waiting: list[_Op] = []
         self._oos_dirty = False  # out_of_sync shrank since the last persist
         self.counters = _Counters()
+        self._verify = Verify(config.size, config.extent_size, read, self._extent_fifo,
+                              self._send, self._queue_resync)
         self.full_resync_pending = False  # set by the adapter: resync every extent on connect
         self.now = 0.0
 
@@ -476,10 +466,7 @@ class PrimaryCore:
         self._resync_unapplied_bytes = 0
         self._sets_unconfirmed.clear()  # their extents never left our out-of-sync set
         self._welcome_ranges = []
-        if self._verify_active:
-            self._verify_active = False  # abandoned: the operator can run it again
-            self._verify_ended = self.now
-            self._verify_pending.clear()
+        self._verify.abandon(self.now)
         self._pump()
 
     def restore_out_of_sync(self, extents: set[int]) -> None:
@@ -556,7 +543,7 @@ class PrimaryCore:
             case wire.ResyncSetDurable(set_id):
                 self._on_resync_set_durable(set_id)
             case wire.Hashes(request, first, hashes):
-                self._on_hashes(request, first, hashes)
+                self._verify.on_hashes(request, first, hashes, self.now)
             case wire.StorageFailed():
                 self._on_storage_failed(message)
             case _:
@@ -688,82 +675,24 @@ class PrimaryCore:
     # -- online verify --------------------------------------------------------------------------
 
     def start_verify(self, repair: bool) -> bool:
-        """Compare every extent's checksum with the secondary's, in the background. False if
-        the link is down or a verify is already running."""
-        if self.link is not LinkState.CONNECTED or self._verify_active:
+        """Compare every extent's checksum with the secondary's, in the background (verify.py).
+        False if the link is down or a verify is already running."""
+        if self.link is not LinkState.CONNECTED or self._verify.active:
             return False
-        self._verify_active = True
-        self._verify_repair = repair
-        self._verify_next = 0
-        self._verify_busy = deque()
-        self._verify_pending = {}
-        self.verify_mismatches = set()
-        self.verify_done_extents = 0
-        self._verify_started = self.now
-        self._verify_ended = 0.0
-        self._verify_runs += 1
-        self._pump_verify()
+        self._verify.start(repair, self.now)
         return True
 
     def verify_progress(self) -> dict[str, object]:
-        """The current (or last) verify, for /status: extents and bytes, a rate while it runs
-        (issue 17: ``672/1024 extents`` alone gave no idea of the time left), and each
-        mismatched extent's byte offset beside its number."""
-        size = self.config.extent_size
-        done_bytes = min(self.verify_done_extents * size, self.config.size)
-        elapsed = (self._verify_ended or self.now) - self._verify_started
-        rate = int(done_bytes / elapsed) if elapsed > 0 else 0  # a finished one: its average
-        shown = sorted(self.verify_mismatches)[:1000]
-        return {"active": self._verify_active, "done_extents": self.verify_done_extents,
-                "total_extents": self.extent_count,
-                "done_bytes": done_bytes, "total_bytes": self.config.size,
-                "rate_bytes_per_s": rate,
-                "mismatched_extents": shown,
-                "mismatched_offsets": [extent * size for extent in shown],
-                "mismatches": len(self.verify_mismatches), "repair": self._verify_repair,
-                "runs": self._verify_runs}
+        """The current (or last) verify, for /status (``Verify.progress``)."""
+        return self._verify.progress(self.now)
 
-    def _pump_verify(self) -> None:
-        while self._verify_active and len(self._verify_pending) < VERIFY_IN_FLIGHT:
-            if self._verify_next < self.extent_count:
-                first = self._verify_next
-                count = min(VERIFY_BATCH, self.extent_count - first)
-                self._verify_next += count
-            elif self._verify_busy and not any(e in self._extent_fifo for e in self._verify_busy):
-                first, count = self._verify_busy.popleft(), 1
-            else:
-                break
-            local: list[int] = []
-            for extent in range(first, first + count):
-                if extent in self._extent_fifo:
-                    self._verify_busy.append(extent)  # a write to it is in flight: check later
-                    local.append(-1)
-                    continue
-                offset = extent * self.config.extent_size
-                length = min(self.config.extent_size, self.config.size - offset)
-                local.append(xxhash.xxh3_64_intdigest(self._read(offset, length)))
-            self._verify_requests += 1
-            self._verify_pending[self._verify_requests] = (first, tuple(local))
-            self._emit(Send(wire.Verify(self._verify_requests, first, count)))
-        if (self._verify_active and not self._verify_pending and not self._verify_busy
-                and self._verify_next >= self.extent_count):
-            self._verify_active = False
-            self._verify_ended = self.now
+    @property
+    def verify_mismatches(self) -> set[int]:
+        return self._verify.mismatches
 
-    def _on_hashes(self, request: int, first: int, hashes: tuple[int, ...]) -> None:
-        pending = self._verify_pending.pop(request, None)
-        if pending is None or pending[0] != first or len(pending[1]) != len(hashes):
-            raise RemoteProtocolError(f"HASHES for unknown verify request {request}")
-        for index, (mine, theirs) in enumerate(zip(pending[1], hashes, strict=True)):
-            if mine < 0:
-                continue
-            extent = first + index
-            self.verify_done_extents += 1
-            if mine != theirs:
-                self.verify_mismatches.add(extent)
-                if self._verify_repair:
-                    self._queue_resync(extent)
-        self._pump_verify()
+    @property
+    def verify_done_extents(self) -> int:
+        return self._verify.done_extents
 
     def _queue_resync(self, extent: int) -> None:
         """Copy one extent again (verify --repair); it stays out-of-sync until it is."""
@@ -850,6 +779,9 @@ class PrimaryCore:
     def _emit(self, action: Action) -> None:
         self._actions.append(action)
 
+    def _send(self, message: wire.Message) -> None:
+        self._actions.append(Send(message))
+
     def _extents(self, offset: int, length: int) -> range:
         if offset < 0 or length < 0 or offset + length > self.config.size:
             raise LocalProtocolError(f"op {offset}+{length} outside the volume")
@@ -879,8 +811,8 @@ class PrimaryCore:
                     blocked.update(op.extents)
             self._queue = waiting
         self._pump_resync()
-        if self._verify_active:
-            self._pump_verify()
+        if self._verify.active:
+            self._verify.pump(self.now)
         if self._ranges_done and self.link is LinkState.CONNECTED:
             self._emit(Send(wire.Remove((), tuple(self._ranges_done))))
             self._ranges_done = []
