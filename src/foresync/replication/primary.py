@@ -95,6 +95,7 @@ from foresync.replication.actions import (  # re-exported: adapters name them fr
     Send as Send,
 )
 from foresync.replication.epochs import Relation, compare
+from foresync.replication.flushes import Flushes
 from foresync.replication.verify import Verify
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
@@ -265,12 +266,8 @@ class PrimaryCore:
         self._applied_beyond: set[int] = set()
         self._skipped: list[tuple[int, int]] = []  # [start, stop) seq ranges never assigned
         self._remote_applied = 0
-        self._remote_durable = 0
-        self._local_durable = 0
-        self._sync_requested = 0
-        self._flush_tickets = 0  # FlushLocal actions issued
-        self._ticket_prefix: dict[int, int] = {}  # ticket -> applied prefix when issued
-        self._fua_waits: deque[tuple[int, _Op]] = deque()  # (ticket, op) waiting for a flush
+        # Flush tickets and the durability watermarks, here and there (flushes.py).
+        self._flushes: Flushes[_Op] = Flushes(self._emit_flush, self._send)
         self._ranges_to_clear: list[int] = []  # range seqs the local flush still has to cover
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
@@ -429,14 +426,14 @@ class PrimaryCore:
         self.link_error = reason
         self._sent.clear()
         self._sent_bytes = 0
-        self._sync_requested = self._remote_applied = 0
+        self._remote_applied = self._flushes.sync_requested = 0
         # Writes from now on wait to be durably out-of-sync here, as any write while cut off
         # does; the set the secondary holds still counts in the bound (``_pass_runs``).
         self._pass_confirmed = ()
         if self.config.mode is Mode.ASYNC and was_connected:
             # No record covers anything in async mode: whatever the secondary has not made
             # durable may be lost there (a crash), so it becomes out-of-sync.
-            dirty = self.record.dirty_extents(self._remote_durable)
+            dirty = self.record.dirty_extents(self._flushes.remote_durable)
             if dirty - self.out_of_sync:
                 self.out_of_sync.update(dirty)
                 self._persist_out_of_sync()
@@ -593,12 +590,9 @@ class PrimaryCore:
 
     def local_flushed(self, ticket: int) -> None:
         """The fdatasync asked for by ``FlushLocal(ticket)`` (or a later one) has completed."""
-        for done in [t for t in self._ticket_prefix if t <= ticket]:
-            self._local_durable = max(self._local_durable, self._ticket_prefix.pop(done))
-        while self._fua_waits and self._fua_waits[0][0] <= ticket:
-            _, op = self._fua_waits.popleft()
+        for op in self._flushes.flushed(ticket):
             self._emit(AckHost(op.op_id, op.errno))
-        durable = self._local_durable
+        durable = self._flushes.local_durable
         cleared = [s for s in self._ranges_to_clear if s <= durable]
         if cleared:
             self._ranges_to_clear = [s for s in self._ranges_to_clear if s > durable]
@@ -608,9 +602,7 @@ class PrimaryCore:
     def local_flush_failed(self, ticket: int) -> None:
         """The fdatasync for ``ticket`` failed: every FLUSH/FUA waiting on it gets EIO (the
         data may not be on disk), and nothing it covered counts as locally durable."""
-        self._ticket_prefix.pop(ticket, None)
-        while self._fua_waits and self._fua_waits[0][0] <= ticket:
-            _, op = self._fua_waits.popleft()
+        for op in self._flushes.failed(ticket):
             self._emit(AckHost(op.op_id, Errno.EIO))
         self._pump()
 
@@ -664,11 +656,11 @@ class PrimaryCore:
         lag_bytes = self._sent_bytes + sum(op.length for op in self._queue)
         in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync_remaining()
                    and not self._resync_pass and not self._misses and not self._read_aheads and not self.out_of_sync
-                   and self._remote_durable >= self._next_seq - 1)
+                   and self._flushes.remote_durable >= self._next_seq - 1)
         return PrimaryStatistics(
             self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
-            self.link.value, self._resync_remaining(), self._remote_durable,
+            self.link.value, self._resync_remaining(), self._flushes.remote_durable,
             self._next_seq - 1, in_sync, len(self.out_of_sync), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors)
 
@@ -790,7 +782,7 @@ class PrimaryCore:
     def _clean_through(self) -> int:
         if self.config.faults.evict_ignores_watermark:
             return self._next_seq  # deliberately wrong: see faults.py
-        return min(self._remote_durable, self._local_durable)
+        return min(self._flushes.remote_durable, self._flushes.local_durable)
 
     def _submit(self, op: _Op) -> None:
         self.counters.writes += 1
@@ -1040,26 +1032,17 @@ class PrimaryCore:
             self._emit(AckHost(op.op_id, op.errno))
 
     def _wait_flush(self, op: _Op) -> None:
-        self._fua_waits.append((self._issue_flush(), op))
+        self._flushes.wait(op, self._applied_prefix)
 
-    def _issue_flush(self) -> int:
-        """A new flush ticket. The adapter's fdatasync for it starts after this call, so it covers
-        every op applied so far (the adapter coalesces concurrent tickets into one fdatasync)."""
-        self._flush_tickets += 1
-        self._ticket_prefix[self._flush_tickets] = self._applied_prefix
-        self._emit(FlushLocal(self._flush_tickets))
-        return self._flush_tickets
+    def _emit_flush(self, ticket: int) -> None:
+        self._actions.append(FlushLocal(ticket))
 
     def _request_flush(self) -> None:
-        pending = max(self._ticket_prefix.values(), default=self._local_durable)
-        if self._applied_prefix > max(pending, self._local_durable):
-            self._issue_flush()
+        self._flushes.request(self._applied_prefix)
 
     def _request_sync(self) -> None:
-        last = self._next_seq - 1
-        if self.link is LinkState.CONNECTED and last > self._remote_durable and last > self._sync_requested:
-            self._sync_requested = last
-            self._emit(Send(wire.Sync(last)))
+        if self.link is LinkState.CONNECTED:
+            self._flushes.request_sync(self._next_seq - 1)
 
     def _on_applied(self, seq: int) -> None:
         self._remote_applied = max(self._remote_applied, seq)
@@ -1092,7 +1075,7 @@ class PrimaryCore:
         self._maybe_finish(op)
 
     def _on_durable(self, seq: int) -> None:
-        self._remote_durable = max(self._remote_durable, seq)
+        self._flushes.on_durable(seq)
         self._on_applied(seq)
         done = [s for s in self._durable_waits if s <= seq]
         for s in sorted(done):
@@ -1113,7 +1096,8 @@ class PrimaryCore:
         self.link = LinkState.CONNECTED
         self.link_error = ""
         self.split_brain = False
-        self._remote_applied = self._remote_durable = self._sync_requested = 0
+        self._remote_applied = 0
+        self._flushes.session_reset()
         if welcome.applied_seq >= self._next_seq:
             # Continue numbering past what the secondary has seen; the skipped numbers were never
             # used here, so count them as applied locally.
@@ -1188,7 +1172,7 @@ class PrimaryCore:
         self.secondary_error = (f"the secondary could not write its {what}: {message.detail} "
                                 f"(errno {message.errno})")
         self.counters.secondary_storage_errors += 1
-        dirty = {e for e in self.record.dirty_extents(self._remote_durable) if e < self.extent_count}
+        dirty = {e for e in self.record.dirty_extents(self._flushes.remote_durable) if e < self.extent_count}
         if not dirty <= self.out_of_sync:
             self.out_of_sync.update(dirty)
             self._persist_out_of_sync()
@@ -1258,9 +1242,9 @@ class PrimaryCore:
         self._resync.extendleft(reversed(deferred))
         if not self._resync_pass or self._resync_remaining() or self._sets_unconfirmed:
             return
-        if self._remote_durable < self._resync_last_seq:
+        if self._flushes.remote_durable < self._resync_last_seq:
             return
-        if self._local_durable < self._resync_local_need:
+        if self._flushes.local_durable < self._resync_local_need:
             # What we sent (or found identical) was read from our page cache: a crash here
             # must not lose it once the secondary forgets the set.
             self._request_flush()
