@@ -96,6 +96,7 @@ from foresync.replication.actions import (  # re-exported: adapters name them fr
 )
 from foresync.replication.epochs import Relation, compare
 from foresync.replication.flushes import Flushes
+from foresync.replication.out_of_sync import OutOfSync, unsynced_extents
 from foresync.replication.verify import Verify
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
@@ -305,17 +306,12 @@ class PrimaryCore:
         self._set_ids = 0  # RESYNC_SET ids sent (this process)
         self._sets_unconfirmed: dict[int, extent_runs.Runs] = {}  # id -> runs: not durable there yet
         self._pass_runs: extent_runs.Runs = ()  # every set sent this pass: the secondary's set
-        self._pass_confirmed: extent_runs.Runs = ()  # ... and those durable there
-        self.out_of_sync: set[int] = set()  # extents the secondary may lack outside its record
-        self._oos_durable: set[int] = set()  # the out-of-sync set as last made durable
-        self._oos_tokens = 0
-        self._oos_snapshots: dict[int, frozenset[int]] = {}
-        self._oos_waiting: list[_Op] = []
-        self._oos_dirty = False  # out_of_sync shrank since the last persist
+        # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
+        # the resync sets of this pass durable there.
+        self._oos: OutOfSync[_Op] = OutOfSync(self._emit_persist)
         self.counters = _Counters()
         self._verify = Verify(config.size, config.extent_size, read, self._extent_fifo,
                               self._send, self._queue_resync)
-        self.full_resync_pending = False  # set by the adapter: resync every extent on connect
         self.now = 0.0
 
     # -- inputs from the adapter -------------------------------------------------------------------
@@ -415,7 +411,7 @@ class PrimaryCore:
         flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, len(c.history), c.history,
-                                   tuple(sorted(self._oos_durable)))))
+                                   tuple(sorted(self._oos.durable)))))
 
     def disconnected(self, reason: str) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
@@ -429,14 +425,13 @@ class PrimaryCore:
         self._remote_applied = self._flushes.sync_requested = 0
         # Writes from now on wait to be durably out-of-sync here, as any write while cut off
         # does; the set the secondary holds still counts in the bound (``_pass_runs``).
-        self._pass_confirmed = ()
+        self._oos.confirmed = ()
         if self.config.mode is Mode.ASYNC and was_connected:
             # No record covers anything in async mode: whatever the secondary has not made
             # durable may be lost there (a crash), so it becomes out-of-sync.
             dirty = self.record.dirty_extents(self._flushes.remote_durable)
-            if dirty - self.out_of_sync:
-                self.out_of_sync.update(dirty)
-                self._persist_out_of_sync()
+            if dirty - self._oos.extents:
+                self._oos.add(dirty)
         # Hits are covered by the secondary's durable record already. A miss (or RANGE) that was
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
@@ -468,50 +463,38 @@ class PrimaryCore:
 
     def restore_out_of_sync(self, extents: set[int]) -> None:
         """At start: the out-of-sync set found on disk."""
-        self.out_of_sync = set(extents)
-        self._oos_durable = set(extents)
+        self._oos.restore(extents)
 
     def out_of_sync_persisted(self, token: int) -> None:
-        snapshot = self._oos_snapshots.pop(token, None)
-        invariant(snapshot is not None, f"unknown out-of-sync persist token {token}")
-        assert snapshot is not None
-        for older in [t for t in self._oos_snapshots if t < token]:
-            del self._oos_snapshots[older]
-        self._oos_durable = set(snapshot)
-        self._release_oos_waiting()
+        self._release_oos_waiting(self._oos.persisted(token))
         self._pump()
 
-    def _release_oos_waiting(self) -> None:
-        waiting, self._oos_waiting = self._oos_waiting, []
-        for op in waiting:
-            if self._oos_settled(op.extents):
-                op.oos_wait = False
-                self._ready_local(op)
-            else:
-                self._oos_waiting.append(op)
+    @property
+    def out_of_sync(self) -> set[int]:
+        """Extents the secondary may lack outside its record (out_of_sync.py)."""
+        return self._oos.extents
 
-    def _oos_settled(self, extents: range) -> bool:
-        """Durably out-of-sync, and no persist still in flight will drop them again; or in a
-        resync set the secondary holds durably (this session), which covers them as well."""
-        pending = self._oos_snapshots.values()
-        confirmed = self._pass_confirmed
-        return all((e in self._oos_durable and all(e in snap for snap in pending))
-                   or extent_runs.contains(confirmed, e) for e in extents)
+    @property
+    def full_resync_pending(self) -> bool:
+        """Every extent may differ: the next pass compares them all (set by the adapter when
+        the stored set is lost or damaged; cleared when such a pass completes)."""
+        return self._oos.everything
+
+    @full_resync_pending.setter
+    def full_resync_pending(self, value: bool) -> None:
+        self._oos.everything = value
+
+    def _release_oos_waiting(self, released: list[_Op]) -> None:
+        for op in released:
+            op.oos_wait = False
+            self._ready_local(op)
 
     def _mark_out_of_sync(self, op: _Op) -> None:
-        self.out_of_sync.update(op.extents)
-        if self._oos_settled(op.extents):
-            return
-        op.oos_wait = True
-        self._oos_waiting.append(op)
-        self._persist_out_of_sync()
+        if self._oos.mark(op.extents, op):
+            op.oos_wait = True
 
-    def _persist_out_of_sync(self) -> None:
-        self._oos_tokens += 1
-        self._oos_snapshots[self._oos_tokens] = frozenset(self.out_of_sync)
-        self._oos_dirty = False
-        self._emit(PersistOutOfSync(self._oos_tokens, tuple(sorted(self.out_of_sync)),
-                                    self.full_resync_pending))
+    def _emit_persist(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
+        self._actions.append(PersistOutOfSync(token, extents, everything))
 
     def receive(self, message: wire.Message) -> None:
         match message:
@@ -582,8 +565,7 @@ class PrimaryCore:
         self.counters.local_write_errors += 1
         if self.config.faults.local_write_error_ignored:
             return  # deliberately wrong: see faults.py
-        self.out_of_sync.update(extents)
-        self._persist_out_of_sync()
+        self._oos.add(extents)
         if self.link is LinkState.CONNECTED:
             for extent in extents:
                 self._queue_resync(extent)
@@ -646,8 +628,7 @@ class PrimaryCore:
         back an out-of-sync set that shrank (lazily: a larger stored set is only pessimistic)."""
         self._request_sync()
         self._request_flush()
-        if self._oos_dirty:
-            self._persist_out_of_sync()
+        self._oos.persist_if_dirty()
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -655,13 +636,13 @@ class PrimaryCore:
         lag_writes = (self._next_seq - 1 - self._remote_applied if self.link is LinkState.CONNECTED else 0)
         lag_bytes = self._sent_bytes + sum(op.length for op in self._queue)
         in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync_remaining()
-                   and not self._resync_pass and not self._misses and not self._read_aheads and not self.out_of_sync
+                   and not self._resync_pass and not self._misses and not self._read_aheads and not self._oos.extents
                    and self._flushes.remote_durable >= self._next_seq - 1)
         return PrimaryStatistics(
             self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, self._resync_remaining(), self._flushes.remote_durable,
-            self._next_seq - 1, in_sync, len(self.out_of_sync), self.counters.read_aheads,
+            self._next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors)
 
     # -- online verify --------------------------------------------------------------------------
@@ -688,8 +669,8 @@ class PrimaryCore:
 
     def _queue_resync(self, extent: int) -> None:
         """Copy one extent again (verify --repair); it stays out-of-sync until it is."""
-        self.out_of_sync.add(extent)
-        self._oos_dirty = True
+        self._oos.extents.add(extent)
+        self._oos.dirty = True
         self._hashes_void.add(extent)  # verify found it differs: a full sync's checksum is old
         if extent not in self._resync_set and not self._sweep_next <= extent < self._sweep_end:
             self._resync_set.add(extent)
@@ -717,10 +698,7 @@ class PrimaryCore:
         """Failback: extents an old primary wrote that we may lack join our out-of-sync set
         (all of them, if it lost its own store). The adapter persists the set before answering
         the old primary."""
-        self.out_of_sync.update(e for e in extents if e < self.extent_count)
-        if everything:
-            self.full_resync_pending = True
-        self._oos_durable = set(self.out_of_sync)
+        self._oos.absorb((e for e in extents if e < self.extent_count), everything)
 
     def resync_progress(self) -> dict[str, int]:
         """The current (or last) resync pass, for /status. ``set_extents``: the extents the
@@ -748,19 +726,17 @@ class PrimaryCore:
         """At most how many extents a failback would copy back if the secondary were promoted
         now: the record, our out-of-sync set and a running pass's resync set (counted apart:
         they may overlap, so this errs large, never small)."""
-        return len(self.record) + len(self.out_of_sync) + extent_runs.count(self._pass_runs)
+        return len(self.record) + len(self._oos.extents) + extent_runs.count(self._pass_runs)
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
         persists as out-of-sync when it stops."""
-        pending = set(self.out_of_sync) | self._resync_set | set(range(self._sweep_next, self._sweep_end))
-        for op in self._by_seq.values():
-            pending.update(op.extents)
-        for op in self._queue:
-            pending.update(op.extents)
         clean = self._clean_through()
-        pending.update(e for e in self.record.extents() if not self.record.is_clean(e, clean))
-        return pending
+        record = self.record
+        return unsynced_extents(
+            self._oos.extents, (*self._resync_set, *range(self._sweep_next, self._sweep_end)),
+            [op.extents for op in (*self._by_seq.values(), *self._queue)],
+            (e for e in record.extents() if not record.is_clean(e, clean)))
 
     @property
     def last_seq(self) -> int:
@@ -1125,14 +1101,14 @@ class PrimaryCore:
             if len(welcome.hashes) == self.extent_count:
                 self._remote_hashes = welcome.hashes
         else:
-            todo = set(welcome.record) | self.out_of_sync | set(welcome.stale)
+            todo = set(welcome.record) | self._oos.extents | set(welcome.stale)
             for _, offset, length in welcome.ranges:
                 todo.update(extents_of(offset, length, self.config.extent_size))
             self._resync_set = {e for e in todo if e < self.extent_count}
             self._resync = deque(sorted(self._resync_set))
             runs = extent_runs.runs_of(self._resync_set)
         self._sets_unconfirmed = {}
-        self._pass_runs = self._pass_confirmed = ()
+        self._pass_runs = self._oos.confirmed = ()
         if runs:
             self._send_resync_set(runs)
         # Until its resync data is durable there, an extent to resync must not be evicted (in
@@ -1173,9 +1149,8 @@ class PrimaryCore:
                                 f"(errno {message.errno})")
         self.counters.secondary_storage_errors += 1
         dirty = {e for e in self.record.dirty_extents(self._flushes.remote_durable) if e < self.extent_count}
-        if not dirty <= self.out_of_sync:
-            self.out_of_sync.update(dirty)
-            self._persist_out_of_sync()
+        if not dirty <= self._oos.extents:
+            self._oos.add(dirty)
         self._fail_link(self.secondary_error)
 
     def _send_resync_set(self, runs: extent_runs.Runs) -> None:
@@ -1198,12 +1173,8 @@ class PrimaryCore:
             runs = self._sets_unconfirmed.pop(set_id, None)
             if runs is None:
                 raise RemoteProtocolError(f"RESYNC_SET_DURABLE for unknown set {set_id}")
-        self._pass_confirmed = extent_runs.union(self._pass_confirmed, runs)
-        covered = [e for e in self.out_of_sync if extent_runs.contains(runs, e)]
-        if covered:
-            self.out_of_sync.difference_update(covered)
-            self._oos_dirty = True
-            self._release_oos_waiting()  # writes waiting for these to be durably out-of-sync
+        # Writes waiting for these to be durably out-of-sync may go.
+        self._release_oos_waiting(self._oos.confirm(runs))
 
     def _fail_link(self, reason: str) -> None:
         self.link_error = reason
@@ -1256,10 +1227,10 @@ class PrimaryCore:
         self._resync_pass = False
         self._remote_hashes = ()
         self._hashes_void = set()
-        self._pass_runs = self._pass_confirmed = ()
+        self._pass_runs = self._oos.confirmed = ()
         if self.full_resync_pending:
             self.full_resync_pending = False  # a cut before this point starts the pass again
-            self._oos_dirty = True  # the stored "everything" may go now (lazily)
+            self._oos.dirty = True  # the stored "everything" may go now (lazily)
         self.secondary_error = ""  # it wrote and synced the whole pass: recovered
         self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
 
@@ -1360,8 +1331,7 @@ class PrimaryCore:
         """The extent's resync data went (or it was found identical): it leaves our out-of-sync
         set if something else now covers it there: the record, or a resync set that is durable
         there (in async mode nothing does, nor needs to)."""
-        if extent in self.out_of_sync and (
+        if extent in self._oos.extents and (
                 self.config.mode is Mode.ASYNC or extent in self.record
-                or extent_runs.contains(self._pass_confirmed, extent)):
-            self.out_of_sync.discard(extent)
-            self._oos_dirty = True
+                or extent_runs.contains(self._oos.confirmed, extent)):
+            self._oos.discard(extent)
