@@ -660,20 +660,20 @@ def test_a_resync_keeps_only_its_own_window_in_flight_so_host_writes_go_first() 
 def test_the_resync_window_follows_twice_throughput_times_the_least_rtt() -> None:
     config = Config(Mode.LOOKAHEAD, 1 << 30, 1 << 20, 16, 0, Eviction.LRU, VOLUME)
     core = PrimaryCore(config, lambda offset, length: bytes(length))
-    assert core._resync_window == pcore.RESYNC_WINDOW_START_BYTES
+    assert core._resync.window == pcore.RESYNC_WINDOW_START_BYTES
     core.observe_rtt(0.05)
     core.observe_rtt(0.2)  # queued behind resync data: not the link's own delay
-    core._resync_unapplied.append((1, 1 << 20))  # the window is in use
+    core._resync.unapplied.append((1, 1 << 20))  # the window is in use
     core.tick(10.0)
     core._on_applied(0)
-    core._resync_applied_bytes += 50_000_000  # 100 MB/s over the next half second
+    core._resync.applied_bytes += 50_000_000  # 100 MB/s over the next half second
     core.tick(10.5)
-    assert core._resync_window == 10_000_000  # 2 x 100 MB/s x 50 ms
-    core._resync_applied_bytes += 1_000_000_000
+    assert core._resync.window == 10_000_000  # 2 x 100 MB/s x 50 ms
+    core._resync.applied_bytes += 1_000_000_000
     core.tick(11.0)
-    assert core._resync_window == pcore.RESYNC_WINDOW_BYTES  # capped
+    assert core._resync.window == pcore.RESYNC_WINDOW_BYTES  # capped
     core.connected()  # a new session measures afresh
-    assert core._rtt_min_s == 0.0
+    assert core._resync.rtt_min_s == 0.0
 
 
 def test_resync_done_waits_for_the_primarys_own_flush() -> None:

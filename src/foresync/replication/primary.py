@@ -53,8 +53,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-import xxhash
-
 from foresync.errors import Errno, LocalProtocolError, RemoteProtocolError, invariant
 from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
@@ -68,7 +66,7 @@ from foresync.record.predict import (
     read_ahead_due,
     read_ahead_wanted,
 )
-from foresync.record.record import UNSENT, Eviction, RecordCopy
+from foresync.record.record import Eviction, RecordCopy
 from foresync.replication.actions import (
     AckHost as AckHost,
 )
@@ -97,31 +95,23 @@ from foresync.replication.actions import (  # re-exported: adapters name them fr
 from foresync.replication.epochs import Relation, compare
 from foresync.replication.flushes import Flushes
 from foresync.replication.out_of_sync import OutOfSync, unsynced_extents
+from foresync.replication.resync import (  # re-exported: the defaults of Config
+    RESYNC_SLICE_BYTES as RESYNC_SLICE_BYTES,
+)
+from foresync.replication.resync import (
+    RESYNC_WINDOW_BYTES as RESYNC_WINDOW_BYTES,
+)
+from foresync.replication.resync import (
+    RESYNC_WINDOW_START_BYTES as RESYNC_WINDOW_START_BYTES,
+)
+from foresync.replication.resync import Resync
 from foresync.replication.verify import Verify
 
-_NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 STREAMS_TRACKED = 16  # sequential streams recognised at once (their next expected offsets)
-# Work one pump may do for a resync before it yields to the event loop (ResumeLater), counted in
-# bytes read or hashed; a hole found by ``is_hole`` counts HOLE_CHECK_COST. 16 MiB is about 6 ms
-# of xxh3 and reads from the page cache: the loop keeps answering the admin endpoint and the
-# link's heartbeats however large the volume (a 1 TiB full sync once held it for 50 s).
-RESYNC_SLICE_BYTES = 16 * 1024 * 1024
-# Resync bytes sent and not yet APPLIED there: about twice bandwidth x RTT, tuned as the pass
-# runs (``_tune_resync_window``), between RESYNC_WINDOW_MIN_BYTES and ``resync_window_bytes``.
-# Everything in flight is queued ahead of a host write that must wait for the secondary (a
-# miss's ADDED): with the whole 64 MiB link window full of resync, a host 4 KiB write's p99 was
-# 380 ms during an initial sync at 6.5 ms RTT, 8 ms with 4 MiB in flight (1.7 ms without a
-# sync), but 4 MiB fill only 80 MB/s at 50 ms RTT.
-RESYNC_WINDOW_BYTES = 32 * 1024 * 1024
-RESYNC_WINDOW_MIN_BYTES = 2 * 1024 * 1024
-RESYNC_WINDOW_START_BYTES = 4 * 1024 * 1024
-RATE_SAMPLE_S = 0.1  # the shortest interval a throughput sample covers
-RATE_SAMPLES = 10  # the window follows the best of the last few samples
-HOLE_CHECK_COST = 16 * 1024  # SEEK_DATA on a sparse file: about 2 us, as 16 KiB of hashing
 
 
 class Mode(Enum):
@@ -250,11 +240,6 @@ class PrimaryCore:
         self._actions: list[Action] = []
         self._next_seq = 1
         self._queue: deque[_Op] = deque()  # host ops not yet sent, in arrival order
-        self._resync: deque[int] = deque()  # extents still to resync
-        self._resync_set: set[int] = set()
-        # A full sync sweeps [_sweep_next, _sweep_end) in order instead of listing every extent
-        # in _resync and _resync_set: a million of each at 1 TiB took 130 ms and 100 MB to build.
-        self._sweep_next = self._sweep_end = 0
         self._sent: deque[tuple[int, int]] = deque()  # (seq, bytes) not yet APPLIED remotely
         self._sent_bytes = 0
         self._misses: dict[int, _Op] = {}  # seq -> miss op waiting for ADDED
@@ -272,44 +257,22 @@ class PrimaryCore:
         self._ranges_to_clear: list[int] = []  # range seqs the local flush still has to cover
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
-        self._remote_hashes: tuple[int, ...] = ()  # the secondary's xxh3 per extent (full sync)
-        self._hashes_void: set[int] = set()  # queued again by verify: their hash is old
-        self._differs = -1  # the extent last found to differ: not hashed again when retried
-        self._zero_hashes: dict[int, int] = {}  # length -> xxh3 of that many zero bytes
-        self._resume_asked = False
-        self._slice_work = 0  # work done by the running _pump_resync (RESYNC_SLICE_BYTES)
-        self._resync_unapplied: deque[tuple[int, int]] = deque()  # (seq, bytes) resync in flight
-        self._resync_unapplied_bytes = 0
-        self._resync_window = min(RESYNC_WINDOW_START_BYTES, config.resync_window_bytes)
-        self._rtt_min_s = 0.0  # the least link round trip seen this session (``observe_rtt``)
-        self._resync_applied_bytes = 0  # resync bytes APPLIED there, ever
-        self._rate_mark: tuple[float, int] = (0.0, 0)  # (now, applied bytes) of the last sample
-        self._rate_samples: deque[float] = deque(maxlen=RATE_SAMPLES)  # bytes/s
-        self._resync_pass = False  # a pass started at WELCOME and RESYNC_DONE not yet sent
-        self._resync_total_bytes = 0
-        self._resync_done_bytes = 0
-        self._resync_sent_bytes = 0
-        # Comparing (checksums, nothing sent when they match) and sending progress at different
-        # rates: a single ETA from the send rate counted skipped extents as still to send.
-        self._resync_compare_total_bytes = 0
-        self._resync_compared_bytes = 0
-        self._resync_send_total_bytes = 0  # known so far: grows as comparisons find differences
-        self._resync_started = 0.0
-        self._resync_tokens = 0.0
-        self._resync_tokens_at = 0.0
         self.split_brain = False
         self._pending_adds: dict[int, int] = {}
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
-        self._resync_passes = 0  # likewise for resync passes
-        self._resync_last_seq = 0
-        self._resync_local_need = 0  # our own flush must cover this before RESYNC_DONE
-        self._set_ids = 0  # RESYNC_SET ids sent (this process)
-        self._sets_unconfirmed: dict[int, extent_runs.Runs] = {}  # id -> runs: not durable there yet
-        self._pass_runs: extent_runs.Runs = ()  # every set sent this pass: the secondary's set
         # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
         # the resync sets of this pass durable there.
         self._oos: OutOfSync[_Op] = OutOfSync(self._emit_persist)
         self.counters = _Counters()
+        # The resync pass (resync.py): it reads through ``read``, sends through ``_send_resync``.
+        self._resync = Resync(
+            size=config.size, extent_size=config.extent_size, async_mode=config.mode is Mode.ASYNC,
+            rate_max=config.resync_rate_max, slice_bytes=config.resync_slice_bytes,
+            window_max_bytes=config.resync_window_bytes, faults=config.faults, read=read,
+            is_hole=is_hole, record=self.record, out_of_sync=self._oos, flushes=self._flushes,
+            busy=self._extent_fifo, send=self._send, resume_later=self._resume_later,
+            link_full=self._link_full, send_extent=self._send_resync, last_seq=self._last_seq,
+            set_confirmed=self._set_confirmed)
         self._verify = Verify(config.size, config.extent_size, read, self._extent_fifo,
                               self._send, self._queue_resync)
         self.now = 0.0
@@ -403,9 +366,7 @@ class PrimaryCore:
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
-        self._rtt_min_s = 0.0
-        self._rate_samples.clear()
-        self._rate_mark = (0.0, 0)
+        self._resync.session_start()
         c = self.config
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
         flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
@@ -451,12 +412,7 @@ class PrimaryCore:
             self._ready_local(op)
             self._maybe_finish(op)
         self._pending_adds.clear()  # every op that expected adds was released above
-        self._resync.clear()
-        self._resync_set.clear()
-        self._sweep_next = self._sweep_end = 0
-        self._resync_unapplied.clear()
-        self._resync_unapplied_bytes = 0
-        self._sets_unconfirmed.clear()  # their extents never left our out-of-sync set
+        self._resync.abandon()
         self._welcome_ranges = []
         self._verify.abandon(self.now)
         self._pump()
@@ -592,7 +548,7 @@ class PrimaryCore:
         """Time passes: fail ops that waited too long (for room in the record, or for the link
         in block mode), and refill the resync rate budget."""
         self.now = now
-        self._tune_resync_window()
+        self._resync.tune_window(now)
         limit = (self.config.block_timeout_s if self.link is not LinkState.CONNECTED
                  else self.config.miss_wait_s)
         expired = [op for op in self._queue if op.waiting_since and now - op.waiting_since > limit]
@@ -604,24 +560,7 @@ class PrimaryCore:
     def observe_rtt(self, rtt_s: float) -> None:
         """The adapter measured a link round trip (PING/PONG). The least one this session is the
         link's own delay; later ones may include the queue behind resync data."""
-        if rtt_s > 0 and (not self._rtt_min_s or rtt_s < self._rtt_min_s):
-            self._rtt_min_s = rtt_s
-
-    def _tune_resync_window(self) -> None:
-        """Resync bytes in flight: twice the best recent throughput times the least RTT, so the
-        link stays full (a window too small caps the throughput it measures, and doubling it
-        grows it) while no more than about one RTT of resync queues ahead of host writes."""
-        mark_at, mark_bytes = self._rate_mark
-        elapsed = self.now - mark_at
-        if elapsed < RATE_SAMPLE_S:
-            return
-        self._rate_mark = (self.now, self._resync_applied_bytes)
-        if not mark_at or not self._resync_unapplied:
-            return  # no sample yet, or the window was not the limit
-        self._rate_samples.append((self._resync_applied_bytes - mark_bytes) / elapsed)
-        if self._rtt_min_s:
-            wanted = int(2 * max(self._rate_samples) * self._rtt_min_s)
-            self._resync_window = min(self.config.resync_window_bytes, max(RESYNC_WINDOW_MIN_BYTES, wanted))
+        self._resync.observe_rtt(rtt_s)
 
     def request_durable(self) -> None:
         """Ask both sites to report durability (the adapter's watermark timer). Also writes
@@ -635,13 +574,13 @@ class PrimaryCore:
     def statistics(self) -> PrimaryStatistics:
         lag_writes = (self._next_seq - 1 - self._remote_applied if self.link is LinkState.CONNECTED else 0)
         lag_bytes = self._sent_bytes + sum(op.length for op in self._queue)
-        in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync_remaining()
-                   and not self._resync_pass and not self._misses and not self._read_aheads and not self._oos.extents
+        in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync.remaining()
+                   and not self._resync.active and not self._misses and not self._read_aheads and not self._oos.extents
                    and self._flushes.remote_durable >= self._next_seq - 1)
         return PrimaryStatistics(
             self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
-            self.link.value, self._resync_remaining(), self._flushes.remote_durable,
+            self.link.value, self._resync.remaining(), self._flushes.remote_durable,
             self._next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors)
 
@@ -668,24 +607,8 @@ class PrimaryCore:
         return self._verify.done_extents
 
     def _queue_resync(self, extent: int) -> None:
-        """Copy one extent again (verify --repair); it stays out-of-sync until it is."""
-        self._oos.extents.add(extent)
-        self._oos.dirty = True
-        self._hashes_void.add(extent)  # verify found it differs: a full sync's checksum is old
-        if extent not in self._resync_set and not self._sweep_next <= extent < self._sweep_end:
-            self._resync_set.add(extent)
-            self._resync.append(extent)
-            self.record.note_write((extent,), _NOT_YET_SENT)
-            self._send_resync_set(((extent, 1),))
-        if not self._resync_pass:
-            self._resync_pass = True
-            self._resync_total_bytes = self._resync_done_bytes = self._resync_sent_bytes = 0
-            self._resync_compare_total_bytes = self._resync_compared_bytes = 0
-            self._resync_send_total_bytes = 0
-            self._resync_passes += 1
-            self._resync_started = self.now
-        self._resync_total_bytes += self.config.extent_size
-        self._resync_send_total_bytes += self.config.extent_size
+        """Copy one extent again (verify --repair, a failed local write): resync.py."""
+        self._resync.queue(extent, self.now)
 
     def lag_seconds(self) -> float:
         """How long the oldest write the secondary has not applied has waited (timer-tick
@@ -701,32 +624,14 @@ class PrimaryCore:
         self._oos.absorb((e for e in extents if e < self.extent_count), everything)
 
     def resync_progress(self) -> dict[str, int]:
-        """The current (or last) resync pass, for /status. ``set_extents``: the extents the
-        secondary holds in its journaled resync set while the pass runs (it may differ there
-        until RESYNC_DONE, beyond its record). Besides the whole pass, its two phases apart:
-        comparing (extents the secondary sent checksums for; a match costs no send) and sending
-        (extents without a checksum plus those found to differ so far, so its total grows while
-        comparing goes on). Each has its own rate, hence its own ETA."""
-        elapsed = max(self.now - self._resync_started, 1e-9)
-        rate = int(self._resync_sent_bytes / elapsed) if self._resync_pass else 0
-        compare_rate = int(self._resync_compared_bytes / elapsed) if self._resync_pass else 0
-        return {"done_bytes": self._resync_done_bytes, "total_bytes": self._resync_total_bytes,
-                "rate_bytes_per_s": rate,
-                "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes),
-                "active": int(self._resync_pass),
-                "compare_total_bytes": self._resync_compare_total_bytes,
-                "compare_done_bytes": self._resync_compared_bytes,
-                "compare_rate_bytes_per_s": compare_rate,
-                "send_total_bytes": self._resync_send_total_bytes,
-                "send_done_bytes": self._resync_sent_bytes,
-                "send_rate_bytes_per_s": rate, "passes": self._resync_passes,
-                "set_extents": extent_runs.count(self._pass_runs)}
+        """The current (or last) resync pass, for /status (``Resync.progress``)."""
+        return self._resync.progress(self.now)
 
     def failback_bound_extents(self) -> int:
         """At most how many extents a failback would copy back if the secondary were promoted
         now: the record, our out-of-sync set and a running pass's resync set (counted apart:
         they may overlap, so this errs large, never small)."""
-        return len(self.record) + len(self._oos.extents) + extent_runs.count(self._pass_runs)
+        return len(self.record) + len(self._oos.extents) + extent_runs.count(self._resync.pass_runs)
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
@@ -734,7 +639,7 @@ class PrimaryCore:
         clean = self._clean_through()
         record = self.record
         return unsynced_extents(
-            self._oos.extents, (*self._resync_set, *range(self._sweep_next, self._sweep_end)),
+            self._oos.extents, self._resync.pending(),
             [op.extents for op in (*self._by_seq.values(), *self._queue)],
             (e for e in record.extents() if not record.is_clean(e, clean)))
 
@@ -1026,11 +931,7 @@ class PrimaryCore:
             _, size = self._sent.popleft()
             self._oldest_unapplied_at = self.now
             self._sent_bytes -= size
-        resync = self._resync_unapplied
-        while resync and resync[0][0] <= seq:
-            size = resync.popleft()[1]
-            self._resync_unapplied_bytes -= size
-            self._resync_applied_bytes += size
+        self._resync.on_applied(seq)
 
     def _on_added(self, seq: int, extents: tuple[int, ...]) -> None:
         ahead = self._read_aheads.pop(seq, None)
@@ -1082,59 +983,14 @@ class PrimaryCore:
             self._advance_prefix()
         if self.config.mode is not Mode.ASYNC:
             self.record.replace(welcome.record)
-        # Resync what may differ: the secondary's record and stale extents, our out-of-sync set.
-        self._remote_hashes = ()
-        self._hashes_void = set()
-        self._differs = -1
+        # Resync what may differ: the secondary's record and stale extents, our out-of-sync set;
+        # everything for a new or half-synced secondary, or async mode after an unclean stop:
+        # nothing bounds what may differ then, so every extent is compared (by checksum when
+        # we have them).
         full = bool(welcome.flags & (wire.WelcomeFlag.NEW | wire.WelcomeFlag.INCONSISTENT))
         for seq, _, _ in welcome.ranges:
             self._welcome_ranges.append(seq)
-        if full or self.full_resync_pending:
-            # A new or half-synced secondary, or async mode after an unclean stop: nothing bounds
-            # what may differ, so every extent is compared (by checksum when we have them).
-            # Built without sorting: a million extents at 1 TiB (full_resync_pending stays
-            # until RESYNC_DONE).
-            self._resync_set = set()
-            self._resync = deque()
-            self._sweep_next, self._sweep_end = 0, self.extent_count
-            runs: extent_runs.Runs = ((0, self.extent_count),) if self.extent_count else ()
-            if len(welcome.hashes) == self.extent_count:
-                self._remote_hashes = welcome.hashes
-        else:
-            todo = set(welcome.record) | self._oos.extents | set(welcome.stale)
-            for _, offset, length in welcome.ranges:
-                todo.update(extents_of(offset, length, self.config.extent_size))
-            self._resync_set = {e for e in todo if e < self.extent_count}
-            self._resync = deque(sorted(self._resync_set))
-            runs = extent_runs.runs_of(self._resync_set)
-        self._sets_unconfirmed = {}
-        self._pass_runs = self._oos.confirmed = ()
-        if runs:
-            self._send_resync_set(runs)
-        # Until its resync data is durable there, an extent to resync must not be evicted (in
-        # async mode the mark also makes an unsent one out-of-sync at a disconnect). With a
-        # record, the set the secondary journals covers the others: only those in the record
-        # are marked, so a full sync keeps no mark per extent of the volume.
-        self.record.clear_marks(self._next_seq - 1)
-        if self.config.mode is Mode.ASYNC:
-            self.record.note_write(self._resync_set, _NOT_YET_SENT)
-            self.record.note_write(range(self._sweep_end), _NOT_YET_SENT)
-        else:
-            self.record.note_write((e for e in self.record.extents()
-                                    if e in self._resync_set or e < self._sweep_end), _NOT_YET_SENT)
-        self._resync_pass = True
-        self._resync_total_bytes = self._resync_remaining() * self.config.extent_size
-        self._resync_done_bytes = 0
-        self._resync_sent_bytes = 0
-        # A full sync with the secondary's checksums compares every extent before sending.
-        with_hash = self.extent_count if len(self._remote_hashes) == self.extent_count else 0
-        self._resync_compare_total_bytes = with_hash * self.config.extent_size
-        self._resync_compared_bytes = 0
-        self._resync_send_total_bytes = max(0, self._resync_remaining() - with_hash) * self.config.extent_size
-        self._resync_passes += 1
-        self._resync_started = self.now
-        self._resync_tokens = float(min(self.config.resync_rate_max, self.config.extent_size))
-        self._resync_tokens_at = self.now
+        self._resync.begin(welcome, full or self.full_resync_pending, self._next_seq - 1, self.now)
 
     def _on_storage_failed(self, message: wire.StorageFailed) -> None:
         """The secondary could not write its image or metadata and drops the link. Whatever it
@@ -1153,27 +1009,16 @@ class PrimaryCore:
             self._oos.add(dirty)
         self._fail_link(self.secondary_error)
 
-    def _send_resync_set(self, runs: extent_runs.Runs) -> None:
-        """Tell the secondary which extents the pass may change (it journals them before any
-        effect after this message). Not in async mode: the secondary keeps nothing there."""
-        if self.config.mode is Mode.ASYNC or self.link is not LinkState.CONNECTED:
-            return
-        self._set_ids += 1
-        self._pass_runs = extent_runs.union(self._pass_runs, runs)
-        self._emit(Send(wire.ResyncSet(self._set_ids, runs)))
-        if self.config.faults.resync_before_set_durable:
-            self._on_resync_set_durable(self._set_ids, runs)  # deliberately wrong: see faults.py
-            return
-        self._sets_unconfirmed[self._set_ids] = runs
-
-    def _on_resync_set_durable(self, set_id: int, runs: extent_runs.Runs | None = None) -> None:
-        """The secondary's journal now holds this set durably: it knows it may differ there,
-        so our out-of-sync set need not (written back lazily: a larger stored set is safe)."""
+    def _on_resync_set_durable(self, set_id: int) -> None:
+        runs = self._resync.set_durable(set_id)
         if runs is None:
-            runs = self._sets_unconfirmed.pop(set_id, None)
-            if runs is None:
-                raise RemoteProtocolError(f"RESYNC_SET_DURABLE for unknown set {set_id}")
-        # Writes waiting for these to be durably out-of-sync may go.
+            raise RemoteProtocolError(f"RESYNC_SET_DURABLE for unknown set {set_id}")
+        self._set_confirmed(runs)
+
+    def _set_confirmed(self, runs: extent_runs.Runs) -> None:
+        """The secondary's journal now holds this set durably: it knows it may differ there,
+        so our out-of-sync set need not; writes waiting for these to be durably out-of-sync
+        may go."""
         self._release_oos_waiting(self._oos.confirm(runs))
 
     def _fail_link(self, reason: str) -> None:
@@ -1181,157 +1026,44 @@ class PrimaryCore:
         self._emit(LinkFailed(reason))
 
     def _pump_resync(self) -> None:
-        """Send resync extents while the window and the rate allow, doing at most a slice of
-        work (``RESYNC_SLICE_BYTES``) before asking to be resumed. An extent still waiting for
-        an earlier op to land locally is retried later; the others go on."""
-        if self.link is not LinkState.CONNECTED or not (self._resync or self._resync_pass):
+        """Feed the resync pass (resync.py) and end it once it is durable on both sites."""
+        resync = self._resync
+        if self.link is not LinkState.CONNECTED or not (resync.todo or resync.active):
             return
-        deferred: list[int] = []
-        self._slice_work = 0
-        while self._resync or self._sweep_next < self._sweep_end:
-            if self._slice_work >= self.config.resync_slice_bytes:
-                if not self._resume_asked:
-                    self._resume_asked = True
-                    self._emit(ResumeLater())
-                break
-            swept = not self._resync
-            if swept:
-                extent = self._sweep_next
-                self._sweep_next += 1
-            else:
-                extent = self._resync.popleft()
-            if extent in self._extent_fifo:
-                deferred.append(extent)  # an earlier op on it still has to land locally
-                self._resync_set.add(extent)
-                continue
-            if self._start_resync(extent) in ("window", "rate"):
-                if swept:
-                    self._sweep_next -= 1
-                else:
-                    self._resync.appendleft(extent)
-                break
-        self._resync.extendleft(reversed(deferred))
-        if not self._resync_pass or self._resync_remaining() or self._sets_unconfirmed:
+        resync.pump(self.now)
+        if not resync.sent_all():
             return
-        if self._flushes.remote_durable < self._resync_last_seq:
-            return
-        if self._flushes.local_durable < self._resync_local_need:
-            # What we sent (or found identical) was read from our page cache: a crash here
-            # must not lose it once the secondary forgets the set.
+        if self._flushes.local_durable < resync.local_need:
             self._request_flush()
             return
         # Every extent of the pass now holds our data there, durably on both sites: the
         # secondary is a consistent copy again, and the ranges it had pending are done.
         self._ranges_done.extend(self._welcome_ranges)
         self._welcome_ranges = []
-        self._resync_pass = False
-        self._remote_hashes = ()
-        self._hashes_void = set()
-        self._pass_runs = self._oos.confirmed = ()
-        if self.full_resync_pending:
-            self.full_resync_pending = False  # a cut before this point starts the pass again
-            self._oos.dirty = True  # the stored "everything" may go now (lazily)
         self.secondary_error = ""  # it wrote and synced the whole pass: recovered
-        self._emit(Send(wire.ResyncDone(self._resync_last_seq)))
+        resync.end()
 
-    def _resync_remaining(self) -> int:
-        """Extents of the running pass still to compare or send."""
-        return len(self._resync_set) + self._sweep_end - self._sweep_next
-
-    def _refill_rate(self) -> bool:
-        """Whether the resync rate budget allows another extent now (link.resync_rate_max)."""
-        rate = self.config.resync_rate_max
-        if not rate:
-            return True
-        elapsed = max(0.0, self.now - self._resync_tokens_at)
-        self._resync_tokens = min(float(rate), self._resync_tokens + elapsed * rate)
-        self._resync_tokens_at = self.now
-        return self._resync_tokens >= min(rate, self.config.extent_size)
-
-    def _start_resync(self, extent: int) -> str:
-        """Send one extent's current data: "sent", "same" (checksums match, nothing to send),
-        or why not now: "window" or "rate"."""
-        offset = extent * self.config.extent_size
-        length = min(self.config.extent_size, self.config.size - offset)
-        compared = self._same_there(extent, offset, length)
-        if compared is True:
-            self._resync_set.discard(extent)
-            self._resync_local_need = self._next_seq - 1
-            self._resynced_out_of_sync(extent)
-            if self.record.last_seq(extent) == _NOT_YET_SENT:
-                # Identical there as of now. A host write to it since the WELCOME went
-                # out with a seq of its own, which the mark hid: count up to the last seq
-                # so far, so the extent is clean once that is durable on both sites.
-                self.record.resynced(extent, self._next_seq - 1)
-            self._resync_done_bytes += length
-            return "same"
-        if self._sent and self._sent_bytes + length > self.config.window_bytes:
-            return "window"
-        if self._resync_unapplied and self._resync_unapplied_bytes + length > self._resync_window:
-            return "window"
-        if not self._refill_rate():
-            return "rate"
-        # Read and send in one step (the data just compared, if any, is that read): nothing can
-        # land on this extent in between. No record room is needed: the resync set journaled
-        # there covers the extent until RESYNC_DONE.
-        if not isinstance(compared, bytes):
-            self._slice_work += length
-            compared = self._read(offset, length)
-        self._differs = -1
-        op = _Op(-1, offset, length, compared, False, False, range(extent, extent + 1), resync_extent=extent)
+    def _send_resync(self, extent: int, offset: int, length: int, data: bytes) -> int:
+        """Send one extent's data as a RESYNC write; its seq."""
+        op = _Op(-1, offset, length, data, False, False, range(extent, extent + 1), resync_extent=extent)
         op.seq = self._next_seq
         self._next_seq += 1
         self.record.resynced(extent, op.seq)  # dirty until this data is durable there
         self._mark_applied(op.seq)
         self._transmit(op, _RESYNC, 0, ())
-        self._resync_unapplied.append((op.seq, length))
-        self._resync_unapplied_bytes += length
-        self._resynced_out_of_sync(extent)
-        self._resync_set.discard(extent)
-        self._resync_last_seq = self._resync_local_need = op.seq
         self.counters.resync_bytes += length
-        self._resync_done_bytes += length
-        self._resync_sent_bytes += length
-        # An extent whose checksum was void (written since) is sent without comparing.
-        self._resync_send_total_bytes = max(self._resync_send_total_bytes, self._resync_sent_bytes)
-        if self.config.resync_rate_max:
-            self._resync_tokens -= length
-        return "sent"
+        return op.seq
 
-    def _same_there(self, extent: int, offset: int, length: int) -> bool | bytes:
-        """Whether the secondary's checksum (full sync) shows the extent identical there: True,
-        False (nothing to compare), or our data, read and found different (sent as it is, not
-        read twice). A hole here against the checksum of zeroes there needs no hashing."""
-        hashes = self._remote_hashes
-        if extent >= len(hashes) or extent == self._differs or extent in self._hashes_void:
-            return False
-        remote = hashes[extent]
-        zero = self._zero_hashes.get(length)
-        if zero is None:
-            zero = self._zero_hashes[length] = xxhash.xxh3_64_intdigest(bytes(length))
-        self._resync_compared_bytes += self.config.extent_size  # once: a retry is not hashed
-        if remote == zero and self._is_hole is not None:
-            self._slice_work += HOLE_CHECK_COST
-            if self._is_hole(offset, length):
-                return True
-        self._slice_work += length
-        data = self._read(offset, length)
-        if xxhash.xxh3_64_intdigest(data) == remote:
-            return True
-        self._resync_send_total_bytes += self.config.extent_size
-        self._differs = extent  # the window may be full: the retry sends without hashing again
-        return data
+    def _link_full(self, length: int) -> bool:
+        return bool(self._sent) and self._sent_bytes + length > self.config.window_bytes
+
+    def _last_seq(self) -> int:
+        return self._next_seq - 1
+
+    def _resume_later(self) -> None:
+        self._actions.append(ResumeLater())
 
     def resume(self) -> None:
         """The adapter's answer to ResumeLater: carry on with the resync."""
-        self._resume_asked = False
+        self._resync.resume()
         self._pump()
-
-    def _resynced_out_of_sync(self, extent: int) -> None:
-        """The extent's resync data went (or it was found identical): it leaves our out-of-sync
-        set if something else now covers it there: the record, or a resync set that is durable
-        there (in async mode nothing does, nor needs to)."""
-        if extent in self._oos.extents and (
-                self.config.mode is Mode.ASYNC or extent in self.record
-                or extent_runs.contains(self._oos.confirmed, extent)):
-            self._oos.discard(extent)
