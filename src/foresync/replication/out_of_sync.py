@@ -68,13 +68,14 @@ class OutOfSync(Generic[W]):
         return all((e in durable and all(e in snap for snap in pending))
                    or extent_runs.contains(confirmed, e) for e in extents)
 
-    def mark(self, extents: range, waiter: W) -> bool:
-        """``extents`` may differ: add them. True if ``waiter`` must wait before it lands here
-        (returned by ``persisted``/``confirm`` once they are settled)."""
+    def mark(self, extents: range, waiter: W | None) -> bool:
+        """``extents`` may differ: add them. True if they are not settled yet: ``waiter`` then
+        waits before it lands here (returned by ``persisted``/``confirm`` once they are)."""
         self.extents.update(extents)
         if self.settled(extents):
             return False
-        self._waiting.append((extents, waiter))
+        if waiter is not None:
+            self._waiting.append((extents, waiter))
         self.persist()
         return True
 

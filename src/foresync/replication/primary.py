@@ -94,6 +94,14 @@ from foresync.replication.actions import (  # re-exported: adapters name them fr
 )
 from foresync.replication.epochs import Relation, compare
 from foresync.replication.flushes import Flushes
+from foresync.replication.ordering import (
+    APPLICABLE,
+    AWAITING_REMOTE,
+    Op,
+    OpEvent,
+    OpState,
+    Ordering,
+)
 from foresync.replication.out_of_sync import OutOfSync, unsynced_extents
 from foresync.replication.resync import (  # re-exported: the defaults of Config
     RESYNC_SLICE_BYTES as RESYNC_SLICE_BYTES,
@@ -149,29 +157,6 @@ class Config:
     resync_rate_max: int = 0  # bytes/s, 0 = unlimited
     resync_slice_bytes: int = RESYNC_SLICE_BYTES  # resync work per pump before ResumeLater
     resync_window_bytes: int = RESYNC_WINDOW_BYTES  # resync bytes in flight, within window_bytes
-
-
-@dataclass(slots=True, eq=False)
-class _Op:
-    op_id: int  # host request id; -1 for resync
-    offset: int
-    length: int
-    data: bytes | None
-    punch: bool
-    fua: bool
-    extents: range
-    seq: int = 0
-    budget: int = 0
-    waiting_since: float = 0.0
-    remote_ok: bool = False  # ADDED received (miss) / durable (sync) / not needed
-    applied: bool = False
-    resync_extent: int = -1
-    is_range: bool = False
-    errno: int = 0
-    oos_wait: bool = False  # applies locally only once its extents are durably out-of-sync
-    expected_adds: tuple[int, ...] = ()  # a miss: what the secondary is expected to add
-    apply_issued: bool = False  # ApplyLocal emitted; the adapter may not have finished it yet
-    sequential: bool = False  # a host write that starts where a recent one ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,22 +223,21 @@ class PrimaryCore:
         self.link_error = ""
         self.secondary_error = ""  # the secondary's last storage failure, until a resync completes
         self._actions: list[Action] = []
-        self._next_seq = 1
-        self._queue: deque[_Op] = deque()  # host ops not yet sent, in arrival order
+        self._queue: deque[Op] = deque()  # host ops not yet sent, in arrival order
         self._sent: deque[tuple[int, int]] = deque()  # (seq, bytes) not yet APPLIED remotely
         self._sent_bytes = 0
-        self._misses: dict[int, _Op] = {}  # seq -> miss op waiting for ADDED
-        self._read_aheads: dict[int, _Op] = {}  # seq -> read-ahead hit whose ADDED is due
+        self._misses: dict[int, Op] = {}  # seq -> miss op waiting for ADDED
+        self._read_aheads: dict[int, Op] = {}  # seq -> read-ahead hit whose ADDED is due
         self._stream_ends: OrderedDict[int, None] = OrderedDict()  # where recent writes ended
-        self._durable_waits: dict[int, _Op] = {}  # seq -> sync-mode op waiting for DURABLE
-        self._by_seq: dict[int, _Op] = {}  # ops sent and not yet finished locally
-        self._extent_fifo: dict[int, deque[int]] = {}  # extent -> seqs waiting to apply locally
-        self._applied_prefix = 0  # every seq <= this is applied locally (or never needed it)
-        self._applied_beyond: set[int] = set()
-        self._skipped: list[tuple[int, int]] = []  # [start, stop) seq ranges never assigned
+        self._durable_waits: dict[int, Op] = {}  # seq -> sync-mode op waiting for DURABLE
+        # Sequence numbers, the per-extent lines and the applied prefix (ordering.py). Its two
+        # dicts are aliased here, never replaced: the write path reads them without a chain.
+        self._order = Ordering(self._misses, config.faults.apply_miss_before_ack, self._try_apply)
+        self._by_seq = self._order.by_seq  # ops sent and not yet finished locally
+        self._extent_fifo = self._order.extent_fifo  # extent -> seqs waiting to apply locally
         self._remote_applied = 0
         # Flush tickets and the durability watermarks, here and there (flushes.py).
-        self._flushes: Flushes[_Op] = Flushes(self._emit_flush, self._send)
+        self._flushes: Flushes[Op] = Flushes(self._emit_flush, self._send)
         self._ranges_to_clear: list[int] = []  # range seqs the local flush still has to cover
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
@@ -262,7 +246,7 @@ class PrimaryCore:
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
         # the resync sets of this pass durable there.
-        self._oos: OutOfSync[_Op] = OutOfSync(self._emit_persist)
+        self._oos: OutOfSync[Op] = OutOfSync(self._emit_persist)
         self.counters = _Counters()
         # The resync pass (resync.py): it reads through ``read``, sends through ``_send_resync``.
         self._resync = Resync(
@@ -284,7 +268,7 @@ class PrimaryCore:
         return out
 
     def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
-        op = _Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
+        op = Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
         op.sequential = self.config.mode is Mode.LOOKAHEAD and self._continues_stream(offset, len(data))
         if self.estimator is not None:
             self.estimator.observe(self.now, offset, len(data), True)
@@ -327,8 +311,9 @@ class PrimaryCore:
             if self.estimator is not None:
                 self.estimator.observe(self.now, offset, length, True)
         counters.writes += 1
-        seq = self._next_seq
-        self._next_seq = seq + 1
+        order = self._order
+        seq = order.next_seq
+        order.next_seq = seq + 1
         record.note_write(extents, seq)
         sent = self._sent
         sent.append((seq, length))
@@ -341,10 +326,11 @@ class PrimaryCore:
         """The local write of ``write_hit``'s WRITE ``seq`` has finished (failed or not: the
         adapter answers the host with its errno). A failure names the write's ``offset`` and
         ``length``, and the adapter then carries out the actions it leaves (``actions()``)."""
-        if seq == self._applied_prefix + 1 and not self._applied_beyond:
-            self._applied_prefix = seq
+        order = self._order
+        if seq == order.applied_prefix + 1 and not order.applied_beyond:
+            order.applied_prefix = seq
         else:
-            self._mark_applied(seq)
+            order.mark_applied(seq)
         if errno:
             self._local_write_failed(self._extents(offset, length))
             self._pump()
@@ -352,13 +338,13 @@ class PrimaryCore:
     def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
         if self.estimator is not None:
             self.estimator.observe(self.now, offset, length, False)
-        self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
+        self._submit(Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
 
     def flush(self, op_id: int) -> None:
         """A host FLUSH: local durability; in sync mode remote durability too (every sync-mode
         write already waited for it before being answered)."""
-        op = _Op(op_id, 0, 0, None, False, True, range(0))
-        op.applied = op.remote_ok = True
+        op = Op(op_id, 0, 0, None, False, True, range(0))
+        op.to(OpEvent.FLUSH)
         self._wait_flush(op)
 
     def connected(self) -> None:
@@ -400,11 +386,11 @@ class PrimaryCore:
             self._release_reservation(ahead)  # the extents it asked for may or may not be added
         self._read_aheads.clear()
         for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
-            if op.remote_ok:
+            if op.state not in AWAITING_REMOTE:
                 continue
             unanswered = op.seq in self._misses
             self._release_reservation(op)
-            op.remote_ok = True
+            op.to(OpEvent.REMOTE_OK)
             self._misses.pop(op.seq, None)
             self._durable_waits.pop(op.seq, None)
             if unanswered:
@@ -440,14 +426,16 @@ class PrimaryCore:
     def full_resync_pending(self, value: bool) -> None:
         self._oos.everything = value
 
-    def _release_oos_waiting(self, released: list[_Op]) -> None:
+    def _release_oos_waiting(self, released: list[Op]) -> None:
         for op in released:
-            op.oos_wait = False
-            self._ready_local(op)
+            op.to(OpEvent.SETTLED)
+            self._try_apply(op)
 
-    def _mark_out_of_sync(self, op: _Op) -> None:
-        if self._oos.mark(op.extents, op):
-            op.oos_wait = True
+    def _mark_out_of_sync(self, op: Op) -> None:
+        # An op already on its way here (only with a deliberate fault) has nothing to wait for.
+        waiter = op if op.state is OpState.READY else None
+        if self._oos.mark(op.extents, waiter) and waiter is not None:
+            op.to(OpEvent.HOLD)
 
     def _emit_persist(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
         self._actions.append(PersistOutOfSync(token, extents, everything))
@@ -488,19 +476,11 @@ class PrimaryCore:
 
     def local_applied(self, seq: int, errno: int) -> None:
         op = self._by_seq.get(seq)
-        invariant(op is not None and not op.applied, f"local_applied for unknown seq {seq}")
+        invariant(op is not None, f"local_applied for unknown seq {seq}")
         assert op is not None
-        op.applied = True
+        op.to(OpEvent.LOCAL_DONE)
         op.errno = errno
-        self._mark_applied(seq)
-        for extent in op.extents:
-            fifo = self._extent_fifo[extent]
-            invariant(fifo[0] == seq, "local apply out of order")
-            fifo.popleft()
-            if fifo:
-                self._try_apply(self._by_seq[fifo[0]])
-            else:
-                del self._extent_fifo[extent]
+        self._order.landed(op)  # the next op in line on its extents may apply now
         if errno:
             self._local_write_failed(op.extents)
             if op.is_range:
@@ -529,6 +509,7 @@ class PrimaryCore:
     def local_flushed(self, ticket: int) -> None:
         """The fdatasync asked for by ``FlushLocal(ticket)`` (or a later one) has completed."""
         for op in self._flushes.flushed(ticket):
+            op.to(OpEvent.ACK)
             self._emit(AckHost(op.op_id, op.errno))
         durable = self._flushes.local_durable
         cleared = [s for s in self._ranges_to_clear if s <= durable]
@@ -541,6 +522,7 @@ class PrimaryCore:
         """The fdatasync for ``ticket`` failed: every FLUSH/FUA waiting on it gets EIO (the
         data may not be on disk), and nothing it covered counts as locally durable."""
         for op in self._flushes.failed(ticket):
+            op.to(OpEvent.ACK)
             self._emit(AckHost(op.op_id, Errno.EIO))
         self._pump()
 
@@ -554,6 +536,7 @@ class PrimaryCore:
         expired = [op for op in self._queue if op.waiting_since and now - op.waiting_since > limit]
         for op in expired:
             self._queue.remove(op)
+            op.to(OpEvent.ACK)
             self._emit(AckHost(op.op_id, Errno.EIO))
         self._pump()
 
@@ -572,16 +555,16 @@ class PrimaryCore:
     # -- queries ---------------------------------------------------------------------------------
 
     def statistics(self) -> PrimaryStatistics:
-        lag_writes = (self._next_seq - 1 - self._remote_applied if self.link is LinkState.CONNECTED else 0)
+        lag_writes = (self._order.next_seq - 1 - self._remote_applied if self.link is LinkState.CONNECTED else 0)
         lag_bytes = self._sent_bytes + sum(op.length for op in self._queue)
         in_sync = (self.link is LinkState.CONNECTED and not self._queue and not self._resync.remaining()
                    and not self._resync.active and not self._misses and not self._read_aheads and not self._oos.extents
-                   and self._flushes.remote_durable >= self._next_seq - 1)
+                   and self._flushes.remote_durable >= self._order.next_seq - 1)
         return PrimaryStatistics(
             self.counters.writes, self.counters.hits, self.counters.misses, self.counters.resync_bytes,
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, self._resync.remaining(), self._flushes.remote_durable,
-            self._next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
+            self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors)
 
     # -- online verify --------------------------------------------------------------------------
@@ -645,7 +628,7 @@ class PrimaryCore:
 
     @property
     def last_seq(self) -> int:
-        return self._next_seq - 1
+        return self._order.next_seq - 1
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -662,10 +645,10 @@ class PrimaryCore:
 
     def _clean_through(self) -> int:
         if self.config.faults.evict_ignores_watermark:
-            return self._next_seq  # deliberately wrong: see faults.py
+            return self._order.next_seq  # deliberately wrong: see faults.py
         return min(self._flushes.remote_durable, self._flushes.local_durable)
 
-    def _submit(self, op: _Op) -> None:
+    def _submit(self, op: Op) -> None:
         self.counters.writes += 1
         op.waiting_since = 0.0
         self._queue.append(op)
@@ -677,7 +660,7 @@ class PrimaryCore:
         that touch one of its extents: arrival order matters only where writes overlap."""
         if self._queue:
             blocked: set[int] = set()
-            waiting: deque[_Op] = deque()
+            waiting: deque[Op] = deque()
             for op in self._queue:
                 if (blocked and not blocked.isdisjoint(op.extents)) or not self._start(op):
                     waiting.append(op)
@@ -690,7 +673,7 @@ class PrimaryCore:
             self._emit(Send(wire.Remove((), tuple(self._ranges_done))))
             self._ranges_done = []
 
-    def _start(self, op: _Op) -> bool:
+    def _start(self, op: Op) -> bool:
         """Send (or, with the link down, just apply) one op. False: it must wait."""
         mode = self.config.mode
         if self.link is not LinkState.CONNECTED:
@@ -703,7 +686,7 @@ class PrimaryCore:
                     op.waiting_since = self.now or 1e-9
                 return False
             self._assign_seq(op)
-            op.remote_ok = True
+            op.to(OpEvent.SEND)
             if not covered:
                 self._mark_out_of_sync(op)
             self._ready_local(op)
@@ -743,7 +726,7 @@ class PrimaryCore:
         extents of a sequential write to ``extents``."""
         return read_ahead_due(extents, self.config.lookahead, self.extent_count, self._planned)
 
-    def _send_read_ahead(self, op: _Op) -> bool:
+    def _send_read_ahead(self, op: Op) -> bool:
         """Send a sequential hit as a MISS whose budget extends the record ahead of the stream,
         when the record ends within ``lookahead // 2 + 1`` extents of it. False: nothing to do
         now (the record reaches far enough, or no room without waiting), send a plain hit."""
@@ -760,12 +743,12 @@ class PrimaryCore:
         self._assign_seq(op)
         self._reserve(op, budget, wanted)
         self._read_aheads[op.seq] = op
-        op.remote_ok = True  # covered already: the host does not wait for the ADDED
+        op.to(OpEvent.SEND)  # covered already: the host does not wait for the ADDED
         self._transmit(op, _MISS, budget, tuple(evict))
         self._ready_local(op)
         return True
 
-    def _reserve(self, op: _Op, budget: int, expected: tuple[int, ...]) -> None:
+    def _reserve(self, op: Op, budget: int, expected: tuple[int, ...]) -> None:
         """Hold ``budget`` record slots for what the secondary will add for ``op``, and note the
         extents expected, so that writes to them wait for this ADDED instead of missing again."""
         op.budget = budget
@@ -774,22 +757,24 @@ class PrimaryCore:
         for extent in expected:
             self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
 
-    def _release_reservation(self, op: _Op) -> None:
+    def _release_reservation(self, op: Op) -> None:
         """A miss's or read-ahead's ADDED came, or never will (disconnect): release what
         ``_reserve`` held for it."""
         self._release_expected(op)
         self.record.reserved -= op.budget
         op.budget = 0
 
-    def _send_plain(self, op: _Op, flags: int) -> None:
+    def _send_plain(self, op: Op, flags: int) -> None:
         self._assign_seq(op)
         if flags & _RANGE:
             op.is_range = True
             self._misses[op.seq] = op  # answered with ADDED once durable on the secondary
+            op.to(OpEvent.SEND_AWAIT)
         elif flags & _DURABLE:
             self._durable_waits[op.seq] = op
+            op.to(OpEvent.SEND_AWAIT)
         else:
-            op.remote_ok = True
+            op.to(OpEvent.SEND)
         self._transmit(op, flags, 0, ())
         self._ready_local(op)
 
@@ -798,7 +783,7 @@ class PrimaryCore:
         return tuple(additions(self.predictor, touched, budget, self.config.lookahead,
                                self.extent_count, self.record))
 
-    def _release_expected(self, op: _Op) -> None:
+    def _release_expected(self, op: Op) -> None:
         for extent in op.expected_adds:
             left = self._pending_adds.get(extent, 0) - 1
             if left > 0:
@@ -807,7 +792,7 @@ class PrimaryCore:
                 self._pending_adds.pop(extent, None)
         op.expected_adds = ()
 
-    def _send_miss(self, op: _Op) -> bool:
+    def _send_miss(self, op: Op) -> bool:
         new = sum(1 for e in op.extents if e not in self.record)
         if new > self.config.capacity:
             raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
@@ -823,6 +808,7 @@ class PrimaryCore:
         self.counters.misses += 1
         self._assign_seq(op)
         self._misses[op.seq] = op
+        op.to(OpEvent.SEND_AWAIT)
         self._reserve(op, budget, self._expected_adds(op.extents, budget))
         if self.record.free() < self._low_free:
             # Clean slots run short: ask for the watermark now rather than at the next tick, so
@@ -833,18 +819,14 @@ class PrimaryCore:
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
         self._transmit(op, flags, budget, tuple(evict))
-        self._ready_local(op)  # waits for ADDED (see _may_apply)
+        self._ready_local(op)  # waits for ADDED (Ordering.may_apply)
         return True
 
-    def _assign_seq(self, op: _Op) -> None:
-        op.seq = self._next_seq
-        self._next_seq += 1
-        self._by_seq[op.seq] = op
+    def _assign_seq(self, op: Op) -> None:
+        self._order.assign(op)
         self.record.note_write(op.extents, op.seq)
-        for extent in op.extents:
-            self._extent_fifo.setdefault(extent, deque()).append(op.seq)
 
-    def _transmit(self, op: _Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
+    def _transmit(self, op: Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
         if flags & _MISS:
             self.predictor.observe(op.extents)  # as the secondary will, adding for this MISS
         message: wire.Message
@@ -859,71 +841,41 @@ class PrimaryCore:
         self._sent_bytes += op.length if op.data is not None else 0
         self._emit(Send(message))
 
-    def _ready_local(self, op: _Op) -> None:
+    def _ready_local(self, op: Op) -> None:
         """The op may now be applied locally once it is first in line on all its extents."""
-        if op.resync_extent >= 0:
-            return
         self._try_apply(op)
 
-    def _try_apply(self, op: _Op) -> None:
-        # apply_issued: ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is
-        # already out (a sync-mode hit applies at once, then DURABLE arrives); issue it once.
-        if op.applied or op.apply_issued or op.oos_wait or not self._may_apply(op):
+    def _try_apply(self, op: Op) -> None:
+        # ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is already out
+        # (a sync-mode hit applies at once, then DURABLE arrives): its state says so.
+        if op.state not in APPLICABLE or not self._order.may_apply(op) or not self._order.first_in_line(op):
             return
-        if not all(self._extent_fifo[e][0] == op.seq for e in op.extents):
-            return
-        op.apply_issued = True
+        op.to(OpEvent.ISSUE)
         self._emit(ApplyLocal(op.seq, op.offset, op.length, op.data, op.punch))
 
-    def _may_apply(self, op: _Op) -> bool:
-        # A miss (and a RANGE op) applies locally only after the secondary recorded it; a
-        # sync-mode hit applies at once, in parallel with the remote write (protocol C).
-        if self.config.faults.apply_miss_before_ack:
-            return True  # deliberately wrong: see faults.py
-        return op.seq not in self._misses
-
-    def _mark_applied(self, seq: int) -> None:
-        self._applied_beyond.add(seq)
-        self._advance_prefix()
-
-    def _advance_prefix(self) -> None:
-        while True:
-            following = self._applied_prefix + 1
-            if following in self._applied_beyond:
-                self._applied_prefix = following
-                self._applied_beyond.discard(following)
-                continue
-            if not self._skipped:
-                return
-            gap = next((g for g in self._skipped if g[0] == following), None)
-            if gap is None:
-                return
-            self._skipped.remove(gap)
-            self._applied_prefix = gap[1] - 1
-
-    def _maybe_finish(self, op: _Op) -> None:
-        if not (op.applied and op.remote_ok):
+    def _maybe_finish(self, op: Op) -> None:
+        if op.state is not OpState.APPLIED:
             return
         self._by_seq.pop(op.seq, None)
-        if op.resync_extent >= 0:
-            return
         if op.fua and op.errno == 0:
+            op.to(OpEvent.FLUSH)
             self._wait_flush(op)
         else:
+            op.to(OpEvent.ACK)
             self._emit(AckHost(op.op_id, op.errno))
 
-    def _wait_flush(self, op: _Op) -> None:
-        self._flushes.wait(op, self._applied_prefix)
+    def _wait_flush(self, op: Op) -> None:
+        self._flushes.wait(op, self._order.applied_prefix)
 
     def _emit_flush(self, ticket: int) -> None:
         self._actions.append(FlushLocal(ticket))
 
     def _request_flush(self) -> None:
-        self._flushes.request(self._applied_prefix)
+        self._flushes.request(self._order.applied_prefix)
 
     def _request_sync(self) -> None:
         if self.link is LinkState.CONNECTED:
-            self._flushes.request_sync(self._next_seq - 1)
+            self._flushes.request_sync(self._order.next_seq - 1)
 
     def _on_applied(self, seq: int) -> None:
         self._remote_applied = max(self._remote_applied, seq)
@@ -947,7 +899,7 @@ class PrimaryCore:
             return  # receive() pumps: writes waiting for these extents now go as hits
         invariant(op.is_range or self.record.covers(op.extents), "ADDED did not cover the write")
         if op.seq not in self._durable_waits:
-            op.remote_ok = True
+            op.to(OpEvent.REMOTE_OK)
         self._try_apply(op)
         self._maybe_finish(op)
 
@@ -959,7 +911,7 @@ class PrimaryCore:
             op = self._durable_waits.pop(s)
             if s in self._misses:
                 continue  # still waiting for ADDED
-            op.remote_ok = True
+            op.to(OpEvent.REMOTE_OK)
             self._try_apply(op)
             self._maybe_finish(op)
         self.record.forget_clean(self._clean_through())
@@ -975,12 +927,7 @@ class PrimaryCore:
         self.split_brain = False
         self._remote_applied = 0
         self._flushes.session_reset()
-        if welcome.applied_seq >= self._next_seq:
-            # Continue numbering past what the secondary has seen; the skipped numbers were never
-            # used here, so count them as applied locally.
-            self._skipped.append((self._next_seq, welcome.applied_seq + 1))
-            self._next_seq = welcome.applied_seq + 1
-            self._advance_prefix()
+        self._order.skip_to(welcome.applied_seq)  # continue past what the secondary has seen
         if self.config.mode is not Mode.ASYNC:
             self.record.replace(welcome.record)
         # Resync what may differ: the secondary's record and stale extents, our out-of-sync set;
@@ -990,7 +937,7 @@ class PrimaryCore:
         full = bool(welcome.flags & (wire.WelcomeFlag.NEW | wire.WelcomeFlag.INCONSISTENT))
         for seq, _, _ in welcome.ranges:
             self._welcome_ranges.append(seq)
-        self._resync.begin(welcome, full or self.full_resync_pending, self._next_seq - 1, self.now)
+        self._resync.begin(welcome, full or self.full_resync_pending, self._order.next_seq - 1, self.now)
 
     def _on_storage_failed(self, message: wire.StorageFailed) -> None:
         """The secondary could not write its image or metadata and drops the link. Whatever it
@@ -1045,11 +992,11 @@ class PrimaryCore:
 
     def _send_resync(self, extent: int, offset: int, length: int, data: bytes) -> int:
         """Send one extent's data as a RESYNC write; its seq."""
-        op = _Op(-1, offset, length, data, False, False, range(extent, extent + 1), resync_extent=extent)
-        op.seq = self._next_seq
-        self._next_seq += 1
+        op = Op(-1, offset, length, data, False, False, range(extent, extent + 1))
+        op.seq = self._order.next_seq  # never applied here: it is read from this image
+        self._order.next_seq += 1
         self.record.resynced(extent, op.seq)  # dirty until this data is durable there
-        self._mark_applied(op.seq)
+        self._order.mark_applied(op.seq)
         self._transmit(op, _RESYNC, 0, ())
         self.counters.resync_bytes += length
         return op.seq
@@ -1058,7 +1005,7 @@ class PrimaryCore:
         return bool(self._sent) and self._sent_bytes + length > self.config.window_bytes
 
     def _last_seq(self) -> int:
-        return self._next_seq - 1
+        return self._order.next_seq - 1
 
     def _resume_later(self) -> None:
         self._actions.append(ResumeLater())
