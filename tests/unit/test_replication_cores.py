@@ -1587,10 +1587,30 @@ def test_primary_rejects_secondary_bound_messages(message: wire.Message) -> None
         _connected_primary().receive(message)
 
 
+def test_primary_link_error_refuses_every_input_until_disconnected() -> None:
+    core = _connected_primary()
+    with pytest.raises(RemoteProtocolError, match="not a pending miss"):
+        core.receive(wire.Added(7, (0,)))
+    assert core.link is pcore.LinkState.ERROR and "not a pending miss" in core.link_error
+    assert core.statistics().link == "error" and not core.statistics().in_sync
+    with pytest.raises(RemoteProtocolError, match="ERROR"):
+        core.receive(wire.Applied(0))  # refused, even a well-formed one
+    with pytest.raises(LocalProtocolError):
+        core.connected()  # reset first
+    core.write(1, 0, b"x", False)  # goes as with the link down: recorded, applied here
+    assert not [a for a in core.actions() if isinstance(a, pcore.Send)]
+    core.disconnected("closed after the protocol error")
+    assert core.link is pcore.LinkState.DISCONNECTED
+    core.connected()
+    core.receive(wire.Welcome(VOLUME, 1, 0, ()))
+    assert core.link is pcore.LinkState.CONNECTED
+
+
 def test_primary_rejects_added_for_no_pending_miss_or_over_budget() -> None:
     core = _connected_primary()
     with pytest.raises(RemoteProtocolError, match="not a pending miss"):
         core.receive(wire.Added(1, (0,)))
+    core = _connected_primary()  # the first one is in ERROR now (test_primary_link_error_...)
     core.write(1, 0, b"x", False)
     [send] = [a for a in core.actions() if isinstance(a, pcore.Send)]
     assert isinstance(send.message, wire.Write) and send.message.budget == 2

@@ -129,9 +129,15 @@ class Mode(Enum):
 
 
 class LinkState(Enum):
+    """DISCONNECTED -connected()-> HANDSHAKE -WELCOME-> CONNECTED; ``disconnected()`` from any
+    state resets to DISCONNECTED. ERROR (as in h11): the peer broke the protocol; ``receive``
+    refuses every further message until the adapter, which closes the link, calls
+    ``disconnected()``. Meanwhile writes go as they do with the link down."""
+
     DISCONNECTED = "disconnected"
     HANDSHAKE = "handshake"
     CONNECTED = "connected"
+    ERROR = "error"
 
 
 
@@ -221,6 +227,7 @@ class PrimaryCore:
             config.predictor)
         self.link = LinkState.DISCONNECTED
         self.link_error = ""
+        self._error_after_welcome = False  # the link went to ERROR from CONNECTED
         self.secondary_error = ""  # the secondary's last storage failure, until a resync completes
         self._actions: list[Action] = []
         self._queue: deque[Op] = deque()  # host ops not yet sent, in arrival order
@@ -364,7 +371,8 @@ class PrimaryCore:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
         if self.link is LinkState.DISCONNECTED:
             return
-        was_connected = self.link is LinkState.CONNECTED
+        was_connected = self.link is LinkState.CONNECTED or (
+            self.link is LinkState.ERROR and self._error_after_welcome)
         self.link = LinkState.DISCONNECTED
         self.link_error = reason
         self._sent.clear()
@@ -441,6 +449,23 @@ class PrimaryCore:
         self._actions.append(PersistOutOfSync(token, extents, everything))
 
     def receive(self, message: wire.Message) -> None:
+        """A message from the secondary. The one place where the link path's errors are caught:
+        a RemoteProtocolError (the peer broke the protocol, here or in resync.py, verify.py...)
+        puts the link in ERROR and is raised on to the adapter, which closes the link."""
+        if self.link is LinkState.ERROR:
+            raise RemoteProtocolError(f"{type(message).__name__} after a protocol error: the link "
+                                      f"is in ERROR until disconnected ({self.link_error})")
+        try:
+            self._dispatch(message)
+        except RemoteProtocolError as exc:
+            if self.link is not LinkState.DISCONNECTED:
+                self._error_after_welcome = self.link is LinkState.CONNECTED
+                self.link = LinkState.ERROR
+                self.link_error = f"protocol error: {exc}"
+            raise
+        self._pump()
+
+    def _dispatch(self, message: wire.Message) -> None:
         match message:
             case wire.Applied(seq):
                 self._on_applied(seq)
@@ -472,7 +497,6 @@ class PrimaryCore:
                 self._on_storage_failed(message)
             case _:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
-        self._pump()
 
     def local_applied(self, seq: int, errno: int) -> None:
         op = self._by_seq.get(seq)
