@@ -18,29 +18,23 @@ prefix of the primary's write history.
 * ``sync`` mode (DRBD protocol C) also waits for the secondary's durable watermark to pass the
   op; ``async`` (protocol A) never waits and keeps no record.
 
-Local applies keep arrival order per extent: an op waits until every earlier op touching one of
-its extents has been applied (a hit never overtakes a pending miss on a shared extent).
+Local applies keep arrival order per extent (ordering.py, where an op's lifecycle is a state
+machine): an op waits until every earlier op touching one of its extents has been applied.
 
 Large zero/trim ranges carry no payload and would flood the record, so they go as a RANGE op:
 the secondary journals the range as pending, applies it and makes it durable before answering;
 the primary applies it, and once its own flush covers it tells the secondary the range is done.
 
-Resync sends whole extents read from the local image at send time. A resync read waits until no
-earlier op on that extent is still waiting to be applied locally. The record's capacity bounds
-what host writes can make differ; a resync pass needs no room in it (issue 19): the pass starts
-with RESYNC_SET, every extent it may change, which the secondary journals as one entry before
-any later effect and answers with RESYNC_SET_DURABLE. Only then may those extents leave our
-out-of-sync set (the secondary now knows durably that it may differ there). Resync data goes as
-plain RESYNC writes, as fast as the window and ``resync_rate_max`` allow; RESYNC_DONE, once the
-whole pass is durable on both sites, clears the set there. In async mode the secondary keeps no
-record and no set: nothing bounds what may differ after an unclean stop there anyway.
+What the record cannot bound joins the out-of-sync set (out_of_sync.py): writes while the link is
+down, a miss whose ADDED never came, a local write that failed (its extents are resynced from
+what this image now holds; the host gets the errno), and whatever a secondary that reports
+STORAGE_FAILED had not made durable (``secondary_error`` says why until a resync completes).
+At each WELCOME a resync pass (resync.py) copies what may differ; the operator may also run an
+online verify (verify.py). Flush tickets and the durability watermarks are in flushes.py.
 
-A local write that fails (a full disk, an I/O error) has usually gone to the secondary already,
-and may have landed here in part: its extents join the out-of-sync set (persisted at once) and,
-with the link up, are resynced from what this image now holds, so the copies agree again; the
-host gets the errno. A secondary that fails to write reports STORAGE_FAILED and drops the link:
-whatever it has not reported durable joins the out-of-sync set, and the link-loss rules apply
-until a later connection resyncs it (``secondary_error`` says why meanwhile).
+This class keeps the control flow: it owns those parts as plain objects, hands them callbacks
+(no part imports this module), and alone talks to the adapter. The link is a small state
+machine (``LinkState``); ``receive`` is the one place the link path's errors are caught.
 
 All I/O is done by the adapter through ``Action`` values drained with ``actions()``, except
 resync reads, which go through the injected ``read`` port so that a read and its send are atomic.
@@ -61,37 +55,20 @@ from foresync.record import runs as extent_runs
 from foresync.record.estimate import MissRatioEstimator
 from foresync.record.predict import (
     PREDICTORS,
-    additions,
     extents_of,
-    read_ahead_due,
-    read_ahead_wanted,
 )
 from foresync.record.record import Eviction, RecordCopy
 from foresync.replication.actions import (
-    AckHost as AckHost,
-)
-from foresync.replication.actions import (
-    ApplyLocal as ApplyLocal,
-)
-from foresync.replication.actions import (
-    BecomeSecondary as BecomeSecondary,
-)
-from foresync.replication.actions import (
-    FlushLocal as FlushLocal,
-)
-from foresync.replication.actions import (
-    LinkFailed as LinkFailed,
-)
-from foresync.replication.actions import (
-    PersistOutOfSync as PersistOutOfSync,
+    AckHost,
+    ApplyLocal,
+    BecomeSecondary,
+    FlushLocal,
+    LinkFailed,
+    PersistOutOfSync,
+    ResumeLater,
+    Send,
 )
 from foresync.replication.actions import PrimaryAction as Action
-from foresync.replication.actions import (
-    ResumeLater as ResumeLater,
-)
-from foresync.replication.actions import (  # re-exported: adapters name them from here
-    Send as Send,
-)
 from foresync.replication.epochs import Relation, compare
 from foresync.replication.flushes import Flushes
 from foresync.replication.ordering import (
@@ -103,17 +80,20 @@ from foresync.replication.ordering import (
     Ordering,
 )
 from foresync.replication.out_of_sync import OutOfSync, unsynced_extents
-from foresync.replication.resync import (  # re-exported: the defaults of Config
-    RESYNC_SLICE_BYTES as RESYNC_SLICE_BYTES,
-)
+from foresync.replication.reservations import Reservations
 from foresync.replication.resync import (
-    RESYNC_WINDOW_BYTES as RESYNC_WINDOW_BYTES,
+    RESYNC_SLICE_BYTES,
+    RESYNC_WINDOW_BYTES,
+    RESYNC_WINDOW_START_BYTES,
+    Resync,
 )
-from foresync.replication.resync import (
-    RESYNC_WINDOW_START_BYTES as RESYNC_WINDOW_START_BYTES,
-)
-from foresync.replication.resync import Resync
 from foresync.replication.verify import Verify
+
+# Re-exported: the adapters and tests name the actions, and the resync defaults, from here.
+__all__ = ["RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYTES", "AckHost",
+           "Action", "ApplyLocal", "BecomeSecondary", "Config", "FlushLocal", "LinkFailed",
+           "LinkState", "Mode", "PersistOutOfSync", "PrimaryCore", "PrimaryStatistics",
+           "ResumeLater", "Send"]
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -197,18 +177,6 @@ class _Counters:
     secondary_storage_errors: int = 0  # STORAGE_FAILED reports from the secondary
 
 
-class _Planned:
-    """An extent the record holds or an ADDED in flight will add (read-ahead's view)."""
-
-    __slots__ = ("_core",)
-
-    def __init__(self, core: PrimaryCore) -> None:
-        self._core = core
-
-    def __contains__(self, extent: int, /) -> bool:
-        return extent in self._core.record or extent in self._core._pending_adds
-
-
 class PrimaryCore:
     def __init__(self, config: Config, read: Callable[[int, int], bytes],
                  is_hole: Callable[[int, int], bool] | None = None) -> None:
@@ -220,7 +188,10 @@ class PrimaryCore:
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
         self._low_free = config.capacity // 8  # below it, a miss asks for the watermark (none under 8)
-        self._planned = _Planned(self)  # record members and adds in flight, as one container
+        # Record room held for ADDEDs in flight and what they will add (reservations.py).
+        self._reservations = Reservations(self.record, self.predictor, config.lookahead,
+                                          self.extent_count)
+        self._pending_adds = self._reservations.pending  # aliased, never replaced
         # The live miss-ratio curve (estimate.py); async mode keeps no record to size.
         self.estimator = None if config.mode is Mode.ASYNC else MissRatioEstimator(
             config.size, config.extent_size, config.capacity, config.eviction, config.lookahead,
@@ -249,7 +220,6 @@ class PrimaryCore:
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
         self.split_brain = False
-        self._pending_adds: dict[int, int] = {}
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
         # the resync sets of this pass durable there.
@@ -311,7 +281,7 @@ class PrimaryCore:
             return None
         counters = self.counters
         if mode is Mode.LOOKAHEAD:
-            if offset in self._stream_ends and self._read_ahead_due(extents):
+            if offset in self._stream_ends and self._reservations.read_ahead_due(extents):
                 return None
             self._continues_stream(offset, length)
             counters.hits += 1
@@ -391,13 +361,13 @@ class PrimaryCore:
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
         for ahead in self._read_aheads.values():
-            self._release_reservation(ahead)  # the extents it asked for may or may not be added
+            self._reservations.release(ahead)  # the extents it asked for may or may not be added
         self._read_aheads.clear()
         for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
             if op.state not in AWAITING_REMOTE:
                 continue
             unanswered = op.seq in self._misses
-            self._release_reservation(op)
+            self._reservations.release(op)
             op.to(OpEvent.REMOTE_OK)
             self._misses.pop(op.seq, None)
             self._durable_waits.pop(op.seq, None)
@@ -727,7 +697,7 @@ class PrimaryCore:
             if not (op.sequential and self._send_read_ahead(op)):  # sequential: lookahead only
                 self._send_plain(op, _DURABLE if mode is Mode.SYNC else 0)
             return True
-        if self._pending_adds and all(e in self.record or e in self._pending_adds for e in op.extents):
+        if self._reservations.will_add(op.extents):
             # A miss in flight will add these extents (touched or predicted): wait for its ADDED
             # and go as a hit, instead of sending a second miss that reserves room again. The
             # wait is bounded like a miss's wait for room (tick), should that ADDED never come.
@@ -745,19 +715,13 @@ class PrimaryCore:
             ends.popitem(last=False)
         return sequential
 
-    def _read_ahead_due(self, extents: range) -> bool:
-        """Whether the record (with the adds in flight) ends within ``lookahead // 2 + 1``
-        extents of a sequential write to ``extents``."""
-        return read_ahead_due(extents, self.config.lookahead, self.extent_count, self._planned)
-
     def _send_read_ahead(self, op: Op) -> bool:
         """Send a sequential hit as a MISS whose budget extends the record ahead of the stream,
         when the record ends within ``lookahead // 2 + 1`` extents of it. False: nothing to do
         now (the record reaches far enough, or no room without waiting), send a plain hit."""
-        if not self._read_ahead_due(op.extents):
+        if not self._reservations.read_ahead_due(op.extents):
             return False
-        wanted = read_ahead_wanted(self.predictor, op.extents, self.config.lookahead,
-                                   self.extent_count, self._planned)
+        wanted = self._reservations.read_ahead_wanted(op.extents)
         budget = len(wanted)
         evict = self.record.choose_evictions(budget, self._clean_through(), op.extents)
         if evict is None:
@@ -765,28 +729,12 @@ class PrimaryCore:
         self.record.evict(evict)
         self.counters.read_aheads += 1
         self._assign_seq(op)
-        self._reserve(op, budget, wanted)
+        self._reservations.reserve(op, budget, wanted)
         self._read_aheads[op.seq] = op
         op.to(OpEvent.SEND)  # covered already: the host does not wait for the ADDED
         self._transmit(op, _MISS, budget, tuple(evict))
         self._ready_local(op)
         return True
-
-    def _reserve(self, op: Op, budget: int, expected: tuple[int, ...]) -> None:
-        """Hold ``budget`` record slots for what the secondary will add for ``op``, and note the
-        extents expected, so that writes to them wait for this ADDED instead of missing again."""
-        op.budget = budget
-        self.record.reserved += budget
-        op.expected_adds = expected
-        for extent in expected:
-            self._pending_adds[extent] = self._pending_adds.get(extent, 0) + 1
-
-    def _release_reservation(self, op: Op) -> None:
-        """A miss's or read-ahead's ADDED came, or never will (disconnect): release what
-        ``_reserve`` held for it."""
-        self._release_expected(op)
-        self.record.reserved -= op.budget
-        op.budget = 0
 
     def _send_plain(self, op: Op, flags: int) -> None:
         self._assign_seq(op)
@@ -801,20 +749,6 @@ class PrimaryCore:
             op.to(OpEvent.SEND)
         self._transmit(op, flags, 0, ())
         self._ready_local(op)
-
-    def _expected_adds(self, touched: range, budget: int) -> tuple[int, ...]:
-        """What the secondary will add for a miss (it follows the same rule, claims 18-19)."""
-        return tuple(additions(self.predictor, touched, budget, self.config.lookahead,
-                               self.extent_count, self.record))
-
-    def _release_expected(self, op: Op) -> None:
-        for extent in op.expected_adds:
-            left = self._pending_adds.get(extent, 0) - 1
-            if left > 0:
-                self._pending_adds[extent] = left
-            else:
-                self._pending_adds.pop(extent, None)
-        op.expected_adds = ()
 
     def _send_miss(self, op: Op) -> bool:
         new = sum(1 for e in op.extents if e not in self.record)
@@ -833,7 +767,7 @@ class PrimaryCore:
         self._assign_seq(op)
         self._misses[op.seq] = op
         op.to(OpEvent.SEND_AWAIT)
-        self._reserve(op, budget, self._expected_adds(op.extents, budget))
+        self._reservations.reserve(op, budget, self._reservations.for_miss(op.extents, budget))
         if self.record.free() < self._low_free:
             # Clean slots run short: ask for the watermark now rather than at the next tick, so
             # the extents written so far turn clean before the next miss needs room (issue 14).
@@ -915,7 +849,7 @@ class PrimaryCore:
         if op is None:
             raise RemoteProtocolError(f"ADDED for seq {seq}, which is not a pending miss")
         budget = op.budget
-        self._release_reservation(op)  # before any check: a bad ADDED must not leak it
+        self._reservations.release(op)  # before any check: a bad ADDED must not leak it
         if len(extents) > budget:
             raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {budget}")
         self.record.add(e for e in extents if e < self.extent_count)
