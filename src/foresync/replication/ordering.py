@@ -12,20 +12,18 @@ what a secondary has seen); a flush ticket covers exactly that prefix (flushes.p
 
 An op's lifecycle is ``OpState``; every change goes through ``Op.to(event)`` and the table
 ``TRANSITIONS``, as the NBD handshake's does (nbd/handshake.py). An illegal pair is a bug, and
-raises LocalProtocolError::
+raises LocalProtocolError. The usual paths:
 
-    QUEUED --SEND--> READY --ISSUE--> APPLYING --LOCAL_DONE--> APPLIED --ACK--> DONE
-      |  \\           ^  \\HOLD                                    \\--FLUSH--> FLUSHING --ACK--/
-      |   \\          |   v                                         (FUA write, host FLUSH)
-      |    \\         | AWAIT_OOS  (link down: its extents must be durably out-of-sync first)
-      |     \\     SETTLED
-      |  SEND_AWAIT --> AWAIT_REMOTE --ISSUE--> APPLYING_AWAIT_REMOTE --LOCAL_DONE--> APPLIED_AWAIT_REMOTE
-      |                    each *_AWAIT_REMOTE --REMOTE_OK--> the same local state without it
-      \\--ACK (expired in the queue) / FLUSH (a host FLUSH) --
+* a hit:  QUEUED -SEND-> READY -ISSUE-> APPLYING -LOCAL_DONE-> APPLIED -ACK-> DONE
+* a miss, RANGE op or sync-mode write: QUEUED -SEND_AWAIT-> AWAIT_REMOTE; a miss may ISSUE only
+  after its ADDED (``may_apply``), a sync-mode write at once (APPLYING_AWAIT_REMOTE, then
+  APPLIED_AWAIT_REMOTE); REMOTE_OK (the answer, or a disconnect) drops the AWAIT_REMOTE part.
+* with the link down: READY -HOLD-> AWAIT_OOS -SETTLED-> READY, once its extents are durably
+  out-of-sync (out_of_sync.py).
+* a FUA write: APPLIED -FLUSH-> FLUSHING -ACK-> DONE; a host FLUSH goes QUEUED -FLUSH-> FLUSHING;
+  a write that waited too long in the queue goes QUEUED -ACK-> DONE (EIO).
 
-AWAIT_REMOTE: the host is answered only once the secondary answers too (ADDED for a miss or
-RANGE, DURABLE in sync mode). REMOTE_OK also comes from a disconnect, which finishes every op
-locally. The core's dicts (misses, read-aheads, durable waits, ...) stay as indexes by seq.
+The core's dicts (misses, read-aheads, durable waits, ...) stay as indexes by seq.
 """
 
 from __future__ import annotations

@@ -412,6 +412,8 @@ class PrimaryCore:
     def _mark_out_of_sync(self, op: Op) -> None:
         # An op already on its way here (only with a deliberate fault) has nothing to wait for.
         waiter = op if op.state is OpState.READY else None
+        if self.config.faults.apply_before_out_of_sync_durable:
+            waiter = None  # deliberately wrong: see faults.py
         if self._oos.mark(op.extents, waiter) and waiter is not None:
             op.to(OpEvent.HOLD)
 
