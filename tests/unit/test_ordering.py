@@ -67,6 +67,7 @@ def test_an_op_applies_only_first_in_line_on_every_extent() -> None:
         order.assign(op)
     assert (a.seq, b.seq, c.seq) == (1, 2, 3)
     assert order.first_in_line(a) and not order.first_in_line(b) and order.first_in_line(c)
+    assert [order.may_apply_now(op) for op in (a, b, c)] == [True, False, True]
     order.landed(a)
     assert tried == [2] and order.first_in_line(b)
     assert order.applied_prefix == 1
@@ -100,3 +101,6 @@ def test_a_gated_op_waits_for_added_unless_the_fault_is_on() -> None:
     faulty = Ordering({1}, apply_miss_before_ack=True, try_apply=lambda op: None)
     faulty.assign(_op(0))
     assert faulty.may_apply(faulty.by_seq[1])
+    assert faulty.may_apply_now(faulty.by_seq[1])
+    gated.add(1)
+    assert not order.may_apply_now(op)

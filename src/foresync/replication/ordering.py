@@ -167,6 +167,17 @@ class Ordering:
         seq = op.seq
         return all(fifo[e][0] == seq for e in op.extents)
 
+    def may_apply_now(self, op: Op) -> bool:
+        """``may_apply`` and first in line on all its extents: one call on the write path."""
+        seq = op.seq
+        if seq in self._gated and not self._apply_miss_before_ack:
+            return False
+        fifo = self.extent_fifo
+        extents = op.extents
+        if len(extents) == 1:  # most writes: one extent, no generator
+            return fifo[extents.start][0] == seq
+        return all(fifo[e][0] == seq for e in extents)
+
     def landed(self, op: Op) -> None:
         """The op was applied here: it leaves each extent's line, and the next one in line on
         each is tried (``try_apply``)."""

@@ -808,7 +808,7 @@ class PrimaryCore:
     def _try_apply(self, op: Op) -> None:
         # ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is already out
         # (a sync-mode hit applies at once, then DURABLE arrives): its state says so.
-        if op.state not in APPLICABLE or not self._order.may_apply(op) or not self._order.first_in_line(op):
+        if op.state not in APPLICABLE or not self._order.may_apply_now(op):
             return
         op.to(OpEvent.ISSUE)
         self._emit(ApplyLocal(op.seq, op.offset, op.length, op.data, op.punch))
