@@ -349,7 +349,7 @@ class PrimaryCore:
         self._sent_bytes = 0
         self._remote_applied = self._flushes.sync_requested = 0
         # Writes from now on wait to be durably out-of-sync here, as any write while cut off
-        # does; the set the secondary holds still counts in the bound (``_pass_runs``).
+        # does; the set the secondary holds still counts in the bound (``Resync.pass_runs``).
         self._oos.confirmed = ()
         if self.config.mode is Mode.ASYNC and was_connected:
             # No record covers anything in async mode: whatever the secondary has not made
