@@ -24,6 +24,9 @@ class Faults:
     # primary: count a resync set as durable on the secondary as soon as it is sent, and drop its
     # extents from the out-of-sync set then, instead of at RESYNC_SET_DURABLE (issue 19)
     resync_before_set_durable: bool = False
+    # primary: a write while the link is down lands here before its extents are durably
+    # out-of-sync (it skips the op state AWAIT_OOS, ordering.py): a crash then loses the mark
+    apply_before_out_of_sync_durable: bool = False
 
 
 NO_FAULTS = Faults()

@@ -114,4 +114,4 @@ def test_a_write_submitted_from_inside_the_pump_goes_out_after_what_the_pump_hol
     primary = backend.read(0, SIZE)
     assert primary[EXTENT : 2 * EXTENT] == bytes(secondary[EXTENT : 2 * EXTENT])
     assert primary[EXTENT : EXTENT + 512] == b"Y" * 512
-    assert not site.core._resync_set
+    assert not site.core._resync.set

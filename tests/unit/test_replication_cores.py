@@ -660,20 +660,20 @@ def test_a_resync_keeps_only_its_own_window_in_flight_so_host_writes_go_first() 
 def test_the_resync_window_follows_twice_throughput_times_the_least_rtt() -> None:
     config = Config(Mode.LOOKAHEAD, 1 << 30, 1 << 20, 16, 0, Eviction.LRU, VOLUME)
     core = PrimaryCore(config, lambda offset, length: bytes(length))
-    assert core._resync_window == pcore.RESYNC_WINDOW_START_BYTES
+    assert core._resync.window == pcore.RESYNC_WINDOW_START_BYTES
     core.observe_rtt(0.05)
     core.observe_rtt(0.2)  # queued behind resync data: not the link's own delay
-    core._resync_unapplied.append((1, 1 << 20))  # the window is in use
+    core._resync.unapplied.append((1, 1 << 20))  # the window is in use
     core.tick(10.0)
     core._on_applied(0)
-    core._resync_applied_bytes += 50_000_000  # 100 MB/s over the next half second
+    core._resync.applied_bytes += 50_000_000  # 100 MB/s over the next half second
     core.tick(10.5)
-    assert core._resync_window == 10_000_000  # 2 x 100 MB/s x 50 ms
-    core._resync_applied_bytes += 1_000_000_000
+    assert core._resync.window == 10_000_000  # 2 x 100 MB/s x 50 ms
+    core._resync.applied_bytes += 1_000_000_000
     core.tick(11.0)
-    assert core._resync_window == pcore.RESYNC_WINDOW_BYTES  # capped
+    assert core._resync.window == pcore.RESYNC_WINDOW_BYTES  # capped
     core.connected()  # a new session measures afresh
-    assert core._rtt_min_s == 0.0
+    assert core._resync.rtt_min_s == 0.0
 
 
 def test_resync_done_waits_for_the_primarys_own_flush() -> None:
@@ -1587,10 +1587,30 @@ def test_primary_rejects_secondary_bound_messages(message: wire.Message) -> None
         _connected_primary().receive(message)
 
 
+def test_primary_link_error_refuses_every_input_until_disconnected() -> None:
+    core = _connected_primary()
+    with pytest.raises(RemoteProtocolError, match="not a pending miss"):
+        core.receive(wire.Added(7, (0,)))
+    assert core.link is pcore.LinkState.ERROR and "not a pending miss" in core.link_error
+    assert core.statistics().link == "error" and not core.statistics().in_sync
+    with pytest.raises(RemoteProtocolError, match="ERROR"):
+        core.receive(wire.Applied(0))  # refused, even a well-formed one
+    with pytest.raises(LocalProtocolError):
+        core.connected()  # reset first
+    core.write(1, 0, b"x", False)  # goes as with the link down: recorded, applied here
+    assert not [a for a in core.actions() if isinstance(a, pcore.Send)]
+    core.disconnected("closed after the protocol error")
+    assert core.link is pcore.LinkState.DISCONNECTED
+    core.connected()
+    core.receive(wire.Welcome(VOLUME, 1, 0, ()))
+    assert core.link is pcore.LinkState.CONNECTED
+
+
 def test_primary_rejects_added_for_no_pending_miss_or_over_budget() -> None:
     core = _connected_primary()
     with pytest.raises(RemoteProtocolError, match="not a pending miss"):
         core.receive(wire.Added(1, (0,)))
+    core = _connected_primary()  # the first one is in ERROR now (test_primary_link_error_...)
     core.write(1, 0, b"x", False)
     [send] = [a for a in core.actions() if isinstance(a, pcore.Send)]
     assert isinstance(send.message, wire.Write) and send.message.budget == 2

@@ -1,0 +1,89 @@
+"""replication/resync.py: one pass, driven directly (the core's tests drive it through WELCOME)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from foresync.faults import NO_FAULTS
+from foresync.link import wire
+from foresync.record.record import Eviction, RecordCopy
+from foresync.replication.flushes import Flushes
+from foresync.replication.out_of_sync import OutOfSync
+from foresync.replication.resync import Resync, StartResult
+
+EXTENT = 16
+VOLUME = b"v" * 16
+
+
+@dataclass
+class _Rig:
+    image: bytearray = field(default_factory=lambda: bytearray(b"a" * EXTENT * 4))
+    sent: list[wire.Message] = field(default_factory=list)
+    extents_sent: list[int] = field(default_factory=list)
+    link_full: bool = False
+    seq: int = 0
+
+    def send_extent(self, extent: int, offset: int, length: int, data: bytes) -> int:
+        assert bytes(self.image[offset:offset + length]) == data
+        self.extents_sent.append(extent)
+        self.seq += 1
+        return self.seq
+
+    def build(self, rate_max: int = 0, window_max: int = 1 << 20) -> tuple[Resync, Flushes[Any]]:
+        oos: OutOfSync[Any] = OutOfSync(lambda *args: None)
+        flushes: Flushes[Any] = Flushes(lambda ticket: None, self.sent.append)
+        resync = Resync(
+            size=len(self.image), extent_size=EXTENT, async_mode=False, rate_max=rate_max,
+            slice_bytes=1 << 20, window_max_bytes=window_max, faults=NO_FAULTS,
+            read=lambda offset, length: bytes(self.image[offset:offset + length]), is_hole=None,
+            record=RecordCopy(4, Eviction.LRU), out_of_sync=oos, flushes=flushes, busy=set(),
+            send=self.sent.append, resume_later=lambda: None,
+            link_full=lambda length: self.link_full, send_extent=self.send_extent,
+            last_seq=lambda: self.seq, set_confirmed=lambda runs: None)
+        return resync, flushes
+
+
+def _welcome(hashes: tuple[int, ...] = ()) -> wire.Welcome:
+    return wire.Welcome(VOLUME, 1, 0, (), flags=wire.WelcomeFlag.NEW, hashes=hashes)
+
+
+def test_a_full_pass_sends_what_differs_and_skips_what_matches() -> None:
+    rig = _Rig()
+    same = xxhash.xxh3_64_intdigest(b"a" * EXTENT)
+    resync, flushes = rig.build()
+    resync.begin(_welcome((same, 0, same, 0)), full=True, last_seq=0, now=0.0)
+    assert isinstance(rig.sent[0], wire.ResyncSet) and rig.sent[0].runs == ((0, 4),)
+    assert resync.set_durable(rig.sent[0].set_id) == ((0, 4),)
+    resync.pump(0.0)
+    assert rig.extents_sent == [1, 3] and not resync.remaining()
+    assert not resync.sent_all()  # the last resync write is not durable there yet
+    flushes.on_durable(rig.seq)
+    assert resync.sent_all()
+    resync.end()
+    assert rig.sent[-1] == wire.ResyncDone(rig.seq) and not resync.active
+
+
+def test_start_says_why_an_extent_must_wait() -> None:
+    rig = _Rig()
+    resync, _ = rig.build(rate_max=EXTENT)
+    resync.begin(_welcome(), full=True, last_seq=0, now=0.0)
+    assert resync._start(0, now=0.0) is StartResult.SENT
+    assert resync._start(1, now=0.0) is StartResult.RATE  # the budget refills at 16 B/s
+    assert resync._start(1, now=1.0) is StartResult.SENT
+    rig.link_full = True
+    assert resync._start(2, now=5.0) is StartResult.WINDOW
+    assert rig.extents_sent == [0, 1]
+
+
+def test_the_resync_window_holds_back_what_is_not_applied_there() -> None:
+    rig = _Rig()
+    resync, _ = rig.build(window_max=EXTENT)  # one extent in flight at most
+    resync.begin(_welcome(), full=True, last_seq=0, now=0.0)
+    resync.pump(0.0)
+    assert rig.extents_sent == [0] and resync.remaining() == 3
+    resync.on_applied(1)
+    resync.pump(0.0)
+    assert rig.extents_sent == [0, 1]
