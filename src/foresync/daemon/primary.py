@@ -30,12 +30,10 @@ from foresync.geometry import Extent
 from foresync.link import wire
 from foresync.link.transport import ActionPump, LinkListener, LinkProtocol
 from foresync.logctx import LogBudget
-from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
 from foresync.nbd.target import Done, NbdTarget
 from foresync.nbd.tracing import TraceWriter, TracingTarget
-from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.actions import PrimaryAction
 from foresync.replication.epochs import Relation, compare
@@ -48,9 +46,6 @@ log = logging.getLogger(__name__)
 
 CLEAN_STOP_FILE = "clean-stop"  # written on a clean stop, removed at start
 
-_WRITE, _FLUSH, _TRIM = int(Command.WRITE), int(Command.FLUSH), int(Command.TRIM)
-_ZEROES, _CACHE = int(Command.WRITE_ZEROES), int(Command.CACHE)
-_FUA, _NO_HOLE = int(CommandFlag.FUA), int(CommandFlag.NO_HOLE)  # ints: no enum.py per request
 
 
 class PrimarySite:
@@ -123,40 +118,44 @@ class PrimarySite:
     def extents(self, offset: int, length: int) -> list[Extent]:
         return self.backend.extents(offset, length)
 
-    def submit(self, request: Request, done: Done) -> None:
-        command = request.command
-        # Not while the pump is carrying out actions: this submit may come from one of them (an
+    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
+        # Not while the pump is carrying out actions: this write may come from one of them (an
         # answered write lets the NBD connection start the next one), and the rest of that batch
         # (a resync WRITE, say, with a lower seq) must reach the link first.
-        if command == _WRITE and not request.flags & _FUA and not self._pump.running:
-            message = self.core.write_hit(request.offset, request.data)
+        if not fua and not self._pump.running:
+            message = self.core.write_hit(offset, data)
             if message is not None:
                 self._write_hit(message, done)
                 return
-        if command == _CACHE:
-            self.backend.cache(request.offset, request.length)
-            done(0)
-            return
+        self.core.write(self._new_op(done), offset, data, fua)
+        self.pump()
+
+    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
+             done: Done) -> None:
+        # The export does not offer FAST_ZERO (can_fast_zero=False), so fast_only is ignored.
+        self.core.zero(self._new_op(done), offset, length, may_punch, fua)
+        self.pump()
+
+    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
+        # Replicated TRIM zeroes on both sites, so the two images stay byte-identical.
+        self.core.zero(self._new_op(done), offset, length, True, fua)
+        self.pump()
+
+    def flush(self, done: Done) -> None:
+        self.core.flush(self._new_op(done))
+        self.pump()
+
+    def cache(self, offset: int, length: int, done: Done) -> None:
+        self.backend.cache(offset, length)
+        done(0)
+
+    def _new_op(self, done: Done) -> int:
+        """An op id for the core; its AckHost action calls ``done``."""
         op_id = self._next_op
         self._next_op += 1
         self._dones[op_id] = done
         self._started[op_id] = time.monotonic()
-        fua = bool(request.flags & _FUA)
-        if command == _WRITE:
-            self.core.write(op_id, request.offset, request.data, fua)
-        elif command == _FLUSH:
-            self.core.flush(op_id)
-        elif command == _TRIM:
-            # Replicated TRIM zeroes on both sites, so the two images stay byte-identical.
-            self.core.zero(op_id, request.offset, request.length, True, fua)
-        elif command == _ZEROES:
-            self.core.zero(op_id, request.offset, request.length,
-                           not request.flags & _NO_HOLE, fua)
-        else:
-            del self._dones[op_id]
-            done(Errno.EINVAL)
-            return
-        self.pump()
+        return op_id
 
     def _write_hit(self, message: wire.Write, done: Done) -> None:
         """The core's hot path (``PrimaryCore.write_hit``): send, apply, answer, in the order
