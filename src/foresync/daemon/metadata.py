@@ -47,9 +47,6 @@ class SiteMeta:
     def epoch(self) -> int:
         return len(self.epoch_history)
 
-    def with_volume(self, volume_id: bytes) -> SiteMeta:
-        return replace(self, volume_id=volume_id)
-
     def update(self, **changes: object) -> SiteMeta:
         return replace(self, **changes)  # type: ignore[arg-type]
 

@@ -61,7 +61,7 @@ class PrimarySite:
             core_mod.Config(
                 mode=cfg.mode, size=cfg.size, extent_size=cfg.extent_size, capacity=cfg.capacity,
                 lookahead=cfg.lookahead, eviction=cfg.eviction, volume_id=meta.volume_id,
-                epoch=meta.epoch, window_bytes=cfg.window_bytes, history=meta.epoch_history,
+                window_bytes=cfg.window_bytes, history=meta.epoch_history,
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
             ),
@@ -86,7 +86,6 @@ class PrimarySite:
         self.role_changed = asyncio.Event()
         self.next_role = "stop"
         self._resync_bytes_at_pass = 0
-        self._listener: LinkListener | None = None
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
         self.read_only = False
@@ -513,7 +512,7 @@ class PrimarySite:
     async def run(self, stop: asyncio.Event) -> str:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
         listen_host, listen_port = self.cfg.link_listen
-        listener = self._listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
+        listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
         try:
             await listener.start(listen_host, listen_port)
         except OSError as exc:

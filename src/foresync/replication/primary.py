@@ -146,7 +146,6 @@ class Config:
     lookahead: int
     eviction: Eviction
     volume_id: bytes
-    epoch: int = 1
     window_bytes: int = 64 * 1024 * 1024
     range_threshold_extents: int = 16  # zero/trim ops touching more extents go as RANGE
     miss_wait_s: float = 30.0
