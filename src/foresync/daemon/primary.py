@@ -21,7 +21,7 @@ from typing import Any
 
 from foresync import tls
 from foresync.config import SiteConfig, listen_error
-from foresync.daemon.metadata import SiteMeta, store_oos, write_atomic
+from foresync.daemon.metadata import SiteMeta, store_file, store_oos
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import discard_local as discard_local_changes
 from foresync.daemon.transitions import step_down
@@ -584,7 +584,7 @@ class PrimarySite:
         self._store_oos(pending)
         # Only once oos.json is complete, and atomically (a marker cut short by a full disk must
         # not exist): without it the next start treats this stop as unclean.
-        write_atomic(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
+        store_file(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
         if pending:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))

@@ -26,7 +26,8 @@ from foresync.daemon.site_lock import SiteLock
 from foresync.daemon.transitions import extent_count, open_record, widen
 from foresync.errors import ConfigError
 from foresync.journal import oos_format
-from foresync.journal.journal import RecordJournal, move_aside
+from foresync.journal.durable import move_aside
+from foresync.journal.journal import RecordJournal
 from foresync.journal.oos_format import OutOfSync
 from foresync.logctx import VolumeContext
 from foresync.replication.epochs import new_epoch_id
