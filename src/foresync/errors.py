@@ -56,6 +56,16 @@ class ConfigError(ForesyncError):
     """The configuration or a command-line value is invalid."""
 
 
+class RequestRefused(ForesyncError):
+    """An operator's request (promote, demote, verify, resolve) that the site turned down,
+    changing nothing; the message says why and what to do. The admin API answers 409."""
+
+
+class TryAgainLater(RequestRefused):
+    """Refused only for now: work in flight did not finish in time, and the same request may
+    succeed if repeated. The admin API answers 503."""
+
+
 class InvariantViolation(ForesyncError):
     """A programmer error: an internal invariant did not hold."""
 

@@ -22,10 +22,11 @@ from typing import Any
 from foresync import tls
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import SiteMeta, store_file, store_oos
+from foresync.daemon.results import Demoted, Discarded, VerifyStarted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import discard_local as discard_local_changes
 from foresync.daemon.transitions import step_down
-from foresync.errors import StorageError
+from foresync.errors import RequestRefused, StorageError
 from foresync.geometry import Extent
 from foresync.link import wire
 from foresync.link.transport import ActionPump, LinkListener, LinkProtocol
@@ -462,7 +463,7 @@ class PrimarySite:
             proto.send(wire.Refuse("two primaries share one epoch history"))
         proto.close_after_flush()
 
-    async def discard_local(self) -> tuple[int, dict[str, Any]]:
+    async def discard_local(self) -> Discarded:
         """`resolve --discard-local` after a split brain: give up this site's changes and become
         the secondary of the other side, which copies back everything either side changed."""
         if self.nbd is not None:
@@ -474,20 +475,20 @@ class PrimarySite:
         self.role_changed.set()
         if self.link is not None:
             self.link.abort("discarding local changes")
-        return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
+        return Discarded(len(self.meta.stale))
 
-    def verify(self, repair: bool) -> tuple[int, dict[str, Any]]:
+    def verify(self, repair: bool) -> VerifyStarted:
         """Online verify: compare per-extent checksums with the secondary in the background."""
         if not self.core.start_verify(repair):
-            return 409, {"error": "verify needs a connected secondary and no verify running"}
+            raise RequestRefused("verify needs a connected secondary and no verify running")
         self.pump()
-        return 202, {"started": True, "repair": repair, "total_extents": self.core.extent_count}
+        return VerifyStarted(repair, self.core.extent_count)
 
-    async def demote(self) -> tuple[int, dict[str, Any]]:
+    async def demote(self) -> Demoted:
         """Planned switchover: stop serving, drain until the secondary has everything, step down."""
         if self.core.link is not core_mod.LinkState.CONNECTED:
-            return 409, {"error": "the secondary is not connected: demoting now could lose writes "
-                                  "it does not have (promote it with --force instead, if it is gone)"}
+            raise RequestRefused("the secondary is not connected: demoting now could lose writes it "
+                          "does not have (promote it with --force instead, if it is gone)")
         assert self.nbd is not None
         await self.nbd.aclose()
         deadline = time.monotonic() + 60
@@ -498,8 +499,8 @@ class PrimarySite:
             self.pump()
             await asyncio.sleep(0.02)
         else:
-            return 409, {"error": "the secondary did not catch up within 60 s; still primary "
-                                  "(NBD is stopped: restart the site to serve again)"}
+            raise RequestRefused("the secondary did not catch up within 60 s; still primary "
+                          "(NBD is stopped: restart the site to serve again)")
         await self.flusher.wait_idle()
         self.backend.flush()
         self.meta = step_down(self.cfg, self.meta)
@@ -507,7 +508,7 @@ class PrimarySite:
         self.role_changed.set()
         if self.link is not None:
             self.link.abort("demoted")
-        return 200, {"demoted": True, "epoch": self.meta.epoch}
+        return Demoted(self.meta.epoch)
 
     async def run(self, stop: asyncio.Event) -> str:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
