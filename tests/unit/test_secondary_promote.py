@@ -76,7 +76,7 @@ def test_a_cancelled_drain_leaves_the_link_watcher_running(tmp_path: Path) -> No
     async def scenario() -> None:
         site, backend = secondary(config(tmp_path))
         proto = connect(site)
-        assert site.status()["link"] == "connected"
+        assert site.statistics().link == "connected"
         drain = asyncio.ensure_future(site._drain())
         await asyncio.sleep(0.05)
         assert not drain.done()  # it waits for the watcher, which waits for the link to close
@@ -87,7 +87,7 @@ def test_a_cancelled_drain_leaves_the_link_watcher_running(tmp_path: Path) -> No
         for _ in range(5):
             await asyncio.sleep(0)
         assert site.link is None, "the link watcher was cancelled with the drain"
-        assert site.status()["link"] == "disconnected"
+        assert site.statistics().link == "disconnected"
         promoted = await site.promote(False)  # no primary connected: no --force needed
         assert promoted.epoch == 2 and promoted.failback_bytes == promoted.failback_extents * EXTENT
         assert site.role_changed.is_set() and site.meta.role == "primary" and site.meta.epoch == 2
@@ -104,7 +104,7 @@ def test_a_drain_with_a_bound_gives_up_instead_of_waiting_for_the_link(tmp_path:
         site, backend = secondary(config(tmp_path))
         connect(site)
         assert await site._drain(0.1) is False
-        assert site.status()["link"] == "connected"  # nothing was cut by giving up
+        assert site.statistics().link == "connected"  # nothing was cut by giving up
         backend.close()
 
     asyncio.run(scenario())

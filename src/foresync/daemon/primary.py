@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from foresync import tls
+from foresync.admin.status import PrimaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import SiteMeta, store_file, store_oos
 from foresync.daemon.results import Demoted, Discarded, VerifyStarted
@@ -192,11 +193,11 @@ class PrimarySite:
                 if self.link is not None:
                     self.link.send(message)
                 if isinstance(message, wire.ResyncDone):
-                    progress = self.core.resync_progress()
                     log.info("resync finished: %s sent; %s compared in all (volume %s); the "
                              "secondary is consistent",
                              format_size(self.core.counters.resync_bytes - self._resync_bytes_at_pass),
-                             format_size(progress["total_bytes"]), format_size(self.cfg.size))
+                             format_size(self.core.resync_progress().total_bytes),
+                             format_size(self.cfg.size))
                     self._resync_bytes_at_pass = self.core.counters.resync_bytes
             case core_mod.ApplyLocal(seq, offset, length, data, punch):
                 errno = 0
@@ -590,55 +591,39 @@ class PrimarySite:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))
 
-    def _miss_ratio_estimate(self, writes: int, misses: int) -> dict[str, float]:
-        """Capacity (extents, as text: a JSON key) -> estimated miss ratio."""
+    def _miss_ratio_estimate(self, writes: int, misses: int) -> tuple[tuple[int, float], ...]:
+        """(capacity in extents, estimated miss ratio), ascending by capacity."""
         estimator = self.core.estimator
         if estimator is None:
-            return {}
-        estimates = estimator.estimates(misses / writes if writes else None)
-        return {str(c): round(m, 5) for c, m in sorted(estimates.items())}
+            return ()
+        return tuple(sorted(estimator.estimates(misses / writes if writes else None).items()))
 
     def _store_oos(self, extents: set[int]) -> None:
         """Replace the stored out-of-sync set, keeping "every extent" while a full pass is due."""
         store_oos(self.cfg.meta, extents, self.core.full_resync_pending)
 
-    def status(self) -> dict[str, Any]:
+    def statistics(self) -> SiteStatistics:
+        """A snapshot for /status and /metrics (``admin.status``)."""
         s = self.core.statistics()
-        nbd = self.nbd.statistics() if self.nbd else None
         if self.metadata_damage and not self.core.full_resync_pending:
             self.metadata_damage = ""  # the full pass it asked for has finished
-        return {
-            "role": "primary",
-            "epoch": self.meta.epoch,
-            "mode": self.cfg.mode.value,
-            "link": s.link,
-            "link_error": self.core.link_error,
-            "secondary_error": self.core.secondary_error,
-            "link_rtt_s": round(self.link_rtt_s, 6),
-            "in_sync": s.in_sync,
-            "record": {"extents": s.record_extents, "capacity": s.record_capacity,
-                       "extent_size_bytes": self.cfg.extent_size,
-                       "eviction": self.cfg.eviction.value, "predictor": self.cfg.predictor,
-                       # capacity in extents -> estimated miss ratio (record/estimate.py)
-                       "miss_ratio_estimate": self._miss_ratio_estimate(s.writes, s.record_misses)},
-            "counters": {"writes": s.writes, "record_hits": s.record_hits,
-                         "record_misses": s.record_misses, "resync_bytes": s.resync_bytes,
-                         "record_read_aheads": s.record_read_aheads,
-                         "storage_errors": s.local_write_errors,
-                         "secondary_storage_errors": s.secondary_storage_errors},
-            "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes,
-                    "seconds": round(self.core.lag_seconds(), 3)},
-            "resync": self.core.resync_progress(),
-            "security": self.security.describe(),
-            "split_brain": self.core.split_brain,
-            "verify": self.core.verify_progress(),
-            "failback_bound_bytes": self.core.failback_bound_extents() * self.cfg.extent_size,
-            "out_of_sync_extents": s.out_of_sync_extents,
-            "full_resync_pending": self.core.full_resync_pending,
-            "metadata_damage": self.metadata_damage,
-            "seq": {"last": s.last_seq, "durable": s.durable_seq},
-            "nbd": {"connections": nbd.connections if nbd else 0},
-        }
+        return SiteStatistics(
+            epoch=self.meta.epoch, mode=self.cfg.mode.value, link=s.link,
+            link_error=self.core.link_error, in_sync=s.in_sync,
+            record_extents=s.record_extents, record_capacity=s.record_capacity,
+            extent_size_bytes=self.cfg.extent_size, writes=s.writes,
+            storage_errors=s.local_write_errors, split_brain=self.core.split_brain,
+            security=self.security.describe(),
+            view=PrimaryView(
+                core=s, resync=self.core.resync_progress(), verify=self.core.verify_progress(),
+                link_rtt_s=self.link_rtt_s, secondary_error=self.core.secondary_error,
+                lag_seconds=self.core.lag_seconds(), eviction=self.cfg.eviction.value,
+                predictor=self.cfg.predictor,
+                miss_ratio_estimate=self._miss_ratio_estimate(s.writes, s.record_misses),
+                failback_bound_bytes=self.core.failback_bound_extents() * self.cfg.extent_size,
+                full_resync_pending=self.core.full_resync_pending,
+                metadata_damage=self.metadata_damage,
+                nbd_connections=self.nbd.statistics().connections if self.nbd else 0))
 
 
 def _dial_reason(exc: BaseException) -> str:

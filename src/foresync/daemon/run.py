@@ -19,6 +19,7 @@ from foresync import config as config_mod
 from foresync.admin.events import EventFeed
 from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
+from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.results import Result, answer_of
@@ -202,9 +203,9 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         return _json(*answer_of(result))
 
     def status(_: dict[str, Any]) -> Response:
-        return _json(200, runner.status())
+        return _json(200, status_document(runner.statistics()))
 
-    site_metrics = SiteMetrics(cfg.name, lambda: runner.status(), site=os.path.splitext(os.path.basename(cfg.path))[0])
+    site_metrics = SiteMetrics(cfg.name, lambda: runner.statistics(), site=os.path.splitext(os.path.basename(cfg.path))[0])
 
     def metrics(_: dict[str, Any]) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()
@@ -237,7 +238,7 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         old = runner
         return await after_switch(old, await old.discard_local())
 
-    feed = EventFeed(lambda: runner.status())
+    feed = EventFeed(lambda: status_document(runner.statistics()))
 
     def events(query: dict[str, str]) -> AsyncGenerator[bytes, None]:
         return feed.stream(since_start=query.get("since-start", "0") not in ("", "0", "false"))

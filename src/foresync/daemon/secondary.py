@@ -24,6 +24,7 @@ from typing import Any
 
 import xxhash
 
+from foresync.admin.status import ResyncReceived, SecondaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
@@ -606,50 +607,40 @@ class SecondarySite:
             finally:
                 self.journal.close()
 
-    def status(self) -> dict[str, Any]:
+    def statistics(self) -> SiteStatistics:
+        """A snapshot for /status and /metrics (``admin.status``)."""
         s = self.core.statistics()
         connected = self.primary_connected  # HELLO accepted, not refused, link still open
-        return {
-            "role": "secondary",
-            "epoch": self.meta.epoch,
-            "mode": self.cfg.mode.value,
-            "link": ("connected" if connected else "handshake" if self.link is not None and self.link.is_open
-                     else "disconnected"),
-            "link_error": self.link_error,
-            "storage_error": self.storage_error,
-            "disconnected_since": self.disconnected_since,
+        consistent = self.meta.consistent and not self.meta.new
+        return SiteStatistics(
+            epoch=self.meta.epoch, mode=self.cfg.mode.value,
+            link=("connected" if connected else "handshake" if self.link is not None and self.link.is_open
+                  else "disconnected"),
+            link_error=self.link_error,
             # Never while this copy is being fully compared or resynced (issue 12).
-            "in_sync": (connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
-                        and self.meta.consistent and not self.meta.new and not self.meta.metadata_damage),
-            "record": {"extents": s.record_extents, "capacity": self.cfg.capacity,
-                       "extent_size_bytes": self.cfg.extent_size},
-            "worst_case_divergence_bytes": ((s.record_extents + extent_runs.count(self.core.state.resync))
-                                            * self.cfg.extent_size),
-            "counters": {"writes": s.writes_applied, "record_hits": 0, "record_misses": 0,
-                         "resync_bytes": 0, "storage_errors": s.storage_errors},
-            "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},  # the primary measures lag
-            "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
-            "pending_ranges": s.pending_ranges,
-            "consistent": self.meta.consistent and not self.meta.new,
-            "metadata_damage": self.meta.metadata_damage,
-            "undo_saved_extents": self.undo.saved,
-            "rolled_back_extents": self.rolled_back,
-            "security": self.security.describe(),
-            "split_brain": self.split_brain,
-            "record_may_be_incomplete": self.link is None,
-            "resync": self._resync_view(),
-        }
+            in_sync=(connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
+                     and consistent and not self.meta.metadata_damage),
+            record_extents=s.record_extents, record_capacity=self.cfg.capacity,
+            extent_size_bytes=self.cfg.extent_size, writes=s.writes_applied,
+            storage_errors=s.storage_errors, split_brain=self.split_brain,
+            security=self.security.describe(),
+            view=SecondaryView(
+                core=s, resync=self._resync_view(consistent), storage_error=self.storage_error,
+                disconnected_since=self.disconnected_since,
+                worst_case_divergence_bytes=((s.record_extents + extent_runs.count(self.core.state.resync))
+                                             * self.cfg.extent_size),
+                consistent=consistent, metadata_damage=self.meta.metadata_damage,
+                undo_saved_extents=self.undo.saved, rolled_back_extents=self.rolled_back,
+                record_may_be_incomplete=self.link is None))
 
-    def _resync_view(self) -> dict[str, Any]:
-        """The resync pass from this side: what arrived and how fast. ``done_bytes`` and
-        ``total_bytes`` stay 0 as before (the primary, which chooses what to send, reports them);
-        ``active`` is 1 while this copy waits for a pass to finish."""
-        active = not (self.meta.consistent and not self.meta.new) or self.core.resyncing
+    def _resync_view(self, consistent: bool) -> ResyncReceived:
+        """The resync pass from this side: what arrived and how fast. Active while this copy
+        waits for a pass to finish."""
+        active = not consistent or self.core.resyncing
         elapsed = time.monotonic() - self._resync_rx_started if self._resync_rx_started else 0.0
         rate = int(self._resync_rx_bytes / elapsed) if elapsed > 0 else 0
-        return {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": rate if active else 0,
-                "active": int(active), "received_bytes": self._resync_rx_bytes,
-                "full_compare": int(self._resync_full and active)}
+        return ResyncReceived(active, self._resync_rx_bytes, rate if active else 0,
+                              self._resync_full and active)
 
 
 def extent_hashes(backend: FileBackend, extent_size: int,

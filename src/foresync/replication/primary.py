@@ -95,6 +95,7 @@ from foresync.replication.actions import (  # re-exported: adapters name them fr
     Send as Send,
 )
 from foresync.replication.epochs import Relation, compare
+from foresync.replication.progress import MISMATCHES_SHOWN, ResyncProgress, VerifyProgress
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
@@ -704,23 +705,17 @@ class PrimaryCore:
         self._pump_verify()
         return True
 
-    def verify_progress(self) -> dict[str, object]:
-        """The current (or last) verify, for /status: extents and bytes, a rate while it runs
-        (issue 17: ``672/1024 extents`` alone gave no idea of the time left), and each
-        mismatched extent's byte offset beside its number."""
+    def verify_progress(self) -> VerifyProgress:
+        """The current (or last) verify, for /status (``progress.VerifyProgress``)."""
         size = self.config.extent_size
         done_bytes = min(self.verify_done_extents * size, self.config.size)
         elapsed = (self._verify_ended or self.now) - self._verify_started
         rate = int(done_bytes / elapsed) if elapsed > 0 else 0  # a finished one: its average
-        shown = sorted(self.verify_mismatches)[:1000]
-        return {"active": self._verify_active, "done_extents": self.verify_done_extents,
-                "total_extents": self.extent_count,
-                "done_bytes": done_bytes, "total_bytes": self.config.size,
-                "rate_bytes_per_s": rate,
-                "mismatched_extents": shown,
-                "mismatched_offsets": [extent * size for extent in shown],
-                "mismatches": len(self.verify_mismatches), "repair": self._verify_repair,
-                "runs": self._verify_runs}
+        shown = tuple(sorted(self.verify_mismatches)[:MISMATCHES_SHOWN])
+        return VerifyProgress(self._verify_active, self.verify_done_extents, self.extent_count,
+                              done_bytes, self.config.size, rate, shown,
+                              tuple(extent * size for extent in shown), len(self.verify_mismatches),
+                              self._verify_repair, self._verify_runs)
 
     def _pump_verify(self) -> None:
         while self._verify_active and len(self._verify_pending) < VERIFY_IN_FLIGHT:
@@ -800,27 +795,18 @@ class PrimaryCore:
             self.full_resync_pending = True
         self._oos_durable = set(self.out_of_sync)
 
-    def resync_progress(self) -> dict[str, int]:
-        """The current (or last) resync pass, for /status. ``set_extents``: the extents the
-        secondary holds in its journaled resync set while the pass runs (it may differ there
-        until RESYNC_DONE, beyond its record). Besides the whole pass, its two phases apart:
-        comparing (extents the secondary sent checksums for; a match costs no send) and sending
-        (extents without a checksum plus those found to differ so far, so its total grows while
-        comparing goes on). Each has its own rate, hence its own ETA."""
+    def resync_progress(self) -> ResyncProgress:
+        """The current (or last) resync pass, for /status (``progress.ResyncProgress``).
+        ``set_extents``: the extents the secondary holds in its journaled resync set while the
+        pass runs (it may differ there until RESYNC_DONE, beyond its record)."""
         elapsed = max(self.now - self._resync_started, 1e-9)
         rate = int(self._resync_sent_bytes / elapsed) if self._resync_pass else 0
         compare_rate = int(self._resync_compared_bytes / elapsed) if self._resync_pass else 0
-        return {"done_bytes": self._resync_done_bytes, "total_bytes": self._resync_total_bytes,
-                "rate_bytes_per_s": rate,
-                "remaining_bytes": max(0, self._resync_total_bytes - self._resync_done_bytes),
-                "active": int(self._resync_pass),
-                "compare_total_bytes": self._resync_compare_total_bytes,
-                "compare_done_bytes": self._resync_compared_bytes,
-                "compare_rate_bytes_per_s": compare_rate,
-                "send_total_bytes": self._resync_send_total_bytes,
-                "send_done_bytes": self._resync_sent_bytes,
-                "send_rate_bytes_per_s": rate, "passes": self._resync_passes,
-                "set_extents": extent_runs.count(self._pass_runs)}
+        return ResyncProgress(self._resync_done_bytes, self._resync_total_bytes, rate,
+                              self._resync_pass, self._resync_compare_total_bytes,
+                              self._resync_compared_bytes, compare_rate,
+                              self._resync_send_total_bytes, self._resync_sent_bytes,
+                              self._resync_passes, extent_runs.count(self._pass_runs))
 
     def failback_bound_extents(self) -> int:
         """At most how many extents a failback would copy back if the secondary were promoted
