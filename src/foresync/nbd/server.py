@@ -459,20 +459,19 @@ class NbdConnection(asyncio.Protocol):
             return
         self._serving += 1
         self._serving_bytes += len(request.data)
-        self._dispatch(request, self._completion(tx, request))
-
-    def _dispatch(self, request: Request, done: Callable[[int], None]) -> None:
-        """The one place a command number and its flag bits become a typed target call."""
-        command, flags, target = request.command, request.flags, self.target
+        # The one place a command number and its flag bits become a typed target call (inline:
+        # a helper function would cost a call per request on the hot path).
+        done = self._completion(tx, request)
+        flags, target = request.flags, self.target
         if command == _WRITE:
-            target.write(request.offset, request.data, bool(flags & _FUA), done)
+            target.write(request.offset, request.data, (flags & _FUA) != 0, done)
         elif command == _FLUSH:
             target.flush(done)
         elif command == _ZEROES:
-            target.zero(request.offset, request.length, bool(flags & _FUA),
-                        not flags & _NO_HOLE, bool(flags & _FAST_ZERO), done)
+            target.zero(request.offset, request.length, (flags & _FUA) != 0,
+                        (flags & _NO_HOLE) == 0, (flags & _FAST_ZERO) != 0, done)
         elif command == _TRIM:
-            target.trim(request.offset, request.length, bool(flags & _FUA), done)
+            target.trim(request.offset, request.length, (flags & _FUA) != 0, done)
         elif command == _CACHE:
             target.cache(request.offset, request.length, done)
         else:  # Transmission answers unknown commands itself; this is a programmer error
