@@ -22,7 +22,7 @@ import pytest
 from foresync.config import SiteConfig
 from foresync.daemon.metadata import SiteMeta
 from foresync.daemon.secondary import SecondarySite, extent_hashes
-from foresync.errors import RequestRefused
+from foresync.errors import RequestRefused, TryAgainLater
 from foresync.journal.journal import RecordJournal
 from foresync.link.transport import LinkProtocol
 from foresync.record.record import Eviction
@@ -145,6 +145,23 @@ def test_promote_refuses_a_taken_nbd_port_and_changes_nothing(tmp_path: Path) ->
         squatter.listen(1)
         asyncio.run(scenario(squatter.getsockname()[1]))
     assert not (tmp_path / "meta" / "site.json").exists()  # never written
+
+
+def test_promote_whose_drain_runs_out_says_try_again_and_changes_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        site, backend = secondary(config(tmp_path))
+
+        async def stuck(timeout_s: float | None = None) -> bool:
+            return False  # work in flight outlived the bound
+
+        site._drain = stuck  # type: ignore[method-assign]
+        with pytest.raises(TryAgainLater, match="try again"):
+            await site.promote(False)
+        assert not site.role_changed.is_set() and not site._promoting
+        assert site.meta.role == "secondary" and site.nbd_sockets is None
+        backend.close()
+
+    asyncio.run(scenario())
 
 
 def test_extent_hashes_stop_when_cancelled(tmp_path: Path) -> None:
