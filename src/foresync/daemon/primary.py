@@ -489,7 +489,7 @@ class PrimarySite:
         """Planned switchover: stop serving, drain until the secondary has everything, step down."""
         if self.core.link is not core_mod.LinkState.CONNECTED:
             raise RequestRefused("the secondary is not connected: demoting now could lose writes it "
-                          "does not have (promote it with --force instead, if it is gone)")
+                                 "does not have (promote it with --force instead, if it is gone)")
         assert self.nbd is not None
         await self.nbd.aclose()
         deadline = time.monotonic() + 60
@@ -501,7 +501,7 @@ class PrimarySite:
             await asyncio.sleep(0.02)
         else:
             raise RequestRefused("the secondary did not catch up within 60 s; still primary "
-                          "(NBD is stopped: restart the site to serve again)")
+                                 "(NBD is stopped: restart the site to serve again)")
         await self.flusher.wait_idle()
         self.backend.flush()
         self.meta = step_down(self.cfg, self.meta)

@@ -503,12 +503,13 @@ class SecondarySite:
         cut, so nothing new arrives; the work in flight is waited for (bounded: a resync that
         keeps feeding a commit loop, or the checksums of a full sync, made this wait for 90 s
         and more); an unfinished resync is rolled back to the copy from before it; and only then
-        is the new role written. A refusal raises ``RequestRefused`` (``TryAgainLater`` if the wait ran out)."""
+        is the new role written. A refusal raises ``RequestRefused`` (``TryAgainLater`` if the
+        wait ran out), with nothing changed."""
         if self._promoting or self.role_changed.is_set():
             raise RequestRefused("a promote is already under way")
         if self.primary_connected and not force:
             raise RequestRefused("the primary is still connected; promoting now would make two "
-                          "primaries (use --force if it is really gone)")
+                                 "primaries (use --force if it is really gone)")
         if self.meta.volume_id is None:
             raise RequestRefused("this site has never connected to a primary: it has no volume")
         if self.meta.metadata_damage and not force:
@@ -521,7 +522,7 @@ class SecondarySite:
             nbd_sockets = bind_listener(host, port)
         except OSError as exc:
             raise RequestRefused(f"cannot serve NBD on {host}:{port} ([nbd] listen): "
-                          f"{exc.strerror or exc}; still secondary, nothing changed") from None
+                                 f"{exc.strerror or exc}; still secondary, nothing changed") from None
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
         try:
             answer = await self._promote_now(can_roll_back, force)
@@ -538,14 +539,15 @@ class SecondarySite:
         if self.link is not None:
             self.link.abort("promoted: this site no longer accepts the old primary's writes")
         if not await self._drain(PROMOTE_DRAIN_S):
-            raise TryAgainLater(f"work in flight (journal commits, image syncs) did not finish within "
-                       f"{PROMOTE_DRAIN_S:g} s of cutting the link; still secondary: try again")
+            raise TryAgainLater(f"work in flight (journal commits, image syncs) did not finish "
+                                f"within {PROMOTE_DRAIN_S:g} s of cutting the link; still "
+                                "secondary: try again")
         if can_roll_back:
             try:
                 self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
             except ForesyncError as exc:
                 raise RequestRefused(f"cannot roll back the unfinished resync: {exc}; still "
-                              "secondary") from exc
+                                     "secondary") from exc
             # A damaged undo log leaves the copy inconsistent, with every extent in doubt.
             if self.meta.metadata_damage and not force:
                 raise RequestRefused(damaged_promote_error(self.meta))
