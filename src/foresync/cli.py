@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 import click
 
 from foresync import __version__
-from foresync.errors import ConfigError, ForesyncError
+from foresync.errors import ConfigError, ForesyncError, RequestRefused
 from foresync.logctx import VolumeContext
 from foresync.units import format_size, parse_hostport, parse_size
 
 if TYPE_CHECKING:
     from foresync.config import SiteConfig
+    from foresync.daemon.results import Result
 
 log = logging.getLogger("foresync")
 
@@ -393,7 +394,7 @@ def _post(cfg: SiteConfig, path: str, body: dict[str, object]) -> Answer | None:
                                    f"{exc or type(exc).__name__}") from None
 
 
-def _offline(cfg: SiteConfig, command: str, change: Callable[[], Answer]) -> Answer:
+def _offline(cfg: SiteConfig, command: str, change: Callable[[], Result]) -> Result:
     """Change the metadata without the daemon, holding the metadata lock: a daemon that holds
     it is running, though its admin API did not answer at the address in this config."""
     import os
@@ -412,7 +413,7 @@ def _offline(cfg: SiteConfig, command: str, change: Callable[[], Answer]) -> Ans
 
 
 def _call(config_path: str, path: str, body: dict[str, object], expect: int = 200,
-          offline: Callable[[SiteConfig], Answer] | None = None, what: str = "") -> dict[str, object]:
+          offline: Callable[[SiteConfig], Result] | None = None, what: str = "") -> dict[str, object]:
     """POST to the running site (or do ``offline`` under the metadata lock when nothing
     answers); any refusal or error becomes a clear message and a non-zero exit."""
     cfg = _load(config_path)
@@ -422,8 +423,10 @@ def _call(config_path: str, path: str, body: dict[str, object], expect: int = 20
         if offline is None:
             raise click.ClickException(f"the site is not running (nothing answers on its admin API "
                                        f"at {host}:{port}); {what or path} needs it")
-        try:
-            answer = _offline(cfg, path.strip("/"), lambda: offline(cfg))
+        from foresync.daemon.results import answer_of
+
+        try:  # a refusal (errors.RequestRefused) is a ForesyncError: a message, nothing changed
+            answer = answer_of(_offline(cfg, path.strip("/"), lambda: offline(cfg)))
         except ForesyncError as exc:
             raise click.ClickException(str(exc)) from None
     status, doc = answer
@@ -449,10 +452,11 @@ def promote(config_path: str, force: bool) -> None:
                f"({format_size(failback) if isinstance(failback, int) else '? bytes'})")
 
 
-def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
+def _promote_offline(cfg: SiteConfig, force: bool) -> Result:
     import os
 
     from foresync.daemon import metadata as site
+    from foresync.daemon.results import Promoted
     from foresync.daemon.transitions import (
         damaged_promote_error,
         open_record,
@@ -464,10 +468,10 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
 
     meta = site.load(cfg.meta)
     if meta.role != "secondary":
-        return 409, {"error": "this site is already the primary"}
+        raise RequestRefused("this site is already the primary")
     if meta.volume_id is None:
-        return 409, {"error": "this site has never connected to a primary: it holds no copy of "
-                              "the volume to promote"}
+        raise RequestRefused("this site has never connected to a primary: it holds no copy of "
+                             "the volume to promote")
     # Same as the running daemon at start: a missing or damaged journal widens first (issue 12).
     meta, journal = open_record(cfg, meta)
     assert journal is not None
@@ -483,13 +487,12 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Answer:
             backend.close()
         click.echo(f"rolled back an unfinished resync: {restored} extents restored", err=True)
     if meta.metadata_damage and not force:
-        return 409, {"error": damaged_promote_error(meta)}
+        raise RequestRefused(damaged_promote_error(meta))
     if (meta.new or not meta.consistent) and not force:
-        return 409, {"error": "this copy is inconsistent (a sync into it has not finished); "
-                              "use --force to promote it anyway"}
+        raise RequestRefused("this copy is inconsistent (a sync into it has not finished); "
+                             "use --force to promote it anyway")
     promoted, failback = promote_site(cfg, meta, journal.replayed.state)
-    return 200, {"epoch": promoted.epoch, "failback_extents": failback,
-                 "failback_bytes": failback * cfg.extent_size}
+    return Promoted(promoted.epoch, failback, failback * cfg.extent_size)
 
 
 @main.command()
@@ -509,12 +512,13 @@ def demote(config_path: str) -> None:
 def resolve(config_path: str, discard_local: bool) -> None:
     """After a split brain: make this site the loser. It becomes secondary of the other site,
     which copies back every extent either side changed."""
-    def offline(cfg: SiteConfig) -> Answer:
+    def offline(cfg: SiteConfig) -> Result:
         from foresync.daemon import metadata as site
+        from foresync.daemon.results import Discarded
         from foresync.daemon.transitions import discard_local as discard
 
         meta = discard(cfg, site.load(cfg.meta))
-        return 200, {"stale_extents": len(meta.stale)}
+        return Discarded(len(meta.stale))
 
     doc = _call(config_path, "/resolve", {"discard-local": discard_local}, offline=offline)
     click.echo(f"local changes discarded: {doc.get('stale_extents')} extents will be copied from the "

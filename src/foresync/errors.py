@@ -2,7 +2,7 @@
 
 Theory: errors say *whose fault* they are. ``LocalProtocolError`` means our own caller misused an
 API (a bug here); ``RemoteProtocolError`` means the peer (an NBD client or the other site) sent
-something the protocol forbids. Operating errors (disk, journal, fencing, config) each get their
+something the protocol forbids. Operating errors (disk, journal, config, a site in use) each get their
 own class so callers can handle them precisely. ``invariant`` replaces ``assert`` for checks that
 must hold even under ``python -O``.
 """
@@ -15,10 +15,6 @@ from enum import IntEnum
 
 class ForesyncError(Exception):
     """Base of every error foresync raises on purpose."""
-
-
-class Retryable:
-    """Marker mixin: the operation may succeed if tried again later (peer gone, link down)."""
 
 
 class ProtocolError(ForesyncError):
@@ -56,16 +52,18 @@ class JournalCorruption(StorageError):
         self.position = position
 
 
-class FencedError(ForesyncError):
-    """The operation belongs to an epoch that has been fenced by a later promotion."""
-
-
 class ConfigError(ForesyncError):
     """The configuration or a command-line value is invalid."""
 
 
-class LinkDown(ForesyncError, Retryable):
-    """The replication link is not connected."""
+class RequestRefused(ForesyncError):
+    """An operator's request (promote, demote, verify, resolve) that the site turned down,
+    changing nothing; the message says why and what to do. The admin API answers 409."""
+
+
+class TryAgainLater(RequestRefused):
+    """Refused only for now: work in flight did not finish in time, and the same request may
+    succeed if repeated. The admin API answers 503."""
 
 
 class InvariantViolation(ForesyncError):

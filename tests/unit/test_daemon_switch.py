@@ -107,3 +107,41 @@ def test_promote_answers_once_the_primary_serves(tmp_path: Path) -> None:
         await asyncio.wait_for(daemon, 30)
 
     asyncio.run(scenario())
+
+
+def test_refusals_and_results_become_http_answers_in_one_place(tmp_path: Path) -> None:
+    """The sites return typed results or raise RequestRefused / TryAgainLater; run.py alone
+    turns them into 200/202 and 409/503 answers with the documented bodies."""
+    config, admin = secondary_config(tmp_path)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        daemon = asyncio.ensure_future(run_site(config, stop))
+        await wait_listening(admin)
+        assert await post(admin, "/demote", b"{}") == (409, {"error": "this site is not the primary"})
+        assert await post(admin, "/verify", b"{}") == (409, {"error": "verify runs on the primary"})
+        status, doc = await post(admin, "/promote", b"{}")
+        assert (status, doc["promoted"], doc["epoch"]) == (200, True, 2), doc
+        assert set(doc) == {"promoted", "epoch", "failback_extents", "failback_bytes"}
+        # Now the primary, with no secondary: each refusal is a 409 that changed nothing.
+        status, doc = await post(admin, "/promote", b"{}")
+        assert (status, doc) == (409, {"error": "this site is already the primary"})
+        status, doc = await post(admin, "/verify", b"{}")
+        assert status == 409 and "connected secondary" in str(doc["error"]), doc
+        status, doc = await post(admin, "/demote", b"{}")
+        assert status == 409 and "not connected" in str(doc["error"]), doc
+        stop.set()
+        await asyncio.wait_for(daemon, 30)
+
+    asyncio.run(scenario())
+
+
+def test_a_result_names_what_happened_before_its_fields() -> None:
+    from foresync.daemon.results import Demoted, Discarded, Promoted, VerifyStarted, answer_of
+
+    assert answer_of(Promoted(3, 2, 2 << 16)) == (
+        200, {"promoted": True, "epoch": 3, "failback_extents": 2, "failback_bytes": 2 << 16})
+    assert answer_of(Demoted(4)) == (200, {"demoted": True, "epoch": 4})
+    assert answer_of(Discarded(7)) == (200, {"discarded": True, "stale_extents": 7})
+    assert answer_of(VerifyStarted(True, 16)) == (202, {"started": True, "repair": True,
+                                                        "total_extents": 16})

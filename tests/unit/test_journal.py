@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from foresync.errors import JournalCorruption, StorageError
+from foresync.journal import durable
 from foresync.journal import format as fmt
 from foresync.journal import journal as journal_mod
 from foresync.journal import undo as undo_mod
@@ -301,7 +302,7 @@ def test_torn_tail_is_made_durable_before_truncating(tmp_path: Path,
     def record_fsync_dir(target: str) -> None:
         seen.append((target, path.stat().st_size))
 
-    monkeypatch.setattr(journal_mod, "fsync_dir", record_fsync_dir)
+    monkeypatch.setattr(durable, "sync_dir", record_fsync_dir)
     RecordJournal.open(str(path)).close()
     asides = [(t, size) for t, size in seen if ".torn-" in t]
     assert asides and all(size == len(whole) - 1 for _, size in asides)

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer, ServerLimits
 from foresync.nbd.target import Done
@@ -28,7 +27,7 @@ class HoldingTarget:
     read_only = False
 
     def __init__(self) -> None:
-        self.held: list[tuple[Request, Done]] = []
+        self.held: list[tuple[int, Done]] = []  # (offset, done) of each request being served
         self.holding = True
 
     def read(self, offset: int, length: int) -> bytes:
@@ -37,11 +36,27 @@ class HoldingTarget:
     def extents(self, offset: int, length: int) -> list[Extent]:
         return []
 
-    def submit(self, request: Request, done: Done) -> None:
+    def _hold(self, offset: int, done: Done) -> None:
         if self.holding:
-            self.held.append((request, done))
+            self.held.append((offset, done))
         else:
             done(0)
+
+    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
+        self._hold(offset, done)
+
+    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
+             done: Done) -> None:
+        self._hold(offset, done)
+
+    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
+        self._hold(offset, done)
+
+    def flush(self, done: Done) -> None:
+        self._hold(0, done)
+
+    def cache(self, offset: int, length: int, done: Done) -> None:
+        self._hold(offset, done)
 
     def release_all(self) -> None:
         held, self.held = self.held, []
@@ -98,7 +113,7 @@ def test_in_flight_bytes_bound_what_the_target_is_given(caplog: pytest.LogCaptur
             await asyncio.sleep(0.2)
             assert len(target.held) == 1  # the second would exceed 1.5 MiB in flight
             target.release_all()
-            await eventually(lambda: len(target.held) == 1 and target.held[0][0].cookie == 1)
+            await eventually(lambda: len(target.held) == 1 and target.held[0][0] == 1 * MiB)  # cookie 1's write
             for _ in range(3):
                 await eventually(lambda: bool(target.held))
                 target.release_all()
@@ -272,3 +287,69 @@ def test_an_oversized_option_is_refused_without_buffering(caplog: pytest.LogCapt
         run(body)
     assert caplog.text.count("NBD limit max_option_size reached") == 1
 
+
+
+class RecordingTarget(HoldingTarget):
+    """Answers at once and notes each typed call the server made, with its decoded flags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = False
+        self.calls: list[tuple[object, ...]] = []
+
+    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
+        self.calls.append(("write", offset, len(data), fua))
+        done(0)
+
+    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
+             done: Done) -> None:
+        self.calls.append(("zero", offset, length, fua, may_punch, fast_only))
+        done(0)
+
+    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
+        self.calls.append(("trim", offset, length, fua))
+        done(0)
+
+    def flush(self, done: Done) -> None:
+        self.calls.append(("flush",))
+        done(0)
+
+    def cache(self, offset: int, length: int, done: Done) -> None:
+        self.calls.append(("cache", offset, length))
+        done(0)
+
+
+def test_each_command_reaches_its_typed_target_method_with_its_flags_decoded() -> None:
+    """The server switches on the command number once; targets see offsets and booleans."""
+    FUA, NO_HOLE, FAST_ZERO = 1, 2, 16
+    WRITE, FLUSH, TRIM, CACHE, ZEROES = 1, 3, 4, 5, 6
+
+    def request(flags: int, command: int, cookie: int, offset: int, length: int) -> bytes:
+        return struct.pack(">IHHQQI", REQUEST_MAGIC, flags, command, cookie, offset, length)
+
+    async def body() -> None:
+        target = RecordingTarget()
+        server = NbdServer(target, ExportInfo("disk", target.size), ServerLimits())
+        _, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await negotiate(port)
+            writer.write(request(FUA, WRITE, 1, 4096, 3) + b"abc")
+            writer.write(request(0, WRITE, 2, 0, 2) + b"de")
+            writer.write(request(NO_HOLE | FAST_ZERO, ZEROES, 3, 8192, 512))
+            writer.write(request(FUA, ZEROES, 4, 0, 1024))
+            writer.write(request(FUA, TRIM, 5, 512, 512))
+            writer.write(request(0, FLUSH, 6, 0, 0))
+            writer.write(request(0, CACHE, 7, 0, 4096))
+            replies = await reader.readexactly(7 * 16)
+            errors = [struct.unpack_from(">IIQ", replies, i * 16)[1] for i in range(7)]
+            assert errors == [0] * 7
+            writer.close()
+        finally:
+            await server.aclose()
+        assert target.calls == [
+            ("write", 4096, 3, True), ("write", 0, 2, False),
+            ("zero", 8192, 512, False, False, True), ("zero", 0, 1024, True, True, False),
+            ("trim", 512, 512, True), ("flush",), ("cache", 0, 4096),
+        ]
+
+    run(body)

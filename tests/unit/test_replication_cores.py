@@ -1684,12 +1684,12 @@ def test_full_sync_progress_counts_comparing_and_sending_apart() -> None:
     core.tick(2.0)
     core.actions()
     progress = core.resync_progress()
-    assert progress["compare_total_bytes"] == 160
-    assert progress["compare_done_bytes"] == 160  # the window held sends, not comparing
-    assert progress["send_total_bytes"] == 32  # only the two that differ
-    assert progress["send_done_bytes"] == 32
-    assert progress["compare_rate_bytes_per_s"] == 80 and progress["send_rate_bytes_per_s"] == 16
-    assert progress["total_bytes"] == 160 and progress["active"] == 1
+    assert progress.compare_total_bytes == 160
+    assert progress.compare_done_bytes == 160  # the window held sends, not comparing
+    assert progress.send_total_bytes == 32  # only the two that differ
+    assert progress.send_done_bytes == 32
+    assert progress.compare_rate_bytes_per_s == 80 and progress.send_rate_bytes_per_s == 16
+    assert progress.total_bytes == 160 and progress.active
 
 
 def test_verify_progress_reports_bytes_a_rate_and_offsets() -> None:
@@ -1709,14 +1709,14 @@ def test_verify_progress_reports_bytes_a_rate_and_offsets() -> None:
     hashes = tuple(zero if e != 2 else zero + 1 for e in range(first.first, first.first + first.count))
     core.receive(wire.Hashes(first.request, first.first, hashes))
     mid = core.verify_progress()
-    assert mid["total_bytes"] == 160 and mid["done_bytes"] == first.count * 16
-    assert mid["rate_bytes_per_s"] == first.count * 16 // 2
+    assert mid.total_bytes == 160 and mid.done_bytes == first.count * 16
+    assert mid.rate_bytes_per_s == first.count * 16 // 2
     for request in requests[1:]:
         core.receive(wire.Hashes(request.request, request.first, (zero,) * request.count))
     core.actions()
     done = core.verify_progress()
-    assert done["done_bytes"] == 160 and done["mismatched_extents"] == [2]
-    assert done["mismatched_offsets"] == [32]
+    assert done.done_bytes == 160 and done.mismatched_extents == (2,)
+    assert done.mismatched_offsets == (32,)
 
 
 def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_once() -> None:

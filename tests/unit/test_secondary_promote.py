@@ -17,9 +17,12 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from foresync.config import SiteConfig
 from foresync.daemon.metadata import SiteMeta
 from foresync.daemon.secondary import SecondarySite, extent_hashes
+from foresync.errors import RequestRefused, TryAgainLater
 from foresync.journal.journal import RecordJournal
 from foresync.link.transport import LinkProtocol
 from foresync.record.record import Eviction
@@ -73,7 +76,7 @@ def test_a_cancelled_drain_leaves_the_link_watcher_running(tmp_path: Path) -> No
     async def scenario() -> None:
         site, backend = secondary(config(tmp_path))
         proto = connect(site)
-        assert site.status()["link"] == "connected"
+        assert site.statistics().link == "connected"
         drain = asyncio.ensure_future(site._drain())
         await asyncio.sleep(0.05)
         assert not drain.done()  # it waits for the watcher, which waits for the link to close
@@ -84,9 +87,9 @@ def test_a_cancelled_drain_leaves_the_link_watcher_running(tmp_path: Path) -> No
         for _ in range(5):
             await asyncio.sleep(0)
         assert site.link is None, "the link watcher was cancelled with the drain"
-        assert site.status()["link"] == "disconnected"
-        status, doc = await site.promote(False)  # no primary connected: no --force needed
-        assert status == 200, doc
+        assert site.statistics().link == "disconnected"
+        promoted = await site.promote(False)  # no primary connected: no --force needed
+        assert promoted.epoch == 2 and promoted.failback_bytes == promoted.failback_extents * EXTENT
         assert site.role_changed.is_set() and site.meta.role == "primary" and site.meta.epoch == 2
         assert site.nbd_sockets
         for sock in site.nbd_sockets:
@@ -101,7 +104,7 @@ def test_a_drain_with_a_bound_gives_up_instead_of_waiting_for_the_link(tmp_path:
         site, backend = secondary(config(tmp_path))
         connect(site)
         assert await site._drain(0.1) is False
-        assert site.status()["link"] == "connected"  # nothing was cut by giving up
+        assert site.statistics().link == "connected"  # nothing was cut by giving up
         backend.close()
 
     asyncio.run(scenario())
@@ -111,11 +114,11 @@ def test_forced_promote_with_the_primary_connected_cuts_the_link_first(tmp_path:
     async def scenario() -> None:
         site, backend = secondary(config(tmp_path))
         proto = connect(site)
-        refused, doc = await site.promote(False)
-        assert refused == 409 and "--force" in str(doc["error"]), doc
+        with pytest.raises(RequestRefused, match="--force"):
+            await site.promote(False)
         assert proto.is_open and not site.role_changed.is_set()
-        status, doc = await asyncio.wait_for(site.promote(True), 5)
-        assert status == 200, doc
+        promoted = await asyncio.wait_for(site.promote(True), 5)
+        assert promoted.epoch == 2
         assert proto.closed.done() and site.link is None
         assert site.meta.role == "primary"
         assert site.nbd_sockets
@@ -129,10 +132,10 @@ def test_forced_promote_with_the_primary_connected_cuts_the_link_first(tmp_path:
 def test_promote_refuses_a_taken_nbd_port_and_changes_nothing(tmp_path: Path) -> None:
     async def scenario(port: int) -> None:
         site, backend = secondary(config(tmp_path, port))
-        status, doc = await site.promote(False)
-        assert status == 409, doc
-        assert f"cannot serve NBD on 127.0.0.1:{port} ([nbd] listen)" in str(doc["error"]), doc
-        assert "nothing changed" in str(doc["error"])
+        with pytest.raises(RequestRefused) as refused:
+            await site.promote(False)
+        assert f"cannot serve NBD on 127.0.0.1:{port} ([nbd] listen)" in str(refused.value)
+        assert "nothing changed" in str(refused.value)
         assert not site.role_changed.is_set() and not site._promoting
         assert site.meta.role == "secondary" and site.meta.epoch == 1
         backend.close()
@@ -142,6 +145,23 @@ def test_promote_refuses_a_taken_nbd_port_and_changes_nothing(tmp_path: Path) ->
         squatter.listen(1)
         asyncio.run(scenario(squatter.getsockname()[1]))
     assert not (tmp_path / "meta" / "site.json").exists()  # never written
+
+
+def test_promote_whose_drain_runs_out_says_try_again_and_changes_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        site, backend = secondary(config(tmp_path))
+
+        async def stuck(timeout_s: float | None = None) -> bool:
+            return False  # work in flight outlived the bound
+
+        site._drain = stuck  # type: ignore[method-assign]
+        with pytest.raises(TryAgainLater, match="try again"):
+            await site.promote(False)
+        assert not site.role_changed.is_set() and not site._promoting
+        assert site.meta.role == "secondary" and site.nbd_sockets is None
+        backend.close()
+
+    asyncio.run(scenario())
 
 
 def test_extent_hashes_stop_when_cancelled(tmp_path: Path) -> None:

@@ -73,15 +73,6 @@ def test_status_says_in_one_line_which_capacity_brings_misses_under_5_percent() 
                      "(160 MiB failback bound) would bring misses to 4.0%"]
 
 
-def test_metrics_export_the_estimates_by_capacity() -> None:
-    from foresync.admin.metrics import SiteMetrics
-
-    doc = _primary()
-    doc["record"]["miss_ratio_estimate"] = {"20": 0.4, "80": 0.09}
-    text = SiteMetrics("vol0", lambda: doc).render().decode()
-    assert 'foresync_record_miss_ratio_estimate{capacity="80",volume="vol0"} 0.09' in text
-
-
 def test_a_site_that_cannot_write_is_said_plainly() -> None:
     doc = _primary(secondary_error="the secondary could not write its image: no space (errno 28)")
     doc["counters"]["storage_errors"] = 3

@@ -43,8 +43,8 @@ def test_a_run_finds_the_mismatches_and_repairs_them() -> None:
         answered += 1
     assert not verify.active and verify.mismatches == {5, 40} and repaired == [5, 40]
     progress = verify.progress(now=9.0)
-    assert progress["done_extents"] == count and progress["mismatched_offsets"] == [5 * EXTENT, 40 * EXTENT]
-    assert progress["rate_bytes_per_s"] == count * EXTENT  # over the run's one second, not nine
+    assert progress.done_extents == count and progress.mismatched_offsets == (5 * EXTENT, 40 * EXTENT)
+    assert progress.rate_bytes_per_s == count * EXTENT  # over the run's one second, not nine
 
 
 def test_an_extent_with_a_write_in_flight_is_checked_later_alone() -> None:
@@ -70,7 +70,7 @@ def test_abandon_stops_the_run() -> None:
     verify, sent, _ = _verify(VERIFY_BATCH * 4, set())
     verify.start(repair=False, now=0.0)
     verify.abandon(now=3.0)
-    assert not verify.active and verify.progress(now=5.0)["active"] is False
+    assert not verify.active and verify.progress(now=5.0).active is False
     with pytest.raises(RemoteProtocolError):  # its requests are forgotten
         first = sent[0]
         assert isinstance(first, wire.Verify)

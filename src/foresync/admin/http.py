@@ -127,7 +127,6 @@ class AdminServer:
         self.answer_timeout_s = answer_timeout_s
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
-        self.unauthorized_total = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -217,7 +216,6 @@ class AdminServer:
                 answer = error(403, "requests from web browsers (with an Origin header) are refused")
             elif audited and self._token is not None and not self._authorized(
                     request.headers.get("authorization", "")):
-                self.unauthorized_total += 1
                 answer = error(401, "this endpoint needs the admin token")
             else:
                 endpoint = self.routes.get((request.method, request.path))

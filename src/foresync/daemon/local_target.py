@@ -12,17 +12,12 @@ import logging
 
 from foresync.errors import StorageError
 from foresync.geometry import Extent
-from foresync.nbd.connection import Request
 from foresync.nbd.target import Done
-from foresync.nbd.wire import Command, CommandFlag, Errno
+from foresync.nbd.wire import Errno
 from foresync.storage.backend import BlockBackend
 from foresync.storage.flusher import GroupFlusher
 
 log = logging.getLogger(__name__)
-
-_WRITE, _FLUSH, _TRIM = int(Command.WRITE), int(Command.FLUSH), int(Command.TRIM)
-_ZEROES, _CACHE = int(Command.WRITE_ZEROES), int(Command.CACHE)
-_FUA = int(CommandFlag.FUA)
 
 
 class LocalTarget:
@@ -38,32 +33,52 @@ class LocalTarget:
     def extents(self, offset: int, length: int) -> list[Extent]:
         return self.backend.extents(offset, length)
 
-    def submit(self, request: Request, done: Done) -> None:
-        command = request.command
+    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
         try:
-            if command == _WRITE:
-                self.backend.write(request.offset, request.data)
-            elif command == _FLUSH:
-                self.flusher.request(done)
-                return
-            elif command == _TRIM:
-                self.backend.trim(request.offset, request.length)
-            elif command == _ZEROES:
-                fast_only = bool(request.flags & CommandFlag.FAST_ZERO)
-                may_punch = not request.flags & CommandFlag.NO_HOLE
-                if not self.backend.zero(request.offset, request.length, may_punch, fast_only):
-                    done(Errno.ENOTSUP)
-                    return
-            elif command == _CACHE:
-                self.backend.cache(request.offset, request.length)
-            else:
-                done(Errno.EINVAL)
-                return
+            self.backend.write(offset, data)
         except StorageError as exc:
-            log.error("%s", exc)
-            done(exc.errno)
+            self._failed(exc, done)
             return
-        if request.flags & _FUA:
+        self._written(fua, done)
+
+    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
+             done: Done) -> None:
+        try:
+            zeroed = self.backend.zero(offset, length, may_punch, fast_only)
+        except StorageError as exc:
+            self._failed(exc, done)
+            return
+        if not zeroed:
+            done(Errno.ENOTSUP)  # FAST_ZERO, and only a slow way would do
+            return
+        self._written(fua, done)
+
+    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
+        try:
+            self.backend.trim(offset, length)
+        except StorageError as exc:
+            self._failed(exc, done)
+            return
+        self._written(fua, done)
+
+    def flush(self, done: Done) -> None:
+        self.flusher.request(done)
+
+    def cache(self, offset: int, length: int, done: Done) -> None:
+        try:
+            self.backend.cache(offset, length)
+        except StorageError as exc:
+            self._failed(exc, done)
+            return
+        done(0)
+
+    def _written(self, fua: bool, done: Done) -> None:
+        if fua:
             self.flusher.request(done)
         else:
             done(0)
+
+    @staticmethod
+    def _failed(exc: StorageError, done: Done) -> None:
+        log.error("%s", exc)
+        done(exc.errno)

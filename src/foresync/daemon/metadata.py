@@ -1,7 +1,7 @@
 """A site's persistent metadata: identity, role and epoch history, in ``<meta>/site.json``.
 
-The file is replaced atomically (write a temporary file, fsync, rename, fsync the directory), so
-a crash leaves either the old or the new version, never a mix. The record journal lives beside
+The file is replaced atomically (``journal.durable.write_atomic``: write a temporary file, fsync,
+rename, fsync the directory), so a crash leaves either the old or the new version, never a mix. The record journal lives beside
 it in ``<meta>/record.journal``; the out-of-sync extents of a primary in ``<meta>/oos.json``
 (format: ``journal.oos_format``), which a primary always has once initialised.
 
@@ -13,7 +13,6 @@ promoted without ``--force``, and with it hands over the whole volume as its fai
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -22,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from foresync.errors import ConfigError, StorageError
-from foresync.journal import oos_format
+from foresync.journal import durable, oos_format
 from foresync.journal.oos_format import OutOfSync
 
 SITE_FILE = "site.json"
@@ -46,9 +45,6 @@ class SiteMeta:
     @property
     def epoch(self) -> int:
         return len(self.epoch_history)
-
-    def with_volume(self, volume_id: bytes) -> SiteMeta:
-        return replace(self, volume_id=volume_id)
 
     def update(self, **changes: object) -> SiteMeta:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -104,28 +100,16 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
         "stale": list(meta.stale),
         "metadata_damage": meta.metadata_damage,
     }
-    write_atomic(path, json.dumps(doc, indent=2) + "\n")
+    store_file(path, json.dumps(doc, indent=2) + "\n")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, durably. A failure (a full or read-only disk, no file
-    descriptors left) leaves the old file as it was, removes the partial temporary file (it
-    would only hold space the disk lacks) and raises a StorageError that names ``path``."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def store_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, durably (``durable.write_atomic``). A failure (a full or
+    read-only disk, no file descriptors left) leaves the old file as it was and raises a
+    StorageError that names ``path``."""
     try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable.write_atomic(path, text.encode())
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}",
                            exc.errno or errno.EIO) from None
 
@@ -155,7 +139,7 @@ def load_oos(meta_dir: str, extent_count: int | None) -> OutOfSync | None:
 
 
 def store_oos(meta_dir: str, extents: set[int] | frozenset[int], everything: bool = False) -> None:
-    write_atomic(oos_path(meta_dir), oos_format.encode(extents, everything))
+    store_file(oos_path(meta_dir), oos_format.encode(extents, everything))
 
 
 def check_meta_dir(meta_dir: str, create: bool = False) -> None:

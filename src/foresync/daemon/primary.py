@@ -20,22 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from foresync import tls
+from foresync.admin.status import PrimaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
-from foresync.daemon.metadata import SiteMeta, store_oos, write_atomic
+from foresync.daemon.metadata import SiteMeta, store_file, store_oos
+from foresync.daemon.results import Demoted, Discarded, VerifyStarted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import discard_local as discard_local_changes
 from foresync.daemon.transitions import step_down
-from foresync.errors import StorageError
+from foresync.errors import RequestRefused, StorageError
 from foresync.geometry import Extent
 from foresync.link import wire
 from foresync.link.transport import ActionPump, LinkListener, LinkProtocol
 from foresync.logctx import LogBudget
-from foresync.nbd.connection import Request
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
 from foresync.nbd.target import Done, NbdTarget
 from foresync.nbd.tracing import TraceWriter, TracingTarget
-from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.actions import PrimaryAction
 from foresync.replication.epochs import Relation, compare
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 
 CLEAN_STOP_FILE = "clean-stop"  # written on a clean stop, removed at start
 
-_WRITE, _FLUSH, _TRIM = int(Command.WRITE), int(Command.FLUSH), int(Command.TRIM)
-_ZEROES, _CACHE = int(Command.WRITE_ZEROES), int(Command.CACHE)
-_FUA, _NO_HOLE = int(CommandFlag.FUA), int(CommandFlag.NO_HOLE)  # ints: no enum.py per request
 
 
 class PrimarySite:
@@ -66,7 +63,7 @@ class PrimarySite:
             core_mod.Config(
                 mode=cfg.mode, size=cfg.size, extent_size=cfg.extent_size, capacity=cfg.capacity,
                 lookahead=cfg.lookahead, eviction=cfg.eviction, volume_id=meta.volume_id,
-                epoch=meta.epoch, window_bytes=cfg.window_bytes, history=meta.epoch_history,
+                window_bytes=cfg.window_bytes, history=meta.epoch_history,
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
             ),
@@ -91,7 +88,6 @@ class PrimarySite:
         self.role_changed = asyncio.Event()
         self.next_role = "stop"
         self._resync_bytes_at_pass = 0
-        self._listener: LinkListener | None = None
         self.flusher = GroupFlusher(backend.flush)
         self.size = cfg.size
         self.read_only = False
@@ -123,40 +119,44 @@ class PrimarySite:
     def extents(self, offset: int, length: int) -> list[Extent]:
         return self.backend.extents(offset, length)
 
-    def submit(self, request: Request, done: Done) -> None:
-        command = request.command
-        # Not while the pump is carrying out actions: this submit may come from one of them (an
+    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
+        # Not while the pump is carrying out actions: this write may come from one of them (an
         # answered write lets the NBD connection start the next one), and the rest of that batch
         # (a resync WRITE, say, with a lower seq) must reach the link first.
-        if command == _WRITE and not request.flags & _FUA and not self._pump.running:
-            message = self.core.write_hit(request.offset, request.data)
+        if not fua and not self._pump.running:
+            message = self.core.write_hit(offset, data)
             if message is not None:
                 self._write_hit(message, done)
                 return
-        if command == _CACHE:
-            self.backend.cache(request.offset, request.length)
-            done(0)
-            return
+        self.core.write(self._new_op(done), offset, data, fua)
+        self.pump()
+
+    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
+             done: Done) -> None:
+        # The export does not offer FAST_ZERO (can_fast_zero=False), so fast_only is ignored.
+        self.core.zero(self._new_op(done), offset, length, may_punch, fua)
+        self.pump()
+
+    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
+        # Replicated TRIM zeroes on both sites, so the two images stay byte-identical.
+        self.core.zero(self._new_op(done), offset, length, True, fua)
+        self.pump()
+
+    def flush(self, done: Done) -> None:
+        self.core.flush(self._new_op(done))
+        self.pump()
+
+    def cache(self, offset: int, length: int, done: Done) -> None:
+        self.backend.cache(offset, length)
+        done(0)
+
+    def _new_op(self, done: Done) -> int:
+        """An op id for the core; its AckHost action calls ``done``."""
         op_id = self._next_op
         self._next_op += 1
         self._dones[op_id] = done
         self._started[op_id] = time.monotonic()
-        fua = bool(request.flags & _FUA)
-        if command == _WRITE:
-            self.core.write(op_id, request.offset, request.data, fua)
-        elif command == _FLUSH:
-            self.core.flush(op_id)
-        elif command == _TRIM:
-            # Replicated TRIM zeroes on both sites, so the two images stay byte-identical.
-            self.core.zero(op_id, request.offset, request.length, True, fua)
-        elif command == _ZEROES:
-            self.core.zero(op_id, request.offset, request.length,
-                           not request.flags & _NO_HOLE, fua)
-        else:
-            del self._dones[op_id]
-            done(Errno.EINVAL)
-            return
-        self.pump()
+        return op_id
 
     def _write_hit(self, message: wire.Write, done: Done) -> None:
         """The core's hot path (``PrimaryCore.write_hit``): send, apply, answer, in the order
@@ -193,11 +193,11 @@ class PrimarySite:
                 if self.link is not None:
                     self.link.send(message)
                 if isinstance(message, wire.ResyncDone):
-                    progress = self.core.resync_progress()
                     log.info("resync finished: %s sent; %s compared in all (volume %s); the "
                              "secondary is consistent",
                              format_size(self.core.counters.resync_bytes - self._resync_bytes_at_pass),
-                             format_size(progress["total_bytes"]), format_size(self.cfg.size))
+                             format_size(self.core.resync_progress().total_bytes),
+                             format_size(self.cfg.size))
                     self._resync_bytes_at_pass = self.core.counters.resync_bytes
             case core_mod.ApplyLocal(seq, offset, length, data, punch):
                 errno = 0
@@ -464,7 +464,7 @@ class PrimarySite:
             proto.send(wire.Refuse("two primaries share one epoch history"))
         proto.close_after_flush()
 
-    async def discard_local(self) -> tuple[int, dict[str, Any]]:
+    async def discard_local(self) -> Discarded:
         """`resolve --discard-local` after a split brain: give up this site's changes and become
         the secondary of the other side, which copies back everything either side changed."""
         if self.nbd is not None:
@@ -476,20 +476,20 @@ class PrimarySite:
         self.role_changed.set()
         if self.link is not None:
             self.link.abort("discarding local changes")
-        return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
+        return Discarded(len(self.meta.stale))
 
-    def verify(self, repair: bool) -> tuple[int, dict[str, Any]]:
+    def verify(self, repair: bool) -> VerifyStarted:
         """Online verify: compare per-extent checksums with the secondary in the background."""
         if not self.core.start_verify(repair):
-            return 409, {"error": "verify needs a connected secondary and no verify running"}
+            raise RequestRefused("verify needs a connected secondary and no verify running")
         self.pump()
-        return 202, {"started": True, "repair": repair, "total_extents": self.core.extent_count}
+        return VerifyStarted(repair, self.core.extent_count)
 
-    async def demote(self) -> tuple[int, dict[str, Any]]:
+    async def demote(self) -> Demoted:
         """Planned switchover: stop serving, drain until the secondary has everything, step down."""
         if self.core.link is not core_mod.LinkState.CONNECTED:
-            return 409, {"error": "the secondary is not connected: demoting now could lose writes "
-                                  "it does not have (promote it with --force instead, if it is gone)"}
+            raise RequestRefused("the secondary is not connected: demoting now could lose writes it "
+                                 "does not have (promote it with --force instead, if it is gone)")
         assert self.nbd is not None
         await self.nbd.aclose()
         deadline = time.monotonic() + 60
@@ -500,8 +500,8 @@ class PrimarySite:
             self.pump()
             await asyncio.sleep(0.02)
         else:
-            return 409, {"error": "the secondary did not catch up within 60 s; still primary "
-                                  "(NBD is stopped: restart the site to serve again)"}
+            raise RequestRefused("the secondary did not catch up within 60 s; still primary "
+                                 "(NBD is stopped: restart the site to serve again)")
         await self.flusher.wait_idle()
         self.backend.flush()
         self.meta = step_down(self.cfg, self.meta)
@@ -509,12 +509,12 @@ class PrimarySite:
         self.role_changed.set()
         if self.link is not None:
             self.link.abort("demoted")
-        return 200, {"demoted": True, "epoch": self.meta.epoch}
+        return Demoted(self.meta.epoch)
 
     async def run(self, stop: asyncio.Event) -> str:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
         listen_host, listen_port = self.cfg.link_listen
-        listener = self._listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
+        listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
         try:
             await listener.start(listen_host, listen_port)
         except OSError as exc:
@@ -586,60 +586,44 @@ class PrimarySite:
         self._store_oos(pending)
         # Only once oos.json is complete, and atomically (a marker cut short by a full disk must
         # not exist): without it the next start treats this stop as unclean.
-        write_atomic(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
+        store_file(Path(self.cfg.meta) / CLEAN_STOP_FILE, "stopped cleanly\n")
         if pending:
             log.warning("stopped with %d extents not yet on the secondary; they resync on restart",
                         len(pending))
 
-    def _miss_ratio_estimate(self, writes: int, misses: int) -> dict[str, float]:
-        """Capacity (extents, as text: a JSON key) -> estimated miss ratio."""
+    def _miss_ratio_estimate(self, writes: int, misses: int) -> tuple[tuple[int, float], ...]:
+        """(capacity in extents, estimated miss ratio), ascending by capacity."""
         estimator = self.core.estimator
         if estimator is None:
-            return {}
-        estimates = estimator.estimates(misses / writes if writes else None)
-        return {str(c): round(m, 5) for c, m in sorted(estimates.items())}
+            return ()
+        return tuple(sorted(estimator.estimates(misses / writes if writes else None).items()))
 
     def _store_oos(self, extents: set[int]) -> None:
         """Replace the stored out-of-sync set, keeping "every extent" while a full pass is due."""
         store_oos(self.cfg.meta, extents, self.core.full_resync_pending)
 
-    def status(self) -> dict[str, Any]:
+    def statistics(self) -> SiteStatistics:
+        """A snapshot for /status and /metrics (``admin.status``)."""
         s = self.core.statistics()
-        nbd = self.nbd.statistics() if self.nbd else None
         if self.metadata_damage and not self.core.full_resync_pending:
             self.metadata_damage = ""  # the full pass it asked for has finished
-        return {
-            "role": "primary",
-            "epoch": self.meta.epoch,
-            "mode": self.cfg.mode.value,
-            "link": s.link,
-            "link_error": self.core.link_error,
-            "secondary_error": self.core.secondary_error,
-            "link_rtt_s": round(self.link_rtt_s, 6),
-            "in_sync": s.in_sync,
-            "record": {"extents": s.record_extents, "capacity": s.record_capacity,
-                       "extent_size_bytes": self.cfg.extent_size,
-                       "eviction": self.cfg.eviction.value, "predictor": self.cfg.predictor,
-                       # capacity in extents -> estimated miss ratio (record/estimate.py)
-                       "miss_ratio_estimate": self._miss_ratio_estimate(s.writes, s.record_misses)},
-            "counters": {"writes": s.writes, "record_hits": s.record_hits,
-                         "record_misses": s.record_misses, "resync_bytes": s.resync_bytes,
-                         "record_read_aheads": s.record_read_aheads,
-                         "storage_errors": s.local_write_errors,
-                         "secondary_storage_errors": s.secondary_storage_errors},
-            "lag": {"bytes": s.lag_bytes, "writes": s.lag_writes,
-                    "seconds": round(self.core.lag_seconds(), 3)},
-            "resync": self.core.resync_progress(),
-            "security": self.security.describe(),
-            "split_brain": self.core.split_brain,
-            "verify": self.core.verify_progress(),
-            "failback_bound_bytes": self.core.failback_bound_extents() * self.cfg.extent_size,
-            "out_of_sync_extents": s.out_of_sync_extents,
-            "full_resync_pending": self.core.full_resync_pending,
-            "metadata_damage": self.metadata_damage,
-            "seq": {"last": s.last_seq, "durable": s.durable_seq},
-            "nbd": {"connections": nbd.connections if nbd else 0},
-        }
+        return SiteStatistics(
+            epoch=self.meta.epoch, mode=self.cfg.mode.value, link=s.link,
+            link_error=self.core.link_error, in_sync=s.in_sync,
+            record_extents=s.record_extents, record_capacity=s.record_capacity,
+            extent_size_bytes=self.cfg.extent_size, writes=s.writes,
+            storage_errors=s.local_write_errors, split_brain=self.core.split_brain,
+            security=self.security.describe(),
+            view=PrimaryView(
+                core=s, resync=self.core.resync_progress(), verify=self.core.verify_progress(),
+                link_rtt_s=self.link_rtt_s, secondary_error=self.core.secondary_error,
+                lag_seconds=self.core.lag_seconds(), eviction=self.cfg.eviction.value,
+                predictor=self.cfg.predictor,
+                miss_ratio_estimate=self._miss_ratio_estimate(s.writes, s.record_misses),
+                failback_bound_bytes=self.core.failback_bound_extents() * self.cfg.extent_size,
+                full_resync_pending=self.core.full_resync_pending,
+                metadata_damage=self.metadata_damage,
+                nbd_connections=self.nbd.statistics().connections if self.nbd else 0))
 
 
 def _dial_reason(exc: BaseException) -> str:

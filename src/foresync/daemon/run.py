@@ -8,25 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from foresync import config as config_mod
 from foresync.admin.events import EventFeed
 from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
+from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
 from foresync.daemon.primary import PrimarySite
+from foresync.daemon.results import Result, answer_of
 from foresync.daemon.secondary import SecondarySite
 from foresync.daemon.security import SiteSecurity, load_security
 from foresync.daemon.site_lock import SiteLock
 from foresync.daemon.transitions import extent_count, open_record, widen
-from foresync.errors import ConfigError
+from foresync.errors import ConfigError, RequestRefused, TryAgainLater
 from foresync.journal import oos_format
-from foresync.journal.journal import RecordJournal, move_aside
+from foresync.journal.durable import move_aside
+from foresync.journal.journal import RecordJournal
 from foresync.journal.oos_format import OutOfSync
 from foresync.logctx import VolumeContext
 from foresync.replication.epochs import new_epoch_id
@@ -119,6 +123,22 @@ def _json(status: int, doc: dict[str, Any]) -> Response:
     return status, "application/json", json.dumps(doc).encode()
 
 
+def _refusals_answered(
+        endpoint: Callable[[dict[str, Any]], Awaitable[Response]]) -> Callable[[dict[str, Any]], Awaitable[Response]]:
+    """The one place a site's refusal becomes an HTTP answer: 503 when it may succeed if
+    repeated (``TryAgainLater``), 409 for any other ``RequestRefused``; either way nothing changed."""
+    @functools.wraps(endpoint)
+    async def answered(body: dict[str, Any]) -> Response:
+        try:
+            return await endpoint(body)
+        except TryAgainLater as exc:
+            return _json(503, {"error": str(exc)})
+        except RequestRefused as exc:
+            return _json(409, {"error": str(exc)})
+
+    return answered
+
+
 async def run_site(config_path: str, stop: asyncio.Event, assume_all_out_of_sync: bool = False) -> None:
     """Run a site until ``stop``, switching role in place on promote, demote or failback.
 
@@ -162,12 +182,11 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
                 waiter.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
         switch_waiters.clear()
 
-    async def after_switch(old: PrimarySite | SecondarySite, answer: tuple[int, dict[str, Any]]) -> Response:
+    async def after_switch(old: PrimarySite | SecondarySite, result: Result) -> Response:
         """A successful role change is answered only once the new role is serving: a promote
         must not report success for a site that then cannot serve (it exits instead)."""
-        status, doc = answer
-        if status != 200 or not old.role_changed.is_set():
-            return _json(status, doc)
+        if not old.role_changed.is_set():
+            return _json(*answer_of(result))
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         switch_waiters.append(started)
         role = site.load(cfg.meta).role
@@ -181,33 +200,37 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
             return _json(500, {"error": f"the switch to {role} is on disk, but the site could not "
                                         f"start as {role}: {_describe(exc)}; the daemon exits: fix "
                                         f"that and start it again (it starts as the {role})"})
-        return _json(status, doc)
+        return _json(*answer_of(result))
 
     def status(_: dict[str, Any]) -> Response:
-        return _json(200, runner.status())
+        return _json(200, status_document(runner.statistics()))
 
-    site_metrics = SiteMetrics(cfg.name, lambda: runner.status(), site=os.path.splitext(os.path.basename(cfg.path))[0])
+    site_metrics = SiteMetrics(cfg.name, lambda: runner.statistics(), site=os.path.splitext(os.path.basename(cfg.path))[0])
 
     def metrics(_: dict[str, Any]) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()
 
+    @_refusals_answered
     async def promote(body: dict[str, Any]) -> Response:
         old = runner
         if not isinstance(old, SecondarySite):
-            return _json(409, {"error": "this site is already the primary"})
+            raise RequestRefused("this site is already the primary")
         return await after_switch(old, await old.promote(body.get("force", False)))
 
+    @_refusals_answered
     async def demote(_: dict[str, Any]) -> Response:
         old = runner
         if not isinstance(old, PrimarySite):
-            return _json(409, {"error": "this site is not the primary"})
+            raise RequestRefused("this site is not the primary")
         return await after_switch(old, await old.demote())
 
-    def verify(body: dict[str, Any]) -> Response:
+    @_refusals_answered
+    async def verify(body: dict[str, Any]) -> Response:
         if not isinstance(runner, PrimarySite):
-            return _json(409, {"error": "verify runs on the primary"})
-        return _json(*runner.verify(body.get("repair", False)))
+            raise RequestRefused("verify runs on the primary")
+        return _json(*answer_of(runner.verify(body.get("repair", False))))
 
+    @_refusals_answered
     async def resolve(body: dict[str, Any]) -> Response:
         if body.get("discard-local") is not True:
             return _json(400, {"error": 'resolve needs {"discard-local": true} (the only '
@@ -215,7 +238,7 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         old = runner
         return await after_switch(old, await old.discard_local())
 
-    feed = EventFeed(lambda: runner.status())
+    feed = EventFeed(lambda: status_document(runner.statistics()))
 
     def events(query: dict[str, str]) -> AsyncGenerator[bytes, None]:
         return feed.stream(since_start=query.get("since-start", "0") not in ("", "0", "false"))

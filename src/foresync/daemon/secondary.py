@@ -24,9 +24,11 @@ from typing import Any
 
 import xxhash
 
+from foresync.admin.status import ResyncReceived, SecondaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
+from foresync.daemon.results import Discarded, Promoted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import (
     damaged_promote_error,
@@ -36,7 +38,7 @@ from foresync.daemon.transitions import (
 )
 from foresync.daemon.transitions import discard_local as discard_local_changes
 from foresync.daemon.transitions import promote as promote_site
-from foresync.errors import ForesyncError, StorageError
+from foresync.errors import ForesyncError, RequestRefused, StorageError, TryAgainLater
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog
@@ -493,7 +495,7 @@ class SecondarySite:
         """A primary's HELLO was accepted on a link that is still open."""
         return self.link is not None and self.link.is_open and self.core.greeted
 
-    async def promote(self, force: bool) -> tuple[int, dict[str, Any]]:
+    async def promote(self, force: bool) -> Promoted:
         """Failover (claim 7): become the primary of a new epoch.
 
         Every refusal comes first and changes nothing, a taken NBD port included (bound now and
@@ -501,25 +503,26 @@ class SecondarySite:
         cut, so nothing new arrives; the work in flight is waited for (bounded: a resync that
         keeps feeding a commit loop, or the checksums of a full sync, made this wait for 90 s
         and more); an unfinished resync is rolled back to the copy from before it; and only then
-        is the new role written."""
+        is the new role written. A refusal raises ``RequestRefused`` (``TryAgainLater`` if the
+        wait ran out), with nothing changed."""
         if self._promoting or self.role_changed.is_set():
-            return 409, {"error": "a promote is already under way"}
+            raise RequestRefused("a promote is already under way")
         if self.primary_connected and not force:
-            return 409, {"error": "the primary is still connected; promoting now would make two "
-                                  "primaries (use --force if it is really gone)"}
+            raise RequestRefused("the primary is still connected; promoting now would make two "
+                                 "primaries (use --force if it is really gone)")
         if self.meta.volume_id is None:
-            return 409, {"error": "this site has never connected to a primary: it has no volume"}
+            raise RequestRefused("this site has never connected to a primary: it has no volume")
         if self.meta.metadata_damage and not force:
-            return 409, {"error": damaged_promote_error(self.meta)}
+            raise RequestRefused(damaged_promote_error(self.meta))
         can_roll_back = not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path)
         if (self.meta.new or not self.meta.consistent) and not can_roll_back and not force:
-            return 409, {"error": _INCONSISTENT}
+            raise RequestRefused(_INCONSISTENT)
         host, port = self.cfg.nbd_listen
         try:
             nbd_sockets = bind_listener(host, port)
         except OSError as exc:
-            return 409, {"error": f"cannot serve NBD on {host}:{port} ([nbd] listen): "
-                                  f"{exc.strerror or exc}; still secondary, nothing changed"}
+            raise RequestRefused(f"cannot serve NBD on {host}:{port} ([nbd] listen): "
+                                 f"{exc.strerror or exc}; still secondary, nothing changed") from None
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
         try:
             answer = await self._promote_now(can_roll_back, force)
@@ -527,40 +530,34 @@ class SecondarySite:
             _close_all(nbd_sockets)
             self._promoting = False
             raise
-        if answer[0] != 200:
-            _close_all(nbd_sockets)
-            self._promoting = False
-            return answer
         self.nbd_sockets = nbd_sockets
         # Only now, with the new role on disk, may run() return and the daemon reload it.
         self.role_changed.set()
         return answer
 
-    async def _promote_now(self, can_roll_back: bool, force: bool) -> tuple[int, dict[str, Any]]:
+    async def _promote_now(self, can_roll_back: bool, force: bool) -> Promoted:
         if self.link is not None:
             self.link.abort("promoted: this site no longer accepts the old primary's writes")
         if not await self._drain(PROMOTE_DRAIN_S):
-            return 503, {"error": f"work in flight (journal commits, image syncs) did not finish "
-                                  f"within {PROMOTE_DRAIN_S:g} s of cutting the link; still secondary: "
-                                  "try again"}
+            raise TryAgainLater(f"work in flight (journal commits, image syncs) did not finish "
+                                f"within {PROMOTE_DRAIN_S:g} s of cutting the link; still "
+                                "secondary: try again")
         if can_roll_back:
             try:
                 self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
             except ForesyncError as exc:
-                return 409, {"error": f"cannot roll back the unfinished resync: {exc}; still "
-                                      "secondary"}
+                raise RequestRefused(f"cannot roll back the unfinished resync: {exc}; still "
+                                     "secondary") from exc
             # A damaged undo log leaves the copy inconsistent, with every extent in doubt.
             if self.meta.metadata_damage and not force:
-                return 409, {"error": damaged_promote_error(self.meta)}
+                raise RequestRefused(damaged_promote_error(self.meta))
             if (self.meta.new or not self.meta.consistent) and not force:
-                return 409, {"error": _INCONSISTENT}
+                raise RequestRefused(_INCONSISTENT)
         assert self.journal is not None
         self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
-        return 200, {"promoted": True, "epoch": self.meta.epoch,
-                     "failback_extents": failback,
-                     "failback_bytes": failback * self.cfg.extent_size}
+        return Promoted(self.meta.epoch, failback, failback * self.cfg.extent_size)
 
-    async def discard_local(self) -> tuple[int, dict[str, Any]]:
+    async def discard_local(self) -> Discarded:
         """`resolve --discard-local` on a secondary: accept the next primary's history even if
         it diverged, and have it copy back everything this site may hold differently."""
         extra = failback_set(self.cfg, self.meta, self.core.state)
@@ -570,7 +567,7 @@ class SecondarySite:
             self.journal.close()
         self.journal = RecordJournal.open(journal_path(self.cfg))
         self.core.state = self.journal.replayed.state
-        return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
+        return Discarded(len(self.meta.stale))
 
     async def _drain(self, timeout_s: float | None = None) -> bool:
         """Wait for every task in flight (commits, syncs, checksums, link watchers), then commit
@@ -612,50 +609,40 @@ class SecondarySite:
             finally:
                 self.journal.close()
 
-    def status(self) -> dict[str, Any]:
+    def statistics(self) -> SiteStatistics:
+        """A snapshot for /status and /metrics (``admin.status``)."""
         s = self.core.statistics()
         connected = self.primary_connected  # HELLO accepted, not refused, link still open
-        return {
-            "role": "secondary",
-            "epoch": self.meta.epoch,
-            "mode": self.cfg.mode.value,
-            "link": ("connected" if connected else "handshake" if self.link is not None and self.link.is_open
-                     else "disconnected"),
-            "link_error": self.link_error,
-            "storage_error": self.storage_error,
-            "disconnected_since": self.disconnected_since,
+        consistent = self.meta.consistent and not self.meta.new
+        return SiteStatistics(
+            epoch=self.meta.epoch, mode=self.cfg.mode.value,
+            link=("connected" if connected else "handshake" if self.link is not None and self.link.is_open
+                  else "disconnected"),
+            link_error=self.link_error,
             # Never while this copy is being fully compared or resynced (issue 12).
-            "in_sync": (connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
-                        and self.meta.consistent and not self.meta.new and not self.meta.metadata_damage),
-            "record": {"extents": s.record_extents, "capacity": self.cfg.capacity,
-                       "extent_size_bytes": self.cfg.extent_size},
-            "worst_case_divergence_bytes": ((s.record_extents + extent_runs.count(self.core.state.resync))
-                                            * self.cfg.extent_size),
-            "counters": {"writes": s.writes_applied, "record_hits": 0, "record_misses": 0,
-                         "resync_bytes": 0, "storage_errors": s.storage_errors},
-            "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},  # the primary measures lag
-            "seq": {"applied": s.applied_seq, "durable": s.durable_seq},
-            "pending_ranges": s.pending_ranges,
-            "consistent": self.meta.consistent and not self.meta.new,
-            "metadata_damage": self.meta.metadata_damage,
-            "undo_saved_extents": self.undo.saved,
-            "rolled_back_extents": self.rolled_back,
-            "security": self.security.describe(),
-            "split_brain": self.split_brain,
-            "record_may_be_incomplete": self.link is None,
-            "resync": self._resync_view(),
-        }
+            in_sync=(connected and s.applied_seq == s.durable_seq and not self.core.needs_journal_sync()
+                     and consistent and not self.meta.metadata_damage),
+            record_extents=s.record_extents, record_capacity=self.cfg.capacity,
+            extent_size_bytes=self.cfg.extent_size, writes=s.writes_applied,
+            storage_errors=s.storage_errors, split_brain=self.split_brain,
+            security=self.security.describe(),
+            view=SecondaryView(
+                core=s, resync=self._resync_view(consistent), storage_error=self.storage_error,
+                disconnected_since=self.disconnected_since,
+                worst_case_divergence_bytes=((s.record_extents + extent_runs.count(self.core.state.resync))
+                                             * self.cfg.extent_size),
+                consistent=consistent, metadata_damage=self.meta.metadata_damage,
+                undo_saved_extents=self.undo.saved, rolled_back_extents=self.rolled_back,
+                record_may_be_incomplete=self.link is None))
 
-    def _resync_view(self) -> dict[str, Any]:
-        """The resync pass from this side: what arrived and how fast. ``done_bytes`` and
-        ``total_bytes`` stay 0 as before (the primary, which chooses what to send, reports them);
-        ``active`` is 1 while this copy waits for a pass to finish."""
-        active = not (self.meta.consistent and not self.meta.new) or self.core.resyncing
+    def _resync_view(self, consistent: bool) -> ResyncReceived:
+        """The resync pass from this side: what arrived and how fast. Active while this copy
+        waits for a pass to finish."""
+        active = not consistent or self.core.resyncing
         elapsed = time.monotonic() - self._resync_rx_started if self._resync_rx_started else 0.0
         rate = int(self._resync_rx_bytes / elapsed) if elapsed > 0 else 0
-        return {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": rate if active else 0,
-                "active": int(active), "received_bytes": self._resync_rx_bytes,
-                "full_compare": int(self._resync_full and active)}
+        return ResyncReceived(active, self._resync_rx_bytes, rate if active else 0,
+                              self._resync_full and active)
 
 
 def extent_hashes(backend: FileBackend, extent_size: int,

@@ -19,8 +19,9 @@ import os
 from foresync.config import SiteConfig
 from foresync.daemon.metadata import JOURNAL_FILE, SiteMeta, load_oos, store, store_oos
 from foresync.journal import format as jfmt
+from foresync.journal.durable import move_aside
 from foresync.journal.format import RecordState
-from foresync.journal.journal import RecordJournal, move_aside
+from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of

@@ -2,7 +2,8 @@
 
 Appends go straight to the file (``O_APPEND``) but are not durable until ``sync``; the daemon
 calls ``sync`` once for every batch of concurrent appends (group commit). ``_fsync`` is the one
-place durability happens, so a test can replace it with one that fails. An append the file
+place its appends are made durable (through ``durable``), so a test can replace it with one that
+fails. An append the file
 refuses (a full disk) is cut back to the last whole entry and kept in memory with every later
 one; ``commit`` writes them before it syncs, and fails while it cannot. Every entry since the
 last successful sync is kept too: after a failed fdatasync the kernel may have dropped those
@@ -11,43 +12,22 @@ file only ever holds whole entries, in order, and a commit covers every append b
 journal; a torn tail is copied aside to ``<journal>.torn-<offset>`` and fsynced before the file
 is truncated back to its last whole entry, so no bytes are ever destroyed silently. Damage (see
 ``format``) is not a torn tail: opening raises JournalCorruption and leaves the file untouched,
-and the caller decides (the secondary widens, then moves the file aside with ``move_aside``).
+and the caller decides (the secondary widens, then moves the file aside with ``durable.move_aside``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import threading
 
 from foresync.errors import JournalCorruption, StorageError
+from foresync.journal import durable
 from foresync.journal import format as fmt
 from foresync.journal.format import RecordState, Replay
 
 log = logging.getLogger(__name__)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def move_aside(path: str, label: str) -> str:
-    """Rename a metadata file that cannot be trusted to ``<path>.<label>-<n>`` (the first
-    free n), durably: its bytes are kept for a post-mortem, never destroyed."""
-    for suffix in itertools.count(1):
-        aside = f"{path}.{label}-{suffix}"
-        if os.path.exists(aside):
-            continue
-        os.rename(path, aside)
-        fsync_dir(aside)
-        return aside
-    raise AssertionError("unreachable")
 
 
 class RecordJournal:
@@ -88,7 +68,7 @@ class RecordJournal:
             with open(path, "r+b") as handle:
                 handle.truncate(replayed.valid_end)
                 handle.flush()
-                os.fsync(handle.fileno())
+                durable.sync_file(handle.fileno())
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         return cls(path, fd, replayed.volume_id, replayed)
 
@@ -105,25 +85,15 @@ class RecordJournal:
             with handle:
                 handle.write(torn)
                 handle.flush()
-                os.fsync(handle.fileno())
-            fsync_dir(aside)
+                durable.sync_file(handle.fileno())
+            durable.sync_dir(aside)
             return aside
         raise AssertionError("unreachable")
 
     @staticmethod
+    @staticmethod
     def _write_image(path: str, volume_id: bytes, state: RecordState) -> None:
-        tmp = f"{path}.tmp"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):  # a partial image only holds space a full disk lacks
-                os.unlink(tmp)
-            raise
-        fsync_dir(path)
+        durable.write_atomic(path, fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
 
     def append(self, entry: bytes) -> int:
         """Append one encoded entry; returns its number for ``sync``. Not durable yet. Never
@@ -187,7 +157,7 @@ class RecordJournal:
         self.synced = max(self.synced, target)
 
     def _fsync(self) -> None:
-        os.fdatasync(self._fd)
+        durable.sync_data(self._fd)
 
     def checkpoint(self, state: RecordState) -> None:
         """Replace the journal with one checkpoint of ``state`` (atomic rename). If writing the

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import google_crc32c
 
 from foresync.errors import StorageError, invariant
+from foresync.journal import durable
 from foresync.journal.format import one_byte_explains
-from foresync.journal.journal import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class UndoLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, HEADER)
-            fsync_dir(self.path)
+            durable.sync_dir(self.path)
         except OSError:
             os.close(fd)
             os.unlink(self.path)  # empty or a partial header: nothing to keep
@@ -221,7 +221,7 @@ class UndoLog:
             self.unsynced = False
             end, saved = self._end, self.saved
         try:
-            os.fdatasync(self._fd)
+            durable.sync_data(self._fd)
         except OSError as exc:
             with self._lock:  # those entries may be gone: cut back to what is known durable
                 self._end, self.saved, self._cut = self._synced_end, self._synced_saved, True
@@ -236,7 +236,7 @@ class UndoLog:
             self._fd = -1
         if os.path.exists(self.path):
             os.unlink(self.path)
-            fsync_dir(self.path)
+            durable.sync_dir(self.path)
         self.saved = 0
 
     def close(self) -> None:

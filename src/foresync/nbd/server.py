@@ -45,6 +45,11 @@ from foresync.nbd.target import NbdTarget
 log = logging.getLogger(__name__)
 
 _READ, _STATUS = int(wire.Command.READ), int(wire.Command.BLOCK_STATUS)
+_WRITE, _FLUSH, _TRIM = int(wire.Command.WRITE), int(wire.Command.FLUSH), int(wire.Command.TRIM)
+_ZEROES, _CACHE = int(wire.Command.WRITE_ZEROES), int(wire.Command.CACHE)
+# Ints, not the IntFlag members: an enum operation per request costs more than the request.
+_FUA, _NO_HOLE = int(wire.CommandFlag.FUA), int(wire.CommandFlag.NO_HOLE)
+_FAST_ZERO = int(wire.CommandFlag.FAST_ZERO)
 _HOLD_REPLY_BYTES = 256 * 1024  # held replies are written at once beyond this, so flow control sees them
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (<malloc.h>)
 _FREE_HEAP_KEPT_BYTES = 128 * 1024 * 1024
@@ -229,7 +234,7 @@ class NbdConnection(asyncio.Protocol):
         self._serving = 0  # requests handed to the target whose done() has not run yet
         self._serving_bytes = 0  # and their payload bytes
         self._tls_task: asyncio.Task[None] | None = None
-        # True while _drain_queue runs. A target may call done() synchronously from submit();
+        # True while _drain_queue runs. A target may call done() synchronously from write() etc.;
         # done() must not re-enter the drain then, or a burst of small pipelined writes recurses
         # once per request and overflows the stack (RecursionError after ~250 queued writes).
         self._draining = False
@@ -454,7 +459,23 @@ class NbdConnection(asyncio.Protocol):
             return
         self._serving += 1
         self._serving_bytes += len(request.data)
-        self.target.submit(request, self._completion(tx, request))
+        # The one place a command number and its flag bits become a typed target call (inline:
+        # a helper function would cost a call per request on the hot path).
+        done = self._completion(tx, request)
+        flags, target = request.flags, self.target
+        if command == _WRITE:
+            target.write(request.offset, request.data, (flags & _FUA) != 0, done)
+        elif command == _FLUSH:
+            target.flush(done)
+        elif command == _ZEROES:
+            target.zero(request.offset, request.length, (flags & _FUA) != 0,
+                        (flags & _NO_HOLE) == 0, (flags & _FAST_ZERO) != 0, done)
+        elif command == _TRIM:
+            target.trim(request.offset, request.length, (flags & _FUA) != 0, done)
+        elif command == _CACHE:
+            target.cache(request.offset, request.length, done)
+        else:  # Transmission answers unknown commands itself; this is a programmer error
+            done(wire.Errno.EINVAL)
 
     def _completion(self, tx: Transmission, request: Request) -> Callable[[int], None]:
         def done(errno: int) -> None:
@@ -464,7 +485,7 @@ class NbdConnection(asyncio.Protocol):
             if self._closed:
                 return
             self._write(reply)
-            if self._draining:  # called from submit(): the running drain does the rest
+            if self._draining:  # called from the target: the running drain does the rest
                 return
             if self._queue:
                 self._drain_queue()

@@ -1,9 +1,13 @@
 """What the NBD server acts on: an interface between the protocol and the volume behind it.
 
 The standalone server plugs in a local file; a replicating primary plugs in a target that mirrors
-each write first. Reads and block status are answered synchronously from local storage. Every other
-command completes through a ``done(errno)`` callback, which may run immediately or later (after a
-flush, or after the secondary acknowledges), so the fast path costs no task or future.
+each write first. The server decodes a request's command and flags once (``NbdConnection._serve``)
+and calls the typed method for it, so no target switches on raw NBD command numbers or flag bits.
+
+Reads and block status are answered synchronously from local storage. Every other command
+completes through a ``done(errno)`` callback, which may run immediately or later (after a flush,
+or after the secondary acknowledges), so the fast path costs no task or future. ``done`` is
+always the last argument, and each method calls it exactly once with 0 or an NBD errno.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from foresync.geometry import Extent
-from foresync.nbd.connection import Request
 
 Done = Callable[[int], None]  # called once with 0 or an NBD errno
 
@@ -25,5 +28,19 @@ class NbdTarget(Protocol):
 
     def extents(self, offset: int, length: int) -> list[Extent]: ...
 
-    def submit(self, request: Request, done: Done) -> None:
-        """Carry out WRITE, FLUSH, TRIM, WRITE_ZEROES or CACHE, then call ``done``."""
+    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
+        """NBD_CMD_WRITE; with ``fua`` the data is durable before ``done``."""
+
+    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
+             done: Done) -> None:
+        """NBD_CMD_WRITE_ZEROES. ``may_punch`` is the absence of NO_HOLE; ``fast_only`` is
+        FAST_ZERO: answer ENOTSUP rather than zero slowly."""
+
+    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
+        """NBD_CMD_TRIM."""
+
+    def flush(self, done: Done) -> None:
+        """NBD_CMD_FLUSH: every write answered before it is durable when ``done`` runs."""
+
+    def cache(self, offset: int, length: int, done: Done) -> None:
+        """NBD_CMD_CACHE: a hint to read the range ahead."""

@@ -15,10 +15,13 @@ from typing import BinaryIO
 from foresync.errors import ConfigError
 from foresync.geometry import Extent
 from foresync.nbd import trace
-from foresync.nbd.connection import Request
 from foresync.nbd.target import Done, NbdTarget
+from foresync.nbd.wire import CommandFlag
 
 log = logging.getLogger(__name__)
+
+# The trace keeps the NBD flag bits the server decoded into the typed calls (trace.py, "flags").
+_FUA, _NO_HOLE, _FAST_ZERO = int(CommandFlag.FUA), int(CommandFlag.NO_HOLE), int(CommandFlag.FAST_ZERO)
 
 BUFFER_BYTES = 256 * 1024
 FLUSH_EVERY_S = 5.0
@@ -67,6 +70,24 @@ class TracingTarget:
         self.writer.record(trace.BLOCK_STATUS, 0, offset, length)
         return self.inner.extents(offset, length)
 
-    def submit(self, request: Request, done: Done) -> None:
-        self.writer.record(request.command, request.flags, request.offset, request.length)
-        self.inner.submit(request, done)
+    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
+        self.writer.record(trace.WRITE, _FUA if fua else 0, offset, len(data))
+        self.inner.write(offset, data, fua, done)
+
+    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
+             done: Done) -> None:
+        flags = (_FUA if fua else 0) | (0 if may_punch else _NO_HOLE) | (_FAST_ZERO if fast_only else 0)
+        self.writer.record(trace.WRITE_ZEROES, flags, offset, length)
+        self.inner.zero(offset, length, fua, may_punch, fast_only, done)
+
+    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
+        self.writer.record(trace.TRIM, _FUA if fua else 0, offset, length)
+        self.inner.trim(offset, length, fua, done)
+
+    def flush(self, done: Done) -> None:
+        self.writer.record(trace.FLUSH, 0, 0, 0)
+        self.inner.flush(done)
+
+    def cache(self, offset: int, length: int, done: Done) -> None:
+        self.writer.record(trace.CACHE, 0, offset, length)
+        self.inner.cache(offset, length, done)

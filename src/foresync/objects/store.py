@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foresync.errors import ConfigError, StorageError
+from foresync.journal import durable
 from foresync.objects.names import check_bucket, check_key, key_file_name
 from foresync.objects.s3errors import S3Error
 
@@ -205,7 +206,7 @@ class Store:
 
     # -- durability: the one place that fsyncs --------------------------------------------
     def _fsync(self, fd: int) -> None:
-        os.fsync(fd)
+        durable.sync_file(fd)  # journal/durable.py: the one module that calls fsync
 
     def _sync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

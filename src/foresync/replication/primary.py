@@ -80,6 +80,7 @@ from foresync.replication.ordering import (
     Ordering,
 )
 from foresync.replication.out_of_sync import OutOfSync, unsynced_extents
+from foresync.replication.progress import ResyncProgress, VerifyProgress
 from foresync.replication.reservations import Reservations
 from foresync.replication.resync import (
     RESYNC_SLICE_BYTES,
@@ -131,7 +132,6 @@ class Config:
     lookahead: int
     eviction: Eviction
     volume_id: bytes
-    epoch: int = 1
     window_bytes: int = 64 * 1024 * 1024
     range_threshold_extents: int = 16  # zero/trim ops touching more extents go as RANGE
     miss_wait_s: float = 30.0
@@ -573,7 +573,7 @@ class PrimaryCore:
         self._verify.start(repair, self.now)
         return True
 
-    def verify_progress(self) -> dict[str, object]:
+    def verify_progress(self) -> VerifyProgress:
         """The current (or last) verify, for /status (``Verify.progress``)."""
         return self._verify.progress(self.now)
 
@@ -602,7 +602,7 @@ class PrimaryCore:
         the old primary."""
         self._oos.absorb((e for e in extents if e < self.extent_count), everything)
 
-    def resync_progress(self) -> dict[str, int]:
+    def resync_progress(self) -> ResyncProgress:
         """The current (or last) resync pass, for /status (``Resync.progress``)."""
         return self._resync.progress(self.now)
 

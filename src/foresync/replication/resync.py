@@ -43,6 +43,7 @@ from foresync.record.predict import extents_of
 from foresync.record.record import UNSENT, RecordCopy
 from foresync.replication.flushes import Flushes
 from foresync.replication.out_of_sync import OutOfSync
+from foresync.replication.progress import ResyncProgress
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
 # Work one pump may do for a resync before it yields to the event loop (ResumeLater), counted in
@@ -438,7 +439,7 @@ class Resync:
 
     # -- queries ----------------------------------------------------------------------------------
 
-    def progress(self, now: float) -> dict[str, int]:
+    def progress(self, now: float) -> ResyncProgress:
         """The current (or last) pass, for /status. ``set_extents``: the extents the secondary
         holds in its journaled resync set while the pass runs (it may differ there until
         RESYNC_DONE, beyond its record). Besides the whole pass, its two phases apart: comparing
@@ -448,14 +449,7 @@ class Resync:
         elapsed = max(now - self._started, 1e-9)
         rate = int(self._sent_bytes / elapsed) if self.active else 0
         compare_rate = int(self._compared_bytes / elapsed) if self.active else 0
-        return {"done_bytes": self._done_bytes, "total_bytes": self._total_bytes,
-                "rate_bytes_per_s": rate,
-                "remaining_bytes": max(0, self._total_bytes - self._done_bytes),
-                "active": int(self.active),
-                "compare_total_bytes": self._compare_total_bytes,
-                "compare_done_bytes": self._compared_bytes,
-                "compare_rate_bytes_per_s": compare_rate,
-                "send_total_bytes": self._send_total_bytes,
-                "send_done_bytes": self._sent_bytes,
-                "send_rate_bytes_per_s": rate, "passes": self._passes,
-                "set_extents": extent_runs.count(self.pass_runs)}
+        return ResyncProgress(self._done_bytes, self._total_bytes, rate, self.active,
+                              self._compare_total_bytes, self._compared_bytes, compare_rate,
+                              self._send_total_bytes, self._sent_bytes, self._passes,
+                              extent_runs.count(self.pass_runs))

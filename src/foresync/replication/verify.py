@@ -21,6 +21,7 @@ import xxhash
 
 from foresync.errors import RemoteProtocolError
 from foresync.link import wire
+from foresync.replication.progress import MISMATCHES_SHOWN, VerifyProgress
 
 VERIFY_BATCH = 16  # extents hashed per VERIFY request
 VERIFY_IN_FLIGHT = 2
@@ -71,7 +72,7 @@ class Verify:
             self._ended = now
             self._pending.clear()
 
-    def progress(self, now: float) -> dict[str, object]:
+    def progress(self, now: float) -> VerifyProgress:
         """The current (or last) verify, for /status: extents and bytes, a rate while it runs
         (issue 17: ``672/1024 extents`` alone gave no idea of the time left), and each
         mismatched extent's byte offset beside its number."""
@@ -79,15 +80,10 @@ class Verify:
         done_bytes = min(self.done_extents * size, self._size)
         elapsed = (self._ended or now) - self._started
         rate = int(done_bytes / elapsed) if elapsed > 0 else 0  # a finished one: its average
-        shown = sorted(self.mismatches)[:1000]
-        return {"active": self.active, "done_extents": self.done_extents,
-                "total_extents": self.extent_count,
-                "done_bytes": done_bytes, "total_bytes": self._size,
-                "rate_bytes_per_s": rate,
-                "mismatched_extents": shown,
-                "mismatched_offsets": [extent * size for extent in shown],
-                "mismatches": len(self.mismatches), "repair": self._repair,
-                "runs": self._runs}
+        shown = tuple(sorted(self.mismatches)[:MISMATCHES_SHOWN])
+        return VerifyProgress(self.active, self.done_extents, self.extent_count, done_bytes,
+                              self._size, rate, shown, tuple(extent * size for extent in shown),
+                              len(self.mismatches), self._repair, self._runs)
 
     def pump(self, now: float) -> None:
         """Send VERIFY requests while fewer than VERIFY_IN_FLIGHT are outstanding."""

@@ -17,6 +17,7 @@ import stat
 
 from foresync.errors import ConfigError, StorageError
 from foresync.geometry import AllocationFlag, Extent
+from foresync.journal import durable
 from foresync.units import format_size
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class FileBackend:
 
     def flush(self) -> None:
         try:
-            os.fdatasync(self.fd)
+            durable.sync_data(self.fd)
         except OSError as exc:
             raise StorageError(f"fdatasync failed: {exc.strerror}") from exc
 
