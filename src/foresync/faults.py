@@ -24,6 +24,10 @@ class Faults:
     # primary: count a resync set as durable on the secondary as soon as it is sent, and drop its
     # extents from the out-of-sync set then, instead of at RESYNC_SET_DURABLE (issue 19)
     resync_before_set_durable: bool = False
+    # secondary: a write during a resync pass does not wait for the commit that makes the undo
+    # entry of its extent durable, so a crash can lose the old content it overwrote
+    undo_not_synced_before_write: bool = False
+    verify_ignores_mismatch: bool = False  # primary: verify reports an extent equal when hashes differ
 
 
 NO_FAULTS = Faults()

@@ -759,7 +759,7 @@ class PrimaryCore:
                 continue
             extent = first + index
             self.verify_done_extents += 1
-            if mine != theirs:
+            if mine != theirs and not self.config.faults.verify_ignores_mismatch:
                 self.verify_mismatches.add(extent)
                 if self._verify_repair:
                     self._queue_resync(extent)

@@ -38,10 +38,14 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import xxhash
+
 from foresync.errors import ForesyncError, StorageError
 from foresync.faults import NO_FAULTS, Faults
+from foresync.journal import format as jfmt
 from foresync.journal import oos_format
 from foresync.journal.format import RecordState
+from foresync.journal.journal import RecordJournal, move_aside
 from foresync.journal.oos_format import OutOfSync
 from foresync.link import wire
 from foresync.record import runs as extent_runs
@@ -53,9 +57,14 @@ from foresync.replication.actions import PrimaryAction, SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
-from foresync.testing.sim.disk import SECTOR, SimDisk, SimJournal
+from foresync.journal.undo import UndoLog, roll_back
+from foresync.testing.sim.disk import SECTOR, SimDisk
+from foresync.testing.sim.files import SimFiles
 
 VOLUME_ID = bytes(range(16))
+JOURNAL = "journal"  # the paths in a site's metadata directory (SimFiles)
+UNDO = "undo.log"
+CHECKPOINT_EVERY_ENTRIES = 24  # far fewer than the daemon's, so checkpoints happen often
 
 
 class SimFailure(Exception):
@@ -125,7 +134,34 @@ class World:
         self.now = 0.0
         # Two sites, "A" (first primary) and "B"; promotion swaps which one plays which role.
         self.disks = {"A": SimDisk(self.size), "B": SimDisk(self.size)}
-        self.journals = {"A": SimJournal(VOLUME_ID), "B": SimJournal(VOLUME_ID)}
+        # Each site's metadata directory, and the real record journal and undo log a running
+        # secondary has open over it (None while the site is down or a primary).
+        self.meta_files = {"A": SimFiles(), "B": SimFiles()}
+        for files in self.meta_files.values():
+            RecordJournal.create(JOURNAL, VOLUME_ID, files=files).close()
+        self.journals: dict[str, RecordJournal | None] = {"A": None, "B": None}
+        self.undos: dict[str, UndoLog | None] = {"A": None, "B": None}
+        self._assessed: dict[str, tuple[int | None, jfmt.Assessment]] = {}
+        self.torn_tails = 0  # torn journal tails a restart cut (and kept aside)
+        # site.json's "consistent" (False while a resync into the site has not finished) and
+        # "stale" (extents an undo rollback restored: older than the primary's until resynced).
+        self.consistent = {"A": True, "B": True}
+        self.stale: dict[str, set[int]] = {"A": set(), "B": set()}
+        # The undo log's check: each extent's content when first saved in this pass, and the
+        # saved extents a write has changed since; a rollback must restore those exactly.
+        self.undo_saved: dict[str, dict[int, bytes]] = {"A": {}, "B": {}}
+        self.undo_overwritten: dict[str, set[int]] = {"A": set(), "B": set()}
+        self.rollbacks = 0  # unfinished passes rolled back from the undo log
+        # Sectors whose promised (sync mode) versions a rollback took back on that site: the
+        # undo log restores the image from before the pass, host writes during it included.
+        # They are stale there, resynced from the primary, which keeps them (see design.md).
+        self.promise_exempt: dict[str, set[int]] = {"A": set(), "B": set()}
+        self.undo_failures = 0  # undo appends a full meta disk refused
+        # Online verify: what each side held of the extents of each VERIFY request.
+        self.verify_runs = 0
+        self.verify_differences = 0  # hashed extents that really differed (and were reported)
+        self._verify_primary: dict[int, list[bytes]] = {}
+        self._verify_secondary: dict[int, list[bytes]] = {}
         # A site's stored out-of-sync set (None: the file was deleted) and its "everything" flag.
         self.oos_stores: dict[str, set[int] | None] = {"A": set(), "B": set()}
         self.oos_all = {"A": False, "B": False}
@@ -167,6 +203,7 @@ class World:
         self.storage_failures = 0  # STORAGE_FAILED reports the primary received
         self.write_failures = {"primary": 0, "secondary": 0, "journal": 0}  # ENOSPC faults hit
         self._start_primary()
+        self._open_metadata("B", RecordJournal.open(JOURNAL, self.meta_files["B"]))
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
         self.connect_and_drain()
@@ -193,8 +230,42 @@ class World:
         return self.disks[self.roles["secondary"]]
 
     @property
-    def journal(self) -> SimJournal:
-        return self.journals[self.roles["secondary"]]
+    def journal(self) -> RecordJournal:
+        journal = self.journals[self.roles["secondary"]]
+        assert journal is not None, "the secondary is not running"
+        return journal
+
+    @property
+    def undo(self) -> UndoLog:
+        undo = self.undos[self.roles["secondary"]]
+        assert undo is not None, "the secondary is not running"
+        return undo
+
+    def _open_metadata(self, site: str, journal: RecordJournal) -> None:
+        self.journals[site] = journal
+        self.undos[site] = UndoLog(UNDO, self.meta_files[site])
+
+    def _close_metadata(self, site: str, forget_undo: bool = True) -> None:
+        """The site stops being a running secondary (a crash drops its descriptors instead)."""
+        for log in (self.journals[site], self.undos[site]):
+            if log is not None:
+                log.close()
+        self.journals[site] = self.undos[site] = None
+        if forget_undo:
+            self.undo_saved[site], self.undo_overwritten[site] = {}, set()
+
+    def _durable_record(self, site: str) -> RecordState | None:
+        """The record a restart of ``site`` would replay from the journal's durable bytes, or
+        None: it would trust no record (widen). The real ``journal.format.assess``, cached until
+        those bytes change."""
+        file = self.meta_files[site].durable(JOURNAL)
+        version = None if file is None else file.version
+        cached = self._assessed.get(site)
+        if cached is None or cached[0] != version:
+            data = None if file is None else file.durable
+            cached = self._assessed[site] = (version, jfmt.assess(data, VOLUME_ID, self.cfg.faults))
+        assessed = cached[1]
+        return None if assessed.doubt is not None else assessed.state
 
     def _restored_oos(self, site: str) -> OutOfSync:
         """What site's out-of-sync store gives a primary starting now (the real policy)."""
@@ -279,6 +350,8 @@ class World:
         if s is not None and s.syncs:
             choices.append((1.5, "data_sync"))
         choices.append((1.0, "tick"))
+        if p is not None and self.conn:
+            choices.append((0.03, "verify"))
         if self.conn == 0 and p is not None and s is not None and not self.cut:
             choices.append((2.0, "connect"))
         w = self.cfg.crash_weight
@@ -290,7 +363,7 @@ class World:
             elif self._may_restart_secondary():
                 choices.append((0.3, "restart_secondary"))
             if (p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0
-                    and not self.journal.full):  # promote's drain needs a journal commit
+                    and self.meta_files[self.roles["secondary"]].full is None):  # promote's drain commits
                 choices.append((0.1 * w, "promote"))
             if (p is not None and s is not None and self.conn and not self.cut
                     and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
@@ -381,6 +454,7 @@ class World:
         if isinstance(message, wire.Hello):
             s.conn = conn
             s.core.session_reset()
+            self._prepare_welcome()
         self._log(f"p2s {_short(message)}")
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
@@ -418,7 +492,11 @@ class World:
         self._log(f"s2p {_short(message)}")
         if isinstance(message, wire.StorageFailed):
             self.storage_failures += 1
+        hashes = message if isinstance(message, wire.Hashes) else None
+        local = None if hashes is None else _verify_local_hashes(p.core, hashes.request)
         p.core.receive(message)
+        if hashes is not None:
+            self._check_verify_verdict(hashes, local)
 
     def _ev_primary_flush(self) -> None:
         assert self.primary is not None
@@ -429,16 +507,16 @@ class World:
     def _ev_disk_full(self) -> None:
         """A full disk: either site's image, or the secondary's meta disk (its journal)."""
         choices = [disk for disk in self.disks.values() if disk.full is None]
-        journal = self.journals[self.roles["secondary"]]
+        meta = self.meta_files[self.roles["secondary"]]
         what = self.rng.randrange(len(choices) + 1) if choices else 0
         self.faulted = True  # the secondary's image is no longer a prefix of the history
         if what < len(choices):
             site = next(name for name, disk in self.disks.items() if disk is choices[what])
             self._log(f"DISK FULL: the image of site {site} ({'primary' if self.roles['primary'] == site else 'secondary'})")
             choices[what].full = random.Random(self.rng.random())
-        elif not journal.full:
-            self._log("DISK FULL: the secondary's meta disk (journal commits fail)")
-            journal.full = True
+        elif meta.full is None:
+            self._log("DISK FULL: the secondary's meta disk (journal commits, undo appends fail)")
+            meta.full = random.Random(self.rng.random())
 
     def _ev_disk_freed(self) -> None:
         self._log("disk space freed")
@@ -446,13 +524,13 @@ class World:
 
     def _any_full(self) -> bool:
         return (any(disk.full is not None for disk in self.disks.values())
-                or any(journal.full for journal in self.journals.values()))
+                or any(files.full is not None for files in self.meta_files.values()))
 
     def _free_disks(self) -> None:
         for disk in self.disks.values():
             disk.full = None
-        for journal in self.journals.values():
-            journal.full = False
+        for files in self.meta_files.values():
+            files.full = None
 
     def _ev_oos_persist(self) -> None:
         assert self.primary is not None
@@ -468,15 +546,35 @@ class World:
 
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
+        core = self.secondary.core
         target = self.secondary.commits.popleft()
+        try:  # SecondarySite._commit_both: old contents first, the writes they protect wait
+            self.undo.sync()
+        except StorageError as exc:
+            self._log(f"secondary undo log sync failed: {exc}")
+            core.storage_failed(wire.StorageArea.UNDO, exc.errno, str(exc))
+            return
         try:
             self.journal.commit(target)
         except StorageError as exc:
             self._log(f"secondary journal commit failed: {exc}")
             self.write_failures["journal"] += 1
-            self.secondary.core.storage_failed(wire.StorageArea.JOURNAL, exc.errno, str(exc))
+            core.storage_failed(wire.StorageArea.JOURNAL, exc.errno, str(exc))
             return
-        self.secondary.core.journal_synced(target)
+        core.journal_synced(target)
+        if self.journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not core.needs_journal_sync():
+            try:
+                self.journal.checkpoint(core.state)
+            except OSError as exc:  # the journal stays as it was, only longer
+                self._log(f"journal checkpoint failed: {exc}")
+
+    def _ev_verify(self) -> None:
+        """The operator starts an online verify (sometimes with --repair)."""
+        assert self.primary is not None
+        repair = self.rng.random() < 0.5
+        if self.primary.core.start_verify(repair):
+            self.verify_runs += 1
+            self._log(f"VERIFY started (repair={repair})")
 
     def _ev_data_sync(self) -> None:
         assert self.secondary is not None
@@ -543,6 +641,8 @@ class World:
         self.conn = 0
         self.p2s.clear()
         self.s2p.clear()
+        self._verify_primary.clear()  # request numbers start again with the next primary core
+        self._verify_secondary.clear()
         self.faulted = True
         if self.failback is not None and self.meta_roles[str(self.failback["site"])] == "secondary":
             # The failback pass was interrupted: the next pass also resends what the record
@@ -590,16 +690,25 @@ class World:
         self._disconnect("secondary crashed")
         self.secondary = None
         self.sdisk.crash(self.rng)
-        self.journal.crash(self.rng)
+        site = self.roles["secondary"]
+        files = self.meta_files[site]
+        self.journals[site] = self.undos[site] = None  # a crash closes no file: it drops them
+        files.crash(self.rng)
         damage = self.rng.random()
         if damage < 0.2:
+            position = files.damage(self.rng, JOURNAL)
+            if position is not None:
+                self.metadata_damages += 1
+                self._log(f"DAMAGE: byte {position} of {len(files.read(JOURNAL))} of the journal flipped")
+        elif damage < 0.3 and files.exists(JOURNAL):
             self.metadata_damages += 1
-            position = self.journal.damage(self.rng)
-            self._log(f"DAMAGE: byte {position} of {len(self.journal.data)} of the journal flipped")
-        elif damage < 0.3:
-            self.metadata_damages += 1
-            self.journal.lost = True
+            files.unlink(JOURNAL)
             self._log("DAMAGE: the journal deleted")
+        elif damage < 0.4 and files.exists(UNDO):
+            position = files.damage(self.rng, UNDO)
+            if position is not None:
+                self.metadata_damages += 1
+                self._log(f"DAMAGE: byte {position} of the undo log flipped")
         self.faulted = True
 
     def _may_restart_secondary(self) -> bool:
@@ -614,19 +723,81 @@ class World:
             self._step_down_old_primary(site)
             return
         self._log("restart secondary")
-        journal = self.journal
-        lost = journal.lost
-        assessed = journal.reopen(self.cfg.faults)
+        try:
+            journal = self._open_record(site)
+            self._open_metadata(site, journal)
+            self._roll_back_if_needed(site)
+        except (OSError, StorageError) as exc:  # a full disk: the daemon exits, to be started again
+            self._log(f"secondary {site} failed to start: {exc}")
+            self._close_metadata(site, forget_undo=False)
+            return
+        durable = journal.replayed.state
+        self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
+
+    def _open_record(self, site: str) -> RecordJournal:
+        """What transitions.open_record does, over the site's files: the real journal replay
+        (a torn tail is cut and kept aside); damage or a missing file widens durably first,
+        then the file is moved aside and a new journal started."""
+        files = self.meta_files[site]
+        data = files.read(JOURNAL) if files.exists(JOURNAL) else None
+        assessed = jfmt.assess(data, VOLUME_ID, self.cfg.faults)
+        if assessed.doubt is None and data is not None:
+            journal = RecordJournal.open(JOURNAL, files, self.cfg.faults)
+            if journal.replayed.torn_reason is not None:
+                self.torn_tails += 1
+            return journal
         if assessed.doubt is not None:
-            # roles.open_record: widen durably, then move the journal aside and start a new one.
             self._log(f"secondary {site}: record journal {assessed.doubt}: widened")
             self.widened[site] = True
-        if assessed.doubt is not None or lost:
-            self.journals[site] = SimJournal(VOLUME_ID)
-            self._start_secondary(RecordState())
+            self.consistent[site] = False
+            if data is not None:
+                move_aside(JOURNAL, "damaged", files)
+        return RecordJournal.create(JOURNAL, VOLUME_ID, files=files)
+
+    def _roll_back_if_needed(self, site: str) -> None:
+        """SecondarySite._roll_back_if_needed: a resync into this site did not finish, so the
+        image goes back to what it was before the pass, from the real undo log; the restored
+        extents are stale. A damaged log widens. Checks that every saved extent a write
+        changed since is restored exactly (the log was durable before each such write)."""
+        files, undo = self.meta_files[site], self.undos[site]
+        assert undo is not None
+        if not files.exists(UNDO):
             return
-        durable = assessed.state  # cached: give the core its own copy to change
-        self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
+        if self.consistent[site]:
+            undo.discard()  # a leftover from a pass that did finish
+            return
+        result = roll_back(UNDO, self.sdisk.write, self.sdisk.flush, self.extent_size, self.size, files)
+        self.rollbacks += 1
+        per_extent = self.extent_size // SECTOR
+        self.promise_exempt[site].update(sector for e in result.restored
+                                         for sector in range(e * per_extent, (e + 1) * per_extent))
+        if result.damage is not None:
+            undo.close()
+            self._log(f"secondary {site}: undo log damaged ({result.damage}): widened")
+            self.widened[site] = True
+            move_aside(UNDO, "damaged", files)
+        else:
+            self.consistent[site] = not self.widened[site]
+            self.stale[site] |= result.restored
+            undo.discard()
+            self._log(f"secondary {site}: unfinished resync rolled back, {sorted(result.restored)} restored")
+            es = self.extent_size
+            for extent in sorted(self.undo_overwritten[site]):
+                if self.sdisk.durable[extent * es : (extent + 1) * es] != self.undo_saved[site][extent]:
+                    self._fail(f"undo log: extent {extent} was overwritten during the resync, but the "
+                               f"rollback did not restore its content from before the pass")
+        self.undo_saved[site], self.undo_overwritten[site] = {}, set()
+
+    def _prepare_welcome(self) -> None:
+        """SecondarySite._prepare_welcome: an inconsistent copy asks for a full compare; keep
+        undo while the image is consistent, or while an unfinished pass's log is open."""
+        s = self.secondary
+        assert s is not None
+        site = self.roles["secondary"]
+        inconsistent = self.widened[site] or not self.consistent[site]
+        s.core.welcome_flags = wire.WelcomeFlag.INCONSISTENT if inconsistent else 0
+        s.core.stale = tuple(sorted(self.stale[site]))
+        s.core.protect_image = not inconsistent or self.meta_files[site].exists(UNDO)
 
     def _ev_promote(self) -> None:
         """Failover (claim 7): the secondary becomes primary of a new epoch; its durable record
@@ -641,9 +812,15 @@ class World:
             self._settle()
         self.sdisk.flush()
         site, old = self.roles["secondary"], self.roles["primary"]
-        state = self.journal.durable_state(self.cfg.faults)
+        if not self.consistent[site]:
+            try:  # promote a consistent, older copy, not a mix (SecondarySite._promote_now)
+                self._roll_back_if_needed(site)
+            except StorageError as exc:
+                self._log(f"promote refused: cannot roll back the unfinished resync: {exc}")
+                return
+        state = self._durable_record(site)
         everything = self.widened[site] or state is None
-        failback = set(range(self.extent_count)) if everything else set()
+        failback = set(range(self.extent_count)) if everything else set(self.stale[site])
         if state is not None:
             failback.update(state.extents)
             failback.update(extent_runs.expand(state.resync))
@@ -653,6 +830,8 @@ class World:
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
         self.widened[site] = False
+        self.consistent[site], self.stale[site] = True, set()
+        self._close_metadata(site)
         self.oos_stores[site] = set(failback)
         self.oos_all[site] = everything
         self.roles = {"primary": site, "secondary": old}
@@ -660,7 +839,7 @@ class World:
         self.faulted = True
         self._log(f"PROMOTE {site} to epoch {len(self.histories[site])}, failback set {sorted(failback)}")
         if self.mode is Mode.SYNC:
-            self._check_promised(self.pdisk.durable, f"promoted site {site}")
+            self._check_promised(self.pdisk.durable, f"promoted site {site}", self.promise_exempt[site])
         self._start_primary()
         self.failback = {"site": old, "set": set(failback), "written": set(), "old_oos": set(),
                          "sent": set()}
@@ -673,13 +852,16 @@ class World:
         self._log("SWITCHOVER: demote the primary")
         for _ in range(20000):
             stats = p.core.statistics()
-            if stats.in_sync and not self.host_ops and not p.flushes:
+            s = self.secondary
+            # In sync, and what is on the wire has arrived (a RESYNC_DONE may still be in flight:
+            # the secondary is consistent, and keeps its image at promote, only once it lands).
+            if (stats.in_sync and not self.host_ops and not p.flushes and not self.p2s and not self.s2p
+                    and s is not None and not s.commits and not s.syncs):
                 break
             events = [e for e, ready in ((self._ev_deliver_p2s, self.p2s), (self._ev_deliver_s2p, self.s2p),
                                          (self._ev_primary_flush, p.flushes),
                                          (self._ev_oos_persist, p.oos_persists),
                                          (self._ev_resume, p.resume_due)) if ready]
-            s = self.secondary
             if s is not None and s.commits:
                 events.append(self._ev_journal_commit)
             if s is not None and s.syncs:
@@ -695,7 +877,7 @@ class World:
         old = self.roles["primary"]
         self._disconnect("demoted")
         self.primary = None
-        self.journals[old] = SimJournal(VOLUME_ID)
+        self._fresh_metadata(old)
         self.oos_stores[old] = set()
         self.oos_all[old] = False
         self.meta_roles[old] = "secondary"
@@ -711,6 +893,9 @@ class World:
         steps down (DEMOTE); its record starts empty."""
         assert self.primary is not None
         new = self.roles["primary"]
+        if self.meta_files[site].full is not None:
+            self._log(f"old primary {site} cannot step down yet: its meta disk is full")
+            return
         # It starts as a primary first (a lost store widens, HELLO says "everything").
         restored = self._restored_oos(site)
         old_oos = set(restored.extents)
@@ -722,7 +907,8 @@ class World:
         self.oos_all[new] = self.primary.core.full_resync_pending
         if restored.everything:
             old_oos = set(range(self.extent_count))
-        self.journals[site] = SimJournal(VOLUME_ID)
+        self._fresh_metadata(site)
+        self._open_metadata(site, RecordJournal.open(JOURNAL, self.meta_files[site]))
         self.oos_stores[site] = set()
         self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
@@ -731,6 +917,14 @@ class World:
             self.failback["old_oos"] = old_oos
         self._log(f"old primary {site} steps down (its out-of-sync set: {sorted(old_oos)})")
         self._start_secondary(RecordState())
+
+    def _fresh_metadata(self, site: str) -> None:
+        """A site becoming a secondary from a primary: a new, empty journal, consistent."""
+        files = self.meta_files[site]
+        RecordJournal.create(JOURNAL, VOLUME_ID, files=files).close()
+        if files.exists(UNDO):
+            files.unlink(UNDO)
+        self.consistent[site], self.stale[site] = True, set()
 
     # -- carrying out actions ---------------------------------------------------------------------
 
@@ -765,9 +959,14 @@ class World:
             try:
                 self._do_secondary(action)
             except StorageError as exc:
-                self._log(f"secondary write failed: {exc}")
-                self.write_failures["secondary"] += 1
-                s.core.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc), actions[index:])
+                undo = isinstance(action, score.SaveUndo)
+                self._log(f"secondary {'undo log' if undo else 'image'} write failed: {exc}")
+                if undo:
+                    self.undo_failures += 1
+                else:
+                    self.write_failures["secondary"] += 1
+                area = wire.StorageArea.UNDO if undo else wire.StorageArea.IMAGE
+                s.core.storage_failed(area, exc.errno, str(exc), actions[index:])
                 return
 
     def _close_secondary_link(self) -> None:
@@ -796,6 +995,8 @@ class World:
                             if self.failback is not None:
                                 self.failback["sent"].add(message.offset // self.extent_size)  # type: ignore[attr-defined]
                         self.sent_history[message.seq] = (message.offset, data)
+                    elif isinstance(message, wire.Verify):
+                        self._note_verify_sent(message)
                     self.p2s.append((self.conn, wire.encode_frame(message)))
                 if isinstance(message, wire.ResyncDone) and self.failback is not None:
                     self._check_failback_bound()
@@ -858,11 +1059,19 @@ class World:
             case score.JournalAppend(entry):
                 self.journal.append(entry)
             case score.WriteData(offset, data, seq):
+                self._note_overwrite(offset, len(data))
                 self.sdisk.write(offset, data)
                 self._track_apply(seq, offset, data)
             case score.ZeroData(offset, length, _punch, seq):
+                self._note_overwrite(offset, length)
                 self.sdisk.zero(offset, length)
                 self._track_apply(seq, offset, bytes(length))
+            case score.SaveUndo(extent):
+                self._save_undo(extent)
+            case score.HashExtents(request, first, count):
+                self._send_hashes(request, first, count)
+            case score.ResyncStarted():
+                self.consistent[self.roles["secondary"]] = False  # durable before the first write
             case score.SyncData(through):
                 s.syncs.append(through)
             case score.ResyncFinished():
@@ -872,11 +1081,65 @@ class World:
                 if self.widened[site]:
                     self._log(f"secondary {site}: full compare finished, no longer widened")
                 self.widened[site] = False
+                self.consistent[site], self.stale[site] = True, set()
+                self.promise_exempt[site] = set()
+                self.undo.discard()
+                self.undo_saved[site], self.undo_overwritten[site] = {}, set()
                 s.core.welcome_flags = 0
             case score.CloseLink(reason):
                 if self.conn and s.conn == self.conn:
                     self._log(f"secondary closes the link: {reason}")
                     self._closing = self.conn
+
+    def _save_undo(self, extent: int) -> None:
+        """SaveUndo: the extent's current content into the real undo log (durable with the next
+        journal commit); the first saved content is what a rollback must bring back."""
+        site, es = self.roles["secondary"], self.extent_size
+        old = self.sdisk.read(extent * es, es)
+        self.undo.append(extent, old)
+        self.undo_saved[site].setdefault(extent, old)
+
+    def _note_overwrite(self, offset: int, length: int) -> None:
+        site = self.roles["secondary"]
+        saved = self.undo_saved[site]
+        if saved:
+            self.undo_overwritten[site].update(e for e in extents_of(offset, length, self.extent_size)
+                                               if e in saved)
+
+    def _send_hashes(self, request: int, first: int, count: int) -> None:
+        """HashExtents: hash the image as it is now (every earlier write carried out)."""
+        s = self.secondary
+        assert s is not None
+        es = self.extent_size
+        held = [self.sdisk.read(e * es, es) for e in range(first, first + count)]
+        self._verify_secondary[request] = held
+        if self.conn and s.conn == self.conn:
+            hashes = tuple(xxhash.xxh3_64_intdigest(data) for data in held)
+            self.s2p.append((self.conn, wire.encode_frame(wire.Hashes(request, first, hashes))))
+
+    def _note_verify_sent(self, message: wire.Verify) -> None:
+        """The primary hashed these extents just now (no action since has changed its image)."""
+        es = self.extent_size
+        self._verify_primary[message.request] = [self.pdisk.read(e * es, es)
+                                                 for e in range(message.first, message.first + message.count)]
+
+    def _check_verify_verdict(self, message: wire.Hashes, local: tuple[int, ...] | None) -> None:
+        """A verify's verdict on each extent it compared must be the real difference between
+        what the two images held when each side hashed it."""
+        p = self.primary
+        assert p is not None
+        ours = self._verify_primary.pop(message.request)
+        theirs = self._verify_secondary.pop(message.request)
+        for index, (mine, held) in enumerate(zip(ours, theirs, strict=True)):
+            extent = message.first + index
+            if local is not None and local[index] < 0:
+                continue  # a write to it was in flight: compared again later
+            differs = mine != held
+            self.verify_differences += differs
+            if differs != (extent in p.core.verify_mismatches):
+                self._fail(f"verify: extent {extent} {'differs' if differs else 'is equal'} on the "
+                           f"two sites, but the verify reported it "
+                           f"{'equal' if differs else 'different'}")
 
     def _track_apply(self, seq: int, offset: int, data: bytes) -> None:
         if self.faulted:
@@ -928,10 +1191,10 @@ class World:
 
     def _durably_covered(self) -> set[int]:
         everything = set(range(self.extent_count))
-        state = self.journal.durable_state(self.cfg.faults)
+        state = self._durable_record(self.roles["secondary"])
         if state is None or self.widened[self.roles["secondary"]]:
             return everything  # a restart would trust no record: every extent is compared
-        covered = set(state.extents)
+        covered = set(state.extents) | self.stale[self.roles["secondary"]]
         covered.update(extent_runs.expand(state.resync))  # a resync pass's set (issue 19)
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
@@ -975,11 +1238,13 @@ class World:
     def _check_sync_durability(self) -> None:
         """Invariant 5: what sync mode promised (FUA, or a completed FLUSH) is durable on both
         sites, so either may serve next."""
-        self._check_promised(self.sdisk.durable, "secondary")
-        self._check_promised(self.pdisk.durable, "primary")
+        self._check_promised(self.sdisk.durable, "secondary", self.promise_exempt[self.roles["secondary"]])
+        self._check_promised(self.pdisk.durable, "primary", self.promise_exempt[self.roles["primary"]])
 
-    def _check_promised(self, image: bytearray, site: str) -> None:
+    def _check_promised(self, image: bytearray, site: str, exempt: set[int]) -> None:
         for sector, version in self.sector_promised.items():
+            if sector in exempt:
+                continue
             raw = bytes(image[sector * SECTOR : sector * SECTOR + 8])
             have = struct.unpack(">Q", raw)[0]
             later = [v for v in self.sector_versions.get(sector, []) if v >= version]
@@ -1037,6 +1302,13 @@ class World:
                    if self.pdisk.durable[e * self.extent_size:(e + 1) * self.extent_size]
                    != self.sdisk.durable[e * self.extent_size:(e + 1) * self.extent_size]]
             self._fail(f"after quiescence the images differ in extents {bad}")
+
+
+def _verify_local_hashes(core: PrimaryCore, request: int) -> tuple[int, ...] | None:
+    """The primary's own hashes for a VERIFY request still waiting for its HASHES (-1: skipped,
+    a write was in flight). Read before the core consumes the reply."""
+    pending = core._verify_pending.get(request)
+    return None if pending is None else pending[1]
 
 
 def _weighted_choice(rng: random.Random, choices: list[tuple[float, str]]) -> str:
