@@ -62,9 +62,10 @@ def move_aside(path: str, label: str, files: Files = OS_FILES) -> str:
 
 class RecordJournal:
     def __init__(self, path: str, fd: int, volume_id: bytes, replayed: Replay,
-                 files: Files = OS_FILES) -> None:
+                 files: Files = OS_FILES, faults: Faults = NO_FAULTS) -> None:
         self.path = path
         self._files = files
+        self._faults = faults
         self._fd = fd
         self.volume_id = volume_id
         self.replayed = replayed
@@ -82,10 +83,10 @@ class RecordJournal:
 
     @classmethod
     def create(cls, path: str, volume_id: bytes, state: RecordState | None = None,
-               files: Files = OS_FILES) -> RecordJournal:
+               files: Files = OS_FILES, faults: Faults = NO_FAULTS) -> RecordJournal:
         """Write a new journal holding ``state`` (empty by default) and open it."""
         cls._write_image(files, path, volume_id, state or RecordState())
-        return cls.open(path, files)
+        return cls.open(path, files, faults)
 
     @classmethod
     def open(cls, path: str, files: Files = OS_FILES, faults: Faults = NO_FAULTS) -> RecordJournal:
@@ -105,7 +106,7 @@ class RecordJournal:
             except BaseException:
                 files.close(fd)
                 raise
-        return cls(path, fd, replayed.volume_id, replayed, files)
+        return cls(path, fd, replayed.volume_id, replayed, files, faults)
 
     @staticmethod
     def _preserve(files: Files, path: str, offset: int, torn: bytes) -> str:
@@ -205,6 +206,8 @@ class RecordJournal:
         self.synced = max(self.synced, target)
 
     def _fsync(self) -> None:
+        if self._faults.journal_sync_skipped:
+            return  # deliberately wrong: see faults.py
         self._files.fdatasync(self._fd)
 
     def checkpoint(self, state: RecordState) -> None:

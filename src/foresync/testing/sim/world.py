@@ -203,7 +203,7 @@ class World:
         self.storage_failures = 0  # STORAGE_FAILED reports the primary received
         self.write_failures = {"primary": 0, "secondary": 0, "journal": 0}  # ENOSPC faults hit
         self._start_primary()
-        self._open_metadata("B", RecordJournal.open(JOURNAL, self.meta_files["B"]))
+        self._open_metadata("B", RecordJournal.open(JOURNAL, self.meta_files["B"], self.cfg.faults))
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
         self.connect_and_drain()
@@ -752,7 +752,7 @@ class World:
             self.consistent[site] = False
             if data is not None:
                 move_aside(JOURNAL, "damaged", files)
-        return RecordJournal.create(JOURNAL, VOLUME_ID, files=files)
+        return RecordJournal.create(JOURNAL, VOLUME_ID, files=files, faults=self.cfg.faults)
 
     def _roll_back_if_needed(self, site: str) -> None:
         """SecondarySite._roll_back_if_needed: a resync into this site did not finish, so the
@@ -908,7 +908,7 @@ class World:
         if restored.everything:
             old_oos = set(range(self.extent_count))
         self._fresh_metadata(site)
-        self._open_metadata(site, RecordJournal.open(JOURNAL, self.meta_files[site]))
+        self._open_metadata(site, RecordJournal.open(JOURNAL, self.meta_files[site], self.cfg.faults))
         self.oos_stores[site] = set()
         self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
