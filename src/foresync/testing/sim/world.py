@@ -1,10 +1,11 @@
 """Two sites, a host and a network, stepped by one seeded RNG; invariants checked every step.
 
-The world runs the real ``PrimaryCore`` and ``SecondaryCore`` and the real link codec and journal
-format. Each step picks one enabled event: a host write, zero or flush; delivery of the next frame
-in either direction; completion of a pending fsync; a timer tick; or, rarely, a fault: link cut or
-heal, a crash or restart of either site, or a full disk (either site's image, or the secondary's
-journal) until it is freed again. After each step the actions of both cores are carried out,
+The world runs the real ``PrimaryCore`` and ``SecondaryCore``, the real link codec, and the real
+``RecordJournal`` and ``UndoLog`` over each site's metadata directory in ``SimFiles`` (torn and
+lost unsynced writes at a crash, ENOSPC). Each step picks one enabled event: a host write, zero or
+flush; delivery of the next frame in either direction; completion of a pending fsync; a timer
+tick; an online verify; or, rarely, a fault: link cut or heal, a crash or restart of either site,
+or a full disk (either site's image, or the secondary's meta disk) until it is freed again. After each step the actions of both cores are carried out,
 then the invariants are checked:
 
 1. the secondary's durable record (plus durable pending ranges, the durable resync set of a
@@ -28,6 +29,10 @@ then the invariants are checked:
    schedule of every other event as it was.
 8. whenever the primary reports ``in_sync`` and no host write is outstanding, the two images are
    identical: a site may say in sync only when it is.
+9. a rollback of an unfinished resync from an intact undo log restores every saved extent that a
+   write changed since to exactly its content when first saved (``_roll_back_if_needed``);
+10. every verdict of an online verify matches the real difference between the two images, each
+   as it was when that side hashed the extent (``_check_verify_verdict``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from foresync.journal import oos_format
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal, move_aside
 from foresync.journal.oos_format import OutOfSync
+from foresync.journal.undo import UndoLog, roll_back
 from foresync.link import wire
 from foresync.record import runs as extent_runs
 from foresync.record.predict import PREDICTORS, extents_of
@@ -57,7 +63,6 @@ from foresync.replication.actions import PrimaryAction, SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
-from foresync.journal.undo import UndoLog, roll_back
 from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.files import SimFiles
 
