@@ -140,9 +140,9 @@ def test_seeds_exercise_faults() -> None:
         world.run()
         strangers += world.strangers
         crashes += world.primary_crashes
-        torn += world.torn_tails
-        torn_writes += sum(files.torn_writes for files in world.meta_files.values())
-        lost_writes += sum(files.lost_writes for files in world.meta_files.values())
+        torn += sum(meta.torn_tails for meta in world.metas.values())
+        torn_writes += sum(meta.files.torn_writes for meta in world.metas.values())
+        lost_writes += sum(meta.files.lost_writes for meta in world.metas.values())
         rollbacks += sum("rolled back" in event for event in world.schedule)
         undo_failures += world.undo_failures
         verifies += world.verify_runs

@@ -47,12 +47,11 @@ import xxhash
 
 from foresync.errors import ForesyncError, StorageError
 from foresync.faults import NO_FAULTS, Faults
-from foresync.journal import format as jfmt
 from foresync.journal import oos_format
 from foresync.journal.format import RecordState
-from foresync.journal.journal import RecordJournal, move_aside
+from foresync.journal.journal import RecordJournal
 from foresync.journal.oos_format import OutOfSync
-from foresync.journal.undo import UndoLog, roll_back
+from foresync.journal.undo import UndoLog
 from foresync.link import wire
 from foresync.record import runs as extent_runs
 from foresync.record.predict import PREDICTORS, extents_of
@@ -64,11 +63,9 @@ from foresync.replication.admission import Admitted, Identity, Refused, screen_h
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 from foresync.testing.sim.disk import SECTOR, SimDisk
-from foresync.testing.sim.files import SimFiles
+from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
 VOLUME_ID = bytes(range(16))
-JOURNAL = "journal"  # the paths in a site's metadata directory (SimFiles)
-UNDO = "undo.log"
 CHECKPOINT_EVERY_ENTRIES = 24  # far fewer than the daemon's, so checkpoints happen often
 
 
@@ -139,24 +136,9 @@ class World:
         self.now = 0.0
         # Two sites, "A" (first primary) and "B"; promotion swaps which one plays which role.
         self.disks = {"A": SimDisk(self.size), "B": SimDisk(self.size)}
-        # Each site's metadata directory, and the real record journal and undo log a running
-        # secondary has open over it (None while the site is down or a primary).
-        self.meta_files = {"A": SimFiles(), "B": SimFiles()}
-        for files in self.meta_files.values():
-            RecordJournal.create(JOURNAL, VOLUME_ID, files=files).close()
-        self.journals: dict[str, RecordJournal | None] = {"A": None, "B": None}
-        self.undos: dict[str, UndoLog | None] = {"A": None, "B": None}
-        self._assessed: dict[str, tuple[int | None, jfmt.Assessment]] = {}
-        self.torn_tails = 0  # torn journal tails a restart cut (and kept aside)
-        # site.json's "consistent" (False while a resync into the site has not finished) and
-        # "stale" (extents an undo rollback restored: older than the primary's until resynced).
-        self.consistent = {"A": True, "B": True}
-        self.stale: dict[str, set[int]] = {"A": set(), "B": set()}
-        # The undo log's check: each extent's content when first saved in this pass, and the
-        # saved extents a write has changed since; a rollback must restore those exactly.
-        self.undo_saved: dict[str, dict[int, bytes]] = {"A": {}, "B": {}}
-        self.undo_overwritten: dict[str, set[int]] = {"A": set(), "B": set()}
-        self.rollbacks = 0  # unfinished passes rolled back from the undo log
+        # Each site's metadata: the real journal and undo log over its SimFiles, and site.json.
+        self.metas = {site: SimMeta(VOLUME_ID, self.extent_size, self.size, self.cfg.faults)
+                      for site in ("A", "B")}
         # Sectors whose promised (sync mode) versions a rollback took back on that site: the
         # undo log restores the image from before the pass, host writes during it included.
         # They are stale there, resynced from the primary, which keeps them (see design.md).
@@ -208,7 +190,7 @@ class World:
         self.storage_failures = 0  # STORAGE_FAILED reports the primary received
         self.write_failures = {"primary": 0, "secondary": 0, "journal": 0}  # ENOSPC faults hit
         self._start_primary()
-        self._open_metadata("B", RecordJournal.open(JOURNAL, self.meta_files["B"], self.cfg.faults))
+        self.metas["B"].start(RecordJournal.open(JOURNAL, self.metas["B"].files, self.cfg.faults))
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
         self.connect_and_drain()
@@ -235,42 +217,20 @@ class World:
         return self.disks[self.roles["secondary"]]
 
     @property
+    def meta(self) -> SimMeta:
+        return self.metas[self.roles["secondary"]]
+
+    @property
     def journal(self) -> RecordJournal:
-        journal = self.journals[self.roles["secondary"]]
+        journal = self.meta.journal
         assert journal is not None, "the secondary is not running"
         return journal
 
     @property
     def undo(self) -> UndoLog:
-        undo = self.undos[self.roles["secondary"]]
+        undo = self.meta.undo
         assert undo is not None, "the secondary is not running"
         return undo
-
-    def _open_metadata(self, site: str, journal: RecordJournal) -> None:
-        self.journals[site] = journal
-        self.undos[site] = UndoLog(UNDO, self.meta_files[site])
-
-    def _close_metadata(self, site: str, forget_undo: bool = True) -> None:
-        """The site stops being a running secondary (a crash drops its descriptors instead)."""
-        for log in (self.journals[site], self.undos[site]):
-            if log is not None:
-                log.close()
-        self.journals[site] = self.undos[site] = None
-        if forget_undo:
-            self.undo_saved[site], self.undo_overwritten[site] = {}, set()
-
-    def _durable_record(self, site: str) -> RecordState | None:
-        """The record a restart of ``site`` would replay from the journal's durable bytes, or
-        None: it would trust no record (widen). The real ``journal.format.assess``, cached until
-        those bytes change."""
-        file = self.meta_files[site].durable(JOURNAL)
-        version = None if file is None else file.version
-        cached = self._assessed.get(site)
-        if cached is None or cached[0] != version:
-            data = None if file is None else file.durable
-            cached = self._assessed[site] = (version, jfmt.assess(data, VOLUME_ID, self.cfg.faults))
-        assessed = cached[1]
-        return None if assessed.doubt is not None else assessed.state
 
     def _restored_oos(self, site: str) -> OutOfSync:
         """What site's out-of-sync store gives a primary starting now (the real policy)."""
@@ -368,7 +328,7 @@ class World:
             elif self._may_restart_secondary():
                 choices.append((0.3, "restart_secondary"))
             if (p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0
-                    and self.meta_files[self.roles["secondary"]].full is None):  # promote's drain commits
+                    and self.meta.files.full is None):  # promote's drain commits
                 choices.append((0.1 * w, "promote"))
             if (p is not None and s is not None and self.conn and not self.cut
                     and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
@@ -512,7 +472,7 @@ class World:
     def _ev_disk_full(self) -> None:
         """A full disk: either site's image, or the secondary's meta disk (its journal)."""
         choices = [disk for disk in self.disks.values() if disk.full is None]
-        meta = self.meta_files[self.roles["secondary"]]
+        meta = self.meta.files
         what = self.rng.randrange(len(choices) + 1) if choices else 0
         self.faulted = True  # the secondary's image is no longer a prefix of the history
         if what < len(choices):
@@ -529,13 +489,13 @@ class World:
 
     def _any_full(self) -> bool:
         return (any(disk.full is not None for disk in self.disks.values())
-                or any(files.full is not None for files in self.meta_files.values()))
+                or any(meta.files.full is not None for meta in self.metas.values()))
 
     def _free_disks(self) -> None:
         for disk in self.disks.values():
             disk.full = None
-        for files in self.meta_files.values():
-            files.full = None
+        for meta in self.metas.values():
+            meta.files.full = None
 
     def _ev_oos_persist(self) -> None:
         assert self.primary is not None
@@ -695,10 +655,8 @@ class World:
         self._disconnect("secondary crashed")
         self.secondary = None
         self.sdisk.crash(self.rng)
-        site = self.roles["secondary"]
-        files = self.meta_files[site]
-        self.journals[site] = self.undos[site] = None  # a crash closes no file: it drops them
-        files.crash(self.rng)
+        files = self.meta.files
+        self.meta.crash(self.rng)
         damage = self.rng.random()
         if damage < 0.2:
             position = files.damage(self.rng, JOURNAL)
@@ -728,81 +686,48 @@ class World:
             self._step_down_old_primary(site)
             return
         self._log("restart secondary")
+        meta = self.meta
         try:
-            journal = self._open_record(site)
-            self._open_metadata(site, journal)
+            journal, doubt = meta.open_record()
+            if doubt is not None:  # transitions.open_record: widen durably, then start anew
+                self._log(f"secondary {site}: record journal {doubt}: widened")
+                self.widened[site] = True
+            meta.start(journal)
             self._roll_back_if_needed(site)
         except (OSError, StorageError) as exc:  # a full disk: the daemon exits, to be started again
             self._log(f"secondary {site} failed to start: {exc}")
-            self._close_metadata(site, forget_undo=False)
+            meta.stop(forget_undo=False)
             return
         durable = journal.replayed.state
         self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
 
-    def _open_record(self, site: str) -> RecordJournal:
-        """What transitions.open_record does, over the site's files: the real journal replay
-        (a torn tail is cut and kept aside); damage or a missing file widens durably first,
-        then the file is moved aside and a new journal started."""
-        files = self.meta_files[site]
-        data = files.read(JOURNAL) if files.exists(JOURNAL) else None
-        assessed = jfmt.assess(data, VOLUME_ID, self.cfg.faults)
-        if assessed.doubt is None and data is not None:
-            journal = RecordJournal.open(JOURNAL, files, self.cfg.faults)
-            if journal.replayed.torn_reason is not None:
-                self.torn_tails += 1
-            return journal
-        if assessed.doubt is not None:
-            self._log(f"secondary {site}: record journal {assessed.doubt}: widened")
-            self.widened[site] = True
-            self.consistent[site] = False
-            if data is not None:
-                move_aside(JOURNAL, "damaged", files)
-        return RecordJournal.create(JOURNAL, VOLUME_ID, files=files, faults=self.cfg.faults)
-
     def _roll_back_if_needed(self, site: str) -> None:
-        """SecondarySite._roll_back_if_needed: a resync into this site did not finish, so the
-        image goes back to what it was before the pass, from the real undo log; the restored
-        extents are stale. A damaged log widens. Checks that every saved extent a write
-        changed since is restored exactly (the log was durable before each such write)."""
-        files, undo = self.meta_files[site], self.undos[site]
-        assert undo is not None
-        if not files.exists(UNDO):
+        """An unfinished resync is rolled back from the real undo log (SimMeta); a damaged log
+        widens. Sync mode's promises on the restored extents are taken back with them."""
+        result, wrong = self.metas[site].roll_back_if_needed(self.sdisk, self.widened[site])
+        if result is None:
             return
-        if self.consistent[site]:
-            undo.discard()  # a leftover from a pass that did finish
-            return
-        result = roll_back(UNDO, self.sdisk.write, self.sdisk.flush, self.extent_size, self.size, files)
-        self.rollbacks += 1
         per_extent = self.extent_size // SECTOR
         self.promise_exempt[site].update(sector for e in result.restored
                                          for sector in range(e * per_extent, (e + 1) * per_extent))
         if result.damage is not None:
-            undo.close()
             self._log(f"secondary {site}: undo log damaged ({result.damage}): widened")
             self.widened[site] = True
-            move_aside(UNDO, "damaged", files)
-        else:
-            self.consistent[site] = not self.widened[site]
-            self.stale[site] |= result.restored
-            undo.discard()
-            self._log(f"secondary {site}: unfinished resync rolled back, {sorted(result.restored)} restored")
-            es = self.extent_size
-            for extent in sorted(self.undo_overwritten[site]):
-                if self.sdisk.durable[extent * es : (extent + 1) * es] != self.undo_saved[site][extent]:
-                    self._fail(f"undo log: extent {extent} was overwritten during the resync, but the "
-                               f"rollback did not restore its content from before the pass")
-        self.undo_saved[site], self.undo_overwritten[site] = {}, set()
+            return
+        self._log(f"secondary {site}: unfinished resync rolled back, {sorted(result.restored)} restored")
+        if wrong:
+            self._fail(f"undo log: extents {wrong} were overwritten during the resync, but the "
+                       f"rollback did not restore their content from before the pass")
 
     def _prepare_welcome(self) -> None:
-        """SecondarySite._prepare_welcome: an inconsistent copy asks for a full compare; keep
-        undo while the image is consistent, or while an unfinished pass's log is open."""
+        """SecondarySite._prepare_welcome, before the core answers a HELLO."""
         s = self.secondary
         assert s is not None
         site = self.roles["secondary"]
-        inconsistent = self.widened[site] or not self.consistent[site]
+        inconsistent, stale, protect = self.meta.welcome(self.widened[site])
         s.core.welcome_flags = wire.WelcomeFlag.INCONSISTENT if inconsistent else 0
-        s.core.stale = tuple(sorted(self.stale[site]))
-        s.core.protect_image = not inconsistent or self.meta_files[site].exists(UNDO)
+        s.core.stale = stale
+        s.core.protect_image = protect
 
     def _ev_promote(self) -> None:
         """Failover (claim 7): the secondary becomes primary of a new epoch; its durable record
@@ -817,15 +742,15 @@ class World:
             self._settle()
         self.sdisk.flush()
         site, old = self.roles["secondary"], self.roles["primary"]
-        if not self.consistent[site]:
+        if not self.meta.consistent:
             try:  # promote a consistent, older copy, not a mix (SecondarySite._promote_now)
                 self._roll_back_if_needed(site)
             except StorageError as exc:
                 self._log(f"promote refused: cannot roll back the unfinished resync: {exc}")
                 return
-        state = self._durable_record(site)
+        state = self.meta.durable_record()
         everything = self.widened[site] or state is None
-        failback = set(range(self.extent_count)) if everything else set(self.stale[site])
+        failback = set(range(self.extent_count)) if everything else set(self.meta.stale)
         if state is not None:
             failback.update(state.extents)
             failback.update(extent_runs.expand(state.resync))
@@ -835,8 +760,8 @@ class World:
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
         self.widened[site] = False
-        self.consistent[site], self.stale[site] = True, set()
-        self._close_metadata(site)
+        self.meta.consistent, self.meta.stale = True, set()
+        self.meta.stop()
         self.oos_stores[site] = set(failback)
         self.oos_all[site] = everything
         self.roles = {"primary": site, "secondary": old}
@@ -882,7 +807,7 @@ class World:
         old = self.roles["primary"]
         self._disconnect("demoted")
         self.primary = None
-        self._fresh_metadata(old)
+        self.metas[old].fresh()
         self.oos_stores[old] = set()
         self.oos_all[old] = False
         self.meta_roles[old] = "secondary"
@@ -898,7 +823,7 @@ class World:
         steps down (DEMOTE); its record starts empty."""
         assert self.primary is not None
         new = self.roles["primary"]
-        if self.meta_files[site].full is not None:
+        if self.metas[site].files.full is not None:
             self._log(f"old primary {site} cannot step down yet: its meta disk is full")
             return
         # It starts as a primary first (a lost store widens, HELLO says "everything").
@@ -912,8 +837,9 @@ class World:
         self.oos_all[new] = self.primary.core.full_resync_pending
         if restored.everything:
             old_oos = set(range(self.extent_count))
-        self._fresh_metadata(site)
-        self._open_metadata(site, RecordJournal.open(JOURNAL, self.meta_files[site], self.cfg.faults))
+        meta = self.metas[site]
+        meta.fresh()
+        meta.start(RecordJournal.open(JOURNAL, meta.files, self.cfg.faults))
         self.oos_stores[site] = set()
         self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
@@ -922,14 +848,6 @@ class World:
             self.failback["old_oos"] = old_oos
         self._log(f"old primary {site} steps down (its out-of-sync set: {sorted(old_oos)})")
         self._start_secondary(RecordState())
-
-    def _fresh_metadata(self, site: str) -> None:
-        """A site becoming a secondary from a primary: a new, empty journal, consistent."""
-        files = self.meta_files[site]
-        RecordJournal.create(JOURNAL, VOLUME_ID, files=files).close()
-        if files.exists(UNDO):
-            files.unlink(UNDO)
-        self.consistent[site], self.stale[site] = True, set()
 
     # -- carrying out actions ---------------------------------------------------------------------
 
@@ -1076,7 +994,7 @@ class World:
             case score.HashExtents(request, first, count):
                 self._send_hashes(request, first, count)
             case score.ResyncStarted():
-                self.consistent[self.roles["secondary"]] = False  # durable before the first write
+                self.meta.consistent = False  # durable before the first resync write lands
             case score.SyncData(through):
                 s.syncs.append(through)
             case score.ResyncFinished():
@@ -1086,10 +1004,8 @@ class World:
                 if self.widened[site]:
                     self._log(f"secondary {site}: full compare finished, no longer widened")
                 self.widened[site] = False
-                self.consistent[site], self.stale[site] = True, set()
+                self.meta.resync_finished()
                 self.promise_exempt[site] = set()
-                self.undo.discard()
-                self.undo_saved[site], self.undo_overwritten[site] = {}, set()
                 s.core.welcome_flags = 0
             case score.CloseLink(reason):
                 if self.conn and s.conn == self.conn:
@@ -1099,17 +1015,12 @@ class World:
     def _save_undo(self, extent: int) -> None:
         """SaveUndo: the extent's current content into the real undo log (durable with the next
         journal commit); the first saved content is what a rollback must bring back."""
-        site, es = self.roles["secondary"], self.extent_size
-        old = self.sdisk.read(extent * es, es)
-        self.undo.append(extent, old)
-        self.undo_saved[site].setdefault(extent, old)
+        es = self.extent_size
+        self.meta.save_undo(extent, self.sdisk.read(extent * es, es))
 
     def _note_overwrite(self, offset: int, length: int) -> None:
-        site = self.roles["secondary"]
-        saved = self.undo_saved[site]
-        if saved:
-            self.undo_overwritten[site].update(e for e in extents_of(offset, length, self.extent_size)
-                                               if e in saved)
+        if self.meta.undo_saved:
+            self.meta.note_overwrite(extents_of(offset, length, self.extent_size))
 
     def _send_hashes(self, request: int, first: int, count: int) -> None:
         """HashExtents: hash the image as it is now (every earlier write carried out)."""
@@ -1196,10 +1107,10 @@ class World:
 
     def _durably_covered(self) -> set[int]:
         everything = set(range(self.extent_count))
-        state = self._durable_record(self.roles["secondary"])
+        state = self.meta.durable_record()
         if state is None or self.widened[self.roles["secondary"]]:
             return everything  # a restart would trust no record: every extent is compared
-        covered = set(state.extents) | self.stale[self.roles["secondary"]]
+        covered = set(state.extents) | self.meta.stale
         covered.update(extent_runs.expand(state.resync))  # a resync pass's set (issue 19)
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
