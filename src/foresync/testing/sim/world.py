@@ -770,6 +770,11 @@ class World:
         self._log(f"PROMOTE {site} to epoch {len(self.histories[site])}, failback set {sorted(failback)}")
         if self.mode is Mode.SYNC:
             self._check_promised(self.pdisk.durable, f"promoted site {site}", self.promise_exempt[site])
+        # What a rollback took back here is lost with this promotion: the failback overwrites
+        # the old primary's newer copy (a known gap of sync mode, design.md §13).
+        for sector in self.promise_exempt[site]:
+            self.sector_promised.pop(sector, None)
+        self.promise_exempt[site] = set()
         self._start_primary()
         self.failback = {"site": old, "set": set(failback), "written": set(), "old_oos": set(),
                          "sent": set()}
