@@ -12,6 +12,9 @@ journal; a torn tail is copied aside to ``<journal>.torn-<offset>`` and fsynced 
 is truncated back to its last whole entry, so no bytes are ever destroyed silently. Damage (see
 ``format``) is not a torn tail: opening raises JournalCorruption and leaves the file untouched,
 and the caller decides (the secondary widens, then moves the file aside with ``move_aside``).
+
+Every file operation goes through a ``journal.durable.Files``: the real filesystem by default,
+the seeded simulator's faulty one (``testing/sim/files.py``) there, so both run this code.
 """
 
 from __future__ import annotations

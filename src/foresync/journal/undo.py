@@ -26,7 +26,8 @@ extent as possibly different.
 So the file must never hold a partial entry with whole ones after it: an append the disk refuses
 (full) is cut off again, and a failed fdatasync cuts the file back to what the last good one
 covered (the writes waiting on those entries are dropped, and their extents saved again before a
-later write: SecondaryCore).
+later write: SecondaryCore). Files are reached through ``journal.durable.Files``, as the record
+journal's are, so the simulator runs this code over its faulty file layer.
 """
 
 from __future__ import annotations
