@@ -39,6 +39,8 @@ REGRESSION_SEEDS = {
     373: "a flipped length byte of the journal's last RESYNC_SET read as a torn tail: the resync set "
          "was lost (test_journal.py::test_every_flipped_byte_around_resync_entries_is_damage)",
     435: "the same, in the RESYNC_SET that follows a rewritten journal's checkpoint",
+    19: "a VERIFY hashed after the link came back sent its HASHES to the new connection, which "
+        "had not asked (test_replication_cores.py::test_a_new_session_drops_the_old_ones_verify_hashing)",
 }
 
 
