@@ -27,6 +27,11 @@ class Faults:
     # primary: a write while the link is down lands here before its extents are durably
     # out-of-sync (it skips the op state AWAIT_OOS, ordering.py): a crash then loses the mark
     apply_before_out_of_sync_durable: bool = False
+    # secondary: a write during a resync pass does not wait for the commit that makes the undo
+    # entry of its extent durable, so a crash can lose the old content it overwrote
+    undo_not_synced_before_write: bool = False
+    journal_sync_skipped: bool = False  # record journal: a commit counts appends durable without fdatasync
+    verify_ignores_mismatch: bool = False  # primary: verify reports an extent equal when hashes differ
 
 
 NO_FAULTS = Faults()

@@ -39,6 +39,8 @@ REGRESSION_SEEDS = {
     373: "a flipped length byte of the journal's last RESYNC_SET read as a torn tail: the resync set "
          "was lost (test_journal.py::test_every_flipped_byte_around_resync_entries_is_damage)",
     435: "the same, in the RESYNC_SET that follows a rewritten journal's checkpoint",
+    19: "a VERIFY hashed after the link came back sent its HASHES to the new connection, which "
+        "had not asked (test_replication_cores.py::test_a_new_session_drops_the_old_ones_verify_hashing)",
 }
 
 
@@ -130,17 +132,23 @@ def test_seeds_keep_every_invariant() -> None:
 
 
 def test_seeds_exercise_faults() -> None:
-    """The runs above must really crash sites, tear journals, damage metadata, fill disks and
-    meet strangers, or they prove little."""
+    """The runs above must really crash sites, tear journals, damage metadata, fill disks,
+    roll back resyncs, verify and meet strangers, or they prove little."""
     crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
-    reports = 0
+    reports = rollbacks = undo_failures = verifies = differences = torn_writes = lost_writes = 0
     failures = {"primary": 0, "secondary": 0, "journal": 0}
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
         world.run()
         strangers += world.strangers
         crashes += world.primary_crashes
-        torn += sum(journal.torn_tails for journal in world.journals.values())
+        torn += sum(meta.torn_tails for meta in world.metas.values())
+        torn_writes += sum(meta.files.torn_writes for meta in world.metas.values())
+        lost_writes += sum(meta.files.lost_writes for meta in world.metas.values())
+        rollbacks += sum("rolled back" in event for event in world.schedule)
+        undo_failures += world.undo_failures
+        verifies += world.verify_runs
+        differences += world.verify_differences
         promotions += world.promotions
         switchovers += sum("SWITCHOVER" in event for event in world.schedule)
         damages += world.metadata_damages
@@ -158,6 +166,10 @@ def test_seeds_exercise_faults() -> None:
     assert strangers > 40, "strangers rarely knocked: invariant 7 went untested"
     assert all(count > 10 for count in failures.values()), f"too few full-disk failures: {failures}"
     assert reports > 10, "the primary hardly ever heard of a secondary's storage failure"
+    assert torn_writes > 5 and lost_writes > 5, "the metadata files were never torn or lost writes"
+    assert rollbacks > 5, "no unfinished resync was rolled back from the undo log"
+    assert undo_failures > 0, "a full meta disk never refused an undo entry"
+    assert verifies > 20 and differences > 20, "verify rarely ran, or never met a real difference"
 
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))

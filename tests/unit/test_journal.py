@@ -18,8 +18,6 @@ import pytest
 from foresync.errors import JournalCorruption, StorageError
 from foresync.journal import durable
 from foresync.journal import format as fmt
-from foresync.journal import journal as journal_mod
-from foresync.journal import undo as undo_mod
 from foresync.journal.format import EntryKind, RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, read_entries
@@ -622,7 +620,7 @@ def test_an_append_the_disk_refuses_waits_for_the_commit(tmp_path: Path,
     path = tmp_path / "journal"
     journal = RecordJournal.create(str(path), VOLUME)
     disk = _FullDisk(journal._fd)
-    monkeypatch.setattr(journal_mod.os, "write", disk)
+    monkeypatch.setattr(os, "write", disk)
     disk.room = 5  # part of the first entry fits
     assert journal.append(fmt.encode_add([1])) == 1
     assert journal.append(fmt.encode_add([2])) == 2
@@ -671,7 +669,7 @@ def test_an_undo_entry_the_disk_refuses_is_cut_off(tmp_path: Path, monkeypatch: 
     log = UndoLog(str(tmp_path / "undo.log"))
     log.append(1, b"a" * 100)
     disk = _FullDisk(log._fd)
-    monkeypatch.setattr(undo_mod.os, "write", disk)
+    monkeypatch.setattr(os, "write", disk)
     disk.room = 50
     with pytest.raises(StorageError, match=r"undo log .*append failed") as failure:
         log.append(2, b"b" * 100)
@@ -693,7 +691,7 @@ def test_a_failed_undo_sync_cuts_back_to_the_last_good_one(tmp_path: Path,
     def broken(fd: int) -> None:
         raise OSError(5, "EIO")
 
-    monkeypatch.setattr(undo_mod.os, "fdatasync", broken)
+    monkeypatch.setattr(os, "fdatasync", broken)
     with pytest.raises(StorageError, match="fdatasync failed"):
         log.sync()
     monkeypatch.undo()

@@ -1199,6 +1199,23 @@ def test_secondary_storage_failure_saves_again_only_undo_not_yet_durable() -> No
     assert saves == [score.SaveUndo(1)]
 
 
+def test_a_new_session_drops_the_old_ones_verify_hashing() -> None:
+    """Issue 13 (found by the simulator's verify): a VERIFY waiting behind a journal commit was
+    still hashed after the link came back, and its HASHES reached the new connection, whose
+    primary had never asked (RemoteProtocolError, the link failed). Image effects stay."""
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    core.receive(wire.Write(1, 0, int(WriteFlag.MISS), 1, (), b"a"))  # waits for its commit
+    core.receive(wire.Verify(7, 0, 2))  # in order behind it
+    core.actions()
+    core.session_reset()
+    core.journal_synced(core.journal_target())
+    released = core.actions()
+    assert any(isinstance(a, score.WriteData) for a in released)
+    assert not any(isinstance(a, score.HashExtents) for a in released), released
+
+
 def test_secondary_sync_failure_does_not_wedge_the_watermark() -> None:
     core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
     core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))

@@ -152,13 +152,13 @@ def roll_back_unfinished_resync(cfg: SiteConfig, meta: SiteMeta, backend: FileBa
     inconsistent, every extent in doubt, and the log is moved aside. Returns the new metadata and
     how many extents were restored."""
     path = undo.path
-    result = roll_back(path, backend.write, backend.flush, cfg.extent_size, cfg.size)
+    result = roll_back(path, backend.write, backend.flush, cfg.extent_size, cfg.size, undo.files)
     if result.damage is not None:
         undo.close()
         meta = widen(cfg, meta, f"undo log {path} is damaged ({result.damage}), so the unfinished "
                                 "resync's rollback cannot be trusted")
         log.error("undo log: %d extents before the damage were restored; the log is kept as %s",
-                  len(result.restored), move_aside(path, "damaged"))
+                  len(result.restored), move_aside(path, "damaged", undo.files))
         undo.saved = 0
         return meta, len(result.restored)
     meta = meta.update(consistent=not meta.metadata_damage,

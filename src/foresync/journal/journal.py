@@ -2,8 +2,7 @@
 
 Appends go straight to the file (``O_APPEND``) but are not durable until ``sync``; the daemon
 calls ``sync`` once for every batch of concurrent appends (group commit). ``_fsync`` is the one
-place its appends are made durable (through ``durable``), so a test can replace it with one that
-fails. An append the file
+place durability happens, so a test can replace it with one that fails. An append the file
 refuses (a full disk) is cut back to the last whole entry and kept in memory with every later
 one; ``commit`` writes them before it syncs, and fails while it cannot. Every entry since the
 last successful sync is kept too: after a failed fdatasync the kernel may have dropped those
@@ -13,26 +12,34 @@ journal; a torn tail is copied aside to ``<journal>.torn-<offset>`` and fsynced 
 is truncated back to its last whole entry, so no bytes are ever destroyed silently. Damage (see
 ``format``) is not a torn tail: opening raises JournalCorruption and leaves the file untouched,
 and the caller decides (the secondary widens, then moves the file aside with ``durable.move_aside``).
+
+Every file operation goes through a ``journal.durable.Files``: the real filesystem by default,
+the seeded simulator's faulty one (``testing/sim/files.py``) there, so both run this code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-import os
 import threading
 
 from foresync.errors import JournalCorruption, StorageError
-from foresync.journal import durable
+from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as fmt
+from foresync.journal.durable import OS_FILES, Files, write_all
 from foresync.journal.format import RecordState, Replay
 
 log = logging.getLogger(__name__)
 
 
+
 class RecordJournal:
-    def __init__(self, path: str, fd: int, volume_id: bytes, replayed: Replay) -> None:
+    def __init__(self, path: str, fd: int, volume_id: bytes, replayed: Replay,
+                 files: Files = OS_FILES, faults: Faults = NO_FAULTS) -> None:
         self.path = path
+        self._files = files
+        self._faults = faults
         self._fd = fd
         self.volume_id = volume_id
         self.replayed = replayed
@@ -42,58 +49,74 @@ class RecordJournal:
         # commit() runs in a worker thread while the event loop appends: the lock guards the
         # file's end and the entries below (never held across commit's fdatasync).
         self._lock = threading.Lock()
-        self._end = os.fstat(fd).st_size  # the file's length: whole entries only
+        self._end = files.size(fd)  # the file's length: whole entries only
         self._synced_end = self._end
         self._since_sync: list[bytes] = []  # entries appended since the last successful sync
         self._unwritten = 0  # how many of the last of those are not in the file yet
         self._cut = False  # the file may hold bytes past _end (a failed write, a failed sync)
 
     @classmethod
-    def create(cls, path: str, volume_id: bytes, state: RecordState | None = None) -> RecordJournal:
+    def create(cls, path: str, volume_id: bytes, state: RecordState | None = None,
+               files: Files = OS_FILES, faults: Faults = NO_FAULTS) -> RecordJournal:
         """Write a new journal holding ``state`` (empty by default) and open it."""
-        cls._write_image(path, volume_id, state or RecordState())
-        return cls.open(path)
+        cls._write_image(files, path, volume_id, state or RecordState())
+        return cls.open(path, files, faults)
 
     @classmethod
-    def open(cls, path: str) -> RecordJournal:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        replayed = fmt.replay(data)
+    def open(cls, path: str, files: Files = OS_FILES, faults: Faults = NO_FAULTS) -> RecordJournal:
+        data = files.read(path)
+        replayed = fmt.replay(data, faults=faults)
         if replayed.damage is not None:
             raise JournalCorruption(f"journal {path}: {replayed.damage}", replayed.valid_end)
+        fd = files.open_append(path)
         if replayed.torn_reason is not None:
-            aside = cls._preserve(path, replayed.valid_end, data[replayed.valid_end :])
-            log.warning("journal %s: %s at byte %d; %d bytes preserved in %s and cut from the journal",
-                        path, replayed.torn_reason, replayed.valid_end, len(data) - replayed.valid_end, aside)
-            with open(path, "r+b") as handle:
-                handle.truncate(replayed.valid_end)
-                handle.flush()
-                durable.sync_file(handle.fileno())
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        return cls(path, fd, replayed.volume_id, replayed)
+            try:
+                aside = cls._preserve(files, path, replayed.valid_end, data[replayed.valid_end :])
+                log.warning("journal %s: %s at byte %d; %d bytes preserved in %s and cut from the "
+                            "journal", path, replayed.torn_reason, replayed.valid_end,
+                            len(data) - replayed.valid_end, aside)
+                files.truncate(fd, replayed.valid_end)
+                files.fsync(fd)
+            except BaseException:
+                files.close(fd)
+                raise
+        return cls(path, fd, replayed.volume_id, replayed, files, faults)
 
     @staticmethod
-    def _preserve(path: str, offset: int, torn: bytes) -> str:
+    def _preserve(files: Files, path: str, offset: int, torn: bytes) -> str:
         """Copy a torn tail aside, durably (bytes and directory entry), under a name no earlier
         tear at the same offset already holds: a second crash must not overwrite the first."""
         for suffix in itertools.count():
             aside = f"{path}.torn-{offset}" + (f".{suffix}" if suffix else "")
             try:
-                handle = open(aside, "xb")  # noqa: SIM115 (closed by the with below)
+                fd = files.create(aside, exclusive=True)
             except FileExistsError:
                 continue
-            with handle:
-                handle.write(torn)
-                handle.flush()
-                durable.sync_file(handle.fileno())
-            durable.sync_dir(aside)
+            try:
+                write_all(files, fd, torn)
+                files.fsync(fd)
+            finally:
+                files.close(fd)
+            files.fsync_dir(aside)
             return aside
         raise AssertionError("unreachable")
 
     @staticmethod
-    @staticmethod
-    def _write_image(path: str, volume_id: bytes, state: RecordState) -> None:
-        durable.write_atomic(path, fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
+    def _write_image(files: Files, path: str, volume_id: bytes, state: RecordState) -> None:
+        tmp = f"{path}.tmp"
+        try:
+            fd = files.create(tmp)
+            try:
+                write_all(files, fd, fmt.encode_header(volume_id) + fmt.encode_checkpoint(state))
+                files.fsync(fd)
+            finally:
+                files.close(fd)
+            files.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):  # a partial image only holds space a full disk lacks
+                files.unlink(tmp)
+            raise
+        files.fsync_dir(path)
 
     def append(self, entry: bytes) -> int:
         """Append one encoded entry; returns its number for ``sync``. Not durable yet. Never
@@ -114,12 +137,12 @@ class RecordJournal:
     def _write(self, entry: bytes) -> None:
         """Write one whole entry at the end (under the lock), or leave the file as it was."""
         if self._cut:
-            os.ftruncate(self._fd, self._end)
+            self._files.truncate(self._fd, self._end)
             self._cut = False
         view = memoryview(entry)
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                view = view[self._files.write(self._fd, view) :]
         except OSError:
             self._cut = len(view) < len(entry)  # part of it landed: cut it off first next time
             raise
@@ -157,21 +180,23 @@ class RecordJournal:
         self.synced = max(self.synced, target)
 
     def _fsync(self) -> None:
-        durable.sync_data(self._fd)
+        if self._faults.journal_sync_skipped:
+            return  # deliberately wrong: see faults.py
+        self._files.fdatasync(self._fd)
 
     def checkpoint(self, state: RecordState) -> None:
         """Replace the journal with one checkpoint of ``state`` (atomic rename). If writing the
         new image fails, the old journal stays in place and open, so appends still land in it."""
         with self._lock:
-            self._write_image(self.path, self.volume_id, state)
-            old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            os.close(old)
+            self._write_image(self._files, self.path, self.volume_id, state)
+            old, self._fd = self._fd, self._files.open_append(self.path)
+            self._files.close(old)
             self.entries_since_checkpoint = 1
             self.synced = self.appended
-            self._end = self._synced_end = os.fstat(self._fd).st_size
+            self._end = self._synced_end = self._files.size(self._fd)
             self._since_sync, self._unwritten, self._cut = [], 0, False
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            self._files.close(self._fd)
             self._fd = -1

@@ -26,13 +26,13 @@ extent as possibly different.
 So the file must never hold a partial entry with whole ones after it: an append the disk refuses
 (full) is cut off again, and a failed fdatasync cuts the file back to what the last good one
 covered (the writes waiting on those entries are dropped, and their extents saved again before a
-later write: SecondaryCore).
+later write: SecondaryCore). Files are reached through ``journal.durable.Files``, as the record
+journal's are, so the simulator runs this code over its faulty file layer.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import threading
 from collections.abc import Callable
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import google_crc32c
 
 from foresync.errors import StorageError, invariant
-from foresync.journal import durable
+from foresync.journal.durable import OS_FILES, Files, write_all
 from foresync.journal.format import one_byte_explains
 
 log = logging.getLogger(__name__)
@@ -159,14 +159,14 @@ def parse_for_inspect(data: bytes) -> UndoReplay:
     return parse(data, extent_size, extent_size << 32)
 
 
-def read_entries(path: str, extent_size: int, size: int) -> UndoReplay:
-    with open(path, "rb") as handle:
-        return parse(handle.read(), extent_size, size)
+def read_entries(path: str, extent_size: int, size: int, files: Files = OS_FILES) -> UndoReplay:
+    return parse(files.read(path), extent_size, size)
 
 
 class UndoLog:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, files: Files = OS_FILES) -> None:
         self.path = path
+        self.files = files
         self._fd = -1
         self.unsynced = False
         self.saved = 0
@@ -189,26 +189,26 @@ class UndoLog:
             self.saved += 1
 
     def _open(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        files = self.files
+        fd = files.create(self.path, mode=0o600)
         try:
-            os.write(fd, HEADER)
-            durable.sync_dir(self.path)
+            write_all(files, fd, HEADER)
+            files.fsync_dir(self.path)
         except OSError:
-            os.close(fd)
-            os.unlink(self.path)  # empty or a partial header: nothing to keep
+            files.close(fd)
+            files.unlink(self.path)  # empty or a partial header: nothing to keep
             raise
         self._fd = fd
         self._end = self._synced_end = len(HEADER)
 
     def _write(self, record: bytes) -> None:
         if self._cut:  # never a partial or lost entry before whole ones
-            os.ftruncate(self._fd, self._end)
-            os.lseek(self._fd, self._end, os.SEEK_SET)  # not O_APPEND: write where it now ends
+            self.files.truncate(self._fd, self._end)  # and write where it now ends
             self._cut = False
         view = memoryview(record)
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                view = view[self.files.write(self._fd, view) :]
         except OSError:
             self._cut = len(view) < len(record)
             raise
@@ -221,7 +221,7 @@ class UndoLog:
             self.unsynced = False
             end, saved = self._end, self.saved
         try:
-            durable.sync_data(self._fd)
+            self._fsync()
         except OSError as exc:
             with self._lock:  # those entries may be gone: cut back to what is known durable
                 self._end, self.saved, self._cut = self._synced_end, self._synced_saved, True
@@ -229,19 +229,20 @@ class UndoLog:
         with self._lock:
             self._synced_end, self._synced_saved = end, saved
 
+    def _fsync(self) -> None:
+        self.files.fdatasync(self._fd)
+
     def discard(self) -> None:
         """The pass finished: the image is consistent again; forget the old contents."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-            durable.sync_dir(self.path)
+        self.close()
+        if self.files.exists(self.path):
+            self.files.unlink(self.path)
+            self.files.fsync_dir(self.path)
         self.saved = 0
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            self.files.close(self._fd)
             self._fd = -1
 
 
@@ -252,12 +253,13 @@ class RollBack:
     damage: str | None  # the log is damaged: the rollback is incomplete and cannot be trusted
 
 
-def roll_back(path: str, write: WriteFn, flush: FlushFn, extent_size: int, size: int) -> RollBack:
+def roll_back(path: str, write: WriteFn, flush: FlushFn, extent_size: int, size: int,
+              files: Files = OS_FILES) -> RollBack:
     """Restore every saved extent (its first saved content, from before the pass) and make it
     durable. The caller marks the restored extents stale and deletes the log, or, if the log is
     damaged (the valid entries before the damage are still restored), keeps the site
     inconsistent with every extent in doubt and moves the log aside."""
-    replayed = read_entries(path, extent_size, size)
+    replayed = read_entries(path, extent_size, size, files)
     restored: set[int] = set()
     for extent, old in replayed.entries:
         if extent in restored:

@@ -235,7 +235,7 @@ class PrimaryCore:
             link_full=self._link_full, send_extent=self._send_resync, last_seq=self._last_seq,
             set_confirmed=self._set_confirmed)
         self._verify = Verify(config.size, config.extent_size, read, self._extent_fifo,
-                              self._send, self._queue_resync)
+                              self._send, self._queue_resync, config.faults)
         self.now = 0.0
 
     # -- inputs from the adapter -------------------------------------------------------------------

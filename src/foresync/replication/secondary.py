@@ -200,7 +200,8 @@ class SecondaryCore:
     def session_reset(self) -> None:
         """A new primary connection: replies meant for the old one must not reach the new one,
         but every image effect still happens, in order."""
-        self._pending = deque((needs, seq, None if isinstance(effect, Send) else effect)
+        # HASHES answer the old connection's VERIFY too: the new one never asked (issue 13).
+        self._pending = deque((needs, seq, None if isinstance(effect, Send | HashExtents) else effect)
                               for needs, seq, effect in self._pending)
         self._await_durable.clear()
         self._reported_applied = 0
@@ -410,6 +411,8 @@ class SecondaryCore:
                 self._appended += 1
                 self._undo_saved[extent] = self._appended
                 self._actions.append(SaveUndo(extent))
+        if self.faults.undo_not_synced_before_write:
+            return 0  # deliberately wrong: see faults.py
         return self._appended
 
     def _effect(self, needs: int, seq: int, effect: Action) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Container
 import xxhash
 
 from foresync.errors import RemoteProtocolError
+from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
 from foresync.replication.progress import MISMATCHES_SHOWN, VerifyProgress
 
@@ -32,7 +33,8 @@ class Verify:
 
     def __init__(self, size: int, extent_size: int, read: Callable[[int, int], bytes],
                  busy: Container[int], send: Callable[[wire.Message], None],
-                 repair_extent: Callable[[int], None]) -> None:
+                 repair_extent: Callable[[int], None], faults: Faults = NO_FAULTS) -> None:
+        self._faults = faults
         self._size = size
         self._extent_size = extent_size
         self.extent_count = -(-size // extent_size)
@@ -51,6 +53,12 @@ class Verify:
         self._started = 0.0
         self._ended = 0.0  # 0 while one runs (or none ran)
         self._runs = 0  # started so far: a watcher that samples sees even a short one
+
+    def local_hashes(self, request: int) -> tuple[int, ...] | None:
+        """Our own hashes for a VERIFY request still waiting for its HASHES (-1: skipped, a write
+        was in flight); None once answered. For the simulator's verdict check."""
+        pending = self._pending.get(request)
+        return None if pending is None else pending[1]
 
     def start(self, repair: bool, now: float) -> None:
         self.active = True
@@ -122,7 +130,7 @@ class Verify:
                 continue
             extent = first + index
             self.done_extents += 1
-            if mine != theirs:
+            if mine != theirs and not self._faults.verify_ignores_mismatch:
                 self.mismatches.add(extent)
                 if self._repair:
                     self._repair_extent(extent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="switch on one deliberate bug (self-check)")
     parser.add_argument("--verbose", action="store_true", help="print the full schedule of a failure")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the real journal warns of every torn tail it cuts
     faults = Faults(**{args.fault: True}) if args.fault else Faults()
     config = SimConfig(steps=args.steps, mode=Mode(args.mode) if args.mode else None, faults=faults)
     passed = failed = 0

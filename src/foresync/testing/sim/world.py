@@ -1,10 +1,11 @@
 """Two sites, a host and a network, stepped by one seeded RNG; invariants checked every step.
 
-The world runs the real ``PrimaryCore`` and ``SecondaryCore`` and the real link codec and journal
-format. Each step picks one enabled event: a host write, zero or flush; delivery of the next frame
-in either direction; completion of a pending fsync; a timer tick; or, rarely, a fault: link cut or
-heal, a crash or restart of either site, or a full disk (either site's image, or the secondary's
-journal) until it is freed again. After each step the actions of both cores are carried out,
+The world runs the real ``PrimaryCore`` and ``SecondaryCore``, the real link codec, and the real
+``RecordJournal`` and ``UndoLog`` over each site's metadata directory in ``SimFiles`` (torn and
+lost unsynced writes at a crash, ENOSPC). Each step picks one enabled event: a host write, zero or
+flush; delivery of the next frame in either direction; completion of a pending fsync; a timer
+tick; an online verify; or, rarely, a fault: link cut or heal, a crash or restart of either site,
+or a full disk (either site's image, or the secondary's meta disk) until it is freed again. After each step the actions of both cores are carried out,
 then the invariants are checked:
 
 1. the secondary's durable record (plus durable pending ranges, the durable resync set of a
@@ -28,6 +29,10 @@ then the invariants are checked:
    schedule of every other event as it was.
 8. whenever the primary reports ``in_sync`` and no host write is outstanding, the two images are
    identical: a site may say in sync only when it is.
+9. a rollback of an unfinished resync from an intact undo log restores every saved extent that a
+   write changed since to exactly its content when first saved (``_roll_back_if_needed``);
+10. every verdict of an online verify matches the real difference between the two images, each
+   as it was when that side hashed the extent (``_check_verify_verdict``).
 """
 
 from __future__ import annotations
@@ -38,11 +43,15 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import xxhash
+
 from foresync.errors import ForesyncError, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import oos_format
 from foresync.journal.format import RecordState
+from foresync.journal.journal import RecordJournal
 from foresync.journal.oos_format import OutOfSync
+from foresync.journal.undo import UndoLog
 from foresync.link import wire
 from foresync.record import runs as extent_runs
 from foresync.record.predict import PREDICTORS, extents_of
@@ -53,9 +62,11 @@ from foresync.replication.actions import PrimaryAction, SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
-from foresync.testing.sim.disk import SECTOR, SimDisk, SimJournal
+from foresync.testing.sim.disk import SECTOR, SimDisk
+from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
 VOLUME_ID = bytes(range(16))
+CHECKPOINT_EVERY_ENTRIES = 24  # far fewer than the daemon's, so checkpoints happen often
 
 
 class SimFailure(Exception):
@@ -125,7 +136,19 @@ class World:
         self.now = 0.0
         # Two sites, "A" (first primary) and "B"; promotion swaps which one plays which role.
         self.disks = {"A": SimDisk(self.size), "B": SimDisk(self.size)}
-        self.journals = {"A": SimJournal(VOLUME_ID), "B": SimJournal(VOLUME_ID)}
+        # Each site's metadata: the real journal and undo log over its SimFiles, and site.json.
+        self.metas = {site: SimMeta(VOLUME_ID, self.extent_size, self.size, self.cfg.faults)
+                      for site in ("A", "B")}
+        # Sectors whose promised (sync mode) versions a rollback took back on that site: the
+        # undo log restores the image from before the pass, host writes during it included.
+        # They are stale there, resynced from the primary, which keeps them (see design.md).
+        self.promise_exempt: dict[str, set[int]] = {"A": set(), "B": set()}
+        self.undo_failures = 0  # undo appends a full meta disk refused
+        # Online verify: what each side held of the extents of each VERIFY request.
+        self.verify_runs = 0
+        self.verify_differences = 0  # hashed extents that really differed (and were reported)
+        self._verify_primary: dict[int, list[bytes]] = {}
+        self._verify_secondary: dict[int, list[bytes]] = {}
         # A site's stored out-of-sync set (None: the file was deleted) and its "everything" flag.
         self.oos_stores: dict[str, set[int] | None] = {"A": set(), "B": set()}
         self.oos_all = {"A": False, "B": False}
@@ -167,6 +190,7 @@ class World:
         self.storage_failures = 0  # STORAGE_FAILED reports the primary received
         self.write_failures = {"primary": 0, "secondary": 0, "journal": 0}  # ENOSPC faults hit
         self._start_primary()
+        self.metas["B"].start(RecordJournal.open(JOURNAL, self.metas["B"].files, self.cfg.faults))
         self._start_secondary(RecordState())
         # Start connected, so the prefix check (invariant 2) covers the run until its first fault.
         self.connect_and_drain()
@@ -193,8 +217,20 @@ class World:
         return self.disks[self.roles["secondary"]]
 
     @property
-    def journal(self) -> SimJournal:
-        return self.journals[self.roles["secondary"]]
+    def meta(self) -> SimMeta:
+        return self.metas[self.roles["secondary"]]
+
+    @property
+    def journal(self) -> RecordJournal:
+        journal = self.meta.journal
+        assert journal is not None, "the secondary is not running"
+        return journal
+
+    @property
+    def undo(self) -> UndoLog:
+        undo = self.meta.undo
+        assert undo is not None, "the secondary is not running"
+        return undo
 
     def _restored_oos(self, site: str) -> OutOfSync:
         """What site's out-of-sync store gives a primary starting now (the real policy)."""
@@ -279,6 +315,8 @@ class World:
         if s is not None and s.syncs:
             choices.append((1.5, "data_sync"))
         choices.append((1.0, "tick"))
+        if p is not None and self.conn:
+            choices.append((0.03, "verify"))
         if self.conn == 0 and p is not None and s is not None and not self.cut:
             choices.append((2.0, "connect"))
         w = self.cfg.crash_weight
@@ -290,7 +328,7 @@ class World:
             elif self._may_restart_secondary():
                 choices.append((0.3, "restart_secondary"))
             if (p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0
-                    and not self.journal.full):  # promote's drain needs a journal commit
+                    and self.meta.files.full is None):  # promote's drain commits
                 choices.append((0.1 * w, "promote"))
             if (p is not None and s is not None and self.conn and not self.cut
                     and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
@@ -381,6 +419,7 @@ class World:
         if isinstance(message, wire.Hello):
             s.conn = conn
             s.core.session_reset()
+            self._prepare_welcome()
         self._log(f"p2s {_short(message)}")
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
@@ -418,7 +457,11 @@ class World:
         self._log(f"s2p {_short(message)}")
         if isinstance(message, wire.StorageFailed):
             self.storage_failures += 1
+        hashes = message if isinstance(message, wire.Hashes) else None
+        local = None if hashes is None else _verify_local_hashes(p.core, hashes.request)
         p.core.receive(message)
+        if hashes is not None:
+            self._check_verify_verdict(hashes, local)
 
     def _ev_primary_flush(self) -> None:
         assert self.primary is not None
@@ -429,16 +472,16 @@ class World:
     def _ev_disk_full(self) -> None:
         """A full disk: either site's image, or the secondary's meta disk (its journal)."""
         choices = [disk for disk in self.disks.values() if disk.full is None]
-        journal = self.journals[self.roles["secondary"]]
+        meta = self.meta.files
         what = self.rng.randrange(len(choices) + 1) if choices else 0
         self.faulted = True  # the secondary's image is no longer a prefix of the history
         if what < len(choices):
             site = next(name for name, disk in self.disks.items() if disk is choices[what])
             self._log(f"DISK FULL: the image of site {site} ({'primary' if self.roles['primary'] == site else 'secondary'})")
             choices[what].full = random.Random(self.rng.random())
-        elif not journal.full:
-            self._log("DISK FULL: the secondary's meta disk (journal commits fail)")
-            journal.full = True
+        elif meta.full is None:
+            self._log("DISK FULL: the secondary's meta disk (journal commits, undo appends fail)")
+            meta.full = random.Random(self.rng.random())
 
     def _ev_disk_freed(self) -> None:
         self._log("disk space freed")
@@ -446,13 +489,13 @@ class World:
 
     def _any_full(self) -> bool:
         return (any(disk.full is not None for disk in self.disks.values())
-                or any(journal.full for journal in self.journals.values()))
+                or any(meta.files.full is not None for meta in self.metas.values()))
 
     def _free_disks(self) -> None:
         for disk in self.disks.values():
             disk.full = None
-        for journal in self.journals.values():
-            journal.full = False
+        for meta in self.metas.values():
+            meta.files.full = None
 
     def _ev_oos_persist(self) -> None:
         assert self.primary is not None
@@ -468,15 +511,35 @@ class World:
 
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
+        core = self.secondary.core
         target = self.secondary.commits.popleft()
+        try:  # SecondarySite._commit_both: old contents first, the writes they protect wait
+            self.undo.sync()
+        except StorageError as exc:
+            self._log(f"secondary undo log sync failed: {exc}")
+            core.storage_failed(wire.StorageArea.UNDO, exc.errno, str(exc))
+            return
         try:
             self.journal.commit(target)
         except StorageError as exc:
             self._log(f"secondary journal commit failed: {exc}")
             self.write_failures["journal"] += 1
-            self.secondary.core.storage_failed(wire.StorageArea.JOURNAL, exc.errno, str(exc))
+            core.storage_failed(wire.StorageArea.JOURNAL, exc.errno, str(exc))
             return
-        self.secondary.core.journal_synced(target)
+        core.journal_synced(target)
+        if self.journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not core.needs_journal_sync():
+            try:
+                self.journal.checkpoint(core.state)
+            except OSError as exc:  # the journal stays as it was, only longer
+                self._log(f"journal checkpoint failed: {exc}")
+
+    def _ev_verify(self) -> None:
+        """The operator starts an online verify (sometimes with --repair)."""
+        assert self.primary is not None
+        repair = self.rng.random() < 0.5
+        if self.primary.core.start_verify(repair):
+            self.verify_runs += 1
+            self._log(f"VERIFY started (repair={repair})")
 
     def _ev_data_sync(self) -> None:
         assert self.secondary is not None
@@ -543,6 +606,8 @@ class World:
         self.conn = 0
         self.p2s.clear()
         self.s2p.clear()
+        self._verify_primary.clear()  # request numbers start again with the next primary core
+        self._verify_secondary.clear()
         self.faulted = True
         if self.failback is not None and self.meta_roles[str(self.failback["site"])] == "secondary":
             # The failback pass was interrupted: the next pass also resends what the record
@@ -590,16 +655,23 @@ class World:
         self._disconnect("secondary crashed")
         self.secondary = None
         self.sdisk.crash(self.rng)
-        self.journal.crash(self.rng)
+        files = self.meta.files
+        self.meta.crash(self.rng)
         damage = self.rng.random()
         if damage < 0.2:
+            position = files.damage(self.rng, JOURNAL)
+            if position is not None:
+                self.metadata_damages += 1
+                self._log(f"DAMAGE: byte {position} of {len(files.read(JOURNAL))} of the journal flipped")
+        elif damage < 0.3 and files.exists(JOURNAL):
             self.metadata_damages += 1
-            position = self.journal.damage(self.rng)
-            self._log(f"DAMAGE: byte {position} of {len(self.journal.data)} of the journal flipped")
-        elif damage < 0.3:
-            self.metadata_damages += 1
-            self.journal.lost = True
+            files.unlink(JOURNAL)
             self._log("DAMAGE: the journal deleted")
+        elif damage < 0.4 and files.exists(UNDO):
+            position = files.damage(self.rng, UNDO)
+            if position is not None:
+                self.metadata_damages += 1
+                self._log(f"DAMAGE: byte {position} of the undo log flipped")
         self.faulted = True
 
     def _may_restart_secondary(self) -> bool:
@@ -614,19 +686,48 @@ class World:
             self._step_down_old_primary(site)
             return
         self._log("restart secondary")
-        journal = self.journal
-        lost = journal.lost
-        assessed = journal.reopen(self.cfg.faults)
-        if assessed.doubt is not None:
-            # roles.open_record: widen durably, then move the journal aside and start a new one.
-            self._log(f"secondary {site}: record journal {assessed.doubt}: widened")
-            self.widened[site] = True
-        if assessed.doubt is not None or lost:
-            self.journals[site] = SimJournal(VOLUME_ID)
-            self._start_secondary(RecordState())
+        meta = self.meta
+        try:
+            journal, doubt = meta.open_record()
+            if doubt is not None:  # transitions.open_record: widen durably, then start anew
+                self._log(f"secondary {site}: record journal {doubt}: widened")
+                self.widened[site] = True
+            meta.start(journal)
+            self._roll_back_if_needed(site)
+        except (OSError, StorageError) as exc:  # a full disk: the daemon exits, to be started again
+            self._log(f"secondary {site} failed to start: {exc}")
+            meta.stop(forget_undo=False)
             return
-        durable = assessed.state  # cached: give the core its own copy to change
+        durable = journal.replayed.state
         self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
+
+    def _roll_back_if_needed(self, site: str) -> None:
+        """An unfinished resync is rolled back from the real undo log (SimMeta); a damaged log
+        widens. Sync mode's promises on the restored extents are taken back with them."""
+        result, wrong = self.metas[site].roll_back_if_needed(self.sdisk, self.widened[site])
+        if result is None:
+            return
+        per_extent = self.extent_size // SECTOR
+        self.promise_exempt[site].update(sector for e in result.restored
+                                         for sector in range(e * per_extent, (e + 1) * per_extent))
+        if result.damage is not None:
+            self._log(f"secondary {site}: undo log damaged ({result.damage}): widened")
+            self.widened[site] = True
+            return
+        self._log(f"secondary {site}: unfinished resync rolled back, {sorted(result.restored)} restored")
+        if wrong:
+            self._fail(f"undo log: extents {wrong} were overwritten during the resync, but the "
+                       f"rollback did not restore their content from before the pass")
+
+    def _prepare_welcome(self) -> None:
+        """SecondarySite._prepare_welcome, before the core answers a HELLO."""
+        s = self.secondary
+        assert s is not None
+        site = self.roles["secondary"]
+        inconsistent, stale, protect = self.meta.welcome(self.widened[site])
+        s.core.welcome_flags = wire.WelcomeFlag.INCONSISTENT if inconsistent else 0
+        s.core.stale = stale
+        s.core.protect_image = protect
 
     def _ev_promote(self) -> None:
         """Failover (claim 7): the secondary becomes primary of a new epoch; its durable record
@@ -641,9 +742,15 @@ class World:
             self._settle()
         self.sdisk.flush()
         site, old = self.roles["secondary"], self.roles["primary"]
-        state = self.journal.durable_state(self.cfg.faults)
+        if not self.meta.consistent:
+            try:  # promote a consistent, older copy, not a mix (SecondarySite._promote_now)
+                self._roll_back_if_needed(site)
+            except StorageError as exc:
+                self._log(f"promote refused: cannot roll back the unfinished resync: {exc}")
+                return
+        state = self.meta.durable_record()
         everything = self.widened[site] or state is None
-        failback = set(range(self.extent_count)) if everything else set()
+        failback = set(range(self.extent_count)) if everything else set(self.meta.stale)
         if state is not None:
             failback.update(state.extents)
             failback.update(extent_runs.expand(state.resync))
@@ -653,6 +760,8 @@ class World:
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
         self.widened[site] = False
+        self.meta.consistent, self.meta.stale = True, set()
+        self.meta.stop()
         self.oos_stores[site] = set(failback)
         self.oos_all[site] = everything
         self.roles = {"primary": site, "secondary": old}
@@ -660,7 +769,12 @@ class World:
         self.faulted = True
         self._log(f"PROMOTE {site} to epoch {len(self.histories[site])}, failback set {sorted(failback)}")
         if self.mode is Mode.SYNC:
-            self._check_promised(self.pdisk.durable, f"promoted site {site}")
+            self._check_promised(self.pdisk.durable, f"promoted site {site}", self.promise_exempt[site])
+        # What a rollback took back here is lost with this promotion: the failback overwrites
+        # the old primary's newer copy (a known gap of sync mode, design.md §13).
+        for sector in self.promise_exempt[site]:
+            self.sector_promised.pop(sector, None)
+        self.promise_exempt[site] = set()
         self._start_primary()
         self.failback = {"site": old, "set": set(failback), "written": set(), "old_oos": set(),
                          "sent": set()}
@@ -673,13 +787,16 @@ class World:
         self._log("SWITCHOVER: demote the primary")
         for _ in range(20000):
             stats = p.core.statistics()
-            if stats.in_sync and not self.host_ops and not p.flushes:
+            s = self.secondary
+            # In sync, and what is on the wire has arrived (a RESYNC_DONE may still be in flight:
+            # the secondary is consistent, and keeps its image at promote, only once it lands).
+            if (stats.in_sync and not self.host_ops and not p.flushes and not self.p2s and not self.s2p
+                    and s is not None and not s.commits and not s.syncs):
                 break
             events = [e for e, ready in ((self._ev_deliver_p2s, self.p2s), (self._ev_deliver_s2p, self.s2p),
                                          (self._ev_primary_flush, p.flushes),
                                          (self._ev_oos_persist, p.oos_persists),
                                          (self._ev_resume, p.resume_due)) if ready]
-            s = self.secondary
             if s is not None and s.commits:
                 events.append(self._ev_journal_commit)
             if s is not None and s.syncs:
@@ -695,7 +812,7 @@ class World:
         old = self.roles["primary"]
         self._disconnect("demoted")
         self.primary = None
-        self.journals[old] = SimJournal(VOLUME_ID)
+        self.metas[old].fresh()
         self.oos_stores[old] = set()
         self.oos_all[old] = False
         self.meta_roles[old] = "secondary"
@@ -711,6 +828,9 @@ class World:
         steps down (DEMOTE); its record starts empty."""
         assert self.primary is not None
         new = self.roles["primary"]
+        if self.metas[site].files.full is not None:
+            self._log(f"old primary {site} cannot step down yet: its meta disk is full")
+            return
         # It starts as a primary first (a lost store widens, HELLO says "everything").
         restored = self._restored_oos(site)
         old_oos = set(restored.extents)
@@ -722,7 +842,9 @@ class World:
         self.oos_all[new] = self.primary.core.full_resync_pending
         if restored.everything:
             old_oos = set(range(self.extent_count))
-        self.journals[site] = SimJournal(VOLUME_ID)
+        meta = self.metas[site]
+        meta.fresh()
+        meta.start(RecordJournal.open(JOURNAL, meta.files, self.cfg.faults))
         self.oos_stores[site] = set()
         self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
@@ -765,9 +887,14 @@ class World:
             try:
                 self._do_secondary(action)
             except StorageError as exc:
-                self._log(f"secondary write failed: {exc}")
-                self.write_failures["secondary"] += 1
-                s.core.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc), actions[index:])
+                undo = isinstance(action, score.SaveUndo)
+                self._log(f"secondary {'undo log' if undo else 'image'} write failed: {exc}")
+                if undo:
+                    self.undo_failures += 1
+                else:
+                    self.write_failures["secondary"] += 1
+                area = wire.StorageArea.UNDO if undo else wire.StorageArea.IMAGE
+                s.core.storage_failed(area, exc.errno, str(exc), actions[index:])
                 return
 
     def _close_secondary_link(self) -> None:
@@ -796,6 +923,8 @@ class World:
                             if self.failback is not None:
                                 self.failback["sent"].add(message.offset // self.extent_size)  # type: ignore[attr-defined]
                         self.sent_history[message.seq] = (message.offset, data)
+                    elif isinstance(message, wire.Verify):
+                        self._note_verify_sent(message)
                     self.p2s.append((self.conn, wire.encode_frame(message)))
                 if isinstance(message, wire.ResyncDone) and self.failback is not None:
                     self._check_failback_bound()
@@ -858,11 +987,19 @@ class World:
             case score.JournalAppend(entry):
                 self.journal.append(entry)
             case score.WriteData(offset, data, seq):
+                self._note_overwrite(offset, len(data))
                 self.sdisk.write(offset, data)
                 self._track_apply(seq, offset, data)
             case score.ZeroData(offset, length, _punch, seq):
+                self._note_overwrite(offset, length)
                 self.sdisk.zero(offset, length)
                 self._track_apply(seq, offset, bytes(length))
+            case score.SaveUndo(extent):
+                self._save_undo(extent)
+            case score.HashExtents(request, first, count):
+                self._send_hashes(request, first, count)
+            case score.ResyncStarted():
+                self.meta.consistent = False  # durable before the first resync write lands
             case score.SyncData(through):
                 s.syncs.append(through)
             case score.ResyncFinished():
@@ -872,11 +1009,58 @@ class World:
                 if self.widened[site]:
                     self._log(f"secondary {site}: full compare finished, no longer widened")
                 self.widened[site] = False
+                self.meta.resync_finished()
+                self.promise_exempt[site] = set()
                 s.core.welcome_flags = 0
             case score.CloseLink(reason):
                 if self.conn and s.conn == self.conn:
                     self._log(f"secondary closes the link: {reason}")
                     self._closing = self.conn
+
+    def _save_undo(self, extent: int) -> None:
+        """SaveUndo: the extent's current content into the real undo log (durable with the next
+        journal commit); the first saved content is what a rollback must bring back."""
+        es = self.extent_size
+        self.meta.save_undo(extent, self.sdisk.read(extent * es, es))
+
+    def _note_overwrite(self, offset: int, length: int) -> None:
+        if self.meta.undo_saved:
+            self.meta.note_overwrite(extents_of(offset, length, self.extent_size))
+
+    def _send_hashes(self, request: int, first: int, count: int) -> None:
+        """HashExtents: hash the image as it is now (every earlier write carried out)."""
+        s = self.secondary
+        assert s is not None
+        es = self.extent_size
+        held = [self.sdisk.read(e * es, es) for e in range(first, first + count)]
+        self._verify_secondary[request] = held
+        if self.conn and s.conn == self.conn:
+            hashes = tuple(xxhash.xxh3_64_intdigest(data) for data in held)
+            self.s2p.append((self.conn, wire.encode_frame(wire.Hashes(request, first, hashes))))
+
+    def _note_verify_sent(self, message: wire.Verify) -> None:
+        """The primary hashed these extents just now (no action since has changed its image)."""
+        es = self.extent_size
+        self._verify_primary[message.request] = [self.pdisk.read(e * es, es)
+                                                 for e in range(message.first, message.first + message.count)]
+
+    def _check_verify_verdict(self, message: wire.Hashes, local: tuple[int, ...] | None) -> None:
+        """A verify's verdict on each extent it compared must be the real difference between
+        what the two images held when each side hashed it."""
+        p = self.primary
+        assert p is not None
+        ours = self._verify_primary.pop(message.request)
+        theirs = self._verify_secondary.pop(message.request)
+        for index, (mine, held) in enumerate(zip(ours, theirs, strict=True)):
+            extent = message.first + index
+            if local is not None and local[index] < 0:
+                continue  # a write to it was in flight: compared again later
+            differs = mine != held
+            self.verify_differences += differs
+            if differs != (extent in p.core.verify_mismatches):
+                self._fail(f"verify: extent {extent} {'differs' if differs else 'is equal'} on the "
+                           f"two sites, but the verify reported it "
+                           f"{'equal' if differs else 'different'}")
 
     def _track_apply(self, seq: int, offset: int, data: bytes) -> None:
         if self.faulted:
@@ -928,10 +1112,10 @@ class World:
 
     def _durably_covered(self) -> set[int]:
         everything = set(range(self.extent_count))
-        state = self.journal.durable_state(self.cfg.faults)
+        state = self.meta.durable_record()
         if state is None or self.widened[self.roles["secondary"]]:
             return everything  # a restart would trust no record: every extent is compared
-        covered = set(state.extents)
+        covered = set(state.extents) | self.meta.stale
         covered.update(extent_runs.expand(state.resync))  # a resync pass's set (issue 19)
         for offset, length in state.ranges.values():
             covered.update(extents_of(offset, length, self.extent_size))
@@ -975,11 +1159,13 @@ class World:
     def _check_sync_durability(self) -> None:
         """Invariant 5: what sync mode promised (FUA, or a completed FLUSH) is durable on both
         sites, so either may serve next."""
-        self._check_promised(self.sdisk.durable, "secondary")
-        self._check_promised(self.pdisk.durable, "primary")
+        self._check_promised(self.sdisk.durable, "secondary", self.promise_exempt[self.roles["secondary"]])
+        self._check_promised(self.pdisk.durable, "primary", self.promise_exempt[self.roles["primary"]])
 
-    def _check_promised(self, image: bytearray, site: str) -> None:
+    def _check_promised(self, image: bytearray, site: str, exempt: set[int]) -> None:
         for sector, version in self.sector_promised.items():
+            if sector in exempt:
+                continue
             raw = bytes(image[sector * SECTOR : sector * SECTOR + 8])
             have = struct.unpack(">Q", raw)[0]
             later = [v for v in self.sector_versions.get(sector, []) if v >= version]
@@ -1037,6 +1223,12 @@ class World:
                    if self.pdisk.durable[e * self.extent_size:(e + 1) * self.extent_size]
                    != self.sdisk.durable[e * self.extent_size:(e + 1) * self.extent_size]]
             self._fail(f"after quiescence the images differ in extents {bad}")
+
+
+def _verify_local_hashes(core: PrimaryCore, request: int) -> tuple[int, ...] | None:
+    """The primary's own hashes for a VERIFY request still waiting for its HASHES (-1: skipped,
+    a write was in flight). Read before the core consumes the reply."""
+    return core._verify.local_hashes(request)
 
 
 def _weighted_choice(rng: random.Random, choices: list[tuple[float, str]]) -> str:
