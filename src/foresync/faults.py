@@ -24,6 +24,9 @@ class Faults:
     # primary: count a resync set as durable on the secondary as soon as it is sent, and drop its
     # extents from the out-of-sync set then, instead of at RESYNC_SET_DURABLE (issue 19)
     resync_before_set_durable: bool = False
+    # primary: get_timer() says "nothing waits on time" while the secondary has not yet confirmed
+    # every write durable, so a daemon sleeping until the deadline never asks it (SYNC) again
+    timer_ignores_remote_durable: bool = False
 
 
 NO_FAULTS = Faults()

@@ -158,6 +158,7 @@ class Config:
     resync_rate_max: int = 0  # bytes/s, 0 = unlimited
     resync_slice_bytes: int = RESYNC_SLICE_BYTES  # resync work per pump before ResumeLater
     resync_window_bytes: int = RESYNC_WINDOW_BYTES  # resync bytes in flight, within window_bytes
+    watermark_interval_s: float = 0.05  # handle_timer asks for durability this often while busy
 
 
 @dataclass(slots=True, eq=False)
@@ -330,6 +331,7 @@ class PrimaryCore:
         self.counters = _Counters()
         self.full_resync_pending = False  # set by the adapter: resync every extent on connect
         self.now = 0.0
+        self._watermark_at = 0.0  # when handle_timer next asks both sites for durability
 
     # -- inputs from the adapter -------------------------------------------------------------------
 
@@ -337,14 +339,16 @@ class PrimaryCore:
         out, self._actions = self._actions, []
         return out
 
-    def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
+    def write(self, op_id: int, offset: int, data: bytes, fua: bool, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         op = _Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
         op.sequential = self.config.mode is Mode.LOOKAHEAD and self._continues_stream(offset, len(data))
         if self.estimator is not None:
             self.estimator.observe(self.now, offset, len(data), True)
         self._submit(op)
 
-    def write_hit(self, offset: int, data: bytes) -> wire.Write | None:
+    def write_hit(self, offset: int, data: bytes, *, now: float | None = None) -> wire.Write | None:
         """The common write in one call, without an op, actions or the queue (the hot path at
         tens of thousands of writes a second): a hit while connected, in lookahead or async mode,
         with nothing queued, room in the window, no earlier write still to land on its extents
@@ -357,6 +361,8 @@ class PrimaryCore:
         (which waits for DURABLE) and anything that must wait never come here. Nor does a write
         while actions are outstanding: its frame would overtake theirs. The adapter must not call
         it while it is still carrying out actions it already took (``PrimarySite.submit``)."""
+        if now is not None:
+            self.now = now
         config = self.config
         mode = config.mode
         length = len(data)
@@ -391,10 +397,12 @@ class PrimaryCore:
         self._sent_bytes += length
         return wire.Write(seq, offset, 0, 0, (), data)
 
-    def hit_applied(self, seq: int, errno: int = 0, offset: int = 0, length: int = 0) -> None:
+    def hit_applied(self, seq: int, errno: int = 0, offset: int = 0, length: int = 0, *, now: float | None = None) -> None:
         """The local write of ``write_hit``'s WRITE ``seq`` has finished (failed or not: the
         adapter answers the host with its errno). A failure names the write's ``offset`` and
         ``length``, and the adapter then carries out the actions it leaves (``actions()``)."""
+        if now is not None:
+            self.now = now
         if seq == self._applied_prefix + 1 and not self._applied_beyond:
             self._applied_prefix = seq
         else:
@@ -403,20 +411,26 @@ class PrimaryCore:
             self._local_write_failed(self._extents(offset, length))
             self._pump()
 
-    def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
+    def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         if self.estimator is not None:
             self.estimator.observe(self.now, offset, length, False)
         self._submit(_Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
 
-    def flush(self, op_id: int) -> None:
+    def flush(self, op_id: int, *, now: float | None = None) -> None:
         """A host FLUSH: local durability; in sync mode remote durability too (every sync-mode
         write already waited for it before being answered)."""
+        if now is not None:
+            self.now = now
         op = _Op(op_id, 0, 0, None, False, True, range(0))
         op.applied = op.remote_ok = True
         self._wait_flush(op)
 
-    def connected(self) -> None:
+    def connected(self, *, now: float | None = None) -> None:
         """The transport is up: greet the secondary."""
+        if now is not None:
+            self.now = now
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
@@ -430,8 +444,10 @@ class PrimaryCore:
                                    c.extent_size, len(c.history), c.history,
                                    tuple(sorted(self._oos_durable)))))
 
-    def disconnected(self, reason: str) -> None:
+    def disconnected(self, reason: str, *, now: float | None = None) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
+        if now is not None:
+            self.now = now
         if self.link is LinkState.DISCONNECTED:
             return
         was_connected = self.link is LinkState.CONNECTED
@@ -487,7 +503,9 @@ class PrimaryCore:
         self.out_of_sync = set(extents)
         self._oos_durable = set(extents)
 
-    def out_of_sync_persisted(self, token: int) -> None:
+    def out_of_sync_persisted(self, token: int, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         snapshot = self._oos_snapshots.pop(token, None)
         invariant(snapshot is not None, f"unknown out-of-sync persist token {token}")
         assert snapshot is not None
@@ -529,7 +547,9 @@ class PrimaryCore:
         self._emit(PersistOutOfSync(self._oos_tokens, tuple(sorted(self.out_of_sync)),
                                     self.full_resync_pending))
 
-    def receive(self, message: wire.Message) -> None:
+    def receive(self, message: wire.Message, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         match message:
             case wire.Applied(seq):
                 self._on_applied(seq)
@@ -563,7 +583,9 @@ class PrimaryCore:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
         self._pump()
 
-    def local_applied(self, seq: int, errno: int) -> None:
+    def local_applied(self, seq: int, errno: int, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         op = self._by_seq.get(seq)
         invariant(op is not None and not op.applied, f"local_applied for unknown seq {seq}")
         assert op is not None
@@ -604,8 +626,10 @@ class PrimaryCore:
             for extent in extents:
                 self._queue_resync(extent)
 
-    def local_flushed(self, ticket: int) -> None:
+    def local_flushed(self, ticket: int, *, now: float | None = None) -> None:
         """The fdatasync asked for by ``FlushLocal(ticket)`` (or a later one) has completed."""
+        if now is not None:
+            self.now = now
         for done in [t for t in self._ticket_prefix if t <= ticket]:
             self._local_durable = max(self._local_durable, self._ticket_prefix.pop(done))
         while self._fua_waits and self._fua_waits[0][0] <= ticket:
@@ -627,9 +651,33 @@ class PrimaryCore:
             self._emit(AckHost(op.op_id, Errno.EIO))
         self._pump()
 
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next (the adapter's monotonic clock), or None while
+        nothing here waits on time: no op queued or in flight, nothing to make durable on either
+        site, no resync pass and no out-of-sync set to write back. While anything is, the next
+        durability watermark, every ``watermark_interval_s`` (the expiry of waiting ops and the
+        resync rate budget are checked at the same ticks)."""
+        connected = self.link is LinkState.CONNECTED
+        unconfirmed = self._remote_durable < self._next_seq - 1
+        if self.config.faults.timer_ignores_remote_durable:
+            unconfirmed = False  # deliberately wrong: see faults.py
+        busy = (self._queue or self._misses or self._read_aheads or self._resync_pass
+                or self._oos_dirty or self._applied_prefix > self._local_durable
+                or (connected and (unconfirmed or self._resync_remaining() or self.out_of_sync)))
+        return self._watermark_at if busy else None
+
+    def handle_timer(self, now: float) -> None:
+        """The deadline from ``get_timer`` came (or passed): fail ops that waited too long,
+        refill the resync rate budget and, once per interval, ask both sites for durability."""
+        self.tick(now)
+        if now >= self._watermark_at:
+            self._watermark_at = now + self.config.watermark_interval_s
+            self.request_durable()
+
     def tick(self, now: float) -> None:
         """Time passes: fail ops that waited too long (for room in the record, or for the link
-        in block mode), and refill the resync rate budget."""
+        in block mode), and refill the resync rate budget. (``handle_timer`` adds the
+        watermark; adapters call that.)"""
         self.now = now
         self._tune_resync_window()
         limit = (self.config.block_timeout_s if self.link is not LinkState.CONNECTED
@@ -687,9 +735,11 @@ class PrimaryCore:
 
     # -- online verify --------------------------------------------------------------------------
 
-    def start_verify(self, repair: bool) -> bool:
+    def start_verify(self, repair: bool, *, now: float | None = None) -> bool:
         """Compare every extent's checksum with the secondary's, in the background. False if
         the link is down or a verify is already running."""
+        if now is not None:
+            self.now = now
         if self.link is not LinkState.CONNECTED or self._verify_active:
             return False
         self._verify_active = True
@@ -705,10 +755,12 @@ class PrimaryCore:
         self._pump_verify()
         return True
 
-    def verify_progress(self) -> dict[str, object]:
+    def verify_progress(self, *, now: float | None = None) -> dict[str, object]:
         """The current (or last) verify, for /status: extents and bytes, a rate while it runs
         (issue 17: ``672/1024 extents`` alone gave no idea of the time left), and each
         mismatched extent's byte offset beside its number."""
+        if now is not None:
+            self.now = now
         size = self.config.extent_size
         done_bytes = min(self.verify_done_extents * size, self.config.size)
         elapsed = (self._verify_ended or self.now) - self._verify_started
@@ -785,9 +837,11 @@ class PrimaryCore:
         self._resync_total_bytes += self.config.extent_size
         self._resync_send_total_bytes += self.config.extent_size
 
-    def lag_seconds(self) -> float:
+    def lag_seconds(self, *, now: float | None = None) -> float:
         """How long the oldest write the secondary has not applied has waited (timer-tick
         resolution), 0 when nothing is outstanding."""
+        if now is not None:
+            self.now = now
         if not self._sent or self.link is not LinkState.CONNECTED:
             return 0.0
         return max(0.0, self.now - self._oldest_unapplied_at)
@@ -801,13 +855,15 @@ class PrimaryCore:
             self.full_resync_pending = True
         self._oos_durable = set(self.out_of_sync)
 
-    def resync_progress(self) -> dict[str, int]:
+    def resync_progress(self, *, now: float | None = None) -> dict[str, int]:
         """The current (or last) resync pass, for /status. ``set_extents``: the extents the
         secondary holds in its journaled resync set while the pass runs (it may differ there
         until RESYNC_DONE, beyond its record). Besides the whole pass, its two phases apart:
         comparing (extents the secondary sent checksums for; a match costs no send) and sending
         (extents without a checksum plus those found to differ so far, so its total grows while
         comparing goes on). Each has its own rate, hence its own ETA."""
+        if now is not None:
+            self.now = now
         elapsed = max(self.now - self._resync_started, 1e-9)
         rate = int(self._resync_sent_bytes / elapsed) if self._resync_pass else 0
         compare_rate = int(self._resync_compared_bytes / elapsed) if self._resync_pass else 0
@@ -1435,8 +1491,10 @@ class PrimaryCore:
         self._differs = extent  # the window may be full: the retry sends without hashing again
         return data
 
-    def resume(self) -> None:
+    def resume(self, *, now: float | None = None) -> None:
         """The adapter's answer to ResumeLater: carry on with the resync."""
+        if now is not None:
+            self.now = now
         self._resume_asked = False
         self._pump()
 
