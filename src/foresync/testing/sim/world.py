@@ -28,8 +28,9 @@ then the invariants are checked:
    schedule of every other event as it was.
 8. whenever the primary reports ``in_sync`` and no host write is outstanding, the two images are
    identical: a site may say in sync only when it is.
-9. while healing at the end, a primary that is not in sync with nothing else to wait for has a
-   timer deadline (``get_timer``): the daemon sleeps until it, so none would mean forever.
+9. while healing at the end, a connected primary that is not in sync, with nothing else to wait
+   for, has a timer deadline (``get_timer``): the daemon sleeps until it, so none would mean
+   forever.
 """
 
 from __future__ import annotations
@@ -1026,7 +1027,8 @@ class World:
                 stats = p.core.statistics()
                 if stats.in_sync and not self.host_ops:
                     break
-                if not stats.in_sync and p.core.get_timer() is None:
+                if (p.core.link is pcore.LinkState.CONNECTED and not stats.in_sync
+                        and p.core.get_timer() is None):
                     # The daemon sleeps until get_timer(): with no deadline it would wait forever.
                     self._fail("invariant 9: the primary is not in sync, nothing is in flight, and "
                                "get_timer() asks for no timer")
