@@ -50,6 +50,7 @@ from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
 from foresync.replication.driver import PrimaryDriver, SecondaryDriver
+from foresync.replication.failback import failback_set
 from foresync.replication.primary import Config, Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 
@@ -548,18 +549,16 @@ class Harness:
         assert len(self.secondary.state.extents) <= self.capacity
         if self.mode is Mode.ASYNC:
             return
+        covered: set[int] | None = None
         for name, one, two in (("images", self.p_img, self.s_img),
                                ("durable images", self.p_durable, self.s_durable)):
             for extent in range(self.extents):
                 span = self._span(extent)
                 if one[span] != two[span]:
-                    # The primary's durable out-of-sync set counts once the link has dropped.
-                    covered = extent in self.committed_state.extents or extent in self.durable_oos or any(
-                        extent in extents_of(off, length, self.extent_size)
-                        for off, length in self.committed_state.ranges.values()
-                    ) or runs.contains(self.committed_state.resync, extent) \
-                        or self.new_copy
-                    assert covered, f"{name} differ in extent {extent}, not in the durable record"
+                    if covered is None:  # the primary's durable out-of-sync set counts too
+                        covered = failback_set(self.committed_state, self.extent_size, self.durable_oos)
+                    assert extent in covered or self.new_copy, \
+                        f"{name} differ in extent {extent}, not in the durable record"
 
     def check_quiescent(self) -> None:
         assert not self._pending()

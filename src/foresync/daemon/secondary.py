@@ -28,14 +28,15 @@ from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import (
-    damaged_promote_error,
+    can_roll_back,
     failback_set,
     journal_path,
+    promote_refusal,
+    roll_back_then_promote,
     roll_back_unfinished_resync,
 )
 from foresync.daemon.transitions import discard_local as discard_local_changes
-from foresync.daemon.transitions import promote as promote_site
-from foresync.errors import ForesyncError, StorageError
+from foresync.errors import StorageError
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog
@@ -67,9 +68,6 @@ class _CommitFailed(Exception):
         self.area = area
         self.error = error
 
-
-_INCONSISTENT = ("this copy is inconsistent (a full sync or resync into it has not finished), so it "
-                 "may hold a mix of old and new data; use --force to promote it anyway")
 
 class SecondarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
@@ -526,11 +524,9 @@ class SecondarySite:
                                   "primaries (use --force if it is really gone)"}
         if self.meta.volume_id is None:
             return 409, {"error": "this site has never connected to a primary: it has no volume"}
-        if self.meta.metadata_damage and not force:
-            return 409, {"error": damaged_promote_error(self.meta)}
-        can_roll_back = not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path)
-        if (self.meta.new or not self.meta.consistent) and not can_roll_back and not force:
-            return 409, {"error": _INCONSISTENT}
+        refusal = promote_refusal(self.meta, force, can_roll_back(self.meta, self.undo))
+        if refusal:
+            return 409, {"error": refusal}
         host, port = self.cfg.nbd_listen
         try:
             nbd_sockets = bind_listener(host, port)
@@ -539,7 +535,7 @@ class SecondarySite:
                                   f"{exc.strerror or exc}; still secondary, nothing changed"}
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
         try:
-            answer = await self._promote_now(can_roll_back, force)
+            answer = await self._promote_now(force)
         except BaseException:
             _close_all(nbd_sockets)
             self._promoting = False
@@ -553,29 +549,20 @@ class SecondarySite:
         self.role_changed.set()
         return answer
 
-    async def _promote_now(self, can_roll_back: bool, force: bool) -> tuple[int, dict[str, Any]]:
+    async def _promote_now(self, force: bool) -> tuple[int, dict[str, Any]]:
         if self.link is not None:
             self.link.abort("promoted: this site no longer accepts the old primary's writes")
         if not await self._drain(PROMOTE_DRAIN_S):
             return 503, {"error": f"work in flight (journal commits, image syncs) did not finish "
                                   f"within {PROMOTE_DRAIN_S:g} s of cutting the link; still secondary: "
                                   "try again"}
-        if can_roll_back:
-            try:
-                self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
-            except ForesyncError as exc:
-                return 409, {"error": f"cannot roll back the unfinished resync: {exc}; still "
-                                      "secondary"}
-            # A damaged undo log leaves the copy inconsistent, with every extent in doubt.
-            if self.meta.metadata_damage and not force:
-                return 409, {"error": damaged_promote_error(self.meta)}
-            if (self.meta.new or not self.meta.consistent) and not force:
-                return 409, {"error": _INCONSISTENT}
         assert self.journal is not None
-        self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
-        return 200, {"promoted": True, "epoch": self.meta.epoch,
-                     "failback_extents": failback,
-                     "failback_bytes": failback * self.cfg.extent_size}
+        done = roll_back_then_promote(self.cfg, self.meta, self.core.state, lambda: self.backend,
+                                      self.undo, force)
+        self.meta = done.meta
+        if done.restored is not None:
+            self.rolled_back = done.restored
+        return done.answer(self.cfg)
 
     async def discard_local(self) -> tuple[int, dict[str, Any]]:
         """`resolve --discard-local` on a secondary: accept the next primary's history even if

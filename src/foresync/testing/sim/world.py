@@ -47,12 +47,12 @@ from foresync.journal import oos_format
 from foresync.journal.format import RecordState
 from foresync.journal.oos_format import OutOfSync
 from foresync.link import wire
-from foresync.record import runs as extent_runs
 from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
 from foresync.replication.driver import PrimaryDriver, SecondaryDriver
+from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 from foresync.testing.sim.disk import SECTOR, SimDisk, SimJournal
@@ -744,10 +744,7 @@ class World:
         everything = self.widened[site] or state is None
         failback = set(range(self.extent_count)) if everything else set()
         if state is not None:
-            failback.update(state.extents)
-            failback.update(extent_runs.expand(state.resync))
-            for offset, length in state.ranges.values():
-                failback.update(extents_of(offset, length, self.extent_size))
+            failback |= failback_set(state, self.extent_size)  # what transitions.promote stores
         self.promotions += 1
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
@@ -938,10 +935,7 @@ class World:
         state = self.journal.durable_state(self.cfg.faults)
         if state is None or self.widened[self.roles["secondary"]]:
             return everything  # a restart would trust no record: every extent is compared
-        covered = set(state.extents)
-        covered.update(extent_runs.expand(state.resync))  # a resync pass's set (issue 19)
-        for offset, length in state.ranges.values():
-            covered.update(extents_of(offset, length, self.extent_size))
+        covered = failback_set(state, self.extent_size)  # a resync pass's set too (issue 19)
         # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
         # when it steps down. A site that is a primary on disk trusts no lost store.
         for site in ("A", "B"):
