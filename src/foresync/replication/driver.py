@@ -22,8 +22,9 @@ core tests over bytearrays. The rules that make the order right live here, once:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from foresync.errors import StorageError
 from foresync.link import wire
@@ -127,22 +128,53 @@ class SecondaryEffects(Protocol):
         """Writing ``area`` failed: note it (log, status); the driver then tells the core."""
 
 
-class PrimaryDriver:
-    """Carries out a ``PrimaryCore``'s actions through ``PrimaryEffects``."""
+# Every action type of both cores -> (the effect that carries it out, the action's fields, passed
+# in order). The dispatch, as data; the Protocols above give each effect's signature.
+EFFECTS: dict[type, tuple[str, tuple[str, ...]]] = {
+    cls: (name, tuple(field.name for field in dataclasses.fields(cls))) for cls, name in (
+        (Send, "send"),
+        # the primary's
+        (ApplyLocal, "apply_local"),  # an errno back (not None) is passed to local_applied
+        (AckHost, "ack_host"),
+        (FlushLocal, "flush_local"),
+        (PersistOutOfSync, "persist_out_of_sync"),
+        (LinkFailed, "link_failed"),
+        (ResumeLater, "resume_later"),
+        (BecomeSecondary, "become_secondary"),
+        # the secondary's
+        (JournalAppend, "journal_append"),
+        (WriteData, "write_data"),
+        (ZeroData, "zero_data"),
+        (SyncData, "sync_data"),
+        (ResyncStarted, "resync_started"),
+        (ResyncFinished, "resync_finished"),
+        (HashExtents, "hash_extents"),
+        (SaveUndo, "save_undo"),
+        (CloseLink, "close_link"),
+    )
+}
 
-    def __init__(self, core: PrimaryCore, effects: PrimaryEffects) -> None:
-        self.core = core
-        self._effects = effects
+_Core = TypeVar("_Core", bound=PrimaryCore | SecondaryCore)
+_Effects = TypeVar("_Effects")
+
+
+class _Driver(Generic[_Core, _Effects]):
+    """The loop both drivers share: carry out the core's actions in order until it has none
+    left, with re-entrant calls returning at once (see the module notes)."""
+
+    def __init__(self, core: _Core, effects: _Effects) -> None:
+        self.core: _Core = core
+        self._effects: _Effects = effects
         self._running = False
 
     @property
     def running(self) -> bool:
-        """Actions taken from the core are being carried out: anything sent now would overtake
-        those of them still to come."""
+        """Actions taken from the core are being carried out: anything sent or written now
+        would overtake those of them still to come."""
         return self._running
 
     def __call__(self) -> bool:
-        """Carry out actions until the core has none left; whether any was carried out."""
+        """Carry out actions until the core has none left; whether any was taken."""
         if self._running:
             return False
         self._running = True
@@ -150,35 +182,37 @@ class PrimaryDriver:
         try:
             while actions := self.core.actions():
                 carried = True
-                for action in actions:
-                    self._do(action)
+                self._carry_out(actions)
         finally:
             self._running = False
         return carried
 
+    def _carry_out(self, actions: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def _local_applied(self, seq: int, errno: int) -> None:
+        raise NotImplementedError
+
     def _do(self, action: object) -> None:
-        effects = self._effects
-        match action:
-            case Send(message):
-                effects.send(message)
-            case ApplyLocal(seq, offset, length, data, punch):
-                errno = effects.apply_local(seq, offset, length, data, punch)
-                if errno is not None:
-                    self.core.local_applied(seq, errno)
-            case AckHost(op_id, errno):
-                effects.ack_host(op_id, errno)
-            case FlushLocal(through):
-                effects.flush_local(through)
-            case PersistOutOfSync(token, extents, everything):
-                effects.persist_out_of_sync(token, extents, everything)
-            case LinkFailed(reason):
-                effects.link_failed(reason)
-            case ResumeLater():
-                effects.resume_later()
-            case BecomeSecondary(history):
-                effects.become_secondary(history)
-            case _:
-                raise AssertionError(f"unknown primary action {action!r}")
+        """Hand the action's fields, in order, to the effect ``EFFECTS`` names for its type."""
+        try:
+            name, fields = EFFECTS[type(action)]
+        except KeyError:
+            raise AssertionError(f"unknown action {action!r}") from None
+        result = getattr(self._effects, name)(*[getattr(action, field) for field in fields])
+        if result is not None and type(action) is ApplyLocal:
+            self._local_applied(action.seq, result)
+
+
+class PrimaryDriver(_Driver[PrimaryCore, PrimaryEffects]):
+    """Carries out a ``PrimaryCore``'s actions through ``PrimaryEffects``."""
+
+    def _carry_out(self, actions: Sequence[Any]) -> None:
+        for action in actions:
+            self._do(action)
+
+    def _local_applied(self, seq: int, errno: int) -> None:
+        self.core.local_applied(seq, errno)
 
     def write_hit(self, offset: int, data: bytes, now: float | None = None) -> int | None:
         """The core's hot path for a plain (non-FUA) host write (``PrimaryCore.write_hit``):
@@ -201,31 +235,8 @@ class PrimaryDriver:
         return errno
 
 
-class SecondaryDriver:
+class SecondaryDriver(_Driver[SecondaryCore, SecondaryEffects]):
     """Carries out a ``SecondaryCore``'s actions through ``SecondaryEffects``."""
-
-    def __init__(self, core: SecondaryCore, effects: SecondaryEffects) -> None:
-        self.core = core
-        self._effects = effects
-        self._running = False
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    def __call__(self) -> bool:
-        """Carry out actions until the core has none left; whether any was taken."""
-        if self._running:
-            return False
-        self._running = True
-        carried = False
-        try:
-            while actions := self.core.actions():
-                carried = True
-                self._carry_out(actions)
-        finally:
-            self._running = False
-        return carried
 
     def write_now(self, message: wire.Write) -> bool:
         """The secondary's hot path (``SecondaryCore.write_now``): write a WRITE with nothing
@@ -256,29 +267,3 @@ class SecondaryDriver:
                          else StorageError.from_os(f"writing the {area.label} failed", exc))
                 self.storage_failed(area, error, actions[index:])
                 return
-
-    def _do(self, action: SecondaryAction) -> None:
-        effects = self._effects
-        match action:
-            case Send(message):
-                effects.send(message)
-            case JournalAppend(entry):
-                effects.journal_append(entry)
-            case WriteData(offset, data, seq):
-                effects.write_data(offset, data, seq)
-            case ZeroData(offset, length, punch, seq):
-                effects.zero_data(offset, length, punch, seq)
-            case SyncData(through):
-                effects.sync_data(through)
-            case ResyncStarted():
-                effects.resync_started()
-            case ResyncFinished(seq):
-                effects.resync_finished(seq)
-            case HashExtents(request, first, count):
-                effects.hash_extents(request, first, count)
-            case SaveUndo(extent):
-                effects.save_undo(extent)
-            case CloseLink(reason):
-                effects.close_link(reason)
-            case _:
-                raise AssertionError(f"unknown secondary action {action!r}")
