@@ -1,9 +1,12 @@
 """The primary site: NBD in, the pure ``PrimaryCore`` in the middle, local disk and link out.
 
-``pump`` is the one place core actions are carried out. Local applies run synchronously (page
-cache writes), flushes go through the group flusher, sends go to the link, and host answers to
-the NBD connection that asked. The dialer keeps one link to the secondary, reconnecting with a
-short backoff; the timer drives the durable watermark, heartbeats and miss timeouts.
+``pump`` runs the one action driver (replication/driver.py); this site implements its effects.
+Local applies run synchronously (page cache writes), flushes go through the group flusher, sends
+go to the link, and host answers to the NBD connection that asked. The dialer keeps one link to
+the secondary, reconnecting with a short backoff. The timer sleeps until the next deadline (the
+core's ``get_timer``: the durable watermark and miss timeouts; heartbeats; the link timeout),
+and a pump that gives an idle core work wakes it. A demote or a stop waits for the core to be in
+sync on a future that the pump resolves (``_wait_for``), not by polling.
 """
 
 from __future__ import annotations

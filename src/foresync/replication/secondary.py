@@ -10,8 +10,10 @@ and every reply, carries the journal append count it depends on, and waits in or
 adapter's group commit (``journal_synced``) reaches it. Effects that depend on nothing recent run
 at once, but never overtake an earlier waiting effect.
 
-The durable watermark: the adapter fdatasyncs the image on a timer, when the primary asks
-(SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports DURABLE(seq).
+The durable watermark: the adapter fdatasyncs the image on a timer (``get_timer`` gives the next
+deadline while anything applied is not yet durable, ``handle_timer(now)`` handles it), when the
+primary asks (SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports
+DURABLE(seq).
 Removals are journaled without forcing a commit: losing one only leaves the record larger.
 
 A failed write (a full disk, an I/O error: ``storage_failed``) ends the session. The effects not
