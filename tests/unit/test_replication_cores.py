@@ -1723,3 +1723,53 @@ def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_onc
     h.sent.clear()
     h.write(7 * h.extent_size, 4)  # the miss taking the last free slot (the low mark is 8 // 8)
     assert any(isinstance(m, wire.Sync) for m in h.sent), h.sent
+
+
+# -- time: get_timer / handle_timer ------------------------------------------------------------------
+
+
+def test_the_primary_asks_for_a_timer_only_while_something_waits_on_time() -> None:
+    h = Harness(auto=True)
+    h.connect()
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.get_timer() is None  # idle and in sync: the daemon sleeps until a heartbeat
+    h.auto = False
+    h.write(0, 8)
+    deadline = h.primary.get_timer()
+    assert deadline is not None
+    h.primary.handle_timer(deadline + 7.0)
+    assert h.primary.get_timer() == deadline + 7.0 + h.primary.config.watermark_interval_s
+    h.auto = True
+    h.settle()
+    assert h.primary.get_timer() is None
+
+
+def test_an_op_stamped_with_its_own_time_is_not_expired_by_an_old_clock() -> None:
+    """Inputs carry ``now``: after a long idle spell with no timer, an op that must wait is
+    stamped with the time it came, not the last timer's, so the next timer does not fail it."""
+    h = Harness(capacity=1, lookahead=0)
+    h.connect()
+    h.primary.handle_timer(1.0)
+    h.write(0, 4, fua=False)  # a miss: takes the one slot until it is clean on both sites
+    h.primary.write(50, 16, b"x" * 4, False, now=1000.0)  # waits for room
+    h.primary.handle_timer(1000.0 + h.primary.config.miss_wait_s - 1)
+    h.pump()
+    assert 50 not in h.acks
+
+
+def test_the_secondary_asks_for_a_timer_while_an_applied_write_is_not_durable() -> None:
+    h = Harness()
+    h.connect()
+    assert h.secondary.get_timer() is None
+    h.write(0, 8)
+    h.deliver_to_secondary()
+    h.commit_start()
+    h.commit_done()
+    assert h.secondary.applied_seq > h.secondary.durable_seq
+    deadline = h.secondary.get_timer()
+    assert deadline is not None
+    h.secondary.handle_timer(5.0)
+    assert h.secondary.get_timer() == 5.0 + h.secondary.watermark_interval_s
+    h.pump()
+    assert h.data_syncs, "the watermark started an image sync"
