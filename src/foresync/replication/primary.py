@@ -654,15 +654,15 @@ class PrimaryCore:
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next (the adapter's monotonic clock), or None while
         nothing here waits on time: no op queued or in flight, nothing to make durable on either
-        site, no resync pass and no out-of-sync set to write back. While anything is, the next
-        durability watermark, every ``watermark_interval_s`` (the expiry of waiting ops and the
-        resync rate budget are checked at the same ticks)."""
+        site, no resync pass or verify, and no out-of-sync set to write back. While anything
+        is, the next durability watermark, every ``watermark_interval_s`` (the expiry of
+        waiting ops and the resync rate budget are checked at the same ticks)."""
         connected = self.link is LinkState.CONNECTED
         unconfirmed = self._remote_durable < self._next_seq - 1
         if self.config.faults.timer_ignores_remote_durable:
             unconfirmed = False  # deliberately wrong: see faults.py
         busy = (self._queue or self._misses or self._read_aheads or self._resync_pass
-                or self._oos_dirty or self._applied_prefix > self._local_durable
+                or self._verify_active or self._oos_dirty or self._applied_prefix > self._local_durable
                 or (connected and (unconfirmed or self._resync_remaining() or self.out_of_sync)))
         return self._watermark_at if busy else None
 
