@@ -456,13 +456,7 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Result:
     import os
 
     from foresync.daemon import metadata as site
-    from foresync.daemon.results import Promoted
-    from foresync.daemon.transitions import (
-        damaged_promote_error,
-        open_record,
-        roll_back_unfinished_resync,
-    )
-    from foresync.daemon.transitions import promote as promote_site
+    from foresync.daemon.transitions import open_record, roll_back_then_promote
     from foresync.journal.undo import UndoLog
     from foresync.storage.file_backend import FileBackend
 
@@ -476,23 +470,21 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Result:
     meta, journal = open_record(cfg, meta)
     assert journal is not None
     journal.close()
-    undo_path = os.path.join(cfg.meta, site.UNDO_FILE)
-    if not meta.consistent and not meta.new and os.path.exists(undo_path):
-        # Same as the running daemon does: promote the consistent copy from before the
-        # unfinished resync, not a mix; what was restored is copied again at failback.
-        backend = FileBackend(cfg.data, cfg.size)
-        try:
-            meta, restored = roll_back_unfinished_resync(cfg, meta, backend, UndoLog(undo_path))
-        finally:
+    opened: list[FileBackend] = []
+
+    def image() -> FileBackend:
+        opened.append(FileBackend(cfg.data, cfg.size))
+        return opened[-1]
+
+    try:
+        done = roll_back_then_promote(cfg, meta, journal.replayed.state, image,
+                                      UndoLog(os.path.join(cfg.meta, site.UNDO_FILE)), force)
+    finally:
+        for backend in opened:
             backend.close()
-        click.echo(f"rolled back an unfinished resync: {restored} extents restored", err=True)
-    if meta.metadata_damage and not force:
-        raise RequestRefused(damaged_promote_error(meta))
-    if (meta.new or not meta.consistent) and not force:
-        raise RequestRefused("this copy is inconsistent (a sync into it has not finished); "
-                             "use --force to promote it anyway")
-    promoted, failback = promote_site(cfg, meta, journal.replayed.state)
-    return Promoted(promoted.epoch, failback, failback * cfg.extent_size)
+    if done.restored is not None:
+        click.echo(f"rolled back an unfinished resync: {done.restored} extents restored", err=True)
+    return done.result(cfg)
 
 
 @main.command()

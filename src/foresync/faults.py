@@ -32,6 +32,9 @@ class Faults:
     undo_not_synced_before_write: bool = False
     journal_sync_skipped: bool = False  # record journal: a commit counts appends durable without fdatasync
     verify_ignores_mismatch: bool = False  # primary: verify reports an extent equal when hashes differ
+    # primary: get_timer() says "nothing waits on time" while the secondary has not yet confirmed
+    # every write durable, so a daemon sleeping until the deadline never asks it (SYNC) again
+    timer_ignores_remote_durable: bool = False
 
 
 NO_FAULTS = Faults()

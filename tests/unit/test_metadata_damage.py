@@ -20,7 +20,8 @@ from foresync import config as config_mod
 from foresync.daemon import metadata as site
 from foresync.daemon import run as daemon
 from foresync.daemon import transitions as roles
-from foresync.errors import ConfigError
+from foresync.daemon.results import Promoted
+from foresync.errors import ConfigError, RequestRefused
 from foresync.journal import format as jfmt
 from foresync.journal import oos_format, undo
 from foresync.journal.format import RecordState
@@ -150,6 +151,46 @@ def test_rollback_with_a_good_undo_log_is_consistent_again(tmp_path: Path) -> No
     assert restored == 2 and meta.consistent is True and meta.metadata_damage == ""
     assert set(meta.stale) == {3, 5}
     assert not os.path.exists(path)
+
+
+def test_roll_back_then_promote_promotes_the_older_consistent_copy(tmp_path: Path) -> None:
+    """The one "roll back, then promote" (the daemon's promote and the offline CLI's): the
+    restored extents join the failback set with the record, its ranges and resync set."""
+    cfg = _config(tmp_path)
+    meta = _secondary(cfg, consistent=False)
+    backend = FileBackend(cfg.data, cfg.size)
+    undo_log = UndoLog(os.path.join(cfg.meta, site.UNDO_FILE))
+    Path(undo_log.path).write_bytes(_log(3, 5))
+    state = RecordState({1}, {7: (8 * EXTENT, 100)}, ((6, 1),))
+    done = roles.roll_back_then_promote(cfg, meta, state, lambda: backend, undo_log, force=False)
+    backend.close()
+    assert done.restored == 2 and not done.refusal
+    assert done.meta.role == "primary" and done.meta.epoch == 2
+    stored = site.load_oos(cfg.meta, 10)
+    assert stored is not None and set(stored.extents) == {1, 3, 5, 6, 8}
+    assert done.failback_extents == 5
+    assert done.result(cfg) == Promoted(epoch=2, failback_extents=5, failback_bytes=5 * EXTENT)
+
+
+def test_roll_back_then_promote_refuses_without_force_and_changes_no_role(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    meta = _secondary(cfg, consistent=False)  # inconsistent, and no undo log to roll back with
+    undo_log = UndoLog(os.path.join(cfg.meta, site.UNDO_FILE))
+
+    def no_image() -> FileBackend:
+        raise AssertionError("nothing to roll back: the image is not opened")
+
+    assert roles.promote_refusal(meta, force=False) == roles.INCONSISTENT_PROMOTE_ERROR
+    done = roles.roll_back_then_promote(cfg, meta, RecordState(), no_image, undo_log, force=False)
+    with pytest.raises(RequestRefused, match="inconsistent"):
+        done.result(cfg)
+    assert done.refusal == roles.INCONSISTENT_PROMOTE_ERROR
+    assert site.load(cfg.meta).role == "secondary"
+    damaged = _secondary(cfg, metadata_damage="record journal lost")
+    assert "record journal lost" in roles.promote_refusal(damaged, force=False)
+    assert roles.promote_refusal(damaged, force=True) == ""
+    forced = roles.roll_back_then_promote(cfg, damaged, RecordState(), no_image, undo_log, force=True)
+    assert forced.result(cfg).epoch == 2 and forced.failback_extents == 10  # damaged: everything
 
 
 @pytest.mark.parametrize("damage", ["missing", "flipped", "foreign"])

@@ -49,10 +49,58 @@ from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
+from foresync.replication.driver import PrimaryDriver, SecondaryDriver
+from foresync.replication.failback import failback_set
 from foresync.replication.primary import Config, Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 
 VOLUME = bytes(range(16))
+
+
+class _SecondarySide:
+    """The harness's secondary effects (SecondaryEffects): images and journals in memory."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+
+    def send(self, message: wire.Message) -> None:
+        self.h.to_p.append(encode_frame(message))
+
+    def journal_append(self, entry: bytes) -> None:
+        self.h.journal.append(entry)
+
+    def write_data(self, offset: int, data: bytes, seq: int) -> None:
+        self.h._check_covered(offset, len(data))
+        if self.h.s_full:
+            raise StorageError(f"write at {offset} failed: no space", Errno.ENOSPC)
+        self.h.s_img[offset : offset + len(data)] = data
+
+    def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
+        self.h._check_covered(offset, length)
+        if self.h.s_full:
+            raise StorageError(f"zero at {offset} failed: no space", Errno.ENOSPC)
+        self.h.s_img[offset : offset + length] = bytes(length)
+
+    def close_link(self, reason: str) -> None:
+        self.h.closed_by_secondary.append(reason)
+
+    def sync_data(self, through: int) -> None:
+        self.h.data_syncs.append((through, bytes(self.h.s_img)))
+
+    def resync_finished(self, seq: int) -> None:
+        self.h.new_copy = False
+
+    def resync_started(self) -> None:
+        pass  # a consistency mark: the adapter persists it; nothing to do in memory
+
+    def hash_extents(self, request: int, first: int, count: int) -> None:
+        raise AssertionError("no verify in these tests")
+
+    def save_undo(self, extent: int) -> None:
+        raise AssertionError("no undo log in these tests")
+
+    def storage_failed(self, area: wire.StorageArea, error: StorageError) -> None:
+        pass  # the driver tells the core; the tests look at its state
 
 
 @dataclass
@@ -90,6 +138,8 @@ class Harness:
         self.primary = PrimaryCore(config, self._read)
         self.secondary = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME,
                                        RecordState(), faults=self.faults, predictor=self.predictor)
+        self.p_driver = PrimaryDriver(self.primary, self)
+        self.s_driver = SecondaryDriver(self.secondary, _SecondarySide(self))
         self.to_s: deque[bytes] = deque()
         self.to_p: deque[bytes] = deque()
         self.s_decoder = FrameDecoder()
@@ -140,13 +190,9 @@ class Harness:
 
     def pump(self) -> None:
         for _ in range(10_000):
-            p_actions = self.primary.actions()
-            s_actions = self.secondary.actions()
-            if not p_actions and not s_actions:
+            carried = self.p_driver()
+            if not self.s_driver() and not carried:
                 break
-            for p_action in p_actions:
-                self._primary_action(p_action)
-            self._carry_out_secondary(s_actions)
         else:
             raise AssertionError("the cores keep producing actions")
         self.check()
@@ -158,43 +204,46 @@ class Harness:
             finally:
                 self._running_io = False
 
-    def _carry_out_secondary(self, actions: list[score.Action]) -> None:
-        """What SecondarySite's action pump does: stop at a failed write, tell the core."""
-        for index, action in enumerate(actions):
-            try:
-                self._secondary_action(action)
-            except StorageError as exc:
-                self.secondary.storage_failed(wire.StorageArea.IMAGE, exc.errno, str(exc),
-                                              actions[index:])
-                return
+    # -- the primary's effects (PrimaryEffects; replication/driver.py dispatches) -------------------
 
-    def _primary_action(self, action: pcore.Action) -> None:
-        match action:
-            case pcore.Send(message):
-                self._primary_sends(message)
-                self.to_s.append(encode_frame(message))
-            case pcore.ApplyLocal():
-                assert action.seq not in self.miss_seqs or action.seq in self.added_delivered, \
-                    f"miss {action.seq} applied locally before ADDED"
-                assert action.seq not in self.range_seqs or action.seq in self.added_delivered
-                assert all(a.seq != action.seq for a in self.applies), "ApplyLocal issued twice"
-                self.applies.append(action)
-            case pcore.AckHost(op_id, errno):
-                self._acked(op_id, errno)
-            case pcore.FlushLocal(ticket):
-                self.flushes.append((ticket, bytes(self.p_img), self._settled_prefix(),
-                                     frozenset(self.locally_settled)))
-            case pcore.PersistOutOfSync(token, extents):
-                self.oos.append(token)
-                self.persisted_oos.append(set(extents))
-                self._oos_by_token[token] = set(extents)
-            case pcore.ResumeLater():
-                self.primary.resume()
-            case pcore.LinkFailed(reason):
-                assert reason and reason == self.primary.secondary_error, f"link failed: {reason}"
-                self.link_failures.append(reason)
-            case _:
-                raise AssertionError(f"unknown primary action {action!r}")
+    def send(self, message: wire.Message) -> None:
+        self._primary_sends(message)
+        self.to_s.append(encode_frame(message))
+
+    def apply_local(self, seq: int, offset: int, length: int, data: bytes | None, punch: bool) -> None:
+        assert seq not in self.miss_seqs or seq in self.added_delivered, \
+            f"miss {seq} applied locally before ADDED"
+        assert seq not in self.range_seqs or seq in self.added_delivered
+        assert all(a.seq != seq for a in self.applies), "ApplyLocal issued twice"
+        self.applies.append(pcore.ApplyLocal(seq, offset, length, data, punch))
+        # None: reported later, when the test completes it (complete_apply)
+
+    def apply_hit(self, seq: int, offset: int, data: bytes) -> int:
+        self.locally_settled.add(seq)
+        self.fast_hits += 1
+        return self._local_write(seq, offset, data)
+
+    def ack_host(self, op_id: int, errno: int) -> None:
+        self._acked(op_id, errno)
+
+    def flush_local(self, through: int) -> None:
+        self.flushes.append((through, bytes(self.p_img), self._settled_prefix(),
+                             frozenset(self.locally_settled)))
+
+    def persist_out_of_sync(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
+        self.oos.append(token)
+        self.persisted_oos.append(set(extents))
+        self._oos_by_token[token] = set(extents)
+
+    def resume_later(self) -> None:
+        self.primary.resume()
+
+    def link_failed(self, reason: str) -> None:
+        assert reason and reason == self.primary.secondary_error, f"link failed: {reason}"
+        self.link_failures.append(reason)
+
+    def become_secondary(self, history: tuple[int, ...]) -> None:
+        raise AssertionError(f"unexpected step down to history {history}")
 
     def _primary_sends(self, message: wire.Message) -> None:
         if not isinstance(message, wire.Write | wire.Zero):
@@ -271,33 +320,6 @@ class Harness:
             prefix += 1
         return prefix
 
-    def _secondary_action(self, action: score.Action) -> None:
-        match action:
-            case score.Send(message):
-                self.to_p.append(encode_frame(message))
-            case score.JournalAppend(entry):
-                self.journal.append(entry)
-            case score.WriteData(offset, data):
-                self._check_covered(offset, len(data))
-                if self.s_full:
-                    raise StorageError(f"write at {offset} failed: no space", Errno.ENOSPC)
-                self.s_img[offset : offset + len(data)] = data
-            case score.ZeroData(offset, length):
-                self._check_covered(offset, length)
-                if self.s_full:
-                    raise StorageError(f"zero at {offset} failed: no space", Errno.ENOSPC)
-                self.s_img[offset : offset + length] = bytes(length)
-            case score.CloseLink(reason):
-                self.closed_by_secondary.append(reason)
-            case score.SyncData(through):
-                self.data_syncs.append((through, bytes(self.s_img)))
-            case score.ResyncFinished():
-                self.new_copy = False
-            case score.ResyncStarted():
-                pass  # a consistency mark: the adapter persists it; nothing to do in memory
-            case _:
-                raise AssertionError(f"unknown secondary action {action!r}")
-
     def _check_covered(self, offset: int, length: int) -> None:
         """The secondary writes only where its committed record (or a committed range) covers."""
         if self.mode is Mode.ASYNC:
@@ -318,10 +340,8 @@ class Harness:
             count -= 1
             moved = True
             for message in self.s_decoder.feed(self.to_s.popleft()):
-                if self.fast and type(message) is wire.Write and self.secondary.write_now(message):
-                    # What SecondarySite._on_message does: write it now.
-                    self._carry_out_secondary([score.WriteData(message.offset, message.data, message.seq)])
-                    self.fast_applies += 1
+                if self.fast and type(message) is wire.Write and self.s_driver.write_now(message):
+                    self.fast_applies += 1  # the site's hot path: written at once
                     continue
                 self.secondary.receive(message)
         if moved:
@@ -344,7 +364,7 @@ class Harness:
                 self.pump()
         return moved
 
-    def apply_local(self, index: int = 0) -> bool:
+    def complete_apply(self, index: int = 0) -> bool:
         if not self.applies:
             return False
         action = self.applies.pop(index % len(self.applies))
@@ -422,7 +442,7 @@ class Harness:
         """Complete every pending fsync, apply and delivery once."""
         moved = False
         while self.applies:
-            moved = self.apply_local() or moved
+            moved = self.complete_apply() or moved
         moved = self.commit_start() or moved
         while self.commits:
             moved = self.commit_done() or moved
@@ -459,20 +479,12 @@ class Harness:
         data = bytes((op_id * 37 + i) % 251 + 1 for i in range(length))
         self.host_ops[op_id] = ("write", offset, length, fua)
         self.op_queue.append(op_id)
-        message = None if fua or not self.fast else self.primary.write_hit(offset, data)
-        if message is None:
+        # The site's hot path (PrimaryDriver.write_hit): send, apply at once, answer.
+        errno = None if fua or not self.fast else self.p_driver.write_hit(offset, data)
+        if errno is None:
             self.primary.write(op_id, offset, data, fua)
         else:
-            # What PrimarySite._write_hit does: send, apply at once, answer.
-            self._primary_action(pcore.Send(message))
-            errno = self._local_write(message.seq, offset, data)
-            self.locally_settled.add(message.seq)
-            if errno:
-                self.primary.hit_applied(message.seq, errno, offset, length)
-            else:
-                self.primary.hit_applied(message.seq)
-            self._primary_action(pcore.AckHost(op_id, errno))
-            self.fast_hits += 1
+            self.ack_host(op_id, errno)
         self.pump()
         return op_id
 
@@ -537,18 +549,16 @@ class Harness:
         assert len(self.secondary.state.extents) <= self.capacity
         if self.mode is Mode.ASYNC:
             return
+        covered: set[int] | None = None
         for name, one, two in (("images", self.p_img, self.s_img),
                                ("durable images", self.p_durable, self.s_durable)):
             for extent in range(self.extents):
                 span = self._span(extent)
                 if one[span] != two[span]:
-                    # The primary's durable out-of-sync set counts once the link has dropped.
-                    covered = extent in self.committed_state.extents or extent in self.durable_oos or any(
-                        extent in extents_of(off, length, self.extent_size)
-                        for off, length in self.committed_state.ranges.values()
-                    ) or runs.contains(self.committed_state.resync, extent) \
-                        or self.new_copy
-                    assert covered, f"{name} differ in extent {extent}, not in the durable record"
+                    if covered is None:  # the primary's durable out-of-sync set counts too
+                        covered = failback_set(self.committed_state, self.extent_size, self.durable_oos)
+                    assert extent in covered or self.new_copy, \
+                        f"{name} differ in extent {extent}, not in the durable record"
 
     def check_quiescent(self) -> None:
         assert not self._pending()
@@ -628,10 +638,10 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
     resumes = 0
     original = h.primary.resume
 
-    def counted() -> None:
+    def counted(*, now: float | None = None) -> None:
         nonlocal resumes
         resumes += 1
-        original()
+        original(now=now)
 
     h.primary.resume = counted  # type: ignore[method-assign]
     h.connect()
@@ -744,7 +754,7 @@ def test_a_read_ahead_hit_is_answered_before_its_added() -> None:
     h.write(0, 16)  # miss: extents 0, 1, 2
     h.settle()
     first = h.write(16, 8)  # extent 1, where the miss ended: a sequential hit, 1 extent from the edge
-    h.apply_local()
+    h.complete_apply()
     assert h.acks[first] == 0
     assert h.primary.statistics().record_read_aheads == 1
     assert h.read_ahead_seqs == {h.op_seq[first]}  # sent with MISS while its extents were covered
@@ -792,7 +802,7 @@ def test_handshake_and_first_miss() -> None:
     h.deliver_to_primary()
     assert [a.seq for a in h.applies] == [h.op_seq[op]]
     assert op not in h.acks
-    h.apply_local()
+    h.complete_apply()
     assert h.acks == {op: 0}
     assert h.primary.record.extents() == [1, 2, 3]
 
@@ -806,7 +816,7 @@ def test_hit_is_applied_and_acked_without_the_secondary() -> None:
     op = h.write(16, 16)  # extent 1 was predicted: a hit
     assert h.primary.statistics().record_hits == 1
     assert len(h.to_s) == sent_before + 1
-    h.apply_local()
+    h.complete_apply()
     assert h.acks[op] == 0  # answered with the frame still undelivered
     assert h.s_img[16:32] == bytes(16)
     h.settle()
@@ -823,9 +833,9 @@ def test_miss_applies_in_order_behind_a_pending_miss_and_hit_waits_behind_it() -
     h.commit_done()
     h.deliver_to_primary()
     assert [a.seq for a in h.applies] == [h.op_seq[first]]  # the second waits for the first
-    h.apply_local()
+    h.complete_apply()
     assert [a.seq for a in h.applies] == [h.op_seq[second]]
-    h.apply_local()
+    h.complete_apply()
     assert set(h.acks) == {first, second}
     h.settle()
     h.check_quiescent()
@@ -839,14 +849,14 @@ def test_sync_mode_acks_only_after_durable() -> None:
     h.commit_start()
     h.commit_done()
     h.deliver_to_primary()
-    h.apply_local()
+    h.complete_apply()
     assert miss not in h.acks  # ADDED arrived and it is applied, but not durable there yet
     assert h.data_syncs
     h.data_sync_done()
     h.deliver_to_primary()
     assert h.acks == {miss: 0}
     hit = h.write(16, 4)
-    h.apply_local()  # a sync-mode hit applies at once...
+    h.complete_apply()  # a sync-mode hit applies at once...
     assert hit not in h.acks  # ...but is answered only once durable there
     h.deliver_to_secondary()
     h.data_sync_done()
@@ -867,7 +877,7 @@ def test_sync_mode_hit_durable_before_local_apply_is_applied_once() -> None:
     h.data_sync_done()
     h.deliver_to_primary()  # DURABLE arrives while the local apply is still in progress
     assert len(h.applies) == 1
-    h.apply_local()
+    h.complete_apply()
     assert h.acks[hit] == 0
     h.settle()
     h.check_quiescent()
@@ -954,7 +964,7 @@ def test_fua_write_is_acked_after_a_local_flush() -> None:
     h.write(0, 4)
     h.settle()
     op = h.write(0, 4, fua=True)
-    h.apply_local()
+    h.complete_apply()
     assert op not in h.acks
     assert h.flushes
     h.flush_done()
@@ -1008,7 +1018,7 @@ def test_a_local_write_that_fails_is_out_of_sync_until_resynced(fast: bool) -> N
     h.p_full = 5
     op = h.write(16, 16)  # a hit on extent 1
     h.deliver_to_secondary()  # the secondary has all 16 bytes
-    h.apply_local()
+    h.complete_apply()
     assert h.acks[op] == Errno.ENOSPC
     assert h.fast_hits == (1 if fast else 0)
     assert h.persisted_oos and 1 in h.persisted_oos[-1], "out of sync, persisted at once"
@@ -1033,7 +1043,7 @@ def test_a_local_write_that_fails_with_the_link_down_resyncs_on_connect() -> Non
     h.to_s.clear()
     h.p_full = 0
     op = h.write(16, 16)  # covered by the record: no out-of-sync needed, until it fails
-    h.apply_local()
+    h.complete_apply()
     assert h.acks[op] == Errno.ENOSPC and h.primary.out_of_sync == {1}
     assert h.persisted_oos[-1] == {1}
     h.op_queue.remove(op)  # never sent: the link was down
@@ -1057,7 +1067,7 @@ def test_a_failed_local_range_stays_pending_there_until_resynced() -> None:
     h.commit_done()
     h.data_sync_done()
     h.deliver_to_primary()
-    h.apply_local()
+    h.complete_apply()
     assert h.acks[op] == Errno.ENOSPC
     assert h.primary.out_of_sync == set(range(30))
     h.p_full = None
@@ -1272,7 +1282,7 @@ def _run(h: Harness, steps: list[tuple[object, ...]]) -> None:
             case ("to_primary", int(count)):
                 h.deliver_to_primary(count)
             case ("apply", int(index)):
-                h.apply_local(index)
+                h.complete_apply(index)
             case ("flush_done",):
                 h.flush_done()
             case ("data_sync_done",):
@@ -1310,10 +1320,9 @@ class _Recording(Harness):
         super().__post_init__()
         self.sent: list[wire.Message] = []
 
-    def _primary_action(self, action: pcore.Action) -> None:
-        if isinstance(action, pcore.Send):
-            self.sent.append(action.message)
-        super()._primary_action(action)
+    def send(self, message: wire.Message) -> None:
+        self.sent.append(message)
+        super().send(message)
 
 
 HOST_OP = st.one_of(
@@ -1438,7 +1447,7 @@ def _tricky_schedule(h: Harness) -> None:
     h.write(0, 4)  # a miss on extent 0
     h.run_io()  # ADDED is back; its local apply is still in progress
     h.write(8, 16)  # a miss on extents 0 and 1, queued behind it on extent 0
-    h.apply_local()
+    h.complete_apply()
     h.write(32, 4)  # needs an eviction
     h.settle()
 
@@ -1751,3 +1760,53 @@ def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_onc
     h.sent.clear()
     h.write(7 * h.extent_size, 4)  # the miss taking the last free slot (the low mark is 8 // 8)
     assert any(isinstance(m, wire.Sync) for m in h.sent), h.sent
+
+
+# -- time: get_timer / handle_timer ------------------------------------------------------------------
+
+
+def test_the_primary_asks_for_a_timer_only_while_something_waits_on_time() -> None:
+    h = Harness(auto=True)
+    h.connect()
+    h.settle()
+    h.check_quiescent()
+    assert h.primary.get_timer() is None  # idle and in sync: the daemon sleeps until a heartbeat
+    h.auto = False
+    h.write(0, 8)
+    deadline = h.primary.get_timer()
+    assert deadline is not None
+    h.primary.handle_timer(deadline + 7.0)
+    assert h.primary.get_timer() == deadline + 7.0 + h.primary.config.watermark_interval_s
+    h.auto = True
+    h.settle()
+    assert h.primary.get_timer() is None
+
+
+def test_an_op_stamped_with_its_own_time_is_not_expired_by_an_old_clock() -> None:
+    """Inputs carry ``now``: after a long idle spell with no timer, an op that must wait is
+    stamped with the time it came, not the last timer's, so the next timer does not fail it."""
+    h = Harness(capacity=1, lookahead=0)
+    h.connect()
+    h.primary.handle_timer(1.0)
+    h.write(0, 4, fua=False)  # a miss: takes the one slot until it is clean on both sites
+    h.primary.write(50, 16, b"x" * 4, False, now=1000.0)  # waits for room
+    h.primary.handle_timer(1000.0 + h.primary.config.miss_wait_s - 1)
+    h.pump()
+    assert 50 not in h.acks
+
+
+def test_the_secondary_asks_for_a_timer_while_an_applied_write_is_not_durable() -> None:
+    h = Harness()
+    h.connect()
+    assert h.secondary.get_timer() is None
+    h.write(0, 8)
+    h.deliver_to_secondary()
+    h.commit_start()
+    h.commit_done()
+    assert h.secondary.applied_seq > h.secondary.durable_seq
+    deadline = h.secondary.get_timer()
+    assert deadline is not None
+    h.secondary.handle_timer(5.0)
+    assert h.secondary.get_timer() == 5.0 + h.secondary.watermark_interval_s
+    h.pump()
+    assert h.data_syncs, "the watermark started an image sync"

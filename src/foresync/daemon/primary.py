@@ -1,14 +1,18 @@
 """The primary site: NBD in, the pure ``PrimaryCore`` in the middle, local disk and link out.
 
-``pump`` is the one place core actions are carried out. Local applies run synchronously (page
-cache writes), flushes go through the group flusher, sends go to the link, and host answers to
-the NBD connection that asked. The dialer keeps one link to the secondary, reconnecting with a
-short backoff; the timer drives the durable watermark, heartbeats and miss timeouts.
+``pump`` runs the one action driver (replication/driver.py); this site implements its effects.
+Local applies run synchronously (page cache writes), flushes go through the group flusher, sends
+go to the link, and host answers to the NBD connection that asked. The dialer keeps one link to
+the secondary, reconnecting with a short backoff. The timer sleeps until the next deadline (the
+core's ``get_timer``: the durable watermark and miss timeouts; heartbeats; the link timeout),
+and a pump that gives an idle core work wakes it. A demote or a stop waits for the core to be in
+sync on a future that the pump resolves (``_wait_for``), not by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -30,14 +34,14 @@ from foresync.daemon.transitions import step_down
 from foresync.errors import RequestRefused, StorageError
 from foresync.geometry import Extent
 from foresync.link import wire
-from foresync.link.transport import ActionPump, LinkListener, LinkProtocol
+from foresync.link.transport import LinkListener, LinkProtocol
 from foresync.logctx import LogBudget
 from foresync.nbd.handshake import ExportInfo
 from foresync.nbd.server import NbdServer
 from foresync.nbd.target import Done, NbdTarget
 from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.replication import primary as core_mod
-from foresync.replication.actions import PrimaryAction
+from foresync.replication.driver import PrimaryDriver
 from foresync.replication.epochs import Relation, compare
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.storage.file_backend import FileBackend
@@ -66,6 +70,7 @@ class PrimarySite:
                 window_bytes=cfg.window_bytes, history=meta.epoch_history,
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
+                watermark_interval_s=cfg.watermark_interval_s,
             ),
             read=backend.read_unless_hole, is_hole=backend.is_hole,
         )
@@ -98,7 +103,11 @@ class PrimarySite:
         self._started: dict[int, float] = {}  # op id -> monotonic start, for the histogram
         self.write_latency: Any = None  # a prometheus histogram child, set by the daemon
         self._next_op = 1
-        self._pump = ActionPump(self.core.actions, self._do)
+        self._driver = PrimaryDriver(self.core, self)
+        # Futures waiting for the core to reach a state (demote, stop): checked after each pump.
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._timer_idle = False  # the timer sleeps with no deadline from the core
+        self._timer_changed = asyncio.Event()
         self._secondary_error_logged = ("", 0.0)  # (text, monotonic time) last logged
         self._stopping = False
         self.nbd: NbdServer | None = None
@@ -120,124 +129,118 @@ class PrimarySite:
         return self.backend.extents(offset, length)
 
     def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
-        # Not while the pump is carrying out actions: this write may come from one of them (an
-        # answered write lets the NBD connection start the next one), and the rest of that batch
-        # (a resync WRITE, say, with a lower seq) must reach the link first.
-        if not fua and not self._pump.running:
-            message = self.core.write_hit(offset, data)
-            if message is not None:
-                self._write_hit(message, done)
+        if not fua:
+            # The hot path (replication/driver.py): send, apply, answer, or None when the write
+            # is not a plain hit or the driver is carrying out a batch (this write may come from
+            # one of its actions, and the rest of that batch must reach the link first).
+            started = time.monotonic()
+            errno = self._driver.write_hit(offset, data, started)
+            if errno is not None:
+                if not errno and self.write_latency is not None:
+                    self.write_latency.observe(time.monotonic() - started)
+                done(errno)
                 return
-        self.core.write(self._new_op(done), offset, data, fua)
+        now = time.monotonic()
+        self.core.write(self._new_op(done, now), offset, data, fua, now=now)
         self.pump()
 
     def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
              done: Done) -> None:
         # The export does not offer FAST_ZERO (can_fast_zero=False), so fast_only is ignored.
-        self.core.zero(self._new_op(done), offset, length, may_punch, fua)
+        now = time.monotonic()
+        self.core.zero(self._new_op(done, now), offset, length, may_punch, fua, now=now)
         self.pump()
 
     def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
         # Replicated TRIM zeroes on both sites, so the two images stay byte-identical.
-        self.core.zero(self._new_op(done), offset, length, True, fua)
+        now = time.monotonic()
+        self.core.zero(self._new_op(done, now), offset, length, True, fua, now=now)
         self.pump()
 
     def flush(self, done: Done) -> None:
-        self.core.flush(self._new_op(done))
+        now = time.monotonic()
+        self.core.flush(self._new_op(done, now), now=now)
         self.pump()
 
     def cache(self, offset: int, length: int, done: Done) -> None:
         self.backend.cache(offset, length)
         done(0)
 
-    def _new_op(self, done: Done) -> int:
+    def _new_op(self, done: Done, now: float) -> int:
         """An op id for the core; its AckHost action calls ``done``."""
         op_id = self._next_op
         self._next_op += 1
         self._dones[op_id] = done
-        self._started[op_id] = time.monotonic()
+        self._started[op_id] = now
         return op_id
-
-    def _write_hit(self, message: wire.Write, done: Done) -> None:
-        """The core's hot path (``PrimaryCore.write_hit``): send, apply, answer, in the order
-        the actions of ``write()`` would have been carried out."""
-        started = time.monotonic()
-        if self.link is not None:
-            self.link.send(message)
-        try:
-            self.backend.write(message.offset, message.data)
-        except StorageError as exc:
-            self._local_write_failed(exc)
-            self.core.hit_applied(message.seq, exc.errno, message.offset, len(message.data))
-            self.pump()  # the core marks the extents out of sync and resyncs them
-            done(exc.errno)
-            return
-        self.core.hit_applied(message.seq)
-        if self.write_latency is not None:
-            self.write_latency.observe(time.monotonic() - started)
-        done(0)
 
     @staticmethod
     def _local_write_failed(exc: StorageError) -> None:
         log.error("local write failed: %s; the host gets errno %d, and the extents it touched are "
                   "out of sync until they are copied to the secondary again", exc, exc.errno)
 
-    # -- carrying out core actions -------------------------------------------------------------
+    # -- carrying out core actions (replication/driver.py dispatches; these are the effects) ------
 
     def pump(self) -> None:
-        self._pump()
+        self._driver()
+        if self._waiters:
+            self._wake_waiters()
+        if self._timer_idle and self.core.get_timer() is not None:
+            self._timer_idle = False
+            self._timer_changed.set()
 
-    def _do(self, action: PrimaryAction) -> None:
-        match action:
-            case core_mod.Send(message):
-                if self.link is not None:
-                    self.link.send(message)
-                if isinstance(message, wire.ResyncDone):
-                    log.info("resync finished: %s sent; %s compared in all (volume %s); the "
-                             "secondary is consistent",
-                             format_size(self.core.counters.resync_bytes - self._resync_bytes_at_pass),
-                             format_size(self.core.resync_progress().total_bytes),
-                             format_size(self.cfg.size))
-                    self._resync_bytes_at_pass = self.core.counters.resync_bytes
-            case core_mod.ApplyLocal(seq, offset, length, data, punch):
-                errno = 0
-                try:
-                    if data is not None:
-                        self.backend.write(offset, data)
-                    else:
-                        self.backend.zero(offset, length, punch, False)
-                except StorageError as exc:
-                    self._local_write_failed(exc)
-                    errno = exc.errno
-                self.core.local_applied(seq, errno)
-            case core_mod.AckHost(op_id, errno):
-                done = self._dones.pop(op_id, None)
-                started = self._started.pop(op_id, None)
-                if started is not None and self.write_latency is not None:
-                    self.write_latency.observe(time.monotonic() - started)
-                if done is not None:
-                    done(errno)
-            case core_mod.FlushLocal(ticket):
-                self.flusher.request(functools.partial(self._flushed, ticket))
-            case core_mod.PersistOutOfSync(token, extents, everything):
-                self._persist_out_of_sync(token, extents, everything)
-            case core_mod.LinkFailed(reason):
-                if reason != self.core.secondary_error:  # that one was logged at ERROR already
-                    log.warning("link: %s", reason)
-                if self.link is not None:
-                    self.link.abort(reason)
-            case core_mod.BecomeSecondary(history):
-                self._step_down_for(history)
-            case core_mod.ResumeLater():
-                # After the callbacks already ready (link frames, NBD requests, the admin
-                # endpoint): a long resync never holds the event loop for more than a slice.
-                asyncio.get_running_loop().call_soon(self._resume_resync)
+    def send(self, message: wire.Message) -> None:
+        if self.link is not None:
+            self.link.send(message)
+        if isinstance(message, wire.ResyncDone):
+            progress = self.core.resync_progress()
+            log.info("resync finished: %s sent; %s compared in all (volume %s); the "
+                     "secondary is consistent",
+                     format_size(self.core.counters.resync_bytes - self._resync_bytes_at_pass),
+                     format_size(progress.total_bytes), format_size(self.cfg.size))
+            self._resync_bytes_at_pass = self.core.counters.resync_bytes
+
+    def apply_local(self, seq: int, offset: int, length: int, data: bytes | None, punch: bool) -> int:
+        try:
+            if data is not None:
+                self.backend.write(offset, data)
+            else:
+                self.backend.zero(offset, length, punch, False)
+        except StorageError as exc:
+            self._local_write_failed(exc)
+            return exc.errno
+        return 0
+
+    def apply_hit(self, seq: int, offset: int, data: bytes) -> int:
+        return self.apply_local(seq, offset, len(data), data, False)
+
+    def ack_host(self, op_id: int, errno: int) -> None:
+        done = self._dones.pop(op_id, None)
+        started = self._started.pop(op_id, None)
+        if started is not None and self.write_latency is not None:
+            self.write_latency.observe(time.monotonic() - started)
+        if done is not None:
+            done(errno)
+
+    def flush_local(self, through: int) -> None:
+        self.flusher.request(functools.partial(self._flushed, through))
+
+    def link_failed(self, reason: str) -> None:
+        if reason != self.core.secondary_error:  # that one was logged at ERROR already
+            log.warning("link: %s", reason)
+        if self.link is not None:
+            self.link.abort(reason)
+
+    def resume_later(self) -> None:
+        # After the callbacks already ready (link frames, NBD requests, the admin endpoint): a
+        # long resync never holds the event loop for more than a slice.
+        asyncio.get_running_loop().call_soon(self._resume_resync)
 
     def _resume_resync(self) -> None:
-        self.core.resume()
+        self.core.resume(now=time.monotonic())
         self.pump()
 
-    def _persist_out_of_sync(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
+    def persist_out_of_sync(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
         try:
             store_oos(self.cfg.meta, set(extents), everything)
         except StorageError as exc:
@@ -250,9 +253,9 @@ class PrimarySite:
         if self._oos_retry is not None:
             log.info("out-of-sync set stored again; waiting writes go on")
             self._oos_retry = None
-        self.core.out_of_sync_persisted(token)
+        self.core.out_of_sync_persisted(token, now=time.monotonic())
 
-    def _step_down_for(self, history: tuple[int, ...]) -> None:
+    def become_secondary(self, history: tuple[int, ...]) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
         to it with our HELLO, so we can forget it; it will copy back what it must."""
         if self.role_changed.is_set():
@@ -271,7 +274,7 @@ class PrimarySite:
             self.core.local_flush_failed(ticket)
             self.pump()
             return
-        self.core.local_flushed(ticket)
+        self.core.local_flushed(ticket, now=time.monotonic())
         self.pump()
 
     # -- link -----------------------------------------------------------------------------------
@@ -280,7 +283,7 @@ class PrimarySite:
         if isinstance(message, wire.Pong):
             self.link_rtt_s = max(0.0, (time.monotonic_ns() - message.timestamp_ns) / 1e9)
             self.core.observe_rtt(self.link_rtt_s)
-        self.core.receive(message)
+        self.core.receive(message, now=time.monotonic())
         if isinstance(message, wire.StorageFailed):
             self._log_secondary_error()
         self.pump()
@@ -368,7 +371,7 @@ class PrimarySite:
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)
             failures = self.core.counters.secondary_storage_errors
-            self.core.connected()
+            self.core.connected(now=time.monotonic())
             self.pump()
             # A round trip measured now, before any resync data queues on the link, is the link's
             # own delay: the resync window is tuned from it (PrimaryCore.observe_rtt).
@@ -382,7 +385,7 @@ class PrimarySite:
             self.link = None
             log.log(logging.INFO if self._stopping else logging.WARNING,
                     "link: lost the secondary at %s (%s)", proto.peer, reason)
-            self.core.disconnected(reason)
+            self.core.disconnected(reason, now=time.monotonic())
             self.pump()
             if greeted:
                 backoff = 0.2
@@ -390,14 +393,30 @@ class PrimarySite:
                 await wait_before_redialling()
 
     async def _timers(self) -> None:
+        """Sleep until the next deadline (the core's ``get_timer``, a heartbeat, the link's
+        timeout, a failed out-of-sync persist to retry), then handle what is due. A pump that
+        gives an idle core work wakes the sleep early (``_timer_changed``)."""
         last_ping = 0.0
         while not self._stopping:
-            await asyncio.sleep(self.cfg.watermark_interval_s)
             now = time.monotonic()
-            self.core.tick(now)
+            core_at = self.core.get_timer()
+            deadlines = [last_ping + self.cfg.heartbeat_s]
+            if core_at is not None:
+                deadlines.append(core_at)
             if self._oos_retry is not None:
-                self._persist_out_of_sync(*self._oos_retry)
-            self.core.request_durable()
+                deadlines.append(now + self.cfg.watermark_interval_s)
+            link = self.link
+            if link is not None and link.is_open:
+                deadlines.append(link.last_rx + self.cfg.timeout_s)
+            self._timer_idle = core_at is None
+            self._timer_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_changed.wait(), max(0.0, min(deadlines) - now))
+            self._timer_idle = False
+            now = time.monotonic()
+            self.core.handle_timer(now)
+            if self._oos_retry is not None:
+                self.persist_out_of_sync(*self._oos_retry)
             link = self.link
             if link is not None and link.is_open:
                 if now - last_ping >= self.cfg.heartbeat_s:
@@ -480,10 +499,36 @@ class PrimarySite:
 
     def verify(self, repair: bool) -> VerifyStarted:
         """Online verify: compare per-extent checksums with the secondary in the background."""
-        if not self.core.start_verify(repair):
+        if not self.core.start_verify(repair, now=time.monotonic()):
             raise RequestRefused("verify needs a connected secondary and no verify running")
         self.pump()
         return VerifyStarted(repair, self.core.extent_count)
+
+    async def _wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``condition()`` holds (checked after every pump: the core changes only
+        there), asking both sites for durability now and on every watermark timer meanwhile.
+        False if it did not within ``timeout_s``."""
+        self.core.request_durable()
+        self.pump()
+        if condition():
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (condition, waiter)
+        self._waiters.append(entry)
+        self._timer_changed.set()  # a timer sleeping idle re-reads the core's deadline
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+        return True
+
+    def _wake_waiters(self) -> None:
+        for condition, waiter in list(self._waiters):
+            if not waiter.done() and condition():
+                waiter.set_result(None)
 
     async def demote(self) -> Demoted:
         """Planned switchover: stop serving, drain until the secondary has everything, step down."""
@@ -492,14 +537,7 @@ class PrimarySite:
                                  "does not have (promote it with --force instead, if it is gone)")
         assert self.nbd is not None
         await self.nbd.aclose()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.core.statistics().in_sync:
-                break
-            self.core.request_durable()
-            self.pump()
-            await asyncio.sleep(0.02)
-        else:
+        if not await self._wait_for(lambda: self.core.statistics().in_sync, 60):
             raise RequestRefused("the secondary did not catch up within 60 s; still primary "
                                  "(NBD is stopped: restart the site to serve again)")
         await self.flusher.wait_idle()
@@ -567,14 +605,11 @@ class PrimarySite:
         log.info("stopping: finishing in-flight NBD requests and draining replication")
         assert self.nbd is not None
         await self.nbd.aclose()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        def drained() -> bool:
             stats = self.core.statistics()
-            if stats.in_sync or stats.link != "connected":
-                break
-            self.core.request_durable()
-            self.pump()
-            await asyncio.sleep(0.02)
+            return stats.in_sync or stats.link != "connected"
+
+        await self._wait_for(drained, 15)
         # One last local flush through the core, so it knows what is durable here: a raw
         # backend.flush() alone leaves the latest writes "dirty" to the core, and a clean stop
         # would store their extents as out-of-sync and resync them on restart for nothing.
@@ -604,6 +639,7 @@ class PrimarySite:
 
     def statistics(self) -> SiteStatistics:
         """A snapshot for /status and /metrics (``admin.status``)."""
+        now = time.monotonic()
         s = self.core.statistics()
         if self.metadata_damage and not self.core.full_resync_pending:
             self.metadata_damage = ""  # the full pass it asked for has finished
@@ -615,9 +651,10 @@ class PrimarySite:
             storage_errors=s.local_write_errors, split_brain=self.core.split_brain,
             security=self.security.describe(),
             view=PrimaryView(
-                core=s, resync=self.core.resync_progress(), verify=self.core.verify_progress(),
+                core=s, resync=self.core.resync_progress(now=now),
+                verify=self.core.verify_progress(now=now),
                 link_rtt_s=self.link_rtt_s, secondary_error=self.core.secondary_error,
-                lag_seconds=self.core.lag_seconds(), eviction=self.cfg.eviction.value,
+                lag_seconds=self.core.lag_seconds(now=now), eviction=self.cfg.eviction.value,
                 predictor=self.cfg.predictor,
                 miss_ratio_estimate=self._miss_ratio_estimate(s.writes, s.record_misses),
                 failback_bound_bytes=self.core.failback_bound_extents() * self.cfg.extent_size,

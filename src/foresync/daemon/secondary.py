@@ -13,7 +13,6 @@ is retried at most every ``COMMIT_RETRY_S``, so the next session starts once the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -31,25 +30,27 @@ from foresync.daemon.metadata import store as store_meta
 from foresync.daemon.results import Discarded, Promoted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import (
-    damaged_promote_error,
+    can_roll_back,
     failback_set,
     journal_path,
+    promote_refusal,
+    roll_back_then_promote,
     roll_back_unfinished_resync,
 )
 from foresync.daemon.transitions import discard_local as discard_local_changes
-from foresync.daemon.transitions import promote as promote_site
-from foresync.errors import ForesyncError, RequestRefused, StorageError, TryAgainLater
+from foresync.errors import RequestRefused, StorageError, TryAgainLater
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog
 from foresync.link import wire
-from foresync.link.transport import ActionPump, LinkListener, LinkProtocol
+from foresync.link.transport import LinkListener, LinkProtocol
 from foresync.logctx import LogBudget
 from foresync.nbd.server import bind_listener, keep_freed_heap
 from foresync.record import runs as extent_runs
 from foresync.replication import secondary as core_mod
 from foresync.replication.actions import SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
+from foresync.replication.driver import SecondaryDriver
 from foresync.replication.secondary import SecondaryCore
 from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
@@ -61,15 +62,6 @@ PROMOTE_DRAIN_S = 30.0  # a promote waits this long for the work in flight once 
 COMMIT_RETRY_S = 1.0  # after a failed journal commit (a full meta disk), wait before the next
 STORAGE_ERROR_LOG_S = 60.0  # the same storage failure is logged at ERROR at most this often
 
-# What a failing action was writing, for STORAGE_FAILED and the log.
-_AREA_OF: dict[type, wire.StorageArea] = {
-    core_mod.JournalAppend: wire.StorageArea.JOURNAL,
-    core_mod.SaveUndo: wire.StorageArea.UNDO,
-    core_mod.ResyncStarted: wire.StorageArea.METADATA,
-    core_mod.ResyncFinished: wire.StorageArea.METADATA,
-}
-
-
 class _CommitFailed(Exception):
     """A group commit failed: which file, and the error."""
 
@@ -78,9 +70,6 @@ class _CommitFailed(Exception):
         self.area = area
         self.error = error
 
-
-_INCONSISTENT = ("this copy is inconsistent (a full sync or resync into it has not finished), so it "
-                 "may hold a mix of old and new data; use --force to promote it anyway")
 
 class SecondarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
@@ -98,12 +87,14 @@ class SecondarySite:
         self.core = SecondaryCore(cfg.size, cfg.extent_size, cfg.lookahead,
                                   meta.volume_id or bytes(16),
                                   state if state is not None else RecordState(), epoch=meta.epoch,
-                                  predictor=cfg.predictor)
+                                  predictor=cfg.predictor,
+                                  watermark_interval_s=cfg.watermark_interval_s)
         self.link: LinkProtocol | None = None
         self.link_error = ""
         self.disconnected_since: float | None = time.time()
-        self._pump = ActionPump(lambda: self.core.actions(), self._do, self._action_failed,
-                                (StorageError, OSError))
+        self._driver = SecondaryDriver(self.core, self)
+        self._timer_idle = False  # the timer sleeps with no deadline from the core
+        self._timer_changed = asyncio.Event()
         self._committing = False
         self._commit_retry_at = 0.0  # monotonic: no journal commit before (after a failed one)
         self.storage_error = ""  # the last failure to write, until a resync pass completes
@@ -173,13 +164,8 @@ class SecondarySite:
             if not self._resync_rx_started:
                 self._resync_rx_started = time.monotonic()
             self._resync_rx_bytes += len(message.data)
-        if type(message) is wire.Write and not self._pump.running and self.core.write_now(message):
-            try:
-                self.backend.write(message.offset, message.data)  # nothing is queued before it
-            except StorageError as exc:
-                write = core_mod.WriteData(message.offset, message.data, message.seq)
-                self._storage_failed(wire.StorageArea.IMAGE, exc, (write,))
-            return
+        if type(message) is wire.Write and self._driver.write_now(message):
+            return  # written at once: nothing was queued before it
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
         # every other message read in the same pass: one pump per read, not per 4 KiB write.
         self.core.receive(message)
@@ -327,73 +313,75 @@ class SecondarySite:
     # -- actions ----------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        self._pump()
+        self._driver()
         self._maybe_commit()
+        if self._timer_idle and self.core.get_timer() is not None:
+            self._timer_idle = False
+            self._timer_changed.set()
 
-    def _do(self, action: SecondaryAction) -> None:
-        match action:
-            case core_mod.Send(message):
-                if isinstance(message, wire.Refuse):
-                    self.link_error = f"refused the primary: {message.reason}"
-                    log.warning("link: %s", self.link_error)
-                if self.link is not None:
-                    self.link.send(message)
-            case core_mod.JournalAppend(entry):
-                assert self.journal is not None
-                self.journal.append(entry)
-            case core_mod.WriteData(offset, data):
-                self.backend.write(offset, data)
-            case core_mod.ZeroData(offset, length, punch):
-                self.backend.zero(offset, length, punch, False)
-            case core_mod.SyncData(through):
-                self._spawn(self._sync_data(through))
-            case core_mod.HashExtents(request, first, count):
-                size = self.cfg.extent_size
-                hashes = tuple(
-                    xxhash.xxh3_64_intdigest(self.backend.read(e * size, min(size, self.cfg.size - e * size)))
-                    for e in range(first, first + count))
-                if self.link is not None:
-                    self.link.send(wire.Hashes(request, first, hashes))
-            case core_mod.ResyncStarted():
-                if self.meta.consistent:
-                    # Durable before the first resync write lands: from here until RESYNC_DONE
-                    # this image mixes old and new data and must not be promoted unforced.
-                    self._store(self.meta.update(consistent=False))
-                    log.info("resync started: this copy is inconsistent until it finishes")
-            case core_mod.SaveUndo(extent):
-                size = self.cfg.extent_size
-                self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
-            case core_mod.ResyncFinished():
-                self.backend.flush()
-                if self.meta.metadata_damage:
-                    log.warning("a full compare finished: this copy is consistent again and the "
-                                "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
-                self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
-                self.undo.discard()
-                self.storage_error = ""
-                log.info("resync finished: this copy is consistent; %s received",
-                         format_size(self._resync_rx_bytes))
-                self._resync_rx_bytes, self._resync_rx_started = 0, 0.0
-                self._resync_full = False
-            case core_mod.CloseLink(reason):
-                if self.link is not None:
-                    self.link_error = reason
-                    self.link.close_after_flush(reason)
+    # -- the effects of core actions (replication/driver.py dispatches them) --------------------------
 
-    def _action_failed(self, exc: Exception, unfinished: Sequence[SecondaryAction]) -> None:
-        """The pump caught a StorageError or OSError (site.json) carrying out unfinished[0]."""
-        area = _AREA_OF.get(type(unfinished[0]), wire.StorageArea.IMAGE)
-        if isinstance(exc, StorageError):
-            self._storage_failed(area, exc, unfinished)
-        else:
-            assert isinstance(exc, OSError)
-            self._storage_failed(area, StorageError.from_os(f"writing the {area.label} failed", exc),
-                                 unfinished)
+    def send(self, message: wire.Message) -> None:
+        if isinstance(message, wire.Refuse):
+            self.link_error = f"refused the primary: {message.reason}"
+            log.warning("link: %s", self.link_error)
+        if self.link is not None:
+            self.link.send(message)
 
-    def _storage_failed(self, area: wire.StorageArea, exc: StorageError,
-                        unfinished: Sequence[SecondaryAction]) -> None:
-        """Writing ``area`` failed: the core drops what is not done and ends the session."""
-        self.storage_error = f"could not write its {area.label}: {exc}"
+    def journal_append(self, entry: bytes) -> None:
+        assert self.journal is not None
+        self.journal.append(entry)
+
+    def write_data(self, offset: int, data: bytes, seq: int) -> None:
+        self.backend.write(offset, data)
+
+    def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
+        self.backend.zero(offset, length, punch, False)
+
+    def sync_data(self, through: int) -> None:
+        self._spawn(self._sync_data(through))
+
+    def hash_extents(self, request: int, first: int, count: int) -> None:
+        size = self.cfg.extent_size
+        hashes = tuple(
+            xxhash.xxh3_64_intdigest(self.backend.read(e * size, min(size, self.cfg.size - e * size)))
+            for e in range(first, first + count))
+        if self.link is not None:
+            self.link.send(wire.Hashes(request, first, hashes))
+
+    def resync_started(self) -> None:
+        if self.meta.consistent:
+            # Durable before the first resync write lands: from here until RESYNC_DONE this
+            # image mixes old and new data and must not be promoted unforced.
+            self._store(self.meta.update(consistent=False))
+            log.info("resync started: this copy is inconsistent until it finishes")
+
+    def save_undo(self, extent: int) -> None:
+        size = self.cfg.extent_size
+        self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
+
+    def resync_finished(self, seq: int) -> None:
+        self.backend.flush()
+        if self.meta.metadata_damage:
+            log.warning("a full compare finished: this copy is consistent again and the "
+                        "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
+        self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
+        self.undo.discard()
+        self.storage_error = ""
+        log.info("resync finished: this copy is consistent; %s received",
+                 format_size(self._resync_rx_bytes))
+        self._resync_rx_bytes, self._resync_rx_started = 0, 0.0
+        self._resync_full = False
+
+    def close_link(self, reason: str) -> None:
+        if self.link is not None:
+            self.link_error = reason
+            self.link.close_after_flush(reason)
+
+    def storage_failed(self, area: wire.StorageArea, error: StorageError) -> None:
+        """Writing ``area`` failed: say so in /status and the log (the driver tells the core,
+        which drops what is not done and ends the session)."""
+        self.storage_error = f"could not write its {area.label}: {error}"
         text, at = self._storage_error_logged
         now = time.monotonic()
         if self.storage_error != text or now - at >= STORAGE_ERROR_LOG_S:
@@ -403,7 +391,10 @@ class SecondarySite:
                       self.storage_error)
         else:
             log.debug("this site %s", self.storage_error)
-        self.core.storage_failed(area, exc.errno, str(exc), unfinished)
+
+    def _storage_failed(self, area: wire.StorageArea, exc: StorageError,
+                        unfinished: Sequence[SecondaryAction] = ()) -> None:
+        self._driver.storage_failed(area, exc, unfinished)
         self.pump()
 
     def _spawn(self, coro: Any) -> None:
@@ -472,14 +463,7 @@ class SecondarySite:
             raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         log.info("secondary listening for the primary on %s:%d", host, port)
         self.on_serving()
-        while not stop.is_set() and not self.role_changed.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.cfg.watermark_interval_s)
-            self.core.request_durable()
-            link = self.link
-            if link is not None and time.monotonic() - link.last_rx > self.cfg.timeout_s:
-                link.abort(f"no frame from the primary for {self.cfg.timeout_s:.0f} s")
-            self.pump()
+        await self._timers(stop)
         try:
             await self._shutdown()
         except (OSError, StorageError) as exc:
@@ -489,6 +473,37 @@ class SecondarySite:
             log.error("clean stop failed: %s", error)
             raise error from None
         return "primary" if self.role_changed.is_set() else "stop"
+
+    async def _timers(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` or a promotion: sleep until the core's next watermark or the link's
+        timeout, then handle them. A pump that gives an idle core work wakes the sleep early."""
+        ended = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.role_changed.wait())]
+        try:
+            while not stop.is_set() and not self.role_changed.is_set():
+                now = time.monotonic()
+                core_at = self.core.get_timer()
+                deadlines = [now + self.cfg.timeout_s]
+                if core_at is not None:
+                    deadlines.append(core_at)
+                link = self.link
+                if link is not None:
+                    deadlines.append(link.last_rx + self.cfg.timeout_s)
+                self._timer_idle = core_at is None
+                self._timer_changed.clear()
+                woken = asyncio.ensure_future(self._timer_changed.wait())
+                await asyncio.wait([*ended, woken], timeout=max(0.0, min(deadlines) - now),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                self._timer_idle = False
+                now = time.monotonic()
+                self.core.handle_timer(now)
+                link = self.link
+                if link is not None and now - link.last_rx > self.cfg.timeout_s:
+                    link.abort(f"no frame from the primary for {self.cfg.timeout_s:.0f} s")
+                self.pump()
+        finally:
+            for task in ended:
+                task.cancel()
 
     @property
     def primary_connected(self) -> bool:
@@ -512,11 +527,9 @@ class SecondarySite:
                                  "primaries (use --force if it is really gone)")
         if self.meta.volume_id is None:
             raise RequestRefused("this site has never connected to a primary: it has no volume")
-        if self.meta.metadata_damage and not force:
-            raise RequestRefused(damaged_promote_error(self.meta))
-        can_roll_back = not self.meta.consistent and not self.meta.new and os.path.exists(self.undo.path)
-        if (self.meta.new or not self.meta.consistent) and not can_roll_back and not force:
-            raise RequestRefused(_INCONSISTENT)
+        refusal = promote_refusal(self.meta, force, can_roll_back(self.meta, self.undo))
+        if refusal:
+            raise RequestRefused(refusal)
         host, port = self.cfg.nbd_listen
         try:
             nbd_sockets = bind_listener(host, port)
@@ -525,7 +538,7 @@ class SecondarySite:
                                  f"{exc.strerror or exc}; still secondary, nothing changed") from None
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
         try:
-            answer = await self._promote_now(can_roll_back, force)
+            answer = await self._promote_now(force)
         except BaseException:
             _close_all(nbd_sockets)
             self._promoting = False
@@ -535,27 +548,20 @@ class SecondarySite:
         self.role_changed.set()
         return answer
 
-    async def _promote_now(self, can_roll_back: bool, force: bool) -> Promoted:
+    async def _promote_now(self, force: bool) -> Promoted:
         if self.link is not None:
             self.link.abort("promoted: this site no longer accepts the old primary's writes")
         if not await self._drain(PROMOTE_DRAIN_S):
             raise TryAgainLater(f"work in flight (journal commits, image syncs) did not finish "
                                 f"within {PROMOTE_DRAIN_S:g} s of cutting the link; still "
                                 "secondary: try again")
-        if can_roll_back:
-            try:
-                self._roll_back_if_needed()  # promote a consistent, older copy, not a mix
-            except ForesyncError as exc:
-                raise RequestRefused(f"cannot roll back the unfinished resync: {exc}; still "
-                                     "secondary") from exc
-            # A damaged undo log leaves the copy inconsistent, with every extent in doubt.
-            if self.meta.metadata_damage and not force:
-                raise RequestRefused(damaged_promote_error(self.meta))
-            if (self.meta.new or not self.meta.consistent) and not force:
-                raise RequestRefused(_INCONSISTENT)
         assert self.journal is not None
-        self.meta, failback = promote_site(self.cfg, self.meta, self.core.state)
-        return Promoted(self.meta.epoch, failback, failback * self.cfg.extent_size)
+        done = roll_back_then_promote(self.cfg, self.meta, self.core.state, lambda: self.backend,
+                                      self.undo, force)
+        self.meta = done.meta
+        if done.restored is not None:
+            self.rolled_back = done.restored
+        return done.result(self.cfg)
 
     async def discard_local(self) -> Discarded:
         """`resolve --discard-local` on a secondary: accept the next primary's history even if

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from foresync.config import SiteConfig
 from foresync.daemon.metadata import JOURNAL_FILE, SiteMeta, load_oos, store, store_oos
+from foresync.daemon.results import Promoted
+from foresync.errors import ForesyncError, RequestRefused
 from foresync.journal import format as jfmt
 from foresync.journal.durable import move_aside
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
-from foresync.record import runs as extent_runs
-from foresync.record.predict import extents_of
 from foresync.replication.epochs import new_epoch_id
+from foresync.replication.failback import failback_set as record_failback_set
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)
@@ -40,14 +43,10 @@ def extent_count(cfg: SiteConfig) -> int:
 
 
 def failback_set(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> set[int]:
-    """Every extent where this secondary may differ from the primary it follows (claim 8):
-    the durable record, pending large ranges, extents already known stale, and the set of a
-    resync pass that did not finish (issue 19). With ``meta.metadata_damage`` that is every
-    extent (``promote`` stores it as "everything")."""
-    extents = set(state.extents) | set(meta.stale) | set(extent_runs.expand(state.resync))
-    for offset, length in state.ranges.values():
-        extents.update(extents_of(offset, length, cfg.extent_size))
-    return extents
+    """Every extent where this secondary may differ from the primary it follows (claim 8; see
+    replication/failback.py): its durable record and the extents already known stale. With
+    ``meta.metadata_damage`` that is every extent (``promote`` stores it as "everything")."""
+    return record_failback_set(state, cfg.extent_size, meta.stale)
 
 
 def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMeta, int]:
@@ -69,6 +68,68 @@ def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMe
     else:
         log.warning("promoted to primary, epoch %d; failback set %d extents", promoted.epoch, count)
     return promoted, count
+
+
+INCONSISTENT_PROMOTE_ERROR = (
+    "this copy is inconsistent (a full sync or resync into it has not finished), so it may hold a "
+    "mix of old and new data; use --force to promote it anyway")
+
+
+def can_roll_back(meta: SiteMeta, undo: UndoLog) -> bool:
+    """An unfinished resync into this (once consistent) copy left an undo log to undo it with."""
+    return not meta.consistent and not meta.new and os.path.exists(undo.path)
+
+
+def promote_refusal(meta: SiteMeta, force: bool, rollback_pending: bool = False) -> str:
+    """Why this copy may not be promoted without ``--force`` ("" if it may): its metadata is
+    damaged, or it is inconsistent with no rollback (``rollback_pending``) to a consistent one."""
+    if force:
+        return ""
+    if meta.metadata_damage:
+        return damaged_promote_error(meta)
+    if (meta.new or not meta.consistent) and not rollback_pending:
+        return INCONSISTENT_PROMOTE_ERROR
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """What ``roll_back_then_promote`` did: the site's metadata now, and either the failback
+    set's size or why the site is still secondary."""
+
+    meta: SiteMeta
+    failback_extents: int = 0
+    restored: int | None = None  # extents an unfinished resync's rollback restored (None: none ran)
+    refusal: str = ""
+
+    def result(self, cfg: SiteConfig) -> Promoted:
+        """The answer to a promote request: ``Promoted``, or ``RequestRefused`` with the reason."""
+        if self.refusal:
+            raise RequestRefused(self.refusal)
+        return Promoted(self.meta.epoch, self.failback_extents,
+                        self.failback_extents * cfg.extent_size)
+
+
+def roll_back_then_promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState,
+                           image: Callable[[], FileBackend], undo: UndoLog, force: bool) -> Promotion:
+    """Failover (claim 7) for a secondary whose writers have stopped (the daemon drained them;
+    offline, none run). An unfinished resync is rolled back first, so the copy promoted is a
+    consistent, older one rather than a mix, and what was restored is copied again at failback;
+    then the refusals are checked again (a damaged undo log leaves the copy inconsistent, every
+    extent in doubt), and only then is the new role written. ``image()`` gives the image, called
+    only for a rollback."""
+    restored = None
+    if can_roll_back(meta, undo):
+        try:
+            meta, restored = roll_back_unfinished_resync(cfg, meta, image(), undo)
+        except ForesyncError as exc:
+            return Promotion(meta, refusal=f"cannot roll back the unfinished resync: {exc}; "
+                                           "still secondary")
+    refusal = promote_refusal(meta, force)
+    if refusal:
+        return Promotion(meta, restored=restored, refusal=refusal)
+    promoted, failback = promote(cfg, meta, state)
+    return Promotion(promoted, failback, restored)
 
 
 def step_down(cfg: SiteConfig, meta: SiteMeta, history: tuple[int, ...] | None = None,

@@ -25,7 +25,7 @@ import socket
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -44,47 +44,6 @@ log = logging.getLogger(__name__)
 # which is what bounds how stale the secondary may be.
 DEFERRED_FLUSH_S = 0.001
 DEFERRED_FLUSH_BYTES = 256 * 1024
-
-
-class ActionPump:
-    """Carries out a pure core's actions until it has none left. A call made while one is
-    running (an action's effect fed the core again) returns at once: the running loop picks
-    up whatever that produced, so actions stay in order and the stack stays flat.
-
-    With ``on_failure``, an action that raises one of ``failures`` (a full disk) stops the
-    batch: none of the actions after it is carried out, and ``on_failure(exc, unfinished)``
-    hears of them, the failed one first, so that the core can drop them for good."""
-
-    def __init__(self, actions: Callable[[], Sequence[Any]], do: Callable[[Any], None],
-                 on_failure: Callable[[Exception, Sequence[Any]], None] | None = None,
-                 failures: tuple[type[Exception], ...] = ()) -> None:
-        self._actions = actions
-        self._do = do
-        self._on_failure = on_failure
-        self._failures = failures if on_failure is not None else ()
-        self._running = False
-
-    @property
-    def running(self) -> bool:
-        """Actions taken from the core are being carried out: anything sent now would overtake
-        those of them still to come."""
-        return self._running
-
-    def __call__(self) -> None:
-        if self._running:
-            return
-        self._running = True
-        try:
-            while actions := self._actions():
-                for index, action in enumerate(actions):
-                    try:
-                        self._do(action)
-                    except self._failures as exc:
-                        assert self._on_failure is not None
-                        self._on_failure(exc, actions[index:])
-                        break
-        finally:
-            self._running = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,6 +116,7 @@ class NbdServer:
         self._accepting: list[asyncio.Task[None]] = []
         self._accept_errors = LogBudget(log, logging.ERROR, "NBD accept errors")
         self._connections: set[NbdConnection] = set()
+        self._all_closed: asyncio.Future[None] | None = None  # aclose() waits on it
         self._connections_total = 0
         self.requests_total = 0
         self.protocol_errors_total = 0
@@ -199,6 +200,8 @@ class NbdServer:
 
     def _forget(self, conn: NbdConnection) -> None:
         self._connections.discard(conn)
+        if not self._connections and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
 
     async def aclose(self) -> None:
         """Stop listening, let every connection finish its in-flight requests, then close them."""
@@ -210,9 +213,10 @@ class NbdServer:
             sock.close()
         for conn in list(self._connections):
             conn.shutdown()
-        deadline = asyncio.get_running_loop().time() + 10
-        while self._connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        if self._connections:
+            self._all_closed = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._all_closed), 10)
         for conn in list(self._connections):
             conn.abort()
 

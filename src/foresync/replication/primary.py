@@ -143,6 +143,7 @@ class Config:
     resync_rate_max: int = 0  # bytes/s, 0 = unlimited
     resync_slice_bytes: int = RESYNC_SLICE_BYTES  # resync work per pump before ResumeLater
     resync_window_bytes: int = RESYNC_WINDOW_BYTES  # resync bytes in flight, within window_bytes
+    watermark_interval_s: float = 0.05  # handle_timer asks for durability this often while busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +238,7 @@ class PrimaryCore:
         self._verify = Verify(config.size, config.extent_size, read, self._extent_fifo,
                               self._send, self._queue_resync, config.faults)
         self.now = 0.0
+        self._watermark_at = 0.0  # when handle_timer next asks both sites for durability
 
     # -- inputs from the adapter -------------------------------------------------------------------
 
@@ -244,14 +246,16 @@ class PrimaryCore:
         out, self._actions = self._actions, []
         return out
 
-    def write(self, op_id: int, offset: int, data: bytes, fua: bool) -> None:
+    def write(self, op_id: int, offset: int, data: bytes, fua: bool, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         op = Op(op_id, offset, len(data), data, False, fua, self._extents(offset, len(data)))
         op.sequential = self.config.mode is Mode.LOOKAHEAD and self._continues_stream(offset, len(data))
         if self.estimator is not None:
             self.estimator.observe(self.now, offset, len(data), True)
         self._submit(op)
 
-    def write_hit(self, offset: int, data: bytes) -> wire.Write | None:
+    def write_hit(self, offset: int, data: bytes, *, now: float | None = None) -> wire.Write | None:
         """The common write in one call, without an op, actions or the queue (the hot path at
         tens of thousands of writes a second): a hit while connected, in lookahead or async mode,
         with nothing queued, room in the window, no earlier write still to land on its extents
@@ -264,6 +268,8 @@ class PrimaryCore:
         (which waits for DURABLE) and anything that must wait never come here. Nor does a write
         while actions are outstanding: its frame would overtake theirs. The adapter must not call
         it while it is still carrying out actions it already took (``PrimarySite.submit``)."""
+        if now is not None:
+            self.now = now
         config = self.config
         mode = config.mode
         length = len(data)
@@ -299,10 +305,12 @@ class PrimaryCore:
         self._sent_bytes += length
         return wire.Write(seq, offset, 0, 0, (), data)
 
-    def hit_applied(self, seq: int, errno: int = 0, offset: int = 0, length: int = 0) -> None:
+    def hit_applied(self, seq: int, errno: int = 0, offset: int = 0, length: int = 0, *, now: float | None = None) -> None:
         """The local write of ``write_hit``'s WRITE ``seq`` has finished (failed or not: the
         adapter answers the host with its errno). A failure names the write's ``offset`` and
         ``length``, and the adapter then carries out the actions it leaves (``actions()``)."""
+        if now is not None:
+            self.now = now
         order = self._order
         if seq == order.applied_prefix + 1 and not order.applied_beyond:
             order.applied_prefix = seq
@@ -312,20 +320,26 @@ class PrimaryCore:
             self._local_write_failed(self._extents(offset, length))
             self._pump()
 
-    def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool) -> None:
+    def zero(self, op_id: int, offset: int, length: int, punch: bool, fua: bool, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         if self.estimator is not None:
             self.estimator.observe(self.now, offset, length, False)
         self._submit(Op(op_id, offset, length, None, punch, fua, self._extents(offset, length)))
 
-    def flush(self, op_id: int) -> None:
+    def flush(self, op_id: int, *, now: float | None = None) -> None:
         """A host FLUSH: local durability; in sync mode remote durability too (every sync-mode
         write already waited for it before being answered)."""
+        if now is not None:
+            self.now = now
         op = Op(op_id, 0, 0, None, False, True, range(0))
         op.to(OpEvent.FLUSH)
         self._wait_flush(op)
 
-    def connected(self) -> None:
+    def connected(self, *, now: float | None = None) -> None:
         """The transport is up: greet the secondary."""
+        if now is not None:
+            self.now = now
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
@@ -337,8 +351,10 @@ class PrimaryCore:
                                    c.extent_size, len(c.history), c.history,
                                    tuple(sorted(self._oos.durable)))))
 
-    def disconnected(self, reason: str) -> None:
+    def disconnected(self, reason: str, *, now: float | None = None) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
+        if now is not None:
+            self.now = now
         if self.link is LinkState.DISCONNECTED:
             return
         was_connected = self.link is LinkState.CONNECTED or (
@@ -385,7 +401,9 @@ class PrimaryCore:
         """At start: the out-of-sync set found on disk."""
         self._oos.restore(extents)
 
-    def out_of_sync_persisted(self, token: int) -> None:
+    def out_of_sync_persisted(self, token: int, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         self._release_oos_waiting(self._oos.persisted(token))
         self._pump()
 
@@ -420,10 +438,12 @@ class PrimaryCore:
     def _emit_persist(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
         self._actions.append(PersistOutOfSync(token, extents, everything))
 
-    def receive(self, message: wire.Message) -> None:
+    def receive(self, message: wire.Message, *, now: float | None = None) -> None:
         """A message from the secondary. The one place where the link path's errors are caught:
         a RemoteProtocolError (the peer broke the protocol, here or in resync.py, verify.py...)
         puts the link in ERROR and is raised on to the adapter, which closes the link."""
+        if now is not None:
+            self.now = now
         if self.link is LinkState.ERROR:
             raise RemoteProtocolError(f"{type(message).__name__} after a protocol error: the link "
                                       f"is in ERROR until disconnected ({self.link_error})")
@@ -470,7 +490,9 @@ class PrimaryCore:
             case _:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
 
-    def local_applied(self, seq: int, errno: int) -> None:
+    def local_applied(self, seq: int, errno: int, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
         op = self._by_seq.get(seq)
         invariant(op is not None, f"local_applied for unknown seq {seq}")
         assert op is not None
@@ -502,8 +524,10 @@ class PrimaryCore:
             for extent in extents:
                 self._queue_resync(extent)
 
-    def local_flushed(self, ticket: int) -> None:
+    def local_flushed(self, ticket: int, *, now: float | None = None) -> None:
         """The fdatasync asked for by ``FlushLocal(ticket)`` (or a later one) has completed."""
+        if now is not None:
+            self.now = now
         for op in self._flushes.flushed(ticket):
             op.to(OpEvent.ACK)
             self._emit(AckHost(op.op_id, op.errno))
@@ -522,9 +546,34 @@ class PrimaryCore:
             self._emit(AckHost(op.op_id, Errno.EIO))
         self._pump()
 
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next (the adapter's monotonic clock), or None while
+        nothing here waits on time: no op queued or in flight, nothing to make durable on either
+        site, no resync pass or verify, and no out-of-sync set to write back. While anything
+        is, the next durability watermark, every ``watermark_interval_s`` (the expiry of
+        waiting ops and the resync rate budget are checked at the same ticks)."""
+        connected = self.link is LinkState.CONNECTED
+        unconfirmed = self._flushes.remote_durable < self._order.next_seq - 1
+        if self.config.faults.timer_ignores_remote_durable:
+            unconfirmed = False  # deliberately wrong: see faults.py
+        busy = (self._queue or self._misses or self._read_aheads or self._resync.active
+                or self._verify.active or self._oos.dirty
+                or self._order.applied_prefix > self._flushes.local_durable
+                or (connected and (unconfirmed or self._resync.remaining() or self.out_of_sync)))
+        return self._watermark_at if busy else None
+
+    def handle_timer(self, now: float) -> None:
+        """The deadline from ``get_timer`` came (or passed): fail ops that waited too long,
+        refill the resync rate budget and, once per interval, ask both sites for durability."""
+        self.tick(now)
+        if now >= self._watermark_at:
+            self._watermark_at = now + self.config.watermark_interval_s
+            self.request_durable()
+
     def tick(self, now: float) -> None:
         """Time passes: fail ops that waited too long (for room in the record, or for the link
-        in block mode), and refill the resync rate budget."""
+        in block mode), and refill the resync rate budget. (``handle_timer`` adds the
+        watermark; adapters call that.)"""
         self.now = now
         self._resync.tune_window(now)
         limit = (self.config.block_timeout_s if self.link is not LinkState.CONNECTED
@@ -565,16 +614,20 @@ class PrimaryCore:
 
     # -- online verify --------------------------------------------------------------------------
 
-    def start_verify(self, repair: bool) -> bool:
+    def start_verify(self, repair: bool, *, now: float | None = None) -> bool:
         """Compare every extent's checksum with the secondary's, in the background (verify.py).
         False if the link is down or a verify is already running."""
+        if now is not None:
+            self.now = now
         if self.link is not LinkState.CONNECTED or self._verify.active:
             return False
         self._verify.start(repair, self.now)
         return True
 
-    def verify_progress(self) -> VerifyProgress:
+    def verify_progress(self, *, now: float | None = None) -> VerifyProgress:
         """The current (or last) verify, for /status (``Verify.progress``)."""
+        if now is not None:
+            self.now = now
         return self._verify.progress(self.now)
 
     @property
@@ -589,9 +642,11 @@ class PrimaryCore:
         """Copy one extent again (verify --repair, a failed local write): resync.py."""
         self._resync.queue(extent, self.now)
 
-    def lag_seconds(self) -> float:
+    def lag_seconds(self, *, now: float | None = None) -> float:
         """How long the oldest write the secondary has not applied has waited (timer-tick
         resolution), 0 when nothing is outstanding."""
+        if now is not None:
+            self.now = now
         if not self._sent or self.link is not LinkState.CONNECTED:
             return 0.0
         return max(0.0, self.now - self._oldest_unapplied_at)
@@ -602,8 +657,10 @@ class PrimaryCore:
         the old primary."""
         self._oos.absorb((e for e in extents if e < self.extent_count), everything)
 
-    def resync_progress(self) -> ResyncProgress:
+    def resync_progress(self, *, now: float | None = None) -> ResyncProgress:
         """The current (or last) resync pass, for /status (``Resync.progress``)."""
+        if now is not None:
+            self.now = now
         return self._resync.progress(self.now)
 
     def failback_bound_extents(self) -> int:
@@ -970,7 +1027,9 @@ class PrimaryCore:
     def _resume_later(self) -> None:
         self._actions.append(ResumeLater())
 
-    def resume(self) -> None:
+    def resume(self, *, now: float | None = None) -> None:
         """The adapter's answer to ResumeLater: carry on with the resync."""
+        if now is not None:
+            self.now = now
         self._resync.resume()
         self._pump()

@@ -10,8 +10,10 @@ and every reply, carries the journal append count it depends on, and waits in or
 adapter's group commit (``journal_synced``) reaches it. Effects that depend on nothing recent run
 at once, but never overtake an earlier waiting effect.
 
-The durable watermark: the adapter fdatasyncs the image on a timer, when the primary asks
-(SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports DURABLE(seq).
+The durable watermark: the adapter fdatasyncs the image on a timer (``get_timer`` gives the next
+deadline while anything applied is not yet durable, ``handle_timer(now)`` handles it), when the
+primary asks (SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports
+DURABLE(seq).
 Removals are journaled without forcing a commit: losing one only leaves the record larger.
 
 A failed write (a full disk, an I/O error: ``storage_failed``) ends the session. The effects not
@@ -99,8 +101,10 @@ class SecondaryStatistics:
 class SecondaryCore:
     def __init__(self, size: int, extent_size: int, lookahead: int, volume_id: bytes,
                  state: RecordState, epoch: int = 1, faults: Faults = NO_FAULTS,
-                 predictor: str = "next") -> None:
+                 predictor: str = "next", watermark_interval_s: float = 0.05) -> None:
         self.faults = faults
+        self.watermark_interval_s = watermark_interval_s
+        self._watermark_at = 0.0  # when handle_timer next makes what is applied durable
         self.predictor = PREDICTORS[predictor]()  # the primary mirrors it ([record] predictor)
         self.size = size
         self.extent_size = extent_size
@@ -281,6 +285,17 @@ class SecondaryCore:
     def request_durable(self) -> None:
         """The watermark timer: make what is applied durable, if anything new is."""
         self._want_sync(self.applied_seq)
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next, or None while everything applied is durable."""
+        return self._watermark_at if self.applied_seq > self.durable_seq else None
+
+    def handle_timer(self, now: float) -> None:
+        """The watermark: at most once per ``watermark_interval_s``, make what is applied
+        durable (``request_durable``)."""
+        if now >= self._watermark_at:
+            self._watermark_at = now + self.watermark_interval_s
+            self.request_durable()
 
     # -- handling --------------------------------------------------------------------------------
 

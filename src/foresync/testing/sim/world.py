@@ -33,6 +33,9 @@ then the invariants are checked:
    write changed since to exactly its content when first saved (``_roll_back_if_needed``);
 10. every verdict of an online verify matches the real difference between the two images, each
    as it was when that side hashed the extent (``_check_verify_verdict``).
+11. while healing at the end, a connected primary that is not in sync, with nothing else to wait
+   for, has a timer deadline (``get_timer``): the daemon sleeps until it, so none would mean
+   forever.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import random
 import struct
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import xxhash
 
@@ -53,13 +56,12 @@ from foresync.journal.journal import RecordJournal
 from foresync.journal.oos_format import OutOfSync
 from foresync.journal.undo import UndoLog
 from foresync.link import wire
-from foresync.record import runs as extent_runs
 from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
-from foresync.replication import secondary as score
-from foresync.replication.actions import PrimaryAction, SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
+from foresync.replication.driver import PrimaryDriver, SecondaryDriver
+from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 from foresync.testing.sim.disk import SECTOR, SimDisk
@@ -98,20 +100,141 @@ class _HostOp:
     conn: int = 0  # the connection it was submitted on (0: none)
 
 
-@dataclass(slots=True)
 class _Primary:
-    core: PrimaryCore
-    flushes: deque[int] = field(default_factory=deque)
-    oos_persists: deque[tuple[int, tuple[int, ...], bool]] = field(default_factory=deque)
-    resume_due: bool = False  # the core asked to be resumed (ResumeLater)
+    """The simulated primary site: its core, driver and pending I/O; the effects of its actions
+    (replication/driver.py) on the world's disks and queues."""
+
+    def __init__(self, world: World, core: PrimaryCore) -> None:
+        self.world = world
+        self.core = core
+        self.driver = PrimaryDriver(core, self)
+        self.flushes: deque[int] = deque()
+        self.oos_persists: deque[tuple[int, tuple[int, ...], bool]] = deque()
+        self.resume_due = False  # the core asked to be resumed (ResumeLater)
+
+    def send(self, message: wire.Message) -> None:
+        w = self.world
+        if w.conn:
+            if isinstance(message, wire.Write | wire.Zero):
+                data = message.data if isinstance(message, wire.Write) else bytes(message.length)
+                if message.flags & wire.WriteFlag.RESYNC:
+                    w.faulted = True  # resync data is not part of the host history
+                    if w.failback is not None:
+                        w.failback["sent"].add(message.offset // w.extent_size)  # type: ignore[attr-defined]
+                w.sent_history[message.seq] = (message.offset, data)
+            elif isinstance(message, wire.Verify):
+                w._note_verify_sent(message)
+            w.p2s.append((w.conn, wire.encode_frame(message)))
+        if isinstance(message, wire.ResyncDone) and w.failback is not None:
+            w._check_failback_bound()
+
+    def apply_local(self, seq: int, offset: int, length: int, data: bytes | None, punch: bool) -> int:
+        w = self.world
+        try:
+            if data is not None:
+                w.pdisk.write(offset, data)
+            else:
+                w.pdisk.zero(offset, length)
+        except StorageError as exc:
+            w._log(f"primary apply of seq {seq} failed: {exc}")
+            w.write_failures["primary"] += 1
+            return exc.errno
+        return 0
+
+    def apply_hit(self, seq: int, offset: int, data: bytes) -> int:
+        return self.apply_local(seq, offset, len(data), data, False)
+
+    def ack_host(self, op_id: int, errno: int) -> None:
+        op = self.world.host_ops.pop(op_id, None)
+        if op is not None and errno == 0:
+            self.world._acked(op)
+
+    def flush_local(self, through: int) -> None:
+        self.flushes.append(through)
+
+    def persist_out_of_sync(self, token: int, extents: tuple[int, ...], everything: bool) -> None:
+        self.oos_persists.append((token, extents, everything))
+
+    def link_failed(self, reason: str) -> None:
+        w = self.world
+        if not reason or reason != self.core.secondary_error:
+            raise SimFailure(f"link failed: {reason}", w.seed, w.schedule)
+        w._disconnect(reason)  # the secondary reported a storage failure
+
+    def resume_later(self) -> None:
+        self.resume_due = True
+
+    def become_secondary(self, history: tuple[int, ...]) -> None:
+        w = self.world
+        raise SimFailure(f"the primary was told to step down (history {history})", w.seed, w.schedule)
 
 
-@dataclass(slots=True)
 class _Secondary:
-    core: SecondaryCore
-    syncs: deque[int] = field(default_factory=deque)
-    commits: deque[int] = field(default_factory=deque)
-    conn: int = 0  # the connection it answers on (set when HELLO arrives)
+    """The simulated secondary site: its core, driver and pending I/O, and the effects."""
+
+    def __init__(self, world: World, core: SecondaryCore) -> None:
+        self.world = world
+        self.core = core
+        self.driver = SecondaryDriver(core, self)
+        self.syncs: deque[int] = deque()
+        self.commits: deque[int] = deque()
+        self.conn = 0  # the connection it answers on (set when HELLO arrives)
+
+    def send(self, message: wire.Message) -> None:
+        w = self.world
+        if w.conn and self.conn == w.conn:
+            w.s2p.append((w.conn, wire.encode_frame(message)))
+
+    def journal_append(self, entry: bytes) -> None:
+        self.world.journal.append(entry)
+
+    def write_data(self, offset: int, data: bytes, seq: int) -> None:
+        self.world._note_overwrite(offset, len(data))
+        self.world.sdisk.write(offset, data)
+        self.world._track_apply(seq, offset, data)
+
+    def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
+        self.world._note_overwrite(offset, length)
+        self.world.sdisk.zero(offset, length)
+        self.world._track_apply(seq, offset, bytes(length))
+
+    def sync_data(self, through: int) -> None:
+        self.syncs.append(through)
+
+    def resync_started(self) -> None:
+        self.world.meta.consistent = False  # durable before the first resync write lands
+
+    def resync_finished(self, seq: int) -> None:
+        # SecondarySite: flush, then consistent again and no longer in doubt.
+        w = self.world
+        w.sdisk.flush()
+        site = w.roles["secondary"]
+        if w.widened[site]:
+            w._log(f"secondary {site}: full compare finished, no longer widened")
+        w.widened[site] = False
+        w.meta.resync_finished()
+        w.promise_exempt[site] = set()
+        self.core.welcome_flags = 0
+
+    def hash_extents(self, request: int, first: int, count: int) -> None:
+        self.world._send_hashes(request, first, count)
+
+    def save_undo(self, extent: int) -> None:
+        self.world._save_undo(extent)
+
+    def close_link(self, reason: str) -> None:
+        w = self.world
+        if w.conn and self.conn == w.conn:
+            w._log(f"secondary closes the link: {reason}")
+            w._closing = w.conn
+
+    def storage_failed(self, area: wire.StorageArea, error: StorageError) -> None:
+        w = self.world
+        w._log(f"secondary {area.label} write failed: {error}")
+        if area is wire.StorageArea.UNDO:
+            w.undo_failures += 1
+        else:
+            w.write_failures["journal" if area is wire.StorageArea.JOURNAL else "secondary"] += 1
 
 
 class World:
@@ -253,7 +376,7 @@ class World:
             resync_slice_bytes=self.resync_slice_bytes,
             resync_window_bytes=self.resync_window_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
-            predictor=self.predictor)
+            predictor=self.predictor, watermark_interval_s=0.0)
         core = PrimaryCore(config, read=self.pdisk.read)
         site = self.roles["primary"]
         restored = self._restored_oos(site)
@@ -268,14 +391,14 @@ class World:
             self.failback["set"] = set(range(self.extent_count))
         core.restore_out_of_sync(set(restored.extents))
         core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
-        self.primary = _Primary(core)
+        self.primary = _Primary(self, core)
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
-                             faults=self.cfg.faults, predictor=self.predictor)
+                             faults=self.cfg.faults, predictor=self.predictor, watermark_interval_s=0.0)
         if self.widened[self.roles["secondary"]]:
             core.welcome_flags = wire.WelcomeFlag.INCONSISTENT  # the primary compares everything
-        self.secondary = _Secondary(core)
+        self.secondary = _Secondary(self, core)
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -354,23 +477,13 @@ class World:
         data = struct.pack(">Q", version) * (length // 8)
         op = _HostOp(self._next_op, "write", offset, length, data, rng.random() < 0.1)
         self._submit(op, version)
-        core = self.primary.core
-        message = None if op.fua or rng.random() < 0.2 else core.write_hit(offset, data)
-        if message is None:
-            core.write(op.op_id, offset, data, op.fua)
+        p = self.primary
+        # The site's hot path (PrimaryDriver.write_hit): send, apply at once, answer.
+        errno = None if op.fua or rng.random() < 0.2 else p.driver.write_hit(offset, data)
+        if errno is None:
+            p.core.write(op.op_id, offset, data, op.fua)
             return
-        # The site's hot path (PrimarySite._write_hit): send, apply at once, answer.
-        self._do_primary(pcore.Send(message))
-        try:
-            self.pdisk.write(offset, data)
-        except StorageError as exc:
-            self._log(f"primary write failed: {exc}")
-            self.write_failures["primary"] += 1
-            core.hit_applied(message.seq, exc.errno, offset, length)
-            self._do_primary(pcore.AckHost(op.op_id, exc.errno))
-            return
-        core.hit_applied(message.seq)
-        self._do_primary(pcore.AckHost(op.op_id, 0))
+        p.ack_host(op.op_id, errno)
 
     def _ev_zero(self) -> None:
         assert self.primary is not None
@@ -424,10 +537,8 @@ class World:
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
         try:
-            if type(message) is wire.Write and self.rng.random() < 0.8 and s.core.write_now(message):
-                # The site's hot path (SecondarySite._on_message): written at once.
-                self._carry_out_secondary([score.WriteData(message.offset, message.data, message.seq)])
-            else:
+            # The site's hot path (SecondaryDriver.write_now): written at once.
+            if not (type(message) is wire.Write and self.rng.random() < 0.8 and s.driver.write_now(message)):
                 s.core.receive(message)
         except ForesyncError as exc:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
@@ -522,9 +633,7 @@ class World:
         try:
             self.journal.commit(target)
         except StorageError as exc:
-            self._log(f"secondary journal commit failed: {exc}")
-            self.write_failures["journal"] += 1
-            core.storage_failed(wire.StorageArea.JOURNAL, exc.errno, str(exc))
+            self.secondary.driver.storage_failed(wire.StorageArea.JOURNAL, exc)
             return
         core.journal_synced(target)
         if self.journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not core.needs_journal_sync():
@@ -550,10 +659,9 @@ class World:
     def _ev_tick(self) -> None:
         self.now += self.rng.random() * 0.05
         if self.primary is not None:
-            self.primary.core.tick(self.now)
-            self.primary.core.request_durable()
+            self.primary.core.handle_timer(self.now)
         if self.secondary is not None:
-            self.secondary.core.request_durable()
+            self.secondary.core.handle_timer(self.now)
             if self.conn and self._strangers_rng.random() < 0.1:
                 self._stranger_knocks()
 
@@ -752,10 +860,7 @@ class World:
         everything = self.widened[site] or state is None
         failback = set(range(self.extent_count)) if everything else set(self.meta.stale)
         if state is not None:
-            failback.update(state.extents)
-            failback.update(extent_runs.expand(state.resync))
-            for offset, length in state.ranges.values():
-                failback.update(extents_of(offset, length, self.extent_size))
+            failback |= failback_set(state, self.extent_size)  # what transitions.promote stores
         self.promotions += 1
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
@@ -860,42 +965,18 @@ class World:
         for _ in range(10000):
             progressed = False
             if self.primary is not None:
-                for primary_action in self.primary.core.actions():
-                    progressed = True
-                    self._do_primary(primary_action)
+                progressed = self.primary.driver()
             if self.secondary is not None:
                 s = self.secondary
                 if s.core.needs_journal_sync() and (not s.commits or s.commits[-1] < s.core.journal_target()):
                     s.commits.append(s.core.journal_target())
-                actions = s.core.actions()
-                if actions:
-                    progressed = True
-                    self._carry_out_secondary(actions)
+                progressed = s.driver() or progressed
             if not progressed and self._closing:
                 self._close_secondary_link()
                 progressed = True
             if not progressed:
                 return
         raise SimFailure("actions never settled (livelock)", self.seed, self.schedule)
-
-    def _carry_out_secondary(self, actions: list[SecondaryAction]) -> None:
-        """What the secondary site's ActionPump does: stop at a failed write and hand the core
-        the actions not carried out."""
-        s = self.secondary
-        assert s is not None
-        for index, action in enumerate(actions):
-            try:
-                self._do_secondary(action)
-            except StorageError as exc:
-                undo = isinstance(action, score.SaveUndo)
-                self._log(f"secondary {'undo log' if undo else 'image'} write failed: {exc}")
-                if undo:
-                    self.undo_failures += 1
-                else:
-                    self.write_failures["secondary"] += 1
-                area = wire.StorageArea.UNDO if undo else wire.StorageArea.IMAGE
-                s.core.storage_failed(area, exc.errno, str(exc), actions[index:])
-                return
 
     def _close_secondary_link(self) -> None:
         """The secondary closed its connection after a storage failure. What it sent before
@@ -909,51 +990,6 @@ class World:
             self._ev_deliver_s2p()
             self._settle()
         self._disconnect("the secondary closed the link")
-
-    def _do_primary(self, action: PrimaryAction) -> None:
-        p = self.primary
-        assert p is not None
-        match action:
-            case pcore.Send(message):
-                if self.conn:
-                    if isinstance(message, wire.Write | wire.Zero):
-                        data = message.data if isinstance(message, wire.Write) else bytes(message.length)
-                        if message.flags & wire.WriteFlag.RESYNC:
-                            self.faulted = True  # resync data is not part of the host history
-                            if self.failback is not None:
-                                self.failback["sent"].add(message.offset // self.extent_size)  # type: ignore[attr-defined]
-                        self.sent_history[message.seq] = (message.offset, data)
-                    elif isinstance(message, wire.Verify):
-                        self._note_verify_sent(message)
-                    self.p2s.append((self.conn, wire.encode_frame(message)))
-                if isinstance(message, wire.ResyncDone) and self.failback is not None:
-                    self._check_failback_bound()
-            case pcore.ApplyLocal(seq, offset, length, data, _punch):
-                errno = 0
-                try:
-                    if data is not None:
-                        self.pdisk.write(offset, data)
-                    else:
-                        self.pdisk.zero(offset, length)
-                except StorageError as exc:
-                    self._log(f"primary apply of seq {seq} failed: {exc}")
-                    self.write_failures["primary"] += 1
-                    errno = exc.errno
-                p.core.local_applied(seq, errno)
-            case pcore.AckHost(op_id, errno):
-                op = self.host_ops.pop(op_id, None)
-                if op is not None and errno == 0:
-                    self._acked(op)
-            case pcore.FlushLocal(ticket):
-                p.flushes.append(ticket)
-            case pcore.PersistOutOfSync(token, extents, everything):
-                p.oos_persists.append((token, extents, everything))
-            case pcore.LinkFailed(reason):
-                if not reason or reason != p.core.secondary_error:
-                    raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
-                self._disconnect(reason)  # the secondary reported a storage failure
-            case pcore.ResumeLater():
-                p.resume_due = True
 
     def _acked(self, op: _HostOp) -> None:
         # Only what ran start to finish on one unbroken connection carries sync mode's promise;
@@ -976,46 +1012,6 @@ class World:
     def _promise(self, items: Iterable[tuple[int, int]]) -> None:
         for sector, version in items:
             self.sector_promised[sector] = max(self.sector_promised.get(sector, 0), version)
-
-    def _do_secondary(self, action: SecondaryAction) -> None:
-        s = self.secondary
-        assert s is not None
-        match action:
-            case score.Send(message):
-                if self.conn and s.conn == self.conn:
-                    self.s2p.append((self.conn, wire.encode_frame(message)))
-            case score.JournalAppend(entry):
-                self.journal.append(entry)
-            case score.WriteData(offset, data, seq):
-                self._note_overwrite(offset, len(data))
-                self.sdisk.write(offset, data)
-                self._track_apply(seq, offset, data)
-            case score.ZeroData(offset, length, _punch, seq):
-                self._note_overwrite(offset, length)
-                self.sdisk.zero(offset, length)
-                self._track_apply(seq, offset, bytes(length))
-            case score.SaveUndo(extent):
-                self._save_undo(extent)
-            case score.HashExtents(request, first, count):
-                self._send_hashes(request, first, count)
-            case score.ResyncStarted():
-                self.meta.consistent = False  # durable before the first resync write lands
-            case score.SyncData(through):
-                s.syncs.append(through)
-            case score.ResyncFinished():
-                # SecondarySite: flush, then consistent again and no longer in doubt.
-                self.sdisk.flush()
-                site = self.roles["secondary"]
-                if self.widened[site]:
-                    self._log(f"secondary {site}: full compare finished, no longer widened")
-                self.widened[site] = False
-                self.meta.resync_finished()
-                self.promise_exempt[site] = set()
-                s.core.welcome_flags = 0
-            case score.CloseLink(reason):
-                if self.conn and s.conn == self.conn:
-                    self._log(f"secondary closes the link: {reason}")
-                    self._closing = self.conn
 
     def _save_undo(self, extent: int) -> None:
         """SaveUndo: the extent's current content into the real undo log (durable with the next
@@ -1115,10 +1111,7 @@ class World:
         state = self.meta.durable_record()
         if state is None or self.widened[self.roles["secondary"]]:
             return everything  # a restart would trust no record: every extent is compared
-        covered = set(state.extents) | self.meta.stale
-        covered.update(extent_runs.expand(state.resync))  # a resync pass's set (issue 19)
-        for offset, length in state.ranges.values():
-            covered.update(extents_of(offset, length, self.extent_size))
+        covered = failback_set(state, self.extent_size, self.meta.stale)  # a resync pass's set too
         # Both sites' persisted out-of-sync sets count: an old primary's reaches the new one
         # when it steps down. A site that is a primary on disk trusts no lost store.
         for site in ("A", "B"):
@@ -1206,6 +1199,11 @@ class World:
                 stats = p.core.statistics()
                 if stats.in_sync and not self.host_ops:
                     break
+                if (p.core.link is pcore.LinkState.CONNECTED and not stats.in_sync
+                        and p.core.get_timer() is None):
+                    # The daemon sleeps until get_timer(): with no deadline it would wait forever.
+                    self._fail("invariant 9: the primary is not in sync, nothing is in flight, and "
+                               "get_timer() asks for no timer")
                 events.append(self._ev_tick)
             self.rng.choice(events)()
             self._settle()
