@@ -5,45 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foresync.geometry import Extent
 from foresync.nbd import trace
-from foresync.nbd.target import Done
 from foresync.nbd.tracing import TraceWriter, TracingTarget
+from foresync.testing.targets import RecordingTarget
 
-
-class Inner:
-    size = 1 << 20
-    read_only = False
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, ...]] = []
-
-    def read(self, offset: int, length: int) -> bytes:
-        return bytes(length)
-
-    def extents(self, offset: int, length: int) -> list[Extent]:
-        return []
-
-    def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
-        self.calls.append(("write", offset, data, fua))
-        done(0)
-
-    def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
-             done: Done) -> None:
-        self.calls.append(("zero", offset, length, fua, may_punch, fast_only))
-        done(0)
-
-    def trim(self, offset: int, length: int, fua: bool, done: Done) -> None:
-        self.calls.append(("trim", offset, length, fua))
-        done(0)
-
-    def flush(self, done: Done) -> None:
-        self.calls.append(("flush",))
-        done(0)
-
-    def cache(self, offset: int, length: int, done: Done) -> None:
-        self.calls.append(("cache", offset, length))
-        done(0)
+Inner = RecordingTarget
 
 
 def test_each_typed_call_is_traced_with_its_command_and_flags_and_passed_on(tmp_path: Path) -> None:
