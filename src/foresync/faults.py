@@ -24,6 +24,9 @@ class Faults:
     # primary: count a resync set as durable on the secondary as soon as it is sent, and drop its
     # extents from the out-of-sync set then, instead of at RESYNC_SET_DURABLE (issue 19)
     resync_before_set_durable: bool = False
+    # epochs.relation: compare epoch histories only, as before issue 13, so a primary that kept
+    # taking writes while cut off is told to step down and its writes are overwritten (failback)
+    split_brain_as_failback: bool = False
 
 
 NO_FAULTS = Faults()

@@ -51,6 +51,7 @@ from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
 from foresync.replication.primary import Config, Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
+from foresync.replication.epochs import Lineage
 
 VOLUME = bytes(range(16))
 
@@ -131,6 +132,7 @@ class Harness:
         self.answered_without_secondary: set[int] = set()  # seqs in flight at a disconnect
         self.link_failures: list[str] = []  # LinkFailed reasons (a secondary's storage failure)
         self.closed_by_secondary: list[str] = []  # CloseLink reasons
+        self.generations: list[Lineage] = []  # PersistGeneration: each lineage stored
         self._running_io = False
 
     # -- the adapters ----------------------------------------------------------------------------
@@ -190,6 +192,9 @@ class Harness:
                 self._oos_by_token[token] = set(extents)
             case pcore.ResumeLater():
                 self.primary.resume()
+            case pcore.PersistGeneration(token, lineage):
+                self.generations.append(lineage)  # stored at once, as the site does
+                self.primary.generation_persisted(token)
             case pcore.LinkFailed(reason):
                 assert reason and reason == self.primary.secondary_error, f"link failed: {reason}"
                 self.link_failures.append(reason)
@@ -622,9 +627,10 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
         span = h._span(extent)
         h.p_img[span] = bytes([9]) * (span.stop - span.start)
     h.p_durable = bytes(h.p_img)
-    h.secondary.welcome_flags = wire.WelcomeFlag.NEW
     h.new_copy = True
-    h.secondary.hashes = tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))
+    h.secondary.session_started(score.SessionFacts(
+        wire.WelcomeFlag.NEW,
+        hashes=tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))))
     resumes = 0
     original = h.primary.resume
 
@@ -1177,7 +1183,7 @@ def test_secondary_storage_failure_saves_again_only_undo_not_yet_durable() -> No
     saves a commit covered stay (or every retry would save the pass again and fill the meta
     disk); one no commit covered may be lost, so its extent is saved again."""
     core = SecondaryCore(160, 16, 0, VOLUME, RecordState({0, 1}))
-    core.protect_image = True
+    core.session_started(score.SessionFacts(protect_image=True))
     core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
     core.actions()
     resync = int(WriteFlag.RESYNC)

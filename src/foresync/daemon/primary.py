@@ -22,6 +22,7 @@ from typing import Any
 from foresync import tls
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import SiteMeta, store_oos, write_atomic
+from foresync.daemon.metadata import store as store_meta
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import discard_local as discard_local_changes
 from foresync.daemon.transitions import step_down
@@ -38,7 +39,8 @@ from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.nbd.wire import Command, CommandFlag, Errno
 from foresync.replication import primary as core_mod
 from foresync.replication.actions import PrimaryAction
-from foresync.replication.epochs import Relation, compare
+from foresync.replication.admission import screen_peer_primary
+from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.storage.file_backend import FileBackend
 from foresync.storage.flusher import GroupFlusher
@@ -67,6 +69,7 @@ class PrimarySite:
                 mode=cfg.mode, size=cfg.size, extent_size=cfg.extent_size, capacity=cfg.capacity,
                 lookahead=cfg.lookahead, eviction=cfg.eviction, volume_id=meta.volume_id,
                 epoch=meta.epoch, window_bytes=cfg.window_bytes, history=meta.epoch_history,
+                generations=meta.lineage.data,
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
             ),
@@ -114,6 +117,7 @@ class PrimarySite:
         self._dial_failures = LogBudget(log, logging.WARNING, "failed dials to the secondary")
         self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
         self._oos_retry: tuple[int, tuple[int, ...], bool] | None = None  # a persist that failed
+        self._generation_retry: tuple[int, Lineage] | None = None  # likewise
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -226,8 +230,10 @@ class PrimarySite:
                     log.warning("link: %s", reason)
                 if self.link is not None:
                     self.link.abort(reason)
-            case core_mod.BecomeSecondary(history):
-                self._step_down_for(history)
+            case core_mod.PersistGeneration(token, lineage):
+                self._persist_generation(token, lineage)
+            case core_mod.BecomeSecondary(lineage):
+                self._step_down_for(lineage)
             case core_mod.ResumeLater():
                 # After the callbacks already ready (link frames, NBD requests, the admin
                 # endpoint): a long resync never holds the event loop for more than a slice.
@@ -252,14 +258,30 @@ class PrimarySite:
             self._oos_retry = None
         self.core.out_of_sync_persisted(token)
 
-    def _step_down_for(self, history: tuple[int, ...]) -> None:
+    def _persist_generation(self, token: int, lineage: Lineage) -> None:
+        """Writes taken while cut off start a new data generation (epochs.py): stored before the
+        first of them lands or is answered. A failure leaves them waiting; the timer retries."""
+        try:
+            store_meta(self.cfg.meta, self.meta.with_lineage(lineage))
+        except StorageError as exc:
+            self._generation_retry = (token, lineage)
+            self._meta_errors("%s: writes taken without the secondary wait until their new data "
+                              "generation is stored (retrying)", exc)
+            return
+        self.meta = self.meta.with_lineage(lineage)
+        self._generation_retry = None
+        log.info("writes without the secondary: data generation %d started (a secondary promoted "
+                 "meanwhile would meet a split brain, not a failback)", len(lineage.data))
+        self.core.generation_persisted(token)
+
+    def _step_down_for(self, lineage: Lineage) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
         to it with our HELLO, so we can forget it; it will copy back what it must."""
         if self.role_changed.is_set():
             return
         log.warning("a primary of a later epoch (%d) exists: stepping down to secondary to "
-                    "receive the failback", len(history))
-        self.meta = step_down(self.cfg, self.meta, history=history)
+                    "receive the failback", lineage.epoch)
+        self.meta = step_down(self.cfg, self.meta, lineage=lineage)
         self.next_role = "secondary"
         self.role_changed.set()
         if self.link is not None:
@@ -397,6 +419,8 @@ class PrimarySite:
             self.core.tick(now)
             if self._oos_retry is not None:
                 self._persist_out_of_sync(*self._oos_retry)
+            if self._generation_retry is not None:
+                self._persist_generation(*self._generation_retry)
             self.core.request_durable()
             link = self.link
             if link is not None and link.is_open:
@@ -426,18 +450,11 @@ class PrimarySite:
         return proto
 
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
-        """A site dialled us. Only a primary does that: decide from the epoch histories."""
-        if not isinstance(message, wire.Hello) or message.volume_id != self.meta.volume_id:
-            # Said to the peer without our identity (it may be a stranger); logged in full here.
-            assert self.meta.volume_id is not None
-            got = (f"a HELLO for volume {message.volume_id.hex()}, ours is {self.meta.volume_id.hex()}"
-                   if isinstance(message, wire.Hello) else f"{type(message).__name__} first, not HELLO")
-            self._peer_refusals("link: refused a peer at %s: %s", proto.peer, got)
-            proto.send(wire.Refuse("this site is a primary of another volume or epoch"))
-            proto.close_after_flush()
-            return
-        relation = compare(self.meta.epoch_history, tuple(message.history))
-        if relation is Relation.PEER_OLDER:
+        """A site dialled us. Only a primary does that: admission.screen_peer_primary decides."""
+        assert self.meta.volume_id is not None
+        answer = screen_peer_primary(message, self.meta.volume_id, self.core.lineage)
+        if answer.meeting is Meeting.DEMOTE_PEER:
+            assert isinstance(message, wire.Hello)
             # The old primary is back (failback): what it wrote that we may lack joins our
             # out-of-sync set, durably, before we tell it to step down.
             everything = bool(message.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC)
@@ -446,22 +463,16 @@ class PrimarySite:
             if everything:
                 log.error("the old primary lost its out-of-sync set: the failback copies the "
                           "whole volume")
-            log.warning("old primary (epoch %d) connected: told it to step down; %d of its "
-                        "extents join the failback", len(message.history), len(message.out_of_sync))
-            proto.send(wire.Demote(self.meta.epoch_history))
-        elif relation is Relation.PEER_NEWER:
-            log.warning("a primary of a later epoch (%d) dialled us; waiting for its DEMOTE",
-                        len(message.history))
-        elif relation is Relation.DIVERGED:
-            self.core.split_brain = True
-            self.core.link_error = "split brain: the peer primary's epoch history diverged from ours"
-            log.error("%s", self.core.link_error)
-            proto.send(wire.Refuse("split brain: epoch histories diverged; run `foresync resolve "
-                                   "--discard-local` on the site whose changes should be thrown away"))
+            log.warning("%s", answer.detail)
+        elif answer.meeting is Meeting.FOLLOW:
+            log.warning("%s", answer.detail)
+        elif answer.meeting is Meeting.SPLIT_BRAIN:
+            self.core.split_brain_detected(answer.detail)
+            log.error("%s", answer.detail)
         else:
-            self._peer_refusals("link: refused a peer at %s: another primary with our epoch "
-                                "history", proto.peer)
-            proto.send(wire.Refuse("two primaries share one epoch history"))
+            self._peer_refusals("link: refused a peer at %s: %s", proto.peer, answer.detail)
+        if answer.reply is not None:
+            proto.send(answer.reply)
         proto.close_after_flush()
 
     async def discard_local(self) -> tuple[int, dict[str, Any]]:
@@ -631,7 +642,7 @@ class PrimarySite:
                     "seconds": round(self.core.lag_seconds(), 3)},
             "resync": self.core.resync_progress(),
             "security": self.security.describe(),
-            "split_brain": self.core.split_brain,
+            "split_brain": s.split_brain,
             "verify": self.core.verify_progress(),
             "failback_bound_bytes": self.core.failback_bound_extents() * self.cfg.extent_size,
             "out_of_sync_extents": s.out_of_sync_extents,

@@ -24,7 +24,7 @@ from foresync.journal.journal import RecordJournal, move_aside
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of
-from foresync.replication.epochs import new_epoch_id
+from foresync.replication.epochs import Lineage, new_epoch_id
 from foresync.storage.file_backend import FileBackend
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMe
     failback = failback_set(cfg, meta, state)
     everything = bool(meta.metadata_damage)
     store_oos(cfg.meta, failback, everything=everything)
-    promoted = meta.update(role="primary", epoch_history=(*meta.epoch_history, new_epoch_id()),
-                           consistent=True, new=False, discard_local=False, stale=(),
-                           metadata_damage="")
+    promoted = meta.with_lineage(meta.lineage.promoted(new_epoch_id())).update(
+        role="primary", consistent=True, new=False, discard_local=False, stale=(),
+        metadata_damage="")
     store(cfg.meta, promoted)
     count = extent_count(cfg) if everything else len(failback)
     if everything:
@@ -70,16 +70,16 @@ def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMe
     return promoted, count
 
 
-def step_down(cfg: SiteConfig, meta: SiteMeta, history: tuple[int, ...] | None = None,
+def step_down(cfg: SiteConfig, meta: SiteMeta, lineage: Lineage | None = None,
               stale: set[int] | None = None, discard_local: bool = False) -> SiteMeta:
-    """Become a secondary: with ``history`` (a newer primary's, adopted at once) or keeping ours.
+    """Become a secondary: with ``lineage`` (a newer primary's, adopted at once) or keeping ours.
 
     The record journal starts empty: what this site wrote as primary is either known to the new
     primary already (our out-of-sync set went with our HELLO) or listed in ``stale``."""
     RecordJournal.create(journal_path(cfg), meta.volume_id or bytes(16)).close()
     store_oos(cfg.meta, set())
-    demoted = meta.update(role="secondary", epoch_history=history or meta.epoch_history,
-                          discard_local=discard_local,
+    demoted = meta.with_lineage(lineage or meta.lineage).update(
+                          role="secondary", discard_local=discard_local,
                           stale=tuple(sorted(stale or ())) or meta.stale)
     store(cfg.meta, demoted)
     return demoted

@@ -85,6 +85,9 @@ from foresync.replication.actions import (
     LinkFailed as LinkFailed,
 )
 from foresync.replication.actions import (
+    PersistGeneration as PersistGeneration,
+)
+from foresync.replication.actions import (
     PersistOutOfSync as PersistOutOfSync,
 )
 from foresync.replication.actions import PrimaryAction as Action
@@ -94,7 +97,7 @@ from foresync.replication.actions import (
 from foresync.replication.actions import (  # re-exported: adapters name them from here
     Send as Send,
 )
-from foresync.replication.epochs import Relation, compare
+from foresync.replication.epochs import Lineage, Meeting, meeting, new_epoch_id
 
 _NOT_YET_SENT = UNSENT  # a write seq above any real one: "dirty until resynced" (record.py)
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
@@ -152,6 +155,8 @@ class Config:
     miss_wait_s: float = 30.0
     faults: Faults = NO_FAULTS
     history: tuple[int, ...] = (1,)  # this site's epoch history (see epochs.py)
+    generations: tuple[int, ...] = ()  # this site's data generations (epochs.py); () : history
+    new_id: Callable[[], int] = new_epoch_id  # mints a generation id (seeded in the simulator)
     predictor: str = "next"  # record/predict.py PREDICTORS; the secondary must use the same
     block_on_disconnect: bool = False  # link.on_disconnect = "block": misses wait for the link
     block_timeout_s: float = 30.0
@@ -202,6 +207,7 @@ class PrimaryStatistics:
     record_read_aheads: int = 0
     local_write_errors: int = 0
     secondary_storage_errors: int = 0
+    split_brain: bool = False  # the peer's lineage diverged from ours (epochs.py)
 
 
 @dataclass(slots=True)
@@ -301,6 +307,12 @@ class PrimaryCore:
         self._resync_tokens = 0.0
         self._resync_tokens_at = 0.0
         self.split_brain = False
+        # The data generation (epochs.py): writes acknowledged while cut off belong to one the
+        # secondary never saw, stored before the first of them applies or is answered.
+        self.lineage = Lineage(config.history, config.generations or config.history)
+        self._generation_fresh = False  # our newest generation is one the secondary never saw
+        self._generation_tokens = 0
+        self._generation_next: Lineage | None = None  # being stored (PersistGeneration)
         self._pending_adds: dict[int, int] = {}
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         self._verify_active = False
@@ -427,8 +439,8 @@ class PrimaryCore:
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
         flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
-                                   c.extent_size, len(c.history), c.history,
-                                   tuple(sorted(self._oos_durable)))))
+                                   c.extent_size, self.lineage.epoch, self.lineage.epochs,
+                                   tuple(sorted(self._oos_durable)), self.lineage.data)))
 
     def disconnected(self, reason: str) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
@@ -453,6 +465,8 @@ class PrimaryCore:
         # Hits are covered by the secondary's durable record already. A miss (or RANGE) that was
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
+        if any(op.resync_extent < 0 for op in self._by_seq.values()):
+            self._open_generation()  # these are answered after the cut: see _open_generation
         for ahead in self._read_aheads.values():
             self._release_reservation(ahead)  # the extents it asked for may or may not be added
         self._read_aheads.clear()
@@ -541,16 +555,18 @@ class PrimaryCore:
                 pass
             case wire.Welcome():
                 self._on_welcome(message)
-            case wire.Refuse(reason):
-                if "split brain" in reason:
+            case wire.Refuse(reason, code):
+                if code == wire.RefuseCode.SPLIT_BRAIN:
                     self.split_brain = True
                 self._fail_link(f"peer refused us: {reason}")
-            case wire.Demote(history):
-                if compare(self.config.history, history) is Relation.PEER_NEWER:
-                    self._emit(BecomeSecondary(history))
+            case wire.Demote(history, generations):
+                theirs = Lineage(tuple(history), tuple(generations))
+                if meeting(self.lineage, theirs, self.config.faults) is Meeting.FOLLOW:
+                    self._emit(BecomeSecondary(theirs))
                 else:
-                    self.split_brain = True
-                    self._fail_link("split brain: the peer's epoch history does not descend from ours")
+                    self.split_brain_detected("split brain: the peer primary's lineage does not "
+                                              "descend from ours (both sites took writes)")
+                    self._fail_link(self.link_error)
             case wire.ResyncDone():
                 raise RemoteProtocolError("primary got RESYNC_DONE")
             case wire.ResyncSetDurable(set_id):
@@ -562,6 +578,37 @@ class PrimaryCore:
             case _:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
         self._pump()
+
+    def split_brain_detected(self, reason: str) -> None:
+        """Our lineage and a peer's diverged (epochs.py): nothing is replicated until an operator
+        discards one side. Cleared by the next WELCOME."""
+        self.split_brain = True
+        self.link_error = reason
+
+    def generation_persisted(self, token: int) -> None:
+        """``PersistGeneration(token)`` is durable: the writes that waited for it may land."""
+        invariant(token == self._generation_tokens and self._generation_next is not None,
+                  f"unknown generation persist token {token}")
+        assert self._generation_next is not None
+        self.lineage, self._generation_next = self._generation_next, None
+        self._generation_fresh = True
+        for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
+            if op.resync_extent < 0:
+                self._try_apply(op)
+                self._maybe_finish(op)
+        self._pump()
+
+    def _open_generation(self) -> None:
+        """A write is about to be applied or answered that the secondary may lack, with the link
+        down. If our newest generation is one the secondary has (it adopted it at its last
+        WELCOME), start a new one: stored before any such write lands or is answered, so a
+        secondary promoted meanwhile meets a diverged lineage (split brain), never an older one
+        whose writes a failback would silently overwrite (issue 13)."""
+        if self._generation_fresh or self._generation_next is not None:
+            return
+        self._generation_tokens += 1
+        self._generation_next = self.lineage.with_generation(self.config.new_id())
+        self._emit(PersistGeneration(self._generation_tokens, self._generation_next))
 
     def local_applied(self, seq: int, errno: int) -> None:
         op = self._by_seq.get(seq)
@@ -683,7 +730,7 @@ class PrimaryCore:
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, self._resync_remaining(), self._remote_durable,
             self._next_seq - 1, in_sync, len(self.out_of_sync), self.counters.read_aheads,
-            self.counters.local_write_errors, self.counters.secondary_storage_errors)
+            self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -901,6 +948,7 @@ class PrimaryCore:
             op.remote_ok = True
             if not covered:
                 self._mark_out_of_sync(op)
+            self._open_generation()
             self._ready_local(op)
             return True
         if self._sent and self._sent_bytes + op.length > self.config.window_bytes and op.data is not None:
@@ -1063,7 +1111,8 @@ class PrimaryCore:
     def _try_apply(self, op: _Op) -> None:
         # apply_issued: ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is
         # already out (a sync-mode hit applies at once, then DURABLE arrives); issue it once.
-        if op.applied or op.apply_issued or op.oos_wait or not self._may_apply(op):
+        if (op.applied or op.apply_issued or op.oos_wait or self._generation_next is not None
+                or not self._may_apply(op)):
             return
         if not all(self._extent_fifo[e][0] == op.seq for e in op.extents):
             return
@@ -1099,6 +1148,8 @@ class PrimaryCore:
     def _maybe_finish(self, op: _Op) -> None:
         if not (op.applied and op.remote_ok):
             return
+        if self._generation_next is not None and op.resync_extent < 0:
+            return  # answered once the new generation is stored (generation_persisted)
         self._by_seq.pop(op.seq, None)
         if op.resync_extent >= 0:
             return
@@ -1181,6 +1232,7 @@ class PrimaryCore:
         self.link = LinkState.CONNECTED
         self.link_error = ""
         self.split_brain = False
+        self._generation_fresh = False  # the secondary adopted our lineage before answering
         self._remote_applied = self._remote_durable = self._sync_requested = 0
         if welcome.applied_seq >= self._next_seq:
             # Continue numbering past what the secondary has seen; the skipped numbers were never

@@ -86,6 +86,18 @@ _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 
 
 @dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the site knows of itself when a primary's HELLO is admitted (``session_started``):
+    they go into the WELCOME and decide how this session protects the image."""
+
+    welcome_flags: int = 0  # wire.WelcomeFlag bits: a new or inconsistent copy
+    stale: tuple[int, ...] = ()  # extents to resync beyond the record (site.json)
+    epoch: int = 1  # the WELCOME's epoch (site.json's, after adopting the primary's lineage)
+    hashes: tuple[int, ...] = ()  # xxh3 per extent, for a full sync (else empty)
+    protect_image: bool = False  # the image is consistent: keep undo during a resync
+
+
+@dataclass(frozen=True, slots=True)
 class SecondaryStatistics:
     record_extents: int
     applied_seq: int
@@ -94,6 +106,7 @@ class SecondaryStatistics:
     writes_applied: int
     bytes_applied: int
     storage_errors: int = 0
+    split_brain: bool = False  # a primary's lineage diverged from ours (epochs.py)
 
 
 class SecondaryCore:
@@ -122,11 +135,12 @@ class SecondaryCore:
         self.writes_applied = 0
         self.bytes_applied = 0
         self.greeted = False
-        self.welcome_flags = 0  # set by the adapter before HELLO: wire.WelcomeFlag bits
-        self.stale: tuple[int, ...] = ()  # set by the adapter: extents to resync beyond the record
-        self.hashes: tuple[int, ...] = ()  # set by the adapter for a full sync: xxh3 per extent
+        self.welcome_flags = 0  # wire.WelcomeFlag bits (SessionFacts)
+        self.stale: tuple[int, ...] = ()  # extents to resync beyond the record (SessionFacts)
+        self.hashes: tuple[int, ...] = ()  # for a full sync: xxh3 per extent (SessionFacts)
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
-        self.protect_image = False  # set by the adapter: the image is consistent, keep undo
+        self.protect_image = False  # the image is consistent, keep undo (SessionFacts)
+        self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
         self._undo_saved: dict[int, int] = {}  # extent -> the append count of its SaveUndo
         self.failed = False  # a write failed in this session: act on nothing until the next one
         self.storage_errors = 0
@@ -196,6 +210,28 @@ class SecondaryCore:
         self.writes_applied += 1
         self.bytes_applied += length
         return True
+
+    def session_started(self, facts: SessionFacts) -> None:
+        """A primary's HELLO was admitted: the site's facts for this session's WELCOME."""
+        self.welcome_flags = facts.welcome_flags
+        self.stale = facts.stale
+        self.epoch = facts.epoch
+        self.hashes = facts.hashes
+        self.protect_image = facts.protect_image
+
+    def adopt_volume(self, volume_id: bytes) -> None:
+        """A new secondary took its first primary's volume identity (admission.py)."""
+        self.volume_id = volume_id
+
+    def split_brain_seen(self, seen: bool) -> None:
+        """A primary's lineage diverged from ours (True), or an operator discarded this site's
+        changes, or a primary was admitted (False)."""
+        self.split_brain = seen
+
+    def resync_finished(self) -> None:
+        """The adapter stored the end of a resync pass: this copy is consistent, so the next
+        session's WELCOME reports it as such."""
+        self.welcome_flags = 0
 
     def session_reset(self) -> None:
         """A new primary connection: replies meant for the old one must not reach the new one,
@@ -289,7 +325,8 @@ class SecondaryCore:
             # Never our own identity: the peer may be a stranger (admission.py screens first).
             problems.append(f"volume identity {hello.volume_id.hex()} is not ours")
         if problems:
-            self._actions.append(Send(wire.Refuse("; ".join(problems))))
+            code = wire.RefuseCode.STRANGER if hello.volume_id != self.volume_id else wire.RefuseCode.MISMATCH
+            self._actions.append(Send(wire.Refuse("; ".join(problems), code)))
             return
         self.greeted = True
         ranges = tuple(sorted((seq, off, length) for seq, (off, length) in self.state.ranges.items()))
@@ -467,4 +504,4 @@ class SecondaryCore:
     def statistics(self) -> SecondaryStatistics:
         return SecondaryStatistics(len(self.state.extents), self.applied_seq, self.durable_seq,
                                    len(self.state.ranges), self.writes_applied, self.bytes_applied,
-                                   self.storage_errors)
+                                   self.storage_errors, self.split_brain)
