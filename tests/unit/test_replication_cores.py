@@ -49,9 +49,9 @@ from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
+from foresync.replication.epochs import Lineage
 from foresync.replication.primary import Config, Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
-from foresync.replication.epochs import Lineage
 
 VOLUME = bytes(range(16))
 
