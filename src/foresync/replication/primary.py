@@ -126,6 +126,10 @@ RATE_SAMPLES = 10  # the window follows the best of the last few samples
 HOLE_CHECK_COST = 16 * 1024  # SEEK_DATA on a sparse file: about 2 us, as 16 KiB of hashing
 
 
+# Why the core drops a link whose HELLO carried a lineage that has since grown (generation_persisted).
+REGREET = "a new data generation started after the HELLO: greeting the secondary again with it"
+
+
 class Mode(Enum):
     LOOKAHEAD = "lookahead"
     SYNC = "sync"
@@ -313,6 +317,7 @@ class PrimaryCore:
         self._generation_fresh = False  # our newest generation is one the secondary never saw
         self._generation_tokens = 0
         self._generation_next: Lineage | None = None  # being stored (PersistGeneration)
+        self._generation_acks: list[_Op] = []  # FUA writes and FLUSHes flushed meanwhile
         self._pending_adds: dict[int, int] = {}
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         self._verify_active = False
@@ -432,6 +437,9 @@ class PrimaryCore:
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
+        # The secondary may adopt the lineage this HELLO carries: a write answered after this
+        # connection ends needs a new generation, even if the WELCOME never comes.
+        self._generation_fresh = False
         self._rtt_min_s = 0.0
         self._rate_samples.clear()
         self._rate_mark = (0.0, 0)
@@ -465,7 +473,7 @@ class PrimaryCore:
         # Hits are covered by the secondary's durable record already. A miss (or RANGE) that was
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
-        if any(op.resync_extent < 0 for op in self._by_seq.values()):
+        if self._fua_waits or any(op.resync_extent < 0 for op in self._by_seq.values()):
             self._open_generation()  # these are answered after the cut: see _open_generation
         for ahead in self._read_aheads.values():
             self._release_reservation(ahead)  # the extents it asked for may or may not be added
@@ -592,6 +600,13 @@ class PrimaryCore:
         assert self._generation_next is not None
         self.lineage, self._generation_next = self._generation_next, None
         self._generation_fresh = True
+        for op in self._generation_acks:
+            self._emit(AckHost(op.op_id, op.errno))
+        self._generation_acks = []
+        if self.link is not LinkState.DISCONNECTED:
+            # The secondary adopts the lineage our HELLO carried: one without this generation
+            # would let it be promoted and then fail back over the writes that started it.
+            self._fail_link(REGREET)
         for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
             if op.resync_extent < 0:
                 self._try_apply(op)
@@ -657,7 +672,10 @@ class PrimaryCore:
             self._local_durable = max(self._local_durable, self._ticket_prefix.pop(done))
         while self._fua_waits and self._fua_waits[0][0] <= ticket:
             _, op = self._fua_waits.popleft()
-            self._emit(AckHost(op.op_id, op.errno))
+            if self._generation_next is not None:
+                self._generation_acks.append(op)  # answered once the generation is stored
+            else:
+                self._emit(AckHost(op.op_id, op.errno))
         durable = self._local_durable
         cleared = [s for s in self._ranges_to_clear if s <= durable]
         if cleared:
@@ -1232,7 +1250,6 @@ class PrimaryCore:
         self.link = LinkState.CONNECTED
         self.link_error = ""
         self.split_brain = False
-        self._generation_fresh = False  # the secondary adopted our lineage before answering
         self._remote_applied = self._remote_durable = self._sync_requested = 0
         if welcome.applied_seq >= self._next_seq:
             # Continue numbering past what the secondary has seen; the skipped numbers were never

@@ -28,6 +28,15 @@ then the invariants are checked:
    schedule of every other event as it was.
 8. whenever the primary reports ``in_sync`` and no host write is outstanding, the two images are
    identical: a site may say in sync only when it is.
+9. a failback never silently overwrites a write the old primary took and acknowledged while cut
+   off (issue 13). Such writes start a new data generation, so when the old primary meets the
+   promoted one the real meeting (``admission.screen_peer_primary``, both real cores) must find a
+   split brain: both sites report it, and the operator's ``resolve --discard-local`` (on the old
+   primary here) decides, not a DEMOTE. The schedule is a cut, writes on the cut-off primary, a
+   forced promotion of the secondary (``promote_cut_off``: the old primary stops taking writes
+   then, as its host fails over), writes there, and the reconnect. A secondary takes its
+   primary's lineage when it admits the HELLO (as the epoch history always was), so writes taken
+   before a HELLO the secondary admitted count as shared.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import random
 import struct
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from foresync.errors import ForesyncError, StorageError
 from foresync.faults import NO_FAULTS, Faults
@@ -50,9 +59,17 @@ from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
 from foresync.replication.actions import PrimaryAction, SecondaryAction
-from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
+from foresync.replication.admission import (
+    Admitted,
+    Identity,
+    Refused,
+    lineage_of,
+    screen_hello,
+    screen_peer_primary,
+)
+from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.primary import Mode, PrimaryCore
-from foresync.replication.secondary import SecondaryCore
+from foresync.replication.secondary import SecondaryCore, SessionFacts
 from foresync.testing.sim.disk import SECTOR, SimDisk, SimJournal
 
 VOLUME_ID = bytes(range(16))
@@ -132,7 +149,13 @@ class World:
         # A secondary's site.json says metadata_damage (inconsistent, every extent in doubt).
         self.widened = {"A": False, "B": False}
         self.metadata_damages = 0  # damage faults injected (flipped byte, lost file)
-        self.histories: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}
+        self.histories: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}  # epoch histories
+        self.generations: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}  # epochs.py
+        self._generation_ids = 0
+        # Writes each site took and acknowledged as primary with the link down since the other
+        # site last admitted its HELLO (invariant 9), and the split brains met and resolved.
+        self.cut_off_acks = {"A": 0, "B": 0}
+        self.split_brains = 0
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
         self.roles = {"primary": "A", "secondary": "B"}  # who plays which role in the world
         self.epoch_writers: dict[tuple[int, ...], set[str]] = {}  # invariant 4
@@ -217,6 +240,7 @@ class World:
             resync_slice_bytes=self.resync_slice_bytes,
             resync_window_bytes=self.resync_window_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
+            generations=self.generations[self.roles["primary"]], new_id=self._new_generation_id,
             predictor=self.predictor)
         core = PrimaryCore(config, read=self.pdisk.read)
         site = self.roles["primary"]
@@ -234,11 +258,16 @@ class World:
         core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
         self.primary = _Primary(core)
 
+    def _new_generation_id(self) -> int:
+        self._generation_ids += 1
+        return 1_000_000 + self._generation_ids  # never a promotion's (1000 + n)
+
+    def _lineage(self, site: str) -> Lineage:
+        return Lineage(self.histories[site], self.generations[site])
+
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
                              faults=self.cfg.faults, predictor=self.predictor)
-        if self.widened[self.roles["secondary"]]:
-            core.welcome_flags = wire.WelcomeFlag.INCONSISTENT  # the primary compares everything
         self.secondary = _Secondary(core)
 
     # -- running ----------------------------------------------------------------------------------
@@ -292,6 +321,9 @@ class World:
             if (p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0
                     and not self.journal.full):  # promote's drain needs a journal commit
                 choices.append((0.1 * w, "promote"))
+            if (p is not None and s is not None and self.mode is not Mode.ASYNC and self.cut
+                    and self.conn == 0 and not self.journal.full):
+                choices.append((0.1 * w, "promote_cut_off"))
             if (p is not None and s is not None and self.conn and not self.cut
                     and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
                 choices.append((0.02 * w, "switchover"))
@@ -401,13 +433,19 @@ class World:
         s = self.secondary
         assert s is not None
         site = self.roles["secondary"]
-        ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site])
+        ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site],
+                        generations=self.generations[site])
         verdict = screen_hello(hello, ours, self.cfg.faults)
         if isinstance(verdict, Refused):
             self._fail(f"secondary {site} refused its primary's HELLO: {verdict.detail}")
         elif verdict.adopt_history:
-            self.histories[site] = tuple(hello.history)
-        s.core.epoch = len(self.histories[site])  # the WELCOME's epoch (site.json's)
+            adopted = lineage_of(hello)
+            self.histories[site], self.generations[site] = adopted.epochs, adopted.data
+        self.cut_off_acks[self.roles["primary"]] = 0  # its lineage is shared now (invariant 9)
+        # The site's facts for the WELCOME (SecondarySite._prepare_welcome): a widened copy is
+        # inconsistent, so the primary compares every extent.
+        flags = wire.WelcomeFlag.INCONSISTENT if self.widened[site] else 0
+        s.core.session_started(SessionFacts(flags, epoch=len(self.histories[site])))
 
     def _ev_deliver_s2p(self) -> None:
         conn, frame = self.s2p.popleft()
@@ -611,7 +649,7 @@ class World:
     def _ev_restart_secondary(self) -> None:
         site = self.roles["secondary"]
         if self.meta_roles[site] == "primary":
-            self._step_down_old_primary(site)
+            self._meet_old_primary(site)
             return
         self._log("restart secondary")
         journal = self.journal
@@ -650,7 +688,9 @@ class World:
             for offset, length in state.ranges.values():
                 failback.update(extents_of(offset, length, self.extent_size))
         self.promotions += 1
+        self.cut_off_acks[site] = 0  # a new primary: nothing acknowledged yet
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
+        self.generations[site] = (*self.generations[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
         self.widened[site] = False
         self.oos_stores[site] = set(failback)
@@ -706,9 +746,67 @@ class World:
         if self.pdisk.durable != self.sdisk.durable:
             self._fail("switchover lost data: the promoted site differs from the demoted one")
 
+    def _meet_old_primary(self, site: str) -> None:
+        """The old primary restarts as a primary and dials the new one: the two real cores meet
+        through the real policy (``screen_peer_primary``). A DEMOTE is a failback, which must
+        not overwrite what the old primary acknowledged while cut off (invariant 9); a split
+        brain must be reported by both, and is resolved here by ``resolve --discard-local`` on
+        the old primary, which then steps down the same way (the operator chose it)."""
+        p = self.primary
+        assert p is not None
+        new = self.roles["primary"]
+        config = replace(p.core.config, history=self.histories[site], generations=self.generations[site])
+        old = PrimaryCore(config, read=self.disks[site].read)
+        old.connected()
+        (hello,) = [wire.FrameDecoder().feed(wire.encode_frame(action.message))[0]
+                    for action in old.actions() if isinstance(action, pcore.Send)]
+        answer = screen_peer_primary(hello, VOLUME_ID, p.core.lineage, self.cfg.faults)
+        self._log(f"old primary {site} meets primary {new}: {answer.meeting}")
+        if answer.reply is not None:
+            old.receive(answer.reply)
+        if answer.meeting is Meeting.SPLIT_BRAIN:
+            p.core.split_brain_detected(answer.detail)
+            if not (old.statistics().split_brain and p.core.statistics().split_brain):
+                self._fail("split brain: not reported by both sites")
+            self.split_brains += 1
+            self._log(f"SPLIT BRAIN: resolve --discard-local on {site}, discarding "
+                      f"{self.cut_off_acks[site]} writes it acknowledged while cut off")
+            self.cut_off_acks[site] = 0  # the operator chose to discard them
+        elif answer.meeting is Meeting.DEMOTE_PEER:
+            if not any(isinstance(action, pcore.BecomeSecondary) for action in old.actions()):
+                self._fail(f"old primary {site} did not step down on DEMOTE")
+            if self.cut_off_acks[site]:
+                self._fail(f"invariant 9: the failback silently overwrites {self.cut_off_acks[site]} "
+                           f"writes the old primary {site} acknowledged while cut off")
+        else:
+            self._fail(f"old primary {site} met primary {new} as {answer.meeting}")
+        self._step_down_old_primary(site)
+
+    def _ev_promote_cut_off(self) -> None:
+        """``promote --force`` while the primary is alive but cut off (the split-brain
+        schedule): its hosts fail over, so the old primary finishes what it has in flight and
+        stops, its writes since the cut on its disk; the promoted site then takes writes."""
+        p = self.primary
+        assert p is not None and self.cut and self.conn == 0
+        self._log("PROMOTE --force while the primary is cut off; the old primary stops serving")
+        for _ in range(10000):
+            events = [event for event, ready in ((self._ev_primary_flush, p.flushes),
+                                                 (self._ev_oos_persist, p.oos_persists),
+                                                 (self._ev_resume, p.resume_due)) if ready]
+            if not events:
+                break
+            self.rng.choice(events)()
+            self._settle()
+        self.pdisk.flush()
+        self.primary = None
+        self.host_ops.clear()  # what it had not answered fails; the host retries on the new one
+        self._flush_snapshots.clear()
+        self._ev_promote()
+
     def _step_down_old_primary(self, site: str) -> None:
-        """The old primary restarts, dials the new one, hands over its out-of-sync set and
-        steps down (DEMOTE); its record starts empty."""
+        """The old primary hands over its out-of-sync set and steps down (DEMOTE, or resolve
+        --discard-local after a split brain), adopting the new primary's lineage; its record
+        starts empty."""
         assert self.primary is not None
         new = self.roles["primary"]
         # It starts as a primary first (a lost store widens, HELLO says "everything").
@@ -726,7 +824,7 @@ class World:
         self.oos_stores[site] = set()
         self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
-        self.histories[site] = self.histories[new]
+        self.histories[site], self.generations[site] = self.histories[new], self.generations[new]
         if self.failback is not None and self.failback["site"] == site:
             self.failback["old_oos"] = old_oos
         self._log(f"old primary {site} steps down (its out-of-sync set: {sorted(old_oos)})")
@@ -820,11 +918,17 @@ class World:
             case pcore.PersistOutOfSync(token, extents, everything):
                 p.oos_persists.append((token, extents, everything))
             case pcore.LinkFailed(reason):
-                if not reason or reason != p.core.secondary_error:
+                if not reason or reason not in (p.core.secondary_error, pcore.REGREET):
                     raise SimFailure(f"link failed: {reason}", self.seed, self.schedule)
-                self._disconnect(reason)  # the secondary reported a storage failure
+                self._disconnect(reason)  # a storage failure there, or a lineage to greet with
             case pcore.ResumeLater():
                 p.resume_due = True
+            case pcore.PersistGeneration(token, lineage):
+                # Stored at once, as the site does (site.json, before anything after it).
+                site = self.roles["primary"]
+                self.histories[site], self.generations[site] = lineage.epochs, lineage.data
+                self._log(f"primary {site}: new data generation {lineage.data[-1]}")
+                p.core.generation_persisted(token)
 
     def _acked(self, op: _HostOp) -> None:
         # Only what ran start to finish on one unbroken connection carries sync mode's promise;
@@ -836,6 +940,9 @@ class World:
                 self._promise(snapshot.items())
             return
         version = self._op_version.pop(op.op_id)
+        p = self.primary
+        if op.conn == 0 and p is not None and p.core.link is pcore.LinkState.DISCONNECTED:
+            self.cut_off_acks[self.roles["primary"]] += 1  # invariant 9: taken and answered cut off
         if not connected:
             return  # acked while cut off ("continue"): the secondary need not have it
         sectors = range(op.offset // SECTOR, (op.offset + op.length) // SECTOR)
@@ -872,7 +979,7 @@ class World:
                 if self.widened[site]:
                     self._log(f"secondary {site}: full compare finished, no longer widened")
                 self.widened[site] = False
-                s.core.welcome_flags = 0
+                s.core.resync_finished()
             case score.CloseLink(reason):
                 if self.conn and s.conn == self.conn:
                     self._log(f"secondary closes the link: {reason}")
