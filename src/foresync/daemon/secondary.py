@@ -244,7 +244,10 @@ class SecondarySite:
                 log.warning("discarding local changes: adopting the primary's lineage (epoch %d)",
                             len(hello.history))
                 self.core.split_brain_seen(False)
-            self._store(self.meta.with_lineage(lineage_of(hello)).update(discard_local=False))
+            # The epochs now; the data generations once a pass brings their data (ResyncFinished),
+            # and until then a discarding site goes on admitting the primary it follows.
+            self._store(self.meta.update(epoch_history=lineage_of(hello).epochs,
+                                         generations=self.meta.lineage.data))
 
     def _roll_back_if_needed(self) -> None:
         """A resync into this site did not finish: restore the image from before it (claim 8's
@@ -358,12 +361,14 @@ class SecondarySite:
             case core_mod.SaveUndo(extent):
                 size = self.cfg.extent_size
                 self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
-            case core_mod.ResyncFinished():
+            case core_mod.ResyncFinished(_, generations):
                 self.backend.flush()
                 if self.meta.metadata_damage:
                     log.warning("a full compare finished: this copy is consistent again and the "
                                 "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
-                self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
+                self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage="",
+                                             generations=generations or self.meta.lineage.data,
+                                             discard_local=False))
                 self.undo.discard()
                 self.storage_error = ""
                 log.info("resync finished: this copy is consistent; %s received",

@@ -72,13 +72,17 @@ def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMe
 
 def step_down(cfg: SiteConfig, meta: SiteMeta, lineage: Lineage | None = None,
               stale: set[int] | None = None, discard_local: bool = False) -> SiteMeta:
-    """Become a secondary: with ``lineage`` (a newer primary's, adopted at once) or keeping ours.
+    """Become a secondary: with ``lineage`` (a newer primary's: its epochs now, its data
+    generations once the failback completes) or keeping ours.
 
     The record journal starts empty: what this site wrote as primary is either known to the new
     primary already (our out-of-sync set went with our HELLO) or listed in ``stale``."""
     RecordJournal.create(journal_path(cfg), meta.volume_id or bytes(16)).close()
     store_oos(cfg.meta, set())
-    demoted = meta.with_lineage(lineage or meta.lineage).update(
+    # The epochs at once; the data generations only once the failback has brought the newer
+    # primary's data here (ResyncFinished): a promotion before that must not claim them.
+    epochs = lineage.epochs if lineage is not None else meta.epoch_history
+    demoted = meta.update(epoch_history=epochs, generations=meta.lineage.data,
                           role="secondary", discard_local=discard_local,
                           stale=tuple(sorted(stale or ())) or meta.stale)
     store(cfg.meta, demoted)

@@ -126,9 +126,11 @@ class ResyncStarted:
 
 @dataclass(frozen=True, slots=True)
 class ResyncFinished:
-    """The primary's resync pass is complete and durable here: the image is consistent again."""
+    """The primary's resync pass is complete and durable here: the image is consistent again,
+    and holds the data of ``generations`` (its primary's, from the HELLO; epochs.py): store them."""
 
     seq: int
+    generations: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

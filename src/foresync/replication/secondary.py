@@ -141,6 +141,7 @@ class SecondaryCore:
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
         self.protect_image = False  # the image is consistent, keep undo (SessionFacts)
         self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
+        self._generations: tuple[int, ...] = ()  # the session primary's (HELLO): see ResyncFinished
         self._undo_saved: dict[int, int] = {}  # extent -> the append count of its SaveUndo
         self.failed = False  # a write failed in this session: act on nothing until the next one
         self.storage_errors = 0
@@ -184,7 +185,7 @@ class SecondaryCore:
                 if self.state.resync:
                     self.state.resync = ()
                     self._append(jfmt.encode_resync_clear())
-                self._effect(self._synced_or_pending(), seq, ResyncFinished(seq))
+                self._effect(self._synced_or_pending(), seq, ResyncFinished(seq, self._generations))
                 self.resyncing = False
                 self._undo_saved.clear()
                 self.failed_extents.clear()  # the pass rewrote them, and a failure ends it early
@@ -329,6 +330,10 @@ class SecondaryCore:
             self._actions.append(Send(wire.Refuse("; ".join(problems), code)))
             return
         self.greeted = True
+        # This copy holds the data of the primary's generations only once a pass has brought it
+        # all here (RESYNC_DONE): until then a promotion must meet the primary's newer generation
+        # as a split brain, never fail back over the writes it names (epochs.py).
+        self._generations = tuple(hello.generations or hello.history)
         ranges = tuple(sorted((seq, off, length) for seq, (off, length) in self.state.ranges.items()))
         # Pending ranges are named by the seq that created them, possibly in an earlier session
         # (both sites restarted since). The primary numbers on from what we report, so report at

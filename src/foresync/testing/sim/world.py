@@ -156,6 +156,7 @@ class World:
         # site last admitted its HELLO (invariant 9), and the split brains met and resolved.
         self.cut_off_acks = {"A": 0, "B": 0}
         self.split_brains = 0
+        self.discarding = {"A": False, "B": False}  # resolve --discard-local until a pass ends
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
         self.roles = {"primary": "A", "secondary": "B"}  # who plays which role in the world
         self.epoch_writers: dict[tuple[int, ...], set[str]] = {}  # invariant 4
@@ -434,14 +435,14 @@ class World:
         assert s is not None
         site = self.roles["secondary"]
         ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site],
-                        generations=self.generations[site])
+                        self.discarding[site], self.generations[site])
         verdict = screen_hello(hello, ours, self.cfg.faults)
         if isinstance(verdict, Refused):
             self._fail(f"secondary {site} refused its primary's HELLO: {verdict.detail}")
         elif verdict.adopt_history:
-            adopted = lineage_of(hello)
-            self.histories[site], self.generations[site] = adopted.epochs, adopted.data
-        self.cut_off_acks[self.roles["primary"]] = 0  # its lineage is shared now (invariant 9)
+            # The epochs now; the data generations with the pass that brings their data
+            # (ResyncFinished), as SecondarySite._accept_hello does.
+            self.histories[site] = lineage_of(hello).epochs
         # The site's facts for the WELCOME (SecondarySite._prepare_welcome): a widened copy is
         # inconsistent, so the primary compares every extent.
         flags = wire.WelcomeFlag.INCONSISTENT if self.widened[site] else 0
@@ -713,8 +714,10 @@ class World:
         self._log("SWITCHOVER: demote the primary")
         for _ in range(20000):
             stats = p.core.statistics()
-            if stats.in_sync and not self.host_ops and not p.flushes:
-                break
+            s = self.secondary
+            if (stats.in_sync and not self.host_ops and not p.flushes and not self.p2s
+                    and s is not None and not s.commits and not s.syncs):
+                break  # and RESYNC_DONE carried out there: the demote closes after the flush
             events = [e for e, ready in ((self._ev_deliver_p2s, self.p2s), (self._ev_deliver_s2p, self.s2p),
                                          (self._ev_primary_flush, p.flushes),
                                          (self._ev_oos_persist, p.oos_persists),
@@ -772,6 +775,7 @@ class World:
             self._log(f"SPLIT BRAIN: resolve --discard-local on {site}, discarding "
                       f"{self.cut_off_acks[site]} writes it acknowledged while cut off")
             self.cut_off_acks[site] = 0  # the operator chose to discard them
+            self.discarding[site] = True
         elif answer.meeting is Meeting.DEMOTE_PEER:
             if not any(isinstance(action, pcore.BecomeSecondary) for action in old.actions()):
                 self._fail(f"old primary {site} did not step down on DEMOTE")
@@ -824,7 +828,7 @@ class World:
         self.oos_stores[site] = set()
         self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
-        self.histories[site], self.generations[site] = self.histories[new], self.generations[new]
+        self.histories[site] = self.histories[new]  # its generations follow with the failback
         if self.failback is not None and self.failback["site"] == site:
             self.failback["old_oos"] = old_oos
         self._log(f"old primary {site} steps down (its out-of-sync set: {sorted(old_oos)})")
@@ -972,10 +976,15 @@ class World:
                 self._track_apply(seq, offset, bytes(length))
             case score.SyncData(through):
                 s.syncs.append(through)
-            case score.ResyncFinished():
-                # SecondarySite: flush, then consistent again and no longer in doubt.
+            case score.ResyncFinished(_, generations):
+                # SecondarySite: flush, then consistent again and no longer in doubt, holding
+                # the data of the session primary's generations.
                 self.sdisk.flush()
                 site = self.roles["secondary"]
+                self.generations[site] = generations or self.generations[site]
+                self.discarding[site] = False
+                if self.conn and s.conn == self.conn and self.primary is not None:
+                    self.cut_off_acks[self.roles["primary"]] = 0  # its writes are here now
                 if self.widened[site]:
                     self._log(f"secondary {site}: full compare finished, no longer widened")
                 self.widened[site] = False
