@@ -427,7 +427,12 @@ def test_old_primary_kill9_during_failback_resumes_it(make_pair: MakePair) -> No
 def test_promote_after_an_interrupted_resync_rolls_back_to_a_consistent_copy(make_pair: MakePair) -> None:
     """A resync into the secondary is cut off, resumes over a new connection, and the primary
     dies during the second pass. The promoted copy must be the image from before the first
-    pass in every extent (the undo log covers both passes), never a mix of old and new."""
+    pass in every extent (the undo log covers both passes), never a mix of old and new.
+
+    The old primary acknowledged the 0x68 writes while cut off, and the promoted copy lacks
+    them: when it comes back that is a split brain (issue 13), not a failback that would
+    silently overwrite them. The operator discards the old primary's side, and only then is it
+    brought back to the promoted image."""
     pair = started_pair(make_pair, Settings(size="64MiB", capacity=CAPACITY, lookahead=2,
                                             resync_rate_max="2MiB"), via_proxy=True)
     old, new = pair.primary, pair.secondary
@@ -456,7 +461,13 @@ def test_promote_after_an_interrupted_resync_rolls_back_to_a_consistent_copy(mak
     qemu_io(pair, new, "read -P 0x67 0 12M")
     assert_pattern(new.data_path, 0, 12 * MiB, 0x67)
 
-    pair.restart(old)  # steps down; the failback brings it back to the promoted image
+    pair.restart(old)
+    for site in pair.sites:
+        pair.wait_for(f"{site.role} site to report split brain",
+                      lambda s=site: pair.status(s)["split_brain"] is True)
+    assert "stepping down" not in old.log(), "the old primary's acknowledged writes were failed back over"
+    resolved = pair.resolve_discard_local(old)  # the operator gives up the 0x68 writes
+    assert "discarded" in resolved.stdout, resolved.stdout
     pair.wait_in_sync(timeout_s=45)
     pair.stop_both()
     pair.assert_identical()

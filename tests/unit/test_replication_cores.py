@@ -1720,3 +1720,61 @@ def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_onc
     h.sent.clear()
     h.write(7 * h.extent_size, 4)  # the miss taking the last free slot (the low mark is 8 // 8)
     assert any(isinstance(m, wire.Sync) for m in h.sent), h.sent
+
+
+# -- data generations (issue 13: a cut-off primary's writes are never failed back over) -----------
+
+
+def _cut_off_core() -> PrimaryCore:
+    config = Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME, new_id=lambda: 77)
+    return PrimaryCore(config, read=lambda offset, length: bytes(length))
+
+
+def _of(actions: list[pcore.Action], kind: type) -> list[pcore.Action]:
+    return [action for action in actions if isinstance(action, kind)]
+
+
+def test_a_write_while_cut_off_lands_only_once_its_new_generation_is_stored() -> None:
+    core = _cut_off_core()  # never connected: the link is down
+    core.write(1, 0, b"a" * 16, False)
+    actions = core.actions()
+    assert _of(actions, pcore.PersistGeneration) == [pcore.PersistGeneration(1, Lineage((1,), (1, 77)))]
+    for persist in _of(actions, pcore.PersistOutOfSync):
+        assert isinstance(persist, pcore.PersistOutOfSync)
+        core.out_of_sync_persisted(persist.token)
+    assert not _of(actions + core.actions(), pcore.ApplyLocal), "applied before its generation was stored"
+    core.generation_persisted(1)
+    (apply,) = _of(core.actions(), pcore.ApplyLocal)
+    assert isinstance(apply, pcore.ApplyLocal)
+    core.local_applied(apply.seq, 0)
+    assert pcore.AckHost(1, 0) in core.actions()
+    core.write(2, 32, b"b" * 16, False)  # the same disconnection: the same generation
+    assert not _of(core.actions(), pcore.PersistGeneration)
+    core.connected()
+    (hello,) = [a.message for a in core.actions() if isinstance(a, pcore.Send)]
+    assert isinstance(hello, wire.Hello) and hello.generations == (1, 77) and hello.history == (1,)
+
+
+def test_a_generation_stored_after_the_hello_greets_the_secondary_again() -> None:
+    """The secondary takes the lineage its HELLO carried: one that grew since must be sent."""
+    core = _cut_off_core()
+    core.connected()
+    core.actions()
+    core.write(1, 0, b"a" * 16, False)  # during the handshake: not connected yet
+    (persist,) = _of(core.actions(), pcore.PersistGeneration)
+    assert isinstance(persist, pcore.PersistGeneration)
+    core.generation_persisted(persist.token)
+    assert pcore.LinkFailed(pcore.REGREET) in core.actions()
+
+
+def test_writes_answered_after_a_cut_wait_for_a_new_generation() -> None:
+    """A sync-mode write in flight at the cut is answered after it ("continue"): that answer
+    waits for the new generation, as a write taken while cut off does."""
+    h = Harness(mode=Mode.SYNC)
+    h.connect()
+    h.write(0, 16)  # a hit or a miss: either way it waits for the secondary in sync mode
+    assert not h.generations
+    h.primary.disconnected("cut")
+    h.pump()
+    assert len(h.generations) == 1 and h.generations[0].data[:1] == (1,)
+    assert len(h.generations[0].data) == 2

@@ -118,7 +118,7 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
         "discard_local": meta.discard_local,
         "stale": list(meta.stale),
         "metadata_damage": meta.metadata_damage,
-        "generations": list(meta.lineage.data),
+        "generations": list(meta.generations),  # [] : the epoch history (a site.json from before)
     }
     write_atomic(path, json.dumps(doc, indent=2) + "\n")
 
