@@ -81,7 +81,8 @@ class PrimarySite:
         self.core.restore_out_of_sync(oos)
         # The stored set says "every extent" (it was lost, or we were promoted from a damaged
         # copy): the next connect copies the whole volume; in sync only after that (issue 12).
-        self.core.full_resync_pending = everything
+        if everything:
+            self.core.resync_everything()
         self.metadata_damage = metadata_damage
         clean_marker = os.path.join(cfg.meta, CLEAN_STOP_FILE)
         if os.path.exists(clean_marker):
@@ -90,7 +91,7 @@ class PrimarySite:
             # Async mode keeps no record: after an unclean stop nothing bounds what may differ.
             log.warning("async mode after an unclean stop (or a promotion): the next connect "
                         "copies every extent, since nothing bounds what may differ")
-            self.core.full_resync_pending = True
+            self.core.resync_everything()
         self.role_changed = asyncio.Event()
         self.next_role = "stop"
         self._resync_bytes_at_pass = 0
@@ -361,18 +362,18 @@ class PrimarySite:
                 waits: list[asyncio.Future[Any]] = [proto.ready, proto.closed]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             except ssl.SSLError as exc:
-                self.core.link_error = f"TLS handshake with {host}:{port} failed: {tls.describe_error(exc)}"
+                self.core.link_trouble(f"TLS handshake with {host}:{port} failed: {tls.describe_error(exc)}")
                 log.warning("link: %s", self.core.link_error)
                 await wait_before_redialling()
                 continue
             except (OSError, TimeoutError) as exc:
                 if security.client_tls is not None and isinstance(exc, ConnectionResetError):
                     # The listener dropped us mid-handshake: it refused our certificate.
-                    self.core.link_error = (f"TLS handshake with {host}:{port} failed: the peer "
+                    self.core.link_trouble(f"TLS handshake with {host}:{port} failed: the peer "
                                             f"closed the connection ({exc})")
                 else:
                     # Every failed dial is the link's state now (issue 17): /status says why.
-                    self.core.link_error = (f"cannot reach the secondary at {host}:{port}: "
+                    self.core.link_trouble(f"cannot reach the secondary at {host}:{port}: "
                                             f"{_dial_reason(exc)}")
                 self._dial_failures("link: %s; retrying", self.core.link_error)
                 await wait_before_redialling()
@@ -436,13 +437,13 @@ class PrimarySite:
     # -- the link listener: other primaries ---------------------------------------------------------
 
     def _link_refused(self, reason: str) -> None:
-        self.core.link_error = reason
+        self.core.link_trouble(reason)
 
     def _peer_refused(self, reason: str) -> None:
         """A connection to our listener failed to authenticate: worth showing only while our own
         link is down (it is logged either way)."""
         if self.core.link is not core_mod.LinkState.CONNECTED:
-            self.core.link_error = f"refused a peer: {reason}"
+            self.core.link_trouble(f"refused a peer: {reason}")
 
     def _new_peer(self) -> LinkProtocol:
         proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None,

@@ -571,7 +571,7 @@ class SecondarySite:
         if self.journal is not None:
             self.journal.close()
         self.journal = RecordJournal.open(journal_path(self.cfg))
-        self.core.state = self.journal.replayed.state
+        self.core.restart_record(self.journal.replayed.state)
         return 200, {"discarded": True, "stale_extents": len(self.meta.stale)}
 
     async def _drain(self, timeout_s: float | None = None) -> bool:

@@ -587,6 +587,16 @@ class PrimaryCore:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
         self._pump()
 
+    def resync_everything(self) -> None:
+        """At start: nothing bounds what may differ (the stored set says "every extent", or async
+        mode after an unclean stop): the next connect compares every extent (issue 12)."""
+        self.full_resync_pending = True
+
+    def link_trouble(self, reason: str) -> None:
+        """The adapter could not reach or greet the secondary (a dial, TLS, a refused peer):
+        shown as ``link_error`` until the next WELCOME."""
+        self.link_error = reason
+
     def split_brain_detected(self, reason: str) -> None:
         """Our lineage and a peer's diverged (epochs.py): nothing is replicated until an operator
         discards one side. Cleared by the next WELCOME."""

@@ -220,6 +220,10 @@ class SecondaryCore:
         self.hashes = facts.hashes
         self.protect_image = facts.protect_image
 
+    def restart_record(self, state: RecordState) -> None:
+        """The adapter started a new record journal (``resolve --discard-local``): its state."""
+        self.state = state
+
     def adopt_volume(self, volume_id: bytes) -> None:
         """A new secondary took its first primary's volume identity (admission.py)."""
         self.volume_id = volume_id

@@ -256,7 +256,8 @@ class World:
             # set is gone with it, so the safe pass copies every extent (issue 12: doubt widens).
             self.failback["set"] = set(range(self.extent_count))
         core.restore_out_of_sync(set(restored.extents))
-        core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
+        if restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0):
+            core.resync_everything()
         self.primary = _Primary(core)
 
     def _new_generation_id(self) -> int:
