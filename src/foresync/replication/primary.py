@@ -42,6 +42,13 @@ host gets the errno. A secondary that fails to write reports STORAGE_FAILED and 
 whatever it has not reported durable joins the out-of-sync set, and the link-loss rules apply
 until a later connection resyncs it (``secondary_error`` says why meanwhile).
 
+Data generations (issue 13, epochs.py): the first write this core would apply or answer with the
+link down, if the secondary may hold our newest generation, first makes a new one durable
+(``PersistGeneration``); until ``generation_persisted`` no op applies locally and none is
+answered. So a secondary promoted meanwhile meets our lineage as diverged (split brain), never as
+an older one to fail back over. Meetings with a peer's lineage (DEMOTE, REFUSE's code) go
+through ``epochs.meeting``.
+
 All I/O is done by the adapter through ``Action`` values drained with ``actions()``, except
 resync reads, which go through the injected ``read`` port so that a read and its send are atomic.
 """

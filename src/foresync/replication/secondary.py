@@ -22,6 +22,11 @@ without that: in the durable record (a hit, or a miss whose ADD was committed be
 or in the primary's out-of-sync set (a miss or range never answered, or anything not yet durable
 here in async mode). Until the next connection nothing the primary sends is acted on.
 
+The site's own facts for a session (flags, stale extents, epoch, checksums, undo) come with
+``session_started`` once the adapter admitted the HELLO. The primary's data generations (from the
+HELLO) go out with RESYNC_DONE's ``ResyncFinished``: only once a pass has brought their data may
+this copy claim them (epochs.py), so a promotion before that is a split brain, not a failback.
+
 Resync (issue 19): a pass starts with RESYNC_SET, the extents it may change here outside the
 record. They are journaled as one entry (runs, not one record slot each), and RESYNC_SET_DURABLE
 goes back only once that entry is durable: only then may the primary stop counting them in its
