@@ -35,6 +35,9 @@ class Faults:
     # primary: get_timer() says "nothing waits on time" while the secondary has not yet confirmed
     # every write durable, so a daemon sleeping until the deadline never asks it (SYNC) again
     timer_ignores_remote_durable: bool = False
+    # epochs.relation: compare epoch histories only, as before issue 13, so a primary that kept
+    # taking writes while cut off is told to step down and its writes are overwritten (failback)
+    split_brain_as_failback: bool = False
 
 
 NO_FAULTS = Faults()

@@ -12,16 +12,18 @@ link connection and refuse new ones while both sites keep running. Volumes are s
 record of 16, so every sync is quick; a low ``resync_rate_max`` stretches the syncs a test must
 observe or interrupt.
 
-Known gap, kept as a strict xfail: a primary cut off from its secondary keeps its epoch history
-while it takes writes, so a classic split brain (the secondary promoted with --force during the
-partition) is resolved on reconnect by demoting the old primary, silently overwriting its writes.
+A split brain is detected the way DRBD does with its generation UUIDs (replication/epochs.py): a
+primary cut off from its secondary stores a new data generation before its first write lands, so
+a secondary promoted meanwhile meets a diverged lineage, never an older one to fail back over.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -425,7 +427,12 @@ def test_old_primary_kill9_during_failback_resumes_it(make_pair: MakePair) -> No
 def test_promote_after_an_interrupted_resync_rolls_back_to_a_consistent_copy(make_pair: MakePair) -> None:
     """A resync into the secondary is cut off, resumes over a new connection, and the primary
     dies during the second pass. The promoted copy must be the image from before the first
-    pass in every extent (the undo log covers both passes), never a mix of old and new."""
+    pass in every extent (the undo log covers both passes), never a mix of old and new.
+
+    The old primary acknowledged the 0x68 writes while cut off, and the promoted copy lacks
+    them: when it comes back that is a split brain (issue 13), not a failback that would
+    silently overwrite them. The operator discards the old primary's side, and only then is it
+    brought back to the promoted image."""
     pair = started_pair(make_pair, Settings(size="64MiB", capacity=CAPACITY, lookahead=2,
                                             resync_rate_max="2MiB"), via_proxy=True)
     old, new = pair.primary, pair.secondary
@@ -454,7 +461,13 @@ def test_promote_after_an_interrupted_resync_rolls_back_to_a_consistent_copy(mak
     qemu_io(pair, new, "read -P 0x67 0 12M")
     assert_pattern(new.data_path, 0, 12 * MiB, 0x67)
 
-    pair.restart(old)  # steps down; the failback brings it back to the promoted image
+    pair.restart(old)
+    for site in pair.sites:
+        pair.wait_for(f"{site.role} site to report split brain",
+                      lambda s=site: pair.status(s)["split_brain"] is True)
+    assert "stepping down" not in old.log(), "the old primary's acknowledged writes were failed back over"
+    resolved = pair.resolve_discard_local(old)  # the operator gives up the 0x68 writes
+    assert "discarded" in resolved.stdout, resolved.stdout
     pair.wait_in_sync(timeout_s=45)
     pair.stop_both()
     pair.assert_identical()
@@ -607,13 +620,11 @@ def test_split_brain_both_promoted_while_cut_off(make_pair: MakePair) -> None:
     resolve_split_brain(pair, winner, loser)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a primary that takes writes while cut off keeps its epoch history, so the promoted peer's "
-    "history looks newer: on reconnect it is told to step down and its writes are overwritten "
-    "instead of the split brain being refused"))
 def test_split_brain_cut_off_primary_keeps_writing(make_pair: MakePair) -> None:
     """The classic split brain: the link is cut, the secondary is promoted with --force while
-    the primary is alive and keeps serving, and both take writes."""
+    the primary is alive and keeps serving, and both take writes. The cut-off primary's first
+    write stored a new data generation, so on reconnect neither lineage descends from the other:
+    both refuse, and nothing is overwritten until the operator discards one side (issue 13)."""
     pair = started_pair(make_pair, via_proxy=True)
     winner, loser = pair.primary, pair.secondary
     qemu_io(pair, winner, "write -P 0x81 0 4M")
@@ -629,6 +640,11 @@ def test_split_brain_cut_off_primary_keeps_writing(make_pair: MakePair) -> None:
     pair.wait_for("split brain (or the primary giving up its writes)", lambda: all(
         split_brain_seen(pair.status(site)) for site in pair.sites) or "stepping down" in winner.log())
     assert "stepping down" not in winner.log(), "the cut-off primary's writes were silently discarded"
+    for site in pair.sites:  # the flag itself, on both sites, not only the refusal's text
+        assert pair.status(site)["split_brain"] is True, pair.status(site)
+        with urllib.request.urlopen(f"http://127.0.0.1:{site.admin_port}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        assert re.search(r"^foresync_split_brain\{[^}]*\} 1\.0$", metrics, re.M), metrics
     resolve_split_brain(pair, winner, loser)
 
 

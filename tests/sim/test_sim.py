@@ -93,6 +93,37 @@ def test_a_secondary_adopts_its_primarys_epoch_history() -> None:
     assert world.histories["A"] == world.histories["B"]
 
 
+def _split_brain_schedule(world: World) -> None:
+    """Issue 13's schedule: cut, the primary keeps writing, the secondary is promoted (--force),
+    writes there, the link heals and the old primary meets the new one."""
+    world._ev_cut()
+    for _ in range(4):
+        world._ev_write()
+        world._settle()
+    world._ev_promote_cut_off()
+    assert world.roles["primary"] == "B"
+    world._ev_write()
+    world._settle()
+    world._ev_heal()
+    world._ev_restart_secondary()  # A restarts, dials B: the real cores meet
+
+
+def test_a_cut_off_primary_that_kept_writing_meets_a_split_brain_not_a_failback() -> None:
+    world = _scripted()
+    _split_brain_schedule(world)
+    assert world.split_brains == 1, "the old primary's writes were failed back over"
+    assert any("SPLIT BRAIN" in event for event in world.schedule)
+    assert world.meta_roles["A"] == "secondary"  # resolve --discard-local chose B
+    world._finish()
+
+
+def test_failing_back_over_a_split_brain_is_caught() -> None:
+    world = World(1, SimConfig(mode=Mode.LOOKAHEAD, crash_weight=0,
+                               faults=Faults(split_brain_as_failback=True)))
+    with pytest.raises(SimFailure, match="invariant 9"):
+        _split_brain_schedule(world)
+
+
 def test_a_write_to_a_full_disk_lands_whole_sectors() -> None:
     """Seed 2840: a short write on a full filesystem stops at a block boundary, so each sector
     holds all of one write's version or none of it (invariant 5 reads versions per sector)."""
@@ -136,6 +167,7 @@ def test_seeds_exercise_faults() -> None:
     roll back resyncs, verify and meet strangers, or they prove little."""
     crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
     reports = rollbacks = undo_failures = verifies = differences = torn_writes = lost_writes = 0
+    split_brains = 0
     failures = {"primary": 0, "secondary": 0, "journal": 0}
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
@@ -155,6 +187,7 @@ def test_seeds_exercise_faults() -> None:
         widened += sum(": widened" in event or "everything=True" in event for event in world.schedule)
         cleared += sum("no longer widened" in event for event in world.schedule)
         reports += world.storage_failures
+        split_brains += world.split_brains
         for where, count in world.write_failures.items():
             failures[where] += count
     assert crashes > 10
@@ -170,6 +203,7 @@ def test_seeds_exercise_faults() -> None:
     assert rollbacks > 5, "no unfinished resync was rolled back from the undo log"
     assert undo_failures > 0, "a full meta disk never refused an undo entry"
     assert verifies > 20 and differences > 20, "verify rarely ran, or never met a real difference"
+    assert split_brains > 0, "no seed met a split brain: invariant 9 went untested"
 
 
 @pytest.mark.parametrize("fault", sorted(Faults.__dataclass_fields__))

@@ -74,3 +74,15 @@ def test_diverged_histories_are_a_split_brain_unless_local_changes_are_discarded
     assert isinstance(verdict, Refused) and verdict.split_brain
     assert screen_hello(hello(history=(7, 9)), identity(history=(7, 8), discard_local=True)) == Admitted(
         Relation.DIVERGED, adopt_identity=False, adopt_history=True)
+
+
+def test_a_primary_that_wrote_while_cut_off_is_a_split_brain_for_a_promoted_site() -> None:
+    """Issue 13: the epochs alone say "outdated primary"; its data generation says otherwise."""
+    cut_off = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, OURS, SIZE, EXTENT, 1, (7,),
+                         (), (7, 50))
+    promoted = Identity(OURS, SIZE, EXTENT, (7, 8), generations=(7, 8))
+    verdict = screen_hello(cut_off, promoted)
+    assert isinstance(verdict, Refused) and verdict.code is wire.RefuseCode.SPLIT_BRAIN
+    # Its own secondary, never promoted, follows it: the new generation is simply newer.
+    assert screen_hello(cut_off, identity()) == Admitted(Relation.PEER_NEWER, adopt_identity=False,
+                                                         adopt_history=True)

@@ -21,6 +21,7 @@ from foresync.replication.driver import (
     SecondaryDriver,
     SecondaryEffects,
 )
+from foresync.replication.epochs import Lineage
 from foresync.replication.primary import Config, Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 
@@ -75,8 +76,8 @@ class _Recorder:
     def resync_started(self) -> None:
         self._note("resync_started")
 
-    def resync_finished(self, seq: int) -> None:
-        self._note("resync_finished", seq)
+    def resync_finished(self, seq: int, generations: tuple[int, ...]) -> None:
+        self._note("resync_finished", seq, generations)
 
     def hash_extents(self, request: int, first: int, count: int) -> None:
         self._note("hash_extents", request, first, count)
@@ -162,6 +163,7 @@ class _Primary:
         self.acks: list[tuple[int, int]] = []
         self.sent: list[wire.Message] = []
         self.persists: list[int] = []
+        self.generations: list[int] = []
 
     def send(self, message: wire.Message) -> None:
         self.sent.append(message)
@@ -187,7 +189,10 @@ class _Primary:
     def resume_later(self) -> None:
         pass
 
-    def become_secondary(self, history: tuple[int, ...]) -> None:
+    def persist_generation(self, token: int, lineage: Lineage) -> None:
+        self.generations.append(token)
+
+    def become_secondary(self, lineage: Lineage) -> None:
         pass
 
 
@@ -198,8 +203,11 @@ def test_an_errno_from_apply_local_goes_back_to_the_core_and_to_the_host() -> No
     driver = PrimaryDriver(core, effects)
     core.write(1, 0, bytes(16), False)  # disconnected: out of sync, then applied locally
     driver()
-    while effects.persists:
-        core.out_of_sync_persisted(effects.persists.pop())
+    while effects.persists or effects.generations:
+        if effects.persists:
+            core.out_of_sync_persisted(effects.persists.pop())
+        else:  # a write while cut off starts a new data generation first (epochs.py)
+            core.generation_persisted(effects.generations.pop())
         driver()
     assert effects.acks == [(1, Errno.ENOSPC)]
     assert core.statistics().local_write_errors == 1  # the core heard the errno

@@ -55,11 +55,11 @@ NONCES = st.binary(min_size=32, max_size=32)  # nonces and HMAC-SHA256 values al
 
 # Every message type: its class and a strategy for each field, in order.
 FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[object], ...]]] = {
-    MessageType.HELLO: (wire.Hello, (u16, u8, u8, VOLUME_IDS, u64, u32, u64, u64s(), u32s())),
+    MessageType.HELLO: (wire.Hello, (u16, u8, u8, VOLUME_IDS, u64, u32, u64, u64s(), u32s(), u64s())),
     MessageType.WELCOME: (wire.Welcome, (
         VOLUME_IDS, u64, u64, u32s(), st.lists(st.tuples(u64, u64, u64), max_size=4).map(tuple),
         u8, u32s(), u64s())),
-    MessageType.REFUSE: (wire.Refuse, (st.text(max_size=40),)),
+    MessageType.REFUSE: (wire.Refuse, (st.text(max_size=40), u8)),
     MessageType.WRITE: (wire.Write, (u64, u64, u8, u16, u32s(), st.binary(max_size=300))),
     MessageType.ZERO: (wire.Zero, (u64, u64, u64, u8, u16, u32s())),
     MessageType.ADDED: (wire.Added, (u64, u32s())),
@@ -70,7 +70,7 @@ FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[obje
     MessageType.PING: (wire.Ping, (u64,)),
     MessageType.PONG: (wire.Pong, (u64,)),
     MessageType.RESYNC_DONE: (wire.ResyncDone, (u64,)),
-    MessageType.DEMOTE: (wire.Demote, (u64s(),)),
+    MessageType.DEMOTE: (wire.Demote, (u64s(), u64s())),
     MessageType.VERIFY: (wire.Verify, (u64, u32, u32)),
     MessageType.HASHES: (wire.Hashes, (u64, u32, u64s())),
     MessageType.AUTH_CHALLENGE: (wire.AuthChallenge, (NONCES,)),
@@ -331,7 +331,7 @@ def test_well_framed_hostile_payloads_decode_exactly_or_are_refused(kind: Messag
     assert type(message) is FIELDS[kind][0]
     if kind is MessageType.REFUSE:
         # The reason is text; invalid UTF-8 is replaced (not refused) since it is only logged.
-        assert message == wire.Refuse(payload.decode("utf-8", "replace"))
+        assert message == wire.Refuse(payload[1:].decode("utf-8", "replace"), payload[0])
     else:
         assert encode_payload(message) == (kind, payload)
 

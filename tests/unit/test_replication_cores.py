@@ -50,6 +50,7 @@ from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
 from foresync.replication import secondary as score
 from foresync.replication.driver import PrimaryDriver, SecondaryDriver
+from foresync.replication.epochs import Lineage
 from foresync.replication.failback import failback_set
 from foresync.replication.primary import Config, Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore
@@ -87,7 +88,7 @@ class _SecondarySide:
     def sync_data(self, through: int) -> None:
         self.h.data_syncs.append((through, bytes(self.h.s_img)))
 
-    def resync_finished(self, seq: int) -> None:
+    def resync_finished(self, seq: int, generations: tuple[int, ...]) -> None:
         self.h.new_copy = False
 
     def resync_started(self) -> None:
@@ -181,6 +182,7 @@ class Harness:
         self.answered_without_secondary: set[int] = set()  # seqs in flight at a disconnect
         self.link_failures: list[str] = []  # LinkFailed reasons (a secondary's storage failure)
         self.closed_by_secondary: list[str] = []  # CloseLink reasons
+        self.generations: list[Lineage] = []  # PersistGeneration: each lineage stored
         self._running_io = False
 
     # -- the adapters ----------------------------------------------------------------------------
@@ -242,8 +244,12 @@ class Harness:
         assert reason and reason == self.primary.secondary_error, f"link failed: {reason}"
         self.link_failures.append(reason)
 
-    def become_secondary(self, history: tuple[int, ...]) -> None:
-        raise AssertionError(f"unexpected step down to history {history}")
+    def persist_generation(self, token: int, lineage: Lineage) -> None:
+        self.generations.append(lineage)  # stored at once, as the site does
+        self.primary.generation_persisted(token)
+
+    def become_secondary(self, lineage: Lineage) -> None:
+        raise AssertionError(f"unexpected step down to {lineage}")
 
     def _primary_sends(self, message: wire.Message) -> None:
         if not isinstance(message, wire.Write | wire.Zero):
@@ -632,9 +638,10 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
         span = h._span(extent)
         h.p_img[span] = bytes([9]) * (span.stop - span.start)
     h.p_durable = bytes(h.p_img)
-    h.secondary.welcome_flags = wire.WelcomeFlag.NEW
     h.new_copy = True
-    h.secondary.hashes = tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))
+    h.secondary.session_started(score.SessionFacts(
+        wire.WelcomeFlag.NEW,
+        hashes=tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))))
     resumes = 0
     original = h.primary.resume
 
@@ -1187,7 +1194,7 @@ def test_secondary_storage_failure_saves_again_only_undo_not_yet_durable() -> No
     saves a commit covered stay (or every retry would save the pass again and fill the meta
     disk); one no commit covered may be lost, so its extent is saved again."""
     core = SecondaryCore(160, 16, 0, VOLUME, RecordState({0, 1}))
-    core.protect_image = True
+    core.session_started(score.SessionFacts(protect_image=True))
     core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
     core.actions()
     resync = int(WriteFlag.RESYNC)
@@ -1810,3 +1817,61 @@ def test_the_secondary_asks_for_a_timer_while_an_applied_write_is_not_durable() 
     assert h.secondary.get_timer() == 5.0 + h.secondary.watermark_interval_s
     h.pump()
     assert h.data_syncs, "the watermark started an image sync"
+
+
+# -- data generations (issue 13: a cut-off primary's writes are never failed back over) -----------
+
+
+def _cut_off_core() -> PrimaryCore:
+    config = Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME, new_id=lambda: 77)
+    return PrimaryCore(config, read=lambda offset, length: bytes(length))
+
+
+def _of(actions: list[pcore.Action], kind: type) -> list[pcore.Action]:
+    return [action for action in actions if isinstance(action, kind)]
+
+
+def test_a_write_while_cut_off_lands_only_once_its_new_generation_is_stored() -> None:
+    core = _cut_off_core()  # never connected: the link is down
+    core.write(1, 0, b"a" * 16, False)
+    actions = core.actions()
+    assert _of(actions, pcore.PersistGeneration) == [pcore.PersistGeneration(1, Lineage((1,), (1, 77)))]
+    for persist in _of(actions, pcore.PersistOutOfSync):
+        assert isinstance(persist, pcore.PersistOutOfSync)
+        core.out_of_sync_persisted(persist.token)
+    assert not _of(actions + core.actions(), pcore.ApplyLocal), "applied before its generation was stored"
+    core.generation_persisted(1)
+    (apply,) = _of(core.actions(), pcore.ApplyLocal)
+    assert isinstance(apply, pcore.ApplyLocal)
+    core.local_applied(apply.seq, 0)
+    assert pcore.AckHost(1, 0) in core.actions()
+    core.write(2, 32, b"b" * 16, False)  # the same disconnection: the same generation
+    assert not _of(core.actions(), pcore.PersistGeneration)
+    core.connected()
+    (hello,) = [a.message for a in core.actions() if isinstance(a, pcore.Send)]
+    assert isinstance(hello, wire.Hello) and hello.generations == (1, 77) and hello.history == (1,)
+
+
+def test_a_generation_stored_after_the_hello_greets_the_secondary_again() -> None:
+    """The secondary takes the lineage its HELLO carried: one that grew since must be sent."""
+    core = _cut_off_core()
+    core.connected()
+    core.actions()
+    core.write(1, 0, b"a" * 16, False)  # during the handshake: not connected yet
+    (persist,) = _of(core.actions(), pcore.PersistGeneration)
+    assert isinstance(persist, pcore.PersistGeneration)
+    core.generation_persisted(persist.token)
+    assert pcore.LinkFailed(pcore.REGREET) in core.actions()
+
+
+def test_writes_answered_after_a_cut_wait_for_a_new_generation() -> None:
+    """A sync-mode write in flight at the cut is answered after it ("continue"): that answer
+    waits for the new generation, as a write taken while cut off does."""
+    h = Harness(mode=Mode.SYNC)
+    h.connect()
+    h.write(0, 16)  # a hit or a miss: either way it waits for the secondary in sync mode
+    assert not h.generations
+    h.primary.disconnected("cut")
+    h.pump()
+    assert len(h.generations) == 1 and h.generations[0].data[:1] == (1,)
+    assert len(h.generations[0].data) == 2

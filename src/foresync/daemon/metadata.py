@@ -1,4 +1,9 @@
-"""A site's persistent metadata: identity, role and epoch history, in ``<meta>/site.json``.
+"""A site's persistent metadata: identity, role and lineage, in ``<meta>/site.json``.
+
+The lineage (replication/epochs.py) is ``epoch_history``, one id per promotion, and
+``generations``, the data generations: one id per promotion and one each time a primary started
+taking writes while cut off from its secondary, stored (here) before the first such write lands.
+A site.json from before generations has none: its epoch history is its generations.
 
 The file is replaced atomically (``journal.durable.write_atomic``: write a temporary file, fsync,
 rename, fsync the directory), so a crash leaves either the old or the new version, never a mix. The record journal lives beside
@@ -23,6 +28,7 @@ from pathlib import Path
 from foresync.errors import ConfigError, StorageError
 from foresync.journal import durable, oos_format
 from foresync.journal.oos_format import OutOfSync
+from foresync.replication.epochs import Lineage
 
 SITE_FILE = "site.json"
 JOURNAL_FILE = "record.journal"
@@ -41,10 +47,18 @@ class SiteMeta:
     discard_local: bool = False  # `resolve --discard-local`: adopt the next primary's history
     stale: tuple[int, ...] = ()  # extents that may differ outside the record (sent in WELCOME)
     metadata_damage: str = ""  # why every extent may differ (damaged or lost metadata), or ""
+    generations: tuple[int, ...] = ()  # data generations (epochs.py); () : the epoch history
 
     @property
     def epoch(self) -> int:
         return len(self.epoch_history)
+
+    @property
+    def lineage(self) -> Lineage:
+        return Lineage(self.epoch_history, self.generations or self.epoch_history)
+
+    def with_lineage(self, lineage: Lineage) -> SiteMeta:
+        return replace(self, epoch_history=lineage.epochs, generations=lineage.data)
 
     def update(self, **changes: object) -> SiteMeta:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -82,6 +96,7 @@ def load(meta_dir: str) -> SiteMeta:
         discard_local=bool(doc.get("discard_local", False)),
         stale=tuple(int(e) for e in doc.get("stale", [])),
         metadata_damage=str(doc.get("metadata_damage") or ""),
+        generations=tuple(int(g) for g in doc.get("generations", [])),
     )
 
 
@@ -99,6 +114,7 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
         "discard_local": meta.discard_local,
         "stale": list(meta.stale),
         "metadata_damage": meta.metadata_damage,
+        "generations": list(meta.generations),  # [] : the epoch history (a site.json from before)
     }
     store_file(path, json.dumps(doc, indent=2) + "\n")
 

@@ -27,6 +27,7 @@ from foresync import tls
 from foresync.admin.status import PrimaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import SiteMeta, store_file, store_oos
+from foresync.daemon.metadata import store as store_meta
 from foresync.daemon.results import Demoted, Discarded, VerifyStarted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import discard_local as discard_local_changes
@@ -41,8 +42,9 @@ from foresync.nbd.server import NbdServer
 from foresync.nbd.target import Done, NbdTarget
 from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.replication import primary as core_mod
+from foresync.replication.admission import screen_peer_primary
 from foresync.replication.driver import PrimaryDriver
-from foresync.replication.epochs import Relation, compare
+from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.storage.file_backend import FileBackend
 from foresync.storage.flusher import GroupFlusher
@@ -68,6 +70,7 @@ class PrimarySite:
                 mode=cfg.mode, size=cfg.size, extent_size=cfg.extent_size, capacity=cfg.capacity,
                 lookahead=cfg.lookahead, eviction=cfg.eviction, volume_id=meta.volume_id,
                 window_bytes=cfg.window_bytes, history=meta.epoch_history,
+                generations=meta.lineage.data,
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
                 watermark_interval_s=cfg.watermark_interval_s,
@@ -80,7 +83,8 @@ class PrimarySite:
         self.core.restore_out_of_sync(oos)
         # The stored set says "every extent" (it was lost, or we were promoted from a damaged
         # copy): the next connect copies the whole volume; in sync only after that (issue 12).
-        self.core.full_resync_pending = everything
+        if everything:
+            self.core.resync_everything()
         self.metadata_damage = metadata_damage
         clean_marker = os.path.join(cfg.meta, CLEAN_STOP_FILE)
         if os.path.exists(clean_marker):
@@ -89,7 +93,7 @@ class PrimarySite:
             # Async mode keeps no record: after an unclean stop nothing bounds what may differ.
             log.warning("async mode after an unclean stop (or a promotion): the next connect "
                         "copies every extent, since nothing bounds what may differ")
-            self.core.full_resync_pending = True
+            self.core.resync_everything()
         self.role_changed = asyncio.Event()
         self.next_role = "stop"
         self._resync_bytes_at_pass = 0
@@ -119,6 +123,7 @@ class PrimarySite:
         self._dial_failures = LogBudget(log, logging.WARNING, "failed dials to the secondary")
         self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
         self._oos_retry: tuple[int, tuple[int, ...], bool] | None = None  # a persist that failed
+        self._generation_retry: tuple[int, Lineage] | None = None  # likewise
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -255,14 +260,30 @@ class PrimarySite:
             self._oos_retry = None
         self.core.out_of_sync_persisted(token, now=time.monotonic())
 
-    def become_secondary(self, history: tuple[int, ...]) -> None:
+    def persist_generation(self, token: int, lineage: Lineage) -> None:
+        """Writes taken while cut off start a new data generation (epochs.py): stored before the
+        first of them lands or is answered. A failure leaves them waiting; the timer retries."""
+        try:
+            store_meta(self.cfg.meta, self.meta.with_lineage(lineage))
+        except StorageError as exc:
+            self._generation_retry = (token, lineage)
+            self._meta_errors("%s: writes taken without the secondary wait until their new data "
+                              "generation is stored (retrying)", exc)
+            return
+        self.meta = self.meta.with_lineage(lineage)
+        self._generation_retry = None
+        log.info("writes without the secondary: data generation %d started (a secondary promoted "
+                 "meanwhile would meet a split brain, not a failback)", len(lineage.data))
+        self.core.generation_persisted(token, now=time.monotonic())
+
+    def become_secondary(self, lineage: Lineage) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
         to it with our HELLO, so we can forget it; it will copy back what it must."""
         if self.role_changed.is_set():
             return
         log.warning("a primary of a later epoch (%d) exists: stepping down to secondary to "
-                    "receive the failback", len(history))
-        self.meta = step_down(self.cfg, self.meta, history=history)
+                    "receive the failback", lineage.epoch)
+        self.meta = step_down(self.cfg, self.meta, lineage=lineage)
         self.next_role = "secondary"
         self.role_changed.set()
         if self.link is not None:
@@ -342,18 +363,18 @@ class PrimarySite:
                 waits: list[asyncio.Future[Any]] = [proto.ready, proto.closed]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             except ssl.SSLError as exc:
-                self.core.link_error = f"TLS handshake with {host}:{port} failed: {tls.describe_error(exc)}"
+                self.core.link_trouble(f"TLS handshake with {host}:{port} failed: {tls.describe_error(exc)}")
                 log.warning("link: %s", self.core.link_error)
                 await wait_before_redialling()
                 continue
             except (OSError, TimeoutError) as exc:
                 if security.client_tls is not None and isinstance(exc, ConnectionResetError):
                     # The listener dropped us mid-handshake: it refused our certificate.
-                    self.core.link_error = (f"TLS handshake with {host}:{port} failed: the peer "
+                    self.core.link_trouble(f"TLS handshake with {host}:{port} failed: the peer "
                                             f"closed the connection ({exc})")
                 else:
                     # Every failed dial is the link's state now (issue 17): /status says why.
-                    self.core.link_error = (f"cannot reach the secondary at {host}:{port}: "
+                    self.core.link_trouble(f"cannot reach the secondary at {host}:{port}: "
                                             f"{_dial_reason(exc)}")
                 self._dial_failures("link: %s; retrying", self.core.link_error)
                 await wait_before_redialling()
@@ -403,7 +424,7 @@ class PrimarySite:
             deadlines = [last_ping + self.cfg.heartbeat_s]
             if core_at is not None:
                 deadlines.append(core_at)
-            if self._oos_retry is not None:
+            if self._oos_retry is not None or self._generation_retry is not None:
                 deadlines.append(now + self.cfg.watermark_interval_s)
             link = self.link
             if link is not None and link.is_open:
@@ -417,6 +438,8 @@ class PrimarySite:
             self.core.handle_timer(now)
             if self._oos_retry is not None:
                 self.persist_out_of_sync(*self._oos_retry)
+            if self._generation_retry is not None:
+                self.persist_generation(*self._generation_retry)
             link = self.link
             if link is not None and link.is_open:
                 if now - last_ping >= self.cfg.heartbeat_s:
@@ -431,13 +454,13 @@ class PrimarySite:
     # -- the link listener: other primaries ---------------------------------------------------------
 
     def _link_refused(self, reason: str) -> None:
-        self.core.link_error = reason
+        self.core.link_trouble(reason)
 
     def _peer_refused(self, reason: str) -> None:
         """A connection to our listener failed to authenticate: worth showing only while our own
         link is down (it is logged either way)."""
         if self.core.link is not core_mod.LinkState.CONNECTED:
-            self.core.link_error = f"refused a peer: {reason}"
+            self.core.link_trouble(f"refused a peer: {reason}")
 
     def _new_peer(self) -> LinkProtocol:
         proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None,
@@ -445,18 +468,11 @@ class PrimarySite:
         return proto
 
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
-        """A site dialled us. Only a primary does that: decide from the epoch histories."""
-        if not isinstance(message, wire.Hello) or message.volume_id != self.meta.volume_id:
-            # Said to the peer without our identity (it may be a stranger); logged in full here.
-            assert self.meta.volume_id is not None
-            got = (f"a HELLO for volume {message.volume_id.hex()}, ours is {self.meta.volume_id.hex()}"
-                   if isinstance(message, wire.Hello) else f"{type(message).__name__} first, not HELLO")
-            self._peer_refusals("link: refused a peer at %s: %s", proto.peer, got)
-            proto.send(wire.Refuse("this site is a primary of another volume or epoch"))
-            proto.close_after_flush()
-            return
-        relation = compare(self.meta.epoch_history, tuple(message.history))
-        if relation is Relation.PEER_OLDER:
+        """A site dialled us. Only a primary does that: admission.screen_peer_primary decides."""
+        assert self.meta.volume_id is not None
+        answer = screen_peer_primary(message, self.meta.volume_id, self.core.lineage)
+        if answer.meeting is Meeting.DEMOTE_PEER:
+            assert isinstance(message, wire.Hello)
             # The old primary is back (failback): what it wrote that we may lack joins our
             # out-of-sync set, durably, before we tell it to step down.
             everything = bool(message.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC)
@@ -465,22 +481,16 @@ class PrimarySite:
             if everything:
                 log.error("the old primary lost its out-of-sync set: the failback copies the "
                           "whole volume")
-            log.warning("old primary (epoch %d) connected: told it to step down; %d of its "
-                        "extents join the failback", len(message.history), len(message.out_of_sync))
-            proto.send(wire.Demote(self.meta.epoch_history))
-        elif relation is Relation.PEER_NEWER:
-            log.warning("a primary of a later epoch (%d) dialled us; waiting for its DEMOTE",
-                        len(message.history))
-        elif relation is Relation.DIVERGED:
-            self.core.split_brain = True
-            self.core.link_error = "split brain: the peer primary's epoch history diverged from ours"
-            log.error("%s", self.core.link_error)
-            proto.send(wire.Refuse("split brain: epoch histories diverged; run `foresync resolve "
-                                   "--discard-local` on the site whose changes should be thrown away"))
+            log.warning("%s", answer.detail)
+        elif answer.meeting is Meeting.FOLLOW:
+            log.warning("%s", answer.detail)
+        elif answer.meeting is Meeting.SPLIT_BRAIN:
+            self.core.split_brain_detected(answer.detail)
+            log.error("%s", answer.detail)
         else:
-            self._peer_refusals("link: refused a peer at %s: another primary with our epoch "
-                                "history", proto.peer)
-            proto.send(wire.Refuse("two primaries share one epoch history"))
+            self._peer_refusals("link: refused a peer at %s: %s", proto.peer, answer.detail)
+        if answer.reply is not None:
+            proto.send(answer.reply)
         proto.close_after_flush()
 
     async def discard_local(self) -> Discarded:
@@ -648,7 +658,7 @@ class PrimarySite:
             link_error=self.core.link_error, in_sync=s.in_sync,
             record_extents=s.record_extents, record_capacity=s.record_capacity,
             extent_size_bytes=self.cfg.extent_size, writes=s.writes,
-            storage_errors=s.local_write_errors, split_brain=self.core.split_brain,
+            storage_errors=s.local_write_errors, split_brain=s.split_brain,
             security=self.security.describe(),
             view=PrimaryView(
                 core=s, resync=self.core.resync_progress(now=now),

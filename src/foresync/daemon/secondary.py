@@ -49,9 +49,9 @@ from foresync.nbd.server import bind_listener, keep_freed_heap
 from foresync.record import runs as extent_runs
 from foresync.replication import secondary as core_mod
 from foresync.replication.actions import SecondaryAction
-from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
+from foresync.replication.admission import Admitted, Identity, Refused, lineage_of, screen_hello
 from foresync.replication.driver import SecondaryDriver
-from foresync.replication.secondary import SecondaryCore
+from foresync.replication.secondary import SecondaryCore, SessionFacts
 from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
 
@@ -106,7 +106,6 @@ class SecondarySite:
         self._roll_back_if_needed()
         self.role_changed = asyncio.Event()
         self._promoting = False
-        self.split_brain = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
         # This side's view of a resync pass (issue 17): bytes received and since when; the
         # primary decides what to send, so the total is known there, not here.
@@ -203,7 +202,7 @@ class SecondarySite:
 
     def _identity(self) -> Identity:
         return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
-                        self.meta.epoch_history, self.meta.discard_local)
+                        self.meta.epoch_history, self.meta.discard_local, self.meta.lineage.data)
 
     def _has_healthy_link(self) -> bool:
         """A primary that passed screening is connected (greeted, or its WELCOME is still being
@@ -217,10 +216,11 @@ class SecondarySite:
             # Only while no primary is connected is this the news /status should show; a
             # stranger's refusal must not hide the healthy link's state (it is logged).
             self.link_error = f"refused the primary: {verdict.reason}"
-            self.split_brain = self.split_brain or verdict.split_brain
+            if verdict.split_brain:
+                self.core.split_brain_seen(True)
         self._refusals("link: refused %s %s: %s", "a HELLO from" if healthy else "the primary at",
                        proto.peer, verdict.detail)
-        proto.send(wire.Refuse(verdict.reason))
+        proto.send(wire.Refuse(verdict.reason, verdict.code))
         proto.close_after_flush()
 
     def _accept_hello(self, hello: wire.Hello, verdict: Admitted) -> None:
@@ -229,10 +229,13 @@ class SecondarySite:
             self._adopt_identity(hello)
         elif verdict.adopt_history:
             if self.meta.discard_local:
-                log.warning("discarding local changes: adopting the primary's epoch history "
-                            "(epoch %d)", len(hello.history))
-                self.split_brain = False
-            self._store(self.meta.update(epoch_history=tuple(hello.history), discard_local=False))
+                log.warning("discarding local changes: adopting the primary's lineage (epoch %d)",
+                            len(hello.history))
+                self.core.split_brain_seen(False)
+            # The epochs now; the data generations once a pass brings their data (ResyncFinished),
+            # and until then a discarding site goes on admitting the primary it follows.
+            self._store(self.meta.update(epoch_history=lineage_of(hello).epochs,
+                                         generations=self.meta.lineage.data))
 
     def _roll_back_if_needed(self) -> None:
         """A resync into this site did not finish: restore the image from before it (claim 8's
@@ -256,16 +259,13 @@ class SecondarySite:
 
     def _prepare_welcome(self, hashes: tuple[int, ...]) -> None:
         flags = self._welcome_flags()
-        self.core.welcome_flags = flags
-        self.core.stale = self.meta.stale
-        self.core.epoch = self.meta.epoch
-        self.core.hashes = hashes
         # Keep undo during the next resync while the image is consistent, and also while an
         # unfinished pass's undo log is still open here (the link dropped mid-pass, this process
         # lived on): the new pass continues it, so a rollback still returns to the image from
         # before the first pass rather than leaving the extents the new pass changed.
         resuming = not self.meta.new and os.path.exists(self.undo.path)
-        self.core.protect_image = not flags or resuming
+        self.core.session_started(SessionFacts(flags, self.meta.stale, self.meta.epoch, hashes,
+                                               protect_image=not flags or resuming))
 
     def _store(self, meta: SiteMeta) -> None:
         self.meta = meta
@@ -298,10 +298,10 @@ class SecondarySite:
                     "link: primary disconnected (%s)", reason)
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
-        self._store(self.meta.update(volume_id=hello.volume_id, epoch_history=tuple(hello.history),
-                                     new=True, consistent=False))
+        self._store(self.meta.with_lineage(lineage_of(hello)).update(
+            volume_id=hello.volume_id, new=True, consistent=False))
         self.journal = RecordJournal.create(journal_path(self.cfg), hello.volume_id)
-        self.core.volume_id = hello.volume_id
+        self.core.adopt_volume(hello.volume_id)
         log.info("adopted volume identity %s from the primary; a full sync follows "
                  "(extents whose checksums match are skipped)", hello.volume_id.hex())
 
@@ -360,12 +360,15 @@ class SecondarySite:
         size = self.cfg.extent_size
         self.undo.append(extent, self.backend.read(extent * size, min(size, self.cfg.size - extent * size)))
 
-    def resync_finished(self, seq: int) -> None:
+    def resync_finished(self, seq: int, generations: tuple[int, ...]) -> None:
         self.backend.flush()
         if self.meta.metadata_damage:
             log.warning("a full compare finished: this copy is consistent again and the "
                         "damaged metadata (%s) is no longer in doubt", self.meta.metadata_damage)
-        self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage=""))
+        # The pass brought the primary's data: now its data generations are ours (epochs.py).
+        self._store(self.meta.update(consistent=True, new=False, stale=(), metadata_damage="",
+                                     generations=generations or self.meta.lineage.data,
+                                     discard_local=False))
         self.undo.discard()
         self.storage_error = ""
         log.info("resync finished: this copy is consistent; %s received",
@@ -568,11 +571,11 @@ class SecondarySite:
         it diverged, and have it copy back everything this site may hold differently."""
         extra = failback_set(self.cfg, self.meta, self.core.state)
         self.meta = discard_local_changes(self.cfg, self.meta, extra)
-        self.split_brain = False
+        self.core.split_brain_seen(False)
         if self.journal is not None:
             self.journal.close()
         self.journal = RecordJournal.open(journal_path(self.cfg))
-        self.core.state = self.journal.replayed.state
+        self.core.restart_record(self.journal.replayed.state)
         return Discarded(len(self.meta.stale))
 
     async def _drain(self, timeout_s: float | None = None) -> bool:
@@ -630,7 +633,7 @@ class SecondarySite:
                      and consistent and not self.meta.metadata_damage),
             record_extents=s.record_extents, record_capacity=self.cfg.capacity,
             extent_size_bytes=self.cfg.extent_size, writes=s.writes_applied,
-            storage_errors=s.storage_errors, split_brain=self.split_brain,
+            storage_errors=s.storage_errors, split_brain=s.split_brain,
             security=self.security.describe(),
             view=SecondaryView(
                 core=s, resync=self._resync_view(consistent), storage_error=self.storage_error,

@@ -27,7 +27,7 @@ from foresync.journal.durable import move_aside
 from foresync.journal.format import RecordState
 from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
-from foresync.replication.epochs import new_epoch_id
+from foresync.replication.epochs import Lineage, new_epoch_id
 from foresync.replication.failback import failback_set as record_failback_set
 from foresync.storage.file_backend import FileBackend
 
@@ -56,9 +56,9 @@ def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMe
     failback = failback_set(cfg, meta, state)
     everything = bool(meta.metadata_damage)
     store_oos(cfg.meta, failback, everything=everything)
-    promoted = meta.update(role="primary", epoch_history=(*meta.epoch_history, new_epoch_id()),
-                           consistent=True, new=False, discard_local=False, stale=(),
-                           metadata_damage="")
+    promoted = meta.with_lineage(meta.lineage.promoted(new_epoch_id())).update(
+        role="primary", consistent=True, new=False, discard_local=False, stale=(),
+        metadata_damage="")
     store(cfg.meta, promoted)
     count = extent_count(cfg) if everything else len(failback)
     if everything:
@@ -132,16 +132,20 @@ def roll_back_then_promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState,
     return Promotion(promoted, failback, restored)
 
 
-def step_down(cfg: SiteConfig, meta: SiteMeta, history: tuple[int, ...] | None = None,
+def step_down(cfg: SiteConfig, meta: SiteMeta, lineage: Lineage | None = None,
               stale: set[int] | None = None, discard_local: bool = False) -> SiteMeta:
-    """Become a secondary: with ``history`` (a newer primary's, adopted at once) or keeping ours.
+    """Become a secondary: with ``lineage`` (a newer primary's: its epochs now, its data
+    generations once the failback completes) or keeping ours.
 
     The record journal starts empty: what this site wrote as primary is either known to the new
     primary already (our out-of-sync set went with our HELLO) or listed in ``stale``."""
     RecordJournal.create(journal_path(cfg), meta.volume_id or bytes(16)).close()
     store_oos(cfg.meta, set())
-    demoted = meta.update(role="secondary", epoch_history=history or meta.epoch_history,
-                          discard_local=discard_local,
+    # The epochs at once; the data generations only once the failback has brought the newer
+    # primary's data here (ResyncFinished): a promotion before that must not claim them.
+    epochs = lineage.epochs if lineage is not None else meta.epoch_history
+    demoted = meta.update(epoch_history=epochs, generations=meta.lineage.data,
+                          role="secondary", discard_local=discard_local,
                           stale=tuple(sorted(stale or ())) or meta.stale)
     store(cfg.meta, demoted)
     return demoted

@@ -184,7 +184,7 @@ class LinkProtocol(asyncio.Protocol):
         log.warning("link %s: %s; closing the connection", self.peer, reason)
         self._on_error(reason)
         if tell_peer:
-            self.send(wire.Refuse(reason))
+            self.send(wire.Refuse(reason, wire.RefuseCode.AUTH))  # only link setup refuses here
             self.close_after_flush()
         if not self.closed.done():
             self.closed.set_result(reason)

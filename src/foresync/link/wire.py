@@ -13,16 +13,18 @@ connection can no longer be trusted and is closed; the sites then resynchronise.
 
 Payloads (after the header):
     HELLO       u16 version, u8 role, u8 flags (HelloFlag), 16s volume id, u64 size, u32 extent size,
-                u64 epoch, then LIST(u64) epoch history, LIST(u32) the sender's out-of-sync extents
+                u64 epoch, then LIST(u64) epoch history, LIST(u32) the sender's out-of-sync extents,
+                LIST(u64) data generations (replication/epochs.py)
     WELCOME     16s volume id, u64 epoch, u64 applied seq, u8 flags (WelcomeFlag), then
                 LIST(u32) record extents, LIST(u64 seq, u64 offset, u64 length) pending ranges,
                 LIST(u32) stale extents (may differ outside the record: rolled back, or
                 discarded after a split brain), LIST(u64) xxh3 of every extent (full sync only)
-    DEMOTE      LIST(u64) the epoch history of the newer primary: "you are outdated"
+    DEMOTE      LIST(u64) the epoch history, then LIST(u64) the data generations, of the newer
+                primary: "you are outdated"
     VERIFY      u64 request id, u32 first extent, u32 count: hash these extents, in stream order
     HASHES      u64 request id, u32 first extent, LIST(u64) xxh3 of each extent
 LIST(x) is a u32 count followed by that many x.
-    REFUSE      UTF-8 reason (the rest)
+    REFUSE      u8 code (RefuseCode), then the UTF-8 reason for a person (the rest)
     WRITE       u64 seq, u64 offset, u8 flags, u16 budget, u32 n, n x u32 removed extents, data
     ZERO        u64 seq, u64 offset, u64 length, u8 flags, u16 budget, u32 n, n x u32 removed
     ADDED       u64 seq, then u32 extents added to the record (the rest)
@@ -54,7 +56,9 @@ import google_crc32c
 from foresync.errors import RemoteProtocolError, invariant
 from foresync.gather import Parts, add_part, join
 
-PROTOCOL_VERSION = 2  # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); a version-1 peer is refused by name
+# 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); 3: data generations in HELLO and DEMOTE and a
+# code in REFUSE (issue 13). A peer of another version is refused by name.
+PROTOCOL_VERSION = 3
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
@@ -142,6 +146,18 @@ _AREA_LABELS = {StorageArea.IMAGE: "image", StorageArea.JOURNAL: "record journal
                 StorageArea.UNDO: "undo log", StorageArea.METADATA: "site metadata"}
 
 
+class RefuseCode(IntEnum):
+    """Why a site refused its peer (REFUSE): a site acts on this, never on the text."""
+
+    OTHER = 0  # anything else (the text says what)
+    MISMATCH = 1  # protocol version, volume size or extent size differ
+    STRANGER = 2  # another volume identity
+    OUTDATED = 3  # the peer's lineage is older: it is an old primary and must step down
+    SPLIT_BRAIN = 4  # the lineages diverged: both sites took writes (epochs.py)
+    TWO_PRIMARIES = 5  # two primaries with one lineage
+    AUTH = 6  # link authentication failed (link/auth.py)
+
+
 class Role(IntEnum):
     PRIMARY = 0
     SECONDARY = 1
@@ -158,6 +174,7 @@ class Hello:
     epoch: int
     history: tuple[int, ...] = ()
     out_of_sync: tuple[int, ...] = ()
+    generations: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +192,7 @@ class Welcome:
 @dataclass(frozen=True, slots=True)
 class Demote:
     history: tuple[int, ...]
+    generations: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +212,7 @@ class Hashes:
 @dataclass(frozen=True, slots=True)
 class Refuse:
     reason: str
+    code: int = RefuseCode.OTHER
 
 
 @dataclass(slots=True, eq=True)
@@ -395,21 +414,21 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
         case ResyncSet(set_id, runs):
             flat = [value for run in runs for value in run]
             return MessageType.RESYNC_SET, SEQ.pack(set_id) + COUNT.pack(len(runs)) + _u32s(tuple(flat))
-        case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos):
+        case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations):
             head = HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
-            return MessageType.HELLO, head + _list("Q", history) + _list("I", oos)
+            return MessageType.HELLO, head + _list("Q", history) + _list("I", oos) + _list("Q", generations)
         case Welcome(volume_id, epoch, applied_seq, record, ranges, flags, stale, hashes):
             body = WELCOME.pack(volume_id, epoch, applied_seq, flags) + _list("I", record)
             body += COUNT.pack(len(ranges)) + b"".join(RANGE.pack(*r) for r in ranges)
             return MessageType.WELCOME, body + _list("I", stale) + _list("Q", hashes)
-        case Demote(history):
-            return MessageType.DEMOTE, _list("Q", history)
+        case Demote(history, generations):
+            return MessageType.DEMOTE, _list("Q", history) + _list("Q", generations)
         case Verify(request, first, count):
             return MessageType.VERIFY, VERIFY.pack(request, first, count)
         case Hashes(request, first, hashes):
             return MessageType.HASHES, VERIFY.pack(request, first, len(hashes)) + _list("Q", hashes)
-        case Refuse(reason):
-            return MessageType.REFUSE, reason.encode("utf-8")
+        case Refuse(reason, code):
+            return MessageType.REFUSE, bytes((code,)) + reason.encode("utf-8")
         case StorageFailed(area, errno, detail):
             return MessageType.STORAGE_FAILED, STORAGE_FAILED.pack(area, errno) + detail.encode("utf-8")
         case AuthChallenge(nonce):
@@ -507,8 +526,9 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         version, role, flags, volume_id, size, extent_size, epoch = HELLO.unpack_from(payload)
         history = reader.take("Q")
         oos = reader.take("I")
+        generations = reader.take("Q")
         reader.finish()
-        return Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos)
+        return Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations)
     if message_type is MessageType.WELCOME:
         reader = _Lists(payload, WELCOME.size, "WELCOME")
         volume_id, epoch, applied, flags = WELCOME.unpack_from(payload)
@@ -539,10 +559,14 @@ def decode_payload(kind: int, payload: bytes) -> Message:
     if message_type is MessageType.DEMOTE:
         reader = _Lists(payload, 0, "DEMOTE")
         history = reader.take("Q")
+        generations = reader.take("Q")
         reader.finish()
-        return Demote(history)
+        return Demote(history, generations)
     if message_type is MessageType.REFUSE:
-        return Refuse(payload.decode("utf-8", "replace"))
+        if not payload:
+            raise RemoteProtocolError("REFUSE payload has no code")
+        # An unknown code is kept as a number: a newer peer may know more reasons than we do.
+        return Refuse(payload[1:].decode("utf-8", "replace"), payload[0])
     if message_type is MessageType.STORAGE_FAILED:
         if len(payload) < STORAGE_FAILED.size:
             raise RemoteProtocolError("STORAGE_FAILED payload shorter than its fixed part")

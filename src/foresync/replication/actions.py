@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foresync.link import wire
+from foresync.replication.epochs import Lineage
 
 # -- both cores ----------------------------------------------------------------------------------
 
@@ -60,9 +61,18 @@ class ResumeLater:
 
 @dataclass(frozen=True, slots=True)
 class BecomeSecondary:
-    """A newer primary exists (claim 8's failback): step down, adopting its epoch history."""
+    """A newer primary exists (claim 8's failback): step down, adopting its lineage."""
 
-    history: tuple[int, ...]
+    lineage: Lineage
+
+
+@dataclass(frozen=True, slots=True)
+class PersistGeneration:
+    """Durably store ``lineage`` (site.json) as this site's, then call
+    ``generation_persisted(token)``. Writes taken while cut off wait for it (epochs.py)."""
+
+    token: int
+    lineage: Lineage
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +85,7 @@ class PersistOutOfSync:
 
 
 PrimaryAction = (Send | ApplyLocal | AckHost | FlushLocal | LinkFailed | PersistOutOfSync | BecomeSecondary
-          | ResumeLater)
+          | ResumeLater | PersistGeneration)
 
 
 # -- the secondary's ----------------------------------------------------------------------------
@@ -116,9 +126,11 @@ class ResyncStarted:
 
 @dataclass(frozen=True, slots=True)
 class ResyncFinished:
-    """The primary's resync pass is complete and durable here: the image is consistent again."""
+    """The primary's resync pass is complete and durable here: the image is consistent again,
+    and holds the data of ``generations`` (its primary's, from the HELLO; epochs.py): store them."""
 
     seq: int
+    generations: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

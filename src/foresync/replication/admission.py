@@ -5,10 +5,10 @@ Taking the new connection over first and checking it afterwards (as the secondar
 any such stranger drop the healthy primary's link and reset the session, and each one forced the
 primary to resend its record. So every HELLO is screened here first, on its own connection,
 against what the site already is: protocol version, volume identity, size, extent size and the
-epoch-history relation. Only an ``Admitted`` HELLO may touch the current session; a ``Refused``
-one is answered on its own connection and closed.
+lineage relation (epochs.py decides it). Only an ``Admitted`` HELLO may touch the current
+session; a ``Refused`` one is answered on its own connection and closed.
 
-A refusal carries two texts. ``reason`` goes to the peer in a REFUSE and names only what the peer
+A refusal carries a code (``wire.RefuseCode``: what the peer acts on) and two texts. ``reason`` goes to the peer in a REFUSE and names only what the peer
 sent or what it must know to fix its own side (both sizes, both epochs); it never names our volume
 identity, which would tell a stranger what to claim. ``detail`` is logged locally and may.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from foresync.faults import NO_FAULTS, Faults
 from foresync.link import wire
-from foresync.replication.epochs import Relation, compare
+from foresync.replication.epochs import Lineage, Meeting, Relation, meeting, relation
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +31,33 @@ class Identity:
     extent_size: int
     history: tuple[int, ...]
     discard_local: bool = False  # `resolve --discard-local`: adopt the next primary's history
+    generations: tuple[int, ...] = ()  # data generations (epochs.py); () : the history
+
+    @property
+    def lineage(self) -> Lineage:
+        return Lineage(self.history, self.generations)
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
     relation: Relation  # of the peer's history to ours (PEER_NEWER when we adopt it)
     adopt_identity: bool  # a new secondary: take the peer's volume identity and history
-    adopt_history: bool  # store the peer's history as ours (newer, or discard_local)
+    adopt_history: bool  # store the peer's lineage as ours (newer, or discard_local)
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
     reason: str  # for the peer's REFUSE: never names our volume identity
     detail: str  # for our log
-    split_brain: bool = False
+    code: wire.RefuseCode = wire.RefuseCode.OTHER
+
+    @property
+    def split_brain(self) -> bool:
+        return self.code is wire.RefuseCode.SPLIT_BRAIN
+
+
+def lineage_of(hello: wire.Hello) -> Lineage:
+    return Lineage(tuple(hello.history), tuple(hello.generations))
 
 
 def geometry_problems(hello: wire.Hello, size: int, extent_size: int) -> list[str]:
@@ -65,11 +78,12 @@ def screen_hello(hello: wire.Hello, ours: Identity, faults: Faults = NO_FAULTS) 
     problems = geometry_problems(hello, ours.size, ours.extent_size)
     if problems:
         text = "; ".join(problems)
-        return Refused(text, text)
+        return Refused(text, text, wire.RefuseCode.MISMATCH)
     if ours.volume_id is None:
         return Admitted(Relation.PEER_NEWER, adopt_identity=True, adopt_history=True)
+    theirs = lineage_of(hello)
     if faults.admit_strangers:  # deliberately wrong: see faults.py
-        return Admitted(compare(ours.history, tuple(hello.history)), adopt_identity=False,
+        return Admitted(relation(ours.lineage, theirs, faults), adopt_identity=False,
                         adopt_history=False)
     if hello.volume_id != ours.volume_id:
         # Another volume altogether (a primary re-initialised, a wrong peer address, a stranger):
@@ -78,20 +92,64 @@ def screen_hello(hello: wire.Hello, ours: Identity, faults: Faults = NO_FAULTS) 
                 "`foresync init --force`")
         return Refused(f"volume identity {hello.volume_id.hex()} is not ours; {hint}",
                        f"volume identity {hello.volume_id.hex()} is not ours "
-                       f"({ours.volume_id.hex()}); {hint}")
-    mine, theirs = ours.history, tuple(hello.history)
-    relation = compare(mine, theirs)
-    if ours.discard_local and relation is not Relation.SAME:
-        return Admitted(relation, adopt_identity=False, adopt_history=True)
-    if relation is Relation.SAME:
-        return Admitted(relation, adopt_identity=False, adopt_history=False)
-    if relation is Relation.PEER_NEWER or not mine:
-        return Admitted(relation, adopt_identity=False, adopt_history=True)
-    if relation is Relation.PEER_OLDER:
-        reason = (f"its epoch history (epoch {len(theirs)}) is older than ours (epoch {len(mine)}): "
+                       f"({ours.volume_id.hex()}); {hint}", wire.RefuseCode.STRANGER)
+    mine = ours.lineage
+    found = relation(mine, theirs, faults)
+    if ours.discard_local and found is not Relation.SAME:
+        return Admitted(found, adopt_identity=False, adopt_history=True)
+    verdict = meeting(mine, theirs, faults)
+    if verdict is Meeting.REPLICATE:
+        return Admitted(found, adopt_identity=False, adopt_history=False)
+    if verdict is Meeting.FOLLOW or not mine.epochs:
+        return Admitted(found, adopt_identity=False, adopt_history=True)
+    if verdict is Meeting.DEMOTE_PEER:
+        reason = (f"its lineage (epoch {theirs.epoch}) is older than ours (epoch {mine.epoch}): "
                   "it is an outdated primary and must become secondary")
-        return Refused(reason, reason)
-    reason = (f"split brain: epoch histories diverged (ours epoch {len(mine)}, theirs epoch "
-              f"{len(theirs)}); run `foresync resolve --discard-local` on the site whose changes "
-              "should be thrown away")
-    return Refused(reason, reason, split_brain=True)
+        return Refused(reason, reason, wire.RefuseCode.OUTDATED)
+    return Refused(split_brain_reason(mine, theirs), split_brain_reason(mine, theirs),
+                   wire.RefuseCode.SPLIT_BRAIN)
+
+
+def split_brain_reason(mine: Lineage, theirs: Lineage) -> str:
+    """What a split brain refusal says: both epochs, and what the operator must do."""
+    return (f"split brain: both sites took writes since they last agreed (ours epoch {mine.epoch}, "
+            f"theirs epoch {theirs.epoch}); run `foresync resolve --discard-local` on the site "
+            "whose changes should be thrown away")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnswer:
+    """What a primary does about a message on its link listener, where only another primary
+    dials: the meeting (None if it was refused before the lineages were compared), the reply to
+    send before closing (DEMOTE or REFUSE; None: wait for the peer's own DEMOTE), and a line for
+    our log. On DEMOTE_PEER the adapter first makes the peer's out-of-sync set ours, durably."""
+
+    meeting: Meeting | None
+    reply: wire.Message | None
+    detail: str
+
+
+def screen_peer_primary(message: wire.Message, volume_id: bytes, ours: Lineage,
+                        faults: Faults = NO_FAULTS) -> PeerAnswer:
+    """Decide on a peer primary's first message without changing anything."""
+    if not isinstance(message, wire.Hello) or message.volume_id != volume_id:
+        got = (f"a HELLO for volume {message.volume_id.hex()}, ours is {volume_id.hex()}"
+               if isinstance(message, wire.Hello) else f"{type(message).__name__} first, not HELLO")
+        # Said to the peer without our identity (it may be a stranger); logged in full.
+        return PeerAnswer(None, wire.Refuse("this site is a primary of another volume or epoch",
+                                            wire.RefuseCode.STRANGER), got)
+    theirs = lineage_of(message)
+    verdict = meeting(ours, theirs, faults)
+    if verdict is Meeting.DEMOTE_PEER:
+        return PeerAnswer(verdict, wire.Demote(ours.epochs, ours.data),
+                          f"old primary (epoch {theirs.epoch}) connected: told it to step down; "
+                          f"{len(message.out_of_sync)} of its extents join the failback")
+    if verdict is Meeting.FOLLOW:
+        return PeerAnswer(verdict, None, f"a primary of a later epoch ({theirs.epoch}) dialled us; "
+                                         "waiting for its DEMOTE")
+    if verdict is Meeting.SPLIT_BRAIN:
+        reason = split_brain_reason(ours, theirs)
+        return PeerAnswer(verdict, wire.Refuse(reason, wire.RefuseCode.SPLIT_BRAIN), reason)
+    return PeerAnswer(verdict, wire.Refuse("two primaries share one lineage",
+                                           wire.RefuseCode.TWO_PRIMARIES),
+                      "another primary with our lineage")

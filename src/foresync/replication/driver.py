@@ -37,6 +37,7 @@ from foresync.replication.actions import (
     HashExtents,
     JournalAppend,
     LinkFailed,
+    PersistGeneration,
     PersistOutOfSync,
     ResumeLater,
     ResyncFinished,
@@ -48,6 +49,7 @@ from foresync.replication.actions import (
     WriteData,
     ZeroData,
 )
+from foresync.replication.epochs import Lineage
 from foresync.replication.primary import PrimaryCore
 from foresync.replication.secondary import SecondaryCore
 
@@ -88,8 +90,12 @@ class PrimaryEffects(Protocol):
     def resume_later(self) -> None:
         """Call ``PrimaryCore.resume`` soon, after other ready work, not from this pump."""
 
-    def become_secondary(self, history: tuple[int, ...]) -> None:
-        """A newer primary exists: step down, adopting its epoch history."""
+    def persist_generation(self, token: int, lineage: Lineage) -> None:
+        """Durably store ``lineage`` (a new data generation, epochs.py) as this site's, then
+        call ``generation_persisted(token)``."""
+
+    def become_secondary(self, lineage: Lineage) -> None:
+        """A newer primary exists: step down, adopting its lineage."""
 
 
 class SecondaryEffects(Protocol):
@@ -112,8 +118,9 @@ class SecondaryEffects(Protocol):
     def resync_started(self) -> None:
         """Persist that this image is inconsistent until the pass ends, before going on."""
 
-    def resync_finished(self, seq: int) -> None:
-        """The pass is complete and durable: the image is consistent again."""
+    def resync_finished(self, seq: int, generations: tuple[int, ...]) -> None:
+        """The pass is complete and durable: the image is consistent again, and holds the data
+        of ``generations`` (store them; epochs.py)."""
 
     def hash_extents(self, request: int, first: int, count: int) -> None:
         """Hash these extents of the image as it is now and send HASHES for ``request``."""
@@ -138,6 +145,7 @@ EFFECTS: dict[type, tuple[str, tuple[str, ...]]] = {
         (AckHost, "ack_host"),
         (FlushLocal, "flush_local"),
         (PersistOutOfSync, "persist_out_of_sync"),
+        (PersistGeneration, "persist_generation"),
         (LinkFailed, "link_failed"),
         (ResumeLater, "resume_later"),
         (BecomeSecondary, "become_secondary"),

@@ -55,6 +55,11 @@ class Flushes(Generic[W]):
         if applied_prefix > max(pending, self.local_durable):
             self.issue(applied_prefix)
 
+    @property
+    def waiting(self) -> bool:
+        """Some FLUSH or FUA write waits for a flush to complete."""
+        return bool(self._waits)
+
     def wait(self, waiter: W, applied_prefix: int) -> None:
         """``waiter`` (a FLUSH or an applied FUA write) is answered once a new ticket is done."""
         self._waits.append((self.issue(applied_prefix), waiter))

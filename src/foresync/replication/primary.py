@@ -36,6 +36,13 @@ This class keeps the control flow: it owns those parts as plain objects, hands t
 (no part imports this module), and alone talks to the adapter. The link is a small state
 machine (``LinkState``); ``receive`` is the one place the link path's errors are caught.
 
+Data generations (issue 13, epochs.py): the first write this core would apply or answer with the
+link down, if the secondary may hold our newest generation, first makes a new one durable
+(``PersistGeneration``); until ``generation_persisted`` no op applies locally and none is
+answered. So a secondary promoted meanwhile meets our lineage as diverged (split brain), never as
+an older one to fail back over. Meetings with a peer's lineage (DEMOTE, REFUSE's code) go
+through ``epochs.meeting``.
+
 All I/O is done by the adapter through ``Action`` values drained with ``actions()``, except
 resync reads, which go through the injected ``read`` port so that a read and its send are atomic.
 """
@@ -64,12 +71,13 @@ from foresync.replication.actions import (
     BecomeSecondary,
     FlushLocal,
     LinkFailed,
+    PersistGeneration,
     PersistOutOfSync,
     ResumeLater,
     Send,
 )
 from foresync.replication.actions import PrimaryAction as Action
-from foresync.replication.epochs import Relation, compare
+from foresync.replication.epochs import Lineage, Meeting, meeting, new_epoch_id
 from foresync.replication.flushes import Flushes
 from foresync.replication.ordering import (
     APPLICABLE,
@@ -93,7 +101,7 @@ from foresync.replication.verify import Verify
 # Re-exported: the adapters and tests name the actions, and the resync defaults, from here.
 __all__ = ["RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYTES", "AckHost",
            "Action", "ApplyLocal", "BecomeSecondary", "Config", "FlushLocal", "LinkFailed",
-           "LinkState", "Mode", "PersistOutOfSync", "PrimaryCore", "PrimaryStatistics",
+           "LinkState", "Mode", "PersistGeneration", "PersistOutOfSync", "PrimaryCore", "PrimaryStatistics",
            "ResumeLater", "Send"]
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
@@ -101,6 +109,10 @@ __all__ = ["RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYT
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 STREAMS_TRACKED = 16  # sequential streams recognised at once (their next expected offsets)
+
+
+# Why the core drops a link whose HELLO carried a lineage that has since grown (generation_persisted).
+REGREET = "a new data generation started after the HELLO: greeting the secondary again with it"
 
 
 class Mode(Enum):
@@ -137,6 +149,8 @@ class Config:
     miss_wait_s: float = 30.0
     faults: Faults = NO_FAULTS
     history: tuple[int, ...] = (1,)  # this site's epoch history (see epochs.py)
+    generations: tuple[int, ...] = ()  # this site's data generations (epochs.py); () : history
+    new_id: Callable[[], int] = new_epoch_id  # mints a generation id (seeded in the simulator)
     predictor: str = "next"  # record/predict.py PREDICTORS; the secondary must use the same
     block_on_disconnect: bool = False  # link.on_disconnect = "block": misses wait for the link
     block_timeout_s: float = 30.0
@@ -165,6 +179,7 @@ class PrimaryStatistics:
     record_read_aheads: int = 0
     local_write_errors: int = 0
     secondary_storage_errors: int = 0
+    split_brain: bool = False  # the peer's lineage diverged from ours (epochs.py)
 
 
 @dataclass(slots=True)
@@ -221,6 +236,13 @@ class PrimaryCore:
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
         self.split_brain = False
+        # The data generation (epochs.py): writes acknowledged while cut off belong to one the
+        # secondary never saw, stored before the first of them applies or is answered.
+        self.lineage = Lineage(config.history, config.generations or config.history)
+        self._generation_fresh = False  # our newest generation is one the secondary never saw
+        self._generation_tokens = 0
+        self._generation_next: Lineage | None = None  # being stored (PersistGeneration)
+        self._generation_acks: list[Op] = []  # FUA writes and FLUSHes flushed meanwhile
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
         # the resync sets of this pass durable there.
@@ -343,13 +365,16 @@ class PrimaryCore:
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
+        # The secondary may adopt the lineage this HELLO carries: a write answered after this
+        # connection ends needs a new generation, even if the WELCOME never comes.
+        self._generation_fresh = False
         self._resync.session_start()
         c = self.config
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
         flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
-                                   c.extent_size, len(c.history), c.history,
-                                   tuple(sorted(self._oos.durable)))))
+                                   c.extent_size, self.lineage.epoch, self.lineage.epochs,
+                                   tuple(sorted(self._oos.durable)), self.lineage.data)))
 
     def disconnected(self, reason: str, *, now: float | None = None) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
@@ -376,6 +401,8 @@ class PrimaryCore:
         # Hits are covered by the secondary's durable record already. A miss (or RANGE) that was
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
+        if self._flushes.waiting or self._by_seq:
+            self._open_generation()  # these are answered after the cut: see _open_generation
         for ahead in self._read_aheads.values():
             self._reservations.release(ahead)  # the extents it asked for may or may not be added
         self._read_aheads.clear()
@@ -469,16 +496,18 @@ class PrimaryCore:
                 pass
             case wire.Welcome():
                 self._on_welcome(message)
-            case wire.Refuse(reason):
-                if "split brain" in reason:
+            case wire.Refuse(reason, code):
+                if code == wire.RefuseCode.SPLIT_BRAIN:
                     self.split_brain = True
                 self._fail_link(f"peer refused us: {reason}")
-            case wire.Demote(history):
-                if compare(self.config.history, history) is Relation.PEER_NEWER:
-                    self._emit(BecomeSecondary(history))
+            case wire.Demote(history, generations):
+                theirs = Lineage(tuple(history), tuple(generations))
+                if meeting(self.lineage, theirs, self.config.faults) is Meeting.FOLLOW:
+                    self._emit(BecomeSecondary(theirs))
                 else:
-                    self.split_brain = True
-                    self._fail_link("split brain: the peer's epoch history does not descend from ours")
+                    self.split_brain_detected("split brain: the peer primary's lineage does not "
+                                              "descend from ours (both sites took writes)")
+                    self._fail_link(self.link_error)
             case wire.ResyncDone():
                 raise RemoteProtocolError("primary got RESYNC_DONE")
             case wire.ResyncSetDurable(set_id):
@@ -489,6 +518,55 @@ class PrimaryCore:
                 self._on_storage_failed(message)
             case _:
                 raise RemoteProtocolError(f"primary got unexpected {type(message).__name__}")
+
+    def resync_everything(self) -> None:
+        """At start: nothing bounds what may differ (the stored set says "every extent", or async
+        mode after an unclean stop): the next connect compares every extent (issue 12)."""
+        self.full_resync_pending = True
+
+    def link_trouble(self, reason: str) -> None:
+        """The adapter could not reach or greet the secondary (a dial, TLS, a refused peer):
+        shown as ``link_error`` until the next WELCOME."""
+        self.link_error = reason
+
+    def split_brain_detected(self, reason: str) -> None:
+        """Our lineage and a peer's diverged (epochs.py): nothing is replicated until an operator
+        discards one side. Cleared by the next WELCOME."""
+        self.split_brain = True
+        self.link_error = reason
+
+    def generation_persisted(self, token: int, *, now: float | None = None) -> None:
+        """``PersistGeneration(token)`` is durable: the writes that waited for it may land."""
+        if now is not None:
+            self.now = now
+        invariant(token == self._generation_tokens and self._generation_next is not None,
+                  f"unknown generation persist token {token}")
+        assert self._generation_next is not None
+        self.lineage, self._generation_next = self._generation_next, None
+        self._generation_fresh = True
+        for op in self._generation_acks:
+            self._emit(AckHost(op.op_id, op.errno))
+        self._generation_acks = []
+        if self.link is not LinkState.DISCONNECTED:
+            # The secondary adopts the lineage our HELLO carried: one without this generation
+            # would let it be promoted and then fail back over the writes that started it.
+            self._fail_link(REGREET)
+        for op in sorted(self._by_seq.values(), key=lambda o: o.seq):
+            self._try_apply(op)
+            self._maybe_finish(op)
+        self._pump()
+
+    def _open_generation(self) -> None:
+        """A write is about to be applied or answered that the secondary may lack, with the link
+        down. If our newest generation is one the secondary has (it adopted it at its last
+        WELCOME), start a new one: stored before any such write lands or is answered, so a
+        secondary promoted meanwhile meets a diverged lineage (split brain), never an older one
+        whose writes a failback would silently overwrite (issue 13)."""
+        if self._generation_fresh or self._generation_next is not None:
+            return
+        self._generation_tokens += 1
+        self._generation_next = self.lineage.with_generation(self.config.new_id())
+        self._emit(PersistGeneration(self._generation_tokens, self._generation_next))
 
     def local_applied(self, seq: int, errno: int, *, now: float | None = None) -> None:
         if now is not None:
@@ -530,7 +608,10 @@ class PrimaryCore:
             self.now = now
         for op in self._flushes.flushed(ticket):
             op.to(OpEvent.ACK)
-            self._emit(AckHost(op.op_id, op.errno))
+            if self._generation_next is not None:
+                self._generation_acks.append(op)  # answered once the generation is stored
+            else:
+                self._emit(AckHost(op.op_id, op.errno))
         durable = self._flushes.local_durable
         cleared = [s for s in self._ranges_to_clear if s <= durable]
         if cleared:
@@ -610,7 +691,7 @@ class PrimaryCore:
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, self._resync.remaining(), self._flushes.remote_durable,
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
-            self.counters.local_write_errors, self.counters.secondary_storage_errors)
+            self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -742,6 +823,7 @@ class PrimaryCore:
             op.to(OpEvent.SEND)
             if not covered:
                 self._mark_out_of_sync(op)
+            self._open_generation()
             self._ready_local(op)
             return True
         if self._sent and self._sent_bytes + op.length > self.config.window_bytes and op.data is not None:
@@ -865,7 +947,8 @@ class PrimaryCore:
     def _try_apply(self, op: Op) -> None:
         # ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is already out
         # (a sync-mode hit applies at once, then DURABLE arrives): its state says so.
-        if op.state not in APPLICABLE or not self._order.may_apply_now(op):
+        if (op.state not in APPLICABLE or self._generation_next is not None
+                or not self._order.may_apply_now(op)):
             return
         op.to(OpEvent.ISSUE)
         self._emit(ApplyLocal(op.seq, op.offset, op.length, op.data, op.punch))
@@ -873,6 +956,8 @@ class PrimaryCore:
     def _maybe_finish(self, op: Op) -> None:
         if op.state is not OpState.APPLIED:
             return
+        if self._generation_next is not None:
+            return  # answered once the new generation is stored (generation_persisted)
         self._by_seq.pop(op.seq, None)
         if op.fua and op.errno == 0:
             op.to(OpEvent.FLUSH)

@@ -24,6 +24,11 @@ without that: in the durable record (a hit, or a miss whose ADD was committed be
 or in the primary's out-of-sync set (a miss or range never answered, or anything not yet durable
 here in async mode). Until the next connection nothing the primary sends is acted on.
 
+The site's own facts for a session (flags, stale extents, epoch, checksums, undo) come with
+``session_started`` once the adapter admitted the HELLO. The primary's data generations (from the
+HELLO) go out with RESYNC_DONE's ``ResyncFinished``: only once a pass has brought their data may
+this copy claim them (epochs.py), so a promotion before that is a split brain, not a failback.
+
 Resync (issue 19): a pass starts with RESYNC_SET, the extents it may change here outside the
 record. They are journaled as one entry (runs, not one record slot each), and RESYNC_SET_DURABLE
 goes back only once that entry is durable: only then may the primary stop counting them in its
@@ -88,6 +93,18 @@ _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 
 
 @dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the site knows of itself when a primary's HELLO is admitted (``session_started``):
+    they go into the WELCOME and decide how this session protects the image."""
+
+    welcome_flags: int = 0  # wire.WelcomeFlag bits: a new or inconsistent copy
+    stale: tuple[int, ...] = ()  # extents to resync beyond the record (site.json)
+    epoch: int = 1  # the WELCOME's epoch (site.json's, after adopting the primary's lineage)
+    hashes: tuple[int, ...] = ()  # xxh3 per extent, for a full sync (else empty)
+    protect_image: bool = False  # the image is consistent: keep undo during a resync
+
+
+@dataclass(frozen=True, slots=True)
 class SecondaryStatistics:
     record_extents: int
     applied_seq: int
@@ -96,6 +113,7 @@ class SecondaryStatistics:
     writes_applied: int
     bytes_applied: int
     storage_errors: int = 0
+    split_brain: bool = False  # a primary's lineage diverged from ours (epochs.py)
 
 
 class SecondaryCore:
@@ -126,11 +144,13 @@ class SecondaryCore:
         self.writes_applied = 0
         self.bytes_applied = 0
         self.greeted = False
-        self.welcome_flags = 0  # set by the adapter before HELLO: wire.WelcomeFlag bits
-        self.stale: tuple[int, ...] = ()  # set by the adapter: extents to resync beyond the record
-        self.hashes: tuple[int, ...] = ()  # set by the adapter for a full sync: xxh3 per extent
+        self.welcome_flags = 0  # wire.WelcomeFlag bits (SessionFacts)
+        self.stale: tuple[int, ...] = ()  # extents to resync beyond the record (SessionFacts)
+        self.hashes: tuple[int, ...] = ()  # for a full sync: xxh3 per extent (SessionFacts)
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
-        self.protect_image = False  # set by the adapter: the image is consistent, keep undo
+        self.protect_image = False  # the image is consistent, keep undo (SessionFacts)
+        self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
+        self._generations: tuple[int, ...] = ()  # the session primary's (HELLO): see ResyncFinished
         self._undo_saved: dict[int, int] = {}  # extent -> the append count of its SaveUndo
         self.failed = False  # a write failed in this session: act on nothing until the next one
         self.storage_errors = 0
@@ -174,7 +194,7 @@ class SecondaryCore:
                 if self.state.resync:
                     self.state.resync = ()
                     self._append(jfmt.encode_resync_clear())
-                self._effect(self._synced_or_pending(), seq, ResyncFinished(seq))
+                self._effect(self._synced_or_pending(), seq, ResyncFinished(seq, self._generations))
                 self.resyncing = False
                 self._undo_saved.clear()
                 self.failed_extents.clear()  # the pass rewrote them, and a failure ends it early
@@ -200,6 +220,32 @@ class SecondaryCore:
         self.writes_applied += 1
         self.bytes_applied += length
         return True
+
+    def session_started(self, facts: SessionFacts) -> None:
+        """A primary's HELLO was admitted: the site's facts for this session's WELCOME."""
+        self.welcome_flags = facts.welcome_flags
+        self.stale = facts.stale
+        self.epoch = facts.epoch
+        self.hashes = facts.hashes
+        self.protect_image = facts.protect_image
+
+    def restart_record(self, state: RecordState) -> None:
+        """The adapter started a new record journal (``resolve --discard-local``): its state."""
+        self.state = state
+
+    def adopt_volume(self, volume_id: bytes) -> None:
+        """A new secondary took its first primary's volume identity (admission.py)."""
+        self.volume_id = volume_id
+
+    def split_brain_seen(self, seen: bool) -> None:
+        """A primary's lineage diverged from ours (True), or an operator discarded this site's
+        changes, or a primary was admitted (False)."""
+        self.split_brain = seen
+
+    def resync_finished(self) -> None:
+        """The adapter stored the end of a resync pass: this copy is consistent, so the next
+        session's WELCOME reports it as such."""
+        self.welcome_flags = 0
 
     def session_reset(self) -> None:
         """A new primary connection: replies meant for the old one must not reach the new one,
@@ -305,9 +351,14 @@ class SecondaryCore:
             # Never our own identity: the peer may be a stranger (admission.py screens first).
             problems.append(f"volume identity {hello.volume_id.hex()} is not ours")
         if problems:
-            self._actions.append(Send(wire.Refuse("; ".join(problems))))
+            code = wire.RefuseCode.STRANGER if hello.volume_id != self.volume_id else wire.RefuseCode.MISMATCH
+            self._actions.append(Send(wire.Refuse("; ".join(problems), code)))
             return
         self.greeted = True
+        # This copy holds the data of the primary's generations only once a pass has brought it
+        # all here (RESYNC_DONE): until then a promotion must meet the primary's newer generation
+        # as a split brain, never fail back over the writes it names (epochs.py).
+        self._generations = tuple(hello.generations or hello.history)
         ranges = tuple(sorted((seq, off, length) for seq, (off, length) in self.state.ranges.items()))
         # Pending ranges are named by the seq that created them, possibly in an earlier session
         # (both sites restarted since). The primary numbers on from what we report, so report at
@@ -485,4 +536,4 @@ class SecondaryCore:
     def statistics(self) -> SecondaryStatistics:
         return SecondaryStatistics(len(self.state.extents), self.applied_seq, self.durable_seq,
                                    len(self.state.ranges), self.writes_applied, self.bytes_applied,
-                                   self.storage_errors)
+                                   self.storage_errors, self.split_brain)

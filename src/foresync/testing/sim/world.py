@@ -36,6 +36,15 @@ then the invariants are checked:
 11. while healing at the end, a connected primary that is not in sync, with nothing else to wait
    for, has a timer deadline (``get_timer``): the daemon sleeps until it, so none would mean
    forever.
+12. a failback never silently overwrites a write the old primary took and acknowledged while cut
+    off (issue 13). Such writes start a new data generation, so when the old primary meets the
+    promoted one the real meeting (``admission.screen_peer_primary``, both real cores) must find a
+    split brain: both sites report it, and the operator's ``resolve --discard-local`` (on the old
+    primary here) decides, not a DEMOTE. The schedule is a cut, writes on the cut-off primary, a
+    forced promotion of the secondary (``promote_cut_off``: the old primary stops taking writes
+    then, as its host fails over), writes there, and the reconnect. A secondary takes its
+    primary's lineage when it admits the HELLO (as the epoch history always was), so writes taken
+    before a HELLO the secondary admitted count as shared.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import random
 import struct
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import xxhash
 
@@ -59,11 +68,19 @@ from foresync.link import wire
 from foresync.record.predict import PREDICTORS, extents_of
 from foresync.record.record import Eviction
 from foresync.replication import primary as pcore
-from foresync.replication.admission import Admitted, Identity, Refused, screen_hello
+from foresync.replication.admission import (
+    Admitted,
+    Identity,
+    Refused,
+    lineage_of,
+    screen_hello,
+    screen_peer_primary,
+)
 from foresync.replication.driver import PrimaryDriver, SecondaryDriver
+from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
-from foresync.replication.secondary import SecondaryCore
+from foresync.replication.secondary import SecondaryCore, SessionFacts
 from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
@@ -157,16 +174,24 @@ class _Primary:
 
     def link_failed(self, reason: str) -> None:
         w = self.world
-        if not reason or reason != self.core.secondary_error:
+        if not reason or reason not in (self.core.secondary_error, pcore.REGREET):
             raise SimFailure(f"link failed: {reason}", w.seed, w.schedule)
-        w._disconnect(reason)  # the secondary reported a storage failure
+        w._disconnect(reason)  # a storage failure there, or a lineage to greet with
+
+    def persist_generation(self, token: int, lineage: Lineage) -> None:
+        # Stored at once, as the site does (site.json, before anything after it).
+        w = self.world
+        site = w.roles["primary"]
+        w.histories[site], w.generations[site] = lineage.epochs, lineage.data
+        w._log(f"primary {site}: new data generation {lineage.data[-1]}")
+        self.core.generation_persisted(token)
 
     def resume_later(self) -> None:
         self.resume_due = True
 
-    def become_secondary(self, history: tuple[int, ...]) -> None:
+    def become_secondary(self, lineage: Lineage) -> None:
         w = self.world
-        raise SimFailure(f"the primary was told to step down (history {history})", w.seed, w.schedule)
+        raise SimFailure(f"the primary was told to step down ({lineage})", w.seed, w.schedule)
 
 
 class _Secondary:
@@ -204,17 +229,25 @@ class _Secondary:
     def resync_started(self) -> None:
         self.world.meta.consistent = False  # durable before the first resync write lands
 
-    def resync_finished(self, seq: int) -> None:
-        # SecondarySite: flush, then consistent again and no longer in doubt.
+    def resync_finished(self, seq: int, generations: tuple[int, ...]) -> None:
+        # SecondarySite: flush, then consistent again and no longer in doubt, holding the data
+        # of the session primary's generations.
         w = self.world
         w.sdisk.flush()
         site = w.roles["secondary"]
+        primary_site = w.roles["primary"]
+        if generations and generations == w.generations[primary_site]:
+            # The pass brought the data of every generation its primary has: the writes it took
+            # cut off are here now (even if its process, or the link, died after RESYNC_DONE).
+            w.cut_off_acks[primary_site] = 0
+        w.generations[site] = generations or w.generations[site]
+        w.discarding[site] = False
         if w.widened[site]:
             w._log(f"secondary {site}: full compare finished, no longer widened")
         w.widened[site] = False
         w.meta.resync_finished()
         w.promise_exempt[site] = set()
-        self.core.welcome_flags = 0
+        self.core.resync_finished()
 
     def hash_extents(self, request: int, first: int, count: int) -> None:
         self.world._send_hashes(request, first, count)
@@ -278,7 +311,14 @@ class World:
         # A secondary's site.json says metadata_damage (inconsistent, every extent in doubt).
         self.widened = {"A": False, "B": False}
         self.metadata_damages = 0  # damage faults injected (flipped byte, lost file)
-        self.histories: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}
+        self.histories: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}  # epoch histories
+        self.generations: dict[str, tuple[int, ...]] = {"A": (1,), "B": (1,)}  # epochs.py
+        self._generation_ids = 0
+        # Writes each site took and acknowledged as primary with the link down since the other
+        # site last admitted its HELLO (invariant 9), and the split brains met and resolved.
+        self.cut_off_acks = {"A": 0, "B": 0}
+        self.split_brains = 0
+        self.discarding = {"A": False, "B": False}  # resolve --discard-local until a pass ends
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
         self.roles = {"primary": "A", "secondary": "B"}  # who plays which role in the world
         self.epoch_writers: dict[tuple[int, ...], set[str]] = {}  # invariant 4
@@ -376,6 +416,7 @@ class World:
             resync_slice_bytes=self.resync_slice_bytes,
             resync_window_bytes=self.resync_window_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
+            generations=self.generations[self.roles["primary"]], new_id=self._new_generation_id,
             predictor=self.predictor, watermark_interval_s=0.0)
         core = PrimaryCore(config, read=self.pdisk.read)
         site = self.roles["primary"]
@@ -390,14 +431,20 @@ class World:
             # set is gone with it, so the safe pass copies every extent (issue 12: doubt widens).
             self.failback["set"] = set(range(self.extent_count))
         core.restore_out_of_sync(set(restored.extents))
-        core.full_resync_pending = restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0)
+        if restored.everything or (self.mode is Mode.ASYNC and self.primary_crashes > 0):
+            core.resync_everything()
         self.primary = _Primary(self, core)
+
+    def _new_generation_id(self) -> int:
+        self._generation_ids += 1
+        return 1_000_000 + self._generation_ids  # never a promotion's (1000 + n)
+
+    def _lineage(self, site: str) -> Lineage:
+        return Lineage(self.histories[site], self.generations[site])
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
                              faults=self.cfg.faults, predictor=self.predictor, watermark_interval_s=0.0)
-        if self.widened[self.roles["secondary"]]:
-            core.welcome_flags = wire.WelcomeFlag.INCONSISTENT  # the primary compares everything
         self.secondary = _Secondary(self, core)
 
     # -- running ----------------------------------------------------------------------------------
@@ -453,6 +500,9 @@ class World:
             if (p is None and s is not None and self.mode is not Mode.ASYNC and self.conn == 0
                     and self.meta.files.full is None):  # promote's drain commits
                 choices.append((0.1 * w, "promote"))
+            if (p is not None and s is not None and self.mode is not Mode.ASYNC and self.cut
+                    and self.conn == 0 and self.meta.files.full is None):
+                choices.append((0.1 * w, "promote_cut_off"))
             if (p is not None and s is not None and self.conn and not self.cut
                     and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
                 choices.append((0.02 * w, "switchover"))
@@ -532,7 +582,6 @@ class World:
         if isinstance(message, wire.Hello):
             s.conn = conn
             s.core.session_reset()
-            self._prepare_welcome()
         self._log(f"p2s {_short(message)}")
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
@@ -551,13 +600,21 @@ class World:
         s = self.secondary
         assert s is not None
         site = self.roles["secondary"]
-        ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site])
+        ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site],
+                        self.discarding[site], self.generations[site])
         verdict = screen_hello(hello, ours, self.cfg.faults)
         if isinstance(verdict, Refused):
             self._fail(f"secondary {site} refused its primary's HELLO: {verdict.detail}")
         elif verdict.adopt_history:
-            self.histories[site] = tuple(hello.history)
-        s.core.epoch = len(self.histories[site])  # the WELCOME's epoch (site.json's)
+            # The epochs now; the data generations with the pass that brings their data
+            # (ResyncFinished), as SecondarySite._accept_hello does.
+            self.histories[site] = lineage_of(hello).epochs
+        # The site's facts for the WELCOME (SecondarySite._prepare_welcome): a widened or
+        # inconsistent copy makes the primary compare every extent.
+        inconsistent, stale, protect = self.meta.welcome(self.widened[site])
+        flags = wire.WelcomeFlag.INCONSISTENT if inconsistent else 0
+        s.core.session_started(SessionFacts(flags, stale, epoch=len(self.histories[site]),
+                                            protect_image=protect))
 
     def _ev_deliver_s2p(self) -> None:
         conn, frame = self.s2p.popleft()
@@ -791,7 +848,7 @@ class World:
     def _ev_restart_secondary(self) -> None:
         site = self.roles["secondary"]
         if self.meta_roles[site] == "primary":
-            self._step_down_old_primary(site)
+            self._meet_old_primary(site)
             return
         self._log("restart secondary")
         meta = self.meta
@@ -827,16 +884,6 @@ class World:
             self._fail(f"undo log: extents {wrong} were overwritten during the resync, but the "
                        f"rollback did not restore their content from before the pass")
 
-    def _prepare_welcome(self) -> None:
-        """SecondarySite._prepare_welcome, before the core answers a HELLO."""
-        s = self.secondary
-        assert s is not None
-        site = self.roles["secondary"]
-        inconsistent, stale, protect = self.meta.welcome(self.widened[site])
-        s.core.welcome_flags = wire.WelcomeFlag.INCONSISTENT if inconsistent else 0
-        s.core.stale = stale
-        s.core.protect_image = protect
-
     def _ev_promote(self) -> None:
         """Failover (claim 7): the secondary becomes primary of a new epoch; its durable record
         is the failback set and becomes its out-of-sync set."""
@@ -862,7 +909,9 @@ class World:
         if state is not None:
             failback |= failback_set(state, self.extent_size)  # what transitions.promote stores
         self.promotions += 1
+        self.cut_off_acks[site] = 0  # a new primary: nothing acknowledged yet
         self.histories[site] = (*self.histories[site], 1000 + self.promotions)
+        self.generations[site] = (*self.generations[site], 1000 + self.promotions)
         self.meta_roles[site] = "primary"
         self.widened[site] = False
         self.meta.consistent, self.meta.stale = True, set()
@@ -879,6 +928,7 @@ class World:
         # the old primary's newer copy (a known gap of sync mode, design.md §13).
         for sector in self.promise_exempt[site]:
             self.sector_promised.pop(sector, None)
+            self.sector_acked.pop(sector, None)  # nor may a later FLUSH here promise it again
         self.promise_exempt[site] = set()
         self._start_primary()
         self.failback = {"site": old, "set": set(failback), "written": set(), "old_oos": set(),
@@ -928,9 +978,68 @@ class World:
         if self.pdisk.durable != self.sdisk.durable:
             self._fail("switchover lost data: the promoted site differs from the demoted one")
 
+    def _meet_old_primary(self, site: str) -> None:
+        """The old primary restarts as a primary and dials the new one: the two real cores meet
+        through the real policy (``screen_peer_primary``). A DEMOTE is a failback, which must
+        not overwrite what the old primary acknowledged while cut off (invariant 9); a split
+        brain must be reported by both, and is resolved here by ``resolve --discard-local`` on
+        the old primary, which then steps down the same way (the operator chose it)."""
+        p = self.primary
+        assert p is not None
+        new = self.roles["primary"]
+        config = replace(p.core.config, history=self.histories[site], generations=self.generations[site])
+        old = PrimaryCore(config, read=self.disks[site].read)
+        old.connected()
+        (hello,) = [wire.FrameDecoder().feed(wire.encode_frame(action.message))[0]
+                    for action in old.actions() if isinstance(action, pcore.Send)]
+        answer = screen_peer_primary(hello, VOLUME_ID, p.core.lineage, self.cfg.faults)
+        self._log(f"old primary {site} meets primary {new}: {answer.meeting}")
+        if answer.reply is not None:
+            old.receive(answer.reply)
+        if answer.meeting is Meeting.SPLIT_BRAIN:
+            p.core.split_brain_detected(answer.detail)
+            if not (old.statistics().split_brain and p.core.statistics().split_brain):
+                self._fail("split brain: not reported by both sites")
+            self.split_brains += 1
+            self._log(f"SPLIT BRAIN: resolve --discard-local on {site}, discarding "
+                      f"{self.cut_off_acks[site]} writes it acknowledged while cut off")
+            self.cut_off_acks[site] = 0  # the operator chose to discard them
+            self.discarding[site] = True
+        elif answer.meeting is Meeting.DEMOTE_PEER:
+            if not any(isinstance(action, pcore.BecomeSecondary) for action in old.actions()):
+                self._fail(f"old primary {site} did not step down on DEMOTE")
+            if self.cut_off_acks[site]:
+                self._fail(f"invariant 9: the failback silently overwrites {self.cut_off_acks[site]} "
+                           f"writes the old primary {site} acknowledged while cut off")
+        else:
+            self._fail(f"old primary {site} met primary {new} as {answer.meeting}")
+        self._step_down_old_primary(site)
+
+    def _ev_promote_cut_off(self) -> None:
+        """``promote --force`` while the primary is alive but cut off (the split-brain
+        schedule): its hosts fail over, so the old primary finishes what it has in flight and
+        stops, its writes since the cut on its disk; the promoted site then takes writes."""
+        p = self.primary
+        assert p is not None and self.cut and self.conn == 0
+        self._log("PROMOTE --force while the primary is cut off; the old primary stops serving")
+        for _ in range(10000):
+            events = [event for event, ready in ((self._ev_primary_flush, p.flushes),
+                                                 (self._ev_oos_persist, p.oos_persists),
+                                                 (self._ev_resume, p.resume_due)) if ready]
+            if not events:
+                break
+            self.rng.choice(events)()
+            self._settle()
+        self.pdisk.flush()
+        self.primary = None
+        self.host_ops.clear()  # what it had not answered fails; the host retries on the new one
+        self._flush_snapshots.clear()
+        self._ev_promote()
+
     def _step_down_old_primary(self, site: str) -> None:
-        """The old primary restarts, dials the new one, hands over its out-of-sync set and
-        steps down (DEMOTE); its record starts empty."""
+        """The old primary hands over its out-of-sync set and steps down (DEMOTE, or resolve
+        --discard-local after a split brain), adopting the new primary's lineage; its record
+        starts empty."""
         assert self.primary is not None
         new = self.roles["primary"]
         if self.metas[site].files.full is not None:
@@ -953,7 +1062,7 @@ class World:
         self.oos_stores[site] = set()
         self.oos_all[site] = False
         self.meta_roles[site] = "secondary"
-        self.histories[site] = self.histories[new]
+        self.histories[site] = self.histories[new]  # its generations follow with the failback
         if self.failback is not None and self.failback["site"] == site:
             self.failback["old_oos"] = old_oos
         self._log(f"old primary {site} steps down (its out-of-sync set: {sorted(old_oos)})")
@@ -1001,6 +1110,9 @@ class World:
                 self._promise(snapshot.items())
             return
         version = self._op_version.pop(op.op_id)
+        p = self.primary
+        if op.conn == 0 and p is not None and p.core.link is pcore.LinkState.DISCONNECTED:
+            self.cut_off_acks[self.roles["primary"]] += 1  # invariant 9: taken and answered cut off
         if not connected:
             return  # acked while cut off ("continue"): the secondary need not have it
         sectors = range(op.offset // SECTOR, (op.offset + op.length) // SECTOR)
