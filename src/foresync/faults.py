@@ -38,6 +38,9 @@ class Faults:
     # epochs.relation: compare epoch histories only, as before issue 13, so a primary that kept
     # taking writes while cut off is told to step down and its writes are overwritten (failback)
     split_brain_as_failback: bool = False
+    # liveness.py: a frame from the peer does not postpone the link timeout, so a busy, healthy
+    # link is declared dead every timeout_s
+    liveness_ignores_frames: bool = False
 
 
 NO_FAULTS = Faults()

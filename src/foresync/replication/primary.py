@@ -35,6 +35,9 @@ online verify (verify.py). Flush tickets and the durability watermarks are in fl
 This class keeps the control flow: it owns those parts as plain objects, hands them callbacks
 (no part imports this module), and alone talks to the adapter. The link is a small state
 machine (``LinkState``); ``receive`` is the one place the link path's errors are caught.
+While a session is up (``connected`` to ``disconnected``) it sends the heartbeat PING and ends
+a link silent for ``timeout_s`` (liveness.py, through ``get_timer``/``handle_timer``); each
+PONG's echoed timestamp gives ``link_rtt_s``.
 
 Data generations (issue 13, epochs.py): the first write this core would apply or answer with the
 link down, if the secondary may hold our newest generation, first makes a new one durable
@@ -79,6 +82,7 @@ from foresync.replication.actions import (
 from foresync.replication.actions import PrimaryAction as Action
 from foresync.replication.epochs import Lineage, Meeting, meeting, new_epoch_id
 from foresync.replication.flushes import Flushes
+from foresync.replication.liveness import Due, Liveness
 from foresync.replication.ordering import (
     APPLICABLE,
     AWAITING_REMOTE,
@@ -158,6 +162,8 @@ class Config:
     resync_slice_bytes: int = RESYNC_SLICE_BYTES  # resync work per pump before ResumeLater
     resync_window_bytes: int = RESYNC_WINDOW_BYTES  # resync bytes in flight, within window_bytes
     watermark_interval_s: float = 0.05  # handle_timer asks for durability this often while busy
+    heartbeat_s: float = 1.0  # [link] heartbeat: a PING this often while a session is up
+    timeout_s: float = 10.0  # [link] timeout: no frame from the secondary this long ends the link
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +267,10 @@ class PrimaryCore:
                               self._send, self._queue_resync, config.faults)
         self.now = 0.0
         self._watermark_at = 0.0  # when handle_timer next asks both sites for durability
+        # Heartbeats and the link timeout (liveness.py), from connected() to disconnected().
+        self._liveness = Liveness(config.heartbeat_s, config.timeout_s, pings=True,
+                                  ignores_frames=config.faults.liveness_ignores_frames)
+        self.link_rtt_s = 0.0  # the round trip of the last PING (its PONG), for /status
 
     # -- inputs from the adapter -------------------------------------------------------------------
 
@@ -375,6 +385,10 @@ class PrimaryCore:
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, self.lineage.epoch, self.lineage.epochs,
                                    tuple(sorted(self._oos.durable)), self.lineage.data)))
+        # A round trip measured now, before any resync data queues on the link, is the link's
+        # own delay: the resync window is tuned from it (observe_rtt).
+        self._liveness.start(self.now)
+        self._ping()
 
     def disconnected(self, reason: str, *, now: float | None = None) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
@@ -385,6 +399,7 @@ class PrimaryCore:
         was_connected = self.link is LinkState.CONNECTED or (
             self.link is LinkState.ERROR and self._error_after_welcome)
         self.link = LinkState.DISCONNECTED
+        self._liveness.stop()
         self.link_error = reason
         self._sent.clear()
         self._sent_bytes = 0
@@ -471,6 +486,7 @@ class PrimaryCore:
         puts the link in ERROR and is raised on to the adapter, which closes the link."""
         if now is not None:
             self.now = now
+        self._liveness.frame_received(self.now)  # any frame shows the secondary alive
         if self.link is LinkState.ERROR:
             raise RemoteProtocolError(f"{type(message).__name__} after a protocol error: the link "
                                       f"is in ERROR until disconnected ({self.link_error})")
@@ -492,7 +508,9 @@ class PrimaryCore:
                 self._on_added(seq, extents)
             case wire.Durable(seq):
                 self._on_durable(seq)
-            case wire.Pong() | wire.Ping():
+            case wire.Pong(timestamp_ns):
+                self.observe_rtt(max(0.0, self.now - timestamp_ns / 1e9))
+            case wire.Ping():
                 pass
             case wire.Welcome():
                 self._on_welcome(message)
@@ -629,10 +647,20 @@ class PrimaryCore:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next (the adapter's monotonic clock), or None while
-        nothing here waits on time: no op queued or in flight, nothing to make durable on either
-        site, no resync pass or verify, and no out-of-sync set to write back. While anything
-        is, the next durability watermark, every ``watermark_interval_s`` (the expiry of
-        waiting ops and the resync rate budget are checked at the same ticks)."""
+        nothing waits on time: the earlier of ``watermark_timer`` and, while a session is up,
+        the next heartbeat or the link's timeout (liveness.py)."""
+        work = self.watermark_timer()
+        link = self._liveness.deadline()
+        if link is None or (work is not None and work < link):
+            return work
+        return link
+
+    def watermark_timer(self) -> float | None:
+        """The work part of ``get_timer``: None while no op is queued or in flight, nothing
+        is to be made durable on either site, no resync pass or verify runs and no out-of-sync
+        set is to be written back. While anything is, the next durability watermark, every
+        ``watermark_interval_s`` (the expiry of waiting ops and the resync rate budget are
+        checked at the same ticks)."""
         connected = self.link is LinkState.CONNECTED
         unconfirmed = self._flushes.remote_durable < self._order.next_seq - 1
         if self.config.faults.timer_ignores_remote_durable:
@@ -645,11 +673,17 @@ class PrimaryCore:
 
     def handle_timer(self, now: float) -> None:
         """The deadline from ``get_timer`` came (or passed): fail ops that waited too long,
-        refill the resync rate budget and, once per interval, ask both sites for durability."""
+        refill the resync rate budget, once per interval ask both sites for durability, send
+        the heartbeat when due and end a link silent for ``timeout_s`` (liveness.py)."""
         self.tick(now)
         if now >= self._watermark_at:
             self._watermark_at = now + self.config.watermark_interval_s
             self.request_durable()
+        due = self._liveness.due(now)
+        if due is Due.PING:
+            self._ping()
+        elif due is Due.DEAD:
+            self._fail_link(self._liveness.silence_reason("secondary"))
 
     def tick(self, now: float) -> None:
         """Time passes: fail ops that waited too long (for room in the record, or for the link
@@ -667,9 +701,14 @@ class PrimaryCore:
         self._pump()
 
     def observe_rtt(self, rtt_s: float) -> None:
-        """The adapter measured a link round trip (PING/PONG). The least one this session is the
-        link's own delay; later ones may include the queue behind resync data."""
+        """A link round trip (a PONG echoing our PING's timestamp). The least one this session
+        is the link's own delay; later ones may include the queue behind resync data."""
+        self.link_rtt_s = rtt_s
         self._resync.observe_rtt(rtt_s)
+
+    def _ping(self) -> None:
+        """The heartbeat: the secondary echoes the timestamp (the adapter's clock, in ns)."""
+        self._emit(Send(wire.Ping(max(0, int(self.now * 1e9)))))
 
     def request_durable(self) -> None:
         """Ask both sites to report durability (the adapter's watermark timer). Also writes

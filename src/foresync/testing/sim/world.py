@@ -34,8 +34,9 @@ then the invariants are checked:
 10. every verdict of an online verify matches the real difference between the two images, each
    as it was when that side hashed the extent (``_check_verify_verdict``).
 11. while healing at the end, a connected primary that is not in sync, with nothing else to wait
-   for, has a timer deadline (``get_timer``): the daemon sleeps until it, so none would mean
-   forever.
+   for, has a timer deadline for that work (``watermark_timer``, the part of ``get_timer``
+   apart from the heartbeat): the daemon sleeps until it, so none would mean until the next
+   heartbeat, and with no session ever.
 12. a failback never silently overwrites a write the old primary took and acknowledged while cut
     off (issue 13). Such writes start a new data generation, so when the old primary meets the
     promoted one the real meeting (``admission.screen_peer_primary``, both real cores) must find a
@@ -45,6 +46,9 @@ then the invariants are checked:
     then, as its host fails over), writes there, and the reconnect. A secondary takes its
     primary's lineage when it admits the HELLO (as the epoch history always was), so writes taken
     before a HELLO the secondary admitted count as shared.
+13. no link times out (liveness.py): every frame is delivered here, ahead of most timer ticks,
+    so a timeout would end a live link for nothing (``TIMEOUT_S``); either core's ``LinkFailed``
+    with "no frame from" fails the run.
 """
 
 from __future__ import annotations
@@ -85,6 +89,12 @@ from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
 VOLUME_ID = bytes(range(16))
+# The link's heartbeat and timeout in virtual seconds (a tick adds 0..0.05 s). Every frame here is
+# delivered, ahead of most ticks, and a cut ends the connection on both sides: the timeout never
+# fires rightly, so it fires wrongly only if frames stop postponing it (invariant 13), which is
+# caught after one timeout of a session: a short one, so that most seeds have such a session.
+HEARTBEAT_S = 0.1
+TIMEOUT_S = 0.5
 CHECKPOINT_EVERY_ENTRIES = 24  # far fewer than the daemon's, so checkpoints happen often
 
 
@@ -255,6 +265,12 @@ class _Secondary:
     def save_undo(self, extent: int) -> None:
         self.world._save_undo(extent)
 
+    def link_failed(self, reason: str) -> None:
+        w = self.world
+        if w.conn and self.conn == w.conn:
+            # Invariant 13: nothing here silences a live connection (see TIMEOUT_S).
+            raise SimFailure(f"the secondary timed the link out: {reason}", w.seed, w.schedule)
+
     def close_link(self, reason: str) -> None:
         w = self.world
         if w.conn and self.conn == w.conn:
@@ -417,8 +433,10 @@ class World:
             resync_window_bytes=self.resync_window_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
             generations=self.generations[self.roles["primary"]], new_id=self._new_generation_id,
-            predictor=self.predictor, watermark_interval_s=0.0)
+            predictor=self.predictor, watermark_interval_s=0.0, heartbeat_s=HEARTBEAT_S,
+            timeout_s=TIMEOUT_S)
         core = PrimaryCore(config, read=self.pdisk.read)
+        core.tick(self.now)  # its clock starts with the world's, as PrimarySite's does
         site = self.roles["primary"]
         restored = self._restored_oos(site)
         if self.oos_stores[site] is None:
@@ -444,7 +462,8 @@ class World:
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
-                             faults=self.cfg.faults, predictor=self.predictor, watermark_interval_s=0.0)
+                             faults=self.cfg.faults, predictor=self.predictor, watermark_interval_s=0.0,
+                             heartbeat_s=HEARTBEAT_S, timeout_s=TIMEOUT_S)
         self.secondary = _Secondary(self, core)
 
     # -- running ----------------------------------------------------------------------------------
@@ -581,14 +600,15 @@ class World:
         (message,) = wire.FrameDecoder().feed(frame)
         if isinstance(message, wire.Hello):
             s.conn = conn
-            s.core.session_reset()
+            s.core.session_reset(now=self.now)
         self._log(f"p2s {_short(message)}")
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
         try:
             # The site's hot path (SecondaryDriver.write_now): written at once.
-            if not (type(message) is wire.Write and self.rng.random() < 0.8 and s.driver.write_now(message)):
-                s.core.receive(message)
+            if not (type(message) is wire.Write and self.rng.random() < 0.8
+                    and s.driver.write_now(message, self.now)):
+                s.core.receive(message, now=self.now)
         except ForesyncError as exc:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
         s.core.end_of_batch()
@@ -627,7 +647,7 @@ class World:
             self.storage_failures += 1
         hashes = message if isinstance(message, wire.Hashes) else None
         local = None if hashes is None else _verify_local_hashes(p.core, hashes.request)
-        p.core.receive(message)
+        p.core.receive(message, now=self.now)
         if hashes is not None:
             self._check_verify_verdict(hashes, local)
 
@@ -742,15 +762,15 @@ class World:
             had_session = self.conn != 0
             self._disconnect("replaced by a new connection")
             s.conn = self._next_conn()  # the stranger's: what the core says now goes nowhere
-            s.core.session_reset()
-            s.core.receive(hello)  # the core's own check refuses it (another volume)
+            s.core.session_reset(now=self.now)
+            s.core.receive(hello, now=self.now)  # the core's own check refuses it (another volume)
             self.displaced_by_stranger += had_session
 
     def _ev_connect(self) -> None:
         assert self.primary is not None
         self.conn = self._next_conn()
         self._log(f"connect #{self.conn}")
-        self.primary.core.connected()
+        self.primary.core.connected(now=self.now)
 
     def _next_conn(self) -> int:
         self._conn_counter += 1
@@ -779,7 +799,9 @@ class World:
             # gained meanwhile (predictions included), so invariant 6 measures one whole pass.
             self.failback = None
         if self.primary is not None:
-            self.primary.core.disconnected(reason)
+            self.primary.core.disconnected(reason, now=self.now)
+        if self.secondary is not None:
+            self.secondary.core.session_ended()  # SecondarySite._watch
 
     def _ev_cut(self) -> None:
         self._log("link cut")
@@ -991,7 +1013,8 @@ class World:
         old = PrimaryCore(config, read=self.disks[site].read)
         old.connected()
         (hello,) = [wire.FrameDecoder().feed(wire.encode_frame(action.message))[0]
-                    for action in old.actions() if isinstance(action, pcore.Send)]
+                    for action in old.actions()
+                    if isinstance(action, pcore.Send) and isinstance(action.message, wire.Hello)]
         answer = screen_peer_primary(hello, VOLUME_ID, p.core.lineage, self.cfg.faults)
         self._log(f"old primary {site} meets primary {new}: {answer.meeting}")
         if answer.reply is not None:
@@ -1312,8 +1335,10 @@ class World:
                 if stats.in_sync and not self.host_ops:
                     break
                 if (p.core.link is pcore.LinkState.CONNECTED and not stats.in_sync
-                        and p.core.get_timer() is None):
+                        and p.core.watermark_timer() is None):
                     # The daemon sleeps until get_timer(): with no deadline it would wait forever.
+                    # (Connected, that has the heartbeat too, which would hide the lack until a
+                    # heartbeat tick: checked without it.)
                     self._fail("invariant 9: the primary is not in sync, nothing is in flight, and "
                                "get_timer() asks for no timer")
                 events.append(self._ev_tick)
