@@ -22,7 +22,9 @@ then the invariants are checked:
 5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
    secondary (or overwritten there by a later write);
 6. a failback copies nothing outside the failback set (every extent if the promoted site lost
-   its out-of-sync store), the writes since the promotion and the old primary's out-of-sync set;
+   its out-of-sync store, or the old primary's record or undo log turned out damaged when it
+   restarted as the secondary), the writes since the promotion and the old primary's
+   out-of-sync set;
    and, checked with the rest, the record never exceeds capacity;
 7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
    session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
@@ -878,7 +880,7 @@ class World:
             journal, doubt = meta.open_record()
             if doubt is not None:  # transitions.open_record: widen durably, then start anew
                 self._log(f"secondary {site}: record journal {doubt}: widened")
-                self.widened[site] = True
+                self._widen(site)
             meta.start(journal)
             self._roll_back_if_needed(site)
         except (OSError, StorageError) as exc:  # a full disk: the daemon exits, to be started again
@@ -887,6 +889,14 @@ class World:
             return
         durable = journal.replayed.state
         self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
+
+    def _widen(self, site: str) -> None:
+        """The secondary's metadata is in doubt: the next pass compares (here: copies) every
+        extent. If it is the old primary a failback is copying back to, that pass may now
+        rightly move every extent (invariant 6; doubt widens, issue 12)."""
+        self.widened[site] = True
+        if self.failback is not None and self.failback["site"] == site:
+            self.failback["set"] = set(range(self.extent_count))
 
     def _roll_back_if_needed(self, site: str) -> None:
         """An unfinished resync is rolled back from the real undo log (SimMeta); a damaged log
@@ -899,7 +909,7 @@ class World:
                                          for sector in range(e * per_extent, (e + 1) * per_extent))
         if result.damage is not None:
             self._log(f"secondary {site}: undo log damaged ({result.damage}): widened")
-            self.widened[site] = True
+            self._widen(site)
             return
         self._log(f"secondary {site}: unfinished resync rolled back, {sorted(result.restored)} restored")
         if wrong:
