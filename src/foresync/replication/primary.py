@@ -39,9 +39,9 @@ While a session is up (``connected`` to ``disconnected``) it sends the heartbeat
 a link silent for ``timeout_s`` (liveness.py, through ``get_timer``/``handle_timer``); each
 PONG's echoed timestamp gives ``link_rtt_s``.
 
-Data generations (issue 13, epochs.py): the first write this core would apply or answer with the
-link down, if the secondary may hold our newest generation, first makes a new one durable
-(``PersistGeneration``); until ``generation_persisted`` no op applies locally and none is
+Data generations (issue 13, generations.py): the first write this core would apply or answer
+with the link down, if the secondary may hold our newest generation, first makes a new one
+durable (``PersistGeneration``); until ``generation_persisted`` no op applies locally and none is
 answered. So a secondary promoted meanwhile meets our lineage as diverged (split brain), never as
 an older one to fail back over. Meetings with a peer's lineage (DEMOTE, REFUSE's code) go
 through ``epochs.meeting``.
@@ -82,6 +82,7 @@ from foresync.replication.actions import (
 from foresync.replication.actions import PrimaryAction as Action
 from foresync.replication.epochs import Lineage, Meeting, meeting, new_epoch_id
 from foresync.replication.flushes import Flushes
+from foresync.replication.generations import REGREET, Generations
 from foresync.replication.liveness import Due, Liveness
 from foresync.replication.ordering import (
     APPLICABLE,
@@ -103,8 +104,8 @@ from foresync.replication.resync import (
 from foresync.replication.verify import Verify
 
 # Re-exported: the adapters and tests name the actions, and the resync defaults, from here.
-__all__ = ["RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYTES", "AckHost",
-           "Action", "ApplyLocal", "BecomeSecondary", "Config", "FlushLocal", "LinkFailed",
+__all__ = ["REGREET", "RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYTES",
+           "AckHost", "Action", "ApplyLocal", "BecomeSecondary", "Config", "FlushLocal", "LinkFailed",
            "LinkState", "Mode", "PersistGeneration", "PersistOutOfSync", "PrimaryCore", "PrimaryStatistics",
            "ResumeLater", "Send"]
 
@@ -113,10 +114,6 @@ __all__ = ["RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYT
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 STREAMS_TRACKED = 16  # sequential streams recognised at once (their next expected offsets)
-
-
-# Why the core drops a link whose HELLO carried a lineage that has since grown (generation_persisted).
-REGREET = "a new data generation started after the HELLO: greeting the secondary again with it"
 
 
 class Mode(Enum):
@@ -242,13 +239,11 @@ class PrimaryCore:
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
         self.split_brain = False
-        # The data generation (epochs.py): writes acknowledged while cut off belong to one the
-        # secondary never saw, stored before the first of them applies or is answered.
-        self.lineage = Lineage(config.history, config.generations or config.history)
-        self._generation_fresh = False  # our newest generation is one the secondary never saw
-        self._generation_tokens = 0
-        self._generation_next: Lineage | None = None  # being stored (PersistGeneration)
-        self._generation_acks: list[Op] = []  # FUA writes and FLUSHes flushed meanwhile
+        # The data generations (generations.py): writes acknowledged while cut off belong to
+        # one the secondary never saw, stored before the first of them applies or is answered.
+        self._generations: Generations[Op] = Generations(
+            Lineage(config.history, config.generations or config.history), config.new_id,
+            self._emit_persist_generation)
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
         # the resync sets of this pass durable there.
@@ -375,9 +370,7 @@ class PrimaryCore:
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
-        # The secondary may adopt the lineage this HELLO carries: a write answered after this
-        # connection ends needs a new generation, even if the WELCOME never comes.
-        self._generation_fresh = False
+        self._generations.greeting()  # the secondary may adopt the lineage this HELLO carries
         self._resync.session_start()
         c = self.config
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
@@ -417,7 +410,7 @@ class PrimaryCore:
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
         if self._flushes.waiting or self._by_seq:
-            self._open_generation()  # these are answered after the cut: see _open_generation
+            self._generations.open()  # these are answered after the cut (generations.py)
         for ahead in self._read_aheads.values():
             self._reservations.release(ahead)  # the extents it asked for may or may not be added
         self._read_aheads.clear()
@@ -554,17 +547,12 @@ class PrimaryCore:
         self.link_error = reason
 
     def generation_persisted(self, token: int, *, now: float | None = None) -> None:
-        """``PersistGeneration(token)`` is durable: the writes that waited for it may land."""
+        """``PersistGeneration(token)`` is durable: the writes that waited for it may land, and
+        the answers held meanwhile go out (generations.py)."""
         if now is not None:
             self.now = now
-        invariant(token == self._generation_tokens and self._generation_next is not None,
-                  f"unknown generation persist token {token}")
-        assert self._generation_next is not None
-        self.lineage, self._generation_next = self._generation_next, None
-        self._generation_fresh = True
-        for op in self._generation_acks:
+        for op in self._generations.persisted(token):
             self._emit(AckHost(op.op_id, op.errno))
-        self._generation_acks = []
         if self.link is not LinkState.DISCONNECTED:
             # The secondary adopts the lineage our HELLO carried: one without this generation
             # would let it be promoted and then fail back over the writes that started it.
@@ -574,17 +562,13 @@ class PrimaryCore:
             self._maybe_finish(op)
         self._pump()
 
-    def _open_generation(self) -> None:
-        """A write is about to be applied or answered that the secondary may lack, with the link
-        down. If our newest generation is one the secondary has (it adopted it at its last
-        WELCOME), start a new one: stored before any such write lands or is answered, so a
-        secondary promoted meanwhile meets a diverged lineage (split brain), never an older one
-        whose writes a failback would silently overwrite (issue 13)."""
-        if self._generation_fresh or self._generation_next is not None:
-            return
-        self._generation_tokens += 1
-        self._generation_next = self.lineage.with_generation(self.config.new_id())
-        self._emit(PersistGeneration(self._generation_tokens, self._generation_next))
+    @property
+    def lineage(self) -> Lineage:
+        """This site's epochs and data generations (generations.py, epochs.py)."""
+        return self._generations.lineage
+
+    def _emit_persist_generation(self, token: int, lineage: Lineage) -> None:
+        self._actions.append(PersistGeneration(token, lineage))
 
     def local_applied(self, seq: int, errno: int, *, now: float | None = None) -> None:
         if now is not None:
@@ -626,8 +610,8 @@ class PrimaryCore:
             self.now = now
         for op in self._flushes.flushed(ticket):
             op.to(OpEvent.ACK)
-            if self._generation_next is not None:
-                self._generation_acks.append(op)  # answered once the generation is stored
+            if self._generations.next is not None:
+                self._generations.hold(op)  # answered once the generation is stored
             else:
                 self._emit(AckHost(op.op_id, op.errno))
         durable = self._flushes.local_durable
@@ -862,7 +846,7 @@ class PrimaryCore:
             op.to(OpEvent.SEND)
             if not covered:
                 self._mark_out_of_sync(op)
-            self._open_generation()
+            self._generations.open()
             self._ready_local(op)
             return True
         if self._sent and self._sent_bytes + op.length > self.config.window_bytes and op.data is not None:
@@ -986,7 +970,7 @@ class PrimaryCore:
     def _try_apply(self, op: Op) -> None:
         # ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is already out
         # (a sync-mode hit applies at once, then DURABLE arrives): its state says so.
-        if (op.state not in APPLICABLE or self._generation_next is not None
+        if (op.state not in APPLICABLE or self._generations.next is not None
                 or not self._order.may_apply_now(op)):
             return
         op.to(OpEvent.ISSUE)
@@ -995,7 +979,7 @@ class PrimaryCore:
     def _maybe_finish(self, op: Op) -> None:
         if op.state is not OpState.APPLIED:
             return
-        if self._generation_next is not None:
+        if self._generations.next is not None:
             return  # answered once the new generation is stored (generation_persisted)
         self._by_seq.pop(op.seq, None)
         if op.fua and op.errno == 0:
