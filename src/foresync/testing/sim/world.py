@@ -4,7 +4,8 @@ The world runs the real ``PrimaryCore`` and ``SecondaryCore``, the real link cod
 ``RecordJournal`` and ``UndoLog`` over each site's metadata directory in ``SimFiles`` (torn and
 lost unsynced writes at a crash, ENOSPC). Each step picks one enabled event: a host write, zero or
 flush; delivery of the next frame in either direction; completion of a pending fsync; a timer
-tick; an online verify; or, rarely, a fault: link cut or heal, a crash or restart of either site,
+tick; an online verify; or, rarely, a fault: link cut or heal, a stall (the link goes silent
+but stays open), a crash or restart of either site,
 or a full disk (either site's image, or the secondary's meta disk) until it is freed again. After each step the actions of both cores are carried out,
 then the invariants are checked:
 
@@ -48,9 +49,10 @@ then the invariants are checked:
     then, as its host fails over), writes there, and the reconnect. A secondary takes its
     primary's lineage when it admits the HELLO (as the epoch history always was), so writes taken
     before a HELLO the secondary admitted count as shared.
-13. no link times out (liveness.py): every frame is delivered here, ahead of most timer ticks,
-    so a timeout would end a live link for nothing (``TIMEOUT_S``); either core's ``LinkFailed``
-    with "no frame from" fails the run.
+13. a link times out (liveness.py) exactly when it went silent: a stall (the connection stays
+    open, nothing in flight arrives, neither side is told) is ended by a core's ``LinkFailed``
+    "no frame from ..." within ``TIMEOUT_S`` of virtual time, and any other timeout fails the
+    run, since every other frame is delivered, ahead of most timer ticks.
 """
 
 from __future__ import annotations
@@ -92,9 +94,9 @@ from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
 VOLUME_ID = bytes(range(16))
 # The link's heartbeat and timeout in virtual seconds (a tick adds 0..0.05 s). Every frame here is
-# delivered, ahead of most ticks, and a cut ends the connection on both sides: the timeout never
-# fires rightly, so it fires wrongly only if frames stop postponing it (invariant 13), which is
-# caught after one timeout of a session: a short one, so that most seeds have such a session.
+# delivered, ahead of most ticks, and a cut ends the connection on both sides: the timeout fires
+# rightly only after a stall, so it fires wrongly only if frames stop postponing it (invariant
+# 13), which is caught after one timeout of a session: a short one, so that most seeds have one.
 HEARTBEAT_S = 0.1
 TIMEOUT_S = 0.5
 CHECKPOINT_EVERY_ENTRIES = 24  # far fewer than the daemon's, so checkpoints happen often
@@ -186,6 +188,10 @@ class _Primary:
 
     def link_failed(self, reason: str) -> None:
         w = self.world
+        if w.stalled_at is not None and reason.startswith("no frame from the secondary"):
+            w._log(f"link timed out: {reason}")
+            w._disconnect(reason)  # the stall, timed out (invariant 13)
+            return
         if not reason or reason not in (self.core.secondary_error, pcore.REGREET):
             raise SimFailure(f"link failed: {reason}", w.seed, w.schedule)
         w._disconnect(reason)  # a storage failure there, or a lineage to greet with
@@ -270,7 +276,11 @@ class _Secondary:
     def link_failed(self, reason: str) -> None:
         w = self.world
         if w.conn and self.conn == w.conn:
-            # Invariant 13: nothing here silences a live connection (see TIMEOUT_S).
+            if w.stalled_at is not None:
+                w._log(f"link timed out: {reason}")
+                w._disconnect(reason)  # the stall, timed out (invariant 13)
+                return
+            # Invariant 13: nothing but a stall silences a live connection (see TIMEOUT_S).
             raise SimFailure(f"the secondary timed the link out: {reason}", w.seed, w.schedule)
 
     def close_link(self, reason: str) -> None:
@@ -345,6 +355,7 @@ class World:
         self.primary: _Primary | None = None
         self.secondary: _Secondary | None = None
         self.cut = False
+        self.stalled_at: float | None = None  # the link went silent then (half-open): "stall"
         self.conn = 0  # current connection id; 0 = none
         self.p2s: deque[tuple[int, bytes]] = deque()
         self.s2p: deque[tuple[int, bytes]] = deque()
@@ -491,9 +502,9 @@ class World:
         p, s = self.primary, self.secondary
         if p is not None and len(self.host_ops) < 12:
             choices += [(6.0, "write"), (0.6, "zero"), (0.6, "flush")]
-        if self.p2s:
+        if self.p2s and self.stalled_at is None:
             choices.append((4.0, "deliver_p2s"))
-        if self.s2p:
+        if self.s2p and self.stalled_at is None:
             choices.append((4.0, "deliver_s2p"))
         if p is not None and p.flushes:
             choices.append((1.5, "primary_flush"))
@@ -513,6 +524,8 @@ class World:
         w = self.cfg.crash_weight
         if w:
             choices.append((0.05 * w, "cut") if not self.cut else (0.3, "heal"))
+            if self.conn and self.stalled_at is None:
+                choices.append((0.02 * w, "stall"))
             choices.append((0.03 * w, "crash_primary") if p is not None else (0.3, "restart_primary"))
             if s is not None:
                 choices.append((0.03 * w, "crash_secondary"))
@@ -524,7 +537,7 @@ class World:
             if (p is not None and s is not None and self.mode is not Mode.ASYNC and self.cut
                     and self.conn == 0 and self.meta.files.full is None):
                 choices.append((0.1 * w, "promote_cut_off"))
-            if (p is not None and s is not None and self.conn and not self.cut
+            if (p is not None and s is not None and self.conn and not self.cut and self.stalled_at is None
                     and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
                 choices.append((0.02 * w, "switchover"))
             choices.append((0.04 * w, "disk_full"))
@@ -736,6 +749,10 @@ class World:
         self.secondary.core.data_synced(through)
 
     def _ev_tick(self) -> None:
+        if self.stalled_at is not None and self.now >= self.stalled_at + TIMEOUT_S:
+            # Invariant 13: the tick that reached the deadline ran both cores' handle_timer.
+            self._fail(f"invariant 13: the link has been silent since t={self.stalled_at:.3f} and "
+                       f"no core timed it out ({TIMEOUT_S} s)")
         self.now += self.rng.random() * 0.05
         if self.primary is not None:
             self.primary.core.handle_timer(self.now)
@@ -782,6 +799,9 @@ class World:
         if self.conn == 0:
             return
         conn = self.conn
+        if self.stalled_at is not None:
+            self.stalled_at = None
+            deliver_p2s_prefix = False  # nothing in flight arrives on a stalled connection
         if deliver_p2s_prefix and self.p2s and self.secondary is not None:
             for _ in range(self.rng.randrange(len(self.p2s) + 1)):
                 if conn != self.conn or not self.p2s:
@@ -804,6 +824,13 @@ class World:
             self.primary.core.disconnected(reason, now=self.now)
         if self.secondary is not None:
             self.secondary.core.session_ended()  # SecondarySite._watch
+
+    def _ev_stall(self) -> None:
+        """The connection goes silent without closing (a half-open TCP connection, a peer that
+        froze): nothing in flight arrives and neither side is told. Only the link timeout
+        (liveness.py) ends it."""
+        self._log("link stalls (silent, still open)")
+        self.stalled_at = self.now
 
     def _ev_cut(self) -> None:
         self._log("link cut")
@@ -1126,7 +1153,7 @@ class World:
         conn, self._closing = self._closing, 0
         if conn != self.conn:
             return
-        for _ in range(self.rng.randrange(len(self.s2p) + 1)):
+        for _ in range(0 if self.stalled_at is not None else self.rng.randrange(len(self.s2p) + 1)):
             if conn != self.conn:
                 return  # the primary dropped it already (STORAGE_FAILED)
             self._ev_deliver_s2p()
@@ -1314,6 +1341,8 @@ class World:
     def _finish(self) -> None:
         """Heal everything, restart what is down, drain, and require identical images."""
         self._log("FINISH: heal, free the disks, restart, quiesce")
+        if self.stalled_at is not None:
+            self._disconnect("stalled")  # given up on; the next connection drains
         self.cut = False
         self._free_disks()
         if self.primary is None:
