@@ -71,6 +71,14 @@ def test_the_deliberate_bug_ignores_frames() -> None:
     assert liveness.due(10.0) is Due.DEAD
 
 
+def test_the_deliberate_bug_never_times_out() -> None:
+    """faults.link_timeout_ignored: a stalled link stays up (the simulator's stall must catch it)."""
+    liveness = Liveness(1.0, 10.0, pings=True, ignores_silence=True)
+    liveness.start(0.0)
+    assert liveness.due(1000.0) is Due.PING
+    assert liveness.active and liveness.deadline() == 1001.0
+
+
 @pytest.mark.parametrize(("heartbeat_s", "timeout_s"), [(0.0, 10.0), (1.0, 0.0), (-1.0, 10.0)])
 def test_a_heartbeat_or_timeout_must_be_positive(heartbeat_s: float, timeout_s: float) -> None:
     with pytest.raises(ValueError, match="must be positive"):

@@ -30,17 +30,18 @@ class Due(Enum):
 class Liveness:
     """One session's heartbeat and timeout. Inactive (no deadline) until ``start``."""
 
-    __slots__ = ("_active", "_next_ping", "heartbeat_s", "ignores_frames", "last_frame", "pings",
-                 "timeout_s")
+    __slots__ = ("_active", "_next_ping", "heartbeat_s", "ignores_frames", "ignores_silence",
+                 "last_frame", "pings", "timeout_s")
 
     def __init__(self, heartbeat_s: float, timeout_s: float, *, pings: bool,
-                 ignores_frames: bool = False) -> None:
+                 ignores_frames: bool = False, ignores_silence: bool = False) -> None:
         if heartbeat_s <= 0 or timeout_s <= 0:
             raise ValueError(f"heartbeat ({heartbeat_s} s) and timeout ({timeout_s} s) must be positive")
         self.heartbeat_s = heartbeat_s
         self.timeout_s = timeout_s
         self.pings = pings  # this side sends the heartbeat (the primary)
         self.ignores_frames = ignores_frames  # deliberately wrong (faults.py): see frame_received
+        self.ignores_silence = ignores_silence  # deliberately wrong (faults.py): never DEAD
         self.last_frame = 0.0  # when the last frame arrived (the adapter's monotonic clock)
         self._active = False
         self._next_ping = 0.0
@@ -69,6 +70,8 @@ class Liveness:
         """When ``due`` next has something to say, or None while no session is up."""
         if not self._active:
             return None
+        if self.ignores_silence:  # deliberately wrong: see faults.py
+            return self._next_ping if self.pings else None
         dead_at = self.last_frame + self.timeout_s
         return min(dead_at, self._next_ping) if self.pings else dead_at
 
@@ -76,7 +79,7 @@ class Liveness:
         """What is due at ``now``. DEAD stops the liveness; PING schedules the next one."""
         if not self._active:
             return Due.NOTHING
-        if now >= self.last_frame + self.timeout_s:
+        if now >= self.last_frame + self.timeout_s and not self.ignores_silence:
             self._active = False
             return Due.DEAD
         if self.pings and now >= self._next_ping:

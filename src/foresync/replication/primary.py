@@ -264,7 +264,8 @@ class PrimaryCore:
         self._watermark_at = 0.0  # when handle_timer next asks both sites for durability
         # Heartbeats and the link timeout (liveness.py), from connected() to disconnected().
         self._liveness = Liveness(config.heartbeat_s, config.timeout_s, pings=True,
-                                  ignores_frames=config.faults.liveness_ignores_frames)
+                                  ignores_frames=config.faults.liveness_ignores_frames,
+                                  ignores_silence=config.faults.link_timeout_ignored)
         self.link_rtt_s = 0.0  # the round trip of the last PING (its PONG), for /status
 
     # -- inputs from the adapter -------------------------------------------------------------------

@@ -136,7 +136,8 @@ class SecondaryCore:
         self.now = 0.0  # the adapter's clock, as of the last input that gave it
         # The link timeout (liveness.py): the primary PINGs; we only listen.
         self._liveness = Liveness(heartbeat_s, timeout_s, pings=False,
-                                  ignores_frames=faults.liveness_ignores_frames)
+                                  ignores_frames=faults.liveness_ignores_frames,
+                                  ignores_silence=faults.link_timeout_ignored)
         self.predictor = PREDICTORS[predictor]()  # the primary mirrors it ([record] predictor)
         self.size = size
         self.extent_size = extent_size
