@@ -38,6 +38,12 @@ class Faults:
     # epochs.relation: compare epoch histories only, as before issue 13, so a primary that kept
     # taking writes while cut off is told to step down and its writes are overwritten (failback)
     split_brain_as_failback: bool = False
+    # liveness.py: a frame from the peer does not postpone the link timeout, so a busy, healthy
+    # link is declared dead every timeout_s
+    liveness_ignores_frames: bool = False
+    # liveness.py: a peer that has gone silent (a half-open connection) is never timed out, so
+    # the link stays up in name and nothing more is replicated
+    link_timeout_ignored: bool = False
 
 
 NO_FAULTS = Faults()

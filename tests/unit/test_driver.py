@@ -88,6 +88,9 @@ class _Recorder:
     def close_link(self, reason: str) -> None:
         self._note("close_link", reason)
 
+    def link_failed(self, reason: str) -> None:
+        self._note("link_failed", reason)
+
     def storage_failed(self, area: wire.StorageArea, error: StorageError) -> None:
         self.failures.append(area)
 

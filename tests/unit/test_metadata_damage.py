@@ -345,7 +345,7 @@ def test_full_resync_pending_is_persisted_and_handed_over() -> None:
     core = _core()
     core.full_resync_pending = True
     core.connected()
-    (hello,) = [a.message for a in core.actions() if isinstance(a, pcore.Send)]
+    hello = next(a.message for a in core.actions() if isinstance(a, pcore.Send))  # then a PING
     assert isinstance(hello, wire.Hello) and hello.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC
     core.disconnected("test")
     core.actions()

@@ -85,6 +85,9 @@ class _SecondarySide:
     def close_link(self, reason: str) -> None:
         self.h.closed_by_secondary.append(reason)
 
+    def link_failed(self, reason: str) -> None:
+        self.h.closed_by_secondary.append(reason)
+
     def sync_data(self, through: int) -> None:
         self.h.data_syncs.append((through, bytes(self.h.s_img)))
 
@@ -1777,16 +1780,22 @@ def test_the_primary_asks_for_a_timer_only_while_something_waits_on_time() -> No
     h.connect()
     h.settle()
     h.check_quiescent()
-    assert h.primary.get_timer() is None  # idle and in sync: the daemon sleeps until a heartbeat
+    # Idle and in sync: no work waits on time, and the timer is the next heartbeat (liveness.py).
+    heartbeat_s = h.primary.config.heartbeat_s
+    assert h.primary.watermark_timer() is None
+    assert h.primary.get_timer() == heartbeat_s  # connected at 0
     h.auto = False
     h.write(0, 8)
-    deadline = h.primary.get_timer()
-    assert deadline is not None
+    deadline = h.primary.watermark_timer()
+    assert deadline is not None and h.primary.get_timer() == deadline
     h.primary.handle_timer(deadline + 7.0)
     assert h.primary.get_timer() == deadline + 7.0 + h.primary.config.watermark_interval_s
     h.auto = True
     h.settle()
-    assert h.primary.get_timer() is None
+    assert h.primary.watermark_timer() is None
+    assert h.primary.get_timer() == deadline + 7.0 + heartbeat_s  # pinged at that tick
+    h.primary.disconnected("cut")
+    assert h.primary.get_timer() is None  # no session: nothing waits on time
 
 
 def test_an_op_stamped_with_its_own_time_is_not_expired_by_an_old_clock() -> None:
@@ -1797,7 +1806,9 @@ def test_an_op_stamped_with_its_own_time_is_not_expired_by_an_old_clock() -> Non
     h.primary.handle_timer(1.0)
     h.write(0, 4, fua=False)  # a miss: takes the one slot until it is clean on both sites
     h.primary.write(50, 16, b"x" * 4, False, now=1000.0)  # waits for room
-    h.primary.handle_timer(1000.0 + h.primary.config.miss_wait_s - 1)
+    later = 1000.0 + h.primary.config.miss_wait_s - 1
+    h.primary.receive(wire.Pong(0), now=later - 1)  # the link is alive: no link timeout
+    h.primary.handle_timer(later)
     h.pump()
     assert 50 not in h.acks
 
@@ -1805,7 +1816,7 @@ def test_an_op_stamped_with_its_own_time_is_not_expired_by_an_old_clock() -> Non
 def test_the_secondary_asks_for_a_timer_while_an_applied_write_is_not_durable() -> None:
     h = Harness()
     h.connect()
-    assert h.secondary.get_timer() is None
+    assert h.secondary.get_timer() is None  # no session_reset here: no link timeout either
     h.write(0, 8)
     h.deliver_to_secondary()
     h.commit_start()
@@ -1848,8 +1859,9 @@ def test_a_write_while_cut_off_lands_only_once_its_new_generation_is_stored() ->
     core.write(2, 32, b"b" * 16, False)  # the same disconnection: the same generation
     assert not _of(core.actions(), pcore.PersistGeneration)
     core.connected()
-    (hello,) = [a.message for a in core.actions() if isinstance(a, pcore.Send)]
+    hello, ping = [a.message for a in core.actions() if isinstance(a, pcore.Send)]
     assert isinstance(hello, wire.Hello) and hello.generations == (1, 77) and hello.history == (1,)
+    assert isinstance(ping, wire.Ping)  # the first heartbeat (liveness.py)
 
 
 def test_a_generation_stored_after_the_hello_greets_the_secondary_again() -> None:
@@ -1875,3 +1887,89 @@ def test_writes_answered_after_a_cut_wait_for_a_new_generation() -> None:
     h.pump()
     assert len(h.generations) == 1 and h.generations[0].data[:1] == (1,)
     assert len(h.generations[0].data) == 2
+
+
+# -- liveness: heartbeats and the link timeout (liveness.py) -------------------------------------
+
+
+def _sent_pings(h: Harness) -> list[wire.Message]:
+    """The PINGs the primary sent since the last call (the rest of what it sent is dropped)."""
+    h.pump()
+    pings = [m for m in h.peek_to_secondary() if isinstance(m, wire.Ping)]
+    h.to_s.clear()
+    return pings
+
+
+def test_the_primary_pings_every_heartbeat_and_measures_the_round_trip_from_the_pong() -> None:
+    h = Harness()
+    h.primary.connected(now=100.0)
+    assert _sent_pings(h) == [wire.Ping(100_000_000_000)], "a PING right after the HELLO (the RTT)"
+    h.primary.receive(wire.Pong(100_000_000_000), now=100.25)
+    assert h.primary.link_rtt_s == 0.25
+    assert h.primary.get_timer() == 101.0  # the next heartbeat
+    h.primary.handle_timer(100.5)
+    assert not _sent_pings(h), "not due yet"
+    h.primary.handle_timer(101.0)
+    assert _sent_pings(h) == [wire.Ping(101_000_000_000)]
+    assert h.primary.get_timer() == 102.0
+
+
+def test_a_silent_secondary_ends_the_link_with_the_reason_operators_know() -> None:
+    h = Harness()
+    h.connect()  # at 0: the last frame (the WELCOME) came at 0
+    timeout_s = h.primary.config.timeout_s
+    for now in (1.0, 2.0, 9.0, 9.999):
+        h.primary.handle_timer(now)  # heartbeats go out, nothing comes back
+    assert h.primary.link is pcore.LinkState.CONNECTED
+    h.primary.handle_timer(timeout_s)
+    failed = [a for a in h.primary.actions() if isinstance(a, pcore.LinkFailed)]
+    assert failed == [pcore.LinkFailed("no frame from the secondary for 10 s")]
+    assert h.primary.link_error == "no frame from the secondary for 10 s"
+    h.primary.handle_timer(timeout_s + 5)
+    assert not [a for a in h.primary.actions() if isinstance(a, pcore.LinkFailed)], "said once"
+
+
+def test_any_frame_from_the_secondary_postpones_the_timeout() -> None:
+    h = Harness()
+    h.connect()
+    h.primary.receive(wire.Applied(0), now=8.0)
+    assert h.primary.get_timer() == 1.0  # the heartbeat comes first
+    for now in (1.0, 2.0, 9.0, 10.0, 17.9):
+        h.primary.handle_timer(now)
+    assert not [a for a in h.primary.actions() if isinstance(a, pcore.LinkFailed)]
+    h.primary.handle_timer(18.0)
+    assert [a for a in h.primary.actions() if isinstance(a, pcore.LinkFailed)]
+
+
+def test_the_deliberate_bug_lets_a_busy_link_time_out() -> None:
+    """faults.liveness_ignores_frames: the simulator's self-check must catch this."""
+    config = Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME,
+                    faults=Faults(liveness_ignores_frames=True))
+    core = PrimaryCore(config, read=lambda offset, length: bytes(length))
+    core.connected(now=0.0)
+    core.receive(wire.Pong(0), now=9.0)
+    core.handle_timer(10.0)
+    assert pcore.LinkFailed("no frame from the secondary for 10 s") in core.actions()
+
+
+def test_the_secondary_times_out_a_silent_primary_counting_hot_path_frames() -> None:
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState(), heartbeat_s=1.0, timeout_s=10.0)
+    assert core.get_timer() is None  # no session
+    core.session_reset(now=50.0)
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    assert core.get_timer() == 60.0
+    assert core.write_now(wire.Write(1, 0, 0, 0, (), b"a"), now=55.0)  # the hot path counts
+    core.data_synced(1)  # durable: no watermark deadline before the link's
+    core.actions()
+    assert core.get_timer() == 65.0
+    core.receive(wire.Ping(7), now=58.0)
+    assert core.actions() == [pcore.Send(wire.Pong(7))]
+    core.handle_timer(67.9)
+    assert not [a for a in core.actions() if isinstance(a, pcore.LinkFailed)]
+    core.handle_timer(68.0)
+    assert [a for a in core.actions() if isinstance(a, pcore.LinkFailed)] == [
+        pcore.LinkFailed("no frame from the primary for 10 s")]
+    core.session_reset(now=70.0)
+    core.session_ended()  # the connection closed
+    assert core.get_timer() is None

@@ -4,8 +4,9 @@
 Local applies run synchronously (page cache writes), flushes go through the group flusher, sends
 go to the link, and host answers to the NBD connection that asked. The dialer keeps one link to
 the secondary, reconnecting with a short backoff. The timer sleeps until the next deadline (the
-core's ``get_timer``: the durable watermark and miss timeouts; heartbeats; the link timeout),
-and a pump that gives an idle core work wakes it. A demote or a stop waits for the core to be in
+core's ``get_timer``: the durable watermark and miss timeouts, heartbeats and the link timeout,
+replication/liveness.py; or a failed metadata write to retry), and a pump that gives an idle
+core work wakes it. A demote or a stop waits for the core to be in
 sync on a future that the pump resolves (``_wait_for``), not by polling.
 """
 
@@ -74,6 +75,7 @@ class PrimarySite:
                 block_on_disconnect=cfg.on_disconnect == "block", block_timeout_s=cfg.block_timeout_s,
                 resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
                 watermark_interval_s=cfg.watermark_interval_s,
+                heartbeat_s=cfg.heartbeat_s, timeout_s=cfg.timeout_s,
             ),
             read=backend.read_unless_hole, is_hole=backend.is_hole,
         )
@@ -102,7 +104,6 @@ class PrimarySite:
         self.read_only = False
         self._trace: TraceWriter | None = None
         self.link: LinkProtocol | None = None
-        self.link_rtt_s = 0.0
         self._dones: dict[int, Done] = {}
         self._started: dict[int, float] = {}  # op id -> monotonic start, for the histogram
         self.write_latency: Any = None  # a prometheus histogram child, set by the daemon
@@ -190,7 +191,8 @@ class PrimarySite:
         self._driver()
         if self._waiters:
             self._wake_waiters()
-        if self._timer_idle and self.core.get_timer() is not None:
+        if self._timer_idle and (self.core.get_timer() is not None or self._oos_retry is not None
+                                 or self._generation_retry is not None):
             self._timer_idle = False
             self._timer_changed.set()
 
@@ -300,10 +302,12 @@ class PrimarySite:
 
     # -- link -----------------------------------------------------------------------------------
 
+    @property
+    def link_rtt_s(self) -> float:
+        """The round trip of the last heartbeat (the core measures it from each PONG)."""
+        return self.core.link_rtt_s
+
     def _on_message(self, message: wire.Message) -> None:
-        if isinstance(message, wire.Pong):
-            self.link_rtt_s = max(0.0, (time.monotonic_ns() - message.timestamp_ns) / 1e9)
-            self.core.observe_rtt(self.link_rtt_s)
         self.core.receive(message, now=time.monotonic())
         if isinstance(message, wire.StorageFailed):
             self._log_secondary_error()
@@ -392,11 +396,8 @@ class PrimarySite:
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)
             failures = self.core.counters.secondary_storage_errors
-            self.core.connected(now=time.monotonic())
+            self.core.connected(now=time.monotonic())  # HELLO, and the first PING
             self.pump()
-            # A round trip measured now, before any resync data queues on the link, is the link's
-            # own delay: the resync window is tuned from it (PrimaryCore.observe_rtt).
-            proto.send(wire.Ping(time.monotonic_ns()))
             reason = await proto.closed
             # A session that never got past HELLO (refused: wrong size, extent size, identity)
             # fails the same way on every retry; without a pause we would redial in a tight loop.
@@ -414,25 +415,20 @@ class PrimarySite:
                 await wait_before_redialling()
 
     async def _timers(self) -> None:
-        """Sleep until the next deadline (the core's ``get_timer``, a heartbeat, the link's
-        timeout, a failed out-of-sync persist to retry), then handle what is due. A pump that
-        gives an idle core work wakes the sleep early (``_timer_changed``)."""
-        last_ping = 0.0
+        """Sleep until the next deadline (the core's ``get_timer``: its watermark, heartbeat and
+        link timeout; or a failed metadata write to retry), then handle what is due. A pump
+        that gives an idle core work wakes the sleep early (``_timer_changed``)."""
         while not self._stopping:
             now = time.monotonic()
             core_at = self.core.get_timer()
-            deadlines = [last_ping + self.cfg.heartbeat_s]
-            if core_at is not None:
-                deadlines.append(core_at)
+            deadlines = [] if core_at is None else [core_at]
             if self._oos_retry is not None or self._generation_retry is not None:
                 deadlines.append(now + self.cfg.watermark_interval_s)
-            link = self.link
-            if link is not None and link.is_open:
-                deadlines.append(link.last_rx + self.cfg.timeout_s)
-            self._timer_idle = core_at is None
+            self._timer_idle = not deadlines
             self._timer_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_changed.wait(), max(0.0, min(deadlines) - now))
+                await asyncio.wait_for(self._timer_changed.wait(),
+                                       max(0.0, min(deadlines) - now) if deadlines else None)
             self._timer_idle = False
             now = time.monotonic()
             self.core.handle_timer(now)
@@ -440,13 +436,6 @@ class PrimarySite:
                 self.persist_out_of_sync(*self._oos_retry)
             if self._generation_retry is not None:
                 self.persist_generation(*self._generation_retry)
-            link = self.link
-            if link is not None and link.is_open:
-                if now - last_ping >= self.cfg.heartbeat_s:
-                    last_ping = now
-                    link.send(wire.Ping(time.monotonic_ns()))
-                if now - link.last_rx > self.cfg.timeout_s:
-                    link.abort(f"no frame from the secondary for {self.cfg.timeout_s:.0f} s")
             self.pump()
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ class SecondarySite:
                                   meta.volume_id or bytes(16),
                                   state if state is not None else RecordState(), epoch=meta.epoch,
                                   predictor=cfg.predictor,
-                                  watermark_interval_s=cfg.watermark_interval_s)
+                                  watermark_interval_s=cfg.watermark_interval_s,
+                                  heartbeat_s=cfg.heartbeat_s, timeout_s=cfg.timeout_s)
         self.link: LinkProtocol | None = None
         self.link_error = ""
         self.disconnected_since: float | None = time.time()
@@ -153,6 +154,7 @@ class SecondarySite:
                 return
             self._prepare_welcome(())
         if self._held is not None:
+            self.core.frame_received(proto.last_rx)  # the primary is alive (liveness.py)
             if isinstance(message, wire.Ping):
                 # Checksumming a big volume takes a while: keep the link alive meanwhile.
                 proto.send(wire.Pong(message.timestamp_ns))
@@ -163,11 +165,14 @@ class SecondarySite:
             if not self._resync_rx_started:
                 self._resync_rx_started = time.monotonic()
             self._resync_rx_bytes += len(message.data)
-        if type(message) is wire.Write and self._driver.write_now(message):
+        # The frame's arrival time for the link timeout: when its bytes were read (no clock
+        # read per 4 KiB write).
+        now = proto.last_rx
+        if type(message) is wire.Write and self._driver.write_now(message, now):
             return  # written at once: nothing was queued before it
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
         # every other message read in the same pass: one pump per read, not per 4 KiB write.
-        self.core.receive(message)
+        self.core.receive(message, now=now)
 
     async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
         # Every write from an earlier session lands first, so the checksums describe the image
@@ -279,7 +284,7 @@ class SecondarySite:
             self.link.abort("replaced by a new connection from the primary")
         self.link = proto
         self._held = None
-        self.core.session_reset()
+        self.core.session_reset(now=time.monotonic())
         self.disconnected_since = None
         log.info("link: primary connected from %s", proto.peer)
         watcher = asyncio.ensure_future(self._watch(proto))
@@ -290,6 +295,7 @@ class SecondarySite:
         reason = await proto.closed
         if self.link is proto:
             self.link = None
+            self.core.session_ended()
             self.disconnected_since = time.time()
             if self.core.greeted or not self.link_error.startswith("refused"):
                 self.link_error = reason  # keep why we refused: the primary just hangs up
@@ -315,7 +321,11 @@ class SecondarySite:
     def pump(self) -> None:
         self._driver()
         self._maybe_commit()
-        if self._timer_idle and self.core.get_timer() is not None:
+        self._wake_timer()
+
+    def _wake_timer(self) -> None:
+        """A timer sleeping with no deadline re-reads them once there is one."""
+        if self._timer_idle and (self.core.get_timer() is not None or self._commit_retry() is not None):
             self._timer_idle = False
             self._timer_changed.set()
 
@@ -376,6 +386,11 @@ class SecondarySite:
         self._resync_rx_bytes, self._resync_rx_started = 0, 0.0
         self._resync_full = False
 
+    def link_failed(self, reason: str) -> None:
+        """The core ended a silent link (liveness.py): abort it; ``_watch`` logs the reason."""
+        if self.link is not None:
+            self.link.abort(reason)
+
     def close_link(self, reason: str) -> None:
         if self.link is not None:
             self.link_error = reason
@@ -429,6 +444,7 @@ class SecondarySite:
                 self.pump()
         finally:
             self._committing = False
+            self._wake_timer()  # a failed commit is retried at _commit_retry_at
         if journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not self.core.needs_journal_sync():
             try:
                 journal.checkpoint(self.core.state)
@@ -478,35 +494,33 @@ class SecondarySite:
         return "primary" if self.role_changed.is_set() else "stop"
 
     async def _timers(self, stop: asyncio.Event) -> None:
-        """Until ``stop`` or a promotion: sleep until the core's next watermark or the link's
-        timeout, then handle them. A pump that gives an idle core work wakes the sleep early."""
+        """Until ``stop`` or a promotion: sleep until the core's next deadline (``get_timer``:
+        the watermark, the link's timeout), then handle it. A pump that gives an idle core work
+        wakes the sleep early."""
         ended = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.role_changed.wait())]
         try:
             while not stop.is_set() and not self.role_changed.is_set():
                 now = time.monotonic()
-                core_at = self.core.get_timer()
-                deadlines = [now + self.cfg.timeout_s]
-                if core_at is not None:
-                    deadlines.append(core_at)
-                link = self.link
-                if link is not None:
-                    deadlines.append(link.last_rx + self.cfg.timeout_s)
-                self._timer_idle = core_at is None
+                deadlines = [at for at in (self.core.get_timer(), self._commit_retry()) if at is not None]
+                self._timer_idle = not deadlines
                 self._timer_changed.clear()
                 woken = asyncio.ensure_future(self._timer_changed.wait())
-                await asyncio.wait([*ended, woken], timeout=max(0.0, min(deadlines) - now),
+                await asyncio.wait([*ended, woken],
+                                   timeout=max(0.0, min(deadlines) - now) if deadlines else None,
                                    return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
                 self._timer_idle = False
-                now = time.monotonic()
-                self.core.handle_timer(now)
-                link = self.link
-                if link is not None and now - link.last_rx > self.cfg.timeout_s:
-                    link.abort(f"no frame from the primary for {self.cfg.timeout_s:.0f} s")
+                self.core.handle_timer(time.monotonic())
                 self.pump()
         finally:
             for task in ended:
                 task.cancel()
+
+    def _commit_retry(self) -> float | None:
+        """When a journal commit that failed (a full meta disk) is tried again, if one waits."""
+        if self._committing or not self.core.needs_journal_sync() or self.journal is None:
+            return None
+        return self._commit_retry_at
 
     @property
     def primary_connected(self) -> bool:

@@ -50,6 +50,9 @@ class FlushLocal:
 
 @dataclass(frozen=True, slots=True)
 class LinkFailed:
+    """End the link now (abort it): the peer broke the protocol, refused us, or went silent
+    for the link timeout (liveness.py). Both cores use it."""
+
     reason: str
 
 
@@ -159,4 +162,4 @@ class CloseLink:
 
 
 SecondaryAction = (Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
-          | HashExtents | SaveUndo | CloseLink)
+          | HashExtents | SaveUndo | CloseLink | LinkFailed)

@@ -131,6 +131,9 @@ class SecondaryEffects(Protocol):
     def close_link(self, reason: str) -> None:
         """End the connection to the primary once what was sent on it has gone out."""
 
+    def link_failed(self, reason: str) -> None:
+        """Abort the connection to the primary: it was silent for the link timeout."""
+
     def storage_failed(self, area: wire.StorageArea, error: StorageError) -> None:
         """Writing ``area`` failed: note it (log, status); the driver then tells the core."""
 
@@ -146,7 +149,7 @@ EFFECTS: dict[type, tuple[str, tuple[str, ...]]] = {
         (FlushLocal, "flush_local"),
         (PersistOutOfSync, "persist_out_of_sync"),
         (PersistGeneration, "persist_generation"),
-        (LinkFailed, "link_failed"),
+        (LinkFailed, "link_failed"),  # both cores'
         (ResumeLater, "resume_later"),
         (BecomeSecondary, "become_secondary"),
         # the secondary's
@@ -246,10 +249,11 @@ class PrimaryDriver(_Driver[PrimaryCore, PrimaryEffects]):
 class SecondaryDriver(_Driver[SecondaryCore, SecondaryEffects]):
     """Carries out a ``SecondaryCore``'s actions through ``SecondaryEffects``."""
 
-    def write_now(self, message: wire.Write) -> bool:
+    def write_now(self, message: wire.Write, now: float | None = None) -> bool:
         """The secondary's hot path (``SecondaryCore.write_now``): write a WRITE with nothing
-        queued before it at once. False: hand the message to ``SecondaryCore.receive``."""
-        if self._running or not self.core.write_now(message):
+        queued before it at once (the frame counts for the link timeout as of ``now``).
+        False: hand the message to ``SecondaryCore.receive``, which counts it."""
+        if self._running or not self.core.write_now(message, now=now):
             return False
         try:
             self._effects.write_data(message.offset, message.data, message.seq)

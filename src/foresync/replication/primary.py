@@ -35,10 +35,13 @@ online verify (verify.py). Flush tickets and the durability watermarks are in fl
 This class keeps the control flow: it owns those parts as plain objects, hands them callbacks
 (no part imports this module), and alone talks to the adapter. The link is a small state
 machine (``LinkState``); ``receive`` is the one place the link path's errors are caught.
+While a session is up (``connected`` to ``disconnected``) it sends the heartbeat PING and ends
+a link silent for ``timeout_s`` (liveness.py, through ``get_timer``/``handle_timer``); each
+PONG's echoed timestamp gives ``link_rtt_s``.
 
-Data generations (issue 13, epochs.py): the first write this core would apply or answer with the
-link down, if the secondary may hold our newest generation, first makes a new one durable
-(``PersistGeneration``); until ``generation_persisted`` no op applies locally and none is
+Data generations (issue 13, generations.py): the first write this core would apply or answer
+with the link down, if the secondary may hold our newest generation, first makes a new one
+durable (``PersistGeneration``); until ``generation_persisted`` no op applies locally and none is
 answered. So a secondary promoted meanwhile meets our lineage as diverged (split brain), never as
 an older one to fail back over. Meetings with a peer's lineage (DEMOTE, REFUSE's code) go
 through ``epochs.meeting``.
@@ -79,6 +82,8 @@ from foresync.replication.actions import (
 from foresync.replication.actions import PrimaryAction as Action
 from foresync.replication.epochs import Lineage, Meeting, meeting, new_epoch_id
 from foresync.replication.flushes import Flushes
+from foresync.replication.generations import REGREET, Generations
+from foresync.replication.liveness import Due, Liveness
 from foresync.replication.ordering import (
     APPLICABLE,
     AWAITING_REMOTE,
@@ -99,8 +104,8 @@ from foresync.replication.resync import (
 from foresync.replication.verify import Verify
 
 # Re-exported: the adapters and tests name the actions, and the resync defaults, from here.
-__all__ = ["RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYTES", "AckHost",
-           "Action", "ApplyLocal", "BecomeSecondary", "Config", "FlushLocal", "LinkFailed",
+__all__ = ["REGREET", "RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYTES",
+           "AckHost", "Action", "ApplyLocal", "BecomeSecondary", "Config", "FlushLocal", "LinkFailed",
            "LinkState", "Mode", "PersistGeneration", "PersistOutOfSync", "PrimaryCore", "PrimaryStatistics",
            "ResumeLater", "Send"]
 
@@ -109,10 +114,6 @@ __all__ = ["RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDOW_START_BYT
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 STREAMS_TRACKED = 16  # sequential streams recognised at once (their next expected offsets)
-
-
-# Why the core drops a link whose HELLO carried a lineage that has since grown (generation_persisted).
-REGREET = "a new data generation started after the HELLO: greeting the secondary again with it"
 
 
 class Mode(Enum):
@@ -158,6 +159,8 @@ class Config:
     resync_slice_bytes: int = RESYNC_SLICE_BYTES  # resync work per pump before ResumeLater
     resync_window_bytes: int = RESYNC_WINDOW_BYTES  # resync bytes in flight, within window_bytes
     watermark_interval_s: float = 0.05  # handle_timer asks for durability this often while busy
+    heartbeat_s: float = 1.0  # [link] heartbeat: a PING this often while a session is up
+    timeout_s: float = 10.0  # [link] timeout: no frame from the secondary this long ends the link
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,13 +239,11 @@ class PrimaryCore:
         self._ranges_done: list[int] = []  # range seqs to report done to the secondary
         self._welcome_ranges: list[int] = []  # the secondary's pending ranges, done after resync
         self.split_brain = False
-        # The data generation (epochs.py): writes acknowledged while cut off belong to one the
-        # secondary never saw, stored before the first of them applies or is answered.
-        self.lineage = Lineage(config.history, config.generations or config.history)
-        self._generation_fresh = False  # our newest generation is one the secondary never saw
-        self._generation_tokens = 0
-        self._generation_next: Lineage | None = None  # being stored (PersistGeneration)
-        self._generation_acks: list[Op] = []  # FUA writes and FLUSHes flushed meanwhile
+        # The data generations (generations.py): writes acknowledged while cut off belong to
+        # one the secondary never saw, stored before the first of them applies or is answered.
+        self._generations: Generations[Op] = Generations(
+            Lineage(config.history, config.generations or config.history), config.new_id,
+            self._emit_persist_generation)
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
         # the resync sets of this pass durable there.
@@ -261,6 +262,11 @@ class PrimaryCore:
                               self._send, self._queue_resync, config.faults)
         self.now = 0.0
         self._watermark_at = 0.0  # when handle_timer next asks both sites for durability
+        # Heartbeats and the link timeout (liveness.py), from connected() to disconnected().
+        self._liveness = Liveness(config.heartbeat_s, config.timeout_s, pings=True,
+                                  ignores_frames=config.faults.liveness_ignores_frames,
+                                  ignores_silence=config.faults.link_timeout_ignored)
+        self.link_rtt_s = 0.0  # the round trip of the last PING (its PONG), for /status
 
     # -- inputs from the adapter -------------------------------------------------------------------
 
@@ -365,9 +371,7 @@ class PrimaryCore:
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
-        # The secondary may adopt the lineage this HELLO carries: a write answered after this
-        # connection ends needs a new generation, even if the WELCOME never comes.
-        self._generation_fresh = False
+        self._generations.greeting()  # the secondary may adopt the lineage this HELLO carries
         self._resync.session_start()
         c = self.config
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
@@ -375,6 +379,10 @@ class PrimaryCore:
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, self.lineage.epoch, self.lineage.epochs,
                                    tuple(sorted(self._oos.durable)), self.lineage.data)))
+        # A round trip measured now, before any resync data queues on the link, is the link's
+        # own delay: the resync window is tuned from it (observe_rtt).
+        self._liveness.start(self.now)
+        self._ping()
 
     def disconnected(self, reason: str, *, now: float | None = None) -> None:
         """The link is gone: finish every op locally and remember what the secondary may lack."""
@@ -385,6 +393,7 @@ class PrimaryCore:
         was_connected = self.link is LinkState.CONNECTED or (
             self.link is LinkState.ERROR and self._error_after_welcome)
         self.link = LinkState.DISCONNECTED
+        self._liveness.stop()
         self.link_error = reason
         self._sent.clear()
         self._sent_bytes = 0
@@ -402,7 +411,7 @@ class PrimaryCore:
         # not answered may or may not have reached it: its extents become out-of-sync, durably,
         # before the op is applied here. Resync extents stay where they were (record or OOS).
         if self._flushes.waiting or self._by_seq:
-            self._open_generation()  # these are answered after the cut: see _open_generation
+            self._generations.open()  # these are answered after the cut (generations.py)
         for ahead in self._read_aheads.values():
             self._reservations.release(ahead)  # the extents it asked for may or may not be added
         self._read_aheads.clear()
@@ -471,6 +480,7 @@ class PrimaryCore:
         puts the link in ERROR and is raised on to the adapter, which closes the link."""
         if now is not None:
             self.now = now
+        self._liveness.frame_received(self.now)  # any frame shows the secondary alive
         if self.link is LinkState.ERROR:
             raise RemoteProtocolError(f"{type(message).__name__} after a protocol error: the link "
                                       f"is in ERROR until disconnected ({self.link_error})")
@@ -492,7 +502,9 @@ class PrimaryCore:
                 self._on_added(seq, extents)
             case wire.Durable(seq):
                 self._on_durable(seq)
-            case wire.Pong() | wire.Ping():
+            case wire.Pong(timestamp_ns):
+                self.observe_rtt(max(0.0, self.now - timestamp_ns / 1e9))
+            case wire.Ping():
                 pass
             case wire.Welcome():
                 self._on_welcome(message)
@@ -536,17 +548,12 @@ class PrimaryCore:
         self.link_error = reason
 
     def generation_persisted(self, token: int, *, now: float | None = None) -> None:
-        """``PersistGeneration(token)`` is durable: the writes that waited for it may land."""
+        """``PersistGeneration(token)`` is durable: the writes that waited for it may land, and
+        the answers held meanwhile go out (generations.py)."""
         if now is not None:
             self.now = now
-        invariant(token == self._generation_tokens and self._generation_next is not None,
-                  f"unknown generation persist token {token}")
-        assert self._generation_next is not None
-        self.lineage, self._generation_next = self._generation_next, None
-        self._generation_fresh = True
-        for op in self._generation_acks:
+        for op in self._generations.persisted(token):
             self._emit(AckHost(op.op_id, op.errno))
-        self._generation_acks = []
         if self.link is not LinkState.DISCONNECTED:
             # The secondary adopts the lineage our HELLO carried: one without this generation
             # would let it be promoted and then fail back over the writes that started it.
@@ -556,17 +563,13 @@ class PrimaryCore:
             self._maybe_finish(op)
         self._pump()
 
-    def _open_generation(self) -> None:
-        """A write is about to be applied or answered that the secondary may lack, with the link
-        down. If our newest generation is one the secondary has (it adopted it at its last
-        WELCOME), start a new one: stored before any such write lands or is answered, so a
-        secondary promoted meanwhile meets a diverged lineage (split brain), never an older one
-        whose writes a failback would silently overwrite (issue 13)."""
-        if self._generation_fresh or self._generation_next is not None:
-            return
-        self._generation_tokens += 1
-        self._generation_next = self.lineage.with_generation(self.config.new_id())
-        self._emit(PersistGeneration(self._generation_tokens, self._generation_next))
+    @property
+    def lineage(self) -> Lineage:
+        """This site's epochs and data generations (generations.py, epochs.py)."""
+        return self._generations.lineage
+
+    def _emit_persist_generation(self, token: int, lineage: Lineage) -> None:
+        self._actions.append(PersistGeneration(token, lineage))
 
     def local_applied(self, seq: int, errno: int, *, now: float | None = None) -> None:
         if now is not None:
@@ -608,8 +611,8 @@ class PrimaryCore:
             self.now = now
         for op in self._flushes.flushed(ticket):
             op.to(OpEvent.ACK)
-            if self._generation_next is not None:
-                self._generation_acks.append(op)  # answered once the generation is stored
+            if self._generations.next is not None:
+                self._generations.hold(op)  # answered once the generation is stored
             else:
                 self._emit(AckHost(op.op_id, op.errno))
         durable = self._flushes.local_durable
@@ -629,10 +632,20 @@ class PrimaryCore:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next (the adapter's monotonic clock), or None while
-        nothing here waits on time: no op queued or in flight, nothing to make durable on either
-        site, no resync pass or verify, and no out-of-sync set to write back. While anything
-        is, the next durability watermark, every ``watermark_interval_s`` (the expiry of
-        waiting ops and the resync rate budget are checked at the same ticks)."""
+        nothing waits on time: the earlier of ``watermark_timer`` and, while a session is up,
+        the next heartbeat or the link's timeout (liveness.py)."""
+        work = self.watermark_timer()
+        link = self._liveness.deadline()
+        if link is None or (work is not None and work < link):
+            return work
+        return link
+
+    def watermark_timer(self) -> float | None:
+        """The work part of ``get_timer``: None while no op is queued or in flight, nothing
+        is to be made durable on either site, no resync pass or verify runs and no out-of-sync
+        set is to be written back. While anything is, the next durability watermark, every
+        ``watermark_interval_s`` (the expiry of waiting ops and the resync rate budget are
+        checked at the same ticks)."""
         connected = self.link is LinkState.CONNECTED
         unconfirmed = self._flushes.remote_durable < self._order.next_seq - 1
         if self.config.faults.timer_ignores_remote_durable:
@@ -645,11 +658,17 @@ class PrimaryCore:
 
     def handle_timer(self, now: float) -> None:
         """The deadline from ``get_timer`` came (or passed): fail ops that waited too long,
-        refill the resync rate budget and, once per interval, ask both sites for durability."""
+        refill the resync rate budget, once per interval ask both sites for durability, send
+        the heartbeat when due and end a link silent for ``timeout_s`` (liveness.py)."""
         self.tick(now)
         if now >= self._watermark_at:
             self._watermark_at = now + self.config.watermark_interval_s
             self.request_durable()
+        due = self._liveness.due(now)
+        if due is Due.PING:
+            self._ping()
+        elif due is Due.DEAD:
+            self._fail_link(self._liveness.silence_reason("secondary"))
 
     def tick(self, now: float) -> None:
         """Time passes: fail ops that waited too long (for room in the record, or for the link
@@ -667,9 +686,14 @@ class PrimaryCore:
         self._pump()
 
     def observe_rtt(self, rtt_s: float) -> None:
-        """The adapter measured a link round trip (PING/PONG). The least one this session is the
-        link's own delay; later ones may include the queue behind resync data."""
+        """A link round trip (a PONG echoing our PING's timestamp). The least one this session
+        is the link's own delay; later ones may include the queue behind resync data."""
+        self.link_rtt_s = rtt_s
         self._resync.observe_rtt(rtt_s)
+
+    def _ping(self) -> None:
+        """The heartbeat: the secondary echoes the timestamp (the adapter's clock, in ns)."""
+        self._emit(Send(wire.Ping(max(0, int(self.now * 1e9)))))
 
     def request_durable(self) -> None:
         """Ask both sites to report durability (the adapter's watermark timer). Also writes
@@ -823,7 +847,7 @@ class PrimaryCore:
             op.to(OpEvent.SEND)
             if not covered:
                 self._mark_out_of_sync(op)
-            self._open_generation()
+            self._generations.open()
             self._ready_local(op)
             return True
         if self._sent and self._sent_bytes + op.length > self.config.window_bytes and op.data is not None:
@@ -947,7 +971,7 @@ class PrimaryCore:
     def _try_apply(self, op: Op) -> None:
         # ADDED, DURABLE and a disconnect may each retry an op whose ApplyLocal is already out
         # (a sync-mode hit applies at once, then DURABLE arrives): its state says so.
-        if (op.state not in APPLICABLE or self._generation_next is not None
+        if (op.state not in APPLICABLE or self._generations.next is not None
                 or not self._order.may_apply_now(op)):
             return
         op.to(OpEvent.ISSUE)
@@ -956,7 +980,7 @@ class PrimaryCore:
     def _maybe_finish(self, op: Op) -> None:
         if op.state is not OpState.APPLIED:
             return
-        if self._generation_next is not None:
+        if self._generations.next is not None:
             return  # answered once the new generation is stored (generation_persisted)
         self._by_seq.pop(op.seq, None)
         if op.fua and op.errno == 0:

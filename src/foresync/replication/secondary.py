@@ -24,6 +24,11 @@ without that: in the durable record (a hit, or a miss whose ADD was committed be
 or in the primary's out-of-sync set (a miss or range never answered, or anything not yet durable
 here in async mode). Until the next connection nothing the primary sends is acted on.
 
+Liveness (liveness.py): from ``session_reset`` (a primary's HELLO admitted) to ``session_ended``
+(the connection closed), every frame from the primary counts, the hot path's included; a primary
+silent for ``timeout_s`` (it PINGs every heartbeat) is gone: ``handle_timer`` ends the link with
+``LinkFailed`` ("no frame from the primary for 10 s").
+
 The site's own facts for a session (flags, stale extents, epoch, checksums, undo) come with
 ``session_started`` once the adapter admitted the HELLO. The primary's data generations (from the
 HELLO) go out with RESYNC_DONE's ``ResyncFinished``: only once a pass has brought their data may
@@ -61,6 +66,9 @@ from foresync.replication.actions import (
     JournalAppend as JournalAppend,
 )
 from foresync.replication.actions import (
+    LinkFailed as LinkFailed,
+)
+from foresync.replication.actions import (
     ResyncFinished as ResyncFinished,
 )
 from foresync.replication.actions import (
@@ -83,6 +91,7 @@ from foresync.replication.actions import (
     ZeroData as ZeroData,
 )
 from foresync.replication.admission import geometry_problems
+from foresync.replication.liveness import Due, Liveness
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -119,10 +128,16 @@ class SecondaryStatistics:
 class SecondaryCore:
     def __init__(self, size: int, extent_size: int, lookahead: int, volume_id: bytes,
                  state: RecordState, epoch: int = 1, faults: Faults = NO_FAULTS,
-                 predictor: str = "next", watermark_interval_s: float = 0.05) -> None:
+                 predictor: str = "next", watermark_interval_s: float = 0.05,
+                 heartbeat_s: float = 1.0, timeout_s: float = 10.0) -> None:
         self.faults = faults
         self.watermark_interval_s = watermark_interval_s
         self._watermark_at = 0.0  # when handle_timer next makes what is applied durable
+        self.now = 0.0  # the adapter's clock, as of the last input that gave it
+        # The link timeout (liveness.py): the primary PINGs; we only listen.
+        self._liveness = Liveness(heartbeat_s, timeout_s, pings=False,
+                                  ignores_frames=faults.liveness_ignores_frames,
+                                  ignores_silence=faults.link_timeout_ignored)
         self.predictor = PREDICTORS[predictor]()  # the primary mirrors it ([record] predictor)
         self.size = size
         self.extent_size = extent_size
@@ -162,7 +177,10 @@ class SecondaryCore:
         out, self._actions = self._actions, []
         return out
 
-    def receive(self, message: wire.Message) -> None:
+    def receive(self, message: wire.Message, *, now: float | None = None) -> None:
+        if now is not None:
+            self.now = now
+        self._liveness.frame_received(self.now)
         if self.failed:
             return  # the session failed: nothing more is applied or answered (see storage_failed)
         match message:
@@ -204,12 +222,16 @@ class SecondaryCore:
             case _:
                 raise RemoteProtocolError(f"secondary got unexpected {type(message).__name__}")
 
-    def write_now(self, message: wire.Write) -> bool:
+    def write_now(self, message: wire.Write, *, now: float | None = None) -> bool:
         """The common WRITE in one call, without actions (the hot path): no flags (not a miss,
         resync or sync-mode write), no removals, nothing queued before it (no action not yet
         carried out, no effect waiting for the journal) and no undo to save. True: it counts
         as applied, and the adapter writes its data now, before anything else. False: nothing
-        changed, use ``receive()``. The effect is the same as ``receive()``'s."""
+        changed, use ``receive()``. The effect is the same as ``receive()``'s, the frame
+        counting for liveness included, whichever is returned."""
+        if now is not None:
+            self.now = now
+        self._liveness.frame_received(self.now)
         if (message.flags or message.removals or self._actions or self._pending or self.failed
                 or (self.resyncing and self.protect_image)):
             return False
@@ -247,9 +269,13 @@ class SecondaryCore:
         session's WELCOME reports it as such."""
         self.welcome_flags = 0
 
-    def session_reset(self) -> None:
+    def session_reset(self, *, now: float | None = None) -> None:
         """A new primary connection: replies meant for the old one must not reach the new one,
-        but every image effect still happens, in order."""
+        but every image effect still happens, in order. Its first frame is due within
+        ``timeout_s`` (liveness.py)."""
+        if now is not None:
+            self.now = now
+        self._liveness.start(self.now)
         # HASHES answer the old connection's VERIFY too: the new one never asked (issue 13).
         self._pending = deque((needs, seq, None if isinstance(effect, Send | HashExtents) else effect)
                               for needs, seq, effect in self._pending)
@@ -257,6 +283,16 @@ class SecondaryCore:
         self._reported_applied = 0
         self.greeted = False
         self.failed = False
+
+    def session_ended(self) -> None:
+        """The connection to the primary closed: no link timeout until the next session."""
+        self._liveness.stop()
+
+    def frame_received(self, now: float) -> None:
+        """A frame the adapter handled without ``receive`` (a PING answered while the WELCOME's
+        checksums are computed): the primary is alive."""
+        self.now = now
+        self._liveness.frame_received(now)
 
     def storage_failed(self, area: wire.StorageArea, errno: int, detail: str,
                        unfinished: Sequence[Action] = ()) -> None:
@@ -333,15 +369,24 @@ class SecondaryCore:
         self._want_sync(self.applied_seq)
 
     def get_timer(self) -> float | None:
-        """When ``handle_timer`` must run next, or None while everything applied is durable."""
-        return self._watermark_at if self.applied_seq > self.durable_seq else None
+        """When ``handle_timer`` must run next, or None while everything applied is durable and
+        no session is up: the next watermark, or the link's timeout (liveness.py)."""
+        work = self._watermark_at if self.applied_seq > self.durable_seq else None
+        link = self._liveness.deadline()
+        if link is None or (work is not None and work < link):
+            return work
+        return link
 
     def handle_timer(self, now: float) -> None:
         """The watermark: at most once per ``watermark_interval_s``, make what is applied
-        durable (``request_durable``)."""
+        durable (``request_durable``). And a primary silent for ``timeout_s`` is gone: end
+        the link (``LinkFailed``)."""
+        self.now = now
         if now >= self._watermark_at:
             self._watermark_at = now + self.watermark_interval_s
             self.request_durable()
+        if self._liveness.due(now) is Due.DEAD:
+            self._actions.append(LinkFailed(self._liveness.silence_reason("primary")))
 
     # -- handling --------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ The world runs the real ``PrimaryCore`` and ``SecondaryCore``, the real link cod
 ``RecordJournal`` and ``UndoLog`` over each site's metadata directory in ``SimFiles`` (torn and
 lost unsynced writes at a crash, ENOSPC). Each step picks one enabled event: a host write, zero or
 flush; delivery of the next frame in either direction; completion of a pending fsync; a timer
-tick; an online verify; or, rarely, a fault: link cut or heal, a crash or restart of either site,
+tick; an online verify; or, rarely, a fault: link cut or heal, a stall (the link goes silent
+but stays open), a crash or restart of either site,
 or a full disk (either site's image, or the secondary's meta disk) until it is freed again. After each step the actions of both cores are carried out,
 then the invariants are checked:
 
@@ -22,7 +23,9 @@ then the invariants are checked:
 5. in sync mode, at a primary crash, every write acknowledged to the host is durable on the
    secondary (or overwritten there by a later write);
 6. a failback copies nothing outside the failback set (every extent if the promoted site lost
-   its out-of-sync store), the writes since the promotion and the old primary's out-of-sync set;
+   its out-of-sync store, or the old primary's record or undo log turned out damaged when it
+   restarted as the secondary), the writes since the promotion and the old primary's
+   out-of-sync set;
    and, checked with the rest, the record never exceeds capacity;
 7. a stranger's HELLO (another volume's, on a connection of its own) never ends the primary's
    session: strangers knock on some timer ticks, drawn from a second RNG so that they leave the
@@ -34,8 +37,9 @@ then the invariants are checked:
 10. every verdict of an online verify matches the real difference between the two images, each
    as it was when that side hashed the extent (``_check_verify_verdict``).
 11. while healing at the end, a connected primary that is not in sync, with nothing else to wait
-   for, has a timer deadline (``get_timer``): the daemon sleeps until it, so none would mean
-   forever.
+   for, has a timer deadline for that work (``watermark_timer``, the part of ``get_timer``
+   apart from the heartbeat): the daemon sleeps until it, so none would mean until the next
+   heartbeat, and with no session ever.
 12. a failback never silently overwrites a write the old primary took and acknowledged while cut
     off (issue 13). Such writes start a new data generation, so when the old primary meets the
     promoted one the real meeting (``admission.screen_peer_primary``, both real cores) must find a
@@ -45,6 +49,10 @@ then the invariants are checked:
     then, as its host fails over), writes there, and the reconnect. A secondary takes its
     primary's lineage when it admits the HELLO (as the epoch history always was), so writes taken
     before a HELLO the secondary admitted count as shared.
+13. a link times out (liveness.py) exactly when it went silent: a stall (the connection stays
+    open, nothing in flight arrives, neither side is told) is ended by a core's ``LinkFailed``
+    "no frame from ..." within ``TIMEOUT_S`` of virtual time, and any other timeout fails the
+    run, since every other frame is delivered, ahead of most timer ticks.
 """
 
 from __future__ import annotations
@@ -85,6 +93,12 @@ from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
 VOLUME_ID = bytes(range(16))
+# The link's heartbeat and timeout in virtual seconds (a tick adds 0..0.05 s). Every frame here is
+# delivered, ahead of most ticks, and a cut ends the connection on both sides: the timeout fires
+# rightly only after a stall, so it fires wrongly only if frames stop postponing it (invariant
+# 13), which is caught after one timeout of a session: a short one, so that most seeds have one.
+HEARTBEAT_S = 0.1
+TIMEOUT_S = 0.5
 CHECKPOINT_EVERY_ENTRIES = 24  # far fewer than the daemon's, so checkpoints happen often
 
 
@@ -174,6 +188,10 @@ class _Primary:
 
     def link_failed(self, reason: str) -> None:
         w = self.world
+        if w.stalled_at is not None and reason.startswith("no frame from the secondary"):
+            w._log(f"link timed out: {reason}")
+            w._disconnect(reason)  # the stall, timed out (invariant 13)
+            return
         if not reason or reason not in (self.core.secondary_error, pcore.REGREET):
             raise SimFailure(f"link failed: {reason}", w.seed, w.schedule)
         w._disconnect(reason)  # a storage failure there, or a lineage to greet with
@@ -255,6 +273,16 @@ class _Secondary:
     def save_undo(self, extent: int) -> None:
         self.world._save_undo(extent)
 
+    def link_failed(self, reason: str) -> None:
+        w = self.world
+        if w.conn and self.conn == w.conn:
+            if w.stalled_at is not None:
+                w._log(f"link timed out: {reason}")
+                w._disconnect(reason)  # the stall, timed out (invariant 13)
+                return
+            # Invariant 13: nothing but a stall silences a live connection (see TIMEOUT_S).
+            raise SimFailure(f"the secondary timed the link out: {reason}", w.seed, w.schedule)
+
     def close_link(self, reason: str) -> None:
         w = self.world
         if w.conn and self.conn == w.conn:
@@ -327,6 +355,7 @@ class World:
         self.primary: _Primary | None = None
         self.secondary: _Secondary | None = None
         self.cut = False
+        self.stalled_at: float | None = None  # the link went silent then (half-open): "stall"
         self.conn = 0  # current connection id; 0 = none
         self.p2s: deque[tuple[int, bytes]] = deque()
         self.s2p: deque[tuple[int, bytes]] = deque()
@@ -417,8 +446,10 @@ class World:
             resync_window_bytes=self.resync_window_bytes,
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
             generations=self.generations[self.roles["primary"]], new_id=self._new_generation_id,
-            predictor=self.predictor, watermark_interval_s=0.0)
+            predictor=self.predictor, watermark_interval_s=0.0, heartbeat_s=HEARTBEAT_S,
+            timeout_s=TIMEOUT_S)
         core = PrimaryCore(config, read=self.pdisk.read)
+        core.tick(self.now)  # its clock starts with the world's, as PrimarySite's does
         site = self.roles["primary"]
         restored = self._restored_oos(site)
         if self.oos_stores[site] is None:
@@ -444,7 +475,8 @@ class World:
 
     def _start_secondary(self, state: RecordState) -> None:
         core = SecondaryCore(self.size, self.extent_size, self.lookahead, VOLUME_ID, state,
-                             faults=self.cfg.faults, predictor=self.predictor, watermark_interval_s=0.0)
+                             faults=self.cfg.faults, predictor=self.predictor, watermark_interval_s=0.0,
+                             heartbeat_s=HEARTBEAT_S, timeout_s=TIMEOUT_S)
         self.secondary = _Secondary(self, core)
 
     # -- running ----------------------------------------------------------------------------------
@@ -470,9 +502,9 @@ class World:
         p, s = self.primary, self.secondary
         if p is not None and len(self.host_ops) < 12:
             choices += [(6.0, "write"), (0.6, "zero"), (0.6, "flush")]
-        if self.p2s:
+        if self.p2s and self.stalled_at is None:
             choices.append((4.0, "deliver_p2s"))
-        if self.s2p:
+        if self.s2p and self.stalled_at is None:
             choices.append((4.0, "deliver_s2p"))
         if p is not None and p.flushes:
             choices.append((1.5, "primary_flush"))
@@ -492,6 +524,8 @@ class World:
         w = self.cfg.crash_weight
         if w:
             choices.append((0.05 * w, "cut") if not self.cut else (0.3, "heal"))
+            if self.conn and self.stalled_at is None:
+                choices.append((0.02 * w, "stall"))
             choices.append((0.03 * w, "crash_primary") if p is not None else (0.3, "restart_primary"))
             if s is not None:
                 choices.append((0.03 * w, "crash_secondary"))
@@ -503,7 +537,7 @@ class World:
             if (p is not None and s is not None and self.mode is not Mode.ASYNC and self.cut
                     and self.conn == 0 and self.meta.files.full is None):
                 choices.append((0.1 * w, "promote_cut_off"))
-            if (p is not None and s is not None and self.conn and not self.cut
+            if (p is not None and s is not None and self.conn and not self.cut and self.stalled_at is None
                     and p.core.link is pcore.LinkState.CONNECTED and not self._any_full()):
                 choices.append((0.02 * w, "switchover"))
             choices.append((0.04 * w, "disk_full"))
@@ -581,14 +615,15 @@ class World:
         (message,) = wire.FrameDecoder().feed(frame)
         if isinstance(message, wire.Hello):
             s.conn = conn
-            s.core.session_reset()
+            s.core.session_reset(now=self.now)
         self._log(f"p2s {_short(message)}")
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
         try:
             # The site's hot path (SecondaryDriver.write_now): written at once.
-            if not (type(message) is wire.Write and self.rng.random() < 0.8 and s.driver.write_now(message)):
-                s.core.receive(message)
+            if not (type(message) is wire.Write and self.rng.random() < 0.8
+                    and s.driver.write_now(message, self.now)):
+                s.core.receive(message, now=self.now)
         except ForesyncError as exc:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
         s.core.end_of_batch()
@@ -627,7 +662,7 @@ class World:
             self.storage_failures += 1
         hashes = message if isinstance(message, wire.Hashes) else None
         local = None if hashes is None else _verify_local_hashes(p.core, hashes.request)
-        p.core.receive(message)
+        p.core.receive(message, now=self.now)
         if hashes is not None:
             self._check_verify_verdict(hashes, local)
 
@@ -714,6 +749,10 @@ class World:
         self.secondary.core.data_synced(through)
 
     def _ev_tick(self) -> None:
+        if self.stalled_at is not None and self.now >= self.stalled_at + TIMEOUT_S:
+            # Invariant 13: the tick that reached the deadline ran both cores' handle_timer.
+            self._fail(f"invariant 13: the link has been silent since t={self.stalled_at:.3f} and "
+                       f"no core timed it out ({TIMEOUT_S} s)")
         self.now += self.rng.random() * 0.05
         if self.primary is not None:
             self.primary.core.handle_timer(self.now)
@@ -742,15 +781,15 @@ class World:
             had_session = self.conn != 0
             self._disconnect("replaced by a new connection")
             s.conn = self._next_conn()  # the stranger's: what the core says now goes nowhere
-            s.core.session_reset()
-            s.core.receive(hello)  # the core's own check refuses it (another volume)
+            s.core.session_reset(now=self.now)
+            s.core.receive(hello, now=self.now)  # the core's own check refuses it (another volume)
             self.displaced_by_stranger += had_session
 
     def _ev_connect(self) -> None:
         assert self.primary is not None
         self.conn = self._next_conn()
         self._log(f"connect #{self.conn}")
-        self.primary.core.connected()
+        self.primary.core.connected(now=self.now)
 
     def _next_conn(self) -> int:
         self._conn_counter += 1
@@ -760,6 +799,9 @@ class World:
         if self.conn == 0:
             return
         conn = self.conn
+        if self.stalled_at is not None:
+            self.stalled_at = None
+            deliver_p2s_prefix = False  # nothing in flight arrives on a stalled connection
         if deliver_p2s_prefix and self.p2s and self.secondary is not None:
             for _ in range(self.rng.randrange(len(self.p2s) + 1)):
                 if conn != self.conn or not self.p2s:
@@ -779,7 +821,16 @@ class World:
             # gained meanwhile (predictions included), so invariant 6 measures one whole pass.
             self.failback = None
         if self.primary is not None:
-            self.primary.core.disconnected(reason)
+            self.primary.core.disconnected(reason, now=self.now)
+        if self.secondary is not None:
+            self.secondary.core.session_ended()  # SecondarySite._watch
+
+    def _ev_stall(self) -> None:
+        """The connection goes silent without closing (a half-open TCP connection, a peer that
+        froze): nothing in flight arrives and neither side is told. Only the link timeout
+        (liveness.py) ends it."""
+        self._log("link stalls (silent, still open)")
+        self.stalled_at = self.now
 
     def _ev_cut(self) -> None:
         self._log("link cut")
@@ -856,7 +907,7 @@ class World:
             journal, doubt = meta.open_record()
             if doubt is not None:  # transitions.open_record: widen durably, then start anew
                 self._log(f"secondary {site}: record journal {doubt}: widened")
-                self.widened[site] = True
+                self._widen(site)
             meta.start(journal)
             self._roll_back_if_needed(site)
         except (OSError, StorageError) as exc:  # a full disk: the daemon exits, to be started again
@@ -865,6 +916,14 @@ class World:
             return
         durable = journal.replayed.state
         self._start_secondary(RecordState(set(durable.extents), dict(durable.ranges), durable.resync))
+
+    def _widen(self, site: str) -> None:
+        """The secondary's metadata is in doubt: the next pass compares (here: copies) every
+        extent. If it is the old primary a failback is copying back to, that pass may now
+        rightly move every extent (invariant 6; doubt widens, issue 12)."""
+        self.widened[site] = True
+        if self.failback is not None and self.failback["site"] == site:
+            self.failback["set"] = set(range(self.extent_count))
 
     def _roll_back_if_needed(self, site: str) -> None:
         """An unfinished resync is rolled back from the real undo log (SimMeta); a damaged log
@@ -877,7 +936,7 @@ class World:
                                          for sector in range(e * per_extent, (e + 1) * per_extent))
         if result.damage is not None:
             self._log(f"secondary {site}: undo log damaged ({result.damage}): widened")
-            self.widened[site] = True
+            self._widen(site)
             return
         self._log(f"secondary {site}: unfinished resync rolled back, {sorted(result.restored)} restored")
         if wrong:
@@ -991,7 +1050,8 @@ class World:
         old = PrimaryCore(config, read=self.disks[site].read)
         old.connected()
         (hello,) = [wire.FrameDecoder().feed(wire.encode_frame(action.message))[0]
-                    for action in old.actions() if isinstance(action, pcore.Send)]
+                    for action in old.actions()
+                    if isinstance(action, pcore.Send) and isinstance(action.message, wire.Hello)]
         answer = screen_peer_primary(hello, VOLUME_ID, p.core.lineage, self.cfg.faults)
         self._log(f"old primary {site} meets primary {new}: {answer.meeting}")
         if answer.reply is not None:
@@ -1093,7 +1153,7 @@ class World:
         conn, self._closing = self._closing, 0
         if conn != self.conn:
             return
-        for _ in range(self.rng.randrange(len(self.s2p) + 1)):
+        for _ in range(0 if self.stalled_at is not None else self.rng.randrange(len(self.s2p) + 1)):
             if conn != self.conn:
                 return  # the primary dropped it already (STORAGE_FAILED)
             self._ev_deliver_s2p()
@@ -1281,6 +1341,8 @@ class World:
     def _finish(self) -> None:
         """Heal everything, restart what is down, drain, and require identical images."""
         self._log("FINISH: heal, free the disks, restart, quiesce")
+        if self.stalled_at is not None:
+            self._disconnect("stalled")  # given up on; the next connection drains
         self.cut = False
         self._free_disks()
         if self.primary is None:
@@ -1312,8 +1374,10 @@ class World:
                 if stats.in_sync and not self.host_ops:
                     break
                 if (p.core.link is pcore.LinkState.CONNECTED and not stats.in_sync
-                        and p.core.get_timer() is None):
+                        and p.core.watermark_timer() is None):
                     # The daemon sleeps until get_timer(): with no deadline it would wait forever.
+                    # (Connected, that has the heartbeat too, which would hide the lack until a
+                    # heartbeat tick: checked without it.)
                     self._fail("invariant 9: the primary is not in sync, nothing is in flight, and "
                                "get_timer() asks for no timer")
                 events.append(self._ev_tick)

@@ -1,0 +1,79 @@
+"""The primary's data generations: a cut-off primary's writes start a new one, durably, first.
+
+Theory of operation (issue 13; lineages and how two meet are in epochs.py). A secondary adopts
+the lineage its primary's HELLO carries. While the link is down, a write the secondary may lack
+is about to be applied or answered: if our newest generation is one the secondary may hold
+(``fresh`` is False: it was in a HELLO since we made it), ``open`` starts a new generation and
+asks the adapter to store it (``PersistGeneration``). Until ``persisted`` no op applies locally
+and none is answered (``storing``; the core checks it in ``_try_apply``/``_maybe_finish``, and
+FLUSH/FUA answers due meanwhile are ``held``). So a secondary promoted meanwhile meets our
+lineage as diverged (split brain), never as an older one to fail back over, which would
+silently overwrite the writes that started the generation.
+
+A generation stored after a HELLO went out (the link came up during the persist) is one the
+secondary did not get: the core drops that link (``REGREET``) to greet it again with it.
+
+``Generations`` is a plain part owned by ``PrimaryCore`` (as resync.py and verify.py are): it
+queues actions through the ``persist`` callback and imports nothing of the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from foresync.errors import invariant
+from foresync.replication.epochs import Lineage
+
+# Why the core drops a link whose HELLO carried a lineage that has since grown (``persisted``).
+REGREET = "a new data generation started after the HELLO: greeting the secondary again with it"
+
+_Op = TypeVar("_Op")
+
+
+class Generations(Generic[_Op]):
+    """This primary's lineage and the generation being stored, if any."""
+
+    def __init__(self, lineage: Lineage, new_id: Callable[[], int],
+                 persist: Callable[[int, Lineage], None]) -> None:
+        self.lineage = lineage
+        self._new_id = new_id  # mints a generation id (seeded in the simulator)
+        self._persist = persist  # queues PersistGeneration(token, lineage)
+        self.fresh = False  # our newest generation is one the secondary never saw
+        self._tokens = 0
+        self.next: Lineage | None = None  # being stored: no op lands or is answered meanwhile
+        self._held: list[_Op] = []  # FUA writes and FLUSHes flushed meanwhile
+
+    @property
+    def storing(self) -> bool:
+        return self.next is not None
+
+    def greeting(self) -> None:
+        """A HELLO carries our lineage now: the secondary may adopt it, so a write answered
+        after this connection ends needs a new generation, even if the WELCOME never comes."""
+        self.fresh = False
+
+    def open(self) -> None:
+        """A write the secondary may lack is about to land or be answered with the link down:
+        start a new generation unless the newest is one the secondary never saw, or one is
+        being stored already."""
+        if self.fresh or self.next is not None:
+            return
+        self._tokens += 1
+        self.next = self.lineage.with_generation(self._new_id())
+        self._persist(self._tokens, self.next)
+
+    def hold(self, op: _Op) -> None:
+        """An answer due while a generation is being stored: given back by ``persisted``."""
+        self._held.append(op)
+
+    def persisted(self, token: int) -> list[_Op]:
+        """``PersistGeneration(token)`` is durable: it is our lineage now. Returns the answers
+        held meanwhile, in order."""
+        invariant(token == self._tokens and self.next is not None,
+                  f"unknown generation persist token {token}")
+        assert self.next is not None
+        self.lineage, self.next = self.next, None
+        self.fresh = True
+        held, self._held = self._held, []
+        return held

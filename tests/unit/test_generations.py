@@ -1,0 +1,49 @@
+"""replication/generations.py: a cut-off primary's new data generation, stored first."""
+
+from __future__ import annotations
+
+import pytest
+
+from foresync.errors import InvariantViolation
+from foresync.replication.epochs import Lineage
+from foresync.replication.generations import Generations
+
+
+def _generations(fresh: bool = False) -> tuple[Generations[str], list[tuple[int, Lineage]]]:
+    persists: list[tuple[int, Lineage]] = []
+    ids = iter(range(77, 100))
+    generations: Generations[str] = Generations(Lineage((1,), (1,)), lambda: next(ids),
+                                                lambda token, lineage: persists.append((token, lineage)))
+    generations.fresh = fresh
+    return generations, persists
+
+
+def test_a_write_the_secondary_may_lack_opens_one_generation_and_waits_for_it() -> None:
+    generations, persists = _generations()
+    generations.open()
+    generations.open()  # the same cut: one generation
+    assert persists == [(1, Lineage((1,), (1, 77)))]
+    assert generations.storing and generations.lineage == Lineage((1,), (1,))
+    generations.hold("flush #4")
+    assert generations.persisted(1) == ["flush #4"]
+    assert not generations.storing and generations.lineage == Lineage((1,), (1, 77))
+    generations.open()  # still cut off: the secondary never saw generation 77
+    assert len(persists) == 1
+
+
+def test_a_hello_makes_the_newest_generation_one_the_secondary_may_hold() -> None:
+    generations, persists = _generations(fresh=True)
+    generations.open()
+    assert not persists  # fresh: the secondary has never seen it, nothing new to start
+    generations.greeting()
+    generations.open()
+    assert persists == [(1, Lineage((1,), (1, 77)))]
+
+
+def test_an_unknown_token_is_a_bug() -> None:
+    generations, _ = _generations()
+    with pytest.raises(InvariantViolation):
+        generations.persisted(1)  # nothing is being stored
+    generations.open()
+    with pytest.raises(InvariantViolation):
+        generations.persisted(2)
