@@ -100,3 +100,26 @@ def test_a_verify_or_resync_shorter_than_a_sample_is_still_started_and_finished(
                  resync={"active": 0, "passes": 5})
     assert [(e["type"], e["phase"]) for e in changes(before, after)] == [
         ("resync", "started"), ("resync", "finished"), ("verify", "started"), ("verify", "finished")]
+
+
+def _writes(writes: int, misses: int, **extra: Any) -> dict[str, Any]:
+    return _doc(counters={"writes": writes, "record_misses": misses},
+                record={"capacity": 64, "extent_size_bytes": 1 << 20,
+                        "miss_ratio_estimate": {"256": 0.02, "32": 0.4}}, **extra)
+
+
+def test_a_record_too_small_for_the_workload_is_one_event_and_so_is_its_recovery() -> None:
+    quiet = _writes(500, 400)  # too few writes to judge
+    assert changes(_doc(), quiet) == []
+    small = _writes(2000, 400)  # 20% of writes missed
+    (event,) = changes(quiet, small)
+    assert event["type"] == "record" and event["too_small"] is True
+    assert event["miss_ratio"] == 0.2 and event["capacity"] == 64
+    assert "too small; capacity 256" in event["advice"]  # what would fix it, from the estimate
+    assert changes(small, _writes(2100, 420)) == []  # still too small: nothing new
+    (better,) = changes(small, _writes(20000, 500))
+    assert better["too_small"] is False and "big enough" in better["advice"]
+    assert [e["type"] for e in current_state(small)][-1] == "record"
+    assert "record" not in [e["type"] for e in current_state(_writes(20000, 500))]
+    assert changes(_writes(500, 400), _writes(5000, 4000, role="secondary")) == [
+        {"type": "role", "role": "secondary", "epoch": 1}]  # a secondary's record is not judged

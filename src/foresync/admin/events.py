@@ -3,7 +3,8 @@
 The events are derived from the site's own ``/status`` document (whose resync ``passes`` and
 verify ``runs`` counters make even a pass shorter than one sample show as started and finished): ``changes(old, new)`` compares
 two documents and names what changed (role and epoch, link up or down with the reason, resync
-started, progress and finished, consistent, in sync, split brain, verify, a storage failure);
+started, progress and finished, consistent, in sync, split brain, verify, a storage failure, and
+the record found too small for the workload, or big enough again);
 ``current_state(doc)`` describes a document as the events that would have led to it, which
 ``--since-start`` replays first. Admin actions come from the admin server's audit hook, as
 they are answered.
@@ -25,6 +26,8 @@ from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from foresync.record.estimate import advice
+
 Event = dict[str, Any]
 StatusFn = Callable[[], dict[str, Any]]
 
@@ -32,6 +35,8 @@ MAX_QUEUED = 1000
 _RESYNC_KEYS = ("done_bytes", "total_bytes", "rate_bytes_per_s", "compare_total_bytes",
                 "compare_done_bytes", "send_total_bytes", "send_done_bytes", "received_bytes")
 _VERIFY_KEYS = ("done_extents", "total_extents", "done_bytes", "total_bytes", "mismatches")
+RECORD_JUDGED_AFTER_WRITES = 1000  # fewer writes say too little about the record's size
+RECORD_MISS_TARGET = 0.05  # as the sizing line of `foresync status` (record/estimate.advice)
 
 
 def _link_up(doc: dict[str, Any]) -> bool:
@@ -44,6 +49,27 @@ def _resync_active(doc: dict[str, Any]) -> bool:
 
 def _verify(doc: dict[str, Any]) -> dict[str, Any]:
     return doc.get("verify") or {}
+
+
+def _record_too_small(doc: dict[str, Any]) -> bool | None:
+    """Whether more than ``RECORD_MISS_TARGET`` of the primary's writes since it started missed
+    the record; None on a secondary, or before ``RECORD_JUDGED_AFTER_WRITES`` writes."""
+    counters = doc.get("counters") or {}
+    writes = int(counters.get("writes", 0))
+    if doc.get("role") != "primary" or writes < RECORD_JUDGED_AFTER_WRITES:
+        return None
+    return int(counters.get("record_misses", 0)) / writes > RECORD_MISS_TARGET
+
+
+def _record_event(doc: dict[str, Any]) -> Event:
+    counters, record = doc.get("counters") or {}, doc.get("record") or {}
+    ratio = int(counters.get("record_misses", 0)) / max(1, int(counters.get("writes", 0)))
+    capacity = int(record.get("capacity", 0))
+    estimates = {int(c): float(m) for c, m in (record.get("miss_ratio_estimate") or {}).items()}
+    return {"type": "record", "too_small": bool(_record_too_small(doc)),
+            "miss_ratio": round(ratio, 4), "capacity": capacity,
+            "advice": advice(capacity, int(record.get("extent_size_bytes", 0)), ratio, estimates,
+                             RECORD_MISS_TARGET)}
 
 
 def _resync_event(phase: str, doc: dict[str, Any]) -> Event:
@@ -74,6 +100,8 @@ def current_state(doc: dict[str, Any]) -> list[Event]:
         events.append(_resync_event("progress", doc))
     if _verify(doc).get("active"):
         events.append(_verify_event("progress", doc))
+    if _record_too_small(doc):
+        events.append(_record_event(doc))
     return events
 
 
@@ -107,6 +135,9 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
     for key in ("storage_error", "secondary_error", "metadata_damage"):
         if old.get(key, "") != new.get(key, ""):
             events.append({"type": key, "error": new.get(key, "")})
+    verdict = _record_too_small(new)
+    if verdict is not None and verdict != bool(_record_too_small(old)):
+        events.append(_record_event(new))  # too small now, or big enough again
     return events
 
 
