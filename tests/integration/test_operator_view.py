@@ -156,3 +156,41 @@ def test_events_follows_state_changes_of_a_real_site(tmp_path: Path) -> None:
         assert ("link", "up") in kinds[kinds.index(("link", "down")):], kinds
         assert all(isinstance(e["ts"], str) and e["ts"].endswith("+00:00") for e in seen)
         assert follower.returncode == 0
+
+
+def test_events_say_when_the_record_is_too_small_for_the_workload(tmp_path: Path) -> None:
+    """1,200 writes that each land on another extent than the last 16 (round robin over 64
+    extents, record capacity 16, no prediction): nearly all miss, so once the primary has 1,000
+    writes its event stream says the record is too small, with the sizing advice."""
+    import json
+    import subprocess
+
+    from .sites import FORESYNC
+
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="64MiB", capacity=16, lookahead=0))
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        out = tmp_path / "events.jsonl"
+        with out.open("wb") as sink:
+            follower = subprocess.Popen([FORESYNC, "events", "--config", pair.primary.config_path],
+                                        stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            def records() -> list[dict[str, object]]:
+                lines = out.read_text().splitlines()
+                return [e for e in (json.loads(line) for line in lines if line.strip())
+                        if e["type"] == "record"]
+
+            writes = [f"write -P 0x{i % 250 + 1:02x} {(i * 17 % 64) * MiB} 4k" for i in range(1200)]
+            run_tool(["qemu-io", "-f", "raw", *[arg for w in writes for arg in ("-c", w)],
+                      pair.nbd_url], timeout_s=300)
+            pair.wait_for("a record event", lambda: bool(records()), timeout_s=60)
+        finally:
+            follower.kill()
+            follower.wait()
+        (event,) = records()
+        assert event["too_small"] is True and event["capacity"] == 16
+        assert isinstance(event["miss_ratio"], float) and event["miss_ratio"] > 0.5
+        assert "too small" in str(event["advice"])
+        pair.stop_both()

@@ -48,6 +48,8 @@ def test_unsampled_writes_cost_nothing_and_nothing_is_estimated_before_a_sample(
 
 @pytest.mark.parametrize("ratio, estimates, expected", [
     (None, {}, "no writes yet"),
+    (0.3, {}, "30.0% of writes miss at capacity 1024: too small (no estimate"),
+    (0.01, {}, "big enough (no estimate"),
     (0.02, {512: 0.04, 2048: 0.01}, "big enough (capacity 512 would too)"),
     (0.12, {512: 0.3, 2048: 0.07, 4096: 0.03, 8192: 0.01}, "too small; capacity 4096 (256 MiB"),
     (0.40, {512: 0.5, 2048: 0.35, 8192: 0.2}, "even capacity 8192 would miss 20.0%"),

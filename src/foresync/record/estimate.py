@@ -113,9 +113,12 @@ class MissRatioEstimator:
 def advice(capacity: int, extent_size: int, miss_ratio: float | None, estimates: dict[int, float],
            target: float = 0.05) -> str:
     """One line for ``foresync status``: is the record too small, and what would fix it."""
-    if miss_ratio is None or not estimates:
+    if miss_ratio is None:
         return "record: no writes yet to judge its size"
     now = f"record: {miss_ratio:.1%} of writes miss at capacity {capacity}"
+    if not estimates:  # no sampled region yet: the ratio alone, and where to size it
+        verdict = "big enough" if miss_ratio <= target else "too small"
+        return f"{now}: {verdict} (no estimate for other capacities yet: foresync tune --trace)"
     if miss_ratio <= target:
         smaller = [c for c, m in estimates.items() if c < capacity and m <= target]
         hint = f" (capacity {min(smaller)} would too)" if smaller else ""
