@@ -2,8 +2,8 @@
 drive and watch them.
 
 ``SitePair`` writes one TOML config per site into ``tmp_path``, runs ``foresync init`` for each,
-and starts and stops ``foresync run`` processes. Every port comes from the kernel (bind to port
-0, read it back, close) for all six listeners at once, so the two sites never collide with each
+and starts and stops ``foresync run`` processes. Every port is bound free (below the kernel's
+ephemeral range, ``testing.processes.bind_free_port``) for all listeners at once, so the two sites never collide with each
 other; a restarted site reuses its ports, which the daemon binds with SO_REUSEADDR.
 
 Each site's stdout and stderr go to a file (a chatty daemon cannot block on a full pipe), and a
@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from foresync.testing.processes import bind_free_port
 
 FORESYNC = Path(sys.executable).with_name("foresync")
 MiB = 1024 * 1024
@@ -105,8 +107,7 @@ def free_ports(count: int) -> list[int]:
         ports = []
         for _ in range(count):
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
+            ports.append(bind_free_port(sock))  # below the ephemeral range: see its notes
         return ports
 
 
