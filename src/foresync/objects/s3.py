@@ -34,7 +34,7 @@ from foresync.objects.chunked import ChunkDecoder
 from foresync.objects.names import check_bucket, check_key
 from foresync.objects.ranges import content_range, parse_range
 from foresync.objects.s3errors import S3Error
-from foresync.objects.store import ObjectInfo, OpenObject, Store
+from foresync.objects.store import ObjectInfo, OpenObject, PendingObject, Store
 
 log = logging.getLogger(__name__)
 
@@ -219,19 +219,26 @@ class S3Frontend:
         return _xml(xmldoc.delete_result([] if quiet else deleted, errors))
 
     # -- objects ------------------------------------------------------------------------------
-    async def _put(self, request: web.Request, verified: sigv4.Verified, bucket: str,
-                   key: str) -> web.Response:
-        self.store.sorted_keys(bucket)  # NoSuchBucket before reading the body
+    async def _receive(self, request: web.Request, verified: sigv4.Verified,
+                       too_large: str) -> PendingObject:
+        """The request body into a new pending file, at most PUT_MAX_BYTES (``too_large`` says
+        so) and checked against Content-MD5; on any failure the pending file is dropped."""
         pending = self.store.begin()
         try:
             async for data in _body(request, verified):
                 pending.write(data)
                 if pending.size > PUT_MAX_BYTES:
-                    raise S3Error("EntityTooLarge", "a single PUT is at most 5 GiB; use multipart")
+                    raise S3Error("EntityTooLarge", too_large)
             _check_content_md5(request, pending.md5.digest())
         except BaseException:
             pending.abort()
             raise
+        return pending
+
+    async def _put(self, request: web.Request, verified: sigv4.Verified, bucket: str,
+                   key: str) -> web.Response:
+        self.store.sorted_keys(bucket)  # NoSuchBucket before reading the body
+        pending = await self._receive(request, verified, "a single PUT is at most 5 GiB; use multipart")
         info = await asyncio.to_thread(self.store.commit_object, pending, bucket, key,
                                        *_content_meta(request))
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
@@ -278,16 +285,7 @@ class S3Frontend:
         number = _int_param(query, "partNumber", 0)
         upload_id = query["uploadId"]
         self.store.upload(upload_id, bucket, key)  # NoSuchUpload before reading the body
-        pending = self.store.begin()
-        try:
-            async for data in _body(request, verified):
-                pending.write(data)
-                if pending.size > PUT_MAX_BYTES:
-                    raise S3Error("EntityTooLarge", "a part is at most 5 GiB")
-            _check_content_md5(request, pending.md5.digest())
-        except BaseException:
-            pending.abort()
-            raise
+        pending = await self._receive(request, verified, "a part is at most 5 GiB")
         info = await asyncio.to_thread(self.store.commit_part, pending, upload_id, bucket, key, number)
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
 
