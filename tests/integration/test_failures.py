@@ -235,6 +235,34 @@ def test_cut_link_continue_mode_keeps_serving_and_resyncs(make_pair: MakePair) -
     assert_pattern(image, 48 * MiB, 2 * MiB, 0x23)
 
 
+def test_the_link_comes_back_while_the_host_keeps_writing(make_pair: MakePair) -> None:
+    """Regression: a host write during a reconnection's handshake started a new data generation,
+    which drops the link to greet again (generations.py REGREET); with every HELLO making the
+    newest generation 'held' by the secondary, a host writing steadily restarted every
+    handshake and the link stayed down until it stopped. Now it is back while fio still runs."""
+    pair = started_pair(make_pair, via_proxy=True)
+    pair.wait_in_sync()
+    fio = start_fio(pair, pair.primary, "steady", "--rw=randwrite", "--bs=4k", "--iodepth=4",
+                    "--size=32M", "--time_based", "--runtime=40", "--randrepeat=0")
+    try:
+        time.sleep(1.0)
+        pair.cut_link()
+        pair.wait_link(pair.primary, "disconnected")
+        time.sleep(1.0)  # writes while cut off: a new generation, out of sync
+        pair.restore_link()
+        # Seconds, not the rest of fio's 40 s run: the reconnect backoff plus a pass.
+        pair.wait_for("the link back while fio writes",
+                      lambda: pair.status(pair.primary)["link"] == "connected" and fio.poll() is None,
+                      timeout_s=25.0)
+        assert fio.poll() is None, "fio ended before the link came back"
+    finally:
+        fio.terminate()
+        wait_fio(fio, pair)
+    pair.wait_in_sync()
+    pair.stop_both()
+    pair.assert_identical()
+
+
 def test_cut_link_block_mode_fails_misses_after_the_timeout(make_pair: MakePair) -> None:
     """``on_disconnect = "block"``: with the link cut a hit goes on, a miss waits for the link
     and fails with EIO after ``block_timeout``, and a miss still waiting when the link comes

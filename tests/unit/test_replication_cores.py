@@ -1876,6 +1876,32 @@ def test_a_generation_stored_after_the_hello_greets_the_secondary_again() -> Non
     assert pcore.LinkFailed(pcore.REGREET) in core.actions()
 
 
+def test_a_host_writing_through_every_handshake_does_not_keep_the_link_down() -> None:
+    """Regression: the generation a REGREET sends is the secondary's to claim at RESYNC_DONE, so
+    writes during the next handshake start none; before, every HELLO made the newest generation
+    one the secondary 'may hold', and a host writing steadily restarted every handshake."""
+    core = _cut_off_core()
+    core.connected()
+    core.actions()
+    core.write(1, 0, b"a" * 16, False)  # during the handshake
+    (persist,) = _of(core.actions(), pcore.PersistGeneration)
+    assert isinstance(persist, pcore.PersistGeneration)
+    core.generation_persisted(persist.token)
+    assert pcore.LinkFailed(pcore.REGREET) in core.actions()
+    core.disconnected(pcore.REGREET)
+    core.actions()
+    for attempt in range(3):  # the host keeps writing through each new handshake
+        core.connected()
+        hello = next(a.message for a in core.actions() if isinstance(a, pcore.Send))
+        assert isinstance(hello, wire.Hello) and hello.generations == (1, 77)
+        core.write(10 + attempt, 32, b"b" * 16, False)
+        actions = core.actions()
+        assert not _of(actions, pcore.PersistGeneration), f"attempt {attempt} started a generation"
+        assert pcore.LinkFailed(pcore.REGREET) not in actions
+        core.disconnected("cut")
+        core.actions()
+
+
 def test_writes_answered_after_a_cut_wait_for_a_new_generation() -> None:
     """A sync-mode write in flight at the cut is answered after it ("continue"): that answer
     waits for the new generation, as a write taken while cut off does."""

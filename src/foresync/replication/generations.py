@@ -1,9 +1,11 @@
 """The primary's data generations: a cut-off primary's writes start a new one, durably, first.
 
-Theory of operation (issue 13; lineages and how two meet are in epochs.py). A secondary adopts
-the lineage its primary's HELLO carries. While the link is down, a write the secondary may lack
-is about to be applied or answered: if our newest generation is one the secondary may hold
-(``fresh`` is False: it was in a HELLO since we made it), ``open`` starts a new generation and
+Theory of operation (issue 13; lineages and how two meet are in epochs.py). A secondary claims
+the data generations its primary's HELLO carried only at that session's RESYNC_DONE, once a pass
+has brought their data (secondary.py ``ResyncFinished``). While the link is down (or not yet
+past its handshake), a write the secondary may lack is about to be applied or answered: if our
+newest generation is one the secondary may hold (``fresh`` is False: a RESYNC_DONE went out since
+we made it, or this process does not know), ``open`` starts a new generation and
 asks the adapter to store it (``PersistGeneration``). Until ``persisted`` no op applies locally
 and none is answered (``storing``; the core checks it in ``_try_apply``/``_maybe_finish``, and
 FLUSH/FUA answers due meanwhile are ``held``). So a secondary promoted meanwhile meets our
@@ -11,7 +13,11 @@ lineage as diverged (split brain), never as an older one to fail back over, whic
 silently overwrite the writes that started the generation.
 
 A generation stored after a HELLO went out (the link came up during the persist) is one the
-secondary did not get: the core drops that link (``REGREET``) to greet it again with it.
+secondary would not claim at RESYNC_DONE: the core drops that link (``REGREET``) to greet it again
+with it. That happens at most once per reconnection: the new generation is ``fresh`` until the
+next RESYNC_DONE, so host writes during the next handshake start none (before, ``greeting`` ran
+at every HELLO, and a host writing steadily restarted every handshake: the link never came back
+while it wrote).
 
 ``Generations`` is a plain part owned by ``PrimaryCore`` (as resync.py and verify.py are): it
 queues actions through the ``persist`` callback and imports nothing of the core.
@@ -49,8 +55,8 @@ class Generations(Generic[_Op]):
         return self.next is not None
 
     def greeting(self) -> None:
-        """A HELLO carries our lineage now: the secondary may adopt it, so a write answered
-        after this connection ends needs a new generation, even if the WELCOME never comes."""
+        """RESYNC_DONE goes out: the secondary may claim the generations our HELLO carried, so
+        a write answered after this connection ends needs a new generation."""
         self.fresh = False
 
     def open(self) -> None:

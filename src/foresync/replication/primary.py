@@ -371,7 +371,6 @@ class PrimaryCore:
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
-        self._generations.greeting()  # the secondary may adopt the lineage this HELLO carries
         self._resync.session_start()
         c = self.config
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
@@ -1114,6 +1113,9 @@ class PrimaryCore:
         self._ranges_done.extend(self._welcome_ranges)
         self._welcome_ranges = []
         self.secondary_error = ""  # it wrote and synced the whole pass: recovered
+        # RESYNC_DONE makes the secondary claim the generations our HELLO carried (secondary.py
+        # ResyncFinished): a write answered after this, cut off, needs a new one.
+        self._generations.greeting()
         resync.end()
 
     def _send_resync(self, extent: int, offset: int, length: int, data: bytes) -> int:
