@@ -600,11 +600,12 @@ def events(config_path: str, since_start: bool) -> None:
     connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request("GET", path)
+        sock = connection.sock  # getresponse hands it to the response (Connection: close)
         response = connection.getresponse()
         if response.status != 200:
             raise click.ClickException(f"GET {path} answered {response.status} {response.reason}")
-        if connection.sock is not None:
-            connection.sock.settimeout(None)  # a quiet site sends nothing for hours
+        if sock is not None:
+            sock.settimeout(None)  # a quiet site sends nothing for hours
         for line in response:
             click.echo(line.decode().rstrip("\n"))
     except KeyboardInterrupt:

@@ -211,6 +211,89 @@ def test_events_follows_state_changes_of_a_real_site(tmp_path: Path) -> None:
         assert follower.returncode == 0
 
 
+def test_events_report_every_link_flap_shorter_than_a_sample(tmp_path: Path) -> None:
+    """Six cuts of the link through the proxy, each restored at once: the primary redials after
+    0.2 s, so each outage lasts about as long as the event stream's 0.25 s sampling period or
+    less. Both sites' streams give a down and an up event for every one of them (the daemon
+    samples at the link's edges, not only on its timer)."""
+    import json
+    import subprocess
+    from datetime import datetime
+
+    from .sites import FORESYNC
+
+    flaps = 6
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="32MiB"), via_proxy=True)
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        outs = {site.role: tmp_path / f"events-{site.role}.jsonl" for site in pair.sites}
+        followers = []
+        for site in pair.sites:
+            with outs[site.role].open("wb") as sink:
+                followers.append(subprocess.Popen([FORESYNC, "events", "--config", site.config_path,
+                                                   "--since-start"],
+                                                  stdout=sink, stderr=subprocess.STDOUT))
+
+        def links(role: str) -> list[dict[str, object]]:
+            lines = outs[role].read_text().splitlines()
+            return [e for e in (json.loads(line) for line in lines if line.strip())
+                    if e["type"] == "link" and not e.get("replay")]
+
+        try:
+            pair.wait_for("both followers subscribed (their replay)", lambda: all(
+                '"replay": true' in out.read_text() for out in outs.values()))
+            for flap in range(flaps):
+                pair.proxies[0].cut()
+                pair.proxies[0].restore()
+                ups = flap + 1
+                pair.wait_for(f"flap {flap} over", lambda ups=ups: all(  # type: ignore[misc]
+                    sum(e["state"] == "up" for e in links(role)) >= ups
+                    for role in ("primary", "secondary")) and pair.status(pair.primary)["in_sync"])
+            time.sleep(0.6)  # anything late would show now
+        finally:
+            for follower in followers:
+                follower.kill()
+                follower.wait()
+        for role in ("primary", "secondary"):
+            # A link that stays down may say so again with a new reason (a reset, then a refused
+            # dial): the edges are what counts.
+            edges = [e for i, e in enumerate(links(role))
+                     if i == 0 or e["state"] != links(role)[i - 1]["state"]]
+            assert [e["state"] for e in edges] == ["down", "up"] * flaps, (role, links(role))
+            ts = [datetime.fromisoformat(str(e["ts"])).timestamp() for e in edges]
+            gaps = [round(up - down, 3) for down, up in zip(ts[::2], ts[1::2], strict=True)]
+            print(f"{role}: link down for {gaps} s")
+        pair.stop_both()
+
+
+def test_events_follows_a_quiet_site_beyond_the_connect_timeout(tmp_path: Path) -> None:
+    """`foresync events` waits 10 s at most to connect; a site quiet for longer must not end
+    the stream (it did: the timeout stayed on the socket the response reads)."""
+    import subprocess
+
+    from .sites import FORESYNC
+
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(Settings(size="32MiB"))
+        pair.init(pair.primary)
+        pair.start(pair.primary)
+        out = tmp_path / "events.jsonl"
+        with out.open("wb") as sink:
+            follower = subprocess.Popen([FORESYNC, "events", "--config", pair.primary.config_path],
+                                        stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(12)
+            assert follower.poll() is None, out.read_text()
+            pair.cli("verify", "--config", pair.primary.config_path, ok=None)
+            pair.wait_for("the admin event", lambda: '"type": "admin"' in out.read_text())
+        finally:
+            follower.kill()
+            follower.wait()
+        pair.stop(pair.primary)
+
+
 def test_events_say_when_the_record_is_too_small_for_the_workload(tmp_path: Path) -> None:
     """1,200 writes that each land on another extent than the last 16 (round robin over 64
     extents, record capacity 16, no prediction): nearly all miss, so once the primary has 1,000

@@ -116,6 +116,9 @@ class SecondarySite:
         # [nbd] listen, bound by a promote for the primary
         self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
+        # Called at each link edge (up or down), so /events misses no flap between its samples.
+        self.on_state_change: Callable[[], None] = lambda: None
+        self._link_up_seen = False
         self._refusals = LogBudget(log, logging.WARNING, "refused link HELLOs")
 
     # -- link -----------------------------------------------------------------------------------
@@ -303,6 +306,7 @@ class SecondarySite:
             # Link loss is a WARNING (issue 17), except when this site ends it to change role.
             log.log(logging.INFO if self._promoting else logging.WARNING,
                     "link: primary disconnected (%s)", reason)
+            self._note_link()
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
         self._store(self.meta.with_lineage(lineage_of(hello)).update(
@@ -323,6 +327,12 @@ class SecondarySite:
         self._driver()
         self._maybe_commit()
         self._wake_timer()
+        self._note_link()
+
+    def _note_link(self) -> None:
+        if self.primary_connected != self._link_up_seen:
+            self._link_up_seen = not self._link_up_seen
+            self.on_state_change()
 
     def _wake_timer(self) -> None:
         """A timer sleeping with no deadline re-reads them once there is one."""
