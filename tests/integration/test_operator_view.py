@@ -179,7 +179,11 @@ def test_events_follows_state_changes_of_a_real_site(tmp_path: Path) -> None:
                 return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
 
             pair.wait_for("the replayed state", lambda: len(events()) >= 5)
-            pair.cli("verify", "--config", pair.primary.config_path)
+            verified = pair.cli("verify", "--config", pair.primary.config_path).stdout
+            # Not a terminal: one line per step, no carriage-return redraws run together.
+            assert "\r" not in verified and verified.splitlines()[-1] == "both sites hold identical data"
+            assert all(line.startswith("verify: ") and line.count("verify:") == 1
+                       for line in verified.splitlines()[:-1]), verified
             pair.stop(pair.secondary)
             pair.wait_for("a link-down event with the dial's reason", lambda: any(
                 e["type"] == "link" and e["state"] == "down" and "Connection refused" in str(e["reason"])

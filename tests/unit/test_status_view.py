@@ -148,3 +148,13 @@ def test_a_secondary_shows_the_same_phases_as_the_primary_from_its_side() -> Non
     text = render("vol0", doc)
     assert "compare  [" in text and "40.0 MiB/100.0 MiB at 10.0 MiB/s, ETA 0:00:06" in text
     assert "receiving:" not in text
+
+
+def test_one_write_is_too_few_to_call_the_record_too_small() -> None:
+    doc = _primary()
+    doc["counters"].update(writes=1, record_hits=0, record_misses=1)
+    lines = [line for line in render("vol0", doc).splitlines() if "record:" in line]
+    assert lines == ["  record: 100.0% of 1 writes missed so far: too few to judge its size "
+                     "(1000 needed)"]
+    doc["counters"].update(writes=1000, record_misses=300)
+    assert "30.0% of writes miss at capacity 40: too small" in render("vol0", doc)

@@ -19,6 +19,7 @@ fails loudly instead of drawing nothing. Dashboard variables (``$volume``) match
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -207,7 +208,7 @@ def _matches(labels: Labels, matchers: Iterable[tuple[str, str, str]]) -> bool:
     have = dict(labels)
     for label, op, value in matchers:
         actual = have.get(label, "")
-        if op == "=" and actual != value or op == "!=" and actual == value:
+        if (op == "=" and actual != value) or (op == "!=" and actual == value):
             return False
         if op in ("=~", "!~") and (re.fullmatch(value, actual) is not None) != (op == "=~"):
             return False
@@ -238,7 +239,7 @@ def _rate(store: Store, name: str, matchers: list[tuple[str, str, str]], t: floa
         if len(inside) < 2:
             continue
         increase = 0.0
-        for (_, before), (_, after) in zip(inside, inside[1:], strict=False):
+        for (_, before), (_, after) in itertools.pairwise(inside):
             increase += after - before if after >= before else after  # a reset starts from 0
         out[labels] = increase / (inside[-1][0] - inside[0][0])
     return out
