@@ -7,7 +7,7 @@ APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd ope
 # command each Debian package is checked by, so `setup` only calls apt when one is missing
 APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3 openssl systemd-analyze s3cmd rclone
 
-.PHONY: setup demo test unit integration lint bench sim chaos clean
+.PHONY: setup demo test unit integration lint bench sim chaos dashboard clean
 
 setup: $(VENV)/.synced apt-tools
 
@@ -27,6 +27,9 @@ $(VENV)/.synced: pyproject.toml uv.lock
 
 demo: setup
 	$(VENV)/bin/foresync demo
+
+dashboard: setup  # docs/img/dashboard.png, from a real pair (contrib/grafana/render.py)
+	$(PY) contrib/grafana/render.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -535,16 +535,18 @@ def verify(config_path: str, repair: bool, no_wait: bool) -> None:
     if no_wait:
         click.echo(f"verify started over {doc.get('total_extents')} extents")
         return
+    tty = sys.stdout.isatty()  # a script or a log gets one line per step, not \r redraws
     while True:
         try:
             progress = fetch_status(cfg)["verify"]
         except (ForesyncError, KeyError, TypeError) as exc:
             raise click.ClickException(f"lost track of the verify: {exc}") from None
-        click.echo(f"\r{verify_line(progress)}", nl=False)
+        click.echo(f"\r{verify_line(progress)}" if tty else verify_line(progress), nl=not tty)
         if not progress["active"]:
             break
         time.sleep(0.5)
-    click.echo()
+    if tty:
+        click.echo()
     if progress["mismatches"]:
         action = "being repaired" if repair else "not repaired (run with --repair)"
         click.echo(f"mismatched extents ({action}): {mismatch_list(progress)}")
@@ -600,11 +602,12 @@ def events(config_path: str, since_start: bool) -> None:
     connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request("GET", path)
+        sock = connection.sock  # getresponse hands it to the response (Connection: close)
         response = connection.getresponse()
         if response.status != 200:
             raise click.ClickException(f"GET {path} answered {response.status} {response.reason}")
-        if connection.sock is not None:
-            connection.sock.settimeout(None)  # a quiet site sends nothing for hours
+        if sock is not None:
+            sock.settimeout(None)  # a quiet site sends nothing for hours
         for line in response:
             click.echo(line.decode().rstrip("\n"))
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from foresync.admin.events import RECORD_JUDGED_AFTER_WRITES
 from foresync.config import SiteConfig
 from foresync.errors import ConfigError
 from foresync.record.estimate import advice
@@ -120,7 +121,12 @@ def render(name: str, doc: dict[str, Any]) -> str:
         if doc["mode"] != "async":
             estimates = {int(c): m for c, m in rec.get("miss_ratio_estimate", {}).items()}
             missed = cnt["record_misses"] / writes if writes else None
-            lines.append("  " + advice(rec["capacity"], extent, missed, estimates))
+            if missed is not None and not estimates and writes < RECORD_JUDGED_AFTER_WRITES:
+                # A cold record misses every first write: one write is no verdict (as /events).
+                lines.append(f"  record: {missed:.1%} of {writes} writes missed so far: too few "
+                             f"to judge its size ({RECORD_JUDGED_AFTER_WRITES} needed)")
+            else:
+                lines.append("  " + advice(rec["capacity"], extent, missed, estimates))
         lines.append(f"  lag      {format_size(lag.get('bytes', 0))} in {lag.get('writes', 0)} writes, "
                      f"{lag.get('seconds', 0.0):.2f} s")
         if doc.get("out_of_sync_extents"):

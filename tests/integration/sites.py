@@ -203,8 +203,10 @@ class LinkProxy:
     listener. SIGUSR1 cuts (aborts every connection, refuses new ones), SIGUSR2 restores; each
     is confirmed by the line the proxy logs, so a test never races its own signal."""
 
-    def __init__(self, name: str, listen_port: int, target_port: int, log_path: Path) -> None:
+    def __init__(self, name: str, listen_port: int, target_port: int, log_path: Path,
+                 extra_args: Sequence[str] = ()) -> None:
         self.name = name
+        self.extra_args = tuple(extra_args)  # --delay-ms, --rate
         self.listen_port = listen_port
         self.target_port = target_port
         self.log_path = log_path
@@ -217,7 +219,7 @@ class LinkProxy:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "foresync.testing.proxy", "--listen", f"127.0.0.1:{self.listen_port}",
-                 "--target", f"127.0.0.1:{self.target_port}"],
+                 "--target", f"127.0.0.1:{self.target_port}", *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self._wait_logged("delay proxy listening", 1)
 
@@ -256,12 +258,14 @@ class SitePair:
 
     def __init__(self, directory: Path, settings: Settings = Settings(), *,
                  primary: Settings | None = None, secondary: Settings | None = None,
-                 via_proxy: bool = False) -> None:
+                 via_proxy: bool = False, proxy_args: Sequence[str] = ()) -> None:
         nbd_p, nbd_s, link_p, link_s, admin_p, admin_s, proxy_p, proxy_s = free_ports(8)
         self.proxies: list[LinkProxy] = []
         if via_proxy:
-            self.proxies = [LinkProxy("primary->secondary", proxy_p, link_s, directory / "proxy-p.log"),
-                            LinkProxy("secondary->primary", proxy_s, link_p, directory / "proxy-s.log")]
+            self.proxies = [LinkProxy("primary->secondary", proxy_p, link_s, directory / "proxy-p.log",
+                                      proxy_args),
+                            LinkProxy("secondary->primary", proxy_s, link_p, directory / "proxy-s.log",
+                                      proxy_args)]
             peer_of_primary, peer_of_secondary = proxy_p, proxy_s
         else:
             peer_of_primary, peer_of_secondary = link_s, link_p
@@ -509,10 +513,10 @@ def open_site_pairs(directory: Path) -> Iterator[Callable[..., SitePair]]:
     pairs: list[SitePair] = []
 
     def make(settings: Settings = Settings(), *, via_proxy: bool = False,
-             **overrides: Settings | None) -> SitePair:
+             proxy_args: Sequence[str] = (), **overrides: Settings | None) -> SitePair:
         sub = directory / f"pair{len(pairs)}"
         sub.mkdir()
-        pairs.append(SitePair(sub, settings, via_proxy=via_proxy, **overrides))
+        pairs.append(SitePair(sub, settings, via_proxy=via_proxy, proxy_args=proxy_args, **overrides))
         return pairs[-1]
 
     try:

@@ -29,6 +29,13 @@ SECURITY = {"nbd_tls": False, "nbd_tls_verify_client": False, "link_tls": False,
             "link_secret": False, "admin_token": False}
 
 
+# A secondary's view of a pass it receives (replication/resync_watch.py): 8 MiB of 16 known.
+RECEIVING = ResyncProgress(done_bytes=8 << 20, total_bytes=16 << 20, rate_bytes_per_s=5,
+                           active=True, compare_total_bytes=0, compare_done_bytes=0,
+                           compare_rate_bytes_per_s=0, send_total_bytes=16 << 20,
+                           send_done_bytes=8 << 20, passes=1, set_extents=16)
+
+
 def secondary_statistics() -> SiteStatistics:
     core = SecondaryStatistics(record_extents=4, applied_seq=0, durable_seq=0, pending_ranges=0,
                                writes_applied=0, bytes_applied=0)
@@ -36,7 +43,7 @@ def secondary_statistics() -> SiteStatistics:
         epoch=3, mode="lookahead", link="connected", link_error="", in_sync=False,
         record_extents=4, record_capacity=64, extent_size_bytes=1 << 20, writes=0,
         storage_errors=0, split_brain=False, security=SECURITY,
-        view=SecondaryView(core=core, resync=ResyncReceived(True, 7 << 20, 5, False),
+        view=SecondaryView(core=core, resync=ResyncReceived(True, 7 << 20, 5, False, RECEIVING, True),
                            storage_error="", disconnected_since=None,
                            worst_case_divergence_bytes=4 << 20, consistent=False,
                            metadata_damage="", undo_saved_extents=0, rolled_back_extents=0,
@@ -121,7 +128,12 @@ def test_the_secondary_document_keeps_its_documented_zeros_and_its_own_view() ->
     assert doc["counters"] == {"writes": 0, "record_hits": 0, "record_misses": 0,
                                "resync_bytes": 0, "storage_errors": 0}
     assert doc["lag"] == {"bytes": 0, "writes": 0, "seconds": 0.0}
-    assert doc["resync"] == {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 5, "active": 1,
-                             "received_bytes": 7 << 20, "full_compare": 0}
+    # Its resync progress is the primary's document, measured here (issue 17), and its own.
+    assert doc["resync"] == {"done_bytes": 8 << 20, "total_bytes": 16 << 20, "rate_bytes_per_s": 5,
+                             "remaining_bytes": 8 << 20, "active": 1, "compare_total_bytes": 0,
+                             "compare_done_bytes": 0, "compare_rate_bytes_per_s": 0,
+                             "send_total_bytes": 16 << 20, "send_done_bytes": 8 << 20,
+                             "send_rate_bytes_per_s": 5, "passes": 1, "set_extents": 16,
+                             "received_bytes": 7 << 20, "full_compare": 0, "total_known": 1}
     assert doc["consistent"] is False and doc["disconnected_since"] is None
     assert "verify" not in doc and "nbd" not in doc

@@ -53,6 +53,10 @@ def test_state_series_follow_status() -> None:
     assert s[("foresync_in_sync", "")] == 0 and s[("foresync_consistent", "")] == 0
     assert s[("foresync_role", "secondary")] == 1 and s[("foresync_resync_active", "")] == 1
     assert s[("foresync_resync_received_bytes", "")] == 7 << 20
+    # The secondary reports the pass's progress too, measured from its side (issue 17).
+    assert s[("foresync_resync_total_bytes", "send")] == 16 << 20
+    assert s[("foresync_resync_done_bytes", "send")] == 8 << 20
+    assert s[("foresync_resync_remaining_bytes", "")] == 8 << 20
     assert s[("foresync_failback_bound_bytes", "")] == 4 << 20  # the record, in bytes
     assert s[("foresync_record_hits_total", "")] == 0  # a secondary counts none
 

@@ -135,3 +135,26 @@ def test_a_secondary_in_a_resync_shows_what_it_received() -> None:
     text = render("vol0", doc)
     assert "in_sync=no" in text.splitlines()[0]
     assert "resync   receiving: 24.0 MiB so far at 2.0 MiB/s" in text
+
+
+def test_a_secondary_shows_the_same_phases_as_the_primary_from_its_side() -> None:
+    doc = _primary(role="secondary", consistent=False, seq={"applied": 9}, in_sync=False,
+                   resync={"done_bytes": 40 << 20, "total_bytes": 100 << 20, "rate_bytes_per_s": 2 << 20,
+                           "remaining_bytes": 60 << 20, "active": 1, "compare_total_bytes": 100 << 20,
+                           "compare_done_bytes": 40 << 20, "compare_rate_bytes_per_s": 10 << 20,
+                           "send_total_bytes": 24 << 20, "send_done_bytes": 24 << 20,
+                           "send_rate_bytes_per_s": 2 << 20, "received_bytes": 24 << 20,
+                           "full_compare": 1, "total_known": 1})
+    text = render("vol0", doc)
+    assert "compare  [" in text and "40.0 MiB/100.0 MiB at 10.0 MiB/s, ETA 0:00:06" in text
+    assert "receiving:" not in text
+
+
+def test_one_write_is_too_few_to_call_the_record_too_small() -> None:
+    doc = _primary()
+    doc["counters"].update(writes=1, record_hits=0, record_misses=1)
+    lines = [line for line in render("vol0", doc).splitlines() if "record:" in line]
+    assert lines == ["  record: 100.0% of 1 writes missed so far: too few to judge its size "
+                     "(1000 needed)"]
+    doc["counters"].update(writes=1000, record_misses=300)
+    assert "30.0% of writes miss at capacity 40: too small" in render("vol0", doc)

@@ -11,8 +11,11 @@ they are answered.
 
 ``EventFeed.watch`` samples ``/status`` every ``interval_s`` (0.25 s) and publishes the
 changes, and resync and verify progress every ``progress_s`` (2 s) while they run. Sampling
-means a change that is undone within one interval (a link that drops and returns in 0.1 s) can
-be missed; every state that lasts longer is reported. Subscribers get bounded queues: a reader
+alone would miss a change undone within one interval (a link that drops and returns in 0.1 s),
+so the daemon also samples at the edges themselves: each site calls ``sample`` when its link
+goes up or down (``on_state_change``), and the runner when the role switches. Resync passes
+and verify runs are counted (``passes``, ``runs``), so one shorter than a sample still shows
+as started and finished. Subscribers get bounded queues: a reader
 that falls ``MAX_QUEUED`` events behind is told so (``{"type": "overflow"}``) and dropped,
 never allowed to grow the daemon's memory.
 """

@@ -93,7 +93,8 @@ class _StatusCollector(Collector):
         yield gauge("foresync_link_rtt_seconds", "Round trip of the last link heartbeat.",
                     round(p.link_rtt_s, 6) if p else 0.0)
         yield gauge("foresync_resync_remaining_bytes", "Bytes the running resync still has to "
-                    "compare or copy.", p.resync.remaining_bytes if p else 0)
+                    "compare or copy.", p.resync.remaining_bytes if p else
+                    v.resync.progress.remaining_bytes if v else 0)
         yield gauge("foresync_in_sync", "1 when nothing is queued, unacknowledged or pending resync.",
                     1 if s.in_sync else 0)
         yield from self._state(s, p, v, labels, gauge)
@@ -131,10 +132,12 @@ class _StatusCollector(Collector):
                                   labels=[*LABELS, "phase"])
         done = GaugeMetricFamily("foresync_resync_done_bytes", "Bytes of the current (or last) "
                                  "resync pass done, by phase.", labels=[*LABELS, "phase"])
-        total.add_metric([*labels, "compare"], p.resync.compare_total_bytes if p else 0)
-        done.add_metric([*labels, "compare"], p.resync.compare_done_bytes if p else 0)
-        total.add_metric([*labels, "send"], p.resync.send_total_bytes if p else 0)
-        done.add_metric([*labels, "send"], p.resync.send_done_bytes if p else 0)
+        # A secondary reports the same, measured from its side (replication/resync_watch.py).
+        r = p.resync if p else v.resync.progress if v else None
+        total.add_metric([*labels, "compare"], r.compare_total_bytes if r else 0)
+        done.add_metric([*labels, "compare"], r.compare_done_bytes if r else 0)
+        total.add_metric([*labels, "send"], r.send_total_bytes if r else 0)
+        done.add_metric([*labels, "send"], r.send_done_bytes if r else 0)
         yield total
         yield done
         yield gauge("foresync_resync_received_bytes", "Resync bytes this secondary received in the "

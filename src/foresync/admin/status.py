@@ -45,13 +45,15 @@ class PrimaryView:
 
 @dataclass(frozen=True, slots=True)
 class ResyncReceived:
-    """A resync pass seen from the secondary: what arrived and how fast (the primary, which
-    chooses what to send, knows the total)."""
+    """A resync pass seen from the secondary: what arrived and how fast, and the pass's
+    progress as the primary reports it, measured here (replication/resync_watch.py)."""
 
     active: bool  # this copy waits for a pass to finish
     received_bytes: int  # in the current (or last) pass
     rate_bytes_per_s: int  # 0 unless active
     full_compare: bool  # the running pass compares every extent (checksums were sent)
+    progress: ResyncProgress
+    total_known: bool  # False: an incremental pass in async mode (no resync set is sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +164,11 @@ def _secondary_document(s: SiteStatistics, v: SecondaryView) -> dict[str, Any]:
         "security": dict(s.security),
         "split_brain": s.split_brain,
         "record_may_be_incomplete": v.record_may_be_incomplete,
-        # done_bytes and total_bytes: 0 as documented (the primary reports them).
-        "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": v.resync.rate_bytes_per_s,
-                   "active": int(v.resync.active), "received_bytes": v.resync.received_bytes,
-                   "full_compare": int(v.resync.full_compare)},
+        # The same progress as the primary's, measured from this side (issue 17).
+        "resync": {**resync_document(v.resync.progress),
+                   "received_bytes": v.resync.received_bytes,
+                   "full_compare": int(v.resync.full_compare),
+                   "total_known": int(v.resync.total_known)},
     }
 
 

@@ -119,6 +119,9 @@ class PrimarySite:
         # [nbd] listen, bound by the promote that made us
         self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once NBD and the link listen
+        # Called at each link edge (up or down), so /events misses no flap between its samples.
+        self.on_state_change: Callable[[], None] = lambda: None
+        self._link_up_seen = False
         self._peer_refusals = LogBudget(log, logging.WARNING, "refused link peers")
         # The dialer retries every 2 s at most: each failure is a WARNING, ten a minute.
         self._dial_failures = LogBudget(log, logging.WARNING, "failed dials to the secondary")
@@ -189,6 +192,9 @@ class PrimarySite:
 
     def pump(self) -> None:
         self._driver()
+        if (self.core.link is core_mod.LinkState.CONNECTED) != self._link_up_seen:
+            self._link_up_seen = not self._link_up_seen
+            self.on_state_change()
         if self._waiters:
             self._wake_waiters()
         if self._timer_idle and (self.core.get_timer() is not None or self._oos_retry is not None

@@ -267,6 +267,8 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
             if isinstance(runner, PrimarySite):
                 runner.write_latency = site_metrics.write_latency
             runner.on_serving = serving
+            runner.on_state_change = feed.sample  # link edges, as they happen
+            feed.sample()  # a role change, as it happens
             outcome = await runner.run(stop)
             if outcome == "stop" or stop.is_set():
                 break

@@ -51,6 +51,7 @@ from foresync.replication import secondary as core_mod
 from foresync.replication.actions import SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, lineage_of, screen_hello
 from foresync.replication.driver import SecondaryDriver
+from foresync.replication.resync_watch import ResyncWatch
 from foresync.replication.secondary import SecondaryCore, SessionFacts
 from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
@@ -108,14 +109,16 @@ class SecondarySite:
         self.role_changed = asyncio.Event()
         self._promoting = False
         self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
-        # This side's view of a resync pass (issue 17): bytes received and since when; the
-        # primary decides what to send, so the total is known there, not here.
-        self._resync_rx_bytes = 0
-        self._resync_rx_started = 0.0  # monotonic; 0 until the pass's first resync write
+        # This side's view of a resync pass (issue 17): its total from the resync sets, what
+        # arrived, rates and the sweep position (replication/resync_watch.py).
+        self._resync_watch = ResyncWatch(size=cfg.size, extent_size=cfg.extent_size)
         self._resync_full = False  # the pass compares every extent (checksums were sent)
         # [nbd] listen, bound by a promote for the primary
         self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
+        # Called at each link edge (up or down), so /events misses no flap between its samples.
+        self.on_state_change: Callable[[], None] = lambda: None
+        self._link_up_seen = False
         self._refusals = LogBudget(log, logging.WARNING, "refused link HELLOs")
 
     # -- link -----------------------------------------------------------------------------------
@@ -162,9 +165,9 @@ class SecondarySite:
             self._held.append(message)
             return
         if type(message) is wire.Write and message.flags & wire.WriteFlag.RESYNC:
-            if not self._resync_rx_started:
-                self._resync_rx_started = time.monotonic()
-            self._resync_rx_bytes += len(message.data)
+            self._resync_watch.received(message.offset, len(message.data), proto.last_rx)
+        elif type(message) is wire.ResyncSet:
+            self._resync_watch.set_received(message.runs)
         # The frame's arrival time for the link timeout: when its bytes were read (no clock
         # read per 4 KiB write).
         now = proto.last_rx
@@ -285,6 +288,7 @@ class SecondarySite:
         self.link = proto
         self._held = None
         self.core.session_reset(now=time.monotonic())
+        self._resync_watch.session_started()
         self.disconnected_since = None
         log.info("link: primary connected from %s", proto.peer)
         watcher = asyncio.ensure_future(self._watch(proto))
@@ -302,6 +306,7 @@ class SecondarySite:
             # Link loss is a WARNING (issue 17), except when this site ends it to change role.
             log.log(logging.INFO if self._promoting else logging.WARNING,
                     "link: primary disconnected (%s)", reason)
+            self._note_link()
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
         self._store(self.meta.with_lineage(lineage_of(hello)).update(
@@ -322,6 +327,12 @@ class SecondarySite:
         self._driver()
         self._maybe_commit()
         self._wake_timer()
+        self._note_link()
+
+    def _note_link(self) -> None:
+        if self.primary_connected != self._link_up_seen:
+            self._link_up_seen = not self._link_up_seen
+            self.on_state_change()
 
     def _wake_timer(self) -> None:
         """A timer sleeping with no deadline re-reads them once there is one."""
@@ -382,8 +393,8 @@ class SecondarySite:
         self.undo.discard()
         self.storage_error = ""
         log.info("resync finished: this copy is consistent; %s received",
-                 format_size(self._resync_rx_bytes))
-        self._resync_rx_bytes, self._resync_rx_started = 0, 0.0
+                 format_size(self._resync_watch.received_bytes))
+        self._resync_watch.finished(self._resync_full, self.core.state.resync)
         self._resync_full = False
 
     def link_failed(self, reason: str) -> None:
@@ -659,13 +670,13 @@ class SecondarySite:
                 record_may_be_incomplete=self.link is None))
 
     def _resync_view(self, consistent: bool) -> ResyncReceived:
-        """The resync pass from this side: what arrived and how fast. Active while this copy
-        waits for a pass to finish."""
+        """The resync pass from this side (resync_watch.py). Active while this copy waits for
+        a pass to finish."""
         active = not consistent or self.core.resyncing
-        elapsed = time.monotonic() - self._resync_rx_started if self._resync_rx_started else 0.0
-        rate = int(self._resync_rx_bytes / elapsed) if elapsed > 0 else 0
-        return ResyncReceived(active, self._resync_rx_bytes, rate if active else 0,
-                              self._resync_full and active)
+        watch, runs, full = self._resync_watch, self.core.state.resync, self._resync_full and active
+        progress = watch.progress(active=active, set_runs=runs, full=full, now=time.monotonic())
+        return ResyncReceived(active, watch.received_bytes, progress.rate_bytes_per_s,
+                              full, progress, watch.total_known(runs, full))
 
 
 def extent_hashes(backend: FileBackend, extent_size: int,
