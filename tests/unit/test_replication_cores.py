@@ -255,6 +255,11 @@ class Harness:
         raise AssertionError(f"unexpected step down to {lineage}")
 
     def _primary_sends(self, message: wire.Message) -> None:
+        if isinstance(message, wire.Remove):  # eviction ahead of need (issue 14)
+            for extent in message.extents:
+                self._check_eviction(extent)
+            self.evicted.extend(message.extents)
+            return
         if not isinstance(message, wire.Write | wire.Zero):
             return
         length = len(message.data) if isinstance(message, wire.Write) else message.length
@@ -984,7 +989,7 @@ def test_fua_write_is_acked_after_a_local_flush() -> None:
 
 
 def test_window_backpressure_holds_writes_until_applied() -> None:
-    h = Harness(capacity=8, lookahead=7, window_bytes=40)
+    h = Harness(capacity=8, lookahead=6, window_bytes=40)  # one slot stays free: no eviction ahead
     h.connect()
     h.write(0, 4)
     h.settle()

@@ -14,6 +14,14 @@ groups additions into generations of ``generation_size`` extents in order of add
 whole generation once every extent in it is clean (claim 16); ``s3fifo`` (the default, not a
 claimed policy) follows recency and frequency of writes (eviction.py). When nothing is clean the
 miss waits for the watermark; the record never overflows and never drops a dirty extent.
+
+Free slots ready (issue 14). A miss waits only for its own round trip when it finds room, so the
+record keeps a few slots free ahead of need, between two marks (``free_marks``): once the free
+slots fall under the low mark, ``choose_ahead`` picks clean extents (the policy's own choice,
+as a miss would) to bring them back to the high mark, and a miss takes predictions only if the
+low mark's slots stay free after them (``room_for_miss``'s ``spare``): a guess about the future
+never makes the next real miss wait for the watermark. ``generations`` still evicts whole
+generations only (claim 16), ahead of need as at a miss.
 """
 
 from __future__ import annotations
@@ -29,6 +37,17 @@ from foresync.record.eviction import S3Fifo
 # whatever host writes it gets meanwhile, until its resync data is sent (``resynced``): a host
 # write covers only its own bytes, not the rest of an extent the secondary may lack.
 UNSENT = 1 << 62
+
+
+def free_marks(capacity: int) -> tuple[int, int]:
+    """(low, high): under ``low`` free slots the record evicts clean extents ahead of need, up to
+    ``high``. A sixteenth and an eighth of the capacity (4 and 8 of 64 slots), at least 1 and 2:
+    a burst of misses finds room at once, and at most an eighth of the record (half of a tiny
+    one) is held empty. A record under 4 slots keeps none ready: (0, 0)."""
+    if capacity < 4:
+        return 0, 0
+    low = max(1, capacity // 16)
+    return low, max(low + 1, capacity // 8)
 
 
 class Eviction(Enum):
@@ -203,18 +222,48 @@ class RecordCopy:
                     return chosen
         return None
 
-    def room_for_miss(self, touched: range, lookahead: int,
-                      clean_through: int) -> tuple[int, list[int]] | None:
+    def choose_ahead(self, wanted: int, clean_through: int) -> list[int]:
+        """Up to ``wanted`` clean extents to evict ahead of need (the policy's usual choice; for
+        ``generations`` whole clean generations, which may overshoot by one). Nothing is removed
+        here: the caller evicts them and tells the secondary."""
+        if wanted <= 0:
+            return []
+        last = self._last_seq
+        if self._s3 is not None:
+            if self._evict_dirty:
+                return self._s3.choose(wanted, self._generation_of.__contains__, (), True) or []
+            return self._s3.choose(wanted, lambda e: last.get(e, 0) <= clean_through, (), True) or []
+        chosen: list[int] = []
+        if self.eviction is Eviction.LRU:
+            for extent in self._generation_of:
+                if len(chosen) >= wanted:
+                    break
+                if last.get(extent, 0) <= clean_through:
+                    chosen.append(extent)
+            return chosen
+        for group in self._generations.values():
+            if len(chosen) >= wanted:
+                break
+            if all(last.get(e, 0) <= clean_through for e in group):
+                chosen.extend(sorted(group))
+        return chosen
+
+    def room_for_miss(self, touched: range, lookahead: int, clean_through: int,
+                      spare: int = 0) -> tuple[int, list[int]] | None:
         """(budget, extents to evict) for a miss on ``touched``: room for its new extents plus
-        ``lookahead`` predictions if clean extents allow, else for its new extents alone; None:
-        not even that yet, the miss waits for the watermark. The primary and ``foresync tune``
+        ``lookahead`` predictions if clean extents allow with ``spare`` slots left free after
+        them, else for its new extents alone (leaving ``spare`` free if it can); None: not even
+        that yet, the miss waits for the watermark. The primary and ``foresync tune``
         (replay.py) both decide a miss here."""
         new = sum(1 for e in touched if e not in self._generation_of)
         budget = min(new + lookahead, self.capacity)
-        evict = self.choose_evictions(budget, clean_through, touched)
-        if evict is None:
-            budget = new  # try without predictions before waiting
-            evict = self.choose_evictions(budget, clean_through, touched)
+        evict = self.choose_evictions(min(budget + spare, self.capacity), clean_through, touched)
+        if evict is None or budget == new:
+            budget = new  # without predictions, before waiting
+            if evict is None and spare:
+                evict = self.choose_evictions(min(new + spare, self.capacity), clean_through, touched)
+            if evict is None:
+                evict = self.choose_evictions(new, clean_through, touched)
         return None if evict is None else (budget, evict)
 
     def evict(self, extents: list[int]) -> None:

@@ -9,7 +9,10 @@ prefix of the primary's write history.
 * Miss: evict clean extents if the record is full and piggyback their removal (claim 17), send the
   data with MISS and a budget of extents the secondary may add (claims 2, 11, 12, 18, 19), and
   only when ADDED comes back add those extents to the copy, apply locally and answer the host
-  (claim 1). Writing locally first could leave a difference no record covers.
+  (claim 1). Writing locally first could leave a difference no record covers. So that a miss
+  waits only for its own round trip, free slots are kept ready (record.py's marks): whenever
+  the watermark moves and the free slots are under the low mark, clean extents are evicted
+  ahead of need (REMOVE at once), and predictions never take the low mark's slots.
 * Read-ahead (lookahead mode): a hit that continues a sequential stream (it starts where a recent
   write ended) and comes within ``lookahead // 2 + 1`` extents of the record's edge goes with MISS
   and a budget, like a miss, but the host does not wait for its ADDED: its own extents are
@@ -67,7 +70,7 @@ from foresync.record.predict import (
     PREDICTORS,
     extents_of,
 )
-from foresync.record.record import Eviction, RecordCopy
+from foresync.record.record import Eviction, RecordCopy, free_marks
 from foresync.replication.actions import (
     AckHost,
     ApplyLocal,
@@ -194,6 +197,7 @@ class _Counters:
     read_aheads: int = 0  # hits sent with MISS to extend the record ahead of a stream
     local_write_errors: int = 0  # local applies that failed (the host got the errno)
     secondary_storage_errors: int = 0  # STORAGE_FAILED reports from the secondary
+    evicted_ahead: int = 0  # clean extents evicted ahead of need (_keep_free)
 
 
 class PrimaryCore:
@@ -206,7 +210,10 @@ class PrimaryCore:
         self.record = RecordCopy(config.capacity, config.eviction,
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
-        self._low_free = config.capacity // 8  # below it, a miss asks for the watermark (none under 8)
+        # Free slots kept ready (record.py, issue 14): under the low mark clean extents go ahead
+        # of need up to the high mark, and predictions never take the low mark's slots; under
+        # the high mark a miss asks for the watermark at once.
+        self._low_free, self._high_free = free_marks(config.capacity)
         # Record room held for ADDEDs in flight and what they will add (reservations.py).
         self._reservations = Reservations(self.record, self.predictor, config.lookahead,
                                           self.extent_count)
@@ -615,6 +622,7 @@ class PrimaryCore:
                 self._generations.hold(op)  # answered once the generation is stored
             else:
                 self._emit(AckHost(op.op_id, op.errno))
+        self._keep_free()
         durable = self._flushes.local_durable
         cleared = [s for s in self._ranges_to_clear if s <= durable]
         if cleared:
@@ -920,7 +928,8 @@ class PrimaryCore:
         if new > self.config.capacity:
             raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
                                      f"{self.config.capacity}")
-        room = self.record.room_for_miss(op.extents, self.config.lookahead, self._clean_through())
+        room = self.record.room_for_miss(op.extents, self.config.lookahead, self._clean_through(),
+                                         self._low_free)
         if room is None:
             if not op.waiting_since:
                 op.waiting_since = self.now or 1e-9
@@ -933,7 +942,7 @@ class PrimaryCore:
         self._misses[op.seq] = op
         op.to(OpEvent.SEND_AWAIT)
         self._reservations.reserve(op, budget, self._reservations.for_miss(op.extents, budget))
-        if self.record.free() < self._low_free:
+        if self.record.free() < self._high_free:
             # Clean slots run short: ask for the watermark now rather than at the next tick, so
             # the extents written so far turn clean before the next miss needs room (issue 14).
             self._request_sync()
@@ -944,6 +953,24 @@ class PrimaryCore:
         self._transmit(op, flags, budget, tuple(evict))
         self._ready_local(op)  # waits for ADDED (Ordering.may_apply)
         return True
+
+    def _keep_free(self) -> None:
+        """The watermark moved: once free slots are under the low mark, evict clean extents
+        ahead of need up to the high mark and tell the secondary at once (REMOVE), so the next
+        misses find room instead of waiting for the next watermark (record.py, issue 14)."""
+        record = self.record
+        free = record.free()
+        if (free >= self._low_free or self.link is not LinkState.CONNECTED
+                or self.config.mode is Mode.ASYNC):
+            return
+        clean = self._clean_through()
+        if self.config.faults.evict_ahead_takes_dirty:
+            clean = self._order.next_seq  # deliberately wrong: see faults.py
+        evict = record.choose_ahead(self._high_free - free, clean)
+        if evict:
+            record.evict(evict)
+            self.counters.evicted_ahead += len(evict)
+            self._send(wire.Remove(tuple(evict), ()))
 
     def _assign_seq(self, op: Op) -> None:
         self._order.assign(op)
@@ -1041,6 +1068,7 @@ class PrimaryCore:
             self._try_apply(op)
             self._maybe_finish(op)
         self.record.forget_clean(self._clean_through())
+        self._keep_free()
 
     def _on_welcome(self, welcome: wire.Welcome) -> None:
         if self.link is not LinkState.HANDSHAKE:
