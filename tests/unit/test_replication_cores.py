@@ -255,11 +255,6 @@ class Harness:
         raise AssertionError(f"unexpected step down to {lineage}")
 
     def _primary_sends(self, message: wire.Message) -> None:
-        if isinstance(message, wire.Remove):  # eviction ahead of need (issue 14)
-            for extent in message.extents:
-                self._check_eviction(extent)
-            self.evicted.extend(message.extents)
-            return
         if not isinstance(message, wire.Write | wire.Zero):
             return
         length = len(message.data) if isinstance(message, wire.Write) else message.length
@@ -586,7 +581,9 @@ class Harness:
         writes = sum(1 for kind, *_ in self.host_ops.values() if kind != "flush")
         assert stats.writes == writes
         if self.mode is not Mode.ASYNC:
-            assert self.primary.record.extents() == sorted(self.secondary.state.extents)
+            # The copy, and what it evicted ahead of need that goes with the next MISS.
+            assert sorted((*self.primary.record.extents(), *self.primary.removals_pending)) == sorted(
+                self.secondary.state.extents)
             assert self.primary.record.reserved == 0
             assert self.committed_state == self.secondary.state
             assert not self.secondary.state.ranges

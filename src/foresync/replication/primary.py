@@ -12,7 +12,8 @@ prefix of the primary's write history.
   (claim 1). Writing locally first could leave a difference no record covers. So that a miss
   waits only for its own round trip, free slots are kept ready (record.py's marks): whenever
   the watermark moves and the free slots are under the low mark, clean extents are evicted
-  ahead of need (REMOVE at once), and predictions never take the low mark's slots.
+  ahead of need (their removal goes with the next MISS), and predictions never take the low
+  mark's slots.
 * Read-ahead (lookahead mode): a hit that continues a sequential stream (it starts where a recent
   write ended) and comes within ``lookahead // 2 + 1`` extents of the record's edge goes with MISS
   and a budget, like a miss, but the host does not wait for its ADDED: its own extents are
@@ -231,6 +232,7 @@ class PrimaryCore:
         self._sent: deque[tuple[int, int]] = deque()  # (seq, bytes) not yet APPLIED remotely
         self._sent_bytes = 0
         self._misses: dict[int, Op] = {}  # seq -> miss op waiting for ADDED
+        self._removals: list[int] = []  # evicted ahead of need, to go with the next MISS
         self._read_aheads: dict[int, Op] = {}  # seq -> read-ahead hit whose ADDED is due
         self._stream_ends: OrderedDict[int, None] = OrderedDict()  # where recent writes ended
         self._durable_waits: dict[int, Op] = {}  # seq -> sync-mode op waiting for DURABLE
@@ -435,6 +437,7 @@ class PrimaryCore:
             self._ready_local(op)
             self._maybe_finish(op)
         self._pending_adds.clear()  # every op that expected adds was released above
+        self._removals = []  # the secondary's record is adopted again at the next WELCOME
         self._resync.abandon()
         self._welcome_ranges = []
         self._verify.abandon(self.now)
@@ -672,6 +675,10 @@ class PrimaryCore:
         if now >= self._watermark_at:
             self._watermark_at = now + self.config.watermark_interval_s
             self.request_durable()
+            if self._removals and not self._misses and self.link is LinkState.CONNECTED:
+                # No MISS to carry them: a quiet record tells the secondary on its own.
+                self._send(wire.Remove(tuple(self._removals), ()))
+                self._removals = []
         due = self._liveness.due(now)
         if due is Due.PING:
             self._ping()
@@ -780,7 +787,8 @@ class PrimaryCore:
         """At most how many extents a failback would copy back if the secondary were promoted
         now: the record, our out-of-sync set and a running pass's resync set (counted apart:
         they may overlap, so this errs large, never small)."""
-        return len(self.record) + len(self._oos.extents) + extent_runs.count(self._resync.pass_runs)
+        return (len(self.record) + len(self._removals) + len(self._oos.extents)
+                + extent_runs.count(self._resync.pass_runs))
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
@@ -905,7 +913,7 @@ class PrimaryCore:
         self._reservations.reserve(op, budget, wanted)
         self._read_aheads[op.seq] = op
         op.to(OpEvent.SEND)  # covered already: the host does not wait for the ADDED
-        self._transmit(op, _MISS, budget, tuple(evict))
+        self._transmit(op, _MISS, budget, self._with_removals(evict))
         self._ready_local(op)
         return True
 
@@ -950,14 +958,17 @@ class PrimaryCore:
         flags = _MISS | (_DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
-        self._transmit(op, flags, budget, tuple(evict))
+        self._transmit(op, flags, budget, self._with_removals(evict))
         self._ready_local(op)  # waits for ADDED (Ordering.may_apply)
         return True
 
     def _keep_free(self) -> None:
         """The watermark moved: once free slots are under the low mark, evict clean extents
-        ahead of need up to the high mark and tell the secondary at once (REMOVE), so the next
-        misses find room instead of waiting for the next watermark (record.py, issue 14)."""
+        ahead of need up to the high mark, so the next misses find room instead of waiting for
+        the next watermark (record.py, issue 14). The secondary hears of them with the next
+        MISS, ahead of its additions: a REMOVE of their own would cost a journal commit there.
+        Until then its record is larger than our copy, which only errs safe (the failback
+        bound counts them)."""
         record = self.record
         free = record.free()
         if (free >= self._low_free or self.link is not LinkState.CONNECTED
@@ -970,7 +981,19 @@ class PrimaryCore:
         if evict:
             record.evict(evict)
             self.counters.evicted_ahead += len(evict)
-            self._send(wire.Remove(tuple(evict), ()))
+            self._removals.extend(evict)
+
+    @property
+    def removals_pending(self) -> tuple[int, ...]:
+        """Extents evicted ahead of need that the secondary has not been told of yet."""
+        return tuple(self._removals)
+
+    def _with_removals(self, evict: list[int]) -> tuple[int, ...]:
+        """A MISS's removals: those evicted ahead of need first, then its own."""
+        if not self._removals:
+            return tuple(evict)
+        removals, self._removals = (*self._removals, *evict), []
+        return removals
 
     def _assign_seq(self, op: Op) -> None:
         self._order.assign(op)
@@ -979,6 +1002,11 @@ class PrimaryCore:
     def _transmit(self, op: Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
         if flags & _MISS:
             self.predictor.observe(op.extents)  # as the secondary will, adding for this MISS
+        elif self._removals and any(e in op.extents for e in self._removals):
+            # A RANGE or RESYNC write to an extent evicted ahead of need: the removal goes
+            # first, while the extent is still clean (_keep_free).
+            self._send(wire.Remove(tuple(self._removals), ()))
+            self._removals = []
         message: wire.Message
         if op.data is not None:
             message = wire.Write(op.seq, op.offset, flags, budget, removals, op.data)
@@ -1082,6 +1110,7 @@ class PrimaryCore:
         self._remote_applied = 0
         self._flushes.session_reset()
         self._order.skip_to(welcome.applied_seq)  # continue past what the secondary has seen
+        self._removals = []
         if self.config.mode is not Mode.ASYNC:
             self.record.replace(welcome.record)
         # Resync what may differ: the secondary's record and stale extents, our out-of-sync set;
