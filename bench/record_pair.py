@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from replication import (  # bench/replication.py: run as a script, bench/ is on sys.path
-    SiteSettings,
     Sites,
+    SiteSettings,
     Workload,
     measure_proxy_rtt_ms,
     prefill,
@@ -79,6 +79,8 @@ class Cell:
     writes: int = 0
     misses: int = 0
     load_1m: float = 0.0
+    room_waits: int = 0  # misses that waited for the watermark (record_room_waits)
+    add_waits: int = 0  # writes that waited for another miss's ADDED (record_add_waits)
 
     @property
     def miss_ratio(self) -> float:
@@ -91,15 +93,18 @@ def settings(args: argparse.Namespace, size: int, fraction: int) -> SiteSettings
                         args.eviction, args.watermark_interval)
 
 
-def counters(doc: dict[str, Any] | None) -> tuple[int, int]:
-    if doc is None:
-        return 0, 0
-    return int(doc["counters"]["writes"]), int(doc["counters"]["record_misses"])
+COUNTERS = ("writes", "record_misses", "record_room_waits", "record_add_waits")
+
+
+def counters(doc: dict[str, Any] | None) -> tuple[int, ...]:
+    """The /status counters of COUNTERS (0 where an older build has none)."""
+    found = doc["counters"] if doc is not None else {}
+    return tuple(int(found.get(name, 0)) for name in COUNTERS)
 
 
 def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fraction: int,
-              block_size: int, run: Any) -> tuple[Any, int, int]:
-    """Fresh prefilled sites, ``run(nbd_port)``, and the writes and misses /status counted."""
+              block_size: int, run: Any) -> tuple[Any, tuple[int, ...]]:
+    """Fresh prefilled sites, ``run(nbd_port)``, and the COUNTERS /status counted meanwhile."""
     workdir.mkdir(parents=True, exist_ok=True)
     prefill([workdir / "primary.img", workdir / "secondary.img"], size, block_size)
     sites = Sites(args.foresync, workdir, mode, settings(args, size, fraction or 4), args.delay_ms)
@@ -113,18 +118,18 @@ def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fra
         sites.stop()
         for image in workdir.glob("*.img"):
             image.unlink()
-    return result, after[0] - before[0], after[1] - before[1]
+    return result, tuple(a - b for a, b in zip(after, before, strict=True))
 
 
 def fio_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fraction: int,
              workload: Workload) -> Cell:
     load = os.getloadavg()[0]
-    (stats, _), writes, misses = with_pair(
+    (stats, _), counted = with_pair(
         args, workdir / name.replace(" ", "_"), mode, args.size, fraction, workload.block_size,
         lambda port: run_fio(port, workload, args.size, args.duration, args.ramp))
     pct = stats["clat_ns"]["percentile"]
     return Cell(name, mode, fraction, stats["iops"], pct["50.000000"] / 1e3, pct["99.000000"] / 1e3,
-                writes, misses, load)
+                *counted[:2], load, *counted[2:])
 
 
 # -- the trace replayer --------------------------------------------------------------------------
@@ -222,10 +227,10 @@ def trace_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fr
                path: Path) -> Cell:
     size, requests = trace_requests(path, args.trace_requests)
     load = os.getloadavg()[0]
-    (elapsed, count), writes, misses = with_pair(
+    (elapsed, count), counted = with_pair(
         args, workdir / name.replace(" ", "_").replace("/", "_"), mode, size, fraction, 4096,
         lambda port: replay_trace(port, requests, args.trace_qd))
-    return Cell(name, mode, fraction, count / elapsed, 0.0, 0.0, writes, misses, load)
+    return Cell(name, mode, fraction, count / elapsed, 0.0, 0.0, *counted[:2], load, *counted[2:])
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -252,11 +257,11 @@ def cells_to_run(args: argparse.Namespace) -> Iterator[tuple[str, str, int, Any]
 
 def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[dict[str, Any]]:
     by_name = {c.name: c for c in cells}
-    print("\n| cell | IOPS | miss ratio | p50 us | p99 us | load |")
-    print("|---|--:|--:|--:|--:|--:|")
+    print("\n| cell | IOPS | miss ratio | room waits / miss | add waits / write | p50 us | p99 us | load |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for c in cells:
-        print(f"| {c.name} | {c.iops:,.0f} | {c.miss_ratio:.1%} | {c.p50_us:,.0f} | {c.p99_us:,.0f} "
-              f"| {c.load_1m:.1f} |")
+        print(f"| {c.name} | {c.iops:,.0f} | {c.miss_ratio:.1%} | {c.room_waits / max(c.misses, 1):.1%} "
+              f"| {c.add_waits / max(c.writes, 1):.1%} | {c.p50_us:,.0f} | {c.p99_us:,.0f} | {c.load_1m:.1f} |")
     checks: list[dict[str, Any]] = []
     base, cost = by_name.get("async zipf QD16"), by_name.get("sync zipf QD1 (miss cost)")
     print()
@@ -267,9 +272,11 @@ def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[
         checks.append({"target": f"{c.name}: IOPS / ideal", "value": c.iops / ideal, "bound": IDEAL_MIN})
         checks.append({"target": f"{c.name}: p99 / RTT", "value": c.p99_us / 1e3 / rtt_ms,
                        "bound": P99_RTT_MAX, "at_most": True})
+        waited = (c.misses + c.add_waits) / c.writes if c.writes else 0.0
         print(f"{c.name}: miss ratio {c.miss_ratio:.1%}, miss cost {cost.p50_us:,.0f} us, ideal "
               f"{ideal:,.0f} IOPS, measured {c.iops:,.0f} ({c.iops / ideal:.2f}x ideal), p99 "
-              f"{c.p99_us / 1e3 / rtt_ms:.1f}x RTT")
+              f"{c.p99_us / 1e3 / rtt_ms:.1f}x RTT; counting the writes that waited for another "
+              f"miss's ADDED as misses ({waited:.1%}): {c.iops / ideal_iops(waited, cost.p50_us, base.iops):.2f}x")
     for name in traces:
         asy = by_name.get(f"{name} async")
         for fraction, bound in TRACE_TARGETS.items():
@@ -318,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench needs fio: run `make setup` first", file=sys.stderr)
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="foresync-record-pair-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     python = str(Path(args.foresync).with_name("python"))
     rtts = measure_proxy_rtt_ms(python, args.delay_ms, workdir)
     rtt_ms = rtts[len(rtts) // 2]
@@ -339,8 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: FAILED {exc}", flush=True)
             continue
         cells.append(cell)
-        print(f"{name:<32} {cell.iops:>9,.0f} IOPS miss {cell.miss_ratio:6.1%} p50 {cell.p50_us:>8,.0f} "
-              f"us p99 {cell.p99_us:>8,.0f} us load {cell.load_1m:.1f}", flush=True)
+        print(f"{name:<32} {cell.iops:>9,.0f} IOPS miss {cell.miss_ratio:6.1%} (room waits "
+              f"{cell.room_waits}, add waits {cell.add_waits}) p50 {cell.p50_us:>8,.0f} us p99 "
+              f"{cell.p99_us:>8,.0f} us load {cell.load_1m:.1f}", flush=True)
     checks = report(cells, rtt_ms, args.traces)
     if args.json:
         args.json.write_text(json.dumps({"rtt_ms": rtt_ms, "cells": [asdict(c) for c in cells],

@@ -922,6 +922,47 @@ def test_full_record_evicts_only_after_both_sites_are_durable() -> None:
     assert h.primary.record.extents() == [1, 2]
 
 
+def test_free_slots_are_kept_ready_so_the_next_miss_does_not_wait() -> None:
+    """Issue 14: once the watermark makes the full record's extents clean, the primary evicts
+    some ahead of need (low mark capacity // 16, high mark capacity // 8), so the next miss goes
+    out at once instead of waiting for room; the secondary hears of them with that MISS."""
+    h = Harness(capacity=16, lookahead=0, extents=20)
+    h.connect()
+    for extent in range(16):
+        h.write(extent * 16, 4)
+    h.settle()
+    stats = h.primary.statistics()
+    assert stats.record_evicted_ahead == 2 and h.primary.record.free() == 2
+    assert len(h.primary.removals_pending) == 2
+    assert len(h.secondary.state.extents) == 16  # not told yet: its record only errs larger
+    h.write(16 * 16, 4)  # extent 16: a miss that finds a free slot and goes at once
+    assert h.primary.statistics().record_room_waits == 0
+    miss = next(m for m in h.peek_to_secondary() if isinstance(m, wire.Write))
+    assert miss.flags & WriteFlag.MISS
+    assert sorted(miss.removals) == sorted(h.evicted[-2:])  # the removals ride on the MISS
+    h.settle()
+    assert h.primary.statistics().record_room_waits == 0
+    assert not h.primary.removals_pending
+    h.check_quiescent()
+
+
+def test_a_full_record_with_nothing_clean_counts_a_room_wait() -> None:
+    h = Harness(capacity=4, lookahead=0)
+    h.connect()
+    for extent in range(4):
+        h.write(extent * 16, 4)
+    while h.applies or h.commits or h.commit_start() or h.deliver_to_secondary() or h.deliver_to_primary():
+        while h.applies:
+            h.complete_apply()
+        while h.commits:
+            h.commit_done()
+    h.write(4 * 16, 4)  # nothing is durable on the secondary yet: no room
+    assert h.primary.statistics().record_room_waits == 1
+    h.settle()
+    assert h.primary.statistics().record_misses == 5
+    h.check_quiescent()
+
+
 def test_miss_does_not_evict_an_extent_it_writes() -> None:
     """A write touching a clean member and a new extent must evict some *other* extent: if it
     evicted its own member, the secondary would have to add back two extents on a budget of one."""

@@ -187,6 +187,9 @@ class PrimaryStatistics:
     local_write_errors: int = 0
     secondary_storage_errors: int = 0
     split_brain: bool = False  # the peer's lineage diverged from ours (epochs.py)
+    record_room_waits: int = 0  # misses that found no room and waited for the watermark
+    record_add_waits: int = 0  # writes that waited for a miss in flight to add their extents
+    record_evicted_ahead: int = 0  # clean extents evicted ahead of need (free slots kept ready)
 
 
 @dataclass(slots=True)
@@ -199,6 +202,8 @@ class _Counters:
     local_write_errors: int = 0  # local applies that failed (the host got the errno)
     secondary_storage_errors: int = 0  # STORAGE_FAILED reports from the secondary
     evicted_ahead: int = 0  # clean extents evicted ahead of need (_keep_free)
+    room_waits: int = 0  # misses that found no room and waited for the watermark
+    add_waits: int = 0  # writes that waited for the ADDED of a miss in flight, then hit
 
 
 class PrimaryCore:
@@ -730,7 +735,8 @@ class PrimaryCore:
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, self._resync.remaining(), self._flushes.remote_durable,
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
-            self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain)
+            self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain,
+            self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -883,6 +889,7 @@ class PrimaryCore:
             # and go as a hit, instead of sending a second miss that reserves room again. The
             # wait is bounded like a miss's wait for room (tick), should that ADDED never come.
             if not op.waiting_since:
+                self.counters.add_waits += 1
                 op.waiting_since = self.now or 1e-9
             return False
         return self._send_miss(op)
@@ -940,6 +947,7 @@ class PrimaryCore:
                                          self._low_free)
         if room is None:
             if not op.waiting_since:
+                self.counters.room_waits += 1
                 op.waiting_since = self.now or 1e-9
             self.request_durable()
             return False
