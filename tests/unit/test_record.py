@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foresync.errors import InvariantViolation, LocalProtocolError
+from foresync.record.free_slots import FreeSlots, free_marks
 from foresync.record.predict import extents_of, predict
-from foresync.record.record import UNSENT, Eviction, RecordCopy, RecordStatistics, free_marks
+from foresync.record.record import UNSENT, Eviction, RecordCopy, RecordStatistics
 
 # -- membership ------------------------------------------------------------------------------------
 
@@ -364,6 +365,23 @@ def test_choose_ahead_takes_only_clean_members(eviction: Eviction, writes: list[
     clean = sum(1 for e in record.extents() if record.is_clean(e, clean_through))
     if eviction is not Eviction.GENERATIONS:  # whole generations only: may take fewer or more
         assert len(chosen) == min(wanted, clean)
+
+
+def test_free_slots_are_kept_only_while_misses_wait_for_room() -> None:
+    slots = FreeSlots(64)
+    assert not slots.active and slots.spare() == 0 and slots.wanted(0) == 0
+    slots.room_wait()
+    assert slots.active and slots.spare() == 4
+    assert slots.wanted(3) == 5 and slots.wanted(4) == 0
+    for _ in range(63):
+        slots.miss_sent()
+    assert slots.active
+    slots.room_wait()  # another wait: a full window again
+    for _ in range(64):
+        slots.miss_sent()
+    assert not slots.active and slots.wanted(0) == 0
+    assert FreeSlots(64, always=True).wanted(0) == 8
+    assert not FreeSlots(3, always=True).active
 
 
 def test_predictions_never_take_the_spare_slots() -> None:

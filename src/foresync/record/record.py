@@ -15,13 +15,11 @@ whole generation once every extent in it is clean (claim 16); ``s3fifo`` (the de
 claimed policy) follows recency and frequency of writes (eviction.py). When nothing is clean the
 miss waits for the watermark; the record never overflows and never drops a dirty extent.
 
-Free slots ready (issue 14). A miss waits only for its own round trip when it finds room, so the
-record keeps a few slots free ahead of need, between two marks (``free_marks``): once the free
-slots fall under the low mark, ``choose_ahead`` picks clean extents (the policy's own choice,
-as a miss would) to bring them back to the high mark, and a miss takes predictions only if the
-low mark's slots stay free after them (``room_for_miss``'s ``spare``): a guess about the future
-never makes the next real miss wait for the watermark. ``generations`` still evicts whole
-generations only (claim 16), ahead of need as at a miss.
+Free slots ready (issue 14, free_slots.py): while misses have had to wait for room, the owner
+keeps a few slots free ahead of need. ``choose_ahead`` picks clean extents for it (the policy's
+own choice, as a miss would; ``generations`` still whole generations only, claim 16), and
+``room_for_miss``'s ``spare`` keeps a miss's predictions from taking those slots: a guess about
+the future never makes the next real miss wait for the watermark.
 """
 
 from __future__ import annotations
@@ -37,17 +35,6 @@ from foresync.record.eviction import S3Fifo
 # whatever host writes it gets meanwhile, until its resync data is sent (``resynced``): a host
 # write covers only its own bytes, not the rest of an extent the secondary may lack.
 UNSENT = 1 << 62
-
-
-def free_marks(capacity: int) -> tuple[int, int]:
-    """(low, high): under ``low`` free slots the record evicts clean extents ahead of need, up to
-    ``high``. A sixteenth and an eighth of the capacity (4 and 8 of 64 slots), at least 1 and 2:
-    a burst of misses finds room at once, and at most an eighth of the record (half of a tiny
-    one) is held empty. A record under 4 slots keeps none ready: (0, 0)."""
-    if capacity < 4:
-        return 0, 0
-    low = max(1, capacity // 16)
-    return low, max(low + 1, capacity // 8)
 
 
 class Eviction(Enum):

@@ -10,10 +10,10 @@ prefix of the primary's write history.
   data with MISS and a budget of extents the secondary may add (claims 2, 11, 12, 18, 19), and
   only when ADDED comes back add those extents to the copy, apply locally and answer the host
   (claim 1). Writing locally first could leave a difference no record covers. So that a miss
-  waits only for its own round trip, free slots are kept ready (record.py's marks): whenever
-  the watermark moves and the free slots are under the low mark, clean extents are evicted
-  ahead of need (their removal goes with the next MISS), and predictions never take the low
-  mark's slots.
+  waits only for its own round trip, free slots are kept ready while misses have had to wait
+  for room (free_slots.py): whenever the watermark moves and the free slots are under the low
+  mark, clean extents are evicted ahead of need (their removal goes with the next MISS), and
+  predictions never take the low mark's slots.
 * Read-ahead (lookahead mode): a hit that continues a sequential stream (it starts where a recent
   write ended) and comes within ``lookahead // 2 + 1`` extents of the record's edge goes with MISS
   and a budget, like a miss, but the host does not wait for its ADDED: its own extents are
@@ -67,11 +67,12 @@ from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.record import runs as extent_runs
 from foresync.record.estimate import MissRatioEstimator
+from foresync.record.free_slots import FreeSlots
 from foresync.record.predict import (
     PREDICTORS,
     extents_of,
 )
-from foresync.record.record import Eviction, RecordCopy, free_marks
+from foresync.record.record import Eviction, RecordCopy
 from foresync.replication.actions import (
     AckHost,
     ApplyLocal,
@@ -216,10 +217,10 @@ class PrimaryCore:
         self.record = RecordCopy(config.capacity, config.eviction,
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
-        # Free slots kept ready (record.py, issue 14): under the low mark clean extents go ahead
-        # of need up to the high mark, and predictions never take the low mark's slots; under
-        # the high mark a miss asks for the watermark at once.
-        self._low_free, self._high_free = free_marks(config.capacity)
+        # Free slots kept ready while misses wait for room (free_slots.py, issue 14); under the
+        # high mark a miss asks for the watermark at once.
+        self._free_slots = FreeSlots(config.capacity)
+        self._high_free = self._free_slots.high
         # Record room held for ADDEDs in flight and what they will add (reservations.py).
         self._reservations = Reservations(self.record, self.predictor, config.lookahead,
                                           self.extent_count)
@@ -944,15 +945,17 @@ class PrimaryCore:
             raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
                                      f"{self.config.capacity}")
         room = self.record.room_for_miss(op.extents, self.config.lookahead, self._clean_through(),
-                                         self._low_free)
+                                         self._free_slots.spare())
         if room is None:
             if not op.waiting_since:
                 self.counters.room_waits += 1
+                self._free_slots.room_wait()
                 op.waiting_since = self.now or 1e-9
             self.request_durable()
             return False
         budget, evict = room
         self.record.evict(evict)
+        self._free_slots.miss_sent()
         self.counters.misses += 1
         self._assign_seq(op)
         self._misses[op.seq] = op
@@ -971,21 +974,20 @@ class PrimaryCore:
         return True
 
     def _keep_free(self) -> None:
-        """The watermark moved: once free slots are under the low mark, evict clean extents
-        ahead of need up to the high mark, so the next misses find room instead of waiting for
-        the next watermark (record.py, issue 14). The secondary hears of them with the next
-        MISS, ahead of its additions: a REMOVE of their own would cost a journal commit there.
-        Until then its record is larger than our copy, which only errs safe (the failback
-        bound counts them)."""
+        """The watermark moved: while misses wait for room and free slots are under the low
+        mark, evict clean extents ahead of need up to the high mark, so the next misses find
+        room instead of waiting for the next watermark (free_slots.py, issue 14). The secondary
+        hears of them with the next MISS, ahead of its additions: a REMOVE of their own would
+        cost a journal commit there. Until then its record is larger than our copy, which only
+        errs safe (the failback bound counts them)."""
         record = self.record
-        free = record.free()
-        if (free >= self._low_free or self.link is not LinkState.CONNECTED
-                or self.config.mode is Mode.ASYNC):
+        wanted = self._free_slots.wanted(record.free())
+        if not wanted or self.link is not LinkState.CONNECTED or self.config.mode is Mode.ASYNC:
             return
         clean = self._clean_through()
         if self.config.faults.evict_ahead_takes_dirty:
             clean = self._order.next_seq  # deliberately wrong: see faults.py
-        evict = record.choose_ahead(self._high_free - free, clean)
+        evict = record.choose_ahead(wanted, clean)
         if evict:
             record.evict(evict)
             self.counters.evicted_ahead += len(evict)
