@@ -974,6 +974,25 @@ def test_a_full_record_with_nothing_clean_counts_a_room_wait() -> None:
     h.check_quiescent()
 
 
+def test_a_waiting_miss_never_delays_a_hit_to_other_extents() -> None:
+    """Issue 14: a miss that waits for room, then for its ADDED, holds back only later writes
+    to its own extents; hits elsewhere are answered meanwhile."""
+    h = Harness(capacity=4, lookahead=0)
+    h.connect()
+    for extent in range(4):
+        h.write(extent * 16, 4)
+    _run_all_but_syncs(h)
+    miss = h.write(4 * 16, 4)  # no clean slot: waits for the watermark
+    assert h.primary.statistics().record_room_waits == 1
+    hit = h.write(1 * 16 + 8, 4)
+    while h.applies:
+        h.complete_apply()
+    assert hit in h.acks and miss not in h.acks
+    h.settle()  # the watermark makes room; the miss goes and is answered after its ADDED
+    assert miss in h.acks
+    h.check_quiescent()
+
+
 def test_miss_does_not_evict_an_extent_it_writes() -> None:
     """A write touching a clean member and a new extent must evict some *other* extent: if it
     evicted its own member, the secondary would have to add back two extents on a budget of one."""
