@@ -16,6 +16,9 @@ class Faults:
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
     s3fifo_evicts_dirty: bool = False  # record: the s3fifo policy chooses extents still dirty
+    # primary: eviction ahead of need (free slots under the low mark, issue 14) takes extents
+    # whose latest write is not yet durable on both sites
+    evict_ahead_takes_dirty: bool = False
     admit_strangers: bool = False  # secondary: a HELLO of another volume may take the session over
     damage_taken_for_torn_tail: bool = False  # journal replay: cut damage off like a torn append
     missing_metadata_taken_as_empty: bool = False  # a missing journal or out-of-sync store: empty

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foresync.errors import InvariantViolation, LocalProtocolError
+from foresync.record.free_slots import FreeSlots, free_marks
 from foresync.record.predict import extents_of, predict
 from foresync.record.record import UNSENT, Eviction, RecordCopy, RecordStatistics
 
@@ -337,3 +338,59 @@ def test_predict(touched: range, lookahead: int, extent_count: int, expected: ra
     assert list(predicted) == list(expected)
     assert all(e < extent_count for e in predicted)
     assert not set(predicted) & set(touched)
+
+
+def test_free_marks() -> None:
+    assert free_marks(2) == (0, 0) and free_marks(3) == (0, 0)  # too small to keep any free
+    assert free_marks(4) == (1, 2)
+    assert free_marks(64) == (4, 8)
+    assert free_marks(1024) == (64, 128)
+
+
+@pytest.mark.parametrize("eviction", list(Eviction))
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=60), st.integers(0, 60),
+       st.integers(1, 12))
+@settings(max_examples=60, deadline=None)
+def test_choose_ahead_takes_only_clean_members(eviction: Eviction, writes: list[int],
+                                              clean_through: int, wanted: int) -> None:
+    record = RecordCopy(16, eviction)
+    for seq, extent in enumerate(writes, start=1):
+        if extent not in record and record.free() == 0:
+            continue
+        record.add([extent])
+        record.note_write([extent], seq)
+    chosen = record.choose_ahead(wanted, clean_through)
+    assert len(set(chosen)) == len(chosen)
+    assert all(e in record and record.is_clean(e, clean_through) for e in chosen)
+    clean = sum(1 for e in record.extents() if record.is_clean(e, clean_through))
+    if eviction is not Eviction.GENERATIONS:  # whole generations only: may take fewer or more
+        assert len(chosen) == min(wanted, clean)
+
+
+def test_free_slots_are_kept_only_while_misses_wait_for_room() -> None:
+    slots = FreeSlots(64)
+    assert not slots.active and slots.spare() == 0 and slots.wanted(0) == 0
+    slots.room_wait()
+    assert slots.active and slots.spare() == 4
+    assert slots.wanted(3) == 5 and slots.wanted(4) == 0
+    for _ in range(63):
+        slots.miss_sent()
+    assert slots.active
+    slots.room_wait()  # another wait: a full window again
+    for _ in range(64):
+        slots.miss_sent()
+    assert not slots.active and slots.wanted(0) == 0
+    assert FreeSlots(64, always=True).wanted(0) == 8
+    assert not FreeSlots(3, always=True).active
+
+
+def test_predictions_never_take_the_spare_slots() -> None:
+    record = RecordCopy(8, Eviction.LRU)
+    record.add(range(5))
+    record.note_write(range(5), 1)  # dirty: nothing can be evicted at clean_through 0
+    # 3 free: one new extent and 2 predictions fit, but would leave no spare slot.
+    assert record.room_for_miss(range(10, 11), 2, 0) == (3, [])  # no spare: as before
+    assert record.room_for_miss(range(10, 11), 2, 0, spare=1) == (1, [])
+    assert record.room_for_miss(range(10, 11), 1, 0, spare=1) == (2, [])
+    # Clean members may be evicted to keep the spare slot free after the predictions.
+    assert record.room_for_miss(range(10, 11), 4, 1, spare=1) == (5, [0, 1, 2])

@@ -581,7 +581,9 @@ class Harness:
         writes = sum(1 for kind, *_ in self.host_ops.values() if kind != "flush")
         assert stats.writes == writes
         if self.mode is not Mode.ASYNC:
-            assert self.primary.record.extents() == sorted(self.secondary.state.extents)
+            # The copy, and what it evicted ahead of need that goes with the next MISS.
+            assert sorted((*self.primary.record.extents(), *self.primary.removals_pending)) == sorted(
+                self.secondary.state.extents)
             assert self.primary.record.reserved == 0
             assert self.committed_state == self.secondary.state
             assert not self.secondary.state.ranges
@@ -920,6 +922,77 @@ def test_full_record_evicts_only_after_both_sites_are_durable() -> None:
     assert h.primary.record.extents() == [1, 2]
 
 
+def _run_all_but_syncs(h: Harness) -> None:
+    while h.applies or h.commits or h.commit_start() or h.deliver_to_secondary() or h.deliver_to_primary():
+        while h.applies:
+            h.complete_apply()
+        while h.commits:
+            h.commit_done()
+
+
+def test_free_slots_are_kept_ready_once_misses_wait_for_room() -> None:
+    """Issue 14 (free_slots.py): a record whose misses never waited for room keeps no slot free;
+    once one did, the primary evicts clean extents ahead of need as soon as the watermark moves
+    (low mark capacity // 16, high mark capacity // 8), and the secondary hears of them with the
+    next MISS, ahead of its additions."""
+    h = Harness(capacity=16, lookahead=0, extents=20)
+    h.connect()
+    for extent in range(16):
+        h.write(extent * 16, 4)
+    h.settle()
+    stats = h.primary.statistics()
+    assert stats.record_evicted_ahead == 0 and h.primary.record.free() == 0  # never paid for
+    for extent in range(16):
+        h.write(extent * 16 + 8, 4)  # hits: every extent dirty again
+    _run_all_but_syncs(h)
+    h.write(16 * 16, 4)  # no clean extent: waits for the watermark
+    h.write(17 * 16, 4)
+    assert h.primary.statistics().record_room_waits == 2
+    h.settle()
+    stats = h.primary.statistics()
+    assert stats.record_evicted_ahead >= 2 and stats.record_misses == 18
+    assert stats.record_room_waits == 2
+    h.write(18 * 16, 4)  # a miss that finds a free slot and goes at once
+    assert h.primary.statistics().record_room_waits == 2
+    miss = next(m for m in h.peek_to_secondary() if isinstance(m, wire.Write))
+    assert miss.flags & WriteFlag.MISS
+    h.settle()
+    assert not h.primary.removals_pending
+    h.check_quiescent()
+
+
+def test_a_full_record_with_nothing_clean_counts_a_room_wait() -> None:
+    h = Harness(capacity=4, lookahead=0)
+    h.connect()
+    for extent in range(4):
+        h.write(extent * 16, 4)
+    _run_all_but_syncs(h)
+    h.write(4 * 16, 4)  # nothing is durable on the secondary yet: no room
+    assert h.primary.statistics().record_room_waits == 1
+    h.settle()
+    assert h.primary.statistics().record_misses == 5
+    h.check_quiescent()
+
+
+def test_a_waiting_miss_never_delays_a_hit_to_other_extents() -> None:
+    """Issue 14: a miss that waits for room, then for its ADDED, holds back only later writes
+    to its own extents; hits elsewhere are answered meanwhile."""
+    h = Harness(capacity=4, lookahead=0)
+    h.connect()
+    for extent in range(4):
+        h.write(extent * 16, 4)
+    _run_all_but_syncs(h)
+    miss = h.write(4 * 16, 4)  # no clean slot: waits for the watermark
+    assert h.primary.statistics().record_room_waits == 1
+    hit = h.write(1 * 16 + 8, 4)
+    while h.applies:
+        h.complete_apply()
+    assert hit in h.acks and miss not in h.acks
+    h.settle()  # the watermark makes room; the miss goes and is answered after its ADDED
+    assert miss in h.acks
+    h.check_quiescent()
+
+
 def test_miss_does_not_evict_an_extent_it_writes() -> None:
     """A write touching a clean member and a new extent must evict some *other* extent: if it
     evicted its own member, the secondary would have to add back two extents on a budget of one."""
@@ -984,7 +1057,7 @@ def test_fua_write_is_acked_after_a_local_flush() -> None:
 
 
 def test_window_backpressure_holds_writes_until_applied() -> None:
-    h = Harness(capacity=8, lookahead=7, window_bytes=40)
+    h = Harness(capacity=8, lookahead=6, window_bytes=40)  # one slot stays free: no eviction ahead
     h.connect()
     h.write(0, 4)
     h.settle()

@@ -62,6 +62,12 @@ class _StatusCollector(Collector):
                       p.core.record_misses if p else 0)
         yield counter("foresync_record_read_aheads", "Sequential hits that also asked the secondary "
                       "to record the next extents.", p.core.record_read_aheads if p else 0)
+        yield counter("foresync_record_room_waits", "Misses that found no free or clean slot and "
+                      "waited for the durable watermark.", p.core.record_room_waits if p else 0)
+        yield counter("foresync_record_add_waits", "Writes that waited for a miss in flight to add "
+                      "their extents, then went as hits.", p.core.record_add_waits if p else 0)
+        yield counter("foresync_record_evicted_ahead", "Clean extents evicted ahead of need to keep "
+                      "free slots ready.", p.core.record_evicted_ahead if p else 0)
         yield counter("foresync_resync_bytes", "Bytes this site sent as resync source.",
                       p.core.resync_bytes if p else 0)
         yield counter("foresync_storage_errors", "Writes to this site's own image or metadata that "

@@ -120,6 +120,8 @@ def _primary_document(s: SiteStatistics, p: PrimaryView) -> dict[str, Any]:
         "counters": {"writes": s.writes, "record_hits": c.record_hits,
                      "record_misses": c.record_misses, "resync_bytes": c.resync_bytes,
                      "record_read_aheads": c.record_read_aheads,
+                     "record_room_waits": c.record_room_waits, "record_add_waits": c.record_add_waits,
+                     "record_evicted_ahead": c.record_evicted_ahead,
                      "storage_errors": s.storage_errors,
                      "secondary_storage_errors": c.secondary_storage_errors},
         "lag": {"bytes": c.lag_bytes, "writes": c.lag_writes, "seconds": round(p.lag_seconds, 3)},

@@ -105,9 +105,11 @@ class S3Fifo:
     def ghosts(self) -> int:
         return len(self._ghost)
 
-    def choose(self, shortfall: int, clean: Callable[[int], bool], keep: Container[int]) -> list[int] | None:
+    def choose(self, shortfall: int, clean: Callable[[int], bool], keep: Container[int],
+               partial: bool = False) -> list[int] | None:
         """At least ``shortfall`` clean extents to evict, not in ``keep``; None if there are not
-        enough. ``clean`` is the record's test (the deliberate bug replaces it)."""
+        enough (with ``partial``, as many as there are, up to ``shortfall``: eviction ahead of
+        need). ``clean`` is the record's test (the deliberate bug replaces it)."""
         chosen: list[int] = []
         taken: set[int] = set()
 
@@ -122,7 +124,7 @@ class S3Fifo:
             # Too few clean extents in ``main``: take clean ones from ``small`` after all, even
             # ones written again (being clean, they cost no more than any other miss later).
             self._from_small(shortfall, usable, chosen, taken, promote=False)
-        return chosen if len(chosen) >= shortfall else None
+        return chosen if partial or len(chosen) >= shortfall else None
 
     def _from_small(self, shortfall: int, usable: Callable[[int], bool], chosen: list[int],
                     taken: set[int], promote: bool) -> None:

@@ -14,6 +14,12 @@ groups additions into generations of ``generation_size`` extents in order of add
 whole generation once every extent in it is clean (claim 16); ``s3fifo`` (the default, not a
 claimed policy) follows recency and frequency of writes (eviction.py). When nothing is clean the
 miss waits for the watermark; the record never overflows and never drops a dirty extent.
+
+Free slots ready (issue 14, free_slots.py): while misses have had to wait for room, the owner
+keeps a few slots free ahead of need. ``choose_ahead`` picks clean extents for it (the policy's
+own choice, as a miss would; ``generations`` still whole generations only, claim 16), and
+``room_for_miss``'s ``spare`` keeps a miss's predictions from taking those slots: a guess about
+the future never makes the next real miss wait for the watermark.
 """
 
 from __future__ import annotations
@@ -203,18 +209,48 @@ class RecordCopy:
                     return chosen
         return None
 
-    def room_for_miss(self, touched: range, lookahead: int,
-                      clean_through: int) -> tuple[int, list[int]] | None:
+    def choose_ahead(self, wanted: int, clean_through: int) -> list[int]:
+        """Up to ``wanted`` clean extents to evict ahead of need (the policy's usual choice; for
+        ``generations`` whole clean generations, which may overshoot by one). Nothing is removed
+        here: the caller evicts them and tells the secondary."""
+        if wanted <= 0:
+            return []
+        last = self._last_seq
+        if self._s3 is not None:
+            if self._evict_dirty:
+                return self._s3.choose(wanted, self._generation_of.__contains__, (), True) or []
+            return self._s3.choose(wanted, lambda e: last.get(e, 0) <= clean_through, (), True) or []
+        chosen: list[int] = []
+        if self.eviction is Eviction.LRU:
+            for extent in self._generation_of:
+                if len(chosen) >= wanted:
+                    break
+                if last.get(extent, 0) <= clean_through:
+                    chosen.append(extent)
+            return chosen
+        for group in self._generations.values():
+            if len(chosen) >= wanted:
+                break
+            if all(last.get(e, 0) <= clean_through for e in group):
+                chosen.extend(sorted(group))
+        return chosen
+
+    def room_for_miss(self, touched: range, lookahead: int, clean_through: int,
+                      spare: int = 0) -> tuple[int, list[int]] | None:
         """(budget, extents to evict) for a miss on ``touched``: room for its new extents plus
-        ``lookahead`` predictions if clean extents allow, else for its new extents alone; None:
-        not even that yet, the miss waits for the watermark. The primary and ``foresync tune``
+        ``lookahead`` predictions if clean extents allow with ``spare`` slots left free after
+        them, else for its new extents alone (leaving ``spare`` free if it can); None: not even
+        that yet, the miss waits for the watermark. The primary and ``foresync tune``
         (replay.py) both decide a miss here."""
         new = sum(1 for e in touched if e not in self._generation_of)
         budget = min(new + lookahead, self.capacity)
-        evict = self.choose_evictions(budget, clean_through, touched)
-        if evict is None:
-            budget = new  # try without predictions before waiting
-            evict = self.choose_evictions(budget, clean_through, touched)
+        evict = self.choose_evictions(min(budget + spare, self.capacity), clean_through, touched)
+        if evict is None or budget == new:
+            budget = new  # without predictions, before waiting
+            if evict is None and spare:
+                evict = self.choose_evictions(min(new + spare, self.capacity), clean_through, touched)
+            if evict is None:
+                evict = self.choose_evictions(new, clean_through, touched)
         return None if evict is None else (budget, evict)
 
     def evict(self, extents: list[int]) -> None:

@@ -18,6 +18,9 @@ or neutral, never flattering:
 * ADDED arrives at once: a write to an extent a miss is still adding counts as a hit. The
   primary holds such a write back for that ADDED, less than a round trip; the latency estimate
   leaves this wait out (it is rare: the window is one round trip).
+* Free slots ready: from a stall on, as the primary does when its watermark moves, clean extents
+  are evicted ahead of need while the free slots are under the low mark, and a miss takes
+  predictions only if the low mark's slots stay free (free_slots.py).
 * Read-ahead: a hit that continues one of the last ``STREAMS_TRACKED`` writes and comes within
   ``lookahead // 2 + 1`` extents of the record's edge extends the record like the primary's
   read-ahead (same rule, same predictor).
@@ -31,6 +34,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from foresync.record.free_slots import FreeSlots
 from foresync.record.predict import (
     PREDICTORS,
     additions,
@@ -98,6 +102,8 @@ class ReplayEngine:
         self._issued: deque[float] = deque()  # issue times of the writes not yet clean
         self._seq = 0
         self._clean_through = 0
+        self._swept_through = -1  # the clean_through of the last eviction ahead of need
+        self.free_slots = FreeSlots(config.capacity)
         self._stream_ends: OrderedDict[int, None] = OrderedDict()
         self.writes = self.misses = self.stalls = self.read_aheads = self.blocked = 0
 
@@ -117,6 +123,10 @@ class ReplayEngine:
             issued.popleft()
             self._clean_through += 1
         issued.append(at)
+        wanted = self.free_slots.wanted(record.free())
+        if wanted and self._swept_through != self._clean_through:
+            self._swept_through = self._clean_through  # the primary's _keep_free
+            record.evict(record.choose_ahead(wanted, self._clean_through))
         self._seq = seq = self._seq + 1
         ends = self._stream_ends
         sequential = ends.pop(offset, 0) is None
@@ -130,15 +140,16 @@ class ReplayEngine:
                 self.read_aheads += 1
             return False
         self.misses += 1
-        room = record.room_for_miss(touched, lookahead, self._clean_through)
+        room = record.room_for_miss(touched, lookahead, self._clean_through, self.free_slots.spare())
         if room is None:
             # No clean extent: the primary asks for the watermark and waits for it.
             self.stalls += 1
+            self.free_slots.room_wait()
             self._settle(seq - 1)
-            room = record.room_for_miss(touched, lookahead, self._clean_through)
+            room = record.room_for_miss(touched, lookahead, self._clean_through, self.free_slots.spare())
             if room is None:  # only this write's own extents are dirty, and they are all it needs
                 self._settle(seq)
-                room = record.room_for_miss(touched, lookahead, self._clean_through)
+                room = record.room_for_miss(touched, lookahead, self._clean_through, self.free_slots.spare())
             if room is None:
                 # Clean as everything is, no room: ``generations`` evicts whole generations only,
                 # and this write's own extents (kept) sit in every clean one. The primary's miss
@@ -147,6 +158,7 @@ class ReplayEngine:
                 return True
         budget, evict = room
         record.evict(evict)
+        self.free_slots.miss_sent()
         added = additions(self.predictor, touched, budget, lookahead, self.extent_count, record)
         self.predictor.observe(touched)
         record.add(added)

@@ -9,7 +9,11 @@ prefix of the primary's write history.
 * Miss: evict clean extents if the record is full and piggyback their removal (claim 17), send the
   data with MISS and a budget of extents the secondary may add (claims 2, 11, 12, 18, 19), and
   only when ADDED comes back add those extents to the copy, apply locally and answer the host
-  (claim 1). Writing locally first could leave a difference no record covers.
+  (claim 1). Writing locally first could leave a difference no record covers. So that a miss
+  waits only for its own round trip, free slots are kept ready while misses have had to wait
+  for room (free_slots.py): whenever the watermark moves and the free slots are under the low
+  mark, clean extents are evicted ahead of need (their removal goes with the next MISS), and
+  predictions never take the low mark's slots.
 * Read-ahead (lookahead mode): a hit that continues a sequential stream (it starts where a recent
   write ended) and comes within ``lookahead // 2 + 1`` extents of the record's edge goes with MISS
   and a budget, like a miss, but the host does not wait for its ADDED: its own extents are
@@ -63,6 +67,7 @@ from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.record import runs as extent_runs
 from foresync.record.estimate import MissRatioEstimator
+from foresync.record.free_slots import FreeSlots
 from foresync.record.predict import (
     PREDICTORS,
     extents_of,
@@ -183,6 +188,9 @@ class PrimaryStatistics:
     local_write_errors: int = 0
     secondary_storage_errors: int = 0
     split_brain: bool = False  # the peer's lineage diverged from ours (epochs.py)
+    record_room_waits: int = 0  # misses that found no room and waited for the watermark
+    record_add_waits: int = 0  # writes that waited for a miss in flight to add their extents
+    record_evicted_ahead: int = 0  # clean extents evicted ahead of need (free slots kept ready)
 
 
 @dataclass(slots=True)
@@ -194,6 +202,9 @@ class _Counters:
     read_aheads: int = 0  # hits sent with MISS to extend the record ahead of a stream
     local_write_errors: int = 0  # local applies that failed (the host got the errno)
     secondary_storage_errors: int = 0  # STORAGE_FAILED reports from the secondary
+    evicted_ahead: int = 0  # clean extents evicted ahead of need (_keep_free)
+    room_waits: int = 0  # misses that found no room and waited for the watermark
+    add_waits: int = 0  # writes that waited for the ADDED of a miss in flight, then hit
 
 
 class PrimaryCore:
@@ -206,7 +217,10 @@ class PrimaryCore:
         self.record = RecordCopy(config.capacity, config.eviction,
                                  evict_dirty=config.faults.s3fifo_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
-        self._low_free = config.capacity // 8  # below it, a miss asks for the watermark (none under 8)
+        # Free slots kept ready while misses wait for room (free_slots.py, issue 14); under the
+        # high mark a miss asks for the watermark at once.
+        self._free_slots = FreeSlots(config.capacity)
+        self._high_free = self._free_slots.high
         # Record room held for ADDEDs in flight and what they will add (reservations.py).
         self._reservations = Reservations(self.record, self.predictor, config.lookahead,
                                           self.extent_count)
@@ -224,6 +238,7 @@ class PrimaryCore:
         self._sent: deque[tuple[int, int]] = deque()  # (seq, bytes) not yet APPLIED remotely
         self._sent_bytes = 0
         self._misses: dict[int, Op] = {}  # seq -> miss op waiting for ADDED
+        self._removals: list[int] = []  # evicted ahead of need, to go with the next MISS
         self._read_aheads: dict[int, Op] = {}  # seq -> read-ahead hit whose ADDED is due
         self._stream_ends: OrderedDict[int, None] = OrderedDict()  # where recent writes ended
         self._durable_waits: dict[int, Op] = {}  # seq -> sync-mode op waiting for DURABLE
@@ -427,6 +442,7 @@ class PrimaryCore:
             self._ready_local(op)
             self._maybe_finish(op)
         self._pending_adds.clear()  # every op that expected adds was released above
+        self._removals = []  # the secondary's record is adopted again at the next WELCOME
         self._resync.abandon()
         self._welcome_ranges = []
         self._verify.abandon(self.now)
@@ -614,6 +630,7 @@ class PrimaryCore:
                 self._generations.hold(op)  # answered once the generation is stored
             else:
                 self._emit(AckHost(op.op_id, op.errno))
+        self._keep_free()
         durable = self._flushes.local_durable
         cleared = [s for s in self._ranges_to_clear if s <= durable]
         if cleared:
@@ -663,6 +680,10 @@ class PrimaryCore:
         if now >= self._watermark_at:
             self._watermark_at = now + self.config.watermark_interval_s
             self.request_durable()
+            if self._removals and not self._misses and self.link is LinkState.CONNECTED:
+                # No MISS to carry them: a quiet record tells the secondary on its own.
+                self._send(wire.Remove(tuple(self._removals), ()))
+                self._removals = []
         due = self._liveness.due(now)
         if due is Due.PING:
             self._ping()
@@ -714,7 +735,8 @@ class PrimaryCore:
             lag_bytes, lag_writes + len(self._queue), len(self.record), self.config.capacity,
             self.link.value, self._resync.remaining(), self._flushes.remote_durable,
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
-            self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain)
+            self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain,
+            self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -771,7 +793,8 @@ class PrimaryCore:
         """At most how many extents a failback would copy back if the secondary were promoted
         now: the record, our out-of-sync set and a running pass's resync set (counted apart:
         they may overlap, so this errs large, never small)."""
-        return len(self.record) + len(self._oos.extents) + extent_runs.count(self._resync.pass_runs)
+        return (len(self.record) + len(self._removals) + len(self._oos.extents)
+                + extent_runs.count(self._resync.pass_runs))
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary
@@ -866,6 +889,7 @@ class PrimaryCore:
             # and go as a hit, instead of sending a second miss that reserves room again. The
             # wait is bounded like a miss's wait for room (tick), should that ADDED never come.
             if not op.waiting_since:
+                self.counters.add_waits += 1
                 op.waiting_since = self.now or 1e-9
             return False
         return self._send_miss(op)
@@ -896,7 +920,7 @@ class PrimaryCore:
         self._reservations.reserve(op, budget, wanted)
         self._read_aheads[op.seq] = op
         op.to(OpEvent.SEND)  # covered already: the host does not wait for the ADDED
-        self._transmit(op, _MISS, budget, tuple(evict))
+        self._transmit(op, _MISS, budget, self._with_removals(evict))
         self._ready_local(op)
         return True
 
@@ -919,20 +943,24 @@ class PrimaryCore:
         if new > self.config.capacity:
             raise LocalProtocolError(f"a write touching {new} extents cannot fit a record of "
                                      f"{self.config.capacity}")
-        room = self.record.room_for_miss(op.extents, self.config.lookahead, self._clean_through())
+        room = self.record.room_for_miss(op.extents, self.config.lookahead, self._clean_through(),
+                                         self._free_slots.spare())
         if room is None:
             if not op.waiting_since:
+                self.counters.room_waits += 1
+                self._free_slots.room_wait()
                 op.waiting_since = self.now or 1e-9
             self.request_durable()
             return False
         budget, evict = room
         self.record.evict(evict)
+        self._free_slots.miss_sent()
         self.counters.misses += 1
         self._assign_seq(op)
         self._misses[op.seq] = op
         op.to(OpEvent.SEND_AWAIT)
         self._reservations.reserve(op, budget, self._reservations.for_miss(op.extents, budget))
-        if self.record.free() < self._low_free:
+        if self.record.free() < self._high_free:
             # Clean slots run short: ask for the watermark now rather than at the next tick, so
             # the extents written so far turn clean before the next miss needs room (issue 14).
             self._request_sync()
@@ -940,9 +968,41 @@ class PrimaryCore:
         flags = _MISS | (_DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
-        self._transmit(op, flags, budget, tuple(evict))
+        self._transmit(op, flags, budget, self._with_removals(evict))
         self._ready_local(op)  # waits for ADDED (Ordering.may_apply)
         return True
+
+    def _keep_free(self) -> None:
+        """The watermark moved: while misses wait for room and free slots are under the low
+        mark, evict clean extents ahead of need up to the high mark, so the next misses find
+        room instead of waiting for the next watermark (free_slots.py, issue 14). The secondary
+        hears of them with the next MISS, ahead of its additions: a REMOVE of their own would
+        cost a journal commit there. Until then its record is larger than our copy, which only
+        errs safe (the failback bound counts them)."""
+        record = self.record
+        wanted = self._free_slots.wanted(record.free())
+        if not wanted or self.link is not LinkState.CONNECTED or self.config.mode is Mode.ASYNC:
+            return
+        clean = self._clean_through()
+        if self.config.faults.evict_ahead_takes_dirty:
+            clean = self._order.next_seq  # deliberately wrong: see faults.py
+        evict = record.choose_ahead(wanted, clean)
+        if evict:
+            record.evict(evict)
+            self.counters.evicted_ahead += len(evict)
+            self._removals.extend(evict)
+
+    @property
+    def removals_pending(self) -> tuple[int, ...]:
+        """Extents evicted ahead of need that the secondary has not been told of yet."""
+        return tuple(self._removals)
+
+    def _with_removals(self, evict: list[int]) -> tuple[int, ...]:
+        """A MISS's removals: those evicted ahead of need first, then its own."""
+        if not self._removals:
+            return tuple(evict)
+        removals, self._removals = (*self._removals, *evict), []
+        return removals
 
     def _assign_seq(self, op: Op) -> None:
         self._order.assign(op)
@@ -951,6 +1011,11 @@ class PrimaryCore:
     def _transmit(self, op: Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
         if flags & _MISS:
             self.predictor.observe(op.extents)  # as the secondary will, adding for this MISS
+        elif self._removals and any(e in op.extents for e in self._removals):
+            # A RANGE or RESYNC write to an extent evicted ahead of need: the removal goes
+            # first, while the extent is still clean (_keep_free).
+            self._send(wire.Remove(tuple(self._removals), ()))
+            self._removals = []
         message: wire.Message
         if op.data is not None:
             message = wire.Write(op.seq, op.offset, flags, budget, removals, op.data)
@@ -1040,6 +1105,7 @@ class PrimaryCore:
             self._try_apply(op)
             self._maybe_finish(op)
         self.record.forget_clean(self._clean_through())
+        self._keep_free()
 
     def _on_welcome(self, welcome: wire.Welcome) -> None:
         if self.link is not LinkState.HANDSHAKE:
@@ -1053,6 +1119,7 @@ class PrimaryCore:
         self._remote_applied = 0
         self._flushes.session_reset()
         self._order.skip_to(welcome.applied_seq)  # continue past what the secondary has seen
+        self._removals = []
         if self.config.mode is not Mode.ASYNC:
             self.record.replace(welcome.record)
         # Resync what may differ: the secondary's record and stale extents, our out-of-sync set;

@@ -1,0 +1,365 @@
+"""The record on a real pair: the miss path and application traces at 10 ms RTT (issue 14).
+
+Method. Every cell starts two fresh sites (``foresync init``, ``foresync run``) on loopback with
+prefilled volume files, the primary's link through ``foresync.testing.proxy`` with ``--delay-ms``
+(5 ms) each way, as bench/replication.py does (its helpers are reused). The record is sized with
+``[record] bound`` at a fraction of the volume (1/4 and 1/16 by default), never the whole volume;
+the other record settings are the defaults (1 MiB extents, lookahead 4, s3fifo, predictor next)
+unless given.
+
+1. fio's nbd engine, 4 KiB randwrite QD16 ``zipf:1.2`` over the volume (256 MiB): async (the
+   baseline, no record), sync, and lookahead at each bound; plus sync QD1, whose p50 is the
+   *miss cost* (one write that waits for its own round trip and the secondary's commit). For
+   each lookahead cell, with its own miss ratio m (record misses / writes, from /status):
+
+       ideal = QD / (m x miss_cost + (1 - m) x QD / async_IOPS)
+
+   and the targets: lookahead IOPS / ideal >= 0.9, p99 / RTT <= 3.
+2. Application traces from bench/workloads (pgbench and sqlite by default) replayed against the
+   pair by ``replay_trace`` (a small NBD client: writes, zeroes, trims and flushes in trace order,
+   at most ``--trace-qd`` in flight, a FLUSH waits for everything before it, as a filesystem's
+   flush does; reads are left out, they never touch the record), in async and in lookahead at
+   each bound, on a volume of the trace's own size. Targets: lookahead / async throughput >= 0.9
+   at 1/4, >= 0.8 at 1/16. ``--trace-requests`` caps a trace's prefix (the same prefix in every
+   cell of that trace).
+
+Ratios mean something only within one run: the box is shared. Targets are printed, never
+enforced; a cell that fails makes the exit status 1. ``--foresync PATH`` measures another build
+(e.g. a baseline checkout with its own venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from replication import (  # bench/replication.py: run as a script, bench/ is on sys.path
+    Sites,
+    SiteSettings,
+    Workload,
+    measure_proxy_rtt_ms,
+    prefill,
+    run_fio,
+    status,
+)
+
+from foresync.nbd import trace
+
+HERE = Path(__file__).parent
+QD = 16
+ZIPF = Workload("4k zipf randwrite QD16", ("--rw=randwrite", "--bs=4k", f"--iodepth={QD}",
+                                           "--random_distribution=zipf:1.2", "--norandommap"), False, 4096)
+ZIPF_QD1 = Workload("4k zipf randwrite QD1", ("--rw=randwrite", "--bs=4k", "--iodepth=1",
+                                              "--random_distribution=zipf:1.2", "--norandommap"), False, 4096)
+IDEAL_MIN, P99_RTT_MAX = 0.9, 3.0
+TRACE_TARGETS = {4: 0.9, 16: 0.8}
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    name: str
+    mode: str
+    fraction: int  # record bound = volume / fraction (0: no record, async)
+    iops: float
+    p50_us: float
+    p99_us: float
+    writes: int = 0
+    misses: int = 0
+    load_1m: float = 0.0
+    room_waits: int = 0  # misses that waited for the watermark (record_room_waits)
+    add_waits: int = 0  # writes that waited for another miss's ADDED (record_add_waits)
+
+    @property
+    def miss_ratio(self) -> float:
+        return self.misses / self.writes if self.writes else 0.0
+
+
+def settings(args: argparse.Namespace, size: int, fraction: int) -> SiteSettings:
+    bound = size // fraction
+    return SiteSettings(size, args.extent_size, max(2, bound // args.extent_size), args.lookahead,
+                        args.eviction, args.watermark_interval)
+
+
+COUNTERS = ("writes", "record_misses", "record_room_waits", "record_add_waits")
+
+
+def counters(doc: dict[str, Any] | None) -> tuple[int, ...]:
+    """The /status counters of COUNTERS (0 where an older build has none)."""
+    found = doc["counters"] if doc is not None else {}
+    return tuple(int(found.get(name, 0)) for name in COUNTERS)
+
+
+def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fraction: int,
+              block_size: int, run: Any) -> tuple[Any, tuple[int, ...]]:
+    """Fresh prefilled sites, ``run(nbd_port)``, and the COUNTERS /status counted meanwhile."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefill([workdir / "primary.img", workdir / "secondary.img"], size, block_size)
+    sites = Sites(args.foresync, workdir, mode, settings(args, size, fraction or 4), args.delay_ms)
+    try:
+        sites.start()
+        os.sync()
+        before = counters(status(sites.admin_port))
+        result = run(sites.nbd_port)
+        after = counters(status(sites.admin_port))
+    finally:
+        sites.stop()
+        for image in workdir.glob("*.img"):
+            image.unlink()
+    return result, tuple(a - b for a, b in zip(after, before, strict=True))
+
+
+def fio_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fraction: int,
+             workload: Workload) -> Cell:
+    load = os.getloadavg()[0]
+    (stats, _), counted = with_pair(
+        args, workdir / name.replace(" ", "_"), mode, args.size, fraction, workload.block_size,
+        lambda port: run_fio(port, workload, args.size, args.duration, args.ramp))
+    pct = stats["clat_ns"]["percentile"]
+    return Cell(name, mode, fraction, stats["iops"], pct["50.000000"] / 1e3, pct["99.000000"] / 1e3,
+                *counted[:2], load, *counted[2:])
+
+
+# -- the trace replayer --------------------------------------------------------------------------
+
+NBDMAGIC, IHAVEOPT, OPT_EXPORT_NAME = 0x4E42444D41474943, 0x49484156454F5054, 1
+REQUEST = struct.Struct(">IHHQQI")
+REPLY = struct.Struct(">IIQ")
+REQUEST_MAGIC, SIMPLE_REPLY_MAGIC = 0x25609513, 0x67446698
+CMD_WRITE, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 1, 3, 4, 6
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise RuntimeError("the NBD server closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+def nbd_connect(port: int) -> tuple[socket.socket, int]:
+    """Fixed newstyle handshake with NBD_OPT_EXPORT_NAME "" (NBD spec, "Newstyle negotiation")."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    magic, opt, _ = struct.unpack(">QQH", recv_exactly(sock, 18))
+    if magic != NBDMAGIC or opt != IHAVEOPT:
+        raise RuntimeError("not a newstyle NBD server")
+    sock.sendall(struct.pack(">I", 1 | 2))  # FIXED_NEWSTYLE | NO_ZEROES
+    sock.sendall(struct.pack(">QII", IHAVEOPT, OPT_EXPORT_NAME, 0))
+    size, _ = struct.unpack(">QH", recv_exactly(sock, 10))
+    return sock, size
+
+
+def trace_requests(path: Path, limit: int) -> tuple[int, list[tuple[int, int, int, int]]]:
+    """(volume size, [(command, offset, length, flags)]) of a trace's changes and flushes."""
+    size, records = trace.decode(lzma.decompress(path.read_bytes()), str(path))
+    out = [(r.command, r.offset, r.length, r.flags) for r in records
+           if r.command in (trace.WRITE, trace.TRIM, trace.WRITE_ZEROES, trace.FLUSH)]
+    return size, out[:limit] if limit else out
+
+
+def replay_trace(port: int, requests: Sequence[tuple[int, int, int, int]], qd: int) -> tuple[float, int]:
+    """Send ``requests`` in order, at most ``qd`` in flight, a FLUSH after all before it is
+    answered; (seconds, requests). Every reply must be a success."""
+    sock, _ = nbd_connect(port)
+    payload = os.urandom(1 << 20) * 33  # up to 33 MiB per write (the traces stay under 32 MiB)
+    slots = threading.Semaphore(qd)
+    idle = threading.Condition()
+    state = {"inflight": 0, "error": ""}
+
+    def receive() -> None:
+        try:
+            for _ in range(len(requests)):
+                magic, error, handle = REPLY.unpack(recv_exactly(sock, REPLY.size))
+                if magic != SIMPLE_REPLY_MAGIC or error:
+                    state["error"] = f"reply {handle}: magic {magic:#x} error {error}"
+                with idle:
+                    state["inflight"] = int(state["inflight"]) - 1
+                    idle.notify_all()
+                slots.release()
+        except (OSError, RuntimeError) as exc:
+            state["error"] = str(exc)
+            with idle:
+                idle.notify_all()
+
+    reader = threading.Thread(target=receive, daemon=True)
+    started = time.perf_counter()
+    reader.start()
+    for handle, (command, offset, length, flags) in enumerate(requests):
+        if command == CMD_FLUSH:
+            with idle:
+                idle.wait_for(lambda: state["inflight"] == 0 or bool(state["error"]))
+        slots.acquire()
+        if state["error"]:
+            break
+        with idle:
+            state["inflight"] = int(state["inflight"]) + 1
+        nbd_flags = flags & 1  # FUA
+        header = REQUEST.pack(REQUEST_MAGIC, nbd_flags, command, handle, offset,
+                              0 if command == CMD_FLUSH else length)
+        if command == CMD_WRITE:
+            sock.sendall(header + payload[offset % 4096:offset % 4096 + length])
+        else:
+            sock.sendall(header)
+    reader.join(timeout=600)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    if state["error"]:
+        raise RuntimeError(f"trace replay failed: {state['error']}")
+    return elapsed, len(requests)
+
+
+def trace_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fraction: int,
+               path: Path) -> Cell:
+    size, requests = trace_requests(path, args.trace_requests)
+    load = os.getloadavg()[0]
+    (elapsed, count), counted = with_pair(
+        args, workdir / name.replace(" ", "_").replace("/", "_"), mode, size, fraction, 4096,
+        lambda port: replay_trace(port, requests, args.trace_qd))
+    return Cell(name, mode, fraction, count / elapsed, 0.0, 0.0, *counted[:2], load, *counted[2:])
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def ideal_iops(miss_ratio: float, miss_cost_us: float, async_iops: float) -> float:
+    """QD / (m x miss cost + (1 - m) x QD / async IOPS): every miss pays its own round trip."""
+    return QD / (miss_ratio * miss_cost_us / 1e6 + (1 - miss_ratio) * QD / async_iops)
+
+
+def cells_to_run(args: argparse.Namespace) -> Iterator[tuple[str, str, int, Any]]:
+    """(name, mode, fraction, what): what is a Workload or a trace path."""
+    yield "async zipf QD16", "async", 0, ZIPF
+    yield "sync zipf QD1 (miss cost)", "sync", 4, ZIPF_QD1
+    yield "sync zipf QD16 1/4", "sync", 4, ZIPF
+    for fraction in args.fractions:
+        yield f"lookahead zipf QD16 1/{fraction}", "lookahead", fraction, ZIPF
+    for name in args.traces:
+        path = HERE / "workloads" / f"{name}.fstrace.xz"
+        yield f"{name} async", "async", 0, path
+        for fraction in args.fractions:
+            yield f"{name} lookahead 1/{fraction}", "lookahead", fraction, path
+
+
+def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[dict[str, Any]]:
+    by_name = {c.name: c for c in cells}
+    print("\n| cell | IOPS | miss ratio | room waits / miss | add waits / write | p50 us | p99 us | load |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for c in cells:
+        print(f"| {c.name} | {c.iops:,.0f} | {c.miss_ratio:.1%} | {c.room_waits / max(c.misses, 1):.1%} "
+              f"| {c.add_waits / max(c.writes, 1):.1%} | {c.p50_us:,.0f} | {c.p99_us:,.0f} | {c.load_1m:.1f} |")
+    checks: list[dict[str, Any]] = []
+    base, cost = by_name.get("async zipf QD16"), by_name.get("sync zipf QD1 (miss cost)")
+    print()
+    for c in cells:
+        if c.mode != "lookahead" or "zipf" not in c.name or base is None or cost is None:
+            continue
+        ideal = ideal_iops(c.miss_ratio, cost.p50_us, base.iops)
+        checks.append({"target": f"{c.name}: IOPS / ideal", "value": c.iops / ideal, "bound": IDEAL_MIN})
+        checks.append({"target": f"{c.name}: p99 / RTT", "value": c.p99_us / 1e3 / rtt_ms,
+                       "bound": P99_RTT_MAX, "at_most": True})
+        waited = (c.misses + c.add_waits) / c.writes if c.writes else 0.0
+        print(f"{c.name}: miss ratio {c.miss_ratio:.1%}, miss cost {cost.p50_us:,.0f} us, ideal "
+              f"{ideal:,.0f} IOPS, measured {c.iops:,.0f} ({c.iops / ideal:.2f}x ideal), p99 "
+              f"{c.p99_us / 1e3 / rtt_ms:.1f}x RTT; counting the writes that waited for another "
+              f"miss's ADDED as misses ({waited:.1%}): {c.iops / ideal_iops(waited, cost.p50_us, base.iops):.2f}x")
+    for name in traces:
+        asy = by_name.get(f"{name} async")
+        for fraction, bound in TRACE_TARGETS.items():
+            la = by_name.get(f"{name} lookahead 1/{fraction}")
+            if asy is None or la is None:
+                continue
+            checks.append({"target": f"{name} 1/{fraction}: lookahead / async", "value": la.iops / asy.iops,
+                           "bound": bound})
+    print("\ntargets (reported, never enforced):")
+    for check in checks:
+        at_most = check.get("at_most", False)
+        met = check["value"] <= check["bound"] if at_most else check["value"] >= check["bound"]
+        print(f"  {'met' if met else 'MISSED':<7} {check['target']}: {check['value']:.2f} "
+              f"{'<=' if at_most else '>='} {check['bound']}")
+        check["met"] = met
+    return checks
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size", type=int, default=256 << 20, help="fio volume bytes (default 256 MiB)")
+    parser.add_argument("--fractions", type=int, nargs="+", default=[4, 16],
+                        help="record bounds as volume fractions (default 4 16)")
+    parser.add_argument("--duration", type=int, default=5, metavar="S", help="fio seconds (default 5)")
+    parser.add_argument("--ramp", type=int, default=1, metavar="S", help="fio ramp (default 1)")
+    parser.add_argument("--delay-ms", type=float, default=5.0, help="one-way delay (default 5)")
+    parser.add_argument("--extent-size", type=int, default=1 << 20, help="[record] extent_size")
+    parser.add_argument("--lookahead", type=int, default=4, help="[record] lookahead (default 4)")
+    parser.add_argument("--eviction", default="s3fifo", help="[record] eviction (default s3fifo)")
+    parser.add_argument("--watermark-interval", type=float, default=0.05, metavar="S")
+    parser.add_argument("--traces", nargs="*", default=["pgbench", "sqlite"],
+                        help="bench/workloads traces to replay (default pgbench sqlite)")
+    parser.add_argument("--trace-requests", type=int, default=20000,
+                        help="replay at most this many requests of each trace (0: all; default 20000)")
+    parser.add_argument("--trace-qd", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--only", nargs="*", help="run only cells whose name contains one of these")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--json", type=Path, metavar="OUT")
+    parser.add_argument("--foresync", default=str(Path(sys.executable).parent / "foresync"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("fio") is None:
+        print("bench needs fio: run `make setup` first", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="foresync-record-pair-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    python = str(Path(args.foresync).with_name("python"))
+    rtts = measure_proxy_rtt_ms(python, args.delay_ms, workdir)
+    rtt_ms = rtts[len(rtts) // 2]
+    print(f"record pair bench ({args.foresync}) in {workdir}: RTT p50 {rtt_ms:.2f} ms, bounds "
+          f"{', '.join(f'1/{f}' for f in args.fractions)}, extent {args.extent_size}, lookahead "
+          f"{args.lookahead}, eviction {args.eviction}", flush=True)
+    cells: list[Cell] = []
+    failures: list[str] = []
+    for name, mode, fraction, what in cells_to_run(args):
+        if args.only and not any(part in name for part in args.only):
+            continue
+        try:
+            if isinstance(what, Workload):
+                cell = fio_cell(args, workdir, name, mode, fraction, what)
+            else:
+                cell = trace_cell(args, workdir, name, mode, fraction, what)
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            failures.append(f"{name}: {exc}")
+            print(f"{name}: FAILED {exc}", flush=True)
+            continue
+        cells.append(cell)
+        print(f"{name:<32} {cell.iops:>9,.0f} IOPS miss {cell.miss_ratio:6.1%} (room waits "
+              f"{cell.room_waits}, add waits {cell.add_waits}) p50 {cell.p50_us:>8,.0f} us p99 "
+              f"{cell.p99_us:>8,.0f} us load {cell.load_1m:.1f}", flush=True)
+    checks = report(cells, rtt_ms, args.traces)
+    if args.json:
+        args.json.write_text(json.dumps({"rtt_ms": rtt_ms, "cells": [asdict(c) for c in cells],
+                                         "targets": checks, "failures": failures}, indent=2) + "\n")
+    if args.workdir is None and not failures:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for failure in failures:
+        print(f"FAILED {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
