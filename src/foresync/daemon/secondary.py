@@ -71,6 +71,8 @@ class _CommitFailed(Exception):
         self.error = error
 
 
+_RESYNC = int(wire.WriteFlag.RESYNC)  # an int: `flags & IntFlag` goes through enum.py (0.8 against 0.05 us)
+
 class SecondarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
                  journal: RecordJournal | None, security: SiteSecurity | None = None) -> None:
@@ -161,7 +163,7 @@ class SecondarySite:
                 return
             self._held.append(message)
             return
-        if type(message) is wire.Write and message.flags & wire.WriteFlag.RESYNC:
+        if type(message) is wire.Write and message.flags & _RESYNC:
             if not self._resync_rx_started:
                 self._resync_rx_started = time.monotonic()
             self._resync_rx_bytes += len(message.data)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 from foresync import tls
-from foresync.errors import ForesyncError
+from foresync.errors import ForesyncError, RemoteProtocolError
 from foresync.link import wire
 from foresync.link.auth import AUTH_MAX_FRAME_BYTES, LinkAuth
 from foresync.listening import listening_sockets
@@ -216,13 +216,18 @@ class LinkProtocol(asyncio.Protocol):
         decoder = self._decoder
         try:
             decoder.push(data)
-            while (message := decoder.next_message()) is not None:
-                auth = self._auth
-                if auth is not None and not self._gate(auth, message):
+            while self._auth is not None and (message := decoder.next_message()) is not None:
+                if not self._gate(self._auth, message):
                     if self.closed.done():
                         return
                     continue
                 self._on_message(message)
+            if self._auth is None:  # set up: the frame limit no longer changes between messages
+                on_message = self._on_message
+                for message in decoder.next_messages():
+                    on_message(message)
+                if decoder.failed is not None:  # after the good frames before the damage
+                    raise RemoteProtocolError(decoder.failed)
         except ForesyncError as exc:
             log.warning("link %s: %s; closing the connection", self.peer, exc)
             self.abort(str(exc))

