@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ class Row:
     block_size: int
     iops: float
     cpu_us_per_write: dict[str, float]  # primary, secondary (or standalone), fio
+    syscalls_per_write: dict[str, tuple[float, float]]  # read-type, write-type (/proc/PID/io)
 
     def per_mib(self, process: str) -> float:
         return self.cpu_us_per_write.get(process, 0.0) * MiB / self.block_size
@@ -84,12 +86,37 @@ def run_cell(args: argparse.Namespace, variant: str, foresync: str, mode: str, w
                                      scenario, workload, cell_dir)
     for image in cell_dir.glob("*.img"):
         image.unlink()
-    row = Row(variant, mode, workload.name, workload.block_size, cell.iops, cell.cpu_us_per_write)
+    row = Row(variant, mode, workload.name, workload.block_size, cell.iops, cell.cpu_us_per_write,
+              {name: calls for name, calls in cell.syscalls_per_write.items() if name != "proxy"})
     cpu = "  ".join(f"{name} {us:,.1f} us/write {row.per_mib(name):,.0f} us/MiB"
+                    + (f" ({sum(row.syscalls_per_write[name]):.2f} syscalls)"
+                       if name in row.syscalls_per_write else "")
                     for name, us in row.cpu_us_per_write.items())
     print(f"{variant:<8} {mode:<10} {workload.name:<23} {cell.iops:>9,.0f} IOPS  {cpu}  "
           f"load {cell.load_1m:.1f}", flush=True)
     return row
+
+
+def medians(rows: Sequence[Row]) -> list[Row]:
+    """One row per (variant, mode, workload): the median of each figure over the rounds."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.variant, row.mode, row.workload), []).append(row)
+
+    def median(values: Sequence[float]) -> float:
+        return statistics.median(values)
+
+    out = []
+    for same in groups.values():
+        first = same[0]
+        cpu = {name: median([r.cpu_us_per_write.get(name, 0.0) for r in same])
+               for name in first.cpu_us_per_write}
+        calls = {name: (median([r.syscalls_per_write.get(name, (0.0, 0.0))[0] for r in same]),
+                        median([r.syscalls_per_write.get(name, (0.0, 0.0))[1] for r in same]))
+                 for name in first.syscalls_per_write}
+        out.append(Row(first.variant, first.mode, first.workload, first.block_size,
+                       median([r.iops for r in same]), cpu, calls))
+    return out
 
 
 def ratios(rows: Sequence[Row], floor_us: float, variant: str) -> list[dict[str, object]]:
@@ -117,16 +144,19 @@ def ratios(rows: Sequence[Row], floor_us: float, variant: str) -> list[dict[str,
 
 
 def print_report(rows: Sequence[Row], floor_us: dict[str, float], variants: Sequence[str]) -> None:
-    print("\nCPU per write (µs) and per MiB (µs), per process; IOPS as context:")
+    print("\nCPU per write (µs) and per MiB (µs), per process, medians over the rounds; system calls "
+          "per write (/proc/PID/io); IOPS as context:")
     header = ["variant", "mode", "workload", "IOPS", "primary", "secondary", "standalone", "fio",
-              "primary/MiB", "secondary/MiB", "standalone/MiB"]
+              "primary/MiB", "secondary/MiB", "standalone/MiB", "syscalls p/s/standalone"]
     table = [header]
     for r in rows:
         table.append([r.variant, r.mode, r.workload, f"{r.iops:,.0f}",
                       *(f"{r.cpu_us_per_write[p]:,.1f}" if p in r.cpu_us_per_write else "-"
                         for p in ("primary", "secondary", "standalone", "fio")),
                       *(f"{r.per_mib(p):,.0f}" if p in r.cpu_us_per_write else "-"
-                        for p in ("primary", "secondary", "standalone"))])
+                        for p in ("primary", "secondary", "standalone")),
+                      " / ".join(f"{sum(r.syscalls_per_write[p]):.2f}"
+                                 for p in ("primary", "secondary", "standalone") if p in r.syscalls_per_write)])
     widths = [max(len(line[col]) for line in table) for col in range(len(header))]
     for line in table:
         print(" | ".join(c.ljust(w) if i < 3 else c.rjust(w)
@@ -177,6 +207,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workload", action="append", choices=[w.name for w in WORKLOADS],
                         help="run only this workload (repeatable; default all)")
     parser.add_argument("--floor-count", type=int, default=1000, help="1 MiB operations per floor measurement")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every cell this many times (interleaved) and report medians")
     parser.add_argument("--baseline", metavar="PATH",
                         help="another foresync CLI to run every replicated cell with as well")
     parser.add_argument("--foresync", default=str(Path(sys.executable).parent / "foresync"))
@@ -208,20 +240,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = [w for w in WORKLOADS if not args.workload or w.name in args.workload]
     rows: list[Row] = []
     failures: list[str] = []
-    for workload in workloads:
+    for round_index, workload in ((r, w) for r in range(args.rounds) for w in workloads):
         plan = [("now", args.foresync, "standalone")]
-        plan += [(variant, path, mode) for mode in modes for variant, path in variants]
+        order = variants if round_index % 2 == 0 else variants[::-1]  # neither always goes first
+        plan += [(variant, path, mode) for mode in modes for variant, path in order]
         for variant, path, mode in plan:
             try:
                 rows.append(run_cell(args, variant, path, mode, workload, workdir))
             except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
                 failures.append(f"{variant} {mode} {workload.name}: {exc}")
                 print(f"{variant:<8} {mode:<10} {workload.name:<23} FAILED: {exc}", flush=True)
+    all_rows, rows = rows, medians(rows)
     print_report(rows, floor_us, [v for v, _ in variants])
     for failure in failures:
         print(f"FAILED cell {failure}")
     if args.json:
         doc = {"floor_us_per_mib": floor_us, "rows": [asdict(r) for r in rows],
+               "rounds": [asdict(r) for r in all_rows],
                "ratios": [r for v, _ in variants for r in ratios(rows, floor_us["floor"], v)],
                "targets": check_targets(rows, floor_us["floor"]), "failures": failures}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
