@@ -54,7 +54,6 @@ from enum import IntEnum, IntFlag
 import google_crc32c
 
 from foresync.errors import RemoteProtocolError, invariant
-from foresync.gather import Parts, add_part, join
 
 # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); 3: data generations in HELLO and DEMOTE and a
 # code in REFUSE (issue 13). A peer of another version is refused by name.
@@ -460,6 +459,8 @@ _value, _extend = google_crc32c.value, google_crc32c.extend
 # A WRITE frame this big or bigger is gathered from the received chunks and joined once (one
 # copy) instead of being appended to the decoder's buffer and sliced out of it (two copies).
 GATHER_MIN_BYTES = 64 * 1024
+RECEIVE_BYTES = 256 * 1024  # FrameDecoder.get_buffer's scratch buffer
+KEEP_PAYLOAD_MAX_BYTES = 4 * 1024 * 1024  # a gathered WRITE's buffer up to this is kept for the next
 
 
 def encode_frame(message: Message) -> bytes:
@@ -616,31 +617,66 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0  # start of the first undecoded frame in _buf
         self.failed: str | None = None
-        # A large WRITE whose data is gathered from the pushed chunks and joined once, instead
-        # of being appended to _buf and sliced out of it: (crc, prefix, head), the parts, and
-        # how many bytes of it are still to come.
+        # A large WRITE whose data is gathered in place instead of being appended to _buf and
+        # sliced out of it: (crc, prefix, head), the buffer its data lands in (received into
+        # directly through get_buffer), how much of it has come and how much is still to come.
         self._gather: tuple[int, bytes, bytes] | None = None
-        self._parts: Parts = []
+        self._payload = bytearray()  # kept for the next large WRITE up to KEEP_PAYLOAD_MAX_BYTES
+        self._payload_fill = 0
         self._gather_need = 0
+        self._scratch: bytearray | None = None  # get_buffer's, when no payload is being gathered
+        self._into_payload = False  # what the last get_buffer handed out
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes | bytearray | memoryview) -> None:
         if self.failed is not None:
             raise RemoteProtocolError(f"link stream already failed: {self.failed}")
         need = self._gather_need
         if need:
             take = min(need, len(data))
-            add_part(self._parts, data, take)
+            fill = self._payload_fill
+            with memoryview(self._payload) as payload, memoryview(data) as view:
+                payload[fill : fill + take] = view[:take]
+            self._payload_fill = fill + take
             self._gather_need = need - take
             if take == len(data):
                 return
-            data = data[take:]
+            data = memoryview(data)[take:]
         self._buf += data
+
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes received should go (``asyncio.BufferedProtocol.get_buffer``):
+        the rest of a large WRITE being gathered, so its data lands in place with no copy,
+        or a scratch buffer of ``RECEIVE_BYTES`` that ``buffer_updated`` appends to the frame
+        buffer (one copy, where ``data_received`` costs two: the transport's bytes and the
+        append). Bytes past a WRITE's data never land in its payload: the view ends there."""
+        need = self._gather_need
+        self._into_payload = bool(need) and self.failed is None
+        if self._into_payload:
+            fill = self._payload_fill
+            return memoryview(self._payload)[fill : fill + need]
+        if self._scratch is None:
+            self._scratch = bytearray(RECEIVE_BYTES)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were received into the last ``get_buffer``; then ``next_messages``."""
+        if self._into_payload:
+            self._into_payload = False
+            self._payload_fill += nbytes
+            self._gather_need -= nbytes
+            return
+        assert self._scratch is not None
+        with memoryview(self._scratch) as view:
+            self.push(view[:nbytes])
 
     def _gathered(self) -> Message:
         assert self._gather is not None
         crc, prefix, head = self._gather
-        data = join(self._parts)
-        self._gather, self._parts = None, []
+        with memoryview(self._payload) as payload:
+            data = bytes(payload[: self._payload_fill])  # CRC32C and Write.data take bytes
+        self._gather = None
+        if len(self._payload) > KEEP_PAYLOAD_MAX_BYTES:
+            self._payload = bytearray()
         actual = _extend(_extend(_value(prefix), head), data)
         if actual != crc:
             raise RemoteProtocolError(f"link frame CRC32C mismatch (type {_WRITE_KIND}, "
@@ -777,12 +813,17 @@ class FrameDecoder:
             raise RemoteProtocolError("WRITE frame shorter than its removals")
         if len(buf) < split:
             return False
-        with memoryview(buf) as view:
+        size = start + length - split  # the data's
+        if len(self._payload) < size:
+            self._payload = bytearray(size)  # a new one: the old may still be exported
+        with memoryview(buf) as view, memoryview(self._payload) as payload:
             prefix = bytes(view[pos : pos + _PREFIX.size])
             head = bytes(view[start:split])
-            self._parts = [bytearray(view[split:])]
+            have = len(buf) - split
+            payload[:have] = view[split:]
         self._gather = (crc, prefix, head)
-        self._gather_need = start + length - len(buf)
+        self._payload_fill = have
+        self._gather_need = size - have
         buf.clear()
         self._pos = 0
         return True
