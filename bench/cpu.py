@@ -77,10 +77,10 @@ def measure_floor(count: int, directory: str) -> dict[str, float]:
 
 
 def run_cell(args: argparse.Namespace, variant: str, foresync: str, mode: str, workload: Workload,
-             workdir: Path) -> Row:
+             workdir: Path, round_index: int) -> Row:
     scenario = Scenario("standalone" if mode == "standalone" else f"{mode} 0ms",
                         None if mode == "standalone" else mode, False)
-    cell_dir = workdir / f"{variant}-{mode}-{workload.name}".replace(" ", "_")
+    cell_dir = workdir / f"r{round_index}-{variant}-{mode}-{workload.name}".replace(" ", "_")
     cell_dir.mkdir(parents=True, exist_ok=True)
     cell: Cell = replication.measure(argparse.Namespace(**{**vars(args), "foresync": foresync}),
                                      scenario, workload, cell_dir)
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan += [(variant, path, mode) for mode in modes for variant, path in order]
         for variant, path, mode in plan:
             try:
-                rows.append(run_cell(args, variant, path, mode, workload, workdir))
+                rows.append(run_cell(args, variant, path, mode, workload, workdir, round_index))
             except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
                 failures.append(f"{variant} {mode} {workload.name}: {exc}")
                 print(f"{variant:<8} {mode:<10} {workload.name:<23} FAILED: {exc}", flush=True)
