@@ -43,6 +43,13 @@ LIST(x) is a u32 count followed by that many x.
     RESYNC_SET      u64 set id, u32 n, n x (u32 first extent, u32 count): extents a resync pass may
                     change outside the record; journal them, then answer RESYNC_SET_DURABLE
     RESYNC_SET_DURABLE  u64 set id: that resync set is durable in the secondary's journal
+
+Receiving (``FrameDecoder``, issue 15). The link's transport reads straight into the decoder's
+memory (``get_buffer``/``buffer_updated``): a WRITE of GATHER_MIN_BYTES or more, once its head
+is in, has the rest of its data read into a payload buffer of its own (one copy per byte, into
+``bytes`` for CRC32C, instead of two); everything else lands in a reused scratch buffer and is
+appended to the frame buffer. Once the peer is authenticated, ``next_messages`` decodes a pass's
+plain WRITEs in one loop and leaves every other frame, and every error, to ``next_message``.
 """
 
 from __future__ import annotations
