@@ -510,3 +510,28 @@ def test_the_receive_path_keeps_no_more_than_a_write_costs() -> None:
     assert per_write < 300, per_write  # the Write, its data's header and the list's slot
     # the scratch buffer (made on the first read), the read chunk, the frame buffer, one frame
     assert peak_over_kept < wire.RECEIVE_BYTES + 3 * chunk, peak_over_kept
+
+
+def test_a_large_write_read_in_place_costs_its_payload_twice_at_most() -> None:
+    """A 1 MiB WRITE read through get_buffer in 64 KiB reads (tracemalloc): the payload buffer
+    and the one ``bytes`` copy CRC32C needs, nothing per read."""
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    frame = encode_frame(wire.Write(1, 0, 0, 0, (), payload))
+    decoder = FrameDecoder()
+    out: list[wire.Message] = []
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for start in range(0, len(frame), 64 * 1024):
+            with decoder.get_buffer() as view:
+                n = min(len(view), 64 * 1024, len(frame) - start)
+                view[:n] = frame[start : start + n]
+            assert n == min(64 * 1024, len(frame) - start)  # the view never ends a read early
+            decoder.buffer_updated(n)
+            out += decoder.next_messages()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out == [wire.Write(1, 0, 0, 0, (), payload)]
+    assert peak - base < 2 * len(payload) + wire.RECEIVE_BYTES + 64 * 1024, peak - base
