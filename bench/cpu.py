@@ -82,10 +82,12 @@ def run_cell(args: argparse.Namespace, variant: str, foresync: str, mode: str, w
                         None if mode == "standalone" else mode, False)
     cell_dir = workdir / f"r{round_index}-{variant}-{mode}-{workload.name}".replace(" ", "_")
     cell_dir.mkdir(parents=True, exist_ok=True)
-    cell: Cell = replication.measure(argparse.Namespace(**{**vars(args), "foresync": foresync}),
-                                     scenario, workload, cell_dir)
-    for image in cell_dir.glob("*.img"):
-        image.unlink()
+    try:
+        cell: Cell = replication.measure(argparse.Namespace(**{**vars(args), "foresync": foresync}),
+                                         scenario, workload, cell_dir)
+    finally:
+        for image in cell_dir.glob("*.img"):
+            image.unlink()  # a failed cell too: its logs stay, its volumes would fill /tmp
     row = Row(variant, mode, workload.name, workload.block_size, cell.iops, cell.cpu_us_per_write,
               {name: calls for name, calls in cell.syscalls_per_write.items() if name != "proxy"})
     cpu = "  ".join(f"{name} {us:,.1f} us/write {row.per_mib(name):,.0f} us/MiB"
