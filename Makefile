@@ -59,6 +59,7 @@ bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/replication.py $(BENCH_ARGS_REPL)
 	$(PY) bench/floor.py
+	$(PY) bench/cpu.py $(BENCH_ARGS_CPU)
 	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
 	$(PY) bench/objects_predict.py
 	$(PY) bench/record_pair.py $(BENCH_ARGS_RECORD)

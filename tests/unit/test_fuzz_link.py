@@ -411,3 +411,65 @@ def test_reserved_bits_must_be_zero(reserved: int, message: wire.Message) -> Non
     with pytest.raises(RemoteProtocolError, match="reserved header bytes are not zero"):
         decoder.feed(bytes(encoded))
     assert_failed_for_good(decoder)
+
+
+# -- the receive buffer API (get_buffer / buffer_updated), as the link's transport drives it ---------
+
+GATHER_MAX_FRAME_BYTES = 4 * wire.GATHER_MIN_BYTES  # room for WRITEs that are gathered in place
+LARGE_WRITES = st.builds(wire.Write, u64, u64, u8, u16, u32s(3),
+                         st.integers(wire.GATHER_MIN_BYTES - 100, 3 * wire.GATHER_MIN_BYTES).map(
+                             lambda n: bytes(range(256)) * (n // 256) + b"\x07" * (n % 256)))
+
+
+def receive(decoder: FrameDecoder, stream: bytes, reads: list[int]) -> list[wire.Message]:
+    """Deliver ``stream`` as a transport would: each read fills at most the buffer handed out,
+    ``reads`` (cycled) cap the read sizes; only RemoteProtocolError may escape."""
+    out: list[wire.Message] = []
+    pos, index = 0, 0
+    while pos < len(stream):
+        with decoder.get_buffer() as view:
+            n = min(len(view), reads[index % len(reads)], len(stream) - pos)
+            view[:n] = stream[pos : pos + n]
+        index += 1
+        pos += n
+        decoder.buffer_updated(n)
+        out += decoder.next_messages()
+        if decoder.failed is not None:
+            raise RemoteProtocolError(decoder.failed)
+        assert buffered(decoder) < HEADER_BYTES + decoder.max_frame_bytes
+    return out
+
+
+@EXAMPLES
+@given(st.lists(st.one_of(MESSAGES, LARGE_WRITES), min_size=1, max_size=5),
+       st.lists(st.integers(1, 300_000), min_size=1, max_size=6))
+def test_reads_into_the_decoders_buffers_decode_the_same(messages: list[wire.Message],
+                                                        reads: list[int]) -> None:
+    stream = b"".join(encode_frame(m) for m in messages)
+    assert receive(FrameDecoder(GATHER_MAX_FRAME_BYTES), stream, reads) == messages
+
+
+@settings(max_examples=100, deadline=None)
+@given(LARGE_WRITES, st.data())
+def test_a_flipped_bit_in_a_gathered_write_is_refused(message: wire.Message, data: st.DataObject) -> None:
+    # The payload was received in place, never through the frame buffer: the CRC still covers it.
+    good = encode_frame(wire.Applied(3))
+    encoded = bytearray(encode_frame(message))
+    index = data.draw(st.integers(HEADER_BYTES, len(encoded) - 1), label="byte")
+    encoded[index] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    reads = data.draw(st.lists(st.integers(1, 70_000), min_size=1, max_size=4), label="reads")
+    decoder = FrameDecoder(GATHER_MAX_FRAME_BYTES)
+    with pytest.raises(RemoteProtocolError):
+        receive(decoder, good + bytes(encoded) + good, reads)
+    assert_failed_for_good(decoder)
+
+
+def test_a_gathered_payload_never_takes_the_next_frames_bytes() -> None:
+    large = wire.Write(1, 0, 0, 0, (), b"\x01" * (wire.GATHER_MIN_BYTES + 10))
+    stream = encode_frame(large) + encode_frame(wire.Applied(9))
+    decoder = FrameDecoder()
+    decoder.push(stream[:1000])  # the gather starts
+    assert decoder.next_messages() == []
+    with decoder.get_buffer() as view:
+        assert len(view) == len(encode_frame(large)) - 1000  # exactly the rest of its data
+    assert receive(decoder, stream[1000:], [1 << 20]) == [large, wire.Applied(9)]

@@ -428,3 +428,110 @@ def test_a_large_write_in_tiny_pieces_costs_bytes_not_an_object_per_piece(piece:
         tracemalloc.stop()
     assert out == [wire.Write(1, 0, 0, 0, (), payload)]
     assert peak < 2.3 * len(payload), peak
+
+
+# -- next_messages: the batch the link decodes once set up (issue 15) ---------------------------------
+
+
+def test_next_messages_returns_a_mixed_batch_in_order() -> None:
+    messages: list[wire.Message] = [
+        wire.Write(1, 0, 0, 0, (), b"a" * 4096),
+        wire.Write(2, 4096, 0, 0, (3, 9), b"b" * 512),  # removals: the fast path decodes them too
+        wire.Applied(2),
+        wire.Write(3, 8192, int(wire.WriteFlag.MISS), 4, (), b"c"),
+        wire.Zero(4, 0, 4096, 0, 0, ()),
+        wire.Write(5, 0, 0, 0, (), b"d" * 4096),
+    ]
+    decoder = FrameDecoder()
+    stream = b"".join(encode_frame(m) for m in messages)
+    decoder.push(stream[:-10])
+    assert decoder.next_messages() == messages[:-1]
+    decoder.push(stream[-10:])
+    assert decoder.next_messages() == messages[-1:]
+    assert decoder.next_messages() == []
+
+
+@pytest.mark.parametrize("damaged_at", [0, 20, 60, -1])
+def test_next_messages_delivers_the_frames_before_damage_then_fails(damaged_at: int) -> None:
+    good = [wire.Write(seq, seq * 4096, 0, 0, (), bytes([seq]) * 4096) for seq in range(3)]
+    bad = bytearray(encode_frame(wire.Write(9, 0, 0, 0, (), b"x" * 4096)))
+    bad[damaged_at] ^= 0x10  # magic, fixed part, removals count or data, last byte
+    decoder = FrameDecoder()
+    decoder.push(b"".join(encode_frame(m) for m in good) + bytes(bad) + encode_frame(wire.Applied(1)))
+    assert decoder.next_messages() == good
+    assert decoder.failed is not None
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_messages()
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(encode_frame(wire.Ping(1)))
+
+
+def test_a_damaged_first_frame_raises_at_once() -> None:
+    bad = bytearray(encode_frame(wire.Write(9, 0, 0, 0, (), b"x" * 4096)))
+    bad[-1] ^= 1
+    decoder = FrameDecoder()
+    decoder.push(bytes(bad))
+    with pytest.raises(RemoteProtocolError, match="CRC32C"):
+        decoder.next_messages()
+
+
+def test_the_receive_path_keeps_no_more_than_a_write_costs() -> None:
+    """Memory of the receive path (get_buffer, buffer_updated, next_messages), 4 KiB writes
+    (tracemalloc): what a decoded WRITE keeps beyond its data is one object, and while a batch
+    is decoded the decoder holds at most its scratch buffer and what was read. A decoder that
+    kept views of (or copies of) its buffers per frame would fail."""
+    count, size = 256, 4096
+    frames = [encode_frame(wire.Write(seq, seq * size, 0, 0, (), bytes([seq % 251]) * size))
+              for seq in range(count)]
+    chunk = 64 * 1024
+    stream = b"".join(frames)
+    decoder = FrameDecoder()
+    kept: list[wire.Message] = []
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        peak_over_kept = 0
+        for start in range(0, len(stream), chunk):
+            with decoder.get_buffer() as view:  # as the link's transport reads
+                piece = stream[start : start + chunk]
+                view[: len(piece)] = piece
+            decoder.buffer_updated(len(piece))
+            del piece
+            kept += decoder.next_messages()
+            _, peak = tracemalloc.get_traced_memory()
+            peak_over_kept = max(peak_over_kept, peak - base - len(kept) * size)
+            tracemalloc.reset_peak()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == count and kept[-1] == wire.Write(count - 1, (count - 1) * size, 0, 0, (),
+                                                          bytes([(count - 1) % 251]) * size)
+    per_write = (after - base - wire.RECEIVE_BYTES - count * size) / count  # the scratch buffer stays
+    assert per_write < 300, per_write  # the Write, its data's header and the list's slot
+    # the scratch buffer (made on the first read), the read chunk, the frame buffer, one frame
+    assert peak_over_kept < wire.RECEIVE_BYTES + 3 * chunk, peak_over_kept
+
+
+def test_a_large_write_read_in_place_costs_its_payload_twice_at_most() -> None:
+    """A 1 MiB WRITE read through get_buffer in 64 KiB reads (tracemalloc): the payload buffer
+    and the one ``bytes`` copy CRC32C needs, nothing per read."""
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    frame = encode_frame(wire.Write(1, 0, 0, 0, (), payload))
+    decoder = FrameDecoder()
+    out: list[wire.Message] = []
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for start in range(0, len(frame), 64 * 1024):
+            with decoder.get_buffer() as view:
+                n = min(len(view), 64 * 1024, len(frame) - start)
+                view[:n] = frame[start : start + n]
+            assert n == min(64 * 1024, len(frame) - start)  # the view never ends a read early
+            decoder.buffer_updated(n)
+            out += decoder.next_messages()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out == [wire.Write(1, 0, 0, 0, (), payload)]
+    assert peak - base < 2 * len(payload) + wire.RECEIVE_BYTES + 64 * 1024, peak - base

@@ -72,6 +72,8 @@ class _CommitFailed(Exception):
         self.error = error
 
 
+_RESYNC = int(wire.WriteFlag.RESYNC)  # an int: `flags & IntFlag` goes through enum.py (0.8 against 0.05 us)
+
 class SecondarySite:
     def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
                  journal: RecordJournal | None, security: SiteSecurity | None = None) -> None:
@@ -164,7 +166,7 @@ class SecondarySite:
                 return
             self._held.append(message)
             return
-        if type(message) is wire.Write and message.flags & wire.WriteFlag.RESYNC:
+        if type(message) is wire.Write and message.flags & _RESYNC:
             self._resync_watch.received(message.offset, len(message.data), proto.last_rx)
         elif type(message) is wire.ResyncSet:
             self._resync_watch.set_received(message.runs)

@@ -43,6 +43,13 @@ LIST(x) is a u32 count followed by that many x.
     RESYNC_SET      u64 set id, u32 n, n x (u32 first extent, u32 count): extents a resync pass may
                     change outside the record; journal them, then answer RESYNC_SET_DURABLE
     RESYNC_SET_DURABLE  u64 set id: that resync set is durable in the secondary's journal
+
+Receiving (``FrameDecoder``, issue 15). The link's transport reads straight into the decoder's
+memory (``get_buffer``/``buffer_updated``): a WRITE of GATHER_MIN_BYTES or more, once its head
+is in, has the rest of its data read into a payload buffer of its own (one copy per byte, into
+``bytes`` for CRC32C, instead of two); everything else lands in a reused scratch buffer and is
+appended to the frame buffer. Once the peer is authenticated, ``next_messages`` decodes a pass's
+plain WRITEs in one loop and leaves every other frame, and every error, to ``next_message``.
 """
 
 from __future__ import annotations
@@ -54,7 +61,6 @@ from enum import IntEnum, IntFlag
 import google_crc32c
 
 from foresync.errors import RemoteProtocolError, invariant
-from foresync.gather import Parts, add_part, join
 
 # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); 3: data generations in HELLO and DEMOTE and a
 # code in REFUSE (issue 13). A peer of another version is refused by name.
@@ -460,6 +466,8 @@ _value, _extend = google_crc32c.value, google_crc32c.extend
 # A WRITE frame this big or bigger is gathered from the received chunks and joined once (one
 # copy) instead of being appended to the decoder's buffer and sliced out of it (two copies).
 GATHER_MIN_BYTES = 64 * 1024
+RECEIVE_BYTES = 256 * 1024  # FrameDecoder.get_buffer's scratch buffer
+KEEP_PAYLOAD_MAX_BYTES = 4 * 1024 * 1024  # a gathered WRITE's buffer up to this is kept for the next
 
 
 def encode_frame(message: Message) -> bytes:
@@ -616,31 +624,66 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0  # start of the first undecoded frame in _buf
         self.failed: str | None = None
-        # A large WRITE whose data is gathered from the pushed chunks and joined once, instead
-        # of being appended to _buf and sliced out of it: (crc, prefix, head), the parts, and
-        # how many bytes of it are still to come.
+        # A large WRITE whose data is gathered in place instead of being appended to _buf and
+        # sliced out of it: (crc, prefix, head), the buffer its data lands in (received into
+        # directly through get_buffer), how much of it has come and how much is still to come.
         self._gather: tuple[int, bytes, bytes] | None = None
-        self._parts: Parts = []
+        self._payload = bytearray()  # kept for the next large WRITE up to KEEP_PAYLOAD_MAX_BYTES
+        self._payload_fill = 0
         self._gather_need = 0
+        self._scratch: bytearray | None = None  # get_buffer's, when no payload is being gathered
+        self._into_payload = False  # what the last get_buffer handed out
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes | bytearray | memoryview) -> None:
         if self.failed is not None:
             raise RemoteProtocolError(f"link stream already failed: {self.failed}")
         need = self._gather_need
         if need:
             take = min(need, len(data))
-            add_part(self._parts, data, take)
+            fill = self._payload_fill
+            with memoryview(self._payload) as payload, memoryview(data) as view:
+                payload[fill : fill + take] = view[:take]
+            self._payload_fill = fill + take
             self._gather_need = need - take
             if take == len(data):
                 return
-            data = data[take:]
+            data = memoryview(data)[take:]
         self._buf += data
+
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes received should go (``asyncio.BufferedProtocol.get_buffer``):
+        the rest of a large WRITE being gathered, so its data lands in place with no copy,
+        or a scratch buffer of ``RECEIVE_BYTES`` that ``buffer_updated`` appends to the frame
+        buffer (one copy, where ``data_received`` costs two: the transport's bytes and the
+        append). Bytes past a WRITE's data never land in its payload: the view ends there."""
+        need = self._gather_need
+        self._into_payload = bool(need) and self.failed is None
+        if self._into_payload:
+            fill = self._payload_fill
+            return memoryview(self._payload)[fill : fill + need]
+        if self._scratch is None:
+            self._scratch = bytearray(RECEIVE_BYTES)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were received into the last ``get_buffer``; then ``next_messages``."""
+        if self._into_payload:
+            self._into_payload = False
+            self._payload_fill += nbytes
+            self._gather_need -= nbytes
+            return
+        assert self._scratch is not None
+        with memoryview(self._scratch) as view:
+            self.push(view[:nbytes])
 
     def _gathered(self) -> Message:
         assert self._gather is not None
         crc, prefix, head = self._gather
-        data = join(self._parts)
-        self._gather, self._parts = None, []
+        with memoryview(self._payload) as payload:
+            data = bytes(payload[: self._payload_fill])  # CRC32C and Write.data take bytes
+        self._gather = None
+        if len(self._payload) > KEEP_PAYLOAD_MAX_BYTES:
+            self._payload = bytearray()
         actual = _extend(_extend(_value(prefix), head), data)
         if actual != crc:
             raise RemoteProtocolError(f"link frame CRC32C mismatch (type {_WRITE_KIND}, "
@@ -711,6 +754,60 @@ class FrameDecoder:
             self._pos = 0
         return None
 
+    def next_messages(self) -> list[Message]:
+        """Every complete message in the buffer, in order: what ``next_message()`` returns in a
+        loop, with plain WRITEs (the hot path) decoded in one loop pass each instead of a call
+        (one buffer view, the limits read once): 2.5 -> 1.9 us per 4 KiB WRITE. The link uses
+        it once authenticated, when ``max_frame_bytes`` no longer changes between messages.
+        A damaged frame after good ones: the good ones are returned and ``failed`` is set (the
+        caller checks it); any later call raises."""
+        out: list[Message] = []
+        while True:
+            if self._gather is None and self.failed is None:
+                self._plain_writes(out)
+            try:
+                message = self.next_message()
+            except RemoteProtocolError:
+                if not out:
+                    raise
+                return out
+            if message is None:
+                return out
+            out.append(message)
+
+    def _plain_writes(self, out: list[Message]) -> None:
+        """Decode complete WRITE frames with data from the buffer into ``out``; stop at anything
+        else (another type, a partial or damaged frame), which ``next_message`` then handles,
+        with its errors."""
+        buf, pos = self._buf, self._pos
+        size, limit, fixed = FRAME_HEADER.size, self.max_frame_bytes, WRITE.size
+        unpack_header, unpack_write = FRAME_HEADER.unpack_from, WRITE.unpack_from
+        have = len(buf)
+        view = memoryview(buf)  # copies of the frames only, not of the buffer
+        try:
+            while have - pos >= size:
+                magic, kind, r1, r2, length, crc = unpack_header(buf, pos)
+                end = pos + size + length
+                if (magic != FRAME_MAGIC or r1 or r2 or length > limit or end > have
+                        or kind != _WRITE_KIND or length < fixed):
+                    break
+                start = pos + size
+                write = unpack_write(buf, start)  # seq, offset, flags, budget, count
+                split = start + fixed + 4 * write[4]
+                if split >= end:
+                    break
+                head = bytes(view[start:split])
+                data = bytes(view[split:end])
+                if _extend(_extend(_value(bytes(view[pos:start - 4])), head), data) != crc:
+                    break
+                seq, offset, flags, budget, count = write
+                removals = _read_u32s(head, fixed, count, "WRITE") if count else ()
+                out.append(Write(seq, offset, flags, budget, removals, data))
+                pos = end
+        finally:
+            view.release()
+        self._pos = pos
+
     def _start_gather(self, buf: bytearray, pos: int, length: int, crc: int) -> bool:
         """Begin gathering the incomplete large WRITE at ``pos``, once its head (fixed part and
         removals) is all in ``buf``. False: not yet."""
@@ -723,20 +820,25 @@ class FrameDecoder:
             raise RemoteProtocolError("WRITE frame shorter than its removals")
         if len(buf) < split:
             return False
-        with memoryview(buf) as view:
+        size = start + length - split  # the data's
+        if len(self._payload) < size:
+            self._payload = bytearray(size)  # a new one: the old may still be exported
+        with memoryview(buf) as view, memoryview(self._payload) as payload:
             prefix = bytes(view[pos : pos + _PREFIX.size])
             head = bytes(view[start:split])
-            self._parts = [bytearray(view[split:])]
+            have = len(buf) - split
+            payload[:have] = view[split:]
         self._gather = (crc, prefix, head)
-        self._gather_need = start + length - len(buf)
+        self._payload_fill = have
+        self._gather_need = size - have
         buf.clear()
         self._pos = 0
         return True
 
     def feed(self, data: bytes) -> list[Message]:
-        """Every message completed by ``data``."""
+        """Every message completed by ``data`` (``next_messages``); raises at a damaged frame."""
         self.push(data)
-        out: list[Message] = []
-        while (message := self.next_message()) is not None:
-            out.append(message)
+        out = self.next_messages()
+        if self.failed is not None:
+            raise RemoteProtocolError(self.failed)
         return out
