@@ -642,9 +642,7 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
         h.p_img[span] = bytes([9]) * (span.stop - span.start)
     h.p_durable = bytes(h.p_img)
     h.new_copy = True
-    h.secondary.session_started(score.SessionFacts(
-        wire.WelcomeFlag.NEW,
-        hashes=tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))))
+    h.secondary.session_started(score.SessionFacts(wire.WelcomeFlag.NEW, checksums=True))
     resumes = 0
     original = h.primary.resume
 
@@ -655,10 +653,19 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
 
     h.primary.resume = counted  # type: ignore[method-assign]
     h.connect()
+    assert h.primary._resync.remaining() == h.extents  # waiting for the checksums
+    # Streamed behind the WELCOME in two chunks (CHECKSUMS), compared as each arrives.
+    hashes = tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))
+    h.secondary.send_checksums(0, hashes[:7])
+    h.pump()
+    h.settle()
+    assert h.primary._resync.remaining() == h.extents - 7 and h.primary.counters.resync_bytes == 2 * h.extent_size
+    h.secondary.send_checksums(7, hashes[7:])
+    h.pump()
     h.settle()
     h.check_quiescent()
     assert h.primary.counters.resync_bytes == 3 * h.extent_size - 3  # the last extent is short
-    assert resumes >= h.extents - 1, resumes
+    assert resumes >= h.extents - 3, resumes  # one slice per extent; a chunk arriving starts one
     assert h.committed_state.resync == ()
 
 
@@ -1715,8 +1722,8 @@ def test_full_sync_progress_counts_comparing_and_sending_apart() -> None:
     core = PrimaryCore(config, lambda offset, length: bytes(image[offset:offset + length]))
     core.connected()
     zero = xxhash.xxh3_64_intdigest(bytes(extent))
-    core.receive(wire.Welcome(VOLUME, 1, 0, (), flags=wire.WelcomeFlag.NEW,
-                              hashes=(zero,) * 10))
+    core.receive(wire.Welcome(VOLUME, 1, 0, (), flags=wire.WelcomeFlag.NEW | wire.WelcomeFlag.CHECKSUMS))
+    core.receive(wire.Checksums(0, (zero,) * 10))
     core.tick(2.0)
     core.actions()
     progress = core.resync_progress()

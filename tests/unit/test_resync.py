@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import xxhash
 
+from foresync.errors import RemoteProtocolError
 from foresync.faults import NO_FAULTS
 from foresync.link import wire
 from foresync.record.record import Eviction, RecordCopy
@@ -46,17 +48,19 @@ class _Rig:
         return resync, flushes
 
 
-def _welcome(hashes: tuple[int, ...] = ()) -> wire.Welcome:
-    return wire.Welcome(VOLUME, 1, 0, (), flags=wire.WelcomeFlag.NEW, hashes=hashes)
+def _welcome(checksums: bool = False) -> wire.Welcome:
+    flags = wire.WelcomeFlag.NEW | (wire.WelcomeFlag.CHECKSUMS if checksums else 0)
+    return wire.Welcome(VOLUME, 1, 0, (), flags=flags)
 
 
 def test_a_full_pass_sends_what_differs_and_skips_what_matches() -> None:
     rig = _Rig()
     same = xxhash.xxh3_64_intdigest(b"a" * EXTENT)
     resync, flushes = rig.build()
-    resync.begin(_welcome((same, 0, same, 0)), full=True, last_seq=0, now=0.0)
+    resync.begin(_welcome(checksums=True), full=True, last_seq=0, now=0.0)
     assert isinstance(rig.sent[0], wire.ResyncSet) and rig.sent[0].runs == ((0, 4),)
     assert resync.set_durable(rig.sent[0].set_id) == ((0, 4),)
+    resync.on_checksums(0, (same, 0, same, 0))
     resync.pump(0.0)
     assert rig.extents_sent == [1, 3] and not resync.remaining()
     assert not resync.sent_all()  # the last resync write is not durable there yet
@@ -87,3 +91,36 @@ def test_the_resync_window_holds_back_what_is_not_applied_there() -> None:
     resync.on_applied(1)
     resync.pump(0.0)
     assert rig.extents_sent == [0, 1]
+
+
+def test_a_full_pass_compares_checksums_as_they_stream_in_and_waits_for_the_rest() -> None:
+    rig = _Rig()
+    same = xxhash.xxh3_64_intdigest(b"a" * EXTENT)
+    resync, flushes = rig.build()
+    resync.begin(_welcome(checksums=True), full=True, last_seq=0, now=0.0)
+    resync.pump(0.0)
+    assert rig.extents_sent == [] and resync.remaining() == 4  # nothing to compare with yet
+    resync.on_checksums(0, (0, same))
+    resync.pump(0.0)
+    assert rig.extents_sent == [0] and resync.remaining() == 2  # waits at extent 2
+    assert resync.checksums is not None and resync.checksums.held == 0  # the chunk is dropped
+    resync.on_checksums(2, (same, 0))
+    resync.pump(0.0)
+    assert rig.extents_sent == [0, 3] and not resync.remaining()
+    flushes.on_durable(rig.seq)
+    assert not resync.sent_all()  # the set is not durable there yet
+    assert isinstance(rig.sent[0], wire.ResyncSet) and resync.set_durable(rig.sent[0].set_id)
+    assert resync.sent_all()
+
+
+def test_checksums_out_of_order_past_the_volume_or_unasked_are_refused() -> None:
+    rig = _Rig()
+    resync, _ = rig.build()
+    resync.begin(_welcome(), full=True, last_seq=0, now=0.0)
+    with pytest.raises(RemoteProtocolError, match="without a full sync"):
+        resync.on_checksums(0, (1,))
+    resync.begin(_welcome(checksums=True), full=True, last_seq=0, now=0.0)
+    with pytest.raises(RemoteProtocolError, match="out of order"):
+        resync.on_checksums(1, (1,))
+    with pytest.raises(RemoteProtocolError, match="out of order"):
+        resync.on_checksums(0, (1, 2, 3, 4, 5))

@@ -107,7 +107,6 @@ class SecondarySite:
         self._roll_back_if_needed()
         self.role_changed = asyncio.Event()
         self._promoting = False
-        self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
         # This side's view of a resync pass (issue 17): bytes received and since when; the
         # primary decides what to send, so the total is known there, not here.
         self._resync_rx_bytes = 0
@@ -146,21 +145,13 @@ class SecondarySite:
                 return
             self._take_over(proto)
             self._accept_hello(message, verdict)
-            if self._welcome_flags():
-                # Checksums of the whole image for a full sync: read in a worker thread so the
-                # link stays alive (pings answered) however big the volume is.
-                self._held = [message]
-                self._spawn(self._hash_then_welcome(proto))
+            full = bool(self._welcome_flags())
+            if full and not self._land_earlier_writes(proto):
                 return
-            self._prepare_welcome(())
-        if self._held is not None:
-            self.core.frame_received(proto.last_rx)  # the primary is alive (liveness.py)
-            if isinstance(message, wire.Ping):
-                # Checksumming a big volume takes a while: keep the link alive meanwhile.
-                proto.send(wire.Pong(message.timestamp_ns))
-                return
-            self._held.append(message)
-            return
+            self._prepare_welcome(full)
+            if full:
+                # The core takes the HELLO below (the WELCOME goes out) before the first chunk.
+                self._spawn(self._stream_checksums(proto))
         if type(message) is wire.Write and message.flags & wire.WriteFlag.RESYNC:
             if not self._resync_rx_started:
                 self._resync_rx_started = time.monotonic()
@@ -174,36 +165,43 @@ class SecondarySite:
         # every other message read in the same pass: one pump per read, not per 4 KiB write.
         self.core.receive(message, now=now)
 
-    async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
-        # Every write from an earlier session lands first, so the checksums describe the image
-        # the primary will compare against.
-        area = wire.StorageArea.JOURNAL
+    def _land_earlier_writes(self, proto: LinkProtocol) -> bool:
+        """Before a full sync's checksums: every write from an earlier session lands first (an
+        old write landing on an extent after it was hashed could undo what the primary found
+        identical). False if the journal could not commit (the connection then ends)."""
         try:
             if self.journal is not None:
                 self.journal.commit(self.journal.appended)
                 self.core.journal_synced(self.journal.appended)
                 self.pump()
-            area = wire.StorageArea.IMAGE
-            loop = asyncio.get_running_loop()
-            # The worker stops early once this connection closes (a promote aborts it): on a big
-            # volume the checksums take minutes, and a promote must not wait for them.
-            hashes = await loop.run_in_executor(None, extent_hashes, self.backend,
-                                                self.cfg.extent_size, proto.closed.done)
         except StorageError as exc:  # a full disk: this connection ends; the primary redials
             if proto is self.link:
-                self._held = None
-                self._storage_failed(area, exc, ())
-            return
-        if hashes is None or proto is not self.link or proto.closed.done():
-            return  # that connection is gone; a newer one computes its own
-        held, self._held = self._held or [], None
-        self._prepare_welcome(hashes)
+                self._storage_failed(wire.StorageArea.JOURNAL, exc, ())
+            return False
+        return True
+
+    async def _stream_checksums(self, proto: LinkProtocol) -> None:
+        """A full sync: hash the image in chunks, in a worker thread, and stream each behind the
+        WELCOME (CHECKSUMS) while the session runs: the primary compares a chunk as soon as it
+        arrives, the loop keeps answering pings, and no single frame grows with the volume."""
+        loop = asyncio.get_running_loop()
+        size = self.cfg.extent_size
+        count = -(-self.cfg.size // size)
         self._resync_full = True
-        log.info("reporting checksums of %d extents for a full sync (%s)", len(hashes),
+        log.info("streaming checksums of %d extents for a full sync (%s)", count,
                  "new copy" if self.meta.new else "interrupted resync")
-        for message in held:
-            self.core.receive(message)
-        self.pump()
+        for first in range(0, count, wire.CHECKSUM_CHUNK_EXTENTS):
+            n = min(wire.CHECKSUM_CHUNK_EXTENTS, count - first)
+            try:
+                hashes = await loop.run_in_executor(None, extent_hashes, self.backend, size, first, n)
+            except StorageError as exc:
+                if proto is self.link and not proto.closed.done():
+                    self._storage_failed(wire.StorageArea.IMAGE, exc, ())
+                return
+            if proto is not self.link or proto.closed.done():
+                return  # that connection is gone (a promote aborts it); a newer one hashes anew
+            self.core.send_checksums(first, hashes)
+            self.pump()
 
     def _identity(self) -> Identity:
         return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
@@ -262,14 +260,14 @@ class SecondarySite:
             flags |= wire.WelcomeFlag.INCONSISTENT
         return flags
 
-    def _prepare_welcome(self, hashes: tuple[int, ...]) -> None:
+    def _prepare_welcome(self, checksums: bool) -> None:
         flags = self._welcome_flags()
         # Keep undo during the next resync while the image is consistent, and also while an
         # unfinished pass's undo log is still open here (the link dropped mid-pass, this process
         # lived on): the new pass continues it, so a rollback still returns to the image from
         # before the first pass rather than leaving the extents the new pass changed.
         resuming = not self.meta.new and os.path.exists(self.undo.path)
-        self.core.session_started(SessionFacts(flags, self.meta.stale, self.meta.epoch, hashes,
+        self.core.session_started(SessionFacts(flags, self.meta.stale, self.meta.epoch, checksums,
                                                protect_image=not flags or resuming))
 
     def _store(self, meta: SiteMeta) -> None:
@@ -283,7 +281,6 @@ class SecondarySite:
         if self.link is not None:
             self.link.abort("replaced by a new connection from the primary")
         self.link = proto
-        self._held = None
         self.core.session_reset(now=time.monotonic())
         self.disconnected_since = None
         log.info("link: primary connected from %s", proto.peer)
@@ -668,16 +665,12 @@ class SecondarySite:
                               self._resync_full and active)
 
 
-def extent_hashes(backend: FileBackend, extent_size: int,
-                  cancelled: Callable[[], bool] = lambda: False) -> tuple[int, ...] | None:
-    """xxh3 of every extent of the (flushed) image; holes are hashed without reading them.
-    None if ``cancelled()`` turned true first (checked before each extent; runs in a worker)."""
-    backend.flush()
+def extent_hashes(backend: FileBackend, extent_size: int, first: int, count: int) -> tuple[int, ...]:
+    """xxh3 of extents ``first``.. ``first + count - 1`` of the image (runs in a worker); holes
+    are hashed without reading them."""
     zero_hash = xxhash.xxh3_64_intdigest(bytes(extent_size))
     hashes = []
-    for offset in range(0, backend.size, extent_size):
-        if cancelled():
-            return None
+    for offset in range(first * extent_size, min(backend.size, (first + count) * extent_size), extent_size):
         length = min(extent_size, backend.size - offset)
         status = backend.extents(offset, length)
         if len(status) == 1 and status[0][1] & 1 and status[0][0] >= length:

@@ -3,7 +3,9 @@
 Theory of operation (issue 19). A pass starts at WELCOME (``begin``) with every extent that may
 differ: the secondary's record and stale extents, our out-of-sync set, the ranges it had pending;
 or, for a new or half-synced secondary (or a lost out-of-sync store), the whole volume, swept in
-order instead of listed (a million extents at 1 TiB took 130 ms and 100 MB to list). The pass
+order instead of listed (a million extents at 1 TiB took 130 ms and 100 MB to list). A new or
+half-synced secondary streams its checksums behind the WELCOME (checksums.py); the sweep
+compares each extent once its checksum is here and waits for the stream when it catches up. The pass
 needs no room in the record: it first sends RESYNC_SET, the runs of extents it may change, which
 the secondary journals as one entry before any later effect and answers with RESYNC_SET_DURABLE.
 Only then may those extents leave our out-of-sync set (``OutOfSync.confirm``). A repair or a
@@ -36,11 +38,13 @@ from typing import Any
 
 import xxhash
 
+from foresync.errors import RemoteProtocolError
 from foresync.faults import Faults
 from foresync.link import wire
 from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of
 from foresync.record.record import UNSENT, RecordCopy
+from foresync.replication.checksums import RemoteChecksums
 from foresync.replication.flushes import Flushes
 from foresync.replication.out_of_sync import OutOfSync
 from foresync.replication.progress import ResyncProgress
@@ -109,7 +113,7 @@ class Resync:
         self.set: set[int] = set()  # ... the same, as a set
         # A full sync sweeps [sweep_next, sweep_end) in order instead of listing every extent.
         self.sweep_next = self.sweep_end = 0
-        self._remote_hashes: tuple[int, ...] = ()  # the secondary's xxh3 per extent (full sync)
+        self.checksums: RemoteChecksums | None = None  # the secondary's, streamed (full sync)
         self._hashes_void: set[int] = set()  # queued again by verify: their hash is old
         self._differs = -1  # the extent last found to differ: not hashed again when retried
         self._zero_hashes: dict[int, int] = {}  # length -> xxh3 of that many zero bytes
@@ -156,6 +160,7 @@ class Resync:
         self.todo.clear()
         self.set.clear()
         self.sweep_next = self.sweep_end = 0
+        self.checksums = None
         self.unapplied.clear()
         self._unapplied_bytes = 0
         self._sets_unconfirmed.clear()  # their extents never left our out-of-sync set
@@ -163,7 +168,7 @@ class Resync:
     def begin(self, welcome: wire.Welcome, full: bool, last_seq: int, now: float) -> None:
         """WELCOME: resync what may differ (everything if ``full``)."""
         self.session = True
-        self._remote_hashes = ()
+        self.checksums = None
         self._hashes_void = set()
         self._differs = -1
         count = self.extent_count
@@ -174,8 +179,8 @@ class Resync:
             self.todo = deque()
             self.sweep_next, self.sweep_end = 0, count
             runs: extent_runs.Runs = ((0, count),) if count else ()
-            if len(welcome.hashes) == count:
-                self._remote_hashes = welcome.hashes
+            if welcome.flags & wire.WelcomeFlag.CHECKSUMS:
+                self.checksums = RemoteChecksums(count)
         else:
             todo = set(welcome.record) | self._oos.extents | set(welcome.stale)
             for _, offset, length in welcome.ranges:
@@ -192,7 +197,7 @@ class Resync:
         self._total_bytes = self.remaining() * self._extent_size
         self._done_bytes = self._sent_bytes = 0
         # A full sync with the secondary's checksums compares every extent before sending.
-        with_hash = count if len(self._remote_hashes) == count else 0
+        with_hash = count if self.checksums is not None else 0
         self._compare_total_bytes = with_hash * self._extent_size
         self._compared_bytes = 0
         self._send_total_bytes = max(0, self.remaining() - with_hash) * self._extent_size
@@ -285,6 +290,9 @@ class Resync:
             swept = not todo
             if swept:
                 extent = self.sweep_next
+                if (self.checksums is not None and not self.checksums.has(extent)
+                        and not self._faults.resync_compares_before_checksum):
+                    break  # its checksum is still on its way (on_checksums resumes)
                 self.sweep_next += 1
             else:
                 extent = todo.popleft()
@@ -299,6 +307,14 @@ class Resync:
                     todo.appendleft(extent)
                 break
         todo.extendleft(reversed(deferred))
+        if self.checksums is not None:
+            self.checksums.release_below(self.sweep_next)
+
+    def on_checksums(self, first: int, hashes: tuple[int, ...]) -> None:
+        """A CHECKSUMS chunk for the running full sync (the owner pumps next)."""
+        if self.checksums is None:
+            raise RemoteProtocolError("CHECKSUMS without a full sync that asked for them")
+        self.checksums.add(first, hashes)
 
     def sent_all(self) -> bool:
         """Whether the pass has sent everything, every set and the last resync write are
@@ -312,7 +328,7 @@ class Resync:
         """Every extent of the pass now holds our data there, durably on both sites: the
         secondary is a consistent copy again. RESYNC_DONE clears its set."""
         self.active = False
-        self._remote_hashes = ()
+        self.checksums = None
         self._hashes_void = set()
         self.pass_runs = self._oos.confirmed = ()
         if self._oos.everything:
@@ -377,10 +393,14 @@ class Resync:
         """Whether the secondary's checksum (full sync) shows the extent identical there: True,
         False (nothing to compare), or our data, read and found different (sent as it is, not
         read twice). A hole here against the checksum of zeroes there needs no hashing."""
-        hashes = self._remote_hashes
-        if extent >= len(hashes) or extent == self._differs or extent in self._hashes_void:
+        checksums = self.checksums
+        if checksums is None or extent == self._differs or extent in self._hashes_void:
             return False
-        remote = hashes[extent]
+        remote = checksums.get(extent)
+        if remote is None and self._faults.resync_compares_before_checksum:
+            return True  # deliberately wrong: see faults.py
+        if remote is None:
+            return False  # dropped: the sweep passed it, and it was deferred (sent as it is)
         zero = self._zero_hashes.get(length)
         if zero is None:
             zero = self._zero_hashes[length] = xxhash.xxh3_64_intdigest(bytes(length))

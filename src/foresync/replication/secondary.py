@@ -30,7 +30,9 @@ silent for ``timeout_s`` (it PINGs every heartbeat) is gone: ``handle_timer`` en
 ``LinkFailed`` ("no frame from the primary for 10 s").
 
 The site's own facts for a session (flags, stale extents, epoch, checksums, undo) come with
-``session_started`` once the adapter admitted the HELLO. The primary's data generations (from the
+``session_started`` once the adapter admitted the HELLO. For a full sync the adapter then hashes
+the image in chunks, while the session runs, and streams them (``send_checksums``) behind the
+WELCOME. The primary's data generations (from the
 HELLO) go out with RESYNC_DONE's ``ResyncFinished``: only once a pass has brought their data may
 this copy claim them (epochs.py), so a promotion before that is a split brain, not a failback.
 
@@ -109,7 +111,7 @@ class SessionFacts:
     welcome_flags: int = 0  # wire.WelcomeFlag bits: a new or inconsistent copy
     stale: tuple[int, ...] = ()  # extents to resync beyond the record (site.json)
     epoch: int = 1  # the WELCOME's epoch (site.json's, after adopting the primary's lineage)
-    hashes: tuple[int, ...] = ()  # xxh3 per extent, for a full sync (else empty)
+    checksums: bool = False  # a full sync: CHECKSUMS of every extent follow the WELCOME
     protect_image: bool = False  # the image is consistent: keep undo during a resync
 
 
@@ -150,6 +152,7 @@ class SecondaryCore:
         self._appended = 0  # journal appends issued
         self._synced = 0  # journal appends known durable
         self._pending: deque[tuple[int, int, Action | None]] = deque()  # (needs, seq, effect)
+        self._earlier_needs = 0  # the append count the last effect of an earlier session waits for
         self.applied_seq = 0
         self.durable_seq = 0
         self._reported_applied = 0
@@ -161,7 +164,7 @@ class SecondaryCore:
         self.greeted = False
         self.welcome_flags = 0  # wire.WelcomeFlag bits (SessionFacts)
         self.stale: tuple[int, ...] = ()  # extents to resync beyond the record (SessionFacts)
-        self.hashes: tuple[int, ...] = ()  # for a full sync: xxh3 per extent (SessionFacts)
+        self.checksums = False  # a full sync: CHECKSUMS follow the WELCOME (SessionFacts)
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
         self.protect_image = False  # the image is consistent, keep undo (SessionFacts)
         self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
@@ -248,8 +251,23 @@ class SecondaryCore:
         self.welcome_flags = facts.welcome_flags
         self.stale = facts.stale
         self.epoch = facts.epoch
-        self.hashes = facts.hashes
+        self.checksums = facts.checksums
         self.protect_image = facts.protect_image
+
+    @property
+    def earlier_session_landed(self) -> bool:
+        """Whether every image effect of an earlier session is carried out (released to the
+        adapter): only then may a full sync's checksums be taken (checksums.py)."""
+        return self._synced >= self._earlier_needs
+
+    def send_checksums(self, first: int, hashes: tuple[int, ...]) -> None:
+        """The adapter hashed extents ``first``.. of the image as it is now (every write applied
+        so far, and any mix of those landing while it read: each byte then either holds what the
+        primary has now or is overwritten by a write still on the ordered stream). They go out in
+        order after the WELCOME, never before it."""
+        if not self.greeted or self.failed or not self.checksums:
+            return  # that session is over (the adapter's hashing stops with its connection)
+        self._effect(0, 0, Send(wire.Checksums(first, hashes)))
 
     def restart_record(self, state: RecordState) -> None:
         """The adapter started a new record journal (``resolve --discard-local``): its state."""
@@ -279,6 +297,7 @@ class SecondaryCore:
         # HASHES answer the old connection's VERIFY too: the new one never asked (issue 13).
         self._pending = deque((needs, seq, None if isinstance(effect, Send | HashExtents) else effect)
                               for needs, seq, effect in self._pending)
+        self._earlier_needs = self._pending[-1][0] if self._pending else 0
         self._await_durable.clear()
         self._reported_applied = 0
         self.greeted = False
@@ -410,9 +429,10 @@ class SecondaryCore:
         # least those seqs: a new op must never reuse one, or finishing the old range would
         # clear the new one.
         applied = max(self.applied_seq, max(self.state.ranges, default=0))
+        flags = self.welcome_flags | (wire.WelcomeFlag.CHECKSUMS if self.checksums else 0)
         welcome = wire.Welcome(self.volume_id, self.epoch, applied,
-                               tuple(sorted(self.state.extents)), ranges, self.welcome_flags,
-                               self.stale_extents(), self.hashes)
+                               tuple(sorted(self.state.extents)), ranges, flags,
+                               self.stale_extents())
         # Only a durable record may be reported: the primary trusts every extent in it (it may
         # drop an extent from its out-of-sync set because the record covers it), so wait for the
         # journal to commit any add still in flight.
