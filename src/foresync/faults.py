@@ -47,6 +47,9 @@ class Faults:
     # resync.py: a full sync's sweep does not wait for the secondary's streamed checksum of an
     # extent: one whose CHECKSUMS chunk has not arrived yet is taken as identical (issue 19)
     resync_compares_before_checksum: bool = False
+    # secondary: RESYNC_PROGRESS takes extents out of the journaled resync set at once, before
+    # their data is durable here, so a crash, then a resumed pass, skips what it lost (issue 19)
+    resume_before_durable: bool = False
 
 
 NO_FAULTS = Faults()

@@ -1980,3 +1980,35 @@ def test_the_secondary_times_out_a_silent_primary_counting_hot_path_frames() -> 
     core.session_reset(now=70.0)
     core.session_ended()  # the connection closed
     assert core.get_timer() is None
+
+
+def test_secondary_forgets_resync_progress_only_once_it_is_durable_and_offers_the_rest() -> None:
+    """Issue 19: RESYNC_PROGRESS takes extents out of the journaled resync set only once its
+    seq is durable here (RESYNC_SHRINK); an extent a later RESYNC_SET adds back stays; after a
+    cut the WELCOME offers what is left (RESUME) and the checksums cover only that."""
+    hello = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1)
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
+    core.session_started(score.SessionFacts(wire.WelcomeFlag.NEW, checksums=True, resume=True))
+    core.receive(hello)
+    core.receive(wire.ResyncSet(1, ((0, 10),)))
+    core.journal_synced(core.journal_target())
+    core.actions()
+    for seq in (1, 2, 3):
+        core.receive(wire.Write(seq, (seq - 1) * 16, int(WriteFlag.RESYNC), 0, (), b"r" * 16))
+    core.receive(wire.ResyncProgress(3, ((0, 4),)))
+    core.receive(wire.ResyncSet(2, ((3, 1),)))  # extent 3 is back in the pass
+    core.actions()
+    assert core.state.resync == ((0, 10),)  # nothing durable yet
+    core.data_synced(3)
+    assert core.state.resync == ((3, 7),)
+    assert score.JournalAppend(jfmt.encode_resync_shrink(((0, 3),))) in core.actions()
+    core.session_reset()
+    core.session_started(score.SessionFacts(wire.WelcomeFlag.INCONSISTENT, checksums=True, resume=True))
+    core.receive(hello)
+    core.journal_synced(core.journal_target())
+    (welcome,) = [a.message for a in core.actions() if isinstance(a, score.Send)]
+    assert isinstance(welcome, wire.Welcome) and welcome.resync == ((3, 7),)
+    assert welcome.flags & wire.WelcomeFlag.RESUME and core.checksum_runs == ((3, 7),)
+    doubting = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY,
+                          int(wire.HelloFlag.EVERYTHING_OUT_OF_SYNC), VOLUME, 160, 16, 1)
+    assert not score.resumable(doubting, False) and not score.resumable(hello, True)

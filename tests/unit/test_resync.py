@@ -124,3 +124,44 @@ def test_checksums_out_of_order_past_the_volume_or_unasked_are_refused() -> None
         resync.on_checksums(1, (1,))
     with pytest.raises(RemoteProtocolError, match="out of order"):
         resync.on_checksums(0, (1, 2, 3, 4, 5))
+
+
+def _resumed(checksums: bool = True) -> wire.Welcome:
+    flags = wire.WelcomeFlag.INCONSISTENT | wire.WelcomeFlag.RESUME
+    flags |= wire.WelcomeFlag.CHECKSUMS if checksums else 0
+    return wire.Welcome(VOLUME, 1, 0, (0,), flags=flags, resync=((2, 2),))
+
+
+def test_an_interrupted_pass_resumes_over_what_the_secondary_has_left() -> None:
+    """Issue 19: after a cut the secondary offers the runs left of its journaled set; the pass
+    sweeps only those (comparing their streamed checksums) plus its record, not every extent."""
+    rig = _Rig()
+    rig.image[2 * EXTENT:3 * EXTENT] = b"b" * EXTENT  # extent 2 differs there, extent 3 is the same
+    same = xxhash.xxh3_64_intdigest(b"a" * EXTENT)
+    resync, flushes = rig.build()
+    resync.begin(_resumed(), full=True, last_seq=0, now=0.0)
+    assert isinstance(rig.sent[0], wire.ResyncSet) and rig.sent[0].runs == ((0, 1), (2, 2))
+    assert resync.remaining() == 3 and resync.checksums is not None and resync.checksums.expected == 2
+    resync.pump(0.0)
+    assert rig.extents_sent == [0]  # the record's extent goes; the sweep waits for checksums
+    with pytest.raises(RemoteProtocolError, match="out of order"):
+        resync.on_checksums(0, (same,))  # not one of the runs offered
+    resync.on_checksums(2, (same, same))
+    resync.pump(0.0)
+    assert rig.extents_sent == [0, 2] and not resync.remaining()
+    # Progress waits for our own flush of what was read, then names every extent done.
+    assert not any(isinstance(m, wire.ResyncProgress) for m in rig.sent)
+    flushes.local_durable = rig.seq
+    resync.send_progress()
+    progress = [m for m in rig.sent if isinstance(m, wire.ResyncProgress)]
+    assert progress == [wire.ResyncProgress(rig.seq, ((0, 1), (2, 2)))]
+
+
+def test_a_primary_that_doubts_everything_does_not_resume() -> None:
+    rig = _Rig()
+    resync, _ = rig.build()
+    resync._oos.everything = True  # our out-of-sync store was lost: full_resync_pending
+    resync.begin(_resumed(checksums=False), full=True, last_seq=0, now=0.0)
+    assert isinstance(rig.sent[0], wire.ResyncSet) and rig.sent[0].runs == ((0, 4),)
+    resync.pump(0.0)
+    assert rig.extents_sent == [0, 1, 2, 3]

@@ -51,7 +51,7 @@ from foresync.replication import secondary as core_mod
 from foresync.replication.actions import SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, lineage_of, screen_hello
 from foresync.replication.driver import SecondaryDriver
-from foresync.replication.secondary import SecondaryCore, SessionFacts
+from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
 
@@ -148,7 +148,7 @@ class SecondarySite:
             full = bool(self._welcome_flags())
             if full and not self._land_earlier_writes(proto):
                 return
-            self._prepare_welcome(full)
+            self._prepare_welcome(full, message)
             if full:
                 # The core takes the HELLO below (the WELCOME goes out) before the first chunk.
                 self._spawn(self._stream_checksums(proto))
@@ -186,12 +186,14 @@ class SecondarySite:
         arrives, the loop keeps answering pings, and no single frame grows with the volume."""
         loop = asyncio.get_running_loop()
         size = self.cfg.extent_size
-        count = -(-self.cfg.size // size)
+        runs = self.core.checksum_runs  # every extent, or what is left of an interrupted pass
         self._resync_full = True
-        log.info("streaming checksums of %d extents for a full sync (%s)", count,
-                 "new copy" if self.meta.new else "interrupted resync")
-        for first in range(0, count, wire.CHECKSUM_CHUNK_EXTENTS):
-            n = min(wire.CHECKSUM_CHUNK_EXTENTS, count - first)
+        log.info("streaming checksums of %d extents for a full sync (%s)", extent_runs.count(runs),
+                 "resumed pass" if self.core.resume else "new copy" if self.meta.new else "interrupted resync")
+        chunks = ((first, min(wire.CHECKSUM_CHUNK_EXTENTS, run_first + run_count - first))
+                  for run_first, run_count in runs
+                  for first in range(run_first, run_first + run_count, wire.CHECKSUM_CHUNK_EXTENTS))
+        for first, n in chunks:
             try:
                 hashes = await loop.run_in_executor(None, extent_hashes, self.backend, size, first, n)
             except StorageError as exc:
@@ -260,14 +262,17 @@ class SecondarySite:
             flags |= wire.WelcomeFlag.INCONSISTENT
         return flags
 
-    def _prepare_welcome(self, checksums: bool) -> None:
+    def _prepare_welcome(self, checksums: bool, hello: wire.Hello) -> None:
         flags = self._welcome_flags()
         # Keep undo during the next resync while the image is consistent, and also while an
         # unfinished pass's undo log is still open here (the link dropped mid-pass, this process
         # lived on): the new pass continues it, so a rollback still returns to the image from
         # before the first pass rather than leaving the extents the new pass changed.
         resuming = not self.meta.new and os.path.exists(self.undo.path)
+        # An interrupted pass resumes over what its journaled set has left, unless the metadata
+        # is in doubt (then every extent is compared).
         self.core.session_started(SessionFacts(flags, self.meta.stale, self.meta.epoch, checksums,
+                                               resume=resumable(hello, bool(self.meta.metadata_damage)),
                                                protect_image=not flags or resuming))
 
     def _store(self, meta: SiteMeta) -> None:

@@ -1,7 +1,8 @@
 """The secondary's checksums for a full sync, as they stream in (issue 19).
 
 Theory of operation. A secondary that is new or half-synced says so in its WELCOME with
-``WelcomeFlag.CHECKSUMS``, then hashes its image chunk by chunk in a worker and sends the chunks
+``WelcomeFlag.CHECKSUMS``, then hashes its image (every extent, or for a resumed pass only the
+runs left of its resync set) chunk by chunk in a worker and sends the chunks
 (CHECKSUMS, at most ``wire.CHECKSUM_CHUNK_EXTENTS`` each) in extent order, while the session
 runs. The primary's pass sweeps the volume in the same order and compares an extent as soon as
 its checksum is here (``get``); it waits only when it catches up with the stream (``has``).
@@ -26,34 +27,44 @@ from array import array
 from collections import deque
 
 from foresync.errors import RemoteProtocolError
+from foresync.record.runs import Runs, count
 
 _CHECKSUM = "Q"  # xxh3_64
 
 
 class RemoteChecksums:
-    """The checksums of extents [0, ``expected``) as the secondary sends them."""
+    """The checksums of the extents of ``runs`` (every extent for a full sync, what is left
+    of an interrupted pass's set for a resumed one), in order, as the secondary sends them."""
 
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.received = 0  # checksums of extents [0, received) have arrived
+    def __init__(self, runs: Runs) -> None:
+        self._runs: deque[tuple[int, int]] = deque(runs)
+        self.expected = count(runs)
+        self.received = 0  # checksums that have arrived
+        self._next = runs[0][0] if runs else 0  # the extent the next chunk must start at
         self._chunks: deque[tuple[int, array[int]]] = deque()  # (first extent, checksums)
         self.held = 0  # checksums held now (8 bytes each)
         self.held_max = 0  # the most held at once this pass (/status, the benchmark)
 
     def add(self, first: int, hashes: tuple[int, ...]) -> None:
-        """One CHECKSUMS chunk: the next extents in order, none past the volume."""
-        if first != self.received or first + len(hashes) > self.expected:
+        """One CHECKSUMS chunk: the next extents in order, within one run."""
+        runs = self._runs
+        if not runs or first != self._next or first + len(hashes) > runs[0][0] + runs[0][1]:
             raise RemoteProtocolError(
                 f"CHECKSUMS for extents {first}..{first + len(hashes) - 1} out of order "
-                f"(expected from {self.received}, of {self.expected})")
+                f"(expected from {self._next}, {self.expected - self.received} to come)")
         self._chunks.append((first, array(_CHECKSUM, hashes)))
         self.received += len(hashes)
+        self._next = first + len(hashes)
+        if self._next == runs[0][0] + runs[0][1]:
+            runs.popleft()
+            self._next = runs[0][0] if runs else self._next
         self.held += len(hashes)
         self.held_max = max(self.held_max, self.held)
 
     def has(self, extent: int) -> bool:
-        """Whether the checksum of ``extent`` has arrived (it may have been dropped since)."""
-        return extent < self.received
+        """Whether the checksum of ``extent`` (in the runs) has arrived (it may have been
+        dropped since)."""
+        return not self._runs or extent < self._next
 
     def done(self) -> bool:
         return self.received >= self.expected

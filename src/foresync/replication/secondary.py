@@ -41,7 +41,10 @@ record. They are journaled as one entry (runs, not one record slot each), and RE
 goes back only once that entry is durable: only then may the primary stop counting them in its
 own out-of-sync set. Every effect after it waits for the same commit, so no resync data lands
 before the set that covers it is durable. The set is cleared at RESYNC_DONE, which the primary
-sends once every extent of the pass is durable on both sites.
+sends once every extent of the pass is durable on both sites. Meanwhile RESYNC_PROGRESS names
+extents the pass is done with as of a seq; once that seq is durable here they leave the set
+(RESYNC_SHRINK), so a WELCOME after a cut (RESUME) offers only what is left: the pass resumes
+instead of comparing every extent again.
 """
 
 from __future__ import annotations
@@ -112,7 +115,17 @@ class SessionFacts:
     stale: tuple[int, ...] = ()  # extents to resync beyond the record (site.json)
     epoch: int = 1  # the WELCOME's epoch (site.json's, after adopting the primary's lineage)
     checksums: bool = False  # a full sync: CHECKSUMS of every extent follow the WELCOME
+    # an interrupted pass may resume over what is left of the journaled resync set (WELCOME
+    # RESUME), if there is one: the metadata is not in doubt
+    resume: bool = False
     protect_image: bool = False  # the image is consistent: keep undo during a resync
+
+
+def resumable(hello: wire.Hello, metadata_in_doubt: bool) -> bool:
+    """Whether this site may offer to resume an interrupted pass (SessionFacts.resume): not
+    while its metadata is in doubt, nor when the primary's HELLO says every extent may differ
+    on its side (it then compares every extent, and wants every checksum)."""
+    return not metadata_in_doubt and not hello.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +178,10 @@ class SecondaryCore:
         self.welcome_flags = 0  # wire.WelcomeFlag bits (SessionFacts)
         self.stale: tuple[int, ...] = ()  # extents to resync beyond the record (SessionFacts)
         self.checksums = False  # a full sync: CHECKSUMS follow the WELCOME (SessionFacts)
+        self.resume = False  # WELCOME RESUME: the pass goes on over ``state.resync`` (SessionFacts)
+        self.checksum_runs: extent_runs.Runs = ()  # the extents the checksums cover, in order
+        # RESYNC_PROGRESS not yet durable here: (seq, runs); journaled out of the set at DURABLE
+        self._progress: deque[tuple[int, extent_runs.Runs]] = deque()
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
         self.protect_image = False  # the image is consistent, keep undo (SessionFacts)
         self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
@@ -207,11 +224,17 @@ class SecondaryCore:
                              HashExtents(request, first, count))
             case wire.ResyncSet(set_id, runs):
                 self._on_resync_set(set_id, runs)
+            case wire.ResyncProgress(seq, runs):
+                self._check_runs(runs, "RESYNC_PROGRESS")
+                if self.state.resync:
+                    self._progress.append((seq, extent_runs.normalise(runs)))
+                    self._shrink_durable()
             case wire.ResyncDone(seq):
                 # In order behind every effect before it, and reported once a data sync
                 # covers seq (the adapter waits for that before marking the image consistent).
                 # The primary sends it once the whole pass is durable on both sites, so the
                 # resync set may go (a lost clear only leaves it larger).
+                self._progress.clear()
                 if self.state.resync:
                     self.state.resync = ()
                     self._append(jfmt.encode_resync_clear())
@@ -253,6 +276,11 @@ class SecondaryCore:
         self.epoch = facts.epoch
         self.checksums = facts.checksums
         self.protect_image = facts.protect_image
+        # Resume only from a journaled set: an empty one may also mean it was never written.
+        self.resume = facts.resume and bool(facts.welcome_flags) and bool(self.state.resync)
+        everything: extent_runs.Runs = ((0, self.extent_count),) if self.extent_count else ()
+        self.checksum_runs = ((self.state.resync if self.resume else everything)
+                              if facts.checksums else ())
 
     @property
     def earlier_session_landed(self) -> bool:
@@ -298,6 +326,7 @@ class SecondaryCore:
         self._pending = deque((needs, seq, None if isinstance(effect, Send | HashExtents) else effect)
                               for needs, seq, effect in self._pending)
         self._earlier_needs = self._pending[-1][0] if self._pending else 0
+        self._progress.clear()  # the old connection's: the set stays larger
         self._await_durable.clear()
         self._reported_applied = 0
         self.greeted = False
@@ -378,6 +407,8 @@ class SecondaryCore:
         self.durable_seq = max(self.durable_seq, through)
         if not self.failed:
             self._actions.append(Send(wire.Durable(self.durable_seq)))
+        if self._progress:
+            self._shrink_durable()
         while self._await_durable and self._await_durable[0][0] <= self.durable_seq:
             self._actions.append(Send(self._await_durable.popleft()[1]))
         if self._sync_wanted > self.durable_seq:
@@ -430,19 +461,42 @@ class SecondaryCore:
         # clear the new one.
         applied = max(self.applied_seq, max(self.state.ranges, default=0))
         flags = self.welcome_flags | (wire.WelcomeFlag.CHECKSUMS if self.checksums else 0)
+        flags |= wire.WelcomeFlag.RESUME if self.resume else 0
         welcome = wire.Welcome(self.volume_id, self.epoch, applied,
                                tuple(sorted(self.state.extents)), ranges, flags,
-                               self.stale_extents())
+                               self.stale_extents(), self.state.resync if self.resume else ())
         # Only a durable record may be reported: the primary trusts every extent in it (it may
         # drop an extent from its out-of-sync set because the record covers it), so wait for the
         # journal to commit any add still in flight.
         self._effect(self._appended, self.applied_seq + 1, Send(welcome))
 
-    def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
+    def _check_runs(self, runs: extent_runs.Runs, what: str) -> None:
         for first, count in runs:
             if count < 1 or first + count > self.extent_count:
-                raise RemoteProtocolError(f"RESYNC_SET run of extents {first}+{count} is outside the volume")
+                raise RemoteProtocolError(f"{what} run of extents {first}+{count} is outside the volume")
+
+    def _shrink_durable(self) -> None:
+        """RESYNC_PROGRESS whose seq is durable here: those extents hold the primary's data
+        durably, so they leave the journaled resync set (not forcing a commit: a lost shrink only
+        leaves the set larger). An interrupted pass then resumes without them."""
+        done: extent_runs.Runs = ()
+        while self._progress and self._progress[0][0] <= self.durable_seq:
+            done = extent_runs.union(done, self._progress.popleft()[1])
+        if self.faults.resume_before_durable:  # deliberately wrong: see faults.py
+            while self._progress:
+                done = extent_runs.union(done, self._progress.popleft()[1])
+        if not done or self.failed:
+            return
+        left = extent_runs.difference(self.state.resync, done)
+        if left != self.state.resync:
+            self.state.resync = left
+            self._append(jfmt.encode_resync_shrink(done))
+
+    def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
+        self._check_runs(runs, "RESYNC_SET")
         added = extent_runs.normalise(runs)
+        if self._progress:  # back in the set: an earlier progress must not take them out again
+            self._progress = deque((seq, extent_runs.difference(done, added)) for seq, done in self._progress)
         self.state.resync = extent_runs.union(self.state.resync, added)
         self._append(jfmt.encode_resync_set(added))
         self._reply_after(self._appended, self.applied_seq + 1, wire.ResyncSetDurable(set_id))

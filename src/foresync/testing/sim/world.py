@@ -88,7 +88,7 @@ from foresync.replication.driver import PrimaryDriver, SecondaryDriver
 from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
-from foresync.replication.secondary import SecondaryCore, SessionFacts
+from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
@@ -223,6 +223,7 @@ class _Secondary:
         self.commits: deque[int] = deque()
         self.conn = 0  # the connection it answers on (set when HELLO arrives)
         self.checksum_next: int | None = None  # a full sync: the next extent to hash and stream
+        self.checksum_runs: deque[tuple[int, int]] = deque()  # ... and the runs after it
 
     def send(self, message: wire.Message) -> None:
         w = self.world
@@ -652,8 +653,13 @@ class World:
         inconsistent, stale, protect = self.meta.welcome(self.widened[site])
         flags = wire.WelcomeFlag.INCONSISTENT if inconsistent else 0
         s.core.session_started(SessionFacts(flags, stale, epoch=len(self.histories[site]),
-                                            checksums=inconsistent, protect_image=protect))
-        s.checksum_next = 0 if inconsistent else None
+                                            checksums=inconsistent,
+                                            resume=resumable(hello, self.widened[site]),
+                                            protect_image=protect))
+        if s.core.resume:
+            self._log(f"secondary {site}: resumes the pass over {s.core.checksum_runs}")
+        s.checksum_runs = deque(s.core.checksum_runs)
+        s.checksum_next = s.checksum_runs[0][0] if s.checksum_runs else None
 
     def _ev_deliver_s2p(self) -> None:
         conn, frame = self.s2p.popleft()
@@ -728,11 +734,15 @@ class World:
         s = self.secondary
         assert s is not None and s.checksum_next is not None
         first, es = s.checksum_next, self.extent_size
-        count = min(self.rng.randint(1, 4), self.extent_count - first)
+        run_first, run_count = s.checksum_runs[0]
+        count = min(self.rng.randint(1, 4), run_first + run_count - first)
         hashes = tuple(xxhash.xxh3_64_intdigest(self.sdisk.read(e * es, es)) for e in range(first, first + count))
         self._log(f"secondary checksums {first}..{first + count - 1}")
         s.core.send_checksums(first, hashes)
-        s.checksum_next = first + count if first + count < self.extent_count else None
+        s.checksum_next = first + count
+        if s.checksum_next == run_first + run_count:
+            s.checksum_runs.popleft()
+            s.checksum_next = s.checksum_runs[0][0] if s.checksum_runs else None
 
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
