@@ -17,7 +17,9 @@ Every case runs two real ``foresync run`` processes on loopback, each dialling i
   step-down included) until in sync.
 
 Each case prints seconds, bytes moved and MB/s, and the ratio to ``async stream``. Then the host's
-4 KiB QD1 random write p99 (fio, 3 s) during an initial sync and once in sync. Then, for each
+4 KiB QD1 random write p99 (fio, 3 s) during an initial sync and once in sync, its 64 MiB region
+written once into the record before each sample (hits in both: the first write to an extent is
+a miss, which waits for the secondary behind what is in flight). Then, for each
 ``--large`` size (100 GiB, 1 TiB, 4 TiB: sparse files, no disk space needed), a full sync of a
 new pair: seconds to in sync, the slowest /status answer meanwhile, each site's peak RSS and any
 heartbeat timeout. ``--foresync``
@@ -195,10 +197,24 @@ def case_failback(args: argparse.Namespace, workdir: Path) -> tuple[float, int]:
         pair.close()
 
 
+HOST_REGION = "64M"  # the host's working set: 64 extents, well inside the record (256)
+
+
+def warm_host_region(pair: Pair) -> None:
+    """One 4 KiB write into each extent of the host's region (fio ``write:1020k`` strides 1 MiB):
+    every extent is then in the record, so both samples measure hits, not the first write's miss
+    (a miss waits for the secondary's ADDED, behind whatever is in flight)."""
+    run_fio_json(["fio", "--name=warm", "--ioengine=nbd", f"--uri=nbd://127.0.0.1:{pair.ports['A']['nbd']}/",
+                  "--rw=write:1020k", "--bs=4k", "--iodepth=1", f"--size={HOST_REGION}",
+                  "--output-format=json"], TIMEOUT_S, "site A")
+
+
 def host_p99_ms(pair: Pair, seconds: int) -> float:
-    """fio 4 KiB random writes at QD1 on A's export for ``seconds``: the p99 completion latency."""
+    """fio 4 KiB random writes at QD1 on A's export for ``seconds``, the region warmed into the
+    record first: the p99 completion latency."""
+    warm_host_region(pair)
     job = run_fio_json(["fio", "--name=p99", "--ioengine=nbd", f"--uri=nbd://127.0.0.1:{pair.ports['A']['nbd']}/",
-                        "--rw=randwrite", "--bs=4k", "--iodepth=1", "--size=64M", "--time_based",
+                        "--rw=randwrite", "--bs=4k", "--iodepth=1", f"--size={HOST_REGION}", "--time_based",
                         f"--runtime={seconds}", "--randrepeat=0", "--output-format=json"], TIMEOUT_S, "site A")
     return float(job["write"]["clat_ns"]["percentile"]["99.000000"]) / 1e6
 
@@ -216,7 +232,9 @@ def case_host_latency(args: argparse.Namespace, workdir: Path) -> str:
         wait_for("initial sync", lambda: pair.in_sync("A"))
         idle = host_p99_ms(pair, 3)
         note = "" if still else " (the sync ended during the sample)"
-        return f"host 4K QD1 write p99 {during:.2f} ms during the sync, {idle:.2f} ms after: {during / idle:.2f}x{note}"
+        verdict = "meets" if during <= 2 * idle else "misses"
+        return (f"host 4K QD1 write p99 (region warmed into the record) {during:.2f} ms during the sync, "
+                f"{idle:.2f} ms without: {during / idle:.2f}x, {verdict} the 2x target{note}")
     finally:
         pair.close()
 
