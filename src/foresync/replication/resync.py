@@ -332,7 +332,13 @@ class Resync:
     def pump(self, now: float) -> None:
         """Send resync extents while the window and the rate allow, doing at most a slice of
         work before asking to be resumed. An extent still waiting for an earlier op to land
-        locally is retried later; the others go on."""
+        locally is retried later; the others go on. While a resume is pending (the last pump
+        used up its slice) this does nothing: the owner pumps after every message and host
+        write, and a slice each (checksum chunks arrive in bursts) held the loop for a second
+        at 1 TiB and put a slice in front of every host write's answer."""
+        if self._resume_asked:
+            self.send_progress()
+            return
         deferred: list[int] = []
         self._slice_work = 0
         todo = self.todo
