@@ -190,9 +190,13 @@ def case_failback(args: argparse.Namespace, workdir: Path) -> tuple[float, int]:
         pair.write("B", 2 * record, record)  # while A is away: B's out-of-sync set
         began = time.monotonic()
         pair.start("A")  # steps down on reaching B; B then copies the failback set to it
-        wait_for("failback pass starting", lambda: pair.status("B")["link"] == "connected")
+        connected = wait_for("failback pass starting", lambda: pair.status("B")["link"] == "connected")
         done = wait_for("failback", lambda: pair.in_sync("B"))
-        return done - began, int(pair.status("B")["counters"]["resync_bytes"])
+        moved = int(pair.status("B")["counters"]["resync_bytes"])
+        print(f"  failback: {moved / MiB:.0f} MiB; B reconnected to A (restart, step-down, redial) "
+              f"{connected - began:.2f} s after A's start, then the pass {done - connected:.2f} s "
+              f"({moved / (done - connected) / 1e6:.1f} MB/s)", flush=True)
+        return done - began, moved
     finally:
         pair.close()
 
