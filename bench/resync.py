@@ -80,12 +80,14 @@ class Pair:
         self.ports = {s: {"nbd": free_port(), "link": free_port(), "admin": free_port()} for s in "AB"}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         peers = {"A": self._proxy("A", self.ports["B"]["link"]), "B": self._proxy("B", self.ports["A"]["link"])}
+        rate_line = f'resync_rate_max = {args.resync_rate_max}\n' if args.resync_rate_max else ""
         for site in "AB":
             p = self.ports[site]
             (workdir / f"{site}.toml").write_text(
                 f'[volume]\nname = "vol0"\ndata = "{site}.img"\nsize = {size}\nmeta = "{site}-meta"\n'
                 f'[nbd]\nlisten = "127.0.0.1:{p["nbd"]}"\n'
                 f'[link]\nlisten = "127.0.0.1:{p["link"]}"\npeer = "127.0.0.1:{peers[site]}"\nmode = "{mode}"\n'
+                f'{rate_line}'
                 f'[record]\nextent_size = "1MiB"\ncapacity = {args.capacity}\nlookahead = 4\n'
                 f'[admin]\nlisten = "127.0.0.1:{p["admin"]}"\n')
         for site, role in (("A", "primary"), ("B", "secondary")):
@@ -290,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=3.25, help="one-way proxy delay (default 3.25)")
     parser.add_argument("--rate", default="0", help="proxy bandwidth limit per direction, e.g. 125MB")
     parser.add_argument("--data", default="1GiB", help="fresh data for async stream and initial sync")
+    parser.add_argument("--resync-rate-max", type=int, default=0,
+                        help="[link] resync_rate_max of both sites, bytes/s (default 0: none)")
     parser.add_argument("--capacity", type=int, default=256, help="record capacity in 1 MiB extents")
     parser.add_argument("--foresync", default=str(Path(sys.executable).with_name("foresync")),
                         help="the foresync executable the sites run (another checkout's, for 'before')")
