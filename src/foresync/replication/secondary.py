@@ -97,6 +97,7 @@ from foresync.replication.actions import (
 )
 from foresync.replication.admission import geometry_problems
 from foresync.replication.liveness import Due, Liveness
+from foresync.replication.set_progress import SetProgress
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -180,8 +181,7 @@ class SecondaryCore:
         self.checksums = False  # a full sync: CHECKSUMS follow the WELCOME (SessionFacts)
         self.resume = False  # WELCOME RESUME: the pass goes on over ``state.resync`` (SessionFacts)
         self.checksum_runs: extent_runs.Runs = ()  # the extents the checksums cover, in order
-        # RESYNC_PROGRESS not yet durable here: (seq, runs); journaled out of the set at DURABLE
-        self._progress: deque[tuple[int, extent_runs.Runs]] = deque()
+        self._progress = SetProgress(faults)  # RESYNC_PROGRESS not yet durable here
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
         self.protect_image = False  # the image is consistent, keep undo (SessionFacts)
         self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
@@ -227,7 +227,7 @@ class SecondaryCore:
             case wire.ResyncProgress(seq, runs):
                 self._check_runs(runs, "RESYNC_PROGRESS")
                 if self.state.resync:
-                    self._progress.append((seq, extent_runs.normalise(runs)))
+                    self._progress.add(seq, runs)
                     self._shrink_durable()
             case wire.ResyncDone(seq):
                 # In order behind every effect before it, and reported once a data sync
@@ -479,12 +479,7 @@ class SecondaryCore:
         """RESYNC_PROGRESS whose seq is durable here: those extents hold the primary's data
         durably, so they leave the journaled resync set (not forcing a commit: a lost shrink only
         leaves the set larger). An interrupted pass then resumes without them."""
-        done: extent_runs.Runs = ()
-        while self._progress and self._progress[0][0] <= self.durable_seq:
-            done = extent_runs.union(done, self._progress.popleft()[1])
-        if self.faults.resume_before_durable:  # deliberately wrong: see faults.py
-            while self._progress:
-                done = extent_runs.union(done, self._progress.popleft()[1])
+        done = self._progress.durable(self.durable_seq)
         if not done or self.failed:
             return
         left = extent_runs.difference(self.state.resync, done)
@@ -495,8 +490,7 @@ class SecondaryCore:
     def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
         self._check_runs(runs, "RESYNC_SET")
         added = extent_runs.normalise(runs)
-        if self._progress:  # back in the set: an earlier progress must not take them out again
-            self._progress = deque((seq, extent_runs.difference(done, added)) for seq, done in self._progress)
+        self._progress.readded(added)  # an earlier progress must not take them out again
         self.state.resync = extent_runs.union(self.state.resync, added)
         self._append(jfmt.encode_resync_set(added))
         self._reply_after(self._appended, self.applied_seq + 1, wire.ResyncSetDurable(set_id))
