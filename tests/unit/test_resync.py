@@ -34,12 +34,13 @@ class _Rig:
         self.seq += 1
         return self.seq
 
-    def build(self, rate_max: int = 0, window_max: int = 1 << 20) -> tuple[Resync, Flushes[Any]]:
+    def build(self, rate_max: int = 0, window_max: int = 1 << 20,
+              slice_bytes: int = 1 << 20) -> tuple[Resync, Flushes[Any]]:
         oos: OutOfSync[Any] = OutOfSync(lambda *args: None)
         flushes: Flushes[Any] = Flushes(lambda ticket: None, self.sent.append)
         resync = Resync(
             size=len(self.image), extent_size=EXTENT, async_mode=False, rate_max=rate_max,
-            slice_bytes=1 << 20, window_max_bytes=window_max, faults=NO_FAULTS,
+            slice_bytes=slice_bytes, window_max_bytes=window_max, faults=NO_FAULTS,
             read=lambda offset, length: bytes(self.image[offset:offset + length]), is_hole=None,
             record=RecordCopy(4, Eviction.LRU), out_of_sync=oos, flushes=flushes, busy=set(),
             send=self.sent.append, resume_later=lambda: None,
@@ -165,3 +166,20 @@ def test_a_primary_that_doubts_everything_does_not_resume() -> None:
     assert isinstance(rig.sent[0], wire.ResyncSet) and rig.sent[0].runs == ((0, 4),)
     resync.pump(0.0)
     assert rig.extents_sent == [0, 1, 2, 3]
+
+
+def test_a_pump_does_nothing_while_a_resume_is_pending() -> None:
+    """The owner pumps after every message and host write: a slice for each of a burst of
+    CHECKSUMS chunks held the primary's loop for 0.8 s at 1 TiB. One slice, then nothing until
+    the resume the slice asked for."""
+    rig = _Rig()
+    resync, _ = rig.build(slice_bytes=EXTENT)  # one extent's work per slice
+    resync.begin(_welcome(), full=True, last_seq=0, now=0.0)
+    resync.pump(0.0)
+    assert rig.extents_sent == [0]
+    resync.pump(0.0)  # a message or host write meanwhile
+    resync.pump(0.0)
+    assert rig.extents_sent == [0]
+    resync.resume()
+    resync.pump(0.0)
+    assert rig.extents_sent == [0, 1]
