@@ -351,7 +351,7 @@ class PrimarySite:
                 backoff = min(backoff * 2, 2.0)
                 return
             self._redial_soon.clear()
-            backoff = 0.2
+            backoff = 0.05  # it may still be stepping down (a few ms): retry soon after
 
         security = self.security.link
         tls_args: dict[str, Any] = {}
