@@ -47,6 +47,12 @@ class Faults:
     # liveness.py: a peer that has gone silent (a half-open connection) is never timed out, so
     # the link stays up in name and nothing more is replicated
     link_timeout_ignored: bool = False
+    # resync.py: a full sync's sweep does not wait for the secondary's streamed checksum of an
+    # extent: one whose CHECKSUMS chunk has not arrived yet is taken as identical (issue 19)
+    resync_compares_before_checksum: bool = False
+    # secondary: RESYNC_PROGRESS takes extents out of the journaled resync set at once, before
+    # their data is durable here, so a crash, then a resumed pass, skips what it lost (issue 19)
+    resume_before_durable: bool = False
 
 
 NO_FAULTS = Faults()

@@ -58,7 +58,7 @@ FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[obje
     MessageType.HELLO: (wire.Hello, (u16, u8, u8, VOLUME_IDS, u64, u32, u64, u64s(), u32s(), u64s())),
     MessageType.WELCOME: (wire.Welcome, (
         VOLUME_IDS, u64, u64, u32s(), st.lists(st.tuples(u64, u64, u64), max_size=4).map(tuple),
-        u8, u32s(), u64s())),
+        u8, u32s(), st.lists(st.tuples(u32, u32), max_size=4).map(tuple))),
     MessageType.REFUSE: (wire.Refuse, (st.text(max_size=40), u8)),
     MessageType.WRITE: (wire.Write, (u64, u64, u8, u16, u32s(), st.binary(max_size=300))),
     MessageType.ZERO: (wire.Zero, (u64, u64, u64, u8, u16, u32s())),
@@ -79,6 +79,8 @@ FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[obje
     MessageType.STORAGE_FAILED: (wire.StorageFailed, (u8, u32, st.text(max_size=40))),
     MessageType.RESYNC_SET: (wire.ResyncSet, (u64, st.lists(st.tuples(u32, u32), max_size=4).map(tuple))),
     MessageType.RESYNC_SET_DURABLE: (wire.ResyncSetDurable, (u64,)),
+    MessageType.RESYNC_PROGRESS: (wire.ResyncProgress, (u64, st.lists(st.tuples(u32, u32), max_size=4).map(tuple))),
+    MessageType.CHECKSUMS: (wire.Checksums, (u32, st.lists(u64, min_size=1, max_size=6).map(tuple))),
 }
 STRATEGIES: dict[MessageType, st.SearchStrategy[wire.Message]] = {
     kind: st.builds(cls, *args) for kind, (cls, args) in FIELDS.items()

@@ -526,7 +526,9 @@ def test_a_length_field_flip_in_the_last_entry_is_damage() -> None:
     fmt.encode_resync_set(((0, 3), (9, 2))) + fmt.encode_add([4]),
     fmt.encode_add([4]) + fmt.encode_resync_clear(),
     fmt.encode_resync_clear() + fmt.encode_resync_set(((5, 1),)),
-], ids=["resync-set-last", "resync-set-then-add", "resync-clear-last", "resync-clear-then-set"])
+    fmt.encode_resync_shrink(((20, 2),)),
+], ids=["resync-set-last", "resync-set-then-add", "resync-clear-last", "resync-clear-then-set",
+        "resync-shrink-last"])
 def test_every_flipped_byte_around_resync_entries_is_damage(tail: bytes) -> None:
     """Issue 19's entries are whole, committed entries like any other: a flipped byte in one
     (its length field too) is damage, never a torn tail that drops the resync set while the
@@ -546,7 +548,8 @@ def test_a_torn_resync_set_append_is_still_a_torn_tail() -> None:
     """The structural length of RESYNC_SET and RESYNC_CLEAR must not turn a real tear of them
     into damage: the file cut anywhere inside the last entry keeps the prefix, no doubt."""
     head = fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState({3}, {}))
-    for last in (fmt.encode_resync_set(((1, 2), (6, 3))), fmt.encode_resync_clear()):
+    for last in (fmt.encode_resync_set(((1, 2), (6, 3))), fmt.encode_resync_clear(),
+                 fmt.encode_resync_shrink(((1, 1),))):
         for cut in range(1, len(last)):
             assessed = fmt.assess(head + last[:cut], VOLUME)
             assert assessed.doubt is None, (last, cut)
@@ -700,3 +703,13 @@ def test_a_failed_undo_sync_cuts_back_to_the_last_good_one(tmp_path: Path,
     log.sync()
     log.close()
     assert read_entries(str(tmp_path / "undo.log"), 10, 10 * 8).entries == [(1, b"a" * 10), (3, b"c" * 10)]
+
+
+def test_a_resync_shrink_takes_extents_out_of_the_replayed_set() -> None:
+    """Issue 19: what a pass has made durable leaves the set; an interrupted pass resumes with
+    the rest."""
+    data = (fmt.encode_header(VOLUME) + fmt.encode_checkpoint(RecordState())
+            + fmt.encode_resync_set(((0, 10),)) + fmt.encode_resync_shrink(((0, 3), (5, 1)))
+            + fmt.encode_resync_set(((1, 1),)))
+    replayed = fmt.replay(data)
+    assert replayed.damage is None and replayed.state.resync == ((1, 1), (3, 2), (6, 4))

@@ -27,7 +27,12 @@ MESSAGES: list[wire.Message] = [
     wire.Hello(2, wire.Role.SECONDARY, 255, b"\xff" * 16, U64, 0xFFFFFFFF, U64),
     wire.Welcome(VOLUME, 3, 99, (), ()),
     wire.Welcome(VOLUME, 3, 99, (1, 5, 0xFFFFFFFF), ((4, 0, 4096), (U64, U64, U64))),
-    wire.Welcome(VOLUME, 3, 99, (1,), (), wire.WelcomeFlag.NEW, (2, 3), (U64, 0, 7)),
+    wire.Welcome(VOLUME, 3, 99, (1,), (), wire.WelcomeFlag.NEW | wire.WelcomeFlag.CHECKSUMS, (2, 3)),
+    wire.Checksums(0, (U64, 0, 7)),
+    wire.Welcome(VOLUME, 3, 99, (), (), wire.WelcomeFlag.RESUME | wire.WelcomeFlag.INCONSISTENT, (), ((0, 5), (9, 1))),
+    wire.ResyncProgress(12, ((3, 4), (0xFFFFFFF0, 15))),
+    wire.ResyncProgress(U64, ()),
+    wire.Checksums(0xFFFFFFFF, (1,) * wire.CHECKSUM_CHUNK_EXTENTS),
     wire.Hello(1, 0, 0, VOLUME, 4096, 1024, 2, (11, U64), (0, 3, 0xFFFFFFFF)),
     wire.Demote((1, 2, U64)),
     wire.Demote(()),
@@ -249,7 +254,7 @@ def test_frame_limit_can_change_between_messages() -> None:
         strict.next_message()
 
 
-@pytest.mark.parametrize("kind", [0, 23, 200, 255])
+@pytest.mark.parametrize("kind", [0, 25, 200, 255])
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):
@@ -286,6 +291,14 @@ TRUNCATED = [
     (MessageType.REMOVE, struct.pack(">I", 0xFFFFFFFF)),
     (MessageType.STORAGE_FAILED, bytes(4)),
     (MessageType.STORAGE_FAILED, bytes(5) + b"\xff"),  # the detail is not UTF-8
+    (MessageType.RESYNC_PROGRESS, struct.pack(">QI", 1, 1) + bytes(4)),  # half a run
+    (MessageType.RESYNC_PROGRESS, struct.pack(">QI", 1, 0) + bytes(3)),
+    (MessageType.CHECKSUMS, bytes(3)),
+    (MessageType.CHECKSUMS, struct.pack(">II", 0, 0)),  # an empty chunk
+    (MessageType.CHECKSUMS, struct.pack(">II", 0, 2) + bytes(8)),  # 2 checksums, 1 there
+    (MessageType.CHECKSUMS, struct.pack(">II", 0, 1) + bytes(9)),  # trailing bytes
+    (MessageType.CHECKSUMS,  # one checksum more than a chunk may carry
+     struct.pack(">II", 0, wire.CHECKSUM_CHUNK_EXTENTS + 1) + bytes(8 * (wire.CHECKSUM_CHUNK_EXTENTS + 1))),
 ]
 
 

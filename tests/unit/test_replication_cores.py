@@ -644,9 +644,7 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
         h.p_img[span] = bytes([9]) * (span.stop - span.start)
     h.p_durable = bytes(h.p_img)
     h.new_copy = True
-    h.secondary.session_started(score.SessionFacts(
-        wire.WelcomeFlag.NEW,
-        hashes=tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))))
+    h.secondary.session_started(score.SessionFacts(wire.WelcomeFlag.NEW, checksums=True))
     resumes = 0
     original = h.primary.resume
 
@@ -657,10 +655,19 @@ def test_a_full_sync_compares_checksums_in_slices_and_sends_only_what_differs() 
 
     h.primary.resume = counted  # type: ignore[method-assign]
     h.connect()
+    assert h.primary._resync.remaining() == h.extents  # waiting for the checksums
+    # Streamed behind the WELCOME in two chunks (CHECKSUMS), compared as each arrives.
+    hashes = tuple(xxhash.xxh3_64_intdigest(bytes(h.s_img[h._span(e)])) for e in range(h.extents))
+    h.secondary.send_checksums(0, hashes[:7])
+    h.pump()
+    h.settle()
+    assert h.primary._resync.remaining() == h.extents - 7 and h.primary.counters.resync_bytes == 2 * h.extent_size
+    h.secondary.send_checksums(7, hashes[7:])
+    h.pump()
     h.settle()
     h.check_quiescent()
     assert h.primary.counters.resync_bytes == 3 * h.extent_size - 3  # the last extent is short
-    assert resumes >= h.extents - 1, resumes
+    assert resumes >= h.extents - 3, resumes  # one slice per extent; a chunk arriving starts one
     assert h.committed_state.resync == ()
 
 
@@ -1788,8 +1795,8 @@ def test_full_sync_progress_counts_comparing_and_sending_apart() -> None:
     core = PrimaryCore(config, lambda offset, length: bytes(image[offset:offset + length]))
     core.connected()
     zero = xxhash.xxh3_64_intdigest(bytes(extent))
-    core.receive(wire.Welcome(VOLUME, 1, 0, (), flags=wire.WelcomeFlag.NEW,
-                              hashes=(zero,) * 10))
+    core.receive(wire.Welcome(VOLUME, 1, 0, (), flags=wire.WelcomeFlag.NEW | wire.WelcomeFlag.CHECKSUMS))
+    core.receive(wire.Checksums(0, (zero,) * 10))
     core.tick(2.0)
     core.actions()
     progress = core.resync_progress()
@@ -2072,3 +2079,35 @@ def test_the_secondary_times_out_a_silent_primary_counting_hot_path_frames() -> 
     core.session_reset(now=70.0)
     core.session_ended()  # the connection closed
     assert core.get_timer() is None
+
+
+def test_secondary_forgets_resync_progress_only_once_it_is_durable_and_offers_the_rest() -> None:
+    """Issue 19: RESYNC_PROGRESS takes extents out of the journaled resync set only once its
+    seq is durable here (RESYNC_SHRINK); an extent a later RESYNC_SET adds back stays; after a
+    cut the WELCOME offers what is left (RESUME) and the checksums cover only that."""
+    hello = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1)
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
+    core.session_started(score.SessionFacts(wire.WelcomeFlag.NEW, checksums=True, resume=True))
+    core.receive(hello)
+    core.receive(wire.ResyncSet(1, ((0, 10),)))
+    core.journal_synced(core.journal_target())
+    core.actions()
+    for seq in (1, 2, 3):
+        core.receive(wire.Write(seq, (seq - 1) * 16, int(WriteFlag.RESYNC), 0, (), b"r" * 16))
+    core.receive(wire.ResyncProgress(3, ((0, 4),)))
+    core.receive(wire.ResyncSet(2, ((3, 1),)))  # extent 3 is back in the pass
+    core.actions()
+    assert core.state.resync == ((0, 10),)  # nothing durable yet
+    core.data_synced(3)
+    assert core.state.resync == ((3, 7),)
+    assert score.JournalAppend(jfmt.encode_resync_shrink(((0, 3),))) in core.actions()
+    core.session_reset()
+    core.session_started(score.SessionFacts(wire.WelcomeFlag.INCONSISTENT, checksums=True, resume=True))
+    core.receive(hello)
+    core.journal_synced(core.journal_target())
+    (welcome,) = [a.message for a in core.actions() if isinstance(a, score.Send)]
+    assert isinstance(welcome, wire.Welcome) and welcome.resync == ((3, 7),)
+    assert welcome.flags & wire.WelcomeFlag.RESUME and core.checksum_runs == ((3, 7),)
+    doubting = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY,
+                          int(wire.HelloFlag.EVERYTHING_OUT_OF_SYNC), VOLUME, 160, 16, 1)
+    assert not score.resumable(doubting, False) and not score.resumable(hello, True)

@@ -51,3 +51,9 @@ def test_the_failback_set_includes_an_unfinished_resync_set(tmp_path: Path) -> N
     state = RecordState(extents={1}, resync=((10, 3), (40, 1)))
     meta = SiteMeta("secondary", bytes(16), (1,), stale=(7,))
     assert failback_set(cfg, meta, state) == {1, 7, 10, 11, 12, 40}
+
+
+@given(EXTENTS, EXTENTS)
+def test_a_difference_of_runs_is_the_set_difference(a: set[int], b: set[int]) -> None:
+    left = runs.difference(runs.runs_of(a), runs.runs_of(b))
+    assert set(runs.expand(left)) == a - b and runs.normalise(left) == left

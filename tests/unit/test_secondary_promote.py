@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from foresync.config import SiteConfig
 from foresync.daemon.metadata import SiteMeta
@@ -164,11 +165,13 @@ def test_promote_whose_drain_runs_out_says_try_again_and_changes_nothing(tmp_pat
     asyncio.run(scenario())
 
 
-def test_extent_hashes_stop_when_cancelled(tmp_path: Path) -> None:
+def test_extent_hashes_cover_one_chunk_and_hash_holes_as_zeroes(tmp_path: Path) -> None:
     backend = FileBackend(str(tmp_path / "img"), SIZE)
     try:
-        assert extent_hashes(backend, EXTENT, lambda: True) is None
-        hashes = extent_hashes(backend, EXTENT)
-        assert hashes is not None and len(hashes) == SIZE // EXTENT
+        backend.write(EXTENT, b"x" * EXTENT)
+        hashes = extent_hashes(backend, EXTENT, 0, 3)
+        zero, data = xxhash.xxh3_64_intdigest(bytes(EXTENT)), xxhash.xxh3_64_intdigest(b"x" * EXTENT)
+        assert hashes == (zero, data, zero)
+        assert len(extent_hashes(backend, EXTENT, SIZE // EXTENT - 1, 5)) == 1  # the last one only
     finally:
         backend.close()

@@ -112,6 +112,7 @@ class PrimarySite:
         # Futures waiting for the core to reach a state (demote, stop): checked after each pump.
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._timer_idle = False  # the timer sleeps with no deadline from the core
+        self._redial_soon = asyncio.Event()  # an old primary stepped down: it listens soon
         self._timer_changed = asyncio.Event()
         self._secondary_error_logged = ("", 0.0)  # (text, monotonic time) last logged
         self._stopping = False
@@ -350,8 +351,13 @@ class PrimarySite:
 
         async def wait_before_redialling() -> None:
             nonlocal backoff
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            try:  # cut short when the old primary just stepped down (it listens in a moment)
+                await asyncio.wait_for(self._redial_soon.wait(), backoff)
+            except TimeoutError:
+                backoff = min(backoff * 2, 2.0)
+                return
+            self._redial_soon.clear()
+            backoff = 0.05  # it may still be stepping down (a few ms): retry soon after
 
         security = self.security.link
         tls_args: dict[str, Any] = {}
@@ -477,6 +483,9 @@ class PrimarySite:
                 log.error("the old primary lost its out-of-sync set: the failback copies the "
                           "whole volume")
             log.warning("%s", answer.detail)
+            # It becomes our secondary in a moment: redial now, not after up to 2 s of backoff
+            # (a failback's start waited for it, issue 19).
+            self._redial_soon.set()
         elif answer.meeting is Meeting.FOLLOW:
             log.warning("%s", answer.detail)
         elif answer.meeting is Meeting.SPLIT_BRAIN:

@@ -52,7 +52,7 @@ from foresync.replication.actions import SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, lineage_of, screen_hello
 from foresync.replication.driver import SecondaryDriver
 from foresync.replication.resync_watch import ResyncWatch
-from foresync.replication.secondary import SecondaryCore, SessionFacts
+from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
 
@@ -110,7 +110,6 @@ class SecondarySite:
         self._roll_back_if_needed()
         self.role_changed = asyncio.Event()
         self._promoting = False
-        self._held: list[wire.Message] | None = None  # messages waiting for full-sync checksums
         # This side's view of a resync pass (issue 17): its total from the resync sets, what
         # arrived, rates and the sweep position (replication/resync_watch.py).
         self._resync_watch = ResyncWatch(size=cfg.size, extent_size=cfg.extent_size)
@@ -151,21 +150,13 @@ class SecondarySite:
                 return
             self._take_over(proto)
             self._accept_hello(message, verdict)
-            if self._welcome_flags():
-                # Checksums of the whole image for a full sync: read in a worker thread so the
-                # link stays alive (pings answered) however big the volume is.
-                self._held = [message]
-                self._spawn(self._hash_then_welcome(proto))
+            full = bool(self._welcome_flags())
+            if full and not self._land_earlier_writes(proto):
                 return
-            self._prepare_welcome(())
-        if self._held is not None:
-            self.core.frame_received(proto.last_rx)  # the primary is alive (liveness.py)
-            if isinstance(message, wire.Ping):
-                # Checksumming a big volume takes a while: keep the link alive meanwhile.
-                proto.send(wire.Pong(message.timestamp_ns))
-                return
-            self._held.append(message)
-            return
+            self._prepare_welcome(full, message)
+            if full:
+                # The core takes the HELLO below (the WELCOME goes out) before the first chunk.
+                self._spawn(self._stream_checksums(proto))
         if type(message) is wire.Write and message.flags & _RESYNC:
             self._resync_watch.received(message.offset, len(message.data), proto.last_rx)
         elif type(message) is wire.ResyncSet:
@@ -179,36 +170,45 @@ class SecondarySite:
         # every other message read in the same pass: one pump per read, not per 4 KiB write.
         self.core.receive(message, now=now)
 
-    async def _hash_then_welcome(self, proto: LinkProtocol) -> None:
-        # Every write from an earlier session lands first, so the checksums describe the image
-        # the primary will compare against.
-        area = wire.StorageArea.JOURNAL
+    def _land_earlier_writes(self, proto: LinkProtocol) -> bool:
+        """Before a full sync's checksums: every write from an earlier session lands first (an
+        old write landing on an extent after it was hashed could undo what the primary found
+        identical). False if the journal could not commit (the connection then ends)."""
         try:
             if self.journal is not None:
                 self.journal.commit(self.journal.appended)
                 self.core.journal_synced(self.journal.appended)
                 self.pump()
-            area = wire.StorageArea.IMAGE
-            loop = asyncio.get_running_loop()
-            # The worker stops early once this connection closes (a promote aborts it): on a big
-            # volume the checksums take minutes, and a promote must not wait for them.
-            hashes = await loop.run_in_executor(None, extent_hashes, self.backend,
-                                                self.cfg.extent_size, proto.closed.done)
         except StorageError as exc:  # a full disk: this connection ends; the primary redials
             if proto is self.link:
-                self._held = None
-                self._storage_failed(area, exc, ())
-            return
-        if hashes is None or proto is not self.link or proto.closed.done():
-            return  # that connection is gone; a newer one computes its own
-        held, self._held = self._held or [], None
-        self._prepare_welcome(hashes)
+                self._storage_failed(wire.StorageArea.JOURNAL, exc, ())
+            return False
+        return True
+
+    async def _stream_checksums(self, proto: LinkProtocol) -> None:
+        """A full sync: hash the image in chunks, in a worker thread, and stream each behind the
+        WELCOME (CHECKSUMS) while the session runs: the primary compares a chunk as soon as it
+        arrives, the loop keeps answering pings, and no single frame grows with the volume."""
+        loop = asyncio.get_running_loop()
+        size = self.cfg.extent_size
+        runs = self.core.checksum_runs  # every extent, or what is left of an interrupted pass
         self._resync_full = True
-        log.info("reporting checksums of %d extents for a full sync (%s)", len(hashes),
-                 "new copy" if self.meta.new else "interrupted resync")
-        for message in held:
-            self.core.receive(message)
-        self.pump()
+        log.info("streaming checksums of %d extents for a full sync (%s)", extent_runs.count(runs),
+                 "resumed pass" if self.core.resume else "new copy" if self.meta.new else "interrupted resync")
+        chunks = ((first, min(wire.CHECKSUM_CHUNK_EXTENTS, run_first + run_count - first))
+                  for run_first, run_count in runs
+                  for first in range(run_first, run_first + run_count, wire.CHECKSUM_CHUNK_EXTENTS))
+        for first, n in chunks:
+            try:
+                hashes = await loop.run_in_executor(None, extent_hashes, self.backend, size, first, n)
+            except StorageError as exc:
+                if proto is self.link and not proto.closed.done():
+                    self._storage_failed(wire.StorageArea.IMAGE, exc, ())
+                return
+            if proto is not self.link or proto.closed.done():
+                return  # that connection is gone (a promote aborts it); a newer one hashes anew
+            self.core.send_checksums(first, hashes)
+            self.pump()
 
     def _identity(self) -> Identity:
         return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
@@ -267,14 +267,17 @@ class SecondarySite:
             flags |= wire.WelcomeFlag.INCONSISTENT
         return flags
 
-    def _prepare_welcome(self, hashes: tuple[int, ...]) -> None:
+    def _prepare_welcome(self, checksums: bool, hello: wire.Hello) -> None:
         flags = self._welcome_flags()
         # Keep undo during the next resync while the image is consistent, and also while an
         # unfinished pass's undo log is still open here (the link dropped mid-pass, this process
         # lived on): the new pass continues it, so a rollback still returns to the image from
         # before the first pass rather than leaving the extents the new pass changed.
         resuming = not self.meta.new and os.path.exists(self.undo.path)
-        self.core.session_started(SessionFacts(flags, self.meta.stale, self.meta.epoch, hashes,
+        # An interrupted pass resumes over what its journaled set has left, unless the metadata
+        # is in doubt (then every extent is compared).
+        self.core.session_started(SessionFacts(flags, self.meta.stale, self.meta.epoch, checksums,
+                                               resume=resumable(hello, bool(self.meta.metadata_damage)),
                                                protect_image=not flags or resuming))
 
     def _store(self, meta: SiteMeta) -> None:
@@ -288,7 +291,6 @@ class SecondarySite:
         if self.link is not None:
             self.link.abort("replaced by a new connection from the primary")
         self.link = proto
-        self._held = None
         self.core.session_reset(now=time.monotonic())
         self._resync_watch.session_started()
         self.disconnected_since = None
@@ -681,16 +683,12 @@ class SecondarySite:
                               full, progress, watch.total_known(runs, full))
 
 
-def extent_hashes(backend: FileBackend, extent_size: int,
-                  cancelled: Callable[[], bool] = lambda: False) -> tuple[int, ...] | None:
-    """xxh3 of every extent of the (flushed) image; holes are hashed without reading them.
-    None if ``cancelled()`` turned true first (checked before each extent; runs in a worker)."""
-    backend.flush()
+def extent_hashes(backend: FileBackend, extent_size: int, first: int, count: int) -> tuple[int, ...]:
+    """xxh3 of extents ``first``.. ``first + count - 1`` of the image (runs in a worker); holes
+    are hashed without reading them."""
     zero_hash = xxhash.xxh3_64_intdigest(bytes(extent_size))
     hashes = []
-    for offset in range(0, backend.size, extent_size):
-        if cancelled():
-            return None
+    for offset in range(first * extent_size, min(backend.size, (first + count) * extent_size), extent_size):
         length = min(extent_size, backend.size - offset)
         status = backend.extents(offset, length)
         if len(status) == 1 and status[0][1] & 1 and status[0][0] >= length:

@@ -19,6 +19,9 @@ Entries follow, back to back:
         RESYNC_SET (6) u32 n, n x (u32 first, u32 count): runs of extents joining the resync set,
                        extents a resync pass may change here, outside the record (issue 19)
         RESYNC_CLEAR (7) (no body) the resync pass is complete and durable: the set is empty
+        RESYNC_SHRINK (8) u32 n, n x (u32 first, u32 count): runs of extents leaving the resync
+                       set: the pass's data for them is durable here (an interrupted pass resumes
+                       without them, issue 19)
 A checkpoint is the whole record; a journal is rewritten as header + one checkpoint (followed by
 one RESYNC_SET when a pass is running) when it grows.
 
@@ -59,7 +62,7 @@ import google_crc32c
 
 from foresync.errors import JournalCorruption, invariant
 from foresync.faults import NO_FAULTS, Faults
-from foresync.record.runs import Runs, normalise, union
+from foresync.record.runs import Runs, difference, normalise, union
 
 MAGIC = b"FSJOURN1"
 VERSION = 1
@@ -81,6 +84,7 @@ class EntryKind(IntEnum):
     CHECKPOINT = 5
     RESYNC_SET = 6
     RESYNC_CLEAR = 7
+    RESYNC_SHRINK = 8
 
 
 @dataclass
@@ -146,6 +150,11 @@ def encode_resync_set(runs: Runs) -> bytes:
     return _entry(bytes([EntryKind.RESYNC_SET]) + U32.pack(len(runs)) + struct.pack(f">{len(flat)}I", *flat))
 
 
+def encode_resync_shrink(runs: Runs) -> bytes:
+    flat = [value for run in runs for value in run]
+    return _entry(bytes([EntryKind.RESYNC_SHRINK]) + U32.pack(len(runs)) + struct.pack(f">{len(flat)}I", *flat))
+
+
 def encode_resync_clear() -> bytes:
     return _entry(bytes([EntryKind.RESYNC_CLEAR]))
 
@@ -197,6 +206,9 @@ def apply_entry(state: RecordState, body: bytes) -> None:
         state.resync = union(state.resync, normalise(zip(flat[::2], flat[1::2], strict=True)))
     elif kind == EntryKind.RESYNC_CLEAR:
         state.resync = ()
+    elif kind == EntryKind.RESYNC_SHRINK:
+        flat, _ = _read_list(body, 1, 2)
+        state.resync = difference(state.resync, normalise(zip(flat[::2], flat[1::2], strict=True)))
     else:
         raise ValueError(f"unknown journal entry kind {kind}")
 
@@ -273,7 +285,7 @@ def _structural_length(data: bytes, start: int) -> int | None:
             count = int(U32.unpack_from(data, start + 1)[0])
             ranges = int(U32.unpack_from(data, start + 5 + 4 * count)[0])
             return 9 + 4 * count + RANGE.size * ranges
-        if kind == EntryKind.RESYNC_SET:
+        if kind in (EntryKind.RESYNC_SET, EntryKind.RESYNC_SHRINK):
             return 5 + 8 * int(U32.unpack_from(data, start + 1)[0])
         if kind == EntryKind.RESYNC_CLEAR:
             return 1

@@ -18,7 +18,10 @@ Payloads (after the header):
     WELCOME     16s volume id, u64 epoch, u64 applied seq, u8 flags (WelcomeFlag), then
                 LIST(u32) record extents, LIST(u64 seq, u64 offset, u64 length) pending ranges,
                 LIST(u32) stale extents (may differ outside the record: rolled back, or
-                discarded after a split brain), LIST(u64) xxh3 of every extent (full sync only)
+                discarded after a split brain), LIST(u32 first, u32 count) the runs of the
+                resync set of an interrupted pass still to do (WelcomeFlag.RESUME); with
+                WelcomeFlag.CHECKSUMS, CHECKSUMS frames follow it, in extent order, for every
+                extent (a full sync) or for those runs only (a resumed pass)
     DEMOTE      LIST(u64) the epoch history, then LIST(u64) the data generations, of the newer
                 primary: "you are outdated"
     VERIFY      u64 request id, u32 first extent, u32 count: hash these extents, in stream order
@@ -43,6 +46,13 @@ LIST(x) is a u32 count followed by that many x.
     RESYNC_SET      u64 set id, u32 n, n x (u32 first extent, u32 count): extents a resync pass may
                     change outside the record; journal them, then answer RESYNC_SET_DURABLE
     RESYNC_SET_DURABLE  u64 set id: that resync set is durable in the secondary's journal
+    RESYNC_PROGRESS u64 seq, u32 n, n x (u32 first, u32 count): these extents of the pass hold
+                the primary's data once everything through seq is durable: the secondary then
+                journals them out of its resync set (an interrupted pass resumes without them)
+    CHECKSUMS   u32 first extent, LIST(u64) xxh3 of each extent from it: the next chunk (at most
+                CHECKSUM_CHUNK_EXTENTS) of a full sync's checksums, streamed after a WELCOME with
+                WelcomeFlag.CHECKSUMS, in order and without gaps (issue 19: one WELCOME carrying a
+                4 TiB volume's 4M checksums was a 32 MiB frame and 0.45 s on the primary's loop)
 
 Receiving (``FrameDecoder``, issue 15). The link's transport reads straight into the decoder's
 memory (``get_buffer``/``buffer_updated``): a WRITE of GATHER_MIN_BYTES or more, once its head
@@ -63,12 +73,16 @@ import google_crc32c
 from foresync.errors import RemoteProtocolError, invariant
 
 # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); 3: data generations in HELLO and DEMOTE and a
-# code in REFUSE (issue 13). A peer of another version is refused by name.
-PROTOCOL_VERSION = 3
+# code in REFUSE (issue 13); 4: full-sync checksums streamed in CHECKSUMS chunks after the
+# WELCOME instead of inside it, RESYNC_PROGRESS and a resumable pass in WELCOME (issue 19). A peer of another version is refused by name.
+PROTOCOL_VERSION = 4
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
 DEFAULT_MAX_FRAME_BYTES = 33 * 1024 * 1024  # one 32 MiB write plus its header and removals
+# Extents per CHECKSUMS chunk: a 64 KiB frame, about 1 ms to decode, so a heartbeat is never
+# queued behind much of it; 4 TiB of 1 MiB extents is 512 chunks.
+CHECKSUM_CHUNK_EXTENTS = 8192
 
 HELLO = struct.Struct(">HBB16sQIQ")
 WELCOME = struct.Struct(">16sQQB")
@@ -113,6 +127,8 @@ class MessageType(IntEnum):
     STORAGE_FAILED = 20
     RESYNC_SET = 21
     RESYNC_SET_DURABLE = 22
+    CHECKSUMS = 23
+    RESYNC_PROGRESS = 24
 
 
 _WRITE_KIND = int(MessageType.WRITE)
@@ -125,6 +141,9 @@ class HelloFlag(IntFlag):
 class WelcomeFlag(IntFlag):
     NEW = 1  # the secondary has no image of this volume yet (or lost its metadata): full sync
     INCONSISTENT = 2  # a resync into it did not finish: it is not a usable copy until one does
+    CHECKSUMS = 4  # CHECKSUMS chunks of every extent follow: compare before sending (full sync)
+    RESUME = 8  # an interrupted pass: its runs still to do (``resync``), record, stale and ranges
+    #             bound what may differ here; resume over them instead of every extent
 
 
 class WriteFlag(IntFlag):
@@ -192,7 +211,7 @@ class Welcome:
     ranges: tuple[tuple[int, int, int], ...] = ()  # (seq, offset, length) still pending
     flags: int = 0
     stale: tuple[int, ...] = ()
-    hashes: tuple[int, ...] = ()
+    resync: tuple[tuple[int, int], ...] = ()  # runs still to do of an interrupted pass (RESUME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +230,12 @@ class Verify:
 @dataclass(frozen=True, slots=True)
 class Hashes:
     request: int
+    first: int
+    hashes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Checksums:
     first: int
     hashes: tuple[int, ...]
 
@@ -301,6 +326,12 @@ class ResyncSet:
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncProgress:
+    seq: int
+    runs: tuple[tuple[int, int], ...]  # (first extent, count), normalised (record/runs.py)
+
+
+@dataclass(frozen=True, slots=True)
 class ResyncSetDurable:
     set_id: int
 
@@ -323,11 +354,22 @@ class AuthProof:
 
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
            | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
-           | AuthProof | StorageFailed | ResyncSet | ResyncSetDurable)
+           | AuthProof | StorageFailed | ResyncSet | ResyncSetDurable | Checksums
+           | ResyncProgress)
 
 
 def _u32s(values: tuple[int, ...]) -> bytes:
     return struct.pack(f">{len(values)}I", *values)
+
+
+def _runs(runs: tuple[tuple[int, int], ...]) -> bytes:
+    """LIST(u32 first, u32 count)."""
+    flat = tuple(value for run in runs for value in run)
+    return COUNT.pack(len(runs)) + _u32s(flat)
+
+
+def _pairs(flat: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _list(code: str, values: tuple[int, ...]) -> bytes:
@@ -359,6 +401,12 @@ class _Lists:
         values = struct.unpack_from(f">{count}{code}", self._payload, self._pos)
         self._pos += count * size
         return tuple(values)
+
+    def take_runs(self) -> tuple[tuple[int, int], ...]:
+        count = self._count(RUN.size)
+        flat = struct.unpack_from(f">{2 * count}I", self._payload, self._pos)
+        self._pos += count * RUN.size
+        return _pairs(flat)
 
     def take_ranges(self) -> tuple[tuple[int, int, int], ...]:
         count = self._count(RANGE.size)
@@ -418,15 +466,18 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
         case ResyncSetDurable(set_id):
             return MessageType.RESYNC_SET_DURABLE, SEQ.pack(set_id)
         case ResyncSet(set_id, runs):
-            flat = [value for run in runs for value in run]
-            return MessageType.RESYNC_SET, SEQ.pack(set_id) + COUNT.pack(len(runs)) + _u32s(tuple(flat))
+            return MessageType.RESYNC_SET, SEQ.pack(set_id) + _runs(runs)
+        case ResyncProgress(seq, runs):
+            return MessageType.RESYNC_PROGRESS, SEQ.pack(seq) + _runs(runs)
         case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations):
             head = HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
             return MessageType.HELLO, head + _list("Q", history) + _list("I", oos) + _list("Q", generations)
-        case Welcome(volume_id, epoch, applied_seq, record, ranges, flags, stale, hashes):
+        case Welcome(volume_id, epoch, applied_seq, record, ranges, flags, stale, resync):
             body = WELCOME.pack(volume_id, epoch, applied_seq, flags) + _list("I", record)
             body += COUNT.pack(len(ranges)) + b"".join(RANGE.pack(*r) for r in ranges)
-            return MessageType.WELCOME, body + _list("I", stale) + _list("Q", hashes)
+            return MessageType.WELCOME, body + _list("I", stale) + _runs(resync)
+        case Checksums(first, hashes):
+            return MessageType.CHECKSUMS, COUNT.pack(first) + _list("Q", hashes)
         case Demote(history, generations):
             return MessageType.DEMOTE, _list("Q", history) + _list("Q", generations)
         case Verify(request, first, count):
@@ -543,16 +594,25 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         record = reader.take("I")
         ranges = reader.take_ranges()
         stale = reader.take("I")
+        resync = reader.take_runs()
+        reader.finish()
+        return Welcome(volume_id, epoch, applied, record, ranges, flags, stale, resync)
+    if message_type is MessageType.CHECKSUMS:
+        reader = _Lists(payload, COUNT.size, "CHECKSUMS")
+        (first,) = COUNT.unpack_from(payload)
         hashes = reader.take("Q")
         reader.finish()
-        return Welcome(volume_id, epoch, applied, record, ranges, flags, stale, hashes)
-    if message_type is MessageType.RESYNC_SET:
-        if len(payload) < SEQ.size + COUNT.size:
-            raise RemoteProtocolError("RESYNC_SET payload shorter than its fixed part")
-        (set_id,), (count,) = SEQ.unpack_from(payload), COUNT.unpack_from(payload, SEQ.size)
-        _exact(payload, SEQ.size + COUNT.size + RUN.size * count, "RESYNC_SET")
-        flat = struct.unpack_from(f">{2 * count}I", payload, SEQ.size + COUNT.size)
-        return ResyncSet(set_id, tuple(zip(flat[::2], flat[1::2], strict=True)))
+        if not hashes or len(hashes) > CHECKSUM_CHUNK_EXTENTS:
+            raise RemoteProtocolError(f"CHECKSUMS chunk of {len(hashes)} checksums (1 to "
+                                      f"{CHECKSUM_CHUNK_EXTENTS} allowed)")
+        return Checksums(first, hashes)
+    if message_type in (MessageType.RESYNC_SET, MessageType.RESYNC_PROGRESS):
+        reader = _Lists(payload, SEQ.size, message_type.name)
+        (seq,) = SEQ.unpack_from(payload)
+        runs = reader.take_runs()
+        reader.finish()
+        cls = ResyncSet if message_type is MessageType.RESYNC_SET else ResyncProgress
+        return cls(seq, runs)
     if message_type is MessageType.VERIFY:
         _exact(payload, VERIFY.size, "VERIFY")
         return Verify(*VERIFY.unpack(payload))

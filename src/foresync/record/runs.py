@@ -59,3 +59,25 @@ def contains(runs: Runs, extent: int) -> bool:
     """Whether ``extent`` is in the (normalised) ``runs``: a binary search, O(log runs)."""
     index = bisect.bisect_right(runs, (extent, 1 << 62)) - 1
     return index >= 0 and runs[index][0] <= extent < runs[index][0] + runs[index][1]
+
+
+def difference(a: Runs, b: Runs) -> Runs:
+    """The extents of ``a`` not in ``b`` (both normalised), as normalised runs."""
+    if not a or not b:
+        return a
+    out: list[tuple[int, int]] = []
+    index = 0
+    for first, count_ in a:
+        start, end = first, first + count_
+        while index < len(b) and b[index][0] + b[index][1] <= start:
+            index += 1
+        probe = index
+        while start < end and probe < len(b) and b[probe][0] < end:
+            cut_first, cut_end = b[probe][0], b[probe][0] + b[probe][1]
+            if cut_first > start:
+                out.append((start, cut_first - start))
+            start = max(start, cut_end)
+            probe += 1
+        if start < end:
+            out.append((start, end - start))
+    return tuple(out)

@@ -541,6 +541,9 @@ class PrimaryCore:
                 self._on_resync_set_durable(set_id)
             case wire.Hashes(request, first, hashes):
                 self._verify.on_hashes(request, first, hashes, self.now)
+            case wire.Checksums(first, hashes):
+                self._resync.on_checksums(first, hashes)
+                self._pump_resync()
             case wire.StorageFailed():
                 self._on_storage_failed(message)
             case _:

@@ -3,7 +3,13 @@
 Theory of operation (issue 19). A pass starts at WELCOME (``begin``) with every extent that may
 differ: the secondary's record and stale extents, our out-of-sync set, the ranges it had pending;
 or, for a new or half-synced secondary (or a lost out-of-sync store), the whole volume, swept in
-order instead of listed (a million extents at 1 TiB took 130 ms and 100 MB to list). The pass
+order instead of listed (a million extents at 1 TiB took 130 ms and 100 MB to list). A new or
+half-synced secondary streams its checksums behind the WELCOME (checksums.py); the sweep
+compares each extent once its checksum is here and waits for the stream when it catches up.
+RESYNC_PROGRESS tells the secondary which extents are done (as of a seq): it takes them out of
+its journaled set once that seq is durable there. After a cut its WELCOME says RESUME with the
+runs left, and the new pass sweeps only those (plus record, stale and our out-of-sync set),
+comparing by checksum as before: it resumes instead of starting over. The pass
 needs no room in the record: it first sends RESYNC_SET, the runs of extents it may change, which
 the secondary journals as one entry before any later effect and answers with RESYNC_SET_DURABLE.
 Only then may those extents leave our out-of-sync set (``OutOfSync.confirm``). A repair or a
@@ -36,11 +42,13 @@ from typing import Any
 
 import xxhash
 
+from foresync.errors import RemoteProtocolError
 from foresync.faults import Faults
 from foresync.link import wire
 from foresync.record import runs as extent_runs
 from foresync.record.predict import extents_of
 from foresync.record.record import UNSENT, RecordCopy
+from foresync.replication.checksums import RemoteChecksums
 from foresync.replication.flushes import Flushes
 from foresync.replication.out_of_sync import OutOfSync
 from foresync.replication.progress import ResyncProgress
@@ -62,6 +70,9 @@ RESYNC_WINDOW_MIN_BYTES = 2 * 1024 * 1024
 RESYNC_WINDOW_START_BYTES = 4 * 1024 * 1024
 RATE_SAMPLE_S = 0.1  # the shortest interval a throughput sample covers
 RATE_SAMPLES = 10  # the window follows the best of the last few samples
+# RESYNC_PROGRESS goes once this many extents are done (and at the end of the sweep): a cut
+# repeats at most these, and a 1 TiB sweep of 1 MiB extents sends 16K small messages.
+PROGRESS_EXTENTS = 64
 HOLE_CHECK_COST = 16 * 1024  # SEEK_DATA on a sparse file: about 2 us, as 16 KiB of hashing
 
 
@@ -107,9 +118,16 @@ class Resync:
         self.session = False  # WELCOME came and the link has not dropped since
         self.todo: deque[int] = deque()  # extents still to resync
         self.set: set[int] = set()  # ... the same, as a set
-        # A full sync sweeps [sweep_next, sweep_end) in order instead of listing every extent.
+        # A full sync sweeps [sweep_next, sweep_end) in order instead of listing every extent;
+        # a resumed one sweeps the runs left of the secondary's set, the rest of them queued.
         self.sweep_next = self.sweep_end = 0
-        self._remote_hashes: tuple[int, ...] = ()  # the secondary's xxh3 per extent (full sync)
+        self._sweep_rest: deque[tuple[int, int]] = deque()
+        self._sweep_rest_count = 0
+        self._progress: list[int] = []  # extents done since the last batch of RESYNC_PROGRESS
+        # Batches waiting for our own flush: (local need, seq, runs). What went was read from
+        # our page cache: only once that is durable here too may the secondary forget them.
+        self._progress_ready: deque[tuple[int, int, extent_runs.Runs]] = deque()
+        self.checksums: RemoteChecksums | None = None  # the secondary's, streamed (full sync)
         self._hashes_void: set[int] = set()  # queued again by verify: their hash is old
         self._differs = -1  # the extent last found to differ: not hashed again when retried
         self._zero_hashes: dict[int, int] = {}  # length -> xxh3 of that many zero bytes
@@ -155,7 +173,10 @@ class Resync:
         self.session = False
         self.todo.clear()
         self.set.clear()
-        self.sweep_next = self.sweep_end = 0
+        self._start_sweep(())
+        self._progress = []
+        self._progress_ready.clear()
+        self.checksums = None
         self.unapplied.clear()
         self._unapplied_bytes = 0
         self._sets_unconfirmed.clear()  # their extents never left our out-of-sync set
@@ -163,26 +184,39 @@ class Resync:
     def begin(self, welcome: wire.Welcome, full: bool, last_seq: int, now: float) -> None:
         """WELCOME: resync what may differ (everything if ``full``)."""
         self.session = True
-        self._remote_hashes = ()
+        self.checksums = None
         self._hashes_void = set()
         self._differs = -1
         count = self.extent_count
-        if full:
+        self._progress = []
+        self._progress_ready.clear()
+        # An interrupted pass resumes over what the secondary durably knows is left, unless we
+        # doubt more ourselves (our out-of-sync store said "everything": full_resync_pending).
+        resume = (full and bool(welcome.flags & wire.WelcomeFlag.RESUME) and not self._oos.everything
+                  and not self._async)
+        if full and not resume:
             # Built without sorting: a million extents at 1 TiB (full_resync_pending stays
             # until RESYNC_DONE).
             self.set = set()
             self.todo = deque()
-            self.sweep_next, self.sweep_end = 0, count
-            runs: extent_runs.Runs = ((0, count),) if count else ()
-            if len(welcome.hashes) == count:
-                self._remote_hashes = welcome.hashes
+            sweep: extent_runs.Runs = ((0, count),) if count else ()
+            listed = sweep
         else:
+            sweep = self._resumed_runs(welcome) if resume else ()
             todo = set(welcome.record) | self._oos.extents | set(welcome.stale)
             for _, offset, length in welcome.ranges:
                 todo.update(extents_of(offset, length, self._extent_size))
-            self.set = {e for e in todo if e < count}
+            self.set = {e for e in todo if e < count and not extent_runs.contains(sweep, e)}
             self.todo = deque(sorted(self.set))
-            runs = extent_runs.runs_of(self.set)
+            listed = extent_runs.runs_of(self.set)
+        self._start_sweep(sweep)
+        if full and welcome.flags & wire.WelcomeFlag.CHECKSUMS:
+            # A secondary that offered to resume streams checksums of its runs only: if we do
+            # not resume (we doubt more: it should have seen that in our HELLO), the extents
+            # outside them are sent without comparing.
+            offered = self._resumed_runs(welcome) if welcome.flags & wire.WelcomeFlag.RESUME else sweep
+            self.checksums = RemoteChecksums(offered)
+        runs = extent_runs.union(listed, sweep)
         self._sets_unconfirmed = {}
         self.pass_runs = self._oos.confirmed = ()
         if runs:
@@ -192,7 +226,7 @@ class Resync:
         self._total_bytes = self.remaining() * self._extent_size
         self._done_bytes = self._sent_bytes = 0
         # A full sync with the secondary's checksums compares every extent before sending.
-        with_hash = count if len(self._remote_hashes) == count else 0
+        with_hash = self.checksums.expected if self.checksums is not None else 0
         self._compare_total_bytes = with_hash * self._extent_size
         self._compared_bytes = 0
         self._send_total_bytes = max(0, self.remaining() - with_hash) * self._extent_size
@@ -210,11 +244,11 @@ class Resync:
         record.clear_marks(last_seq)
         if self._async:
             record.note_write(self.set, _NOT_YET_SENT)
-            record.note_write(range(self.sweep_end), _NOT_YET_SENT)
+            record.note_write(range(self.sweep_end), _NOT_YET_SENT)  # a full sweep (no resume)
         else:
             chosen = self.set
-            end = self.sweep_end
-            record.note_write((e for e in record.extents() if e in chosen or e < end), _NOT_YET_SENT)
+            record.note_write((e for e in record.extents() if e in chosen or self._in_sweep(e)),
+                              _NOT_YET_SENT)
 
     def queue(self, extent: int, now: float) -> None:
         """Copy one extent again (verify --repair, a failed local write); it stays out-of-sync
@@ -222,7 +256,7 @@ class Resync:
         self._oos.extents.add(extent)
         self._oos.dirty = True
         self._hashes_void.add(extent)  # verify found it differs: a full sync's checksum is old
-        if extent not in self.set and not self.sweep_next <= extent < self.sweep_end:
+        if extent not in self.set and not self._in_sweep(extent):
             self.set.add(extent)
             self.todo.append(extent)
             self._record.note_write((extent,), _NOT_YET_SENT)
@@ -260,11 +294,37 @@ class Resync:
 
     def remaining(self) -> int:
         """Extents of the running pass still to compare or send."""
-        return len(self.set) + self.sweep_end - self.sweep_next
+        return len(self.set) + self.sweep_end - self.sweep_next + self._sweep_rest_count
 
     def pending(self) -> tuple[int, ...]:
         """Every extent still to compare or send."""
-        return (*self.set, *range(self.sweep_next, self.sweep_end))
+        return (*self.set, *range(self.sweep_next, self.sweep_end),
+                *extent_runs.expand(tuple(self._sweep_rest)))
+
+    def _resumed_runs(self, welcome: wire.Welcome) -> extent_runs.Runs:
+        """The runs left of an interrupted pass's set, as the secondary reports them."""
+        for first, count in welcome.resync:
+            if count < 1 or first + count > self.extent_count:
+                raise RemoteProtocolError(f"WELCOME resync run {first}+{count} is outside the volume")
+        return extent_runs.normalise(welcome.resync)
+
+    def _start_sweep(self, runs: extent_runs.Runs) -> None:
+        self._sweep_rest = deque(runs)
+        self._sweep_rest_count = extent_runs.count(runs)
+        self.sweep_next = self.sweep_end = runs[0][0] if runs else 0
+        self._sweeping()
+
+    def _sweeping(self) -> bool:
+        """Whether extents are left to sweep (moving on to the next run when one is done)."""
+        while self.sweep_next >= self.sweep_end and self._sweep_rest:
+            first, count = self._sweep_rest.popleft()
+            self._sweep_rest_count -= count
+            self.sweep_next, self.sweep_end = first, first + count
+        return self.sweep_next < self.sweep_end
+
+    def _in_sweep(self, extent: int) -> bool:
+        return (self.sweep_next <= extent < self.sweep_end
+                or (bool(self._sweep_rest) and extent_runs.contains(tuple(self._sweep_rest), extent)))
 
     def resume(self) -> None:
         self._resume_asked = False
@@ -272,11 +332,17 @@ class Resync:
     def pump(self, now: float) -> None:
         """Send resync extents while the window and the rate allow, doing at most a slice of
         work before asking to be resumed. An extent still waiting for an earlier op to land
-        locally is retried later; the others go on."""
+        locally is retried later; the others go on. While a resume is pending (the last pump
+        used up its slice) this does nothing: the owner pumps after every message and host
+        write, and a slice each (checksum chunks arrive in bursts) held the loop for a second
+        at 1 TiB and put a slice in front of every host write's answer."""
+        if self._resume_asked:
+            self.send_progress()
+            return
         deferred: list[int] = []
         self._slice_work = 0
         todo = self.todo
-        while todo or self.sweep_next < self.sweep_end:
+        while todo or self._sweeping():
             if self._slice_work >= self._slice_bytes:
                 if not self._resume_asked:
                     self._resume_asked = True
@@ -285,6 +351,9 @@ class Resync:
             swept = not todo
             if swept:
                 extent = self.sweep_next
+                if (self.checksums is not None and not self.checksums.has(extent)
+                        and not self._faults.resync_compares_before_checksum):
+                    break  # its checksum is still on its way (on_checksums resumes)
                 self.sweep_next += 1
             else:
                 extent = todo.popleft()
@@ -299,6 +368,29 @@ class Resync:
                     todo.appendleft(extent)
                 break
         todo.extendleft(reversed(deferred))
+        if self.checksums is not None:
+            self.checksums.release_below(self.sweep_next)
+        if self._progress and (len(self._progress) >= PROGRESS_EXTENTS or not self.remaining()):
+            done, self._progress = self._progress, []
+            if not self._async:  # no set there to shrink in async mode
+                self._progress_ready.append((self.local_need, self._last_seq(), extent_runs.runs_of(done)))
+        self.send_progress()
+
+    def send_progress(self) -> None:
+        """RESYNC_PROGRESS for the batches our own flush now covers: those extents hold our
+        data there once everything through the seq is durable there (sent as resync writes,
+        or found identical with every earlier write on the stream), and what we read for them
+        is durable here: the secondary may then take them out of its set."""
+        ready = self._progress_ready
+        while ready and ready[0][0] <= self._flushes.local_durable and self.session:
+            _, seq, runs = ready.popleft()
+            self._send(wire.ResyncProgress(seq, runs))
+
+    def on_checksums(self, first: int, hashes: tuple[int, ...]) -> None:
+        """A CHECKSUMS chunk for the running full sync (the owner pumps next)."""
+        if self.checksums is None:
+            raise RemoteProtocolError("CHECKSUMS without a full sync that asked for them")
+        self.checksums.add(first, hashes)
 
     def sent_all(self) -> bool:
         """Whether the pass has sent everything, every set and the last resync write are
@@ -312,7 +404,7 @@ class Resync:
         """Every extent of the pass now holds our data there, durably on both sites: the
         secondary is a consistent copy again. RESYNC_DONE clears its set."""
         self.active = False
-        self._remote_hashes = ()
+        self.checksums = None
         self._hashes_void = set()
         self.pass_runs = self._oos.confirmed = ()
         if self._oos.everything:
@@ -336,6 +428,7 @@ class Resync:
         length = min(self._extent_size, self._size - offset)
         compared = self._same_there(extent, offset, length)
         if compared is True:
+            self._progress.append(extent)
             self.set.discard(extent)
             self.local_need = self._last_seq()
             self._resynced(extent)
@@ -362,6 +455,7 @@ class Resync:
         seq = self._send_extent(extent, offset, length, compared)
         self.unapplied.append((seq, length))
         self._unapplied_bytes += length
+        self._progress.append(extent)
         self._resynced(extent)
         self.set.discard(extent)
         self.last_seq = self.local_need = seq
@@ -377,10 +471,14 @@ class Resync:
         """Whether the secondary's checksum (full sync) shows the extent identical there: True,
         False (nothing to compare), or our data, read and found different (sent as it is, not
         read twice). A hole here against the checksum of zeroes there needs no hashing."""
-        hashes = self._remote_hashes
-        if extent >= len(hashes) or extent == self._differs or extent in self._hashes_void:
+        checksums = self.checksums
+        if checksums is None or extent == self._differs or extent in self._hashes_void:
             return False
-        remote = hashes[extent]
+        remote = checksums.get(extent)
+        if remote is None and self._faults.resync_compares_before_checksum:
+            return True  # deliberately wrong: see faults.py
+        if remote is None:
+            return False  # dropped: the sweep passed it, and it was deferred (sent as it is)
         zero = self._zero_hashes.get(length)
         if zero is None:
             zero = self._zero_hashes[length] = xxhash.xxh3_64_intdigest(bytes(length))

@@ -30,7 +30,9 @@ silent for ``timeout_s`` (it PINGs every heartbeat) is gone: ``handle_timer`` en
 ``LinkFailed`` ("no frame from the primary for 10 s").
 
 The site's own facts for a session (flags, stale extents, epoch, checksums, undo) come with
-``session_started`` once the adapter admitted the HELLO. The primary's data generations (from the
+``session_started`` once the adapter admitted the HELLO. For a full sync the adapter then hashes
+the image in chunks, while the session runs, and streams them (``send_checksums``) behind the
+WELCOME. The primary's data generations (from the
 HELLO) go out with RESYNC_DONE's ``ResyncFinished``: only once a pass has brought their data may
 this copy claim them (epochs.py), so a promotion before that is a split brain, not a failback.
 
@@ -39,7 +41,10 @@ record. They are journaled as one entry (runs, not one record slot each), and RE
 goes back only once that entry is durable: only then may the primary stop counting them in its
 own out-of-sync set. Every effect after it waits for the same commit, so no resync data lands
 before the set that covers it is durable. The set is cleared at RESYNC_DONE, which the primary
-sends once every extent of the pass is durable on both sites.
+sends once every extent of the pass is durable on both sites. Meanwhile RESYNC_PROGRESS names
+extents the pass is done with as of a seq; once that seq is durable here they leave the set
+(RESYNC_SHRINK), so a WELCOME after a cut (RESUME) offers only what is left: the pass resumes
+instead of comparing every extent again.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ from foresync.replication.actions import (
 )
 from foresync.replication.admission import geometry_problems
 from foresync.replication.liveness import Due, Liveness
+from foresync.replication.set_progress import SetProgress
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -109,8 +115,18 @@ class SessionFacts:
     welcome_flags: int = 0  # wire.WelcomeFlag bits: a new or inconsistent copy
     stale: tuple[int, ...] = ()  # extents to resync beyond the record (site.json)
     epoch: int = 1  # the WELCOME's epoch (site.json's, after adopting the primary's lineage)
-    hashes: tuple[int, ...] = ()  # xxh3 per extent, for a full sync (else empty)
+    checksums: bool = False  # a full sync: CHECKSUMS of every extent follow the WELCOME
+    # an interrupted pass may resume over what is left of the journaled resync set (WELCOME
+    # RESUME), if there is one: the metadata is not in doubt
+    resume: bool = False
     protect_image: bool = False  # the image is consistent: keep undo during a resync
+
+
+def resumable(hello: wire.Hello, metadata_in_doubt: bool) -> bool:
+    """Whether this site may offer to resume an interrupted pass (SessionFacts.resume): not
+    while its metadata is in doubt, nor when the primary's HELLO says every extent may differ
+    on its side (it then compares every extent, and wants every checksum)."""
+    return not metadata_in_doubt and not hello.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +166,7 @@ class SecondaryCore:
         self._appended = 0  # journal appends issued
         self._synced = 0  # journal appends known durable
         self._pending: deque[tuple[int, int, Action | None]] = deque()  # (needs, seq, effect)
+        self._earlier_needs = 0  # the append count the last effect of an earlier session waits for
         self.applied_seq = 0
         self.durable_seq = 0
         self._reported_applied = 0
@@ -161,7 +178,10 @@ class SecondaryCore:
         self.greeted = False
         self.welcome_flags = 0  # wire.WelcomeFlag bits (SessionFacts)
         self.stale: tuple[int, ...] = ()  # extents to resync beyond the record (SessionFacts)
-        self.hashes: tuple[int, ...] = ()  # for a full sync: xxh3 per extent (SessionFacts)
+        self.checksums = False  # a full sync: CHECKSUMS follow the WELCOME (SessionFacts)
+        self.resume = False  # WELCOME RESUME: the pass goes on over ``state.resync`` (SessionFacts)
+        self.checksum_runs: extent_runs.Runs = ()  # the extents the checksums cover, in order
+        self._progress = SetProgress(faults)  # RESYNC_PROGRESS not yet durable here
         self.resyncing = False  # a resync write has landed since the last RESYNC_DONE
         self.protect_image = False  # the image is consistent, keep undo (SessionFacts)
         self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
@@ -204,11 +224,17 @@ class SecondaryCore:
                              HashExtents(request, first, count))
             case wire.ResyncSet(set_id, runs):
                 self._on_resync_set(set_id, runs)
+            case wire.ResyncProgress(seq, runs):
+                self._check_runs(runs, "RESYNC_PROGRESS")
+                if self.state.resync:
+                    self._progress.add(seq, runs)
+                    self._shrink_durable()
             case wire.ResyncDone(seq):
                 # In order behind every effect before it, and reported once a data sync
                 # covers seq (the adapter waits for that before marking the image consistent).
                 # The primary sends it once the whole pass is durable on both sites, so the
                 # resync set may go (a lost clear only leaves it larger).
+                self._progress.clear()
                 if self.state.resync:
                     self.state.resync = ()
                     self._append(jfmt.encode_resync_clear())
@@ -248,8 +274,28 @@ class SecondaryCore:
         self.welcome_flags = facts.welcome_flags
         self.stale = facts.stale
         self.epoch = facts.epoch
-        self.hashes = facts.hashes
+        self.checksums = facts.checksums
         self.protect_image = facts.protect_image
+        # Resume only from a journaled set: an empty one may also mean it was never written.
+        self.resume = facts.resume and bool(facts.welcome_flags) and bool(self.state.resync)
+        everything: extent_runs.Runs = ((0, self.extent_count),) if self.extent_count else ()
+        self.checksum_runs = ((self.state.resync if self.resume else everything)
+                              if facts.checksums else ())
+
+    @property
+    def earlier_session_landed(self) -> bool:
+        """Whether every image effect of an earlier session is carried out (released to the
+        adapter): only then may a full sync's checksums be taken (checksums.py)."""
+        return self._synced >= self._earlier_needs
+
+    def send_checksums(self, first: int, hashes: tuple[int, ...]) -> None:
+        """The adapter hashed extents ``first``.. of the image as it is now (every write applied
+        so far, and any mix of those landing while it read: each byte then either holds what the
+        primary has now or is overwritten by a write still on the ordered stream). They go out in
+        order after the WELCOME, never before it."""
+        if not self.greeted or self.failed or not self.checksums:
+            return  # that session is over (the adapter's hashing stops with its connection)
+        self._effect(0, 0, Send(wire.Checksums(first, hashes)))
 
     def restart_record(self, state: RecordState) -> None:
         """The adapter started a new record journal (``resolve --discard-local``): its state."""
@@ -279,6 +325,8 @@ class SecondaryCore:
         # HASHES answer the old connection's VERIFY too: the new one never asked (issue 13).
         self._pending = deque((needs, seq, None if isinstance(effect, Send | HashExtents) else effect)
                               for needs, seq, effect in self._pending)
+        self._earlier_needs = self._pending[-1][0] if self._pending else 0
+        self._progress.clear()  # the old connection's: the set stays larger
         self._await_durable.clear()
         self._reported_applied = 0
         self.greeted = False
@@ -359,6 +407,8 @@ class SecondaryCore:
         self.durable_seq = max(self.durable_seq, through)
         if not self.failed:
             self._actions.append(Send(wire.Durable(self.durable_seq)))
+        if self._progress:
+            self._shrink_durable()
         while self._await_durable and self._await_durable[0][0] <= self.durable_seq:
             self._actions.append(Send(self._await_durable.popleft()[1]))
         if self._sync_wanted > self.durable_seq:
@@ -410,19 +460,37 @@ class SecondaryCore:
         # least those seqs: a new op must never reuse one, or finishing the old range would
         # clear the new one.
         applied = max(self.applied_seq, max(self.state.ranges, default=0))
+        flags = self.welcome_flags | (wire.WelcomeFlag.CHECKSUMS if self.checksums else 0)
+        flags |= wire.WelcomeFlag.RESUME if self.resume else 0
         welcome = wire.Welcome(self.volume_id, self.epoch, applied,
-                               tuple(sorted(self.state.extents)), ranges, self.welcome_flags,
-                               self.stale_extents(), self.hashes)
+                               tuple(sorted(self.state.extents)), ranges, flags,
+                               self.stale_extents(), self.state.resync if self.resume else ())
         # Only a durable record may be reported: the primary trusts every extent in it (it may
         # drop an extent from its out-of-sync set because the record covers it), so wait for the
         # journal to commit any add still in flight.
         self._effect(self._appended, self.applied_seq + 1, Send(welcome))
 
-    def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
+    def _check_runs(self, runs: extent_runs.Runs, what: str) -> None:
         for first, count in runs:
             if count < 1 or first + count > self.extent_count:
-                raise RemoteProtocolError(f"RESYNC_SET run of extents {first}+{count} is outside the volume")
+                raise RemoteProtocolError(f"{what} run of extents {first}+{count} is outside the volume")
+
+    def _shrink_durable(self) -> None:
+        """RESYNC_PROGRESS whose seq is durable here: those extents hold the primary's data
+        durably, so they leave the journaled resync set (not forcing a commit: a lost shrink only
+        leaves the set larger). An interrupted pass then resumes without them."""
+        done = self._progress.durable(self.durable_seq)
+        if not done or self.failed:
+            return
+        left = extent_runs.difference(self.state.resync, done)
+        if left != self.state.resync:
+            self.state.resync = left
+            self._append(jfmt.encode_resync_shrink(done))
+
+    def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
+        self._check_runs(runs, "RESYNC_SET")
         added = extent_runs.normalise(runs)
+        self._progress.readded(added)  # an earlier progress must not take them out again
         self.state.resync = extent_runs.union(self.state.resync, added)
         self._append(jfmt.encode_resync_set(added))
         self._reply_after(self._appended, self.applied_seq + 1, wire.ResyncSetDurable(set_id))

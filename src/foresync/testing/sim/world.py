@@ -88,7 +88,7 @@ from foresync.replication.driver import PrimaryDriver, SecondaryDriver
 from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
-from foresync.replication.secondary import SecondaryCore, SessionFacts
+from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
@@ -222,6 +222,8 @@ class _Secondary:
         self.syncs: deque[int] = deque()
         self.commits: deque[int] = deque()
         self.conn = 0  # the connection it answers on (set when HELLO arrives)
+        self.checksum_next: int | None = None  # a full sync: the next extent to hash and stream
+        self.checksum_runs: deque[tuple[int, int]] = deque()  # ... and the runs after it
 
     def send(self, message: wire.Message) -> None:
         w = self.world
@@ -514,6 +516,8 @@ class World:
             choices.append((3.0, "resume"))
         if s is not None and s.commits:
             choices.append((2.0, "journal_commit"))
+        if s is not None and self._checksums_due(s):
+            choices.append((2.0, "checksums"))
         if s is not None and s.syncs:
             choices.append((1.5, "data_sync"))
         choices.append((1.0, "tick"))
@@ -649,7 +653,13 @@ class World:
         inconsistent, stale, protect = self.meta.welcome(self.widened[site])
         flags = wire.WelcomeFlag.INCONSISTENT if inconsistent else 0
         s.core.session_started(SessionFacts(flags, stale, epoch=len(self.histories[site]),
+                                            checksums=inconsistent,
+                                            resume=resumable(hello, self.widened[site]),
                                             protect_image=protect))
+        if s.core.resume:
+            self._log(f"secondary {site}: resumes the pass over {s.core.checksum_runs}")
+        s.checksum_runs = deque(s.core.checksum_runs)
+        s.checksum_next = s.checksum_runs[0][0] if s.checksum_runs else None
 
     def _ev_deliver_s2p(self) -> None:
         conn, frame = self.s2p.popleft()
@@ -711,6 +721,28 @@ class World:
         assert self.primary is not None
         self.primary.resume_due = False
         self.primary.core.resume()
+
+    def _checksums_due(self, s: _Secondary) -> bool:
+        """A full sync's checksums are still to stream on the current connection, and every
+        effect of an earlier session has landed (SecondarySite._land_earlier_writes)."""
+        return (s.checksum_next is not None and self.conn != 0 and s.conn == self.conn
+                and s.core.earlier_session_landed)
+
+    def _ev_checksums(self) -> None:
+        """SecondarySite._stream_checksums: hash the next few extents of the image as it is now
+        (the writes of this session land around them) and stream them behind the WELCOME."""
+        s = self.secondary
+        assert s is not None and s.checksum_next is not None
+        first, es = s.checksum_next, self.extent_size
+        run_first, run_count = s.checksum_runs[0]
+        count = min(self.rng.randint(1, 4), run_first + run_count - first)
+        hashes = tuple(xxhash.xxh3_64_intdigest(self.sdisk.read(e * es, es)) for e in range(first, first + count))
+        self._log(f"secondary checksums {first}..{first + count - 1}")
+        s.core.send_checksums(first, hashes)
+        s.checksum_next = first + count
+        if s.checksum_next == run_first + run_count:
+            s.checksum_runs.popleft()
+            s.checksum_next = s.checksum_runs[0][0] if s.checksum_runs else None
 
     def _ev_journal_commit(self) -> None:
         assert self.secondary is not None
@@ -1015,6 +1047,8 @@ class World:
                 events.append(self._ev_journal_commit)
             if s is not None and s.syncs:
                 events.append(self._ev_data_sync)
+            if s is not None and self._checksums_due(s):
+                events.append(self._ev_checksums)
             if self.conn == 0 or s is None:
                 return  # the link or the secondary failed meanwhile: demote refuses
             (self.rng.choice(events) if events else self._ev_tick)()
@@ -1367,6 +1401,8 @@ class World:
                 events.append(self._ev_resume)
             if s.commits:
                 events.append(self._ev_journal_commit)
+            if self._checksums_due(s):
+                events.append(self._ev_checksums)
             if s.syncs:
                 events.append(self._ev_data_sync)
             if not events:
