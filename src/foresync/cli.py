@@ -273,12 +273,6 @@ def run(config_path: str, assume_all: bool) -> None:
     with contextlib.suppress(ForesyncError):  # run_site loads it again and reports the error
         cfg = load(config_path)
         _use_log_format(cfg.log_format)
-        if cfg.s3_listen is not None:
-            # Issue 18, phase 2: objects written on a primary must reach the secondary's record
-            # before they are acknowledged; serving them unmirrored would break that promise.
-            raise click.ClickException(
-                f"{config_path}: [s3] needs the object replication, not built yet; remove [s3] "
-                "from the site config (serve objects standalone with `foresync objects serve`)")
 
     try:
         run_async(lambda stop: run_site(config_path, stop, assume_all_out_of_sync=assume_all))

@@ -44,6 +44,9 @@ class Faults:
     # liveness.py: a peer that has gone silent (a half-open connection) is never timed out, so
     # the link stays up in name and nothing more is replicated
     link_timeout_ignored: bool = False
+    # objects (replication/objects.py): an op on a name not in the record copy goes as a hit,
+    # committed and answered before the secondary durably recorded the name (issue 18)
+    object_hit_before_record_durable: bool = False
 
 
 NO_FAULTS = Faults()

@@ -27,6 +27,7 @@ from foresync.admin.status import ResyncReceived, SecondaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
+from foresync.daemon.objects import OBJECT_MESSAGES, ObjectsSecondary
 from foresync.daemon.results import Discarded, Promoted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import (
@@ -117,6 +118,7 @@ class SecondarySite:
         self.nbd_sockets: list[socket.socket] | None = None
         self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
         self._refusals = LogBudget(log, logging.WARNING, "refused link HELLOs")
+        self.objects = ObjectsSecondary(cfg, self.send) if cfg.s3_listen is not None else None
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -160,6 +162,10 @@ class SecondarySite:
                 proto.send(wire.Pong(message.timestamp_ns))
                 return
             self._held.append(message)
+            return
+        if self.objects is not None and isinstance(message, OBJECT_MESSAGES):
+            self.core.frame_received(proto.last_rx)
+            self.objects.receive(message)  # applied in order by its own worker (daemon/objects.py)
             return
         if type(message) is wire.Write and message.flags & wire.WriteFlag.RESYNC:
             if not self._resync_rx_started:
@@ -482,7 +488,11 @@ class SecondarySite:
             raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         log.info("secondary listening for the primary on %s:%d", host, port)
         self.on_serving()
+        if self.objects is not None:
+            self.objects.start()
         await self._timers(stop)
+        if self.objects is not None:
+            await self.objects.aclose()
         try:
             await self._shutdown()
         except (OSError, StorageError) as exc:
