@@ -194,23 +194,26 @@ class ObjectPrimaryCore:
         """The local commit of ``op_id`` is done (``ok``) or failed (nothing changed locally)."""
         op = self._ops[op_id]
         invariant(op.state is OpState.COMMITTING, f"object op {op_id} committed in {op.state}")
-        if not ok:
-            self._mark(op.name)  # the secondary may hold what we failed to commit
+        if not ok or (op.need_durable and not self.link_up):
+            # The secondary may hold what we failed to commit, or the link went while a sync op
+            # waited: the name may differ, durably, before the client is answered.
+            self._mark(op.name)
             op.need_durable = False
-        self._release(op)
         op.state = OpState.AWAIT_DURABLE
+        self._release(op)
         self._maybe_answer(op)
 
     def resync_read(self, op_id: int, meta: bytes | None, data: bytes) -> None:
         """The local state of a resync op's name: its metadata and data, or None if absent."""
         op = self._ops[op_id]
         invariant(op.state is OpState.READING, f"resync op {op_id} read in {op.state}")
-        self._release(op)
         if not self.link_up:
             self._forget(op)  # the name stays in may-differ for the next connect
+            self._release(op)
             return
         op.kind = int(ObjectKind.PUT if meta is not None else ObjectKind.DELETE)
         op.meta, op.data = meta or b"", data
+        # Sent before the name is released: the next op on it must come after it in the stream.
         self._assign_seq(op)
         if op.name in self.copy:
             self.copy[op.name] = op.seq
@@ -219,6 +222,7 @@ class ObjectPrimaryCore:
         op.state = OpState.AWAIT_DURABLE
         op.need_durable = True
         self.counters.resyncs += 1
+        self._release(op)
 
     def connected(self) -> None:
         """The block session is up (WELCOME): ask for the secondary's record, or its whole
@@ -356,8 +360,8 @@ class ObjectPrimaryCore:
         return want if fits(want) else None
 
     def _clean(self, name: str) -> bool:
-        if self.faults.evict_ignores_watermark:
-            return name not in self._queues
+        # The watermark rule is kept although the secondary applies each op fsynced (so applied
+        # is durable there): a removal then can never overtake the data it stops covering.
         return self.copy[name] <= self.durable_seq and name not in self._queues
 
     def _evict(self, name: str) -> None:
