@@ -7,9 +7,11 @@ file's trailer), so the test sees the secondary's store as it is on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,18 @@ def wait_same(pair: SitePair, a: Site, b: Site, timeout_s: float = 30.0) -> dict
     return listing(a)
 
 
+def verify_objects(pair: SitePair, site: Site) -> list[str]:
+    """POST /objects/verify, then the names it found differing."""
+    request = urllib.request.Request(f"http://127.0.0.1:{site.admin_port}/objects/verify",
+                                     data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.load(answer) == {"started": True}
+    pair.wait_for("an objects verify", lambda: pair.status(site)["objects"]["verify_mismatches"] is not None)
+    found: list[str] = pair.status(site)["objects"]["verify_mismatches"]
+    return found
+
+
 @pytest.mark.parametrize("mode", ["lookahead", "sync", "async"])
 def test_puts_deletes_and_copies_through_the_primary_reach_the_secondary(
         make_pair: MakePair, tmp_path: Path, mode: str) -> None:
@@ -83,6 +97,10 @@ def test_puts_deletes_and_copies_through_the_primary_reach_the_secondary(
     if mode != "async":
         journal = pair.secondary.meta_path / "objects-record.journal"
         assert journal.exists() and b"frame-000029" in journal.read_bytes()
+    # /status says so, and a verify of names and etags finds nothing to copy.
+    pair.wait_for("objects in sync", lambda: pair.status(pair.primary)["objects"]["in_sync"])
+    assert verify_objects(pair, pair.primary) == []
+    assert pair.status(pair.secondary)["objects"]["objects"] == len(etags)
     # The secondary does not serve S3 while it is the secondary.
     with pytest.raises(Exception):  # noqa: B017 (connection refused, whatever botocore calls it)
         client(ports, pair.secondary).list_buckets()
@@ -150,3 +168,4 @@ def test_kill_9_of_the_primary_mid_multipart_then_promote_and_failback(
     same = wait_same(pair, pair.secondary, pair.primary)
     assert same["backup/after-failover"]
     assert "backup/small/000/obj-000000" not in same
+    assert verify_objects(pair, pair.secondary) == []

@@ -152,6 +152,20 @@ class ObjectsPrimary:
         self.pump()
         return started
 
+    def status(self) -> dict[str, object]:
+        """``objects`` in /status: the front end's mirror, as for the volume."""
+        stats = self.core.statistics()
+        listing = self._listing()
+        return {"role": "primary", "link": stats.link, "objects": len(listing),
+                "bytes": sum(i.size for b, _ in self.store.buckets() for k in self.store.sorted_keys(b)
+                             if (i := self.store.info(b, k)) is not None),
+                "record_entries": stats.record_entries, "record_bytes": stats.record_bytes,
+                "hits": stats.hits, "misses": stats.misses, "may_differ": stats.may_differ,
+                "in_flight": stats.ops_in_flight, "lag_ops": stats.last_seq - stats.durable_seq,
+                "resyncs": stats.resyncs, "in_sync": self.core.in_sync,
+                "verify_mismatches": (None if stats.verify_mismatches is None
+                                      else list(stats.verify_mismatches))}
+
     # -- the store's gate (worker threads) -------------------------------------------------------
 
     def before(self, kind: str, bucket: str, key: str, pending: PendingObject | None,
@@ -358,5 +372,6 @@ class ObjectsSecondary:
                 for key in self.store.sorted_keys(bucket)
                 if (info := self.store.info(bucket, key)) is not None]
 
-    def record_names(self) -> list[str]:
-        return list(self.core.record)
+    def status(self) -> dict[str, object]:
+        return {"role": "secondary", "objects": len(self._listing()),
+                "record_entries": len(self.core.record), "applied_seq": self.applied_seq}
