@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/floor.py
 	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
 	$(PY) bench/objects_predict.py
+	$(PY) bench/objects_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
