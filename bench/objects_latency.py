@@ -4,11 +4,13 @@
 
 Two real ``foresync run`` sites on loopback with ``[s3]``; the primary dials the secondary
 through ``foresync.testing.proxy`` adding ``--delay-ms`` each way (10 ms round trip). For each
-mode (async, lookahead, lookahead without prediction, sync) a fresh pair takes N sequential
+mode (async, lookahead, lookahead without prediction, sync) a pair takes N sequential
 PUTs of 4-64 KiB objects, keys in 300 prefixes with skewed popularity, numbered within each
 prefix, the record of objects bounded below the working set (``[s3] record_capacity``). Prints
-p50 and p99 latency, throughput and the miss ratio (from /status), then the ratios the issue
-targets: lookahead p50 <= 1.3x async, sync p50 >= 5x lookahead.
+p50 and p99 latency, throughput (PUTs per second of PUT time) and the miss ratio (from
+/status), then the ratios the issue targets: lookahead p50 <= 1.3x async, sync p50 >= 5x
+lookahead. The four pairs run at once and the timed PUTs go to each in turn, so every mode sees
+the same load on a shared box.
 """
 
 from __future__ import annotations
@@ -84,67 +86,97 @@ def _frames(rng: random.Random, count: int) -> list[str]:
 WORKLOADS = {"small-puts": _small_puts, "frames": _frames}
 
 
-def run_mode(workload: str, mode: str, budget: int, puts: int, warm: int, delay_ms: float,
-             python: str) -> dict[str, float]:
-    import boto3
-    from botocore.config import Config
+ROWS = (("async", "async", 8), ("lookahead", "lookahead", 8),
+        ("lookahead, no prediction", "lookahead", 0), ("sync", "sync", 8))
 
-    with tempfile.TemporaryDirectory(prefix="objects-bench-") as tmp:
-        work = Path(tmp)
+
+class Pair:
+    """A primary and a secondary with [s3], the primary's link through the delaying proxy."""
+
+    def __init__(self, root: Path, label: str, mode: str, budget: int, delay_ms: float,
+                 python: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.mode = mode
+        work = root / label.replace(" ", "").replace(",", "-")
+        work.mkdir()
         (work / "creds").write_text(f"{ACCESS} {SECRET}\n")
-        ports = {f"{r}-{k}": _port() for r in ("primary", "secondary") for k in ("nbd", "link", "admin", "s3")}
-        procs: list[subprocess.Popen[bytes]] = []
+        self.ports = ports = {f"{r}-{k}": _port() for r in ("primary", "secondary")
+                              for k in ("nbd", "link", "admin", "s3")}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        proxy, proxy_port = start_proxy(python, ports["secondary-link"], delay_ms, work / "proxy.log")
+        self.procs.append(proxy)
+        configs = {"primary": _config(work, "primary", mode, ports, proxy_port, budget),
+                   "secondary": _config(work, "secondary", mode, ports, ports["primary-link"], budget)}
+        foresync = str(Path(python).with_name("foresync"))
+        for role, config in configs.items():
+            subprocess.run([foresync, "init", "--config", str(config), "--role", role], check=True,
+                           capture_output=True, cwd=work)
+        for role, config in configs.items():
+            self.procs.append(spawn([foresync, "run", "--config", str(config)], work / f"{role}.log"))
+        wait_for("the pair", lambda: self.objects().get("link") == "connected", self.procs, timeout_s=60)
+        self.s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['primary-s3']}",
+                               aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+                               region_name="us-east-1",
+                               config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+        self.s3.create_bucket(Bucket="bench")
+        self.latencies: list[float] = []
+
+    def objects(self) -> dict[str, Any]:
+        doc = _status(self.ports["primary-admin"]) or {}
+        objects: dict[str, Any] = doc.get("objects", {})
+        return objects
+
+    def put(self, key: str, body: bytes) -> float:
+        t0 = time.perf_counter()
+        self.s3.put_object(Bucket="bench", Key=key, Body=body)
+        return (time.perf_counter() - t0) * 1000
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_workload(workload: str, puts: int, warm: int, delay_ms: float, python: str) -> dict[str, dict[str, float]]:
+    """Every mode at once, one pair each; the timed PUTs go to the pairs in turn, so that every
+    mode sees the same load on the shared box."""
+    with tempfile.TemporaryDirectory(prefix="objects-bench-") as tmp:
+        pairs: dict[str, Pair] = {}
         try:
-            proxy, proxy_port = start_proxy(python, ports["secondary-link"], delay_ms, work / "proxy.log")
-            procs.append(proxy)
-            configs = {"primary": _config(work, "primary", mode, ports, proxy_port, budget),
-                       "secondary": _config(work, "secondary", mode, ports, ports["primary-link"], budget)}
-            foresync = str(Path(python).with_name("foresync"))
-            for role, config in configs.items():
-                subprocess.run([foresync, "init", "--config", str(config), "--role", role], check=True,
-                               capture_output=True, cwd=work)
-            for role, config in configs.items():
-                procs.append(spawn([foresync, "run", "--config", str(config)], work / f"{role}.log"))
-
-            def linked() -> bool:
-                doc = _status(ports["primary-admin"])
-                return bool(doc and doc.get("objects", {}).get("link") == "connected")
-
-            wait_for("the pair", linked, procs, timeout_s=60)
-            s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['primary-s3']}",
-                              aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
-                              region_name="us-east-1",
-                              config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
-            s3.create_bucket(Bucket="bench")
+            for label, mode, budget in ROWS:
+                pairs[label] = Pair(Path(tmp), label, mode, budget, delay_ms, python)
             rng = random.Random(7)
             names = WORKLOADS[workload](rng, warm + puts)
-            for key in names[:warm]:  # fills the record; not timed
-                s3.put_object(Bucket="bench", Key=key, Body=b"w" * 4096)
-            before = (_status(ports["primary-admin"]) or {}).get("objects", {})
-            latencies = []
-            started = time.perf_counter()
+            for key in names[:warm]:  # fills the records; not timed
+                for pair in pairs.values():
+                    pair.s3.put_object(Bucket="bench", Key=key, Body=b"w" * 4096)
+            before = {label: pair.objects() for label, pair in pairs.items()}
+            elapsed = dict.fromkeys(pairs, 0.0)
             for key in names[warm:]:
                 body = os.urandom(rng.choice((4, 8, 16, 32, 64)) * 1024)
-                t0 = time.perf_counter()
-                s3.put_object(Bucket="bench", Key=key, Body=body)
-                latencies.append((time.perf_counter() - t0) * 1000)
-            elapsed = time.perf_counter() - started
-            after = (_status(ports["primary-admin"]) or {}).get("objects", {})
+                for label, pair in pairs.items():
+                    latency = pair.put(key, body)
+                    pair.latencies.append(latency)
+                    elapsed[label] += latency / 1000
+            rows = {}
+            for label, pair in pairs.items():
+                after = pair.objects()
+                hits = after.get("hits", 0) - before[label].get("hits", 0)
+                misses = after.get("misses", 0) - before[label].get("misses", 0)
+                ordered = sorted(pair.latencies)
+                rows[label] = {"p50": statistics.median(ordered),
+                               "p99": ordered[max(int(len(ordered) * 0.99) - 1, 0)],
+                               "ops_s": puts / elapsed[label],
+                               "miss": misses / max(hits + misses, 1) if pair.mode != "async" else 0.0}
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    if os.environ.get("OBJECTS_BENCH_DECILES"):
-        ordered = sorted(latencies)
-        print("deciles", [round(ordered[len(ordered) * i // 10], 1) for i in range(10)])
-    latencies.sort()
-    hits = after.get("hits", 0) - before.get("hits", 0)
-    misses = after.get("misses", 0) - before.get("misses", 0)
-    return {"p50": statistics.median(latencies), "p99": latencies[int(len(latencies) * 0.99) - 1],
-            "ops_s": puts / elapsed, "miss": misses / max(hits + misses, 1) if mode != "async" else 0.0}
+            for pair in pairs.values():
+                pair.close()
+    return rows
 
 
 def main() -> None:
@@ -155,20 +187,18 @@ def main() -> None:
     args = parser.parse_args()
     python = sys.executable
     print(f"objects over a {2 * args.delay_ms:g} ms RTT link, record of {CAPACITY} names, "
-          f"{args.puts} timed PUTs (4-64 KiB) per row")
+          f"{args.puts} timed PUTs (4-64 KiB) per row, the four modes interleaved PUT by PUT")
     for workload in WORKLOADS:
-        rows = {}
         warm = args.warm if workload == "small-puts" else 0
-        for label, mode, budget in (("async", "async", 8), ("lookahead", "lookahead", 8),
-                                    ("lookahead, no prediction", "lookahead", 0), ("sync", "sync", 8)):
-            rows[label] = r = run_mode(workload, mode, budget, args.puts, warm, args.delay_ms, python)
+        rows = run_workload(workload, args.puts, warm, args.delay_ms, python)
+        for label, r in rows.items():
             print(f"{workload:10s} {label:26s} p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
                   f"{r['ops_s']:6.1f} PUT/s  miss ratio {r['miss']:.3f}", flush=True)
         look, sync, asyn = rows["lookahead"]["p50"], rows["sync"]["p50"], rows["async"]["p50"]
         print(f"{workload:10s} lookahead p50 / async p50 = {look / asyn:.2f} (target <= 1.3); "
               f"sync p50 / lookahead p50 = {sync / look:.2f} (target >= 5); miss ratio "
               f"{rows['lookahead, no prediction']['miss']:.3f} without prediction, "
-              f"{rows['lookahead']['miss']:.3f} with")
+              f"{rows['lookahead']['miss']:.3f} with", flush=True)
 
 
 if __name__ == "__main__":

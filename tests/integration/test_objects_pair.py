@@ -101,6 +101,9 @@ def test_puts_deletes_and_copies_through_the_primary_reach_the_secondary(
     pair.wait_for("objects in sync", lambda: pair.status(pair.primary)["objects"]["in_sync"])
     assert verify_objects(pair, pair.primary) == []
     assert pair.status(pair.secondary)["objects"]["objects"] == len(etags)
+    with urllib.request.urlopen(f"http://127.0.0.1:{pair.primary.admin_port}/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
+    assert f'foresync_objects{{frontend="s3",site="primary",volume="vol0"}} {len(etags)}.0' in metrics
     # The secondary does not serve S3 while it is the secondary.
     with pytest.raises(Exception):  # noqa: B017 (connection refused, whatever botocore calls it)
         client(ports, pair.secondary).list_buckets()

@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 RECORD_FILE = "objects-record.journal"
 MAY_DIFFER_FILE = "objects-may-differ.json"
 CHUNK_BYTES = 8 * 1024 * 1024  # object data over this goes in OBJ_CHUNK frames
+DRAIN_S = 10.0  # how long a stopping secondary keeps applying the object frames it received
 OBJECT_MESSAGES = ObjectMessage.__args__
 _KINDS = {"put": ObjectKind.PUT, "delete": ObjectKind.DELETE,
           "bucket-create": ObjectKind.BUCKET_CREATE, "bucket-delete": ObjectKind.BUCKET_DELETE}
@@ -297,8 +298,13 @@ class ObjectsSecondary:
             for reply in replies:
                 self._send(reply)
 
-    async def aclose(self) -> None:
-        """Stop applying (the op being applied finishes first), then close the files."""
+    async def aclose(self, drain_s: float = DRAIN_S) -> None:
+        """Apply what has arrived (for up to ``drain_s``: a promotion keeps every op the old
+        primary sent), stop (the op being applied finishes first), then close the files."""
+        deadline = asyncio.get_running_loop().time() + drain_s
+        while (self._task is not None and not self._task.done() and not self._queue.empty()
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])

@@ -19,6 +19,7 @@ from foresync import config as config_mod
 from foresync.admin.events import EventFeed
 from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
+from foresync.admin.object_metrics import ObjectCollector
 from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
 from foresync.daemon.primary import PrimarySite
@@ -209,6 +210,10 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         return _json(200, doc)
 
     site_metrics = SiteMetrics(cfg.name, lambda: runner.statistics(), site=os.path.splitext(os.path.basename(cfg.path))[0])
+
+    site_metrics.registry.register(ObjectCollector(
+        cfg.name, os.path.splitext(os.path.basename(cfg.path))[0],
+        lambda: runner.objects.status() if runner.objects is not None else None))
 
     def metrics(_: dict[str, Any]) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()
