@@ -111,8 +111,10 @@ class Pair:
                    "secondary": _config(work, "secondary", mode, ports, ports["primary-link"], budget)}
         foresync = str(Path(python).with_name("foresync"))
         for role, config in configs.items():
-            subprocess.run([foresync, "init", "--config", str(config), "--role", role], check=True,
-                           capture_output=True, cwd=work)
+            done = subprocess.run([foresync, "init", "--config", str(config), "--role", role],
+                                  capture_output=True, text=True, cwd=work, check=False)
+            if done.returncode:
+                raise RuntimeError(f"foresync init of {config} failed: {done.stderr}")
         for role, config in configs.items():
             self.procs.append(spawn([foresync, "run", "--config", str(config)], work / f"{role}.log"))
         wait_for("the pair", lambda: self.objects().get("link") == "connected", self.procs, timeout_s=60)

@@ -172,3 +172,5 @@ def test_kill_9_of_the_primary_mid_multipart_then_promote_and_failback(
     assert same["backup/after-failover"]
     assert "backup/small/000/obj-000000" not in same
     assert verify_objects(pair, pair.secondary) == []
+    answer = pair.cli("objects", "verify", "--config", pair.secondary.config_path)
+    assert "same objects with the same ETags" in answer.stdout
