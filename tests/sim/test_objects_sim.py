@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from foresync.faults import Faults
-from foresync.testing.sim.objects import InvariantViolation, run_seed
+from foresync.testing.sim.objects import OBJECT_FAULTS, InvariantViolation, run_seed
 
 SEEDS = 150
 
@@ -17,7 +17,7 @@ def test_every_invariant_holds(start: int) -> None:
         run_seed(seed)
 
 
-@pytest.mark.parametrize("fault", ["object_hit_before_record_durable"])
+@pytest.mark.parametrize("fault", sorted(OBJECT_FAULTS))
 def test_the_simulator_catches_the_deliberate_bug(fault: str) -> None:
     faults = Faults(**{fault: True})
     caught = []

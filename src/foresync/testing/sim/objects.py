@@ -50,6 +50,9 @@ from foresync.replication.objects import (
 )
 from foresync.replication.primary import Mode
 
+# The deliberate bugs (faults.py) of the object core: this simulator, not the block world
+# (world.py), must catch them (tests/sim/test_objects_sim.py).
+OBJECT_FAULTS = frozenset({"object_hit_before_record_durable"})
 NAMES = [f"b/dir{d}/frame-{i:03d}" for d in range(3) for i in range(6)]
 CAPACITY = 5
 STEPS = 400
