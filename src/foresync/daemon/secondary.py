@@ -163,7 +163,12 @@ class SecondarySite:
                 return
             self._held.append(message)
             return
-        if self.objects is not None and isinstance(message, OBJECT_MESSAGES):
+        if isinstance(message, OBJECT_MESSAGES):
+            if self.objects is None:
+                log.error("link: the primary mirrors objects but this site's config %s has no "
+                          "[s3] section; add one (as on the primary) and restart", self.cfg.path)
+                proto.abort("objects from the primary, but no [s3] here")
+                return
             self.core.frame_received(proto.last_rx)
             self.objects.receive(message)  # applied in order by its own worker (daemon/objects.py)
             return
