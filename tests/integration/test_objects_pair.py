@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -19,7 +21,7 @@ import pytest
 
 from foresync.objects.store import _read_trailer
 
-from .objects_server import ACCESS_KEY, SECRET, boto3_client
+from .objects_server import ACCESS_KEY, SECRET, boto3_client, client_env
 from .sites import MakePair, Settings, Site, SitePair, free_ports
 
 
@@ -174,3 +176,36 @@ def test_kill_9_of_the_primary_mid_multipart_then_promote_and_failback(
     assert verify_objects(pair, pair.secondary) == []
     answer = pair.cli("objects", "verify", "--config", pair.secondary.config_path)
     assert "same objects with the same ETags" in answer.stdout
+
+    # And back: a planned switchover makes the original primary serve its (identical) objects.
+    pair.demote(pair.secondary)
+    pair.wait_role(pair.secondary, "secondary")
+    pair.promote(pair.primary)
+    pair.wait_role(pair.primary, "primary")
+    s3a = client(ports, pair.primary)
+    assert s3a.get_object(Bucket="backup", Key="after-failover")["Body"].read() == b"written on the new primary"
+    s3a.put_object(Bucket="backup", Key="after-failback", Body=b"home again")
+    back = wait_same(pair, pair.primary, pair.secondary)
+    assert back == {**same, "backup/after-failback": back["backup/after-failback"]}
+
+
+def test_aws_cli_uploads_in_sync_mode_are_on_the_secondary_when_acknowledged(
+        make_pair: MakePair, tmp_path: Path) -> None:
+    """Sync mode: an answered PUT is on the secondary's disk, so no waiting before looking."""
+    pair, ports = objects_pair(make_pair, tmp_path, "sync")
+    env = client_env(tmp_path)
+    aws = [str(Path(sys.executable).with_name("aws")), "--endpoint-url",
+           f"http://127.0.0.1:{ports['primary']}"]
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    for i in range(12):
+        (upload / f"frame-{i:04d}.bin").write_bytes(os.urandom(1000 + i))
+    (upload / "big.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # multipart through the CLI
+    for argv in (["s3", "mb", "s3://cli"], ["s3", "cp", "--recursive", "--only-show-errors",
+                                            str(upload), "s3://cli/up/"]):
+        result = subprocess.run([*aws, *argv], env=env, capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert result.returncode == 0, result.stderr
+    on_primary, on_secondary = listing(pair.primary), listing(pair.secondary)
+    assert len(on_primary) == 13 and on_secondary == on_primary
+    assert on_primary["cli/up/big.bin"].endswith("-3")  # 8 MiB parts: the completed upload's etag
