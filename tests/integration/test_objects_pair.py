@@ -33,11 +33,12 @@ def _s3_settings(mode: str, tmp_path: Path, port: int) -> Settings:
                                 "record_capacity = 64\nlookahead = 4\n")
 
 
-def objects_pair(make_pair: MakePair, tmp_path: Path, mode: str) -> tuple[SitePair, dict[str, int]]:
+def objects_pair(make_pair: MakePair, tmp_path: Path, mode: str,
+                 via_proxy: bool = False) -> tuple[SitePair, dict[str, int]]:
     port_p, port_s = free_ports(2)
     ports = {"primary": port_p, "secondary": port_s}
     pair = make_pair(Settings(), primary=_s3_settings(mode, tmp_path, ports["primary"]),
-                     secondary=_s3_settings(mode, tmp_path, ports["secondary"]))
+                     secondary=_s3_settings(mode, tmp_path, ports["secondary"]), via_proxy=via_proxy)
     pair.init_both()
     pair.start_both()
     pair.wait_in_sync()
@@ -209,3 +210,28 @@ def test_aws_cli_uploads_in_sync_mode_are_on_the_secondary_when_acknowledged(
     on_primary, on_secondary = listing(pair.primary), listing(pair.secondary)
     assert len(on_primary) == 13 and on_secondary == on_primary
     assert on_primary["cli/up/big.bin"].endswith("-3")  # 8 MiB parts: the completed upload's etag
+
+
+def test_changes_while_the_link_is_cut_are_kept_as_may_differ_and_copied_on_reconnect(
+        make_pair: MakePair, tmp_path: Path) -> None:
+    pair, ports = objects_pair(make_pair, tmp_path, "lookahead", via_proxy=True)
+    s3 = client(ports, pair.primary)
+    s3.create_bucket(Bucket="cut")
+    for i in range(5):
+        s3.put_object(Bucket="cut", Key=f"before-{i}", Body=b"x" * 100)
+    wait_same(pair, pair.primary, pair.secondary)
+    pair.cut_link()
+    pair.wait_for("the object link down",
+                  lambda: pair.status(pair.primary)["objects"]["link"] == "disconnected")
+    for i in range(4):
+        s3.put_object(Bucket="cut", Key=f"during-{i}", Body=os.urandom(3000))
+    s3.delete_object(Bucket="cut", Key="before-0")
+    s3.put_object(Bucket="cut", Key="before-1", Body=b"changed while cut")
+    assert pair.status(pair.primary)["objects"]["may_differ"] == 6
+    assert "cut/during-0" in json.loads((pair.primary.meta_path / "objects-may-differ.json").read_text())
+    assert listing(pair.secondary) != listing(pair.primary)
+    pair.restore_link()
+    same = wait_same(pair, pair.primary, pair.secondary)
+    assert "cut/before-0" not in same and len(same) == 8
+    pair.wait_for("nothing left that may differ",
+                  lambda: pair.status(pair.primary)["objects"]["may_differ"] == 0)
