@@ -194,3 +194,28 @@ def test_the_secondary_honours_a_small_budget(budget: int) -> None:
     sec.on_op(ObjectOp(1, PUT, 0, 0, "b/f-001"))
     change = sec.on_op(ObjectOp(2, PUT, int(ObjectFlag.MISS), budget, "b/f-002"))
     assert change.reply is not None and len(change.reply) == 1 + budget
+
+
+def test_an_added_reply_does_not_bring_back_a_name_a_later_op_evicted() -> None:
+    """Found by the simulator: the secondary added N for an earlier miss, then removes it for a
+    later op's eviction; taking N back into the copy from the earlier reply would leave the
+    copy claiming a name the secondary's record no longer holds."""
+    core = resynced(connected(record=("b/n",), capacity=3, budget=1))
+    core.submit(1, PUT, "b/a", b"{}", b"")
+    (first,) = sent(core.actions())  # a miss, waiting for OBJ_ADDED
+    core.submit(2, PUT, "b/b", b"{}", b"")
+    (second,) = sent(core.actions())
+    assert second.removals == ("b/n",)  # b/n was clean: evicted to make room
+    core.receive(ObjectAdded(first.seq, ("b/a", "b/n")))  # b/n predicted for the first miss
+    assert "b/n" not in core.copy and "b/a" in core.copy
+
+
+def test_concurrent_misses_cannot_overfill_the_record() -> None:
+    core = resynced(connected(record=(), capacity=4, budget=1))
+    for op_id, name in enumerate(("b/a", "b/b", "b/c"), start=1):
+        core.submit(op_id, PUT, name, b"{}", b"")
+    ops = sent(core.actions())
+    assert [o.budget for o in ops] == [1, 1]  # the third waits for room: 2 + 2 fill 4
+    for op in ops:
+        core.receive(ObjectAdded(op.seq, (op.name, op.name + "-next")))
+    assert len(core.copy) == 4

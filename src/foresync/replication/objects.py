@@ -18,10 +18,13 @@ same link and stream, the same epochs and failover, the same rules as replicatio
 * ``sync`` mode also waits for the op's OBJ_DURABLE; ``async`` keeps no record and never waits:
   at every connect it compares every name and etag with the secondary (OBJ_LIST ALL).
 * Clean: a name whose last op is at or below the durable watermark and that has no op in flight.
-  Only clean names are evicted (record/eviction.py's rule for extents), oldest first.
+  Only clean names are evicted (record/eviction.py's rule for extents), oldest first. An
+  OBJ_ADDED that names a name evicted by a later op (``_removed_at``) does not bring it back into
+  the copy: the secondary, applying the stream in order, removes it again.
 * The record is bounded in count (``capacity``) and in bytes (``capacity_bytes``, UTF-8 names):
-  a miss makes room for its name plus ``budget`` names of ``slot_bytes(name)`` each, and the
-  secondary adds no more predicted bytes than that (``ObjectSecondaryCore``).
+  a miss makes room for its name plus ``budget`` names of ``slot_bytes(name)`` each, held
+  (``_reserved``) until its OBJ_ADDED, so concurrent misses cannot overfill it; the secondary
+  adds no more predicted bytes than that (``ObjectSecondaryCore``).
 * What the record cannot bound is *may differ* (the primary's out-of-sync names, persisted by the
   adapter before any later action is carried out): ops while the link is down or before the
   secondary's record came back, a miss whose OBJ_ADDED never came, a failed local commit.
@@ -130,6 +133,7 @@ class _Op:
     state: OpState = OpState.QUEUED
     need_durable: bool = False
     mark: int = 0  # the may-differ mark a resync read saw
+    reserved: tuple[int, int] = (0, 0)  # a miss's room in the record (names, bytes) until ADDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,8 @@ class ObjectPrimaryCore:
         self._by_seq: dict[int, _Op] = {}
         self._waiting_room: deque[_Op] = deque()
         self._removals: list[str] = []
+        self._removed_at: dict[str, int] = {}  # name -> oseq of the op that carried its removal
+        self._reserved = [0, 0]  # room held for misses awaiting OBJ_ADDED: names, bytes
         self._actions: list[ObjectAction] = []
         self.next_seq = 1
         self.durable_seq = 0
@@ -234,6 +240,7 @@ class ObjectPrimaryCore:
 
     def disconnected(self) -> None:
         self.connected_link = self.link_up = False
+        self._removed_at.clear()
         self.copy.clear()
         self.copy_bytes = 0
         self._removals.clear()
@@ -241,9 +248,15 @@ class ObjectPrimaryCore:
             if op.state is OpState.AWAIT_ADDED or op.state is OpState.WAIT_ROOM:
                 # Whether the secondary got it is unknown: the name may differ, durably, first.
                 self._mark(op.name)
+                self._release_room(op)
                 if op.state is OpState.AWAIT_ADDED:
                     del self._by_seq[op.seq]
                 self._commit(op)
+            elif (op.state is OpState.COMMITTING and op.seq > self.durable_seq
+                  and op.kind in (ObjectKind.PUT, ObjectKind.DELETE)):
+                # Sent, perhaps lost, and not yet committed here: a full compare (async) made
+                # before the commit would find the copies equal. Found by the simulator.
+                self._mark(op.name)
             elif op.state is OpState.AWAIT_DURABLE:
                 self._mark(op.name)
                 op.need_durable = False
@@ -333,6 +346,9 @@ class ObjectPrimaryCore:
             self._waiting_room.append(op)
             return
         self.counters.misses += 1
+        op.reserved = (1 + budget, len(op.name.encode("utf-8")) + budget * slot_bytes(op.name))
+        self._reserved[0] += op.reserved[0]
+        self._reserved[1] += op.reserved[1]
         self._assign_seq(op)
         op.need_durable = self.config.mode is Mode.SYNC
         flags = _MISS | (_DURABLE if op.need_durable else 0)
@@ -345,14 +361,17 @@ class ObjectPrimaryCore:
         possible (up to the budget) fit; the budget that fits, or None if not even the name."""
         size, slot = len(name.encode("utf-8")), slot_bytes(name)
 
+        names, used = len(self.copy) + self._reserved[0], self.copy_bytes + self._reserved[1]
+
         def fits(budget: int) -> bool:
-            return (len(self.copy) + 1 + budget <= self.config.capacity
-                    and self.copy_bytes + size + budget * slot <= self.config.capacity_bytes)
+            return (names + 1 + budget <= self.config.capacity
+                    and used + size + budget * slot <= self.config.capacity_bytes)
 
         want = self.config.budget
         if not fits(want):
             for victim in [n for n in self.copy if self._clean(n)]:
                 self._evict(victim)
+                names, used = names - 1, used - len(victim.encode("utf-8"))
                 if fits(want):
                     break
         while want > 0 and not fits(want):
@@ -367,7 +386,8 @@ class ObjectPrimaryCore:
     def _evict(self, name: str) -> None:
         del self.copy[name]
         self.copy_bytes -= len(name.encode("utf-8"))
-        self._removals.append(name)
+        if name not in self._removals:
+            self._removals.append(name)
 
     def _commit(self, op: _Op) -> None:
         op.state = OpState.COMMITTING
@@ -400,15 +420,28 @@ class ObjectPrimaryCore:
         if op is None or op.state is not OpState.AWAIT_ADDED:
             return  # a reply from a session we gave up on
         invariant(op.name in names, f"OBJ_ADDED {seq} does not name {op.name!r}")
+        self._release_room(op)
         for name in names:
+            if self._removed_at.get(name, 0) > seq or name in self._removals:
+                # Evicted by a later op since: the secondary removes it after adding it here, so
+                # taking it back into the copy would claim a coverage it will not have. Found by
+                # the simulator.
+                continue
             if name not in self.copy:
                 self.copy_bytes += len(name.encode("utf-8"))
             self.copy[name] = op.seq if name == op.name else self.copy.get(name, 0)
             self.copy.move_to_end(name)
         self._commit(op)
 
+    def _release_room(self, op: _Op) -> None:
+        self._reserved[0] -= op.reserved[0]
+        self._reserved[1] -= op.reserved[1]
+        op.reserved = (0, 0)
+
     def _on_durable(self, seq: int) -> None:
         self.durable_seq = max(self.durable_seq, seq)
+        if self._removed_at and not self._by_seq:  # no OBJ_ADDED outstanding: none can race
+            self._removed_at.clear()
         for op in [o for o in self._ops.values() if o.state is OpState.AWAIT_DURABLE and o.seq <= seq]:
             if op.resync and self._marks.get(op.name, 0) == op.mark:
                 self._unmark(op.name)
@@ -465,6 +498,8 @@ class ObjectPrimaryCore:
 
     def _send(self, op: _Op, flags: int, budget: int = 0) -> None:
         removals, self._removals = tuple(self._removals), []
+        for name in removals:
+            self._removed_at[name] = op.seq
         self._emit(SendObject(ObjectOp(op.seq, op.kind, flags, budget, op.name, removals,
                                        op.meta, op.data)))
 
@@ -491,7 +526,7 @@ class ObjectSecondaryCore:
     record: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def on_op(self, op: ObjectOp) -> RecordChange:
-        removed = tuple(n for n in op.removals if n in self.record)
+        removed = tuple(n for n in dict.fromkeys(op.removals) if n in self.record)
         for name in removed:
             del self.record[name]
         reply: tuple[str, ...] | None = None
@@ -514,7 +549,7 @@ class ObjectSecondaryCore:
         return RecordChange(tuple(added), removed, reply)
 
     def on_remove(self, message: ObjectRemove) -> tuple[str, ...]:
-        removed = tuple(n for n in message.names if n in self.record)
+        removed = tuple(n for n in dict.fromkeys(message.names) if n in self.record)
         for name in removed:
             del self.record[name]
         return removed

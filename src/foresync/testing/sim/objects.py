@@ -5,7 +5,8 @@ daemon does (daemon/objects.py), with stores reduced to name -> version and ever
 by the seed: client ops on a few names (so the record of ``CAPACITY`` names overflows and
 evicts), deliveries in each direction (in order: one TCP stream), local commits and resync reads
 whenever the adapter would get to them, link cuts and reconnects, and crashes of the primary
-(it keeps its store, which is durable at each commit, and its persisted may-differ names).
+(it keeps its store, which is durable at each commit, and its persisted may-differ names) and of
+the secondary (it keeps its store and its record, and forgets what it learnt for prediction).
 
 After every step it checks:
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from foresync.faults import NO_FAULTS, Faults
 from foresync.link.object_wire import (
     ObjectAdded,
     ObjectDurable,
+    ObjectFlag,
     ObjectKind,
     ObjectList,
     ObjectListRequest,
@@ -85,6 +87,7 @@ class ObjectWorld:
         self.to_secondary: deque[ObjectMessage] = deque()
         self.to_primary: deque[ObjectMessage] = deque()
         self.link = False
+        self.seen: Counter[str] = Counter()  # what the run exercised (tests check coverage)
         self._new_primary()
 
     def _new_primary(self) -> None:
@@ -132,6 +135,9 @@ class ObjectWorld:
         sec = self.secondary
         match message:
             case ObjectOp():
+                self.seen["miss"] += bool(message.flags & ObjectFlag.MISS)
+                self.seen["resync"] += bool(message.flags & ObjectFlag.RESYNC)
+                self.seen["evicted"] += len(message.removals)
                 change = sec.core.on_op(message)
                 if change.reply is not None:
                     self.to_primary.append(ObjectAdded(message.seq, change.reply))
@@ -148,13 +154,31 @@ class ObjectWorld:
                 self.to_primary.append(ObjectList(request, what, entries))
 
     def _cut(self) -> None:
+        self.seen["cut"] += 1
         self.link = False
         self.to_secondary.clear()
         self.to_primary.clear()
         self.core.disconnected()
 
     def step(self) -> None:
-        roll = self.rng.random()
+        fault = self.rng.random()  # link changes and crashes, drawn apart from the work
+        if fault < (0.005 if self.link else 0.05):
+            if self.link:
+                self._cut()
+            else:
+                self.link = True
+                self.core.connected()
+        elif fault < 0.01:
+            self._crash_primary()
+        elif fault < 0.013:
+            self._crash_secondary()
+        else:
+            self._work(self.rng.random())
+        self._carry_out()
+        self.check()
+
+    def _work(self, roll: float) -> None:
+        """One piece of work, or nothing if what the roll chose has nothing to do."""
         if roll < 0.30:
             self.op_id += 1
             self.version += 1
@@ -171,28 +195,28 @@ class ObjectWorld:
             self.core.resync_read(op_id, None if version is None else str(version).encode(), b"")
         elif roll < 0.75 and self.to_secondary:
             self._deliver_to_secondary()
-        elif roll < 0.92 and self.to_primary:
+        elif roll >= 0.75 and self.to_primary:
             self.core.receive(self.to_primary.popleft())
-        elif roll < 0.95:
-            if self.link:
-                self._cut()
-            else:
-                self.link = True
-                self.core.connected()
-        elif roll < 0.965:
-            self._crash_primary()
-        self._carry_out()
-        self.check()
 
     def _crash_primary(self) -> None:
         """kill -9: uncommitted ops vanish unanswered; the store and may-differ file stay."""
+        self.seen["primary_crash"] += 1
         self.link = False
         self.to_secondary.clear()
         self.to_primary.clear()
         self._new_primary()
 
+    def _crash_secondary(self) -> None:
+        """kill -9 of the secondary: frames not yet applied are lost; its store and record are
+        durable (each op is journalled, then written with fsync, before any reply)."""
+        self._cut()
+        self.secondary.core = ObjectSecondaryCore(LinksPredictor(), self.secondary.core.record)
+
     def check(self) -> None:
         sec = self.secondary
+        if len(self.core.copy) > CAPACITY:
+            raise InvariantViolation(f"seed {self.seed}: the record copy holds {len(self.core.copy)} "
+                                     f"names, over its capacity of {CAPACITY}")
         covered = sec.durable_record() | self.may_differ_durable
         for name in set(self.primary_store) | set(sec.store):
             # async mode keeps no record: it compares everything at each connect instead
@@ -234,7 +258,7 @@ class ObjectWorld:
                                      f"names still may differ ({sorted(self.core.may_differ)})")
 
 
-def run_seed(seed: int, faults: Faults = NO_FAULTS, steps: int = STEPS) -> None:
+def run_seed(seed: int, faults: Faults = NO_FAULTS, steps: int = STEPS) -> Counter[str]:
     mode = (Mode.LOOKAHEAD, Mode.SYNC, Mode.ASYNC)[seed % 3]
     if faults is not NO_FAULTS and mode is Mode.ASYNC:
         mode = Mode.LOOKAHEAD  # async keeps no record: the record's faults cannot show there
@@ -242,6 +266,7 @@ def run_seed(seed: int, faults: Faults = NO_FAULTS, steps: int = STEPS) -> None:
     for _ in range(steps):
         world.step()
     world.settle()
+    return world.seen
 
 
 def main() -> None:
