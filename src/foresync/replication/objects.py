@@ -253,7 +253,8 @@ class ObjectPrimaryCore:
                     del self._by_seq[op.seq]
                 self._commit(op)
             elif (op.state is OpState.COMMITTING and op.seq > self.durable_seq
-                  and op.kind in (ObjectKind.PUT, ObjectKind.DELETE)):
+                  and op.kind in (ObjectKind.PUT, ObjectKind.DELETE)
+                  and not self.faults.object_link_loss_forgets_uncommitted):
                 # Sent, perhaps lost, and not yet committed here: a full compare (async) made
                 # before the commit would find the copies equal. Found by the simulator.
                 self._mark(op.name)
@@ -422,7 +423,8 @@ class ObjectPrimaryCore:
         invariant(op.name in names, f"OBJ_ADDED {seq} does not name {op.name!r}")
         self._release_room(op)
         for name in names:
-            if self._removed_at.get(name, 0) > seq or name in self._removals:
+            evicted = self._removed_at.get(name, 0) > seq or name in self._removals
+            if evicted and not self.faults.object_added_ignores_eviction:
                 # Evicted by a later op since: the secondary removes it after adding it here, so
                 # taking it back into the copy would claim a coverage it will not have. Found by
                 # the simulator.

@@ -54,7 +54,8 @@ from foresync.replication.primary import Mode
 
 # The deliberate bugs (faults.py) of the object core: this simulator, not the block world
 # (world.py), must catch them (tests/sim/test_objects_sim.py).
-OBJECT_FAULTS = frozenset({"object_hit_before_record_durable"})
+OBJECT_FAULTS = frozenset({"object_hit_before_record_durable", "object_added_ignores_eviction",
+                           "object_link_loss_forgets_uncommitted"})
 NAMES = [f"b/dir{d}/frame-{i:03d}" for d in range(3) for i in range(6)]
 CAPACITY = 5
 STEPS = 400
@@ -260,7 +261,9 @@ class ObjectWorld:
 
 def run_seed(seed: int, faults: Faults = NO_FAULTS, steps: int = STEPS) -> Counter[str]:
     mode = (Mode.LOOKAHEAD, Mode.SYNC, Mode.ASYNC)[seed % 3]
-    if faults is not NO_FAULTS and mode is Mode.ASYNC:
+    if faults.object_link_loss_forgets_uncommitted:
+        mode = Mode.ASYNC  # the full compare at connect is where that fault shows
+    elif faults is not NO_FAULTS and mode is Mode.ASYNC:
         mode = Mode.LOOKAHEAD  # async keeps no record: the record's faults cannot show there
     world = ObjectWorld(seed, mode, faults)
     for _ in range(steps):
