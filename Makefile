@@ -63,6 +63,7 @@ bench: setup
 	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
 	$(PY) bench/objects_predict.py
 	$(PY) bench/record_pair.py $(BENCH_ARGS_RECORD)
+	$(PY) bench/objects_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -182,7 +182,33 @@ def serve(data_path: str, size: str, listen: str, export_name: str, read_only: b
 
 @main.group("objects")
 def objects_group() -> None:
-    """An S3-compatible object store (issue 18; served standalone for now, not replicated)."""
+    """An S3-compatible object store (issue 18): served standalone, or mirrored by `run`."""
+
+
+@objects_group.command("verify")
+@click.option("--config", "config_path", required=True, metavar="SITE.toml",
+              type=click.Path(dir_okay=False), help="The primary's site config.")
+def objects_verify(config_path: str) -> None:
+    """Compare every object name and ETag with the secondary (run on the primary); the names
+    that differ are copied again. Exit status 1 when some differed."""
+    import time
+
+    from foresync.status_view import fetch_status
+
+    _call(config_path, "/objects/verify", {}, what="objects verify")
+    cfg = _load(config_path)
+    deadline = time.monotonic() + 600
+    while True:
+        found = fetch_status(cfg).get("objects", {}).get("verify_mismatches")
+        if found is not None:
+            break
+        if time.monotonic() > deadline:
+            raise click.ClickException("the objects verify did not finish within 600 s")
+        time.sleep(0.2)
+    if found:
+        click.echo(f"{len(found)} objects differed (being copied again): {', '.join(found[:20])}")
+        sys.exit(1)
+    click.echo("both sites hold the same objects with the same ETags")
 
 
 @objects_group.command("serve")
@@ -273,12 +299,6 @@ def run(config_path: str, assume_all: bool) -> None:
     with contextlib.suppress(ForesyncError):  # run_site loads it again and reports the error
         cfg = load(config_path)
         _use_log_format(cfg.log_format)
-        if cfg.s3_listen is not None:
-            # Issue 18, phase 2: objects written on a primary must reach the secondary's record
-            # before they are acknowledged; serving them unmirrored would break that promise.
-            raise click.ClickException(
-                f"{config_path}: [s3] needs the object replication, not built yet; remove [s3] "
-                "from the site config (serve objects standalone with `foresync objects serve`)")
 
     try:
         run_async(lambda stop: run_site(config_path, stop, assume_all_out_of_sync=assume_all))

@@ -63,10 +63,14 @@ class SiteConfig:
     log_format: str = "text"  # [log] format: text | json; only the CLI acts on it
     nbd_trace: str | None = None  # record every NBD request here (nbd/trace.py)
     predictor: str = "next"  # record/predict.py PREDICTORS
-    # [s3] (issue 18): parsed and checked now; `run` refuses it until objects are replicated
+    # [s3] (issue 18): objects served by the primary and mirrored over the link (daemon/objects.py)
     s3_listen: tuple[str, int] | None = None
     s3_credentials_file: str | None = None
     s3_tls_dir: str | None = None
+    s3_dir: str | None = None  # the object store; default <[volume] meta>/objects
+    s3_record_capacity: int = 4096  # names in the record of objects
+    s3_record_bytes: int = 1024 * 1024  # bytes of names in it
+    s3_budget: int = 8  # predicted names a miss may add
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -150,7 +154,8 @@ KNOWN_KEYS: dict[str, set[str]] = {
                "watermark_interval"},
     "admin": {"listen", "token_file"},
     "log": {"format"},
-    "s3": {"listen", "credentials_file", "tls_dir"},
+    "s3": {"listen", "credentials_file", "tls_dir", "dir", "record_capacity", "record_size",
+           "lookahead"},
 }
 
 
@@ -304,4 +309,14 @@ def _s3_keys(doc: dict[str, Any], s3: dict[str, Any],
         "s3_credentials_file": optional_path(s3, "s3", "credentials_file")
         or _get(s3, "s3", "credentials_file", required=True),
         "s3_tls_dir": optional_path(s3, "s3", "tls_dir"),
+        "s3_dir": optional_path(s3, "s3", "dir"),
+        "s3_record_capacity": _positive(_get(s3, "s3", "record_capacity", 4096), "[s3] record_capacity"),
+        "s3_record_bytes": parse_size(_get(s3, "s3", "record_size", "1MiB"), "[s3] record_size"),
+        "s3_budget": _positive(_get(s3, "s3", "lookahead", 8), "[s3] lookahead", minimum=0),
     }
+
+
+def _positive(value: Any, key: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an integer of at least {minimum}, not {value!r}")
+    return value

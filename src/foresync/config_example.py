@@ -81,8 +81,12 @@ listen = "{admin}"        # /status, /metrics, /events and the admin actions
 # [log]
 # format = "text"                # text | json (one JSON object a line, for collectors)
 
-# [s3]                           # S3 objects (issue 18): `run` refuses it until they are mirrored
+# [s3]                           # S3 objects (issue 18), served by the primary, mirrored over the link
 # listen = "127.0.0.1:9000"
 # credentials_file = "s3.keys"   # lines: ACCESS_KEY_ID SECRET
 # tls_dir = "s3-tls"             # server-cert.pem, server-key.pem: serve HTTPS
+# dir = "objects"                # the object store (default: <[volume] meta>/objects)
+# record_capacity = 4096         # names in the record of objects
+# record_size = "1MiB"           # bytes of names in it
+# lookahead = 8                  # predicted names a miss may add
 """

@@ -53,6 +53,15 @@ class Faults:
     # secondary: RESYNC_PROGRESS takes extents out of the journaled resync set at once, before
     # their data is durable here, so a crash, then a resumed pass, skips what it lost (issue 19)
     resume_before_durable: bool = False
+    # objects (replication/objects.py): an op on a name not in the record copy goes as a hit,
+    # committed and answered before the secondary durably recorded the name (issue 18)
+    object_hit_before_record_durable: bool = False
+    # objects: an OBJ_ADDED brings back into the copy a name a later op evicted (the secondary
+    # removes it again), so the copy claims a coverage the record no longer gives
+    object_added_ignores_eviction: bool = False
+    # objects: at a link loss an op sent but not yet committed locally is not marked may-differ,
+    # so a full compare made before its commit finds the copies equal (async mode)
+    object_link_loss_forgets_uncommitted: bool = False
 
 
 NO_FAULTS = Faults()

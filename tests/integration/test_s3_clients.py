@@ -340,20 +340,6 @@ def test_kill_9_during_a_put_leaves_the_old_object_or_the_new_never_a_torn_one(t
         assert server.stop() == 0, server.log()
 
 
-def test_run_refuses_a_site_config_with_s3(tmp_path: Path) -> None:
-    from .sites import FORESYNC
-
-    config = tmp_path / "site.toml"
-    config.write_text('[volume]\ndata = "vol.img"\nsize = "16MiB"\nmeta = "meta"\n'
-                      '[link]\nlisten = "127.0.0.1:0"\npeer = "127.0.0.1:1"\n'
-                      f'[s3]\nlisten = "127.0.0.1:0"\ncredentials_file = "{tmp_path}/creds"\n')
-    result = subprocess.run([str(FORESYNC), "run", "--config", str(config)], capture_output=True,
-                            text=True, timeout=60, check=False)
-    assert result.returncode != 0
-    assert "[s3] needs the object replication, not built yet" in result.stderr
-    assert not (tmp_path / "vol.img").exists()
-
-
 def test_a_client_that_hangs_up_mid_body_leaves_no_object(s3: ObjectServer) -> None:
     c = boto3_client(s3.url)
     c.create_bucket(Bucket="cut")

@@ -29,6 +29,7 @@ from foresync.admin.status import PrimaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import SiteMeta, store_file, store_oos
 from foresync.daemon.metadata import store as store_meta
+from foresync.daemon.objects import OBJECT_MESSAGES, ObjectsPrimary
 from foresync.daemon.results import Demoted, Discarded, VerifyStarted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import discard_local as discard_local_changes
@@ -129,6 +130,7 @@ class PrimarySite:
         self._meta_errors = LogBudget(log, logging.ERROR, "metadata write errors")
         self._oos_retry: tuple[int, tuple[int, ...], bool] | None = None  # a persist that failed
         self._generation_retry: tuple[int, Lineage] | None = None  # likewise
+        self.objects = ObjectsPrimary(cfg, self.send) if cfg.s3_listen is not None else None
 
     # -- NbdTarget ------------------------------------------------------------------------------
 
@@ -315,7 +317,12 @@ class PrimarySite:
         return self.core.link_rtt_s
 
     def _on_message(self, message: wire.Message) -> None:
+        if self.objects is not None and isinstance(message, OBJECT_MESSAGES):
+            self.objects.receive(message)
+            return
         self.core.receive(message, now=time.monotonic())
+        if isinstance(message, wire.Welcome) and self.objects is not None:
+            self.objects.connected()  # the object stream starts once the session is up
         if isinstance(message, wire.StorageFailed):
             self._log_secondary_error()
         self.pump()
@@ -420,6 +427,8 @@ class PrimarySite:
             log.log(logging.INFO if self._stopping else logging.WARNING,
                     "link: lost the secondary at %s (%s)", proto.peer, reason)
             self.core.disconnected(reason, now=time.monotonic())
+            if self.objects is not None:
+                self.objects.disconnected()
             self.pump()
             if greeted:
                 backoff = 0.2
@@ -586,6 +595,8 @@ class PrimarySite:
         except OSError as exc:
             listener.close()
             raise listen_error("[nbd] listen", self.cfg.nbd_listen, exc) from None
+        if self.objects is not None:
+            await self.objects.start()
         self.on_serving()
         stop_error: StorageError | None = None
         async with asyncio.TaskGroup() as group:
@@ -609,6 +620,8 @@ class PrimarySite:
         if self.link is not None:
             self.link.abort("shutting down")
         listener.close()
+        if self.objects is not None:
+            await self.objects.aclose()
         if self._trace is not None:
             self._trace.close()
         if stop_error is not None:

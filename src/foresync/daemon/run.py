@@ -19,6 +19,7 @@ from foresync import config as config_mod
 from foresync.admin.events import EventFeed
 from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
+from foresync.admin.object_metrics import ObjectCollector
 from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
 from foresync.daemon.primary import PrimarySite
@@ -203,9 +204,16 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         return _json(*answer_of(result))
 
     def status(_: dict[str, Any]) -> Response:
-        return _json(200, status_document(runner.statistics()))
+        doc = status_document(runner.statistics())
+        if runner.objects is not None:
+            doc["objects"] = runner.objects.status()  # issue 18: the S3 front end's mirror
+        return _json(200, doc)
 
     site_metrics = SiteMetrics(cfg.name, lambda: runner.statistics(), site=os.path.splitext(os.path.basename(cfg.path))[0])
+
+    site_metrics.registry.register(ObjectCollector(
+        cfg.name, os.path.splitext(os.path.basename(cfg.path))[0],
+        lambda: runner.objects.status() if runner.objects is not None else None))
 
     def metrics(_: dict[str, Any]) -> Response:
         return 200, "text/plain; version=0.0.4; charset=utf-8", site_metrics.render()
@@ -238,6 +246,14 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         old = runner
         return await after_switch(old, await old.discard_local())
 
+    @_refusals_answered
+    async def verify_objects(_: dict[str, Any]) -> Response:
+        if not isinstance(runner, PrimarySite) or runner.objects is None:
+            raise RequestRefused("objects verify runs on a primary with [s3]")
+        if not runner.objects.verify():
+            raise TryAgainLater("the secondary is not connected")
+        return _json(200, {"started": True})
+
     feed = EventFeed(lambda: status_document(runner.statistics()))
 
     def events(query: dict[str, str]) -> AsyncGenerator[bytes, None]:
@@ -251,7 +267,8 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
                          ("POST", "/promote"): Endpoint(promote, {"force": bool}),
                          ("POST", "/demote"): Endpoint(demote),
                          ("POST", "/resolve"): Endpoint(resolve, {"discard-local": bool}),
-                         ("POST", "/verify"): Endpoint(verify, {"repair": bool})},
+                         ("POST", "/verify"): Endpoint(verify, {"repair": bool}),
+                         ("POST", "/objects/verify"): Endpoint(verify_objects)},
                         token=security.admin_token,
                         streams={"/events": StreamEndpoint(events)}, on_audit=audited)
     try:

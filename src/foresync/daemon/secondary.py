@@ -27,6 +27,7 @@ from foresync.admin.status import ResyncReceived, SecondaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
+from foresync.daemon.objects import OBJECT_MESSAGES, ObjectsSecondary
 from foresync.daemon.results import Discarded, Promoted
 from foresync.daemon.security import SiteSecurity
 from foresync.daemon.transitions import (
@@ -121,6 +122,7 @@ class SecondarySite:
         self.on_state_change: Callable[[], None] = lambda: None
         self._link_up_seen = False
         self._refusals = LogBudget(log, logging.WARNING, "refused link HELLOs")
+        self.objects = ObjectsSecondary(cfg, self.send) if cfg.s3_listen is not None else None
 
     # -- link -----------------------------------------------------------------------------------
 
@@ -157,6 +159,15 @@ class SecondarySite:
             if full:
                 # The core takes the HELLO below (the WELCOME goes out) before the first chunk.
                 self._spawn(self._stream_checksums(proto))
+        if isinstance(message, OBJECT_MESSAGES):
+            if self.objects is None:
+                log.error("link: the primary mirrors objects but this site's config %s has no "
+                          "[s3] section; add one (as on the primary) and restart", self.cfg.path)
+                proto.abort("objects from the primary, but no [s3] here")
+                return
+            self.core.frame_received(proto.last_rx)
+            self.objects.receive(message)  # applied in order by its own worker (daemon/objects.py)
+            return
         if type(message) is wire.Write and message.flags & _RESYNC:
             self._resync_watch.received(message.offset, len(message.data), proto.last_rx)
         elif type(message) is wire.ResyncSet:
@@ -497,7 +508,11 @@ class SecondarySite:
             raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         log.info("secondary listening for the primary on %s:%d", host, port)
         self.on_serving()
+        if self.objects is not None:
+            self.objects.start()
         await self._timers(stop)
+        if self.objects is not None:
+            await self.objects.aclose()
         try:
             await self._shutdown()
         except (OSError, StorageError) as exc:

@@ -71,11 +71,16 @@ from enum import IntEnum, IntFlag
 import google_crc32c
 
 from foresync.errors import RemoteProtocolError, invariant
+from foresync.gather import Parts, add_part, join
+from foresync.link import object_wire
+from foresync.link.object_wire import ObjectMessage
 
 # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); 3: data generations in HELLO and DEMOTE and a
 # code in REFUSE (issue 13); 4: full-sync checksums streamed in CHECKSUMS chunks after the
-# WELCOME instead of inside it, RESYNC_PROGRESS and a resumable pass in WELCOME (issue 19). A peer of another version is refused by name.
-PROTOCOL_VERSION = 4
+# WELCOME instead of inside it, RESYNC_PROGRESS and a resumable pass in WELCOME (issue 19);
+# 5: the object frames, types 200-206 (issue 18, link/object_wire.py). A peer of another
+# version is refused by name.
+PROTOCOL_VERSION = 5
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
@@ -355,7 +360,8 @@ class AuthProof:
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
            | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
            | AuthProof | StorageFailed | ResyncSet | ResyncSetDurable | Checksums
-           | ResyncProgress)
+           | ResyncProgress | ObjectMessage)
+_OBJECT_CLASSES = ObjectMessage.__args__
 
 
 def _u32s(values: tuple[int, ...]) -> bytes:
@@ -439,6 +445,8 @@ def _encode_parts(message: Message) -> tuple[int, bytes, bytes]:
         removals = message.removals
         head = WRITE.pack(message.seq, message.offset, message.flags, message.budget, len(removals))
         return _WRITE_KIND, head + _u32s(removals) if removals else head, message.data  # an int: packs faster
+    if isinstance(message, _OBJECT_CLASSES):
+        return object_wire.encode(message)
     return (*_encode_other(message), b"")
 
 
@@ -547,6 +555,8 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         seq, offset, flags, budget, count = WRITE.unpack_from(payload)
         removals = _read_u32s(payload, WRITE.size, count, "WRITE") if count else ()
         return Write(seq, offset, flags, budget, removals, payload[WRITE.size + 4 * count :])
+    if kind in object_wire.OBJECT_TYPES:
+        return object_wire.decode(kind, payload)
     try:
         message_type = MessageType(kind)
     except ValueError:

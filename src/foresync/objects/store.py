@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from foresync.errors import ConfigError, StorageError
 from foresync.journal import durable
@@ -137,10 +137,24 @@ class OpenObject:
         os.close(self.fd)
 
 
+class CommitGate(Protocol):
+    """Replication's hold on every change (daemon/objects.py): ``before`` is called in the
+    committing thread with the sealed body (or None for a delete or a bucket op) and may block
+    until the change may become visible; ``after`` reports the outcome and may block until the
+    client may be answered. Object changes call ``before`` ahead of the rename; bucket changes
+    after they succeeded (they are not in the record)."""
+
+    def before(self, kind: str, bucket: str, key: str, pending: PendingObject | None,
+               info: ObjectInfo | None) -> object: ...
+
+    def after(self, token: object, ok: bool) -> None: ...
+
+
 class Store:
     def __init__(self, directory: str, part_min_bytes: int = PART_MIN_BYTES) -> None:
         self.dir = os.path.abspath(directory)
         self.part_min_bytes = part_min_bytes
+        self.gate: CommitGate | None = None
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
         self._lock_fd = -1
@@ -262,6 +276,11 @@ class Store:
             os.mkdir(path)
             self._sync_dir(os.path.dirname(path))
             self._buckets[bucket] = _Bucket(created=time.time())
+        self._gated_after("bucket-create", bucket)
+
+    def _gated_after(self, kind: str, bucket: str) -> None:
+        if self.gate is not None:
+            self.gate.after(self.gate.before(kind, bucket, "", None, None), True)
 
     def delete_bucket(self, bucket: str) -> None:
         path = self._bucket_dir(bucket)
@@ -274,6 +293,7 @@ class Store:
             os.rmdir(path)
             self._sync_dir(os.path.dirname(path))
             del self._buckets[bucket]
+        self._gated_after("bucket-delete", bucket)
 
     def _need_bucket(self, bucket: str) -> _Bucket:
         entry = self._buckets.get(bucket)
@@ -304,10 +324,18 @@ class Store:
             info = ObjectInfo(key, pending.size, etag or pending.md5.hexdigest(), content_type,
                               dict(metadata), time.time())
             self._seal(pending, info)
-            with self._lock:
-                self._need_bucket(bucket)
-                self._publish(pending, target)
-                self._index(bucket, info)
+            token = self.gate.before("put", bucket, key, pending, info) if self.gate else None
+            try:
+                with self._lock:
+                    self._need_bucket(bucket)
+                    self._publish(pending, target)
+                    self._index(bucket, info)
+            except BaseException:
+                if self.gate is not None:
+                    self.gate.after(token, False)
+                raise
+            if self.gate is not None:
+                self.gate.after(token, True)
             return info
         except BaseException:
             pending.abort()
@@ -336,15 +364,24 @@ class Store:
     def delete_object(self, bucket: str, key: str) -> None:
         """Delete if present (S3 answers 204 either way)."""
         path = self._object_path(bucket, key)
-        with self._lock:
-            entry = self._need_bucket(bucket)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                return
-            self._sync_dir(os.path.dirname(path))
-            if entry.objects.pop(key, None) is not None:
-                del entry.keys[bisect.bisect_left(entry.keys, key)]
+        self._need_bucket(bucket)
+        token = self.gate.before("delete", bucket, key, None, None) if self.gate else None
+        ok = False
+        try:
+            with self._lock:
+                entry = self._need_bucket(bucket)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    ok = True
+                    return
+                self._sync_dir(os.path.dirname(path))
+                if entry.objects.pop(key, None) is not None:
+                    del entry.keys[bisect.bisect_left(entry.keys, key)]
+                ok = True
+        finally:
+            if self.gate is not None:
+                self.gate.after(token, ok)
 
     def copy_object(self, src_bucket: str, src_key: str, bucket: str, key: str,
                     replace: tuple[str, dict[str, str]] | None) -> ObjectInfo:

@@ -1,0 +1,221 @@
+"""The object replication cores (replication/objects.py), driven by hand: exact actions."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+
+from foresync.link.object_wire import (
+    ListWhat,
+    ObjectAdded,
+    ObjectDurable,
+    ObjectFlag,
+    ObjectKind,
+    ObjectList,
+    ObjectListRequest,
+    ObjectOp,
+)
+from foresync.objects.predict import LinksPredictor
+from foresync.replication.objects import (
+    AnswerClient,
+    CommitLocal,
+    ObjectConfig,
+    ObjectPrimaryCore,
+    ObjectSecondaryCore,
+    PersistMayDiffer,
+    ReadForResync,
+    SendObject,
+)
+from foresync.replication.primary import Mode
+
+PUT = int(ObjectKind.PUT)
+
+
+def connected(mode: Mode = Mode.LOOKAHEAD, record: tuple[str, ...] = (), capacity: int = 4,
+              budget: int = 2, may_differ: tuple[str, ...] = ()) -> ObjectPrimaryCore:
+    core = ObjectPrimaryCore(ObjectConfig(mode, capacity, 1 << 20, budget), may_differ, dict)
+    core.connected()
+    assert core.actions() == [SendObject(ObjectListRequest(1, int(
+        ListWhat.ALL if mode is Mode.ASYNC else ListWhat.RECORD)))]
+    core.receive(ObjectList(1, int(ListWhat.RECORD), tuple((n, "") for n in record)))
+    return core
+
+
+def resynced(core: ObjectPrimaryCore) -> ObjectPrimaryCore:
+    """Finish the resync of the record's names that every connect starts."""
+    for action in core.actions():
+        if isinstance(action, ReadForResync):
+            core.resync_read(action.op_id, b"{}", b"")
+    core.receive(ObjectDurable(core.next_seq - 1))
+    core.actions()
+    return core
+
+
+def sent(actions: list[object]) -> list[ObjectOp]:
+    return [a.message for a in actions if isinstance(a, SendObject) and isinstance(a.message, ObjectOp)]
+
+
+def test_a_miss_commits_only_after_added_and_a_hit_at_once() -> None:
+    core = connected()
+    core.submit(1, PUT, "b/k", b"{}", b"data")
+    (op,) = sent(core.actions())
+    assert op.flags & ObjectFlag.MISS and op.budget == 2 and op.data == b"data"
+    core.receive(ObjectAdded(op.seq, ("b/k", "b/k2")))
+    assert core.actions() == [CommitLocal(1)]
+    core.committed(1, True)
+    assert core.actions() == [AnswerClient(1)]
+    assert list(core.copy) == ["b/k", "b/k2"]
+    core.submit(2, PUT, "b/k2", b"{}", b"x")  # predicted: a hit
+    actions = core.actions()
+    assert [type(a) for a in actions] == [SendObject, CommitLocal]
+    assert not sent(actions)[0].flags & ObjectFlag.MISS
+    core.committed(2, True)
+    assert core.actions() == [AnswerClient(2)]  # lookahead: no wait for the secondary
+
+
+def test_sync_mode_answers_a_hit_only_once_it_is_durable() -> None:
+    core = resynced(connected(Mode.SYNC, record=("b/k",)))
+    core.submit(1, PUT, "b/k", b"{}", b"x")
+    (op,) = sent(core.actions())
+    assert op.flags & ObjectFlag.DURABLE
+    core.committed(1, True)
+    assert core.actions() == []
+    core.receive(ObjectDurable(op.seq))
+    assert AnswerClient(1) in core.actions()
+
+
+def test_ops_on_one_name_wait_for_the_earlier_commit() -> None:
+    core = resynced(connected(record=("b/k",)))
+    core.submit(1, PUT, "b/k", b"{}", b"1")
+    core.submit(2, PUT, "b/k", b"{}", b"2")
+    assert [op.data for op in sent(core.actions())] == [b"1"]
+    core.committed(1, True)
+    assert [op.data for op in sent(core.actions())] == [b"2"]
+
+
+def test_eviction_takes_only_clean_names_and_rides_on_the_miss() -> None:
+    core = resynced(connected(record=("b/a", "b/b"), capacity=3, budget=0))
+    core.submit(1, PUT, "b/a", b"{}", b"")
+    (hit,) = sent(core.actions())
+    core.committed(1, True)
+    core.actions()
+    core.submit(2, PUT, "b/new", b"{}", b"")
+    core.actions()  # room for one: nothing evicted yet
+    core.receive(ObjectAdded(hit.seq + 1, ("b/new",)))
+    core.committed(2, True)
+    core.actions()
+    core.submit(3, PUT, "b/other", b"{}", b"")
+    (miss,) = sent(core.actions())
+    # b/a's last op is not durable yet: b/b (clean) goes, not b/a
+    assert miss.removals == ("b/b",)
+    assert "b/a" in core.copy
+
+
+def test_a_miss_with_no_clean_name_waits_for_the_watermark() -> None:
+    core = connected(record=(), capacity=1, budget=0)
+    core.submit(1, PUT, "b/a", b"{}", b"")
+    (first,) = sent(core.actions())
+    core.receive(ObjectAdded(first.seq, ("b/a",)))
+    core.committed(1, True)
+    core.actions()
+    core.submit(2, PUT, "b/b", b"{}", b"")
+    assert core.actions() == []  # b/a is dirty: no room
+    core.receive(ObjectDurable(first.seq))
+    (second,) = sent(core.actions())
+    assert second.removals == ("b/a",) and second.name == "b/b"
+
+
+def test_link_down_marks_the_name_durably_before_the_commit() -> None:
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD), (), dict)
+    core.submit(1, PUT, "b/k", b"{}", b"")
+    assert core.actions() == [PersistMayDiffer(frozenset({"b/k"})), CommitLocal(1)]
+
+
+def test_a_lost_link_marks_a_waiting_miss_and_commits_it() -> None:
+    core = connected()
+    core.submit(1, PUT, "b/k", b"{}", b"")
+    core.actions()
+    core.disconnected()
+    assert core.actions() == [PersistMayDiffer(frozenset({"b/k"})), CommitLocal(1)]
+
+
+def test_connect_resyncs_the_record_and_may_differ_then_clears_them() -> None:
+    core = connected(record=("b/r",), may_differ=("b/m",))
+    actions = core.actions()
+    reads = [a for a in actions if isinstance(a, ReadForResync)]
+    assert sorted(r.name for r in reads) == ["b/m", "b/r"]
+    for read in reads:
+        core.resync_read(read.op_id, b"{}" if read.name == "b/r" else None, b"x")
+    ops = sent(core.actions())
+    assert {(o.name, o.kind) for o in ops} == {("b/r", PUT), ("b/m", int(ObjectKind.DELETE))}
+    assert all(o.flags & ObjectFlag.RESYNC for o in ops)
+    core.receive(ObjectDurable(max(o.seq for o in ops)))
+    assert core.may_differ == set() and core.in_sync
+    assert PersistMayDiffer(frozenset()) in core.actions()
+
+
+def test_a_resync_is_sent_before_the_next_op_on_its_name() -> None:
+    """Found by the simulator: released before it was sent, the resync's old state came after a
+    newer op on the same name in the stream."""
+    core = connected(record=("b/k",))
+    (read,) = [a for a in core.actions() if isinstance(a, ReadForResync)]
+    core.submit(1, PUT, "b/k", b"{}", b"new")
+    core.resync_read(read.op_id, b"{}", b"old")
+    assert [o.data for o in sent(core.actions())] == [b"old", b"new"]
+
+
+def test_the_deliberate_bug_answers_a_miss_before_the_record_is_durable() -> None:
+    from foresync.faults import Faults
+
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD), (), dict,
+                             Faults(object_hit_before_record_durable=True))
+    core.connected()
+    core.receive(ObjectList(1, int(ListWhat.RECORD), ()))
+    core.actions()
+    core.submit(1, PUT, "b/k", b"{}", b"")
+    assert CommitLocal(1) in core.actions()  # no MISS round trip
+
+
+def test_the_secondary_adds_the_name_and_predictions_within_budget_and_bytes() -> None:
+    sec = ObjectSecondaryCore(LinksPredictor(), OrderedDict())
+    for i in range(3):
+        sec.on_op(ObjectOp(i + 1, PUT, 0, 0, f"b/frame-{i:06d}"))
+    change = sec.on_op(ObjectOp(4, PUT, int(ObjectFlag.MISS), 2, "b/frame-000003", ("b/gone",)))
+    assert change.reply == ("b/frame-000003", "b/frame-000004", "b/frame-000005")
+    assert change.added == change.reply and change.removed == ()
+    again = sec.on_op(ObjectOp(5, PUT, 0, 0, "b/x", ("b/frame-000004",)))
+    assert again.removed == ("b/frame-000004",) and again.reply is None
+
+
+@pytest.mark.parametrize("budget", [0, 1])
+def test_the_secondary_honours_a_small_budget(budget: int) -> None:
+    sec = ObjectSecondaryCore(LinksPredictor(), OrderedDict())
+    sec.on_op(ObjectOp(1, PUT, 0, 0, "b/f-001"))
+    change = sec.on_op(ObjectOp(2, PUT, int(ObjectFlag.MISS), budget, "b/f-002"))
+    assert change.reply is not None and len(change.reply) == 1 + budget
+
+
+def test_an_added_reply_does_not_bring_back_a_name_a_later_op_evicted() -> None:
+    """Found by the simulator: the secondary added N for an earlier miss, then removes it for a
+    later op's eviction; taking N back into the copy from the earlier reply would leave the
+    copy claiming a name the secondary's record no longer holds."""
+    core = resynced(connected(record=("b/n",), capacity=3, budget=1))
+    core.submit(1, PUT, "b/a", b"{}", b"")
+    (first,) = sent(core.actions())  # a miss, waiting for OBJ_ADDED
+    core.submit(2, PUT, "b/b", b"{}", b"")
+    (second,) = sent(core.actions())
+    assert second.removals == ("b/n",)  # b/n was clean: evicted to make room
+    core.receive(ObjectAdded(first.seq, ("b/a", "b/n")))  # b/n predicted for the first miss
+    assert "b/n" not in core.copy and "b/a" in core.copy
+
+
+def test_concurrent_misses_cannot_overfill_the_record() -> None:
+    core = resynced(connected(record=(), capacity=4, budget=1))
+    for op_id, name in enumerate(("b/a", "b/b", "b/c"), start=1):
+        core.submit(op_id, PUT, name, b"{}", b"")
+    ops = sent(core.actions())
+    assert [o.budget for o in ops] == [1, 1]  # the third waits for room: 2 + 2 fill 4
+    for op in ops:
+        core.receive(ObjectAdded(op.seq, (op.name, op.name + "-next")))
+    assert len(core.copy) == 4
