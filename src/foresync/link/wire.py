@@ -71,7 +71,6 @@ from enum import IntEnum, IntFlag
 import google_crc32c
 
 from foresync.errors import RemoteProtocolError, invariant
-from foresync.gather import Parts, add_part, join
 from foresync.link import object_wire
 from foresync.link.object_wire import ObjectMessage
 
