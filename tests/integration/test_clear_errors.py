@@ -57,13 +57,24 @@ def unmount(where: Path) -> None:
 
 
 def fill(where: Path) -> None:
-    """Write filler files until the file system under ``where`` has no block left."""
-    for block, name in (("1M", "filler"), ("1k", "filler-small")):
-        run_tool(["dd", "if=/dev/zero", f"of={where / name}", f"bs={block}"], ok=None)
-    probe = subprocess.run(["sh", "-c", f"echo x > {where / 'probe'}"], check=False,
-                           capture_output=True)
-    assert probe.returncode != 0, "the file system still takes writes"
+    """Write filler files until the file system under ``where`` has no block left. A running
+    site may free a block meanwhile (its atomic metadata writes replace a file), so fill again
+    until a probe write fails, a few rounds at most."""
+    for attempt in range(5):
+        for block, name in (("1M", "filler"), ("1k", "filler-small")):
+            run_tool(["dd", "if=/dev/zero", f"of={where / f'{name}-{attempt}'}", f"bs={block}"], ok=None)
+        probe = subprocess.run(["sh", "-c", f"echo x > {where / 'probe'}"], check=False,
+                               capture_output=True)
+        if probe.returncode != 0:
+            return
+        (where / "probe").unlink()
+    pytest.fail(f"the file system under {where} still takes writes after 5 rounds of filling")
 
+
+def unfill(where: Path) -> None:
+    """Remove what ``fill`` wrote: the file system has room again."""
+    for filler in where.glob("filler*"):
+        filler.unlink()
 
 
 def foresync(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -195,8 +206,7 @@ def test_a_primary_stopped_with_its_meta_disk_full(mount: Mount, make_pair: Make
     assert f"Error: cannot write {oos}: No space left on device" in log, log
     assert not (meta / "clean-stop").exists() and not (meta / "oos.json.tmp").exists()
 
-    for filler in ("filler", "filler-small"):
-        (meta / filler).unlink()
+    unfill(meta)
     pair.restart(pair.primary)
     pair.wait_in_sync()
     assert "async mode after an unclean stop" in pair.primary.log().split("start #2")[1], pair.logs()
@@ -221,8 +231,7 @@ def test_a_secondary_stopped_with_its_meta_disk_full(mount: Mount, make_pair: Ma
     assert "Error: cannot write the record checkpoint" in log, log
     assert not (meta / "record.journal.tmp").exists()
 
-    for filler in ("filler", "filler-small"):
-        (meta / filler).unlink()
+    unfill(meta)
     pair.restart(pair.secondary)
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x2f 4M 1M", pair.nbd_url], context=pair.logs())
     pair.wait_in_sync()
@@ -253,8 +262,7 @@ def test_writes_wait_while_the_primary_cannot_store_its_out_of_sync_set(mount: M
         pair.wait_for("the ERROR", lambda: f"cannot write {oos}: No space left on device: writes "
                       "to extents the secondary may lack wait" in pair.primary.log())
         assert writer.poll() is None, "the write was answered while its extent was unrecorded"
-        for filler in ("filler", "filler-small"):
-            (meta / filler).unlink()
+        unfill(meta)
         output, _ = writer.communicate(timeout=60)
     finally:
         if writer.poll() is None:
