@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foresync import cluster_config
+from foresync.cluster_config import ClusterConfig
 from foresync.errors import ConfigError
 from foresync.record.predict import PREDICTORS
 from foresync.record.record import Eviction
@@ -67,6 +69,7 @@ class SiteConfig:
     s3_listen: tuple[str, int] | None = None
     s3_credentials_file: str | None = None
     s3_tls_dir: str | None = None
+    cluster: ClusterConfig | None = None  # [cluster] (issue 16): failover with fencing on etcd
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -151,6 +154,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "admin": {"listen", "token_file"},
     "log": {"format"},
     "s3": {"listen", "credentials_file", "tls_dir"},
+    "cluster": cluster_config.KEYS,
 }
 
 
@@ -291,6 +295,8 @@ def load(path: str) -> SiteConfig:
         log_format=_choice(_get(log_table, "log", "format", "text"), "log", "format", ["text", "json"]),
         nbd_trace=optional_path(nbd, "nbd", "trace"),
         **_s3_keys(doc, s3, optional_path),
+        cluster=None if "cluster" not in doc else cluster_config.parse(
+            _section(doc, "cluster"), Path(path).stem, optional_path),
     )
 
 

@@ -44,6 +44,9 @@ class Faults:
     # liveness.py: a peer that has gone silent (a half-open connection) is never timed out, so
     # the link stays up in name and nothing more is replicated
     link_timeout_ignored: bool = False
+    # replication/lease.py: a primary keeps acknowledging writes after its etcd lease could have
+    # expired (renewals failing), so a promoted secondary and it both take writes (issue 16)
+    ack_after_lease_lost: bool = False
 
 
 NO_FAULTS = Faults()

@@ -1,0 +1,211 @@
+"""Every etcd call foresync makes, behind one small adapter (issue 16, part 3).
+
+The decisions (when to renew, fence, acquire or promote) are made by the pure core in
+replication/lease.py; this module only reads and writes the two keys it describes, with a lease,
+through the ``aetcd`` client (gRPC). Every call has a deadline (``rpc_timeout_s``); a failure of
+any kind (etcd down, unreachable, no leader, a timeout) raises ``EtcdUnavailable``, and the next
+call tries the next endpoint. Reads are linearizable: a read served by a member cut off from its
+cluster's leader fails rather than answering stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aetcd
+from aetcd import rpc
+
+from foresync.cluster_config import ClusterConfig
+from foresync.errors import ForesyncError
+from foresync.replication.lease import Record, Seen
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EtcdUnavailable(ForesyncError):
+    """etcd did not answer in time, or refused: the caller tries again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """The ``mod_revision`` of each key at the last read (0: absent): what a CAS compares."""
+
+    epoch: int = 0
+    primary: int = 0
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]
+    """aetcd's client with TLS: aetcd itself only opens plain-text channels."""
+
+    def __init__(self, host: str, port: int, credentials: Any, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._credentials is None or self._connected.is_set():
+            await super().connect()
+            return
+        insecure = rpc.insecure_channel
+        credentials = self._credentials
+        rpc.insecure_channel = lambda target, options: rpc.secure_channel(target, credentials, options)
+        try:
+            await super().connect()
+        finally:
+            rpc.insecure_channel = insecure
+
+
+def _record(value: bytes) -> Record:
+    doc = json.loads(value)
+    return Record(str(doc["site"]), int(doc["epoch"]), int(doc["epoch_id"]))
+
+
+def _value(record: Record) -> bytes:
+    return json.dumps({"site": record.site, "epoch": record.epoch,
+                       "epoch_id": record.epoch_id}).encode()
+
+
+class Etcd:
+    def __init__(self, cfg: ClusterConfig, volume: str, rpc_timeout_s: float = 1.5) -> None:
+        self.cfg = cfg
+        prefix = cfg.prefix(volume)
+        self.epoch_key = f"{prefix}epoch".encode()
+        self.primary_key = f"{prefix}primary".encode()
+        self.rpc_timeout_s = rpc_timeout_s
+        self._endpoint = 0
+        self._client: _Client | None = None
+        self.versions = Versions()
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def _credentials(self) -> Any:
+        if not self.cfg.tls:
+            return None
+        import grpc
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.cfg.ca_file), read(self.cfg.key_file),
+                                            read(self.cfg.cert_file))
+
+    def _connect(self) -> _Client:
+        if self._client is None:
+            host, port = self.cfg.endpoints[self._endpoint % len(self.cfg.endpoints)]
+            password = None
+            if self.cfg.password_file is not None:
+                password = Path(self.cfg.password_file).read_text().strip()
+            self._client = _Client(host, port, self._credentials(), username=self.cfg.user,
+                                   password=password, timeout=self.rpc_timeout_s,
+                                   options={"grpc.enable_retries": 0})
+        return self._client
+
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(call, self.rpc_timeout_s)
+        except (TimeoutError, aetcd.exceptions.ClientError, rpc.AioRpcError, OSError) as exc:
+            await self._drop()
+            host, port = self.cfg.endpoints[(self._endpoint - 1) % len(self.cfg.endpoints)]
+            raise EtcdUnavailable(f"etcd {host}:{port}: {what}: "
+                                  f"{type(exc).__name__} {exc}".strip()) from None
+
+    async def _drop(self) -> None:
+        """Forget the connection (the next call dials the next endpoint)."""
+        client, self._client = self._client, None
+        self._endpoint += 1
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.close(), 1.0)
+            except Exception as exc:  # closing a broken channel: nothing more to learn
+                log.debug("closing the etcd client: %s", exc)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    # -- the keys -------------------------------------------------------------------------------
+
+    async def read(self) -> Seen:
+        """Both keys at one revision, and the holder's remaining lease."""
+        client = self._connect()
+
+        async def both() -> tuple[Seen, Versions]:
+            await client.connect()
+            t = client.transactions
+            _, (epoch, primary) = await client.transaction(
+                compare=[], success=[t.get(self.epoch_key), t.get(self.primary_key)], failure=[])
+            ttl = 0.0
+            if primary:
+                info = await client.get_lease_info(primary[0][1].lease, keys=False)
+                ttl = float(max(0, info.TTL))
+            seen = Seen(_record(epoch[0][0]) if epoch else None,
+                        _record(primary[0][0]) if primary else None, ttl)
+            return seen, Versions(epoch[0][1].mod_revision if epoch else 0,
+                                  primary[0][1].mod_revision if primary else 0)
+
+        seen, self.versions = await self._call("read", both())
+        return seen
+
+    async def grant(self, ttl_s: float) -> tuple[int, float]:
+        """A new lease: its id and the TTL etcd granted."""
+        client = self._connect()
+        lease = await self._call("grant a lease", client.lease(int(ttl_s)))
+        return int(lease.id), float(lease.ttl)
+
+    async def keepalive(self, lease_id: int) -> float:
+        """Renew: the TTL etcd now counts down from (0: the lease is gone)."""
+        client = self._connect()
+        reply = await self._call("renew the lease", client.refresh_lease(lease_id))
+        return float(reply.TTL) if reply is not None else 0.0
+
+    async def revoke(self, lease_id: int) -> None:
+        client = self._connect()
+        await self._call("revoke the lease", client.revoke_lease(lease_id))
+
+    async def acquire(self, lease_id: int, mine: Record, versions: Versions) -> bool:
+        """A primary takes the lease for its own epoch: the epoch record unchanged since the
+        read (or absent: the cluster's first start registers ours), the primary key absent or
+        unchanged since the read (our previous run's, still on its lease)."""
+        client = self._connect()
+        t = client.transactions
+        ops = [t.put(self.primary_key, _value(mine), lease=lease_id)]
+        if versions.epoch == 0:
+            ops.append(t.put(self.epoch_key, _value(mine)))
+        compare = [t.mod(self.epoch_key) == versions.epoch,
+                   t.mod(self.primary_key) == versions.primary]
+        return await self._txn("take the lease", compare, ops)
+
+    async def promote(self, lease_id: int, new: Record, versions: Versions) -> bool:
+        """A secondary takes the lease for a new epoch: a CAS on the epoch record it read, and
+        the primary key still absent (the old primary's lease expired)."""
+        client = self._connect()
+        t = client.transactions
+        compare = [t.mod(self.epoch_key) == versions.epoch, t.create(self.primary_key) == 0]
+        ops = [t.put(self.epoch_key, _value(new)),
+               t.put(self.primary_key, _value(new), lease=lease_id)]
+        return await self._txn("register a new epoch", compare, ops)
+
+    async def restore(self, old: Record, ours: Record) -> bool:
+        """Undo our ``promote`` that the site could not carry out: put the previous epoch record
+        back, if it is still ours, so the old primary may take its lease again."""
+        client = self._connect()
+        t = client.transactions
+        return await self._txn("restore the epoch record", [t.value(self.epoch_key) == _value(ours)],
+                               [t.put(self.epoch_key, _value(old)), t.delete(self.primary_key)])
+
+    async def _txn(self, what: str, compare: list[Any], ops: list[Any]) -> bool:
+        client = self._connect()
+
+        async def txn() -> bool:
+            await client.connect()
+            succeeded, _ = await client.transaction(compare=compare, success=ops, failure=[])
+            return bool(succeeded)
+
+        return await self._call(what, txn())

@@ -1,0 +1,107 @@
+"""Real etcd processes on loopback for the cluster tests and demos (issue 16): Debian's
+``etcd-server`` package, one member or several, each with its own data directory (kept across a
+restart), ports bound free below the ephemeral range (``processes.bind_free_port``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from foresync.testing.processes import free_port, stop_process, wait_listening
+
+
+class EtcdMember:
+    def __init__(self, directory: Path, name: str, client_port: int, peer_port: int,
+                 initial_cluster: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.initial_cluster = initial_cluster
+        self.log_path = directory / f"etcd-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self, wait: bool = True) -> None:
+        etcd = shutil.which("etcd")
+        if etcd is None:
+            raise RuntimeError("needs etcd (Debian's etcd-server): run make setup")
+        argv = [etcd, "--name", self.name, "--data-dir", str(self.directory / f"{self.name}.etcd"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+                "--initial-cluster", self.initial_cluster,
+                "--initial-cluster-state", "new", "--initial-cluster-token", "foresync-test",
+                "--heartbeat-interval", "100", "--election-timeout", "1000",
+                "--log-level", "warn", "--logger", "zap"]
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_healthy()
+
+    def wait_healthy(self, timeout_s: float = 20.0) -> None:
+        """Until the member serves clients and its cluster has a leader (``/health``)."""
+        assert self.proc is not None
+        wait_listening(self.client_port, self.proc, f"etcd {self.name}", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if json.loads(answer.read()).get("health") == "true":
+                        return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd {self.name} not healthy within {timeout_s} s\n{self.log()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class EtcdCluster:
+    """``size`` members; ``start()`` starts them all and waits until each serves clients."""
+
+    def __init__(self, directory: Path, size: int = 1) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        initial = ",".join(f"e{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+        self.members = [EtcdMember(directory, f"e{i}", client, peer, initial)
+                        for i, (client, peer) in enumerate(ports)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [member.url for member in self.members]
+
+    def start(self) -> None:
+        for member in self.members:
+            member.start(wait=False)
+        for member in self.members:
+            member.wait_healthy()
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- etcd {m.name}\n{m.log()[-3000:]}" for m in self.members)

@@ -1,0 +1,214 @@
+"""Automatic failover with fencing on etcd (issue 16, part 3): real etcd processes and real
+sites on loopback.
+
+Each test starts its own one-member etcd (``testing.etcd``). The primary may reach it through a
+``LinkProxy`` (``via_etcd_proxy``), so a test can cut the primary off from etcd alone while it
+keeps its hosts and its link. Timings are measured on the test's monotonic clock, which is the
+one every process on the machine reads.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from foresync.testing.etcd import EtcdCluster
+from foresync.testing.processes import free_port
+
+from .conftest import require_python_libnbd
+from .sites import (
+    SMALL,
+    LinkProxy,
+    MakePair,
+    SitePair,
+    Status,
+    fetch_status,
+    run_tool,
+)
+from .test_failures import FIO_VERIFY, start_fio, wait_fio
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+TTL_S = 3
+
+
+def cluster_toml(url: str, site: str) -> str:
+    return f'\n[cluster]\netcd = ["{url}"]\nlease_ttl = "{TTL_S}s"\nsite = "{site}"\n'
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path / "etcd")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_pair(make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path, *,
+                 via_etcd_proxy: bool = False, via_proxy: bool = False,
+                 mode: str = "sync") -> tuple[SitePair, LinkProxy | None]:
+    proxy = None
+    url_p = etcd.urls[0]
+    if via_etcd_proxy:
+        port = free_port()
+        proxy = LinkProxy("primary->etcd", port, etcd.members[0].client_port, tmp_path / "proxy-etcd.log")
+        proxy.start()
+        url_p = f"http://127.0.0.1:{port}"
+    base = replace(SMALL, mode=mode)
+    pair = make_pair(base, via_proxy=via_proxy,
+                     primary=replace(base, admin_extra=cluster_toml(url_p, "a")),
+                     secondary=replace(base, admin_extra=cluster_toml(etcd.urls[0], "b")))
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    pair.wait_for("the primary holds the lease",
+                  lambda: bool(pair.status(pair.primary)["cluster"]["holding_lease"]))
+    return pair, proxy
+
+
+def wait_promoted(pair: SitePair, timeout_s: float) -> float:
+    """Poll the secondary every 20 ms until it says primary; the monotonic time it was seen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if fetch_status(pair.secondary.admin_port)["role"] == "primary":
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.02)
+    pytest.fail(f"the secondary did not promote itself within {timeout_s} s\n{pair.logs()}")
+
+
+WRITER = r"""
+import json, sys, time, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+acks, errors, i = [], 0, 0
+stop = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < stop:
+    try:
+        h.pwrite(i.to_bytes(8, "little") * 512, (i % 1024) * 4096)
+        h.flush()
+        acks.append(time.monotonic())
+    except nbd.Error:
+        errors += 1
+        time.sleep(0.01)
+    i += 1
+print(json.dumps({"acks": acks, "errors": errors}))
+"""
+
+
+def start_writer(pair: SitePair, seconds: float) -> subprocess.Popen[str]:
+    """A host writing and flushing 4 KiB at a time through the primary, timing every ack."""
+    script = pair.primary.log_path.parent / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.Popen([require_python_libnbd(), str(script), pair.nbd_url, str(seconds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cluster(pair: SitePair, which: str) -> Status:
+    status: Status = pair.status(getattr(pair, which))["cluster"]
+    return status
+
+
+def test_primary_kill9_fails_over_within_the_lease_and_fails_back(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path)
+    fio = start_fio(pair, pair.primary, "verify", *FIO_VERIFY, "--iodepth=4", "--rate=,4m",
+                    "--time_based", "--runtime=60")
+    time.sleep(2)
+    assert fio.poll() is None, "fio finished before the crash"
+    killed = time.monotonic()
+    pair.kill9(pair.primary)
+    promoted = wait_promoted(pair, TTL_S + 10)
+    wait_fio(fio, pair)  # its server died under it
+    failover_s = promoted - killed
+    print(f"failover after kill -9: {failover_s:.2f} s (lease_ttl {TTL_S} s)")
+    assert failover_s <= TTL_S + 2, f"failover took {failover_s:.2f} s\n{pair.logs()}"
+    new = cluster(pair, "secondary")
+    assert new["holding_lease"] and new["epoch"] == 2 and new["automatic_promotions"] == 1
+    # The old primary returns as a secondary and receives the failback by itself.
+    pair.start(pair.primary)
+    pair.wait_role(pair.primary, "secondary", timeout_s=30)
+    pair.wait_for("the failback ends in sync", lambda: (
+        pair.status(pair.secondary)["in_sync"] and pair.status(pair.primary).get("consistent", True)),
+        timeout_s=60)
+    pair.stop_both()
+    pair.assert_identical()
+
+
+def test_primary_cut_off_from_etcd_stops_acknowledging_before_the_takeover(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    require_python_libnbd()
+    pair, proxy = cluster_pair(make_pair, etcd, tmp_path, via_etcd_proxy=True)
+    assert proxy is not None
+    writer = start_writer(pair, TTL_S + 8)
+    time.sleep(1.5)
+    cut = time.monotonic()
+    proxy.cut()
+    promoted = wait_promoted(pair, TTL_S + 10)
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    result = json.loads(out)
+    acks = result["acks"]
+    before = [t for t in acks if t < cut]
+    after = [t for t in acks if t >= cut]
+    assert before, "the host wrote nothing before the cut"
+    last = max(acks)
+    print(f"cut at 0; last ack at {last - cut:.2f} s; takeover seen at {promoted - cut:.2f} s; "
+          f"{len(after)} acks after the cut, {result['errors']} errors")
+    # Fenced: no ack once etcd could have expired the lease, and none after the takeover.
+    assert last < cut + TTL_S, f"an ack {last - cut:.2f} s after the cut\n{pair.logs()}"
+    assert last < promoted
+    assert result["errors"] > 0, "the fenced primary never refused a write"
+    old = cluster(pair, "primary")
+    assert old["fenced"] and not old["holding_lease"]
+    # etcd back: the old primary sees a later epoch, stays fenced, and is demoted on the link.
+    proxy.restore()
+    pair.wait_role(pair.primary, "secondary", timeout_s=30)
+    pair.wait_for("in sync after the failback", lambda: bool(pair.status(pair.secondary)["in_sync"]),
+                  timeout_s=60)
+    pair.stop_both()
+    pair.assert_identical()
+    proxy.close()
+
+
+def test_link_cut_with_etcd_fine_promotes_nothing(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path, via_proxy=True, mode="lookahead")
+    pair.cut_link()
+    time.sleep(2 * TTL_S + 1)
+    assert pair.role_of(pair.secondary) == "secondary"
+    primary = cluster(pair, "primary")
+    assert primary["holding_lease"] and not primary["fenced"]
+    assert cluster(pair, "secondary")["holder"] == "a"
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 64k", pair.nbd_url],
+             context=pair.logs())  # the primary still acknowledges
+    pair.restore_link()
+    pair.wait_in_sync()
+
+
+def test_etcd_restart_fences_the_primary_meanwhile_and_promotes_nothing(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path, mode="lookahead")
+    etcd.members[0].stop()
+    pair.wait_for("the primary fences itself",
+                  lambda: bool(cluster(pair, "primary")["fenced"]), timeout_s=TTL_S + 5)
+    failed = run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x11 2M 4k", pair.nbd_url], ok=None)
+    assert failed.returncode != 0 or "error" in (failed.stdout + failed.stderr).lower(), failed.stdout
+    time.sleep(TTL_S)
+    assert pair.role_of(pair.secondary) == "secondary", "promoted while etcd was down"
+    etcd.members[0].start()
+    pair.wait_for("the primary holds its lease again",
+                  lambda: not cluster(pair, "primary")["fenced"], timeout_s=TTL_S + 10)
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x22 2M 4k", pair.nbd_url], context=pair.logs())
+    assert pair.role_of(pair.secondary) == "secondary"
+    assert cluster(pair, "primary")["epoch"] == 1
