@@ -26,6 +26,7 @@ from foresync.daemon.transitions import can_roll_back, promote_refusal
 from foresync.errors import Errno, RequestRefused, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.geometry import Extent
+from foresync.logctx import LogBudget
 from foresync.nbd.target import Done, NbdTarget
 from foresync.replication.epochs import new_epoch_id
 from foresync.replication.lease import Action, LeaseCore, Local, Record
@@ -62,6 +63,7 @@ class ClusterAgent:
         self.etcd_error = ""
         self.promotions = 0
         self._said = ("", True)  # (reason, may_ack) last published
+        self._etcd_errors = LogBudget(log, logging.WARNING, "etcd errors")
 
     def may_ack(self) -> bool:
         return self.core.may_ack(time.monotonic())
@@ -103,8 +105,8 @@ class ClusterAgent:
         except EtcdUnavailable as exc:
             self.etcd_error = str(exc)
             if action is Action.RENEW:
-                self.core.renew_failed(str(exc))
-            log.warning("%s", exc)
+                self.core.renew_failed(time.monotonic(), str(exc))
+            self._etcd_errors("%s", exc)
 
     async def _renew(self) -> None:
         sent = time.monotonic()

@@ -90,7 +90,7 @@ class Local:
 
 @dataclass(frozen=True, slots=True)
 class LeaseStatistics:
-    holding: bool
+    holding: bool  # we hold the lease and it is still valid by our own deadline
     may_ack: bool
     fenced_for_s: float  # how long we have not been allowed to ack (0: we may)
     valid_for_s: float  # our own deadline, minus now (0 when not holding)
@@ -116,6 +116,7 @@ class LeaseCore:
         self.holding = False
         self._valid_until = 0.0  # we may ack while now < this (and holding)
         self._last_sent = 0.0  # when the last successful renewal or acquire was sent
+        self._retry_at = 0.0  # after a failed renewal, not before this (one try per poll_s)
         self._fenced_at: float | None = None
         self._ever_held = False
         self.renew_failures = 0
@@ -143,9 +144,11 @@ class LeaseCore:
         self._valid_until = max(self._valid_until, sent_at + ttl - self.margin_s)
         self.renew_failures = 0
 
-    def renew_failed(self, reason: str) -> None:
-        """No answer (etcd down or unreachable): the deadline stands and runs out by itself."""
+    def renew_failed(self, now: float, reason: str) -> None:
+        """No answer (etcd down or unreachable): the deadline stands and runs out by itself;
+        the next try comes ``poll_s`` later."""
         self.renew_failures += 1
+        self._retry_at = now + self.poll_s
         self.reason = f"cannot renew the lease: {reason}"
 
     def lost(self, reason: str) -> None:
@@ -180,7 +183,8 @@ class LeaseCore:
 
     def _primary_action(self, now: float) -> Action:
         if self.holding:
-            return Action.RENEW if now >= self._last_sent + self.renew_every_s else Action.NONE
+            due = max(self._last_sent + self.renew_every_s, self._retry_at)
+            return Action.RENEW if now >= due else Action.NONE
         seen = self.seen
         if seen is None:
             return Action.NONE
@@ -221,15 +225,17 @@ class LeaseCore:
         """When to call ``next_action`` again: the next renewal, the fence, or the next poll."""
         deadline = now + self.poll_s
         if self.holding:
-            deadline = min(deadline, self._last_sent + self.renew_every_s,
-                           max(now, self._valid_until))
+            due = max(self._last_sent + self.renew_every_s, self._retry_at)
+            deadline = min(deadline, max(now, due))
+            if self._valid_until > now:
+                deadline = min(deadline, self._valid_until)
         return deadline
 
     def statistics(self, now: float) -> LeaseStatistics:
         may = self.may_ack(now)
         fenced_for = 0.0 if may or self._fenced_at is None else now - self._fenced_at
         return LeaseStatistics(
-            holding=self.holding, may_ack=may, fenced_for_s=fenced_for,
+            holding=self.holding and now < self._valid_until, may_ack=may, fenced_for_s=fenced_for,
             valid_for_s=max(0.0, self._valid_until - now) if self.holding else 0.0,
             margin_s=self.margin_s, reason=self.reason, renew_failures=self.renew_failures,
             seen=self.seen)
