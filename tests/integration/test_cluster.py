@@ -192,6 +192,15 @@ def test_link_cut_with_etcd_fine_promotes_nothing(
     assert cluster(pair, "secondary")["holder"] == "a"
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 64k", pair.nbd_url],
              context=pair.logs())  # the primary still acknowledges
+    view = json.loads(pair.cli("cluster", "status", "--config", pair.secondary.config_path,
+                               "--json").stdout)
+    assert [(v["volume"], v["holder"], v["epoch"]) for v in view["volumes"]] == [("vol0", "a", 1)]
+    assert 0 < view["volumes"][0]["remaining_s"] <= TTL_S
+    assert view["site"]["site"] == "b" and view["site"]["role"] == "secondary"
+    table = pair.cli("cluster", "status", "--config", pair.primary.config_path).stdout
+    assert table.splitlines()[0].split() == ["VOLUME", "SITE", "ROLE", "EPOCH", "LEASE", "HOLDER",
+                                             "REMAINING", "NOTE"]
+    assert "a (this site)  primary" in table, table
     pair.restore_link()
     pair.wait_in_sync()
 

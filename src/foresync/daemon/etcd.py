@@ -209,3 +209,33 @@ class Etcd:
             return bool(succeeded)
 
         return await self._call(what, txn())
+
+
+async def overview(cfg: ClusterConfig) -> list[dict[str, Any]]:
+    """Every volume of the cluster as etcd has it: its latest epoch, and the lease holder with
+    the lease's remaining seconds (``foresync cluster status``)."""
+    etcd = Etcd(cfg, "")
+    client = etcd._connect()
+    prefix = f"/foresync/{cfg.name}/volumes/".encode()
+
+    async def scan() -> list[dict[str, Any]]:
+        await client.connect()
+        rows: dict[str, dict[str, Any]] = {}
+        for kv in await client.get_prefix(prefix):
+            volume, _, name = kv.key[len(prefix):].decode().rpartition("/")
+            row = rows.setdefault(volume, {"volume": volume, "epoch": None, "epoch_site": None,
+                                           "holder": None, "holder_epoch": None,
+                                           "remaining_s": None})
+            record = _record(kv.value)
+            if name == "epoch":
+                row["epoch"], row["epoch_site"] = record.epoch, record.site
+            elif name == "primary":
+                info = await client.get_lease_info(kv.lease, keys=False)
+                row["holder"], row["holder_epoch"] = record.site, record.epoch
+                row["remaining_s"] = max(0, int(info.TTL))
+        return [rows[volume] for volume in sorted(rows)]
+
+    try:
+        return await etcd._call("list the volumes", scan())
+    finally:
+        await etcd.aclose()
