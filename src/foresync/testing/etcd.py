@@ -103,5 +103,21 @@ class EtcdCluster:
         for member in self.members:
             member.stop()
 
+    def leader(self) -> EtcdMember:
+        """The member that is the raft leader now (each member's /v3/maintenance/status)."""
+        for member in self.members:
+            if member.proc is None or member.proc.poll() is not None:
+                continue
+            request = urllib.request.Request(f"{member.url}/v3/maintenance/status", data=b"{}",
+                                             method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=2) as answer:
+                    doc = json.loads(answer.read())
+            except (OSError, ValueError):
+                continue
+            if doc.get("leader") and doc["leader"] == doc.get("header", {}).get("member_id"):
+                return member
+        raise RuntimeError("no etcd member says it is the leader")
+
     def logs(self) -> str:
         return "\n".join(f"--- etcd {m.name}\n{m.log()[-3000:]}" for m in self.members)
