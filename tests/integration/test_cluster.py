@@ -22,6 +22,7 @@ import pytest
 from foresync.testing.etcd import EtcdCluster
 from foresync.testing.processes import free_port
 
+from .certs import make_tls_dir
 from .conftest import require_python_libnbd
 from .sites import (
     SMALL,
@@ -279,5 +280,39 @@ def test_the_etcd_leader_killed_during_a_failover(make_pair: MakePair, tmp_path:
                       lambda: bool(pair.status(pair.secondary)["in_sync"]), timeout_s=60)
         pair.stop_both()
         pair.assert_identical()
+    finally:
+        etcd.stop()
+
+
+def test_etcd_over_tls_with_a_client_certificate_and_a_password(make_pair: MakePair,
+                                                                tmp_path: Path) -> None:
+    tls = make_tls_dir(tmp_path / "tls", "etcd-test-ca")
+    etcd = EtcdCluster(tmp_path / "etcd-tls", tls_dir=tls)
+    etcd.start()
+    try:
+        etcd.members[0].enable_auth("s3cret")
+        (tmp_path / "etcd.password").write_text("s3cret\n")
+        secure = (f'ca_file = "{tls}/ca-cert.pem"\ncert_file = "{tls}/client-cert.pem"\n'
+                  f'key_file = "{tls}/client-key.pem"\nuser = "root"\n'
+                  f'password_file = "{tmp_path}/etcd.password"\n')
+        base = replace(SMALL, mode="sync")
+        pair = make_pair(base, primary=replace(base, admin_extra=cluster_toml(etcd.urls, "a") + secure),
+                         secondary=replace(base, admin_extra=cluster_toml(etcd.urls, "b") + secure))
+        pair.init_both()
+        pair.start_both()
+        pair.wait_for("the primary holds the lease over TLS, logged in",
+                      lambda: bool(cluster(pair, "primary")["holding_lease"]))
+        pair.wait_for("the secondary reads the holder",
+                      lambda: cluster(pair, "secondary")["holder"] == "a")
+        seen = pair.cli("cluster", "status", "--config", pair.primary.config_path, "--json")
+        assert json.loads(seen.stdout)["volumes"][0]["holder"] == "a"
+        # A wrong password: etcd refuses, and the command says so (exit status 1).
+        (tmp_path / "wrong.password").write_text("guess\n")
+        wrong = pair.primary.config_path.with_name("wrong.toml")
+        wrong.write_text(pair.primary.config_path.read_text().replace(
+            f"{tmp_path}/etcd.password", f"{tmp_path}/wrong.password"))
+        refused = pair.cli("cluster", "status", "--config", wrong, ok=(1,))
+        assert "cannot read the cluster from etcd" in refused.stderr, refused.stderr
+        pair.stop_both()
     finally:
         etcd.stop()

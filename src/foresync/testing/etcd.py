@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -16,8 +17,9 @@ from foresync.testing.processes import free_port, stop_process, wait_listening
 
 class EtcdMember:
     def __init__(self, directory: Path, name: str, client_port: int, peer_port: int,
-                 initial_cluster: str) -> None:
+                 initial_cluster: str, tls_dir: Path | None = None) -> None:
         self.directory = directory
+        self.tls_dir = tls_dir  # ca-cert.pem, server-*.pem, client-*.pem: clients need a certificate
         self.name = name
         self.client_port = client_port
         self.peer_port = peer_port
@@ -28,7 +30,39 @@ class EtcdMember:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls_dir else 'http'}://127.0.0.1:{self.client_port}"
+
+    def _tls_args(self) -> list[str]:
+        if self.tls_dir is None:
+            return []
+        return ["--cert-file", str(self.tls_dir / "server-cert.pem"),
+                "--key-file", str(self.tls_dir / "server-key.pem"),
+                "--client-cert-auth", "--trusted-ca-file", str(self.tls_dir / "ca-cert.pem")]
+
+    def _context(self) -> ssl.SSLContext | None:
+        if self.tls_dir is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls_dir / "ca-cert.pem"))
+        context.load_cert_chain(str(self.tls_dir / "client-cert.pem"),
+                                str(self.tls_dir / "client-key.pem"))
+        return context
+
+    def post(self, path: str, body: dict[str, object], token: str = "") -> dict[str, object]:
+        """A call to etcd's JSON gateway (``/v3/...``), e.g. to add a user."""
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
+                                         method="POST")
+        if token:
+            request.add_header("Authorization", token)
+        with urllib.request.urlopen(request, timeout=5, context=self._context()) as answer:
+            doc: dict[str, object] = json.loads(answer.read())
+            return doc
+
+    def enable_auth(self, password: str) -> None:
+        """User ``root`` with ``password``, and authentication on."""
+        self.post("/v3/auth/user/add", {"name": "root", "password": password})
+        self.post("/v3/auth/role/add", {"name": "root"})
+        self.post("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self.post("/v3/auth/enable", {})
 
     def start(self, wait: bool = True) -> None:
         etcd = shutil.which("etcd")
@@ -39,6 +73,7 @@ class EtcdMember:
                 "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
                 "--initial-cluster", self.initial_cluster,
+                *self._tls_args(),
                 "--initial-cluster-state", "new", "--initial-cluster-token", "foresync-test",
                 "--heartbeat-interval", "100", "--election-timeout", "1000",
                 "--log-level", "warn", "--logger", "zap"]
@@ -58,7 +93,8 @@ class EtcdMember:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2,
+                                            context=self._context()) as answer:
                     if json.loads(answer.read()).get("health") == "true":
                         return
             except (OSError, ValueError):
@@ -82,11 +118,11 @@ class EtcdMember:
 class EtcdCluster:
     """``size`` members; ``start()`` starts them all and waits until each serves clients."""
 
-    def __init__(self, directory: Path, size: int = 1) -> None:
+    def __init__(self, directory: Path, size: int = 1, tls_dir: Path | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         ports = [(free_port(), free_port()) for _ in range(size)]
         initial = ",".join(f"e{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
-        self.members = [EtcdMember(directory, f"e{i}", client, peer, initial)
+        self.members = [EtcdMember(directory, f"e{i}", client, peer, initial, tls_dir)
                         for i, (client, peer) in enumerate(ports)]
 
     @property
