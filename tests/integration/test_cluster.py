@@ -138,6 +138,14 @@ def test_primary_kill9_fails_over_within_the_lease_and_fails_back(
     assert failover_s <= TTL_S + 2, f"failover took {failover_s:.2f} s\n{pair.logs()}"
     new = cluster(pair, "secondary")
     assert new["holding_lease"] and new["epoch"] == 2 and new["automatic_promotions"] == 1
+    # The epoch it wrote is the one it registered in etcd: it keeps its lease after reading it.
+    pair.wait_for("the new primary reads etcd's record", lambda: bool(
+        cluster(pair, "secondary")["latest_epoch_site"] == "b"))
+    time.sleep(1)
+    new = cluster(pair, "secondary")
+    assert new["holding_lease"] and not new["fenced"] and new["reason"] == "", new
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x42 40M 64k",
+              pair.nbd_url_of(pair.secondary)], context=pair.logs())
     # The old primary returns as a secondary and receives the failback by itself.
     pair.start(pair.primary)
     pair.wait_role(pair.primary, "secondary", timeout_s=30)

@@ -576,7 +576,7 @@ class SecondarySite:
                                 "secondary: try again")
         assert self.journal is not None
         done = roll_back_then_promote(self.cfg, self.meta, self.core.state, lambda: self.backend,
-                                      self.undo, force)
+                                      self.undo, force, epoch_id)
         self.meta = done.meta
         if done.restored is not None:
             self.rolled_back = done.restored
