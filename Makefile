@@ -49,8 +49,13 @@ sim: setup
 
 CYCLES ?= 5
 MODE ?= lookahead
+CLUSTER_MODE ?= sync  # make chaos CLUSTER=1: sync keeps every promise across failovers
 chaos: setup
+ifeq ($(CLUSTER),1)
+	$(PY) -m foresync.testing.cluster_chaos --cycles $(CYCLES) --mode $(CLUSTER_MODE)
+else
 	$(PY) -m foresync.testing.chaos --cycles $(CYCLES) --mode $(MODE)
+endif
 
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -188,7 +188,8 @@ class ClusterAgent:
             "site": self.cluster.site, "name": self.cluster.name, "volume": self.volume,
             "role": self.core.local.role, "epoch": self.core.local.epoch,
             "holding_lease": stats.holding,
-            "fenced": self.core.local.role == "primary" and not stats.may_ack,
+            # the fence of the NBD target (FencedTarget), whatever the metadata says meanwhile
+            "fenced": isinstance(self.runner(), PrimarySite) and not stats.may_ack,
             "fenced_for_s": round(stats.fenced_for_s, 3),
             "lease_valid_for_s": round(stats.valid_for_s, 3),
             "lease_ttl_s": self.cluster.lease_ttl_s, "fencing_margin_s": stats.margin_s,
@@ -199,6 +200,7 @@ class ClusterAgent:
             "latest_epoch_site": latest.site if latest is not None else None,
             "reason": stats.reason, "etcd_error": self.etcd_error,
             "renew_failures": stats.renew_failures, "automatic_promotions": self.promotions,
+            "monotonic_s": now,  # this answer's time on the machine's monotonic clock
         }
 
 
