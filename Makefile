@@ -49,7 +49,8 @@ sim: setup
 
 CYCLES ?= 5
 MODE ?= lookahead
-CLUSTER_MODE ?= sync  # make chaos CLUSTER=1: sync keeps every promise across failovers
+# make chaos CLUSTER=1 runs in sync mode: every promise is kept across the failovers too
+CLUSTER_MODE ?= sync
 chaos: setup
 ifeq ($(CLUSTER),1)
 	$(PY) -m foresync.testing.cluster_chaos --cycles $(CYCLES) --mode $(CLUSTER_MODE)

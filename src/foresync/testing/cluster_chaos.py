@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -98,7 +99,7 @@ class ClusterChaos(Chaos):
             if len(names) > 1:
                 self.violations.append(f"epoch {epoch} writable on {sorted(names)}")
         epochs = sorted(by_epoch)
-        for older, newer in zip(epochs, epochs[1:], strict=False):
+        for older, newer in itertools.pairwise(epochs):
             if last_of[older] > first_of[newer]:
                 self.violations.append(f"epoch {older} still writable {last_of[older] - first_of[newer]:.3f} s "
                                        f"after epoch {newer} was")
