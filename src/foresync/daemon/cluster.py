@@ -23,7 +23,7 @@ from foresync.daemon.etcd import Etcd, EtcdUnavailable
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.secondary import SecondarySite
 from foresync.daemon.transitions import can_roll_back, promote_refusal
-from foresync.errors import Errno, RequestRefused, StorageError
+from foresync.errors import Errno, ForesyncError, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.geometry import Extent
 from foresync.logctx import LogBudget
@@ -34,6 +34,7 @@ from foresync.replication.lease import Action, LeaseCore, Local, Record
 log = logging.getLogger(__name__)
 
 Runner = PrimarySite | SecondarySite
+CLOSE_TIMEOUT_S = 2.0
 
 
 def local_of(runner: Runner) -> Local:
@@ -84,8 +85,10 @@ class ClusterAgent:
                 now = time.monotonic()
                 await asyncio.sleep(max(0.0, self.core.get_timer(now) - now))
         finally:
+            # Bounded: a stop must never wait on etcd (a chaos run once hung a secondary's
+            # SIGTERM here, or close by; the client is dropped either way).
             with contextlib.suppress(Exception):
-                await self.etcd.aclose()
+                await asyncio.wait_for(self.etcd.aclose(), CLOSE_TIMEOUT_S)
 
     async def _round(self) -> None:
         action = self.core.next_action(time.monotonic())
@@ -151,7 +154,7 @@ class ClusterAgent:
                     "for epoch %d and promotes itself", seen.epoch.site, seen.epoch.epoch, new.epoch)
         try:
             await runner.promote(False, epoch_id=new.epoch_id, lease_expired=True)
-        except RequestRefused as exc:
+        except ForesyncError as exc:  # a refusal, or the metadata could not be written
             self.core.reason = f"automatic promotion failed: {exc}"
             log.error("%s; the epoch record is put back", self.core.reason)
             await self.etcd.restore(seen.epoch, new)
