@@ -23,7 +23,7 @@ from foresync.daemon.etcd import Etcd, EtcdUnavailable
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.secondary import SecondarySite
 from foresync.daemon.transitions import can_roll_back, promote_refusal
-from foresync.errors import Errno, ForesyncError, StorageError
+from foresync.errors import Errno, ForesyncError, RequestRefused, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.geometry import Extent
 from foresync.logctx import LogBudget
@@ -52,11 +52,13 @@ def local_of(runner: Runner) -> Local:
 
 class ClusterAgent:
     def __init__(self, cfg: SiteConfig, runner: Callable[[], Runner],
-                 publish: Callable[[dict[str, Any]], None], faults: Faults = NO_FAULTS) -> None:
+                 publish: Callable[[dict[str, Any]], None],
+                 stopping: Callable[[], bool] = lambda: False, faults: Faults = NO_FAULTS) -> None:
         assert cfg.cluster is not None
         self.cluster = cfg.cluster
         self.volume = cfg.name
         self.runner = runner
+        self.stopping = stopping  # the daemon is stopping: take nothing, promote nothing
         self.publish = publish
         self.core = LeaseCore(cfg.cluster.site, cfg.cluster.lease_ttl_s, faults=faults)
         self.etcd = Etcd(cfg.cluster, cfg.name)
@@ -99,6 +101,8 @@ class ClusterAgent:
             self.core.observed(await self.etcd.read())
             self.etcd_error = ""
             action = self.core.next_action(time.monotonic())
+            if self.stopping():  # a chaos run promoted a secondary whose journal was closing
+                return
             if action is Action.ACQUIRE:
                 await self._acquire()
             elif action is Action.PROMOTE:
@@ -153,12 +157,16 @@ class ClusterAgent:
         log.warning("the primary's lease expired (site %s, epoch %d): this site took the lease "
                     "for epoch %d and promotes itself", seen.epoch.site, seen.epoch.epoch, new.epoch)
         try:
+            if self.stopping() or runner is not self.runner():
+                raise RequestRefused("the site is stopping or changed role meanwhile")
             await runner.promote(False, epoch_id=new.epoch_id, lease_expired=True)
-        except ForesyncError as exc:  # a refusal, or the metadata could not be written
+        except Exception as exc:  # a refusal, the metadata unwritable, or a bug: undo in etcd
             self.core.reason = f"automatic promotion failed: {exc}"
             log.error("%s; the epoch record is put back", self.core.reason)
             await self.etcd.restore(seen.epoch, new)
             await self._release()
+            if not isinstance(exc, ForesyncError):
+                raise
             return
         self.promotions += 1
         self.publish({"type": "cluster", "action": "promoted", "epoch": new.epoch,

@@ -267,7 +267,7 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         raise config_mod.listen_error("[admin] listen", cfg.admin_listen, exc) from None
     watcher = asyncio.ensure_future(feed.watch())  # cancelled and awaited in the finally below
     if cfg.cluster is not None:  # [cluster]: the lease, the fence and automatic failover
-        agent = ClusterAgent(cfg, lambda: runner, feed.publish)
+        agent = ClusterAgent(cfg, lambda: runner, feed.publish, stopping=stop.is_set)
     member = asyncio.ensure_future(agent.run() if agent is not None else asyncio.sleep(0))
     try:
         while True:

@@ -29,6 +29,7 @@ import itertools
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -192,7 +193,7 @@ def run(cycles: int, seed: int, mode: str, ttl_s: int, keep: bool = False) -> in
             fault = chaos.cycle(number)
             faults[fault] = faults.get(fault, 0) + 1
             print(f"cluster chaos: cycle {number}/{cycles} ok ({fault})", flush=True)
-    except RuntimeError as exc:
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"cluster chaos: FAILED: {exc}\n  logs and images kept in {root}\n  replay: python -m "
               f"foresync.testing.cluster_chaos --cycles {cycles} --seed {seed} --mode {mode} "
               f"--ttl {ttl_s}", flush=True)
