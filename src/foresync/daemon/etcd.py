@@ -6,6 +6,12 @@ through the ``aetcd`` client (gRPC). Every call has a deadline (``rpc_timeout_s`
 any kind (etcd down, unreachable, no leader, a timeout) raises ``EtcdUnavailable``, and the next
 call tries the next endpoint. Reads are linearizable: a read served by a member cut off from its
 cluster's leader fails rather than answering stale.
+
+The gRPC client runs on its own thread and event loop, never on the daemon's (uvloop). There, a
+cancelled grpc.aio call whose connection had been cut never finished cancelling: the daemon's
+SIGTERM waited on it for ever (a task dump showed ``UnaryUnaryCall._invoke`` pending under a
+cancelling ``wait_for``). From the daemon's loop each call is now a future that a deadline or a
+stop abandons at once, whatever the client does on its own thread.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,6 +78,21 @@ def _value(record: Record) -> bytes:
                        "epoch_id": record.epoch_id}).encode()
 
 
+class _ClientThread:
+    """A daemon thread running an asyncio loop for the gRPC client (see the module notes)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="etcd", daemon=True)
+        self.thread.start()
+
+    def submit(self, call: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call, self.loop))
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
 class Etcd:
     def __init__(self, cfg: ClusterConfig, volume: str, rpc_timeout_s: float = 1.5) -> None:
         self.cfg = cfg
@@ -80,6 +102,7 @@ class Etcd:
         self.rpc_timeout_s = rpc_timeout_s
         self._endpoint = 0
         self._client: _Client | None = None
+        self._thread = _ClientThread()
         self.versions = Versions()
 
     # -- connection -----------------------------------------------------------------------------
@@ -106,9 +129,9 @@ class Etcd:
                                    options={"grpc.enable_retries": 0})
         return self._client
 
-    async def _call(self, what: str, call: Awaitable[T]) -> T:
+    async def _call(self, what: str, call: Coroutine[Any, Any, T]) -> T:
         try:
-            return await asyncio.wait_for(call, self.rpc_timeout_s)
+            return await asyncio.wait_for(self._thread.submit(call), self.rpc_timeout_s)
         except (TimeoutError, aetcd.exceptions.ClientError, rpc.AioRpcError, OSError) as exc:
             await self._drop()
             host, port = self.cfg.endpoints[(self._endpoint - 1) % len(self.cfg.endpoints)]
@@ -121,14 +144,18 @@ class Etcd:
         self._endpoint += 1
         if client is not None:
             try:
-                await asyncio.wait_for(client.close(), 1.0)
+                await asyncio.wait_for(self._thread.submit(client.close()), 1.0)
             except Exception as exc:  # closing a broken channel: nothing more to learn
                 log.debug("closing the etcd client: %s", exc)
 
     async def aclose(self) -> None:
+        """Close the client (bounded: 2 s), then stop its thread."""
         client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        try:
+            if client is not None:
+                await asyncio.wait_for(self._thread.submit(client.close()), 2.0)
+        finally:
+            self._thread.stop()
 
     # -- the keys -------------------------------------------------------------------------------
 
