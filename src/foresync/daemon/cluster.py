@@ -90,7 +90,8 @@ class ClusterAgent:
             # Bounded: a stop must never wait on etcd (a chaos run once hung a secondary's
             # SIGTERM here, or close by; the client is dropped either way).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.etcd.aclose(), CLOSE_TIMEOUT_S)
+                await asyncio.wait([asyncio.ensure_future(self.etcd.aclose())],
+                                   timeout=CLOSE_TIMEOUT_S)
 
     async def _round(self) -> None:
         action = self.core.next_action(time.monotonic())

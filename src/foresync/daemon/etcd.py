@@ -131,12 +131,27 @@ class Etcd:
 
     async def _call(self, what: str, call: Coroutine[Any, Any, T]) -> T:
         try:
-            return await asyncio.wait_for(self._thread.submit(call), self.rpc_timeout_s)
+            return await self._abandonable(self._thread.submit(call), self.rpc_timeout_s)
         except (TimeoutError, aetcd.exceptions.ClientError, rpc.AioRpcError, OSError) as exc:
             await self._drop()
             host, port = self.cfg.endpoints[(self._endpoint - 1) % len(self.cfg.endpoints)]
             raise EtcdUnavailable(f"etcd {host}:{port}: {what}: "
                                   f"{type(exc).__name__} {exc}".strip()) from None
+
+    @staticmethod
+    async def _abandonable(future: asyncio.Future[T], timeout_s: float) -> T:
+        """The result within ``timeout_s``, else TimeoutError. Never waits for the call to
+        finish cancelling (``asyncio.wait_for`` does, and a SIGTERM hung there): a deadline or
+        our own cancellation abandons it at once."""
+        try:
+            done, _ = await asyncio.wait({future}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if not done:
+            future.cancel()
+            raise TimeoutError
+        return future.result()
 
     async def _drop(self) -> None:
         """Forget the connection (the next call dials the next endpoint)."""
@@ -144,7 +159,7 @@ class Etcd:
         self._endpoint += 1
         if client is not None:
             try:
-                await asyncio.wait_for(self._thread.submit(client.close()), 1.0)
+                await self._abandonable(self._thread.submit(client.close()), 1.0)
             except Exception as exc:  # closing a broken channel: nothing more to learn
                 log.debug("closing the etcd client: %s", exc)
 
@@ -153,7 +168,7 @@ class Etcd:
         client, self._client = self._client, None
         try:
             if client is not None:
-                await asyncio.wait_for(self._thread.submit(client.close()), 2.0)
+                await self._abandonable(self._thread.submit(client.close()), 2.0)
         finally:
             self._thread.stop()
 
