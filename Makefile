@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
-APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd openssl systemd s3cmd rclone
+APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd openssl systemd s3cmd rclone etcd-server
 # command each Debian package is checked by, so `setup` only calls apt when one is missing
 APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3 openssl systemd-analyze s3cmd rclone
 
@@ -52,8 +52,14 @@ sim: setup
 
 CYCLES ?= 5
 MODE ?= lookahead
+# make chaos CLUSTER=1 runs in sync mode: every promise is kept across the failovers too
+CLUSTER_MODE ?= sync
 chaos: setup
+ifeq ($(CLUSTER),1)
+	$(PY) -m foresync.testing.cluster_chaos --cycles $(CYCLES) --mode $(CLUSTER_MODE)
+else
 	$(PY) -m foresync.testing.chaos --cycles $(CYCLES) --mode $(MODE)
+endif
 
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -347,6 +347,33 @@ def status(config_path: str, as_json: bool, watch_s: float | None) -> None:
             return
 
 
+@main.group("cluster")
+def cluster_group() -> None:
+    """Automatic failover with fencing on etcd ([cluster], docs/operations.md)."""
+
+
+@cluster_group.command("status")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: etcd's volumes and this site.")
+def cluster_status(config_path: str, as_json: bool) -> None:
+    """Every volume in etcd with its epoch, lease holder and the lease's remaining time, and this
+    site's own role, epoch and fence (from its /status)."""
+    import json
+
+    from foresync.cluster_view import cluster_status as gather
+    from foresync.cluster_view import render_cluster
+
+    try:
+        cfg = _load(config_path)
+        volumes, here = gather(cfg)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"volumes": volumes, "site": here}, indent=2))
+    else:
+        click.echo(render_cluster(volumes, here))
+
+
 ANSWER_TIMEOUT_S = 120.0  # the admin server answers 504 after 100 s; demote may take 60 s
 Answer = tuple[int, dict[str, object]]
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foresync import cluster_config
+from foresync.cluster_config import ClusterConfig
 from foresync.errors import ConfigError
 from foresync.record.predict import PREDICTORS
 from foresync.record.record import Eviction
@@ -71,6 +73,7 @@ class SiteConfig:
     s3_record_capacity: int = 4096  # names in the record of objects
     s3_record_bytes: int = 1024 * 1024  # bytes of names in it
     s3_budget: int = 8  # predicted names a miss may add
+    cluster: ClusterConfig | None = None  # [cluster] (issue 16): failover with fencing on etcd
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -156,6 +159,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "log": {"format"},
     "s3": {"listen", "credentials_file", "tls_dir", "dir", "record_capacity", "record_size",
            "lookahead"},
+    "cluster": cluster_config.KEYS,
 }
 
 
@@ -296,6 +300,8 @@ def load(path: str) -> SiteConfig:
         log_format=_choice(_get(log_table, "log", "format", "text"), "log", "format", ["text", "json"]),
         nbd_trace=optional_path(nbd, "nbd", "trace"),
         **_s3_keys(doc, s3, optional_path),
+        cluster=None if "cluster" not in doc else cluster_config.parse(
+            _section(doc, "cluster"), Path(path).stem, optional_path),
     )
 
 

@@ -89,4 +89,15 @@ listen = "{admin}"        # /status, /metrics, /events and the admin actions
 # record_capacity = 4096         # names in the record of objects
 # record_size = "1MiB"           # bytes of names in it
 # lookahead = 8                  # predicted names a miss may add
+
+# [cluster]                      # automatic failover with fencing on etcd (operations.md 11)
+# etcd = ["http://127.0.0.1:2379"]  # the etcd members; https:// needs ca_file
+# lease_ttl = "5s"               # failover about lease_ttl after a crash
+# name = "foresync"              # keys under /foresync/<name>/
+# site = "a"                     # this site's name in etcd (default: the file's stem)
+# ca_file = "etcd-ca.pem"        # TLS: the CA of the etcd servers
+# cert_file = "etcd-client.pem"  # TLS client certificate and key, if etcd asks
+# key_file = "etcd-client-key.pem"
+# user = "foresync"              # etcd authentication, with password_file
+# password_file = "etcd.password"
 """

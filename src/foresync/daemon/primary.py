@@ -108,6 +108,8 @@ class PrimarySite:
         self._dones: dict[int, Done] = {}
         self._started: dict[int, float] = {}  # op id -> monotonic start, for the histogram
         self.write_latency: Any = None  # a prometheus histogram child, set by the daemon
+        # [cluster]: wraps the NBD target in the lease's fence (daemon/cluster.py), set by the daemon
+        self.fence: Callable[[NbdTarget], NbdTarget] | None = None
         self._next_op = 1
         self._driver = PrimaryDriver(self.core, self)
         # Futures waiting for the core to reach a state (demote, stop): checked after each pump.
@@ -587,6 +589,8 @@ class PrimarySite:
         if self.cfg.nbd_trace:
             self._trace = TraceWriter(self.cfg.nbd_trace, self.cfg.size)
             served = TracingTarget(self, self._trace)
+        if self.fence is not None:
+            served = self.fence(served)
         self.nbd = NbdServer(served, export, self.security.nbd_limits, tls=self.security.nbd_tls)
         host, port = self.cfg.nbd_listen
         sockets, self.nbd_sockets = self.nbd_sockets, None

@@ -22,6 +22,7 @@ from foresync.admin.metrics import SiteMetrics
 from foresync.admin.object_metrics import ObjectCollector
 from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
+from foresync.daemon.cluster import ClusterAgent, FencedTarget
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.results import Result, answer_of
 from foresync.daemon.secondary import SecondarySite
@@ -203,10 +204,14 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
                                         f"that and start it again (it starts as the {role})"})
         return _json(*answer_of(result))
 
+    agent: ClusterAgent | None = None
+
     def status(_: dict[str, Any]) -> Response:
         doc = status_document(runner.statistics())
         if runner.objects is not None:
             doc["objects"] = runner.objects.status()  # issue 18: the S3 front end's mirror
+        if agent is not None:
+            doc["cluster"] = agent.status()
         return _json(200, doc)
 
     site_metrics = SiteMetrics(cfg.name, lambda: runner.statistics(), site=os.path.splitext(os.path.basename(cfg.path))[0])
@@ -277,12 +282,17 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         backend.close()
         raise config_mod.listen_error("[admin] listen", cfg.admin_listen, exc) from None
     watcher = asyncio.ensure_future(feed.watch())  # cancelled and awaited in the finally below
+    if cfg.cluster is not None:  # [cluster]: the lease, the fence and automatic failover
+        agent = ClusterAgent(cfg, lambda: runner, feed.publish, stopping=stop.is_set)
+    member = asyncio.ensure_future(agent.run() if agent is not None else asyncio.sleep(0))
     try:
         while True:
             log.info("site %s running as %s (epoch %d, mode %s)", cfg.name, runner.meta.role,
                      runner.meta.epoch, cfg.mode.value)
             if isinstance(runner, PrimarySite):
                 runner.write_latency = site_metrics.write_latency
+                if agent is not None:
+                    runner.fence = functools.partial(FencedTarget, may_ack=agent.may_ack)
             runner.on_serving = serving
             runner.on_state_change = feed.sample  # link edges, as they happen
             feed.sample()  # a role change, as it happens
@@ -301,9 +311,10 @@ async def _run_locked(cfg: config_mod.SiteConfig, stop: asyncio.Event,
         raise
     finally:
         failed(RuntimeError("the site stopped"))
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, member):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         feed.close()  # ends every /events stream, so closing the admin server need not wait
         await admin.aclose()
         backend.close()

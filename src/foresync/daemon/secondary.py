@@ -557,7 +557,8 @@ class SecondarySite:
         """A primary's HELLO was accepted on a link that is still open."""
         return self.link is not None and self.link.is_open and self.core.greeted
 
-    async def promote(self, force: bool) -> Promoted:
+    async def promote(self, force: bool, epoch_id: int | None = None,
+                      lease_expired: bool = False) -> Promoted:
         """Failover (claim 7): become the primary of a new epoch.
 
         Every refusal comes first and changes nothing, a taken NBD port included (bound now and
@@ -566,10 +567,11 @@ class SecondarySite:
         keeps feeding a commit loop, or the checksums of a full sync, made this wait for 90 s
         and more); an unfinished resync is rolled back to the copy from before it; and only then
         is the new role written. A refusal raises ``RequestRefused`` (``TryAgainLater`` if the
-        wait ran out), with nothing changed."""
+        wait ran out), with nothing changed. With [cluster] (daemon/cluster.py) etcd gave the
+        ``epoch_id``, and ``lease_expired``: the old primary fenced itself, connected or not."""
         if self._promoting or self.role_changed.is_set():
             raise RequestRefused("a promote is already under way")
-        if self.primary_connected and not force:
+        if self.primary_connected and not force and not lease_expired:
             raise RequestRefused("the primary is still connected; promoting now would make two "
                                  "primaries (use --force if it is really gone)")
         if self.meta.volume_id is None:
@@ -585,7 +587,7 @@ class SecondarySite:
                                  f"{exc.strerror or exc}; still secondary, nothing changed") from None
         self._promoting = True  # refuse the old primary from here on (fencing its epoch)
         try:
-            answer = await self._promote_now(force)
+            answer = await self._promote_now(force, epoch_id)
         except BaseException:
             _close_all(nbd_sockets)
             self._promoting = False
@@ -595,7 +597,7 @@ class SecondarySite:
         self.role_changed.set()
         return answer
 
-    async def _promote_now(self, force: bool) -> Promoted:
+    async def _promote_now(self, force: bool, epoch_id: int | None = None) -> Promoted:
         if self.link is not None:
             self.link.abort("promoted: this site no longer accepts the old primary's writes")
         if not await self._drain(PROMOTE_DRAIN_S):
@@ -604,7 +606,7 @@ class SecondarySite:
                                 "secondary: try again")
         assert self.journal is not None
         done = roll_back_then_promote(self.cfg, self.meta, self.core.state, lambda: self.backend,
-                                      self.undo, force)
+                                      self.undo, force, epoch_id)
         self.meta = done.meta
         if done.restored is not None:
             self.rolled_back = done.restored

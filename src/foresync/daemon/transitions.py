@@ -49,14 +49,16 @@ def failback_set(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> set[int
     return record_failback_set(state, cfg.extent_size, meta.stale)
 
 
-def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState) -> tuple[SiteMeta, int]:
-    """Make this secondary the primary of a new epoch. Its record becomes the failback set,
+def promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState,
+            epoch_id: int | None = None) -> tuple[SiteMeta, int]:
+    """Make this secondary the primary of a new epoch (``epoch_id``: the one etcd registered for
+    us, [cluster]; else a fresh one). Its record becomes the failback set,
     stored as its out-of-sync set, which its own new writes then join (claims 7-8). Returns the
     new metadata and the failback set's size in extents (the whole volume if it was damaged)."""
     failback = failback_set(cfg, meta, state)
     everything = bool(meta.metadata_damage)
     store_oos(cfg.meta, failback, everything=everything)
-    promoted = meta.with_lineage(meta.lineage.promoted(new_epoch_id())).update(
+    promoted = meta.with_lineage(meta.lineage.promoted(epoch_id or new_epoch_id())).update(
         role="primary", consistent=True, new=False, discard_local=False, stale=(),
         metadata_damage="")
     store(cfg.meta, promoted)
@@ -111,7 +113,8 @@ class Promotion:
 
 
 def roll_back_then_promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState,
-                           image: Callable[[], FileBackend], undo: UndoLog, force: bool) -> Promotion:
+                           image: Callable[[], FileBackend], undo: UndoLog, force: bool,
+                           epoch_id: int | None = None) -> Promotion:
     """Failover (claim 7) for a secondary whose writers have stopped (the daemon drained them;
     offline, none run). An unfinished resync is rolled back first, so the copy promoted is a
     consistent, older one rather than a mix, and what was restored is copied again at failback;
@@ -128,7 +131,7 @@ def roll_back_then_promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState,
     refusal = promote_refusal(meta, force)
     if refusal:
         return Promotion(meta, restored=restored, refusal=refusal)
-    promoted, failback = promote(cfg, meta, state)
+    promoted, failback = promote(cfg, meta, state, epoch_id)
     return Promotion(promoted, failback, restored)
 
 

@@ -90,6 +90,7 @@ from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.testing.sim.disk import SECTOR, SimDisk
+from foresync.testing.sim.lease import LeaseFailure, LeaseWorld
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 
 VOLUME_ID = bytes(range(16))
@@ -347,6 +348,7 @@ class World:
         # Writes each site took and acknowledged as primary with the link down since the other
         # site last admitted its HELLO (invariant 9), and the split brains met and resolved.
         self.cut_off_acks = {"A": 0, "B": 0}
+        self.lease_promotions = 0  # automatic failovers in the lease world of this seed
         self.split_brains = 0
         self.discarding = {"A": False, "B": False}  # resolve --discard-local until a pass ends
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
@@ -490,10 +492,20 @@ class World:
                 self._settle()
                 self._check(step)
             self._finish()
+            self._lease()
         except SimFailure:
             raise
         except (ForesyncError, AssertionError, KeyError, IndexError) as exc:
             raise SimFailure(f"{type(exc).__name__}: {exc}", self.seed, self.schedule) from exc
+
+    def _lease(self) -> None:
+        """The etcd lease of the same seed (testing/sim/lease.py): its own small world."""
+        world = LeaseWorld(self.seed, self.cfg.faults)
+        try:
+            world.run()
+        except LeaseFailure as failure:
+            raise SimFailure(f"lease: {failure}", self.seed, failure.schedule) from None
+        self.lease_promotions = world.promotions
 
     def _log(self, event: str) -> None:
         self.schedule.append(f"t={self.now:.3f} {event}")

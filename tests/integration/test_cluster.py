@@ -1,0 +1,344 @@
+"""Automatic failover with fencing on etcd (issue 16, part 3): real etcd processes and real
+sites on loopback.
+
+Each test starts its own one-member etcd (``testing.etcd``). The primary may reach it through a
+``LinkProxy`` (``via_etcd_proxy``), so a test can cut the primary off from etcd alone while it
+keeps its hosts and its link. Timings are measured on the test's monotonic clock, which is the
+one every process on the machine reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from foresync.testing.etcd import EtcdCluster
+from foresync.testing.processes import free_port
+
+from .certs import make_tls_dir
+from .conftest import require_python_libnbd
+from .sites import (
+    SMALL,
+    LinkProxy,
+    MakePair,
+    SitePair,
+    Status,
+    fetch_status,
+    run_tool,
+)
+from .test_failures import FIO_VERIFY, start_fio, wait_fio
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+TTL_S = int(os.environ.get("FORESYNC_TEST_LEASE_TTL", "3"))  # 5 for the figures in the docs
+
+
+def cluster_toml(url: str | list[str], site: str) -> str:
+    urls = ", ".join(f'"{u}"' for u in ([url] if isinstance(url, str) else url))
+    return f'\n[cluster]\netcd = [{urls}]\nlease_ttl = "{TTL_S}s"\nsite = "{site}"\n'
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path / "etcd")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_pair(make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path, *,
+                 via_etcd_proxy: bool = False, via_proxy: bool = False,
+                 mode: str = "sync") -> tuple[SitePair, LinkProxy | None]:
+    proxy = None
+    url_p = etcd.urls[0]
+    if via_etcd_proxy:
+        port = free_port()
+        proxy = LinkProxy("primary->etcd", port, etcd.members[0].client_port, tmp_path / "proxy-etcd.log")
+        proxy.start()
+        url_p = f"http://127.0.0.1:{port}"
+    base = replace(SMALL, mode=mode)
+    pair = make_pair(base, via_proxy=via_proxy,
+                     primary=replace(base, admin_extra=cluster_toml(url_p, "a")),
+                     secondary=replace(base, admin_extra=cluster_toml(etcd.urls[0], "b")))
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    pair.wait_for("the primary holds the lease",
+                  lambda: bool(pair.status(pair.primary)["cluster"]["holding_lease"]))
+    return pair, proxy
+
+
+def wait_promoted(pair: SitePair, timeout_s: float) -> float:
+    """Poll the secondary every 20 ms until it says primary; the monotonic time it was seen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if fetch_status(pair.secondary.admin_port)["role"] == "primary":
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.02)
+    pytest.fail(f"the secondary did not promote itself within {timeout_s} s\n{pair.logs()}")
+
+
+WRITER = r"""
+import json, sys, time, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+acks, errors, i = [], 0, 0
+stop = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < stop:
+    try:
+        h.pwrite(i.to_bytes(8, "little") * 512, (i % 1024) * 4096)
+        h.flush()
+        acks.append(time.monotonic())
+    except nbd.Error:
+        errors += 1
+        time.sleep(0.01)
+    i += 1
+print(json.dumps({"acks": acks, "errors": errors}))
+"""
+
+
+def start_writer(pair: SitePair, seconds: float) -> subprocess.Popen[str]:
+    """A host writing and flushing 4 KiB at a time through the primary, timing every ack."""
+    script = pair.primary.log_path.parent / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.Popen([require_python_libnbd(), str(script), pair.nbd_url, str(seconds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cluster(pair: SitePair, which: str) -> Status:
+    status: Status = pair.status(getattr(pair, which))["cluster"]
+    return status
+
+
+def test_primary_kill9_fails_over_within_the_lease_and_fails_back(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path)
+    fio = start_fio(pair, pair.primary, "verify", *FIO_VERIFY, "--iodepth=4", "--rate=,4m",
+                    "--time_based", "--runtime=60")
+    time.sleep(2)
+    assert fio.poll() is None, "fio finished before the crash"
+    killed = time.monotonic()
+    pair.kill9(pair.primary)
+    promoted = wait_promoted(pair, TTL_S + 10)
+    wait_fio(fio, pair)  # its server died under it
+    failover_s = promoted - killed
+    print(f"failover after kill -9: {failover_s:.2f} s (lease_ttl {TTL_S} s)")
+    assert failover_s <= TTL_S + 2, f"failover took {failover_s:.2f} s\n{pair.logs()}"
+    new = cluster(pair, "secondary")
+    assert new["holding_lease"] and new["epoch"] == 2 and new["automatic_promotions"] == 1
+    # The epoch it wrote is the one it registered in etcd: it keeps its lease after reading it.
+    pair.wait_for("the new primary reads etcd's record", lambda: bool(
+        cluster(pair, "secondary")["latest_epoch_site"] == "b"))
+    time.sleep(1)
+    new = cluster(pair, "secondary")
+    assert new["holding_lease"] and not new["fenced"] and new["reason"] == "", new
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x42 40M 64k",
+              pair.nbd_url_of(pair.secondary)], context=pair.logs())
+    # The old primary returns as a secondary and receives the failback by itself.
+    pair.start(pair.primary)
+    pair.wait_role(pair.primary, "secondary", timeout_s=30)
+    pair.wait_for("the failback ends in sync", lambda: (
+        pair.status(pair.secondary)["in_sync"] and pair.status(pair.primary).get("consistent", True)),
+        timeout_s=60)
+    pair.stop_both()
+    pair.assert_identical()
+
+
+def test_primary_cut_off_from_etcd_stops_acknowledging_before_the_takeover(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    require_python_libnbd()
+    pair, proxy = cluster_pair(make_pair, etcd, tmp_path, via_etcd_proxy=True)
+    assert proxy is not None
+    writer = start_writer(pair, TTL_S + 8)
+    time.sleep(1.5)
+    cut = time.monotonic()
+    proxy.cut()
+    promoted = wait_promoted(pair, TTL_S + 10)
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    result = json.loads(out)
+    acks = result["acks"]
+    before = [t for t in acks if t < cut]
+    after = [t for t in acks if t >= cut]
+    assert before, "the host wrote nothing before the cut"
+    last = max(acks)
+    print(f"cut at 0; last ack at {last - cut:.2f} s; takeover seen at {promoted - cut:.2f} s; "
+          f"{len(after)} acks after the cut, {result['errors']} errors")
+    # Fenced: no ack once etcd could have expired the lease, and none after the takeover.
+    assert last < cut + TTL_S, f"an ack {last - cut:.2f} s after the cut\n{pair.logs()}"
+    assert last < promoted
+    assert result["errors"] > 0, "the fenced primary never refused a write"
+    # Fenced, or already told on the link to step down by the new primary (failback).
+    old = cluster(pair, "primary")
+    assert not old["holding_lease"] and (old["fenced"] or old["role"] == "secondary"), old
+    proxy.restore()
+    pair.wait_role(pair.primary, "secondary", timeout_s=30)
+    pair.wait_for("in sync after the failback", lambda: bool(pair.status(pair.secondary)["in_sync"]),
+                  timeout_s=60)
+    pair.stop_both()
+    pair.assert_identical()
+    proxy.close()
+
+
+def test_a_primary_stepped_down_after_an_etcd_cut_stops_cleanly(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    pair, proxy = cluster_pair(make_pair, etcd, tmp_path, via_etcd_proxy=True)
+    assert proxy is not None
+    proxy.cut()
+    wait_promoted(pair, TTL_S + 10)
+    proxy.restore()
+    pair.wait_role(pair.primary, "secondary", timeout_s=30)
+    pair.wait_for("in sync after the failback", lambda: bool(pair.status(pair.secondary)["in_sync"]),
+                  timeout_s=60)
+    # Its SIGTERM once hung for ever: a grpc.aio call cancelled on uvloop after the cut never
+    # finished cancelling (found by make chaos CLUSTER=1; daemon/etcd.py runs the client on a
+    # thread of its own since). Failed 2 runs in 3 before, 8 in 8 pass after.
+    pair.stop_both()
+    pair.assert_identical()
+    proxy.close()
+
+
+def test_link_cut_with_etcd_fine_promotes_nothing(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path, via_proxy=True, mode="lookahead")
+    pair.cut_link()
+    time.sleep(2 * TTL_S + 1)
+    assert pair.role_of(pair.secondary) == "secondary"
+    primary = cluster(pair, "primary")
+    assert primary["holding_lease"] and not primary["fenced"]
+    assert cluster(pair, "secondary")["holder"] == "a"
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 64k", pair.nbd_url],
+             context=pair.logs())  # the primary still acknowledges
+    view = json.loads(pair.cli("cluster", "status", "--config", pair.secondary.config_path,
+                               "--json").stdout)
+    assert [(v["volume"], v["holder"], v["epoch"]) for v in view["volumes"]] == [("vol0", "a", 1)]
+    assert 0 < view["volumes"][0]["remaining_s"] <= TTL_S
+    assert view["site"]["site"] == "b" and view["site"]["role"] == "secondary"
+    table = pair.cli("cluster", "status", "--config", pair.primary.config_path).stdout
+    assert table.splitlines()[0].split() == ["VOLUME", "SITE", "ROLE", "EPOCH", "LEASE", "HOLDER",
+                                             "REMAINING", "NOTE"]
+    assert "a (this site)  primary" in table, table
+    pair.restore_link()
+    pair.wait_in_sync()
+
+
+def test_etcd_restart_fences_the_primary_meanwhile_and_promotes_nothing(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path, mode="lookahead")
+    etcd.members[0].stop()
+    pair.wait_for("the primary fences itself",
+                  lambda: bool(cluster(pair, "primary")["fenced"]), timeout_s=TTL_S + 5)
+    failed = run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x11 2M 4k", pair.nbd_url], ok=None)
+    assert failed.returncode != 0 or "error" in (failed.stdout + failed.stderr).lower(), failed.stdout
+    time.sleep(TTL_S)
+    assert pair.role_of(pair.secondary) == "secondary", "promoted while etcd was down"
+    etcd.members[0].start()
+    pair.wait_for("the primary holds its lease again",
+                  lambda: not cluster(pair, "primary")["fenced"], timeout_s=TTL_S + 10)
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x22 2M 4k", pair.nbd_url], context=pair.logs())
+    assert pair.role_of(pair.secondary) == "secondary"
+    assert cluster(pair, "primary")["epoch"] == 1
+
+
+def test_an_inconsistent_secondary_never_promotes_itself_and_says_why(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    slow = replace(SMALL, mode="sync", resync_rate_max="1MiB")
+    pair = make_pair(slow, primary=replace(slow, admin_extra=cluster_toml(etcd.urls[0], "a")),
+                     secondary=replace(slow, admin_extra=cluster_toml(etcd.urls[0], "b")))
+    pair.init_both()
+    pair.start(pair.primary)
+    pair.wait_for("the primary holds the lease",
+                  lambda: bool(pair.status(pair.primary)["cluster"]["holding_lease"]))
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x77 0 24M", pair.nbd_url], context=pair.logs())
+    pair.start(pair.secondary)  # a full sync of 24 MiB at 1 MiB/s: inconsistent meanwhile
+    pair.wait_for("the full sync runs", lambda: pair.status(pair.secondary)["link"] == "connected")
+    pair.kill9(pair.primary)
+    pair.wait_for("the secondary says why it does not promote", lambda: "may not be promoted" in
+                  cluster(pair, "secondary")["reason"], timeout_s=TTL_S + 10)
+    time.sleep(1)
+    here = cluster(pair, "secondary")
+    assert here["role"] == "secondary" and here["automatic_promotions"] == 0
+    assert "inconsistent" in here["reason"] and here["holder"] is None, here
+
+
+def test_the_etcd_leader_killed_during_a_failover(make_pair: MakePair, tmp_path: Path) -> None:
+    """Three etcd members; the primary is killed, then the etcd leader: the secondary still
+    takes over (a new leader extends every lease once, so up to a lease later), and nothing is
+    acknowledged twice: the old primary returns as a secondary and the images end identical."""
+    etcd = EtcdCluster(tmp_path / "etcd3", size=3)
+    etcd.start()
+    try:
+        base = replace(SMALL, mode="sync")
+        pair = make_pair(base, primary=replace(base, admin_extra=cluster_toml(etcd.urls, "a")),
+                         secondary=replace(base, admin_extra=cluster_toml(etcd.urls[::-1], "b")))
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        pair.wait_for("the primary holds the lease",
+                      lambda: bool(cluster(pair, "primary")["holding_lease"]))
+        run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 8M", pair.nbd_url],
+                 context=pair.logs())
+        leader = etcd.leader()
+        killed = time.monotonic()
+        pair.kill9(pair.primary)
+        leader.kill9()
+        promoted = wait_promoted(pair, 2 * TTL_S + 15)
+        print(f"failover with the etcd leader ({leader.name}) killed: {promoted - killed:.2f} s "
+              f"(lease_ttl {TTL_S} s)")
+        assert promoted - killed <= 2 * TTL_S + 4, f"{promoted - killed:.2f} s\n{etcd.logs()}"
+        assert etcd.leader() is not leader
+        assert cluster(pair, "secondary")["epoch"] == 2
+        pair.start(pair.primary)
+        pair.wait_role(pair.primary, "secondary", timeout_s=30)
+        pair.wait_for("in sync after the failback",
+                      lambda: bool(pair.status(pair.secondary)["in_sync"]), timeout_s=60)
+        pair.stop_both()
+        pair.assert_identical()
+    finally:
+        etcd.stop()
+
+
+def test_etcd_over_tls_with_a_client_certificate_and_a_password(make_pair: MakePair,
+                                                                tmp_path: Path) -> None:
+    tls = make_tls_dir(tmp_path / "tls", "etcd-test-ca")
+    etcd = EtcdCluster(tmp_path / "etcd-tls", tls_dir=tls)
+    etcd.start()
+    try:
+        etcd.members[0].enable_auth("s3cret")
+        (tmp_path / "etcd.password").write_text("s3cret\n")
+        secure = (f'ca_file = "{tls}/ca-cert.pem"\ncert_file = "{tls}/client-cert.pem"\n'
+                  f'key_file = "{tls}/client-key.pem"\nuser = "root"\n'
+                  f'password_file = "{tmp_path}/etcd.password"\n')
+        base = replace(SMALL, mode="sync")
+        pair = make_pair(base, primary=replace(base, admin_extra=cluster_toml(etcd.urls, "a") + secure),
+                         secondary=replace(base, admin_extra=cluster_toml(etcd.urls, "b") + secure))
+        pair.init_both()
+        pair.start_both()
+        pair.wait_for("the primary holds the lease over TLS, logged in",
+                      lambda: bool(cluster(pair, "primary")["holding_lease"]))
+        pair.wait_for("the secondary reads the holder",
+                      lambda: cluster(pair, "secondary")["holder"] == "a")
+        seen = pair.cli("cluster", "status", "--config", pair.primary.config_path, "--json")
+        assert json.loads(seen.stdout)["volumes"][0]["holder"] == "a"
+        # A wrong password: etcd refuses, and the command says so (exit status 1).
+        (tmp_path / "wrong.password").write_text("guess\n")
+        wrong = pair.primary.config_path.with_name("wrong.toml")
+        wrong.write_text(pair.primary.config_path.read_text().replace(
+            f"{tmp_path}/etcd.password", f"{tmp_path}/wrong.password"))
+        refused = pair.cli("cluster", "status", "--config", wrong, ok=(1,))
+        assert "cannot read the cluster from etcd" in refused.stderr, refused.stderr
+        pair.stop_both()
+    finally:
+        etcd.stop()
