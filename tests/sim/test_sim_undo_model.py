@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import random
 
-from foresync.faults import NO_FAULTS
+import pytest
+
+from foresync.faults import NO_FAULTS, Faults
 from foresync.replication.primary import Mode
-from foresync.testing.sim import SimConfig, World
+from foresync.testing.sim import SimConfig, SimFailure, World
 from foresync.testing.sim.disk import SimDisk
 from foresync.testing.sim.metadata import SimMeta
 
@@ -64,3 +66,15 @@ def test_a_restart_that_drops_a_leftover_undo_log_forgets_what_it_saved() -> Non
 def test_the_lookahead_seed_that_found_it() -> None:
     """Seed 242, mode fixed to lookahead (a schedule guard only while the event mix stays)."""
     World(242, SimConfig(mode=Mode.LOOKAHEAD)).run()
+
+
+def test_a_pass_saves_no_extent_before_an_earlier_write_to_it_lands() -> None:
+    """Seed 114 in lookahead mode: a write from before a pass (seq 13) waited for a commit while
+    the pass's first resync write (seq 14) saved its extent's old content at once; the rollback
+    would have taken seq 13 back too (test_replication_cores.py::
+    test_a_pass_saves_old_content_only_after_an_earlier_write_to_it_landed). With the old order
+    (the fault switch) the simulator catches it on this seed; with the fix the seed passes."""
+    World(114, SimConfig(mode=Mode.LOOKAHEAD)).run()
+    old_order = SimConfig(mode=Mode.LOOKAHEAD, faults=Faults(undo_saved_before_earlier_write=True))
+    with pytest.raises(SimFailure, match="from before the resync pass"):
+        World(114, old_order).run()
