@@ -592,7 +592,7 @@ class SecondaryCore:
         """What a plain effect depends on: nothing new, but it must not overtake waiting ones."""
         return self._pending[-1][0] if self._pending else 0
 
-    def _save_undo(self, offset: int, length: int) -> int:
+    def _save_undo(self, offset: int, length: int, seq: int) -> int:
         """During a resync pass, save each extent's old content before its first change.
 
         The save reads the image as it is when carried out, so it must not overtake an earlier
@@ -607,7 +607,8 @@ class SecondaryCore:
                 self._appended += 1
                 self._undo_saved[extent] = self._appended
                 if self._pending_touches(extent) and not self.faults.undo_saved_before_earlier_write:
-                    self._pending.append((self._pending[-1][0], 0, SaveUndo(extent)))
+                    # the seq of the write it protects: the watermark (_start_sync) stops short
+                    self._pending.append((self._pending[-1][0], seq, SaveUndo(extent)))
                     self._deferred_saves.append(self._appended)
                 else:
                     self._actions.append(SaveUndo(extent))
@@ -631,9 +632,9 @@ class SecondaryCore:
 
     def _effect(self, needs: int, seq: int, effect: Action) -> None:
         if isinstance(effect, WriteData):
-            needs = max(needs, self._save_undo(effect.offset, len(effect.data)))
+            needs = max(needs, self._save_undo(effect.offset, len(effect.data), seq))
         elif isinstance(effect, ZeroData):
-            needs = max(needs, self._save_undo(effect.offset, effect.length))
+            needs = max(needs, self._save_undo(effect.offset, effect.length, seq))
         if needs <= self._synced and not self._pending:
             self._actions.append(effect)
         else:
