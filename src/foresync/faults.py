@@ -33,6 +33,9 @@ class Faults:
     # secondary: a write during a resync pass does not wait for the commit that makes the undo
     # entry of its extent durable, so a crash can lose the old content it overwrote
     undo_not_synced_before_write: bool = False
+    # secondary: a resync pass saves an extent's old content at once, before an earlier write to
+    # it that still waits for a commit has landed, so a rollback takes that write back too
+    undo_saved_before_earlier_write: bool = False
     journal_sync_skipped: bool = False  # record journal: a commit counts appends durable without fdatasync
     verify_ignores_mismatch: bool = False  # primary: verify reports an extent equal when hashes differ
     # primary: get_timer() says "nothing waits on time" while the secondary has not yet confirmed

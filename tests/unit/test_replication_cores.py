@@ -1299,6 +1299,33 @@ def test_secondary_storage_failure_saves_again_only_undo_not_yet_durable() -> No
     assert saves == [score.SaveUndo(1)]
 
 
+def test_a_pass_saves_old_content_only_after_an_earlier_write_to_it_landed() -> None:
+    """A write from before the pass that still waits for a commit (here a miss's ADD) must land
+    before the pass saves its extent's old content: a save read at once missed it, and the
+    rollback took that write back too (the image no prefix of the primary's; in sync mode an
+    acknowledged write lost). The save waits in order, and the resync write for its commit."""
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState())
+    core.session_started(score.SessionFacts(protect_image=True))
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME, 160, 16, 1))
+    core.actions()
+    core.receive(wire.Write(1, 0, int(WriteFlag.MISS), 1, (), b"w" * 16))  # waits for its ADD
+    core.receive(wire.ResyncSet(1, ((0, 2),)))
+    core.receive(wire.Write(2, 0, int(WriteFlag.RESYNC), 0, (), b"r" * 16))
+    core.receive(wire.Write(3, 16, int(WriteFlag.RESYNC), 0, (), b"s" * 16))
+    taken = core.actions()
+    assert score.SaveUndo(0) not in taken  # not before seq 1's data is in the image
+    assert score.SaveUndo(1) in taken  # nothing earlier writes to extent 1: saved at once
+    core.journal_synced(core.journal_target())  # covers the ADD and the set, not the save
+    taken = core.actions()
+    landed = [a for a in taken if isinstance(a, score.WriteData | score.SaveUndo)]
+    assert landed == [score.WriteData(0, b"w" * 16, 1), score.SaveUndo(0)]
+    assert core.needs_journal_sync()
+    core.journal_synced(core.journal_target())  # now the save is durable
+    landed = [a for a in core.actions() if isinstance(a, score.WriteData)]
+    assert landed == [score.WriteData(0, b"r" * 16, 2), score.WriteData(16, b"s" * 16, 3)]
+    assert not core.needs_journal_sync()
+
+
 def test_a_new_session_drops_the_old_ones_verify_hashing() -> None:
     """Issue 13 (found by the simulator's verify): a VERIFY waiting behind a journal commit was
     still hashed after the link came back, and its HASHES reached the new connection, whose

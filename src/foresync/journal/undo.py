@@ -2,8 +2,8 @@
 
 A resync sends extents in address order, not write order, so a half-finished resync leaves a
 mix of old and new data. Before the first write to each extent during a resync pass, the extent's
-old content is appended here and made durable (with the journal's group commit) before the write
-lands. If the pass never finishes (the resync source dies), the site rolls every saved extent
+old content (once every earlier write to it has landed: SecondaryCore) is appended here and made
+durable (with the journal's group commit) before the write lands. If the pass never finishes (the resync source dies), the site rolls every saved extent
 back on restart or on promote, which restores the image from before the pass: consistent, just
 older. The rolled-back extents are then reported as stale so the next resync covers them.
 

@@ -45,6 +45,12 @@ sends once every extent of the pass is durable on both sites. Meanwhile RESYNC_P
 extents the pass is done with as of a seq; once that seq is durable here they leave the set
 (RESYNC_SHRINK), so a WELCOME after a cut (RESUME) offers only what is left: the pass resumes
 instead of comparing every extent again.
+
+Undo (``protect_image``): before a pass's first change to an extent, SaveUndo has the adapter
+append its old content to the undo log, durable with the next commit, which the change waits for.
+SaveUndo goes out at once, unless an earlier write to that extent still waits in ``_pending``:
+then it waits in order behind that write, and ``journal_target`` stops short of its count until
+it has gone out, so no commit claims it before it was appended.
 """
 
 from __future__ import annotations
@@ -187,6 +193,7 @@ class SecondaryCore:
         self.split_brain = False  # a primary's lineage diverged from ours (``split_brain_seen``)
         self._generations: tuple[int, ...] = ()  # the session primary's (HELLO): see ResyncFinished
         self._undo_saved: dict[int, int] = {}  # extent -> the append count of its SaveUndo
+        self._deferred_saves: deque[int] = deque()  # counts of SaveUndo waiting in _pending
         self.failed = False  # a write failed in this session: act on nothing until the next one
         self.storage_errors = 0
         self.failed_extents: set[int] = set()  # dropped or failed writes: stale until resynced
@@ -367,6 +374,7 @@ class SecondaryCore:
                     # make it durable (an ADD only widens what may differ; a REMOVE was earned).
                     journal.append(action)
         self._pending.clear()
+        self._deferred_saves.clear()
         self._actions = journal
         self._await_durable.clear()
         # An undo entry no commit has covered may be lost (the undo log cuts back to its last
@@ -392,11 +400,14 @@ class SecondaryCore:
             self._actions.append(Send(wire.Applied(self.applied_seq)))
 
     def journal_target(self) -> int:
-        """How many journal appends a sync started now would cover."""
+        """How many journal appends a sync started now would cover: never a save still waiting
+        in order (``_save_undo``), or the write it protects could land before it is durable."""
+        if self._deferred_saves:
+            return self._deferred_saves[0] - 1
         return self._appended
 
     def needs_journal_sync(self) -> bool:
-        return self._appended > self._synced
+        return self.journal_target() > self._synced
 
     def journal_synced(self, through: int) -> None:
         self._synced = max(self._synced, through)
@@ -581,24 +592,49 @@ class SecondaryCore:
         """What a plain effect depends on: nothing new, but it must not overtake waiting ones."""
         return self._pending[-1][0] if self._pending else 0
 
-    def _save_undo(self, offset: int, length: int) -> int:
-        """During a resync pass, save each extent's old content before its first change."""
+    def _save_undo(self, offset: int, length: int, seq: int) -> int:
+        """During a resync pass, save each extent's old content before its first change.
+
+        The save reads the image as it is when carried out, so it must not overtake an earlier
+        write to that extent still waiting for a commit (one that came before the pass's first
+        resync write, or behind its RESYNC_SET): the rollback would then take that write back
+        too, and leave an image that is no prefix of the primary's, missing a write that may
+        have been acknowledged. Such a save waits in order behind it (``_deferred_saves``)."""
         if not (self.resyncing and self.protect_image):
             return 0
         for extent in extents_of(offset, length, self.extent_size):
             if extent not in self._undo_saved:
                 self._appended += 1
                 self._undo_saved[extent] = self._appended
-                self._actions.append(SaveUndo(extent))
+                if self._pending_touches(extent) and not self.faults.undo_saved_before_earlier_write:
+                    # the seq of the write it protects: the watermark (_start_sync) stops short
+                    self._pending.append((self._pending[-1][0], seq, SaveUndo(extent)))
+                    self._deferred_saves.append(self._appended)
+                else:
+                    self._actions.append(SaveUndo(extent))
         if self.faults.undo_not_synced_before_write:
             return 0  # deliberately wrong: see faults.py
         return self._appended
 
+    def _pending_touches(self, extent: int) -> bool:
+        """Whether an image effect waiting in ``_pending`` writes to ``extent``."""
+        es = self.extent_size
+        for _, _, effect in self._pending:
+            if isinstance(effect, WriteData):
+                first, end = effect.offset, effect.offset + len(effect.data)
+            elif isinstance(effect, ZeroData):
+                first, end = effect.offset, effect.offset + effect.length
+            else:
+                continue
+            if first < (extent + 1) * es and end > extent * es:
+                return True
+        return False
+
     def _effect(self, needs: int, seq: int, effect: Action) -> None:
         if isinstance(effect, WriteData):
-            needs = max(needs, self._save_undo(effect.offset, len(effect.data)))
+            needs = max(needs, self._save_undo(effect.offset, len(effect.data), seq))
         elif isinstance(effect, ZeroData):
-            needs = max(needs, self._save_undo(effect.offset, effect.length))
+            needs = max(needs, self._save_undo(effect.offset, effect.length, seq))
         if needs <= self._synced and not self._pending:
             self._actions.append(effect)
         else:
@@ -613,6 +649,8 @@ class SecondaryCore:
     def _release(self) -> None:
         while self._pending and self._pending[0][0] <= self._synced:
             _, _, effect = self._pending.popleft()
+            if isinstance(effect, SaveUndo):
+                self._deferred_saves.popleft()  # a commit from now on may cover it
             if effect is not None:
                 self._actions.append(effect)
         if self._sync_wanted > self.durable_seq and not self._sync_inflight:

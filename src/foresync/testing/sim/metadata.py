@@ -117,7 +117,13 @@ class SimMeta:
         if not self.files.exists(UNDO):
             return None, []
         if self.consistent:
-            self.undo.discard()  # a leftover from a pass that did finish
+            # A leftover: of a pass that did finish, or saves a crash cut off before the pass's
+            # first resync write (SaveUndo goes out at once, ResyncStarted waits in order). The
+            # daemon deletes the log, so its bookkeeping goes too: the next pass saves again, from
+            # the image as it is now, and a write the crash lost since (it was not durable) is not
+            # in what the next rollback must bring back.
+            self.undo.discard()
+            self.forget_undo()
             return None, []
         result = roll_back(UNDO, disk.write, disk.flush, self.extent_size, self.size, self.files)
         self.rollbacks += 1

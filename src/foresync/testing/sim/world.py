@@ -33,7 +33,9 @@ then the invariants are checked:
 8. whenever the primary reports ``in_sync`` and no host write is outstanding, the two images are
    identical: a site may say in sync only when it is.
 9. a rollback of an unfinished resync from an intact undo log restores every saved extent that a
-   write changed since to exactly its content when first saved (``_roll_back_if_needed``);
+   write changed since to exactly its content when first saved (``_roll_back_if_needed``), and
+   that content includes every write from before the pass: none lands on an extent after the
+   pass saved it (``_check_save_order``).
 10. every verdict of an online verify matches the real difference between the two images, each
    as it was when that side hashed the extent (``_check_verify_verdict``).
 11. while healing at the end, a connected primary that is not in sync, with nothing else to wait
@@ -225,6 +227,21 @@ class _Secondary:
         self.conn = 0  # the connection it answers on (set when HELLO arrives)
         self.checksum_next: int | None = None  # a full sync: the next extent to hash and stream
         self.checksum_runs: deque[tuple[int, int]] = deque()  # ... and the runs after it
+        # The undo check's view of the pass (``_check_save_order``): the seq of its first resync
+        # write, and the extents whose old content it saved.
+        self.pass_first_seq: int | None = None
+        self.saved_in_pass: set[int] = set()
+
+    def _check_save_order(self, offset: int, length: int, seq: int) -> None:
+        """A write from before the pass must land before the pass saves its extent's old content:
+        that content is what a rollback restores, "the image from before the pass"."""
+        if self.pass_first_seq is None or seq >= self.pass_first_seq:
+            return
+        late = sorted(set(extents_of(offset, length, self.world.extent_size)) & self.saved_in_pass)
+        if late:
+            self.world._fail(f"undo log: write seq {seq}, from before the resync pass (its first "
+                             f"resync write is seq {self.pass_first_seq}), landed on extents {late} "
+                             "after the pass saved their old content: a rollback would take it back")
 
     def send(self, message: wire.Message) -> None:
         w = self.world
@@ -235,11 +252,13 @@ class _Secondary:
         self.world.journal.append(entry)
 
     def write_data(self, offset: int, data: bytes, seq: int) -> None:
+        self._check_save_order(offset, len(data), seq)
         self.world._note_overwrite(offset, len(data))
         self.world.sdisk.write(offset, data)
         self.world._track_apply(seq, offset, data)
 
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
+        self._check_save_order(offset, length, seq)
         self.world._note_overwrite(offset, length)
         self.world.sdisk.zero(offset, length)
         self.world._track_apply(seq, offset, bytes(length))
@@ -274,6 +293,7 @@ class _Secondary:
         self.world._send_hashes(request, first, count)
 
     def save_undo(self, extent: int) -> None:
+        self.saved_in_pass.add(extent)
         self.world._save_undo(extent)
 
     def link_failed(self, reason: str) -> None:
@@ -635,6 +655,7 @@ class World:
         self._log(f"p2s {_short(message)}")
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
+        resyncing = s.core.resyncing
         try:
             # The site's hot path (SecondaryDriver.write_now): written at once.
             if not (type(message) is wire.Write and self.rng.random() < 0.8
@@ -642,6 +663,8 @@ class World:
                 s.core.receive(message, now=self.now)
         except ForesyncError as exc:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
+        if s.core.resyncing and not resyncing and isinstance(message, wire.Write):
+            s.pass_first_seq, s.saved_in_pass = message.seq, set()  # a pass's first resync write
         s.core.end_of_batch()
 
     def _admit_primary(self, hello: wire.Hello) -> None:
