@@ -77,6 +77,16 @@ def cluster_pair(make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path, *,
     return pair, proxy
 
 
+def fail_back_and_compare(pair: SitePair) -> None:
+    """The old primary (``pair.primary``) is back: it must step down, receive the failback by
+    itself, and end identical to the new primary once both stop."""
+    pair.wait_role(pair.primary, "secondary", timeout_s=30)
+    pair.wait_for("in sync after the failback", lambda: bool(pair.status(pair.secondary)["in_sync"]),
+                  timeout_s=60)
+    pair.stop_both()
+    pair.assert_identical()
+
+
 def wait_promoted(pair: SitePair, timeout_s: float) -> float:
     """Poll the secondary every 20 ms until it says primary; the monotonic time it was seen."""
     deadline = time.monotonic() + timeout_s
@@ -184,11 +194,7 @@ def test_primary_cut_off_from_etcd_stops_acknowledging_before_the_takeover(
     old = cluster(pair, "primary")
     assert not old["holding_lease"] and (old["fenced"] or old["role"] == "secondary"), old
     proxy.restore()
-    pair.wait_role(pair.primary, "secondary", timeout_s=30)
-    pair.wait_for("in sync after the failback", lambda: bool(pair.status(pair.secondary)["in_sync"]),
-                  timeout_s=60)
-    pair.stop_both()
-    pair.assert_identical()
+    fail_back_and_compare(pair)
     proxy.close()
 
 
@@ -199,14 +205,11 @@ def test_a_primary_stepped_down_after_an_etcd_cut_stops_cleanly(
     proxy.cut()
     wait_promoted(pair, TTL_S + 10)
     proxy.restore()
-    pair.wait_role(pair.primary, "secondary", timeout_s=30)
-    pair.wait_for("in sync after the failback", lambda: bool(pair.status(pair.secondary)["in_sync"]),
-                  timeout_s=60)
-    # Its SIGTERM once hung for ever: a grpc.aio call cancelled on uvloop after the cut never
-    # finished cancelling (found by make chaos CLUSTER=1; daemon/etcd.py runs the client on a
-    # thread of its own since). Failed 2 runs in 3 before, 8 in 8 pass after.
-    pair.stop_both()
-    pair.assert_identical()
+    # Its SIGTERM (in fail_back_and_compare's stop) once hung for ever: a grpc.aio call
+    # cancelled on uvloop after the cut never finished cancelling (found by make chaos
+    # CLUSTER=1; daemon/etcd.py runs the client on a thread of its own since). Failed 2 runs in
+    # 3 before, 8 in 8 pass after.
+    fail_back_and_compare(pair)
     proxy.close()
 
 
@@ -301,11 +304,7 @@ def test_the_etcd_leader_killed_during_a_failover(make_pair: MakePair, tmp_path:
         assert etcd.leader() is not leader
         assert cluster(pair, "secondary")["epoch"] == 2
         pair.start(pair.primary)
-        pair.wait_role(pair.primary, "secondary", timeout_s=30)
-        pair.wait_for("in sync after the failback",
-                      lambda: bool(pair.status(pair.secondary)["in_sync"]), timeout_s=60)
-        pair.stop_both()
-        pair.assert_identical()
+        fail_back_and_compare(pair)
     finally:
         etcd.stop()
 
