@@ -1,0 +1,100 @@
+"""A daemon's one link listener for many volumes (issue 16): each connection names its volume.
+
+With ``[[volume]]`` tables the dialler's first message (after TLS and authentication) is ROUTE,
+the volume's name (link/wire.py). The router hands the connection to that volume's current
+runner (``adopt_link``: the secondary's link, or a primary's listener for an old primary coming
+back), which then sees the HELLO and everything after it as on a listener of its own. Each
+volume keeps its own connection, record, window and epoch: one busy volume's frames never
+queue in front of another's (docs/benchmarks.md measures why this is the choice).
+
+A connection that names no volume, or one not served here, gets REFUSE and is closed. One that
+names a volume changing role right now (no runner takes connections for a moment) is refused
+too; the dialler retries. A failure before any volume is named (TLS, authentication) goes to
+every volume's runner, as its own listener would have reported it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from foresync.config import listen_error
+from foresync.link import wire
+from foresync.link.transport import LinkListener, LinkProtocol, LinkSecurity
+from foresync.logctx import LogBudget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a volume's connections go now: its runner's ``adopt_link`` and ``link_refused``."""
+
+    adopt: Callable[[LinkProtocol], None]
+    refused: Callable[[str], None]
+
+
+class LinkRouter:
+    def __init__(self, security: LinkSecurity, listen: tuple[str, int]) -> None:
+        self._security = security
+        self._listen = listen
+        self._listener = LinkListener(self._new_connection, security, self._refused)
+        self.volumes: dict[str, Route | None] = {}  # every volume served; None while switching
+        self._refusals = LogBudget(log, logging.WARNING, "unroutable link connections")
+
+    @staticmethod
+    def security_for(securities: list[LinkSecurity]) -> LinkSecurity:
+        """One listener for every volume: the setup frame limit of the largest."""
+        first = securities[0]
+        return dataclasses.replace(first, setup_frame_bytes=max(s.setup_frame_bytes for s in securities))
+
+    async def start(self) -> None:
+        try:
+            await self._listener.start(*self._listen)
+        except OSError as exc:
+            raise listen_error("[link] listen", self._listen, exc) from None
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def route(self, volume: str, route: Route | None) -> None:
+        self.volumes[volume] = route
+
+    def remove(self, volume: str) -> None:
+        self.volumes.pop(volume, None)
+
+    def _new_connection(self) -> LinkProtocol:
+        proto = LinkProtocol(lambda m: self._first(proto, m), lambda: None, self._security,
+                             dialler=False, on_error=self._refused)
+        return proto
+
+    def _refused(self, reason: str) -> None:
+        for route in list(self.volumes.values()):
+            if route is not None:
+                route.refused(reason)
+
+    def _first(self, proto: LinkProtocol, message: wire.Message) -> None:
+        if not isinstance(message, wire.Route):
+            self._refuse(proto, wire.RefuseCode.MISMATCH,
+                         "this daemon serves several volumes ([[volume]] tables): the dialler must "
+                         "name its volume first (ROUTE, link protocol 6); is the peer a one-volume "
+                         "config?")
+            return
+        if message.volume not in self.volumes:
+            self._refuse(proto, wire.RefuseCode.STRANGER,
+                         f"no volume named {message.volume!r} here (serving "
+                         f"{', '.join(sorted(self.volumes)) or 'none'})")
+            return
+        route = self.volumes[message.volume]
+        if route is None:
+            self._refuse(proto, wire.RefuseCode.OTHER,
+                         f"volume {message.volume!r} is changing role here; retry")
+            return
+        route.adopt(proto)
+
+    def _refuse(self, proto: LinkProtocol, code: wire.RefuseCode, reason: str) -> None:
+        self._refusals("link: refused a connection from %s: %s", proto.peer, reason)
+        proto.send(wire.Refuse(reason, code))
+        proto.close_after_flush(reason)
