@@ -96,5 +96,14 @@ class LinkRouter:
 
     def _refuse(self, proto: LinkProtocol, code: wire.RefuseCode, reason: str) -> None:
         self._refusals("link: refused a connection from %s: %s", proto.peer, reason)
+        proto.rebind(_ignore, _nothing, _ignore)  # frames behind the refused one (its HELLO)
         proto.send(wire.Refuse(reason, code))
         proto.close_after_flush(reason)
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass

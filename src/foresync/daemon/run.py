@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 ROLE_START_TIMEOUT_S = 30.0  # how long a role change's answer waits for the new role to serve
 
 
-def init_site(config_path: str, role: str, force: bool) -> site.SiteMeta:
-    """Create a site's metadata (and its sparse volume file if missing)."""
-    cfg = config_mod.load(config_path)
+def init_site(config_path: str, role: str, force: bool, volume: str | None = None) -> site.SiteMeta:
+    """Create a site's metadata (and its sparse volume file if missing): of ``volume``, in a
+    config with [[volume]] tables."""
+    cfg = config_mod.load(config_path, volume)
     site.check_meta_dir(cfg.meta, create=True)  # before the volume file: nothing made in vain
     if site.exists(cfg.meta) and not force:
         raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "

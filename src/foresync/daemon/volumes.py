@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -73,6 +74,8 @@ class Daemon:
         self.security = load_security(dcfg.first)
         self.shared: Shared | None = None
         self._unit_failed: asyncio.Future[BaseException] | None = None
+        self._reloading: asyncio.Future[None] | None = None
+        self._reload_lock = asyncio.Lock()  # SIGHUP and POST /reload, one at a time
 
     # -- units ----------------------------------------------------------------------------------
 
@@ -186,6 +189,7 @@ class Daemon:
             for unit in opened:
                 self._start_unit(unit)
             opened = []
+            self._on_sighup(True)
             stopped: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
             failed: asyncio.Future[Any] = self._unit_failed
             await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
@@ -195,6 +199,7 @@ class Daemon:
             if self._unit_failed.done():
                 raise self._unit_failed.result()
         finally:
+            self._on_sighup(False)
             self.stop.set()
             for unit in opened:  # never started (a shared listener could not bind)
                 unit.backend.close()
@@ -212,9 +217,42 @@ class Daemon:
 
     # -- reload ---------------------------------------------------------------------------------
 
+    def _on_sighup(self, install: bool) -> None:
+        """SIGHUP reloads a config of [[volume]] tables (a one-volume config keeps the signal's
+        default: it was never a reload there). Only where signals can be handled (the main
+        thread of ``foresync run``)."""
+        if not self.dcfg.multi:
+            return
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            if install:
+                loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+            else:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    def _reload_soon(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            log.warning("reload: one is running already; send SIGHUP again once it finished")
+            return
+        self._reloading = asyncio.ensure_future(self._reload_logged())
+
+    async def _reload_logged(self) -> None:
+        try:
+            done = await self.reload()
+        except ConfigError as exc:
+            log.error("reload refused, nothing changed: %s", exc)
+            return
+        log.info("reload: started %s; stopped %s; refused %d change(s)",
+                 ", ".join(done["started"]) or "none", ", ".join(done["stopped"]) or "none",
+                 len(done["refused"]))
+
     async def reload(self) -> dict[str, Any]:
         """Read the config again: start added volumes, stop removed ones; a changed volume
         keeps running as it is (its changes need a restart). Returns what it did."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> dict[str, Any]:
         if not self.dcfg.multi:
             raise ConfigError("reload needs [[volume]] tables: a one-volume [volume] config is "
                               "changed by a restart")
