@@ -24,6 +24,7 @@ from foresync.config import listen_error
 from foresync.link import wire
 from foresync.link.transport import LinkListener, LinkProtocol, LinkSecurity
 from foresync.logctx import LogBudget
+from foresync.replication import routing
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +77,13 @@ class LinkRouter:
                 route.refused(reason)
 
     def _first(self, proto: LinkProtocol, message: wire.Message) -> None:
-        if not isinstance(message, wire.Route):
-            self._refuse(proto, wire.RefuseCode.MISMATCH,
-                         "this daemon serves several volumes ([[volume]] tables): the dialler must "
-                         "name its volume first (ROUTE, link protocol 6); is the peer a one-volume "
-                         "config?")
+        serving = {name: route is not None for name, route in self.volumes.items()}
+        decision = routing.route(message, serving)
+        target = self.volumes.get(decision.volume) if decision.volume is not None else None
+        if decision.verdict is not routing.Verdict.ADOPT or target is None:
+            self._refuse(proto, wire.RefuseCode(decision.code), decision.reason)
             return
-        if message.volume not in self.volumes:
-            self._refuse(proto, wire.RefuseCode.STRANGER,
-                         f"no volume named {message.volume!r} here (serving "
-                         f"{', '.join(sorted(self.volumes)) or 'none'})")
-            return
-        route = self.volumes[message.volume]
-        if route is None:
-            self._refuse(proto, wire.RefuseCode.OTHER,
-                         f"volume {message.volume!r} is changing role here; retry")
-            return
-        route.adopt(proto)
+        target.adopt(proto)
 
     def _refuse(self, proto: LinkProtocol, code: wire.RefuseCode, reason: str) -> None:
         self._refusals("link: refused a connection from %s: %s", proto.peer, reason)
