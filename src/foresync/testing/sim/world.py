@@ -93,8 +93,8 @@ from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.lease import LeaseFailure, LeaseWorld
-from foresync.testing.sim.routing import RoutingFailure, RoutingWorld
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
+from foresync.testing.sim.routing import RoutingFailure, RoutingWorld
 
 VOLUME_ID = bytes(range(16))
 # The link's heartbeat and timeout in virtual seconds (a tick adds 0..0.05 s). Every frame here is
