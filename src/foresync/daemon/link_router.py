@@ -15,7 +15,6 @@ every volume's runner, as its own listener would have reported it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from foresync.config import listen_error
 from foresync.link import wire
 from foresync.link.transport import LinkListener, LinkProtocol, LinkSecurity
-from foresync.logctx import LogBudget
+from foresync.logctx import LogBudget, VolumeContext
 from foresync.replication import routing
 
 log = logging.getLogger(__name__)
@@ -44,12 +43,6 @@ class LinkRouter:
         self._listener = LinkListener(self._new_connection, security, self._refused)
         self.volumes: dict[str, Route | None] = {}  # every volume served; None while switching
         self._refusals = LogBudget(log, logging.WARNING, "unroutable link connections")
-
-    @staticmethod
-    def security_for(securities: list[LinkSecurity]) -> LinkSecurity:
-        """One listener for every volume: the setup frame limit of the largest."""
-        first = securities[0]
-        return dataclasses.replace(first, setup_frame_bytes=max(s.setup_frame_bytes for s in securities))
 
     async def start(self) -> None:
         try:
@@ -83,6 +76,9 @@ class LinkRouter:
         if decision.verdict is not routing.Verdict.ADOPT or target is None:
             self._refuse(proto, wire.RefuseCode(decision.code), decision.reason)
             return
+        # This connection's callbacks run in the context its transport was made in, one of its
+        # own (the listener's accept task): its log lines now name the volume.
+        VolumeContext.current.set(decision.volume)
         target.adopt(proto)
 
     def _refuse(self, proto: LinkProtocol, code: wire.RefuseCode, reason: str) -> None:

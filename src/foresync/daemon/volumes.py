@@ -32,7 +32,7 @@ from foresync.admin.object_metrics import ObjectCollector
 from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
 from foresync.daemon.link_router import LinkRouter
-from foresync.daemon.security import SiteSecurity, load_security
+from foresync.daemon.security import SiteSecurity, load_security, setup_frame_bytes
 from foresync.daemon.site_lock import SiteLock
 from foresync.daemon.unit import (
     RunnerFactory,
@@ -43,6 +43,7 @@ from foresync.daemon.unit import (
     site_name,
 )
 from foresync.errors import ConfigError, ForesyncError
+from foresync.logctx import VolumeContext
 from foresync.nbd.exports import ExportSpec
 from foresync.nbd.server import NbdServer
 from foresync.storage.file_backend import FileBackend
@@ -87,7 +88,10 @@ class Daemon:
             self._locks[cfg.name] = SiteLock.acquire(cfg.meta, f"foresync run --config {cfg.path}",
                                                      f"{host}:{port}")
         try:
-            security = load_security(cfg)
+            # The daemon's secrets and certificates, read once; the link's first-message limit
+            # is the volume's own (it lists up to every extent).
+            security = dataclasses.replace(self.security, link=dataclasses.replace(
+                self.security.link, setup_frame_bytes=setup_frame_bytes(cfg)))
             backend = FileBackend(cfg.data, cfg.size)
             try:
                 runner = self._open_runner(cfg, backend, security)
@@ -155,10 +159,11 @@ class Daemon:
     async def run(self) -> None:
         first = self.dcfg.first
         if self.dcfg.multi:
-            securities = [load_security(cfg).link for cfg in self.dcfg.volumes]
+            link = dataclasses.replace(self.security.link, setup_frame_bytes=max(
+                setup_frame_bytes(cfg) for cfg in self.dcfg.volumes))
             self.shared = Shared(
                 NbdServer.shared(self.security.nbd_limits, tls=self.security.nbd_tls),
-                LinkRouter(LinkRouter.security_for(securities), first.link_listen))
+                LinkRouter(link, first.link_listen))
         opened: list[VolumeUnit] = []
         try:
             for cfg in self.dcfg.volumes:
@@ -310,6 +315,7 @@ class Daemon:
                 unit = self._pick(body)
             except _BadRequest as exc:
                 return json_answer(exc.status, {"error": str(exc)})
+            VolumeContext.current.set(unit.name)  # this request's log lines name the volume
             return await refusals_answered(method(unit))(body)
 
         return endpoint
