@@ -394,7 +394,9 @@ def cluster_status(config_path: str, as_json: bool) -> None:
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"volumes": volumes, "site": here}, indent=2))
+        # "site": the first (a one-volume site's only) volume here, as before; "sites": each one
+        first = here[0] if here else None
+        click.echo(json.dumps({"volumes": volumes, "site": first, "sites": here or []}, indent=2))
     else:
         click.echo(render_cluster(volumes, here))
 

@@ -9,6 +9,7 @@ removes another while fio keeps writing to a third.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -121,4 +122,43 @@ def test_three_volumes_on_one_daemon_pair(tmp_path: Path) -> None:
         assert roles(p) == {"a": "primary", "b": "secondary", "d": "primary"}
     finally:
         problems = [problem for daemon in both for problem in daemon.stop()]
+    assert not problems, problems
+
+
+def test_each_volume_holds_its_own_lease_and_fails_over(tmp_path: Path) -> None:
+    """[cluster] with two volumes: a lease per volume in etcd, `foresync cluster status` lists
+    both, and a kill -9 of the primary daemon fails both over to the other site."""
+    from foresync.testing.etcd import EtcdCluster
+
+    etcd = EtcdCluster(tmp_path / "etcd")
+    etcd.start()
+    url = etcd.urls[0]
+    toml = '[cluster]\netcd = ["{}"]\nlease_ttl = "3s"\nsite = "{}"\n'
+    p, s = pair(tmp_path, ["a", "b"], extra=(toml.format(url, "p"), toml.format(url, "s")),
+                mode="sync")
+    both = (p, s)
+    try:
+        p.start()
+        s.start()
+        p.wait_up()
+        s.wait_up()
+        for volume in ("a", "b"):
+            wait(f"{volume} in sync", lambda v=volume: in_sync(p, s, v), both)
+        wait("p holds both leases", lambda: all(
+            doc["cluster"]["holding_lease"] for doc in p.status()["volumes"].values()), both)
+        view = json.loads(s.cli("cluster", "status", "--config", str(s.config), "--json").stdout)
+        assert {v["volume"]: v["holder"] for v in view["volumes"]} == {"a": "p", "b": "p"}
+        assert sorted(part["volume"] for part in view["sites"]) == ["a", "b"]
+        qemu_write(p, "a", PATTERN["a"])
+        wait("a in sync", lambda: in_sync(p, s, "a"), both)
+        p.kill9()
+        wait("s primary of both", lambda: roles(s) == {"a": "primary", "b": "primary"}, (s,),
+             timeout_s=20)
+        wait("s exports both", lambda: exports(s) == {"a", "b"}, (s,))
+        qemu_read(s, "a", PATTERN["a"])
+        view = json.loads(s.cli("cluster", "status", "--config", str(s.config), "--json").stdout)
+        assert {v["volume"]: v["holder"] for v in view["volumes"]} == {"a": "s", "b": "s"}
+    finally:
+        problems = [problem for daemon in both for problem in daemon.stop()]
+        etcd.stop()
     assert not problems, problems

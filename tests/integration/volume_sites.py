@@ -29,6 +29,7 @@ class Daemon:
     volumes: list[str]
     size: str = "16MiB"
     mode: str = "lookahead"
+    extra: str = ""  # more daemon-level TOML ([cluster], say)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -53,7 +54,8 @@ class Daemon:
             f'[nbd]\nlisten = "127.0.0.1:{self.nbd_port}"\n'
             f'[link]\nlisten = "127.0.0.1:{self.link_port}"\npeer = "127.0.0.1:{self.peer_port}"\n'
             f'mode = "{self.mode}"\n'
-            f'[record]\ncapacity = 64\n[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n' + tables)
+            f'[record]\ncapacity = 64\n[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n'
+            + self.extra + tables)
 
     def url(self, volume: str) -> str:
         return f"nbd://127.0.0.1:{self.nbd_port}/{volume}"
@@ -97,14 +99,20 @@ class Daemon:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGHUP)
 
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
     def stop(self) -> list[str]:
         return terminate(self.proc, f"daemon {self.name}")
 
 
-def pair(directory: Path, volumes: list[str], **settings: Any) -> tuple[Daemon, Daemon]:
+def pair(directory: Path, volumes: list[str], extra: tuple[str, str] = ("", ""),
+         **settings: Any) -> tuple[Daemon, Daemon]:
     nbd_p, nbd_s, link_p, link_s, admin_p, admin_s = free_ports(6)
-    p = Daemon("p", directory, nbd_p, link_p, link_s, admin_p, list(volumes), **settings)
-    s = Daemon("s", directory, nbd_s, link_s, link_p, admin_s, list(volumes), **settings)
+    p = Daemon("p", directory, nbd_p, link_p, link_s, admin_p, list(volumes), extra=extra[0], **settings)
+    s = Daemon("s", directory, nbd_s, link_s, link_p, admin_s, list(volumes), extra=extra[1], **settings)
     for daemon in (p, s):
         daemon.write_config()
     p.cli("init", "--config", str(p.config), "--role", "primary")
