@@ -129,7 +129,13 @@ class Daemon:
         watcher = asyncio.ensure_future(unit.feed.watch())
         try:
             await unit.run(self.stop)
-        except BaseException as exc:
+        except Exception as exc:
+            if unit.stop.is_set() and not self.stop.is_set():
+                # Removed by a reload: its failure to stop cleanly (a full metadata disk, say)
+                # is its own; the other volumes keep running. Its next start treats this stop
+                # as unclean (primary.py's clean-stop marker was not written).
+                log.error("volume %s did not stop cleanly: %s", unit.name, exc)
+                return
             if self._unit_failed is not None and not self._unit_failed.done():
                 self._unit_failed.set_result(exc)
             raise
@@ -331,7 +337,9 @@ class Daemon:
             return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
 
         def events(query: dict[str, str]) -> AsyncGenerator[bytes, None]:
-            unit = self.units.get(query.get("volume", "")) or next(iter(self.units.values()))
+            unit = self.units.get(query.get("volume", "")) or next(iter(self.units.values()), None)
+            if unit is None:
+                return _no_events()
             return unit.feed.stream(since_start=query.get("since-start", "0") not in ("", "0", "false"))
 
         def audited(method: str, path: str, body: dict[str, Any] | None, answer: int) -> None:
@@ -379,3 +387,8 @@ def _changed_key(old: config_mod.SiteConfig, new: config_mod.SiteConfig) -> str 
         if getattr(old, field.name) != getattr(new, field.name):
             return field.name
     return None
+
+
+async def _no_events() -> AsyncGenerator[bytes, None]:
+    return
+    yield b""  # an async generator that ends at once (a reload left no volume)
