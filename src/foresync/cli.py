@@ -193,13 +193,19 @@ def objects_verify(config_path: str) -> None:
     that differ are copied again. Exit status 1 when some differed."""
     import time
 
-    from foresync.status_view import fetch_status
+    from foresync.config import load_daemon
+    from foresync.status_view import fetch_status, volume_doc
 
-    _call(config_path, "/objects/verify", {}, what="objects verify")
-    cfg = _load(config_path)
+    try:  # the volume whose link carries [s3] (the first, unless one says s3 = true)
+        dcfg = load_daemon(config_path)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    cfg = next((v for v in dcfg.volumes if v.s3_listen is not None), dcfg.first)
+    _call(config_path, "/objects/verify", {}, what="objects verify",
+          volume=cfg.name if dcfg.multi else None)
     deadline = time.monotonic() + 600
     while True:
-        found = fetch_status(cfg).get("objects", {}).get("verify_mismatches")
+        found = volume_doc(fetch_status(cfg), cfg.name).get("objects", {}).get("verify_mismatches")
         if found is not None:
             break
         if time.monotonic() > deadline:
