@@ -677,17 +677,20 @@ def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_jso
 
 @main.command()
 @CONFIG_OPTION
+@VOLUME_OPTION
 @click.option("--since-start", is_flag=True,
               help="First replay the current state (role, link, consistency, any resync or verify).")
-def events(config_path: str, since_start: bool) -> None:
+def events(config_path: str, volume: str | None, since_start: bool) -> None:
     """Follow a running site's state changes: one JSON object a line, with a timestamp (role and
     epoch, link up and down with the reason, resync, consistency, split brain, verify, admin
     actions), until the site stops or Ctrl-C."""
     import http.client
+    from urllib.parse import urlencode
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, volume)
     host, port = cfg.admin_listen
-    path = "/events?since-start=1" if since_start else "/events"
+    query = {**({"since-start": "1"} if since_start else {}), **({"volume": volume} if volume else {})}
+    path = "/events" + (f"?{urlencode(query)}" if query else "")
     connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request("GET", path)
