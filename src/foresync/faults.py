@@ -68,6 +68,10 @@ class Faults:
     # replication/lease.py: a primary keeps acknowledging writes after its etcd lease could have
     # expired (renewals failing), so a promoted secondary and it both take writes (issue 16)
     ack_after_lease_lost: bool = False
+    # replication/routing.py: a daemon's link listener hands a connection to the first volume
+    # taking connections, not to the one its ROUTE names, so a new secondary of one volume
+    # adopts another volume's identity and data (issue 16, many volumes per daemon)
+    route_ignores_name: bool = False
 
 
 NO_FAULTS = Faults()
