@@ -202,17 +202,24 @@ def capture_zipf_trace(args: argparse.Namespace, workdir: Path) -> Path:
     return path
 
 
-def tuned_record(args: argparse.Namespace, workdir: Path, fraction: int, rtt_ms: float) -> Record:
-    """Run ``foresync tune`` on a captured zipf trace at the bound volume / fraction, print its
-    report, and take the configuration it recommends (its ``[record]`` section)."""
-    path = capture_zipf_trace(args, workdir / f"tune-1_{fraction}")
+def tuned_record(args: argparse.Namespace, workdir: Path, what: str, fraction: int,
+                 rtt_ms: float) -> Record:
+    """Run ``foresync tune`` on a trace (``zipf``: one captured now; else bench/workloads' trace
+    of that name, whole) at the bound volume / fraction, print its report, and take the
+    configuration it recommends (its ``[record]`` section)."""
+    if what == "zipf":
+        path, size = capture_zipf_trace(args, workdir / f"tune-1_{fraction}"), args.size
+    else:
+        path = HERE / "workloads" / f"{what}.fstrace.xz"
+        size = trace_requests(path, 1)[0]
+    rtt = f"{max(1, round(rtt_ms))}ms"
     argv = [args.foresync, "--log-level", "warning", "tune", "--trace", str(path), "--bound",
-            str(args.size // fraction), "--rtt", f"{max(1, round(rtt_ms))}ms", "--qd", str(QD)]
+            str(size // fraction), "--rtt", rtt, "--qd", str(QD)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    print(f"$ foresync tune --trace zipf.fstrace --bound {args.size // fraction} --rtt "
-          f"{max(1, round(rtt_ms))}ms --qd {QD}\n{done.stdout}", flush=True)
+    print(f"$ foresync tune --trace {path.name} --bound {size // fraction} --rtt {rtt} --qd {QD}\n"
+          f"{done.stdout}", flush=True)
     section = done.stdout[done.stdout.index("[record]"):]
     found = tomllib.loads(section)["record"]
     return Record(parse_size(found["extent_size"]), int(found["lookahead"]), str(found["eviction"]),
@@ -330,7 +337,7 @@ def ideal_iops(miss_ratio: float, miss_cost_us: float, async_iops: float) -> flo
 
 
 def cells_to_run(args: argparse.Namespace,
-                 tuned: dict[int, Record]) -> Iterator[tuple[str, str, int, Any, Record]]:
+                 tuned: dict[tuple[str, int], Record]) -> Iterator[tuple[str, str, int, Any, Record]]:
     """(name, mode, fraction, what, record): what is a Workload or a trace path."""
     default = default_record(args)
     yield "async zipf QD16", "async", 0, ZIPF, default
@@ -338,13 +345,15 @@ def cells_to_run(args: argparse.Namespace,
     yield "sync zipf QD16 1/4", "sync", 4, ZIPF, default
     for fraction in args.fractions:
         yield f"lookahead zipf QD16 1/{fraction}", "lookahead", fraction, ZIPF, default
-        if fraction in tuned and tuned[fraction] != default:
-            yield f"lookahead zipf QD16 1/{fraction} tuned", "lookahead", fraction, ZIPF, tuned[fraction]
+        if tuned.get(("zipf", fraction), default) != default:
+            yield f"lookahead zipf QD16 1/{fraction} tuned", "lookahead", fraction, ZIPF, tuned["zipf", fraction]
     for name in args.traces:
         path = HERE / "workloads" / f"{name}.fstrace.xz"
         yield f"{name} async", "async", 0, path, default
         for fraction in args.fractions:
             yield f"{name} lookahead 1/{fraction}", "lookahead", fraction, path, default
+            if tuned.get((name, fraction), default) != default:
+                yield f"{name} lookahead 1/{fraction} tuned", "lookahead", fraction, path, tuned[name, fraction]
 
 
 def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[dict[str, Any]]:
@@ -378,11 +387,12 @@ def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[
     for name in traces:
         asy = by_name.get(f"{name} async")
         for fraction, bound in TRACE_TARGETS.items():
-            la = by_name.get(f"{name} lookahead 1/{fraction}")
-            if asy is None or la is None:
-                continue
-            checks.append({"target": f"{name} 1/{fraction}: lookahead / async", "value": la.iops / asy.iops,
-                           "bound": bound})
+            for suffix in ("", " tuned"):
+                la = by_name.get(f"{name} lookahead 1/{fraction}{suffix}")
+                if asy is None or la is None:
+                    continue
+                checks.append({"target": f"{name} 1/{fraction}{suffix}: lookahead / async",
+                               "value": la.iops / asy.iops, "bound": bound})
     print("\ntargets (reported, never enforced):")
     for check in checks:
         at_most = check.get("at_most", False)
@@ -401,6 +411,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tune-fractions", type=int, nargs="*", default=[16],
                         help="also run the zipf workload with the record `foresync tune` recommends "
                              "at these bounds (default 16)")
+    parser.add_argument("--tune-traces", nargs="*", default=["sqlite"],
+                        help="also replay these traces with the record tune recommends for them at "
+                             "--tune-fractions (default sqlite)")
     parser.add_argument("--tune-rate-iops", type=int, default=2000,
                         help="the pace of the zipf trace captured for tune (default 2000)")
     parser.add_argument("--duration", type=int, default=5, metavar="S", help="fio seconds (default 5)")
@@ -437,17 +450,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{default_record(args).describe(0).split(', ', 1)[1]}", flush=True)
     cells: list[Cell] = []
     failures: list[str] = []
-    tuned: dict[int, Record] = {}
-    for fraction in args.tune_fractions:
-        if args.only and not any(part in f"lookahead zipf QD16 1/{fraction} tuned" for part in args.only):
+    tuned: dict[tuple[str, int], Record] = {}
+    for what, fraction in [(w, f) for w in ("zipf", *args.tune_traces) for f in args.tune_fractions]:
+        cell = f"lookahead zipf QD16 1/{fraction} tuned" if what == "zipf" else f"{what} lookahead 1/{fraction} tuned"
+        if (args.only and not any(part in cell for part in args.only)) or (what != "zipf" and what not in args.traces):
             continue
         try:
-            tuned[fraction] = tuned_record(args, workdir, fraction, rtt_ms)
+            tuned[what, fraction] = tuned_record(args, workdir, what, fraction, rtt_ms)
         except (RuntimeError, OSError, ValueError, KeyError, tomllib.TOMLDecodeError) as exc:
-            failures.append(f"tune at 1/{fraction}: {exc}")
-            print(f"tune at 1/{fraction}: FAILED {exc}", flush=True)
+            failures.append(f"tune {what} at 1/{fraction}: {exc}")
+            print(f"tune {what} at 1/{fraction}: FAILED {exc}", flush=True)
             continue
-        print(f"tuned record at 1/{fraction}: {tuned[fraction].describe(fraction)}", flush=True)
+        print(f"tuned record for {what}: {tuned[what, fraction].describe(fraction)}", flush=True)
     for name, mode, fraction, what, record in cells_to_run(args, tuned):
         if args.only and not any(part in name for part in args.only):
             continue
@@ -468,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = report(cells, rtt_ms, args.traces)
     if args.json:
         args.json.write_text(json.dumps({"rtt_ms": rtt_ms, "cells": [asdict(c) for c in cells],
-                                         "tuned": {str(f): asdict(r) for f, r in tuned.items()},
+                                         "tuned": {f"{w} 1/{f}": asdict(r) for (w, f), r in tuned.items()},
                                          "targets": checks, "failures": failures}, indent=2) + "\n")
     if args.workdir is None and not failures:
         shutil.rmtree(workdir, ignore_errors=True)

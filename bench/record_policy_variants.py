@@ -7,7 +7,7 @@ The target: the default policy misses no more than ``lru`` (claim 15) and ``gene
 less on at least two traces. Each argument is a variant of ``record/eviction.py``'s constants:
 GHOST (``GHOST_FACTOR``: ghost memory in capacities), SMALL (``SMALL_FRACTION``: the small queue
 is capacity / SMALL) and GAP (``REUSE_GAP_DIVISOR``: a reuse counts capacity / GAP writes after
-the last). Default: the grid of docs/benchmarks.md, 1-8 x 10, 5, 4 x 2, 4. The replay is
+the last). Default: the grid of docs/benchmarks.md, 1-8 x 20-4 x 1-4. The replay is
 bench/record_policies.py's (lookahead 4, predictor next, 15 ms clean lag). For each variant it
 prints the rows where s3fifo misses more than the better claimed policy, and the traces where
 it misses at least 25% less.
@@ -28,7 +28,7 @@ from foresync.tune import writes_of
 
 HERE = Path(__file__).parent
 CONFIGS = [(16, 1 << 20), (16, 65536), (4, 1 << 20), (4, 65536)]  # as bench/record_policies.py
-GRID = list(itertools.product((1, 2, 4, 8), (10, 5, 4), (2, 4)))
+GRID = list(itertools.product((1, 2, 4, 8), (20, 10, 5, 4), (1, 2, 4)))
 
 
 def main(argv: list[str]) -> None:
