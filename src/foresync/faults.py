@@ -14,6 +14,9 @@ from dataclasses import dataclass
 class Faults:
     evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
+    # secondary: a group commit counts as durable every append made before it returned, also
+    # those made while its fdatasync ran, so a later miss's ADDED goes before its entry is durable
+    added_before_group_commit_durable: bool = False
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
     s3fifo_evicts_dirty: bool = False  # record: the s3fifo policy chooses extents still dirty
     # primary: eviction ahead of need (free slots under the low mark, issue 14) takes extents
