@@ -162,3 +162,28 @@ def test_each_volume_holds_its_own_lease_and_fails_over(tmp_path: Path) -> None:
         problems = [problem for daemon in both for problem in daemon.stop()]
         etcd.stop()
     assert not problems, problems
+
+
+def test_a_daemon_of_volumes_pairs_with_a_one_volume_site(tmp_path: Path) -> None:
+    """A [[volume]] primary's dialler names its volume (ROUTE); a one-volume secondary of that
+    name takes the connection as before, and the volume syncs."""
+    p, s = pair(tmp_path, ["vol0"])
+    s.config.write_text(
+        f'[volume]\nname = "vol0"\ndata = "one.img"\nsize = "{s.size}"\nmeta = "one.meta"\n'
+        f'[nbd]\nlisten = "127.0.0.1:{s.nbd_port}"\n'
+        f'[link]\nlisten = "127.0.0.1:{s.link_port}"\npeer = "127.0.0.1:{s.peer_port}"\n'
+        f'[record]\ncapacity = 64\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n')
+    s.cli("init", "--config", str(s.config), "--role", "secondary")
+    both = (p, s)
+    try:
+        p.start()
+        s.start()
+        p.wait_up()
+        s.wait_up()
+        qemu_write(p, "vol0", PATTERN["a"])
+        wait("vol0 in sync", lambda: in_sync(p, s, "vol0"), both)
+        doc = s.status()
+        assert doc["role"] == "secondary" and doc["in_sync"] and set(doc["volumes"]) == {"vol0"}
+    finally:
+        problems = [problem for daemon in both for problem in daemon.stop()]
+    assert not problems, problems
