@@ -162,6 +162,14 @@ class Daemon:
 
     # -- run ------------------------------------------------------------------------------------
 
+    def _release(self, opened: list[VolumeUnit]) -> None:
+        """Close what units opened but never ran, and every lock no running unit holds."""
+        for unit in opened:
+            unit.backend.close()
+        for name in list(self._locks):
+            if name not in self._tasks:
+                self._locks.pop(name).release()
+
     async def run(self) -> None:
         first = self.dcfg.first
         if self.dcfg.multi:
@@ -175,19 +183,13 @@ class Daemon:
             for cfg in self.dcfg.volumes:
                 opened.append(self._open_unit(cfg))
         except BaseException:
-            for unit in opened:
-                unit.backend.close()
-            for lock in self._locks.values():
-                lock.release()
+            self._release(opened)
             raise
         admin = self._admin_server()
         try:
             await admin.start(*first.admin_listen)
         except OSError as exc:
-            for unit in opened:
-                unit.backend.close()
-            for lock in self._locks.values():
-                lock.release()
+            self._release(opened)
             raise config_mod.listen_error("[admin] listen", first.admin_listen, exc) from None
         self._unit_failed = asyncio.get_running_loop().create_future()
         try:
@@ -212,10 +214,7 @@ class Daemon:
         finally:
             self._on_sighup(False)
             self.stop.set()
-            for unit in opened:  # never started (a shared listener could not bind)
-                unit.backend.close()
-            for lock in list(self._locks.values()):
-                lock.release()
+            self._release(opened)  # never started (a shared listener could not bind)
             for task in self._tasks.values():
                 if not task.done():
                     task.cancel()
