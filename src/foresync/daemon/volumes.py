@@ -80,8 +80,12 @@ class Daemon:
 
     # -- units ----------------------------------------------------------------------------------
 
-    def _open_unit(self, cfg: config_mod.SiteConfig) -> VolumeUnit:
-        """Lock the volume's metadata, open its backend and its runner (nothing started yet)."""
+    def _open_unit(self, cfg: config_mod.SiteConfig,
+                   open_backend: Callable[[], FileBackend] | None = None,
+                   exports: list[ExportSpec] | None = None) -> VolumeUnit:
+        """Lock the unit's metadata, open its backend and its runner (nothing started yet). A
+        volume's backend is its data file and its one export the whole of it; a unit of several
+        volumes (a consistency group) passes its own ``open_backend`` and ``exports``."""
         if not self._locked:
             site.check_meta_dir(cfg.meta)
             host, port = cfg.admin_listen
@@ -92,7 +96,7 @@ class Daemon:
             # is the volume's own (it lists up to every extent).
             security = dataclasses.replace(self.security, link=dataclasses.replace(
                 self.security.link, setup_frame_bytes=setup_frame_bytes(cfg)))
-            backend = FileBackend(cfg.data, cfg.size)
+            backend = open_backend() if open_backend is not None else FileBackend(cfg.data, cfg.size)
             try:
                 runner = self._open_runner(cfg, backend, security)
             except BaseException:
@@ -109,8 +113,8 @@ class Daemon:
             return status_document(unit.runner.statistics())
 
         feed = EventFeed(status)
-        unit = VolumeUnit(cfg, runner, backend, [ExportSpec(cfg.export, 0, cfg.size)], security,
-                          self._make_runner, self.shared, feed)
+        unit = VolumeUnit(cfg, runner, backend, exports or [ExportSpec(cfg.export, 0, cfg.size)],
+                          security, self._make_runner, self.shared, feed)
         unit.write_latency = self.metrics.add_volume(cfg.name, lambda: unit.runner.statistics())
         if cfg.s3_listen is not None:
             self.metrics.add_member(cfg.name, ObjectCollector(
