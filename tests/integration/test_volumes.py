@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from .sites import require_tool, run_tool
@@ -120,6 +121,12 @@ def test_three_volumes_on_one_daemon_pair(tmp_path: Path) -> None:
         p.hup()
         wait("refusal logged", lambda: "size changed" in p.log(), both)
         assert roles(p) == {"a": "primary", "b": "secondary", "d": "primary"}
+        request = urllib.request.Request(f"http://127.0.0.1:{p.admin_port}/reload", data=b"{}",
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            done = json.loads(answer.read())
+        assert done["started"] == done["stopped"] == []
+        assert "[[volume]] 'a': size changed; restart the daemon to apply it" in done["refused"]
     finally:
         problems = [problem for daemon in both for problem in daemon.stop()]
     assert not problems, problems
