@@ -80,8 +80,12 @@ class Daemon:
 
     # -- units ----------------------------------------------------------------------------------
 
-    def _open_unit(self, cfg: config_mod.SiteConfig) -> VolumeUnit:
-        """Lock the volume's metadata, open its backend and its runner (nothing started yet)."""
+    def _open_unit(self, cfg: config_mod.SiteConfig,
+                   open_backend: Callable[[], FileBackend] | None = None,
+                   exports: list[ExportSpec] | None = None) -> VolumeUnit:
+        """Lock the unit's metadata, open its backend and its runner (nothing started yet). A
+        volume's backend is its data file and its one export the whole of it; a unit of several
+        volumes (a consistency group) passes its own ``open_backend`` and ``exports``."""
         if not self._locked:
             site.check_meta_dir(cfg.meta)
             host, port = cfg.admin_listen
@@ -92,7 +96,7 @@ class Daemon:
             # is the volume's own (it lists up to every extent).
             security = dataclasses.replace(self.security, link=dataclasses.replace(
                 self.security.link, setup_frame_bytes=setup_frame_bytes(cfg)))
-            backend = FileBackend(cfg.data, cfg.size)
+            backend = open_backend() if open_backend is not None else FileBackend(cfg.data, cfg.size)
             try:
                 runner = self._open_runner(cfg, backend, security)
             except BaseException:
@@ -109,8 +113,8 @@ class Daemon:
             return status_document(unit.runner.statistics())
 
         feed = EventFeed(status)
-        unit = VolumeUnit(cfg, runner, backend, [ExportSpec(cfg.export, 0, cfg.size)], security,
-                          self._make_runner, self.shared, feed)
+        unit = VolumeUnit(cfg, runner, backend, exports or [ExportSpec(cfg.export, 0, cfg.size)],
+                          security, self._make_runner, self.shared, feed)
         unit.write_latency = self.metrics.add_volume(cfg.name, lambda: unit.runner.statistics())
         if cfg.s3_listen is not None:
             self.metrics.add_member(cfg.name, ObjectCollector(
@@ -162,6 +166,14 @@ class Daemon:
 
     # -- run ------------------------------------------------------------------------------------
 
+    def _release(self, opened: list[VolumeUnit]) -> None:
+        """Close what units opened but never ran, and every lock no running unit holds."""
+        for unit in opened:
+            unit.backend.close()
+        for name in list(self._locks):
+            if name not in self._tasks:
+                self._locks.pop(name).release()
+
     async def run(self) -> None:
         first = self.dcfg.first
         if self.dcfg.multi:
@@ -175,19 +187,13 @@ class Daemon:
             for cfg in self.dcfg.volumes:
                 opened.append(self._open_unit(cfg))
         except BaseException:
-            for unit in opened:
-                unit.backend.close()
-            for lock in self._locks.values():
-                lock.release()
+            self._release(opened)
             raise
         admin = self._admin_server()
         try:
             await admin.start(*first.admin_listen)
         except OSError as exc:
-            for unit in opened:
-                unit.backend.close()
-            for lock in self._locks.values():
-                lock.release()
+            self._release(opened)
             raise config_mod.listen_error("[admin] listen", first.admin_listen, exc) from None
         self._unit_failed = asyncio.get_running_loop().create_future()
         try:
@@ -212,10 +218,7 @@ class Daemon:
         finally:
             self._on_sighup(False)
             self.stop.set()
-            for unit in opened:  # never started (a shared listener could not bind)
-                unit.backend.close()
-            for lock in list(self._locks.values()):
-                lock.release()
+            self._release(opened)  # never started (a shared listener could not bind)
             for task in self._tasks.values():
                 if not task.done():
                     task.cancel()
