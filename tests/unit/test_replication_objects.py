@@ -219,3 +219,159 @@ def test_concurrent_misses_cannot_overfill_the_record() -> None:
     for op in ops:
         core.receive(ObjectAdded(op.seq, (op.name, op.name + "-next")))
     assert len(core.copy) == 4
+
+
+# -- prefix entries (objects/entries.py) ------------------------------------------------------------
+
+class FakeIndex:
+    """The primary's store, as a set of names (the core's LocalIndex)."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def weigh(self, directory: str, limit: int) -> tuple[int, int] | None:
+        under = self.names_under(directory)
+        return None if len(under) > limit else (len(under), sum(len(n) for n in under))
+
+    def names_under(self, directory: str) -> list[str]:
+        return sorted(n for n in self.names if n.startswith(directory))
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+
+DIR = "b/d/\x00"  # the prefix entry of b/d/
+
+
+def with_index(names: set[str], capacity: int = 16, prefix_max: int = 4,
+               record: tuple[str, ...] = (), may_differ: tuple[str, ...] = ()) -> ObjectPrimaryCore:
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD, capacity, 1 << 20, 2, prefix_max),
+                             may_differ, dict, local_index=FakeIndex(names))
+    core.connected()
+    core.actions()
+    core.receive(ObjectList(1, int(ListWhat.RECORD), tuple((n, "") for n in record)))
+    return core
+
+
+def put(core: ObjectPrimaryCore, op_id: int, name: str) -> ObjectOp:
+    """Submit a PUT: the op it sends."""
+    core.submit(op_id, PUT, name, b"{}", b"")
+    (op,) = sent(core.actions())
+    return op
+
+
+def commit(core: ObjectPrimaryCore, op_id: int, name: str, store: set[str]) -> None:
+    core.committed(op_id, True)
+    store.add(name)
+    core.actions()
+
+
+def test_a_miss_offers_the_directory_and_a_taken_prefix_entry_makes_first_writes_hits() -> None:
+    store = {"b/d/a", "b/d/b"}
+    core = with_index(store)
+    op = put(core, 1, "b/d/c")
+    assert op.flags & ObjectFlag.MISS and op.flags & ObjectFlag.PREFIX
+    core.receive(ObjectAdded(op.seq, ("b/d/c", DIR)))
+    assert core.actions() == [CommitLocal(1)]
+    commit(core, 1, "b/d/c", store)
+    # b/d/c is in the prefix entry's weight (2 held + the first write), not an entry of its own
+    assert list(core.copy) == [DIR] and core.copy.weight(DIR)[0] == 3
+    hit = put(core, 2, "b/d/new")  # never written, never predicted: a hit
+    assert not hit.flags & ObjectFlag.MISS and hit.removals == ("b/d/c",)
+    assert core.copy.weight(DIR)[0] == 4 and core.copy.names == 4
+
+
+def test_a_full_prefix_entry_sends_a_first_write_the_miss_path() -> None:
+    store = {"b/d/a", "b/d/b", "b/d/c"}
+    core = with_index(store, prefix_max=4)
+    op = put(core, 1, "b/d/x")
+    core.receive(ObjectAdded(op.seq, ("b/d/x", DIR)))
+    core.actions()
+    commit(core, 1, "b/d/x", store)
+    assert core.copy.weight(DIR)[0] == 4
+    overwrite = put(core, 2, "b/d/a")  # an overwrite does not grow it: a hit
+    assert not overwrite.flags & ObjectFlag.MISS
+    commit(core, 2, "b/d/a", store)
+    first = put(core, 3, "b/d/y")  # a fifth name: the entry may not grow past 4
+    assert first.flags & ObjectFlag.MISS and not first.flags & ObjectFlag.PREFIX
+    assert core.copy.weight(DIR)[0] == 4
+
+
+def test_a_directory_over_the_bound_is_never_offered() -> None:
+    store = {f"b/d/{i}" for i in range(5)}
+    core = with_index(store, prefix_max=4)
+    op = put(core, 1, "b/d/new")
+    assert op.flags & ObjectFlag.MISS and not op.flags & ObjectFlag.PREFIX
+
+
+def test_a_prefix_entry_that_no_longer_fits_is_weighed_again_and_dropped() -> None:
+    store = {"b/d/a"}
+    core = with_index(store, prefix_max=2)
+    op = put(core, 1, "b/d/c")
+    assert op.flags & ObjectFlag.PREFIX
+    store.update({"b/d/e", "b/d/f"})  # written meanwhile (as exact names, say)
+    core.receive(ObjectAdded(op.seq, ("b/d/c", DIR)))
+    core.actions()
+    assert DIR not in core.copy and "b/d/c" in core.copy
+    commit(core, 1, "b/d/c", store)
+    core.submit(2, PUT, "b/x", b"{}", b"")
+    (carrier,) = sent(core.actions())
+    assert DIR in carrier.removals  # the secondary sheds what the copy did not take
+
+
+def test_connect_resyncs_every_name_under_a_recorded_prefix_entry_on_either_site() -> None:
+    store = {"b/d/here"}
+    core = with_index(store, record=(DIR,))
+    (request,) = [a.message for a in core.actions() if isinstance(a, SendObject)]
+    assert request == ObjectListRequest(2, int(ListWhat.UNDER), "b/d/")
+    # the secondary also holds b/d/gone, deleted here while the link was down: resynced too
+    core.receive(ObjectList(2, int(ListWhat.UNDER), (("b/d/gone", "e1"),), more=True))
+    assert core.actions() == []
+    core.receive(ObjectList(2, int(ListWhat.UNDER), (("b/d/here", "e2"),)))
+    reads = [a for a in core.actions() if isinstance(a, ReadForResync)]
+    assert sorted(r.name for r in reads) == ["b/d/gone", "b/d/here"]
+    assert DIR in core.copy
+
+
+def test_a_prefix_entry_in_may_differ_leaves_it_once_its_names_are_durably_resynced() -> None:
+    store = {"b/d/a"}
+    core = with_index(store, may_differ=(DIR,))
+    (request,) = [a.message for a in core.actions() if isinstance(a, SendObject)]
+    core.receive(ObjectList(request.request, int(ListWhat.UNDER), (("b/d/z", "e"),)))
+    for read in [a for a in core.actions() if isinstance(a, ReadForResync)]:
+        core.resync_read(read.op_id, b"{}" if read.name in store else None, b"")
+    ops = sent(core.actions())
+    assert {(o.name, o.kind) for o in ops} == {("b/d/a", PUT), ("b/d/z", int(ObjectKind.DELETE))}
+    assert core.may_differ == {DIR}
+    core.receive(ObjectDurable(max(o.seq for o in ops)))
+    assert core.may_differ == set() and core.in_sync
+
+
+def test_a_recorded_prefix_entry_too_heavy_at_connect_moves_to_may_differ() -> None:
+    store = {f"b/d/{i}" for i in range(6)}  # written while the link was down
+    core = with_index(store, prefix_max=4, record=(DIR,))
+    actions = core.actions()
+    assert actions[0] == PersistMayDiffer(frozenset({DIR}))  # durably, before the removal
+    assert DIR not in core.copy
+
+
+def test_the_secondary_records_the_directory_when_offered_and_predicted() -> None:
+    sec = ObjectSecondaryCore(LinksPredictor(), OrderedDict())
+    sec.on_op(ObjectOp(1, PUT, 0, 0, "b/d/a"))
+    change = sec.on_op(ObjectOp(2, PUT, int(ObjectFlag.MISS | ObjectFlag.PREFIX), 2, "b/d/b"))
+    assert change.reply is not None and DIR in change.reply and DIR in sec.record
+    assert not any(n.startswith("b/d/") and n != "b/d/b" for n in change.reply if n != DIR)
+    lone = sec.on_op(ObjectOp(3, PUT, int(ObjectFlag.MISS | ObjectFlag.PREFIX), 2, "b/e/first"))
+    assert lone.reply is not None and "b/e/\x00" not in lone.reply  # no sibling: not a directory
+    unoffered = sec.on_op(ObjectOp(4, PUT, int(ObjectFlag.MISS), 2, "b/e/second"))
+    assert unoffered.reply is not None and "b/e/\x00" not in unoffered.reply
+
+
+def test_the_deliberate_bug_replies_a_prefix_entry_the_record_does_not_keep() -> None:
+    from foresync.faults import Faults
+
+    sec = ObjectSecondaryCore(LinksPredictor(), OrderedDict(),
+                              Faults(object_prefix_entry_not_covering=True))
+    sec.on_op(ObjectOp(1, PUT, 0, 0, "b/d/a"))
+    change = sec.on_op(ObjectOp(2, PUT, int(ObjectFlag.MISS | ObjectFlag.PREFIX), 2, "b/d/b"))
+    assert change.reply is not None and DIR in change.reply and DIR not in sec.record

@@ -45,11 +45,11 @@ from foresync.link.object_wire import (
     ObjectDurable,
     ObjectFlag,
     ObjectKind,
-    ObjectList,
     ObjectListRequest,
     ObjectMessage,
     ObjectOp,
     ObjectRemove,
+    list_frames,
 )
 from foresync.objects.predict import LinksPredictor
 from foresync.objects.s3 import S3Frontend, load_credentials, start_server
@@ -101,8 +101,9 @@ class ObjectsPrimary:
             store_may_differ(self._may_differ_path, may_differ)
             os.unlink(record_path)
         self.core = ObjectPrimaryCore(
-            ObjectConfig(cfg.mode, cfg.s3_record_capacity, cfg.s3_record_bytes, cfg.s3_budget),
-            may_differ, self._listing)
+            ObjectConfig(cfg.mode, cfg.s3_record_capacity, cfg.s3_record_bytes, cfg.s3_budget,
+                         min(cfg.s3_prefix_entry_max, cfg.s3_record_capacity)),
+            may_differ, self._listing, local_index=StoreIndex(self.store))
         self.store.gate = self
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
@@ -161,6 +162,7 @@ class ObjectsPrimary:
                 "bytes": sum(i.size for b, _ in self.store.buckets() for k in self.store.sorted_keys(b)
                              if (i := self.store.info(b, k)) is not None),
                 "record_entries": stats.record_entries, "record_bytes": stats.record_bytes,
+                "record_names": stats.record_names, "record_prefixes": stats.record_prefixes,
                 "hits": stats.hits, "misses": stats.misses, "may_differ": stats.may_differ,
                 "in_flight": stats.ops_in_flight, "lag_ops": stats.last_seq - stats.durable_seq,
                 "resyncs": stats.resyncs, "in_sync": self.core.in_sync,
@@ -252,6 +254,29 @@ class ObjectsPrimary:
                 if (info := self.store.info(bucket, key)) is not None}
 
 
+class StoreIndex:
+    """The primary's store as the core's ``LocalIndex`` (prefix entries): a bisect over a
+    bucket's sorted keys, never a walk of the whole store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def weigh(self, directory: str, limit: int) -> tuple[int, int] | None:
+        bucket, prefix = _split(directory)
+        keys = self._store.keys_under(bucket, prefix, limit)
+        if len(keys) > limit:
+            return None
+        return len(keys), sum(len(bucket.encode("utf-8")) + 1 + len(k.encode("utf-8")) for k in keys)
+
+    def names_under(self, directory: str) -> list[str]:
+        bucket, prefix = _split(directory)
+        return [f"{bucket}/{key}" for key in self._store.keys_under(bucket, prefix)]
+
+    def has(self, name: str) -> bool:
+        bucket, key = _split(name)
+        return self._store.has_bucket(bucket) and self._store.info(bucket, key) is not None
+
+
 def _resolve(future: concurrent.futures.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -328,10 +353,12 @@ class ObjectsSecondary:
             case ObjectRemove():
                 self.journal.update((), self.core.on_remove(message))
                 return []
-            case ObjectListRequest(request, what):
+            case ObjectListRequest(request, what, directory):
                 if what == ListWhat.RECORD:
-                    return [ObjectList(request, what, tuple((n, "") for n in self.core.record))]
-                return [ObjectList(request, what, tuple(self._listing()))]
+                    return list(list_frames(request, what, [(n, "") for n in self.core.record]))
+                if what == ListWhat.UNDER:
+                    return list(list_frames(request, what, self._listing_under(directory)))
+                return list(list_frames(request, what, self._listing()))
         raise AssertionError(f"the secondary got {type(message).__name__}")
 
     def _apply_op(self, op: ObjectOp) -> list[wire.Message]:
@@ -376,6 +403,11 @@ class ObjectsSecondary:
         return [(f"{bucket}/{key}", info.etag)
                 for bucket, _ in self.store.buckets()
                 for key in self.store.sorted_keys(bucket)
+                if (info := self.store.info(bucket, key)) is not None]
+
+    def _listing_under(self, directory: str) -> list[tuple[str, str]]:
+        bucket, prefix = _split(directory)
+        return [(f"{bucket}/{key}", info.etag) for key in self.store.keys_under(bucket, prefix)
                 if (info := self.store.info(bucket, key)) is not None]
 
     def status(self) -> dict[str, object]:

@@ -77,9 +77,10 @@ from foresync.link.object_wire import ObjectMessage
 # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); 3: data generations in HELLO and DEMOTE and a
 # code in REFUSE (issue 13); 4: full-sync checksums streamed in CHECKSUMS chunks after the
 # WELCOME instead of inside it, RESYNC_PROGRESS and a resumable pass in WELCOME (issue 19);
-# 5: the object frames, types 200-206 (issue 18, link/object_wire.py). A peer of another
-# version is refused by name.
-PROTOCOL_VERSION = 5
+# 5: the object frames, types 200-206 (issue 18, link/object_wire.py); 6: prefix entries of the
+# record of objects (flag PREFIX, OBJ_LIST_REQUEST UNDER) and OBJ_LIST split across frames.
+# A peer of another version is refused by name.
+PROTOCOL_VERSION = 6
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")

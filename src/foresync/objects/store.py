@@ -306,6 +306,22 @@ class Store:
         with self._lock:
             return list(self._need_bucket(bucket).keys)
 
+    def keys_under(self, bucket: str, prefix: str, limit: int | None = None) -> list[str]:
+        """The bucket's keys starting with ``prefix``, sorted; at most ``limit`` + 1 of them (so
+        a caller can tell "more than ``limit``") without walking the rest. None: every one."""
+        with self._lock:
+            entry = self._buckets.get(bucket)
+            if entry is None:
+                return []
+            found: list[str] = []
+            keys = entry.keys
+            at = bisect.bisect_left(keys, prefix)
+            while (at < len(keys) and keys[at].startswith(prefix)
+                   and (limit is None or len(found) <= limit)):
+                found.append(keys[at])
+                at += 1
+            return found
+
     def info(self, bucket: str, key: str) -> ObjectInfo | None:
         return self._need_bucket(bucket).objects.get(key)
 

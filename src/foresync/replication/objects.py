@@ -21,10 +21,22 @@ same link and stream, the same epochs and failover, the same rules as replicatio
   Only clean names are evicted (record/eviction.py's rule for extents), oldest first. An
   OBJ_ADDED that names a name evicted by a later op (``_removed_at``) does not bring it back into
   the copy: the secondary, applying the stream in order, removes it again.
-* The record is bounded in count (``capacity``) and in bytes (``capacity_bytes``, UTF-8 names):
-  a miss makes room for its name plus ``budget`` names of ``slot_bytes(name)`` each, held
+* The record is bounded in the names it covers (``capacity``) and their bytes
+  (``capacity_bytes``, UTF-8 names), weighed by ``RecordCopy`` (replication/object_copy.py): a
+  miss makes room for its name plus ``budget`` names of ``slot_bytes(name)`` each, held
   (``_reserved``) until its OBJ_ADDED, so concurrent misses cannot overfill it; the secondary
-  adds no more predicted bytes than that (``ObjectSecondaryCore``).
+  adds no more predicted bytes than that (replication/object_secondary.py).
+* Prefix entries (objects/entries.py): a miss may also reserve room for every name the primary
+  holds in the name's directory (``local_index.weigh``, at most ``prefix_names_max``) and offer
+  it (flag PREFIX); if the secondary's directory link predicts it, the secondary records the
+  directory as one entry and later first writes under it are hits. Taken into the copy at
+  OBJ_ADDED only if its weight, weighed again then, still fits (else its removal is sent, safe
+  since nothing relied on it); it takes in the entries under it. A first write under it grows it
+  by one name if that fits, else goes the miss path as an exact name. At connect a prefix entry
+  that no longer fits is moved to may-differ (durably) and removed from the record, and every
+  prefix entry in the record or in may-differ is resynced name by name: the names the primary
+  holds under it and those the secondary lists (OBJ_LIST_REQUEST UNDER); one in may-differ leaves
+  it once all those resyncs are durable.
 * What the record cannot bound is *may differ* (the primary's out-of-sync names, persisted by the
   adapter before any later action is carried out): ops while the link is down or before the
   secondary's record came back, a miss whose OBJ_ADDED never came, a failed local commit.
@@ -41,10 +53,11 @@ All I/O is the adapter's, through the actions drained with ``actions()``; the lo
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from foresync.errors import invariant
 from foresync.faults import NO_FAULTS, Faults
@@ -58,26 +71,51 @@ from foresync.link.object_wire import (
     ObjectListRequest,
     ObjectMessage,
     ObjectOp,
-    ObjectRemove,
 )
-from foresync.objects.predict import ObjectPredictor
+from foresync.objects.entries import (
+    covers,
+    directory_of,
+    entry_directory,
+    is_prefix_entry,
+    prefix_entry,
+)
+from foresync.replication.object_copy import RecordCopy, exact_weight
+from foresync.replication.object_secondary import (  # re-exported: the cores' one home
+    SLOT_BYTES_MIN,
+    ObjectSecondaryCore,
+    RecordChange,
+    slot_bytes,
+)
 from foresync.replication.primary import Mode
 
+__all__ = ["SLOT_BYTES_MIN", "LocalIndex", "ObjectConfig", "ObjectPrimaryCore", "ObjectSecondaryCore",
+           "RecordChange", "slot_bytes"]
+
 _MISS, _DURABLE, _RESYNC = int(ObjectFlag.MISS), int(ObjectFlag.DURABLE), int(ObjectFlag.RESYNC)
-SLOT_BYTES_MIN = 64  # a predicted name is charged at least this many bytes of the record
-
-
-def slot_bytes(name: str) -> int:
-    """What one predicted name may take of the record's bytes, by the name that predicted it."""
-    return max(len(name.encode("utf-8")), SLOT_BYTES_MIN)
+_PREFIX = int(ObjectFlag.PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
 class ObjectConfig:
     mode: Mode
-    capacity: int = 4096  # names in the record
-    capacity_bytes: int = 1024 * 1024  # bytes of names in the record
+    capacity: int = 4096  # names the record covers
+    capacity_bytes: int = 1024 * 1024  # bytes of the names it covers
     budget: int = 8  # predicted names a miss may add
+    prefix_names_max: int = 64  # names one prefix entry may cover (0: no prefix entries)
+
+
+class LocalIndex(Protocol):
+    """The primary's own objects, as the core needs them for prefix entries (the adapter's)."""
+
+    def weigh(self, directory: str, limit: int) -> tuple[int, int] | None:
+        """How many names the primary holds under ``directory`` and their UTF-8 bytes (as
+        ``bucket/key``); None if more than ``limit``."""
+
+    def names_under(self, directory: str) -> list[str]:
+        """Every name the primary holds under ``directory``."""
+
+    def has(self, name: str) -> bool:
+        """Whether the primary holds ``name``."""
 
 
 # -- actions (the primary adapter carries them out in order) ---------------------------------------
@@ -134,6 +172,7 @@ class _Op:
     need_durable: bool = False
     mark: int = 0  # the may-differ mark a resync read saw
     reserved: tuple[int, int] = (0, 0)  # a miss's room in the record (names, bytes) until ADDED
+    cover: str = ""  # a resync op's prefix entry (``_expand``), if it came from one
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +180,8 @@ class ObjectStatistics:
     link: str
     record_entries: int
     record_bytes: int
+    record_names: int  # names the entries cover (a prefix entry covers many)
+    record_prefixes: int
     may_differ: int
     hits: int
     misses: int
@@ -160,21 +201,25 @@ class _Counters:
 
 class ObjectPrimaryCore:
     def __init__(self, config: ObjectConfig, may_differ: Iterable[str],
-                 local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS) -> None:
+                 local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS,
+                 local_index: LocalIndex | None = None) -> None:
         self.config = config
         self.faults = faults
         self._local_listing = local_listing
-        self.copy: OrderedDict[str, int] = OrderedDict()  # name -> last oseq sent for it
-        self.copy_bytes = 0
+        self._index = local_index  # None: no prefix entries are offered
+        self.copy = RecordCopy()  # entry -> last oseq sent under it, and what it weighs
         self.may_differ: set[str] = set(may_differ)
-        self._marks: dict[str, int] = {}  # name -> how often it was marked (resync compares)
+        self._marks: dict[str, int] = {}  # entry -> how often it was marked (resync compares)
         self._queues: dict[str, deque[_Op]] = {}
         self._ops: dict[int, _Op] = {}
         self._by_seq: dict[int, _Op] = {}
         self._waiting_room: deque[_Op] = deque()
         self._removals: list[str] = []
-        self._removed_at: dict[str, int] = {}  # name -> oseq of the op that carried its removal
+        self._removed_at: dict[str, int] = {}  # entry -> oseq of the op that carried its removal
         self._reserved = [0, 0]  # room held for misses awaiting OBJ_ADDED: names, bytes
+        self._expanding: dict[int, str] = {}  # OBJ_LIST_REQUEST UNDER -> its prefix entry
+        self._prefix_resyncs: dict[str, tuple[int, set[int]]] = {}  # entry -> (mark, resync ops)
+        self._partial: dict[int, list[tuple[str, str]]] = {}  # a listing's frames so far
         self._actions: list[ObjectAction] = []
         self.next_seq = 1
         self.durable_seq = 0
@@ -221,8 +266,9 @@ class ObjectPrimaryCore:
         op.meta, op.data = meta or b"", data
         # Sent before the name is released: the next op on it must come after it in the stream.
         self._assign_seq(op)
-        if op.name in self.copy:
-            self.copy[op.name] = op.seq
+        entry = self.copy.covering(op.name)
+        if entry is not None:
+            self.copy.set_seq(entry, op.seq)
         self._send(op, _RESYNC)
         op.data = b""
         op.state = OpState.AWAIT_DURABLE
@@ -242,8 +288,10 @@ class ObjectPrimaryCore:
         self.connected_link = self.link_up = False
         self._removed_at.clear()
         self.copy.clear()
-        self.copy_bytes = 0
         self._removals.clear()
+        self._expanding.clear()
+        self._prefix_resyncs.clear()  # a prefix entry in may-differ stays there
+        self._partial.clear()
         for op in list(self._ops.values()):
             if op.state is OpState.AWAIT_ADDED or op.state is OpState.WAIT_ROOM:
                 # Whether the secondary got it is unknown: the name may differ, durably, first.
@@ -273,9 +321,15 @@ class ObjectPrimaryCore:
                 self._on_added(seq, names)
             case ObjectDurable(seq):
                 self._on_durable(seq)
-            case ObjectList(request, what, entries):
+            case ObjectList(request, what, entries, more):
+                if more:  # a long listing comes in frames: keep them until the last
+                    self._partial.setdefault(request, []).extend(entries)
+                    return
+                entries = (*self._partial.pop(request, ()), *entries)
                 if request == self._verify_request and what == ListWhat.ALL and self.link_up:
                     self._on_verify(entries)
+                elif request in self._expanding and what == ListWhat.UNDER:
+                    self._on_under(self._expanding.pop(request), entries)
                 elif request == self._request and self.connected_link:
                     self._on_list(what, entries)
             case _:
@@ -294,7 +348,8 @@ class ObjectPrimaryCore:
 
     def statistics(self) -> ObjectStatistics:
         link = "connected" if self.link_up else ("greeting" if self.connected_link else "disconnected")
-        return ObjectStatistics(link, len(self.copy), self.copy_bytes, len(self.may_differ),
+        return ObjectStatistics(link, len(self.copy), self.copy.bytes, self.copy.names,
+                                self.copy.prefixes, len(self.may_differ),
                                 self.counters.hits, self.counters.misses, len(self._ops),
                                 self.next_seq - 1, self.durable_seq, self.counters.resyncs,
                                 self.verify_mismatches)
@@ -312,6 +367,20 @@ class ObjectPrimaryCore:
         queue.append(op)
         if len(queue) == 1:
             self._start(op)
+        elif op.resync and queue[0].state is OpState.WAIT_ROOM:
+            self._resyncs_first(queue)
+
+    def _resyncs_first(self, queue: deque[_Op]) -> None:
+        """A miss waiting for room has sent nothing: the resyncs queued on its name go first.
+        Behind it, a resync would keep its prefix entry busy and so the room from ever coming.
+        A resync sends the name's current state, so it may overtake ops not yet started. Found
+        by the simulator."""
+        resyncs = [o for o in queue if o.resync]
+        others = [o for o in queue if not o.resync]
+        queue[0].state = OpState.QUEUED  # out of the waiting room (``_on_durable`` skips it)
+        queue.clear()
+        queue.extend(resyncs + others)
+        self._start(queue[0])
 
     def _start(self, op: _Op) -> None:
         if op.resync:
@@ -324,71 +393,151 @@ class ObjectPrimaryCore:
             if not bucket_op:
                 self._mark(op.name)
             self._commit(op)
-        elif self.config.mode is Mode.ASYNC or bucket_op:
+            return
+        if self.config.mode is Mode.ASYNC or bucket_op:
             self._assign_seq(op)
             self._send(op, 0)
             self._commit(op)
-        elif op.name in self.copy or self.faults.object_hit_before_record_durable:
-            self.counters.hits += 1
-            self._assign_seq(op)
-            if op.name in self.copy:
-                self.copy[op.name] = op.seq
-                self.copy.move_to_end(op.name)
-            op.need_durable = self.config.mode is Mode.SYNC
-            self._send(op, _DURABLE if op.need_durable else 0)
-            self._commit(op)
-        else:
+            return
+        entry = self._hit_entry(op)
+        if entry is None and not self.faults.object_hit_before_record_durable:
             self._miss(op)
+            return
+        self.counters.hits += 1
+        self._assign_seq(op)
+        if entry is not None:
+            self.copy.touch(entry, op.seq)
+        op.need_durable = self.config.mode is Mode.SYNC
+        self._send(op, _DURABLE if op.need_durable else 0)
+        self._commit(op)
+
+    def _hit_entry(self, op: _Op) -> str | None:
+        """The entry a hit on ``op`` goes under, or None for a miss. A first write under a prefix
+        entry grows it by one name, within its bound and the record's; else it is a miss and the
+        name gets its own entry (the prefix entry is never let grow past its bound)."""
+        entry = self.copy.covering(op.name)
+        if (entry is None or entry == op.name or op.kind != ObjectKind.PUT or self._index is None
+                or self._index.has(op.name)):
+            return entry
+        names, size = 1, len(op.name.encode("utf-8"))
+        if (self.copy.weight(entry)[0] + names > self.config.prefix_names_max
+                or not self._evict_for(names, size, keep=entry)):
+            return None
+        self.copy.grow(entry, names, size)
+        return entry
 
     def _miss(self, op: _Op) -> None:
-        budget = self._make_room(op.name)
+        offer = self._prefix_offer(op)
+        budget = self._make_room(op.name, offer[1] if offer else (0, 0))
+        if budget is None and offer is not None:
+            offer, budget = None, self._make_room(op.name, (0, 0))
         if budget is None:
-            op.state = OpState.WAIT_ROOM  # every name is dirty: wait for the durable watermark
+            op.state = OpState.WAIT_ROOM  # every entry is dirty: wait for the durable watermark
             self._waiting_room.append(op)
+            queue = self._queues[op.name]
+            if any(o.resync for o in queue):
+                self._resyncs_first(queue)
             return
         self.counters.misses += 1
-        op.reserved = (1 + budget, len(op.name.encode("utf-8")) + budget * slot_bytes(op.name))
+        extra_names, extra_bytes = offer[1] if offer else (0, 0)
+        op.reserved = (1 + budget + extra_names,
+                       len(op.name.encode("utf-8")) + budget * slot_bytes(op.name) + extra_bytes)
         self._reserved[0] += op.reserved[0]
         self._reserved[1] += op.reserved[1]
         self._assign_seq(op)
         op.need_durable = self.config.mode is Mode.SYNC
-        flags = _MISS | (_DURABLE if op.need_durable else 0)
+        flags = _MISS | (_DURABLE if op.need_durable else 0) | (_PREFIX if offer else 0)
         self._by_seq[op.seq] = op
         self._send(op, flags, budget)
         op.state = OpState.AWAIT_ADDED
 
-    def _make_room(self, name: str) -> int | None:
-        """Evict clean names, oldest first, until ``name`` and as many predicted names as
-        possible (up to the budget) fit; the budget that fits, or None if not even the name."""
-        size, slot = len(name.encode("utf-8")), slot_bytes(name)
+    def _prefix_offer(self, op: _Op) -> tuple[str, tuple[int, int]] | None:
+        """The prefix entry of ``op``'s directory and the room it needs beyond what the entries
+        already under it take, if the directory is small enough to be recorded whole."""
+        if self._index is None or self.config.budget == 0 or self.config.prefix_names_max == 0:
+            return None
+        entry = prefix_entry(directory_of(op.name))
+        weight = self._prefix_weight(entry)
+        if weight is None or entry in self.copy:
+            return None
+        below_names, below_bytes = self.copy.weight_under(entry_directory(entry))
+        return entry, (max(weight[0] - below_names, 0), max(weight[1] - below_bytes, 0))
 
-        names, used = len(self.copy) + self._reserved[0], self.copy_bytes + self._reserved[1]
+    def _prefix_weight(self, entry: str) -> tuple[int, int] | None:
+        """What ``entry`` weighs now, or None if over ``prefix_names_max``: the names the
+        primary holds under it, and those a queued op is writing there for the first time (they
+        commit later, and nothing else would count them). Found by the simulator."""
+        assert self._index is not None
+        directory = entry_directory(entry)
+        weighed = self._index.weigh(directory, self.config.prefix_names_max)
+        if weighed is None:
+            return None
+        names, size = weighed
+        for name, queue in self._queues.items():
+            if (name.startswith(directory) and not self._index.has(name)
+                    and any(o.kind == ObjectKind.PUT and not o.resync for o in queue)):
+                names, size = names + 1, size + len(name.encode("utf-8"))
+        if names > self.config.prefix_names_max:
+            return None
+        return max(names, 1), size + len(entry.encode("utf-8"))
 
-        def fits(budget: int) -> bool:
-            return (names + 1 + budget <= self.config.capacity
-                    and used + size + budget * slot <= self.config.capacity_bytes)
+    def _fits(self, names: int, size: int) -> bool:
+        return (self.copy.names + self._reserved[0] + names <= self.config.capacity
+                and self.copy.bytes + self._reserved[1] + size <= self.config.capacity_bytes)
 
+    def _make_room(self, name: str, extra: tuple[int, int]) -> int | None:
+        """Evict clean entries, oldest first, until ``name``, ``extra`` and as many predicted
+        names as possible (up to the budget) fit; the budget that fits, or None."""
+        size, slot = len(name.encode("utf-8")) + extra[1], slot_bytes(name)
         want = self.config.budget
-        if not fits(want):
-            for victim in [n for n in self.copy if self._clean(n)]:
-                self._evict(victim)
-                names, used = names - 1, used - len(victim.encode("utf-8"))
-                if fits(want):
-                    break
-        while want > 0 and not fits(want):
+        self._evict_for(1 + extra[0] + want, size + want * slot)
+        while want > 0 and not self._fits(1 + extra[0] + want, size + want * slot):
             want -= 1
-        return want if fits(want) else None
+        return want if self._fits(1 + extra[0] + want, size + want * slot) else None
 
-    def _clean(self, name: str) -> bool:
+    def _evict_for(self, names: int, size: int, keep: str | None = None) -> bool:
+        """Evict clean entries (with what goes with them), least recently used first, until
+        ``names`` and ``size`` more fit; whether they fit."""
+        if self._fits(names, size):
+            return True
+        busy = self._busy()
+        for entry, with_it in self.copy.groups():
+            if entry != keep and all(self._clean(e, busy) for e in (entry, *with_it)):
+                for victim in (entry, *with_it):
+                    self._evict(victim)
+                if self._fits(names, size):
+                    return True
+        return False
+
+    def _busy(self) -> set[str]:
+        """Entries that cover a name with an op under way, or a prefix entry still being
+        resynced. A miss waiting for room has sent nothing and is at the head of its name's
+        queue: its name does not keep a prefix entry above it busy (that entry, full, may be
+        just what must go to make the room). Found by the simulator."""
+        busy = set(self._prefix_resyncs)
+        for name, queue in self._queues.items():
+            if queue[0].state is OpState.WAIT_ROOM:
+                continue
+            busy.add(name)
+            entry = self.copy.covering_prefix(name)
+            while entry is not None:
+                busy.add(entry)
+                entry = self.copy.covering_prefix(entry)
+        return busy
+
+    def _clean(self, entry: str, busy: set[str]) -> bool:
         # The watermark rule is kept although the secondary applies each op fsynced (so applied
         # is durable there): a removal then can never overtake the data it stops covering.
-        return self.copy[name] <= self.durable_seq and name not in self._queues
+        return self.copy.seq(entry) <= self.durable_seq and entry not in busy
 
-    def _evict(self, name: str) -> None:
-        del self.copy[name]
-        self.copy_bytes -= len(name.encode("utf-8"))
-        if name not in self._removals:
-            self._removals.append(name)
+    def _evict(self, entry: str) -> None:
+        self.copy.remove(entry)
+        self._remove_later(entry)
+
+    def _remove_later(self, entry: str) -> None:
+        """The secondary drops ``entry`` with the next op (claim 17)."""
+        if entry not in self._removals:
+            self._removals.append(entry)
 
     def _commit(self, op: _Op) -> None:
         op.state = OpState.COMMITTING
@@ -422,18 +571,48 @@ class ObjectPrimaryCore:
             return  # a reply from a session we gave up on
         invariant(op.name in names, f"OBJ_ADDED {seq} does not name {op.name!r}")
         self._release_room(op)
-        for name in names:
-            evicted = self._removed_at.get(name, 0) > seq or name in self._removals
-            if evicted and not self.faults.object_added_ignores_eviction:
-                # Evicted by a later op since: the secondary removes it after adding it here, so
-                # taking it back into the copy would claim a coverage it will not have. Found by
-                # the simulator.
+        exact = [n for n in names if not is_prefix_entry(n) and not self._dropped(n, seq)]
+        taken = None
+        for entry in (n for n in names if is_prefix_entry(n) and not self._dropped(n, seq)):
+            if entry in self.copy:
                 continue
-            if name not in self.copy:
-                self.copy_bytes += len(name.encode("utf-8"))
-            self.copy[name] = op.seq if name == op.name else self.copy.get(name, 0)
-            self.copy.move_to_end(name)
+            if self._take_prefix(entry, op, exact):
+                taken = entry
+            else:
+                self._remove_later(entry)  # nothing relied on it: the record sheds it
+        for name in exact:
+            if taken is not None and covers(taken, name):
+                self._remove_later(name)  # in the prefix entry's weight: it covers the name
+                continue
+            self.copy.add(name, op.seq if name == op.name else 0)
         self._commit(op)
+
+    def _dropped(self, entry: str, seq: int) -> bool:
+        """Evicted by a later op since: the secondary removes it after adding it here, so taking
+        it back into the copy would claim a coverage it will not have. Found by the simulator."""
+        evicted = self._removed_at.get(entry, 0) > seq or entry in self._removals
+        return evicted and not self.faults.object_added_ignores_eviction
+
+    def _take_prefix(self, entry: str, op: _Op, exact: list[str]) -> bool:
+        """Take a prefix entry the secondary recorded for ``op`` into the copy, weighed again
+        now, if it still fits with the ``exact`` names of the same reply that it does not cover;
+        it takes in the entries under it (their removal rides on the next op)."""
+        if self._index is None:
+            return False
+        weight = self._prefix_weight(entry)
+        if weight is None:
+            return False
+        below = self.copy.under(entry)
+        below_names, below_bytes = self.copy.weight_under(entry_directory(entry))
+        rest = [exact_weight(n) for n in exact if n not in self.copy and not covers(entry, n)]
+        if not self._fits(weight[0] - below_names + sum(n for n, _ in rest),
+                          weight[1] - below_bytes + sum(b for _, b in rest)):
+            return False
+        last = max([op.seq, *(self.copy.seq(e) for e in below)])
+        for inner in below:
+            self._evict(inner)
+        self.copy.add(entry, last, weight)
+        return True
 
     def _release_room(self, op: _Op) -> None:
         self._reserved[0] -= op.reserved[0]
@@ -448,6 +627,11 @@ class ObjectPrimaryCore:
             if op.resync and self._marks.get(op.name, 0) == op.mark:
                 self._unmark(op.name)
             self._maybe_answer(op)
+            if op.cover and op.state is OpState.DONE and op.cover in self._prefix_resyncs:
+                pending = self._prefix_resyncs[op.cover][1]
+                pending.discard(op.op_id)
+                if not pending:
+                    self._prefix_resynced(op.cover)
         waiting, self._waiting_room = self._waiting_room, deque()
         for op in waiting:  # a miss still without room goes back in line (``_miss``)
             if op.state is OpState.WAIT_ROOM:
@@ -456,14 +640,55 @@ class ObjectPrimaryCore:
     def _on_list(self, what: int, entries: tuple[tuple[str, str], ...]) -> None:
         self.link_up = True
         if what == ListWhat.RECORD:
-            for name, _ in entries:
-                self.copy[name] = 0
-                self.copy_bytes += len(name.encode("utf-8"))
+            for entry, _ in entries:
+                self._take_recorded(entry)
             names = set(self.copy) | self.may_differ
         else:
             names = self._differing(entries) | self.may_differ
         for name in sorted(names):
-            self._resync(name)
+            if is_prefix_entry(name):
+                self._expand(name)
+            else:
+                self._resync(name)
+
+    def _take_recorded(self, entry: str) -> None:
+        """An entry of the secondary's record at connect: into the copy if it fits, else into
+        may-differ (durably, first) and out of the record with the next op."""
+        weight = exact_weight(entry)
+        if is_prefix_entry(entry):
+            weighed = self._prefix_weight(entry) if self._index is not None else None
+            weight = weighed if weighed is not None else (self.config.capacity + 1, 0)
+        if self._fits(*weight):
+            self.copy.add(entry, 0, weight)
+        else:
+            self._mark(entry)
+            self._remove_later(entry)
+
+    def _expand(self, entry: str) -> None:
+        """Resync every name under a prefix entry: ask for the secondary's names there."""
+        self._request += 1
+        self._expanding[self._request] = entry
+        self._prefix_resyncs[entry] = (self._marks.get(entry, 0), set())
+        self._emit(SendObject(ObjectListRequest(self._request, int(ListWhat.UNDER),
+                                                entry_directory(entry))))
+
+    def _on_under(self, entry: str, entries: tuple[tuple[str, str], ...]) -> None:
+        directory = entry_directory(entry)
+        names = {n for n, _ in entries if n.startswith(directory)}
+        if self._index is not None:
+            names.update(self._index.names_under(directory))
+        pending = self._prefix_resyncs[entry][1]
+        for name in sorted(names):
+            pending.add(self._resync(name, entry))
+        if not pending:
+            self._prefix_resynced(entry)
+
+    def _prefix_resynced(self, entry: str) -> None:
+        """Every name under ``entry`` is resynced durably: unless it was marked again since, it
+        no longer may differ."""
+        mark, _ = self._prefix_resyncs.pop(entry)
+        if self._marks.get(entry, 0) == mark:
+            self._unmark(entry)
 
     def _on_verify(self, entries: tuple[tuple[str, str], ...]) -> None:
         differing = self._differing(entries)
@@ -477,10 +702,11 @@ class ObjectPrimaryCore:
         ours = self._local_listing()
         return {n for n in set(theirs) | set(ours) if theirs.get(n, "") != ours.get(n, "")}
 
-    def _resync(self, name: str) -> None:
-        op = _Op(self._next_resync_id, int(ObjectKind.PUT), name, b"", b"", resync=True)
+    def _resync(self, name: str, cover: str = "") -> int:
+        op = _Op(self._next_resync_id, int(ObjectKind.PUT), name, b"", b"", resync=True, cover=cover)
         self._next_resync_id -= 1
         self._enqueue(op)
+        return op.op_id
 
     def _mark(self, name: str) -> None:
         self._marks[name] = self._marks.get(name, 0) + 1
@@ -507,51 +733,3 @@ class ObjectPrimaryCore:
 
     def _emit(self, action: ObjectAction) -> None:
         self._actions.append(action)
-
-
-# -- the secondary -------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class RecordChange:
-    """What one op does to the secondary's record: journal it durably, then reply ``added``
-    (OBJ_ADDED, for a miss) before applying the op."""
-    added: tuple[str, ...]
-    removed: tuple[str, ...]
-    reply: tuple[str, ...] | None  # the names to report in OBJ_ADDED (None: not a miss)
-
-
-@dataclass(slots=True)
-class ObjectSecondaryCore:
-    """The secondary's record of objects: removals first, then the name and its predicted
-    neighbours (``predictor``, within the op's budget in count and bytes)."""
-    predictor: ObjectPredictor
-    record: OrderedDict[str, None] = field(default_factory=OrderedDict)
-
-    def on_op(self, op: ObjectOp) -> RecordChange:
-        removed = tuple(n for n in dict.fromkeys(op.removals) if n in self.record)
-        for name in removed:
-            del self.record[name]
-        reply: tuple[str, ...] | None = None
-        added: list[str] = []
-        if op.flags & _MISS:
-            chosen = [op.name]
-            room = op.budget * slot_bytes(op.name)
-            for name in self.predictor.candidates(op.name, op.budget):
-                size = len(name.encode("utf-8"))
-                if size <= room and name not in chosen:
-                    chosen.append(name)
-                    room -= size
-            for name in chosen:
-                if name not in self.record:
-                    self.record[name] = None
-                    added.append(name)
-            reply = tuple(chosen)
-        if not op.flags & _RESYNC and op.kind in (ObjectKind.PUT, ObjectKind.DELETE):
-            self.predictor.observe(op.name)
-        return RecordChange(tuple(added), removed, reply)
-
-    def on_remove(self, message: ObjectRemove) -> tuple[str, ...]:
-        removed = tuple(n for n in dict.fromkeys(message.names) if n in self.record)
-        for name in removed:
-            del self.record[name]
-        return removed
