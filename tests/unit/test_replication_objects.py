@@ -19,6 +19,7 @@ from foresync.link.object_wire import (
 from foresync.objects.predict import LinksPredictor
 from foresync.replication.objects import (
     AnswerClient,
+    ObjectAction,
     CommitLocal,
     ObjectConfig,
     ObjectPrimaryCore,
@@ -43,13 +44,31 @@ def connected(mode: Mode = Mode.LOOKAHEAD, record: tuple[str, ...] = (), capacit
 
 
 def resynced(core: ObjectPrimaryCore) -> ObjectPrimaryCore:
-    """Finish the resync of the record's names that every connect starts."""
-    for action in core.actions():
-        if isinstance(action, ReadForResync):
-            core.resync_read(action.op_id, b"{}", b"")
+    """Finish the resync of the record's names that every connect starts (one read at a time)."""
+    reads = [a for a in core.actions() if isinstance(a, ReadForResync)]
+    while reads:
+        core.resync_read(reads[0].op_id, b"{}", b"")
+        reads = reads[1:] + [a for a in core.actions() if isinstance(a, ReadForResync)]
     core.receive(ObjectDurable(core.next_seq - 1))
     core.actions()
     return core
+
+
+def read_each(core: ObjectPrimaryCore, present: set[str]) -> tuple[list[str], list[ObjectAction]]:
+    """Answer every resync read, one at a time as the core asks (``present``: the names the
+    primary holds): the names read, and the other actions that followed."""
+    actions = core.actions()
+    reads = [a for a in actions if isinstance(a, ReadForResync)]
+    rest = [a for a in actions if not isinstance(a, ReadForResync)]
+    seen = []
+    while reads:
+        read, reads = reads[0], reads[1:]
+        seen.append(read.name)
+        core.resync_read(read.op_id, b"{}" if read.name in present else None, b"x")
+        more = core.actions()
+        reads += [a for a in more if isinstance(a, ReadForResync)]
+        rest += [a for a in more if not isinstance(a, ReadForResync)]
+    return seen, rest
 
 
 def sent(actions: list[object]) -> list[ObjectOp]:
@@ -142,12 +161,9 @@ def test_a_lost_link_marks_a_waiting_miss_and_commits_it() -> None:
 
 def test_connect_resyncs_the_record_and_may_differ_then_clears_them() -> None:
     core = connected(record=("b/r",), may_differ=("b/m",))
-    actions = core.actions()
-    reads = [a for a in actions if isinstance(a, ReadForResync)]
-    assert sorted(r.name for r in reads) == ["b/m", "b/r"]
-    for read in reads:
-        core.resync_read(read.op_id, b"{}" if read.name == "b/r" else None, b"x")
-    ops = sent(core.actions())
+    names, actions = read_each(core, {"b/r"})
+    ops = sent(actions)
+    assert sorted(names) == ["b/m", "b/r"]
     assert {(o.name, o.kind) for o in ops} == {("b/r", PUT), ("b/m", int(ObjectKind.DELETE))}
     assert all(o.flags & ObjectFlag.RESYNC for o in ops)
     core.receive(ObjectDurable(max(o.seq for o in ops)))
@@ -328,8 +344,8 @@ def test_connect_resyncs_every_name_under_a_recorded_prefix_entry_on_either_site
     core.receive(ObjectList(2, int(ListWhat.UNDER), (("b/d/gone", "e1"),), more=True))
     assert core.actions() == []
     core.receive(ObjectList(2, int(ListWhat.UNDER), (("b/d/here", "e2"),)))
-    reads = [a for a in core.actions() if isinstance(a, ReadForResync)]
-    assert sorted(r.name for r in reads) == ["b/d/gone", "b/d/here"]
+    names, _ = read_each(core, store)
+    assert sorted(names) == ["b/d/gone", "b/d/here"]
     assert DIR in core.copy
 
 
@@ -338,9 +354,7 @@ def test_a_prefix_entry_in_may_differ_leaves_it_once_its_names_are_durably_resyn
     core = with_index(store, may_differ=(DIR,))
     (request,) = [a.message for a in core.actions() if isinstance(a, SendObject)]
     core.receive(ObjectList(request.request, int(ListWhat.UNDER), (("b/d/z", "e"),)))
-    for read in [a for a in core.actions() if isinstance(a, ReadForResync)]:
-        core.resync_read(read.op_id, b"{}" if read.name in store else None, b"")
-    ops = sent(core.actions())
+    ops = sent(read_each(core, store)[1])
     assert {(o.name, o.kind) for o in ops} == {("b/d/a", PUT), ("b/d/z", int(ObjectKind.DELETE))}
     assert core.may_differ == {DIR}
     core.receive(ObjectDurable(max(o.seq for o in ops)))

@@ -102,7 +102,7 @@ class ObjectsPrimary:
             os.unlink(record_path)
         self.core = ObjectPrimaryCore(
             ObjectConfig(cfg.mode, cfg.s3_record_capacity, cfg.s3_record_bytes, cfg.s3_budget,
-                         min(cfg.s3_prefix_entry_max, cfg.s3_record_capacity)),
+                         min(cfg.s3_prefix_entry_max, cfg.s3_record_capacity), cfg.s3_window_bytes),
             may_differ, self._listing, local_index=StoreIndex(self.store))
         self.store.gate = self
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,6 +166,7 @@ class ObjectsPrimary:
                 "hits": stats.hits, "misses": stats.misses, "may_differ": stats.may_differ,
                 "in_flight": stats.ops_in_flight, "lag_ops": stats.last_seq - stats.durable_seq,
                 "resyncs": stats.resyncs, "in_sync": self.core.in_sync,
+                "window_used_bytes": stats.window_used_bytes, "waiting_window": stats.waiting_window,
                 "verify_mismatches": (None if stats.verify_mismatches is None
                                       else list(stats.verify_mismatches))}
 
@@ -228,6 +229,8 @@ class ObjectsPrimary:
         self._send(message)
 
     def _read(self, name: str) -> tuple[bytes | None, bytes]:
+        if "/" not in name:  # a bucket: whether it exists (BUCKET_CREATE or BUCKET_DELETE)
+            return (b"", b"") if self.store.has_bucket(name) else (None, b"")
         bucket, key = _split(name)
         try:
             opened = self.store.open_object(bucket, key)
@@ -379,10 +382,11 @@ class ObjectsSecondary:
             if not self.store.has_bucket(op.name):
                 self.store.create_bucket(op.name)
         elif self.store.has_bucket(op.name):
-            try:
-                self.store.delete_bucket(op.name)
-            except S3Error as exc:
-                log.warning("objects: bucket %s not deleted here: %s", op.name, exc)
+            # The primary has no such bucket, so none of its objects: any still here are copies
+            # that differ (a resync may send the bucket before they are deleted one by one).
+            for stale in self.store.sorted_keys(op.name):
+                self.store.delete_object(op.name, stale)
+            self.store.delete_bucket(op.name)
         self.applied_seq = op.seq
         return [ObjectDurable(op.seq)]
 

@@ -15,6 +15,11 @@ same link and stream, the same epochs and failover, the same rules as replicatio
   send it with MISS and a budget of predicted names (claims 18-20), and only when OBJ_ADDED says
   the secondary durably recorded the name (and its neighbours, objects/predict.py) add them to the
   copy, commit locally and answer (claim 1). One round trip carries the object.
+* The window (``window_bytes``, as the block path's): the object data sent and not yet durable
+  on the secondary is bounded. An op that would send beyond it waits (``WAIT_WINDOW``, first
+  come first served, holding its name) until OBJ_DURABLE frees room; one larger than the whole
+  window goes alone. A resync op waits while the window is full (its size is known only once
+  read). An op's data is let go once handed to the link.
 * ``sync`` mode also waits for the op's OBJ_DURABLE; ``async`` keeps no record and never waits:
   at every connect it compares every name and etag with the secondary (OBJ_LIST ALL).
 * Clean: a name whose last op is at or below the durable watermark and that has no op in flight.
@@ -55,9 +60,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from enum import Enum
-from typing import Protocol
 
 from foresync.errors import invariant
 from foresync.faults import NO_FAULTS, Faults
@@ -80,7 +82,22 @@ from foresync.objects.entries import (
     prefix_entry,
 )
 from foresync.replication.object_copy import RecordCopy, exact_weight
-from foresync.replication.object_secondary import (  # re-exported: the cores' one home
+from foresync.replication.object_ops import (
+    AnswerClient,
+    CommitLocal,
+    Counters,
+    LocalIndex,
+    ObjectAction,
+    ObjectConfig,
+    ObjectStatistics,
+    Op,
+    OpState,
+    PersistMayDiffer,
+    ReadForResync,
+    SendObject,
+)
+from foresync.replication.object_resync import ResyncMixin
+from foresync.replication.object_secondary import (
     SLOT_BYTES_MIN,
     ObjectSecondaryCore,
     RecordChange,
@@ -88,118 +105,17 @@ from foresync.replication.object_secondary import (  # re-exported: the cores' o
 )
 from foresync.replication.primary import Mode
 
-__all__ = ["SLOT_BYTES_MIN", "LocalIndex", "ObjectConfig", "ObjectPrimaryCore", "ObjectSecondaryCore",
-           "RecordChange", "slot_bytes"]
+# The cores' one home: the adapter, the simulator and the tests import from here.
+__all__ = ["SLOT_BYTES_MIN", "AnswerClient", "CommitLocal", "LocalIndex", "ObjectAction",
+           "ObjectConfig", "ObjectPrimaryCore", "ObjectSecondaryCore", "ObjectStatistics",
+           "OpState", "PersistMayDiffer", "ReadForResync", "RecordChange", "SendObject",
+           "slot_bytes"]
 
 _MISS, _DURABLE, _RESYNC = int(ObjectFlag.MISS), int(ObjectFlag.DURABLE), int(ObjectFlag.RESYNC)
 _PREFIX = int(ObjectFlag.PREFIX)
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectConfig:
-    mode: Mode
-    capacity: int = 4096  # names the record covers
-    capacity_bytes: int = 1024 * 1024  # bytes of the names it covers
-    budget: int = 8  # predicted names a miss may add
-    prefix_names_max: int = 64  # names one prefix entry may cover (0: no prefix entries)
-
-
-class LocalIndex(Protocol):
-    """The primary's own objects, as the core needs them for prefix entries (the adapter's)."""
-
-    def weigh(self, directory: str, limit: int) -> tuple[int, int] | None:
-        """How many names the primary holds under ``directory`` and their UTF-8 bytes (as
-        ``bucket/key``); None if more than ``limit``."""
-
-    def names_under(self, directory: str) -> list[str]:
-        """Every name the primary holds under ``directory``."""
-
-    def has(self, name: str) -> bool:
-        """Whether the primary holds ``name``."""
-
-
-# -- actions (the primary adapter carries them out in order) ---------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class SendObject:
-    message: ObjectMessage
-
-
-@dataclass(frozen=True, slots=True)
-class CommitLocal:
-    op_id: int  # make the op's change visible locally now, then call ``committed``
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerClient:
-    op_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class PersistMayDiffer:
-    names: frozenset[str]  # the whole set, durably, before any later action
-
-
-@dataclass(frozen=True, slots=True)
-class ReadForResync:
-    op_id: int  # read the name's current local state and call ``resync_read``
-    name: str
-
-
-ObjectAction = SendObject | CommitLocal | AnswerClient | PersistMayDiffer | ReadForResync
-
-
-class OpState(Enum):
-    QUEUED = "queued"  # behind an earlier op on its name
-    WAIT_ROOM = "wait_room"  # a miss waiting for a clean name to evict
-    AWAIT_ADDED = "await_added"  # a miss sent; the secondary has not yet recorded the name
-    READING = "reading"  # a resync op: the adapter reads the local state
-    COMMITTING = "committing"  # CommitLocal given; waiting for ``committed``
-    AWAIT_DURABLE = "await_durable"  # committed (or a resync sent); waiting for OBJ_DURABLE
-    DONE = "done"
-
-
-@dataclass(slots=True)
-class _Op:
-    op_id: int
-    kind: int
-    name: str
-    meta: bytes
-    data: bytes
-    resync: bool = False
-    seq: int = 0
-    state: OpState = OpState.QUEUED
-    need_durable: bool = False
-    mark: int = 0  # the may-differ mark a resync read saw
-    reserved: tuple[int, int] = (0, 0)  # a miss's room in the record (names, bytes) until ADDED
-    cover: str = ""  # a resync op's prefix entry (``_expand``), if it came from one
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectStatistics:
-    link: str
-    record_entries: int
-    record_bytes: int
-    record_names: int  # names the entries cover (a prefix entry covers many)
-    record_prefixes: int
-    may_differ: int
-    hits: int
-    misses: int
-    ops_in_flight: int
-    last_seq: int
-    durable_seq: int
-    resyncs: int
-    verify_mismatches: tuple[str, ...] | None  # None: no verify has finished
-
-
-@dataclass(slots=True)
-class _Counters:
-    hits: int = 0
-    misses: int = 0
-    resyncs: int = 0
-
-
-class ObjectPrimaryCore:
+class ObjectPrimaryCore(ResyncMixin):
     def __init__(self, config: ObjectConfig, may_differ: Iterable[str],
                  local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS,
                  local_index: LocalIndex | None = None) -> None:
@@ -210,16 +126,20 @@ class ObjectPrimaryCore:
         self.copy = RecordCopy()  # entry -> last oseq sent under it, and what it weighs
         self.may_differ: set[str] = set(may_differ)
         self._marks: dict[str, int] = {}  # entry -> how often it was marked (resync compares)
-        self._queues: dict[str, deque[_Op]] = {}
-        self._ops: dict[int, _Op] = {}
-        self._by_seq: dict[int, _Op] = {}
-        self._waiting_room: deque[_Op] = deque()
+        self._queues: dict[str, deque[Op]] = {}
+        self._ops: dict[int, Op] = {}
+        self._by_seq: dict[int, Op] = {}
+        self._waiting_room: deque[Op] = deque()
         self._removals: list[str] = []
         self._removed_at: dict[str, int] = {}  # entry -> oseq of the op that carried its removal
         self._reserved = [0, 0]  # room held for misses awaiting OBJ_ADDED: names, bytes
         self._expanding: dict[int, str] = {}  # OBJ_LIST_REQUEST UNDER -> its prefix entry
         self._prefix_resyncs: dict[str, tuple[int, set[int]]] = {}  # entry -> (mark, resync ops)
         self._partial: dict[int, list[tuple[str, str]]] = {}  # a listing's frames so far
+        self._in_window: deque[tuple[int, int]] = deque()  # (oseq, bytes) sent, not yet durable
+        self.window_used = 0  # bytes let through the window and not yet durable there
+        self._waiting_window: deque[Op] = deque()
+        self._reading: set[int] = set()  # resync ops let through, reading (one at a time)
         self._actions: list[ObjectAction] = []
         self.next_seq = 1
         self.durable_seq = 0
@@ -229,7 +149,7 @@ class ObjectPrimaryCore:
         self._verify_request = 0
         self.verify_mismatches: tuple[str, ...] | None = None
         self._next_resync_id = -1
-        self.counters = _Counters()
+        self.counters = Counters()
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -239,7 +159,7 @@ class ObjectPrimaryCore:
 
     def submit(self, op_id: int, kind: int, name: str, meta: bytes = b"", data: bytes = b"") -> None:
         """A client op on ``name`` (a bucket op names the bucket); its data is whole already."""
-        self._enqueue(_Op(op_id, kind, name, meta, data))
+        self._enqueue(Op(op_id, kind, name, meta, data))
 
     def committed(self, op_id: int, ok: bool) -> None:
         """The local commit of ``op_id`` is done (``ok``) or failed (nothing changed locally)."""
@@ -258,11 +178,15 @@ class ObjectPrimaryCore:
         """The local state of a resync op's name: its metadata and data, or None if absent."""
         op = self._ops[op_id]
         invariant(op.state is OpState.READING, f"resync op {op_id} read in {op.state}")
+        self._reading.discard(op_id)
         if not self.link_up:
             self._forget(op)  # the name stays in may-differ for the next connect
             self._release(op)
             return
-        op.kind = int(ObjectKind.PUT if meta is not None else ObjectKind.DELETE)
+        if "/" in op.name:
+            op.kind = int(ObjectKind.PUT if meta is not None else ObjectKind.DELETE)
+        else:  # a bucket's name: it exists here, or not
+            op.kind = int(ObjectKind.BUCKET_CREATE if meta is not None else ObjectKind.BUCKET_DELETE)
         op.meta, op.data = meta or b"", data
         # Sent before the name is released: the next op on it must come after it in the stream.
         self._assign_seq(op)
@@ -275,6 +199,7 @@ class ObjectPrimaryCore:
         op.need_durable = True
         self.counters.resyncs += 1
         self._release(op)
+        self._open_window()  # the next resync may read
 
     def connected(self) -> None:
         """The block session is up (WELCOME): ask for the secondary's record, or its whole
@@ -314,6 +239,17 @@ class ObjectPrimaryCore:
                 else:
                     self._maybe_answer(op)
         self._waiting_room.clear()
+        self._in_window.clear()
+        self.window_used = 0
+        self._reading.clear()
+        waiting, self._waiting_window = self._waiting_window, deque()
+        for op in waiting:  # nothing sent: the link-down way (marked, committed)
+            op.state = OpState.QUEUED
+            if op.resync:
+                self._forget(op)
+                self._release(op)
+            else:
+                self._start(op)
 
     def receive(self, message: ObjectMessage) -> None:
         match message:
@@ -352,7 +288,7 @@ class ObjectPrimaryCore:
                                 self.copy.prefixes, len(self.may_differ),
                                 self.counters.hits, self.counters.misses, len(self._ops),
                                 self.next_seq - 1, self.durable_seq, self.counters.resyncs,
-                                self.verify_mismatches)
+                                self.verify_mismatches, self.window_used, len(self._waiting_window))
 
     @property
     def in_sync(self) -> bool:
@@ -360,7 +296,7 @@ class ObjectPrimaryCore:
 
     # -- the op's life ----------------------------------------------------------------------------
 
-    def _enqueue(self, op: _Op) -> None:
+    def _enqueue(self, op: Op) -> None:
         invariant(op.op_id not in self._ops, f"object op {op.op_id} submitted twice")
         self._ops[op.op_id] = op
         queue = self._queues.setdefault(op.name, deque())
@@ -370,7 +306,7 @@ class ObjectPrimaryCore:
         elif op.resync and queue[0].state is OpState.WAIT_ROOM:
             self._resyncs_first(queue)
 
-    def _resyncs_first(self, queue: deque[_Op]) -> None:
+    def _resyncs_first(self, queue: deque[Op]) -> None:
         """A miss waiting for room has sent nothing: the resyncs queued on its name go first.
         Behind it, a resync would keep its prefix entry busy and so the room from ever coming.
         A resync sends the name's current state, so it may overtake ops not yet started. Found
@@ -382,19 +318,30 @@ class ObjectPrimaryCore:
         queue.extend(resyncs + others)
         self._start(queue[0])
 
-    def _start(self, op: _Op) -> None:
+    def _start(self, op: Op) -> None:
+        if self.link_up and self._wait_for_window(op):
+            return
         if op.resync:
             op.state = OpState.READING
+            if op.windowed:
+                self._reading.add(op.op_id)
             op.mark = self._marks.get(op.name, 0)
             self._emit(ReadForResync(op.op_id, op.name))
             return
         bucket_op = op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE)
         if not self.link_up:
-            if not bucket_op:
-                self._mark(op.name)
+            self._mark(op.name)  # a bucket too: a failback must not lose its creation or deletion
             self._commit(op)
             return
-        if self.config.mode is Mode.ASYNC or bucket_op:
+        if bucket_op:
+            # No record for buckets: answered once durable there (they are rare), so one lost
+            # with the link is marked may-differ like any op awaiting OBJ_DURABLE.
+            self._assign_seq(op)
+            op.need_durable = True
+            self._send(op, _DURABLE)
+            self._commit(op)
+            return
+        if self.config.mode is Mode.ASYNC:
             self._assign_seq(op)
             self._send(op, 0)
             self._commit(op)
@@ -411,7 +358,41 @@ class ObjectPrimaryCore:
         self._send(op, _DURABLE if op.need_durable else 0)
         self._commit(op)
 
-    def _hit_entry(self, op: _Op) -> str | None:
+    def _wait_for_window(self, op: Op) -> bool:
+        """Whether ``op`` must wait for room in the window (first come, first served)."""
+        if op.windowed or op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE):
+            return False
+        if not self._waiting_window and self._window_room(op):
+            self._grant(op)
+            return False
+        op.state = OpState.WAIT_WINDOW
+        self._waiting_window.append(op)
+        return True
+
+    def _window_room(self, op: Op) -> bool:
+        """A client op fits, or goes alone; a resync (its size known only once read) goes one
+        at a time while the window is not full, so it overshoots by one object at most."""
+        used, window = self.window_used, self.config.window_bytes
+        if op.resync:
+            return used < window and not self._reading
+        return used == 0 or used + len(op.data) <= window
+
+    def _grant(self, op: Op) -> None:
+        """Let ``op`` through: its data counts in the window from now (a miss may wait for room
+        in the record after this, and must not be overtaken meanwhile)."""
+        op.windowed = True
+        op.charged = len(op.data)
+        self.window_used += op.charged
+
+    def _open_window(self) -> None:
+        """Room came back: let the waiting ops through, in order, while they fit."""
+        while self._waiting_window and self._window_room(self._waiting_window[0]):
+            op = self._waiting_window.popleft()
+            self._grant(op)
+            op.state = OpState.QUEUED
+            self._start(op)
+
+    def _hit_entry(self, op: Op) -> str | None:
         """The entry a hit on ``op`` goes under, or None for a miss. A first write under a prefix
         entry grows it by one name, within its bound and the record's; else it is a miss and the
         name gets its own entry (the prefix entry is never let grow past its bound)."""
@@ -426,7 +407,7 @@ class ObjectPrimaryCore:
         self.copy.grow(entry, names, size)
         return entry
 
-    def _miss(self, op: _Op) -> None:
+    def _miss(self, op: Op) -> None:
         offer = self._prefix_offer(op)
         budget = self._make_room(op.name, offer[1] if offer else (0, 0))
         if budget is None and offer is not None:
@@ -434,9 +415,15 @@ class ObjectPrimaryCore:
         if budget is None:
             op.state = OpState.WAIT_ROOM  # every entry is dirty: wait for the durable watermark
             self._waiting_room.append(op)
+            # It gives its room in the window back (it starts again when room comes): held by an
+            # op that sends nothing, the window could keep the resyncs that free the record's
+            # room from ever going. Found by the simulator.
+            self.window_used -= op.charged
+            op.charged, op.windowed = 0, False
             queue = self._queues[op.name]
             if any(o.resync for o in queue):
                 self._resyncs_first(queue)
+            self._open_window()
             return
         self.counters.misses += 1
         extra_names, extra_bytes = offer[1] if offer else (0, 0)
@@ -451,7 +438,7 @@ class ObjectPrimaryCore:
         self._send(op, flags, budget)
         op.state = OpState.AWAIT_ADDED
 
-    def _prefix_offer(self, op: _Op) -> tuple[str, tuple[int, int]] | None:
+    def _prefix_offer(self, op: Op) -> tuple[str, tuple[int, int]] | None:
         """The prefix entry of ``op``'s directory and the room it needs beyond what the entries
         already under it take, if the directory is small enough to be recorded whole."""
         if self._index is None or self.config.budget == 0 or self.config.prefix_names_max == 0:
@@ -516,7 +503,7 @@ class ObjectPrimaryCore:
         just what must go to make the room). Found by the simulator."""
         busy = set(self._prefix_resyncs)
         for name, queue in self._queues.items():
-            if queue[0].state is OpState.WAIT_ROOM:
+            if queue[0].state in (OpState.WAIT_ROOM, OpState.WAIT_WINDOW):
                 continue
             busy.add(name)
             entry = self.copy.covering_prefix(name)
@@ -539,11 +526,11 @@ class ObjectPrimaryCore:
         if entry not in self._removals:
             self._removals.append(entry)
 
-    def _commit(self, op: _Op) -> None:
+    def _commit(self, op: Op) -> None:
         op.state = OpState.COMMITTING
         self._emit(CommitLocal(op.op_id))
 
-    def _release(self, op: _Op) -> None:
+    def _release(self, op: Op) -> None:
         """The op no longer holds its name: the next op on it may start."""
         queue = self._queues[op.name]
         invariant(queue[0] is op, f"object op {op.op_id} is not at the head of {op.name!r}")
@@ -553,14 +540,14 @@ class ObjectPrimaryCore:
         else:
             del self._queues[op.name]
 
-    def _maybe_answer(self, op: _Op) -> None:
+    def _maybe_answer(self, op: Op) -> None:
         if op.state is not OpState.AWAIT_DURABLE or (op.need_durable and op.seq > self.durable_seq):
             return
         self._forget(op)
         if not op.resync:
             self._emit(AnswerClient(op.op_id))
 
-    def _forget(self, op: _Op) -> None:
+    def _forget(self, op: Op) -> None:
         op.state = OpState.DONE
         self._ops.pop(op.op_id, None)
         self._by_seq.pop(op.seq, None)
@@ -593,7 +580,7 @@ class ObjectPrimaryCore:
         evicted = self._removed_at.get(entry, 0) > seq or entry in self._removals
         return evicted and not self.faults.object_added_ignores_eviction
 
-    def _take_prefix(self, entry: str, op: _Op, exact: list[str]) -> bool:
+    def _take_prefix(self, entry: str, op: Op, exact: list[str]) -> bool:
         """Take a prefix entry the secondary recorded for ``op`` into the copy, weighed again
         now, if it still fits with the ``exact`` names of the same reply that it does not cover;
         it takes in the entries under it (their removal rides on the next op)."""
@@ -614,13 +601,15 @@ class ObjectPrimaryCore:
         self.copy.add(entry, last, weight)
         return True
 
-    def _release_room(self, op: _Op) -> None:
+    def _release_room(self, op: Op) -> None:
         self._reserved[0] -= op.reserved[0]
         self._reserved[1] -= op.reserved[1]
         op.reserved = (0, 0)
 
     def _on_durable(self, seq: int) -> None:
         self.durable_seq = max(self.durable_seq, seq)
+        while self._in_window and self._in_window[0][0] <= self.durable_seq:
+            self.window_used -= self._in_window.popleft()[1]
         if self._removed_at and not self._by_seq:  # no OBJ_ADDED outstanding: none can race
             self._removed_at.clear()
         for op in [o for o in self._ops.values() if o.state is OpState.AWAIT_DURABLE and o.seq <= seq]:
@@ -633,103 +622,28 @@ class ObjectPrimaryCore:
                 if not pending:
                     self._prefix_resynced(op.cover)
         waiting, self._waiting_room = self._waiting_room, deque()
-        for op in waiting:  # a miss still without room goes back in line (``_miss``)
+        for op in waiting:  # a miss waiting for room starts again: the window, then room
             if op.state is OpState.WAIT_ROOM:
-                self._miss(op)
+                op.state = OpState.QUEUED
+                self._start(op)
+        self._open_window()
 
-    def _on_list(self, what: int, entries: tuple[tuple[str, str], ...]) -> None:
-        self.link_up = True
-        if what == ListWhat.RECORD:
-            for entry, _ in entries:
-                self._take_recorded(entry)
-            names = set(self.copy) | self.may_differ
-        else:
-            names = self._differing(entries) | self.may_differ
-        for name in sorted(names):
-            if is_prefix_entry(name):
-                self._expand(name)
-            else:
-                self._resync(name)
-
-    def _take_recorded(self, entry: str) -> None:
-        """An entry of the secondary's record at connect: into the copy if it fits, else into
-        may-differ (durably, first) and out of the record with the next op."""
-        weight = exact_weight(entry)
-        if is_prefix_entry(entry):
-            weighed = self._prefix_weight(entry) if self._index is not None else None
-            weight = weighed if weighed is not None else (self.config.capacity + 1, 0)
-        if self._fits(*weight):
-            self.copy.add(entry, 0, weight)
-        else:
-            self._mark(entry)
-            self._remove_later(entry)
-
-    def _expand(self, entry: str) -> None:
-        """Resync every name under a prefix entry: ask for the secondary's names there."""
-        self._request += 1
-        self._expanding[self._request] = entry
-        self._prefix_resyncs[entry] = (self._marks.get(entry, 0), set())
-        self._emit(SendObject(ObjectListRequest(self._request, int(ListWhat.UNDER),
-                                                entry_directory(entry))))
-
-    def _on_under(self, entry: str, entries: tuple[tuple[str, str], ...]) -> None:
-        directory = entry_directory(entry)
-        names = {n for n, _ in entries if n.startswith(directory)}
-        if self._index is not None:
-            names.update(self._index.names_under(directory))
-        pending = self._prefix_resyncs[entry][1]
-        for name in sorted(names):
-            pending.add(self._resync(name, entry))
-        if not pending:
-            self._prefix_resynced(entry)
-
-    def _prefix_resynced(self, entry: str) -> None:
-        """Every name under ``entry`` is resynced durably: unless it was marked again since, it
-        no longer may differ."""
-        mark, _ = self._prefix_resyncs.pop(entry)
-        if self._marks.get(entry, 0) == mark:
-            self._unmark(entry)
-
-    def _on_verify(self, entries: tuple[tuple[str, str], ...]) -> None:
-        differing = self._differing(entries)
-        self.verify_mismatches = tuple(sorted(differing))
-        for name in sorted(differing):
-            self._mark(name)
-            self._resync(name)
-
-    def _differing(self, entries: tuple[tuple[str, str], ...]) -> set[str]:
-        theirs = dict(entries)
-        ours = self._local_listing()
-        return {n for n in set(theirs) | set(ours) if theirs.get(n, "") != ours.get(n, "")}
-
-    def _resync(self, name: str, cover: str = "") -> int:
-        op = _Op(self._next_resync_id, int(ObjectKind.PUT), name, b"", b"", resync=True, cover=cover)
-        self._next_resync_id -= 1
-        self._enqueue(op)
-        return op.op_id
-
-    def _mark(self, name: str) -> None:
-        self._marks[name] = self._marks.get(name, 0) + 1
-        if name not in self.may_differ:
-            self.may_differ.add(name)
-            self._emit(PersistMayDiffer(frozenset(self.may_differ)))
-
-    def _unmark(self, name: str) -> None:
-        if name in self.may_differ:
-            self.may_differ.discard(name)
-            self._marks.pop(name, None)
-            self._emit(PersistMayDiffer(frozenset(self.may_differ)))
-
-    def _assign_seq(self, op: _Op) -> None:
+    def _assign_seq(self, op: Op) -> None:
         op.seq = self.next_seq
         self.next_seq += 1
 
-    def _send(self, op: _Op, flags: int, budget: int = 0) -> None:
+    def _send(self, op: Op, flags: int, budget: int = 0) -> None:
         removals, self._removals = tuple(self._removals), []
         for name in removals:
             self._removed_at[name] = op.seq
         self._emit(SendObject(ObjectOp(op.seq, op.kind, flags, budget, op.name, removals,
                                        op.meta, op.data)))
+        if op.resync:  # charged once read
+            op.charged = len(op.data)
+            self.window_used += op.charged
+        if op.charged:
+            self._in_window.append((op.seq, op.charged))
+        op.data = b""  # the link has it now: the core holds no object data once sent
 
     def _emit(self, action: ObjectAction) -> None:
         self._actions.append(action)

@@ -18,6 +18,8 @@ After every step it checks:
 * *covered* (lookahead and sync): every name whose version differs between the primary's store
   and the secondary's is covered (itself or a prefix entry above it) by the secondary's durable
   record or by the primary's durable may-differ set;
+* *window*: the object data sent and not yet durable stays within the window (``WINDOW_BYTES``
+  with the second layout; no op is larger, so none goes alone past it);
 * *bounded*: the copy of the record covers at most its capacity in names by its weights, no prefix
   entry weighs more than ``PREFIX_MAX``, and the weights are honest: the primary holds no more
   names under a prefix entry than it and the exact entries under it weigh;
@@ -75,6 +77,7 @@ LAYOUTS = ([f"b/dir{d}/frame-{i:03d}" for d in range(3) for i in range(6)],
            + [f"b/dir0/frame-{i:03d}" for i in range(6)])
 CAPACITY = 6  # the record's bound, in names covered; 5 with the first layout
 PREFIX_MAX = 4
+WINDOW_BYTES = 12  # ops carry 0-7 bytes of data: a few in flight fill the window
 LIST_FRAME_BYTES = 40  # with the second layout: a few entries a frame, every listing is split
 STEPS = 400
 
@@ -138,12 +141,14 @@ class ObjectWorld:
         self.capacity = CAPACITY - (variant != 2)
         self.prefix_max = PREFIX_MAX if variant else 0
         self.frame_bytes = LIST_FRAME_BYTES if variant == 2 else 1 << 20
+        self.window = WINDOW_BYTES if variant == 2 else 1 << 20
         self.deletes = (0.15, 0.35)[seed // 9 % 2]  # more deletes: directories empty, fill again
         self.seen: Counter[str] = Counter()  # what the run exercised (tests check coverage)
         self._new_primary()
 
     def _new_primary(self) -> None:
-        self.core = ObjectPrimaryCore(ObjectConfig(self.mode, self.capacity, 4096, 2, self.prefix_max),
+        self.core = ObjectPrimaryCore(ObjectConfig(self.mode, self.capacity, 4096, 2, self.prefix_max,
+                                                   self.window),
                                       set(self.may_differ_durable), self._listing, self.faults,
                                       _Index(self.primary_store))
         self.ops: dict[int, tuple[str, int, int]] = {}  # op id -> (name, kind, version)
@@ -247,7 +252,8 @@ class ObjectWorld:
             kind = ObjectKind.DELETE if self.rng.random() < self.deletes else ObjectKind.PUT
             self.ops[self.op_id] = (name, int(kind), self.version)
             self.submitted.setdefault(name, set()).add(self.version)
-            self.core.submit(self.op_id, int(kind), name, str(self.version).encode())
+            data = b"x" * self.rng.randrange(8) if kind == ObjectKind.PUT else b""
+            self.core.submit(self.op_id, int(kind), name, str(self.version).encode(), data)
         elif roll < 0.45 and self.commits:
             self._commit(self.commits.pop(self.rng.randrange(len(self.commits))))
         elif roll < 0.55 and self.reads:
@@ -291,6 +297,11 @@ class ObjectWorld:
 
     def _check_bounds(self) -> None:
         copy = self.core.copy
+        window = self.core.window_used
+        if window > self.window:  # one op alone may be larger, but none is here
+            raise InvariantViolation(f"seed {self.seed}: {window} bytes in flight, over the "
+                                     f"window of {self.window}")
+        self.seen["window_wait"] += self.core.statistics().waiting_window > 0
         if copy.names > self.capacity:
             raise InvariantViolation(f"seed {self.seed}: the record copy covers {copy.names} "
                                      f"names, over its capacity of {self.capacity}")
