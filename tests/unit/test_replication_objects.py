@@ -19,8 +19,8 @@ from foresync.link.object_wire import (
 from foresync.objects.predict import LinksPredictor
 from foresync.replication.objects import (
     AnswerClient,
-    ObjectAction,
     CommitLocal,
+    ObjectAction,
     ObjectConfig,
     ObjectPrimaryCore,
     ObjectSecondaryCore,

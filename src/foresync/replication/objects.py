@@ -76,12 +76,9 @@ from foresync.link.object_wire import (
 )
 from foresync.objects.entries import (
     covers,
-    directory_of,
-    entry_directory,
     is_prefix_entry,
-    prefix_entry,
 )
-from foresync.replication.object_copy import RecordCopy, exact_weight
+from foresync.replication.object_copy import RecordCopy
 from foresync.replication.object_ops import (
     AnswerClient,
     CommitLocal,
@@ -96,6 +93,7 @@ from foresync.replication.object_ops import (
     ReadForResync,
     SendObject,
 )
+from foresync.replication.object_prefix import PrefixMixin
 from foresync.replication.object_resync import ResyncMixin
 from foresync.replication.object_secondary import (
     SLOT_BYTES_MIN,
@@ -115,7 +113,7 @@ _MISS, _DURABLE, _RESYNC = int(ObjectFlag.MISS), int(ObjectFlag.DURABLE), int(Ob
 _PREFIX = int(ObjectFlag.PREFIX)
 
 
-class ObjectPrimaryCore(ResyncMixin):
+class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
     def __init__(self, config: ObjectConfig, may_differ: Iterable[str],
                  local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS,
                  local_index: LocalIndex | None = None) -> None:
@@ -392,21 +390,6 @@ class ObjectPrimaryCore(ResyncMixin):
             op.state = OpState.QUEUED
             self._start(op)
 
-    def _hit_entry(self, op: Op) -> str | None:
-        """The entry a hit on ``op`` goes under, or None for a miss. A first write under a prefix
-        entry grows it by one name, within its bound and the record's; else it is a miss and the
-        name gets its own entry (the prefix entry is never let grow past its bound)."""
-        entry = self.copy.covering(op.name)
-        if (entry is None or entry == op.name or op.kind != ObjectKind.PUT or self._index is None
-                or self._index.has(op.name)):
-            return entry
-        names, size = 1, len(op.name.encode("utf-8"))
-        if (self.copy.weight(entry)[0] + names > self.config.prefix_names_max
-                or not self._evict_for(names, size, keep=entry)):
-            return None
-        self.copy.grow(entry, names, size)
-        return entry
-
     def _miss(self, op: Op) -> None:
         offer = self._prefix_offer(op)
         budget = self._make_room(op.name, offer[1] if offer else (0, 0))
@@ -437,36 +420,6 @@ class ObjectPrimaryCore(ResyncMixin):
         self._by_seq[op.seq] = op
         self._send(op, flags, budget)
         op.state = OpState.AWAIT_ADDED
-
-    def _prefix_offer(self, op: Op) -> tuple[str, tuple[int, int]] | None:
-        """The prefix entry of ``op``'s directory and the room it needs beyond what the entries
-        already under it take, if the directory is small enough to be recorded whole."""
-        if self._index is None or self.config.budget == 0 or self.config.prefix_names_max == 0:
-            return None
-        entry = prefix_entry(directory_of(op.name))
-        weight = self._prefix_weight(entry)
-        if weight is None or entry in self.copy:
-            return None
-        below_names, below_bytes = self.copy.weight_under(entry_directory(entry))
-        return entry, (max(weight[0] - below_names, 0), max(weight[1] - below_bytes, 0))
-
-    def _prefix_weight(self, entry: str) -> tuple[int, int] | None:
-        """What ``entry`` weighs now, or None if over ``prefix_names_max``: the names the
-        primary holds under it, and those a queued op is writing there for the first time (they
-        commit later, and nothing else would count them). Found by the simulator."""
-        assert self._index is not None
-        directory = entry_directory(entry)
-        weighed = self._index.weigh(directory, self.config.prefix_names_max)
-        if weighed is None:
-            return None
-        names, size = weighed
-        for name, queue in self._queues.items():
-            if (name.startswith(directory) and not self._index.has(name)
-                    and any(o.kind == ObjectKind.PUT and not o.resync for o in queue)):
-                names, size = names + 1, size + len(name.encode("utf-8"))
-        if names > self.config.prefix_names_max:
-            return None
-        return max(names, 1), size + len(entry.encode("utf-8"))
 
     def _fits(self, names: int, size: int) -> bool:
         return (self.copy.names + self._reserved[0] + names <= self.config.capacity
@@ -579,27 +532,6 @@ class ObjectPrimaryCore(ResyncMixin):
         it back into the copy would claim a coverage it will not have. Found by the simulator."""
         evicted = self._removed_at.get(entry, 0) > seq or entry in self._removals
         return evicted and not self.faults.object_added_ignores_eviction
-
-    def _take_prefix(self, entry: str, op: Op, exact: list[str]) -> bool:
-        """Take a prefix entry the secondary recorded for ``op`` into the copy, weighed again
-        now, if it still fits with the ``exact`` names of the same reply that it does not cover;
-        it takes in the entries under it (their removal rides on the next op)."""
-        if self._index is None:
-            return False
-        weight = self._prefix_weight(entry)
-        if weight is None:
-            return False
-        below = self.copy.under(entry)
-        below_names, below_bytes = self.copy.weight_under(entry_directory(entry))
-        rest = [exact_weight(n) for n in exact if n not in self.copy and not covers(entry, n)]
-        if not self._fits(weight[0] - below_names + sum(n for n, _ in rest),
-                          weight[1] - below_bytes + sum(b for _, b in rest)):
-            return False
-        last = max([op.seq, *(self.copy.seq(e) for e in below)])
-        for inner in below:
-            self._evict(inner)
-        self.copy.add(entry, last, weight)
-        return True
 
     def _release_room(self, op: Op) -> None:
         self._reserved[0] -= op.reserved[0]
