@@ -28,7 +28,8 @@ After every step it checks:
 * *answered*: no client op is answered before its local commit; and, at the end, after a quiet
   connected period, both stores are equal and nothing may differ.
 
-``python -m foresync.testing.sim.objects --seeds 300`` runs it; a failure names its seed.
+``python -m foresync.testing.sim.objects --seeds 300 [--seed N] [--fault NAME]`` runs it (the
+block simulator, ``python -m foresync.testing.sim``, is separate); a failure names its seed.
 """
 
 from __future__ import annotations
@@ -375,9 +376,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fault", choices=sorted(OBJECT_FAULTS),
+                        help="switch on one deliberate bug: the run must fail (self-check)")
     args = parser.parse_args()
+    faults = Faults(**{args.fault: True}) if args.fault else NO_FAULTS
     for seed in range(args.seed, args.seed + args.seeds):
-        run_seed(seed)
+        run_seed(seed, faults)
     print(f"{args.seeds} object seeds from {args.seed}: every invariant held")
 
 
