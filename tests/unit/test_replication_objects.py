@@ -444,3 +444,35 @@ def test_the_core_lets_go_of_an_objects_data_once_sent() -> None:
     core.submit(1, PUT, "b/a", b"{}", b"x" * 100)
     core.actions()
     assert all(not op.data for op in core._ops.values())
+
+
+# -- buckets --------------------------------------------------------------------------------------
+
+def test_a_bucket_op_while_the_link_is_down_is_marked_and_resynced_after_its_objects() -> None:
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD), (), dict)
+    core.submit(1, int(ObjectKind.BUCKET_DELETE), "old", b"", b"")
+    assert core.actions() == [PersistMayDiffer(frozenset({"old"})), CommitLocal(1)]
+    core.committed(1, True)
+    core.actions()
+    core.submit(2, int(ObjectKind.DELETE), "old/k", b"", b"")  # (in truth before the bucket)
+    core.actions()
+    core.committed(2, True)
+    core.actions()
+    core.connected()
+    core.actions()
+    core.receive(ObjectList(1, int(ListWhat.RECORD), ()))
+    names, actions = read_each(core, set())
+    assert names == ["old/k", "old"]  # a bucket after the names: its objects go first
+    assert [(o.name, o.kind) for o in sent(actions)] == [
+        ("old/k", int(ObjectKind.DELETE)), ("old", int(ObjectKind.BUCKET_DELETE))]
+
+
+def test_a_bucket_op_with_the_link_up_is_answered_once_durable_there() -> None:
+    core = resynced(connected(Mode.LOOKAHEAD))
+    core.submit(1, int(ObjectKind.BUCKET_CREATE), "new", b"", b"")
+    (op,) = sent(core.actions())
+    assert op.flags & ObjectFlag.DURABLE
+    core.committed(1, True)
+    assert core.actions() == []
+    core.disconnected()  # lost with the link: it may differ, then the client is answered
+    assert core.actions() == [PersistMayDiffer(frozenset({"new"})), AnswerClient(1)]
