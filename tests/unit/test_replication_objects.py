@@ -467,12 +467,27 @@ def test_a_bucket_op_while_the_link_is_down_is_marked_and_resynced_after_its_obj
         ("old/k", int(ObjectKind.DELETE)), ("old", int(ObjectKind.BUCKET_DELETE))]
 
 
-def test_a_bucket_op_with_the_link_up_is_answered_once_durable_there() -> None:
+def test_a_bucket_op_is_marked_before_the_change_sent_after_it_and_cleared_once_durable() -> None:
     core = resynced(connected(Mode.LOOKAHEAD))
     core.submit(1, int(ObjectKind.BUCKET_CREATE), "new", b"", b"")
-    (op,) = sent(core.actions())
-    assert op.flags & ObjectFlag.DURABLE
+    # marked durably before the local change: a crash right after it cannot lose the bucket
+    assert core.actions() == [PersistMayDiffer(frozenset({"new"})), CommitLocal(1)]
     core.committed(1, True)
-    assert core.actions() == []
-    core.disconnected()  # lost with the link: it may differ, then the client is answered
-    assert core.actions() == [PersistMayDiffer(frozenset({"new"})), AnswerClient(1)]
+    (op,) = sent(actions := core.actions())
+    assert op.flags & ObjectFlag.DURABLE and AnswerClient(1) not in actions
+    core.receive(ObjectDurable(op.seq))
+    assert core.actions() == [PersistMayDiffer(frozenset()), AnswerClient(1)]
+    core.submit(2, int(ObjectKind.BUCKET_DELETE), "full", b"", b"")
+    core.actions()
+    core.committed(2, False)  # BucketNotEmpty: nothing changed, nothing sent
+    assert core.actions() == [PersistMayDiffer(frozenset()), AnswerClient(2)]
+
+
+def test_a_bucket_op_lost_with_the_link_stays_marked() -> None:
+    core = resynced(connected(Mode.LOOKAHEAD))
+    core.submit(1, int(ObjectKind.BUCKET_DELETE), "old", b"", b"")
+    core.actions()
+    core.committed(1, True)
+    core.actions()
+    core.disconnected()
+    assert core.actions() == [AnswerClient(1)] and core.may_differ == {"old"}

@@ -163,11 +163,25 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         """The local commit of ``op_id`` is done (``ok``) or failed (nothing changed locally)."""
         op = self._ops[op_id]
         invariant(op.state is OpState.COMMITTING, f"object op {op_id} committed in {op.state}")
+        if op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE):
+            self._bucket_committed(op, ok)
+            return
         if not ok or (op.need_durable and not self.link_up):
             # The secondary may hold what we failed to commit, or the link went while a sync op
             # waited: the name may differ, durably, before the client is answered.
             self._mark(op.name)
             op.need_durable = False
+        op.state = OpState.AWAIT_DURABLE
+        self._release(op)
+        self._maybe_answer(op)
+
+    def _bucket_committed(self, op: Op, ok: bool) -> None:
+        if ok and self.link_up:  # now the change is made: send it, clear the name once durable
+            self._assign_seq(op)
+            op.need_durable = True
+            self._send(op, _DURABLE)
+        elif not ok and self._marks.get(op.name, 0) == op.mark:
+            self._unmark(op.name)  # nothing changed here, nothing was sent
         op.state = OpState.AWAIT_DURABLE
         self._release(op)
         self._maybe_answer(op)
@@ -326,17 +340,17 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
             op.mark = self._marks.get(op.name, 0)
             self._emit(ReadForResync(op.op_id, op.name))
             return
-        bucket_op = op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE)
-        if not self.link_up:
-            self._mark(op.name)  # a bucket too: a failback must not lose its creation or deletion
+        if op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE):
+            # No record for buckets (they are rare): the bucket's name may differ, durably,
+            # before the local change; the op is sent once that change is made (``committed``:
+            # one that fails sends nothing) and the name cleared once it is durable there. A
+            # failback loses neither a creation nor a deletion, even across a crash.
+            self._mark(op.name)
+            op.mark = self._marks[op.name]
             self._commit(op)
             return
-        if bucket_op:
-            # No record for buckets: answered once durable there (they are rare), so one lost
-            # with the link is marked may-differ like any op awaiting OBJ_DURABLE.
-            self._assign_seq(op)
-            op.need_durable = True
-            self._send(op, _DURABLE)
+        if not self.link_up:
+            self._mark(op.name)
             self._commit(op)
             return
         if self.config.mode is Mode.ASYNC:
@@ -545,7 +559,8 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         if self._removed_at and not self._by_seq:  # no OBJ_ADDED outstanding: none can race
             self._removed_at.clear()
         for op in [o for o in self._ops.values() if o.state is OpState.AWAIT_DURABLE and o.seq <= seq]:
-            if op.resync and self._marks.get(op.name, 0) == op.mark:
+            bucket = op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE)
+            if (op.resync or bucket) and self._marks.get(op.name, 0) == op.mark:
                 self._unmark(op.name)
             self._maybe_answer(op)
             if op.cover and op.state is OpState.DONE and op.cover in self._prefix_resyncs:
