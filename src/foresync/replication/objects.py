@@ -18,8 +18,12 @@ same link and stream, the same epochs and failover, the same rules as replicatio
 * The window (``window_bytes``, as the block path's): the object data sent and not yet durable
   on the secondary is bounded. An op that would send beyond it waits (``WAIT_WINDOW``, first
   come first served, holding its name) until OBJ_DURABLE frees room; one larger than the whole
-  window goes alone. A resync op waits while the window is full (its size is known only once
-  read). An op's data is let go once handed to the link.
+  window goes alone. Resync ops read one at a time, each while the window is not full (a size
+  is known only once read), so they overshoot it by one object at most. A miss waiting for room
+  in the record gives its place in the window back. An op's data is let go once handed to the
+  link.
+* Buckets (no record): a bucket op marks the bucket's name may-differ before the local change,
+  is sent once the change is made, and clears the name once durable there.
 * ``sync`` mode also waits for the op's OBJ_DURABLE; ``async`` keeps no record and never waits:
   at every connect it compares every name and etag with the secondary (OBJ_LIST ALL).
 * Clean: a name whose last op is at or below the durable watermark and that has no op in flight.
