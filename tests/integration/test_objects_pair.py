@@ -120,6 +120,7 @@ def test_kill_9_of_the_primary_mid_multipart_then_promote_and_failback(
     pair, ports = objects_pair(make_pair, tmp_path, mode)
     s3 = client(ports, pair.primary)
     s3.create_bucket(Bucket="backup")
+    s3.create_bucket(Bucket="doomed")  # deleted on the promoted site: the failback deletes it
     acked: dict[str, str] = {}
     stop = threading.Event()
 
@@ -168,6 +169,8 @@ def test_kill_9_of_the_primary_mid_multipart_then_promote_and_failback(
     assert s3b.head_object(Bucket="backup", Key="big.tar")["ETag"].strip('"') == big
     s3b.put_object(Bucket="backup", Key="after-failover", Body=b"written on the new primary")
     s3b.delete_object(Bucket="backup", Key="small/000/obj-000000")
+    s3b.create_bucket(Bucket="born-on-b")
+    s3b.delete_bucket(Bucket="doomed")
 
     # Failback: the old primary comes back, steps down, and gets the record's names plus what
     # was written since; both sites then hold the same objects with the same etags.
@@ -175,6 +178,8 @@ def test_kill_9_of_the_primary_mid_multipart_then_promote_and_failback(
     pair.wait_role(pair.primary, "secondary", timeout_s=30)
     same = wait_same(pair, pair.secondary, pair.primary)
     assert same["backup/after-failover"]
+    pair.wait_for("the same buckets on both sites",
+                  lambda: bucket_dirs(pair.primary) == bucket_dirs(pair.secondary) == {"backup", "born-on-b"})
     assert "backup/small/000/obj-000000" not in same
     assert verify_objects(pair, pair.secondary) == []
     answer = pair.cli("objects", "verify", "--config", pair.secondary.config_path)
