@@ -308,12 +308,12 @@ class ObjectWorld:
                                      f"names, over its capacity of {self.capacity}")
         for entry in filter(is_prefix_entry, copy):
             weight = copy.weight(entry)[0]
-            below = sum(not is_prefix_entry(e) for e in copy.under(entry))
+            below = sum(copy.weight(e)[0] for e in copy.under(entry))  # exact or deeper
             held = sum(n.startswith(entry_directory(entry)) for n in self.primary_store)
             if weight > self.prefix_max or held > weight + below:
                 raise InvariantViolation(
                     f"seed {self.seed}: prefix entry {entry!r} weighs {weight} (bound {self.prefix_max}) "
-                    f"with {below} exact entries under it, and the primary holds {held} names there")
+                    f"with entries under it weighing {below}, and the primary holds {held} names there")
 
     def check(self) -> None:
         sec = self.secondary
