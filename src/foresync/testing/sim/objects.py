@@ -72,10 +72,11 @@ OBJECT_FAULTS = frozenset({"object_hit_before_record_durable", "object_added_ign
                            "object_link_loss_forgets_uncommitted", "object_prefix_entry_not_covering"})
 # Two layouts (the first six names are the hot ones): three directories of six names,
 # each past PREFIX_MAX (a prefix entry fills and sends new names the miss path); or three hot
-# and cold directories that fit in one prefix entry, and one cold that does not.
+# and cold directories that fit in one prefix entry, one cold that does not, and one nested.
 LAYOUTS = ([f"b/dir{d}/frame-{i:03d}" for d in range(3) for i in range(6)],
            [f"b/dir{d}/frame-{i:03d}" for d in range(1, 4) for i in range(3)]
-           + [f"b/dir0/frame-{i:03d}" for i in range(6)])
+           + [f"b/dir0/frame-{i:03d}" for i in range(6)]
+           + [f"b/dir1/sub/frame-{i:03d}" for i in range(2)])  # a directory inside another
 CAPACITY = 6  # the record's bound, in names covered; 5 with the first layout
 PREFIX_MAX = 4
 WINDOW_BYTES = 12  # ops carry 0-7 bytes of data: a few in flight fill the window
