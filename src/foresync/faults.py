@@ -68,6 +68,10 @@ class Faults:
     # objects: at a link loss an op sent but not yet committed locally is not marked may-differ,
     # so a full compare made before its commit finds the copies equal (async mode)
     object_link_loss_forgets_uncommitted: bool = False
+    # objects (replication/object_secondary.py): a miss's reply names the directory's prefix
+    # entry but the secondary's record keeps only the exact names, so later first writes under
+    # the directory are hits that no durable entry covers
+    object_prefix_entry_not_covering: bool = False
     # replication/lease.py: a primary keeps acknowledging writes after its etcd lease could have
     # expired (renewals failing), so a promoted secondary and it both take writes (issue 16)
     ack_after_lease_lost: bool = False
