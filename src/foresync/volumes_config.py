@@ -16,6 +16,7 @@ spot marked GROUPS below.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,20 +123,28 @@ def _s3_volume(path: str, tables: list[dict[str, Any]]) -> int:
     return chosen[0] if chosen else 0
 
 
+def _same_file(key: str, value: str) -> str:
+    """Files are compared by their real path: an absolute path is taken as written by
+    config._build, and one data file spelt twice (``/x/./a.img``, a /dev/disk/by-id link to
+    /dev/sdb) would have two volumes write over each other."""
+    return os.path.realpath(value) if key in ("data", "meta") else value
+
+
 def _check_distinct(path: str, volumes: list[SiteConfig]) -> None:
     for what, key in (("name", "name"), ("export", "export"), ("data", "data"), ("meta", "meta")):
         seen: dict[str, str] = {}
         for cfg in volumes:
-            value = getattr(cfg, key)
+            value = _same_file(key, getattr(cfg, key))
             if value in seen:
                 raise ConfigError(f"{path}: [[volume]] {seen[value]!r} and {cfg.name!r} have the same "
                                   f"{what} = {value!r}: every volume needs its own")
             seen[value] = cfg.name
-    metas = {cfg.meta: cfg.name for cfg in volumes}
-    for cfg in volumes:  # one volume's data file inside another's metadata directory, or equal
-        if cfg.data in metas:
+    metas = {os.path.realpath(cfg.meta): cfg.name for cfg in volumes}
+    for cfg in volumes:  # one volume's data file is another's metadata directory
+        data = os.path.realpath(cfg.data)
+        if data in metas:
             raise ConfigError(f"{path}: [[volume]] {cfg.name!r} data = {cfg.data!r} is the meta "
-                              f"directory of {metas[cfg.data]!r}")
+                              f"directory of {metas[data]!r}")
 
 
 def parse_volumes(path: str, doc: dict[str, Any],

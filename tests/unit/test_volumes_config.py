@@ -82,3 +82,19 @@ def test_an_unknown_volume_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, table("a") + table("b"))
     with pytest.raises(ConfigError, match=r"no volume named 'z' \(volumes: a, b\)"):
         config.load(path, "z")
+
+
+def test_one_file_under_two_names_is_refused(tmp_path: Path) -> None:
+    """Absolute paths are not resolved by config._build: the same data file or meta directory
+    spelt two ways (``/x/./a.img``, a symlink such as /dev/disk/by-id/... to /dev/sdb) would let
+    two volumes write over each other. Compared by their real path."""
+    (tmp_path / "link.img").symlink_to(tmp_path / "a.img")
+    for tables, message in [
+        (table("a", data=str(tmp_path / "a.img")) + table("b", data=f"{tmp_path}/./a.img"), "same data"),
+        (table("a", data=str(tmp_path / "a.img")) + table("b", data=str(tmp_path / "link.img")),
+         "same data"),
+        (table("a", meta=str(tmp_path / "m")) + table("b", meta=f"{tmp_path}//m/"), "same meta"),
+    ]:
+        path = write(tmp_path, tables)
+        with pytest.raises(ConfigError, match=message):
+            config.load_daemon(path)
