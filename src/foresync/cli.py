@@ -697,7 +697,9 @@ def events(config_path: str, volume: str | None, since_start: bool) -> None:
         sock = connection.sock  # getresponse hands it to the response (Connection: close)
         response = connection.getresponse()
         if response.status != 200:
-            raise click.ClickException(f"GET {path} answered {response.status} {response.reason}")
+            said = response.read().decode(errors="replace").strip()
+            raise click.ClickException(f"GET {path} answered {response.status} {response.reason}"
+                                       + (f": {said}" if said else ""))
         if sock is not None:
             sock.settimeout(None)  # a quiet site sends nothing for hours
         for line in response:

@@ -1,0 +1,58 @@
+"""Many volumes per daemon (issue 16 part 1), the edges: what a careful client or operator tries
+on a daemon of several volumes, with real ``foresync run`` processes and real clients.
+
+- ``GET /events?volume=NAME`` for a volume the daemon does not serve is a 404 naming it, never
+  another volume's events.
+- A reload that adds a volume while it also (wrongly) changes a daemon-level setting, here
+  ``[link] peer``: the change is refused and logged, and the new volume runs with the settings
+  in force, like the others: it reaches in sync with its peer.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .sites import free_ports, require_tool, run_tool
+from .volume_sites import in_sync, pair, wait
+
+
+def test_unknown_volume_events_and_a_reload_with_a_refused_peer_change(tmp_path: Path) -> None:
+    require_tool("qemu-io")
+    p, s = pair(tmp_path, ["a", "b"])
+    both = (p, s)
+    try:
+        p.start()
+        s.start()
+        p.wait_up()
+        s.wait_up()
+        for volume in ("a", "b"):
+            wait(f"{volume} in sync", lambda v=volume: in_sync(p, s, v), both)
+
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p.admin_port}/events?volume=nope",
+                                        timeout=5) as answer:
+                answer.read(1)
+        assert refused.value.code == 404 and "nope" in refused.value.read().decode()
+
+        # p's reload adds d, and its [link] peer now names a port where nothing listens.
+        (dead,) = free_ports(1)
+        p.peer_port = dead
+        for daemon in both:
+            daemon.volumes = ["a", "b", "d"]
+            daemon.write_config()
+        p.cli("init", "--config", str(p.config), "--volume", "d", "--role", "primary")
+        s.cli("init", "--config", str(s.config), "--volume", "d", "--role", "secondary")
+        for daemon in both:
+            daemon.hup()
+        wait("refusal logged", lambda: "link_peer changed" in p.log(), both)
+        wait("d started", lambda: "d" in p.status()["volumes"] and "d" in s.status()["volumes"], both)
+        run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x44 0 1M", p.url("d")], context=p.log())
+        wait("d in sync with the peer in force", lambda: in_sync(p, s, "d"), both, timeout_s=15)
+        assert all(in_sync(p, s, v) for v in ("a", "b"))
+    finally:
+        problems = [problem for daemon in both for problem in daemon.stop()]
+    assert not problems, problems
