@@ -98,3 +98,25 @@ def test_one_file_under_two_names_is_refused(tmp_path: Path) -> None:
         path = write(tmp_path, tables)
         with pytest.raises(ConfigError, match=message):
             config.load_daemon(path)
+
+
+def test_init_of_several_volumes_checks_them_all_before_making_any(tmp_path: Path) -> None:
+    """`foresync init` of a config with [[volume]] tables: one volume it must refuse (its data
+    file has another size) stops it before any volume is initialised, and the error names that
+    volume; once fixed, the same command initialises them all (no half-done state to unpick)."""
+    from click.testing import CliRunner
+
+    from foresync.cli import main
+
+    path = write(tmp_path, table("a") + table("b"))
+    (tmp_path / "b.img").write_bytes(b"\0" * 4096)
+    refused = CliRunner().invoke(main, ["init", "--config", path, "--role", "primary"])
+    assert refused.exit_code == 1 and "b: " in refused.output and "16.0 MiB" in refused.output
+    assert not (tmp_path / "a.meta").exists() and not (tmp_path / "a.img").exists()
+    assert not (tmp_path / "b.meta").exists()
+    (tmp_path / "b.img").unlink()
+    done = CliRunner().invoke(main, ["init", "--config", path, "--role", "primary"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "a.meta" / "site.json").exists() and (tmp_path / "b.meta" / "site.json").exists()
+    again = CliRunner().invoke(main, ["init", "--config", path, "--role", "primary"])
+    assert again.exit_code == 1 and "a: site metadata already exists" in again.output
