@@ -6,6 +6,7 @@ on a daemon of several volumes, with real ``foresync run`` processes and real cl
 - A reload that adds a volume while it also (wrongly) changes a daemon-level setting, here
   ``[link] peer``: the change is refused and logged, and the new volume runs with the settings
   in force, like the others: it reaches in sync with its peer.
+- What a write through the shared NBD listener logs names its volume (``vol=b``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def test_unknown_volume_events_and_a_reload_with_a_refused_peer_change(tmp_path:
         run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x44 0 1M", p.url("d")], context=p.log())
         wait("d in sync with the peer in force", lambda: in_sync(p, s, "d"), both, timeout_s=15)
         assert all(in_sync(p, s, v) for v in ("a", "b"))
+
+        # A write through the shared NBD listener: the log lines it causes name its volume.
+        s.kill9()
+        run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x55 0 1M", p.url("b")], context=p.log())
+        wait("a new data generation", lambda: "data generation" in p.log(), both)
+        started = [line for line in p.log().splitlines() if "data generation" in line]
+        assert all(" vol=b " in line for line in started), started
     finally:
         problems = [problem for daemon in both for problem in daemon.stop()]
     assert not problems, problems
