@@ -120,3 +120,14 @@ def test_init_of_several_volumes_checks_them_all_before_making_any(tmp_path: Pat
     assert (tmp_path / "a.meta" / "site.json").exists() and (tmp_path / "b.meta" / "site.json").exists()
     again = CliRunner().invoke(main, ["init", "--config", path, "--role", "primary"])
     assert again.exit_code == 1 and "a: site metadata already exists" in again.output
+
+
+@pytest.mark.parametrize("name", ["a b", "a\nb", "a/b", "-", ".", "..", "x" * 129])
+def test_a_volume_name_is_a_plain_word(tmp_path: Path, name: str) -> None:
+    """The name is a log field (``vol=NAME``), a metric label, the first column of `foresync
+    status`, an etcd key component and the link's ROUTE: a newline would forge log lines, a
+    space would shift the status columns, a '/' would nest etcd keys."""
+    path = write(tmp_path, table("ok") + table("x").replace('name = "x"', f"name = {name!r}".replace("'", '"')
+                                                              .replace("\n", "\\n")))
+    with pytest.raises(ConfigError, match=r"#2.*name = .*letters, digits"):
+        config.load_daemon(path)
