@@ -7,6 +7,9 @@ on a daemon of several volumes, with real ``foresync run`` processes and real cl
   ``[link] peer``: the change is refused and logged, and the new volume runs with the settings
   in force, like the others: it reaches in sync with its peer.
 - What a write through the shared NBD listener logs names its volume (``vol=b``).
+- A link cut that hits one volume only (mixed roles: a's primary dials through a proxy, b's
+  the other way, directly): a is never reported in sync while its copies differ, b stays in
+  sync and takes writes, and both copies of each are identical once the link is back.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .sites import free_ports, require_tool, run_tool
-from .volume_sites import in_sync, pair, wait
+from .sites import LinkProxy, free_ports, require_tool, run_tool
+from .volume_sites import Daemon, in_sync, pair, wait
 
 
 def test_unknown_volume_events_and_a_reload_with_a_refused_peer_change(tmp_path: Path) -> None:
@@ -62,4 +65,49 @@ def test_unknown_volume_events_and_a_reload_with_a_refused_peer_change(tmp_path:
         assert all(" vol=b " in line for line in started), started
     finally:
         problems = [problem for daemon in both for problem in daemon.stop()]
+    assert not problems, problems
+
+
+def roles(daemon: Daemon) -> dict[str, str]:
+    return {name: doc["role"] for name, doc in daemon.status()["volumes"].items()}
+
+
+def first_mib(daemon: Daemon, volume: str) -> bytes:
+    with daemon.data(volume).open("rb") as image:
+        return image.read(1 << 20)
+
+
+def test_a_link_cut_that_hits_one_volume_only(tmp_path: Path) -> None:
+    require_tool("qemu-io")
+    p, s = pair(tmp_path, ["a", "b"])
+    (proxy_port,) = free_ports(1)
+    proxy = LinkProxy("p->s", proxy_port, s.link_port, tmp_path / "proxy.log")
+    p.peer_port = proxy_port  # p's primaries dial s through the proxy; s's dial p directly
+    p.write_config()
+    both = (p, s)
+    try:
+        proxy.start()
+        for daemon in both:
+            daemon.start()
+        for daemon in both:
+            daemon.wait_up()
+        for volume in ("a", "b"):
+            wait(f"{volume} in sync", lambda v=volume: in_sync(p, s, v), both)
+        p.cli("demote", "--config", str(p.config), "--volume", "b")
+        s.cli("promote", "--config", str(s.config), "--volume", "b")
+        wait("b in sync from s", lambda: in_sync(p, s, "b") and roles(s)["b"] == "primary", both)
+
+        proxy.cut()
+        run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0xa1 0 1M", p.url("a")], context=p.log())
+        assert first_mib(p, "a") != first_mib(s, "a")  # the copies differ now
+        assert not p.status()["volumes"]["a"]["in_sync"] and not in_sync(p, s, "a")
+        run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0xb1 0 1M", s.url("b")], context=s.log())
+        wait("b in sync during a's cut", lambda: in_sync(p, s, "b"), both)
+        assert not p.status()["volumes"]["a"]["in_sync"]
+        proxy.restore()
+        wait("a in sync again", lambda: in_sync(p, s, "a"), both)
+        for volume in ("a", "b"):
+            assert p.data(volume).read_bytes() == s.data(volume).read_bytes(), volume
+    finally:
+        problems = [problem for daemon in both for problem in daemon.stop()] + proxy.close()
     assert not problems, problems
