@@ -643,7 +643,8 @@ def verify(config_path: str, volume: str | None, repair: bool, no_wait: bool) ->
     if tty:
         click.echo()
     if progress["mismatches"]:
-        action = "being repaired" if repair else "not repaired (run with --repair)"
+        action = ("being repaired" if repair else
+                  "marked out of sync: copied at the next connect, or now with --repair")
         click.echo(f"mismatched extents ({action}): {mismatch_list(progress)}")
         if not repair:
             sys.exit(1)

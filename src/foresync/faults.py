@@ -41,6 +41,9 @@ class Faults:
     undo_saved_before_earlier_write: bool = False
     journal_sync_skipped: bool = False  # record journal: a commit counts appends durable without fdatasync
     verify_ignores_mismatch: bool = False  # primary: verify reports an extent equal when hashes differ
+    # verify.py: a mismatch found without --repair is reported but not marked out of sync, so the
+    # pair goes on reporting in sync while the copies differ
+    verify_mismatch_left_in_sync: bool = False
     # primary: get_timer() says "nothing waits on time" while the secondary has not yet confirmed
     # every write durable, so a daemon sleeping until the deadline never asks it (SYNC) again
     timer_ignores_remote_durable: bool = False

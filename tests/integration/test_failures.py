@@ -696,7 +696,13 @@ def test_online_verify_finds_and_repairs_a_damaged_extent(make_pair: MakePair) -
         image.write(b"\x00")
     found = pair.cli("verify", "--config", primary.config_path, ok=(1,))
     # The extent and its byte offset (issue 17), not only "[5]".
-    assert "(run with --repair)): 5 (offset 5242880 = 5.0 MiB)" in found.stdout, found.stdout
+    assert "or now with --repair): 5 (offset 5242880 = 5.0 MiB)" in found.stdout, found.stdout
+    # Found and not repaired, the extent is out of sync: the pair no longer says in sync (it did
+    # until the review of 2026-12-05), and says so again only once the extent is copied.
+    marked = pair.status(primary)
+    assert not marked["in_sync"] and marked["out_of_sync_extents"] == 1, marked
+    time.sleep(1.0)
+    assert not pair.status(primary)["in_sync"]
 
     repaired = pair.cli("verify", "--config", primary.config_path, "--repair")
     assert "being repaired" in repaired.stdout, repaired.stdout

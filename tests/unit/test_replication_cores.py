@@ -1714,8 +1714,8 @@ def test_secondary_rejects_primary_bound_messages(message: wire.Message) -> None
         _secondary().receive(message)
 
 
-def _connected_primary() -> PrimaryCore:
-    config = Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME)
+def _connected_primary(faults: Faults = NO_FAULTS) -> PrimaryCore:
+    config = Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME, faults=faults)
     core = PrimaryCore(config, lambda offset, length: bytes(length))
     core.connected()
     core.receive(wire.Welcome(VOLUME, 1, 0, ()))
@@ -1912,6 +1912,43 @@ def test_verify_progress_reports_bytes_a_rate_and_offsets() -> None:
     done = core.verify_progress()
     assert done.done_bytes == 160 and done.mismatched_extents == (2,)
     assert done.mismatched_offsets == (32,)
+
+
+def _verify_with_a_difference(core: PrimaryCore, repair: bool, differing: int) -> list[object]:
+    """Run a verify on ``_connected_primary`` whose secondary differs in one extent; its actions."""
+    zero = xxhash.xxh3_64_intdigest(bytes(16))
+    assert core.start_verify(repair=repair)
+    seen: list[object] = []
+    while True:
+        actions = core.actions()
+        seen += actions
+        requests = [a.message for a in actions
+                    if isinstance(a, pcore.Send) and isinstance(a.message, wire.Verify)]
+        if not requests:
+            return seen
+        for r in requests:
+            core.receive(wire.Hashes(r.request, r.first, tuple(
+                zero + 1 if e == differing else zero for e in range(r.first, r.first + r.count))))
+
+
+def test_a_verify_without_repair_marks_what_differs_out_of_sync() -> None:
+    """Review of 2026-12-05: a verify that found extents different without --repair reported
+    them, but status kept saying in sync. Now each is durably out of sync (as DRBD's verify
+    marks its bitmap): in_sync is false, the out-of-sync store (and the next HELLO) holds it, and
+    the next connect's resync copies it. With the fault switch it stays "in sync"."""
+    core = _connected_primary()
+    assert core.statistics().in_sync
+    actions = _verify_with_a_difference(core, repair=False, differing=3)
+    assert core.verify_mismatches == {3}
+    stats = core.statistics()
+    assert not stats.in_sync and stats.out_of_sync_extents == 1
+    assert 3 in core.unsynced_extents() and core.verify_marked() == {3}
+    persisted = [a for a in actions if isinstance(a, pcore.PersistOutOfSync)]
+    assert persisted and 3 in persisted[-1].extents
+
+    buggy = _connected_primary(Faults(verify_mismatch_left_in_sync=True))
+    _verify_with_a_difference(buggy, repair=False, differing=3)
+    assert buggy.verify_mismatches == {3} and buggy.statistics().in_sync
 
 
 def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_once() -> None:

@@ -278,7 +278,10 @@ class PrimaryCore:
             link_full=self._link_full, send_extent=self._send_resync, last_seq=self._last_seq,
             set_confirmed=self._set_confirmed)
         self._verify = Verify(config.size, config.extent_size, read, self._extent_fifo,
-                              self._send, self._queue_resync, config.faults)
+                              self._send, self._queue_resync, config.faults,
+                              mark_extent=self._verify_found_different)
+        self._verify_marked: set[int] = set()  # marked out of sync by a verify, until a connect
+        self._verify_repairs: dict[int, int] = {}  # marked extent -> seq of its repair's copy
         self.now = 0.0
         self._watermark_at = 0.0  # when handle_timer next asks both sites for durability
         # Heartbeats and the link timeout (liveness.py), from connected() to disconnected().
@@ -390,6 +393,8 @@ class PrimaryCore:
         if self.link is not LinkState.DISCONNECTED:
             raise LocalProtocolError(f"connected() while link is {self.link.value}")
         self.link = LinkState.HANDSHAKE
+        self._verify_marked.clear()  # this session's resync covers them (they are out of sync)
+        self._verify_repairs.clear()
         self._resync.session_start()
         c = self.config
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
@@ -772,6 +777,30 @@ class PrimaryCore:
     def verify_done_extents(self) -> int:
         return self._verify.done_extents
 
+    def _verify_found_different(self, extent: int) -> None:
+        """A verify (without --repair) found this extent different: durably out of sync, so
+        in_sync cannot stand, and the next connect's resync copies it."""
+        resync = self._resync
+        if (extent in self._oos.extents or extent_runs.contains(resync.pass_runs, extent)
+                or extent_runs.contains(self._oos.confirmed, extent) or extent in resync.pending()):
+            return  # a resync copies it already (a pass, a repair, a failed local write's)
+        self._oos.add((extent,))
+        self._verify_marked.add(extent)
+
+    def _verify_repaired(self, durable: int) -> None:
+        """A repair's whole copy of an extent a verify marked is durable on the secondary: the
+        extent no longer differs there, so it leaves the out-of-sync set (written back lazily: an
+        entry left on disk meanwhile errs on the safe side)."""
+        for extent in [e for e, seq in self._verify_repairs.items() if seq <= durable]:
+            del self._verify_repairs[extent]
+            self._verify_marked.discard(extent)
+            if extent in self._oos.extents:
+                self._oos.discard(extent)
+
+    def verify_marked(self) -> set[int]:
+        """Extents a verify marked out of sync this session: they wait for the next connect."""
+        return self._verify_marked & self._oos.extents
+
     def _queue_resync(self, extent: int) -> None:
         """Copy one extent again (verify --repair, a failed local write): resync.py."""
         self._resync.queue(extent, self.now)
@@ -1106,6 +1135,8 @@ class PrimaryCore:
 
     def _on_durable(self, seq: int) -> None:
         self._flushes.on_durable(seq)
+        if self._verify_repairs:
+            self._verify_repaired(seq)
         self._on_applied(seq)
         done = [s for s in self._durable_waits if s <= seq]
         for s in sorted(done):
@@ -1202,6 +1233,8 @@ class PrimaryCore:
         op.seq = self._order.next_seq  # never applied here: it is read from this image
         self._order.next_seq += 1
         self.record.resynced(extent, op.seq)  # dirty until this data is durable there
+        if extent in self._verify_marked:
+            self._verify_repairs[extent] = op.seq  # a repair: it leaves OOS once durable there
         self._order.mark_applied(op.seq)
         self._transmit(op, _RESYNC, 0, ())
         self.counters.resync_bytes += length

@@ -6,7 +6,10 @@ moment the VERIFY request goes out: the secondary answers with HASHES computed a
 earlier op on the ordered stream, so the two hashes describe the same write history. An extent
 with a local write still in flight (``busy``) would compare a moving target: it is skipped and
 retried, alone, once nothing is in flight on it. A mismatch is counted and, with ``repair``,
-handed to the owner's ``repair_extent`` (which resyncs it).
+handed to the owner's ``repair_extent`` (which resyncs it). Without ``repair`` it goes to the
+owner's ``mark_extent``, which makes it durably out of sync until the next connect copies it (as
+DRBD's verify marks its bitmap), or a later repair's copy is durable there: a verify that found a
+difference never leaves "in sync" standing.
 
 Pure: the owner (``PrimaryCore``) injects the read port, the busy set and a ``send`` callback, and
 passes ``now``. A lost link abandons the run (``abandon``); the operator may start it again.
@@ -33,8 +36,10 @@ class Verify:
 
     def __init__(self, size: int, extent_size: int, read: Callable[[int, int], bytes],
                  busy: Container[int], send: Callable[[wire.Message], None],
-                 repair_extent: Callable[[int], None], faults: Faults = NO_FAULTS) -> None:
+                 repair_extent: Callable[[int], None], faults: Faults = NO_FAULTS,
+                 mark_extent: Callable[[int], None] = lambda extent: None) -> None:
         self._faults = faults
+        self._mark_extent = mark_extent
         self._size = size
         self._extent_size = extent_size
         self.extent_count = -(-size // extent_size)
@@ -134,4 +139,6 @@ class Verify:
                 self.mismatches.add(extent)
                 if self._repair:
                     self._repair_extent(extent)
+                elif not self._faults.verify_mismatch_left_in_sync:
+                    self._mark_extent(extent)
         self.pump(now)

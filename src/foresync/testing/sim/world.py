@@ -55,6 +55,9 @@ then the invariants are checked:
     open, nothing in flight arrives, neither side is told) is ended by a core's ``LinkFailed``
     "no frame from ..." within ``TIMEOUT_S`` of virtual time, and any other timeout fails the
     run, since every other frame is delivered, ahead of most timer ticks.
+15. silent damage on the secondary (``_rot``: a flipped byte once the run has healed) is found by
+    an online verify without --repair, which marks it out of sync: the primary no longer reports
+    in sync (invariant 8) until the next connect has copied it back.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from __future__ import annotations
 import random
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import xxhash
@@ -514,12 +517,68 @@ class World:
                 self._settle()
                 self._check(step)
             self._finish()
+            self._rot()
             self._lease()
             self._routing()
         except SimFailure:
             raise
         except (ForesyncError, AssertionError, KeyError, IndexError) as exc:
             raise SimFailure(f"{type(exc).__name__}: {exc}", self.seed, self.schedule) from exc
+
+    def _rot(self) -> None:
+        """Invariant 15: silent damage on the secondary's medium (one flipped byte, once the run
+        has healed and both images are equal) is found by an online verify without --repair,
+        and from then on the primary does not report in sync (invariant 8) until the next
+        connect has copied the extent back; then the images are equal again. Its own RNG, so
+        the schedule of the run before it is the same as without it."""
+        p, s = self.primary, self.secondary
+        if p is None or s is None or p.core.link is not pcore.LinkState.CONNECTED:
+            return
+        rng = random.Random(self.seed * 104729 + 3)
+        self._drive(lambda: not p.core.verify_progress(now=self.now).active, "an earlier verify")
+        offset = rng.randrange(self.size)
+        extent = offset // self.extent_size
+        self.faulted = True  # the secondary is no longer a prefix of the history, by design
+        for image in (self.sdisk.current, self.sdisk.durable):
+            image[offset] ^= 0xA5
+        self._log(f"ROT: byte {offset} (extent {extent}) of the secondary's medium flipped")
+        if not p.core.start_verify(False, now=self.now):
+            self._fail("rot: a connected primary refused to start a verify")
+        self.verify_runs += 1
+        # Until the verify has answered, the damage is unknown to both sites: invariants 8 and
+        # the durable-coverage check would fail on what no site could know yet.
+        self._drive(lambda: not p.core.verify_progress(now=self.now).active and not self.p2s
+                    and not self.s2p and not p.oos_persists, "the verify after the damage", check=False)
+        if extent not in p.core.verify_mismatches:
+            self._fail(f"rot: the verify did not report extent {extent}, damaged on the secondary")
+        self._check_in_sync()
+        if rng.random() < 0.5:  # the operator repairs: in sync again with no reconnect
+            if not p.core.start_verify(True, now=self.now):
+                self._fail("rot: a connected primary refused to start a repair")
+            self.verify_runs += 1
+            self._drive(lambda: not p.core.verify_progress(now=self.now).active
+                        and p.core.statistics().in_sync, "the repair of the damage")
+        self._finish()  # (else the reconnect copies it back); the images must be equal again
+
+    def _drive(self, done: Callable[[], bool], what: str, check: bool = True) -> None:
+        """Deliver, commit and tick (no host writes, no faults) until ``done``."""
+        for round_ in range(20000):
+            if done() or self.primary is None or self.secondary is None:
+                return
+            p, s = self.primary, self.secondary
+            events = [e for e, ready in ((self._ev_deliver_p2s, self.p2s), (self._ev_deliver_s2p, self.s2p),
+                                         (self._ev_primary_flush, p.flushes),
+                                         (self._ev_oos_persist, p.oos_persists),
+                                         (self._ev_resume, p.resume_due),
+                                         (self._ev_journal_commit, s.commits),
+                                         (self._ev_data_sync, s.syncs)) if ready]
+            if self._checksums_due(s):
+                events.append(self._ev_checksums)
+            (self.rng.choice(events) if events else self._ev_tick)()
+            self._settle()
+            if check:
+                self._check(round_)
+        self._fail(f"rot: {what} never ended")
 
     def _lease(self) -> None:
         """The etcd lease of the same seed (testing/sim/lease.py): its own small world."""
@@ -1104,6 +1163,8 @@ class World:
                 events.append(self._ev_checksums)
             if self.conn == 0 or s is None:
                 return  # the link or the secondary failed meanwhile: demote refuses
+            if not events and p.core.verify_marked():
+                return  # a verify marked extents that only a reconnect copies: demote times out
             (self.rng.choice(events) if events else self._ev_tick)()
             self._settle()
             self._check(0)
@@ -1462,6 +1523,11 @@ class World:
                 stats = p.core.statistics()
                 if stats.in_sync and not self.host_ops:
                     break
+                if p.core.link is pcore.LinkState.CONNECTED and p.core.verify_marked():
+                    # A verify without --repair marked extents out of sync: the next connect
+                    # copies them, so the operator reconnects (DRBD's way after a verify).
+                    self._disconnect("reconnect: a verify marked extents out of sync")
+                    continue
                 if (p.core.link is pcore.LinkState.CONNECTED and not stats.in_sync
                         and p.core.watermark_timer() is None):
                     # The daemon sleeps until get_timer(): with no deadline it would wait forever.
