@@ -22,6 +22,7 @@ and the NBD member view (nbd/member_target.py) carry them out.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ class GroupLayout:
         self.extent_size = extent_size
         self.size = base
         self._bases = tuple(member.base for member in laid)
+        self._ends = tuple(member.end for member in laid)
 
     def index_of(self, name: str) -> int:
         for index, member in enumerate(self.members):
@@ -85,6 +87,15 @@ class GroupLayout:
         invariant(offset >= 0 and length >= 0 and offset + length <= member.size,
                   f"range {offset}+{length} outside member {member.name!r} of {member.size} bytes")
         return member.base + offset
+
+    def within(self, offset: int, length: int) -> int:
+        """The index of the member holding all of unit range ``offset``+``length``, or
+        ``PADDING`` when it touches the padding or more than one member (then ``split`` it).
+        The per-call fast path of the backend: a C bisect and two compares, no list."""
+        index = bisect_right(self._bases, offset) - 1
+        if index >= 0 and offset + length <= self._ends[index]:
+            return index
+        return PADDING
 
     def member_at(self, offset: int) -> int:
         """The index of the member whose padded span holds unit ``offset``."""

@@ -32,6 +32,10 @@ def test_members_start_at_extent_aligned_bases_and_padding_follows_a_short_membe
     assert layout.split(20479, 2) == [Piece(1, 8191, 1), Piece(2, 0, 1)]
     assert layout.to_unit(1, 100, 10) == 12388
     assert layout.member_at(12287) == 0 and layout.member_at(12288) == 1
+    # The fast path: a range inside one member, else PADDING (then split).
+    assert layout.within(0, 10000) == 0 and layout.within(12288, 8192) == 1
+    assert layout.within(9999, 2) == PADDING and layout.within(20479, 2) == PADDING
+    assert layout.within(10000, 1) == PADDING
 
 
 def test_a_member_range_may_not_leave_the_member_nor_a_unit_range_the_unit() -> None:

@@ -51,11 +51,18 @@ class GroupBackend:
         self.read_only = any(store.read_only for store in members)
         self._faults = faults
         self._last_written = 0  # the member the latest write went to (the fault's flush only)
+        self._bases = tuple(member.base for member in layout.members)
 
     def read(self, offset: int, length: int) -> bytes:
+        index = self.layout.within(offset, length)
+        if index != PADDING:  # the usual case: inside one member
+            return self.members[index].read(offset - self._bases[index], length)
         return self._read(offset, length, holes=False)
 
     def read_unless_hole(self, offset: int, length: int) -> bytes:
+        index = self.layout.within(offset, length)
+        if index != PADDING:
+            return self.members[index].read_unless_hole(offset - self._bases[index], length)
         return self._read(offset, length, holes=True)
 
     def _read(self, offset: int, length: int, holes: bool) -> bytes:
@@ -74,11 +81,12 @@ class GroupBackend:
                    for piece in self.layout.split(offset, length))
 
     def write(self, offset: int, data: bytes) -> None:
-        pieces = self.layout.split(offset, len(data))
-        if len(pieces) == 1 and pieces[0].index != PADDING:  # the usual case: no copy
-            self._last_written = pieces[0].index
-            self.members[pieces[0].index].write(pieces[0].offset, data)
+        index = self.layout.within(offset, len(data))
+        if index != PADDING:  # the usual case: inside one member, no copy
+            self._last_written = index
+            self.members[index].write(offset - self._bases[index], data)
             return
+        pieces = self.layout.split(offset, len(data))
         view = memoryview(data)
         at = 0
         for piece in pieces:
