@@ -47,8 +47,9 @@ test: lint
 
 SEEDS ?= 1000
 SEED ?= 0
+GROUP ?= 0
 sim: setup
-	$(PY) -m foresync.testing.sim --seeds $(SEEDS) --seed $(SEED)
+	$(PY) -m foresync.testing.sim --seeds $(SEEDS) --seed $(SEED) --group $(GROUP)
 
 CYCLES ?= 5
 MODE ?= lookahead
