@@ -71,6 +71,8 @@ bench: setup
 	$(PY) bench/objects_predict.py
 	$(PY) bench/record_pair.py $(BENCH_ARGS_RECORD)
 	$(PY) bench/objects_latency.py
+	$(PY) bench/volumes.py
+	$(PY) bench/link_share.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

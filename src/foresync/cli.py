@@ -193,13 +193,19 @@ def objects_verify(config_path: str) -> None:
     that differ are copied again. Exit status 1 when some differed."""
     import time
 
-    from foresync.status_view import fetch_status
+    from foresync.config import load_daemon
+    from foresync.status_view import fetch_status, volume_doc
 
-    _call(config_path, "/objects/verify", {}, what="objects verify")
-    cfg = _load(config_path)
+    try:  # the volume whose link carries [s3] (the first, unless one says s3 = true)
+        dcfg = load_daemon(config_path)
+    except ForesyncError as exc:
+        raise click.ClickException(str(exc)) from None
+    cfg = next((v for v in dcfg.volumes if v.s3_listen is not None), dcfg.first)
+    _call(config_path, "/objects/verify", {}, what="objects verify",
+          volume=cfg.name if dcfg.multi else None)
     deadline = time.monotonic() + 600
     while True:
-        found = fetch_status(cfg).get("objects", {}).get("verify_mismatches")
+        found = volume_doc(fetch_status(cfg), cfg.name).get("objects", {}).get("verify_mismatches")
         if found is not None:
             break
         if time.monotonic() > deadline:
@@ -256,32 +262,46 @@ CONFIG_OPTION = click.option("--config", "config_path", required=True, metavar="
                              help="The site's TOML config (see docs/operations.md).")
 
 
+VOLUME_OPTION = click.option(
+    "--volume", "volume", default=None, metavar="NAME",
+    help="The volume to act on, by its [[volume]] name (needed when the config has several).")
+
+
 @main.command()
 @CONFIG_OPTION
+@VOLUME_OPTION
 @click.option("--role", required=True, type=click.Choice(["primary", "secondary"]),
               help="What this site starts as. The primary mints the volume identity; a new "
                    "secondary adopts it on first connect.")
 @click.option("--force", is_flag=True, help="Overwrite existing site metadata (forgets identity and record).")
-def init(config_path: str, role: str, force: bool) -> None:
-    """Create a site's metadata: identity, role, epoch 1 and an empty record."""
+def init(config_path: str, volume: str | None, role: str, force: bool) -> None:
+    """Create a site's metadata: identity, role, epoch 1 and an empty record (for every volume
+    of a config with [[volume]] tables, or the one named by --volume)."""
 
+    from foresync.config import load_daemon
     from foresync.daemon.metadata import check_meta_dir
     from foresync.daemon.run import init_site
     from foresync.daemon.site_lock import SiteLock
     from foresync.errors import SiteInUse
 
-    cfg = _load(config_path)
     try:
-        check_meta_dir(cfg.meta, create=True)  # before the lock file: nothing made in vain
-        # A daemon may be running on it: never pull the metadata from under one.
-        with SiteLock.acquire(cfg.meta, "foresync init"):
-            meta = init_site(config_path, role, force)
-    except SiteInUse as exc:
-        raise click.ClickException(f"{exc}: stop it before `foresync init`; nothing changed") from None
+        dcfg = load_daemon(config_path)
+        volumes = [dcfg.volume(volume)] if volume is not None else list(dcfg.volumes)
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
-    identity = meta.volume_id.hex() if meta.volume_id else "adopted from the primary on first connect"
-    click.echo(f"initialised {role} site (epoch {meta.epoch}, volume identity {identity})")
+    for cfg in volumes:
+        try:
+            check_meta_dir(cfg.meta, create=True)  # before the lock file: nothing made in vain
+            # A daemon may be running on it: never pull the metadata from under one.
+            with SiteLock.acquire(cfg.meta, "foresync init"):
+                meta = init_site(config_path, role, force, volume=cfg.name if dcfg.multi else None)
+        except SiteInUse as exc:
+            raise click.ClickException(f"{exc}: stop it before `foresync init`; nothing changed") from None
+        except ForesyncError as exc:
+            raise click.ClickException(str(exc)) from None
+        identity = meta.volume_id.hex() if meta.volume_id else "adopted from the primary on first connect"
+        prefix = f"{cfg.name}: " if dcfg.multi else ""
+        click.echo(f"{prefix}initialised {role} site (epoch {meta.epoch}, volume identity {identity})")
 
 
 @main.command()
@@ -316,13 +336,17 @@ def run(config_path: str, assume_all: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw /status JSON (the machine view).")
 @click.option("--watch", "watch_s", type=float, default=None, metavar="SECONDS", is_flag=False,
               flag_value=1.0, help="Refresh every SECONDS (1 if no value) until Ctrl-C.")
-def status(config_path: str, as_json: bool, watch_s: float | None) -> None:
+@click.option("--volume", "volume", default=None, metavar="NAME",
+              help="Show this volume in detail (a daemon of several volumes shows one line each).")
+@click.option("--details", is_flag=True, help="Show every volume in detail.")
+def status(config_path: str, as_json: bool, watch_s: float | None, volume: str | None,
+           details: bool) -> None:
     """Show a running site's replication state at a glance (from its admin HTTP /status)."""
     import json
     import time
 
     from foresync.config import load
-    from foresync.status_view import fetch_status, render
+    from foresync.status_view import fetch_status, render, render_daemon, volume_doc
 
     try:
         cfg = load(config_path)
@@ -331,6 +355,8 @@ def status(config_path: str, as_json: bool, watch_s: float | None) -> None:
     while True:
         try:
             doc = fetch_status(cfg)
+            if volume is not None:
+                doc = volume_doc(doc, volume)
         except ForesyncError as exc:
             raise click.ClickException(str(exc)) from None
         if as_json:
@@ -338,7 +364,12 @@ def status(config_path: str, as_json: bool, watch_s: float | None) -> None:
         else:
             if watch_s:
                 click.clear()
-            click.echo(render(cfg.name, doc))
+            if volume is not None:
+                click.echo(render(volume, doc))
+            elif len(doc.get("volumes") or {}) > 1:
+                click.echo(render_daemon(doc, details))
+            else:
+                click.echo(render(cfg.name, doc))
         if not watch_s:
             return
         try:
@@ -369,7 +400,9 @@ def cluster_status(config_path: str, as_json: bool) -> None:
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"volumes": volumes, "site": here}, indent=2))
+        # "site": the first (a one-volume site's only) volume here, as before; "sites": each one
+        first = here[0] if here else None
+        click.echo(json.dumps({"volumes": volumes, "site": first, "sites": here or []}, indent=2))
     else:
         click.echo(render_cluster(volumes, here))
 
@@ -378,11 +411,11 @@ ANSWER_TIMEOUT_S = 120.0  # the admin server answers 504 after 100 s; demote may
 Answer = tuple[int, dict[str, object]]
 
 
-def _load(config_path: str) -> SiteConfig:
+def _load(config_path: str, volume: str | None = None) -> SiteConfig:
     from foresync.config import load
 
     try:
-        return load(config_path)
+        return load(config_path, volume)
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -460,10 +493,14 @@ def _offline(cfg: SiteConfig, command: str, change: Callable[[], Result]) -> Res
 
 
 def _call(config_path: str, path: str, body: dict[str, object], expect: int = 200,
-          offline: Callable[[SiteConfig], Result] | None = None, what: str = "") -> dict[str, object]:
+          offline: Callable[[SiteConfig], Result] | None = None, what: str = "",
+          volume: str | None = None) -> dict[str, object]:
     """POST to the running site (or do ``offline`` under the metadata lock when nothing
-    answers); any refusal or error becomes a clear message and a non-zero exit."""
-    cfg = _load(config_path)
+    answers); any refusal or error becomes a clear message and a non-zero exit. ``volume``
+    names the volume of a daemon of several (the body key ``volume``)."""
+    cfg = _load(config_path, volume)
+    if volume is not None:
+        body = {**body, "volume": volume}
     answer = _post(cfg, path, body)
     if answer is None:
         host, port = cfg.admin_listen
@@ -484,15 +521,16 @@ def _call(config_path: str, path: str, body: dict[str, object], expect: int = 20
 
 @main.command()
 @CONFIG_OPTION
+@VOLUME_OPTION
 @click.option("--force", is_flag=True,
               help="Promote even if the primary still seems connected, or this copy is inconsistent.")
-def promote(config_path: str, force: bool) -> None:
+def promote(config_path: str, volume: str | None, force: bool) -> None:
     """Failover: make this secondary the primary of a new epoch and serve NBD.
 
     Its record becomes the failback set: when the old primary returns it becomes secondary by
     itself and receives only those extents plus what was written here since."""
     doc = _call(config_path, "/promote", {"force": force},
-                offline=lambda cfg: _promote_offline(cfg, force))
+                offline=lambda cfg: _promote_offline(cfg, force), volume=volume)
     failback = doc.get("failback_bytes")
     click.echo(f"promoted: now primary at epoch {doc.get('epoch')}; failback set "
                f"{doc.get('failback_extents')} extents "
@@ -536,19 +574,21 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Result:
 
 @main.command()
 @CONFIG_OPTION
-def demote(config_path: str) -> None:
+@VOLUME_OPTION
+def demote(config_path: str, volume: str | None) -> None:
     """Planned switchover: stop serving, wait until the secondary has every write, step down.
 
     Then `foresync promote` on the other site loses nothing."""
-    doc = _call(config_path, "/demote", {}, what="demote (of the running primary)")
+    doc = _call(config_path, "/demote", {}, what="demote (of the running primary)", volume=volume)
     click.echo(f"demoted: now secondary at epoch {doc.get('epoch')}")
 
 
 @main.command()
 @CONFIG_OPTION
+@VOLUME_OPTION
 @click.option("--discard-local", is_flag=True, required=True,
               help="Throw away this site's changes since the histories diverged.")
-def resolve(config_path: str, discard_local: bool) -> None:
+def resolve(config_path: str, volume: str | None, discard_local: bool) -> None:
     """After a split brain: make this site the loser. It becomes secondary of the other site,
     which copies back every extent either side changed."""
     def offline(cfg: SiteConfig) -> Result:
@@ -559,33 +599,35 @@ def resolve(config_path: str, discard_local: bool) -> None:
         meta = discard(cfg, site.load(cfg.meta))
         return Discarded(len(meta.stale))
 
-    doc = _call(config_path, "/resolve", {"discard-local": discard_local}, offline=offline)
+    doc = _call(config_path, "/resolve", {"discard-local": discard_local}, offline=offline,
+                volume=volume)
     click.echo(f"local changes discarded: {doc.get('stale_extents')} extents will be copied from the "
                "other site when it connects")
 
 
 @main.command()
 @CONFIG_OPTION
+@VOLUME_OPTION
 @click.option("--repair", is_flag=True, help="Copy mismatched extents from the primary again.")
 @click.option("--no-wait", is_flag=True, help="Start the verify and return at once.")
-def verify(config_path: str, repair: bool, no_wait: bool) -> None:
+def verify(config_path: str, volume: str | None, repair: bool, no_wait: bool) -> None:
     """Online verify: compare every extent's xxh3 checksum across the link (run on the primary).
 
     Extents being written while they are compared are compared again afterwards. Exit status 1
     when mismatches were found (and not repaired)."""
     import time
 
-    from foresync.status_view import fetch_status, mismatch_list, verify_line
+    from foresync.status_view import fetch_status, mismatch_list, verify_line, volume_doc
 
-    doc = _call(config_path, "/verify", {"repair": repair}, expect=202, what="verify")
-    cfg = _load(config_path)
+    doc = _call(config_path, "/verify", {"repair": repair}, expect=202, what="verify", volume=volume)
+    cfg = _load(config_path, volume)
     if no_wait:
         click.echo(f"verify started over {doc.get('total_extents')} extents")
         return
     tty = sys.stdout.isatty()  # a script or a log gets one line per step, not \r redraws
     while True:
         try:
-            progress = fetch_status(cfg)["verify"]
+            progress = volume_doc(fetch_status(cfg), cfg.name)["verify"]
         except (ForesyncError, KeyError, TypeError) as exc:
             raise click.ClickException(f"lost track of the verify: {exc}") from None
         click.echo(f"\r{verify_line(progress)}" if tty else verify_line(progress), nl=not tty)
@@ -635,17 +677,20 @@ def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_jso
 
 @main.command()
 @CONFIG_OPTION
+@VOLUME_OPTION
 @click.option("--since-start", is_flag=True,
               help="First replay the current state (role, link, consistency, any resync or verify).")
-def events(config_path: str, since_start: bool) -> None:
+def events(config_path: str, volume: str | None, since_start: bool) -> None:
     """Follow a running site's state changes: one JSON object a line, with a timestamp (role and
     epoch, link up and down with the reason, resync, consistency, split brain, verify, admin
     actions), until the site stops or Ctrl-C."""
     import http.client
+    from urllib.parse import urlencode
 
-    cfg = _load(config_path)
+    cfg = _load(config_path, volume)
     host, port = cfg.admin_listen
-    path = "/events?since-start=1" if since_start else "/events"
+    query = {**({"since-start": "1"} if since_start else {}), **({"volume": volume} if volume else {})}
+    path = "/events" + (f"?{urlencode(query)}" if query else "")
     connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request("GET", path)

@@ -17,8 +17,9 @@ from foresync.status_view import fetch_status
 HEADER = ("VOLUME", "SITE", "ROLE", "EPOCH", "LEASE HOLDER", "REMAINING", "NOTE")
 
 
-def cluster_status(cfg: SiteConfig) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """etcd's volumes and this site's /status ``cluster`` section (None if it is not running)."""
+def cluster_status(cfg: SiteConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """etcd's volumes and this site's /status ``cluster`` sections, one per volume of the
+    daemon (None if it is not running)."""
     if cfg.cluster is None:
         raise ConfigError(f"{cfg.path}: no [cluster] section: this site is not in a cluster")
     try:
@@ -26,17 +27,18 @@ def cluster_status(cfg: SiteConfig) -> tuple[list[dict[str, Any]], dict[str, Any
     except EtcdUnavailable as exc:
         raise ForesyncError(f"cannot read the cluster from etcd: {exc}") from None
     try:
-        here: dict[str, Any] | None = fetch_status(cfg).get("cluster")
+        doc = fetch_status(cfg)
     except ConfigError:
-        here = None
-    return volumes, here
+        return volumes, None
+    parts = list(doc["volumes"].values()) if "volumes" in doc else [doc]
+    return volumes, [part["cluster"] for part in parts if part.get("cluster") is not None]
 
 
 def _remaining(seconds: Any) -> str:
     return "-" if seconds is None else f"{seconds} s"
 
 
-def rows(volumes: list[dict[str, Any]], here: dict[str, Any] | None) -> list[tuple[str, ...]]:
+def rows(volumes: list[dict[str, Any]], heres: list[dict[str, Any]] | None) -> list[tuple[str, ...]]:
     lines: list[tuple[str, ...]] = []
     for volume in volumes:
         holder = volume["holder"]
@@ -47,7 +49,7 @@ def rows(volumes: list[dict[str, Any]], here: dict[str, Any] | None) -> list[tup
             lines.append((volume["volume"], volume["epoch_site"] or "-", "-",
                           str(volume["epoch"]), "(none)", "-",
                           "lease expired: no primary may acknowledge writes"))
-    if here is not None:
+    for here in heres or ():
         note = "fenced" if here["fenced"] else ""
         if here["reason"]:
             note = f"{note}: {here['reason']}" if note else here["reason"]
@@ -59,11 +61,11 @@ def rows(volumes: list[dict[str, Any]], here: dict[str, Any] | None) -> list[tup
     return lines
 
 
-def render_cluster(volumes: list[dict[str, Any]], here: dict[str, Any] | None) -> str:
-    table = [HEADER, *rows(volumes, here)]
+def render_cluster(volumes: list[dict[str, Any]], heres: list[dict[str, Any]] | None) -> str:
+    table = [HEADER, *rows(volumes, heres)]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER) - 1)]
     out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()
            + ("  " + line[-1] if line[-1] else "") for line in table]
-    if here is None:
+    if heres is None:
         out.append("(this site is not running: its own line is missing)")
     return "\n".join(out)

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foresync import cluster_config
 from foresync.cluster_config import ClusterConfig
@@ -22,6 +22,9 @@ from foresync.record.predict import PREDICTORS
 from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
 from foresync.units import parse_hostport, parse_size
+
+if TYPE_CHECKING:
+    from foresync.volumes_config import DaemonConfig
 
 MAX_WRITE_BYTES = 32 * 1024 * 1024
 
@@ -74,6 +77,9 @@ class SiteConfig:
     s3_record_bytes: int = 1024 * 1024  # bytes of names in it
     s3_budget: int = 8  # predicted names a miss may add
     cluster: ClusterConfig | None = None  # [cluster] (issue 16): failover with fencing on etcd
+    # [[volume]] tables (issue 16): the link dialler names its volume first (wire.Route), for the
+    # daemon's one link listener; None in a one-volume [volume] config (no routing)
+    link_route: str | None = None
 
     @property
     def admin_is_loopback(self) -> bool:
@@ -196,16 +202,43 @@ def _capacity(record: dict[str, Any], extent_size: int) -> int:
     return derived
 
 
-def load(path: str) -> SiteConfig:
+def _read(path: str) -> dict[str, Any]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+
+
+def load(path: str, volume: str | None = None) -> SiteConfig:
+    """One volume's configuration: the only one of a ``[volume]`` config, or the ``[[volume]]``
+    table named ``volume`` (the first when None: the daemon-level settings, [admin] and the
+    rest, are the same in every volume's)."""
+    doc = _read(path)
+    if isinstance(doc.get("volume"), list):
+        return volumes_of(path, doc).volume(volume)
     _check_keys(doc, path)
+    cfg = _build(doc, path)
+    if volume is not None and volume != cfg.name:
+        raise ConfigError(f"{path}: no volume named {volume!r} (its [volume] name is {cfg.name!r})")
+    return cfg
+
+
+def load_daemon(path: str) -> DaemonConfig:
+    """Every volume a ``foresync run`` of this config serves (volumes.py)."""
+    doc = _read(path)
+    if isinstance(doc.get("volume"), list):
+        return volumes_of(path, doc)
+    from foresync.volumes_config import DaemonConfig
+
+    _check_keys(doc, path)
+    return DaemonConfig(str(Path(path).resolve()), (_build(doc, path),), multi=False)
+
+
+def _build(doc: dict[str, Any], path: str) -> SiteConfig:
     base = Path(path).resolve().parent
     volume, nbd, link = _section(doc, "volume"), _section(doc, "nbd"), _section(doc, "link")
     record, admin = _section(doc, "record"), _section(doc, "admin")
@@ -326,3 +359,9 @@ def _positive(value: Any, key: str, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{key} must be an integer of at least {minimum}, not {value!r}")
     return value
+
+
+def volumes_of(path: str, doc: dict[str, Any]) -> DaemonConfig:
+    from foresync.volumes_config import parse_volumes  # [[volume]] tables: volumes_config.py
+
+    return parse_volumes(path, doc, _check_keys, _build)

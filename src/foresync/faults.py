@@ -73,6 +73,10 @@ class Faults:
     # FLUSH (or the secondary's DURABLE watermark) no longer covers the other members' writes, so
     # a crash leaves one member behind a point the group's order had passed (issue 16, part 2)
     group_orders_volumes_independently: bool = False
+    # replication/routing.py: a daemon's link listener hands a connection to the first volume
+    # taking connections, not to the one its ROUTE names, so a new secondary of one volume
+    # adopts another volume's identity and data (issue 16, many volumes per daemon)
+    route_ignores_name: bool = False
 
 
 NO_FAULTS = Faults()

@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 
 
 class VolumeContext(logging.Filter):
     volume = "-"
+    # A daemon of many volumes (issue 16) names each unit's volume in the context its tasks (and
+    # the callbacks they set up) run in; the class attribute is the daemon-wide fallback.
+    current: ContextVar[str | None] = ContextVar("foresync_volume", default=None)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.volume = VolumeContext.volume
+        record.volume = VolumeContext.current.get() or VolumeContext.volume
         return True
 
 

@@ -96,11 +96,41 @@ def mismatch_list(verify: dict[str, Any]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def summary_line(name: str, doc: dict[str, Any]) -> str:
+    """One volume in one line (``foresync status`` of a daemon with several volumes)."""
+    return (f"{name}  role={doc['role']}  epoch={doc['epoch']}  mode={doc['mode']}  "
+            f"link={doc['link']}  in_sync={'yes' if doc['in_sync'] else 'no'}")
+
+
+def volume_doc(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """One volume's part of a daemon's /status (``volumes``); a site of one volume without
+    that key (an older daemon) is its own."""
+    volumes = doc.get("volumes")
+    if volumes is None:
+        return doc
+    if name not in volumes:
+        raise ConfigError(f"the daemon serves no volume named {name!r} (it serves "
+                          f"{', '.join(volumes) or 'none'}); has the config changed since it started?")
+    part: dict[str, Any] = volumes[name]
+    return part
+
+
+def render_daemon(doc: dict[str, Any], details: bool) -> str:
+    """``foresync status`` of a daemon: today's view for one volume; one line per volume for
+    several (every volume's full view with ``details``)."""
+    volumes = doc.get("volumes") or {}
+    if len(volumes) == 1 or not volumes:
+        name = next(iter(volumes), "")
+        return render(name, volumes[name] if volumes else doc)
+    if details:
+        return "\n\n".join(render(name, part) for name, part in volumes.items())
+    return "\n".join(summary_line(name, part) for name, part in volumes.items())
+
+
 def render(name: str, doc: dict[str, Any]) -> str:
     rec, cnt, lag = doc["record"], doc["counters"], doc.get("lag", {})
     extent = rec["extent_size_bytes"]
-    lines = [f"{name}  role={doc['role']}  epoch={doc['epoch']}  mode={doc['mode']}  "
-             f"link={doc['link']}  in_sync={'yes' if doc['in_sync'] else 'no'}"]
+    lines = [summary_line(name, doc)]
     link = f"  link     {doc['link']}"
     if doc.get("link_rtt_s"):
         link += f", rtt {doc['link_rtt_s'] * 1000:.2f} ms"

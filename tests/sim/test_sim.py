@@ -169,7 +169,7 @@ def test_seeds_exercise_faults() -> None:
     roll back resyncs, verify and meet strangers, or they prove little."""
     crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
     reports = rollbacks = undo_failures = verifies = differences = torn_writes = lost_writes = 0
-    split_brains = resumed = lease_promotions = 0
+    split_brains = resumed = lease_promotions = routed = 0
     failures = {"primary": 0, "secondary": 0, "journal": 0}
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
@@ -192,6 +192,7 @@ def test_seeds_exercise_faults() -> None:
         split_brains += world.split_brains
         resumed += sum("resumes the pass" in event for event in world.schedule)
         lease_promotions += world.lease_promotions
+        routed += world.routed
         for where, count in world.write_failures.items():
             failures[where] += count
     assert crashes > 10
@@ -210,6 +211,7 @@ def test_seeds_exercise_faults() -> None:
     assert split_brains > 0, "no seed met a split brain: invariant 9 went untested"
     assert resumed > 10, "no interrupted resync pass resumed (issue 19)"
     assert lease_promotions > 10, "the etcd lease rarely expired: automatic failover went untested"
+    assert routed > 200, "link connections were rarely routed to a volume (issue 16)"
 
 
 @pytest.mark.parametrize("fault", sorted(set(Faults.__dataclass_fields__) - OBJECT_FAULTS - GROUP_FAULTS))

@@ -82,6 +82,8 @@ FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[obje
     MessageType.RESYNC_SET_DURABLE: (wire.ResyncSetDurable, (u64,)),
     MessageType.RESYNC_PROGRESS: (wire.ResyncProgress, (u64, st.lists(st.tuples(u32, u32), max_size=4).map(tuple))),
     MessageType.CHECKSUMS: (wire.Checksums, (u32, st.lists(u64, min_size=1, max_size=6).map(tuple))),
+    MessageType.ROUTE: (wire.Route, (st.text(min_size=1, max_size=40).filter(
+        lambda name: len(name.encode()) <= wire.MAX_ROUTE_BYTES),)),
 }
 STRATEGIES: dict[MessageType, st.SearchStrategy[wire.Message]] = {
     kind: st.builds(cls, *args) for kind, (cls, args) in FIELDS.items()

@@ -254,7 +254,7 @@ def test_frame_limit_can_change_between_messages() -> None:
         strict.next_message()
 
 
-@pytest.mark.parametrize("kind", [0, 25, 199, 255])  # 200-206: object frames
+@pytest.mark.parametrize("kind", [0, 26, 199, 255])  # 25: ROUTE; 200-206: object frames
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):
@@ -548,3 +548,11 @@ def test_a_large_write_read_in_place_costs_its_payload_twice_at_most() -> None:
         tracemalloc.stop()
     assert out == [wire.Write(1, 0, 0, 0, (), payload)]
     assert peak - base < 2 * len(payload) + wire.RECEIVE_BYTES + 64 * 1024, peak - base
+
+
+def test_route_names_a_volume_and_refuses_bad_names() -> None:
+    """ROUTE (protocol 6, issue 16): a volume name of 1 to 255 UTF-8 bytes, nothing else."""
+    assert FrameDecoder().feed(encode_frame(wire.Route("vm-disk-7"))) == [wire.Route("vm-disk-7")]
+    for bad in (b"", b"\xff\xfe", b"x" * 256):
+        with pytest.raises(RemoteProtocolError, match="ROUTE"):
+            FrameDecoder().feed(_frame(wire.MessageType.ROUTE, bad))

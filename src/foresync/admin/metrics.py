@@ -182,14 +182,48 @@ class LatencyHistogram(Collector):
         yield family
 
 
+class _VolumesCollector(Collector):
+    """Every volume's collectors as one: each metric family once, with a sample per volume (two
+    families of one name would be an invalid exposition)."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, list[Collector]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for collectors in list(self.members.values()):
+            for collector in collectors:
+                for family in collector.collect():
+                    if family.name in merged:
+                        merged[family.name].samples.extend(family.samples)
+                    else:
+                        merged[family.name] = family
+        yield from merged.values()
+
+
 class SiteMetrics:
-    def __init__(self, volume: str, statistics: StatisticsFn, site: str = "") -> None:
+    """One registry for a daemon: every volume's series (``add_volume``), and the process's."""
+
+    def __init__(self, volume: str | None, statistics: StatisticsFn | None, site: str = "") -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StatusCollector(volume, statistics, site))
-        self.write_latency = LatencyHistogram(volume, site=site)
-        self.registry.register(self.write_latency)
+        self._site = site
+        self._volumes = _VolumesCollector()
+        self.registry.register(self._volumes)
+        if volume is not None and statistics is not None:
+            self.write_latency = self.add_volume(volume, statistics)
         # The standard process_* series (CPU, memory, open fds, start time) from /proc.
         ProcessCollector(registry=self.registry)
+
+    def add_volume(self, volume: str, statistics: StatisticsFn) -> LatencyHistogram:
+        latency = LatencyHistogram(volume, site=self._site)
+        self._volumes.members[volume] = [_StatusCollector(volume, statistics, self._site), latency]
+        return latency
+
+    def add_member(self, volume: str, collector: Collector) -> None:
+        self._volumes.members[volume].append(collector)
+
+    def remove_volume(self, volume: str) -> None:
+        self._volumes.members.pop(volume, None)
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

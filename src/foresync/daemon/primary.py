@@ -39,8 +39,9 @@ from foresync.geometry import Extent
 from foresync.link import wire
 from foresync.link.transport import LinkListener, LinkProtocol
 from foresync.logctx import LogBudget
+from foresync.nbd.exports import ExportSpec, window
 from foresync.nbd.handshake import ExportInfo
-from foresync.nbd.server import NbdServer
+from foresync.nbd.server import NbdServer, Publication
 from foresync.nbd.target import Done, NbdTarget
 from foresync.nbd.tracing import TraceWriter, TracingTarget
 from foresync.replication import primary as core_mod
@@ -119,9 +120,15 @@ class PrimarySite:
         self._timer_changed = asyncio.Event()
         self._secondary_error_logged = ("", 0.0)  # (text, monotonic time) last logged
         self._stopping = False
-        self.nbd: NbdServer | None = None
+        self.nbd: NbdServer | Publication | None = None
         # [nbd] listen, bound by the promote that made us
         self.nbd_sockets: list[socket.socket] | None = None
+        # [[volume]] tables (issue 16, daemon/volumes.py): the daemon's one NBD listener, where
+        # this site publishes ``exports`` (windows of its backend), and its one link listener,
+        # which hands us connections for our volume (``adopt_link``); None: listeners of our own.
+        self.nbd_hub: NbdServer | None = None
+        self.exports: list[ExportSpec] = [ExportSpec(cfg.export, 0, cfg.size)]
+        self.shared_link_listener = False
         self.on_serving: Callable[[], None] = lambda: None  # called once NBD and the link listen
         # Called at each link edge (up or down), so /events misses no flap between its samples.
         self.on_state_change: Callable[[], None] = lambda: None
@@ -416,6 +423,8 @@ class PrimarySite:
                 break
             self.link = proto
             log.info("link: connected to secondary at %s", proto.peer)
+            if self.cfg.link_route is not None:  # a daemon of many volumes: name ours first
+                proto.send(wire.Route(self.cfg.link_route))
             failures = self.core.counters.secondary_storage_errors
             self.core.connected(now=time.monotonic())  # HELLO, and the first PING
             self.pump()
@@ -478,6 +487,14 @@ class PrimarySite:
         proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None,
                              self.security.link, dialler=False, on_error=self._peer_refused)
         return proto
+
+    def adopt_link(self, proto: LinkProtocol) -> None:
+        """A connection the daemon's link listener routed to our volume: as from our own."""
+        proto.rebind(lambda m: self._on_peer_message(proto, m), lambda: None, self._peer_refused)
+
+    def link_refused(self, reason: str) -> None:
+        """A connection to the daemon's link listener failed before it named a volume."""
+        self._peer_refused(reason)
 
     def _on_peer_message(self, proto: LinkProtocol, message: wire.Message) -> None:
         """A site dialled us. Only a primary does that: admission.screen_peer_primary decides."""
@@ -578,27 +595,22 @@ class PrimarySite:
         """Serve until ``stop`` ("stop") or a role change ("secondary")."""
         listen_host, listen_port = self.cfg.link_listen
         listener = LinkListener(self._new_peer, self.security.link, self._peer_refused)
-        try:
-            await listener.start(listen_host, listen_port)
-        except OSError as exc:
-            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
-        export = ExportInfo(name=self.cfg.export, size=self.cfg.size, can_fast_zero=False,
-                            description=f"foresync volume {self.cfg.name} (primary)",
-                            max_block=self.cfg.max_write_bytes)
+        if not self.shared_link_listener:
+            try:
+                await listener.start(listen_host, listen_port)
+            except OSError as exc:
+                raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         served: NbdTarget = self
         if self.cfg.nbd_trace:
             self._trace = TraceWriter(self.cfg.nbd_trace, self.cfg.size)
             served = TracingTarget(self, self._trace)
         if self.fence is not None:
             served = self.fence(served)
-        self.nbd = NbdServer(served, export, self.security.nbd_limits, tls=self.security.nbd_tls)
-        host, port = self.cfg.nbd_listen
-        sockets, self.nbd_sockets = self.nbd_sockets, None
-        try:
-            await self.nbd.start(host, port, sockets)
-        except OSError as exc:
-            listener.close()
-            raise listen_error("[nbd] listen", self.cfg.nbd_listen, exc) from None
+        if self.nbd_hub is not None:
+            self.nbd = self.nbd_hub.publish([(self._export_info(spec), window(served, spec))
+                                             for spec in self.exports])
+        else:
+            await self._serve_nbd(served, listener)
         if self.objects is not None:
             await self.objects.start()
         self.on_serving()
@@ -616,7 +628,7 @@ class PrimarySite:
                     log.error("clean stop failed: %s; the next start treats this stop as "
                               "unclean", exc)
                     stop_error = exc
-            else:
+            elif self.nbd is not None:
                 await self.nbd.aclose()
             self._stopping = True
             for task in (dialer, timers, stopped, changed):
@@ -631,6 +643,23 @@ class PrimarySite:
         if stop_error is not None:
             raise stop_error
         return self.next_role
+
+    def _export_info(self, spec: ExportSpec) -> ExportInfo:
+        return ExportInfo(name=spec.name, size=spec.size, can_fast_zero=False,
+                          description=f"foresync volume {self.cfg.name} (primary)",
+                          max_block=self.cfg.max_write_bytes)
+
+    async def _serve_nbd(self, served: NbdTarget, listener: LinkListener) -> None:
+        """An NBD server of our own on [nbd] listen (a one-volume config)."""
+        export = self._export_info(self.exports[0])
+        self.nbd = nbd = NbdServer(served, export, self.security.nbd_limits, tls=self.security.nbd_tls)
+        host, port = self.cfg.nbd_listen
+        sockets, self.nbd_sockets = self.nbd_sockets, None
+        try:
+            await nbd.start(host, port, sockets)
+        except OSError as exc:
+            listener.close()
+            raise listen_error("[nbd] listen", self.cfg.nbd_listen, exc) from None
 
     async def _shutdown(self) -> None:
         log.info("stopping: finishing in-flight NBD requests and draining replication")

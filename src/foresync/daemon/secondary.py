@@ -117,6 +117,10 @@ class SecondarySite:
         self._resync_full = False  # the pass compares every extent (checksums were sent)
         # [nbd] listen, bound by a promote for the primary
         self.nbd_sockets: list[socket.socket] | None = None
+        # [[volume]] tables (issue 16): the daemon's NBD listener is up already (a promote binds
+        # nothing), and its link listener hands us our volume's connections (``adopt_link``).
+        self.nbd_shared = False
+        self.shared_link_listener = False
         self.on_serving: Callable[[], None] = lambda: None  # called once the link listener is up
         # Called at each link edge (up or down), so /events misses no flap between its samples.
         self.on_state_change: Callable[[], None] = lambda: None
@@ -130,6 +134,14 @@ class SecondarySite:
         proto = LinkProtocol(lambda m: self._on_message(proto, m), self._end_of_batch,
                              self.security.link, dialler=False, on_error=self._link_refused)
         return proto
+
+    def adopt_link(self, proto: LinkProtocol) -> None:
+        """A connection the daemon's link listener routed to our volume: as from our own."""
+        proto.rebind(lambda m: self._on_message(proto, m), self._end_of_batch, self._link_refused)
+
+    def link_refused(self, reason: str) -> None:
+        """A connection to the daemon's link listener failed before it named a volume."""
+        self._link_refused(reason)
 
     def _link_refused(self, reason: str) -> None:
         if self.link is not None and self.link.is_open:
@@ -501,11 +513,12 @@ class SecondarySite:
     async def run(self, stop: asyncio.Event) -> str:
         """Serve until ``stop`` ("stop") or a promotion ("primary")."""
         host, port = self.cfg.link_listen
-        self._server = LinkListener(self._new_link, self.security.link, self._link_refused)
-        try:
-            await self._server.start(host, port)
-        except OSError as exc:
-            raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
+        if not self.shared_link_listener:
+            self._server = LinkListener(self._new_link, self.security.link, self._link_refused)
+            try:
+                await self._server.start(host, port)
+            except OSError as exc:
+                raise listen_error("[link] listen", self.cfg.link_listen, exc) from None
         log.info("secondary listening for the primary on %s:%d", host, port)
         self.on_serving()
         if self.objects is not None:
@@ -581,7 +594,7 @@ class SecondarySite:
             raise RequestRefused(refusal)
         host, port = self.cfg.nbd_listen
         try:
-            nbd_sockets = bind_listener(host, port)
+            nbd_sockets = [] if self.nbd_shared else bind_listener(host, port)
         except OSError as exc:
             raise RequestRefused(f"cannot serve NBD on {host}:{port} ([nbd] listen): "
                                  f"{exc.strerror or exc}; still secondary, nothing changed") from None

@@ -143,6 +143,14 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._setup_timer = loop.call_later(self._security.setup_timeout_s, self._setup_timed_out)
         self._start_auth()  # over TLS already, when configured: LinkListener and the dialler see to it
 
+    def rebind(self, on_message: Callable[[wire.Message], None], on_batch_end: Callable[[], None],
+               on_error: Callable[[str], None]) -> None:
+        """Hand the connection to another owner: a daemon's link router passes it to the volume
+        its ROUTE named (daemon/link_router.py). Takes effect from the next message on."""
+        self._on_message = on_message
+        self._on_batch_end = on_batch_end
+        self._on_error = on_error
+
     def _start_auth(self) -> None:
         self._auth = LinkAuth(self._security.secret, self._dialler, os.urandom)
         for message in self._auth.start():

@@ -49,6 +49,9 @@ LIST(x) is a u32 count followed by that many x.
     RESYNC_PROGRESS u64 seq, u32 n, n x (u32 first, u32 count): these extents of the pass hold
                 the primary's data once everything through seq is durable: the secondary then
                 journals them out of its resync set (an interrupted pass resumes without them)
+    ROUTE       UTF-8 volume name (the whole payload, at most MAX_ROUTE_BYTES): the dialler's
+                first message to a daemon with [[volume]] tables, before HELLO; the listener
+                hands the connection to that volume (daemon/link_router.py) or REFUSEs it
     CHECKSUMS   u32 first extent, LIST(u64) xxh3 of each extent from it: the next chunk (at most
                 CHECKSUM_CHUNK_EXTENTS) of a full sync's checksums, streamed after a WELCOME with
                 WelcomeFlag.CHECKSUMS, in order and without gaps (issue 19: one WELCOME carrying a
@@ -77,9 +80,10 @@ from foresync.link.object_wire import ObjectMessage
 # 2: RESYNC_SET and RESYNC_SET_DURABLE (issue 19); 3: data generations in HELLO and DEMOTE and a
 # code in REFUSE (issue 13); 4: full-sync checksums streamed in CHECKSUMS chunks after the
 # WELCOME instead of inside it, RESYNC_PROGRESS and a resumable pass in WELCOME (issue 19);
-# 5: the object frames, types 200-206 (issue 18, link/object_wire.py). A peer of another
+# 5: the object frames, types 200-206 (issue 18, link/object_wire.py); 6: ROUTE, a volume's name
+# before HELLO for a daemon serving many volumes on one link listener (issue 16). A peer of another
 # version is refused by name.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
@@ -133,6 +137,9 @@ class MessageType(IntEnum):
     RESYNC_SET_DURABLE = 22
     CHECKSUMS = 23
     RESYNC_PROGRESS = 24
+    ROUTE = 25
+
+MAX_ROUTE_BYTES = 255  # a volume name, within the 4 KiB frames allowed before setup
 
 
 _WRITE_KIND = int(MessageType.WRITE)
@@ -341,6 +348,11 @@ class ResyncSetDurable:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    volume: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuthChallenge:
     nonce: bytes
 
@@ -359,7 +371,7 @@ class AuthProof:
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
            | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
            | AuthProof | StorageFailed | ResyncSet | ResyncSetDurable | Checksums
-           | ResyncProgress | ObjectMessage)
+           | ResyncProgress | Route | ObjectMessage)
 _OBJECT_CLASSES = ObjectMessage.__args__
 
 
@@ -493,6 +505,10 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
             return MessageType.HASHES, VERIFY.pack(request, first, len(hashes)) + _list("Q", hashes)
         case Refuse(reason, code):
             return MessageType.REFUSE, bytes((code,)) + reason.encode("utf-8")
+        case Route(volume):
+            name = volume.encode("utf-8")
+            invariant(0 < len(name) <= MAX_ROUTE_BYTES, "ROUTE volume name length")
+            return MessageType.ROUTE, name
         case StorageFailed(area, errno, detail):
             return MessageType.STORAGE_FAILED, STORAGE_FAILED.pack(area, errno) + detail.encode("utf-8")
         case AuthChallenge(nonce):
@@ -644,6 +660,13 @@ def decode_payload(kind: int, payload: bytes) -> Message:
             raise RemoteProtocolError("REFUSE payload has no code")
         # An unknown code is kept as a number: a newer peer may know more reasons than we do.
         return Refuse(payload[1:].decode("utf-8", "replace"), payload[0])
+    if message_type is MessageType.ROUTE:
+        if not 0 < len(payload) <= MAX_ROUTE_BYTES:
+            raise RemoteProtocolError(f"ROUTE volume name of {len(payload)} bytes (1 to {MAX_ROUTE_BYTES})")
+        try:
+            return Route(payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("ROUTE volume name is not UTF-8") from None
     if message_type is MessageType.STORAGE_FAILED:
         if len(payload) < STORAGE_FAILED.size:
             raise RemoteProtocolError("STORAGE_FAILED payload shorter than its fixed part")

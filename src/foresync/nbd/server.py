@@ -103,13 +103,53 @@ class ServerStatistics:
     protocol_errors_total: int
 
 
-class NbdServer:
-    """Serves one export (under its name and the default name) from ``target``."""
+class Publication:
+    """Exports published on a shared ``NbdServer`` (``NbdServer.shared``, issue 16): one
+    volume's, while it is the primary here. ``aclose`` withdraws them, as ``NbdServer.aclose``
+    does for a server of its own: no new client may select them, the connections to them finish
+    their in-flight requests (within 10 s) and are closed; other exports are not touched."""
 
-    def __init__(self, target: NbdTarget, export: ExportInfo, limits: ServerLimits | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, server: NbdServer, exports: dict[str, tuple[ExportInfo, NbdTarget]]) -> None:
+        self.server = server
+        self.exports = exports
+        self.connections: set[NbdConnection] = set()
+        self._all_closed: asyncio.Future[None] | None = None
+
+    def statistics(self) -> ServerStatistics:
+        base = self.server.statistics()
+        return ServerStatistics(len(self.connections), base.connections_total, base.requests_total,
+                                base.protocol_errors_total)
+
+    def forget(self, conn: NbdConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
+
+    async def aclose(self) -> None:
+        for name in self.exports:
+            if self.server.publications.get(name) is self:
+                del self.server.publications[name]
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._all_closed = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._all_closed), 10)
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class NbdServer:
+    """Serves one export (under its name and the default name) from ``target``; or, made by
+    ``shared``, the exports published on it by name (``publish``), with no default name: a
+    daemon's one listener for many volumes (NBD_OPT_LIST lists what is published now, and
+    OPT_GO to anything else is answered NBD_REP_ERR_UNKNOWN)."""
+
+    def __init__(self, target: NbdTarget | None, export: ExportInfo | None,
+                 limits: ServerLimits | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.target = target
         self.export = export
+        self.publications: dict[str, Publication] = {}
         self.limits = limits or ServerLimits()
         self.tls = tls  # FORCEDTLS when set
         self._sockets: list[socket.socket] = []
@@ -122,6 +162,26 @@ class NbdServer:
         self.protocol_errors_total = 0
         self._limits_hit: set[str] = set()
         self._evictions = LogBudget(log, logging.WARNING, "NBD connections closed for new clients")
+
+    @classmethod
+    def shared(cls, limits: ServerLimits | None = None, tls: ssl.SSLContext | None = None) -> NbdServer:
+        return cls(None, None, limits, tls)
+
+    def publish(self, exports: list[tuple[ExportInfo, NbdTarget]]) -> Publication:
+        """Serve ``exports`` by name from now on, until the ``Publication`` is closed."""
+        for info, _ in exports:
+            if info.name in self.publications:
+                raise ValueError(f"export {info.name!r} is published already")
+        publication = Publication(self, {info.name: (info, target) for info, target in exports})
+        for info, _ in exports:
+            self.publications[info.name] = publication
+        return publication
+
+    def exports_now(self) -> dict[str, ExportInfo]:
+        """What a new client may select: the one export, or every published one."""
+        if self.export is not None:
+            return {self.export.name: self.export}
+        return {name: pub.exports[name][0] for name, pub in self.publications.items()}
 
     def limit_hit(self, name: str, message: str, *args: object) -> None:
         """Log the first time a limit is reached (per server), then stay quiet: a client that
@@ -143,8 +203,13 @@ class NbdServer:
             task = loop.create_task(self._accept_forever(sock))
             self._accepting.append(task)
         sockname = self._sockets[0].getsockname()
-        log.info("NBD server listening on %s:%d (export %r, %d bytes%s)", sockname[0], sockname[1],
-                 self.export.name, self.export.size, ", TLS required" if self.tls else "")
+        if self.export is None:
+            log.info("NBD server listening on %s:%d (exports by name%s)", sockname[0], sockname[1],
+                     ", TLS required" if self.tls else "")
+        else:
+            log.info("NBD server listening on %s:%d (export %r, %d bytes%s)", sockname[0],
+                     sockname[1], self.export.name, self.export.size,
+                     ", TLS required" if self.tls else "")
         return sockname[0], sockname[1]
 
     async def _accept_forever(self, sock: socket.socket) -> None:
@@ -200,6 +265,8 @@ class NbdServer:
 
     def _forget(self, conn: NbdConnection) -> None:
         self._connections.discard(conn)
+        if conn.publication is not None:
+            conn.publication.forget(conn)
         if not self._connections and self._all_closed is not None and not self._all_closed.done():
             self._all_closed.set_result(None)
 
@@ -224,7 +291,8 @@ class NbdServer:
 class NbdConnection(asyncio.Protocol):
     def __init__(self, server: NbdServer) -> None:
         self.server = server
-        self.target = server.target
+        self.target = cast(NbdTarget, server.target)  # a shared server's: set at OPT_GO
+        self.publication: Publication | None = None
         self.transport: asyncio.Transport | None = None
         self.handshake: ServerHandshake | None = None
         self.tx: Transmission | None = None
@@ -260,8 +328,8 @@ class NbdConnection(asyncio.Protocol):
             return
         stream.set_write_buffer_limits(high=self.server.limits.write_buffer_high_bytes)
         self.handshake = ServerHandshake(
-            {self.server.export.name: self.server.export},
-            default_export=self.server.export.name,
+            self.server.exports_now(),
+            default_export=self.server.export.name if self.server.export is not None else None,
             max_option_bytes=self.server.limits.max_option_bytes,
             tls=self.server.tls is not None,
         )
@@ -330,6 +398,8 @@ class NbdConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if isinstance(event, ExportSelected):
+            if self.server.export is None and not self._bind_publication(event.export.name):
+                return
             self.tx = Transmission(event.export, event.structured_replies, event.meta_contexts,
                                    max_payload=event.export.max_block)
             self._timer = asyncio.get_running_loop().call_later(
@@ -348,6 +418,19 @@ class NbdConnection(asyncio.Protocol):
             self.server.protocol_errors_total += 1
             log.info("%s: handshake failed: %s", self.peer, event.reason)
             self.transport.close()
+
+    def _bind_publication(self, name: str) -> bool:
+        """On a shared server, the target behind the export chosen; False (and closed) when it
+        was withdrawn since the handshake began (its volume stopped being primary here)."""
+        publication = self.server.publications.get(name)
+        if publication is None:
+            log.info("%s: export %r was withdrawn during negotiation; closing", self.peer, name)
+            self.abort()
+            return False
+        self.publication = publication
+        publication.connections.add(self)
+        self.target = publication.exports[name][1]
+        return True
 
     async def _start_tls(self) -> None:
         assert self.transport is not None and self.handshake is not None and self.server.tls is not None

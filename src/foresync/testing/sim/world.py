@@ -99,6 +99,7 @@ from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.groups import SimGroup, SimGroupImage
 from foresync.testing.sim.lease import LeaseFailure, LeaseWorld
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
+from foresync.testing.sim.routing import RoutingFailure, RoutingWorld
 
 VOLUME_ID = bytes(range(16))
 # The link's heartbeat and timeout in virtual seconds (a tick adds 0..0.05 s). Every frame here is
@@ -380,6 +381,7 @@ class World:
         # site last admitted its HELLO (invariant 9), and the split brains met and resolved.
         self.cut_off_acks = {"A": 0, "B": 0}
         self.lease_promotions = 0  # automatic failovers in the lease world of this seed
+        self.routed = 0  # link connections handed to a volume in the routing world of this seed
         self.split_brains = 0
         self.discarding = {"A": False, "B": False}  # resolve --discard-local until a pass ends
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
@@ -537,6 +539,7 @@ class World:
                 self._check(step)
             self._finish()
             self._lease()
+            self._routing()
         except SimFailure:
             raise
         except (ForesyncError, AssertionError, KeyError, IndexError) as exc:
@@ -550,6 +553,15 @@ class World:
         except LeaseFailure as failure:
             raise SimFailure(f"lease: {failure}", self.seed, failure.schedule) from None
         self.lease_promotions = world.promotions
+
+    def _routing(self) -> None:
+        """Many volumes on one link listener, same seed (testing/sim/routing.py)."""
+        world = RoutingWorld(self.seed, self.cfg.faults)
+        try:
+            world.run()
+        except RoutingFailure as failure:
+            raise SimFailure(f"routing: {failure}", self.seed, failure.schedule) from None
+        self.routed = world.adopted
 
     def _log(self, event: str) -> None:
         self.schedule.append(f"t={self.now:.3f} {event}")

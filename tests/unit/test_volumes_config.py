@@ -1,0 +1,84 @@
+"""[[volume]] tables (issue 16, volumes_config.py): many volumes in one config, and the errors
+that name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foresync import config
+from foresync.errors import ConfigError
+from foresync.replication.primary import Mode
+
+DAEMON = """
+[link]
+listen = "127.0.0.1:7800"
+peer = "127.0.0.1:7801"
+[record]
+capacity = 64
+"""
+
+
+def table(name: str, extra: str = "", **keys: str) -> str:
+    values = {"data": f"{name}.img", "meta": f"{name}.meta", "size": "16MiB", **keys}
+    return f'[[volume]]\nname = "{name}"\n' + "".join(f'{k} = "{v}"\n' for k, v in values.items()) + extra
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "site.toml"
+    path.write_text(DAEMON + text)
+    return str(path)
+
+
+def test_volumes_share_the_daemon_settings_and_override_their_own(tmp_path: Path) -> None:
+    path = write(tmp_path, table("a") + table("b", mode="sync", export="bee")
+                 + "[volume.record]\ncapacity = 32\n")
+    daemon = config.load_daemon(path)
+    a, b = daemon.volumes
+    assert daemon.multi and daemon.names() == ["a", "b"]
+    assert (a.export, a.mode, a.capacity, a.link_route) == ("a", Mode.LOOKAHEAD, 64, "a")
+    assert (b.export, b.mode, b.capacity, b.link_route) == ("bee", Mode.SYNC, 32, "b")
+    assert a.link_listen == b.link_listen and a.meta == str(tmp_path / "a.meta")
+    assert config.load(path, "b") == b and config.load(path) == a
+
+
+def test_a_one_volume_config_is_as_before(tmp_path: Path) -> None:
+    path = write(tmp_path, '[volume]\ndata = "v.img"\nsize = "16MiB"\nmeta = "v.meta"\n')
+    daemon = config.load_daemon(path)
+    assert not daemon.multi and daemon.first == config.load(path)
+    assert daemon.first.link_route is None and daemon.first.name == "vol0"
+
+
+@pytest.mark.parametrize(("tables", "message"), [
+    (table("a") + table("a", data="x.img", meta="x.meta"), r"'a' and 'a' have the same name"),
+    (table("a") + table("b", export="a"), r"same export = 'a'"),
+    (table("a") + table("b", data="a.img"), r"same data = .*a\.img"),
+    (table("a") + table("b", meta="a.meta"), r"same meta = .*a\.meta"),
+    (table("a") + table("b", data="a.meta"), r"data = .*a\.meta.* is the meta directory of 'a'"),
+    ('[[volume]]\ndata = "a.img"\nsize = "1MiB"\nmeta = "m"\n', r"#1: name is required"),
+    (table("a", sise="1MiB"), r"\[\[volume\]\] #1 \('a'\): unknown key sise"),
+    (table("a", size="0"), r"\[\[volume\]\] #1 \('a'\): \[volume\] size must be greater than zero"),
+    (table("a", mode="fast"), r"\('a'\): \[link\] mode = 'fast'"),
+    (table("a", extra="[volume.record]\ncapacity = 1\n"), r"\('a'\): \[record\] capacity = 1"),
+    (table("a", extra="[volume.record]\ncolour = 1\n"), r"unknown key \[volume.record\] colour"),
+    (table("a", extra="s3 = true\n") + table("b", extra="s3 = true\n"), r"\[s3\] is served by one volume"),
+])
+def test_errors_name_the_key_and_the_file(tmp_path: Path, tables: str, message: str) -> None:
+    path = write(tmp_path, tables)
+    with pytest.raises(ConfigError, match=message) as caught:
+        config.load_daemon(path)
+    assert path in str(caught.value)
+
+
+def test_daemon_keys_that_name_one_volume_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(DAEMON + '[nbd]\nexport = "x"\n' + table("a"))
+    with pytest.raises(ConfigError, match=r"\[nbd\] export cannot be shared by \[\[volume\]\] tables"):
+        config.load_daemon(str(path))
+
+
+def test_an_unknown_volume_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, table("a") + table("b"))
+    with pytest.raises(ConfigError, match=r"no volume named 'z' \(volumes: a, b\)"):
+        config.load(path, "z")
