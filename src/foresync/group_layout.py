@@ -129,3 +129,24 @@ class GroupLayout:
             if pos >= member.base + member.padded:
                 index += 1
         return pieces
+
+
+@dataclass(frozen=True, slots=True)
+class MemberVolume:
+    """A member of a configured group (a ``[[volume]]`` table named in a ``[[group]]``)."""
+
+    name: str
+    data: str  # its image file or block device
+    size: int
+    export: str  # its NBD export name
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A ``[[group]]`` table: the unit's ``SiteConfig`` carries it (``SiteConfig.group``)."""
+
+    name: str
+    members: tuple[MemberVolume, ...]
+
+    def layout(self, extent_size: int) -> GroupLayout:
+        return GroupLayout([(member.name, member.size) for member in self.members], extent_size)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from foresync import groups_config
 from foresync.config import KNOWN_KEYS, SiteConfig
 from foresync.errors import ConfigError
 
@@ -144,11 +145,12 @@ def parse_volumes(path: str, doc: dict[str, Any],
     tables = doc["volume"]
     if not tables:
         raise ConfigError(f"{path}: no [[volume]] tables")
-    check_keys({key: value for key, value in doc.items() if key != "volume"}, path)
+    check_keys({key: value for key, value in doc.items() if key not in ("volume", "group")}, path)
     for section, key, why in ONE_VOLUME_KEYS:
         if key in doc.get(section, {}):
             raise ConfigError(f"{path}: [{section}] {key} cannot be shared by [[volume]] tables: {why}")
     tables = [_check_table(path, i, table) for i, table in enumerate(tables)]
+    tables, groups = groups_config.prepare(path, doc.get("group", []), tables)
     with_s3 = _s3_volume(path, tables)
     volumes = []
     for i, table in enumerate(tables):
@@ -158,5 +160,8 @@ def parse_volumes(path: str, doc: dict[str, Any],
             raise ConfigError(f"{_where(path, i, table)}: {exc}") from None
         volumes.append(replace(cfg, link_route=cfg.name))
     _check_distinct(path, volumes)
-    # GROUPS: [[group]] tables (issue 16 part 2) are parsed here, over ``volumes``.
+    if groups:  # [[group]] tables (issue 16 part 2): each group one unit in place of its members
+        volumes = groups_config.fold(path, groups, volumes,
+                                     lambda table: build(_volume_doc(doc, table, False), path))
+        _check_distinct(path, volumes)
     return DaemonConfig(str(Path(path).resolve()), tuple(volumes), multi=True)

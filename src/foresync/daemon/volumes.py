@@ -31,6 +31,7 @@ from foresync.admin.metrics import SiteMetrics
 from foresync.admin.object_metrics import ObjectCollector
 from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
+from foresync.daemon.group_unit import exports_of, open_image
 from foresync.daemon.link_router import LinkRouter
 from foresync.daemon.security import SiteSecurity, load_security, setup_frame_bytes
 from foresync.daemon.site_lock import SiteLock
@@ -44,14 +45,13 @@ from foresync.daemon.unit import (
 )
 from foresync.errors import ConfigError, ForesyncError
 from foresync.logctx import VolumeContext
-from foresync.nbd.exports import ExportSpec
 from foresync.nbd.server import NbdServer
-from foresync.storage.file_backend import FileBackend
+from foresync.storage.backend import ImageBackend
 from foresync.volumes_config import DaemonConfig
 
 log = logging.getLogger(__name__)
 
-Opener = Callable[[config_mod.SiteConfig, FileBackend, SiteSecurity], Any]
+Opener = Callable[[config_mod.SiteConfig, ImageBackend, SiteSecurity], Any]
 
 
 class _BadRequest(Exception):
@@ -92,7 +92,7 @@ class Daemon:
             # is the volume's own (it lists up to every extent).
             security = dataclasses.replace(self.security, link=dataclasses.replace(
                 self.security.link, setup_frame_bytes=setup_frame_bytes(cfg)))
-            backend = FileBackend(cfg.data, cfg.size)
+            backend = open_image(cfg)  # a group's: its members as one (daemon/group_unit.py)
             try:
                 runner = self._open_runner(cfg, backend, security)
             except BaseException:
@@ -109,7 +109,7 @@ class Daemon:
             return status_document(unit.runner.statistics())
 
         feed = EventFeed(status)
-        unit = VolumeUnit(cfg, runner, backend, [ExportSpec(cfg.export, 0, cfg.size)], security,
+        unit = VolumeUnit(cfg, runner, backend, exports_of(cfg), security,
                           self._make_runner, self.shared, feed)
         unit.write_latency = self.metrics.add_volume(cfg.name, lambda: unit.runner.statistics())
         if cfg.s3_listen is not None:
@@ -309,7 +309,9 @@ class Daemon:
                 return next(iter(self.units.values()))
             raise _BadRequest(400, f"this daemon serves {len(self.units)} volumes "
                                    f"({', '.join(self.units)}): name one with {{\"volume\": NAME}}")
-        unit = self.units.get(name)
+        unit = self.units.get(name) or next(  # a group's member: the group acts as a whole
+            (u for u in self.units.values() if u.cfg.group is not None
+             and name in (m.name for m in u.cfg.group.members)), None)
         if unit is None:
             raise _BadRequest(404, f"no volume named {name!r} here (serving: {', '.join(self.units)})")
         return unit

@@ -17,27 +17,18 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
-from typing import Protocol
 
 from foresync.errors import ConfigError, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.geometry import AllocationFlag, Extent
 from foresync.group_layout import PADDING, GroupLayout
-from foresync.storage.backend import BlockBackend
+from foresync.storage.backend import ImageBackend
 
 _HOLE = int(AllocationFlag.HOLE | AllocationFlag.ZERO)
 
 
-class MemberStore(BlockBackend, Protocol):
-    """What a member must offer: a ``BlockBackend`` with FileBackend's hole-aware reads."""
-
-    def is_hole(self, offset: int, length: int) -> bool: ...
-
-    def read_unless_hole(self, offset: int, length: int) -> bytes: ...
-
-
 class GroupBackend:
-    def __init__(self, layout: GroupLayout, members: Sequence[MemberStore],
+    def __init__(self, layout: GroupLayout, members: Sequence[ImageBackend],
                  faults: Faults = NO_FAULTS) -> None:
         if len(members) != len(layout.members):
             raise ConfigError(f"a group of {len(layout.members)} members got {len(members)} stores")
