@@ -60,6 +60,9 @@ class DaemonConfig:
         for cfg in self.volumes:
             if cfg.name == name:
                 return cfg
+        for cfg in self.volumes:  # a consistency group's member: the group acts as a whole
+            if cfg.group is not None and name in (member.name for member in cfg.group.members):
+                return cfg
         raise ConfigError(f"{self.path}: no volume named {name!r} (volumes: {', '.join(self.names())})")
 
 
