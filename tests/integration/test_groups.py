@@ -7,10 +7,22 @@ sync together, and a switchover named by either member moves both.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from .group_sites import GroupDaemon, group_pair
-from .sites import require_tool, run_tool
+from .postgres_host import (
+    ACCOUNTS,
+    PG_BIN,
+    START_BALANCE,
+    Postgres,
+    as_postgres,
+    ext4_export,
+    remove_work_dir,
+    require_postgres,
+    work_dir,
+)
+from .sites import free_ports, require_tool, run_tool
 from .volume_sites import in_sync, wait
 
 
@@ -72,4 +84,83 @@ def test_a_group_serves_each_member_and_switches_over_as_one(tmp_path: Path) -> 
         assert re.search(r'foresync_writes_total\{[^}]*volume="db"', metrics), metrics
     finally:
         errors = p.stop() + s.stop()
+    assert not errors, errors
+
+
+def test_postgres_with_its_wal_on_another_member_recovers_after_kill_9_and_failover(tmp_path: Path) -> None:
+    """PostgreSQL's data directory on the ``data`` member, its WAL on the ``wal`` member (issue
+    16: "the database recovers after a failover"). Transfers between accounts run (pgbench) and
+    checkpoints write data pages behind the WAL; the primary daemon is killed with SIGKILL in the
+    middle. The secondary is promoted, both members are mounted from it, and PostgreSQL must
+    recover: money is neither made nor lost, every balance matches the ledger, and amcheck finds
+    the tables and indexes intact."""
+    require_postgres()
+    p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
+                      sizes={"data": "96MiB", "wal": "64MiB"})
+    both = (p, s)
+    work = work_dir()
+    sockets = work / "sockets"
+    sockets.mkdir()
+    pg_port, = free_ports(1)
+    data_at, wal_at = work / "pg-data", work / "pg-wal"  # the same paths on both sites: pg_wal
+    # is a symlink into the WAL member's filesystem
+    pg: Postgres | None = None
+    try:
+        p.start()
+        s.start()
+        p.wait_up()
+        s.wait_up()
+        wait("db in sync", lambda: in_sync(p, s, "db"), both)
+        with ext4_export(p.url("data"), work / "p-fuse-data", data_at, make_fs=True), \
+                ext4_export(p.url("wal"), work / "p-fuse-wal", wal_at, make_fs=True):
+            pg = Postgres(data_at, wal_at, sockets, pg_port)
+            pg.init()
+            pg.start()
+            pg.sql("CREATE EXTENSION amcheck")
+            pg.sql(f"CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); "
+                   f"INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g; "
+                   "CREATE TABLE ledger (id bigserial PRIMARY KEY, src int, dst int, amount int)")
+            bench = pg.bench(60)
+            for _ in range(6):  # checkpoints: data pages written out behind their WAL
+                time.sleep(1)
+                pg.sql("CHECKPOINT")
+            running = pg
+            wait("transfers committed", lambda: int(running.sql("SELECT count(*) FROM ledger")) > 300,
+                 both, timeout_s=60)
+            assert p.proc is not None and bench.poll() is None, "pgbench ended before the kill"
+            p.proc.kill()  # kill -9 of the primary daemon, mid-transaction
+            p.proc.wait()
+            pg.kill9()
+            bench.kill()
+            bench.wait()
+        pg.wait_gone()  # the mounts are detached now
+        pg = None
+        promoted = s.cli("promote", "--config", str(s.config), "--volume", "db", "--force")
+        assert "promoted" in promoted.stdout
+        wait("members exported by the promoted site", lambda: exports(s) == {"data", "wal"}, (s,))
+        with ext4_export(s.url("data"), work / "s-fuse-data", data_at, make_fs=False), \
+                ext4_export(s.url("wal"), work / "s-fuse-wal", wal_at, make_fs=False):
+            pg = Postgres(data_at, wal_at, sockets, pg_port)
+            pg.start()  # crash recovery replays the WAL member over the data member
+            log = pg.log_text()
+            assert "database system was interrupted" in log or "not properly shut down" in log, log
+            transfers = int(pg.sql("SELECT count(*) FROM ledger"))
+            total = int(pg.sql("SELECT sum(balance) FROM accounts"))
+            assert total == ACCOUNTS * START_BALANCE, f"money made or lost: {total}"
+            wrong = pg.sql(f"""SELECT count(*) FROM accounts a WHERE a.balance <> {START_BALANCE}
+                - coalesce((SELECT sum(amount) FROM ledger WHERE src = a.id), 0)
+                + coalesce((SELECT sum(amount) FROM ledger WHERE dst = a.id), 0)""")
+            assert wrong == "0", f"{wrong} balances disagree with the ledger"
+            check = as_postgres(PG_BIN / "pg_amcheck", "-h", sockets, "-p", str(pg_port),
+                                "--heapallindexed", "--rootdescend", "-d", "postgres", ok=None)
+            assert check.returncode == 0, check.stdout + check.stderr
+            print(f"recovered {transfers} transfers on the promoted site")
+            assert transfers > 0
+            pg.stop()
+            pg = None
+    finally:
+        if pg is not None:
+            pg.kill9()
+        errors = p.stop() + s.stop()
+        remove_work_dir(work)
     assert not errors, errors
