@@ -17,7 +17,7 @@ padding is never written by a host (no member export reaches it) and always read
 ``split`` maps a unit range to the pieces it covers, in order: (member index, offset within the
 member, length), with index ``PADDING`` for bytes of the padding. ``to_unit`` maps a member range
 to the unit, refusing one that leaves the member. Both are pure; the backend (group_backend.py)
-and the NBD member view (nbd/member_target.py) carry them out.
+and the member exports (daemon/group_unit.py, windows of nbd/exports.py) carry them out.
 """
 
 from __future__ import annotations
