@@ -82,6 +82,8 @@ def test_a_group_serves_each_member_and_switches_over_as_one(tmp_path: Path) -> 
         assert p.data("data").read_bytes()[1 << 20 : 2 << 20] == b"\x31" * (1 << 20)
         metrics = p.get("/metrics")
         assert re.search(r'foresync_writes_total\{[^}]*volume="db"', metrics), metrics
+        assert re.search(r'foresync_group_member_base_bytes\{[^}]*member="wal"[^}]*\} 8\.388608e\+06',
+                         metrics), metrics
     finally:
         errors = p.stop() + s.stop()
     assert not errors, errors

@@ -26,6 +26,7 @@ from typing import Any
 
 from foresync import config as config_mod
 from foresync.admin.events import EventFeed
+from foresync.admin.group_metrics import GroupMembersCollector
 from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
 from foresync.admin.object_metrics import ObjectCollector
@@ -112,6 +113,10 @@ class Daemon:
         unit = VolumeUnit(cfg, runner, backend, exports_of(cfg), security,
                           self._make_runner, self.shared, feed)
         unit.write_latency = self.metrics.add_volume(cfg.name, lambda: unit.runner.statistics())
+        if cfg.group is not None:  # issue 16 part 2: which members the unit holds
+            self.metrics.add_member(cfg.name, GroupMembersCollector(
+                cfg.name, site_name(cfg), [(m.name, spec.name, spec.offset, spec.size)
+                                           for m, spec in zip(cfg.group.members, unit.exports, strict=True)]))
         if cfg.s3_listen is not None:
             self.metrics.add_member(cfg.name, ObjectCollector(
                 cfg.name, site_name(cfg),
