@@ -10,6 +10,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from .group_sites import GroupDaemon, group_pair
 from .postgres_host import (
     ACCOUNTS,
@@ -89,7 +91,9 @@ def test_a_group_serves_each_member_and_switches_over_as_one(tmp_path: Path) -> 
     assert not errors, errors
 
 
-def test_postgres_with_its_wal_on_another_member_recovers_after_kill_9_and_failover(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["lookahead", "sync"])
+def test_postgres_with_its_wal_on_another_member_recovers_after_kill_9_and_failover(tmp_path: Path,
+                                                                                    mode: str) -> None:
     """PostgreSQL's data directory on the ``data`` member, its WAL on the ``wal`` member (issue
     16: "the database recovers after a failover"). Transfers between accounts run (pgbench) and
     checkpoints write data pages behind the WAL; the primary daemon is killed with SIGKILL in the
@@ -98,7 +102,7 @@ def test_postgres_with_its_wal_on_another_member_recovers_after_kill_9_and_failo
     the tables and indexes intact."""
     require_postgres()
     p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
-                      sizes={"data": "96MiB", "wal": "64MiB"})
+                      sizes={"data": "96MiB", "wal": "64MiB"}, mode=mode)
     both = (p, s)
     work = work_dir()
     sockets = work / "sockets"
@@ -156,7 +160,7 @@ def test_postgres_with_its_wal_on_another_member_recovers_after_kill_9_and_failo
             check = as_postgres(PG_BIN / "pg_amcheck", "-h", sockets, "-p", str(pg_port),
                                 "--heapallindexed", "--rootdescend", "-d", "postgres", ok=None)
             assert check.returncode == 0, check.stdout + check.stderr
-            print(f"recovered {transfers} transfers on the promoted site")
+            print(f"{mode}: recovered {transfers} transfers on the promoted site")
             assert transfers > 0
             pg.stop()
             pg = None
