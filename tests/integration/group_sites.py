@@ -15,6 +15,7 @@ from .volume_sites import Daemon
 class GroupDaemon(Daemon):
     groups: dict[str, list[str]] = field(default_factory=dict)  # group -> member volumes
     sizes: dict[str, str] = field(default_factory=dict)  # volume -> size (default: ``size``)
+    extra: str = ""  # more config text, such as a [cluster] section
 
     def group_meta(self, group: str) -> Path:
         return self.directory / f"{self.name}-{group}.meta"
@@ -32,14 +33,18 @@ class GroupDaemon(Daemon):
             f'[nbd]\nlisten = "127.0.0.1:{self.nbd_port}"\n'
             f'[link]\nlisten = "127.0.0.1:{self.link_port}"\npeer = "127.0.0.1:{self.peer_port}"\n'
             f'mode = "{self.mode}"\n'
-            f'[record]\ncapacity = 256\n[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n' + tables)
+            f'[record]\ncapacity = 256\n[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n'
+            + self.extra + "\n" + tables)
 
 
 def group_pair(directory: Path, volumes: list[str], groups: dict[str, list[str]],
-               **settings: Any) -> tuple[GroupDaemon, GroupDaemon]:
+               extra: tuple[str, str] = ("", ""), **settings: Any) -> tuple[GroupDaemon, GroupDaemon]:
+    """``extra``: more config text for the first primary and the first secondary."""
     nbd_p, nbd_s, link_p, link_s, admin_p, admin_s = free_ports(6)
-    p = GroupDaemon("p", directory, nbd_p, link_p, link_s, admin_p, list(volumes), groups=groups, **settings)
-    s = GroupDaemon("s", directory, nbd_s, link_s, link_p, admin_s, list(volumes), groups=groups, **settings)
+    p = GroupDaemon("p", directory, nbd_p, link_p, link_s, admin_p, list(volumes), groups=groups,
+                    extra=extra[0], **settings)
+    s = GroupDaemon("s", directory, nbd_s, link_s, link_p, admin_s, list(volumes), groups=groups,
+                    extra=extra[1], **settings)
     for daemon in (p, s):
         daemon.write_config()
     p.cli("init", "--config", str(p.config), "--role", "primary")

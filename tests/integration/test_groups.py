@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from foresync.testing.etcd import EtcdCluster
+
 from .group_sites import GroupDaemon, group_pair
 from .postgres_host import (
     ACCOUNTS,
@@ -169,4 +171,56 @@ def test_postgres_with_its_wal_on_another_member_recovers_after_kill_9_and_failo
             pg.kill9()
         errors = p.stop() + s.stop()
         remove_work_dir(work)
+    assert not errors, errors
+
+
+def test_a_group_fails_over_by_itself_on_etcd_and_fails_back_whole(tmp_path: Path) -> None:
+    """[cluster] (issue 16 part 3) over a group: the group's unit holds one lease; when the
+    primary daemon is killed, the secondary promotes the group by itself within the lease, both
+    members are served from it, and the old primary returns as the group's secondary and takes
+    the failback for both members."""
+    for tool in ("qemu-io", "nbdinfo"):
+        require_tool(tool)
+    etcd = EtcdCluster(tmp_path / "etcd")
+    etcd.start()
+    p: GroupDaemon | None = None
+    s: GroupDaemon | None = None
+    errors: list[str] = []
+    try:
+        section = '\n[cluster]\netcd = ["{}"]\nlease_ttl = "3s"\nsite = "{}"\n'
+        p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
+                          sizes={"data": "8MiB", "wal": "4MiB"}, mode="sync",
+                          extra=(section.format(etcd.urls[0], "a"), section.format(etcd.urls[0], "b")))
+        both = (p, s)
+        p.start()
+        s.start()
+        p.wait_up()
+        s.wait_up()
+        wait("db in sync", lambda: in_sync(p, s, "db"), both)
+        wait("the primary holds the group's lease",
+             lambda: bool(p.status()["volumes"]["db"]["cluster"]["holding_lease"]), both)
+        qemu(p, "data", "write -P 0x41 0 1M")
+        qemu(p, "wal", "write -P 0x42 0 1M")
+        assert p.proc is not None
+        p.proc.kill()  # kill -9: no demote, no lease release
+        p.proc.wait()
+        wait("the group promoted by itself",
+             lambda: s.status()["volumes"]["db"]["role"] == "primary", (s,), timeout_s=3 + 10)
+        wait("both members served by the new primary", lambda: exports(s) == {"data", "wal"}, (s,))
+        qemu(s, "data", "read -P 0x41 0 1M", read_only=True)  # sync mode: nothing acked is lost
+        qemu(s, "wal", "read -P 0x42 0 1M", read_only=True)
+        qemu(s, "wal", "write -P 0x43 1M 1M")
+        p.start()  # the old primary returns: secondary of the group, failback by itself
+        p.wait_up()
+        wait("the old primary is the group's secondary, in sync",
+             lambda: in_sync(s, p, "db") and p.status()["volumes"]["db"]["role"] == "secondary",
+             both, timeout_s=60)
+        errors = p.stop() + s.stop()
+        for volume in ("data", "wal"):
+            assert p.data(volume).read_bytes() == s.data(volume).read_bytes(), volume
+    finally:
+        for daemon in (p, s):
+            if daemon is not None:
+                errors += daemon.stop()
+        etcd.stop()
     assert not errors, errors
