@@ -18,6 +18,9 @@ the real code:
   - at every step until the first fault, every member's image is the group's sent history
     replayed up to the one seq the secondary has applied (``check_members``), and the padding
     between members reads as zeros on both sites;
+  - at a failover whose primary crash was the first fault (nothing since at the secondary),
+    the promoted members, all together, equal the group's sent history up to ONE seq
+    (``check_promoted``), which is what a database recovering on them needs;
   - at a crash of the secondary before any other fault, every member's surviving image holds
     every write up to the seq the secondary last reported durable (``check_crash``): the group's
     durable point. A later write may survive too (a crash keeps a random part of what was not
@@ -130,6 +133,10 @@ class SimGroup:
         self.txns: list[_Txn] = []
         self.txns_committed = 0  # data pages written after their WAL record's flush was answered
         self.crash_checks = 0  # crashes of the secondary checked by check_crash
+        # A primary crash as the first fault: the seq the secondary had applied by then (its image
+        # is the group at that point); None once anything else has happened to the secondary.
+        self.failover_point: int | None = None
+        self.promote_checks = 0
 
     def describe(self) -> str:
         return " ".join(f"{m.name}@{m.base}+{m.size}" for m in self.layout.members)
@@ -200,6 +207,38 @@ class SimGroup:
                 if any(disk.current[member.end : member.base + member.padded]):
                     world._fail(f"invariant 14: the padding after member {member.name!r} on site "
                                 f"{site} is not zeros")
+
+    def check_promoted(self, world: World) -> None:
+        """A failover after a primary crash (the first fault, nothing since at the secondary):
+        the promoted members, made durable by promote's drain, are all the group at ONE point of
+        its sent history (at or after the seq applied when the primary crashed: writes that
+        waited for a journal commit land in the drain), so a database on them recovers."""
+        point, self.failover_point = self.failover_point, None
+        if point is None:
+            return
+        self.promote_checks += 1
+        image = world.sdisk.durable
+        state = bytearray(world.expected)  # the group at seq ``point``
+        members = self.layout.members
+        matched: dict[str, list[int]] = {m.name: [] for m in members}  # seqs each member matches
+
+        def note(seq: int) -> bool:
+            for m in members:
+                if image[m.base : m.end] == state[m.base : m.end]:
+                    matched[m.name].append(seq)
+            return all(matched[m.name] and matched[m.name][-1] == seq for m in members)
+
+        if note(point):
+            return
+        for seq in sorted(s for s in world.sent_history if s > point):
+            offset, data = world.sent_history[seq]
+            state[offset : offset + len(data)] = data
+            if note(seq):
+                return
+        detail = "; ".join(f"{name!r} matches seqs {seqs[:3]}{'...' if len(seqs) > 3 else ''}"
+                           if seqs else f"{name!r} matches no point" for name, seqs in matched.items())
+        world._fail(f"invariant 14: the promoted members are not the group at one point of its "
+                    f"write order (from seq {point}): {detail}")
 
     def check_crash(self, world: World) -> None:
         """After a crash of the secondary (before any other fault): every member holds every

@@ -57,7 +57,8 @@ then the invariants are checked:
     run, since every other frame is delivered, ahead of most timer ticks.
 14. with ``SimConfig.group_members`` (a consistency group of 2 or 3 volumes, issue 16), the
     secondary's members, all together, are the primary's group at ONE point of its write order:
-    member by member at every step until the first fault, and at a crash of the secondary the
+    member by member at every step until the first fault, at a failover after a first-fault
+    primary crash (the promoted members at one seq), and at a crash of the secondary the
     surviving members all hold the group's durable point (testing/sim/groups.py).
 """
 
@@ -779,6 +780,8 @@ class World:
         meta = self.meta.files
         what = self.rng.randrange(len(choices) + 1) if choices else 0
         self.faulted = True  # the secondary's image is no longer a prefix of the history
+        if self.group is not None:
+            self.group.failover_point = None
         if what < len(choices):
             site = next(name for name, disk in self.disks.items() if disk is choices[what])
             self._log(f"DISK FULL: the image of site {site} ({'primary' if self.roles['primary'] == site else 'secondary'})")
@@ -969,6 +972,8 @@ class World:
     def _ev_crash_primary(self) -> None:
         assert self.primary is not None
         self._log("CRASH primary")
+        if self.group is not None and not self.faulted:
+            self.group.failover_point = 0  # set to the applied seq once the prefix is delivered
         self._disconnect("primary crashed", deliver_p2s_prefix=True)
         self.primary = None
         self.pdisk.crash(self.rng)
@@ -978,6 +983,8 @@ class World:
             self._log(f"DAMAGE: primary {self.roles['primary']}'s out-of-sync store deleted")
         if self.mode is Mode.SYNC:
             self._check_sync_durability()
+        if self.group is not None and self.group.failover_point is not None:
+            self.group.failover_point = self.applied_seq_seen
         self.host_ops.clear()  # the host sees its outstanding requests fail
         if self.group is not None:
             self.group.host_lost()
@@ -990,12 +997,16 @@ class World:
 
     def _ev_restart_primary(self) -> None:
         self._log("restart primary")
+        if self.group is not None:
+            self.group.failover_point = None
         self._start_primary()
 
     def _ev_crash_secondary(self) -> None:
         assert self.secondary is not None
         self._log("CRASH secondary")
         first_fault = not self.faulted
+        if self.group is not None:
+            self.group.failover_point = None
         self._disconnect("secondary crashed")
         self.secondary = None
         self.sdisk.crash(self.rng)
@@ -1085,6 +1096,8 @@ class World:
                 self._ev_data_sync()
             self._settle()
         self.sdisk.flush()
+        if self.group is not None:
+            self.group.check_promoted(self)  # invariant 14 after a failover
         site, old = self.roles["secondary"], self.roles["primary"]
         if not self.meta.consistent:
             try:  # promote a consistent, older copy, not a mix (SecondarySite._promote_now)
