@@ -69,6 +69,7 @@ bench: setup
 	$(PY) bench/cpu.py $(BENCH_ARGS_CPU)
 	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
 	$(PY) bench/objects_predict.py
+	$(PY) bench/objects_prefix_model.py
 	$(PY) bench/record_pair.py $(BENCH_ARGS_RECORD)
 	$(PY) bench/objects_latency.py
 	$(PY) bench/volumes.py

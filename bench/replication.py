@@ -236,6 +236,8 @@ class SiteSettings:
     lookahead: int
     eviction: str
     watermark_interval_s: float
+    bound: int = 0  # bytes: size the record with [record] bound instead of capacity
+    predictor: str = "next"
 
 
 def prefill(paths: Sequence[Path], size: int, block_size: int) -> None:
@@ -278,7 +280,9 @@ def site_toml(name: str, mode: str, settings: SiteSettings, ports: dict[str, int
             f'meta = "{name}-meta"\n\n[nbd]\nlisten = "127.0.0.1:{ports["nbd"]}"\n\n'
             f'[link]\nlisten = "127.0.0.1:{ports["link"]}"\npeer = "127.0.0.1:{peer}"\n'
             f'mode = "{mode}"\n\n[record]\nextent_size = {settings.extent_size}\n'
-            f'capacity = {settings.capacity}\nlookahead = {settings.lookahead}\n'
+            + (f'bound = {settings.bound}\n' if settings.bound else f'capacity = {settings.capacity}\n')
+            + (f'predictor = "{settings.predictor}"\n' if settings.predictor != "next" else "")
+            + f'lookahead = {settings.lookahead}\n'
             f'eviction = "{settings.eviction}"\nwatermark_interval = {settings.watermark_interval_s}\n\n[admin]\nlisten = "127.0.0.1:{ports["admin"]}"\n')
 
 

@@ -11,7 +11,8 @@ volume instead, to tell what the number of connections costs from what the volum
 Printed per count: IOPS per busy volume (mean, min, max) and in all; the primary daemon's CPU
 time (utime + stime from /proc/PID/stat, as bench/cpu.py) per write and per second, and its
 read- and write-type system calls per write (/proc/PID/io); its RSS
-(VmRSS) idle with every volume in sync, and after the run; RSS per volume, and the marginal
+(VmRSS) and its CPU per second idle with every volume in sync (``--idle-seconds``, before fio),
+and its RSS after the run; RSS per volume, and the marginal
 RSS of each volume beyond the first count's (the daemon's fixed cost taken out).
 
 On a 2-core machine shared with fio and the secondary, IOPS measure the machine as much as the
@@ -112,6 +113,9 @@ def measure(count: int, args: argparse.Namespace, directory: Path) -> dict[str, 
         time.sleep(1.0)  # the sweep's last frames, the first watermark
         pid = procs["p"].pid
         rss_idle = rss_bytes(pid)
+        idle0 = cpu_s(pid)
+        time.sleep(args.idle_seconds)  # every volume in sync, nothing written: timers, /events
+        idle_cpu = (cpu_s(pid) - idle0) / args.idle_seconds
         busy = names[: args.jobs] if not args.same_volume else [names[0]] * args.jobs
         argv = ["fio", "--output-format=json", "--ioengine=nbd", "--rw=randwrite", "--bs=4k",
                 f"--iodepth={args.qd}", "--time_based", f"--runtime={args.seconds}", "--size=64M",
@@ -143,6 +147,7 @@ def measure(count: int, args: argparse.Namespace, directory: Path) -> dict[str, 
                 "cpu_us_per_write": (cpu1 - cpu0) / writes * 1e6 if writes else 0.0,
                 "cpu_s_per_s": (cpu1 - cpu0) / elapsed,
                 "syscalls_per_write": (calls1 - calls0) / writes if writes else 0.0,
+                "idle_cpu_s_per_s": idle_cpu,
                 "rss_idle_mib": rss_idle / 2**20, "rss_after_mib": rss_after / 2**20}
     finally:
         clean = [stop_process(proc) for proc in procs.values()]
@@ -156,6 +161,8 @@ def main() -> int:
     parser.add_argument("--counts", default="1,8,32")
     parser.add_argument("--jobs", type=int, default=8, help="volumes with a fio job (the rest idle)")
     parser.add_argument("--qd", type=int, default=4)
+    parser.add_argument("--idle-seconds", type=float, default=4.0,
+                        help="how long the idle CPU is measured before fio starts")
     parser.add_argument("--same-volume", action="store_true",
                         help="every fio job on the first volume (connections, not volumes, vary)")
     parser.add_argument("--seconds", type=int, default=8)
@@ -177,13 +184,14 @@ def main() -> int:
     print(f"many volumes per daemon: 4 KiB randwrite QD{args.qd}, {args.seconds} s, lookahead, "
           f"loopback; fio jobs on the first {args.jobs} volumes")
     print(f"{'volumes':>7} {'busy':>4} {'IOPS/vol':>9} {'min':>7} {'max':>7} {'IOPS all':>9} "
-          f"{'CPU us/wr':>9} {'CPU s/s':>7} {'sys/wr':>6} {'RSS idle':>9} {'RSS/vol':>8} {'marg/vol':>8} {'RSS run':>8}")
+          f"{'CPU us/wr':>9} {'CPU s/s':>7} {'sys/wr':>6} {'idle ms/s':>9} {'RSS idle':>9} {'RSS/vol':>8} {'marg/vol':>8} {'RSS run':>8}")
     for row in rows:
         marginal = ((row["rss_idle_mib"] - base["rss_idle_mib"]) / (row["volumes"] - base["volumes"])
                     if row["volumes"] != base["volumes"] else float("nan"))
         print(f"{row['volumes']:>7} {row['busy']:>4} {row['iops_mean']:>9.0f} {row['iops_min']:>7.0f} "
               f"{row['iops_max']:>7.0f} {row['iops_total']:>9.0f} {row['cpu_us_per_write']:>9.1f} "
-              f"{row['cpu_s_per_s']:>7.2f} {row['syscalls_per_write']:>6.2f} {row['rss_idle_mib']:>7.1f}Mi "
+              f"{row['cpu_s_per_s']:>7.2f} {row['syscalls_per_write']:>6.2f} "
+              f"{row['idle_cpu_s_per_s'] * 1000:>9.1f} {row['rss_idle_mib']:>7.1f}Mi "
               f"{row['rss_idle_mib'] / row['volumes']:>6.2f}Mi {marginal:>6.2f}Mi "
               f"{row['rss_after_mib']:>6.1f}Mi")
     print(json.dumps(rows))

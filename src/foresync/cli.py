@@ -654,7 +654,9 @@ def verify(config_path: str, volume: str | None, repair: bool, no_wait: bool) ->
 @click.option("--entries/--no-entries", default=False, show_default=True,
               help="Also list every journal entry.")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
-def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_json: bool) -> None:
+@VOLUME_OPTION
+def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_json: bool,
+            volume: str | None) -> None:
     """Show a site's metadata offline: role, epoch, the record (extents as ranges), the journal,
     the out-of-sync set and any undo log. Read-only: safe while the site runs, and on a journal a
     crash left torn (nothing is truncated)."""
@@ -666,7 +668,7 @@ def inspect(config_path: str | None, meta_dir: str | None, entries: bool, as_jso
         raise click.UsageError("give --config SITE.toml or --meta DIR")
     extent_size = None
     if config_path is not None:
-        cfg = _load(config_path)
+        cfg = _load(config_path, volume)
         meta_dir, extent_size = cfg.meta, cfg.extent_size
     assert meta_dir is not None
     try:

@@ -77,6 +77,8 @@ class SiteConfig:
     s3_record_capacity: int = 4096  # names in the record of objects
     s3_record_bytes: int = 1024 * 1024  # bytes of names in it
     s3_budget: int = 8  # predicted names a miss may add
+    s3_prefix_entry_max: int = 64  # names one prefix entry may cover (0: exact names only)
+    s3_window_bytes: int = 64 * 1024 * 1024  # object data sent and not yet durable there
     cluster: ClusterConfig | None = None  # [cluster] (issue 16): failover with fencing on etcd
     # [[volume]] tables (issue 16): the link dialler names its volume first (wire.Route), for the
     # daemon's one link listener; None in a one-volume [volume] config (no routing)
@@ -168,7 +170,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "admin": {"listen", "token_file"},
     "log": {"format"},
     "s3": {"listen", "credentials_file", "tls_dir", "dir", "record_capacity", "record_size",
-           "lookahead"},
+           "lookahead", "prefix_entry_max", "window"},
     "cluster": cluster_config.KEYS,
 }
 
@@ -356,6 +358,9 @@ def _s3_keys(doc: dict[str, Any], s3: dict[str, Any],
         "s3_record_capacity": _positive(_get(s3, "s3", "record_capacity", 4096), "[s3] record_capacity"),
         "s3_record_bytes": parse_size(_get(s3, "s3", "record_size", "1MiB"), "[s3] record_size"),
         "s3_budget": _positive(_get(s3, "s3", "lookahead", 8), "[s3] lookahead", minimum=0),
+        "s3_prefix_entry_max": _positive(_get(s3, "s3", "prefix_entry_max", 64),
+                                         "[s3] prefix_entry_max", minimum=0),
+        "s3_window_bytes": parse_size(_get(s3, "s3", "window", "64MiB"), "[s3] window"),
     }
 
 

@@ -89,6 +89,8 @@ listen = "{admin}"        # /status, /metrics, /events and the admin actions
 # record_capacity = 4096         # names in the record of objects
 # record_size = "1MiB"           # bytes of names in it
 # lookahead = 8                  # predicted names a miss may add
+# prefix_entry_max = 64          # names one directory entry of the record may cover; 0: off
+# window = "64MiB"               # object bytes sent and not yet durable there; more waits
 
 # [cluster]                      # automatic failover with fencing on etcd (operations.md 11)
 # etcd = ["http://127.0.0.1:2379"]  # the etcd members; https:// needs ca_file

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 class Faults:
     evict_ignores_watermark: bool = False  # primary: evict extents whose writes are not durable
     ack_miss_before_durable: bool = False  # secondary: answer ADDED before the journal commit
+    # secondary: a group commit counts as durable every append made before it returned, also
+    # those made while its fdatasync ran, so a later miss's ADDED goes before its entry is durable
+    added_before_group_commit_durable: bool = False
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
     s3fifo_evicts_dirty: bool = False  # record: the s3fifo policy chooses extents still dirty
     # primary: eviction ahead of need (free slots under the low mark, issue 14) takes extents
@@ -65,6 +68,10 @@ class Faults:
     # objects: at a link loss an op sent but not yet committed locally is not marked may-differ,
     # so a full compare made before its commit finds the copies equal (async mode)
     object_link_loss_forgets_uncommitted: bool = False
+    # objects (replication/object_secondary.py): a miss's reply names the directory's prefix
+    # entry but the secondary's record keeps only the exact names, so later first writes under
+    # the directory are hits that no durable entry covers
+    object_prefix_entry_not_covering: bool = False
     # replication/lease.py: a primary keeps acknowledging writes after its etcd lease could have
     # expired (renewals failing), so a promoted secondary and it both take writes (issue 16)
     ack_after_lease_lost: bool = False

@@ -4,6 +4,7 @@ tune` on what a real pair recorded, and the live miss-ratio estimate in /status,
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
 
@@ -67,6 +68,13 @@ def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_c
         with urllib.request.urlopen(f"http://127.0.0.1:{pair.primary.admin_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
         assert 'foresync_record_miss_ratio_estimate{capacity="32",volume="vol0"}' in metrics
+        assert "foresync_record_writes_behind_add_total" in metrics
+        assert 0 <= status["counters"]["record_writes_behind_add"] <= status["counters"]["record_hits"]
+        # The secondary counts the misses it received and its journal group commits.
+        with urllib.request.urlopen(f"http://127.0.0.1:{pair.secondary.admin_port}/status", timeout=5) as r:
+            secondary = json.loads(r.read())["counters"]
+        assert secondary["misses_received"] >= status["counters"]["record_misses"] > 0
+        assert secondary["journal_commits"] > 0
         shown = pair.cli("status", "--config", pair.primary.config_path).stdout
         assert "  record: " in shown and "of writes miss at capacity 16" in shown, shown
         live_writes, live_misses = status["counters"]["writes"], status["counters"]["record_misses"]

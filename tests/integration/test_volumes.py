@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from .sites import require_tool, run_tool
@@ -120,6 +121,12 @@ def test_three_volumes_on_one_daemon_pair(tmp_path: Path) -> None:
         p.hup()
         wait("refusal logged", lambda: "size changed" in p.log(), both)
         assert roles(p) == {"a": "primary", "b": "secondary", "d": "primary"}
+        request = urllib.request.Request(f"http://127.0.0.1:{p.admin_port}/reload", data=b"{}",
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            done = json.loads(answer.read())
+        assert done["started"] == done["stopped"] == []
+        assert "[[volume]] 'a': size changed; restart the daemon to apply it" in done["refused"]
     finally:
         problems = [problem for daemon in both for problem in daemon.stop()]
     assert not problems, problems
@@ -161,4 +168,29 @@ def test_each_volume_holds_its_own_lease_and_fails_over(tmp_path: Path) -> None:
     finally:
         problems = [problem for daemon in both for problem in daemon.stop()]
         etcd.stop()
+    assert not problems, problems
+
+
+def test_a_daemon_of_volumes_pairs_with_a_one_volume_site(tmp_path: Path) -> None:
+    """A [[volume]] primary's dialler names its volume (ROUTE); a one-volume secondary of that
+    name takes the connection as before, and the volume syncs."""
+    p, s = pair(tmp_path, ["vol0"])
+    s.config.write_text(
+        f'[volume]\nname = "vol0"\ndata = "one.img"\nsize = "{s.size}"\nmeta = "one.meta"\n'
+        f'[nbd]\nlisten = "127.0.0.1:{s.nbd_port}"\n'
+        f'[link]\nlisten = "127.0.0.1:{s.link_port}"\npeer = "127.0.0.1:{s.peer_port}"\n'
+        f'[record]\ncapacity = 64\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n')
+    s.cli("init", "--config", str(s.config), "--role", "secondary")
+    both = (p, s)
+    try:
+        p.start()
+        s.start()
+        p.wait_up()
+        s.wait_up()
+        qemu_write(p, "vol0", PATTERN["a"])
+        wait("vol0 in sync", lambda: in_sync(p, s, "vol0"), both)
+        doc = s.status()
+        assert doc["role"] == "secondary" and doc["in_sync"] and set(doc["volumes"]) == {"vol0"}
+    finally:
+        problems = [problem for daemon in both for problem in daemon.stop()]
     assert not problems, problems

@@ -18,9 +18,12 @@ def test_every_invariant_holds(start: int) -> None:
     seen: Counter[str] = Counter()
     for seed in range(start, start + 50):
         seen += run_seed(seed)
-    # The runs met what the invariants are about: misses, evictions, resyncs, cuts and crashes.
-    for what in ("miss", "evicted", "resync", "cut", "primary_crash"):
+    # The runs met what the invariants are about: misses, evictions, resyncs, cuts, crashes,
+    # prefix entries and their resyncs, failovers and a full window.
+    for what in ("miss", "evicted", "resync", "cut", "primary_crash", "window_wait"):
         assert seen[what] > 20, f"{what} went untested: {dict(seen)}"
+    for what in ("prefix", "under", "failover"):
+        assert seen[what] > 5, f"{what} went untested: {dict(seen)}"
 
 
 @pytest.mark.parametrize("fault", sorted(OBJECT_FAULTS))

@@ -113,7 +113,8 @@ def test_the_primary_document_carries_the_snapshot_in_the_documented_formats() -
     doc = status_document(primary_statistics())
     assert doc["counters"] == {"writes": 9, "record_hits": 5, "record_misses": 4, "resync_bytes": 0,
                                "record_read_aheads": 0, "record_room_waits": 0,
-                               "record_add_waits": 0, "record_evicted_ahead": 0, "storage_errors": 0,
+                               "record_add_waits": 0, "record_evicted_ahead": 0,
+                               "record_writes_behind_add": 0, "storage_errors": 0,
                                "secondary_storage_errors": 0}
     assert doc["record"]["miss_ratio_estimate"] == {"32": 0.5, "128": 0.25}
     assert doc["resync"]["active"] == 1 and doc["resync"]["remaining_bytes"] == 10
@@ -127,7 +128,8 @@ def test_the_primary_document_carries_the_snapshot_in_the_documented_formats() -
 def test_the_secondary_document_keeps_its_documented_zeros_and_its_own_view() -> None:
     doc = status_document(secondary_statistics())
     assert doc["counters"] == {"writes": 0, "record_hits": 0, "record_misses": 0,
-                               "resync_bytes": 0, "storage_errors": 0}
+                               "resync_bytes": 0, "storage_errors": 0,
+                               "journal_commits": 0, "misses_received": 0}
     assert doc["lag"] == {"bytes": 0, "writes": 0, "seconds": 0.0}
     # Its resync progress is the primary's document, measured here (issue 17), and its own.
     assert doc["resync"] == {"done_bytes": 8 << 20, "total_bytes": 16 << 20, "rate_bytes_per_s": 5,

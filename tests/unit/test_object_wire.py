@@ -19,6 +19,9 @@ MESSAGES = [
     ow.ObjectRemove(("b/a",)),
     ow.ObjectListRequest(3, int(ow.ListWhat.ALL)),
     ow.ObjectList(3, int(ow.ListWhat.ALL), (("b/a", "etag"), ("b/c", ""))),
+    ow.ObjectListRequest(4, int(ow.ListWhat.UNDER), "b/dir/"),
+    ow.ObjectList(4, int(ow.ListWhat.RECORD), (("b/dir/\x00", ""),), more=True),
+    ow.ObjectAdded(10, ("b/dir/k", "b/dir/\x00")),
 ]
 
 
@@ -45,3 +48,22 @@ def test_round_trip_whole_and_byte_by_byte(message: ow.ObjectMessage) -> None:
 def test_malformed_payloads_are_refused(kind: int, payload: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         ow.decode(kind, payload)
+
+
+def test_a_long_listing_crosses_in_frames_and_comes_back_whole() -> None:
+    entries = [(f"b/key-{i:05d}", f"etag{i}") for i in range(1000)]
+    frames = list(ow.list_frames(9, int(ow.ListWhat.ALL), entries, frame_bytes=2000))
+    assert len(frames) > 5 and all(f.more for f in frames[:-1]) and not frames[-1].more
+    assert all(len(encode_frame(f)) < 2000 + 100 for f in frames)
+    decoder = FrameDecoder()
+    decoder.push(b"".join(encode_frame(f) for f in frames))
+    got = []
+    while (message := decoder.next_message()) is not None:
+        assert isinstance(message, ow.ObjectList)
+        got.extend(message.entries)
+    assert got == entries
+
+
+def test_an_empty_listing_is_one_last_frame() -> None:
+    assert list(ow.list_frames(1, int(ow.ListWhat.RECORD), [])) == [
+        ow.ObjectList(1, int(ow.ListWhat.RECORD), (), False)]

@@ -146,3 +146,12 @@ def test_copy_keeps_data_and_etag(store: Store) -> None:
     info = store.copy_object("bkt", "src", "bkt", "dst", None)
     assert info.etag == etag and info.metadata == {"k": "v"}
     assert read(store, "bkt", "dst") == b"payload"
+
+
+def test_keys_under_a_prefix_stop_one_past_the_limit(store: Store) -> None:
+    store.create_bucket("keys")
+    for key in ("a/1", "a/2", "a/3", "a/sub/4", "ab", "b/1"):
+        put(store, "keys", key, b"x")
+    assert store.keys_under("keys", "a/") == ["a/1", "a/2", "a/3", "a/sub/4"]
+    assert store.keys_under("keys", "a/", limit=2) == ["a/1", "a/2", "a/3"]  # "more than 2"
+    assert store.keys_under("keys", "c/") == [] and store.keys_under("nobucket", "a/") == []

@@ -1807,6 +1807,58 @@ def test_a_write_waiting_for_an_add_that_never_comes_fails_in_time() -> None:
     assert h.acks[waiting] == Errno.EIO
 
 
+def test_a_write_behind_another_misss_add_goes_on_that_added_and_is_counted() -> None:
+    h = Harness(capacity=8, lookahead=2)
+    h.connect()
+    miss = h.write(0, 16)  # a miss expected to add extents 0-2
+    behind = h.write(40, 4)  # extent 2: waits for that ADDED instead of missing again
+    h.pump()
+    h.deliver_to_secondary()
+    assert behind not in h.acks and not h.to_s  # nothing of it went yet
+    h.commit_start()
+    h.commit_done()
+    h.deliver_to_primary()
+    # It goes in the same step as the ADDED, with no round trip of its own: a plain write.
+    assert len(h.to_s) == 1
+    stats = h.primary.statistics()
+    assert (stats.record_misses, stats.record_hits) == (1, 1)
+    assert stats.record_add_waits == stats.record_writes_behind_add == 1
+    h.settle()
+    assert miss in h.acks and behind in h.acks
+    h.check_quiescent()
+
+
+def test_secondary_group_commit_covers_the_misses_that_arrived_while_one_ran() -> None:
+    core = _secondary(lookahead=0)
+    core.receive(wire.Write(1, 0, WriteFlag.MISS, 1, (), b"a"))
+    target = core.journal_target()  # the adapter starts a commit of the first ADD
+    core.actions()
+    core.receive(wire.Write(2, 32, WriteFlag.MISS, 1, (), b"b"))  # both arrive while it runs
+    core.receive(wire.Write(3, 64, WriteFlag.MISS, 1, (), b"c"))
+
+    def added() -> list[int]:
+        return [a.message.seq for a in core.actions()
+                if isinstance(a, score.Send) and isinstance(a.message, wire.Added)]
+
+    core.journal_synced(target)
+    assert added() == [1]  # the later two are not durable yet
+    assert core.journal_target() == 3
+    core.journal_synced(core.journal_target())  # one commit for both
+    assert added() == [2, 3]
+    stats = core.statistics()
+    assert (stats.misses_received, stats.journal_commits) == (3, 2)
+
+
+def test_the_group_commit_bug_answers_added_before_its_entry_is_durable() -> None:
+    core = SecondaryCore(160, 16, 0, VOLUME, RecordState(),
+                         faults=Faults(added_before_group_commit_durable=True))
+    core.receive(wire.Write(1, 0, WriteFlag.MISS, 1, (), b"a"))
+    target = core.journal_target()
+    core.receive(wire.Write(2, 32, WriteFlag.MISS, 1, (), b"b"))
+    core.journal_synced(target)
+    assert score.Send(wire.Added(2, (2,))) in core.actions()
+
+
 def test_full_sync_progress_counts_comparing_and_sending_apart() -> None:
     """Issue 17: a full sync compares checksums (a match sends nothing) and sends what differs.
     One rate from the sends, applied to every byte left, gave an ETA minutes long for a pass that

@@ -20,6 +20,7 @@ from foresync.objects.predict import LinksPredictor
 from foresync.replication.objects import (
     AnswerClient,
     CommitLocal,
+    ObjectAction,
     ObjectConfig,
     ObjectPrimaryCore,
     ObjectSecondaryCore,
@@ -43,13 +44,31 @@ def connected(mode: Mode = Mode.LOOKAHEAD, record: tuple[str, ...] = (), capacit
 
 
 def resynced(core: ObjectPrimaryCore) -> ObjectPrimaryCore:
-    """Finish the resync of the record's names that every connect starts."""
-    for action in core.actions():
-        if isinstance(action, ReadForResync):
-            core.resync_read(action.op_id, b"{}", b"")
+    """Finish the resync of the record's names that every connect starts (one read at a time)."""
+    reads = [a for a in core.actions() if isinstance(a, ReadForResync)]
+    while reads:
+        core.resync_read(reads[0].op_id, b"{}", b"")
+        reads = reads[1:] + [a for a in core.actions() if isinstance(a, ReadForResync)]
     core.receive(ObjectDurable(core.next_seq - 1))
     core.actions()
     return core
+
+
+def read_each(core: ObjectPrimaryCore, present: set[str]) -> tuple[list[str], list[ObjectAction]]:
+    """Answer every resync read, one at a time as the core asks (``present``: the names the
+    primary holds): the names read, and the other actions that followed."""
+    actions = core.actions()
+    reads = [a for a in actions if isinstance(a, ReadForResync)]
+    rest = [a for a in actions if not isinstance(a, ReadForResync)]
+    seen = []
+    while reads:
+        read, reads = reads[0], reads[1:]
+        seen.append(read.name)
+        core.resync_read(read.op_id, b"{}" if read.name in present else None, b"x")
+        more = core.actions()
+        reads += [a for a in more if isinstance(a, ReadForResync)]
+        rest += [a for a in more if not isinstance(a, ReadForResync)]
+    return seen, rest
 
 
 def sent(actions: list[object]) -> list[ObjectOp]:
@@ -142,12 +161,9 @@ def test_a_lost_link_marks_a_waiting_miss_and_commits_it() -> None:
 
 def test_connect_resyncs_the_record_and_may_differ_then_clears_them() -> None:
     core = connected(record=("b/r",), may_differ=("b/m",))
-    actions = core.actions()
-    reads = [a for a in actions if isinstance(a, ReadForResync)]
-    assert sorted(r.name for r in reads) == ["b/m", "b/r"]
-    for read in reads:
-        core.resync_read(read.op_id, b"{}" if read.name == "b/r" else None, b"x")
-    ops = sent(core.actions())
+    names, actions = read_each(core, {"b/r"})
+    ops = sent(actions)
+    assert sorted(names) == ["b/m", "b/r"]
     assert {(o.name, o.kind) for o in ops} == {("b/r", PUT), ("b/m", int(ObjectKind.DELETE))}
     assert all(o.flags & ObjectFlag.RESYNC for o in ops)
     core.receive(ObjectDurable(max(o.seq for o in ops)))
@@ -219,3 +235,259 @@ def test_concurrent_misses_cannot_overfill_the_record() -> None:
     for op in ops:
         core.receive(ObjectAdded(op.seq, (op.name, op.name + "-next")))
     assert len(core.copy) == 4
+
+
+# -- prefix entries (objects/entries.py) ------------------------------------------------------------
+
+class FakeIndex:
+    """The primary's store, as a set of names (the core's LocalIndex)."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def weigh(self, directory: str, limit: int) -> tuple[int, int] | None:
+        under = self.names_under(directory)
+        return None if len(under) > limit else (len(under), sum(len(n) for n in under))
+
+    def names_under(self, directory: str) -> list[str]:
+        return sorted(n for n in self.names if n.startswith(directory))
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+
+DIR = "b/d/\x00"  # the prefix entry of b/d/
+
+
+def with_index(names: set[str], capacity: int = 16, prefix_max: int = 4,
+               record: tuple[str, ...] = (), may_differ: tuple[str, ...] = ()) -> ObjectPrimaryCore:
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD, capacity, 1 << 20, 2, prefix_max),
+                             may_differ, dict, local_index=FakeIndex(names))
+    core.connected()
+    core.actions()
+    core.receive(ObjectList(1, int(ListWhat.RECORD), tuple((n, "") for n in record)))
+    return core
+
+
+def put(core: ObjectPrimaryCore, op_id: int, name: str) -> ObjectOp:
+    """Submit a PUT: the op it sends."""
+    core.submit(op_id, PUT, name, b"{}", b"")
+    (op,) = sent(core.actions())
+    return op
+
+
+def commit(core: ObjectPrimaryCore, op_id: int, name: str, store: set[str]) -> None:
+    core.committed(op_id, True)
+    store.add(name)
+    core.actions()
+
+
+def test_a_miss_offers_the_directory_and_a_taken_prefix_entry_makes_first_writes_hits() -> None:
+    store = {"b/d/a", "b/d/b"}
+    core = with_index(store)
+    op = put(core, 1, "b/d/c")
+    assert op.flags & ObjectFlag.MISS and op.flags & ObjectFlag.PREFIX
+    core.receive(ObjectAdded(op.seq, ("b/d/c", DIR)))
+    assert core.actions() == [CommitLocal(1)]
+    commit(core, 1, "b/d/c", store)
+    # b/d/c is in the prefix entry's weight (2 held + the first write), not an entry of its own
+    assert list(core.copy) == [DIR] and core.copy.weight(DIR)[0] == 3
+    hit = put(core, 2, "b/d/new")  # never written, never predicted: a hit
+    assert not hit.flags & ObjectFlag.MISS and hit.removals == ("b/d/c",)
+    assert core.copy.weight(DIR)[0] == 4 and core.copy.names == 4
+
+
+def test_a_full_prefix_entry_sends_a_first_write_the_miss_path() -> None:
+    store = {"b/d/a", "b/d/b", "b/d/c"}
+    core = with_index(store, prefix_max=4)
+    op = put(core, 1, "b/d/x")
+    core.receive(ObjectAdded(op.seq, ("b/d/x", DIR)))
+    core.actions()
+    commit(core, 1, "b/d/x", store)
+    assert core.copy.weight(DIR)[0] == 4
+    overwrite = put(core, 2, "b/d/a")  # an overwrite does not grow it: a hit
+    assert not overwrite.flags & ObjectFlag.MISS
+    commit(core, 2, "b/d/a", store)
+    first = put(core, 3, "b/d/y")  # a fifth name: the entry may not grow past 4
+    assert first.flags & ObjectFlag.MISS and not first.flags & ObjectFlag.PREFIX
+    assert core.copy.weight(DIR)[0] == 4
+
+
+def test_a_directory_over_the_bound_is_never_offered() -> None:
+    store = {f"b/d/{i}" for i in range(5)}
+    core = with_index(store, prefix_max=4)
+    op = put(core, 1, "b/d/new")
+    assert op.flags & ObjectFlag.MISS and not op.flags & ObjectFlag.PREFIX
+
+
+def test_a_prefix_entry_that_no_longer_fits_is_weighed_again_and_dropped() -> None:
+    store = {"b/d/a"}
+    core = with_index(store, prefix_max=2)
+    op = put(core, 1, "b/d/c")
+    assert op.flags & ObjectFlag.PREFIX
+    store.update({"b/d/e", "b/d/f"})  # written meanwhile (as exact names, say)
+    core.receive(ObjectAdded(op.seq, ("b/d/c", DIR)))
+    core.actions()
+    assert DIR not in core.copy and "b/d/c" in core.copy
+    commit(core, 1, "b/d/c", store)
+    core.submit(2, PUT, "b/x", b"{}", b"")
+    (carrier,) = sent(core.actions())
+    assert DIR in carrier.removals  # the secondary sheds what the copy did not take
+
+
+def test_connect_resyncs_every_name_under_a_recorded_prefix_entry_on_either_site() -> None:
+    store = {"b/d/here"}
+    core = with_index(store, record=(DIR,))
+    (request,) = [a.message for a in core.actions() if isinstance(a, SendObject)]
+    assert request == ObjectListRequest(2, int(ListWhat.UNDER), "b/d/")
+    # the secondary also holds b/d/gone, deleted here while the link was down: resynced too
+    core.receive(ObjectList(2, int(ListWhat.UNDER), (("b/d/gone", "e1"),), more=True))
+    assert core.actions() == []
+    core.receive(ObjectList(2, int(ListWhat.UNDER), (("b/d/here", "e2"),)))
+    names, _ = read_each(core, store)
+    assert sorted(names) == ["b/d/gone", "b/d/here"]
+    assert DIR in core.copy
+
+
+def test_a_prefix_entry_in_may_differ_leaves_it_once_its_names_are_durably_resynced() -> None:
+    store = {"b/d/a"}
+    core = with_index(store, may_differ=(DIR,))
+    (request,) = [a.message for a in core.actions() if isinstance(a, SendObject)]
+    core.receive(ObjectList(request.request, int(ListWhat.UNDER), (("b/d/z", "e"),)))
+    ops = sent(read_each(core, store)[1])
+    assert {(o.name, o.kind) for o in ops} == {("b/d/a", PUT), ("b/d/z", int(ObjectKind.DELETE))}
+    assert core.may_differ == {DIR}
+    core.receive(ObjectDurable(max(o.seq for o in ops)))
+    assert core.may_differ == set() and core.in_sync
+
+
+def test_a_recorded_prefix_entry_too_heavy_at_connect_moves_to_may_differ() -> None:
+    store = {f"b/d/{i}" for i in range(6)}  # written while the link was down
+    core = with_index(store, prefix_max=4, record=(DIR,))
+    actions = core.actions()
+    assert actions[0] == PersistMayDiffer(frozenset({DIR}))  # durably, before the removal
+    assert DIR not in core.copy
+
+
+def test_the_secondary_records_the_directory_when_offered_and_predicted() -> None:
+    sec = ObjectSecondaryCore(LinksPredictor(), OrderedDict())
+    sec.on_op(ObjectOp(1, PUT, 0, 0, "b/d/a"))
+    change = sec.on_op(ObjectOp(2, PUT, int(ObjectFlag.MISS | ObjectFlag.PREFIX), 2, "b/d/b"))
+    assert change.reply is not None and DIR in change.reply and DIR in sec.record
+    assert not any(n.startswith("b/d/") and n != "b/d/b" for n in change.reply if n != DIR)
+    lone = sec.on_op(ObjectOp(3, PUT, int(ObjectFlag.MISS | ObjectFlag.PREFIX), 2, "b/e/first"))
+    assert lone.reply is not None and "b/e/\x00" not in lone.reply  # no sibling: not a directory
+    unoffered = sec.on_op(ObjectOp(4, PUT, int(ObjectFlag.MISS), 2, "b/e/second"))
+    assert unoffered.reply is not None and "b/e/\x00" not in unoffered.reply
+
+
+def test_the_deliberate_bug_replies_a_prefix_entry_the_record_does_not_keep() -> None:
+    from foresync.faults import Faults
+
+    sec = ObjectSecondaryCore(LinksPredictor(), OrderedDict(),
+                              Faults(object_prefix_entry_not_covering=True))
+    sec.on_op(ObjectOp(1, PUT, 0, 0, "b/d/a"))
+    change = sec.on_op(ObjectOp(2, PUT, int(ObjectFlag.MISS | ObjectFlag.PREFIX), 2, "b/d/b"))
+    assert change.reply is not None and DIR in change.reply and DIR not in sec.record
+
+
+# -- the window -----------------------------------------------------------------------------------
+
+def windowed(window: int, mode: Mode = Mode.LOOKAHEAD) -> ObjectPrimaryCore:
+    core = ObjectPrimaryCore(ObjectConfig(mode, 64, 1 << 20, 0, 0, window), (), dict)
+    core.connected()
+    core.actions()
+    core.receive(ObjectList(1, int(ListWhat.RECORD), tuple((f"b/{n}", "") for n in "abcd")))
+    return resynced(core)
+
+
+def test_a_put_beyond_the_window_waits_until_room_is_durable_again() -> None:
+    core = windowed(10)
+    core.submit(1, PUT, "b/a", b"{}", b"x" * 8)
+    (first,) = sent(core.actions())
+    assert core.window_used == 8 and first.data == b"x" * 8
+    core.committed(1, True)
+    assert core.actions() == [AnswerClient(1)]  # a hit: answered, its data still in flight
+    core.submit(2, PUT, "b/b", b"{}", b"y" * 8)
+    core.submit(3, PUT, "b/c", b"{}", b"z")  # would fit, but comes after a waiting op
+    assert core.actions() == [] and core.statistics().waiting_window == 2
+    core.receive(ObjectDurable(first.seq))
+    assert [o.name for o in sent(core.actions())] == ["b/b", "b/c"]
+    assert core.window_used == 9
+
+
+def test_an_object_larger_than_the_window_goes_alone() -> None:
+    core = windowed(10)
+    core.submit(1, PUT, "b/a", b"{}", b"x" * 50)
+    (big,) = sent(core.actions())
+    core.submit(2, PUT, "b/b", b"{}", b"y")
+    assert sent(core.actions()) == []
+    core.receive(ObjectDurable(big.seq))
+    assert [o.name for o in sent(core.actions())] == ["b/b"]
+
+
+def test_a_lost_link_lets_waiting_ops_go_the_link_down_way() -> None:
+    core = windowed(10)
+    core.submit(1, PUT, "b/a", b"{}", b"x" * 10)
+    core.actions()
+    core.submit(2, PUT, "b/b", b"{}", b"y")
+    assert core.actions() == []
+    core.disconnected()
+    actions = core.actions()
+    assert PersistMayDiffer(frozenset({"b/a", "b/b"})) in actions or \
+        PersistMayDiffer(frozenset({"b/b"})) in actions
+    assert CommitLocal(2) in actions and core.window_used == 0
+
+
+def test_the_core_lets_go_of_an_objects_data_once_sent() -> None:
+    core = windowed(1 << 20)
+    core.submit(1, PUT, "b/a", b"{}", b"x" * 100)
+    core.actions()
+    assert all(not op.data for op in core._ops.values())
+
+
+# -- buckets --------------------------------------------------------------------------------------
+
+def test_a_bucket_op_while_the_link_is_down_is_marked_and_resynced_after_its_objects() -> None:
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD), (), dict)
+    core.submit(1, int(ObjectKind.BUCKET_DELETE), "old", b"", b"")
+    assert core.actions() == [PersistMayDiffer(frozenset({"old"})), CommitLocal(1)]
+    core.committed(1, True)
+    core.actions()
+    core.submit(2, int(ObjectKind.DELETE), "old/k", b"", b"")  # (in truth before the bucket)
+    core.actions()
+    core.committed(2, True)
+    core.actions()
+    core.connected()
+    core.actions()
+    core.receive(ObjectList(1, int(ListWhat.RECORD), ()))
+    names, actions = read_each(core, set())
+    assert names == ["old/k", "old"]  # a bucket after the names: its objects go first
+    assert [(o.name, o.kind) for o in sent(actions)] == [
+        ("old/k", int(ObjectKind.DELETE)), ("old", int(ObjectKind.BUCKET_DELETE))]
+
+
+def test_a_bucket_op_is_marked_before_the_change_sent_after_it_and_cleared_once_durable() -> None:
+    core = resynced(connected(Mode.LOOKAHEAD))
+    core.submit(1, int(ObjectKind.BUCKET_CREATE), "new", b"", b"")
+    # marked durably before the local change: a crash right after it cannot lose the bucket
+    assert core.actions() == [PersistMayDiffer(frozenset({"new"})), CommitLocal(1)]
+    core.committed(1, True)
+    (op,) = sent(actions := core.actions())
+    assert op.flags & ObjectFlag.DURABLE and AnswerClient(1) not in actions
+    core.receive(ObjectDurable(op.seq))
+    assert core.actions() == [PersistMayDiffer(frozenset()), AnswerClient(1)]
+    core.submit(2, int(ObjectKind.BUCKET_DELETE), "full", b"", b"")
+    core.actions()
+    core.committed(2, False)  # BucketNotEmpty: nothing changed, nothing sent
+    assert core.actions() == [PersistMayDiffer(frozenset()), AnswerClient(2)]
+
+
+def test_a_bucket_op_lost_with_the_link_stays_marked() -> None:
+    core = resynced(connected(Mode.LOOKAHEAD))
+    core.submit(1, int(ObjectKind.BUCKET_DELETE), "old", b"", b"")
+    core.actions()
+    core.committed(1, True)
+    core.actions()
+    core.disconnected()
+    assert core.actions() == [AnswerClient(1)] and core.may_differ == {"old"}

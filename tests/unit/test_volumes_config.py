@@ -82,3 +82,17 @@ def test_an_unknown_volume_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, table("a") + table("b"))
     with pytest.raises(ConfigError, match=r"no volume named 'z' \(volumes: a, b\)"):
         config.load(path, "z")
+
+
+def test_a_reload_names_the_first_changed_key_of_a_running_volume(tmp_path: Path) -> None:
+    from foresync.daemon.volumes import _changed_key, _daemon_level_changes
+
+    before = config.load_daemon(write(tmp_path, table("a") + table("b")))
+    after = config.load_daemon(write(tmp_path, table("a", mode="sync") + table("b") + table("c")))
+    assert _changed_key(before.volume("a"), after.volume("a")) == "mode"
+    assert _changed_key(before.volume("b"), after.volume("b")) is None
+    assert _daemon_level_changes(before, after) == []
+    path = tmp_path / "site.toml"
+    path.write_text(DAEMON.replace("7800", "7802") + table("a") + table("b"))
+    assert _daemon_level_changes(before, config.load_daemon(str(path))) == [
+        "daemon-level link_listen changed; restart the daemon to apply it"]

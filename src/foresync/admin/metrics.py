@@ -66,6 +66,13 @@ class _StatusCollector(Collector):
                       "waited for the durable watermark.", p.core.record_room_waits if p else 0)
         yield counter("foresync_record_add_waits", "Writes that waited for a miss in flight to add "
                       "their extents, then went as hits.", p.core.record_add_waits if p else 0)
+        yield counter("foresync_record_writes_behind_add", "Hits that waited for the ADDED of "
+                      "another miss in flight to add their extents (counted in record_hits).",
+                      p.core.record_writes_behind_add if p else 0)
+        yield counter("foresync_journal_commits", "Group commits of the secondary's record "
+                      "journal (one fdatasync each).", v.core.journal_commits if v else 0)
+        yield counter("foresync_secondary_misses_received", "MISS writes the secondary received "
+                      "(each journals its additions).", v.core.misses_received if v else 0)
         yield counter("foresync_record_evicted_ahead", "Clean extents evicted ahead of need to keep "
                       "free slots ready.", p.core.record_evicted_ahead if p else 0)
         yield counter("foresync_resync_bytes", "Bytes this site sent as resync source.",

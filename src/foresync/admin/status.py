@@ -122,6 +122,7 @@ def _primary_document(s: SiteStatistics, p: PrimaryView) -> dict[str, Any]:
                      "record_read_aheads": c.record_read_aheads,
                      "record_room_waits": c.record_room_waits, "record_add_waits": c.record_add_waits,
                      "record_evicted_ahead": c.record_evicted_ahead,
+                     "record_writes_behind_add": c.record_writes_behind_add,
                      "storage_errors": s.storage_errors,
                      "secondary_storage_errors": c.secondary_storage_errors},
         "lag": {"bytes": c.lag_bytes, "writes": c.lag_writes, "seconds": round(p.lag_seconds, 3)},
@@ -155,7 +156,8 @@ def _secondary_document(s: SiteStatistics, v: SecondaryView) -> dict[str, Any]:
         # The primary counts hits, misses and resync bytes and measures lag; the documented
         # document has always carried them as 0 here (docs/operations.md), so it still does.
         "counters": {"writes": s.writes, "record_hits": 0, "record_misses": 0,
-                     "resync_bytes": 0, "storage_errors": s.storage_errors},
+                     "resync_bytes": 0, "storage_errors": s.storage_errors,
+                     "journal_commits": c.journal_commits, "misses_received": c.misses_received},
         "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},
         "seq": {"applied": c.applied_seq, "durable": c.durable_seq},
         "pending_ranges": c.pending_ranges,

@@ -88,6 +88,27 @@ class LinkRouter:
         proto.close_after_flush(reason)
 
 
+def gate_one_volume(proto: LinkProtocol, name: str, on_message: Callable[[wire.Message], None],
+                    on_batch_end: Callable[[], None], on_error: Callable[[str], None]) -> None:
+    """A one-volume site's own listener: a dialler from a daemon of many volumes names its
+    volume first (ROUTE). Ours is taken (and the ROUTE dropped); another name is refused as a
+    stranger. A dialler that names none (another one-volume site) goes on as before. After the
+    first message the connection is the site's, at no cost per message."""
+    def first(message: wire.Message) -> None:
+        proto.rebind(on_message, on_batch_end, on_error)
+        if not isinstance(message, wire.Route):
+            on_message(message)
+            return
+        if message.volume != name:
+            reason = f"this site serves volume {name!r}, not {message.volume!r}"
+            log.warning("link: refused a connection from %s: %s", proto.peer, reason)
+            proto.rebind(_ignore, _nothing, _ignore)
+            proto.send(wire.Refuse(reason, wire.RefuseCode.STRANGER))
+            proto.close_after_flush(reason)
+
+    proto.rebind(first, on_batch_end, on_error)
+
+
 def _ignore(_: object) -> None:
     pass
 

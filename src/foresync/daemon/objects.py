@@ -45,11 +45,11 @@ from foresync.link.object_wire import (
     ObjectDurable,
     ObjectFlag,
     ObjectKind,
-    ObjectList,
     ObjectListRequest,
     ObjectMessage,
     ObjectOp,
     ObjectRemove,
+    list_frames,
 )
 from foresync.objects.predict import LinksPredictor
 from foresync.objects.s3 import S3Frontend, load_credentials, start_server
@@ -101,8 +101,9 @@ class ObjectsPrimary:
             store_may_differ(self._may_differ_path, may_differ)
             os.unlink(record_path)
         self.core = ObjectPrimaryCore(
-            ObjectConfig(cfg.mode, cfg.s3_record_capacity, cfg.s3_record_bytes, cfg.s3_budget),
-            may_differ, self._listing)
+            ObjectConfig(cfg.mode, cfg.s3_record_capacity, cfg.s3_record_bytes, cfg.s3_budget,
+                         min(cfg.s3_prefix_entry_max, cfg.s3_record_capacity), cfg.s3_window_bytes),
+            may_differ, self._listing, local_index=StoreIndex(self.store))
         self.store.gate = self
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
@@ -161,9 +162,11 @@ class ObjectsPrimary:
                 "bytes": sum(i.size for b, _ in self.store.buckets() for k in self.store.sorted_keys(b)
                              if (i := self.store.info(b, k)) is not None),
                 "record_entries": stats.record_entries, "record_bytes": stats.record_bytes,
+                "record_names": stats.record_names, "record_prefixes": stats.record_prefixes,
                 "hits": stats.hits, "misses": stats.misses, "may_differ": stats.may_differ,
                 "in_flight": stats.ops_in_flight, "lag_ops": stats.last_seq - stats.durable_seq,
                 "resyncs": stats.resyncs, "in_sync": self.core.in_sync,
+                "window_used_bytes": stats.window_used_bytes, "waiting_window": stats.waiting_window,
                 "verify_mismatches": (None if stats.verify_mismatches is None
                                       else list(stats.verify_mismatches))}
 
@@ -226,6 +229,8 @@ class ObjectsPrimary:
         self._send(message)
 
     def _read(self, name: str) -> tuple[bytes | None, bytes]:
+        if "/" not in name:  # a bucket: whether it exists (BUCKET_CREATE or BUCKET_DELETE)
+            return (b"", b"") if self.store.has_bucket(name) else (None, b"")
         bucket, key = _split(name)
         try:
             opened = self.store.open_object(bucket, key)
@@ -250,6 +255,29 @@ class ObjectsPrimary:
                 for bucket, _ in self.store.buckets()
                 for key in self.store.sorted_keys(bucket)
                 if (info := self.store.info(bucket, key)) is not None}
+
+
+class StoreIndex:
+    """The primary's store as the core's ``LocalIndex`` (prefix entries): a bisect over a
+    bucket's sorted keys, never a walk of the whole store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def weigh(self, directory: str, limit: int) -> tuple[int, int] | None:
+        bucket, prefix = _split(directory)
+        keys = self._store.keys_under(bucket, prefix, limit)
+        if len(keys) > limit:
+            return None
+        return len(keys), sum(len(bucket.encode("utf-8")) + 1 + len(k.encode("utf-8")) for k in keys)
+
+    def names_under(self, directory: str) -> list[str]:
+        bucket, prefix = _split(directory)
+        return [f"{bucket}/{key}" for key in self._store.keys_under(bucket, prefix)]
+
+    def has(self, name: str) -> bool:
+        bucket, key = _split(name)
+        return self._store.has_bucket(bucket) and self._store.info(bucket, key) is not None
 
 
 def _resolve(future: concurrent.futures.Future[None]) -> None:
@@ -328,10 +356,12 @@ class ObjectsSecondary:
             case ObjectRemove():
                 self.journal.update((), self.core.on_remove(message))
                 return []
-            case ObjectListRequest(request, what):
+            case ObjectListRequest(request, what, directory):
                 if what == ListWhat.RECORD:
-                    return [ObjectList(request, what, tuple((n, "") for n in self.core.record))]
-                return [ObjectList(request, what, tuple(self._listing()))]
+                    return list(list_frames(request, what, [(n, "") for n in self.core.record]))
+                if what == ListWhat.UNDER:
+                    return list(list_frames(request, what, self._listing_under(directory)))
+                return list(list_frames(request, what, self._listing()))
         raise AssertionError(f"the secondary got {type(message).__name__}")
 
     def _apply_op(self, op: ObjectOp) -> list[wire.Message]:
@@ -352,10 +382,11 @@ class ObjectsSecondary:
             if not self.store.has_bucket(op.name):
                 self.store.create_bucket(op.name)
         elif self.store.has_bucket(op.name):
-            try:
-                self.store.delete_bucket(op.name)
-            except S3Error as exc:
-                log.warning("objects: bucket %s not deleted here: %s", op.name, exc)
+            # The primary has no such bucket, so none of its objects: any still here are copies
+            # that differ (a resync may send the bucket before they are deleted one by one).
+            for stale in self.store.sorted_keys(op.name):
+                self.store.delete_object(op.name, stale)
+            self.store.delete_bucket(op.name)
         self.applied_seq = op.seq
         return [ObjectDurable(op.seq)]
 
@@ -376,6 +407,11 @@ class ObjectsSecondary:
         return [(f"{bucket}/{key}", info.etag)
                 for bucket, _ in self.store.buckets()
                 for key in self.store.sorted_keys(bucket)
+                if (info := self.store.info(bucket, key)) is not None]
+
+    def _listing_under(self, directory: str) -> list[tuple[str, str]]:
+        bucket, prefix = _split(directory)
+        return [(f"{bucket}/{key}", info.etag) for key in self.store.keys_under(bucket, prefix)
                 if (info := self.store.info(bucket, key)) is not None]
 
     def status(self) -> dict[str, object]:

@@ -27,6 +27,7 @@ from typing import Any
 from foresync import tls
 from foresync.admin.status import PrimaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
+from foresync.daemon.link_router import gate_one_volume
 from foresync.daemon.metadata import SiteMeta, store_file, store_oos
 from foresync.daemon.metadata import store as store_meta
 from foresync.daemon.objects import OBJECT_MESSAGES, ObjectsPrimary
@@ -486,6 +487,8 @@ class PrimarySite:
     def _new_peer(self) -> LinkProtocol:
         proto = LinkProtocol(lambda m: self._on_peer_message(proto, m), lambda: None,
                              self.security.link, dialler=False, on_error=self._peer_refused)
+        gate_one_volume(proto, self.cfg.name, lambda m: self._on_peer_message(proto, m),
+                        lambda: None, self._peer_refused)
         return proto
 
     def adopt_link(self, proto: LinkProtocol) -> None:

@@ -25,6 +25,7 @@ import xxhash
 
 from foresync.admin.status import ResyncReceived, SecondaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
+from foresync.daemon.link_router import gate_one_volume
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
 from foresync.daemon.objects import OBJECT_MESSAGES, ObjectsSecondary
@@ -133,6 +134,8 @@ class SecondarySite:
     def _new_link(self) -> LinkProtocol:
         proto = LinkProtocol(lambda m: self._on_message(proto, m), self._end_of_batch,
                              self.security.link, dialler=False, on_error=self._link_refused)
+        gate_one_volume(proto, self.cfg.name, lambda m: self._on_message(proto, m),
+                        self._end_of_batch, self._link_refused)
         return proto
 
     def adopt_link(self, proto: LinkProtocol) -> None:

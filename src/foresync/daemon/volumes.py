@@ -46,6 +46,7 @@ from foresync.daemon.unit import (
 )
 from foresync.errors import ConfigError, ForesyncError
 from foresync.logctx import VolumeContext
+from foresync.nbd.exports import ExportSpec
 from foresync.nbd.server import NbdServer
 from foresync.storage.backend import ImageBackend
 from foresync.volumes_config import DaemonConfig
@@ -81,8 +82,13 @@ class Daemon:
 
     # -- units ----------------------------------------------------------------------------------
 
-    def _open_unit(self, cfg: config_mod.SiteConfig) -> VolumeUnit:
-        """Lock the volume's metadata, open its backend and its runner (nothing started yet)."""
+    def _open_unit(self, cfg: config_mod.SiteConfig,
+                   open_backend: Callable[[], ImageBackend] | None = None,
+                   exports: list[ExportSpec] | None = None) -> VolumeUnit:
+        """Lock the unit's metadata, open its backend and its runner (nothing started yet). By
+        default both come from the unit's config (daemon/group_unit.py): a volume's backend is its
+        data file and its one export the whole of it; a consistency group's (``cfg.group``) is
+        its members laid end to end, one export per member."""
         if not self._locked:
             site.check_meta_dir(cfg.meta)
             host, port = cfg.admin_listen
@@ -93,7 +99,8 @@ class Daemon:
             # is the volume's own (it lists up to every extent).
             security = dataclasses.replace(self.security, link=dataclasses.replace(
                 self.security.link, setup_frame_bytes=setup_frame_bytes(cfg)))
-            backend = open_image(cfg)  # a group's: its members as one (daemon/group_unit.py)
+            # A group's unit opens its members as one (daemon/group_unit.py).
+            backend = open_backend() if open_backend is not None else open_image(cfg)
             try:
                 runner = self._open_runner(cfg, backend, security)
             except BaseException:
@@ -110,7 +117,7 @@ class Daemon:
             return status_document(unit.runner.statistics())
 
         feed = EventFeed(status)
-        unit = VolumeUnit(cfg, runner, backend, exports_of(cfg), security,
+        unit = VolumeUnit(cfg, runner, backend, exports or exports_of(cfg), security,
                           self._make_runner, self.shared, feed)
         unit.write_latency = self.metrics.add_volume(cfg.name, lambda: unit.runner.statistics())
         if cfg.group is not None:  # issue 16 part 2: which members the unit holds
@@ -167,6 +174,14 @@ class Daemon:
 
     # -- run ------------------------------------------------------------------------------------
 
+    def _release(self, opened: list[VolumeUnit]) -> None:
+        """Close what units opened but never ran, and every lock no running unit holds."""
+        for unit in opened:
+            unit.backend.close()
+        for name in list(self._locks):
+            if name not in self._tasks:
+                self._locks.pop(name).release()
+
     async def run(self) -> None:
         first = self.dcfg.first
         if self.dcfg.multi:
@@ -180,19 +195,13 @@ class Daemon:
             for cfg in self.dcfg.volumes:
                 opened.append(self._open_unit(cfg))
         except BaseException:
-            for unit in opened:
-                unit.backend.close()
-            for lock in self._locks.values():
-                lock.release()
+            self._release(opened)
             raise
         admin = self._admin_server()
         try:
             await admin.start(*first.admin_listen)
         except OSError as exc:
-            for unit in opened:
-                unit.backend.close()
-            for lock in self._locks.values():
-                lock.release()
+            self._release(opened)
             raise config_mod.listen_error("[admin] listen", first.admin_listen, exc) from None
         self._unit_failed = asyncio.get_running_loop().create_future()
         try:
@@ -217,10 +226,7 @@ class Daemon:
         finally:
             self._on_sighup(False)
             self.stop.set()
-            for unit in opened:  # never started (a shared listener could not bind)
-                unit.backend.close()
-            for lock in list(self._locks.values()):
-                lock.release()
+            self._release(opened)  # never started (a shared listener could not bind)
             for task in self._tasks.values():
                 if not task.done():
                     task.cancel()

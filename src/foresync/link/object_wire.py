@@ -14,13 +14,18 @@ the primary's object history. STR is a u16 length then that many UTF-8 bytes; a 
     OBJ_ADDED   u64 oseq, u32 n, n x STR names now durably in the secondary's record
     OBJ_DURABLE u64 oseq: every object op through oseq is applied and fsynced
     OBJ_REMOVE  u32 n, n x STR names evicted from the record (when no op carries them)
-    OBJ_LIST_REQUEST  u64 request, u8 what (ListWhat)
-    OBJ_LIST    u64 request, u8 what, u32 n, n x (STR name, STR etag; "" = no such object)
+    OBJ_LIST_REQUEST  u64 request, u8 what (ListWhat), STR directory (UNDER; else empty)
+    OBJ_LIST    u64 request, u8 what, u8 more, u32 n, n x (STR entry, STR etag; "" = no such
+                object, or a record entry); a long listing is split across frames of at most
+                ``LIST_FRAME_BYTES``, each but the last with more = 1
+
+A record entry is a name or a prefix entry (objects/entries.py: a directory then a NUL).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
@@ -36,8 +41,13 @@ SEQ = struct.Struct(">Q")
 COUNT = struct.Struct(">I")
 STR_LEN = struct.Struct(">H")
 LIST_REQUEST = struct.Struct(">QB")
-invariant(OP.size == 16 and CHUNK.size == 16 and LIST_REQUEST.size == 9, "object frame layout")
+LIST_HEAD = struct.Struct(">QBB")
+invariant(OP.size == 16 and CHUNK.size == 16 and LIST_REQUEST.size == 9 and LIST_HEAD.size == 10,
+          "object frame layout")
 NAME_BYTES_MAX = 65535
+# An OBJ_LIST frame's entries stop past this many bytes (the link's frame limit is 33 MiB): a
+# listing of any length crosses in frames, and no frame holds the loop for long to encode.
+LIST_FRAME_BYTES = 1024 * 1024
 
 
 class ObjectKind(IntEnum):
@@ -52,11 +62,13 @@ class ObjectFlag(IntFlag):
     DURABLE = 2  # sync mode: the primary waits for this op's OBJ_DURABLE
     RESYNC = 4  # a resync copy of the primary's current state, not a client op
     CHUNKED = 8  # the data came in OBJ_CHUNK frames before this op
+    PREFIX = 16  # a miss: the primary made room for the name's directory as a prefix entry
 
 
 class ListWhat(IntEnum):
     RECORD = 1  # the names in the secondary's durable record (etags empty)
     ALL = 2  # every object the secondary holds, with its etag (a full compare, or verify)
+    UNDER = 3  # every object the secondary holds under ``directory`` (a prefix entry's resync)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +110,7 @@ class ObjectRemove:
 class ObjectListRequest:
     request: int
     what: int
+    directory: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +118,7 @@ class ObjectList:
     request: int
     what: int
     entries: tuple[tuple[str, str], ...]
+    more: bool = False  # more frames of this listing follow (``list_frames``)
 
 
 ObjectMessage = (ObjectOp | ObjectChunk | ObjectAdded | ObjectDurable | ObjectRemove
@@ -135,11 +149,12 @@ def encode(message: ObjectMessage) -> tuple[int, bytes, bytes]:
             return OBJ_DURABLE, SEQ.pack(seq), b""
         case ObjectRemove(names):
             return OBJ_REMOVE, _strs(names), b""
-        case ObjectListRequest(request, what):
-            return OBJ_LIST_REQUEST, LIST_REQUEST.pack(request, what), b""
-        case ObjectList(request, what, entries):
+        case ObjectListRequest(request, what, directory):
+            return OBJ_LIST_REQUEST, LIST_REQUEST.pack(request, what) + _str(directory), b""
+        case ObjectList(request, what, entries, more):
             body = b"".join(_str(n) + _str(e) for n, e in entries)
-            return OBJ_LIST, LIST_REQUEST.pack(request, what) + COUNT.pack(len(entries)) + body, b""
+            head = LIST_HEAD.pack(request, what, int(more)) + COUNT.pack(len(entries))
+            return OBJ_LIST, head + body, b""
     raise AssertionError(f"unknown object message {message!r}")
 
 
@@ -219,15 +234,32 @@ def decode(kind: int, payload: bytes) -> ObjectMessage:
     if kind == OBJ_LIST_REQUEST:
         r = _Reader(payload, "OBJ_LIST_REQUEST")
         request, what = r.fixed(LIST_REQUEST)
+        directory = r.text()
         r.finish()
-        return ObjectListRequest(request, what)
+        return ObjectListRequest(request, what, directory)
     if kind == OBJ_LIST:
         r = _Reader(payload, "OBJ_LIST")
-        request, what = r.fixed(LIST_REQUEST)
+        request, what, more = r.fixed(LIST_HEAD)
         (count,) = r.fixed(COUNT)
-        if count > len(payload):
-            raise RemoteProtocolError("OBJ_LIST: a list runs past the frame")
+        if count > len(payload) or more > 1:
+            raise RemoteProtocolError("OBJ_LIST: a list runs past the frame, or a bad 'more'")
         entries = tuple((r.text(), r.text()) for _ in range(count))
         r.finish()
-        return ObjectList(request, what, entries)
+        return ObjectList(request, what, entries, bool(more))
     raise RemoteProtocolError(f"unknown link message type {kind}")
+
+
+def list_frames(request: int, what: int, entries: Iterable[tuple[str, str]],
+                frame_bytes: int = LIST_FRAME_BYTES) -> Iterator[ObjectList]:
+    """A listing as OBJ_LIST frames of at most about ``frame_bytes`` of entries each (one entry
+    always fits: a name is at most 64 KiB), the last with ``more`` False; at least one frame."""
+    batch: list[tuple[str, str]] = []
+    size = 0
+    for name, etag in entries:
+        entry_bytes = 4 + len(name.encode("utf-8")) + len(etag.encode("utf-8"))
+        if batch and size + entry_bytes > frame_bytes:
+            yield ObjectList(request, what, tuple(batch), True)
+            batch, size = [], 0
+        batch.append((name, etag))
+        size += entry_bytes
+    yield ObjectList(request, what, tuple(batch), False)

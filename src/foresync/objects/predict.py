@@ -11,7 +11,11 @@ in their history:
 * ``history``: names written right after this one before (a manifest after its data object, an
   index after its table), learned from every write, bounded;
 * ``prefix``: the other names recently written under the same "directory" (up to the last
-  ``/``), most recent first: a tenant's or a day's working set.
+  ``/``), most recent first: a tenant's or a day's working set. The same link also predicts the
+  directory itself (``directory``): a name written beside others recently written in its
+  directory says the directory is being written, and the record may then hold a *prefix entry*
+  for all of it (objects/entries.py), which covers names never written before. On the bench's
+  small PUTs most misses were such first writes (bench/objects_latency.py).
 
 ``links`` takes them surest first (multipart, sequence, history, then a few siblings). A predictor is pure and
 deterministic: both sites that observe the same writes in the same order predict the same names,
@@ -50,6 +54,10 @@ class ObjectPredictor:
 
     def observe(self, written: str) -> None:
         """``written`` was written (in the order the primary sequenced it): learn from it."""
+
+    def directory(self, written: str) -> str | None:
+        """The directory (``bucket/dir/``) to record whole with ``written``, or None."""
+        return None
 
 
 class MultipartPredictor(ObjectPredictor):
@@ -152,6 +160,13 @@ class PrefixPredictor(ObjectPredictor):
         names: OrderedDict[str, None] = self._by_prefix.get(_prefix_of(written), OrderedDict())
         return [n for n in reversed(names) if n != written][:budget]
 
+    def directory(self, written: str) -> str | None:
+        """``written``'s directory if another name was written in it recently: a directory
+        being written, not a lone name (bench/objects_predict.py, ``prefix entries``)."""
+        prefix = _prefix_of(written)
+        names = self._by_prefix.get(prefix)
+        return prefix if names is not None and any(n != written for n in names) else None
+
     def observe(self, written: str) -> None:
         prefix = _prefix_of(written)
         names = self._by_prefix.pop(prefix, None) or OrderedDict()
@@ -195,6 +210,9 @@ class LinksPredictor(ObjectPredictor):
     def observe(self, written: str) -> None:
         for part in (*self._sure, self._history, self._prefix):
             part.observe(written)
+
+    def directory(self, written: str) -> str | None:
+        return self._prefix.directory(written)
 
 
 def _prefix_of(name: str) -> str:

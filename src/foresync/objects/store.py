@@ -270,21 +270,32 @@ class Store:
 
     def create_bucket(self, bucket: str) -> None:
         path = self._bucket_dir(bucket)
-        with self._lock:
+        with self._gated("bucket-create", bucket), self._lock:
             if bucket in self._buckets:
                 raise S3Error("BucketAlreadyOwnedByYou", "you already own this bucket", bucket)
             os.mkdir(path)
             self._sync_dir(os.path.dirname(path))
             self._buckets[bucket] = _Bucket(created=time.time())
-        self._gated_after("bucket-create", bucket)
 
-    def _gated_after(self, kind: str, bucket: str) -> None:
-        if self.gate is not None:
-            self.gate.after(self.gate.before(kind, bucket, "", None, None), True)
+    @contextlib.contextmanager
+    def _gated(self, kind: str, bucket: str) -> Iterator[None]:
+        """A bucket change passes the gate before it is made (the mirror marks the bucket's
+        name first) and reports after whether it was made."""
+        if self.gate is None:
+            yield
+            return
+        token = self.gate.before(kind, bucket, "", None, None)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.gate.after(token, ok)
 
     def delete_bucket(self, bucket: str) -> None:
         path = self._bucket_dir(bucket)
-        with self._lock:
+        self._need_bucket(bucket)
+        with self._gated("bucket-delete", bucket), self._lock:
             entry = self._need_bucket(bucket)
             if entry.keys:
                 raise S3Error("BucketNotEmpty", "the bucket you tried to delete is not empty", bucket)
@@ -293,7 +304,6 @@ class Store:
             os.rmdir(path)
             self._sync_dir(os.path.dirname(path))
             del self._buckets[bucket]
-        self._gated_after("bucket-delete", bucket)
 
     def _need_bucket(self, bucket: str) -> _Bucket:
         entry = self._buckets.get(bucket)
@@ -305,6 +315,22 @@ class Store:
         """The bucket's keys, sorted (a snapshot the caller may keep)."""
         with self._lock:
             return list(self._need_bucket(bucket).keys)
+
+    def keys_under(self, bucket: str, prefix: str, limit: int | None = None) -> list[str]:
+        """The bucket's keys starting with ``prefix``, sorted; at most ``limit`` + 1 of them (so
+        a caller can tell "more than ``limit``") without walking the rest. None: every one."""
+        with self._lock:
+            entry = self._buckets.get(bucket)
+            if entry is None:
+                return []
+            found: list[str] = []
+            keys = entry.keys
+            at = bisect.bisect_left(keys, prefix)
+            while (at < len(keys) and keys[at].startswith(prefix)
+                   and (limit is None or len(found) <= limit)):
+                found.append(keys[at])
+                at += 1
+            return found
 
     def info(self, bucket: str, key: str) -> ObjectInfo | None:
         return self._need_bucket(bucket).objects.get(key)

@@ -41,6 +41,10 @@ SMALL_FRACTION = 10  # ``small`` targets capacity / SMALL_FRACTION extents (S3-F
 # FREQ_MAX. Without it, s3fifo missed 2.3x as often as lru on pgbench at 1/4 of the volume and
 # 64 KiB extents (3.93% against 1.68%); with it, 1.67% (docs/benchmarks.md).
 REUSE_GAP_DIVISOR = 2
+# ``ghost`` remembers capacity x GHOST_FACTOR evicted extents. Longer memories (2, 4, 8) changed
+# no row of the docs table for the better, and raised pgbench at 1/16 and 64 KiB from 15.99% to
+# 16.28-16.31% (bench/record_policy_variants.py, docs/benchmarks.md).
+GHOST_FACTOR = 1
 
 
 class S3Fifo:
@@ -96,7 +100,7 @@ class S3Fifo:
     def evicted(self, extent: int) -> None:
         if self._small.pop(extent, 0) is None:
             self._ghost[extent] = None
-            if len(self._ghost) > self.capacity:
+            if len(self._ghost) > self.capacity * GHOST_FACTOR:
                 self._ghost.popitem(last=False)
         self._main.pop(extent, None)
         self._freq.pop(extent, None)

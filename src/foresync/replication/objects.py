@@ -15,16 +15,37 @@ same link and stream, the same epochs and failover, the same rules as replicatio
   send it with MISS and a budget of predicted names (claims 18-20), and only when OBJ_ADDED says
   the secondary durably recorded the name (and its neighbours, objects/predict.py) add them to the
   copy, commit locally and answer (claim 1). One round trip carries the object.
+* The window (``window_bytes``, as the block path's): the object data sent and not yet durable
+  on the secondary is bounded. An op that would send beyond it waits (``WAIT_WINDOW``, first
+  come first served, holding its name) until OBJ_DURABLE frees room; one larger than the whole
+  window goes alone. Resync ops read one at a time, each while the window is not full (a size
+  is known only once read), so they overshoot it by one object at most. A miss waiting for room
+  in the record gives its place in the window back. An op's data is let go once handed to the
+  link.
+* Buckets (no record): a bucket op marks the bucket's name may-differ before the local change,
+  is sent once the change is made, and clears the name once durable there.
 * ``sync`` mode also waits for the op's OBJ_DURABLE; ``async`` keeps no record and never waits:
   at every connect it compares every name and etag with the secondary (OBJ_LIST ALL).
 * Clean: a name whose last op is at or below the durable watermark and that has no op in flight.
   Only clean names are evicted (record/eviction.py's rule for extents), oldest first. An
   OBJ_ADDED that names a name evicted by a later op (``_removed_at``) does not bring it back into
   the copy: the secondary, applying the stream in order, removes it again.
-* The record is bounded in count (``capacity``) and in bytes (``capacity_bytes``, UTF-8 names):
-  a miss makes room for its name plus ``budget`` names of ``slot_bytes(name)`` each, held
+* The record is bounded in the names it covers (``capacity``) and their bytes
+  (``capacity_bytes``, UTF-8 names), weighed by ``RecordCopy`` (replication/object_copy.py): a
+  miss makes room for its name plus ``budget`` names of ``slot_bytes(name)`` each, held
   (``_reserved``) until its OBJ_ADDED, so concurrent misses cannot overfill it; the secondary
-  adds no more predicted bytes than that (``ObjectSecondaryCore``).
+  adds no more predicted bytes than that (replication/object_secondary.py).
+* Prefix entries (objects/entries.py): a miss may also reserve room for every name the primary
+  holds in the name's directory (``local_index.weigh``, at most ``prefix_names_max``) and offer
+  it (flag PREFIX); if the secondary's directory link predicts it, the secondary records the
+  directory as one entry and later first writes under it are hits. Taken into the copy at
+  OBJ_ADDED only if its weight, weighed again then, still fits (else its removal is sent, safe
+  since nothing relied on it); it takes in the entries under it. A first write under it grows it
+  by one name if that fits, else goes the miss path as an exact name. At connect a prefix entry
+  that no longer fits is moved to may-differ (durably) and removed from the record, and every
+  prefix entry in the record or in may-differ is resynced name by name: the names the primary
+  holds under it and those the secondary lists (OBJ_LIST_REQUEST UNDER); one in may-differ leaves
+  it once all those resyncs are durable.
 * What the record cannot bound is *may differ* (the primary's out-of-sync names, persisted by the
   adapter before any later action is carried out): ops while the link is down or before the
   secondary's record came back, a miss whose OBJ_ADDED never came, a failed local commit.
@@ -41,10 +62,8 @@ All I/O is the adapter's, through the actions drained with ``actions()``; the lo
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import Enum
 
 from foresync.errors import invariant
 from foresync.faults import NO_FAULTS, Faults
@@ -58,123 +77,71 @@ from foresync.link.object_wire import (
     ObjectListRequest,
     ObjectMessage,
     ObjectOp,
-    ObjectRemove,
 )
-from foresync.objects.predict import ObjectPredictor
+from foresync.objects.entries import (
+    covers,
+    is_prefix_entry,
+)
+from foresync.replication.object_copy import RecordCopy
+from foresync.replication.object_ops import (
+    AnswerClient,
+    CommitLocal,
+    Counters,
+    LocalIndex,
+    ObjectAction,
+    ObjectConfig,
+    ObjectStatistics,
+    Op,
+    OpState,
+    PersistMayDiffer,
+    ReadForResync,
+    SendObject,
+)
+from foresync.replication.object_prefix import PrefixMixin
+from foresync.replication.object_resync import ResyncMixin
+from foresync.replication.object_secondary import (
+    SLOT_BYTES_MIN,
+    ObjectSecondaryCore,
+    RecordChange,
+    slot_bytes,
+)
 from foresync.replication.primary import Mode
 
+# The cores' one home: the adapter, the simulator and the tests import from here.
+__all__ = ["SLOT_BYTES_MIN", "AnswerClient", "CommitLocal", "LocalIndex", "ObjectAction",
+           "ObjectConfig", "ObjectPrimaryCore", "ObjectSecondaryCore", "ObjectStatistics",
+           "OpState", "PersistMayDiffer", "ReadForResync", "RecordChange", "SendObject",
+           "slot_bytes"]
+
 _MISS, _DURABLE, _RESYNC = int(ObjectFlag.MISS), int(ObjectFlag.DURABLE), int(ObjectFlag.RESYNC)
-SLOT_BYTES_MIN = 64  # a predicted name is charged at least this many bytes of the record
+_PREFIX = int(ObjectFlag.PREFIX)
 
 
-def slot_bytes(name: str) -> int:
-    """What one predicted name may take of the record's bytes, by the name that predicted it."""
-    return max(len(name.encode("utf-8")), SLOT_BYTES_MIN)
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectConfig:
-    mode: Mode
-    capacity: int = 4096  # names in the record
-    capacity_bytes: int = 1024 * 1024  # bytes of names in the record
-    budget: int = 8  # predicted names a miss may add
-
-
-# -- actions (the primary adapter carries them out in order) ---------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class SendObject:
-    message: ObjectMessage
-
-
-@dataclass(frozen=True, slots=True)
-class CommitLocal:
-    op_id: int  # make the op's change visible locally now, then call ``committed``
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerClient:
-    op_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class PersistMayDiffer:
-    names: frozenset[str]  # the whole set, durably, before any later action
-
-
-@dataclass(frozen=True, slots=True)
-class ReadForResync:
-    op_id: int  # read the name's current local state and call ``resync_read``
-    name: str
-
-
-ObjectAction = SendObject | CommitLocal | AnswerClient | PersistMayDiffer | ReadForResync
-
-
-class OpState(Enum):
-    QUEUED = "queued"  # behind an earlier op on its name
-    WAIT_ROOM = "wait_room"  # a miss waiting for a clean name to evict
-    AWAIT_ADDED = "await_added"  # a miss sent; the secondary has not yet recorded the name
-    READING = "reading"  # a resync op: the adapter reads the local state
-    COMMITTING = "committing"  # CommitLocal given; waiting for ``committed``
-    AWAIT_DURABLE = "await_durable"  # committed (or a resync sent); waiting for OBJ_DURABLE
-    DONE = "done"
-
-
-@dataclass(slots=True)
-class _Op:
-    op_id: int
-    kind: int
-    name: str
-    meta: bytes
-    data: bytes
-    resync: bool = False
-    seq: int = 0
-    state: OpState = OpState.QUEUED
-    need_durable: bool = False
-    mark: int = 0  # the may-differ mark a resync read saw
-    reserved: tuple[int, int] = (0, 0)  # a miss's room in the record (names, bytes) until ADDED
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectStatistics:
-    link: str
-    record_entries: int
-    record_bytes: int
-    may_differ: int
-    hits: int
-    misses: int
-    ops_in_flight: int
-    last_seq: int
-    durable_seq: int
-    resyncs: int
-    verify_mismatches: tuple[str, ...] | None  # None: no verify has finished
-
-
-@dataclass(slots=True)
-class _Counters:
-    hits: int = 0
-    misses: int = 0
-    resyncs: int = 0
-
-
-class ObjectPrimaryCore:
+class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
     def __init__(self, config: ObjectConfig, may_differ: Iterable[str],
-                 local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS) -> None:
+                 local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS,
+                 local_index: LocalIndex | None = None) -> None:
         self.config = config
         self.faults = faults
         self._local_listing = local_listing
-        self.copy: OrderedDict[str, int] = OrderedDict()  # name -> last oseq sent for it
-        self.copy_bytes = 0
+        self._index = local_index  # None: no prefix entries are offered
+        self.copy = RecordCopy()  # entry -> last oseq sent under it, and what it weighs
         self.may_differ: set[str] = set(may_differ)
-        self._marks: dict[str, int] = {}  # name -> how often it was marked (resync compares)
-        self._queues: dict[str, deque[_Op]] = {}
-        self._ops: dict[int, _Op] = {}
-        self._by_seq: dict[int, _Op] = {}
-        self._waiting_room: deque[_Op] = deque()
+        self._marks: dict[str, int] = {}  # entry -> how often it was marked (resync compares)
+        self._queues: dict[str, deque[Op]] = {}
+        self._ops: dict[int, Op] = {}
+        self._by_seq: dict[int, Op] = {}
+        self._waiting_room: deque[Op] = deque()
         self._removals: list[str] = []
-        self._removed_at: dict[str, int] = {}  # name -> oseq of the op that carried its removal
+        self._removed_at: dict[str, int] = {}  # entry -> oseq of the op that carried its removal
         self._reserved = [0, 0]  # room held for misses awaiting OBJ_ADDED: names, bytes
+        self._expanding: dict[int, str] = {}  # OBJ_LIST_REQUEST UNDER -> its prefix entry
+        self._prefix_resyncs: dict[str, tuple[int, set[int]]] = {}  # entry -> (mark, resync ops)
+        self._partial: dict[int, list[tuple[str, str]]] = {}  # a listing's frames so far
+        self._in_window: deque[tuple[int, int]] = deque()  # (oseq, bytes) sent, not yet durable
+        self.window_used = 0  # bytes let through the window and not yet durable there
+        self._waiting_window: deque[Op] = deque()
+        self._reading: set[int] = set()  # resync ops let through, reading (one at a time)
         self._actions: list[ObjectAction] = []
         self.next_seq = 1
         self.durable_seq = 0
@@ -184,7 +151,7 @@ class ObjectPrimaryCore:
         self._verify_request = 0
         self.verify_mismatches: tuple[str, ...] | None = None
         self._next_resync_id = -1
-        self.counters = _Counters()
+        self.counters = Counters()
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -194,12 +161,15 @@ class ObjectPrimaryCore:
 
     def submit(self, op_id: int, kind: int, name: str, meta: bytes = b"", data: bytes = b"") -> None:
         """A client op on ``name`` (a bucket op names the bucket); its data is whole already."""
-        self._enqueue(_Op(op_id, kind, name, meta, data))
+        self._enqueue(Op(op_id, kind, name, meta, data))
 
     def committed(self, op_id: int, ok: bool) -> None:
         """The local commit of ``op_id`` is done (``ok``) or failed (nothing changed locally)."""
         op = self._ops[op_id]
         invariant(op.state is OpState.COMMITTING, f"object op {op_id} committed in {op.state}")
+        if op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE):
+            self._bucket_committed(op, ok)
+            return
         if not ok or (op.need_durable and not self.link_up):
             # The secondary may hold what we failed to commit, or the link went while a sync op
             # waited: the name may differ, durably, before the client is answered.
@@ -209,26 +179,43 @@ class ObjectPrimaryCore:
         self._release(op)
         self._maybe_answer(op)
 
+    def _bucket_committed(self, op: Op, ok: bool) -> None:
+        if ok and self.link_up:  # now the change is made: send it, clear the name once durable
+            self._assign_seq(op)
+            op.need_durable = True
+            self._send(op, _DURABLE)
+        elif not ok and self._marks.get(op.name, 0) == op.mark:
+            self._unmark(op.name)  # nothing changed here, nothing was sent
+        op.state = OpState.AWAIT_DURABLE
+        self._release(op)
+        self._maybe_answer(op)
+
     def resync_read(self, op_id: int, meta: bytes | None, data: bytes) -> None:
         """The local state of a resync op's name: its metadata and data, or None if absent."""
         op = self._ops[op_id]
         invariant(op.state is OpState.READING, f"resync op {op_id} read in {op.state}")
+        self._reading.discard(op_id)
         if not self.link_up:
             self._forget(op)  # the name stays in may-differ for the next connect
             self._release(op)
             return
-        op.kind = int(ObjectKind.PUT if meta is not None else ObjectKind.DELETE)
+        if "/" in op.name:
+            op.kind = int(ObjectKind.PUT if meta is not None else ObjectKind.DELETE)
+        else:  # a bucket's name: it exists here, or not
+            op.kind = int(ObjectKind.BUCKET_CREATE if meta is not None else ObjectKind.BUCKET_DELETE)
         op.meta, op.data = meta or b"", data
         # Sent before the name is released: the next op on it must come after it in the stream.
         self._assign_seq(op)
-        if op.name in self.copy:
-            self.copy[op.name] = op.seq
+        entry = self.copy.covering(op.name)
+        if entry is not None:
+            self.copy.set_seq(entry, op.seq)
         self._send(op, _RESYNC)
         op.data = b""
         op.state = OpState.AWAIT_DURABLE
         op.need_durable = True
         self.counters.resyncs += 1
         self._release(op)
+        self._open_window()  # the next resync may read
 
     def connected(self) -> None:
         """The block session is up (WELCOME): ask for the secondary's record, or its whole
@@ -242,8 +229,10 @@ class ObjectPrimaryCore:
         self.connected_link = self.link_up = False
         self._removed_at.clear()
         self.copy.clear()
-        self.copy_bytes = 0
         self._removals.clear()
+        self._expanding.clear()
+        self._prefix_resyncs.clear()  # a prefix entry in may-differ stays there
+        self._partial.clear()
         for op in list(self._ops.values()):
             if op.state is OpState.AWAIT_ADDED or op.state is OpState.WAIT_ROOM:
                 # Whether the secondary got it is unknown: the name may differ, durably, first.
@@ -266,6 +255,17 @@ class ObjectPrimaryCore:
                 else:
                     self._maybe_answer(op)
         self._waiting_room.clear()
+        self._in_window.clear()
+        self.window_used = 0
+        self._reading.clear()
+        waiting, self._waiting_window = self._waiting_window, deque()
+        for op in waiting:  # nothing sent: the link-down way (marked, committed)
+            op.state = OpState.QUEUED
+            if op.resync:
+                self._forget(op)
+                self._release(op)
+            else:
+                self._start(op)
 
     def receive(self, message: ObjectMessage) -> None:
         match message:
@@ -273,9 +273,15 @@ class ObjectPrimaryCore:
                 self._on_added(seq, names)
             case ObjectDurable(seq):
                 self._on_durable(seq)
-            case ObjectList(request, what, entries):
+            case ObjectList(request, what, entries, more):
+                if more:  # a long listing comes in frames: keep them until the last
+                    self._partial.setdefault(request, []).extend(entries)
+                    return
+                entries = (*self._partial.pop(request, ()), *entries)
                 if request == self._verify_request and what == ListWhat.ALL and self.link_up:
                     self._on_verify(entries)
+                elif request in self._expanding and what == ListWhat.UNDER:
+                    self._on_under(self._expanding.pop(request), entries)
                 elif request == self._request and self.connected_link:
                     self._on_list(what, entries)
             case _:
@@ -294,10 +300,11 @@ class ObjectPrimaryCore:
 
     def statistics(self) -> ObjectStatistics:
         link = "connected" if self.link_up else ("greeting" if self.connected_link else "disconnected")
-        return ObjectStatistics(link, len(self.copy), self.copy_bytes, len(self.may_differ),
+        return ObjectStatistics(link, len(self.copy), self.copy.bytes, self.copy.names,
+                                self.copy.prefixes, len(self.may_differ),
                                 self.counters.hits, self.counters.misses, len(self._ops),
                                 self.next_seq - 1, self.durable_seq, self.counters.resyncs,
-                                self.verify_mismatches)
+                                self.verify_mismatches, self.window_used, len(self._waiting_window))
 
     @property
     def in_sync(self) -> bool:
@@ -305,96 +312,196 @@ class ObjectPrimaryCore:
 
     # -- the op's life ----------------------------------------------------------------------------
 
-    def _enqueue(self, op: _Op) -> None:
+    def _enqueue(self, op: Op) -> None:
         invariant(op.op_id not in self._ops, f"object op {op.op_id} submitted twice")
         self._ops[op.op_id] = op
         queue = self._queues.setdefault(op.name, deque())
         queue.append(op)
         if len(queue) == 1:
             self._start(op)
+        elif op.resync and queue[0].state is OpState.WAIT_ROOM:
+            self._resyncs_first(queue)
 
-    def _start(self, op: _Op) -> None:
+    def _resyncs_first(self, queue: deque[Op]) -> None:
+        """A miss waiting for room has sent nothing: the resyncs queued on its name go first.
+        Behind it, a resync would keep its prefix entry busy and so the room from ever coming.
+        A resync sends the name's current state, so it may overtake ops not yet started. Found
+        by the simulator."""
+        resyncs = [o for o in queue if o.resync]
+        others = [o for o in queue if not o.resync]
+        queue[0].state = OpState.QUEUED  # out of the waiting room (``_on_durable`` skips it)
+        queue.clear()
+        queue.extend(resyncs + others)
+        self._start(queue[0])
+
+    def _start(self, op: Op) -> None:
+        if self.link_up and self._wait_for_window(op):
+            return
         if op.resync:
             op.state = OpState.READING
+            if op.windowed:
+                self._reading.add(op.op_id)
             op.mark = self._marks.get(op.name, 0)
             self._emit(ReadForResync(op.op_id, op.name))
             return
-        bucket_op = op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE)
-        if not self.link_up:
-            if not bucket_op:
-                self._mark(op.name)
+        if op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE):
+            # No record for buckets (they are rare): the bucket's name may differ, durably,
+            # before the local change; the op is sent once that change is made (``committed``:
+            # one that fails sends nothing) and the name cleared once it is durable there. A
+            # failback loses neither a creation nor a deletion, even across a crash.
+            self._mark(op.name)
+            op.mark = self._marks[op.name]
             self._commit(op)
-        elif self.config.mode is Mode.ASYNC or bucket_op:
+            return
+        if not self.link_up:
+            self._mark(op.name)
+            self._commit(op)
+            return
+        if self.config.mode is Mode.ASYNC:
             self._assign_seq(op)
             self._send(op, 0)
             self._commit(op)
-        elif op.name in self.copy or self.faults.object_hit_before_record_durable:
-            self.counters.hits += 1
-            self._assign_seq(op)
-            if op.name in self.copy:
-                self.copy[op.name] = op.seq
-                self.copy.move_to_end(op.name)
-            op.need_durable = self.config.mode is Mode.SYNC
-            self._send(op, _DURABLE if op.need_durable else 0)
-            self._commit(op)
-        else:
+            return
+        entry = self._hit_entry(op)
+        if entry is None and not self.faults.object_hit_before_record_durable:
             self._miss(op)
+            return
+        self.counters.hits += 1
+        self._assign_seq(op)
+        if entry is not None:
+            self.copy.touch(entry, op.seq)
+        op.need_durable = self.config.mode is Mode.SYNC
+        self._send(op, _DURABLE if op.need_durable else 0)
+        self._commit(op)
 
-    def _miss(self, op: _Op) -> None:
-        budget = self._make_room(op.name)
+    def _wait_for_window(self, op: Op) -> bool:
+        """Whether ``op`` must wait for room in the window (first come, first served)."""
+        if op.windowed or op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE):
+            return False
+        if not self._waiting_window and self._window_room(op):
+            self._grant(op)
+            return False
+        op.state = OpState.WAIT_WINDOW
+        self._waiting_window.append(op)
+        return True
+
+    def _window_room(self, op: Op) -> bool:
+        """A client op fits, or goes alone; a resync (its size known only once read) goes one
+        at a time while the window is not full, so it overshoots by one object at most."""
+        used, window = self.window_used, self.config.window_bytes
+        if op.resync:
+            return used < window and not self._reading
+        return used == 0 or used + len(op.data) <= window
+
+    def _grant(self, op: Op) -> None:
+        """Let ``op`` through: its data counts in the window from now (a miss may wait for room
+        in the record after this, and must not be overtaken meanwhile)."""
+        op.windowed = True
+        op.charged = len(op.data)
+        self.window_used += op.charged
+
+    def _open_window(self) -> None:
+        """Room came back: let the waiting ops through, in order, while they fit."""
+        while self._waiting_window and self._window_room(self._waiting_window[0]):
+            op = self._waiting_window.popleft()
+            self._grant(op)
+            op.state = OpState.QUEUED
+            self._start(op)
+
+    def _miss(self, op: Op) -> None:
+        offer = self._prefix_offer(op)
+        budget = self._make_room(op.name, offer[1] if offer else (0, 0))
+        if budget is None and offer is not None:
+            offer, budget = None, self._make_room(op.name, (0, 0))
         if budget is None:
-            op.state = OpState.WAIT_ROOM  # every name is dirty: wait for the durable watermark
+            op.state = OpState.WAIT_ROOM  # every entry is dirty: wait for the durable watermark
             self._waiting_room.append(op)
+            # It gives its room in the window back (it starts again when room comes): held by an
+            # op that sends nothing, the window could keep the resyncs that free the record's
+            # room from ever going. Found by the simulator.
+            self.window_used -= op.charged
+            op.charged, op.windowed = 0, False
+            queue = self._queues[op.name]
+            if any(o.resync for o in queue):
+                self._resyncs_first(queue)
+            self._open_window()
             return
         self.counters.misses += 1
-        op.reserved = (1 + budget, len(op.name.encode("utf-8")) + budget * slot_bytes(op.name))
+        extra_names, extra_bytes = offer[1] if offer else (0, 0)
+        op.reserved = (1 + budget + extra_names,
+                       len(op.name.encode("utf-8")) + budget * slot_bytes(op.name) + extra_bytes)
         self._reserved[0] += op.reserved[0]
         self._reserved[1] += op.reserved[1]
         self._assign_seq(op)
         op.need_durable = self.config.mode is Mode.SYNC
-        flags = _MISS | (_DURABLE if op.need_durable else 0)
+        flags = _MISS | (_DURABLE if op.need_durable else 0) | (_PREFIX if offer else 0)
         self._by_seq[op.seq] = op
         self._send(op, flags, budget)
         op.state = OpState.AWAIT_ADDED
 
-    def _make_room(self, name: str) -> int | None:
-        """Evict clean names, oldest first, until ``name`` and as many predicted names as
-        possible (up to the budget) fit; the budget that fits, or None if not even the name."""
-        size, slot = len(name.encode("utf-8")), slot_bytes(name)
+    def _fits(self, names: int, size: int) -> bool:
+        return (self.copy.names + self._reserved[0] + names <= self.config.capacity
+                and self.copy.bytes + self._reserved[1] + size <= self.config.capacity_bytes)
 
-        names, used = len(self.copy) + self._reserved[0], self.copy_bytes + self._reserved[1]
-
-        def fits(budget: int) -> bool:
-            return (names + 1 + budget <= self.config.capacity
-                    and used + size + budget * slot <= self.config.capacity_bytes)
-
+    def _make_room(self, name: str, extra: tuple[int, int]) -> int | None:
+        """Evict clean entries, oldest first, until ``name``, ``extra`` and as many predicted
+        names as possible (up to the budget) fit; the budget that fits, or None."""
+        size, slot = len(name.encode("utf-8")) + extra[1], slot_bytes(name)
         want = self.config.budget
-        if not fits(want):
-            for victim in [n for n in self.copy if self._clean(n)]:
-                self._evict(victim)
-                names, used = names - 1, used - len(victim.encode("utf-8"))
-                if fits(want):
-                    break
-        while want > 0 and not fits(want):
+        self._evict_for(1 + extra[0] + want, size + want * slot)
+        while want > 0 and not self._fits(1 + extra[0] + want, size + want * slot):
             want -= 1
-        return want if fits(want) else None
+        return want if self._fits(1 + extra[0] + want, size + want * slot) else None
 
-    def _clean(self, name: str) -> bool:
+    def _evict_for(self, names: int, size: int, keep: str | None = None) -> bool:
+        """Evict clean entries (with what goes with them), least recently used first, until
+        ``names`` and ``size`` more fit; whether they fit."""
+        if self._fits(names, size):
+            return True
+        busy = self._busy()
+        for entry, with_it in self.copy.groups():
+            if entry != keep and all(self._clean(e, busy) for e in (entry, *with_it)):
+                for victim in (entry, *with_it):
+                    self._evict(victim)
+                if self._fits(names, size):
+                    return True
+        return False
+
+    def _busy(self) -> set[str]:
+        """Entries that cover a name with an op under way, or a prefix entry still being
+        resynced. A miss waiting for room has sent nothing and is at the head of its name's
+        queue: its name does not keep a prefix entry above it busy (that entry, full, may be
+        just what must go to make the room). Found by the simulator."""
+        busy = set(self._prefix_resyncs)
+        for name, queue in self._queues.items():
+            if queue[0].state in (OpState.WAIT_ROOM, OpState.WAIT_WINDOW):
+                continue
+            busy.add(name)
+            entry = self.copy.covering_prefix(name)
+            while entry is not None:
+                busy.add(entry)
+                entry = self.copy.covering_prefix(entry)
+        return busy
+
+    def _clean(self, entry: str, busy: set[str]) -> bool:
         # The watermark rule is kept although the secondary applies each op fsynced (so applied
         # is durable there): a removal then can never overtake the data it stops covering.
-        return self.copy[name] <= self.durable_seq and name not in self._queues
+        return self.copy.seq(entry) <= self.durable_seq and entry not in busy
 
-    def _evict(self, name: str) -> None:
-        del self.copy[name]
-        self.copy_bytes -= len(name.encode("utf-8"))
-        if name not in self._removals:
-            self._removals.append(name)
+    def _evict(self, entry: str) -> None:
+        self.copy.remove(entry)
+        self._remove_later(entry)
 
-    def _commit(self, op: _Op) -> None:
+    def _remove_later(self, entry: str) -> None:
+        """The secondary drops ``entry`` with the next op (claim 17)."""
+        if entry not in self._removals:
+            self._removals.append(entry)
+
+    def _commit(self, op: Op) -> None:
         op.state = OpState.COMMITTING
         self._emit(CommitLocal(op.op_id))
 
-    def _release(self, op: _Op) -> None:
+    def _release(self, op: Op) -> None:
         """The op no longer holds its name: the next op on it may start."""
         queue = self._queues[op.name]
         invariant(queue[0] is op, f"object op {op.op_id} is not at the head of {op.name!r}")
@@ -404,14 +511,14 @@ class ObjectPrimaryCore:
         else:
             del self._queues[op.name]
 
-    def _maybe_answer(self, op: _Op) -> None:
+    def _maybe_answer(self, op: Op) -> None:
         if op.state is not OpState.AWAIT_DURABLE or (op.need_durable and op.seq > self.durable_seq):
             return
         self._forget(op)
         if not op.resync:
             self._emit(AnswerClient(op.op_id))
 
-    def _forget(self, op: _Op) -> None:
+    def _forget(self, op: Op) -> None:
         op.state = OpState.DONE
         self._ops.pop(op.op_id, None)
         self._by_seq.pop(op.seq, None)
@@ -422,136 +529,72 @@ class ObjectPrimaryCore:
             return  # a reply from a session we gave up on
         invariant(op.name in names, f"OBJ_ADDED {seq} does not name {op.name!r}")
         self._release_room(op)
-        for name in names:
-            evicted = self._removed_at.get(name, 0) > seq or name in self._removals
-            if evicted and not self.faults.object_added_ignores_eviction:
-                # Evicted by a later op since: the secondary removes it after adding it here, so
-                # taking it back into the copy would claim a coverage it will not have. Found by
-                # the simulator.
+        exact = [n for n in names if not is_prefix_entry(n) and not self._dropped(n, seq)]
+        taken = None
+        for entry in (n for n in names if is_prefix_entry(n) and not self._dropped(n, seq)):
+            if entry in self.copy:
                 continue
-            if name not in self.copy:
-                self.copy_bytes += len(name.encode("utf-8"))
-            self.copy[name] = op.seq if name == op.name else self.copy.get(name, 0)
-            self.copy.move_to_end(name)
+            if self._take_prefix(entry, op, exact):
+                taken = entry
+            else:
+                self._remove_later(entry)  # nothing relied on it: the record sheds it
+        for name in exact:
+            if taken is not None and covers(taken, name):
+                self._remove_later(name)  # in the prefix entry's weight: it covers the name
+                continue
+            self.copy.add(name, op.seq if name == op.name else 0)
         self._commit(op)
 
-    def _release_room(self, op: _Op) -> None:
+    def _dropped(self, entry: str, seq: int) -> bool:
+        """Evicted by a later op since: the secondary removes it after adding it here, so taking
+        it back into the copy would claim a coverage it will not have. Found by the simulator."""
+        evicted = self._removed_at.get(entry, 0) > seq or entry in self._removals
+        return evicted and not self.faults.object_added_ignores_eviction
+
+    def _release_room(self, op: Op) -> None:
         self._reserved[0] -= op.reserved[0]
         self._reserved[1] -= op.reserved[1]
         op.reserved = (0, 0)
 
     def _on_durable(self, seq: int) -> None:
         self.durable_seq = max(self.durable_seq, seq)
+        while self._in_window and self._in_window[0][0] <= self.durable_seq:
+            self.window_used -= self._in_window.popleft()[1]
         if self._removed_at and not self._by_seq:  # no OBJ_ADDED outstanding: none can race
             self._removed_at.clear()
         for op in [o for o in self._ops.values() if o.state is OpState.AWAIT_DURABLE and o.seq <= seq]:
-            if op.resync and self._marks.get(op.name, 0) == op.mark:
+            bucket = op.kind in (ObjectKind.BUCKET_CREATE, ObjectKind.BUCKET_DELETE)
+            if (op.resync or bucket) and self._marks.get(op.name, 0) == op.mark:
                 self._unmark(op.name)
             self._maybe_answer(op)
+            if op.cover and op.state is OpState.DONE and op.cover in self._prefix_resyncs:
+                pending = self._prefix_resyncs[op.cover][1]
+                pending.discard(op.op_id)
+                if not pending:
+                    self._prefix_resynced(op.cover)
         waiting, self._waiting_room = self._waiting_room, deque()
-        for op in waiting:  # a miss still without room goes back in line (``_miss``)
+        for op in waiting:  # a miss waiting for room starts again: the window, then room
             if op.state is OpState.WAIT_ROOM:
-                self._miss(op)
+                op.state = OpState.QUEUED
+                self._start(op)
+        self._open_window()
 
-    def _on_list(self, what: int, entries: tuple[tuple[str, str], ...]) -> None:
-        self.link_up = True
-        if what == ListWhat.RECORD:
-            for name, _ in entries:
-                self.copy[name] = 0
-                self.copy_bytes += len(name.encode("utf-8"))
-            names = set(self.copy) | self.may_differ
-        else:
-            names = self._differing(entries) | self.may_differ
-        for name in sorted(names):
-            self._resync(name)
-
-    def _on_verify(self, entries: tuple[tuple[str, str], ...]) -> None:
-        differing = self._differing(entries)
-        self.verify_mismatches = tuple(sorted(differing))
-        for name in sorted(differing):
-            self._mark(name)
-            self._resync(name)
-
-    def _differing(self, entries: tuple[tuple[str, str], ...]) -> set[str]:
-        theirs = dict(entries)
-        ours = self._local_listing()
-        return {n for n in set(theirs) | set(ours) if theirs.get(n, "") != ours.get(n, "")}
-
-    def _resync(self, name: str) -> None:
-        op = _Op(self._next_resync_id, int(ObjectKind.PUT), name, b"", b"", resync=True)
-        self._next_resync_id -= 1
-        self._enqueue(op)
-
-    def _mark(self, name: str) -> None:
-        self._marks[name] = self._marks.get(name, 0) + 1
-        if name not in self.may_differ:
-            self.may_differ.add(name)
-            self._emit(PersistMayDiffer(frozenset(self.may_differ)))
-
-    def _unmark(self, name: str) -> None:
-        if name in self.may_differ:
-            self.may_differ.discard(name)
-            self._marks.pop(name, None)
-            self._emit(PersistMayDiffer(frozenset(self.may_differ)))
-
-    def _assign_seq(self, op: _Op) -> None:
+    def _assign_seq(self, op: Op) -> None:
         op.seq = self.next_seq
         self.next_seq += 1
 
-    def _send(self, op: _Op, flags: int, budget: int = 0) -> None:
+    def _send(self, op: Op, flags: int, budget: int = 0) -> None:
         removals, self._removals = tuple(self._removals), []
         for name in removals:
             self._removed_at[name] = op.seq
         self._emit(SendObject(ObjectOp(op.seq, op.kind, flags, budget, op.name, removals,
                                        op.meta, op.data)))
+        if op.resync:  # charged once read
+            op.charged = len(op.data)
+            self.window_used += op.charged
+        if op.charged:
+            self._in_window.append((op.seq, op.charged))
+        op.data = b""  # the link has it now: the core holds no object data once sent
 
     def _emit(self, action: ObjectAction) -> None:
         self._actions.append(action)
-
-
-# -- the secondary -------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class RecordChange:
-    """What one op does to the secondary's record: journal it durably, then reply ``added``
-    (OBJ_ADDED, for a miss) before applying the op."""
-    added: tuple[str, ...]
-    removed: tuple[str, ...]
-    reply: tuple[str, ...] | None  # the names to report in OBJ_ADDED (None: not a miss)
-
-
-@dataclass(slots=True)
-class ObjectSecondaryCore:
-    """The secondary's record of objects: removals first, then the name and its predicted
-    neighbours (``predictor``, within the op's budget in count and bytes)."""
-    predictor: ObjectPredictor
-    record: OrderedDict[str, None] = field(default_factory=OrderedDict)
-
-    def on_op(self, op: ObjectOp) -> RecordChange:
-        removed = tuple(n for n in dict.fromkeys(op.removals) if n in self.record)
-        for name in removed:
-            del self.record[name]
-        reply: tuple[str, ...] | None = None
-        added: list[str] = []
-        if op.flags & _MISS:
-            chosen = [op.name]
-            room = op.budget * slot_bytes(op.name)
-            for name in self.predictor.candidates(op.name, op.budget):
-                size = len(name.encode("utf-8"))
-                if size <= room and name not in chosen:
-                    chosen.append(name)
-                    room -= size
-            for name in chosen:
-                if name not in self.record:
-                    self.record[name] = None
-                    added.append(name)
-            reply = tuple(chosen)
-        if not op.flags & _RESYNC and op.kind in (ObjectKind.PUT, ObjectKind.DELETE):
-            self.predictor.observe(op.name)
-        return RecordChange(tuple(added), removed, reply)
-
-    def on_remove(self, message: ObjectRemove) -> tuple[str, ...]:
-        removed = tuple(n for n in dict.fromkeys(message.names) if n in self.record)
-        for name in removed:
-            del self.record[name]
-        return removed

@@ -107,6 +107,7 @@ class Op:
     errno: int = 0
     expected_adds: tuple[int, ...] = ()  # a miss: what the secondary is expected to add
     sequential: bool = False  # a host write that starts where a recent one ended
+    behind_add: bool = False  # it waited for another miss's ADDED to add its extents
     state: OpState = OpState.QUEUED
 
     def to(self, event: OpEvent) -> None:

@@ -191,6 +191,9 @@ class PrimaryStatistics:
     record_room_waits: int = 0  # misses that found no room and waited for the watermark
     record_add_waits: int = 0  # writes that waited for a miss in flight to add their extents
     record_evicted_ahead: int = 0  # clean extents evicted ahead of need (free slots kept ready)
+    # hits (in record_hits) whose extents a miss in flight was adding when they arrived: they
+    # waited for its ADDED, up to a round trip, like a miss (issue 14)
+    record_writes_behind_add: int = 0
 
 
 @dataclass(slots=True)
@@ -205,6 +208,7 @@ class _Counters:
     evicted_ahead: int = 0  # clean extents evicted ahead of need (_keep_free)
     room_waits: int = 0  # misses that found no room and waited for the watermark
     add_waits: int = 0  # writes that waited for the ADDED of a miss in flight, then hit
+    writes_behind_add: int = 0  # of the hits: those that had waited so (counted as they go)
 
 
 class PrimaryCore:
@@ -739,7 +743,8 @@ class PrimaryCore:
             self.link.value, self._resync.remaining(), self._flushes.remote_durable,
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain,
-            self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead)
+            self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead,
+            self.counters.writes_behind_add)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -884,6 +889,8 @@ class PrimaryCore:
             return True
         if self.record.covers(op.extents):
             self.counters.hits += 1
+            if op.behind_add:
+                self.counters.writes_behind_add += 1
             if not (op.sequential and self._send_read_ahead(op)):  # sequential: lookahead only
                 self._send_plain(op, _DURABLE if mode is Mode.SYNC else 0)
             return True
@@ -894,6 +901,7 @@ class PrimaryCore:
             if not op.waiting_since:
                 self.counters.add_waits += 1
                 op.waiting_since = self.now or 1e-9
+            op.behind_add = True
             return False
         return self._send_miss(op)
 

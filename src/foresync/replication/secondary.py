@@ -145,6 +145,8 @@ class SecondaryStatistics:
     bytes_applied: int
     storage_errors: int = 0
     split_brain: bool = False  # a primary's lineage diverged from ours (epochs.py)
+    journal_commits: int = 0  # group commits that made new journal appends durable
+    misses_received: int = 0  # MISS writes and zeroes (each journals its additions)
 
 
 class SecondaryCore:
@@ -171,6 +173,8 @@ class SecondaryCore:
         self._actions: list[Action] = []
         self._appended = 0  # journal appends issued
         self._synced = 0  # journal appends known durable
+        self.journal_commits = 0  # journal_synced calls that made new appends durable
+        self.misses_received = 0
         self._pending: deque[tuple[int, int, Action | None]] = deque()  # (needs, seq, effect)
         self._earlier_needs = 0  # the append count the last effect of an earlier session waits for
         self.applied_seq = 0
@@ -410,6 +414,12 @@ class SecondaryCore:
         return self.journal_target() > self._synced
 
     def journal_synced(self, through: int) -> None:
+        """A group commit returned: the first ``through`` appends (the ``journal_target`` taken
+        before its fdatasync) are durable. Appends made while it ran wait for the next one."""
+        if self.faults.added_before_group_commit_durable:
+            through = self._appended  # deliberately wrong: see faults.py
+        if through > self._synced:
+            self.journal_commits += 1
         self._synced = max(self._synced, through)
         self._release()
 
@@ -566,6 +576,7 @@ class SecondaryCore:
 
     def _add(self, offset: int, length: int, budget: int) -> tuple[int, ...]:
         """Add the touched extents, then predicted ones, at most ``budget`` new in all."""
+        self.misses_received += 1
         touched = extents_of(offset, length, self.extent_size)
         present = self.state.extents
         needed = sum(1 for e in touched if e not in present)
@@ -687,4 +698,5 @@ class SecondaryCore:
     def statistics(self) -> SecondaryStatistics:
         return SecondaryStatistics(len(self.state.extents), self.applied_seq, self.durable_seq,
                                    len(self.state.ranges), self.writes_applied, self.bytes_applied,
-                                   self.storage_errors, self.split_brain)
+                                   self.storage_errors, self.split_brain, self.journal_commits,
+                                   self.misses_received)

@@ -8,16 +8,28 @@ whenever the adapter would get to them, link cuts and reconnects, and crashes of
 (it keeps its store, which is durable at each commit, and its persisted may-differ names) and of
 the secondary (it keeps its store and its record, and forgets what it learnt for prediction).
 
+The record may hold prefix entries (objects/entries.py): a miss offers its directory, the
+secondary's directory link takes it, first writes under it are hits that grow it, and one that
+grows past ``PREFIX_MAX`` names sends new names the miss path. Listings cross in frames of a few
+entries (``list_frames``), so every listing is split.
+
 After every step it checks:
 
-* *covered* (lookahead and sync): every name whose version differs between the primary's store and the secondary's is
-  in the secondary's durable record or in the primary's durable may-differ set;
+* *covered* (lookahead and sync): every name whose version differs between the primary's store
+  and the secondary's is covered (itself or a prefix entry above it) by the secondary's durable
+  record or by the primary's durable may-differ set;
+* *window*: the object data sent and not yet durable stays within the window (``WINDOW_BYTES``
+  with the second layout; no op is larger, so none goes alone past it);
+* *bounded*: the copy of the record covers at most its capacity in names by its weights, no prefix
+  entry weighs more than ``PREFIX_MAX``, and the weights are honest: the primary holds no more
+  names under a prefix entry than it and the exact entries under it weigh;
 * *prefix*: the secondary holds, for each name, a version a client wrote to the primary (it may
   be one the primary never committed, if it crashed between sending and committing a hit);
 * *answered*: no client op is answered before its local commit; and, at the end, after a quiet
   connected period, both stores are equal and nothing may differ.
 
-``python -m foresync.testing.sim.objects --seeds 300`` runs it; a failure names its seed.
+``python -m foresync.testing.sim.objects --seeds 300 [--seed N] [--fault NAME]`` runs it (the
+block simulator, ``python -m foresync.testing.sim``, is separate); a failure names its seed.
 """
 
 from __future__ import annotations
@@ -29,16 +41,18 @@ from dataclasses import dataclass, field
 
 from foresync.faults import NO_FAULTS, Faults
 from foresync.link.object_wire import (
+    ListWhat,
     ObjectAdded,
     ObjectDurable,
     ObjectFlag,
     ObjectKind,
-    ObjectList,
     ObjectListRequest,
     ObjectMessage,
     ObjectOp,
     ObjectRemove,
+    list_frames,
 )
+from foresync.objects.entries import covering_prefixes, entry_directory, is_prefix_entry
 from foresync.objects.predict import LinksPredictor
 from foresync.replication.objects import (
     AnswerClient,
@@ -55,9 +69,18 @@ from foresync.replication.primary import Mode
 # The deliberate bugs (faults.py) of the object core: this simulator, not the block world
 # (world.py), must catch them (tests/sim/test_objects_sim.py).
 OBJECT_FAULTS = frozenset({"object_hit_before_record_durable", "object_added_ignores_eviction",
-                           "object_link_loss_forgets_uncommitted"})
-NAMES = [f"b/dir{d}/frame-{i:03d}" for d in range(3) for i in range(6)]
-CAPACITY = 5
+                           "object_link_loss_forgets_uncommitted", "object_prefix_entry_not_covering"})
+# Two layouts (the first six names are the hot ones): three directories of six names,
+# each past PREFIX_MAX (a prefix entry fills and sends new names the miss path); or three hot
+# and cold directories that fit in one prefix entry, one cold that does not, and one nested.
+LAYOUTS = ([f"b/dir{d}/frame-{i:03d}" for d in range(3) for i in range(6)],
+           [f"b/dir{d}/frame-{i:03d}" for d in range(1, 4) for i in range(3)]
+           + [f"b/dir0/frame-{i:03d}" for i in range(6)]
+           + [f"b/dir1/sub/frame-{i:03d}" for i in range(2)])  # a directory inside another
+CAPACITY = 6  # the record's bound, in names covered; 5 with the first layout
+PREFIX_MAX = 4
+WINDOW_BYTES = 12  # ops carry 0-7 bytes of data: a few in flight fill the window
+LIST_FRAME_BYTES = 40  # with the second layout: a few entries a frame, every listing is split
 STEPS = 400
 
 
@@ -67,11 +90,36 @@ class InvariantViolation(AssertionError):
 
 @dataclass
 class _Secondary:
+    faults: Faults
     store: dict[str, int] = field(default_factory=dict)
-    core: ObjectSecondaryCore = field(default_factory=lambda: ObjectSecondaryCore(LinksPredictor()))
+    core: ObjectSecondaryCore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.core = ObjectSecondaryCore(LinksPredictor(), faults=self.faults)
 
     def durable_record(self) -> set[str]:
         return set(self.core.record)  # journalled before any reply or apply (daemon/objects.py)
+
+
+def covered(name: str, entries: set[str]) -> bool:
+    return name in entries or any(p in entries for p in covering_prefixes(name))
+
+
+class _Index:
+    """The primary's store as the core's ``LocalIndex``."""
+
+    def __init__(self, store: dict[str, int]) -> None:
+        self.store = store
+
+    def weigh(self, directory: str, limit: int) -> tuple[int, int] | None:
+        names = self.names_under(directory)
+        return None if len(names) > limit else (len(names), sum(len(n.encode()) for n in names))
+
+    def names_under(self, directory: str) -> list[str]:
+        return sorted(n for n in self.store if n.startswith(directory))
+
+    def has(self, name: str) -> bool:
+        return name in self.store
 
 
 class ObjectWorld:
@@ -82,18 +130,29 @@ class ObjectWorld:
         self.history: dict[str, list[int]] = {}
         self.submitted: dict[str, set[int]] = {}  # every version a client asked for, per name
         self.may_differ_durable: set[str] = set()
-        self.secondary = _Secondary()
+        self.secondary = _Secondary(faults)
         self.version = 0
         self.op_id = 0
         self.to_secondary: deque[ObjectMessage] = deque()
         self.to_primary: deque[ObjectMessage] = deque()
         self.link = False
+        # By seed (the mode takes seed % 3): no prefix entries, as before them; prefix entries
+        # in the first layout; the second layout with listings split in frames.
+        variant = seed // 3 % 3
+        self.names = LAYOUTS[variant == 2]
+        self.capacity = CAPACITY - (variant != 2)
+        self.prefix_max = PREFIX_MAX if variant else 0
+        self.frame_bytes = LIST_FRAME_BYTES if variant == 2 else 1 << 20
+        self.window = WINDOW_BYTES if variant == 2 else 1 << 20
+        self.deletes = (0.15, 0.35)[seed // 9 % 2]  # more deletes: directories empty, fill again
         self.seen: Counter[str] = Counter()  # what the run exercised (tests check coverage)
         self._new_primary()
 
     def _new_primary(self) -> None:
-        self.core = ObjectPrimaryCore(ObjectConfig(self.mode, CAPACITY, 4096, 2),
-                                      set(self.may_differ_durable), self._listing, self.faults)
+        self.core = ObjectPrimaryCore(ObjectConfig(self.mode, self.capacity, 4096, 2, self.prefix_max,
+                                                   self.window),
+                                      set(self.may_differ_durable), self._listing, self.faults,
+                                      _Index(self.primary_store))
         self.ops: dict[int, tuple[str, int, int]] = {}  # op id -> (name, kind, version)
         self.commits: list[int] = []  # CommitLocal given, not yet done
         self.committed: set[int] = set()
@@ -138,8 +197,10 @@ class ObjectWorld:
             case ObjectOp():
                 self.seen["miss"] += bool(message.flags & ObjectFlag.MISS)
                 self.seen["resync"] += bool(message.flags & ObjectFlag.RESYNC)
+                self.seen["prefix_offer"] += bool(message.flags & ObjectFlag.PREFIX)
                 self.seen["evicted"] += len(message.removals)
                 change = sec.core.on_op(message)
+                self.seen["prefix"] += sum(map(is_prefix_entry, change.added))
                 if change.reply is not None:
                     self.to_primary.append(ObjectAdded(message.seq, change.reply))
                 if message.kind == ObjectKind.PUT:
@@ -149,10 +210,14 @@ class ObjectWorld:
                 self.to_primary.append(ObjectDurable(message.seq))
             case ObjectRemove():
                 sec.core.on_remove(message)
-            case ObjectListRequest(request, what):
-                entries = (tuple((n, "") for n in sec.core.record) if what == 1
-                           else tuple((n, str(v)) for n, v in sec.store.items()))
-                self.to_primary.append(ObjectList(request, what, entries))
+            case ObjectListRequest(request, what, directory):
+                if what == ListWhat.RECORD:
+                    entries = [(n, "") for n in sec.core.record]
+                else:
+                    entries = [(n, str(v)) for n, v in sorted(sec.store.items())
+                               if what == ListWhat.ALL or n.startswith(directory)]
+                    self.seen["under"] += what == ListWhat.UNDER
+                self.to_primary.extend(list_frames(request, what, entries, self.frame_bytes))
 
     def _cut(self) -> None:
         self.seen["cut"] += 1
@@ -173,6 +238,8 @@ class ObjectWorld:
             self._crash_primary()
         elif fault < 0.013:
             self._crash_secondary()
+        elif fault < 0.015:
+            self._fail_over()
         else:
             self._work(self.rng.random())
         self._carry_out()
@@ -183,11 +250,12 @@ class ObjectWorld:
         if roll < 0.30:
             self.op_id += 1
             self.version += 1
-            name = self.rng.choice(NAMES[:6] if self.rng.random() < 0.6 else NAMES)
-            kind = ObjectKind.DELETE if self.rng.random() < 0.15 else ObjectKind.PUT
+            name = self.rng.choice(self.names[:6] if self.rng.random() < 0.6 else self.names)
+            kind = ObjectKind.DELETE if self.rng.random() < self.deletes else ObjectKind.PUT
             self.ops[self.op_id] = (name, int(kind), self.version)
             self.submitted.setdefault(name, set()).add(self.version)
-            self.core.submit(self.op_id, int(kind), name, str(self.version).encode())
+            data = b"x" * self.rng.randrange(8) if kind == ObjectKind.PUT else b""
+            self.core.submit(self.op_id, int(kind), name, str(self.version).encode(), data)
         elif roll < 0.45 and self.commits:
             self._commit(self.commits.pop(self.rng.randrange(len(self.commits))))
         elif roll < 0.55 and self.reads:
@@ -211,17 +279,50 @@ class ObjectWorld:
         """kill -9 of the secondary: frames not yet applied are lost; its store and record are
         durable (each op is journalled, then written with fsync, before any reply)."""
         self._cut()
-        self.secondary.core = ObjectSecondaryCore(LinksPredictor(), self.secondary.core.record)
+        self.secondary.core = ObjectSecondaryCore(LinksPredictor(), self.secondary.core.record,
+                                                  self.faults)
+
+    def _fail_over(self) -> None:
+        """The primary dies, the secondary is promoted and the old primary comes back as its
+        secondary (daemon/objects.py): each site keeps its store, and what may differ changes
+        files, the promoted site's record becoming its may-differ names and the old primary's
+        may-differ names its record. A failback later is the same again."""
+        self.seen["failover"] += 1
+        self.link = False
+        self.to_secondary.clear()
+        self.to_primary.clear()
+        promoted, demoted = self.secondary, _Secondary(self.faults, self.primary_store)
+        demoted.core.record.update(dict.fromkeys(sorted(self.may_differ_durable)))
+        self.primary_store, self.secondary = promoted.store, demoted
+        self.may_differ_durable = set(promoted.core.record)
+        self._new_primary()
+
+    def _check_bounds(self) -> None:
+        copy = self.core.copy
+        window = self.core.window_used
+        if window > self.window:  # one op alone may be larger, but none is here
+            raise InvariantViolation(f"seed {self.seed}: {window} bytes in flight, over the "
+                                     f"window of {self.window}")
+        self.seen["window_wait"] += self.core.statistics().waiting_window > 0
+        if copy.names > self.capacity:
+            raise InvariantViolation(f"seed {self.seed}: the record copy covers {copy.names} "
+                                     f"names, over its capacity of {self.capacity}")
+        for entry in filter(is_prefix_entry, copy):
+            weight = copy.weight(entry)[0]
+            below = sum(copy.weight(e)[0] for e in copy.under(entry))  # exact or deeper
+            held = sum(n.startswith(entry_directory(entry)) for n in self.primary_store)
+            if weight > self.prefix_max or held > weight + below:
+                raise InvariantViolation(
+                    f"seed {self.seed}: prefix entry {entry!r} weighs {weight} (bound {self.prefix_max}) "
+                    f"with entries under it weighing {below}, and the primary holds {held} names there")
 
     def check(self) -> None:
         sec = self.secondary
-        if len(self.core.copy) > CAPACITY:
-            raise InvariantViolation(f"seed {self.seed}: the record copy holds {len(self.core.copy)} "
-                                     f"names, over its capacity of {CAPACITY}")
-        covered = sec.durable_record() | self.may_differ_durable
+        self._check_bounds()
+        cover = sec.durable_record() | self.may_differ_durable
         for name in set(self.primary_store) | set(sec.store):
             # async mode keeps no record: it compares everything at each connect instead
-            if (self.mode is not Mode.ASYNC and name not in covered
+            if (self.mode is not Mode.ASYNC and not covered(name, cover)
                     and self.primary_store.get(name) != sec.store.get(name)):
                 raise InvariantViolation(
                     f"seed {self.seed}: {name} differs (primary {self.primary_store.get(name)}, "
@@ -276,9 +377,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fault", choices=sorted(OBJECT_FAULTS),
+                        help="switch on one deliberate bug: the run must fail (self-check)")
     args = parser.parse_args()
+    faults = Faults(**{args.fault: True}) if args.fault else NO_FAULTS
     for seed in range(args.seed, args.seed + args.seeds):
-        run_seed(seed)
+        run_seed(seed, faults)
     print(f"{args.seeds} object seeds from {args.seed}: every invariant held")
 
 

@@ -853,6 +853,12 @@ class World:
         except StorageError as exc:
             self.secondary.driver.storage_failed(wire.StorageArea.JOURNAL, exc)
             return
+        # The fdatasync runs in a worker while the loop goes on (SecondarySite._commit): a frame
+        # that arrives meanwhile is journaled (written, not durable), and this commit must not
+        # count it (group commit: it waits for the next one).
+        if self.p2s and self.conn and self.p2s[0][0] == self.conn and self.secondary.conn == self.conn:
+            self._ev_deliver_p2s()
+            self.secondary.driver()
         core.journal_synced(target)
         if self.journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not core.needs_journal_sync():
             try:
