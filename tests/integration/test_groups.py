@@ -66,6 +66,9 @@ def test_a_group_serves_each_member_and_switches_over_as_one(tmp_path: Path) -> 
         wait("db in sync", lambda: in_sync(p, s, "db"), both)
         doc = p.status()["volumes"]
         assert set(doc) == {"db", "solo"}
+        lines = p.cli("status", "--config", str(p.config)).stdout.splitlines()
+        assert any(line.startswith("db  role=primary") and line.endswith("members=data,wal")
+                   for line in lines), lines
         members = doc["db"]["group"]["members"]
         assert [(m["volume"], m["base_bytes"], m["size_bytes"]) for m in members] == [
             ("data", 0, 8 << 20), ("wal", 8 << 20, 3000000)]
