@@ -280,7 +280,7 @@ def init(config_path: str, volume: str | None, role: str, force: bool) -> None:
 
     from foresync.config import load_daemon
     from foresync.daemon.metadata import check_meta_dir
-    from foresync.daemon.run import init_site
+    from foresync.daemon.run import check_init, init_site
     from foresync.daemon.site_lock import SiteLock
     from foresync.errors import SiteInUse
 
@@ -289,6 +289,13 @@ def init(config_path: str, volume: str | None, role: str, force: bool) -> None:
         volumes = [dcfg.volume(volume)] if volume is not None else list(dcfg.volumes)
     except ForesyncError as exc:
         raise click.ClickException(str(exc)) from None
+    prefix = {cfg.name: f"{cfg.name}: " if dcfg.multi else "" for cfg in volumes}
+    for cfg in volumes:  # every volume checked before any is made: no half-initialised config
+        try:
+            check_init(cfg, force)
+        except (ForesyncError, OSError) as exc:
+            done = "; no volume initialised" if len(volumes) > 1 else ""
+            raise click.ClickException(f"{prefix[cfg.name]}{exc}{done}") from None
     for cfg in volumes:
         try:
             check_meta_dir(cfg.meta, create=True)  # before the lock file: nothing made in vain
@@ -298,10 +305,9 @@ def init(config_path: str, volume: str | None, role: str, force: bool) -> None:
         except SiteInUse as exc:
             raise click.ClickException(f"{exc}: stop it before `foresync init`; nothing changed") from None
         except ForesyncError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"{prefix[cfg.name]}{exc}") from None
         identity = meta.volume_id.hex() if meta.volume_id else "adopted from the primary on first connect"
-        prefix = f"{cfg.name}: " if dcfg.multi else ""
-        click.echo(f"{prefix}initialised {role} site (epoch {meta.epoch}, volume identity {identity})")
+        click.echo(f"{prefix[cfg.name]}initialised {role} site (epoch {meta.epoch}, volume identity {identity})")
 
 
 @main.command()
@@ -700,7 +706,9 @@ def events(config_path: str, volume: str | None, since_start: bool) -> None:
         sock = connection.sock  # getresponse hands it to the response (Connection: close)
         response = connection.getresponse()
         if response.status != 200:
-            raise click.ClickException(f"GET {path} answered {response.status} {response.reason}")
+            said = response.read().decode(errors="replace").strip()
+            raise click.ClickException(f"GET {path} answered {response.status} {response.reason}"
+                                       + (f": {said}" if said else ""))
         if sock is not None:
             sock.settimeout(None)  # a quiet site sends nothing for hours
         for line in response:

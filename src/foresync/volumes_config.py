@@ -16,6 +16,8 @@ spot marked GROUPS below.
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +32,8 @@ from foresync.errors import ConfigError
 IDENTITY_KEYS = {"name", "data", "size", "meta", "export"}
 LINK_KEYS = {"mode", "window", "on_disconnect", "block_timeout", "resync_rate_max"}
 VOLUME_KEYS = IDENTITY_KEYS | LINK_KEYS | {"record", "s3"}
+# A volume's name: one plain word (see _check_table).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Daemon-level keys that name one volume's things and so cannot be shared by several.
 ONE_VOLUME_KEYS = (("nbd", "export", "set export in each [[volume]] table"),
                    ("nbd", "trace", "a trace records one volume's requests; use a one-volume config"))
@@ -90,6 +94,10 @@ def _check_table(path: str, index: int, table: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{_where(path, index, table)}: name is required (a non-empty string: "
                           "it names the volume in /status, metrics, the CLI and the link)")
+    if not _NAME.match(name):
+        raise ConfigError(f"{_where(path, index, table)}: name = {name!r}: letters, digits, '.', '_' "
+                          "or '-', starting with a letter or digit, at most 128 characters (it is a "
+                          "log field, a metric label, a column of `foresync status` and an etcd key)")
     if "s3" in table and not isinstance(table["s3"], bool):
         raise ConfigError(f"{_where(path, index, table)}: s3 = {table['s3']!r}: expected true or false")
     return table
@@ -126,20 +134,28 @@ def _s3_volume(path: str, tables: list[dict[str, Any]]) -> int:
     return chosen[0] if chosen else 0
 
 
+def _same_file(key: str, value: str) -> str:
+    """Files are compared by their real path: an absolute path is taken as written by
+    config._build, and one data file spelt twice (``/x/./a.img``, a /dev/disk/by-id link to
+    /dev/sdb) would have two volumes write over each other."""
+    return os.path.realpath(value) if key in ("data", "meta") else value
+
+
 def _check_distinct(path: str, volumes: list[SiteConfig]) -> None:
     for what, key in (("name", "name"), ("export", "export"), ("data", "data"), ("meta", "meta")):
         seen: dict[str, str] = {}
         for cfg in volumes:
-            value = getattr(cfg, key)
+            value = _same_file(key, getattr(cfg, key))
             if value in seen:
                 raise ConfigError(f"{path}: [[volume]] {seen[value]!r} and {cfg.name!r} have the same "
                                   f"{what} = {value!r}: every volume needs its own")
             seen[value] = cfg.name
-    metas = {cfg.meta: cfg.name for cfg in volumes}
-    for cfg in volumes:  # one volume's data file inside another's metadata directory, or equal
-        if cfg.data in metas:
+    metas = {os.path.realpath(cfg.meta): cfg.name for cfg in volumes}
+    for cfg in volumes:  # one volume's data file is another's metadata directory
+        data = os.path.realpath(cfg.data)
+        if data in metas:
             raise ConfigError(f"{path}: [[volume]] {cfg.name!r} data = {cfg.data!r} is the meta "
-                              f"directory of {metas[cfg.data]!r}")
+                              f"directory of {metas[data]!r}")
 
 
 def parse_volumes(path: str, doc: dict[str, Any],

@@ -96,3 +96,52 @@ def test_a_reload_names_the_first_changed_key_of_a_running_volume(tmp_path: Path
     path.write_text(DAEMON.replace("7800", "7802") + table("a") + table("b"))
     assert _daemon_level_changes(before, config.load_daemon(str(path))) == [
         "daemon-level link_listen changed; restart the daemon to apply it"]
+
+
+def test_one_file_under_two_names_is_refused(tmp_path: Path) -> None:
+    """Absolute paths are not resolved by config._build: the same data file or meta directory
+    spelt two ways (``/x/./a.img``, a symlink such as /dev/disk/by-id/... to /dev/sdb) would let
+    two volumes write over each other. Compared by their real path."""
+    (tmp_path / "link.img").symlink_to(tmp_path / "a.img")
+    for tables, message in [
+        (table("a", data=str(tmp_path / "a.img")) + table("b", data=f"{tmp_path}/./a.img"), "same data"),
+        (table("a", data=str(tmp_path / "a.img")) + table("b", data=str(tmp_path / "link.img")),
+         "same data"),
+        (table("a", meta=str(tmp_path / "m")) + table("b", meta=f"{tmp_path}//m/"), "same meta"),
+    ]:
+        path = write(tmp_path, tables)
+        with pytest.raises(ConfigError, match=message):
+            config.load_daemon(path)
+
+
+def test_init_of_several_volumes_checks_them_all_before_making_any(tmp_path: Path) -> None:
+    """`foresync init` of a config with [[volume]] tables: one volume it must refuse (its data
+    file has another size) stops it before any volume is initialised, and the error names that
+    volume; once fixed, the same command initialises them all (no half-done state to unpick)."""
+    from click.testing import CliRunner
+
+    from foresync.cli import main
+
+    path = write(tmp_path, table("a") + table("b"))
+    (tmp_path / "b.img").write_bytes(b"\0" * 4096)
+    refused = CliRunner().invoke(main, ["init", "--config", path, "--role", "primary"])
+    assert refused.exit_code == 1 and "b: " in refused.output and "16.0 MiB" in refused.output
+    assert not (tmp_path / "a.meta").exists() and not (tmp_path / "a.img").exists()
+    assert not (tmp_path / "b.meta").exists()
+    (tmp_path / "b.img").unlink()
+    done = CliRunner().invoke(main, ["init", "--config", path, "--role", "primary"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "a.meta" / "site.json").exists() and (tmp_path / "b.meta" / "site.json").exists()
+    again = CliRunner().invoke(main, ["init", "--config", path, "--role", "primary"])
+    assert again.exit_code == 1 and "a: site metadata already exists" in again.output
+
+
+@pytest.mark.parametrize("name", ["a b", "a\nb", "a/b", "-", ".", "..", "x" * 129])
+def test_a_volume_name_is_a_plain_word(tmp_path: Path, name: str) -> None:
+    """The name is a log field (``vol=NAME``), a metric label, the first column of `foresync
+    status`, an etcd key component and the link's ROUTE: a newline would forge log lines, a
+    space would shift the status columns, a '/' would nest etcd keys."""
+    path = write(tmp_path, table("ok") + table("x").replace('name = "x"', f"name = {name!r}".replace("'", '"')
+                                                              .replace("\n", "\\n")))
+    with pytest.raises(ConfigError, match=r"#2.*name = .*letters, digits"):
+        config.load_daemon(path)

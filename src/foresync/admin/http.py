@@ -75,7 +75,8 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class StreamEndpoint:
     """A GET answered with a stream of chunks until the client or the server goes (``/events``).
-    The handler gets the query string's names and values."""
+    The handler gets the query string's names and values; it raises LookupError, answered 404,
+    when they name something not served here (an unknown volume)."""
 
     handler: Callable[[dict[str, str]], AsyncGenerator[bytes, None]]
     content_type: str = "application/x-ndjson"
@@ -247,7 +248,11 @@ class AdminServer:
         """Chunked (HTTP/1.1) or close-delimited (1.0) until the stream ends, the client hangs
         up (a read sees EOF) or the server closes."""
         query = dict(urllib.parse.parse_qsl(request.query, keep_blank_values=True))
-        chunks = stream.handler(query)
+        try:
+            chunks = stream.handler(query)
+        except LookupError as exc:  # the query names what is not served here (a volume)
+            await self._send(conn, writer, error(404, str(exc.args[0]) if exc.args else str(exc)))
+            return
         gone = asyncio.ensure_future(reader.read(1))  # nothing more is expected: EOF = gone
         try:
             writer.write(conn.send(h11.Response(

@@ -61,6 +61,18 @@ def init_site(config_path: str, role: str, force: bool, volume: str | None = Non
     return meta
 
 
+def check_init(cfg: config_mod.SiteConfig, force: bool) -> None:
+    """What ``init_site`` would refuse, checked without changing anything: ``foresync init``
+    checks every volume of a config of [[volume]] tables before it initialises any."""
+    if os.path.lexists(cfg.meta) and not os.path.isdir(cfg.meta):
+        raise ConfigError(f"[volume] meta = {cfg.meta}: is not a directory")
+    if os.path.isdir(cfg.meta) and site.exists(cfg.meta) and not force:
+        raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "
+                          "(the site forgets its identity, record and epoch history)")
+    if os.path.exists(cfg.data):  # an existing file or device must have the size (not changed)
+        FileBackend(cfg.data, cfg.size).close()
+
+
 def _load_out_of_sync(cfg: config_mod.SiteConfig) -> tuple[OutOfSync, str]:
     """A primary's out-of-sync set, and why every extent is in doubt ("" if not). A missing
     store widens to every extent (stored at once); a damaged one is a ConfigError."""

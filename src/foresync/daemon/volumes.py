@@ -284,7 +284,11 @@ class Daemon:
                               "daemon to run it")
         refused = _daemon_level_changes(self.dcfg, new)
         wanted = {cfg.name: cfg for cfg in new.volumes}
-        added = [cfg for name, cfg in wanted.items() if name not in self.units]
+        # An added volume runs with the daemon-level settings in force (a refused change of
+        # [link] peer, secrets or [cluster] must not apply to it alone).
+        running = {key: getattr(self.dcfg.first, key) for key in _DAEMON_KEYS}
+        added = [dataclasses.replace(cfg, **running) for name, cfg in wanted.items()
+                 if name not in self.units]
         removed = [name for name in self.units if name not in wanted]
         for name, cfg in wanted.items():
             if name in self.units:
@@ -350,7 +354,10 @@ class Daemon:
             return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
 
         def events(query: dict[str, str]) -> AsyncGenerator[bytes, None]:
-            unit = self.units.get(query.get("volume", "")) or next(iter(self.units.values()), None)
+            name = query.get("volume")
+            if name is not None and name not in self.units:  # never another volume's events
+                raise LookupError(f"no volume named {name!r} here (serving: {', '.join(self.units)})")
+            unit = self.units.get(name or "") or next(iter(self.units.values()), None)
             if unit is None:
                 return _no_events()
             return unit.feed.stream(since_start=query.get("since-start", "0") not in ("", "0", "false"))

@@ -27,7 +27,7 @@ from typing import cast
 
 from foresync.errors import StorageError
 from foresync.listening import listening_sockets
-from foresync.logctx import LogBudget
+from foresync.logctx import LogBudget, VolumeContext
 from foresync.nbd import wire
 from foresync.nbd.connection import ConnectionFailed, Disconnect, Event, Request, Transmission
 from foresync.nbd.handshake import (
@@ -113,6 +113,8 @@ class Publication:
         self.server = server
         self.exports = exports
         self.connections: set[NbdConnection] = set()
+        # The publisher's volume (log context): its connections' log lines name it.
+        self.volume = VolumeContext.current.get()
         self._all_closed: asyncio.Future[None] | None = None
 
     def statistics(self) -> ServerStatistics:
@@ -429,6 +431,8 @@ class NbdConnection(asyncio.Protocol):
             return False
         self.publication = publication
         publication.connections.add(self)
+        if publication.volume is not None:  # the callbacks of this connection run in its own
+            VolumeContext.current.set(publication.volume)  # context, as the link router's do
         self.target = publication.exports[name][1]
         return True
 
