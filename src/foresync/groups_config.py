@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from foresync import volumes_config  # NAME (a circular import: used at call time only)
 from foresync.config import KNOWN_KEYS, SiteConfig
 from foresync.errors import ConfigError
 from foresync.group_layout import GroupSpec, MemberVolume
@@ -69,6 +70,10 @@ def _check_group(path: str, index: int, table: Any, volume_names: list[str]) -> 
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: name is required (a non-empty string: it names the group in "
                           "/status, metrics, the CLI and the link)")
+    if not volumes_config.NAME.match(name):
+        raise ConfigError(f"{where}: name = {name!r}: letters, digits, '.', '_' or '-', starting with "
+                          "a letter or digit, at most 128 characters (as a [[volume]]'s: it is a log "
+                          "field, a metric label, a column of `foresync status` and an etcd key)")
     if name in volume_names:
         raise ConfigError(f"{where}: name {name!r} is also a [[volume]]'s: a group needs a name "
                           "of its own (admin calls and the link name it)")

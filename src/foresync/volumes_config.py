@@ -33,7 +33,7 @@ IDENTITY_KEYS = {"name", "data", "size", "meta", "export"}
 LINK_KEYS = {"mode", "window", "on_disconnect", "block_timeout", "resync_rate_max"}
 VOLUME_KEYS = IDENTITY_KEYS | LINK_KEYS | {"record", "s3"}
 # A volume's name: one plain word (see _check_table).
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Daemon-level keys that name one volume's things and so cannot be shared by several.
 ONE_VOLUME_KEYS = (("nbd", "export", "set export in each [[volume]] table"),
                    ("nbd", "trace", "a trace records one volume's requests; use a one-volume config"))
@@ -94,7 +94,7 @@ def _check_table(path: str, index: int, table: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{_where(path, index, table)}: name is required (a non-empty string: "
                           "it names the volume in /status, metrics, the CLI and the link)")
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise ConfigError(f"{_where(path, index, table)}: name = {name!r}: letters, digits, '.', '_' "
                           "or '-', starting with a letter or digit, at most 128 characters (it is a "
                           "log field, a metric label, a column of `foresync status` and an etcd key)")

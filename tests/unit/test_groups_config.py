@@ -72,6 +72,7 @@ def test_a_group_is_one_unit_in_place_of_its_members(tmp_path: Path) -> None:
      r"\[\[volume\]\] 'data' sets meta, but it is a member of \[\[group\]\] 'db'.*set meta on the group"),
     (volume("data", mode="sync") + volume("wal") + group(), r"'data' sets mode, but it is a member"),
     (volume("data") + volume("wal") + group(name="wal"), r"name 'wal' is also a \[\[volume\]\]'s"),
+    (volume("data") + volume("wal") + group(name="d b"), r"name = 'd b': letters, digits"),
     (volume("data") + volume("wal") + group() + group(volumes='["data", "wal"]', meta="m2"),
      r"two \[\[group\]\] tables are named 'db'"),
     (volume("data") + volume("wal") + '[group]\nname = "db"\n', r"\[\[group\]\], not \[group\]"),

@@ -10,6 +10,7 @@ unit, every member (group_backend.py).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from foresync.config import SiteConfig
@@ -32,6 +33,16 @@ def open_image(cfg: SiteConfig) -> ImageBackend:
         for backend in opened:
             backend.close()
         raise
+
+
+def check_images(cfg: SiteConfig) -> None:
+    """Refuse (ConfigError) an existing image file or device of another size, changing nothing:
+    the volume's, or each member's of a group. A missing one is fine (init creates it)."""
+    images = ([(cfg.data, cfg.size)] if cfg.group is None
+              else [(member.data, member.size) for member in cfg.group.members])
+    for data, size in images:
+        if os.path.exists(data):
+            FileBackend(data, size, create=False).close()
 
 
 def exports_of(cfg: SiteConfig) -> list[ExportSpec]:

@@ -12,7 +12,7 @@ import os
 
 from foresync import config as config_mod
 from foresync.daemon import metadata as site
-from foresync.daemon.group_unit import open_image
+from foresync.daemon.group_unit import check_images, open_image
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.secondary import SecondarySite
 from foresync.daemon.security import SiteSecurity
@@ -69,8 +69,7 @@ def check_init(cfg: config_mod.SiteConfig, force: bool) -> None:
     if os.path.isdir(cfg.meta) and site.exists(cfg.meta) and not force:
         raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "
                           "(the site forgets its identity, record and epoch history)")
-    if os.path.exists(cfg.data):  # an existing file or device must have the size (not changed)
-        FileBackend(cfg.data, cfg.size).close()
+    check_images(cfg)  # an existing file or device must have the size (not changed)
 
 
 def _load_out_of_sync(cfg: config_mod.SiteConfig) -> tuple[OutOfSync, str]:
