@@ -3,9 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
-APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd openssl systemd s3cmd rclone etcd-server
+APT_TOOLS := qemu-utils libnbd-bin fio nbdkit e2fsprogs fuse3 python3-libnbd openssl systemd s3cmd rclone etcd-server postgresql
 # command each Debian package is checked by, so `setup` only calls apt when one is missing
-APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3 openssl systemd-analyze s3cmd rclone
+APT_PROBES := qemu-img nbdinfo fio nbdkit mkfs.ext4 fusermount3 openssl systemd-analyze s3cmd rclone pg_ctlcluster
 
 .PHONY: setup demo test unit integration lint bench sim chaos dashboard clean
 
@@ -47,8 +47,9 @@ test: lint
 
 SEEDS ?= 1000
 SEED ?= 0
+GROUP ?= 0
 sim: setup
-	$(PY) -m foresync.testing.sim --seeds $(SEEDS) --seed $(SEED)
+	$(PY) -m foresync.testing.sim --seeds $(SEEDS) --seed $(SEED) --group $(GROUP)
 
 CYCLES ?= 5
 MODE ?= lookahead

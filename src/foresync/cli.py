@@ -547,9 +547,10 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Result:
     import os
 
     from foresync.daemon import metadata as site
+    from foresync.daemon.group_unit import open_image
     from foresync.daemon.transitions import open_record, roll_back_then_promote
     from foresync.journal.undo import UndoLog
-    from foresync.storage.file_backend import FileBackend
+    from foresync.storage.backend import ImageBackend
 
     meta = site.load(cfg.meta)
     if meta.role != "secondary":
@@ -561,10 +562,10 @@ def _promote_offline(cfg: SiteConfig, force: bool) -> Result:
     meta, journal = open_record(cfg, meta)
     assert journal is not None
     journal.close()
-    opened: list[FileBackend] = []
+    opened: list[ImageBackend] = []
 
-    def image() -> FileBackend:
-        opened.append(FileBackend(cfg.data, cfg.size))
+    def image() -> ImageBackend:
+        opened.append(open_image(cfg))  # a group's: every member (daemon/group_unit.py)
         return opened[-1]
 
     try:

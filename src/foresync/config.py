@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from foresync import cluster_config
 from foresync.cluster_config import ClusterConfig
 from foresync.errors import ConfigError
+from foresync.group_layout import GroupSpec
 from foresync.record.predict import PREDICTORS
 from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
@@ -82,6 +83,9 @@ class SiteConfig:
     # [[volume]] tables (issue 16): the link dialler names its volume first (wire.Route), for the
     # daemon's one link listener; None in a one-volume [volume] config (no routing)
     link_route: str | None = None
+    # [[group]] (issue 16 part 2): this unit is a consistency group over these member volumes
+    # (groups_config.py); None for a volume
+    group: GroupSpec | None = None
 
     @property
     def admin_is_loopback(self) -> bool:

@@ -78,6 +78,11 @@ class Faults:
     # replication/lease.py: a primary keeps acknowledging writes after its etcd lease could have
     # expired (renewals failing), so a promoted secondary and it both take writes (issue 16)
     ack_after_lease_lost: bool = False
+    # storage/group_backend.py: a consistency group's flush makes only the member the latest
+    # write went to durable, as if each member were its own volume with its own write order: a
+    # FLUSH (or the secondary's DURABLE watermark) no longer covers the other members' writes, so
+    # a crash leaves one member behind a point the group's order had passed (issue 16, part 2)
+    group_orders_volumes_independently: bool = False
     # replication/routing.py: a daemon's link listener hands a connection to the first volume
     # taking connections, not to the one its ROUTE names, so a new secondary of one volume
     # adopts another volume's identity and data (issue 16, many volumes per daemon)

@@ -98,8 +98,10 @@ def mismatch_list(verify: dict[str, Any]) -> str:
 
 def summary_line(name: str, doc: dict[str, Any]) -> str:
     """One volume in one line (``foresync status`` of a daemon with several volumes)."""
+    group = doc.get("group")  # a consistency group's unit: name its members (issue 16 part 2)
+    members = f"  members={','.join(m['volume'] for m in group['members'])}" if group else ""
     return (f"{name}  role={doc['role']}  epoch={doc['epoch']}  mode={doc['mode']}  "
-            f"link={doc['link']}  in_sync={'yes' if doc['in_sync'] else 'no'}")
+            f"link={doc['link']}  in_sync={'yes' if doc['in_sync'] else 'no'}{members}")
 
 
 def volume_doc(doc: dict[str, Any], name: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from foresync import groups_config
 from foresync.config import KNOWN_KEYS, SiteConfig
 from foresync.errors import ConfigError
 
@@ -32,7 +33,7 @@ IDENTITY_KEYS = {"name", "data", "size", "meta", "export"}
 LINK_KEYS = {"mode", "window", "on_disconnect", "block_timeout", "resync_rate_max"}
 VOLUME_KEYS = IDENTITY_KEYS | LINK_KEYS | {"record", "s3"}
 # A volume's name: one plain word (see _check_table).
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Daemon-level keys that name one volume's things and so cannot be shared by several.
 ONE_VOLUME_KEYS = (("nbd", "export", "set export in each [[volume]] table"),
                    ("nbd", "trace", "a trace records one volume's requests; use a one-volume config"))
@@ -63,6 +64,9 @@ class DaemonConfig:
         for cfg in self.volumes:
             if cfg.name == name:
                 return cfg
+        for cfg in self.volumes:  # a consistency group's member: the group acts as a whole
+            if cfg.group is not None and name in (member.name for member in cfg.group.members):
+                return cfg
         raise ConfigError(f"{self.path}: no volume named {name!r} (volumes: {', '.join(self.names())})")
 
 
@@ -90,7 +94,7 @@ def _check_table(path: str, index: int, table: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{_where(path, index, table)}: name is required (a non-empty string: "
                           "it names the volume in /status, metrics, the CLI and the link)")
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise ConfigError(f"{_where(path, index, table)}: name = {name!r}: letters, digits, '.', '_' "
                           "or '-', starting with a letter or digit, at most 128 characters (it is a "
                           "log field, a metric label, a column of `foresync status` and an etcd key)")
@@ -160,11 +164,12 @@ def parse_volumes(path: str, doc: dict[str, Any],
     tables = doc["volume"]
     if not tables:
         raise ConfigError(f"{path}: no [[volume]] tables")
-    check_keys({key: value for key, value in doc.items() if key != "volume"}, path)
+    check_keys({key: value for key, value in doc.items() if key not in ("volume", "group")}, path)
     for section, key, why in ONE_VOLUME_KEYS:
         if key in doc.get(section, {}):
             raise ConfigError(f"{path}: [{section}] {key} cannot be shared by [[volume]] tables: {why}")
     tables = [_check_table(path, i, table) for i, table in enumerate(tables)]
+    tables, groups = groups_config.prepare(path, doc.get("group", []), tables)
     with_s3 = _s3_volume(path, tables)
     volumes = []
     for i, table in enumerate(tables):
@@ -174,5 +179,8 @@ def parse_volumes(path: str, doc: dict[str, Any],
             raise ConfigError(f"{_where(path, i, table)}: {exc}") from None
         volumes.append(replace(cfg, link_route=cfg.name))
     _check_distinct(path, volumes)
-    # GROUPS: [[group]] tables (issue 16 part 2) are parsed here, over ``volumes``.
+    if groups:  # [[group]] tables (issue 16 part 2): each group one unit in place of its members
+        volumes = groups_config.fold(path, groups, volumes,
+                                     lambda table: build(_volume_doc(doc, table, False), path))
+        _check_distinct(path, volumes)
     return DaemonConfig(str(Path(path).resolve()), tuple(volumes), multi=True)

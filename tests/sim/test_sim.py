@@ -18,6 +18,7 @@ from foresync.record.record import Eviction
 from foresync.replication.primary import Mode
 from foresync.testing.sim import SimConfig, SimFailure, World
 from foresync.testing.sim.disk import SECTOR, SimDisk
+from foresync.testing.sim.groups import GROUP_FAULTS  # caught by tests/sim/test_groups_sim.py
 from foresync.testing.sim.objects import OBJECT_FAULTS  # caught by tests/sim/test_objects_sim.py
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "300"))
@@ -213,7 +214,7 @@ def test_seeds_exercise_faults() -> None:
     assert routed > 200, "link connections were rarely routed to a volume (issue 16)"
 
 
-@pytest.mark.parametrize("fault", sorted(set(Faults.__dataclass_fields__) - OBJECT_FAULTS))
+@pytest.mark.parametrize("fault", sorted(set(Faults.__dataclass_fields__) - OBJECT_FAULTS - GROUP_FAULTS))
 def test_simulator_catches_a_deliberate_bug(fault: str) -> None:
     # A policy's own bug shows only under that policy.
     eviction = Eviction.S3FIFO if fault == "s3fifo_evicts_dirty" else None

@@ -50,7 +50,7 @@ from foresync.replication.admission import screen_peer_primary
 from foresync.replication.driver import PrimaryDriver
 from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.primary import Mode, PrimaryCore
-from foresync.storage.file_backend import FileBackend
+from foresync.storage.backend import ImageBackend
 from foresync.storage.flusher import GroupFlusher
 from foresync.units import format_size
 
@@ -61,7 +61,7 @@ CLEAN_STOP_FILE = "clean-stop"  # written on a clean stop, removed at start
 
 
 class PrimarySite:
-    def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend, oos: set[int],
+    def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: ImageBackend, oos: set[int],
                  security: SiteSecurity | None = None, everything: bool = False,
                  metadata_damage: str = "") -> None:
         assert meta.volume_id is not None

@@ -12,6 +12,7 @@ import os
 
 from foresync import config as config_mod
 from foresync.daemon import metadata as site
+from foresync.daemon.group_unit import check_images, open_image
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.secondary import SecondarySite
 from foresync.daemon.security import SiteSecurity
@@ -25,7 +26,7 @@ from foresync.journal.journal import RecordJournal
 from foresync.journal.oos_format import OutOfSync
 from foresync.logctx import VolumeContext
 from foresync.replication.epochs import new_epoch_id
-from foresync.storage.file_backend import FileBackend
+from foresync.storage.backend import ImageBackend
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ def init_site(config_path: str, role: str, force: bool, volume: str | None = Non
     if site.exists(cfg.meta) and not force:
         raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "
                           "(the site forgets its identity, record and epoch history)")
-    backend = FileBackend(cfg.data, cfg.size)
-    backend.close()
+    open_image(cfg).close()  # a group's: every member's file (daemon/group_unit.py)
     os.makedirs(cfg.meta, exist_ok=True)
     for stale in (site.JOURNAL_FILE, site.OOS_FILE):
         path = os.path.join(cfg.meta, stale)
@@ -69,8 +69,7 @@ def check_init(cfg: config_mod.SiteConfig, force: bool) -> None:
     if os.path.isdir(cfg.meta) and site.exists(cfg.meta) and not force:
         raise ConfigError(f"site metadata already exists in {cfg.meta}; use --force to overwrite it "
                           "(the site forgets its identity, record and epoch history)")
-    if os.path.exists(cfg.data):  # an existing file or device must have the size (not changed)
-        FileBackend(cfg.data, cfg.size).close()
+    check_images(cfg)  # an existing file or device must have the size (not changed)
 
 
 def _load_out_of_sync(cfg: config_mod.SiteConfig) -> tuple[OutOfSync, str]:
@@ -112,7 +111,7 @@ def widen_everything(cfg: config_mod.SiteConfig, meta: site.SiteMeta) -> site.Si
     return meta
 
 
-def _make_runner(cfg: config_mod.SiteConfig, meta: site.SiteMeta, backend: FileBackend,
+def _make_runner(cfg: config_mod.SiteConfig, meta: site.SiteMeta, backend: ImageBackend,
                  security: SiteSecurity) -> PrimarySite | SecondarySite:
     if meta.role == "primary":
         oos, doubt = _load_out_of_sync(cfg)
@@ -136,7 +135,7 @@ async def run_site(config_path: str, stop: asyncio.Event, assume_all_out_of_sync
     for volume in dcfg.volumes:  # before the locks or the volume files: nothing made in vain
         site.check_meta_dir(volume.meta)
 
-    def open_runner(volume: config_mod.SiteConfig, backend: FileBackend,
+    def open_runner(volume: config_mod.SiteConfig, backend: ImageBackend,
                     security: SiteSecurity) -> PrimarySite | SecondarySite:
         meta = site.load(volume.meta)
         if assume_all_out_of_sync:

@@ -55,7 +55,7 @@ from foresync.replication.admission import Admitted, Identity, Refused, lineage_
 from foresync.replication.driver import SecondaryDriver
 from foresync.replication.resync_watch import ResyncWatch
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
-from foresync.storage.file_backend import FileBackend
+from foresync.storage.backend import ImageBackend
 from foresync.units import format_size
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class _CommitFailed(Exception):
 _RESYNC = int(wire.WriteFlag.RESYNC)  # an int: `flags & IntFlag` goes through enum.py (0.8 against 0.05 us)
 
 class SecondarySite:
-    def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
+    def __init__(self, cfg: SiteConfig, meta: SiteMeta, backend: ImageBackend,
                  journal: RecordJournal | None, security: SiteSecurity | None = None) -> None:
         self.cfg = cfg
         self.security = security or SiteSecurity.plain()
@@ -716,7 +716,7 @@ class SecondarySite:
                               full, progress, watch.total_known(runs, full))
 
 
-def extent_hashes(backend: FileBackend, extent_size: int, first: int, count: int) -> tuple[int, ...]:
+def extent_hashes(backend: ImageBackend, extent_size: int, first: int, count: int) -> tuple[int, ...]:
     """xxh3 of extents ``first``.. ``first + count - 1`` of the image (runs in a worker); holes
     are hashed without reading them."""
     zero_hash = xxhash.xxh3_64_intdigest(bytes(extent_size))

@@ -29,7 +29,7 @@ from foresync.journal.journal import RecordJournal
 from foresync.journal.undo import UndoLog, roll_back
 from foresync.replication.epochs import Lineage, new_epoch_id
 from foresync.replication.failback import failback_set as record_failback_set
-from foresync.storage.file_backend import FileBackend
+from foresync.storage.backend import ImageBackend
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Promotion:
 
 
 def roll_back_then_promote(cfg: SiteConfig, meta: SiteMeta, state: RecordState,
-                           image: Callable[[], FileBackend], undo: UndoLog, force: bool,
+                           image: Callable[[], ImageBackend], undo: UndoLog, force: bool,
                            epoch_id: int | None = None) -> Promotion:
     """Failover (claim 7) for a secondary whose writers have stopped (the daemon drained them;
     offline, none run). An unfinished resync is rolled back first, so the copy promoted is a
@@ -212,7 +212,7 @@ def open_record(cfg: SiteConfig, meta: SiteMeta) -> tuple[SiteMeta, RecordJourna
     return meta, RecordJournal.create(path, volume_id)
 
 
-def roll_back_unfinished_resync(cfg: SiteConfig, meta: SiteMeta, backend: FileBackend,
+def roll_back_unfinished_resync(cfg: SiteConfig, meta: SiteMeta, backend: ImageBackend,
                                 undo: UndoLog) -> tuple[SiteMeta, int]:
     """A resync into this secondary did not finish: restore the image from before it from the
     undo log, and mark what was restored stale (claim 8's failback must start from a consistent

@@ -31,6 +31,7 @@ from foresync.admin.http import Response
 from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
 from foresync.daemon.cluster import ClusterAgent, FencedTarget
+from foresync.daemon.group_unit import group_status
 from foresync.daemon.link_router import LinkRouter, Route
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.results import Result, answer_of
@@ -40,14 +41,14 @@ from foresync.errors import RequestRefused, TryAgainLater
 from foresync.logctx import VolumeContext
 from foresync.nbd.exports import ExportSpec
 from foresync.nbd.server import NbdServer
-from foresync.storage.file_backend import FileBackend
+from foresync.storage.backend import ImageBackend
 
 log = logging.getLogger(__name__)
 
 ROLE_START_TIMEOUT_S = 30.0  # how long a role change's answer waits for the new role to serve
 
 Runner = PrimarySite | SecondarySite
-RunnerFactory = Callable[[config_mod.SiteConfig, site.SiteMeta, FileBackend, SiteSecurity], Runner]
+RunnerFactory = Callable[[config_mod.SiteConfig, site.SiteMeta, ImageBackend, SiteSecurity], Runner]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ def refusals_answered(
 
 
 class VolumeUnit:
-    def __init__(self, cfg: config_mod.SiteConfig, runner: Runner, backend: FileBackend,
+    def __init__(self, cfg: config_mod.SiteConfig, runner: Runner, backend: ImageBackend,
                  exports: list[ExportSpec], security: SiteSecurity, make_runner: RunnerFactory,
                  shared: Shared | None, feed: EventFeed) -> None:
         self.cfg = cfg
@@ -105,6 +106,8 @@ class VolumeUnit:
             doc["objects"] = self.runner.objects.status()  # issue 18: the S3 front end's mirror
         if self.agent is not None:
             doc["cluster"] = self.agent.status()
+        if self.cfg.group is not None:  # issue 16 part 2: daemon/group_unit.py
+            doc["group"] = group_status(self.cfg, self.exports)
         return doc
 
     # -- admin actions --------------------------------------------------------------------------

@@ -26,11 +26,13 @@ from typing import Any
 
 from foresync import config as config_mod
 from foresync.admin.events import EventFeed
+from foresync.admin.group_metrics import GroupMembersCollector
 from foresync.admin.http import AdminServer, Endpoint, Response, StreamEndpoint
 from foresync.admin.metrics import SiteMetrics
 from foresync.admin.object_metrics import ObjectCollector
 from foresync.admin.status import status_document
 from foresync.daemon import metadata as site
+from foresync.daemon.group_unit import exports_of, open_image
 from foresync.daemon.link_router import LinkRouter
 from foresync.daemon.security import SiteSecurity, load_security, setup_frame_bytes
 from foresync.daemon.site_lock import SiteLock
@@ -46,12 +48,12 @@ from foresync.errors import ConfigError, ForesyncError
 from foresync.logctx import VolumeContext
 from foresync.nbd.exports import ExportSpec
 from foresync.nbd.server import NbdServer
-from foresync.storage.file_backend import FileBackend
+from foresync.storage.backend import ImageBackend
 from foresync.volumes_config import DaemonConfig
 
 log = logging.getLogger(__name__)
 
-Opener = Callable[[config_mod.SiteConfig, FileBackend, SiteSecurity], Any]
+Opener = Callable[[config_mod.SiteConfig, ImageBackend, SiteSecurity], Any]
 
 
 class _BadRequest(Exception):
@@ -81,11 +83,12 @@ class Daemon:
     # -- units ----------------------------------------------------------------------------------
 
     def _open_unit(self, cfg: config_mod.SiteConfig,
-                   open_backend: Callable[[], FileBackend] | None = None,
+                   open_backend: Callable[[], ImageBackend] | None = None,
                    exports: list[ExportSpec] | None = None) -> VolumeUnit:
-        """Lock the unit's metadata, open its backend and its runner (nothing started yet). A
-        volume's backend is its data file and its one export the whole of it; a unit of several
-        volumes (a consistency group) passes its own ``open_backend`` and ``exports``."""
+        """Lock the unit's metadata, open its backend and its runner (nothing started yet). By
+        default both come from the unit's config (daemon/group_unit.py): a volume's backend is its
+        data file and its one export the whole of it; a consistency group's (``cfg.group``) is
+        its members laid end to end, one export per member."""
         if not self._locked:
             site.check_meta_dir(cfg.meta)
             host, port = cfg.admin_listen
@@ -96,7 +99,8 @@ class Daemon:
             # is the volume's own (it lists up to every extent).
             security = dataclasses.replace(self.security, link=dataclasses.replace(
                 self.security.link, setup_frame_bytes=setup_frame_bytes(cfg)))
-            backend = open_backend() if open_backend is not None else FileBackend(cfg.data, cfg.size)
+            # A group's unit opens its members as one (daemon/group_unit.py).
+            backend = open_backend() if open_backend is not None else open_image(cfg)
             try:
                 runner = self._open_runner(cfg, backend, security)
             except BaseException:
@@ -113,9 +117,13 @@ class Daemon:
             return status_document(unit.runner.statistics())
 
         feed = EventFeed(status)
-        unit = VolumeUnit(cfg, runner, backend, exports or [ExportSpec(cfg.export, 0, cfg.size)],
-                          security, self._make_runner, self.shared, feed)
+        unit = VolumeUnit(cfg, runner, backend, exports or exports_of(cfg), security,
+                          self._make_runner, self.shared, feed)
         unit.write_latency = self.metrics.add_volume(cfg.name, lambda: unit.runner.statistics())
+        if cfg.group is not None:  # issue 16 part 2: which members the unit holds
+            self.metrics.add_member(cfg.name, GroupMembersCollector(
+                cfg.name, site_name(cfg), [(m.name, spec.name, spec.offset, spec.size)
+                                           for m, spec in zip(cfg.group.members, unit.exports, strict=True)]))
         if cfg.s3_listen is not None:
             self.metrics.add_member(cfg.name, ObjectCollector(
                 cfg.name, site_name(cfg),
@@ -316,7 +324,9 @@ class Daemon:
                 return next(iter(self.units.values()))
             raise _BadRequest(400, f"this daemon serves {len(self.units)} volumes "
                                    f"({', '.join(self.units)}): name one with {{\"volume\": NAME}}")
-        unit = self.units.get(name)
+        unit = self.units.get(name) or next(  # a group's member: the group acts as a whole
+            (u for u in self.units.values() if u.cfg.group is not None
+             and name in (m.name for m in u.cfg.group.members)), None)
         if unit is None:
             raise _BadRequest(404, f"no volume named {name!r} here (serving: {', '.join(self.units)})")
         return unit

@@ -37,3 +37,12 @@ class BlockBackend(Protocol):
         """Allocation status from ``offset``: consecutive (length, flags) covering the range."""
 
     def close(self) -> None: ...
+
+
+class ImageBackend(BlockBackend, Protocol):
+    """What a replicated unit's image offers: FileBackend, or a group's GroupBackend over its
+    members (group_backend.py), with hole-aware reads for resync and verify."""
+
+    def is_hole(self, offset: int, length: int) -> bool: ...
+
+    def read_unless_hole(self, offset: int, length: int) -> bytes: ...

@@ -20,11 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=[m.value for m in Mode], help="fix the mode (default: per seed)")
     parser.add_argument("--fault", choices=[f for f in Faults.__dataclass_fields__],
                         help="switch on one deliberate bug (self-check)")
+    parser.add_argument("--group", type=int, default=0, choices=[0, 2, 3],
+                        help="run one consistency group of 2 or 3 member volumes (issue 16)")
     parser.add_argument("--verbose", action="store_true", help="print the full schedule of a failure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the real journal warns of every torn tail it cuts
     faults = Faults(**{args.fault: True}) if args.fault else Faults()
-    config = SimConfig(steps=args.steps, mode=Mode(args.mode) if args.mode else None, faults=faults)
+    config = SimConfig(steps=args.steps, mode=Mode(args.mode) if args.mode else None, faults=faults,
+                       group_members=args.group)
     passed = failed = 0
     started = time.monotonic()
     for seed in range(args.seed, args.seed + args.seeds):
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {line}")
             extra = f" --mode {args.mode}" if args.mode else ""
             extra += f" --fault {args.fault}" if args.fault else ""
+            extra += f" --group {args.group}" if args.group else ""
             print(f"  replay: python -m foresync.testing.sim --seeds 1 --seed {seed} --steps {args.steps}"
                   f"{extra} --verbose")
     elapsed = time.monotonic() - started

@@ -50,6 +50,17 @@ class SimDisk:
             self.durable[offset : offset + len(data)] = data
         self._unsynced.clear()
 
+    def flush_range(self, start: int, end: int) -> None:
+        """Make durable only the unsynced writes that begin in ``start``..``end``: one member
+        file of a consistency group (testing/sim/groups.py) has its own page cache."""
+        kept = []
+        for offset, data in self._unsynced:
+            if start <= offset < end:
+                self.durable[offset : offset + len(data)] = data
+            else:
+                kept.append((offset, data))
+        self._unsynced = kept
+
     def crash(self, rng: random.Random) -> int:
         kept = 0
         for offset, data in self._unsynced:

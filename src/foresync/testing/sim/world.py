@@ -55,6 +55,11 @@ then the invariants are checked:
     open, nothing in flight arrives, neither side is told) is ended by a core's ``LinkFailed``
     "no frame from ..." within ``TIMEOUT_S`` of virtual time, and any other timeout fails the
     run, since every other frame is delivered, ahead of most timer ticks.
+14. with ``SimConfig.group_members`` (a consistency group of 2 or 3 volumes, issue 16), the
+    secondary's members, all together, are the primary's group at ONE point of its write order:
+    member by member at every step until the first fault, at a failover after a first-fault
+    primary crash (the promoted members at one seq), and at a crash of the secondary the
+    surviving members all hold the group's durable point (testing/sim/groups.py).
 15. silent damage on the secondary (``_rot``: a flipped byte once the run has healed) is found by
     an online verify without --repair, which marks it out of sync: the primary no longer reports
     in sync (invariant 8) until the next connect has copied it back.
@@ -95,6 +100,7 @@ from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.testing.sim.disk import SECTOR, SimDisk
+from foresync.testing.sim.groups import SimGroup, SimGroupImage
 from foresync.testing.sim.lease import LeaseFailure, LeaseWorld
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
 from foresync.testing.sim.routing import RoutingFailure, RoutingWorld
@@ -125,6 +131,7 @@ class SimConfig:
     faults: Faults = NO_FAULTS
     crash_weight: float = 1.0  # scale of the fault events' weights; 0 disables them
     eviction: Eviction | None = None  # None: chosen by the seed
+    group_members: int = 0  # 2 or 3: one consistency group of that many volumes (0: one volume)
 
 
 @dataclass(slots=True)
@@ -170,9 +177,9 @@ class _Primary:
         w = self.world
         try:
             if data is not None:
-                w.pdisk.write(offset, data)
+                w.pimage.write(offset, data)
             else:
-                w.pdisk.zero(offset, length)
+                w.pimage.zero(offset, length)
         except StorageError as exc:
             w._log(f"primary apply of seq {seq} failed: {exc}")
             w.write_failures["primary"] += 1
@@ -258,13 +265,13 @@ class _Secondary:
     def write_data(self, offset: int, data: bytes, seq: int) -> None:
         self._check_save_order(offset, len(data), seq)
         self.world._note_overwrite(offset, len(data))
-        self.world.sdisk.write(offset, data)
+        self.world.simage.write(offset, data)
         self.world._track_apply(seq, offset, data)
 
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
         self._check_save_order(offset, length, seq)
         self.world._note_overwrite(offset, length)
-        self.world.sdisk.zero(offset, length)
+        self.world.simage.zero(offset, length)
         self.world._track_apply(seq, offset, bytes(length))
 
     def sync_data(self, through: int) -> None:
@@ -347,6 +354,11 @@ class World:
         self.now = 0.0
         # Two sites, "A" (first primary) and "B"; promotion swaps which one plays which role.
         self.disks = {"A": SimDisk(self.size), "B": SimDisk(self.size)}
+        # A consistency group (issue 16): its layout from an RNG of its own, so the draws above
+        # and every non-group seed's schedule stay as they were.
+        self.group = (SimGroup(self.cfg.group_members, self.extent_size, self.extent_count,
+                               random.Random(seed * 104729 + 3), self.cfg.faults, self.disks)
+                      if self.cfg.group_members else None)
         # Each site's metadata: the real journal and undo log over its SimFiles, and site.json.
         self.metas = {site: SimMeta(VOLUME_ID, self.extent_size, self.size, self.cfg.faults)
                       for site in ("A", "B")}
@@ -438,6 +450,18 @@ class World:
         return self.disks[self.roles["secondary"]]
 
     @property
+    def pimage(self) -> SimDisk | SimGroupImage:
+        """The primary's image as its site writes and flushes it: a group's through the real
+        ``GroupBackend`` (testing/sim/groups.py)."""
+        site = self.roles["primary"]
+        return self.disks[site] if self.group is None else self.group.images[site]
+
+    @property
+    def simage(self) -> SimDisk | SimGroupImage:
+        site = self.roles["secondary"]
+        return self.disks[site] if self.group is None else self.group.images[site]
+
+    @property
     def meta(self) -> SimMeta:
         return self.metas[self.roles["secondary"]]
 
@@ -464,7 +488,8 @@ class World:
     def describe(self) -> str:
         return (f"mode={self.mode.value} extents={self.extent_count}x{self.extent_size}B "
                 f"capacity={self.capacity} lookahead={self.lookahead} eviction={self.eviction.value} "
-                f"predictor={self.predictor}")
+                f"predictor={self.predictor}"
+                + (f" group={self.group.describe()}" if self.group is not None else ""))
 
     def _start_primary(self) -> None:
         config = pcore.Config(
@@ -607,6 +632,8 @@ class World:
         p, s = self.primary, self.secondary
         if p is not None and len(self.host_ops) < 12:
             choices += [(6.0, "write"), (0.6, "zero"), (0.6, "flush")]
+            if self.group is not None and self.group.txn_step_ready(self.host_ops):
+                choices.append((3.0, "txn"))
         if self.p2s and self.stalled_at is None:
             choices.append((4.0, "deliver_p2s"))
         if self.s2p and self.stalled_at is None:
@@ -657,24 +684,34 @@ class World:
     def _ev_write(self) -> None:
         assert self.primary is not None
         rng = self.rng
+        if self.group is not None:  # inside one member (testing/sim/groups.py)
+            offset, length = self.group.pick_write(rng, self.max_write)
+            self._host_write(offset, length, rng.random() < 0.1)
+            return
         length = rng.choice([SECTOR, SECTOR * 2, self.extent_size, rng.randrange(1, 9) * SECTOR])
         length = min(length, self.max_write, self.size)
         offset = rng.randrange(0, (self.size - length) // SECTOR + 1) * SECTOR
         if self._stream_end is not None and self._stream_end + length <= self.size and rng.random() < 0.5:
             offset = self._stream_end  # continue a sequential stream: exercises the read-ahead
         self._stream_end = offset + length
+        self._host_write(offset, length, rng.random() < 0.1)
+
+    def _host_write(self, offset: int, length: int, fua: bool) -> int:
+        """Submit a host write of a fresh version; its op id."""
+        p = self.primary
+        assert p is not None
         version = self._version
         self._version += 1
         data = struct.pack(">Q", version) * (length // 8)
-        op = _HostOp(self._next_op, "write", offset, length, data, rng.random() < 0.1)
+        op = _HostOp(self._next_op, "write", offset, length, data, fua)
         self._submit(op, version)
-        p = self.primary
         # The site's hot path (PrimaryDriver.write_hit): send, apply at once, answer.
-        errno = None if op.fua or rng.random() < 0.2 else p.driver.write_hit(offset, data)
+        errno = None if op.fua or self.rng.random() < 0.2 else p.driver.write_hit(offset, data)
         if errno is None:
             p.core.write(op.op_id, offset, data, op.fua)
-            return
-        p.ack_host(op.op_id, errno)
+        else:
+            p.ack_host(op.op_id, errno)
+        return op.op_id
 
     def _ev_zero(self) -> None:
         assert self.primary is not None
@@ -691,11 +728,19 @@ class World:
         self.primary.core.zero(op.op_id, offset, length, rng.random() < 0.5, op.fua)
 
     def _ev_flush(self) -> None:
+        self._host_flush()
+
+    def _host_flush(self) -> int:
         assert self.primary is not None
         op = _HostOp(self._next_op, "flush", 0, 0, None, True)
         self._flush_snapshots[op.op_id] = dict(self.sector_acked)
         self._submit(op, 0)
         self.primary.core.flush(op.op_id)
+        return op.op_id
+
+    def _ev_txn(self) -> None:
+        assert self.group is not None
+        self.group.step_txn(self)
 
     def _submit(self, op: _HostOp, version: int) -> None:
         self._next_op += 1
@@ -785,7 +830,7 @@ class World:
     def _ev_primary_flush(self) -> None:
         assert self.primary is not None
         ticket = self.primary.flushes.popleft()
-        self.pdisk.flush()
+        self.pimage.flush()
         self.primary.core.local_flushed(ticket)
 
     def _ev_disk_full(self) -> None:
@@ -794,6 +839,8 @@ class World:
         meta = self.meta.files
         what = self.rng.randrange(len(choices) + 1) if choices else 0
         self.faulted = True  # the secondary's image is no longer a prefix of the history
+        if self.group is not None:
+            self.group.failover_point = None
         if what < len(choices):
             site = next(name for name, disk in self.disks.items() if disk is choices[what])
             self._log(f"DISK FULL: the image of site {site} ({'primary' if self.roles['primary'] == site else 'secondary'})")
@@ -889,7 +936,9 @@ class World:
     def _ev_data_sync(self) -> None:
         assert self.secondary is not None
         through = self.secondary.syncs.popleft()
-        self.sdisk.flush()
+        self.simage.flush()
+        if self.group is not None and not self.faulted:
+            self.group.note_synced(through)
         self.secondary.core.data_synced(through)
 
     def _ev_tick(self) -> None:
@@ -988,6 +1037,8 @@ class World:
     def _ev_crash_primary(self) -> None:
         assert self.primary is not None
         self._log("CRASH primary")
+        if self.group is not None and not self.faulted:
+            self.group.failover_point = 0  # set to the applied seq once the prefix is delivered
         self._disconnect("primary crashed", deliver_p2s_prefix=True)
         self.primary = None
         self.pdisk.crash(self.rng)
@@ -997,7 +1048,11 @@ class World:
             self._log(f"DAMAGE: primary {self.roles['primary']}'s out-of-sync store deleted")
         if self.mode is Mode.SYNC:
             self._check_sync_durability()
+        if self.group is not None and self.group.failover_point is not None:
+            self.group.failover_point = self.applied_seq_seen
         self.host_ops.clear()  # the host sees its outstanding requests fail
+        if self.group is not None:
+            self.group.host_lost()
         # Writes acknowledged without FUA or FLUSH may be lost in a crash: a later FLUSH does
         # not promise them. What was already promised stays promised.
         self.sector_acked = {}
@@ -1007,14 +1062,21 @@ class World:
 
     def _ev_restart_primary(self) -> None:
         self._log("restart primary")
+        if self.group is not None:
+            self.group.failover_point = None
         self._start_primary()
 
     def _ev_crash_secondary(self) -> None:
         assert self.secondary is not None
         self._log("CRASH secondary")
+        first_fault = not self.faulted
+        if self.group is not None:
+            self.group.failover_point = None
         self._disconnect("secondary crashed")
         self.secondary = None
         self.sdisk.crash(self.rng)
+        if self.group is not None and first_fault:
+            self.group.check_crash(self)  # invariant 14 at the group's durable point
         files = self.meta.files
         self.meta.crash(self.rng)
         damage = self.rng.random()
@@ -1099,6 +1161,8 @@ class World:
                 self._ev_data_sync()
             self._settle()
         self.sdisk.flush()
+        if self.group is not None:
+            self.group.check_promoted(self)  # invariant 14 after a failover
         site, old = self.roles["secondary"], self.roles["primary"]
         if not self.meta.consistent:
             try:  # promote a consistent, older copy, not a mix (SecondarySite._promote_now)
@@ -1309,6 +1373,8 @@ class World:
         self._disconnect("the secondary closed the link")
 
     def _acked(self, op: _HostOp) -> None:
+        if self.group is not None:
+            self.group.acked(op.op_id)
         # Only what ran start to finish on one unbroken connection carries sync mode's promise;
         # a write that lived through a disconnect was finished locally ("continue").
         connected = op.conn != 0 and op.conn == self.conn
@@ -1393,6 +1459,8 @@ class World:
             raise SimFailure(f"secondary applied seq {seq} with data that was not sent", self.seed,
                              self.schedule)
         self.expected[offset : offset + len(data)] = data
+        if self.group is not None:
+            self.group.note_apply(seq, offset, data)
 
     # -- invariants -------------------------------------------------------------------------------
 
@@ -1410,6 +1478,8 @@ class World:
             self._fail(f"primary record copy exceeds capacity {self.capacity}")
         if self.displaced_by_stranger:
             self._fail("invariant 7: a HELLO of another volume ended the primary's session")
+        if not self.faulted and self.group is not None:
+            self.group.check_members(self)  # invariant 14, member by member, before invariant 2
         if not self.faulted and self.sdisk.current != self.expected:
             self._fail("secondary image is not a prefix of the primary's sent history")
         self._check_in_sync()
