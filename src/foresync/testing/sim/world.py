@@ -557,7 +557,8 @@ class World:
         connect has copied the extent back; then the images are equal again. Its own RNG, so
         the schedule of the run before it is the same as without it."""
         p, s = self.primary, self.secondary
-        if p is None or s is None or p.core.link is not pcore.LinkState.CONNECTED:
+        if (p is None or s is None or p.core.link is not pcore.LinkState.CONNECTED
+                or self.group is not None):  # a group's members sit behind their own page caches
             return
         rng = random.Random(self.seed * 104729 + 3)
         self._drive(lambda: not p.core.verify_progress(now=self.now).active, "an earlier verify")
