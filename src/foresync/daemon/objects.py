@@ -24,10 +24,12 @@ import asyncio
 import concurrent.futures
 import functools
 import itertools
+import json
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from foresync import tls
 from foresync.config import SiteConfig, listen_error
@@ -50,6 +52,13 @@ from foresync.link.object_wire import (
     ObjectOp,
     ObjectRemove,
     list_frames,
+)
+from foresync.objects.parts import (
+    completion_meta,
+    completion_parts,
+    parse_completion,
+    parse_part_name,
+    part_name,
 )
 from foresync.objects.predict import LinksPredictor
 from foresync.objects.s3 import S3Frontend, load_credentials, start_server
@@ -74,7 +83,8 @@ CHUNK_BYTES = 8 * 1024 * 1024  # object data over this goes in OBJ_CHUNK frames
 DRAIN_S = 10.0  # how long a stopping secondary keeps applying the object frames it received
 OBJECT_MESSAGES = ObjectMessage.__args__
 _KINDS = {"put": ObjectKind.PUT, "delete": ObjectKind.DELETE,
-          "bucket-create": ObjectKind.BUCKET_CREATE, "bucket-delete": ObjectKind.BUCKET_DELETE}
+          "bucket-create": ObjectKind.BUCKET_CREATE, "bucket-delete": ObjectKind.BUCKET_DELETE,
+          "part": ObjectKind.PART, "part-delete": ObjectKind.DELETE, "complete": ObjectKind.COMPLETE}
 
 
 def store_dir(cfg: SiteConfig) -> str:
@@ -173,7 +183,24 @@ class ObjectsPrimary:
     # -- the store's gate (worker threads) -------------------------------------------------------
 
     def before(self, kind: str, bucket: str, key: str, pending: PendingObject | None,
-               info: ObjectInfo | None) -> object:
+               info: ObjectInfo | None, detail: dict[str, Any] | None = None) -> object:
+        name = f"{bucket}/{key}" if kind in ("put", "delete", "complete") else bucket
+        meta = info.to_json() if info is not None else b""
+        parts: tuple[str, ...] = ()
+        if kind in ("part", "part-delete"):
+            assert detail is not None
+            name = part_name(bucket, detail["upload_id"], detail["number"])
+            if kind == "part":
+                meta = json.dumps({"info": json.loads(meta), "upload": detail["upload"]}).encode()
+        elif kind == "complete":
+            assert detail is not None and info is not None
+            chosen = [(int(n), str(e)) for n, e in detail["parts"]]
+            parts = completion_parts(bucket, detail["upload_id"], chosen)
+            if self._ask(functools.partial(self.core.complete_is_small, parts)):
+                # The secondary assembles it from its durable parts: no data crosses now.
+                meta, pending = completion_meta(meta, detail["upload_id"], chosen), None
+            else:
+                kind, parts = "put", ()  # a part may not be there: the object goes whole
         data = b""
         if pending is not None and info is not None:
             with open(pending.path, "rb") as f:
@@ -182,20 +209,27 @@ class ObjectsPrimary:
         committing: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._committing[op_id] = committing
         self._answering[op_id] = concurrent.futures.Future()
-        name = f"{bucket}/{key}" if kind in ("put", "delete") else bucket
-        meta = info.to_json() if info is not None else b""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._submit, op_id, int(_KINDS[kind]), name, meta, data)
+        self._loop.call_soon_threadsafe(self._submit, op_id, int(_KINDS[kind]), name, meta, data,
+                                        parts)
         committing.result()
         return op_id
+
+    def _ask(self, question: Callable[[], bool]) -> bool:
+        """The core's answer to ``question``, from a worker thread (on the loop)."""
+        assert self._loop is not None
+        answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(lambda: answer.set_result(question()))
+        return answer.result()
 
     def after(self, token: object, ok: bool) -> None:
         assert isinstance(token, int) and self._loop is not None
         self._loop.call_soon_threadsafe(self._committed, token, ok)
         self._answering[token].result()
 
-    def _submit(self, op_id: int, kind: int, name: str, meta: bytes, data: bytes) -> None:
-        self.core.submit(op_id, kind, name, meta, data)
+    def _submit(self, op_id: int, kind: int, name: str, meta: bytes, data: bytes,
+                parts: tuple[str, ...] = ()) -> None:
+        self.core.submit(op_id, kind, name, meta, data, parts)
         self.pump()
 
     def _committed(self, op_id: int, ok: bool) -> None:
@@ -229,6 +263,9 @@ class ObjectsPrimary:
         self._send(message)
 
     def _read(self, name: str) -> tuple[bytes | None, bytes]:
+        part = parse_part_name(name)
+        if part is not None:
+            return self._read_part(*part)
         if "/" not in name:  # a bucket: whether it exists (BUCKET_CREATE or BUCKET_DELETE)
             return (b"", b"") if self.store.has_bucket(name) else (None, b"")
         bucket, key = _split(name)
@@ -238,6 +275,19 @@ class ObjectsPrimary:
             return None, b""  # no such bucket or key: the secondary deletes it
         try:
             return opened.info.to_json(), opened.read(0, opened.info.size)
+        finally:
+            opened.close()
+
+    def _read_part(self, bucket: str, upload_id: str, number: int) -> tuple[bytes | None, bytes]:
+        """A part's current state for a resync: its info and upload, with its data, or None if
+        the upload or the part is gone here (the secondary deletes its copy)."""
+        doc = self.store.upload_document(upload_id)
+        opened = self.store.open_part(upload_id, number) if doc and doc["bucket"] == bucket else None
+        if doc is None or opened is None:
+            return None, b""
+        try:
+            meta = json.dumps({"info": json.loads(opened.info.to_json()), "upload": doc}).encode()
+            return meta, opened.read(0, opened.info.size)
         finally:
             opened.close()
 
@@ -373,7 +423,12 @@ class ObjectsSecondary:
             self._loop.call_soon_threadsafe(self._send, added)  # before the object is written
         bucket, key = _split(op.name)
         kind = ObjectKind(op.kind)
-        if kind is ObjectKind.PUT:
+        part = parse_part_name(op.name)
+        if kind is ObjectKind.PART or part is not None:
+            self._apply_part(op, kind)
+        elif kind is ObjectKind.COMPLETE:
+            self._complete(op, bucket, key)
+        elif kind is ObjectKind.PUT:
             self._put(op, bucket, key)
         elif kind is ObjectKind.DELETE:
             if self.store.has_bucket(bucket):
@@ -402,6 +457,41 @@ class ObjectsSecondary:
         if not self.store.has_bucket(bucket):
             self.store.create_bucket(bucket)
         self.store.commit_object(pending, bucket, key, info.content_type, info.metadata, etag=info.etag)
+
+    def _apply_part(self, op: ObjectOp, kind: ObjectKind) -> None:
+        """A part written (PART) or gone (DELETE: an abort, or a resync of a part no longer
+        there) on the primary."""
+        part = parse_part_name(op.name)
+        if part is None:
+            raise StorageError(f"object op {op.seq}: {op.name!r} is not a part's name")
+        bucket, upload_id, number = part
+        if kind is ObjectKind.DELETE:
+            self.store.mirror_part_delete(upload_id, number)
+            return
+        doc = json.loads(op.meta)
+        info = ObjectInfo.from_json(json.dumps(doc["info"]).encode())
+        pending = self._chunks.pop(op.seq, None) if op.flags & ObjectFlag.CHUNKED else None
+        if pending is None:
+            pending = self.store.begin()
+            pending.write(op.data)
+        if pending.size != info.size:
+            pending.abort()
+            raise StorageError(f"part {op.name!r}: {pending.size} bytes arrived, {info.size} expected")
+        if not self.store.has_bucket(bucket):
+            self.store.create_bucket(bucket)
+        self.store.mirror_part(pending, upload_id, doc["upload"], number, info.etag)
+
+    def _complete(self, op: ObjectOp, bucket: str, key: str) -> None:
+        """The object assembled from the parts durable here, as the primary did: same parts,
+        same order, so the same ETag (checked)."""
+        info_json, upload_id, chosen = parse_completion(op.meta)
+        want = ObjectInfo.from_json(info_json)
+        if not self.store.has_bucket(bucket):
+            self.store.create_bucket(bucket)
+        got = self.store.complete_upload(upload_id, bucket, key, chosen)
+        if got.etag != want.etag:
+            raise StorageError(f"object {op.name}: assembled with ETag {got.etag}, the primary's "
+                               f"is {want.etag}")
 
     def _listing(self) -> list[tuple[str, str]]:
         return [(f"{bucket}/{key}", info.etag)

@@ -55,6 +55,9 @@ class ObjectKind(IntEnum):
     DELETE = 2  # the name is deleted (a no-op if absent)
     BUCKET_CREATE = 3  # name is the bucket
     BUCKET_DELETE = 4
+    PART = 5  # one part of a multipart upload (name: objects/parts.py); meta: the part's
+    #           ObjectInfo JSON and the upload's document, data: the part
+    COMPLETE = 6  # the object assembled from its durable parts there (meta: parts.completion_meta)
 
 
 class ObjectFlag(IntFlag):

@@ -30,17 +30,19 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 
+from foresync.objects import parts
+
 PREFIX_KEYS_MAX = 64  # names remembered per prefix
 PREFIXES_MAX = 4096
 SUCCESSORS_MAX = 4  # followers remembered per name
 HISTORY_MAX = 65536  # names with followers remembered
 _NUMBER_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
-_PART_RE = re.compile(r"^(.*)#part=(\d+)$")
+_PART_RE = re.compile(r"^([^\x00]+\x00[^\x00]+\x00)(\d{5})$")  # objects/parts.py's names
 
 
 def part_name(name: str, upload_id: str, number: int) -> str:
     """The record name of one part of a multipart upload of ``name`` (bucket/key)."""
-    return f"{name}#upload={upload_id}#part={number}"
+    return parts.part_name(name.partition("/")[0], upload_id, number)
 
 
 class ObjectPredictor:
@@ -68,7 +70,7 @@ class MultipartPredictor(ObjectPredictor):
         if match is None:
             return []
         stem, number = match.group(1), int(match.group(2))
-        return [f"{stem}#part={n}" for n in range(number + 1, min(number + 1 + budget, 10001))]
+        return [f"{stem}{n:05d}" for n in range(number + 1, min(number + 1 + budget, 10001))]
 
 
 class SequencePredictor(ObjectPredictor):

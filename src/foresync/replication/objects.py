@@ -82,6 +82,7 @@ from foresync.objects.entries import (
     covers,
     is_prefix_entry,
 )
+from foresync.objects.parts import is_part_name
 from foresync.replication.object_copy import RecordCopy
 from foresync.replication.object_ops import (
     AnswerClient,
@@ -115,6 +116,7 @@ __all__ = ["SLOT_BYTES_MIN", "AnswerClient", "CommitLocal", "LocalIndex", "Objec
 
 _MISS, _DURABLE, _RESYNC = int(ObjectFlag.MISS), int(ObjectFlag.DURABLE), int(ObjectFlag.RESYNC)
 _PREFIX = int(ObjectFlag.PREFIX)
+_OBJECT_KINDS = (ObjectKind.PUT, ObjectKind.DELETE, ObjectKind.PART, ObjectKind.COMPLETE)
 
 
 class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
@@ -138,9 +140,11 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         self._expanding: dict[int, str] = {}  # OBJ_LIST_REQUEST UNDER -> its prefix entry
         self._prefix_resyncs: dict[str, tuple[int, set[int]]] = {}  # entry -> (mark, resync ops)
         self._partial: dict[int, list[tuple[str, str]]] = {}  # a listing's frames so far
+        self._parts_in_flight: dict[int, str] = {}  # oseq -> part name, sent, not yet durable
         self._in_window: deque[tuple[int, int]] = deque()  # (oseq, bytes) sent, not yet durable
         self.window_used = 0  # bytes let through the window and not yet durable there
         self._waiting_window: deque[Op] = deque()
+        self._waiting_parts: list[Op] = []  # COMPLETEs waiting for their parts' resyncs
         self._reading: set[int] = set()  # resync ops let through, reading (one at a time)
         self._actions: list[ObjectAction] = []
         self.next_seq = 1
@@ -159,9 +163,21 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         out, self._actions = self._actions, []
         return out
 
-    def submit(self, op_id: int, kind: int, name: str, meta: bytes = b"", data: bytes = b"") -> None:
-        """A client op on ``name`` (a bucket op names the bucket); its data is whole already."""
-        self._enqueue(Op(op_id, kind, name, meta, data))
+    def submit(self, op_id: int, kind: int, name: str, meta: bytes = b"", data: bytes = b"",
+               parts: tuple[str, ...] = ()) -> None:
+        """A client op on ``name`` (a bucket op names the bucket); its data is whole already. A
+        COMPLETE names its chosen ``parts`` (objects/parts.py) and carries no data."""
+        self._enqueue(Op(op_id, kind, name, meta, data, parts=parts))
+
+    def complete_is_small(self, parts: tuple[str, ...]) -> bool:
+        """Whether a CompleteMultipartUpload of ``parts`` may go as the small op (the secondary
+        assembles it from its durable parts): each part's last op is durable there or sent on
+        this connection ahead of it in the stream. Not so for a part in may-differ (written
+        while the link was down, or sent and lost with a cut) or with an op still queued (a
+        resync): the adapter then sends the assembled object whole, as a PUT."""
+        if self.faults.object_complete_before_parts_durable:
+            return True
+        return self.link_up and not any(p in self.may_differ or p in self._queues for p in parts)
 
     def committed(self, op_id: int, ok: bool) -> None:
         """The local commit of ``op_id`` is done (``ok``) or failed (nothing changed locally)."""
@@ -178,6 +194,8 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         op.state = OpState.AWAIT_DURABLE
         self._release(op)
         self._maybe_answer(op)
+        if op.resync_after and ok and self.link_up:
+            self._resync(op.name)  # its parts may not be there: send the object whole
 
     def _bucket_committed(self, op: Op, ok: bool) -> None:
         if ok and self.link_up:  # now the change is made: send it, clear the name once durable
@@ -199,7 +217,9 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
             self._forget(op)  # the name stays in may-differ for the next connect
             self._release(op)
             return
-        if "/" in op.name:
+        if is_part_name(op.name):
+            op.kind = int(ObjectKind.PART if meta is not None else ObjectKind.DELETE)
+        elif "/" in op.name:
             op.kind = int(ObjectKind.PUT if meta is not None else ObjectKind.DELETE)
         else:  # a bucket's name: it exists here, or not
             op.kind = int(ObjectKind.BUCKET_CREATE if meta is not None else ObjectKind.BUCKET_DELETE)
@@ -233,6 +253,9 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         self._expanding.clear()
         self._prefix_resyncs.clear()  # a prefix entry in may-differ stays there
         self._partial.clear()
+        for name in self._parts_in_flight.values():  # sent, perhaps lost: may differ, durably
+            self._mark(name)
+        self._parts_in_flight.clear()
         for op in list(self._ops.values()):
             if op.state is OpState.AWAIT_ADDED or op.state is OpState.WAIT_ROOM:
                 # Whether the secondary got it is unknown: the name may differ, durably, first.
@@ -242,7 +265,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
                     del self._by_seq[op.seq]
                 self._commit(op)
             elif (op.state is OpState.COMMITTING and op.seq > self.durable_seq
-                  and op.kind in (ObjectKind.PUT, ObjectKind.DELETE)
+                  and op.kind in _OBJECT_KINDS
                   and not self.faults.object_link_loss_forgets_uncommitted):
                 # Sent, perhaps lost, and not yet committed here: a full compare (async) made
                 # before the commit would find the copies equal. Found by the simulator.
@@ -258,7 +281,8 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         self._in_window.clear()
         self.window_used = 0
         self._reading.clear()
-        waiting, self._waiting_window = self._waiting_window, deque()
+        waiting, self._waiting_window = [*self._waiting_window, *self._waiting_parts], deque()
+        self._waiting_parts = []
         for op in waiting:  # nothing sent: the link-down way (marked, committed)
             op.state = OpState.QUEUED
             if op.resync:
@@ -357,6 +381,9 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
             self._mark(op.name)
             self._commit(op)
             return
+        if op.kind == ObjectKind.COMPLETE and not self.complete_is_small(op.parts):
+            self._complete_later(op)
+            return
         if self.config.mode is Mode.ASYNC:
             self._assign_seq(op)
             self._send(op, 0)
@@ -372,6 +399,24 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
             self.copy.touch(entry, op.seq)
         op.need_durable = self.config.mode is Mode.SYNC
         self._send(op, _DURABLE if op.need_durable else 0)
+        self._commit(op)
+
+    def _complete_later(self, op: Op) -> None:
+        """A COMPLETE whose parts may not all be there (the adapter asked, but the link came
+        back since). Their resyncs are queued: it waits until they are durable there, then goes
+        small. A part with no resync coming (its local commit failed) cannot be waited for: the
+        COMPLETE is committed unsent, marked, and a resync sends the object whole after it."""
+        if any(p in self._queues for p in op.parts):
+            op.state = OpState.WAIT_PARTS
+            self._waiting_parts.append(op)
+            return
+        self._mark(op.name)
+        op.resync_after = True
+        entry = self._hit_entry(op)  # a first write under a prefix entry grows it, or it is
+        if entry is None and (above := self.copy.covering_prefix(op.name)) is not None:
+            self._mark(above)  # too full to: the entry may differ, and leaves the record
+            self.copy.remove(above)
+            self._remove_later(above)
         self._commit(op)
 
     def _wait_for_window(self, op: Op) -> bool:
@@ -558,6 +603,8 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
 
     def _on_durable(self, seq: int) -> None:
         self.durable_seq = max(self.durable_seq, seq)
+        for done in [s for s in self._parts_in_flight if s <= self.durable_seq]:
+            del self._parts_in_flight[done]
         while self._in_window and self._in_window[0][0] <= self.durable_seq:
             self.window_used -= self._in_window.popleft()[1]
         if self._removed_at and not self._by_seq:  # no OBJ_ADDED outstanding: none can race
@@ -572,6 +619,10 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
                 pending.discard(op.op_id)
                 if not pending:
                     self._prefix_resynced(op.cover)
+        parts, self._waiting_parts = self._waiting_parts, []
+        for op in parts:  # a COMPLETE whose parts' resyncs were pending: are they there now?
+            op.state = OpState.QUEUED
+            self._start(op)
         waiting, self._waiting_room = self._waiting_room, deque()
         for op in waiting:  # a miss waiting for room starts again: the window, then room
             if op.state is OpState.WAIT_ROOM:
@@ -585,6 +636,8 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
 
     def _send(self, op: Op, flags: int, budget: int = 0) -> None:
         removals, self._removals = tuple(self._removals), []
+        if is_part_name(op.name):
+            self._parts_in_flight[op.seq] = op.name
         for name in removals:
             self._removed_at[name] = op.seq
         self._emit(SendObject(ObjectOp(op.seq, op.kind, flags, budget, op.name, removals,
