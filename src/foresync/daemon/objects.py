@@ -113,7 +113,7 @@ class ObjectsPrimary:
         self.core = ObjectPrimaryCore(
             ObjectConfig(cfg.mode, cfg.s3_record_capacity, cfg.s3_record_bytes, cfg.s3_budget,
                          min(cfg.s3_prefix_entry_max, cfg.s3_record_capacity), cfg.s3_window_bytes),
-            may_differ, self._listing, local_index=StoreIndex(self.store))
+            may_differ, self._compared, local_index=StoreIndex(self.store))
         self.store.gate = self
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
@@ -300,6 +300,13 @@ class ObjectsPrimary:
         self.core.resync_read(op_id, meta, data)
         self.pump()
 
+    def _compared(self) -> dict[str, str]:
+        """What a full compare (async connect, verify) holds against the secondary's: every
+        object and every part of an upload in progress, with its ETag."""
+        found = self._listing()
+        found.update(self.store.part_listing())
+        return found
+
     def _listing(self) -> dict[str, str]:
         return {f"{bucket}/{key}": info.etag
                 for bucket, _ in self.store.buckets()
@@ -411,7 +418,8 @@ class ObjectsSecondary:
                     return list(list_frames(request, what, [(n, "") for n in self.core.record]))
                 if what == ListWhat.UNDER:
                     return list(list_frames(request, what, self._listing_under(directory)))
-                return list(list_frames(request, what, self._listing()))
+                return list(list_frames(request, what, [*self._listing(),
+                                                         *self.store.part_listing().items()]))
         raise AssertionError(f"the secondary got {type(message).__name__}")
 
     def _apply_op(self, op: ObjectOp) -> list[wire.Message]:

@@ -57,6 +57,7 @@ from typing import Any, Protocol
 from foresync.errors import ConfigError, StorageError
 from foresync.journal import durable
 from foresync.objects.names import check_bucket, check_key, key_file_name
+from foresync.objects.parts import part_name
 from foresync.objects.s3errors import S3Error
 
 log = logging.getLogger(__name__)
@@ -153,12 +154,53 @@ class CommitGate(Protocol):
     def after(self, token: object, ok: bool) -> None: ...
 
 
+class _UploadLocks:
+    """Per upload: part commits share it, a completion or an abort holds it alone. So the parts
+    a completion assembles are committed (sent or marked by the mirror) before it passes the
+    gate, and no part of its upload passes the gate until it is done (daemon/objects.py relies
+    on it: the secondary assembles from the same parts)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held: dict[str, int] = {}  # upload id -> sharers, or -1 when held alone
+
+    @contextlib.contextmanager
+    def shared(self, upload_id: str) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._held.get(upload_id, 0) >= 0)
+            self._held[upload_id] = self._held.get(upload_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._release(upload_id, 1)
+
+    @contextlib.contextmanager
+    def alone(self, upload_id: str) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: upload_id not in self._held)
+            self._held[upload_id] = -1
+        try:
+            yield
+        finally:
+            self._release(upload_id, -1)
+
+    def _release(self, upload_id: str, count: int) -> None:
+        with self._cond:
+            left = 0 if count < 0 else self._held[upload_id] - count
+            if left:
+                self._held[upload_id] = left
+            else:
+                del self._held[upload_id]
+            self._cond.notify_all()
+
+
 class Store:
     def __init__(self, directory: str, part_min_bytes: int = PART_MIN_BYTES) -> None:
         self.dir = os.path.abspath(directory)
         self.part_min_bytes = part_min_bytes
         self.gate: CommitGate | None = None
         self._lock = threading.Lock()
+        self._uploads = _UploadLocks()
         self._buckets: dict[str, _Bucket] = {}
         self._lock_fd = -1
         self._open()
@@ -464,6 +506,15 @@ class Store:
     def commit_part(self, pending: PendingObject, upload_id: str, bucket: str, key: str,
                     number: int) -> ObjectInfo:
         try:
+            with self._uploads.shared(upload_id):
+                return self._commit_part(pending, upload_id, bucket, key, number)
+        except BaseException:
+            pending.abort()
+            raise
+
+    def _commit_part(self, pending: PendingObject, upload_id: str, bucket: str, key: str,
+                     number: int) -> ObjectInfo:
+        try:
             if not 1 <= number <= PART_NUMBER_MAX:
                 raise S3Error("InvalidArgument", f"partNumber must be 1..{PART_NUMBER_MAX}")
             doc = self.upload(upload_id, bucket, key)
@@ -495,6 +546,11 @@ class Store:
     def complete_upload(self, upload_id: str, bucket: str, key: str,
                         chosen: list[tuple[int, str]]) -> ObjectInfo:
         """Assemble the chosen parts, in order, into the object; then forget the upload."""
+        with self._uploads.alone(upload_id):
+            return self._complete_upload(upload_id, bucket, key, chosen)
+
+    def _complete_upload(self, upload_id: str, bucket: str, key: str,
+                         chosen: list[tuple[int, str]]) -> ObjectInfo:
         doc = self.upload(upload_id, bucket, key)
         have = dict(self.parts(upload_id, bucket, key))
         numbers = [n for n, _ in chosen]
@@ -531,6 +587,10 @@ class Store:
     def abort_upload(self, upload_id: str, bucket: str, key: str) -> None:
         """Forget an upload: its parts one by one, each through the gate (the mirror deletes
         them on the secondary too), then the rest."""
+        with self._uploads.alone(upload_id):
+            self._abort_upload(upload_id, bucket, key)
+
+    def _abort_upload(self, upload_id: str, bucket: str, key: str) -> None:
         for number, _ in self.parts(upload_id, bucket, key):
             path = os.path.join(self._upload_dir(upload_id), f"part-{number:05d}")
             detail = {"upload_id": upload_id, "number": number}
@@ -564,7 +624,7 @@ class Store:
             pending.abort()
             raise StorageError(f"part {number} of upload {upload_id}: ETag {pending.md5.hexdigest()}"
                                f" arrived, {etag} expected")
-        self.commit_part(pending, upload_id, doc["bucket"], doc["key"], number)
+        self._commit_part(pending, upload_id, doc["bucket"], doc["key"], number)
 
     def mirror_part_delete(self, upload_id: str, number: int) -> None:
         """Part ``number`` of ``upload_id`` is gone on the primary; the upload too once no part
@@ -588,6 +648,20 @@ class Store:
         except BaseException:
             os.close(fd)
             raise
+
+    def part_listing(self) -> dict[str, str]:
+        """Every part of every upload in progress, by its record name (objects/parts.py), with
+        its ETag: what a full compare of two sites holds beside the objects."""
+        found = {}
+        root = os.path.join(self.dir, "uploads")
+        for upload_id in sorted(os.listdir(root)):
+            doc = self.upload_document(upload_id)
+            if doc is None:
+                continue
+            with contextlib.suppress(FileNotFoundError, S3Error):
+                for number, info in self.parts(upload_id, doc["bucket"], doc["key"]):
+                    found[part_name(doc["bucket"], upload_id, number)] = info.etag
+        return found
 
     def upload_document(self, upload_id: str) -> dict[str, Any] | None:
         """An upload's document (bucket, key, content type, metadata), or None if none."""
