@@ -187,6 +187,10 @@ class ObjectsPrimary:
         name = f"{bucket}/{key}" if kind in ("put", "delete", "complete") else bucket
         meta = info.to_json() if info is not None else b""
         parts: tuple[str, ...] = ()
+        if not self.cfg.s3_mirror_parts and kind in ("part", "part-delete", "complete"):
+            if kind != "complete":
+                return None  # parts are not mirrored: the object goes whole at Complete
+            kind = "put"
         if kind in ("part", "part-delete"):
             assert detail is not None
             name = part_name(bucket, detail["upload_id"], detail["number"])
@@ -223,6 +227,8 @@ class ObjectsPrimary:
         return answer.result()
 
     def after(self, token: object, ok: bool) -> None:
+        if token is None:  # a part, not mirrored (``[s3] mirror_parts = false``)
+            return
         assert isinstance(token, int) and self._loop is not None
         self._loop.call_soon_threadsafe(self._committed, token, ok)
         self._answering[token].result()

@@ -22,6 +22,10 @@ same link and stream, the same epochs and failover, the same rules as replicatio
   is known only once read), so they overshoot it by one object at most. A miss waiting for room
   in the record gives its place in the window back. An op's data is let go once handed to the
   link.
+* Multipart (replication/object_parts.py): each part is an op on a name of its own
+  (objects/parts.py) under these same rules; a Complete is a small op (COMPLETE) the secondary
+  assembles from its parts when ``complete_is_small`` (every chosen part durable there or sent
+  ahead of it on this connection), else the object goes whole.
 * Buckets (no record): a bucket op marks the bucket's name may-differ before the local change,
   is sent once the change is made, and clears the name once durable there.
 * ``sync`` mode also waits for the op's OBJ_DURABLE; ``async`` keeps no record and never waits:
@@ -98,6 +102,7 @@ from foresync.replication.object_ops import (
     ReadForResync,
     SendObject,
 )
+from foresync.replication.object_parts import PartsMixin
 from foresync.replication.object_prefix import PrefixMixin
 from foresync.replication.object_resync import ResyncMixin
 from foresync.replication.object_secondary import (
@@ -119,7 +124,7 @@ _PREFIX = int(ObjectFlag.PREFIX)
 _OBJECT_KINDS = (ObjectKind.PUT, ObjectKind.DELETE, ObjectKind.PART, ObjectKind.COMPLETE)
 
 
-class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
+class ObjectPrimaryCore(PrefixMixin, ResyncMixin, PartsMixin):
     def __init__(self, config: ObjectConfig, may_differ: Iterable[str],
                  local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS,
                  local_index: LocalIndex | None = None) -> None:
@@ -168,16 +173,6 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         """A client op on ``name`` (a bucket op names the bucket); its data is whole already. A
         COMPLETE names its chosen ``parts`` (objects/parts.py) and carries no data."""
         self._enqueue(Op(op_id, kind, name, meta, data, parts=parts))
-
-    def complete_is_small(self, parts: tuple[str, ...]) -> bool:
-        """Whether a CompleteMultipartUpload of ``parts`` may go as the small op (the secondary
-        assembles it from its durable parts): each part's last op is durable there or sent on
-        this connection ahead of it in the stream. Not so for a part in may-differ (written
-        while the link was down, or sent and lost with a cut) or with an op still queued (a
-        resync): the adapter then sends the assembled object whole, as a PUT."""
-        if self.faults.object_complete_before_parts_durable:
-            return True
-        return self.link_up and not any(p in self.may_differ or p in self._queues for p in parts)
 
     def committed(self, op_id: int, ok: bool) -> None:
         """The local commit of ``op_id`` is done (``ok``) or failed (nothing changed locally)."""
@@ -253,9 +248,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         self._expanding.clear()
         self._prefix_resyncs.clear()  # a prefix entry in may-differ stays there
         self._partial.clear()
-        for name in self._parts_in_flight.values():  # sent, perhaps lost: may differ, durably
-            self._mark(name)
-        self._parts_in_flight.clear()
+        self._parts_lost()
         for op in list(self._ops.values()):
             if op.state is OpState.AWAIT_ADDED or op.state is OpState.WAIT_ROOM:
                 # Whether the secondary got it is unknown: the name may differ, durably, first.
@@ -399,24 +392,6 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
             self.copy.touch(entry, op.seq)
         op.need_durable = self.config.mode is Mode.SYNC
         self._send(op, _DURABLE if op.need_durable else 0)
-        self._commit(op)
-
-    def _complete_later(self, op: Op) -> None:
-        """A COMPLETE whose parts may not all be there (the adapter asked, but the link came
-        back since). Their resyncs are queued: it waits until they are durable there, then goes
-        small. A part with no resync coming (its local commit failed) cannot be waited for: the
-        COMPLETE is committed unsent, marked, and a resync sends the object whole after it."""
-        if any(p in self._queues for p in op.parts):
-            op.state = OpState.WAIT_PARTS
-            self._waiting_parts.append(op)
-            return
-        self._mark(op.name)
-        op.resync_after = True
-        entry = self._hit_entry(op)  # a first write under a prefix entry grows it, or it is
-        if entry is None and (above := self.copy.covering_prefix(op.name)) is not None:
-            self._mark(above)  # too full to: the entry may differ, and leaves the record
-            self.copy.remove(above)
-            self._remove_later(above)
         self._commit(op)
 
     def _wait_for_window(self, op: Op) -> bool:
@@ -603,8 +578,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
 
     def _on_durable(self, seq: int) -> None:
         self.durable_seq = max(self.durable_seq, seq)
-        for done in [s for s in self._parts_in_flight if s <= self.durable_seq]:
-            del self._parts_in_flight[done]
+        self._parts_durable()
         while self._in_window and self._in_window[0][0] <= self.durable_seq:
             self.window_used -= self._in_window.popleft()[1]
         if self._removed_at and not self._by_seq:  # no OBJ_ADDED outstanding: none can race
@@ -619,10 +593,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
                 pending.discard(op.op_id)
                 if not pending:
                     self._prefix_resynced(op.cover)
-        parts, self._waiting_parts = self._waiting_parts, []
-        for op in parts:  # a COMPLETE whose parts' resyncs were pending: are they there now?
-            op.state = OpState.QUEUED
-            self._start(op)
+        self._retry_completes()
         waiting, self._waiting_room = self._waiting_room, deque()
         for op in waiting:  # a miss waiting for room starts again: the window, then room
             if op.state is OpState.WAIT_ROOM:
@@ -636,8 +607,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
 
     def _send(self, op: Op, flags: int, budget: int = 0) -> None:
         removals, self._removals = tuple(self._removals), []
-        if is_part_name(op.name):
-            self._parts_in_flight[op.seq] = op.name
+        self._part_sent(op)
         for name in removals:
             self._removed_at[name] = op.seq
         self._emit(SendObject(ObjectOp(op.seq, op.kind, flags, budget, op.name, removals,
