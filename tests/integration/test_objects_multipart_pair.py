@@ -32,7 +32,7 @@ def parts_on(site: Site) -> dict[str, list[str]]:
             for u in os.listdir(root)} if root.exists() else {}
 
 
-@pytest.mark.parametrize("mode", ["lookahead", "sync"])
+@pytest.mark.parametrize("mode", ["lookahead", "sync", "async"])
 def test_parts_reach_the_secondary_as_uploaded_and_complete_is_assembled_there(
         make_pair: MakePair, tmp_path: Path, mode: str) -> None:
     pair, ports = objects_pair(make_pair, tmp_path, mode)
@@ -75,9 +75,10 @@ def test_parts_reach_the_secondary_as_uploaded_and_complete_is_assembled_there(
     assert verify_objects(pair, pair.primary) == []
 
 
+@pytest.mark.parametrize("mode", ["lookahead", "sync"])
 def test_kill_9_mid_upload_then_the_promoted_site_completes_it_and_failback_converges(
-        make_pair: MakePair, tmp_path: Path) -> None:
-    pair, ports = objects_pair(make_pair, tmp_path, "lookahead")
+        make_pair: MakePair, tmp_path: Path, mode: str) -> None:
+    pair, ports = objects_pair(make_pair, tmp_path, mode)
     s3 = client(ports, pair.primary)
     s3.create_bucket(Bucket="backup")
     done = [os.urandom(PART_BYTES) for _ in range(5)]
