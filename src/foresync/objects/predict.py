@@ -197,6 +197,8 @@ class LinksPredictor(ObjectPredictor):
         self._prefix = PrefixPredictor()
 
     def candidates(self, written: str, budget: int) -> list[str]:
+        if _PART_RE.match(written):  # a part predicts its upload's next parts, nothing else
+            return self._sure[0].candidates(written, budget)
         sure = [n for p in self._sure for n in p.candidates(written, budget)]
         head = max(budget - self.HISTORY_SHARE, 1)  # history always gets a look in
         lists = [sure[:head], self._history.candidates(written, budget), sure[head:],
@@ -210,8 +212,11 @@ class LinksPredictor(ObjectPredictor):
         return found
 
     def observe(self, written: str) -> None:
-        for part in (*self._sure, self._history, self._prefix):
-            part.observe(written)
+        """Parts are not history or siblings: an upload id is never written again, and parts
+        interleaved with other writes would break the history of those and crowd siblings."""
+        is_part = _PART_RE.match(written) is not None
+        for predictor in (*self._sure, *(() if is_part else (self._history, self._prefix))):
+            predictor.observe(written)
 
     def directory(self, written: str) -> str | None:
         return self._prefix.directory(written)
