@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 RECORD_FILE = "objects-record.journal"
 MAY_DIFFER_FILE = "objects-may-differ.json"
 CHUNK_BYTES = 8 * 1024 * 1024  # object data over this goes in OBJ_CHUNK frames
+ASK_S = 30.0  # how long a worker thread waits for the core's answer on the loop
 DRAIN_S = 10.0  # how long a stopping secondary keeps applying the object frames it received
 OBJECT_MESSAGES = ObjectMessage.__args__
 _KINDS = {"put": ObjectKind.PUT, "delete": ObjectKind.DELETE,
@@ -224,7 +225,10 @@ class ObjectsPrimary:
         assert self._loop is not None
         answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
         self._loop.call_soon_threadsafe(lambda: answer.set_result(question()))
-        return answer.result()
+        try:  # bounded: a loop that stops meanwhile never answers
+            return answer.result(timeout=ASK_S)
+        except concurrent.futures.TimeoutError:
+            raise S3Error("ServiceUnavailable", "the site is stopping") from None
 
     def after(self, token: object, ok: bool) -> None:
         if token is None:  # a part, not mirrored (``[s3] mirror_parts = false``)
