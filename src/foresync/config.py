@@ -79,6 +79,7 @@ class SiteConfig:
     s3_budget: int = 8  # predicted names a miss may add
     s3_prefix_entry_max: int = 64  # names one prefix entry may cover (0: exact names only)
     s3_window_bytes: int = 64 * 1024 * 1024  # object data sent and not yet durable there
+    s3_mirror_parts: bool = True  # parts mirrored as uploaded; false: Complete sends the object whole
     cluster: ClusterConfig | None = None  # [cluster] (issue 16): failover with fencing on etcd
     # [[volume]] tables (issue 16): the link dialler names its volume first (wire.Route), for the
     # daemon's one link listener; None in a one-volume [volume] config (no routing)
@@ -170,7 +171,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "admin": {"listen", "token_file"},
     "log": {"format"},
     "s3": {"listen", "credentials_file", "tls_dir", "dir", "record_capacity", "record_size",
-           "lookahead", "prefix_entry_max", "window"},
+           "lookahead", "prefix_entry_max", "window", "mirror_parts"},
     "cluster": cluster_config.KEYS,
 }
 
@@ -361,6 +362,7 @@ def _s3_keys(doc: dict[str, Any], s3: dict[str, Any],
         "s3_prefix_entry_max": _positive(_get(s3, "s3", "prefix_entry_max", 64),
                                          "[s3] prefix_entry_max", minimum=0),
         "s3_window_bytes": parse_size(_get(s3, "s3", "window", "64MiB"), "[s3] window"),
+        "s3_mirror_parts": _bool(_get(s3, "s3", "mirror_parts", True), "s3", "mirror_parts"),
     }
 
 

@@ -90,6 +90,7 @@ listen = "{admin}"        # /status, /metrics, /events and the admin actions
 # record_size = "1MiB"           # bytes of names in it
 # lookahead = 8                  # predicted names a miss may add
 # prefix_entry_max = 64          # names one directory entry of the record may cover; 0: off
+# mirror_parts = true            # multipart parts mirrored as uploaded; false: whole at Complete
 # window = "64MiB"               # object bytes sent and not yet durable there; more waits
 
 # [cluster]                      # automatic failover with fencing on etcd (operations.md 11)

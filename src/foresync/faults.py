@@ -75,6 +75,10 @@ class Faults:
     # entry but the secondary's record keeps only the exact names, so later first writes under
     # the directory are hits that no durable entry covers
     object_prefix_entry_not_covering: bool = False
+    # objects (replication/objects.py): a CompleteMultipartUpload goes as the small op (the
+    # secondary assembles it from its parts) although a part may not be there: one written
+    # while the link was down, or sent and lost with a link cut, not yet resynced
+    object_complete_before_parts_durable: bool = False
     # replication/lease.py: a primary keeps acknowledging writes after its etcd lease could have
     # expired (renewals failing), so a promoted secondary and it both take writes (issue 16)
     ack_after_lease_lost: bool = False

@@ -22,8 +22,10 @@ def test_every_invariant_holds(start: int) -> None:
     # prefix entries and their resyncs, failovers and a full window.
     for what in ("miss", "evicted", "resync", "cut", "primary_crash", "window_wait"):
         assert seen[what] > 20, f"{what} went untested: {dict(seen)}"
-    for what in ("prefix", "under", "failover"):
+    for what in ("prefix", "under", "failover", "complete", "abort"):
         assert seen[what] > 5, f"{what} went untested: {dict(seen)}"
+    # completions assembled on the secondary from its parts (the small op), not only sent whole
+    assert seen["complete_small"] > 2, f"complete_small went untested: {dict(seen)}"
 
 
 @pytest.mark.parametrize("fault", sorted(OBJECT_FAULTS))

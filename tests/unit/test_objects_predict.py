@@ -81,3 +81,14 @@ def test_same_writes_same_predictions_for_every_predictor() -> None:
             two.observe(name)
         assert all(one.candidates(n, 6) == two.candidates(n, 6) for n in writes[:20])
     assert PREDICTORS["none"]().candidates("b/x-1", 5) == []
+
+
+def test_links_keep_parts_to_the_multipart_link() -> None:
+    links = LinksPredictor()
+    for name in ("b/dir/a", part_name("b/big", "u1", 1), "b/dir/b", part_name("b/big", "u1", 2)):
+        links.observe(name)
+    assert links.candidates(part_name("b/big", "u1", 2), 3) == [
+        part_name("b/big", "u1", n) for n in (3, 4, 5)]
+    # No part became a sibling or a follower of a name.
+    assert links.candidates("b/dir/c", 4) == ["b/dir/b", "b/dir/a"]
+    assert links.candidates("b/dir/a", 1) == ["b/dir/b"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from foresync.errors import ConfigError
+from foresync.errors import ConfigError, StorageError
 from foresync.objects.s3errors import S3Error
 from foresync.objects.store import Store
 
@@ -155,3 +155,78 @@ def test_keys_under_a_prefix_stop_one_past_the_limit(store: Store) -> None:
     assert store.keys_under("keys", "a/") == ["a/1", "a/2", "a/3", "a/sub/4"]
     assert store.keys_under("keys", "a/", limit=2) == ["a/1", "a/2", "a/3"]  # "more than 2"
     assert store.keys_under("keys", "c/") == [] and store.keys_under("nobucket", "a/") == []
+
+
+class _Gate:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, object]] = []
+
+    def before(self, kind: str, bucket: str, key: str, pending: object, info: object,
+               detail: dict[str, object] | None = None) -> object:
+        self.seen.append((kind, key, detail and {k: v for k, v in detail.items() if k != "upload"}))
+        return len(self.seen)
+
+    def after(self, token: object, ok: bool) -> None:
+        assert ok
+
+
+def _part(store: Store, upload: str, number: int, body: bytes) -> str:
+    pending = store.begin()
+    pending.write(body)
+    return store.commit_part(pending, upload, "bkt", "big", number).etag
+
+
+def test_parts_complete_and_abort_pass_the_gate_with_what_the_mirror_needs(store: Store) -> None:
+    gate = _Gate()
+    store.gate = gate
+    upload = store.create_upload("bkt", "big", "app/x", {})
+    etags = [_part(store, upload, n, bytes([n]) * 10) for n in (1, 2)]
+    store.complete_upload(upload, "bkt", "big", [(1, etags[0]), (2, etags[1])])
+    doomed = store.create_upload("bkt", "big", "app/x", {})
+    _part(store, doomed, 1, b"x" * 10)
+    _part(store, doomed, 4, b"y" * 10)
+    store.abort_upload(doomed, "bkt", "big")
+    assert gate.seen == [
+        ("part", "big", {"upload_id": upload, "number": 1}),
+        ("part", "big", {"upload_id": upload, "number": 2}),
+        ("complete", "big", {"upload_id": upload, "parts": [[1, etags[0]], [2, etags[1]]]}),
+        ("part", "big", {"upload_id": doomed, "number": 1}),
+        ("part", "big", {"upload_id": doomed, "number": 4}),
+        ("part-delete", "big", {"upload_id": doomed, "number": 1}),  # an abort, part by part
+        ("part-delete", "big", {"upload_id": doomed, "number": 4}),
+    ]
+    assert store.part_listing() == {}
+
+
+def test_a_mirror_assembles_the_same_object_from_its_own_parts(store: Store, tmp_path: Path) -> None:
+    upload = store.create_upload("bkt", "big", "app/x", {"m": "1"})
+    bodies = [b"a" * 10, b"b" * 12, b"c"]
+    etags = [_part(store, upload, n, body) for n, body in enumerate(bodies, 1)]
+    doc = store.upload(upload, "bkt", "big")
+    mirror = Store(str(tmp_path / "mirror"), part_min_bytes=10)
+    mirror.create_bucket("bkt")
+    for number, (body, etag) in enumerate(zip(bodies, etags, strict=True), 1):
+        pending = mirror.begin()
+        pending.write(body)
+        mirror.mirror_part(pending, upload, doc, number, etag)
+    assert mirror.part_listing() == store.part_listing() and len(store.part_listing()) == 3
+    bad = mirror.begin()
+    bad.write(b"not the part")
+    with pytest.raises(StorageError):  # a part whose ETag differs is refused, never kept
+        mirror.mirror_part(bad, upload, doc, 1, etags[0])
+    chosen = list(enumerate(etags, 1))
+    assert (mirror.complete_upload(upload, "bkt", "big", chosen).etag
+            == store.complete_upload(upload, "bkt", "big", chosen).etag)
+    assert read(mirror, "bkt", "big") == read(store, "bkt", "big") == b"".join(bodies)
+    assert mirror.part_listing() == {}
+
+
+def test_a_mirrors_last_part_deleted_takes_the_upload_with_it(store: Store) -> None:
+    upload = store.create_upload("bkt", "big", "app/x", {})
+    _part(store, upload, 1, b"x" * 10)
+    _part(store, upload, 2, b"y" * 10)
+    store.mirror_part_delete(upload, 1)
+    assert store.parts(upload, "bkt", "big")[0][0] == 2
+    store.mirror_part_delete(upload, 2)
+    assert store.upload_document(upload) is None
+    store.mirror_part_delete(upload, 3)  # gone already: nothing to do

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 import pytest
 
+from foresync.faults import Faults
 from foresync.link.object_wire import (
     ListWhat,
     ObjectAdded,
@@ -16,6 +17,7 @@ from foresync.link.object_wire import (
     ObjectListRequest,
     ObjectOp,
 )
+from foresync.objects.parts import part_name
 from foresync.objects.predict import LinksPredictor
 from foresync.replication.objects import (
     AnswerClient,
@@ -491,3 +493,77 @@ def test_a_bucket_op_lost_with_the_link_stays_marked() -> None:
     core.actions()
     core.disconnected()
     assert core.actions() == [AnswerClient(1)] and core.may_differ == {"old"}
+
+
+# -- multipart: parts as ops on names of their own, a small COMPLETE (objects/parts.py) ----------
+
+PART, COMPLETE = int(ObjectKind.PART), int(ObjectKind.COMPLETE)
+UPLOAD = "0123456789abcdef0123456789abcdef"
+
+
+def test_parts_are_predicted_by_the_secondary_and_a_complete_goes_small() -> None:
+    core = connected(capacity=16, budget=3)
+    secondary = ObjectSecondaryCore(LinksPredictor())
+    names = [part_name("b", UPLOAD, n) for n in range(1, 5)]
+    core.submit(1, PART, names[0], b"{}", b"part one")
+    miss = sent(core.actions())[0]
+    assert miss.flags & ObjectFlag.MISS and miss.kind == PART
+    change = secondary.on_op(miss)
+    assert change.reply == tuple(names)  # the upload's next parts, within the budget
+    core.receive(ObjectAdded(miss.seq, change.reply))
+    core.actions()
+    core.committed(1, True)
+    for op_id, name in enumerate(names[1:], 2):
+        core.submit(op_id, PART, name, b"{}", b"part")
+        actions = core.actions()
+        assert not sent(actions)[0].flags & ObjectFlag.MISS  # a hit: predicted
+        assert CommitLocal(op_id) in actions
+        core.committed(op_id, True)
+    assert core.complete_is_small(tuple(names))
+    core.submit(9, COMPLETE, "b/big", b"completion", b"", tuple(names))
+    op = sent(core.actions())[0]
+    assert op.kind == COMPLETE and op.data == b"" and op.meta == b"completion"
+
+
+def test_a_part_written_while_the_link_is_down_holds_a_complete_until_its_resync_is_durable() -> None:
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD, 16, 1 << 20, 2), (), dict)
+    name = part_name("b", UPLOAD, 1)
+    core.submit(1, PART, name, b"{}", b"x")
+    assert PersistMayDiffer(frozenset({name})) in core.actions()
+    core.committed(1, True)
+    core.actions()
+    assert not core.complete_is_small((name,))
+    core.connected()
+    core.actions()
+    core.receive(ObjectList(1, int(ListWhat.RECORD), ()))
+    read = [a for a in core.actions() if isinstance(a, ReadForResync)]
+    assert [r.name for r in read] == [name] and not core.complete_is_small((name,))
+    # The adapter asked before the link came back, and submits the small op now: it waits.
+    core.submit(2, COMPLETE, "b/big", b"completion", b"", (name,))
+    assert sent(core.actions()) == []
+    core.resync_read(read[0].op_id, b"{}", b"x")
+    resync = sent(core.actions())
+    assert [o.kind for o in resync] == [PART] and resync[0].flags & ObjectFlag.RESYNC
+    core.receive(ObjectDurable(resync[0].seq))
+    op = sent(core.actions())[0]  # after the part, in the stream
+    assert op.kind == COMPLETE and op.seq > resync[0].seq and core.complete_is_small((name,))
+
+
+@pytest.mark.parametrize("mode", [Mode.LOOKAHEAD, Mode.ASYNC])
+def test_a_part_sent_and_lost_with_the_link_is_marked(mode: Mode) -> None:
+    core = connected(mode, capacity=16)
+    name = part_name("b", UPLOAD, 2)
+    core.submit(1, PART, name, b"{}", b"x")
+    if mode is Mode.LOOKAHEAD:
+        core.receive(ObjectAdded(sent(core.actions())[0].seq, (name,)))
+    core.committed(1, True)
+    core.actions()
+    assert core.complete_is_small((name,))
+    core.disconnected()
+    assert PersistMayDiffer(frozenset({name})) in core.actions()
+
+
+def test_the_deliberate_bug_sends_a_complete_small_before_its_parts_are_there() -> None:
+    core = ObjectPrimaryCore(ObjectConfig(Mode.LOOKAHEAD, 16, 1 << 20, 2), (part_name("b", UPLOAD, 1),),
+                             dict, Faults(object_complete_before_parts_durable=True))
+    assert core.complete_is_small((part_name("b", UPLOAD, 1),))

@@ -24,10 +24,12 @@ import asyncio
 import concurrent.futures
 import functools
 import itertools
+import json
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from foresync import tls
 from foresync.config import SiteConfig, listen_error
@@ -51,6 +53,13 @@ from foresync.link.object_wire import (
     ObjectRemove,
     list_frames,
 )
+from foresync.objects.parts import (
+    completion_meta,
+    completion_parts,
+    parse_completion,
+    parse_part_name,
+    part_name,
+)
 from foresync.objects.predict import LinksPredictor
 from foresync.objects.s3 import S3Frontend, load_credentials, start_server
 from foresync.objects.s3errors import S3Error
@@ -71,10 +80,12 @@ log = logging.getLogger(__name__)
 RECORD_FILE = "objects-record.journal"
 MAY_DIFFER_FILE = "objects-may-differ.json"
 CHUNK_BYTES = 8 * 1024 * 1024  # object data over this goes in OBJ_CHUNK frames
+ASK_S = 30.0  # how long a worker thread waits for the core's answer on the loop
 DRAIN_S = 10.0  # how long a stopping secondary keeps applying the object frames it received
 OBJECT_MESSAGES = ObjectMessage.__args__
 _KINDS = {"put": ObjectKind.PUT, "delete": ObjectKind.DELETE,
-          "bucket-create": ObjectKind.BUCKET_CREATE, "bucket-delete": ObjectKind.BUCKET_DELETE}
+          "bucket-create": ObjectKind.BUCKET_CREATE, "bucket-delete": ObjectKind.BUCKET_DELETE,
+          "part": ObjectKind.PART, "part-delete": ObjectKind.DELETE, "complete": ObjectKind.COMPLETE}
 
 
 def store_dir(cfg: SiteConfig) -> str:
@@ -103,7 +114,7 @@ class ObjectsPrimary:
         self.core = ObjectPrimaryCore(
             ObjectConfig(cfg.mode, cfg.s3_record_capacity, cfg.s3_record_bytes, cfg.s3_budget,
                          min(cfg.s3_prefix_entry_max, cfg.s3_record_capacity), cfg.s3_window_bytes),
-            may_differ, self._listing, local_index=StoreIndex(self.store))
+            may_differ, self._compared, local_index=StoreIndex(self.store))
         self.store.gate = self
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
@@ -173,7 +184,28 @@ class ObjectsPrimary:
     # -- the store's gate (worker threads) -------------------------------------------------------
 
     def before(self, kind: str, bucket: str, key: str, pending: PendingObject | None,
-               info: ObjectInfo | None) -> object:
+               info: ObjectInfo | None, detail: dict[str, Any] | None = None) -> object:
+        name = f"{bucket}/{key}" if kind in ("put", "delete", "complete") else bucket
+        meta = info.to_json() if info is not None else b""
+        parts: tuple[str, ...] = ()
+        if not self.cfg.s3_mirror_parts and kind in ("part", "part-delete", "complete"):
+            if kind != "complete":
+                return None  # parts are not mirrored: the object goes whole at Complete
+            kind = "put"
+        if kind in ("part", "part-delete"):
+            assert detail is not None
+            name = part_name(bucket, detail["upload_id"], detail["number"])
+            if kind == "part":
+                meta = json.dumps({"info": json.loads(meta), "upload": detail["upload"]}).encode()
+        elif kind == "complete":
+            assert detail is not None and info is not None
+            chosen = [(int(n), str(e)) for n, e in detail["parts"]]
+            parts = completion_parts(bucket, detail["upload_id"], chosen)
+            if self._ask(functools.partial(self.core.complete_is_small, parts)):
+                # The secondary assembles it from its durable parts: no data crosses now.
+                meta, pending = completion_meta(meta, detail["upload_id"], chosen), None
+            else:
+                kind, parts = "put", ()  # a part may not be there: the object goes whole
         data = b""
         if pending is not None and info is not None:
             with open(pending.path, "rb") as f:
@@ -182,20 +214,32 @@ class ObjectsPrimary:
         committing: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._committing[op_id] = committing
         self._answering[op_id] = concurrent.futures.Future()
-        name = f"{bucket}/{key}" if kind in ("put", "delete") else bucket
-        meta = info.to_json() if info is not None else b""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._submit, op_id, int(_KINDS[kind]), name, meta, data)
+        self._loop.call_soon_threadsafe(self._submit, op_id, int(_KINDS[kind]), name, meta, data,
+                                        parts)
         committing.result()
         return op_id
 
+    def _ask(self, question: Callable[[], bool]) -> bool:
+        """The core's answer to ``question``, from a worker thread (on the loop)."""
+        assert self._loop is not None
+        answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(lambda: answer.set_result(question()))
+        try:  # bounded: a loop that stops meanwhile never answers
+            return answer.result(timeout=ASK_S)
+        except concurrent.futures.TimeoutError:
+            raise S3Error("ServiceUnavailable", "the site is stopping") from None
+
     def after(self, token: object, ok: bool) -> None:
+        if token is None:  # a part, not mirrored (``[s3] mirror_parts = false``)
+            return
         assert isinstance(token, int) and self._loop is not None
         self._loop.call_soon_threadsafe(self._committed, token, ok)
         self._answering[token].result()
 
-    def _submit(self, op_id: int, kind: int, name: str, meta: bytes, data: bytes) -> None:
-        self.core.submit(op_id, kind, name, meta, data)
+    def _submit(self, op_id: int, kind: int, name: str, meta: bytes, data: bytes,
+                parts: tuple[str, ...] = ()) -> None:
+        self.core.submit(op_id, kind, name, meta, data, parts)
         self.pump()
 
     def _committed(self, op_id: int, ok: bool) -> None:
@@ -229,6 +273,9 @@ class ObjectsPrimary:
         self._send(message)
 
     def _read(self, name: str) -> tuple[bytes | None, bytes]:
+        part = parse_part_name(name)
+        if part is not None:
+            return self._read_part(*part)
         if "/" not in name:  # a bucket: whether it exists (BUCKET_CREATE or BUCKET_DELETE)
             return (b"", b"") if self.store.has_bucket(name) else (None, b"")
         bucket, key = _split(name)
@@ -241,6 +288,19 @@ class ObjectsPrimary:
         finally:
             opened.close()
 
+    def _read_part(self, bucket: str, upload_id: str, number: int) -> tuple[bytes | None, bytes]:
+        """A part's current state for a resync: its info and upload, with its data, or None if
+        the upload or the part is gone here (the secondary deletes its copy)."""
+        doc = self.store.upload_document(upload_id)
+        opened = self.store.open_part(upload_id, number) if doc and doc["bucket"] == bucket else None
+        if doc is None or opened is None:
+            return None, b""
+        try:
+            meta = json.dumps({"info": json.loads(opened.info.to_json()), "upload": doc}).encode()
+            return meta, opened.read(0, opened.info.size)
+        finally:
+            opened.close()
+
     def _resync_read(self, op_id: int, done: asyncio.Future[tuple[bytes | None, bytes]]) -> None:
         try:
             meta, data = done.result()
@@ -249,6 +309,13 @@ class ObjectsPrimary:
             meta, data = None, b""
         self.core.resync_read(op_id, meta, data)
         self.pump()
+
+    def _compared(self) -> dict[str, str]:
+        """What a full compare (async connect, verify) holds against the secondary's: every
+        object and every part of an upload in progress, with its ETag."""
+        found = self._listing()
+        found.update(self.store.part_listing())
+        return found
 
     def _listing(self) -> dict[str, str]:
         return {f"{bucket}/{key}": info.etag
@@ -361,7 +428,8 @@ class ObjectsSecondary:
                     return list(list_frames(request, what, [(n, "") for n in self.core.record]))
                 if what == ListWhat.UNDER:
                     return list(list_frames(request, what, self._listing_under(directory)))
-                return list(list_frames(request, what, self._listing()))
+                return list(list_frames(request, what, [*self._listing(),
+                                                         *self.store.part_listing().items()]))
         raise AssertionError(f"the secondary got {type(message).__name__}")
 
     def _apply_op(self, op: ObjectOp) -> list[wire.Message]:
@@ -373,7 +441,12 @@ class ObjectsSecondary:
             self._loop.call_soon_threadsafe(self._send, added)  # before the object is written
         bucket, key = _split(op.name)
         kind = ObjectKind(op.kind)
-        if kind is ObjectKind.PUT:
+        part = parse_part_name(op.name)
+        if kind is ObjectKind.PART or part is not None:
+            self._apply_part(op, kind)
+        elif kind is ObjectKind.COMPLETE:
+            self._complete(op, bucket, key)
+        elif kind is ObjectKind.PUT:
             self._put(op, bucket, key)
         elif kind is ObjectKind.DELETE:
             if self.store.has_bucket(bucket):
@@ -402,6 +475,41 @@ class ObjectsSecondary:
         if not self.store.has_bucket(bucket):
             self.store.create_bucket(bucket)
         self.store.commit_object(pending, bucket, key, info.content_type, info.metadata, etag=info.etag)
+
+    def _apply_part(self, op: ObjectOp, kind: ObjectKind) -> None:
+        """A part written (PART) or gone (DELETE: an abort, or a resync of a part no longer
+        there) on the primary."""
+        part = parse_part_name(op.name)
+        if part is None:
+            raise StorageError(f"object op {op.seq}: {op.name!r} is not a part's name")
+        bucket, upload_id, number = part
+        if kind is ObjectKind.DELETE:
+            self.store.mirror_part_delete(upload_id, number)
+            return
+        doc = json.loads(op.meta)
+        info = ObjectInfo.from_json(json.dumps(doc["info"]).encode())
+        pending = self._chunks.pop(op.seq, None) if op.flags & ObjectFlag.CHUNKED else None
+        if pending is None:
+            pending = self.store.begin()
+            pending.write(op.data)
+        if pending.size != info.size:
+            pending.abort()
+            raise StorageError(f"part {op.name!r}: {pending.size} bytes arrived, {info.size} expected")
+        if not self.store.has_bucket(bucket):
+            self.store.create_bucket(bucket)
+        self.store.mirror_part(pending, upload_id, doc["upload"], number, info.etag)
+
+    def _complete(self, op: ObjectOp, bucket: str, key: str) -> None:
+        """The object assembled from the parts durable here, as the primary did: same parts,
+        same order, so the same ETag (checked)."""
+        info_json, upload_id, chosen = parse_completion(op.meta)
+        want = ObjectInfo.from_json(info_json)
+        if not self.store.has_bucket(bucket):
+            self.store.create_bucket(bucket)
+        got = self.store.complete_upload(upload_id, bucket, key, chosen)
+        if got.etag != want.etag:
+            raise StorageError(f"object {op.name}: assembled with ETag {got.etag}, the primary's "
+                               f"is {want.etag}")
 
     def _listing(self) -> list[tuple[str, str]]:
         return [(f"{bucket}/{key}", info.etag)

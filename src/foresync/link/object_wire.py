@@ -4,7 +4,8 @@ They share the frame header, CRC and limits of link/wire.py (which dispatches th
 here); only the payloads are laid out here. Object ops have their own sequence numbers (``oseq``),
 in the same TCP stream as the block frames, so the secondary's object store is always a prefix of
 the primary's object history. STR is a u16 length then that many UTF-8 bytes; a name is
-``bucket/key``. Integers are big-endian.
+``bucket/key``, or a multipart part's ``bucket NUL upload_id NUL NNNNN`` (objects/parts.py).
+Integers are big-endian.
 
     OBJ_OP      u64 oseq, u8 kind (ObjectKind), u8 flags (ObjectFlag), u16 budget, u32 n,
                 n x STR removed names, STR name, u32 m, m bytes of metadata (the ObjectInfo JSON of
@@ -55,6 +56,9 @@ class ObjectKind(IntEnum):
     DELETE = 2  # the name is deleted (a no-op if absent)
     BUCKET_CREATE = 3  # name is the bucket
     BUCKET_DELETE = 4
+    PART = 5  # one part of a multipart upload (name: objects/parts.py); meta: the part's
+    #           ObjectInfo JSON and the upload's document, data: the part
+    COMPLETE = 6  # the object assembled from its durable parts there (meta: parts.completion_meta)
 
 
 class ObjectFlag(IntFlag):

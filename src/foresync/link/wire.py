@@ -83,8 +83,9 @@ from foresync.link.object_wire import ObjectMessage
 # 5: the object frames, types 200-206 (issue 18, link/object_wire.py); 6: ROUTE, a volume's name
 # before HELLO for a daemon serving many volumes on one link listener (issue 16); 7: prefix
 # entries of the record of objects (flag PREFIX, OBJ_LIST_REQUEST UNDER) and OBJ_LIST split
-# across frames (issue 18). A peer of another version is refused by name.
-PROTOCOL_VERSION = 7
+# across frames (issue 18); 8: multipart parts mirrored (OBJ_OP kinds PART and COMPLETE, issue
+# 18). A peer of another version is refused by name.
+PROTOCOL_VERSION = 8
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")

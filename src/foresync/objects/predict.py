@@ -30,17 +30,19 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 
+from foresync.objects import parts
+
 PREFIX_KEYS_MAX = 64  # names remembered per prefix
 PREFIXES_MAX = 4096
 SUCCESSORS_MAX = 4  # followers remembered per name
 HISTORY_MAX = 65536  # names with followers remembered
 _NUMBER_RE = re.compile(r"^(.*?)(\d+)(\D*)$")
-_PART_RE = re.compile(r"^(.*)#part=(\d+)$")
+_PART_RE = re.compile(r"^([^\x00]+\x00[^\x00]+\x00)(\d{5})$")  # objects/parts.py's names
 
 
 def part_name(name: str, upload_id: str, number: int) -> str:
     """The record name of one part of a multipart upload of ``name`` (bucket/key)."""
-    return f"{name}#upload={upload_id}#part={number}"
+    return parts.part_name(name.partition("/")[0], upload_id, number)
 
 
 class ObjectPredictor:
@@ -68,7 +70,7 @@ class MultipartPredictor(ObjectPredictor):
         if match is None:
             return []
         stem, number = match.group(1), int(match.group(2))
-        return [f"{stem}#part={n}" for n in range(number + 1, min(number + 1 + budget, 10001))]
+        return [f"{stem}{n:05d}" for n in range(number + 1, min(number + 1 + budget, 10001))]
 
 
 class SequencePredictor(ObjectPredictor):
@@ -195,6 +197,8 @@ class LinksPredictor(ObjectPredictor):
         self._prefix = PrefixPredictor()
 
     def candidates(self, written: str, budget: int) -> list[str]:
+        if _PART_RE.match(written):  # a part predicts its upload's next parts, nothing else
+            return self._sure[0].candidates(written, budget)
         sure = [n for p in self._sure for n in p.candidates(written, budget)]
         head = max(budget - self.HISTORY_SHARE, 1)  # history always gets a look in
         lists = [sure[:head], self._history.candidates(written, budget), sure[head:],
@@ -208,8 +212,11 @@ class LinksPredictor(ObjectPredictor):
         return found
 
     def observe(self, written: str) -> None:
-        for part in (*self._sure, self._history, self._prefix):
-            part.observe(written)
+        """Parts are not history or siblings: an upload id is never written again, and parts
+        interleaved with other writes would break the history of those and crowd siblings."""
+        is_part = _PART_RE.match(written) is not None
+        for predictor in (*self._sure, *(() if is_part else (self._history, self._prefix))):
+            predictor.observe(written)
 
     def directory(self, written: str) -> str | None:
         return self._prefix.directory(written)

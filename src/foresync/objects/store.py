@@ -57,6 +57,7 @@ from typing import Any, Protocol
 from foresync.errors import ConfigError, StorageError
 from foresync.journal import durable
 from foresync.objects.names import check_bucket, check_key, key_file_name
+from foresync.objects.parts import part_name
 from foresync.objects.s3errors import S3Error
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,55 @@ class CommitGate(Protocol):
     committing thread with the sealed body (or None for a delete or a bucket op) and may block
     until the change may become visible; ``after`` reports the outcome and may block until the
     client may be answered. Object changes call ``before`` ahead of the rename; bucket changes
-    after they succeeded (they are not in the record)."""
+    after they succeeded (they are not in the record). Multipart: ``part`` (a part's body;
+    ``detail``: upload_id, number, upload = the upload's document), ``part-delete`` (an abort,
+    part by part; ``detail``: upload_id, number) and ``complete`` (the assembled object;
+    ``detail``: upload_id, parts = the chosen [number, etag] list)."""
 
     def before(self, kind: str, bucket: str, key: str, pending: PendingObject | None,
-               info: ObjectInfo | None) -> object: ...
+               info: ObjectInfo | None, detail: dict[str, Any] | None = None) -> object: ...
 
     def after(self, token: object, ok: bool) -> None: ...
+
+
+class _UploadLocks:
+    """Per upload: part commits share it, a completion or an abort holds it alone. So the parts
+    a completion assembles are committed (sent or marked by the mirror) before it passes the
+    gate, and no part of its upload passes the gate until it is done (daemon/objects.py relies
+    on it: the secondary assembles from the same parts)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held: dict[str, int] = {}  # upload id -> sharers, or -1 when held alone
+
+    @contextlib.contextmanager
+    def shared(self, upload_id: str) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._held.get(upload_id, 0) >= 0)
+            self._held[upload_id] = self._held.get(upload_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._release(upload_id, 1)
+
+    @contextlib.contextmanager
+    def alone(self, upload_id: str) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: upload_id not in self._held)
+            self._held[upload_id] = -1
+        try:
+            yield
+        finally:
+            self._release(upload_id, -1)
+
+    def _release(self, upload_id: str, count: int) -> None:
+        with self._cond:
+            left = 0 if count < 0 else self._held[upload_id] - count
+            if left:
+                self._held[upload_id] = left
+            else:
+                del self._held[upload_id]
+            self._cond.notify_all()
 
 
 class Store:
@@ -156,6 +200,7 @@ class Store:
         self.part_min_bytes = part_min_bytes
         self.gate: CommitGate | None = None
         self._lock = threading.Lock()
+        self._uploads = _UploadLocks()
         self._buckets: dict[str, _Bucket] = {}
         self._lock_fd = -1
         self._open()
@@ -340,7 +385,8 @@ class Store:
         return PendingObject(self._tmp)
 
     def commit_object(self, pending: PendingObject, bucket: str, key: str, content_type: str,
-                      metadata: dict[str, str], etag: str | None = None) -> ObjectInfo:
+                      metadata: dict[str, str], etag: str | None = None,
+                      completion: dict[str, Any] | None = None) -> ObjectInfo:
         """Make a written body the object ``bucket/key``: durable and visible, or an error and
         nothing changed. ``etag`` overrides the MD5 (multipart, copies)."""
         try:
@@ -350,7 +396,8 @@ class Store:
             info = ObjectInfo(key, pending.size, etag or pending.md5.hexdigest(), content_type,
                               dict(metadata), time.time())
             self._seal(pending, info)
-            token = self.gate.before("put", bucket, key, pending, info) if self.gate else None
+            token = (self.gate.before("complete" if completion else "put", bucket, key, pending,
+                                      info, completion) if self.gate else None)
             try:
                 with self._lock:
                     self._need_bucket(bucket)
@@ -459,12 +506,29 @@ class Store:
     def commit_part(self, pending: PendingObject, upload_id: str, bucket: str, key: str,
                     number: int) -> ObjectInfo:
         try:
+            with self._uploads.shared(upload_id):
+                return self._commit_part(pending, upload_id, bucket, key, number)
+        except BaseException:
+            pending.abort()
+            raise
+
+    def _commit_part(self, pending: PendingObject, upload_id: str, bucket: str, key: str,
+                     number: int) -> ObjectInfo:
+        try:
             if not 1 <= number <= PART_NUMBER_MAX:
                 raise S3Error("InvalidArgument", f"partNumber must be 1..{PART_NUMBER_MAX}")
-            self.upload(upload_id, bucket, key)
+            doc = self.upload(upload_id, bucket, key)
             info = ObjectInfo("", pending.size, pending.md5.hexdigest(), "", {}, time.time())
             self._seal(pending, info)
-            self._publish(pending, os.path.join(self._upload_dir(upload_id), f"part-{number:05d}"))
+            detail = {"upload_id": upload_id, "number": number, "upload": doc}
+            token = self.gate.before("part", bucket, key, pending, info, detail) if self.gate else None
+            ok = False
+            try:
+                self._publish(pending, os.path.join(self._upload_dir(upload_id), f"part-{number:05d}"))
+                ok = True
+            finally:
+                if self.gate is not None:
+                    self.gate.after(token, ok)
             return info
         except BaseException:
             pending.abort()
@@ -482,6 +546,11 @@ class Store:
     def complete_upload(self, upload_id: str, bucket: str, key: str,
                         chosen: list[tuple[int, str]]) -> ObjectInfo:
         """Assemble the chosen parts, in order, into the object; then forget the upload."""
+        with self._uploads.alone(upload_id):
+            return self._complete_upload(upload_id, bucket, key, chosen)
+
+    def _complete_upload(self, upload_id: str, bucket: str, key: str,
+                         chosen: list[tuple[int, str]]) -> ObjectInfo:
         doc = self.upload(upload_id, bucket, key)
         have = dict(self.parts(upload_id, bucket, key))
         numbers = [n for n, _ in chosen]
@@ -509,16 +578,99 @@ class Store:
         except BaseException:
             pending.abort()
             raise
+        completion = {"upload_id": upload_id, "parts": [[n, e] for n, e in chosen]}
         info = self.commit_object(pending, bucket, key, doc["content_type"], doc["metadata"],
-                                  etag=f"{digests.hexdigest()}-{len(chosen)}")
-        self.abort_upload(upload_id, bucket, key)
+                                  etag=f"{digests.hexdigest()}-{len(chosen)}", completion=completion)
+        self._drop_upload(upload_id)  # the mirror's COMPLETE drops the secondary's copy itself
         return info
 
     def abort_upload(self, upload_id: str, bucket: str, key: str) -> None:
-        self.upload(upload_id, bucket, key)
+        """Forget an upload: its parts one by one, each through the gate (the mirror deletes
+        them on the secondary too), then the rest."""
+        with self._uploads.alone(upload_id):
+            self._abort_upload(upload_id, bucket, key)
+
+    def _abort_upload(self, upload_id: str, bucket: str, key: str) -> None:
+        for number, _ in self.parts(upload_id, bucket, key):
+            path = os.path.join(self._upload_dir(upload_id), f"part-{number:05d}")
+            detail = {"upload_id": upload_id, "number": number}
+            token = self.gate.before("part-delete", bucket, key, None, None, detail) if self.gate else None
+            ok = False
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                ok = True
+            finally:
+                if self.gate is not None:
+                    self.gate.after(token, ok)
+        self._drop_upload(upload_id)
+
+    def _drop_upload(self, upload_id: str) -> None:
         directory = self._upload_dir(upload_id)
-        shutil.rmtree(directory)
+        shutil.rmtree(directory, ignore_errors=True)
         self._sync_dir(os.path.dirname(directory))
+
+    # -- a mirror's multipart (the secondary applies what the primary did) ----------------------
+    def mirror_part(self, pending: PendingObject, upload_id: str, doc: dict[str, Any], number: int,
+                    etag: str) -> None:
+        """Part ``number`` of ``upload_id`` as the primary has it: the upload is made here from
+        its document if it is not yet (with the primary's id), then the part is published."""
+        directory = self._upload_dir(upload_id)
+        if not os.path.exists(os.path.join(directory, "upload.json")):
+            os.makedirs(directory, exist_ok=True)
+            self._sync_dir(os.path.dirname(directory))
+            self._write_small(os.path.join(directory, "upload.json"), json.dumps(doc).encode("utf-8"))
+        if pending.md5.hexdigest() != etag:
+            pending.abort()
+            raise StorageError(f"part {number} of upload {upload_id}: ETag {pending.md5.hexdigest()}"
+                               f" arrived, {etag} expected")
+        self._commit_part(pending, upload_id, doc["bucket"], doc["key"], number)
+
+    def mirror_part_delete(self, upload_id: str, number: int) -> None:
+        """Part ``number`` of ``upload_id`` is gone on the primary; the upload too once no part
+        is left here."""
+        directory = self._upload_dir(upload_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, f"part-{number:05d}"))
+            self._sync_dir(directory)
+        if os.path.isdir(directory) and not any(n.startswith("part-") for n in os.listdir(directory)):
+            self._drop_upload(upload_id)
+
+    def open_part(self, upload_id: str, number: int) -> OpenObject | None:
+        """Part ``number`` of ``upload_id`` opened for reading, or None if there is none."""
+        path = os.path.join(self._upload_dir(upload_id), f"part-{number:05d}")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            return OpenObject(fd, _read_trailer_fd(fd, path))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def part_listing(self) -> dict[str, str]:
+        """Every part of every upload in progress, by its record name (objects/parts.py), with
+        its ETag: what a full compare of two sites holds beside the objects."""
+        found = {}
+        root = os.path.join(self.dir, "uploads")
+        for upload_id in sorted(os.listdir(root)):
+            doc = self.upload_document(upload_id)
+            if doc is None:
+                continue
+            with contextlib.suppress(FileNotFoundError, S3Error):
+                for number, info in self.parts(upload_id, doc["bucket"], doc["key"]):
+                    found[part_name(doc["bucket"], upload_id, number)] = info.etag
+        return found
+
+    def upload_document(self, upload_id: str) -> dict[str, Any] | None:
+        """An upload's document (bucket, key, content type, metadata), or None if none."""
+        try:
+            with open(os.path.join(self._upload_dir(upload_id), "upload.json"), "rb") as f:
+                doc: dict[str, Any] = json.loads(f.read())
+        except (FileNotFoundError, S3Error):
+            return None
+        return doc
 
 
 def _check_metadata(metadata: dict[str, str]) -> None:

@@ -74,6 +74,7 @@ class OpState(Enum):
     QUEUED = "queued"  # behind an earlier op on its name
     WAIT_WINDOW = "wait_window"  # at the head of its name, waiting for room in the window
     WAIT_ROOM = "wait_room"  # a miss waiting for a clean name to evict
+    WAIT_PARTS = "wait_parts"  # a COMPLETE waiting for its parts' resyncs to be durable there
     AWAIT_ADDED = "await_added"  # a miss sent; the secondary has not yet recorded the name
     READING = "reading"  # a resync op: the adapter reads the local state
     COMMITTING = "committing"  # CommitLocal given; waiting for ``committed``
@@ -97,6 +98,8 @@ class Op:
     cover: str = ""  # a resync op's prefix entry (``_expand``), if it came from one
     windowed: bool = False  # let through the window: it may send
     charged: int = 0  # its bytes in the window
+    parts: tuple[str, ...] = ()  # a COMPLETE's chosen parts (objects/parts.py names)
+    resync_after: bool = False  # a COMPLETE committed unsent: its name is resynced after it
 
 
 @dataclass(frozen=True, slots=True)

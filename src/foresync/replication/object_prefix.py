@@ -21,6 +21,7 @@ from collections import deque
 
 from foresync.link.object_wire import ObjectKind
 from foresync.objects.entries import covers, directory_of, entry_directory, prefix_entry
+from foresync.objects.parts import is_part_name
 from foresync.replication.object_copy import RecordCopy, exact_weight
 from foresync.replication.object_ops import LocalIndex, ObjectConfig, Op
 
@@ -45,7 +46,8 @@ class PrefixMixin:
         entry grows it by one name, within its bound and the record's; else it is a miss and the
         name gets its own entry (the prefix entry is never let grow past its bound)."""
         entry = self.copy.covering(op.name)
-        if (entry is None or entry == op.name or op.kind != ObjectKind.PUT or self._index is None
+        if (entry is None or entry == op.name
+                or op.kind not in (ObjectKind.PUT, ObjectKind.COMPLETE) or self._index is None
                 or self._index.has(op.name)):
             return entry
         names, size = 1, len(op.name.encode("utf-8"))
@@ -58,7 +60,8 @@ class PrefixMixin:
     def _prefix_offer(self, op: Op) -> tuple[str, tuple[int, int]] | None:
         """The prefix entry of ``op``'s directory and the room it needs beyond what the entries
         already under it take, if the directory is small enough to be recorded whole."""
-        if self._index is None or self.config.budget == 0 or self.config.prefix_names_max == 0:
+        if (self._index is None or self.config.budget == 0 or self.config.prefix_names_max == 0
+                or is_part_name(op.name)):  # a part's name is under no directory
             return None
         entry = prefix_entry(directory_of(op.name))
         weight = self._prefix_weight(entry)
@@ -79,7 +82,7 @@ class PrefixMixin:
         names, size = weighed
         for name, queue in self._queues.items():
             if (name.startswith(directory) and not self._index.has(name)
-                    and any(o.kind == ObjectKind.PUT and not o.resync for o in queue)):
+                    and any(o.kind in (ObjectKind.PUT, ObjectKind.COMPLETE) and not o.resync for o in queue)):
                 names, size = names + 1, size + len(name.encode("utf-8"))
         if names > self.config.prefix_names_max:
             return None

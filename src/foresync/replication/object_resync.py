@@ -21,6 +21,7 @@ from collections.abc import Callable
 from foresync.faults import Faults
 from foresync.link.object_wire import ListWhat, ObjectKind, ObjectListRequest
 from foresync.objects.entries import entry_directory, is_prefix_entry
+from foresync.objects.parts import is_part_name
 from foresync.replication.object_copy import RecordCopy, exact_weight
 from foresync.replication.object_ops import (
     LocalIndex,
@@ -71,7 +72,7 @@ class ResyncMixin:
         else:
             names = self._differing(entries) | self.may_differ
         # Buckets last: a bucket deletion is sent after the deletions of the objects it held.
-        for name in sorted(names, key=lambda n: ("/" not in n, n)):
+        for name in sorted(names, key=lambda n: ("/" not in n and not is_part_name(n), n)):
             if is_prefix_entry(name):
                 self._expand(name)
             else:

@@ -28,6 +28,7 @@ from foresync.link.object_wire import ObjectFlag, ObjectKind, ObjectOp, ObjectRe
 from foresync.objects.entries import covers, directory_of, is_prefix_entry, prefix_entry
 from foresync.objects.predict import ObjectPredictor
 
+_WRITES = (ObjectKind.PUT, ObjectKind.DELETE, ObjectKind.PART, ObjectKind.COMPLETE)
 SLOT_BYTES_MIN = 64  # a predicted name is charged at least this many bytes of the record
 
 
@@ -68,7 +69,7 @@ class ObjectSecondaryCore:
                     self.record[name] = None
                     added.append(name)
             reply = tuple(chosen)
-        if not op.flags & ObjectFlag.RESYNC and op.kind in (ObjectKind.PUT, ObjectKind.DELETE):
+        if not op.flags & ObjectFlag.RESYNC and op.kind in _WRITES:
             self.predictor.observe(op.name)
         return RecordChange(tuple(added), removed, reply)
 

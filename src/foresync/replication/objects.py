@@ -22,6 +22,10 @@ same link and stream, the same epochs and failover, the same rules as replicatio
   is known only once read), so they overshoot it by one object at most. A miss waiting for room
   in the record gives its place in the window back. An op's data is let go once handed to the
   link.
+* Multipart (replication/object_parts.py): each part is an op on a name of its own
+  (objects/parts.py) under these same rules; a Complete is a small op (COMPLETE) the secondary
+  assembles from its parts when ``complete_is_small`` (every chosen part durable there or sent
+  ahead of it on this connection), else the object goes whole.
 * Buckets (no record): a bucket op marks the bucket's name may-differ before the local change,
   is sent once the change is made, and clears the name once durable there.
 * ``sync`` mode also waits for the op's OBJ_DURABLE; ``async`` keeps no record and never waits:
@@ -82,6 +86,7 @@ from foresync.objects.entries import (
     covers,
     is_prefix_entry,
 )
+from foresync.objects.parts import is_part_name
 from foresync.replication.object_copy import RecordCopy
 from foresync.replication.object_ops import (
     AnswerClient,
@@ -97,6 +102,7 @@ from foresync.replication.object_ops import (
     ReadForResync,
     SendObject,
 )
+from foresync.replication.object_parts import PartsMixin
 from foresync.replication.object_prefix import PrefixMixin
 from foresync.replication.object_resync import ResyncMixin
 from foresync.replication.object_secondary import (
@@ -115,9 +121,10 @@ __all__ = ["SLOT_BYTES_MIN", "AnswerClient", "CommitLocal", "LocalIndex", "Objec
 
 _MISS, _DURABLE, _RESYNC = int(ObjectFlag.MISS), int(ObjectFlag.DURABLE), int(ObjectFlag.RESYNC)
 _PREFIX = int(ObjectFlag.PREFIX)
+_OBJECT_KINDS = (ObjectKind.PUT, ObjectKind.DELETE, ObjectKind.PART, ObjectKind.COMPLETE)
 
 
-class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
+class ObjectPrimaryCore(PrefixMixin, ResyncMixin, PartsMixin):
     def __init__(self, config: ObjectConfig, may_differ: Iterable[str],
                  local_listing: Callable[[], dict[str, str]], faults: Faults = NO_FAULTS,
                  local_index: LocalIndex | None = None) -> None:
@@ -138,9 +145,11 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         self._expanding: dict[int, str] = {}  # OBJ_LIST_REQUEST UNDER -> its prefix entry
         self._prefix_resyncs: dict[str, tuple[int, set[int]]] = {}  # entry -> (mark, resync ops)
         self._partial: dict[int, list[tuple[str, str]]] = {}  # a listing's frames so far
+        self._parts_in_flight: dict[int, str] = {}  # oseq -> part name, sent, not yet durable
         self._in_window: deque[tuple[int, int]] = deque()  # (oseq, bytes) sent, not yet durable
         self.window_used = 0  # bytes let through the window and not yet durable there
         self._waiting_window: deque[Op] = deque()
+        self._waiting_parts: list[Op] = []  # COMPLETEs waiting for their parts' resyncs
         self._reading: set[int] = set()  # resync ops let through, reading (one at a time)
         self._actions: list[ObjectAction] = []
         self.next_seq = 1
@@ -159,9 +168,11 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         out, self._actions = self._actions, []
         return out
 
-    def submit(self, op_id: int, kind: int, name: str, meta: bytes = b"", data: bytes = b"") -> None:
-        """A client op on ``name`` (a bucket op names the bucket); its data is whole already."""
-        self._enqueue(Op(op_id, kind, name, meta, data))
+    def submit(self, op_id: int, kind: int, name: str, meta: bytes = b"", data: bytes = b"",
+               parts: tuple[str, ...] = ()) -> None:
+        """A client op on ``name`` (a bucket op names the bucket); its data is whole already. A
+        COMPLETE names its chosen ``parts`` (objects/parts.py) and carries no data."""
+        self._enqueue(Op(op_id, kind, name, meta, data, parts=parts))
 
     def committed(self, op_id: int, ok: bool) -> None:
         """The local commit of ``op_id`` is done (``ok``) or failed (nothing changed locally)."""
@@ -178,6 +189,8 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         op.state = OpState.AWAIT_DURABLE
         self._release(op)
         self._maybe_answer(op)
+        if op.resync_after and ok and self.link_up:
+            self._resync(op.name)  # its parts may not be there: send the object whole
 
     def _bucket_committed(self, op: Op, ok: bool) -> None:
         if ok and self.link_up:  # now the change is made: send it, clear the name once durable
@@ -199,7 +212,9 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
             self._forget(op)  # the name stays in may-differ for the next connect
             self._release(op)
             return
-        if "/" in op.name:
+        if is_part_name(op.name):
+            op.kind = int(ObjectKind.PART if meta is not None else ObjectKind.DELETE)
+        elif "/" in op.name:
             op.kind = int(ObjectKind.PUT if meta is not None else ObjectKind.DELETE)
         else:  # a bucket's name: it exists here, or not
             op.kind = int(ObjectKind.BUCKET_CREATE if meta is not None else ObjectKind.BUCKET_DELETE)
@@ -233,6 +248,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         self._expanding.clear()
         self._prefix_resyncs.clear()  # a prefix entry in may-differ stays there
         self._partial.clear()
+        self._parts_lost()
         for op in list(self._ops.values()):
             if op.state is OpState.AWAIT_ADDED or op.state is OpState.WAIT_ROOM:
                 # Whether the secondary got it is unknown: the name may differ, durably, first.
@@ -242,7 +258,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
                     del self._by_seq[op.seq]
                 self._commit(op)
             elif (op.state is OpState.COMMITTING and op.seq > self.durable_seq
-                  and op.kind in (ObjectKind.PUT, ObjectKind.DELETE)
+                  and op.kind in _OBJECT_KINDS
                   and not self.faults.object_link_loss_forgets_uncommitted):
                 # Sent, perhaps lost, and not yet committed here: a full compare (async) made
                 # before the commit would find the copies equal. Found by the simulator.
@@ -258,7 +274,8 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         self._in_window.clear()
         self.window_used = 0
         self._reading.clear()
-        waiting, self._waiting_window = self._waiting_window, deque()
+        waiting, self._waiting_window = [*self._waiting_window, *self._waiting_parts], deque()
+        self._waiting_parts = []
         for op in waiting:  # nothing sent: the link-down way (marked, committed)
             op.state = OpState.QUEUED
             if op.resync:
@@ -356,6 +373,9 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
         if not self.link_up:
             self._mark(op.name)
             self._commit(op)
+            return
+        if op.kind == ObjectKind.COMPLETE and not self.complete_is_small(op.parts):
+            self._complete_later(op)
             return
         if self.config.mode is Mode.ASYNC:
             self._assign_seq(op)
@@ -558,6 +578,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
 
     def _on_durable(self, seq: int) -> None:
         self.durable_seq = max(self.durable_seq, seq)
+        self._parts_durable()
         while self._in_window and self._in_window[0][0] <= self.durable_seq:
             self.window_used -= self._in_window.popleft()[1]
         if self._removed_at and not self._by_seq:  # no OBJ_ADDED outstanding: none can race
@@ -572,6 +593,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
                 pending.discard(op.op_id)
                 if not pending:
                     self._prefix_resynced(op.cover)
+        self._retry_completes()
         waiting, self._waiting_room = self._waiting_room, deque()
         for op in waiting:  # a miss waiting for room starts again: the window, then room
             if op.state is OpState.WAIT_ROOM:
@@ -585,6 +607,7 @@ class ObjectPrimaryCore(PrefixMixin, ResyncMixin):
 
     def _send(self, op: Op, flags: int, budget: int = 0) -> None:
         removals, self._removals = tuple(self._removals), []
+        self._part_sent(op)
         for name in removals:
             self._removed_at[name] = op.seq
         self._emit(SendObject(ObjectOp(op.seq, op.kind, flags, budget, op.name, removals,

@@ -13,6 +13,13 @@ secondary's directory link takes it, first writes under it are hits that grow it
 grows past ``PREFIX_MAX`` names sends new names the miss path. Listings cross in frames of a few
 entries (``list_frames``), so every listing is split.
 
+Multipart uploads (objects/parts.py): parts are ops on names of their own (``b NUL uN NUL NNNNN``);
+a completion is the small op (COMPLETE, assembled by the secondary from its own parts, each
+checked against the version the primary chose) when ``complete_is_small`` says so, else the
+object whole (a PUT), as daemon/objects.py does; it waits for the part uploads under way, as the
+store's upload lock makes it; an abort deletes the parts one by one. A completed upload's parts
+left on one site (a completion sent whole) are unreachable and not compared.
+
 After every step it checks:
 
 * *covered* (lookahead and sync): every name whose version differs between the primary's store
@@ -53,6 +60,7 @@ from foresync.link.object_wire import (
     list_frames,
 )
 from foresync.objects.entries import covering_prefixes, entry_directory, is_prefix_entry
+from foresync.objects.parts import parse_part_name, part_name
 from foresync.objects.predict import LinksPredictor
 from foresync.replication.objects import (
     AnswerClient,
@@ -69,7 +77,8 @@ from foresync.replication.primary import Mode
 # The deliberate bugs (faults.py) of the object core: this simulator, not the block world
 # (world.py), must catch them (tests/sim/test_objects_sim.py).
 OBJECT_FAULTS = frozenset({"object_hit_before_record_durable", "object_added_ignores_eviction",
-                           "object_link_loss_forgets_uncommitted", "object_prefix_entry_not_covering"})
+                           "object_link_loss_forgets_uncommitted", "object_prefix_entry_not_covering",
+                           "object_complete_before_parts_durable"})
 # Two layouts (the first six names are the hot ones): three directories of six names,
 # each past PREFIX_MAX (a prefix entry fills and sends new names the miss path); or three hot
 # and cold directories that fit in one prefix entry, one cold that does not, and one nested.
@@ -146,6 +155,9 @@ class ObjectWorld:
         self.window = WINDOW_BYTES if variant == 2 else 1 << 20
         self.deletes = (0.15, 0.35)[seed // 9 % 2]  # more deletes: directories empty, fill again
         self.seen: Counter[str] = Counter()  # what the run exercised (tests check coverage)
+        self.uploads: dict[str, str] = {}  # open multipart uploads: upload id -> object name
+        self.finished: set[str] = set()  # completed uploads (their parts are left alone)
+        self.upload_count = 0
         self._new_primary()
 
     def _new_primary(self) -> None:
@@ -154,11 +166,12 @@ class ObjectWorld:
                                       set(self.may_differ_durable), self._listing, self.faults,
                                       _Index(self.primary_store))
         self.ops: dict[int, tuple[str, int, int]] = {}  # op id -> (name, kind, version)
+        self.completing: dict[int, str] = {}  # a completion's op id -> its upload id
         self.commits: list[int] = []  # CommitLocal given, not yet done
         self.committed: set[int] = set()
         self.reads: list[tuple[int, str]] = []
 
-    def _listing(self) -> dict[str, str]:
+    def _listing(self) -> dict[str, str]:  # objects and parts (a full compare covers both)
         return {n: str(v) for n, v in self.primary_store.items()}
 
     # -- the adapter ------------------------------------------------------------------------------
@@ -181,7 +194,11 @@ class ObjectWorld:
 
     def _commit(self, op_id: int) -> None:
         name, kind, version = self.ops.pop(op_id)
-        if kind == ObjectKind.PUT:
+        upload = self.completing.pop(op_id, None)
+        if upload is not None:  # the primary drops the upload's parts with the completion
+            for part in [n for n in self.primary_store if _upload_of(n) == upload]:
+                del self.primary_store[part]
+        if kind in (ObjectKind.PUT, ObjectKind.PART, ObjectKind.COMPLETE):
             self.primary_store[name] = version
             self.history.setdefault(name, []).append(version)
         else:
@@ -203,8 +220,10 @@ class ObjectWorld:
                 self.seen["prefix"] += sum(map(is_prefix_entry, change.added))
                 if change.reply is not None:
                     self.to_primary.append(ObjectAdded(message.seq, change.reply))
-                if message.kind == ObjectKind.PUT:
+                if message.kind in (ObjectKind.PUT, ObjectKind.PART):
                     sec.store[message.name] = int(message.meta)
+                elif message.kind == ObjectKind.COMPLETE:
+                    self._assemble(message)
                 elif message.kind == ObjectKind.DELETE:
                     sec.store.pop(message.name, None)
                 self.to_primary.append(ObjectDurable(message.seq))
@@ -218,6 +237,24 @@ class ObjectWorld:
                                if what == ListWhat.ALL or n.startswith(directory)]
                     self.seen["under"] += what == ListWhat.UNDER
                 self.to_primary.extend(list_frames(request, what, entries, self.frame_bytes))
+
+    def _assemble(self, message: ObjectOp) -> None:
+        """The secondary assembles a completed object from its own parts: each must be there,
+        as the primary had it (else the object would be torn or wrong, and no record covers
+        what the secondary cannot do)."""
+        self.seen["complete_small"] += 1
+        version, _, listed = message.meta.decode().partition("|")
+        sec = self.secondary
+        for item in listed.split(","):
+            part, _, want = item.partition("=")
+            if sec.store.get(part) != int(want):
+                raise InvariantViolation(
+                    f"seed {self.seed}: {part} differs (secondary {sec.store.get(part)}, primary "
+                    f"{want}) when the completion of {message.name} was assembled from it")
+        sec.store[message.name] = int(version)
+        upload = _upload_of(listed.partition("=")[0])
+        for part in [n for n in sec.store if _upload_of(n) == upload]:
+            del sec.store[part]
 
     def _cut(self) -> None:
         self.seen["cut"] += 1
@@ -247,7 +284,9 @@ class ObjectWorld:
 
     def _work(self, roll: float) -> None:
         """One piece of work, or nothing if what the roll chose has nothing to do."""
-        if roll < 0.30:
+        if roll < 0.12:
+            self._multipart()
+        elif roll < 0.30:
             self.op_id += 1
             self.version += 1
             name = self.rng.choice(self.names[:6] if self.rng.random() < 0.6 else self.names)
@@ -266,6 +305,59 @@ class ObjectWorld:
             self._deliver_to_secondary()
         elif roll >= 0.75 and self.to_primary:
             self.core.receive(self.to_primary.popleft())
+
+    def _multipart(self) -> None:
+        """A step of a multipart upload: start one, upload a part, complete or abort (an abort
+        deletes the parts one by one, as objects/store.py does)."""
+        if len(self.uploads) < 2 and self.rng.random() < 0.3:
+            self.upload_count += 1
+            self.uploads[f"u{self.upload_count}"] = self.rng.choice(self.names)
+            return
+        if not self.uploads:
+            return
+        upload = self.rng.choice(sorted(self.uploads))
+        parts = sorted(n for n in self.primary_store if _upload_of(n) == upload)
+        roll = self.rng.random()
+        if any(_upload_of(n) == upload for n, _, _ in self.ops.values()):
+            # A completion or abort waits for the part uploads under way (objects/store.py's
+            # upload lock): they are committed, so sent or marked, before it is submitted.
+            roll = min(roll, 0.4)
+        if roll < 0.5 or not parts:
+            self._submit(part_name("b", upload, self.rng.randrange(1, 4)), ObjectKind.PART)
+        elif roll < 0.9:
+            self._complete(upload, parts)
+        else:
+            self.seen["abort"] += 1
+            del self.uploads[upload]
+            for part in parts:
+                self._submit(part, ObjectKind.DELETE)
+
+    def _submit(self, name: str, kind: ObjectKind, meta: str | None = None,
+                parts: tuple[str, ...] = ()) -> int:
+        self.op_id += 1
+        self.version += 1
+        self.ops[self.op_id] = (name, int(kind), self.version)
+        self.submitted.setdefault(name, set()).add(self.version)
+        data = b"x" * self.rng.randrange(8) if kind != ObjectKind.DELETE else b""
+        self.core.submit(self.op_id, int(kind), name,
+                         (meta or "").replace("V", str(self.version)).encode() or str(self.version).encode(),
+                         data if kind != ObjectKind.COMPLETE else b"", parts)
+        return self.op_id
+
+    def _complete(self, upload: str, parts: list[str]) -> None:
+        """The adapter's choice (daemon/objects.py): the small op if the core says the parts are
+        there, else the object whole (a PUT); sometimes it asks, then the link changes before it
+        submits, which the core must catch itself."""
+        self.seen["complete"] += 1
+        name = self.uploads.pop(upload)
+        self.finished.add(upload)
+        chosen = tuple(parts)
+        if self.core.complete_is_small(chosen) or self.rng.random() < 0.2:
+            listed = ",".join(f"{p}={self.primary_store[p]}" for p in chosen)
+            op_id = self._submit(name, ObjectKind.COMPLETE, f"V|{listed}", chosen)
+        else:
+            op_id = self._submit(name, ObjectKind.PUT)
+        self.completing[op_id] = upload
 
     def _crash_primary(self) -> None:
         """kill -9: uncommitted ops vanish unanswered; the store and may-differ file stay."""
@@ -321,6 +413,8 @@ class ObjectWorld:
         self._check_bounds()
         cover = sec.durable_record() | self.may_differ_durable
         for name in set(self.primary_store) | set(sec.store):
+            if _upload_of(name) in self.finished:
+                continue  # a completed upload's part left on one site: unreachable, no object
             # async mode keeps no record: it compares everything at each connect instead
             if (self.mode is not Mode.ASYNC and not covered(name, cover)
                     and self.primary_store.get(name) != sec.store.get(name)):
@@ -332,6 +426,9 @@ class ObjectWorld:
             if held is not None and held not in self.submitted.get(name, ()):
                 raise InvariantViolation(f"seed {self.seed}: the secondary holds a version of "
                                          f"{name} the primary never sent")
+
+    def _live(self, store: dict[str, int]) -> dict[str, int]:
+        return {n: v for n, v in store.items() if _upload_of(n) not in self.finished}
 
     def settle(self) -> None:
         """Reconnect and let everything drain; then the copies must be equal."""
@@ -354,10 +451,15 @@ class ObjectWorld:
                 break
             self._carry_out()
             self.check()
-        if self.primary_store != self.secondary.store or self.core.may_differ:
+        if self._live(self.primary_store) != self._live(self.secondary.store) or self.core.may_differ:
             raise InvariantViolation(f"seed {self.seed}: after settling the stores differ "
                                      f"({self.primary_store} vs {self.secondary.store}) or "
                                      f"names still may differ ({sorted(self.core.may_differ)})")
+
+
+def _upload_of(name: str) -> str | None:
+    part = parse_part_name(name)
+    return None if part is None else part[1]
 
 
 def run_seed(seed: int, faults: Faults = NO_FAULTS, steps: int = STEPS) -> Counter[str]:
