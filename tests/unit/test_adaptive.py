@@ -89,7 +89,7 @@ def test_a_record_under_the_adaptive_policy_never_evicts_a_dirty_extent(
             decision = record.room_for_miss(touched, 2, durable)
             if decision is None:
                 continue
-            budget, evict = decision
+            _budget, evict = decision
             assert all(record.is_clean(e, durable) and e not in touched for e in evict)
             record.evict(evict)
             record.add([e for e in touched if e not in record])
