@@ -713,7 +713,8 @@ class SecondarySite:
                                              * self.cfg.extent_size),
                 consistent=consistent, metadata_damage=self.meta.metadata_damage,
                 undo_saved_extents=self.undo.saved, rolled_back_extents=self.rolled_back,
-                record_may_be_incomplete=self.link is None))
+                record_may_be_incomplete=self.link is None,
+                journal_commits_overlapped=self._commits.overlapped))
 
     def _resync_view(self, consistent: bool) -> ResyncReceived:
         """The resync pass from this side (resync_watch.py). Active while this copy waits for
