@@ -33,7 +33,7 @@ import itertools
 import logging
 import threading
 
-from foresync.errors import JournalCorruption, StorageError
+from foresync.errors import JournalCorruption, StorageError, invariant
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as fmt
 from foresync.journal.durable import OS_FILES, Files, write_all
@@ -240,6 +240,7 @@ class RecordJournal:
         """Replace the journal with one checkpoint of ``state`` (atomic rename). If writing the
         new image fails, the old journal stays in place and open, so appends still land in it."""
         with self._lock:
+            invariant(self._in_flight == 0, "journal checkpoint while a commit is in flight")
             self._write_image(self._files, self.path, self.volume_id, state)
             old, self._fd = self._fd, self._files.open_append(self.path)
             self._files.close(old)
