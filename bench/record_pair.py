@@ -90,6 +90,7 @@ class Cell:
     behind_add: int = 0  # of the hits, those that waited so (record_writes_behind_add)
     journal_commits: int = 0  # the secondary's group commits (0 on a build without the counter)
     misses_received: int = 0  # MISS writes the secondary received
+    journal_commits_overlapped: int = 0  # commits started beside one in flight (0 before issue 14's)
     record: str = ""  # the record's configuration, for the report
 
     @property
@@ -133,7 +134,7 @@ def settings(args: argparse.Namespace, size: int, fraction: int, record: Record)
 
 COUNTERS = ("writes", "record_misses", "record_room_waits", "record_add_waits",
             "record_writes_behind_add")
-SECONDARY_COUNTERS = ("journal_commits", "misses_received")
+SECONDARY_COUNTERS = ("journal_commits", "misses_received", "journal_commits_overlapped")
 
 
 def counters(doc: dict[str, Any] | None, names: Sequence[str] = COUNTERS) -> tuple[int, ...]:
@@ -477,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells.append(cell)
         print(f"{name:<36} {cell.iops:>9,.0f} IOPS miss {cell.miss_ratio:6.1%} m' {cell.waited_ratio:6.1%} "
               f"(room waits {cell.room_waits}, behind an ADD {cell.behind_add or cell.add_waits}, commits "
-              f"{cell.journal_commits}/{cell.misses_received} misses) p50 {cell.p50_us:>8,.0f} us p99 "
+              f"{cell.journal_commits}/{cell.misses_received} misses, {cell.journal_commits_overlapped} "
+              f"overlapped) p50 {cell.p50_us:>8,.0f} us p99 "
               f"{cell.p99_us:>8,.0f} us load {cell.load_1m:.1f}", flush=True)
     checks = report(cells, rtt_ms, args.traces)
     if args.json:

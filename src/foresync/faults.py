@@ -17,8 +17,12 @@ class Faults:
     # secondary: a group commit counts as durable every append made before it returned, also
     # those made while its fdatasync ran, so a later miss's ADDED goes before its entry is durable
     added_before_group_commit_durable: bool = False
+    # secondary: a journal commit that returns while a later one is in flight tells the core the
+    # later one's start mark, so appends made after its own fdatasync started count as durable
+    commit_covers_appends_after_its_start: bool = False
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
     s3fifo_evicts_dirty: bool = False  # record: the s3fifo policy chooses extents still dirty
+    adaptive_evicts_dirty: bool = False  # record: the adaptive policy chooses extents still dirty
     # primary: eviction ahead of need (free slots under the low mark, issue 14) takes extents
     # whose latest write is not yet durable on both sites
     evict_ahead_takes_dirty: bool = False

@@ -74,6 +74,7 @@ MODES = [
     pytest.param("lookahead", "lru", id="lookahead-lru"),
     pytest.param("sync", "generations", id="sync-generations"),
     pytest.param("async", "lru", id="async-lru"),
+    pytest.param("lookahead", "adaptive", id="lookahead-adaptive"),  # issue 14: record/adaptive.py
 ]
 
 

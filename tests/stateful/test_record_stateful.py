@@ -22,6 +22,9 @@ from hypothesis.stateful import (
 from foresync.record.record import Eviction, RecordCopy
 
 UNIVERSE = st.integers(0, 24)
+# Policies whose choice the model checks only for validity (clean, not kept, present, enough):
+# their order is their own (s3fifo; adaptive follows s3fifo or lru).
+FREE_CHOICE = (Eviction.S3FIFO, Eviction.ADAPTIVE)
 
 
 class RecordMachine(RuleBasedStateMachine):
@@ -64,7 +67,7 @@ class RecordMachine(RuleBasedStateMachine):
         shortfall = needed - self._model_free()
         if shortfall <= 0:
             return []
-        if self.eviction is Eviction.S3FIFO:
+        if self.eviction in FREE_CHOICE:
             usable = [e for e, _ in self.order if self._clean(e) and e not in keep]
             return None if len(usable) < shortfall else usable  # the candidates, in any order
         if self.eviction is Eviction.LRU:
@@ -127,11 +130,11 @@ class RecordMachine(RuleBasedStateMachine):
 
     @rule(needed=st.integers(0, 12), keep=st.frozensets(UNIVERSE, max_size=3))
     def evict(self, needed: int, keep: frozenset[int]) -> None:
-        if self.eviction is not Eviction.S3FIFO:
+        if self.eviction not in FREE_CHOICE:
             keep = frozenset()  # the claimed policies' models ignore keep
         chosen = self.record.choose_evictions(needed, self.clean_through, keep)
         expected = self._model_choice(needed, keep)
-        if self.eviction is Eviction.S3FIFO and chosen is not None and expected is not None:
+        if self.eviction in FREE_CHOICE and chosen is not None and expected is not None:
             assert len(chosen) == needed - self._model_free() or (chosen == [] == expected)
             assert set(chosen) <= set(expected), "chose a dirty, kept or absent extent"
         else:

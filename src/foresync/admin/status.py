@@ -70,6 +70,7 @@ class SecondaryView:
     undo_saved_extents: int
     rolled_back_extents: int
     record_may_be_incomplete: bool
+    journal_commits_overlapped: int = 0  # commits started beside one in flight (issue 14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,8 @@ def _secondary_document(s: SiteStatistics, v: SecondaryView) -> dict[str, Any]:
         # document has always carried them as 0 here (docs/operations.md), so it still does.
         "counters": {"writes": s.writes, "record_hits": 0, "record_misses": 0,
                      "resync_bytes": 0, "storage_errors": s.storage_errors,
-                     "journal_commits": c.journal_commits, "misses_received": c.misses_received},
+                     "journal_commits": c.journal_commits, "misses_received": c.misses_received,
+                     "journal_commits_overlapped": v.journal_commits_overlapped},
         "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},
         "seq": {"applied": c.applied_seq, "durable": c.durable_seq},
         "pending_ranges": c.pending_ranges,

@@ -1,7 +1,10 @@
 """The secondary site: link in, the pure ``SecondaryCore``, the journal and the local image out.
 
-Group commit: after each batch of frames the site starts at most one journal fdatasync, covering
-every append made so far; appends made while it runs wait for the next one. Image fdatasyncs for
+Group commit: after each batch of frames the site starts a journal fdatasync covering every
+append made so far. Appends made while it runs get one of their own that starts beside it (at
+most ``commits.MAX_IN_FLIGHT`` overlap, replication/commits.py; the journal settles overlapping
+ones together, journal/journal.py), except during a resync pass, whose undo log syncs first in
+each commit: then one commit at a time, as before. Image fdatasyncs for
 the durable watermark run the same way, one at a time, in a worker thread.
 
 A write that fails (the image, the journal, the undo log or site.json: a full disk) is handed to
@@ -52,6 +55,7 @@ from foresync.record import runs as extent_runs
 from foresync.replication import secondary as core_mod
 from foresync.replication.actions import SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, lineage_of, screen_hello
+from foresync.replication.commits import MAX_IN_FLIGHT, CommitMarks
 from foresync.replication.driver import SecondaryDriver
 from foresync.replication.resync_watch import ResyncWatch
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
@@ -101,7 +105,7 @@ class SecondarySite:
         self._driver = SecondaryDriver(self.core, self)
         self._timer_idle = False  # the timer sleeps with no deadline from the core
         self._timer_changed = asyncio.Event()
-        self._committing = False
+        self._commits = CommitMarks()  # journal commits in flight (their start marks)
         self._commit_retry_at = 0.0  # monotonic: no journal commit before (after a failed one)
         self.storage_error = ""  # the last failure to write, until a resync pass completes
         self._storage_error_logged = ("", 0.0)
@@ -462,31 +466,36 @@ class SecondarySite:
         task.add_done_callback(self._tasks.discard)
 
     def _maybe_commit(self) -> None:
-        if (self._committing or not self.core.needs_journal_sync() or self.journal is None
+        if (not self.core.needs_journal_sync() or self.journal is None
                 or time.monotonic() < self._commit_retry_at):
             return
-        self._committing = True
-        self._spawn(self._commit())
+        # Overlap only while no resync pass has an undo log: its sync is not settled with the
+        # journal's, so a second commit could return before the first's undo entries are durable.
+        limit = 1 if self.undo.in_use() else MAX_IN_FLIGHT
+        target = self.core.journal_target()
+        if not self._commits.may_start(target, limit):
+            return
+        self._commits.start(target)
+        self._spawn(self._commit(target))
 
-    async def _commit(self) -> None:
+    async def _commit(self, target: int) -> None:
         journal = self.journal
         assert journal is not None
         try:
-            while self.core.needs_journal_sync():
-                target = self.core.journal_target()
-                try:
-                    await asyncio.get_running_loop().run_in_executor(None, self._commit_both, journal,
-                                                                     target)
-                except _CommitFailed as failed:
-                    self._commit_retry_at = time.monotonic() + COMMIT_RETRY_S
-                    self._storage_failed(failed.area, failed.error, ())
-                    return
-                self.core.journal_synced(target)
-                self.pump()
-        finally:
-            self._committing = False
+            await asyncio.get_running_loop().run_in_executor(None, self._commit_both, journal, target)
+        except _CommitFailed as failed:
+            self._commits.failed(target)
+            self._commit_retry_at = time.monotonic() + COMMIT_RETRY_S
+            self._storage_failed(failed.area, failed.error, ())
             self._wake_timer()  # a failed commit is retried at _commit_retry_at
-        if journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not self.core.needs_journal_sync():
+            return
+        except BaseException:
+            self._commits.failed(target)
+            raise
+        self.core.journal_synced(self._commits.returned(target))
+        self.pump()  # starts the next commit, if appends wait for one
+        if (journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not self._commits
+                and not self.core.needs_journal_sync() and journal is self.journal):
             try:
                 journal.checkpoint(self.core.state)
             except OSError as exc:  # the journal stays as it was, only longer
@@ -564,7 +573,7 @@ class SecondarySite:
 
     def _commit_retry(self) -> float | None:
         """When a journal commit that failed (a full meta disk) is tried again, if one waits."""
-        if self._committing or not self.core.needs_journal_sync() or self.journal is None:
+        if self._commits or not self.core.needs_journal_sync() or self.journal is None:
             return None
         return self._commit_retry_at
 
@@ -704,7 +713,8 @@ class SecondarySite:
                                              * self.cfg.extent_size),
                 consistent=consistent, metadata_damage=self.meta.metadata_damage,
                 undo_saved_extents=self.undo.saved, rolled_back_extents=self.rolled_back,
-                record_may_be_incomplete=self.link is None))
+                record_may_be_incomplete=self.link is None,
+                journal_commits_overlapped=self._commits.overlapped))
 
     def _resync_view(self, consistent: bool) -> ResyncReceived:
         """The resync pass from this side (resync_watch.py). Active while this copy waits for

@@ -7,7 +7,16 @@ refuses (a full disk) is cut back to the last whole entry and kept in memory wit
 one; ``commit`` writes them before it syncs, and fails while it cannot. Every entry since the
 last successful sync is kept too: after a failed fdatasync the kernel may have dropped those
 pages, so the file is cut back to what that sync covered and they are written again. So the
-file only ever holds whole entries, in order, and a commit covers every append before it. Opening replays the
+file only ever holds whole entries, in order, and a commit covers every append before it.
+
+Overlapping commits. A second ``commit`` may start (in another thread) while one is in flight: it
+covers every append made before it started, and an fdatasync of the file covers every byte
+written before the call. But Linux reports a writeback error to only one of the fdatasyncs that
+overlap on a file description, so one of two overlapping calls may return success although pages
+written before it started were dropped. So overlapping commits form a *cluster*, settled together
+once none of them is in flight: if all succeeded, everything appended before the latest start is
+durable, and each returns; if any failed, each raises (and the file is cut back as above). A
+commit therefore returns only when every commit that overlapped it has returned too. Opening replays the
 journal; a torn tail is copied aside to ``<journal>.torn-<offset>`` and fsynced before the file
 is truncated back to its last whole entry, so no bytes are ever destroyed silently. Damage (see
 ``format``) is not a torn tail: opening raises JournalCorruption and leaves the file untouched,
@@ -24,7 +33,7 @@ import itertools
 import logging
 import threading
 
-from foresync.errors import JournalCorruption, StorageError
+from foresync.errors import JournalCorruption, StorageError, invariant
 from foresync.faults import NO_FAULTS, Faults
 from foresync.journal import format as fmt
 from foresync.journal.durable import OS_FILES, Files, write_all
@@ -54,6 +63,15 @@ class RecordJournal:
         self._since_sync: list[bytes] = []  # entries appended since the last successful sync
         self._unwritten = 0  # how many of the last of those are not in the file yet
         self._cut = False  # the file may hold bytes past _end (a failed write, a failed sync)
+        # Overlapping commits (see above): those in flight, the cluster they belong to, whether
+        # one of its fdatasyncs failed, and the (appends, file end) the latest start covers.
+        self._settled = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._cluster = 0
+        self._cluster_failed: set[int] = set()  # recent clusters that failed (pruned)
+        self._pending: tuple[int, int] = (0, self._end)
+        self._durable_count = 0  # appends durable (since open): _since_sync follows them
+        self.commits_overlapped = 0  # commits that started while another was in flight
 
     @classmethod
     def create(cls, path: str, volume_id: bytes, state: RecordState | None = None,
@@ -157,8 +175,9 @@ class RecordJournal:
 
     def commit(self, target: int) -> None:
         """Make the first ``target`` appends durable, or raise StorageError. Safe to call from a
-        worker thread while the event loop keeps appending: appends after the fdatasync starts
-        are simply not counted."""
+        worker thread while the event loop keeps appending (appends after the fdatasync starts
+        are not counted), and beside another commit in flight (see above: it returns when the
+        cluster of overlapping commits settles)."""
         with self._lock:
             try:
                 while self._unwritten:
@@ -166,18 +185,51 @@ class RecordJournal:
                     self._unwritten -= 1
             except OSError as exc:
                 raise StorageError.from_os(f"journal {self.path}: append failed", exc) from exc
-            covered, end = len(self._since_sync), self._end
+            covered, end = self._durable_count + len(self._since_sync), self._end
+            if self._in_flight:
+                self.commits_overlapped += 1
+            self._in_flight += 1
+            cluster = self._cluster
+        failure: OSError | None = None
         try:
             self._fsync()
         except OSError as exc:
-            with self._lock:  # write them all again: the kernel may have dropped those pages
+            failure = exc
+        with self._lock:
+            self._in_flight -= 1
+            if failure is not None:
+                self._cluster_failed.add(cluster)
+                # write them all again: the kernel may have dropped those pages
                 self._end, self._cut = self._synced_end, True
                 self._unwritten = len(self._since_sync)
-            raise StorageError.from_os(f"journal {self.path}: fdatasync failed", exc) from exc
-        with self._lock:
-            del self._since_sync[:covered]
-            self._synced_end = end
+            elif cluster not in self._cluster_failed:
+                self._pending = max(self._pending, (covered, end))
+            if self._in_flight == 0:
+                self._settle_cluster()
+            else:
+                while self._cluster == cluster:
+                    self._settled.wait()
+            failed = cluster in self._cluster_failed
+        if failure is not None:
+            raise StorageError.from_os(f"journal {self.path}: fdatasync failed", failure) from failure
+        if failed:
+            raise StorageError(f"journal {self.path}: an fdatasync overlapping this commit failed, "
+                               "so its success does not prove the entries durable")
         self.synced = max(self.synced, target)
+
+    def _settle_cluster(self) -> None:
+        """The last commit of a cluster returned (under the lock): settle it, wake the others."""
+        cluster = self._cluster
+        if cluster not in self._cluster_failed:
+            covered, end = self._pending
+            if covered > self._durable_count:
+                del self._since_sync[: covered - self._durable_count]
+                self._durable_count = covered
+                self._synced_end = end
+        self._pending = (self._durable_count, self._synced_end)
+        self._cluster_failed = {c for c in self._cluster_failed if c > cluster - 8}
+        self._cluster += 1
+        self._settled.notify_all()
 
     def _fsync(self) -> None:
         if self._faults.journal_sync_skipped:
@@ -188,6 +240,7 @@ class RecordJournal:
         """Replace the journal with one checkpoint of ``state`` (atomic rename). If writing the
         new image fails, the old journal stays in place and open, so appends still land in it."""
         with self._lock:
+            invariant(self._in_flight == 0, "journal checkpoint while a commit is in flight")
             self._write_image(self._files, self.path, self.volume_id, state)
             old, self._fd = self._fd, self._files.open_append(self.path)
             self._files.close(old)
@@ -195,6 +248,8 @@ class RecordJournal:
             self.synced = self.appended
             self._end = self._synced_end = self._files.size(self._fd)
             self._since_sync, self._unwritten, self._cut = [], 0, False
+            self._durable_count = self.appended
+            self._pending = (self._durable_count, self._synced_end)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -214,6 +214,10 @@ class UndoLog:
             raise
         self._end += len(record)
 
+    def in_use(self) -> bool:
+        """Open for a resync pass: its entries must be synced before the writes they protect."""
+        return self._fd >= 0
+
     def sync(self) -> None:
         with self._lock:
             if self._fd < 0 or not self.unsynced:

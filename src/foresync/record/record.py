@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from foresync.errors import LocalProtocolError, invariant
+from foresync.record.adaptive import Adaptive
 from foresync.record.eviction import S3Fifo
 
 # A latest-write seq above any real one: "dirty until resynced". An extent marked so stays dirty
@@ -41,6 +42,7 @@ class Eviction(Enum):
     LRU = "lru"  # least-recently-added (claim 15)
     GENERATIONS = "generations"  # whole generations in order of adding (claim 16)
     S3FIFO = "s3fifo"  # recency and frequency of writes (eviction.py)
+    ADAPTIVE = "adaptive"  # follows whichever of s3fifo and lru missed less lately (adaptive.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,9 @@ class RecordCopy:
         self.capacity = capacity
         self.eviction = eviction
         # The policy's queues; None for the claimed policies, which need only the order of adding.
-        self._s3 = S3Fifo(capacity) if eviction is Eviction.S3FIFO else None
+        self._s3: S3Fifo | Adaptive | None = (
+            S3Fifo(capacity) if eviction is Eviction.S3FIFO
+            else Adaptive(capacity) if eviction is Eviction.ADAPTIVE else None)
         self._evict_dirty = evict_dirty  # faults.s3fifo_evicts_dirty: deliberately wrong
         self.generation_size = generation_size or max(1, capacity // 8)
         self._generation_of: dict[int, int] = {}  # extent -> generation; dict order = order added

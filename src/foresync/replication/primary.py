@@ -219,7 +219,7 @@ class PrimaryCore:
         self._is_hole = is_hole  # a cheap "this range reads as zeroes" (SEEK_DATA), if any
         self.extent_count = -(-config.size // config.extent_size)
         self.record = RecordCopy(config.capacity, config.eviction,
-                                 evict_dirty=config.faults.s3fifo_evicts_dirty)
+                                 evict_dirty=config.faults.s3fifo_evicts_dirty or config.faults.adaptive_evicts_dirty)
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
         # Free slots kept ready while misses wait for room (free_slots.py, issue 14); under the
         # high mark a miss asks for the watermark at once.

@@ -94,6 +94,7 @@ from foresync.replication.admission import (
     screen_hello,
     screen_peer_primary,
 )
+from foresync.replication.commits import CommitMarks
 from foresync.replication.driver import PrimaryDriver, SecondaryDriver
 from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.failback import failback_set
@@ -234,7 +235,7 @@ class _Secondary:
         self.core = core
         self.driver = SecondaryDriver(core, self)
         self.syncs: deque[int] = deque()
-        self.commits: deque[int] = deque()
+        self.commits = CommitMarks(world.cfg.faults)  # journal commits in flight (their marks)
         self.conn = 0  # the connection it answers on (set when HELLO arrives)
         self.checksum_next: int | None = None  # a full sync: the next extent to hash and stream
         self.checksum_runs: deque[tuple[int, int]] = deque()  # ... and the runs after it
@@ -899,28 +900,36 @@ class World:
             s.checksum_next = s.checksum_runs[0][0] if s.checksum_runs else None
 
     def _ev_journal_commit(self) -> None:
+        """One journal commit in flight returns: mostly the oldest, sometimes the newest (they
+        overlap, replication/commits.py, and may return in either order)."""
         assert self.secondary is not None
-        core = self.secondary.core
-        target = self.secondary.commits.popleft()
+        core, marks = self.secondary.core, self.secondary.commits
+        started = marks.marks()
+        target = started[-1] if len(started) > 1 and self.rng.random() < 0.3 else started[0]
         try:  # SecondarySite._commit_both: old contents first, the writes they protect wait
             self.undo.sync()
         except StorageError as exc:
+            marks.failed(target)
             self._log(f"secondary undo log sync failed: {exc}")
             core.storage_failed(wire.StorageArea.UNDO, exc.errno, str(exc))
             return
         try:
             self.journal.commit(target)
         except StorageError as exc:
+            marks.failed(target)
             self.secondary.driver.storage_failed(wire.StorageArea.JOURNAL, exc)
             return
         # The fdatasync runs in a worker while the loop goes on (SecondarySite._commit): a frame
         # that arrives meanwhile is journaled (written, not durable), and this commit must not
-        # count it (group commit: it waits for the next one).
+        # count it (group commit): a commit that starts now, beside this one, covers it.
         if self.p2s and self.conn and self.p2s[0][0] == self.conn and self.secondary.conn == self.conn:
             self._ev_deliver_p2s()
             self.secondary.driver()
-        core.journal_synced(target)
-        if self.journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not core.needs_journal_sync():
+            if core.needs_journal_sync() and marks.may_start(core.journal_target()):
+                marks.start(core.journal_target())
+        core.journal_synced(marks.returned(target))
+        if (self.journal.entries_since_checkpoint > CHECKPOINT_EVERY_ENTRIES and not marks
+                and not core.needs_journal_sync()):
             try:
                 self.journal.checkpoint(core.state)
             except OSError as exc:  # the journal stays as it was, only longer
@@ -1350,8 +1359,8 @@ class World:
                 progressed = self.primary.driver()
             if self.secondary is not None:
                 s = self.secondary
-                if s.core.needs_journal_sync() and (not s.commits or s.commits[-1] < s.core.journal_target()):
-                    s.commits.append(s.core.journal_target())
+                if s.core.needs_journal_sync() and s.commits.may_start(s.core.journal_target()):
+                    s.commits.start(s.core.journal_target())
                 progressed = s.driver() or progressed
             if not progressed and self._closing:
                 self._close_secondary_link()
