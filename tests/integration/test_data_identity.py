@@ -12,10 +12,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from .sites import FORESYNC, TOOL_TIMEOUT_S, MiB, Settings, SitePair, assert_pattern, run_tool
 from .volume_sites import Daemon, in_sync, pair, wait
-
-import pytest
 
 pytestmark = pytest.mark.integration
 

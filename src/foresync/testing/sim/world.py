@@ -91,10 +91,10 @@ from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
+from foresync.testing.sim.data_files import DataFileFailure, DataFileWorld
 from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.lease import LeaseFailure, LeaseWorld
 from foresync.testing.sim.metadata import JOURNAL, UNDO, SimMeta
-from foresync.testing.sim.data_files import DataFileFailure, DataFileWorld
 from foresync.testing.sim.routing import RoutingFailure, RoutingWorld
 
 VOLUME_ID = bytes(range(16))
