@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,3 +129,27 @@ def test_metadata_from_before_identities_starts_and_records_it(make_pair: MakePa
         assert recorded["path"] == os.path.realpath(site.data_path), recorded
         assert recorded["ino"] == os.stat(site.data_path).st_ino, recorded
         assert "records no data file" in site.log(), site.log()
+
+
+def test_a_reload_adding_a_volume_with_a_typo_in_data_refuses_it(tmp_path: Path) -> None:
+    _, s = pair(tmp_path, ["a", "c"])
+    try:
+        s.volumes = ["a"]
+        s.write_config()
+        s.start()
+        s.wait_up()
+        s.volumes = ["a", "c"]
+        s.write_config()
+        text = s.config.read_text()  # a typo in c's `data`: before the check, a new empty file
+        typo = tmp_path / "s-c.iimg"
+        s.config.write_text(text.replace(f'data = "{s.data("c").name}"', f'data = "{typo.name}"'))
+        request = urllib.request.Request(f"http://127.0.0.1:{s.admin_port}/reload", data=b"{}",
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            done = json.loads(answer.read())
+        assert done["started"] == [] and len(done["refused"]) == 1, done
+        assert "'c'" in done["refused"][0] and "`data`" in done["refused"][0], done
+        assert "does not exist" in done["refused"][0], done
+        assert set(s.status()["volumes"]) == {"a"} and not typo.exists()
+    finally:
+        assert not s.stop()
