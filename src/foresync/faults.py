@@ -95,6 +95,10 @@ class Faults:
     # taking connections, not to the one its ROUTE names, so a new secondary of one volume
     # adopts another volume's identity and data (issue 16, many volumes per daemon)
     route_ignores_name: bool = False
+    # replication/data_identity.py: a start takes any data file as the one its metadata
+    # describes, so a swapped or replaced file is resynced only where the record says and the
+    # secondary reports in sync while its copy differs
+    data_identity_ignored: bool = False
 
 
 NO_FAULTS = Faults()

@@ -10,6 +10,9 @@ rename, fsync the directory), so a crash leaves either the old or the new versio
 it in ``<meta>/record.journal``; the out-of-sync extents of a primary in ``<meta>/oos.json``
 (format: ``journal.oos_format``), which a primary always has once initialised.
 
+``data_identity``: the data file this metadata describes (real path, device, inode, size;
+replication/data_identity.py); a start refuses another one (daemon/data_file.py).
+
 ``metadata_damage`` (issue 12): why this site can no longer bound where its copy differs from
 the primary's (its record journal or undo log was damaged or missing). Until a full resync
 finishes, such a secondary is inconsistent, compares every extent on connect, refuses to be
@@ -28,6 +31,7 @@ from pathlib import Path
 from foresync.errors import ConfigError, StorageError
 from foresync.journal import durable, oos_format
 from foresync.journal.oos_format import OutOfSync
+from foresync.replication.data_identity import DataIdentity
 from foresync.replication.epochs import Lineage
 
 SITE_FILE = "site.json"
@@ -48,6 +52,7 @@ class SiteMeta:
     stale: tuple[int, ...] = ()  # extents that may differ outside the record (sent in WELCOME)
     metadata_damage: str = ""  # why every extent may differ (damaged or lost metadata), or ""
     generations: tuple[int, ...] = ()  # data generations (epochs.py); () : the epoch history
+    data_identity: DataIdentity | None = None  # the data file described (daemon/data_file.py)
 
     @property
     def epoch(self) -> int:
@@ -87,6 +92,11 @@ def load(meta_dir: str) -> SiteMeta:
     if doc.get("format") != FORMAT or doc.get("role") not in ("primary", "secondary"):
         raise ConfigError(f"site metadata {path} has an unknown format or role")
     volume = doc.get("volume_id")
+    identity = doc.get("data_identity")
+    try:
+        data_identity = DataIdentity.from_json(identity) if identity is not None else None
+    except ValueError:  # matches no file: a start refuses it (data_file.check), on the safe side
+        data_identity = DataIdentity(f"(damaged in {path})", 0, 0, 0, 0)
     return SiteMeta(
         role=doc["role"],
         volume_id=bytes.fromhex(volume) if volume else None,
@@ -97,6 +107,7 @@ def load(meta_dir: str) -> SiteMeta:
         stale=tuple(int(e) for e in doc.get("stale", [])),
         metadata_damage=str(doc.get("metadata_damage") or ""),
         generations=tuple(int(g) for g in doc.get("generations", [])),
+        data_identity=data_identity,
     )
 
 
@@ -116,6 +127,8 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
         "metadata_damage": meta.metadata_damage,
         "generations": list(meta.generations),  # [] : the epoch history (a site.json from before)
     }
+    if meta.data_identity is not None:  # absent: from before data identities, recorded at start
+        doc["data_identity"] = meta.data_identity.to_json()
     store_file(path, json.dumps(doc, indent=2) + "\n")
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 
 from foresync import config as config_mod
+from foresync.daemon import data_file
 from foresync.daemon import metadata as site
 from foresync.daemon.group_unit import check_images, open_image
 from foresync.daemon.primary import PrimarySite
@@ -53,6 +54,7 @@ def init_site(config_path: str, role: str, force: bool, volume: str | None = Non
     # first connect and takes a full sync (chunks whose checksums already match are skipped).
     meta = site.SiteMeta(role=role, volume_id=volume_id, epoch_history=history,
                          new=role == "secondary", consistent=role == "primary")
+    meta = data_file.record(cfg, meta)  # the data file this metadata describes from now on
     if role == "primary":
         site.store_oos(cfg.meta, set())  # a primary always has one: a missing one means "lost"
     site.store(cfg.meta, meta)
@@ -140,15 +142,21 @@ async def run_site(config_path: str, stop: asyncio.Event, assume_all_out_of_sync
         meta = site.load(volume.meta)
         if assume_all_out_of_sync:
             meta = widen_everything(volume, meta)
+        meta = data_file.reconcile(volume, meta, assume_all_out_of_sync)
         return _make_runner(volume, meta, backend, security)
 
+    def check_data(volume: config_mod.SiteConfig) -> None:  # before its data file is opened
+        data_file.check(volume, assume_all_out_of_sync)
+
     if dcfg.multi:
-        await Daemon(dcfg, stop, _make_runner, open_runner, locked=False).run()
+        await Daemon(dcfg, stop, _make_runner, open_runner, locked=False,
+                     check_data=check_data).run()
         return
     host, port = cfg.admin_listen
     lock = SiteLock.acquire(cfg.meta, f"foresync run --config {cfg.path}", f"{host}:{port}")
     try:
-        await Daemon(dcfg, stop, _make_runner, open_runner, locked=True).run()
+        await Daemon(dcfg, stop, _make_runner, open_runner, locked=True,
+                     check_data=check_data).run()
     finally:
         lock.release()
     log.info("site %s stopped cleanly", cfg.name)

@@ -64,12 +64,14 @@ class _BadRequest(Exception):
 
 class Daemon:
     def __init__(self, dcfg: DaemonConfig, stop: asyncio.Event, make_runner: RunnerFactory,
-                 open_runner: Opener, locked: bool) -> None:
+                 open_runner: Opener, locked: bool,
+                 check_data: Callable[[config_mod.SiteConfig], None] | None = None) -> None:
         self.dcfg = dcfg
         self.stop = stop
         self._make_runner = make_runner
         self._open_runner = open_runner  # (cfg, backend, security) -> the runner its metadata says
         self._locked = locked  # the one-volume caller holds the lock already
+        self._check_data = check_data  # refuses a volume whose data file is not the recorded one
         self.units: dict[str, VolumeUnit] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, SiteLock] = {}
@@ -99,6 +101,8 @@ class Daemon:
             # is the volume's own (it lists up to every extent).
             security = dataclasses.replace(self.security, link=dataclasses.replace(
                 self.security.link, setup_frame_bytes=setup_frame_bytes(cfg)))
+            if self._check_data is not None:  # before the open, which creates a missing file
+                self._check_data(cfg)
             # A group's unit opens its members as one (daemon/group_unit.py).
             backend = open_backend() if open_backend is not None else open_image(cfg)
             try:

@@ -100,6 +100,7 @@ from foresync.replication.epochs import Lineage, Meeting
 from foresync.replication.failback import failback_set
 from foresync.replication.primary import Mode, PrimaryCore
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
+from foresync.testing.sim.data_files import DataFileFailure, DataFileWorld
 from foresync.testing.sim.disk import SECTOR, SimDisk
 from foresync.testing.sim.groups import SimGroup, SimGroupImage
 from foresync.testing.sim.lease import LeaseFailure, LeaseWorld
@@ -387,6 +388,7 @@ class World:
         self.cut_off_acks = {"A": 0, "B": 0}
         self.lease_promotions = 0  # automatic failovers in the lease world of this seed
         self.routed = 0  # link connections handed to a volume in the routing world of this seed
+        self.data_full_compares = 0  # starts refused for another data file (sim/data_files.py)
         self.split_brains = 0
         self.discarding = {"A": False, "B": False}  # resolve --discard-local until a pass ends
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
@@ -546,6 +548,7 @@ class World:
             self._rot()
             self._lease()
             self._routing()
+            self._data_files()
         except SimFailure:
             raise
         except (ForesyncError, AssertionError, KeyError, IndexError) as exc:
@@ -624,6 +627,15 @@ class World:
         except RoutingFailure as failure:
             raise SimFailure(f"routing: {failure}", self.seed, failure.schedule) from None
         self.routed = world.adopted
+
+    def _data_files(self) -> None:
+        """Data files swapped or replaced under their metadata, same seed (sim/data_files.py)."""
+        world = DataFileWorld(self.seed, self.cfg.faults)
+        try:
+            world.run()
+        except DataFileFailure as failure:
+            raise SimFailure(f"data files: {failure}", self.seed, failure.schedule) from None
+        self.data_full_compares = world.full_compares
 
     def _log(self, event: str) -> None:
         self.schedule.append(f"t={self.now:.3f} {event}")
