@@ -376,3 +376,29 @@ def volumes_of(path: str, doc: dict[str, Any]) -> DaemonConfig:
     from foresync.volumes_config import parse_volumes  # [[volume]] tables: volumes_config.py
 
     return parse_volumes(path, doc, _check_keys, _build)
+
+
+def check_array_table(path: str, kind: str, index: int, table: Any, allowed: set[str]) -> str:
+    """The shape shared by ``[[volume]]`` and ``[[group]]`` tables: a table, of known keys (a close
+    match suggested), whose ``record`` sub-table takes only ``[record]`` keys, with a non-empty
+    name. Returns the table's place for the caller's own errors (file, table, number, name)."""
+    name = table.get("name") if isinstance(table, dict) else None
+    where = f"{path}: [[{kind}]] #{index + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    for key, value in table.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key}{hint} (a [[{kind}]] table takes "
+                              f"{', '.join(sorted(allowed))})")
+        if key == "record":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: record must be a table ([{kind}.record])")
+            for sub in value:
+                if sub not in KNOWN_KEYS["record"]:
+                    raise ConfigError(f"{where}: unknown key [{kind}.record] {sub}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: name is required (a non-empty string: it names the {kind} in "
+                          "/status, metrics, the CLI and the link)")
+    return where

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from foresync import volumes_config  # NAME (a circular import: used at call time only)
-from foresync.config import KNOWN_KEYS, SiteConfig
+from foresync.config import SiteConfig, check_array_table
 from foresync.errors import ConfigError
 from foresync.group_layout import GroupSpec, MemberVolume
 
@@ -45,31 +45,10 @@ class GroupTable:
     table: dict[str, Any]
 
 
-def _where(path: str, index: int, table: Any) -> str:
-    name = table.get("name") if isinstance(table, dict) else None
-    return f"{path}: [[group]] #{index + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
-
 
 def _check_group(path: str, index: int, table: Any, volume_names: list[str]) -> GroupTable:
-    where = _where(path, index, table)
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table")
-    for key, value in table.items():
-        if key not in GROUP_KEYS:
-            close = difflib.get_close_matches(key, GROUP_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: unknown key {key}{hint} (a [[group]] table takes "
-                              f"{', '.join(sorted(GROUP_KEYS))})")
-        if key == "record":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: record must be a table ([group.record])")
-            for sub in value:
-                if sub not in KNOWN_KEYS["record"]:
-                    raise ConfigError(f"{where}: unknown key [group.record] {sub}")
-    name = table.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: name is required (a non-empty string: it names the group in "
-                          "/status, metrics, the CLI and the link)")
+    where = check_array_table(path, "group", index, table, GROUP_KEYS)
+    name = table["name"]
     if not volumes_config.NAME.match(name):
         raise ConfigError(f"{where}: name = {name!r}: letters, digits, '.', '_' or '-', starting with "
                           "a letter or digit, at most 128 characters (as a [[volume]]'s: it is a log "

@@ -15,7 +15,6 @@ spot marked GROUPS below.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from foresync import groups_config
-from foresync.config import KNOWN_KEYS, SiteConfig
+from foresync.config import SiteConfig, check_array_table
 from foresync.errors import ConfigError
 
 # Keys of a [[volume]] table: its identity and files, then per-volume overrides of [link]
@@ -76,31 +75,16 @@ def _where(path: str, index: int, table: dict[str, Any]) -> str:
 
 
 def _check_table(path: str, index: int, table: Any) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [[volume]] #{index + 1} must be a table")
-    for key, value in table.items():
-        if key not in VOLUME_KEYS:
-            close = difflib.get_close_matches(key, VOLUME_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{_where(path, index, table)}: unknown key {key}{hint} (a [[volume]] "
-                              f"table takes {', '.join(sorted(VOLUME_KEYS))})")
-        if key == "record":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{_where(path, index, table)}: record must be a table ([volume.record])")
-            for sub in value:
-                if sub not in KNOWN_KEYS["record"]:
-                    raise ConfigError(f"{_where(path, index, table)}: unknown key [volume.record] {sub}")
-    name = table.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{_where(path, index, table)}: name is required (a non-empty string: "
-                          "it names the volume in /status, metrics, the CLI and the link)")
+    check_array_table(path, "volume", index, table, VOLUME_KEYS)
+    name = table["name"]
     if not NAME.match(name):
         raise ConfigError(f"{_where(path, index, table)}: name = {name!r}: letters, digits, '.', '_' "
                           "or '-', starting with a letter or digit, at most 128 characters (it is a "
                           "log field, a metric label, a column of `foresync status` and an etcd key)")
     if "s3" in table and not isinstance(table["s3"], bool):
         raise ConfigError(f"{_where(path, index, table)}: s3 = {table['s3']!r}: expected true or false")
-    return table
+    checked: dict[str, Any] = table
+    return checked
 
 
 def _volume_doc(doc: dict[str, Any], table: dict[str, Any], with_s3: bool) -> dict[str, Any]:
