@@ -463,15 +463,21 @@ class ObjectsSecondary:
         self.applied_seq = op.seq
         return [ObjectDurable(op.seq)]
 
-    def _put(self, op: ObjectOp, bucket: str, key: str) -> None:
-        info = ObjectInfo.from_json(op.meta)
+    def _arrived(self, op: ObjectOp, size: int, what: str) -> PendingObject:
+        """An op's data, whole: the chunks that came before it, or its own payload; a size other
+        than the one its metadata gives is a storage error (nothing is committed)."""
         pending = self._chunks.pop(op.seq, None) if op.flags & ObjectFlag.CHUNKED else None
         if pending is None:
             pending = self.store.begin()
             pending.write(op.data)
-        if pending.size != info.size:
+        if pending.size != size:
             pending.abort()
-            raise StorageError(f"object {op.name}: {pending.size} bytes arrived, {info.size} expected")
+            raise StorageError(f"{what}: {pending.size} bytes arrived, {size} expected")
+        return pending
+
+    def _put(self, op: ObjectOp, bucket: str, key: str) -> None:
+        info = ObjectInfo.from_json(op.meta)
+        pending = self._arrived(op, info.size, f"object {op.name}")
         if not self.store.has_bucket(bucket):
             self.store.create_bucket(bucket)
         self.store.commit_object(pending, bucket, key, info.content_type, info.metadata, etag=info.etag)
@@ -488,13 +494,7 @@ class ObjectsSecondary:
             return
         doc = json.loads(op.meta)
         info = ObjectInfo.from_json(json.dumps(doc["info"]).encode())
-        pending = self._chunks.pop(op.seq, None) if op.flags & ObjectFlag.CHUNKED else None
-        if pending is None:
-            pending = self.store.begin()
-            pending.write(op.data)
-        if pending.size != info.size:
-            pending.abort()
-            raise StorageError(f"part {op.name!r}: {pending.size} bytes arrived, {info.size} expected")
+        pending = self._arrived(op, info.size, f"part {op.name!r}")
         if not self.store.has_bucket(bucket):
             self.store.create_bucket(bucket)
         self.store.mirror_part(pending, upload_id, doc["upload"], number, info.etag)
