@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .sites import FORESYNC, TOOL_TIMEOUT_S, MiB, Settings, SitePair, assert_pattern, run_tool
-from .volume_sites import Daemon, in_sync, pair, wait
+from .volume_sites import Daemon, in_sync, pair, start_up, wait
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +49,7 @@ def start_assuming_all(daemon: Daemon) -> None:
 def test_swapped_data_lines_are_refused_then_fully_compared(tmp_path: Path) -> None:
     p, s = pair(tmp_path, ["a", "c"], size="128MiB")  # more extents than the record holds
     try:
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         qemu_write(p.url("a"), 0x11, offset_mib=100)
         qemu_write(p.url("c"), 0x22, offset_mib=3)
         wait("a and c in sync", lambda: in_sync(p, s, "a") and in_sync(p, s, "c"), (p, s))

@@ -27,7 +27,7 @@ from .postgres_host import (
     work_dir,
 )
 from .sites import free_ports, require_tool, run_tool
-from .volume_sites import in_sync, wait
+from .volume_sites import in_sync, start_up, wait
 
 
 def exports(daemon: GroupDaemon) -> set[str]:
@@ -50,10 +50,7 @@ def test_a_group_serves_each_member_and_switches_over_as_one(tmp_path: Path) -> 
                       sizes={"data": "8MiB", "wal": "3000000", "solo": "4MiB"})
     both = (p, s)
     try:
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         wait("exports listed", lambda: exports(p) == {"data", "wal", "solo"}, both)
         size = run_tool(["nbdinfo", "--size", p.url("wal")]).stdout.strip()
         assert size == "3000000"  # the member's own size, not its padded span
@@ -117,10 +114,7 @@ def test_postgres_with_its_wal_on_another_member_recovers_after_kill_9_and_failo
     # is a symlink into the WAL member's filesystem
     pg: Postgres | None = None
     try:
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         wait("db in sync", lambda: in_sync(p, s, "db"), both)
         with ext4_export(p.url("data"), work / "p-fuse-data", data_at, make_fs=True), \
                 ext4_export(p.url("wal"), work / "p-fuse-wal", wal_at, make_fs=True):
@@ -195,10 +189,7 @@ def test_a_group_fails_over_by_itself_on_etcd_and_fails_back_whole(tmp_path: Pat
                           sizes={"data": "8MiB", "wal": "4MiB"}, mode="sync",
                           extra=(section.format(etcd.urls[0], "a"), section.format(etcd.urls[0], "b")))
         both = (p, s)
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         wait("db in sync", lambda: in_sync(p, s, "db"), both)
         wait("the primary holds the group's lease",
              lambda: bool(p.status()["volumes"]["db"]["cluster"]["holding_lease"]), both)

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from .sites import require_tool, run_tool
-from .volume_sites import Daemon, in_sync, pair, wait
+from .volume_sites import Daemon, in_sync, pair, start_up, wait
 
 VOLUMES = ["a", "b", "c"]
 PATTERN = {"a": 0x11, "b": 0x22, "c": 0x33, "d": 0x44}
@@ -49,10 +49,7 @@ def test_three_volumes_on_one_daemon_pair(tmp_path: Path) -> None:
     p, s = pair(tmp_path, VOLUMES)
     both = (p, s)
     try:
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         # One NBD listener serves every primary volume by name; the secondary serves none.
         wait("exports listed", lambda: exports(p) == set(VOLUMES), both)
         assert exports(s) == set()
@@ -145,10 +142,7 @@ def test_each_volume_holds_its_own_lease_and_fails_over(tmp_path: Path) -> None:
                 mode="sync")
     both = (p, s)
     try:
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         for volume in ("a", "b"):
             wait(f"{volume} in sync", lambda v=volume: in_sync(p, s, v), both)
         wait("p holds both leases", lambda: all(
@@ -183,10 +177,7 @@ def test_a_daemon_of_volumes_pairs_with_a_one_volume_site(tmp_path: Path) -> Non
     s.cli("init", "--config", str(s.config), "--role", "secondary")
     both = (p, s)
     try:
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         qemu_write(p, "vol0", PATTERN["a"])
         wait("vol0 in sync", lambda: in_sync(p, s, "vol0"), both)
         doc = s.status()

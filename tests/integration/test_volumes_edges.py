@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from .sites import LinkProxy, free_ports, require_tool, run_tool
-from .volume_sites import Daemon, in_sync, pair, wait
+from .volume_sites import Daemon, in_sync, pair, start_up, wait
 
 
 def test_unknown_volume_events_and_a_reload_with_a_refused_peer_change(tmp_path: Path) -> None:
@@ -29,10 +29,7 @@ def test_unknown_volume_events_and_a_reload_with_a_refused_peer_change(tmp_path:
     p, s = pair(tmp_path, ["a", "b"])
     both = (p, s)
     try:
-        p.start()
-        s.start()
-        p.wait_up()
-        s.wait_up()
+        start_up(p, s)
         for volume in ("a", "b"):
             wait(f"{volume} in sync", lambda v=volume: in_sync(p, s, v), both)
 

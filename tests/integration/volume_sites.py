@@ -120,6 +120,14 @@ def pair(directory: Path, volumes: list[str], extra: tuple[str, str] = ("", ""),
     return p, s
 
 
+def start_up(*daemons: Daemon) -> None:
+    """Start every daemon, then wait until each answers on its admin port."""
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        daemon.wait_up()
+
+
 def in_sync(p: Daemon, s: Daemon, volume: str) -> bool:
     """Both sites of ``volume`` in sync over a connected link, one primary and one secondary."""
     try:
