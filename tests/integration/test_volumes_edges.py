@@ -108,3 +108,38 @@ def test_a_link_cut_that_hits_one_volume_only(tmp_path: Path) -> None:
     finally:
         problems = [problem for daemon in both for problem in daemon.stop()] + proxy.close()
     assert not problems, problems
+
+
+def test_a_sighup_while_the_volumes_start_is_kept_not_fatal(tmp_path: Path) -> None:
+    """A SIGHUP's default action ends a process. A process manager that reloads right after it
+    started the daemon must not kill it half-started: until every volume has started, a SIGHUP
+    is kept and the reload runs once they have."""
+    import time
+
+    volumes = [f"v{i}" for i in range(6)]
+    p, _ = pair(tmp_path, volumes)
+    try:
+        p.start()
+        deadline = time.monotonic() + 30
+        while "starting 6 volume(s)" not in p.log():
+            assert p.proc is not None and p.proc.poll() is None, p.log()
+            assert time.monotonic() < deadline, p.log()
+            time.sleep(0.001)
+        sent = 0
+        while True:  # a SIGHUP every few milliseconds from then until all six are listed
+            assert p.proc is not None
+            assert p.proc.poll() is None, f"died after {sent} SIGHUP(s)\n{p.log()}"
+            p.hup()
+            sent += 1
+            try:
+                if sorted(p.status()["volumes"]) == volumes:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, p.log()
+            time.sleep(0.002)
+        wait("a reload ran", lambda: "reload: started none" in p.log(), (p,))
+        assert p.proc.poll() is None
+        assert sorted(p.status()["volumes"]) == volumes
+    finally:
+        p.stop()

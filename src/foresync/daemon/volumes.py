@@ -81,6 +81,8 @@ class Daemon:
         self._unit_failed: asyncio.Future[BaseException] | None = None
         self._reloading: asyncio.Future[None] | None = None
         self._reload_lock = asyncio.Lock()  # SIGHUP and POST /reload, one at a time
+        self._started = False  # until every volume has started, a SIGHUP waits (_on_sighup)
+        self._hup_pending = False
 
     # -- units ----------------------------------------------------------------------------------
 
@@ -188,7 +190,12 @@ class Daemon:
 
     async def run(self) -> None:
         first = self.dcfg.first
+        # From the first moment: a SIGHUP while the volumes open is kept for later (its default
+        # action would kill the daemon half-started, reloading or not).
+        self._on_sighup(True)
         if self.dcfg.multi:
+            log.info("starting %d volume(s) from %s; a SIGHUP reloads once they have started",
+                     len(self.dcfg.volumes), first.path)
             link = dataclasses.replace(self.security.link, setup_frame_bytes=max(
                 setup_frame_bytes(cfg) for cfg in self.dcfg.volumes))
             self.shared = Shared(
@@ -218,7 +225,10 @@ class Daemon:
             for unit in opened:
                 self._start_unit(unit)
             opened = []
-            self._on_sighup(True)
+            self._started = True
+            if self._hup_pending:
+                log.info("reload: a SIGHUP arrived while the volumes started; reloading now")
+                self._reload_soon()
             stopped: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
             failed: asyncio.Future[Any] = self._unit_failed
             await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
@@ -257,6 +267,9 @@ class Daemon:
                 loop.remove_signal_handler(signal.SIGHUP)
 
     def _reload_soon(self) -> None:
+        if not self._started:
+            self._hup_pending = True
+            return
         if self._reloading is not None and not self._reloading.done():
             log.warning("reload: one is running already; send SIGHUP again once it finished")
             return
@@ -374,6 +387,9 @@ class Daemon:
                                    "body": body, "status": answer})
 
         async def reload(_: dict[str, Any]) -> Response:
+            if not self._started:  # the admin port opens before the volumes start
+                return json_answer(503, {"error": "the daemon is still starting its volumes; "
+                                                  "ask again once /status lists them"})
             try:
                 return json_answer(200, await self.reload())
             except ConfigError as exc:
