@@ -150,3 +150,40 @@ def test_a_reload_adding_a_volume_with_a_typo_in_data_refuses_it(tmp_path: Path)
         assert set(s.status()["volumes"]) == {"a"} and not typo.exists()
     finally:
         assert not s.stop()
+
+
+def test_a_group_members_data_file_replaced_is_refused(tmp_path: Path) -> None:
+    """Every member of a consistency group has its data file recorded, not only the first: a
+    second member's file restored from an old copy is refused, naming that member; the way on is
+    a full compare of the group."""
+    from .group_sites import group_pair
+
+    p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
+                      sizes={"data": "8MiB", "wal": "8MiB"})
+    try:
+        start_up(p, s)
+        wait("db in sync", lambda: in_sync(p, s, "db"), (p, s))
+        doc = json.loads((s.group_meta("db") / "site.json").read_text())
+        assert [m["path"] for m in doc["member_identities"]] == [os.path.realpath(s.data("wal"))]
+        assert not s.stop()
+        backup = s.data("wal").with_suffix(".backup")
+        run_tool(["cp", "--sparse=always", s.data("wal"), backup])  # an old copy of wal
+        start_up(s)
+        qemu_write(p.url("wal"), 0x52, offset_mib=6)
+        wait("db in sync", lambda: in_sync(p, s, "db"), (p, s))
+        assert not s.stop()
+        os.replace(backup, s.data("wal"))  # restored: same path, another inode, without 0x52
+
+        error = refused(s.config)
+        assert "member volume wal" in error and str(s.data("wal")) in error, error
+        assert "inode" in error and "--assume-all-out-of-sync" in error, error
+
+        start_assuming_all(s)
+        s.wait_up()
+        wait("db in sync after the full compare", lambda: in_sync(p, s, "db"), (p, s), 40.0)
+        assert not s.stop() and not p.stop()
+        run_tool(["cmp", p.data("wal"), s.data("wal")])
+        assert_pattern(s.data("wal"), 6 * MiB, MiB, 0x52)
+    finally:
+        p.stop()
+        s.stop()

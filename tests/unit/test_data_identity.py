@@ -135,3 +135,17 @@ def test_a_role_change_keeps_the_identity(tmp_path: Path) -> None:
     meta = init_site(cfg.path, "primary", force=False)
     site.store(cfg.meta, site.load(cfg.meta).update(role="secondary"))
     assert site.load(cfg.meta).data_identity == meta.data_identity
+
+
+def test_a_groups_member_identities_round_trip_and_damage_is_refused(tmp_path: Path) -> None:
+    meta_dir = str(tmp_path / "meta")
+    other = DataIdentity("/data/wal.img", 2049, 99, 0, 4096)
+    site.store(meta_dir, site.SiteMeta(role="secondary", volume_id=None, data_identity=FILE,
+                                       member_identities=(other,)))
+    assert site.load(meta_dir).member_identities == (other,)
+    path = Path(meta_dir) / "site.json"
+    doc = json.loads(path.read_text())
+    doc["member_identities"] = [{"path": "/data/wal.img"}]  # damaged: matches no file
+    path.write_text(json.dumps(doc))
+    (damaged,) = site.load(meta_dir).member_identities
+    assert mismatch(damaged, other)  # so a start refuses the group (the safe side)

@@ -43,11 +43,29 @@ def found(path: str) -> DataIdentity | None:
     return DataIdentity(real, st.st_dev, st.st_ino, st.st_rdev, size)
 
 
+def _files(cfg: config_mod.SiteConfig) -> list[tuple[str, str]]:
+    """(who, data path) of every data file the unit's metadata describes: a volume's one, a
+    consistency group's members in order (site.json's data_identity, then member_identities)."""
+    if cfg.group is None:
+        return [(f"volume {cfg.name}", cfg.data)]
+    return [(f"group {cfg.name}, member volume {m.name}", m.data) for m in cfg.group.members]
+
+
+def _recorded(cfg: config_mod.SiteConfig, meta: site.SiteMeta) -> list[DataIdentity | None]:
+    """The recorded identity of each of ``_files``; None where none is recorded (metadata from
+    before identities, or a group's from before member identities)."""
+    count = len(_files(cfg))
+    recorded: list[DataIdentity | None] = [meta.data_identity]
+    recorded += list(meta.member_identities[:count - 1])
+    return recorded + [None] * (count - len(recorded))
+
+
 def refusal(cfg: config_mod.SiteConfig, recorded: DataIdentity, now: DataIdentity | None,
-            why: str) -> ConfigError:
-    seen = now.describe() if now is not None else f"nothing at {os.path.realpath(cfg.data)}"
+            why: str, who: str = "", data: str = "") -> ConfigError:
+    who, data = who or f"volume {cfg.name}", data or cfg.data
+    seen = now.describe() if now is not None else f"nothing at {os.path.realpath(data)}"
     return ConfigError(
-        f"volume {cfg.name}: key `data` = {cfg.data} in {cfg.path} is not the data file this "
+        f"{who}: key `data` = {data} in {cfg.path} is not the data file this "
         f"site's metadata in {cfg.meta} describes ({why}): recorded {recorded.describe()}, found "
         f"{seen}. Its record and out-of-sync set cannot bound where this data differs from the "
         "peer's. Either put the right file back at that path (or correct `data`), or start once "
@@ -56,48 +74,60 @@ def refusal(cfg: config_mod.SiteConfig, recorded: DataIdentity, now: DataIdentit
 
 
 def check(cfg: config_mod.SiteConfig, assume_all: bool) -> None:
-    """Refuse the volume before its data file is opened if it is not the recorded one."""
-    recorded = site.load(cfg.meta).data_identity
-    if recorded is None:
-        return
-    now = found(cfg.data)
-    why = mismatch(recorded, now)
-    if not why:
-        return
-    if not assume_all:
-        raise refusal(cfg, recorded, now, why)
-    log.warning("volume %s: `data` = %s is not the recorded data file (%s); started with "
-                "--assume-all-out-of-sync: every extent is in doubt, the new identity is recorded",
-                cfg.name, cfg.data, why)
+    """Refuse the volume before its data file is opened if it is not the recorded one (a
+    group: if any member's is not)."""
+    meta = site.load(cfg.meta)
+    for (who, data), recorded in zip(_files(cfg), _recorded(cfg, meta), strict=True):
+        if recorded is None:
+            continue
+        now = found(data)
+        why = mismatch(recorded, now)
+        if not why:
+            continue
+        if not assume_all:
+            raise refusal(cfg, recorded, now, why, who, data)
+        log.warning("%s: `data` = %s is not the recorded data file (%s); started with "
+                    "--assume-all-out-of-sync: every extent is in doubt, the new identity is "
+                    "recorded", who, data, why)
 
 
 def reconcile(cfg: config_mod.SiteConfig, meta: site.SiteMeta, assume_all: bool) -> site.SiteMeta:
     """Once the data file is open: record its identity if none is (metadata from before data
     identities: logged, not refused) or if it changed (``check`` let that through only with
     --assume-all-out-of-sync, which widened the site). Returns the metadata as stored."""
-    now = found(cfg.data)
-    if now is None:
-        raise ConfigError(f"volume {cfg.name}: `data` = {cfg.data} vanished while starting")
-    recorded = meta.data_identity
-    why = mismatch(recorded, now) if recorded is not None else ""
-    if recorded is not None and not why:
+    identities = []
+    changed = False
+    for (who, data), recorded in zip(_files(cfg), _recorded(cfg, meta), strict=True):
+        now = found(data)
+        if now is None:
+            raise ConfigError(f"{who}: `data` = {data} vanished while starting")
+        why = mismatch(recorded, now) if recorded is not None else ""
+        identities.append(now if recorded is None or why else recorded)
+        if recorded is not None and not why:
+            continue
+        if recorded is not None and not assume_all:  # replaced between ``check`` and the open
+            raise refusal(cfg, recorded, now, why, who, data)
+        changed = True
+        if recorded is None:
+            log.warning("%s: site metadata in %s records no data file: recording %s (from "
+                        "now on another data file is refused)", who, cfg.meta, now.describe())
+        else:
+            log.warning("%s: recording the new data file %s (was %s)", who,
+                        now.describe(), recorded.describe())
+    if not changed:
         return meta
-    if recorded is not None and not assume_all:  # replaced between ``check`` and the open
-        raise refusal(cfg, recorded, now, why)
-    if recorded is None:
-        log.warning("volume %s: site metadata in %s records no data file: recording %s (from "
-                    "now on another data file is refused)", cfg.name, cfg.meta, now.describe())
-    else:
-        log.warning("volume %s: recording the new data file %s (was %s)", cfg.name,
-                    now.describe(), recorded.describe())
-    meta = meta.update(data_identity=now)
+    meta = meta.update(data_identity=identities[0], member_identities=tuple(identities[1:]))
     site.store(cfg.meta, meta)
     return meta
 
 
 def record(cfg: config_mod.SiteConfig, meta: site.SiteMeta) -> site.SiteMeta:
-    """``foresync init``: the identity of the data file it created or adopted."""
-    now = found(cfg.data)
-    if now is None:
-        raise ConfigError(f"volume {cfg.name}: `data` = {cfg.data} does not exist")
-    return meta.update(data_identity=now)
+    """``foresync init``: the identity of the data file it created or adopted (a group: of
+    each member's)."""
+    identities = []
+    for who, data in _files(cfg):
+        now = found(data)
+        if now is None:
+            raise ConfigError(f"{who}: `data` = {data} does not exist")
+        identities.append(now)
+    return meta.update(data_identity=identities[0], member_identities=tuple(identities[1:]))

@@ -53,6 +53,9 @@ class SiteMeta:
     metadata_damage: str = ""  # why every extent may differ (damaged or lost metadata), or ""
     generations: tuple[int, ...] = ()  # data generations (epochs.py); () : the epoch history
     data_identity: DataIdentity | None = None  # the data file described (daemon/data_file.py)
+    # A consistency group's other members' data files, in member order (data_identity is the
+    # first's); () for a volume, or a group's metadata from before member identities.
+    member_identities: tuple[DataIdentity, ...] = ()
 
     @property
     def epoch(self) -> int:
@@ -97,6 +100,14 @@ def load(meta_dir: str) -> SiteMeta:
         data_identity = DataIdentity.from_json(identity) if identity is not None else None
     except ValueError:  # matches no file: a start refuses it (data_file.check), on the safe side
         data_identity = DataIdentity(f"(damaged in {path})", 0, 0, 0, 0)
+    members = doc.get("member_identities", [])
+    try:
+        if not isinstance(members, list):
+            raise ValueError(f"not a list: {members!r}")
+        member_identities = tuple(DataIdentity.from_json(m) for m in members)
+    except ValueError:  # matches no file: a start refuses the group (data_file.check)
+        member_identities = tuple(DataIdentity(f"(damaged in {path})", 0, 0, 0, 0)
+                                  for _ in (members if isinstance(members, list) else [0]))
     return SiteMeta(
         role=doc["role"],
         volume_id=bytes.fromhex(volume) if volume else None,
@@ -108,6 +119,7 @@ def load(meta_dir: str) -> SiteMeta:
         metadata_damage=str(doc.get("metadata_damage") or ""),
         generations=tuple(int(g) for g in doc.get("generations", [])),
         data_identity=data_identity,
+        member_identities=member_identities,
     )
 
 
@@ -129,6 +141,8 @@ def store(meta_dir: str, meta: SiteMeta) -> None:
     }
     if meta.data_identity is not None:  # absent: from before data identities, recorded at start
         doc["data_identity"] = meta.data_identity.to_json()
+    if meta.member_identities:
+        doc["member_identities"] = [m.to_json() for m in meta.member_identities]
     store_file(path, json.dumps(doc, indent=2) + "\n")
 
 
