@@ -25,7 +25,7 @@ the future never makes the next real miss wait for the watermark.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -73,9 +73,11 @@ class RecordCopy:
         # ``streams`` sees where each write starts and ends (``note_write``'s offset), in bytes:
         # ``extent_size`` maps them to extents. Without it (0) it behaves as ``adaptive``.
         self._streams: Streams | None = None
+        self._streamed: Callable[[int, int], None] | None = None  # its hook, when it has offsets
         if eviction is Eviction.STREAMS:
             self._s3 = self._streams = Streams(capacity, extent_size or 1)
-        self._extent_size = extent_size
+            if extent_size:
+                self._streamed = self._streams.streamed_hook()
         self._evict_dirty = evict_dirty  # faults.<policy>_evicts_dirty: deliberately wrong
         self.generation_size = generation_size or max(1, capacity // 8)
         self._generation_of: dict[int, int] = {}  # extent -> generation; dict order = order added
@@ -110,8 +112,8 @@ class RecordCopy:
         if self._s3 is not None and seq != UNSENT:
             extents = tuple(extents)
             self._s3.written(extents, seq)
-            if self._streams is not None and offset is not None and self._extent_size:
-                self._streams.streamed(offset, length)
+            if self._streamed is not None and offset is not None:
+                self._streamed(offset, length)
         for extent in extents:
             if last.get(extent) != UNSENT:
                 last[extent] = seq
