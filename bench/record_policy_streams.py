@@ -1,6 +1,7 @@
 """The default policy (``streams``) and its variants against the claimed policies (issue 14).
 
     .venv/bin/python bench/record_policy_streams.py [NAME ...]
+    .venv/bin/python bench/record_policy_streams.py --cost     # note_write's cost a write, per policy
 
 The rows of docs/benchmarks.md's policy table (every trace of bench/workloads at 1/16 and 1/4 of
 its volume, 1 MiB and 64 KiB extents, lookahead 4, predictor next: bench/record_policies.py's
@@ -15,13 +16,15 @@ one lucky point of the grid: see docs/benchmarks.md.
 from __future__ import annotations
 
 import lzma
+import random
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from foresync.nbd import trace
 from foresync.record import adaptive, streams
-from foresync.record.record import Eviction
+from foresync.record.record import Eviction, RecordCopy
 from foresync.record.replay import ReplayConfig, replay
 from foresync.tune import writes_of
 
@@ -60,7 +63,32 @@ VARIANTS: dict[str, Callable[[], None]] = {
 }
 
 
+def cost(rounds: int = 5) -> None:
+    """``RecordCopy.note_write`` (the write path's share of the policy) per policy, in us a
+    write: 200,000 writes of 4 KiB, half continuing the last one, on a full record of 1024 x
+    1 MiB; the best of ``rounds`` rounds, the policies interleaved so they share the box's load."""
+    rng, end, ops = random.Random(1), 0, []
+    for _ in range(200_000):
+        offset = end if rng.random() < 0.5 else rng.randrange(1 << 30) // 4096 * 4096
+        ops.append((range(offset >> 20, ((offset + 4095) >> 20) + 1), offset))
+        end = offset + 4096
+    best: dict[Eviction, float] = {}
+    for _ in range(rounds):
+        for policy in Eviction:
+            record = RecordCopy(1024, policy, extent_size=1 << 20)
+            record.add(range(1024))
+            note_write, start = record.note_write, time.perf_counter()
+            for seq, (extents, offset) in enumerate(ops, 1):
+                note_write(extents, seq, offset, 4096)
+            spent = (time.perf_counter() - start) / len(ops) * 1e6
+            best[policy] = min(best.get(policy, spent), spent)
+    print(" ".join(f"{p.value} {us:.2f} us" for p, us in best.items()))
+
+
 def main(argv: list[str]) -> None:
+    if argv == ["--cost"]:
+        cost()
+        return
     traces = {}
     for path in sorted((HERE / "workloads").glob("*.fstrace.xz")):
         size, records = trace.decode(lzma.decompress(path.read_bytes()), str(path))

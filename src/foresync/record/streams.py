@@ -64,8 +64,10 @@ class StreamS3Fifo(S3Fifo):
         if offset in ends:
             ends.remove(offset)
             size = self.extent_size
-            for extent in range((offset - 1) // size, (offset + length - 1) // size):
-                self._passed(extent)
+            first, last = (offset - 1) // size, (offset + length - 1) // size
+            while first < last:  # most continuing writes stay in one extent: no pass
+                self._passed(first)
+                first += 1
         ends.append(offset + length)
 
     def _passed(self, extent: int) -> None:
