@@ -11,9 +11,9 @@ The record is bounded by ``capacity``. Before a miss goes out, the primary reser
 extents the secondary may add (the touched ones plus the predicted ones), evicting clean extents
 if needed: ``lru`` removes the least-recently-added ones one at a time (claim 15); ``generations``
 groups additions into generations of ``generation_size`` extents in order of adding and removes a
-whole generation once every extent in it is clean (claim 16); ``s3fifo`` (the default, not a
-claimed policy) follows recency and frequency of writes (eviction.py); ``streams`` (the default)
-follows whichever of lru and a stream-aware s3fifo regrets less (streams.py). When nothing is clean the
+whole generation once every extent in it is clean (claim 16); ``s3fifo`` (not a claimed
+policy) follows recency and frequency of writes (eviction.py); ``streams`` (the default) follows
+whichever of lru and a stream-aware s3fifo regrets less (streams.py). When nothing is clean the
 miss waits for the watermark; the record never overflows and never drops a dirty extent.
 
 Free slots ready (issue 14, free_slots.py): while misses have had to wait for room, the owner
