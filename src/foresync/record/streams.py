@@ -4,9 +4,9 @@ Theory of operation. Neither s3fifo nor least-recently-added is at or below both
 policies on every trace of the suite (docs/benchmarks.md): s3fifo missed up to 12% more than lru
 on an append-heavy log service at 64 KiB extents, and 2 writes in 1,737 more on a build at 1 MiB.
 Listing the misses of each policy write by write (``ReplayEngine.write``) showed what s3fifo
-got wrong on the log: the record filled with extents that *sequential streams had already written past*. The tail of
-a fast log, of the ext4 journal or of a gzip output is written a few times in a row while the
-stream fills it (enough reuses, counted ``reuse_gap`` apart, to earn the extent a place in
+got wrong on the log: the record filled with extents that *sequential streams had already
+written past*. The tail of a fast log, of the ext4 journal or of a gzip output is written a few
+times in a row while the stream fills it (enough reuses, counted ``reuse_gap`` apart, to earn the extent a place in
 ``main`` with a high counter), then never again once the stream has moved on; it then sits in
 ``main`` for up to ``FREQ_MAX + 1`` laps and pushes out the slow logs' tails, which are written
 again every few thousand writes. Least-recently-added does not keep such extents longer than any
