@@ -274,7 +274,7 @@ def _build(doc: dict[str, Any], path: str) -> SiteConfig:
     if capacity > 65535:
         raise ConfigError(f"[record] capacity = {capacity}: at most 65535 extents")
     mode = Mode(_choice(_get(link, "link", "mode", "lookahead"), "link", "mode", [m.value for m in Mode]))
-    eviction = Eviction(_choice(_get(record, "record", "eviction", "s3fifo"), "record", "eviction",
+    eviction = Eviction(_choice(_get(record, "record", "eviction", "streams"), "record", "eviction",
                                 [e.value for e in Eviction]))
     window = parse_size(_get(link, "link", "window", "64MiB"), "[link] window")
     if window < MAX_WRITE_BYTES:

@@ -23,6 +23,7 @@ class Faults:
     apply_miss_before_ack: bool = False  # primary: write a miss locally before ADDED arrives
     s3fifo_evicts_dirty: bool = False  # record: the s3fifo policy chooses extents still dirty
     adaptive_evicts_dirty: bool = False  # record: the adaptive policy chooses extents still dirty
+    streams_evicts_dirty: bool = False  # record: the streams policy (the default) chooses extents still dirty
     # primary: eviction ahead of need (free slots under the low mark, issue 14) takes extents
     # whose latest write is not yet durable on both sites
     evict_ahead_takes_dirty: bool = False

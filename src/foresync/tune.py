@@ -70,7 +70,7 @@ def _score(result: ReplayResult) -> tuple[bool, float, int, int, bool, bool]:
     # simpler predictor.
     c = result.config
     return (result.blocked > 0, round(result.miss_ratio + result.stall_ratio, 5), -c.extent_size,
-            c.lookahead, c.eviction is not Eviction.S3FIFO, c.predictor != "next")
+            c.lookahead, c.eviction is not Eviction.STREAMS, c.predictor != "next")
 
 
 def sweep(volume_size: int, writes: list[tuple[float, int, int, bool]], bound_bytes: int,

@@ -47,8 +47,10 @@ def test_serve_trace_records_every_request_in_order(start_server: StartServer, t
     assert position == len(expected), got
 
 
-def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_curve(tmp_path: Path) -> None:
-    settings = Settings(eviction="s3fifo", capacity=16, lookahead=2, nbd_extra='trace = "primary.fstrace"\n',
+@pytest.mark.parametrize("eviction", ["s3fifo", "streams"])
+def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_curve(
+        tmp_path: Path, eviction: str) -> None:
+    settings = Settings(eviction=eviction, capacity=16, lookahead=2, nbd_extra='trace = "primary.fstrace"\n',
                         record_extra='predictor = "history"\n')
     with open_site_pairs(tmp_path) as make:
         pair: SitePair = make(settings)
@@ -63,7 +65,7 @@ def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_c
         run_tool(["qemu-io", "-f", "raw", *commands, pair.nbd_url_of(pair.primary)])
         status, _ = pair.wait_in_sync()
         record = status["record"]
-        assert record["eviction"] == "s3fifo" and record["predictor"] == "history"
+        assert record["eviction"] == eviction and record["predictor"] == "history"
         assert sorted(int(c) for c in record["miss_ratio_estimate"]) == [8, 32, 64, 128]
         with urllib.request.urlopen(f"http://127.0.0.1:{pair.primary.admin_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
@@ -80,13 +82,13 @@ def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_c
         live_writes, live_misses = status["counters"]["writes"], status["counters"]["record_misses"]
         trace_path = pair.primary.config_path.parent / "primary.fstrace"
         pair.stop_both()
-        # s3fifo evicted (240 writes, 124 extents, capacity 16) and the copies still match.
+        # The policy evicted (240 writes, 124 extents, capacity 16) and the copies still match.
         assert pair.primary.data_path.read_bytes() == pair.secondary.data_path.read_bytes()
     size, records = trace.decode(trace_path.read_bytes(), str(trace_path))
     writes = writes_of(records)
     assert len(writes) == live_writes == 240
     # Loopback: a round trip is well under a millisecond, an fdatasync a few.
-    replayed = replay(writes, size, ReplayConfig(MiB, 16, Eviction.S3FIFO, 2, "history", 0.005))
+    replayed = replay(writes, size, ReplayConfig(MiB, 16, Eviction(eviction), 2, "history", 0.005))
     # The replay runs the same record code on the same writes; only when extents turn clean
     # differs (the live watermark against the replay's fixed lag).
     assert replayed.misses == pytest.approx(live_misses, rel=0.2), (replayed, live_misses)

@@ -75,6 +75,7 @@ MODES = [
     pytest.param("sync", "generations", id="sync-generations"),
     pytest.param("async", "lru", id="async-lru"),
     pytest.param("lookahead", "adaptive", id="lookahead-adaptive"),  # issue 14: record/adaptive.py
+    pytest.param("lookahead", "streams", id="lookahead-streams"),  # the default: record/streams.py
 ]
 
 

@@ -219,7 +219,8 @@ def test_seeds_exercise_faults() -> None:
 @pytest.mark.parametrize("fault", sorted(set(Faults.__dataclass_fields__) - OBJECT_FAULTS - GROUP_FAULTS))
 def test_simulator_catches_a_deliberate_bug(fault: str) -> None:
     # A policy's own bug shows only under that policy.
-    eviction = {"s3fifo_evicts_dirty": Eviction.S3FIFO, "adaptive_evicts_dirty": Eviction.ADAPTIVE}.get(fault)
+    eviction = {"s3fifo_evicts_dirty": Eviction.S3FIFO, "adaptive_evicts_dirty": Eviction.ADAPTIVE,
+                "streams_evicts_dirty": Eviction.STREAMS}.get(fault)
     config = SimConfig(mode=Mode.LOOKAHEAD, faults=Faults(**{fault: True}), eviction=eviction)
     for seed in range(FIRST, FIRST + SEEDS):
         try:

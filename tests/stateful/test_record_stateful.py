@@ -23,8 +23,9 @@ from foresync.record.record import Eviction, RecordCopy
 
 UNIVERSE = st.integers(0, 24)
 # Policies whose choice the model checks only for validity (clean, not kept, present, enough):
-# their order is their own (s3fifo; adaptive follows s3fifo or lru).
-FREE_CHOICE = (Eviction.S3FIFO, Eviction.ADAPTIVE)
+# their order is their own (s3fifo; adaptive and streams follow an s3fifo or lru).
+FREE_CHOICE = (Eviction.S3FIFO, Eviction.ADAPTIVE, Eviction.STREAMS)
+EXTENT_BYTES = 4  # the record's extent size here: ``stream_write`` gives byte offsets (streams.py)
 
 
 class RecordMachine(RuleBasedStateMachine):
@@ -33,7 +34,8 @@ class RecordMachine(RuleBasedStateMachine):
     @initialize(capacity=st.integers(1, 12), eviction=st.sampled_from(Eviction),
                 generation_size=st.one_of(st.none(), st.integers(1, 5)))
     def start(self, capacity: int, eviction: Eviction, generation_size: int | None) -> None:
-        self.record = RecordCopy(capacity, eviction, generation_size)
+        self.record = RecordCopy(capacity, eviction, generation_size, extent_size=EXTENT_BYTES)
+        self.stream_end = 0
         self.capacity = capacity
         self.eviction = eviction
         self.generation_size = generation_size or max(1, capacity // 8)
@@ -104,6 +106,21 @@ class RecordMachine(RuleBasedStateMachine):
         self.record.note_write(extents, self.seq)
         for extent in extents:
             self.last_seq[extent] = self.seq
+
+    @rule(data=st.data())
+    def stream_write(self, data: st.DataObject) -> None:
+        # A host write with its byte range, often continuing the last one (a sequential stream:
+        # ``streams`` then demotes the extents it left behind).
+        top = 25 * EXTENT_BYTES
+        start = self.stream_end if self.stream_end < top and data.draw(st.booleans()) else \
+            data.draw(st.integers(0, top - 1))
+        end = min(top, start + data.draw(st.integers(1, 3 * EXTENT_BYTES)))
+        extents = range(start // EXTENT_BYTES, (end - 1) // EXTENT_BYTES + 1)
+        self.seq += 1
+        self.record.note_write(extents, self.seq, start, end - start)
+        for extent in extents:
+            self.last_seq[extent] = self.seq
+        self.stream_end = end
 
     @rule(data=st.data())
     def note_write_to_members(self, data: st.DataObject) -> None:

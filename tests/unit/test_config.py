@@ -165,11 +165,11 @@ def load_1g(tmp_path: Path, extra: str) -> config.SiteConfig:
     return load(tmp_path, extra, size="1GiB")
 
 
-def test_the_default_policy_is_s3fifo_and_the_claimed_ones_stay(tmp_path: Path) -> None:
+def test_the_default_policy_is_streams_and_the_claimed_ones_stay(tmp_path: Path) -> None:
     cfg = load_1g(tmp_path, "")
-    assert cfg.eviction is Eviction.S3FIFO and cfg.predictor == "next" and cfg.nbd_trace is None
+    assert cfg.eviction is Eviction.STREAMS and cfg.predictor == "next" and cfg.nbd_trace is None
     assert cfg.capacity == 1024
-    for name in ("lru", "generations"):
+    for name in ("lru", "generations", "s3fifo", "adaptive"):
         assert load_1g(tmp_path, f'[record]\neviction = "{name}"\n').eviction.value == name
 
 

@@ -1483,6 +1483,25 @@ def test_the_hot_paths_are_taken_for_plain_hits() -> None:
     h.check_quiescent()
 
 
+def test_host_writes_tell_the_streams_policy_where_they_start_and_end() -> None:
+    # Both routes of a host write (the hot path and the op path) give the record their byte
+    # range, so the default policy sees a stream pass extent 0 (record/streams.py).
+    for fast in (True, False):
+        h = Harness(eviction=Eviction.STREAMS, capacity=4, lookahead=2, auto=True, fast=fast)
+        h.connect()
+        h.write(0, 16)  # a miss: extents 0..2 recorded
+        h.settle()
+        policy = h.primary.record._streams
+        assert policy is not None and policy._streams.passed_total == 0
+        h.write(16, 8)  # starts where the last write ended: the stream left extent 0
+        h.settle()
+        assert policy._streams.passed_total == 1, fast
+        h.write(40, 4)  # continues nothing
+        h.settle()
+        assert policy._streams.passed_total == 1
+        h.check_quiescent()
+
+
 def test_write_hit_declines_what_it_cannot_finish_at_once() -> None:
     h = Harness(capacity=4, lookahead=1)
     core = h.primary

@@ -11,8 +11,9 @@ The record is bounded by ``capacity``. Before a miss goes out, the primary reser
 extents the secondary may add (the touched ones plus the predicted ones), evicting clean extents
 if needed: ``lru`` removes the least-recently-added ones one at a time (claim 15); ``generations``
 groups additions into generations of ``generation_size`` extents in order of adding and removes a
-whole generation once every extent in it is clean (claim 16); ``s3fifo`` (the default, not a
-claimed policy) follows recency and frequency of writes (eviction.py). When nothing is clean the
+whole generation once every extent in it is clean (claim 16); ``s3fifo`` (not a claimed
+policy) follows recency and frequency of writes (eviction.py); ``streams`` (the default) follows
+whichever of lru and a stream-aware s3fifo regrets less (streams.py). When nothing is clean the
 miss waits for the watermark; the record never overflows and never drops a dirty extent.
 
 Free slots ready (issue 14, free_slots.py): while misses have had to wait for room, the owner
@@ -24,13 +25,14 @@ the future never makes the next real miss wait for the watermark.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
 from foresync.errors import LocalProtocolError, invariant
 from foresync.record.adaptive import Adaptive
 from foresync.record.eviction import S3Fifo
+from foresync.record.streams import Streams
 
 # A latest-write seq above any real one: "dirty until resynced". An extent marked so stays dirty
 # whatever host writes it gets meanwhile, until its resync data is sent (``resynced``): a host
@@ -43,6 +45,7 @@ class Eviction(Enum):
     GENERATIONS = "generations"  # whole generations in order of adding (claim 16)
     S3FIFO = "s3fifo"  # recency and frequency of writes (eviction.py)
     ADAPTIVE = "adaptive"  # follows whichever of s3fifo and lru missed less lately (adaptive.py)
+    STREAMS = "streams"  # adaptive, its s3fifo demoting what sequential streams passed (streams.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,7 @@ class RecordStatistics:
 
 class RecordCopy:
     def __init__(self, capacity: int, eviction: Eviction, generation_size: int | None = None,
-                 evict_dirty: bool = False) -> None:
+                 evict_dirty: bool = False, extent_size: int = 0) -> None:
         if capacity < 1:
             raise LocalProtocolError("record capacity must be at least 1")
         self.capacity = capacity
@@ -67,7 +70,15 @@ class RecordCopy:
         self._s3: S3Fifo | Adaptive | None = (
             S3Fifo(capacity) if eviction is Eviction.S3FIFO
             else Adaptive(capacity) if eviction is Eviction.ADAPTIVE else None)
-        self._evict_dirty = evict_dirty  # faults.s3fifo_evicts_dirty: deliberately wrong
+        # ``streams`` sees where each write starts and ends (``note_write``'s offset), in bytes:
+        # ``extent_size`` maps them to extents. Without it (0) it behaves as ``adaptive``.
+        self._streams: Streams | None = None
+        self._streamed: Callable[[int, int], None] | None = None  # its hook, when it has offsets
+        if eviction is Eviction.STREAMS:
+            self._s3 = self._streams = Streams(capacity, extent_size or 1)
+            if extent_size:
+                self._streamed = self._streams.streamed_hook()
+        self._evict_dirty = evict_dirty  # faults.<policy>_evicts_dirty: deliberately wrong
         self.generation_size = generation_size or max(1, capacity // 8)
         self._generation_of: dict[int, int] = {}  # extent -> generation; dict order = order added
         self._generations: dict[int, set[int]] = {}  # generation -> its extents; oldest first
@@ -92,13 +103,17 @@ class RecordCopy:
     def free(self) -> int:
         return self.capacity - len(self._generation_of) - self.reserved
 
-    def note_write(self, extents: Iterable[int], seq: int) -> None:
+    def note_write(self, extents: Iterable[int], seq: int, offset: int | None = None,
+                   length: int = 0) -> None:
         """``seq`` wrote ``extents`` (or, with ``UNSENT``, they await a resync). An ``UNSENT``
-        mark stays until ``resynced``."""
+        mark stays until ``resynced``. A host write gives its ``offset`` and ``length`` in bytes
+        too, for ``streams`` (resync data does not: it is no stream of the host's)."""
         last = self._last_seq
         if self._s3 is not None and seq != UNSENT:
             extents = tuple(extents)
             self._s3.written(extents, seq)
+            if self._streamed is not None and offset is not None:
+                self._streamed(offset, length)
         for extent in extents:
             if last.get(extent) != UNSENT:
                 last[extent] = seq

@@ -96,7 +96,7 @@ class ReplayEngine:
     def __init__(self, volume_size: int, config: ReplayConfig) -> None:
         self.config = config
         self.extent_count = -(-volume_size // config.extent_size)
-        self.record = RecordCopy(config.capacity, config.eviction)
+        self.record = RecordCopy(config.capacity, config.eviction, extent_size=config.extent_size)
         self.predictor = PREDICTORS[config.predictor]()
         self._big = min(RANGE_THRESHOLD_EXTENTS, config.capacity // 2)
         self._issued: deque[float] = deque()  # issue times of the writes not yet clean
@@ -133,7 +133,7 @@ class ReplayEngine:
         ends[offset + length] = None
         if len(ends) > STREAMS_TRACKED:
             ends.popitem(last=False)
-        record.note_write(touched, seq)
+        record.note_write(touched, seq, offset, length)
         lookahead = config.lookahead
         if record.covers(touched):
             if sequential and lookahead and self._read_ahead(touched):

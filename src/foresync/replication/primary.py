@@ -218,8 +218,11 @@ class PrimaryCore:
         self._read = read
         self._is_hole = is_hole  # a cheap "this range reads as zeroes" (SEEK_DATA), if any
         self.extent_count = -(-config.size // config.extent_size)
-        self.record = RecordCopy(config.capacity, config.eviction,
-                                 evict_dirty=config.faults.s3fifo_evicts_dirty or config.faults.adaptive_evicts_dirty)
+        faults = config.faults
+        self.record = RecordCopy(config.capacity, config.eviction, extent_size=config.extent_size,
+                                 evict_dirty=(faults.s3fifo_evicts_dirty or faults.adaptive_evicts_dirty
+                                              or (faults.streams_evicts_dirty
+                                                  and config.eviction is Eviction.STREAMS)))
         self.predictor = PREDICTORS[config.predictor]()  # mirrors the secondary's
         # Free slots kept ready while misses wait for room (free_slots.py, issue 14); under the
         # high mark a miss asks for the watermark at once.
@@ -347,7 +350,7 @@ class PrimaryCore:
         order = self._order
         seq = order.next_seq
         order.next_seq = seq + 1
-        record.note_write(extents, seq)
+        record.note_write(extents, seq, offset, length)
         sent = self._sent
         sent.append((seq, length))
         if len(sent) == 1:
@@ -1046,7 +1049,10 @@ class PrimaryCore:
 
     def _assign_seq(self, op: Op) -> None:
         self._order.assign(op)
-        self.record.note_write(op.extents, op.seq)
+        if op.op_id < 0:  # resync data: no stream of the host's
+            self.record.note_write(op.extents, op.seq)
+        else:
+            self.record.note_write(op.extents, op.seq, op.offset, op.length)
 
     def _transmit(self, op: Op, flags: int, budget: int, removals: tuple[int, ...]) -> None:
         if flags & _MISS:
