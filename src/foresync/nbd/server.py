@@ -587,11 +587,12 @@ class NbdConnection(asyncio.Protocol):
         serving_bytes = self._serving_bytes + len(first.data)
         while queue:
             head = queue[0]
-            if (type(head) is not Request or head.command != _WRITE or head.flags & _FUA
+            if (not isinstance(head, Request) or head.command != _WRITE or head.flags & _FUA
                     or serving >= limits.max_in_flight
                     or serving_bytes + len(head.data) > limits.max_in_flight_bytes):
                 break
-            group.append(queue.popleft())
+            queue.popleft()
+            group.append(head)
             serving += 1
             serving_bytes += len(head.data)
         self.server.requests_total += len(group) - 1

@@ -251,12 +251,12 @@ class PrimaryDriver(_Driver[PrimaryCore, PrimaryEffects]):
         run already sent."""
         if self._running:
             return []
-        message, count = self.core.write_hits(writes, start, now=now)
+        message, _ = self.core.write_hits(writes, start, now=now)
         if message is None:
             return []
         self._effects.send(message)
         apply = self._effects.apply_hit
-        if type(message) is wire.Write:
+        if not isinstance(message, wire.WriteBatch):
             return [self._applied(message, apply(message.seq, message.offset, message.data))]
         taken = message.writes
         errnos = [apply(w.seq, w.offset, w.data) for w in taken]
