@@ -197,6 +197,8 @@ class PrimaryStatistics:
     # hits (in record_hits) whose extents a miss in flight was adding when they arrived: they
     # waited for its ADDED, up to a round trip, like a miss (issue 14)
     record_writes_behind_add: int = 0
+    write_groups: int = 0  # WRITES frames sent: groups of host writes in one frame (issue 15)
+    grouped_writes: int = 0  # host writes (in writes) that went in a WRITES frame
 
 
 @dataclass(slots=True)
@@ -212,6 +214,8 @@ class _Counters:
     room_waits: int = 0  # misses that found no room and waited for the watermark
     add_waits: int = 0  # writes that waited for the ADDED of a miss in flight, then hit
     writes_behind_add: int = 0  # of the hits: those that had waited so (counted as they go)
+    write_groups: int = 0  # WRITES frames sent (write_hits)
+    grouped_writes: int = 0  # host writes in them
 
 
 class PrimaryCore:
@@ -394,6 +398,8 @@ class PrimaryCore:
             taken.append(message)
         if len(taken) == 1:
             return first, 1
+        self.counters.write_groups += 1
+        self.counters.grouped_writes += len(taken)
         return wire.WriteBatch(taken), len(taken)
 
     def _carried_as_hit(self, offset: int, data: bytes) -> wire.Write:
@@ -813,7 +819,7 @@ class PrimaryCore:
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain,
             self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead,
-            self.counters.writes_behind_add)
+            self.counters.writes_behind_add, self.counters.write_groups, self.counters.grouped_writes)
 
     # -- online verify --------------------------------------------------------------------------
 
