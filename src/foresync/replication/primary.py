@@ -22,6 +22,11 @@ prefix of the primary's write history.
 * ``sync`` mode (DRBD protocol C) also waits for the secondary's durable watermark to pass the
   op; ``async`` (protocol A) never waits and keeps no record.
 
+* A group of host writes (issue 15, ``write_hits``): the leading run of hits among plain writes
+  the NBD server parsed together gets consecutive seqs and goes as one WRITES frame, each write
+  checked by ``write_hit``'s rules in turn; the run ends at the first that is not a hit now,
+  which goes through ``write`` alone. So no write of a group overtakes one before it.
+
 Local applies keep arrival order per extent (ordering.py, where an op's lifecycle is a state
 machine): an op waits until every earlier op touching one of its extents has been applied.
 
