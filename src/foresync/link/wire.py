@@ -787,6 +787,38 @@ def decode_payload(kind: int, payload: bytes) -> Message:
     raise AssertionError(f"unhandled message type {message_type}")
 
 
+def _writes_in(buf: bytearray, pos: int, end: int, crc: int) -> list[Write]:
+    """The writes of the complete WRITES frame at ``buf[pos:end]``, each write's data copied out
+    once and the CRC32C computed over the copies (the whole payload is never copied: one copy
+    per byte). [] when anything is wrong with it, damage or a malformed table: the general path
+    then copies the payload, checks the CRC and names what is wrong, a CRC mismatch first."""
+    start = pos + FRAME_HEADER.size
+    if end - start < COUNT.size or end - start > WRITES_MAX_BYTES:
+        return []
+    (count,) = COUNT.unpack_from(buf, start)
+    if not 0 < count <= WRITES_MAX_COUNT:
+        return []
+    layout = _writes_struct(count)
+    at = start + layout.size
+    if at > end:
+        return []
+    flat = layout.unpack_from(buf, start)
+    writes: list[Write] = []
+    with memoryview(buf) as view:
+        actual = _extend(_value(bytes(view[pos : pos + _PREFIX.size])), bytes(view[start:at]))
+        for index in range(1, 3 * count + 1, 3):
+            length = flat[index + 2]
+            if length == 0 or at + length > end:
+                return []
+            data = bytes(view[at : at + length])
+            actual = _extend(actual, data)
+            writes.append(Write(flat[index], flat[index + 1], 0, 0, (), data))
+            at += length
+    if at != end or actual != crc:
+        return []
+    return writes
+
+
 def _write_with(head: bytes, data: bytes) -> Write:
     """A WRITE from its checked head (fixed part and removals, complete) and its data."""
     seq, offset, flags, budget, count = WRITE.unpack_from(head)
@@ -913,6 +945,10 @@ class FrameDecoder:
                 end = pos + FRAME_HEADER.size + length
                 if len(buf) >= end:
                     start = pos + FRAME_HEADER.size
+                    if kind == _WRITES_KIND and (writes := _writes_in(buf, pos, end, crc)):
+                        self._ready.extend(writes)
+                        self._pos = end
+                        return self._ready.popleft()
                     split = end  # a WRITE's data (from split) is copied out on its own, once
                     write = None
                     if kind == _WRITE_KIND and length >= WRITE.size:
