@@ -100,6 +100,10 @@ class Faults:
     # describes, so a swapped or replaced file is resynced only where the record says and the
     # secondary reports in sync while its copy differs
     data_identity_ignored: bool = False
+    # replication/primary.py write_hits (issue 15): a group of host writes carries a write that is
+    # not a hit now (a miss, or one behind an in-flight miss on its extents) in its WRITES frame
+    # as a hit, sent and applied at once, instead of ending the run there
+    batch_carries_non_hit: bool = False
 
 
 NO_FAULTS = Faults()

@@ -136,7 +136,8 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def test_every_message_type_has_a_strategy() -> None:
-    assert set(FIELDS) == set(MessageType)
+    # WRITES decodes to the WRITE messages it carries, not to itself: its own tests are below.
+    assert set(FIELDS) | {MessageType.WRITES} == set(MessageType)
 
 
 @EXAMPLES
@@ -478,3 +479,131 @@ def test_a_gathered_payload_never_takes_the_next_frames_bytes() -> None:
     with decoder.get_buffer() as view:
         assert len(view) == len(encode_frame(large)) - 1000  # exactly the rest of its data
     assert receive(decoder, stream[1000:], [1 << 20]) == [large, wire.Applied(9)]
+
+
+# -- WRITES: a group of plain writes in one frame (issue 15) ---------------------------------------
+
+PLAIN_WRITES = st.builds(wire.Write, u64, u64, st.just(0), st.just(0), st.just(()),
+                         st.binary(min_size=1, max_size=300))
+BATCHES = st.lists(PLAIN_WRITES, min_size=1, max_size=6).map(wire.WriteBatch)
+WITH_BATCHES = st.one_of(MESSAGES, BATCHES)
+
+
+def expanded(messages: list[wire.Message]) -> list[wire.Message]:
+    """What a decoder hands on for ``messages``: a WRITES frame's writes, one by one."""
+    out: list[wire.Message] = []
+    for message in messages:
+        out += message.writes if isinstance(message, wire.WriteBatch) else [message]
+    return out
+
+
+@EXAMPLES
+@given(st.lists(WITH_BATCHES, min_size=1, max_size=5), st.data())
+def test_write_groups_decode_to_their_writes_in_order_in_any_chunking(
+        messages: list[wire.Message], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(m) for m in messages)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
+    decoder = FrameDecoder(MAX_FRAME_BYTES)
+    assert [m for chunk in split(stream, cuts) for m in feed_checked(decoder, chunk)] == expanded(messages)
+    reads = data.draw(st.lists(st.integers(1, 5000), min_size=1, max_size=4))
+    assert receive(FrameDecoder(MAX_FRAME_BYTES), stream, reads) == expanded(messages)
+    one = FrameDecoder(MAX_FRAME_BYTES)  # next_message, one at a time, as during link setup
+    one.push(stream)
+    assert list(iter(one.next_message, None)) == expanded(messages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BATCHES, st.data())
+def test_a_flipped_bit_in_a_write_group_is_refused(message: wire.WriteBatch, data: st.DataObject) -> None:
+    encoded = bytearray(encode_frame(message))
+    index = data.draw(st.integers(0, len(encoded) - 1), label="byte")
+    encoded[index] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    feed_damaged(FrameDecoder(MAX_FRAME_BYTES), bytes(encoded), len(encoded) - HEADER_BYTES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BATCHES, st.data())
+def test_a_damaged_header_byte_of_a_write_group_is_refused(message: wire.WriteBatch,
+                                                           data: st.DataObject) -> None:
+    encoded = bytearray(encode_frame(message))
+    index = data.draw(st.integers(0, HEADER_BYTES - 1), label="byte")
+    encoded[index] ^= data.draw(st.integers(1, 0xFF), label="xor")
+    feed_damaged(FrameDecoder(MAX_FRAME_BYTES), bytes(encoded), len(encoded) - HEADER_BYTES)
+
+
+@EXAMPLES
+@given(BATCHES, st.data())
+def test_a_damaged_write_group_after_good_frames_delivers_only_those(message: wire.WriteBatch,
+                                                                     data: st.DataObject) -> None:
+    good = encode_frame(wire.Write(1, 0, 0, 0, (), b"x"))
+    encoded = bytearray(encode_frame(message))
+    index = data.draw(st.integers(0, len(encoded) - 1), label="byte")
+    assume(not 8 <= index < 12)  # a damaged length changes where the frame ends; tested above
+    encoded[index] ^= data.draw(st.integers(1, 0xFF), label="xor")
+    decoder = FrameDecoder(MAX_FRAME_BYTES)
+    decoder.push(good + bytes(encoded) + good)
+    assert decoder.next_messages() == [wire.Write(1, 0, 0, 0, (), b"x")]  # none of the group
+    assert decoder.failed is not None
+    assert_failed_for_good(decoder)
+
+
+@EXAMPLES
+@given(BATCHES, st.data())
+def test_a_truncated_write_group_yields_nothing_until_complete(message: wire.WriteBatch,
+                                                               data: st.DataObject) -> None:
+    encoded = encode_frame(message)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    decoder = FrameDecoder(MAX_FRAME_BYTES)
+    assert feed_checked(decoder, encoded[:cut]) == []
+    assert feed_checked(decoder, encoded[cut:]) == message.writes
+
+
+@EXAMPLES
+@given(BATCHES, st.data())
+def test_well_framed_hostile_write_groups_decode_exactly_or_are_refused(message: wire.WriteBatch,
+                                                                       data: st.DataObject) -> None:
+    """A correct CRC over a malformed WRITES payload: refused, or decoded to writes that encode
+    back to the same payload (no count, length or offset misread)."""
+    _, valid = encode_payload(message)
+    mutation = data.draw(st.sampled_from(["truncate", "extend", "overwrite", "random"]))
+    if mutation == "truncate":
+        payload = valid[: data.draw(st.integers(0, max(0, len(valid) - 1)))]
+    elif mutation == "extend":
+        payload = valid + data.draw(st.binary(min_size=1, max_size=16))
+    elif mutation == "overwrite":
+        at = data.draw(st.integers(0, len(valid)))
+        payload = valid[:at] + struct.pack(">I", data.draw(u32)) + valid[at + 4 :]
+    else:
+        payload = data.draw(st.binary(max_size=120))
+    decoder = FrameDecoder(MAX_FRAME_BYTES)
+    try:
+        got = feed_checked(decoder, frame(MessageType.WRITES, payload))
+    except RemoteProtocolError:
+        assert_failed_for_good(decoder)
+        return
+    assert got and all(type(m) is wire.Write and not (m.flags or m.budget or m.removals) for m in got)
+    assert encode_payload(wire.WriteBatch(got)) == (MessageType.WRITES, payload)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"", "shorter than its count"),
+    (struct.pack(">I", 0), "0 writes"),
+    (struct.pack(">I", wire.WRITES_MAX_COUNT + 1) + bytes(64), "writes \\(1 to"),
+    (struct.pack(">IQQI", 1, 1, 0, 0), "a write of 0 bytes"),
+    (struct.pack(">IQQI", 1, 1, 0, 5) + b"abcd", "does not fit"),
+    (struct.pack(">IQQI", 1, 1, 0, 4) + b"abcde", "1 bytes beyond"),
+    (struct.pack(">IQQI", 2, 1, 0, 4) + b"abcd", "table of 2 writes runs past"),
+])
+def test_inconsistent_write_groups_are_refused_by_name(payload: bytes, reason: str) -> None:
+    decoder = FrameDecoder(MAX_FRAME_BYTES)
+    with pytest.raises(RemoteProtocolError, match=reason):
+        decoder.feed(frame(MessageType.WRITES, payload))
+    assert_failed_for_good(decoder)
+
+
+def test_a_write_group_over_its_size_bound_is_refused() -> None:
+    # The bound is far below any peer's frame limit: a larger group is a broken peer.
+    size = wire.WRITES_MAX_BYTES - wire.COUNT.size - wire.WRITES_ENTRY.size + 1
+    payload = struct.pack(">IQQI", 1, 1, 0, size) + bytes(size)
+    with pytest.raises(RemoteProtocolError, match="WRITES frame of"):
+        FrameDecoder().feed(frame(MessageType.WRITES, payload))

@@ -254,7 +254,7 @@ def test_frame_limit_can_change_between_messages() -> None:
         strict.next_message()
 
 
-@pytest.mark.parametrize("kind", [0, 26, 199, 255])  # 25: ROUTE; 200-206: object frames
+@pytest.mark.parametrize("kind", [0, 27, 199, 255])  # 25: ROUTE; 26: WRITES; 200-206: object frames
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):

@@ -124,6 +124,7 @@ def _primary_document(s: SiteStatistics, p: PrimaryView) -> dict[str, Any]:
                      "record_room_waits": c.record_room_waits, "record_add_waits": c.record_add_waits,
                      "record_evicted_ahead": c.record_evicted_ahead,
                      "record_writes_behind_add": c.record_writes_behind_add,
+                     "write_groups": c.write_groups, "grouped_writes": c.grouped_writes,
                      "storage_errors": s.storage_errors,
                      "secondary_storage_errors": c.secondary_storage_errors},
         "lag": {"bytes": c.lag_bytes, "writes": c.lag_writes, "seconds": round(p.lag_seconds, 3)},

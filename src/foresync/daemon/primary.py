@@ -20,7 +20,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,30 @@ class PrimarySite:
         now = time.monotonic()
         self.core.write(self._new_op(done, now), offset, data, fua, now=now)
         self.pump()
+
+    def write_many(self, items: Sequence[tuple[int, bytes, Done]]) -> None:
+        """Plain (non-FUA) writes the NBD server parsed together, in order (``NbdTarget``'s
+        optional group call): the leading run of hits goes as one WRITES frame and one core
+        call (``PrimaryDriver.write_hits``); the write that ends a run goes alone, as through
+        ``write``; then the next run, and so on."""
+        writes = [(offset, data) for offset, data, _ in items]
+        latency = self.write_latency
+        start = 0
+        while start < len(items):
+            started = time.monotonic()
+            errnos = self._driver.write_hits(writes, start, started)
+            if errnos:
+                ended = time.monotonic() if latency is not None else 0.0
+                for index, errno in enumerate(errnos, start):
+                    if not errno and latency is not None:
+                        latency.observe(ended - started)
+                    items[index][2](errno)
+                start += len(errnos)
+            else:
+                offset, data, done = items[start]
+                self.core.write(self._new_op(done, started), offset, data, False, now=started)
+                self.pump()
+                start += 1
 
     def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
              done: Done) -> None:

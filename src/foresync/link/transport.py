@@ -285,7 +285,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
             return
         parts = wire.encode_frame_parts(message)
         self._out += parts
-        self._out_bytes += len(parts[0]) if len(parts) == 1 else len(parts[0]) + len(parts[1])
+        if len(parts) <= 2:
+            self._out_bytes += len(parts[0]) if len(parts) == 1 else len(parts[0]) + len(parts[1])
+        else:  # a WRITES frame: its table, then each write's data
+            self._out_bytes += sum(map(len, parts))
         if self._flush_scheduled:
             return
         loop = self._loop

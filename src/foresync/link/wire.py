@@ -29,6 +29,12 @@ Payloads (after the header):
 LIST(x) is a u32 count followed by that many x.
     REFUSE      u8 code (RefuseCode), then the UTF-8 reason for a person (the rest)
     WRITE       u64 seq, u64 offset, u8 flags, u16 budget, u32 n, n x u32 removed extents, data
+    WRITES      u32 n (1 to WRITES_MAX_COUNT), n x (u64 seq, u64 offset, u32 length), then the n
+                writes' data back to back, in that order: plain writes (no flags, budget or
+                removals) that the secondary's record covers, one frame and one CRC32C for a
+                group of host writes (issue 15). At most WRITES_MAX_BYTES of payload, far below
+                the frame limit a single large WRITE already has. The decoder hands them on as
+                ordinary WRITE messages, one per write, in order
     ZERO        u64 seq, u64 offset, u64 length, u8 flags, u16 budget, u32 n, n x u32 removed
     ADDED       u64 seq, then u32 extents added to the record (the rest)
     APPLIED     u64 seq: every message through seq has been applied (not necessarily durable)
@@ -68,6 +74,7 @@ plain WRITEs in one loop and leaves every other frame, and every error, to ``nex
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
@@ -84,8 +91,9 @@ from foresync.link.object_wire import ObjectMessage
 # before HELLO for a daemon serving many volumes on one link listener (issue 16); 7: prefix
 # entries of the record of objects (flag PREFIX, OBJ_LIST_REQUEST UNDER) and OBJ_LIST split
 # across frames (issue 18); 8: multipart parts mirrored (OBJ_OP kinds PART and COMPLETE, issue
-# 18). A peer of another version is refused by name.
-PROTOCOL_VERSION = 8
+# 18); 9: WRITES, a group of plain writes in one frame (issue 15). A peer of another version is
+# refused by name.
+PROTOCOL_VERSION = 9
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
@@ -103,6 +111,12 @@ RANGE = struct.Struct(">QQQ")
 VERIFY = struct.Struct(">QII")
 RUN = struct.Struct(">II")
 COUNT = struct.Struct(">I")
+WRITES_ENTRY = struct.Struct(">QQI")  # seq, offset, length of one write of a WRITES frame
+WRITES_MAX_COUNT = 1024
+# A WRITES frame's payload at most: a group of small writes, where one frame per write costs the
+# most (a large write goes as its own WRITE, received straight into its payload).
+WRITES_MAX_BYTES = 1024 * 1024
+WRITES_MEMBER_MAX_BYTES = 64 * 1024  # a write this big or bigger goes as its own WRITE
 NONCE_BYTES = MAC_BYTES = 32
 AUTH_CHALLENGE = struct.Struct(">32s")
 AUTH_RESPONSE = struct.Struct(">32s32s")
@@ -112,6 +126,9 @@ invariant(FRAME_HEADER.size == 16 and _PREFIX.size == 12, "link frame header lay
 invariant(HELLO.size == 40 and WELCOME.size == 33, "link hello layout")
 invariant(WRITE.size == 23 and ZERO.size == 31, "link write layout")
 invariant(STORAGE_FAILED.size == 5, "link storage failure layout")
+invariant(WRITES_ENTRY.size == 20, "link write group layout")
+invariant(WRITES_MAX_BYTES + FRAME_HEADER.size < 32 * 1024 * 1024,
+          "a WRITES frame is smaller than the largest WRITE any peer accepts")
 
 
 class MessageType(IntEnum):
@@ -140,11 +157,13 @@ class MessageType(IntEnum):
     CHECKSUMS = 23
     RESYNC_PROGRESS = 24
     ROUTE = 25
+    WRITES = 26
 
 MAX_ROUTE_BYTES = 255  # a volume name, within the 4 KiB frames allowed before setup
 
 
 _WRITE_KIND = int(MessageType.WRITE)
+_WRITES_KIND = int(MessageType.WRITES)
 
 
 class HelloFlag(IntFlag):
@@ -273,6 +292,15 @@ class Write:
     data: bytes
 
 
+@dataclass(slots=True)
+class WriteBatch:
+    """Plain WRITEs (flags 0, budget 0, no removals) in seq order, sent as one WRITES frame.
+    Only the primary makes one (``PrimaryCore.write_hits``); a receiver's ``FrameDecoder``
+    hands its writes on one by one, as ``Write`` messages."""
+
+    writes: list[Write]
+
+
 @dataclass(frozen=True, slots=True)
 class Zero:
     seq: int
@@ -373,7 +401,7 @@ class AuthProof:
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
            | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
            | AuthProof | StorageFailed | ResyncSet | ResyncSetDurable | Checksums
-           | ResyncProgress | Route | ObjectMessage)
+           | ResyncProgress | Route | WriteBatch | ObjectMessage)
 _OBJECT_CLASSES = ObjectMessage.__args__
 
 
@@ -458,9 +486,58 @@ def _encode_parts(message: Message) -> tuple[int, bytes, bytes]:
         removals = message.removals
         head = WRITE.pack(message.seq, message.offset, message.flags, message.budget, len(removals))
         return _WRITE_KIND, head + _u32s(removals) if removals else head, message.data  # an int: packs faster
+    if type(message) is WriteBatch:
+        return _WRITES_KIND, _writes_table(message.writes), b"".join(w.data for w in message.writes)
     if isinstance(message, _OBJECT_CLASSES):
         return object_wire.encode(message)
     return (*_encode_other(message), b"")
+
+
+def _writes_table(writes: list[Write]) -> bytes:
+    """A WRITES frame's head: u32 n, then n x (u64 seq, u64 offset, u32 length)."""
+    invariant(0 < len(writes) <= WRITES_MAX_COUNT, "WRITES count")
+    flat: list[int] = [len(writes)]
+    for write in writes:
+        invariant(not (write.flags or write.budget or write.removals), "WRITES carries plain writes only")
+        flat += (write.seq, write.offset, len(write.data))
+    return _writes_struct(len(writes)).pack(*flat)
+
+
+_WRITES_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _writes_struct(count: int) -> struct.Struct:
+    """The Struct of a WRITES head of ``count`` entries (made once per count)."""
+    made = _WRITES_STRUCTS.get(count)
+    if made is None:
+        made = _WRITES_STRUCTS[count] = struct.Struct(">I" + "QQI" * count)
+    return made
+
+
+def _decode_writes(payload: bytes) -> WriteBatch:
+    """A checked WRITES payload's writes; any inconsistency is a RemoteProtocolError."""
+    if len(payload) < COUNT.size:
+        raise RemoteProtocolError("WRITES frame shorter than its count")
+    if len(payload) > WRITES_MAX_BYTES:
+        raise RemoteProtocolError(f"WRITES frame of {len(payload)} bytes (at most {WRITES_MAX_BYTES})")
+    (count,) = COUNT.unpack_from(payload)
+    if not 0 < count <= WRITES_MAX_COUNT:
+        raise RemoteProtocolError(f"WRITES frame of {count} writes (1 to {WRITES_MAX_COUNT})")
+    layout = _writes_struct(count)
+    if layout.size > len(payload):
+        raise RemoteProtocolError(f"WRITES table of {count} writes runs past the frame")
+    flat = layout.unpack_from(payload)
+    pos = layout.size
+    writes: list[Write] = []
+    for index in range(1, 3 * count + 1, 3):
+        length = flat[index + 2]
+        if length == 0 or pos + length > len(payload):
+            raise RemoteProtocolError(f"WRITES: a write of {length} bytes at {pos} does not fit the frame")
+        writes.append(Write(flat[index], flat[index + 1], 0, 0, (), payload[pos : pos + length]))
+        pos += length
+    if pos != len(payload):
+        raise RemoteProtocolError(f"WRITES: {len(payload) - pos} bytes beyond its writes' data")
+    return WriteBatch(writes)
 
 
 def _encode_other(message: Message) -> tuple[int, bytes]:
@@ -532,7 +609,7 @@ def may_wait(message: Message) -> bool:
     loop; it takes everything queued before it along, so the stream stays in order."""
     if type(message) is Write or type(message) is Zero:
         return not message.flags & _AWAITED
-    return type(message) is Applied
+    return type(message) is Applied or type(message) is WriteBatch
 
 
 _AWAITED = int(WriteFlag.MISS | WriteFlag.DURABLE | WriteFlag.RANGE)  # an int: no enum.py per call
@@ -553,12 +630,30 @@ def encode_frame(message: Message) -> bytes:
 def encode_frame_parts(message: Message) -> list[bytes]:
     """The frame as buffers to write in order (header, payload head, then a WRITE's data
     without copying it)."""
+    if type(message) is WriteBatch:
+        return _writes_frame_parts(message.writes)
     kind, head, data = _encode_parts(message)
     prefix = _PREFIX.pack(FRAME_MAGIC, kind, 0, 0, len(head) + len(data))
     crc = _extend(_value(prefix), head)
     if not data:
         return [prefix + COUNT.pack(crc) + head]
     return [prefix + COUNT.pack(_extend(crc, data)) + head, data]
+
+
+def _writes_frame_parts(writes: list[Write]) -> list[bytes]:
+    """A WRITES frame as buffers: header and table, then each write's data, not copied; one
+    CRC32C over the frame, as for any frame."""
+    head = _writes_table(writes)
+    size = len(head)
+    parts = [b"", *(write.data for write in writes)]
+    for data in parts:
+        size += len(data)
+    prefix = _PREFIX.pack(FRAME_MAGIC, _WRITES_KIND, 0, 0, size)
+    crc = _extend(_value(prefix), head)
+    for data in parts:
+        crc = _extend(crc, data)
+    parts[0] = prefix + COUNT.pack(crc) + head
+    return parts
 
 
 def _exact(payload: bytes, size: int, what: str) -> None:
@@ -572,6 +667,8 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         seq, offset, flags, budget, count = WRITE.unpack_from(payload)
         removals = _read_u32s(payload, WRITE.size, count, "WRITE") if count else ()
         return Write(seq, offset, flags, budget, removals, payload[WRITE.size + 4 * count :])
+    if kind == _WRITES_KIND:
+        return _decode_writes(payload)
     if kind in object_wire.OBJECT_TYPES:
         return object_wire.decode(kind, payload)
     try:
@@ -690,6 +787,38 @@ def decode_payload(kind: int, payload: bytes) -> Message:
     raise AssertionError(f"unhandled message type {message_type}")
 
 
+def _writes_in(buf: bytearray, pos: int, end: int, crc: int) -> list[Write]:
+    """The writes of the complete WRITES frame at ``buf[pos:end]``, each write's data copied out
+    once and the CRC32C computed over the copies (the whole payload is never copied: one copy
+    per byte). [] when anything is wrong with it, damage or a malformed table: the general path
+    then copies the payload, checks the CRC and names what is wrong, a CRC mismatch first."""
+    start = pos + FRAME_HEADER.size
+    if end - start < COUNT.size or end - start > WRITES_MAX_BYTES:
+        return []
+    (count,) = COUNT.unpack_from(buf, start)
+    if not 0 < count <= WRITES_MAX_COUNT:
+        return []
+    layout = _writes_struct(count)
+    at = start + layout.size
+    if at > end:
+        return []
+    flat = layout.unpack_from(buf, start)
+    writes: list[Write] = []
+    with memoryview(buf) as view:
+        actual = _extend(_value(bytes(view[pos : pos + _PREFIX.size])), bytes(view[start:at]))
+        for index in range(1, 3 * count + 1, 3):
+            length = flat[index + 2]
+            if length == 0 or at + length > end:
+                return []
+            data = bytes(view[at : at + length])
+            actual = _extend(actual, data)
+            writes.append(Write(flat[index], flat[index + 1], 0, 0, (), data))
+            at += length
+    if at != end or actual != crc:
+        return []
+    return writes
+
+
 def _write_with(head: bytes, data: bytes) -> Write:
     """A WRITE from its checked head (fixed part and removals, complete) and its data."""
     seq, offset, flags, budget, count = WRITE.unpack_from(head)
@@ -727,6 +856,7 @@ class FrameDecoder:
         self._gather_need = 0
         self._scratch: bytearray | None = None  # get_buffer's, when no payload is being gathered
         self._into_payload = False  # what the last get_buffer handed out
+        self._ready: deque[Write] = deque()  # the rest of a decoded WRITES frame's writes
 
     def push(self, data: bytes | bytearray | memoryview) -> None:
         if self.failed is not None:
@@ -787,6 +917,8 @@ class FrameDecoder:
     def next_message(self) -> Message | None:
         """The next complete message, or None until more bytes arrive. Raises
         RemoteProtocolError on a damaged frame; after that the decoder stays failed."""
+        if self._ready:  # decoded and checked with the frame they came in
+            return self._ready.popleft()
         if self.failed is not None:
             raise RemoteProtocolError(f"link stream already failed: {self.failed}")
         if self._gather is not None:
@@ -813,6 +945,10 @@ class FrameDecoder:
                 end = pos + FRAME_HEADER.size + length
                 if len(buf) >= end:
                     start = pos + FRAME_HEADER.size
+                    if kind == _WRITES_KIND and (writes := _writes_in(buf, pos, end, crc)):
+                        self._ready.extend(writes)
+                        self._pos = end
+                        return self._ready.popleft()
                     split = end  # a WRITE's data (from split) is copied out on its own, once
                     write = None
                     if kind == _WRITE_KIND and length >= WRITE.size:
@@ -833,6 +969,9 @@ class FrameDecoder:
                         message: Message = Write(seq, offset, flags, budget, removals, data)
                     else:
                         message = decode_payload(kind, head)
+                        if type(message) is WriteBatch:  # handed on one write at a time
+                            self._ready.extend(message.writes)
+                            message = self._ready.popleft()
                     self._pos = end
                     return message
                 if kind == _WRITE_KIND and length >= GATHER_MIN_BYTES and self._start_gather(
@@ -856,8 +995,9 @@ class FrameDecoder:
         A damaged frame after good ones: the good ones are returned and ``failed`` is set (the
         caller checks it); any later call raises."""
         out: list[Message] = []
+        ready = self._ready
         while True:
-            if self._gather is None and self.failed is None:
+            if self._gather is None and self.failed is None and not ready:
                 self._plain_writes(out)
             try:
                 message = self.next_message()
@@ -868,6 +1008,9 @@ class FrameDecoder:
             if message is None:
                 return out
             out.append(message)
+            if ready:  # the rest of a WRITES frame, before any later frame
+                out += ready
+                ready.clear()
 
     def _plain_writes(self, out: list[Message]) -> None:
         """Decode complete WRITE frames with data from the buffer into ``out``; stop at anything

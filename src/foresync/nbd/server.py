@@ -504,6 +504,7 @@ class NbdConnection(asyncio.Protocol):
         assert tx is not None
         limit = self.server.limits.max_in_flight
         byte_limit = self.server.limits.max_in_flight_bytes
+        write_many = getattr(self.target, "write_many", None)
         while self._queue and not self._write_paused and not self._closed:
             head = self._queue[0]
             if isinstance(head, Request) and (
@@ -517,6 +518,12 @@ class NbdConnection(asyncio.Protocol):
             event = self._queue.popleft()
             if isinstance(event, Request):
                 self.server.requests_total += 1
+                if (write_many is not None and event.command == _WRITE and not event.flags & _FUA
+                        and self._queue):
+                    group = self._plain_writes_after(event)
+                    if len(group) > 1:
+                        self._serve_writes(tx, group, write_many)
+                        continue
                 self._serve(tx, event)
             elif isinstance(event, Disconnect):
                 self._closing = True
@@ -567,6 +574,39 @@ class NbdConnection(asyncio.Protocol):
             target.cache(request.offset, request.length, done)
         else:  # Transmission answers unknown commands itself; this is a programmer error
             done(wire.Errno.EINVAL)
+
+    def _plain_writes_after(self, first: Request) -> list[Request]:
+        """``first`` and the plain (non-FUA) WRITEs right behind it in the queue, taken off it,
+        as many as the in-flight limits let be served now (checked as ``_drain_queue_once``
+        checks one request): a group the target takes in one call (``write_many``). Order
+        against every other request is unchanged: the group ends at the first that is not one."""
+        group = [first]
+        queue = self._queue
+        limits = self.server.limits
+        serving = self._serving + 1
+        serving_bytes = self._serving_bytes + len(first.data)
+        while queue:
+            head = queue[0]
+            if (not isinstance(head, Request) or head.command != _WRITE or head.flags & _FUA
+                    or serving >= limits.max_in_flight
+                    or serving_bytes + len(head.data) > limits.max_in_flight_bytes):
+                break
+            queue.popleft()
+            group.append(head)
+            serving += 1
+            serving_bytes += len(head.data)
+        self.server.requests_total += len(group) - 1
+        return group
+
+    def _serve_writes(self, tx: Transmission, group: list[Request],
+                      write_many: Callable[[list[tuple[int, bytes, Callable[[int], None]]]], None]) -> None:
+        """Hand plain WRITEs to the target as one group; each is answered through its own done()."""
+        items = []
+        for request in group:
+            self._serving += 1
+            self._serving_bytes += len(request.data)
+            items.append((request.offset, request.data, self._completion(tx, request)))
+        write_many(items)
 
     def _completion(self, tx: Transmission, request: Request) -> Callable[[int], None]:
         def done(errno: int) -> None:

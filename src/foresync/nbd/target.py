@@ -8,6 +8,13 @@ Reads and block status are answered synchronously from local storage. Every othe
 completes through a ``done(errno)`` callback, which may run immediately or later (after a flush,
 or after the secondary acknowledges), so the fast path costs no task or future. ``done`` is
 always the last argument, and each method calls it exactly once with 0 or an NBD errno.
+
+A target may also offer ``write_many(items)``: plain (non-FUA) WRITEs parsed together, as a list
+of (offset, data, done) in request order, each answered through its own ``done``. The server
+calls it for two or more such writes in a row when the target has it (the replicating primary:
+one core call and one link frame for the group, issue 15), and ``write`` otherwise. It is not
+part of this Protocol, so that every other target (the standalone server's, the wrappers) keeps
+the per-write call.
 """
 
 from __future__ import annotations

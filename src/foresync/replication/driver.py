@@ -236,10 +236,42 @@ class PrimaryDriver(_Driver[PrimaryCore, PrimaryEffects]):
         if message is None:
             return None
         self._effects.send(message)
-        errno = self._effects.apply_hit(message.seq, offset, data)
+        # On a failure the core marks the extents out of sync and resyncs them.
+        return self._applied(message, self._effects.apply_hit(message.seq, offset, data))
+
+
+    def write_hits(self, writes: Sequence[tuple[int, bytes]], start: int = 0,
+                   now: float | None = None) -> list[int]:
+        """A group of plain host writes (``PrimaryCore.write_hits``): the errnos for the host
+        of the leading run of ``writes[start:]`` that went as one message, sent, then applied
+        locally in order; [] when the first is not a hit now. The caller takes the writes after
+        the run through ``write_hit`` or ``PrimaryCore.write``, in order, as single writes.
+        Every write of the run is applied before the core hears of any result: a failure makes
+        it resync extents from this image at once, which must then hold every write of the
+        run already sent."""
+        if self._running:
+            return []
+        message, _ = self.core.write_hits(writes, start, now=now)
+        if message is None:
+            return []
+        self._effects.send(message)
+        apply = self._effects.apply_hit
+        if not isinstance(message, wire.WriteBatch):
+            return [self._applied(message, apply(message.seq, message.offset, message.data))]
+        taken = message.writes
+        errnos = [apply(w.seq, w.offset, w.data) for w in taken]
+        if any(errnos):
+            for write, errno in zip(taken, errnos, strict=True):
+                self.core.hit_applied(write.seq, errno, write.offset, len(write.data))
+            self()
+        else:
+            self.core.hits_applied(taken[0].seq, taken[-1].seq)
+        return errnos
+
+    def _applied(self, message: wire.Write, errno: int) -> int:
+        """``write_hit``'s end: tell the core, and carry out what a failure leaves."""
         if errno:
-            # The core marks the extents out of sync and resyncs them.
-            self.core.hit_applied(message.seq, errno, offset, len(data))
+            self.core.hit_applied(message.seq, errno, message.offset, len(message.data))
             self()
         else:
             self.core.hit_applied(message.seq)

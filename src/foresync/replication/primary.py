@@ -22,6 +22,11 @@ prefix of the primary's write history.
 * ``sync`` mode (DRBD protocol C) also waits for the secondary's durable watermark to pass the
   op; ``async`` (protocol A) never waits and keeps no record.
 
+* A group of host writes (issue 15, ``write_hits``): the leading run of hits among plain writes
+  the NBD server parsed together gets consecutive seqs and goes as one WRITES frame, each write
+  checked by ``write_hit``'s rules in turn; the run ends at the first that is not a hit now,
+  which goes through ``write`` alone. So no write of a group overtakes one before it.
+
 Local applies keep arrival order per extent (ordering.py, where an op's lifecycle is a state
 machine): an op waits until every earlier op touching one of its extents has been applied.
 
@@ -56,8 +61,9 @@ resync reads, which go through the injected ``read`` port so that a read and its
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -119,6 +125,8 @@ __all__ = ["REGREET", "RESYNC_SLICE_BYTES", "RESYNC_WINDOW_BYTES", "RESYNC_WINDO
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
 STREAMS_TRACKED = 16  # sequential streams recognised at once (their next expected offsets)
+_MEMBER_MAX = wire.WRITES_MEMBER_MAX_BYTES
+_WRITES_HEAD = wire.COUNT.size + wire.WRITES_ENTRY.size  # a WRITES frame's count and first entry
 
 
 class Mode(Enum):
@@ -194,6 +202,8 @@ class PrimaryStatistics:
     # hits (in record_hits) whose extents a miss in flight was adding when they arrived: they
     # waited for its ADDED, up to a round trip, like a miss (issue 14)
     record_writes_behind_add: int = 0
+    write_groups: int = 0  # WRITES frames sent: groups of host writes in one frame (issue 15)
+    grouped_writes: int = 0  # host writes (in writes) that went in a WRITES frame
 
 
 @dataclass(slots=True)
@@ -209,6 +219,8 @@ class _Counters:
     room_waits: int = 0  # misses that found no room and waited for the watermark
     add_waits: int = 0  # writes that waited for the ADDED of a miss in flight, then hit
     writes_behind_add: int = 0  # of the hits: those that had waited so (counted as they go)
+    write_groups: int = 0  # WRITES frames sent (write_hits)
+    grouped_writes: int = 0  # host writes in them
 
 
 class PrimaryCore:
@@ -357,6 +369,69 @@ class PrimaryCore:
             self._oldest_unapplied_at = self.now
         self._sent_bytes += length
         return wire.Write(seq, offset, 0, 0, (), data)
+
+    def write_hits(self, writes: Sequence[tuple[int, bytes]], start: int = 0, *,
+                   now: float | None = None) -> tuple[wire.Write | wire.WriteBatch | None, int]:
+        """A group of plain host writes, ``writes[start:]`` as (offset, data), in one call: the
+        leading run of them that ``write_hit`` takes, as ONE message to send (a WRITE for one,
+        a WRITES frame for more), and how many it took. The run stops at the first write that
+        is not a hit now (a miss, one behind an in-flight miss on its extents, a read-ahead,
+        no room in the window: ``write_hit``'s rules, applied to each in turn, so each sees
+        the ones before it), at one of ``WRITES_MEMBER_MAX_BYTES`` or more (it goes alone,
+        received straight into its payload) and where the frame would pass
+        ``WRITES_MAX_BYTES`` (and at an empty one). The adapter sends the message, applies every taken write locally
+        in order, then calls ``hits_applied`` (or ``hit_applied`` per write, for errors); the
+        rest go, in order, through ``write_hit``/``write`` as single writes would."""
+        if now is not None:
+            self.now = now
+        first = self.write_hit(*writes[start]) if start < len(writes) else None
+        if first is None:
+            return None, 0
+        length = len(first.data)
+        if not 0 < length < _MEMBER_MAX:  # WRITES carries no empty write either
+            return first, 1
+        taken = [first]
+        size = _WRITES_HEAD + length
+        carry_non_hits = self.config.faults.batch_carries_non_hit
+        for offset, data in itertools.islice(writes, start + 1, start + wire.WRITES_MAX_COUNT):
+            length = len(data)
+            size += wire.WRITES_ENTRY.size + length
+            if not 0 < length < _MEMBER_MAX or size > wire.WRITES_MAX_BYTES:
+                break
+            message = self.write_hit(offset, data)
+            if message is None:
+                if not carry_non_hits:
+                    break
+                message = self._carried_as_hit(offset, data)  # deliberately wrong: faults.py
+            taken.append(message)
+        if len(taken) == 1:
+            return first, 1
+        self.counters.write_groups += 1
+        self.counters.grouped_writes += len(taken)
+        return wire.WriteBatch(taken), len(taken)
+
+    def _carried_as_hit(self, offset: int, data: bytes) -> wire.Write:
+        """The faults.batch_carries_non_hit bug: a write taken as a hit without its checks."""
+        extents = self._extents(offset, len(data))
+        self.counters.writes += 1
+        seq = self._order.next_seq
+        self._order.next_seq = seq + 1
+        self.record.note_write(extents, seq)
+        self._sent.append((seq, len(data)))
+        self._sent_bytes += len(data)
+        return wire.Write(seq, offset, 0, 0, (), data)
+
+    def hits_applied(self, first: int, last: int, *, now: float | None = None) -> None:
+        """The local writes of a ``write_hits`` run, seqs ``first`` to ``last``, all finished
+        without error (with an error: ``hit_applied`` for each, in order)."""
+        if now is not None:
+            self.now = now
+        order = self._order
+        if first == order.applied_prefix + 1 and not order.applied_beyond:
+            order.applied_prefix = last
+        else:
+            for seq in range(first, last + 1):
+                order.mark_applied(seq)
 
     def hit_applied(self, seq: int, errno: int = 0, offset: int = 0, length: int = 0, *, now: float | None = None) -> None:
         """The local write of ``write_hit``'s WRITE ``seq`` has finished (failed or not: the
@@ -752,7 +827,7 @@ class PrimaryCore:
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain,
             self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead,
-            self.counters.writes_behind_add)
+            self.counters.writes_behind_add, self.counters.write_groups, self.counters.grouped_writes)
 
     # -- online verify --------------------------------------------------------------------------
 

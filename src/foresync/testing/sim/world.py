@@ -162,7 +162,11 @@ class _Primary:
     def send(self, message: wire.Message) -> None:
         w = self.world
         if w.conn:
-            if isinstance(message, wire.Write | wire.Zero):
+            if isinstance(message, wire.WriteBatch):
+                w.write_groups_sent += 1
+                for write in message.writes:
+                    w.sent_history[write.seq] = (write.offset, write.data)
+            elif isinstance(message, wire.Write | wire.Zero):
                 data = message.data if isinstance(message, wire.Write) else bytes(message.length)
                 if message.flags & wire.WriteFlag.RESYNC:
                     w.faulted = True  # resync data is not part of the host history
@@ -389,6 +393,7 @@ class World:
         self.lease_promotions = 0  # automatic failovers in the lease world of this seed
         self.routed = 0  # link connections handed to a volume in the routing world of this seed
         self.data_full_compares = 0  # starts refused for another data file (sim/data_files.py)
+        self.write_groups_sent = 0  # WRITES frames: groups of host writes sent as one (issue 15)
         self.split_brains = 0
         self.discarding = {"A": False, "B": False}  # resolve --discard-local until a pass ends
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
@@ -646,6 +651,8 @@ class World:
         p, s = self.primary, self.secondary
         if p is not None and len(self.host_ops) < 12:
             choices += [(6.0, "write"), (0.6, "zero"), (0.6, "flush")]
+            if len(self.host_ops) < 8:
+                choices.append((2.0, "write_group"))
             if self.group is not None and self.group.txn_step_ready(self.host_ops):
                 choices.append((3.0, "txn"))
         if self.p2s and self.stalled_at is None:
@@ -697,28 +704,58 @@ class World:
 
     def _ev_write(self) -> None:
         assert self.primary is not None
+        offset, length = self._pick_write()
+        self._host_write(offset, length, self.rng.random() < 0.1)
+
+    def _pick_write(self) -> tuple[int, int]:
+        """Where the next host write goes: (offset, length)."""
         rng = self.rng
         if self.group is not None:  # inside one member (testing/sim/groups.py)
-            offset, length = self.group.pick_write(rng, self.max_write)
-            self._host_write(offset, length, rng.random() < 0.1)
-            return
+            return self.group.pick_write(rng, self.max_write)
         length = rng.choice([SECTOR, SECTOR * 2, self.extent_size, rng.randrange(1, 9) * SECTOR])
         length = min(length, self.max_write, self.size)
         offset = rng.randrange(0, (self.size - length) // SECTOR + 1) * SECTOR
         if self._stream_end is not None and self._stream_end + length <= self.size and rng.random() < 0.5:
             offset = self._stream_end  # continue a sequential stream: exercises the read-ahead
         self._stream_end = offset + length
-        self._host_write(offset, length, rng.random() < 0.1)
+        return offset, length
 
-    def _host_write(self, offset: int, length: int, fua: bool) -> int:
-        """Submit a host write of a fresh version; its op id."""
+    def _ev_write_group(self) -> None:
+        """Plain host writes parsed together (PrimarySite.write_many, issue 15): the leading run
+        of hits goes as one WRITES frame (PrimaryDriver.write_hits); the write that ends a run
+        goes alone through the core, which is then pumped, as the site does; and so on."""
         p = self.primary
         assert p is not None
+        ops = [self._new_write(*self._pick_write(), fua=False)
+               for _ in range(self.rng.randrange(2, 7))]
+        writes = [(op.offset, op.data or b"") for op in ops]
+        start = 0
+        while start < len(ops):
+            errnos = p.driver.write_hits(writes, start)
+            for op, errno in zip(ops[start:], errnos, strict=False):
+                p.ack_host(op.op_id, errno)
+            start += len(errnos)
+            if start < len(ops) and not errnos:
+                op = ops[start]
+                p.core.write(op.op_id, op.offset, writes[start][1], False)
+                p.driver()
+                start += 1
+
+    def _new_write(self, offset: int, length: int, fua: bool) -> _HostOp:
+        """A host write of a fresh version, submitted (not yet handed to the core)."""
         version = self._version
         self._version += 1
         data = struct.pack(">Q", version) * (length // 8)
         op = _HostOp(self._next_op, "write", offset, length, data, fua)
         self._submit(op, version)
+        return op
+
+    def _host_write(self, offset: int, length: int, fua: bool) -> int:
+        """Submit a host write of a fresh version; its op id."""
+        p = self.primary
+        assert p is not None
+        op = self._new_write(offset, length, fua)
+        data = op.data or b""
         # The site's hot path (PrimaryDriver.write_hit): send, apply at once, answer.
         errno = None if op.fua or self.rng.random() < 0.2 else p.driver.write_hit(offset, data)
         if errno is None:
@@ -778,7 +815,11 @@ class World:
         s = self.secondary
         if s is None or conn != self.conn:
             return
-        (message,) = wire.FrameDecoder().feed(frame)
+        for message in wire.FrameDecoder().feed(frame):  # a WRITES frame: its writes, in order
+            self._deliver_to_secondary(s, conn, message)
+        s.core.end_of_batch()  # once per frame received, as the site does per read
+
+    def _deliver_to_secondary(self, s: _Secondary, conn: int, message: wire.Message) -> None:
         if isinstance(message, wire.Hello):
             s.conn = conn
             s.core.session_reset(now=self.now)
@@ -795,7 +836,6 @@ class World:
             raise SimFailure(f"secondary rejected {_short(message)}: {exc}", self.seed, self.schedule) from exc
         if s.core.resyncing and not resyncing and isinstance(message, wire.Write):
             s.pass_first_seq, s.saved_in_pass = message.seq, set()  # a pass's first resync write
-        s.core.end_of_batch()
 
     def _admit_primary(self, hello: wire.Hello) -> None:
         """What SecondarySite does with its primary's HELLO (screen_hello, then _accept_hello):
