@@ -169,7 +169,7 @@ def test_seeds_exercise_faults() -> None:
     roll back resyncs, verify and meet strangers, or they prove little."""
     crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
     reports = rollbacks = undo_failures = verifies = differences = torn_writes = lost_writes = 0
-    split_brains = resumed = lease_promotions = routed = data_full_compares = 0
+    split_brains = resumed = lease_promotions = routed = data_full_compares = write_runs = 0
     failures = {"primary": 0, "secondary": 0, "journal": 0}
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
@@ -194,6 +194,7 @@ def test_seeds_exercise_faults() -> None:
         lease_promotions += world.lease_promotions
         routed += world.routed
         data_full_compares += world.data_full_compares
+        write_runs += world.write_runs
         for where, count in world.write_failures.items():
             failures[where] += count
     assert crashes > 10
@@ -214,6 +215,7 @@ def test_seeds_exercise_faults() -> None:
     assert lease_promotions > 10, "the etcd lease rarely expired: automatic failover went untested"
     assert routed > 200, "link connections were rarely routed to a volume (issue 16)"
     assert data_full_compares > 40, "data files were rarely swapped or replaced under metadata"
+    assert write_runs > 40, "the secondary rarely wrote a run of adjacent WRITEs as one (issue 15)"
 
 
 @pytest.mark.parametrize("fault", sorted(set(Faults.__dataclass_fields__) - OBJECT_FAULTS - GROUP_FAULTS))
