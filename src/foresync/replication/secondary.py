@@ -492,6 +492,8 @@ class SecondaryCore:
 
     def request_durable(self) -> None:
         """The watermark timer: make what is applied durable, if anything new is."""
+        if self._run:
+            self._issue_run()
         self._want_sync(self.applied_seq)
 
     def get_timer(self) -> float | None:
