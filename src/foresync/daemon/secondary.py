@@ -353,7 +353,7 @@ class SecondarySite:
                  "(extents whose checksums match are skipped)", hello.volume_id.hex())
 
     def _end_of_batch(self) -> None:
-        self.core.end_of_batch()
+        self._driver.end_of_batch()
         self.pump()
         self._maybe_commit()
 

@@ -264,18 +264,38 @@ class SecondaryDriver(_Driver[SecondaryCore, SecondaryEffects]):
         if self._running:
             return False
         ended = self.core.write_now(message, now=now)
-        if ended is False:
-            return False
-        if ended is not True:
+        if ended is True or ended is False:
+            return ended
+        if len(ended) == 1:  # most zipf writes: no neighbour in the pass (``_write_run``, inline)
+            write = ended[0]
             try:
-                if len(ended) == 1:  # most zipf writes: no neighbour in the pass
-                    write = ended[0]
-                    self._effects.write_data(write.offset, write.data, write.seq)
-                else:
-                    self._effects.write_run(tuple(ended))
+                self._effects.write_data(write.offset, write.data, write.seq)
             except StorageError as exc:
                 self.storage_failed(wire.StorageArea.IMAGE, exc, (as_action(ended),))
+        else:
+            self._write_run(ended)
         return True
+
+    def end_of_batch(self) -> None:
+        """The adapter fed the core everything one read brought: the run it holds is written
+        now, straight from here as in ``write_now`` rather than as an action, ahead of the
+        APPLIED the core queues (``SecondaryCore.end_of_batch_run``)."""
+        if self._running:
+            self.core.end_of_batch()
+            return
+        if ended := self.core.end_of_batch_run():
+            self._write_run(ended)
+
+    def _write_run(self, ended: list[wire.Write]) -> None:
+        """Write a run that left the core (counted applied), as its actions would."""
+        try:
+            if len(ended) == 1:
+                write = ended[0]
+                self._effects.write_data(write.offset, write.data, write.seq)
+            else:
+                self._effects.write_run(tuple(ended))
+        except StorageError as exc:
+            self.storage_failed(wire.StorageArea.IMAGE, exc, (as_action(ended),))
 
     def storage_failed(self, area: wire.StorageArea, error: StorageError,
                        unfinished: Sequence[SecondaryAction] = ()) -> None:

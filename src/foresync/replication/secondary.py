@@ -113,7 +113,7 @@ from foresync.replication.actions import (
 from foresync.replication.admission import geometry_problems
 from foresync.replication.liveness import Due, Liveness
 from foresync.replication.set_progress import SetProgress
-from foresync.replication.write_runs import HeldRun, as_action
+from foresync.replication.write_runs import RUN_MAX_BYTES, RUN_MAX_WRITES, as_action
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -211,7 +211,11 @@ class SecondaryCore:
         self.failed = False  # a write failed in this session: act on nothing until the next one
         self.storage_errors = 0
         self.failed_extents: set[int] = set()  # dropped or failed writes: stale until resynced
-        self._run = HeldRun()  # adjacent hot-path WRITEs not yet applied (write_runs.py)
+        # Adjacent hot-path WRITEs held, not yet applied (write_runs.py): where the next one
+        # would start, and their bytes. Plain attributes: this is the per-write path.
+        self._run: list[wire.Write] = []
+        self._run_end = 0
+        self._run_bytes = 0
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -290,21 +294,35 @@ class SecondaryCore:
                 or (self.resyncing and self.protect_image)):
             return False
         length = len(message.data)
-        self._check_range(message.offset, length)
+        offset = message.offset
+        if offset < 0 or offset + length > self.size:
+            self._check_range(offset, length)
         run = self._run
         if self.faults.run_counted_applied_before_written:
             self._count_applied(message.seq, 1, length)  # deliberately wrong: see faults.py
-        if not run or run.joins(message, length) or self.faults.run_joins_non_adjacent_write:
-            run.add(message, length)
+        if not run or ((offset == self._run_end or self.faults.run_joins_non_adjacent_write)
+                       and len(run) < RUN_MAX_WRITES and self._run_bytes + length <= RUN_MAX_BYTES):
+            run.append(message)
+            self._run_end = offset + length
+            self._run_bytes += length
             return True
-        ended = self._end_run()
-        run.add(message, length)
-        return ended
+        # The held run leaves the core (``_end_run``, inline: most zipf writes take this way).
+        self._run = [message]
+        if not self.faults.run_counted_applied_before_written:
+            seq = run[-1].seq
+            if seq > self.applied_seq:
+                self.applied_seq = seq
+            self.writes_applied += len(run)
+            self.bytes_applied += self._run_bytes
+        self._run_end = offset + length
+        self._run_bytes = length
+        return run
 
     def _end_run(self) -> list[wire.Write]:
         """The held writes leave the core, in order: from now on they count as applied."""
-        nbytes = self._run.nbytes
-        writes = self._run.take()
+        writes = self._run
+        self._run = []
+        nbytes, self._run_bytes = self._run_bytes, 0
         if not self.faults.run_counted_applied_before_written:
             self._count_applied(writes[-1].seq, len(writes), nbytes)
         return writes
@@ -405,7 +423,7 @@ class SecondaryCore:
         self.storage_errors += 1
         if self.faults.secondary_write_error_ignored:
             return  # deliberately wrong: see faults.py
-        held = [as_action(self._run.take())] if self._run else []
+        held = [as_action(self._end_run())] if self._run else []
         dropped = [*unfinished, *(effect for _, _, effect in self._pending if effect is not None),
                    *self._actions, *held]
         journal: list[Action] = []
@@ -448,6 +466,29 @@ class SecondaryCore:
         applied (the window)."""
         if self._run:
             self._issue_run()
+        self._report_applied()
+
+    def end_of_batch_run(self) -> list[wire.Write]:
+        """``end_of_batch``, but the held run comes back, counted applied, for the adapter to
+        write at once, before the APPLIED this queues (``SecondaryDriver.end_of_batch``: one
+        call per receive pass). None held, or actions waiting: as ``end_of_batch``."""
+        run = self._run
+        if not run or self._actions or self.faults.run_counted_applied_before_written:
+            self.end_of_batch()
+            return []
+        self._run = []  # ``_end_run``, inline
+        seq = run[-1].seq
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+        self.writes_applied += len(run)
+        self.bytes_applied += self._run_bytes
+        self._run_bytes = 0
+        if not self.failed and self.applied_seq > self._reported_applied:  # _report_applied
+            self._reported_applied = self.applied_seq
+            self._actions.append(Send(wire.Applied(self.applied_seq)))
+        return run
+
+    def _report_applied(self) -> None:
         if self.failed:
             return
         if self.applied_seq > self._reported_applied:

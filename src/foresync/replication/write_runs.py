@@ -5,8 +5,8 @@ completed, and a sequential stream brings several WRITEs per read, each starting
 before it ended. Written one by one they cost a ``pwrite`` each (1.44-1.52 us per 4 KiB on this
 box); as one ``os.pwritev`` 0.88-0.91 us each (8 adjacent 4 KiB writes, docs/benchmarks.md).
 
-The core (``SecondaryCore.write_now``, the hot path) holds such writes in a ``HeldRun`` instead of
-handing each to the adapter at once. A held write is not applied: it counts (``applied_seq``,
+The core (``SecondaryCore.write_now``, the hot path) holds such writes in a run instead of handing
+each to the adapter at once. A held write is not applied: it counts (``applied_seq``,
 APPLIED, the watermark) only when the run ends and leaves the core, in order, ahead of anything
 that depends on it:
 
@@ -14,6 +14,8 @@ that depends on it:
   ``RUN_MAX_WRITES`` / ``RUN_MAX_BYTES``) ends the run, which ``write_now`` returns to the driver
   to write at once, and starts the next one: runs are written in arrival order, so an
   overlapping later write always lands after the earlier one;
+* the end of the pass (``SecondaryDriver.end_of_batch``) takes it the same way
+  (``end_of_batch_run``), before the core reports APPLIED;
 * any other input of the core (``receive``, ``end_of_batch``, ``actions``, a commit, a sync, the
   timer, a new session) ends it first, as a ``WriteData`` or ``WriteRun`` action ahead of the
   actions that input makes;
@@ -33,39 +35,6 @@ RUN_MAX_WRITES = 64
 RUN_MAX_BYTES = 1 << 20
 
 
-class HeldRun:
-    """The WRITEs held so far, back to back from the first one's offset."""
-
-    __slots__ = ("end", "nbytes", "writes")
-
-    def __init__(self) -> None:
-        self.writes: list[wire.Write] = []
-        self.end = 0  # where the next adjacent write starts
-        self.nbytes = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.writes)
-
-    def joins(self, message: wire.Write, length: int) -> bool:
-        """Whether ``message`` (``length`` bytes) extends the held run within its bounds."""
-        return (message.offset == self.end and self.nbytes + length <= RUN_MAX_BYTES
-                and len(self.writes) < RUN_MAX_WRITES)
-
-    def add(self, message: wire.Write, length: int) -> None:
-        if not self.writes:
-            self.end = message.offset
-        self.writes.append(message)
-        self.end += length
-        self.nbytes += length
-
-    def take(self) -> list[wire.Write]:
-        """The held writes, in order; the run is empty afterwards."""
-        writes = self.writes
-        self.writes = []
-        self.nbytes = 0
-        return writes
-
-
 def as_action(writes: list[wire.Write]) -> WriteData | WriteRun:
     """The action that writes a run: one write as a plain ``WriteData``."""
     if len(writes) == 1:
@@ -73,6 +42,3 @@ def as_action(writes: list[wire.Write]) -> WriteData | WriteRun:
         return WriteData(write.offset, write.data, write.seq)
     return WriteRun(tuple(writes))
 
-
-def run_bytes(writes: tuple[wire.Write, ...] | list[wire.Write]) -> int:
-    return sum(len(write.data) for write in writes)

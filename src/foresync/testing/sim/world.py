@@ -803,7 +803,7 @@ class World:
             if self.p2s[0][1][4] == _HELLO_KIND:
                 break  # a new session's first frame starts its own pass
             self._receive_p2s(s, conn, self.p2s.popleft()[1])
-        s.core.end_of_batch()
+        s.driver.end_of_batch()
 
     def _receive_p2s(self, s: _Secondary, conn: int, frame: bytes) -> None:
         (message,) = wire.FrameDecoder().feed(frame)
