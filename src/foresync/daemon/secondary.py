@@ -354,8 +354,7 @@ class SecondarySite:
 
     def _end_of_batch(self) -> None:
         self._driver.end_of_batch()
-        self.pump()
-        self._maybe_commit()
+        self.pump()  # starts the group commit too (_maybe_commit): once per pass, not twice
 
     # -- actions ----------------------------------------------------------------------------------
 
