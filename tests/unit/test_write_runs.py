@@ -3,6 +3,8 @@ them, the driver writes each as one call, and nothing counts as applied before i
 
 from __future__ import annotations
 
+import tracemalloc
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -286,3 +288,47 @@ def test_any_passes_leave_the_image_of_the_writes_in_order(
         _pass(core, driver, effects, messages)
     assert effects.image == expected
     assert core.applied_seq == seq and core.writes_applied == len(effects.sent_seqs)
+
+
+def test_the_receive_path_with_runs_keeps_nothing_after_a_pass() -> None:
+    """tracemalloc, the whole secondary receive path (decoder, core, driver) over sequential
+    4 KiB writes: a pass holds its run only until ``end_of_batch``, and a written run keeps
+    nothing; while a pass is decoded the peak is what was read, its writes and the scratch
+    buffer. A core that kept written runs (or their data) would fail."""
+    size, per_read, reads = 4096, 16, 32
+    core = SecondaryCore(per_read * reads * size, 1 << 20, 0, VOLUME, RecordState())
+    effects = _Image()
+    effects.image = bytearray()  # the data goes nowhere: what stays is the path's own
+    effects.write_data = lambda offset, data, seq: None  # type: ignore[method-assign]
+    effects.write_run = lambda writes: effects.calls.append(("write_run", len(writes)))  # type: ignore[method-assign]
+    driver = SecondaryDriver(core, effects)
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, VOLUME,
+                            per_read * reads * size, 1 << 20, 1, (1,)))
+    driver()
+    decoder = wire.FrameDecoder()
+    reads_bytes = [b"".join(wire.encode_frame(wire.Write(seq, seq * size, 0, 0, (), bytes([seq % 251]) * size))
+                            for seq in range(n * per_read, (n + 1) * per_read)) for n in range(reads)]
+    effects.calls.clear()
+    tracemalloc.start()
+    try:
+        base = peak_over = 0
+        for n, chunk in enumerate(reads_bytes):
+            if n == 1:  # the scratch buffer and the first pass's one-off allocations made
+                base, _ = tracemalloc.get_traced_memory()
+            with decoder.get_buffer() as view:
+                view[: len(chunk)] = chunk
+            decoder.buffer_updated(len(chunk))
+            for message in decoder.next_messages():
+                assert type(message) is wire.Write and driver.write_now(message)
+            driver.end_of_batch()
+            driver()
+            _, peak = tracemalloc.get_traced_memory()
+            if n:
+                peak_over = max(peak_over, peak - base)
+            tracemalloc.reset_peak()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [call[1] for call in effects.calls if call[0] == "write_run"] == [per_read] * reads
+    assert after - base < 4096, after - base  # nothing kept per pass (counters, a list or two)
+    assert peak_over < 3 * per_read * (size + 300), peak_over  # a read, its writes, slack
