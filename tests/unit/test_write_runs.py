@@ -4,6 +4,7 @@ them, the driver writes each as one call, and nothing counts as applied before i
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -112,7 +113,7 @@ def _w(seq: int, offset: int, length: int = 8, flags: int = 0) -> wire.Write:
 
 
 def _pass(core: SecondaryCore, driver: SecondaryDriver, effects: _Image,
-          messages: list[wire.Message]) -> None:
+          messages: Sequence[wire.Message]) -> None:
     """One receive pass as SecondarySite._on_message and _end_of_batch run it."""
     for message in messages:
         if type(message) is wire.Write:
