@@ -104,6 +104,13 @@ class Faults:
     # not a hit now (a miss, or one behind an in-flight miss on its extents) in its WRITES frame
     # as a hit, sent and applied at once, instead of ending the run there
     batch_carries_non_hit: bool = False
+    # replication/write_runs.py: held adjacent WRITEs count as applied when they join the run,
+    # and the run is written at the end of the receive pass, behind the messages after it: a
+    # later write to the same blocks lands first and the older data overwrites it (issue 15)
+    run_counted_applied_before_written: bool = False
+    # replication/write_runs.py: a WRITE joins the held run whether or not it starts where the
+    # run ends, so the one pwritev puts its data at the wrong offset (issue 15)
+    run_joins_non_adjacent_write: bool = False
 
 
 NO_FAULTS = Faults()

@@ -169,7 +169,7 @@ def test_seeds_exercise_faults() -> None:
     roll back resyncs, verify and meet strangers, or they prove little."""
     crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
     reports = rollbacks = undo_failures = verifies = differences = torn_writes = lost_writes = 0
-    split_brains = resumed = lease_promotions = routed = data_full_compares = write_groups = 0
+    split_brains = resumed = lease_promotions = routed = data_full_compares = write_groups = write_runs = 0
     failures = {"primary": 0, "secondary": 0, "journal": 0}
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
@@ -195,6 +195,7 @@ def test_seeds_exercise_faults() -> None:
         routed += world.routed
         data_full_compares += world.data_full_compares
         write_groups += world.write_groups_sent
+        write_runs += world.write_runs
         for where, count in world.write_failures.items():
             failures[where] += count
     assert crashes > 10
@@ -216,6 +217,7 @@ def test_seeds_exercise_faults() -> None:
     assert routed > 200, "link connections were rarely routed to a volume (issue 16)"
     assert data_full_compares > 40, "data files were rarely swapped or replaced under metadata"
     assert write_groups > 40, "host writes rarely went as a WRITES group (issue 15)"
+    assert write_runs > 40, "the secondary rarely wrote a run of adjacent WRITEs as one (issue 15)"
 
 
 @pytest.mark.parametrize("fault", sorted(set(Faults.__dataclass_fields__) - OBJECT_FAULTS - GROUP_FAULTS))

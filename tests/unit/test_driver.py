@@ -67,6 +67,11 @@ class _Recorder:
             raise StorageError("no space", Errno.ENOSPC)
         self._note("write_data", offset, seq)
 
+    def write_run(self, writes: tuple[wire.Write, ...]) -> None:
+        if self.full:
+            raise StorageError("no space", Errno.ENOSPC)
+        self._note("write_run", writes[0].offset, tuple(write.seq for write in writes))
+
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
         self._note("zero_data", offset, length)
 

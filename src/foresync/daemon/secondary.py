@@ -60,6 +60,7 @@ from foresync.replication.driver import SecondaryDriver
 from foresync.replication.resync_watch import ResyncWatch
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.storage.backend import ImageBackend
+from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
 
 log = logging.getLogger(__name__)
@@ -340,6 +341,7 @@ class SecondarySite:
             # Link loss is a WARNING (issue 17), except when this site ends it to change role.
             log.log(logging.INFO if self._promoting else logging.WARNING,
                     "link: primary disconnected (%s)", reason)
+            self.pump()  # writes its last pass held, if it ended without end_of_batch (damage)
             self._note_link()
 
     def _adopt_identity(self, hello: wire.Hello) -> None:
@@ -351,9 +353,8 @@ class SecondarySite:
                  "(extents whose checksums match are skipped)", hello.volume_id.hex())
 
     def _end_of_batch(self) -> None:
-        self.core.end_of_batch()
-        self.pump()
-        self._maybe_commit()
+        self._driver.end_of_batch()
+        self.pump()  # starts the group commit too (_maybe_commit): once per pass, not twice
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -389,6 +390,16 @@ class SecondarySite:
 
     def write_data(self, offset: int, data: bytes, seq: int) -> None:
         self.backend.write(offset, data)
+
+    def write_run(self, writes: tuple[wire.Write, ...]) -> None:
+        parts = [write.data for write in writes]
+        if type(self.backend) is FileBackend:
+            self.backend.write_parts(writes[0].offset, parts)
+            return
+        offset = writes[0].offset
+        for part in parts:  # another backend (a consistency group's): one call per write
+            self.backend.write(offset, part)
+            offset += len(part)
 
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
         self.backend.zero(offset, length, punch, False)

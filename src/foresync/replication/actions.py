@@ -107,6 +107,14 @@ class WriteData:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteRun:
+    """Adjacent WRITEs, back to back from the first one's offset, written as one
+    (``os.pwritev``; replication/write_runs.py): two or more, in seq order."""
+
+    writes: tuple[wire.Write, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ZeroData:
     offset: int
     length: int
@@ -161,5 +169,5 @@ class CloseLink:
     reason: str
 
 
-SecondaryAction = (Send | JournalAppend | WriteData | ZeroData | SyncData | ResyncStarted | ResyncFinished
+SecondaryAction = (Send | JournalAppend | WriteData | WriteRun | ZeroData | SyncData | ResyncStarted | ResyncFinished
           | HashExtents | SaveUndo | CloseLink | LinkFailed)

@@ -24,6 +24,12 @@ without that: in the durable record (a hit, or a miss whose ADD was committed be
 or in the primary's out-of-sync set (a miss or range never answered, or anything not yet durable
 here in async mode). Until the next connection nothing the primary sends is acted on.
 
+Held writes (write_runs.py, issue 15): the hot path (``write_now``) holds adjacent plain WRITEs
+of one receive pass in a run the adapter writes as one ``pwritev``. A held write is not applied
+yet: it counts (``applied_seq``, APPLIED, the watermark) only once its run leaves the core, in
+order, either handed to the driver by the write that ends it or as the first action of the next
+other input (``end_of_batch``, ``receive``, ``actions`` ...). A storage failure drops it.
+
 Liveness (liveness.py): from ``session_reset`` (a primary's HELLO admitted) to ``session_ended``
 (the connection closed), every frame from the primary counts, the hot path's included; a primary
 silent for ``timeout_s`` (it PINGs every heartbeat) is gone: ``handle_timer`` ends the link with
@@ -99,11 +105,15 @@ from foresync.replication.actions import (
     WriteData as WriteData,
 )
 from foresync.replication.actions import (
+    WriteRun as WriteRun,
+)
+from foresync.replication.actions import (
     ZeroData as ZeroData,
 )
 from foresync.replication.admission import geometry_problems
 from foresync.replication.liveness import Due, Liveness
 from foresync.replication.set_progress import SetProgress
+from foresync.replication.write_runs import RUN_MAX_BYTES, RUN_MAX_WRITES, as_action
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
@@ -201,10 +211,17 @@ class SecondaryCore:
         self.failed = False  # a write failed in this session: act on nothing until the next one
         self.storage_errors = 0
         self.failed_extents: set[int] = set()  # dropped or failed writes: stale until resynced
+        # Adjacent hot-path WRITEs held, not yet applied (write_runs.py): where the next one
+        # would start, and their bytes. Plain attributes: this is the per-write path.
+        self._run: list[wire.Write] = []
+        self._run_end = 0
+        self._run_bytes = 0
 
     # -- inputs ----------------------------------------------------------------------------------
 
     def actions(self) -> list[Action]:
+        if self._run:
+            self._issue_run()
         out, self._actions = self._actions, []
         return out
 
@@ -212,6 +229,8 @@ class SecondaryCore:
         if now is not None:
             self.now = now
         self._liveness.frame_received(self.now)
+        if self._run and not self.faults.run_counted_applied_before_written:
+            self._issue_run()  # the held writes came first: they go first
         if self.failed:
             return  # the session failed: nothing more is applied or answered (see storage_failed)
         match message:
@@ -259,13 +278,15 @@ class SecondaryCore:
             case _:
                 raise RemoteProtocolError(f"secondary got unexpected {type(message).__name__}")
 
-    def write_now(self, message: wire.Write, *, now: float | None = None) -> bool:
+    def write_now(self, message: wire.Write, *, now: float | None = None) -> bool | list[wire.Write]:
         """The common WRITE in one call, without actions (the hot path): no flags (not a miss,
         resync or sync-mode write), no removals, nothing queued before it (no action not yet
-        carried out, no effect waiting for the journal) and no undo to save. True: it counts
-        as applied, and the adapter writes its data now, before anything else. False: nothing
-        changed, use ``receive()``. The effect is the same as ``receive()``'s, the frame
-        counting for liveness included, whichever is returned."""
+        carried out, no effect waiting for the journal) and no undo to save. False: nothing
+        changed, use ``receive()``. Otherwise the write is held, not yet applied, in a run of
+        adjacent writes that is written as one (write_runs.py): True, or, when this write
+        does not extend the held run, the writes of that run, which now count as applied and
+        which the adapter writes at once, before anything else. The frame counts for
+        liveness whichever is returned."""
         if now is not None:
             self.now = now
         self._liveness.frame_received(self.now)
@@ -273,12 +294,48 @@ class SecondaryCore:
                 or (self.resyncing and self.protect_image)):
             return False
         length = len(message.data)
-        self._check_range(message.offset, length)
-        if message.seq > self.applied_seq:
-            self.applied_seq = message.seq
-        self.writes_applied += 1
-        self.bytes_applied += length
-        return True
+        offset = message.offset
+        if offset < 0 or offset + length > self.size:
+            self._check_range(offset, length)
+        run = self._run
+        if self.faults.run_counted_applied_before_written:
+            self._count_applied(message.seq, 1, length)  # deliberately wrong: see faults.py
+        if not run or ((offset == self._run_end or self.faults.run_joins_non_adjacent_write)
+                       and len(run) < RUN_MAX_WRITES and self._run_bytes + length <= RUN_MAX_BYTES):
+            run.append(message)
+            self._run_end = offset + length
+            self._run_bytes += length
+            return True
+        # The held run leaves the core (``_end_run``, inline: most zipf writes take this way).
+        self._run = [message]
+        if not self.faults.run_counted_applied_before_written:
+            seq = run[-1].seq
+            if seq > self.applied_seq:
+                self.applied_seq = seq
+            self.writes_applied += len(run)
+            self.bytes_applied += self._run_bytes
+        self._run_end = offset + length
+        self._run_bytes = length
+        return run
+
+    def _end_run(self) -> list[wire.Write]:
+        """The held writes leave the core, in order: from now on they count as applied."""
+        writes = self._run
+        self._run = []
+        nbytes, self._run_bytes = self._run_bytes, 0
+        if not self.faults.run_counted_applied_before_written:
+            self._count_applied(writes[-1].seq, len(writes), nbytes)
+        return writes
+
+    def _issue_run(self) -> None:
+        """End the held run ahead of the actions the current input makes."""
+        self._actions.append(as_action(self._end_run()))
+
+    def _count_applied(self, seq: int, writes: int, nbytes: int) -> None:
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+        self.writes_applied += writes
+        self.bytes_applied += nbytes
 
     def session_started(self, facts: SessionFacts) -> None:
         """A primary's HELLO was admitted: the site's facts for this session's WELCOME."""
@@ -304,6 +361,8 @@ class SecondaryCore:
         so far, and any mix of those landing while it read: each byte then either holds what the
         primary has now or is overwritten by a write still on the ordered stream). They go out in
         order after the WELCOME, never before it."""
+        if self._run:
+            self._issue_run()
         if not self.greeted or self.failed or not self.checksums:
             return  # that session is over (the adapter's hashing stops with its connection)
         self._effect(0, 0, Send(wire.Checksums(first, hashes)))
@@ -332,6 +391,8 @@ class SecondaryCore:
         ``timeout_s`` (liveness.py)."""
         if now is not None:
             self.now = now
+        if self._run:
+            self._issue_run()  # written in order, whoever hears of them (see above)
         self._liveness.start(self.now)
         # HASHES answer the old connection's VERIFY too: the new one never asked (issue 13).
         self._pending = deque((needs, seq, None if isinstance(effect, Send | HashExtents) else effect)
@@ -362,13 +423,18 @@ class SecondaryCore:
         self.storage_errors += 1
         if self.faults.secondary_write_error_ignored:
             return  # deliberately wrong: see faults.py
+        held = [as_action(self._end_run())] if self._run else []
         dropped = [*unfinished, *(effect for _, _, effect in self._pending if effect is not None),
-                   *self._actions]
+                   *self._actions, *held]
         journal: list[Action] = []
         for action in dropped:
             match action:
                 case WriteData(offset, data):
                     self.failed_extents.update(extents_of(offset, len(data), self.extent_size))
+                case WriteRun(writes):
+                    for write in writes:
+                        self.failed_extents.update(extents_of(write.offset, len(write.data),
+                                                              self.extent_size))
                 case ZeroData(offset, length):
                     self.failed_extents.update(extents_of(offset, length, self.extent_size))
                 case SyncData():
@@ -396,7 +462,33 @@ class SecondaryCore:
         self._actions.append(CloseLink(reason))
 
     def end_of_batch(self) -> None:
-        """The adapter has fed everything it read: report how far we applied (the window)."""
+        """The adapter has fed everything it read: write what it held, and report how far we
+        applied (the window)."""
+        if self._run:
+            self._issue_run()
+        self._report_applied()
+
+    def end_of_batch_run(self) -> list[wire.Write]:
+        """``end_of_batch``, but the held run comes back, counted applied, for the adapter to
+        write at once, before the APPLIED this queues (``SecondaryDriver.end_of_batch``: one
+        call per receive pass). None held, or actions waiting: as ``end_of_batch``."""
+        run = self._run
+        if not run or self._actions or self.faults.run_counted_applied_before_written:
+            self.end_of_batch()
+            return []
+        self._run = []  # ``_end_run``, inline
+        seq = run[-1].seq
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+        self.writes_applied += len(run)
+        self.bytes_applied += self._run_bytes
+        self._run_bytes = 0
+        if not self.failed and self.applied_seq > self._reported_applied:  # _report_applied
+            self._reported_applied = self.applied_seq
+            self._actions.append(Send(wire.Applied(self.applied_seq)))
+        return run
+
+    def _report_applied(self) -> None:
         if self.failed:
             return
         if self.applied_seq > self._reported_applied:
@@ -418,12 +510,16 @@ class SecondaryCore:
         before its fdatasync) are durable. Appends made while it ran wait for the next one."""
         if self.faults.added_before_group_commit_durable:
             through = self._appended  # deliberately wrong: see faults.py
+        if self._run:
+            self._issue_run()
         if through > self._synced:
             self.journal_commits += 1
         self._synced = max(self._synced, through)
         self._release()
 
     def data_synced(self, through: int) -> None:
+        if self._run:
+            self._issue_run()
         self._sync_inflight = 0
         self.durable_seq = max(self.durable_seq, through)
         if not self.failed:
@@ -437,11 +533,16 @@ class SecondaryCore:
 
     def request_durable(self) -> None:
         """The watermark timer: make what is applied durable, if anything new is."""
+        if self._run:
+            self._issue_run()
         self._want_sync(self.applied_seq)
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must run next, or None while everything applied is durable and
-        no session is up: the next watermark, or the link's timeout (liveness.py)."""
+        no session is up: the next watermark, or the link's timeout (liveness.py). Writes still
+        held (write_runs.py: the adapter fed no ``end_of_batch``) are due at once."""
+        if self._run:
+            return self.now
         work = self._watermark_at if self.applied_seq > self.durable_seq else None
         link = self._liveness.deadline()
         if link is None or (work is not None and work < link):
@@ -453,6 +554,8 @@ class SecondaryCore:
         durable (``request_durable``). And a primary silent for ``timeout_s`` is gone: end
         the link (``LinkFailed``)."""
         self.now = now
+        if self._run:
+            self._issue_run()
         if now >= self._watermark_at:
             self._watermark_at = now + self.watermark_interval_s
             self.request_durable()

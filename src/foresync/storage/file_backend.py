@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Sequence
 
 from foresync.errors import ConfigError, StorageError
 from foresync.geometry import AllocationFlag, Extent
@@ -141,6 +142,18 @@ class FileBackend:
                     view = view[written:]
         except OSError as exc:
             raise StorageError.from_os(f"write at {offset} failed", exc) from exc
+
+    def write_parts(self, offset: int, parts: Sequence[bytes]) -> None:
+        """``write`` of ``parts`` back to back from ``offset``, in one ``os.pwritev`` (the
+        secondary's runs of adjacent writes, issue 15: 0.88-0.91 us per 4 KiB part against
+        1.44-1.52 us per ``pwrite``)."""
+        try:
+            written = os.pwritev(self.fd, parts, offset)
+        except OSError as exc:
+            raise StorageError.from_os(f"write at {offset} failed", exc) from exc
+        total = sum(map(len, parts))
+        if written != total:  # after a short write, the rest
+            self.write(offset + written, b"".join(parts)[written:])
 
     def flush(self) -> None:
         try:

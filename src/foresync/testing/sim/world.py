@@ -117,6 +117,11 @@ TIMEOUT_S = 0.5
 CHECKPOINT_EVERY_ENTRIES = 24  # far fewer than the daemon's, so checkpoints happen often
 
 
+# Frames a receive pass takes beyond its first (drawn per pass): a read on the real link brings
+# several, and the secondary's hot path holds adjacent WRITEs among them (write_runs.py).
+_PASS_EXTRA_FRAMES = (0, 0, 0, 1, 2, 4, 7)
+_HELLO_KIND = int(wire.MessageType.HELLO)  # a frame's type: its fifth byte (wire.FRAME_HEADER)
+
 class SimFailure(Exception):
     """An invariant did not hold. Carries the seed and the event schedule that led there."""
 
@@ -274,6 +279,15 @@ class _Secondary:
         self.world.simage.write(offset, data)
         self.world._track_apply(seq, offset, data)
 
+    def write_run(self, writes: tuple[wire.Write, ...]) -> None:
+        # As SecondarySite: one pwritev, the parts back to back from the first write's offset
+        # (a partial write on a full disk stops at the part that failed).
+        self.world.write_runs += 1
+        offset = writes[0].offset
+        for write in writes:
+            self.write_data(offset, write.data, write.seq)
+            offset += len(write.data)
+
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
         self._check_save_order(offset, length, seq)
         self.world._note_overwrite(offset, length)
@@ -394,6 +408,7 @@ class World:
         self.routed = 0  # link connections handed to a volume in the routing world of this seed
         self.data_full_compares = 0  # starts refused for another data file (sim/data_files.py)
         self.write_groups_sent = 0  # WRITES frames: groups of host writes sent as one (issue 15)
+        self.write_runs = 0  # runs of adjacent WRITEs the secondary wrote as one (write_runs.py)
         self.split_brains = 0
         self.discarding = {"A": False, "B": False}  # resolve --discard-local until a pass ends
         self.meta_roles = {"A": "primary", "B": "secondary"}  # as each site's metadata says
@@ -811,13 +826,25 @@ class World:
             self._op_version[op.op_id] = version
 
     def _ev_deliver_p2s(self) -> None:
+        """One receive pass of the secondary: a frame, often with the frames behind it on the
+        same connection (a read brings several; the hot path holds adjacent WRITEs among them
+        and writes them as one, write_runs.py), then ``end_of_batch``."""
         conn, frame = self.p2s.popleft()
         s = self.secondary
         if s is None or conn != self.conn:
             return
+        self._receive_p2s(s, conn, frame)
+        for _ in range(self.rng.choice(_PASS_EXTRA_FRAMES)):
+            if not self.p2s or self.p2s[0][0] != conn or self.secondary is not s or s.conn != conn:
+                break
+            if self.p2s[0][1][4] == _HELLO_KIND:
+                break  # a new session's first frame starts its own pass
+            self._receive_p2s(s, conn, self.p2s.popleft()[1])
+        s.driver.end_of_batch()
+
+    def _receive_p2s(self, s: _Secondary, conn: int, frame: bytes) -> None:
         for message in wire.FrameDecoder().feed(frame):  # a WRITES frame: its writes, in order
             self._deliver_to_secondary(s, conn, message)
-        s.core.end_of_batch()  # once per frame received, as the site does per read
 
     def _deliver_to_secondary(self, s: _Secondary, conn: int, message: wire.Message) -> None:
         if isinstance(message, wire.Hello):
@@ -828,7 +855,7 @@ class World:
             self._admit_primary(message)
         resyncing = s.core.resyncing
         try:
-            # The site's hot path (SecondaryDriver.write_now): written at once.
+            # The site's hot path (SecondaryDriver.write_now): held, or written at once.
             if not (type(message) is wire.Write and self.rng.random() < 0.8
                     and s.driver.write_now(message, self.now)):
                 s.core.receive(message, now=self.now)
@@ -1059,8 +1086,10 @@ class World:
             deliver_p2s_prefix = False  # nothing in flight arrives on a stalled connection
         if deliver_p2s_prefix and self.p2s and self.secondary is not None:
             for _ in range(self.rng.randrange(len(self.p2s) + 1)):
-                if conn != self.conn or not self.p2s:
+                if conn != self.conn:
                     return  # the secondary closed it meanwhile (a storage failure)
+                if not self.p2s:
+                    break  # a pass took several frames (_ev_deliver_p2s)
                 self._ev_deliver_p2s()
                 self._settle()
         if conn != self.conn:
