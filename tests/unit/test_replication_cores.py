@@ -1968,6 +1968,32 @@ def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_onc
     assert any(isinstance(m, wire.Sync) for m in h.sent), h.sent
 
 
+def test_misses_ask_for_the_early_watermark_once_per_answer() -> None:
+    """Asked on every miss under the high mark, the early watermark kept the secondary's image
+    fdatasync running back to back beside the journal commits misses wait for (flushes.py,
+    request_early): a SYNC is asked again only once the last one is answered, and a local flush
+    only once none is in flight."""
+    h = _Recording(capacity=16, lookahead=0, extents=24)  # free-slot marks: low 1, high 2
+    h.connect()
+    for extent in range(13):
+        h.write(extent * h.extent_size, 4)
+        h.deliver_to_secondary()
+        h.run_io()
+        h.deliver_to_primary()
+    h.sent.clear()
+    flushes_before = len(h.flushes)
+    for extent in (13, 14, 15):  # free slots 2, 1, 0 after them: the last two are under the mark
+        h.write(extent * h.extent_size, 4)
+    syncs = [m for m in h.sent if isinstance(m, wire.Sync)]
+    assert syncs == [wire.Sync(15)], h.sent
+    assert len(h.flushes) == flushes_before + 1
+    h.deliver_to_secondary()
+    h.run_io()
+    h.deliver_to_primary()  # ADDEDs and the DURABLE that answers SYNC 15
+    h.write(16 * h.extent_size, 4)  # evicts a clean extent and leaves no slot free: asks again
+    assert [m for m in h.sent if isinstance(m, wire.Sync)] == [wire.Sync(15), wire.Sync(17)], h.sent
+
+
 # -- time: get_timer / handle_timer ------------------------------------------------------------------
 
 

@@ -1002,9 +1002,11 @@ class PrimaryCore:
         self._reservations.reserve(op, budget, self._reservations.for_miss(op.extents, budget))
         if self.record.free() < self._high_free:
             # Clean slots run short: ask for the watermark now rather than at the next tick, so
-            # the extents written so far turn clean before the next miss needs room (issue 14).
-            self._request_sync()
-            self._request_flush()
+            # the extents written so far turn clean before the next miss needs room (issue 14);
+            # one request in flight per site (flushes.py: request_early).
+            self._flushes.request_early(
+                self._order.applied_prefix,
+                self._order.next_seq - 1 if self.link is LinkState.CONNECTED else None)
         flags = _MISS | (_DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
