@@ -194,6 +194,15 @@ class PrimaryStatistics:
     # hits (in record_hits) whose extents a miss in flight was adding when they arrived: they
     # waited for its ADDED, up to a round trip, like a miss (issue 14)
     record_writes_behind_add: int = 0
+    # Where a miss's time goes (issue 14), in seconds summed over the misses answered: from its
+    # MISS to its ADDED (the round trip and the secondary's journal commit), and from its arrival
+    # to its MISS (room in the record, an earlier op on its extents, the window); and what the
+    # writes behind an ADD waited for it. Their mean against the link's RTT says what a miss
+    # costs beyond its own round trip.
+    record_misses_answered: int = 0
+    record_miss_round_trip_s: float = 0.0
+    record_miss_queued_s: float = 0.0
+    record_behind_add_waited_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -209,6 +218,10 @@ class _Counters:
     room_waits: int = 0  # misses that found no room and waited for the watermark
     add_waits: int = 0  # writes that waited for the ADDED of a miss in flight, then hit
     writes_behind_add: int = 0  # of the hits: those that had waited so (counted as they go)
+    misses_answered: int = 0  # misses whose ADDED came (PrimaryStatistics: the timing sums)
+    miss_round_trip_s: float = 0.0
+    miss_queued_s: float = 0.0
+    behind_add_waited_s: float = 0.0
 
 
 class PrimaryCore:
@@ -749,7 +762,9 @@ class PrimaryCore:
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain,
             self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead,
-            self.counters.writes_behind_add)
+            self.counters.writes_behind_add, self.counters.misses_answered,
+            self.counters.miss_round_trip_s, self.counters.miss_queued_s,
+            self.counters.behind_add_waited_s)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -868,6 +883,7 @@ class PrimaryCore:
     def _submit(self, op: Op) -> None:
         self.counters.writes += 1
         op.waiting_since = 0.0
+        op.arrived_at = self.now
         self._queue.append(op)
         self._pump()
 
@@ -920,6 +936,7 @@ class PrimaryCore:
             self.counters.hits += 1
             if op.behind_add:
                 self.counters.writes_behind_add += 1
+                self.counters.behind_add_waited_s += self.now - op.arrived_at
             if not (op.sequential and self._send_read_ahead(op)):  # sequential: lookahead only
                 self._send_plain(op, _DURABLE if mode is Mode.SYNC else 0)
             return True
@@ -996,6 +1013,8 @@ class PrimaryCore:
         self.record.evict(evict)
         self._free_slots.miss_sent()
         self.counters.misses += 1
+        self.counters.miss_queued_s += self.now - op.arrived_at
+        op.sent_at = self.now
         self._assign_seq(op)
         self._misses[op.seq] = op
         op.to(OpEvent.SEND_AWAIT)
@@ -1130,6 +1149,9 @@ class PrimaryCore:
         if ahead is not None:
             return  # receive() pumps: writes waiting for these extents now go as hits
         invariant(op.is_range or self.record.covers(op.extents), "ADDED did not cover the write")
+        if not op.is_range:
+            self.counters.misses_answered += 1
+            self.counters.miss_round_trip_s += self.now - op.sent_at
         if op.seq not in self._durable_waits:
             op.to(OpEvent.REMOTE_OK)
         self._try_apply(op)
