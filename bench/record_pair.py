@@ -23,6 +23,12 @@ unless given.
    at 1/4, >= 0.8 at 1/16. ``--trace-requests`` caps a trace's prefix (the same prefix in every
    cell of that trace).
 
+3. Where a miss's time went, from the primary's /status (means of ``record_miss_round_trip_s``,
+   ``record_miss_queued_s`` and ``record_behind_add_waited_s``) against the link's RTT, and the
+   CPU seconds each process (primary, secondary, proxy) used per 1,000 writes; and for each
+   trace cell, the most lookahead / async could be for that trace's flushes and inherent misses
+   at the run's RTT and async rate (bench/flush_bound.py), and the measured ratio against it.
+
 Ratios mean something only within one run: the box is shared. Targets are printed, never
 enforced; a cell that fails makes the exit status 1. ``--foresync PATH`` measures another build
 (e.g. a baseline checkout with its own venv).

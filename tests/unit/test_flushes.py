@@ -96,3 +96,17 @@ def test_a_new_session_forgets_an_unanswered_sync() -> None:
     flushes.session_reset()  # the link dropped before DURABLE came
     flushes.request_early(applied_prefix=0, last_seq=3)
     assert sent == [wire.Sync(3), wire.Sync(3)]
+
+
+def test_an_added_after_the_sync_counts_as_its_answer() -> None:
+    """The secondary answers no SYNC that names only writes still waiting for its journal (it
+    clamps the seq to what it has applied), so the ADDED of a write sent after the SYNC also
+    lets the next early request ask again; one sent before it does not."""
+    flushes, _, sent = _flushes()
+    flushes.request_early(applied_prefix=0, last_seq=4)
+    flushes.on_added(3)  # a miss sent before SYNC 4: no news of the SYNC
+    flushes.request_early(applied_prefix=0, last_seq=5)
+    assert sent == [wire.Sync(4)]
+    flushes.on_added(4)
+    flushes.request_early(applied_prefix=0, last_seq=5)
+    assert sent == [wire.Sync(4), wire.Sync(5)] and flushes.remote_durable == 0

@@ -22,6 +22,10 @@ journal commits in a 7 s lookahead run at 1/4, 2,000 writes/s), and those share 
 ext4's journal, with the journal commits every miss waits for; on the primary each ask was an
 executor hop and an fdatasync. One request in flight per site loses nothing the next one would
 not bring: the answer to it covers everything asked for meanwhile up to a round trip later.
+A SYNC counts as answered at its DURABLE, or at the ADDED of a miss sent after it: the
+secondary has read the SYNC by then, and it does not answer one that names only writes still
+waiting for its journal (it clamps the seq to what it has applied, which that SYNC's own miss,
+sent just after it, is not), so a DURABLE may never come for it.
 
 Pure: the owner passes the applied prefix and the last seq in, and takes the waiters released;
 FlushLocal and SYNC go out through the ``emit`` and ``send`` callbacks.
@@ -49,7 +53,7 @@ class Flushes(Generic[W]):
         self.local_durable = 0  # every seq <= this is applied and durable here
         self.remote_durable = 0  # every seq <= this is durable on the secondary
         self.sync_requested = 0  # the last seq a SYNC asked about (this session)
-        self.sync_unanswered = False  # a SYNC went out and no DURABLE came since
+        self.sync_unanswered = False  # a SYNC went out and neither DURABLE nor a later ADDED came
         self.early_skipped = 0  # early requests not sent: one of their kind was in flight
 
     def issue(self, applied_prefix: int) -> int:
@@ -120,6 +124,11 @@ class Flushes(Generic[W]):
     def on_durable(self, seq: int) -> None:
         self.remote_durable = max(self.remote_durable, seq)
         self.sync_unanswered = False
+
+    def on_added(self, seq: int) -> None:
+        """The ADDED of write ``seq``: a SYNC sent before that write has been read (see above)."""
+        if seq >= self.sync_requested:
+            self.sync_unanswered = False
 
     def session_reset(self) -> None:
         """A new session (WELCOME): the secondary reports its watermark afresh."""

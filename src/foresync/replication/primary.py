@@ -1143,6 +1143,7 @@ class PrimaryCore:
             raise RemoteProtocolError(f"ADDED for seq {seq}, which is not a pending miss")
         budget = op.budget
         self._reservations.release(op)  # before any check: a bad ADDED must not leak it
+        self._flushes.on_added(seq)
         if len(extents) > budget:
             raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {budget}")
         self.record.add(e for e in extents if e < self.extent_count)
