@@ -13,7 +13,9 @@ prefix of the primary's write history.
   waits only for its own round trip, free slots are kept ready while misses have had to wait
   for room (free_slots.py): whenever the watermark moves and the free slots are under the low
   mark, clean extents are evicted ahead of need (their removal goes with the next MISS), and
-  predictions never take the low mark's slots.
+  predictions never take the low mark's slots. A miss that leaves fewer than the high mark free
+  asks both sites for the watermark at once, one request in flight per site (flushes.py,
+  ``request_early``). Where each miss's time went is summed in the statistics (issue 14).
 * Read-ahead (lookahead mode): a hit that continues a sequential stream (it starts where a recent
   write ended) and comes within ``lookahead // 2 + 1`` extents of the record's edge goes with MISS
   and a budget, like a miss, but the host does not wait for its ADDED: its own extents are
