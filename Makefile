@@ -71,6 +71,7 @@ bench: setup
 	$(PY) bench/objects_predict.py
 	$(PY) bench/objects_prefix_model.py
 	$(PY) bench/record_pair.py $(BENCH_ARGS_RECORD)
+	$(PY) bench/flush_bound.py --tune
 	$(PY) bench/objects_latency.py
 	$(PY) bench/volumes.py
 	$(PY) bench/link_share.py

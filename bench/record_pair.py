@@ -23,6 +23,12 @@ unless given.
    at 1/4, >= 0.8 at 1/16. ``--trace-requests`` caps a trace's prefix (the same prefix in every
    cell of that trace).
 
+3. Where a miss's time went, from the primary's /status (means of ``record_miss_round_trip_s``,
+   ``record_miss_queued_s`` and ``record_behind_add_waited_s``) against the link's RTT, and the
+   CPU seconds each process (primary, secondary, proxy) used per 1,000 writes; and for each
+   trace cell, the most lookahead / async could be for that trace's flushes and inherent misses
+   at the run's RTT and async rate (bench/flush_bound.py), and the measured ratio against it.
+
 Ratios mean something only within one run: the box is shared. Targets are printed, never
 enforced; a cell that fails makes the exit status 1. ``--foresync PATH`` measures another build
 (e.g. a baseline checkout with its own venv).
@@ -48,6 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import flush_bound  # bench/flush_bound.py
 from replication import (  # bench/replication.py: run as a script, bench/ is on sys.path
     Sites,
     SiteSettings,
@@ -61,6 +68,8 @@ from replication import (  # bench/replication.py: run as a script, bench/ is on
 )
 
 from foresync.nbd import trace
+from foresync.record.record import Eviction
+from foresync.record.replay import ReplayConfig
 from foresync.testing.processes import free_port, listening, stop_process
 from foresync.units import parse_size
 
@@ -92,6 +101,20 @@ class Cell:
     misses_received: int = 0  # MISS writes the secondary received
     journal_commits_overlapped: int = 0  # commits started beside one in flight (0 before issue 14's)
     record: str = ""  # the record's configuration, for the report
+    # Where a miss's time went, means in ms from the primary's /status (0 on a build without):
+    miss_round_trip_ms: float = 0.0  # its MISS to its ADDED
+    miss_queued_ms: float = 0.0  # its arrival to its MISS
+    behind_add_ms: float = 0.0  # what a write behind another miss's ADD waited
+    # CPU seconds each process used during the workload (utime + stime from /proc)
+    cpu_primary_s: float = 0.0
+    cpu_secondary_s: float = 0.0
+    cpu_proxy_s: float = 0.0
+    # a trace cell's record, for bench/flush_bound.py's bound (capacity 0: none, or a fio cell)
+    extent_size: int = 0
+    capacity: int = 0
+    lookahead: int = 0
+    eviction: str = ""
+    predictor: str = ""
 
     @property
     def waited_ratio(self) -> float:
@@ -148,36 +171,72 @@ def both_counters(sites: Sites) -> tuple[int, ...]:
             + counters(status(sites.ports["secondary"]["admin"]), SECONDARY_COUNTERS))
 
 
+TIMING = ("record_misses_answered", "record_miss_round_trip_s", "record_miss_queued_s",
+          "record_behind_add_waited_s", "record_writes_behind_add")
+PROCESSES = ("primary", "secondary", "proxy")
+
+
+def timing(sites: Sites) -> tuple[float, ...]:
+    """The primary's miss timing sums (0 where an older build has none), then the CPU seconds
+    of PROCESSES so far."""
+    doc = status(sites.admin_port)
+    found = doc["counters"] if doc is not None else {}
+    return (*(float(found.get(name, 0)) for name in TIMING),
+            *(cpu_seconds(sites.procs[name].pid) if name in sites.procs else 0.0 for name in PROCESSES))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timing_fields(before: tuple[float, ...], after: tuple[float, ...]) -> dict[str, float]:
+    """The Cell fields of the miss timing and CPU counted between two ``timing`` snapshots."""
+    d = [a - b for a, b in zip(after, before, strict=True)]
+    answered, round_trip, queued, behind_s, behind = d[:5]
+    return {"miss_round_trip_ms": round_trip / answered * 1e3 if answered else 0.0,
+            "miss_queued_ms": queued / answered * 1e3 if answered else 0.0,
+            "behind_add_ms": behind_s / behind * 1e3 if behind else 0.0,
+            "cpu_primary_s": d[5], "cpu_secondary_s": d[6], "cpu_proxy_s": d[7]}
+
+
 def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fraction: int,
-              block_size: int, run: Any, record: Record) -> tuple[Any, tuple[int, ...]]:
-    """Fresh prefilled sites, ``run(nbd_port)``, and the counters (COUNTERS of the primary's
-    /status, then SECONDARY_COUNTERS of the secondary's) counted meanwhile."""
+              block_size: int, run: Any, record: Record) -> tuple[Any, tuple[int, ...], dict[str, float]]:
+    """Fresh prefilled sites, ``run(nbd_port)``, the counters (COUNTERS of the primary's
+    /status, then SECONDARY_COUNTERS of the secondary's) counted meanwhile, and the miss timing
+    and CPU fields (``timing_fields``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     prefill([workdir / "primary.img", workdir / "secondary.img"], size, block_size)
     sites = Sites(args.foresync, workdir, mode, settings(args, size, fraction or 4, record), args.delay_ms)
     try:
         sites.start()
         os.sync()
-        before = both_counters(sites)
+        before, timed_before = both_counters(sites), timing(sites)
         result = run(sites.nbd_port)
-        after = both_counters(sites)
+        after, timed_after = both_counters(sites), timing(sites)
     finally:
         sites.stop()
         for image in workdir.glob("*.img"):
             image.unlink()
-    return result, tuple(a - b for a, b in zip(after, before, strict=True))
+    return (result, tuple(a - b for a, b in zip(after, before, strict=True)),
+            timing_fields(timed_before, timed_after))
 
 
 def fio_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fraction: int,
              workload: Workload, record: Record) -> Cell:
     load = os.getloadavg()[0]
-    (stats, _), counted = with_pair(
+    (stats, _), counted, timed = with_pair(
         args, workdir / name.replace(" ", "_").replace("/", "_"), mode, args.size, fraction,
         workload.block_size, lambda port: run_fio(port, workload, args.size, args.duration, args.ramp),
         record)
     pct = stats["clat_ns"]["percentile"]
     return Cell(name, mode, fraction, stats["iops"], pct["50.000000"] / 1e3, pct["99.000000"] / 1e3,
-                *counted[:2], load, *counted[2:], record=record.describe(fraction) if fraction else "")
+                *counted[:2], load, *counted[2:], record=record.describe(fraction) if fraction else "",
+                **timed)
 
 
 # -- the record foresync tune recommends for the zipf workload ------------------------------------
@@ -322,11 +381,14 @@ def trace_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fr
                path: Path, record: Record) -> Cell:
     size, requests = trace_requests(path, args.trace_requests)
     load = os.getloadavg()[0]
-    (elapsed, count), counted = with_pair(
+    (elapsed, count), counted, timed = with_pair(
         args, workdir / name.replace(" ", "_").replace("/", "_"), mode, size, fraction, 4096,
         lambda port: replay_trace(port, requests, args.trace_qd), record)
+    placed = settings(args, size, fraction or 4, record)
     return Cell(name, mode, fraction, count / elapsed, 0.0, 0.0, *counted[:2], load, *counted[2:],
-                record=record.describe(fraction) if fraction else "")
+                record=record.describe(fraction) if fraction else "", **timed,
+                extent_size=record.extent_size, capacity=placed.capacity if fraction else 0,
+                lookahead=record.lookahead, eviction=record.eviction, predictor=record.predictor)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -357,7 +419,16 @@ def cells_to_run(args: argparse.Namespace,
                 yield f"{name} lookahead 1/{fraction} tuned", "lookahead", fraction, path, tuned[name, fraction]
 
 
-def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[dict[str, Any]]:
+def inherent_bound(cell: Cell, trace_name: str, async_rate: float, rtt_ms: float, limit: int) -> float:
+    """bench/flush_bound.py's bound on lookahead / async for a trace cell's record."""
+    size, records = flush_bound.load(HERE / "workloads" / f"{trace_name}.fstrace.xz", limit)
+    config = ReplayConfig(cell.extent_size, cell.capacity, Eviction(cell.eviction), cell.lookahead,
+                          cell.predictor, rtt_ms / 1e3 + 0.005)
+    return flush_bound.simulate(size, records, config, QD, async_rate, rtt_ms / 1e3).bound
+
+
+def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str],
+           trace_limit: int = 0) -> list[dict[str, Any]]:
     by_name = {c.name: c for c in cells}
     print("\n| cell | record | IOPS | miss | waited for an ADD (m') | room waits / miss | commits / miss | p50 us | p99 us | load |")
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
@@ -366,6 +437,16 @@ def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[
         print(f"| {c.name} | {c.record or '-'} | {c.iops:,.0f} | {c.miss_ratio:.1%} | {c.waited_ratio:.1%} "
               f"| {c.room_waits / max(c.misses, 1):.1%} | {commits} | {c.p50_us:,.0f} | {c.p99_us:,.0f} "
               f"| {c.load_1m:.1f} |")
+    print(f"\nWhere a miss's time went (means from the primary's /status) against the link's RTT "
+          f"p50 ({rtt_ms:.2f} ms), and the CPU each process used per 1,000 writes:")
+    print("\n| cell | MISS to ADDED ms | beyond RTT ms | queued before its MISS ms | behind an ADD ms "
+          "| CPU ms / 1k writes: primary, secondary, proxy |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for c in cells:
+        per_k = 1e6 / max(c.writes, 1)
+        trip = f"{c.miss_round_trip_ms:.2f} | {c.miss_round_trip_ms - rtt_ms:+.2f}" if c.miss_round_trip_ms else "- | -"
+        print(f"| {c.name} | {trip} | {c.miss_queued_ms:.2f} | {c.behind_add_ms:.2f} | "
+              f"{c.cpu_primary_s * per_k:.0f}, {c.cpu_secondary_s * per_k:.0f}, {c.cpu_proxy_s * per_k:.0f} |")
     checks: list[dict[str, Any]] = []
     base, cost = by_name.get("async zipf QD16"), by_name.get("sync zipf QD1 (miss cost)")
     print("\nThe ideal for a miss ratio m is QD / (m x miss cost + (1 - m) x QD / async IOPS). Two m:"
@@ -394,6 +475,11 @@ def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str]) -> list[
                     continue
                 checks.append({"target": f"{name} 1/{fraction}{suffix}: lookahead / async",
                                "value": la.iops / asy.iops, "bound": bound})
+                if la.capacity:
+                    inherent = inherent_bound(la, name, asy.iops, rtt_ms, trace_limit)
+                    print(f"{la.name}: lookahead / async {la.iops / asy.iops:.2f}; at most "
+                          f"{inherent:.2f} for this trace's flushes and inherent misses at this RTT and "
+                          f"async rate (bench/flush_bound.py): {la.iops / asy.iops / inherent:.2f}x that")
     print("\ntargets (reported, never enforced):")
     for check in checks:
         at_most = check.get("at_most", False)
@@ -480,8 +566,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(room waits {cell.room_waits}, behind an ADD {cell.behind_add or cell.add_waits}, commits "
               f"{cell.journal_commits}/{cell.misses_received} misses, {cell.journal_commits_overlapped} "
               f"overlapped) p50 {cell.p50_us:>8,.0f} us p99 "
-              f"{cell.p99_us:>8,.0f} us load {cell.load_1m:.1f}", flush=True)
-    checks = report(cells, rtt_ms, args.traces)
+              f"{cell.p99_us:>8,.0f} us load {cell.load_1m:.1f}; MISS to ADDED {cell.miss_round_trip_ms:.2f} ms, "
+              f"queued {cell.miss_queued_ms:.2f} ms, behind an ADD {cell.behind_add_ms:.2f} ms; CPU s "
+              f"{cell.cpu_primary_s:.2f}/{cell.cpu_secondary_s:.2f}/{cell.cpu_proxy_s:.2f}", flush=True)
+    checks = report(cells, rtt_ms, args.traces, args.trace_requests)
     if args.json:
         args.json.write_text(json.dumps({"rtt_ms": rtt_ms, "cells": [asdict(c) for c in cells],
                                          "tuned": {f"{w} 1/{f}": asdict(r) for (w, f), r in tuned.items()},

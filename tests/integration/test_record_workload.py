@@ -95,3 +95,33 @@ def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_c
     assert replayed.evicted > 50
     tuned = run_tool([FORESYNC, "tune", "--trace", trace_path, "--bound", "16MiB"])
     assert "recommended (both sites):" in tuned.stdout and 'bound = "16MiB"' in tuned.stdout
+
+
+def test_a_misss_time_in_status_is_at_least_the_links_round_trip(tmp_path: Path) -> None:
+    """Issue 14: /status and /metrics say where a miss's time went. Through a proxy that delays
+    each way by 15 ms, no miss can get its ADDED sooner than 30 ms after its MISS, so the mean
+    can only be above that (a lower bound: nothing here depends on how loaded the box is)."""
+    settings = Settings(eviction="s3fifo", capacity=8, lookahead=0)
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(settings, via_proxy=True, proxy_args=("--delay-ms", "15"))
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        commands = []
+        for i in range(24):  # 24 extents through a record of 8: every first write misses
+            commands += ["-c", f"write -P 0x33 {i * MiB} 4k", "-c", f"write -P 0x34 {i * MiB + 4096} 4k"]
+        run_tool(["qemu-io", "-f", "raw", *commands, pair.nbd_url_of(pair.primary)])
+        status, _ = pair.wait_in_sync()
+        counters = status["counters"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{pair.primary.admin_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        pair.stop_both()
+        assert pair.primary.data_path.read_bytes() == pair.secondary.data_path.read_bytes()
+    assert counters["record_misses"] >= 24
+    assert counters["record_misses_answered"] == counters["record_misses"]
+    assert counters["record_miss_round_trip_s"] / counters["record_misses_answered"] >= 0.030, counters
+    assert counters["record_miss_queued_s"] >= 0 and counters["record_behind_add_waited_s"] >= 0
+    for name in ("foresync_record_misses_answered_total", "foresync_record_miss_round_trip_seconds_total",
+                 "foresync_record_miss_queued_seconds_total",
+                 "foresync_record_behind_add_waited_seconds_total"):
+        assert name in metrics

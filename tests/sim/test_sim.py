@@ -220,13 +220,21 @@ def test_seeds_exercise_faults() -> None:
     assert write_runs > 40, "the secondary rarely wrote a run of adjacent WRITEs as one (issue 15)"
 
 
+# Faults whose schedule shows up late in the seed range: how many seeds they get (the search stops
+# at the first failure, so only these pay). undo_saved_before_earlier_write needs a write from
+# before a resync pass still waiting for a commit when the pass saves its extent: seed 183 drew it
+# until the early watermark asked once per answer (issue 14), seed 323 since; its lasting guard
+# is the scripted test_sim_undo_model.py::test_a_pass_saves_no_extent_before_an_earlier_write_to_it_lands.
+RARE_FAULT_SEEDS = {"undo_saved_before_earlier_write": 500}
+
+
 @pytest.mark.parametrize("fault", sorted(set(Faults.__dataclass_fields__) - OBJECT_FAULTS - GROUP_FAULTS))
 def test_simulator_catches_a_deliberate_bug(fault: str) -> None:
     # A policy's own bug shows only under that policy.
     eviction = {"s3fifo_evicts_dirty": Eviction.S3FIFO, "adaptive_evicts_dirty": Eviction.ADAPTIVE,
                 "streams_evicts_dirty": Eviction.STREAMS}.get(fault)
     config = SimConfig(mode=Mode.LOOKAHEAD, faults=Faults(**{fault: True}), eviction=eviction)
-    for seed in range(FIRST, FIRST + SEEDS):
+    for seed in range(FIRST, FIRST + max(SEEDS, RARE_FAULT_SEEDS.get(fault, 0))):
         try:
             World(seed, config).run()
         except SimFailure as failure:

@@ -114,7 +114,10 @@ def test_the_primary_document_carries_the_snapshot_in_the_documented_formats() -
     assert doc["counters"] == {"writes": 9, "record_hits": 5, "record_misses": 4, "resync_bytes": 0,
                                "record_read_aheads": 0, "record_room_waits": 0,
                                "record_add_waits": 0, "record_evicted_ahead": 0,
-                               "record_writes_behind_add": 0, "write_groups": 0, "grouped_writes": 0, "storage_errors": 0,
+                               "record_writes_behind_add": 0, "write_groups": 0, "grouped_writes": 0,
+                               "record_misses_answered": 0,
+                               "record_miss_round_trip_s": 0.0, "record_miss_queued_s": 0.0,
+                               "record_behind_add_waited_s": 0.0, "storage_errors": 0,
                                "secondary_storage_errors": 0}
     assert doc["record"]["miss_ratio_estimate"] == {"32": 0.5, "128": 0.25}
     assert doc["resync"]["active"] == 1 and doc["resync"]["remaining_bytes"] == 10

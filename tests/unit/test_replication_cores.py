@@ -1855,6 +1855,36 @@ def test_a_write_behind_another_misss_add_goes_on_that_added_and_is_counted() ->
     h.check_quiescent()
 
 
+def test_a_misss_time_is_split_into_queued_round_trip_and_the_waits_behind_its_add() -> None:
+    """Issue 14: where a miss's time goes, summed in the statistics (the bench divides by
+    record_misses_answered and compares with the link's RTT)."""
+    h = Harness(capacity=2, lookahead=0)
+    h.connect()
+    h.primary.now = 10.0
+    first = h.write(0, 4)  # extent 0: a miss, sent at once
+    h.primary.now = 10.5
+    behind = h.write(4, 4)  # extent 0 again: waits for the first miss's ADDED
+    h.write(16, 4)  # extent 1: a second miss, sent at once: the record is full
+    h.primary.now = 10.75
+    waiting = h.write(32, 4)  # extent 2: no clean slot; waits for the watermark
+    h.pump()
+    h.deliver_to_secondary()
+    h.commit_start()
+    h.commit_done()
+    h.primary.now = 12.0
+    h.deliver_to_primary()  # both ADDEDs: 2.0 s and 1.5 s after their MISSes
+    stats = h.primary.statistics()
+    assert stats.record_misses_answered == 2
+    assert stats.record_miss_round_trip_s == 2.0 + 1.5
+    assert stats.record_behind_add_waited_s == 12.0 - 10.5
+    assert stats.record_miss_queued_s == 0.0 and waiting not in h.acks
+    h.settle()  # the watermark passes extents 0 and 1: the third miss goes, all at 12.0
+    assert first in h.acks and behind in h.acks and waiting in h.acks
+    stats = h.primary.statistics()
+    assert stats.record_miss_queued_s == 12.0 - 10.75, stats
+    assert stats.record_misses_answered == 3 and stats.record_miss_round_trip_s == 2.0 + 1.5
+
+
 def test_secondary_group_commit_covers_the_misses_that_arrived_while_one_ran() -> None:
     core = _secondary(lookahead=0)
     core.receive(wire.Write(1, 0, WriteFlag.MISS, 1, (), b"a"))
@@ -1993,6 +2023,32 @@ def test_a_miss_that_leaves_the_record_nearly_full_asks_for_the_watermark_at_onc
     h.sent.clear()
     h.write(7 * h.extent_size, 4)  # the miss taking the last free slot (the low mark is 8 // 8)
     assert any(isinstance(m, wire.Sync) for m in h.sent), h.sent
+
+
+def test_misses_ask_for_the_early_watermark_once_per_answer() -> None:
+    """Asked on every miss under the high mark, the early watermark kept the secondary's image
+    fdatasync running back to back beside the journal commits misses wait for (flushes.py,
+    request_early): a SYNC is asked again only once the last one is answered, and a local flush
+    only once none is in flight."""
+    h = _Recording(capacity=16, lookahead=0, extents=24)  # free-slot marks: low 1, high 2
+    h.connect()
+    for extent in range(13):
+        h.write(extent * h.extent_size, 4)
+        h.deliver_to_secondary()
+        h.run_io()
+        h.deliver_to_primary()
+    h.sent.clear()
+    flushes_before = len(h.flushes)
+    for extent in (13, 14, 15):  # free slots 2, 1, 0 after them: the last two are under the mark
+        h.write(extent * h.extent_size, 4)
+    syncs = [m for m in h.sent if isinstance(m, wire.Sync)]
+    assert syncs == [wire.Sync(15)], h.sent
+    assert len(h.flushes) == flushes_before + 1
+    h.deliver_to_secondary()
+    h.run_io()
+    h.deliver_to_primary()  # ADDEDs and the DURABLE that answers SYNC 15
+    h.write(16 * h.extent_size, 4)  # evicts a clean extent and leaves no slot free: asks again
+    assert [m for m in h.sent if isinstance(m, wire.Sync)] == [wire.Sync(15), wire.Sync(17)], h.sent
 
 
 # -- time: get_timer / handle_timer ------------------------------------------------------------------

@@ -69,6 +69,16 @@ class _StatusCollector(Collector):
         yield counter("foresync_record_writes_behind_add", "Hits that waited for the ADDED of "
                       "another miss in flight to add their extents (counted in record_hits).",
                       p.core.record_writes_behind_add if p else 0)
+        yield counter("foresync_record_misses_answered", "Misses whose ADDED came back (the count "
+                      "of the miss timing sums).", p.core.record_misses_answered if p else 0)
+        yield counter("foresync_record_miss_round_trip_seconds", "Seconds from each miss's MISS "
+                      "to its ADDED, summed.", p.core.record_miss_round_trip_s if p else 0.0)
+        yield counter("foresync_record_miss_queued_seconds", "Seconds from each miss's arrival "
+                      "to its MISS (room, earlier ops on its extents, the window), summed.",
+                      p.core.record_miss_queued_s if p else 0.0)
+        yield counter("foresync_record_behind_add_waited_seconds", "Seconds the writes behind "
+                      "another miss's ADD waited for it, summed.",
+                      p.core.record_behind_add_waited_s if p else 0.0)
         yield counter("foresync_journal_commits", "Group commits of the secondary's record "
                       "journal (one fdatasync each).", v.core.journal_commits if v else 0)
         yield counter("foresync_secondary_misses_received", "MISS writes the secondary received "

@@ -108,6 +108,8 @@ class Op:
     expected_adds: tuple[int, ...] = ()  # a miss: what the secondary is expected to add
     sequential: bool = False  # a host write that starts where a recent one ended
     behind_add: bool = False  # it waited for another miss's ADDED to add its extents
+    arrived_at: float = 0.0  # the core's clock when the host op came (a miss's timing, issue 14)
+    sent_at: float = 0.0  # when it went to the secondary as a MISS
     state: OpState = OpState.QUEUED
 
     def to(self, event: OpEvent) -> None:

@@ -13,7 +13,9 @@ prefix of the primary's write history.
   waits only for its own round trip, free slots are kept ready while misses have had to wait
   for room (free_slots.py): whenever the watermark moves and the free slots are under the low
   mark, clean extents are evicted ahead of need (their removal goes with the next MISS), and
-  predictions never take the low mark's slots.
+  predictions never take the low mark's slots. A miss that leaves fewer than the high mark free
+  asks both sites for the watermark at once, one request in flight per site (flushes.py,
+  ``request_early``). Where each miss's time went is summed in the statistics (issue 14).
 * Read-ahead (lookahead mode): a hit that continues a sequential stream (it starts where a recent
   write ended) and comes within ``lookahead // 2 + 1`` extents of the record's edge goes with MISS
   and a budget, like a miss, but the host does not wait for its ADDED: its own extents are
@@ -204,6 +206,15 @@ class PrimaryStatistics:
     record_writes_behind_add: int = 0
     write_groups: int = 0  # WRITES frames sent: groups of host writes in one frame (issue 15)
     grouped_writes: int = 0  # host writes (in writes) that went in a WRITES frame
+    # Where a miss's time goes (issue 14), in seconds summed over the misses answered: from its
+    # MISS to its ADDED (the round trip and the secondary's journal commit), and from its arrival
+    # to its MISS (room in the record, an earlier op on its extents, the window); and what the
+    # writes behind an ADD waited for it. Their mean against the link's RTT says what a miss
+    # costs beyond its own round trip.
+    record_misses_answered: int = 0
+    record_miss_round_trip_s: float = 0.0
+    record_miss_queued_s: float = 0.0
+    record_behind_add_waited_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -221,6 +232,10 @@ class _Counters:
     writes_behind_add: int = 0  # of the hits: those that had waited so (counted as they go)
     write_groups: int = 0  # WRITES frames sent (write_hits)
     grouped_writes: int = 0  # host writes in them
+    misses_answered: int = 0  # misses whose ADDED came (PrimaryStatistics: the timing sums)
+    miss_round_trip_s: float = 0.0
+    miss_queued_s: float = 0.0
+    behind_add_waited_s: float = 0.0
 
 
 class PrimaryCore:
@@ -827,7 +842,9 @@ class PrimaryCore:
             self._order.next_seq - 1, in_sync, len(self._oos.extents), self.counters.read_aheads,
             self.counters.local_write_errors, self.counters.secondary_storage_errors, self.split_brain,
             self.counters.room_waits, self.counters.add_waits, self.counters.evicted_ahead,
-            self.counters.writes_behind_add, self.counters.write_groups, self.counters.grouped_writes)
+            self.counters.writes_behind_add, self.counters.write_groups, self.counters.grouped_writes,
+            self.counters.misses_answered, self.counters.miss_round_trip_s,
+            self.counters.miss_queued_s, self.counters.behind_add_waited_s)
 
     # -- online verify --------------------------------------------------------------------------
 
@@ -946,6 +963,7 @@ class PrimaryCore:
     def _submit(self, op: Op) -> None:
         self.counters.writes += 1
         op.waiting_since = 0.0
+        op.arrived_at = self.now
         self._queue.append(op)
         self._pump()
 
@@ -998,6 +1016,7 @@ class PrimaryCore:
             self.counters.hits += 1
             if op.behind_add:
                 self.counters.writes_behind_add += 1
+                self.counters.behind_add_waited_s += self.now - op.arrived_at
             if not (op.sequential and self._send_read_ahead(op)):  # sequential: lookahead only
                 self._send_plain(op, _DURABLE if mode is Mode.SYNC else 0)
             return True
@@ -1074,15 +1093,19 @@ class PrimaryCore:
         self.record.evict(evict)
         self._free_slots.miss_sent()
         self.counters.misses += 1
+        self.counters.miss_queued_s += self.now - op.arrived_at
+        op.sent_at = self.now
         self._assign_seq(op)
         self._misses[op.seq] = op
         op.to(OpEvent.SEND_AWAIT)
         self._reservations.reserve(op, budget, self._reservations.for_miss(op.extents, budget))
         if self.record.free() < self._high_free:
             # Clean slots run short: ask for the watermark now rather than at the next tick, so
-            # the extents written so far turn clean before the next miss needs room (issue 14).
-            self._request_sync()
-            self._request_flush()
+            # the extents written so far turn clean before the next miss needs room (issue 14);
+            # one request in flight per site (flushes.py: request_early).
+            self._flushes.request_early(
+                self._order.applied_prefix,
+                self._order.next_seq - 1 if self.link is LinkState.CONNECTED else None)
         flags = _MISS | (_DURABLE if self.config.mode is Mode.SYNC else 0)
         if self.config.mode is Mode.SYNC:
             self._durable_waits[op.seq] = op
@@ -1203,12 +1226,16 @@ class PrimaryCore:
             raise RemoteProtocolError(f"ADDED for seq {seq}, which is not a pending miss")
         budget = op.budget
         self._reservations.release(op)  # before any check: a bad ADDED must not leak it
+        self._flushes.on_added(seq)
         if len(extents) > budget:
             raise RemoteProtocolError(f"secondary added {len(extents)} extents, budget was {budget}")
         self.record.add(e for e in extents if e < self.extent_count)
         if ahead is not None:
             return  # receive() pumps: writes waiting for these extents now go as hits
         invariant(op.is_range or self.record.covers(op.extents), "ADDED did not cover the write")
+        if not op.is_range:
+            self.counters.misses_answered += 1
+            self.counters.miss_round_trip_s += self.now - op.sent_at
         if op.seq not in self._durable_waits:
             op.to(OpEvent.REMOTE_OK)
         self._try_apply(op)

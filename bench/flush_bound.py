@@ -1,0 +1,173 @@
+"""What a trace's flushes and its inherent misses allow lookahead to reach (issue 14).
+
+The bench replays a trace (``record_pair.replay_trace``) as an application's filesystem sends
+it: in order, at most QD requests in flight, a FLUSH only once everything before it has been
+answered and the next request only after the FLUSH is sent. sqlite flushes once every 5.3
+changes, so it writes in small batches, and a batch with a miss cannot end before the miss's
+ADDED. Worse, its misses come in runs of writes to the same few extents: the writes behind a
+miss (its own extent, or one its ADDED will bring) wait for that ADDED, and once QD of them
+wait the client can send nothing more, so the next miss of the batch goes only a round trip
+later. Neither is the miss path's doing: no miss path can answer a miss before its round trip.
+
+This replays the bench's prefix of a trace through the real record code (``record/replay.py``'s
+``ReplayEngine``: the primary's record, eviction policy and predictor, as ``foresync tune``
+replays them) inside a small simulation of that client, kind to lookahead everywhere else:
+
+* each request takes 1 / async rate of the client's time to send (async mode's pace, so the
+  simulation without misses takes exactly async mode's time), and a hit is answered at once;
+* a miss is answered exactly one RTT after it is sent (no journal commit, no loaded box), and
+  the extents its ADDED brings (its own and the predicted ones) are pending until then: a write
+  touching one is answered then, not before (the replay itself counts it as a hit);
+* at most QD requests in flight; a FLUSH waits for all of them and is answered at once.
+
+So the simulated time is a lower bound for lookahead's time on the pair, and async time / it an
+upper bound for lookahead / async throughput. The replay's clock (when a write turns clean) is
+the simulation's. A stall (a miss that found no clean slot and waited for the watermark) is
+counted but not charged.
+
+    .venv/bin/python bench/flush_bound.py --trace sqlite --async-rate 5587 --rtt-ms 12.4
+    .venv/bin/python bench/flush_bound.py --trace sqlite --tune   # and tune's best at each bound
+
+No daemons: seconds per configuration (``--tune``: one ``foresync tune`` sweep per bound,
+minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import lzma
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from foresync.nbd import trace
+from foresync.record.predict import extents_of
+from foresync.record.record import Eviction
+from foresync.record.replay import ReplayConfig, ReplayEngine
+from foresync.tune import sweep
+
+HERE = Path(__file__).parent
+CHANGES = (trace.WRITE, trace.TRIM, trace.WRITE_ZEROES)
+
+
+@dataclass(frozen=True, slots=True)
+class Simulated:
+    config: ReplayConfig
+    requests: int  # writes, zeroes, trims and flushes replayed
+    writes: int  # of which through the record
+    misses: int
+    behind_add: int  # writes that waited for the ADDED of a miss in flight
+    stalls: int
+    batches: int  # runs of requests between FLUSHes
+    missing: int  # batches with at least one miss
+    seconds: float  # the simulated time
+    async_seconds: float  # requests / async rate
+
+    @property
+    def bound(self) -> float:
+        """The most lookahead / async throughput can be on this prefix."""
+        return self.async_seconds / self.seconds if self.seconds else 1.0
+
+
+def load(path: Path, limit: int) -> tuple[int, list[trace.TraceRecord]]:
+    """The volume size and the first ``limit`` changes and flushes (0: all), as the bench."""
+    size, records = trace.decode(lzma.decompress(path.read_bytes()), str(path))
+    kept = [r for r in records if r.command in (*CHANGES, trace.FLUSH)]
+    return size, kept[:limit] if limit else kept
+
+
+def simulate(size: int, records: Sequence[trace.TraceRecord], config: ReplayConfig, qd: int,
+             async_rate: float, rtt_s: float) -> Simulated:
+    """The client of the module docstring, with the record of ``config`` deciding each write."""
+    engine = ReplayEngine(size, config)
+    record = engine.record
+    pending: dict[int, float] = {}  # extent -> when the ADDED bringing it arrives
+    inflight: list[float] = []  # answer times of the requests in flight (a heap)
+    step = 1 / async_rate
+    now = 0.0
+    behind = batches = missing = 0
+    opened = missed = False
+    for r in records:
+        if len(inflight) >= qd:
+            now = max(now, heapq.heappop(inflight))
+        now += step
+        if r.command == trace.FLUSH:
+            now = max([now, *inflight])
+            inflight.clear()
+            batches += opened
+            missing += missed
+            opened = missed = False
+            continue
+        opened = True
+        before = set(record.extents())
+        verdict = engine.write(now, r.offset, r.length, r.command == trace.WRITE) if r.length else None
+        answer = now
+        if verdict:
+            missed = True
+            answer = now + rtt_s
+            for extent in set(record.extents()) - before:
+                pending[extent] = answer
+        elif verdict is False:
+            waits = [pending.get(e, 0.0) for e in extents_of(r.offset, r.length, config.extent_size)]
+            if max(waits, default=0.0) > now:
+                behind += 1
+                answer = max(waits)
+        heapq.heappush(inflight, answer)
+    now = max([now, *inflight])
+    batches += opened
+    missing += missed
+    result = engine.result()
+    return Simulated(config, len(records), result.writes, result.misses, behind, result.stalls,
+                     batches, missing, now, len(records) * step)
+
+
+def describe(config: ReplayConfig) -> str:
+    return (f"{config.capacity} x {config.extent_size // 1024} KiB, {config.eviction.value}, "
+            f"lookahead {config.lookahead}, {config.predictor}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--trace", default="sqlite", help="a bench/workloads trace (default sqlite)")
+    parser.add_argument("--requests", type=int, default=20000,
+                        help="the prefix the bench replays (default 20000; 0: all)")
+    parser.add_argument("--fractions", type=int, nargs="+", default=[16, 8, 4],
+                        help="record bounds as volume fractions (default 16 8 4)")
+    parser.add_argument("--async-rate", type=float, default=5587.0,
+                        help="async requests/s of the same prefix (default: 5,587, measured at load 2)")
+    parser.add_argument("--rtt-ms", type=float, default=12.4, help="link round trip (default 12.4)")
+    parser.add_argument("--qd", type=int, default=16, help="requests in flight, as the bench (16)")
+    parser.add_argument("--tune", action="store_true",
+                        help="also run foresync tune's sweep on the prefix at each bound and bound its best")
+    args = parser.parse_args(argv)
+    size, records = load(HERE / "workloads" / f"{args.trace}.fstrace.xz", args.requests)
+    rtt_s = args.rtt_ms / 1e3
+    lag_s = rtt_s + 0.005  # a write turns clean a round trip and an fdatasync after it is sent
+    flushes = sum(1 for r in records if r.command == trace.FLUSH)
+    print(f"{args.trace}: {len(records):,} requests ({flushes:,} FLUSHes, one per "
+          f"{(len(records) - flushes) / max(flushes, 1):.1f} changes), volume {size >> 20} MiB; "
+          f"async {args.async_rate:,.0f} req/s, RTT {args.rtt_ms} ms, QD {args.qd}")
+    print("\n| bound | record | writes | miss | behind an ADD | stalls | batches with a miss "
+          "| simulated s (async s) | **bound on lookahead / async** |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    for fraction in args.fractions:
+        bound = size // fraction
+        configs = [("default", ReplayConfig(1 << 20, bound >> 20, Eviction.S3FIFO, 4, "next", lag_s))]
+        if args.tune:
+            report = sweep(size, [(r.time_ns / 1e9, r.offset, r.length, r.command == trace.WRITE)
+                                  for r in records if r.command in CHANGES and r.length > 0],
+                           bound, lag_s)
+            configs.append(("tune's best", report.results[0].config))
+        for label, config in configs:
+            s = simulate(size, records, config, args.qd, args.async_rate, rtt_s)
+            print(f"| 1/{fraction} | {label}: {describe(config)} | {s.writes:,} | "
+                  f"{s.misses / max(s.writes, 1):.2%} | {s.behind_add:,} | {s.stalls:,} | "
+                  f"{s.missing:,} of {s.batches:,} | {s.seconds:.2f} ({s.async_seconds:.2f}) | "
+                  f"**{s.bound:.2f}** |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
