@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import floor  # bench/floor.py: this script's directory is on sys.path when run as a script
+import perf_split
 import replication
 from replication import WORKLOADS, Cell, Scenario, Workload
 
@@ -96,6 +97,11 @@ def run_cell(args: argparse.Namespace, variant: str, foresync: str, mode: str, w
                     for name, us in row.cpu_us_per_write.items())
     print(f"{variant:<8} {mode:<10} {workload.name:<23} {cell.iops:>9,.0f} IOPS  {cpu}  "
           f"load {cell.load_1m:.1f}", flush=True)
+    for name, us in row.cpu_us_per_write.items():
+        data = cell_dir / f"perf-{name}.data"
+        if args.perf and data.exists():
+            print(f"    perf {name}: {perf_split.render(perf_split.split(data), us)} per write",
+                  flush=True)
     return row
 
 
@@ -216,6 +222,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--foresync", default=str(Path(sys.executable).parent / "foresync"))
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="profile each cell with py-spy")
+    parser.add_argument("--perf", action="store_true",
+                        help="perf record each process of each cell and print where its CPU per "
+                             "write goes (bench/perf_split.py)")
     parser.add_argument("--workdir", type=Path, help="where volumes and logs go (default: a temp dir)")
     args = parser.parse_args(argv)
     # what replication.measure reads from its own arguments

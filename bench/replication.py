@@ -379,6 +379,17 @@ def start_profilers(pids: dict[str, int], out_dir: Path | None, cell: str,
     return procs
 
 
+def start_perf(pids: dict[str, int], out_dir: Path | None, seconds: int) -> list[subprocess.Popen[bytes]]:
+    """``perf record -g`` of each process into OUT_DIR/perf-SITE.data (bench/perf_split.py reads
+    them). A software clock: this VM has no hardware cycle counter."""
+    if out_dir is None:
+        return []
+    return [subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p",
+                              str(pid), "-o", str(out_dir / f"perf-{site}.data"), "--", "sleep",
+                              str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for site, pid in pids.items()]
+
+
 def measure(args: argparse.Namespace, scenario: Scenario, workload: Workload, workdir: Path) -> Cell:
     """One cell: fresh sites (or a fresh standalone server), fio, counters, clean stop."""
     settings = SiteSettings(args.size, args.extent_size, args.capacity, args.lookahead, args.eviction,
@@ -412,6 +423,8 @@ def measure(args: argparse.Namespace, scenario: Scenario, workload: Workload, wo
         cell_name = f"{scenario.name}-{workload.name}".replace(" ", "_")
         profiled = {name: pid for name, pid in pids.items() if name != "proxy"}
         profilers = start_profilers(profiled, args.py_spy, cell_name, args.ramp + args.duration)
+        profilers += start_perf(profiled, workdir if getattr(args, "perf", False) else None,
+                                args.ramp + args.duration)
         load_1m = os.getloadavg()[0]
         cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
         calls_before = {name: syscalls(pid) for name, pid in pids.items()}
