@@ -308,6 +308,20 @@ def test_random_bytes_after_a_valid_prefix_are_refused_or_wait(kind: int, tail: 
         assert_failed_for_good(decoder)
 
 
+def mutated(valid: bytes, data: st.DataObject) -> bytes:
+    """A well-framed payload made hostile: cut short, extended, 4 bytes overwritten at any
+    offset (how counts get large or inconsistent), or random bytes."""
+    mutation = data.draw(st.sampled_from(["truncate", "extend", "overwrite", "random"]))
+    if mutation == "truncate":
+        return valid[: data.draw(st.integers(0, max(0, len(valid) - 1)))]
+    if mutation == "extend":
+        return valid + data.draw(st.binary(min_size=1, max_size=16))
+    if mutation == "overwrite":
+        at = data.draw(st.integers(0, len(valid)))
+        return valid[:at] + struct.pack(">I", data.draw(u32)) + valid[at + 4 :]
+    return data.draw(st.binary(max_size=120))
+
+
 @EXAMPLES
 @given(KINDS, st.data())
 def test_well_framed_hostile_payloads_decode_exactly_or_are_refused(kind: MessageType,
@@ -316,17 +330,7 @@ def test_well_framed_hostile_payloads_decode_exactly_or_are_refused(kind: Messag
     refused, or it decodes to a message of the frame's type that encodes back to the same bytes,
     so no field was misread."""
     _, valid = encode_payload(data.draw(STRATEGIES[kind]))
-    mutation = data.draw(st.sampled_from(["truncate", "extend", "overwrite", "random"]))
-    if mutation == "truncate":
-        payload = valid[: data.draw(st.integers(0, max(0, len(valid) - 1)))]
-    elif mutation == "extend":
-        payload = valid + data.draw(st.binary(min_size=1, max_size=16))
-    elif mutation == "overwrite":
-        # Overwrite 4 bytes at any offset: this is how counts get large or inconsistent.
-        at = data.draw(st.integers(0, len(valid)))
-        payload = valid[:at] + struct.pack(">I", data.draw(u32)) + valid[at + 4 :]
-    else:
-        payload = data.draw(st.binary(max_size=120))
+    payload = mutated(valid, data)
     decoder = FrameDecoder(MAX_FRAME_BYTES)
     try:
         got = feed_checked(decoder, frame(kind, payload))
@@ -565,16 +569,7 @@ def test_well_framed_hostile_write_groups_decode_exactly_or_are_refused(message:
     """A correct CRC over a malformed WRITES payload: refused, or decoded to writes that encode
     back to the same payload (no count, length or offset misread)."""
     _, valid = encode_payload(message)
-    mutation = data.draw(st.sampled_from(["truncate", "extend", "overwrite", "random"]))
-    if mutation == "truncate":
-        payload = valid[: data.draw(st.integers(0, max(0, len(valid) - 1)))]
-    elif mutation == "extend":
-        payload = valid + data.draw(st.binary(min_size=1, max_size=16))
-    elif mutation == "overwrite":
-        at = data.draw(st.integers(0, len(valid)))
-        payload = valid[:at] + struct.pack(">I", data.draw(u32)) + valid[at + 4 :]
-    else:
-        payload = data.draw(st.binary(max_size=120))
+    payload = mutated(valid, data)
     decoder = FrameDecoder(MAX_FRAME_BYTES)
     try:
         got = feed_checked(decoder, frame(MessageType.WRITES, payload))
