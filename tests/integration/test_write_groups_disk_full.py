@@ -8,6 +8,8 @@ images holding the last writes.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import require_python_libnbd
@@ -67,3 +69,68 @@ def test_a_full_disk_under_a_held_run_is_never_reported_in_sync(env: tuple[MakeP
     pair.stop_both()
     pair.assert_identical()
     assert read_bytes(pair.secondary.data_path, FIRST, COUNT * 4096) == expected(2)
+
+
+# argv: url, first byte offset, count of 4 KiB blocks, pattern seed, step (write every step-th
+# block). Prints which writes the server answered with an error, and their errno.
+_ANSWERED = r"""
+import json, sys
+import nbd
+
+url, first, count, seed, step = (sys.argv[1], *map(int, sys.argv[2:6]))
+h = nbd.NBD()
+h.connect_uri(url)
+cookies = {}
+for i in range(0, count, step):
+    cookies[i] = h.aio_pwrite((i * 7 + seed).to_bytes(4, "big") * 1024, first + i * 4096)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+failed = {}
+for i, cookie in cookies.items():
+    try:
+        h.aio_command_completed(cookie)
+    except nbd.Error as exc:
+        failed[i] = exc.errno
+h.shutdown()
+print(json.dumps({"failed": failed}))
+"""
+
+
+def answered(pair: SitePair, seed: int, step: int) -> dict[int, str]:
+    python = require_python_libnbd()
+    result = run_tool([python, "-c", _ANSWERED, pair.nbd_url, str(FIRST), str(COUNT), str(seed),
+                       str(step)], context=pair.logs())
+    return {int(i): errno for i, errno in json.loads(result.stdout)["failed"].items()}
+
+
+def test_a_group_whose_middle_writes_fail_on_the_primary_keeps_the_copies_equal(
+        env: tuple[MakePair, MakeFs]) -> None:
+    """Every other block was written before the disk filled: in one group of pipelined writes,
+    those still succeed (their blocks exist) and the ones into holes fail with ENOSPC, after
+    the whole group went to the secondary as one WRITES frame. The host gets each write's own
+    answer, the pair is not in sync until the failed extents are copied again from the primary,
+    and then both images hold every write that was answered OK."""
+    make_pair, make_fs = env
+    fs = make_fs("primary-fs")
+    pair = started(make_pair, Settings(size="64MiB", capacity=16, lookahead=2, mode="async",
+                                       resync_rate_max="512KiB"),
+                   lambda pair: data_on(pair.primary, fs))
+    assert answered(pair, seed=1, step=2) == {}  # the even blocks exist now
+    groups = pair.wait_in_sync()[0]["counters"]["write_groups"]
+    filler = fill(fs, leave_bytes=64 * 1024)
+    failed = answered(pair, seed=2, step=1)
+    assert failed and set(failed.values()) == {"ENOSPC"}, failed
+    assert not any(i % 2 == 0 for i in failed), failed  # the existing blocks took their writes
+    status = pair.status(pair.primary)
+    assert status["counters"]["write_groups"] > groups, status["counters"]
+    assert not status["in_sync"], "in sync while the failed writes' extents are not copied again"
+    pair.wait_in_sync(timeout_s=90)
+    pair.cli("verify", "--config", pair.primary.config_path)  # copies equal, disk still full
+    filler.unlink()
+    pair.stop_both()
+    pair.assert_identical()
+    image = read_bytes(pair.secondary.data_path, FIRST, COUNT * 4096)
+    for i in range(COUNT):
+        if i not in failed:
+            block = image[i * 4096:(i + 1) * 4096]
+            assert block == (i * 7 + 2).to_bytes(4, "big") * 1024, f"block {i} lost its OK write"
