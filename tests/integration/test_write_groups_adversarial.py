@@ -215,3 +215,39 @@ data = b"".join(h.pread(1 << 20, offset) for offset in range(0, 4 << 20, 1 << 20
 h.shutdown()
 print(hashlib.sha256(data).hexdigest())
 """
+
+
+def test_link_cut_and_restored_while_groups_stream_ends_with_the_last_writes(make_pair: MakePair) -> None:
+    """The proxy aborts the link twice while the client streams overlapping groups: frames of
+    a WRITES group and a pass's held run end mid-way. Once restored the pair resyncs to the
+    last writes, and is not reported in sync while the link is down."""
+    settings = Settings(mode="lookahead", size="64MiB", capacity=16, lookahead=2)
+    pair = started_pair(make_pair, settings, via_proxy=True)
+    python = require_python_libnbd()
+    before = pair.status(pair.primary)["counters"]["write_groups"]
+    writer = subprocess.Popen([python, "-c", _OVERLAPPING, pair.nbd_url, "7", "30000"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        for cut in range(2):
+            goal = before + 50 * (cut + 1)
+
+            def streamed(goal: int = goal) -> bool:  # or the writer is done: cut all the same
+                return writer.poll() is not None or pair.status(pair.primary)["counters"]["write_groups"] > goal
+
+            pair.wait_for("groups under way", streamed)
+            pair.cut_link()
+            pair.wait_link(pair.primary, "disconnected")
+            assert not pair.status(pair.primary)["in_sync"]
+            pair.restore_link()
+            pair.wait_link(pair.primary, "connected")
+        out, _ = writer.communicate(timeout=120)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    answer = json.loads(out)
+    assert answer["mismatches"] == [], answer
+    pair.wait_in_sync(timeout_s=60)
+    pair.stop_both()
+    assert region_sha(pair, "secondary") == answer["sha256"], "the resync left the secondary behind"
+    pair.assert_identical()
