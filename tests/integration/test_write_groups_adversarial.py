@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from foresync.link import wire
+
 from .certs import make_tls_dir
 from .conftest import require_python_libnbd
 from .sites import MakePair, Settings, SitePair, read_bytes, run_tool, started_pair
+from .test_link_strangers import send_and_read_until_closed
 from .test_security import secured
 
 pytestmark = pytest.mark.integration
@@ -251,3 +254,19 @@ def test_link_cut_and_restored_while_groups_stream_ends_with_the_last_writes(mak
     pair.stop_both()
     assert region_sha(pair, "secondary") == answer["sha256"], "the resync left the secondary behind"
     pair.assert_identical()
+
+
+def test_a_protocol_8_primary_of_our_volume_is_refused_clearly(make_pair: MakePair) -> None:
+    """A primary that predates WRITES frames (link protocol 8) would send groups the secondary
+    cannot read, or be sent frames it cannot read: its HELLO, for our very volume and geometry,
+    is refused naming both versions, and the healthy link stays up."""
+    pair = started_pair(make_pair, Settings(mode="async", size="64MiB", capacity=16, lookahead=2))
+    ours = bytes.fromhex(pair.primary.site_json()["volume_id"])
+    hello = wire.encode_frame(wire.Hello(8, wire.Role.PRIMARY, 0, ours, 64 * MiB, MiB, 1, (1,)))
+    replies = send_and_read_until_closed(pair.secondary.link_port, hello)
+    refusals = [m for m in replies if isinstance(m, wire.Refuse)]
+    assert len(refusals) == 1 and len(replies) == 1, replies
+    assert f"protocol version 8, we speak {wire.PROTOCOL_VERSION}" in refusals[0].reason, refusals
+    assert pair.status(pair.primary)["link"] == "connected"
+    overlapping(pair, seed=8, rounds=500)  # and the groups still flow on the healthy link
+    pair.wait_in_sync()
