@@ -270,3 +270,26 @@ def test_a_protocol_8_primary_of_our_volume_is_refused_clearly(make_pair: MakePa
     assert pair.status(pair.primary)["link"] == "connected"
     overlapping(pair, seed=8, rounds=500)  # and the groups still flow on the healthy link
     pair.wait_in_sync()
+
+
+@pytest.mark.parametrize("mode", ["lookahead", "async"])
+def test_primary_killed_while_groups_stream_comes_back_to_identical_copies(make_pair: MakePair,
+                                                                        mode: str) -> None:
+    """SIGKILL of the primary mid-stream: WRITES groups applied here may not have reached the
+    secondary, and held runs there may not be written. Restarted, the pair must not call itself
+    in sync before the images are byte for byte the same."""
+    pair = started_pair(make_pair, Settings(mode=mode, size="64MiB", capacity=16, lookahead=2))
+    before = pair.status(pair.primary)["counters"]["write_groups"]
+    python = require_python_libnbd()
+    writer = subprocess.Popen([python, "-c", _OVERLAPPING, pair.nbd_url, "9", "30000"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pair.wait_for("groups under way", lambda: writer.poll() is not None
+                      or pair.status(pair.primary)["counters"]["write_groups"] > before + 100)
+        pair.kill9(pair.primary)
+    finally:
+        writer.wait(timeout=60)
+    pair.restart(pair.primary)
+    pair.wait_in_sync(timeout_s=60)
+    pair.stop_both()
+    pair.assert_identical()
