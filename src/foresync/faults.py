@@ -87,6 +87,11 @@ class Faults:
     # replication/lease.py: a primary keeps acknowledging writes after its etcd lease could have
     # expired (renewals failing), so a promoted secondary and it both take writes (issue 16)
     ack_after_lease_lost: bool = False
+    # replication/lease.py: a secondary whose copy is known to be older than its primary's (a
+    # resync into it interrupted, rolled back or still to roll back) promotes itself when the
+    # primary's lease expires, so the writes that resync was bringing are lost (found by
+    # `make chaos CLUSTER=1`: a secondary stopped right after RESYNC_DONE was sent rolled back)
+    lease_promotes_stale_copy: bool = False
     # storage/group_backend.py: a consistency group's flush makes only the member the latest
     # write went to durable, as if each member were its own volume with its own write order: a
     # FLUSH (or the secondary's DURABLE watermark) no longer covers the other members' writes, so

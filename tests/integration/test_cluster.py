@@ -28,8 +28,10 @@ from .sites import (
     SMALL,
     LinkProxy,
     MakePair,
+    MiB,
     SitePair,
     Status,
+    assert_pattern,
     fetch_status,
     run_tool,
 )
@@ -274,6 +276,42 @@ def test_an_inconsistent_secondary_never_promotes_itself_and_says_why(
     here = cluster(pair, "secondary")
     assert here["role"] == "secondary" and here["automatic_promotions"] == 0
     assert "inconsistent" in here["reason"] and here["holder"] is None, here
+
+
+def test_a_secondary_whose_resync_was_interrupted_never_promotes_itself(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    """A consistent secondary is brought writes the primary acknowledged alone (sync mode, the
+    secondary was down) by a resync; the primary dies mid-resync. Rolled back, the copy would be
+    consistent but lack those writes, so it must not promote itself (found by `make chaos
+    CLUSTER=1`, where it did, and the returning primary then met a split brain); the primary,
+    back, retakes its lease and finishes the pass, and no acknowledged write is lost."""
+    slow = replace(SMALL, mode="sync", resync_rate_max="1MiB")
+    pair = make_pair(slow, primary=replace(slow, admin_extra=cluster_toml(etcd.urls[0], "a")),
+                     secondary=replace(slow, admin_extra=cluster_toml(etcd.urls[0], "b")))
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    pair.wait_for("the primary holds the lease",
+                  lambda: bool(pair.status(pair.primary)["cluster"]["holding_lease"]))
+    pair.kill9(pair.secondary)
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 12M", pair.nbd_url], context=pair.logs())
+    pair.start(pair.secondary)  # a resync of 12 MiB at 1 MiB/s, with an undo log
+    pair.wait_for("the resync runs", lambda: bool(pair.status(pair.secondary)["resync"]["active"]))
+    time.sleep(1)
+    pair.kill9(pair.primary)
+    pair.wait_for("the secondary says why it does not promote itself", lambda: "does not promote "
+                  "itself" in cluster(pair, "secondary")["reason"], timeout_s=TTL_S + 10)
+    time.sleep(1)
+    here = cluster(pair, "secondary")
+    assert here["role"] == "secondary" and here["automatic_promotions"] == 0, here
+    assert "acknowledged" in here["reason"] and here["holder"] is None, here
+
+    pair.start(pair.primary)  # its own epoch: it takes its lease back and finishes the pass
+    pair.wait_for("in sync again", lambda: bool(pair.status(pair.primary)["in_sync"]), timeout_s=60)
+    assert cluster(pair, "primary")["epoch"] == 1
+    pair.stop_both()
+    pair.assert_identical()
+    assert_pattern(pair.secondary.data_path, 0, 12 * MiB, 0x5a)
 
 
 def test_the_etcd_leader_killed_during_a_failover(make_pair: MakePair, tmp_path: Path) -> None:

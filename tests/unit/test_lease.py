@@ -105,6 +105,23 @@ def test_a_secondary_behind_etcds_latest_epoch_never_promotes() -> None:
     assert "may lack that primary's writes" in core.reason
 
 
+@pytest.mark.parametrize("local", [Local("secondary", 1, 111, "", stale_extents=256),
+                                   Local("secondary", 1, 111, "", rollback_pending=True)])
+def test_a_copy_known_older_than_its_primarys_never_promotes_itself(local: Local) -> None:
+    """A resync into it was interrupted (rolled back, or to roll back): the writes it was
+    bringing are on the primary only. Found by `make chaos CLUSTER=1`: a secondary stopped right
+    after its primary sent RESYNC_DONE rolled back at restart and promoted itself."""
+    core = LeaseCore("b", 5.0)
+    core.local_changed(local)
+    core.observed(Seen(A1, None))
+    assert core.next_action(0.0) is Action.NONE
+    assert "does not promote itself" in core.reason and "acknowledged" in core.reason
+    buggy = LeaseCore("b", 5.0, faults=Faults(lease_promotes_stale_copy=True))
+    buggy.local_changed(local)
+    buggy.observed(Seen(A1, None))
+    assert buggy.next_action(0.0) is Action.PROMOTE
+
+
 def test_nothing_registered_nothing_promoted() -> None:
     core = secondary()
     core.observed(Seen(None, None))

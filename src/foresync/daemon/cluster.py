@@ -42,12 +42,14 @@ def local_of(runner: Runner) -> Local:
     meta = runner.meta
     epoch_id = meta.epoch_history[-1] if meta.epoch_history else 0
     refusal = ""
+    rollback_pending = False
     if isinstance(runner, SecondarySite):
+        rollback_pending = can_roll_back(meta, runner.undo)
         if meta.volume_id is None:
             refusal = "this site has never connected to a primary: it has no copy"
         else:
-            refusal = promote_refusal(meta, False, can_roll_back(meta, runner.undo))
-    return Local(meta.role, meta.epoch, epoch_id, refusal)
+            refusal = promote_refusal(meta, False, rollback_pending)
+    return Local(meta.role, meta.epoch, epoch_id, refusal, len(meta.stale), rollback_pending)
 
 
 class ClusterAgent:

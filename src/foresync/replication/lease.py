@@ -31,7 +31,9 @@ stop acknowledging 4 s after the last renewal that etcd answered was sent, and r
 key is absent (the lease expired or was revoked, as etcd itself decides), its copy follows the
 epoch etcd records last (its lineage's last epoch id is the record's; otherwise it may lack that
 primary's writes), and its copy may be promoted (``refusal`` empty: consistent, not mid-resync,
-metadata intact). Otherwise it says why (``reason``). Its promotion takes the lease first, by a
+metadata intact), and its copy is not known to be older than its primary's (``behind_reason``:
+no extents left stale by an interrupted resync, no rollback of one pending). Otherwise it says
+why (``reason``). Its promotion takes the lease first, by a
 compare-and-swap on the ``epoch`` record it read, and only then writes its new role.
 """
 
@@ -86,6 +88,27 @@ class Local:
     epoch: int
     epoch_id: int  # 0: no lineage yet (a new secondary)
     refusal: str = ""
+    # Known to lack the primary's data: extents an interrupted resync left older than the
+    # primary's (site.json ``stale``, after a rollback), or a rollback of one still to run.
+    stale_extents: int = 0
+    rollback_pending: bool = False
+
+
+def behind_reason(local: Local, faults: Faults = NO_FAULTS) -> str:
+    """Why a secondary whose copy is known to be older than its primary's must not promote
+    ITSELF ("" if it is not known to be): a resync was bringing it the primary's writes when it
+    stopped, so those writes (acknowledged by the primary, in sync mode too) are on the primary
+    only. A person may still promote it by hand (``foresync promote``), accepting the loss; the
+    lease never does, so a primary that only restarts finds its writes where it left them."""
+    if faults.lease_promotes_stale_copy:  # deliberate bug: a known-older copy promotes itself
+        return ""
+    if local.rollback_pending:
+        return ("a resync into it was interrupted: it would roll back to an older copy that lacks "
+                "writes the primary acknowledged")
+    if local.stale_extents:
+        return (f"{local.stale_extents} of its extents are older than the primary's (a resync "
+                "into it was interrupted and rolled back): it lacks writes the primary acknowledged")
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +240,11 @@ class LeaseCore:
         if self.local.refusal:
             self.reason = f"the primary's lease expired, but this copy may not be promoted: " \
                           f"{self.local.refusal}"
+            return Action.NONE
+        behind = behind_reason(self.local, self.faults)
+        if behind:
+            self.reason = (f"the primary's lease expired, but this copy does not promote itself: "
+                           f"{behind}; waiting for that primary to return (or promote by hand)")
             return Action.NONE
         self.reason = ""
         return Action.PROMOTE

@@ -18,7 +18,11 @@ that is primary and whose core says ``may_ack``: each such write is an acknowled
 2. At most one writable primary per epoch: every acknowledgment of epoch N comes from the one
    site that registered epoch N in etcd, and each epoch is registered once.
 
-The deliberate bug ``ack_after_lease_lost`` (faults.py) must trip invariant 1.
+3. A secondary whose copy is known to be older than its primary's (stale extents from an
+   interrupted resync) never promotes itself: the writes that resync was bringing would be lost.
+
+The deliberate bugs ``ack_after_lease_lost`` and ``lease_promotes_stale_copy`` (faults.py) must
+trip invariants 1 and 3.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class _Site:
         self.up = True
         self.cut = False
         self.refusal = ""
+        self.stale = 0  # extents an interrupted resync left older than the primary's
         self.request: _Request | None = None
         self.next_round = 0.0  # local time
         self.lease_id = 0
@@ -94,7 +99,7 @@ class _Site:
         return self.offset + self.rate * now
 
     def local(self) -> Local:
-        return Local(self.role, self.epoch, self.epoch_id, self.refusal)
+        return Local(self.role, self.epoch, self.epoch_id, self.refusal, self.stale)
 
 
 class LeaseWorld:
@@ -147,6 +152,12 @@ class LeaseWorld:
         elif roll < 0.035 and site.role == "secondary":
             site.refusal = "" if site.refusal else "inconsistent (a resync is running)"
             self._log(f"{site.name}: refusal={site.refusal!r}")
+        elif roll < 0.045 and site.role == "secondary" and site.request is None:
+            # (Between rounds only: the daemon checks again when it promotes, SecondarySite.promote.)
+            # A resync into it interrupted and rolled back (stale extents), or its next pass
+            # finished (none): the copy is consistent either way, older in the first case.
+            site.stale = 0 if site.stale else rng.randint(1, 256)
+            self._log(f"{site.name}: stale extents={site.stale}")
 
     # -- one site's round -----------------------------------------------------------------------
 
@@ -251,6 +262,10 @@ class LeaseWorld:
             site.lease_id, new = request.answer
             core.granted(request.sent_local, self.ttl)
             if isinstance(new, Record):
+                if site.stale:
+                    raise LeaseFailure(f"invariant 3: site {site.name} promoted itself with "
+                                       f"{site.stale} extents older than its primary's (writes "
+                                       "that primary acknowledged lost)", self.schedule)
                 site.role, site.epoch, site.epoch_id = "primary", new.epoch, new.epoch_id
                 self.promotions += 1
                 self._log(f"{site.name}: promoted, epoch {new.epoch}")
