@@ -70,7 +70,7 @@ bench: setup
 	$(PY) bench/resync.py $(BENCH_ARGS_RESYNC)
 	$(PY) bench/objects_predict.py
 	$(PY) bench/objects_prefix_model.py
-	$(PY) bench/record_pair.py $(BENCH_ARGS_RECORD)
+	$(PY) bench/record_pair.py --rounds 3 $(BENCH_ARGS_RECORD)
 	$(PY) bench/flush_bound.py --tune
 	$(PY) bench/objects_latency.py
 	$(PY) bench/volumes.py
