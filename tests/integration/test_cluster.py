@@ -338,6 +338,8 @@ def _outdated_then_primary_killed(make_pair: MakePair, etcd: EtcdCluster,
     assert here["role"] == "secondary" and here["automatic_promotions"] == 0, here
     assert here["holder"] is None and here["outdated"] == mark, here
     assert "site a (epoch 1) answered writes without this site" in here["reason"], here
+    text = pair.cli("status", "--config", pair.secondary.config_path).stdout
+    assert "cluster  the primary's lease expired, but this copy is outdated" in text, text
     return pair
 
 
