@@ -166,9 +166,12 @@ def test_a_copy_holding_the_marked_generation_or_an_old_epochs_mark_promotes(
 
 def test_the_primary_marks_its_own_epoch_and_clears_once_the_secondary_holds_its_data() -> None:
     core = primary()
-    core.granted(0.0, 5.0)
+    assert core.outdate_mark(0x77) is None, "etcd not read yet: not known to be ours"
+    core.observed(Seen(Record("b", 2, 222), None))
+    assert core.outdate_mark(0x77) is None, "a newer primary exists: no mark, no answer"
+    core.observed(Seen(A1, None))
     assert core.outdate_mark(0x77) == Outdated("a", 1, 111, 0x77)
-    assert core.owner_record() == A1
+    core.granted(0.0, 5.0)
     core.observed(Seen(A1, A1, 4.0, Outdated("a", 1, 111, 0x77)))
     assert core.next_action(0.1) is Action.NONE, "the secondary may still lack generation 0x77"
     core.local_changed(Local("primary", 1, 111, generations=(111, 0x77), peer_holds_ours=True))

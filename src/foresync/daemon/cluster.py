@@ -90,15 +90,17 @@ class ClusterAgent:
         async with self._etcd_lock:
             self.core.local_changed(local_of(self.runner()))
             mark = self.core.outdate_mark(generation)
+            if mark is None:  # the next round's read may find it ours; retried after it
+                return False
             try:
-                written = await self.etcd.outdate(mark, self.core.owner_record())
+                written = await self.etcd.outdate(mark, self.etcd.versions)
             except EtcdUnavailable as exc:
                 self.etcd_error = str(exc)
                 self._etcd_errors("cannot mark the secondary outdated: %s", exc)
                 return False
         if not written:
-            self._etcd_errors("cannot mark the secondary outdated: etcd's epoch is no longer "
-                              "ours (%d)", mark.epoch)
+            self._etcd_errors("cannot mark the secondary outdated: etcd's epoch record changed "
+                              "since it was read (retrying after the next read)")
             return False
         self.outdates += 1
         log.warning("answering writes without the secondary: its copy is marked outdated in "

@@ -251,13 +251,13 @@ class Etcd:
                t.put(self.primary_key, _value(new), lease=lease_id), t.delete(self.outdated_key)]
         return await self._txn("register a new epoch", compare, ops)
 
-    async def outdate(self, mark: Outdated, owner: Record) -> bool:
+    async def outdate(self, mark: Outdated, versions: Versions) -> bool:
         """A primary marks its secondary's copy outdated (lease.py), only while etcd's epoch
-        record is still ``owner`` (ours): False if it is not (a newer primary exists)."""
+        record is unchanged since the read that found it ours: False if it changed."""
         client = self._connect()
         t = client.transactions
         return await self._txn("mark the secondary outdated",
-                               [t.value(self.epoch_key) == _value(owner)],
+                               [t.mod(self.epoch_key) == versions.epoch],
                                [t.put(self.outdated_key, _outdated_value(mark))])
 
     async def clear_outdated(self, versions: Versions) -> bool:

@@ -35,7 +35,7 @@ stop acknowledging 4 s after the last renewal that etcd answered was sent, and r
 down, or in flight when it fell: generations.py opens a data generation for exactly those,
 once per disconnection) before ``outdated`` names that generation in etcd. The adapter writes
 the mark (``outdate_mark``) before it stores the generation, only while etcd's ``epoch`` record is
-still ours, and retries until it succeeds: meanwhile the writes wait (and with etcd away the
+still ours (a compare on the revision read), and retries until it succeeds: meanwhile the writes wait (and with etcd away the
 lease fences them anyway). A crash between the mark and the answer leaves a mark naming writes
 that may never have been answered: doubt widens to the safe side. The mark is cleared
 (``CLEAR_OUTDATED``, a compare-and-swap on the revision just read) once the secondary holds our
@@ -235,14 +235,15 @@ class LeaseCore:
         self.holding = False
         self._valid_until = 0.0
 
-    def outdate_mark(self, generation: int) -> Outdated:
+    def outdate_mark(self, generation: int) -> Outdated | None:
         """The ``outdated`` value a primary writes before it answers writes of ``generation``
-        without its secondary (see the notes)."""
+        without its secondary (see the notes); None while etcd's epoch record, as last read, is
+        not ours (not read yet, or a newer primary exists). The write compares the record's
+        revision with that read's: a record changed since makes it fail, never succeed."""
+        seen = self.seen
+        if seen is None or seen.epoch is None or seen.epoch.epoch_id != self.local.epoch_id:
+            return None
         return Outdated(self.site, self.local.epoch, self.local.epoch_id, generation)
-
-    def owner_record(self) -> Record:
-        """etcd's ``epoch`` record as it must still be for our ``outdated`` mark to be written."""
-        return Record(self.site, self.local.epoch, self.local.epoch_id)
 
     # -- outputs --------------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ primary of its epoch catches up after a while (a resync pass ends: it claims the
 generations, generations.py). A primary whose secondary holds its data acknowledges writes with
 it (sync mode); one that is not linked, or whose secondary is behind, acknowledges them alone,
 in a data generation its secondary lacks: it opens one (as the daemon's ``PersistGeneration``)
-and marks the secondary outdated in etcd first (``OUTDATE``, a compare on etcd's epoch record,
-as daemon/cluster.py's ``outdate``). A crash loses a generation whose mark was written but that
-was never stored. Each site's etcd requests are serialised (the daemon's ``_etcd_lock``).
+and marks the secondary outdated in etcd first (``OUTDATE``, a compare on the revision of etcd's
+epoch record last read, as daemon/cluster.py's ``outdate``). A crash loses a generation whose
+mark was written but that was never stored. Each site's etcd requests are serialised (the daemon's ``_etcd_lock``).
 
 **Invariants** (checked after every step):
 
@@ -215,7 +215,7 @@ class LeaseWorld:
     def _send(self, site: _Site, kind: Action | str | None, local_now: float) -> None:
         arrive = self.now + self.rng.uniform(0.001, 0.3)
         site.request = _Request(kind, local_now, arrive, arrive + self.rng.uniform(0.001, 0.3),
-                                generation=site.storing or 0)
+                                generation=site.storing or 0, versions=site.versions)
 
     def _progress(self, site: _Site, request: _Request, local_now: float) -> None:
         if not request.applied and self.now >= request.arrive_at:
@@ -246,10 +246,11 @@ class LeaseWorld:
             ttl = etcd.leases.get(etcd.primary_lease, self.now) - self.now
             return Seen(etcd.epoch, etcd.primary, max(0.0, ttl), etcd.outdated)
         if request.kind == OUTDATE:
-            if etcd.epoch != site.core.owner_record():
+            mark = site.core.outdate_mark(request.generation)  # decided as it was sent
+            if mark is None or etcd.epoch_rev != request.versions[0]:
                 return False
             etcd.revision += 1
-            etcd.outdated, etcd.outdated_rev = site.core.outdate_mark(request.generation), etcd.revision
+            etcd.outdated, etcd.outdated_rev = mark, etcd.revision
             return True
         if request.kind is Action.CLEAR_OUTDATED:
             if etcd.outdated_rev == site.versions[2]:
