@@ -13,8 +13,9 @@ the simulator (testing/sim/lease.py) drives the same core against a modelled etc
   writes. etcd deletes it when the lease expires.
 * ``outdated``: ``{"site", "epoch", "epoch_id", "generation"}``, with no lease: the primary of
   that epoch answers writes its secondary may lack, in data generation ``generation``
-  (epochs.py). DRBD's "outdate-peer" (its fence-peer handler marks the peer's disk Outdated
-  before the primary goes on alone), on etcd.
+  (epochs.py). DRBD's "outdate-peer" on etcd: with ``fencing resource-only`` (or
+  ``resource-and-stonith``) DRBD freezes I/O at a disconnect until its ``fence-peer`` handler
+  (``crm-fence-peer.sh``) has marked the peer Outdated, and ``after-resync-target`` unfences it.
 
 **Primary.** A site whose metadata says primary acquires the lease when etcd's epoch record is
 its own epoch (``epoch_id`` equal: it restarted, or the lease lapsed while etcd was away) or when
