@@ -92,6 +92,10 @@ class Faults:
     # primary's lease expires, so the writes that resync was bringing are lost (found by
     # `make chaos CLUSTER=1`: a secondary stopped right after RESYNC_DONE was sent rolled back)
     lease_promotes_stale_copy: bool = False
+    # replication/lease.py: a secondary ignores the ``outdated`` mark in etcd, so when a primary
+    # that answered writes without it (the link cut, etcd fine) dies, it promotes itself and
+    # those acknowledged writes are lost (DRBD's "outdate-peer"; sim lease invariant 4)
+    promote_outdated_copy: bool = False
     # storage/group_backend.py: a consistency group's flush makes only the member the latest
     # write went to durable, as if each member were its own volume with its own write order: a
     # FLUSH (or the secondary's DURABLE watermark) no longer covers the other members' writes, so

@@ -203,4 +203,20 @@ def render(name: str, doc: dict[str, Any]) -> str:
         lines.append(f"  CANNOT WRITE: this site {doc['storage_error']}; free room, it resumes by itself")
     if cnt.get("storage_errors"):
         lines.append(f"  storage errors {cnt['storage_errors']} since start (writes that failed here)")
+    lines.extend(_cluster_lines(doc.get("cluster")))
     return "\n".join(lines)
+
+
+def _cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
+    """[cluster]: why this site is fenced or does not promote itself, and etcd's outdated mark."""
+    if cluster is None:
+        return []
+    lines = []
+    if cluster.get("reason"):
+        lines.append(f"  cluster  {cluster['reason']}")
+    mark = cluster.get("outdated")
+    if mark:
+        lines.append(f"  cluster  etcd marks the secondary outdated: site {mark['site']} (epoch "
+                     f"{mark['epoch']}) answered writes without it (data generation "
+                     f"{mark['generation']})")
+    return lines

@@ -9,6 +9,7 @@ one every process on the machine reads.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -312,6 +313,66 @@ def test_a_secondary_whose_resync_was_interrupted_never_promotes_itself(
     pair.stop_both()
     pair.assert_identical()
     assert_pattern(pair.secondary.data_path, 0, 12 * MiB, 0x5a)
+
+
+def _outdated_then_primary_killed(make_pair: MakePair, etcd: EtcdCluster,
+                                  tmp_path: Path) -> SitePair:
+    """sync mode, ``on_disconnect = "continue"``: the link is cut (etcd fine), the primary
+    acknowledges a write its secondary never receives, then dies. Past its lease, the
+    secondary must not promote itself: that write would be lost."""
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path, via_proxy=True, mode="sync")
+    pair.cut_link()
+    pair.wait_link(pair.primary, "disconnected")
+    run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x6b 3M 64k", "-c", "flush", pair.nbd_url],
+             context=pair.logs())  # acknowledged by the primary alone
+    assert cluster(pair, "primary")["outdates"] == 1  # written before the ack
+    pair.wait_for("the primary reads its mark back", lambda: cluster(pair, "primary")["outdated"]
+                  is not None)
+    mark = cluster(pair, "primary")["outdated"]
+    assert mark is not None and mark["site"] == "a" and mark["epoch"] == 1, mark
+    pair.kill9(pair.primary)
+    pair.wait_for("the secondary says its copy is outdated", lambda: "this copy is outdated" in
+                  cluster(pair, "secondary")["reason"], timeout_s=TTL_S + 10)
+    time.sleep(TTL_S)  # it keeps refusing
+    here = cluster(pair, "secondary")
+    assert here["role"] == "secondary" and here["automatic_promotions"] == 0, here
+    assert here["holder"] is None and here["outdated"] == mark, here
+    assert "site a (epoch 1) answered writes without this site" in here["reason"], here
+    text = pair.cli("status", "--config", pair.secondary.config_path).stdout
+    assert "cluster  the primary's lease expired, but this copy is outdated" in text, text
+    return pair
+
+
+def test_a_secondary_the_primary_outdated_waits_for_it_and_loses_nothing(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    """DRBD's outdate-peer on etcd. Before the ``outdated`` mark the secondary promoted itself
+    here and the acknowledged write was gone. The operator starts the old primary again: it
+    retakes its lease, resyncs, clears the mark, and the write is on both sites."""
+    pair = _outdated_then_primary_killed(make_pair, etcd, tmp_path)
+    pair.restore_link()
+    pair.start(pair.primary)
+    pair.wait_for("in sync again", lambda: bool(pair.status(pair.primary)["in_sync"]), timeout_s=60)
+    pair.wait_for("the mark is cleared", lambda: cluster(pair, "primary")["outdated"] is None
+                  and cluster(pair, "secondary")["outdated"] is None, timeout_s=TTL_S + 5)
+    assert cluster(pair, "primary")["epoch"] == 1
+    assert pair.role_of(pair.secondary) == "secondary"
+    pair.stop_both()
+    pair.assert_identical()
+    assert_pattern(pair.secondary.data_path, 3 * MiB, 64 * 1024, 0x6b)
+
+
+def test_an_operator_accepts_the_loss_by_deleting_the_outdated_key(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    """The old primary is gone for good: deleting the ``outdated`` key (docs/operations.md
+    section 11.4) lets the secondary promote itself, without the write it never received."""
+    pair = _outdated_then_primary_killed(make_pair, etcd, tmp_path)
+    key = b"/foresync/foresync/volumes/vol0/outdated"
+    etcd.members[0].post("/v3/kv/deleterange", {"key": base64.b64encode(key).decode()})
+    promoted = wait_promoted(pair, 10)
+    assert promoted and cluster(pair, "secondary")["automatic_promotions"] == 1
+    assert cluster(pair, "secondary")["outdated"] is None
+    run_tool(["qemu-io", "-f", "raw", "-c", "read -P 0 3M 64k", pair.nbd_url_of(pair.secondary)],
+             context=pair.logs())  # the loss the operator accepted
 
 
 def test_the_etcd_leader_killed_during_a_failover(make_pair: MakePair, tmp_path: Path) -> None:

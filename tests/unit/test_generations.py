@@ -47,3 +47,17 @@ def test_an_unknown_token_is_a_bug() -> None:
     generations.open()
     with pytest.raises(InvariantViolation):
         generations.persisted(2)
+
+
+def test_claimed_only_between_a_resync_done_and_the_next_generation() -> None:
+    """[cluster] clears the ``outdated`` mark only while the secondary holds our whole lineage:
+    never at start, never once a generation was started, nor when one stored after a greeting."""
+    generations, _ = _generations()
+    assert not generations.claimed, "at start this process does not know what it holds"
+    generations.greeting()
+    assert generations.claimed
+    generations.open()  # a write it may lack: the mark is written again before it is answered
+    assert not generations.claimed
+    generations.greeting()  # RESYNC_DONE while generation 77 was still being stored
+    generations.persisted(1)
+    assert not generations.claimed, "the secondary claimed the lineage without 77"

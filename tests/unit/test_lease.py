@@ -7,7 +7,16 @@ import pytest
 from foresync.cluster_config import parse, parse_duration
 from foresync.errors import ConfigError
 from foresync.faults import NO_FAULTS, Faults
-from foresync.replication.lease import Action, LeaseCore, Local, Record, Seen, fencing_margin
+from foresync.replication.lease import (
+    Action,
+    LeaseCore,
+    Local,
+    Outdated,
+    Record,
+    Seen,
+    behind_reason,
+    fencing_margin,
+)
 
 A1 = Record("a", 1, 111)
 
@@ -120,6 +129,56 @@ def test_a_copy_known_older_than_its_primarys_never_promotes_itself(local: Local
     buggy.local_changed(local)
     buggy.observed(Seen(A1, None))
     assert buggy.next_action(0.0) is Action.PROMOTE
+
+
+def test_behind_reason_takes_the_two_facts() -> None:
+    assert behind_reason(0, False) == ""
+    assert "256 of its extents" in behind_reason(256, False)
+    assert "roll back" in behind_reason(0, True)
+    assert behind_reason(256, True, Faults(lease_promotes_stale_copy=True)) == ""
+
+
+def test_a_copy_the_primary_outdated_never_promotes_itself() -> None:
+    """The link was cut with etcd fine: the primary marked this copy outdated (generation 0x77)
+    before it answered writes without it, then died. Promoting would lose those writes."""
+    core = LeaseCore("b", 5.0)
+    core.local_changed(Local("secondary", 1, 111, generations=(111,)))
+    core.observed(Seen(A1, None, outdated=Outdated("a", 1, 111, 0x77)))
+    assert core.next_action(0.0) is Action.NONE
+    assert "this copy is outdated" in core.reason and "0x77" in core.reason
+    assert "delete the outdated key" in core.reason
+    buggy = LeaseCore("b", 5.0, faults=Faults(promote_outdated_copy=True))
+    buggy.local_changed(Local("secondary", 1, 111, generations=(111,)))
+    buggy.observed(Seen(A1, None, outdated=Outdated("a", 1, 111, 0x77)))
+    assert buggy.next_action(0.0) is Action.PROMOTE
+
+
+@pytest.mark.parametrize("mark", [None, Outdated("a", 1, 111, 0x77), Outdated("z", 0, 5, 0x99)])
+def test_a_copy_holding_the_marked_generation_or_an_old_epochs_mark_promotes(
+        mark: Outdated | None) -> None:
+    """The resync after the cut brought generation 0x77 (RESYNC_DONE: the secondary claims it),
+    or the mark is of another epoch than etcd's latest: not outdated."""
+    core = LeaseCore("b", 5.0)
+    core.local_changed(Local("secondary", 1, 111, generations=(111, 0x77)))
+    core.observed(Seen(A1, None, outdated=mark))
+    assert core.next_action(0.0) is Action.PROMOTE
+
+
+def test_the_primary_marks_its_own_epoch_and_clears_once_the_secondary_holds_its_data() -> None:
+    core = primary()
+    assert core.outdate_mark(0x77) is None, "etcd not read yet: not known to be ours"
+    core.observed(Seen(Record("b", 2, 222), None))
+    assert core.outdate_mark(0x77) is None, "a newer primary exists: no mark, no answer"
+    core.observed(Seen(A1, None))
+    assert core.outdate_mark(0x77) == Outdated("a", 1, 111, 0x77)
+    core.granted(0.0, 5.0)
+    core.observed(Seen(A1, A1, 4.0, Outdated("a", 1, 111, 0x77)))
+    assert core.next_action(0.1) is Action.NONE, "the secondary may still lack generation 0x77"
+    core.local_changed(Local("primary", 1, 111, generations=(111, 0x77), peer_holds_ours=True))
+    assert core.next_action(0.1) is Action.CLEAR_OUTDATED
+    assert core.next_action(2.0) is Action.RENEW, "a renewal due goes first"
+    core.observed(Seen(A1, A1, 4.0))
+    assert core.next_action(0.2) is Action.NONE, "nothing left to clear"
 
 
 def test_nothing_registered_nothing_promoted() -> None:

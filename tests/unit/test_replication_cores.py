@@ -2194,6 +2194,20 @@ def test_writes_answered_after_a_cut_wait_for_a_new_generation() -> None:
     assert len(h.generations[0].data) == 2
 
 
+def test_the_secondary_holds_our_lineage_from_resync_done_until_a_write_answered_alone() -> None:
+    """[cluster] clears etcd's ``outdated`` mark only while this holds (lease.py)."""
+    h = Harness(mode=Mode.SYNC)
+    assert not h.primary.secondary_holds_lineage, "at start nothing says what it holds"
+    h.connect()
+    h.settle()
+    assert h.primary.statistics().in_sync and h.primary.secondary_holds_lineage
+    h.primary.disconnected("cut")
+    h.pump()
+    assert h.primary.secondary_holds_lineage, "nothing answered alone yet: the mark may go"
+    h.write(0, 16)  # answered without the secondary: a new generation, its mark first
+    assert h.generations and not h.primary.secondary_holds_lineage
+
+
 # -- liveness: heartbeats and the link timeout (liveness.py) -------------------------------------
 
 

@@ -158,3 +158,14 @@ def test_one_write_is_too_few_to_call_the_record_too_small() -> None:
                      "(1000 needed)"]
     doc["counters"].update(writes=1000, record_misses=300)
     assert "30.0% of writes miss at capacity 40: too small" in render("vol0", doc)
+
+
+def test_a_cluster_secondary_says_why_it_does_not_promote_and_shows_the_mark() -> None:
+    reason = ("the primary's lease expired, but this copy is outdated: site a (epoch 1) answered "
+              "writes without this site")
+    doc = _primary(role="secondary", consistent=True, cluster={
+        "reason": reason, "outdated": {"site": "a", "epoch": 1, "generation": "0x77"}})
+    text = render("vol0", doc)
+    assert f"cluster  {reason}" in text
+    assert "etcd marks the secondary outdated: site a (epoch 1)" in text and "0x77" in text
+    assert "cluster" not in render("vol0", _primary(cluster={"reason": "", "outdated": None}))

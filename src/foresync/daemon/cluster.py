@@ -7,6 +7,12 @@ lease (a holding primary, every ttl / 3) or reads both keys and does what the co
 take the lease, promote this secondary (the existing promote path, with the epoch etcd
 registered), or give back a lease a demoted site no longer needs. ``may_ack`` is the fence,
 asked by ``FencedTarget`` for every request and every answer.
+
+``outdate`` is the primary's hook before it answers writes without its secondary (its
+``PersistGeneration``, once per disconnection): it writes the ``outdated`` mark (lease.py) and
+tells whether it stands. A round and an ``outdate`` never interleave (``_etcd_lock``): a round's
+clear of the mark is decided on a read and on the site's state taken after it, so a mark written
+meanwhile makes the clear's compare-and-swap fail instead of being deleted.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ from foresync.faults import NO_FAULTS, Faults
 from foresync.geometry import Extent
 from foresync.logctx import LogBudget
 from foresync.nbd.target import Done, NbdTarget
-from foresync.replication.epochs import new_epoch_id
-from foresync.replication.lease import Action, LeaseCore, Local, Record
+from foresync.replication.epochs import Lineage, new_epoch_id
+from foresync.replication.lease import Action, LeaseCore, Local, Outdated, Record
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +49,17 @@ def local_of(runner: Runner) -> Local:
     epoch_id = meta.epoch_history[-1] if meta.epoch_history else 0
     refusal = ""
     rollback_pending = False
+    if isinstance(runner, PrimarySite):
+        return Local(meta.role, meta.epoch, epoch_id, generations=meta.lineage.data,
+                     peer_holds_ours=runner.core.secondary_holds_lineage)
     if isinstance(runner, SecondarySite):
         rollback_pending = can_roll_back(meta, runner.undo)
         if meta.volume_id is None:
             refusal = "this site has never connected to a primary: it has no copy"
         else:
             refusal = promote_refusal(meta, False, rollback_pending)
-    return Local(meta.role, meta.epoch, epoch_id, refusal, len(meta.stale), rollback_pending)
+    return Local(meta.role, meta.epoch, epoch_id, refusal, len(meta.stale), rollback_pending,
+                 meta.lineage.data)
 
 
 class ClusterAgent:
@@ -67,8 +77,38 @@ class ClusterAgent:
         self.lease_id = 0
         self.etcd_error = ""
         self.promotions = 0
+        self.outdates = 0  # ``outdated`` marks this site wrote (once per disconnection)
         self._said = ("", True)  # (reason, may_ack) last published
         self._etcd_errors = LogBudget(log, logging.WARNING, "etcd errors")
+        self._etcd_lock = asyncio.Lock()  # a round and an ``outdate`` never interleave
+
+    async def outdate(self, lineage: Lineage) -> bool:
+        """Before the primary answers writes of its newest data generation without its
+        secondary: mark the secondary's copy outdated in etcd (lease.py). False if the mark
+        could not be written (etcd unreachable, or a newer epoch there): the writes wait."""
+        generation = lineage.data[-1]
+        async with self._etcd_lock:
+            self.core.local_changed(local_of(self.runner()))
+            mark = self.core.outdate_mark(generation)
+            if mark is None:  # the next round's read may find it ours; retried after it
+                return False
+            try:
+                written = await self.etcd.outdate(mark, self.etcd.versions)
+            except EtcdUnavailable as exc:
+                self.etcd_error = str(exc)
+                self._etcd_errors("cannot mark the secondary outdated: %s", exc)
+                return False
+        if not written:
+            self._etcd_errors("cannot mark the secondary outdated: etcd's epoch record changed "
+                              "since it was read (retrying after the next read)")
+            return False
+        self.outdates += 1
+        log.warning("answering writes without the secondary: its copy is marked outdated in "
+                    "etcd (data generation %#x); it will not promote itself until it holds them",
+                    generation)
+        self.publish({"type": "cluster", "action": "outdated", "epoch": mark.epoch,
+                      "generation": generation})
+        return True
 
     def may_ack(self) -> bool:
         return self.core.may_ack(time.monotonic())
@@ -96,6 +136,10 @@ class ClusterAgent:
                                    timeout=CLOSE_TIMEOUT_S)
 
     async def _round(self) -> None:
+        async with self._etcd_lock:
+            await self._round_locked()
+
+    async def _round_locked(self) -> None:
         action = self.core.next_action(time.monotonic())
         try:
             if action is Action.RENEW:
@@ -103,6 +147,7 @@ class ClusterAgent:
                 return
             self.core.observed(await self.etcd.read())
             self.etcd_error = ""
+            self.core.local_changed(local_of(self.runner()))  # after the read: see the notes
             action = self.core.next_action(time.monotonic())
             if self.stopping():  # a chaos run promoted a secondary whose journal was closing
                 return
@@ -112,6 +157,8 @@ class ClusterAgent:
                 await self._promote()
             elif action is Action.RELEASE:
                 await self._release()
+            elif action is Action.CLEAR_OUTDATED and await self.etcd.clear_outdated(self.etcd.versions):
+                log.info("the secondary holds every write again: its outdated mark is cleared")
         except EtcdUnavailable as exc:
             self.etcd_error = str(exc)
             if action is Action.RENEW:
@@ -212,10 +259,18 @@ class ClusterAgent:
             "holder_ttl_s": seen.holder_ttl_s if seen is not None and holder is not None else None,
             "latest_epoch": latest.epoch if latest is not None else None,
             "latest_epoch_site": latest.site if latest is not None else None,
+            "outdated": _mark_status(seen.outdated if seen is not None else None),
+            "outdates": self.outdates,
             "reason": stats.reason, "etcd_error": self.etcd_error,
             "renew_failures": stats.renew_failures, "automatic_promotions": self.promotions,
             "monotonic_s": now,  # this answer's time on the machine's monotonic clock
         }
+
+
+def _mark_status(mark: Outdated | None) -> dict[str, Any] | None:
+    if mark is None:
+        return None
+    return {"site": mark.site, "epoch": mark.epoch, "generation": f"{mark.generation:#x}"}
 
 
 class FencedTarget:

@@ -1,7 +1,7 @@
 """Every etcd call foresync makes, behind one small adapter (issue 16, part 3).
 
 The decisions (when to renew, fence, acquire or promote) are made by the pure core in
-replication/lease.py; this module only reads and writes the two keys it describes, with a lease,
+replication/lease.py; this module only reads and writes the keys it describes, with a lease,
 through the ``aetcd`` client (gRPC). Every call has a deadline (``rpc_timeout_s``); a failure of
 any kind (etcd down, unreachable, no leader, a timeout) raises ``EtcdUnavailable``, and the next
 call tries the next endpoint. Reads are linearizable: a read served by a member cut off from its
@@ -30,7 +30,7 @@ from aetcd import rpc
 
 from foresync.cluster_config import ClusterConfig
 from foresync.errors import ForesyncError
-from foresync.replication.lease import Record, Seen
+from foresync.replication.lease import Outdated, Record, Seen
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +46,7 @@ class Versions:
 
     epoch: int = 0
     primary: int = 0
+    outdated: int = 0
 
 
 class _Client(aetcd.Client):  # type: ignore[misc]
@@ -78,6 +79,16 @@ def _value(record: Record) -> bytes:
                        "epoch_id": record.epoch_id}).encode()
 
 
+def _outdated(value: bytes) -> Outdated:
+    doc = json.loads(value)
+    return Outdated(str(doc["site"]), int(doc["epoch"]), int(doc["epoch_id"]), int(doc["generation"]))
+
+
+def _outdated_value(mark: Outdated) -> bytes:
+    return json.dumps({"site": mark.site, "epoch": mark.epoch, "epoch_id": mark.epoch_id,
+                       "generation": mark.generation}).encode()
+
+
 class _ClientThread:
     """A daemon thread running an asyncio loop for the gRPC client (see the module notes)."""
 
@@ -99,6 +110,7 @@ class Etcd:
         prefix = cfg.prefix(volume)
         self.epoch_key = f"{prefix}epoch".encode()
         self.primary_key = f"{prefix}primary".encode()
+        self.outdated_key = f"{prefix}outdated".encode()
         self.rpc_timeout_s = rpc_timeout_s
         self._endpoint = 0
         self._client: _Client | None = None
@@ -175,22 +187,25 @@ class Etcd:
     # -- the keys -------------------------------------------------------------------------------
 
     async def read(self) -> Seen:
-        """Both keys at one revision, and the holder's remaining lease."""
+        """The three keys at one revision, and the holder's remaining lease."""
         client = self._connect()
 
         async def both() -> tuple[Seen, Versions]:
             await client.connect()
             t = client.transactions
-            _, (epoch, primary) = await client.transaction(
-                compare=[], success=[t.get(self.epoch_key), t.get(self.primary_key)], failure=[])
+            _, (epoch, primary, outdated) = await client.transaction(
+                compare=[], success=[t.get(self.epoch_key), t.get(self.primary_key),
+                                     t.get(self.outdated_key)], failure=[])
             ttl = 0.0
             if primary:
                 info = await client.get_lease_info(primary[0][1].lease, keys=False)
                 ttl = float(max(0, info.TTL))
             seen = Seen(_record(epoch[0][0]) if epoch else None,
-                        _record(primary[0][0]) if primary else None, ttl)
+                        _record(primary[0][0]) if primary else None, ttl,
+                        _outdated(outdated[0][0]) if outdated else None)
             return seen, Versions(epoch[0][1].mod_revision if epoch else 0,
-                                  primary[0][1].mod_revision if primary else 0)
+                                  primary[0][1].mod_revision if primary else 0,
+                                  outdated[0][1].mod_revision if outdated else 0)
 
         seen, self.versions = await self._call("read", both())
         return seen
@@ -225,14 +240,33 @@ class Etcd:
         return await self._txn("take the lease", compare, ops)
 
     async def promote(self, lease_id: int, new: Record, versions: Versions) -> bool:
-        """A secondary takes the lease for a new epoch: a CAS on the epoch record it read, and
-        the primary key still absent (the old primary's lease expired)."""
+        """A secondary takes the lease for a new epoch: a CAS on the epoch record and the
+        ``outdated`` mark it read (no mark written since), and the primary key still absent (the
+        old primary's lease expired). A mark it read named the old epoch: it goes."""
         client = self._connect()
         t = client.transactions
-        compare = [t.mod(self.epoch_key) == versions.epoch, t.create(self.primary_key) == 0]
+        compare = [t.mod(self.epoch_key) == versions.epoch, t.create(self.primary_key) == 0,
+                   t.mod(self.outdated_key) == versions.outdated]
         ops = [t.put(self.epoch_key, _value(new)),
-               t.put(self.primary_key, _value(new), lease=lease_id)]
+               t.put(self.primary_key, _value(new), lease=lease_id), t.delete(self.outdated_key)]
         return await self._txn("register a new epoch", compare, ops)
+
+    async def outdate(self, mark: Outdated, versions: Versions) -> bool:
+        """A primary marks its secondary's copy outdated (lease.py), only while etcd's epoch
+        record is unchanged since the read that found it ours: False if it changed."""
+        client = self._connect()
+        t = client.transactions
+        return await self._txn("mark the secondary outdated",
+                               [t.mod(self.epoch_key) == versions.epoch],
+                               [t.put(self.outdated_key, _outdated_value(mark))])
+
+    async def clear_outdated(self, versions: Versions) -> bool:
+        """The secondary holds our data again: the mark goes, if unchanged since the read."""
+        client = self._connect()
+        t = client.transactions
+        return await self._txn("clear the outdated mark",
+                               [t.mod(self.outdated_key) == versions.outdated],
+                               [t.delete(self.outdated_key)])
 
     async def restore(self, old: Record, ours: Record) -> bool:
         """Undo our ``promote`` that the site could not carry out: put the previous epoch record

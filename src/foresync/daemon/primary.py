@@ -20,7 +20,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from foresync.units import format_size
 log = logging.getLogger(__name__)
 
 CLEAN_STOP_FILE = "clean-stop"  # written on a clean stop, removed at start
+OUTDATE_RETRY_S = 0.5  # [cluster]: between tries to mark the secondary outdated in etcd
 
 
 
@@ -112,6 +113,11 @@ class PrimarySite:
         self.write_latency: Any = None  # a prometheus histogram child, set by the daemon
         # [cluster]: wraps the NBD target in the lease's fence (daemon/cluster.py), set by the daemon
         self.fence: Callable[[NbdTarget], NbdTarget] | None = None
+        # [cluster]: marks the secondary outdated in etcd before a new data generation's writes
+        # land or are answered (ClusterAgent.outdate); True once the mark stands
+        self.outdate: Callable[[Lineage], Awaitable[bool]] | None = None
+        self._outdated: Lineage | None = None  # the generation the mark names
+        self._outdating: asyncio.Task[None] | None = None
         self._next_op = 1
         self._driver = PrimaryDriver(self.core, self)
         # Futures waiting for the core to reach a state (demote, stop): checked after each pump.
@@ -307,7 +313,12 @@ class PrimarySite:
 
     def persist_generation(self, token: int, lineage: Lineage) -> None:
         """Writes taken while cut off start a new data generation (epochs.py): stored before the
-        first of them lands or is answered. A failure leaves them waiting; the timer retries."""
+        first of them lands or is answered. A failure leaves them waiting; the timer retries.
+        With [cluster], the secondary is marked outdated in etcd first (``_mark_outdated``)."""
+        if self.outdate is not None and self._outdated != lineage:
+            if self._outdating is None or self._outdating.done():
+                self._outdating = asyncio.ensure_future(self._mark_outdated(token, lineage))
+            return
         try:
             store_meta(self.cfg.meta, self.meta.with_lineage(lineage))
         except StorageError as exc:
@@ -320,6 +331,16 @@ class PrimarySite:
         log.info("writes without the secondary: data generation %d started (a secondary promoted "
                  "meanwhile would meet a split brain, not a failback)", len(lineage.data))
         self.core.generation_persisted(token, now=time.monotonic())
+
+    async def _mark_outdated(self, token: int, lineage: Lineage) -> None:
+        """Retried until the mark stands (the writes wait meanwhile; with etcd away the lease
+        fences them anyway), or until this role ends (``run`` cancels it)."""
+        assert self.outdate is not None
+        while not await self.outdate(lineage):
+            await asyncio.sleep(OUTDATE_RETRY_S)
+        self._outdated = lineage
+        self.persist_generation(token, lineage)
+        self.pump()
 
     def become_secondary(self, lineage: Lineage) -> None:
         """A newer primary told us we are outdated (failback, claim 8). Our out-of-sync set went
@@ -660,6 +681,8 @@ class PrimarySite:
             self._stopping = True
             for task in (dialer, timers, stopped, changed):
                 task.cancel()
+        if self._outdating is not None:
+            self._outdating.cancel()
         if self.link is not None:
             self.link.abort("shutting down")
         listener.close()

@@ -57,7 +57,7 @@ from foresync.replication.actions import SecondaryAction
 from foresync.replication.admission import Admitted, Identity, Refused, lineage_of, screen_hello
 from foresync.replication.commits import MAX_IN_FLIGHT, CommitMarks
 from foresync.replication.driver import SecondaryDriver
-from foresync.replication.lease import Local, behind_reason
+from foresync.replication.lease import behind_reason
 from foresync.replication.resync_watch import ResyncWatch
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.storage.backend import ImageBackend
@@ -615,8 +615,7 @@ class SecondarySite:
             raise RequestRefused("this site has never connected to a primary: it has no volume")
         refusal = promote_refusal(self.meta, force, can_roll_back(self.meta, self.undo))
         if not refusal and lease_expired:  # the lease's own rule, checked again on the state now
-            refusal = behind_reason(Local("secondary", self.meta.epoch, 0, "", len(self.meta.stale),
-                                          can_roll_back(self.meta, self.undo)))
+            refusal = behind_reason(len(self.meta.stale), can_roll_back(self.meta, self.undo))
         if refusal:
             raise RequestRefused(refusal)
         host, port = self.cfg.nbd_listen

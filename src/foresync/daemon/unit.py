@@ -188,6 +188,7 @@ class VolumeUnit:
             runner.exports = list(self.exports)
             if self.agent is not None:
                 runner.fence = functools.partial(FencedTarget, may_ack=self.agent.may_ack)
+                runner.outdate = self.agent.outdate
             if self.shared is not None:
                 runner.nbd_hub = self.shared.nbd
         elif self.shared is not None:

@@ -19,6 +19,10 @@ next RESYNC_DONE, so host writes during the next handshake start none (before, `
 at every HELLO, and a host writing steadily restarted every handshake: the link never came back
 while it wrote).
 
+``claimed`` says the secondary holds our whole lineage: a RESYNC_DONE went out since our newest
+generation was stored and none has been started since (with [cluster], the primary then clears
+the ``outdated`` mark it wrote in etcd before the generation's first answer, lease.py).
+
 ``Generations`` is a plain part owned by ``PrimaryCore`` (as resync.py and verify.py are): it
 queues actions through the ``persist`` callback and imports nothing of the core.
 """
@@ -46,6 +50,7 @@ class Generations(Generic[_Op]):
         self._new_id = new_id  # mints a generation id (seeded in the simulator)
         self._persist = persist  # queues PersistGeneration(token, lineage)
         self.fresh = False  # our newest generation is one the secondary never saw
+        self.claimed = False  # the secondary holds ``lineage`` whole (see the module notes)
         self._tokens = 0
         self.next: Lineage | None = None  # being stored: no op lands or is answered meanwhile
         self._held: list[_Op] = []  # FUA writes and FLUSHes flushed meanwhile
@@ -58,6 +63,7 @@ class Generations(Generic[_Op]):
         """RESYNC_DONE goes out: the secondary may claim the generations our HELLO carried, so
         a write answered after this connection ends needs a new generation."""
         self.fresh = False
+        self.claimed = True
 
     def open(self) -> None:
         """A write the secondary may lack is about to land or be answered with the link down:
@@ -65,6 +71,7 @@ class Generations(Generic[_Op]):
         being stored already."""
         if self.fresh or self.next is not None:
             return
+        self.claimed = False
         self._tokens += 1
         self.next = self.lineage.with_generation(self._new_id())
         self._persist(self._tokens, self.next)
@@ -81,5 +88,6 @@ class Generations(Generic[_Op]):
         assert self.next is not None
         self.lineage, self.next = self.next, None
         self.fresh = True
+        self.claimed = False  # a greeting meanwhile carried the lineage before this one
         held, self._held = self._held, []
         return held

@@ -4,13 +4,18 @@ daemon's adapter (daemon/cluster.py) carries out the actions against etcd (daemo
 the simulator (testing/sim/lease.py) drives the same core against a modelled etcd.
 
 **Keys.** Per volume, under ``/foresync/<cluster>/volumes/<volume>/`` (a consistency group gets
-``/foresync/<cluster>/groups/<group>/`` with the same two keys):
+``/foresync/<cluster>/groups/<group>/`` with the same keys):
 
 * ``epoch``: ``{"site", "epoch", "epoch_id"}``, with no lease: the latest epoch and the site it
   was registered by. It only changes by a compare-and-swap on its ``mod_revision``, so each epoch
   number is registered once, by one site: two primaries can never share an epoch.
 * ``primary``: the same fields, attached to the holder's lease: the site allowed to acknowledge
   writes. etcd deletes it when the lease expires.
+* ``outdated``: ``{"site", "epoch", "epoch_id", "generation"}``, with no lease: the primary of
+  that epoch answers writes its secondary may lack, in data generation ``generation``
+  (epochs.py). DRBD's "outdate-peer" on etcd: with ``fencing resource-only`` (or
+  ``resource-and-stonith``) DRBD freezes I/O at a disconnect until its ``fence-peer`` handler
+  (``crm-fence-peer.sh``) has marked the peer Outdated, and ``after-resync-target`` unfences it.
 
 **Primary.** A site whose metadata says primary acquires the lease when etcd's epoch record is
 its own epoch (``epoch_id`` equal: it restarted, or the lease lapsed while etcd was away) or when
@@ -27,14 +32,30 @@ stop acknowledging 4 s after the last renewal that etcd answered was sent, and r
 ``ttl / 3``, so two renewals in a row may fail before the fence falls. A lease etcd reports gone
 (a keepalive answered with TTL 0) fences at once.
 
-**Secondary.** It reads both keys every ``poll_s``. It promotes itself only when the ``primary``
+**Outdate.** A primary answers no write its secondary may lack (one answered while the link is
+down, or in flight when it fell: generations.py opens a data generation for exactly those,
+once per disconnection) before ``outdated`` names that generation in etcd. The adapter writes
+the mark (``outdate_mark``) before it stores the generation, only while etcd's ``epoch`` record is
+still ours (a compare on the revision read), and retries until it succeeds: meanwhile the writes wait (and with etcd away the
+lease fences them anyway). A crash between the mark and the answer leaves a mark naming writes
+that may never have been answered: doubt widens to the safe side. The mark is cleared
+(``CLEAR_OUTDATED``, a compare-and-swap on the revision just read) once the secondary holds our
+newest generation (a resync pass ended with RESYNC_DONE since it started), whatever the mark
+names; a mark written after that read fails the swap and stands. So automatic failover loses
+only what the mode loses while the link is up (``sync``: nothing acknowledged; ``lookahead`` and
+``async``: answered writes still on their way, docs/operations.md section 6), never a write
+answered without the secondary.
+
+**Secondary.** It reads the keys every ``poll_s``. It promotes itself only when the ``primary``
 key is absent (the lease expired or was revoked, as etcd itself decides), its copy follows the
 epoch etcd records last (its lineage's last epoch id is the record's; otherwise it may lack that
 primary's writes), and its copy may be promoted (``refusal`` empty: consistent, not mid-resync,
 metadata intact), and its copy is not known to be older than its primary's (``behind_reason``:
-no extents left stale by an interrupted resync, no rollback of one pending). Otherwise it says
-why (``reason``). Its promotion takes the lease first, by a
-compare-and-swap on the ``epoch`` record it read, and only then writes its new role.
+no extents left stale by an interrupted resync, no rollback of one pending), and its copy is not
+outdated (``outdated_reason``: no ``outdated`` mark of the epoch etcd records naming a data
+generation its lineage lacks). Otherwise it says why (``reason``). Its promotion takes the lease
+first, by a compare-and-swap on the ``epoch`` record and the ``outdated`` mark it read (and
+deletes the mark, which named the old epoch), and only then writes its new role.
 """
 
 from __future__ import annotations
@@ -60,6 +81,7 @@ class Action(Enum):
     RENEW = "renew"  # a keepalive of the lease we hold
     PROMOTE = "promote"  # a secondary takes the lease for a new epoch, then promotes itself
     RELEASE = "release"  # we hold a lease we no longer need (we became secondary)
+    CLEAR_OUTDATED = "clear_outdated"  # the secondary holds all our data again: drop the mark
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +94,24 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class Outdated:
+    """The value of the ``outdated`` key: the primary of this epoch answers writes its secondary
+    may lack, from data generation ``generation`` (an id of its lineage, epochs.py) on."""
+
+    site: str
+    epoch: int
+    epoch_id: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Seen:
-    """The two keys as one linearizable read found them (``None``: absent)."""
+    """The keys as one linearizable read found them (``None``: absent)."""
 
     epoch: Record | None
     holder: Record | None
     holder_ttl_s: float = 0.0  # the holder's remaining lease, as etcd said
+    outdated: Outdated | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +126,27 @@ class Local:
     # primary's (site.json ``stale``, after a rollback), or a rollback of one still to run.
     stale_extents: int = 0
     rollback_pending: bool = False
+    generations: tuple[int, ...] = ()  # the data generations this copy holds (its lineage's)
+    # A primary: its secondary holds every generation of ours (a resync pass ended since our
+    # newest started), so no write it lacks was answered since: the ``outdated`` mark may go.
+    peer_holds_ours: bool = False
 
 
-def behind_reason(local: Local, faults: Faults = NO_FAULTS) -> str:
+def outdated_reason(mark: Outdated | None, latest: Record, generations: tuple[int, ...],
+                    faults: Faults = NO_FAULTS) -> str:
+    """Why a secondary's copy is outdated by ``mark`` ("" if it is not): the primary of etcd's
+    latest epoch answered writes, from a data generation this copy does not hold, without it. A
+    mark of another epoch is an old primary's, whose writes the new one's data already decided."""
+    if faults.promote_outdated_copy:  # deliberate bug: the mark is not honoured
+        return ""
+    if mark is None or mark.epoch_id != latest.epoch_id or mark.generation in generations:
+        return ""
+    return (f"site {mark.site} (epoch {mark.epoch}) answered writes without this site (its data "
+            f"generation {mark.generation:#x}, which this copy does not hold): promoting it would "
+            "lose them")
+
+
+def behind_reason(stale_extents: int, rollback_pending: bool, faults: Faults = NO_FAULTS) -> str:
     """Why a secondary whose copy is known to be older than its primary's must not promote
     ITSELF ("" if it is not known to be): a resync was bringing it the primary's writes when it
     stopped, so those writes (acknowledged by the primary, in sync mode too) are on the primary
@@ -102,11 +154,11 @@ def behind_reason(local: Local, faults: Faults = NO_FAULTS) -> str:
     lease never does, so a primary that only restarts finds its writes where it left them."""
     if faults.lease_promotes_stale_copy:  # deliberate bug: a known-older copy promotes itself
         return ""
-    if local.rollback_pending:
+    if rollback_pending:
         return ("a resync into it was interrupted: it would roll back to an older copy that lacks "
                 "writes the primary acknowledged")
-    if local.stale_extents:
-        return (f"{local.stale_extents} of its extents are older than the primary's (a resync "
+    if stale_extents:
+        return (f"{stale_extents} of its extents are older than the primary's (a resync "
                 "into it was interrupted and rolled back): it lacks writes the primary acknowledged")
     return ""
 
@@ -184,6 +236,16 @@ class LeaseCore:
         self.holding = False
         self._valid_until = 0.0
 
+    def outdate_mark(self, generation: int) -> Outdated | None:
+        """The ``outdated`` value a primary writes before it answers writes of ``generation``
+        without its secondary (see the notes); None while etcd's epoch record, as last read, is
+        not ours (not read yet, or a newer primary exists). The write compares the record's
+        revision with that read's: a record changed since makes it fail, never succeed."""
+        seen = self.seen
+        if seen is None or seen.epoch is None or seen.epoch.epoch_id != self.local.epoch_id:
+            return None
+        return Outdated(self.site, self.local.epoch, self.local.epoch_id, generation)
+
     # -- outputs --------------------------------------------------------------------------------
 
     def may_ack(self, now: float) -> bool:
@@ -205,10 +267,14 @@ class LeaseCore:
         return self._secondary_action()
 
     def _primary_action(self, now: float) -> Action:
+        seen = self.seen
         if self.holding:
             due = max(self._last_sent + self.renew_every_s, self._retry_at)
-            return Action.RENEW if now >= due else Action.NONE
-        seen = self.seen
+            if now >= due:
+                return Action.RENEW
+            if seen is not None and seen.outdated is not None and self.local.peer_holds_ours:
+                return Action.CLEAR_OUTDATED
+            return Action.NONE
         if seen is None:
             return Action.NONE
         if seen.epoch is not None and seen.epoch.epoch_id != self.local.epoch_id:
@@ -241,10 +307,16 @@ class LeaseCore:
             self.reason = f"the primary's lease expired, but this copy may not be promoted: " \
                           f"{self.local.refusal}"
             return Action.NONE
-        behind = behind_reason(self.local, self.faults)
+        behind = behind_reason(self.local.stale_extents, self.local.rollback_pending, self.faults)
         if behind:
             self.reason = (f"the primary's lease expired, but this copy does not promote itself: "
                            f"{behind}; waiting for that primary to return (or promote by hand)")
+            return Action.NONE
+        outdated = outdated_reason(seen.outdated, seen.epoch, self.local.generations, self.faults)
+        if outdated:
+            self.reason = (f"the primary's lease expired, but this copy is outdated: {outdated}; "
+                           "waiting for that primary to return (or delete the outdated key by "
+                           "hand to accept the loss)")
             return Action.NONE
         self.reason = ""
         return Action.PROMOTE

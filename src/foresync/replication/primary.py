@@ -688,6 +688,12 @@ class PrimaryCore:
         """This site's epochs and data generations (generations.py, epochs.py)."""
         return self._generations.lineage
 
+    @property
+    def secondary_holds_lineage(self) -> bool:
+        """The secondary holds every data generation of ours: nothing it lacks was answered
+        since its last RESYNC_DONE (generations.py ``claimed``; lease.py clears the mark)."""
+        return self._generations.claimed
+
     def _emit_persist_generation(self, token: int, lineage: Lineage) -> None:
         self._actions.append(PersistGeneration(token, lineage))
 

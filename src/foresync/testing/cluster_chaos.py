@@ -9,6 +9,10 @@ cycle draws one fault and lets the automatic failover and failback run:
   is restarted and must come back as the secondary and fail back by itself;
 * ``kill_secondary``: kill -9 the secondary, restart it;
 * ``cut_link``: cut the link between the sites for a while (etcd fine): nothing may be promoted;
+* ``cut_link_kill_primary``: cut the link (etcd fine), let the primary answer writes alone, kill
+  -9 it: the secondary, marked outdated in etcd, must not promote itself (DRBD's outdate); the
+  old primary restarts with the link back, retakes its lease and resyncs (in ``sync`` mode no
+  acknowledged write may be lost). Unmarked (nothing answered alone), it may take over;
 * ``cut_etcd``: cut the primary off from etcd until the secondary has taken over, then heal;
 * ``etcd_restart``: stop etcd for longer than the lease, then start it: nothing may be promoted.
 
@@ -40,8 +44,9 @@ from foresync.testing.chaos import Chaos, Proxy, Site, Writer
 from foresync.testing.etcd import EtcdCluster
 from foresync.testing.processes import free_port
 
-FAULTS = ("kill_primary", "kill_secondary", "cut_link", "cut_etcd", "etcd_restart")
-FAILOVER_FAULTS = ("kill_primary", "cut_etcd")
+FAULTS = ("kill_primary", "kill_secondary", "cut_link", "cut_etcd", "etcd_restart",
+          "cut_link_kill_primary")
+FAILOVER_FAULTS = ("kill_primary", "cut_etcd", "cut_link_kill_primary")
 
 
 class ClusterChaos(Chaos):
@@ -72,6 +77,7 @@ class ClusterChaos(Chaos):
         self.violations: list[str] = []
         self.writable: list[tuple[float, int, str]] = []
         self.promotions = 0
+        self.outdated_refusals = 0  # secondaries that waited for a primary that answered alone
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, daemon=True)
         self._poller.start()
@@ -155,6 +161,8 @@ class ClusterChaos(Chaos):
             self._still_secondary(secondary, "link cut, etcd fine")
             for proxy in self.proxies.values():
                 proxy.restore()
+        elif fault == "cut_link_kill_primary":
+            self._outdate(primary, secondary)
         elif fault == "cut_etcd":
             self.etcd_proxies[self._name(primary)].cut()
             self._wait_primary(secondary, self.ttl_s + 10)
@@ -173,6 +181,23 @@ class ClusterChaos(Chaos):
         self.check(f"cycle {number} ({fault}, {writer.writes} writes)",
                    keep_promises=self.mode == "sync" or fault not in FAILOVER_FAULTS)
         return fault
+
+    def _outdate(self, primary: Site, secondary: Site) -> None:
+        for proxy in self.proxies.values():
+            proxy.cut()
+        time.sleep(self.rng.uniform(0.5, 1.5))  # the writer's writes are answered alone
+        primary.kill9()
+        time.sleep(self.ttl_s + 2)  # past the lease: a takeover would have happened by now
+        status = secondary.status() or {}
+        marked = (status.get("cluster") or {}).get("outdated") is not None
+        if marked:
+            self._still_secondary(secondary, "the primary answered writes alone, then died")
+            self.outdated_refusals += 1
+        for proxy in self.proxies.values():
+            proxy.restore()
+        if not marked:  # nothing answered alone: it may take over, and the old one fails back
+            self._wait_primary(secondary, self.ttl_s + 10)
+        primary.start()
 
     def close(self) -> None:
         self._stop.set()
@@ -201,7 +226,8 @@ def run(cycles: int, seed: int, mode: str, ttl_s: int, keep: bool = False) -> in
         return 1
     chaos.close()
     print(f"cluster chaos: {cycles} passed, 0 failed (seed {seed}, mode {mode}, lease_ttl "
-          f"{ttl_s} s, faults {faults}, automatic takeovers {chaos.promotions}, "
+          f"{ttl_s} s, faults {faults}, automatic takeovers {chaos.promotions}, outdated "
+          f"secondaries that waited {chaos.outdated_refusals}, "
           f"{time.monotonic() - started:.0f} s)")
     if not keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -11,6 +11,15 @@ answer comes back after another. A site cut off from etcd loses the request, and
 only after ``RPC_TIMEOUT_S`` by its own clock, as the daemon does. Hosts write to every site
 that is primary and whose core says ``may_ack``: each such write is an acknowledgment.
 
+**The link between the sites** (outdate) goes down and up by itself. A secondary linked to the
+primary of its epoch catches up after a while (a resync pass ends: it claims the primary's data
+generations, generations.py). A primary whose secondary holds its data acknowledges writes with
+it (sync mode); one that is not linked, or whose secondary is behind, acknowledges them alone,
+in a data generation its secondary lacks: it opens one (as the daemon's ``PersistGeneration``)
+and marks the secondary outdated in etcd first (``OUTDATE``, a compare on the revision of etcd's
+epoch record last read, as daemon/cluster.py's ``outdate``). A crash loses a generation whose
+mark was written but that was never stored. Each site's etcd requests are serialised (the daemon's ``_etcd_lock``).
+
 **Invariants** (checked after every step):
 
 1. No acknowledgment after the lease is lost: a site acknowledges only while etcd holds its
@@ -20,9 +29,12 @@ that is primary and whose core says ``may_ack``: each such write is an acknowled
 
 3. A secondary whose copy is known to be older than its primary's (stale extents from an
    interrupted resync) never promotes itself: the writes that resync was bringing would be lost.
+4. An automatic promotion never loses a write acknowledged in sync mode: the promoted copy holds
+   every data generation in which the primary of the epoch it replaces acknowledged writes
+   alone.
 
-The deliberate bugs ``ack_after_lease_lost`` and ``lease_promotes_stale_copy`` (faults.py) must
-trip invariants 1 and 3.
+The deliberate bugs ``ack_after_lease_lost``, ``lease_promotes_stale_copy`` and
+``promote_outdated_copy`` (faults.py) must trip invariants 1, 3 and 4.
 """
 
 from __future__ import annotations
@@ -31,10 +43,11 @@ import random
 from dataclasses import dataclass, field
 
 from foresync.faults import NO_FAULTS, Faults
-from foresync.replication.lease import Action, LeaseCore, Local, Record, Seen
+from foresync.replication.lease import Action, LeaseCore, Local, Outdated, Record, Seen
 
 DRIFT = 0.005  # each site's clock runs at 1 +- this
 RPC_TIMEOUT_S = 1.5
+OUTDATE = "outdate"  # the primary's mark, before it answers writes alone (not a core Action)
 
 
 class LeaseFailure(Exception):
@@ -53,6 +66,8 @@ class _Etcd:
     revision: int = 0
     next_lease: int = 1
     registered: dict[int, str] = field(default_factory=dict)  # epoch -> site
+    outdated: Outdated | None = None
+    outdated_rev: int = 0
 
     def expire(self, now: float) -> None:
         for lease_id, expiry in list(self.leases.items()):
@@ -68,14 +83,16 @@ class _Etcd:
 
 @dataclass
 class _Request:
-    kind: Action | None  # None: a read
+    kind: Action | str | None  # None: a read; OUTDATE
     sent_local: float
     arrive_at: float
     reply_at: float
     applied: bool = False
     answer: object = None
     lost: bool = False
-    versions: tuple[int, int] = (0, 0)
+    replaced: Record | None = None  # PROMOTE: etcd's epoch record it replaced
+    generation: int = 0  # OUTDATE: the generation the mark names
+    versions: tuple[int, int, int] = (0, 0, 0)
 
 
 class _Site:
@@ -93,13 +110,20 @@ class _Site:
         self.request: _Request | None = None
         self.next_round = 0.0  # local time
         self.lease_id = 0
-        self.versions = (0, 0)
+        self.versions = (0, 0, 0)
+        self.generations: tuple[int, ...] = (epoch_id,)  # the data it holds (its lineage's)
+        self.storing: int | None = None  # a generation opened: its mark, then it is ours
+        self.fresh = False  # our newest generation is one the secondary never saw
+        self.claimed = False  # our secondary holds every generation of ours
+        self.outdate_at = 0.0  # local time: a failed mark is tried again from then on
 
     def clock(self, now: float) -> float:
         return self.offset + self.rate * now
 
     def local(self) -> Local:
-        return Local(self.role, self.epoch, self.epoch_id, self.refusal, self.stale)
+        return Local(self.role, self.epoch, self.epoch_id, self.refusal, self.stale,
+                     generations=self.generations,
+                     peer_holds_ours=self.claimed and self.storing is None)
 
 
 class LeaseWorld:
@@ -115,6 +139,11 @@ class LeaseWorld:
         self.schedule: list[str] = []
         self.acks = 0
         self.promotions = 0
+        self.link_up = True
+        self.alone: dict[int, set[int]] = {}  # epoch id -> generations with writes acked alone
+        self.alone_acks = 0
+        self.outdates = 0
+        self.outdated_refusals = 0  # a secondary's reads that found its copy outdated
 
     def _log(self, event: str) -> None:
         self.schedule.append(f"t={self.now:.3f} {event}")
@@ -128,6 +157,7 @@ class LeaseWorld:
                 if site.up:
                     self._drive(site)
             self._meet()
+            self._catch_up()
             self._writes()
 
     # -- faults ---------------------------------------------------------------------------------
@@ -143,6 +173,7 @@ class LeaseWorld:
             site.up = False
             site.request = None
             site.core = LeaseCore(site.name, self.ttl, faults=site.core.faults)  # memory lost
+            site.storing, site.fresh, site.claimed = None, False, False  # never stored
             self._log(f"{site.name}: crash")
         elif roll < 0.03 and not site.up:
             site.up = True
@@ -158,6 +189,9 @@ class LeaseWorld:
             # finished (none): the copy is consistent either way, older in the first case.
             site.stale = 0 if site.stale else rng.randint(1, 256)
             self._log(f"{site.name}: stale extents={site.stale}")
+        elif roll < 0.06:
+            self.link_up = not self.link_up
+            self._log(f"link {'up' if self.link_up else 'cut'}")
 
     # -- one site's round -----------------------------------------------------------------------
 
@@ -167,16 +201,21 @@ class LeaseWorld:
         if request is not None:
             self._progress(site, request, local_now)
             return
-        if local_now < site.next_round:
-            return
         site.core.local_changed(site.local())
         action = site.core.next_action(local_now)
+        if (site.storing is not None and site.role == "primary" and action is not Action.RENEW
+                and local_now >= site.outdate_at):
+            self._send(site, OUTDATE, local_now)  # the writes wait for it (daemon/primary.py)
+            return
+        if local_now < site.next_round:
+            return
         kind = Action.RENEW if action is Action.RENEW else None
         self._send(site, kind, local_now)
 
-    def _send(self, site: _Site, kind: Action | None, local_now: float) -> None:
+    def _send(self, site: _Site, kind: Action | str | None, local_now: float) -> None:
         arrive = self.now + self.rng.uniform(0.001, 0.3)
-        site.request = _Request(kind, local_now, arrive, arrive + self.rng.uniform(0.001, 0.3))
+        site.request = _Request(kind, local_now, arrive, arrive + self.rng.uniform(0.001, 0.3),
+                                generation=site.storing or 0, versions=site.versions)
 
     def _progress(self, site: _Site, request: _Request, local_now: float) -> None:
         if not request.applied and self.now >= request.arrive_at:
@@ -192,6 +231,8 @@ class LeaseWorld:
             site.request = None
             if request.kind is Action.RENEW:
                 site.core.renew_failed(local_now, "timeout")
+            elif request.kind == OUTDATE:
+                site.outdate_at = local_now + 0.5
             self._next_round(site, local_now)
             return
         site.request = None
@@ -200,9 +241,21 @@ class LeaseWorld:
     def _apply(self, site: _Site, request: _Request) -> object:
         etcd = self.etcd
         if request.kind is None:
-            request.versions = (etcd.epoch_rev, etcd.revision if etcd.primary else 0)
+            request.versions = (etcd.epoch_rev, etcd.revision if etcd.primary else 0,
+                                etcd.outdated_rev)
             ttl = etcd.leases.get(etcd.primary_lease, self.now) - self.now
-            return Seen(etcd.epoch, etcd.primary, max(0.0, ttl))
+            return Seen(etcd.epoch, etcd.primary, max(0.0, ttl), etcd.outdated)
+        if request.kind == OUTDATE:
+            mark = site.core.outdate_mark(request.generation)  # decided as it was sent
+            if mark is None or etcd.epoch_rev != request.versions[0]:
+                return False
+            etcd.revision += 1
+            etcd.outdated, etcd.outdated_rev = mark, etcd.revision
+            return True
+        if request.kind is Action.CLEAR_OUTDATED:
+            if etcd.outdated_rev == site.versions[2]:
+                etcd.outdated, etcd.outdated_rev = None, 0
+            return None
         if request.kind is Action.RENEW:
             if site.lease_id in etcd.leases:
                 etcd.leases[site.lease_id] = self.now + self.ttl
@@ -223,8 +276,11 @@ class LeaseWorld:
                 etcd.primary, etcd.primary_lease = record, lease_id
         else:  # PROMOTE
             assert etcd.epoch is not None
-            ok = etcd.epoch_rev == site.versions[0] and etcd.primary is None
+            ok = (etcd.epoch_rev == site.versions[0] and etcd.primary is None
+                  and etcd.outdated_rev == site.versions[2])
             if ok:
+                request.replaced = etcd.epoch
+                etcd.outdated, etcd.outdated_rev = None, 0
                 new = Record(site.name, etcd.epoch.epoch + 1, self.rng.randrange(1, 1 << 62))
                 if new.epoch in etcd.registered:
                     raise LeaseFailure(f"epoch {new.epoch} registered twice", self.schedule)
@@ -239,12 +295,22 @@ class LeaseWorld:
 
     def _answered(self, site: _Site, request: _Request, local_now: float) -> None:
         core = site.core
-        if request.kind is None:
+        if request.kind == OUTDATE:
+            site.outdate_at = local_now + 0.5  # OUTDATE_RETRY_S, if it failed
+            if request.answer and site.storing == request.generation:
+                site.generations = (*site.generations, site.storing)
+                site.storing, site.fresh = None, True
+                self.outdates += 1
+                self._log(f"{site.name}: marked its secondary outdated, generation "
+                          f"{len(site.generations)}")
+        elif request.kind is None:
             assert isinstance(request.answer, Seen)
             core.observed(request.answer)
             site.versions = request.versions
+            core.local_changed(site.local())  # after the read, as the daemon does
             action = core.next_action(local_now)
-            if action in (Action.ACQUIRE, Action.PROMOTE):
+            self.outdated_refusals += "this copy is outdated" in core.reason
+            if action in (Action.ACQUIRE, Action.PROMOTE, Action.CLEAR_OUTDATED):
                 self._send(site, action, local_now)
                 return
             if action is Action.RELEASE:
@@ -262,11 +328,14 @@ class LeaseWorld:
             site.lease_id, new = request.answer
             core.granted(request.sent_local, self.ttl)
             if isinstance(new, Record):
+                self._check_nothing_lost(site, request.replaced)
                 if site.stale:
                     raise LeaseFailure(f"invariant 3: site {site.name} promoted itself with "
                                        f"{site.stale} extents older than its primary's (writes "
                                        "that primary acknowledged lost)", self.schedule)
                 site.role, site.epoch, site.epoch_id = "primary", new.epoch, new.epoch_id
+                site.generations = (*site.generations, new.epoch_id)  # epochs.py ``promoted``
+                site.fresh = site.claimed = False
                 self.promotions += 1
                 self._log(f"{site.name}: promoted, epoch {new.epoch}")
             else:
@@ -284,7 +353,38 @@ class LeaseWorld:
         if a.up and b.up and a.role == b.role == "primary" and self.rng.random() < 0.2:
             old, new = (a, b) if a.epoch < b.epoch else (b, a)
             old.role, old.epoch, old.epoch_id = "secondary", new.epoch, new.epoch_id
+            old.storing, old.fresh, old.claimed = None, False, False
             self._log(f"{old.name}: steps down to follow {new.name} (epoch {new.epoch})")
+
+    def _check_nothing_lost(self, site: _Site, replaced: Record | None) -> None:
+        """Invariant 4, as ``site`` promotes itself in place of ``replaced``'s epoch."""
+        if replaced is None:
+            return
+        lost = self.alone.get(replaced.epoch_id, set()) - set(site.generations)
+        if lost:
+            raise LeaseFailure(f"invariant 4: site {site.name} promoted itself without "
+                               f"{len(lost)} data generation(s) in which site {replaced.site} "
+                               f"acknowledged writes alone (epoch {replaced.epoch}): lost",
+                               self.schedule)
+
+    def _linked(self, primary: _Site) -> _Site | None:
+        """The secondary the link connects ``primary`` to now, if any."""
+        other = self.sites["b" if primary.name == "a" else "a"]
+        if (self.link_up and primary.up and other.up and other.role == "secondary"
+                and other.epoch_id == primary.epoch_id):
+            return other
+        return None
+
+    def _catch_up(self) -> None:
+        """A linked secondary's resync pass ends now and then: it claims our generations."""
+        for site in self.sites.values():
+            other = self._linked(site) if site.role == "primary" else None
+            if other is None or site.storing is not None or self.rng.random() >= 0.1:
+                continue
+            if other.generations != site.generations or not site.claimed:
+                other.generations, other.stale = site.generations, 0
+                site.fresh, site.claimed = False, True
+                self._log(f"{other.name}: resync done, holds {len(site.generations)} generations")
 
     def _writes(self) -> None:
         for site in self.sites.values():
@@ -292,6 +392,14 @@ class LeaseWorld:
                 continue
             if not site.core.may_ack(site.clock(self.now)):
                 continue
+            if self._linked(site) is None or not site.claimed:  # alone
+                if site.storing is not None:
+                    continue  # waits for its mark
+                if not site.fresh:
+                    site.storing, site.claimed = self.rng.randrange(1, 1 << 62), False
+                    continue
+                self.alone.setdefault(site.epoch_id, set()).add(site.generations[-1])
+                self.alone_acks += 1
             self.acks += 1
             if not self.etcd.holds(site.name, self.now):
                 raise LeaseFailure(f"invariant 1: site {site.name} acknowledged a write at "
