@@ -28,6 +28,7 @@ import xxhash
 
 from foresync.admin.status import ResyncReceived, SecondaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
+from foresync.daemon.group_unit import group_members
 from foresync.daemon.link_router import gate_one_volume
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
@@ -243,8 +244,10 @@ class SecondarySite:
             self.pump()
 
     def _identity(self) -> Identity:
+        group = self.cfg.group
         return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
-                        self.meta.epoch_history, self.meta.discard_local, self.meta.lineage.data)
+                        self.meta.epoch_history, self.meta.discard_local, self.meta.lineage.data,
+                        group.name if group is not None else "", group_members(group))
 
     def _has_healthy_link(self) -> bool:
         """A primary that passed screening is connected (greeted, or its WELCOME is still being
