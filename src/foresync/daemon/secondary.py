@@ -62,7 +62,6 @@ from foresync.replication.lease import Local, behind_reason
 from foresync.replication.resync_watch import ResyncWatch
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.storage.backend import ImageBackend
-from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
 
 log = logging.getLogger(__name__)
@@ -396,14 +395,8 @@ class SecondarySite:
         self.backend.write(offset, data)
 
     def write_run(self, writes: tuple[wire.Write, ...]) -> None:
-        parts = [write.data for write in writes]
-        if type(self.backend) is FileBackend:
-            self.backend.write_parts(writes[0].offset, parts)
-            return
-        offset = writes[0].offset
-        for part in parts:  # another backend (a consistency group's): one call per write
-            self.backend.write(offset, part)
-            offset += len(part)
+        # One pwritev on a FileBackend, and on a group's member when the run lies inside it.
+        self.backend.write_parts(writes[0].offset, [write.data for write in writes])
 
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
         self.backend.zero(offset, length, punch, False)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,11 @@ class SimMember:
 
     def write(self, offset: int, data: bytes) -> None:
         self.disk.write(self.base + offset, data)
+
+    def write_parts(self, offset: int, parts: Sequence[bytes]) -> None:
+        for part in parts:
+            self.write(offset, part)
+            offset += len(part)
 
     def flush(self) -> None:
         self.disk.flush_range(self.base, self.base + self.size)
