@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
-from test_nbd_server_limits import HoldingTarget, negotiate, run
+from test_nbd_server_limits import HoldingTarget, eventually, negotiate, run
 from test_nbd_write_groups import WRITE, GroupingTarget, request
 
 from foresync.daemon.cluster import FencedTarget
@@ -26,9 +27,11 @@ COUNT = 6
 DATA = b"\x07" * 512
 
 
-def served(target: NbdTarget) -> dict[int, int]:
+def served(target: NbdTarget, held: GroupingTarget | None = None,
+           while_held: Callable[[], None] = lambda: None) -> dict[int, int]:
     """Send COUNT plain writes at once to ``target`` behind a real NBD server; each cookie's
-    answer (0 or the errno)."""
+    answer (0 or the errno). With ``held`` (the innermost target, holding): once it holds all
+    COUNT, ``while_held`` runs, then they are answered."""
     stream = b"".join(request(WRITE, cookie, cookie * 512, DATA) for cookie in range(1, COUNT + 1))
 
     async def body() -> None:
@@ -38,12 +41,19 @@ def served(target: NbdTarget) -> dict[int, int]:
             reader, writer = await negotiate(port)
             writer.write(stream)
             await writer.drain()
+            if held is not None:
+                await eventually(lambda: len(held.held) == COUNT)
+                while_held()
+                held.release_all()
             replies = await asyncio.wait_for(reader.readexactly(16 * COUNT), 10)
             for i in range(COUNT):
                 _, error, cookie = struct.unpack_from(">IIQ", replies, i * 16)
                 answers[cookie] = error
             writer.close()
         finally:
+            if held is not None:
+                held.holding = False
+                held.release_all()
             await server.aclose()
 
     answers: dict[int, int] = {}
@@ -95,35 +105,15 @@ def test_a_fenced_target_holding_the_lease_passes_the_group_on() -> None:
 def test_a_group_answered_after_the_lease_is_lost_is_answered_eio() -> None:
     """The writes passed the fence but their answers come after it closed: each becomes EIO,
     as a lone write's would (it may have landed; the host must not take it as acknowledged)."""
-    holding = [True]
+    lease = [True]
+
+    def lose_the_lease() -> None:
+        lease[0] = False
+
     inner = GroupingTarget()
     inner.holding = True
-    target = FencedTarget(inner, lambda: holding[0])
-    stream = b"".join(request(WRITE, cookie, cookie * 512, DATA) for cookie in range(1, COUNT + 1))
-    answers: dict[int, int] = {}
-
-    async def body() -> None:
-        server = NbdServer(target, ExportInfo("disk", target.size), ServerLimits())
-        _, port = await server.start("127.0.0.1", 0)
-        try:
-            reader, writer = await negotiate(port)
-            writer.write(stream)
-            await writer.drain()
-            while len(inner.held) < COUNT:
-                await asyncio.sleep(0.01)
-            holding[0] = False
-            inner.release_all()
-            replies = await asyncio.wait_for(reader.readexactly(16 * COUNT), 10)
-            for i in range(COUNT):
-                _, error, cookie = struct.unpack_from(">IIQ", replies, i * 16)
-                answers[cookie] = error
-            writer.close()
-        finally:
-            inner.holding = False
-            inner.release_all()
-            await server.aclose()
-
-    run(body)
+    target = FencedTarget(inner, lambda: lease[0])
+    answers = served(target, inner, lose_the_lease)
     assert inner.log == [("group", offsets())]
     assert answers == dict.fromkeys(range(1, COUNT + 1), int(Errno.EIO))
     assert target.refused == COUNT
