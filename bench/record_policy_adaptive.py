@@ -11,54 +11,36 @@ rows where it is above either claimed policy and the traces where it is >= 25% l
 
 from __future__ import annotations
 
-import lzma
 import sys
-from pathlib import Path
 
-from foresync.nbd import trace
+from _policy_rows import Tally, Traces  # bench/_policy_rows.py: bench/ is on sys.path as a script
+
 from foresync.record import adaptive
 from foresync.record.record import Eviction
-from foresync.record.replay import ReplayConfig, replay
-from foresync.tune import writes_of
-
-HERE = Path(__file__).parent
-CONFIGS = [(16, 1 << 20), (16, 65536), (4, 1 << 20), (4, 65536)]  # as bench/record_policies.py
 
 
 def main(argv: list[str]) -> None:
     variants = ([(int(a.split(",")[0]), float(a.split(",")[1]), int(a.split(",")[2])) for a in argv]
                 or [(adaptive.WINDOW, adaptive.MARGIN, adaptive.EXPLORE)])
-    traces = {}
-    for path in sorted((HERE / "workloads").glob("*.fstrace.xz")):
-        size, records = trace.decode(lzma.decompress(path.read_bytes()), str(path))
-        traces[path.name.removesuffix(".fstrace.xz")] = (size, writes_of(records))
-
-    def miss_ratio(name: str, fraction: int, extent_size: int, policy: Eviction) -> float:
-        size, writes = traces[name]
-        config = ReplayConfig(extent_size, size // fraction // extent_size, policy, 4)
-        return replay(writes, size, config).miss_ratio
-
-    fixed = {(name, fraction, es): {p: miss_ratio(name, fraction, es, p)
-                                    for p in (Eviction.LRU, Eviction.GENERATIONS, Eviction.S3FIFO)}
-             for name in traces for fraction, es in CONFIGS}
+    traces = Traces()
+    fixed = {row: {p: traces.miss_ratio(row, p)
+                   for p in (Eviction.LRU, Eviction.GENERATIONS, Eviction.S3FIFO)}
+             for row in traces.rows()}
     for window, margin, explore in variants:
         adaptive.WINDOW, adaptive.MARGIN, adaptive.EXPLORE = window, margin, explore
         adaptive._DECAY = 0.5 ** (1 / window)
         print(f"\nWINDOW {window}, MARGIN {margin}, EXPLORE {explore}\n| trace | bound | extent | lru | generations | s3fifo "
               "| adaptive | vs best claimed |\n|---|---|---|--:|--:|--:|--:|--:|")
-        above, wins = [], set()
-        for (name, fraction, es), ratios in fixed.items():
-            ratio = miss_ratio(name, fraction, es, Eviction.ADAPTIVE)
+        tally = Tally()
+        for row, ratios in fixed.items():
+            name, fraction, es = row
+            ratio = traces.miss_ratio(row, Eviction.ADAPTIVE)
             best = min(ratios[Eviction.LRU], ratios[Eviction.GENERATIONS])
-            change = (ratio - best) / best if best else 0.0
+            change = tally.note(row, ratio, best, detail=False)
             print(f"| {name} | 1/{fraction} | {es >> 10} KiB | {ratios[Eviction.LRU]:.2%} "
                   f"| {ratios[Eviction.GENERATIONS]:.2%} | {ratios[Eviction.S3FIFO]:.2%} | **{ratio:.2%}** "
                   f"| {change:+.0%} |", flush=True)
-            if ratio > best:
-                above.append(f"{name} 1/{fraction} {es >> 10} KiB")
-            if change <= -0.25:
-                wins.add(name)
-        print(f"above a claimed policy on {len(above)} rows {above}; >= 25% lower on {sorted(wins)}", flush=True)
+        print(tally.summary(), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,21 +15,15 @@ one lucky point of the grid: see docs/benchmarks.md.
 
 from __future__ import annotations
 
-import lzma
 import random
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from foresync.nbd import trace
+from _policy_rows import Tally, Traces  # bench/_policy_rows.py: bench/ is on sys.path as a script
+
 from foresync.record import adaptive, streams
 from foresync.record.record import Eviction, RecordCopy
-from foresync.record.replay import ReplayConfig, replay
-from foresync.tune import writes_of
-
-HERE = Path(__file__).parent
-CONFIGS = [(16, 1 << 20), (16, 65536), (4, 1 << 20), (4, 65536)]  # as bench/record_policies.py
 
 
 def _set(**values: object) -> Callable[[], None]:
@@ -89,19 +83,10 @@ def main(argv: list[str]) -> None:
     if argv == ["--cost"]:
         cost()
         return
-    traces = {}
-    for path in sorted((HERE / "workloads").glob("*.fstrace.xz")):
-        size, records = trace.decode(lzma.decompress(path.read_bytes()), str(path))
-        traces[path.name.removesuffix(".fstrace.xz")] = (size, writes_of(records))
-
-    def miss_ratio(name: str, fraction: int, extent_size: int, policy: Eviction) -> float:
-        size, writes = traces[name]
-        config = ReplayConfig(extent_size, size // fraction // extent_size, policy, 4)
-        return replay(writes, size, config).miss_ratio
-
-    fixed = {(name, fraction, es): {p: miss_ratio(name, fraction, es, p)
-                                    for p in (Eviction.LRU, Eviction.GENERATIONS, Eviction.S3FIFO, Eviction.ADAPTIVE)}
-             for name in traces for fraction, es in CONFIGS}
+    traces = Traces()
+    fixed = {row: {p: traces.miss_ratio(row, p)
+                   for p in (Eviction.LRU, Eviction.GENERATIONS, Eviction.S3FIFO, Eviction.ADAPTIVE)}
+             for row in traces.rows()}
     following = streams.Streams.following_lru
     for variant in argv or list(VARIANTS):
         streams.Streams.following_lru = following  # type: ignore[method-assign]
@@ -110,22 +95,17 @@ def main(argv: list[str]) -> None:
         if variant == "committed":
             print("| trace | bound | extent | lru | generations | s3fifo | adaptive | **streams** | vs best claimed |\n"
                   "|---|---|---|--:|--:|--:|--:|--:|--:|")
-        above, wins = [], set()
-        for (name, fraction, es), ratios in fixed.items():
-            ratio = miss_ratio(name, fraction, es, Eviction.STREAMS)
+        tally = Tally()
+        for row, ratios in fixed.items():
+            name, fraction, es = row
+            ratio = traces.miss_ratio(row, Eviction.STREAMS)
             best = min(ratios[Eviction.LRU], ratios[Eviction.GENERATIONS])
-            change = (ratio - best) / best if best else 0.0
+            change = tally.note(row, ratio, best)
             if variant == "committed":
                 print(f"| {name} | 1/{fraction} | {es >> 10} KiB | {ratios[Eviction.LRU]:.2%} "
                       f"| {ratios[Eviction.GENERATIONS]:.2%} | {ratios[Eviction.S3FIFO]:.2%} "
                       f"| {ratios[Eviction.ADAPTIVE]:.2%} | **{ratio:.2%}** | {change:+.0%} |", flush=True)
-            if ratio > best:
-                above.append(f"{name} 1/{fraction} {es >> 10} KiB {ratio:.2%} vs {best:.2%} ({change:+.0%})")
-            if change <= -0.25:
-                wins.add(name)
-        print(f"{variant}: above a claimed policy on {len(above)} rows {above}; "
-              f">= 25% lower on {sorted(wins)}", flush=True)
-
+        print(f"{variant}: {tally.summary()}", flush=True)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

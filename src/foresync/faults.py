@@ -58,6 +58,9 @@ class Faults:
     # liveness.py: a frame from the peer does not postpone the link timeout, so a busy, healthy
     # link is declared dead every timeout_s
     liveness_ignores_frames: bool = False
+    # admission.py: a HELLO's consistency-group member sizes are not compared with ours, so a
+    # member that differs within its last extent (the unit's size the same) is admitted
+    group_member_sizes_unchecked: bool = False
     # liveness.py: a peer that has gone silent (a half-open connection) is never timed out, so
     # the link stays up in name and nothing more is replicated
     link_timeout_ignored: bool = False

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from foresync.objects.store import _read_trailer
+from foresync.objects.object_file import read_trailer
 
 from .objects_server import ACCESS_KEY, SECRET, boto3_client, client_env
 from .sites import MakePair, Settings, Site, SitePair, free_ports
@@ -58,7 +58,7 @@ def listing(site: Site) -> dict[str, str]:
     for bucket in os.listdir(root):
         for directory, _, files in os.walk(root / bucket):
             for name in files:
-                info = _read_trailer(os.path.join(directory, name))
+                info = read_trailer(os.path.join(directory, name))
                 found[f"{bucket}/{info.key}"] = info.etag
     return found
 

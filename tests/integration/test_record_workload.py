@@ -69,7 +69,7 @@ def test_a_pair_records_a_trace_that_tune_replays_and_estimates_its_miss_ratio_c
         assert sorted(int(c) for c in record["miss_ratio_estimate"]) == [8, 32, 64, 128]
         with urllib.request.urlopen(f"http://127.0.0.1:{pair.primary.admin_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
-        assert 'foresync_record_miss_ratio_estimate{capacity="32",volume="vol0"}' in metrics
+        assert 'foresync_record_miss_ratio_estimate{capacity="32",site="primary",volume="vol0"}' in metrics
         assert "foresync_record_writes_behind_add_total" in metrics
         assert 0 <= status["counters"]["record_writes_behind_add"] <= status["counters"]["record_hits"]
         # The secondary counts the misses it received and its journal group commits.

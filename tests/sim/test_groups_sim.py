@@ -142,3 +142,17 @@ def test_a_failover_promotes_the_group_at_one_point(left_behind: bool) -> None:
     world._ev_promote()
     assert world.group.promote_checks == 1
     assert world.pdisk.durable[data : data + 8] != bytes(8)  # the promoted site has both writes
+
+
+def test_the_simulator_catches_member_sizes_left_unchecked() -> None:
+    """The deliberate bug: a HELLO whose member differs in size within its last extent (the
+    unit's size the same) is admitted; invariant 14 names the member."""
+    config = SimConfig(faults=Faults(group_member_sizes_unchecked=True), group_members=2)
+    for seed in range(FIRST, FIRST + 300):
+        try:
+            World(seed, config).run()
+        except SimFailure as failure:
+            assert failure.seed == seed and failure.schedule
+            assert "invariant 14: the secondary admitted a HELLO of its group with member" in str(failure)
+            return
+    pytest.fail("no invariant fired for group_member_sizes_unchecked within 300 seeds")

@@ -70,6 +70,20 @@ def test_lru_following_evicts_least_recently_added() -> None:
     assert policy.choose(2, lambda e: True, ()) == [3, 9]
 
 
+def take_write(record: RecordCopy, touched: range, durable: int, capacity: int) -> None:
+    """A write the record does not cover, as the primary takes it (shared with test_streams.py):
+    room made by evicting only clean extents and none it touches, then its extents added; the
+    record stays in bounds either way."""
+    if not record.covers(touched):
+        decision = record.room_for_miss(touched, 2, durable)
+        if decision is not None:
+            _budget, evict = decision
+            assert all(record.is_clean(e, durable) and e not in touched for e in evict)
+            record.evict(evict)
+            record.add([e for e in touched if e not in record])
+    assert len(record) <= capacity
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 3), st.booleans()), min_size=1, max_size=200),
        st.integers(2, 12))
@@ -78,19 +92,10 @@ def test_a_record_under_the_adaptive_policy_never_evicts_a_dirty_extent(
     """Writes, misses and the durable mark moving on at random: whatever the policy follows,
     every extent it evicts was clean, none the miss writes is evicted, and it stays in bounds."""
     record = RecordCopy(capacity, Eviction.ADAPTIVE)
-    seq = durable = 0
-    for first, count, advance in ops:
-        seq += 1
+    durable = 0
+    for seq, (first, count, advance) in enumerate(ops, 1):
         touched = range(first, min(first + count, first + capacity))
         record.note_write(touched, seq)
         if advance:
             durable = seq - 1
-        if not record.covers(touched):
-            decision = record.room_for_miss(touched, 2, durable)
-            if decision is None:
-                continue
-            _budget, evict = decision
-            assert all(record.is_clean(e, durable) and e not in touched for e in evict)
-            record.evict(evict)
-            record.add([e for e in touched if e not in record])
-        assert len(record) <= capacity
+        take_write(record, touched, durable, capacity)

@@ -88,3 +88,43 @@ def test_a_primary_that_wrote_while_cut_off_is_a_split_brain_for_a_promoted_site
     # Its own secondary, never promoted, follows it: the new generation is simply newer.
     assert screen_hello(cut_off, identity()) == Admitted(Relation.PEER_NEWER, adopt_identity=False,
                                                          adopt_history=True)
+
+
+# -- a consistency group's members (issue 16 part 2): equal in size, byte for byte ---------------
+
+GROUP = (("data", 8 << 20), ("wal", 3000000))
+
+
+def group_hello(sizes: tuple[int, ...]) -> wire.Hello:
+    return wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, OURS, SIZE, EXTENT, 1, (7,),
+                      (), (), sizes)
+
+
+def group_identity(members: tuple[tuple[str, int], ...] = GROUP) -> Identity:
+    return Identity(OURS, SIZE, EXTENT, (7,), group="db" if members else "", members=members)
+
+
+def test_a_group_whose_members_match_is_admitted() -> None:
+    assert isinstance(screen_hello(group_hello((8 << 20, 3000000)), group_identity()), Admitted)
+
+
+def test_a_member_differing_within_its_last_extent_is_refused_naming_group_member_and_sizes() -> None:
+    """3000000 and 3000512 bytes both pad to 3 MiB: the unit's size alone cannot tell them apart."""
+    verdict = screen_hello(group_hello((8 << 20, 3000512)), group_identity())
+    assert isinstance(verdict, Refused) and verdict.code is wire.RefuseCode.MISMATCH
+    assert verdict.reason == "group 'db' member 'wal' is 3000512 bytes at the primary, 3000000 bytes here"
+    assert OURS.hex() not in verdict.reason
+
+
+@pytest.mark.parametrize(("sizes", "members", "named"), [
+    ((8 << 20,), GROUP, "group 'db' has 2 member volumes here (data, wal), the primary's has 1"),
+    ((), GROUP, "group 'db' has 2 member volumes here (data, wal); the primary serves a single volume"),
+    ((8 << 20, 3000000), (), "the primary serves a consistency group of 2 member volumes; this site "
+     "serves a single volume"),
+])
+def test_a_group_against_another_shape_is_refused(sizes: tuple[int, ...],
+                                                  members: tuple[tuple[str, int], ...],
+                                                  named: str) -> None:
+    verdict = screen_hello(group_hello(sizes), group_identity(members))
+    assert isinstance(verdict, Refused) and verdict.code is wire.RefuseCode.MISMATCH
+    assert named in verdict.reason, verdict.reason

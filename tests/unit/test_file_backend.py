@@ -153,6 +153,11 @@ def test_write_then_read_back(path: Path, backend: FileBackend, offset: int, len
     assert path.stat().st_size == SIZE
 
 
+def test_write_parts_lands_the_parts_back_to_back(path: Path, backend: FileBackend) -> None:
+    backend.write_parts(4096, [b"a" * 3, b"b" * 4096, b"c"])
+    assert backend.read(4096, 4100) == b"a" * 3 + b"b" * 4096 + b"c"
+
+
 def test_a_short_pwrite_is_continued(
     path: Path, backend: FileBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

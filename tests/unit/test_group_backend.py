@@ -117,6 +117,43 @@ def test_a_flush_makes_every_member_durable_whichever_was_written_last() -> None
     assert [store.flushes for store in stores] == [1, 2], "the fault flushes only the last member"
 
 
+class _RecordingParts(_CountingFlush):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.calls: list[tuple[str, int, int]] = []  # (call, offset, parts or length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.calls.append(("write", offset, len(data)))
+        super().write(offset, data)
+
+    def write_parts(self, offset: int, parts: list[bytes]) -> None:
+        self.calls.append(("write_parts", offset, len(parts)))
+        for part in parts:
+            super().write(offset, part)
+            offset += len(part)
+
+
+def test_a_run_inside_one_member_is_one_write_parts_of_that_member() -> None:
+    """The secondary's runs of adjacent writes (issue 15): one pwritev on the member's file."""
+    layout = GroupLayout([("data", 6000), ("wal", 8192)], EXTENT)
+    stores = [_RecordingParts(6000), _RecordingParts(8192)]
+    group = GroupBackend(layout, stores)
+    group.write_parts(8192 + 100, [b"a" * 10, b"b" * 20, b"c" * 5])
+    assert stores[1].calls == [("write_parts", 100, 3)] and stores[0].calls == []
+    assert group.read(8192 + 100, 35) == b"a" * 10 + b"b" * 20 + b"c" * 5
+
+
+def test_a_run_across_the_padding_is_written_part_by_part_and_refuses_data_there() -> None:
+    layout = GroupLayout([("data", 6000), ("wal", 8192)], EXTENT)
+    stores = [_RecordingParts(6000), _RecordingParts(8192)]
+    group = GroupBackend(layout, stores)
+    group.write_parts(5990, [b"x" * 10, bytes(2192), b"y" * 4])  # data's tail, padding, wal's head
+    assert stores[0].calls == [("write", 5990, 10)] and stores[1].calls == [("write", 0, 4)]
+    assert group.read(5990, 2206) == b"x" * 10 + bytes(2192) + b"y" * 4
+    with pytest.raises(StorageError, match="padding"):
+        group.write_parts(5996, [b"z" * 4, b"z"])  # the second part lands in the padding
+
+
 _SIZES = st.lists(st.integers(1, 3 * EXTENT), min_size=1, max_size=3)
 _OPS = st.lists(st.tuples(st.sampled_from(["write", "zero", "trim", "read", "extents"]),
                           st.floats(0, 1), st.floats(0, 1), st.integers(0, 255)), max_size=25)

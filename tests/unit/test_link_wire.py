@@ -38,6 +38,7 @@ MESSAGES: list[wire.Message] = [
     wire.Demote(()),
     wire.Demote((1, 2), (1, 5, 2, U64)),
     wire.Hello(3, 0, 0, VOLUME, 4096, 1024, 2, (11, 12), (), (11, 99, 12)),
+    wire.Hello(9, 0, 0, VOLUME, 4 << 20, 1 << 20, 2, (11,), (), (), (3000000, 1 << 20, U64)),
     wire.Verify(3, 16, 16),
     wire.Hashes(3, 16, (U64, 0, 5)),
     wire.Hashes(4, 0, ()),
@@ -99,6 +100,14 @@ def test_frame_header_layout() -> None:
 def test_write_payload_layout() -> None:
     frame = encode_frame(wire.Write(1, 2, 3, 4, (5,), b"data"))
     assert frame[16:] == struct.pack(">QQBHII", 1, 2, 3, 4, 1, 5) + b"data"
+
+
+def test_a_volume_hello_has_no_member_list_and_a_group_hello_ends_with_one() -> None:
+    """A volume's HELLO is byte for byte what it was before groups named their members, so a
+    peer of the same protocol version reads it; a group's appends LIST(u64) of member sizes."""
+    volume = encode_frame(wire.Hello(9, 0, 0, VOLUME, 4096, 1024, 2, (11,), (), ()))
+    group = encode_frame(wire.Hello(9, 0, 0, VOLUME, 4096, 1024, 2, (11,), (), (), (1000, 2000)))
+    assert group[16:] == volume[16:] + struct.pack(">IQQ", 2, 1000, 2000)
 
 
 # -- round trips -----------------------------------------------------------------------------------

@@ -26,11 +26,9 @@ def _samples(statistics: SiteStatistics) -> dict[tuple[str, str], float]:
                 samples[(sample.name, "")] = sample.value
                 continue
             assert sample.labels["volume"] == "vol0", sample
-            if "capacity" in sample.labels:  # the one family without a site label
-                samples[(sample.name, sample.labels["capacity"])] = sample.value
-                continue
-            assert sample.labels["site"] == "siteA", sample
-            key = sample.labels.get("role") or sample.labels.get("phase") or ""
+            assert sample.labels["site"] == "siteA", sample  # every family, the estimate's too
+            key = (sample.labels.get("role") or sample.labels.get("phase")
+                   or sample.labels.get("capacity") or "")
             samples[(sample.name, key)] = sample.value
     return samples
 
@@ -82,9 +80,11 @@ def test_every_dashboard_query_names_an_exported_series() -> None:
 
 
 def test_metrics_export_the_estimates_by_capacity() -> None:
-    """(Moved from test_status_view.py.) The estimate family keeps its labels as they were."""
+    """(Moved from test_status_view.py.) The estimate family carries the site label the other
+    families carry, beside its capacity."""
     statistics = primary_statistics()
     assert isinstance(statistics.view, PrimaryView)
     view = dataclasses.replace(statistics.view, miss_ratio_estimate=((20, 0.4), (80, 0.09)))
-    text = SiteMetrics("vol0", lambda: dataclasses.replace(statistics, view=view)).render().decode()
-    assert 'foresync_record_miss_ratio_estimate{capacity="80",volume="vol0"} 0.09' in text
+    text = SiteMetrics("vol0", lambda: dataclasses.replace(statistics, view=view),
+                       site="siteA").render().decode()
+    assert 'foresync_record_miss_ratio_estimate{capacity="80",site="siteA",volume="vol0"} 0.09' in text

@@ -1388,18 +1388,29 @@ STEP = st.one_of(
 )
 
 
+def host_step(h: Harness, step: tuple[object, ...]) -> bool:
+    """Make a host op (write, zero, flush), its range clipped to the volume; False for any other
+    step (shared with test_write_groups.py)."""
+    match step:
+        case ("write", int(offset), int(length), bool(fua)):
+            offset = min(offset, h.size - 1)
+            h.write(offset, min(length, h.size - offset), fua)
+        case ("zero", int(offset), int(length), bool(punch)):
+            offset = min(offset, h.size - 1)
+            h.zero(offset, min(length, h.size - offset), punch)
+        case ("flush",):
+            h.host_flush()
+        case _:
+            return False
+    return True
+
+
 def _run(h: Harness, steps: list[tuple[object, ...]]) -> None:
     h.connect()
     for step in steps:
+        if host_step(h, step):
+            continue
         match step:
-            case ("write", int(offset), int(length), bool(fua)):
-                offset = min(offset, h.size - 1)
-                h.write(offset, min(length, h.size - offset), fua)
-            case ("zero", int(offset), int(length), bool(punch)):
-                offset = min(offset, h.size - 1)
-                h.zero(offset, min(length, h.size - offset), punch)
-            case ("flush",):
-                h.host_flush()
             case ("to_secondary", int(count)):
                 h.deliver_to_secondary(count)
             case ("to_primary", int(count)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_adaptive import take_write
 
 from foresync.record.record import Eviction, RecordCopy
 from foresync.record.streams import STREAMS_TRACKED, Streams, StreamS3Fifo
@@ -111,22 +112,13 @@ def test_a_record_under_streams_never_evicts_a_dirty_extent(
     durable mark moving on at random: every extent evicted was clean, none the miss writes is
     evicted, and the record stays in bounds."""
     record = RecordCopy(capacity, Eviction.STREAMS, extent_size=ES)
-    seq = durable = end = 0
-    for start, length, advance, continues in ops:
+    durable = end = 0
+    for seq, (start, length, advance, continues) in enumerate(ops, 1):
         offset = end if continues else start
         length = min(length, (capacity - 1) * ES)
         touched = range(offset // ES, (offset + length - 1) // ES + 1)
         end = offset + length
-        seq += 1
         record.note_write(touched, seq, offset, length)
         if advance:
             durable = seq - 1
-        if not record.covers(touched):
-            decision = record.room_for_miss(touched, 2, durable)
-            if decision is None:
-                continue
-            _budget, evict = decision
-            assert all(record.is_clean(e, durable) and e not in touched for e in evict)
-            record.evict(evict)
-            record.add([e for e in touched if e not in record])
-        assert len(record) <= capacity
+        take_write(record, touched, durable, capacity)

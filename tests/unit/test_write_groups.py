@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_replication_cores import HOST_OP, Harness, _Recording
+from test_replication_cores import HOST_OP, Harness, _Recording, host_step
 
 from foresync.errors import Errno
 from foresync.faults import Faults
@@ -82,14 +82,8 @@ def _run_grouped(h: Groups, steps: list[tuple[object, ...]], grouped: bool) -> N
                 else:
                     for offset, length in clipped:
                         h.write(offset, length)
-            case ("write", int(offset), int(length), bool(fua)):
-                offset = min(offset, h.size - 1)
-                h.write(offset, min(length, h.size - offset), fua)
-            case ("zero", int(offset), int(length), bool(punch)):
-                offset = min(offset, h.size - 1)
-                h.zero(offset, min(length, h.size - offset), punch)
-            case ("flush",):
-                h.host_flush()
+            case _:
+                assert host_step(h, step), step
     h.settle()
     h.check_quiescent()
 

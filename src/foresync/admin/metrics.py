@@ -100,9 +100,9 @@ class _StatusCollector(Collector):
                     s.record_capacity)
         estimate = GaugeMetricFamily("foresync_record_miss_ratio_estimate",
                                      "Miss ratio the record would have at this capacity (extents), "
-                                     "estimated live from sampled writes.", labels=["volume", "capacity"])
-        for capacity, ratio in p.miss_ratio_estimate if p else ():  # no site label (as before)
-            estimate.add_metric([self._volume, str(capacity)], round(ratio, 5))
+                                     "estimated live from sampled writes.", labels=[*LABELS, "capacity"])
+        for capacity, ratio in p.miss_ratio_estimate if p else ():
+            estimate.add_metric([*labels, str(capacity)], round(ratio, 5))
         yield estimate
         bound = p.failback_bound_bytes if p else s.record_extents * s.extent_size_bytes
         yield gauge("foresync_failback_bound_bytes",

@@ -33,7 +33,7 @@ from foresync.errors import Errno, ForesyncError, RequestRefused, StorageError
 from foresync.faults import NO_FAULTS, Faults
 from foresync.geometry import Extent
 from foresync.logctx import LogBudget
-from foresync.nbd.target import Done, NbdTarget
+from foresync.nbd.target import Done, NbdTarget, WriteItems, WriteMany, group_call
 from foresync.replication.epochs import Lineage, new_epoch_id
 from foresync.replication.lease import Action, LeaseCore, Local, Outdated, Record
 
@@ -277,7 +277,7 @@ class FencedTarget:
     """The primary's NBD target behind the fence: while the lease is not held (or could have
     expired on etcd's side) a new request (reads too) is answered EIO at once, untouched,
     and an answer of success is turned into EIO (the write may have landed; the host must not
-    take it as acknowledged)."""
+    take it as acknowledged). Each write of a group (``write_many``) is fenced as a lone one."""
 
     def __init__(self, inner: NbdTarget, may_ack: Callable[[], bool]) -> None:
         self.inner = inner
@@ -285,6 +285,8 @@ class FencedTarget:
         self.size = inner.size
         self.read_only = inner.read_only
         self.refused = 0  # requests answered EIO by the fence
+        self._inner_many = group_call(inner)
+        self.write_many: WriteMany | None = None if self._inner_many is None else self._write_many
 
     def _fenced(self, done: Done) -> Done | None:
         if not self.may_ack():
@@ -314,6 +316,16 @@ class FencedTarget:
         fenced = self._fenced(done)
         if fenced is not None:
             self.inner.write(offset, data, fua, fenced)
+
+    def _write_many(self, items: WriteItems) -> None:
+        assert self._inner_many is not None  # set only then
+        passed = []
+        for offset, data, done in items:
+            fenced = self._fenced(done)
+            if fenced is not None:
+                passed.append((offset, data, fenced))
+        if passed:
+            self._inner_many(passed)
 
     def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
              done: Done) -> None:

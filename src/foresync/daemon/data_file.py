@@ -51,10 +51,10 @@ def _files(cfg: config_mod.SiteConfig) -> list[tuple[str, str]]:
     return [(f"group {cfg.name}, member volume {m.name}", m.data) for m in cfg.group.members]
 
 
-def _recorded(cfg: config_mod.SiteConfig, meta: site.SiteMeta) -> list[DataIdentity | None]:
-    """The recorded identity of each of ``_files``; None where none is recorded (metadata from
-    before identities, or a group's from before member identities)."""
-    count = len(_files(cfg))
+def _recorded(files: list[tuple[str, str]], meta: site.SiteMeta) -> list[DataIdentity | None]:
+    """The recorded identity of each of ``files`` (the caller's ``_files``); None where none is
+    recorded (metadata from before identities, or a group's from before member identities)."""
+    count = len(files)
     recorded: list[DataIdentity | None] = [meta.data_identity]
     recorded += list(meta.member_identities[:count - 1])
     return recorded + [None] * (count - len(recorded))
@@ -77,7 +77,8 @@ def check(cfg: config_mod.SiteConfig, assume_all: bool) -> None:
     """Refuse the volume before its data file is opened if it is not the recorded one (a
     group: if any member's is not)."""
     meta = site.load(cfg.meta)
-    for (who, data), recorded in zip(_files(cfg), _recorded(cfg, meta), strict=True):
+    files = _files(cfg)
+    for (who, data), recorded in zip(files, _recorded(files, meta), strict=True):
         if recorded is None:
             continue
         now = found(data)
@@ -97,7 +98,8 @@ def reconcile(cfg: config_mod.SiteConfig, meta: site.SiteMeta, assume_all: bool)
     --assume-all-out-of-sync, which widened the site). Returns the metadata as stored."""
     identities = []
     changed = False
-    for (who, data), recorded in zip(_files(cfg), _recorded(cfg, meta), strict=True):
+    files = _files(cfg)
+    for (who, data), recorded in zip(files, _recorded(files, meta), strict=True):
         now = found(data)
         if now is None:
             raise ConfigError(f"{who}: `data` = {data} vanished while starting")

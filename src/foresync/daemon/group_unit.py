@@ -5,7 +5,9 @@ part 2) serves the ``GroupBackend`` over its member files, laid end to end at ex
 bases (group_layout.py), and one export per member: a window of the unit at the member's base,
 of the member's size (nbd/exports.py). The NBD core bounds each request by the export's size, so
 no member's export reaches the padding or another member; a FLUSH on any of them flushes the
-unit, every member (group_backend.py).
+unit, every member (group_backend.py). Its HELLO carries each member's size, so a secondary
+whose members differ (even within a last extent, which the padding hides from the unit's size)
+refuses it (replication/admission.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from typing import Any
 
 from foresync.config import SiteConfig
+from foresync.group_layout import GroupSpec
 from foresync.nbd.exports import ExportSpec
 from foresync.storage.backend import ImageBackend
 from foresync.storage.file_backend import FileBackend
@@ -59,3 +62,14 @@ def group_status(cfg: SiteConfig, exports: list[ExportSpec]) -> dict[str, Any]:
     return {"members": [{"volume": volume.name, "export": spec.name, "base_bytes": spec.offset,
                          "size_bytes": spec.size, "data": volume.data}
                         for volume, spec in zip(cfg.group.members, exports, strict=True)]}
+
+
+def group_members(group: GroupSpec | None) -> tuple[tuple[str, int], ...]:
+    """The group's (member volume, size in bytes), in its order; () for a volume. The secondary
+    compares them with its primary's HELLO (replication/admission.py ``member_problems``)."""
+    return () if group is None else tuple((member.name, member.size) for member in group.members)
+
+
+def member_sizes(cfg: SiteConfig) -> tuple[int, ...]:
+    """What the primary's HELLO says of its group: each member's size, in the group's order."""
+    return tuple(size for _, size in group_members(cfg.group))

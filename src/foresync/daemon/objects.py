@@ -53,6 +53,7 @@ from foresync.link.object_wire import (
     ObjectRemove,
     list_frames,
 )
+from foresync.objects.object_file import ObjectInfo, PendingObject
 from foresync.objects.parts import (
     completion_meta,
     completion_parts,
@@ -63,7 +64,7 @@ from foresync.objects.parts import (
 from foresync.objects.predict import LinksPredictor
 from foresync.objects.s3 import S3Frontend, load_credentials, start_server
 from foresync.objects.s3errors import S3Error
-from foresync.objects.store import ObjectInfo, PendingObject, Store
+from foresync.objects.store import Store
 from foresync.replication.objects import (
     AnswerClient,
     CommitLocal,

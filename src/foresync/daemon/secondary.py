@@ -28,6 +28,7 @@ import xxhash
 
 from foresync.admin.status import ResyncReceived, SecondaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
+from foresync.daemon.group_unit import group_members
 from foresync.daemon.link_router import gate_one_volume
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
@@ -61,7 +62,6 @@ from foresync.replication.lease import behind_reason
 from foresync.replication.resync_watch import ResyncWatch
 from foresync.replication.secondary import SecondaryCore, SessionFacts, resumable
 from foresync.storage.backend import ImageBackend
-from foresync.storage.file_backend import FileBackend
 from foresync.units import format_size
 
 log = logging.getLogger(__name__)
@@ -243,8 +243,10 @@ class SecondarySite:
             self.pump()
 
     def _identity(self) -> Identity:
+        group = self.cfg.group
         return Identity(self.meta.volume_id, self.cfg.size, self.cfg.extent_size,
-                        self.meta.epoch_history, self.meta.discard_local, self.meta.lineage.data)
+                        self.meta.epoch_history, self.meta.discard_local, self.meta.lineage.data,
+                        group.name if group is not None else "", group_members(group))
 
     def _has_healthy_link(self) -> bool:
         """A primary that passed screening is connected (greeted, or its WELCOME is still being
@@ -393,14 +395,8 @@ class SecondarySite:
         self.backend.write(offset, data)
 
     def write_run(self, writes: tuple[wire.Write, ...]) -> None:
-        parts = [write.data for write in writes]
-        if type(self.backend) is FileBackend:
-            self.backend.write_parts(writes[0].offset, parts)
-            return
-        offset = writes[0].offset
-        for part in parts:  # another backend (a consistency group's): one call per write
-            self.backend.write(offset, part)
-            offset += len(part)
+        # One pwritev on a FileBackend, and on a group's member when the run lies inside it.
+        self.backend.write_parts(writes[0].offset, [write.data for write in writes])
 
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
         self.backend.zero(offset, length, punch, False)

@@ -14,7 +14,9 @@ connection can no longer be trusted and is closed; the sites then resynchronise.
 Payloads (after the header):
     HELLO       u16 version, u8 role, u8 flags (HelloFlag), 16s volume id, u64 size, u32 extent size,
                 u64 epoch, then LIST(u64) epoch history, LIST(u32) the sender's out-of-sync extents,
-                LIST(u64) data generations (replication/epochs.py)
+                LIST(u64) data generations (replication/epochs.py), then for a consistency group
+                only, LIST(u64) its members' sizes in bytes, in the group's order (absent for a
+                volume, so a volume's HELLO is unchanged: admission.member_problems)
     WELCOME     16s volume id, u64 epoch, u64 applied seq, u8 flags (WelcomeFlag), then
                 LIST(u32) record extents, LIST(u64 seq, u64 offset, u64 length) pending ranges,
                 LIST(u32) stale extents (may differ outside the record: rolled back, or
@@ -232,6 +234,7 @@ class Hello:
     history: tuple[int, ...] = ()
     out_of_sync: tuple[int, ...] = ()
     generations: tuple[int, ...] = ()
+    member_sizes: tuple[int, ...] = ()  # a consistency group's members' sizes; () for a volume
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +464,10 @@ class _Lists:
         self._pos += count * RANGE.size
         return ranges
 
+    def remaining(self) -> int:
+        """Bytes not yet read: an optional trailing list follows when there are any."""
+        return len(self._payload) - self._pos
+
     def finish(self) -> None:
         if self._pos != len(self._payload):
             raise RemoteProtocolError(f"{self._what}: {len(self._payload) - self._pos} unexpected trailing bytes")
@@ -567,9 +574,11 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
             return MessageType.RESYNC_SET, SEQ.pack(set_id) + _runs(runs)
         case ResyncProgress(seq, runs):
             return MessageType.RESYNC_PROGRESS, SEQ.pack(seq) + _runs(runs)
-        case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations):
+        case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations,
+                   members):
             head = HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
-            return MessageType.HELLO, head + _list("Q", history) + _list("I", oos) + _list("Q", generations)
+            body = head + _list("Q", history) + _list("I", oos) + _list("Q", generations)
+            return MessageType.HELLO, body + (_list("Q", members) if members else b"")
         case Welcome(volume_id, epoch, applied_seq, record, ranges, flags, stale, resync):
             body = WELCOME.pack(volume_id, epoch, applied_seq, flags) + _list("I", record)
             body += COUNT.pack(len(ranges)) + b"".join(RANGE.pack(*r) for r in ranges)
@@ -710,8 +719,10 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         history = reader.take("Q")
         oos = reader.take("I")
         generations = reader.take("Q")
+        members = reader.take("Q") if reader.remaining() else ()
         reader.finish()
-        return Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations)
+        return Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations,
+                     members)
     if message_type is MessageType.WELCOME:
         reader = _Lists(payload, WELCOME.size, "WELCOME")
         volume_id, epoch, applied, flags = WELCOME.unpack_from(payload)

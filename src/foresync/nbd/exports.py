@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foresync.geometry import Extent
-from foresync.nbd.target import Done, NbdTarget
+from foresync.nbd.target import Done, NbdTarget, WriteItems, WriteMany, group_call
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,13 +23,15 @@ class ExportSpec:
 
 class WindowTarget:
     """``target`` seen from ``offset`` for ``size`` bytes (the NBD core bounds each request by
-    ``size`` before it gets here)."""
+    ``size`` before it gets here; each write of a group is shifted as a lone one)."""
 
     def __init__(self, target: NbdTarget, offset: int, size: int) -> None:
         self._target = target
         self._offset = offset
         self.size = size
         self.read_only = target.read_only
+        self._target_many = group_call(target)
+        self.write_many: WriteMany | None = None if self._target_many is None else self._write_many
 
     def read(self, offset: int, length: int) -> bytes:
         return self._target.read(self._offset + offset, length)
@@ -39,6 +41,11 @@ class WindowTarget:
 
     def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
         self._target.write(self._offset + offset, data, fua, done)
+
+    def _write_many(self, items: WriteItems) -> None:
+        assert self._target_many is not None  # set only then
+        shift = self._offset
+        self._target_many([(shift + offset, data, done) for offset, data, done in items])
 
     def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
              done: Done) -> None:

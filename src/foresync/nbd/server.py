@@ -40,7 +40,7 @@ from foresync.nbd.handshake import (
     ServerHandshake,
     StartTls,
 )
-from foresync.nbd.target import NbdTarget
+from foresync.nbd.target import NbdTarget, WriteMany, group_call
 
 log = logging.getLogger(__name__)
 
@@ -504,7 +504,7 @@ class NbdConnection(asyncio.Protocol):
         assert tx is not None
         limit = self.server.limits.max_in_flight
         byte_limit = self.server.limits.max_in_flight_bytes
-        write_many = getattr(self.target, "write_many", None)
+        write_many = group_call(self.target)
         while self._queue and not self._write_paused and not self._closed:
             head = self._queue[0]
             if isinstance(head, Request) and (
@@ -599,7 +599,7 @@ class NbdConnection(asyncio.Protocol):
         return group
 
     def _serve_writes(self, tx: Transmission, group: list[Request],
-                      write_many: Callable[[list[tuple[int, bytes, Callable[[int], None]]]], None]) -> None:
+                      write_many: WriteMany) -> None:
         """Hand plain WRITEs to the target as one group; each is answered through its own done()."""
         items = []
         for request in group:

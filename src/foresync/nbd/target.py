@@ -13,18 +13,32 @@ A target may also offer ``write_many(items)``: plain (non-FUA) WRITEs parsed tog
 of (offset, data, done) in request order, each answered through its own ``done``. The server
 calls it for two or more such writes in a row when the target has it (the replicating primary:
 one core call and one link frame for the group, issue 15), and ``write`` otherwise. It is not
-part of this Protocol, so that every other target (the standalone server's, the wrappers) keeps
-the per-write call.
+part of this Protocol, so that a target without it (the standalone server's) keeps the per-write
+call.
+
+A wrapping target (the fence, the trace, an export's window) offers ``write_many`` exactly when
+the target it wraps does (``group_call``), and applies its own rule to each write of a group as
+to a lone write: without it the wrapper would hide the groups, and one that passed the group on
+untouched would skip its rule for grouped writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from foresync.geometry import Extent
 
 Done = Callable[[int], None]  # called once with 0 or an NBD errno
+WriteItems = Sequence[tuple[int, bytes, Done]]  # a group: (offset, data, done) in request order
+WriteMany = Callable[[WriteItems], None]  # the optional group call
+
+
+def group_call(target: object) -> WriteMany | None:
+    """``target``'s ``write_many``, or None when it has none (or has it set to None, as a
+    wrapper around a target without one does)."""
+    call: WriteMany | None = getattr(target, "write_many", None)
+    return call
 
 
 class NbdTarget(Protocol):

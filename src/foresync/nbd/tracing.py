@@ -15,7 +15,7 @@ from typing import BinaryIO
 from foresync.errors import ConfigError
 from foresync.geometry import Extent
 from foresync.nbd import trace
-from foresync.nbd.target import Done, NbdTarget
+from foresync.nbd.target import Done, NbdTarget, WriteItems, WriteMany, group_call
 from foresync.nbd.wire import CommandFlag
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,16 @@ class TraceWriter:
 
 
 class TracingTarget:
-    """Delegates to ``inner``; records each request first, in the order the server took them."""
+    """Delegates to ``inner``; records each request first, in the order the server took them
+    (each write of a group too, as the plain WRITE it was)."""
 
     def __init__(self, inner: NbdTarget, writer: TraceWriter) -> None:
         self.inner = inner
         self.writer = writer
         self.size = inner.size
         self.read_only = inner.read_only
+        self._inner_many = group_call(inner)
+        self.write_many: WriteMany | None = None if self._inner_many is None else self._write_many
 
     def read(self, offset: int, length: int) -> bytes:
         self.writer.record(trace.READ, 0, offset, length)
@@ -73,6 +76,13 @@ class TracingTarget:
     def write(self, offset: int, data: bytes, fua: bool, done: Done) -> None:
         self.writer.record(trace.WRITE, _FUA if fua else 0, offset, len(data))
         self.inner.write(offset, data, fua, done)
+
+    def _write_many(self, items: WriteItems) -> None:
+        assert self._inner_many is not None  # set only then
+        record = self.writer.record
+        for offset, data, _ in items:
+            record(trace.WRITE, 0, offset, len(data))
+        self._inner_many(items)
 
     def zero(self, offset: int, length: int, fua: bool, may_punch: bool, fast_only: bool,
              done: Done) -> None:

@@ -32,9 +32,10 @@ from foresync.objects import listing, sigv4, xmldoc
 from foresync.objects.checksums import BodyChecksums
 from foresync.objects.chunked import ChunkDecoder
 from foresync.objects.names import check_bucket, check_key
+from foresync.objects.object_file import ObjectInfo, OpenObject, PendingObject
 from foresync.objects.ranges import content_range, parse_range
 from foresync.objects.s3errors import S3Error
-from foresync.objects.store import ObjectInfo, OpenObject, PendingObject, Store
+from foresync.objects.store import Store
 
 log = logging.getLogger(__name__)
 

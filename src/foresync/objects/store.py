@@ -18,17 +18,10 @@ On-disk layout of DIR (all names fixed here)::
     uploads/UPLOAD_ID/upload.json a multipart upload: bucket, key, content type, user metadata
     uploads/UPLOAD_ID/part-NNNNN  one part, in the object file format
 
-Object (and part) file format, integers big-endian::
-
-    0          data            the object's bytes (size bytes)
-    size       JSON            {"key", "size", "etag", "content_type", "metadata", "mtime"}
-    size+H     u32 H           the JSON's length
-    size+H+4   8 bytes         magic b"FSOBJv1\\n"
-
-The trailer lets a PUT stream its body straight to the file and write the ETag (only known at the
-end) last; the data starting at offset 0 lets multipart completion and CopyObject copy whole
-ranges with ``copy_file_range``. Reading checks the magic and that size + H + 12 is the file's
-length. Every fsync goes through ``Store._fsync``, the one method a test can break.
+Each object (and part) file holds its data from offset 0, then a trailer of metadata and a magic
+(object_file.py, which lays it out byte by byte). Every fsync goes through ``Store._fsync``, the
+one method a test can break. How a change waits for the mirror (the gate, the per-upload locks)
+is commits.py.
 
 All methods block (they do file I/O): the HTTP adapter calls the slow ones in a worker thread.
 Index mutations and renames happen under one lock, so concurrent PUTs of one key leave the index
@@ -47,52 +40,36 @@ import os
 import re
 import secrets
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from foresync.errors import ConfigError, StorageError
 from foresync.journal import durable
+from foresync.objects.commits import CommitGate, UploadLocks
 from foresync.objects.names import check_bucket, check_key, key_file_name
+from foresync.objects.object_file import (
+    ObjectInfo,
+    OpenObject,
+    PendingObject,
+    copy_range,
+    read_trailer,
+    read_trailer_fd,
+    trailer,
+    write_all,
+)
 from foresync.objects.parts import part_name
 from foresync.objects.s3errors import S3Error
 
 log = logging.getLogger(__name__)
 
 FORMAT_LINE = "foresync-objects 1\n"
-MAGIC = b"FSOBJv1\n"
-TRAILER = struct.Struct(">I8s")
-assert TRAILER.size == 12
 PART_MIN_BYTES = 5 * 1024 * 1024
 PART_NUMBER_MAX = 10000
 METADATA_MAX_BYTES = 2048
-COPY_CHUNK_BYTES = 8 * 1024 * 1024
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    key: str
-    size: int
-    etag: str  # without quotes
-    content_type: str
-    metadata: dict[str, str]
-    mtime: float
-
-    def to_json(self) -> bytes:
-        return json.dumps({"key": self.key, "size": self.size, "etag": self.etag,
-                           "content_type": self.content_type, "metadata": self.metadata,
-                           "mtime": self.mtime}, sort_keys=True).encode("utf-8")
-
-    @staticmethod
-    def from_json(raw: bytes) -> ObjectInfo:
-        doc = json.loads(raw)
-        return ObjectInfo(str(doc["key"]), int(doc["size"]), str(doc["etag"]),
-                          str(doc["content_type"]), {str(k): str(v) for k, v in doc["metadata"].items()},
-                          float(doc["mtime"]))
 
 
 @dataclass(slots=True)
@@ -102,105 +79,13 @@ class _Bucket:
     objects: dict[str, ObjectInfo] = field(default_factory=dict)
 
 
-class PendingObject:
-    """A body being written to a temporary file; ``Store.commit_*`` makes it visible."""
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, f"put-{secrets.token_hex(12)}")
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self.md5 = hashlib.md5()
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self.md5.update(data)
-        _write_all(self.fd, data)
-        self.size += len(data)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
-class OpenObject:
-    """An object opened for reading: its metadata and a descriptor on its (immutable) file."""
-
-    def __init__(self, fd: int, info: ObjectInfo) -> None:
-        self.fd = fd
-        self.info = info
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Object bytes only: a read is clamped at the object's end, before the trailer."""
-        return os.pread(self.fd, max(0, min(length, self.info.size - offset)), offset)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class CommitGate(Protocol):
-    """Replication's hold on every change (daemon/objects.py): ``before`` is called in the
-    committing thread with the sealed body (or None for a delete or a bucket op) and may block
-    until the change may become visible; ``after`` reports the outcome and may block until the
-    client may be answered. Object changes call ``before`` ahead of the rename; bucket changes
-    after they succeeded (they are not in the record). Multipart: ``part`` (a part's body;
-    ``detail``: upload_id, number, upload = the upload's document), ``part-delete`` (an abort,
-    part by part; ``detail``: upload_id, number) and ``complete`` (the assembled object;
-    ``detail``: upload_id, parts = the chosen [number, etag] list)."""
-
-    def before(self, kind: str, bucket: str, key: str, pending: PendingObject | None,
-               info: ObjectInfo | None, detail: dict[str, Any] | None = None) -> object: ...
-
-    def after(self, token: object, ok: bool) -> None: ...
-
-
-class _UploadLocks:
-    """Per upload: part commits share it, a completion or an abort holds it alone. So the parts
-    a completion assembles are committed (sent or marked by the mirror) before it passes the
-    gate, and no part of its upload passes the gate until it is done (daemon/objects.py relies
-    on it: the secondary assembles from the same parts)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._held: dict[str, int] = {}  # upload id -> sharers, or -1 when held alone
-
-    @contextlib.contextmanager
-    def shared(self, upload_id: str) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: self._held.get(upload_id, 0) >= 0)
-            self._held[upload_id] = self._held.get(upload_id, 0) + 1
-        try:
-            yield
-        finally:
-            self._release(upload_id, 1)
-
-    @contextlib.contextmanager
-    def alone(self, upload_id: str) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: upload_id not in self._held)
-            self._held[upload_id] = -1
-        try:
-            yield
-        finally:
-            self._release(upload_id, -1)
-
-    def _release(self, upload_id: str, count: int) -> None:
-        with self._cond:
-            left = 0 if count < 0 else self._held[upload_id] - count
-            if left:
-                self._held[upload_id] = left
-            else:
-                del self._held[upload_id]
-            self._cond.notify_all()
-
-
 class Store:
     def __init__(self, directory: str, part_min_bytes: int = PART_MIN_BYTES) -> None:
         self.dir = os.path.abspath(directory)
         self.part_min_bytes = part_min_bytes
         self.gate: CommitGate | None = None
         self._lock = threading.Lock()
-        self._uploads = _UploadLocks()
+        self._uploads = UploadLocks()
         self._buckets: dict[str, _Bucket] = {}
         self._lock_fd = -1
         self._open()
@@ -253,7 +138,7 @@ class Store:
             entry = _Bucket(created=os.stat(bdir).st_mtime)
             for path in _files_under(bdir):
                 try:
-                    info = _read_trailer(path)
+                    info = read_trailer(path)
                 except StorageError as exc:
                     aside = os.path.join(self.dir, "damaged", f"{bucket}-{os.path.basename(path)}")
                     log.warning("object file %s is damaged (%s): moved to %s", path, exc, aside)
@@ -279,7 +164,7 @@ class Store:
         tmp = f"{path}.tmp-{secrets.token_hex(6)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             self._fsync(fd)
         finally:
             os.close(fd)
@@ -288,9 +173,8 @@ class Store:
 
     def _seal(self, pending: PendingObject, info: ObjectInfo) -> None:
         """Append the trailer and fsync: the file is now whole, though not yet visible."""
-        meta = info.to_json()
         try:
-            _write_all(pending.fd, meta + TRAILER.pack(len(meta), MAGIC))
+            write_all(pending.fd, trailer(info))
             self._fsync(pending.fd)
         finally:
             os.close(pending.fd)
@@ -428,7 +312,7 @@ class Store:
         except FileNotFoundError:
             raise S3Error("NoSuchKey", "the specified key does not exist", f"{bucket}/{key}") from None
         try:
-            info = _read_trailer_fd(fd, path)
+            info = read_trailer_fd(fd, path)
         except BaseException:
             os.close(fd)
             raise
@@ -463,7 +347,7 @@ class Store:
         source = self.open_object(src_bucket, src_key)
         pending = self.begin()
         try:
-            _copy_range(source.fd, pending.fd, 0, source.info.size)
+            copy_range(source.fd, pending.fd, 0, source.info.size)
             pending.size = source.info.size
         except BaseException:
             pending.abort()
@@ -540,7 +424,7 @@ class Store:
         found = []
         for name in sorted(os.listdir(directory)):
             if name.startswith("part-") and "." not in name:
-                found.append((int(name[5:]), _read_trailer(os.path.join(directory, name))))
+                found.append((int(name[5:]), read_trailer(os.path.join(directory, name))))
         return found
 
     def complete_upload(self, upload_id: str, bucket: str, key: str,
@@ -570,7 +454,7 @@ class Store:
             for number, etag in chosen:
                 src = os.open(os.path.join(directory, f"part-{number:05d}"), os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    _copy_range(src, pending.fd, 0, have[number].size)
+                    copy_range(src, pending.fd, 0, have[number].size)
                 finally:
                     os.close(src)
                 pending.size += have[number].size
@@ -644,7 +528,7 @@ class Store:
         except FileNotFoundError:
             return None
         try:
-            return OpenObject(fd, _read_trailer_fd(fd, path))
+            return OpenObject(fd, read_trailer_fd(fd, path))
         except BaseException:
             os.close(fd)
             raise
@@ -686,51 +570,3 @@ def _files_under(directory: str) -> Iterator[str]:
             yield os.path.join(subdir, name)
 
 
-def _read_trailer(path: str) -> ObjectInfo:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return _read_trailer_fd(fd, path)
-    finally:
-        os.close(fd)
-
-
-def _read_trailer_fd(fd: int, path: str) -> ObjectInfo:
-    length = os.fstat(fd).st_size
-    if length < TRAILER.size:
-        raise StorageError(f"{path}: shorter than an object trailer")
-    meta_len, magic = TRAILER.unpack(os.pread(fd, TRAILER.size, length - TRAILER.size))
-    if magic != MAGIC or meta_len > length - TRAILER.size:
-        raise StorageError(f"{path}: no object trailer (magic {magic!r})")
-    start = length - TRAILER.size - meta_len
-    try:
-        info = ObjectInfo.from_json(os.pread(fd, meta_len, start))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise StorageError(f"{path}: object metadata is not valid: {exc}") from None
-    if info.size != start:
-        raise StorageError(f"{path}: metadata says {info.size} bytes, the file holds {start}")
-    return info
-
-
-def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Copy ``length`` bytes of ``src`` from ``offset`` to ``dst``'s current position, in the
-    kernel where it can (copy_file_range), by reading and writing where it cannot."""
-    done = 0
-    while done < length:
-        want = min(COPY_CHUNK_BYTES, length - done)
-        try:
-            moved = os.copy_file_range(src, dst, want, offset + done)
-        except OSError:
-            moved = 0
-        if moved <= 0:
-            data = os.pread(src, want, offset + done)
-            if not data:
-                raise StorageError(f"source ended {length - done} bytes early")
-            _write_all(dst, data)
-            moved = len(data)
-        done += moved
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -4,9 +4,10 @@ Theory of operation. Without a link secret anyone who reaches the link port can 
 Taking the new connection over first and checking it afterwards (as the secondary once did) let
 any such stranger drop the healthy primary's link and reset the session, and each one forced the
 primary to resend its record. So every HELLO is screened here first, on its own connection,
-against what the site already is: protocol version, volume identity, size, extent size and the
-lineage relation (epochs.py decides it). Only an ``Admitted`` HELLO may touch the current
-session; a ``Refused`` one is answered on its own connection and closed.
+against what the site already is: protocol version, volume identity, size, extent size, a
+consistency group's member sizes and the lineage relation (epochs.py decides it). Only an
+``Admitted`` HELLO may touch the current session; a ``Refused`` one is answered on its own
+connection and closed.
 
 A refusal carries a code (``wire.RefuseCode``: what the peer acts on) and two texts. ``reason`` goes to the peer in a REFUSE and names only what the peer
 sent or what it must know to fix its own side (both sizes, both epochs); it never names our volume
@@ -32,6 +33,8 @@ class Identity:
     history: tuple[int, ...]
     discard_local: bool = False  # `resolve --discard-local`: adopt the next primary's history
     generations: tuple[int, ...] = ()  # data generations (epochs.py); () : the history
+    group: str = ""  # a consistency group's name; "" for a volume
+    members: tuple[tuple[str, int], ...] = ()  # the group's (member volume, size in bytes)
 
     @property
     def lineage(self) -> Lineage:
@@ -73,9 +76,34 @@ def geometry_problems(hello: wire.Hello, size: int, extent_size: int) -> list[st
     return problems
 
 
+def member_problems(hello: wire.Hello, group: str, members: tuple[tuple[str, int], ...],
+                    faults: Faults = NO_FAULTS) -> list[str]:
+    """Why a HELLO cannot be for our consistency group ``group`` of ``members`` (name, size):
+    the members must match between the sites byte for byte in size. The unit's size and extent
+    size alone miss a member that differs within its last extent, since each member is padded
+    to whole extents (group_layout.py): the bytes past the smaller one would then be a member's
+    on one site and padding on the other. A volume (no members) against a group is refused too."""
+    theirs = hello.member_sizes
+    if (not members and not theirs) or faults.group_member_sizes_unchecked:  # the latter: faults.py
+        return []
+    if not members:
+        return [f"the primary serves a consistency group of {len(theirs)} member volumes; this "
+                "site serves a single volume"]
+    names = ", ".join(name for name, _ in members)
+    if not theirs:
+        return [f"group {group!r} has {len(members)} member volumes here ({names}); the primary "
+                "serves a single volume or named no members"]
+    if len(theirs) != len(members):
+        return [f"group {group!r} has {len(members)} member volumes here ({names}), the "
+                f"primary's has {len(theirs)}"]
+    return [f"group {group!r} member {name!r} is {size} bytes at the primary, {mine} bytes here"
+            for (name, mine), size in zip(members, theirs, strict=True) if size != mine]
+
+
 def screen_hello(hello: wire.Hello, ours: Identity, faults: Faults = NO_FAULTS) -> Admitted | Refused:
     """Decide on a HELLO without changing anything."""
     problems = geometry_problems(hello, ours.size, ours.extent_size)
+    problems += member_problems(hello, ours.group, ours.members, faults)
     if problems:
         text = "; ".join(problems)
         return Refused(text, text, wire.RefuseCode.MISMATCH)

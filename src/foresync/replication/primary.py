@@ -176,6 +176,7 @@ class Config:
     watermark_interval_s: float = 0.05  # handle_timer asks for durability this often while busy
     heartbeat_s: float = 1.0  # [link] heartbeat: a PING this often while a session is up
     timeout_s: float = 10.0  # [link] timeout: no frame from the secondary this long ends the link
+    member_sizes: tuple[int, ...] = ()  # a consistency group's members' sizes, for HELLO
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +495,8 @@ class PrimaryCore:
         flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, self.lineage.epoch, self.lineage.epochs,
-                                   tuple(sorted(self._oos.durable)), self.lineage.data)))
+                                   tuple(sorted(self._oos.durable)), self.lineage.data,
+                                   c.member_sizes)))
         # A round trip measured now, before any resync data queues on the link, is the link's
         # own delay: the resync window is tuned from it (observe_rtt).
         self._liveness.start(self.now)

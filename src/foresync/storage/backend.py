@@ -7,6 +7,7 @@ durability is made, so tests and the simulator can substitute one that fails or 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from foresync.geometry import Extent
@@ -46,3 +47,7 @@ class ImageBackend(BlockBackend, Protocol):
     def is_hole(self, offset: int, length: int) -> bool: ...
 
     def read_unless_hole(self, offset: int, length: int) -> bytes: ...
+
+    def write_parts(self, offset: int, parts: Sequence[bytes]) -> None:
+        """``write`` of ``parts`` back to back from ``offset`` (the secondary's runs of adjacent
+        writes, issue 15): one ``pwritev`` on a file; a loop of writes where that is all there is."""

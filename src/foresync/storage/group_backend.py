@@ -91,6 +91,18 @@ class GroupBackend:
             self._last_written = piece.index
             self.members[piece.index].write(piece.offset, bytes(chunk))
 
+    def write_parts(self, offset: int, parts: Sequence[bytes]) -> None:
+        """A run of adjacent writes: the member's own ``write_parts`` (one pwritev) when the run
+        lies inside one member, as nearly every run does; else each part as ``write``."""
+        index = self.layout.within(offset, sum(map(len, parts)))
+        if index != PADDING:
+            self._last_written = index
+            self.members[index].write_parts(offset - self._bases[index], parts)
+            return
+        for part in parts:
+            self.write(offset, part)
+            offset += len(part)
+
     def flush(self) -> None:
         """Every member durable: one flush orders the whole group (see the module docstring)."""
         if self._faults.group_orders_volumes_independently:

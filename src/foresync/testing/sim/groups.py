@@ -29,26 +29,35 @@ the real code:
 The deliberate bug ``group_orders_volumes_independently`` makes the group's flush cover only the
 member the latest write went to, as if each member had an order of its own; a crash then leaves
 the other members behind the durable point, which ``check_crash`` names.
+
+The members must also match between the sites byte for byte in size: on some timer ticks a HELLO
+of our own group and lineage knocks whose one member is a sector longer or shorter within its
+last extent (``mis_sized_twin``: the unit's size is the same), and the secondary's real
+screening must refuse it (invariant 14 too). The deliberate bug ``group_member_sizes_unchecked``
+admits it.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from foresync.faults import Faults
 from foresync.geometry import Extent
 from foresync.group_layout import PADDING, GroupLayout
+from foresync.link import wire
+from foresync.replication.admission import Identity
 from foresync.storage.group_backend import GroupBackend
 from foresync.testing.sim.disk import SECTOR, SimDisk
 
 if TYPE_CHECKING:
     from foresync.testing.sim.world import World
 
-GROUP_FAULTS = frozenset({"group_orders_volumes_independently"})  # caught by tests/sim/test_groups_sim.py
+GROUP_FAULTS = frozenset({"group_orders_volumes_independently",  # caught by tests/sim/test_groups_sim.py
+                          "group_member_sizes_unchecked"})
 MEMBER_NAMES = ("wal", "data", "index")
 MAX_TXNS = 2  # transactions in flight at once
 
@@ -73,6 +82,11 @@ class SimMember:
 
     def write(self, offset: int, data: bytes) -> None:
         self.disk.write(self.base + offset, data)
+
+    def write_parts(self, offset: int, parts: Sequence[bytes]) -> None:
+        for part in parts:
+            self.write(offset, part)
+            offset += len(part)
 
     def flush(self) -> None:
         self.disk.flush_range(self.base, self.base + self.size)
@@ -137,6 +151,23 @@ class SimGroup:
         # is the group at that point); None once anything else has happened to the secondary.
         self.failover_point: int | None = None
         self.promote_checks = 0
+
+    def members(self) -> tuple[tuple[str, int], ...]:
+        """(name, size) of each member, in order: what a site's admission compares."""
+        return tuple((m.name, m.size) for m in self.layout.members)
+
+    def mis_sized_twin(self, ours: Identity, rng: random.Random) -> tuple[wire.Hello, str]:
+        """A HELLO like our primary's (identity, lineage, unit size) whose one member differs
+        in size within its last extent, and what differs."""
+        index = rng.randrange(len(self.layout.members))
+        member = self.layout.members[index]
+        low = member.padded - self.layout.extent_size  # the span stays the same above it
+        size = next(s for s in (member.size - SECTOR, member.size + SECTOR) if low < s <= member.padded)
+        sizes = tuple(size if i == index else m.size for i, m in enumerate(self.layout.members))
+        hello = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, ours.volume_id or b"",
+                           ours.size, ours.extent_size, len(ours.history), ours.history, (),
+                           ours.generations, sizes)
+        return hello, f"member {member.name!r} of {size} bytes, ours {member.size}"
 
     def describe(self) -> str:
         return " ".join(f"{m.name}@{m.base}+{m.size}" for m in self.layout.members)

@@ -59,7 +59,8 @@ then the invariants are checked:
     secondary's members, all together, are the primary's group at ONE point of its write order:
     member by member at every step until the first fault, at a failover after a first-fault
     primary crash (the promoted members at one seq), and at a crash of the secondary the
-    surviving members all hold the group's durable point (testing/sim/groups.py).
+    surviving members all hold the group's durable point (testing/sim/groups.py); and a HELLO
+    of the group whose one member differs in size within its last extent is refused.
 15. silent damage on the secondary (``_rot``: a flipped byte once the run has healed) is found by
     an online verify without --repair, which marks it out of sync: the primary no longer reports
     in sync (invariant 8) until the next connect has copied it back.
@@ -524,7 +525,8 @@ class World:
             faults=self.cfg.faults, history=self.histories[self.roles["primary"]],
             generations=self.generations[self.roles["primary"]], new_id=self._new_generation_id,
             predictor=self.predictor, watermark_interval_s=0.0, heartbeat_s=HEARTBEAT_S,
-            timeout_s=TIMEOUT_S)
+            timeout_s=TIMEOUT_S,
+            member_sizes=tuple(size for _, size in self.group.members()) if self.group is not None else ())
         core = PrimaryCore(config, read=self.pdisk.read)
         core.tick(self.now)  # its clock starts with the world's, as PrimarySite's does
         site = self.roles["primary"]
@@ -871,8 +873,7 @@ class World:
         s = self.secondary
         assert s is not None
         site = self.roles["secondary"]
-        ours = Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site],
-                        self.discarding[site], self.generations[site])
+        ours = self._identity(site)
         verdict = screen_hello(hello, ours, self.cfg.faults)
         if isinstance(verdict, Refused):
             self._fail(f"secondary {site} refused its primary's HELLO: {verdict.detail}")
@@ -892,6 +893,23 @@ class World:
             self._log(f"secondary {site}: resumes the pass over {s.core.checksum_runs}")
         s.checksum_runs = deque(s.core.checksum_runs)
         s.checksum_next = s.checksum_runs[0][0] if s.checksum_runs else None
+
+    def _identity(self, site: str) -> Identity:
+        """What SecondarySite._identity says of ``site`` (a group's members too)."""
+        return Identity(VOLUME_ID, self.size, self.extent_size, self.histories[site],
+                        self.discarding[site], self.generations[site],
+                        "group" if self.group is not None else "",
+                        self.group.members() if self.group is not None else ())
+
+    def _mis_sized_twin_knocks(self) -> None:
+        """Invariant 14: a HELLO of our group and lineage whose one member differs in size
+        within its last extent is refused (groups.py), by the real screening."""
+        assert self.group is not None and self.secondary is not None
+        hello, differs = self.group.mis_sized_twin(self._identity(self.roles["secondary"]),
+                                                   self._strangers_rng)
+        if isinstance(screen_hello(hello, self._identity(self.roles["secondary"]), self.cfg.faults),
+                      Admitted):
+            self._fail(f"invariant 14: the secondary admitted a HELLO of its group with {differs}")
 
     def _ev_deliver_s2p(self) -> None:
         conn, frame = self.s2p.popleft()
@@ -1042,6 +1060,8 @@ class World:
             self.secondary.core.handle_timer(self.now)
             if self.conn and self._strangers_rng.random() < 0.1:
                 self._stranger_knocks()
+            if self.group is not None and self._strangers_rng.random() < 0.05:
+                self._mis_sized_twin_knocks()
 
     def _stranger_knocks(self) -> None:
         """What SecondarySite does with a HELLO on a new connection: screen it, and only if it
