@@ -879,7 +879,7 @@ class World:
         if isinstance(message, wire.Sync) and not s.core.failed:
             self._syncs_owed.append(message.seq)
         if (isinstance(message, wire.ResyncDone) and self._stepping and self.cfg.crash_weight
-                and self._done_crash_rng.random() < 0.1):
+                and self._done_crash_rng.random() < 0.2):
             self._crash_after_done = True
         try:
             # The site's hot path (SecondaryDriver.write_now): held, or written at once.
