@@ -25,7 +25,7 @@ import pytest
 from foresync.link.wire import MessageType
 
 from .frame_gate import TO_PRIMARY, TO_SECONDARY, FrameGate
-from .sites import SMALL, MakePair, SitePair, Status, run_tool
+from .sites import SMALL, MakePair, Settings, SitePair, Status, run_tool
 
 WRITTEN = "8M"  # written while the secondary is stopped: eight 1 MiB extents to resync
 
@@ -93,5 +93,28 @@ def test_in_sync_only_once_the_answer_arrives(gated: tuple[SitePair, FrameGate])
     gate.release()
     pair.wait_in_sync(timeout_s=30)
     assert "resync recorded by the secondary" in pair.primary.log()
+    pair.stop_both()
+    pair.assert_identical()
+
+
+def test_a_sync_sent_ahead_of_its_miss_is_answered_without_the_watermark_timer(
+        make_pair: MakePair) -> None:
+    """Part 2: a miss that finds clean slots short sends SYNC(its own seq) just before itself.
+    The secondary reads it before the write it names: it must answer it once that write has
+    landed, not leave it to its watermark timer. The timer is set to an hour on both sites, so
+    the pair reaches in sync (the secondary's watermark at the last seq) only if the secondary
+    answers that last SYNC itself. The initial full sync finds two fresh images identical: it
+    sends nothing, so it needs no watermark either."""
+    settings = Settings(size="256MiB", capacity=16, lookahead=0,
+                        record_extra="watermark_interval = 3600\n")
+    pair = make_pair(settings)
+    pair.init_both()
+    pair.start_both()
+    pair.wait_in_sync()
+    # 40 misses 3 MiB apart (1 MiB extents, a record of 16): eviction, hence early SYNCs.
+    commands = [arg for i in range(40) for arg in ("-c", f"write -P {i + 1} {3 * i}M 4k")]
+    run_tool(["qemu-io", "-f", "raw", *commands, pair.nbd_url], context=pair.logs())
+    primary, _ = pair.wait_in_sync(timeout_s=30)
+    assert primary["counters"]["record_misses"] >= 40, primary["counters"]
     pair.stop_both()
     pair.assert_identical()
