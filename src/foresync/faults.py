@@ -123,6 +123,13 @@ class Faults:
     # replication/write_runs.py: a WRITE joins the held run whether or not it starts where the
     # run ends, so the one pwritev puts its data at the wrong offset (issue 15)
     run_joins_non_adjacent_write: bool = False
+    # replication/resync.py: the primary ends a resync pass (in sync, "everything" cleared) when
+    # it sends RESYNC_DONE, not at the secondary's RESYNC_DONE_ACK, so it reports in sync while
+    # the secondary may still roll the pass back at a restart (issue 25)
+    in_sync_before_resync_done_durable: bool = False
+    # replication/secondary.py: a SYNC naming writes not yet applied here is clamped to what is
+    # applied and the rest is forgotten: no DURABLE answers it once those writes land (issue 25)
+    sync_beyond_applied_dropped: bool = False
 
 
 NO_FAULTS = Faults()

@@ -170,6 +170,7 @@ def test_seeds_exercise_faults() -> None:
     crashes = torn = promotions = switchovers = damages = widened = cleared = strangers = 0
     reports = rollbacks = undo_failures = verifies = differences = torn_writes = lost_writes = 0
     split_brains = resumed = lease_promotions = routed = data_full_compares = write_groups = write_runs = 0
+    crashes_after_done = 0
     failures = {"primary": 0, "secondary": 0, "journal": 0}
     for seed in range(FIRST, FIRST + 40):
         world = World(seed)
@@ -196,6 +197,7 @@ def test_seeds_exercise_faults() -> None:
         data_full_compares += world.data_full_compares
         write_groups += world.write_groups_sent
         write_runs += world.write_runs
+        crashes_after_done += world.crashes_after_resync_done
         for where, count in world.write_failures.items():
             failures[where] += count
     assert crashes > 10
@@ -218,6 +220,7 @@ def test_seeds_exercise_faults() -> None:
     assert data_full_compares > 40, "data files were rarely swapped or replaced under metadata"
     assert write_groups > 40, "host writes rarely went as a WRITES group (issue 15)"
     assert write_runs > 40, "the secondary rarely wrote a run of adjacent WRITEs as one (issue 15)"
+    assert crashes_after_done > 5, "no secondary died right after RESYNC_DONE: invariant 16's window"
 
 
 # Faults whose schedule shows up late in the seed range: how many seeds they get (the search stops

@@ -40,9 +40,12 @@ def test_the_deliberate_bug_admits_another_volume() -> None:
 @pytest.mark.parametrize(("changes", "named"), [
     ({"size": SIZE // 2}, (str(SIZE // 2), str(SIZE))),
     ({"extent_size": 2 * EXTENT}, (str(2 * EXTENT), str(EXTENT))),
-    ({"version": 10}, ("protocol version 10",)),
+    ({"version": 11}, ("protocol version 11",)),
     # a peer from before WRITES (issue 15) would refuse its frames: refused at HELLO, by name
-    ({"version": 8}, ("protocol version 8, we speak 9",)),
+    ({"version": 8}, ("protocol version 8, we speak 10",)),
+    # a peer from before RESYNC_DONE_ACK (issue 25) would never answer RESYNC_DONE, and its
+    # primary would report in sync before our copy recorded the pass: refused by name too
+    ({"version": 9}, ("protocol version 9, we speak 10",)),
 ])
 def test_geometry_and_version_are_refused_naming_both_values(changes: dict[str, int],
                                                              named: tuple[str, ...]) -> None:

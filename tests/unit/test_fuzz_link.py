@@ -71,6 +71,7 @@ FIELDS: dict[MessageType, tuple[type[wire.Message], tuple[st.SearchStrategy[obje
     MessageType.PING: (wire.Ping, (u64,)),
     MessageType.PONG: (wire.Pong, (u64,)),
     MessageType.RESYNC_DONE: (wire.ResyncDone, (u64,)),
+    MessageType.RESYNC_DONE_ACK: (wire.ResyncDoneAck, (u64,)),
     MessageType.DEMOTE: (wire.Demote, (u64s(), u64s())),
     MessageType.VERIFY: (wire.Verify, (u64, u32, u32)),
     MessageType.HASHES: (wire.Hashes, (u64, u32, u64s())),

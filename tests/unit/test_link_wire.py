@@ -65,6 +65,8 @@ MESSAGES: list[wire.Message] = [
     wire.Ping(123456789),
     wire.Pong(U64),
     wire.ResyncDone(44),
+    wire.ResyncDoneAck(44),
+    wire.ResyncDoneAck(U64),
     wire.ResyncSet(1, ()),
     wire.ResyncSet(U64, ((0, 1), (3, 0xFFFFFFFF))),
     wire.ResyncSetDurable(7),
@@ -263,7 +265,7 @@ def test_frame_limit_can_change_between_messages() -> None:
         strict.next_message()
 
 
-@pytest.mark.parametrize("kind", [0, 27, 199, 255])  # 25: ROUTE; 26: WRITES; 200-206: object frames
+@pytest.mark.parametrize("kind", [0, 28, 199, 255])  # 25: ROUTE; 26: WRITES; 27: RESYNC_DONE_ACK; 200-206: object frames
 def test_unknown_type(kind: int) -> None:
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError, match="unknown"):
@@ -294,6 +296,8 @@ TRUNCATED = [
     (MessageType.PING, bytes(4)),
     (MessageType.PONG, bytes(16)),
     (MessageType.RESYNC_DONE, bytes(1)),
+    (MessageType.RESYNC_DONE_ACK, bytes(7)),
+    (MessageType.RESYNC_DONE_ACK, bytes(9)),
     (MessageType.REMOVE, bytes(3)),
     (MessageType.REMOVE, struct.pack(">I", 2) + bytes(4)),
     (MessageType.REMOVE, struct.pack(">I", 0) + bytes(7)),

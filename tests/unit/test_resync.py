@@ -68,7 +68,82 @@ def test_a_full_pass_sends_what_differs_and_skips_what_matches() -> None:
     flushes.on_durable(rig.seq)
     assert resync.sent_all()
     resync.end()
-    assert rig.sent[-1] == wire.ResyncDone(rig.seq) and not resync.active
+    assert rig.sent[-1] == wire.ResyncDone(rig.seq)
+    resync.acknowledged(rig.seq)
+    assert not resync.active
+
+
+def _ended(rig: _Rig, everything: bool = False) -> tuple[Resync, OutOfSync[Any]]:
+    """A full pass over a new secondary, every extent sent and durable there, RESYNC_DONE sent."""
+    resync, flushes = rig.build()
+    oos = resync._oos
+    oos.everything = everything
+    resync.begin(_welcome(), full=True, last_seq=0, now=0.0)
+    assert isinstance(rig.sent[0], wire.ResyncSet)
+    resync.set_durable(rig.sent[0].set_id)
+    resync.pump(0.0)
+    flushes.on_durable(rig.seq)
+    assert resync.sent_all()
+    resync.end()
+    assert rig.sent[-1] == wire.ResyncDone(rig.seq)
+    return resync, oos
+
+
+def test_the_pass_ends_only_at_the_secondarys_resync_done_ack() -> None:
+    """Issue 25: until the secondary has durably recorded the end (RESYNC_DONE_ACK) it may
+    still roll the pass back, so the pass stays active (the primary is not in sync), the failback
+    bound keeps its set, "everything" stays, and no second RESYNC_DONE goes meanwhile."""
+    rig = _Rig()
+    resync, oos = _ended(rig, everything=True)
+    assert resync.active and resync.awaiting_ack
+    assert resync.bound_runs == ((0, 4),) and resync.pass_runs == () and oos.confirmed == ()
+    assert oos.everything
+    assert not resync.sent_all()
+    resync.acknowledged(rig.seq)
+    assert not resync.active and not resync.awaiting_ack
+    assert resync.bound_runs == () and not oos.everything and oos.dirty
+
+
+def test_a_cut_before_the_ack_leaves_the_pass_open() -> None:
+    rig = _Rig()
+    resync, oos = _ended(rig, everything=True)
+    resync.abandon()
+    assert resync.active and not resync.awaiting_ack and oos.everything
+    with pytest.raises(RemoteProtocolError, match="without a RESYNC_DONE"):
+        resync.acknowledged(rig.seq)  # a late ack of the old session is no ack of this one
+
+
+def test_an_ack_that_answers_no_resync_done_is_refused() -> None:
+    rig = _Rig()
+    resync, _ = rig.build()
+    resync.begin(_welcome(), full=True, last_seq=0, now=0.0)
+    with pytest.raises(RemoteProtocolError, match="without a RESYNC_DONE"):
+        resync.acknowledged(0)
+    rig2 = _Rig()
+    resync2, _ = _ended(rig2)
+    with pytest.raises(RemoteProtocolError, match="answers no RESYNC_DONE"):
+        resync2.acknowledged(rig2.seq + 1)
+    assert resync2.active
+
+
+def test_an_extent_queued_while_the_ack_is_awaited_keeps_the_pass_going() -> None:
+    """A repair (or a failed local write) after RESYNC_DONE: the ack does not end the pass,
+    which sends the extent and ends again with a RESYNC_DONE of its own."""
+    rig = _Rig()
+    resync, _ = _ended(rig)
+    first_done = rig.seq
+    resync.queue(2, now=1.0)
+    assert isinstance(rig.sent[-1], wire.ResyncSet) and rig.sent[-1].runs == ((2, 1),)
+    resync.acknowledged(first_done)
+    assert resync.active and resync.remaining() == 1
+    resync.set_durable(rig.sent[-1].set_id)
+    resync.pump(1.0)
+    resync._flushes.on_durable(rig.seq)
+    assert resync.sent_all() and rig.seq == first_done + 1
+    resync.end()
+    assert rig.sent[-1] == wire.ResyncDone(first_done + 1)
+    resync.acknowledged(first_done + 1)
+    assert not resync.active
 
 
 def test_start_says_why_an_extent_must_wait() -> None:

@@ -252,8 +252,8 @@ class PrimarySite:
             self.link.send(message)
         if isinstance(message, wire.ResyncDone):
             progress = self.core.resync_progress()
-            log.info("resync finished: %s sent; %s compared in all (volume %s); the "
-                     "secondary is consistent",
+            log.info("resync finished: %s sent; %s compared in all (volume %s); in sync once the "
+                     "secondary has recorded it (RESYNC_DONE_ACK)",
                      format_size(self.core.counters.resync_bytes - self._resync_bytes_at_pass),
                      format_size(progress.total_bytes), format_size(self.cfg.size))
             self._resync_bytes_at_pass = self.core.counters.resync_bytes
@@ -382,6 +382,8 @@ class PrimarySite:
             self.objects.connected()  # the object stream starts once the session is up
         if isinstance(message, wire.StorageFailed):
             self._log_secondary_error()
+        elif isinstance(message, wire.ResyncDoneAck):
+            log.info("resync recorded by the secondary: its copy is consistent")
         self.pump()
 
     def _log_secondary_error(self) -> None:

@@ -45,6 +45,9 @@ LIST(x) is a u32 count followed by that many x.
     REMOVE      u32 n, n x u32 removed extents, then u64 range seqs done (the rest)
     PING, PONG  u64 sender timestamp in nanoseconds (echoed back)
     RESYNC_DONE u64 seq: the resync pass that ends at seq is complete
+    RESYNC_DONE_ACK u64 seq (the RESYNC_DONE's): the secondary has durably recorded the end of
+                that pass (its image flushed, its site metadata says consistent, the clear of
+                its resync set committed): only now may the primary report in sync
     AUTH_CHALLENGE  32s nonce (the dialler's), before anything else when a secret is configured
     AUTH_RESPONSE   32s nonce (the listener's), 32s HMAC-SHA256 proving the listener knows it
     AUTH_PROOF      32s HMAC-SHA256 proving the dialler knows it (see link/auth.py)
@@ -93,9 +96,10 @@ from foresync.link.object_wire import ObjectMessage
 # before HELLO for a daemon serving many volumes on one link listener (issue 16); 7: prefix
 # entries of the record of objects (flag PREFIX, OBJ_LIST_REQUEST UNDER) and OBJ_LIST split
 # across frames (issue 18); 8: multipart parts mirrored (OBJ_OP kinds PART and COMPLETE, issue
-# 18); 9: WRITES, a group of plain writes in one frame (issue 15). A peer of another version is
-# refused by name.
-PROTOCOL_VERSION = 9
+# 18); 9: WRITES, a group of plain writes in one frame (issue 15); 10: RESYNC_DONE_ACK, the
+# secondary's answer once the end of a pass is durable there (the primary reports in sync only
+# then). A peer of another version is refused by name.
+PROTOCOL_VERSION = 10
 FRAME_MAGIC = 0x46534C4B
 FRAME_HEADER = struct.Struct(">IBBHII")
 _PREFIX = struct.Struct(">IBBHI")
@@ -160,6 +164,7 @@ class MessageType(IntEnum):
     RESYNC_PROGRESS = 24
     ROUTE = 25
     WRITES = 26
+    RESYNC_DONE_ACK = 27
 
 MAX_ROUTE_BYTES = 255  # a volume name, within the 4 KiB frames allowed before setup
 
@@ -357,6 +362,11 @@ class ResyncDone:
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncDoneAck:
+    seq: int  # the RESYNC_DONE's
+
+
+@dataclass(frozen=True, slots=True)
 class StorageFailed:
     area: int  # a StorageArea; kept an int so that a newer peer's area still decodes
     errno: int
@@ -402,7 +412,7 @@ class AuthProof:
 
 
 Message = (Hello | Welcome | Refuse | Write | Zero | Added | Applied | Durable | Sync | Remove
-           | Ping | Pong | ResyncDone | Demote | Verify | Hashes | AuthChallenge | AuthResponse
+           | Ping | Pong | ResyncDone | ResyncDoneAck | Demote | Verify | Hashes | AuthChallenge | AuthResponse
            | AuthProof | StorageFailed | ResyncSet | ResyncSetDurable | Checksums
            | ResyncProgress | Route | WriteBatch | ObjectMessage)
 _OBJECT_CLASSES = ObjectMessage.__args__
@@ -568,6 +578,8 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
             return MessageType.PONG, SEQ.pack(ts)
         case ResyncDone(seq):
             return MessageType.RESYNC_DONE, SEQ.pack(seq)
+        case ResyncDoneAck(seq):
+            return MessageType.RESYNC_DONE_ACK, SEQ.pack(seq)
         case ResyncSetDurable(set_id):
             return MessageType.RESYNC_SET_DURABLE, SEQ.pack(set_id)
         case ResyncSet(set_id, runs):
@@ -837,13 +849,15 @@ def _write_with(head: bytes, data: bytes) -> Write:
     return Write(seq, offset, flags, budget, removals, data)
 
 
-_SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | ResyncDone | ResyncSetDurable]] = {
+_SEQ_ONLY: dict[MessageType, type[Applied | Durable | Sync | Ping | Pong | ResyncDone | ResyncDoneAck
+                                   | ResyncSetDurable]] = {
     MessageType.APPLIED: Applied,
     MessageType.DURABLE: Durable,
     MessageType.SYNC: Sync,
     MessageType.PING: Ping,
     MessageType.PONG: Pong,
     MessageType.RESYNC_DONE: ResyncDone,
+    MessageType.RESYNC_DONE_ACK: ResyncDoneAck,
     MessageType.RESYNC_SET_DURABLE: ResyncSetDurable,
 }
 

@@ -23,9 +23,11 @@ ext4's journal, with the journal commits every miss waits for; on the primary ea
 executor hop and an fdatasync. One request in flight per site loses nothing the next one would
 not bring: the answer to it covers everything asked for meanwhile up to a round trip later.
 A SYNC counts as answered at its DURABLE, or at the ADDED of a miss sent after it: the
-secondary has read the SYNC by then, and it does not answer one that names only writes still
-waiting for its journal (it clamps the seq to what it has applied, which that SYNC's own miss,
-sent just after it, is not), so a DURABLE may never come for it.
+secondary has read the SYNC by then. The secondary answers every SYNC with a DURABLE covering it
+once the writes it names are applied there (a SYNC sent just before its own miss names a write
+not yet there: secondary.py remembers it, ``_sync_ahead``, issue 25; before that it was clamped to
+what was applied and the rest never answered). The ADDED rule stays as a belt: it frees the
+early request a round trip sooner than a DURABLE that waits for a journal commit and a data sync.
 
 Pure: the owner passes the applied prefix and the last seq in, and takes the waiters released;
 FlushLocal and SYNC go out through the ``emit`` and ``send`` callbacks.

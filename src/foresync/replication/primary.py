@@ -641,6 +641,8 @@ class PrimaryCore:
                     self._fail_link(self.link_error)
             case wire.ResyncDone():
                 raise RemoteProtocolError("primary got RESYNC_DONE")
+            case wire.ResyncDoneAck(seq):
+                self._resync.acknowledged(seq)  # in sync from here, if nothing else is pending
             case wire.ResyncSetDurable(set_id):
                 self._on_resync_set_durable(set_id)
             case wire.Hashes(request, first, hashes):
@@ -934,7 +936,7 @@ class PrimaryCore:
         now: the record, our out-of-sync set and a running pass's resync set (counted apart:
         they may overlap, so this errs large, never small)."""
         return (len(self.record) + len(self._removals) + len(self._oos.extents)
-                + extent_runs.count(self._resync.pass_runs))
+                + extent_runs.count(self._resync.bound_runs))
 
     def unsynced_extents(self) -> set[int]:
         """Every extent the secondary may lack that its record might not cover: what a primary

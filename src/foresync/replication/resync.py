@@ -27,7 +27,12 @@ loop keeps answering heartbeats however large the volume (a 1 TiB full sync once
 
 The pass is done once every extent is sent or found identical, every set is durable there, the
 secondary's durable watermark covers the last resync write and our own flush covers what we read
-(``sent_all``); then ``end`` sends RESYNC_DONE, which clears the secondary's set.
+(``sent_all``); then ``end`` sends RESYNC_DONE, which clears the secondary's set. The pass is
+over only at its RESYNC_DONE_ACK (``acknowledged``): the secondary sends it once it has durably
+recorded the end (image flushed, site metadata consistent, the clear committed). Until then it
+may still roll the pass back at a restart (its undo log), so the pass stays ``active`` (we are
+not in sync) and a cut before the ack leaves it open: the next WELCOME starts another pass over
+what its copy then reports (stale extents after a rollback, or the whole volume) (issue 25).
 
 Pure: the owner passes ``now`` and the callbacks; the record, the out-of-sync set and the flush
 watermarks are shared plain objects.
@@ -140,7 +145,12 @@ class Resync:
         self.applied_bytes = 0  # resync bytes APPLIED there, ever
         self._rate_mark: tuple[float, int] = (0.0, 0)  # (now, applied bytes) of the last sample
         self._rate_samples: deque[float] = deque(maxlen=RATE_SAMPLES)  # bytes/s
-        self.active = False  # a pass started at WELCOME and RESYNC_DONE not yet sent
+        self.active = False  # a pass started at WELCOME and its RESYNC_DONE_ACK not yet here
+        self.awaiting_ack = False  # RESYNC_DONE went, its RESYNC_DONE_ACK has not come
+        self._done_seq = 0  # the seq that RESYNC_DONE named
+        # The set the secondary held until our RESYNC_DONE: it may still roll those extents back
+        # (stale there) until the ack, so the failback bound keeps them (``bound_runs``).
+        self._ending_runs: extent_runs.Runs = ()
         self._total_bytes = 0
         self._done_bytes = 0
         self._sent_bytes = 0
@@ -180,10 +190,13 @@ class Resync:
         self.unapplied.clear()
         self._unapplied_bytes = 0
         self._sets_unconfirmed.clear()  # their extents never left our out-of-sync set
+        self.awaiting_ack = False  # no ack: the pass stays open, the next WELCOME starts anew
 
     def begin(self, welcome: wire.Welcome, full: bool, last_seq: int, now: float) -> None:
         """WELCOME: resync what may differ (everything if ``full``)."""
         self.session = True
+        self.awaiting_ack = False
+        self._ending_runs = ()
         self.checksums = None
         self._hashes_void = set()
         self._differs = -1
@@ -396,21 +409,49 @@ class Resync:
         """Whether the pass has sent everything, every set and the last resync write are
         durable there. It may then end once our own flush covers ``local_need`` (what we sent,
         or found identical, was read from our page cache)."""
-        if not self.active or self.remaining() or self._sets_unconfirmed:
+        if not self.active or self.awaiting_ack or self.remaining() or self._sets_unconfirmed:
             return False
         return self._flushes.remote_durable >= self.last_seq
 
     def end(self) -> None:
-        """Every extent of the pass now holds our data there, durably on both sites: the
-        secondary is a consistent copy again. RESYNC_DONE clears its set."""
-        self.active = False
+        """Every extent of the pass now holds our data there, durably on both sites. RESYNC_DONE
+        tells the secondary: it clears its set (so its coverage, ``confirmed``, goes now) and
+        records that its copy is consistent again, then answers RESYNC_DONE_ACK. The pass stays
+        active until that answer (``acknowledged``)."""
         self.checksums = None
         self._hashes_void = set()
+        self._ending_runs = extent_runs.union(self._ending_runs, self.pass_runs)
         self.pass_runs = self._oos.confirmed = ()
+        self.awaiting_ack = True
+        self._done_seq = self.last_seq
+        self._send(wire.ResyncDone(self.last_seq))
+        if self._faults.in_sync_before_resync_done_durable:
+            self.acknowledged(self.last_seq)  # deliberately wrong: see faults.py
+
+    def acknowledged(self, seq: int) -> None:
+        """RESYNC_DONE_ACK: the secondary durably recorded the end of the pass (a restart there
+        no longer rolls it back). The pass is over, unless extents were queued meanwhile (a
+        repair, a failed local write): then it goes on and ends with a RESYNC_DONE of its own."""
+        if not self.awaiting_ack:
+            if self._faults.in_sync_before_resync_done_durable:
+                return  # the fault ended the pass already
+            raise RemoteProtocolError(f"RESYNC_DONE_ACK {seq} without a RESYNC_DONE waiting for it")
+        if seq != self._done_seq:
+            raise RemoteProtocolError(f"RESYNC_DONE_ACK {seq} answers no RESYNC_DONE (sent {self._done_seq})")
+        self.awaiting_ack = False
+        self._ending_runs = ()
+        if self.remaining() or self._sets_unconfirmed or self.pass_runs:
+            return
+        self.active = False
         if self._oos.everything:
             self._oos.everything = False  # a cut before this point starts the pass again
             self._oos.dirty = True  # the stored "everything" may go now (lazily)
-        self._send(wire.ResyncDone(self.last_seq))
+
+    @property
+    def bound_runs(self) -> extent_runs.Runs:
+        """Every extent the secondary may hold in a resync set, or roll back: the running pass's
+        sets, and those of a pass whose RESYNC_DONE is not yet acknowledged."""
+        return extent_runs.union(self.pass_runs, self._ending_runs) if self._ending_runs else self.pass_runs
 
     def _refill_rate(self, now: float) -> bool:
         """Whether the resync rate budget allows another extent now (link.resync_rate_max)."""

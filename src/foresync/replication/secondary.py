@@ -13,7 +13,9 @@ at once, but never overtake an earlier waiting effect.
 The durable watermark: the adapter fdatasyncs the image on a timer (``get_timer`` gives the next
 deadline while anything applied is not yet durable, ``handle_timer(now)`` handles it), when the
 primary asks (SYNC), and promptly for sync-mode writes; ``data_synced(seq)`` then reports
-DURABLE(seq).
+DURABLE(seq). A SYNC may name writes not here yet (the primary asks just before the miss it
+sends next): the part beyond what is applied is remembered (``_sync_ahead``) and asked for again
+once a write reaches it, so every SYNC read gets a DURABLE covering it, not only a timer's.
 Removals are journaled without forcing a commit: losing one only leaves the record larger.
 
 A failed write (a full disk, an I/O error: ``storage_failed``) ends the session. The effects not
@@ -47,7 +49,10 @@ record. They are journaled as one entry (runs, not one record slot each), and RE
 goes back only once that entry is durable: only then may the primary stop counting them in its
 own out-of-sync set. Every effect after it waits for the same commit, so no resync data lands
 before the set that covers it is durable. The set is cleared at RESYNC_DONE, which the primary
-sends once every extent of the pass is durable on both sites. Meanwhile RESYNC_PROGRESS names
+sends once every extent of the pass is durable on both sites. RESYNC_DONE_ACK answers it once
+the end is durable here: behind ``ResyncFinished`` (the adapter flushes the image and stores
+the copy as consistent, so a restart no longer rolls the pass back) and the commit of the
+clear. The primary reports in sync only at that answer. Meanwhile RESYNC_PROGRESS names
 extents the pass is done with as of a seq; once that seq is durable here they leave the set
 (RESYNC_SHRINK), so a WELCOME after a cut (RESUME) offers only what is left: the pass resumes
 instead of comparing every extent again.
@@ -192,6 +197,7 @@ class SecondaryCore:
         self._reported_applied = 0
         self._sync_inflight = 0  # through-seq of the SyncData in progress, 0 if none
         self._sync_wanted = 0
+        self._sync_ahead = 0  # a SYNC's seq beyond what was applied when it came (see _want_sync)
         self._await_durable: deque[tuple[int, wire.Message]] = deque()  # replies needing durable data
         self.writes_applied = 0
         self.bytes_applied = 0
@@ -269,6 +275,9 @@ class SecondaryCore:
                     self.state.resync = ()
                     self._append(jfmt.encode_resync_clear())
                 self._effect(self._synced_or_pending(), seq, ResyncFinished(seq, self._generations))
+                # The end is durable here once ResyncFinished is carried out (in order before
+                # this) and the clear is committed: only then may the primary say in sync.
+                self._effect(self._appended, self.applied_seq + 1, Send(wire.ResyncDoneAck(seq)))
                 self.resyncing = False
                 self._undo_saved.clear()
                 self.failed_extents.clear()  # the pass rewrote them, and a failure ends it early
@@ -291,7 +300,7 @@ class SecondaryCore:
             self.now = now
         self._liveness.frame_received(self.now)
         if (message.flags or message.removals or self._actions or self._pending or self.failed
-                or (self.resyncing and self.protect_image)):
+                or (self.resyncing and self.protect_image) or self._sync_ahead):
             return False
         length = len(message.data)
         offset = message.offset
@@ -336,6 +345,8 @@ class SecondaryCore:
             self.applied_seq = seq
         self.writes_applied += writes
         self.bytes_applied += nbytes
+        if self._sync_ahead and seq >= self._sync_ahead:
+            self._want_sync(self._sync_ahead)
 
     def session_started(self, facts: SessionFacts) -> None:
         """A primary's HELLO was admitted: the site's facts for this session's WELCOME."""
@@ -400,6 +411,7 @@ class SecondaryCore:
         self._earlier_needs = self._pending[-1][0] if self._pending else 0
         self._progress.clear()  # the old connection's: the set stays larger
         self._await_durable.clear()
+        self._sync_ahead = 0  # the old connection's SYNC: the new one asks afresh
         self._reported_applied = 0
         self.greeted = False
         self.failed = False
@@ -778,8 +790,18 @@ class SecondaryCore:
         self.bytes_applied += nbytes
         if flags & _DURABLE:
             self._want_sync(seq)
+        if self._sync_ahead and seq >= self._sync_ahead:
+            self._want_sync(self._sync_ahead)  # a SYNC that came before this write: answer it now
 
     def _want_sync(self, seq: int) -> None:
+        """Make everything through ``seq`` durable and report DURABLE. Only what is applied can
+        be synced now; a SYNC beyond it (the primary asked before sending the writes it names)
+        is remembered in ``_sync_ahead`` and asked again once a write reaches it."""
+        if seq > self.applied_seq:
+            if not self.faults.sync_beyond_applied_dropped:  # deliberately wrong if set: faults.py
+                self._sync_ahead = max(self._sync_ahead, seq)
+        elif seq >= self._sync_ahead:
+            self._sync_ahead = 0
         seq = min(seq, self.applied_seq)
         if seq <= self.durable_seq:
             if seq and not self.failed:
@@ -797,6 +819,14 @@ class SecondaryCore:
             return
         self._sync_inflight = through
         self._actions.append(SyncData(through))
+
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing is left for the adapter to do on this core's behalf: no action not
+        yet taken, no held run, no effect waiting for a commit, no commit wanted, no data sync
+        running. (The simulator checks that a SYNC read is answered by then.)"""
+        return not (self._actions or self._run or self._pending or self._sync_inflight
+                    or self.needs_journal_sync())
 
     def statistics(self) -> SecondaryStatistics:
         return SecondaryStatistics(len(self.state.extents), self.applied_seq, self.durable_seq,

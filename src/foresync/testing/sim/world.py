@@ -64,6 +64,15 @@ then the invariants are checked:
 15. silent damage on the secondary (``_rot``: a flipped byte once the run has healed) is found by
     an online verify without --repair, which marks it out of sync: the primary no longer reports
     in sync (invariant 8) until the next connect has copied it back.
+16. whenever the primary reports ``in_sync`` and no host write is outstanding, the secondary's
+    *durable* state equals it: its durable image is the primary's image, and its site metadata
+    says consistent (a restart would not roll a pass back from the undo log, nor compare
+    everything). Secondaries are crashed right after they read a RESYNC_DONE, before or after
+    carrying it out (``_crash_after_resync_done``, its own RNG), so the window between the
+    primary's RESYNC_DONE and the secondary's durable record of it is tried (issue 25).
+17. every SYNC the secondary reads is answered by a DURABLE covering it once the writes it names
+    are applied and the secondary has nothing left to do (``SecondaryCore.quiet``): it may not
+    wait for a timer tick (issue 25; the primary's ADDED rule in flushes.py is only a belt).
 """
 
 from __future__ import annotations
@@ -270,6 +279,8 @@ class _Secondary:
         w = self.world
         if w.conn and self.conn == w.conn:
             w.s2p.append((w.conn, wire.encode_frame(message)))
+            if isinstance(message, wire.Durable) and w._syncs_owed:
+                w._syncs_owed = [seq for seq in w._syncs_owed if seq > message.seq]
 
     def journal_append(self, entry: bytes) -> None:
         self.world.journal.append(entry)
@@ -446,6 +457,13 @@ class World:
         self._closing = 0  # a connection the secondary asked to close (CloseLink)
         self.storage_failures = 0  # STORAGE_FAILED reports the primary received
         self.write_failures = {"primary": 0, "secondary": 0, "journal": 0}  # ENOSPC faults hit
+        # Invariant 16's crash right after RESYNC_DONE: drawn from an RNG of its own, so the draws
+        # of every other event stay as they were until such a crash happens.
+        self._done_crash_rng = random.Random(seed * 6007 + 5)
+        self._stepping = False  # the random steps run (not the healing at the end)
+        self._crash_after_done = False  # the secondary just read a RESYNC_DONE: crash it now
+        self.crashes_after_resync_done = 0
+        self._syncs_owed: list[int] = []  # SYNC seqs the secondary read, not yet answered (17)
         self._start_primary()
         self.metas["B"].start(RecordJournal.open(JOURNAL, self.metas["B"].files, self.cfg.faults))
         self._start_secondary(RecordState())
@@ -562,10 +580,14 @@ class World:
 
     def run(self) -> None:
         try:
+            self._stepping = True
             for step in range(self.cfg.steps):
                 self._step(step)
+                if self._crash_after_done:
+                    self._crash_after_resync_done()
                 self._settle()
                 self._check(step)
+            self._stepping = False
             self._finish()
             self._rot()
             self._lease()
@@ -856,6 +878,11 @@ class World:
         if isinstance(message, wire.Hello):
             self._admit_primary(message)
         resyncing = s.core.resyncing
+        if isinstance(message, wire.Sync) and not s.core.failed:
+            self._syncs_owed.append(message.seq)
+        if (isinstance(message, wire.ResyncDone) and self._stepping and self.cfg.crash_weight
+                and self._done_crash_rng.random() < 0.2):
+            self._crash_after_done = True
         try:
             # The site's hot path (SecondaryDriver.write_now): held, or written at once.
             if not (type(message) is wire.Write and self.rng.random() < 0.8
@@ -1117,6 +1144,7 @@ class World:
         self.conn = 0
         self.p2s.clear()
         self.s2p.clear()
+        self._syncs_owed = []  # that session's: the next one asks afresh
         self._verify_primary.clear()  # request numbers start again with the next primary core
         self._verify_secondary.clear()
         self.faulted = True
@@ -1594,18 +1622,62 @@ class World:
         if not self.faulted and self.sdisk.current != self.expected:
             self._fail("secondary image is not a prefix of the primary's sent history")
         self._check_in_sync()
+        self._check_syncs_answered()
+
+    def _crash_after_resync_done(self) -> None:
+        """Invariant 16's schedule: the secondary dies right after it read RESYNC_DONE, before
+        carrying it out or after (the image flushed and the copy stored as consistent, the clear
+        of its set perhaps not yet committed, its answer perhaps not yet on the wire)."""
+        self._crash_after_done = False
+        if self.secondary is None:
+            return
+        if self._done_crash_rng.random() < 0.5:
+            self._settle()
+        self.crashes_after_resync_done += 1
+        self._log("secondary dies right after RESYNC_DONE")
+        self._ev_crash_secondary()
+
+    def _check_syncs_answered(self) -> None:
+        """Invariant 17: a SYNC read, whose writes are all applied, is answered by a DURABLE
+        covering it before the secondary falls quiet (no timer needed)."""
+        s = self.secondary
+        if not self._syncs_owed or s is None or s.conn != self.conn or s.core.failed or not s.core.quiet:
+            return
+        owed = min(self._syncs_owed)
+        if owed <= s.core.applied_seq:
+            self._fail(f"invariant 17: the secondary read SYNC({owed}), applied every write it names "
+                       f"(applied {s.core.applied_seq}) and has nothing left to do, but no DURABLE "
+                       f"answered it (durable {s.core.durable_seq})")
 
     def _check_in_sync(self) -> None:
         """Invariant 7. With no host write outstanding every write is applied here, and in_sync
         means the secondary has made every seq durable, so the images must be equal."""
         p = self.primary
         if (p is None or self.secondary is None or any(op.kind != "flush" for op in self.host_ops.values())
-                or not p.core.statistics().in_sync or self.pdisk.current == self.sdisk.current):
+                or not p.core.statistics().in_sync):
+            return
+        self._check_in_sync_durable()
+        if self.pdisk.current == self.sdisk.current:
             return
         bad = [e for e in range(self.extent_count)
                if self.pdisk.current[e * self.extent_size:(e + 1) * self.extent_size]
                != self.sdisk.current[e * self.extent_size:(e + 1) * self.extent_size]]
         self._fail(f"invariant 8: the primary reports in_sync but the images differ in extents {bad}")
+
+    def _check_in_sync_durable(self) -> None:
+        """Invariant 16: in sync means the secondary's durable state is the primary's: a crash
+        there now loses nothing, and its restart rolls nothing back."""
+        site = self.roles["secondary"]
+        if not self.meta.consistent or self.widened[site]:
+            self._fail(f"invariant 16: the primary reports in_sync but secondary {site} has not "
+                       "durably recorded the end of its resync pass (a restart would roll it back "
+                       "or compare everything)")
+        if self.sdisk.durable != self.pdisk.current:
+            bad = [e for e in range(self.extent_count)
+                   if self.pdisk.current[e * self.extent_size:(e + 1) * self.extent_size]
+                   != self.sdisk.durable[e * self.extent_size:(e + 1) * self.extent_size]]
+            self._fail(f"invariant 16: the primary reports in_sync but the secondary's durable "
+                       f"image differs in extents {bad}")
 
     def _durably_covered(self) -> set[int]:
         everything = set(range(self.extent_count))
