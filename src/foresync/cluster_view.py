@@ -1,7 +1,9 @@
 """``foresync cluster status``: etcd's view of every volume, and this site's own (issue 16).
 
-One line per (volume, site): the lease holder of each volume as etcd has it, and this site from
-its /status ``cluster`` section (role, epoch, whether it is fenced, and why it does not promote).
+One line per (volume, site): the lease holder of each volume as etcd has it (and, in its note,
+the ``outdated`` mark if one stands: the secondary of that volume will not promote itself), and
+this site from its /status ``cluster`` section (role, epoch, whether it is fenced, and why it does
+not promote).
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ def rows(volumes: list[dict[str, Any]], heres: list[dict[str, Any]] | None) -> l
     lines: list[tuple[str, ...]] = []
     for volume in volumes:
         holder = volume["holder"]
+        mark = volume.get("outdated")
+        outdated = (f"secondary outdated: {mark['site']} (epoch {mark['epoch']}) answered writes "
+                    f"without it; it will not promote itself" if mark else "")
         if holder is not None:
             lines.append((volume["volume"], holder, "primary", str(volume["holder_epoch"]), holder,
-                          _remaining(volume["remaining_s"]), ""))
+                          _remaining(volume["remaining_s"]), outdated))
         else:
+            note = "lease expired: no primary may acknowledge writes"
             lines.append((volume["volume"], volume["epoch_site"] or "-", "-",
                           str(volume["epoch"]), "(none)", "-",
-                          "lease expired: no primary may acknowledge writes"))
+                          f"{note}; {outdated}" if outdated else note))
     for here in heres or ():
         note = "fenced" if here["fenced"] else ""
         if here["reason"]:

@@ -340,6 +340,12 @@ def _outdated_then_primary_killed(make_pair: MakePair, etcd: EtcdCluster,
     assert "site a (epoch 1) answered writes without this site" in here["reason"], here
     text = pair.cli("status", "--config", pair.secondary.config_path).stdout
     assert "cluster  the primary's lease expired, but this copy is outdated" in text, text
+    view = json.loads(pair.cli("cluster", "status", "--config", pair.secondary.config_path,
+                               "--json").stdout)
+    assert [v["outdated"] for v in view["volumes"]] == [
+        {"site": "a", "epoch": 1, "generation": mark["generation"]}], view
+    table = pair.cli("cluster", "status", "--config", pair.secondary.config_path).stdout
+    assert "secondary outdated: a (epoch 1) answered writes without it" in table, table
     return pair
 
 

@@ -288,8 +288,9 @@ class Etcd:
 
 
 async def overview(cfg: ClusterConfig) -> list[dict[str, Any]]:
-    """Every volume of the cluster as etcd has it: its latest epoch, and the lease holder with
-    the lease's remaining seconds (``foresync cluster status``)."""
+    """Every volume of the cluster as etcd has it: its latest epoch, the lease holder with the
+    lease's remaining seconds, and the ``outdated`` mark if one stands (``foresync cluster
+    status``)."""
     etcd = Etcd(cfg, "")
     client = etcd._connect()
     prefix = f"/foresync/{cfg.name}/volumes/".encode()
@@ -301,7 +302,12 @@ async def overview(cfg: ClusterConfig) -> list[dict[str, Any]]:
             volume, _, name = kv.key[len(prefix):].decode().rpartition("/")
             row = rows.setdefault(volume, {"volume": volume, "epoch": None, "epoch_site": None,
                                            "holder": None, "holder_epoch": None,
-                                           "remaining_s": None})
+                                           "remaining_s": None, "outdated": None})
+            if name == "outdated":
+                mark = _outdated(kv.value)
+                row["outdated"] = {"site": mark.site, "epoch": mark.epoch,
+                                   "generation": f"{mark.generation:#x}"}
+                continue
             record = _record(kv.value)
             if name == "epoch":
                 row["epoch"], row["epoch_site"] = record.epoch, record.site
