@@ -45,7 +45,7 @@ class ClusterConfig:
     password_file: str | None = None
 
     def prefix(self, volume: str) -> str:
-        """The keys of one volume (a group will get ``groups/<id>/`` beside it)."""
+        """The keys of one unit: a volume, or a consistency group under its group name."""
         return f"/foresync/{self.name}/volumes/{volume}/"
 
 

@@ -3,8 +3,8 @@ takes over by itself. The one place these decisions are made; pure, with time pa
 daemon's adapter (daemon/cluster.py) carries out the actions against etcd (daemon/etcd.py), and
 the simulator (testing/sim/lease.py) drives the same core against a modelled etcd.
 
-**Keys.** Per volume, under ``/foresync/<cluster>/volumes/<volume>/`` (a consistency group gets
-``/foresync/<cluster>/groups/<group>/`` with the same keys):
+**Keys.** Per volume, under ``/foresync/<cluster>/volumes/<volume>/`` (a consistency group's unit
+uses the same keys under its group name in place of ``<volume>``):
 
 * ``epoch``: ``{"site", "epoch", "epoch_id"}``, with no lease: the latest epoch and the site it
   was registered by. It only changes by a compare-and-swap on its ``mod_revision``, so each epoch
