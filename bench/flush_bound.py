@@ -26,6 +26,14 @@ replays them) inside a small simulation of that client, kind to lookahead everyw
   once, and so said 0.98 for the build trace at 1/4, which measured 0.6-0.67 on the pair: most
   of build's waits are behind read-aheads (65 read-aheads beside 9 misses in one run, 82 writes
   behind their ADDs);
+* a RANGE op (a zero or trim over more than ``min(16, capacity // 2)`` extents, which never
+  goes through the record) is answered one trip after it is sent at the earliest: the
+  secondary journals it, zeroes it and makes that durable before its ADDED, and only then does
+  the primary apply it. ``--zero-rate`` adds the secondary's zeroing, one RANGE op after
+  another (punching a 128 MiB range of the prefilled image took it 40-80 ms on this box, about
+  2 GB/s); the primary's own zeroing is not charged (async mode does it too). The build trace
+  ends with eight trims of 96-128 MiB: on the pair they cost lookahead about 0.6 s of a run
+  async does in 1.1-1.4 s (measured per op: issue 14, docs/benchmarks.md);
 * at most QD requests in flight; a FLUSH waits for all of them and is answered at once.
 
 ``--trip-ms`` replaces the RTT as what a MISS takes to its ADDED: the pair's measured
@@ -40,7 +48,7 @@ counted but not charged.
 
     .venv/bin/python bench/flush_bound.py --trace sqlite --async-rate 5587 --rtt-ms 12.4
     .venv/bin/python bench/flush_bound.py --trace sqlite --tune   # and tune's best at each bound
-    .venv/bin/python bench/flush_bound.py --trace build --async-rate 1400 --trip-ms 25
+    .venv/bin/python bench/flush_bound.py --trace build --async-rate 1400 --trip-ms 25 --zero-rate 2GB
 
 No daemons: seconds per configuration (``--tune``: one ``foresync tune`` sweep per bound,
 minutes).
@@ -61,6 +69,7 @@ from foresync.record.predict import extents_of
 from foresync.record.record import Eviction
 from foresync.record.replay import ReplayConfig, ReplayEngine
 from foresync.tune import sweep
+from foresync.units import parse_size
 
 HERE = Path(__file__).parent
 CHANGES = (trace.WRITE, trace.TRIM, trace.WRITE_ZEROES)
@@ -93,14 +102,18 @@ def load(path: Path, limit: int) -> tuple[int, list[trace.TraceRecord]]:
 
 
 def simulate(size: int, records: Sequence[trace.TraceRecord], config: ReplayConfig, qd: int,
-             async_rate: float, rtt_s: float, trip_s: float | None = None) -> Simulated:
+             async_rate: float, rtt_s: float, trip_s: float | None = None,
+             zero_bytes_per_s: float = 0.0) -> Simulated:
     """The client of the module docstring, with the record of ``config`` deciding each write.
 
     ``trip_s`` is what a MISS (a miss's or a read-ahead's) takes to its ADDED: one RTT unless
-    given (the pair's measured MISS-to-ADDED mean, to see what that trip allows)."""
+    given (the pair's measured MISS-to-ADDED mean, to see what that trip allows).
+    ``zero_bytes_per_s`` is how fast the secondary zeroes (punches) a RANGE op, one after
+    another, before it answers; 0: at once."""
     engine = ReplayEngine(size, config)
     record = engine.record
     trip = rtt_s if trip_s is None else trip_s
+    zeroing_until = 0.0  # when the secondary is done with the RANGE ops it has
     pending: dict[int, float] = {}  # extent -> when the ADDED bringing it arrives
     inflight: list[float] = []  # answer times of the requests in flight (a heap)
     step = 1 / async_rate
@@ -128,6 +141,12 @@ def simulate(size: int, records: Sequence[trace.TraceRecord], config: ReplayConf
         read_aheads = engine.read_aheads
         verdict = engine.write(now, r.offset, r.length, r.command == trace.WRITE) if r.length else None
         answer = start
+        if verdict is None and r.length and r.command != trace.WRITE:
+            # A RANGE op: the secondary zeroes it and makes it durable before its ADDED, and
+            # only then may the primary apply it (design.md, "Large zero/trim ranges").
+            zeroing_until = max(zeroing_until, start + trip / 2)
+            zeroing_until += r.length / zero_bytes_per_s if zero_bytes_per_s else 0.0
+            answer = zeroing_until + trip / 2
         if verdict:
             missed = True
             answer = start + trip
@@ -163,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trip-ms", type=float, default=None,
                         help="what a MISS takes to its ADDED (default: one RTT)")
     parser.add_argument("--lookahead", type=int, default=4, help="the default record's lookahead (4)")
+    parser.add_argument("--zero-rate", type=parse_size, default=0, metavar="BYTES_PER_S",
+                        help="how fast the secondary zeroes a RANGE op before answering (e.g. 2GB; "
+                             "default 0: at once)")
     parser.add_argument("--qd", type=int, default=16, help="requests in flight, as the bench (16)")
     parser.add_argument("--tune", action="store_true",
                         help="also run foresync tune's sweep on the prefix at each bound and bound its best")
@@ -189,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configs.append(("tune's best", report.results[0].config))
         for label, config in configs:
             s = simulate(size, records, config, args.qd, args.async_rate, rtt_s,
-                         None if args.trip_ms is None else args.trip_ms / 1e3)
+                         None if args.trip_ms is None else args.trip_ms / 1e3, args.zero_rate)
             print(f"| 1/{fraction} | {label}: {describe(config)} | {s.writes:,} | "
                   f"{s.misses / max(s.writes, 1):.2%} | {s.behind_add:,} | {s.stalls:,} | "
                   f"{s.missing:,} of {s.batches:,} | {s.seconds:.2f} ({s.async_seconds:.2f}) | "
