@@ -193,6 +193,9 @@ class SecondaryCore:
         self._sync_inflight = 0  # through-seq of the SyncData in progress, 0 if none
         self._sync_wanted = 0
         self._await_durable: deque[tuple[int, wire.Message]] = deque()  # replies needing durable data
+        self._early_ranges = False  # the primary's HELLO said EARLY_RANGES: see _on_zero
+        self._answered_early: set[int] = set()  # ranges answered before durably zeroed here
+        self._ranges_done_later: list[int] = []  # of those, reported done before they were
         self.writes_applied = 0
         self.bytes_applied = 0
         self.greeted = False
@@ -243,7 +246,10 @@ class SecondaryCore:
             case wire.Remove(extents, ranges_done):
                 self._remove(extents)
                 for seq in ranges_done:
-                    if self.state.ranges.pop(seq, None) is not None:
+                    if (seq in self._answered_early and seq > self.durable_seq
+                            and not self.faults.range_done_before_zero_durable):
+                        self._ranges_done_later.append(seq)  # see _on_zero
+                    elif self.state.ranges.pop(seq, None) is not None:
                         self._append(jfmt.encode_range_done(seq))
             case wire.Ping(ts):
                 self._actions.append(Send(wire.Pong(ts)))
@@ -400,6 +406,10 @@ class SecondaryCore:
         self._earlier_needs = self._pending[-1][0] if self._pending else 0
         self._progress.clear()  # the old connection's: the set stays larger
         self._await_durable.clear()
+        # They stay pending: the next WELCOME reports them, and the primary resyncs them and
+        # reports them done once that is durable here, which makes their zeroing moot.
+        self._answered_early.clear()
+        self._ranges_done_later.clear()
         self._reported_applied = 0
         self.greeted = False
         self.failed = False
@@ -528,6 +538,14 @@ class SecondaryCore:
             self._shrink_durable()
         while self._await_durable and self._await_durable[0][0] <= self.durable_seq:
             self._actions.append(Send(self._await_durable.popleft()[1]))
+        if self._answered_early:
+            self._answered_early = {seq for seq in self._answered_early if seq > self.durable_seq}
+        if self._ranges_done_later:
+            done = [seq for seq in self._ranges_done_later if seq <= self.durable_seq]
+            self._ranges_done_later = [seq for seq in self._ranges_done_later if seq > self.durable_seq]
+            for seq in done:
+                if self.state.ranges.pop(seq, None) is not None:
+                    self._append(jfmt.encode_range_done(seq))
         if self._sync_wanted > self.durable_seq:
             self._start_sync()
 
@@ -574,6 +592,7 @@ class SecondaryCore:
             self._actions.append(Send(wire.Refuse("; ".join(problems), code)))
             return
         self.greeted = True
+        self._early_ranges = bool(hello.flags & wire.HelloFlag.EARLY_RANGES)
         # This copy holds the data of the primary's generations only once a pass has brought it
         # all here (RESYNC_DONE): until then a promotion must meet the primary's newer generation
         # as a split brain, never fail back over the writes it names (epochs.py).
@@ -657,9 +676,20 @@ class SecondaryCore:
             self.state.ranges[message.seq] = (message.offset, message.length)
             self._append(jfmt.encode_range(message.seq, message.offset, message.length))
             needs = self._appended
-            self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
-            # Answer only once the zeroing is durable here: the primary applies it after that.
-            self._await_durable.append((message.seq, wire.Added(message.seq, ())))
+            if self._early_ranges and not message.flags & _DURABLE:
+                # Answer once the range is journaled, before zeroing it: the durable pending range
+                # covers its extents here until they are durably zeroed on both sites (the
+                # primary reports it done after its own flush, and it leaves the journal only
+                # once our zeroing is durable too: Remove above, data_synced). So both sites
+                # zero at once instead of one after the other (issue 14: build's 128 MiB trims).
+                self._answered_early.add(message.seq)
+                self._reply_after(needs, message.seq, wire.Added(message.seq, ()))
+                self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
+            else:
+                # A sync-mode range (DURABLE), or a primary that expects it: answer only once
+                # the zeroing is durable here; the primary applies it after that.
+                self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
+                self._await_durable.append((message.seq, wire.Added(message.seq, ())))
             self._applied(message.seq, 0, message.flags)
             self._want_sync(message.seq)
             return
