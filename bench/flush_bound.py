@@ -29,12 +29,14 @@ replays them) inside a small simulation of that client, kind to lookahead everyw
   behind their ADDs);
 * a RANGE op (a zero or trim over more than ``min(16, capacity // 2)`` extents, which never
   goes through the record) is answered one trip after it is sent at the earliest: the
-  secondary journals it, zeroes it and makes that durable before its ADDED, and only then does
-  the primary apply it. ``--zero-rate`` adds the secondary's zeroing, one RANGE op after
-  another (punching a 128 MiB range of the prefilled image took it 40-80 ms on this box, about
-  2 GB/s); the primary's own zeroing is not charged (async mode does it too). The build trace
-  ends with eight trims of 96-128 MiB: on the pair they cost lookahead about 0.6 s of a run
-  async does in 1.1-1.4 s (measured per op: issue 14, docs/benchmarks.md);
+  secondary journals it and answers, and only then does the primary apply it; both sites then
+  zero at once, one op after another, and the primary's zeroing is not charged (async mode
+  does it too). Until issue 14's EARLY_RANGES the secondary answered only once its zeroing was
+  durable, so the primary zeroed after it: ``--zero-before-answer`` models that, with
+  ``--zero-rate`` the secondary's zeroing speed (punching a 128 MiB range of the prefilled
+  image took 40-80 ms on this box, about 2 GB/s). Build's eight 96-128 MiB trims cost
+  lookahead so about 0.6 s of a run async does in 1.1-1.4 s (measured per op,
+  docs/benchmarks.md);
 * at most QD requests in flight; a FLUSH waits for all of them and is answered at once.
 
 ``--trip-ms`` replaces the RTT as what a MISS takes to its ADDED: the pair's measured
@@ -49,7 +51,7 @@ counted but not charged.
 
     .venv/bin/python bench/flush_bound.py --trace sqlite --async-rate 5587 --rtt-ms 12.4
     .venv/bin/python bench/flush_bound.py --trace sqlite --tune   # and tune's best at each bound
-    .venv/bin/python bench/flush_bound.py --trace build --async-rate 1400 --trip-ms 25 --zero-rate 2GB
+    .venv/bin/python bench/flush_bound.py --trace build --async-rate 1400 --trip-ms 25 --zero-rate 2GB --zero-before-answer
 
 No daemons: seconds per configuration (``--tune``: one ``foresync tune`` sweep per bound,
 minutes).
@@ -104,13 +106,14 @@ def load(path: Path, limit: int) -> tuple[int, list[trace.TraceRecord]]:
 
 def simulate(size: int, records: Sequence[trace.TraceRecord], config: ReplayConfig, qd: int,
              async_rate: float, rtt_s: float, trip_s: float | None = None,
-             zero_bytes_per_s: float = 0.0) -> Simulated:
+             zero_bytes_per_s: float = 0.0, zero_before_answer: bool = False) -> Simulated:
     """The client of the module docstring, with the record of ``config`` deciding each write.
 
     ``trip_s`` is what a MISS (a miss's or a read-ahead's) takes to its ADDED: one RTT unless
     given (the pair's measured MISS-to-ADDED mean, to see what that trip allows).
-    ``zero_bytes_per_s`` is how fast the secondary zeroes (punches) a RANGE op, one after
-    another, before it answers; 0: at once."""
+    ``zero_bytes_per_s`` is how fast the secondary zeroes (punches) RANGE ops, one after
+    another (0: at once), and ``zero_before_answer`` whether it answers each only after its
+    own zeroing (before issue 14's EARLY_RANGES) or before it."""
     engine = ReplayEngine(size, config)
     record = engine.record
     trip = rtt_s if trip_s is None else trip_s
@@ -143,11 +146,19 @@ def simulate(size: int, records: Sequence[trace.TraceRecord], config: ReplayConf
         verdict = engine.write(now, r.offset, r.length, r.command == trace.WRITE) if r.length else None
         answer = start
         if verdict is None and r.length and r.command != trace.WRITE:
-            # A RANGE op: the secondary zeroes it and makes it durable before its ADDED, and
-            # only then may the primary apply it (design.md, "Large zero/trim ranges").
-            zeroing_until = max(zeroing_until, start + trip / 2)
-            zeroing_until += r.length / zero_bytes_per_s if zero_bytes_per_s else 0.0
-            answer = zeroing_until + trip / 2
+            # A RANGE op: the secondary answers it once journaled, then zeroes it, in order
+            # behind the zeroing of the RANGE ops before it; only then may the primary apply it
+            # (design.md, "Large zero and trim: RANGE ops").
+            if zero_before_answer:
+                zeroing_until = max(zeroing_until, start + trip / 2)
+                zeroing_until += r.length / zero_bytes_per_s if zero_bytes_per_s else 0.0
+                answer = zeroing_until + trip / 2
+            else:
+                # Both sites zero at once, each one op after another: the primary's zeroing of
+                # the next op waits for its ADDED, which follows the secondary's zeroing of this
+                # one, at the same pace. async mode pays the primary's zeroing too, so only the
+                # trip is charged.
+                answer = start + trip
         if verdict:
             missed = True
             answer = start + trip
@@ -198,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="what a MISS takes to its ADDED (default: one RTT)")
     parser.add_argument("--lookahead", type=int, default=4, help="the default record's lookahead (4)")
     parser.add_argument("--zero-rate", type=parse_size, default=0, metavar="BYTES_PER_S",
-                        help="how fast the secondary zeroes a RANGE op before answering (e.g. 2GB; "
-                             "default 0: at once)")
+                        help="how fast the secondary zeroes RANGE ops (e.g. 2GB; default 0: at once)")
+    parser.add_argument("--zero-before-answer", action="store_true",
+                        help="the secondary answers a RANGE op only after zeroing it (before EARLY_RANGES)")
     parser.add_argument("--qd", type=int, default=16, help="requests in flight, as the bench (16)")
     parser.add_argument("--tune", action="store_true",
                         help="also run foresync tune's sweep on the prefix at each bound and bound its best")
@@ -226,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             configs.append(("tune's best", report.results[0].config))
         for label, config in configs:
             s = simulate(size, records, config, args.qd, args.async_rate, rtt_s,
-                         None if args.trip_ms is None else args.trip_ms / 1e3, args.zero_rate)
+                         None if args.trip_ms is None else args.trip_ms / 1e3, args.zero_rate,
+                         args.zero_before_answer)
             print(f"| 1/{fraction} | {label}: {describe(config)} | {s.writes:,} | "
                   f"{s.misses / max(s.writes, 1):.2%} | {s.behind_add:,} | {s.stalls:,} | "
                   f"{s.missing:,} of {s.batches:,} | {s.seconds:.2f} ({s.async_seconds:.2f}) | "
