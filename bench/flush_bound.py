@@ -120,7 +120,7 @@ def simulate(size: int, records: Sequence[trace.TraceRecord], config: ReplayConf
     zeroing_until = 0.0  # when the secondary is done with the RANGE ops it has
     pending: dict[int, float] = {}  # extent -> when the ADDED bringing it arrives
     inflight: list[float] = []  # answer times of the requests in flight (a heap)
-    steps = client_steps(records, async_rate)
+    steps = client_steps(records, async_rate, zero_bytes_per_s)
     now = 0.0
     behind = batches = missing = 0
     opened = missed = False
@@ -176,18 +176,25 @@ def simulate(size: int, records: Sequence[trace.TraceRecord], config: ReplayConf
                      batches, missing, now, len(records) / async_rate)
 
 
-def client_steps(records: Sequence[trace.TraceRecord], async_rate: float) -> list[float]:
+def client_steps(records: Sequence[trace.TraceRecord], async_rate: float,
+                 zero_bytes_per_s: float = 0.0) -> list[float]:
     """The client's time to send each request: async mode's time (requests / ``async_rate``),
     shared in proportion to the larger of an average request's time and the request's payload
     at async mode's average byte rate. So a 1 MiB write of a stream takes what it would in
     async mode, not as long as an 8 KiB one: with equal shares pgbench's 1 MiB streams ran at
-    3 GB/s in the model and waited behind every read-ahead."""
+    3 GB/s in the model and waited behind every read-ahead. With ``zero_bytes_per_s`` a zero or
+    trim first takes its zeroing (the primary zeroes on its event loop, in async mode too:
+    build's trims are a third of its async run), and the rest is shared among the others."""
     total_s = len(records) / async_rate
+    zeroing = [r.length / zero_bytes_per_s if zero_bytes_per_s and r.command in (trace.TRIM, trace.WRITE_ZEROES)
+               else 0.0 for r in records]
+    left_s = max(total_s - sum(zeroing), total_s / 10)
     payload = [r.length if r.command == trace.WRITE else 0 for r in records]
-    byte_rate = sum(payload) / total_s if total_s else 0.0
-    raw = [max(1 / async_rate, n / byte_rate if byte_rate else 0.0) for n in payload]
-    scale = total_s / sum(raw) if raw else 1.0
-    return [s * scale for s in raw]
+    byte_rate = sum(payload) / left_s if left_s else 0.0
+    raw = [0.0 if z else max(1 / async_rate, n / byte_rate if byte_rate else 0.0)
+           for z, n in zip(zeroing, payload, strict=True)]
+    scale = left_s / sum(raw) if sum(raw) else 1.0
+    return [z + s * scale for z, s in zip(zeroing, raw, strict=True)]
 
 
 def describe(config: ReplayConfig) -> str:

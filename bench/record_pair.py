@@ -426,8 +426,10 @@ def cells_to_run(args: argparse.Namespace,
                 yield f"{name} lookahead 1/{fraction} tuned", "lookahead", fraction, path, tuned[name, fraction]
 
 
-# How fast the secondary punched a RANGE op's 96-128 MiB of the prefilled image (issue 14, the
-# build trace's trims: 40-80 ms each, one after another, on this box's disk)
+# How fast a site punched a RANGE op's 96-128 MiB of the prefilled image (issue 14, the build
+# trace's trims: 40-80 ms each, one after another, on this box's disk). The bound places the
+# primary's zeroing (async mode's too) at the trims, and before EARLY_RANGES the secondary's
+# before its answer.
 ZERO_BYTES_PER_S = 2e9
 
 
@@ -495,14 +497,15 @@ def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str],
                 checks.append({"target": f"{name} 1/{fraction}{suffix}: lookahead / async",
                                "value": la.iops / asy.iops, "bound": bound})
                 if la.capacity:
-                    inherent = inherent_bound(la, name, asy.iops, rtt_ms, trace_limit)
+                    inherent = inherent_bound(la, name, asy.iops, rtt_ms, trace_limit, None,
+                                              ZERO_BYTES_PER_S)
                     print(f"{la.name}: lookahead / async {la.iops / asy.iops:.2f}; at most "
                           f"{inherent:.2f} for this trace's flushes, inherent misses and read-aheads "
                           f"at this RTT and async rate (bench/flush_bound.py): "
                           f"{la.iops / asy.iops / inherent:.2f}x that")
                     if la.miss_round_trip_ms:
                         tripped = inherent_bound(la, name, asy.iops, rtt_ms, trace_limit,
-                                                 la.miss_round_trip_ms)
+                                                 la.miss_round_trip_ms, ZERO_BYTES_PER_S)
                         before = inherent_bound(la, name, asy.iops, rtt_ms, trace_limit,
                                                 la.miss_round_trip_ms, ZERO_BYTES_PER_S, True)
                         print(f"  with every MISS taking this cell's own MISS-to-ADDED mean "

@@ -90,5 +90,6 @@ def test_a_range_op_is_answered_a_trip_after_it_is_sent_and_before_early_ranges_
     # answered after its zeroing (before EARLY_RANGES): the second waits for both zeroings
     assert before.seconds >= RTT_S + 2 * 64 * MIB / 1e9
     early = flush_bound.simulate(SIZE, records, config(4), 16, 10_000, RTT_S, None, 1e9)
-    # answered before its zeroing (EARLY_RANGES): both sites zero at once, async pays it too
-    assert RTT_S <= early.seconds < RTT_S + 0.001
+    # answered before its zeroing (EARLY_RANGES): both sites zero at once; the client's own
+    # zeroing (async mode's too) is all that is left of it
+    assert RTT_S + 2 * 64 * MIB / 1e9 <= early.seconds < before.seconds
