@@ -27,6 +27,9 @@ class Faults:
     # primary: eviction ahead of need (free slots under the low mark, issue 14) takes extents
     # whose latest write is not yet durable on both sites
     evict_ahead_takes_dirty: bool = False
+    # secondary: a range the primary reports done leaves the journal's pending ranges at once,
+    # though its zeroing here (answered early, issue 14's EARLY_RANGES) is not durable yet
+    range_done_before_zero_durable: bool = False
     admit_strangers: bool = False  # secondary: a HELLO of another volume may take the session over
     damage_taken_for_torn_tail: bool = False  # journal replay: cut damage off like a torn append
     missing_metadata_taken_as_empty: bool = False  # a missing journal or out-of-sync store: empty

@@ -16,7 +16,15 @@ from foresync.record.replay import ReplayConfig, replay
 from foresync.tune import writes_of
 
 from .conftest import StartServer
-from .sites import FORESYNC, Settings, SitePair, open_site_pairs, run_tool
+from .sites import (
+    FORESYNC,
+    Settings,
+    SitePair,
+    assert_pattern,
+    open_site_pairs,
+    read_bytes,
+    run_tool,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +133,32 @@ def test_a_misss_time_in_status_is_at_least_the_links_round_trip(tmp_path: Path)
                  "foresync_record_miss_queued_seconds_total",
                  "foresync_record_behind_add_waited_seconds_total"):
         assert name in metrics
+
+
+@pytest.mark.parametrize("mode", ["lookahead", "sync"])
+def test_a_trim_larger_than_the_record_goes_as_a_range_and_both_images_end_identical(
+        tmp_path: Path, mode: str) -> None:
+    """A trim over more extents than the record may take goes as a RANGE op (design.md, section
+    7). Since EARLY_RANGES (issue 14) the secondary answers it once journaled and zeroes its copy
+    while the primary zeroes its own (the adapter sends that ADDED before zeroing); in sync mode
+    the host still waits for DURABLE. Either way the range leaves the secondary's journal once
+    both copies hold it, the writes after it land, and the images end byte-identical."""
+    settings = Settings(mode=mode, capacity=16, lookahead=2, eviction="streams", size="64MiB")
+    with open_site_pairs(tmp_path) as make:
+        pair: SitePair = make(settings)
+        pair.init_both()
+        pair.start_both()
+        pair.wait_in_sync()
+        run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 48M", "-c", "flush",
+                  "-c", "discard 4M 40M", "-c", "write -P 0x6b 20M 64k", "-c", "flush",
+                  pair.nbd_url_of(pair.primary)])
+        primary, secondary = pair.wait_in_sync()
+        assert secondary["pending_ranges"] == 0
+        assert primary["counters"]["record_misses"] + primary["counters"]["record_hits"] < \
+            primary["counters"]["writes"]  # the trim went outside the record, as a RANGE op
+        pair.stop_both()
+        pair.assert_identical()
+        for site in pair.sites:
+            assert read_bytes(site.data_path, 4 * MiB, 16 * MiB) == bytes(16 * MiB)
+            assert_pattern(site.data_path, 20 * MiB, 65536, 0x6b)
+            assert_pattern(site.data_path, 44 * MiB, 4 * MiB, 0x5a)

@@ -1748,6 +1748,84 @@ def test_secondary_range_is_answered_once_durable_and_done_on_remove() -> None:
     assert entries == [jfmt.encode_range_done(3), jfmt.encode_range_done(7)]
 
 
+def _early_ranges_secondary(faults: Faults = NO_FAULTS) -> SecondaryCore:
+    core = SecondaryCore(160, 16, 2, VOLUME, RecordState({9}, {7: (0, 32)}), faults=faults)
+    core.receive(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, wire.HelloFlag.EARLY_RANGES,
+                            VOLUME, 160, 16, 1))
+    core.actions()
+    return core
+
+
+def test_secondary_answers_a_range_once_journaled_when_the_primary_takes_it_early() -> None:
+    """Issue 14: build's 128 MiB trims were zeroed here, made durable, then zeroed on the primary:
+    both sites one after the other. Now ADDED goes once the range is journaled, ahead of the
+    zeroing, and the range leaves the journal only once its zeroing is durable here too."""
+    core = _early_ranges_secondary()
+    core.receive(wire.Zero(3, 32, 64, WriteFlag.RANGE | WriteFlag.PUNCH, 0, ()))
+    assert not any(isinstance(a, score.Send) for a in core.actions())  # not before the commit
+    core.journal_synced(core.journal_target())
+    assert core.actions()[:2] == [score.Send(wire.Added(3, ())), score.ZeroData(32, 64, True, 3)]
+    # The primary zeroed and flushed its copy and reports the range done: it stays pending here
+    # until our zeroing is durable.
+    core.receive(wire.Remove((), (3,)))
+    assert core.state.ranges == {7: (0, 32), 3: (32, 64)}
+    assert not [a for a in core.actions() if isinstance(a, score.JournalAppend)]
+    core.data_synced(3)
+    assert core.state.ranges == {7: (0, 32)}
+    assert score.JournalAppend(jfmt.encode_range_done(3)) in core.actions()
+
+
+def test_secondary_drops_a_range_reported_done_after_its_zeroing_is_durable_at_once() -> None:
+    core = _early_ranges_secondary()
+    core.receive(wire.Zero(3, 32, 64, WriteFlag.RANGE, 0, ()))
+    core.journal_synced(core.journal_target())
+    core.data_synced(3)
+    core.actions()
+    core.receive(wire.Remove((), (3, 7)))
+    assert core.state.ranges == {}
+    entries = [a.entry for a in core.actions() if isinstance(a, score.JournalAppend)]
+    assert entries == [jfmt.encode_range_done(3), jfmt.encode_range_done(7)]
+
+
+def test_secondary_answers_a_sync_mode_range_only_once_durable() -> None:
+    core = _early_ranges_secondary()
+    core.receive(wire.Zero(3, 32, 64, WriteFlag.RANGE | WriteFlag.DURABLE, 0, ()))
+    core.journal_synced(core.journal_target())
+    actions = core.actions()
+    assert score.ZeroData(32, 64, False, 3) in actions
+    assert not any(isinstance(a, score.Send) and isinstance(a.message, wire.Added) for a in actions)
+    core.data_synced(3)
+    assert score.Send(wire.Added(3, ())) in core.actions()
+
+
+def test_secondary_fault_range_done_before_zero_durable_drops_it_at_once() -> None:
+    core = _early_ranges_secondary(Faults(range_done_before_zero_durable=True))
+    core.receive(wire.Zero(3, 32, 64, WriteFlag.RANGE, 0, ()))
+    core.journal_synced(core.journal_target())
+    core.receive(wire.Remove((), (3,)))
+    assert 3 not in core.state.ranges
+
+
+def test_primary_offers_early_ranges_in_its_hello() -> None:
+    core = PrimaryCore(Config(Mode.LOOKAHEAD, 160, 16, 4, 1, Eviction.LRU, VOLUME),
+                       lambda offset, length: bytes(length))
+    core.connected()
+    hellos = [a.message for a in core.actions() if isinstance(a, pcore.Send) and isinstance(a.message, wire.Hello)]
+    assert hellos and hellos[0].flags & wire.HelloFlag.EARLY_RANGES
+
+
+def test_primary_offers_early_ranges_and_a_sync_mode_range_waits_for_durable_too() -> None:
+    h = Harness(capacity=4, lookahead=0, extents=40, mode=Mode.SYNC)
+    h.connect()
+    op = h.zero(0, 30 * 16)
+    ranges = [m for m in h.peek_to_secondary() if isinstance(m, wire.Zero) and m.flags & WriteFlag.RANGE]
+    assert ranges and ranges[-1].flags & WriteFlag.DURABLE
+    h.settle()
+    assert h.acks[op] == 0
+    assert not h.secondary.state.ranges
+    h.check_quiescent()
+
+
 @pytest.mark.parametrize("message", [wire.Added(1, ()), wire.Applied(1), wire.Durable(1),
                                      wire.Welcome(VOLUME, 1, 0, ())])
 def test_secondary_rejects_primary_bound_messages(message: wire.Message) -> None:

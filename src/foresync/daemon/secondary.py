@@ -65,6 +65,7 @@ from foresync.storage.backend import ImageBackend
 from foresync.units import format_size
 
 log = logging.getLogger(__name__)
+FLUSH_BEFORE_ZERO_BYTES = 1 << 20  # a zeroing this large may block the loop for milliseconds
 
 CHECKPOINT_EVERY_ENTRIES = 20000
 PROMOTE_DRAIN_S = 30.0  # a promote waits this long for the work in flight once the link is cut
@@ -399,6 +400,11 @@ class SecondarySite:
         self.backend.write_parts(writes[0].offset, [write.data for write in writes])
 
     def zero_data(self, offset: int, length: int, punch: bool, seq: int) -> None:
+        if self.link is not None and length >= FLUSH_BEFORE_ZERO_BYTES:
+            # A RANGE's ADDED goes out before its zeroing (EARLY_RANGES): send it now, so the
+            # primary zeroes its copy while we zero ours, instead of after every zeroing of
+            # this pass (punching 128 MiB took 40-80 ms here, issue 14).
+            self.link.flush_now()
         self.backend.zero(offset, length, punch, False)
 
     def sync_data(self, through: int) -> None:

@@ -299,6 +299,12 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._flush_scheduled = True
         loop.call_soon(self._flush)
 
+    def flush_now(self) -> None:
+        """Write out every queued frame now, not at the end of this pass of the event loop: a
+        caller about to block the loop (a long zeroing) lets an awaited reply go first."""
+        if self._out:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._deferred is not None:

@@ -175,6 +175,9 @@ _WRITES_KIND = int(MessageType.WRITES)
 
 class HelloFlag(IntFlag):
     EVERYTHING_OUT_OF_SYNC = 1  # the sender's out-of-sync set is every extent (its store was lost)
+    # The sender takes a RANGE's ADDED once the range is journaled there, before it is zeroed
+    # (it puts DURABLE on a sync-mode RANGE, which is still answered once durable). issue 14
+    EARLY_RANGES = 2
 
 
 class WelcomeFlag(IntFlag):

@@ -493,6 +493,7 @@ class PrimaryCore:
         c = self.config
         # An old primary whose out-of-sync store was lost hands over "everything" (failback).
         flags = wire.HelloFlag.EVERYTHING_OUT_OF_SYNC if self.full_resync_pending else 0
+        flags |= wire.HelloFlag.EARLY_RANGES  # a sync-mode RANGE carries DURABLE (_start)
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, self.lineage.epoch, self.lineage.epochs,
                                    tuple(sorted(self._oos.durable)), self.lineage.data,
@@ -1020,7 +1021,10 @@ class PrimaryCore:
         big_range = op.data is None and len(op.extents) > min(self.config.range_threshold_extents,
                                                               self.config.capacity // 2)
         if mode is Mode.ASYNC or big_range:
-            self._send_plain(op, _RANGE if big_range and mode is not Mode.ASYNC else 0)
+            # A RANGE is answered once the secondary journaled it (EARLY_RANGES, issue 14); in
+            # sync mode the host waits for DURABLE as well, as for any sync-mode write.
+            flags = 0 if mode is Mode.ASYNC or not big_range else _RANGE | (_DURABLE if mode is Mode.SYNC else 0)
+            self._send_plain(op, flags)
             return True
         if self.record.covers(op.extents):
             self.counters.hits += 1
@@ -1075,7 +1079,9 @@ class PrimaryCore:
         self._assign_seq(op)
         if flags & _RANGE:
             op.is_range = True
-            self._misses[op.seq] = op  # answered with ADDED once durable on the secondary
+            self._misses[op.seq] = op  # answered with ADDED once journaled on the secondary
+            if flags & _DURABLE:
+                self._durable_waits[op.seq] = op  # sync mode: and DURABLE
             op.to(OpEvent.SEND_AWAIT)
         elif flags & _DURABLE:
             self._durable_waits[op.seq] = op

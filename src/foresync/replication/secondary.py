@@ -199,6 +199,9 @@ class SecondaryCore:
         self._sync_wanted = 0
         self._sync_ahead = 0  # a SYNC's seq beyond what was applied when it came (see _want_sync)
         self._await_durable: deque[tuple[int, wire.Message]] = deque()  # replies needing durable data
+        self._early_ranges = False  # the primary's HELLO said EARLY_RANGES: see _on_zero
+        self._answered_early: set[int] = set()  # ranges answered before durably zeroed here
+        self._ranges_done_later: list[int] = []  # of those, reported done before they were
         self.writes_applied = 0
         self.bytes_applied = 0
         self.greeted = False
@@ -249,7 +252,10 @@ class SecondaryCore:
             case wire.Remove(extents, ranges_done):
                 self._remove(extents)
                 for seq in ranges_done:
-                    if self.state.ranges.pop(seq, None) is not None:
+                    if (seq in self._answered_early and seq > self.durable_seq
+                            and not self.faults.range_done_before_zero_durable):
+                        self._ranges_done_later.append(seq)  # see _on_zero
+                    elif self.state.ranges.pop(seq, None) is not None:
                         self._append(jfmt.encode_range_done(seq))
             case wire.Ping(ts):
                 self._actions.append(Send(wire.Pong(ts)))
@@ -412,6 +418,10 @@ class SecondaryCore:
         self._progress.clear()  # the old connection's: the set stays larger
         self._await_durable.clear()
         self._sync_ahead = 0  # the old connection's SYNC: the new one asks afresh
+        # They stay pending: the next WELCOME reports them, and the primary resyncs them and
+        # reports them done once that is durable here, which makes their zeroing moot.
+        self._answered_early.clear()
+        self._ranges_done_later.clear()
         self._reported_applied = 0
         self.greeted = False
         self.failed = False
@@ -540,6 +550,14 @@ class SecondaryCore:
             self._shrink_durable()
         while self._await_durable and self._await_durable[0][0] <= self.durable_seq:
             self._actions.append(Send(self._await_durable.popleft()[1]))
+        if self._answered_early:
+            self._answered_early = {seq for seq in self._answered_early if seq > self.durable_seq}
+        if self._ranges_done_later:
+            done = [seq for seq in self._ranges_done_later if seq <= self.durable_seq]
+            self._ranges_done_later = [seq for seq in self._ranges_done_later if seq > self.durable_seq]
+            for seq in done:
+                if self.state.ranges.pop(seq, None) is not None:
+                    self._append(jfmt.encode_range_done(seq))
         if self._sync_wanted > self.durable_seq:
             self._start_sync()
 
@@ -586,6 +604,7 @@ class SecondaryCore:
             self._actions.append(Send(wire.Refuse("; ".join(problems), code)))
             return
         self.greeted = True
+        self._early_ranges = bool(hello.flags & wire.HelloFlag.EARLY_RANGES)
         # This copy holds the data of the primary's generations only once a pass has brought it
         # all here (RESYNC_DONE): until then a promotion must meet the primary's newer generation
         # as a split brain, never fail back over the writes it names (epochs.py).
@@ -669,9 +688,20 @@ class SecondaryCore:
             self.state.ranges[message.seq] = (message.offset, message.length)
             self._append(jfmt.encode_range(message.seq, message.offset, message.length))
             needs = self._appended
-            self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
-            # Answer only once the zeroing is durable here: the primary applies it after that.
-            self._await_durable.append((message.seq, wire.Added(message.seq, ())))
+            if self._early_ranges and not message.flags & _DURABLE:
+                # Answer once the range is journaled, before zeroing it: the durable pending range
+                # covers its extents here until they are durably zeroed on both sites (the
+                # primary reports it done after its own flush, and it leaves the journal only
+                # once our zeroing is durable too: Remove above, data_synced). So both sites
+                # zero at once instead of one after the other (issue 14: build's 128 MiB trims).
+                self._answered_early.add(message.seq)
+                self._reply_after(needs, message.seq, wire.Added(message.seq, ()))
+                self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
+            else:
+                # A sync-mode range (DURABLE), or a primary that expects it: answer only once
+                # the zeroing is durable here; the primary applies it after that.
+                self._effect(needs, message.seq, ZeroData(message.offset, message.length, punch, message.seq))
+                self._await_durable.append((message.seq, wire.Added(message.seq, ())))
             self._applied(message.seq, 0, message.flags)
             self._want_sync(message.seq)
             return
