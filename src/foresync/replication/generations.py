@@ -61,9 +61,11 @@ class Generations(Generic[_Op]):
 
     def greeting(self) -> None:
         """RESYNC_DONE goes out: the secondary may claim the generations our HELLO carried, so
-        a write answered after this connection ends needs a new generation."""
+        a write answered after this connection ends needs a new generation. A generation being
+        stored is not among them (the HELLO carried the lineage before it) and its ``outdated``
+        mark may stand already (a failed store is retried after the mark): not claimed then."""
         self.fresh = False
-        self.claimed = True
+        self.claimed = self.next is None
 
     def open(self) -> None:
         """A write the secondary may lack is about to land or be answered with the link down:
