@@ -18,7 +18,9 @@ it (sync mode); one that is not linked, or whose secondary is behind, acknowledg
 in a data generation its secondary lacks: it opens one (as the daemon's ``PersistGeneration``)
 and marks the secondary outdated in etcd first (``OUTDATE``, a compare on the revision of etcd's
 epoch record last read, as daemon/cluster.py's ``outdate``). A crash loses a generation whose
-mark was written but that was never stored. Each site's etcd requests are serialised (the daemon's ``_etcd_lock``).
+mark was written but that was never stored. Each primary's generations are the real part
+(replication/generations.py); storing one may fail after its mark and be retried later
+without a second mark (daemon/primary.py), and a pass may end meanwhile (the link came back). Each site's etcd requests are serialised (the daemon's ``_etcd_lock``).
 
 **Invariants** (checked after every step):
 
