@@ -133,6 +133,11 @@ class Faults:
     # replication/secondary.py: a SYNC naming writes not yet applied here is clamped to what is
     # applied and the rest is forgotten: no DURABLE answers it once those writes land (issue 25)
     sync_beyond_applied_dropped: bool = False
+    # replication/generations.py: a RESYNC_DONE while a data generation is being stored (its
+    # ``outdated`` mark written, its store failed and retried) claims the lineage anyway: the
+    # mark is cleared, the generation's writes are answered alone with no mark, and a secondary
+    # that lacks them promotes itself (sim lease invariants 5 and 4)
+    generation_claimed_while_stored: bool = False
 
 
 NO_FAULTS = Faults()

@@ -32,3 +32,26 @@ def test_the_mark_ignored_loses_acknowledged_writes() -> None:
             assert any("marked its secondary outdated" in event for event in failure.schedule)
             return
     raise AssertionError("invariant 4 never fired with promote_outdated_copy")
+
+
+def test_the_mark_of_a_generation_still_being_stored_stands() -> None:
+    """A generation's store fails after its mark and is retried (daemon/primary.py), and a pass
+    ends meanwhile: the old Generations.greeting claimed the lineage, the mark was cleared and the
+    generation's writes were then answered alone with no mark (invariant 5; 4 once the lease
+    lapses). The fixed core keeps it; the fault switch brings the old behaviour back."""
+    failures = retried = 0
+    for seed in range(60):
+        world = LeaseWorld(seed)
+        world.run()
+        failures += world.store_failures
+        retried += sum("stored generation" in event for event in world.schedule)
+    assert failures > 20 and retried > 20, "no store failed after its mark: the window went untested"
+    for seed in range(100):
+        try:
+            LeaseWorld(seed, Faults(generation_claimed_while_stored=True)).run()
+        except LeaseFailure as failure:
+            assert "invariant 5" in str(failure) or "invariant 4" in str(failure)
+            assert any("cleared the outdated mark" in event for event in failure.schedule)
+            assert any("storing the generation failed" in event for event in failure.schedule)
+            return
+    raise AssertionError("no invariant fired with generation_claimed_while_stored")

@@ -138,3 +138,31 @@ def test_wrappers_stacked_as_the_daemon_stacks_them_keep_the_group(tmp_path: Pat
     assert inner.log == [("group", shifted)]
     _, records = trace.decode(path.read_bytes())
     assert [r.offset for r in records] == shifted
+
+
+def test_a_fence_falling_in_the_middle_of_a_group_splits_it_at_that_write() -> None:
+    """The lease runs out while the fence goes through a group: the writes it let through before
+    go on as one group, in order, and are answered; every write from the fall on is answered EIO
+    untouched (never passed on, never answered 0), exactly as lone writes in a row would be."""
+    asks = iter([True, True, True] + [False] * 100)  # one ask per write, then one per answer
+    inner = GroupingTarget()
+    target = FencedTarget(inner, lambda: next(asks))
+    answers = served(target)
+    assert inner.log == [("group", offsets()[:3])], "a fenced write reached the site"
+    assert target.refused == COUNT, "the three let through were answered after the fall: EIO too"
+    assert answers == dict.fromkeys(range(1, COUNT + 1), int(Errno.EIO))
+
+
+def test_a_fence_falling_in_the_middle_of_a_group_answers_the_writes_let_through() -> None:
+    """The fence asked once per request of the group, then once per answer: it falls at the
+    third request and stands again for the answers (a renewal came through meanwhile). The two
+    let through go on as a group and are answered 0; the other four EIO, untouched."""
+    asks = iter([True, True, False, False, False, False, True, True])
+    inner = GroupingTarget()
+    target = FencedTarget(inner, lambda: next(asks))
+    answers = served(target)
+    assert inner.log == [("group", offsets()[:2])]
+    assert answers == {1: 0, 2: 0, 3: int(Errno.EIO), 4: int(Errno.EIO), 5: int(Errno.EIO),
+                       6: int(Errno.EIO)}
+    assert target.refused == COUNT - 2
+    assert next(asks, None) is None, "the fence was asked more or less than once per request and answer"

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from foresync.errors import invariant
+from foresync.faults import NO_FAULTS, Faults
 from foresync.replication.epochs import Lineage
 
 # Why the core drops a link whose HELLO carried a lineage that has since grown (``persisted``).
@@ -45,7 +46,8 @@ class Generations(Generic[_Op]):
     """This primary's lineage and the generation being stored, if any."""
 
     def __init__(self, lineage: Lineage, new_id: Callable[[], int],
-                 persist: Callable[[int, Lineage], None]) -> None:
+                 persist: Callable[[int, Lineage], None], faults: Faults = NO_FAULTS) -> None:
+        self._faults = faults
         self.lineage = lineage
         self._new_id = new_id  # mints a generation id (seeded in the simulator)
         self._persist = persist  # queues PersistGeneration(token, lineage)
@@ -61,9 +63,11 @@ class Generations(Generic[_Op]):
 
     def greeting(self) -> None:
         """RESYNC_DONE goes out: the secondary may claim the generations our HELLO carried, so
-        a write answered after this connection ends needs a new generation."""
+        a write answered after this connection ends needs a new generation. A generation being
+        stored is not among them (the HELLO carried the lineage before it) and its ``outdated``
+        mark may stand already (a failed store is retried after the mark): not claimed then."""
         self.fresh = False
-        self.claimed = True
+        self.claimed = self.next is None or self._faults.generation_claimed_while_stored
 
     def open(self) -> None:
         """A write the secondary may lack is about to land or be answered with the link down:

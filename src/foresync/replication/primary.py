@@ -293,7 +293,7 @@ class PrimaryCore:
         # one the secondary never saw, stored before the first of them applies or is answered.
         self._generations: Generations[Op] = Generations(
             Lineage(config.history, config.generations or config.history), config.new_id,
-            self._emit_persist_generation)
+            self._emit_persist_generation, faults)
         self._oldest_unapplied_at = 0.0  # extent -> in-flight misses expected to add it
         # The out-of-sync set and its persistence (out_of_sync.py); its ``confirmed`` runs are
         # the resync sets of this pass durable there.

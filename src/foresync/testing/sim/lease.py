@@ -18,7 +18,9 @@ it (sync mode); one that is not linked, or whose secondary is behind, acknowledg
 in a data generation its secondary lacks: it opens one (as the daemon's ``PersistGeneration``)
 and marks the secondary outdated in etcd first (``OUTDATE``, a compare on the revision of etcd's
 epoch record last read, as daemon/cluster.py's ``outdate``). A crash loses a generation whose
-mark was written but that was never stored. Each site's etcd requests are serialised (the daemon's ``_etcd_lock``).
+mark was written but that was never stored. Each primary's generations are the real part
+(replication/generations.py); storing one may fail after its mark and be retried later
+without a second mark (daemon/primary.py), and a pass may end meanwhile (the link came back). Each site's etcd requests are serialised (the daemon's ``_etcd_lock``).
 
 **Invariants** (checked after every step):
 
@@ -32,6 +34,9 @@ mark was written but that was never stored. Each site's etcd requests are serial
 4. An automatic promotion never loses a write acknowledged in sync mode: the promoted copy holds
    every data generation in which the primary of the epoch it replaces acknowledged writes
    alone.
+5. While the primary of etcd's latest epoch has acknowledged writes alone in a generation its
+   secondary lacks, the ``outdated`` mark names that epoch and a generation the secondary lacks
+   (checked after every step, so it does not wait for a crash and an expiry to show).
 
 The deliberate bugs ``ack_after_lease_lost``, ``lease_promotes_stale_copy`` and
 ``promote_outdated_copy`` (faults.py) must trip invariants 1, 3 and 4.
@@ -43,6 +48,8 @@ import random
 from dataclasses import dataclass, field
 
 from foresync.faults import NO_FAULTS, Faults
+from foresync.replication.epochs import Lineage
+from foresync.replication.generations import Generations
 from foresync.replication.lease import Action, LeaseCore, Local, Outdated, Record, Seen
 
 DRIFT = 0.005  # each site's clock runs at 1 +- this
@@ -112,10 +119,37 @@ class _Site:
         self.lease_id = 0
         self.versions = (0, 0, 0)
         self.generations: tuple[int, ...] = (epoch_id,)  # the data it holds (its lineage's)
-        self.storing: int | None = None  # a generation opened: its mark, then it is ours
-        self.fresh = False  # our newest generation is one the secondary never saw
-        self.claimed = False  # our secondary holds every generation of ours
+        self.faults = faults
+        self._ids = rng
+        # A primary's generations: the real part (generations.py), its stored lineage ours.
+        self.gens: Generations[None] = self._generations()
+        self.token = 0  # the generation being stored (``gens.next``): its PersistGeneration's
+        self.marked: int | None = None  # its mark stands, its store failed (the daemon's _outdated)
         self.outdate_at = 0.0  # local time: a failed mark is tried again from then on
+
+    def _generations(self) -> Generations[None]:
+        return Generations(Lineage((self.epoch_id,), self.generations),
+                           lambda: self._ids.randrange(1, 1 << 62), self._persisting, self.faults)
+
+    def _persisting(self, token: int, lineage: Lineage) -> None:
+        self.token = token
+
+    def forget_generations(self) -> None:
+        """Memory lost (a crash) or a new role: the part restarts from what is stored."""
+        self.gens = self._generations()
+        self.marked = None
+
+    @property
+    def storing(self) -> int | None:
+        """The generation opened and not yet stored: its mark, then it is ours."""
+        nxt = self.gens.next
+        return None if nxt is None else nxt.data[-1]
+
+    def stored(self) -> None:
+        """The generation's store succeeded (after its mark): its held writes may be answered."""
+        self.gens.persisted(self.token)
+        self.generations = self.gens.lineage.data
+        self.marked = None
 
     def clock(self, now: float) -> float:
         return self.offset + self.rate * now
@@ -123,7 +157,7 @@ class _Site:
     def local(self) -> Local:
         return Local(self.role, self.epoch, self.epoch_id, self.refusal, self.stale,
                      generations=self.generations,
-                     peer_holds_ours=self.claimed and self.storing is None)
+                     peer_holds_ours=self.gens.claimed)
 
 
 class LeaseWorld:
@@ -144,6 +178,10 @@ class LeaseWorld:
         self.alone_acks = 0
         self.outdates = 0
         self.outdated_refusals = 0  # a secondary's reads that found its copy outdated
+        # A generation's store failing after its mark (retried, no second mark) and passes
+        # ending meanwhile: their own RNG, so the schedules of the other events stay as they were.
+        self.store_rng = random.Random(seed * 31 + 5)
+        self.store_failures = 0
 
     def _log(self, event: str) -> None:
         self.schedule.append(f"t={self.now:.3f} {event}")
@@ -159,6 +197,7 @@ class LeaseWorld:
             self._meet()
             self._catch_up()
             self._writes()
+            self._check_marked()
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -173,7 +212,7 @@ class LeaseWorld:
             site.up = False
             site.request = None
             site.core = LeaseCore(site.name, self.ttl, faults=site.core.faults)  # memory lost
-            site.storing, site.fresh, site.claimed = None, False, False  # never stored
+            site.forget_generations()  # a generation marked, never stored, is lost
             self._log(f"{site.name}: crash")
         elif roll < 0.03 and not site.up:
             site.up = True
@@ -203,8 +242,12 @@ class LeaseWorld:
             return
         site.core.local_changed(site.local())
         action = site.core.next_action(local_now)
-        if (site.storing is not None and site.role == "primary" and action is not Action.RENEW
-                and local_now >= site.outdate_at):
+        if (site.storing is not None and site.marked == site.storing
+                and self.store_rng.random() < 0.05):
+            site.stored()  # the retried store succeeds (daemon/primary.py, no second mark)
+            self._log(f"{site.name}: stored generation {len(site.generations)} on a retry")
+        if (site.storing is not None and site.marked != site.storing and site.role == "primary"
+                and action is not Action.RENEW and local_now >= site.outdate_at):
             self._send(site, OUTDATE, local_now)  # the writes wait for it (daemon/primary.py)
             return
         if local_now < site.next_round:
@@ -255,6 +298,7 @@ class LeaseWorld:
         if request.kind is Action.CLEAR_OUTDATED:
             if etcd.outdated_rev == site.versions[2]:
                 etcd.outdated, etcd.outdated_rev = None, 0
+                self._log(f"{site.name}: cleared the outdated mark")
             return None
         if request.kind is Action.RENEW:
             if site.lease_id in etcd.leases:
@@ -298,11 +342,15 @@ class LeaseWorld:
         if request.kind == OUTDATE:
             site.outdate_at = local_now + 0.5  # OUTDATE_RETRY_S, if it failed
             if request.answer and site.storing == request.generation:
-                site.generations = (*site.generations, site.storing)
-                site.storing, site.fresh = None, True
+                site.marked = site.storing
                 self.outdates += 1
                 self._log(f"{site.name}: marked its secondary outdated, generation "
-                          f"{len(site.generations)}")
+                          f"{len(site.generations) + 1}")
+                if self.store_rng.random() < 0.5:
+                    self.store_failures += 1
+                    self._log(f"{site.name}: storing the generation failed (retried)")
+                else:
+                    site.stored()
         elif request.kind is None:
             assert isinstance(request.answer, Seen)
             core.observed(request.answer)
@@ -335,7 +383,7 @@ class LeaseWorld:
                                        "that primary acknowledged lost)", self.schedule)
                 site.role, site.epoch, site.epoch_id = "primary", new.epoch, new.epoch_id
                 site.generations = (*site.generations, new.epoch_id)  # epochs.py ``promoted``
-                site.fresh = site.claimed = False
+                site.forget_generations()
                 self.promotions += 1
                 self._log(f"{site.name}: promoted, epoch {new.epoch}")
             else:
@@ -353,8 +401,26 @@ class LeaseWorld:
         if a.up and b.up and a.role == b.role == "primary" and self.rng.random() < 0.2:
             old, new = (a, b) if a.epoch < b.epoch else (b, a)
             old.role, old.epoch, old.epoch_id = "secondary", new.epoch, new.epoch_id
-            old.storing, old.fresh, old.claimed = None, False, False
+            old.forget_generations()
             self._log(f"{old.name}: steps down to follow {new.name} (epoch {new.epoch})")
+
+    def _check_marked(self) -> None:
+        """Invariant 5: while the primary of etcd's latest epoch has acknowledged writes alone in
+        a generation its secondary lacks, etcd's ``outdated`` mark names that epoch and a
+        generation the secondary lacks (so invariant 4 holds whenever the lease lapses next)."""
+        latest = self.etcd.epoch
+        if latest is None:
+            return
+        primary, other = self.sites[latest.site], self.sites["b" if latest.site == "a" else "a"]
+        if primary.epoch_id != latest.epoch_id or other.role != "secondary":
+            return
+        lacking = self.alone.get(latest.epoch_id, set()) - set(other.generations)
+        mark = self.etcd.outdated
+        if lacking and (mark is None or mark.epoch_id != latest.epoch_id
+                        or mark.generation in other.generations):
+            raise LeaseFailure(f"invariant 5: site {primary.name} acknowledged writes alone in "
+                               f"{len(lacking)} generation(s) site {other.name} lacks, and etcd "
+                               f"holds no mark of them ({mark})", self.schedule)
 
     def _check_nothing_lost(self, site: _Site, replaced: Record | None) -> None:
         """Invariant 4, as ``site`` promotes itself in place of ``replaced``'s epoch."""
@@ -379,11 +445,15 @@ class LeaseWorld:
         """A linked secondary's resync pass ends now and then: it claims our generations."""
         for site in self.sites.values():
             other = self._linked(site) if site.role == "primary" else None
-            if other is None or site.storing is not None or self.rng.random() >= 0.1:
+            if other is None:
                 continue
-            if other.generations != site.generations or not site.claimed:
+            # A pass may end while a generation is stored (the link came back meanwhile): the
+            # secondary then holds the lineage before it (its HELLO's).
+            if (self.store_rng.random() >= 0.5 if site.storing is not None else self.rng.random() >= 0.1):
+                continue
+            if other.generations != site.generations or not site.gens.claimed:
                 other.generations, other.stale = site.generations, 0
-                site.fresh, site.claimed = False, True
+                site.gens.greeting()
                 self._log(f"{other.name}: resync done, holds {len(site.generations)} generations")
 
     def _writes(self) -> None:
@@ -392,11 +462,11 @@ class LeaseWorld:
                 continue
             if not site.core.may_ack(site.clock(self.now)):
                 continue
-            if self._linked(site) is None or not site.claimed:  # alone
-                if site.storing is not None:
-                    continue  # waits for its mark
-                if not site.fresh:
-                    site.storing, site.claimed = self.rng.randrange(1, 1 << 62), False
+            if site.storing is not None:
+                continue  # waits for its mark and its store
+            if self._linked(site) is None or not site.gens.claimed:  # alone
+                if not site.gens.fresh:
+                    site.gens.open()
                     continue
                 self.alone.setdefault(site.epoch_id, set()).add(site.generations[-1])
                 self.alone_acks += 1
