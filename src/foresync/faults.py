@@ -64,6 +64,9 @@ class Faults:
     # admission.py: a HELLO's consistency-group member sizes are not compared with ours, so a
     # member that differs within its last extent (the unit's size the same) is admitted
     group_member_sizes_unchecked: bool = False
+    # admission.py: a HELLO's consistency-group member names are not compared with ours, so two
+    # members of one size listed in another order are admitted, each mirrored into the other
+    group_member_names_unchecked: bool = False
     # liveness.py: a peer that has gone silent (a half-open connection) is never timed out, so
     # the link stays up in name and nothing more is replicated
     link_timeout_ignored: bool = False

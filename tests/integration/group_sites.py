@@ -39,13 +39,16 @@ class GroupDaemon(Daemon):
 
 def group_pair(directory: Path, volumes: list[str], groups: dict[str, list[str]],
                extra: tuple[str, str] = ("", ""), secondary_sizes: dict[str, str] | None = None,
+               secondary_groups: dict[str, list[str]] | None = None,
                **settings: Any) -> tuple[GroupDaemon, GroupDaemon]:
     """``extra``: more config text for the first primary and the first secondary;
-    ``secondary_sizes``: member sizes of the secondary's that differ from ``sizes``."""
+    ``secondary_sizes``: member sizes of the secondary's that differ from ``sizes``;
+    ``secondary_groups``: the secondary's groups, if they differ from ``groups``."""
     nbd_p, nbd_s, link_p, link_s, admin_p, admin_s = free_ports(6)
     p = GroupDaemon("p", directory, nbd_p, link_p, link_s, admin_p, list(volumes), groups=groups,
                     extra=extra[0], **settings)
-    s = GroupDaemon("s", directory, nbd_s, link_s, link_p, admin_s, list(volumes), groups=groups,
+    s = GroupDaemon("s", directory, nbd_s, link_s, link_p, admin_s, list(volumes),
+                    groups=secondary_groups or groups,
                     extra=extra[1], **settings)
     if secondary_sizes:
         s.sizes = {**s.sizes, **secondary_sizes}

@@ -34,6 +34,27 @@ def test_a_member_differing_within_its_last_extent_is_refused_at_hello(tmp_path:
     assert not errors, errors
 
 
+def test_members_of_one_size_listed_in_another_order_are_refused_at_hello(tmp_path: Path) -> None:
+    """Two members of one size, listed in another order on the secondary: the sizes agree, so
+    only their names tell that each member's writes would land in the other's file there."""
+    reason = "group 'db' has members wal, data here, in this order; the primary's are data, wal"
+    p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
+                      sizes={"data": "4MiB", "wal": "4MiB"}, secondary_groups={"db": ["wal", "data"]})
+    both = (p, s)
+    try:
+        start_up(p, s)
+        wait("the secondary refuses the primary's HELLO",
+             lambda: reason in str(s.status()["volumes"]["db"]["link_error"]), both)
+        wait("the primary is told why", lambda: reason in str(p.status()["volumes"]["db"]["link_error"]),
+             both)
+        for daemon in both:
+            volume = daemon.status()["volumes"]["db"]
+            assert volume["link"] != "connected" and not volume["in_sync"], volume
+    finally:
+        errors = p.stop() + s.stop()
+    assert not errors, errors
+
+
 def test_members_of_equal_sizes_still_pair(tmp_path: Path) -> None:
     p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
                       sizes={"data": "8MiB", "wal": "3000000"})

@@ -156,3 +156,18 @@ def test_the_simulator_catches_member_sizes_left_unchecked() -> None:
             assert "invariant 14: the secondary admitted a HELLO of its group with member" in str(failure)
             return
     pytest.fail("no invariant fired for group_member_sizes_unchecked within 300 seeds")
+
+
+def test_the_simulator_catches_member_names_left_unchecked() -> None:
+    """The deliberate bug: a HELLO whose members have our sizes in our order but two names
+    swapped is admitted (each member would be mirrored into the other's file); invariant 14
+    names them."""
+    config = SimConfig(faults=Faults(group_member_names_unchecked=True), group_members=2)
+    for seed in range(FIRST, FIRST + 300):
+        try:
+            World(seed, config).run()
+        except SimFailure as failure:
+            assert failure.seed == seed and failure.schedule
+            assert "invariant 14: the secondary admitted a HELLO of its group with members named" in str(failure)
+            return
+    pytest.fail("no invariant fired for group_member_names_unchecked within 300 seeds")

@@ -98,9 +98,10 @@ def test_a_primary_that_wrote_while_cut_off_is_a_split_brain_for_a_promoted_site
 GROUP = (("data", 8 << 20), ("wal", 3000000))
 
 
-def group_hello(sizes: tuple[int, ...]) -> wire.Hello:
+def group_hello(sizes: tuple[int, ...], names: tuple[str, ...] | None = None) -> wire.Hello:
+    named = tuple(name for name, _ in GROUP)[:len(sizes)] if names is None else names
     return wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, OURS, SIZE, EXTENT, 1, (7,),
-                      (), (), sizes)
+                      (), (), sizes, named)
 
 
 def group_identity(members: tuple[tuple[str, int], ...] = GROUP) -> Identity:
@@ -117,6 +118,22 @@ def test_a_member_differing_within_its_last_extent_is_refused_naming_group_membe
     assert isinstance(verdict, Refused) and verdict.code is wire.RefuseCode.MISMATCH
     assert verdict.reason == "group 'db' member 'wal' is 3000512 bytes at the primary, 3000000 bytes here"
     assert OURS.hex() not in verdict.reason
+
+
+@pytest.mark.parametrize(("names", "named"), [
+    (("wal", "data"), "group 'db' has members data, wal here, in this order; the primary's are wal, data"),
+    (("data", "log"), "group 'db' has members data, wal here, in this order; the primary's are data, log"),
+])
+def test_members_named_or_ordered_otherwise_are_refused(names: tuple[str, ...], named: str) -> None:
+    """Two members of one size in another order give the same sizes: each member's writes would
+    land in the other's file here. Only the names tell."""
+    equal = (("data", 4 << 20), ("wal", 4 << 20))
+    verdict = screen_hello(group_hello((4 << 20, 4 << 20), names), group_identity(equal))
+    assert isinstance(verdict, Refused) and verdict.code is wire.RefuseCode.MISMATCH
+    assert verdict.reason == named, verdict.reason
+    admitted = screen_hello(group_hello((4 << 20, 4 << 20), names), group_identity(equal),
+                            Faults(group_member_names_unchecked=True))
+    assert isinstance(admitted, Admitted)  # the deliberate bug (faults.py)
 
 
 @pytest.mark.parametrize(("sizes", "members", "named"), [

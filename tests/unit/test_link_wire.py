@@ -38,7 +38,8 @@ MESSAGES: list[wire.Message] = [
     wire.Demote(()),
     wire.Demote((1, 2), (1, 5, 2, U64)),
     wire.Hello(3, 0, 0, VOLUME, 4096, 1024, 2, (11, 12), (), (11, 99, 12)),
-    wire.Hello(9, 0, 0, VOLUME, 4 << 20, 1 << 20, 2, (11,), (), (), (3000000, 1 << 20, U64)),
+    wire.Hello(9, 0, 0, VOLUME, 4 << 20, 1 << 20, 2, (11,), (), (), (3000000, 1 << 20, U64),
+               ("wal", "data", "é" * 300)),
     wire.Verify(3, 16, 16),
     wire.Hashes(3, 16, (U64, 0, 5)),
     wire.Hashes(4, 0, ()),
@@ -108,8 +109,22 @@ def test_a_volume_hello_has_no_member_list_and_a_group_hello_ends_with_one() -> 
     """A volume's HELLO is byte for byte what it was before groups named their members, so a
     peer of the same protocol version reads it; a group's appends LIST(u64) of member sizes."""
     volume = encode_frame(wire.Hello(9, 0, 0, VOLUME, 4096, 1024, 2, (11,), (), ()))
-    group = encode_frame(wire.Hello(9, 0, 0, VOLUME, 4096, 1024, 2, (11,), (), (), (1000, 2000)))
-    assert group[16:] == volume[16:] + struct.pack(">IQQ", 2, 1000, 2000)
+    group = encode_frame(wire.Hello(9, 0, 0, VOLUME, 4096, 1024, 2, (11,), (), (), (1000, 2000),
+                                    ("wal", "db")))
+    assert group[16:] == volume[16:] + struct.pack(">IQQ", 2, 1000, 2000) + struct.pack(
+        ">IH3sH2s", 2, 3, b"wal", 2, b"db")
+
+
+@pytest.mark.parametrize(("tail", "why"), [
+    (struct.pack(">IQ", 1, 1000), "a list count runs past the frame"),  # sizes, no names
+    (struct.pack(">IQIH", 1, 1000, 1, 9) + b"wal", "a name of 9 bytes runs past the frame"),
+    (struct.pack(">IQIH", 1, 1000, 1, 2) + b"\xff\xfe", "a name is not UTF-8"),
+    (struct.pack(">IQQI", 2, 1000, 2000, 0), "2 member sizes but 0 member names"),
+])
+def test_a_group_hello_with_bad_member_names_is_refused(tail: bytes, why: str) -> None:
+    volume = wire.encode_payload(wire.Hello(9, 0, 0, VOLUME, 4096, 1024, 2, (11,), (), ()))
+    with pytest.raises(RemoteProtocolError, match=why):
+        wire.decode_payload(wire.MessageType.HELLO, volume[1] + tail)
 
 
 # -- round trips -----------------------------------------------------------------------------------

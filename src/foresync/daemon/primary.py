@@ -27,7 +27,7 @@ from typing import Any
 from foresync import tls
 from foresync.admin.status import PrimaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
-from foresync.daemon.group_unit import member_sizes
+from foresync.daemon.group_unit import group_members, member_sizes
 from foresync.daemon.link_router import gate_one_volume
 from foresync.daemon.metadata import SiteMeta, store_file, store_oos
 from foresync.daemon.metadata import store as store_meta
@@ -82,6 +82,7 @@ class PrimarySite:
                 watermark_interval_s=cfg.watermark_interval_s,
                 heartbeat_s=cfg.heartbeat_s, timeout_s=cfg.timeout_s,
                 member_sizes=member_sizes(cfg),
+                member_names=tuple(name for name, _ in group_members(cfg.group)),
             ),
             read=backend.read_unless_hole, is_hole=backend.is_hole,
         )

@@ -15,8 +15,9 @@ Payloads (after the header):
     HELLO       u16 version, u8 role, u8 flags (HelloFlag), 16s volume id, u64 size, u32 extent size,
                 u64 epoch, then LIST(u64) epoch history, LIST(u32) the sender's out-of-sync extents,
                 LIST(u64) data generations (replication/epochs.py), then for a consistency group
-                only, LIST(u64) its members' sizes in bytes, in the group's order (absent for a
-                volume, so a volume's HELLO is unchanged: admission.member_problems)
+                only, LIST(u64) its members' sizes in bytes, in the group's order, and u32 n,
+                n x (u16 length, UTF-8) its members' volume names in the same order (absent for
+                a volume, so a volume's HELLO is unchanged: admission.member_problems)
     WELCOME     16s volume id, u64 epoch, u64 applied seq, u8 flags (WelcomeFlag), then
                 LIST(u32) record extents, LIST(u64 seq, u64 offset, u64 length) pending ranges,
                 LIST(u32) stale extents (may differ outside the record: rolled back, or
@@ -243,6 +244,7 @@ class Hello:
     out_of_sync: tuple[int, ...] = ()
     generations: tuple[int, ...] = ()
     member_sizes: tuple[int, ...] = ()  # a consistency group's members' sizes; () for a volume
+    member_names: tuple[str, ...] = ()  # and their volume names, in the same order
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +437,18 @@ def _pairs(flat: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     return tuple(zip(flat[::2], flat[1::2], strict=True))
 
 
+NAME_LENGTH = struct.Struct(">H")
+
+
+def _names(names: tuple[str, ...]) -> bytes:
+    """u32 n, then n x (u16 length, UTF-8 bytes): the names of a group's members."""
+    parts = [COUNT.pack(len(names))]
+    for name in names:
+        data = name.encode()
+        parts += [NAME_LENGTH.pack(len(data)), data]
+    return b"".join(parts)
+
+
 def _list(code: str, values: tuple[int, ...]) -> bytes:
     return COUNT.pack(len(values)) + struct.pack(f">{len(values)}{code}", *values)
 
@@ -476,6 +490,24 @@ class _Lists:
         ranges = tuple(RANGE.unpack_from(self._payload, self._pos + i * RANGE.size) for i in range(count))
         self._pos += count * RANGE.size
         return ranges
+
+    def take_names(self) -> tuple[str, ...]:
+        """u32 n, then n x (u16 length, UTF-8 bytes)."""
+        count = self._count(NAME_LENGTH.size)
+        names = []
+        for _ in range(count):
+            if self._pos + NAME_LENGTH.size > len(self._payload):
+                raise RemoteProtocolError(f"{self._what}: a name runs past the frame")
+            (length,) = NAME_LENGTH.unpack_from(self._payload, self._pos)
+            self._pos += NAME_LENGTH.size
+            if self._pos + length > len(self._payload):
+                raise RemoteProtocolError(f"{self._what}: a name of {length} bytes runs past the frame")
+            try:
+                names.append(bytes(self._payload[self._pos:self._pos + length]).decode())
+            except UnicodeDecodeError:
+                raise RemoteProtocolError(f"{self._what}: a name is not UTF-8") from None
+            self._pos += length
+        return tuple(names)
 
     def remaining(self) -> int:
         """Bytes not yet read: an optional trailing list follows when there are any."""
@@ -590,10 +622,10 @@ def _encode_other(message: Message) -> tuple[int, bytes]:
         case ResyncProgress(seq, runs):
             return MessageType.RESYNC_PROGRESS, SEQ.pack(seq) + _runs(runs)
         case Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations,
-                   members):
+                   members, names):
             head = HELLO.pack(version, role, flags, volume_id, size, extent_size, epoch)
             body = head + _list("Q", history) + _list("I", oos) + _list("Q", generations)
-            return MessageType.HELLO, body + (_list("Q", members) if members else b"")
+            return MessageType.HELLO, body + (_list("Q", members) + _names(names) if members else b"")
         case Welcome(volume_id, epoch, applied_seq, record, ranges, flags, stale, resync):
             body = WELCOME.pack(volume_id, epoch, applied_seq, flags) + _list("I", record)
             body += COUNT.pack(len(ranges)) + b"".join(RANGE.pack(*r) for r in ranges)
@@ -735,9 +767,12 @@ def decode_payload(kind: int, payload: bytes) -> Message:
         oos = reader.take("I")
         generations = reader.take("Q")
         members = reader.take("Q") if reader.remaining() else ()
+        names = reader.take_names() if members else ()
+        if len(names) != len(members):
+            raise RemoteProtocolError(f"HELLO: {len(members)} member sizes but {len(names)} member names")
         reader.finish()
         return Hello(version, role, flags, volume_id, size, extent_size, epoch, history, oos, generations,
-                     members)
+                     members, names)
     if message_type is MessageType.WELCOME:
         reader = _Lists(payload, WELCOME.size, "WELCOME")
         volume_id, epoch, applied, flags = WELCOME.unpack_from(payload)

@@ -79,10 +79,13 @@ def geometry_problems(hello: wire.Hello, size: int, extent_size: int) -> list[st
 def member_problems(hello: wire.Hello, group: str, members: tuple[tuple[str, int], ...],
                     faults: Faults = NO_FAULTS) -> list[str]:
     """Why a HELLO cannot be for our consistency group ``group`` of ``members`` (name, size):
-    the members must match between the sites byte for byte in size. The unit's size and extent
-    size alone miss a member that differs within its last extent, since each member is padded
-    to whole extents (group_layout.py): the bytes past the smaller one would then be a member's
-    on one site and padding on the other. A volume (no members) against a group is refused too."""
+    the members must match between the sites by name and order, and byte for byte in size. The
+    unit's size and extent size alone miss a member that differs within its last extent, since
+    each member is padded to whole extents (group_layout.py): the bytes past the smaller one
+    would then be a member's on one site and padding on the other. Two members of one size
+    listed in another order on the other site give the same sizes: each member's writes would
+    land in the other's file there, so the names are compared too. A volume (no members)
+    against a group is refused too."""
     theirs = hello.member_sizes
     if (not members and not theirs) or faults.group_member_sizes_unchecked:  # the latter: faults.py
         return []
@@ -96,8 +99,14 @@ def member_problems(hello: wire.Hello, group: str, members: tuple[tuple[str, int
     if len(theirs) != len(members):
         return [f"group {group!r} has {len(members)} member volumes here ({names}), the "
                 f"primary's has {len(theirs)}"]
-    return [f"group {group!r} member {name!r} is {size} bytes at the primary, {mine} bytes here"
-            for (name, mine), size in zip(members, theirs, strict=True) if size != mine]
+    problems = [f"group {group!r} member {name!r} is {size} bytes at the primary, {mine} bytes here"
+                for (name, mine), size in zip(members, theirs, strict=True) if size != mine]
+    ours_named = tuple(name for name, _ in members)
+    if hello.member_names != ours_named and not faults.group_member_names_unchecked:  # faults.py
+        theirs_named = ", ".join(hello.member_names) or "(none)"
+        problems.append(f"group {group!r} has members {names} here, in this order; the primary's "
+                        f"are {theirs_named}")
+    return problems
 
 
 def screen_hello(hello: wire.Hello, ours: Identity, faults: Faults = NO_FAULTS) -> Admitted | Refused:

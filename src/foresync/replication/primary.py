@@ -177,6 +177,7 @@ class Config:
     heartbeat_s: float = 1.0  # [link] heartbeat: a PING this often while a session is up
     timeout_s: float = 10.0  # [link] timeout: no frame from the secondary this long ends the link
     member_sizes: tuple[int, ...] = ()  # a consistency group's members' sizes, for HELLO
+    member_names: tuple[str, ...] = ()  # and their volume names, in the same order
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,7 +498,7 @@ class PrimaryCore:
         self._emit(Send(wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, flags, c.volume_id, c.size,
                                    c.extent_size, self.lineage.epoch, self.lineage.epochs,
                                    tuple(sorted(self._oos.durable)), self.lineage.data,
-                                   c.member_sizes)))
+                                   c.member_sizes, c.member_names)))
         # A round trip measured now, before any resync data queues on the link, is the link's
         # own delay: the resync window is tuned from it (observe_rtt).
         self._liveness.start(self.now)

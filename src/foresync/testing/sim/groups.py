@@ -32,9 +32,10 @@ the other members behind the durable point, which ``check_crash`` names.
 
 The members must also match between the sites byte for byte in size: on some timer ticks a HELLO
 of our own group and lineage knocks whose one member is a sector longer or shorter within its
-last extent (``mis_sized_twin``: the unit's size is the same), and the secondary's real
-screening must refuse it (invariant 14 too). The deliberate bug ``group_member_sizes_unchecked``
-admits it.
+last extent (``mis_sized_twin``: the unit's size is the same), or whose members carry our
+sizes in our order but two names swapped (each member would be mirrored into the other's file),
+and the secondary's real screening must refuse it (invariant 14 too). The deliberate bugs
+``group_member_sizes_unchecked`` and ``group_member_names_unchecked`` admit them.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from foresync.testing.sim.world import World
 
 GROUP_FAULTS = frozenset({"group_orders_volumes_independently",  # caught by tests/sim/test_groups_sim.py
-                          "group_member_sizes_unchecked"})
+                          "group_member_sizes_unchecked", "group_member_names_unchecked"})
 MEMBER_NAMES = ("wal", "data", "index")
 MAX_TXNS = 2  # transactions in flight at once
 
@@ -158,16 +159,29 @@ class SimGroup:
 
     def mis_sized_twin(self, ours: Identity, rng: random.Random) -> tuple[wire.Hello, str]:
         """A HELLO like our primary's (identity, lineage, unit size) whose one member differs
-        in size within its last extent, and what differs."""
-        index = rng.randrange(len(self.layout.members))
-        member = self.layout.members[index]
+        in size within its last extent, or (half the time, with two members or more) whose
+        members have our sizes in our order but two of their names swapped; and what differs."""
+        members = self.layout.members
+        names = tuple(m.name for m in members)
+        sizes = tuple(m.size for m in members)
+        if len(members) > 1 and rng.random() < 0.5:
+            first, second = rng.sample(range(len(members)), 2)
+            swapped = list(names)
+            swapped[first], swapped[second] = names[second], names[first]
+            return (self._twin(ours, sizes, tuple(swapped)),
+                    f"members named {', '.join(swapped)}, ours {', '.join(names)}")
+        index = rng.randrange(len(members))
+        member = members[index]
         low = member.padded - self.layout.extent_size  # the span stays the same above it
         size = next(s for s in (member.size - SECTOR, member.size + SECTOR) if low < s <= member.padded)
-        sizes = tuple(size if i == index else m.size for i, m in enumerate(self.layout.members))
-        hello = wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, ours.volume_id or b"",
-                           ours.size, ours.extent_size, len(ours.history), ours.history, (),
-                           ours.generations, sizes)
-        return hello, f"member {member.name!r} of {size} bytes, ours {member.size}"
+        sizes = tuple(size if i == index else s for i, s in enumerate(sizes))
+        return self._twin(ours, sizes, names), f"member {member.name!r} of {size} bytes, ours {member.size}"
+
+    @staticmethod
+    def _twin(ours: Identity, sizes: tuple[int, ...], names: tuple[str, ...]) -> wire.Hello:
+        return wire.Hello(wire.PROTOCOL_VERSION, wire.Role.PRIMARY, 0, ours.volume_id or b"",
+                          ours.size, ours.extent_size, len(ours.history), ours.history, (),
+                          ours.generations, sizes, names)
 
     def describe(self) -> str:
         return " ".join(f"{m.name}@{m.base}+{m.size}" for m in self.layout.members)

@@ -544,7 +544,8 @@ class World:
             generations=self.generations[self.roles["primary"]], new_id=self._new_generation_id,
             predictor=self.predictor, watermark_interval_s=0.0, heartbeat_s=HEARTBEAT_S,
             timeout_s=TIMEOUT_S,
-            member_sizes=tuple(size for _, size in self.group.members()) if self.group is not None else ())
+            member_sizes=tuple(size for _, size in self.group.members()) if self.group is not None else (),
+            member_names=tuple(name for name, _ in self.group.members()) if self.group is not None else ())
         core = PrimaryCore(config, read=self.pdisk.read)
         core.tick(self.now)  # its clock starts with the world's, as PrimarySite's does
         site = self.roles["primary"]
