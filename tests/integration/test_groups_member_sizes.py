@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .group_sites import group_pair
+from .group_sites import GroupDaemon, group_pair
 from .volume_sites import start_up, wait
 
 REASON = "group 'db' member 'wal' is 3000000 bytes at the primary, 3000512 bytes here"
@@ -18,28 +18,20 @@ REASON = "group 'db' member 'wal' is 3000000 bytes at the primary, 3000512 bytes
 def test_a_member_differing_within_its_last_extent_is_refused_at_hello(tmp_path: Path) -> None:
     p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
                       sizes={"data": "8MiB", "wal": "3000000"}, secondary_sizes={"wal": "3000512"})
-    both = (p, s)
-    try:
-        start_up(p, s)
-        wait("the secondary refuses the primary's HELLO",
-             lambda: REASON in str(s.status()["volumes"]["db"]["link_error"]), both)
-        wait("the primary is told why", lambda: REASON in str(p.status()["volumes"]["db"]["link_error"]),
-             both)
-        assert REASON in s.log() and REASON in p.log()
-        for daemon in both:
-            volume = daemon.status()["volumes"]["db"]
-            assert volume["link"] != "connected" and not volume["in_sync"], volume
-    finally:
-        errors = p.stop() + s.stop()
-    assert not errors, errors
+    assert_refused(p, s, REASON)
 
 
 def test_members_of_one_size_listed_in_another_order_are_refused_at_hello(tmp_path: Path) -> None:
     """Two members of one size, listed in another order on the secondary: the sizes agree, so
     only their names tell that each member's writes would land in the other's file there."""
-    reason = "group 'db' has members wal, data here, in this order; the primary's are data, wal"
     p, s = group_pair(tmp_path, ["data", "wal"], {"db": ["data", "wal"]},
                       sizes={"data": "4MiB", "wal": "4MiB"}, secondary_groups={"db": ["wal", "data"]})
+    assert_refused(p, s, "group 'db' has members wal, data here, in this order; the primary's are data, wal")
+
+
+def assert_refused(p: GroupDaemon, s: GroupDaemon, reason: str) -> None:
+    """Both sites started: the secondary refuses the primary's HELLO for ``reason``, both say
+    why (status and log), and neither is ever connected or in sync."""
     both = (p, s)
     try:
         start_up(p, s)
@@ -47,6 +39,7 @@ def test_members_of_one_size_listed_in_another_order_are_refused_at_hello(tmp_pa
              lambda: reason in str(s.status()["volumes"]["db"]["link_error"]), both)
         wait("the primary is told why", lambda: reason in str(p.status()["volumes"]["db"]["link_error"]),
              both)
+        assert reason in s.log() and reason in p.log()
         for daemon in both:
             volume = daemon.status()["volumes"]["db"]
             assert volume["link"] != "connected" and not volume["in_sync"], volume

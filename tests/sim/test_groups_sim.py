@@ -144,30 +144,20 @@ def test_a_failover_promotes_the_group_at_one_point(left_behind: bool) -> None:
     assert world.pdisk.durable[data : data + 8] != bytes(8)  # the promoted site has both writes
 
 
-def test_the_simulator_catches_member_sizes_left_unchecked() -> None:
-    """The deliberate bug: a HELLO whose member differs in size within its last extent (the
-    unit's size the same) is admitted; invariant 14 names the member."""
-    config = SimConfig(faults=Faults(group_member_sizes_unchecked=True), group_members=2)
+@pytest.mark.parametrize(("fault", "named"), [
+    # a member differing in size within its last extent (the unit's size the same)
+    ("group_member_sizes_unchecked", "with member"),
+    # our sizes in our order but two names swapped: each member mirrored into the other's file
+    ("group_member_names_unchecked", "with members named"),
+])
+def test_the_simulator_catches_member_sizes_or_names_left_unchecked(fault: str, named: str) -> None:
+    """The deliberate bugs: such a HELLO is admitted; invariant 14 names what differs."""
+    config = SimConfig(faults=Faults(**{fault: True}), group_members=2)
     for seed in range(FIRST, FIRST + 300):
         try:
             World(seed, config).run()
         except SimFailure as failure:
             assert failure.seed == seed and failure.schedule
-            assert "invariant 14: the secondary admitted a HELLO of its group with member" in str(failure)
+            assert f"invariant 14: the secondary admitted a HELLO of its group {named}" in str(failure)
             return
-    pytest.fail("no invariant fired for group_member_sizes_unchecked within 300 seeds")
-
-
-def test_the_simulator_catches_member_names_left_unchecked() -> None:
-    """The deliberate bug: a HELLO whose members have our sizes in our order but two names
-    swapped is admitted (each member would be mirrored into the other's file); invariant 14
-    names them."""
-    config = SimConfig(faults=Faults(group_member_names_unchecked=True), group_members=2)
-    for seed in range(FIRST, FIRST + 300):
-        try:
-            World(seed, config).run()
-        except SimFailure as failure:
-            assert failure.seed == seed and failure.schedule
-            assert "invariant 14: the secondary admitted a HELLO of its group with members named" in str(failure)
-            return
-    pytest.fail("no invariant fired for group_member_names_unchecked within 300 seeds")
+    pytest.fail(f"no invariant fired for {fault} within 300 seeds")
