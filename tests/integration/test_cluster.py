@@ -446,3 +446,28 @@ def test_etcd_over_tls_with_a_client_certificate_and_a_password(make_pair: MakeP
         pair.stop_both()
     finally:
         etcd.stop()
+
+
+def test_a_damaged_value_in_etcd_is_named_and_fails_safe(
+        make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path) -> None:
+    """A foresync key edited by hand into something foresync never writes: both sites say which
+    key and what to do (in /status and `foresync cluster status`), take and promote nothing
+    while it stands, and carry on once it is deleted."""
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path)
+    pair.wait_for("the primary holds the lease", lambda: bool(cluster(pair, "primary")["holding_lease"]))
+    key = b"/foresync/foresync/volumes/vol0/outdated"
+    named = "etcd key /foresync/foresync/volumes/vol0/outdated holds b'oops', not foresync's record"
+    etcd.members[0].post("/v3/kv/put", {"key": base64.b64encode(key).decode(),
+                                        "value": base64.b64encode(b"oops").decode()})
+    for site in ("primary", "secondary"):
+        pair.wait_for(f"the {site} names the key", lambda s=site: named in cluster(pair, s)["etcd_error"],
+                      timeout_s=TTL_S + 5)
+    assert cluster(pair, "secondary")["automatic_promotions"] == 0
+    assert "etcdctl del /foresync/foresync/volumes/vol0/outdated" in cluster(pair, "primary")["etcd_error"]
+    refused = pair.cli("cluster", "status", "--config", pair.secondary.config_path, ok=(1,))
+    assert named in refused.stderr, refused.stderr
+    etcd.members[0].post("/v3/kv/deleterange", {"key": base64.b64encode(key).decode()})
+    pair.wait_for("the primary holds the lease again, no error", lambda: bool(
+        cluster(pair, "primary")["holding_lease"]) and not cluster(pair, "primary")["etcd_error"],
+        timeout_s=TTL_S + 5)
+    assert pair.role_of(pair.secondary) == "secondary"

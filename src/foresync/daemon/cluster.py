@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foresync.config import SiteConfig
-from foresync.daemon.etcd import Etcd, EtcdUnavailable
+from foresync.daemon.etcd import Etcd, EtcdUnavailable, EtcdValueDamaged
 from foresync.daemon.primary import PrimarySite
 from foresync.daemon.secondary import SecondarySite
 from foresync.daemon.transitions import can_roll_back, promote_refusal
@@ -122,6 +122,9 @@ class ClusterAgent:
                 self.core.local_changed(local_of(self.runner()))
                 try:
                     await self._round()
+                except EtcdValueDamaged as exc:  # fenced and promoting nothing until it is fixed
+                    self.etcd_error = str(exc)
+                    self._etcd_errors("%s", exc)
                 except Exception as exc:  # a bug or a client surprise: fenced, say so, go on
                     self.etcd_error = f"{type(exc).__name__}: {exc}"
                     log.exception("cluster round failed")

@@ -69,8 +69,34 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             rpc.insecure_channel = insecure
 
 
-def _record(value: bytes) -> Record:
-    doc = json.loads(value)
+class EtcdValueDamaged(ForesyncError):
+    """A foresync key in etcd holds a value that is not what foresync writes there (edited by
+    hand, or another tool's): named with its key. A site that meets one takes and promotes
+    nothing (it cannot know the lease's state) until it is fixed or deleted."""
+
+
+def _parsed(key: bytes | str, value: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    name = key.decode(errors="replace") if isinstance(key, bytes) else key
+    try:
+        doc = json.loads(value)
+        if not isinstance(doc, dict):
+            raise TypeError("not a JSON object")
+        missing = [field for field in fields if field not in doc]
+        if missing:
+            raise KeyError(", ".join(missing))
+        for field in fields[1:]:
+            int(doc[field])  # every field but the site is an integer
+    except (ValueError, TypeError, KeyError) as exc:
+        why = f"no {exc.args[0]}" if isinstance(exc, KeyError) else str(exc)
+        raise EtcdValueDamaged(
+            f"etcd key {name} holds {bytes(value[:80])!r}, not foresync's record "
+            f"({{{', '.join(repr(f) for f in fields)}}}): {why}; delete it with `etcdctl del "
+            f"{name}` or restore it (docs/operations.md section 11)") from None
+    return doc
+
+
+def _record(value: bytes, key: bytes | str = "") -> Record:
+    doc = _parsed(key, value, ("site", "epoch", "epoch_id"))
     return Record(str(doc["site"]), int(doc["epoch"]), int(doc["epoch_id"]))
 
 
@@ -79,8 +105,8 @@ def _value(record: Record) -> bytes:
                        "epoch_id": record.epoch_id}).encode()
 
 
-def _outdated(value: bytes) -> Outdated:
-    doc = json.loads(value)
+def _outdated(value: bytes, key: bytes | str = "") -> Outdated:
+    doc = _parsed(key, value, ("site", "epoch", "epoch_id", "generation"))
     return Outdated(str(doc["site"]), int(doc["epoch"]), int(doc["epoch_id"]), int(doc["generation"]))
 
 
@@ -200,9 +226,9 @@ class Etcd:
             if primary:
                 info = await client.get_lease_info(primary[0][1].lease, keys=False)
                 ttl = float(max(0, info.TTL))
-            seen = Seen(_record(epoch[0][0]) if epoch else None,
-                        _record(primary[0][0]) if primary else None, ttl,
-                        _outdated(outdated[0][0]) if outdated else None)
+            seen = Seen(_record(epoch[0][0], self.epoch_key) if epoch else None,
+                        _record(primary[0][0], self.primary_key) if primary else None, ttl,
+                        _outdated(outdated[0][0], self.outdated_key) if outdated else None)
             return seen, Versions(epoch[0][1].mod_revision if epoch else 0,
                                   primary[0][1].mod_revision if primary else 0,
                                   outdated[0][1].mod_revision if outdated else 0)
@@ -304,11 +330,11 @@ async def overview(cfg: ClusterConfig) -> list[dict[str, Any]]:
                                            "holder": None, "holder_epoch": None,
                                            "remaining_s": None, "outdated": None})
             if name == "outdated":
-                mark = _outdated(kv.value)
+                mark = _outdated(kv.value, kv.key)
                 row["outdated"] = {"site": mark.site, "epoch": mark.epoch,
                                    "generation": f"{mark.generation:#x}"}
                 continue
-            record = _record(kv.value)
+            record = _record(kv.value, kv.key)
             if name == "epoch":
                 row["epoch"], row["epoch_site"] = record.epoch, record.site
             elif name == "primary":
