@@ -21,7 +21,9 @@ unless given.
    flush does; reads are left out, they never touch the record), in async and in lookahead at
    each bound, on a volume of the trace's own size. Targets: lookahead / async throughput >= 0.9
    at 1/4, >= 0.8 at 1/16. ``--trace-requests`` caps a trace's prefix (the same prefix in every
-   cell of that trace).
+   cell of that trace). A cell replays its trace again, each time on a fresh pair with a cold
+   record as the first, until its replays add up to ``--min-replay-s`` (2 s): git's trace takes
+   about 0.5 s async, and one replay of it measured anywhere from 0.65 to 1.0 of async.
 
 3. Where a miss's time went, from the primary's /status (means of ``record_miss_round_trip_s``,
    ``record_miss_queued_s`` and ``record_behind_add_waited_s``) against the link's RTT, and the
@@ -120,6 +122,7 @@ class Cell:
     # from its misses: the percentiles below 1 - m' are the writes that waited for no ADD
     clat_pct_us: dict[str, float] = field(default_factory=dict)
     mean_us: float = 0.0
+    replays: int = 1  # a trace cell: the fresh pairs it replayed the trace on (--min-replay-s)
 
     @property
     def waited_ratio(self) -> float:
@@ -201,7 +204,11 @@ def cpu_seconds(pid: int) -> float:
 
 def timing_fields(before: tuple[float, ...], after: tuple[float, ...]) -> dict[str, float]:
     """The Cell fields of the miss timing and CPU counted between two ``timing`` snapshots."""
-    d = [a - b for a, b in zip(after, before, strict=True)]
+    return timing_fields_of([a - b for a, b in zip(after, before, strict=True)])
+
+
+def timing_fields_of(d: Sequence[float]) -> dict[str, float]:
+    """The Cell fields of ``timing`` differences (those of one pair, or summed over several)."""
     answered, round_trip, queued, behind_s, behind = d[:5]
     return {"miss_round_trip_ms": round_trip / answered * 1e3 if answered else 0.0,
             "miss_queued_ms": queued / answered * 1e3 if answered else 0.0,
@@ -214,6 +221,13 @@ def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fra
     """Fresh prefilled sites, ``run(nbd_port)``, the counters (COUNTERS of the primary's
     /status, then SECONDARY_COUNTERS of the secondary's) counted meanwhile, and the miss timing
     and CPU fields (``timing_fields``)."""
+    result, counted, timed = with_pair_raw(args, workdir, mode, size, fraction, block_size, run, record)
+    return result, counted, timing_fields_of(timed)
+
+
+def with_pair_raw(args: argparse.Namespace, workdir: Path, mode: str, size: int, fraction: int,
+                  block_size: int, run: Any, record: Record) -> tuple[Any, tuple[int, ...], tuple[float, ...]]:
+    """``with_pair``, with the ``timing`` differences themselves (they add up over pairs)."""
     workdir.mkdir(parents=True, exist_ok=True)
     prefill([workdir / "primary.img", workdir / "secondary.img"], size, block_size)
     sites = Sites(args.foresync, workdir, mode, settings(args, size, fraction or 4, record), args.delay_ms)
@@ -228,7 +242,7 @@ def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fra
         for image in workdir.glob("*.img"):
             image.unlink()
     return (result, tuple(a - b for a, b in zip(after, before, strict=True)),
-            timing_fields(timed_before, timed_after))
+            tuple(a - b for a, b in zip(timed_after, timed_before, strict=True)))
 
 
 def fio_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fraction: int,
@@ -299,6 +313,8 @@ REQUEST = struct.Struct(">IHHQQI")
 REPLY = struct.Struct(">IIQ")
 REQUEST_MAGIC, SIMPLE_REPLY_MAGIC = 0x25609513, 0x67446698
 TRACES = ("pgbench", "sqlite", "build", "log", "git")  # bench/workloads/*.fstrace.xz
+MIN_REPLAY_S = 2.0  # a cell's replays add up to at least this (trace_cell)
+MAX_REPLAYS = 8
 CMD_WRITE, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 1, 3, 4, 6
 
 
@@ -386,14 +402,29 @@ def replay_trace(port: int, requests: Sequence[tuple[int, int, int, int]], qd: i
 
 def trace_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fraction: int,
                path: Path, record: Record) -> Cell:
+    """Replay the trace on a fresh pair; again, each time on a fresh pair (a cold record, as the
+    first time), until the replays add up to ``--min-replay-s``: a short trace (git: about
+    0.5 s async) measured once swung from 0.65 to 1.0 of async between runs. Requests / seconds
+    over every replay, counters summed."""
     size, requests = trace_requests(path, args.trace_requests)
     load = os.getloadavg()[0]
-    (elapsed, count), counted, timed = with_pair(
-        args, workdir / name.replace(" ", "_").replace("/", "_"), mode, size, fraction, 4096,
-        lambda port: replay_trace(port, requests, args.trace_qd), record)
+    elapsed = 0.0
+    count, replays = 0, 0
+    counted: tuple[int, ...] = ()
+    timed: tuple[float, ...] = ()
+    while replays == 0 or (elapsed < args.min_replay_s and replays < MAX_REPLAYS):
+        (took, done), pair_counted, pair_timed = with_pair_raw(
+            args, workdir / f"{name.replace(' ', '_').replace('/', '_')}-{replays}", mode, size,
+            fraction, 4096, lambda port: replay_trace(port, requests, args.trace_qd), record)
+        elapsed += took
+        count += done
+        replays += 1
+        counted = tuple(a + b for a, b in zip(counted, pair_counted, strict=True)) if counted else pair_counted
+        timed = tuple(a + b for a, b in zip(timed, pair_timed, strict=True)) if timed else pair_timed
     placed = settings(args, size, fraction or 4, record)
     return Cell(name, mode, fraction, count / elapsed, 0.0, 0.0, *counted[:2], load, *counted[2:],
-                record=record.describe(fraction) if fraction else "", **timed,
+                record=record.describe(fraction) if fraction else "", **timing_fields_of(timed),
+                replays=replays,
                 extent_size=record.extent_size, capacity=placed.capacity if fraction else 0,
                 lookahead=record.lookahead, eviction=record.eviction, predictor=record.predictor)
 
@@ -549,6 +580,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--trace-requests", type=int, default=20000,
                         help="replay at most this many requests of each trace (0: all; default 20000)")
     parser.add_argument("--trace-qd", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--min-replay-s", type=float, default=MIN_REPLAY_S, metavar="S",
+                        help="replay a trace again, on a fresh pair each time, until the replays "
+                             f"of a cell add up to S seconds (at most {MAX_REPLAYS}; default "
+                             f"{MIN_REPLAY_S:g}; 0: once)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every cell this many times, round by round, and report each "
                              "target's median over the rounds (default 1)")
@@ -582,7 +617,8 @@ def run_round(args: argparse.Namespace, workdir: Path, tuned: dict[tuple[str, in
               f"overlapped) p50 {cell.p50_us:>8,.0f} us p99 "
               f"{cell.p99_us:>8,.0f} us load {cell.load_1m:.1f}; MISS to ADDED {cell.miss_round_trip_ms:.2f} ms, "
               f"queued {cell.miss_queued_ms:.2f} ms, behind an ADD {cell.behind_add_ms:.2f} ms; CPU s "
-              f"{cell.cpu_primary_s:.2f}/{cell.cpu_secondary_s:.2f}/{cell.cpu_proxy_s:.2f}", flush=True)
+              f"{cell.cpu_primary_s:.2f}/{cell.cpu_secondary_s:.2f}/{cell.cpu_proxy_s:.2f}"
+              f"{f'; {cell.replays} replays, each on a fresh pair' if cell.replays > 1 else ''}", flush=True)
     return cells
 
 
