@@ -26,7 +26,9 @@ unless given.
    about 0.5 s async, and one replay of it measured anywhere from 0.65 to 1.0 of async.
 
 3. Where a miss's time went, from the primary's /status (means of ``record_miss_round_trip_s``,
-   ``record_miss_queued_s`` and ``record_behind_add_waited_s``) against the link's RTT, and the
+   ``record_miss_queued_s`` and ``record_behind_add_waited_s``) against the link's RTT, split
+   into the secondary's share (its /status ``miss_added_s`` / ``misses_added``: MISS read to
+   ADDED sent) and the link's (the rest: both ways, and what the MISS queued behind), and the
    CPU seconds each process (primary, secondary, proxy) used per 1,000 writes; and for each
    trace cell, the most lookahead / async could be for that trace's flushes and inherent misses
    at the run's RTT and async rate (bench/flush_bound.py), and the measured ratio against it.
@@ -108,6 +110,7 @@ class Cell:
     miss_round_trip_ms: float = 0.0  # its MISS to its ADDED
     miss_queued_ms: float = 0.0  # its arrival to its MISS
     behind_add_ms: float = 0.0  # what a write behind another miss's ADD waited
+    miss_at_secondary_ms: float = 0.0  # of the trip, the secondary's MISS read to its ADDED sent
     # CPU seconds each process used during the workload (utime + stime from /proc)
     cpu_primary_s: float = 0.0
     cpu_secondary_s: float = 0.0
@@ -182,6 +185,7 @@ def both_counters(sites: Sites) -> tuple[int, ...]:
 TIMING = ("record_misses_answered", "record_miss_round_trip_s", "record_miss_queued_s",
           "record_behind_add_waited_s", "record_writes_behind_add")
 PROCESSES = ("primary", "secondary", "proxy")
+SECONDARY_TIMING = ("misses_added", "miss_added_s")  # the secondary's share of the misses' trips
 
 
 def timing(sites: Sites) -> tuple[float, ...]:
@@ -189,8 +193,11 @@ def timing(sites: Sites) -> tuple[float, ...]:
     of PROCESSES so far."""
     doc = status(sites.admin_port)
     found = doc["counters"] if doc is not None else {}
+    secondary = status(sites.ports["secondary"]["admin"])
+    theirs = secondary["counters"] if secondary is not None else {}
     return (*(float(found.get(name, 0)) for name in TIMING),
-            *(cpu_seconds(sites.procs[name].pid) if name in sites.procs else 0.0 for name in PROCESSES))
+            *(cpu_seconds(sites.procs[name].pid) if name in sites.procs else 0.0 for name in PROCESSES),
+            *(float(theirs.get(name, 0)) for name in SECONDARY_TIMING))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -213,7 +220,8 @@ def timing_fields_of(d: Sequence[float]) -> dict[str, float]:
     return {"miss_round_trip_ms": round_trip / answered * 1e3 if answered else 0.0,
             "miss_queued_ms": queued / answered * 1e3 if answered else 0.0,
             "behind_add_ms": behind_s / behind * 1e3 if behind else 0.0,
-            "cpu_primary_s": d[5], "cpu_secondary_s": d[6], "cpu_proxy_s": d[7]}
+            "cpu_primary_s": d[5], "cpu_secondary_s": d[6], "cpu_proxy_s": d[7],
+            "miss_at_secondary_ms": d[9] / d[8] * 1e3 if d[8] else 0.0}
 
 
 def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fraction: int,
@@ -491,12 +499,15 @@ def report(cells: Sequence[Cell], rtt_ms: float, traces: Sequence[str],
               f"| {c.load_1m:.1f} |")
     print(f"\nWhere a miss's time went (means from the primary's /status) against the link's RTT "
           f"p50 ({rtt_ms:.2f} ms), and the CPU each process used per 1,000 writes:")
-    print("\n| cell | MISS to ADDED ms | beyond RTT ms | queued before its MISS ms | behind an ADD ms "
-          "| CPU ms / 1k writes: primary, secondary, proxy |")
-    print("|---|--:|--:|--:|--:|--:|")
+    print("\n| cell | MISS to ADDED ms | beyond RTT ms | of it at the secondary ms | on the link beyond "
+          "RTT ms | queued before its MISS ms | behind an ADD ms | CPU ms / 1k writes: primary, "
+          "secondary, proxy |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for c in cells:
         per_k = 1e6 / max(c.writes, 1)
-        trip = f"{c.miss_round_trip_ms:.2f} | {c.miss_round_trip_ms - rtt_ms:+.2f}" if c.miss_round_trip_ms else "- | -"
+        link = c.miss_round_trip_ms - c.miss_at_secondary_ms - rtt_ms
+        trip = (f"{c.miss_round_trip_ms:.2f} | {c.miss_round_trip_ms - rtt_ms:+.2f} | "
+                f"{c.miss_at_secondary_ms:.2f} | {link:+.2f}" if c.miss_round_trip_ms else "- | - | - | -")
         print(f"| {c.name} | {trip} | {c.miss_queued_ms:.2f} | {c.behind_add_ms:.2f} | "
               f"{c.cpu_primary_s * per_k:.0f}, {c.cpu_secondary_s * per_k:.0f}, {c.cpu_proxy_s * per_k:.0f} |")
     checks: list[dict[str, Any]] = []

@@ -133,7 +133,8 @@ def test_the_secondary_document_keeps_its_documented_zeros_and_its_own_view() ->
     assert doc["counters"] == {"writes": 0, "record_hits": 0, "record_misses": 0,
                                "resync_bytes": 0, "storage_errors": 0,
                                "journal_commits": 0, "misses_received": 0,
-                               "journal_commits_overlapped": 0}
+                               "journal_commits_overlapped": 0,
+                                   "misses_added": 0, "miss_added_s": 0.0}
     assert doc["lag"] == {"bytes": 0, "writes": 0, "seconds": 0.0}
     # Its resync progress is the primary's document, measured here (issue 17), and its own.
     assert doc["resync"] == {"done_bytes": 8 << 20, "total_bytes": 16 << 20, "rate_bytes_per_s": 5,

@@ -71,6 +71,8 @@ class SecondaryView:
     rolled_back_extents: int
     record_may_be_incomplete: bool
     journal_commits_overlapped: int = 0  # commits started beside one in flight (issue 14)
+    misses_added: int = 0  # ADDEDs sent for a MISS or RANGE read (daemon/miss_answers.py)
+    miss_added_s: float = 0.0  # their times from the frame read to the ADDED sent, summed
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,8 @@ def _secondary_document(s: SiteStatistics, v: SecondaryView) -> dict[str, Any]:
         "counters": {"writes": s.writes, "record_hits": 0, "record_misses": 0,
                      "resync_bytes": 0, "storage_errors": s.storage_errors,
                      "journal_commits": c.journal_commits, "misses_received": c.misses_received,
-                     "journal_commits_overlapped": v.journal_commits_overlapped},
+                     "journal_commits_overlapped": v.journal_commits_overlapped,
+                     "misses_added": v.misses_added, "miss_added_s": round(v.miss_added_s, 6)},
         "lag": {"bytes": 0, "writes": 0, "seconds": 0.0},
         "seq": {"applied": c.applied_seq, "durable": c.durable_seq},
         "pending_ranges": c.pending_ranges,

@@ -32,6 +32,7 @@ from foresync.daemon.group_unit import group_members
 from foresync.daemon.link_router import gate_one_volume
 from foresync.daemon.metadata import UNDO_FILE, SiteMeta
 from foresync.daemon.metadata import store as store_meta
+from foresync.daemon.miss_answers import MissAnswers
 from foresync.daemon.objects import OBJECT_MESSAGES, ObjectsSecondary
 from foresync.daemon.results import Discarded, Promoted
 from foresync.daemon.security import SiteSecurity
@@ -109,6 +110,7 @@ class SecondarySite:
         self._timer_idle = False  # the timer sleeps with no deadline from the core
         self._timer_changed = asyncio.Event()
         self._commits = CommitMarks()  # journal commits in flight (their start marks)
+        self.miss_answers = MissAnswers()  # the secondary's share of each miss's trip
         self._commit_retry_at = 0.0  # monotonic: no journal commit before (after a failed one)
         self.storage_error = ""  # the last failure to write, until a resync pass completes
         self._storage_error_logged = ("", 0.0)
@@ -197,6 +199,7 @@ class SecondarySite:
         # The frame's arrival time for the link timeout: when its bytes were read (no clock
         # read per 4 KiB write).
         now = proto.last_rx
+        self.miss_answers.read(message, now)
         if type(message) is wire.Write and self._driver.write_now(message, now):
             return  # written at once: nothing was queued before it
         # Carried out at the end of the batch (_end_of_batch), in order, with the actions of
@@ -339,6 +342,7 @@ class SecondarySite:
         if self.link is proto:
             self.link = None
             self.core.session_ended()
+            self.miss_answers.session_ended()
             self.disconnected_since = time.time()
             if self.core.greeted or not self.link_error.startswith("refused"):
                 self.link_error = reason  # keep why we refused: the primary just hangs up
@@ -385,6 +389,8 @@ class SecondarySite:
         if isinstance(message, wire.Refuse):
             self.link_error = f"refused the primary: {message.reason}"
             log.warning("link: %s", self.link_error)
+        elif type(message) is wire.Added:
+            self.miss_answers.sent(message)
         if self.link is not None:
             self.link.send(message)
 
@@ -730,7 +736,8 @@ class SecondarySite:
                 consistent=consistent, metadata_damage=self.meta.metadata_damage,
                 undo_saved_extents=self.undo.saved, rolled_back_extents=self.rolled_back,
                 record_may_be_incomplete=self.link is None,
-                journal_commits_overlapped=self._commits.overlapped))
+                journal_commits_overlapped=self._commits.overlapped,
+                misses_added=self.miss_answers.answered, miss_added_s=self.miss_answers.seconds))
 
     def _resync_view(self, consistent: bool) -> ResyncReceived:
         """The resync pass from this side (resync_watch.py). Active while this copy waits for
