@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,9 @@ def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 def cluster_pair(make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path, *,
                  via_etcd_proxy: bool = False, via_proxy: bool = False,
-                 mode: str = "sync") -> tuple[SitePair, LinkProxy | None]:
+                 mode: str = "sync", **settings: Any) -> tuple[SitePair, LinkProxy | None]:
+    """Two sites in ``mode`` under the etcd cluster, in sync, the primary holding its lease;
+    ``settings`` are more fields of both sites' ``SMALL`` (e.g. ``resync_rate_max``)."""
     proxy = None
     url_p = etcd.urls[0]
     if via_etcd_proxy:
@@ -68,7 +71,7 @@ def cluster_pair(make_pair: MakePair, etcd: EtcdCluster, tmp_path: Path, *,
         proxy = LinkProxy("primary->etcd", port, etcd.members[0].client_port, tmp_path / "proxy-etcd.log")
         proxy.start()
         url_p = f"http://127.0.0.1:{port}"
-    base = replace(SMALL, mode=mode)
+    base = replace(SMALL, mode=mode, **settings)
     pair = make_pair(base, via_proxy=via_proxy,
                      primary=replace(base, admin_extra=cluster_toml(url_p, "a")),
                      secondary=replace(base, admin_extra=cluster_toml(etcd.urls[0], "b")))
@@ -286,14 +289,7 @@ def test_a_secondary_whose_resync_was_interrupted_never_promotes_itself(
     consistent but lack those writes, so it must not promote itself (found by `make chaos
     CLUSTER=1`, where it did, and the returning primary then met a split brain); the primary,
     back, retakes its lease and finishes the pass, and no acknowledged write is lost."""
-    slow = replace(SMALL, mode="sync", resync_rate_max="1MiB")
-    pair = make_pair(slow, primary=replace(slow, admin_extra=cluster_toml(etcd.urls[0], "a")),
-                     secondary=replace(slow, admin_extra=cluster_toml(etcd.urls[0], "b")))
-    pair.init_both()
-    pair.start_both()
-    pair.wait_in_sync()
-    pair.wait_for("the primary holds the lease",
-                  lambda: bool(pair.status(pair.primary)["cluster"]["holding_lease"]))
+    pair, _ = cluster_pair(make_pair, etcd, tmp_path, mode="sync", resync_rate_max="1MiB")
     pair.kill9(pair.secondary)
     run_tool(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 12M", pair.nbd_url], context=pair.logs())
     pair.start(pair.secondary)  # a resync of 12 MiB at 1 MiB/s, with an undo log

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,25 @@ def overlapping(pair: SitePair, seed: int, rounds: int = 3000) -> dict[str, obje
     return answer
 
 
+def overlapping_while(pair: SitePair, seed: int, rounds: int,
+                      during: Callable[[subprocess.Popen[str]], None]) -> dict[str, object]:
+    """``overlapping`` in the background while ``during(writer)`` acts on the pair (the writer
+    is killed if that fails); its answer once it is done."""
+    python = require_python_libnbd()
+    writer = subprocess.Popen([python, "-c", _OVERLAPPING, pair.nbd_url, str(seed), str(rounds)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        during(writer)
+        out, _ = writer.communicate(timeout=120)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    answer: dict[str, object] = json.loads(out)
+    assert answer["mismatches"] == [], answer
+    return answer
+
+
 def region_sha(pair: SitePair, which: str) -> str:
     site = pair.primary if which == "primary" else pair.secondary
     return hashlib.sha256(read_bytes(site.data_path, 0, REGION)).hexdigest()
@@ -149,22 +169,14 @@ def test_secondary_killed_while_runs_are_held_is_never_reported_in_sync(make_pai
     pair = started_pair(make_pair, Settings(mode="async", size="64MiB", capacity=16, lookahead=2))
     overlapping(pair, seed=3)
     before = pair.wait_in_sync()[0]["counters"]["write_groups"]
-    python = require_python_libnbd()
-    # The kill lands while the client streams: a pass's held run may be lost with the process.
-    writer = subprocess.Popen(
-        [python, "-c", _OVERLAPPING, pair.nbd_url, "4", "20000"],
-        stdout=subprocess.PIPE, text=True)
-    try:
+
+    def kill_secondary(writer: subprocess.Popen[str]) -> None:
+        # The kill lands while the client streams: a pass's held run may be lost with the process.
         pair.wait_for("groups under way",
                       lambda: pair.status(pair.primary)["counters"]["write_groups"] > before + 50)
         pair.kill9(pair.secondary)
-        out, _ = writer.communicate(timeout=120)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-    answer = json.loads(out)
-    assert answer["mismatches"] == [], answer
+
+    answer = overlapping_while(pair, 4, 20000, kill_secondary)
     status = pair.status(pair.primary)
     assert not status["in_sync"], status  # the secondary is gone: the copies may differ
     pair.restart(pair.secondary)
@@ -226,11 +238,9 @@ def test_link_cut_and_restored_while_groups_stream_ends_with_the_last_writes(mak
     last writes, and is not reported in sync while the link is down."""
     settings = Settings(mode="lookahead", size="64MiB", capacity=16, lookahead=2)
     pair = started_pair(make_pair, settings, via_proxy=True)
-    python = require_python_libnbd()
     before = pair.status(pair.primary)["counters"]["write_groups"]
-    writer = subprocess.Popen([python, "-c", _OVERLAPPING, pair.nbd_url, "7", "30000"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
+
+    def cut_twice(writer: subprocess.Popen[str]) -> None:
         for cut in range(2):
             goal = before + 50 * (cut + 1)
 
@@ -243,13 +253,8 @@ def test_link_cut_and_restored_while_groups_stream_ends_with_the_last_writes(mak
             assert not pair.status(pair.primary)["in_sync"]
             pair.restore_link()
             pair.wait_link(pair.primary, "connected")
-        out, _ = writer.communicate(timeout=120)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-    answer = json.loads(out)
-    assert answer["mismatches"] == [], answer
+
+    answer = overlapping_while(pair, 7, 30000, cut_twice)
     pair.wait_in_sync(timeout_s=60)
     pair.stop_both()
     assert region_sha(pair, "secondary") == answer["sha256"], "the resync left the secondary behind"

@@ -68,8 +68,3 @@ def group_members(group: GroupSpec | None) -> tuple[tuple[str, int], ...]:
     """The group's (member volume, size in bytes), in its order; () for a volume. The secondary
     compares them with its primary's HELLO (replication/admission.py ``member_problems``)."""
     return () if group is None else tuple((member.name, member.size) for member in group.members)
-
-
-def member_sizes(cfg: SiteConfig) -> tuple[int, ...]:
-    """What the primary's HELLO says of its group: each member's size, in the group's order."""
-    return tuple(size for _, size in group_members(cfg.group))

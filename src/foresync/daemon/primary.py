@@ -27,7 +27,7 @@ from typing import Any
 from foresync import tls
 from foresync.admin.status import PrimaryView, SiteStatistics
 from foresync.config import SiteConfig, listen_error
-from foresync.daemon.group_unit import group_members, member_sizes
+from foresync.daemon.group_unit import group_members
 from foresync.daemon.link_router import gate_one_volume
 from foresync.daemon.metadata import SiteMeta, store_file, store_oos
 from foresync.daemon.metadata import store as store_meta
@@ -71,6 +71,7 @@ class PrimarySite:
         self.security = security or SiteSecurity.plain()
         self.meta = meta
         self.backend = backend
+        members = group_members(cfg.group)  # HELLO's (name, size) of each member; () for a volume
         self.core = PrimaryCore(
             core_mod.Config(
                 mode=cfg.mode, size=cfg.size, extent_size=cfg.extent_size, capacity=cfg.capacity,
@@ -81,8 +82,8 @@ class PrimarySite:
                 resync_rate_max=cfg.resync_rate_max, predictor=cfg.predictor,
                 watermark_interval_s=cfg.watermark_interval_s,
                 heartbeat_s=cfg.heartbeat_s, timeout_s=cfg.timeout_s,
-                member_sizes=member_sizes(cfg),
-                member_names=tuple(name for name, _ in group_members(cfg.group)),
+                member_sizes=tuple(size for _, size in members),
+                member_names=tuple(name for name, _ in members),
             ),
             read=backend.read_unless_hole, is_hole=backend.is_hole,
         )

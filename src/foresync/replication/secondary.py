@@ -18,56 +18,24 @@ sends next): the part beyond what is applied is remembered (``_sync_ahead``) and
 once a write reaches it, so every SYNC read gets a DURABLE covering it, not only a timer's.
 Removals are journaled without forcing a commit: losing one only leaves the record larger.
 
-A failed write (a full disk, an I/O error: ``storage_failed``) ends the session. The effects not
-carried out are dropped, never half-acknowledged: no reply, APPLIED or DURABLE goes out after the
-failure, the primary is told with STORAGE_FAILED and the link is closed, and what the dropped or
-failed writes touched is reported as stale at the next WELCOME. Every such extent is also covered
-without that: in the durable record (a hit, or a miss whose ADD was committed before its data),
-or in the primary's out-of-sync set (a miss or range never answered, or anything not yet durable
-here in async mode). Until the next connection nothing the primary sends is acted on.
-
 Held writes (write_runs.py, issue 15): the hot path (``write_now``) holds adjacent plain WRITEs
 of one receive pass in a run the adapter writes as one ``pwritev``. A held write is not applied
 yet: it counts (``applied_seq``, APPLIED, the watermark) only once its run leaves the core, in
 order, either handed to the driver by the write that ends it or as the first action of the next
 other input (``end_of_batch``, ``receive``, ``actions`` ...). A storage failure drops it.
 
-Liveness (liveness.py): from ``session_reset`` (a primary's HELLO admitted) to ``session_ended``
-(the connection closed), every frame from the primary counts, the hot path's included; a primary
-silent for ``timeout_s`` (it PINGs every heartbeat) is gone: ``handle_timer`` ends the link with
-``LinkFailed`` ("no frame from the primary for 10 s").
+A primary's session (secondary_session.py): the site's facts for its WELCOME, the reset at a
+new connection, the link's liveness, and the end of the session when a write here fails
+(``storage_failed``: nothing more is applied or answered until the next connection).
 
-The site's own facts for a session (flags, stale extents, epoch, checksums, undo) come with
-``session_started`` once the adapter admitted the HELLO. For a full sync the adapter then hashes
-the image in chunks, while the session runs, and streams them (``send_checksums``) behind the
-WELCOME. The primary's data generations (from the
-HELLO) go out with RESYNC_DONE's ``ResyncFinished``: only once a pass has brought their data may
-this copy claim them (epochs.py), so a promotion before that is a split brain, not a failback.
-
-Resync (issue 19): a pass starts with RESYNC_SET, the extents it may change here outside the
-record. They are journaled as one entry (runs, not one record slot each), and RESYNC_SET_DURABLE
-goes back only once that entry is durable: only then may the primary stop counting them in its
-own out-of-sync set. Every effect after it waits for the same commit, so no resync data lands
-before the set that covers it is durable. The set is cleared at RESYNC_DONE, which the primary
-sends once every extent of the pass is durable on both sites. RESYNC_DONE_ACK answers it once
-the end is durable here: behind ``ResyncFinished`` (the adapter flushes the image and stores
-the copy as consistent, so a restart no longer rolls the pass back) and the commit of the
-clear. The primary reports in sync only at that answer. Meanwhile RESYNC_PROGRESS names
-extents the pass is done with as of a seq; once that seq is durable here they leave the set
-(RESYNC_SHRINK), so a WELCOME after a cut (RESUME) offers only what is left: the pass resumes
-instead of comparing every extent again.
-
-Undo (``protect_image``): before a pass's first change to an extent, SaveUndo has the adapter
-append its old content to the undo log, durable with the next commit, which the change waits for.
-SaveUndo goes out at once, unless an earlier write to that extent still waits in ``_pending``:
-then it waits in order behind that write, and ``journal_target`` stops short of its count until
-it has gone out, so no commit claims it before it was appended.
+Resync passes and the undo log (secondary_resync.py): the resync set is journaled before the
+data it covers lands, and during a pass into a consistent image each extent's old content is
+saved before its first change; RESYNC_DONE_ACK answers once the end of the pass is durable.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from foresync.errors import RemoteProtocolError
@@ -78,76 +46,38 @@ from foresync.link import wire
 from foresync.link.wire import WriteFlag
 from foresync.record import runs as extent_runs
 from foresync.record.predict import PREDICTORS, additions, extents_of
-from foresync.replication.actions import (
-    CloseLink as CloseLink,
-)
-from foresync.replication.actions import (
-    HashExtents as HashExtents,
-)
-from foresync.replication.actions import (
-    JournalAppend as JournalAppend,
-)
-from foresync.replication.actions import (
-    LinkFailed as LinkFailed,
-)
-from foresync.replication.actions import (
-    ResyncFinished as ResyncFinished,
-)
-from foresync.replication.actions import (
-    ResyncStarted as ResyncStarted,
-)
-from foresync.replication.actions import (
-    SaveUndo as SaveUndo,
+from foresync.replication.actions import (  # re-exported (__all__): adapters name them from here
+    CloseLink,
+    HashExtents,
+    JournalAppend,
+    LinkFailed,
+    ResyncFinished,
+    ResyncStarted,
+    SaveUndo,
+    Send,
+    SyncData,
+    WriteData,
+    WriteRun,
+    ZeroData,
 )
 from foresync.replication.actions import SecondaryAction as Action
-from foresync.replication.actions import (  # re-exported: adapters name them from here
-    Send as Send,
-)
-from foresync.replication.actions import (
-    SyncData as SyncData,
-)
-from foresync.replication.actions import (
-    WriteData as WriteData,
-)
-from foresync.replication.actions import (
-    WriteRun as WriteRun,
-)
-from foresync.replication.actions import (
-    ZeroData as ZeroData,
-)
 from foresync.replication.admission import geometry_problems
 from foresync.replication.liveness import Due, Liveness
+from foresync.replication.secondary_resync import SecondaryResync, resumable
+from foresync.replication.secondary_session import SecondarySession, SessionFacts
 from foresync.replication.set_progress import SetProgress
 from foresync.replication.write_runs import RUN_MAX_BYTES, RUN_MAX_WRITES, as_action
+
+__all__ = [
+    "Action", "CloseLink", "HashExtents", "JournalAppend", "LinkFailed", "ResyncFinished",
+    "ResyncStarted", "SaveUndo", "SecondaryCore", "SecondaryStatistics", "Send", "SessionFacts",
+    "SyncData", "WriteData", "WriteRun", "ZeroData", "resumable",
+]
 
 # Plain ints on the per-write path: operators on IntFlag members go through enum.py, about a
 # microsecond each (profiled), several times per write.
 _MISS, _DURABLE, _RESYNC = int(WriteFlag.MISS), int(WriteFlag.DURABLE), int(WriteFlag.RESYNC)
 _PUNCH, _RANGE = int(WriteFlag.PUNCH), int(WriteFlag.RANGE)
-
-
-
-
-@dataclass(frozen=True, slots=True)
-class SessionFacts:
-    """What the site knows of itself when a primary's HELLO is admitted (``session_started``):
-    they go into the WELCOME and decide how this session protects the image."""
-
-    welcome_flags: int = 0  # wire.WelcomeFlag bits: a new or inconsistent copy
-    stale: tuple[int, ...] = ()  # extents to resync beyond the record (site.json)
-    epoch: int = 1  # the WELCOME's epoch (site.json's, after adopting the primary's lineage)
-    checksums: bool = False  # a full sync: CHECKSUMS of every extent follow the WELCOME
-    # an interrupted pass may resume over what is left of the journaled resync set (WELCOME
-    # RESUME), if there is one: the metadata is not in doubt
-    resume: bool = False
-    protect_image: bool = False  # the image is consistent: keep undo during a resync
-
-
-def resumable(hello: wire.Hello, metadata_in_doubt: bool) -> bool:
-    """Whether this site may offer to resume an interrupted pass (SessionFacts.resume): not
-    while its metadata is in doubt, nor when the primary's HELLO says every extent may differ
-    on its side (it then compares every extent, and wants every checksum)."""
-    return not metadata_in_doubt and not hello.flags & wire.HelloFlag.EVERYTHING_OUT_OF_SYNC
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +94,11 @@ class SecondaryStatistics:
     misses_received: int = 0  # MISS writes and zeroes (each journals its additions)
 
 
-class SecondaryCore:
+class SecondaryCore(SecondarySession, SecondaryResync):
+    """The secondary's replication core (see the module notes). Its session handling is
+    ``SecondarySession``'s (secondary_session.py), its resync and undo ``SecondaryResync``'s
+    (secondary_resync.py)."""
+
     def __init__(self, size: int, extent_size: int, lookahead: int, volume_id: bytes,
                  state: RecordState, epoch: int = 1, faults: Faults = NO_FAULTS,
                  predictor: str = "next", watermark_interval_s: float = 0.05,
@@ -267,27 +201,9 @@ class SecondaryCore:
             case wire.ResyncSet(set_id, runs):
                 self._on_resync_set(set_id, runs)
             case wire.ResyncProgress(seq, runs):
-                self._check_runs(runs, "RESYNC_PROGRESS")
-                if self.state.resync:
-                    self._progress.add(seq, runs)
-                    self._shrink_durable()
+                self._on_resync_progress(seq, runs)
             case wire.ResyncDone(seq):
-                # In order behind every effect before it, and reported once a data sync
-                # covers seq (the adapter waits for that before marking the image consistent).
-                # The primary sends it once the whole pass is durable on both sites, so the
-                # resync set may go (a lost clear only leaves it larger).
-                self._progress.clear()
-                if self.state.resync:
-                    self.state.resync = ()
-                    self._append(jfmt.encode_resync_clear())
-                self._effect(self._synced_or_pending(), seq, ResyncFinished(seq, self._generations))
-                # The end is durable here once ResyncFinished is carried out (in order before
-                # this) and the clear is committed: only then may the primary say in sync.
-                self._effect(self._appended, self.applied_seq + 1, Send(wire.ResyncDoneAck(seq)))
-                self.resyncing = False
-                self._undo_saved.clear()
-                self.failed_extents.clear()  # the pass rewrote them, and a failure ends it early
-                self._want_sync(seq)
+                self._on_resync_done(seq)
             case wire.Hello():
                 self._on_hello(message)
             case _:
@@ -353,135 +269,6 @@ class SecondaryCore:
         self.bytes_applied += nbytes
         if self._sync_ahead and seq >= self._sync_ahead:
             self._want_sync(self._sync_ahead)
-
-    def session_started(self, facts: SessionFacts) -> None:
-        """A primary's HELLO was admitted: the site's facts for this session's WELCOME."""
-        self.welcome_flags = facts.welcome_flags
-        self.stale = facts.stale
-        self.epoch = facts.epoch
-        self.checksums = facts.checksums
-        self.protect_image = facts.protect_image
-        # Resume only from a journaled set: an empty one may also mean it was never written.
-        self.resume = facts.resume and bool(facts.welcome_flags) and bool(self.state.resync)
-        everything: extent_runs.Runs = ((0, self.extent_count),) if self.extent_count else ()
-        self.checksum_runs = ((self.state.resync if self.resume else everything)
-                              if facts.checksums else ())
-
-    @property
-    def earlier_session_landed(self) -> bool:
-        """Whether every image effect of an earlier session is carried out (released to the
-        adapter): only then may a full sync's checksums be taken (checksums.py)."""
-        return self._synced >= self._earlier_needs
-
-    def send_checksums(self, first: int, hashes: tuple[int, ...]) -> None:
-        """The adapter hashed extents ``first``.. of the image as it is now (every write applied
-        so far, and any mix of those landing while it read: each byte then either holds what the
-        primary has now or is overwritten by a write still on the ordered stream). They go out in
-        order after the WELCOME, never before it."""
-        if self._run:
-            self._issue_run()
-        if not self.greeted or self.failed or not self.checksums:
-            return  # that session is over (the adapter's hashing stops with its connection)
-        self._effect(0, 0, Send(wire.Checksums(first, hashes)))
-
-    def restart_record(self, state: RecordState) -> None:
-        """The adapter started a new record journal (``resolve --discard-local``): its state."""
-        self.state = state
-
-    def adopt_volume(self, volume_id: bytes) -> None:
-        """A new secondary took its first primary's volume identity (admission.py)."""
-        self.volume_id = volume_id
-
-    def split_brain_seen(self, seen: bool) -> None:
-        """A primary's lineage diverged from ours (True), or an operator discarded this site's
-        changes, or a primary was admitted (False)."""
-        self.split_brain = seen
-
-    def resync_finished(self) -> None:
-        """The adapter stored the end of a resync pass: this copy is consistent, so the next
-        session's WELCOME reports it as such."""
-        self.welcome_flags = 0
-
-    def session_reset(self, *, now: float | None = None) -> None:
-        """A new primary connection: replies meant for the old one must not reach the new one,
-        but every image effect still happens, in order. Its first frame is due within
-        ``timeout_s`` (liveness.py)."""
-        if now is not None:
-            self.now = now
-        if self._run:
-            self._issue_run()  # written in order, whoever hears of them (see above)
-        self._liveness.start(self.now)
-        # HASHES answer the old connection's VERIFY too: the new one never asked (issue 13).
-        self._pending = deque((needs, seq, None if isinstance(effect, Send | HashExtents) else effect)
-                              for needs, seq, effect in self._pending)
-        self._earlier_needs = self._pending[-1][0] if self._pending else 0
-        self._progress.clear()  # the old connection's: the set stays larger
-        self._await_durable.clear()
-        self._sync_ahead = 0  # the old connection's SYNC: the new one asks afresh
-        # They stay pending: the next WELCOME reports them, and the primary resyncs them and
-        # reports them done once that is durable here, which makes their zeroing moot.
-        self._answered_early.clear()
-        self._ranges_done_later.clear()
-        self._reported_applied = 0
-        self.greeted = False
-        self.failed = False
-
-    def session_ended(self) -> None:
-        """The connection to the primary closed: no link timeout until the next session."""
-        self._liveness.stop()
-
-    def frame_received(self, now: float) -> None:
-        """A frame the adapter handled without ``receive`` (a PING answered while the WELCOME's
-        checksums are computed): the primary is alive."""
-        self.now = now
-        self._liveness.frame_received(now)
-
-    def storage_failed(self, area: wire.StorageArea, errno: int, detail: str,
-                       unfinished: Sequence[Action] = ()) -> None:
-        """Carrying out an action failed, or a journal commit or data sync did: a full disk, an
-        I/O error. ``unfinished`` are the actions taken from ``actions()`` and not carried out,
-        the failed one first; the adapter carries out none of them. Everything else not yet
-        carried out is dropped too, and the session ends (see the module notes)."""
-        self.storage_errors += 1
-        if self.faults.secondary_write_error_ignored:
-            return  # deliberately wrong: see faults.py
-        held = [as_action(self._end_run())] if self._run else []
-        dropped = [*unfinished, *(effect for _, _, effect in self._pending if effect is not None),
-                   *self._actions, *held]
-        journal: list[Action] = []
-        for action in dropped:
-            match action:
-                case WriteData(offset, data):
-                    self.failed_extents.update(extents_of(offset, len(data), self.extent_size))
-                case WriteRun(writes):
-                    for write in writes:
-                        self.failed_extents.update(extents_of(write.offset, len(write.data),
-                                                              self.extent_size))
-                case ZeroData(offset, length):
-                    self.failed_extents.update(extents_of(offset, length, self.extent_size))
-                case SyncData():
-                    self._sync_inflight = 0  # never started: a later sync covers its writes
-                case JournalAppend():
-                    # Kept: the record here already changed, and a commit the count covers must
-                    # make it durable (an ADD only widens what may differ; a REMOVE was earned).
-                    journal.append(action)
-        self._pending.clear()
-        self._deferred_saves.clear()
-        self._actions = journal
-        self._await_durable.clear()
-        # An undo entry no commit has covered may be lost (the undo log cuts back to its last
-        # good sync): save those extents again before their next write; their writes waited
-        # for that commit, so none landed. Keep the durable ones, or every retry would save the
-        # whole pass again. Persist "inconsistent" again before the next resync write (a no-op
-        # if that is on disk already).
-        self.resyncing = False
-        self._undo_saved = {e: n for e, n in self._undo_saved.items() if n <= self._synced}
-        reason = f"could not write its {area.label}: {detail}"
-        if self.greeted and not self.failed:
-            self._actions.append(Send(wire.StorageFailed(area, errno, detail)))
-        self.failed = True
-        self.greeted = False
-        self._actions.append(CloseLink(reason))
 
     def end_of_batch(self) -> None:
         """The adapter has fed everything it read: write what it held, and report how far we
@@ -625,31 +412,6 @@ class SecondaryCore:
         # journal to commit any add still in flight.
         self._effect(self._appended, self.applied_seq + 1, Send(welcome))
 
-    def _check_runs(self, runs: extent_runs.Runs, what: str) -> None:
-        for first, count in runs:
-            if count < 1 or first + count > self.extent_count:
-                raise RemoteProtocolError(f"{what} run of extents {first}+{count} is outside the volume")
-
-    def _shrink_durable(self) -> None:
-        """RESYNC_PROGRESS whose seq is durable here: those extents hold the primary's data
-        durably, so they leave the journaled resync set (not forcing a commit: a lost shrink only
-        leaves the set larger). An interrupted pass then resumes without them."""
-        done = self._progress.durable(self.durable_seq)
-        if not done or self.failed:
-            return
-        left = extent_runs.difference(self.state.resync, done)
-        if left != self.state.resync:
-            self.state.resync = left
-            self._append(jfmt.encode_resync_shrink(done))
-
-    def _on_resync_set(self, set_id: int, runs: tuple[tuple[int, int], ...]) -> None:
-        self._check_runs(runs, "RESYNC_SET")
-        added = extent_runs.normalise(runs)
-        self._progress.readded(added)  # an earlier progress must not take them out again
-        self.state.resync = extent_runs.union(self.state.resync, added)
-        self._append(jfmt.encode_resync_set(added))
-        self._reply_after(self._appended, self.applied_seq + 1, wire.ResyncSetDurable(set_id))
-
     def stale_extents(self) -> tuple[int, ...]:
         """What WELCOME reports beyond the record: the adapter's stale extents, extents whose
         writes failed or were dropped here (``storage_failed``), and the resync set of a pass
@@ -747,44 +509,6 @@ class SecondaryCore:
     def _synced_or_pending(self) -> int:
         """What a plain effect depends on: nothing new, but it must not overtake waiting ones."""
         return self._pending[-1][0] if self._pending else 0
-
-    def _save_undo(self, offset: int, length: int, seq: int) -> int:
-        """During a resync pass, save each extent's old content before its first change.
-
-        The save reads the image as it is when carried out, so it must not overtake an earlier
-        write to that extent still waiting for a commit (one that came before the pass's first
-        resync write, or behind its RESYNC_SET): the rollback would then take that write back
-        too, and leave an image that is no prefix of the primary's, missing a write that may
-        have been acknowledged. Such a save waits in order behind it (``_deferred_saves``)."""
-        if not (self.resyncing and self.protect_image):
-            return 0
-        for extent in extents_of(offset, length, self.extent_size):
-            if extent not in self._undo_saved:
-                self._appended += 1
-                self._undo_saved[extent] = self._appended
-                if self._pending_touches(extent) and not self.faults.undo_saved_before_earlier_write:
-                    # the seq of the write it protects: the watermark (_start_sync) stops short
-                    self._pending.append((self._pending[-1][0], seq, SaveUndo(extent)))
-                    self._deferred_saves.append(self._appended)
-                else:
-                    self._actions.append(SaveUndo(extent))
-        if self.faults.undo_not_synced_before_write:
-            return 0  # deliberately wrong: see faults.py
-        return self._appended
-
-    def _pending_touches(self, extent: int) -> bool:
-        """Whether an image effect waiting in ``_pending`` writes to ``extent``."""
-        es = self.extent_size
-        for _, _, effect in self._pending:
-            if isinstance(effect, WriteData):
-                first, end = effect.offset, effect.offset + len(effect.data)
-            elif isinstance(effect, ZeroData):
-                first, end = effect.offset, effect.offset + effect.length
-            else:
-                continue
-            if first < (extent + 1) * es and end > extent * es:
-                return True
-        return False
 
     def _effect(self, needs: int, seq: int, effect: Action) -> None:
         if isinstance(effect, WriteData):
