@@ -28,7 +28,7 @@ unless given.
 3. Where a miss's time went, from the primary's /status (means of ``record_miss_round_trip_s``,
    ``record_miss_queued_s`` and ``record_behind_add_waited_s``) against the link's RTT, split
    into the secondary's share (its /status ``miss_added_s`` / ``misses_added``: MISS read to
-   ADDED sent) and the link's (the rest: both ways, and what the MISS queued behind), and the
+   ADDED sent; RANGE ops are in neither) and the link's (the rest: both ways, and what the MISS queued behind), and the
    CPU seconds each process (primary, secondary, proxy) used per 1,000 writes; and for each
    trace cell, the most lookahead / async could be for that trace's flushes and inherent misses
    at the run's RTT and async rate (bench/flush_bound.py), and the measured ratio against it.

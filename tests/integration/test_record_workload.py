@@ -173,6 +173,8 @@ def test_a_trim_larger_than_the_record_goes_as_a_range_and_both_images_end_ident
         assert secondary["pending_ranges"] == 0
         assert primary["counters"]["record_misses"] + primary["counters"]["record_hits"] < \
             primary["counters"]["writes"]  # the trim went outside the record, as a RANGE op
+        # The secondary times the misses the primary times, and not the RANGE op's answer.
+        assert secondary["counters"]["misses_added"] == primary["counters"]["record_misses_answered"]
         pair.stop_both()
         pair.assert_identical()
         for site in pair.sites:

@@ -84,9 +84,9 @@ class _StatusCollector(Collector):
         yield counter("foresync_secondary_misses_received", "MISS writes the secondary received "
                       "(each journals its additions).", v.core.misses_received if v else 0)
         yield counter("foresync_secondary_misses_added", "ADDEDs the secondary sent for the MISS "
-                      "writes and RANGE ops it read.", v.misses_added if v else 0)
-        yield counter("foresync_secondary_miss_added_seconds", "Seconds from reading each MISS or "
-                      "RANGE to sending its ADDED (the secondary's share of a miss's trip), summed.",
+                      "writes and zeroes it read.", v.misses_added if v else 0)
+        yield counter("foresync_secondary_miss_added_seconds", "Seconds from reading each MISS "
+                      "to sending its ADDED (the secondary's share of a miss's trip), summed.",
                       v.miss_added_s if v else 0.0)
         yield counter("foresync_record_evicted_ahead", "Clean extents evicted ahead of need to keep "
                       "free slots ready.", p.core.record_evicted_ahead if p else 0)

@@ -71,7 +71,7 @@ class SecondaryView:
     rolled_back_extents: int
     record_may_be_incomplete: bool
     journal_commits_overlapped: int = 0  # commits started beside one in flight (issue 14)
-    misses_added: int = 0  # ADDEDs sent for a MISS or RANGE read (daemon/miss_answers.py)
+    misses_added: int = 0  # ADDEDs sent for a MISS read (daemon/miss_answers.py)
     miss_added_s: float = 0.0  # their times from the frame read to the ADDED sent, summed
 
 
