@@ -129,6 +129,20 @@ def render_daemon(doc: dict[str, Any], details: bool) -> str:
     return "\n".join(summary_line(name, part) for name, part in volumes.items())
 
 
+def _miss_trip_line(cnt: dict[str, Any], rtt_s: float | None) -> list[str]:
+    """The primary's misses: what a MISS took to its ADDED, against the link's round trip. A
+    trip far above the RTT waited somewhere: the secondary's `foresync status` says its share;
+    the rest was the link (docs/operations.md, counters.miss_added_s)."""
+    answered = cnt.get("record_misses_answered", 0)
+    if not answered:
+        return []
+    trip = cnt.get("record_miss_round_trip_s", 0.0) / answered * 1000
+    line = f"  misses   {answered} answered, {trip:.2f} ms each from MISS to ADDED"
+    if rtt_s:
+        line += f" ({trip - rtt_s * 1000:+.2f} ms beyond the link's rtt)"
+    return [line]
+
+
 def render(name: str, doc: dict[str, Any]) -> str:
     rec, cnt, lag = doc["record"], doc["counters"], doc.get("lag", {})
     extent = rec["extent_size_bytes"]
@@ -159,6 +173,7 @@ def render(name: str, doc: dict[str, Any]) -> str:
                              f"to judge its size ({RECORD_JUDGED_AFTER_WRITES} needed)")
             else:
                 lines.append("  " + advice(rec["capacity"], extent, missed, estimates))
+            lines.extend(_miss_trip_line(cnt, doc.get("link_rtt_s")))
         lines.append(f"  lag      {format_size(lag.get('bytes', 0))} in {lag.get('writes', 0)} writes, "
                      f"{lag.get('seconds', 0.0):.2f} s")
         if doc.get("out_of_sync_extents"):
@@ -169,6 +184,10 @@ def render(name: str, doc: dict[str, Any]) -> str:
     else:
         consistent = "consistent" if doc.get("consistent", True) else "INCONSISTENT (sync not finished)"
         lines.append(f"  copy     {consistent}; applied through seq {doc.get('seq', {}).get('applied', 0)}")
+        if cnt.get("misses_added"):
+            answered, seconds = cnt["misses_added"], cnt.get("miss_added_s", 0.0)
+            lines.append(f"  misses   {answered} answered here, {seconds / answered * 1000:.2f} ms each "
+                         "from reading the MISS to sending its ADDED (this site's share of the trip)")
         if doc["link"] != "connected" and doc.get("disconnected_since"):
             lines.append("  record may be incomplete: the primary can write outside it while cut off")
     lines.extend(_resync_lines(doc.get("resync") or {}))

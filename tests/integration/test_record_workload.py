@@ -134,6 +134,8 @@ def test_a_misss_time_in_status_is_at_least_the_links_round_trip(tmp_path: Path)
             metrics = r.read().decode()
         with urllib.request.urlopen(f"http://127.0.0.1:{pair.secondary.admin_port}/status", timeout=5) as r:
             secondary = json.loads(r.read())["counters"]
+        shown = {site: pair.cli("status", "--config", getattr(pair, site).config_path).stdout
+                 for site in ("primary", "secondary")}
         pair.stop_both()
         assert pair.primary.data_path.read_bytes() == pair.secondary.data_path.read_bytes()
     assert counters["record_misses"] >= 24
@@ -146,6 +148,11 @@ def test_a_misss_time_in_status_is_at_least_the_links_round_trip(tmp_path: Path)
     assert secondary["miss_added_s"] > 0, secondary
     assert (counters["record_miss_round_trip_s"] - secondary["miss_added_s"]
             >= 0.030 * counters["record_misses_answered"]), (secondary, counters)
+    # `foresync status` says the same to a person, on each site.
+    answered = counters["record_misses_answered"]
+    assert f"misses   {answered} answered, " in shown["primary"], shown["primary"]
+    assert "ms beyond the link's rtt" in shown["primary"], shown["primary"]
+    assert f"misses   {answered} answered here, " in shown["secondary"], shown["secondary"]
     for name in ("foresync_record_misses_answered_total", "foresync_record_miss_round_trip_seconds_total",
                  "foresync_record_miss_queued_seconds_total",
                  "foresync_record_behind_add_waited_seconds_total"):

@@ -169,3 +169,15 @@ def test_a_cluster_secondary_says_why_it_does_not_promote_and_shows_the_mark() -
     assert f"cluster  {reason}" in text
     assert "etcd marks the secondary outdated: site a (epoch 1)" in text and "0x77" in text
     assert "cluster" not in render("vol0", _primary(cluster={"reason": "", "outdated": None}))
+
+
+def test_the_misses_trip_is_shown_against_the_rtt_and_the_secondary_says_its_share() -> None:
+    doc = _primary()
+    doc["counters"].update(record_misses_answered=40, record_miss_round_trip_s=0.8)
+    text = render("vol0", doc)
+    assert "misses   40 answered, 20.00 ms each from MISS to ADDED (+9.50 ms beyond the link's rtt)" in text
+    secondary = _primary(role="secondary", consistent=True, seq={"applied": 9})
+    secondary["counters"].update(misses_added=40, miss_added_s=0.1)
+    shown = render("vol0", secondary)
+    assert "misses   40 answered here, 2.50 ms each from reading the MISS to sending its ADDED" in shown
+    assert "answered here" not in render("vol0", _primary(role="secondary", consistent=True))
