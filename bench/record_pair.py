@@ -22,13 +22,13 @@ unless given.
    each bound, on a volume of the trace's own size. Targets: lookahead / async throughput >= 0.9
    at 1/4, >= 0.8 at 1/16. ``--trace-requests`` caps a trace's prefix (the same prefix in every
    cell of that trace). A cell replays its trace again, each time on a fresh pair with a cold
-   record as the first, until its replays add up to ``--min-replay-s`` (2 s): git's trace takes
-   about 0.5 s async, and one replay of it measured anywhere from 0.65 to 1.0 of async.
+   record as the first, until its replays add up to ``--min-replay-s`` (2 s; ``trace_cell``).
 
 3. Where a miss's time went, from the primary's /status (means of ``record_miss_round_trip_s``,
    ``record_miss_queued_s`` and ``record_behind_add_waited_s``) against the link's RTT, split
    into the secondary's share (its /status ``miss_added_s`` / ``misses_added``: MISS read to
-   ADDED sent; RANGE ops are in neither) and the link's (the rest: both ways, and what the MISS queued behind), and the
+   ADDED sent; RANGE ops are in neither) and the link's (the rest: both ways, and what the MISS
+   queued behind), and the
    CPU seconds each process (primary, secondary, proxy) used per 1,000 writes; and for each
    trace cell, the most lookahead / async could be for that trace's flushes and inherent misses
    at the run's RTT and async rate (bench/flush_bound.py), and the measured ratio against it.
@@ -209,13 +209,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timing_fields(before: tuple[float, ...], after: tuple[float, ...]) -> dict[str, float]:
-    """The Cell fields of the miss timing and CPU counted between two ``timing`` snapshots."""
-    return timing_fields_of([a - b for a, b in zip(after, before, strict=True)])
-
-
-def timing_fields_of(d: Sequence[float]) -> dict[str, float]:
-    """The Cell fields of ``timing`` differences (those of one pair, or summed over several)."""
+def timing_fields(d: Sequence[float]) -> dict[str, float]:
+    """The Cell fields of the miss timing and CPU from the differences of two ``timing``
+    snapshots (those of one pair, or summed over several)."""
     answered, round_trip, queued, behind_s, behind = d[:5]
     return {"miss_round_trip_ms": round_trip / answered * 1e3 if answered else 0.0,
             "miss_queued_ms": queued / answered * 1e3 if answered else 0.0,
@@ -230,7 +226,7 @@ def with_pair(args: argparse.Namespace, workdir: Path, mode: str, size: int, fra
     /status, then SECONDARY_COUNTERS of the secondary's) counted meanwhile, and the miss timing
     and CPU fields (``timing_fields``)."""
     result, counted, timed = with_pair_raw(args, workdir, mode, size, fraction, block_size, run, record)
-    return result, counted, timing_fields_of(timed)
+    return result, counted, timing_fields(timed)
 
 
 def with_pair_raw(args: argparse.Namespace, workdir: Path, mode: str, size: int, fraction: int,
@@ -412,8 +408,8 @@ def trace_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fr
                path: Path, record: Record) -> Cell:
     """Replay the trace on a fresh pair; again, each time on a fresh pair (a cold record, as the
     first time), until the replays add up to ``--min-replay-s``: a short trace (git: about
-    0.5 s async) measured once swung from 0.65 to 1.0 of async between runs. Requests / seconds
-    over every replay, counters summed."""
+    0.7 s async) measured once swung from 0.65 to 1.26 of async between runs (docs/benchmarks.md).
+    Requests / seconds over every replay, counters summed."""
     size, requests = trace_requests(path, args.trace_requests)
     load = os.getloadavg()[0]
     elapsed = 0.0
@@ -431,7 +427,7 @@ def trace_cell(args: argparse.Namespace, workdir: Path, name: str, mode: str, fr
         timed = tuple(a + b for a, b in zip(timed, pair_timed, strict=True)) if timed else pair_timed
     placed = settings(args, size, fraction or 4, record)
     return Cell(name, mode, fraction, count / elapsed, 0.0, 0.0, *counted[:2], load, *counted[2:],
-                record=record.describe(fraction) if fraction else "", **timing_fields_of(timed),
+                record=record.describe(fraction) if fraction else "", **timing_fields(timed),
                 replays=replays,
                 extent_size=record.extent_size, capacity=placed.capacity if fraction else 0,
                 lookahead=record.lookahead, eviction=record.eviction, predictor=record.predictor)
